@@ -1,0 +1,71 @@
+//! The interface every backend implements. The engine owns no memory of its own: it asks the
+//! backend for buffers, uploads weights once, then per step hands over one [`Step`] (small
+//! uploads + all ops of all layers) and reads back small results asynchronously.
+
+use crate::dtype::DType;
+use crate::ops::Op;
+use crate::Result;
+
+/// A backend-owned buffer. Ids are only meaningful to the backend that issued them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufId(pub u32);
+
+/// One step of work: uploads applied first (token ids, positions, slots, block tables), then
+/// every op in order, with no synchronization in between.
+#[derive(Debug, Default, Clone)]
+pub struct Step {
+    pub writes: Vec<(BufId, Vec<u8>)>,
+    pub ops: Vec<Op>,
+}
+
+impl Step {
+    pub fn write_u32(&mut self, buf: BufId, data: &[u32]) {
+        self.writes.push((buf, bytemuck::cast_slice(data).to_vec()));
+    }
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+}
+
+#[allow(async_fn_in_trait)] // single-threaded executors (the browser) need no Send bound
+pub trait Backend {
+    /// A short name for messages ("cpu-reference", "cpu-fast", "wgpu", ...).
+    fn name(&self) -> String;
+
+    /// Whether this backend can run `op` with its dtypes and shapes. The engine checks every op
+    /// of a model once before it runs; an unsupported op is an error, never a silent fallback.
+    fn supports(&self, op: &Op) -> bool;
+
+    /// A zero-filled buffer of `numel` elements of `dtype` (`dtype.storage_bytes(numel)` bytes).
+    fn alloc(&mut self, dtype: DType, numel: usize) -> Result<BufId>;
+
+    /// Overwrites the start of `buf` with `bytes` (weights at load time; poison in tests).
+    fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()>;
+
+    fn free(&mut self, buf: BufId);
+
+    /// Runs a whole step. Errors (bad shapes, unsupported ops) leave buffers unspecified but the
+    /// backend usable.
+    fn execute(&mut self, step: &Step) -> Result<()>;
+
+    /// Reads `len` bytes of `buf` from byte `offset`, after all submitted work is done.
+    async fn read(&mut self, buf: BufId, offset: usize, len: usize) -> Result<Vec<u8>>;
+
+    /// Bytes currently allocated through this backend.
+    fn allocated_bytes(&self) -> usize;
+}
+
+/// Typed readback helpers shared by every backend.
+#[allow(async_fn_in_trait)]
+pub trait BackendExt: Backend {
+    async fn read_f32(&mut self, buf: BufId, offset: usize, len: usize) -> Result<Vec<f32>> {
+        let bytes = self.read(buf, offset * 4, len * 4).await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+    async fn read_u32(&mut self, buf: BufId, offset: usize, len: usize) -> Result<Vec<u32>> {
+        let bytes = self.read(buf, offset * 4, len * 4).await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+impl<B: Backend + ?Sized> BackendExt for B {}

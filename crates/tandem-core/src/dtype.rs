@@ -1,0 +1,139 @@
+//! Element types of backend buffers, and tandem's own quantized block formats.
+//!
+//! Quantized tensors are stored structure-of-arrays, blocked over the *flattened* row-major
+//! element index in blocks of [`QBLOCK`] = 32 elements: first every quant (`qs`), then every
+//! block scale (`d`, f16), then for Q4_1 every block minimum (`m`, f16). Each section starts on
+//! a 4-byte boundary so GPU kernels can read it as `u32` words. Blocking the flat index (rather
+//! than each row) keeps q8 at exactly 8.5 and q4_1 at exactly 5 bits per weight even when a
+//! row length is not a multiple of 32 (stories260K's FFN is 172 wide); a kernel finds the
+//! scale of element `e` at `d[e / 32]`.
+//!
+//! - `Q8_0`: `qs` is one i8 per element; x = d * q.
+//! - `Q4_0`: `qs` packs two elements per byte, element `e` in byte `e / 2`, low nibble for even
+//!   `e`; x = d * (q - 8).
+//! - `Q4_1`: as Q4_0 for `qs`; x = d * q + m.
+//!
+//! The element count is padded with zeros up to a whole block.
+
+use half::f16;
+
+/// Elements per quantization block.
+pub const QBLOCK: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    U32,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+}
+
+/// Byte offsets of the sections of a quantized tensor of `numel` elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantLayout {
+    pub blocks: usize,
+    pub qs_offset: usize,
+    pub d_offset: usize,
+    /// Only meaningful for Q4_1.
+    pub m_offset: usize,
+    pub total_bytes: usize,
+}
+
+const fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+impl DType {
+    pub fn is_quantized(self) -> bool {
+        matches!(self, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::U32 => "u32",
+            DType::Q8_0 => "q8_0",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_1 => "q4_1",
+        }
+    }
+
+    /// Section layout of a quantized tensor; `None` for plain types.
+    pub fn quant_layout(self, numel: usize) -> Option<QuantLayout> {
+        let blocks = numel.div_ceil(QBLOCK);
+        let qs_bytes = match self {
+            DType::Q8_0 => blocks * QBLOCK,
+            DType::Q4_0 | DType::Q4_1 => blocks * QBLOCK / 2,
+            _ => return None,
+        };
+        let d_offset = align4(qs_bytes);
+        let m_offset = align4(d_offset + blocks * 2);
+        let total_bytes = match self {
+            DType::Q4_1 => align4(m_offset + blocks * 2),
+            _ => m_offset,
+        };
+        Some(QuantLayout { blocks, qs_offset: 0, d_offset, m_offset, total_bytes })
+    }
+
+    /// Bytes a buffer of `numel` elements of this type occupies, rounded up to 4.
+    pub fn storage_bytes(self, numel: usize) -> usize {
+        match self {
+            DType::F32 | DType::U32 => numel * 4,
+            DType::F16 => align4(numel * 2),
+            q => q.quant_layout(numel).map(|l| l.total_bytes).unwrap_or(0),
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Read-only view of a quantized tensor's sections.
+#[derive(Clone, Copy)]
+pub struct QuantView<'a> {
+    pub dtype: DType,
+    pub qs: &'a [u8],
+    pub d: &'a [f16],
+    /// Empty unless Q4_1.
+    pub m: &'a [f16],
+}
+
+impl<'a> QuantView<'a> {
+    /// Splits the bytes of a quantized buffer (4-byte aligned, as backends allocate them).
+    pub fn new(dtype: DType, numel: usize, bytes: &'a [u8]) -> Self {
+        let l = dtype.quant_layout(numel).expect("quantized dtype");
+        let qs_len = l.d_offset.min(if dtype == DType::Q8_0 { l.blocks * QBLOCK } else { l.blocks * QBLOCK / 2 });
+        let d = bytemuck::cast_slice(&bytes[l.d_offset..l.d_offset + l.blocks * 2]);
+        let m = if dtype == DType::Q4_1 {
+            bytemuck::cast_slice(&bytes[l.m_offset..l.m_offset + l.blocks * 2])
+        } else {
+            &[]
+        };
+        QuantView { dtype, qs: &bytes[..qs_len], d, m }
+    }
+
+    /// The value of flat element `e`, exactly as every kernel must compute it.
+    #[inline]
+    pub fn get(&self, e: usize) -> f32 {
+        let b = e / QBLOCK;
+        let d = self.d[b].to_f32();
+        match self.dtype {
+            DType::Q8_0 => d * (self.qs[e] as i8) as f32,
+            DType::Q4_0 => d * (nibble(self.qs, e) as f32 - 8.0),
+            DType::Q4_1 => d * nibble(self.qs, e) as f32 + self.m[b].to_f32(),
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[inline]
+pub fn nibble(qs: &[u8], e: usize) -> u8 {
+    let byte = qs[e / 2];
+    if e % 2 == 0 { byte & 0x0f } else { byte >> 4 }
+}

@@ -1,0 +1,174 @@
+//! The typed operations a backend executes. Each op names the buffers it reads and writes and
+//! carries its shapes; the engine records a whole step of them and hands it over at once.
+//!
+//! Activations are f32 row-major. Weights may be any [`DType`]; KV caches are f32 or f16.
+//! Ops never alias an input with their output, except where the doc says "in place".
+
+use crate::backend::BufId;
+use crate::dtype::DType;
+
+/// Token embedding lookup.
+/// table: [vocab, dim] in `dtype`; ids: [n] u32; out: [n, dim] f32.
+/// An id >= vocab is a caller bug; backends report it as an error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embed {
+    pub table: BufId,
+    pub dtype: DType,
+    pub ids: BufId,
+    pub out: BufId,
+    pub n: usize,
+    pub vocab: usize,
+    pub dim: usize,
+}
+
+/// out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight.
+/// x: [n, dim] f32; weight: [dim] f32; out: [n, dim] f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RmsNorm {
+    pub x: BufId,
+    pub weight: BufId,
+    pub out: BufId,
+    pub n: usize,
+    pub dim: usize,
+    pub eps: f32,
+}
+
+/// out = x @ w^T (+ bias), dequantizing `w` inside the kernel.
+/// x: [n, k] f32; w: [m, k] in `wdtype`; bias: [m] f32; out: [n, m] f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matmul {
+    pub x: BufId,
+    pub w: BufId,
+    pub wdtype: DType,
+    pub bias: Option<BufId>,
+    pub out: BufId,
+    pub n: usize,
+    pub k: usize,
+    pub m: usize,
+}
+
+/// Rotary position embedding, in place, in the rotate-half (GPT-NeoX / HF) layout: within each
+/// head, element i pairs with element i + head_dim/2, rotated by angle position * inv_freq[i].
+/// x: [n, heads, head_dim] f32; positions: [n] u32; inv_freq: [head_dim/2] f32 (rope_theta and
+/// any rope_scaling are folded into it by the engine).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    pub x: BufId,
+    pub positions: BufId,
+    pub inv_freq: BufId,
+    pub n: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+/// Writes new keys and values into paged cache blocks.
+/// k, v: [n, kv_heads, head_dim] f32; cache_k, cache_v: [num_blocks, block_size, kv_heads,
+/// head_dim] in `kv_dtype`; slots: [n] u32, token i goes to row slots[i] = block * block_size +
+/// offset of the flattened [num_blocks * block_size] rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvWrite {
+    pub k: BufId,
+    pub v: BufId,
+    pub cache_k: BufId,
+    pub cache_v: BufId,
+    pub kv_dtype: DType,
+    pub slots: BufId,
+    pub n: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Causal grouped-query attention over one sequence's paged KV cache.
+/// q: [n, heads, head_dim] f32, the last n tokens of a context of `ctx_len` tokens: query i sits
+/// at position ctx_len - n + i and attends to positions 0..=ctx_len - n + i.
+/// cache_k, cache_v: [num_blocks, block_size, kv_heads, head_dim] in `kv_dtype`;
+/// block_table: [ceil(ctx_len / block_size)] u32, the cache block of each run of block_size
+/// positions; query head h reads kv head h / (heads / kv_heads), never a materialized copy.
+/// out: [n, heads, head_dim] f32 = softmax(q k^T * scale) v.
+/// Rows of the cache outside the context may hold anything, NaN included, and must not leak.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attention {
+    pub q: BufId,
+    pub cache_k: BufId,
+    pub cache_v: BufId,
+    pub kv_dtype: DType,
+    pub block_table: BufId,
+    pub out: BufId,
+    pub n: usize,
+    pub ctx_len: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+    pub scale: f32,
+}
+
+/// out = silu(gate) * up, elementwise. gate, up, out: [len] f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Swiglu {
+    pub gate: BufId,
+    pub up: BufId,
+    pub out: BufId,
+    pub len: usize,
+}
+
+/// Residual add, in place: x += y. x, y: [len] f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Add {
+    pub x: BufId,
+    pub y: BufId,
+    pub len: usize,
+}
+
+/// Index of the largest value of each row; the lowest index wins ties; NaN never wins.
+/// x: [n, width] f32; out: [n] u32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Argmax {
+    pub x: BufId,
+    pub out: BufId,
+    pub n: usize,
+    pub width: usize,
+}
+
+/// dst[i] = src[src_row + i] for i in 0..n_rows. src: [.., width] f32; dst: [n_rows, width] f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyRows {
+    pub src: BufId,
+    pub dst: BufId,
+    pub src_row: usize,
+    pub n_rows: usize,
+    pub width: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Embed(Embed),
+    RmsNorm(RmsNorm),
+    Matmul(Matmul),
+    Rope(Rope),
+    KvWrite(KvWrite),
+    Attention(Attention),
+    Swiglu(Swiglu),
+    Add(Add),
+    Argmax(Argmax),
+    CopyRows(CopyRows),
+}
+
+impl Op {
+    /// The op's name, shared by its WGSL file, CUDA file, CPU function and test case.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Embed(_) => "embed",
+            Op::RmsNorm(_) => "rms_norm",
+            Op::Matmul(_) => "matmul",
+            Op::Rope(_) => "rope",
+            Op::KvWrite(_) => "kv_write",
+            Op::Attention(a) if a.n == 1 => "attention_decode",
+            Op::Attention(_) => "attention_prefill",
+            Op::Swiglu(_) => "swiglu",
+            Op::Add(_) => "add",
+            Op::Argmax(_) => "argmax",
+            Op::CopyRows(_) => "copy_rows",
+        }
+    }
+}
