@@ -4,6 +4,7 @@ pub mod backend;
 pub mod dtype;
 pub mod error;
 pub mod ops;
+pub mod quant;
 
 pub use backend::{Backend, BackendExt, BufId, Step};
 pub use dtype::{DType, QuantLayout, QuantView, QBLOCK};

@@ -1,0 +1,120 @@
+//! Conversions between float data and tandem's block formats (see [`crate::dtype`]).
+
+use crate::dtype::{DType, QuantView, QBLOCK};
+use half::f16;
+
+/// Encodes `src` as a buffer of `dtype` in tandem's layout (`dtype.storage_bytes(src.len())`
+/// bytes). Quantization is round-to-nearest: Q8_0 and Q4_0 scale by the block's absolute
+/// maximum, Q4_1 maps the block's [min, max] onto 0..=15.
+pub fn encode(src: &[f32], dtype: DType) -> Vec<u8> {
+    let mut out = vec![0u8; dtype.storage_bytes(src.len())];
+    match dtype {
+        DType::F32 => out.copy_from_slice(bytemuck::cast_slice(src)),
+        DType::U32 => panic!("encode: u32 is not a float type"),
+        DType::F16 => {
+            for (o, &x) in out.chunks_exact_mut(2).zip(src) {
+                o.copy_from_slice(&f16::from_f32(x).to_le_bytes());
+            }
+        }
+        q => quantize_into(src, q, &mut out),
+    }
+    out
+}
+
+fn quantize_into(src: &[f32], dtype: DType, out: &mut [u8]) {
+    let l = dtype.quant_layout(src.len()).unwrap();
+    for b in 0..l.blocks {
+        let start = b * QBLOCK;
+        let block = &src[start..(start + QBLOCK).min(src.len())];
+        let (d, m) = match dtype {
+            DType::Q8_0 => {
+                let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
+                let d = amax / 127.0;
+                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                for (i, &x) in block.iter().enumerate() {
+                    out[start + i] = ((x * id).round().clamp(-127.0, 127.0) as i8) as u8;
+                }
+                (d, 0.0)
+            }
+            DType::Q4_0 => {
+                // Signed absmax mapped to -8 keeps the full 16 levels in use (as ggml does).
+                let max = block.iter().fold(0f32, |a, &x| if x.abs() > a.abs() { x } else { a });
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                for (i, &x) in block.iter().enumerate() {
+                    set_nibble(out, start + i, ((x * id + 8.5) as i32).clamp(0, 15) as u8);
+                }
+                for i in block.len()..QBLOCK {
+                    set_nibble(out, start + i, 8); // zero padding
+                }
+                (d, 0.0)
+            }
+            DType::Q4_1 => {
+                let min = block.iter().fold(f32::INFINITY, |a, &x| a.min(x));
+                let max = block.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                let d = (max - min) / 15.0;
+                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                for (i, &x) in block.iter().enumerate() {
+                    set_nibble(out, start + i, ((x - min) * id).round().clamp(0.0, 15.0) as u8);
+                }
+                (d, min)
+            }
+            _ => unreachable!(),
+        };
+        out[l.d_offset + 2 * b..l.d_offset + 2 * b + 2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        if dtype == DType::Q4_1 {
+            out[l.m_offset + 2 * b..l.m_offset + 2 * b + 2].copy_from_slice(&f16::from_f32(m).to_le_bytes());
+        }
+    }
+}
+
+fn set_nibble(qs: &mut [u8], e: usize, q: u8) {
+    let byte = &mut qs[e / 2];
+    if e % 2 == 0 {
+        *byte = (*byte & 0xf0) | q;
+    } else {
+        *byte = (*byte & 0x0f) | (q << 4);
+    }
+}
+
+/// Decodes `numel` elements of a buffer in tandem's layout back to f32.
+pub fn decode(bytes: &[u8], dtype: DType, numel: usize) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytemuck::pod_collect_to_vec(&bytes[..numel * 4]),
+        DType::U32 => panic!("decode: u32 is not a float type"),
+        DType::F16 => bytes[..numel * 2]
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        q => {
+            // Copy to an aligned buffer: `bytes` may come from a file at any offset.
+            let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..q.storage_bytes(numel)]);
+            let view = QuantView::new(q, numel, bytemuck::cast_slice(&words));
+            (0..numel).map(|e| view.get(e)).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_error_is_bounded_per_block() {
+        let src: Vec<f32> = (0..100).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        for (dtype, rel) in [(DType::F16, 1e-3), (DType::Q8_0, 1.0 / 127.0), (DType::Q4_0, 1.0 / 8.0), (DType::Q4_1, 1.0 / 15.0)] {
+            let back = decode(&encode(&src, dtype), dtype, src.len());
+            let amax = src.iter().fold(0f32, |a, x| a.max(x.abs()));
+            for (a, b) in src.iter().zip(&back) {
+                assert!((a - b).abs() <= amax * rel * 1.1, "{dtype}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn bits_per_weight() {
+        let n = 64 * 172;
+        assert_eq!(DType::Q8_0.storage_bytes(n) * 8, n * 17 / 2);
+        assert_eq!(DType::Q4_1.storage_bytes(n) * 8, n * 5);
+    }
+}
