@@ -1,0 +1,1 @@
+//! safetensors reader (one or more shards), memory-mapped.
