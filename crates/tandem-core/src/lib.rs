@@ -2,11 +2,17 @@
 
 pub mod backend;
 pub mod config;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod default_model;
 pub mod dtype;
 pub mod error;
+pub mod generate;
+pub mod kv;
+pub mod model;
 pub mod loader;
 pub mod ops;
 pub mod quant;
+pub mod sampling;
 pub mod tokenizer;
 
 pub use backend::{Backend, BackendExt, BufId, Step};

@@ -1,0 +1,203 @@
+//! `tandem run`: stdout carries only the generated text; stderr the progress and the summary.
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::path::PathBuf;
+use tandem_core::generate::{generate, GenerateParams};
+use tandem_core::model::{Model, ModelOptions};
+use tandem_core::sampling::SamplingParams;
+use tandem_core::tokenizer::{ChatMessage, Tokenizer};
+use tandem_core::{Backend, DType, Error, Result};
+use tandem_cpu::{CpuBackend, CpuMode};
+use web_time::Instant;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BackendKind {
+    /// The CPU, multithreaded.
+    Cpu,
+    /// The CPU's scalar reference mode: the oracle, slow.
+    CpuReference,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum WeightDtype {
+    F32,
+    F16,
+    Q8,
+    Q4,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum KvDtype {
+    F32,
+    F16,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A directory with config.json + *.safetensors + tokenizer.json, or a .gguf file.
+    /// Defaults to SmolLM2-135M-Instruct, fetched on first use.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendKind,
+    /// CPU threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Convert weight matrices at load time (q8: 8.5 bits/weight, q4: 5 bits/weight);
+    /// by default the file's own types are kept.
+    #[arg(long, value_enum)]
+    dtype: Option<WeightDtype>,
+    #[arg(long, value_enum, default_value = "f32")]
+    kv_dtype: KvDtype,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 keeps every token.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the output contains this text (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (for benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Tokens of context to reserve KV cache for (capped at the model's own).
+    #[arg(long, default_value_t = 2048)]
+    ctx: usize,
+    /// Wrap PROMPT as one user message through the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// A system message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// The prompt; empty starts from BOS alone.
+    #[arg(default_value = "")]
+    prompt: String,
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let path = crate::model_path(args.model.clone())?;
+    let source = tandem_core::loader::open(&path)?;
+    let tokenizer = Tokenizer::load(&source.tokenizer)?;
+    let prompt = prompt_ids(&args, &tokenizer)?;
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+    };
+    sampling.validate()?;
+    let opts = ModelOptions {
+        weight_dtype: args.dtype.map(|d| match d {
+            WeightDtype::F32 => DType::F32,
+            WeightDtype::F16 => DType::F16,
+            WeightDtype::Q8 => DType::Q8_0,
+            WeightDtype::Q4 => DType::Q4_1,
+        }),
+        kv_dtype: match args.kv_dtype {
+            KvDtype::F32 => DType::F32,
+            KvDtype::F16 => DType::F16,
+        },
+        context: args.ctx,
+        ..ModelOptions::default()
+    };
+    if prompt.len() > opts.context.min(source.config.max_position) {
+        return Err(Error::PromptTooLong { prompt: prompt.len(), context: opts.context.min(source.config.max_position) });
+    }
+    let backend = match args.backend {
+        BackendKind::Cpu => CpuBackend::new(CpuMode::Fast { threads: args.threads })?,
+        BackendKind::CpuReference => CpuBackend::new(CpuMode::Reference)?,
+    };
+    let params = GenerateParams { max_tokens: args.max_tokens, sampling, stop: args.stop.clone(), ignore_eos: args.ignore_eos };
+    pollster::block_on(run_with(backend, &source, &opts, &tokenizer, &prompt, &params))
+}
+
+fn prompt_ids(args: &RunArgs, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+    if args.chat {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(ChatMessage { role: "system".into(), content: system.clone() });
+        }
+        messages.push(ChatMessage { role: "user".into(), content: args.prompt.clone() });
+        let text = tokenizer.apply_chat_template(&messages, true)?;
+        return tokenizer.encode(&text);
+    }
+    let mut ids = Vec::new();
+    if args.prompt.is_empty() || tokenizer.add_bos() {
+        ids.push(tokenizer.bos_id().ok_or_else(|| Error::Tokenizer("the model has no BOS token to start from".into()))?);
+    }
+    ids.extend(tokenizer.encode(&args.prompt)?);
+    Ok(ids)
+}
+
+async fn run_with<B: Backend>(
+    backend: B,
+    source: &tandem_core::loader::ModelSource,
+    opts: &ModelOptions,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    params: &GenerateParams,
+) -> Result<()> {
+    let name = backend.name();
+    let loading = Instant::now();
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("loading {msg} {bar:30} {pos}/{len} tensors").expect("static template"),
+    );
+    bar.set_message(source.path.display().to_string());
+    let mut model = Model::load(backend, source, opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "loaded {} on {name} in {:.2}s: {:.1} MiB of weights",
+        source.path.display(),
+        loading.elapsed().as_secs_f64(),
+        model.weights.bytes as f64 / 1048576.0
+    );
+    let mut stdout = std::io::stdout().lock();
+    let gen = generate(&mut model, tokenizer, prompt, params, &mut |text| {
+        // A closed pipe (e.g. `| head`) is not worth an error mid-stream.
+        let _ = stdout.write_all(text.as_bytes());
+        let _ = stdout.flush();
+    })
+    .await?;
+    let _ = writeln!(stdout);
+    eprintln!(
+        "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s ({:?}) | weights {:.1} GB/s | peak memory {}",
+        gen.prompt_tokens,
+        gen.prefill_tok_per_sec(),
+        gen.tokens.len(),
+        gen.decode_tok_per_sec(),
+        gen.finish,
+        model.weights.bytes as f64 * gen.decode_tok_per_sec() / 1e9,
+        peak_memory(),
+    );
+    Ok(())
+}
+
+/// Peak resident memory of this process, from the kernel's high-water mark.
+fn peak_memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l["VmHWM:".len()..].trim().to_string()))
+        .map(|kb| match kb.trim_end_matches(" kB").parse::<f64>() {
+            Ok(kb) => format!("{:.1} MiB", kb / 1024.0),
+            Err(_) => kb,
+        })
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,114 @@
+//! End-to-end checks on real models, generic over the backend: every backend must give the
+//! reference tokens. Each returns `Ok(Err(reason))`-style skips through [`Skip`] when a model
+//! file is absent, so the caller prints why instead of passing silently.
+
+use std::path::PathBuf;
+use tandem_core::generate::{generate, GenerateParams};
+use tandem_core::loader::{self, ModelSource};
+use tandem_core::model::{Model, ModelOptions, Output, Want};
+use tandem_core::tokenizer::{ChatMessage, Tokenizer};
+use tandem_core::Backend;
+
+/// Why a test could not run (a missing model file); printed by the caller.
+pub struct Skip(pub String);
+
+/// `shared/models` beside the repository, or `$TANDEM_SHARED_MODELS`.
+pub fn shared_models() -> PathBuf {
+    std::env::var_os("TANDEM_SHARED_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"))
+}
+
+pub fn stories_dir() -> Result<PathBuf, Skip> {
+    let dir = shared_models().join("stories260K");
+    if dir.join("model.safetensors").is_file() {
+        Ok(dir)
+    } else {
+        Err(Skip(format!("stories260K not found at {} (set TANDEM_SHARED_MODELS)", dir.display())))
+    }
+}
+
+/// SmolLM2-135M-Instruct Q4_1: `$TANDEM_SMOLLM_GGUF`, else the default model, fetched if needed.
+pub fn smollm_gguf() -> Result<PathBuf, Skip> {
+    if let Some(p) = std::env::var_os("TANDEM_SMOLLM_GGUF") {
+        return Ok(PathBuf::from(p));
+    }
+    tandem_core::default_model::ensure(&mut |line| eprintln!("{line}"))
+        .map_err(|e| Skip(format!("SmolLM2-135M-Instruct unavailable: {e}")))
+}
+
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("array of ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
+
+pub fn load<B: Backend>(backend: B, source: &ModelSource, opts: &ModelOptions) -> Model<B> {
+    Model::load(backend, source, opts, &mut |_, _| {}).unwrap_or_else(|e| panic!("loading {}: {e}", source.path.display()))
+}
+
+/// Greedy decoding of `steps` tokens after `prompt`, ignoring EOS, as llama2.c's test does.
+pub fn greedy<B: Backend>(model: &mut Model<B>, tokenizer: &Tokenizer, prompt: &[u32], steps: usize) -> Vec<u32> {
+    let params = GenerateParams { max_tokens: steps, ignore_eos: true, ..Default::default() };
+    pollster::block_on(generate(model, tokenizer, prompt, &params, &mut |_| {})).expect("generate").tokens
+}
+
+/// stories260K from BOS: all 200 greedy tokens of reference_greedy.json.
+pub fn stories_greedy<B: Backend>(backend: B, opts: &ModelOptions) -> Result<(), Skip> {
+    let dir = stories_dir()?;
+    let reference = read_json(&dir.join("reference_greedy.json"));
+    let source = loader::open(&dir).expect("open stories260K");
+    let tokenizer = Tokenizer::load(&source.tokenizer).expect("tokenizer");
+    let mut model = load(backend, &source, opts);
+    let expected = ids(&reference["greedy_token_ids"]);
+    let got = greedy(&mut model, &tokenizer, &ids(&reference["input_ids"]), expected.len());
+    assert_tokens_eq(&got, &expected, model.backend.name());
+    Ok(())
+}
+
+/// SmolLM2's chat prompt through the chat template: exact input ids, then exact greedy ids
+/// (up to and including EOS). With `check_logits`, the top-5 logits at the last prompt
+/// position must match HF's within 0.05.
+pub fn smollm_chat<B: Backend>(backend: B, check_logits: bool) -> Result<(), Skip> {
+    let gguf = smollm_gguf()?;
+    let reference_path = shared_models().join("SmolLM2-135M-Instruct/reference.json");
+    if !reference_path.is_file() {
+        return Err(Skip(format!("{} not found", reference_path.display())));
+    }
+    let reference = read_json(&reference_path);
+    let source = loader::open(&gguf).expect("open SmolLM2 GGUF");
+    let tokenizer = Tokenizer::load(&source.tokenizer).expect("tokenizer");
+    let messages = [ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
+    let prompt = tokenizer.encode(&tokenizer.apply_chat_template(&messages, true).expect("template")).expect("encode");
+    assert_eq!(prompt, ids(&reference["input_ids"]), "chat prompt tokens");
+
+    let mut model = load(backend, &source, &ModelOptions { context: 512, ..Default::default() });
+    if check_logits {
+        let mut seq = model.new_sequence();
+        let Output::Logits(logits) = pollster::block_on(model.forward(&mut seq, &prompt, Want::LastLogits)).expect("forward")
+        else {
+            unreachable!("asked for logits")
+        };
+        model.release(&mut seq);
+        for pair in reference["last_prompt_position_top5_logits"].as_array().expect("top5") {
+            let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+            assert!((logits[id] - want).abs() <= 0.05, "logit of token {id}: {} vs HF {want}", logits[id]);
+        }
+    }
+    let expected = ids(&reference["greedy_ids"]);
+    let params = GenerateParams { max_tokens: 64, ..Default::default() };
+    let gen = pollster::block_on(generate(&mut model, &tokenizer, &prompt, &params, &mut |_| {})).expect("generate");
+    assert_tokens_eq(&gen.tokens, &expected, model.backend.name());
+    assert_eq!(gen.text, "The capital of France is Paris.");
+    Ok(())
+}
+
+pub fn assert_tokens_eq(got: &[u32], expected: &[u32], backend: String) {
+    if let Some(i) = got.iter().zip(expected).position(|(a, b)| a != b) {
+        panic!("{backend}: token {i} is {} but the reference has {}\n got: {got:?}\nwant: {expected:?}", got[i], expected[i]);
+    }
+    assert_eq!(got.len(), expected.len(), "{backend}: token count");
+}
