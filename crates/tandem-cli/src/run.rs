@@ -88,10 +88,6 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let path = crate::model_path(args.model.clone())?;
-    let source = tandem_core::loader::open(&path)?;
-    let tokenizer = Tokenizer::load(&source.tokenizer)?;
-    let prompt = prompt_ids(&args, &tokenizer)?;
     let sampling = SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -101,6 +97,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         seed: args.seed,
     };
     sampling.validate()?;
+    let path = crate::model_path(args.model.clone())?;
+    let source = tandem_core::loader::open(&path)?;
+    let tokenizer = Tokenizer::load(&source.tokenizer)?;
+    let prompt = prompt_ids(&args, &tokenizer)?;
     let opts = ModelOptions {
         weight_dtype: args.dtype.map(|d| match d {
             WeightDtype::F32 => DType::F32,

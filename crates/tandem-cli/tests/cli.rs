@@ -1,0 +1,121 @@
+//! The `tandem` binary as a user meets it: output on the right streams, and every bad input a
+//! clear error with a non-zero exit, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn stories() -> Option<PathBuf> {
+    let dir = std::env::var_os("TANDEM_SHARED_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models"))
+        .join("stories260K");
+    if dir.join("model.safetensors").is_file() {
+        Some(dir)
+    } else {
+        eprintln!("SKIP: stories260K not found at {}", dir.display());
+        None
+    }
+}
+
+fn tandem(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tandem")).args(args).output().expect("run tandem")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs tandem expecting failure; returns stderr.
+fn fails(args: &[&str], needle: &str) -> String {
+    let out = tandem(args);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded; stderr: {err}");
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert!(err.contains("error:"), "{args:?}: {err}");
+    assert!(err.to_lowercase().contains(&needle.to_lowercase()), "{args:?}: expected {needle:?} in: {err}");
+    err
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tandem-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A copy of stories260K with one file replaced (or removed with `None`).
+fn stories_with(name: &str, file: &str, content: Option<&[u8]>) -> Option<PathBuf> {
+    let src = stories()?;
+    let dir = temp_dir(name);
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    match content {
+        Some(bytes) => std::fs::write(dir.join(file), bytes).unwrap(),
+        None => std::fs::remove_file(dir.join(file)).unwrap(),
+    }
+    Some(dir)
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn run_streams_text_to_stdout_and_summary_to_stderr() {
+    let Some(dir) = stories() else { return };
+    let out = tandem(&["run", "--model", p(&dir), "--max-tokens", "40", "Once upon a time"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.split_whitespace().count() >= 5, "stdout: {stdout:?}");
+    assert!(!stdout.contains("tok/s"), "stdout must carry only text: {stdout:?}");
+    for field in ["prompt:", "tok/s", "generated:", "peak memory"] {
+        assert!(stderr.contains(field), "summary lacks {field}: {stderr}");
+    }
+}
+
+#[test]
+fn empty_prompt_starts_from_bos_and_matches_reference() {
+    let Some(dir) = stories() else { return };
+    let out = tandem(&["run", "--model", p(&dir), "--max-tokens", "200", "--ignore-eos", "--backend", "cpu-reference"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reference = std::fs::read_to_string(dir.join("reference_greedy.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&reference).unwrap();
+    let want = reference["text"].as_str().expect("text");
+    assert_eq!(text(&out.stdout).trim_end(), want.trim_end());
+}
+
+#[test]
+fn inspect_reports_shapes_and_kv_bytes() {
+    let Some(dir) = stories() else { return };
+    let out = tandem(&["inspect", p(&dir)]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("model.layers.0.mlp.down_proj.weight"), "{stdout}");
+    // 2 x 5 layers x 4 kv heads x 8 head_dim x 4 bytes
+    assert!(stdout.contains("KV cache/token: 1280 bytes f32, 640 bytes f16"), "{stdout}");
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    fails(&["run", "--model", "/nonexistent/model.gguf", "hi"], "/nonexistent/model.gguf");
+    let dir = temp_dir("bad");
+    let gguf = dir.join("bad.gguf");
+    std::fs::write(&gguf, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\x7f").unwrap();
+    fails(&["run", "--model", p(&gguf), "hi"], "bad.gguf");
+    std::fs::write(&gguf, b"NOPE this is not a model").unwrap();
+    fails(&["inspect", p(&gguf)], "bad.gguf");
+
+    let Some(_) = stories() else { return };
+    let no_tok = stories_with("notok", "tokenizer.json", None).unwrap();
+    fails(&["run", "--model", p(&no_tok), "hi"], "tokenizer");
+    let truncated = std::fs::read(stories().unwrap().join("model.safetensors")).unwrap();
+    let dir = stories_with("trunc", "model.safetensors", Some(&truncated[..truncated.len() / 2])).unwrap();
+    fails(&["run", "--model", p(&dir), "hi"], "model.safetensors");
+    let dir = stories_with("arch", "config.json", Some(br#"{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}"#)).unwrap();
+    fails(&["run", "--model", p(&dir), "hi"], "architecture");
+    let long = "once upon a time ".repeat(300);
+    fails(&["run", "--model", p(&stories().unwrap()), &long], "context");
+    fails(&["run", "--model", p(&stories().unwrap()), "--temperature=-1", "hi"], "temperature");
+}
