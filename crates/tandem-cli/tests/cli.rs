@@ -115,6 +115,11 @@ fn bad_inputs_are_clear_errors() {
     fails(&["run", "--model", p(&dir), "hi"], "model.safetensors");
     let dir = stories_with("arch", "config.json", Some(br#"{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}"#)).unwrap();
     fails(&["run", "--model", p(&dir), "hi"], "architecture");
+    let config = std::fs::read_to_string(stories().unwrap().join("config.json")).unwrap();
+    let dir = stories_with("shape", "config.json", Some(config.replace("\"intermediate_size\": 172", "\"intermediate_size\": 100").as_bytes())).unwrap();
+    fails(&["run", "--model", p(&dir), "hi"], "shape");
+    let dir = stories_with("layers", "config.json", Some(config.replace("\"num_hidden_layers\": 5", "\"num_hidden_layers\": 6").as_bytes())).unwrap();
+    fails(&["run", "--model", p(&dir), "hi"], "model.layers.5");
     let long = "once upon a time ".repeat(300);
     fails(&["run", "--model", p(&stories().unwrap()), &long], "context");
     fails(&["run", "--model", p(&stories().unwrap()), "--temperature=-1", "hi"], "temperature");
