@@ -180,3 +180,57 @@ fn tokenizer_smollm_template_errors() {
     let system = ChatMessage { role: "system".into(), content: "  sys\n".into() };
     assert_eq!(tok.apply_chat_template(&[system, user], false).unwrap(), "[sys][hi]");
 }
+
+/// GPT-2's byte-to-char table: printable bytes stand for themselves, the rest are shifted
+/// past U+0100 so every byte-level piece is printable.
+fn byte_level_alphabet() -> Vec<String> {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut shifted = 0;
+    (0u32..256)
+        .map(|b| {
+            let c = if printable(b) {
+                b
+            } else {
+                shifted += 1;
+                255 + shifted
+            };
+            char::from_u32(c).unwrap().to_string()
+        })
+        .collect()
+}
+
+/// The Llama 3 and Qwen2 split regexes must compile (onig natively, fancy-regex on wasm) and
+/// split the way their tokenizer.json does; a byte-only vocabulary shows the pieces' bytes.
+#[test]
+fn tokenizer_gguf_gpt2_pre_tokenizers() {
+    let alphabet = byte_level_alphabet();
+    for pre in ["llama-bpe", "qwen2", "smollm", "gpt2", "some-future-pre"] {
+        let mut tokens: Vec<GgufValue> = alphabet.iter().cloned().map(GgufValue::String).collect();
+        tokens.push(GgufValue::String("Ġw".into()));
+        tokens.push(GgufValue::String("<|eot_id|>".into()));
+        let mut types = vec![GgufValue::I32(1); 257];
+        types.push(GgufValue::I32(3));
+        let mut meta = GgufMetadata::new();
+        meta.insert("tokenizer.ggml.model".into(), GgufValue::String("gpt2".into()));
+        meta.insert("tokenizer.ggml.pre".into(), GgufValue::String(pre.into()));
+        meta.insert("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens));
+        meta.insert("tokenizer.ggml.token_type".into(), GgufValue::Array(types));
+        meta.insert("tokenizer.ggml.merges".into(), GgufValue::Array(vec![GgufValue::String("Ġ w".into())]));
+        meta.insert("tokenizer.ggml.eos_token_id".into(), GgufValue::I32(257));
+        let tok = Tokenizer::from_gguf(&meta).unwrap_or_else(|e| panic!("pre {pre}: {e}"));
+        assert_eq!(tok.eos_ids(), &[257]);
+        assert_eq!(tok.bos_id(), None);
+        assert!(!tok.add_bos());
+        let text = "Hello world 12345 it's<|eot_id|>";
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text, "pre {pre}");
+        assert_eq!(ids.iter().filter(|&&i| i == 256).count(), 1, "pre {pre}: merge 'Ġ w' applies: {ids:?}");
+        assert_eq!(ids.last(), Some(&257), "pre {pre}");
+        assert_eq!(tok.decode(&ids, true).unwrap(), "Hello world 12345 it's");
+    }
+    // Metadata of the wrong type is reported by key, not a panic.
+    let mut meta = GgufMetadata::new();
+    meta.insert("tokenizer.ggml.tokens".into(), GgufValue::String("oops".into()));
+    let err = Tokenizer::from_gguf(&meta).err().unwrap();
+    assert!(err.to_string().contains("tokenizer.ggml.tokens"), "{err}");
+}

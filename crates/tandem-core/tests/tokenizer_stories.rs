@@ -133,7 +133,7 @@ fn tokenizer_stories_text_stream_holds_partial_chars() {
     let text = "héllo wörld 你好 🙂 ok";
     let ids = tok.encode(text).unwrap();
     // 512 pieces cannot hold CJK or emoji: they arrive as byte-fallback tokens, one byte each.
-    assert!(ids.len() > text.chars().count() / 2, "{ids:?}");
+    assert!(ids.iter().any(|&i| (3..259).contains(&i)), "expected byte tokens in {ids:?}");
     let mut stream = TextStream::new(&tok);
     let mut chunks = Vec::new();
     for &id in [1].iter().chain(&ids).chain(&[2]) {
