@@ -227,6 +227,10 @@ fn tokenizer_gguf_gpt2_pre_tokenizers() {
         assert_eq!(ids.iter().filter(|&&i| i == 256).count(), 1, "pre {pre}: merge 'Ġ w' applies: {ids:?}");
         assert_eq!(ids.last(), Some(&257), "pre {pre}");
         assert_eq!(tok.decode(&ids, true).unwrap(), "Hello world 12345 it's");
+        // Qwen2 (like its tokenizer.json) composes to NFC first; the others keep the bytes.
+        let composed = tok.encode("caf\u{e9}").unwrap();
+        let decomposed = tok.encode("cafe\u{301}").unwrap();
+        assert_eq!(composed == decomposed, pre == "qwen2", "pre {pre}");
     }
     // Metadata of the wrong type is reported by key, not a panic.
     let mut meta = GgufMetadata::new();

@@ -57,6 +57,9 @@ fn tokenizer_stories_json_round_trip_and_specials() {
     let ids = tok.encode("a</s>b").unwrap();
     assert!(ids.contains(&2), "{ids:?}");
     assert!(!tok.decode(&ids, true).unwrap().contains("</s>"));
+    // Ids past the vocabulary (a model with a padded embedding can produce them) do not panic.
+    let _ = tok.decode(&[5, 100_000, 6], false);
+    assert_eq!(tok.token_str(100_000), None);
 }
 
 #[test]

@@ -146,10 +146,13 @@ fn gpt2_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Va
             (byte_level(true), false)
         }
     };
+    // Qwen2's tokenizer.json composes text to NFC before splitting; without it a decomposed
+    // "é" would tokenize differently from HF.
+    let normalizer = if pre == "qwen2" { json!({"type": "NFC"}) } else { Value::Null };
     Ok(json!({
         "version": "1.0",
         "added_tokens": added_tokens(tokens, types, &[]),
-        "normalizer": null,
+        "normalizer": normalizer,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": null,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
@@ -210,8 +213,9 @@ fn spm_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Val
     let merges: Vec<Value> = merges.iter().map(|&(l, r, _)| json!([tokens[l], tokens[r]])).collect();
 
     // SentencePiece adds a "▁" before the text unless the model was trained without it.
+    let add_space_prefix = get_bool(meta, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
     let mut normalizers = Vec::new();
-    if get_bool(meta, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true) {
+    if add_space_prefix {
         normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
     }
     normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
@@ -220,7 +224,7 @@ fn spm_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Val
         json!({"type": "ByteFallback"}),
         json!({"type": "Fuse"}),
     ];
-    if get_bool(meta, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true) {
+    if add_space_prefix {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
     Ok(json!({

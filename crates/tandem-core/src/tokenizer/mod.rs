@@ -41,6 +41,12 @@ pub struct Tokenizer {
     special: HashSet<u32>,
 }
 
+// Generation shares one tokenizer across threads (a server's requests).
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+};
+
 /// What a tokenizer file says beyond the vocabulary itself.
 struct Extras {
     bos: Option<u32>,
