@@ -118,7 +118,10 @@ fn tokenizer_smollm_chat_template_and_ids() {
             198
         ]
     );
-    assert_eq!(tok.decode(&[504, 3575, 282, 4649, 314, 7042, 30], false).unwrap(), "The capital of France is Paris.");
+    assert_eq!(
+        tok.decode(&[504, 3575, 282, 4649, 314, 7042, 30], false).unwrap(),
+        "The capital of France is Paris."
+    );
     assert_eq!(tok.decode(&ids, false).unwrap(), prompt);
     assert!(!tok.decode(&ids, true).unwrap().contains("<|im_start|>"));
 }

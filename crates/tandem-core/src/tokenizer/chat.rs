@@ -55,17 +55,27 @@ fn describe(e: &minijinja::Error) -> String {
 
 /// The Python str/dict methods HF templates call (`message['content'].strip()`,
 /// `.startswith(..)`, `tools.items()`), which Jinja2 gets from Python and minijinja lacks.
-fn python_method(_: &State, value: &Value, method: &str, args: &[Value]) -> std::result::Result<Value, minijinja::Error> {
+fn python_method(
+    _: &State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> std::result::Result<Value, minijinja::Error> {
     let arg_str = |i: usize| -> std::result::Result<Option<&str>, minijinja::Error> {
         match args.get(i) {
             None => Ok(None),
             Some(v) if v.is_none() || v.is_undefined() => Ok(None),
             Some(v) => v.as_str().map(Some).ok_or_else(|| {
-                minijinja::Error::new(ErrorKind::InvalidOperation, format!("{method}() expects a string argument"))
+                minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("{method}() expects a string argument"),
+                )
             }),
         }
     };
-    let unknown = || minijinja::Error::new(ErrorKind::UnknownMethod, format!("{:?} has no method {method}", value.kind()));
+    let unknown = || {
+        minijinja::Error::new(ErrorKind::UnknownMethod, format!("{:?} has no method {method}", value.kind()))
+    };
     match value.kind() {
         ValueKind::String => {
             let s = value.as_str().unwrap_or_default();
@@ -104,7 +114,8 @@ fn python_method(_: &State, value: &Value, method: &str, args: &[Value]) -> std:
             }
             "keys" => Ok(Value::from(value.try_iter()?.collect::<Vec<_>>())),
             "values" => {
-                let vals: std::result::Result<Vec<_>, _> = value.try_iter()?.map(|k| value.get_item(&k)).collect();
+                let vals: std::result::Result<Vec<_>, _> =
+                    value.try_iter()?.map(|k| value.get_item(&k)).collect();
                 Ok(Value::from(vals?))
             }
             "get" => {

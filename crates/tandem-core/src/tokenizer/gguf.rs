@@ -54,9 +54,7 @@ pub(super) fn build(meta: &GgufMetadata) -> Result<(tokenizers::Tokenizer, Extra
         .map_err(|e| Error::Tokenizer(format!("building the GGUF {model} tokenizer: {e}")))?;
 
     let n = tokens.len();
-    let id = |key: &str| -> Result<Option<u32>> {
-        Ok(get_u32(meta, key)?.filter(|&i| (i as usize) < n))
-    };
+    let id = |key: &str| -> Result<Option<u32>> { Ok(get_u32(meta, key)?.filter(|&i| (i as usize) < n)) };
     let bos = id("tokenizer.ggml.bos_token_id")?;
     let mut eos: Vec<u32> = Vec::new();
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
@@ -121,12 +119,8 @@ fn gpt2_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Va
         })
         .collect::<Result<_>>()?;
 
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
-    let split = |regex: &str| {
-        json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let split = |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
     let pre = get_str(meta, "tokenizer.ggml.pre")?.unwrap_or("default");
     // Llama 3's tokenizer.json sets ignore_merges: a word that is itself in the vocabulary is
     // one token even when the merges would not build it.
@@ -134,7 +128,9 @@ fn gpt2_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Va
         "llama-bpe" | "llama3" | "smaug-bpe" => {
             (json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}), true)
         }
-        "qwen2" => (json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}), false),
+        "qwen2" => {
+            (json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}), false)
+        }
         "smollm" | "starcoder" | "refact" => (
             json!({"type": "Sequence", "pretokenizers": [
                 {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
@@ -179,12 +175,14 @@ fn spm_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Val
         None => return Err(Error::Tokenizer("GGUF llama tokenizer has no tokenizer.ggml.scores".into())),
     };
     if scores.len() != tokens.len() {
-        return Err(Error::Tokenizer(format!("GGUF has {} tokens but {} scores", tokens.len(), scores.len())));
+        return Err(Error::Tokenizer(format!(
+            "GGUF has {} tokens but {} scores",
+            tokens.len(),
+            scores.len()
+        )));
     }
-    let unk = types
-        .iter()
-        .position(|&t| t == TYPE_UNKNOWN)
-        .or_else(|| tokens.iter().position(|t| t == "<unk>"));
+    let unk =
+        types.iter().position(|&t| t == TYPE_UNKNOWN).or_else(|| tokens.iter().position(|t| t == "<unk>"));
 
     // HF's SentencePieceExtractor: every split of a piece into two vocabulary pieces is a merge,
     // ranked by the merged piece's score (highest first); ties keep vocabulary order, and a
@@ -301,10 +299,9 @@ fn str_array(v: &GgufValue, key: &str) -> Result<Vec<String>> {
 
 fn int_array(v: &GgufValue, key: &str) -> Result<Vec<i64>> {
     match v {
-        GgufValue::Array(a) => a
-            .iter()
-            .map(|x| as_int(x).ok_or_else(|| wrong_type(key, "an array of integers", x)))
-            .collect(),
+        GgufValue::Array(a) => {
+            a.iter().map(|x| as_int(x).ok_or_else(|| wrong_type(key, "an array of integers", x))).collect()
+        }
         other => Err(wrong_type(key, "an array of integers", other)),
     }
 }

@@ -60,9 +60,8 @@ impl Tokenizer {
     /// and add_bos_token.
     pub fn from_files(tokenizer_json: &Path, tokenizer_config: Option<&Path>) -> Result<Self> {
         let bytes = std::fs::read(tokenizer_json).map_err(|e| Error::io(tokenizer_json, e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
-            Error::Tokenizer(format!("{}: {e}", tokenizer_json.display()))
-        })?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", tokenizer_json.display())))?;
         let config = match tokenizer_config {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
@@ -84,7 +83,11 @@ impl Tokenizer {
         };
         let mut eos: Vec<u32> = match token_of("eos_token") {
             Some(t) => id_of(&t).into_iter().collect(),
-            None => ["</s>", "<|end_of_text|>", "<|endoftext|>"].iter().find_map(|t| id_of(t)).into_iter().collect(),
+            None => ["</s>", "<|end_of_text|>", "<|endoftext|>"]
+                .iter()
+                .find_map(|t| id_of(t))
+                .into_iter()
+                .collect(),
         };
         let special: HashSet<u32> = special_ids(&inner);
         for t in END_OF_TURN_TOKENS {
@@ -99,7 +102,8 @@ impl Tokenizer {
                 inner.encode("a", true).map(|e| e.get_ids().first() == Some(&b)).unwrap_or(false)
             }),
         };
-        let mut chat_template = config.as_ref().and_then(|c| c.get("chat_template")).and_then(template_from_json);
+        let mut chat_template =
+            config.as_ref().and_then(|c| c.get("chat_template")).and_then(template_from_json);
         if chat_template.is_none() {
             // Newer HF exports keep the template in its own file beside the config.
             let dir = tokenizer_config.or(Some(tokenizer_json)).and_then(Path::parent);
@@ -181,7 +185,11 @@ impl Tokenizer {
 
     /// Renders the chat template the way HF `apply_chat_template` does (trim_blocks,
     /// lstrip_blocks, `raise_exception`, the common Python string methods).
-    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self
             .chat_template
             .as_deref()
@@ -210,8 +218,5 @@ fn template_from_json(v: &serde_json::Value) -> Option<String> {
     }
     let list = v.as_array()?;
     let named = |n: &str| list.iter().find(|t| t.get("name").and_then(|x| x.as_str()) == Some(n));
-    named("default")
-        .or_else(|| list.first())
-        .and_then(|t| t.get("template")?.as_str())
-        .map(str::to_owned)
+    named("default").or_else(|| list.first()).and_then(|t| t.get("template")?.as_str()).map(str::to_owned)
 }
