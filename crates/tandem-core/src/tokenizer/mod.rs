@@ -1,2 +1,222 @@
 //! Tokenization (through the `tokenizers` crate), chat templates (minijinja) and incremental
 //! detokenization for streaming.
+//!
+//! Every tokenizer, whether read from tokenizer.json or rebuilt from GGUF metadata, ends up as
+//! one `tokenizers::Tokenizer`, so encoding and decoding behave the same whatever the file.
+
+mod chat;
+mod gguf;
+mod stream;
+
+pub use chat::ChatMessage;
+pub use stream::{StopStrings, TextStream};
+
+use crate::loader::gguf::GgufMetadata;
+use crate::loader::TokenizerSource;
+use crate::{Error, Result};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// Tokens that end a turn in the common chat formats. llama.cpp treats these as end-of-generation
+/// when the vocabulary marks them special, because model files often name only one EOS while
+/// the instruct model actually ends its turns with another (SmolLM2 and Qwen end with
+/// `<|im_end|>`, Llama 3 Instruct with `<|eot_id|>`).
+const END_OF_TURN_TOKENS: &[&str] = &[
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+];
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos_id: Option<u32>,
+    eos_ids: Vec<u32>,
+    add_bos: bool,
+    chat_template: Option<String>,
+    /// Ids of special (control) tokens: skipped by `decode(.., true)` and by streaming.
+    special: HashSet<u32>,
+}
+
+// Generation shares one tokenizer across threads (a server's requests).
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+};
+
+/// What a tokenizer file says beyond the vocabulary itself.
+struct Extras {
+    bos: Option<u32>,
+    eos: Vec<u32>,
+    add_bos: bool,
+    chat_template: Option<String>,
+}
+
+impl Tokenizer {
+    /// From tokenizer.json, plus tokenizer_config.json for chat_template, bos_token, eos_token
+    /// and add_bos_token.
+    pub fn from_files(tokenizer_json: &Path, tokenizer_config: Option<&Path>) -> Result<Self> {
+        let bytes = std::fs::read(tokenizer_json).map_err(|e| Error::io(tokenizer_json, e))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", tokenizer_json.display())))?;
+        let config = match tokenizer_config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| Error::Tokenizer(format!("{}: {e}", p.display())))?;
+                Some(v)
+            }
+            None => None,
+        };
+        let token_of = |key: &str| -> Option<String> {
+            // HF writes these either as a plain string or as an AddedToken object.
+            let v = config.as_ref()?.get(key)?;
+            v.as_str().or_else(|| v.get("content")?.as_str()).map(str::to_owned)
+        };
+        let id_of = |t: &str| inner.token_to_id(t);
+        let bos = match token_of("bos_token") {
+            Some(t) => id_of(&t),
+            None => ["<s>", "<|begin_of_text|>"].iter().find_map(|t| id_of(t)),
+        };
+        let mut eos: Vec<u32> = match token_of("eos_token") {
+            Some(t) => id_of(&t).into_iter().collect(),
+            None => ["</s>", "<|end_of_text|>", "<|endoftext|>"]
+                .iter()
+                .find_map(|t| id_of(t))
+                .into_iter()
+                .collect(),
+        };
+        let special: HashSet<u32> = special_ids(&inner);
+        for t in END_OF_TURN_TOKENS {
+            if let Some(id) = id_of(t).filter(|id| special.contains(id)) {
+                push_unique(&mut eos, id);
+            }
+        }
+        let add_bos = match config.as_ref().and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool()) {
+            Some(b) => b,
+            // No explicit flag (Llama 3): ask the file's own post-processor whether it adds BOS.
+            None => bos.is_some_and(|b| {
+                inner.encode("a", true).map(|e| e.get_ids().first() == Some(&b)).unwrap_or(false)
+            }),
+        };
+        let mut chat_template =
+            config.as_ref().and_then(|c| c.get("chat_template")).and_then(template_from_json);
+        if chat_template.is_none() {
+            // Newer HF exports keep the template in its own file beside the config.
+            let dir = tokenizer_config.or(Some(tokenizer_json)).and_then(Path::parent);
+            if let Some(p) = dir.map(|d| d.join("chat_template.jinja")).filter(|p| p.is_file()) {
+                chat_template = Some(std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?);
+            }
+        }
+        Ok(Self::assemble(inner, Extras { bos, eos, add_bos, chat_template }))
+    }
+
+    /// Built from GGUF metadata (`tokenizer.ggml.*`).
+    pub fn from_gguf(meta: &GgufMetadata) -> Result<Self> {
+        let (inner, extras) = gguf::build(meta)?;
+        Ok(Self::assemble(inner, extras))
+    }
+
+    pub fn load(src: &TokenizerSource) -> Result<Self> {
+        match src {
+            TokenizerSource::Files { tokenizer_json, tokenizer_config } => {
+                Self::from_files(tokenizer_json, tokenizer_config.as_deref())
+            }
+            TokenizerSource::Gguf(file) => Self::from_gguf(&file.metadata),
+        }
+    }
+
+    fn assemble(inner: tokenizers::Tokenizer, x: Extras) -> Self {
+        let special = special_ids(&inner);
+        Tokenizer {
+            inner,
+            bos_id: x.bos,
+            eos_ids: x.eos,
+            add_bos: x.add_bos,
+            chat_template: x.chat_template,
+            special,
+        }
+    }
+
+    /// Text -> ids. Special tokens written in the text (e.g. "<|im_start|>") become their ids.
+    /// Adds no BOS: the caller decides with [`Tokenizer::add_bos`].
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenizer(format!("decode: {e}")))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// Every id that ends generation: the file's EOS and the end-of-turn tokens it marks special.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// Whether a plain prompt should get BOS prepended.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos && self.bos_id.is_some()
+    }
+
+    /// The raw vocabulary piece (byte-level or "▁"-form, not decoded text).
+    pub fn token_str(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.contains(&id)
+    }
+
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// Renders the chat template the way HF `apply_chat_template` does (trim_blocks,
+    /// lstrip_blocks, `raise_exception`, the common Python string methods).
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| Error::ChatTemplate("the model files carry no chat template".into()))?;
+        let bos = self.bos_id.and_then(|id| self.token_str(id)).unwrap_or_default();
+        let eos = self.eos_ids.first().and_then(|&id| self.token_str(id)).unwrap_or_default();
+        chat::render(template, messages, add_generation_prompt, &bos, &eos)
+    }
+}
+
+fn special_ids(inner: &tokenizers::Tokenizer) -> HashSet<u32> {
+    inner.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect()
+}
+
+fn push_unique(v: &mut Vec<u32>, id: u32) {
+    if !v.contains(&id) {
+        v.push(id);
+    }
+}
+
+/// tokenizer_config.json's chat_template: a string, or (older exports) a list of
+/// `{name, template}` of which "default" is the one `apply_chat_template` uses.
+fn template_from_json(v: &serde_json::Value) -> Option<String> {
+    if let Some(s) = v.as_str() {
+        return Some(s.to_owned());
+    }
+    let list = v.as_array()?;
+    let named = |n: &str| list.iter().find(|t| t.get("name").and_then(|x| x.as_str()) == Some(n));
+    named("default").or_else(|| list.first()).and_then(|t| t.get("template")?.as_str()).map(str::to_owned)
+}
