@@ -17,7 +17,6 @@ fn llama_meta(w: &mut GgufWriter, arch: &str) {
         w.kv(&format!("{arch}.{k}"), GgufValue::U32(v));
     }
     w.kv(&format!("{arch}.attention.layer_norm_rms_epsilon"), GgufValue::F32(1e-5));
-    w.kv(&format!("{arch}.rope.freq_base"), GgufValue::F32(10000.0));
     let tokens = (0..40).map(|i| GgufValue::String(format!("t{i}"))).collect();
     w.kv("tokenizer.ggml.tokens", GgufValue::Array(tokens));
     w.kv("tokenizer.ggml.bos_token_id", GgufValue::U32(1));
@@ -231,6 +230,31 @@ fn gguf_config_errors_name_the_problem() {
     assert!(matches!(e, Error::BadConfig(_)) && e.to_string().contains("llama.embedding_length"), "{e}");
 }
 
+#[test]
+fn llama3_rope_freqs_tensor_becomes_rope_scaling() {
+    let want = tandem_core::RopeScaling::Llama3 { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 8192 };
+    let build = |factors: &[f32]| {
+        let mut w = GgufWriter::new();
+        llama_meta(&mut w, "llama");
+        w.kv("llama.rope.freq_base", GgufValue::F32(500000.0));
+        w.tensor("rope_freqs.weight", &[factors.len()], GGML_F32, factors);
+        open_gguf_bytes("m", w.to_bytes())
+    };
+    let cfg = build(&[1.0; 8]).expect("all-ones factors").config;
+    assert_eq!(cfg.rope_scaling, tandem_core::RopeScaling::None);
+    // llama.cpp's converter: factor = base_freq / scaled_freq per frequency.
+    let scaled = tandem_core::ModelConfig { rope_scaling: want.clone(), ..cfg.clone() }.rope_inv_freq();
+    let factors: Vec<f32> = cfg.rope_inv_freq().iter().zip(&scaled).map(|(b, s)| b / s).collect();
+    assert!(factors.iter().any(|&f| f > 1.0 && f < 32.0), "head_dim 16 at theta 5e5 covers the smooth band");
+    assert_eq!(build(&factors).expect("llama3 factors").config.rope_scaling, want);
+    let mut odd = factors.clone();
+    odd[3] *= 1.5;
+    let e = build(&odd).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("rope_freqs.weight"), "{e}");
+    let e = build(&factors[..4]).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("4 factors"), "{e}");
+}
+
 // ---- hostile and broken files --------------------------------------------------------------
 
 fn header(version: u32, n_tensors: u64, n_kv: u64) -> Vec<u8> {
@@ -337,7 +361,7 @@ fn rejects_bad_tensor_directory() {
     expect_err(tensor(&[33, 1], GGML_Q8_0, 0, 64), "not a multiple");
     // A known type tandem cannot load: the file opens, loading names the type.
     let f = parse(tensor(&[256], 12, 0, 144)).expect("Q4_K opens");
-    let e = f.load("w", LoadAs::Native).err().expect("Q4_K does not load");
+    let e = f.load("w", LoadAs::Native).expect_err("Q4_K does not load");
     assert!(e.to_string().contains("Q4_K"), "{e}");
 }
 

@@ -47,7 +47,7 @@ fn hf_config_variants() {
 
 #[test]
 fn hf_config_errors() {
-    let e = ModelConfig::from_hf_json(&with(LLAMA, r#"{"architectures": ["GPT2LMHeadModel"]}"#)).err().expect("unknown");
+    let e = ModelConfig::from_hf_json(&with(LLAMA, r#"{"architectures": ["GPT2LMHeadModel"]}"#)).expect_err("unknown");
     assert!(matches!(e, Error::UnknownArchitecture(ref a) if a == "GPT2LMHeadModel"), "{e}");
     config_err(&with(LLAMA, r#"{"rope_scaling": {"type": "yarn", "factor": 4}}"#), "yarn");
     config_err(&with(LLAMA, r#"{"rope_scaling": {"rope_type": "llama3", "factor": 8}}"#), "low_freq_factor");
@@ -105,7 +105,7 @@ fn safetensors_dtypes_and_conversions() {
         let t = s.load(name, LoadAs::Exactly(DType::Q4_1)).expect("q4_1");
         assert_eq!(t.bytes, quant::encode(&v, DType::Q4_1), "{name}");
     }
-    let e = s.load("i", LoadAs::F32).err().expect("I64 unsupported");
+    let e = s.load("i", LoadAs::F32).expect_err("I64 unsupported");
     assert!(e.to_string().contains("I64"), "{e}");
     assert!(matches!(s.load("zz", LoadAs::F32), Err(Error::MissingTensor(_))));
     assert!(matches!(s.load("a", LoadAs::Exactly(DType::U32)), Err(Error::InvalidParameter(_))));

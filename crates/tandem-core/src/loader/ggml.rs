@@ -7,6 +7,7 @@
 
 use super::gguf::{GgmlType, GgufFile, GgufMetadataExt, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0};
 use super::{f32_tensor, HostTensor, LoadAs, TensorInfo, TensorStore};
+use crate::config::{ModelConfig, RopeScaling};
 use crate::dtype::{DType, QBLOCK};
 use crate::{Error, Result};
 use half::f16;
@@ -156,6 +157,37 @@ pub(crate) fn convert(ty: GgmlType, raw: &[u8], shape: Vec<usize>, as_: LoadAs) 
     }
     let values = dequantize(ty.id, raw).ok_or("unsupported ggml type")?;
     Ok(f32_tensor(shape, &values, target))
+}
+
+/// Recovers Llama 3 rope scaling from llama.cpp's `rope_freqs.weight`: per-frequency divisors
+/// `base_freq / scaled_freq`, [head_dim / 2]. The factor is their maximum; low/high frequency
+/// factors 1 and 4 and an 8192 original context (every Llama 3.x release; `orig` overrides the
+/// context) must then reproduce every divisor, or the file is refused rather than misread.
+pub(crate) fn rope_scaling_from_factors(cfg: &ModelConfig, factors: &[f32], orig: Option<usize>) -> Result<RopeScaling> {
+    let half = cfg.head_dim / 2;
+    let err = |m: String| Err(Error::BadConfig(format!("rope_freqs.weight: {m}")));
+    if factors.len() != half {
+        return err(format!("{} factors, expected head_dim / 2 = {half}", factors.len()));
+    }
+    let factor = factors.iter().fold(1f32, |a, &f| a.max(f));
+    if factors.iter().all(|&f| f == 1.0) {
+        return Ok(RopeScaling::None);
+    }
+    let scaling = RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position: orig.unwrap_or(8192),
+    };
+    let base = ModelConfig { rope_scaling: RopeScaling::None, ..cfg.clone() }.rope_inv_freq();
+    let scaled = ModelConfig { rope_scaling: scaling.clone(), ..cfg.clone() }.rope_inv_freq();
+    for (i, ((b, s), f)) in base.iter().zip(&scaled).zip(factors).enumerate() {
+        let want = b / s;
+        if !f.is_finite() || (want - f).abs() > 1e-3 * f.abs().max(1.0) {
+            return err(format!("factor {i} is {f}, Llama 3 scaling (factor {factor}) would give {want}; unsupported rope scaling"));
+        }
+    }
+    Ok(scaling)
 }
 
 impl GgufFile {

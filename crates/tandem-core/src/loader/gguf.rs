@@ -517,9 +517,15 @@ impl GgufFile {
         if self.tensor("rope_freqs.weight").is_some() {
             // Llama 3.1+ GGUFs store their rope scaling as per-frequency factors in this
             // tensor, not in metadata; ignoring it would silently give wrong logits.
-            return Err(Error::BadConfig(
-                "rope_freqs.weight (rope scaling stored as a tensor, Llama 3.1+) is not supported yet".into(),
-            ));
+            use super::TensorStore;
+            let t = self.load("rope_freqs.weight", super::LoadAs::F32)?;
+            let factors: Vec<f32> = crate::quant::decode(&t.bytes, crate::DType::F32, t.shape.iter().product());
+            let orig = self
+                .metadata
+                .get_u64(&format!("{}.rope.scaling.original_context_length", self.architecture().unwrap_or("")))
+                .and_then(|n| usize::try_from(n).ok());
+            cfg.rope_scaling = super::ggml::rope_scaling_from_factors(&cfg, &factors, orig)?;
+            cfg.validate()?;
         }
         Ok(cfg)
     }
