@@ -309,6 +309,19 @@ fn rejects_bad_headers() {
     b.extend_from_slice(&[0; 64]);
     expect_err(b, "metadata array 'big'");
 
+    // 2^26 u8 elements really present (as if tensor data followed): refused by the budget,
+    // since each parsed value costs ~32 bytes.
+    let mut b = header(3, 0, 1);
+    write_string(&mut b, "bytes");
+    b.extend_from_slice(&9u32.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&(1u64 << 26).to_le_bytes());
+    b.resize(b.len() + (1 << 26), 0);
+    expect_err(b, "array elements in total");
+    let mut b = header(3, 1 << 21, 0);
+    b.resize(b.len() + (24 << 21), 0);
+    expect_err(b, "more than any model");
+
     let kv = |ty: u32, payload: &[u8]| {
         let mut b = header(3, 0, 1);
         write_string(&mut b, "k");

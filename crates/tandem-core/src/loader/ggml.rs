@@ -128,8 +128,8 @@ pub fn unpermute_rows(raw: &[u8], rows: usize, n_head: usize) -> std::result::Re
 /// Converts the raw bytes of a ggml tensor of type `ty` as asked. Errors are reasons, for the
 /// caller to attach the tensor name and path.
 pub(crate) fn convert(ty: GgmlType, raw: &[u8], shape: Vec<usize>, as_: LoadAs) -> std::result::Result<HostTensor, String> {
-    let numel = shape.iter().product::<usize>();
-    let expected = numel / ty.block * ty.type_size;
+    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
+    let expected = (numel / ty.block).checked_mul(ty.type_size).ok_or("byte size overflows")?;
     if numel % ty.block != 0 || raw.len() != expected {
         return Err(format!("{} bytes stored, but shape {shape:?} of {} needs {expected}", raw.len(), ty.name));
     }
@@ -225,7 +225,7 @@ impl TensorStore for GgufFile {
         let bad = |reason: String| Error::bad_file(&self.path, format!("tensor '{name}' ('{}'): {reason}", t.name));
         let mut raw = Cow::Borrowed(self.tensor_data(t)?);
         if let Some(heads) = self.permute_heads(name) {
-            let rows = t.dims.get(1).copied().unwrap_or(t.dims[0]) as usize;
+            let rows = t.dims.get(1).or(t.dims.first()).copied().unwrap_or(0) as usize;
             if t.dims.len() > 2 {
                 return Err(bad(format!("{} dims; expected a matrix or a vector", t.dims.len())));
             }

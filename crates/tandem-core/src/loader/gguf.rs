@@ -36,6 +36,13 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
 /// Nested arrays are legal but unused by any model; a small cap stops a stack-exhausting file.
 const MAX_ARRAY_DEPTH: u32 = 3;
+/// Each parsed value costs ~32 bytes of memory however small it is in the file, so a file with
+/// gigabytes of tensor data behind a huge u8 array could demand many times its size. Real
+/// models hold ~1-2M array elements (a 256k vocab's tokens, scores, types, merges).
+const MAX_ARRAY_ELEMENTS: usize = 1 << 25;
+/// Far above any model (large MoE files have tens of thousands of tensors).
+const MAX_TENSORS: usize = 1 << 20;
+const MAX_KVS: usize = 1 << 20;
 
 impl GgufValue {
     /// Any integer variant, if it fits (converters disagree on u32 vs i32 vs u64 for counts).
@@ -244,6 +251,8 @@ struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Metadata array elements still allowed (see MAX_ARRAY_ELEMENTS).
+    array_budget: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -330,6 +339,9 @@ impl<'a> Reader<'a> {
                 let min = min_value_size(elem_ty)
                     .ok_or_else(|| self.err(format!("metadata '{key}': unknown array element type {elem_ty}")))?;
                 let n = self.check_count(count, min, &format_args!("metadata array '{key}'"))?;
+                self.array_budget = self.array_budget.checked_sub(n).ok_or_else(|| {
+                    self.err(format!("metadata array '{key}' of {n} elements exceeds {MAX_ARRAY_ELEMENTS} array elements in total"))
+                })?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
                     items.push(self.value(elem_ty, key, depth + 1)?);
@@ -374,7 +386,7 @@ impl GgufFile {
     }
 
     fn parse(path: PathBuf, blob: Blob) -> Result<GgufFile> {
-        let mut r = Reader { buf: &blob, pos: 0, path: &path };
+        let mut r = Reader { buf: &blob, pos: 0, path: &path, array_budget: MAX_ARRAY_ELEMENTS };
         let magic = r.array::<4>(&"GGUF magic")?;
         if &magic != GGUF_MAGIC {
             return Err(r.err(format!("not a GGUF file (magic {magic:02x?}, expected \"GGUF\")")));
@@ -394,6 +406,9 @@ impl GgufFile {
         // least 8 (name length) + 4 (n_dims) + 4 (type) + 8 (offset).
         let n_kv = r.check_count(kv_count, 13, &"metadata count")?;
         let n_tensors = r.check_count(tensor_count, 24, &"tensor count")?;
+        if n_kv > MAX_KVS || n_tensors > MAX_TENSORS {
+            return Err(r.err(format!("{n_kv} metadata entries / {n_tensors} tensors: more than any model has")));
+        }
 
         let mut metadata = GgufMetadata::new();
         for i in 0..n_kv {
