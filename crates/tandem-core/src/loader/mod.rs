@@ -2,13 +2,18 @@
 //! or a single GGUF file. Tensors come out in tandem's layout under their HF names
 //! ("model.layers.3.self_attn.q_proj.weight"), whatever the file called them.
 
+pub mod ggml;
 pub mod gguf;
+#[doc(hidden)]
+pub mod gguf_writer;
+pub mod names;
 pub mod safetensors;
 
 use crate::config::ModelConfig;
 use crate::dtype::DType;
-use crate::Result;
+use crate::{Error, Result};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A tensor converted to tandem's layout (see [`crate::dtype`]), ready to upload.
 #[derive(Debug, Clone)]
@@ -68,9 +73,141 @@ pub struct ModelSource {
     pub tokenizer: TokenizerSource,
 }
 
+impl<T: TensorStore + ?Sized> TensorStore for Arc<T> {
+    fn infos(&self) -> &[TensorInfo] {
+        (**self).infos()
+    }
+    fn load(&self, name: &str, as_: LoadAs) -> Result<HostTensor> {
+        (**self).load(name, as_)
+    }
+}
+
+/// The bytes of a model file: memory-mapped natively, owned where there is no mmap (wasm) or
+/// when the caller already holds the bytes.
+pub(crate) enum Blob {
+    #[cfg(not(target_arch = "wasm32"))]
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Blob::Mapped(m) => m,
+            Blob::Owned(v) => v,
+        }
+    }
+}
+
+impl Blob {
+    pub(crate) fn read(path: &Path) -> Result<Blob> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            // SAFETY: the map is read-only and every offset into it is bounds-checked, so any
+            // content is safe to read. Like every mmap-based loader we assume no other process
+            // truncates the file while it is open (that would fault, not corrupt memory).
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            Ok(Blob::Mapped(map))
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            std::fs::read(path).map(Blob::Owned).map_err(|e| Error::io(path, e))
+        }
+    }
+}
+
+/// Builds a tensor of `dtype` from float values (`dtype` must be a float or quantized type).
+pub(crate) fn f32_tensor(shape: Vec<usize>, values: &[f32], dtype: DType) -> HostTensor {
+    HostTensor { dtype, shape, bytes: crate::quant::encode(values, dtype) }
+}
+
 /// Opens `path`: a directory with config.json + one or more *.safetensors + tokenizer.json,
 /// or a .gguf file. Reads headers and metadata only; tensor data is read on `load`.
 pub fn open(path: &Path) -> Result<ModelSource> {
-    let _ = path;
-    todo!("loader helper")
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return open_hf_dir(path);
+    }
+    let mut magic = [0u8; 4];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        f.read(&mut magic).map_err(|e| Error::io(path, e))?
+    };
+    if gguf::is_gguf(&magic[..n]) {
+        return source_from_gguf(gguf::GgufFile::open(path)?);
+    }
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if file_name.ends_with(".safetensors") || file_name.ends_with(".safetensors.index.json") || file_name == "config.json" {
+        // A file of an HF checkpoint: the model is its directory.
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        return open_hf_dir(dir);
+    }
+    Err(Error::bad_file(path, "not a GGUF file (no GGUF magic) and not a model directory"))
+}
+
+/// A model from a GGUF image already in memory (a browser fetch). `label` names it in errors.
+pub fn open_gguf_bytes(label: &str, bytes: Vec<u8>) -> Result<ModelSource> {
+    source_from_gguf(gguf::GgufFile::from_bytes(label, bytes)?)
+}
+
+fn source_from_gguf(file: gguf::GgufFile) -> Result<ModelSource> {
+    let config = file.model_config()?;
+    let file = Arc::new(file);
+    Ok(ModelSource {
+        path: file.path.clone(),
+        format: format!("gguf v{}", file.version),
+        config,
+        tensors: Box::new(file.clone()),
+        tokenizer: TokenizerSource::Gguf(file),
+    })
+}
+
+fn open_hf_dir(dir: &Path) -> Result<ModelSource> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let mut config = ModelConfig::from_hf_json(&text)?;
+    merge_generation_eos(dir, &mut config)?;
+    let tokenizer_json = dir.join("tokenizer.json");
+    if !tokenizer_json.is_file() {
+        return Err(Error::Tokenizer(format!("missing tokenizer.json in {}", dir.display())));
+    }
+    let tokenizer_config = Some(dir.join("tokenizer_config.json")).filter(|p| p.is_file());
+    let shards = safetensors::find_shards(dir)?;
+    let store = safetensors::SafetensorsStore::open(&shards)?;
+    Ok(ModelSource {
+        path: dir.to_path_buf(),
+        format: "safetensors".into(),
+        config,
+        tensors: Box::new(store),
+        tokenizer: TokenizerSource::Files { tokenizer_json, tokenizer_config },
+    })
+}
+
+/// Chat checkpoints often list extra stop tokens only in generation_config.json (Llama 3's
+/// <|eot_id|>); without them generation would run past the end of a turn.
+fn merge_generation_eos(dir: &Path, config: &mut ModelConfig) -> Result<()> {
+    let path = dir.join("generation_config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::BadConfig(format!("{}: {e}", path.display())))?;
+    let ids: Vec<u64> = match v.get("eos_token_id") {
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).collect(),
+        Some(x) => x.as_u64().into_iter().collect(),
+        None => Vec::new(),
+    };
+    for id in ids {
+        match u32::try_from(id) {
+            Ok(id) if (id as usize) < config.vocab_size => {
+                if !config.eos_token_ids.contains(&id) {
+                    config.eos_token_ids.push(id);
+                }
+            }
+            _ => return Err(Error::BadConfig(format!("{}: eos_token_id {id} is outside the vocabulary", path.display()))),
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,236 @@
+//! ggml's block formats: dequantization, direct repacking into tandem's layout (no float round
+//! trip, so Native loads are bit-exact), undoing llama.cpp's q/k row permutation, and the
+//! [`TensorStore`] of a [`GgufFile`].
+//!
+//! ggml blocks each row separately, tandem blocks the flat index; since a ggml row is a whole
+//! number of blocks, ggml block `b` in file order is exactly tandem block `b`.
+
+use super::gguf::{GgmlType, GgufFile, GgufMetadataExt, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0};
+use super::{f32_tensor, HostTensor, LoadAs, TensorInfo, TensorStore};
+use crate::config::{ModelConfig, RopeScaling};
+use crate::dtype::{DType, QBLOCK};
+use crate::{Error, Result};
+use half::f16;
+use std::borrow::Cow;
+
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Element `j` of a ggml Q4 block's 16 quant bytes: low nibbles hold elements 0..16, high
+/// nibbles 16..32.
+#[inline]
+fn ggml_nibble(qs: &[u8], j: usize) -> u8 {
+    if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 }
+}
+
+/// Dequantizes ggml data of type `ty` to f32, as ggml itself computes it. `None` for types
+/// tandem does not read. `raw` must hold whole blocks.
+pub fn dequantize(ty: u32, raw: &[u8]) -> Option<Vec<f32>> {
+    Some(match ty {
+        GGML_F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        GGML_F16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        GGML_BF16 => raw.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
+        GGML_Q8_0 => raw
+            .chunks_exact(34)
+            .flat_map(|b| {
+                let d = f16_at(b, 0);
+                b[2..34].iter().map(move |&q| d * (q as i8) as f32)
+            })
+            .collect(),
+        GGML_Q4_0 => raw
+            .chunks_exact(18)
+            .flat_map(|b| {
+                let d = f16_at(b, 0);
+                (0..QBLOCK).map(move |j| d * (ggml_nibble(&b[2..18], j) as f32 - 8.0))
+            })
+            .collect(),
+        GGML_Q4_1 => raw
+            .chunks_exact(20)
+            .flat_map(|b| {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                (0..QBLOCK).map(move |j| d * ggml_nibble(&b[4..20], j) as f32 + m)
+            })
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// The tandem type a ggml type loads as under [`LoadAs::Native`].
+pub fn native_dtype(ty: u32) -> Option<DType> {
+    Some(match ty {
+        GGML_F32 | GGML_BF16 => DType::F32,
+        GGML_F16 => DType::F16,
+        GGML_Q8_0 => DType::Q8_0,
+        GGML_Q4_0 => DType::Q4_0,
+        GGML_Q4_1 => DType::Q4_1,
+        _ => return None,
+    })
+}
+
+/// Repacks ggml Q8_0 / Q4_0 / Q4_1 blocks into tandem's sections, bit for bit.
+fn repack_quant(ty: u32, raw: &[u8], numel: usize) -> Option<(DType, Vec<u8>)> {
+    let (dtype, size, header) = match ty {
+        GGML_Q8_0 => (DType::Q8_0, 34, 2),
+        GGML_Q4_0 => (DType::Q4_0, 18, 2),
+        GGML_Q4_1 => (DType::Q4_1, 20, 4),
+        _ => return None,
+    };
+    let l = dtype.quant_layout(numel)?;
+    if raw.len() != l.blocks * size || numel % QBLOCK != 0 {
+        return None;
+    }
+    let mut out = vec![0u8; l.total_bytes];
+    for (b, blk) in raw.chunks_exact(size).enumerate() {
+        out[l.d_offset + 2 * b..l.d_offset + 2 * b + 2].copy_from_slice(&blk[0..2]);
+        let qs = &blk[header..];
+        if dtype == DType::Q8_0 {
+            out[b * QBLOCK..(b + 1) * QBLOCK].copy_from_slice(qs);
+            continue;
+        }
+        if dtype == DType::Q4_1 {
+            out[l.m_offset + 2 * b..l.m_offset + 2 * b + 2].copy_from_slice(&blk[2..4]);
+        }
+        // tandem: element e in byte e/2, low nibble for even e.
+        for k in 0..QBLOCK / 2 {
+            out[b * QBLOCK / 2 + k] = ggml_nibble(qs, 2 * k) | (ggml_nibble(qs, 2 * k + 1) << 4);
+        }
+    }
+    Some((dtype, out))
+}
+
+/// Undoes llama.cpp's `permute` of q/k rows (HF -> GGUF:
+/// `w.reshape(n_head, 2, hd/2, cols).swapaxes(1, 2)`), so rows come back in HF's rotate-half
+/// order: `hf_row[h*hd + j*hd/2 + i] = gguf_row[h*hd + 2*i + j]`. Rows move as raw bytes, so
+/// this works for any type whose rows are whole blocks.
+pub fn unpermute_rows(raw: &[u8], rows: usize, n_head: usize) -> std::result::Result<Vec<u8>, String> {
+    if rows == 0 || n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 || raw.len() % rows != 0 {
+        return Err(format!(
+            "cannot undo the q/k permutation: {rows} rows, {n_head} heads, {} bytes",
+            raw.len()
+        ));
+    }
+    let (hd, row_bytes) = (rows / n_head, raw.len() / rows);
+    let mut out = vec![0u8; raw.len()];
+    for h in 0..n_head {
+        for j in 0..2 {
+            for i in 0..hd / 2 {
+                let dst = h * hd + j * (hd / 2) + i;
+                let src = h * hd + 2 * i + j;
+                out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&raw[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Converts the raw bytes of a ggml tensor of type `ty` as asked. Errors are reasons, for the
+/// caller to attach the tensor name and path.
+pub(crate) fn convert(ty: GgmlType, raw: &[u8], shape: Vec<usize>, as_: LoadAs) -> std::result::Result<HostTensor, String> {
+    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
+    let expected = (numel / ty.block).checked_mul(ty.type_size).ok_or("byte size overflows")?;
+    if numel % ty.block != 0 || raw.len() != expected {
+        return Err(format!("{} bytes stored, but shape {shape:?} of {} needs {expected}", raw.len(), ty.name));
+    }
+    let native = native_dtype(ty.id).ok_or_else(|| {
+        format!("ggml type {} is not supported (tandem loads F32, F16, BF16, Q8_0, Q4_0, Q4_1)", ty.name)
+    })?;
+    let target = match as_ {
+        LoadAs::F32 => DType::F32,
+        LoadAs::Native => native,
+        LoadAs::Exactly(DType::U32) => return Err("cannot load a float tensor as u32".into()),
+        LoadAs::Exactly(d) => d,
+    };
+    // Same type: copy or repack without touching the values.
+    if target == native && ty.id != GGML_BF16 {
+        let bytes = match target {
+            DType::F32 => raw.to_vec(),
+            DType::F16 => {
+                let mut b = raw.to_vec();
+                b.resize(DType::F16.storage_bytes(numel), 0);
+                b
+            }
+            _ => repack_quant(ty.id, raw, numel).ok_or("quantized data does not fill whole blocks")?.1,
+        };
+        return Ok(HostTensor { dtype: target, shape, bytes });
+    }
+    let values = dequantize(ty.id, raw).ok_or("unsupported ggml type")?;
+    Ok(f32_tensor(shape, &values, target))
+}
+
+/// Recovers Llama 3 rope scaling from llama.cpp's `rope_freqs.weight`: per-frequency divisors
+/// `base_freq / scaled_freq`, [head_dim / 2]. The factor is their maximum; low/high frequency
+/// factors 1 and 4 and an 8192 original context (every Llama 3.x release; `orig` overrides the
+/// context) must then reproduce every divisor, or the file is refused rather than misread.
+pub(crate) fn rope_scaling_from_factors(cfg: &ModelConfig, factors: &[f32], orig: Option<usize>) -> Result<RopeScaling> {
+    let half = cfg.head_dim / 2;
+    let err = |m: String| Err(Error::BadConfig(format!("rope_freqs.weight: {m}")));
+    if factors.len() != half {
+        return err(format!("{} factors, expected head_dim / 2 = {half}", factors.len()));
+    }
+    let factor = factors.iter().fold(1f32, |a, &f| a.max(f));
+    if factors.iter().all(|&f| f == 1.0) {
+        return Ok(RopeScaling::None);
+    }
+    let scaling = RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position: orig.unwrap_or(8192),
+    };
+    let base = ModelConfig { rope_scaling: RopeScaling::None, ..cfg.clone() }.rope_inv_freq();
+    let scaled = ModelConfig { rope_scaling: scaling.clone(), ..cfg.clone() }.rope_inv_freq();
+    for (i, ((b, s), f)) in base.iter().zip(&scaled).zip(factors).enumerate() {
+        let want = b / s;
+        if !f.is_finite() || (want - f).abs() > 1e-3 * f.abs().max(1.0) {
+            return err(format!("factor {i} is {f}, Llama 3 scaling (factor {factor}) would give {want}; unsupported rope scaling"));
+        }
+    }
+    Ok(scaling)
+}
+
+impl GgufFile {
+    /// The head count llama.cpp permuted `hf_name`'s rows with, if it did.
+    fn permute_heads(&self, hf_name: &str) -> Option<Result<usize>> {
+        // Only the Llama converter permutes; qwen2's GGUF keeps HF's row order.
+        if !matches!(self.architecture(), Some("llama" | "mistral")) {
+            return None;
+        }
+        let is_k = super::names::rope_permuted(hf_name)?;
+        let arch = self.architecture().unwrap_or("llama");
+        let q_key = format!("{arch}.attention.head_count");
+        let kv_key = format!("{arch}.attention.head_count_kv");
+        let heads = if is_k {
+            self.metadata.get_u64(&kv_key).or_else(|| self.metadata.get_u64(&q_key))
+        } else {
+            self.metadata.get_u64(&q_key)
+        };
+        Some(
+            heads
+                .and_then(|h| usize::try_from(h).ok())
+                .ok_or_else(|| Error::bad_file(&self.path, format!("'{hf_name}' needs {q_key} to undo the rope permutation"))),
+        )
+    }
+}
+
+impl TensorStore for GgufFile {
+    fn infos(&self) -> &[TensorInfo] {
+        &self.infos
+    }
+
+    fn load(&self, name: &str, as_: LoadAs) -> Result<HostTensor> {
+        let &i = self.by_name.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let t = &self.tensors[i];
+        let bad = |reason: String| Error::bad_file(&self.path, format!("tensor '{name}' ('{}'): {reason}", t.name));
+        let mut raw = Cow::Borrowed(self.tensor_data(t)?);
+        if let Some(heads) = self.permute_heads(name) {
+            let rows = t.dims.get(1).or(t.dims.first()).copied().unwrap_or(0) as usize;
+            if t.dims.len() > 2 {
+                return Err(bad(format!("{} dims; expected a matrix or a vector", t.dims.len())));
+            }
+            raw = Cow::Owned(unpermute_rows(&raw, rows, heads?).map_err(bad)?);
+        }
+        convert(t.ggml_type, &raw, t.shape(), as_).map_err(bad)
+    }
+}
