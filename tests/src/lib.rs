@@ -1,1 +1,78 @@
+//! tandem's shared backend test suite.
+//!
+//! Every backend runs the same generated cases ([`cases`]) against the CPU backend in reference
+//! mode, compared with a normalized error and a tolerance set per op and dtype ([`tolerance`]),
+//! never per backend. Instantiate it for a backend with [`conformance_suite!`].
 
+pub mod cases;
+pub mod harness;
+pub mod rng;
+
+pub use cases::{cases_for, Case, Init, OPS};
+pub use harness::{check_op, run_case, tolerance, Tol};
+
+/// One `#[test]` per op for a backend. `$make` is an expression usable as
+/// `Fn() -> Result<B, String>`; an `Err(reason)` (no device, say) prints
+/// `SKIP <backend>: <reason>` and the test returns.
+///
+/// ```ignore
+/// tandem_tests::conformance_suite!(cpu_fast, || tandem_cpu::CpuBackend::fast(2).map_err(|e| e.to_string()));
+/// ```
+#[macro_export]
+macro_rules! conformance_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn check(op: &str) {
+                $crate::check_op($make, stringify!($name), op);
+            }
+
+            #[test]
+            fn embed() {
+                check("embed");
+            }
+            #[test]
+            fn rms_norm() {
+                check("rms_norm");
+            }
+            #[test]
+            fn matmul() {
+                check("matmul");
+            }
+            #[test]
+            fn rope() {
+                check("rope");
+            }
+            #[test]
+            fn kv_write() {
+                check("kv_write");
+            }
+            #[test]
+            fn attention_prefill() {
+                check("attention_prefill");
+            }
+            #[test]
+            fn attention_decode() {
+                check("attention_decode");
+            }
+            #[test]
+            fn swiglu() {
+                check("swiglu");
+            }
+            #[test]
+            fn add() {
+                check("add");
+            }
+            #[test]
+            fn argmax() {
+                check("argmax");
+            }
+            #[test]
+            fn copy_rows() {
+                check("copy_rows");
+            }
+        }
+    };
+}

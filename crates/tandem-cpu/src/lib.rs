@@ -1,1 +1,202 @@
+//! tandem's CPU backend.
+//!
+//! Two modes share one buffer table and one set of shape checks:
+//! - [`CpuMode::Reference`]: plain scalar loops, single thread, f32 accumulation in the obvious
+//!   order. It is the oracle every other backend (and the fast mode) is tested against, so it
+//!   favours being obviously right over being quick.
+//! - [`CpuMode::Fast`]: the same ops on a private rayon pool, with lane-parallel inner loops
+//!   the compiler vectorizes (and an AVX2 build of the hot kernels chosen at run time).
+//!
+//! Every op lives in its own file under `ops/`, its reference and fast function side by side.
 
+use rayon::ThreadPool;
+use tandem_core::ops::Op;
+use tandem_core::{Backend, BufId, DType, Error, Result, Step};
+
+mod ops;
+mod table;
+
+use table::{Buffer, Table};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuMode {
+    /// Scalar, single-threaded, obviously correct: the test oracle.
+    Reference,
+    /// Multithreaded on `threads` workers (0 = one per core).
+    Fast { threads: usize },
+}
+
+pub struct CpuBackend {
+    mode: CpuMode,
+    pool: Option<ThreadPool>,
+    avx2: bool,
+    table: Table,
+}
+
+/// What an op's fast function needs to know about the machine; `None` pool = reference mode.
+#[derive(Clone, Copy)]
+pub(crate) struct Exec<'a> {
+    pub pool: Option<&'a ThreadPool>,
+    /// AVX2 and FMA were detected at run time, so the `avx2` builds of kernels may be called.
+    pub avx2: bool,
+}
+
+impl Exec<'_> {
+    /// Number of worker threads (1 in reference mode).
+    pub fn threads(&self) -> usize {
+        self.pool.map_or(1, |p| p.current_num_threads())
+    }
+}
+
+impl CpuBackend {
+    pub fn new(mode: CpuMode) -> Result<Self> {
+        let pool = match mode {
+            CpuMode::Reference => None,
+            CpuMode::Fast { threads } => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("tandem-cpu-{i}"))
+                    .build()
+                    .map_err(|e| Error::Backend { backend: "cpu-fast".into(), reason: e.to_string() })?,
+            ),
+        };
+        Ok(CpuBackend { mode, pool, avx2: detect_avx2(), table: Table::default() })
+    }
+
+    /// The oracle. Building it cannot fail: it starts no threads.
+    pub fn reference() -> Self {
+        CpuBackend { mode: CpuMode::Reference, pool: None, avx2: false, table: Table::default() }
+    }
+
+    pub fn fast(threads: usize) -> Result<Self> {
+        Self::new(CpuMode::Fast { threads })
+    }
+
+    pub fn mode(&self) -> CpuMode {
+        self.mode
+    }
+
+    fn run_op(&mut self, op: &Op) -> Result<()> {
+        let ex = Exec { pool: self.pool.as_ref(), avx2: self.avx2 };
+        let t = &mut self.table;
+        match op {
+            Op::Embed(o) => ops::embed::run(t, ex, o),
+            Op::RmsNorm(o) => ops::rms_norm::run(t, ex, o),
+            Op::Matmul(o) => ops::matmul::run(t, ex, o),
+            Op::Rope(o) => ops::rope::run(t, ex, o),
+            Op::KvWrite(o) => ops::kv_write::run(t, ex, o),
+            Op::Attention(o) => ops::attention::run(t, ex, o),
+            Op::Swiglu(o) => ops::swiglu::run(t, ex, o),
+            Op::Add(o) => ops::add::run(t, ex, o),
+            Op::Argmax(o) => ops::argmax::run(t, ex, o),
+            Op::CopyRows(o) => ops::copy_rows::run(t, ex, o),
+        }
+    }
+}
+
+fn detect_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn is_weight_dtype(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+}
+
+fn is_kv_dtype(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F16)
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        match self.mode {
+            CpuMode::Reference => "cpu-reference".into(),
+            CpuMode::Fast { .. } => "cpu-fast".into(),
+        }
+    }
+
+    fn supports(&self, op: &Op) -> bool {
+        match op {
+            Op::Embed(o) => is_weight_dtype(o.dtype),
+            Op::Matmul(o) => is_weight_dtype(o.wdtype),
+            Op::Rope(o) => o.head_dim % 2 == 0,
+            Op::KvWrite(o) => is_kv_dtype(o.kv_dtype),
+            Op::Attention(o) => {
+                is_kv_dtype(o.kv_dtype) && o.kv_heads > 0 && o.heads % o.kv_heads == 0 && o.block_size > 0
+            }
+            Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::CopyRows(_) => true,
+        }
+    }
+
+    fn alloc(&mut self, dtype: DType, numel: usize) -> Result<BufId> {
+        let bytes = dtype.storage_bytes(numel);
+        if bytes == 0 && numel > 0 {
+            return Err(Error::InvalidParameter(format!("cannot allocate {numel} elements of {dtype}")));
+        }
+        let words = bytes.div_ceil(4);
+        let mut data = Vec::new();
+        data.try_reserve_exact(words).map_err(|e| Error::Backend {
+            backend: self.name(),
+            reason: format!("allocating {bytes} bytes: {e}"),
+        })?;
+        data.resize(words, 0u32);
+        Ok(self.table.insert(Buffer { dtype, numel, data }))
+    }
+
+    fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()> {
+        let name = self.name();
+        let b = self.table.get_mut(buf).ok_or_else(|| Error::Backend {
+            backend: name.clone(),
+            reason: format!("write to unknown buffer {}", buf.0),
+        })?;
+        let dst = b.bytes_mut();
+        if bytes.len() > dst.len() {
+            return Err(Error::Backend {
+                backend: name,
+                reason: format!("write of {} bytes into buffer {} of {} bytes", bytes.len(), buf.0, dst.len()),
+            });
+        }
+        dst[..bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn free(&mut self, buf: BufId) {
+        self.table.remove(buf);
+    }
+
+    fn execute(&mut self, step: &Step) -> Result<()> {
+        for (buf, bytes) in &step.writes {
+            self.write(*buf, bytes)?;
+        }
+        for op in &step.ops {
+            self.run_op(op)?;
+        }
+        Ok(())
+    }
+
+    async fn read(&mut self, buf: BufId, offset: usize, len: usize) -> Result<Vec<u8>> {
+        let name = self.name();
+        let b = self
+            .table
+            .get(buf)
+            .ok_or_else(|| Error::Backend { backend: name.clone(), reason: format!("read of unknown buffer {}", buf.0) })?;
+        let bytes = b.bytes();
+        match offset.checked_add(len) {
+            Some(end) if end <= bytes.len() => Ok(bytes[offset..end].to_vec()),
+            _ => Err(Error::Backend {
+                backend: name,
+                reason: format!("read of {len} bytes at {offset} from buffer {} of {} bytes", buf.0, bytes.len()),
+            }),
+        }
+    }
+
+    fn allocated_bytes(&self) -> usize {
+        self.table.allocated_bytes()
+    }
+}

@@ -1,0 +1,51 @@
+//! Decode-shaped matmul timings (n = 1) for each CPU mode:
+//! `cargo run --release -p tandem-cpu --example bench_matmul`
+//! Prints time per call and GB/s of weight traffic (weight bytes / time).
+
+use std::time::Instant;
+
+use tandem_core::ops::{Matmul, Op};
+use tandem_core::quant::encode;
+use tandem_core::{Backend, DType, Step};
+use tandem_cpu::CpuBackend;
+
+fn bench(b: &mut CpuBackend, label: &str, dtype: DType, n: usize, k: usize, m: usize) {
+    let w: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
+    let x: Vec<f32> = (0..n * k).map(|i| ((i * 104729 % 997) as f32 - 498.0) / 498.0).collect();
+    let wb = encode(&w, dtype);
+    let wid = b.alloc(dtype, m * k).unwrap();
+    b.write(wid, &wb).unwrap();
+    let xid = b.alloc(DType::F32, n * k).unwrap();
+    b.write(xid, bytemuck::cast_slice(&x)).unwrap();
+    let out = b.alloc(DType::F32, n * m).unwrap();
+    let step = Step { writes: vec![], ops: vec![Op::Matmul(Matmul { x: xid, w: wid, wdtype: dtype, bias: None, out, n, k, m })] };
+    b.execute(&step).unwrap(); // warm up
+    let start = Instant::now();
+    let mut iters = 0;
+    while start.elapsed().as_secs_f64() < 0.5 || iters < 3 {
+        b.execute(&step).unwrap();
+        iters += 1;
+    }
+    let per = start.elapsed().as_secs_f64() / iters as f64;
+    println!(
+        "{label:<16} {dtype} [{n},{k}]x[{m},{k}]: {:9.1} us/call  {:6.2} GB/s of weights",
+        per * 1e6,
+        wb.len() as f64 / per / 1e9
+    );
+    for id in [wid, xid, out] {
+        b.free(id);
+    }
+}
+
+fn main() {
+    let shapes = [(DType::Q4_1, 1, 576, 1536), (DType::Q8_0, 1, 576, 49152), (DType::Q4_1, 64, 576, 1536)];
+    let mut modes: Vec<(String, CpuBackend)> = vec![("reference".into(), CpuBackend::reference())];
+    for t in [1, 2] {
+        modes.push((format!("fast {t} thread(s)"), CpuBackend::fast(t).unwrap()));
+    }
+    for (dtype, n, k, m) in shapes {
+        for (label, b) in &mut modes {
+            bench(b, label, dtype, n, k, m);
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Index of each row's largest value: lowest index on ties, NaN never wins.
+
+use rayon::prelude::*;
+use tandem_core::ops::Argmax;
+use tandem_core::{DType, Result};
+
+use crate::table::{numel, Table};
+use crate::Exec;
+
+const OP: &str = "argmax";
+
+pub(crate) fn run(t: &mut Table, ex: Exec, op: &Argmax) -> Result<()> {
+    let len = numel(OP, &[op.n, op.width])?;
+    t.with_output(OP, "out", op.out, DType::U32, op.n, |t, out| {
+        let x = &t.input(OP, "x", op.x, DType::F32, len)?.f32()[..len];
+        let out = &mut out.u32_mut()[..op.n];
+        match ex.pool {
+            None => reference(x, out, op.width),
+            Some(pool) => pool.install(|| fast(x, out, op.width)),
+        }
+        Ok(())
+    })
+}
+
+/// The first index holding the row's maximum; 0 when every value is NaN (or the row is empty).
+fn row_argmax(row: &[f32]) -> u32 {
+    let mut best: Option<(usize, f32)> = None;
+    for (j, &v) in row.iter().enumerate() {
+        if v.is_nan() {
+            continue;
+        }
+        match best {
+            Some((_, b)) if v <= b => {}
+            _ => best = Some((j, v)),
+        }
+    }
+    best.map_or(0, |(j, _)| j as u32)
+}
+
+/// x: [n, width]; out: [n].
+pub(crate) fn reference(x: &[f32], out: &mut [u32], width: usize) {
+    for i in 0..out.len() {
+        out[i] = row_argmax(&x[i * width..(i + 1) * width]);
+    }
+}
+
+/// Rows in parallel; each row is one scan (argmax runs once per step on the logits).
+pub(crate) fn fast(x: &[f32], out: &mut [u32], width: usize) {
+    out.par_iter_mut().enumerate().for_each(|(i, o)| *o = row_argmax(&x[i * width..(i + 1) * width]));
+}

@@ -1,0 +1,63 @@
+//! Token embedding lookup, dequantizing the table rows it touches.
+
+use rayon::prelude::*;
+use tandem_core::ops::Embed;
+use tandem_core::{DType, Error, Result};
+
+use crate::table::{bad_dtype, numel, Table, Weight};
+use crate::{is_weight_dtype, Exec};
+
+const OP: &str = "embed";
+
+pub(crate) fn run(t: &mut Table, ex: Exec, op: &Embed) -> Result<()> {
+    if !is_weight_dtype(op.dtype) {
+        return Err(bad_dtype(OP, "table", "f32/f16/q8_0/q4_0/q4_1", op.dtype));
+    }
+    let table_len = numel(OP, &[op.vocab, op.dim])?;
+    let out_len = numel(OP, &[op.n, op.dim])?;
+    t.with_output(OP, "out", op.out, DType::F32, out_len, |t, out| {
+        let table = t.input(OP, "table", op.table, op.dtype, table_len)?;
+        let ids = &t.input(OP, "ids", op.ids, DType::U32, op.n)?.u32()[..op.n];
+        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= op.vocab) {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: format!("token ids < vocab {}", op.vocab),
+                got: format!("ids[{i}] = {id}"),
+            });
+        }
+        let out = &mut out.f32_mut()[..out_len];
+        match ex.pool {
+            None => reference(table.weight(), ids, out, op.dim),
+            Some(pool) => pool.install(|| fast(table.weight(), ids, out, op.dim)),
+        }
+        Ok(())
+    })
+}
+
+/// table: [vocab, dim]; ids: [n]; out: [n, dim].
+pub(crate) fn reference(table: Weight, ids: &[u32], out: &mut [f32], dim: usize) {
+    for (i, &id) in ids.iter().enumerate() {
+        for j in 0..dim {
+            out[i * dim + j] = table.get(id as usize * dim + j);
+        }
+    }
+}
+
+/// Rows in parallel. Each element is computed with the reference's formula, so the result is
+/// bit-identical; a lookup moves n * dim values and needs nothing cleverer.
+pub(crate) fn fast(table: Weight, ids: &[u32], out: &mut [f32], dim: usize) {
+    if dim == 0 {
+        return;
+    }
+    out.par_chunks_mut(dim).zip(ids.par_iter()).for_each(|(row, &id)| {
+        let base = id as usize * dim;
+        match table {
+            Weight::F32(w) => row.copy_from_slice(&w[base..base + dim]),
+            _ => {
+                for (j, o) in row.iter_mut().enumerate() {
+                    *o = table.get(base + j);
+                }
+            }
+        }
+    });
+}

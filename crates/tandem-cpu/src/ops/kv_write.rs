@@ -1,0 +1,69 @@
+//! Writes the step's new keys and values into their paged cache rows.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use tandem_core::ops::KvWrite;
+use tandem_core::{DType, Error, Result};
+
+use crate::table::{bad_dtype, numel, Buffer, Table};
+use crate::{is_kv_dtype, Exec};
+
+const OP: &str = "kv_write";
+
+pub(crate) fn run(t: &mut Table, ex: Exec, op: &KvWrite) -> Result<()> {
+    if !is_kv_dtype(op.kv_dtype) {
+        return Err(bad_dtype(OP, "cache", "f32/f16", op.kv_dtype));
+    }
+    let row = numel(OP, &[op.kv_heads, op.head_dim])?;
+    let len = numel(OP, &[op.n, row])?;
+    // Both caches go out of the table at once; put them back whatever happens.
+    let mut ck = t.take(OP, "cache_k", op.cache_k, op.kv_dtype, 0)?;
+    let r = match t.take(OP, "cache_v", op.cache_v, op.kv_dtype, 0) {
+        Ok(mut cv) => {
+            let r = write_both(t, ex, op, row, len, &mut ck, &mut cv);
+            t.put(op.cache_v, cv);
+            r
+        }
+        Err(e) => Err(e),
+    };
+    t.put(op.cache_k, ck);
+    r
+}
+
+fn write_both(t: &Table, _ex: Exec, op: &KvWrite, row: usize, len: usize, ck: &mut Buffer, cv: &mut Buffer) -> Result<()> {
+    let k = &t.input(OP, "k", op.k, DType::F32, len)?.f32()[..len];
+    let v = &t.input(OP, "v", op.v, DType::F32, len)?.f32()[..len];
+    let slots = &t.input(OP, "slots", op.slots, DType::U32, op.n)?.u32()[..op.n];
+    let rows = if row == 0 { 0 } else { ck.numel.min(cv.numel) / row };
+    if let Some((i, &s)) = slots.iter().enumerate().find(|(_, &s)| s as usize >= rows) {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: format!("slots < {rows} cache rows"),
+            got: format!("slots[{i}] = {s}"),
+        });
+    }
+    // Scattering n rows is memory traffic only; both modes share the one loop.
+    for (cache, src) in [(ck, k), (cv, v)] {
+        match op.kv_dtype {
+            DType::F32 => reference_f32(cache.f32_mut(), src, slots, row),
+            _ => reference_f16(cache.f16_mut(), src, slots, row),
+        }
+    }
+    Ok(())
+}
+
+/// cache: [rows, kv_heads * head_dim]; src: [n, kv_heads * head_dim]; slots: [n].
+pub(crate) fn reference_f32(cache: &mut [f32], src: &[f32], slots: &[u32], row: usize) {
+    for (i, &s) in slots.iter().enumerate() {
+        let s = s as usize;
+        cache[s * row..(s + 1) * row].copy_from_slice(&src[i * row..(i + 1) * row]);
+    }
+}
+
+/// As [`reference_f32`], rounding to nearest f16.
+pub(crate) fn reference_f16(cache: &mut [f16], src: &[f32], slots: &[u32], row: usize) {
+    for (i, &s) in slots.iter().enumerate() {
+        let s = s as usize;
+        cache[s * row..(s + 1) * row].convert_from_f32_slice(&src[i * row..(i + 1) * row]);
+    }
+}

@@ -1,0 +1,386 @@
+//! out = x @ w^T (+ bias) with the weight dequantized inside the kernel.
+//!
+//! Fast mode has two paths:
+//! - decode (n = 1, quantized, k % 32 == 0): every row starts on a block boundary, so each
+//!   weight byte is streamed once and dequantized in registers. The activation is prepared
+//!   once: split into even/odd elements (matching the nibble order of Q4 bytes) and summed per
+//!   block, so Q4_0 is d * (sum(q * x) - 8 * sum(x)) and Q4_1 is d * sum(q * x) + m * sum(x).
+//! - general (prefill, odd k, f32/f16 weights): a tile of rows is dequantized into an f32
+//!   scratch once and dotted against every token, so weight work is shared by all n tokens.
+//!   Rows may start mid-block here (blocks run over the flat index), which the scratch
+//!   dequantizer handles segment by segment.
+//!
+//! Both are parallel over chunks of output rows.
+
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+use tandem_core::ops::Matmul;
+use tandem_core::{DType, QuantView, Result, QBLOCK};
+
+use super::{chunk_rows, dot};
+use crate::table::{bad_dtype, numel, Table, Weight};
+use crate::{is_weight_dtype, Exec};
+
+const OP: &str = "matmul";
+
+pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
+    if !is_weight_dtype(op.wdtype) {
+        return Err(bad_dtype(OP, "w", "f32/f16/q8_0/q4_0/q4_1", op.wdtype));
+    }
+    let (n, k, m) = (op.n, op.k, op.m);
+    let x_len = numel(OP, &[n, k])?;
+    let w_len = numel(OP, &[m, k])?;
+    let out_len = numel(OP, &[n, m])?;
+    t.with_output(OP, "out", op.out, DType::F32, out_len, |t, out| {
+        let x = &t.input(OP, "x", op.x, DType::F32, x_len)?.f32()[..x_len];
+        let w = t.input(OP, "w", op.w, op.wdtype, w_len)?.weight();
+        let bias = match op.bias {
+            Some(b) => Some(&t.input(OP, "bias", b, DType::F32, m)?.f32()[..m]),
+            None => None,
+        };
+        let out = &mut out.f32_mut()[..out_len];
+        match ex.pool {
+            None => reference(x, w, bias, out, n, k, m),
+            Some(pool) => pool.install(|| fast(ex, x, w, bias, out, n, k, m)),
+        }
+        Ok(())
+    })
+}
+
+/// x: [n, k]; w: [m, k]; bias: [m]; out: [n, m].
+pub(crate) fn reference(x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, m: usize) {
+    for i in 0..n {
+        for r in 0..m {
+            let mut acc = 0f32;
+            for j in 0..k {
+                acc += x[i * k + j] * w.get(r * k + j);
+            }
+            if let Some(b) = bias {
+                acc += b[r];
+            }
+            out[i * m + r] = acc;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fast(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, m: usize) {
+    if n == 0 || m == 0 {
+        return;
+    }
+    match w {
+        Weight::Q(q) if n == 1 && k % QBLOCK == 0 && k > 0 => decode_quant(ex, x, q, bias, out, k, m),
+        _ => general(ex, x, w, bias, out, n, k, m),
+    }
+}
+
+/// The activation row rearranged for quantized dot products.
+struct XPrep {
+    /// x[2j] and x[2j + 1]: the low and high nibble partners of Q4 byte j. [k / 2] each.
+    even: Vec<f32>,
+    odd: Vec<f32>,
+    /// Sum of x over each block of 32. [k / 32].
+    sums: Vec<f32>,
+}
+
+impl XPrep {
+    fn new(x: &[f32]) -> Self {
+        let even = x.iter().step_by(2).copied().collect();
+        let odd = x.iter().skip(1).step_by(2).copied().collect();
+        let sums = x.chunks_exact(QBLOCK).map(|b| b.iter().sum()).collect();
+        XPrep { even, odd, sums }
+    }
+}
+
+fn decode_quant(ex: Exec, x: &[f32], q: QuantView, bias: Option<&[f32]>, out: &mut [f32], k: usize, m: usize) {
+    let prep = if q.dtype == DType::Q8_0 { XPrep { even: vec![], odd: vec![], sums: vec![] } } else { XPrep::new(x) };
+    let c = chunk_rows(m, ex.threads(), 16);
+    out.par_chunks_mut(c).enumerate().for_each(|(ci, o)| {
+        quant_rows(ex.avx2, q, x, &prep, k, ci * c, o);
+        if let Some(b) = bias {
+            for (v, bv) in o.iter_mut().zip(&b[ci * c..]) {
+                *v += bv;
+            }
+        }
+    });
+}
+
+/// out[ri] = dot(row r0 + ri of w, x) for a chunk of rows; k % 32 == 0.
+fn quant_rows(avx2: bool, q: QuantView, x: &[f32], prep: &XPrep, k: usize, r0: usize, out: &mut [f32]) {
+    let nb = k / QBLOCK;
+    let (b_start, b_end) = (r0 * nb, (r0 + out.len()) * nb);
+    // Scales of the chunk's blocks as f32 once, rather than one f16 conversion per block.
+    let mut d = vec![0f32; b_end - b_start];
+    q.d[b_start..b_end].convert_to_f32_slice(&mut d);
+    let mut mins = vec![0f32; if q.dtype == DType::Q4_1 { b_end - b_start } else { 0 }];
+    if q.dtype == DType::Q4_1 {
+        q.m[b_start..b_end].convert_to_f32_slice(&mut mins);
+    }
+    for (ri, o) in out.iter_mut().enumerate() {
+        let b0 = (r0 + ri) * nb;
+        let ds = &d[ri * nb..(ri + 1) * nb];
+        let mins = (q.dtype == DType::Q4_1).then(|| &mins[ri * nb..(ri + 1) * nb]);
+        *o = match q.dtype {
+            DType::Q8_0 => {
+                let qs = &q.qs[b0 * QBLOCK..(b0 + nb) * QBLOCK];
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: `avx2` is true only when AVX2 and FMA were detected at run time.
+                    *o = unsafe { avx2::dot_q8(qs, ds, x) };
+                    continue;
+                }
+                dot_q8(qs, ds, x)
+            }
+            _ => {
+                let qs = &q.qs[b0 * 16..(b0 + nb) * 16];
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: as above.
+                    *o = unsafe { avx2::dot_q4(qs, ds, mins, prep) };
+                    continue;
+                }
+                dot_q4(qs, ds, mins, prep)
+            }
+        };
+    }
+}
+
+/// sum_b d[b] * sum_j q[b, j] * x[b, j] over whole blocks; qs: [nb * 32] i8, x: [nb * 32].
+#[inline(always)]
+fn dot_q8(qs: &[u8], d: &[f32], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for ((q, xs), &dv) in qs.chunks_exact(QBLOCK).zip(x.chunks_exact(QBLOCK)).zip(d) {
+        // Fixed-size views: no bounds checks, so the block loop unrolls into SIMD lanes.
+        let q: &[u8; QBLOCK] = q.try_into().unwrap();
+        let xs: &[f32; QBLOCK] = xs.try_into().unwrap();
+        let mut s = [0f32; 8];
+        for j in 0..4 {
+            for l in 0..8 {
+                s[l] += (q[j * 8 + l] as i8) as f32 * xs[j * 8 + l];
+            }
+        }
+        for l in 0..8 {
+            acc[l] += dv * s[l];
+        }
+    }
+    hsum8(acc)
+}
+
+/// Q4_0 (`mins` = None): sum_b d * (sum q x - 8 sum x); Q4_1: sum_b d * sum q x + m * sum x.
+/// qs: [nb * 16] bytes, two elements each, low nibble first.
+#[inline(always)]
+fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut offset = 0f32;
+    for (b, ((q, e), o)) in qs.chunks_exact(16).zip(p.even.chunks_exact(16)).zip(p.odd.chunks_exact(16)).enumerate() {
+        let (q, e, o): (&[u8; 16], &[f32; 16], &[f32; 16]) = (q.try_into().unwrap(), e.try_into().unwrap(), o.try_into().unwrap());
+        let mut s = [0f32; 8];
+        for j in 0..2 {
+            for l in 0..8 {
+                let byte = q[j * 8 + l];
+                s[l] += (byte & 15) as f32 * e[j * 8 + l] + (byte >> 4) as f32 * o[j * 8 + l];
+            }
+        }
+        let dv = d[b];
+        for l in 0..8 {
+            acc[l] += dv * s[l];
+        }
+        offset += match mins {
+            None => -8.0 * dv * p.sums[b],
+            Some(m) => m[b] * p.sums[b],
+        };
+    }
+    hsum8(acc) + offset
+}
+
+/// The block kernels by hand: the auto-vectorizer keeps these at 128 bits.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{XPrep, QBLOCK};
+    use std::arch::x86_64::*;
+
+    /// As [`super::dot_q8`]. qs: [nb * 32], d: [nb], x: [nb * 32].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_q8(qs: &[u8], d: &[f32], x: &[f32]) -> f32 {
+        let nb = d.len();
+        assert!(qs.len() >= nb * QBLOCK && x.len() >= nb * QBLOCK);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..nb {
+            // SAFETY: the assert above keeps every 8-byte and 8-float load inside the slices.
+            unsafe {
+                let (qp, xp) = (qs.as_ptr().add(b * QBLOCK), x.as_ptr().add(b * QBLOCK));
+                let mut s = _mm256_setzero_ps();
+                for j in 0..4 {
+                    let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(qp.add(j * 8) as *const __m128i)));
+                    s = _mm256_fmadd_ps(q, _mm256_loadu_ps(xp.add(j * 8)), s);
+                }
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), s, acc);
+            }
+        }
+        // SAFETY: the caller runs on an AVX2 CPU.
+        unsafe { hsum(acc) }
+    }
+
+    /// As [`super::dot_q4`]. qs: [nb * 16], d and mins: [nb].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
+        let nb = d.len();
+        assert!(qs.len() >= nb * 16 && p.even.len() >= nb * 16 && p.odd.len() >= nb * 16 && p.sums.len() >= nb);
+        let mask = _mm_set1_epi8(0x0f);
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0f32;
+        for b in 0..nb {
+            // SAFETY: the assert above keeps every 16-byte and 8-float load inside the slices.
+            unsafe {
+                let bytes = _mm_loadu_si128(qs.as_ptr().add(b * 16) as *const __m128i);
+                let lo = _mm_and_si128(bytes, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+                let (e, o) = (p.even.as_ptr().add(b * 16), p.odd.as_ptr().add(b * 16));
+                let mut s = _mm256_mul_ps(widen(lo), _mm256_loadu_ps(e));
+                s = _mm256_fmadd_ps(widen(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(e.add(8)), s);
+                s = _mm256_fmadd_ps(widen(hi), _mm256_loadu_ps(o), s);
+                s = _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(o.add(8)), s);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), s, acc);
+            }
+            offset += match mins {
+                None => -8.0 * d[b] * p.sums[b],
+                Some(m) => m[b] * p.sums[b],
+            };
+        }
+        // SAFETY: the caller runs on an AVX2 CPU.
+        unsafe { hsum(acc) + offset }
+    }
+
+    /// The low 8 bytes of `v` as 8 floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn widen(v: __m128i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+}
+
+#[inline(always)]
+fn hsum8(a: [f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+}
+
+/// Rows dequantized per tile and shared by all tokens in the tile loop.
+const TILE: usize = 4;
+
+#[allow(clippy::too_many_arguments)]
+fn general(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, m: usize) {
+    let c = chunk_rows(m, ex.threads(), TILE);
+    if n == 1 {
+        // The output chunk of one token is contiguous: write it in place.
+        out.par_chunks_mut(c).enumerate().for_each(|(ci, o)| general_dispatch(ex.avx2, x, w, bias, o, 1, k, ci * c));
+        return;
+    }
+    // Row chunks of out: [n, m] are column strips; compute each into a local [n, rows] block
+    // and scatter afterwards (n * m copies against n * m * k multiply-adds).
+    let parts: Vec<(usize, Vec<f32>)> = (0..m.div_ceil(c))
+        .into_par_iter()
+        .map(|ci| {
+            let r0 = ci * c;
+            let rows = c.min(m - r0);
+            let mut local = vec![0f32; n * rows];
+            general_dispatch(ex.avx2, x, w, bias, &mut local, n, k, r0);
+            (r0, local)
+        })
+        .collect();
+    for (r0, local) in parts {
+        let rows = local.len() / n;
+        for i in 0..n {
+            out[i * m + r0..i * m + r0 + rows].copy_from_slice(&local[i * rows..(i + 1) * rows]);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn general_dispatch(avx2: bool, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, r0: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when AVX2 and FMA were detected at run time.
+        return unsafe { general_rows_avx2(x, w, bias, out, n, k, r0) };
+    }
+    let _ = avx2;
+    general_rows(x, w, bias, out, n, k, r0)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn general_rows_avx2(x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, r0: usize) {
+    general_rows(x, w, bias, out, n, k, r0)
+}
+
+/// out: [n, rows] for weight rows r0..r0 + rows (rows = out.len() / n).
+#[inline(always)]
+fn general_rows(x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, r0: usize) {
+    let rows = out.len() / n;
+    let mut scratch = vec![0f32; TILE * k];
+    for t0 in (0..rows).step_by(TILE) {
+        let t1 = (t0 + TILE).min(rows);
+        for r in t0..t1 {
+            dequant_into(w, (r0 + r) * k, &mut scratch[(r - t0) * k..(r - t0 + 1) * k]);
+        }
+        for i in 0..n {
+            let xi = &x[i * k..(i + 1) * k];
+            for r in t0..t1 {
+                let b = bias.map_or(0.0, |b| b[r0 + r]);
+                out[i * rows + r] = dot(xi, &scratch[(r - t0) * k..(r - t0 + 1) * k]) + b;
+            }
+        }
+    }
+}
+
+/// dst[j] = w[start + j], with the exact formula of `QuantView::get`, a block at a time;
+/// `start` need not be block aligned.
+#[inline(always)]
+pub(crate) fn dequant_into(w: Weight, start: usize, dst: &mut [f32]) {
+    match w {
+        Weight::F32(v) => dst.copy_from_slice(&v[start..start + dst.len()]),
+        Weight::F16(v) => v[start..start + dst.len()].convert_to_f32_slice(dst),
+        Weight::Q(q) => {
+            let end = start + dst.len();
+            let mut e = start;
+            while e < end {
+                let b = e / QBLOCK;
+                let seg_end = end.min((b + 1) * QBLOCK);
+                let d = q.d[b].to_f32();
+                let seg = &mut dst[e - start..seg_end - start];
+                match q.dtype {
+                    DType::Q8_0 => {
+                        for (o, &v) in seg.iter_mut().zip(&q.qs[e..seg_end]) {
+                            *o = d * (v as i8) as f32;
+                        }
+                    }
+                    DType::Q4_0 => {
+                        for (j, o) in seg.iter_mut().enumerate() {
+                            *o = d * (nibble(q.qs, e + j) as f32 - 8.0);
+                        }
+                    }
+                    _ => {
+                        let mn = q.m[b].to_f32();
+                        for (j, o) in seg.iter_mut().enumerate() {
+                            *o = d * nibble(q.qs, e + j) as f32 + mn;
+                        }
+                    }
+                }
+                e = seg_end;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn nibble(qs: &[u8], e: usize) -> u8 {
+    let byte = qs[e / 2];
+    (byte >> ((e & 1) * 4)) & 0x0f
+}

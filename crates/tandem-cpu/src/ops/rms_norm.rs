@@ -1,0 +1,56 @@
+//! out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight.
+
+use rayon::prelude::*;
+use tandem_core::ops::RmsNorm;
+use tandem_core::{DType, Result};
+
+use super::dot;
+use crate::table::{numel, Table};
+use crate::Exec;
+
+const OP: &str = "rms_norm";
+
+pub(crate) fn run(t: &mut Table, ex: Exec, op: &RmsNorm) -> Result<()> {
+    let len = numel(OP, &[op.n, op.dim])?;
+    t.with_output(OP, "out", op.out, DType::F32, len, |t, out| {
+        let x = &t.input(OP, "x", op.x, DType::F32, len)?.f32()[..len];
+        let w = &t.input(OP, "weight", op.weight, DType::F32, op.dim)?.f32()[..op.dim];
+        let out = &mut out.f32_mut()[..len];
+        match ex.pool {
+            None => reference(x, w, out, op.dim, op.eps),
+            Some(pool) => pool.install(|| fast(x, w, out, op.dim, op.eps)),
+        }
+        Ok(())
+    })
+}
+
+/// x: [n, dim]; weight: [dim]; out: [n, dim].
+pub(crate) fn reference(x: &[f32], w: &[f32], out: &mut [f32], dim: usize, eps: f32) {
+    if dim == 0 {
+        return;
+    }
+    for i in 0..x.len() / dim {
+        let row = &x[i * dim..(i + 1) * dim];
+        let mut ss = 0f32;
+        for &v in row {
+            ss += v * v;
+        }
+        let scale = 1.0 / (ss / dim as f32 + eps).sqrt();
+        for j in 0..dim {
+            out[i * dim + j] = row[j] * scale * w[j];
+        }
+    }
+}
+
+/// Rows in parallel; the sum of squares uses the lane-parallel dot.
+pub(crate) fn fast(x: &[f32], w: &[f32], out: &mut [f32], dim: usize, eps: f32) {
+    if dim == 0 {
+        return;
+    }
+    out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(o, row)| {
+        let scale = 1.0 / (dot(row, row) / dim as f32 + eps).sqrt();
+        for j in 0..dim {
+            o[j] = row[j] * scale * w[j];
+        }
+    });
+}

@@ -1,0 +1,182 @@
+//! Buffer storage and the checks every op runs before it touches data.
+//!
+//! Each buffer is a `Vec<u32>`, so every view (f32, u32, f16, bytes, quantized sections) is
+//! 4-byte aligned and bytemuck can cast it without copies.
+
+use std::collections::HashMap;
+
+use half::f16;
+use tandem_core::{BufId, DType, Error, QuantView, Result};
+
+pub(crate) struct Buffer {
+    pub dtype: DType,
+    pub numel: usize,
+    pub data: Vec<u32>,
+}
+
+impl Buffer {
+    pub fn bytes(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.data)
+    }
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        bytemuck::cast_slice_mut(&mut self.data)
+    }
+    /// The first `numel` elements as f32 (the caller checked the dtype).
+    pub fn f32(&self) -> &[f32] {
+        &bytemuck::cast_slice(&self.data)[..self.numel]
+    }
+    pub fn f32_mut(&mut self) -> &mut [f32] {
+        let n = self.numel;
+        &mut bytemuck::cast_slice_mut(&mut self.data)[..n]
+    }
+    pub fn u32(&self) -> &[u32] {
+        &self.data[..self.numel]
+    }
+    pub fn u32_mut(&mut self) -> &mut [u32] {
+        let n = self.numel;
+        &mut self.data[..n]
+    }
+    pub fn f16(&self) -> &[f16] {
+        &bytemuck::cast_slice(&self.data)[..self.numel]
+    }
+    pub fn f16_mut(&mut self) -> &mut [f16] {
+        let n = self.numel;
+        &mut bytemuck::cast_slice_mut(&mut self.data)[..n]
+    }
+    /// A weight of any float or quantized dtype.
+    pub fn weight(&self) -> Weight<'_> {
+        match self.dtype {
+            DType::F32 => Weight::F32(self.f32()),
+            DType::F16 => Weight::F16(self.f16()),
+            // The buffer holds exactly `storage_bytes(numel)` bytes, so the sections fit.
+            q => Weight::Q(QuantView::new(q, self.numel, self.bytes())),
+        }
+    }
+}
+
+/// A read-only weight tensor; element `e` is its flat row-major index.
+#[derive(Clone, Copy)]
+pub(crate) enum Weight<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Q(QuantView<'a>),
+}
+
+impl Weight<'_> {
+    /// The value of flat element `e`, as the reference computes it.
+    #[inline]
+    pub fn get(&self, e: usize) -> f32 {
+        match self {
+            Weight::F32(w) => w[e],
+            Weight::F16(w) => w[e].to_f32(),
+            Weight::Q(q) => q.get(e),
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Table {
+    bufs: HashMap<BufId, Buffer>,
+    next: u32,
+    bytes: usize,
+}
+
+impl Table {
+    pub fn insert(&mut self, b: Buffer) -> BufId {
+        let id = BufId(self.next);
+        self.next = self.next.wrapping_add(1);
+        self.bytes += b.data.len() * 4;
+        self.bufs.insert(id, b);
+        id
+    }
+    pub fn remove(&mut self, id: BufId) {
+        if let Some(b) = self.bufs.remove(&id) {
+            self.bytes -= b.data.len() * 4;
+        }
+    }
+    pub fn get(&self, id: BufId) -> Option<&Buffer> {
+        self.bufs.get(&id)
+    }
+    pub fn get_mut(&mut self, id: BufId) -> Option<&mut Buffer> {
+        self.bufs.get_mut(&id)
+    }
+    pub fn allocated_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Looks up an input of `op`, checking its dtype and that it holds at least `numel`
+    /// elements (buffers may be larger than one step needs: the engine sizes them for the
+    /// largest batch). An op's output is out of the table while the op runs, so an input that
+    /// aliases it shows up here as missing.
+    pub fn input(&self, op: &'static str, role: &str, id: BufId, dtype: DType, numel: usize) -> Result<&Buffer> {
+        let b = self.bufs.get(&id).ok_or_else(|| missing(op, role, id))?;
+        check(op, role, b, dtype, numel)?;
+        Ok(b)
+    }
+
+    /// Takes an op's output out of the table so it can be written while inputs are borrowed.
+    /// The caller must [`Table::put`] it back, error or not.
+    pub fn take(&mut self, op: &'static str, role: &str, id: BufId, dtype: DType, numel: usize) -> Result<Buffer> {
+        let b = self.bufs.get(&id).ok_or_else(|| missing(op, role, id))?;
+        check(op, role, b, dtype, numel)?;
+        Ok(self.bufs.remove(&id).expect("present: looked up above"))
+    }
+
+    pub fn put(&mut self, id: BufId, b: Buffer) {
+        self.bufs.insert(id, b);
+    }
+
+    /// Runs `f` with output `id` taken out of the table, putting it back whatever happens.
+    pub fn with_output<R>(
+        &mut self,
+        op: &'static str,
+        role: &str,
+        id: BufId,
+        dtype: DType,
+        numel: usize,
+        f: impl FnOnce(&Table, &mut Buffer) -> Result<R>,
+    ) -> Result<R> {
+        let mut out = self.take(op, role, id, dtype, numel)?;
+        let r = f(self, &mut out);
+        self.put(id, out);
+        r
+    }
+}
+
+fn missing(op: &'static str, role: &str, id: BufId) -> Error {
+    Error::InvalidParameter(format!(
+        "{op}: {role} is buffer {}, which is not allocated or is also this op's output",
+        id.0
+    ))
+}
+
+fn check(op: &'static str, role: &str, b: &Buffer, dtype: DType, numel: usize) -> Result<()> {
+    if b.dtype != dtype {
+        return Err(Error::ShapeMismatch {
+            op,
+            expected: format!("{role} of dtype {dtype}"),
+            got: format!("{role} of dtype {}", b.dtype),
+        });
+    }
+    if b.numel < numel {
+        return Err(Error::ShapeMismatch {
+            op,
+            expected: format!("{role} of at least {numel} elements"),
+            got: format!("{} elements", b.numel),
+        });
+    }
+    Ok(())
+}
+
+/// Product of shape dimensions, as an error rather than an overflow panic.
+pub(crate) fn numel(op: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::ShapeMismatch {
+        op,
+        expected: "a shape whose element count fits in usize".into(),
+        got: format!("{dims:?}"),
+    })
+}
+
+pub(crate) fn bad_dtype(op: &'static str, role: &str, allowed: &str, got: DType) -> Error {
+    Error::ShapeMismatch { op, expected: format!("{role} of dtype {allowed}"), got: format!("{got}") }
+}

@@ -1,0 +1,192 @@
+//! Runs a case on a backend and on the CPU reference, and compares the outputs.
+
+use tandem_core::ops::Op;
+use tandem_core::{Backend, BufId, DType, Step};
+use tandem_cpu::CpuBackend;
+
+use crate::cases::{cases_for, Case, Init};
+
+/// How closely a backend must match the reference.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tol {
+    /// Byte-identical output (ids, copies, the cache rows written by kv_write).
+    Exact,
+    /// NMSE = sum((a - b)^2) / sum(a^2) over f32 outputs at most this, with NaN/Inf parity.
+    Nmse(f64),
+}
+
+/// The tolerance table: per op and weight / KV dtype, never per backend.
+///
+/// The bounds allow a different summation order (lanes, tiles, online softmax) and fused
+/// multiply-adds in f32, with two to three orders of magnitude of margin over what the fast
+/// CPU backend shows; a real bug (a wrong element, a wrong block scale, a leaked poisoned row)
+/// lands at 1e-4 or above.
+pub fn tolerance(op: &str, dtype: DType) -> Tol {
+    match (op, dtype) {
+        // A lookup and one multiply per element: correctly rounded everywhere...
+        ("embed", DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0) => Tol::Exact,
+        // ...except d * q + m, which a GPU may contract into an fma.
+        ("embed", _) => Tol::Nmse(1e-12),
+        ("rms_norm", _) => Tol::Nmse(1e-10),
+        ("matmul", DType::F32 | DType::F16) => Tol::Nmse(1e-10),
+        // Factored block sums (d * sum(q x) + m * sum(x)) cancel more than per-element sums.
+        ("matmul", _) => Tol::Nmse(1e-9),
+        // sin/cos of angles up to ~2000 rad: GPU implementations lose digits there.
+        ("rope", _) => Tol::Nmse(1e-8),
+        // exp() implementations differ by a few ulps, on top of the online-softmax order.
+        ("attention_prefill" | "attention_decode", _) => Tol::Nmse(1e-8),
+        ("swiglu", _) => Tol::Nmse(1e-10),
+        ("add" | "argmax" | "copy_rows" | "kv_write", _) => Tol::Exact,
+        _ => Tol::Nmse(0.0),
+    }
+}
+
+/// Allocates the case's buffers on `backend` (outputs poisoned), runs its op, reads every
+/// checked buffer back whole, and frees everything.
+pub fn run_case<B: Backend>(backend: &mut B, case: &Case) -> Result<Vec<Vec<u8>>, String> {
+    let mut ids = Vec::with_capacity(case.bufs.len());
+    let result = (|| {
+        for b in &case.bufs {
+            let id = backend.alloc(b.dtype, b.numel).map_err(|e| format!("alloc: {e}"))?;
+            ids.push(id);
+            let bytes = match &b.init {
+                Init::Data(d) => d.clone(),
+                // All-ones bits are NaN as f32 and f16 and 0xFFFFFFFF as u32.
+                Init::Poison => vec![0xFF; b.dtype.storage_bytes(b.numel)],
+            };
+            backend.write(id, &bytes).map_err(|e| format!("write: {e}"))?;
+        }
+        let op = remap(&case.op, |BufId(i)| ids[i as usize]);
+        backend.execute(&Step { writes: vec![], ops: vec![op] }).map_err(|e| format!("execute: {e}"))?;
+        let mut outs = Vec::new();
+        for (i, _) in &case.checks {
+            let b = &case.bufs[*i];
+            let len = b.dtype.storage_bytes(b.numel);
+            outs.push(pollster::block_on(backend.read(ids[*i], 0, len)).map_err(|e| format!("read: {e}"))?);
+        }
+        Ok(outs)
+    })();
+    for id in ids {
+        backend.free(id);
+    }
+    result
+}
+
+/// Runs every case of `op` on the backend `make` builds and on the reference; panics with
+/// every failing case (op, case, NMSE) listed. A backend that cannot be built is skipped
+/// loudly.
+pub fn check_op<B: Backend, F: Fn() -> Result<B, String>>(make: F, label: &str, op: &str) {
+    let mut backend = match make() {
+        Ok(b) => b,
+        Err(reason) => {
+            eprintln!("SKIP {label}: {reason}");
+            return;
+        }
+    };
+    let name = backend.name();
+    let cases = cases_for(op);
+    assert!(!cases.is_empty(), "no cases for op {op}");
+    let mut reference = CpuBackend::reference();
+    let base_bytes = backend.allocated_bytes();
+    let mut failures = Vec::new();
+    let mut worst = 0f64;
+    for case in &cases {
+        let tag = format!("{op} [{}]", case.name);
+        if !backend.supports(&case.op) {
+            failures.push(format!("{tag}: {name} reports the op unsupported"));
+            continue;
+        }
+        let want = match run_case(&mut reference, case) {
+            Ok(w) => w,
+            Err(e) => panic!("{tag}: the reference itself failed: {e}"),
+        };
+        let got = match run_case(&mut backend, case) {
+            Ok(g) => g,
+            Err(e) => {
+                failures.push(format!("{tag}: {e}"));
+                continue;
+            }
+        };
+        for (((buf, tol), w), g) in case.checks.iter().zip(&want).zip(&got) {
+            let what = format!("{tag} buffer {buf}");
+            match compare(&what, *tol, case.bufs[*buf].dtype, w, g) {
+                Ok(nmse) => worst = worst.max(nmse),
+                Err(msg) => failures.push(msg),
+            }
+        }
+        if backend.allocated_bytes() != base_bytes {
+            failures.push(format!(
+                "{tag}: {} bytes still allocated after freeing the case's buffers (was {base_bytes})",
+                backend.allocated_bytes()
+            ));
+        }
+    }
+    if !failures.is_empty() {
+        panic!("{label} ({name}): {} of {} {op} cases failed:\n  {}", failures.len(), cases.len(), failures.join("\n  "));
+    }
+    eprintln!("{label} ({name}): {op}: {} cases pass, worst NMSE {worst:.3e}", cases.len());
+}
+
+/// Ok(nmse) when `got` matches `want` within `tol`; the NMSE is 0 for exact checks.
+fn compare(what: &str, tol: Tol, dtype: DType, want: &[u8], got: &[u8]) -> Result<f64, String> {
+    if want.len() != got.len() {
+        return Err(format!("{what}: read {} bytes, reference {}", got.len(), want.len()));
+    }
+    match tol {
+        Tol::Exact => match want.iter().zip(got).position(|(a, b)| a != b) {
+            None => Ok(0.0),
+            Some(at) => {
+                let elem = if dtype == DType::F16 { 2 } else { 4 };
+                let i = at / elem;
+                let (w, g) = (&want[i * elem..(i + 1) * elem], &got[i * elem..(i + 1) * elem]);
+                Err(format!("{what}: not exact, first difference at element {i}: want {w:02x?}, got {g:02x?}"))
+            }
+        },
+        Tol::Nmse(limit) => {
+            let a: Vec<f32> = bytemuck::pod_collect_to_vec(want);
+            let b: Vec<f32> = bytemuck::pod_collect_to_vec(got);
+            let (mut num, mut den) = (0f64, 0f64);
+            for (i, (&x, &y)) in a.iter().zip(&b).enumerate() {
+                if x.is_nan() || y.is_nan() || x.is_infinite() || y.is_infinite() {
+                    let same = (x.is_nan() && y.is_nan()) || x == y;
+                    if !same {
+                        return Err(format!("{what}: NaN/Inf parity broken at element {i}: want {x}, got {y}"));
+                    }
+                    continue;
+                }
+                num += (x as f64 - y as f64).powi(2);
+                den += (x as f64).powi(2);
+            }
+            // An all-zero reference makes the error absolute.
+            let nmse = if den > 0.0 { num / den } else { num };
+            if nmse <= limit {
+                Ok(nmse)
+            } else {
+                Err(format!("{what}: NMSE {nmse:.3e} > {limit:.1e}"))
+            }
+        }
+    }
+}
+
+/// The op with every buffer id passed through `f`.
+pub fn remap(op: &Op, f: impl Fn(BufId) -> BufId) -> Op {
+    let mut op = op.clone();
+    match &mut op {
+        Op::Embed(o) => (o.table, o.ids, o.out) = (f(o.table), f(o.ids), f(o.out)),
+        Op::RmsNorm(o) => (o.x, o.weight, o.out) = (f(o.x), f(o.weight), f(o.out)),
+        Op::Matmul(o) => (o.x, o.w, o.bias, o.out) = (f(o.x), f(o.w), o.bias.map(&f), f(o.out)),
+        Op::Rope(o) => (o.x, o.positions, o.inv_freq) = (f(o.x), f(o.positions), f(o.inv_freq)),
+        Op::KvWrite(o) => {
+            (o.k, o.v, o.cache_k, o.cache_v, o.slots) = (f(o.k), f(o.v), f(o.cache_k), f(o.cache_v), f(o.slots))
+        }
+        Op::Attention(o) => {
+            (o.q, o.cache_k, o.cache_v, o.block_table, o.out) =
+                (f(o.q), f(o.cache_k), f(o.cache_v), f(o.block_table), f(o.out))
+        }
+        Op::Swiglu(o) => (o.gate, o.up, o.out) = (f(o.gate), f(o.up), f(o.out)),
+        Op::Add(o) => (o.x, o.y) = (f(o.x), f(o.y)),
+        Op::Argmax(o) => (o.x, o.out) = (f(o.x), f(o.out)),
+        Op::CopyRows(o) => (o.src, o.dst) = (f(o.src), f(o.dst)),
+    }
+    op
+}
