@@ -5,6 +5,7 @@
 //! never per backend. Instantiate it for a backend with [`conformance_suite!`].
 
 pub mod cases;
+pub mod e2e;
 pub mod harness;
 pub mod rng;
 
