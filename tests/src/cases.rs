@@ -23,7 +23,13 @@ pub const OPS: [&str; 11] = [
     "copy_rows",
 ];
 
-pub const WEIGHT_DTYPES: [DType; 5] = [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1];
+pub const WEIGHT_DTYPES: [DType; 5] = [
+    DType::F32,
+    DType::F16,
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+];
 pub const KV_DTYPES: [DType; 2] = [DType::F32, DType::F16];
 
 pub enum Init {
@@ -58,10 +64,18 @@ impl Bufs {
         BufId(self.0.len() as u32 - 1)
     }
     fn f32(&mut self, v: &[f32]) -> BufId {
-        self.add(DType::F32, v.len(), Init::Data(bytemuck::cast_slice(v).to_vec()))
+        self.add(
+            DType::F32,
+            v.len(),
+            Init::Data(bytemuck::cast_slice(v).to_vec()),
+        )
     }
     fn u32(&mut self, v: &[u32]) -> BufId {
-        self.add(DType::U32, v.len(), Init::Data(bytemuck::cast_slice(v).to_vec()))
+        self.add(
+            DType::U32,
+            v.len(),
+            Init::Data(bytemuck::cast_slice(v).to_vec()),
+        )
     }
     fn encoded(&mut self, v: &[f32], dtype: DType) -> BufId {
         self.add(dtype, v.len(), Init::Data(encode(v, dtype)))
@@ -70,14 +84,21 @@ impl Bufs {
         self.add(dtype, numel, Init::Poison)
     }
     fn case(self, name: String, op: Op, checks: &[(BufId, Tol)]) -> Case {
-        Case { name, bufs: self.0, op, checks: checks.iter().map(|(b, t)| (b.0 as usize, *t)).collect() }
+        Case {
+            name,
+            bufs: self.0,
+            op,
+            checks: checks.iter().map(|(b, t)| (b.0 as usize, *t)).collect(),
+        }
     }
 }
 
 /// The cases of one op ("attention_prefill" and "attention_decode" are separate lists).
 pub fn cases_for(op: &str) -> Vec<Case> {
     // Seeded by op so adding cases to one op leaves the others unchanged.
-    let seed = op.bytes().fold(0xC0FFEEu64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let seed = op.bytes().fold(0xC0FFEEu64, |h, b| {
+        h.wrapping_mul(31).wrapping_add(b as u64)
+    });
     let rng = &mut Rng::new(seed);
     match op {
         "embed" => embed(rng),
@@ -107,8 +128,20 @@ fn embed(rng: &mut Rng) -> Vec<Case> {
             ids[0] = vocab as u32 - 1; // the last row
             let ids = b.u32(&ids);
             let o = b.poison(DType::F32, n * dim);
-            let op = Op::Embed(Embed { table, dtype, ids, out: o, n, vocab, dim });
-            out.push(b.case(format!("{dtype} n={n} vocab={vocab} dim={dim}"), op, &[(o, tolerance("embed", dtype))]));
+            let op = Op::Embed(Embed {
+                table,
+                dtype,
+                ids,
+                out: o,
+                n,
+                vocab,
+                dim,
+            });
+            out.push(b.case(
+                format!("{dtype} n={n} vocab={vocab} dim={dim}"),
+                op,
+                &[(o, tolerance("embed", dtype))],
+            ));
         }
     }
     out
@@ -119,12 +152,25 @@ fn rms_norm(rng: &mut Rng) -> Vec<Case> {
     for (n, dim) in [(1, 7), (5, 64), (13, 100), (3, 576)] {
         let mut b = Bufs::default();
         // Rows at very different scales: the normalization must be per row.
-        let x: Vec<f32> = (0..n * dim).map(|i| rng.sym() * [1.0, 100.0, 0.01][(i / dim) % 3]).collect();
+        let x: Vec<f32> = (0..n * dim)
+            .map(|i| rng.sym() * [1.0, 100.0, 0.01][(i / dim) % 3])
+            .collect();
         let x = b.f32(&x);
         let weight = b.f32(&rng.vec(dim, 2.0));
         let o = b.poison(DType::F32, n * dim);
-        let op = Op::RmsNorm(RmsNorm { x, weight, out: o, n, dim, eps: 1e-5 });
-        out.push(b.case(format!("n={n} dim={dim}"), op, &[(o, tolerance("rms_norm", DType::F32))]));
+        let op = Op::RmsNorm(RmsNorm {
+            x,
+            weight,
+            out: o,
+            n,
+            dim,
+            eps: 1e-5,
+        });
+        out.push(b.case(
+            format!("n={n} dim={dim}"),
+            op,
+            &[(o, tolerance("rms_norm", DType::F32))],
+        ));
     }
     out
 }
@@ -151,8 +197,20 @@ fn matmul(rng: &mut Rng) -> Vec<Case> {
             let w = b.encoded(&rng.vec(m * k, 0.5), dtype);
             let bias = with_bias.then(|| b.f32(&rng.vec(m, 1.0)));
             let o = b.poison(DType::F32, n * m);
-            let op = Op::Matmul(Matmul { x, w, wdtype: dtype, bias, out: o, n, k, m });
-            let name = format!("{dtype} n={n} k={k} m={m}{}", if with_bias { " +bias" } else { "" });
+            let op = Op::Matmul(Matmul {
+                x,
+                w,
+                wdtype: dtype,
+                bias,
+                out: o,
+                n,
+                k,
+                m,
+            });
+            let name = format!(
+                "{dtype} n={n} k={k} m={m}{}",
+                if with_bias { " +bias" } else { "" }
+            );
             out.push(b.case(name, op, &[(o, tolerance("matmul", dtype))]));
         }
     }
@@ -168,11 +226,24 @@ fn rope(rng: &mut Rng) -> Vec<Case> {
         pos[0] = 0; // identity at position 0
         let positions = b.u32(&pos);
         let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half).map(|j| 10000f32.powf(-((2 * j) as f32) / head_dim as f32)).collect();
+        let inv: Vec<f32> = (0..half)
+            .map(|j| 10000f32.powf(-((2 * j) as f32) / head_dim as f32))
+            .collect();
         let inv_freq = b.f32(&inv);
-        let op = Op::Rope(Rope { x, positions, inv_freq, n, heads, head_dim });
+        let op = Op::Rope(Rope {
+            x,
+            positions,
+            inv_freq,
+            n,
+            heads,
+            head_dim,
+        });
         // In place: x is the checked output.
-        out.push(b.case(format!("n={n} heads={heads} head_dim={head_dim}"), op, &[(x, tolerance("rope", DType::F32))]));
+        out.push(b.case(
+            format!("n={n} heads={heads} head_dim={head_dim}"),
+            op,
+            &[(x, tolerance("rope", DType::F32))],
+        ));
     }
     out
 }
@@ -191,9 +262,20 @@ fn kv_write(rng: &mut Rng) -> Vec<Case> {
             let mut all: Vec<u32> = (0..rows as u32).collect();
             rng.shuffle(&mut all);
             let slots = b.u32(&all[..n]);
-            let op = Op::KvWrite(KvWrite { k, v, cache_k, cache_v, kv_dtype, slots, n, kv_heads, head_dim });
+            let op = Op::KvWrite(KvWrite {
+                k,
+                v,
+                cache_k,
+                cache_v,
+                kv_dtype,
+                slots,
+                n,
+                kv_heads,
+                head_dim,
+            });
             let tol = tolerance("kv_write", kv_dtype);
-            let name = format!("{kv_dtype} n={n} kv_heads={kv_heads} head_dim={head_dim} rows={rows}");
+            let name =
+                format!("{kv_dtype} n={n} kv_heads={kv_heads} head_dim={head_dim} rows={rows}");
             out.push(b.case(name, op, &[(cache_k, tol), (cache_v, tol)]));
         }
     }
@@ -270,7 +352,9 @@ fn attention(rng: &mut Rng, decode: bool) -> Vec<Case> {
                 block_size: bs,
                 scale,
             });
-            let name = format!("{kv_dtype} n={n} ctx={ctx_len} heads={heads}/{kv_heads} hd={head_dim} bs={bs}");
+            let name = format!(
+                "{kv_dtype} n={n} ctx={ctx_len} heads={heads}/{kv_heads} hd={head_dim} bs={bs}"
+            );
             out.push(b.case(name, op.clone(), &[(o, tolerance(op.name(), kv_dtype))]));
         }
     }
@@ -284,8 +368,17 @@ fn swiglu(rng: &mut Rng) -> Vec<Case> {
         let gate = b.f32(&rng.vec(len, 8.0)); // into silu's saturated tails
         let up = b.f32(&rng.vec(len, 1.0));
         let o = b.poison(DType::F32, len);
-        let op = Op::Swiglu(Swiglu { gate, up, out: o, len });
-        out.push(b.case(format!("len={len}"), op, &[(o, tolerance("swiglu", DType::F32))]));
+        let op = Op::Swiglu(Swiglu {
+            gate,
+            up,
+            out: o,
+            len,
+        });
+        out.push(b.case(
+            format!("len={len}"),
+            op,
+            &[(o, tolerance("swiglu", DType::F32))],
+        ));
     }
     out
 }
@@ -297,7 +390,11 @@ fn add(rng: &mut Rng) -> Vec<Case> {
         let x = b.f32(&rng.vec(len, 10.0));
         let y = b.f32(&rng.vec(len, 1.0));
         let op = Op::Add(Add { x, y, len });
-        out.push(b.case(format!("len={len}"), op, &[(x, tolerance("add", DType::F32))]));
+        out.push(b.case(
+            format!("len={len}"),
+            op,
+            &[(x, tolerance("add", DType::F32))],
+        ));
     }
     out
 }
@@ -332,8 +429,17 @@ fn argmax(rng: &mut Rng) -> Vec<Case> {
         }
         let x = b.f32(&x);
         let o = b.poison(DType::U32, n);
-        let op = Op::Argmax(Argmax { x, out: o, n, width });
-        out.push(b.case(format!("n={n} width={width}"), op, &[(o, tolerance("argmax", DType::F32))]));
+        let op = Op::Argmax(Argmax {
+            x,
+            out: o,
+            n,
+            width,
+        });
+        out.push(b.case(
+            format!("n={n} width={width}"),
+            op,
+            &[(o, tolerance("argmax", DType::F32))],
+        ));
     }
     out
 }
@@ -344,8 +450,17 @@ fn copy_rows(rng: &mut Rng) -> Vec<Case> {
         let mut b = Bufs::default();
         let src = b.f32(&rng.vec(src_rows * width, 1.0));
         let dst = b.poison(DType::F32, n_rows * width);
-        let op = Op::CopyRows(CopyRows { src, dst, src_row, n_rows, width });
-        let name = format!("rows {src_row}..{} of {src_rows} width={width}", src_row + n_rows);
+        let op = Op::CopyRows(CopyRows {
+            src,
+            dst,
+            src_row,
+            n_rows,
+            width,
+        });
+        let name = format!(
+            "rows {src_row}..{} of {src_rows} width={width}",
+            src_row + n_rows
+        );
         out.push(b.case(name, op, &[(dst, tolerance("copy_rows", DType::F32))]));
     }
     out

@@ -47,22 +47,34 @@ pub fn run_case<B: Backend>(backend: &mut B, case: &Case) -> Result<Vec<Vec<u8>>
     let mut ids = Vec::with_capacity(case.bufs.len());
     let result = (|| {
         for b in &case.bufs {
-            let id = backend.alloc(b.dtype, b.numel).map_err(|e| format!("alloc: {e}"))?;
+            let id = backend
+                .alloc(b.dtype, b.numel)
+                .map_err(|e| format!("alloc: {e}"))?;
             ids.push(id);
             let bytes = match &b.init {
                 Init::Data(d) => d.clone(),
                 // All-ones bits are NaN as f32 and f16 and 0xFFFFFFFF as u32.
                 Init::Poison => vec![0xFF; b.dtype.storage_bytes(b.numel)],
             };
-            backend.write(id, &bytes).map_err(|e| format!("write: {e}"))?;
+            backend
+                .write(id, &bytes)
+                .map_err(|e| format!("write: {e}"))?;
         }
         let op = remap(&case.op, |BufId(i)| ids[i as usize]);
-        backend.execute(&Step { writes: vec![], ops: vec![op] }).map_err(|e| format!("execute: {e}"))?;
+        backend
+            .execute(&Step {
+                writes: vec![],
+                ops: vec![op],
+            })
+            .map_err(|e| format!("execute: {e}"))?;
         let mut outs = Vec::new();
         for (i, _) in &case.checks {
             let b = &case.bufs[*i];
             let len = b.dtype.storage_bytes(b.numel);
-            outs.push(pollster::block_on(backend.read(ids[*i], 0, len)).map_err(|e| format!("read: {e}"))?);
+            outs.push(
+                pollster::block_on(backend.read(ids[*i], 0, len))
+                    .map_err(|e| format!("read: {e}"))?,
+            );
         }
         Ok(outs)
     })();
@@ -122,15 +134,27 @@ pub fn check_op<B: Backend, F: Fn() -> Result<B, String>>(make: F, label: &str, 
         }
     }
     if !failures.is_empty() {
-        panic!("{label} ({name}): {} of {} {op} cases failed:\n  {}", failures.len(), cases.len(), failures.join("\n  "));
+        panic!(
+            "{label} ({name}): {} of {} {op} cases failed:\n  {}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n  ")
+        );
     }
-    eprintln!("{label} ({name}): {op}: {} cases pass, worst NMSE {worst:.3e}", cases.len());
+    eprintln!(
+        "{label} ({name}): {op}: {} cases pass, worst NMSE {worst:.3e}",
+        cases.len()
+    );
 }
 
 /// Ok(nmse) when `got` matches `want` within `tol`; the NMSE is 0 for exact checks.
 fn compare(what: &str, tol: Tol, dtype: DType, want: &[u8], got: &[u8]) -> Result<f64, String> {
     if want.len() != got.len() {
-        return Err(format!("{what}: read {} bytes, reference {}", got.len(), want.len()));
+        return Err(format!(
+            "{what}: read {} bytes, reference {}",
+            got.len(),
+            want.len()
+        ));
     }
     match tol {
         Tol::Exact => match want.iter().zip(got).position(|(a, b)| a != b) {
@@ -138,7 +162,10 @@ fn compare(what: &str, tol: Tol, dtype: DType, want: &[u8], got: &[u8]) -> Resul
             Some(at) => {
                 let elem = if dtype == DType::F16 { 2 } else { 4 };
                 let i = at / elem;
-                let (w, g) = (&want[i * elem..(i + 1) * elem], &got[i * elem..(i + 1) * elem]);
+                let (w, g) = (
+                    &want[i * elem..(i + 1) * elem],
+                    &got[i * elem..(i + 1) * elem],
+                );
                 Err(format!("{what}: not exact, first difference at element {i}: want {w:02x?}, got {g:02x?}"))
             }
         },
@@ -150,7 +177,9 @@ fn compare(what: &str, tol: Tol, dtype: DType, want: &[u8], got: &[u8]) -> Resul
                 if x.is_nan() || y.is_nan() || x.is_infinite() || y.is_infinite() {
                     let same = (x.is_nan() && y.is_nan()) || x == y;
                     if !same {
-                        return Err(format!("{what}: NaN/Inf parity broken at element {i}: want {x}, got {y}"));
+                        return Err(format!(
+                            "{what}: NaN/Inf parity broken at element {i}: want {x}, got {y}"
+                        ));
                     }
                     continue;
                 }
@@ -177,11 +206,17 @@ pub fn remap(op: &Op, f: impl Fn(BufId) -> BufId) -> Op {
         Op::Matmul(o) => (o.x, o.w, o.bias, o.out) = (f(o.x), f(o.w), o.bias.map(&f), f(o.out)),
         Op::Rope(o) => (o.x, o.positions, o.inv_freq) = (f(o.x), f(o.positions), f(o.inv_freq)),
         Op::KvWrite(o) => {
-            (o.k, o.v, o.cache_k, o.cache_v, o.slots) = (f(o.k), f(o.v), f(o.cache_k), f(o.cache_v), f(o.slots))
+            (o.k, o.v, o.cache_k, o.cache_v, o.slots) =
+                (f(o.k), f(o.v), f(o.cache_k), f(o.cache_v), f(o.slots))
         }
         Op::Attention(o) => {
-            (o.q, o.cache_k, o.cache_v, o.block_table, o.out) =
-                (f(o.q), f(o.cache_k), f(o.cache_v), f(o.block_table), f(o.out))
+            (o.q, o.cache_k, o.cache_v, o.block_table, o.out) = (
+                f(o.q),
+                f(o.cache_k),
+                f(o.cache_v),
+                f(o.block_table),
+                f(o.out),
+            )
         }
         Op::Swiglu(o) => (o.gate, o.up, o.out) = (f(o.gate), f(o.up), f(o.out)),
         Op::Add(o) => (o.x, o.y) = (f(o.x), f(o.y)),

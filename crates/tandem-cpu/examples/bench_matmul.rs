@@ -10,15 +10,31 @@ use tandem_core::{Backend, DType, Step};
 use tandem_cpu::CpuBackend;
 
 fn bench(b: &mut CpuBackend, label: &str, dtype: DType, n: usize, k: usize, m: usize) {
-    let w: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
-    let x: Vec<f32> = (0..n * k).map(|i| ((i * 104729 % 997) as f32 - 498.0) / 498.0).collect();
+    let w: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0)
+        .collect();
+    let x: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 104729 % 997) as f32 - 498.0) / 498.0)
+        .collect();
     let wb = encode(&w, dtype);
     let wid = b.alloc(dtype, m * k).unwrap();
     b.write(wid, &wb).unwrap();
     let xid = b.alloc(DType::F32, n * k).unwrap();
     b.write(xid, bytemuck::cast_slice(&x)).unwrap();
     let out = b.alloc(DType::F32, n * m).unwrap();
-    let step = Step { writes: vec![], ops: vec![Op::Matmul(Matmul { x: xid, w: wid, wdtype: dtype, bias: None, out, n, k, m })] };
+    let step = Step {
+        writes: vec![],
+        ops: vec![Op::Matmul(Matmul {
+            x: xid,
+            w: wid,
+            wdtype: dtype,
+            bias: None,
+            out,
+            n,
+            k,
+            m,
+        })],
+    };
     b.execute(&step).unwrap(); // warm up
     let start = Instant::now();
     let mut iters = 0;
@@ -38,7 +54,11 @@ fn bench(b: &mut CpuBackend, label: &str, dtype: DType, n: usize, k: usize, m: u
 }
 
 fn main() {
-    let shapes = [(DType::Q4_1, 1, 576, 1536), (DType::Q8_0, 1, 576, 49152), (DType::Q4_1, 64, 576, 1536)];
+    let shapes = [
+        (DType::Q4_1, 1, 576, 1536),
+        (DType::Q8_0, 1, 576, 49152),
+        (DType::Q4_1, 64, 576, 1536),
+    ];
     let mut modes: Vec<(String, CpuBackend)> = vec![("reference".into(), CpuBackend::reference())];
     for t in [1, 2] {
         modes.push((format!("fast {t} thread(s)"), CpuBackend::fast(t).unwrap()));

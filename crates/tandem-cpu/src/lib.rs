@@ -9,6 +9,10 @@
 //!
 //! Every op lives in its own file under `ops/`, its reference and fast function side by side.
 
+// Reference loops index like the math they transcribe (llama2.c style), and `is_multiple_of`
+// is newer than the workspace's rust-version.
+#![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
+
 use rayon::ThreadPool;
 use tandem_core::ops::Op;
 use tandem_core::{Backend, BufId, DType, Error, Result, Step};
@@ -57,15 +61,28 @@ impl CpuBackend {
                     .num_threads(threads)
                     .thread_name(|i| format!("tandem-cpu-{i}"))
                     .build()
-                    .map_err(|e| Error::Backend { backend: "cpu-fast".into(), reason: e.to_string() })?,
+                    .map_err(|e| Error::Backend {
+                        backend: "cpu-fast".into(),
+                        reason: e.to_string(),
+                    })?,
             ),
         };
-        Ok(CpuBackend { mode, pool, avx2: detect_avx2(), table: Table::default() })
+        Ok(CpuBackend {
+            mode,
+            pool,
+            avx2: detect_avx2(),
+            table: Table::default(),
+        })
     }
 
     /// The oracle. Building it cannot fail: it starts no threads.
     pub fn reference() -> Self {
-        CpuBackend { mode: CpuMode::Reference, pool: None, avx2: false, table: Table::default() }
+        CpuBackend {
+            mode: CpuMode::Reference,
+            pool: None,
+            avx2: false,
+            table: Table::default(),
+        }
     }
 
     pub fn fast(threads: usize) -> Result<Self> {
@@ -76,8 +93,19 @@ impl CpuBackend {
         self.mode
     }
 
+    /// Turns the hand-written AVX2 kernels off (`false`), so tests cover the portable loops
+    /// that run on every other CPU. Turning them on again needs AVX2 and FMA to be present.
+    #[doc(hidden)]
+    pub fn with_avx2(mut self, on: bool) -> Self {
+        self.avx2 = on && detect_avx2();
+        self
+    }
+
     fn run_op(&mut self, op: &Op) -> Result<()> {
-        let ex = Exec { pool: self.pool.as_ref(), avx2: self.avx2 };
+        let ex = Exec {
+            pool: self.pool.as_ref(),
+            avx2: self.avx2,
+        };
         let t = &mut self.table;
         match op {
             Op::Embed(o) => ops::embed::run(t, ex, o),
@@ -106,7 +134,10 @@ fn detect_avx2() -> bool {
 }
 
 fn is_weight_dtype(d: DType) -> bool {
-    matches!(d, DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+    matches!(
+        d,
+        DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1
+    )
 }
 
 fn is_kv_dtype(d: DType) -> bool {
@@ -128,7 +159,10 @@ impl Backend for CpuBackend {
             Op::Rope(o) => o.head_dim % 2 == 0,
             Op::KvWrite(o) => is_kv_dtype(o.kv_dtype),
             Op::Attention(o) => {
-                is_kv_dtype(o.kv_dtype) && o.kv_heads > 0 && o.heads % o.kv_heads == 0 && o.block_size > 0
+                is_kv_dtype(o.kv_dtype)
+                    && o.kv_heads > 0
+                    && o.heads % o.kv_heads == 0
+                    && o.block_size > 0
             }
             Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::CopyRows(_) => true,
         }
@@ -137,7 +171,9 @@ impl Backend for CpuBackend {
     fn alloc(&mut self, dtype: DType, numel: usize) -> Result<BufId> {
         let bytes = dtype.storage_bytes(numel);
         if bytes == 0 && numel > 0 {
-            return Err(Error::InvalidParameter(format!("cannot allocate {numel} elements of {dtype}")));
+            return Err(Error::InvalidParameter(format!(
+                "cannot allocate {numel} elements of {dtype}"
+            )));
         }
         let words = bytes.div_ceil(4);
         let mut data = Vec::new();
@@ -159,7 +195,12 @@ impl Backend for CpuBackend {
         if bytes.len() > dst.len() {
             return Err(Error::Backend {
                 backend: name,
-                reason: format!("write of {} bytes into buffer {} of {} bytes", bytes.len(), buf.0, dst.len()),
+                reason: format!(
+                    "write of {} bytes into buffer {} of {} bytes",
+                    bytes.len(),
+                    buf.0,
+                    dst.len()
+                ),
             });
         }
         dst[..bytes.len()].copy_from_slice(bytes);
@@ -182,16 +223,20 @@ impl Backend for CpuBackend {
 
     async fn read(&mut self, buf: BufId, offset: usize, len: usize) -> Result<Vec<u8>> {
         let name = self.name();
-        let b = self
-            .table
-            .get(buf)
-            .ok_or_else(|| Error::Backend { backend: name.clone(), reason: format!("read of unknown buffer {}", buf.0) })?;
+        let b = self.table.get(buf).ok_or_else(|| Error::Backend {
+            backend: name.clone(),
+            reason: format!("read of unknown buffer {}", buf.0),
+        })?;
         let bytes = b.bytes();
         match offset.checked_add(len) {
             Some(end) if end <= bytes.len() => Ok(bytes[offset..end].to_vec()),
             _ => Err(Error::Backend {
                 backend: name,
-                reason: format!("read of {len} bytes at {offset} from buffer {} of {} bytes", buf.0, bytes.len()),
+                reason: format!(
+                    "read of {len} bytes at {offset} from buffer {} of {} bytes",
+                    buf.0,
+                    bytes.len()
+                ),
             }),
         }
     }

@@ -108,7 +108,14 @@ impl Table {
     /// elements (buffers may be larger than one step needs: the engine sizes them for the
     /// largest batch). An op's output is out of the table while the op runs, so an input that
     /// aliases it shows up here as missing.
-    pub fn input(&self, op: &'static str, role: &str, id: BufId, dtype: DType, numel: usize) -> Result<&Buffer> {
+    pub fn input(
+        &self,
+        op: &'static str,
+        role: &str,
+        id: BufId,
+        dtype: DType,
+        numel: usize,
+    ) -> Result<&Buffer> {
         let b = self.bufs.get(&id).ok_or_else(|| missing(op, role, id))?;
         check(op, role, b, dtype, numel)?;
         Ok(b)
@@ -116,7 +123,14 @@ impl Table {
 
     /// Takes an op's output out of the table so it can be written while inputs are borrowed.
     /// The caller must [`Table::put`] it back, error or not.
-    pub fn take(&mut self, op: &'static str, role: &str, id: BufId, dtype: DType, numel: usize) -> Result<Buffer> {
+    pub fn take(
+        &mut self,
+        op: &'static str,
+        role: &str,
+        id: BufId,
+        dtype: DType,
+        numel: usize,
+    ) -> Result<Buffer> {
         let b = self.bufs.get(&id).ok_or_else(|| missing(op, role, id))?;
         check(op, role, b, dtype, numel)?;
         Ok(self.bufs.remove(&id).expect("present: looked up above"))
@@ -170,13 +184,19 @@ fn check(op: &'static str, role: &str, b: &Buffer, dtype: DType, numel: usize) -
 
 /// Product of shape dimensions, as an error rather than an overflow panic.
 pub(crate) fn numel(op: &'static str, dims: &[usize]) -> Result<usize> {
-    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::ShapeMismatch {
-        op,
-        expected: "a shape whose element count fits in usize".into(),
-        got: format!("{dims:?}"),
-    })
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::ShapeMismatch {
+            op,
+            expected: "a shape whose element count fits in usize".into(),
+            got: format!("{dims:?}"),
+        })
 }
 
 pub(crate) fn bad_dtype(op: &'static str, role: &str, allowed: &str, got: DType) -> Error {
-    Error::ShapeMismatch { op, expected: format!("{role} of dtype {allowed}"), got: format!("{got}") }
+    Error::ShapeMismatch {
+        op,
+        expected: format!("{role} of dtype {allowed}"),
+        got: format!("{got}"),
+    }
 }

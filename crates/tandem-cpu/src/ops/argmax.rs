@@ -46,5 +46,7 @@ pub(crate) fn reference(x: &[f32], out: &mut [u32], width: usize) {
 
 /// Rows in parallel; each row is one scan (argmax runs once per step on the logits).
 pub(crate) fn fast(x: &[f32], out: &mut [u32], width: usize) {
-    out.par_iter_mut().enumerate().for_each(|(i, o)| *o = row_argmax(&x[i * width..(i + 1) * width]));
+    out.par_iter_mut()
+        .enumerate()
+        .for_each(|(i, o)| *o = row_argmax(&x[i * width..(i + 1) * width]));
 }

@@ -38,7 +38,11 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
         });
     }
     if op.block_size == 0 {
-        return Err(Error::ShapeMismatch { op: OP, expected: "block_size > 0".into(), got: "0".into() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: "block_size > 0".into(),
+            got: "0".into(),
+        });
     }
     if op.n > op.ctx_len {
         return Err(Error::ShapeMismatch {
@@ -54,12 +58,18 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
         let q = &t.input(OP, "q", op.q, DType::F32, len)?.f32()[..len];
         let ck = t.input(OP, "cache_k", op.cache_k, op.kv_dtype, 0)?;
         let cv = t.input(OP, "cache_v", op.cache_v, op.kv_dtype, 0)?;
-        let table = &t.input(OP, "block_table", op.block_table, DType::U32, table_len)?.u32()[..table_len];
+        let table = &t
+            .input(OP, "block_table", op.block_table, DType::U32, table_len)?
+            .u32()[..table_len];
         if len == 0 {
             return Ok(());
         }
         let num_blocks = ck.numel.min(cv.numel) / block_elems;
-        if let Some((i, &b)) = table.iter().enumerate().find(|(_, &b)| b as usize >= num_blocks) {
+        if let Some((i, &b)) = table
+            .iter()
+            .enumerate()
+            .find(|(_, &b)| b as usize >= num_blocks)
+        {
             return Err(Error::ShapeMismatch {
                 op: OP,
                 expected: format!("block table entries < {num_blocks} cache blocks"),
@@ -149,7 +159,14 @@ impl Geom {
 
 /// q, out: [n, heads, head_dim]; ck, cv: [num_blocks, block_size, kv_heads, head_dim];
 /// table: [ceil(ctx_len / block_size)].
-pub(crate) fn reference<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], table: &[u32], out: &mut [f32], g: Geom) {
+pub(crate) fn reference<T: KvElem>(
+    q: &[f32],
+    ck: &[T],
+    cv: &[T],
+    table: &[u32],
+    out: &mut [f32],
+    g: Geom,
+) {
     let hd = g.hd;
     let mut scores = vec![0f32; g.ctx_len];
     for i in 0..g.n {
@@ -165,7 +182,9 @@ pub(crate) fn reference<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], table: &[u32],
                 }
                 scores[t] = s * g.scale;
             }
-            let max = scores[..=pos].iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
+            let max = scores[..=pos]
+                .iter()
+                .fold(f32::NEG_INFINITY, |a, &s| a.max(s));
             let mut sum = 0f32;
             for s in &mut scores[..=pos] {
                 *s = (*s - max).exp();
@@ -184,12 +203,22 @@ pub(crate) fn reference<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], table: &[u32],
     }
 }
 
-pub(crate) fn fast<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], table: &[u32], out: &mut [f32], g: Geom) {
+pub(crate) fn fast<T: KvElem>(
+    ex: Exec,
+    q: &[f32],
+    ck: &[T],
+    cv: &[T],
+    table: &[u32],
+    out: &mut [f32],
+    g: Geom,
+) {
     let hd = g.hd;
     if g.n == 1 {
         out.par_chunks_mut(hd).enumerate().for_each(|(h, o)| {
             let qv = &q[h * hd..(h + 1) * hd];
-            with_avx2(ex.avx2, || decode_head(qv, ck, cv, table, g, g.kv_head(h), o));
+            with_avx2(ex.avx2, || {
+                decode_head(qv, ck, cv, table, g, g.kv_head(h), o)
+            });
         });
         return;
     }
@@ -200,7 +229,9 @@ pub(crate) fn fast<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], table: &[
             let (h, tile) = (u / tiles, u % tiles);
             let (i0, i1) = (tile * BQ, ((tile + 1) * BQ).min(g.n));
             let mut acc = vec![0f32; (i1 - i0) * hd];
-            with_avx2(ex.avx2, || prefill_unit(q, ck, cv, table, g, h, i0, &mut acc));
+            with_avx2(ex.avx2, || {
+                prefill_unit(q, ck, cv, table, g, h, i0, &mut acc)
+            });
             acc
         })
         .collect();
@@ -232,7 +263,15 @@ fn with_avx2<R>(avx2: bool, f: impl FnOnce() -> R) -> R {
 /// One query head of a decode step: out = softmax(q . k_t * scale) v over t in 0..ctx_len.
 /// qv, out: [head_dim].
 #[inline(always)]
-fn decode_head<T: KvElem>(qv: &[f32], ck: &[T], cv: &[T], table: &[u32], g: Geom, kvh: usize, out: &mut [f32]) {
+fn decode_head<T: KvElem>(
+    qv: &[f32],
+    ck: &[T],
+    cv: &[T],
+    table: &[u32],
+    g: Geom,
+    kvh: usize,
+    out: &mut [f32],
+) {
     let hd = g.hd;
     let mut buf = vec![0f32; hd];
     let mut scores = vec![0f32; g.ctx_len];
@@ -264,7 +303,16 @@ fn decode_head<T: KvElem>(qv: &[f32], ck: &[T], cv: &[T], table: &[u32], g: Geom
 /// acc: [rows, head_dim], the attention output on return.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn prefill_unit<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], table: &[u32], g: Geom, h: usize, i0: usize, acc: &mut [f32]) {
+fn prefill_unit<T: KvElem>(
+    q: &[f32],
+    ck: &[T],
+    cv: &[T],
+    table: &[u32],
+    g: Geom,
+    h: usize,
+    i0: usize,
+    acc: &mut [f32],
+) {
     let hd = g.hd;
     let rows = acc.len() / hd;
     let kvh = g.kv_head(h);
@@ -279,8 +327,14 @@ fn prefill_unit<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], table: &[u32], g: Geom
         let t1 = (t0 + BT).min(last + 1);
         for t in t0..t1 {
             let off = g.kv_at(table, t, kvh);
-            T::load(&ck[off..off + hd], &mut kt[(t - t0) * hd..(t - t0 + 1) * hd]);
-            T::load(&cv[off..off + hd], &mut vt[(t - t0) * hd..(t - t0 + 1) * hd]);
+            T::load(
+                &ck[off..off + hd],
+                &mut kt[(t - t0) * hd..(t - t0 + 1) * hd],
+            );
+            T::load(
+                &cv[off..off + hd],
+                &mut vt[(t - t0) * hd..(t - t0 + 1) * hd],
+            );
         }
         for r in 0..rows {
             let pos = g.pos(i0 + r);

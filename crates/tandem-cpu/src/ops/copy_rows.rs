@@ -9,12 +9,15 @@ use crate::Exec;
 const OP: &str = "copy_rows";
 
 pub(crate) fn run(t: &mut Table, _ex: Exec, op: &CopyRows) -> Result<()> {
-    let src_len = numel(OP, &[op.src_row.checked_add(op.n_rows).unwrap_or(usize::MAX), op.width])?;
+    let src_len = numel(OP, &[op.src_row.saturating_add(op.n_rows), op.width])?;
     let dst_len = numel(OP, &[op.n_rows, op.width])?;
     t.with_output(OP, "dst", op.dst, DType::F32, dst_len, |t, dst| {
         let src = t.input(OP, "src", op.src, DType::F32, src_len)?.f32();
         // A plain copy is already memory-bound; both modes share it.
-        reference(&src[op.src_row * op.width..src_len], &mut dst.f32_mut()[..dst_len]);
+        reference(
+            &src[op.src_row * op.width..src_len],
+            &mut dst.f32_mut()[..dst_len],
+        );
         Ok(())
     })
 }

@@ -18,7 +18,11 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Embed) -> Result<()> {
     t.with_output(OP, "out", op.out, DType::F32, out_len, |t, out| {
         let table = t.input(OP, "table", op.table, op.dtype, table_len)?;
         let ids = &t.input(OP, "ids", op.ids, DType::U32, op.n)?.u32()[..op.n];
-        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= op.vocab) {
+        if let Some((i, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= op.vocab)
+        {
             return Err(Error::ShapeMismatch {
                 op: OP,
                 expected: format!("token ids < vocab {}", op.vocab),
@@ -49,15 +53,17 @@ pub(crate) fn fast(table: Weight, ids: &[u32], out: &mut [f32], dim: usize) {
     if dim == 0 {
         return;
     }
-    out.par_chunks_mut(dim).zip(ids.par_iter()).for_each(|(row, &id)| {
-        let base = id as usize * dim;
-        match table {
-            Weight::F32(w) => row.copy_from_slice(&w[base..base + dim]),
-            _ => {
-                for (j, o) in row.iter_mut().enumerate() {
-                    *o = table.get(base + j);
+    out.par_chunks_mut(dim)
+        .zip(ids.par_iter())
+        .for_each(|(row, &id)| {
+            let base = id as usize * dim;
+            match table {
+                Weight::F32(w) => row.copy_from_slice(&w[base..base + dim]),
+                _ => {
+                    for (j, o) in row.iter_mut().enumerate() {
+                        *o = table.get(base + j);
+                    }
                 }
             }
-        }
-    });
+        });
 }

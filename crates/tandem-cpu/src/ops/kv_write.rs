@@ -30,11 +30,19 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &KvWrite) -> Result<()> {
     r
 }
 
-fn write_both(t: &Table, _ex: Exec, op: &KvWrite, row: usize, len: usize, ck: &mut Buffer, cv: &mut Buffer) -> Result<()> {
+fn write_both(
+    t: &Table,
+    _ex: Exec,
+    op: &KvWrite,
+    row: usize,
+    len: usize,
+    ck: &mut Buffer,
+    cv: &mut Buffer,
+) -> Result<()> {
     let k = &t.input(OP, "k", op.k, DType::F32, len)?.f32()[..len];
     let v = &t.input(OP, "v", op.v, DType::F32, len)?.f32()[..len];
     let slots = &t.input(OP, "slots", op.slots, DType::U32, op.n)?.u32()[..op.n];
-    let rows = if row == 0 { 0 } else { ck.numel.min(cv.numel) / row };
+    let rows = ck.numel.min(cv.numel).checked_div(row).unwrap_or(0);
     if let Some((i, &s)) = slots.iter().enumerate().find(|(_, &s)| s as usize >= rows) {
         return Err(Error::ShapeMismatch {
             op: OP,

@@ -48,7 +48,15 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
 }
 
 /// x: [n, k]; w: [m, k]; bias: [m]; out: [n, m].
-pub(crate) fn reference(x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, m: usize) {
+pub(crate) fn reference(
+    x: &[f32],
+    w: Weight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    n: usize,
+    k: usize,
+    m: usize,
+) {
     for i in 0..n {
         for r in 0..m {
             let mut acc = 0f32;
@@ -64,12 +72,23 @@ pub(crate) fn reference(x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn fast(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, m: usize) {
+pub(crate) fn fast(
+    ex: Exec,
+    x: &[f32],
+    w: Weight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    n: usize,
+    k: usize,
+    m: usize,
+) {
     if n == 0 || m == 0 {
         return;
     }
     match w {
-        Weight::Q(q) if n == 1 && k % QBLOCK == 0 && k > 0 => decode_quant(ex, x, q, bias, out, k, m),
+        Weight::Q(q) if n == 1 && k % QBLOCK == 0 && k > 0 => {
+            decode_quant(ex, x, q, bias, out, k, m)
+        }
         _ => general(ex, x, w, bias, out, n, k, m),
     }
 }
@@ -92,8 +111,24 @@ impl XPrep {
     }
 }
 
-fn decode_quant(ex: Exec, x: &[f32], q: QuantView, bias: Option<&[f32]>, out: &mut [f32], k: usize, m: usize) {
-    let prep = if q.dtype == DType::Q8_0 { XPrep { even: vec![], odd: vec![], sums: vec![] } } else { XPrep::new(x) };
+fn decode_quant(
+    ex: Exec,
+    x: &[f32],
+    q: QuantView,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    k: usize,
+    m: usize,
+) {
+    let prep = if q.dtype == DType::Q8_0 {
+        XPrep {
+            even: vec![],
+            odd: vec![],
+            sums: vec![],
+        }
+    } else {
+        XPrep::new(x)
+    };
     let c = chunk_rows(m, ex.threads(), 16);
     out.par_chunks_mut(c).enumerate().for_each(|(ci, o)| {
         quant_rows(ex.avx2, q, x, &prep, k, ci * c, o);
@@ -106,13 +141,28 @@ fn decode_quant(ex: Exec, x: &[f32], q: QuantView, bias: Option<&[f32]>, out: &m
 }
 
 /// out[ri] = dot(row r0 + ri of w, x) for a chunk of rows; k % 32 == 0.
-fn quant_rows(avx2: bool, q: QuantView, x: &[f32], prep: &XPrep, k: usize, r0: usize, out: &mut [f32]) {
+fn quant_rows(
+    avx2: bool,
+    q: QuantView,
+    x: &[f32],
+    prep: &XPrep,
+    k: usize,
+    r0: usize,
+    out: &mut [f32],
+) {
     let nb = k / QBLOCK;
     let (b_start, b_end) = (r0 * nb, (r0 + out.len()) * nb);
     // Scales of the chunk's blocks as f32 once, rather than one f16 conversion per block.
     let mut d = vec![0f32; b_end - b_start];
     q.d[b_start..b_end].convert_to_f32_slice(&mut d);
-    let mut mins = vec![0f32; if q.dtype == DType::Q4_1 { b_end - b_start } else { 0 }];
+    let mut mins = vec![
+        0f32;
+        if q.dtype == DType::Q4_1 {
+            b_end - b_start
+        } else {
+            0
+        }
+    ];
     if q.dtype == DType::Q4_1 {
         q.m[b_start..b_end].convert_to_f32_slice(&mut mins);
     }
@@ -172,8 +222,17 @@ fn dot_q8(qs: &[u8], d: &[f32], x: &[f32]) -> f32 {
 fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
     let mut acc = [0f32; 8];
     let mut offset = 0f32;
-    for (b, ((q, e), o)) in qs.chunks_exact(16).zip(p.even.chunks_exact(16)).zip(p.odd.chunks_exact(16)).enumerate() {
-        let (q, e, o): (&[u8; 16], &[f32; 16], &[f32; 16]) = (q.try_into().unwrap(), e.try_into().unwrap(), o.try_into().unwrap());
+    for (b, ((q, e), o)) in qs
+        .chunks_exact(16)
+        .zip(p.even.chunks_exact(16))
+        .zip(p.odd.chunks_exact(16))
+        .enumerate()
+    {
+        let (q, e, o): (&[u8; 16], &[f32; 16], &[f32; 16]) = (
+            q.try_into().unwrap(),
+            e.try_into().unwrap(),
+            o.try_into().unwrap(),
+        );
         let mut s = [0f32; 8];
         for j in 0..2 {
             for l in 0..8 {
@@ -211,7 +270,9 @@ mod avx2 {
                 let (qp, xp) = (qs.as_ptr().add(b * QBLOCK), x.as_ptr().add(b * QBLOCK));
                 let mut s = _mm256_setzero_ps();
                 for j in 0..4 {
-                    let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(qp.add(j * 8) as *const __m128i)));
+                    let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        qp.add(j * 8) as *const __m128i,
+                    )));
                     s = _mm256_fmadd_ps(q, _mm256_loadu_ps(xp.add(j * 8)), s);
                 }
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), s, acc);
@@ -225,7 +286,12 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
         let nb = d.len();
-        assert!(qs.len() >= nb * 16 && p.even.len() >= nb * 16 && p.odd.len() >= nb * 16 && p.sums.len() >= nb);
+        assert!(
+            qs.len() >= nb * 16
+                && p.even.len() >= nb * 16
+                && p.odd.len() >= nb * 16
+                && p.sums.len() >= nb
+        );
         let mask = _mm_set1_epi8(0x0f);
         let mut acc = _mm256_setzero_ps();
         let mut offset = 0f32;
@@ -276,11 +342,22 @@ fn hsum8(a: [f32; 8]) -> f32 {
 const TILE: usize = 4;
 
 #[allow(clippy::too_many_arguments)]
-fn general(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, m: usize) {
+fn general(
+    ex: Exec,
+    x: &[f32],
+    w: Weight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    n: usize,
+    k: usize,
+    m: usize,
+) {
     let c = chunk_rows(m, ex.threads(), TILE);
     if n == 1 {
         // The output chunk of one token is contiguous: write it in place.
-        out.par_chunks_mut(c).enumerate().for_each(|(ci, o)| general_dispatch(ex.avx2, x, w, bias, o, 1, k, ci * c));
+        out.par_chunks_mut(c)
+            .enumerate()
+            .for_each(|(ci, o)| general_dispatch(ex.avx2, x, w, bias, o, 1, k, ci * c));
         return;
     }
     // Row chunks of out: [n, m] are column strips; compute each into a local [n, rows] block
@@ -304,7 +381,16 @@ fn general(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32]
 }
 
 #[allow(clippy::too_many_arguments)]
-fn general_dispatch(avx2: bool, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, r0: usize) {
+fn general_dispatch(
+    avx2: bool,
+    x: &[f32],
+    w: Weight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    n: usize,
+    k: usize,
+    r0: usize,
+) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` is true only when AVX2 and FMA were detected at run time.
@@ -316,19 +402,39 @@ fn general_dispatch(avx2: bool, x: &[f32], w: Weight, bias: Option<&[f32]>, out:
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn general_rows_avx2(x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, r0: usize) {
+unsafe fn general_rows_avx2(
+    x: &[f32],
+    w: Weight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    n: usize,
+    k: usize,
+    r0: usize,
+) {
     general_rows(x, w, bias, out, n, k, r0)
 }
 
 /// out: [n, rows] for weight rows r0..r0 + rows (rows = out.len() / n).
 #[inline(always)]
-fn general_rows(x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, r0: usize) {
+fn general_rows(
+    x: &[f32],
+    w: Weight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    n: usize,
+    k: usize,
+    r0: usize,
+) {
     let rows = out.len() / n;
     let mut scratch = vec![0f32; TILE * k];
     for t0 in (0..rows).step_by(TILE) {
         let t1 = (t0 + TILE).min(rows);
         for r in t0..t1 {
-            dequant_into(w, (r0 + r) * k, &mut scratch[(r - t0) * k..(r - t0 + 1) * k]);
+            dequant_into(
+                w,
+                (r0 + r) * k,
+                &mut scratch[(r - t0) * k..(r - t0 + 1) * k],
+            );
         }
         for i in 0..n {
             let xi = &x[i * k..(i + 1) * k];

@@ -47,10 +47,12 @@ pub(crate) fn fast(x: &[f32], w: &[f32], out: &mut [f32], dim: usize, eps: f32) 
     if dim == 0 {
         return;
     }
-    out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(o, row)| {
-        let scale = 1.0 / (dot(row, row) / dim as f32 + eps).sqrt();
-        for j in 0..dim {
-            o[j] = row[j] * scale * w[j];
-        }
-    });
+    out.par_chunks_mut(dim)
+        .zip(x.par_chunks(dim))
+        .for_each(|(o, row)| {
+            let scale = 1.0 / (dot(row, row) / dim as f32 + eps).sqrt();
+            for j in 0..dim {
+                o[j] = row[j] * scale * w[j];
+            }
+        });
 }

@@ -12,13 +12,21 @@ const OP: &str = "rope";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Rope) -> Result<()> {
     if op.head_dim % 2 != 0 {
-        return Err(Error::ShapeMismatch { op: OP, expected: "an even head_dim".into(), got: op.head_dim.to_string() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: "an even head_dim".into(),
+            got: op.head_dim.to_string(),
+        });
     }
     let len = numel(OP, &[op.n, op.heads, op.head_dim])?;
     let half = op.head_dim / 2;
     t.with_output(OP, "x", op.x, DType::F32, len, |t, x| {
-        let pos = &t.input(OP, "positions", op.positions, DType::U32, op.n)?.u32()[..op.n];
-        let inv_freq = &t.input(OP, "inv_freq", op.inv_freq, DType::F32, half)?.f32()[..half];
+        let pos = &t
+            .input(OP, "positions", op.positions, DType::U32, op.n)?
+            .u32()[..op.n];
+        let inv_freq = &t
+            .input(OP, "inv_freq", op.inv_freq, DType::F32, half)?
+            .f32()[..half];
         let x = &mut x.f32_mut()[..len];
         match ex.pool {
             None => reference(x, pos, inv_freq, op.heads, op.head_dim),
@@ -29,7 +37,13 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Rope) -> Result<()> {
 }
 
 /// x: [n, heads, head_dim]; positions: [n]; inv_freq: [head_dim / 2].
-pub(crate) fn reference(x: &mut [f32], positions: &[u32], inv_freq: &[f32], heads: usize, head_dim: usize) {
+pub(crate) fn reference(
+    x: &mut [f32],
+    positions: &[u32],
+    inv_freq: &[f32],
+    heads: usize,
+    head_dim: usize,
+) {
     let half = head_dim / 2;
     for (i, &p) in positions.iter().enumerate() {
         for h in 0..heads {
@@ -46,21 +60,30 @@ pub(crate) fn reference(x: &mut [f32], positions: &[u32], inv_freq: &[f32], head
 }
 
 /// Tokens in parallel; sin/cos computed once per token and shared by all heads.
-pub(crate) fn fast(x: &mut [f32], positions: &[u32], inv_freq: &[f32], heads: usize, head_dim: usize) {
+pub(crate) fn fast(
+    x: &mut [f32],
+    positions: &[u32],
+    inv_freq: &[f32],
+    heads: usize,
+    head_dim: usize,
+) {
     let half = head_dim / 2;
     let row = heads * head_dim;
     if row == 0 {
         return;
     }
-    x.par_chunks_mut(row).zip(positions.par_iter()).for_each(|(xr, &p)| {
-        let (sin, cos): (Vec<f32>, Vec<f32>) = inv_freq.iter().map(|&f| (p as f32 * f).sin_cos()).unzip();
-        for head in xr.chunks_exact_mut(head_dim) {
-            let (lo, hi) = head.split_at_mut(half);
-            for j in 0..half {
-                let (a, b) = (lo[j], hi[j]);
-                lo[j] = a * cos[j] - b * sin[j];
-                hi[j] = a * sin[j] + b * cos[j];
+    x.par_chunks_mut(row)
+        .zip(positions.par_iter())
+        .for_each(|(xr, &p)| {
+            let (sin, cos): (Vec<f32>, Vec<f32>) =
+                inv_freq.iter().map(|&f| (p as f32 * f).sin_cos()).unzip();
+            for head in xr.chunks_exact_mut(head_dim) {
+                let (lo, hi) = head.split_at_mut(half);
+                for j in 0..half {
+                    let (a, b) = (lo[j], hi[j]);
+                    lo[j] = a * cos[j] - b * sin[j];
+                    hi[j] = a * sin[j] + b * cos[j];
+                }
             }
-        }
-    });
+        });
 }

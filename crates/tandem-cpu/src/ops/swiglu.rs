@@ -37,9 +37,12 @@ pub(crate) fn reference(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 pub(crate) fn fast(gate: &[f32], up: &[f32], out: &mut [f32], threads: usize) {
     let c = chunk_rows(out.len(), threads, 2048);
-    out.par_chunks_mut(c).zip(gate.par_chunks(c)).zip(up.par_chunks(c)).for_each(|((o, g), u)| {
-        for i in 0..o.len() {
-            o[i] = silu_mul(g[i], u[i]);
-        }
-    });
+    out.par_chunks_mut(c)
+        .zip(gate.par_chunks(c))
+        .zip(up.par_chunks(c))
+        .for_each(|((o, g), u)| {
+            for i in 0..o.len() {
+                o[i] = silu_mul(g[i], u[i]);
+            }
+        });
 }
