@@ -364,3 +364,56 @@ impl ModelConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod rope_tests {
+    use super::*;
+
+    fn llama3(scaling: RopeScaling) -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Llama,
+            dim: 4096,
+            n_layers: 1,
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim: 128,
+            ffn_dim: 14336,
+            vocab_size: 128256,
+            max_position: 131072,
+            rope_theta: 500000.0,
+            rope_scaling: scaling,
+            rms_norm_eps: 1e-5,
+            tie_embeddings: false,
+            qkv_bias: false,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_frequencies_and_divides_low_ones() {
+        let plain = llama3(RopeScaling::None).rope_inv_freq();
+        let scaled = llama3(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position: 8192,
+        })
+        .rope_inv_freq();
+        assert_eq!(plain.len(), 64);
+        assert_eq!(plain[0], 1.0);
+        for (i, (&p, &s)) in plain.iter().zip(&scaled).enumerate() {
+            let wavelen = 2.0 * std::f32::consts::PI / p;
+            if wavelen < 2048.0 {
+                assert_eq!(s, p, "short wavelengths are untouched (i = {i})");
+            } else if wavelen > 8192.0 {
+                assert!((s - p / 8.0).abs() <= p * 1e-6, "long wavelengths are divided by the factor (i = {i})");
+            } else {
+                assert!(s < p && s > p / 8.0, "the band between blends smoothly (i = {i})");
+            }
+        }
+        assert!(scaled.windows(2).all(|w| w[1] < w[0]), "frequencies stay ordered");
+        let linear = llama3(RopeScaling::Linear { factor: 4.0 }).rope_inv_freq();
+        assert!((linear[5] - plain[5] / 4.0).abs() < 1e-9);
+    }
+}
