@@ -16,7 +16,7 @@ pub use harness::{check_op, run_case, tolerance, Tol};
 /// `Fn() -> Result<B, String>`; an `Err(reason)` (no device, say) prints
 /// `SKIP <backend>: <reason>` and the test returns.
 ///
-/// ```ignore
+/// ```text
 /// tandem_tests::conformance_suite!(cpu_fast, || tandem_cpu::CpuBackend::fast(2).map_err(|e| e.to_string()));
 /// ```
 #[macro_export]
