@@ -39,6 +39,13 @@ pub trait Backend {
     /// A zero-filled buffer of `numel` elements of `dtype` (`dtype.storage_bytes(numel)` bytes).
     fn alloc(&mut self, dtype: DType, numel: usize) -> Result<BufId>;
 
+    /// A zero-filled weight matrix [rows, cols]. Backends whose bindings have a size limit (WebGPU)
+    /// may store a large matrix as several buffers of whole rows; ops that read weights
+    /// (Matmul, Embed) handle that, others never see such a buffer.
+    fn alloc_weight(&mut self, dtype: DType, rows: usize, cols: usize) -> Result<BufId> {
+        self.alloc(dtype, rows * cols)
+    }
+
     /// Overwrites the start of `buf` with `bytes` (weights at load time; poison in tests).
     fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()>;
 

@@ -102,12 +102,12 @@ impl<B: Backend> Uploader<'_, B> {
         if t.bytes.len() != t.dtype.storage_bytes(numel) {
             return Err(Error::bad_file(name, format!("{} bytes for {numel} {} elements", t.bytes.len(), t.dtype)));
         }
-        let buf = self.backend.alloc(t.dtype, numel)?;
+        let (rows, cols) = if shape.len() == 2 { (shape[0], shape[1]) } else { (1, shape[0]) };
+        let buf = self.backend.alloc_weight(t.dtype, rows, cols)?;
         self.backend.write(buf, &t.bytes)?;
         self.bytes += t.bytes.len();
         self.done += 1;
         (self.progress)(self.done, self.total);
-        let (rows, cols) = if shape.len() == 2 { (shape[0], shape[1]) } else { (1, shape[0]) };
         Ok(Weight { buf, dtype: t.dtype, rows, cols })
     }
 }
