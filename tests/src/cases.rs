@@ -9,7 +9,7 @@ use crate::harness::{tolerance, Tol};
 use crate::rng::Rng;
 
 /// Every op the suite covers, by the name shared with kernels and tests.
-pub const OPS: [&str; 11] = [
+pub const OPS: [&str; 12] = [
     "embed",
     "rms_norm",
     "matmul",
@@ -20,6 +20,7 @@ pub const OPS: [&str; 11] = [
     "swiglu",
     "add",
     "argmax",
+    "sample",
     "copy_rows",
 ];
 
@@ -111,6 +112,7 @@ pub fn cases_for(op: &str) -> Vec<Case> {
         "swiglu" => swiglu(rng),
         "add" => add(rng),
         "argmax" => argmax(rng),
+        "sample" => sample(rng),
         "copy_rows" => copy_rows(rng),
         _ => vec![],
     }
@@ -440,6 +442,33 @@ fn argmax(rng: &mut Rng) -> Vec<Case> {
             op,
             &[(o, tolerance("argmax", DType::F32))],
         ));
+    }
+    out
+}
+
+/// Sampling over vocabulary-sized and odd rows with every filter, alone and combined. Logits
+/// are spread wide (a real model's are) and the draws avoid the exact edges of the cumulative
+/// distribution, where a different summation order could legitimately round across.
+fn sample(rng: &mut Rng) -> Vec<Case> {
+    let mut out = vec![];
+    let filters: [(f32, usize, f32, f32); 6] =
+        [(1.0, 0, 1.0, 0.0), (0.7, 40, 1.0, 0.0), (1.3, 0, 0.9, 0.0), (1.0, 0, 1.0, 0.05), (0.8, 50, 0.95, 0.02), (2.0, 1, 1.0, 0.0)];
+    for (width, n) in [(13, 1), (1000, 2), (49152, 1)] {
+        for (f, &(temperature, top_k, top_p, min_p)) in filters.iter().enumerate() {
+            let mut b = Bufs::default();
+            let mut x = rng.vec(n * width, 8.0);
+            if f == 3 {
+                // A NaN and a -inf must never be drawn.
+                x[width / 2] = f32::NAN;
+                x[width / 3] = f32::NEG_INFINITY;
+            }
+            let x = b.f32(&x);
+            let o = b.poison(DType::U32, n);
+            let uniform = 0.05 + 0.9 * (rng.below(1000) as f32 / 1000.0);
+            let op = Op::Sample(Sample { x, out: o, n, width, temperature, top_k, top_p, min_p, uniform });
+            let name = format!("n={n} width={width} T={temperature} top_k={top_k} top_p={top_p} min_p={min_p} u={uniform}");
+            out.push(b.case(name, op, &[(o, tolerance("sample", DType::F32))]));
+        }
     }
     out
 }

@@ -36,7 +36,7 @@ pub fn tolerance(op: &str, dtype: DType) -> Tol {
         // exp() implementations differ by a few ulps, on top of the online-softmax order.
         ("attention_prefill" | "attention_decode", _) => Tol::Nmse(1e-8),
         ("swiglu", _) => Tol::Nmse(1e-10),
-        ("add" | "argmax" | "copy_rows" | "kv_write", _) => Tol::Exact,
+        ("add" | "argmax" | "sample" | "copy_rows" | "kv_write", _) => Tol::Exact,
         _ => Tol::Nmse(0.0),
     }
 }
@@ -221,6 +221,7 @@ pub fn remap(op: &Op, f: impl Fn(BufId) -> BufId) -> Op {
         Op::Swiglu(o) => (o.gate, o.up, o.out) = (f(o.gate), f(o.up), f(o.out)),
         Op::Add(o) => (o.x, o.y) = (f(o.x), f(o.y)),
         Op::Argmax(o) => (o.x, o.out) = (f(o.x), f(o.out)),
+        Op::Sample(o) => (o.x, o.out) = (f(o.x), f(o.out)),
         Op::CopyRows(o) => (o.src, o.dst) = (f(o.src), f(o.dst)),
     }
     op

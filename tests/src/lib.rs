@@ -71,6 +71,10 @@ macro_rules! conformance_suite {
                 check("argmax");
             }
             #[test]
+            fn sample() {
+                check("sample");
+            }
+            #[test]
             fn copy_rows() {
                 check("copy_rows");
             }

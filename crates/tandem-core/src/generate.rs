@@ -165,7 +165,16 @@ async fn next_token<B: Backend>(
     sampler: &mut Sampler,
     seen: &[u32],
 ) -> Result<u32> {
-    let want = if sampler.params().is_greedy_on_device() { Want::Argmax } else { Want::LastLogits };
+    let p = sampler.params();
+    let want = if p.repetition_penalty != 1.0 {
+        // The penalty needs the history, so that choice is made here from the logits.
+        Want::LastLogits
+    } else if p.temperature == 0.0 {
+        Want::Argmax
+    } else {
+        let (temperature, top_k, top_p, min_p) = (p.temperature, p.top_k, p.top_p, p.min_p);
+        Want::Sample { temperature, top_k, top_p, min_p, uniform: sampler.next_uniform() }
+    };
     match model.forward(seq, input, want).await? {
         Output::Token(t) => Ok(t),
         Output::Logits(mut logits) => Ok(sampler.sample(&mut logits, seen)),

@@ -130,6 +130,27 @@ pub struct Argmax {
     pub width: usize,
 }
 
+/// Draws one token per row from the logits, so that sampling, like greedy decoding, reads back
+/// a token id rather than a vocabulary of logits. Semantics: [`crate::sampling::sample_row`].
+/// x: [n, width] f32; out: [n] u32; `uniform` in [0, 1) is the caller's random draw (the same
+/// for every row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub x: BufId,
+    pub out: BufId,
+    pub n: usize,
+    pub width: usize,
+    /// > 0 (0 is greedy: use Argmax).
+    pub temperature: f32,
+    /// 0 keeps all.
+    pub top_k: usize,
+    /// In (0, 1]; 1 keeps all.
+    pub top_p: f32,
+    /// In [0, 1]; 0 keeps all.
+    pub min_p: f32,
+    pub uniform: f32,
+}
+
 /// dst[i] = src[src_row + i] for i in 0..n_rows. src: [.., width] f32; dst: [n_rows, width] f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyRows {
@@ -151,6 +172,7 @@ pub enum Op {
     Swiglu(Swiglu),
     Add(Add),
     Argmax(Argmax),
+    Sample(Sample),
     CopyRows(CopyRows),
 }
 
@@ -168,6 +190,7 @@ impl Op {
             Op::Swiglu(_) => "swiglu",
             Op::Add(_) => "add",
             Op::Argmax(_) => "argmax",
+            Op::Sample(_) => "sample",
             Op::CopyRows(_) => "copy_rows",
         }
     }

@@ -41,12 +41,6 @@ impl SamplingParams {
         }
         Ok(())
     }
-
-    /// Whether the choice is a plain argmax of the raw logits, which a backend can make on the
-    /// device so that only the token id comes back.
-    pub fn is_greedy_on_device(&self) -> bool {
-        self.temperature == 0.0 && self.repetition_penalty == 1.0
-    }
 }
 
 /// SplitMix64: tiny, seedable and identical on every platform (wasm has no OS entropy to
@@ -101,45 +95,83 @@ impl Sampler {
         if p.temperature == 0.0 {
             return argmax(logits);
         }
-        // Candidates sorted by logit, most likely first; NaN logits never qualify.
-        let mut cand: Vec<(u32, f32)> =
-            logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l / p.temperature)).collect();
-        if cand.is_empty() {
-            return 0;
-        }
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 {
-            cand.truncate(p.top_k);
-        }
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|&(_, l)| (l - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= sum);
-        let mut keep = probs.len();
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            for (i, &q) in probs.iter().enumerate() {
-                acc += q;
-                if acc >= p.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-        }
-        if p.min_p > 0.0 {
-            let floor = p.min_p * probs[0];
-            keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
-        }
-        let total: f32 = probs[..keep].iter().sum();
-        let mut r = self.rng.next_f32() * total;
-        for (i, &q) in probs[..keep].iter().enumerate() {
-            r -= q;
-            if r < 0.0 {
-                return cand[i].0;
-            }
-        }
-        cand[keep - 1].0
+        let u = self.rng.next_f32();
+        sample_row(logits, p.temperature, p.top_k, p.top_p, p.min_p, u)
     }
+
+    /// The next uniform draw, for sampling on the device with the Sample op.
+    pub fn next_uniform(&mut self) -> f32 {
+        self.rng.next_f32()
+    }
+}
+
+/// Draws a token from softmax(logits / temperature), restricted in this order:
+/// 1. top_k > 0: keep tokens whose logit is >= the k-th largest (ties at the edge all stay);
+/// 2. top_p < 1: keep a token if the probability (among those kept so far) of tokens with a
+///    strictly larger logit is < top_p (ties stay together);
+/// 3. min_p > 0: keep a token if its probability is >= min_p times the largest.
+///
+/// Then, walking the kept tokens in ascending id order, returns the first whose running sum of
+/// weights exceeds `uniform` x their total. Walking in id order (not probability order) lets a
+/// GPU do the draw with a plain prefix sum. NaN logits are never drawn; if no logit is finite
+/// and above -inf the result is [`argmax`]'s. `temperature` must be > 0.
+///
+/// This is the reference of the Sample op: every backend must return the same token.
+pub fn sample_row(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, min_p: f32, uniform: f32) -> u32 {
+    // Candidates with a finite scaled logit, most likely first (ties: lower id first).
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_finite())
+        .map(|(i, &l)| (i as u32, l / temperature))
+        .collect();
+    if cand.is_empty() {
+        return argmax(logits);
+    }
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if top_k > 0 && top_k < cand.len() {
+        let edge = cand[top_k - 1].1;
+        cand.retain(|c| c.1 >= edge);
+    }
+    let max = cand[0].1;
+    let weights: Vec<f32> = cand.iter().map(|c| (c.1 - max).exp()).collect();
+    let total: f32 = weights.iter().sum();
+    let mut keep = cand.len();
+    if top_p < 1.0 {
+        // Walk groups of equal logits; a group stays while the mass above it is < top_p.
+        let mut above = 0.0f32;
+        let mut i = 0;
+        while i < cand.len() {
+            let mut j = i;
+            let mut group = 0.0f32;
+            while j < cand.len() && cand[j].1 == cand[i].1 {
+                group += weights[j];
+                j += 1;
+            }
+            if above / total >= top_p {
+                keep = i;
+                break;
+            }
+            above += group;
+            i = j;
+        }
+    }
+    if min_p > 0.0 {
+        // The largest weight is exp(0) = 1.
+        keep = keep.min(weights.iter().take_while(|&&w| w >= min_p).count());
+    }
+    let mut kept: Vec<(u32, f32)> = cand[..keep].iter().zip(&weights).map(|(c, &w)| (c.0, w)).collect();
+    kept.sort_by_key(|k| k.0);
+    let kept_total: f32 = kept.iter().map(|k| k.1).sum();
+    let target = uniform * kept_total;
+    let mut acc = 0.0f32;
+    for &(id, w) in &kept {
+        acc += w;
+        if acc > target {
+            return id;
+        }
+    }
+    kept.last().map_or(0, |k| k.0)
 }
 
 /// Index of the largest logit; the lowest index wins ties and NaN never wins (as the Argmax op).
@@ -183,7 +215,7 @@ mod tests {
 
     #[test]
     fn top_k_restricts_and_seed_repeats() {
-        let logits: Vec<f32> = (0..100).map(|i| (i % 7) as f32 * 0.1).collect();
+        let logits: Vec<f32> = (0..100).map(|i| i as f32 * 0.01).collect();
         let run = |seed| {
             let mut s = sampler(|p| {
                 p.top_k = 3;
@@ -194,10 +226,31 @@ mod tests {
         let a = run(7);
         assert_eq!(a, run(7));
         assert_ne!(a, run(8));
-        let mut allowed: Vec<u32> = (0..100).filter(|i| i % 7 == 6).collect();
-        allowed.truncate(3);
-        assert!(a.iter().all(|t| allowed.contains(t)), "{a:?}");
-        assert!(allowed.iter().all(|t| a.contains(t)), "all three should appear in 200 draws");
+        assert!(a.iter().all(|t| (97..100).contains(t)), "{a:?}");
+        assert!((97..100).all(|t| a.contains(&t)), "all three should appear in 200 draws");
+    }
+
+    #[test]
+    fn ties_at_the_top_k_edge_stay_together() {
+        let logits = [1.0, 3.0, 2.0, 2.0, 0.5];
+        let drawn: Vec<u32> = (0..64).map(|i| sample_row(&logits, 1.0, 2, 1.0, 0.0, i as f32 / 64.0)).collect();
+        assert!(drawn.iter().all(|t| [1, 2, 3].contains(t)), "{drawn:?}");
+        assert!([1, 2, 3].iter().all(|t| drawn.contains(t)), "{drawn:?}");
+    }
+
+    #[test]
+    fn the_draw_walks_kept_tokens_in_id_order() {
+        // Equal weights: uniform u picks the token at floor(u * kept) in ascending id order.
+        let logits = [0.0, 5.0, 0.0, 5.0, 5.0, 5.0];
+        assert_eq!(sample_row(&logits, 1.0, 0, 1.0, 0.5, 0.0), 1);
+        assert_eq!(sample_row(&logits, 1.0, 0, 1.0, 0.5, 0.3), 3);
+        assert_eq!(sample_row(&logits, 1.0, 0, 1.0, 0.5, 0.6), 4);
+        assert_eq!(sample_row(&logits, 1.0, 0, 1.0, 0.5, 0.99), 5);
+        // top_p keeps a group while the mass above it is below top_p.
+        let logits = [2.0f32.ln(), 1.0f32.ln(), 1.0f32.ln()]; // probabilities 0.5, 0.25, 0.25
+        assert_eq!((0..10).map(|i| sample_row(&logits, 1.0, 0, 0.5, 0.0, i as f32 / 10.0)).max(), Some(0));
+        assert_eq!((0..10).map(|i| sample_row(&logits, 1.0, 0, 0.51, 0.0, i as f32 / 10.0)).max(), Some(2));
+        assert_eq!(sample_row(&[f32::NAN, f32::NAN], 1.0, 0, 1.0, 0.0, 0.5), 0);
     }
 
     #[test]

@@ -117,6 +117,7 @@ impl CpuBackend {
             Op::Swiglu(o) => ops::swiglu::run(t, ex, o),
             Op::Add(o) => ops::add::run(t, ex, o),
             Op::Argmax(o) => ops::argmax::run(t, ex, o),
+            Op::Sample(o) => ops::sample::run(t, ex, o),
             Op::CopyRows(o) => ops::copy_rows::run(t, ex, o),
         }
     }
@@ -164,7 +165,7 @@ impl Backend for CpuBackend {
                     && o.heads % o.kv_heads == 0
                     && o.block_size > 0
             }
-            Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::CopyRows(_) => true,
+            Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::Sample(_) | Op::CopyRows(_) => true,
         }
     }
 

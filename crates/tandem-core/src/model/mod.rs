@@ -34,10 +34,12 @@ impl Default for ModelOptions {
 }
 
 /// What a forward step returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Want {
     /// The greedy next token, chosen on the device: 4 bytes come back.
     Argmax,
+    /// A sampled next token, drawn on the device (see [`crate::ops::Sample`]): 4 bytes come back.
+    Sample { temperature: f32, top_k: usize, top_p: f32, min_p: f32, uniform: f32 },
     /// Logits of the last position: [vocab].
     LastLogits,
     /// Logits of every position fed in: [n, vocab] (perplexity).
@@ -155,7 +157,7 @@ impl<B: Backend> Model<B> {
             let vocab = self.config.vocab_size;
             match chunk_want {
                 Want::AllLogits => all.extend(self.backend.read_f32(self.act.logits, 0, chunk.len() * vocab).await?),
-                Want::Argmax if last => {
+                Want::Argmax | Want::Sample { .. } if last => {
                     let t = self.backend.read_u32(self.act.token, 0, 1).await?;
                     return Ok(Output::Token(t[0]));
                 }
@@ -235,8 +237,20 @@ impl<B: Backend> Model<B> {
                 step.push(Op::CopyRows(CopyRows { src: a.x, dst: a.last, src_row: n - 1, n_rows: 1, width: dim }));
                 step.push(norm(a.last, &w.norm, a.xb, 1));
                 step.push(matmul(a.xb, &w.lm_head, None, a.logits, 1));
-                if want == Want::Argmax {
-                    step.push(Op::Argmax(Argmax { x: a.logits, out: a.token, n: 1, width: c.vocab_size }));
+                match want {
+                    Want::Argmax => step.push(Op::Argmax(Argmax { x: a.logits, out: a.token, n: 1, width: c.vocab_size })),
+                    Want::Sample { temperature, top_k, top_p, min_p, uniform } => step.push(Op::Sample(Sample {
+                        x: a.logits,
+                        out: a.token,
+                        n: 1,
+                        width: c.vocab_size,
+                        temperature,
+                        top_k,
+                        top_p,
+                        min_p,
+                        uniform,
+                    })),
+                    _ => {}
                 }
             }
         }

@@ -10,6 +10,7 @@ pub(crate) mod kv_write;
 pub(crate) mod matmul;
 pub(crate) mod rms_norm;
 pub(crate) mod rope;
+pub(crate) mod sample;
 pub(crate) mod swiglu;
 
 /// Lanes of the vectorizable loops: independent accumulators the compiler maps onto SIMD
