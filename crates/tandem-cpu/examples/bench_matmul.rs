@@ -1,6 +1,6 @@
-//! Decode-shaped matmul timings (n = 1) for each CPU mode:
+//! Matmul timings, decode-shaped (n = 1) and prefill-shaped (n > 1), for each CPU mode:
 //! `cargo run --release -p tandem-cpu --example bench_matmul`
-//! Prints time per call and GB/s of weight traffic (weight bytes / time).
+//! Prints time per call, GB/s of weight traffic (weight bytes / time) and GFLOP/s.
 
 use std::time::Instant;
 
@@ -44,9 +44,10 @@ fn bench(b: &mut CpuBackend, label: &str, dtype: DType, n: usize, k: usize, m: u
     }
     let per = start.elapsed().as_secs_f64() / iters as f64;
     println!(
-        "{label:<16} {dtype} [{n},{k}]x[{m},{k}]: {:9.1} us/call  {:6.2} GB/s of weights",
+        "{label:<16} {dtype} [{n},{k}]x[{m},{k}]: {:9.1} us/call  {:6.2} GB/s of weights  {:6.1} GFLOP/s",
         per * 1e6,
-        wb.len() as f64 / per / 1e9
+        wb.len() as f64 / per / 1e9,
+        2.0 * (n * k * m) as f64 / per / 1e9
     );
     for id in [wid, xid, out] {
         b.free(id);
@@ -58,6 +59,10 @@ fn main() {
         (DType::Q4_1, 1, 576, 1536),
         (DType::Q8_0, 1, 576, 49152),
         (DType::Q4_1, 64, 576, 1536),
+        // Prefill of the 37-token chat prompt: the ffn up and down projections.
+        (DType::Q4_1, 37, 576, 1536),
+        (DType::Q4_1, 37, 1536, 576),
+        (DType::F32, 37, 576, 576),
     ];
     let mut modes: Vec<(String, CpuBackend)> = vec![("reference".into(), CpuBackend::reference())];
     for t in [1, 2] {

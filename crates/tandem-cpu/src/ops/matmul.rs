@@ -1,16 +1,21 @@
 //! out = x @ w^T (+ bias) with the weight dequantized inside the kernel.
 //!
-//! Fast mode has two paths:
+//! Fast mode has three paths:
 //! - decode (n = 1, quantized, k % 32 == 0): every row starts on a block boundary, so each
 //!   weight byte is streamed once and dequantized in registers. The activation is prepared
 //!   once: split into even/odd elements (matching the nibble order of Q4 bytes) and summed per
 //!   block, so Q4_0 is d * (sum(q * x) - 8 * sum(x)) and Q4_1 is d * sum(q * x) + m * sum(x).
-//! - general (prefill, odd k, f32/f16 weights): a tile of rows is dequantized into an f32
-//!   scratch once and dotted against every token, so weight work is shared by all n tokens.
-//!   Rows may start mid-block here (blocks run over the flat index), which the scratch
-//!   dequantizer handles segment by segment.
+//! - prefill (n > 1, any weight dtype and k): a register-tiled f32 micro-kernel over
+//!   dequantized panels of rows, so weight work is shared by all n tokens; see [`prefill`].
+//! - general (n = 1 with odd k or f32/f16 weights): a tile of rows is dequantized into an f32
+//!   scratch and dotted against the token.
 //!
-//! Both are parallel over chunks of output rows.
+//! The prefill and general paths dequantize with [`dequant_into`], which handles rows that
+//! start mid-block (blocks run over the flat index) segment by segment.
+//!
+//! All are parallel over chunks of output rows.
+
+mod prefill;
 
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
@@ -89,7 +94,8 @@ pub(crate) fn fast(
         Weight::Q(q) if n == 1 && k % QBLOCK == 0 && k > 0 => {
             decode_quant(ex, x, q, bias, out, k, m)
         }
-        _ => general(ex, x, w, bias, out, n, k, m),
+        _ if n > 1 => prefill::prefill(ex, x, w, bias, out, n, k, m),
+        _ => general(ex, x, w, bias, out, k, m),
     }
 }
 
@@ -341,43 +347,20 @@ fn hsum8(a: [f32; 8]) -> f32 {
 /// Rows dequantized per tile and shared by all tokens in the tile loop.
 const TILE: usize = 4;
 
-#[allow(clippy::too_many_arguments)]
+/// The n = 1 case the decode kernels do not cover; out: [m].
 fn general(
     ex: Exec,
     x: &[f32],
     w: Weight,
     bias: Option<&[f32]>,
     out: &mut [f32],
-    n: usize,
     k: usize,
     m: usize,
 ) {
     let c = chunk_rows(m, ex.threads(), TILE);
-    if n == 1 {
-        // The output chunk of one token is contiguous: write it in place.
-        out.par_chunks_mut(c)
-            .enumerate()
-            .for_each(|(ci, o)| general_dispatch(ex.avx2, x, w, bias, o, 1, k, ci * c));
-        return;
-    }
-    // Row chunks of out: [n, m] are column strips; compute each into a local [n, rows] block
-    // and scatter afterwards (n * m copies against n * m * k multiply-adds).
-    let parts: Vec<(usize, Vec<f32>)> = (0..m.div_ceil(c))
-        .into_par_iter()
-        .map(|ci| {
-            let r0 = ci * c;
-            let rows = c.min(m - r0);
-            let mut local = vec![0f32; n * rows];
-            general_dispatch(ex.avx2, x, w, bias, &mut local, n, k, r0);
-            (r0, local)
-        })
-        .collect();
-    for (r0, local) in parts {
-        let rows = local.len() / n;
-        for i in 0..n {
-            out[i * m + r0..i * m + r0 + rows].copy_from_slice(&local[i * rows..(i + 1) * rows]);
-        }
-    }
+    out.par_chunks_mut(c)
+        .enumerate()
+        .for_each(|(ci, o)| general_dispatch(ex.avx2, x, w, bias, o, 1, k, ci * c));
 }
 
 #[allow(clippy::too_many_arguments)]
