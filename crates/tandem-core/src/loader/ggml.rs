@@ -223,7 +223,8 @@ impl TensorStore for GgufFile {
         let &i = self.by_name.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let t = &self.tensors[i];
         let bad = |reason: String| Error::bad_file(&self.path, format!("tensor '{name}' ('{}'): {reason}", t.name));
-        let mut raw = Cow::Borrowed(self.tensor_data(t)?);
+        let data = self.tensor_data(t)?;
+        let mut raw = Cow::Borrowed(data);
         if let Some(heads) = self.permute_heads(name) {
             let rows = t.dims.get(1).or(t.dims.first()).copied().unwrap_or(0) as usize;
             if t.dims.len() > 2 {
@@ -231,6 +232,8 @@ impl TensorStore for GgufFile {
             }
             raw = Cow::Owned(unpermute_rows(&raw, rows, heads?).map_err(bad)?);
         }
-        convert(t.ggml_type, &raw, t.shape(), as_).map_err(bad)
+        let tensor = convert(t.ggml_type, &raw, t.shape(), as_).map_err(bad);
+        self.blob.done_with(data);
+        tensor
     }
 }

@@ -119,6 +119,30 @@ impl Blob {
     }
 }
 
+impl Blob {
+    /// Tells the kernel that `bytes` (a slice of this blob) will not be read again soon, so a
+    /// mapped file's pages stop counting against the process once a tensor has been copied to
+    /// its backend: loading then peaks at one copy of the model, not two. Reading the range
+    /// again later still works (the pages come back from the file).
+    pub(crate) fn done_with(&self, bytes: &[u8]) {
+        #[cfg(unix)]
+        if let Blob::Mapped(map) = self {
+            const PAGE: usize = 4096;
+            let base = map.as_ptr() as usize;
+            let start = (bytes.as_ptr() as usize).saturating_sub(base).next_multiple_of(PAGE);
+            let end = ((bytes.as_ptr() as usize + bytes.len()).saturating_sub(base) / PAGE) * PAGE;
+            if end > start && end <= map.len() {
+                // SAFETY: the map is a read-only, file-backed shared mapping; dropping its pages
+                // loses nothing (the kernel re-reads them from the file on the next access), and
+                // the range lies inside the map.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = bytes;
+    }
+}
+
 /// Builds a tensor of `dtype` from float values (`dtype` must be a float or quantized type).
 pub(crate) fn f32_tensor(shape: Vec<usize>, values: &[f32], dtype: DType) -> HostTensor {
     HostTensor { dtype, shape, bytes: crate::quant::encode(values, dtype) }

@@ -134,37 +134,44 @@ impl TensorStore for SafetensorsStore {
             .zip(shard.data_start.checked_add(e))
             .and_then(|(a, b)| shard.blob.get(a..b))
             .ok_or_else(|| bad(format!("data offsets [{s}, {e}) out of range")))?;
-        let shape = info.shape.clone();
-        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape overflows".into()))?;
-        let elem = match info.dtype {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::BF16 => 2,
-            other => return Err(bad(format!("dtype {other:?} is not supported (tandem loads F32, F16, BF16)"))),
-        };
-        if numel.checked_mul(elem) != Some(raw.len()) {
-            return Err(bad(format!("{} bytes stored, but shape {shape:?} of {:?} needs {numel} x {elem}", raw.len(), info.dtype)));
-        }
-        let native = if info.dtype == Dtype::F16 { DType::F16 } else { DType::F32 };
-        let target = match as_ {
-            LoadAs::F32 => DType::F32,
-            LoadAs::Native => native,
-            LoadAs::Exactly(DType::U32) => return Err(Error::InvalidParameter(format!("cannot load '{name}' as u32"))),
-            LoadAs::Exactly(d) => d,
-        };
-        // Same type on both sides: copy the bytes (little-endian in the file and on the host).
-        if (info.dtype, target) == (Dtype::F32, DType::F32) {
-            return Ok(HostTensor { dtype: target, shape, bytes: raw.to_vec() });
-        }
-        if (info.dtype, target) == (Dtype::F16, DType::F16) {
-            let mut bytes = raw.to_vec();
-            bytes.resize(DType::F16.storage_bytes(numel), 0);
-            return Ok(HostTensor { dtype: target, shape, bytes });
-        }
-        let values: Vec<f32> = match info.dtype {
-            Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            _ => raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        };
-        Ok(f32_tensor(shape, &values, target))
+        let tensor = convert(name, info, raw, as_, bad);
+        shard.blob.done_with(raw);
+        tensor
     }
+}
+
+/// The tensor `name` stored as `info` in `raw`, converted as `as_` asks.
+fn convert(name: &str, info: &StInfo, raw: &[u8], as_: LoadAs, bad: impl Fn(String) -> Error) -> Result<HostTensor> {
+    let shape = info.shape.clone();
+    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape overflows".into()))?;
+    let elem = match info.dtype {
+        Dtype::F32 => 4,
+        Dtype::F16 | Dtype::BF16 => 2,
+        other => return Err(bad(format!("dtype {other:?} is not supported (tandem loads F32, F16, BF16)"))),
+    };
+    if numel.checked_mul(elem) != Some(raw.len()) {
+        return Err(bad(format!("{} bytes stored, but shape {shape:?} of {:?} needs {numel} x {elem}", raw.len(), info.dtype)));
+    }
+    let native = if info.dtype == Dtype::F16 { DType::F16 } else { DType::F32 };
+    let target = match as_ {
+        LoadAs::F32 => DType::F32,
+        LoadAs::Native => native,
+        LoadAs::Exactly(DType::U32) => return Err(Error::InvalidParameter(format!("cannot load '{name}' as u32"))),
+        LoadAs::Exactly(d) => d,
+    };
+    // Same type on both sides: copy the bytes (little-endian in the file and on the host).
+    if (info.dtype, target) == (Dtype::F32, DType::F32) {
+        return Ok(HostTensor { dtype: target, shape, bytes: raw.to_vec() });
+    }
+    if (info.dtype, target) == (Dtype::F16, DType::F16) {
+        let mut bytes = raw.to_vec();
+        bytes.resize(DType::F16.storage_bytes(numel), 0);
+        return Ok(HostTensor { dtype: target, shape, bytes });
+    }
+    let values: Vec<f32> = match info.dtype {
+        Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        _ => raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+    };
+    Ok(f32_tensor(shape, &values, target))
 }
