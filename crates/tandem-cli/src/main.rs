@@ -1,5 +1,7 @@
 //! `tandem`: run Llama-family models on the CPU (and, later, WebGPU and CUDA).
 
+mod backend;
+mod bench;
 mod inspect;
 mod run;
 
@@ -17,6 +19,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, streamed to stdout.
     Run(run::RunArgs),
+    /// Measure prefill and decode speed.
+    Bench(bench::BenchArgs),
     /// Describe a model: architecture, hyper-parameters, tensors, sizes.
     Inspect(inspect::InspectArgs),
 }
@@ -25,6 +29,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Inspect(args) => inspect::inspect(args),
     };
     match result {

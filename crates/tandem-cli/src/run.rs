@@ -9,16 +9,8 @@ use tandem_core::model::{Model, ModelOptions};
 use tandem_core::sampling::SamplingParams;
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
 use tandem_core::{Backend, DType, Error, Result};
-use tandem_cpu::{CpuBackend, CpuMode};
+use crate::backend::{dispatch, BackendArgs, WithBackend};
 use web_time::Instant;
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum BackendKind {
-    /// The CPU, multithreaded.
-    Cpu,
-    /// The CPU's scalar reference mode: the oracle, slow.
-    CpuReference,
-}
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum WeightDtype {
@@ -28,10 +20,30 @@ pub enum WeightDtype {
     Q4,
 }
 
+impl WeightDtype {
+    pub fn dtype(self) -> DType {
+        match self {
+            WeightDtype::F32 => DType::F32,
+            WeightDtype::F16 => DType::F16,
+            WeightDtype::Q8 => DType::Q8_0,
+            WeightDtype::Q4 => DType::Q4_1,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum KvDtype {
     F32,
     F16,
+}
+
+impl KvDtype {
+    pub fn dtype(self) -> DType {
+        match self {
+            KvDtype::F32 => DType::F32,
+            KvDtype::F16 => DType::F16,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -40,11 +52,8 @@ pub struct RunArgs {
     /// Defaults to SmolLM2-135M-Instruct, fetched on first use.
     #[arg(long)]
     model: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: BackendKind,
-    /// CPU threads (0: all cores).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Convert weight matrices at load time (q8: 8.5 bits/weight, q4: 5 bits/weight);
     /// by default the file's own types are kept.
     #[arg(long, value_enum)]
@@ -102,28 +111,31 @@ pub fn run(args: RunArgs) -> Result<()> {
     let tokenizer = Tokenizer::load(&source.tokenizer)?;
     let prompt = prompt_ids(&args, &tokenizer)?;
     let opts = ModelOptions {
-        weight_dtype: args.dtype.map(|d| match d {
-            WeightDtype::F32 => DType::F32,
-            WeightDtype::F16 => DType::F16,
-            WeightDtype::Q8 => DType::Q8_0,
-            WeightDtype::Q4 => DType::Q4_1,
-        }),
-        kv_dtype: match args.kv_dtype {
-            KvDtype::F32 => DType::F32,
-            KvDtype::F16 => DType::F16,
-        },
+        weight_dtype: args.dtype.map(WeightDtype::dtype),
+        kv_dtype: args.kv_dtype.dtype(),
         context: args.ctx,
         ..ModelOptions::default()
     };
     if prompt.len() > opts.context.min(source.config.max_position) {
         return Err(Error::PromptTooLong { prompt: prompt.len(), context: opts.context.min(source.config.max_position) });
     }
-    let backend = match args.backend {
-        BackendKind::Cpu => CpuBackend::new(CpuMode::Fast { threads: args.threads })?,
-        BackendKind::CpuReference => CpuBackend::new(CpuMode::Reference)?,
-    };
     let params = GenerateParams { max_tokens: args.max_tokens, sampling, stop: args.stop.clone(), ignore_eos: args.ignore_eos };
-    pollster::block_on(run_with(backend, &source, &opts, &tokenizer, &prompt, &params))
+    let job = RunJob { source: &source, opts: &opts, tokenizer: &tokenizer, prompt: &prompt, params: &params };
+    dispatch(&args.backend, job)
+}
+
+struct RunJob<'a> {
+    source: &'a tandem_core::loader::ModelSource,
+    opts: &'a ModelOptions,
+    tokenizer: &'a Tokenizer,
+    prompt: &'a [u32],
+    params: &'a GenerateParams,
+}
+
+impl WithBackend for RunJob<'_> {
+    fn call<B: Backend>(self, backend: B) -> Result<()> {
+        pollster::block_on(run_with(backend, self.source, self.opts, self.tokenizer, self.prompt, self.params))
+    }
 }
 
 fn prompt_ids(args: &RunArgs, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
@@ -152,23 +164,7 @@ async fn run_with<B: Backend>(
     prompt: &[u32],
     params: &GenerateParams,
 ) -> Result<()> {
-    let name = backend.name();
-    let loading = Instant::now();
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("loading {msg} {bar:30} {pos}/{len} tensors").expect("static template"),
-    );
-    bar.set_message(source.path.display().to_string());
-    let mut model = Model::load(backend, source, opts, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
-    bar.finish_and_clear();
-    eprintln!(
-        "loaded {} on {name} in {:.2}s: {:.1} MiB of weights",
-        source.path.display(),
-        loading.elapsed().as_secs_f64(),
-        model.weights.bytes as f64 / 1048576.0
-    );
+    let mut model = load_model(backend, source, opts)?;
     let mut stdout = std::io::stdout().lock();
     let gen = generate(&mut model, tokenizer, prompt, params, &mut |text| {
         // A closed pipe (e.g. `| head`) is not worth an error mid-stream.
@@ -190,8 +186,30 @@ async fn run_with<B: Backend>(
     Ok(())
 }
 
+/// Loads a model with a progress bar on stderr, then says what was loaded where.
+pub fn load_model<B: Backend>(backend: B, source: &tandem_core::loader::ModelSource, opts: &ModelOptions) -> Result<Model<B>> {
+    let name = backend.name();
+    let loading = Instant::now();
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("loading {msg} {bar:30} {pos}/{len} tensors").expect("static template"),
+    );
+    bar.set_message(source.path.display().to_string());
+    let model = Model::load(backend, source, opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "loaded {} on {name} in {:.2}s: {:.1} MiB of weights",
+        source.path.display(),
+        loading.elapsed().as_secs_f64(),
+        model.weights.bytes as f64 / 1048576.0
+    );
+    Ok(model)
+}
+
 /// Peak resident memory of this process, from the kernel's high-water mark.
-fn peak_memory() -> String {
+pub fn peak_memory() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l["VmHWM:".len()..].trim().to_string()))

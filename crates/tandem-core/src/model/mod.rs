@@ -76,8 +76,19 @@ struct Activations {
     token: BufId,
 }
 
+/// What the model has asked of its backend so far: a decode step should cost one execute and
+/// a few bytes of readback.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelStats {
+    /// `Backend::execute` calls (one per step).
+    pub steps: u64,
+    /// Bytes read back from the backend.
+    pub read_bytes: u64,
+}
+
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
+    pub stats: ModelStats,
     pub backend: B,
     pub weights: Weights,
     pub kv: KvCache,
@@ -106,7 +117,7 @@ impl<B: Backend> Model<B> {
         let inv_freq = backend.alloc(DType::F32, config.head_dim / 2)?;
         backend.write(inv_freq, bytemuck::cast_slice(&config.rope_inv_freq()))?;
         let act = Activations::alloc(&mut backend, &config, opts.max_step_tokens.min(context), 1, context.div_ceil(opts.block_size))?;
-        Ok(Model { config, backend, weights, kv, inv_freq, act, context })
+        Ok(Model { config, stats: ModelStats::default(), backend, weights, kv, inv_freq, act, context })
     }
 
     /// Longest context one sequence may reach.
@@ -153,19 +164,27 @@ impl<B: Backend> Model<B> {
             let chunk_want = if want == Want::AllLogits { Want::AllLogits } else if last { want } else { Want::LastLogits };
             let step = self.record(seq, chunk, chunk_want, last || want == Want::AllLogits)?;
             self.backend.execute(&step)?;
+            self.stats.steps += 1;
             seq.len += chunk.len();
             let vocab = self.config.vocab_size;
+            let (logits, token) = (self.act.logits, self.act.token);
             match chunk_want {
-                Want::AllLogits => all.extend(self.backend.read_f32(self.act.logits, 0, chunk.len() * vocab).await?),
+                Want::AllLogits => all.extend(self.read_f32(logits, chunk.len() * vocab).await?),
                 Want::Argmax | Want::Sample { .. } if last => {
-                    let t = self.backend.read_u32(self.act.token, 0, 1).await?;
+                    self.stats.read_bytes += 4;
+                    let t = self.backend.read_u32(token, 0, 1).await?;
                     return Ok(Output::Token(t[0]));
                 }
-                Want::LastLogits if last => return Ok(Output::Logits(self.backend.read_f32(self.act.logits, 0, vocab).await?)),
+                Want::LastLogits if last => return Ok(Output::Logits(self.read_f32(logits, vocab).await?)),
                 _ => {}
             }
         }
         Ok(Output::Logits(all))
+    }
+
+    async fn read_f32(&mut self, buf: BufId, len: usize) -> Result<Vec<f32>> {
+        self.stats.read_bytes += 4 * len as u64;
+        self.backend.read_f32(buf, 0, len).await
     }
 
     /// Records one step: `tokens` at positions seq.len.. through every layer, then the head

@@ -1,0 +1,106 @@
+//! `tandem bench`: prefill and decode speed of a model on a backend, with the weight traffic
+//! that bounds decode (every weight byte is read once per token) and what each token costs in
+//! backend calls and readback.
+
+use crate::backend::{dispatch, BackendArgs, WithBackend};
+use crate::run::{load_model, peak_memory, KvDtype, WeightDtype};
+use clap::Args;
+use std::path::PathBuf;
+use tandem_core::model::{ModelOptions, Want};
+use tandem_core::{Backend, Error, Result};
+use web_time::Instant;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A directory with config.json + *.safetensors + tokenizer.json, or a .gguf file.
+    /// Defaults to SmolLM2-135M-Instruct.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[arg(long, value_enum)]
+    dtype: Option<WeightDtype>,
+    #[arg(long, value_enum, default_value = "f32")]
+    kv_dtype: KvDtype,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens decoded one at a time after the prompt.
+    #[arg(long, default_value_t = 64)]
+    decode_tokens: usize,
+    /// Runs; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    if args.prompt_tokens == 0 || args.decode_tokens == 0 || args.repeat == 0 {
+        return Err(Error::InvalidParameter("--prompt-tokens, --decode-tokens and --repeat must be at least 1".into()));
+    }
+    let path = crate::model_path(args.model.clone())?;
+    let source = tandem_core::loader::open(&path)?;
+    let context = args.prompt_tokens + args.decode_tokens;
+    if context > source.config.max_position {
+        return Err(Error::PromptTooLong { prompt: context, context: source.config.max_position });
+    }
+    let opts = ModelOptions {
+        weight_dtype: args.dtype.map(WeightDtype::dtype),
+        kv_dtype: args.kv_dtype.dtype(),
+        context,
+        max_step_tokens: args.prompt_tokens.min(512),
+        ..ModelOptions::default()
+    };
+    dispatch(&args.backend, Bench { args: &args, source: &source, opts: &opts })
+}
+
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    source: &'a tandem_core::loader::ModelSource,
+    opts: &'a ModelOptions,
+}
+
+impl WithBackend for Bench<'_> {
+    fn call<B: Backend>(self, backend: B) -> Result<()> {
+        let mut model = load_model(backend, self.source, self.opts)?;
+        let vocab = model.config.vocab_size as u32;
+        // Any valid ids do: speed does not depend on which tokens flow through.
+        let prompt: Vec<u32> = (0..self.args.prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+        let (mut best_prefill, mut best_decode) = (f64::MAX, f64::MAX);
+        let mut per_token = Default::default();
+        for _ in 0..self.args.repeat {
+            let mut seq = model.new_sequence();
+            let t = Instant::now();
+            let mut next = match pollster::block_on(model.forward(&mut seq, &prompt, Want::Argmax))? {
+                tandem_core::model::Output::Token(t) => t,
+                _ => unreachable!("asked for a token"),
+            };
+            best_prefill = best_prefill.min(t.elapsed().as_secs_f64());
+            let before = model.stats;
+            let t = Instant::now();
+            for _ in 0..self.args.decode_tokens {
+                next = match pollster::block_on(model.forward(&mut seq, &[next], Want::Argmax))? {
+                    tandem_core::model::Output::Token(t) => t,
+                    _ => unreachable!("asked for a token"),
+                };
+            }
+            best_decode = best_decode.min(t.elapsed().as_secs_f64());
+            per_token = (model.stats.steps - before.steps, model.stats.read_bytes - before.read_bytes);
+            model.release(&mut seq);
+        }
+        let n = self.args.decode_tokens as f64;
+        let decode_tps = n / best_decode;
+        let weights = model.weights.bytes as f64;
+        // Average context during decode, for the KV bytes each token reads.
+        let kv_elem = if model.kv.dtype == tandem_core::DType::F16 { 2 } else { 4 };
+        let avg_ctx = self.args.prompt_tokens as f64 + n / 2.0;
+        let kv = model.config.kv_bytes_per_token(kv_elem) as f64 * avg_ctx;
+        println!("backend:        {}", model.backend.name());
+        println!("model:          {} ({:.1} MiB of weights)", self.source.path.display(), weights / 1048576.0);
+        println!("prefill:        {} tokens in {:.1} ms: {:.1} tok/s", self.args.prompt_tokens, best_prefill * 1e3, self.args.prompt_tokens as f64 / best_prefill);
+        println!("decode:         {} tokens: {:.1} tok/s, {:.2} ms/token", self.args.decode_tokens, decode_tps, 1e3 / decode_tps);
+        println!("bandwidth:      {:.2} GB/s of weights, {:.2} GB/s with KV reads", weights * decode_tps / 1e9, (weights + kv) * decode_tps / 1e9);
+        println!("per token:      {:.2} steps, {:.1} bytes read back", per_token.0 as f64 / n, per_token.1 as f64 / n);
+        println!("peak memory:    {}", peak_memory());
+        Ok(())
+    }
+}
