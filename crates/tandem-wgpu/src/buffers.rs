@@ -150,10 +150,14 @@ pub(crate) fn rows_per_part(dtype: DType, rows: usize, cols: usize, max_bytes: u
     if bytes_per_step == 0 || bytes_per_step > max_bytes {
         return None;
     }
-    // storage_bytes is linear in whole blocks, so whole steps fit proportionally.
-    let mut r = (max_bytes / bytes_per_step) as usize * step;
-    while r > step && dtype.storage_bytes(r * cols) as u64 > max_bytes {
+    // An estimate (section alignment makes storage_bytes slightly sub-linear), then exact steps.
+    let fits = |r: usize| dtype.storage_bytes(r * cols) as u64 <= max_bytes;
+    let mut r = ((max_bytes / bytes_per_step) as usize * step).max(step);
+    while r > step && !fits(r) {
         r -= step;
+    }
+    while r + step <= rows && fits(r + step) {
+        r += step;
     }
     Some(r.min(rows))
 }

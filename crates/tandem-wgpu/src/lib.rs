@@ -34,8 +34,8 @@ pub struct WgpuOptions {
     /// that browsers without shader-f16 run.
     pub allow_f16: bool,
     pub power_preference: wgpu::PowerPreference,
-    /// Pretend storage bindings hold at most this many bytes, so tests can force weights to be
-    /// split with small tensors.
+    /// Split weights (`alloc_weight`) as if storage bindings held at most this many bytes, so
+    /// tests can force splitting with small tensors. Other buffers keep the device's limit.
     #[doc(hidden)]
     pub max_binding_override: Option<u64>,
 }
@@ -69,6 +69,8 @@ pub struct WgpuBackend {
     f16: bool,
     /// Largest storage binding (and so buffer) the kernels may see.
     max_binding: u64,
+    /// Largest part of a split weight (`max_binding` unless overridden for tests).
+    max_weight_part: u64,
     table: Table,
     cache: Cache,
     /// The per-step uniform arena.
@@ -131,7 +133,7 @@ impl WgpuBackend {
             u.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
         }));
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-        let max_binding = opts.max_binding_override.map_or(max_binding, |o| o.min(max_binding));
+        let max_weight_part = opts.max_binding_override.map_or(max_binding, |o| o.min(max_binding));
         let align = limits.min_uniform_buffer_offset_alignment.max(PARAM_BYTES as u32) as u64;
         let mut table = Table::default();
         let arena = Gpu { uid: table.uid(), buffer: Self::raw_buffer(&device, 4096, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST) };
@@ -142,6 +144,7 @@ impl WgpuBackend {
             info,
             f16,
             max_binding,
+            max_weight_part,
             table,
             cache: Cache::default(),
             arena,
@@ -163,6 +166,12 @@ impl WgpuBackend {
     /// Whether f16 weights run through the native shader-f16 kernel.
     pub fn uses_f16(&self) -> bool {
         self.f16
+    }
+
+    /// How many buffers hold `buf` (more than one for a weight split across bindings).
+    #[doc(hidden)]
+    pub fn parts_of(&self, buf: BufId) -> usize {
+        self.table.get(buf).map_or(0, |e| e.parts.len())
     }
 
     pub fn stats(&self) -> WgpuStats {
@@ -283,9 +292,9 @@ impl WgpuBackend {
         }
         let mut parts = Vec::new();
         match shape {
-            Some((rows, cols)) if bytes as u64 > self.max_binding => {
-                let per = buffers::rows_per_part(dtype, rows, cols, self.max_binding).ok_or_else(|| {
-                    backend_err(format!("a row of {cols} {dtype} values does not fit a {} byte binding", self.max_binding))
+            Some((rows, cols)) if bytes as u64 > self.max_weight_part => {
+                let per = buffers::rows_per_part(dtype, rows, cols, self.max_weight_part).ok_or_else(|| {
+                    backend_err(format!("rows of {cols} {dtype} values do not fit a {} byte binding", self.max_weight_part))
                 })?;
                 let mut row0 = 0;
                 while row0 < rows {
