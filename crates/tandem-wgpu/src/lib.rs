@@ -1,1 +1,488 @@
-//! tandem on WebGPU.
+//! tandem on WebGPU: every op as a WGSL compute shader (`shaders/<op>.wgsl`) run through wgpu,
+//! natively (Vulkan, Metal, DX12, lavapipe) and in the browser.
+//!
+//! A [`Step`] becomes one command encoder and one `queue.submit`: the step's uploads first,
+//! then every op as a dispatch in one compute pass, with per-op parameters in a uniform arena
+//! (one buffer, 256-byte slots, dynamic offsets) written once per step. Nothing is read back
+//! inside a step; [`Backend::read`] is async and never blocks in the browser.
+//!
+//! f16 data (weights, KV caches, quantization scales) is read as packed `u32` words with
+//! `unpack2x16float`, which every WebGPU implementation runs; with `shader-f16` and
+//! [`WgpuOptions::allow_f16`], f16 weight matrices use a native-f16 kernel instead.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use tandem_core::ops::Op;
+use tandem_core::{Backend, BufId, DType, Error, Result, Step};
+
+mod buffers;
+mod ops;
+mod pipelines;
+
+use buffers::{Entry, Gpu, Part, Table};
+use pipelines::{Cache, PARAM_BYTES};
+
+const NAME: &str = "wgpu";
+
+/// How to pick and drive the adapter.
+#[derive(Debug, Clone)]
+pub struct WgpuOptions {
+    /// Use native `shader-f16` where the adapter has it; `false` forces the packed-u32 path
+    /// that browsers without shader-f16 run.
+    pub allow_f16: bool,
+    pub power_preference: wgpu::PowerPreference,
+    /// Split weights (`alloc_weight`) as if storage bindings held at most this many bytes, so
+    /// tests can force splitting with small tensors. Other buffers keep the device's limit.
+    #[doc(hidden)]
+    pub max_binding_override: Option<u64>,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        WgpuOptions { allow_f16: true, power_preference: wgpu::PowerPreference::HighPerformance, max_binding_override: None }
+    }
+}
+
+/// Counters for benchmarks: what crossed the bus and how often the queue was fed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WgpuStats {
+    /// `queue.submit` calls (one per step, one per read).
+    pub submissions: u64,
+    pub steps: u64,
+    pub dispatches: u64,
+    pub readback_bytes: u64,
+    /// Bytes uploaded by `write` and step writes (uniform arenas not counted).
+    pub upload_bytes: u64,
+    pub pipelines_created: u64,
+    pub bind_groups_created: u64,
+}
+
+type ScopeFuture = Pin<Box<dyn Future<Output = Option<wgpu::Error>>>>;
+
+pub struct WgpuBackend {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    f16: bool,
+    /// Largest storage binding (and so buffer) the kernels may see.
+    max_binding: u64,
+    /// Largest part of a split weight (`max_binding` unless overridden for tests).
+    max_weight_part: u64,
+    table: Table,
+    cache: Cache,
+    /// The per-step uniform arena.
+    arena: Gpu,
+    /// Attention-decode partials.
+    scratch: Gpu,
+    staging: Option<wgpu::Buffer>,
+    align: u64,
+    lost: Arc<Mutex<Option<String>>>,
+    uncaptured: Arc<Mutex<Vec<String>>>,
+    /// Error scopes that did not resolve at once (the browser resolves them later).
+    pending: Vec<ScopeFuture>,
+    stats: WgpuStats,
+}
+
+fn backend_err(reason: impl Into<String>) -> Error {
+    Error::Backend { backend: NAME.into(), reason: reason.into() }
+}
+
+impl WgpuBackend {
+    /// Picks an adapter and opens a device. No adapter, or one too limited, is an error that
+    /// says why.
+    pub async fn new(opts: WgpuOptions) -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: opts.power_preference,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| backend_err(format!("no WebGPU adapter: {e}")))?;
+        let info = adapter.get_info();
+        let al = adapter.limits();
+        let mut limits = wgpu::Limits::default();
+        limits.max_storage_buffer_binding_size = al.max_storage_buffer_binding_size;
+        limits.max_buffer_size = al.max_buffer_size;
+        if !limits.check_limits(&al) {
+            return Err(backend_err(format!("adapter {} lacks WebGPU's default limits: {al:?}", info.name)));
+        }
+        let f16 = opts.allow_f16 && adapter.features().contains(wgpu::Features::SHADER_F16);
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("tandem"),
+                required_features: if f16 { wgpu::Features::SHADER_F16 } else { wgpu::Features::empty() },
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| backend_err(format!("request_device on {}: {e}", info.name)))?;
+        let lost = Arc::new(Mutex::new(None));
+        let l = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            *l.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("device lost ({reason:?}): {msg}"));
+        });
+        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        let u = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            u.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+        }));
+        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let max_weight_part = opts.max_binding_override.map_or(max_binding, |o| o.min(max_binding));
+        let align = limits.min_uniform_buffer_offset_alignment.max(PARAM_BYTES as u32) as u64;
+        let mut table = Table::default();
+        let arena = Gpu { uid: table.uid(), buffer: Self::raw_buffer(&device, 4096, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST) };
+        let scratch = Gpu { uid: table.uid(), buffer: Self::raw_buffer(&device, 256, storage_usage()) };
+        Ok(WgpuBackend {
+            device,
+            queue,
+            info,
+            f16,
+            max_binding,
+            max_weight_part,
+            table,
+            cache: Cache::default(),
+            arena,
+            scratch,
+            staging: None,
+            align,
+            lost,
+            uncaptured,
+            pending: Vec::new(),
+            stats: WgpuStats::default(),
+        })
+    }
+
+    /// Adapter name and graphics backend, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)".
+    pub fn adapter_info(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+
+    /// Whether f16 weights run through the native shader-f16 kernel.
+    pub fn uses_f16(&self) -> bool {
+        self.f16
+    }
+
+    /// How many buffers hold `buf` (more than one for a weight split across bindings).
+    #[doc(hidden)]
+    pub fn parts_of(&self, buf: BufId) -> usize {
+        self.table.get(buf).map_or(0, |e| e.parts.len())
+    }
+
+    pub fn stats(&self) -> WgpuStats {
+        WgpuStats {
+            pipelines_created: self.cache.pipelines_created,
+            bind_groups_created: self.cache.bind_groups_created,
+            ..self.stats
+        }
+    }
+
+    fn raw_buffer(device: &wgpu::Device, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage, mapped_at_creation: false })
+    }
+
+    /// Device loss, errors outside any scope, and scopes that resolved since the last call.
+    fn check_health(&mut self) -> Result<()> {
+        if let Some(msg) = self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(backend_err(msg));
+        }
+        let mut errors: Vec<String> = std::mem::take(&mut *self.uncaptured.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut cx = Context::from_waker(Waker::noop());
+        self.pending.retain_mut(|f| match f.as_mut().poll(&mut cx) {
+            Poll::Ready(Some(e)) => {
+                errors.push(e.to_string());
+                false
+            }
+            Poll::Ready(None) => false,
+            Poll::Pending => true,
+        });
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err(backend_err(errors.join("; "))),
+        }
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes. Natively the scopes resolve
+    /// at once and an error comes back here; in the browser it comes back from the next call.
+    fn scoped<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> Result<R> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let r = f(self);
+        let scopes: [ScopeFuture; 2] = [Box::pin(val.pop()), Box::pin(oom.pop())];
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut errors = Vec::new();
+        for mut s in scopes {
+            match s.as_mut().poll(&mut cx) {
+                Poll::Ready(Some(e)) => errors.push(e.to_string()),
+                Poll::Ready(None) => {}
+                Poll::Pending => self.pending.push(s),
+            }
+        }
+        match errors.is_empty() {
+            true => Ok(r),
+            false => Err(backend_err(errors.join("; "))),
+        }
+    }
+
+    fn create_storage(&mut self, bytes: u64) -> Result<Gpu> {
+        if bytes > self.max_binding {
+            return Err(backend_err(format!("a buffer of {bytes} bytes exceeds the {} byte storage binding limit", self.max_binding)));
+        }
+        // Bindings may not be empty.
+        let size = bytes.max(4).next_multiple_of(4);
+        let buffer = self.scoped(|s| Self::raw_buffer(&s.device, size, storage_usage()))?;
+        Ok(Gpu { uid: self.table.uid(), buffer })
+    }
+
+    fn grow_scratch(&mut self, floats: usize) -> Result<()> {
+        let bytes = (floats as u64 * 4).max(256);
+        if self.scratch.buffer.size() >= bytes {
+            return Ok(());
+        }
+        let new = self.create_storage(bytes.next_power_of_two().min(self.max_binding.max(bytes)))?;
+        let old = std::mem::replace(&mut self.scratch, new);
+        self.cache.forget(&[old.uid]);
+        Ok(())
+    }
+
+    fn upload(&mut self, id: BufId, bytes: &[u8]) -> Result<()> {
+        let e = self.table.get(id).ok_or_else(|| backend_err(format!("write to unknown buffer {}", id.0)))?;
+        if bytes.len() > e.bytes {
+            return Err(backend_err(format!("write of {} bytes into buffer {} of {} bytes", bytes.len(), id.0, e.bytes)));
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let writes: Vec<(wgpu::Buffer, Vec<u8>)> = match (e.parts.len(), e.shape) {
+            (1, _) => vec![(e.parts[0].gpu.buffer.clone(), pad4(bytes))],
+            (_, Some((rows, cols))) => {
+                if bytes.len() != e.bytes {
+                    return Err(backend_err(format!(
+                        "buffer {} is a weight split across bindings: write it whole ({} bytes), not {} bytes",
+                        id.0,
+                        e.bytes,
+                        bytes.len()
+                    )));
+                }
+                e.parts
+                    .iter()
+                    .map(|p| (p.gpu.buffer.clone(), buffers::part_bytes(e.dtype, bytes, rows * cols, cols, p.row0, p.rows)))
+                    .collect()
+            }
+            _ => unreachable!("only weights are split"),
+        };
+        self.table.shadow_write(id, bytes);
+        self.stats.upload_bytes += bytes.len() as u64;
+        for (buf, data) in writes {
+            self.queue.write_buffer(&buf, 0, &data);
+        }
+        Ok(())
+    }
+
+    fn alloc_entry(&mut self, dtype: DType, numel: usize, shape: Option<(usize, usize)>) -> Result<BufId> {
+        self.check_health()?;
+        let bytes = dtype.storage_bytes(numel);
+        if bytes == 0 && numel > 0 {
+            return Err(Error::InvalidParameter(format!("cannot allocate {numel} elements of {dtype}")));
+        }
+        let mut parts = Vec::new();
+        match shape {
+            Some((rows, cols)) if bytes as u64 > self.max_weight_part => {
+                let per = buffers::rows_per_part(dtype, rows, cols, self.max_weight_part).ok_or_else(|| {
+                    backend_err(format!("rows of {cols} {dtype} values do not fit a {} byte binding", self.max_weight_part))
+                })?;
+                let mut row0 = 0;
+                while row0 < rows {
+                    let r = per.min(rows - row0);
+                    let gpu = self.create_storage(dtype.storage_bytes(r * cols) as u64)?;
+                    parts.push(Part { gpu, row0, rows: r });
+                    row0 += r;
+                }
+            }
+            _ => {
+                let gpu = self.create_storage(bytes as u64)?;
+                parts.push(Part { gpu, row0: 0, rows: shape.map_or(numel, |s| s.0) });
+            }
+        }
+        Ok(self.table.insert(Entry { dtype, numel, shape, parts, bytes, shadow: None }))
+    }
+
+    /// Records `step.ops`, then encodes and submits everything.
+    fn run_step(&mut self, step: &Step) -> Result<()> {
+        let scratch = step
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Attention(a) => Some(ops::attention_scratch(a)),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        self.grow_scratch(scratch)?;
+        for (id, bytes) in &step.writes {
+            self.upload(*id, bytes)?;
+        }
+        let mut rec = ops::Recorder { table: &self.table, uses_f16: self.f16, scratch: &self.scratch, out: Vec::new(), written_u32: Vec::new() };
+        for op in &step.ops {
+            rec.record(op)?;
+        }
+        let (dispatches, written) = (rec.out, rec.written_u32);
+        for id in written {
+            self.table.shadow_forget(id);
+        }
+        // The uniform arena: one slot per dispatch, one upload.
+        let arena_bytes = (dispatches.len() as u64 * self.align).max(self.align);
+        if self.arena.buffer.size() < arena_bytes {
+            let size = arena_bytes.next_power_of_two();
+            let buffer = self.scoped(|s| Self::raw_buffer(&s.device, size, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST))?;
+            let old = std::mem::replace(&mut self.arena, Gpu { uid: self.table.uid(), buffer });
+            self.cache.forget(&[old.uid]);
+        }
+        let mut params = vec![0u8; arena_bytes as usize];
+        for (i, d) in dispatches.iter().enumerate() {
+            let at = i * self.align as usize;
+            params[at..at + d.params.len() * 4].copy_from_slice(bytemuck::cast_slice(&d.params));
+        }
+        self.scoped(|s| {
+            s.queue.write_buffer(&s.arena.buffer, 0, &params);
+            let mut enc = s.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tandem step") });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("tandem step"), timestamp_writes: None });
+                for (i, d) in dispatches.iter().enumerate() {
+                    let pipeline = s.cache.pipeline(&s.device, &d.pipe);
+                    let group = s.cache.bind_group(&s.device, d.pipe.shader, (s.arena.uid, &s.arena.buffer), &d.bufs);
+                    pass.set_pipeline(&pipeline);
+                    pass.set_bind_group(0, &group, &[(i as u64 * s.align) as u32]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                }
+            }
+            s.queue.submit([enc.finish()]);
+        })?;
+        self.stats.submissions += 1;
+        self.stats.steps += 1;
+        self.stats.dispatches += dispatches.len() as u64;
+        Ok(())
+    }
+}
+
+fn storage_usage() -> wgpu::BufferUsages {
+    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+}
+
+/// write_buffer takes whole words; the tail of a buffer is padding anyway.
+fn pad4(bytes: &[u8]) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    v.resize(bytes.len().next_multiple_of(4), 0);
+    v
+}
+
+fn is_weight_dtype(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+}
+
+impl Backend for WgpuBackend {
+    fn name(&self) -> String {
+        NAME.into()
+    }
+
+    fn supports(&self, op: &Op) -> bool {
+        let kv = |d: DType| matches!(d, DType::F32 | DType::F16);
+        match op {
+            Op::Embed(o) => is_weight_dtype(o.dtype),
+            Op::Matmul(o) => is_weight_dtype(o.wdtype),
+            Op::Rope(o) => o.head_dim % 2 == 0,
+            Op::KvWrite(o) => kv(o.kv_dtype) && (o.kv_dtype == DType::F32 || (o.kv_heads * o.head_dim) % 2 == 0),
+            Op::Attention(o) => {
+                let hd_max = if o.n == 1 { ops::DECODE_HD_MAX } else { ops::PREFILL_HD_MAX };
+                kv(o.kv_dtype) && o.kv_heads > 0 && o.heads % o.kv_heads == 0 && o.block_size > 0 && o.head_dim <= hd_max
+            }
+            Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::CopyRows(_) => true,
+        }
+    }
+
+    fn alloc(&mut self, dtype: DType, numel: usize) -> Result<BufId> {
+        self.alloc_entry(dtype, numel, None)
+    }
+
+    fn alloc_weight(&mut self, dtype: DType, rows: usize, cols: usize) -> Result<BufId> {
+        let numel = rows.checked_mul(cols).ok_or_else(|| Error::InvalidParameter(format!("weight [{rows}, {cols}] is too large")))?;
+        self.alloc_entry(dtype, numel, Some((rows, cols)))
+    }
+
+    fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()> {
+        self.check_health()?;
+        self.upload(buf, bytes)
+    }
+
+    fn free(&mut self, buf: BufId) {
+        let uids = self.table.remove(buf);
+        self.cache.forget(&uids);
+    }
+
+    fn execute(&mut self, step: &Step) -> Result<()> {
+        self.check_health()?;
+        self.run_step(step)
+    }
+
+    async fn read(&mut self, buf: BufId, offset: usize, len: usize) -> Result<Vec<u8>> {
+        self.check_health()?;
+        let e = self.table.get(buf).ok_or_else(|| backend_err(format!("read of unknown buffer {}", buf.0)))?;
+        match offset.checked_add(len) {
+            Some(end) if end <= e.bytes => {}
+            _ => return Err(backend_err(format!("read of {len} bytes at {offset} from buffer {} of {} bytes", buf.0, e.bytes))),
+        }
+        let src = e.whole().ok_or_else(|| backend_err(format!("buffer {} is a weight split across bindings; it cannot be read back", buf.0)))?;
+        let src = src.buffer.clone();
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let start = offset as u64 & !3;
+        let size = (offset + len).next_multiple_of(4) as u64 - start;
+        if self.staging.as_ref().is_none_or(|s| s.size() < size) {
+            let staging_size = size.next_power_of_two().max(256);
+            let s = self.scoped(|s| {
+                Self::raw_buffer(&s.device, staging_size, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)
+            })?;
+            self.staging = Some(s);
+        }
+        let staging = self.staging.clone().expect("just made");
+        self.scoped(|s| {
+            let mut enc = s.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tandem read") });
+            enc.copy_buffer_to_buffer(&src, start, &staging, 0, size);
+            s.queue.submit([enc.finish()]);
+        })?;
+        self.stats.submissions += 1;
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.slice(..size).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| backend_err(format!("poll: {e}")))?;
+        let mapped = rx.await.map_err(|_| backend_err("map_async callback dropped"));
+        // An error in the work this read waited for surfaces here rather than as bad data.
+        for f in std::mem::take(&mut self.pending) {
+            if let Some(e) = f.await {
+                self.uncaptured.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+            }
+        }
+        self.check_health()?;
+        mapped?.map_err(|e| backend_err(format!("map_async: {e}")))?;
+        let out = {
+            let view = staging.slice(..size).get_mapped_range().map_err(|e| backend_err(format!("get_mapped_range: {e}")))?;
+            let skip = offset - start as usize;
+            view[skip..skip + len].to_vec()
+        };
+        staging.unmap();
+        self.stats.readback_bytes += len as u64;
+        Ok(out)
+    }
+
+    fn allocated_bytes(&self) -> usize {
+        self.table.allocated_bytes()
+    }
+}

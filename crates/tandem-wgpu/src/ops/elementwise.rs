@@ -1,0 +1,86 @@
+//! The small ops: rope, swiglu, add, argmax, copy_rows (one dispatch each, one invocation per
+//! element or one workgroup per row).
+
+use tandem_core::ops::{Add, Argmax, CopyRows, Rope, Swiglu};
+use tandem_core::{DType, Error, Result};
+
+use super::{fits_u32, groups_1d, numel, Recorder};
+use crate::pipelines::{PipeKey, Shader};
+
+pub(crate) fn rope(r: &mut Recorder, op: &Rope) -> Result<()> {
+    const OP: &str = "rope";
+    if op.head_dim % 2 != 0 {
+        return Err(Error::ShapeMismatch { op: OP, expected: "an even head_dim".into(), got: op.head_dim.to_string() });
+    }
+    let len = numel(OP, &[op.n, op.heads, op.head_dim])?;
+    let half = op.head_dim / 2;
+    let x = r.buf(OP, "x", op.x, DType::F32, len)?;
+    let pos = r.buf(OP, "positions", op.positions, DType::U32, op.n)?;
+    let inv = r.buf(OP, "inv_freq", op.inv_freq, DType::F32, half)?;
+    if len == 0 {
+        return Ok(());
+    }
+    let total = fits_u32(OP, "n * heads * head_dim", len / 2)?;
+    r.push(PipeKey::new(Shader::Rope, "main"), vec![x, pos, inv], vec![total, op.heads as u32, half as u32], groups_1d(len / 2, 256));
+    Ok(())
+}
+
+pub(crate) fn swiglu(r: &mut Recorder, op: &Swiglu) -> Result<()> {
+    const OP: &str = "swiglu";
+    let gate = r.buf(OP, "gate", op.gate, DType::F32, op.len)?;
+    let up = r.buf(OP, "up", op.up, DType::F32, op.len)?;
+    let out = r.buf(OP, "out", op.out, DType::F32, op.len)?;
+    if op.len == 0 {
+        return Ok(());
+    }
+    let len = fits_u32(OP, "len", op.len)?;
+    r.push(PipeKey::new(Shader::Swiglu, "main"), vec![gate, up, out], vec![len], groups_1d(op.len, 256));
+    Ok(())
+}
+
+pub(crate) fn add(r: &mut Recorder, op: &Add) -> Result<()> {
+    const OP: &str = "add";
+    let x = r.buf(OP, "x", op.x, DType::F32, op.len)?;
+    let y = r.buf(OP, "y", op.y, DType::F32, op.len)?;
+    if op.len == 0 {
+        return Ok(());
+    }
+    if x.0 == y.0 {
+        return Err(Error::InvalidParameter(format!("{OP}: y is x (buffer {})", op.x.0)));
+    }
+    let len = fits_u32(OP, "len", op.len)?;
+    r.push(PipeKey::new(Shader::Add, "main"), vec![x, y], vec![len], groups_1d(op.len, 256));
+    Ok(())
+}
+
+pub(crate) fn argmax(r: &mut Recorder, op: &Argmax) -> Result<()> {
+    const OP: &str = "argmax";
+    let len = numel(OP, &[op.n, op.width])?;
+    let x = r.buf(OP, "x", op.x, DType::F32, len)?;
+    let out = r.buf(OP, "out", op.out, DType::U32, op.n)?;
+    r.written_u32.push(op.out);
+    if op.n == 0 {
+        return Ok(());
+    }
+    fits_u32(OP, "n * width", len)?;
+    if op.n > 65535 {
+        return Err(Error::ShapeMismatch { op: OP, expected: "n <= 65535 rows".into(), got: op.n.to_string() });
+    }
+    r.push(PipeKey::new(Shader::Argmax, "main"), vec![x, out], vec![op.width as u32], [op.n as u32, 1, 1]);
+    Ok(())
+}
+
+pub(crate) fn copy_rows(r: &mut Recorder, op: &CopyRows) -> Result<()> {
+    const OP: &str = "copy_rows";
+    let src_len = numel(OP, &[op.src_row.saturating_add(op.n_rows), op.width])?;
+    let dst_len = numel(OP, &[op.n_rows, op.width])?;
+    let src = r.buf(OP, "src", op.src, DType::F32, src_len)?;
+    let dst = r.buf(OP, "dst", op.dst, DType::F32, dst_len)?;
+    if dst_len == 0 {
+        return Ok(());
+    }
+    let off = fits_u32(OP, "src offset", op.src_row * op.width)?;
+    let len = fits_u32(OP, "len", dst_len)?;
+    r.push(PipeKey::new(Shader::CopyRows, "main"), vec![src, dst], vec![off, len], groups_1d(dst_len, 256));
+    Ok(())
+}

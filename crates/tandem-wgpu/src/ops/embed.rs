@@ -1,0 +1,45 @@
+//! Token embedding lookup: one dispatch per part of the table (a large table is split by rows;
+//! each part writes the output rows of the ids it holds).
+
+use tandem_core::ops::Embed;
+use tandem_core::{DType, Error, Result};
+
+use super::{bad_dtype, dtype_code, fits_u32, groups_1d, numel, quant_offsets, Recorder};
+use crate::pipelines::{PipeKey, Shader};
+
+const OP: &str = "embed";
+
+pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
+    let code = dtype_code(op.dtype).ok_or_else(|| bad_dtype(OP, "table", "f32/f16/q8_0/q4_0/q4_1", op.dtype))?;
+    let table_len = numel(OP, &[op.vocab, op.dim])?;
+    let out_len = numel(OP, &[op.n, op.dim])?;
+    let table = r.table.check(OP, "table", op.table, op.dtype, table_len)?;
+    let ids = r.buf(OP, "ids", op.ids, DType::U32, op.n)?;
+    let out = r.buf(OP, "out", op.out, DType::F32, out_len)?;
+    if let Some(shadow) = &r.table.get(op.ids).expect("checked").shadow {
+        if let Some((i, &id)) = shadow[..op.n].iter().enumerate().find(|(_, &id)| id as usize >= op.vocab) {
+            return Err(Error::ShapeMismatch { op: OP, expected: format!("token ids < vocab {}", op.vocab), got: format!("ids[{i}] = {id}") });
+        }
+    }
+    if table.parts.len() > 1 && table.shape.map(|s| s.1) != Some(op.dim) {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: format!("a split table of rows of {} values", op.dim),
+            got: format!("shape {:?}", table.shape),
+        });
+    }
+    if out_len == 0 {
+        return Ok(());
+    }
+    fits_u32(OP, "n * dim", out_len)?;
+    let pipe = PipeKey::new(Shader::Embed, "main").with("DTYPE", code);
+    for part in &table.parts {
+        // An unsplit table counts its rows in units of dim regardless of how it was allocated.
+        let rows = if table.parts.len() == 1 { op.vocab } else { part.rows };
+        let (d_off, m_off) = quant_offsets(op.dtype, if table.parts.len() == 1 { table.numel } else { rows * op.dim });
+        let params = vec![op.n as u32, op.dim as u32, part.row0 as u32, rows as u32, d_off, m_off];
+        let bufs = vec![(part.gpu.uid, part.gpu.buffer.clone()), ids.clone(), out.clone()];
+        r.out.push(super::Dispatch { pipe: pipe.clone(), bufs, params, groups: groups_1d(out_len, 256) });
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Recording: each op is checked against its buffers (as the CPU backend checks them) and
+//! turned into dispatches; nothing touches the GPU until the whole step is recorded.
+
+use tandem_core::ops::Op;
+use tandem_core::{BufId, DType, Error, Result};
+
+use crate::buffers::{Gpu, Table};
+use crate::pipelines::PipeKey;
+
+mod attention;
+mod elementwise;
+mod embed;
+mod kv_write;
+mod matmul;
+mod rms_norm;
+
+pub(crate) use attention::{scratch_floats as attention_scratch, DECODE_HD_MAX, PREFILL_HD_MAX};
+
+/// One compute dispatch: its pipeline, storage buffers (bindings 1..), uniform parameters.
+pub(crate) struct Dispatch {
+    pub pipe: PipeKey,
+    pub bufs: Vec<(u64, wgpu::Buffer)>,
+    pub params: Vec<u32>,
+    pub groups: [u32; 3],
+}
+
+pub(crate) struct Recorder<'a> {
+    pub table: &'a Table,
+    pub uses_f16: bool,
+    /// Attention-decode partials, sized for the step before recording.
+    pub scratch: &'a Gpu,
+    pub out: Vec<Dispatch>,
+    /// u32 buffers a kernel writes: their host copies go stale.
+    pub written_u32: Vec<BufId>,
+}
+
+impl Recorder<'_> {
+    pub fn record(&mut self, op: &Op) -> Result<()> {
+        match op {
+            Op::Embed(o) => embed::record(self, o),
+            Op::RmsNorm(o) => rms_norm::record(self, o),
+            Op::Matmul(o) => matmul::record(self, o),
+            Op::Rope(o) => elementwise::rope(self, o),
+            Op::KvWrite(o) => kv_write::record(self, o),
+            Op::Attention(o) => attention::record(self, o),
+            Op::Swiglu(o) => elementwise::swiglu(self, o),
+            Op::Add(o) => elementwise::add(self, o),
+            Op::Argmax(o) => elementwise::argmax(self, o),
+            Op::CopyRows(o) => elementwise::copy_rows(self, o),
+        }
+    }
+
+    /// The single buffer of `id` after checking dtype and size.
+    pub fn buf(&self, op: &'static str, role: &str, id: BufId, dtype: DType, numel: usize) -> Result<(u64, wgpu::Buffer)> {
+        let e = self.table.check(op, role, id, dtype, numel)?;
+        let g = e.whole().expect("checked: unsplit");
+        Ok((g.uid, g.buffer.clone()))
+    }
+
+    pub fn push(&mut self, pipe: PipeKey, bufs: Vec<(u64, wgpu::Buffer)>, params: Vec<u32>, groups: [u32; 3]) {
+        self.out.push(Dispatch { pipe, bufs, params, groups });
+    }
+}
+
+/// Workgroups for `total` invocations in groups of `wg`, folded into y above 65535 in x
+/// (kernels compute their index as (wid.x + wid.y * nwg.x) * WG + lid).
+pub(crate) fn groups_1d(total: usize, wg: usize) -> [u32; 3] {
+    let g = total.div_ceil(wg).max(1);
+    if g <= 65535 {
+        [g as u32, 1, 1]
+    } else {
+        let y = g.div_ceil(65535);
+        [g.div_ceil(y) as u32, y as u32, 1]
+    }
+}
+
+/// Product of shape dimensions, as an error rather than an overflow.
+pub(crate) fn numel(op: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::ShapeMismatch {
+        op,
+        expected: "a shape whose element count fits in usize".into(),
+        got: format!("{dims:?}"),
+    })
+}
+
+/// Shapes beyond what 32-bit shader indexing can address.
+pub(crate) fn fits_u32(op: &'static str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::ShapeMismatch { op, expected: format!("{what} < 2^32"), got: v.to_string() })
+}
+
+pub(crate) fn bad_dtype(op: &'static str, role: &str, allowed: &str, got: DType) -> Error {
+    Error::ShapeMismatch { op, expected: format!("{role} of dtype {allowed}"), got: got.to_string() }
+}
+
+/// The DTYPE override constant shared by embed.wgsl and matmul.wgsl.
+pub(crate) fn dtype_code(d: DType) -> Option<u32> {
+    match d {
+        DType::F32 => Some(0),
+        DType::F16 => Some(1),
+        DType::Q8_0 => Some(2),
+        DType::Q4_0 => Some(3),
+        DType::Q4_1 => Some(4),
+        DType::U32 => None,
+    }
+}
+
+/// Word offsets of the d and m sections of a quantized part of `numel` elements (0 otherwise).
+pub(crate) fn quant_offsets(d: DType, numel: usize) -> (u32, u32) {
+    d.quant_layout(numel).map_or((0, 0), |l| ((l.d_offset / 4) as u32, (l.m_offset / 4) as u32))
+}

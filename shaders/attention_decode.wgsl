@@ -1,0 +1,148 @@
+// Causal grouped-query attention for one new token (n = 1), split-K ("flash decoding").
+// q, out: [heads, head_dim] f32; cache_k, cache_v: [blocks, block_size, kv_heads, head_dim] as
+// u32 words (f32 bits, or two f16 per word when KV_F16); block_table: [ceil(ctx_len / bs)];
+// scratch: [heads, nparts, head_dim + 2] f32 partial results.
+//
+// partial: one workgroup per (partition of PART positions, head), one invocation per position.
+//   Writes the partition's max m, sum l = sum exp(s - m) and acc = sum exp(s - m) v to scratch,
+//   or, with a single partition, the normalized output directly.
+//   Dispatch: (nparts, heads).
+// merge: one workgroup per head combines the partitions: out = sum acc_j e^(m_j - M) /
+//   sum l_j e^(m_j - M). Dispatch: (heads, 1, 1); only when nparts > 1.
+// Positions past ctx_len are never read, so NaN in unused cache rows cannot leak.
+// head_dim <= 256.
+
+struct Params {
+    ctx_len: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    block_size: u32,
+    scale: f32,
+    nparts: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> cache_k: array<u32>;
+@group(0) @binding(3) var<storage, read> cache_v: array<u32>;
+@group(0) @binding(4) var<storage, read> block_table: array<u32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> scratch: array<f32>;
+
+override KV_F16: bool = false;
+
+const PART: u32 = 64u; // positions per partition = invocations per workgroup
+const HDMAX: u32 = 256u;
+
+var<workgroup> qs: array<f32, HDMAX>;
+var<workgroup> red: array<f32, PART>;
+var<workgroup> probs: array<f32, PART>;
+
+fn load_k(e: u32) -> f32 {
+    if KV_F16 {
+        return unpack2x16float(cache_k[e / 2u])[e & 1u];
+    }
+    return bitcast<f32>(cache_k[e]);
+}
+
+fn load_v(e: u32) -> f32 {
+    if KV_F16 {
+        return unpack2x16float(cache_v[e / 2u])[e & 1u];
+    }
+    return bitcast<f32>(cache_v[e]);
+}
+
+// Offset of position t's vector for kv head kvh.
+fn kv_base(t: u32, kvh: u32) -> u32 {
+    let row = block_table[t / p.block_size] * p.block_size + t % p.block_size;
+    return (row * p.kv_heads + kvh) * p.head_dim;
+}
+
+@compute @workgroup_size(PART)
+fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let j = wid.x;
+    let h = wid.y;
+    let kvh = h / (p.heads / p.kv_heads);
+    let hd = p.head_dim;
+    for (var d = lid; d < hd; d += PART) {
+        qs[d] = q[h * hd + d];
+    }
+    workgroupBarrier();
+    let t0 = j * PART;
+    let cnt = min(p.ctx_len - t0, PART);
+    let t = t0 + lid;
+    var s = -3.4e38;
+    if lid < cnt {
+        let base = kv_base(t, kvh);
+        var dotv = 0.0;
+        for (var d = 0u; d < hd; d++) {
+            dotv += qs[d] * load_k(base + d);
+        }
+        s = dotv * p.scale;
+    }
+    red[lid] = s;
+    workgroupBarrier();
+    for (var st = PART / 2u; st > 0u; st >>= 1u) {
+        if lid < st {
+            red[lid] = max(red[lid], red[lid + st]);
+        }
+        workgroupBarrier();
+    }
+    let m = red[0];
+    workgroupBarrier();
+    var e = 0.0;
+    if lid < cnt {
+        e = exp(s - m);
+    }
+    probs[lid] = e;
+    red[lid] = e;
+    workgroupBarrier();
+    for (var st = PART / 2u; st > 0u; st >>= 1u) {
+        if lid < st {
+            red[lid] += red[lid + st];
+        }
+        workgroupBarrier();
+    }
+    let l = red[0];
+    let slot = (h * p.nparts + j) * (hd + 2u);
+    for (var d = lid; d < hd; d += PART) {
+        var a = 0.0;
+        for (var tt = 0u; tt < cnt; tt++) {
+            a += probs[tt] * load_v(kv_base(t0 + tt, kvh) + d);
+        }
+        if p.nparts == 1u {
+            out[h * hd + d] = a / l;
+        } else {
+            scratch[slot + 2u + d] = a;
+        }
+    }
+    if lid == 0u && p.nparts > 1u {
+        scratch[slot] = m;
+        scratch[slot + 1u] = l;
+    }
+}
+
+@compute @workgroup_size(PART)
+fn merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wid.x;
+    let hd = p.head_dim;
+    let base = h * p.nparts * (hd + 2u);
+    var mx = -3.4e38;
+    for (var j = 0u; j < p.nparts; j++) {
+        mx = max(mx, scratch[base + j * (hd + 2u)]);
+    }
+    var l = 0.0;
+    for (var j = 0u; j < p.nparts; j++) {
+        let slot = base + j * (hd + 2u);
+        l += scratch[slot + 1u] * exp(scratch[slot] - mx);
+    }
+    for (var d = lid; d < hd; d += PART) {
+        var a = 0.0;
+        for (var j = 0u; j < p.nparts; j++) {
+            let slot = base + j * (hd + 2u);
+            a += scratch[slot + 2u + d] * exp(scratch[slot] - mx);
+        }
+        out[h * hd + d] = a / l;
+    }
+}

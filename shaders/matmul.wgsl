@@ -1,0 +1,256 @@
+// out = x @ w^T (+ bias), dequantizing w inside the kernel.
+// x: [n, k] f32; w: [m, k] in DTYPE, read as u32 words (one part of a possibly split weight:
+// its rows land at columns out_off.. of out); bias: [out_off + m] f32 (read when has_bias);
+// out: [n, out_stride] f32.
+//
+// Quantized weights use tandem's layout: blocks of 32 over the FLAT element index, qs first,
+// f16 scales d from word d_off, (Q4_1) f16 minimums m from word m_off. A row starts at flat
+// element r * k, which need not be a block (or even a byte) boundary when k % 32 != 0.
+//
+// Entry points:
+// - matvec: n <= MAXN (decode). TPR invocations per weight row, 256 / TPR rows per workgroup;
+//   each invocation dequantizes 8 weights at a time in registers and applies them to every
+//   token; partial sums meet in workgroup memory. Dispatch: ceil(m / (256 / TPR)) workgroups.
+// - tiled: any n (prefill). 64 tokens x 64 rows per workgroup, k in steps of 16 through
+//   workgroup memory, 4 x 4 outputs per invocation. Dispatch: (ceil(m / 64), ceil(n / 64)).
+
+struct Params {
+    n: u32,
+    k: u32,
+    m: u32,
+    out_stride: u32,
+    out_off: u32,
+    has_bias: u32,
+    d_off: u32,
+    m_off: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+// 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1
+override DTYPE: u32 = 0u;
+// Invocations per weight row in matvec: a power of two dividing 256.
+override TPR: u32 = 64u;
+
+const WG: u32 = 256u;
+const MAXN: u32 = 8u;
+
+fn half_at(word_off: u32, i: u32) -> f32 {
+    return unpack2x16float(w[word_off + i / 2u])[i & 1u];
+}
+
+// Flat element e of the weight, exactly as the CPU reference computes it.
+fn value(e: u32) -> f32 {
+    switch DTYPE {
+        case 0u: {
+            return bitcast<f32>(w[e]);
+        }
+        case 1u: {
+            return half_at(0u, e);
+        }
+        case 2u: {
+            let q = bitcast<i32>(w[e / 4u] << (24u - 8u * (e % 4u))) >> 24u;
+            return half_at(p.d_off, e / 32u) * f32(q);
+        }
+        case 3u: {
+            let q = (w[e / 8u] >> (4u * (e % 8u))) & 15u;
+            return half_at(p.d_off, e / 32u) * (f32(q) - 8.0);
+        }
+        default: {
+            let q = (w[e / 8u] >> (4u * (e % 8u))) & 15u;
+            return half_at(p.d_off, e / 32u) * f32(q) + half_at(p.m_off, e / 32u);
+        }
+    }
+}
+
+fn nibbles(word: u32, shift: u32) -> vec4<f32> {
+    return vec4<f32>(f32((word >> shift) & 15u), f32((word >> (shift + 4u)) & 15u),
+                     f32((word >> (shift + 8u)) & 15u), f32((word >> (shift + 12u)) & 15u));
+}
+
+fn bytes_i8(word: u32) -> vec4<f32> {
+    let v = bitcast<vec4<i32>>(vec4<u32>(word << 24u, word << 16u, word << 8u, word)) >> vec4<u32>(24u);
+    return vec4<f32>(v);
+}
+
+// Weights g..g+8 (g a multiple of 8, so one block) as two vec4 of (lo, hi) values.
+// For Q4_0/Q4_1 the raw nibbles come back and `scale` carries (d, m or -8 d).
+struct Group {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+    d: f32,
+    m: f32,
+}
+
+fn group(g: u32) -> Group {
+    var r: Group;
+    r.d = 1.0;
+    r.m = 0.0;
+    switch DTYPE {
+        case 0u: {
+            r.lo = vec4<f32>(bitcast<f32>(w[g]), bitcast<f32>(w[g + 1u]), bitcast<f32>(w[g + 2u]), bitcast<f32>(w[g + 3u]));
+            r.hi = vec4<f32>(bitcast<f32>(w[g + 4u]), bitcast<f32>(w[g + 5u]), bitcast<f32>(w[g + 6u]), bitcast<f32>(w[g + 7u]));
+        }
+        case 1u: {
+            let i = g / 2u;
+            r.lo = vec4<f32>(unpack2x16float(w[i]), unpack2x16float(w[i + 1u]));
+            r.hi = vec4<f32>(unpack2x16float(w[i + 2u]), unpack2x16float(w[i + 3u]));
+        }
+        case 2u: {
+            r.d = half_at(p.d_off, g / 32u);
+            r.lo = bytes_i8(w[g / 4u]);
+            r.hi = bytes_i8(w[g / 4u + 1u]);
+        }
+        case 3u: {
+            let word = w[g / 8u];
+            r.d = half_at(p.d_off, g / 32u);
+            r.m = -8.0 * r.d;
+            r.lo = nibbles(word, 0u);
+            r.hi = nibbles(word, 16u);
+        }
+        default: {
+            let word = w[g / 8u];
+            r.d = half_at(p.d_off, g / 32u);
+            r.m = half_at(p.m_off, g / 32u);
+            r.lo = nibbles(word, 0u);
+            r.hi = nibbles(word, 16u);
+        }
+    }
+    return r;
+}
+
+fn xvec4(i: u32) -> vec4<f32> {
+    return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
+}
+
+var<workgroup> red: array<f32, 2048>; // [MAXN][WG]
+
+@compute @workgroup_size(WG)
+fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let rpw = WG / TPR;
+    let r = (wid.x + wid.y * nwg.x) * rpw + lid / TPR;
+    let lane = lid % TPR;
+    let n = min(p.n, MAXN);
+    var acc: array<f32, 8>;
+    for (var t = 0u; t < MAXN; t++) {
+        acc[t] = 0.0;
+    }
+    if r < p.m {
+        let e0 = r * p.k;
+        let e1 = e0 + p.k;
+        let g0 = min((e0 + 7u) & ~7u, e1); // first whole group of 8
+        let g1 = max(e1 & ~7u, g0);         // end of the whole groups
+        // Whole groups: 8 weights dequantized once, used for every token.
+        for (var g = g0 + 8u * lane; g < g1; g += 8u * TPR) {
+            let q = group(g);
+            for (var t = 0u; t < n; t++) {
+                let xi = t * p.k + (g - e0);
+                let xl = xvec4(xi);
+                let xh = xvec4(xi + 4u);
+                // d * sum(q x) + m * sum(x): one multiply by the scale per group.
+                let qx = dot(q.lo, xl) + dot(q.hi, xh);
+                let sx = dot(xl + xh, vec4<f32>(1.0));
+                acc[t] += q.d * qx + q.m * sx;
+            }
+        }
+        // A row starting or ending mid-group: element by element.
+        let head = g0 - e0;
+        let tail = e1 - g1;
+        if lane < head + tail {
+            let e = select(g1 + (lane - head), e0 + lane, lane < head);
+            let v = value(e);
+            for (var t = 0u; t < n; t++) {
+                acc[t] += v * x[t * p.k + (e - e0)];
+            }
+        }
+    }
+    for (var t = 0u; t < MAXN; t++) {
+        red[t * WG + lid] = acc[t];
+    }
+    workgroupBarrier();
+    for (var s = TPR / 2u; s > 0u; s >>= 1u) {
+        if lane < s {
+            for (var t = 0u; t < n; t++) {
+                red[t * WG + lid] += red[t * WG + lid + s];
+            }
+        }
+        workgroupBarrier();
+    }
+    if lane == 0u && r < p.m {
+        var b = 0.0;
+        if p.has_bias != 0u {
+            b = bias[p.out_off + r];
+        }
+        for (var t = 0u; t < n; t++) {
+            out[t * p.out_stride + p.out_off + r] = red[t * WG + lid] + b;
+        }
+    }
+}
+
+const TILE: u32 = 64u;
+const BK: u32 = 16u;
+var<workgroup> xs: array<f32, 1024>; // [TILE tokens][BK]
+var<workgroup> ws: array<f32, 1024>; // [TILE rows][BK]
+
+@compute @workgroup_size(16, 16)
+fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let r0 = wid.x * TILE;
+    let t0 = wid.y * TILE;
+    var acc: array<array<f32, 4>, 4>; // [token][row]
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var c = 0u; c < 4u; c++) {
+            let idx = lid + WG * c;
+            let row = idx / BK;
+            let kk = k0 + idx % BK;
+            var xv = 0.0;
+            if t0 + row < p.n && kk < p.k {
+                xv = x[(t0 + row) * p.k + kk];
+            }
+            xs[idx] = xv;
+            var wv = 0.0;
+            if r0 + row < p.m && kk < p.k {
+                wv = value((r0 + row) * p.k + kk);
+            }
+            ws[idx] = wv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var a: array<f32, 4>;
+            var b: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = xs[(lid3.y + 16u * i) * BK + kk];
+                b[i] = ws[(lid3.x + 16u * i) * BK + kk];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i][j] += a[i] * b[j];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let t = t0 + lid3.y + 16u * i;
+        for (var j = 0u; j < 4u; j++) {
+            let r = r0 + lid3.x + 16u * j;
+            if t < p.n && r < p.m {
+                var b = 0.0;
+                if p.has_bias != 0u {
+                    b = bias[p.out_off + r];
+                }
+                out[t * p.out_stride + p.out_off + r] = acc[i][j] + b;
+            }
+        }
+    }
+}
