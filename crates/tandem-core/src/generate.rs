@@ -166,7 +166,7 @@ async fn next_token<B: Backend>(
     seen: &[u32],
 ) -> Result<u32> {
     let p = sampler.params();
-    let want = if p.repetition_penalty != 1.0 {
+    let want = if p.repetition_penalty != 1.0 || (p.temperature > 0.0 && !model.samples_on_device()) {
         // The penalty needs the history, so that choice is made here from the logits.
         Want::LastLogits
     } else if p.temperature == 0.0 {

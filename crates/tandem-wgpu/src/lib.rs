@@ -168,6 +168,12 @@ impl WgpuBackend {
         self.f16
     }
 
+    /// Whether the adapter is a CPU rasterizer (lavapipe, SwiftShader, WARP): correct but
+    /// slower than tandem's own CPU backend, so `--backend auto` passes it over.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// How many buffers hold `buf` (more than one for a weight split across bindings).
     #[doc(hidden)]
     pub fn parts_of(&self, buf: BufId) -> usize {
@@ -402,6 +408,7 @@ impl Backend for WgpuBackend {
                 kv(o.kv_dtype) && o.kv_heads > 0 && o.heads % o.kv_heads == 0 && o.block_size > 0 && o.head_dim <= hd_max
             }
             Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::CopyRows(_) => true,
+            Op::Sample(_) => false,
         }
     }
 

@@ -125,6 +125,14 @@ impl<B: Backend> Model<B> {
         self.context
     }
 
+    /// Whether the backend draws sampled tokens itself (the Sample op); otherwise the engine
+    /// reads the logits back and draws the same token on the host.
+    pub fn samples_on_device(&self) -> bool {
+        let width = self.config.vocab_size;
+        let probe = Sample { x: self.act.logits, out: self.act.token, n: 1, width, temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, uniform: 0.0 };
+        self.backend.supports(&Op::Sample(probe))
+    }
+
     pub fn new_sequence(&self) -> Sequence {
         Sequence::default()
     }

@@ -47,6 +47,7 @@ impl Recorder<'_> {
             Op::Add(o) => elementwise::add(self, o),
             Op::Argmax(o) => elementwise::argmax(self, o),
             Op::CopyRows(o) => elementwise::copy_rows(self, o),
+            Op::Sample(_) => Err(tandem_core::Error::Unsupported { backend: crate::NAME.into(), op: "sample".into() }),
         }
     }
 
