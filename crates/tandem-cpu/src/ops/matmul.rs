@@ -15,6 +15,8 @@
 //!
 //! All are parallel over chunks of output rows.
 
+#[cfg(target_arch = "x86_64")]
+mod decode_avx2;
 mod prefill;
 
 use half::slice::HalfFloatSliceExt;
@@ -157,6 +159,12 @@ fn quant_rows(
     out: &mut [f32],
 ) {
     let nb = k / QBLOCK;
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when AVX2, FMA and F16C were detected at run time.
+        return unsafe { decode_avx2::rows(q, x, prep, nb, r0, out) };
+    }
+    let _ = avx2;
     let (b_start, b_end) = (r0 * nb, (r0 + out.len()) * nb);
     // Scales of the chunk's blocks as f32 once, rather than one f16 conversion per block.
     let mut d = vec![0f32; b_end - b_start];
@@ -179,22 +187,10 @@ fn quant_rows(
         *o = match q.dtype {
             DType::Q8_0 => {
                 let qs = &q.qs[b0 * QBLOCK..(b0 + nb) * QBLOCK];
-                #[cfg(target_arch = "x86_64")]
-                if avx2 {
-                    // SAFETY: `avx2` is true only when AVX2 and FMA were detected at run time.
-                    *o = unsafe { avx2::dot_q8(qs, ds, x) };
-                    continue;
-                }
                 dot_q8(qs, ds, x)
             }
             _ => {
                 let qs = &q.qs[b0 * 16..(b0 + nb) * 16];
-                #[cfg(target_arch = "x86_64")]
-                if avx2 {
-                    // SAFETY: as above.
-                    *o = unsafe { avx2::dot_q4(qs, ds, mins, prep) };
-                    continue;
-                }
                 dot_q4(qs, ds, mins, prep)
             }
         };
@@ -256,87 +252,6 @@ fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
         };
     }
     hsum8(acc) + offset
-}
-
-/// The block kernels by hand: the auto-vectorizer keeps these at 128 bits.
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{XPrep, QBLOCK};
-    use std::arch::x86_64::*;
-
-    /// As [`super::dot_q8`]. qs: [nb * 32], d: [nb], x: [nb * 32].
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_q8(qs: &[u8], d: &[f32], x: &[f32]) -> f32 {
-        let nb = d.len();
-        assert!(qs.len() >= nb * QBLOCK && x.len() >= nb * QBLOCK);
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..nb {
-            // SAFETY: the assert above keeps every 8-byte and 8-float load inside the slices.
-            unsafe {
-                let (qp, xp) = (qs.as_ptr().add(b * QBLOCK), x.as_ptr().add(b * QBLOCK));
-                let mut s = _mm256_setzero_ps();
-                for j in 0..4 {
-                    let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        qp.add(j * 8) as *const __m128i,
-                    )));
-                    s = _mm256_fmadd_ps(q, _mm256_loadu_ps(xp.add(j * 8)), s);
-                }
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), s, acc);
-            }
-        }
-        // SAFETY: the caller runs on an AVX2 CPU.
-        unsafe { hsum(acc) }
-    }
-
-    /// As [`super::dot_q4`]. qs: [nb * 16], d and mins: [nb].
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
-        let nb = d.len();
-        assert!(
-            qs.len() >= nb * 16
-                && p.even.len() >= nb * 16
-                && p.odd.len() >= nb * 16
-                && p.sums.len() >= nb
-        );
-        let mask = _mm_set1_epi8(0x0f);
-        let mut acc = _mm256_setzero_ps();
-        let mut offset = 0f32;
-        for b in 0..nb {
-            // SAFETY: the assert above keeps every 16-byte and 8-float load inside the slices.
-            unsafe {
-                let bytes = _mm_loadu_si128(qs.as_ptr().add(b * 16) as *const __m128i);
-                let lo = _mm_and_si128(bytes, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-                let (e, o) = (p.even.as_ptr().add(b * 16), p.odd.as_ptr().add(b * 16));
-                let mut s = _mm256_mul_ps(widen(lo), _mm256_loadu_ps(e));
-                s = _mm256_fmadd_ps(widen(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(e.add(8)), s);
-                s = _mm256_fmadd_ps(widen(hi), _mm256_loadu_ps(o), s);
-                s = _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(o.add(8)), s);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), s, acc);
-            }
-            offset += match mins {
-                None => -8.0 * d[b] * p.sums[b],
-                Some(m) => m[b] * p.sums[b],
-            };
-        }
-        // SAFETY: the caller runs on an AVX2 CPU.
-        unsafe { hsum(acc) + offset }
-    }
-
-    /// The low 8 bytes of `v` as 8 floats.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn widen(v: __m128i) -> __m256 {
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-    }
 }
 
 #[inline(always)]
