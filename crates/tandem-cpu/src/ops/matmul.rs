@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use tandem_core::ops::Matmul;
 use tandem_core::{DType, QuantView, Result, QBLOCK};
 
-use super::{chunk_rows, dot};
+use super::{chunk_rows, dot, par_chunks_caller};
 use crate::table::{bad_dtype, numel, Table, Weight};
 use crate::{is_weight_dtype, Exec};
 
@@ -48,7 +48,7 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
         let out = &mut out.f32_mut()[..out_len];
         match ex.pool {
             None => reference(x, w, bias, out, n, k, m),
-            Some(pool) => pool.install(|| fast(ex, x, w, bias, out, n, k, m)),
+            Some(_) => fast(ex, x, w, bias, out, n, k, m),
         }
         Ok(())
     })
@@ -96,8 +96,14 @@ pub(crate) fn fast(
         Weight::Q(q) if n == 1 && k % QBLOCK == 0 && k > 0 => {
             decode_quant(ex, x, q, bias, out, k, m)
         }
-        _ if n > 1 => prefill::prefill(ex, x, w, bias, out, n, k, m),
-        _ => general(ex, x, w, bias, out, k, m),
+        // The decode path schedules itself (see `par_chunks_caller`); these run on the pool.
+        _ => {
+            let pool = ex.pool.expect("fast mode has a pool");
+            match n {
+                1 => pool.install(|| general(ex, x, w, bias, out, k, m)),
+                _ => pool.install(|| prefill::prefill(ex, x, w, bias, out, n, k, m)),
+            }
+        }
     }
 }
 
@@ -137,15 +143,21 @@ fn decode_quant(
     } else {
         XPrep::new(x)
     };
-    let c = chunk_rows(m, ex.threads(), 16);
-    out.par_chunks_mut(c).enumerate().for_each(|(ci, o)| {
+    // About 8 chunks per thread, so a thread that loses its core mid-call leaves little.
+    let threads = ex.threads();
+    let c = chunk_rows(m, threads * 2, 16);
+    let work = |ci: usize, o: &mut [f32]| {
         quant_rows(ex.avx2, q, x, &prep, k, ci * c, o);
         if let Some(b) = bias {
             for (v, bv) in o.iter_mut().zip(&b[ci * c..]) {
                 *v += bv;
             }
         }
-    });
+    };
+    match ex.pool {
+        Some(pool) => par_chunks_caller(pool, threads, out, c, work),
+        None => work(0, out),
+    }
 }
 
 /// out[ri] = dot(row r0 + ri of w, x) for a chunk of rows; k % 32 == 0.

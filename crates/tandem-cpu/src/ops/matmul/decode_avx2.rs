@@ -79,33 +79,61 @@ unsafe fn scales(src: &[f16], b: usize, g: usize, dst: &mut [f32; G]) -> __m256 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn row_q8(qs: &[u8], d: &[f16], x: &[f32], b0: usize, nb: usize) -> f32 {
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut ds = [0f32; G];
-    let mut b = 0;
-    while b < nb {
-        let g = (nb - b).min(G);
-        // SAFETY: b0 + b + g <= the row's end, asserted by `rows`.
-        unsafe { scales(d, b0 + b, g, &mut ds) };
-        for j in 0..g {
-            // SAFETY: block b0 + b + j and x block b + j lie inside the asserted bounds.
-            unsafe {
-                let qp = qs.as_ptr().add((b0 + b + j) * QBLOCK);
-                let xp = x.as_ptr().add((b + j) * QBLOCK);
-                let mut s = _mm256_setzero_ps();
-                for i in 0..4 {
-                    let qv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        qp.add(i * 8) as *const __m128i,
-                    )));
-                    s = _mm256_fmadd_ps(qv, _mm256_loadu_ps(xp.add(i * 8)), s);
-                }
-                // Two accumulators: the per-block FMA chain is not the critical path.
-                acc[j & 1] = _mm256_fmadd_ps(_mm256_set1_ps(ds[j]), s, acc[j & 1]);
+    // SAFETY (whole body): blocks b0..b0 + nb of qs and d, and x blocks 0..nb, lie inside
+    // the bounds `rows` asserted.
+    unsafe {
+        let block = |b: usize| {
+            let qp = qs.as_ptr().add((b0 + b) * QBLOCK);
+            let xp = x.as_ptr().add(b * QBLOCK);
+            let mut s = _mm256_setzero_ps();
+            for i in 0..4 {
+                let qv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                    qp.add(i * 8) as *const __m128i
+                )));
+                s = _mm256_fmadd_ps(qv, _mm256_loadu_ps(xp.add(i * 8)), s);
+            }
+            s
+        };
+        row_blocks(d, b0, nb, block, |_, _| {})
+    }
+}
+
+/// Sum over a row's blocks of d[b] * block(b) (lane-wise, then reduced), walking the blocks
+/// G at a time so their scales are widened together; `group(b, g)` runs once per group
+/// first (the Q4 offset terms). Two named accumulators, blocks in pairs: an array indexed by
+/// parity got spilled to the stack.
+#[inline(always)]
+unsafe fn row_blocks(
+    d: &[f16],
+    b0: usize,
+    nb: usize,
+    block: impl Fn(usize) -> __m256,
+    mut group: impl FnMut(usize, usize),
+) -> f32 {
+    // SAFETY (whole body): the callers are AVX2 + F16C functions whose bounds were checked.
+    unsafe {
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut ds = [0f32; G];
+        let mut b = 0;
+        while b + G <= nb {
+            scales(d, b0 + b, G, &mut ds);
+            group(b, G);
+            for j in (0..G).step_by(2) {
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps(ds[j]), block(b + j), a0);
+                a1 = _mm256_fmadd_ps(_mm256_set1_ps(ds[j + 1]), block(b + j + 1), a1);
+            }
+            b += G;
+        }
+        if b < nb {
+            let g = nb - b;
+            scales(d, b0 + b, g, &mut ds);
+            group(b, g);
+            for j in 0..g {
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps(ds[j]), block(b + j), a0);
             }
         }
-        b += g;
+        hsum(_mm256_add_ps(a0, a1))
     }
-    // SAFETY: the caller runs on an AVX2 CPU.
-    unsafe { hsum(_mm256_add_ps(acc[0], acc[1])) }
 }
 
 /// One Q4 row; blocks b0..b0 + nb. Q4_0: sum_b d * (sum q x - 8 sum x); Q4_1: sum_b d * sum
@@ -113,17 +141,27 @@ unsafe fn row_q8(qs: &[u8], d: &[f16], x: &[f32], b0: usize, nb: usize) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn row_q4(q: QuantView, q41: bool, p: &XPrep, b0: usize, nb: usize) -> f32 {
-    let mask = _mm_set1_epi8(0x0f);
-    let mut acc = [_mm256_setzero_ps(); 2];
-    // Per-lane sum over blocks of (m or d) * sum(x), 8 blocks per FMA.
-    let mut off = _mm256_setzero_ps();
-    let (mut ds, mut ms) = ([0f32; G], [0f32; G]);
-    let mut b = 0;
-    while b < nb {
-        let g = (nb - b).min(G);
-        // SAFETY: b0 + b + g <= the row's end, asserted by `rows`; sums holds nb floats.
-        unsafe {
-            let dv = scales(q.d, b0 + b, g, &mut ds);
+    // SAFETY (whole body): blocks b0..b0 + nb of q's sections, and blocks 0..nb of p's
+    // arrays, lie inside the bounds `rows` asserted.
+    unsafe {
+        let mask = _mm_set1_epi8(0x0f);
+        let block = |b: usize| {
+            let bytes = _mm_loadu_si128(q.qs.as_ptr().add((b0 + b) * 16) as *const __m128i);
+            let lo = _mm_and_si128(bytes, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+            let e = p.even.as_ptr().add(b * 16);
+            let o = p.odd.as_ptr().add(b * 16);
+            let mut s = _mm256_mul_ps(widen(lo), _mm256_loadu_ps(e));
+            s = _mm256_fmadd_ps(widen(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(e.add(8)), s);
+            s = _mm256_fmadd_ps(widen(hi), _mm256_loadu_ps(o), s);
+            _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(o.add(8)), s)
+        };
+        // Per-lane sum over blocks of (m or d) * sum(x), 8 blocks per FMA.
+        let mut off = _mm256_setzero_ps();
+        let mut tmp = [0f32; G];
+        let offsets = |b: usize, g: usize| {
+            let src = if q41 { q.m } else { q.d };
+            let ov = scales(src, b0 + b, g, &mut tmp);
             let sums = if g == G {
                 _mm256_loadu_ps(p.sums.as_ptr().add(b))
             } else {
@@ -131,34 +169,11 @@ unsafe fn row_q4(q: QuantView, q41: bool, p: &XPrep, b0: usize, nb: usize) -> f3
                 t[..g].copy_from_slice(&p.sums[b..b + g]);
                 _mm256_loadu_ps(t.as_ptr())
             };
-            let ov = if q41 {
-                scales(q.m, b0 + b, g, &mut ms)
-            } else {
-                dv
-            };
             off = _mm256_fmadd_ps(ov, sums, off);
-        }
-        for j in 0..g {
-            // SAFETY: block b0 + b + j and x block b + j lie inside the asserted bounds.
-            unsafe {
-                let bytes = _mm_loadu_si128(q.qs.as_ptr().add((b0 + b + j) * 16) as *const __m128i);
-                let lo = _mm_and_si128(bytes, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-                let e = p.even.as_ptr().add((b + j) * 16);
-                let o = p.odd.as_ptr().add((b + j) * 16);
-                let mut s = _mm256_mul_ps(widen(lo), _mm256_loadu_ps(e));
-                s = _mm256_fmadd_ps(widen(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(e.add(8)), s);
-                s = _mm256_fmadd_ps(widen(hi), _mm256_loadu_ps(o), s);
-                s = _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(o.add(8)), s);
-                acc[j & 1] = _mm256_fmadd_ps(_mm256_set1_ps(ds[j]), s, acc[j & 1]);
-            }
-        }
-        b += g;
-    }
-    // SAFETY: the caller runs on an AVX2 CPU.
-    unsafe {
+        };
+        let dot = row_blocks(q.d, b0, nb, block, offsets);
         let off = hsum(off);
-        hsum(_mm256_add_ps(acc[0], acc[1])) + if q41 { off } else { -8.0 * off }
+        dot + if q41 { off } else { -8.0 * off }
     }
 }
 
