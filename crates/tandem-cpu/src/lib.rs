@@ -41,7 +41,8 @@ pub struct CpuBackend {
 #[derive(Clone, Copy)]
 pub(crate) struct Exec<'a> {
     pub pool: Option<&'a ThreadPool>,
-    /// AVX2 and FMA were detected at run time, so the `avx2` builds of kernels may be called.
+    /// AVX2, FMA and F16C were detected at run time, so the `avx2` builds of kernels may be
+    /// called.
     pub avx2: bool,
 }
 
@@ -50,7 +51,17 @@ impl Exec<'_> {
     pub fn threads(&self) -> usize {
         self.pool.map_or(1, |p| p.current_num_threads())
     }
+
+    /// The pool, if an op touching about `work` elements is worth splitting. Handing an op to
+    /// the pool wakes a worker and puts the caller to sleep (microseconds each way), which is
+    /// longer than a decode step's elementwise ops take, so those run inline on the caller.
+    pub fn pool_for(&self, work: usize) -> Option<&ThreadPool> {
+        self.pool.filter(|_| work >= PAR_MIN_WORK)
+    }
 }
+
+/// Elements below which an op runs on the calling thread (see [`Exec::pool_for`]).
+pub(crate) const PAR_MIN_WORK: usize = 1 << 15;
 
 impl CpuBackend {
     pub fn new(mode: CpuMode) -> Result<Self> {
@@ -126,7 +137,9 @@ impl CpuBackend {
 fn detect_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -165,7 +178,12 @@ impl Backend for CpuBackend {
                     && o.heads % o.kv_heads == 0
                     && o.block_size > 0
             }
-            Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::Sample(_) | Op::CopyRows(_) => true,
+            Op::RmsNorm(_)
+            | Op::Swiglu(_)
+            | Op::Add(_)
+            | Op::Argmax(_)
+            | Op::Sample(_)
+            | Op::CopyRows(_) => true,
         }
     }
 

@@ -16,7 +16,10 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Add) -> Result<()> {
         let (x, y) = (&mut x.f32_mut()[..op.len], &y.f32()[..op.len]);
         match ex.pool {
             None => reference(x, y),
-            Some(pool) => pool.install(|| fast(x, y, ex.threads())),
+            Some(_) => match ex.pool_for(op.len) {
+                Some(pool) => pool.install(|| fast(x, y, ex.threads())),
+                None => add_chunk(x, y),
+            },
         }
         Ok(())
     })
@@ -31,9 +34,13 @@ pub(crate) fn reference(x: &mut [f32], y: &[f32]) {
 
 pub(crate) fn fast(x: &mut [f32], y: &[f32], threads: usize) {
     let c = chunk_rows(x.len(), threads, 4096);
-    x.par_chunks_mut(c).zip(y.par_chunks(c)).for_each(|(x, y)| {
-        for (a, b) in x.iter_mut().zip(y) {
-            *a += b;
-        }
-    });
+    x.par_chunks_mut(c)
+        .zip(y.par_chunks(c))
+        .for_each(|(x, y)| add_chunk(x, y));
+}
+
+fn add_chunk(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
 }

@@ -78,9 +78,16 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
         }
         let g = Geom::new(op);
         let out = &mut out.f32_mut()[..len];
+        // A short context's decode step is over before a worker would wake: run it inline.
+        let work = op.heads * op.ctx_len * op.head_dim;
+        let inline = op.n == 1 && ex.pool_for(work).is_none();
         match (op.kv_dtype, ex.pool) {
             (DType::F32, None) => reference(q, ck.f32(), cv.f32(), table, out, g),
             (_, None) => reference(q, ck.f16(), cv.f16(), table, out, g),
+            (DType::F32, Some(_)) if inline => {
+                decode_inline(ex, q, ck.f32(), cv.f32(), table, out, g)
+            }
+            (_, Some(_)) if inline => decode_inline(ex, q, ck.f16(), cv.f16(), table, out, g),
             (DType::F32, Some(p)) => p.install(|| fast(ex, q, ck.f32(), cv.f32(), table, out, g)),
             (_, Some(p)) => p.install(|| fast(ex, q, ck.f16(), cv.f16(), table, out, g)),
         }
@@ -241,6 +248,25 @@ pub(crate) fn fast<T: KvElem>(
             let i = tile * BQ + r;
             out[(i * g.heads + h) * hd..(i * g.heads + h + 1) * hd].copy_from_slice(row);
         }
+    }
+}
+
+/// A decode step (n = 1) on the calling thread: the heads one after another.
+fn decode_inline<T: KvElem>(
+    ex: Exec,
+    q: &[f32],
+    ck: &[T],
+    cv: &[T],
+    table: &[u32],
+    out: &mut [f32],
+    g: Geom,
+) {
+    let hd = g.hd;
+    for (h, o) in out.chunks_mut(hd).enumerate() {
+        let qv = &q[h * hd..(h + 1) * hd];
+        with_avx2(ex.avx2, || {
+            decode_head(qv, ck, cv, table, g, g.kv_head(h), o)
+        });
     }
 }
 

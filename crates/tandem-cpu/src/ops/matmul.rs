@@ -15,6 +15,8 @@
 //!
 //! All are parallel over chunks of output rows.
 
+#[cfg(target_arch = "x86_64")]
+mod decode_avx2;
 mod prefill;
 
 use half::slice::HalfFloatSliceExt;
@@ -22,7 +24,7 @@ use rayon::prelude::*;
 use tandem_core::ops::Matmul;
 use tandem_core::{DType, QuantView, Result, QBLOCK};
 
-use super::{chunk_rows, dot};
+use super::{chunk_rows, dot, par_chunks_caller};
 use crate::table::{bad_dtype, numel, Table, Weight};
 use crate::{is_weight_dtype, Exec};
 
@@ -46,7 +48,7 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
         let out = &mut out.f32_mut()[..out_len];
         match ex.pool {
             None => reference(x, w, bias, out, n, k, m),
-            Some(pool) => pool.install(|| fast(ex, x, w, bias, out, n, k, m)),
+            Some(_) => fast(ex, x, w, bias, out, n, k, m),
         }
         Ok(())
     })
@@ -94,8 +96,14 @@ pub(crate) fn fast(
         Weight::Q(q) if n == 1 && k % QBLOCK == 0 && k > 0 => {
             decode_quant(ex, x, q, bias, out, k, m)
         }
-        _ if n > 1 => prefill::prefill(ex, x, w, bias, out, n, k, m),
-        _ => general(ex, x, w, bias, out, k, m),
+        // The decode path schedules itself (see `par_chunks_caller`); these run on the pool.
+        _ => {
+            let pool = ex.pool.expect("fast mode has a pool");
+            match n {
+                1 => pool.install(|| general(ex, x, w, bias, out, k, m)),
+                _ => pool.install(|| prefill::prefill(ex, x, w, bias, out, n, k, m)),
+            }
+        }
     }
 }
 
@@ -135,15 +143,21 @@ fn decode_quant(
     } else {
         XPrep::new(x)
     };
-    let c = chunk_rows(m, ex.threads(), 16);
-    out.par_chunks_mut(c).enumerate().for_each(|(ci, o)| {
+    // About 8 chunks per thread, so a thread that loses its core mid-call leaves little.
+    let threads = ex.threads();
+    let c = chunk_rows(m, threads * 2, 16);
+    let work = |ci: usize, o: &mut [f32]| {
         quant_rows(ex.avx2, q, x, &prep, k, ci * c, o);
         if let Some(b) = bias {
             for (v, bv) in o.iter_mut().zip(&b[ci * c..]) {
                 *v += bv;
             }
         }
-    });
+    };
+    match ex.pool {
+        Some(pool) => par_chunks_caller(pool, threads, out, c, work),
+        None => work(0, out),
+    }
 }
 
 /// out[ri] = dot(row r0 + ri of w, x) for a chunk of rows; k % 32 == 0.
@@ -157,6 +171,12 @@ fn quant_rows(
     out: &mut [f32],
 ) {
     let nb = k / QBLOCK;
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when AVX2, FMA and F16C were detected at run time.
+        return unsafe { decode_avx2::rows(q, x, prep, nb, r0, out) };
+    }
+    let _ = avx2;
     let (b_start, b_end) = (r0 * nb, (r0 + out.len()) * nb);
     // Scales of the chunk's blocks as f32 once, rather than one f16 conversion per block.
     let mut d = vec![0f32; b_end - b_start];
@@ -179,22 +199,10 @@ fn quant_rows(
         *o = match q.dtype {
             DType::Q8_0 => {
                 let qs = &q.qs[b0 * QBLOCK..(b0 + nb) * QBLOCK];
-                #[cfg(target_arch = "x86_64")]
-                if avx2 {
-                    // SAFETY: `avx2` is true only when AVX2 and FMA were detected at run time.
-                    *o = unsafe { avx2::dot_q8(qs, ds, x) };
-                    continue;
-                }
                 dot_q8(qs, ds, x)
             }
             _ => {
                 let qs = &q.qs[b0 * 16..(b0 + nb) * 16];
-                #[cfg(target_arch = "x86_64")]
-                if avx2 {
-                    // SAFETY: as above.
-                    *o = unsafe { avx2::dot_q4(qs, ds, mins, prep) };
-                    continue;
-                }
                 dot_q4(qs, ds, mins, prep)
             }
         };
@@ -256,87 +264,6 @@ fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
         };
     }
     hsum8(acc) + offset
-}
-
-/// The block kernels by hand: the auto-vectorizer keeps these at 128 bits.
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{XPrep, QBLOCK};
-    use std::arch::x86_64::*;
-
-    /// As [`super::dot_q8`]. qs: [nb * 32], d: [nb], x: [nb * 32].
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_q8(qs: &[u8], d: &[f32], x: &[f32]) -> f32 {
-        let nb = d.len();
-        assert!(qs.len() >= nb * QBLOCK && x.len() >= nb * QBLOCK);
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..nb {
-            // SAFETY: the assert above keeps every 8-byte and 8-float load inside the slices.
-            unsafe {
-                let (qp, xp) = (qs.as_ptr().add(b * QBLOCK), x.as_ptr().add(b * QBLOCK));
-                let mut s = _mm256_setzero_ps();
-                for j in 0..4 {
-                    let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        qp.add(j * 8) as *const __m128i,
-                    )));
-                    s = _mm256_fmadd_ps(q, _mm256_loadu_ps(xp.add(j * 8)), s);
-                }
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), s, acc);
-            }
-        }
-        // SAFETY: the caller runs on an AVX2 CPU.
-        unsafe { hsum(acc) }
-    }
-
-    /// As [`super::dot_q4`]. qs: [nb * 16], d and mins: [nb].
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
-        let nb = d.len();
-        assert!(
-            qs.len() >= nb * 16
-                && p.even.len() >= nb * 16
-                && p.odd.len() >= nb * 16
-                && p.sums.len() >= nb
-        );
-        let mask = _mm_set1_epi8(0x0f);
-        let mut acc = _mm256_setzero_ps();
-        let mut offset = 0f32;
-        for b in 0..nb {
-            // SAFETY: the assert above keeps every 16-byte and 8-float load inside the slices.
-            unsafe {
-                let bytes = _mm_loadu_si128(qs.as_ptr().add(b * 16) as *const __m128i);
-                let lo = _mm_and_si128(bytes, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-                let (e, o) = (p.even.as_ptr().add(b * 16), p.odd.as_ptr().add(b * 16));
-                let mut s = _mm256_mul_ps(widen(lo), _mm256_loadu_ps(e));
-                s = _mm256_fmadd_ps(widen(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(e.add(8)), s);
-                s = _mm256_fmadd_ps(widen(hi), _mm256_loadu_ps(o), s);
-                s = _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(o.add(8)), s);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), s, acc);
-            }
-            offset += match mins {
-                None => -8.0 * d[b] * p.sums[b],
-                Some(m) => m[b] * p.sums[b],
-            };
-        }
-        // SAFETY: the caller runs on an AVX2 CPU.
-        unsafe { hsum(acc) + offset }
-    }
-
-    /// The low 8 bytes of `v` as 8 floats.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn widen(v: __m128i) -> __m256 {
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-    }
 }
 
 #[inline(always)]

@@ -57,3 +57,60 @@ pub(crate) fn hsum(acc: &[f32; LANES]) -> f32 {
 pub(crate) fn chunk_rows(rows: usize, threads: usize, min: usize) -> usize {
     rows.div_ceil(threads.max(1) * 4).max(min).max(1)
 }
+
+/// Runs `work(i, chunk)` over `out.chunks_mut(c)` on the calling thread plus `threads - 1`
+/// pool workers, which claim chunks from a shared counter.
+///
+/// Why not `pool.install` + `par_chunks_mut`: install parks the caller while the workers
+/// run, so every call costs a wake-up each way; a decode step makes ~200 matvecs of tens of
+/// microseconds each, and on a busy machine those hand-offs were a good part of the step.
+/// Here the caller starts at once, a worker joins as soon as it wakes, and whoever is running
+/// takes the next chunk, so a descheduled thread cannot strand a fixed share of the rows. With
+/// one thread the pool is not touched at all.
+pub(crate) fn par_chunks_caller<F>(
+    pool: &rayon::ThreadPool,
+    threads: usize,
+    out: &mut [f32],
+    c: usize,
+    work: F,
+) where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (len, c) = (out.len(), c.max(1));
+    let chunks = len.div_ceil(c);
+    let next = AtomicUsize::new(0);
+    let base = OutPtr(out.as_mut_ptr());
+    let run = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= chunks {
+            break;
+        }
+        let (start, end) = (i * c, ((i + 1) * c).min(len));
+        // SAFETY: each index is claimed by exactly one thread, so the chunks are disjoint
+        // ranges of `out`, which stays mutably borrowed until every thread is done.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+        work(i, chunk);
+    };
+    let helpers = threads.saturating_sub(1).min(chunks.saturating_sub(1));
+    if helpers == 0 {
+        return run();
+    }
+    pool.in_place_scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| run());
+        }
+        run();
+    });
+}
+
+/// The output's base pointer, shared by the threads of [`par_chunks_caller`]; a method, not
+/// the field, so closures capture the whole (Sync) wrapper.
+struct OutPtr(*mut f32);
+// SAFETY: only used to build disjoint chunks, see `par_chunks_caller`.
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}

@@ -18,7 +18,14 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &RmsNorm) -> Result<()> {
         let out = &mut out.f32_mut()[..len];
         match ex.pool {
             None => reference(x, w, out, op.dim, op.eps),
-            Some(pool) => pool.install(|| fast(x, w, out, op.dim, op.eps)),
+            Some(_) => match ex.pool_for(len) {
+                Some(pool) => pool.install(|| fast(x, w, out, op.dim, op.eps)),
+                None => {
+                    for (o, row) in out.chunks_mut(op.dim).zip(x.chunks(op.dim)) {
+                        norm_row(row, w, o, op.eps);
+                    }
+                }
+            },
         }
         Ok(())
     })
@@ -49,10 +56,13 @@ pub(crate) fn fast(x: &[f32], w: &[f32], out: &mut [f32], dim: usize, eps: f32) 
     }
     out.par_chunks_mut(dim)
         .zip(x.par_chunks(dim))
-        .for_each(|(o, row)| {
-            let scale = 1.0 / (dot(row, row) / dim as f32 + eps).sqrt();
-            for j in 0..dim {
-                o[j] = row[j] * scale * w[j];
-            }
-        });
+        .for_each(|(o, row)| norm_row(row, w, o, eps));
+}
+
+fn norm_row(row: &[f32], w: &[f32], o: &mut [f32], eps: f32) {
+    let dim = row.len();
+    let scale = 1.0 / (dot(row, row) / dim as f32 + eps).sqrt();
+    for j in 0..dim {
+        o[j] = row[j] * scale * w[j];
+    }
 }

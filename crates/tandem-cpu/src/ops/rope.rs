@@ -30,7 +30,15 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Rope) -> Result<()> {
         let x = &mut x.f32_mut()[..len];
         match ex.pool {
             None => reference(x, pos, inv_freq, op.heads, op.head_dim),
-            Some(pool) => pool.install(|| fast(x, pos, inv_freq, op.heads, op.head_dim)),
+            Some(_) => match ex.pool_for(len) {
+                Some(pool) => pool.install(|| fast(x, pos, inv_freq, op.heads, op.head_dim)),
+                None => {
+                    let row = op.heads * op.head_dim;
+                    for (xr, &p) in x.chunks_mut(row.max(1)).zip(pos) {
+                        rope_row(xr, p, inv_freq, op.head_dim);
+                    }
+                }
+            },
         }
         Ok(())
     })
@@ -67,23 +75,26 @@ pub(crate) fn fast(
     heads: usize,
     head_dim: usize,
 ) {
-    let half = head_dim / 2;
     let row = heads * head_dim;
     if row == 0 {
         return;
     }
     x.par_chunks_mut(row)
         .zip(positions.par_iter())
-        .for_each(|(xr, &p)| {
-            let (sin, cos): (Vec<f32>, Vec<f32>) =
-                inv_freq.iter().map(|&f| (p as f32 * f).sin_cos()).unzip();
-            for head in xr.chunks_exact_mut(head_dim) {
-                let (lo, hi) = head.split_at_mut(half);
-                for j in 0..half {
-                    let (a, b) = (lo[j], hi[j]);
-                    lo[j] = a * cos[j] - b * sin[j];
-                    hi[j] = a * sin[j] + b * cos[j];
-                }
-            }
-        });
+        .for_each(|(xr, &p)| rope_row(xr, p, inv_freq, head_dim));
+}
+
+/// One token's heads; sin/cos computed once and shared by all of them.
+fn rope_row(xr: &mut [f32], p: u32, inv_freq: &[f32], head_dim: usize) {
+    let half = head_dim / 2;
+    let (sin, cos): (Vec<f32>, Vec<f32>) =
+        inv_freq.iter().map(|&f| (p as f32 * f).sin_cos()).unzip();
+    for head in xr.chunks_exact_mut(head_dim) {
+        let (lo, hi) = head.split_at_mut(half);
+        for j in 0..half {
+            let (a, b) = (lo[j], hi[j]);
+            lo[j] = a * cos[j] - b * sin[j];
+            hi[j] = a * sin[j] + b * cos[j];
+        }
+    }
 }

@@ -12,15 +12,28 @@ use crate::Exec;
 const OP: &str = "sample";
 
 pub(crate) fn run(t: &mut Table, _ex: Exec, op: &Sample) -> Result<()> {
-    if !(op.temperature > 0.0 && op.temperature.is_finite()) || !(op.top_p > 0.0 && op.top_p <= 1.0) || !(0.0..=1.0).contains(&op.min_p) || !(0.0..1.0).contains(&op.uniform) {
-        return Err(Error::InvalidParameter(format!("sample: parameters out of range: {op:?}")));
+    if !(op.temperature > 0.0 && op.temperature.is_finite())
+        || !(op.top_p > 0.0 && op.top_p <= 1.0)
+        || !(0.0..=1.0).contains(&op.min_p)
+        || !(0.0..1.0).contains(&op.uniform)
+    {
+        return Err(Error::InvalidParameter(format!(
+            "sample: parameters out of range: {op:?}"
+        )));
     }
     let len = numel(OP, &[op.n, op.width])?;
     t.with_output(OP, "out", op.out, DType::U32, op.n, |t, out| {
         let x = &t.input(OP, "x", op.x, DType::F32, len)?.f32()[..len];
         for (i, o) in out.u32_mut()[..op.n].iter_mut().enumerate() {
             let row = &x[i * op.width..(i + 1) * op.width];
-            *o = sample_row(row, op.temperature, op.top_k, op.top_p, op.min_p, op.uniform);
+            *o = sample_row(
+                row,
+                op.temperature,
+                op.top_k,
+                op.top_p,
+                op.min_p,
+                op.uniform,
+            );
         }
         Ok(())
     })

@@ -17,7 +17,10 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Swiglu) -> Result<()> {
         let out = &mut out.f32_mut()[..op.len];
         match ex.pool {
             None => reference(gate, up, out),
-            Some(pool) => pool.install(|| fast(gate, up, out, ex.threads())),
+            Some(_) => match ex.pool_for(op.len) {
+                Some(pool) => pool.install(|| fast(gate, up, out, ex.threads())),
+                None => reference(gate, up, out),
+            },
         }
         Ok(())
     })
