@@ -10,8 +10,9 @@ use crate::pipelines::{PipeKey, Shader};
 const OP: &str = "matmul";
 /// Most tokens the matrix-vector kernel takes (MAXN in matmul.wgsl).
 const MATVEC_MAX_N: usize = 8;
-/// Invocations per weight row in the matrix-vector kernel.
-const TPR: usize = 64;
+/// Invocations per weight row in the matrix-vector kernel (16 and 32 measured best on
+/// lavapipe for k = 576..1536; 64 left most lanes idle and cost more barriers).
+const TPR: usize = 32;
 
 pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     let code = dtype_code(op.wdtype).ok_or_else(|| bad_dtype(OP, "w", "f32/f16/q8_0/q4_0/q4_1", op.wdtype))?;
@@ -55,7 +56,12 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
         let params = vec![n as u32, k as u32, rows as u32, m as u32, part.row0 as u32, bias.is_some() as u32, d_off, m_off];
         // Without a bias the binding still needs a buffer: x is read-only too.
         let bufs = vec![x.clone(), (part.gpu.uid, part.gpu.buffer.clone()), bias.clone().unwrap_or_else(|| x.clone()), out.clone()];
-        let groups = if matvec { groups_1d(rows, 256 / TPR) } else { tiled_groups(rows, n)? };
+        let groups = if matvec {
+            let [x, y, _] = groups_1d(rows, 256 / TPR);
+            [x, y, n as u32]
+        } else {
+            tiled_groups(rows, n)?
+        };
         r.out.push(Dispatch { pipe: pipe.clone(), bufs, params, groups });
     }
     Ok(())
