@@ -8,9 +8,9 @@
 // element r * k, which need not be a block (or even a byte) boundary when k % 32 != 0.
 //
 // Entry points:
-// - matvec: n <= MAXN (decode). TPR invocations per weight row, 256 / TPR rows per workgroup;
-//   each invocation dequantizes 8 weights at a time in registers and applies them to every
-//   token; partial sums meet in workgroup memory. Dispatch: ceil(m / (256 / TPR)) workgroups.
+// - matvec: small n (decode). TPR invocations per weight row, 256 / TPR rows per workgroup,
+//   one token per workgroup z; each invocation dequantizes 8 weights at a time in registers;
+//   partial sums meet in workgroup memory. Dispatch: (ceil(m / (256 / TPR)) folded, n).
 // - tiled: any n (prefill). 64 tokens x 64 rows per workgroup, k in steps of 16 through
 //   workgroup memory, 4 x 4 outputs per invocation. Dispatch: (ceil(m / 64), ceil(n / 64)).
 
@@ -37,7 +37,6 @@ override DTYPE: u32 = 0u;
 override TPR: u32 = 64u;
 
 const WG: u32 = 256u;
-const MAXN: u32 = 8u;
 
 fn half_at(word_off: u32, i: u32) -> f32 {
     return unpack2x16float(w[word_off + i / 2u])[i & 1u];
@@ -127,7 +126,7 @@ fn xvec4(i: u32) -> vec4<f32> {
     return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
 }
 
-var<workgroup> red: array<f32, 2048>; // [MAXN][WG]
+var<workgroup> red: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -135,49 +134,37 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let rpw = WG / TPR;
     let r = (wid.x + wid.y * nwg.x) * rpw + lid / TPR;
     let lane = lid % TPR;
-    let n = min(p.n, MAXN);
-    var acc: array<f32, 8>;
-    for (var t = 0u; t < MAXN; t++) {
-        acc[t] = 0.0;
-    }
+    let t = wid.z; // the token
+    var acc = 0.0;
     if r < p.m {
         let e0 = r * p.k;
         let e1 = e0 + p.k;
         let g0 = min((e0 + 7u) & ~7u, e1); // first whole group of 8
         let g1 = max(e1 & ~7u, g0);         // end of the whole groups
-        // Whole groups: 8 weights dequantized once, used for every token.
+        let xr = t * p.k - e0;              // x index of weight element e is xr + e
+        // Whole groups: 8 weights dequantized in registers.
         for (var g = g0 + 8u * lane; g < g1; g += 8u * TPR) {
             let q = group(g);
-            for (var t = 0u; t < n; t++) {
-                let xi = t * p.k + (g - e0);
-                let xl = xvec4(xi);
-                let xh = xvec4(xi + 4u);
-                // d * sum(q x) + m * sum(x): one multiply by the scale per group.
-                let qx = dot(q.lo, xl) + dot(q.hi, xh);
-                let sx = dot(xl + xh, vec4<f32>(1.0));
-                acc[t] += q.d * qx + q.m * sx;
-            }
+            let xl = xvec4(xr + g);
+            let xh = xvec4(xr + g + 4u);
+            // d * sum(q x) + m * sum(x): one multiply by the scale per group.
+            let qx = dot(q.lo, xl) + dot(q.hi, xh);
+            let sx = dot(xl + xh, vec4<f32>(1.0));
+            acc += q.d * qx + q.m * sx;
         }
         // A row starting or ending mid-group: element by element.
         let head = g0 - e0;
         let tail = e1 - g1;
         if lane < head + tail {
             let e = select(g1 + (lane - head), e0 + lane, lane < head);
-            let v = value(e);
-            for (var t = 0u; t < n; t++) {
-                acc[t] += v * x[t * p.k + (e - e0)];
-            }
+            acc += value(e) * x[xr + e];
         }
     }
-    for (var t = 0u; t < MAXN; t++) {
-        red[t * WG + lid] = acc[t];
-    }
+    red[lid] = acc;
     workgroupBarrier();
     for (var s = TPR / 2u; s > 0u; s >>= 1u) {
         if lane < s {
-            for (var t = 0u; t < n; t++) {
-                red[t * WG + lid] += red[t * WG + lid + s];
-            }
+            red[lid] += red[lid + s];
         }
         workgroupBarrier();
     }
@@ -186,9 +173,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         if p.has_bias != 0u {
             b = bias[p.out_off + r];
         }
-        for (var t = 0u; t < n; t++) {
-            out[t * p.out_stride + p.out_off + r] = red[t * WG + lid] + b;
-        }
+        out[t * p.out_stride + p.out_off + r] = red[lid] + b;
     }
 }
 
@@ -202,12 +187,11 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
          @builtin(local_invocation_index) lid: u32) {
     let r0 = wid.x * TILE;
     let t0 = wid.y * TILE;
-    var acc: array<array<f32, 4>, 4>; // [token][row]
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    // acc_i[j]: token lid3.y + 16 i, weight row lid3.x + 16 j.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         for (var c = 0u; c < 4u; c++) {
             let idx = lid + WG * c;
@@ -226,31 +210,34 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = xs[(lid3.y + 16u * i) * BK + kk];
-                b[i] = ws[(lid3.x + 16u * i) * BK + kk];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] += a[i] * b[j];
-                }
-            }
+            let b = vec4<f32>(ws[lid3.x * BK + kk], ws[(lid3.x + 16u) * BK + kk],
+                              ws[(lid3.x + 32u) * BK + kk], ws[(lid3.x + 48u) * BK + kk]);
+            acc0 += xs[lid3.y * BK + kk] * b;
+            acc1 += xs[(lid3.y + 16u) * BK + kk] * b;
+            acc2 += xs[(lid3.y + 32u) * BK + kk] * b;
+            acc3 += xs[(lid3.y + 48u) * BK + kk] * b;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let t = t0 + lid3.y + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let r = r0 + lid3.x + 16u * j;
-            if t < p.n && r < p.m {
-                var b = 0.0;
-                if p.has_bias != 0u {
-                    b = bias[p.out_off + r];
-                }
-                out[t * p.out_stride + p.out_off + r] = acc[i][j] + b;
+    store(t0 + lid3.y, r0 + lid3.x, acc0);
+    store(t0 + lid3.y + 16u, r0 + lid3.x, acc1);
+    store(t0 + lid3.y + 32u, r0 + lid3.x, acc2);
+    store(t0 + lid3.y + 48u, r0 + lid3.x, acc3);
+}
+
+// Token t, weight rows r, r + 16, r + 32, r + 48.
+fn store(t: u32, r: u32, acc: vec4<f32>) {
+    if t >= p.n {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let row = r + 16u * j;
+        if row < p.m {
+            var b = 0.0;
+            if p.has_bias != 0u {
+                b = bias[p.out_off + row];
             }
+            out[t * p.out_stride + p.out_off + row] = acc[j] + b;
         }
     }
 }

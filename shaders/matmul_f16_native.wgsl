@@ -21,12 +21,36 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
+// Invocations per weight row in matvec: a power of two dividing 256.
 override TPR: u32 = 64u;
 
 const WG: u32 = 256u;
-const MAXN: u32 = 8u;
 
-var<workgroup> red: array<f32, 2048>; // [MAXN][WG]
+fn value(e: u32) -> f32 {
+    return f32(w[e]);
+}
+
+struct Group {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+    d: f32,
+    m: f32,
+}
+
+fn group(g: u32) -> Group {
+    var r: Group;
+    r.d = 1.0;
+    r.m = 0.0;
+    r.lo = vec4<f32>(vec4<f16>(w[g], w[g + 1u], w[g + 2u], w[g + 3u]));
+    r.hi = vec4<f32>(vec4<f16>(w[g + 4u], w[g + 5u], w[g + 6u], w[g + 7u]));
+    return r;
+}
+
+fn xvec4(i: u32) -> vec4<f32> {
+    return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
+}
+
+var<workgroup> red: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -34,42 +58,37 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let rpw = WG / TPR;
     let r = (wid.x + wid.y * nwg.x) * rpw + lid / TPR;
     let lane = lid % TPR;
-    let n = min(p.n, MAXN);
-    var acc: array<f32, 8>;
-    for (var t = 0u; t < MAXN; t++) {
-        acc[t] = 0.0;
-    }
+    let t = wid.z; // the token
+    var acc = 0.0;
     if r < p.m {
         let e0 = r * p.k;
         let e1 = e0 + p.k;
-        let g0 = min((e0 + 3u) & ~3u, e1);
-        let g1 = max(e1 & ~3u, g0);
-        for (var g = g0 + 4u * lane; g < g1; g += 4u * TPR) {
-            let wv = vec4<f32>(vec4<f16>(w[g], w[g + 1u], w[g + 2u], w[g + 3u]));
-            for (var t = 0u; t < n; t++) {
-                let xi = t * p.k + (g - e0);
-                acc[t] += dot(wv, vec4<f32>(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]));
-            }
+        let g0 = min((e0 + 7u) & ~7u, e1); // first whole group of 8
+        let g1 = max(e1 & ~7u, g0);         // end of the whole groups
+        let xr = t * p.k - e0;              // x index of weight element e is xr + e
+        // Whole groups: 8 weights dequantized in registers.
+        for (var g = g0 + 8u * lane; g < g1; g += 8u * TPR) {
+            let q = group(g);
+            let xl = xvec4(xr + g);
+            let xh = xvec4(xr + g + 4u);
+            // d * sum(q x) + m * sum(x): one multiply by the scale per group.
+            let qx = dot(q.lo, xl) + dot(q.hi, xh);
+            let sx = dot(xl + xh, vec4<f32>(1.0));
+            acc += q.d * qx + q.m * sx;
         }
+        // A row starting or ending mid-group: element by element.
         let head = g0 - e0;
         let tail = e1 - g1;
         if lane < head + tail {
             let e = select(g1 + (lane - head), e0 + lane, lane < head);
-            let v = f32(w[e]);
-            for (var t = 0u; t < n; t++) {
-                acc[t] += v * x[t * p.k + (e - e0)];
-            }
+            acc += value(e) * x[xr + e];
         }
     }
-    for (var t = 0u; t < MAXN; t++) {
-        red[t * WG + lid] = acc[t];
-    }
+    red[lid] = acc;
     workgroupBarrier();
     for (var s = TPR / 2u; s > 0u; s >>= 1u) {
         if lane < s {
-            for (var t = 0u; t < n; t++) {
-                red[t * WG + lid] += red[t * WG + lid + s];
-            }
+            red[lid] += red[lid + s];
         }
         workgroupBarrier();
     }
@@ -78,28 +97,25 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         if p.has_bias != 0u {
             b = bias[p.out_off + r];
         }
-        for (var t = 0u; t < n; t++) {
-            out[t * p.out_stride + p.out_off + r] = red[t * WG + lid] + b;
-        }
+        out[t * p.out_stride + p.out_off + r] = red[lid] + b;
     }
 }
 
 const TILE: u32 = 64u;
 const BK: u32 = 16u;
-var<workgroup> xs: array<f32, 1024>;
-var<workgroup> ws: array<f32, 1024>;
+var<workgroup> xs: array<f32, 1024>; // [TILE tokens][BK]
+var<workgroup> ws: array<f32, 1024>; // [TILE rows][BK]
 
 @compute @workgroup_size(16, 16)
 fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let r0 = wid.x * TILE;
     let t0 = wid.y * TILE;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    // acc_i[j]: token lid3.y + 16 i, weight row lid3.x + 16 j.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         for (var c = 0u; c < 4u; c++) {
             let idx = lid + WG * c;
@@ -112,37 +128,40 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
             xs[idx] = xv;
             var wv = 0.0;
             if r0 + row < p.m && kk < p.k {
-                wv = f32(w[(r0 + row) * p.k + kk]);
+                wv = value((r0 + row) * p.k + kk);
             }
             ws[idx] = wv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = xs[(lid3.y + 16u * i) * BK + kk];
-                b[i] = ws[(lid3.x + 16u * i) * BK + kk];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] += a[i] * b[j];
-                }
-            }
+            let b = vec4<f32>(ws[lid3.x * BK + kk], ws[(lid3.x + 16u) * BK + kk],
+                              ws[(lid3.x + 32u) * BK + kk], ws[(lid3.x + 48u) * BK + kk]);
+            acc0 += xs[lid3.y * BK + kk] * b;
+            acc1 += xs[(lid3.y + 16u) * BK + kk] * b;
+            acc2 += xs[(lid3.y + 32u) * BK + kk] * b;
+            acc3 += xs[(lid3.y + 48u) * BK + kk] * b;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let t = t0 + lid3.y + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let r = r0 + lid3.x + 16u * j;
-            if t < p.n && r < p.m {
-                var b = 0.0;
-                if p.has_bias != 0u {
-                    b = bias[p.out_off + r];
-                }
-                out[t * p.out_stride + p.out_off + r] = acc[i][j] + b;
+    store(t0 + lid3.y, r0 + lid3.x, acc0);
+    store(t0 + lid3.y + 16u, r0 + lid3.x, acc1);
+    store(t0 + lid3.y + 32u, r0 + lid3.x, acc2);
+    store(t0 + lid3.y + 48u, r0 + lid3.x, acc3);
+}
+
+// Token t, weight rows r, r + 16, r + 32, r + 48.
+fn store(t: u32, r: u32, acc: vec4<f32>) {
+    if t >= p.n {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let row = r + 16u * j;
+        if row < p.m {
+            var b = 0.0;
+            if p.has_bias != 0u {
+                b = bias[p.out_off + row];
             }
+            out[t * p.out_stride + p.out_off + row] = acc[j] + b;
         }
     }
 }

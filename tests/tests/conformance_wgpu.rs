@@ -4,7 +4,11 @@
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
 
 fn make(allow_f16: bool) -> Result<WgpuBackend, String> {
-    pollster::block_on(WgpuBackend::new(WgpuOptions { allow_f16, ..Default::default() })).map_err(|e| e.to_string())
+    pollster::block_on(WgpuBackend::new(WgpuOptions {
+        allow_f16,
+        ..Default::default()
+    }))
+    .map_err(|e| e.to_string())
 }
 
 tandem_tests::conformance_suite!(wgpu_f16, || make(true));

@@ -65,7 +65,11 @@ impl Table {
     pub fn insert(&mut self, e: Entry) -> BufId {
         let id = BufId(self.next);
         self.next = self.next.wrapping_add(1);
-        self.bytes += e.parts.iter().map(|p| p.gpu.buffer.size() as usize).sum::<usize>();
+        self.bytes += e
+            .parts
+            .iter()
+            .map(|p| p.gpu.buffer.size() as usize)
+            .sum::<usize>();
         self.entries.insert(id, e);
         id
     }
@@ -74,7 +78,11 @@ impl Table {
     pub fn remove(&mut self, id: BufId) -> Vec<u64> {
         match self.entries.remove(&id) {
             Some(e) => {
-                self.bytes -= e.parts.iter().map(|p| p.gpu.buffer.size() as usize).sum::<usize>();
+                self.bytes -= e
+                    .parts
+                    .iter()
+                    .map(|p| p.gpu.buffer.size() as usize)
+                    .sum::<usize>();
                 e.parts.iter().map(|p| p.gpu.uid).collect()
             }
             None => vec![],
@@ -109,9 +117,19 @@ impl Table {
     }
 
     /// An input or output of `op`: it exists, has `dtype` and at least `numel` elements.
-    pub fn check(&self, op: &'static str, role: &str, id: BufId, dtype: DType, numel: usize) -> Result<&Entry> {
+    pub fn check(
+        &self,
+        op: &'static str,
+        role: &str,
+        id: BufId,
+        dtype: DType,
+        numel: usize,
+    ) -> Result<&Entry> {
         let e = self.entries.get(&id).ok_or_else(|| {
-            Error::InvalidParameter(format!("{op}: {role} is buffer {}, which is not allocated", id.0))
+            Error::InvalidParameter(format!(
+                "{op}: {role} is buffer {}, which is not allocated",
+                id.0
+            ))
         })?;
         if e.dtype != dtype {
             return Err(Error::ShapeMismatch {
@@ -141,7 +159,12 @@ impl Table {
 /// Rows per part for a [rows, cols] weight of `dtype` whose parts may hold at most `max_bytes`:
 /// the most rows that fit, such that rows * cols is a multiple of 32 (each part then starts on
 /// a quantization block and an f16 pair). `None` when not even that many rows fit.
-pub(crate) fn rows_per_part(dtype: DType, rows: usize, cols: usize, max_bytes: u64) -> Option<usize> {
+pub(crate) fn rows_per_part(
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    max_bytes: u64,
+) -> Option<usize> {
     if (dtype.storage_bytes(rows * cols) as u64) <= max_bytes {
         return Some(rows.max(1));
     }
@@ -163,12 +186,23 @@ pub(crate) fn rows_per_part(dtype: DType, rows: usize, cols: usize, max_bytes: u
 }
 
 fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// The bytes of part rows row0..row0 + rows, cut out of a whole [_, cols] tensor in tandem's
 /// layout (`whole` holds all `numel` elements). row0 * cols is a multiple of 32.
-pub(crate) fn part_bytes(dtype: DType, whole: &[u8], numel: usize, cols: usize, row0: usize, rows: usize) -> Vec<u8> {
+pub(crate) fn part_bytes(
+    dtype: DType,
+    whole: &[u8],
+    numel: usize,
+    cols: usize,
+    row0: usize,
+    rows: usize,
+) -> Vec<u8> {
     let e0 = row0 * cols;
     let cnt = rows * cols;
     let mut out = vec![0u8; dtype.storage_bytes(cnt)];

@@ -10,6 +10,9 @@
 //! `unpack2x16float`, which every WebGPU implementation runs; with `shader-f16` and
 //! [`WgpuOptions::allow_f16`], f16 weight matrices use a native-f16 kernel instead.
 
+// `is_multiple_of` is newer than the workspace's rust-version.
+#![allow(clippy::manual_is_multiple_of)]
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -42,7 +45,11 @@ pub struct WgpuOptions {
 
 impl Default for WgpuOptions {
     fn default() -> Self {
-        WgpuOptions { allow_f16: true, power_preference: wgpu::PowerPreference::HighPerformance, max_binding_override: None }
+        WgpuOptions {
+            allow_f16: true,
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            max_binding_override: None,
+        }
     }
 }
 
@@ -87,7 +94,10 @@ pub struct WgpuBackend {
 }
 
 fn backend_err(reason: impl Into<String>) -> Error {
-    Error::Backend { backend: NAME.into(), reason: reason.into() }
+    Error::Backend {
+        backend: NAME.into(),
+        reason: reason.into(),
+    }
 }
 
 impl WgpuBackend {
@@ -106,17 +116,28 @@ impl WgpuBackend {
             .map_err(|e| backend_err(format!("no WebGPU adapter: {e}")))?;
         let info = adapter.get_info();
         let al = adapter.limits();
-        let mut limits = wgpu::Limits::default();
-        limits.max_storage_buffer_binding_size = al.max_storage_buffer_binding_size;
-        limits.max_buffer_size = al.max_buffer_size;
+        // WebGPU's defaults (8 storage buffers a stage, 256 invocations, 16 KiB of workgroup
+        // memory: what the kernels are written for), with the adapter's buffer sizes.
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: al.max_storage_buffer_binding_size,
+            max_buffer_size: al.max_buffer_size,
+            ..Default::default()
+        };
         if !limits.check_limits(&al) {
-            return Err(backend_err(format!("adapter {} lacks WebGPU's default limits: {al:?}", info.name)));
+            return Err(backend_err(format!(
+                "adapter {} lacks WebGPU's default limits: {al:?}",
+                info.name
+            )));
         }
         let f16 = opts.allow_f16 && adapter.features().contains(wgpu::Features::SHADER_F16);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("tandem"),
-                required_features: if f16 { wgpu::Features::SHADER_F16 } else { wgpu::Features::empty() },
+                required_features: if f16 {
+                    wgpu::Features::SHADER_F16
+                } else {
+                    wgpu::Features::empty()
+                },
                 required_limits: limits.clone(),
                 ..Default::default()
             })
@@ -125,19 +146,38 @@ impl WgpuBackend {
         let lost = Arc::new(Mutex::new(None));
         let l = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
-            *l.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("device lost ({reason:?}): {msg}"));
+            *l.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(format!("device lost ({reason:?}): {msg}"));
         });
         let uncaptured = Arc::new(Mutex::new(Vec::new()));
         let u = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            u.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+            u.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(e.to_string());
         }));
-        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-        let max_weight_part = opts.max_binding_override.map_or(max_binding, |o| o.min(max_binding));
-        let align = limits.min_uniform_buffer_offset_alignment.max(PARAM_BYTES as u32) as u64;
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let max_weight_part = opts
+            .max_binding_override
+            .map_or(max_binding, |o| o.min(max_binding));
+        let align = limits
+            .min_uniform_buffer_offset_alignment
+            .max(PARAM_BYTES as u32) as u64;
         let mut table = Table::default();
-        let arena = Gpu { uid: table.uid(), buffer: Self::raw_buffer(&device, 4096, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST) };
-        let scratch = Gpu { uid: table.uid(), buffer: Self::raw_buffer(&device, 256, storage_usage()) };
+        let arena = Gpu {
+            uid: table.uid(),
+            buffer: Self::raw_buffer(
+                &device,
+                4096,
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            ),
+        };
+        let scratch = Gpu {
+            uid: table.uid(),
+            buffer: Self::raw_buffer(&device, 256, storage_usage()),
+        };
         Ok(WgpuBackend {
             device,
             queue,
@@ -189,7 +229,12 @@ impl WgpuBackend {
     }
 
     fn raw_buffer(device: &wgpu::Device, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
-        device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage, mapped_at_creation: false })
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
     }
 
     /// Device loss, errors outside any scope, and scopes that resolved since the last call.
@@ -197,7 +242,8 @@ impl WgpuBackend {
         if let Some(msg) = self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Err(backend_err(msg));
         }
-        let mut errors: Vec<String> = std::mem::take(&mut *self.uncaptured.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut errors: Vec<String> =
+            std::mem::take(&mut *self.uncaptured.lock().unwrap_or_else(|p| p.into_inner()));
         let mut cx = Context::from_waker(Waker::noop());
         self.pending.retain_mut(|f| match f.as_mut().poll(&mut cx) {
             Poll::Ready(Some(e)) => {
@@ -237,12 +283,18 @@ impl WgpuBackend {
 
     fn create_storage(&mut self, bytes: u64) -> Result<Gpu> {
         if bytes > self.max_binding {
-            return Err(backend_err(format!("a buffer of {bytes} bytes exceeds the {} byte storage binding limit", self.max_binding)));
+            return Err(backend_err(format!(
+                "a buffer of {bytes} bytes exceeds the {} byte storage binding limit",
+                self.max_binding
+            )));
         }
         // Bindings may not be empty.
         let size = bytes.max(4).next_multiple_of(4);
         let buffer = self.scoped(|s| Self::raw_buffer(&s.device, size, storage_usage()))?;
-        Ok(Gpu { uid: self.table.uid(), buffer })
+        Ok(Gpu {
+            uid: self.table.uid(),
+            buffer,
+        })
     }
 
     fn grow_scratch(&mut self, floats: usize) -> Result<()> {
@@ -250,16 +302,25 @@ impl WgpuBackend {
         if self.scratch.buffer.size() >= bytes {
             return Ok(());
         }
-        let new = self.create_storage(bytes.next_power_of_two().min(self.max_binding.max(bytes)))?;
+        let new =
+            self.create_storage(bytes.next_power_of_two().min(self.max_binding.max(bytes)))?;
         let old = std::mem::replace(&mut self.scratch, new);
         self.cache.forget(&[old.uid]);
         Ok(())
     }
 
     fn upload(&mut self, id: BufId, bytes: &[u8]) -> Result<()> {
-        let e = self.table.get(id).ok_or_else(|| backend_err(format!("write to unknown buffer {}", id.0)))?;
+        let e = self
+            .table
+            .get(id)
+            .ok_or_else(|| backend_err(format!("write to unknown buffer {}", id.0)))?;
         if bytes.len() > e.bytes {
-            return Err(backend_err(format!("write of {} bytes into buffer {} of {} bytes", bytes.len(), id.0, e.bytes)));
+            return Err(backend_err(format!(
+                "write of {} bytes into buffer {} of {} bytes",
+                bytes.len(),
+                id.0,
+                e.bytes
+            )));
         }
         if bytes.is_empty() {
             return Ok(());
@@ -277,7 +338,12 @@ impl WgpuBackend {
                 }
                 e.parts
                     .iter()
-                    .map(|p| (p.gpu.buffer.clone(), buffers::part_bytes(e.dtype, bytes, rows * cols, cols, p.row0, p.rows)))
+                    .map(|p| {
+                        (
+                            p.gpu.buffer.clone(),
+                            buffers::part_bytes(e.dtype, bytes, rows * cols, cols, p.row0, p.rows),
+                        )
+                    })
                     .collect()
             }
             _ => unreachable!("only weights are split"),
@@ -290,18 +356,29 @@ impl WgpuBackend {
         Ok(())
     }
 
-    fn alloc_entry(&mut self, dtype: DType, numel: usize, shape: Option<(usize, usize)>) -> Result<BufId> {
+    fn alloc_entry(
+        &mut self,
+        dtype: DType,
+        numel: usize,
+        shape: Option<(usize, usize)>,
+    ) -> Result<BufId> {
         self.check_health()?;
         let bytes = dtype.storage_bytes(numel);
         if bytes == 0 && numel > 0 {
-            return Err(Error::InvalidParameter(format!("cannot allocate {numel} elements of {dtype}")));
+            return Err(Error::InvalidParameter(format!(
+                "cannot allocate {numel} elements of {dtype}"
+            )));
         }
         let mut parts = Vec::new();
         match shape {
             Some((rows, cols)) if bytes as u64 > self.max_weight_part => {
-                let per = buffers::rows_per_part(dtype, rows, cols, self.max_weight_part).ok_or_else(|| {
-                    backend_err(format!("rows of {cols} {dtype} values do not fit a {} byte binding", self.max_weight_part))
-                })?;
+                let per = buffers::rows_per_part(dtype, rows, cols, self.max_weight_part)
+                    .ok_or_else(|| {
+                        backend_err(format!(
+                            "rows of {cols} {dtype} values do not fit a {} byte binding",
+                            self.max_weight_part
+                        ))
+                    })?;
                 let mut row0 = 0;
                 while row0 < rows {
                     let r = per.min(rows - row0);
@@ -312,10 +389,21 @@ impl WgpuBackend {
             }
             _ => {
                 let gpu = self.create_storage(bytes as u64)?;
-                parts.push(Part { gpu, row0: 0, rows: shape.map_or(numel, |s| s.0) });
+                parts.push(Part {
+                    gpu,
+                    row0: 0,
+                    rows: shape.map_or(numel, |s| s.0),
+                });
             }
         }
-        Ok(self.table.insert(Entry { dtype, numel, shape, parts, bytes, shadow: None }))
+        Ok(self.table.insert(Entry {
+            dtype,
+            numel,
+            shape,
+            parts,
+            bytes,
+            shadow: None,
+        }))
     }
 
     /// Records `step.ops`, then encodes and submits everything.
@@ -333,7 +421,13 @@ impl WgpuBackend {
         for (id, bytes) in &step.writes {
             self.upload(*id, bytes)?;
         }
-        let mut rec = ops::Recorder { table: &self.table, uses_f16: self.f16, scratch: &self.scratch, out: Vec::new(), written_u32: Vec::new() };
+        let mut rec = ops::Recorder {
+            table: &self.table,
+            uses_f16: self.f16,
+            scratch: &self.scratch,
+            out: Vec::new(),
+            written_u32: Vec::new(),
+        };
         for op in &step.ops {
             rec.record(op)?;
         }
@@ -345,8 +439,20 @@ impl WgpuBackend {
         let arena_bytes = (dispatches.len() as u64 * self.align).max(self.align);
         if self.arena.buffer.size() < arena_bytes {
             let size = arena_bytes.next_power_of_two();
-            let buffer = self.scoped(|s| Self::raw_buffer(&s.device, size, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST))?;
-            let old = std::mem::replace(&mut self.arena, Gpu { uid: self.table.uid(), buffer });
+            let buffer = self.scoped(|s| {
+                Self::raw_buffer(
+                    &s.device,
+                    size,
+                    wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                )
+            })?;
+            let old = std::mem::replace(
+                &mut self.arena,
+                Gpu {
+                    uid: self.table.uid(),
+                    buffer,
+                },
+            );
             self.cache.forget(&[old.uid]);
         }
         let mut params = vec![0u8; arena_bytes as usize];
@@ -356,12 +462,24 @@ impl WgpuBackend {
         }
         self.scoped(|s| {
             s.queue.write_buffer(&s.arena.buffer, 0, &params);
-            let mut enc = s.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tandem step") });
+            let mut enc = s
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("tandem step"),
+                });
             {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("tandem step"), timestamp_writes: None });
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("tandem step"),
+                    timestamp_writes: None,
+                });
                 for (i, d) in dispatches.iter().enumerate() {
                     let pipeline = s.cache.pipeline(&s.device, &d.pipe);
-                    let group = s.cache.bind_group(&s.device, d.pipe.shader, (s.arena.uid, &s.arena.buffer), &d.bufs);
+                    let group = s.cache.bind_group(
+                        &s.device,
+                        d.pipe.shader,
+                        (s.arena.uid, &s.arena.buffer),
+                        &d.bufs,
+                    );
                     pass.set_pipeline(&pipeline);
                     pass.set_bind_group(0, &group, &[(i as u64 * s.align) as u32]);
                     pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
@@ -388,7 +506,10 @@ fn pad4(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn is_weight_dtype(d: DType) -> bool {
-    matches!(d, DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+    matches!(
+        d,
+        DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1
+    )
 }
 
 impl Backend for WgpuBackend {
@@ -402,10 +523,20 @@ impl Backend for WgpuBackend {
             Op::Embed(o) => is_weight_dtype(o.dtype),
             Op::Matmul(o) => is_weight_dtype(o.wdtype),
             Op::Rope(o) => o.head_dim % 2 == 0,
-            Op::KvWrite(o) => kv(o.kv_dtype) && (o.kv_dtype == DType::F32 || (o.kv_heads * o.head_dim) % 2 == 0),
+            Op::KvWrite(o) => {
+                kv(o.kv_dtype) && (o.kv_dtype == DType::F32 || (o.kv_heads * o.head_dim) % 2 == 0)
+            }
             Op::Attention(o) => {
-                let hd_max = if o.n == 1 { ops::DECODE_HD_MAX } else { ops::PREFILL_HD_MAX };
-                kv(o.kv_dtype) && o.kv_heads > 0 && o.heads % o.kv_heads == 0 && o.block_size > 0 && o.head_dim <= hd_max
+                let hd_max = if o.n == 1 {
+                    ops::DECODE_HD_MAX
+                } else {
+                    ops::PREFILL_HD_MAX
+                };
+                kv(o.kv_dtype)
+                    && o.kv_heads > 0
+                    && o.heads % o.kv_heads == 0
+                    && o.block_size > 0
+                    && o.head_dim <= hd_max
             }
             Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::CopyRows(_) => true,
             Op::Sample(_) => false,
@@ -417,7 +548,9 @@ impl Backend for WgpuBackend {
     }
 
     fn alloc_weight(&mut self, dtype: DType, rows: usize, cols: usize) -> Result<BufId> {
-        let numel = rows.checked_mul(cols).ok_or_else(|| Error::InvalidParameter(format!("weight [{rows}, {cols}] is too large")))?;
+        let numel = rows.checked_mul(cols).ok_or_else(|| {
+            Error::InvalidParameter(format!("weight [{rows}, {cols}] is too large"))
+        })?;
         self.alloc_entry(dtype, numel, Some((rows, cols)))
     }
 
@@ -438,12 +571,25 @@ impl Backend for WgpuBackend {
 
     async fn read(&mut self, buf: BufId, offset: usize, len: usize) -> Result<Vec<u8>> {
         self.check_health()?;
-        let e = self.table.get(buf).ok_or_else(|| backend_err(format!("read of unknown buffer {}", buf.0)))?;
+        let e = self
+            .table
+            .get(buf)
+            .ok_or_else(|| backend_err(format!("read of unknown buffer {}", buf.0)))?;
         match offset.checked_add(len) {
             Some(end) if end <= e.bytes => {}
-            _ => return Err(backend_err(format!("read of {len} bytes at {offset} from buffer {} of {} bytes", buf.0, e.bytes))),
+            _ => {
+                return Err(backend_err(format!(
+                    "read of {len} bytes at {offset} from buffer {} of {} bytes",
+                    buf.0, e.bytes
+                )))
+            }
         }
-        let src = e.whole().ok_or_else(|| backend_err(format!("buffer {} is a weight split across bindings; it cannot be read back", buf.0)))?;
+        let src = e.whole().ok_or_else(|| {
+            backend_err(format!(
+                "buffer {} is a weight split across bindings; it cannot be read back",
+                buf.0
+            ))
+        })?;
         let src = src.buffer.clone();
         if len == 0 {
             return Ok(Vec::new());
@@ -453,34 +599,54 @@ impl Backend for WgpuBackend {
         if self.staging.as_ref().is_none_or(|s| s.size() < size) {
             let staging_size = size.next_power_of_two().max(256);
             let s = self.scoped(|s| {
-                Self::raw_buffer(&s.device, staging_size, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)
+                Self::raw_buffer(
+                    &s.device,
+                    staging_size,
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                )
             })?;
             self.staging = Some(s);
         }
         let staging = self.staging.clone().expect("just made");
         self.scoped(|s| {
-            let mut enc = s.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tandem read") });
+            let mut enc = s
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("tandem read"),
+                });
             enc.copy_buffer_to_buffer(&src, start, &staging, 0, size);
             s.queue.submit([enc.finish()]);
         })?;
         self.stats.submissions += 1;
         let (tx, rx) = futures_channel::oneshot::channel();
-        staging.slice(..size).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
+        staging
+            .slice(..size)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
         #[cfg(not(target_arch = "wasm32"))]
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| backend_err(format!("poll: {e}")))?;
-        let mapped = rx.await.map_err(|_| backend_err("map_async callback dropped"));
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| backend_err(format!("poll: {e}")))?;
+        let mapped = rx
+            .await
+            .map_err(|_| backend_err("map_async callback dropped"));
         // An error in the work this read waited for surfaces here rather than as bad data.
         for f in std::mem::take(&mut self.pending) {
             if let Some(e) = f.await {
-                self.uncaptured.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+                self.uncaptured
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(e.to_string());
             }
         }
         self.check_health()?;
         mapped?.map_err(|e| backend_err(format!("map_async: {e}")))?;
         let out = {
-            let view = staging.slice(..size).get_mapped_range().map_err(|e| backend_err(format!("get_mapped_range: {e}")))?;
+            let view = staging
+                .slice(..size)
+                .get_mapped_range()
+                .map_err(|e| backend_err(format!("get_mapped_range: {e}")))?;
             let skip = offset - start as usize;
             view[skip..skip + len].to_vec()
         };

@@ -89,7 +89,11 @@ pub(crate) struct PipeKey {
 
 impl PipeKey {
     pub fn new(shader: Shader, entry: &'static str) -> Self {
-        PipeKey { shader, entry, constants: vec![] }
+        PipeKey {
+            shader,
+            entry,
+            constants: vec![],
+        }
     }
     pub fn with(mut self, name: &'static str, value: u32) -> Self {
         self.constants.push((name, value));
@@ -166,7 +170,8 @@ impl Cache {
             })
             .clone();
         let layout = self.layout(device, key.shader).pipeline.clone();
-        let constants: Vec<(&str, f64)> = key.constants.iter().map(|&(n, v)| (n, v as f64)).collect();
+        let constants: Vec<(&str, f64)> =
+            key.constants.iter().map(|&(n, v)| (n, v as f64)).collect();
         let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(key.entry),
             layout: Some(&layout),
@@ -191,7 +196,11 @@ impl Cache {
         arena: (u64, &wgpu::Buffer),
         bufs: &[(u64, wgpu::Buffer)],
     ) -> wgpu::BindGroup {
-        let key = (shader, arena.0, bufs.iter().map(|b| b.0).collect::<Vec<_>>());
+        let key = (
+            shader,
+            arena.0,
+            bufs.iter().map(|b| b.0).collect::<Vec<_>>(),
+        );
         if let Some(g) = self.bind_groups.get(&key) {
             return g.clone();
         }
@@ -205,9 +214,16 @@ impl Cache {
             }),
         }];
         for (i, (_, b)) in bufs.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.as_entire_binding(),
+            });
         }
-        let g = device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(shader.name()), layout: &layout, entries: &entries });
+        let g = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(shader.name()),
+            layout: &layout,
+            entries: &entries,
+        });
         self.bind_groups_created += 1;
         self.bind_groups.insert(key, g.clone());
         g
@@ -218,6 +234,7 @@ impl Cache {
         if uids.is_empty() {
             return;
         }
-        self.bind_groups.retain(|(_, a, bufs), _| !uids.contains(a) && !bufs.iter().any(|b| uids.contains(b)));
+        self.bind_groups
+            .retain(|(_, a, bufs), _| !uids.contains(a) && !bufs.iter().any(|b| uids.contains(b)));
     }
 }

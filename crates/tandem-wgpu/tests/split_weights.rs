@@ -29,8 +29,18 @@ fn nmse(want: &[f32], got: &[f32]) -> f64 {
     num / den.max(1e-30)
 }
 
-/// Uploads the case to `b` and runs `make_ops`; returns the f32 contents of every output.
-fn run<B: Backend>(b: &mut B, dtype: DType, rows: usize, cols: usize, w: &[u8], f32s: &[(Vec<f32>, bool)], ids: &[u32], outs: &[usize]) -> (BufId, Vec<BufId>, BufId, Vec<BufId>) {
+/// Uploads the case to `b`: the weight, f32 inputs, ids, and poisoned outputs of these sizes.
+#[allow(clippy::too_many_arguments)]
+fn run<B: Backend>(
+    b: &mut B,
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    w: &[u8],
+    f32s: &[(Vec<f32>, bool)],
+    ids: &[u32],
+    outs: &[usize],
+) -> (BufId, Vec<BufId>, BufId, Vec<BufId>) {
     let wbuf = b.alloc_weight(dtype, rows, cols).expect("alloc_weight");
     b.write(wbuf, w).expect("write weight");
     let bufs: Vec<BufId> = f32s
@@ -62,11 +72,21 @@ fn split_weights_match_the_reference() {
         return;
     }
     let (rows, cols) = (100usize, 100usize);
-    for dtype in [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+    for dtype in [
+        DType::F32,
+        DType::F16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+    ] {
         // 24 rows per part (100 * 24 is a multiple of 32): five parts, the last of 4 rows.
         let limit = dtype.storage_bytes(24 * cols) as u64;
         for allow_f16 in [true, false] {
-            let opts = WgpuOptions { allow_f16, max_binding_override: Some(limit), ..Default::default() };
+            let opts = WgpuOptions {
+                allow_f16,
+                max_binding_override: Some(limit),
+                ..Default::default()
+            };
             let mut gpu = pollster::block_on(WgpuBackend::new(opts)).unwrap();
             let mut cpu = CpuBackend::reference();
             let w = encode(&values(rows * cols, 1), dtype);
@@ -81,29 +101,69 @@ fn split_weights_match_the_reference() {
                 let step = |w: BufId, b: &[BufId], idb: BufId, o: &[BufId]| Step {
                     writes: vec![],
                     ops: vec![
-                        Op::Matmul(Matmul { x: b[0], w, wdtype: dtype, bias: Some(b[2]), out: o[0], n: 1, k: cols, m: rows }),
-                        Op::Matmul(Matmul { x: b[1], w, wdtype: dtype, bias: None, out: o[1], n: 13, k: cols, m: rows }),
-                        Op::Embed(Embed { table: w, dtype, ids: idb, out: o[2], n: ids.len(), vocab: rows, dim: cols }),
+                        Op::Matmul(Matmul {
+                            x: b[0],
+                            w,
+                            wdtype: dtype,
+                            bias: Some(b[2]),
+                            out: o[0],
+                            n: 1,
+                            k: cols,
+                            m: rows,
+                        }),
+                        Op::Matmul(Matmul {
+                            x: b[1],
+                            w,
+                            wdtype: dtype,
+                            bias: None,
+                            out: o[1],
+                            n: 13,
+                            k: cols,
+                            m: rows,
+                        }),
+                        Op::Embed(Embed {
+                            table: w,
+                            dtype,
+                            ids: idb,
+                            out: o[2],
+                            n: ids.len(),
+                            vocab: rows,
+                            dim: cols,
+                        }),
                     ],
                 };
-                let mut read = |b: &mut dyn FnMut(BufId, usize) -> Vec<f32>, o: &[BufId]| -> Vec<Vec<f32>> {
-                    o.iter().zip(outs).map(|(&id, n)| b(id, n)).collect()
-                };
+                let read =
+                    |b: &mut dyn FnMut(BufId, usize) -> Vec<f32>, o: &[BufId]| -> Vec<Vec<f32>> {
+                        o.iter().zip(outs).map(|(&id, n)| b(id, n)).collect()
+                    };
                 if backend == 0 {
                     let (wb, b, idb, o) = run(&mut gpu, dtype, rows, cols, &w, &f32s, &ids, &outs);
-                    assert_eq!(gpu.parts_of(wb), 5, "{dtype}: the weight should be split in 5 parts");
+                    assert_eq!(
+                        gpu.parts_of(wb),
+                        5,
+                        "{dtype}: the weight should be split in 5 parts"
+                    );
                     gpu.execute(&step(wb, &b, idb, &o)).unwrap();
-                    results.push(read(&mut |id, n| pollster::block_on(gpu.read_f32(id, 0, n)).unwrap(), &o));
+                    results.push(read(
+                        &mut |id, n| pollster::block_on(gpu.read_f32(id, 0, n)).unwrap(),
+                        &o,
+                    ));
                 } else {
                     let (wb, b, idb, o) = run(&mut cpu, dtype, rows, cols, &w, &f32s, &ids, &outs);
                     cpu.execute(&step(wb, &b, idb, &o)).unwrap();
-                    results.push(read(&mut |id, n| pollster::block_on(cpu.read_f32(id, 0, n)).unwrap(), &o));
+                    results.push(read(
+                        &mut |id, n| pollster::block_on(cpu.read_f32(id, 0, n)).unwrap(),
+                        &o,
+                    ));
                 }
             }
             let (got, want) = (&results[0], &results[1]);
             for (i, what) in ["matvec + bias", "tiled", "embed"].iter().enumerate() {
                 let e = nmse(&want[i], &got[i]);
-                assert!(got[i].iter().all(|v| v.is_finite()), "{dtype} f16={allow_f16} {what}: unwritten (NaN) outputs");
+                assert!(
+                    got[i].iter().all(|v| v.is_finite()),
+                    "{dtype} f16={allow_f16} {what}: unwritten (NaN) outputs"
+                );
                 assert!(e <= 1e-9, "{dtype} f16={allow_f16} {what}: NMSE {e:.3e}");
             }
         }

@@ -38,14 +38,30 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
         });
     }
     if op.block_size == 0 {
-        return Err(Error::ShapeMismatch { op: OP, expected: "block_size > 0".into(), got: "0".into() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: "block_size > 0".into(),
+            got: "0".into(),
+        });
     }
     if op.n > op.ctx_len {
-        return Err(Error::ShapeMismatch { op: OP, expected: format!("n <= ctx_len {}", op.ctx_len), got: format!("n = {}", op.n) });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: format!("n <= ctx_len {}", op.ctx_len),
+            got: format!("n = {}", op.n),
+        });
     }
-    let hd_max = if op.n == 1 { DECODE_HD_MAX } else { PREFILL_HD_MAX };
+    let hd_max = if op.n == 1 {
+        DECODE_HD_MAX
+    } else {
+        PREFILL_HD_MAX
+    };
     if op.head_dim > hd_max {
-        return Err(Error::ShapeMismatch { op: OP, expected: format!("head_dim <= {hd_max}"), got: op.head_dim.to_string() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: format!("head_dim <= {hd_max}"),
+            got: op.head_dim.to_string(),
+        });
     }
     let len = numel(OP, &[op.n, op.heads, op.head_dim])?;
     let block_elems = numel(OP, &[op.block_size, op.kv_heads, op.head_dim])?;
@@ -56,11 +72,18 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let bt = r.buf(OP, "block_table", op.block_table, DType::U32, table_len)?;
     let out = r.buf(OP, "out", op.out, DType::F32, len)?;
     let num_blocks = {
-        let (a, b) = (r.table.get(op.cache_k).expect("checked"), r.table.get(op.cache_v).expect("checked"));
+        let (a, b) = (
+            r.table.get(op.cache_k).expect("checked"),
+            r.table.get(op.cache_v).expect("checked"),
+        );
         a.numel.min(b.numel) / block_elems.max(1)
     };
     if let Some(shadow) = &r.table.get(op.block_table).expect("checked").shadow {
-        if let Some((i, &b)) = shadow[..table_len].iter().enumerate().find(|(_, &b)| b as usize >= num_blocks) {
+        if let Some((i, &b)) = shadow[..table_len]
+            .iter()
+            .enumerate()
+            .find(|(_, &b)| b as usize >= num_blocks)
+        {
             return Err(Error::ShapeMismatch {
                 op: OP,
                 expected: format!("block table entries < {num_blocks} cache blocks"),
@@ -73,7 +96,11 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     }
     fits_u32(OP, "cache elements", num_blocks * block_elems)?;
     if op.heads > 65535 {
-        return Err(Error::ShapeMismatch { op: OP, expected: "heads <= 65535".into(), got: op.heads.to_string() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: "heads <= 65535".into(),
+            got: op.heads.to_string(),
+        });
     }
     let kv = f16 as u32;
     let heads = op.heads as u32;
@@ -91,7 +118,12 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
         let scratch = (r.scratch.uid, r.scratch.buffer.clone());
         let bufs = vec![q, ck, cv, bt, out, scratch];
         let partial = PipeKey::new(Shader::AttentionDecode, "partial").with("KV_F16", kv);
-        r.push(partial, bufs.clone(), params.clone(), [parts as u32, heads, 1]);
+        r.push(
+            partial,
+            bufs.clone(),
+            params.clone(),
+            [parts as u32, heads, 1],
+        );
         if parts > 1 {
             let merge = PipeKey::new(Shader::AttentionDecode, "merge").with("KV_F16", kv);
             r.push(merge, bufs, params, [heads, 1, 1]);
@@ -107,7 +139,12 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
             op.scale.to_bits(),
         ];
         let pipe = PipeKey::new(Shader::AttentionPrefill, "main").with("KV_F16", kv);
-        r.push(pipe, vec![q, ck, cv, bt, out], params, [op.n.div_ceil(16) as u32, heads, 1]);
+        r.push(
+            pipe,
+            vec![q, ck, cv, bt, out],
+            params,
+            [op.n.div_ceil(16) as u32, heads, 1],
+        );
     }
     Ok(())
 }

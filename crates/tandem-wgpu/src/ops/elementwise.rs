@@ -10,7 +10,11 @@ use crate::pipelines::{PipeKey, Shader};
 pub(crate) fn rope(r: &mut Recorder, op: &Rope) -> Result<()> {
     const OP: &str = "rope";
     if op.head_dim % 2 != 0 {
-        return Err(Error::ShapeMismatch { op: OP, expected: "an even head_dim".into(), got: op.head_dim.to_string() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: "an even head_dim".into(),
+            got: op.head_dim.to_string(),
+        });
     }
     let len = numel(OP, &[op.n, op.heads, op.head_dim])?;
     let half = op.head_dim / 2;
@@ -21,7 +25,12 @@ pub(crate) fn rope(r: &mut Recorder, op: &Rope) -> Result<()> {
         return Ok(());
     }
     let total = fits_u32(OP, "n * heads * head_dim", len / 2)?;
-    r.push(PipeKey::new(Shader::Rope, "main"), vec![x, pos, inv], vec![total, op.heads as u32, half as u32], groups_1d(len / 2, 256));
+    r.push(
+        PipeKey::new(Shader::Rope, "main"),
+        vec![x, pos, inv],
+        vec![total, op.heads as u32, half as u32],
+        groups_1d(len / 2, 256),
+    );
     Ok(())
 }
 
@@ -34,7 +43,12 @@ pub(crate) fn swiglu(r: &mut Recorder, op: &Swiglu) -> Result<()> {
         return Ok(());
     }
     let len = fits_u32(OP, "len", op.len)?;
-    r.push(PipeKey::new(Shader::Swiglu, "main"), vec![gate, up, out], vec![len], groups_1d(op.len, 256));
+    r.push(
+        PipeKey::new(Shader::Swiglu, "main"),
+        vec![gate, up, out],
+        vec![len],
+        groups_1d(op.len, 256),
+    );
     Ok(())
 }
 
@@ -46,10 +60,18 @@ pub(crate) fn add(r: &mut Recorder, op: &Add) -> Result<()> {
         return Ok(());
     }
     if x.0 == y.0 {
-        return Err(Error::InvalidParameter(format!("{OP}: y is x (buffer {})", op.x.0)));
+        return Err(Error::InvalidParameter(format!(
+            "{OP}: y is x (buffer {})",
+            op.x.0
+        )));
     }
     let len = fits_u32(OP, "len", op.len)?;
-    r.push(PipeKey::new(Shader::Add, "main"), vec![x, y], vec![len], groups_1d(op.len, 256));
+    r.push(
+        PipeKey::new(Shader::Add, "main"),
+        vec![x, y],
+        vec![len],
+        groups_1d(op.len, 256),
+    );
     Ok(())
 }
 
@@ -64,9 +86,18 @@ pub(crate) fn argmax(r: &mut Recorder, op: &Argmax) -> Result<()> {
     }
     fits_u32(OP, "n * width", len)?;
     if op.n > 65535 {
-        return Err(Error::ShapeMismatch { op: OP, expected: "n <= 65535 rows".into(), got: op.n.to_string() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: "n <= 65535 rows".into(),
+            got: op.n.to_string(),
+        });
     }
-    r.push(PipeKey::new(Shader::Argmax, "main"), vec![x, out], vec![op.width as u32], [op.n as u32, 1, 1]);
+    r.push(
+        PipeKey::new(Shader::Argmax, "main"),
+        vec![x, out],
+        vec![op.width as u32],
+        [op.n as u32, 1, 1],
+    );
     Ok(())
 }
 
@@ -81,6 +112,11 @@ pub(crate) fn copy_rows(r: &mut Recorder, op: &CopyRows) -> Result<()> {
     }
     let off = fits_u32(OP, "src offset", op.src_row * op.width)?;
     let len = fits_u32(OP, "len", dst_len)?;
-    r.push(PipeKey::new(Shader::CopyRows, "main"), vec![src, dst], vec![off, len], groups_1d(dst_len, 256));
+    r.push(
+        PipeKey::new(Shader::CopyRows, "main"),
+        vec![src, dst],
+        vec![off, len],
+        groups_1d(dst_len, 256),
+    );
     Ok(())
 }

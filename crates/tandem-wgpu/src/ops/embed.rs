@@ -10,15 +10,24 @@ use crate::pipelines::{PipeKey, Shader};
 const OP: &str = "embed";
 
 pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
-    let code = dtype_code(op.dtype).ok_or_else(|| bad_dtype(OP, "table", "f32/f16/q8_0/q4_0/q4_1", op.dtype))?;
+    let code = dtype_code(op.dtype)
+        .ok_or_else(|| bad_dtype(OP, "table", "f32/f16/q8_0/q4_0/q4_1", op.dtype))?;
     let table_len = numel(OP, &[op.vocab, op.dim])?;
     let out_len = numel(OP, &[op.n, op.dim])?;
     let table = r.table.check(OP, "table", op.table, op.dtype, table_len)?;
     let ids = r.buf(OP, "ids", op.ids, DType::U32, op.n)?;
     let out = r.buf(OP, "out", op.out, DType::F32, out_len)?;
     if let Some(shadow) = &r.table.get(op.ids).expect("checked").shadow {
-        if let Some((i, &id)) = shadow[..op.n].iter().enumerate().find(|(_, &id)| id as usize >= op.vocab) {
-            return Err(Error::ShapeMismatch { op: OP, expected: format!("token ids < vocab {}", op.vocab), got: format!("ids[{i}] = {id}") });
+        if let Some((i, &id)) = shadow[..op.n]
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= op.vocab)
+        {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: format!("token ids < vocab {}", op.vocab),
+                got: format!("ids[{i}] = {id}"),
+            });
         }
     }
     if table.parts.len() > 1 && table.shape.map(|s| s.1) != Some(op.dim) {
@@ -35,11 +44,38 @@ pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
     let pipe = PipeKey::new(Shader::Embed, "main").with("DTYPE", code);
     for part in &table.parts {
         // An unsplit table counts its rows in units of dim regardless of how it was allocated.
-        let rows = if table.parts.len() == 1 { op.vocab } else { part.rows };
-        let (d_off, m_off) = quant_offsets(op.dtype, if table.parts.len() == 1 { table.numel } else { rows * op.dim });
-        let params = vec![op.n as u32, op.dim as u32, part.row0 as u32, rows as u32, d_off, m_off];
-        let bufs = vec![(part.gpu.uid, part.gpu.buffer.clone()), ids.clone(), out.clone()];
-        r.out.push(super::Dispatch { pipe: pipe.clone(), bufs, params, groups: groups_1d(out_len, 256) });
+        let rows = if table.parts.len() == 1 {
+            op.vocab
+        } else {
+            part.rows
+        };
+        let (d_off, m_off) = quant_offsets(
+            op.dtype,
+            if table.parts.len() == 1 {
+                table.numel
+            } else {
+                rows * op.dim
+            },
+        );
+        let params = vec![
+            op.n as u32,
+            op.dim as u32,
+            part.row0 as u32,
+            rows as u32,
+            d_off,
+            m_off,
+        ];
+        let bufs = vec![
+            (part.gpu.uid, part.gpu.buffer.clone()),
+            ids.clone(),
+            out.clone(),
+        ];
+        r.out.push(super::Dispatch {
+            pipe: pipe.clone(),
+            bufs,
+            params,
+            groups: groups_1d(out_len, 256),
+        });
     }
     Ok(())
 }

@@ -18,7 +18,11 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
     let len = numel(OP, &[op.n, row])?;
     if f16 && row % 2 != 0 {
         // Two f16 share a word; an odd row would need two invocations writing one word.
-        return Err(Error::ShapeMismatch { op: OP, expected: "an even kv_heads * head_dim for an f16 cache".into(), got: row.to_string() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: "an even kv_heads * head_dim for an f16 cache".into(),
+            got: row.to_string(),
+        });
     }
     let k = r.buf(OP, "k", op.k, DType::F32, len)?;
     let v = r.buf(OP, "v", op.v, DType::F32, len)?;
@@ -26,15 +30,28 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
     let cv = r.buf(OP, "cache_v", op.cache_v, op.kv_dtype, 0)?;
     let slots = r.buf(OP, "slots", op.slots, DType::U32, op.n)?;
     if ck.0 == cv.0 {
-        return Err(Error::InvalidParameter(format!("{OP}: cache_k and cache_v are the same buffer")));
+        return Err(Error::InvalidParameter(format!(
+            "{OP}: cache_k and cache_v are the same buffer"
+        )));
     }
     let rows = {
-        let (a, b) = (r.table.get(op.cache_k).expect("checked"), r.table.get(op.cache_v).expect("checked"));
+        let (a, b) = (
+            r.table.get(op.cache_k).expect("checked"),
+            r.table.get(op.cache_v).expect("checked"),
+        );
         a.numel.min(b.numel).checked_div(row).unwrap_or(0)
     };
     if let Some(shadow) = &r.table.get(op.slots).expect("checked").shadow {
-        if let Some((i, &s)) = shadow[..op.n].iter().enumerate().find(|(_, &s)| s as usize >= rows) {
-            return Err(Error::ShapeMismatch { op: OP, expected: format!("slots < {rows} cache rows"), got: format!("slots[{i}] = {s}") });
+        if let Some((i, &s)) = shadow[..op.n]
+            .iter()
+            .enumerate()
+            .find(|(_, &s)| s as usize >= rows)
+        {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: format!("slots < {rows} cache rows"),
+                got: format!("slots[{i}] = {s}"),
+            });
         }
     }
     if len == 0 {
@@ -44,6 +61,11 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
     let per = if f16 { 2 } else { 1 };
     let total = len / per;
     let pipe = PipeKey::new(Shader::KvWrite, if f16 { "main_f16" } else { "main_f32" });
-    r.push(pipe, vec![k, v, ck, cv, slots], vec![total as u32, row as u32], groups_1d(total, 256));
+    r.push(
+        pipe,
+        vec![k, v, ck, cv, slots],
+        vec![total as u32, row as u32],
+        groups_1d(total, 256),
+    );
     Ok(())
 }

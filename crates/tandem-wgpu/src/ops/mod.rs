@@ -52,14 +52,32 @@ impl Recorder<'_> {
     }
 
     /// The single buffer of `id` after checking dtype and size.
-    pub fn buf(&self, op: &'static str, role: &str, id: BufId, dtype: DType, numel: usize) -> Result<(u64, wgpu::Buffer)> {
+    pub fn buf(
+        &self,
+        op: &'static str,
+        role: &str,
+        id: BufId,
+        dtype: DType,
+        numel: usize,
+    ) -> Result<(u64, wgpu::Buffer)> {
         let e = self.table.check(op, role, id, dtype, numel)?;
         let g = e.whole().expect("checked: unsplit");
         Ok((g.uid, g.buffer.clone()))
     }
 
-    pub fn push(&mut self, pipe: PipeKey, bufs: Vec<(u64, wgpu::Buffer)>, params: Vec<u32>, groups: [u32; 3]) {
-        self.out.push(Dispatch { pipe, bufs, params, groups });
+    pub fn push(
+        &mut self,
+        pipe: PipeKey,
+        bufs: Vec<(u64, wgpu::Buffer)>,
+        params: Vec<u32>,
+        groups: [u32; 3],
+    ) {
+        self.out.push(Dispatch {
+            pipe,
+            bufs,
+            params,
+            groups,
+        });
     }
 }
 
@@ -77,20 +95,30 @@ pub(crate) fn groups_1d(total: usize, wg: usize) -> [u32; 3] {
 
 /// Product of shape dimensions, as an error rather than an overflow.
 pub(crate) fn numel(op: &'static str, dims: &[usize]) -> Result<usize> {
-    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::ShapeMismatch {
-        op,
-        expected: "a shape whose element count fits in usize".into(),
-        got: format!("{dims:?}"),
-    })
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::ShapeMismatch {
+            op,
+            expected: "a shape whose element count fits in usize".into(),
+            got: format!("{dims:?}"),
+        })
 }
 
 /// Shapes beyond what 32-bit shader indexing can address.
 pub(crate) fn fits_u32(op: &'static str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::ShapeMismatch { op, expected: format!("{what} < 2^32"), got: v.to_string() })
+    u32::try_from(v).map_err(|_| Error::ShapeMismatch {
+        op,
+        expected: format!("{what} < 2^32"),
+        got: v.to_string(),
+    })
 }
 
 pub(crate) fn bad_dtype(op: &'static str, role: &str, allowed: &str, got: DType) -> Error {
-    Error::ShapeMismatch { op, expected: format!("{role} of dtype {allowed}"), got: got.to_string() }
+    Error::ShapeMismatch {
+        op,
+        expected: format!("{role} of dtype {allowed}"),
+        got: got.to_string(),
+    }
 }
 
 /// The DTYPE override constant shared by embed.wgsl and matmul.wgsl.
@@ -107,5 +135,7 @@ pub(crate) fn dtype_code(d: DType) -> Option<u32> {
 
 /// Word offsets of the d and m sections of a quantized part of `numel` elements (0 otherwise).
 pub(crate) fn quant_offsets(d: DType, numel: usize) -> (u32, u32) {
-    d.quant_layout(numel).map_or((0, 0), |l| ((l.d_offset / 4) as u32, (l.m_offset / 4) as u32))
+    d.quant_layout(numel).map_or((0, 0), |l| {
+        ((l.d_offset / 4) as u32, (l.m_offset / 4) as u32)
+    })
 }

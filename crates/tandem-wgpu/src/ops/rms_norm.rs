@@ -18,8 +18,17 @@ pub(crate) fn record(r: &mut Recorder, op: &RmsNorm) -> Result<()> {
     }
     fits_u32(OP, "n * dim", len)?;
     if op.n > 65535 {
-        return Err(Error::ShapeMismatch { op: OP, expected: "n <= 65535 rows".into(), got: op.n.to_string() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: "n <= 65535 rows".into(),
+            got: op.n.to_string(),
+        });
     }
-    r.push(PipeKey::new(Shader::RmsNorm, "main"), vec![x, w, out], vec![op.dim as u32, op.eps.to_bits()], [op.n as u32, 1, 1]);
+    r.push(
+        PipeKey::new(Shader::RmsNorm, "main"),
+        vec![x, w, out],
+        vec![op.dim as u32, op.eps.to_bits()],
+        [op.n as u32, 1, 1],
+    );
     Ok(())
 }
