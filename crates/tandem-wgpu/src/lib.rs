@@ -407,8 +407,7 @@ impl Backend for WgpuBackend {
                 let hd_max = if o.n == 1 { ops::DECODE_HD_MAX } else { ops::PREFILL_HD_MAX };
                 kv(o.kv_dtype) && o.kv_heads > 0 && o.heads % o.kv_heads == 0 && o.block_size > 0 && o.head_dim <= hd_max
             }
-            Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::CopyRows(_) => true,
-            Op::Sample(_) => false,
+            Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::Sample(_) | Op::CopyRows(_) => true,
         }
     }
 
