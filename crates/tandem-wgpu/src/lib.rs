@@ -538,8 +538,7 @@ impl Backend for WgpuBackend {
                     && o.block_size > 0
                     && o.head_dim <= hd_max
             }
-            Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::CopyRows(_) => true,
-            Op::Sample(_) => false,
+            Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::Sample(_) | Op::CopyRows(_) => true,
         }
     }
 

@@ -23,6 +23,7 @@ pub(crate) enum Shader {
     Swiglu,
     Add,
     Argmax,
+    Sample,
     CopyRows,
 }
 
@@ -40,6 +41,7 @@ impl Shader {
             Shader::Swiglu => include_str!("../../../shaders/swiglu.wgsl"),
             Shader::Add => include_str!("../../../shaders/add.wgsl"),
             Shader::Argmax => include_str!("../../../shaders/argmax.wgsl"),
+            Shader::Sample => include_str!("../../../shaders/sample.wgsl"),
             Shader::CopyRows => include_str!("../../../shaders/copy_rows.wgsl"),
         }
     }
@@ -56,7 +58,7 @@ impl Shader {
             Shader::AttentionDecode => &[true, true, true, true, false, false],
             Shader::Swiglu => &[true, true, false],
             Shader::Add => &[false, true],
-            Shader::Argmax => &[true, false],
+            Shader::Argmax | Shader::Sample => &[true, false],
             Shader::CopyRows => &[true, false],
         }
     }
@@ -74,6 +76,7 @@ impl Shader {
             Shader::Swiglu => "swiglu",
             Shader::Add => "add",
             Shader::Argmax => "argmax",
+            Shader::Sample => "sample",
             Shader::CopyRows => "copy_rows",
         }
     }

@@ -13,6 +13,7 @@ mod embed;
 mod kv_write;
 mod matmul;
 mod rms_norm;
+mod sample;
 
 pub(crate) use attention::{scratch_floats as attention_scratch, DECODE_HD_MAX, PREFILL_HD_MAX};
 
@@ -47,7 +48,7 @@ impl Recorder<'_> {
             Op::Add(o) => elementwise::add(self, o),
             Op::Argmax(o) => elementwise::argmax(self, o),
             Op::CopyRows(o) => elementwise::copy_rows(self, o),
-            Op::Sample(_) => Err(tandem_core::Error::Unsupported { backend: crate::NAME.into(), op: "sample".into() }),
+            Op::Sample(o) => sample::record(self, o),
         }
     }
 
