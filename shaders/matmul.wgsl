@@ -11,6 +11,10 @@
 // - matvec: small n (decode). TPR invocations per weight row, 256 / TPR rows per workgroup,
 //   one token per workgroup z; each invocation dequantizes 8 weights at a time in registers;
 //   partial sums meet in workgroup memory. Dispatch: (ceil(m / (256 / TPR)) folded, n).
+// - matvec_rows: small n when k % 32 == 0 (every row starts on a block, as in every real model):
+//   one weight row per invocation, walking its blocks of 32 with the same x indices in every
+//   invocation, so a CPU rasterizer loads x once per SIMD batch rather than once per lane, and
+//   no partial sums meet in workgroup memory. Dispatch: (ceil(m / RWG) folded, n).
 // - tiled: any n (prefill). 64 tokens x 64 rows per workgroup, k in steps of 16 through
 //   workgroup memory, 4 x 4 outputs per invocation. Dispatch: (ceil(m / 64), ceil(n / 64)).
 
@@ -175,6 +179,78 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         }
         out[t * p.out_stride + p.out_off + r] = red[lid] + b;
     }
+}
+
+// Rows (invocations) per workgroup in matvec_rows.
+override RWG: u32 = 64u;
+
+// Sum of x[xi..xi + 8] times the 8 nibbles of `word`: (sum q x, sum x).
+fn dot_nibbles(word: u32, xi: u32) -> vec2<f32> {
+    let xl = xvec4(xi);
+    let xh = xvec4(xi + 4u);
+    return vec2<f32>(dot(nibbles(word, 0u), xl) + dot(nibbles(word, 16u), xh), dot(xl + xh, vec4<f32>(1.0)));
+}
+
+// Block `blk` (32 weights, flat elements 32 blk..) dotted with x[xi..xi + 32].
+fn block_dot(blk: u32, xi: u32) -> f32 {
+    switch DTYPE {
+        case 0u: {
+            var acc = 0.0;
+            for (var j = 0u; j < 32u; j += 4u) {
+                let i = blk * 32u + j;
+                acc += dot(bitcast<vec4<f32>>(vec4<u32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u])), xvec4(xi + j));
+            }
+            return acc;
+        }
+        case 1u: {
+            var acc = 0.0;
+            for (var j = 0u; j < 32u; j += 4u) {
+                let i = blk * 16u + j / 2u;
+                acc += dot(vec4<f32>(unpack2x16float(w[i]), unpack2x16float(w[i + 1u])), xvec4(xi + j));
+            }
+            return acc;
+        }
+        case 2u: {
+            let i = blk * 8u;
+            var qx = 0.0;
+            for (var j = 0u; j < 8u; j++) {
+                qx += dot(bytes_i8(w[i + j]), xvec4(xi + 4u * j));
+            }
+            return half_at(p.d_off, blk) * qx;
+        }
+        default: {
+            let i = blk * 4u;
+            let s = dot_nibbles(w[i], xi) + dot_nibbles(w[i + 1u], xi + 8u)
+                  + dot_nibbles(w[i + 2u], xi + 16u) + dot_nibbles(w[i + 3u], xi + 24u);
+            let d = half_at(p.d_off, blk);
+            var m = -8.0 * d;
+            if DTYPE == 4u {
+                m = half_at(p.m_off, blk);
+            }
+            return d * s.x + m * s.y;
+        }
+    }
+}
+
+@compute @workgroup_size(RWG)
+fn matvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let r = (wid.x + wid.y * nwg.x) * RWG + lid;
+    let t = wid.z; // the token
+    if r >= p.m {
+        return;
+    }
+    let nb = p.k / 32u;
+    let b0 = r * nb;
+    var acc = 0.0;
+    for (var b = 0u; b < nb; b++) {
+        acc += block_dot(b0 + b, t * p.k + 32u * b);
+    }
+    var bv = 0.0;
+    if p.has_bias != 0u {
+        bv = bias[p.out_off + r];
+    }
+    out[t * p.out_stride + p.out_off + r] = acc + bv;
 }
 
 const TILE: u32 = 64u;

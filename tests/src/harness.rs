@@ -64,6 +64,7 @@ pub fn run_case<B: Backend>(backend: &mut B, case: &Case) -> Result<Vec<Vec<u8>>
         backend
             .execute(&Step {
                 writes: vec![],
+                read_back: vec![],
                 ops: vec![op],
             })
             .map_err(|e| format!("execute: {e}"))?;

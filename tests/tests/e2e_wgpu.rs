@@ -67,3 +67,38 @@ fn smollm2_chat_packed() {
         backend(false).and_then(|b| e2e::smollm_chat(b, false)),
     );
 }
+
+/// The target: after the prompt, a greedy token costs one queue submission (the step,
+/// with the token's copy to mappable memory inside it) and 4 bytes of readback.
+#[test]
+fn stories260k_decode_is_one_submission_and_4_bytes_per_token() {
+    use tandem_core::loader;
+    use tandem_core::model::{Output, Want};
+    let run = || -> Result<(), Skip> {
+        let dir = e2e::stories_dir()?;
+        let reference = e2e::read_json(&dir.join("reference_greedy.json"));
+        let source = loader::open(&dir).expect("open stories260K");
+        let mut model = e2e::load(backend(false)?, &source, &ModelOptions::default());
+        let expected = e2e::ids(&reference["greedy_token_ids"]);
+        let mut seq = model.new_sequence();
+        let prompt = e2e::ids(&reference["input_ids"]);
+        let next = |model: &mut tandem_core::model::Model<WgpuBackend>, seq: &mut _, t: &[u32]| {
+            match pollster::block_on(model.forward(seq, t, Want::Argmax)).expect("forward") {
+                Output::Token(t) => t,
+                Output::Logits(_) => unreachable!("asked for a token"),
+            }
+        };
+        let mut token = next(&mut model, &mut seq, &prompt);
+        assert_eq!(token, expected[0]);
+        for &want in &expected[1..32] {
+            let before = model.backend.stats();
+            token = next(&mut model, &mut seq, &[token]);
+            let after = model.backend.stats();
+            assert_eq!(token, want);
+            assert_eq!(after.submissions - before.submissions, 1, "submissions per token");
+            assert_eq!(after.readback_bytes - before.readback_bytes, 4, "readback bytes per token");
+        }
+        Ok(())
+    };
+    report("stories260k_decode_is_one_submission_and_4_bytes_per_token", run());
+}

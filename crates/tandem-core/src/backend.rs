@@ -16,6 +16,10 @@ pub struct BufId(pub u32);
 pub struct Step {
     pub writes: Vec<(BufId, Vec<u8>)>,
     pub ops: Vec<Op>,
+    /// (buffer, offset, len), in bytes: ranges the engine will read right after this step; a
+    /// backend may stage them in the same submission (a GPU copies them into mappable memory
+    /// so the read costs no second submit). Only a hint: any range may still be read.
+    pub read_back: Vec<(BufId, usize, usize)>,
 }
 
 impl Step {

@@ -24,6 +24,7 @@ fn bench(b: &mut CpuBackend, label: &str, dtype: DType, n: usize, k: usize, m: u
     let out = b.alloc(DType::F32, n * m).unwrap();
     let step = Step {
         writes: vec![],
+        read_back: vec![],
         ops: vec![Op::Matmul(Matmul {
             x: xid,
             w: wid,

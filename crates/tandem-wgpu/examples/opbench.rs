@@ -12,6 +12,7 @@ use tandem_wgpu::{WgpuBackend, WgpuOptions};
 fn time(b: &mut WgpuBackend, ops: Vec<Op>, sync: BufId, reps: usize) -> f64 {
     let step = Step {
         writes: vec![],
+        read_back: vec![],
         ops,
     };
     b.execute(&step).unwrap();

@@ -3,8 +3,9 @@
 //!
 //! A [`Step`] becomes one command encoder and one `queue.submit`: the step's uploads first,
 //! then every op as a dispatch in one compute pass, with per-op parameters in a uniform arena
-//! (one buffer, 256-byte slots, dynamic offsets) written once per step. Nothing is read back
-//! inside a step; [`Backend::read`] is async and never blocks in the browser.
+//! (one buffer, 256-byte slots, dynamic offsets) written once per step. The ranges the step
+//! names for reading back are copied to mappable memory at its end, in the same submission;
+//! [`Backend::read`] of one then only maps. Reads are async and never block in the browser.
 //!
 //! f16 data (weights, KV caches, quantization scales) is read as packed `u32` words with
 //! `unpack2x16float`, which every WebGPU implementation runs; with `shader-f16` and
@@ -24,6 +25,7 @@ use tandem_core::{Backend, BufId, DType, Error, Result, Step};
 mod buffers;
 mod ops;
 mod pipelines;
+mod readback;
 
 use buffers::{Entry, Gpu, Part, Table};
 use pipelines::{Cache, PARAM_BYTES};
@@ -56,7 +58,8 @@ impl Default for WgpuOptions {
 /// Counters for benchmarks: what crossed the bus and how often the queue was fed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WgpuStats {
-    /// `queue.submit` calls (one per step, one per read).
+    /// `queue.submit` calls: one per step, plus one per read of a range the step did not
+    /// stage (`Step::read_back`).
     pub submissions: u64,
     pub steps: u64,
     pub dispatches: u64,
@@ -84,7 +87,10 @@ pub struct WgpuBackend {
     arena: Gpu,
     /// Attention-decode partials.
     scratch: Gpu,
+    /// Ad-hoc reads (ranges no step staged).
     staging: Option<wgpu::Buffer>,
+    /// What the last step staged for reading (`Step::read_back`).
+    step_staging: readback::StepStaging,
     align: u64,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Vec<String>>>,
@@ -190,6 +196,7 @@ impl WgpuBackend {
             arena,
             scratch,
             staging: None,
+            step_staging: Default::default(),
             align,
             lost,
             uncaptured,
@@ -349,6 +356,7 @@ impl WgpuBackend {
             _ => unreachable!("only weights are split"),
         };
         self.table.shadow_write(id, bytes);
+        self.step_staging.forget(Some(id));
         self.stats.upload_bytes += bytes.len() as u64;
         for (buf, data) in writes {
             self.queue.write_buffer(&buf, 0, &data);
@@ -408,6 +416,7 @@ impl WgpuBackend {
 
     /// Records `step.ops`, then encodes and submits everything.
     fn run_step(&mut self, step: &Step) -> Result<()> {
+        self.step_staging.forget(None);
         let scratch = step
             .ops
             .iter()
@@ -460,7 +469,8 @@ impl WgpuBackend {
             let at = i * self.align as usize;
             params[at..at + d.params.len() * 4].copy_from_slice(bytemuck::cast_slice(&d.params));
         }
-        self.scoped(|s| {
+        let copies = self.plan_read_back(&step.read_back)?;
+        let submitted = self.scoped(|s| {
             s.queue.write_buffer(&s.arena.buffer, 0, &params);
             let mut enc = s
                 .device
@@ -485,8 +495,14 @@ impl WgpuBackend {
                     pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
                 }
             }
+            // The step's results go to mappable memory in the same submission.
+            s.encode_read_back(&mut enc, &copies);
             s.queue.submit([enc.finish()]);
-        })?;
+        });
+        if submitted.is_err() {
+            self.step_staging.forget(None);
+        }
+        submitted?;
         self.stats.submissions += 1;
         self.stats.steps += 1;
         self.stats.dispatches += dispatches.len() as u64;
@@ -559,6 +575,7 @@ impl Backend for WgpuBackend {
     }
 
     fn free(&mut self, buf: BufId) {
+        self.step_staging.forget(Some(buf));
         let uids = self.table.remove(buf);
         self.cache.forget(&uids);
     }
@@ -569,89 +586,7 @@ impl Backend for WgpuBackend {
     }
 
     async fn read(&mut self, buf: BufId, offset: usize, len: usize) -> Result<Vec<u8>> {
-        self.check_health()?;
-        let e = self
-            .table
-            .get(buf)
-            .ok_or_else(|| backend_err(format!("read of unknown buffer {}", buf.0)))?;
-        match offset.checked_add(len) {
-            Some(end) if end <= e.bytes => {}
-            _ => {
-                return Err(backend_err(format!(
-                    "read of {len} bytes at {offset} from buffer {} of {} bytes",
-                    buf.0, e.bytes
-                )))
-            }
-        }
-        let src = e.whole().ok_or_else(|| {
-            backend_err(format!(
-                "buffer {} is a weight split across bindings; it cannot be read back",
-                buf.0
-            ))
-        })?;
-        let src = src.buffer.clone();
-        if len == 0 {
-            return Ok(Vec::new());
-        }
-        let start = offset as u64 & !3;
-        let size = (offset + len).next_multiple_of(4) as u64 - start;
-        if self.staging.as_ref().is_none_or(|s| s.size() < size) {
-            let staging_size = size.next_power_of_two().max(256);
-            let s = self.scoped(|s| {
-                Self::raw_buffer(
-                    &s.device,
-                    staging_size,
-                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                )
-            })?;
-            self.staging = Some(s);
-        }
-        let staging = self.staging.clone().expect("just made");
-        self.scoped(|s| {
-            let mut enc = s
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("tandem read"),
-                });
-            enc.copy_buffer_to_buffer(&src, start, &staging, 0, size);
-            s.queue.submit([enc.finish()]);
-        })?;
-        self.stats.submissions += 1;
-        let (tx, rx) = futures_channel::oneshot::channel();
-        staging
-            .slice(..size)
-            .map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-        #[cfg(not(target_arch = "wasm32"))]
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| backend_err(format!("poll: {e}")))?;
-        let mapped = rx
-            .await
-            .map_err(|_| backend_err("map_async callback dropped"));
-        // An error in the work this read waited for surfaces here rather than as bad data.
-        for f in std::mem::take(&mut self.pending) {
-            if let Some(e) = f.await {
-                self.uncaptured
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(e.to_string());
-            }
-        }
-        self.check_health()?;
-        mapped?.map_err(|e| backend_err(format!("map_async: {e}")))?;
-        let out = {
-            let view = staging
-                .slice(..size)
-                .get_mapped_range()
-                .map_err(|e| backend_err(format!("get_mapped_range: {e}")))?;
-            let skip = offset - start as usize;
-            view[skip..skip + len].to_vec()
-        };
-        staging.unmap();
-        self.stats.readback_bytes += len as u64;
-        Ok(out)
+        self.read_bytes(buf, offset, len).await
     }
 
     fn allocated_bytes(&self) -> usize {

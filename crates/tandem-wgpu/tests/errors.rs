@@ -49,6 +49,7 @@ fn bad_ops_are_errors_and_the_backend_survives() {
     assert!(matches!(
         b.execute(&Step {
             writes: vec![],
+            read_back: vec![],
             ops: vec![embed(3)]
         }),
         Err(Error::ShapeMismatch { .. })
@@ -62,6 +63,7 @@ fn bad_ops_are_errors_and_the_backend_survives() {
     assert!(matches!(
         b.execute(&Step {
             writes: vec![],
+            read_back: vec![],
             ops: vec![add]
         }),
         Err(Error::ShapeMismatch { .. })

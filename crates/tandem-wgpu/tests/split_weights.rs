@@ -100,6 +100,7 @@ fn split_weights_match_the_reference() {
             for backend in 0..2 {
                 let step = |w: BufId, b: &[BufId], idb: BufId, o: &[BufId]| Step {
                     writes: vec![],
+                    read_back: vec![],
                     ops: vec![
                         Op::Matmul(Matmul {
                             x: b[0],

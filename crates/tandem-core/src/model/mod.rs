@@ -170,12 +170,19 @@ impl<B: Backend> Model<B> {
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
             let chunk_want = if want == Want::AllLogits { Want::AllLogits } else if last { want } else { Want::LastLogits };
-            let step = self.record(seq, chunk, chunk_want, last || want == Want::AllLogits)?;
+            let mut step = self.record(seq, chunk, chunk_want, last || want == Want::AllLogits)?;
+            let vocab = self.config.vocab_size;
+            let (logits, token) = (self.act.logits, self.act.token);
+            // What the match below reads, so a GPU can stage it in the step's own submission.
+            step.read_back = match chunk_want {
+                Want::AllLogits => vec![(logits, 0, 4 * chunk.len() * vocab)],
+                Want::Argmax | Want::Sample { .. } if last => vec![(token, 0, 4)],
+                Want::LastLogits if last => vec![(logits, 0, 4 * vocab)],
+                _ => vec![],
+            };
             self.backend.execute(&step)?;
             self.stats.steps += 1;
             seq.len += chunk.len();
-            let vocab = self.config.vocab_size;
-            let (logits, token) = (self.act.logits, self.act.token);
             match chunk_want {
                 Want::AllLogits => all.extend(self.read_f32(logits, chunk.len() * vocab).await?),
                 Want::Argmax | Want::Sample { .. } if last => {

@@ -13,6 +13,8 @@ const MATVEC_MAX_N: usize = 8;
 /// Invocations per weight row in the matrix-vector kernel (16 and 32 measured best on
 /// lavapipe for k = 576..1536; 64 left most lanes idle and cost more barriers).
 const TPR: usize = 32;
+/// Rows per workgroup of the row-per-invocation matrix-vector kernel.
+const RWG: usize = 64;
 
 pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     let code = dtype_code(op.wdtype)
@@ -48,11 +50,21 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
         Shader::Matmul
     };
     let matvec = n <= MATVEC_MAX_N;
-    let mut pipe = PipeKey::new(shader, if matvec { "matvec" } else { "tiled" });
+    // Rows of whole blocks (and so every part of a split weight) take the row-per-invocation
+    // kernel.
+    let rows_kernel = matvec && !native && k % 32 == 0;
+    let entry = match (matvec, rows_kernel) {
+        (_, true) => "matvec_rows",
+        (true, false) => "matvec",
+        (false, _) => "tiled",
+    };
+    let mut pipe = PipeKey::new(shader, entry);
     if !native {
         pipe = pipe.with("DTYPE", code);
     }
-    if matvec {
+    if rows_kernel {
+        pipe = pipe.with("RWG", RWG as u32);
+    } else if matvec {
         pipe = pipe.with("TPR", TPR as u32);
     }
     for part in &w.parts {
@@ -86,7 +98,10 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
             bias.clone().unwrap_or_else(|| x.clone()),
             out.clone(),
         ];
-        let groups = if matvec {
+        let groups = if rows_kernel {
+            let [x, y, _] = groups_1d(rows, RWG);
+            [x, y, n as u32]
+        } else if matvec {
             let [x, y, _] = groups_1d(rows, 256 / TPR);
             [x, y, n as u32]
         } else {
