@@ -98,6 +98,7 @@ pub async fn generate_interruptible<B: Backend>(
     result
 }
 
+#[allow(clippy::too_many_arguments)] // the loop's whole state; a struct would only rename it
 async fn decode_loop<B: Backend>(
     model: &mut Model<B>,
     tokenizer: &Tokenizer,
