@@ -36,6 +36,8 @@ pub enum FinishReason {
     Length,
     /// The context is full.
     Context,
+    /// The caller asked to stop ([`generate_interruptible`]).
+    Interrupted,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +72,19 @@ pub async fn generate<B: Backend>(
     params: &GenerateParams,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation> {
+    generate_interruptible(model, tokenizer, prompt, params, on_text, &|| false).await
+}
+
+/// [`generate`], also stopping (with [`FinishReason::Interrupted`]) as soon as `interrupted`
+/// returns true; it is asked before every forward step after the first.
+pub async fn generate_interruptible<B: Backend>(
+    model: &mut Model<B>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    params: &GenerateParams,
+    on_text: &mut dyn FnMut(&str),
+    interrupted: &dyn Fn() -> bool,
+) -> Result<Generation> {
     if prompt.is_empty() {
         return Err(Error::InvalidParameter("the prompt has no tokens".into()));
     }
@@ -78,11 +93,12 @@ pub async fn generate<B: Backend>(
     }
     let mut sampler = Sampler::new(params.sampling.clone())?;
     let mut seq = model.new_sequence();
-    let result = decode_loop(model, tokenizer, &mut seq, prompt, params, &mut sampler, on_text).await;
+    let result = decode_loop(model, tokenizer, &mut seq, prompt, params, &mut sampler, on_text, interrupted).await;
     model.release(&mut seq);
     result
 }
 
+#[allow(clippy::too_many_arguments)] // the loop's whole state; a struct would only rename it
 async fn decode_loop<B: Backend>(
     model: &mut Model<B>,
     tokenizer: &Tokenizer,
@@ -91,6 +107,7 @@ async fn decode_loop<B: Backend>(
     params: &GenerateParams,
     sampler: &mut Sampler,
     on_text: &mut dyn FnMut(&str),
+    interrupted: &dyn Fn() -> bool,
 ) -> Result<Generation> {
     let mut gen = Generation {
         prompt_tokens: prompt.len(),
@@ -138,6 +155,10 @@ async fn decode_loop<B: Backend>(
         }
         if seq.len >= model.context() {
             gen.finish = FinishReason::Context;
+            break;
+        }
+        if interrupted() {
+            gen.finish = FinishReason::Interrupted;
             break;
         }
         input.clear();

@@ -62,6 +62,8 @@ pub enum TokenizerSource {
     Files { tokenizer_json: PathBuf, tokenizer_config: Option<PathBuf> },
     /// Built from GGUF metadata.
     Gguf(std::sync::Arc<gguf::GgufFile>),
+    /// The same files as `Files`, already in memory (a browser's inputs).
+    Bytes { tokenizer_json: Vec<u8>, tokenizer_config: Option<Vec<u8>>, chat_template: Option<String> },
 }
 
 pub struct ModelSource {
@@ -190,6 +192,40 @@ fn source_from_gguf(file: gguf::GgufFile) -> Result<ModelSource> {
     })
 }
 
+/// An HF checkpoint already in memory (a browser's File inputs or downloads).
+pub struct HfBytes {
+    pub config_json: String,
+    pub generation_config_json: Option<String>,
+    pub tokenizer_json: Vec<u8>,
+    pub tokenizer_config_json: Option<Vec<u8>>,
+    pub chat_template: Option<String>,
+    /// (file name, bytes) of every *.safetensors shard.
+    pub shards: Vec<(String, Vec<u8>)>,
+}
+
+/// A model from HF files in memory; see [`HfBytes`].
+pub fn open_hf_bytes(files: HfBytes) -> Result<ModelSource> {
+    let mut config = ModelConfig::from_hf_json(&files.config_json)?;
+    if let Some(text) = &files.generation_config_json {
+        merge_generation_eos_json(Path::new("generation_config.json"), text, &mut config)?;
+    }
+    if files.shards.is_empty() {
+        return Err(Error::bad_file("model", "no *.safetensors file among the inputs"));
+    }
+    let store = safetensors::SafetensorsStore::from_shards(files.shards)?;
+    Ok(ModelSource {
+        path: PathBuf::from("model"),
+        format: "safetensors".into(),
+        config,
+        tensors: Box::new(store),
+        tokenizer: TokenizerSource::Bytes {
+            tokenizer_json: files.tokenizer_json,
+            tokenizer_config: files.tokenizer_config_json,
+            chat_template: files.chat_template,
+        },
+    })
+}
+
 fn open_hf_dir(dir: &Path) -> Result<ModelSource> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
@@ -216,8 +252,12 @@ fn open_hf_dir(dir: &Path) -> Result<ModelSource> {
 fn merge_generation_eos(dir: &Path, config: &mut ModelConfig) -> Result<()> {
     let path = dir.join("generation_config.json");
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    merge_generation_eos_json(&path, &text, config)
+}
+
+fn merge_generation_eos_json(path: &Path, text: &str, config: &mut ModelConfig) -> Result<()> {
     let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::BadConfig(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(text).map_err(|e| Error::BadConfig(format!("{}: {e}", path.display())))?;
     let ids: Vec<u64> = match v.get("eos_token_id") {
         Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).collect(),
         Some(x) => x.as_u64().into_iter().collect(),

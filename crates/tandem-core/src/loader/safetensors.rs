@@ -86,6 +86,11 @@ impl SafetensorsStore {
         Self::build(vec![(PathBuf::from(label), Blob::Owned(bytes))])
     }
 
+    /// Several shards already in memory, as (file name, bytes).
+    pub fn from_shards(shards: Vec<(String, Vec<u8>)>) -> Result<SafetensorsStore> {
+        Self::build(shards.into_iter().map(|(name, bytes)| (PathBuf::from(name), Blob::Owned(bytes))).collect())
+    }
+
     fn build(files: Vec<(PathBuf, Blob)>) -> Result<SafetensorsStore> {
         let mut shards = Vec::with_capacity(files.len());
         let mut index = HashMap::new();

@@ -60,13 +60,40 @@ impl Tokenizer {
     /// and add_bos_token.
     pub fn from_files(tokenizer_json: &Path, tokenizer_config: Option<&Path>) -> Result<Self> {
         let bytes = std::fs::read(tokenizer_json).map_err(|e| Error::io(tokenizer_json, e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", tokenizer_json.display())))?;
         let config = match tokenizer_config {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-                let v: serde_json::Value = serde_json::from_str(&text)
-                    .map_err(|e| Error::Tokenizer(format!("{}: {e}", p.display())))?;
+            Some(p) => Some(std::fs::read(p).map_err(|e| Error::io(p, e))?),
+            None => None,
+        };
+        // Newer HF exports keep the template in its own file beside the config.
+        let dir = tokenizer_config.or(Some(tokenizer_json)).and_then(Path::parent);
+        let template_file = match dir.map(|d| d.join("chat_template.jinja")).filter(|p| p.is_file()) {
+            Some(p) => Some(std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?),
+            None => None,
+        };
+        let label = tokenizer_json.display().to_string();
+        let config_label = tokenizer_config.map(|p| p.display().to_string()).unwrap_or_default();
+        Self::from_bytes_labeled(&bytes, config.as_deref(), template_file, (&label, &config_label))
+    }
+
+    /// The same from bytes already in memory (a browser's files): tokenizer.json, and
+    /// tokenizer_config.json and chat_template.jinja when present (the latter is used only when
+    /// the config carries no template).
+    pub fn from_bytes(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>, chat_template: Option<String>) -> Result<Self> {
+        Self::from_bytes_labeled(tokenizer_json, tokenizer_config, chat_template, ("tokenizer.json", "tokenizer_config.json"))
+    }
+
+    fn from_bytes_labeled(
+        tokenizer_json: &[u8],
+        tokenizer_config: Option<&[u8]>,
+        template_file: Option<String>,
+        (label, config_label): (&str, &str),
+    ) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
+            .map_err(|e| Error::Tokenizer(format!("{label}: {e}")))?;
+        let config = match tokenizer_config {
+            Some(bytes) => {
+                let v: serde_json::Value = serde_json::from_slice(bytes)
+                    .map_err(|e| Error::Tokenizer(format!("{config_label}: {e}")))?;
                 Some(v)
             }
             None => None,
@@ -102,15 +129,8 @@ impl Tokenizer {
                 inner.encode("a", true).map(|e| e.get_ids().first() == Some(&b)).unwrap_or(false)
             }),
         };
-        let mut chat_template =
-            config.as_ref().and_then(|c| c.get("chat_template")).and_then(template_from_json);
-        if chat_template.is_none() {
-            // Newer HF exports keep the template in its own file beside the config.
-            let dir = tokenizer_config.or(Some(tokenizer_json)).and_then(Path::parent);
-            if let Some(p) = dir.map(|d| d.join("chat_template.jinja")).filter(|p| p.is_file()) {
-                chat_template = Some(std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?);
-            }
-        }
+        let chat_template =
+            config.as_ref().and_then(|c| c.get("chat_template")).and_then(template_from_json).or(template_file);
         Ok(Self::assemble(inner, Extras { bos, eos, add_bos, chat_template }))
     }
 
@@ -124,6 +144,9 @@ impl Tokenizer {
         match src {
             TokenizerSource::Files { tokenizer_json, tokenizer_config } => {
                 Self::from_files(tokenizer_json, tokenizer_config.as_deref())
+            }
+            TokenizerSource::Bytes { tokenizer_json, tokenizer_config, chat_template } => {
+                Self::from_bytes(tokenizer_json, tokenizer_config.as_deref(), chat_template.clone())
             }
             TokenizerSource::Gguf(file) => Self::from_gguf(&file.metadata),
         }

@@ -1,0 +1,84 @@
+//! The backend a page gets: the browser's WebGPU through wgpu, or tandem's CPU backend compiled
+//! to WebAssembly when there is no WebGPU. One enum, so the engine holds one `Model` type.
+
+use tandem_core::ops::Op;
+use tandem_core::{Backend, BufId, DType, Result, Step};
+use tandem_cpu::CpuBackend;
+use tandem_wgpu::WgpuBackend;
+
+pub enum WebBackend {
+    Gpu(WgpuBackend),
+    Cpu(CpuBackend),
+}
+
+impl Backend for WebBackend {
+    fn name(&self) -> String {
+        match self {
+            WebBackend::Gpu(b) => b.name(),
+            WebBackend::Cpu(b) => b.name(),
+        }
+    }
+
+    fn supports(&self, op: &Op) -> bool {
+        match self {
+            WebBackend::Gpu(b) => b.supports(op),
+            WebBackend::Cpu(b) => b.supports(op),
+        }
+    }
+
+    fn alloc(&mut self, dtype: DType, numel: usize) -> Result<BufId> {
+        match self {
+            WebBackend::Gpu(b) => b.alloc(dtype, numel),
+            WebBackend::Cpu(b) => b.alloc(dtype, numel),
+        }
+    }
+
+    fn alloc_weight(&mut self, dtype: DType, rows: usize, cols: usize) -> Result<BufId> {
+        match self {
+            WebBackend::Gpu(b) => b.alloc_weight(dtype, rows, cols),
+            WebBackend::Cpu(b) => b.alloc_weight(dtype, rows, cols),
+        }
+    }
+
+    fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()> {
+        match self {
+            WebBackend::Gpu(b) => b.write(buf, bytes),
+            WebBackend::Cpu(b) => b.write(buf, bytes),
+        }
+    }
+
+    fn free(&mut self, buf: BufId) {
+        match self {
+            WebBackend::Gpu(b) => b.free(buf),
+            WebBackend::Cpu(b) => b.free(buf),
+        }
+    }
+
+    fn execute(&mut self, step: &Step) -> Result<()> {
+        match self {
+            WebBackend::Gpu(b) => b.execute(step),
+            WebBackend::Cpu(b) => b.execute(step),
+        }
+    }
+
+    async fn read(&mut self, buf: BufId, offset: usize, len: usize) -> Result<Vec<u8>> {
+        match self {
+            WebBackend::Gpu(b) => b.read(buf, offset, len).await,
+            WebBackend::Cpu(b) => {
+                // The CPU backend never waits, so a whole generation would run as one task and
+                // the worker would not see an interrupt (or anything else) until the end. One
+                // turn of the event loop per read (once per token) lets messages through.
+                #[cfg(target_arch = "wasm32")]
+                crate::wasm::yield_to_event_loop().await;
+                b.read(buf, offset, len).await
+            }
+        }
+    }
+
+    fn allocated_bytes(&self) -> usize {
+        match self {
+            WebBackend::Gpu(b) => b.allocated_bytes(),
+            WebBackend::Cpu(b) => b.allocated_bytes(),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+// Types of tandem's JavaScript API (js/index.js).
+
+export interface Progress {
+  /**
+   * "download" and "cache" count bytes of the model files (all files together);
+   * "upload" counts tensors moved to the backend; "cache-skipped" carries a `warning`
+   * (the browser would not store the download, e.g. over quota).
+   */
+  stage: 'download' | 'cache' | 'cache-skipped' | 'upload';
+  loaded: number;
+  total: number;
+  url?: string;
+  warning?: string;
+}
+
+export interface NamedData {
+  name: string;
+  data: Blob | ArrayBuffer | ArrayBufferView;
+}
+
+export type ModelSource =
+  | string
+  | { url: string }
+  | { urls: string[] }
+  | { files: Array<File | NamedData | ArrayBuffer> };
+
+export interface EngineOptions {
+  onProgress?: (progress: Progress) => void;
+  /** "auto" (default): WebGPU when the browser has an adapter, else the CPU. */
+  backend?: 'auto' | 'webgpu' | 'cpu';
+  /** Tokens of context to allocate (default 2048, capped at the model's). */
+  context?: number;
+  /** Use shader-f16 when the adapter has it (default true). */
+  allowF16?: boolean;
+  /** Where the worker script is, if a bundler moved it. */
+  workerUrl?: string | URL;
+}
+
+export interface GenerateOptions {
+  max_tokens?: number;
+  /** 0 is greedy; default 1. */
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  min_p?: number;
+  repetition_penalty?: number;
+  /** Default: a random seed per call (when temperature > 0). */
+  seed?: number;
+  stop?: string | string[];
+  /** Keep generating past end-of-sequence tokens (tests, benchmarks). */
+  ignore_eos?: boolean;
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  finish_reason: 'stop' | 'length' | 'interrupted';
+  finish_detail: 'eos' | 'stop_string' | 'max_tokens' | 'context' | 'interrupted';
+  prefill_ms: number;
+  decode_ms: number;
+  prefill_tokens_per_second: number;
+  decode_tokens_per_second: number;
+  /** The generated token ids. */
+  token_ids: number[];
+}
+
+export interface TextStream extends AsyncIterableIterator<string> {
+  /** Resolves when the generation ends. */
+  usage: Promise<Usage>;
+}
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant' | string;
+  content: string;
+}
+
+export interface ChatCompletionParams extends GenerateOptions {
+  messages: ChatMessage[];
+  stream?: boolean;
+  model?: string;
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: 'chat.completion';
+  created: number;
+  model: string;
+  choices: Array<{ index: number; message: { role: 'assistant'; content: string }; finish_reason: Usage['finish_reason'] }>;
+  usage: Usage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: 'chat.completion.chunk';
+  created: number;
+  model: string;
+  choices: Array<{ index: number; delta: { role?: 'assistant'; content?: string }; finish_reason: Usage['finish_reason'] | null }>;
+  /** On the last chunk only. */
+  usage?: Usage;
+}
+
+export interface EngineInfo {
+  backend: { kind: 'webgpu' | 'cpu'; name: string; adapter: string; software: boolean; shader_f16: boolean; fallback_reason: string | null };
+  model: { format: string; architecture: string; vocab_size: number; context: number; weight_bytes: number; has_chat_template: boolean };
+}
+
+export interface Engine {
+  /** The adapter's name, or "cpu". */
+  readonly backend: string;
+  /** Why the CPU was chosen under backend "auto"; null otherwise. */
+  readonly fallbackReason: string | null;
+  readonly info: EngineInfo;
+  readonly chat: {
+    completions: {
+      create(params: ChatCompletionParams & { stream: true }): Promise<AsyncIterableIterator<ChatCompletionChunk>>;
+      create(params: ChatCompletionParams & { stream?: false }): Promise<ChatCompletion>;
+    };
+  };
+  generate(prompt: string, options?: GenerateOptions): TextStream;
+  interrupt(): void;
+  unload(): Promise<void>;
+}
+
+export class TandemError extends Error {}
+
+export function createEngine(source: ModelSource, options?: EngineOptions): Promise<Engine>;
+export function listCachedModels(): Promise<Array<{ url: string; bytes: number }>>;
+export function deleteCachedModel(url: string): Promise<boolean>;

@@ -1,0 +1,251 @@
+// tandem's JavaScript API: an engine in a Web Worker, driven through an OpenAI-shaped
+// chat.completions API and a lower-level text generator.
+
+export { listCachedModels, deleteCachedModel } from './cache.js';
+
+let nextId = 1;
+
+class TandemError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'TandemError';
+  }
+}
+
+/** A queue that the worker's messages fill and an async iterator drains. */
+class PieceQueue {
+  constructor() {
+    this.items = [];
+    this.waiting = null;
+    this.ended = false;
+    this.error = null;
+  }
+  push(item) {
+    if (this.waiting) {
+      this.waiting.resolve({ value: item, done: false });
+      this.waiting = null;
+    } else {
+      this.items.push(item);
+    }
+  }
+  end(error = null) {
+    this.ended = true;
+    this.error = error;
+    if (this.waiting) {
+      if (error) this.waiting.reject(error);
+      else this.waiting.resolve({ value: undefined, done: true });
+      this.waiting = null;
+    }
+  }
+  next() {
+    if (this.items.length) return Promise.resolve({ value: this.items.shift(), done: false });
+    if (this.ended) return this.error ? Promise.reject(this.error) : Promise.resolve({ value: undefined, done: true });
+    return new Promise((resolve, reject) => (this.waiting = { resolve, reject }));
+  }
+}
+
+/**
+ * The text of one generation as an async iterator of pieces; `usage` resolves when it ends.
+ * Leaving a `for await` loop early interrupts the generation.
+ */
+class TextStream {
+  constructor(engine, queue, usage) {
+    this.engine = engine;
+    this.queue = queue;
+    this.usage = usage;
+    // Awaiting `usage` is optional; an error is already reported through the iterator.
+    usage.catch(() => {});
+  }
+  [Symbol.asyncIterator]() {
+    return this;
+  }
+  next() {
+    return this.queue.next();
+  }
+  async return() {
+    if (!this.queue.ended) this.engine.interrupt();
+    await this.usage.catch(() => {});
+    return { value: undefined, done: true };
+  }
+}
+
+function randomSeed() {
+  return Math.floor(Math.random() * 2 ** 32);
+}
+
+function toRequest(base, options) {
+  const o = options ?? {};
+  const request = { ...base };
+  for (const key of ['max_tokens', 'temperature', 'top_p', 'top_k', 'min_p', 'repetition_penalty', 'seed', 'stop', 'ignore_eos']) {
+    if (o[key] !== undefined && o[key] !== null) request[key] = o[key];
+  }
+  // OpenAI samples at temperature 1 unless told otherwise; a fresh seed per call unless given.
+  request.temperature ??= 1;
+  if (request.temperature > 0) request.seed ??= randomSeed();
+  return request;
+}
+
+class Engine {
+  constructor(worker, info) {
+    this.worker = worker;
+    this.info = info;
+    /** The adapter's name, or "cpu". */
+    this.backend = info.backend.name;
+    /** Why the CPU was chosen under backend "auto"; null otherwise. */
+    this.fallbackReason = info.backend.fallback_reason ?? null;
+    this.pending = new Map();
+    // One generation at a time: each waits for the one before it.
+    this.tail = Promise.resolve();
+    this.unloaded = false;
+    worker.onmessage = (e) => this.pending.get(e.data.id)?.(e.data);
+    worker.onerror = (e) => this.failAll(new TandemError(`the engine's worker failed: ${e.message ?? 'unknown error'}`));
+    const self = this;
+    this.chat = {
+      completions: {
+        create(params) {
+          return self.createCompletion(params);
+        },
+      },
+    };
+  }
+
+  failAll(error) {
+    for (const handler of this.pending.values()) handler({ type: 'error', message: error.message });
+  }
+
+  /** Streams the text generated after `prompt` (plain text, no chat template). */
+  generate(prompt, options) {
+    return this.run(toRequest({ prompt: String(prompt) }, options));
+  }
+
+  run(request) {
+    if (this.unloaded) throw new TandemError('the engine was unloaded');
+    const queue = new PieceQueue();
+    const id = nextId++;
+    const usage = new Promise((resolve, reject) => {
+      this.tail = this.tail.then(
+        () =>
+          new Promise((done) => {
+            this.pending.set(id, (msg) => {
+              if (msg.type === 'text') return queue.push(msg.text);
+              this.pending.delete(id);
+              done();
+              if (msg.type === 'done') {
+                queue.end();
+                resolve(msg.usage);
+              } else {
+                const error = new TandemError(msg.message);
+                queue.end(error);
+                reject(error);
+              }
+            });
+            if (this.unloaded) this.pending.get(id)({ type: 'error', message: 'the engine was unloaded' });
+            else this.worker.postMessage({ type: 'generate', id, request });
+          }),
+      );
+    });
+    return new TextStream(this, queue, usage);
+  }
+
+  async createCompletion(params) {
+    const { messages, stream } = params ?? {};
+    if (!Array.isArray(messages) || messages.length === 0) throw new TandemError('messages must be a non-empty array');
+    const text = this.run(toRequest({ messages: messages.map((m) => ({ role: m.role, content: String(m.content ?? '') })) }, params));
+    const id = `chatcmpl-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+    const created = Math.floor(Date.now() / 1000);
+    const model = params.model ?? 'tandem';
+    const usageOf = (u) => ({ prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.total_tokens, ...u });
+    if (!stream) {
+      let content = '';
+      for await (const piece of text) content += piece;
+      const usage = await text.usage;
+      return {
+        id,
+        object: 'chat.completion',
+        created,
+        model,
+        choices: [{ index: 0, message: { role: 'assistant', content }, finish_reason: usage.finish_reason }],
+        usage: usageOf(usage),
+      };
+    }
+    const chunk = (delta, finish_reason = null) => ({ id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta, finish_reason }] });
+    async function* chunks() {
+      let first = true;
+      for await (const piece of text) {
+        yield chunk(first ? { role: 'assistant', content: piece } : { content: piece });
+        first = false;
+      }
+      const usage = await text.usage;
+      yield { ...chunk({}, usage.finish_reason), usage: usageOf(usage) };
+    }
+    const iterator = chunks();
+    // Breaking out of the loop stops the generation.
+    const stop = iterator.return.bind(iterator);
+    iterator.return = async (v) => {
+      await text.return();
+      return stop(v);
+    };
+    return iterator;
+  }
+
+  /** Stops the running generation after its current token. */
+  interrupt() {
+    this.worker.postMessage({ type: 'interrupt' });
+  }
+
+  /** Frees the model and ends the worker. */
+  async unload() {
+    if (this.unloaded) return;
+    this.unloaded = true;
+    this.interrupt();
+    const id = nextId++;
+    await new Promise((resolve) => {
+      this.pending.set(id, resolve);
+      this.worker.postMessage({ type: 'unload', id });
+    });
+    this.failAll(new TandemError('the engine was unloaded'));
+    this.worker.terminate();
+  }
+}
+
+function normalizeSource(source) {
+  if (typeof source === 'string') return { url: source };
+  if (!source || typeof source !== 'object') throw new TandemError('source must be { url }, { urls } or { files }');
+  if (source.url) return { url: new URL(source.url, location.href).href };
+  if (source.urls) return { urls: source.urls.map((u) => new URL(u, location.href).href) };
+  if (source.files) return { files: Array.from(source.files) };
+  throw new TandemError('source must be { url }, { urls } or { files }');
+}
+
+/**
+ * Loads a model in a new Web Worker.
+ * @param source `{ url }` (a .gguf), `{ urls }` (an HF checkpoint's files), or `{ files }`
+ *   (File, Blob with a name, or `{ name, data }`).
+ * @param options `{ onProgress({ stage, loaded, total }), backend: 'auto' | 'webgpu' | 'cpu',
+ *   context, workerUrl }`.
+ */
+export async function createEngine(source, options = {}) {
+  const src = normalizeSource(source);
+  const workerUrl = options.workerUrl ?? new URL('./worker.js', import.meta.url);
+  const worker = new Worker(workerUrl, { type: 'module' });
+  const id = nextId++;
+  const info = await new Promise((resolve, reject) => {
+    worker.onmessage = (e) => {
+      const msg = e.data;
+      if (msg.id !== id) return;
+      if (msg.type === 'progress') {
+        if (msg.progress.warning) console.warn(`tandem: ${msg.progress.warning}`);
+        options.onProgress?.(msg.progress);
+      } else if (msg.type === 'loaded') resolve(msg.info);
+      else reject(new TandemError(msg.message));
+    };
+    worker.onerror = (e) => reject(new TandemError(`the engine's worker failed to start: ${e.message ?? 'see the console'}`));
+    worker.postMessage({ type: 'load', id, source: src, options: { backend: options.backend, context: options.context, allowF16: options.allowF16 } });
+  }).catch((e) => {
+    worker.terminate();
+    throw e;
+  });
+  return new Engine(worker, info);
+}
+
+export { TandemError };

@@ -1,0 +1,122 @@
+// Shared by the browser tests: a loopback static server over the repository (and the shared
+// models), and headless Chromium through playwright-core with the flags from
+// ../shared/ENVIRONMENT.md. Anything missing becomes a SKIP reason, never a vague failure.
+
+import { createServer } from 'node:http';
+import { createReadStream, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { extname, join, normalize, resolve, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+export const sharedModels = process.env.TANDEM_SHARED_MODELS
+  ? resolve(process.env.TANDEM_SHARED_MODELS)
+  : resolve(repoRoot, '../shared/models');
+export const chromiumPath = process.env.TANDEM_CHROMIUM ?? '/usr/bin/chromium';
+
+const types = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.json': 'application/json',
+  '.wasm': 'application/wasm',
+  '.css': 'text/css',
+  '.png': 'image/png',
+};
+
+/**
+ * Serves the repository at / and the shared models at /models/ on 127.0.0.1 (a free port).
+ * `requests` counts GETs per path, so tests can tell a download from a cache hit.
+ */
+export async function startServer() {
+  const requests = new Map();
+  const server = createServer((req, res) => {
+    const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    requests.set(path, (requests.get(path) ?? 0) + 1);
+    const [base, rel] = path.startsWith('/models/') ? [sharedModels, path.slice('/models/'.length)] : [repoRoot, path.slice(1)];
+    const file = normalize(join(base, rel));
+    if ((file !== base && !file.startsWith(base + sep)) || !existsSync(file) || !statSync(file).isFile()) {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
+      return;
+    }
+    res.writeHead(200, {
+      'content-type': types[extname(file)] ?? 'application/octet-stream',
+      'content-length': statSync(file).size,
+      'cache-control': 'no-store',
+    });
+    createReadStream(file).pipe(res);
+  });
+  // Bounded: no keep-alive sockets outlive the test, and a stuck request ends.
+  server.keepAliveTimeout = 1000;
+  server.requestTimeout = 60_000;
+  await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  return {
+    origin,
+    requests,
+    close: () => new Promise((ok) => { server.closeAllConnections?.(); server.close(ok); }),
+  };
+}
+
+/** Why the browser tests cannot run here, or null. */
+export async function browserSkipReason() {
+  if (!existsSync(chromiumPath)) return `Chromium not found at ${chromiumPath} (apt-get install -y chromium, or set TANDEM_CHROMIUM)`;
+  try {
+    await import('playwright-core');
+  } catch {
+    return 'playwright-core is not installed (npm install)';
+  }
+  if (!existsSync(join(repoRoot, 'pkg/tandem_web_bg.wasm'))) return 'pkg/ is not built (npm run build)';
+  return null;
+}
+
+/** A fresh headless Chromium profile (empty Cache API) and a page on the test server. */
+export async function openBrowser(origin) {
+  const { chromium } = await import('playwright-core');
+  const dir = mkdtempSync(join(tmpdir(), 'tandem-chromium-'));
+  const context = await chromium.launchPersistentContext(dir, {
+    executablePath: chromiumPath,
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--enable-unsafe-webgpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+      '--disable-quic',
+      '--disable-dev-shm-usage',
+    ],
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  const logs = [];
+  page.on('console', (m) => logs.push(`[${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => logs.push(`[pageerror] ${e.message}`));
+  await page.goto(`${origin}/tests/browser/page.html`);
+  return {
+    page,
+    logs,
+    close: async () => {
+      await context.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Why WebGPU cannot be used in `page`, or null. */
+export async function webgpuSkipReason(page) {
+  return page.evaluate(async () => {
+    if (!navigator.gpu) return 'navigator.gpu is missing (Chromium without --enable-unsafe-webgpu?)';
+    const adapter = await navigator.gpu.requestAdapter();
+    return adapter ? null : 'navigator.gpu.requestAdapter() returned null';
+  });
+}
+
+/** stories260K's files as served by the test server, or a SKIP reason. */
+export function stories260K() {
+  const dir = join(sharedModels, 'stories260K');
+  const names = ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors'];
+  const missing = [...names, 'reference_greedy.json'].filter((n) => !existsSync(join(dir, n)));
+  if (missing.length) return { skip: `stories260K files missing in ${dir}: ${missing.join(', ')} (set TANDEM_SHARED_MODELS)` };
+  return { dir, urls: names.map((n) => `/models/stories260K/${n}`) };
+}
