@@ -1,23 +1,20 @@
-//! A tiny deterministic RNG (splitmix64) so every backend sees the very same cases.
+//! The engine's deterministic generator (splitmix64) with the helpers case generation needs, so
+//! every backend sees the very same cases.
 
-pub struct Rng(u64);
+pub struct Rng(tandem_core::sampling::Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(tandem_core::sampling::Rng::new(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+        self.0.next_f32()
     }
 
     /// Uniform in [-1, 1).
