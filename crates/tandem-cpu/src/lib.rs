@@ -4,8 +4,11 @@
 //! - [`CpuMode::Reference`]: plain scalar loops, single thread, f32 accumulation in the obvious
 //!   order. It is the oracle every other backend (and the fast mode) is tested against, so it
 //!   favours being obviously right over being quick.
-//! - [`CpuMode::Fast`]: the same ops on a private rayon pool, with lane-parallel inner loops
-//!   the compiler vectorizes (and an AVX2 build of the hot kernels chosen at run time).
+//! - [`CpuMode::Fast`]: the same ops with lane-parallel inner loops the compiler vectorizes
+//!   (and an AVX2 build of the hot kernels chosen at run time), split across a private rayon
+//!   pool when it has more than one thread. With one thread there is no pool at all: every op
+//!   runs on the calling thread, so nothing is handed off and no thread is ever spawned (which
+//!   is what lets fast mode run in wasm32).
 //!
 //! Every op lives in its own file under `ops/`, its reference and fast function side by side.
 
@@ -26,20 +29,25 @@ use table::{Buffer, Table};
 pub enum CpuMode {
     /// Scalar, single-threaded, obviously correct: the test oracle.
     Reference,
-    /// Multithreaded on `threads` workers (0 = one per core).
+    /// Vectorized, on `threads` threads (0 = one per core); one thread runs on the caller.
     Fast { threads: usize },
 }
 
 pub struct CpuBackend {
     mode: CpuMode,
+    /// Only built for more than one thread.
     pool: Option<ThreadPool>,
     avx2: bool,
     table: Table,
 }
 
-/// What an op's fast function needs to know about the machine; `None` pool = reference mode.
+/// What an op needs to know about the machine.
 #[derive(Clone, Copy)]
 pub(crate) struct Exec<'a> {
+    /// Fast mode (`false` = the reference loops).
+    pub fast: bool,
+    /// The threads to split parallel sections across; `None` = run them on the calling
+    /// thread. Never `Some` in reference mode.
     pub pool: Option<&'a ThreadPool>,
     /// AVX2, FMA and F16C were detected at run time, so the `avx2` builds of kernels may be
     /// called.
@@ -47,7 +55,7 @@ pub(crate) struct Exec<'a> {
 }
 
 impl Exec<'_> {
-    /// Number of worker threads (1 in reference mode).
+    /// Number of threads parallel sections run on (1 without a pool).
     pub fn threads(&self) -> usize {
         self.pool.map_or(1, |p| p.current_num_threads())
     }
@@ -58,6 +66,41 @@ impl Exec<'_> {
     pub fn pool_for(&self, work: usize) -> Option<&ThreadPool> {
         self.pool.filter(|_| work >= PAR_MIN_WORK)
     }
+
+    /// `work(i, chunk)` over `out.chunks_mut(c)`: on the pool when there is one, else in
+    /// order on the calling thread. Either way each chunk sees the same inputs, so the result
+    /// does not depend on which.
+    pub fn for_chunks<T, F>(&self, out: &mut [T], c: usize, work: F)
+    where
+        T: Send,
+        F: Fn(usize, &mut [T]) + Sync + Send,
+    {
+        use rayon::prelude::*;
+        let c = c.max(1);
+        match self.pool {
+            // Par iterators only ever run inside our pool's install: outside it rayon would
+            // start its global pool.
+            Some(pool) => pool.install(|| {
+                out.par_chunks_mut(c)
+                    .enumerate()
+                    .for_each(|(i, o)| work(i, o))
+            }),
+            None => out.chunks_mut(c).enumerate().for_each(|(i, o)| work(i, o)),
+        }
+    }
+
+    /// `(0..n).map(f).collect()`, on the pool when there is one (results in index order).
+    pub fn map_range<R, F>(&self, n: usize, f: F) -> Vec<R>
+    where
+        R: Send,
+        F: Fn(usize) -> R + Sync + Send,
+    {
+        use rayon::prelude::*;
+        match self.pool {
+            Some(pool) => pool.install(|| (0..n).into_par_iter().map(f).collect()),
+            None => (0..n).map(f).collect(),
+        }
+    }
 }
 
 /// Elements below which an op runs on the calling thread (see [`Exec::pool_for`]).
@@ -67,16 +110,26 @@ impl CpuBackend {
     pub fn new(mode: CpuMode) -> Result<Self> {
         let pool = match mode {
             CpuMode::Reference => None,
-            CpuMode::Fast { threads } => Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .thread_name(|i| format!("tandem-cpu-{i}"))
-                    .build()
-                    .map_err(|e| Error::Backend {
-                        backend: "cpu-fast".into(),
-                        reason: e.to_string(),
-                    })?,
-            ),
+            CpuMode::Fast { threads } => {
+                let threads = match threads {
+                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    t => t,
+                };
+                if threads > 1 {
+                    Some(
+                        rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .thread_name(|i| format!("tandem-cpu-{i}"))
+                            .build()
+                            .map_err(|e| Error::Backend {
+                                backend: "cpu-fast".into(),
+                                reason: e.to_string(),
+                            })?,
+                    )
+                } else {
+                    None // one thread: the caller's, nothing to spawn
+                }
+            }
         };
         Ok(CpuBackend {
             mode,
@@ -114,6 +167,7 @@ impl CpuBackend {
 
     fn run_op(&mut self, op: &Op) -> Result<()> {
         let ex = Exec {
+            fast: self.mode != CpuMode::Reference,
             pool: self.pool.as_ref(),
             avx2: self.avx2,
         };

@@ -95,9 +95,10 @@ fn navigator_gpu() -> Option<JsValue> {
 async fn choose_backend(opts: &EngineOptions) -> Result<(WebBackend, BackendInfo), JsValue> {
     let want = opts.backend.as_deref().unwrap_or("auto");
     let cpu = |reason: Option<String>| {
-        // The reference mode: the fast mode needs a thread pool, and wasm32-unknown-unknown
-        // cannot start threads.
-        (WebBackend::Cpu(CpuBackend::reference()), BackendInfo { kind: "cpu", adapter: "cpu".into(), software: true, shader_f16: false, fallback_reason: reason })
+        // The fast mode on one thread: it runs every op on the calling thread and starts no
+        // pool (wasm32-unknown-unknown cannot start threads). It cannot fail; the reference
+        // mode is the fallback should that ever change.
+        (WebBackend::Cpu(CpuBackend::fast(1).unwrap_or_else(|_| CpuBackend::reference())), BackendInfo { kind: "cpu", adapter: "cpu".into(), software: true, shader_f16: false, fallback_reason: reason })
     };
     match want {
         "cpu" => return Ok(cpu(None)),

@@ -1,6 +1,5 @@
 //! Residual add, in place: x += y.
 
-use rayon::prelude::*;
 use tandem_core::ops::Add;
 use tandem_core::{DType, Result};
 
@@ -14,12 +13,10 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Add) -> Result<()> {
     t.with_output(OP, "x", op.x, DType::F32, op.len, |t, x| {
         let y = t.input(OP, "y", op.y, DType::F32, op.len)?;
         let (x, y) = (&mut x.f32_mut()[..op.len], &y.f32()[..op.len]);
-        match ex.pool {
-            None => reference(x, y),
-            Some(_) => match ex.pool_for(op.len) {
-                Some(pool) => pool.install(|| fast(x, y, ex.threads())),
-                None => add_chunk(x, y),
-            },
+        match (ex.fast, ex.pool_for(op.len)) {
+            (false, _) => reference(x, y),
+            (true, Some(_)) => fast(ex, x, y),
+            (true, None) => add_chunk(x, y),
         }
         Ok(())
     })
@@ -32,11 +29,9 @@ pub(crate) fn reference(x: &mut [f32], y: &[f32]) {
     }
 }
 
-pub(crate) fn fast(x: &mut [f32], y: &[f32], threads: usize) {
-    let c = chunk_rows(x.len(), threads, 4096);
-    x.par_chunks_mut(c)
-        .zip(y.par_chunks(c))
-        .for_each(|(x, y)| add_chunk(x, y));
+pub(crate) fn fast(ex: Exec, x: &mut [f32], y: &[f32]) {
+    let c = chunk_rows(x.len(), ex.threads(), 4096);
+    ex.for_chunks(x, c, |ci, x| add_chunk(x, &y[ci * c..]));
 }
 
 fn add_chunk(x: &mut [f32], y: &[f32]) {

@@ -1,6 +1,5 @@
 //! Index of each row's largest value: lowest index on ties, NaN never wins.
 
-use rayon::prelude::*;
 use tandem_core::ops::Argmax;
 use tandem_core::{DType, Result};
 
@@ -15,10 +14,10 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Argmax) -> Result<()> {
         let x = &t.input(OP, "x", op.x, DType::F32, len)?.f32()[..len];
         let out = &mut out.u32_mut()[..op.n];
         match ex.pool {
-            None => reference(x, out, op.width),
-            // One row (a decode step's logits) is a single scan: no pool.
-            Some(pool) if op.n > 1 => pool.install(|| fast(x, out, op.width)),
-            Some(_) => reference(x, out, op.width),
+            // One row (a decode step's logits) is a single scan: no pool. Without a pool the
+            // reference loop is the fast mode's loop too.
+            Some(_) if ex.fast && op.n > 1 => fast(ex, x, out, op.width),
+            _ => reference(x, out, op.width),
         }
         Ok(())
     })
@@ -47,8 +46,8 @@ pub(crate) fn reference(x: &[f32], out: &mut [u32], width: usize) {
 }
 
 /// Rows in parallel; each row is one scan (argmax runs once per step on the logits).
-pub(crate) fn fast(x: &[f32], out: &mut [u32], width: usize) {
-    out.par_iter_mut()
-        .enumerate()
-        .for_each(|(i, o)| *o = row_argmax(&x[i * width..(i + 1) * width]));
+pub(crate) fn fast(ex: Exec, x: &[f32], out: &mut [u32], width: usize) {
+    ex.for_chunks(out, 1, |i, o| {
+        o[0] = row_argmax(&x[i * width..(i + 1) * width])
+    });
 }

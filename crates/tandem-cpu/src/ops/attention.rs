@@ -11,7 +11,6 @@
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 use tandem_core::ops::Attention;
 use tandem_core::{DType, Error, Result};
 
@@ -81,15 +80,13 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
         // A short context's decode step is over before a worker would wake: run it inline.
         let work = op.heads * op.ctx_len * op.head_dim;
         let inline = op.n == 1 && ex.pool_for(work).is_none();
-        match (op.kv_dtype, ex.pool) {
-            (DType::F32, None) => reference(q, ck.f32(), cv.f32(), table, out, g),
-            (_, None) => reference(q, ck.f16(), cv.f16(), table, out, g),
-            (DType::F32, Some(_)) if inline => {
-                decode_inline(ex, q, ck.f32(), cv.f32(), table, out, g)
-            }
-            (_, Some(_)) if inline => decode_inline(ex, q, ck.f16(), cv.f16(), table, out, g),
-            (DType::F32, Some(p)) => p.install(|| fast(ex, q, ck.f32(), cv.f32(), table, out, g)),
-            (_, Some(p)) => p.install(|| fast(ex, q, ck.f16(), cv.f16(), table, out, g)),
+        match (op.kv_dtype, ex.fast) {
+            (DType::F32, false) => reference(q, ck.f32(), cv.f32(), table, out, g),
+            (_, false) => reference(q, ck.f16(), cv.f16(), table, out, g),
+            (DType::F32, true) if inline => decode_inline(ex, q, ck.f32(), cv.f32(), table, out, g),
+            (_, true) if inline => decode_inline(ex, q, ck.f16(), cv.f16(), table, out, g),
+            (DType::F32, true) => fast(ex, q, ck.f32(), cv.f32(), table, out, g),
+            (_, true) => fast(ex, q, ck.f16(), cv.f16(), table, out, g),
         }
         Ok(())
     })
@@ -221,7 +218,7 @@ pub(crate) fn fast<T: KvElem>(
 ) {
     let hd = g.hd;
     if g.n == 1 {
-        out.par_chunks_mut(hd).enumerate().for_each(|(h, o)| {
+        ex.for_chunks(out, hd, |h, o| {
             let qv = &q[h * hd..(h + 1) * hd];
             with_avx2(ex.avx2, || {
                 decode_head(qv, ck, cv, table, g, g.kv_head(h), o)
@@ -230,18 +227,15 @@ pub(crate) fn fast<T: KvElem>(
         return;
     }
     let tiles = g.n.div_ceil(BQ);
-    let parts: Vec<Vec<f32>> = (0..g.heads * tiles)
-        .into_par_iter()
-        .map(|u| {
-            let (h, tile) = (u / tiles, u % tiles);
-            let (i0, i1) = (tile * BQ, ((tile + 1) * BQ).min(g.n));
-            let mut acc = vec![0f32; (i1 - i0) * hd];
-            with_avx2(ex.avx2, || {
-                prefill_unit(q, ck, cv, table, g, h, i0, &mut acc)
-            });
-            acc
-        })
-        .collect();
+    let parts: Vec<Vec<f32>> = ex.map_range(g.heads * tiles, |u| {
+        let (h, tile) = (u / tiles, u % tiles);
+        let (i0, i1) = (tile * BQ, ((tile + 1) * BQ).min(g.n));
+        let mut acc = vec![0f32; (i1 - i0) * hd];
+        with_avx2(ex.avx2, || {
+            prefill_unit(q, ck, cv, table, g, h, i0, &mut acc)
+        });
+        acc
+    });
     for (u, acc) in parts.iter().enumerate() {
         let (h, tile) = (u / tiles, u % tiles);
         for (r, row) in acc.chunks_exact(hd).enumerate() {

@@ -1,6 +1,5 @@
 //! Token embedding lookup, dequantizing the table rows it touches.
 
-use rayon::prelude::*;
 use tandem_core::ops::Embed;
 use tandem_core::{DType, Error, Result};
 
@@ -30,9 +29,9 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Embed) -> Result<()> {
             });
         }
         let out = &mut out.f32_mut()[..out_len];
-        match ex.pool {
-            None => reference(table.weight(), ids, out, op.dim),
-            Some(pool) => pool.install(|| fast(table.weight(), ids, out, op.dim)),
+        match ex.fast {
+            false => reference(table.weight(), ids, out, op.dim),
+            true => fast(ex, table.weight(), ids, out, op.dim),
         }
         Ok(())
     })
@@ -49,21 +48,19 @@ pub(crate) fn reference(table: Weight, ids: &[u32], out: &mut [f32], dim: usize)
 
 /// Rows in parallel. Each element is computed with the reference's formula, so the result is
 /// bit-identical; a lookup moves n * dim values and needs nothing cleverer.
-pub(crate) fn fast(table: Weight, ids: &[u32], out: &mut [f32], dim: usize) {
+pub(crate) fn fast(ex: Exec, table: Weight, ids: &[u32], out: &mut [f32], dim: usize) {
     if dim == 0 {
         return;
     }
-    out.par_chunks_mut(dim)
-        .zip(ids.par_iter())
-        .for_each(|(row, &id)| {
-            let base = id as usize * dim;
-            match table {
-                Weight::F32(w) => row.copy_from_slice(&w[base..base + dim]),
-                _ => {
-                    for (j, o) in row.iter_mut().enumerate() {
-                        *o = table.get(base + j);
-                    }
+    ex.for_chunks(out, dim, |i, row| {
+        let base = ids[i] as usize * dim;
+        match table {
+            Weight::F32(w) => row.copy_from_slice(&w[base..base + dim]),
+            _ => {
+                for (j, o) in row.iter_mut().enumerate() {
+                    *o = table.get(base + j);
                 }
             }
-        });
+        }
+    });
 }

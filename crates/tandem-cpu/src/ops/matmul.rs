@@ -20,7 +20,6 @@ mod decode_avx2;
 mod prefill;
 
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 use tandem_core::ops::Matmul;
 use tandem_core::{DType, QuantView, Result, QBLOCK};
 
@@ -46,9 +45,9 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
             None => None,
         };
         let out = &mut out.f32_mut()[..out_len];
-        match ex.pool {
-            None => reference(x, w, bias, out, n, k, m),
-            Some(_) => fast(ex, x, w, bias, out, n, k, m),
+        match ex.fast {
+            false => reference(x, w, bias, out, n, k, m),
+            true => fast(ex, x, w, bias, out, n, k, m),
         }
         Ok(())
     })
@@ -96,14 +95,10 @@ pub(crate) fn fast(
         Weight::Q(q) if n == 1 && k % QBLOCK == 0 && k > 0 => {
             decode_quant(ex, x, q, bias, out, k, m)
         }
-        // The decode path schedules itself (see `par_chunks_caller`); these run on the pool.
-        _ => {
-            let pool = ex.pool.expect("fast mode has a pool");
-            match n {
-                1 => pool.install(|| general(ex, x, w, bias, out, k, m)),
-                _ => pool.install(|| prefill::prefill(ex, x, w, bias, out, n, k, m)),
-            }
-        }
+        // The decode path schedules itself (see `par_chunks_caller`); these run on the pool
+        // if there is one.
+        _ if n == 1 => general(ex, x, w, bias, out, k, m),
+        _ => prefill::prefill(ex, x, w, bias, out, n, k, m),
     }
 }
 
@@ -285,9 +280,9 @@ fn general(
     m: usize,
 ) {
     let c = chunk_rows(m, ex.threads(), TILE);
-    out.par_chunks_mut(c)
-        .enumerate()
-        .for_each(|(ci, o)| general_dispatch(ex.avx2, x, w, bias, o, 1, k, ci * c));
+    ex.for_chunks(out, c, |ci, o| {
+        general_dispatch(ex.avx2, x, w, bias, o, 1, k, ci * c)
+    });
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,6 +1,5 @@
 //! out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight.
 
-use rayon::prelude::*;
 use tandem_core::ops::RmsNorm;
 use tandem_core::{DType, Result};
 
@@ -16,16 +15,14 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &RmsNorm) -> Result<()> {
         let x = &t.input(OP, "x", op.x, DType::F32, len)?.f32()[..len];
         let w = &t.input(OP, "weight", op.weight, DType::F32, op.dim)?.f32()[..op.dim];
         let out = &mut out.f32_mut()[..len];
-        match ex.pool {
-            None => reference(x, w, out, op.dim, op.eps),
-            Some(_) => match ex.pool_for(len) {
-                Some(pool) => pool.install(|| fast(x, w, out, op.dim, op.eps)),
-                None => {
-                    for (o, row) in out.chunks_mut(op.dim).zip(x.chunks(op.dim)) {
-                        norm_row(row, w, o, op.eps);
-                    }
+        match (ex.fast, ex.pool_for(len)) {
+            (false, _) => reference(x, w, out, op.dim, op.eps),
+            (true, Some(_)) => fast(ex, x, w, out, op.dim, op.eps),
+            (true, None) => {
+                for (o, row) in out.chunks_mut(op.dim).zip(x.chunks(op.dim)) {
+                    norm_row(row, w, o, op.eps);
                 }
-            },
+            }
         }
         Ok(())
     })
@@ -50,13 +47,13 @@ pub(crate) fn reference(x: &[f32], w: &[f32], out: &mut [f32], dim: usize, eps: 
 }
 
 /// Rows in parallel; the sum of squares uses the lane-parallel dot.
-pub(crate) fn fast(x: &[f32], w: &[f32], out: &mut [f32], dim: usize, eps: f32) {
+pub(crate) fn fast(ex: Exec, x: &[f32], w: &[f32], out: &mut [f32], dim: usize, eps: f32) {
     if dim == 0 {
         return;
     }
-    out.par_chunks_mut(dim)
-        .zip(x.par_chunks(dim))
-        .for_each(|(o, row)| norm_row(row, w, o, eps));
+    ex.for_chunks(out, dim, |i, o| {
+        norm_row(&x[i * dim..(i + 1) * dim], w, o, eps)
+    });
 }
 
 fn norm_row(row: &[f32], w: &[f32], o: &mut [f32], eps: f32) {

@@ -1,7 +1,6 @@
 //! Rotary position embedding in place, rotate-half layout: element i of a head pairs with
 //! element i + head_dim/2, rotated by position * inv_freq[i].
 
-use rayon::prelude::*;
 use tandem_core::ops::Rope;
 use tandem_core::{DType, Error, Result};
 
@@ -28,17 +27,15 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Rope) -> Result<()> {
             .input(OP, "inv_freq", op.inv_freq, DType::F32, half)?
             .f32()[..half];
         let x = &mut x.f32_mut()[..len];
-        match ex.pool {
-            None => reference(x, pos, inv_freq, op.heads, op.head_dim),
-            Some(_) => match ex.pool_for(len) {
-                Some(pool) => pool.install(|| fast(x, pos, inv_freq, op.heads, op.head_dim)),
-                None => {
-                    let row = op.heads * op.head_dim;
-                    for (xr, &p) in x.chunks_mut(row.max(1)).zip(pos) {
-                        rope_row(xr, p, inv_freq, op.head_dim);
-                    }
+        match (ex.fast, ex.pool_for(len)) {
+            (false, _) => reference(x, pos, inv_freq, op.heads, op.head_dim),
+            (true, Some(_)) => fast(ex, x, pos, inv_freq, op.heads, op.head_dim),
+            (true, None) => {
+                let row = op.heads * op.head_dim;
+                for (xr, &p) in x.chunks_mut(row.max(1)).zip(pos) {
+                    rope_row(xr, p, inv_freq, op.head_dim);
                 }
-            },
+            }
         }
         Ok(())
     })
@@ -69,6 +66,7 @@ pub(crate) fn reference(
 
 /// Tokens in parallel; sin/cos computed once per token and shared by all heads.
 pub(crate) fn fast(
+    ex: Exec,
     x: &mut [f32],
     positions: &[u32],
     inv_freq: &[f32],
@@ -79,9 +77,9 @@ pub(crate) fn fast(
     if row == 0 {
         return;
     }
-    x.par_chunks_mut(row)
-        .zip(positions.par_iter())
-        .for_each(|(xr, &p)| rope_row(xr, p, inv_freq, head_dim));
+    ex.for_chunks(x, row, |i, xr| {
+        rope_row(xr, positions[i], inv_freq, head_dim)
+    });
 }
 
 /// One token's heads; sin/cos computed once and shared by all of them.

@@ -1,6 +1,5 @@
 //! out = silu(gate) * up, elementwise.
 
-use rayon::prelude::*;
 use tandem_core::ops::Swiglu;
 use tandem_core::{DType, Result};
 
@@ -15,12 +14,10 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Swiglu) -> Result<()> {
         let gate = &t.input(OP, "gate", op.gate, DType::F32, op.len)?.f32()[..op.len];
         let up = &t.input(OP, "up", op.up, DType::F32, op.len)?.f32()[..op.len];
         let out = &mut out.f32_mut()[..op.len];
-        match ex.pool {
-            None => reference(gate, up, out),
-            Some(_) => match ex.pool_for(op.len) {
-                Some(pool) => pool.install(|| fast(gate, up, out, ex.threads())),
-                None => reference(gate, up, out),
-            },
+        match ex.pool_for(op.len) {
+            Some(_) if ex.fast => fast(ex, gate, up, out),
+            // The reference loop is the fast mode's single-thread loop too.
+            _ => reference(gate, up, out),
         }
         Ok(())
     })
@@ -38,14 +35,12 @@ pub(crate) fn reference(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-pub(crate) fn fast(gate: &[f32], up: &[f32], out: &mut [f32], threads: usize) {
-    let c = chunk_rows(out.len(), threads, 2048);
-    out.par_chunks_mut(c)
-        .zip(gate.par_chunks(c))
-        .zip(up.par_chunks(c))
-        .for_each(|((o, g), u)| {
-            for i in 0..o.len() {
-                o[i] = silu_mul(g[i], u[i]);
-            }
-        });
+pub(crate) fn fast(ex: Exec, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let c = chunk_rows(out.len(), ex.threads(), 2048);
+    ex.for_chunks(out, c, |ci, o| {
+        let (g, u) = (&gate[ci * c..], &up[ci * c..]);
+        for i in 0..o.len() {
+            o[i] = silu_mul(g[i], u[i]);
+        }
+    });
 }

@@ -14,7 +14,6 @@
 //!
 //! Parallel over chunks of output rows (multiples of `NR`).
 
-use rayon::prelude::*;
 use tandem_core::QBLOCK;
 
 use super::dequant_into;
@@ -87,16 +86,13 @@ pub(super) fn prefill(
     let c = chunk_rows(m, ex.threads(), NR).next_multiple_of(NR);
     // Row chunks of out: [n, m] are column strips; compute each into a local [n, rows] block
     // and scatter afterwards (n * m copies against n * m * k multiply-adds).
-    let parts: Vec<(usize, Vec<f32>)> = (0..m.div_ceil(c))
-        .into_par_iter()
-        .map(|ci| {
-            let r0 = ci * c;
-            let rows = c.min(m - r0);
-            let mut local = vec![0f32; n * rows];
-            chunk(ex.avx2, &packed, w, bias, &mut local, n, k, r0);
-            (r0, local)
-        })
-        .collect();
+    let parts: Vec<(usize, Vec<f32>)> = ex.map_range(m.div_ceil(c), |ci| {
+        let r0 = ci * c;
+        let rows = c.min(m - r0);
+        let mut local = vec![0f32; n * rows];
+        chunk(ex.avx2, &packed, w, bias, &mut local, n, k, r0);
+        (r0, local)
+    });
     for (r0, local) in parts {
         let rows = local.len() / n;
         for i in 0..n {
