@@ -67,6 +67,12 @@ impl Exec<'_> {
         self.pool.filter(|_| work >= PAR_MIN_WORK)
     }
 
+    /// This context without its pool when about `work` multiply-adds are too few to split:
+    /// tiny models (stories260K) otherwise spend more on hand-offs than on the math.
+    pub fn sized(self, work: usize) -> Self {
+        Exec { pool: self.pool.filter(|_| work >= PAR_MIN_WORK), ..self }
+    }
+
     /// `work(i, chunk)` over `out.chunks_mut(c)`: on the pool when there is one, else in
     /// order on the calling thread. Either way each chunk sees the same inputs, so the result
     /// does not depend on which.

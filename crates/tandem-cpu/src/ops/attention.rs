@@ -217,6 +217,7 @@ pub(crate) fn fast<T: KvElem>(
     g: Geom,
 ) {
     let hd = g.hd;
+    let ex = ex.sized(g.heads * g.n * g.ctx_len * hd);
     if g.n == 1 {
         ex.for_chunks(out, hd, |h, o| {
             let qv = &q[h * hd..(h + 1) * hd];

@@ -279,6 +279,7 @@ fn general(
     k: usize,
     m: usize,
 ) {
+    let ex = ex.sized(k * m);
     let c = chunk_rows(m, ex.threads(), TILE);
     ex.for_chunks(out, c, |ci, o| {
         general_dispatch(ex.avx2, x, w, bias, o, 1, k, ci * c)

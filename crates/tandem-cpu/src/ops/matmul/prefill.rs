@@ -82,6 +82,7 @@ pub(super) fn prefill(
     k: usize,
     m: usize,
 ) {
+    let ex = ex.sized(n * k * m);
     let packed = pack(x, n, k);
     let c = chunk_rows(m, ex.threads(), NR).next_multiple_of(NR);
     // Row chunks of out: [n, m] are column strips; compute each into a local [n, rows] block
