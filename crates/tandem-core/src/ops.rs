@@ -103,6 +103,27 @@ pub struct Attention {
     pub scale: f32,
 }
 
+impl Attention {
+    /// The checks every backend makes before touching buffers: a KV type attention reads, whole
+    /// query groups per KV head, real blocks, and no more queries than context.
+    pub fn check_shape(&self) -> crate::Result<()> {
+        let bad = |expected: String, got: String| Err(crate::Error::ShapeMismatch { op: "attention", expected, got });
+        if !matches!(self.kv_dtype, DType::F32 | DType::F16) {
+            return bad("cache dtype f32/f16".into(), self.kv_dtype.to_string());
+        }
+        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+            return bad("heads a multiple of kv_heads > 0".into(), format!("heads {} kv_heads {}", self.heads, self.kv_heads));
+        }
+        if self.block_size == 0 {
+            return bad("block_size > 0".into(), "0".into());
+        }
+        if self.n > self.ctx_len {
+            return bad(format!("n <= ctx_len {}", self.ctx_len), format!("n = {}", self.n));
+        }
+        Ok(())
+    }
+}
+
 /// out = silu(gate) * up, elementwise. gate, up, out: [len] f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Swiglu {

@@ -15,8 +15,8 @@ use tandem_core::ops::Attention;
 use tandem_core::{DType, Error, Result};
 
 use super::dot;
-use crate::table::{bad_dtype, numel, Table};
-use crate::{is_kv_dtype, Exec};
+use crate::table::{numel, Table};
+use crate::Exec;
 
 const OP: &str = "attention";
 
@@ -26,30 +26,7 @@ const BQ: usize = 8;
 const BT: usize = 32;
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
-    if !is_kv_dtype(op.kv_dtype) {
-        return Err(bad_dtype(OP, "cache", "f32/f16", op.kv_dtype));
-    }
-    if op.kv_heads == 0 || op.heads % op.kv_heads != 0 {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: "heads a multiple of kv_heads > 0".into(),
-            got: format!("heads {} kv_heads {}", op.heads, op.kv_heads),
-        });
-    }
-    if op.block_size == 0 {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: "block_size > 0".into(),
-            got: "0".into(),
-        });
-    }
-    if op.n > op.ctx_len {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: format!("n <= ctx_len {}", op.ctx_len),
-            got: format!("n = {}", op.n),
-        });
-    }
+    op.check_shape()?;
     let len = numel(OP, &[op.n, op.heads, op.head_dim])?;
     let block_elems = numel(OP, &[op.block_size, op.kv_heads, op.head_dim])?;
     let table_len = op.ctx_len.div_ceil(op.block_size);

@@ -4,7 +4,7 @@
 use tandem_core::ops::Attention;
 use tandem_core::{DType, Error, Result};
 
-use super::{bad_dtype, fits_u32, numel, Recorder};
+use super::{fits_u32, numel, Recorder};
 use crate::pipelines::{PipeKey, Shader};
 
 const OP: &str = "attention";
@@ -25,32 +25,8 @@ pub(crate) fn scratch_floats(op: &Attention) -> usize {
 }
 
 pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
-    let f16 = match op.kv_dtype {
-        DType::F32 => false,
-        DType::F16 => true,
-        d => return Err(bad_dtype(OP, "cache", "f32/f16", d)),
-    };
-    if op.kv_heads == 0 || op.heads % op.kv_heads != 0 {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: "heads a multiple of kv_heads > 0".into(),
-            got: format!("heads {} kv_heads {}", op.heads, op.kv_heads),
-        });
-    }
-    if op.block_size == 0 {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: "block_size > 0".into(),
-            got: "0".into(),
-        });
-    }
-    if op.n > op.ctx_len {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: format!("n <= ctx_len {}", op.ctx_len),
-            got: format!("n = {}", op.n),
-        });
-    }
+    op.check_shape()?;
+    let f16 = op.kv_dtype == DType::F16;
     let hd_max = if op.n == 1 {
         DECODE_HD_MAX
     } else {
