@@ -16,6 +16,24 @@ struct Params {
 
 override WG: u32 = 256u;
 
+// sin and cos of `a` to about an ulp, not the GPU's builtins: those lose digits (SwiftShader's,
+// Chrome's software WebGPU, by ~1e-4 relative), enough to miss rope's tolerance. Cody-Waite
+// reduction by pi/2 in three parts (k * 1.5703125 is exact for the angles rope sees), then
+// the Cephes sinf/cosf polynomials on [-pi/4, pi/4].
+fn sin_cos(a: f32) -> vec2<f32> {
+    let k = round(a * 0.6366197723675814);
+    let r = ((a - k * 1.5703125) - k * 0.0004838267923332751) - k * 2.5632829192545614e-12;
+    let z = r * r;
+    let s = r + r * z * (-1.6666654611e-1 + z * (8.3321608736e-3 + z * -1.9515295891e-4));
+    let c = 1.0 - 0.5 * z + z * z * (4.166664568298827e-2 + z * (-1.388731625493765e-3 + z * 2.443315711809948e-5));
+    switch i32(k) & 3 {
+        case 0: { return vec2<f32>(s, c); }
+        case 1: { return vec2<f32>(c, -s); }
+        case 2: { return vec2<f32>(-s, -c); }
+        default: { return vec2<f32>(-c, s); }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -27,8 +45,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let head = i / p.half; // token * heads + h
     let token = head / p.heads;
     let angle = f32(positions[token]) * inv_freq[j];
-    let s = sin(angle);
-    let c = cos(angle);
+    let sc = sin_cos(angle);
+    let s = sc.x;
+    let c = sc.y;
     let base = head * 2u * p.half;
     let a = x[base + j];
     let b = x[base + j + p.half];

@@ -50,8 +50,12 @@ fn is_nan(v: f32) -> bool {
     return (b & 0x7f800000u) == 0x7f800000u && (b & 0x007fffffu) != 0u;
 }
 
+// -inf from a variable: Tint (Chrome's WGSL compiler) rejects a constant expression whose
+// value is not finite, so `bitcast<f32>(0xff800000u)` must not be const-evaluated.
+var<private> NEG_INF_BITS: u32 = 0xff800000u;
+
 fn neg_inf() -> f32 {
-    return bitcast<f32>(0xff800000u);
+    return bitcast<f32>(NEG_INF_BITS);
 }
 
 // Order-preserving key of a non-NaN float; -0 and +0 share one (they compare equal).

@@ -42,52 +42,79 @@ pub fn tolerance(op: &str, dtype: DType) -> Tol {
 }
 
 /// Allocates the case's buffers on `backend` (outputs poisoned), runs its op, reads every
-/// checked buffer back whole, and frees everything.
+/// checked buffer back whole, and frees everything. Blocks on the reads: native only.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run_case<B: Backend>(backend: &mut B, case: &Case) -> Result<Vec<Vec<u8>>, String> {
+    pollster::block_on(run_case_async(backend, case))
+}
+
+/// [`run_case`], awaiting the reads: what runs in a browser, where nothing may block.
+pub async fn run_case_async<B: Backend>(
+    backend: &mut B,
+    case: &Case,
+) -> Result<Vec<Vec<u8>>, String> {
     let mut ids = Vec::with_capacity(case.bufs.len());
-    let result = (|| {
-        for b in &case.bufs {
-            let id = backend
-                .alloc(b.dtype, b.numel)
-                .map_err(|e| format!("alloc: {e}"))?;
-            ids.push(id);
-            let bytes = match &b.init {
-                Init::Data(d) => d.clone(),
-                // All-ones bits are NaN as f32 and f16 and 0xFFFFFFFF as u32.
-                Init::Poison => vec![0xFF; b.dtype.storage_bytes(b.numel)],
-            };
-            backend
-                .write(id, &bytes)
-                .map_err(|e| format!("write: {e}"))?;
-        }
-        let op = remap(&case.op, |BufId(i)| ids[i as usize]);
-        backend
-            .execute(&Step {
-                writes: vec![],
-                read_back: vec![],
-                ops: vec![op],
-            })
-            .map_err(|e| format!("execute: {e}"))?;
-        let mut outs = Vec::new();
-        for (i, _) in &case.checks {
-            let b = &case.bufs[*i];
-            let len = b.dtype.storage_bytes(b.numel);
-            outs.push(
-                pollster::block_on(backend.read(ids[*i], 0, len))
-                    .map_err(|e| format!("read: {e}"))?,
-            );
-        }
-        Ok(outs)
-    })();
+    let result = run_case_inner(backend, case, &mut ids).await;
     for id in ids {
         backend.free(id);
     }
     result
 }
 
+async fn run_case_inner<B: Backend>(
+    backend: &mut B,
+    case: &Case,
+    ids: &mut Vec<BufId>,
+) -> Result<Vec<Vec<u8>>, String> {
+    for b in &case.bufs {
+        let id = backend
+            .alloc(b.dtype, b.numel)
+            .map_err(|e| format!("alloc: {e}"))?;
+        ids.push(id);
+        let bytes = match &b.init {
+            Init::Data(d) => d.clone(),
+            // All-ones bits are NaN as f32 and f16 and 0xFFFFFFFF as u32.
+            Init::Poison => vec![0xFF; b.dtype.storage_bytes(b.numel)],
+        };
+        backend
+            .write(id, &bytes)
+            .map_err(|e| format!("write: {e}"))?;
+    }
+    let op = remap(&case.op, |BufId(i)| ids[i as usize]);
+    backend
+        .execute(&Step {
+            writes: vec![],
+            read_back: vec![],
+            ops: vec![op],
+        })
+        .map_err(|e| format!("execute: {e}"))?;
+    let mut outs = Vec::new();
+    for (i, _) in &case.checks {
+        let b = &case.bufs[*i];
+        let len = b.dtype.storage_bytes(b.numel);
+        outs.push(
+            backend
+                .read(ids[*i], 0, len)
+                .await
+                .map_err(|e| format!("read: {e}"))?,
+        );
+    }
+    Ok(outs)
+}
+
+/// What [`check_backend_op`] found when every case passed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpSummary {
+    /// The cases run.
+    pub cases: usize,
+    /// The worst NMSE over the cases' NMSE-checked buffers (0 for exact-only ops).
+    pub worst_nmse: f64,
+}
+
 /// Runs every case of `op` on the backend `make` builds and on the reference; panics with
 /// every failing case (op, case, NMSE) listed. A backend that cannot be built is skipped
-/// loudly.
+/// loudly. Native only (it blocks); [`check_backend_op`] is the async core.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn check_op<B: Backend, F: Fn() -> Result<B, String>>(make: F, label: &str, op: &str) {
     let mut backend = match make() {
         Ok(b) => b,
@@ -97,8 +124,31 @@ pub fn check_op<B: Backend, F: Fn() -> Result<B, String>>(make: F, label: &str, 
         }
     };
     let name = backend.name();
-    let cases = cases_for(op);
-    assert!(!cases.is_empty(), "no cases for op {op}");
+    match pollster::block_on(check_backend_op(&mut backend, label, op, |_| true)) {
+        Ok(s) => eprintln!(
+            "{label} ({name}): {op}: {} cases pass, worst NMSE {:.3e}",
+            s.cases, s.worst_nmse
+        ),
+        Err(msg) => panic!("{msg}"),
+    }
+}
+
+/// Runs the cases of `op` whose names `keep` accepts on `backend` and on the CPU reference,
+/// comparing them as [`check_op`] does. `Err` lists every failing case (op, case, NMSE).
+pub async fn check_backend_op<B: Backend>(
+    backend: &mut B,
+    label: &str,
+    op: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<OpSummary, String> {
+    let name = backend.name();
+    let cases: Vec<Case> = cases_for(op)
+        .into_iter()
+        .filter(|c| keep(&c.name))
+        .collect();
+    if cases.is_empty() {
+        return Err(format!("no cases for op {op}"));
+    }
     let mut reference = CpuBackend::reference();
     let base_bytes = backend.allocated_bytes();
     let mut failures = Vec::new();
@@ -109,11 +159,11 @@ pub fn check_op<B: Backend, F: Fn() -> Result<B, String>>(make: F, label: &str, 
             failures.push(format!("{tag}: {name} reports the op unsupported"));
             continue;
         }
-        let want = match run_case(&mut reference, case) {
+        let want = match run_case_async(&mut reference, case).await {
             Ok(w) => w,
-            Err(e) => panic!("{tag}: the reference itself failed: {e}"),
+            Err(e) => return Err(format!("{tag}: the reference itself failed: {e}")),
         };
-        let got = match run_case(&mut backend, case) {
+        let got = match run_case_async(backend, case).await {
             Ok(g) => g,
             Err(e) => {
                 failures.push(format!("{tag}: {e}"));
@@ -135,17 +185,17 @@ pub fn check_op<B: Backend, F: Fn() -> Result<B, String>>(make: F, label: &str, 
         }
     }
     if !failures.is_empty() {
-        panic!(
+        return Err(format!(
             "{label} ({name}): {} of {} {op} cases failed:\n  {}",
             failures.len(),
             cases.len(),
             failures.join("\n  ")
-        );
+        ));
     }
-    eprintln!(
-        "{label} ({name}): {op}: {} cases pass, worst NMSE {worst:.3e}",
-        cases.len()
-    );
+    Ok(OpSummary {
+        cases: cases.len(),
+        worst_nmse: worst,
+    })
 }
 
 /// Ok(nmse) when `got` matches `want` within `tol`; the NMSE is 0 for exact checks.

@@ -5,12 +5,15 @@
 //! never per backend. Instantiate it for a backend with [`conformance_suite!`].
 
 pub mod cases;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod e2e;
 pub mod harness;
 pub mod rng;
 
 pub use cases::{cases_for, Case, Init, OPS};
-pub use harness::{check_op, run_case, tolerance, Tol};
+#[cfg(not(target_arch = "wasm32"))]
+pub use harness::{check_op, run_case};
+pub use harness::{check_backend_op, run_case_async, tolerance, OpSummary, Tol};
 
 /// One `#[test]` per op for a backend. `$make` is an expression usable as
 /// `Fn() -> Result<B, String>`; an `Err(reason)` (no device, say) prints

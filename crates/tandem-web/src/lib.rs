@@ -10,6 +10,8 @@ pub mod files;
 pub mod session;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
+#[cfg(all(target_arch = "wasm32", feature = "conformance"))]
+pub mod conformance;
 
 pub use backend::WebBackend;
 pub use files::{open_files, NamedFile};
