@@ -58,39 +58,10 @@ fn hparams(dir: &Path) -> Hparams {
     h
 }
 
-/// `tokenizer.ggml.*` arrays from llama2.c's tok512.bin: i32 max_token_length, then per token
-/// an f32 score, an i32 length and the bytes. llama2.c writes "▁" as a plain space and BOS/EOS
-/// as "\n<s>\n"/"\n</s>\n"; llama.cpp's converter (working from the .model) has "▁", "<s>",
-/// "</s>". (Same conversion as crates/tandem-core/tests/tokenizer_stories.rs.)
+/// `tokenizer.ggml.*` arrays from llama2.c's tok512.bin.
 fn tok512_arrays(path: &Path) -> (Vec<GgufValue>, Vec<GgufValue>, Vec<GgufValue>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut at = 4;
-    let mut take = |n: usize| {
-        let s = &bytes[at..at + n];
-        at += n;
-        s
-    };
-    let (mut tokens, mut scores, mut types) = (vec![], vec![], vec![]);
-    for id in 0..512 {
-        let score = f32::from_le_bytes(take(4).try_into().unwrap());
-        let len = i32::from_le_bytes(take(4).try_into().unwrap()) as usize;
-        let piece = String::from_utf8(take(len).to_vec()).unwrap().replace(' ', "▁");
-        let piece = match id {
-            1 => "<s>".to_string(),
-            2 => "</s>".to_string(),
-            _ => piece,
-        };
-        let is_byte = piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>');
-        types.push(GgufValue::I32(match id {
-            0 => 2,
-            1 | 2 => 3,
-            _ if is_byte => 6,
-            _ => 1,
-        }));
-        tokens.push(GgufValue::String(piece));
-        scores.push(GgufValue::F32(score));
-    }
-    (tokens, scores, types)
+    tandem_core::loader::gguf_writer::llama2c_vocab(&bytes, 512).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// llama.cpp convert_hf_to_gguf.py's `LlamaModel.permute`, transliterated:

@@ -187,3 +187,38 @@ fn quantize_block(x: &[f32], ty: u32, out: &mut Vec<u8>) {
         }
     }
 }
+
+/// `tokenizer.ggml.{tokens, scores, token_type}` arrays from a llama2.c tokenizer file (e.g.
+/// tok512.bin): i32 max_token_length, then per token an f32 score, an i32 length and the bytes.
+/// llama2.c writes "▁" as a plain space and BOS/EOS as "\n<s>\n"/"\n</s>\n"; llama.cpp's
+/// converter (working from the .model) has "▁", "<s>", "</s>", so those are restored.
+/// For tests: a malformed file is an `Err` naming the token where it broke.
+pub fn llama2c_vocab(bytes: &[u8], vocab: usize) -> Result<(Vec<GgufValue>, Vec<GgufValue>, Vec<GgufValue>), String> {
+    let mut at = 4;
+    let mut take = |n: usize, id: usize| -> Result<&[u8], String> {
+        let s = bytes.get(at..at + n).ok_or_else(|| format!("llama2c tokenizer: truncated at token {id}"))?;
+        at += n;
+        Ok(s)
+    };
+    let (mut tokens, mut scores, mut types) = (vec![], vec![], vec![]);
+    for id in 0..vocab {
+        let score = f32::from_le_bytes(take(4, id)?.try_into().expect("4 bytes"));
+        let len = i32::from_le_bytes(take(4, id)?.try_into().expect("4 bytes")).max(0) as usize;
+        let piece = String::from_utf8(take(len, id)?.to_vec()).map_err(|e| format!("token {id}: {e}"))?.replace(' ', "▁");
+        let piece = match id {
+            1 => "<s>".to_string(),
+            2 => "</s>".to_string(),
+            _ => piece,
+        };
+        let is_byte = piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>');
+        types.push(GgufValue::I32(match id {
+            0 => 2,
+            1 | 2 => 3,
+            _ if is_byte => 6,
+            _ => 1,
+        }));
+        tokens.push(GgufValue::String(piece));
+        scores.push(GgufValue::F32(score));
+    }
+    Ok((tokens, scores, types))
+}
