@@ -20,7 +20,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-// 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1
+// 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1, 5 bf16 (f16 and bf16: two per word, low half first)
 override DTYPE: u32 = 0u;
 override WG: u32 = 256u;
 
@@ -35,6 +35,11 @@ fn value(e: u32) -> f32 {
         }
         case 1u: {
             return half_at(0u, e);
+        }
+        case 5u: {
+            // A bf16 is the high half of an f32.
+            let word = table[e / 2u];
+            return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (e & 1u) == 1u));
         }
         case 2u: {
             let w = table[e / 4u];

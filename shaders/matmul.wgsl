@@ -35,7 +35,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-// 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1
+// 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1, 5 bf16 (f16 and bf16: two per word, low half first)
 override DTYPE: u32 = 0u;
 // Invocations per weight row in matvec: a power of two dividing 256.
 override TPR: u32 = 64u;
@@ -46,6 +46,11 @@ fn half_at(word_off: u32, i: u32) -> f32 {
     return unpack2x16float(w[word_off + i / 2u])[i & 1u];
 }
 
+// The two bf16 values of a word (a bf16 is the high half of an f32).
+fn bf16x2(word: u32) -> vec2<f32> {
+    return vec2<f32>(bitcast<f32>(word << 16u), bitcast<f32>(word & 0xffff0000u));
+}
+
 // Flat element e of the weight, exactly as the CPU reference computes it.
 fn value(e: u32) -> f32 {
     switch DTYPE {
@@ -54,6 +59,9 @@ fn value(e: u32) -> f32 {
         }
         case 1u: {
             return half_at(0u, e);
+        }
+        case 5u: {
+            return bf16x2(w[e / 2u])[e & 1u];
         }
         case 2u: {
             let q = bitcast<i32>(w[e / 4u] << (24u - 8u * (e % 4u))) >> 24u;
@@ -102,6 +110,11 @@ fn group(g: u32) -> Group {
             let i = g / 2u;
             r.lo = vec4<f32>(unpack2x16float(w[i]), unpack2x16float(w[i + 1u]));
             r.hi = vec4<f32>(unpack2x16float(w[i + 2u]), unpack2x16float(w[i + 3u]));
+        }
+        case 5u: {
+            let i = g / 2u;
+            r.lo = vec4<f32>(bf16x2(w[i]), bf16x2(w[i + 1u]));
+            r.hi = vec4<f32>(bf16x2(w[i + 2u]), bf16x2(w[i + 3u]));
         }
         case 2u: {
             r.d = half_at(p.d_off, g / 32u);
@@ -207,6 +220,14 @@ fn block_dot(blk: u32, xi: u32) -> f32 {
             for (var j = 0u; j < 32u; j += 4u) {
                 let i = blk * 16u + j / 2u;
                 acc += dot(vec4<f32>(unpack2x16float(w[i]), unpack2x16float(w[i + 1u])), xvec4(xi + j));
+            }
+            return acc;
+        }
+        case 5u: {
+            var acc = 0.0;
+            for (var j = 0u; j < 32u; j += 4u) {
+                let i = blk * 16u + j / 2u;
+                acc += dot(vec4<f32>(bf16x2(w[i]), bf16x2(w[i + 1u])), xvec4(xi + j));
             }
             return acc;
         }

@@ -24,9 +24,10 @@ pub const OPS: [&str; 12] = [
     "copy_rows",
 ];
 
-pub const WEIGHT_DTYPES: [DType; 5] = [
+pub const WEIGHT_DTYPES: [DType; 6] = [
     DType::F32,
     DType::F16,
+    DType::BF16,
     DType::Q8_0,
     DType::Q4_0,
     DType::Q4_1,

@@ -24,11 +24,11 @@ pub enum Tol {
 pub fn tolerance(op: &str, dtype: DType) -> Tol {
     match (op, dtype) {
         // A lookup and one multiply per element: correctly rounded everywhere...
-        ("embed", DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0) => Tol::Exact,
+        ("embed", DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0) => Tol::Exact,
         // ...except d * q + m, which a GPU may contract into an fma.
         ("embed", _) => Tol::Nmse(1e-12),
         ("rms_norm", _) => Tol::Nmse(1e-10),
-        ("matmul", DType::F32 | DType::F16) => Tol::Nmse(1e-10),
+        ("matmul", DType::F32 | DType::F16 | DType::BF16) => Tol::Nmse(1e-10),
         // Factored block sums (d * sum(q x) + m * sum(x)) cancel more than per-element sums.
         ("matmul", _) => Tol::Nmse(1e-9),
         // sin/cos of angles up to ~2000 rad: GPU implementations lose digits there.

@@ -1,5 +1,5 @@
 //! Weight quantization quality on stories260K: perplexity over a fixed story, f32 against
-//! tandem's q8 (8.5 bits/weight) and q4 (5 bits/weight) formats made at load time.
+//! tandem's q8 (8.5 bits/weight) and q4 (5 bits/weight) formats and bf16, made at load time.
 
 use tandem_core::loader;
 use tandem_core::model::{ModelOptions, Output, Want};
@@ -15,8 +15,12 @@ sad, dog. I will help you find your home.\" They walked together and looked for 
 found a small red house with a happy boy in the garden. The boy hugged the dog and said thank you to Lily. \
 Lily smiled and went home to tell her mom about her new friend.";
 
-/// Perplexity of TEXT and the model's own greedy continuation from BOS.
+/// Perplexity of TEXT and the model's own greedy continuation from BOS (text and token ids).
 fn perplexity(weights: Option<DType>, max_step_tokens: usize) -> Option<(f64, String)> {
+    perplexity_tokens(weights, max_step_tokens).map(|(ppl, text, _)| (ppl, text))
+}
+
+fn perplexity_tokens(weights: Option<DType>, max_step_tokens: usize) -> Option<(f64, String, Vec<u32>)> {
     let dir = match e2e::stories_dir() {
         Ok(d) => d,
         Err(e2e::Skip(why)) => {
@@ -46,7 +50,7 @@ fn perplexity(weights: Option<DType>, max_step_tokens: usize) -> Option<(f64, St
     }
     let ppl = (nll / (ids.len() - 1) as f64).exp();
     let tokens = e2e::greedy(&mut model, &tokenizer, &ids[..1], 60);
-    Some((ppl, tokenizer.decode(&tokens, true).expect("decode")))
+    Some((ppl, tokenizer.decode(&tokens, true).expect("decode"), tokens))
 }
 
 #[test]
@@ -64,6 +68,24 @@ fn q8_and_q4_perplexity_against_f32() {
     let words: Vec<&str> = q4_text.split_whitespace().collect();
     assert!(words.len() >= 20, "q4 text too short: {q4_text:?}");
     assert!(q4_text.chars().all(|c| c.is_ascii() && (!c.is_ascii_control() || c == '\n')), "q4 text: {q4_text:?}");
+}
+
+#[test]
+fn bf16_perplexity_and_greedy_tokens_against_f32() {
+    let Some((f32_ppl, _, f32_tokens)) = perplexity_tokens(None, 256) else { return };
+    let (bf16_ppl, bf16_text, bf16_tokens) = perplexity_tokens(Some(DType::BF16), 256).unwrap();
+    let same = f32_tokens.iter().zip(&bf16_tokens).take_while(|(a, b)| a == b).count();
+    eprintln!(
+        "stories260K perplexity: f32 {f32_ppl:.4}, bf16 {bf16_ppl:.4} ({:+.2}%); greedy tokens equal to f32's: first {same} of {}",
+        (bf16_ppl / f32_ppl - 1.0) * 100.0,
+        f32_tokens.len()
+    );
+    eprintln!("bf16 greedy text: {bf16_text}");
+    // 8 mantissa bits: a rounding error of 2^-9 per weight moves perplexity well under 1%.
+    assert!((bf16_ppl / f32_ppl - 1.0).abs() <= 0.01, "bf16 perplexity {bf16_ppl} is not within 1% of f32 {f32_ppl}");
+    assert_eq!(bf16_tokens.len(), f32_tokens.len());
+    // Greedy decoding may flip at a near-tie and then diverge; most of the run must agree.
+    assert!(same * 2 >= f32_tokens.len(), "bf16 greedy tokens diverge from f32's after {same}: {bf16_text:?}");
 }
 
 #[test]

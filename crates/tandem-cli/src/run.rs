@@ -16,6 +16,7 @@ use web_time::Instant;
 pub enum WeightDtype {
     F32,
     F16,
+    Bf16,
     Q8,
     Q4,
 }
@@ -25,6 +26,7 @@ impl WeightDtype {
         match self {
             WeightDtype::F32 => DType::F32,
             WeightDtype::F16 => DType::F16,
+            WeightDtype::Bf16 => DType::BF16,
             WeightDtype::Q8 => DType::Q8_0,
             WeightDtype::Q4 => DType::Q4_1,
         }
@@ -54,8 +56,8 @@ pub struct RunArgs {
     model: Option<PathBuf>,
     #[command(flatten)]
     backend: BackendArgs,
-    /// Convert weight matrices at load time (q8: 8.5 bits/weight, q4: 5 bits/weight);
-    /// by default the file's own types are kept.
+    /// Convert weight matrices at load time (bf16 and f16: 16 bits/weight, q8: 8.5, q4: 5);
+    /// by default the file's own types are kept (bf16 files load as f32).
     #[arg(long, value_enum)]
     dtype: Option<WeightDtype>,
     #[arg(long, value_enum, default_value = "f32")]

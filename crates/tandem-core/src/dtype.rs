@@ -14,6 +14,9 @@
 //! - `Q4_1`: as Q4_0 for `qs`; x = d * q + m.
 //!
 //! The element count is padded with zeros up to a whole block.
+//!
+//! `F16` and `BF16` are plain row-major 2-byte floats (BF16 is the top half of an f32, so a
+//! kernel widens it with a 16-bit shift: [`bf16_to_f32`]).
 
 use half::f16;
 
@@ -24,6 +27,8 @@ pub const QBLOCK: usize = 32;
 pub enum DType {
     F32,
     F16,
+    /// bfloat16: the high 16 bits of an f32 (8 exponent bits, 7 mantissa bits).
+    BF16,
     U32,
     Q8_0,
     Q4_0,
@@ -54,6 +59,7 @@ impl DType {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
+            DType::BF16 => "bf16",
             DType::U32 => "u32",
             DType::Q8_0 => "q8_0",
             DType::Q4_0 => "q4_0",
@@ -82,7 +88,7 @@ impl DType {
     pub fn storage_bytes(self, numel: usize) -> usize {
         match self {
             DType::F32 | DType::U32 => numel * 4,
-            DType::F16 => align4(numel * 2),
+            DType::F16 | DType::BF16 => align4(numel * 2),
             q => q.quant_layout(numel).map(|l| l.total_bytes).unwrap_or(0),
         }
     }
@@ -130,6 +136,13 @@ impl<'a> QuantView<'a> {
             _ => unreachable!(),
         }
     }
+}
+
+/// The f32 a bf16 bit pattern stands for, exactly as every kernel must compute it (a shift:
+/// NaN stays NaN, with its payload).
+#[inline(always)]
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
 }
 
 #[inline]

@@ -1,10 +1,11 @@
 //! Conversions between float data and tandem's block formats (see [`crate::dtype`]).
 
-use crate::dtype::{DType, QuantView, QBLOCK};
-use half::f16;
+use crate::dtype::{bf16_to_f32, DType, QuantView, QBLOCK};
+use half::{bf16, f16};
 
 /// Encodes `src` as a buffer of `dtype` in tandem's layout (`dtype.storage_bytes(src.len())`
-/// bytes). Quantization is round-to-nearest: Q8_0 and Q4_0 scale by the block's absolute
+/// bytes). F16 and BF16 round to nearest, ties to even (NaN stays NaN). Quantization is
+/// round-to-nearest: Q8_0 and Q4_0 scale by the block's absolute
 /// maximum, Q4_1 maps the block's [min, max] onto 0..=15.
 pub fn encode(src: &[f32], dtype: DType) -> Vec<u8> {
     let mut out = vec![0u8; dtype.storage_bytes(src.len())];
@@ -14,6 +15,11 @@ pub fn encode(src: &[f32], dtype: DType) -> Vec<u8> {
         DType::F16 => {
             for (o, &x) in out.chunks_exact_mut(2).zip(src) {
                 o.copy_from_slice(&f16::from_f32(x).to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (o, &x) in out.chunks_exact_mut(2).zip(src) {
+                o.copy_from_slice(&bf16::from_f32(x).to_le_bytes());
             }
         }
         q => quantize_into(src, q, &mut out),
@@ -86,6 +92,7 @@ pub fn decode(bytes: &[u8], dtype: DType, numel: usize) -> Vec<f32> {
             .chunks_exact(2)
             .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
+        DType::BF16 => bytes[..numel * 2].chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
         q => {
             // Copy to an aligned buffer: `bytes` may come from a file at any offset.
             let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..q.storage_bytes(numel)]);
@@ -102,13 +109,29 @@ mod tests {
     #[test]
     fn round_trip_error_is_bounded_per_block() {
         let src: Vec<f32> = (0..100).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
-        for (dtype, rel) in [(DType::F16, 1e-3), (DType::Q8_0, 1.0 / 127.0), (DType::Q4_0, 1.0 / 8.0), (DType::Q4_1, 1.0 / 15.0)] {
+        for (dtype, rel) in [(DType::F16, 1e-3), (DType::BF16, 1.0 / 256.0), (DType::Q8_0, 1.0 / 127.0), (DType::Q4_0, 1.0 / 8.0), (DType::Q4_1, 1.0 / 15.0)] {
             let back = decode(&encode(&src, dtype), dtype, src.len());
             let amax = src.iter().fold(0f32, |a, x| a.max(x.abs()));
             for (a, b) in src.iter().zip(&back) {
                 assert!((a - b).abs() <= amax * rel * 1.1, "{dtype}: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even_and_keeps_nan() {
+        let bits = |x: f32| u16::from_le_bytes(encode(&[x], DType::BF16)[..2].try_into().unwrap());
+        // 1 + 2^-8 lies halfway between bf16 1.0 (0x3f80) and the next value (0x3f81): ties go
+        // to the even mantissa, 0x3f80; just above the tie rounds up.
+        assert_eq!(bits(f32::from_bits(0x3f80_8000)), 0x3f80);
+        assert_eq!(bits(f32::from_bits(0x3f81_8000)), 0x3f82);
+        assert_eq!(bits(f32::from_bits(0x3f80_8001)), 0x3f81);
+        assert_eq!(bits(-2.5), 0xc020);
+        assert!(decode(&encode(&[f32::NAN], DType::BF16), DType::BF16, 1)[0].is_nan());
+        // A NaN whose payload lies only in the low 16 bits must not round to infinity.
+        assert!(decode(&encode(&[f32::from_bits(0x7f80_0001)], DType::BF16), DType::BF16, 1)[0].is_nan());
+        assert_eq!(decode(&encode(&[f32::INFINITY, -0.0], DType::BF16), DType::BF16, 2), [f32::INFINITY, -0.0]);
+        assert_eq!(DType::BF16.storage_bytes(3), 8);
     }
 
     #[test]

@@ -59,6 +59,10 @@ fn main() {
     let shapes = [
         (DType::Q4_1, 1, 576, 1536),
         (DType::Q8_0, 1, 576, 49152),
+        // bf16 and f16 decode: the same bytes, the fused widening path against the general one.
+        (DType::BF16, 1, 2048, 8192),
+        (DType::F16, 1, 2048, 8192),
+        (DType::BF16, 37, 576, 1536),
         (DType::Q4_1, 64, 576, 1536),
         // Prefill of the 37-token chat prompt: the ffn up and down projections.
         (DType::Q4_1, 37, 576, 1536),

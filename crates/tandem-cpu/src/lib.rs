@@ -210,7 +210,7 @@ fn detect_avx2() -> bool {
 fn is_weight_dtype(d: DType) -> bool {
     matches!(
         d,
-        DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1
+        DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1
     )
 }
 

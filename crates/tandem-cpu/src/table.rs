@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use half::f16;
+use tandem_core::dtype::bf16_to_f32;
 use tandem_core::{BufId, DType, Error, QuantView, Result};
 
 pub(crate) struct Buffer {
@@ -48,6 +49,7 @@ impl Buffer {
         match self.dtype {
             DType::F32 => Weight::F32(self.f32()),
             DType::F16 => Weight::F16(self.f16()),
+            DType::BF16 => Weight::BF16(&bytemuck::cast_slice(&self.data)[..self.numel]),
             // The buffer holds exactly `storage_bytes(numel)` bytes, so the sections fit.
             q => Weight::Q(QuantView::new(q, self.numel, self.bytes())),
         }
@@ -59,6 +61,8 @@ impl Buffer {
 pub(crate) enum Weight<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
+    /// Raw bf16 bit patterns.
+    BF16(&'a [u16]),
     Q(QuantView<'a>),
 }
 
@@ -69,6 +73,7 @@ impl Weight<'_> {
         match self {
             Weight::F32(w) => w[e],
             Weight::F16(w) => w[e].to_f32(),
+            Weight::BF16(w) => bf16_to_f32(w[e]),
             Weight::Q(q) => q.get(e),
         }
     }

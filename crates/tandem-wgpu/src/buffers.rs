@@ -208,7 +208,7 @@ pub(crate) fn part_bytes(
     let mut out = vec![0u8; dtype.storage_bytes(cnt)];
     match dtype {
         DType::F32 | DType::U32 => out[..cnt * 4].copy_from_slice(&whole[e0 * 4..(e0 + cnt) * 4]),
-        DType::F16 => out[..cnt * 2].copy_from_slice(&whole[e0 * 2..(e0 + cnt) * 2]),
+        DType::F16 | DType::BF16 => out[..cnt * 2].copy_from_slice(&whole[e0 * 2..(e0 + cnt) * 2]),
         q => {
             let src = q.quant_layout(numel).expect("quantized");
             let dst = q.quant_layout(cnt).expect("quantized");

@@ -524,7 +524,7 @@ fn pad4(bytes: &[u8]) -> Vec<u8> {
 fn is_weight_dtype(d: DType) -> bool {
     matches!(
         d,
-        DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1
+        DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1
     )
 }
 

@@ -75,6 +75,7 @@ fn split_weights_match_the_reference() {
     for dtype in [
         DType::F32,
         DType::F16,
+        DType::BF16,
         DType::Q8_0,
         DType::Q4_0,
         DType::Q4_1,

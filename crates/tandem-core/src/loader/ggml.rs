@@ -155,6 +155,11 @@ pub(crate) fn convert(ty: GgmlType, raw: &[u8], shape: Vec<usize>, as_: LoadAs) 
         };
         return Ok(HostTensor { dtype: target, shape, bytes });
     }
+    if (ty.id, target) == (GGML_BF16, DType::BF16) {
+        let mut bytes = raw.to_vec();
+        bytes.resize(target.storage_bytes(numel), 0);
+        return Ok(HostTensor { dtype: target, shape, bytes });
+    }
     let values = dequantize(ty.id, raw).ok_or("unsupported ggml type")?;
     Ok(f32_tensor(shape, &values, target))
 }

@@ -168,9 +168,9 @@ fn convert(name: &str, info: &StInfo, raw: &[u8], as_: LoadAs, bad: impl Fn(Stri
     if (info.dtype, target) == (Dtype::F32, DType::F32) {
         return Ok(HostTensor { dtype: target, shape, bytes: raw.to_vec() });
     }
-    if (info.dtype, target) == (Dtype::F16, DType::F16) {
+    if matches!((info.dtype, target), (Dtype::F16, DType::F16) | (Dtype::BF16, DType::BF16)) {
         let mut bytes = raw.to_vec();
-        bytes.resize(DType::F16.storage_bytes(numel), 0);
+        bytes.resize(target.storage_bytes(numel), 0);
         return Ok(HostTensor { dtype: target, shape, bytes });
     }
     let values: Vec<f32> = match info.dtype {

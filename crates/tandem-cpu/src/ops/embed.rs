@@ -1,5 +1,6 @@
 //! Token embedding lookup, dequantizing the table rows it touches.
 
+use tandem_core::dtype::bf16_to_f32;
 use tandem_core::ops::Embed;
 use tandem_core::{DType, Error, Result};
 
@@ -10,7 +11,7 @@ const OP: &str = "embed";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Embed) -> Result<()> {
     if !is_weight_dtype(op.dtype) {
-        return Err(bad_dtype(OP, "table", "f32/f16/q8_0/q4_0/q4_1", op.dtype));
+        return Err(bad_dtype(OP, "table", "f32/f16/bf16/q8_0/q4_0/q4_1", op.dtype));
     }
     let table_len = numel(OP, &[op.vocab, op.dim])?;
     let out_len = numel(OP, &[op.n, op.dim])?;
@@ -56,6 +57,11 @@ pub(crate) fn fast(ex: Exec, table: Weight, ids: &[u32], out: &mut [f32], dim: u
         let base = ids[i] as usize * dim;
         match table {
             Weight::F32(w) => row.copy_from_slice(&w[base..base + dim]),
+            Weight::BF16(w) => {
+                for (o, &b) in row.iter_mut().zip(&w[base..base + dim]) {
+                    *o = bf16_to_f32(b);
+                }
+            }
             _ => {
                 for (j, o) in row.iter_mut().enumerate() {
                     *o = table.get(base + j);

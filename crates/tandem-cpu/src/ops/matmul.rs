@@ -1,6 +1,8 @@
 //! out = x @ w^T (+ bias) with the weight dequantized inside the kernel.
 //!
-//! Fast mode has three paths:
+//! Fast mode has four paths:
+//! - bf16 decode (n = 1, bf16 weights): each row widened 16 lanes at a time (a shift) and
+//!   dotted in the same pass; see [`bf16`].
 //! - decode (n = 1, quantized, k % 32 == 0): every row starts on a block boundary, so each
 //!   weight byte is streamed once and dequantized in registers. The activation is prepared
 //!   once: split into even/odd elements (matching the nibble order of Q4 bytes) and summed per
@@ -15,11 +17,13 @@
 //!
 //! All are parallel over chunks of output rows.
 
+mod bf16;
 #[cfg(target_arch = "x86_64")]
 mod decode_avx2;
 mod prefill;
 
 use half::slice::HalfFloatSliceExt;
+use tandem_core::dtype::bf16_to_f32;
 use tandem_core::ops::Matmul;
 use tandem_core::{DType, QuantView, Result, QBLOCK};
 
@@ -31,7 +35,7 @@ const OP: &str = "matmul";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
     if !is_weight_dtype(op.wdtype) {
-        return Err(bad_dtype(OP, "w", "f32/f16/q8_0/q4_0/q4_1", op.wdtype));
+        return Err(bad_dtype(OP, "w", "f32/f16/bf16/q8_0/q4_0/q4_1", op.wdtype));
     }
     let (n, k, m) = (op.n, op.k, op.m);
     let x_len = numel(OP, &[n, k])?;
@@ -95,8 +99,9 @@ pub(crate) fn fast(
         Weight::Q(q) if n == 1 && k % QBLOCK == 0 && k > 0 => {
             decode_quant(ex, x, q, bias, out, k, m)
         }
-        // The decode path schedules itself (see `par_chunks_caller`); these run on the pool
-        // if there is one.
+        Weight::BF16(v) if n == 1 => bf16::decode(ex, x, v, bias, out, k, m),
+        // The decode paths schedule themselves (see `par_chunks_caller`); these run on the
+        // pool if there is one.
         _ if n == 1 => general(ex, x, w, bias, out, k, m),
         _ => prefill::prefill(ex, x, w, bias, out, n, k, m),
     }
@@ -359,6 +364,12 @@ pub(crate) fn dequant_into(w: Weight, start: usize, dst: &mut [f32]) {
     match w {
         Weight::F32(v) => dst.copy_from_slice(&v[start..start + dst.len()]),
         Weight::F16(v) => v[start..start + dst.len()].convert_to_f32_slice(dst),
+        Weight::BF16(v) => {
+            let len = dst.len();
+            for (o, &b) in dst.iter_mut().zip(&v[start..start + len]) {
+                *o = bf16_to_f32(b);
+            }
+        }
         Weight::Q(q) => {
             let end = start + dst.len();
             let mut e = start;

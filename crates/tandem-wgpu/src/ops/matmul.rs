@@ -18,7 +18,7 @@ const RWG: usize = 64;
 
 pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     let code = dtype_code(op.wdtype)
-        .ok_or_else(|| bad_dtype(OP, "w", "f32/f16/q8_0/q4_0/q4_1", op.wdtype))?;
+        .ok_or_else(|| bad_dtype(OP, "w", "f32/f16/bf16/q8_0/q4_0/q4_1", op.wdtype))?;
     let (n, k, m) = (op.n, op.k, op.m);
     let x_len = numel(OP, &[n, k])?;
     let w_len = numel(OP, &[m, k])?;

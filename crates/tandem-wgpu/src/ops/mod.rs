@@ -130,6 +130,7 @@ pub(crate) fn dtype_code(d: DType) -> Option<u32> {
         DType::Q8_0 => Some(2),
         DType::Q4_0 => Some(3),
         DType::Q4_1 => Some(4),
+        DType::BF16 => Some(5),
         DType::U32 => None,
     }
 }
