@@ -152,3 +152,101 @@ fn stop_strings_end_the_output() {
     let stdout = text(&out.stdout);
     assert_eq!(stdout.trim_end(), ", there was a little girl named", "{stdout:?}");
 }
+
+/// A small HF config.json (with `patch` merged in) in a fresh directory; returns its path.
+fn synthetic_config(name: &str, patch: &str) -> PathBuf {
+    let mut v: serde_json::Value = serde_json::from_str(
+        r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 172,
+        "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 300,
+        "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "tie_word_embeddings": false}"#,
+    )
+    .unwrap();
+    let patch: serde_json::Value = serde_json::from_str(patch).unwrap();
+    for (k, x) in patch.as_object().unwrap() {
+        if x.is_null() {
+            v.as_object_mut().unwrap().remove(k);
+        } else {
+            v[k] = x.clone();
+        }
+    }
+    let path = temp_dir(name).join("config.json");
+    std::fs::write(&path, v.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn bench_synthetic_runs_on_every_backend() {
+    let config = synthetic_config("synth", "{}");
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "--synthetic", p(&config), "--prompt-tokens", "8", "--decode-tokens", "4", "--repeat", "1"];
+        args.extend_from_slice(extra);
+        tandem(&args)
+    };
+    for (backend, dtype, label) in [
+        ("cpu", None, "q4_1"),
+        ("cpu", Some("bf16"), "bf16"),
+        ("cpu-reference", Some("q8"), "q8_0"),
+        ("wgpu", Some("f16"), "f16"),
+    ] {
+        let mut extra = vec!["--backend", backend];
+        extra.extend(dtype.iter().flat_map(|d| ["--dtype", d]));
+        let out = bench(&extra);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        if backend == "wgpu" && stderr.contains("no WebGPU adapter") {
+            eprintln!("SKIP bench --synthetic on wgpu: {stderr}");
+            continue;
+        }
+        assert!(out.status.success(), "{backend} {dtype:?}: {stderr}");
+        assert!(stdout.contains(&format!("synthetic weights ({label}, seed 0)")), "{backend}: {stdout}");
+        assert!(stdout.contains("2 layers, dim 64, 8 heads (4 kv heads, head_dim 8), ffn 172, vocab 300"), "{stdout}");
+        for field in ["weights:", "prefill:", "decode:", "GB/s of weights", "peak memory"] {
+            assert!(stdout.contains(field), "{backend}: no {field} in {stdout}");
+        }
+    }
+    // The weight bytes follow the type: q4_1 is 5 bits a weight, bf16 16.
+    let bytes = |dtype: &str| {
+        let out = bench(&["--backend", "cpu", "--dtype", dtype]);
+        let stdout = text(&out.stdout);
+        let line = stdout.lines().find(|l| l.starts_with("weights:")).unwrap_or_else(|| panic!("{stdout}"));
+        line["weights:".len()..].split_whitespace().next().unwrap().parse::<f64>().unwrap()
+    };
+    // Per layer q and o [64, 64], k and v [32, 64], three FFN [172, 64]; embedding and head
+    // [300, 64]; f32 norms: two per layer and the final one.
+    let matrix_elems = 2.0 * (64.0 * 64.0 * 2.0 + 32.0 * 64.0 * 2.0 + 3.0 * 172.0 * 64.0) + 2.0 * 300.0 * 64.0;
+    let norm_bytes = (2.0 * 2.0 + 1.0) * 64.0 * 4.0;
+    assert_eq!(bytes("bf16"), matrix_elems * 2.0 + norm_bytes);
+    assert!((bytes("q4") - (matrix_elems * 5.0 / 8.0 + norm_bytes)).abs() < 64.0);
+}
+
+/// `tandem bench --synthetic CONFIG` on the CPU with a short run, then `extra`.
+fn bench<'a>(config: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["bench", "--synthetic", p(config), "--backend", "cpu", "--prompt-tokens", "8", "--decode-tokens", "4", "--repeat", "1"];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn bench_synthetic_bad_inputs_are_clear_errors() {
+    let good = synthetic_config("synth-good", "{}");
+    let missing = synthetic_config("synth-missing", r#"{"hidden_size": null}"#);
+    fails(&bench(&missing, &[]), "missing hidden_size");
+    fails(&bench(&missing, &[]), "config.json");
+    let zero = synthetic_config("synth-zero", r#"{"num_hidden_layers": 0}"#);
+    fails(&bench(&zero, &[]), "num_hidden_layers");
+    // Within the config limits but terabytes of weights: refused before anything is made.
+    let huge = synthetic_config(
+        "synth-huge",
+        r#"{"num_hidden_layers": 1000, "hidden_size": 65536, "intermediate_size": 262144, "num_attention_heads": 512, "num_key_value_heads": 512}"#,
+    );
+    let err = fails(&bench(&huge, &[]), "GiB");
+    assert!(err.contains("1000 layers") && err.contains("more than"), "{err}");
+    fails(&bench(Path::new("/nonexistent/config.json"), &[]), "/nonexistent/config.json");
+    let not_json = temp_dir("synth-notjson").join("config.json");
+    std::fs::write(&not_json, "not json").unwrap();
+    fails(&bench(&not_json, &[]), "config.json");
+    let mut both = bench(&good, &[]);
+    both.extend(["--model", p(&good)]);
+    fails(&both, "--synthetic");
+    let short = synthetic_config("synth-short", r#"{"max_position_embeddings": 10}"#);
+    fails(&bench(&short, &[]), "context");
+}

@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod gguf_writer;
 pub mod names;
 pub mod safetensors;
+pub mod synthetic;
 
 use crate::config::ModelConfig;
 use crate::dtype::DType;
@@ -64,6 +65,8 @@ pub enum TokenizerSource {
     Gguf(std::sync::Arc<gguf::GgufFile>),
     /// The same files as `Files`, already in memory (a browser's inputs).
     Bytes { tokenizer_json: Vec<u8>, tokenizer_config: Option<Vec<u8>>, chat_template: Option<String> },
+    /// No tokenizer (synthetic weights); building one fails with this reason.
+    None(String),
 }
 
 pub struct ModelSource {

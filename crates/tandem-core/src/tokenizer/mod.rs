@@ -149,6 +149,7 @@ impl Tokenizer {
                 Self::from_bytes(tokenizer_json, tokenizer_config.as_deref(), chat_template.clone())
             }
             TokenizerSource::Gguf(file) => Self::from_gguf(&file.metadata),
+            TokenizerSource::None(why) => Err(Error::Tokenizer(why.clone())),
         }
     }
 

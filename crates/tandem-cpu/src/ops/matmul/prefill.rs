@@ -14,6 +14,7 @@
 //!
 //! Parallel over chunks of output rows (multiples of `NR`).
 
+#[cfg(target_arch = "x86_64")]
 use tandem_core::QBLOCK;
 
 use super::dequant_into;
