@@ -241,6 +241,14 @@ async function main() {
     rows.push([r.model, r.backend, r.adapter, `${r.prompt_tokens} tok`, fmt(r.load_ms), fmt(r.first_token_ms), fmt(r.prefill_ms, 1), fmt(r.decode_tokens_per_second, 1), fmt(gbps, 3)]);
   }
   console.log(table(rows));
+  console.log(
+    [
+      'load: navigation start to createEngine() resolved (page scripts, wasm compile, model download and upload)',
+      'first token: navigation start to the first streamed text',
+      "prefill: the engine's time for the prompt step (on WebGPU it includes compiling each pipeline on first use)",
+      "decode: the engine's rate over the tokens after the first; weights GB/s: weight bytes x decode tok/s",
+    ].map((l) => `  ${l}`).join('\n'),
+  );
   console.log('');
   const pageAdapter = report.results.find((r) => r.page_adapter)?.page_adapter ?? null;
   report.page_adapter = pageAdapter;
