@@ -1,8 +1,8 @@
-// The npm package as a web app gets it: `npm pack`, a minimal Vite project that depends on the
-// tarball, `vite build`, dist/ served statically, and stories260K's greedy reference tokens in
-// headless Chromium (CPU and WebGPU); then the same app under Vite's dev server. This proves
-// that the worker and the .wasm keep working URLs through Vite with no Vite configuration.
-// Everything (npm's cache included) lives in one temp dir, removed at the end.
+// The npm package the way a web app gets it: `npm pack`, a minimal Vite project that depends
+// on the tarball, `vite build`, dist/ served statically, and stories260K's greedy reference
+// tokens in headless Chromium (CPU and WebGPU); then the same app under Vite's dev server. This
+// proves that the worker and the .wasm keep working URLs through Vite with no Vite
+// configuration. Everything (npm's cache included) lives in one temp dir, removed at the end.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -144,7 +144,7 @@ async function run(cmd, args, cwd) {
 }
 
 /** The project, or a SKIP reason when the npm registry cannot be reached. */
-async function projectOrSkip(t) {
+async function projectOrSkip() {
   try {
     return { dir: await viteProject() };
   } catch (e) {
@@ -200,7 +200,7 @@ async function checkApp(url, label) {
 
 test('a Vite app (vite build, served statically) runs the package on the CPU and WebGPU', { timeout: 240_000 }, async (t) => {
   if (skip) return skipped(t, skip);
-  const p = await projectOrSkip(t);
+  const p = await projectOrSkip();
   if (p.skip) return skipped(t, p.skip);
   const dist = join(p.dir, 'dist');
   const assets = readdirSync(join(dist, 'assets'));
@@ -229,7 +229,7 @@ async function freePort() {
 
 test("the same app under Vite's dev server (dependency pre-bundling) runs on the CPU", { timeout: 180_000 }, async (t) => {
   if (skip) return skipped(t, skip);
-  const p = await projectOrSkip(t);
+  const p = await projectOrSkip();
   if (p.skip) return skipped(t, p.skip);
   server ??= await staticServer(join(p.dir, 'dist'));
   const port = await freePort();
