@@ -226,8 +226,11 @@ function normalizeSource(source) {
  */
 export async function createEngine(source, options = {}) {
   const src = normalizeSource(source);
-  const workerUrl = options.workerUrl ?? new URL('./worker.js', import.meta.url);
-  const worker = new Worker(workerUrl, { type: 'module' });
+  // Spelled out in one expression so that bundlers (Vite, webpack 5, Parcel) recognize the
+  // worker and bundle it with its imports; a URL held in a variable is copied as a lone file.
+  const worker = options.workerUrl
+    ? new Worker(options.workerUrl, { type: 'module' })
+    : new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
   const id = nextId++;
   const info = await new Promise((resolve, reject) => {
     worker.onmessage = (e) => {
