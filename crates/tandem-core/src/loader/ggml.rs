@@ -5,7 +5,7 @@
 //! ggml blocks each row separately, tandem blocks the flat index; since a ggml row is a whole
 //! number of blocks, ggml block `b` in file order is exactly tandem block `b`.
 
-use super::gguf::{GgmlType, GgufFile, GgufMetadataExt, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0};
+use super::gguf::{GgmlType, GgufFile, GgufMetadataExt, GgufTensor, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0};
 use super::{f32_tensor, HostTensor, LoadAs, TensorInfo, TensorStore};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::dtype::{DType, QBLOCK};
@@ -127,7 +127,7 @@ pub fn unpermute_rows(raw: &[u8], rows: usize, n_head: usize) -> std::result::Re
 
 /// Converts the raw bytes of a ggml tensor of type `ty` as asked. Errors are reasons, for the
 /// caller to attach the tensor name and path.
-pub(crate) fn convert(ty: GgmlType, raw: &[u8], shape: Vec<usize>, as_: LoadAs) -> std::result::Result<HostTensor, String> {
+pub(crate) fn convert(ty: GgmlType, raw: Cow<'_, [u8]>, shape: Vec<usize>, as_: LoadAs) -> std::result::Result<HostTensor, String> {
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
     let expected = (numel / ty.block).checked_mul(ty.type_size).ok_or("byte size overflows")?;
     if numel % ty.block != 0 || raw.len() != expected {
@@ -145,17 +145,17 @@ pub(crate) fn convert(ty: GgmlType, raw: &[u8], shape: Vec<usize>, as_: LoadAs) 
     // Same type: copy or repack without touching the values.
     if target == native && ty.id != GGML_BF16 {
         let bytes = match target {
-            DType::F32 => raw.to_vec(),
+            DType::F32 => raw.into_owned(),
             DType::F16 => {
-                let mut b = raw.to_vec();
+                let mut b = raw.into_owned();
                 b.resize(DType::F16.storage_bytes(numel), 0);
                 b
             }
-            _ => repack_quant(ty.id, raw, numel).ok_or("quantized data does not fill whole blocks")?.1,
+            _ => repack_quant(ty.id, &raw, numel).ok_or("quantized data does not fill whole blocks")?.1,
         };
         return Ok(HostTensor { dtype: target, shape, bytes });
     }
-    let values = dequantize(ty.id, raw).ok_or("unsupported ggml type")?;
+    let values = dequantize(ty.id, &raw).ok_or("unsupported ggml type")?;
     Ok(f32_tensor(shape, &values, target))
 }
 
@@ -214,6 +214,24 @@ impl GgufFile {
     }
 }
 
+impl GgufFile {
+    /// Converts `raw`, the data of directory entry `t` (HF name `name`), as `as_` asks: rows
+    /// llama.cpp permuted for its RoPE come back in HF order, ggml blocks become tandem's. The
+    /// one conversion both the memory-mapped loader and the stream (`loader::stream`) use.
+    pub fn convert(&self, t: &GgufTensor, name: &str, raw: Cow<'_, [u8]>, as_: LoadAs) -> Result<HostTensor> {
+        let bad = |reason: String| Error::bad_file(&self.path, format!("tensor '{name}' ('{}'): {reason}", t.name));
+        let mut raw = raw;
+        if let Some(heads) = self.permute_heads(name) {
+            let rows = t.dims.get(1).or(t.dims.first()).copied().unwrap_or(0) as usize;
+            if t.dims.len() > 2 {
+                return Err(bad(format!("{} dims; expected a matrix or a vector", t.dims.len())));
+            }
+            raw = Cow::Owned(unpermute_rows(&raw, rows, heads?).map_err(bad)?);
+        }
+        convert(t.ggml_type, raw, t.shape(), as_).map_err(bad)
+    }
+}
+
 impl TensorStore for GgufFile {
     fn infos(&self) -> &[TensorInfo] {
         &self.infos
@@ -222,18 +240,11 @@ impl TensorStore for GgufFile {
     fn load(&self, name: &str, as_: LoadAs) -> Result<HostTensor> {
         let &i = self.by_name.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let t = &self.tensors[i];
-        let bad = |reason: String| Error::bad_file(&self.path, format!("tensor '{name}' ('{}'): {reason}", t.name));
         let data = self.tensor_data(t)?;
-        let mut raw = Cow::Borrowed(data);
-        if let Some(heads) = self.permute_heads(name) {
-            let rows = t.dims.get(1).or(t.dims.first()).copied().unwrap_or(0) as usize;
-            if t.dims.len() > 2 {
-                return Err(bad(format!("{} dims; expected a matrix or a vector", t.dims.len())));
-            }
-            raw = Cow::Owned(unpermute_rows(&raw, rows, heads?).map_err(bad)?);
+        let tensor = self.convert(t, name, Cow::Borrowed(data), as_);
+        if let Some(blob) = &self.blob {
+            blob.done_with(data);
         }
-        let tensor = convert(t.ggml_type, &raw, t.shape(), as_).map_err(bad);
-        self.blob.done_with(data);
         tensor
     }
 }
