@@ -69,8 +69,9 @@ pub fn native_dtype(ty: u32) -> Option<DType> {
     })
 }
 
-/// Repacks ggml Q8_0 / Q4_0 / Q4_1 blocks into tandem's sections, bit for bit.
-fn repack_quant(ty: u32, raw: &[u8], numel: usize) -> Option<(DType, Vec<u8>)> {
+/// Repacks ggml Q8_0 / Q4_0 / Q4_1 blocks into tandem's sections, bit for bit, in place: only
+/// the scales (2 or 4 bytes a block) are copied aside, so a streamed tensor is never held twice.
+fn repack_quant(ty: u32, mut raw: Vec<u8>, numel: usize) -> Option<(DType, Vec<u8>)> {
     let (dtype, size, header) = match ty {
         GGML_Q8_0 => (DType::Q8_0, 34, 2),
         GGML_Q4_0 => (DType::Q4_0, 18, 2),
@@ -81,23 +82,32 @@ fn repack_quant(ty: u32, raw: &[u8], numel: usize) -> Option<(DType, Vec<u8>)> {
     if raw.len() != l.blocks * size || numel % QBLOCK != 0 {
         return None;
     }
-    let mut out = vec![0u8; l.total_bytes];
-    for (b, blk) in raw.chunks_exact(size).enumerate() {
-        out[l.d_offset + 2 * b..l.d_offset + 2 * b + 2].copy_from_slice(&blk[0..2]);
-        let qs = &blk[header..];
+    let heads: Vec<u8> = raw.chunks_exact(size).flat_map(|blk| blk[..header].iter().copied()).collect();
+    // Block b's quants move from b*size + header down to b*qs, never past a block not yet read.
+    let qs = size - header;
+    for b in 0..l.blocks {
+        let src = b * size + header;
         if dtype == DType::Q8_0 {
-            out[b * QBLOCK..(b + 1) * QBLOCK].copy_from_slice(qs);
+            raw.copy_within(src..src + qs, b * qs);
             continue;
         }
-        if dtype == DType::Q4_1 {
-            out[l.m_offset + 2 * b..l.m_offset + 2 * b + 2].copy_from_slice(&blk[2..4]);
-        }
         // tandem: element e in byte e/2, low nibble for even e.
+        let mut q = [0u8; QBLOCK / 2];
+        q.copy_from_slice(&raw[src..src + qs]);
         for k in 0..QBLOCK / 2 {
-            out[b * QBLOCK / 2 + k] = ggml_nibble(qs, 2 * k) | (ggml_nibble(qs, 2 * k + 1) << 4);
+            raw[b * qs + k] = ggml_nibble(&q, 2 * k) | (ggml_nibble(&q, 2 * k + 1) << 4);
         }
     }
-    Some((dtype, out))
+    // Zeroes whatever lies between and after the sections, as a fresh buffer would have.
+    raw.truncate(l.blocks * qs);
+    raw.resize(l.total_bytes, 0);
+    for (b, h) in heads.chunks_exact(header).enumerate() {
+        raw[l.d_offset + 2 * b..l.d_offset + 2 * b + 2].copy_from_slice(&h[0..2]);
+        if dtype == DType::Q4_1 {
+            raw[l.m_offset + 2 * b..l.m_offset + 2 * b + 2].copy_from_slice(&h[2..4]);
+        }
+    }
+    Some((dtype, raw))
 }
 
 /// Undoes llama.cpp's `permute` of q/k rows (HF -> GGUF:
@@ -151,7 +161,7 @@ pub(crate) fn convert(ty: GgmlType, raw: Cow<'_, [u8]>, shape: Vec<usize>, as_: 
                 b.resize(DType::F16.storage_bytes(numel), 0);
                 b
             }
-            _ => repack_quant(ty.id, &raw, numel).ok_or("quantized data does not fill whole blocks")?.1,
+            _ => repack_quant(ty.id, raw.into_owned(), numel).ok_or("quantized data does not fill whole blocks")?.1,
         };
         return Ok(HostTensor { dtype: target, shape, bytes });
     }
