@@ -71,16 +71,11 @@ fn stories_hf(dir: &std::path::Path) -> HfFiles {
     names.sort();
     let half = names.len() / 2;
     let shard = |names: &[String]| {
-        let tensors: Vec<(String, (Vec<usize>, Vec<u8>))> = names
-            .iter()
-            .map(|n| {
-                let t = store.load(n, LoadAs::F32).expect("load");
-                (n.clone(), (t.shape, t.bytes))
-            })
-            .collect();
+        let tensors: Vec<(String, tandem_core::loader::HostTensor)> =
+            names.iter().map(|n| (n.clone(), store.load(n, LoadAs::F32).expect("load"))).collect();
         let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
             .iter()
-            .map(|(n, (shape, bytes))| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).expect("view")))
+            .map(|(n, t)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), &t.bytes).expect("view")))
             .collect();
         safetensors::serialize(views, None::<HashMap<String, String>>).expect("serialize")
     };

@@ -222,9 +222,7 @@ impl GgufFile {
                 .ok_or_else(|| Error::bad_file(&self.path, format!("'{hf_name}' needs {q_key} to undo the rope permutation"))),
         )
     }
-}
 
-impl GgufFile {
     /// Converts `raw`, the data of directory entry `t` (HF name `name`), as `as_` asks: rows
     /// llama.cpp permuted for its RoPE come back in HF order, ggml blocks become tandem's. The
     /// one conversion both the memory-mapped loader and the stream (`loader::stream`) use.

@@ -2,8 +2,8 @@
 //!
 //! Every count, length and offset in the header is checked against the bytes that remain
 //! before anything is allocated or sliced, so a hostile header gives `BadModelFile`, not an
-//! out-of-memory abort or a panic. The header parses on its own (a stream that has not seen
-//! the tensor data yet: [`GgufFile::parse_header`]); [`header_scan`] finds where it ends.
+//! out-of-memory abort or a panic. The header parses on its own ([`GgufFile::parse_header`]),
+//! for a stream that has not seen the tensor data yet (`loader::stream` finds where it ends).
 
 use super::{Blob, TensorInfo};
 use crate::config::ModelConfig;
@@ -408,7 +408,7 @@ impl GgufFile {
     }
 
     /// Parses the metadata and tensor directory from `header` (the file's first bytes, at
-    /// least up to the end of the directory; [`header_scan`] says how many). With `file_len`,
+    /// least up to the end of the directory). With `file_len`,
     /// every tensor must lie inside the file; without it (a stream of unknown length) the
     /// stream checks that as the data arrives. The result holds no tensor data.
     pub fn parse_header(path: PathBuf, header: &[u8], file_len: Option<u64>) -> Result<GgufFile> {

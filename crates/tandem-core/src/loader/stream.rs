@@ -52,6 +52,9 @@ struct Span {
     name: String,
 }
 
+/// Converts the raw bytes of the format's tensor `id` as asked.
+type Convert<'a> = dyn Fn(usize, Cow<'_, [u8]>, LoadAs) -> Result<HostTensor> + 'a;
+
 enum Current {
     Skip,
     Take(LoadAs, Vec<u8>),
@@ -90,7 +93,7 @@ impl Walker {
         &mut self,
         mut chunk: &[u8],
         sink: &mut dyn TensorSink,
-        convert: &dyn Fn(usize, Cow<'_, [u8]>, LoadAs) -> Result<HostTensor>,
+        convert: &Convert<'_>,
     ) -> Result<()> {
         loop {
             let Some(span) = self.spans.get(self.next) else {
