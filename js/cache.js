@@ -1,5 +1,6 @@
-// Model downloads, kept in the Cache API so a second load of the same URL reads the browser's
-// copy instead of the network. Runs in the worker (downloads) and on the page (list/delete).
+// Model files as streams of bytes, kept in the Cache API so a second load of the same URL reads
+// the browser's copy instead of the network. Runs in the worker (downloads) and on the page
+// (list/delete). No model file is ever read into one ArrayBuffer: browsers cap those at 2 GiB.
 
 export const CACHE_NAME = 'tandem-models-v1';
 
@@ -17,24 +18,49 @@ function absolute(url) {
   return new URL(url, globalThis.location?.href).href;
 }
 
-/**
- * The bytes at `url`, from the cache when it holds them, else downloaded (and then cached).
- * `onProgress({ stage, loaded, total, url })` is called with stage "cache" or "download".
- * A cache that cannot store the file (quota) does not fail the load: the file is used anyway
- * and `onProgress` gets stage "cache-skipped" with a `warning`.
- */
-export async function fetchCached(url, onProgress = () => {}) {
-  url = absolute(url);
+/** The model cache, or null where the browser has no Cache API (an insecure context). */
+export async function openModelCache() {
   const storage = cacheStorage();
-  const cache = storage ? await storage.open(CACHE_NAME) : null;
-  const hit = cache ? await cache.match(url) : undefined;
-  if (hit) {
-    const total = Number(hit.headers.get('content-length')) || 0;
-    onProgress({ stage: 'cache', loaded: 0, total, url });
-    const bytes = new Uint8Array(await hit.arrayBuffer());
-    onProgress({ stage: 'cache', loaded: bytes.byteLength, total: bytes.byteLength, url });
-    return bytes;
+  return storage ? storage.open(CACHE_NAME) : null;
+}
+
+/** The byte count a response's body will have, or null when unknown (or compressed in transit). */
+export function bodySize(response) {
+  const encoding = response.headers.get('content-encoding');
+  const length = response.headers.get('content-length');
+  if (length === null || (encoding && encoding !== 'identity')) return null;
+  const n = Number(length);
+  return Number.isSafeInteger(n) && n >= 0 ? n : null;
+}
+
+function megabytes(bytes) {
+  return `${(bytes / 1e6).toFixed(1)} MB`;
+}
+
+async function freeStorage() {
+  try {
+    const { quota, usage } = (await navigator.storage?.estimate?.()) ?? {};
+    return quota ? Math.max(0, quota - (usage ?? 0)) : null;
+  } catch {
+    return null;
   }
+}
+
+const QUOTA_ADVICE = 'free space with deleteCachedModel() or load with { cache: false }';
+
+/** The error for a download that does not fit: `bytes` is its size (or what arrived). */
+async function quotaError(url, bytes) {
+  const free = await freeStorage();
+  const size = bytes === null ? 'too large' : megabytes(bytes);
+  if (free !== null && (bytes === null || free < bytes)) {
+    return new Error(`storage quota exceeded: ${url} is ${size} but only ${megabytes(free)} of browser storage is free; ${QUOTA_ADVICE}`);
+  }
+  // Some browsers report more free space than they then allow (Chromium hides the real quota).
+  return new Error(`storage quota exceeded: ${url} is ${size} and the browser refused to store it; ${QUOTA_ADVICE}`);
+}
+
+/** Fetches `url`, failing with a message that names it. */
+export async function download(url) {
   let response;
   try {
     response = await fetch(url);
@@ -44,64 +70,64 @@ export async function fetchCached(url, onProgress = () => {}) {
   if (!response.ok) {
     throw new Error(`download of ${url} failed: HTTP ${response.status} ${response.statusText}`);
   }
-  const total = Number(response.headers.get('content-length')) || 0;
-  const bytes = await readBody(response, total, (loaded) => onProgress({ stage: 'download', loaded, total: total || loaded, url }));
-  if (cache) {
-    try {
-      const headers = { 'content-type': 'application/octet-stream', 'content-length': String(bytes.byteLength) };
-      await cache.put(url, new Response(bytes, { headers }));
-    } catch (e) {
-      const quota = e && e.name === 'QuotaExceededError';
-      const warning = quota
-        ? `storage quota exceeded: ${url} (${bytes.byteLength} bytes) was not cached and will be downloaded again next time`
-        : `could not cache ${url}: ${e.message}`;
-      onProgress({ stage: 'cache-skipped', loaded: bytes.byteLength, total: bytes.byteLength, url, warning });
-    }
-  }
-  return bytes;
+  return response;
 }
 
-async function readBody(response, total, progress) {
-  if (!response.body) {
-    const bytes = new Uint8Array(await response.arrayBuffer());
-    progress(bytes.byteLength);
-    return bytes;
-  }
-  const reader = response.body.getReader();
-  // One allocation when the size is known; otherwise chunks, joined at the end.
-  let out = total > 0 ? new Uint8Array(total) : null;
-  const chunks = [];
+/** Passes a stream through unchanged, calling `onBytes(total so far)` per chunk. */
+function counting(onBytes) {
   let loaded = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    if (out && loaded + value.byteLength <= out.byteLength) {
-      out.set(value, loaded);
-    } else {
-      if (out) {
-        chunks.push(out.subarray(0, loaded));
-        out = null;
-      }
-      chunks.push(value);
-    }
-    loaded += value.byteLength;
-    progress(loaded);
+  return new TransformStream({
+    transform(chunk, controller) {
+      loaded += chunk.byteLength;
+      onBytes(loaded);
+      controller.enqueue(chunk);
+    },
+  });
+}
+
+/**
+ * Makes sure `cache` holds `url`: a hit costs nothing; a miss is downloaded straight into the
+ * Cache API (the browser streams it to disk, the page never holds it), calling
+ * `onBytes(loaded, total)`. Fails with a clear message when the browser's storage is too small:
+ * up front when the size is known, or when `cache.put` reports the quota.
+ */
+export async function ensureCached(cache, url, onBytes = () => {}) {
+  url = absolute(url);
+  if (await cache.match(url)) return;
+  const response = await download(url);
+  const size = bodySize(response);
+  const free = size === null ? null : await freeStorage();
+  if (free !== null && size > free) {
+    response.body?.cancel().catch(() => {});
+    throw await quotaError(url, size);
   }
-  if (out) return loaded === out.byteLength ? out : out.subarray(0, loaded);
-  const joined = new Uint8Array(loaded);
-  let offset = 0;
-  for (const c of chunks) {
-    joined.set(c, offset);
-    offset += c.byteLength;
+  const headers = { 'content-type': 'application/octet-stream' };
+  if (size !== null) headers['content-length'] = String(size);
+  let loaded = 0;
+  const body = response.body?.pipeThrough(
+    counting((n) => {
+      loaded = n;
+      onBytes(n, size ?? n);
+    }),
+  );
+  try {
+    await cache.put(url, new Response(body ?? null, { headers }));
+  } catch (e) {
+    if (e?.name === 'QuotaExceededError') throw await quotaError(url, size ?? loaded);
+    throw new Error(`download of ${url} into the browser cache failed: ${e.message}`);
   }
-  return joined;
+}
+
+/** `url` from the cache as `{ body, size }` (size null when unknown), or null on a miss. */
+export async function openCached(cache, url) {
+  const hit = await cache.match(absolute(url));
+  return hit ? { body: hit.body, size: bodySize(hit) } : null;
 }
 
 /** Every cached model file: `[{ url, bytes }]`. */
 export async function listCachedModels() {
-  const storage = cacheStorage();
-  if (!storage) return [];
-  const cache = await storage.open(CACHE_NAME);
+  const cache = await openModelCache();
+  if (!cache) return [];
   const out = [];
   for (const request of await cache.keys()) {
     const response = await cache.match(request);
@@ -112,8 +138,6 @@ export async function listCachedModels() {
 
 /** Removes `url` from the cache; resolves to whether it was there. */
 export async function deleteCachedModel(url) {
-  const storage = cacheStorage();
-  if (!storage) return false;
-  const cache = await storage.open(CACHE_NAME);
-  return cache.delete(absolute(url));
+  const cache = await openModelCache();
+  return cache ? cache.delete(absolute(url)) : false;
 }

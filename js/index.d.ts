@@ -2,9 +2,10 @@
 
 export interface Progress {
   /**
-   * "download" and "cache" count bytes of the model files (all files together);
-   * "upload" counts tensors moved to the backend; "cache-skipped" carries a `warning`
-   * (the browser would not store the download, e.g. over quota).
+   * "download" counts bytes from the network and "cache" bytes read from the browser's cache
+   * (all files of the model together); "upload" counts tensors moved to the backend, which
+   * happens while the bytes arrive; "cache-skipped" carries a `warning` (the browser did not
+   * keep a download, so it is read from the network again).
    */
   stage: 'download' | 'cache' | 'cache-skipped' | 'upload';
   loaded: number;
@@ -32,6 +33,12 @@ export interface EngineOptions {
   context?: number;
   /** Use shader-f16 when the adapter has it (default true). */
   allowF16?: boolean;
+  /**
+   * Keep downloads in the Cache API (default true), so a second load reads no network. A
+   * download that does not fit the browser's storage quota fails with a message saying so;
+   * `false` streams from the network into the engine and stores nothing.
+   */
+  cache?: boolean;
   /** Where the worker script is, if a bundler moved it. */
   workerUrl?: string | URL;
 }
@@ -103,6 +110,11 @@ export interface ChatCompletionChunk {
 export interface EngineInfo {
   backend: { kind: 'webgpu' | 'cpu'; name: string; adapter: string; software: boolean; shader_f16: boolean; fallback_reason: string | null };
   model: { format: string; architecture: string; vocab_size: number; context: number; weight_bytes: number; has_chat_template: boolean };
+  /**
+   * The engine's WebAssembly memory after loading (it never shrinks, so this is its peak). On
+   * WebGPU the weights live in GPU buffers, so this stays well below the model's size.
+   */
+  wasm_memory_bytes: number;
 }
 
 export interface Engine {

@@ -218,11 +218,12 @@ function normalizeSource(source) {
 }
 
 /**
- * Loads a model in a new Web Worker.
+ * Loads a model in a new Web Worker. Every file is streamed into the engine (never read into
+ * one ArrayBuffer), and each tensor goes to the backend as soon as its bytes have arrived.
  * @param source `{ url }` (a .gguf), `{ urls }` (an HF checkpoint's files), or `{ files }`
  *   (File, Blob with a name, or `{ name, data }`).
  * @param options `{ onProgress({ stage, loaded, total }), backend: 'auto' | 'webgpu' | 'cpu',
- *   context, workerUrl }`.
+ *   context, cache (default true: downloads are kept in the Cache API), workerUrl }`.
  */
 export async function createEngine(source, options = {}) {
   const src = normalizeSource(source);
@@ -243,7 +244,8 @@ export async function createEngine(source, options = {}) {
       else reject(new TandemError(msg.message));
     };
     worker.onerror = (e) => reject(new TandemError(`the engine's worker failed to start: ${e.message ?? 'see the console'}`));
-    worker.postMessage({ type: 'load', id, source: src, options: { backend: options.backend, context: options.context, allowF16: options.allowF16 } });
+    const { backend, context, allowF16, cache } = options;
+    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, allowF16, cache } });
   }).catch((e) => {
     worker.terminate();
     throw e;

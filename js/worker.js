@@ -1,11 +1,19 @@
 // The worker that owns the engine: downloads, loads and generates off the page's thread.
 // The page talks to it only through index.js; each message carries the request's id.
+//
+// A model goes into the engine as a stream: each file's bytes are pushed chunk by chunk into a
+// wasm Loader that uploads every tensor as soon as its bytes are in. No model file is read
+// into one ArrayBuffer (browsers cap those at 2 GiB) or held whole in wasm memory.
 
-import init, { Engine } from '../pkg/tandem_web.js';
-import { fetchCached, fileNameOf } from './cache.js';
+import init, { Loader } from '../pkg/tandem_web.js';
+import { bodySize, download, ensureCached, fileNameOf, openCached, openModelCache } from './cache.js';
 
 let ready = null;
+let wasm = null;
 let engine = null;
+
+/** The most bytes pushed into the engine at once (an ArrayBuffer input is cut into these). */
+const CHUNK = 8 << 20;
 
 function post(msg) {
   self.postMessage(msg);
@@ -22,8 +30,8 @@ function describe(e) {
   return (e && e.message) || String(e);
 }
 
-async function readInput(input, i, count) {
-  // A File or a { name, data } pair; data a Blob, an ArrayBuffer or a typed array.
+/** A File, Blob or `{ name, data }` input as `{ name, size, chunks() }`, nothing read yet. */
+function describeInput(input, i, count) {
   let name = input.name;
   let data = input instanceof Blob ? input : input.data;
   if (data === undefined && (input instanceof ArrayBuffer || ArrayBuffer.isView(input))) data = input;
@@ -31,12 +39,100 @@ async function readInput(input, i, count) {
     if (count === 1) name = 'model.gguf';
     else throw new Error(`file ${i} has no name (give { name, data } for ArrayBuffers)`);
   }
-  if (data instanceof Blob) data = await data.arrayBuffer();
-  if (ArrayBuffer.isView(data)) data = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  if (!(data instanceof ArrayBuffer || data instanceof Uint8Array)) {
-    throw new Error(`file '${name}': expected a File, Blob, ArrayBuffer or typed array`);
+  if (data instanceof Blob) return { name, size: data.size, body: () => data.stream() };
+  if (data instanceof ArrayBuffer) data = new Uint8Array(data);
+  else if (ArrayBuffer.isView(data)) data = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  else throw new Error(`file '${name}': expected a File, Blob, ArrayBuffer or typed array`);
+  return { name, size: data.byteLength, bytes: data };
+}
+
+/** Small files (config, tokenizer) before weights: the config says what the weights must be. */
+function weightsLast(items, nameOf) {
+  const isWeights = (x) => /\.(safetensors|gguf)$/i.test(nameOf(x));
+  return [...items.filter((x) => !isWeights(x)), ...items.filter(isWeights)];
+}
+
+/** Pushes a ReadableStream's bytes into the loader as one file. */
+async function pushStream(loader, name, size, body, label, onBytes = () => {}) {
+  loader.begin_file(name, size ?? undefined);
+  if (body) {
+    const reader = body.getReader();
+    let loaded = 0;
+    try {
+      for (;;) {
+        let step;
+        try {
+          step = await reader.read();
+        } catch (e) {
+          throw new Error(`reading ${label} failed: ${e.message}`);
+        }
+        if (step.done) break;
+        await pushBytes(loader, step.value);
+        loaded += step.value.byteLength;
+        onBytes(loaded);
+      }
+    } catch (e) {
+      reader.cancel().catch(() => {});
+      throw e;
+    }
   }
-  return { name, data };
+  loader.end_file();
+}
+
+async function pushBytes(loader, bytes) {
+  for (let at = 0; at < bytes.byteLength; at += CHUNK) {
+    const uploaded = loader.push(bytes.subarray(at, at + CHUNK));
+    if (uploaded) await uploaded;
+  }
+}
+
+/** Sums per-file byte counts into one `(loaded, total)` per stage across the model's files. */
+function byteProgress(progress) {
+  const files = new Map();
+  return (stage, url, loaded, total) => {
+    files.set(`${stage} ${url}`, { stage, loaded, total });
+    let l = 0, t = 0;
+    for (const f of files.values()) if (f.stage === stage) { l += f.loaded; t += f.total; }
+    progress({ stage, loaded: l, total: t, url });
+  };
+}
+
+/** The files at `urls`, through the Cache API unless `useCache` is false or there is none. */
+async function loadUrls(loader, urls, useCache, progress) {
+  urls = weightsLast(urls, fileNameOf);
+  const report = byteProgress(progress);
+  const cache = useCache ? await openModelCache() : null;
+  if (cache) {
+    // Everything into the cache first (misses only), so the download is one stage.
+    for (const url of urls) await ensureCached(cache, url, (loaded, total) => report('download', url, loaded, total));
+  }
+  for (const url of urls) {
+    const cached = cache ? await openCached(cache, url) : null;
+    if (cached) {
+      report('cache', url, 0, cached.size ?? 0);
+      await pushStream(loader, fileNameOf(url), cached.size, cached.body, url, (n) => report('cache', url, n, cached.size ?? n));
+      continue;
+    }
+    if (cache) {
+      progress({ stage: 'cache-skipped', loaded: 0, total: 0, url, warning: `the browser did not keep ${url} in its cache; reading it from the network` });
+    }
+    const response = await download(url);
+    const size = bodySize(response);
+    await pushStream(loader, fileNameOf(url), size, response.body, url, (n) => report('download', url, n, size ?? n));
+  }
+}
+
+async function loadFiles(loader, inputs) {
+  const files = weightsLast(inputs.map((f, i) => describeInput(f, i, inputs.length)), (f) => f.name);
+  for (const f of files) {
+    if (f.body) {
+      await pushStream(loader, f.name, f.size, f.body(), `'${f.name}'`);
+    } else {
+      loader.begin_file(f.name, f.size);
+      await pushBytes(loader, f.bytes);
+      loader.end_file();
+    }
+  }
 }
 
 async function adapterName(info) {
@@ -54,33 +150,23 @@ async function adapterName(info) {
 async function load(id, source, options) {
   const progress = (p) => post({ type: 'progress', id, progress: p });
   ready ??= init();
-  await ready;
-  let files;
-  if (source.url || source.urls) {
-    const urls = source.urls ?? [source.url];
-    files = [];
-    // Overall byte counts across every file of the model.
-    const totals = new Map();
-    for (const url of urls) {
-      const bytes = await fetchCached(url, (p) => {
-        totals.set(url, p);
-        let loaded = 0, total = 0;
-        for (const q of totals.values()) { loaded += q.loaded; total += q.total; }
-        progress({ ...p, loaded, total });
-      });
-      files.push({ name: fileNameOf(url), data: bytes });
-    }
-  } else if (source.files) {
-    files = [];
-    for (const [i, f] of source.files.entries()) files.push(await readInput(f, i, source.files.length));
-  } else {
-    throw new Error('the source must be { url }, { urls } or { files }');
-  }
+  wasm = await ready;
+  if (!(source.url || source.urls || source.files)) throw new Error('the source must be { url }, { urls } or { files }');
   const opts = { backend: options.backend ?? 'auto', context: options.context, allow_f16: options.allowF16 };
-  engine = await Engine.create(files, JSON.stringify(opts), (stage, loaded, total) => progress({ stage, loaded, total }));
-  files = null;
+  // The backend is chosen before the first byte, so tensors go to it as they arrive.
+  const loader = await Loader.create(JSON.stringify(opts), (stage, loaded, total) => progress({ stage, loaded, total }));
+  try {
+    if (source.files) await loadFiles(loader, source.files);
+    else await loadUrls(loader, source.urls ?? [source.url], options.cache !== false, progress);
+  } catch (e) {
+    loader.free(); // the backend and every tensor uploaded so far
+    throw e;
+  }
+  engine = loader.finish();
   const info = JSON.parse(engine.info);
   info.backend.name = info.backend.kind === 'cpu' ? 'cpu' : await adapterName(info.backend);
+  // The engine's WebAssembly memory never shrinks: this is the most it took while loading.
+  info.wasm_memory_bytes = wasm.memory.buffer.byteLength;
   return info;
 }
 

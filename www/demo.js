@@ -45,17 +45,35 @@ function bytes(n) {
 }
 const stageNames = { download: 'Downloading', cache: 'Reading from the browser cache', 'cache-skipped': 'Not cached', upload: 'Uploading tensors' };
 
-function setProgress({ stage, loaded, total, warning }) {
+// Bytes arrive (download / cache) while tensors upload: both show, the bar follows the tensors
+// once they have started (that is the load's real progress), the bytes before.
+let shown = { bytes: null, upload: null, warning: null };
+
+function resetProgress() {
+  shown = { bytes: null, upload: null, warning: null };
   ui.progressBox.hidden = false;
-  const name = stageNames[stage] ?? stage;
-  if (total > 0) {
-    ui.progress.max = total;
-    ui.progress.value = Math.min(loaded, total);
+  ui.progress.removeAttribute('value');
+  ui.progressText.textContent = 'Starting…';
+}
+
+function setProgress(p) {
+  ui.progressBox.hidden = false;
+  if (p.warning) shown.warning = p.warning;
+  else if (p.stage === 'upload') shown.upload = p;
+  else shown.bytes = p;
+  const { bytes: b, upload: u } = shown;
+  const bar = u ?? b;
+  if (bar && bar.total > 0) {
+    ui.progress.max = bar.total;
+    ui.progress.value = Math.min(bar.loaded, bar.total);
   } else {
     ui.progress.removeAttribute('value'); // indeterminate
   }
-  const amount = stage === 'upload' ? `${loaded} / ${total} tensors` : total > 0 ? `${bytes(loaded)} / ${bytes(total)}` : bytes(loaded);
-  ui.progressText.textContent = warning ? `${name}: ${warning}` : `${name}: ${amount}`;
+  const parts = [];
+  if (b) parts.push(`${stageNames[b.stage] ?? b.stage}: ${b.total > 0 ? `${bytes(b.loaded)} / ${bytes(b.total)}` : bytes(b.loaded)}`);
+  if (u) parts.push(`${u.loaded} / ${u.total} tensors uploaded`);
+  if (shown.warning) parts.push(shown.warning);
+  ui.progressText.textContent = parts.join(' · ');
 }
 
 // ---------- model choice ----------
@@ -132,7 +150,7 @@ ui.load.addEventListener('click', async () => {
   try {
     await unloadEngine();
     ui.modelName.textContent = `loading ${chosen.label}…`;
-    setProgress({ stage: 'download', loaded: 0, total: 0 });
+    resetProgress();
     const t0 = performance.now();
     engine = await createEngine(chosen.source, { backend: ui.backend.value, onProgress: setProgress });
     const seconds = ((performance.now() - t0) / 1000).toFixed(1);

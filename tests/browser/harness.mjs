@@ -4,7 +4,7 @@
 
 import { createServer } from 'node:http';
 import { createReadStream, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { homedir, tmpdir } from 'node:os';
 import { extname, join, normalize, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -13,6 +13,8 @@ export const sharedModels = process.env.TANDEM_SHARED_MODELS
   ? resolve(process.env.TANDEM_SHARED_MODELS)
   : resolve(repoRoot, '../shared/models');
 export const chromiumPath = process.env.TANDEM_CHROMIUM ?? '/usr/bin/chromium';
+/** tandem's model cache (`tandem run` fetches the default model there). */
+export const modelCache = join(process.env.TANDEM_CACHE_DIR ? resolve(process.env.TANDEM_CACHE_DIR) : join(homedir(), '.cache/tandem'), 'models');
 
 const types = {
   '.html': 'text/html; charset=utf-8',
@@ -25,25 +27,28 @@ const types = {
 };
 
 /**
- * Serves the repository at / and the shared models at /models/ on 127.0.0.1 (a free port).
- * `requests` counts GETs per path, so tests can tell a download from a cache hit.
+ * Serves the repository at /, the shared models at /models/ and tandem's model cache at
+ * /cache-models/ on 127.0.0.1 (a free port). `requests` counts GETs per path, so tests can
+ * tell a download from a cache hit. A `?nolength` query leaves out `content-length` (the
+ * body's size unknown to the page, as with a chunked or compressed response).
  */
 export async function startServer() {
   const requests = new Map();
   const server = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    const url = new URL(req.url, 'http://x');
+    const path = decodeURIComponent(url.pathname);
     requests.set(path, (requests.get(path) ?? 0) + 1);
-    const [base, rel] = path.startsWith('/models/') ? [sharedModels, path.slice('/models/'.length)] : [repoRoot, path.slice(1)];
+    const mounts = [['/models/', sharedModels], ['/cache-models/', modelCache]];
+    const mount = mounts.find(([prefix]) => path.startsWith(prefix));
+    const [base, rel] = mount ? [mount[1], path.slice(mount[0].length)] : [repoRoot, path.slice(1)];
     const file = normalize(join(base, rel));
     if ((file !== base && !file.startsWith(base + sep)) || !existsSync(file) || !statSync(file).isFile()) {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
       return;
     }
-    res.writeHead(200, {
-      'content-type': types[extname(file)] ?? 'application/octet-stream',
-      'content-length': statSync(file).size,
-      'cache-control': 'no-store',
-    });
+    const headers = { 'content-type': types[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-store' };
+    if (!url.searchParams.has('nolength')) headers['content-length'] = statSync(file).size;
+    res.writeHead(200, headers);
     createReadStream(file).pipe(res);
   });
   // Bounded: no keep-alive sockets outlive the test, and a stuck request ends.
@@ -119,4 +124,13 @@ export function stories260K() {
   const missing = [...names, 'reference_greedy.json'].filter((n) => !existsSync(join(dir, n)));
   if (missing.length) return { skip: `stories260K files missing in ${dir}: ${missing.join(', ')} (set TANDEM_SHARED_MODELS)` };
   return { dir, urls: names.map((n) => `/models/stories260K/${n}`) };
+}
+
+/** SmolLM2-135M-Instruct Q4_1 (the default model) as served at /cache-models/, or a SKIP reason. */
+export function smolLM2() {
+  const file = join(modelCache, 'SmolLM2-135M-Instruct.Q4_1.gguf');
+  const reference = join(sharedModels, 'SmolLM2-135M-Instruct/reference.json');
+  if (!existsSync(file)) return { skip: `${file} not found (tandem run fetches it; or set TANDEM_CACHE_DIR)` };
+  if (!existsSync(reference)) return { skip: `${reference} not found (set TANDEM_SHARED_MODELS)` };
+  return { url: '/cache-models/SmolLM2-135M-Instruct.Q4_1.gguf', bytes: statSync(file).size, reference };
 }

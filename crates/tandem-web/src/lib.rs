@@ -1,12 +1,12 @@
 //! tandem in the browser: the engine compiled to WebAssembly, running on the page's WebGPU
 //! (wgpu's browser backend) or, when there is none, on tandem's CPU backend compiled to wasm.
 //!
-//! The JS-facing [`wasm::Engine`] exists only in the wasm32 build; everything it relies on
-//! (file sets, requests, usage, the backend enum) builds and is tested natively too. The npm
+//! The JS-facing [`wasm::Loader`] and [`wasm::Engine`] exist only in the wasm32 build;
+//! everything they rely on (streaming a file set into the backend: `tandem_core::model::
+//! ModelStream`; requests, usage, the backend enum) builds and is tested natively too. The npm
 //! package's JS layer (`js/`) wraps the engine in a Web Worker and an OpenAI-shaped API.
 
 pub mod backend;
-pub mod files;
 pub mod session;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
@@ -14,5 +14,4 @@ pub mod wasm;
 pub mod conformance;
 
 pub use backend::WebBackend;
-pub use files::{open_files, NamedFile};
 pub use session::{ModelInfo, Request, Session, Usage};

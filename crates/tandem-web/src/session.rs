@@ -5,7 +5,7 @@ use crate::backend::WebBackend;
 use serde::{Deserialize, Serialize};
 use tandem_core::generate::{generate_interruptible, FinishReason, GenerateParams};
 use tandem_core::loader::ModelSource;
-use tandem_core::model::{Model, ModelOptions};
+use tandem_core::model::{Model, ModelOptions, StreamedModel};
 use tandem_core::sampling::SamplingParams;
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
 use tandem_core::{Backend, Error, Result};
@@ -79,12 +79,18 @@ pub struct Session {
 impl Session {
     /// Loads `source` onto `backend`; `progress(done, total)` counts tensors uploaded.
     pub fn load(source: ModelSource, backend: WebBackend, opts: &ModelOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<Session> {
-        let tokenizer = Tokenizer::load(&source.tokenizer)?;
         let model = Model::load(backend, &source, opts, progress)?;
+        Self::new(StreamedModel { model, tokenizer: source.tokenizer, format: source.format })
+    }
+
+    /// A model streamed in ([`tandem_core::model::ModelStream`]), with its tokenizer.
+    pub fn new(streamed: StreamedModel<WebBackend>) -> Result<Session> {
+        let StreamedModel { model, tokenizer, format } = streamed;
+        let tokenizer = Tokenizer::load(&tokenizer)?;
         let info = ModelInfo {
-            format: source.format.clone(),
-            architecture: format!("{:?}", source.config.arch).to_lowercase(),
-            vocab_size: source.config.vocab_size,
+            format,
+            architecture: format!("{:?}", model.config.arch).to_lowercase(),
+            vocab_size: model.config.vocab_size,
             context: model.context(),
             weight_bytes: model.weights.bytes,
             has_chat_template: tokenizer.chat_template().is_some(),

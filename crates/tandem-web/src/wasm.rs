@@ -1,17 +1,21 @@
 //! The JavaScript face of the engine (wasm32 only). The npm package's worker (`js/worker.js`)
 //! is its one caller; requests and results cross as JSON strings, text pieces as callbacks.
 //!
+//! A model arrives through a [`Loader`]: the backend is chosen first, then each file's bytes
+//! are pushed chunk by chunk (only the chunk is copied into wasm memory) and every tensor goes
+//! to the backend (a GPU buffer, on WebGPU) as soon as its bytes are in. So no model file is
+//! ever one ArrayBuffer, and the weights never sit whole in wasm memory on WebGPU.
+//!
 //! `generate` returns a Promise and holds no borrow of the `Engine` while it runs, so
 //! `interrupt()` and `unload()` can be called from the worker's message handler meanwhile: the
 //! state lives in an `Rc` the running generation shares, never behind `&mut self`.
 
 use crate::backend::WebBackend;
-use crate::files::{open_files, NamedFile};
 use crate::session::{Request, Session};
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use tandem_core::model::ModelOptions;
+use tandem_core::model::{ModelOptions, ModelStream};
 use tandem_cpu::CpuBackend;
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
 use wasm_bindgen::prelude::*;
@@ -40,7 +44,7 @@ fn js_error(msg: impl std::fmt::Display) -> JsValue {
     js_sys::Error::new(&msg.to_string()).into()
 }
 
-/// What `Engine.create` accepts (JSON). Every field is optional.
+/// What `Loader.create` accepts (JSON). Every field is optional.
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct EngineOptions {
@@ -124,48 +128,78 @@ async fn choose_backend(opts: &EngineOptions) -> Result<(WebBackend, BackendInfo
     }
 }
 
-/// `files`: an array of `{ name: string, data: ArrayBuffer | Uint8Array }`.
-fn read_files(files: &js_sys::Array) -> Result<Vec<NamedFile>, JsValue> {
-    let mut out = Vec::with_capacity(files.length() as usize);
-    for (i, f) in files.iter().enumerate() {
-        let name = js_sys::Reflect::get(&f, &"name".into())?
-            .as_string()
-            .ok_or_else(|| js_error(format!("file {i} has no name")))?;
-        let data = js_sys::Reflect::get(&f, &"data".into())?;
-        if !(data.is_instance_of::<js_sys::ArrayBuffer>() || data.is_instance_of::<js_sys::Uint8Array>()) {
-            return Err(js_error(format!("file '{name}': data must be an ArrayBuffer or a Uint8Array")));
-        }
-        let bytes = js_sys::Uint8Array::new(&data).to_vec();
-        out.push(NamedFile { name, bytes });
-    }
-    Ok(out)
+/// Loads a model pushed file by file, chunk by chunk: `Loader.create(options, onProgress)`,
+/// then per file `begin_file(name, size)`, `push(chunk)` (await what it returns, when it returns
+/// something), `end_file()`; then `finish()` gives the `Engine`. Files of an HF checkpoint go
+/// config.json and tokenizer files first, `*.safetensors` last.
+#[wasm_bindgen]
+pub struct Loader {
+    stream: ModelStream<WebBackend>,
+    backend: BackendInfo,
+    on_progress: Option<js_sys::Function>,
+    /// Tensors uploaded at the last progress report.
+    reported: usize,
+    /// Where a chunk is copied into wasm memory; reused, so it is allocated once.
+    scratch: Vec<u8>,
 }
 
 #[wasm_bindgen]
-impl Engine {
-    /// Loads a model from named files. `options` is JSON (see `EngineOptions`); `on_progress`
-    /// is called as `(stage, loaded, total)` with stage "upload" and tensor counts.
-    pub async fn create(files: js_sys::Array, options: String, on_progress: Option<js_sys::Function>) -> Result<Engine, JsValue> {
+impl Loader {
+    /// Chooses the backend. `options` is JSON (see `EngineOptions`); `on_progress` is called
+    /// as `(stage, loaded, total)` with stage "upload" and tensor counts.
+    pub async fn create(options: String, on_progress: Option<js_sys::Function>) -> Result<Loader, JsValue> {
         let opts: EngineOptions = if options.is_empty() {
             EngineOptions::default()
         } else {
             serde_json::from_str(&options).map_err(|e| js_error(format!("bad engine options: {e}")))?
         };
-        let named = read_files(&files)?;
-        let source = open_files(named).map_err(js_error)?;
-        let (backend, backend_info) = choose_backend(&opts).await?;
+        let (backend, info) = choose_backend(&opts).await?;
         let model_opts = ModelOptions { context: opts.context.unwrap_or(ModelOptions::default().context), ..ModelOptions::default() };
-        let mut progress = |done: usize, total: usize| {
-            if let Some(f) = &on_progress {
-                let _ = f.call3(&JsValue::NULL, &"upload".into(), &(done as f64).into(), &(total as f64).into());
+        Ok(Loader { stream: ModelStream::new(backend, &model_opts), backend: info, on_progress, reported: 0, scratch: Vec::new() })
+    }
+
+    /// Starts the file `name` (a File's name, a URL's last segment), of `size` bytes when
+    /// known (pass `undefined` otherwise).
+    pub fn begin_file(&mut self, name: String, size: Option<f64>) -> Result<(), JsValue> {
+        let size = size.filter(|s| s.is_finite() && *s >= 0.0).map(|s| s as u64);
+        self.stream.begin_file(&name, size).map_err(js_error)
+    }
+
+    /// The next bytes of the open file. Returns a Promise when tensors were uploaded (await it:
+    /// it lets the event loop run, so progress and other messages get through), else undefined.
+    pub fn push(&mut self, chunk: &js_sys::Uint8Array) -> Result<JsValue, JsValue> {
+        self.scratch.resize(chunk.length() as usize, 0);
+        chunk.copy_to(&mut self.scratch);
+        self.stream.push(&self.scratch).map_err(js_error)?;
+        match self.stream.progress() {
+            Some((done, total)) if done > self.reported => {
+                self.reported = done;
+                if let Some(f) = &self.on_progress {
+                    let _ = f.call3(&JsValue::NULL, &"upload".into(), &(done as f64).into(), &(total as f64).into());
+                }
+                Ok(tandem_yield().into())
             }
-        };
-        let session = Session::load(source, backend, &model_opts, &mut progress).map_err(js_error)?;
-        let info = serde_json::to_string(&EngineInfo { backend: &backend_info, model: &session.info }).map_err(js_error)?;
+            _ => Ok(JsValue::UNDEFINED),
+        }
+    }
+
+    /// The open file has ended: every tensor it lists must have arrived.
+    pub fn end_file(&mut self) -> Result<(), JsValue> {
+        self.stream.end_file().map_err(js_error)
+    }
+
+    /// The engine, once every file is in. Errors name what is missing.
+    pub fn finish(self) -> Result<Engine, JsValue> {
+        let Loader { stream, backend, .. } = self;
+        let session = Session::new(stream.finish().map_err(js_error)?).map_err(js_error)?;
+        let info = serde_json::to_string(&EngineInfo { backend: &backend, model: &session.info }).map_err(js_error)?;
         let shared = Shared { session: RefCell::new(Some(session)), interrupt: Cell::new(false), busy: Cell::new(false), unload_pending: Cell::new(false) };
         Ok(Engine { shared: Rc::new(shared), info })
     }
+}
 
+#[wasm_bindgen]
+impl Engine {
     /// JSON: `{ backend: { kind, adapter, software, shader_f16, fallback_reason }, model: {...} }`.
     #[wasm_bindgen(getter)]
     pub fn info(&self) -> String {

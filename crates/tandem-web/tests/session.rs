@@ -1,12 +1,13 @@
-//! The browser engine's logic, natively: stories260K handed over as named byte files (as a page
-//! does), greedy from BOS through `Session`, must give the 200 reference tokens on the CPU
-//! reference backend; an interrupt stops between tokens.
+//! The browser engine's logic, natively: stories260K handed over as named files pushed in
+//! chunks (as the page's worker does through `Loader`), greedy from BOS through `Session`, must
+//! give the 200 reference tokens on the CPU reference backend; an interrupt stops between
+//! tokens; a wrong file set is a clear error.
 
 use std::cell::Cell;
 use std::path::PathBuf;
-use tandem_core::model::ModelOptions;
+use tandem_core::model::{ModelOptions, ModelStream};
 use tandem_cpu::CpuBackend;
-use tandem_web::{open_files, NamedFile, Request, Session, WebBackend};
+use tandem_web::{Request, Session, WebBackend};
 
 fn stories_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("TANDEM_SHARED_MODELS")
@@ -21,13 +22,33 @@ fn stories_dir() -> Option<PathBuf> {
     }
 }
 
+/// Streams `files` (as the worker names them) in 64 KiB chunks into a CPU session.
+fn stream(dir: &std::path::Path, files: &[&str]) -> tandem_core::Result<Session> {
+    let mut s = ModelStream::new(WebBackend::Cpu(CpuBackend::reference()), &ModelOptions::default());
+    for name in files {
+        let bytes = std::fs::read(dir.join(name)).expect("read model file");
+        s.begin_file(&format!("some/dir/{name}"), Some(bytes.len() as u64))?;
+        bytes.chunks(64 << 10).try_for_each(|c| s.push(c))?;
+        s.end_file()?;
+    }
+    Session::new(s.finish()?)
+}
+
 fn session(dir: &std::path::Path) -> Session {
-    let files = ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"]
-        .iter()
-        .map(|n| NamedFile { name: format!("some/dir/{n}"), bytes: std::fs::read(dir.join(n)).expect("read model file") })
-        .collect();
-    let source = open_files(files).expect("open files");
-    Session::load(source, WebBackend::Cpu(CpuBackend::reference()), &ModelOptions::default(), &mut |_, _| {}).expect("load")
+    stream(dir, &["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"]).expect("load")
+}
+
+#[test]
+fn wrong_file_sets_are_clear_errors() {
+    let Some(dir) = stories_dir() else { return };
+    let err = |files: &[&str]| stream(&dir, files).err().expect("an error").to_string();
+    let e = err(&["tokenizer.json", "model.safetensors"]);
+    assert!(e.contains("config.json must come before"), "{e}");
+    let e = err(&["config.json", "model.safetensors"]);
+    assert!(e.contains("tokenizer.json is missing") && e.contains("config.json, model.safetensors"), "{e}");
+    let e = err(&["config.json", "tokenizer.json"]);
+    assert!(e.contains(".safetensors file is missing"), "{e}");
+    assert!(err(&[]).contains("no files"));
 }
 
 fn request(json: &str) -> Request {

@@ -5,7 +5,7 @@
 //! ggml blocks each row separately, tandem blocks the flat index; since a ggml row is a whole
 //! number of blocks, ggml block `b` in file order is exactly tandem block `b`.
 
-use super::gguf::{GgmlType, GgufFile, GgufMetadataExt, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0};
+use super::gguf::{GgmlType, GgufFile, GgufMetadataExt, GgufTensor, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0};
 use super::{f32_tensor, HostTensor, LoadAs, TensorInfo, TensorStore};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::dtype::{DType, QBLOCK};
@@ -69,8 +69,9 @@ pub fn native_dtype(ty: u32) -> Option<DType> {
     })
 }
 
-/// Repacks ggml Q8_0 / Q4_0 / Q4_1 blocks into tandem's sections, bit for bit.
-fn repack_quant(ty: u32, raw: &[u8], numel: usize) -> Option<(DType, Vec<u8>)> {
+/// Repacks ggml Q8_0 / Q4_0 / Q4_1 blocks into tandem's sections, bit for bit, in place: only
+/// the scales (2 or 4 bytes a block) are copied aside, so a streamed tensor is never held twice.
+fn repack_quant(ty: u32, mut raw: Vec<u8>, numel: usize) -> Option<(DType, Vec<u8>)> {
     let (dtype, size, header) = match ty {
         GGML_Q8_0 => (DType::Q8_0, 34, 2),
         GGML_Q4_0 => (DType::Q4_0, 18, 2),
@@ -81,23 +82,32 @@ fn repack_quant(ty: u32, raw: &[u8], numel: usize) -> Option<(DType, Vec<u8>)> {
     if raw.len() != l.blocks * size || numel % QBLOCK != 0 {
         return None;
     }
-    let mut out = vec![0u8; l.total_bytes];
-    for (b, blk) in raw.chunks_exact(size).enumerate() {
-        out[l.d_offset + 2 * b..l.d_offset + 2 * b + 2].copy_from_slice(&blk[0..2]);
-        let qs = &blk[header..];
+    let heads: Vec<u8> = raw.chunks_exact(size).flat_map(|blk| blk[..header].iter().copied()).collect();
+    // Block b's quants move from b*size + header down to b*qs, never past a block not yet read.
+    let qs = size - header;
+    for b in 0..l.blocks {
+        let src = b * size + header;
         if dtype == DType::Q8_0 {
-            out[b * QBLOCK..(b + 1) * QBLOCK].copy_from_slice(qs);
+            raw.copy_within(src..src + qs, b * qs);
             continue;
         }
-        if dtype == DType::Q4_1 {
-            out[l.m_offset + 2 * b..l.m_offset + 2 * b + 2].copy_from_slice(&blk[2..4]);
-        }
         // tandem: element e in byte e/2, low nibble for even e.
+        let mut q = [0u8; QBLOCK / 2];
+        q.copy_from_slice(&raw[src..src + qs]);
         for k in 0..QBLOCK / 2 {
-            out[b * QBLOCK / 2 + k] = ggml_nibble(qs, 2 * k) | (ggml_nibble(qs, 2 * k + 1) << 4);
+            raw[b * qs + k] = ggml_nibble(&q, 2 * k) | (ggml_nibble(&q, 2 * k + 1) << 4);
         }
     }
-    Some((dtype, out))
+    // Zeroes whatever lies between and after the sections, as a fresh buffer would have.
+    raw.truncate(l.blocks * qs);
+    raw.resize(l.total_bytes, 0);
+    for (b, h) in heads.chunks_exact(header).enumerate() {
+        raw[l.d_offset + 2 * b..l.d_offset + 2 * b + 2].copy_from_slice(&h[0..2]);
+        if dtype == DType::Q4_1 {
+            raw[l.m_offset + 2 * b..l.m_offset + 2 * b + 2].copy_from_slice(&h[2..4]);
+        }
+    }
+    Some((dtype, raw))
 }
 
 /// Undoes llama.cpp's `permute` of q/k rows (HF -> GGUF:
@@ -127,7 +137,7 @@ pub fn unpermute_rows(raw: &[u8], rows: usize, n_head: usize) -> std::result::Re
 
 /// Converts the raw bytes of a ggml tensor of type `ty` as asked. Errors are reasons, for the
 /// caller to attach the tensor name and path.
-pub(crate) fn convert(ty: GgmlType, raw: &[u8], shape: Vec<usize>, as_: LoadAs) -> std::result::Result<HostTensor, String> {
+pub(crate) fn convert(ty: GgmlType, raw: Cow<'_, [u8]>, shape: Vec<usize>, as_: LoadAs) -> std::result::Result<HostTensor, String> {
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
     let expected = (numel / ty.block).checked_mul(ty.type_size).ok_or("byte size overflows")?;
     if numel % ty.block != 0 || raw.len() != expected {
@@ -145,22 +155,22 @@ pub(crate) fn convert(ty: GgmlType, raw: &[u8], shape: Vec<usize>, as_: LoadAs) 
     // Same type: copy or repack without touching the values.
     if target == native && ty.id != GGML_BF16 {
         let bytes = match target {
-            DType::F32 => raw.to_vec(),
+            DType::F32 => raw.into_owned(),
             DType::F16 => {
-                let mut b = raw.to_vec();
+                let mut b = raw.into_owned();
                 b.resize(DType::F16.storage_bytes(numel), 0);
                 b
             }
-            _ => repack_quant(ty.id, raw, numel).ok_or("quantized data does not fill whole blocks")?.1,
+            _ => repack_quant(ty.id, raw.into_owned(), numel).ok_or("quantized data does not fill whole blocks")?.1,
         };
         return Ok(HostTensor { dtype: target, shape, bytes });
     }
     if (ty.id, target) == (GGML_BF16, DType::BF16) {
-        let mut bytes = raw.to_vec();
+        let mut bytes = raw.into_owned();
         bytes.resize(target.storage_bytes(numel), 0);
         return Ok(HostTensor { dtype: target, shape, bytes });
     }
-    let values = dequantize(ty.id, raw).ok_or("unsupported ggml type")?;
+    let values = dequantize(ty.id, &raw).ok_or("unsupported ggml type")?;
     Ok(f32_tensor(shape, &values, target))
 }
 
@@ -217,6 +227,22 @@ impl GgufFile {
                 .ok_or_else(|| Error::bad_file(&self.path, format!("'{hf_name}' needs {q_key} to undo the rope permutation"))),
         )
     }
+
+    /// Converts `raw`, the data of directory entry `t` (HF name `name`), as `as_` asks: rows
+    /// llama.cpp permuted for its RoPE come back in HF order, ggml blocks become tandem's. The
+    /// one conversion both the memory-mapped loader and the stream (`loader::stream`) use.
+    pub fn convert(&self, t: &GgufTensor, name: &str, raw: Cow<'_, [u8]>, as_: LoadAs) -> Result<HostTensor> {
+        let bad = |reason: String| Error::bad_file(&self.path, format!("tensor '{name}' ('{}'): {reason}", t.name));
+        let mut raw = raw;
+        if let Some(heads) = self.permute_heads(name) {
+            let rows = t.dims.get(1).or(t.dims.first()).copied().unwrap_or(0) as usize;
+            if t.dims.len() > 2 {
+                return Err(bad(format!("{} dims; expected a matrix or a vector", t.dims.len())));
+            }
+            raw = Cow::Owned(unpermute_rows(&raw, rows, heads?).map_err(bad)?);
+        }
+        convert(t.ggml_type, raw, t.shape(), as_).map_err(bad)
+    }
 }
 
 impl TensorStore for GgufFile {
@@ -227,18 +253,11 @@ impl TensorStore for GgufFile {
     fn load(&self, name: &str, as_: LoadAs) -> Result<HostTensor> {
         let &i = self.by_name.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let t = &self.tensors[i];
-        let bad = |reason: String| Error::bad_file(&self.path, format!("tensor '{name}' ('{}'): {reason}", t.name));
         let data = self.tensor_data(t)?;
-        let mut raw = Cow::Borrowed(data);
-        if let Some(heads) = self.permute_heads(name) {
-            let rows = t.dims.get(1).or(t.dims.first()).copied().unwrap_or(0) as usize;
-            if t.dims.len() > 2 {
-                return Err(bad(format!("{} dims; expected a matrix or a vector", t.dims.len())));
-            }
-            raw = Cow::Owned(unpermute_rows(&raw, rows, heads?).map_err(bad)?);
+        let tensor = self.convert(t, name, Cow::Borrowed(data), as_);
+        if let Some(blob) = &self.blob {
+            blob.done_with(data);
         }
-        let tensor = convert(t.ggml_type, &raw, t.shape(), as_).map_err(bad);
-        self.blob.done_with(data);
         tensor
     }
 }

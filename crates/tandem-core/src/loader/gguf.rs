@@ -2,7 +2,8 @@
 //!
 //! Every count, length and offset in the header is checked against the bytes that remain
 //! before anything is allocated or sliced, so a hostile header gives `BadModelFile`, not an
-//! out-of-memory abort or a panic.
+//! out-of-memory abort or a panic. The header parses on its own ([`GgufFile::parse_header`]),
+//! for a stream that has not seen the tensor data yet (`loader::stream` finds where it ends).
 
 use super::{Blob, TensorInfo};
 use crate::config::ModelConfig;
@@ -33,16 +34,16 @@ pub type GgufMetadata = BTreeMap<String, GgufValue>;
 pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml's GGML_MAX_DIMS.
-const MAX_DIMS: u32 = 4;
+pub(crate) const MAX_DIMS: u32 = 4;
 /// Nested arrays are legal but unused by any model; a small cap stops a stack-exhausting file.
-const MAX_ARRAY_DEPTH: u32 = 3;
+pub(crate) const MAX_ARRAY_DEPTH: u32 = 3;
 /// Each parsed value costs ~32 bytes of memory however small it is in the file, so a file with
 /// gigabytes of tensor data behind a huge u8 array could demand many times its size. Real
 /// models hold ~1-2M array elements (a 256k vocab's tokens, scores, types, merges).
 const MAX_ARRAY_ELEMENTS: usize = 1 << 25;
 /// Far above any model (large MoE files have tens of thousands of tensors).
-const MAX_TENSORS: usize = 1 << 20;
-const MAX_KVS: usize = 1 << 20;
+pub(crate) const MAX_TENSORS: usize = 1 << 20;
+pub(crate) const MAX_KVS: usize = 1 << 20;
 
 impl GgufValue {
     /// Any integer variant, if it fits (converters disagree on u32 vs i32 vs u64 for counts).
@@ -232,7 +233,9 @@ pub struct GgufFile {
     pub(crate) infos: Vec<TensorInfo>,
     /// HF name -> index into `tensors`.
     pub(crate) by_name: HashMap<String, usize>,
-    pub(crate) blob: Blob,
+    /// The whole file; `None` when only the header was parsed (a stream), so metadata, config
+    /// and tokenizer work but tensor data must come from elsewhere.
+    pub(crate) blob: Option<Blob>,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -357,7 +360,7 @@ impl<'a> Reader<'a> {
 }
 
 /// The fewest bytes a value of type `ty` can occupy.
-fn min_value_size(ty: u32) -> Option<u64> {
+pub(crate) fn min_value_size(ty: u32) -> Option<u64> {
     Some(match ty {
         0 | 1 | 7 => 1,
         2 | 3 => 2,
@@ -367,6 +370,19 @@ fn min_value_size(ty: u32) -> Option<u64> {
         10..=12 => 8,
         _ => return None,
     })
+}
+
+/// Why a file starting with `magic` and `version` is not one tandem reads, if it is not.
+pub(crate) fn check_magic_version(magic: [u8; 4], version: u32) -> std::result::Result<(), String> {
+    if &magic != GGUF_MAGIC {
+        return Err(format!("not a GGUF file (magic {magic:02x?}, expected \"GGUF\")"));
+    }
+    match version {
+        2 | 3 => Ok(()),
+        1 => Err("GGUF v1 is not supported (32-bit counts); re-convert with a current llama.cpp".into()),
+        v if v.swap_bytes() <= 3 => Err(format!("GGUF version {v}: a big-endian file? tandem reads little-endian GGUF v2/v3")),
+        v => Err(format!("unsupported GGUF version {v} (tandem reads v2 and v3)")),
+    }
 }
 
 /// True if `bytes` starts with the GGUF magic.
@@ -386,20 +402,20 @@ impl GgufFile {
     }
 
     fn parse(path: PathBuf, blob: Blob) -> Result<GgufFile> {
-        let mut r = Reader { buf: &blob, pos: 0, path: &path, array_budget: MAX_ARRAY_ELEMENTS };
+        let mut file = Self::parse_header(path, &blob, Some(blob.len() as u64))?;
+        file.blob = Some(blob);
+        Ok(file)
+    }
+
+    /// Parses the metadata and tensor directory from `header` (the file's first bytes, at
+    /// least up to the end of the directory). With `file_len`,
+    /// every tensor must lie inside the file; without it (a stream of unknown length) the
+    /// stream checks that as the data arrives. The result holds no tensor data.
+    pub fn parse_header(path: PathBuf, header: &[u8], file_len: Option<u64>) -> Result<GgufFile> {
+        let mut r = Reader { buf: header, pos: 0, path: &path, array_budget: MAX_ARRAY_ELEMENTS };
         let magic = r.array::<4>(&"GGUF magic")?;
-        if &magic != GGUF_MAGIC {
-            return Err(r.err(format!("not a GGUF file (magic {magic:02x?}, expected \"GGUF\")")));
-        }
         let version = r.u32(&"version")?;
-        match version {
-            2 | 3 => {}
-            1 => return Err(r.err("GGUF v1 is not supported (32-bit counts); re-convert with a current llama.cpp".into())),
-            v if v.swap_bytes() <= 3 => {
-                return Err(r.err(format!("GGUF version {v}: a big-endian file? tandem reads little-endian GGUF v2/v3")))
-            }
-            v => return Err(r.err(format!("unsupported GGUF version {v} (tandem reads v2 and v3)"))),
-        }
+        check_magic_version(magic, version).map_err(|reason| r.err(reason))?;
         let tensor_count = r.u64(&"tensor count")?;
         let kv_count = r.u64(&"metadata count")?;
         // A key/value takes at least 8 (key length) + 4 (type) + 1 bytes; a tensor entry at
@@ -448,7 +464,7 @@ impl GgufFile {
             .checked_next_multiple_of(alignment)
             .and_then(|o| usize::try_from(o).ok())
             .ok_or_else(|| r.err("data section offset overflows".into()))?;
-        let data_len = blob.len().saturating_sub(data_offset);
+        let data_len = file_len.map(|n| usize::try_from(n).unwrap_or(usize::MAX).saturating_sub(data_offset));
 
         let mut tensors = Vec::with_capacity(raw.len());
         let mut seen = HashMap::with_capacity(raw.len());
@@ -475,11 +491,10 @@ impl GgufFile {
             }
             let offset = usize::try_from(offset)
                 .ok()
-                .filter(|&o| o.checked_add(n_bytes).is_some_and(|end| end <= data_len))
+                .filter(|&o| o.checked_add(n_bytes).is_some_and(|end| data_len.is_none_or(|len| end <= len)))
                 .ok_or_else(|| {
-                    bad(format!(
-                        "data [{offset}, +{n_bytes}) lies past the end of the data section ({data_len} bytes); truncated file?"
-                    ))
+                    let len = data_len.map_or("unknown".into(), |n| n.to_string());
+                    bad(format!("data [{offset}, +{n_bytes}) lies past the end of the data section ({len} bytes); truncated file?"))
                 })?;
             if seen.insert(name.clone(), tensors.len()).is_some() {
                 return Err(bad("appears twice in the tensor directory".into()));
@@ -502,7 +517,7 @@ impl GgufFile {
                 bytes: t.n_bytes,
             });
         }
-        Ok(GgufFile { version, metadata, path, tensors, data_offset, infos, by_name, blob })
+        Ok(GgufFile { version, metadata, path, tensors, data_offset, infos, by_name, blob: None })
     }
 
     /// `general.architecture`, if present.
@@ -517,31 +532,52 @@ impl GgufFile {
 
     /// The raw ggml bytes of `t` (offsets were checked on open).
     pub fn tensor_data(&self, t: &GgufTensor) -> Result<&[u8]> {
+        let blob = self.blob.as_ref().ok_or_else(|| {
+            Error::bad_file(&self.path, format!("tensor '{}': only the header of this file was read", t.name))
+        })?;
         self.data_offset
             .checked_add(t.offset)
-            .and_then(|start| self.blob.get(start..start.checked_add(t.n_bytes)?))
+            .and_then(|start| blob.get(start..start.checked_add(t.n_bytes)?))
             .ok_or_else(|| Error::bad_file(&self.path, format!("tensor '{}': data out of range", t.name)))
     }
 
-    /// The model config: [`ModelConfig::from_gguf`] plus what only the tensor directory tells
-    /// (tied embeddings when there is no `output.weight`; q/k/v biases when they exist).
+    /// Llama 3.1+ GGUFs store their rope scaling as per-frequency factors in this tensor, not
+    /// in metadata; ignoring it would silently give wrong logits.
+    pub const ROPE_FREQS: &'static str = "rope_freqs.weight";
+
+    /// The model config: [`GgufFile::header_config`], with the rope scaling that
+    /// [`GgufFile::ROPE_FREQS`] holds when the file has that tensor.
     pub fn model_config(&self) -> Result<ModelConfig> {
+        let mut cfg = self.header_config()?;
+        if self.tensor(Self::ROPE_FREQS).is_some() {
+            use super::TensorStore;
+            let t = self.load(Self::ROPE_FREQS, super::LoadAs::F32)?;
+            self.apply_rope_freqs(&mut cfg, &t)?;
+        }
+        Ok(cfg)
+    }
+
+    /// What metadata and the tensor directory alone tell: [`ModelConfig::from_gguf`], tied
+    /// embeddings when there is no `output.weight`, q/k/v biases when they exist. Everything
+    /// but a [`GgufFile::ROPE_FREQS`] scaling, which a stream applies when that tensor arrives.
+    pub fn header_config(&self) -> Result<ModelConfig> {
         let mut cfg = ModelConfig::from_gguf(&self.metadata)?;
         cfg.tie_embeddings = self.tensor("output.weight").is_none();
         cfg.qkv_bias |= self.tensor("blk.0.attn_q.bias").is_some();
-        if self.tensor("rope_freqs.weight").is_some() {
-            // Llama 3.1+ GGUFs store their rope scaling as per-frequency factors in this
-            // tensor, not in metadata; ignoring it would silently give wrong logits.
-            use super::TensorStore;
-            let t = self.load("rope_freqs.weight", super::LoadAs::F32)?;
-            let factors: Vec<f32> = crate::quant::decode(&t.bytes, crate::DType::F32, t.shape.iter().product());
-            let orig = self
-                .metadata
-                .get_u64(&format!("{}.rope.scaling.original_context_length", self.architecture().unwrap_or("")))
-                .and_then(|n| usize::try_from(n).ok());
-            cfg.rope_scaling = super::ggml::rope_scaling_from_factors(&cfg, &factors, orig)?;
-            cfg.validate()?;
-        }
         Ok(cfg)
+    }
+
+    /// Sets `cfg`'s rope scaling from the [`GgufFile::ROPE_FREQS`] tensor (loaded as F32).
+    pub fn apply_rope_freqs(&self, cfg: &mut ModelConfig, t: &super::HostTensor) -> Result<()> {
+        if t.dtype != crate::DType::F32 {
+            return Err(Error::bad_file(&self.path, format!("{}: expected f32 factors, got {}", Self::ROPE_FREQS, t.dtype)));
+        }
+        let factors: Vec<f32> = crate::quant::decode(&t.bytes, crate::DType::F32, t.shape.iter().product());
+        let orig = self
+            .metadata
+            .get_u64(&format!("{}.rope.scaling.original_context_length", self.architecture().unwrap_or("")))
+            .and_then(|n| usize::try_from(n).ok());
+        cfg.rope_scaling = super::ggml::rope_scaling_from_factors(cfg, &factors, orig)?;
+        cfg.validate()
     }
 }

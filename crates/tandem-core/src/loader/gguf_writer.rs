@@ -222,3 +222,81 @@ pub fn llama2c_vocab(bytes: &[u8], vocab: usize) -> Result<(Vec<GgufValue>, Vec<
     }
     Ok((tokens, scores, types))
 }
+
+/// llama.cpp's `permute` of q/k rows for its RoPE layout (HF -> GGUF), on rows of any type:
+/// `gguf_row[h*hd + 2*i + j] = hf_row[h*hd + j*hd/2 + i]`. The inverse of
+/// [`super::ggml::unpermute_rows`]. Panics on shapes that do not split into heads (tests).
+pub fn permute_rows(raw: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
+    let (hd, row) = (rows / n_head, raw.len() / rows);
+    assert!(rows % n_head == 0 && hd % 2 == 0 && raw.len() % rows == 0, "permute_rows: {rows} rows, {n_head} heads");
+    let mut out = vec![0u8; raw.len()];
+    for h in 0..n_head {
+        for i in 0..hd / 2 {
+            for j in 0..2 {
+                let (dst, src) = (h * hd + 2 * i + j, h * hd + j * hd / 2 + i);
+                out[dst * row..(dst + 1) * row].copy_from_slice(&raw[src * row..(src + 1) * row]);
+            }
+        }
+    }
+    out
+}
+
+/// An HF Llama checkpoint as llama.cpp's converter writes it: `llama.*` metadata from
+/// `source.config`, the given `tokenizer.ggml.*` entries, GGUF tensor names, q/k rows permuted,
+/// each tensor in the ggml type `ggml_type(shape)` picks (vectors should stay F32). For tests.
+pub fn llama_gguf(
+    source: &super::ModelSource,
+    tokenizer: Vec<(&str, GgufValue)>,
+    ggml_type: impl Fn(&[usize]) -> u32,
+) -> Result<GgufWriter, String> {
+    use super::LoadAs;
+    let c = &source.config;
+    let mut w = GgufWriter::new();
+    let u = |n: usize| GgufValue::U32(n as u32);
+    w.kv("general.architecture", GgufValue::String("llama".into()))
+        .kv("llama.context_length", u(c.max_position))
+        .kv("llama.embedding_length", u(c.dim))
+        .kv("llama.block_count", u(c.n_layers))
+        .kv("llama.feed_forward_length", u(c.ffn_dim))
+        .kv("llama.rope.dimension_count", u(c.head_dim))
+        .kv("llama.attention.head_count", u(c.n_heads))
+        .kv("llama.attention.head_count_kv", u(c.n_kv_heads))
+        .kv("llama.rope.freq_base", GgufValue::F32(c.rope_theta))
+        .kv("llama.attention.layer_norm_rms_epsilon", GgufValue::F32(c.rms_norm_eps))
+        .kv("llama.vocab_size", u(c.vocab_size));
+    for (k, v) in tokenizer {
+        w.kv(k, v);
+    }
+    let put = |w: &mut GgufWriter, gguf: &str, hf: &str, heads: Option<usize>| -> Result<(), String> {
+        let t = source.tensors.load(hf, LoadAs::F32).map_err(|e| e.to_string())?;
+        let mut bytes = t.bytes;
+        if let Some(n_head) = heads {
+            bytes = permute_rows(&bytes, t.shape[0], n_head);
+        }
+        let values: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        w.tensor(gguf, &t.shape, ggml_type(&t.shape), &values);
+        Ok(())
+    };
+    put(&mut w, "token_embd.weight", "model.embed_tokens.weight", None)?;
+    for l in 0..c.n_layers {
+        let (b, p) = (format!("blk.{l}"), format!("model.layers.{l}"));
+        for (g, h, heads) in [
+            ("attn_norm", "input_layernorm", None),
+            ("attn_q", "self_attn.q_proj", Some(c.n_heads)),
+            ("attn_k", "self_attn.k_proj", Some(c.n_kv_heads)),
+            ("attn_v", "self_attn.v_proj", None),
+            ("attn_output", "self_attn.o_proj", None),
+            ("ffn_norm", "post_attention_layernorm", None),
+            ("ffn_gate", "mlp.gate_proj", None),
+            ("ffn_up", "mlp.up_proj", None),
+            ("ffn_down", "mlp.down_proj", None),
+        ] {
+            put(&mut w, &format!("{b}.{g}.weight"), &format!("{p}.{h}.weight"), heads)?;
+        }
+    }
+    put(&mut w, "output_norm.weight", "model.norm.weight", None)?;
+    if !c.tie_embeddings {
+        put(&mut w, "output.weight", "lm_head.weight", None)?;
+    }
+    Ok(w)
+}

@@ -4,10 +4,12 @@
 
 pub mod ggml;
 pub mod gguf;
+mod gguf_scan;
 #[doc(hidden)]
 pub mod gguf_writer;
 pub mod names;
 pub mod safetensors;
+pub mod stream;
 pub mod synthetic;
 
 use crate::config::ModelConfig;
@@ -258,7 +260,7 @@ fn merge_generation_eos(dir: &Path, config: &mut ModelConfig) -> Result<()> {
     merge_generation_eos_json(&path, &text, config)
 }
 
-fn merge_generation_eos_json(path: &Path, text: &str, config: &mut ModelConfig) -> Result<()> {
+pub(crate) fn merge_generation_eos_json(path: &Path, text: &str, config: &mut ModelConfig) -> Result<()> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| Error::BadConfig(format!("{}: {e}", path.display())))?;
     let ids: Vec<u64> = match v.get("eos_token_id") {

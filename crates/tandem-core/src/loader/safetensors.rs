@@ -9,6 +9,7 @@ use crate::dtype::DType;
 use crate::{Error, Result};
 use ::safetensors::tensor::{Dtype, SafeTensors, TensorInfo as StInfo};
 use half::{bf16, f16};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -139,14 +140,15 @@ impl TensorStore for SafetensorsStore {
             .zip(shard.data_start.checked_add(e))
             .and_then(|(a, b)| shard.blob.get(a..b))
             .ok_or_else(|| bad(format!("data offsets [{s}, {e}) out of range")))?;
-        let tensor = convert(name, info, raw, as_, bad);
+        let tensor = convert(name, info, Cow::Borrowed(raw), as_, bad);
         shard.blob.done_with(raw);
         tensor
     }
 }
 
-/// The tensor `name` stored as `info` in `raw`, converted as `as_` asks.
-fn convert(name: &str, info: &StInfo, raw: &[u8], as_: LoadAs, bad: impl Fn(String) -> Error) -> Result<HostTensor> {
+/// The tensor `name` stored as `info` in `raw`, converted as `as_` asks. The one conversion
+/// both the memory-mapped store and the stream (`loader::stream`) use.
+pub(crate) fn convert(name: &str, info: &StInfo, raw: Cow<'_, [u8]>, as_: LoadAs, bad: impl Fn(String) -> Error) -> Result<HostTensor> {
     let shape = info.shape.clone();
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape overflows".into()))?;
     let elem = match info.dtype {
@@ -166,10 +168,10 @@ fn convert(name: &str, info: &StInfo, raw: &[u8], as_: LoadAs, bad: impl Fn(Stri
     };
     // Same type on both sides: copy the bytes (little-endian in the file and on the host).
     if (info.dtype, target) == (Dtype::F32, DType::F32) {
-        return Ok(HostTensor { dtype: target, shape, bytes: raw.to_vec() });
+        return Ok(HostTensor { dtype: target, shape, bytes: raw.into_owned() });
     }
     if matches!((info.dtype, target), (Dtype::F16, DType::F16) | (Dtype::BF16, DType::BF16)) {
-        let mut bytes = raw.to_vec();
+        let mut bytes = raw.into_owned();
         bytes.resize(target.storage_bytes(numel), 0);
         return Ok(HostTensor { dtype: target, shape, bytes });
     }

@@ -2,15 +2,19 @@
 //! against the backend interface. A forward pass is recorded as one [`Step`] holding every
 //! layer's ops and handed to the backend at once; only token ids or logits come back.
 
+mod builder;
+pub mod stream;
 mod weights;
 
+pub use builder::ModelBuilder;
+pub use stream::{ModelStream, StreamedModel};
 pub use weights::{LayerWeights, Weight, Weights};
 
 use crate::backend::{Backend, BackendExt, BufId, Step};
 use crate::config::ModelConfig;
 use crate::dtype::DType;
 use crate::kv::{KvCache, Sequence};
-use crate::loader::{LoadAs, ModelSource};
+use crate::loader::ModelSource;
 use crate::ops::*;
 use crate::{Error, Result};
 
@@ -99,25 +103,17 @@ pub struct Model<B: Backend> {
 }
 
 impl<B: Backend> Model<B> {
-    /// Loads weights from `source` onto `backend` and sets up the KV pool.
+    /// Loads weights from `source` onto `backend` and sets up the KV pool. `progress(done,
+    /// total)` counts tensors uploaded.
     pub fn load(
-        mut backend: B,
+        backend: B,
         source: &ModelSource,
         opts: &ModelOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
-        let config = source.config.clone();
-        if opts.max_step_tokens == 0 {
-            return Err(Error::InvalidParameter("max_step_tokens must be at least 1".into()));
-        }
-        let context = opts.context.min(config.max_position).max(1);
-        let matrix_as = opts.weight_dtype.map_or(LoadAs::Native, LoadAs::Exactly);
-        let weights = weights::load_weights(&mut backend, &config, source.tensors.as_ref(), matrix_as, progress)?;
-        let kv = KvCache::new(&mut backend, &config, opts.kv_dtype, opts.block_size, context.div_ceil(opts.block_size))?;
-        let inv_freq = backend.alloc(DType::F32, config.head_dim / 2)?;
-        backend.write(inv_freq, bytemuck::cast_slice(&config.rope_inv_freq()))?;
-        let act = Activations::alloc(&mut backend, &config, opts.max_step_tokens.min(context), 1, context.div_ceil(opts.block_size))?;
-        Ok(Model { config, stats: ModelStats::default(), backend, weights, kv, inv_freq, act, context })
+        let mut builder = ModelBuilder::new(backend, source.config.clone(), opts)?;
+        builder.load_from(source.tensors.as_ref(), progress)?;
+        builder.finish()
     }
 
     /// Longest context one sequence may reach.
