@@ -1,0 +1,151 @@
+// out = x @ w^T (+ bias) for up to MATVEC_MAXN tokens (decode): the weight is streamed once
+// and each value is dequantized in registers, with the reference's formula, then used by
+// every token. x: [n, k] f32; w: [m, k] in the entry's dtype; bias: [m] f32 or null;
+// out: [n, m] f32.
+//
+// matmul_decode_<dtype>: k % 32 == 0, so every row starts on a quantization block. One warp
+// per output row; lane l takes blocks l, l + 32, ... of the row, loading each block's 32
+// values with 16-byte loads (one for Q4, two for Q8, four for f16/bf16, eight for f32: a
+// warp reads 512 contiguous bytes per Q4 load), and x with float4 loads (x is small and
+// shared by every row, so it stays in L1/L2). A warp-shuffle sum finishes each dot.
+// matmul_decode_any_<dtype>: any k (rows may start mid-block): a warp per row, lanes over
+// elements.
+
+#define MATVEC_MAXN 8
+#define MATVEC_WARPS 4
+
+// The 32 values of block `gb` (global block index) of a row-block-aligned weight.
+template <int DT>
+__device__ __forceinline__ void load_block(const u8* __restrict__ w, u64 d_off, u64 m_off,
+                                           u64 gb, float* v) {
+    if (DT == DT_F32) {
+        const float4* p = (const float4*)(w + gb * 128);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const float4 f = p[i];
+            v[4 * i] = f.x;
+            v[4 * i + 1] = f.y;
+            v[4 * i + 2] = f.z;
+            v[4 * i + 3] = f.w;
+        }
+    } else if (DT == DT_F16 || DT == DT_BF16) {
+        const uint4* p = (const uint4*)(w + gb * 64);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const uint4 q = p[i];
+            const u32 words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const u16 lo = (u16)(words[j] & 0xffffu), hi = (u16)(words[j] >> 16);
+                v[8 * i + 2 * j] = DT == DT_F16 ? f16_to_f32(lo) : bf16_to_f32(lo);
+                v[8 * i + 2 * j + 1] = DT == DT_F16 ? f16_to_f32(hi) : bf16_to_f32(hi);
+            }
+        }
+    } else if (DT == DT_Q8_0) {
+        const float d = f16_to_f32(((const u16*)(w + d_off))[gb]);
+        const uint4* p = (const uint4*)(w + gb * 32);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const uint4 q = p[i];
+            const u32 words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int b = 0; b < 4; ++b)
+                    v[16 * i + 4 * j + b] = d * (float)(signed char)((words[j] >> (8 * b)) & 0xffu);
+        }
+    } else {
+        const float d = f16_to_f32(((const u16*)(w + d_off))[gb]);
+        const float mn = DT == DT_Q4_1 ? f16_to_f32(((const u16*)(w + m_off))[gb]) : 0.0f;
+        const uint4 q = *(const uint4*)(w + gb * 16);
+        const u32 words[4] = {q.x, q.y, q.z, q.w};
+        // Byte i holds elements 2i (low nibble) and 2i + 1 (high nibble).
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int b = 0; b < 8; ++b) {
+                const float nib = (float)((words[j] >> (4 * b)) & 15u);
+                v[8 * j + b] = DT == DT_Q4_0 ? d * (nib - 8.0f) : d * nib + mn;
+            }
+    }
+}
+
+template <int DT>
+__device__ void matvec_blocks(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
+                              u64 m_off, const float* __restrict__ bias, float* __restrict__ out,
+                              u32 n, u32 k, u32 m) {
+    const u32 lane = threadIdx.x & 31;
+    const u32 row = blockIdx.x * MATVEC_WARPS + (threadIdx.x >> 5);
+    if (row >= m) return;  // whole warps leave together
+    const u32 nb = k >> 5;
+    float acc[MATVEC_MAXN];
+#pragma unroll
+    for (int j = 0; j < MATVEC_MAXN; ++j) acc[j] = 0.0f;
+    for (u32 b = lane; b < nb; b += 32) {
+        float v[32];
+        load_block<DT>(w, d_off, m_off, (u64)row * nb + b, v);
+#pragma unroll
+        for (int j = 0; j < MATVEC_MAXN; ++j) {
+            if (j < (int)n) {
+                const float4* xp = (const float4*)(x + (u64)j * k + (u64)b * 32);
+                float s = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                    const float4 f = xp[i];
+                    s += v[4 * i] * f.x + v[4 * i + 1] * f.y + v[4 * i + 2] * f.z + v[4 * i + 3] * f.w;
+                }
+                acc[j] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < MATVEC_MAXN; ++j) {
+        if (j < (int)n) {
+            const float s = warp_sum(acc[j]);
+            if (lane == 0) out[(u64)j * m + row] = bias ? s + bias[row] : s;
+        }
+    }
+}
+
+template <int DT>
+__device__ void matvec_any(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
+                           u64 m_off, const float* __restrict__ bias, float* __restrict__ out,
+                           u32 n, u32 k, u32 m) {
+    const u32 lane = threadIdx.x & 31;
+    const u32 row = blockIdx.x * MATVEC_WARPS + (threadIdx.x >> 5);
+    if (row >= m) return;
+    float acc[MATVEC_MAXN];
+#pragma unroll
+    for (int j = 0; j < MATVEC_MAXN; ++j) acc[j] = 0.0f;
+    for (u32 e = lane; e < k; e += 32) {
+        const float wv = load_w<DT>(w, d_off, m_off, (u64)row * k + e);
+#pragma unroll
+        for (int j = 0; j < MATVEC_MAXN; ++j)
+            if (j < (int)n) acc[j] += wv * x[(u64)j * k + e];
+    }
+#pragma unroll
+    for (int j = 0; j < MATVEC_MAXN; ++j) {
+        if (j < (int)n) {
+            const float s = warp_sum(acc[j]);
+            if (lane == 0) out[(u64)j * m + row] = bias ? s + bias[row] : s;
+        }
+    }
+}
+
+#define MATVEC(suffix, DT)                                                                      \
+    extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
+        matmul_decode_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,               \
+                               const float* bias, float* out, u32 n, u32 k, u32 m) {            \
+        matvec_blocks<DT>(x, w, d_off, m_off, bias, out, n, k, m);                              \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
+        matmul_decode_any_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,           \
+                                   const float* bias, float* out, u32 n, u32 k, u32 m) {        \
+        matvec_any<DT>(x, w, d_off, m_off, bias, out, n, k, m);                                 \
+    }
+MATVEC(f32, DT_F32)
+MATVEC(f16, DT_F16)
+MATVEC(bf16, DT_BF16)
+MATVEC(q8_0, DT_Q8_0)
+MATVEC(q4_0, DT_Q4_0)
+MATVEC(q4_1, DT_Q4_1)
