@@ -11,6 +11,7 @@ use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 use tandem_core::Error;
 
 use crate::kernels;
+use crate::launch::Arch;
 
 pub(crate) const NAME: &str = "cuda";
 /// The oldest architecture the kernels are written for (warp shuffles with masks, and
@@ -73,8 +74,8 @@ pub(crate) struct Device {
     pub stream: Arc<CudaStream>,
     pub name: String,
     pub cc: (i32, i32),
-    /// What NVRTC compiles for: "sm_XY", at most the device's own architecture.
-    pub arch: String,
+    /// What NVRTC compiles for: at most the device's own architecture.
+    pub arch: Arch,
 }
 
 impl Device {
@@ -95,7 +96,8 @@ impl Device {
                 cc.0, cc.1, MIN_CC.0, MIN_CC.1
             )));
         }
-        let arch = pick_arch(cc)?;
+        let picked = pick_arch(cc)?;
+        let arch = Arch { cubin: picked == cc.0 * 10 + cc.1, name: format!("sm_{picked}") };
         let stream = ctx.new_stream().map_err(|e| driver_err("creating a CUDA stream", e))?;
         Ok(Device { ctx, stream, name, cc, arch })
     }
@@ -154,7 +156,7 @@ impl Device {
 
 /// The newest architecture NVRTC knows that the device runs: PTX for an older one is JIT-
 /// compiled forward by the driver, so a GPU newer than the NVRTC still works.
-fn pick_arch(cc: (i32, i32)) -> Result<String, Error> {
+fn pick_arch(cc: (i32, i32)) -> Result<i32, Error> {
     let want = cc.0 * 10 + cc.1;
     let mut n = 0;
     // SAFETY: NVRTC was found by probe(); the calls only fill the given memory.
@@ -169,7 +171,7 @@ fn pick_arch(cc: (i32, i32)) -> Result<String, Error> {
         archs
     };
     match supported.iter().copied().filter(|&a| a <= want).max() {
-        Some(a) => Ok(format!("sm_{a}")),
+        Some(a) => Ok(a),
         None => Err(backend_err(format!(
             "NVRTC cannot compile for sm_{want} or anything older (it supports {supported:?})"
         ))),

@@ -1,13 +1,14 @@
 //! Kernel sources (`kernels/*.cu`, one op per file, each prefixed with `kernels/common.cuh`)
 //! and their compilation with NVRTC for the device's architecture. Each file is compiled at
-//! most once per process and architecture; the PTX is also kept on disk, keyed by a hash of
-//! the source, the options and the NVRTC version, so a later process skips NVRTC entirely.
+//! most once per process and architecture; the result (CUBIN or PTX) is also kept on disk
+//! under `~/.cache/tandem/kernels/`, keyed by a hash of the source, the options and the NVRTC
+//! version, so a later process skips NVRTC entirely.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-use cudarc::nvrtc::{self, CompileError, CompileOptions};
+use std::ffi::{CStr, CString};
 use sha2::{Digest, Sha256};
 
 /// The shared prelude: dtype conversions by inline PTX, warp reductions, weight dequantization.
@@ -132,48 +133,102 @@ pub fn nvrtc_version() -> Result<(i32, i32), String> {
     Ok((major, minor))
 }
 
-/// PTX of `file` for `arch` ("sm_80"): from this process's cache, else the disk cache, else
-/// NVRTC (which then fills both). A compile error carries NVRTC's log.
-pub fn ptx(file: KernelFile, arch: &str) -> Result<String, String> {
-    static MEMO: OnceLock<Mutex<HashMap<(KernelFile, String), String>>> = OnceLock::new();
+/// What the driver loads: a CUBIN when NVRTC compiled for the device's own architecture (no
+/// JIT at load, and it runs on drivers older than the NVRTC), else NUL-terminated PTX, which
+/// the driver JIT-compiles forward for a GPU newer than NVRTC knows.
+pub fn module_image(file: KernelFile, arch: &str, cubin: bool) -> Result<Vec<u8>, String> {
+    type Memo = Mutex<HashMap<(KernelFile, String, bool), Vec<u8>>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
     let memo = MEMO.get_or_init(Default::default);
-    let key = (file, arch.to_string());
+    let key = (file, arch.to_string(), cubin);
     if let Some(p) = memo.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(p.clone());
     }
     let version = nvrtc_version()?;
     let source = file.source();
     let opts = options(arch);
-    let disk = disk_path(file, arch, &source, &opts, version);
-    let ptx = match disk.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
-        Some(p) if p.contains(".entry") => p,
-        _ => {
-            let p = compile(file, &source, &opts)?;
+    let disk = disk_path(file, arch, &source, &opts, version, if cubin { "cubin" } else { "ptx" });
+    let cached = disk.as_ref().and_then(|p| std::fs::read(p).ok()).filter(|b| looks_whole(b, cubin));
+    let image = match cached {
+        Some(b) => b,
+        None => {
+            let out = nvrtc_compile(file, &source, &opts, cubin)?;
+            let mut image = match (cubin, out.cubin) {
+                (true, Some(c)) => c,
+                (true, None) => return Err(format!("NVRTC produced no CUBIN for kernels/{}.cu ({arch})", file.name())),
+                (false, _) => out.ptx.into_bytes(),
+            };
+            if !cubin {
+                image.push(0);
+            }
             if let Some(path) = &disk {
                 // A cache that cannot be written only costs a recompile next time.
-                let _ = write_atomically(path, &p);
+                let _ = write_atomically(path, &image);
             }
-            p
+            image
         }
     };
-    memo.lock().unwrap_or_else(|p| p.into_inner()).insert(key, ptx.clone());
-    Ok(ptx)
+    memo.lock().unwrap_or_else(|p| p.into_inner()).insert(key, image.clone());
+    Ok(image)
 }
 
-/// Runs NVRTC on one file (no caches): what `tandem-kernels` and the tests call.
-pub fn compile(file: KernelFile, source: &str, opts: &[String]) -> Result<String, String> {
-    nvrtc_present()?;
-    let o = CompileOptions { options: opts.to_vec(), name: Some(format!("{}.cu", file.name())), ..Default::default() };
-    match nvrtc::compile_ptx_with_opts(source, o) {
-        Ok(ptx) => Ok(ptx.to_src()),
-        Err(CompileError::CompileError { log, .. }) => {
-            Err(format!("NVRTC could not compile kernels/{}.cu:\n{}", file.name(), log.to_string_lossy()))
-        }
-        Err(e) => Err(format!("NVRTC failed on kernels/{}.cu: {e}", file.name())),
+/// A cache file is used only if it is what it claims to be (a write may have been cut off).
+fn looks_whole(b: &[u8], cubin: bool) -> bool {
+    if cubin {
+        b.len() > 64 && b.starts_with(b"\x7fELF")
+    } else {
+        b.last() == Some(&0) && b.windows(6).any(|w| w == b".entry")
     }
 }
 
-fn disk_path(file: KernelFile, arch: &str, source: &str, opts: &[String], v: (i32, i32)) -> Option<PathBuf> {
+/// Runs NVRTC on one file (no caches) and returns its PTX: what `tandem-kernels` and the
+/// tests call.
+pub fn compile(file: KernelFile, source: &str, opts: &[String]) -> Result<String, String> {
+    nvrtc_compile(file, source, opts, false).map(|o| o.ptx)
+}
+
+struct Compiled {
+    ptx: String,
+    cubin: Option<Vec<u8>>,
+}
+
+fn nvrtc_compile(file: KernelFile, source: &str, opts: &[String], want_cubin: bool) -> Result<Compiled, String> {
+    use cudarc::nvrtc::{result, sys};
+    nvrtc_present()?;
+    let name = format!("{}.cu", file.name());
+    let src = CString::new(source).map_err(|_| format!("kernels/{name} contains a NUL byte"))?;
+    let cname = CString::new(name.clone()).expect("no NUL in a file name");
+    let fail = |what: &str, e: result::NvrtcError| format!("NVRTC {what} failed on kernels/{name}: {e}");
+    let prog = result::create_program(&src, Some(&cname)).map_err(|e| fail("create", e))?;
+    // SAFETY: prog is a live program until destroy_program below; every buffer passed is sized
+    // by the matching *Size call.
+    let out = unsafe {
+        let r = match result::compile_program(prog, opts) {
+            Err(e) => {
+                let log = result::get_program_log(prog).map(|l| CStr::from_ptr(l.as_ptr()).to_string_lossy().into_owned());
+                Err(format!("NVRTC could not compile kernels/{name} ({e:?}):\n{}", log.unwrap_or_default()))
+            }
+            Ok(()) => result::get_ptx(prog)
+                .map(|p| CStr::from_ptr(p.as_ptr()).to_string_lossy().into_owned())
+                .map_err(|e| fail("get PTX", e))
+                .and_then(|ptx| {
+                    if !want_cubin {
+                        return Ok(Compiled { ptx, cubin: None });
+                    }
+                    let mut size = 0usize;
+                    sys::nvrtcGetCUBINSize(prog, &mut size).result().map_err(|e| fail("get CUBIN size", e))?;
+                    let mut cubin = vec![0u8; size];
+                    sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut _).result().map_err(|e| fail("get CUBIN", e))?;
+                    Ok(Compiled { ptx, cubin: (size > 0).then_some(cubin) })
+                }),
+        };
+        let _ = result::destroy_program(prog);
+        r
+    };
+    out
+}
+
+fn disk_path(file: KernelFile, arch: &str, source: &str, opts: &[String], v: (i32, i32), ext: &str) -> Option<PathBuf> {
     let dir = tandem_core::default_model::cache_dir().ok()?.join("kernels");
     let mut h = Sha256::new();
     h.update(source.as_bytes());
@@ -183,15 +238,15 @@ fn disk_path(file: KernelFile, arch: &str, source: &str, opts: &[String], v: (i3
     }
     h.update(format!("nvrtc {}.{}", v.0, v.1).as_bytes());
     let hex: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
-    Some(dir.join(format!("{}-{arch}-{hex}.ptx", file.name())))
+    Some(dir.join(format!("{}-{arch}-{hex}.{ext}", file.name())))
 }
 
 /// Another process may be writing the same entry: write a temporary file and rename it.
-fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, text)?;
+    std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }

@@ -71,6 +71,13 @@ impl Launch {
     }
 }
 
+/// What the kernels are compiled for: "sm_XY", and whether that is the device's own
+/// architecture (then NVRTC's CUBIN is loaded; else PTX, JIT-compiled by the driver).
+pub(crate) struct Arch {
+    pub name: String,
+    pub cubin: bool,
+}
+
 /// Loaded modules (one per kernel file) and their functions, for one context.
 #[derive(Default)]
 pub(crate) struct Modules {
@@ -80,18 +87,18 @@ pub(crate) struct Modules {
 
 impl Modules {
     /// `entry` of `file`, compiling (NVRTC, cached) and loading the module on first use.
-    pub fn func(&mut self, arch: &str, file: KernelFile, entry: &'static str) -> Result<sys::CUfunction> {
+    pub fn func(&mut self, arch: &Arch, file: KernelFile, entry: &'static str) -> Result<sys::CUfunction> {
         if let Some(&f) = self.funcs.get(entry) {
             return Ok(f);
         }
         let module = match self.modules.get(&file) {
             Some(&m) => m,
             None => {
-                let ptx = kernels::ptx(file, arch).map_err(backend_err)?;
-                let image = CString::new(ptx).map_err(|_| backend_err("PTX with a NUL byte"))?;
-                // SAFETY: a NUL-terminated PTX text; the driver JIT-compiles it for the device.
+                let image = kernels::module_image(file, &arch.name, arch.cubin).map_err(backend_err)?;
+                // SAFETY: a whole CUBIN, or PTX text with its NUL (module_image checks both),
+                // which the driver loads or JIT-compiles for the device.
                 let m = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
-                    .map_err(|e| driver_err(&format!("loading kernels/{}.cu for {arch}", file.name()), e))?;
+                    .map_err(|e| driver_err(&format!("loading kernels/{}.cu for {}", file.name(), arch.name), e))?;
                 self.modules.insert(file, m);
                 m
             }
@@ -119,7 +126,7 @@ pub(crate) struct Recorder<'a> {
     pub table: &'a Table,
     /// `None` records without resolving functions (tests without a GPU).
     pub modules: Option<&'a mut Modules>,
-    pub arch: &'a str,
+    pub arch: &'a Arch,
     pub out: &'a mut Vec<Launch>,
     /// Per-step values kernels read from device memory (dyn slots), in slot order.
     pub dyn_host: &'a mut Vec<u32>,

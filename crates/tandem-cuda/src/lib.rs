@@ -140,7 +140,8 @@ impl CudaBackend {
 
     /// "NVIDIA H100 80GB HBM3 (sm_90)".
     pub fn device_name(&self) -> String {
-        format!("{} (sm_{}{}, kernels for {})", self.dev.name, self.dev.cc.0, self.dev.cc.1, self.dev.arch)
+        let how = if self.dev.arch.cubin { "" } else { " as PTX" };
+        format!("{} (sm_{}{}, kernels for {}{how})", self.dev.name, self.dev.cc.0, self.dev.cc.1, self.dev.arch.name)
     }
 
     pub fn stats(&self) -> CudaStats {

@@ -11,7 +11,7 @@ use tandem_core::{BufId, DType};
 
 use crate::buffers::{Entry, Table};
 use crate::kernels::{self, KernelFile};
-use crate::launch::{Arg, Launch, Recorder};
+use crate::launch::{Arch, Arg, Launch, Recorder};
 use crate::ops;
 
 struct Fake {
@@ -39,7 +39,7 @@ impl Fake {
         let mut r = Recorder {
             table: &self.table,
             modules: None,
-            arch: "sm_80",
+            arch: &Arch { name: "sm_80".into(), cubin: true },
             out: &mut out,
             dyn_host: &mut dyn_host,
             dyn_base: 0x1000,

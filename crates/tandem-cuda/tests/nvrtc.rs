@@ -51,3 +51,19 @@ fn no_gpu_is_an_error_not_a_panic() {
     }
     assert_eq!(tandem_cuda::available().is_ok(), tandem_cuda::CudaBackend::new(Default::default()).is_ok());
 }
+
+#[test]
+fn module_images_are_cubins_or_terminated_ptx() {
+    if let Err(why) = kernels::nvrtc_present() {
+        eprintln!("SKIP module_images_are_cubins_or_terminated_ptx: {why}");
+        return;
+    }
+    // What the driver is handed: a CUBIN for the device's own architecture, else PTX text
+    // with its NUL; a second call comes from the process's cache, identical.
+    let cubin = kernels::module_image(KernelFile::Add, "sm_90", true).expect("cubin");
+    assert!(cubin.starts_with(b"\x7fELF"), "not an ELF CUBIN");
+    let ptx = kernels::module_image(KernelFile::Add, "sm_80", false).expect("ptx");
+    assert_eq!(ptx.last(), Some(&0));
+    assert!(std::str::from_utf8(&ptx[..ptx.len() - 1]).expect("PTX is text").contains(".entry add("));
+    assert_eq!(kernels::module_image(KernelFile::Add, "sm_90", true).unwrap(), cubin);
+}
