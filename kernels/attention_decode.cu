@@ -7,6 +7,8 @@
 // block_table: [ceil(ctx_len / bs)] u32; dyn[0] = ctx_len, read from device memory so a
 // captured decode graph replays as the context grows: the grid covers `parts` partitions
 // (the block table's capacity) and partitions past ctx_len exit at once.
+// Grid of the partial kernel: (heads, parts), heads fastest, so the query heads sharing a KV
+// head run side by side and read its K/V rows from L2 rather than from memory again.
 // Scratch: part_acc [heads, parts, hd], part_ml [heads, parts, 2].
 // Dynamic shared memory of the partial kernel: (part_len + hd) floats.
 
@@ -37,7 +39,7 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
     float* s = smem;              // [part_len] scores, then weights
     float* qs = smem + part_len;  // [hd]
     const u32 ctx_len = dyn[0];
-    const u32 p = blockIdx.x, h = blockIdx.y;
+    const u32 h = blockIdx.x, p = blockIdx.y;
     const u32 start = p * part_len;
     if (start >= ctx_len) return;  // beyond the context: the merge never reads it
     const u32 cnt = min(part_len, ctx_len - start);

@@ -8,6 +8,11 @@
 // values with 16-byte loads (one for Q4, two for Q8, four for f16/bf16, eight for f32: a
 // warp reads 512 contiguous bytes per Q4 load), and x with float4 loads (x is small and
 // shared by every row, so it stays in L1/L2). A warp-shuffle sum finishes each dot.
+// matmul_decode_n1_<dtype>: one token (the decode step itself) and k % 32 == 0: a block of
+// MATVEC_WARPS warps computes MATVEC_WARPS rows together, the warps splitting the row's
+// blocks; each lane loads a block of x once and uses it for every row (x is then read once
+// per MATVEC_WARPS rows rather than once per row, which for Q4 would outweigh the weight),
+// and has one 16-byte weight load per row in flight. Warp sums meet in shared memory.
 // matmul_decode_any_<dtype>: any k (rows may start mid-block): a warp per row, lanes over
 // elements.
 
@@ -107,6 +112,92 @@ __device__ void matvec_blocks(const float* __restrict__ x, const u8* __restrict_
     }
 }
 
+// Block `gb` of the weight dotted with 32 values of x (sx = their sum): quantized blocks are
+// factored as d * sum(q x) (- 8 d sum(x) for Q4_0, + m sum(x) for Q4_1), so no dequantized
+// copy of the block is kept and the sums of x are shared by every row.
+template <int DT>
+__device__ __forceinline__ float dot_block(const u8* __restrict__ w, u64 d_off, u64 m_off, u64 gb,
+                                           const float* xv, float sx) {
+    if (DT == DT_Q4_0 || DT == DT_Q4_1) {
+        const float d = f16_to_f32(((const u16*)(w + d_off))[gb]);
+        const uint4 q = *(const uint4*)(w + gb * 16);
+        const u32 words[4] = {q.x, q.y, q.z, q.w};
+        float s = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int b = 0; b < 8; ++b) s += (float)((words[j] >> (4 * b)) & 15u) * xv[8 * j + b];
+        if (DT == DT_Q4_0) return d * (s - 8.0f * sx);
+        return d * s + f16_to_f32(((const u16*)(w + m_off))[gb]) * sx;
+    } else if (DT == DT_Q8_0) {
+        const float d = f16_to_f32(((const u16*)(w + d_off))[gb]);
+        const uint4* p = (const uint4*)(w + gb * 32);
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const uint4 q = p[i];
+            const u32 words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int b = 0; b < 4; ++b)
+                    s += (float)(signed char)((words[j] >> (8 * b)) & 0xffu) * xv[16 * i + 4 * j + b];
+        }
+        return d * s;
+    } else {
+        float v[32];
+        load_block<DT>(w, d_off, m_off, gb, v);
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 32; ++i) s += v[i] * xv[i];
+        return s;
+    }
+}
+
+template <int DT>
+__device__ void matvec_n1(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
+                          u64 m_off, const float* __restrict__ bias, float* __restrict__ out,
+                          u32 k, u32 m) {
+    __shared__ float part[MATVEC_WARPS][MATVEC_WARPS];
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u32 row0 = blockIdx.x * MATVEC_WARPS;
+    const u32 nb = k >> 5;
+    float acc[MATVEC_WARPS];
+#pragma unroll
+    for (int r = 0; r < MATVEC_WARPS; ++r) acc[r] = 0.0f;
+    for (u32 b = warp * 32 + lane; b < nb; b += MATVEC_WARPS * 32) {
+        float xv[32], sx = 0.0f;
+        const float4* xp = (const float4*)(x + (u64)b * 32);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const float4 f = xp[i];
+            xv[4 * i] = f.x;
+            xv[4 * i + 1] = f.y;
+            xv[4 * i + 2] = f.z;
+            xv[4 * i + 3] = f.w;
+            sx += (f.x + f.y) + (f.z + f.w);
+        }
+#pragma unroll
+        for (int r = 0; r < MATVEC_WARPS; ++r)
+            if (row0 + r < m) acc[r] += dot_block<DT>(w, d_off, m_off, (u64)(row0 + r) * nb + b, xv, sx);
+    }
+#pragma unroll
+    for (int r = 0; r < MATVEC_WARPS; ++r) {
+        const float s = warp_sum(acc[r]);
+        if (lane == 0) part[warp][r] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x < MATVEC_WARPS) {
+        const u32 r = threadIdx.x, row = row0 + r;
+        if (row < m) {
+            float s = 0.0f;
+#pragma unroll
+            for (int w2 = 0; w2 < MATVEC_WARPS; ++w2) s += part[w2][r];
+            out[row] = bias ? s + bias[row] : s;
+        }
+    }
+}
+
 template <int DT>
 __device__ void matvec_any(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
                            u64 m_off, const float* __restrict__ bias, float* __restrict__ out,
@@ -137,6 +228,11 @@ __device__ void matvec_any(const float* __restrict__ x, const u8* __restrict__ w
         matmul_decode_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,               \
                                const float* bias, float* out, u32 n, u32 k, u32 m) {            \
         matvec_blocks<DT>(x, w, d_off, m_off, bias, out, n, k, m);                              \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
+        matmul_decode_n1_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,            \
+                                  const float* bias, float* out, u32 k, u32 m) {                \
+        matvec_n1<DT>(x, w, d_off, m_off, bias, out, k, m);                                     \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
         matmul_decode_any_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,           \

@@ -91,7 +91,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
         let args = [q, ck, cv, bt, acc, ml, ctx, Arg::U32(heads), kv_heads, hd, bs, nb, scale, part_a, parts_a];
         let entry = if f16 { "attention_decode_partial_f16" } else { "attention_decode_partial_f32" };
         let smem = 4 * (part + op.head_dim) as u32;
-        let grid = (fits_u32(OP, "partitions", parts)?, heads, 1);
+        let grid = (heads, fits_u32(OP, "partitions", parts)?, 1);
         r.launch(KernelFile::AttentionDecode, entry, grid, 128, smem, &args)?;
         let merge = [acc, ml, Arg::Ptr(out), ctx, hd, part_a, parts_a];
         r.launch(KernelFile::AttentionDecode, "attention_decode_merge", (heads, 1, 1), 128, 0, &merge)

@@ -1,7 +1,7 @@
 //! out = x @ w^T (+ bias) with the dequantization fused: the matrix-vector kernels for up to
 //! 8 tokens (kernels/matmul_decode.cu: 16-byte block loads when k % 32 == 0, so every row
-//! starts on a quantization block; a per-element kernel otherwise), the tiled kernel above
-//! (kernels/matmul_prefill.cu).
+//! starts on a quantization block, with a one-token variant that reads x once per 4 rows; a
+//! per-element kernel otherwise), the tiled kernel above (kernels/matmul_prefill.cu).
 
 use tandem_core::ops::Matmul;
 use tandem_core::{DType, Result};
@@ -46,7 +46,12 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
         Arg::U32(fits_u32(OP, "k", k)?),
         Arg::U32(fits_u32(OP, "m", m)?),
     ];
-    if n <= MATVEC_MAX_N {
+    if n == 1 && k % 32 == 0 {
+        // The decode step's own path: no token count, x shared by the block's rows.
+        let args = [args[0], args[1], args[2], args[3], args[4], args[5], args[7], args[8]];
+        let grid = (fits_u32(OP, "m / 4", m.div_ceil(MATVEC_ROWS))?, 1, 1);
+        r.launch(KernelFile::MatmulDecode, weight_entries!("matmul_decode_n1")[wi], grid, 32 * MATVEC_ROWS as u32, 0, &args)
+    } else if n <= MATVEC_MAX_N {
         let entry = if k % 32 == 0 {
             weight_entries!("matmul_decode")[wi]
         } else {
