@@ -114,13 +114,40 @@ pub fn options(arch: &str) -> Vec<String> {
 
 /// Whether libnvrtc can be loaded; `Err` says what is missing. cudarc panics on a missing
 /// library, so this is checked before any NVRTC call.
+///
+/// Besides the loader's search path, NVRTC is looked for at `$TANDEM_NVRTC` and in the copy
+/// `scripts/check-kernels.sh` installs from PyPI under tandem's cache: loading it there first
+/// makes cudarc's later dlopen by name find the same library (by its soname).
 pub fn nvrtc_present() -> Result<(), String> {
+    static PRELOADED: OnceLock<Option<libloading::Library>> = OnceLock::new();
     // SAFETY: only probes for the shared library with dlopen; nothing is called in it.
-    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    let found = || unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    if found() {
+        return Ok(());
+    }
+    PRELOADED.get_or_init(|| {
+        // SAFETY: loading NVRTC runs no code of ours; the library stays loaded for the process.
+        nvrtc_candidates().into_iter().find_map(|p| unsafe { libloading::Library::new(p) }.ok())
+    });
+    if found() {
         Ok(())
     } else {
-        Err("NVRTC (libnvrtc.so) not found: install the CUDA toolkit's NVRTC or add its lib directory to LD_LIBRARY_PATH".into())
+        Err("NVRTC (libnvrtc.so.12) not found: install the CUDA toolkit's NVRTC (or `pip install nvidia-cuda-nvrtc-cu12`) and add its lib directory to LD_LIBRARY_PATH, or set TANDEM_NVRTC to the library's path".into())
     }
+}
+
+fn nvrtc_candidates() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::env::var_os("TANDEM_NVRTC").map(PathBuf::from).into_iter().collect();
+    if let Ok(entries) = tandem_core::default_model::cache_dir().and_then(|d| std::fs::read_dir(&d).map_err(|e| tandem_core::Error::io(d, e))) {
+        let mut tools: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cuda-tools")))
+            .collect();
+        tools.sort();
+        out.extend(tools.into_iter().rev().map(|t| t.join("nvidia/cuda_nvrtc/lib/libnvrtc.so.12")));
+    }
+    out.retain(|p| p.is_file());
+    out
 }
 
 /// NVRTC's (major, minor) version.
