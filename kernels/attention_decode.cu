@@ -34,7 +34,7 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
                                float* __restrict__ part_acc, float* __restrict__ part_ml,
                                const u32* __restrict__ dyn, u32 heads, u32 kv_heads, u32 hd,
                                u32 bs, u32 num_blocks, float scale, u32 part_len, u32 parts) {
-    extern __shared__ float smem[];
+    DYNAMIC_SHARED(float, smem);
     __shared__ float red[AD_WARPS];
     float* s = smem;              // [part_len] scores, then weights
     float* qs = smem + part_len;  // [hd]

@@ -26,7 +26,7 @@ __device__ void attention_prefill(const float* __restrict__ q, const KT* __restr
                                   float* __restrict__ out, const u32* __restrict__ dyn, u32 n,
                                   u32 heads, u32 kv_heads, u32 hd, u32 bs, u32 num_blocks,
                                   float scale) {
-    extern __shared__ float smem[];
+    DYNAMIC_SHARED(float, smem);
     const u32 ks_stride = hd + 1;  // padding: lanes read different K rows at the same d
     float* Ks = smem;                    // [AP_T][hd + 1]
     float* Vs = Ks + AP_T * ks_stride;   // [AP_T][hd]

@@ -18,6 +18,14 @@ typedef unsigned long long u64;
 #define NONE_U32 0xffffffffu
 #define FULL_MASK 0xffffffffu
 
+// TANDEM_EMU: compiled by the host C++ compiler against crates/tandem-cuda/emu/cuda_emu.h,
+// which stands in for the CUDA features used here, so tests can run the kernels without a
+// GPU. Only the two conversions and dynamic shared memory differ.
+#ifdef TANDEM_EMU
+__device__ __forceinline__ float f16_to_f32(u16 h) { return emu_f16_to_f32(h); }
+__device__ __forceinline__ u16 f32_to_f16(float f) { return emu_f32_to_f16(f); }
+#define DYNAMIC_SHARED(T, name) T* name = (T*)emu_dynamic_shared()
+#else
 __device__ __forceinline__ float f16_to_f32(u16 h) {
     float f;
     asm("{ .reg .f16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
@@ -30,6 +38,8 @@ __device__ __forceinline__ u16 f32_to_f16(float f) {
     asm("{ .reg .f16 t; cvt.rn.f16.f32 t, %1; mov.b16 %0, t; }" : "=h"(h) : "f"(f));
     return h;
 }
+#define DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
 
 // bf16 is the top half of an f32.
 __device__ __forceinline__ float bf16_to_f32(u16 b) {

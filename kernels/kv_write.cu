@@ -2,12 +2,8 @@
 // k, v: [n, row] f32 (row = kv_heads * head_dim); cache_k, cache_v: [rows, row] in f32 or
 // f16; slots: [n] u32, cache row of token i. A slot >= rows (the host reports it) is skipped.
 
-template <typename T>
-__device__ __forceinline__ T kv_store(float v);
-template <>
-__device__ __forceinline__ float kv_store<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ u16 kv_store<u16>(float v) { return f32_to_f16(v); }
+__device__ __forceinline__ void kv_put(float* p, float v) { *p = v; }
+__device__ __forceinline__ void kv_put(u16* p, float v) { *p = f32_to_f16(v); }
 
 template <typename T>
 __device__ void kv_write(const float* __restrict__ k, const float* __restrict__ v,
@@ -21,8 +17,8 @@ __device__ void kv_write(const float* __restrict__ k, const float* __restrict__ 
         const u32 s = slots[t];
         if (s >= rows) continue;
         const u64 dst = (u64)s * row + e;
-        ck[dst] = kv_store<T>(k[i]);
-        cv[dst] = kv_store<T>(v[i]);
+        kv_put(ck + dst, k[i]);
+        kv_put(cv + dst, v[i]);
     }
 }
 

@@ -19,6 +19,8 @@ use tandem_core::{Backend, BufId, DType, Error, Result, Step};
 
 mod buffers;
 mod device;
+#[doc(hidden)]
+pub mod emu;
 mod graph;
 pub mod kernels;
 mod launch;
@@ -193,14 +195,7 @@ impl CudaBackend {
                 return Err(backend_err(format!("write of {} bytes into buffer {} of {} bytes", bytes.len(), id.0, e.bytes)));
             }
         }
-        let (mut slots, mut scratch) = (0, 0);
-        for op in &step.ops {
-            slots += ops::dyn_slots(op);
-            if let Op::Attention(a) = op {
-                let table_numel = self.table.get(a.block_table).map_or(0, |e| e.numel);
-                scratch = scratch.max(ops::decode_scratch_floats(a, table_numel).saturating_mul(4));
-            }
-        }
+        let (slots, scratch) = ops::step_memory(&self.table, &step.ops);
         self.ensure_step_memory(slots, scratch)?;
         // Index checks see this step's ids, slots and block tables.
         for (id, bytes) in &step.writes {
@@ -334,24 +329,29 @@ fn is_weight_dtype(d: DType) -> bool {
     ops::weight_index(d).is_some()
 }
 
+/// What the kernels handle: every op, with the dtypes they read and head sizes they hold.
+pub(crate) fn supports(op: &Op) -> bool {
+    let kv = |d: DType| matches!(d, DType::F32 | DType::F16);
+    match op {
+        Op::Embed(o) => is_weight_dtype(o.dtype),
+        Op::Matmul(o) => is_weight_dtype(o.wdtype),
+        Op::Rope(o) => o.head_dim % 2 == 0,
+        Op::KvWrite(o) => kv(o.kv_dtype),
+        Op::Attention(o) => {
+            let hd_max = if o.n == 1 { ops::DECODE_HD_MAX } else { ops::PREFILL_HD_MAX };
+            kv(o.kv_dtype) && o.kv_heads > 0 && o.heads % o.kv_heads == 0 && o.block_size > 0 && o.head_dim <= hd_max
+        }
+        Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::Sample(_) | Op::CopyRows(_) => true,
+    }
+}
+
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         NAME.into()
     }
 
     fn supports(&self, op: &Op) -> bool {
-        let kv = |d: DType| matches!(d, DType::F32 | DType::F16);
-        match op {
-            Op::Embed(o) => is_weight_dtype(o.dtype),
-            Op::Matmul(o) => is_weight_dtype(o.wdtype),
-            Op::Rope(o) => o.head_dim % 2 == 0,
-            Op::KvWrite(o) => kv(o.kv_dtype),
-            Op::Attention(o) => {
-                let hd_max = if o.n == 1 { ops::DECODE_HD_MAX } else { ops::PREFILL_HD_MAX };
-                kv(o.kv_dtype) && o.kv_heads > 0 && o.heads % o.kv_heads == 0 && o.block_size > 0 && o.head_dim <= hd_max
-            }
-            Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::Sample(_) | Op::CopyRows(_) => true,
-        }
+        supports(op)
     }
 
     fn alloc(&mut self, dtype: DType, numel: usize) -> Result<BufId> {

@@ -32,6 +32,19 @@ pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
     }
 }
 
+/// What a step needs beyond its buffers: dyn slots, and bytes of attention-decode scratch.
+pub(crate) fn step_memory(table: &crate::buffers::Table, ops: &[Op]) -> (usize, usize) {
+    let (mut slots, mut scratch) = (0, 0);
+    for op in ops {
+        slots += dyn_slots(op);
+        if let Op::Attention(a) = op {
+            let table_numel = table.get(a.block_table).map_or(0, |e| e.numel);
+            scratch = scratch.max(decode_scratch_floats(a, table_numel).saturating_mul(4));
+        }
+    }
+    (slots, scratch)
+}
+
 /// Per-step values an op's kernels read from device memory rather than from their arguments
 /// (so a captured graph stays valid when they change): how many dyn slots it uses.
 pub(crate) fn dyn_slots(op: &Op) -> usize {
