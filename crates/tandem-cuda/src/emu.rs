@@ -38,6 +38,13 @@ fn lib() -> std::result::Result<&'static Lib, String> {
 }
 
 fn build_and_load() -> std::result::Result<Lib, String> {
+    // The f16 conversions use F16C (x86-64 only), as PTX's cvt instructions round.
+    #[cfg(target_arch = "x86_64")]
+    if !std::is_x86_feature_detected!("f16c") {
+        return Err("the kernel emulator needs an x86-64 CPU with F16C".into());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    return Err("the kernel emulator runs on x86-64 only".into());
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
     let version = Command::new(&cxx)
         .arg("--version")
