@@ -38,13 +38,9 @@ fn lib() -> std::result::Result<&'static Lib, String> {
 }
 
 fn build_and_load() -> std::result::Result<Lib, String> {
-    // The f16 conversions use F16C (x86-64 only), as PTX's cvt instructions round.
-    #[cfg(target_arch = "x86_64")]
-    if !std::is_x86_feature_detected!("f16c") {
-        return Err("the kernel emulator needs an x86-64 CPU with F16C".into());
+    if !has_f16c() {
+        return Err("the kernel emulator needs an x86-64 CPU with F16C (its f16 conversions)".into());
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    return Err("the kernel emulator runs on x86-64 only".into());
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
     let version = Command::new(&cxx)
         .arg("--version")
@@ -70,6 +66,17 @@ fn build_and_load() -> std::result::Result<Lib, String> {
     // SAFETY: emu_launch has exactly this signature in emu/launch.cpp.
     let launch = unsafe { *lib.get::<LaunchFn>(b"emu_launch\0").map_err(|e| format!("emu_launch: {e}"))? };
     Ok(Lib { _lib: lib, launch })
+}
+
+fn has_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Writes one C++ file per kernel file (with a registration per kernel, found by
