@@ -19,6 +19,14 @@
 #define MATVEC_MAXN 8
 #define MATVEC_WARPS 4
 
+// The two 16-bit floats of a word, low half first (the lower element index).
+template <int DT>
+__device__ __forceinline__ void half_pair(u32 word, float* v) {
+    const u16 lo = (u16)(word & 0xffffu), hi = (u16)(word >> 16);
+    v[0] = DT == DT_F16 ? f16_to_f32(lo) : bf16_to_f32(lo);
+    v[1] = DT == DT_F16 ? f16_to_f32(hi) : bf16_to_f32(hi);
+}
+
 // The 32 values of block `gb` (global block index) of a row-block-aligned weight.
 template <int DT>
 __device__ __forceinline__ void load_block(const u8* __restrict__ w, u64 d_off, u64 m_off,
@@ -38,13 +46,10 @@ __device__ __forceinline__ void load_block(const u8* __restrict__ w, u64 d_off, 
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const uint4 q = p[i];
-            const u32 words[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const u16 lo = (u16)(words[j] & 0xffffu), hi = (u16)(words[j] >> 16);
-                v[8 * i + 2 * j] = DT == DT_F16 ? f16_to_f32(lo) : bf16_to_f32(lo);
-                v[8 * i + 2 * j + 1] = DT == DT_F16 ? f16_to_f32(hi) : bf16_to_f32(hi);
-            }
+            half_pair<DT>(q.x, v + 8 * i);
+            half_pair<DT>(q.y, v + 8 * i + 2);
+            half_pair<DT>(q.z, v + 8 * i + 4);
+            half_pair<DT>(q.w, v + 8 * i + 6);
         }
     } else if (DT == DT_Q8_0) {
         const float d = f16_to_f32(((const u16*)(w + d_off))[gb]);
