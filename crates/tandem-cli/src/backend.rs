@@ -2,13 +2,13 @@
 //! command hands a [`WithBackend`] to [`dispatch`], which calls it with the one chosen.
 
 use clap::{Args, ValueEnum};
-use tandem_core::{Backend, Result};
+use tandem_core::{Backend, Error, Result};
 use tandem_cpu::{CpuBackend, CpuMode};
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
-    /// A GPU through WebGPU if one is present, else the CPU.
+    /// CUDA if an NVIDIA GPU works, else a GPU through WebGPU, else the CPU.
     Auto,
     /// The CPU, multithreaded.
     Cpu,
@@ -16,6 +16,8 @@ pub enum BackendKind {
     CpuReference,
     /// WebGPU through wgpu (Vulkan, Metal, DX12).
     Wgpu,
+    /// An NVIDIA GPU through CUDA (kernels compiled at run time with NVRTC).
+    Cuda,
 }
 
 #[derive(Args, Clone)]
@@ -37,20 +39,22 @@ pub trait WithBackend {
 
 pub fn dispatch(args: &BackendArgs, user: impl WithBackend) -> Result<()> {
     match args.backend {
-        BackendKind::Auto => match pollster::block_on(WgpuBackend::new(wgpu_options(args))) {
-            Ok(gpu) if !gpu.is_software() => {
-                eprintln!("backend: wgpu on {}", gpu.adapter_info());
-                user.call(gpu)
-            }
-            found => {
-                let why = match found {
-                    Ok(gpu) => format!("{} is a software adapter", gpu.adapter_info()),
-                    Err(e) => e.to_string(),
-                };
-                eprintln!("backend: cpu, {} threads ({why})", threads(args.threads));
-                user.call(CpuBackend::new(CpuMode::Fast { threads: args.threads })?)
-            }
-        },
+        BackendKind::Auto => {
+            let (user, cuda_why) = match with_cuda(user) {
+                Ok(done) => return done,
+                Err((user, e)) => (user, e.to_string()),
+            };
+            let wgpu_why = match pollster::block_on(WgpuBackend::new(wgpu_options(args))) {
+                Ok(gpu) if !gpu.is_software() => {
+                    eprintln!("backend: wgpu on {} ({cuda_why})", gpu.adapter_info());
+                    return user.call(gpu);
+                }
+                Ok(gpu) => format!("{} is a software adapter", gpu.adapter_info()),
+                Err(e) => e.to_string(),
+            };
+            eprintln!("backend: cpu, {} threads ({cuda_why}; {wgpu_why})", threads(args.threads));
+            user.call(CpuBackend::new(CpuMode::Fast { threads: args.threads })?)
+        }
         BackendKind::Cpu => user.call(CpuBackend::new(CpuMode::Fast { threads: args.threads })?),
         BackendKind::CpuReference => user.call(CpuBackend::new(CpuMode::Reference)?),
         BackendKind::Wgpu => {
@@ -58,7 +62,26 @@ pub fn dispatch(args: &BackendArgs, user: impl WithBackend) -> Result<()> {
             eprintln!("backend: wgpu on {}{}", gpu.adapter_info(), if gpu.uses_f16() { ", shader-f16" } else { "" });
             user.call(gpu)
         }
+        BackendKind::Cuda => with_cuda(user).unwrap_or_else(|(_, e)| Err(e)),
     }
+}
+
+/// Runs `user` on the first CUDA GPU; if CUDA cannot be used, hands `user` back with why.
+#[cfg(all(feature = "cuda", target_os = "linux"))]
+fn with_cuda<U: WithBackend>(user: U) -> std::result::Result<Result<()>, (U, Error)> {
+    match tandem_cuda::CudaBackend::new(Default::default()) {
+        Ok(gpu) => {
+            eprintln!("backend: cuda on {}", gpu.device_name());
+            Ok(user.call(gpu))
+        }
+        Err(e) => Err((user, e)),
+    }
+}
+
+#[cfg(not(all(feature = "cuda", target_os = "linux")))]
+fn with_cuda<U: WithBackend>(user: U) -> std::result::Result<Result<()>, (U, Error)> {
+    let reason = "this tandem was built without CUDA (tandem-cli's `cuda` feature, Linux only)".into();
+    Err((user, Error::Backend { backend: "cuda".into(), reason }))
 }
 
 fn wgpu_options(args: &BackendArgs) -> WgpuOptions {

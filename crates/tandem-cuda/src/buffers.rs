@@ -1,0 +1,104 @@
+//! Backend buffers: one device allocation per tensor, plus a host copy of small u32 buffers
+//! (token ids, slots, block tables) as last uploaded, so ops can check the indices they will
+//! follow before launching (the CPU backend reports a bad id as an error; a kernel could only
+//! skip it silently).
+
+use std::collections::HashMap;
+
+use cudarc::driver::sys::CUdeviceptr;
+use tandem_core::{BufId, DType, Error, Result};
+
+/// u32 buffers up to this many elements keep a host copy for index checks.
+const SHADOW_MAX: usize = 1 << 16;
+
+pub(crate) struct Entry {
+    pub ptr: CUdeviceptr,
+    pub dtype: DType,
+    pub numel: usize,
+    /// Bytes in tandem's layout (`dtype.storage_bytes(numel)`): what write and read address.
+    pub bytes: usize,
+    pub shadow: Option<Vec<u32>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Table {
+    entries: HashMap<BufId, Entry>,
+    next: u32,
+    bytes: usize,
+}
+
+impl Table {
+    pub fn insert(&mut self, e: Entry) -> BufId {
+        let id = BufId(self.next);
+        self.next = self.next.wrapping_add(1);
+        self.bytes += e.bytes;
+        self.entries.insert(id, e);
+        id
+    }
+
+    pub fn remove(&mut self, id: BufId) -> Option<Entry> {
+        let e = self.entries.remove(&id)?;
+        self.bytes -= e.bytes;
+        Some(e)
+    }
+
+    pub fn get(&self, id: BufId) -> Option<&Entry> {
+        self.entries.get(&id)
+    }
+
+    pub fn allocated_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn drain(&mut self) -> impl Iterator<Item = Entry> + '_ {
+        self.bytes = 0;
+        self.entries.drain().map(|(_, e)| e)
+    }
+
+    /// Records an upload of `bytes` at the start of `id` in its host copy (no allocation
+    /// after the first).
+    pub fn shadow_write(&mut self, id: BufId, bytes: &[u8]) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            if e.dtype == DType::U32 && e.numel <= SHADOW_MAX {
+                let s = e.shadow.get_or_insert_with(|| vec![0; e.numel]);
+                for (dst, c) in s.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *dst = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+        }
+    }
+
+    /// The host copy is stale once a kernel writes the buffer.
+    pub fn shadow_forget(&mut self, id: BufId) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.shadow = None;
+        }
+    }
+
+    /// An input or output of `op`: it exists, has `dtype` and at least `numel` elements
+    /// (buffers may be larger than one step needs).
+    pub fn check(&self, op: &'static str, role: &str, id: BufId, dtype: DType, numel: usize) -> Result<&Entry> {
+        let e = self.entries.get(&id).ok_or_else(|| {
+            Error::InvalidParameter(format!("{op}: {role} is buffer {}, which is not allocated", id.0))
+        })?;
+        if !same_dtype(e.dtype, dtype) {
+            return Err(Error::ShapeMismatch {
+                op,
+                expected: format!("{role} of dtype {dtype}"),
+                got: format!("{role} of dtype {}", e.dtype),
+            });
+        }
+        if e.numel < numel {
+            return Err(Error::ShapeMismatch {
+                op,
+                expected: format!("{role} of at least {numel} elements"),
+                got: format!("{} elements", e.numel),
+            });
+        }
+        Ok(e)
+    }
+}
+
+fn same_dtype(a: DType, b: DType) -> bool {
+    a == b
+}

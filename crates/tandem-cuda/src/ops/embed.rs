@@ -1,0 +1,41 @@
+//! Token embedding lookup (kernels/embed.cu).
+
+use tandem_core::ops::Embed;
+use tandem_core::{DType, Error, Result};
+
+use super::{quant_offsets, weight_entries, weight_index, WEIGHT_DTYPES};
+use crate::kernels::KernelFile;
+use crate::launch::{bad_dtype, fits_u32, grid_1d, numel, Arg, Recorder};
+
+const OP: &str = "embed";
+
+pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
+    let wi = weight_index(op.dtype).ok_or_else(|| bad_dtype(OP, "table", WEIGHT_DTYPES, op.dtype))?;
+    let table_len = numel(OP, &[op.vocab, op.dim])?;
+    let out_len = numel(OP, &[op.n, op.dim])?;
+    let table = r.buf(OP, "table", op.table, op.dtype, table_len)?;
+    let ids = r.buf(OP, "ids", op.ids, DType::U32, op.n)?;
+    let out = r.buf(OP, "out", op.out, DType::F32, out_len)?;
+    if let Some(shadow) = &ids.shadow {
+        if let Some((i, &id)) = shadow[..op.n].iter().enumerate().find(|(_, &id)| id as usize >= op.vocab) {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: format!("token ids < vocab {}", op.vocab),
+                got: format!("ids[{i}] = {id}"),
+            });
+        }
+    }
+    let (d_off, m_off) = quant_offsets(op.dtype, table.numel);
+    let args = [
+        Arg::Ptr(table.ptr),
+        Arg::U64(d_off),
+        Arg::U64(m_off),
+        Arg::Ptr(ids.ptr),
+        Arg::Ptr(out.ptr),
+        Arg::U32(fits_u32(OP, "n", op.n)?),
+        Arg::U32(fits_u32(OP, "dim", op.dim)?),
+        Arg::U32(fits_u32(OP, "vocab", op.vocab)?),
+    ];
+    let entry = weight_entries!("embed")[wi];
+    r.launch(KernelFile::Embed, entry, grid_1d(out_len as u64, 256), 256, 0, &args)
+}

@@ -1,0 +1,45 @@
+//! Writes the step's new keys and values into their paged cache rows (kernels/kv_write.cu).
+
+use tandem_core::ops::KvWrite;
+use tandem_core::{DType, Error, Result};
+
+use crate::kernels::KernelFile;
+use crate::launch::{bad_dtype, fits_u32, grid_1d, numel, Arg, Recorder};
+
+const OP: &str = "kv_write";
+
+pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
+    let entry = match op.kv_dtype {
+        DType::F32 => "kv_write_f32",
+        DType::F16 => "kv_write_f16",
+        d => return Err(bad_dtype(OP, "cache", "f32/f16", d)),
+    };
+    let row = numel(OP, &[op.kv_heads, op.head_dim])?;
+    let len = numel(OP, &[op.n, row])?;
+    let k = r.buf(OP, "k", op.k, DType::F32, len)?.ptr;
+    let v = r.buf(OP, "v", op.v, DType::F32, len)?.ptr;
+    let ck = r.buf(OP, "cache_k", op.cache_k, op.kv_dtype, 0)?;
+    let cv = r.buf(OP, "cache_v", op.cache_v, op.kv_dtype, 0)?;
+    let slots = r.buf(OP, "slots", op.slots, DType::U32, op.n)?;
+    let rows = ck.numel.min(cv.numel).checked_div(row).unwrap_or(0);
+    if let Some(shadow) = &slots.shadow {
+        if let Some((i, &s)) = shadow[..op.n].iter().enumerate().find(|(_, &s)| s as usize >= rows) {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: format!("slots < {rows} cache rows"),
+                got: format!("slots[{i}] = {s}"),
+            });
+        }
+    }
+    let args = [
+        Arg::Ptr(k),
+        Arg::Ptr(v),
+        Arg::Ptr(ck.ptr),
+        Arg::Ptr(cv.ptr),
+        Arg::Ptr(slots.ptr),
+        Arg::U32(fits_u32(OP, "n", op.n)?),
+        Arg::U32(fits_u32(OP, "kv_heads * head_dim", row)?),
+        Arg::U32(u32::try_from(rows).unwrap_or(u32::MAX)),
+    ];
+    r.launch(KernelFile::KvWrite, entry, grid_1d(len as u64, 256), 256, 0, &args)
+}

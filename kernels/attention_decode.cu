@@ -1,0 +1,121 @@
+// One query per head (decode) over the paged KV cache: split-K flash decoding. The context
+// is cut into partitions of part_len positions; attention_decode_partial_* computes, per
+// (partition, head), the partition's max score m, sum of exp(s - m) l, and unnormalized
+// output sum exp(s - m) v; attention_decode_merge rescales and combines the partitions.
+//
+// q, out: [heads, hd] f32; cache_k, cache_v: [num_blocks, bs, kv_heads, hd] f32 or f16;
+// block_table: [ceil(ctx_len / bs)] u32; dyn[0] = ctx_len, read from device memory so a
+// captured decode graph replays as the context grows: the grid covers `parts` partitions
+// (the block table's capacity) and partitions past ctx_len exit at once.
+// Grid of the partial kernel: (heads, parts), heads fastest, so the query heads sharing a KV
+// head run side by side and read its K/V rows from L2 rather than from memory again.
+// Scratch: part_acc [heads, parts, hd], part_ml [heads, parts, 2].
+// Dynamic shared memory of the partial kernel: (part_len + hd) floats.
+
+#define AD_THREADS 128
+#define AD_WARPS (AD_THREADS / 32)
+
+__device__ __forceinline__ float kv_load(const float* p, u64 i) { return p[i]; }
+__device__ __forceinline__ float kv_load(const u16* p, u64 i) { return f16_to_f32(p[i]); }
+
+__device__ __forceinline__ float block_reduce(float v, bool is_max, float* red) {
+    v = is_max ? warp_max(v) : warp_sum(v);
+    __syncthreads();  // red may still be read by a previous reduction
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int w = 1; w < AD_WARPS; ++w) r = is_max ? fmaxf(r, red[w]) : r + red[w];
+    return r;
+}
+
+template <typename KT>
+__device__ void decode_partial(const float* __restrict__ q, const KT* __restrict__ ck,
+                               const KT* __restrict__ cv, const u32* __restrict__ table,
+                               float* __restrict__ part_acc, float* __restrict__ part_ml,
+                               const u32* __restrict__ dyn, u32 heads, u32 kv_heads, u32 hd,
+                               u32 bs, u32 num_blocks, float scale, u32 part_len, u32 parts) {
+    DYNAMIC_SHARED(float, smem);
+    __shared__ float red[AD_WARPS];
+    float* s = smem;              // [part_len] scores, then weights
+    float* qs = smem + part_len;  // [hd]
+    const u32 ctx_len = dyn[0];
+    const u32 h = blockIdx.x, p = blockIdx.y;
+    const u32 start = p * part_len;
+    if (start >= ctx_len) return;  // beyond the context: the merge never reads it
+    const u32 cnt = min(part_len, ctx_len - start);
+    const u32 kvh = h / (heads / kv_heads);
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (u32 d = threadIdx.x; d < hd; d += AD_THREADS) qs[d] = q[(u64)h * hd + d];
+    __syncthreads();
+
+    // Scores: a warp per position, lanes over the head dimension (coalesced K rows).
+    for (u32 j = warp; j < cnt; j += AD_WARPS) {
+        const u32 t = start + j;
+        const u32 blk = table[t / bs];
+        float dot = 0.0f;
+        if (blk < num_blocks) {
+            const u64 off = (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd;
+            for (u32 d = lane; d < hd; d += 32) dot += qs[d] * kv_load(ck, off + d);
+        }
+        dot = warp_sum(dot);
+        if (lane == 0) s[j] = blk < num_blocks ? dot * scale : neg_inf();
+    }
+    __syncthreads();
+    float mx = neg_inf();
+    for (u32 j = threadIdx.x; j < cnt; j += AD_THREADS) mx = fmaxf(mx, s[j]);
+    mx = block_reduce(mx, true, red);
+    float sum = 0.0f;
+    for (u32 j = threadIdx.x; j < cnt; j += AD_THREADS) {
+        const float e = expf(s[j] - mx);
+        s[j] = e;
+        sum += e;
+    }
+    sum = block_reduce(sum, false, red);  // its barriers also publish s
+    // Output: threads over the head dimension, positions in order (coalesced V rows).
+    const u64 slot = (u64)h * parts + p;
+    for (u32 d = threadIdx.x; d < hd; d += AD_THREADS) {
+        float a = 0.0f;
+        for (u32 j = 0; j < cnt; ++j) {
+            const u32 t = start + j;
+            const u32 blk = table[t / bs];
+            if (blk < num_blocks)
+                a += s[j] * kv_load(cv, (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd + d);
+        }
+        part_acc[slot * hd + d] = a;
+    }
+    if (threadIdx.x == 0) {
+        part_ml[slot * 2] = mx;
+        part_ml[slot * 2 + 1] = sum;
+    }
+}
+
+#define PARTIAL(suffix, KT)                                                                   \
+    extern "C" __global__ void __launch_bounds__(AD_THREADS) attention_decode_partial_##suffix( \
+        const float* q, const KT* ck, const KT* cv, const u32* table, float* part_acc,        \
+        float* part_ml, const u32* dyn, u32 heads, u32 kv_heads, u32 hd, u32 bs,              \
+        u32 num_blocks, float scale, u32 part_len, u32 parts) {                               \
+        decode_partial<KT>(q, ck, cv, table, part_acc, part_ml, dyn, heads, kv_heads, hd, bs,   \
+                           num_blocks, scale, part_len, parts);                               \
+    }
+PARTIAL(f32, float)
+PARTIAL(f16, u16)
+
+// One block per head: out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p.
+extern "C" __global__ void __launch_bounds__(AD_THREADS) attention_decode_merge(
+    const float* __restrict__ part_acc, const float* __restrict__ part_ml,
+    float* __restrict__ out, const u32* __restrict__ dyn, u32 hd, u32 part_len, u32 parts) {
+    const u32 h = blockIdx.x;
+    const u32 ctx_len = dyn[0];
+    const u32 active = min((ctx_len + part_len - 1) / part_len, parts);
+    const u64 base = (u64)h * parts;
+    float M = neg_inf();
+    for (u32 p = 0; p < active; ++p) M = fmaxf(M, part_ml[(base + p) * 2]);
+    float L = 0.0f;
+    for (u32 p = 0; p < active; ++p) L += part_ml[(base + p) * 2 + 1] * expf(part_ml[(base + p) * 2] - M);
+    const float inv = 1.0f / L;
+    for (u32 d = threadIdx.x; d < hd; d += AD_THREADS) {
+        float o = 0.0f;
+        for (u32 p = 0; p < active; ++p) o += part_acc[(base + p) * hd + d] * expf(part_ml[(base + p) * 2] - M);
+        out[(u64)h * hd + d] = o * inv;
+    }
+}

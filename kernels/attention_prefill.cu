@@ -1,0 +1,132 @@
+// Causal grouped-query attention for a chunk of n queries over the paged KV cache: tiled
+// online softmax (FlashAttention style). Query i sits at position ctx_len - n + i and attends
+// to positions 0..=that; position t lives in cache row block_table[t / bs] * bs + t % bs.
+// Only rows of the context are read, so poison elsewhere in the cache never leaks.
+//
+// q, out: [n, heads, hd] f32; cache_k, cache_v: [num_blocks, bs, kv_heads, hd] f32 or f16;
+// block_table: [ceil(ctx_len / bs)] u32; dyn[0] = ctx_len (read from device memory, so a
+// captured graph replays with a new context length).
+// Grid: (ceil(n / AP_Q), heads); block: AP_WARPS warps, each owning AP_QPW queries; K/V
+// tiles of AP_T positions are staged in shared memory (f32) once for all AP_Q queries.
+// Dynamic shared memory: attention_prefill_smem(hd) floats (mirrored in Rust).
+
+#define AP_WARPS 4
+#define AP_QPW 4
+#define AP_Q (AP_WARPS * AP_QPW)
+#define AP_T 32
+#define AP_HDMAX 128
+#define AP_CH (AP_HDMAX / 32)
+
+__device__ __forceinline__ float kv_load(const float* p, u64 i) { return p[i]; }
+__device__ __forceinline__ float kv_load(const u16* p, u64 i) { return f16_to_f32(p[i]); }
+
+template <typename KT>
+__device__ void attention_prefill(const float* __restrict__ q, const KT* __restrict__ ck,
+                                  const KT* __restrict__ cv, const u32* __restrict__ table,
+                                  float* __restrict__ out, const u32* __restrict__ dyn, u32 n,
+                                  u32 heads, u32 kv_heads, u32 hd, u32 bs, u32 num_blocks,
+                                  float scale) {
+    DYNAMIC_SHARED(float, smem);
+    const u32 ks_stride = hd + 1;  // padding: lanes read different K rows at the same d
+    float* Ks = smem;                    // [AP_T][hd + 1]
+    float* Vs = Ks + AP_T * ks_stride;   // [AP_T][hd]
+    float* Qs = Vs + AP_T * hd;          // [AP_Q][hd]
+    float* Ps = Qs + AP_Q * hd;          // [AP_WARPS][AP_T]
+    const u32 ctx_len = dyn[0];
+    if (ctx_len < n || hd > AP_HDMAX) return;  // the host rejects both
+    const u32 h = blockIdx.y, kvh = h / (heads / kv_heads);
+    const u32 i0 = blockIdx.x * AP_Q;
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+
+    for (u32 idx = threadIdx.x; idx < AP_Q * hd; idx += blockDim.x) {
+        const u32 i = i0 + idx / hd, d = idx % hd;
+        Qs[idx] = i < n ? q[((u64)i * heads + h) * hd + d] : 0.0f;
+    }
+    const u32 i_last = min(i0 + AP_Q, n) - 1;
+    const u32 last = ctx_len - n + i_last;  // the furthest position any query here sees
+
+    float run_max[AP_QPW], run_sum[AP_QPW], acc[AP_QPW][AP_CH];
+#pragma unroll
+    for (int qq = 0; qq < AP_QPW; ++qq) {
+        run_max[qq] = neg_inf();
+        run_sum[qq] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < AP_CH; ++c) acc[qq][c] = 0.0f;
+    }
+
+    for (u32 t0 = 0; t0 <= last; t0 += AP_T) {
+        const u32 tile = min((u32)AP_T, last + 1 - t0);
+        __syncthreads();  // everyone is done with the previous tile (and Qs is written)
+        for (u32 idx = threadIdx.x; idx < AP_T * hd; idx += blockDim.x) {
+            const u32 j = idx / hd, d = idx % hd;
+            float kk = 0.0f, vv = 0.0f;
+            if (j < tile) {
+                const u32 t = t0 + j;
+                const u32 blk = table[t / bs];
+                if (blk < num_blocks) {
+                    const u64 off = (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd + d;
+                    kk = kv_load(ck, off);
+                    vv = kv_load(cv, off);
+                }
+            }
+            Ks[j * ks_stride + d] = kk;
+            Vs[j * hd + d] = vv;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int qq = 0; qq < AP_QPW; ++qq) {
+            const u32 qi = warp * AP_QPW + qq, i = i0 + qi;
+            const u32 pos = ctx_len - n + i;
+            // Warp-uniform: a query past n, or one whose whole tile lies in its future.
+            if (i < n && pos >= t0) {
+                const u32 cnt = min(pos + 1 - t0, (u32)AP_T);
+                float s = neg_inf();
+                if (lane < cnt) {
+                    float dot = 0.0f;
+                    for (u32 d = 0; d < hd; ++d) dot += Qs[qi * hd + d] * Ks[lane * ks_stride + d];
+                    s = dot * scale;
+                }
+                const float new_max = fmaxf(run_max[qq], warp_max(s));
+                const float corr = run_max[qq] == neg_inf() ? 0.0f : expf(run_max[qq] - new_max);
+                const float e = lane < cnt ? expf(s - new_max) : 0.0f;
+                run_sum[qq] = run_sum[qq] * corr + warp_sum(e);
+                run_max[qq] = new_max;
+                Ps[warp * AP_T + lane] = e;
+                __syncwarp();
+#pragma unroll
+                for (int c = 0; c < AP_CH; ++c) {
+                    const u32 d = lane + 32 * c;
+                    if (d < hd) {
+                        float a = acc[qq][c] * corr;
+                        for (u32 j = 0; j < cnt; ++j) a += Ps[warp * AP_T + j] * Vs[j * hd + d];
+                        acc[qq][c] = a;
+                    }
+                }
+                __syncwarp();
+            }
+        }
+    }
+#pragma unroll
+    for (int qq = 0; qq < AP_QPW; ++qq) {
+        const u32 i = i0 + warp * AP_QPW + qq;
+        if (i < n) {
+            const float inv = 1.0f / run_sum[qq];
+#pragma unroll
+            for (int c = 0; c < AP_CH; ++c) {
+                const u32 d = lane + 32 * c;
+                if (d < hd) out[((u64)i * heads + h) * hd + d] = acc[qq][c] * inv;
+            }
+        }
+    }
+}
+
+#define PREFILL(suffix, KT)                                                                     \
+    extern "C" __global__ void __launch_bounds__(AP_WARPS * 32) attention_prefill_##suffix(     \
+        const float* q, const KT* ck, const KT* cv, const u32* table, float* out,               \
+        const u32* dyn, u32 n, u32 heads, u32 kv_heads, u32 hd, u32 bs, u32 num_blocks,         \
+        float scale) {                                                                          \
+        attention_prefill<KT>(q, ck, cv, table, out, dyn, n, heads, kv_heads, hd, bs,           \
+                              num_blocks, scale);                                               \
+    }
+PREFILL(f32, float)
+PREFILL(f16, u16)

@@ -1,0 +1,53 @@
+//! stories260K end to end on the CUDA kernels without a GPU (tandem-cuda's emulator, see
+//! conformance_cuda_emu.rs): whole steps recorded by the CUDA backend's code, prompt and
+//! decode, reproduce the reference's first greedy tokens, with f32 and with f16 KV in
+//! 1-token blocks and chunked prefill. The emulator runs each CUDA thread as an OS thread, so
+//! only a few tokens. No C++ compiler or no model: SKIP.
+
+use tandem_core::loader;
+use tandem_core::model::{ModelOptions, Output, Want};
+use tandem_core::DType;
+use tandem_cuda::emu::EmuBackend;
+use tandem_tests::e2e::{self, Skip};
+
+const TOKENS: usize = 5;
+
+fn first_tokens(opts: &ModelOptions) -> Result<(), Skip> {
+    let backend = EmuBackend::new().map_err(Skip)?;
+    let dir = e2e::stories_dir()?;
+    let reference = e2e::read_json(&dir.join("reference_greedy.json"));
+    let source = loader::open(&dir).expect("open stories260K");
+    let mut model = e2e::load(backend, &source, opts);
+    let expected = e2e::ids(&reference["greedy_token_ids"]);
+    let mut seq = model.new_sequence();
+    let mut input = e2e::ids(&reference["input_ids"]);
+    let mut got = vec![];
+    for _ in 0..TOKENS {
+        match pollster::block_on(model.forward(&mut seq, &input, Want::Argmax)).expect("forward") {
+            Output::Token(t) => {
+                got.push(t);
+                input = vec![t];
+            }
+            Output::Logits(_) => unreachable!("asked for a token"),
+        }
+    }
+    e2e::assert_tokens_eq(&got, &expected[..TOKENS], "cuda-emu".into());
+    Ok(())
+}
+
+fn report(name: &str, r: Result<(), Skip>) {
+    if let Err(Skip(why)) = r {
+        eprintln!("SKIP {name}: {why}");
+    }
+}
+
+#[test]
+fn stories260k_first_tokens() {
+    report("stories260k_first_tokens", first_tokens(&ModelOptions::default()));
+}
+
+#[test]
+fn stories260k_first_tokens_f16_kv_small_blocks_chunked() {
+    let opts = ModelOptions { kv_dtype: DType::F16, block_size: 1, max_step_tokens: 3, ..Default::default() };
+    report("stories260k_first_tokens_f16_kv_small_blocks_chunked", first_tokens(&opts));
+}
