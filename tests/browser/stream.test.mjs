@@ -71,7 +71,9 @@ test('SmolLM2 streams from a URL onto WebGPU: tensors upload while bytes arrive;
   assert.deepEqual(uploads.at(-1), { stage: 'upload', loaded: 272, total: 272 });
   const wasm = r.info.wasm_memory_bytes;
   console.log(`SmolLM2 over a URL on ${r.info.backend.name}: ${want.length} tokens match; model ${mb(smol.bytes)}, weights ${mb(r.info.model.weight_bytes)}, wasm memory after loading ${mb(wasm)}`);
-  assert.ok(wasm < smol.bytes, `wasm memory ${mb(wasm)} is not below the model's ${mb(smol.bytes)}`);
+  // The weights live in GPU buffers: wasm memory peaks at the header, the tokenizer and the
+  // largest tensor in flight (SmolLM2's 30 MB embedding), well below the model.
+  assert.ok(wasm < 0.6 * smol.bytes, `wasm memory ${mb(wasm)} is not well below the model's ${mb(smol.bytes)}`);
 });
 
 test('SmolLM2 from a File on WebGPU and an ArrayBuffer on the CPU: same tokens, weights in wasm memory only on the CPU', { timeout: 300_000 }, async (t) => {
@@ -106,7 +108,7 @@ test('SmolLM2 from a File on WebGPU and an ArrayBuffer on the CPU: same tokens, 
   const weights = cpu.info.model.weight_bytes;
   const [g, c] = [gpu.info.wasm_memory_bytes, cpu.info.wasm_memory_bytes];
   console.log(`SmolLM2 from a File on WebGPU: wasm memory ${mb(g)}; from an ArrayBuffer on the CPU: ${mb(c)} (weights ${mb(weights)}); tokens ${cpu.usage.token_ids} "${cpu.text}"`);
-  assert.ok(g < smol.bytes, `WebGPU: wasm memory ${mb(g)} is not below the model's ${mb(smol.bytes)}`);
+  assert.ok(g < 0.6 * smol.bytes, `WebGPU: wasm memory ${mb(g)} is not well below the model's ${mb(smol.bytes)}`);
   // On the CPU the weights are in wasm memory once (plus a 12 MB KV cache and one tensor in
   // flight), never twice.
   assert.ok(c > weights && c < 2 * weights, `CPU: wasm memory ${mb(c)} for ${mb(weights)} of weights`);

@@ -14,6 +14,7 @@
 // `is_multiple_of` is newer than the workspace's rust-version.
 #![allow(clippy::manual_is_multiple_of)]
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -332,7 +333,9 @@ impl WgpuBackend {
         if bytes.is_empty() {
             return Ok(());
         }
-        let writes: Vec<(wgpu::Buffer, Vec<u8>)> = match (e.parts.len(), e.shape) {
+        // Borrowed where possible: a model's weights pass through here once each, and a copy
+        // per tensor would grow the browser's wasm heap by the largest tensor for good.
+        let writes: Vec<(wgpu::Buffer, Cow<[u8]>)> = match (e.parts.len(), e.shape) {
             (1, _) => vec![(e.parts[0].gpu.buffer.clone(), pad4(bytes))],
             (_, Some((rows, cols))) => {
                 if bytes.len() != e.bytes {
@@ -348,7 +351,7 @@ impl WgpuBackend {
                     .map(|p| {
                         (
                             p.gpu.buffer.clone(),
-                            buffers::part_bytes(e.dtype, bytes, rows * cols, cols, p.row0, p.rows),
+                            Cow::Owned(buffers::part_bytes(e.dtype, bytes, rows * cols, cols, p.row0, p.rows)),
                         )
                     })
                     .collect()
@@ -515,10 +518,13 @@ fn storage_usage() -> wgpu::BufferUsages {
 }
 
 /// write_buffer takes whole words; the tail of a buffer is padding anyway.
-fn pad4(bytes: &[u8]) -> Vec<u8> {
+fn pad4(bytes: &[u8]) -> Cow<'_, [u8]> {
+    if bytes.len() % 4 == 0 {
+        return Cow::Borrowed(bytes);
+    }
     let mut v = bytes.to_vec();
     v.resize(bytes.len().next_multiple_of(4), 0);
-    v
+    Cow::Owned(v)
 }
 
 fn is_weight_dtype(d: DType) -> bool {
