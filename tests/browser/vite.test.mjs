@@ -233,7 +233,12 @@ test("the same app under Vite's dev server (dependency pre-bundling) runs on the
   if (p.skip) return skipped(t, p.skip);
   server ??= await staticServer(join(p.dir, 'dist'));
   const port = await freePort();
-  const dev = spawn(process.execPath, [vite(p.dir), '--host', '127.0.0.1', '--port', String(port), '--strictPort'], { cwd: p.dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const dev = spawn(process.execPath, [vite(p.dir), '--host', '127.0.0.1', '--port', String(port), '--strictPort'], {
+    cwd: p.dir,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    // Under CI=true Vite colors its output even into a pipe, splitting the URL with escapes.
+    env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0' },
+  });
   let output = '';
   dev.stdout.on('data', (d) => (output += d));
   dev.stderr.on('data', (d) => (output += d));
@@ -246,7 +251,7 @@ test("the same app under Vite's dev server (dependency pre-bundling) runs on the
         error ? fail(error) : ok();
       };
       const timer = setTimeout(() => done(new Error(`vite dev did not start in 60 s:\n${output}`)), 60_000);
-      const poll = setInterval(() => output.includes(origin) && done(), 100);
+      const poll = setInterval(() => output.replace(/\x1b\[[0-9;]*m/g, '').includes(origin) && done(), 100);
       dev.once('exit', (code) => done(new Error(`vite dev exited (${code}):\n${output}`)));
     });
     const r = await checkApp(`${origin}/?backend=cpu&models=${encodeURIComponent(`${server.origin}/models/stories260K/`)}`, 'vite dev, cpu');

@@ -172,6 +172,23 @@ pub struct Sample {
     pub uniform: f32,
 }
 
+impl Sample {
+    /// The checks every backend makes before touching buffers (NaN fails every one).
+    pub fn check_params(&self) -> crate::Result<()> {
+        let ok = self.temperature > 0.0
+            && self.temperature.is_finite()
+            && self.top_p > 0.0
+            && self.top_p <= 1.0
+            && (0.0..=1.0).contains(&self.min_p)
+            && (0.0..1.0).contains(&self.uniform);
+        if ok {
+            Ok(())
+        } else {
+            Err(crate::Error::InvalidParameter(format!("sample: parameters out of range: {self:?}")))
+        }
+    }
+}
+
 /// dst[i] = src[src_row + i] for i in 0..n_rows. src: [.., width] f32; dst: [n_rows, width] f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyRows {

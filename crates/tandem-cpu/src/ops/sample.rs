@@ -4,7 +4,7 @@
 
 use tandem_core::ops::Sample;
 use tandem_core::sampling::sample_row;
-use tandem_core::{DType, Error, Result};
+use tandem_core::{DType, Result};
 
 use crate::table::{numel, Table};
 use crate::Exec;
@@ -12,15 +12,7 @@ use crate::Exec;
 const OP: &str = "sample";
 
 pub(crate) fn run(t: &mut Table, _ex: Exec, op: &Sample) -> Result<()> {
-    if !(op.temperature > 0.0 && op.temperature.is_finite())
-        || !(op.top_p > 0.0 && op.top_p <= 1.0)
-        || !(0.0..=1.0).contains(&op.min_p)
-        || !(0.0..1.0).contains(&op.uniform)
-    {
-        return Err(Error::InvalidParameter(format!(
-            "sample: parameters out of range: {op:?}"
-        )));
-    }
+    op.check_params()?;
     let len = numel(OP, &[op.n, op.width])?;
     t.with_output(OP, "out", op.out, DType::U32, op.n, |t, out| {
         let x = &t.input(OP, "x", op.x, DType::F32, len)?.f32()[..len];

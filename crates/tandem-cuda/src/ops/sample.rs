@@ -2,7 +2,7 @@
 //! uniform draw changes every token, so the kernel reads it from a dyn slot.
 
 use tandem_core::ops::Sample;
-use tandem_core::{DType, Error, Result};
+use tandem_core::{DType, Result};
 
 use crate::kernels::KernelFile;
 use crate::launch::{fits_u32, numel, Arg, Recorder};
@@ -11,16 +11,7 @@ const OP: &str = "sample";
 const THREADS: u32 = 256; // SAMPLE_THREADS
 
 pub(crate) fn record(r: &mut Recorder, op: &Sample) -> Result<()> {
-    // The CPU backend's checks (NaN fails every one).
-    let ok = op.temperature > 0.0
-        && op.temperature.is_finite()
-        && op.top_p > 0.0
-        && op.top_p <= 1.0
-        && (0.0..=1.0).contains(&op.min_p)
-        && (0.0..1.0).contains(&op.uniform);
-    if !ok {
-        return Err(Error::InvalidParameter(format!("{OP}: parameters out of range: {op:?}")));
-    }
+    op.check_params()?;
     let len = numel(OP, &[op.n, op.width])?;
     let x = r.buf(OP, "x", op.x, DType::F32, len)?.ptr;
     let out = r.buf(OP, "out", op.out, DType::U32, op.n)?.ptr;

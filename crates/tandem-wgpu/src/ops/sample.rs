@@ -10,16 +10,7 @@ use crate::pipelines::{PipeKey, Shader};
 const OP: &str = "sample";
 
 pub(crate) fn record(r: &mut Recorder, op: &Sample) -> Result<()> {
-    // The CPU backend's checks (NaN fails every one).
-    let ok = op.temperature > 0.0
-        && op.temperature.is_finite()
-        && op.top_p > 0.0
-        && op.top_p <= 1.0
-        && (0.0..=1.0).contains(&op.min_p)
-        && (0.0..1.0).contains(&op.uniform);
-    if !ok {
-        return Err(Error::InvalidParameter(format!("{OP}: parameters out of range: {op:?}")));
-    }
+    op.check_params()?;
     let len = numel(OP, &[op.n, op.width])?;
     let x = r.buf(OP, "x", op.x, DType::F32, len)?;
     let out = r.buf(OP, "out", op.out, DType::U32, op.n)?;
