@@ -66,6 +66,42 @@ pub trait Backend {
     fn allocated_bytes(&self) -> usize;
 }
 
+/// A host copy of a small u32 buffer (token ids, KV slots, a block table) as last uploaded, for
+/// GPU backends: with it an op checks the indices it will follow before launching
+/// ([`crate::ops::check_indices`]), as the CPU does on the data itself; a kernel could only skip
+/// a bad index silently. A kernel writing the buffer makes the copy stale: `forget` it then.
+#[derive(Debug, Default, Clone)]
+pub struct U32Shadow(Option<Vec<u32>>);
+
+impl U32Shadow {
+    /// Larger u32 buffers are never index inputs; copying them would cost for nothing.
+    pub const MAX_ELEMENTS: usize = 1 << 16;
+
+    /// Records an upload of `bytes` at the start of a buffer of `numel` elements of `dtype`
+    /// (no allocation after the first).
+    pub fn write(&mut self, dtype: DType, numel: usize, bytes: &[u8]) {
+        if dtype == DType::U32 && numel <= Self::MAX_ELEMENTS {
+            let s = self.0.get_or_insert_with(|| vec![0; numel]);
+            for (dst, c) in s.iter_mut().zip(bytes.chunks_exact(4)) {
+                *dst = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+    }
+
+    pub fn forget(&mut self) {
+        self.0 = None;
+    }
+
+    /// Checks the first `n` values against `limit` when the copy is current (see
+    /// [`crate::ops::check_indices`]); without one there is nothing to check on the host.
+    pub fn check_indices(&self, op: &'static str, name: &str, n: usize, limit: usize, what: &str) -> Result<()> {
+        match &self.0 {
+            Some(v) => crate::ops::check_indices(op, name, &v[..n.min(v.len())], limit, what),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Typed readback helpers shared by every backend.
 #[allow(async_fn_in_trait)]
 pub trait BackendExt: Backend {

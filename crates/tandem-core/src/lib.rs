@@ -15,7 +15,7 @@ pub mod quant;
 pub mod sampling;
 pub mod tokenizer;
 
-pub use backend::{Backend, BackendExt, BufId, Step};
+pub use backend::{Backend, BackendExt, BufId, Step, U32Shadow};
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use dtype::{DType, QuantLayout, QuantView, QBLOCK};
 pub use error::{Error, Result};

@@ -124,6 +124,21 @@ impl Attention {
     }
 }
 
+/// The index check every backend makes before following indices into memory (token ids into
+/// the embedding, KV slots into the cache, block-table entries into the block pool): each of
+/// `values` must be below `limit`; `what` says what the limit counts ("vocab", "cache rows").
+/// Allocates nothing unless it fails: GPU backends call it every step.
+pub fn check_indices(op: &'static str, name: &str, values: &[u32], limit: usize, what: &str) -> crate::Result<()> {
+    match values.iter().position(|&v| v as usize >= limit) {
+        None => Ok(()),
+        Some(i) => Err(crate::Error::ShapeMismatch {
+            op,
+            expected: format!("{name} < {limit} ({what})"),
+            got: format!("{name}[{i}] = {}", values[i]),
+        }),
+    }
+}
+
 /// out = silu(gate) * up, elementwise. gate, up, out: [len] f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Swiglu {

@@ -6,10 +6,7 @@
 use std::collections::HashMap;
 
 use cudarc::driver::sys::CUdeviceptr;
-use tandem_core::{BufId, DType, Error, Result};
-
-/// u32 buffers up to this many elements keep a host copy for index checks.
-const SHADOW_MAX: usize = 1 << 16;
+use tandem_core::{BufId, DType, Error, Result, U32Shadow};
 
 pub(crate) struct Entry {
     pub ptr: CUdeviceptr,
@@ -17,7 +14,7 @@ pub(crate) struct Entry {
     pub numel: usize,
     /// Bytes in tandem's layout (`dtype.storage_bytes(numel)`): what write and read address.
     pub bytes: usize,
-    pub shadow: Option<Vec<u32>>,
+    pub shadow: U32Shadow,
 }
 
 #[derive(Default)]
@@ -59,19 +56,14 @@ impl Table {
     /// after the first).
     pub fn shadow_write(&mut self, id: BufId, bytes: &[u8]) {
         if let Some(e) = self.entries.get_mut(&id) {
-            if e.dtype == DType::U32 && e.numel <= SHADOW_MAX {
-                let s = e.shadow.get_or_insert_with(|| vec![0; e.numel]);
-                for (dst, c) in s.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *dst = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
+            e.shadow.write(e.dtype, e.numel, bytes);
         }
     }
 
     /// The host copy is stale once a kernel writes the buffer.
     pub fn shadow_forget(&mut self, id: BufId) {
         if let Some(e) = self.entries.get_mut(&id) {
-            e.shadow = None;
+            e.shadow.forget();
         }
     }
 
@@ -81,7 +73,7 @@ impl Table {
         let e = self.entries.get(&id).ok_or_else(|| {
             Error::InvalidParameter(format!("{op}: {role} is buffer {}, which is not allocated", id.0))
         })?;
-        if !same_dtype(e.dtype, dtype) {
+        if e.dtype != dtype {
             return Err(Error::ShapeMismatch {
                 op,
                 expected: format!("{role} of dtype {dtype}"),
@@ -97,8 +89,4 @@ impl Table {
         }
         Ok(e)
     }
-}
-
-fn same_dtype(a: DType, b: DType) -> bool {
-    a == b
 }

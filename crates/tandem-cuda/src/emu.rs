@@ -268,7 +268,7 @@ impl Backend for EmuBackend {
             return Err(Error::InvalidParameter(format!("cannot allocate {numel} elements of {dtype}")));
         }
         let m = HostMem::new(bytes)?;
-        let id = self.table.insert(Entry { ptr: m.addr(), dtype, numel, bytes, shadow: None });
+        let id = self.table.insert(Entry { ptr: m.addr(), dtype, numel, bytes, shadow: Default::default() });
         self.mem.insert(id, m);
         Ok(id)
     }

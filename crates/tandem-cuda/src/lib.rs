@@ -361,7 +361,7 @@ impl Backend for CudaBackend {
             return Err(Error::InvalidParameter(format!("cannot allocate {numel} elements of {dtype}")));
         }
         let ptr = self.dev.alloc_zeroed(bytes)?;
-        Ok(self.table.insert(Entry { ptr, dtype, numel, bytes, shadow: None }))
+        Ok(self.table.insert(Entry { ptr, dtype, numel, bytes, shadow: Default::default() }))
     }
 
     fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()> {

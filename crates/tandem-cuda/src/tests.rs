@@ -27,7 +27,7 @@ impl Fake {
         let bytes = dtype.storage_bytes(numel);
         let ptr = self.next_ptr;
         self.next_ptr += (bytes as u64).next_multiple_of(256).max(256);
-        self.table.insert(Entry { ptr, dtype, numel, bytes, shadow: None })
+        self.table.insert(Entry { ptr, dtype, numel, bytes, shadow: Default::default() })
     }
     fn u32s(&mut self, v: &[u32]) -> BufId {
         let id = self.buf(DType::U32, v.len());

@@ -7,10 +7,7 @@
 
 use std::collections::HashMap;
 
-use tandem_core::{BufId, DType, Error, Result};
-
-/// u32 buffers up to this many elements keep a host copy for index checks.
-const SHADOW_MAX: usize = 1 << 16;
+use tandem_core::{BufId, DType, Error, Result, U32Shadow};
 
 /// One wgpu buffer with an id unique for the backend's life (bind group cache keys).
 #[derive(Clone)]
@@ -35,7 +32,7 @@ pub(crate) struct Entry {
     pub parts: Vec<Part>,
     /// Bytes of the tensor in tandem's layout (what `write` and `read` address).
     pub bytes: usize,
-    pub shadow: Option<Vec<u32>>,
+    pub shadow: U32Shadow,
 }
 
 impl Entry {
@@ -100,19 +97,14 @@ impl Table {
     /// Records an upload of `bytes` at the start of `id` in its host copy.
     pub fn shadow_write(&mut self, id: BufId, bytes: &[u8]) {
         if let Some(e) = self.entries.get_mut(&id) {
-            if e.dtype == DType::U32 && e.numel <= SHADOW_MAX {
-                let s = e.shadow.get_or_insert_with(|| vec![0; e.numel]);
-                for (dst, c) in s.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *dst = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
+            e.shadow.write(e.dtype, e.numel, bytes);
         }
     }
 
     /// The host copy is stale once a kernel writes the buffer.
     pub fn shadow_forget(&mut self, id: BufId) {
         if let Some(e) = self.entries.get_mut(&id) {
-            e.shadow = None;
+            e.shadow.forget();
         }
     }
 

@@ -413,7 +413,7 @@ impl WgpuBackend {
             shape,
             parts,
             bytes,
-            shadow: None,
+            shadow: Default::default(),
         }))
     }
 

@@ -11,8 +11,8 @@
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use tandem_core::ops::Attention;
-use tandem_core::{DType, Error, Result};
+use tandem_core::ops::{check_indices, Attention};
+use tandem_core::{DType, Result};
 
 use super::dot;
 use crate::table::{numel, Table};
@@ -41,17 +41,7 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
             return Ok(());
         }
         let num_blocks = ck.numel.min(cv.numel) / block_elems;
-        if let Some((i, &b)) = table
-            .iter()
-            .enumerate()
-            .find(|(_, &b)| b as usize >= num_blocks)
-        {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                expected: format!("block table entries < {num_blocks} cache blocks"),
-                got: format!("block_table[{i}] = {b}"),
-            });
-        }
+        check_indices(OP, "block_table", table, num_blocks, "cache blocks")?;
         let g = Geom::new(op);
         let out = &mut out.f32_mut()[..len];
         // A short context's decode step is over before a worker would wake: run it inline.

@@ -1,8 +1,8 @@
 //! Token embedding lookup, dequantizing the table rows it touches.
 
 use tandem_core::dtype::bf16_to_f32;
-use tandem_core::ops::Embed;
-use tandem_core::{DType, Error, Result};
+use tandem_core::ops::{check_indices, Embed};
+use tandem_core::{DType, Result};
 
 use crate::table::{bad_dtype, numel, Table, Weight};
 use crate::{is_weight_dtype, Exec};
@@ -18,17 +18,7 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Embed) -> Result<()> {
     t.with_output(OP, "out", op.out, DType::F32, out_len, |t, out| {
         let table = t.input(OP, "table", op.table, op.dtype, table_len)?;
         let ids = &t.input(OP, "ids", op.ids, DType::U32, op.n)?.u32()[..op.n];
-        if let Some((i, &id)) = ids
-            .iter()
-            .enumerate()
-            .find(|(_, &id)| id as usize >= op.vocab)
-        {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                expected: format!("token ids < vocab {}", op.vocab),
-                got: format!("ids[{i}] = {id}"),
-            });
-        }
+        check_indices(OP, "ids", ids, op.vocab, "vocab")?;
         let out = &mut out.f32_mut()[..out_len];
         match ex.fast {
             false => reference(table.weight(), ids, out, op.dim),

@@ -2,8 +2,8 @@
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use tandem_core::ops::KvWrite;
-use tandem_core::{DType, Error, Result};
+use tandem_core::ops::{check_indices, KvWrite};
+use tandem_core::{DType, Result};
 
 use crate::table::{bad_dtype, numel, Buffer, Table};
 use crate::{is_kv_dtype, Exec};
@@ -43,13 +43,7 @@ fn write_both(
     let v = &t.input(OP, "v", op.v, DType::F32, len)?.f32()[..len];
     let slots = &t.input(OP, "slots", op.slots, DType::U32, op.n)?.u32()[..op.n];
     let rows = ck.numel.min(cv.numel).checked_div(row).unwrap_or(0);
-    if let Some((i, &s)) = slots.iter().enumerate().find(|(_, &s)| s as usize >= rows) {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: format!("slots < {rows} cache rows"),
-            got: format!("slots[{i}] = {s}"),
-        });
-    }
+    check_indices(OP, "slots", slots, rows, "cache rows")?;
     // Scattering n rows is memory traffic only; both modes share the one loop.
     for (cache, src) in [(ck, k), (cv, v)] {
         match op.kv_dtype {

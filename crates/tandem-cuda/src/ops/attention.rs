@@ -61,15 +61,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let bt = r.buf(OP, "block_table", op.block_table, DType::U32, table_len)?;
     let out = r.buf(OP, "out", op.out, DType::F32, len)?.ptr;
     let num_blocks = ck.numel.min(cv.numel) / block_elems.max(1);
-    if let Some(shadow) = &bt.shadow {
-        if let Some((i, &b)) = shadow[..table_len].iter().enumerate().find(|(_, &b)| b as usize >= num_blocks) {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                expected: format!("block table entries < {num_blocks} cache blocks"),
-                got: format!("block_table[{i}] = {b}"),
-            });
-        }
-    }
+    bt.shadow.check_indices(OP, "block_table", table_len, num_blocks, "cache blocks")?;
     let (ck, cv, bt_ptr, bt_numel) = (ck.ptr, cv.ptr, bt.ptr, bt.numel);
     let f16 = op.kv_dtype == DType::F16;
     let ctx = r.dyn_slot(fits_u32(OP, "ctx_len", op.ctx_len)?);

@@ -1,7 +1,7 @@
 //! Token embedding lookup (kernels/embed.cu).
 
 use tandem_core::ops::Embed;
-use tandem_core::{DType, Error, Result};
+use tandem_core::{DType, Result};
 
 use super::{quant_offsets, weight_entries, weight_index, WEIGHT_DTYPES};
 use crate::kernels::KernelFile;
@@ -16,15 +16,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
     let table = r.buf(OP, "table", op.table, op.dtype, table_len)?;
     let ids = r.buf(OP, "ids", op.ids, DType::U32, op.n)?;
     let out = r.buf(OP, "out", op.out, DType::F32, out_len)?;
-    if let Some(shadow) = &ids.shadow {
-        if let Some((i, &id)) = shadow[..op.n].iter().enumerate().find(|(_, &id)| id as usize >= op.vocab) {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                expected: format!("token ids < vocab {}", op.vocab),
-                got: format!("ids[{i}] = {id}"),
-            });
-        }
-    }
+    ids.shadow.check_indices(OP, "ids", op.n, op.vocab, "vocab")?;
     let (d_off, m_off) = quant_offsets(op.dtype, table.numel);
     let args = [
         Arg::Ptr(table.ptr),

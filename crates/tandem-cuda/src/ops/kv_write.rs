@@ -1,7 +1,7 @@
 //! Writes the step's new keys and values into their paged cache rows (kernels/kv_write.cu).
 
 use tandem_core::ops::KvWrite;
-use tandem_core::{DType, Error, Result};
+use tandem_core::{DType, Result};
 
 use crate::kernels::KernelFile;
 use crate::launch::{bad_dtype, fits_u32, grid_1d, numel, Arg, Recorder};
@@ -22,15 +22,7 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
     let cv = r.buf(OP, "cache_v", op.cache_v, op.kv_dtype, 0)?;
     let slots = r.buf(OP, "slots", op.slots, DType::U32, op.n)?;
     let rows = ck.numel.min(cv.numel).checked_div(row).unwrap_or(0);
-    if let Some(shadow) = &slots.shadow {
-        if let Some((i, &s)) = shadow[..op.n].iter().enumerate().find(|(_, &s)| s as usize >= rows) {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                expected: format!("slots < {rows} cache rows"),
-                got: format!("slots[{i}] = {s}"),
-            });
-        }
-    }
+    slots.shadow.check_indices(OP, "slots", op.n, rows, "cache rows")?;
     let args = [
         Arg::Ptr(k),
         Arg::Ptr(v),

@@ -54,19 +54,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
         );
         a.numel.min(b.numel) / block_elems.max(1)
     };
-    if let Some(shadow) = &r.table.get(op.block_table).expect("checked").shadow {
-        if let Some((i, &b)) = shadow[..table_len]
-            .iter()
-            .enumerate()
-            .find(|(_, &b)| b as usize >= num_blocks)
-        {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                expected: format!("block table entries < {num_blocks} cache blocks"),
-                got: format!("block_table[{i}] = {b}"),
-            });
-        }
-    }
+    r.table.get(op.block_table).expect("checked").shadow.check_indices(OP, "block_table", table_len, num_blocks, "cache blocks")?;
     if len == 0 {
         return Ok(());
     }

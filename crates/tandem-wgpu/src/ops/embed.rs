@@ -17,19 +17,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
     let table = r.table.check(OP, "table", op.table, op.dtype, table_len)?;
     let ids = r.buf(OP, "ids", op.ids, DType::U32, op.n)?;
     let out = r.buf(OP, "out", op.out, DType::F32, out_len)?;
-    if let Some(shadow) = &r.table.get(op.ids).expect("checked").shadow {
-        if let Some((i, &id)) = shadow[..op.n]
-            .iter()
-            .enumerate()
-            .find(|(_, &id)| id as usize >= op.vocab)
-        {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                expected: format!("token ids < vocab {}", op.vocab),
-                got: format!("ids[{i}] = {id}"),
-            });
-        }
-    }
+    r.table.get(op.ids).expect("checked").shadow.check_indices(OP, "ids", op.n, op.vocab, "vocab")?;
     if table.parts.len() > 1 && table.shape.map(|s| s.1) != Some(op.dim) {
         return Err(Error::ShapeMismatch {
             op: OP,

@@ -41,19 +41,7 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
         );
         a.numel.min(b.numel).checked_div(row).unwrap_or(0)
     };
-    if let Some(shadow) = &r.table.get(op.slots).expect("checked").shadow {
-        if let Some((i, &s)) = shadow[..op.n]
-            .iter()
-            .enumerate()
-            .find(|(_, &s)| s as usize >= rows)
-        {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                expected: format!("slots < {rows} cache rows"),
-                got: format!("slots[{i}] = {s}"),
-            });
-        }
-    }
+    r.table.get(op.slots).expect("checked").shadow.check_indices(OP, "slots", op.n, rows, "cache rows")?;
     if len == 0 {
         return Ok(());
     }
