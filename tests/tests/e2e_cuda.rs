@@ -70,7 +70,7 @@ fn quantized_and_sampled_tokens_match_the_cpu() {
             sampling: SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, min_p: 0.02, seed: 7, ..Default::default() },
             ..Default::default()
         };
-        for (dtype, params) in [(Some(DType::Q8_0), &greedy), (Some(DType::Q4_0), &greedy), (Some(DType::Q4_1), &greedy), (Some(DType::F16), &greedy), (None, &sampled)] {
+        for (dtype, params) in [(Some(DType::Q8_0), &greedy), (Some(DType::Q4_0), &greedy), (Some(DType::Q4_1), &greedy), (Some(DType::F16), &greedy), (Some(DType::BF16), &greedy), (None, &sampled)] {
             let want = stories_tokens(CpuBackend::reference(), dtype, params)?;
             let got = stories_tokens(backend(true)?, dtype, params)?;
             e2e::assert_tokens_eq(&got, &want, format!("cuda ({dtype:?}, T={})", params.sampling.temperature));

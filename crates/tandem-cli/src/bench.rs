@@ -35,12 +35,19 @@ pub struct BenchArgs {
     /// Prompt length for the prefill measurement.
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
-    /// Tokens decoded one at a time after the prompt.
+    /// Tokens decoded one at a time for each decode measurement.
     #[arg(long, default_value_t = 64)]
     decode_tokens: usize,
+    /// Contexts at which decode is measured (comma-separated): the sequence is prefilled so
+    /// that its decode tokens sit around each; by default right after the --prompt-tokens prompt.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    contexts: Vec<usize>,
     /// Runs; the best is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Print one JSON object instead of the text report.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -61,7 +68,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             (tandem_core::loader::open(&path)?, args.dtype.map(WeightDtype::dtype))
         }
     };
-    let context = args.prompt_tokens + args.decode_tokens;
+    let decode_at = decode_starts(&args);
+    let context = decode_at.iter().map(|s| s + args.decode_tokens).chain([args.prompt_tokens]).max().unwrap_or(0);
     if context > source.config.max_position {
         return Err(Error::PromptTooLong { prompt: context, context: source.config.max_position });
     }
@@ -72,60 +80,121 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         max_step_tokens: args.prompt_tokens.min(512),
         ..ModelOptions::default()
     };
-    dispatch(&args.backend, Bench { args: &args, source: &source, opts: &opts })
+    dispatch(&args.backend, Bench { args: &args, source: &source, opts: &opts, decode_at: &decode_at })
+}
+
+/// Where each decode measurement starts: the prompt's end by default, else so that the
+/// decoded tokens straddle each asked-for context.
+fn decode_starts(args: &BenchArgs) -> Vec<usize> {
+    if args.contexts.is_empty() {
+        return vec![args.prompt_tokens];
+    }
+    args.contexts.iter().map(|&c| c.saturating_sub(args.decode_tokens / 2).max(1)).collect()
 }
 
 struct Bench<'a> {
     args: &'a BenchArgs,
     source: &'a tandem_core::loader::ModelSource,
     opts: &'a ModelOptions,
+    decode_at: &'a [usize],
+}
+
+/// One decode measurement: tokens decoded from a context of `start`.
+struct Decode {
+    start: usize,
+    tok_s: f64,
+    /// Weight plus KV bytes read per token, at the average context of the measurement.
+    bytes_per_token: f64,
+    steps_per_token: f64,
+    readback_per_token: f64,
+}
+
+fn token(out: tandem_core::model::Output) -> u32 {
+    match out {
+        tandem_core::model::Output::Token(t) => t,
+        _ => unreachable!("asked for a token"),
+    }
 }
 
 impl WithBackend for Bench<'_> {
     fn call<B: Backend>(self, backend: B) -> Result<()> {
         let mut model = load_model(backend, self.source, self.opts)?;
+        // Measured before anything runs, so the copy's 2 GiB are free again for the model's use.
+        let copy_bw = model.backend.copy_bandwidth().transpose()?;
         let vocab = model.config.vocab_size as u32;
         // Any valid ids do: speed does not depend on which tokens flow through.
-        let prompt: Vec<u32> = (0..self.args.prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
-        let (mut best_prefill, mut best_decode) = (f64::MAX, f64::MAX);
-        let mut per_token = Default::default();
+        let ids = |n: usize| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919 + 13) % vocab).collect() };
+        let prompt = ids(self.args.prompt_tokens);
+        let mut best_prefill = f64::MAX;
         for _ in 0..self.args.repeat {
             let mut seq = model.new_sequence();
             let t = Instant::now();
-            let mut next = match pollster::block_on(model.forward(&mut seq, &prompt, Want::Argmax))? {
-                tandem_core::model::Output::Token(t) => t,
-                _ => unreachable!("asked for a token"),
-            };
+            pollster::block_on(model.forward(&mut seq, &prompt, Want::Argmax))?;
             best_prefill = best_prefill.min(t.elapsed().as_secs_f64());
-            let before = model.stats;
-            let t = Instant::now();
-            for _ in 0..self.args.decode_tokens {
-                next = match pollster::block_on(model.forward(&mut seq, &[next], Want::Argmax))? {
-                    tandem_core::model::Output::Token(t) => t,
-                    _ => unreachable!("asked for a token"),
-                };
-            }
-            best_decode = best_decode.min(t.elapsed().as_secs_f64());
-            per_token = (model.stats.steps - before.steps, model.stats.read_bytes - before.read_bytes);
             model.release(&mut seq);
         }
         let n = self.args.decode_tokens as f64;
-        let decode_tps = n / best_decode;
-        let weights = model.weights.bytes as f64;
-        // Average context during decode, for the KV bytes each token reads.
+        let weights = model.weights.bytes_per_token() as f64;
         let kv_elem = if model.kv.dtype == DType::F16 { 2 } else { 4 };
-        let avg_ctx = self.args.prompt_tokens as f64 + n / 2.0;
-        let kv = model.config.kv_bytes_per_token(kv_elem) as f64 * avg_ctx;
-        println!("backend:        {}", model.backend.name());
-        let c = &model.config;
-        match (&self.args.synthetic, self.opts.weight_dtype) {
-            (Some(_), Some(dtype)) => println!(
-                "model:          synthetic weights ({dtype}, seed {}) in the shape of {}",
-                self.args.seed,
-                self.source.path.display()
-            ),
-            _ => println!("model:          {}", self.source.path.display()),
+        let kv_per_pos = model.config.kv_bytes_per_token(kv_elem) as f64;
+        let mut decodes = Vec::new();
+        for &start in self.decode_at {
+            let mut best = f64::MAX;
+            let mut per_token = Default::default();
+            for _ in 0..self.args.repeat {
+                let mut seq = model.new_sequence();
+                let mut next = token(pollster::block_on(model.forward(&mut seq, &ids(start), Want::Argmax))?);
+                let before = model.stats;
+                let t = Instant::now();
+                for _ in 0..self.args.decode_tokens {
+                    next = token(pollster::block_on(model.forward(&mut seq, &[next], Want::Argmax))?);
+                }
+                best = best.min(t.elapsed().as_secs_f64());
+                per_token = (model.stats.steps - before.steps, model.stats.read_bytes - before.read_bytes);
+                model.release(&mut seq);
+            }
+            decodes.push(Decode {
+                start,
+                tok_s: n / best,
+                bytes_per_token: weights + kv_per_pos * (start as f64 + n / 2.0),
+                steps_per_token: per_token.0 as f64 / n,
+                readback_per_token: per_token.1 as f64 / n,
+            });
         }
+        let c = &model.config;
+        let model_desc = match (&self.args.synthetic, self.opts.weight_dtype) {
+            (Some(_), Some(dtype)) => {
+                format!("synthetic weights ({dtype}, seed {}) in the shape of {}", self.args.seed, self.source.path.display())
+            }
+            _ => self.source.path.display().to_string(),
+        };
+        let prefill_tok_s = self.args.prompt_tokens as f64 / best_prefill;
+        if self.args.json {
+            let report = serde_json::json!({
+                "backend": model.backend.name(),
+                "model": model_desc,
+                "dtype": self.opts.weight_dtype.map(|d| d.to_string()),
+                "kv_dtype": model.kv.dtype.to_string(),
+                "weight_bytes": model.weights.bytes,
+                "copy_bandwidth_gb_s": copy_bw.map(|b| b / 1e9),
+                "prefill": { "tokens": self.args.prompt_tokens, "ms": best_prefill * 1e3, "tok_s": prefill_tok_s },
+                "decode": decodes.iter().map(|d| serde_json::json!({
+                    "context": d.start as f64 + n / 2.0,
+                    "tokens": self.args.decode_tokens,
+                    "tok_s": d.tok_s,
+                    "bytes_per_token": d.bytes_per_token,
+                    "gb_s": d.bytes_per_token * d.tok_s / 1e9,
+                    "share_of_copy": copy_bw.map(|b| d.bytes_per_token * d.tok_s / b),
+                    "steps_per_token": d.steps_per_token,
+                    "readback_bytes_per_token": d.readback_per_token,
+                })).collect::<Vec<_>>(),
+                "peak_memory": peak_memory(),
+            });
+            println!("{report}");
+            return Ok(());
+        }
+        println!("backend:        {}", model.backend.name());
+        println!("model:          {model_desc}");
         println!(
             "shape:          {} layers, dim {}, {} heads ({} kv heads, head_dim {}), ffn {}, vocab {}{}",
             c.n_layers,
@@ -137,11 +206,29 @@ impl WithBackend for Bench<'_> {
             c.vocab_size,
             if c.tie_embeddings { ", tied embeddings" } else { "" }
         );
-        println!("weights:        {} bytes ({:.1} MiB)", model.weights.bytes, weights / 1048576.0);
-        println!("prefill:        {} tokens in {:.1} ms: {:.1} tok/s", self.args.prompt_tokens, best_prefill * 1e3, self.args.prompt_tokens as f64 / best_prefill);
-        println!("decode:         {} tokens: {:.1} tok/s, {:.2} ms/token", self.args.decode_tokens, decode_tps, 1e3 / decode_tps);
-        println!("bandwidth:      {:.2} GB/s of weights, {:.2} GB/s with KV reads", weights * decode_tps / 1e9, (weights + kv) * decode_tps / 1e9);
-        println!("per token:      {:.2} steps, {:.1} bytes read back", per_token.0 as f64 / n, per_token.1 as f64 / n);
+        println!(
+            "weights:        {} bytes ({:.1} MiB), {:.1} MiB read per token",
+            model.weights.bytes,
+            model.weights.bytes as f64 / 1048576.0,
+            weights / 1048576.0
+        );
+        if let Some(b) = copy_bw {
+            println!("copy bandwidth: {:.1} GB/s (device-to-device, read + write)", b / 1e9);
+        }
+        println!("prefill:        {} tokens in {:.1} ms: {:.1} tok/s", self.args.prompt_tokens, best_prefill * 1e3, prefill_tok_s);
+        for d in &decodes {
+            let gb_s = d.bytes_per_token * d.tok_s / 1e9;
+            let share = copy_bw.map(|b| format!(", {:.0}% of copy", 100.0 * d.bytes_per_token * d.tok_s / b)).unwrap_or_default();
+            println!(
+                "decode:         {} tokens at context {:.0}: {:.1} tok/s, {:.2} ms/token; {:.2} GB/s of weights + KV{share}",
+                self.args.decode_tokens,
+                d.start as f64 + n / 2.0,
+                d.tok_s,
+                1e3 / d.tok_s,
+                gb_s
+            );
+            println!("per token:      {:.2} steps, {:.1} bytes read back", d.steps_per_token, d.readback_per_token);
+        }
         println!("peak memory:    {}", peak_memory());
         Ok(())
     }

@@ -64,6 +64,13 @@ pub trait Backend {
 
     /// Bytes currently allocated through this backend.
     fn allocated_bytes(&self) -> usize;
+
+    /// The device's memory bandwidth as a large device-to-device copy achieves it, in bytes
+    /// per second (bytes read plus bytes written), where the backend can measure it: the
+    /// ceiling a benchmark's decode bandwidth is compared against. `None` where it cannot.
+    fn copy_bandwidth(&mut self) -> Option<Result<f64>> {
+        None
+    }
 }
 
 /// A host copy of a small u32 buffer (token ids, KV slots, a block table) as last uploaded, for

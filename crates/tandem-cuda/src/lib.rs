@@ -425,6 +425,10 @@ impl Backend for CudaBackend {
     fn allocated_bytes(&self) -> usize {
         self.table.allocated_bytes()
     }
+
+    fn copy_bandwidth(&mut self) -> Option<Result<f64>> {
+        Some(self.dev.bind().and_then(|()| self.dev.copy_bandwidth()))
+    }
 }
 
 impl Drop for CudaBackend {

@@ -37,3 +37,16 @@ pub struct Weights {
     /// Bytes of weights on the backend.
     pub bytes: usize,
 }
+
+impl Weights {
+    /// Weight bytes one decoded token reads: everything but the embedding table, of which it
+    /// reads one row, unless the table is also the output head (tied), which reads it whole.
+    pub fn bytes_per_token(&self) -> usize {
+        let e = &self.embed;
+        if e.buf == self.lm_head.buf {
+            self.bytes
+        } else {
+            self.bytes - e.dtype.storage_bytes(e.rows * e.cols) + e.dtype.storage_bytes(e.cols)
+        }
+    }
+}
