@@ -5,7 +5,7 @@
 # Writes under $OUT: log.txt (every step's output), bench.jsonl (tandem bench --json and the
 # ceilings), summary.txt (one line per step), and prints the summary last.
 # PHASES (default "env ceil test san bench wgpu") picks the phases and their order;
-# BENCH_MODELS, BENCH_DTYPES and BENCH_LIMIT (seconds per benchmark) narrow the benchmarks.
+# BENCH_MODELS, WGPU_MODELS, BENCH_DTYPES and BENCH_LIMIT (seconds per benchmark) narrow the benchmarks.
 set -u
 OUT="${OUT:-/tmp/tandem-device}"
 mkdir -p "$OUT"
@@ -96,7 +96,7 @@ phase_wgpu() {
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
     [ -f "$VK_DRIVER_FILES" ] || unset VK_DRIVER_FILES
     step conformance_wgpu 240 "$D/conformance_wgpu" --nocapture
-    for model in $BENCH_MODELS; do
+    for model in ${WGPU_MODELS:-$BENCH_MODELS}; do
         bench wgpu "$model" q4 --prompt-tokens 512 --decode-tokens 64 --contexts 128,4096 --repeat 2
     done
 }
