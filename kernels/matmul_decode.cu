@@ -9,10 +9,11 @@
 // warp reads 512 contiguous bytes per Q4 load), and x with float4 loads (x is small and
 // shared by every row, so it stays in L1/L2). A warp-shuffle sum finishes each dot.
 // matmul_decode_n1_<dtype>: one token (the decode step itself) and k % 32 == 0: a block of
-// MATVEC_WARPS warps computes MATVEC_WARPS rows together, the warps splitting the row's
-// blocks; each lane loads a block of x once and uses it for every row (x is then read once
-// per MATVEC_WARPS rows rather than once per row, which for Q4 would outweigh the weight),
-// and has one 16-byte weight load per row in flight. Warp sums meet in shared memory.
+// MATVEC_WARPS warps computes N1Rows rows together, the warps splitting the row's blocks;
+// each lane loads a block of x once and uses it for every row (x is then read once per
+// N1Rows rows rather than once per row, which for Q4 would outweigh the weight), and has
+// every row's weight loads in flight before it uses the first. Warp sums meet in shared
+// memory.
 // matmul_decode_any_<dtype>: any k (rows may start mid-block): a warp per row, lanes over
 // elements.
 
@@ -117,60 +118,125 @@ __device__ void matvec_blocks(const float* __restrict__ x, const u8* __restrict_
     }
 }
 
-// Block `gb` of the weight dotted with 32 values of x (sx = their sum): quantized blocks are
-// factored as d * sum(q x) (- 8 d sum(x) for Q4_0, + m sum(x) for Q4_1), so no dequantized
-// copy of the block is kept and the sums of x are shared by every row.
+// The raw bytes of one weight block (32 values), loaded with 16-byte loads before any of them
+// is used, so that a thread has every row's loads in flight at once.
 template <int DT>
-__device__ __forceinline__ float dot_block(const u8* __restrict__ w, u64 d_off, u64 m_off, u64 gb,
-                                           const float* xv, float sx) {
+struct Raw {
+    uint4 v[DT == DT_F32 ? 8 : (DT == DT_F16 || DT == DT_BF16) ? 4 : DT == DT_Q8_0 ? 2 : 1];
+    u16 d, m;
+};
+
+template <int DT>
+__device__ __forceinline__ Raw<DT> load_raw(const u8* __restrict__ w, u64 d_off, u64 m_off, u64 gb) {
+    Raw<DT> r;
+    constexpr int N = sizeof(r.v) / 16;
+    const uint4* p = (const uint4*)(w + gb * (16 * N));
+#pragma unroll
+    for (int i = 0; i < N; ++i) r.v[i] = p[i];
+    if (DT == DT_Q8_0 || DT == DT_Q4_0 || DT == DT_Q4_1) r.d = ((const u16*)(w + d_off))[gb];
+    if (DT == DT_Q4_1) r.m = ((const u16*)(w + m_off))[gb];
+    return r;
+}
+
+// An integer field of a word as an exact float without a conversion instruction (those run at
+// a quarter of the FMA rate, and decode would be bound by them): `bits` (at most 2^23) ORed
+// into the mantissa of 2^23 gives 2^23 + bits, and subtracting `bias` (2^23 plus the field's
+// zero point, scaled like the field) leaves (field - zero point) * 2^shift exactly.
+__device__ __forceinline__ float field(u32 bits, float bias) {
+    return __uint_as_float(0x4b000000u | bits) - bias;
+}
+
+#define TWO23 8388608.0f
+
+// One block of the weight dotted with 32 values of x (sx = their sum). Quantized blocks are
+// factored as d * sum(q x) (+ m sum(x) for Q4_1). Nibble (byte) fields are taken in place,
+// masked rather than shifted down, so each element costs a LOP3, an FADD and an FFMA; the
+// partial sums of each field position are scaled back by exact powers of two at the end.
+template <int DT>
+__device__ __forceinline__ float dot_raw(const Raw<DT>& r, const float* xv, float sx) {
     if (DT == DT_Q4_0 || DT == DT_Q4_1) {
-        const float d = f16_to_f32(((const u16*)(w + d_off))[gb]);
-        const uint4 q = *(const uint4*)(w + gb * 16);
-        const u32 words[4] = {q.x, q.y, q.z, q.w};
-        float s = 0.0f;
+        // Word j holds elements 8j..8j+7, element 8j+p in bits 4p..4p+3; the high half is
+        // shifted down once so that every field sits below bit 16.
+        const float z = DT == DT_Q4_0 ? 8.0f : 0.0f;
+        const u32 words[4] = {r.v[0].x, r.v[0].y, r.v[0].z, r.v[0].w};
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int b = 0; b < 8; ++b) s += (float)((words[j] >> (4 * b)) & 15u) * xv[8 * j + b];
-        if (DT == DT_Q4_0) return d * (s - 8.0f * sx);
-        return d * s + f16_to_f32(((const u16*)(w + m_off))[gb]) * sx;
+        for (int j = 0; j < 4; ++j) {
+            const u32 lo = words[j], hi = words[j] >> 16;
+            s0 += field(lo & 0xfu, TWO23 + z) * xv[8 * j] + field(hi & 0xfu, TWO23 + z) * xv[8 * j + 4];
+            s1 += field(lo & 0xf0u, TWO23 + 16.0f * z) * xv[8 * j + 1] + field(hi & 0xf0u, TWO23 + 16.0f * z) * xv[8 * j + 5];
+            s2 += field(lo & 0xf00u, TWO23 + 256.0f * z) * xv[8 * j + 2] + field(hi & 0xf00u, TWO23 + 256.0f * z) * xv[8 * j + 6];
+            s3 += field(lo & 0xf000u, TWO23 + 4096.0f * z) * xv[8 * j + 3] + field(hi & 0xf000u, TWO23 + 4096.0f * z) * xv[8 * j + 7];
+        }
+        const float s = s0 + s1 * (1.0f / 16.0f) + s2 * (1.0f / 256.0f) + s3 * (1.0f / 4096.0f);
+        const float d = f16_to_f32(r.d);
+        if (DT == DT_Q4_0) return d * s;
+        return d * s + f16_to_f32(r.m) * sx;
     } else if (DT == DT_Q8_0) {
-        const float d = f16_to_f32(((const u16*)(w + d_off))[gb]);
-        const uint4* p = (const uint4*)(w + gb * 32);
-        float s = 0.0f;
+        // Word j holds elements 4j..4j+3 as signed bytes; XOR 0x80 makes each byte q + 128.
+        float t0 = 0.0f, t1 = 0.0f;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-            const uint4 q = p[i];
-            const u32 words[4] = {q.x, q.y, q.z, q.w};
+            const u32 words[4] = {r.v[i].x, r.v[i].y, r.v[i].z, r.v[i].w};
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-                for (int b = 0; b < 4; ++b)
-                    s += (float)(signed char)((words[j] >> (8 * b)) & 0xffu) * xv[16 * i + 4 * j + b];
+            for (int j = 0; j < 4; ++j) {
+                const u32 lo = words[j] ^ 0x80808080u, hi = lo >> 16;
+                const float* xj = xv + 16 * i + 4 * j;
+                t0 += field(lo & 0xffu, TWO23 + 128.0f) * xj[0] + field(hi & 0xffu, TWO23 + 128.0f) * xj[2];
+                t1 += field(lo & 0xff00u, TWO23 + 32768.0f) * xj[1] + field(hi & 0xff00u, TWO23 + 32768.0f) * xj[3];
+            }
         }
-        return d * s;
-    } else {
-        float v[32];
-        load_block<DT>(w, d_off, m_off, gb, v);
+        return f16_to_f32(r.d) * (t0 + t1 * (1.0f / 256.0f));
+    } else if (DT == DT_F32) {
         float s = 0.0f;
 #pragma unroll
-        for (int i = 0; i < 32; ++i) s += v[i] * xv[i];
+        for (int i = 0; i < 8; ++i) {
+            const uint4 q = r.v[i];
+            s += __uint_as_float(q.x) * xv[4 * i] + __uint_as_float(q.y) * xv[4 * i + 1] +
+                 __uint_as_float(q.z) * xv[4 * i + 2] + __uint_as_float(q.w) * xv[4 * i + 3];
+        }
+        return s;
+    } else {
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const u32 words[4] = {r.v[i].x, r.v[i].y, r.v[i].z, r.v[i].w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                float v[2];
+                half_pair<DT>(words[j], v);
+                s += v[0] * xv[8 * i + 2 * j] + v[1] * xv[8 * i + 2 * j + 1];
+            }
+        }
         return s;
     }
 }
+
+// Rows per block of the one-token kernel: enough 16-byte loads in flight per thread to cover
+// the memory's latency, few enough registers to keep several blocks per multiprocessor.
+// (crate::ops::matmul::n1_rows in Rust.)
+template <int DT>
+struct N1Rows {
+    static constexpr int value = DT == DT_F32 ? 2 : (DT == DT_Q4_0 || DT == DT_Q4_1) ? 8 : 4;
+};
 
 template <int DT>
 __device__ void matvec_n1(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
                           u64 m_off, const float* __restrict__ bias, float* __restrict__ out,
                           u32 k, u32 m) {
-    __shared__ float part[MATVEC_WARPS][MATVEC_WARPS];
+    constexpr int R = N1Rows<DT>::value;
+    __shared__ float part[MATVEC_WARPS][R];
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 row0 = blockIdx.x * MATVEC_WARPS;
+    const u32 row0 = blockIdx.x * R;
     const u32 nb = k >> 5;
-    float acc[MATVEC_WARPS];
+    float acc[R];
 #pragma unroll
-    for (int r = 0; r < MATVEC_WARPS; ++r) acc[r] = 0.0f;
-    for (u32 b = warp * 32 + lane; b < nb; b += MATVEC_WARPS * 32) {
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    for (u32 b = threadIdx.x; b < nb; b += MATVEC_WARPS * 32) {
+        Raw<DT> raw[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+            if (row0 + r < m) raw[r] = load_raw<DT>(w, d_off, m_off, (u64)(row0 + r) * nb + b);
         float xv[32], sx = 0.0f;
         const float4* xp = (const float4*)(x + (u64)b * 32);
 #pragma unroll
@@ -183,16 +249,16 @@ __device__ void matvec_n1(const float* __restrict__ x, const u8* __restrict__ w,
             sx += (f.x + f.y) + (f.z + f.w);
         }
 #pragma unroll
-        for (int r = 0; r < MATVEC_WARPS; ++r)
-            if (row0 + r < m) acc[r] += dot_block<DT>(w, d_off, m_off, (u64)(row0 + r) * nb + b, xv, sx);
+        for (int r = 0; r < R; ++r)
+            if (row0 + r < m) acc[r] += dot_raw<DT>(raw[r], xv, sx);
     }
 #pragma unroll
-    for (int r = 0; r < MATVEC_WARPS; ++r) {
+    for (int r = 0; r < R; ++r) {
         const float s = warp_sum(acc[r]);
         if (lane == 0) part[warp][r] = s;
     }
     __syncthreads();
-    if (threadIdx.x < MATVEC_WARPS) {
+    if (threadIdx.x < R) {
         const u32 r = threadIdx.x, row = row0 + r;
         if (row < m) {
             float s = 0.0f;

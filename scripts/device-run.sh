@@ -4,8 +4,8 @@
 #   run(command="bash scripts/device-run.sh", carry=[".device", ".gl"], timeout_s=...)
 # Writes under $OUT: log.txt (every step's output), bench.jsonl (tandem bench --json and the
 # ceilings), summary.txt (one line per step), and prints the summary last.
-# PHASES (default "env ceil test san bench wgpu") picks the phases and their order;
-# BENCH_MODELS, WGPU_MODELS, BENCH_DTYPES and BENCH_LIMIT (seconds per benchmark) narrow the benchmarks.
+# PHASES (default "env ceil test profile bench san wgpu") picks the phases and their order;
+# BENCH_MODELS, WGPU_MODELS, BENCH_DTYPES, PROFILE_DTYPES, BENCH_LIMIT and WGPU_TEST_LIMIT (seconds per benchmark) narrow the benchmarks.
 set -u
 OUT="${OUT:-/tmp/tandem-device}"
 mkdir -p "$OUT"
@@ -16,7 +16,7 @@ JSONL="$OUT/bench.jsonl"
 : >"$LOG"
 : >"$SUMMARY"
 : >"$JSONL"
-PHASES="${PHASES:-env ceil test san bench wgpu}"
+PHASES="${PHASES:-env ceil test profile bench san wgpu}"
 BENCH_MODELS="${BENCH_MODELS:-llama-3.2-1b llama-3.1-8b}"
 BENCH_DTYPES="${BENCH_DTYPES:-q4 q8 bf16}"
 
@@ -76,12 +76,24 @@ phase_san() {
     step racecheck_conformance 240 compute-sanitizer --tool racecheck --error-exitcode 9 "$D/conformance_cuda" --test-threads=1
     step memcheck_e2e 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$D/e2e_cuda" --test-threads=1 stories260k_greedy
 }
+phase_profile() {
+    # Where a step's time goes, kernel by kernel (no graphs; see crates/tandem-cuda/src/profile.rs).
+    for dtype in ${PROFILE_DTYPES:-q4 bf16}; do
+        TANDEM_CUDA_PROFILE=1 step "profile llama-3.1-8b $dtype" 120 "$D/tandem" bench --backend cuda --synthetic bench/configs/llama-3.1-8b.json --dtype "$dtype" --prompt-tokens 512 --decode-tokens 16 --contexts 128 --repeat 1
+    done
+}
 bench() {
     local backend=$1 model=$2 dtype=$3
     shift 3
     step "bench $backend $model $dtype" "${BENCH_LIMIT:-300}" bash -c "set -o pipefail; $D/tandem bench --backend $backend --synthetic bench/configs/$model.json --dtype $dtype --json $* | tee -a $JSONL"
 }
-phase_bench() {
+phase_phase_profile() {
+    # Where a step's time goes, kernel by kernel (no graphs; see crates/tandem-cuda/src/profile.rs).
+    for dtype in ${PROFILE_DTYPES:-q4 bf16}; do
+        TANDEM_CUDA_PROFILE=1 step "profile llama-3.1-8b $dtype" 120 "$D/tandem" bench --backend cuda --synthetic bench/configs/llama-3.1-8b.json --dtype "$dtype" --prompt-tokens 512 --decode-tokens 16 --contexts 128 --repeat 1
+    done
+}
+bench() {
     for model in $BENCH_MODELS; do
         for dtype in $BENCH_DTYPES; do
             bench cuda "$model" "$dtype" --prompt-tokens 512 --decode-tokens 64 --contexts 128,4096 --repeat 2
@@ -95,7 +107,7 @@ phase_wgpu() {
     fi
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
     [ -f "$VK_DRIVER_FILES" ] || unset VK_DRIVER_FILES
-    step conformance_wgpu 240 "$D/conformance_wgpu" --nocapture
+    step conformance_wgpu "${WGPU_TEST_LIMIT:-240}" "$D/conformance_wgpu" --nocapture --test-threads=1
     for model in ${WGPU_MODELS:-$BENCH_MODELS}; do
         bench wgpu "$model" q4 --prompt-tokens 512 --decode-tokens 64 --contexts 128,4096 --repeat 2
     done

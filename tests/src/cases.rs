@@ -191,6 +191,9 @@ fn matmul(rng: &mut Rng) -> Vec<Case> {
         (1, 172, 40),
         (13, 64, 33),
         (1, 128, 257),
+        // Prompt-sized: k % 32 == 0 and enough tokens for a GPU's tensor-core path.
+        (40, 256, 96),
+        (67, 512, 130),
     ];
     for dtype in WEIGHT_DTYPES {
         for (ci, (n, k, m)) in shapes.into_iter().enumerate() {

@@ -49,14 +49,38 @@ fn smollm2_chat() {
 
 /// Tokens of `params` from the stories260K prompt on `b`, weights converted to `dtype`.
 fn stories_tokens<B: Backend>(b: B, dtype: Option<DType>, params: &GenerateParams) -> Result<Vec<u32>, Skip> {
+    stories_tokens_after(b, dtype, params, 0)
+}
+
+/// The same, with the prompt followed by the first `extra` reference tokens (a prompt long
+/// enough for the tensor-core products).
+fn stories_tokens_after<B: Backend>(b: B, dtype: Option<DType>, params: &GenerateParams, extra: usize) -> Result<Vec<u32>, Skip> {
     let dir = e2e::stories_dir()?;
     let reference = e2e::read_json(&dir.join("reference_greedy.json"));
     let source = loader::open(&dir).expect("open stories260K");
     let tokenizer = Tokenizer::load(&source.tokenizer).expect("tokenizer");
     let opts = ModelOptions { weight_dtype: dtype, ..Default::default() };
     let mut model = e2e::load(b, &source, &opts);
-    let prompt = e2e::ids(&reference["input_ids"]);
+    let mut prompt = e2e::ids(&reference["input_ids"]);
+    prompt.extend_from_slice(&e2e::ids(&reference["greedy_token_ids"])[..extra]);
     Ok(pollster::block_on(generate(&mut model, &tokenizer, &prompt, params, &mut |_| {})).expect("generate").tokens)
+}
+
+/// A 121-token prompt: its products run on tensor cores (bf16 operands) where cuBLAS is
+/// present, and the greedy tokens after it must still be the CPU reference's, per dtype.
+#[test]
+fn long_prompt_tokens_match_the_cpu() {
+    let run = || -> Result<(), Skip> {
+        drop(backend(true)?);
+        let greedy = GenerateParams { max_tokens: 60, ignore_eos: true, ..Default::default() };
+        for dtype in [Some(DType::BF16), Some(DType::Q8_0), Some(DType::Q4_0), Some(DType::Q4_1), None] {
+            let want = stories_tokens_after(CpuBackend::reference(), dtype, &greedy, 120)?;
+            let got = stories_tokens_after(backend(true)?, dtype, &greedy, 120)?;
+            e2e::assert_tokens_eq(&got, &want, format!("cuda, 121-token prompt ({dtype:?})"));
+        }
+        Ok(())
+    };
+    report("long_prompt_tokens_match_the_cpu", run());
 }
 
 #[test]

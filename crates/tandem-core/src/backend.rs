@@ -3,7 +3,7 @@
 //! uploads + all ops of all layers) and reads back small results asynchronously.
 
 use crate::dtype::DType;
-use crate::ops::Op;
+use crate::ops::{Op, Precision};
 use crate::Result;
 
 /// A backend-owned buffer. Ids are only meaningful to the backend that issued them.
@@ -39,6 +39,11 @@ pub trait Backend {
     /// Whether this backend can run `op` with its dtypes and shapes. The engine checks every op
     /// of a model once before it runs; an unsupported op is an error, never a silent fallback.
     fn supports(&self, op: &Op) -> bool;
+
+    /// The precision class in which this backend computes `op` (see [`Precision`]).
+    fn precision(&self, _op: &Op) -> Precision {
+        Precision::F32
+    }
 
     /// A zero-filled buffer of `numel` elements of `dtype` (`dtype.storage_bytes(numel)` bytes).
     fn alloc(&mut self, dtype: DType, numel: usize) -> Result<BufId>;

@@ -248,3 +248,14 @@ impl Op {
         }
     }
 }
+
+/// The precision class of a backend's arithmetic for an op: what its conformance tolerance is
+/// set from (per op, dtype and class, never per backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 products and sums (the reference's class, reordered and fused).
+    F32,
+    /// Products of bf16-rounded operands summed in f32, as tensor cores compute them: the
+    /// activations (and dequantized weights) are rounded to bf16 first.
+    Bf16Products,
+}

@@ -210,7 +210,7 @@ impl EmuBackend {
         for (id, bytes) in &step.writes {
             self.write(*id, bytes)?;
         }
-        let (slots, scratch) = ops::step_memory(&self.table, &step.ops);
+        let (slots, scratch) = ops::step_memory(&self.table, &step.ops, false);
         if slots * 4 > self.params.layout.size() {
             self.params = HostMem::new(slots * 4)?;
         }
@@ -228,6 +228,7 @@ impl EmuBackend {
             dyn_host: &mut self.dyn_host,
             dyn_base: self.params.addr(),
             scratch: self.scratch.addr(),
+            blas: None,
             written_u32: &mut self.written_u32,
         };
         for op in &step.ops {

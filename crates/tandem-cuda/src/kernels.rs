@@ -23,6 +23,7 @@ pub enum KernelFile {
     KvWrite,
     MatmulDecode,
     MatmulPrefill,
+    MatmulTc,
     AttentionPrefill,
     AttentionDecode,
     Swiglu,
@@ -33,13 +34,14 @@ pub enum KernelFile {
 }
 
 impl KernelFile {
-    pub const ALL: [KernelFile; 13] = [
+    pub const ALL: [KernelFile; 14] = [
         KernelFile::Embed,
         KernelFile::RmsNorm,
         KernelFile::Rope,
         KernelFile::KvWrite,
         KernelFile::MatmulDecode,
         KernelFile::MatmulPrefill,
+        KernelFile::MatmulTc,
         KernelFile::AttentionPrefill,
         KernelFile::AttentionDecode,
         KernelFile::Swiglu,
@@ -58,6 +60,7 @@ impl KernelFile {
             KernelFile::KvWrite => "kv_write",
             KernelFile::MatmulDecode => "matmul_decode",
             KernelFile::MatmulPrefill => "matmul_prefill",
+            KernelFile::MatmulTc => "matmul_tc",
             KernelFile::AttentionPrefill => "attention_prefill",
             KernelFile::AttentionDecode => "attention_decode",
             KernelFile::Swiglu => "swiglu",
@@ -76,6 +79,7 @@ impl KernelFile {
             KernelFile::KvWrite => include_str!("../../../kernels/kv_write.cu"),
             KernelFile::MatmulDecode => include_str!("../../../kernels/matmul_decode.cu"),
             KernelFile::MatmulPrefill => include_str!("../../../kernels/matmul_prefill.cu"),
+            KernelFile::MatmulTc => include_str!("../../../kernels/matmul_tc.cu"),
             KernelFile::AttentionPrefill => include_str!("../../../kernels/attention_prefill.cu"),
             KernelFile::AttentionDecode => include_str!("../../../kernels/attention_decode.cu"),
             KernelFile::Swiglu => include_str!("../../../kernels/swiglu.cu"),

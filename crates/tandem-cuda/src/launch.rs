@@ -8,6 +8,7 @@ use std::ffi::{c_void, CString};
 use cudarc::driver::{result, sys};
 use tandem_core::{BufId, DType, Error, Result};
 
+use crate::blas::Gemm;
 use crate::buffers::{Entry, Table};
 use crate::device::{backend_err, driver_err};
 use crate::kernels::{self, KernelFile};
@@ -47,11 +48,16 @@ pub(crate) struct Launch {
     pub smem: u32,
     pub args: [Arg; MAX_ARGS],
     pub nargs: usize,
+    /// A cuBLAS product queued in the kernels' order instead of a kernel (func is null).
+    pub gemm: Option<Gemm>,
 }
 
 impl Launch {
     /// Queues the kernel on `stream`.
     pub fn enqueue(&self, stream: sys::CUstream) -> Result<()> {
+        if let Some(g) = &self.gemm {
+            return g.enqueue(); // on the stream its handle was given
+        }
         let mut vals = [0u64; MAX_ARGS];
         for (v, a) in vals.iter_mut().zip(&self.args[..self.nargs]) {
             *v = a.bits();
@@ -134,6 +140,8 @@ pub(crate) struct Recorder<'a> {
     pub dyn_base: sys::CUdeviceptr,
     /// Attention-decode partials, sized for the step before recording.
     pub scratch: sys::CUdeviceptr,
+    /// The cuBLAS handle where prompt products run on tensor cores (see ops::matmul).
+    pub blas: Option<usize>,
     /// u32 buffers a kernel writes: their host copies go stale.
     pub written_u32: &'a mut Vec<BufId>,
 }
@@ -175,8 +183,15 @@ impl Recorder<'_> {
         };
         let mut a = [Arg::U32(0); MAX_ARGS];
         a[..args.len()].copy_from_slice(args);
-        self.out.push(Launch { func, file, entry, grid, block, smem, args: a, nargs: args.len() });
+        self.out.push(Launch { func, file, entry, grid, block, smem, args: a, nargs: args.len(), gemm: None });
         Ok(())
+    }
+
+    /// Queues a cuBLAS product after the launches recorded so far.
+    pub fn gemm(&mut self, g: Gemm) {
+        let args = [Arg::U32(0); MAX_ARGS];
+        let func = std::ptr::null_mut();
+        self.out.push(Launch { func, file: KernelFile::MatmulTc, entry: "cublas_gemm", grid: (1, 1, 1), block: 0, smem: 0, args, nargs: 0, gemm: Some(g) });
     }
 }
 

@@ -17,6 +17,7 @@ use cudarc::driver::{result, sys};
 use tandem_core::ops::Op;
 use tandem_core::{Backend, BufId, DType, Error, Result, Step};
 
+mod blas;
 mod buffers;
 mod device;
 #[doc(hidden)]
@@ -25,6 +26,7 @@ mod graph;
 pub mod kernels;
 mod launch;
 mod ops;
+mod profile;
 #[cfg(test)]
 mod tests;
 
@@ -40,11 +42,15 @@ pub struct CudaOptions {
     pub device: usize,
     /// Capture repeating steps as CUDA graphs (`TANDEM_CUDA_GRAPHS=0` turns the default off).
     pub graphs: bool,
+    /// Prompt-sized products of bf16 and quantized weights on tensor cores through cuBLAS,
+    /// where it is found (`TANDEM_CUDA_TENSOR_CORES=0` turns the default off).
+    pub tensor_cores: bool,
 }
 
 impl Default for CudaOptions {
     fn default() -> Self {
-        CudaOptions { device: 0, graphs: std::env::var("TANDEM_CUDA_GRAPHS").map_or(true, |v| v != "0") }
+        let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
+        CudaOptions { device: 0, graphs: on("TANDEM_CUDA_GRAPHS"), tensor_cores: on("TANDEM_CUDA_TENSOR_CORES") }
     }
 }
 
@@ -101,6 +107,9 @@ pub struct CudaBackend {
     staged: Vec<Staged>,
     graphs: Graphs,
     stats: CudaStats,
+    profile: Option<profile::Profile>,
+    /// cuBLAS for tensor-core products, or why there is none.
+    blas: std::result::Result<blas::Blas, String>,
     /// Last: the context outlives everything above.
     dev: Device,
 }
@@ -130,10 +139,15 @@ impl CudaBackend {
             upload_done: Event::new()?,
             readback: Pinned::new(1 << 16)?,
             staged: Vec::new(),
-            graphs: Graphs::new(opts.graphs),
+            graphs: Graphs::new(opts.graphs && !profile::Profile::wanted()),
             stats: CudaStats::default(),
+            profile: profile::Profile::wanted().then(Default::default),
+            blas: Err("tensor cores not enabled".into()),
             dev,
         };
+        if opts.tensor_cores {
+            backend.blas = blas::Blas::open(&backend.dev)?;
+        }
         // Compile (or load from the disk cache) the kernels every model step uses, so that a
         // broken toolchain fails here rather than at the first token.
         backend.warm_up()?;
@@ -143,7 +157,11 @@ impl CudaBackend {
     /// "NVIDIA H100 80GB HBM3 (sm_90)".
     pub fn device_name(&self) -> String {
         let how = if self.dev.arch.cubin { "" } else { " as PTX" };
-        format!("{} (sm_{}{}, kernels for {}{how})", self.dev.name, self.dev.cc.0, self.dev.cc.1, self.dev.arch.name)
+        let tc = match &self.blas {
+            Ok(_) => "prompt products on tensor cores (cuBLAS)".to_string(),
+            Err(why) => why.clone(),
+        };
+        format!("{} (sm_{}{}, kernels for {}{how}; {tc})", self.dev.name, self.dev.cc.0, self.dev.cc.1, self.dev.arch.name)
     }
 
     pub fn stats(&self) -> CudaStats {
@@ -195,7 +213,7 @@ impl CudaBackend {
                 return Err(backend_err(format!("write of {} bytes into buffer {} of {} bytes", bytes.len(), id.0, e.bytes)));
             }
         }
-        let (slots, scratch) = ops::step_memory(&self.table, &step.ops);
+        let (slots, scratch) = ops::step_memory(&self.table, &step.ops, self.blas.is_ok());
         self.ensure_step_memory(slots, scratch)?;
         // Index checks see this step's ids, slots and block tables.
         for (id, bytes) in &step.writes {
@@ -213,6 +231,7 @@ impl CudaBackend {
             dyn_host: &mut self.dyn_host,
             dyn_base: self.params,
             scratch: self.scratch,
+            blas: self.blas.as_ref().ok().map(|b| b.handle()),
             written_u32: &mut self.written_u32,
         };
         for op in &step.ops {
@@ -282,8 +301,13 @@ impl CudaBackend {
                 }
             }
         }
-        for l in &self.launches {
-            l.enqueue(stream)?;
+        if let Some(p) = &mut self.profile {
+            let dev = &self.dev;
+            p.run(&self.launches, stream, || dev.sync())?;
+        } else {
+            for l in &self.launches {
+                l.enqueue(stream)?;
+            }
         }
         self.stats.kernel_launches += self.launches.len() as u64;
         Ok(())
@@ -426,6 +450,13 @@ impl Backend for CudaBackend {
         self.table.allocated_bytes()
     }
 
+    fn precision(&self, op: &Op) -> tandem_core::ops::Precision {
+        match op {
+            Op::Matmul(m) if self.blas.is_ok() && ops::tensor_cores(m) => tandem_core::ops::Precision::Bf16Products,
+            _ => tandem_core::ops::Precision::F32,
+        }
+    }
+
     fn copy_bandwidth(&mut self) -> Option<Result<f64>> {
         Some(self.dev.bind().and_then(|()| self.dev.copy_bandwidth()))
     }
@@ -437,7 +468,13 @@ impl Drop for CudaBackend {
             return;
         }
         let _ = self.dev.sync();
+        if let Some(p) = &self.profile {
+            eprint!("{}", p.report());
+        }
         self.graphs.clear();
+        if let Ok(b) = std::mem::replace(&mut self.blas, Err(String::new())) {
+            b.close(&self.dev);
+        }
         self.modules.unload();
         let ptrs: Vec<_> = self.table.drain().map(|e| e.ptr).collect();
         for p in ptrs.into_iter().chain([self.params, self.scratch]).filter(|&p| p != 0) {

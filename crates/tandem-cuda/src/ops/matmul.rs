@@ -8,15 +8,53 @@ use tandem_core::{DType, Result};
 
 use super::{quant_offsets, weight_entries, weight_index, WEIGHT_DTYPES};
 use crate::kernels::KernelFile;
+use crate::blas::Gemm;
 use crate::launch::{bad_dtype, fits_u32, numel, Arg, Recorder};
 
 const OP: &str = "matmul";
 /// Most tokens the matrix-vector kernels take (MATVEC_MAXN).
 pub(crate) const MATVEC_MAX_N: usize = 8;
-/// Output rows per block of the matrix-vector kernels (MATVEC_WARPS: a warp per row).
+/// Output rows per block of the matrix-vector kernels (MATVEC_WARPS: a warp per row), and the
+/// warps of every block of them.
 const MATVEC_ROWS: usize = 4;
+const MATVEC_WARPS: usize = 4;
+
+/// Rows per block of the one-token kernel (N1Rows in kernels/matmul_decode.cu).
+fn n1_rows(d: DType) -> usize {
+    match d {
+        DType::F32 => 2,
+        DType::Q4_0 | DType::Q4_1 => 8,
+        _ => 4,
+    }
+}
 /// Output tile of the prefill kernel (PF_TN rows x PF_TM tokens).
 const TILE: usize = 64;
+
+/// Fewest tokens whose product goes to the tensor cores: below, the f32 kernels (which read
+/// each weight once per 8 tokens or tile it in shared memory) are as fast and exact.
+pub(crate) const TC_MIN_N: usize = 16;
+/// Scratch for quantized weights expanded to bf16, a slice of rows at a time.
+const TC_SLICE_BYTES: usize = 64 << 20;
+
+/// Whether `op` runs as a cuBLAS product with bf16 operands (given cuBLAS is there): a
+/// prompt-sized product of bf16 or quantized weights with whole blocks per row. f32 and f16
+/// weights keep f32 products (bf16 would round the weights themselves; f16 activations can
+/// overflow).
+pub(crate) fn tensor_cores(op: &Matmul) -> bool {
+    op.n >= TC_MIN_N && op.k % 32 == 0 && matches!(op.wdtype, DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+}
+
+/// Rows of a quantized weight expanded per slice: whole multiples of 128 within the scratch.
+fn tc_slice_rows(k: usize, m: usize) -> usize {
+    (TC_SLICE_BYTES / (2 * k.max(1)) / 128 * 128).clamp(128, m.max(128)).min(m.max(1))
+}
+
+/// Scratch bytes of a tensor-core product: the bf16 activations, then the weight slice.
+pub(crate) fn tc_scratch_bytes(op: &Matmul) -> usize {
+    let x = (op.n * op.k * 2).next_multiple_of(256);
+    let w = if op.wdtype == DType::BF16 { 0 } else { tc_slice_rows(op.k, op.m) * op.k * 2 };
+    x + w
+}
 
 pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     let wi = weight_index(op.wdtype).ok_or_else(|| bad_dtype(OP, "w", WEIGHT_DTYPES, op.wdtype))?;
@@ -46,11 +84,14 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
         Arg::U32(fits_u32(OP, "k", k)?),
         Arg::U32(fits_u32(OP, "m", m)?),
     ];
+    if let (Some(handle), true) = (r.blas, tensor_cores(op)) {
+        return record_tc(r, op, handle, x, w.ptr, bias, out, (d_off, m_off));
+    }
     if n == 1 && k % 32 == 0 {
         // The decode step's own path: no token count, x shared by the block's rows.
         let args = [args[0], args[1], args[2], args[3], args[4], args[5], args[7], args[8]];
-        let grid = (fits_u32(OP, "m / 4", m.div_ceil(MATVEC_ROWS))?, 1, 1);
-        r.launch(KernelFile::MatmulDecode, weight_entries!("matmul_decode_n1")[wi], grid, 32 * MATVEC_ROWS as u32, 0, &args)
+        let grid = (fits_u32(OP, "m / rows", m.div_ceil(n1_rows(op.wdtype)))?, 1, 1);
+        r.launch(KernelFile::MatmulDecode, weight_entries!("matmul_decode_n1")[wi], grid, 32 * MATVEC_WARPS as u32, 0, &args)
     } else if n <= MATVEC_MAX_N {
         let entry = if k % 32 == 0 {
             weight_entries!("matmul_decode")[wi]
@@ -63,4 +104,41 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
         let grid = (fits_u32(OP, "m / 64", m.div_ceil(TILE))?, fits_u32(OP, "n / 64", n.div_ceil(TILE))?, 1);
         r.launch(KernelFile::MatmulPrefill, weight_entries!("matmul_prefill")[wi], grid, 256, 0, &args)
     }
+}
+
+/// The prompt's product on tensor cores: x rounded to bf16 into the scratch, quantized weights
+/// expanded slice by slice after it, cuBLAS for each slice's columns of out, then the bias.
+#[allow(clippy::too_many_arguments)]
+fn record_tc(r: &mut Recorder, op: &Matmul, handle: usize, x: u64, w: u64, bias: u64, out: u64, q: (u64, u64)) -> Result<()> {
+    let (n, k, m) = (op.n, op.k, op.m);
+    let xh = r.scratch;
+    let cast_grid = crate::launch::grid_1d((n * k) as u64, 256);
+    r.launch(KernelFile::MatmulTc, "matmul_tc_cast_x", cast_grid, 256, 0, &[Arg::Ptr(x), Arg::Ptr(xh), Arg::U64((n * k) as u64)])?;
+    let i32_of = |what: &str, v: usize| i32::try_from(v).map_err(|_| tandem_core::Error::ShapeMismatch { op: OP, expected: format!("{what} < 2^31"), got: v.to_string() });
+    let gemm = |w: u64, out: u64, rows: usize| -> Result<Gemm> {
+        Ok(Gemm { handle, x: xh, w, out, n: i32_of("n", n)?, k: i32_of("k", k)?, m: i32_of("m", rows)?, beta: 0.0, ldc: i32_of("m", m)? })
+    };
+    if op.wdtype == DType::BF16 {
+        r.gemm(gemm(w, out, m)?);
+    } else {
+        let entry = match op.wdtype {
+            DType::Q8_0 => "matmul_tc_dequant_q8_0",
+            DType::Q4_0 => "matmul_tc_dequant_q4_0",
+            _ => "matmul_tc_dequant_q4_1",
+        };
+        let wh = xh + (n * k * 2).next_multiple_of(256) as u64;
+        let slice = tc_slice_rows(k, m);
+        for row0 in (0..m).step_by(slice) {
+            let rows = slice.min(m - row0);
+            let grid = crate::launch::grid_1d((rows * k / 32) as u64, 256);
+            let args = [Arg::Ptr(w), Arg::U64(q.0), Arg::U64(q.1), Arg::Ptr(wh), Arg::U32(row0 as u32), Arg::U32(rows as u32), Arg::U32(k as u32)];
+            r.launch(KernelFile::MatmulTc, entry, grid, 256, 0, &args)?;
+            r.gemm(gemm(wh, out + 4 * row0 as u64, rows)?);
+        }
+    }
+    if bias != 0 {
+        let grid = crate::launch::grid_1d((n * m) as u64, 256);
+        r.launch(KernelFile::MatmulTc, "matmul_tc_bias", grid, 256, 0, &[Arg::Ptr(out), Arg::Ptr(bias), Arg::U32(n as u32), Arg::U32(m as u32)])?;
+    }
+    Ok(())
 }

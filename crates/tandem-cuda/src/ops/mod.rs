@@ -15,6 +15,7 @@ mod rms_norm;
 mod sample;
 
 pub(crate) use attention::{decode_scratch_floats, DECODE_HD_MAX, PREFILL_HD_MAX};
+pub(crate) use matmul::tensor_cores;
 
 pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
     match op {
@@ -32,11 +33,18 @@ pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
     }
 }
 
-/// What a step needs beyond its buffers: dyn slots, and bytes of attention-decode scratch.
-pub(crate) fn step_memory(table: &crate::buffers::Table, ops: &[Op]) -> (usize, usize) {
+/// What a step needs beyond its buffers: dyn slots, and bytes of scratch (attention-decode
+/// partials, or the bf16 operands of tensor-core products when `tc`: ops use it one after
+/// the other on the one stream, so they share it).
+pub(crate) fn step_memory(table: &crate::buffers::Table, ops: &[Op], tc: bool) -> (usize, usize) {
     let (mut slots, mut scratch) = (0, 0);
     for op in ops {
         slots += dyn_slots(op);
+        if let (Op::Matmul(m), true) = (op, tc) {
+            if matmul::tensor_cores(m) {
+                scratch = scratch.max(matmul::tc_scratch_bytes(m));
+            }
+        }
         if let Op::Attention(a) = op {
             let table_numel = table.get(a.block_table).map_or(0, |e| e.numel);
             scratch = scratch.max(decode_scratch_floats(a, table_numel).saturating_mul(4));
