@@ -48,7 +48,9 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
     for (u32 d = threadIdx.x; d < hd; d += AD_THREADS) qs[d] = q[(u64)h * hd + d];
     __syncthreads();
 
-    // Scores: a warp per position, lanes over the head dimension (coalesced K rows).
+    // Scores: a warp per position, lanes over the head dimension (coalesced K rows); unrolled
+    // so that several positions' loads are in flight before the first shuffle.
+#pragma unroll 4
     for (u32 j = warp; j < cnt; j += AD_WARPS) {
         const u32 t = start + j;
         const u32 blk = table[t / bs];
@@ -75,6 +77,8 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
     const u64 slot = (u64)h * parts + p;
     for (u32 d = threadIdx.x; d < hd; d += AD_THREADS) {
         float a = 0.0f;
+        // Unrolled for independent V loads in flight (the sum stays in position order).
+#pragma unroll 8
         for (u32 j = 0; j < cnt; ++j) {
             const u32 t = start + j;
             const u32 blk = table[t / bs];

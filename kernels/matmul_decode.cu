@@ -8,12 +8,12 @@
 // values with 16-byte loads (one for Q4, two for Q8, four for f16/bf16, eight for f32: a
 // warp reads 512 contiguous bytes per Q4 load), and x with float4 loads (x is small and
 // shared by every row, so it stays in L1/L2). A warp-shuffle sum finishes each dot.
-// matmul_decode_n1_<dtype>: one token (the decode step itself) and k % 32 == 0: a block of
-// MATVEC_WARPS warps computes N1Rows rows together, the warps splitting the row's blocks;
-// each lane loads a block of x once and uses it for every row (x is then read once per
-// N1Rows rows rather than once per row, which for Q4 would outweigh the weight), and has
-// every row's weight loads in flight before it uses the first. Warp sums meet in shared
-// memory.
+// matmul_decode_n1_<dtype>: one token (the decode step itself), k % 32 == 0 and k at most
+// 32 * N1_MAX_THREADS: a block has one thread per 32-value block of x, which it keeps in
+// registers for the whole kernel, and walks groups of N1Rows rows strided over the grid (about
+// as many blocks as fit on the GPU at once). Each thread has every row of a group's loads in
+// flight before it uses the first, and issues the next group's before reducing this one's
+// sums (warp shuffles, then shared memory).
 // matmul_decode_any_<dtype>: any k (rows may start mid-block): a warp per row, lanes over
 // elements.
 
@@ -220,24 +220,24 @@ struct N1Rows {
     static constexpr int value = DT == DT_F32 ? 2 : (DT == DT_Q4_0 || DT == DT_Q4_1) ? 8 : 4;
 };
 
+// Threads per block of the one-token kernel at most: one per 32-value block of x, so k up to
+// 32 * N1_MAX_THREADS (crate::ops::matmul::N1_MAX_THREADS); longer rows take the n-token kernel.
+#define N1_MAX_THREADS 512
+
 template <int DT>
 __device__ void matvec_n1(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
                           u64 m_off, const float* __restrict__ bias, float* __restrict__ out,
                           u32 k, u32 m) {
     constexpr int R = N1Rows<DT>::value;
-    __shared__ float part[MATVEC_WARPS][R];
-    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 row0 = blockIdx.x * R;
-    const u32 nb = k >> 5;
-    float acc[R];
+    __shared__ float part[2][N1_MAX_THREADS / 32][R];
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const u32 nb = k >> 5, b = threadIdx.x;
+    const bool mine = b < nb;  // the block's threads cover the row's blocks exactly once
+    // Each thread keeps its 32 values of x for the whole kernel.
+    float xv[32], sx = 0.0f;
 #pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-    for (u32 b = threadIdx.x; b < nb; b += MATVEC_WARPS * 32) {
-        Raw<DT> raw[R];
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-            if (row0 + r < m) raw[r] = load_raw<DT>(w, d_off, m_off, (u64)(row0 + r) * nb + b);
-        float xv[32], sx = 0.0f;
+    for (int i = 0; i < 32; ++i) xv[i] = 0.0f;
+    if (mine) {
         const float4* xp = (const float4*)(x + (u64)b * 32);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
@@ -248,22 +248,40 @@ __device__ void matvec_n1(const float* __restrict__ x, const u8* __restrict__ w,
             xv[4 * i + 3] = f.w;
             sx += (f.x + f.y) + (f.z + f.w);
         }
+    }
+    // Groups of R rows, strided over the grid; the next group's loads are issued before this
+    // group's sums are reduced, so they are in flight across the reduction and the barrier.
+    const u32 groups = (m + R - 1) / R;
+    Raw<DT> raw[R];
+    u32 g = blockIdx.x;
+    if (mine && g < groups) {
 #pragma unroll
         for (int r = 0; r < R; ++r)
-            if (row0 + r < m) acc[r] += dot_raw<DT>(raw[r], xv, sx);
+            if (g * R + r < m) raw[r] = load_raw<DT>(w, d_off, m_off, (u64)(g * R + r) * nb + b);
     }
+    for (u32 buf = 0; g < groups; g += gridDim.x, buf ^= 1) {
+        const u32 row0 = g * R;
+        float acc[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const float s = warp_sum(acc[r]);
-        if (lane == 0) part[warp][r] = s;
-    }
-    __syncthreads();
-    if (threadIdx.x < R) {
-        const u32 r = threadIdx.x, row = row0 + r;
-        if (row < m) {
+        for (int r = 0; r < R; ++r) acc[r] = mine && row0 + r < m ? dot_raw<DT>(raw[r], xv, sx) : 0.0f;
+        const u32 next = g + gridDim.x;
+        if (mine && next < groups) {
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+                if (next * R + r < m) raw[r] = load_raw<DT>(w, d_off, m_off, (u64)(next * R + r) * nb + b);
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const float s = warp_sum(acc[r]);
+            if (lane == 0) part[buf][warp][r] = s;
+        }
+        // part[buf] is rewritten two groups on, after the next group's barrier: one barrier
+        // per group is enough.
+        __syncthreads();
+        if (threadIdx.x < R && row0 + threadIdx.x < m) {
+            const u32 row = row0 + threadIdx.x;
             float s = 0.0f;
-#pragma unroll
-            for (int w2 = 0; w2 < MATVEC_WARPS; ++w2) s += part[w2][r];
+            for (u32 w2 = 0; w2 < warps; ++w2) s += part[buf][w2][threadIdx.x];
             out[row] = bias ? s + bias[row] : s;
         }
     }
@@ -300,7 +318,7 @@ __device__ void matvec_any(const float* __restrict__ x, const u8* __restrict__ w
                                const float* bias, float* out, u32 n, u32 k, u32 m) {            \
         matvec_blocks<DT>(x, w, d_off, m_off, bias, out, n, k, m);                              \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
+    extern "C" __global__ void __launch_bounds__(N1_MAX_THREADS)                                \
         matmul_decode_n1_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,            \
                                   const float* bias, float* out, u32 k, u32 m) {                \
         matvec_n1<DT>(x, w, d_off, m_off, bias, out, k, m);                                     \

@@ -87,13 +87,7 @@ bench() {
     shift 3
     step "bench $backend $model $dtype" "${BENCH_LIMIT:-300}" bash -c "set -o pipefail; $D/tandem bench --backend $backend --synthetic bench/configs/$model.json --dtype $dtype --json $* | tee -a $JSONL"
 }
-phase_phase_profile() {
-    # Where a step's time goes, kernel by kernel (no graphs; see crates/tandem-cuda/src/profile.rs).
-    for dtype in ${PROFILE_DTYPES:-q4 bf16}; do
-        TANDEM_CUDA_PROFILE=1 step "profile llama-3.1-8b $dtype" 120 "$D/tandem" bench --backend cuda --synthetic bench/configs/llama-3.1-8b.json --dtype "$dtype" --prompt-tokens 512 --decode-tokens 16 --contexts 128 --repeat 1
-    done
-}
-bench() {
+phase_bench() {
     for model in $BENCH_MODELS; do
         for dtype in $BENCH_DTYPES; do
             bench cuda "$model" "$dtype" --prompt-tokens 512 --decode-tokens 64 --contexts 128,4096 --repeat 2

@@ -97,7 +97,10 @@ impl Device {
             )));
         }
         let picked = pick_arch(cc)?;
-        let arch = Arch { cubin: picked == cc.0 * 10 + cc.1, name: format!("sm_{picked}") };
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| driver_err("reading the multiprocessor count", e))?;
+        let arch = Arch { cubin: picked == cc.0 * 10 + cc.1, name: format!("sm_{picked}"), sms: sms.max(1) as u32 };
         let stream = ctx.new_stream().map_err(|e| driver_err("creating a CUDA stream", e))?;
         Ok(Device { ctx, stream, name, cc, arch })
     }

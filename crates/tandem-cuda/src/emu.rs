@@ -202,7 +202,7 @@ impl EmuBackend {
             written_u32: Vec::new(),
             params: HostMem::new(4096).map_err(|e| e.to_string())?,
             scratch: HostMem::new(4).map_err(|e| e.to_string())?,
-            arch: Arch { name: "emu".into(), cubin: false },
+            arch: Arch { name: "emu".into(), cubin: false, sms: 4 },
         })
     }
 

@@ -82,6 +82,8 @@ impl Launch {
 pub(crate) struct Arch {
     pub name: String,
     pub cubin: bool,
+    /// The device's multiprocessors: grids of persistent kernels are sized from it.
+    pub sms: u32,
 }
 
 /// Loaded modules (one per kernel file) and their functions, for one context.

@@ -39,7 +39,7 @@ impl Fake {
         let mut r = Recorder {
             table: &self.table,
             modules: None,
-            arch: &Arch { name: "sm_80".into(), cubin: true },
+            arch: &Arch { name: "sm_80".into(), cubin: true, sms: 4 },
             out: &mut out,
             dyn_host: &mut dyn_host,
             dyn_base: 0x1000,
@@ -281,7 +281,7 @@ fn decode_partitions_follow_the_table_capacity() {
     // The scratch (and so the launch) is the same for every ctx_len the table holds.
     let a = ops::decode_scratch_floats(&op(1), 128);
     assert_eq!(a, ops::decode_scratch_floats(&op(2048), 128));
-    assert_eq!(a, 32 * 32 * 130, "2048 positions in 32 partitions of 64");
-    // A large context caps the partition count near 64 by lengthening partitions.
-    assert_eq!(ops::decode_scratch_floats(&op(1), 8192), 32 * 64 * 130);
+    assert_eq!(a, 32 * 64 * 130, "2048 positions in 64 partitions of 32");
+    // A large context caps the partition count near 256 by lengthening partitions.
+    assert_eq!(ops::decode_scratch_floats(&op(1), 8192), 32 * 256 * 130);
 }

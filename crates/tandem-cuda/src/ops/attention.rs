@@ -21,8 +21,8 @@ const AP_Q: usize = 16;
 const AP_T: usize = 32;
 const AP_WARPS: usize = 4;
 /// Decode partitions: at least this many positions each, and about this many at most.
-const PART_MIN: usize = 64;
-const PARTS_TARGET: usize = 64;
+const PART_MIN: usize = 32;
+const PARTS_TARGET: usize = 256;
 /// Scores of one partition live in shared memory: at most 32 KiB of them.
 const PART_MAX: usize = 8192;
 

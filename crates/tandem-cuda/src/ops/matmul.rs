@@ -17,7 +17,8 @@ pub(crate) const MATVEC_MAX_N: usize = 8;
 /// Output rows per block of the matrix-vector kernels (MATVEC_WARPS: a warp per row), and the
 /// warps of every block of them.
 const MATVEC_ROWS: usize = 4;
-const MATVEC_WARPS: usize = 4;
+/// Threads per block of the one-token kernel at most (N1_MAX_THREADS): k up to 32 times it.
+const N1_MAX_THREADS: usize = 512;
 
 /// Rows per block of the one-token kernel (N1Rows in kernels/matmul_decode.cu).
 fn n1_rows(d: DType) -> usize {
@@ -87,11 +88,16 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     if let (Some(handle), true) = (r.blas, tensor_cores(op)) {
         return record_tc(r, op, handle, x, w.ptr, bias, out, (d_off, m_off));
     }
-    if n == 1 && k % 32 == 0 {
-        // The decode step's own path: no token count, x shared by the block's rows.
+    if n == 1 && k % 32 == 0 && k / 32 <= N1_MAX_THREADS {
+        // The decode step's own path: a thread per block of x, blocks walking row groups.
         let args = [args[0], args[1], args[2], args[3], args[4], args[5], args[7], args[8]];
-        let grid = (fits_u32(OP, "m / rows", m.div_ceil(n1_rows(op.wdtype)))?, 1, 1);
-        r.launch(KernelFile::MatmulDecode, weight_entries!("matmul_decode_n1")[wi], grid, 32 * MATVEC_WARPS as u32, 0, &args)
+        let threads = (k / 32).next_multiple_of(32).max(32);
+        let groups = m.div_ceil(n1_rows(op.wdtype));
+        // As many blocks as are resident at once: the launch bound caps registers at 128 a
+        // thread, so a multiprocessor's 64K registers hold 512 / threads blocks.
+        let resident = r.arch.sms as usize * (512 / threads).max(1);
+        let grid = (fits_u32(OP, "m / rows", groups.min(resident))?, 1, 1);
+        r.launch(KernelFile::MatmulDecode, weight_entries!("matmul_decode_n1")[wi], grid, threads as u32, 0, &args)
     } else if n <= MATVEC_MAX_N {
         let entry = if k % 32 == 0 {
             weight_entries!("matmul_decode")[wi]
