@@ -117,10 +117,10 @@ fn token(out: tandem_core::model::Output) -> u32 {
 }
 
 impl WithBackend for Bench<'_> {
-    fn call<B: Backend>(self, backend: B) -> Result<()> {
+    fn call<B: Backend>(self, mut backend: B) -> Result<()> {
+        // Measured before the weights are loaded, so the copy's 2 GiB are free again for them.
+        let copy_bw = backend.copy_bandwidth().transpose()?;
         let mut model = load_model(backend, self.source, self.opts)?;
-        // Measured before anything runs, so the copy's 2 GiB are free again for the model's use.
-        let copy_bw = model.backend.copy_bandwidth().transpose()?;
         let vocab = model.config.vocab_size as u32;
         // Any valid ids do: speed does not depend on which tokens flow through.
         let ids = |n: usize| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919 + 13) % vocab).collect() };

@@ -27,14 +27,12 @@ pub(crate) struct Gemm {
     pub n: i32,
     pub k: i32,
     pub m: i32,
-    /// 0 overwrites out, 1 adds to it.
-    pub beta: f32,
     /// Row stride of out, in elements (m, or the full width when writing a column range).
     pub ldc: i32,
 }
 
 impl Blas {
-    /// `Ok(None)` with the reason where libcublas is not found.
+    /// `Ok(Err(reason))` where libcublas is not found; `Err` where it is but fails to start.
     pub fn open(dev: &Device) -> Result<Result<Blas, String>, Error> {
         // SAFETY: only tries to dlopen the library.
         if !unsafe { sys::is_culib_present() } {
@@ -50,14 +48,24 @@ impl Blas {
             }
         };
         let b = Blas { handle, workspace };
-        // SAFETY: the handle is live; the stream and the workspace outlive it (Drop order).
-        unsafe {
-            blas::set_stream(handle, dev.cu_stream() as sys::cudaStream_t).map_err(|e| backend_err(format!("cuBLAS stream: {e:?}")))?;
-            sys::cublasSetWorkspace_v2(handle, workspace as *mut _, WORKSPACE_BYTES)
-                .result()
-                .map_err(|e| backend_err(format!("cuBLAS workspace: {e:?}")))?;
+        // SAFETY: the handle is live; the stream and the workspace outlive it (the backend
+        // closes it before either goes).
+        let set = unsafe {
+            blas::set_stream(handle, dev.cu_stream() as sys::cudaStream_t)
+                .map_err(|e| backend_err(format!("cuBLAS stream: {e:?}")))
+                .and_then(|()| {
+                    sys::cublasSetWorkspace_v2(handle, workspace as *mut _, WORKSPACE_BYTES)
+                        .result()
+                        .map_err(|e| backend_err(format!("cuBLAS workspace: {e:?}")))
+                })
+        };
+        match set {
+            Ok(()) => Ok(Ok(b)),
+            Err(e) => {
+                b.close(dev);
+                Err(e)
+            }
         }
-        Ok(Ok(b))
     }
 
     pub fn handle(&self) -> usize {
@@ -74,7 +82,7 @@ impl Blas {
 
 impl Gemm {
     pub fn enqueue(&self) -> Result<(), Error> {
-        let (alpha, beta) = (1.0f32, self.beta);
+        let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: the handle is live (the backend owns it for as long as launches exist); the
         // three buffers hold n*k, m*k bf16 and n*ldc f32 elements (checked when recorded);
         // alpha and beta are read at call time (host pointer mode).

@@ -14,8 +14,7 @@ use crate::launch::{bad_dtype, fits_u32, numel, Arg, Recorder};
 const OP: &str = "matmul";
 /// Most tokens the matrix-vector kernels take (MATVEC_MAXN).
 pub(crate) const MATVEC_MAX_N: usize = 8;
-/// Output rows per block of the matrix-vector kernels (MATVEC_WARPS: a warp per row), and the
-/// warps of every block of them.
+/// Output rows per block of the matrix-vector kernels (MATVEC_WARPS: a warp per row).
 const MATVEC_ROWS: usize = 4;
 /// Threads per block of the one-token kernel at most (N1_MAX_THREADS): k up to 32 times it.
 const N1_MAX_THREADS: usize = 512;
@@ -33,7 +32,7 @@ const TILE: usize = 64;
 
 /// Fewest tokens whose product goes to the tensor cores: below, the f32 kernels (which read
 /// each weight once per 8 tokens or tile it in shared memory) are as fast and exact.
-pub(crate) const TC_MIN_N: usize = 16;
+const TC_MIN_N: usize = 16;
 /// Scratch for quantized weights expanded to bf16, a slice of rows at a time.
 const TC_SLICE_BYTES: usize = 64 << 20;
 
@@ -42,19 +41,26 @@ const TC_SLICE_BYTES: usize = 64 << 20;
 /// weights keep f32 products (bf16 would round the weights themselves; f16 activations can
 /// overflow).
 pub(crate) fn tensor_cores(op: &Matmul) -> bool {
-    op.n >= TC_MIN_N && op.k % 32 == 0 && matches!(op.wdtype, DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+    op.n >= TC_MIN_N && op.k > 0 && op.k % 32 == 0 && matches!(op.wdtype, DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
 }
 
-/// Rows of a quantized weight expanded per slice: whole multiples of 128 within the scratch.
+/// Rows of a quantized weight expanded per slice: whole multiples of 128 within the scratch
+/// (at least 128), and never more than the weight has (k > 0, see tensor_cores).
 fn tc_slice_rows(k: usize, m: usize) -> usize {
-    (TC_SLICE_BYTES / (2 * k.max(1)) / 128 * 128).clamp(128, m.max(128)).min(m.max(1))
+    (TC_SLICE_BYTES / (2 * k) / 128 * 128).max(128).min(m)
+}
+
+/// Bytes of the bf16 activations at the start of the scratch, rounded up so the weight slice
+/// after them is aligned. Saturating: the op's shapes are checked only when it records.
+fn tc_x_bytes(n: usize, k: usize) -> usize {
+    n.saturating_mul(k).saturating_mul(2).saturating_add(255) / 256 * 256
 }
 
 /// Scratch bytes of a tensor-core product: the bf16 activations, then the weight slice.
 pub(crate) fn tc_scratch_bytes(op: &Matmul) -> usize {
-    let x = (op.n * op.k * 2).next_multiple_of(256);
-    let w = if op.wdtype == DType::BF16 { 0 } else { tc_slice_rows(op.k, op.m) * op.k * 2 };
-    x + w
+    let x = tc_x_bytes(op.n, op.k);
+    let w = if op.wdtype == DType::BF16 { 0 } else { tc_slice_rows(op.k, op.m).saturating_mul(op.k).saturating_mul(2) };
+    x.saturating_add(w)
 }
 
 pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
@@ -122,7 +128,7 @@ fn record_tc(r: &mut Recorder, op: &Matmul, handle: usize, x: u64, w: u64, bias:
     r.launch(KernelFile::MatmulTc, "matmul_tc_cast_x", cast_grid, 256, 0, &[Arg::Ptr(x), Arg::Ptr(xh), Arg::U64((n * k) as u64)])?;
     let i32_of = |what: &str, v: usize| i32::try_from(v).map_err(|_| tandem_core::Error::ShapeMismatch { op: OP, expected: format!("{what} < 2^31"), got: v.to_string() });
     let gemm = |w: u64, out: u64, rows: usize| -> Result<Gemm> {
-        Ok(Gemm { handle, x: xh, w, out, n: i32_of("n", n)?, k: i32_of("k", k)?, m: i32_of("m", rows)?, beta: 0.0, ldc: i32_of("m", m)? })
+        Ok(Gemm { handle, x: xh, w, out, n: i32_of("n", n)?, k: i32_of("k", k)?, m: i32_of("m", rows)?, ldc: i32_of("m", m)? })
     };
     if op.wdtype == DType::BF16 {
         r.gemm(gemm(w, out, m)?);
@@ -132,7 +138,7 @@ fn record_tc(r: &mut Recorder, op: &Matmul, handle: usize, x: u64, w: u64, bias:
             DType::Q4_0 => "matmul_tc_dequant_q4_0",
             _ => "matmul_tc_dequant_q4_1",
         };
-        let wh = xh + (n * k * 2).next_multiple_of(256) as u64;
+        let wh = xh + tc_x_bytes(n, k) as u64;
         let slice = tc_slice_rows(k, m);
         for row0 in (0..m).step_by(slice) {
             let rows = slice.min(m - row0);
