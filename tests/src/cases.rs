@@ -198,6 +198,15 @@ fn matmul(rng: &mut Rng) -> Vec<Case> {
     for dtype in WEIGHT_DTYPES {
         for (ci, (n, k, m)) in shapes.into_iter().enumerate() {
             let with_bias = ci % 2 == 1;
+            // One-token products are decodes; longer ones are prompts, some led by decode rows
+            // (a step that batches decodes with a prompt chunk).
+            let decode_rows = match (n, ci % 3) {
+                (1, 0) => 0, // a one-token prompt
+                (1, _) => 1,
+                (_, 0) => n.min(5),
+                (_, 1) => n, // decodes of n sequences
+                _ => 0,
+            };
             let mut b = Bufs::default();
             let x = b.f32(&rng.vec(n * k, 1.0));
             let w = b.encoded(&rng.vec(m * k, 0.5), dtype);
@@ -212,9 +221,10 @@ fn matmul(rng: &mut Rng) -> Vec<Case> {
                 n,
                 k,
                 m,
+                decode_rows,
             });
             let name = format!(
-                "{dtype} n={n} k={k} m={m}{}",
+                "{dtype} n={n} (decode {decode_rows}) k={k} m={m}{}",
                 if with_bias { " +bias" } else { "" }
             );
             out.push(b.case(name, op, &[(o, tolerance("matmul", dtype))]));
@@ -288,80 +298,267 @@ fn kv_write(rng: &mut Rng) -> Vec<Case> {
     out
 }
 
-fn attention(rng: &mut Rng, decode: bool) -> Vec<Case> {
-    // (n, ctx_len, heads, kv_heads, head_dim, block_size): GQA ratios 1, 2, 4 and MQA.
-    let shapes: &[(usize, usize, usize, usize, usize, usize)] = if decode {
-        &[
-            (1, 1, 4, 4, 8, 4),
-            (1, 17, 4, 2, 64, 4),
-            (1, 300, 8, 2, 64, 16),
-            (1, 77, 8, 1, 8, 16),
-            (1, 129, 4, 4, 64, 16),
-            (1, 50, 8, 2, 8, 4),
-        ]
-    } else {
-        &[
-            // Whole prompts: n == ctx_len.
-            (5, 5, 4, 4, 8, 4),
-            (13, 13, 4, 2, 64, 16),
-            (13, 13, 8, 2, 8, 4),
-            (20, 20, 4, 1, 64, 4),
-            // Chunked prefill continuing a context: n < ctx_len.
-            (5, 21, 4, 4, 64, 4),
-            (13, 40, 4, 2, 8, 16),
-            (7, 33, 8, 1, 8, 4),
-            (9, 100, 8, 2, 64, 16),
-            (40, 70, 8, 4, 8, 16),
-        ]
-    };
-    let mut out = vec![];
-    for kv_dtype in KV_DTYPES {
-        for &(n, ctx_len, heads, kv_heads, head_dim, bs) in shapes {
-            let mut b = Bufs::default();
-            let needed = ctx_len.div_ceil(bs);
-            // Shuffled blocks from a pool larger than needed: non-contiguous and out of order.
-            let pool = needed + 3 + rng.below(needed + 1);
-            let mut blocks: Vec<u32> = (0..pool as u32).collect();
-            rng.shuffle(&mut blocks);
-            let mut table = blocks[..needed].to_vec();
-            // Entries past ceil(ctx_len / block_size) are garbage a backend must not read.
-            table.extend([u32::MAX, 7]);
-            let row = kv_heads * head_dim;
-            let mut ck = vec![f32::NAN; pool * bs * row];
-            let mut cv = vec![f32::NAN; pool * bs * row];
-            for t in 0..ctx_len {
+/// A ragged attention batch: sequences with their own shuffled block tables in one pool (some
+/// sharing leading blocks, as a prefix cache makes them), each contributing its last `rows`
+/// queries; decodes (one row) first, as the engine orders them.
+pub struct AttnBatch {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    bs: usize,
+    pool: usize,
+    ck: Vec<f32>,
+    cv: Vec<f32>,
+    /// (table, ctx_len, rows, q: [rows, heads, head_dim]).
+    seqs: Vec<(Vec<u32>, usize, usize, Vec<f32>)>,
+    decodes: usize,
+}
+
+impl AttnBatch {
+    /// `seqs`: (ctx_len, rows); rows == 0 marks a decode (one row). With `share`, every
+    /// sequence's table starts with the first's full blocks (as far as both reach).
+    pub fn new(rng: &mut Rng, shape: (usize, usize, usize, usize), seqs: &[(usize, usize)], share: bool) -> Self {
+        let (heads, kv_heads, head_dim, bs) = shape;
+        let need: usize = seqs.iter().map(|s| s.0.div_ceil(bs)).sum();
+        let pool = need + 3 + rng.below(need + 1);
+        let mut blocks: Vec<u32> = (0..pool as u32).collect();
+        rng.shuffle(&mut blocks);
+        let row = kv_heads * head_dim;
+        let mut ck = vec![f32::NAN; pool * bs * row];
+        let mut cv = vec![f32::NAN; pool * bs * row];
+        let mut next = 0;
+        let mut specs = vec![];
+        let mut order: Vec<&(usize, usize)> = seqs.iter().filter(|s| s.1 == 0).collect();
+        order.extend(seqs.iter().filter(|s| s.1 > 0));
+        let mut first: Option<(Vec<u32>, usize)> = None;
+        for &&(ctx, rows) in &order {
+            let nb = ctx.div_ceil(bs);
+            let mut table = vec![];
+            if let (true, Some((t0, c0))) = (share, &first) {
+                // Share only blocks both contexts fill: a shared block is never written.
+                let full = (c0 / bs).min(ctx / bs).min(nb);
+                table.extend_from_slice(&t0[..full]);
+            }
+            let shared = table.len();
+            while table.len() < nb {
+                table.push(blocks[next]);
+                next += 1;
+            }
+            for t in shared * bs..ctx {
                 let r = table[t / bs] as usize * bs + t % bs;
                 for e in r * row..(r + 1) * row {
                     ck[e] = rng.sym();
                     cv[e] = rng.sym() * 2.0;
                 }
             }
-            let cache_k = b.encoded(&ck, kv_dtype);
-            let cache_v = b.encoded(&cv, kv_dtype);
-            let block_table = b.u32(&table);
+            let rows = rows.max(1);
             // Scaled queries give peaked softmaxes, so the running max actually moves.
-            let q = b.f32(&rng.vec(n * heads * head_dim, 3.0));
-            let o = b.poison(DType::F32, n * heads * head_dim);
-            let scale = 1.0 / (head_dim as f32).sqrt();
-            let op = Op::Attention(Attention {
-                q,
-                cache_k,
-                cache_v,
-                kv_dtype,
-                block_table,
-                out: o,
-                n,
-                ctx_len,
-                heads,
-                kv_heads,
-                head_dim,
-                block_size: bs,
-                scale,
-            });
-            let name = format!(
-                "{kv_dtype} n={n} ctx={ctx_len} heads={heads}/{kv_heads} hd={head_dim} bs={bs}"
-            );
-            out.push(b.case(name, op.clone(), &[(o, tolerance(op.name(), kv_dtype))]));
+            let q = rng.vec(rows * heads * head_dim, 3.0);
+            if first.is_none() {
+                first = Some((table.clone(), ctx));
+            }
+            specs.push((table, ctx, rows, q));
+        }
+        let decodes = seqs.iter().filter(|s| s.1 == 0).count();
+        AttnBatch { heads, kv_heads, head_dim, bs, pool, ck, cv, seqs: specs, decodes }
+    }
+
+    /// Query rows of sequence `i` within the whole batch.
+    pub fn rows_of(&self, i: usize) -> std::ops::Range<usize> {
+        let start: usize = self.seqs[..i].iter().map(|s| s.2).sum();
+        start..start + self.seqs[i].2
+    }
+
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// The case of sequences `which` (in batch order) sharing one op.
+    pub fn case(&self, which: &[usize], kv_dtype: DType) -> Case {
+        let mut b = Bufs::default();
+        let (mut q, mut positions, mut starts, mut tables) = (vec![], vec![], vec![], vec![]);
+        let mut decode_rows = 0;
+        for &i in which {
+            let (table, ctx, rows, qs) = &self.seqs[i];
+            if i < self.decodes {
+                decode_rows += 1;
+            }
+            for r in 0..*rows {
+                positions.push((ctx - rows + r) as u32);
+                starts.push(tables.len() as u32);
+            }
+            tables.extend_from_slice(table);
+            q.extend_from_slice(qs);
+        }
+        // Entries past the tables are garbage a backend must not read.
+        tables.extend([u32::MAX, 7]);
+        let n = positions.len();
+        let max_ctx = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(1);
+        let cache_k = b.encoded(&self.ck, kv_dtype);
+        let cache_v = b.encoded(&self.cv, kv_dtype);
+        let q = b.f32(&q);
+        let pos = b.u32(&positions);
+        let ts = b.u32(&starts);
+        let tables_len = tables.len();
+        let tb = b.u32(&tables);
+        let (heads, hd) = (self.heads, self.head_dim);
+        let o = b.poison(DType::F32, n * heads * hd);
+        let op = Op::Attention(Attention {
+            q,
+            cache_k,
+            cache_v,
+            kv_dtype,
+            positions: pos,
+            table_starts: ts,
+            tables: tb,
+            tables_len,
+            out: o,
+            n,
+            decode_rows,
+            max_ctx,
+            heads,
+            kv_heads: self.kv_heads,
+            head_dim: hd,
+            block_size: self.bs,
+            scale: 1.0 / (hd as f32).sqrt(),
+        });
+        let ctxs: Vec<String> = which.iter().map(|&i| {
+            let s = &self.seqs[i];
+            if i < self.decodes { format!("d{}", s.1) } else { format!("{}@{}", s.2, s.1) }
+        }).collect();
+        let name = format!(
+            "{kv_dtype} [{}] heads={heads}/{} hd={hd} bs={} pool={}",
+            ctxs.join(" "),
+            self.kv_heads,
+            self.bs,
+            self.pool
+        );
+        b.case(name, op.clone(), &[(o, tolerance(op.name(), kv_dtype))])
+    }
+}
+
+/// (heads, kv_heads, head_dim, block_size) and the sequences ((ctx_len, rows), rows 0: a
+/// decode) of the attention batches; GQA ratios 1, 2, 4 and MQA.
+type AttnShape = ((usize, usize, usize, usize), &'static [(usize, usize)], bool);
+
+fn attention_shapes(decode: bool) -> &'static [AttnShape] {
+    if decode {
+        &[
+            ((4, 4, 8, 4), &[(1, 0)], false),
+            ((4, 2, 64, 4), &[(17, 0)], false),
+            ((8, 2, 64, 16), &[(300, 0)], false),
+            ((8, 1, 8, 16), &[(77, 0)], false),
+            ((4, 4, 64, 16), &[(129, 0)], false),
+            // Decodes of several sequences: ragged lengths, one shared prefix.
+            ((8, 2, 8, 4), &[(50, 0), (3, 0), (17, 0), (1, 0)], false),
+            ((4, 2, 64, 16), &[(40, 0), (70, 0), (33, 0)], true),
+        ]
+    } else {
+        &[
+            // Whole prompts: rows == ctx_len.
+            ((4, 4, 8, 4), &[(5, 5)], false),
+            ((4, 2, 64, 16), &[(13, 13)], false),
+            ((8, 2, 8, 4), &[(13, 13)], false),
+            ((4, 1, 64, 4), &[(20, 20)], false),
+            // Chunked prefill continuing a context: rows < ctx_len.
+            ((4, 4, 64, 4), &[(21, 5)], false),
+            ((4, 2, 8, 16), &[(40, 13)], false),
+            ((8, 1, 8, 4), &[(33, 7)], false),
+            ((8, 2, 64, 16), &[(100, 9)], false),
+            ((8, 4, 8, 16), &[(70, 40)], false),
+            // Ragged steps: decodes and prompt chunks of several sequences.
+            ((8, 2, 8, 4), &[(9, 0), (30, 0), (13, 13), (21, 5), (2, 1)], false),
+            ((4, 2, 64, 16), &[(70, 0), (40, 12), (33, 33), (17, 1)], true),
+            ((8, 1, 8, 16), &[(5, 5), (100, 20), (45, 0)], true),
+        ]
+    }
+}
+
+fn attention(rng: &mut Rng, decode: bool) -> Vec<Case> {
+    let mut out = vec![];
+    for kv_dtype in KV_DTYPES {
+        for &(shape, seqs, share) in attention_shapes(decode) {
+            let batch = AttnBatch::new(rng, shape, seqs, share);
+            let all: Vec<usize> = (0..batch.len()).collect();
+            out.push(batch.case(&all, kv_dtype));
+        }
+    }
+    out
+}
+
+/// One op over a batch, and each of its requests alone: the rows each request gets inside the
+/// batch must equal, bit for bit, what it gets alone (batch invariance).
+pub struct Invariance {
+    pub batch: Case,
+    /// (the request alone, its first output row in the batch); outputs are f32 rows of
+    /// `row_len` elements in the first checked buffer.
+    pub alone: Vec<(Case, usize)>,
+    pub row_len: usize,
+}
+
+/// The batch-invariance cases of "matmul" and "attention".
+pub fn invariance_cases(op: &str) -> Vec<Invariance> {
+    let rng = &mut Rng::new(0x1A7A);
+    match op {
+        "matmul" => matmul_invariance(rng),
+        "attention" => attention_invariance(rng),
+        _ => vec![],
+    }
+}
+
+fn matmul_invariance(rng: &mut Rng) -> Vec<Invariance> {
+    let mut out = vec![];
+    // (decode rows, prompt chunk lengths): enough rows that a GPU would pick its batched or
+    // tensor-core kernels for the batch but not for a request alone.
+    let mixes: [(usize, &[usize]); 3] = [(5, &[]), (3, &[7, 1]), (20, &[30, 2])];
+    for dtype in WEIGHT_DTYPES {
+        for (k, m) in [(256, 96), (100, 37)] {
+            for (mi, &(decodes, prompts)) in mixes.iter().enumerate() {
+                let w = encode(&rng.vec(m * k, 0.5), dtype);
+                let bias = (mi % 2 == 1).then(|| rng.vec(m, 1.0));
+                let reqs: Vec<(usize, bool)> = (0..decodes).map(|_| (1, true)).chain(prompts.iter().map(|&n| (n, false))).collect();
+                let xs: Vec<Vec<f32>> = reqs.iter().map(|&(n, _)| rng.vec(n * k, 1.0)).collect();
+                let case = |parts: &[usize]| {
+                    let mut b = Bufs::default();
+                    let x: Vec<f32> = parts.iter().flat_map(|&i| xs[i].iter().copied()).collect();
+                    let n: usize = parts.iter().map(|&i| reqs[i].0).sum();
+                    let decode_rows = parts.iter().filter(|&&i| reqs[i].1).count();
+                    let x = b.f32(&x);
+                    let wb = b.add(dtype, m * k, Init::Data(w.clone()));
+                    let bias = bias.as_ref().map(|v| b.f32(v));
+                    let o = b.poison(DType::F32, n * m);
+                    let op = Op::Matmul(Matmul { x, w: wb, wdtype: dtype, bias, out: o, n, k, m, decode_rows });
+                    b.case(format!("{dtype} k={k} m={m} n={n} (decode {decode_rows})"), op, &[(o, Tol::Exact)])
+                };
+                let all: Vec<usize> = (0..reqs.len()).collect();
+                let mut alone = vec![];
+                let mut row = 0;
+                for i in 0..reqs.len() {
+                    alone.push((case(&[i]), row));
+                    row += reqs[i].0;
+                }
+                out.push(Invariance { batch: case(&all), alone, row_len: m });
+            }
+        }
+    }
+    out
+}
+
+fn attention_invariance(rng: &mut Rng) -> Vec<Invariance> {
+    let mut out = vec![];
+    for kv_dtype in KV_DTYPES {
+        for decode in [true, false] {
+            for &(shape, seqs, share) in attention_shapes(decode).iter().filter(|s| s.1.len() > 1) {
+                let batch = AttnBatch::new(rng, shape, seqs, share);
+                let all: Vec<usize> = (0..batch.len()).collect();
+                let alone = (0..batch.len()).map(|i| (batch.case(&[i], kv_dtype), batch.rows_of(i).start)).collect();
+                let row_len = shape.0 * shape.2;
+                out.push(Invariance { batch: batch.case(&all, kv_dtype), alone, row_len });
+            }
         }
     }
     out
@@ -453,45 +650,63 @@ fn argmax(rng: &mut Rng) -> Vec<Case> {
 /// Sampling over vocabulary-sized and odd rows with every filter, alone and combined. Logits
 /// are spread wide (a real model's are) and the draws avoid the exact edges of the cumulative
 /// distribution, where a different summation order could legitimately round across.
+/// Sampling over vocabulary-sized and odd rows with every filter, alone and combined, and
+/// batches whose rows each have their own parameters (greedy rows among them). Logits are
+/// spread wide (a real model's are) and the draws avoid the exact edges of the cumulative
+/// distribution, where a different summation order could legitimately round across.
 fn sample(rng: &mut Rng) -> Vec<Case> {
     let mut out = vec![];
-    let filters: [(f32, usize, f32, f32); 6] =
-        [(1.0, 0, 1.0, 0.0), (0.7, 40, 1.0, 0.0), (1.3, 0, 0.9, 0.0), (1.0, 0, 1.0, 0.05), (0.8, 50, 0.95, 0.02), (2.0, 1, 1.0, 0.0)];
+    let filters: [(f32, u32, f32, f32); 7] =
+        [(1.0, 0, 1.0, 0.0), (0.7, 40, 1.0, 0.0), (1.3, 0, 0.9, 0.0), (1.0, 0, 1.0, 0.05), (0.8, 50, 0.95, 0.02), (2.0, 1, 1.0, 0.0), (0.0, 0, 1.0, 0.0)];
+    let draw = |rng: &mut Rng| 0.05 + 0.9 * (rng.below(1000) as f32 / 1000.0);
+    let mut push = |rng: &mut Rng, width: usize, rows: Vec<SampleRow>, poison_row: Option<usize>| {
+        let n = rows.len();
+        let mut b = Bufs::default();
+        let mut x = rng.vec(n * width, 8.0);
+        if let Some(r) = poison_row {
+            // A NaN and a -inf must never be drawn.
+            x[r * width + width / 2] = f32::NAN;
+            x[r * width + width / 3] = f32::NEG_INFINITY;
+        }
+        let x = b.f32(&x);
+        let params = b.u32(&SampleRow::to_words(&rows));
+        let o = b.poison(DType::U32, n);
+        let op = Op::Sample(Sample { x, params, out: o, n, width });
+        let desc: Vec<String> = rows.iter().map(|r| format!("T={} k={} p={} min_p={} u={}", r.temperature, r.top_k, r.top_p, r.min_p, r.uniform)).collect();
+        let name = format!("n={n} width={width} [{}]", desc.join("; "));
+        out.push(b.case(name, op, &[(o, tolerance("sample", DType::F32))]));
+    };
     for (width, n) in [(13, 1), (1000, 2), (49152, 1)] {
         for (f, &(temperature, top_k, top_p, min_p)) in filters.iter().enumerate() {
-            let mut b = Bufs::default();
-            let mut x = rng.vec(n * width, 8.0);
-            if f == 3 {
-                // A NaN and a -inf must never be drawn.
-                x[width / 2] = f32::NAN;
-                x[width / 3] = f32::NEG_INFINITY;
-            }
-            let x = b.f32(&x);
-            let o = b.poison(DType::U32, n);
-            let uniform = 0.05 + 0.9 * (rng.below(1000) as f32 / 1000.0);
-            let op = Op::Sample(Sample { x, out: o, n, width, temperature, top_k, top_p, min_p, uniform });
-            let name = format!("n={n} width={width} T={temperature} top_k={top_k} top_p={top_p} min_p={min_p} u={uniform}");
-            out.push(b.case(name, op, &[(o, tolerance("sample", DType::F32))]));
+            let rows = (0..n).map(|_| SampleRow { temperature, top_k, top_p, min_p, uniform: draw(rng) }).collect();
+            push(rng, width, rows, (f == 3).then_some(0));
         }
+    }
+    // Every row its own filter and draw.
+    for width in [1000, 49152] {
+        let rows = filters.iter().map(|&(temperature, top_k, top_p, min_p)| SampleRow { temperature, top_k, top_p, min_p, uniform: draw(rng) }).collect();
+        push(rng, width, rows, Some(3));
     }
     out
 }
 
 fn copy_rows(rng: &mut Rng) -> Vec<Case> {
     let mut out = vec![];
-    for (src_rows, src_row, n_rows, width) in [(13, 12, 1, 64), (5, 0, 5, 7), (20, 3, 9, 100)] {
+    for (src_rows, src_row, dst_row, n_rows, width) in [(13, 12, 0, 1, 64), (5, 0, 0, 5, 7), (20, 3, 2, 9, 100), (9, 8, 4, 1, 33)] {
         let mut b = Bufs::default();
         let src = b.f32(&rng.vec(src_rows * width, 1.0));
-        let dst = b.poison(DType::F32, n_rows * width);
+        // Rows before dst_row keep their poison: the reference leaves them too.
+        let dst = b.poison(DType::F32, (dst_row + n_rows) * width);
         let op = Op::CopyRows(CopyRows {
             src,
             dst,
             src_row,
+            dst_row,
             n_rows,
             width,
         });
         let name = format!(
-            "rows {src_row}..{} of {src_rows} width={width}",
+            "rows {src_row}..{} of {src_rows} to {dst_row}.. width={width}",
             src_row + n_rows
         );
         out.push(b.case(name, op, &[(dst, tolerance("copy_rows", DType::F32))]));

@@ -219,6 +219,53 @@ pub async fn check_backend_op<B: Backend>(
     })
 }
 
+/// Batch invariance of `op` ("matmul" or "attention") on `backend`: every request's rows
+/// inside a batch equal, bit for bit, its rows computed alone. `Err` lists every difference.
+pub async fn check_batch_invariance<B: Backend>(backend: &mut B, op: &str) -> Result<usize, String> {
+    let name = backend.name();
+    let cases = crate::cases::invariance_cases(op);
+    if cases.is_empty() {
+        return Err(format!("no batch-invariance cases for {op}"));
+    }
+    let mut failures = vec![];
+    for inv in &cases {
+        let batch = run_case_async(backend, &inv.batch).await.map_err(|e| format!("{op} [{}]: {e}", inv.batch.name))?;
+        let batch: Vec<f32> = bytemuck::pod_collect_to_vec(&batch[0]);
+        for (alone, row0) in &inv.alone {
+            let got = run_case_async(backend, alone).await.map_err(|e| format!("{op} [{}]: {e}", alone.name))?;
+            let got: Vec<f32> = bytemuck::pod_collect_to_vec(&got[0]);
+            let inside = &batch[row0 * inv.row_len..row0 * inv.row_len + got.len()];
+            if let Some(i) = got.iter().zip(inside).position(|(a, b)| a.to_bits() != b.to_bits()) {
+                failures.push(format!(
+                    "{op} [{}] alone vs inside [{}] (from row {row0}): element {i} differs: {} vs {}",
+                    alone.name, inv.batch.name, got[i], inside[i]
+                ));
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(cases.len())
+    } else {
+        Err(format!("{name}: {} batch-invariance failures:\n  {}", failures.len(), failures.join("\n  ")))
+    }
+}
+
+/// [`check_batch_invariance`] on the backend `make` builds, skipping loudly without one.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn check_invariance<B: Backend, F: Fn() -> Result<B, String>>(make: F, label: &str, op: &str) {
+    let mut backend = match make() {
+        Ok(b) => b,
+        Err(reason) => {
+            eprintln!("SKIP {label}: {reason}");
+            return;
+        }
+    };
+    match pollster::block_on(check_batch_invariance(&mut backend, op)) {
+        Ok(n) => eprintln!("{label} ({}): {op}: {n} batches bitwise equal to their requests alone", backend.name()),
+        Err(msg) => panic!("{msg}"),
+    }
+}
+
 /// Ok(nmse) when `got` matches `want` within `tol`; the NMSE is 0 for exact checks.
 fn compare(what: &str, tol: Tol, dtype: DType, want: &[u8], got: &[u8]) -> Result<f64, String> {
     if want.len() != got.len() {
@@ -282,18 +329,20 @@ pub fn remap(op: &Op, f: impl Fn(BufId) -> BufId) -> Op {
                 (f(o.k), f(o.v), f(o.cache_k), f(o.cache_v), f(o.slots))
         }
         Op::Attention(o) => {
-            (o.q, o.cache_k, o.cache_v, o.block_table, o.out) = (
+            (o.q, o.cache_k, o.cache_v, o.positions, o.table_starts, o.tables, o.out) = (
                 f(o.q),
                 f(o.cache_k),
                 f(o.cache_v),
-                f(o.block_table),
+                f(o.positions),
+                f(o.table_starts),
+                f(o.tables),
                 f(o.out),
             )
         }
         Op::Swiglu(o) => (o.gate, o.up, o.out) = (f(o.gate), f(o.up), f(o.out)),
         Op::Add(o) => (o.x, o.y) = (f(o.x), f(o.y)),
         Op::Argmax(o) => (o.x, o.out) = (f(o.x), f(o.out)),
-        Op::Sample(o) => (o.x, o.out) = (f(o.x), f(o.out)),
+        Op::Sample(o) => (o.x, o.params, o.out) = (f(o.x), f(o.params), f(o.out)),
         Op::CopyRows(o) => (o.src, o.dst) = (f(o.src), f(o.dst)),
     }
     op

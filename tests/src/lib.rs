@@ -4,6 +4,8 @@
 //! mode, compared with a normalized error and a tolerance set per op and dtype ([`tolerance`]),
 //! never per backend. Instantiate it for a backend with [`conformance_suite!`].
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod batch;
 pub mod cases;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod e2e;
@@ -12,8 +14,8 @@ pub mod rng;
 
 pub use cases::{cases_for, Case, Init, OPS};
 #[cfg(not(target_arch = "wasm32"))]
-pub use harness::{check_op, run_case};
-pub use harness::{check_backend_op, run_case_async, tolerance, OpSummary, Tol};
+pub use harness::{check_invariance, check_op, run_case};
+pub use harness::{check_backend_op, check_batch_invariance, run_case_async, tolerance, OpSummary, Tol};
 
 /// One `#[test]` per op for a backend. `$make` is an expression usable as
 /// `Fn() -> Result<B, String>`; an `Err(reason)` (no device, say) prints
@@ -80,6 +82,14 @@ macro_rules! conformance_suite {
             #[test]
             fn copy_rows() {
                 check("copy_rows");
+            }
+            #[test]
+            fn batch_invariance_matmul() {
+                $crate::check_invariance($make, stringify!($name), "matmul");
+            }
+            #[test]
+            fn batch_invariance_attention() {
+                $crate::check_invariance($make, stringify!($name), "attention");
             }
         }
     };

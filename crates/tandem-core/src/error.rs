@@ -33,6 +33,8 @@ pub enum Error {
     ShapeMismatch { op: &'static str, expected: String, got: String },
     #[error("backend {backend} does not support {op}")]
     Unsupported { backend: String, op: String },
+    #[error("the request needs {tokens} tokens of context (prompt {prompt} + max_tokens {max_tokens}) but {what} holds {limit}")]
+    RequestTooLarge { tokens: usize, prompt: usize, max_tokens: usize, limit: usize, what: &'static str },
     #[error("out of KV cache blocks: need {need}, {free} free")]
     OutOfKvBlocks { need: usize, free: usize },
     #[error("backend {backend}: {reason}")]

@@ -3,12 +3,11 @@
 //! binary and a browser page.
 
 use crate::backend::Backend;
-use crate::kv::Sequence;
-use crate::model::{Model, Output, Want};
-use crate::sampling::{Sampler, SamplingParams};
-use crate::tokenizer::{StopStrings, TextStream, Tokenizer};
+use crate::model::Model;
+use crate::sampling::SamplingParams;
+use crate::scheduler::{Event, Scheduler, SchedulerConfig};
+use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use web_time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct GenerateParams {
@@ -76,7 +75,11 @@ pub async fn generate<B: Backend>(
 }
 
 /// [`generate`], also stopping (with [`FinishReason::Interrupted`]) as soon as `interrupted`
-/// returns true; it is asked before every forward step after the first.
+/// returns true; it is asked before every step after the first token.
+///
+/// One request through the scheduler, the same path every front end takes. Unlike a queued
+/// request, a lone generation may ask for more tokens than the context has room for: it then
+/// runs until the context is full and finishes with [`FinishReason::Context`].
 pub async fn generate_interruptible<B: Backend>(
     model: &mut Model<B>,
     tokenizer: &Tokenizer,
@@ -88,27 +91,10 @@ pub async fn generate_interruptible<B: Backend>(
     if prompt.is_empty() {
         return Err(Error::InvalidParameter("the prompt has no tokens".into()));
     }
-    if prompt.len() > model.context() {
-        return Err(Error::PromptTooLong { prompt: prompt.len(), context: model.context() });
+    let context = model.context();
+    if prompt.len() > context {
+        return Err(Error::PromptTooLong { prompt: prompt.len(), context });
     }
-    let mut sampler = Sampler::new(params.sampling.clone())?;
-    let mut seq = model.new_sequence();
-    let result = decode_loop(model, tokenizer, &mut seq, prompt, params, &mut sampler, on_text, interrupted).await;
-    model.release(&mut seq);
-    result
-}
-
-#[allow(clippy::too_many_arguments)] // the loop's whole state; a struct would only rename it
-async fn decode_loop<B: Backend>(
-    model: &mut Model<B>,
-    tokenizer: &Tokenizer,
-    seq: &mut Sequence,
-    prompt: &[u32],
-    params: &GenerateParams,
-    sampler: &mut Sampler,
-    on_text: &mut dyn FnMut(&str),
-    interrupted: &dyn Fn() -> bool,
-) -> Result<Generation> {
     let mut gen = Generation {
         prompt_tokens: prompt.len(),
         tokens: Vec::new(),
@@ -120,84 +106,37 @@ async fn decode_loop<B: Backend>(
     if params.max_tokens == 0 {
         return Ok(gen);
     }
-    let mut stream = TextStream::new(tokenizer);
-    let mut stops = StopStrings::new(params.stop.clone());
+    let room = context - prompt.len();
+    let clamped = params.max_tokens > room;
+    let params = GenerateParams { max_tokens: params.max_tokens.min(room).max(1), ..params.clone() };
+    let config = SchedulerConfig { max_seqs: 1, max_batched_tokens: model.max_step_tokens() };
+    let mut sched = Scheduler::<B, &mut Model<B>, &Tokenizer>::new(model, tokenizer, config)?;
+    let id = sched.add(prompt.to_vec(), params)?;
     let mut emit = |gen: &mut Generation, text: &str| {
         if !text.is_empty() {
             gen.text.push_str(text);
             on_text(text);
         }
     };
-    let mut seen: Vec<u32> = prompt.to_vec();
-    let started = Instant::now();
-    let mut input: Vec<u32> = prompt.to_vec();
-    loop {
-        let token = next_token(model, seq, &input, sampler, &seen).await?;
-        if gen.tokens.is_empty() {
-            gen.prefill_secs = started.elapsed().as_secs_f64();
+    while sched.has_work() {
+        if !gen.tokens.is_empty() && interrupted() {
+            sched.abort(id);
         }
-        gen.tokens.push(token);
-        seen.push(token);
-        if !params.ignore_eos && tokenizer.eos_ids().contains(&token) {
-            gen.finish = FinishReason::Eos;
-            break;
-        }
-        let piece = stream.push(token)?;
-        let (safe, stopped) = stops.push(&piece);
-        emit(&mut gen, &safe);
-        if stopped {
-            gen.finish = FinishReason::Stop;
-            break;
-        }
-        if gen.tokens.len() >= params.max_tokens {
-            gen.finish = FinishReason::Length;
-            break;
-        }
-        if seq.len >= model.context() {
-            gen.finish = FinishReason::Context;
-            break;
-        }
-        if interrupted() {
-            gen.finish = FinishReason::Interrupted;
-            break;
-        }
-        input.clear();
-        input.push(token);
-    }
-    if gen.finish != FinishReason::Stop {
-        let tail = stream.finish()?;
-        let (safe, stopped) = stops.push(&tail);
-        emit(&mut gen, &safe);
-        if stopped {
-            gen.finish = FinishReason::Stop;
-        } else {
-            let rest = stops.finish();
-            emit(&mut gen, &rest);
+        for (_, event) in sched.step().await {
+            match event {
+                Event::Token { id, text } => {
+                    gen.tokens.push(id);
+                    emit(&mut gen, &text);
+                }
+                Event::Finished { reason, text, usage } => {
+                    emit(&mut gen, &text);
+                    gen.finish = if clamped && reason == FinishReason::Length { FinishReason::Context } else { reason };
+                    gen.prefill_secs = usage.ttft_secs;
+                    gen.decode_secs = usage.decode_secs;
+                }
+                Event::Failed(e) => return Err(e),
+            }
         }
     }
-    gen.decode_secs = started.elapsed().as_secs_f64() - gen.prefill_secs;
     Ok(gen)
-}
-
-async fn next_token<B: Backend>(
-    model: &mut Model<B>,
-    seq: &mut Sequence,
-    input: &[u32],
-    sampler: &mut Sampler,
-    seen: &[u32],
-) -> Result<u32> {
-    let p = sampler.params();
-    let want = if p.repetition_penalty != 1.0 || (p.temperature > 0.0 && !model.samples_on_device()) {
-        // The penalty needs the history, so that choice is made here from the logits.
-        Want::LastLogits
-    } else if p.temperature == 0.0 {
-        Want::Argmax
-    } else {
-        let (temperature, top_k, top_p, min_p) = (p.temperature, p.top_k, p.top_p, p.min_p);
-        Want::Sample { temperature, top_k, top_p, min_p, uniform: sampler.next_uniform() }
-    };
-    match model.forward(seq, input, want).await? {
-        Output::Token(t) => Ok(t),
-        Output::Logits(mut logits) => Ok(sampler.sample(&mut logits, seen)),
-    }
 }

@@ -1,36 +1,135 @@
 //! The paged KV cache: a fixed pool of blocks of `block_size` token rows per layer, handed out
 //! to sequences on demand (PagedAttention). A sequence's block table maps its positions to
 //! pool blocks, so sequences grow without copying and free blocks are reused at once.
+//!
+//! Full blocks can also be cached (automatic prefix caching): a block is keyed by a hash of
+//! its parent's key and its tokens, reference-counted while sequences use it, and kept after
+//! the last one lets go, until the pool needs the room (least recently used first). A prompt
+//! that starts with cached blocks takes them instead of computing them again.
+
+use std::collections::{BTreeMap, HashMap};
 
 use crate::backend::{Backend, BufId};
 use crate::config::ModelConfig;
 use crate::dtype::DType;
 use crate::{Error, Result};
 
-/// Hands out block indices from a fixed pool.
-#[derive(Debug)]
-pub struct BlockAllocator {
-    free: Vec<u32>,
-    total: usize,
+/// A cached block's identity: its key, and what the key was made of (checked on every hit, so
+/// a 64-bit hash collision can never hand out the wrong rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BlockKey {
+    hash: u64,
+    parent: u64,
+    tokens: Vec<u32>,
+    /// How many of the block's tokens are prompt tokens (computed as prompt rows; the rest as
+    /// decode rows). Rows of the two classes may differ in their last bits (see
+    /// [`crate::ops::Matmul`]), and a hit must give exactly the rows the request would compute.
+    prompt: u32,
 }
 
-impl BlockAllocator {
+/// Hands out blocks from a fixed pool, with reference counts and the prefix cache.
+#[derive(Debug)]
+pub struct BlockPool {
+    /// Blocks holding nothing worth keeping.
+    free: Vec<u32>,
+    refs: Vec<u32>,
+    key: Vec<Option<BlockKey>>,
+    by_hash: HashMap<u64, u32>,
+    /// Cached blocks no sequence uses, by last use: evicted oldest first.
+    idle: BTreeMap<u64, u32>,
+    last_use: Vec<u64>,
+    clock: u64,
+}
+
+impl BlockPool {
     pub fn new(total: usize) -> Self {
-        // Reversed so blocks come out in ascending order, which keeps traces readable.
-        BlockAllocator { free: (0..total as u32).rev().collect(), total }
+        BlockPool {
+            // Reversed so blocks come out in ascending order, which keeps traces readable.
+            free: (0..total as u32).rev().collect(),
+            refs: vec![0; total],
+            key: vec![None; total],
+            by_hash: HashMap::new(),
+            idle: BTreeMap::new(),
+            last_use: vec![0; total],
+            clock: 0,
+        }
     }
-    pub fn alloc(&mut self) -> Option<u32> {
-        self.free.pop()
-    }
-    pub fn release(&mut self, block: u32) {
-        debug_assert!((block as usize) < self.total && !self.free.contains(&block));
-        self.free.push(block);
-    }
-    pub fn free_count(&self) -> usize {
-        self.free.len()
-    }
+
     pub fn total(&self) -> usize {
-        self.total
+        self.refs.len()
+    }
+
+    /// Blocks a sequence could get now: free ones and cached ones nobody uses.
+    pub fn available(&self) -> usize {
+        self.free.len() + self.idle.len()
+    }
+
+    /// Cached blocks (in use or idle).
+    pub fn cached(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    /// A block for new rows: a free one, else the least recently used idle cached one.
+    pub fn alloc(&mut self) -> Option<u32> {
+        let b = match self.free.pop() {
+            Some(b) => b,
+            None => {
+                let (_, b) = self.idle.pop_first()?;
+                let key = self.key[b as usize].take().expect("idle blocks are cached");
+                self.by_hash.remove(&key.hash);
+                b
+            }
+        };
+        self.refs[b as usize] = 1;
+        Some(b)
+    }
+
+    /// Drops one reference; an unreferenced block becomes idle (cached) or free.
+    pub fn release(&mut self, block: u32) {
+        let b = block as usize;
+        debug_assert!(self.refs[b] > 0);
+        self.refs[b] -= 1;
+        if self.refs[b] == 0 {
+            if self.key[b].is_some() {
+                self.clock += 1;
+                self.last_use[b] = self.clock;
+                self.idle.insert(self.clock, block);
+            } else {
+                self.free.push(block);
+            }
+        }
+    }
+
+    /// Forgets every idle cached block (they become plain free blocks).
+    pub fn evict_idle(&mut self) {
+        while let Some((_, b)) = self.idle.pop_first() {
+            let key = self.key[b as usize].take().expect("idle blocks are cached");
+            self.by_hash.remove(&key.hash);
+            self.free.push(b);
+        }
+    }
+
+    /// The cached block with this content, referenced once more; `None` on a miss.
+    fn lookup(&mut self, key: &BlockKey) -> Option<u32> {
+        let b = *self.by_hash.get(&key.hash)?;
+        if self.key[b as usize].as_ref() != Some(key) {
+            return None;
+        }
+        if self.refs[b as usize] == 0 {
+            self.idle.remove(&self.last_use[b as usize]);
+        }
+        self.refs[b as usize] += 1;
+        Some(b)
+    }
+
+    /// Makes a full block findable under `key`, unless that content is cached already (then
+    /// this block stays private and is freed as usual).
+    fn register(&mut self, block: u32, key: BlockKey) {
+        if self.by_hash.contains_key(&key.hash) || self.key[block as usize].is_some() {
+            return;
+        }
+        self.by_hash.insert(key.hash, block);
+        self.key[block as usize] = Some(key);
     }
 }
 
@@ -40,6 +139,26 @@ impl BlockAllocator {
 pub struct Sequence {
     pub blocks: Vec<u32>,
     pub len: usize,
+    /// Keys of the leading full blocks that are in the prefix cache (or were offered to it).
+    hashes: Vec<u64>,
+}
+
+/// FNV-1a over the parent key, the prompt count and the tokens: stable across platforms and
+/// runs (the browser and the server hash alike), and cheap next to a step.
+fn block_hash(parent: u64, prompt: u32, tokens: &[u32]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |v: u64| {
+        for byte in v.to_le_bytes() {
+            h ^= byte as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    eat(parent);
+    eat(prompt as u64);
+    for &t in tokens {
+        eat(t as u64);
+    }
+    h
 }
 
 /// K and V block pools of every layer, each [num_blocks, block_size, kv_heads, head_dim].
@@ -48,7 +167,7 @@ pub struct KvCache {
     pub block_size: usize,
     pub k: Vec<BufId>,
     pub v: Vec<BufId>,
-    alloc: BlockAllocator,
+    pool: BlockPool,
 }
 
 impl KvCache {
@@ -72,27 +191,47 @@ impl KvCache {
             k.push(backend.alloc(dtype, numel)?);
             v.push(backend.alloc(dtype, numel)?);
         }
-        Ok(KvCache { dtype, block_size, k, v, alloc: BlockAllocator::new(num_blocks) })
+        Ok(KvCache { dtype, block_size, k, v, pool: BlockPool::new(num_blocks) })
     }
 
     /// Token capacity of the whole pool.
     pub fn capacity(&self) -> usize {
-        self.alloc.total() * self.block_size
+        self.pool.total() * self.block_size
     }
 
+    pub fn total_blocks(&self) -> usize {
+        self.pool.total()
+    }
+
+    /// Blocks a sequence could get now (free plus idle cached ones).
     pub fn free_blocks(&self) -> usize {
-        self.alloc.free_count()
+        self.pool.available()
+    }
+
+    pub fn cached_blocks(&self) -> usize {
+        self.pool.cached()
+    }
+
+    /// Empties the prefix cache of blocks no sequence uses (benchmarks and tests that want a
+    /// cold cache).
+    pub fn evict_idle(&mut self) {
+        self.pool.evict_idle();
+    }
+
+    /// Blocks `seq` needs beyond its own to hold `new_len` positions.
+    pub fn blocks_needed(&self, seq: &Sequence, new_len: usize) -> usize {
+        new_len.div_ceil(self.block_size).saturating_sub(seq.blocks.len())
     }
 
     /// Makes room for `seq` to hold `new_len` positions. All or nothing: on error the sequence
     /// and the pool are unchanged.
     pub fn reserve(&mut self, seq: &mut Sequence, new_len: usize) -> Result<()> {
-        let need = new_len.div_ceil(self.block_size).saturating_sub(seq.blocks.len());
-        if need > self.alloc.free_count() {
-            return Err(Error::OutOfKvBlocks { need, free: self.alloc.free_count() });
+        let need = self.blocks_needed(seq, new_len);
+        if need > self.pool.available() {
+            return Err(Error::OutOfKvBlocks { need, free: self.pool.available() });
         }
         for _ in 0..need {
-            seq.blocks.push(self.alloc.alloc().expect("counted above"));
+            seq.blocks.push(self.pool.alloc().expect("counted above"));
         }
         Ok(())
     }
@@ -101,14 +240,60 @@ impl KvCache {
     pub fn truncate(&mut self, seq: &mut Sequence, new_len: usize) {
         let keep = new_len.div_ceil(self.block_size);
         while seq.blocks.len() > keep {
-            self.alloc.release(seq.blocks.pop().expect("len checked"));
+            self.pool.release(seq.blocks.pop().expect("len checked"));
         }
         seq.len = seq.len.min(new_len);
+        seq.hashes.truncate(seq.len / self.block_size);
     }
 
-    /// Returns every block of `seq` to the pool.
+    /// Returns every block of `seq` to the pool (cached ones stay findable until evicted).
     pub fn release(&mut self, seq: &mut Sequence) {
         self.truncate(seq, 0);
+    }
+
+    /// The block's key, made of its tokens (`tokens` = the sequence's tokens from the block's
+    /// first position) and how many of them are prompt tokens.
+    fn key(&self, parent: u64, tokens: &[u32], prompt_len: usize, block: usize) -> BlockKey {
+        let start = block * self.block_size;
+        let prompt = prompt_len.saturating_sub(start).min(self.block_size) as u32;
+        let tokens = tokens[start..start + self.block_size].to_vec();
+        BlockKey { hash: block_hash(parent, prompt, &tokens), parent, tokens, prompt }
+    }
+
+    /// Starts an empty `seq` with the cached blocks that hold its leading tokens (whole
+    /// blocks only, never the block of its last token, whose row must be computed to give
+    /// logits). Returns the positions it now holds; `seq.len` is set to them.
+    pub fn take_cached_prefix(&mut self, seq: &mut Sequence, tokens: &[u32], prompt_len: usize) -> usize {
+        debug_assert!(seq.blocks.is_empty());
+        let max_blocks = tokens.len().saturating_sub(1) / self.block_size;
+        let mut parent = 0;
+        for b in 0..max_blocks {
+            let key = self.key(parent, tokens, prompt_len, b);
+            let hash = key.hash;
+            match self.pool.lookup(&key) {
+                Some(block) => {
+                    seq.blocks.push(block);
+                    seq.hashes.push(hash);
+                    parent = hash;
+                }
+                None => break,
+            }
+        }
+        seq.len = seq.blocks.len() * self.block_size;
+        seq.len
+    }
+
+    /// Offers `seq`'s newly filled blocks to the prefix cache; `tokens` are its tokens from
+    /// position 0 (at least `seq.len` of them).
+    pub fn cache_full_blocks(&mut self, seq: &mut Sequence, tokens: &[u32], prompt_len: usize) {
+        let full = seq.len.min(tokens.len()) / self.block_size;
+        while seq.hashes.len() < full {
+            let b = seq.hashes.len();
+            let parent = seq.hashes.last().copied().unwrap_or(0);
+            let key = self.key(parent, tokens, prompt_len, b);
+            seq.hashes.push(key.hash);
+            self.pool.register(seq.blocks[b], key);
+        }
     }
 
     /// Cache rows (block * block_size + offset) of positions start..start + n.
@@ -124,13 +309,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn allocator_reuses_freed_blocks_and_reserve_is_all_or_nothing() {
-        let mut alloc = BlockAllocator::new(3);
-        let a = alloc.alloc().unwrap();
-        let b = alloc.alloc().unwrap();
+    fn pool_reuses_freed_blocks() {
+        let mut pool = BlockPool::new(3);
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
         assert_ne!(a, b);
-        alloc.release(a);
-        assert_eq!(alloc.free_count(), 2);
-        assert_eq!(alloc.alloc(), Some(a));
+        pool.release(a);
+        assert_eq!(pool.available(), 2);
+        assert_eq!(pool.alloc(), Some(a));
+    }
+
+    fn key(parent: u64, tokens: &[u32]) -> BlockKey {
+        BlockKey { hash: block_hash(parent, 2, tokens), parent, tokens: tokens.to_vec(), prompt: 2 }
+    }
+
+    #[test]
+    fn cached_blocks_are_shared_then_evicted_least_recently_used() {
+        let mut pool = BlockPool::new(2);
+        let (a, b) = (pool.alloc().unwrap(), pool.alloc().unwrap());
+        pool.register(a, key(0, &[1, 2]));
+        pool.register(b, key(0, &[3, 4]));
+        assert_eq!(pool.lookup(&key(0, &[1, 2])), Some(a));
+        pool.release(a);
+        pool.release(a);
+        pool.release(b);
+        // Both idle; a was released first, so it goes first.
+        assert_eq!(pool.available(), 2);
+        assert_eq!(pool.alloc(), Some(a));
+        assert_eq!(pool.lookup(&key(0, &[1, 2])), None);
+        assert_eq!(pool.lookup(&key(0, &[3, 4])), Some(b));
+        assert_eq!(pool.available(), 0);
+    }
+
+    #[test]
+    fn a_hash_collision_is_a_miss() {
+        let mut pool = BlockPool::new(1);
+        let a = pool.alloc().unwrap();
+        pool.register(a, key(0, &[1, 2]));
+        let mut other = key(0, &[9, 9]);
+        other.hash = key(0, &[1, 2]).hash;
+        assert_eq!(pool.lookup(&other), None);
     }
 }

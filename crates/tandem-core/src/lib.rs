@@ -13,6 +13,7 @@ pub mod loader;
 pub mod ops;
 pub mod quant;
 pub mod sampling;
+pub mod scheduler;
 pub mod tokenizer;
 
 pub use backend::{Backend, BackendExt, BufId, Step, U32Shadow};

@@ -35,6 +35,12 @@ pub struct RmsNorm {
 
 /// out = x @ w^T (+ bias), dequantizing `w` inside the kernel.
 /// x: [n, k] f32; w: [m, k] in `wdtype`; bias: [m] f32; out: [n, m] f32.
+///
+/// Batch invariance: rows 0..decode_rows are decode rows, each computed exactly (bit for bit)
+/// as a one-row product computes it, however many share the op; rows decode_rows..n are
+/// prompt rows, each computed exactly as in any other prompt product of any n. So a backend
+/// picks its kernel (and split-K, tiling of k, precision class) from the row's class and
+/// k, m, dtype, never from n: a request's tokens do not depend on what is batched with it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matmul {
     pub x: BufId,
@@ -45,6 +51,8 @@ pub struct Matmul {
     pub n: usize,
     pub k: usize,
     pub m: usize,
+    /// <= n.
+    pub decode_rows: usize,
 }
 
 /// Rotary position embedding, in place, in the rotate-half (GPT-NeoX / HF) layout: within each
@@ -78,24 +86,37 @@ pub struct KvWrite {
     pub head_dim: usize,
 }
 
-/// Causal grouped-query attention over one sequence's paged KV cache.
-/// q: [n, heads, head_dim] f32, the last n tokens of a context of `ctx_len` tokens: query i sits
-/// at position ctx_len - n + i and attends to positions 0..=ctx_len - n + i.
-/// cache_k, cache_v: [num_blocks, block_size, kv_heads, head_dim] in `kv_dtype`;
-/// block_table: [ceil(ctx_len / block_size)] u32, the cache block of each run of block_size
-/// positions; query head h reads kv head h / (heads / kv_heads), never a materialized copy.
-/// out: [n, heads, head_dim] f32 = softmax(q k^T * scale) v.
-/// Rows of the cache outside the context may hold anything, NaN included, and must not leak.
+/// Causal grouped-query attention for a ragged batch of queries, each over its own sequence's
+/// paged KV cache: decodes of many sequences and prompt chunks in one op.
+///
+/// q: [n, heads, head_dim] f32; out: [n, heads, head_dim] f32 = softmax(q k^T * scale) v.
+/// positions: [n] u32, query i's position in its sequence: it attends to positions
+/// 0..=positions[i]. table_starts: [n] u32, where query i's block table starts in `tables`:
+/// position t lives in cache row tables[table_starts[i] + t / block_size] * block_size +
+/// t % block_size. tables: [tables_len] u32, the step's block tables one after another.
+/// cache_k, cache_v: [num_blocks, block_size, kv_heads, head_dim] in `kv_dtype`; query head h
+/// reads kv head h / (heads / kv_heads), never a materialized copy.
+///
+/// Rows 0..decode_rows are decodes: each computed exactly as the same query alone (n = 1)
+/// would be. Rows decode_rows..n are prompt queries; those of one sequence are consecutive,
+/// in increasing positions, so a backend may tile them to share K/V loads, but each row's
+/// arithmetic depends on its own position only (batch invariance, see [`Matmul`]).
+/// Every positions[i] < max_ctx (sizes grids and scratch). Rows of the cache outside a query's
+/// context may hold anything, NaN included, and must not leak.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attention {
     pub q: BufId,
     pub cache_k: BufId,
     pub cache_v: BufId,
     pub kv_dtype: DType,
-    pub block_table: BufId,
+    pub positions: BufId,
+    pub table_starts: BufId,
+    pub tables: BufId,
+    pub tables_len: usize,
     pub out: BufId,
     pub n: usize,
-    pub ctx_len: usize,
+    pub decode_rows: usize,
+    pub max_ctx: usize,
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
@@ -105,7 +126,7 @@ pub struct Attention {
 
 impl Attention {
     /// The checks every backend makes before touching buffers: a KV type attention reads, whole
-    /// query groups per KV head, real blocks, and no more queries than context.
+    /// query groups per KV head, real blocks, and decode rows among the rows.
     pub fn check_shape(&self) -> crate::Result<()> {
         let bad = |expected: String, got: String| Err(crate::Error::ShapeMismatch { op: "attention", expected, got });
         if !matches!(self.kv_dtype, DType::F32 | DType::F16) {
@@ -117,8 +138,28 @@ impl Attention {
         if self.block_size == 0 {
             return bad("block_size > 0".into(), "0".into());
         }
-        if self.n > self.ctx_len {
-            return bad(format!("n <= ctx_len {}", self.ctx_len), format!("n = {}", self.n));
+        if self.decode_rows > self.n {
+            return bad(format!("decode_rows <= n = {}", self.n), format!("decode_rows = {}", self.decode_rows));
+        }
+        Ok(())
+    }
+
+    /// The index checks every backend makes before following a query's position and block
+    /// table (on the data itself, or on host copies of the uploads): each position below
+    /// max_ctx, each table inside `tables`, each block inside the pool. Allocates nothing
+    /// unless it fails.
+    pub fn check_rows(&self, positions: &[u32], table_starts: &[u32], tables: &[u32], num_blocks: usize) -> crate::Result<()> {
+        check_indices("attention", "positions", positions, self.max_ctx, "max_ctx")?;
+        for (i, (&pos, &start)) in positions.iter().zip(table_starts).enumerate() {
+            let (start, len) = (start as usize, (pos as usize + 1).div_ceil(self.block_size));
+            if start + len > tables.len() {
+                return Err(crate::Error::ShapeMismatch {
+                    op: "attention",
+                    expected: format!("query {i}'s table within tables_len {}", tables.len()),
+                    got: format!("table_starts[{i}] = {start}, {len} blocks for position {pos}"),
+                });
+            }
+            check_indices("attention", "tables", &tables[start..start + len], num_blocks, "cache blocks")?;
         }
         Ok(())
     }
@@ -166,31 +207,34 @@ pub struct Argmax {
     pub width: usize,
 }
 
-/// Draws one token per row from the logits, so that sampling, like greedy decoding, reads back
-/// a token id rather than a vocabulary of logits. Semantics: [`crate::sampling::sample_row`].
-/// x: [n, width] f32; out: [n] u32; `uniform` in [0, 1) is the caller's random draw (the same
-/// for every row).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub x: BufId,
-    pub out: BufId,
-    pub n: usize,
-    pub width: usize,
-    /// > 0 (0 is greedy: use Argmax).
+/// One row's sampling parameters, as the Sample op reads them: five 32-bit words.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SampleRow {
+    /// >= 0; 0 is greedy: the row's argmax (lowest index wins ties, NaN never wins).
     pub temperature: f32,
     /// 0 keeps all.
-    pub top_k: usize,
+    pub top_k: u32,
     /// In (0, 1]; 1 keeps all.
     pub top_p: f32,
     /// In [0, 1]; 0 keeps all.
     pub min_p: f32,
+    /// In [0, 1): the row's own random draw (from its request's generator, so a seeded
+    /// request draws the same tokens whatever it is batched with).
     pub uniform: f32,
 }
 
-impl Sample {
-    /// The checks every backend makes before touching buffers (NaN fails every one).
-    pub fn check_params(&self) -> crate::Result<()> {
-        let ok = self.temperature > 0.0
+impl SampleRow {
+    /// u32 words per row in the params buffer.
+    pub const WORDS: usize = 5;
+
+    pub fn greedy() -> Self {
+        SampleRow { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, uniform: 0.0 }
+    }
+
+    /// The checks every backend makes before using a row (NaN fails every one).
+    pub fn check(&self) -> crate::Result<()> {
+        let ok = self.temperature >= 0.0
             && self.temperature.is_finite()
             && self.top_p > 0.0
             && self.top_p <= 1.0
@@ -202,14 +246,39 @@ impl Sample {
             Err(crate::Error::InvalidParameter(format!("sample: parameters out of range: {self:?}")))
         }
     }
+
+    /// Rows from the words of a params buffer (as uploaded, little-endian u32).
+    pub fn from_words(words: &[u32]) -> Vec<SampleRow> {
+        words.chunks_exact(Self::WORDS).map(|w| bytemuck::pod_read_unaligned(bytemuck::cast_slice(w))).collect()
+    }
+
+    /// The params buffer's words for `rows`.
+    pub fn to_words(rows: &[SampleRow]) -> Vec<u32> {
+        bytemuck::cast_slice(rows).to_vec()
+    }
 }
 
-/// dst[i] = src[src_row + i] for i in 0..n_rows. src: [.., width] f32; dst: [n_rows, width] f32.
+/// Draws one token per row from the logits, each row with its own parameters, so that
+/// sampling, like greedy decoding, reads back a token id rather than a vocabulary of logits.
+/// Semantics: [`crate::sampling::sample_row`] (temperature 0: argmax).
+/// x: [n, width] f32; params: [n * SampleRow::WORDS] u32 (the rows' [`SampleRow`]s);
+/// out: [n] u32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub x: BufId,
+    pub params: BufId,
+    pub out: BufId,
+    pub n: usize,
+    pub width: usize,
+}
+
+/// dst[dst_row + i] = src[src_row + i] for i in 0..n_rows. src, dst: [.., width] f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyRows {
     pub src: BufId,
     pub dst: BufId,
     pub src_row: usize,
+    pub dst_row: usize,
     pub n_rows: usize,
     pub width: usize,
 }
@@ -238,7 +307,7 @@ impl Op {
             Op::Matmul(_) => "matmul",
             Op::Rope(_) => "rope",
             Op::KvWrite(_) => "kv_write",
-            Op::Attention(a) if a.n == 1 => "attention_decode",
+            Op::Attention(a) if a.n > 0 && a.decode_rows == a.n => "attention_decode",
             Op::Attention(_) => "attention_prefill",
             Op::Swiglu(_) => "swiglu",
             Op::Add(_) => "add",

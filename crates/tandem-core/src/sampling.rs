@@ -105,6 +105,15 @@ impl Sampler {
     }
 }
 
+/// The Sample op's reference for one row: greedy ([`argmax`]) at temperature 0, else
+/// [`sample_row`] with the row's parameters.
+pub fn sample_with(logits: &[f32], row: &crate::ops::SampleRow) -> u32 {
+    if row.temperature == 0.0 {
+        return argmax(logits);
+    }
+    sample_row(logits, row.temperature, row.top_k as usize, row.top_p, row.min_p, row.uniform)
+}
+
 /// Draws a token from softmax(logits / temperature), restricted in this order:
 /// 1. top_k > 0: keep tokens whose logit is >= the k-th largest (ties at the edge all stay);
 /// 2. top_p < 1: keep a token if the probability (among those kept so far) of tokens with a

@@ -185,10 +185,11 @@ impl<B: Backend> ModelBuilder<B> {
         let weights = Weights { embed, layers, norm, lm_head, bytes };
 
         let context = opts.context.min(config.max_position).max(1);
-        let kv = KvCache::new(&mut backend, &config, opts.kv_dtype, opts.block_size, context.div_ceil(opts.block_size))?;
+        let blocks = opts.kv_blocks.unwrap_or(context.div_ceil(opts.block_size.max(1)));
+        let kv = KvCache::new(&mut backend, &config, opts.kv_dtype, opts.block_size, blocks)?;
         let inv_freq = backend.alloc(DType::F32, config.head_dim / 2)?;
         backend.write(inv_freq, bytemuck::cast_slice(&config.rope_inv_freq()))?;
-        let act = Activations::alloc(&mut backend, &config, opts.max_step_tokens.min(context), 1, context.div_ceil(opts.block_size))?;
+        let act = Activations::alloc(&mut backend, &config, opts.max_step_tokens.min(context).max(1))?;
         Ok(Model { config, stats: ModelStats::default(), backend, weights, kv, inv_freq, act, context })
     }
 }

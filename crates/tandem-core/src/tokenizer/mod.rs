@@ -9,7 +9,7 @@ mod gguf;
 mod stream;
 
 pub use chat::ChatMessage;
-pub use stream::{StopStrings, TextStream};
+pub use stream::{Detokenizer, StopStrings, TextStream};
 
 use crate::loader::gguf::GgufMetadata;
 use crate::loader::TokenizerSource;

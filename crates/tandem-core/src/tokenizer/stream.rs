@@ -13,6 +13,30 @@ use crate::Result;
 /// difference, holding everything back while the window ends in an incomplete character.
 pub struct TextStream<'a> {
     tok: &'a Tokenizer,
+    state: Detokenizer,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tok: &'a Tokenizer) -> Self {
+        TextStream { tok, state: Detokenizer::default() }
+    }
+
+    /// Adds one generated id; returns the text it completes (often empty).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.state.push(self.tok, id)
+    }
+
+    /// End of generation: whatever is still held back (an incomplete character stays U+FFFD,
+    /// as a full decode would show it).
+    pub fn finish(&mut self) -> Result<String> {
+        self.state.finish(self.tok)
+    }
+}
+
+/// [`TextStream`]'s state without the tokenizer borrow, for owners that keep many streams
+/// (the scheduler, one per request) and pass the tokenizer in.
+#[derive(Debug, Default, Clone)]
+pub struct Detokenizer {
     ids: Vec<u32>,
     /// Start of the window decoded for context (its text was already emitted).
     prefix: usize,
@@ -20,39 +44,39 @@ pub struct TextStream<'a> {
     read: usize,
 }
 
-impl<'a> TextStream<'a> {
-    pub fn new(tok: &'a Tokenizer) -> Self {
-        TextStream { tok, ids: Vec::new(), prefix: 0, read: 0 }
-    }
-
-    /// Adds one generated id; returns the text it completes (often empty).
-    pub fn push(&mut self, id: u32) -> Result<String> {
+impl Detokenizer {
+    /// See [`TextStream::push`].
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
-        let (old, new) = self.window()?;
+        let (old, new) = self.window(tok)?;
         // A trailing U+FFFD is a character whose remaining bytes have not been generated yet.
         if new.len() <= old.len() || new.ends_with('\u{FFFD}') {
             return Ok(String::new());
         }
         self.prefix = self.read;
         self.read = self.ids.len();
+        // Only the window is ever decoded again: keep the ids from its start.
+        let drop = self.prefix;
+        self.ids.drain(..drop);
+        self.prefix -= drop;
+        self.read -= drop;
         Ok(delta(&old, &new))
     }
 
-    /// End of generation: whatever is still held back (an incomplete character stays U+FFFD,
-    /// as a full decode would show it).
-    pub fn finish(&mut self) -> Result<String> {
+    /// See [`TextStream::finish`].
+    pub fn finish(&mut self, tok: &Tokenizer) -> Result<String> {
         if self.read == self.ids.len() {
             return Ok(String::new());
         }
-        let (old, new) = self.window()?;
+        let (old, new) = self.window(tok)?;
         self.prefix = self.ids.len();
         self.read = self.ids.len();
         Ok(delta(&old, &new))
     }
 
-    fn window(&self) -> Result<(String, String)> {
-        let old = self.tok.decode(&self.ids[self.prefix..self.read], true)?;
-        let new = self.tok.decode(&self.ids[self.prefix..], true)?;
+    fn window(&self, tok: &Tokenizer) -> Result<(String, String)> {
+        let old = tok.decode(&self.ids[self.prefix..self.read], true)?;
+        let new = tok.decode(&self.ids[self.prefix..], true)?;
         Ok((old, new))
     }
 }

@@ -1,17 +1,21 @@
-//! Causal grouped-query attention over one sequence's paged KV cache.
+//! Causal grouped-query attention for a ragged batch of queries, each over its own
+//! sequence's paged KV cache.
 //!
-//! Query i of n sits at position p = ctx_len - n + i and attends to positions 0..=p; position
-//! t lives in cache row block_table[t / block_size] * block_size + t % block_size. Only rows of
-//! the context are ever read, so poison elsewhere in the cache cannot leak.
+//! Query i sits at position p = positions[i] and attends to positions 0..=p; position t lives
+//! in cache row table[t / block_size] * block_size + t % block_size of the query's own table
+//! (tables[table_starts[i]..]). Only rows of the context are ever read, so poison elsewhere in
+//! the cache cannot leak.
 //!
-//! Fast mode: prefill (n > 1) is FlashAttention-style: per (head, tile of queries), K and V
-//! are converted to f32 one tile of positions at a time, and each query keeps a running max,
-//! a running sum and an accumulator that is rescaled whenever the max grows. Decode (n = 1)
-//! scores the whole context per head (a row of ctx_len floats) and is parallel over heads.
+//! Fast mode: decode rows score their whole context per head (a row of p + 1 floats), parallel
+//! over (row, head). Prompt rows are FlashAttention-style: per (head, tile of a sequence's
+//! queries), K and V are converted to f32 one tile of positions at a time, and each query keeps
+//! a running max, a running sum and an accumulator that is rescaled whenever the max grows. A
+//! row's arithmetic depends on its position only (the position tiles start at 0 in steps of
+//! `BT` whatever the query tile), so it does not depend on the batch.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use tandem_core::ops::{check_indices, Attention};
+use tandem_core::ops::Attention;
 use tandem_core::{DType, Result};
 
 use super::dot;
@@ -29,34 +33,50 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
     op.check_shape()?;
     let len = numel(OP, &[op.n, op.heads, op.head_dim])?;
     let block_elems = numel(OP, &[op.block_size, op.kv_heads, op.head_dim])?;
-    let table_len = op.ctx_len.div_ceil(op.block_size);
     t.with_output(OP, "out", op.out, DType::F32, len, |t, out| {
         let q = &t.input(OP, "q", op.q, DType::F32, len)?.f32()[..len];
         let ck = t.input(OP, "cache_k", op.cache_k, op.kv_dtype, 0)?;
         let cv = t.input(OP, "cache_v", op.cache_v, op.kv_dtype, 0)?;
-        let table = &t
-            .input(OP, "block_table", op.block_table, DType::U32, table_len)?
-            .u32()[..table_len];
+        let positions = &t.input(OP, "positions", op.positions, DType::U32, op.n)?.u32()[..op.n];
+        let starts = &t.input(OP, "table_starts", op.table_starts, DType::U32, op.n)?.u32()[..op.n];
+        let tables = &t.input(OP, "tables", op.tables, DType::U32, op.tables_len)?.u32()[..op.tables_len];
         if len == 0 {
             return Ok(());
         }
         let num_blocks = ck.numel.min(cv.numel) / block_elems;
-        check_indices(OP, "block_table", table, num_blocks, "cache blocks")?;
+        op.check_rows(positions, starts, tables, num_blocks)?;
         let g = Geom::new(op);
+        let rows = Rows { positions, starts, tables, decode: op.decode_rows };
         let out = &mut out.f32_mut()[..len];
-        // A short context's decode step is over before a worker would wake: run it inline.
-        let work = op.heads * op.ctx_len * op.head_dim;
-        let inline = op.n == 1 && ex.pool_for(work).is_none();
         match (op.kv_dtype, ex.fast) {
-            (DType::F32, false) => reference(q, ck.f32(), cv.f32(), table, out, g),
-            (_, false) => reference(q, ck.f16(), cv.f16(), table, out, g),
-            (DType::F32, true) if inline => decode_inline(ex, q, ck.f32(), cv.f32(), table, out, g),
-            (_, true) if inline => decode_inline(ex, q, ck.f16(), cv.f16(), table, out, g),
-            (DType::F32, true) => fast(ex, q, ck.f32(), cv.f32(), table, out, g),
-            (_, true) => fast(ex, q, ck.f16(), cv.f16(), table, out, g),
+            (DType::F32, false) => reference(q, ck.f32(), cv.f32(), &rows, out, g),
+            (_, false) => reference(q, ck.f16(), cv.f16(), &rows, out, g),
+            (DType::F32, true) => fast(ex, q, ck.f32(), cv.f32(), &rows, out, g),
+            (_, true) => fast(ex, q, ck.f16(), cv.f16(), &rows, out, g),
         }
         Ok(())
     })
+}
+
+/// The queries' positions and block tables.
+pub(crate) struct Rows<'a> {
+    positions: &'a [u32],
+    starts: &'a [u32],
+    tables: &'a [u32],
+    /// Rows 0..decode are decodes.
+    decode: usize,
+}
+
+impl Rows<'_> {
+    #[inline(always)]
+    fn pos(&self, i: usize) -> usize {
+        self.positions[i] as usize
+    }
+    /// Query i's block table (from its start; entries past its context are never read).
+    #[inline(always)]
+    fn table(&self, i: usize) -> &[u32] {
+        &self.tables[self.starts[i] as usize..]
+    }
 }
 
 /// A cache element type: f32, or f16 widened to f32 on load.
@@ -89,8 +109,6 @@ impl KvElem for f16 {
 
 #[derive(Clone, Copy)]
 pub(crate) struct Geom {
-    n: usize,
-    ctx_len: usize,
     heads: usize,
     kv_heads: usize,
     hd: usize,
@@ -100,26 +118,13 @@ pub(crate) struct Geom {
 
 impl Geom {
     fn new(op: &Attention) -> Self {
-        Geom {
-            n: op.n,
-            ctx_len: op.ctx_len,
-            heads: op.heads,
-            kv_heads: op.kv_heads,
-            hd: op.head_dim,
-            bs: op.block_size,
-            scale: op.scale,
-        }
+        Geom { heads: op.heads, kv_heads: op.kv_heads, hd: op.head_dim, bs: op.block_size, scale: op.scale }
     }
     /// Offset of position t's vector for kv head `kvh` in a cache.
     #[inline(always)]
     fn kv_at(&self, table: &[u32], t: usize, kvh: usize) -> usize {
         let row = table[t / self.bs] as usize * self.bs + t % self.bs;
         (row * self.kv_heads + kvh) * self.hd
-    }
-    /// Position of query i.
-    #[inline(always)]
-    fn pos(&self, i: usize) -> usize {
-        self.ctx_len - self.n + i
     }
     /// The kv head read by query head h (never a materialized copy per query head).
     #[inline(always)]
@@ -128,20 +133,12 @@ impl Geom {
     }
 }
 
-/// q, out: [n, heads, head_dim]; ck, cv: [num_blocks, block_size, kv_heads, head_dim];
-/// table: [ceil(ctx_len / block_size)].
-pub(crate) fn reference<T: KvElem>(
-    q: &[f32],
-    ck: &[T],
-    cv: &[T],
-    table: &[u32],
-    out: &mut [f32],
-    g: Geom,
-) {
+/// q, out: [n, heads, head_dim]; ck, cv: [num_blocks, block_size, kv_heads, head_dim].
+pub(crate) fn reference<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], rows: &Rows, out: &mut [f32], g: Geom) {
     let hd = g.hd;
-    let mut scores = vec![0f32; g.ctx_len];
-    for i in 0..g.n {
-        let pos = g.pos(i);
+    for i in 0..rows.positions.len() {
+        let (pos, table) = (rows.pos(i), rows.table(i));
+        let mut scores = vec![0f32; pos + 1];
         for h in 0..g.heads {
             let kvh = g.kv_head(h);
             let qv = &q[(i * g.heads + h) * hd..(i * g.heads + h + 1) * hd];
@@ -153,11 +150,9 @@ pub(crate) fn reference<T: KvElem>(
                 }
                 scores[t] = s * g.scale;
             }
-            let max = scores[..=pos]
-                .iter()
-                .fold(f32::NEG_INFINITY, |a, &s| a.max(s));
+            let max = scores.iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
             let mut sum = 0f32;
-            for s in &mut scores[..=pos] {
+            for s in &mut scores {
                 *s = (*s - max).exp();
                 sum += *s;
             }
@@ -174,61 +169,53 @@ pub(crate) fn reference<T: KvElem>(
     }
 }
 
-pub(crate) fn fast<T: KvElem>(
-    ex: Exec,
-    q: &[f32],
-    ck: &[T],
-    cv: &[T],
-    table: &[u32],
-    out: &mut [f32],
-    g: Geom,
-) {
-    let hd = g.hd;
-    let ex = ex.sized(g.heads * g.n * g.ctx_len * hd);
-    if g.n == 1 {
-        ex.for_chunks(out, hd, |h, o| {
-            let qv = &q[h * hd..(h + 1) * hd];
-            with_avx2(ex.avx2, || {
-                decode_head(qv, ck, cv, table, g, g.kv_head(h), o)
-            });
-        });
+pub(crate) fn fast<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Rows, out: &mut [f32], g: Geom) {
+    let (hd, n, d) = (g.hd, rows.positions.len(), rows.decode);
+    let (dec_out, pre_out) = out.split_at_mut(d * g.heads * hd);
+    if d > 0 {
+        let work: usize = (0..d).map(|i| rows.pos(i) + 1).sum::<usize>() * g.heads * hd;
+        let unit = |u: usize, o: &mut [f32]| {
+            let (i, h) = (u / g.heads, u % g.heads);
+            let qv = &q[u * hd..(u + 1) * hd];
+            with_avx2(ex.avx2, || decode_head(qv, ck, cv, rows.table(i), rows.pos(i) + 1, g, g.kv_head(h), o));
+        };
+        // A short context's decode step is over before a worker would wake: run it inline.
+        if ex.pool_for(work).is_none() {
+            for (u, o) in dec_out.chunks_mut(hd).enumerate() {
+                unit(u, o);
+            }
+        } else {
+            ex.sized(work).for_chunks(dec_out, hd, unit);
+        }
+    }
+    if n == d {
         return;
     }
-    let tiles = g.n.div_ceil(BQ);
-    let parts: Vec<Vec<f32>> = ex.map_range(g.heads * tiles, |u| {
-        let (h, tile) = (u / tiles, u % tiles);
-        let (i0, i1) = (tile * BQ, ((tile + 1) * BQ).min(g.n));
+    // Prompt rows: runs of one sequence's queries (same table start), cut into tiles of BQ.
+    let mut tiles = vec![];
+    let mut i = d;
+    while i < n {
+        let mut j = i + 1;
+        while j < n && j - i < BQ && rows.starts[j] == rows.starts[i] && rows.positions[j] > rows.positions[j - 1] {
+            j += 1;
+        }
+        tiles.push((i, j));
+        i = j;
+    }
+    let work: usize = (d..n).map(|i| rows.pos(i) + 1).sum::<usize>() * g.heads * hd;
+    let ex = ex.sized(work);
+    let parts: Vec<Vec<f32>> = ex.map_range(g.heads * tiles.len(), |u| {
+        let (h, (i0, i1)) = (u / tiles.len(), tiles[u % tiles.len()]);
         let mut acc = vec![0f32; (i1 - i0) * hd];
-        with_avx2(ex.avx2, || {
-            prefill_unit(q, ck, cv, table, g, h, i0, &mut acc)
-        });
+        with_avx2(ex.avx2, || prefill_unit(q, ck, cv, rows, g, h, i0, &mut acc));
         acc
     });
     for (u, acc) in parts.iter().enumerate() {
-        let (h, tile) = (u / tiles, u % tiles);
+        let (h, (i0, _)) = (u / tiles.len(), tiles[u % tiles.len()]);
         for (r, row) in acc.chunks_exact(hd).enumerate() {
-            let i = tile * BQ + r;
-            out[(i * g.heads + h) * hd..(i * g.heads + h + 1) * hd].copy_from_slice(row);
+            let i = i0 + r - d;
+            pre_out[(i * g.heads + h) * hd..(i * g.heads + h + 1) * hd].copy_from_slice(row);
         }
-    }
-}
-
-/// A decode step (n = 1) on the calling thread: the heads one after another.
-fn decode_inline<T: KvElem>(
-    ex: Exec,
-    q: &[f32],
-    ck: &[T],
-    cv: &[T],
-    table: &[u32],
-    out: &mut [f32],
-    g: Geom,
-) {
-    let hd = g.hd;
-    for (h, o) in out.chunks_mut(hd).enumerate() {
-        let qv = &q[h * hd..(h + 1) * hd];
-        with_avx2(ex.avx2, || {
-            decode_head(qv, ck, cv, table, g, g.kv_head(h), o)
-        });
     }
 }
 
@@ -248,21 +235,14 @@ fn with_avx2<R>(avx2: bool, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// One query head of a decode step: out = softmax(q . k_t * scale) v over t in 0..ctx_len.
+/// One query head of a decode: out = softmax(q . k_t * scale) v over t in 0..ctx_len.
 /// qv, out: [head_dim].
 #[inline(always)]
-fn decode_head<T: KvElem>(
-    qv: &[f32],
-    ck: &[T],
-    cv: &[T],
-    table: &[u32],
-    g: Geom,
-    kvh: usize,
-    out: &mut [f32],
-) {
+#[allow(clippy::too_many_arguments)]
+fn decode_head<T: KvElem>(qv: &[f32], ck: &[T], cv: &[T], table: &[u32], ctx_len: usize, g: Geom, kvh: usize, out: &mut [f32]) {
     let hd = g.hd;
     let mut buf = vec![0f32; hd];
-    let mut scores = vec![0f32; g.ctx_len];
+    let mut scores = vec![0f32; ctx_len];
     let mut max = f32::NEG_INFINITY;
     for (t, s) in scores.iter_mut().enumerate() {
         let off = g.kv_at(table, t, kvh);
@@ -287,24 +267,16 @@ fn decode_head<T: KvElem>(
     }
 }
 
-/// Queries i0.. (acc.len() / head_dim of them) of head h, online softmax over K/V tiles.
-/// acc: [rows, head_dim], the attention output on return.
+/// Queries i0.. (acc.len() / head_dim of them, one sequence's, in increasing positions) of
+/// head h, online softmax over K/V tiles. acc: [rows, head_dim], the output on return.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn prefill_unit<T: KvElem>(
-    q: &[f32],
-    ck: &[T],
-    cv: &[T],
-    table: &[u32],
-    g: Geom,
-    h: usize,
-    i0: usize,
-    acc: &mut [f32],
-) {
+fn prefill_unit<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows, g: Geom, h: usize, i0: usize, acc: &mut [f32]) {
     let hd = g.hd;
     let rows = acc.len() / hd;
     let kvh = g.kv_head(h);
-    let last = g.pos(i0 + rows - 1);
+    let table = qrows.table(i0);
+    let last = qrows.pos(i0 + rows - 1);
     let mut run_max = vec![f32::NEG_INFINITY; rows];
     let mut run_sum = vec![0f32; rows];
     let mut kt = vec![0f32; BT * hd];
@@ -325,7 +297,7 @@ fn prefill_unit<T: KvElem>(
             );
         }
         for r in 0..rows {
-            let pos = g.pos(i0 + r);
+            let pos = qrows.pos(i0 + r);
             if pos < t0 {
                 continue; // the whole tile is in this query's future
             }

@@ -1,4 +1,4 @@
-//! dst[i] = src[src_row + i]: picks rows out of a batch (e.g. the last token's hidden state).
+//! dst[dst_row + i] = src[src_row + i]: gathers rows of a batch (the rows that need logits).
 
 use tandem_core::ops::CopyRows;
 use tandem_core::{DType, Result};
@@ -10,19 +10,17 @@ const OP: &str = "copy_rows";
 
 pub(crate) fn run(t: &mut Table, _ex: Exec, op: &CopyRows) -> Result<()> {
     let src_len = numel(OP, &[op.src_row.saturating_add(op.n_rows), op.width])?;
-    let dst_len = numel(OP, &[op.n_rows, op.width])?;
+    let dst_len = numel(OP, &[op.dst_row.saturating_add(op.n_rows), op.width])?;
+    let (s0, d0) = (op.src_row * op.width, op.dst_row * op.width);
     t.with_output(OP, "dst", op.dst, DType::F32, dst_len, |t, dst| {
         let src = t.input(OP, "src", op.src, DType::F32, src_len)?.f32();
         // A plain copy is already memory-bound; both modes share it.
-        reference(
-            &src[op.src_row * op.width..src_len],
-            &mut dst.f32_mut()[..dst_len],
-        );
+        reference(&src[s0..src_len], &mut dst.f32_mut()[d0..dst_len]);
         Ok(())
     })
 }
 
-/// src: [n_rows, width] starting at the first copied row; dst: [n_rows, width].
+/// src: [n_rows, width] starting at the first copied row; dst likewise.
 pub(crate) fn reference(src: &[f32], dst: &mut [f32]) {
     dst.copy_from_slice(src);
 }

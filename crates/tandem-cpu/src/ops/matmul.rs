@@ -1,5 +1,10 @@
 //! out = x @ w^T (+ bias) with the weight dequantized inside the kernel.
 //!
+//! Rows 0..decode_rows take the one-token (decode) kernels, the rest the prompt kernel, each
+//! row's arithmetic the same whatever n is (batch invariance): several decode rows run the
+//! one-token kernels over the same cache-resident chunk of weight rows, token after token, so
+//! the weights are still read from memory once per step.
+//!
 //! Fast mode has four paths:
 //! - bf16 decode (n = 1, bf16 weights): each row widened 16 lanes at a time (a shift) and
 //!   dotted in the same pass; see [`bf16`].
@@ -51,7 +56,15 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
         let out = &mut out.f32_mut()[..out_len];
         match ex.fast {
             false => reference(x, w, bias, out, n, k, m),
-            true => fast(ex, x, w, bias, out, n, k, m),
+            true => {
+                let d = op.decode_rows.min(n);
+                let (xd, xp) = x.split_at(d * k);
+                let (od, op_) = out.split_at_mut(d * m);
+                decode(ex, xd, w, bias, od, d, k, m);
+                if n > d && m > 0 {
+                    prefill::prefill(ex, xp, w, bias, op_, n - d, k, m);
+                }
+            }
         }
         Ok(())
     })
@@ -81,29 +94,54 @@ pub(crate) fn reference(
     }
 }
 
+/// d decode rows: x: [d, k]; out: [d, m]. One row takes the one-token kernels directly;
+/// several run them chunk by chunk of weight rows (see the module doc).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn fast(
-    ex: Exec,
-    x: &[f32],
-    w: Weight,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    n: usize,
-    k: usize,
-    m: usize,
-) {
-    if n == 0 || m == 0 {
+fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], d: usize, k: usize, m: usize) {
+    if d == 0 || m == 0 {
         return;
     }
-    match w {
-        Weight::Q(q) if n == 1 && k % QBLOCK == 0 && k > 0 => {
-            decode_quant(ex, x, q, bias, out, k, m)
+    if d == 1 {
+        return match w {
+            Weight::Q(q) if k % QBLOCK == 0 && k > 0 => decode_quant(ex, x, q, bias, out, k, m),
+            Weight::BF16(v) => bf16::decode(ex, x, v, bias, out, k, m),
+            // The decode paths schedule themselves (see `par_chunks_caller`); this one runs
+            // on the pool if there is one.
+            _ => general(ex, x, w, bias, out, k, m),
+        };
+    }
+    let ex = ex.sized(d * k * m);
+    let preps: Vec<XPrep> = x.chunks_exact(k.max(1)).map(|xi| XPrep::for_weight(w, xi)).collect();
+    let c = chunk_rows(m, ex.threads(), 16);
+    let parts: Vec<(usize, Vec<f32>)> = ex.map_range(m.div_ceil(c), |ci| {
+        let r0 = ci * c;
+        let rows = c.min(m - r0);
+        let mut local = vec![0f32; d * rows];
+        for (i, o) in local.chunks_exact_mut(rows).enumerate() {
+            token_rows(ex.avx2, &x[i * k..(i + 1) * k], &preps[i], w, bias, k, r0, o);
         }
-        Weight::BF16(v) if n == 1 => bf16::decode(ex, x, v, bias, out, k, m),
-        // The decode paths schedule themselves (see `par_chunks_caller`); these run on the
-        // pool if there is one.
-        _ if n == 1 => general(ex, x, w, bias, out, k, m),
-        _ => prefill::prefill(ex, x, w, bias, out, n, k, m),
+        (r0, local)
+    });
+    for (r0, local) in parts {
+        let rows = local.len() / d;
+        for i in 0..d {
+            out[i * m + r0..i * m + r0 + rows].copy_from_slice(&local[i * rows..(i + 1) * rows]);
+        }
+    }
+}
+
+/// Rows r0..r0 + out.len() of one token's product, with the one-token kernels' arithmetic.
+#[allow(clippy::too_many_arguments)]
+fn token_rows(avx2: bool, x: &[f32], prep: &XPrep, w: Weight, bias: Option<&[f32]>, k: usize, r0: usize, out: &mut [f32]) {
+    match w {
+        Weight::Q(q) if k % QBLOCK == 0 && k > 0 => quant_rows(avx2, q, x, prep, k, r0, out),
+        Weight::BF16(v) => bf16::rows_dispatch(avx2, x, &v[r0 * k..(r0 + out.len()) * k], out),
+        _ => return general_dispatch(avx2, x, w, bias, out, 1, k, r0),
+    }
+    if let Some(b) = bias {
+        for (v, bv) in out.iter_mut().zip(&b[r0..]) {
+            *v += bv;
+        }
     }
 }
 
@@ -117,6 +155,14 @@ struct XPrep {
 }
 
 impl XPrep {
+    /// What the one-token kernel for `w` reads (only Q4 rearranges the activation).
+    fn for_weight(w: Weight, x: &[f32]) -> Self {
+        match w {
+            Weight::Q(q) if matches!(q.dtype, DType::Q4_0 | DType::Q4_1) && x.len() % QBLOCK == 0 => XPrep::new(x),
+            _ => XPrep { even: vec![], odd: vec![], sums: vec![] },
+        }
+    }
+
     fn new(x: &[f32]) -> Self {
         let even = x.iter().step_by(2).copied().collect();
         let odd = x.iter().skip(1).step_by(2).copied().collect();

@@ -43,7 +43,7 @@ pub(super) fn decode(
 }
 
 /// out[r] = dot(x, row r of w) for w: [out.len(), x.len()].
-fn rows_dispatch(avx2: bool, x: &[f32], w: &[u16], out: &mut [f32]) {
+pub(super) fn rows_dispatch(avx2: bool, x: &[f32], w: &[u16], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` is true only when AVX2 and FMA were detected at run time.

@@ -1,0 +1,343 @@
+//! One forward step over a ragged batch: decodes of many sequences and prompt chunks of
+//! others, all layers recorded as one [`Step`]. Matmuls take every token of the step at once
+//! (one pass over the weights), attention is one op over all sequences (each through its own
+//! block table), and the head runs only for rows that need a next token or logits. Decode
+//! rows come first, so every op can give them the arithmetic of a one-token step (batch
+//! invariance, see [`crate::ops::Matmul`]).
+
+use crate::backend::{Backend, BackendExt, BufId, Step};
+use crate::config::ModelConfig;
+use crate::dtype::DType;
+use crate::kv::Sequence;
+use crate::ops::*;
+use crate::{Error, Result};
+
+use super::{Model, Weight};
+
+/// What a sequence wants from its rows in a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RowWant {
+    /// Nothing (a prompt chunk that does not finish its prompt).
+    None,
+    /// The next token, chosen on the device with these parameters: 4 bytes come back.
+    Token(SampleRow),
+    /// The last row's logits: [vocab] (host-side sampling, e.g. with penalties).
+    Logits,
+    /// Every row's logits: [rows, vocab] (perplexity).
+    AllLogits,
+}
+
+/// One sequence's part of a step: `tokens` at positions seq.len.. . The caller has reserved
+/// blocks for them and advances `seq.len` afterwards.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    pub seq: &'a Sequence,
+    pub tokens: &'a [u32],
+    /// A decode row (one token): computed exactly as that token alone would be.
+    pub decode: bool,
+    pub want: RowWant,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChunkOut {
+    None,
+    Token(u32),
+    Logits(Vec<f32>),
+}
+
+/// Scratch activations for up to `cap` tokens, reused across steps; the head's buffers and the
+/// block tables grow on demand.
+pub(super) struct Activations {
+    pub(super) cap: usize,
+    ids: BufId,
+    positions: BufId,
+    slots: BufId,
+    starts: BufId,
+    x: BufId,
+    xb: BufId,
+    xb2: BufId,
+    q: BufId,
+    k: BufId,
+    v: BufId,
+    att: BufId,
+    gate: BufId,
+    up: BufId,
+    hidden: BufId,
+    /// [rows, dim]: the rows the head runs on, gathered.
+    last: BufId,
+    /// [rows, vocab]
+    pub(super) logits: BufId,
+    /// [rows] u32
+    pub(super) token: BufId,
+    /// [rows * SampleRow::WORDS] u32
+    pub(super) params: BufId,
+    head_rows: usize,
+    tables: BufId,
+    tables_cap: usize,
+}
+
+impl Activations {
+    pub(super) fn alloc<B: Backend>(b: &mut B, c: &ModelConfig, cap: usize) -> Result<Self> {
+        let f = |b: &mut B, numel: usize| b.alloc(DType::F32, numel);
+        let u = |b: &mut B, numel: usize| b.alloc(DType::U32, numel);
+        let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        Ok(Activations {
+            cap,
+            ids: u(b, cap)?,
+            positions: u(b, cap)?,
+            slots: u(b, cap)?,
+            starts: u(b, cap)?,
+            x: f(b, cap * c.dim)?,
+            xb: f(b, cap * c.dim)?,
+            xb2: f(b, cap * c.dim)?,
+            q: f(b, cap * q_dim)?,
+            k: f(b, cap * kv_dim)?,
+            v: f(b, cap * kv_dim)?,
+            att: f(b, cap * q_dim)?,
+            gate: f(b, cap * c.ffn_dim)?,
+            up: f(b, cap * c.ffn_dim)?,
+            hidden: f(b, cap * c.ffn_dim)?,
+            last: f(b, c.dim)?,
+            logits: f(b, c.vocab_size)?,
+            token: u(b, 1)?,
+            params: u(b, SampleRow::WORDS)?,
+            head_rows: 1,
+            tables: u(b, 64)?,
+            tables_cap: 64,
+        })
+    }
+
+    /// Head buffers for `rows` rows (grown to the next power of two, never shrunk: the most
+    /// sequences one step has held).
+    fn grow_head<B: Backend>(&mut self, b: &mut B, c: &ModelConfig, rows: usize) -> Result<()> {
+        if rows <= self.head_rows {
+            return Ok(());
+        }
+        let rows = rows.next_power_of_two().min(self.cap).max(rows);
+        let last = b.alloc(DType::F32, rows * c.dim)?;
+        let logits = b.alloc(DType::F32, rows * c.vocab_size).inspect_err(|_| b.free(last))?;
+        let token = b.alloc(DType::U32, rows);
+        let params = b.alloc(DType::U32, rows * SampleRow::WORDS);
+        let (token, params) = match (token, params) {
+            (Ok(t), Ok(p)) => (t, p),
+            (t, p) => {
+                for id in [Some(last), Some(logits), t.as_ref().ok().copied(), p.as_ref().ok().copied()].into_iter().flatten() {
+                    b.free(id);
+                }
+                return Err(t.err().or(p.err()).expect("one failed"));
+            }
+        };
+        for old in [self.last, self.logits, self.token, self.params] {
+            b.free(old);
+        }
+        (self.last, self.logits, self.token, self.params, self.head_rows) = (last, logits, token, params, rows);
+        Ok(())
+    }
+
+    fn grow_tables<B: Backend>(&mut self, b: &mut B, len: usize) -> Result<()> {
+        if len <= self.tables_cap {
+            return Ok(());
+        }
+        let cap = len.next_power_of_two();
+        let new = b.alloc(DType::U32, cap)?;
+        b.free(self.tables);
+        (self.tables, self.tables_cap) = (new, cap);
+        Ok(())
+    }
+}
+
+/// Where a chunk's head rows landed: its index, and how many rows from which row of `last`.
+struct HeadRows {
+    chunk: usize,
+    row: usize,
+    rows: usize,
+}
+
+impl<B: Backend> Model<B> {
+    /// Runs one step over `chunks` and returns what each asked for, in their order. Checks
+    /// everything first: on error nothing ran and no sequence changed.
+    pub async fn step(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<ChunkOut>> {
+        self.check_chunks(chunks)?;
+        // Decode rows first (batch invariance needs them as a leading block of rows).
+        let order: Vec<usize> = (0..chunks.len()).filter(|&i| chunks[i].decode).chain((0..chunks.len()).filter(|&i| !chunks[i].decode)).collect();
+        // Head rows: sampled tokens first (the Sample op covers rows 0..tokens), then logits.
+        let mut head = vec![];
+        let mut row = 0;
+        for pass in [true, false] {
+            for &i in &order {
+                let rows = match (chunks[i].want, pass) {
+                    (RowWant::Token(_), true) => 1,
+                    (RowWant::Logits, false) => 1,
+                    (RowWant::AllLogits, false) => chunks[i].tokens.len(),
+                    _ => 0,
+                };
+                if rows > 0 {
+                    head.push(HeadRows { chunk: i, row, rows });
+                    row += rows;
+                }
+            }
+        }
+        let samples: Vec<SampleRow> = head.iter().filter_map(|h| match chunks[h.chunk].want {
+            RowWant::Token(p) => Some(p),
+            _ => None,
+        }).collect();
+        self.act.grow_head(&mut self.backend, &self.config, row.max(1))?;
+        let step = self.record(chunks, &order, &head, &samples)?;
+        self.backend.execute(&step)?;
+        self.stats.steps += 1;
+
+        let mut outs = vec![ChunkOut::None; chunks.len()];
+        if !samples.is_empty() {
+            self.stats.read_bytes += 4 * samples.len() as u64;
+            let tokens = self.backend.read_u32(self.act.token, 0, samples.len()).await?;
+            for (h, t) in head.iter().zip(tokens) {
+                outs[h.chunk] = ChunkOut::Token(t);
+            }
+        }
+        let vocab = self.config.vocab_size;
+        for h in &head[samples.len()..] {
+            self.stats.read_bytes += 4 * (h.rows * vocab) as u64;
+            let logits = self.backend.read_f32(self.act.logits, h.row * vocab, h.rows * vocab).await?;
+            outs[h.chunk] = ChunkOut::Logits(logits);
+        }
+        Ok(outs)
+    }
+
+    fn check_chunks(&self, chunks: &[Chunk<'_>]) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidParameter(msg));
+        let total: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        if total == 0 || total > self.act.cap {
+            return bad(format!("a step takes 1 to {} tokens, got {total}", self.act.cap));
+        }
+        for c in chunks {
+            if c.tokens.is_empty() || (c.decode && c.tokens.len() != 1) {
+                return bad(format!("a chunk has {} tokens (a decode has exactly one)", c.tokens.len()));
+            }
+            if let Some(&t) = c.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+                return bad(format!("token id {t} is outside the vocabulary of {}", self.config.vocab_size));
+            }
+            let end = c.seq.len + c.tokens.len();
+            if end > self.context {
+                return Err(Error::PromptTooLong { prompt: end, context: self.context });
+            }
+            if c.seq.blocks.len() * self.kv.block_size < end {
+                return bad(format!("a sequence holds blocks for {} positions, not {end}", c.seq.blocks.len() * self.kv.block_size));
+            }
+            if let RowWant::Token(p) = c.want {
+                p.check()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the step: uploads, every layer over all tokens, then the head over the gathered
+    /// rows.
+    fn record(&mut self, chunks: &[Chunk<'_>], order: &[usize], head: &[HeadRows], samples: &[SampleRow]) -> Result<Step> {
+        let bs = self.kv.block_size;
+        let (mut ids, mut positions, mut slots, mut starts, mut tables) = (vec![], vec![], vec![], vec![], vec![]);
+        // Row of each chunk's first token in the step.
+        let mut first = vec![0; chunks.len()];
+        for &i in order {
+            let c = &chunks[i];
+            first[i] = ids.len();
+            let start = c.seq.len;
+            ids.extend_from_slice(c.tokens);
+            positions.extend(start as u32..(start + c.tokens.len()) as u32);
+            slots.extend(self.kv.slots(c.seq, start, c.tokens.len()));
+            starts.extend(std::iter::repeat_n(tables.len() as u32, c.tokens.len()));
+            tables.extend_from_slice(&c.seq.blocks[..(start + c.tokens.len()).div_ceil(bs)]);
+        }
+        self.act.grow_tables(&mut self.backend, tables.len())?;
+        let n = ids.len();
+        let decode_rows = chunks.iter().filter(|c| c.decode).count();
+        let max_ctx = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(1);
+        let c = &self.config;
+        let a = &self.act;
+        let w = &self.weights;
+        let (dim, hd, heads, kvh) = (c.dim, c.head_dim, c.n_heads, c.n_kv_heads);
+
+        let mut step = Step::default();
+        step.write_u32(a.ids, &ids);
+        step.write_u32(a.positions, &positions);
+        step.write_u32(a.slots, &slots);
+        step.write_u32(a.starts, &starts);
+        step.write_u32(a.tables, &tables);
+
+        let matmul = |x: BufId, w: &Weight, bias: Option<Weight>, out: BufId, n: usize, decode_rows: usize| {
+            Op::Matmul(Matmul { x, w: w.buf, wdtype: w.dtype, bias: bias.map(|b| b.buf), out, n, k: w.cols, m: w.rows, decode_rows })
+        };
+        let norm = |x: BufId, w: &Weight, out: BufId, n: usize| Op::RmsNorm(RmsNorm { x, weight: w.buf, out, n, dim, eps: c.rms_norm_eps });
+        let d = decode_rows;
+
+        step.push(Op::Embed(Embed { table: w.embed.buf, dtype: w.embed.dtype, ids: a.ids, out: a.x, n, vocab: c.vocab_size, dim }));
+        for (l, lw) in w.layers.iter().enumerate() {
+            // Attention block.
+            step.push(norm(a.x, &lw.attn_norm, a.xb, n));
+            step.push(matmul(a.xb, &lw.wq, lw.bq, a.q, n, d));
+            step.push(matmul(a.xb, &lw.wk, lw.bk, a.k, n, d));
+            step.push(matmul(a.xb, &lw.wv, lw.bv, a.v, n, d));
+            step.push(Op::Rope(Rope { x: a.q, positions: a.positions, inv_freq: self.inv_freq, n, heads, head_dim: hd }));
+            step.push(Op::Rope(Rope { x: a.k, positions: a.positions, inv_freq: self.inv_freq, n, heads: kvh, head_dim: hd }));
+            let (cache_k, cache_v, kv_dtype) = (self.kv.k[l], self.kv.v[l], self.kv.dtype);
+            step.push(Op::KvWrite(KvWrite { k: a.k, v: a.v, cache_k, cache_v, kv_dtype, slots: a.slots, n, kv_heads: kvh, head_dim: hd }));
+            step.push(Op::Attention(Attention {
+                q: a.q,
+                cache_k,
+                cache_v,
+                kv_dtype,
+                positions: a.positions,
+                table_starts: a.starts,
+                tables: a.tables,
+                tables_len: tables.len(),
+                out: a.att,
+                n,
+                decode_rows: d,
+                max_ctx,
+                heads,
+                kv_heads: kvh,
+                head_dim: hd,
+                block_size: bs,
+                scale: 1.0 / (hd as f32).sqrt(),
+            }));
+            step.push(matmul(a.att, &lw.wo, None, a.xb2, n, d));
+            step.push(Op::Add(Add { x: a.x, y: a.xb2, len: n * dim }));
+            // Feed-forward block (SwiGLU).
+            step.push(norm(a.x, &lw.ffn_norm, a.xb, n));
+            step.push(matmul(a.xb, &lw.w_gate, None, a.gate, n, d));
+            step.push(matmul(a.xb, &lw.w_up, None, a.up, n, d));
+            step.push(Op::Swiglu(Swiglu { gate: a.gate, up: a.up, out: a.hidden, len: n * c.ffn_dim }));
+            step.push(matmul(a.hidden, &lw.w_down, None, a.xb2, n, d));
+            step.push(Op::Add(Add { x: a.x, y: a.xb2, len: n * dim }));
+        }
+        // The head, over the gathered rows only; every head row is computed as alone (a
+        // request's first token comes from a prompt chunk, the rest from decodes).
+        let rows: usize = head.iter().map(|h| h.rows).sum();
+        if rows > 0 {
+            for h in head {
+                let c = &chunks[h.chunk];
+                let src_row = first[h.chunk] + c.tokens.len() - h.rows;
+                step.push(Op::CopyRows(CopyRows { src: a.x, dst: a.last, src_row, dst_row: h.row, n_rows: h.rows, width: dim }));
+            }
+            step.push(norm(a.last, &w.norm, a.xb, rows));
+            step.push(matmul(a.xb, &w.lm_head, None, a.logits, rows, rows));
+            let t = samples.len();
+            if samples.iter().all(|p| p.temperature == 0.0) && t > 0 {
+                step.push(Op::Argmax(Argmax { x: a.logits, out: a.token, n: t, width: c.vocab_size }));
+            } else if t > 0 {
+                step.write_u32(a.params, &SampleRow::to_words(samples));
+                step.push(Op::Sample(Sample { x: a.logits, params: a.params, out: a.token, n: t, width: c.vocab_size }));
+            }
+            // What `step` reads next, so a GPU can stage it in the step's own submission.
+            if t > 0 {
+                step.read_back.push((a.token, 0, 4 * t));
+            }
+            if rows > t {
+                step.read_back.push((a.logits, 4 * t * c.vocab_size, 4 * (rows - t) * c.vocab_size));
+            }
+        }
+        if let Some(op) = step.ops.iter().find(|op| !self.backend.supports(op)) {
+            return Err(Error::Unsupported { backend: self.backend.name(), op: format!("{} ({op:?})", op.name()) });
+        }
+        Ok(step)
+    }
+}

@@ -1,0 +1,146 @@
+//! A request's life inside the scheduler: its tokens, where its KV cache stands, and turning
+//! each new token into events (text through the same UTF-8 and stop-string handling as
+//! [`crate::generate`], the finish reason and usage).
+
+use web_time::Instant;
+
+use crate::generate::{FinishReason, GenerateParams};
+use crate::kv::Sequence;
+use crate::sampling::Sampler;
+use crate::tokenizer::{Detokenizer, StopStrings, Tokenizer};
+use crate::Error;
+
+pub type RequestId = u64;
+
+/// What a request reports, in order: a `Token` per generated token, then one `Finished` (or
+/// one `Failed`).
+#[derive(Debug)]
+pub enum Event {
+    /// A generated token and the text it completed (often empty; held back while it could be
+    /// part of a stop string or an incomplete character).
+    Token { id: u32, text: String },
+    /// The end, with the text still held back (if any).
+    Finished { reason: FinishReason, text: String, usage: Usage },
+    /// The engine failed while running this request; its blocks are freed.
+    Failed(Error),
+}
+
+/// What a request cost, reported when it finishes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache (not computed) at admission.
+    pub cached_tokens: usize,
+    pub generated_tokens: usize,
+    /// Times the request was preempted (its KV freed, recomputed later).
+    pub preemptions: usize,
+    /// From submission to its first scheduled step.
+    pub queue_secs: f64,
+    /// From submission to its first generated token.
+    pub ttft_secs: f64,
+    /// From its first generated token to its last.
+    pub decode_secs: f64,
+}
+
+pub(super) struct SeqState {
+    pub id: RequestId,
+    /// The prompt, then every generated token.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    pub params: GenerateParams,
+    pub sampler: Sampler,
+    pub kv: Sequence,
+    detok: Detokenizer,
+    stops: StopStrings,
+    pub usage: Usage,
+    /// Whether the request has been admitted once (usage counts its first admission).
+    pub admitted: bool,
+    submitted: Instant,
+    first_token: Option<Instant>,
+}
+
+impl SeqState {
+    pub fn new(id: RequestId, prompt: Vec<u32>, params: GenerateParams, sampler: Sampler) -> Self {
+        let stops = StopStrings::new(params.stop.clone());
+        let usage = Usage { prompt_tokens: prompt.len(), ..Usage::default() };
+        SeqState {
+            id,
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            params,
+            sampler,
+            kv: Sequence::default(),
+            detok: Detokenizer::default(),
+            stops,
+            usage,
+            admitted: false,
+            submitted: Instant::now(),
+            first_token: None,
+        }
+    }
+
+    pub fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Positions whose K/V are in the cache.
+    pub fn computed(&self) -> usize {
+        self.kv.len
+    }
+
+    /// Records the first admission: queue time and prompt tokens found in the cache.
+    pub fn admit(&mut self, cached: usize) {
+        if !self.admitted {
+            self.admitted = true;
+            self.usage.queue_secs = self.submitted.elapsed().as_secs_f64();
+            self.usage.cached_tokens = cached.min(self.prompt_len);
+        }
+    }
+
+    /// Takes a generated token: its events, and the finish reason if it ends the request.
+    pub fn push_token(&mut self, tok: &Tokenizer, id: u32, context: usize) -> crate::Result<(Event, Option<FinishReason>)> {
+        let now = Instant::now();
+        if self.first_token.is_none() {
+            self.first_token = Some(now);
+            self.usage.ttft_secs = now.duration_since(self.submitted).as_secs_f64();
+        }
+        self.tokens.push(id);
+        self.usage.generated_tokens = self.generated();
+        if !self.params.ignore_eos && tok.eos_ids().contains(&id) {
+            return Ok((Event::Token { id, text: String::new() }, Some(FinishReason::Eos)));
+        }
+        let piece = self.detok.push(tok, id)?;
+        let (text, stopped) = self.stops.push(&piece);
+        let finish = if stopped {
+            Some(FinishReason::Stop)
+        } else if self.generated() >= self.params.max_tokens {
+            Some(FinishReason::Length)
+        } else if self.tokens.len() > context {
+            // The next step would feed this token at a position past the context.
+            Some(FinishReason::Context)
+        } else {
+            None
+        };
+        Ok((Event::Token { id, text }, finish))
+    }
+
+    /// The closing event: whatever text was held back (unless a stop string cut it), usage.
+    pub fn finish(&mut self, tok: &Tokenizer, mut reason: FinishReason) -> Event {
+        let mut text = String::new();
+        if reason != FinishReason::Stop {
+            // A decode error here only loses the held-back tail, never the request.
+            let tail = self.detok.finish(tok).unwrap_or_default();
+            let (safe, stopped) = self.stops.push(&tail);
+            text.push_str(&safe);
+            if stopped {
+                reason = FinishReason::Stop;
+            } else {
+                text.push_str(&self.stops.finish());
+            }
+        }
+        if let Some(first) = self.first_token {
+            self.usage.decode_secs = first.elapsed().as_secs_f64();
+        }
+        Event::Finished { reason, text, usage: self.usage.clone() }
+    }
+}
