@@ -5,11 +5,14 @@
 use std::collections::HashMap;
 
 use tandem_core::generate::{FinishReason, GenerateParams};
-use tandem_core::model::Model;
+use tandem_core::loader;
+use tandem_core::model::{Model, ModelOptions};
 use tandem_core::sampling::SamplingParams;
 use tandem_core::scheduler::{Event, RequestId, Scheduler, SchedulerConfig, Usage};
 use tandem_core::tokenizer::Tokenizer;
 use tandem_core::Backend;
+
+use crate::e2e::{self, Skip};
 
 /// A request of the mix: its prompt and parameters.
 #[derive(Clone, Debug)]
@@ -27,9 +30,10 @@ pub struct Done {
     pub usage: Usage,
 }
 
-/// `n` requests of different prompt and output lengths, greedy and seeded sampling in turn.
-/// With `shared_prefix`, every prompt starts with the same `shared_prefix` tokens.
-pub fn mix(tok: &Tokenizer, n: usize, shared_prefix: usize) -> Vec<Req> {
+/// `n` requests of different prompt lengths and 4 to 3 + `gen_spread` output tokens, greedy
+/// and seeded sampling in turn. With `shared_prefix`, every prompt starts with the same
+/// `shared_prefix` tokens.
+pub fn mix(tok: &Tokenizer, n: usize, shared_prefix: usize, gen_spread: usize) -> Vec<Req> {
     let words = ["Once", "upon", "a", "time", "there", "was", "a", "little", "girl", "named", "Lily", "she", "liked", "to", "play", "in", "the", "park", "with", "her", "dog"];
     let mut bos = tok.bos_id().map(|b| vec![b]).unwrap_or_default();
     let prefix_text: Vec<&str> = words.iter().cycle().take(shared_prefix).copied().collect();
@@ -45,7 +49,7 @@ pub fn mix(tok: &Tokenizer, n: usize, shared_prefix: usize) -> Vec<Req> {
             } else {
                 SamplingParams { temperature: 0.9, top_p: 0.95, top_k: if i % 4 == 1 { 40 } else { 0 }, seed: 1000 + i as u64, ..Default::default() }
             };
-            let params = GenerateParams { max_tokens: 4 + (i * 5) % 23, sampling, stop: vec![], ignore_eos: true };
+            let params = GenerateParams { max_tokens: 4 + (i * 5) % gen_spread, sampling, stop: vec![], ignore_eos: true };
             Req { prompt, params }
         })
         .collect()
@@ -141,15 +145,35 @@ pub fn check_batched<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, reqs: &[
 }
 
 /// The standard battery on one model, whose KV pool must be tight (a few requests' worth):
-/// 16 requests at once (so preemption must happen), again with aborts on a narrow budget,
-/// then 12 requests sharing a 40-token prefix (so the prefix cache must hit).
-pub fn battery<B: Backend>(model: &mut Model<B>, tok: &Tokenizer) {
-    let reqs = mix(tok, 16, 0);
+/// `n` requests at once (so preemption must happen), again with aborts on a narrow budget,
+/// then `3n/4` requests sharing a 40-token prefix (so the prefix cache must hit). Outputs are
+/// 4 to 3 + `gen_spread` tokens.
+pub fn battery<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, n: usize, gen_spread: usize) {
+    let reqs = mix(tok, n, 0, gen_spread);
     let alone = solo(model, tok, &reqs);
     let wide = SchedulerConfig { max_seqs: 16, max_batched_tokens: 48 };
     check_batched(model, tok, &reqs, &alone, wide, Expect::Preemption);
     check_batched(model, tok, &reqs, &alone, SchedulerConfig { max_seqs: 5, max_batched_tokens: 7 }, Expect::Aborts);
-    let shared = mix(tok, 12, 40);
+    let shared = mix(tok, n * 3 / 4, 40, gen_spread);
     let shared_alone = solo(model, tok, &shared);
     check_batched(model, tok, &shared, &shared_alone, wide, Expect::PrefixHits);
+}
+
+/// [`battery`] on stories260K with a pool of `kv_blocks` blocks of 4 positions.
+pub fn stories_battery<B: Backend>(backend: B, n: usize, gen_spread: usize, kv_blocks: usize) -> Result<(), Skip> {
+    let source = loader::open(&e2e::stories_dir()?).expect("open stories260K");
+    let tok = Tokenizer::load(&source.tokenizer).expect("tokenizer");
+    let opts = ModelOptions { block_size: 4, kv_blocks: Some(kv_blocks), ..Default::default() };
+    battery(&mut e2e::load(backend, &source, &opts), &tok, n, gen_spread);
+    Ok(())
+}
+
+/// [`battery`] of `n` requests on SmolLM2-135M-Instruct with a pool of 3n/2 (at least 12:
+/// a shared-prefix request's worth) blocks of 8 positions.
+pub fn smollm_battery<B: Backend>(backend: B, n: usize) -> Result<(), Skip> {
+    let source = loader::open(&e2e::smollm_gguf()?).expect("open SmolLM2");
+    let tok = Tokenizer::load(&source.tokenizer).expect("tokenizer");
+    let opts = ModelOptions { context: 512, block_size: 8, kv_blocks: Some((n * 3 / 2).max(12)), ..Default::default() };
+    battery(&mut e2e::load(backend, &source, &opts), &tok, n, 23);
+    Ok(())
 }

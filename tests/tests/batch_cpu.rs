@@ -1,35 +1,27 @@
 //! Continuous batching on the CPU backend: concurrent requests equal their solo runs, under
 //! preemption, prefix-cache hits and aborts, on stories260K and SmolLM2-135M-Instruct.
 
-use tandem_core::loader;
-use tandem_core::model::ModelOptions;
-use tandem_core::tokenizer::Tokenizer;
 use tandem_cpu::CpuBackend;
-use tandem_tests::{batch, e2e};
+use tandem_tests::batch;
+use tandem_tests::e2e::Skip;
+
+fn report(name: &str, r: Result<(), Skip>) {
+    if let Err(Skip(why)) = r {
+        eprintln!("SKIP {name}: {why}");
+    }
+}
 
 #[test]
 fn stories260k_batched_equals_solo() {
-    let dir = match e2e::stories_dir() {
-        Ok(d) => d,
-        Err(e2e::Skip(why)) => return eprintln!("SKIP stories260k_batched_equals_solo: {why}"),
-    };
-    let source = loader::open(&dir).expect("open");
-    let tok = Tokenizer::load(&source.tokenizer).expect("tokenizer");
-    // 40 blocks of 4 positions: a few requests' worth, so 16 at once must preempt.
-    let opts = ModelOptions { block_size: 4, kv_blocks: Some(40), ..Default::default() };
-    let mut model = e2e::load(CpuBackend::fast(2).unwrap(), &source, &opts);
-    batch::battery(&mut model, &tok);
+    report("stories260k_batched_equals_solo", batch::stories_battery(CpuBackend::fast(2).unwrap(), 16, 23, 40));
+}
+
+#[test]
+fn stories260k_batched_equals_solo_reference() {
+    report("stories260k_batched_equals_solo_reference", batch::stories_battery(CpuBackend::reference(), 16, 23, 40));
 }
 
 #[test]
 fn smollm2_batched_equals_solo() {
-    let gguf = match e2e::smollm_gguf() {
-        Ok(p) => p,
-        Err(e2e::Skip(why)) => return eprintln!("SKIP smollm2_batched_equals_solo: {why}"),
-    };
-    let source = loader::open(&gguf).expect("open");
-    let tok = Tokenizer::load(&source.tokenizer).expect("tokenizer");
-    let opts = ModelOptions { context: 512, block_size: 8, kv_blocks: Some(24), ..Default::default() };
-    let mut model = e2e::load(CpuBackend::fast(2).unwrap(), &source, &opts);
-    batch::battery(&mut model, &tok);
+    report("smollm2_batched_equals_solo", batch::smollm_battery(CpuBackend::fast(2).unwrap(), 16));
 }

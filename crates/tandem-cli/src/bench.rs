@@ -4,13 +4,14 @@
 //! weights (see `tandem_core::loader::synthetic`), where the real weights cannot be brought.
 
 use crate::backend::{dispatch, BackendArgs, WithBackend};
+use crate::bench_batch::{self, Mode, RunStats, Workload};
 use crate::run::{load_model, peak_memory, KvDtype, WeightDtype};
 use clap::Args;
 use std::path::PathBuf;
 use tandem_core::loader::synthetic::{self, SyntheticOptions};
-use tandem_core::model::{ModelOptions, Want};
+use tandem_core::model::ModelOptions;
+use tandem_core::tokenizer::Tokenizer;
 use tandem_core::{Backend, DType, Error, Result};
-use web_time::Instant;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -48,6 +49,20 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
+    /// Serve --requests requests this many at a time through the continuous-batching
+    /// scheduler, and the same requests sequentially and in static batches, for comparison.
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
+    /// Requests of the --concurrency workload (default: 2 x N).
+    #[arg(long, value_name = "R")]
+    requests: Option<usize>,
+    /// Mean output length of the --concurrency workload's requests (they vary from 1/4 to
+    /// 7/4 of it; prompts vary from 1/2 to 3/2 of --prompt-tokens).
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// The scheduler's token budget per step.
+    #[arg(long, default_value_t = 512)]
+    max_batched_tokens: usize,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -68,8 +83,35 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             (tandem_core::loader::open(&path)?, args.dtype.map(WeightDtype::dtype))
         }
     };
+    let tokenizer = match &source.tokenizer {
+        tandem_core::loader::TokenizerSource::None(_) => Tokenizer::placeholder(source.config.vocab_size)?,
+        t => Tokenizer::load(t)?,
+    };
+    if let Some(n) = args.concurrency {
+        let requests = args.requests.unwrap_or(2 * n);
+        if n == 0 || requests == 0 || args.gen_tokens == 0 || args.max_batched_tokens == 0 {
+            return Err(Error::InvalidParameter("--concurrency, --requests, --gen-tokens and --max-batched-tokens must be at least 1".into()));
+        }
+        let work = Workload::mixed(requests, args.prompt_tokens, args.gen_tokens, source.config.vocab_size);
+        let context = work.longest();
+        if context > source.config.max_position {
+            return Err(Error::PromptTooLong { prompt: context, context: source.config.max_position });
+        }
+        let block_size = ModelOptions::default().block_size;
+        let opts = ModelOptions {
+            weight_dtype,
+            kv_dtype: args.kv_dtype.dtype(),
+            context,
+            max_step_tokens: args.max_batched_tokens,
+            // Room for N requests of the longest kind: preemption stays the exception.
+            kv_blocks: Some(n * context.div_ceil(block_size)),
+            ..ModelOptions::default()
+        };
+        let concurrent = Concurrent { args: &args, source: &source, tok: &tokenizer, opts: &opts, work: &work, n };
+        return dispatch(&args.backend, concurrent);
+    }
     let decode_at = decode_starts(&args);
-    let context = decode_at.iter().map(|s| s + args.decode_tokens).chain([args.prompt_tokens]).max().unwrap_or(0);
+    let context = decode_at.iter().map(|s| s + args.decode_tokens + 1).chain([args.prompt_tokens + 1]).max().unwrap_or(0);
     if context > source.config.max_position {
         return Err(Error::PromptTooLong { prompt: context, context: source.config.max_position });
     }
@@ -80,7 +122,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         max_step_tokens: args.prompt_tokens.min(512),
         ..ModelOptions::default()
     };
-    dispatch(&args.backend, Bench { args: &args, source: &source, opts: &opts, decode_at: &decode_at })
+    dispatch(&args.backend, Bench { args: &args, source: &source, tok: &tokenizer, opts: &opts, decode_at: &decode_at })
 }
 
 /// Where each decode measurement starts: the prompt's end by default, else so that the
@@ -95,6 +137,7 @@ fn decode_starts(args: &BenchArgs) -> Vec<usize> {
 struct Bench<'a> {
     args: &'a BenchArgs,
     source: &'a tandem_core::loader::ModelSource,
+    tok: &'a Tokenizer,
     opts: &'a ModelOptions,
     decode_at: &'a [usize],
 }
@@ -109,13 +152,6 @@ struct Decode {
     readback_per_token: f64,
 }
 
-fn token(out: tandem_core::model::Output) -> u32 {
-    match out {
-        tandem_core::model::Output::Token(t) => t,
-        _ => unreachable!("asked for a token"),
-    }
-}
-
 impl WithBackend for Bench<'_> {
     fn call<B: Backend>(self, mut backend: B) -> Result<()> {
         // Measured before the weights are loaded, so the copy's 2 GiB are free again for them.
@@ -125,13 +161,10 @@ impl WithBackend for Bench<'_> {
         // Any valid ids do: speed does not depend on which tokens flow through.
         let ids = |n: usize| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919 + 13) % vocab).collect() };
         let prompt = ids(self.args.prompt_tokens);
+        // Every measurement is one request through the scheduler, as `tandem run` makes it.
         let mut best_prefill = f64::MAX;
         for _ in 0..self.args.repeat {
-            let mut seq = model.new_sequence();
-            let t = Instant::now();
-            pollster::block_on(model.forward(&mut seq, &prompt, Want::Argmax))?;
-            best_prefill = best_prefill.min(t.elapsed().as_secs_f64());
-            model.release(&mut seq);
+            best_prefill = best_prefill.min(bench_batch::one(&mut model, self.tok, &prompt, 1)?.0);
         }
         let n = self.args.decode_tokens as f64;
         let weights = model.weights.bytes_per_token() as f64;
@@ -142,16 +175,16 @@ impl WithBackend for Bench<'_> {
             let mut best = f64::MAX;
             let mut per_token = Default::default();
             for _ in 0..self.args.repeat {
-                let mut seq = model.new_sequence();
-                let mut next = token(pollster::block_on(model.forward(&mut seq, &ids(start), Want::Argmax))?);
-                let before = model.stats;
-                let t = Instant::now();
-                for _ in 0..self.args.decode_tokens {
-                    next = token(pollster::block_on(model.forward(&mut seq, &[next], Want::Argmax))?);
-                }
-                best = best.min(t.elapsed().as_secs_f64());
-                per_token = (model.stats.steps - before.steps, model.stats.read_bytes - before.read_bytes);
-                model.release(&mut seq);
+                // What the prompt's own steps cost, to take out of the decode's counts.
+                let s0 = model.stats;
+                bench_batch::one(&mut model, self.tok, &ids(start), 1)?;
+                let s1 = model.stats;
+                let (_, secs, tokens) = bench_batch::one(&mut model, self.tok, &ids(start), self.args.decode_tokens + 1)?;
+                debug_assert_eq!(tokens, self.args.decode_tokens + 1);
+                best = best.min(secs);
+                let s2 = model.stats;
+                let prompt_cost = (s1.steps - s0.steps, s1.read_bytes - s0.read_bytes);
+                per_token = ((s2.steps - s1.steps) - prompt_cost.0, (s2.read_bytes - s1.read_bytes) - prompt_cost.1);
             }
             decodes.push(Decode {
                 start,
@@ -230,6 +263,87 @@ impl WithBackend for Bench<'_> {
             println!("per token:      {:.2} steps, {:.1} bytes read back", d.steps_per_token, d.readback_per_token);
         }
         println!("peak memory:    {}", peak_memory());
+        Ok(())
+    }
+}
+
+/// The --concurrency benchmark.
+struct Concurrent<'a> {
+    args: &'a BenchArgs,
+    source: &'a tandem_core::loader::ModelSource,
+    tok: &'a Tokenizer,
+    opts: &'a ModelOptions,
+    work: &'a Workload,
+    n: usize,
+}
+
+impl WithBackend for Concurrent<'_> {
+    fn call<B: Backend>(self, backend: B) -> Result<()> {
+        let mut model = load_model(backend, self.source, self.opts)?;
+        let budget = self.args.max_batched_tokens;
+        let runs = [
+            ("continuous", bench_batch::run(&mut model, self.tok, self.work, self.n, Mode::Continuous, budget)?),
+            ("static", bench_batch::run(&mut model, self.tok, self.work, self.n, Mode::Static, budget)?),
+            ("sequential", bench_batch::run(&mut model, self.tok, self.work, 1, Mode::Continuous, budget)?),
+        ];
+        let ms = |v: &[f64], p: f64| bench_batch::percentile(v, p) * 1e3;
+        let cont = runs[0].1.tok_s();
+        let prompt_tokens: usize = self.work.requests.iter().map(|r| r.0.len()).sum();
+        if self.args.json {
+            let json = |(name, r): &(&str, RunStats)| {
+                serde_json::json!({
+                    "mode": name,
+                    "seconds": r.secs,
+                    "output_tokens": r.output_tokens,
+                    "output_tok_s": r.tok_s(),
+                    "ttft_ms": { "p50": ms(&r.ttft, 50.0), "p99": ms(&r.ttft, 99.0) },
+                    "itl_ms": { "p50": ms(&r.itl, 50.0), "p99": ms(&r.itl, 99.0) },
+                    "peak_kv_blocks": r.peak_blocks,
+                    "preemptions": r.preemptions,
+                    "cached_prompt_tokens": r.cached_prompt_tokens,
+                })
+            };
+            let report = serde_json::json!({
+                "backend": model.backend.name(),
+                "model": self.source.path.display().to_string(),
+                "concurrency": self.n,
+                "requests": self.work.requests.len(),
+                "prompt_tokens": prompt_tokens,
+                "max_batched_tokens": budget,
+                "kv_blocks": model.kv.total_blocks(),
+                "runs": runs.iter().map(json).collect::<Vec<_>>(),
+                "continuous_vs_sequential": cont / runs[2].1.tok_s(),
+                "continuous_vs_static": cont / runs[1].1.tok_s(),
+                "peak_memory": peak_memory(),
+            });
+            println!("{report}");
+            return Ok(());
+        }
+        println!("backend:      {}", model.backend.name());
+        println!("model:        {}", self.source.path.display());
+        println!(
+            "workload:     {} requests, {} at a time; {prompt_tokens} prompt tokens in all; budget {budget} tokens/step; {} KV blocks of {}",
+            self.work.requests.len(),
+            self.n,
+            model.kv.total_blocks(),
+            model.kv.block_size
+        );
+        for (name, r) in &runs {
+            println!(
+                "{name:<12}  {:>5} tokens in {:>7.2} s: {:>8.1} tok/s | TTFT p50 {:>7.1} ms p99 {:>7.1} ms | ITL p50 {:>6.1} ms p99 {:>6.1} ms | peak {} blocks, {} preemptions",
+                r.output_tokens,
+                r.secs,
+                r.tok_s(),
+                ms(&r.ttft, 50.0),
+                ms(&r.ttft, 99.0),
+                ms(&r.itl, 50.0),
+                ms(&r.itl, 99.0),
+                r.peak_blocks,
+                r.preemptions
+            );
+        }
+        println!("continuous:   {:.2}x sequential, {:.2}x static batching", cont / runs[2].1.tok_s(), cont / runs[1].1.tok_s());
+        println!("peak memory:  {}", peak_memory());
         Ok(())
     }
 }

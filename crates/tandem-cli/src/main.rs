@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod bench_batch;
 mod inspect;
 mod run;
 

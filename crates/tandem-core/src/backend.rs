@@ -104,11 +104,17 @@ impl U32Shadow {
         self.0 = None;
     }
 
+    /// The first `n` values, when the copy is current (ops that check several index buffers
+    /// together, as attention does).
+    pub fn values(&self, n: usize) -> Option<&[u32]> {
+        self.0.as_deref().map(|v| &v[..n.min(v.len())])
+    }
+
     /// Checks the first `n` values against `limit` when the copy is current (see
     /// [`crate::ops::check_indices`]); without one there is nothing to check on the host.
     pub fn check_indices(&self, op: &'static str, name: &str, n: usize, limit: usize, what: &str) -> Result<()> {
-        match &self.0 {
-            Some(v) => crate::ops::check_indices(op, name, &v[..n.min(v.len())], limit, what),
+        match self.values(n) {
+            Some(v) => crate::ops::check_indices(op, name, v, limit, what),
             None => Ok(()),
         }
     }

@@ -185,15 +185,15 @@ pub fn sample_row(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, mi
 
 /// Index of the largest logit; the lowest index wins ties and NaN never wins (as the Argmax op).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    let mut best_v = f32::NEG_INFINITY;
+    let mut best: Option<(usize, f32)> = None;
     for (i, &v) in logits.iter().enumerate() {
-        if v > best_v {
-            best = i;
-            best_v = v;
+        match best {
+            _ if v.is_nan() => {}
+            Some((_, b)) if v <= b => {}
+            _ => best = Some((i, v)),
         }
     }
-    best as u32
+    best.map_or(0, |(i, _)| i as u32)
 }
 
 #[cfg(test)]

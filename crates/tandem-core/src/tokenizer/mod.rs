@@ -75,6 +75,18 @@ impl Tokenizer {
         Self::from_bytes_labeled(&bytes, config.as_deref(), template_file, (&label, &config_label))
     }
 
+    /// A stand-in for models that come without one (synthetic benchmark weights): token i is
+    /// the word "<i>", there is no BOS and no end-of-sequence token, so text and ids round-trip
+    /// and generation runs until max_tokens.
+    pub fn placeholder(vocab: usize) -> Result<Self> {
+        let words: Vec<String> = (0..vocab).map(|i| format!("\"<{i}>\":{i}")).collect();
+        let json = format!(
+            r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{{"type":"WhitespaceSplit"}},"post_processor":null,"decoder":null,"model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<0>"}}}}"#,
+            words.join(",")
+        );
+        Self::from_bytes_labeled(json.as_bytes(), None, None, ("placeholder tokenizer", ""))
+    }
+
     /// The same from bytes already in memory (a browser's files): tokenizer.json, and
     /// tokenizer_config.json and chat_template.jinja when present (the latter is used only when
     /// the config carries no template).
@@ -243,4 +255,15 @@ fn template_from_json(v: &serde_json::Value) -> Option<String> {
     let list = v.as_array()?;
     let named = |n: &str| list.iter().find(|t| t.get("name").and_then(|x| x.as_str()) == Some(n));
     named("default").or_else(|| list.first()).and_then(|t| t.get("template")?.as_str()).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod placeholder_tests {
+    #[test]
+    fn placeholder_round_trips_and_has_no_eos() {
+        let tok = super::Tokenizer::placeholder(100).unwrap();
+        assert!(tok.eos_ids().is_empty() && tok.bos_id().is_none());
+        assert_eq!(tok.encode("<3> <99>").unwrap(), vec![3, 99]);
+        assert_eq!(tok.decode(&[3, 99], true).unwrap(), "<3> <99>");
+    }
 }
