@@ -1,22 +1,40 @@
-// One query per head (decode) over the paged KV cache: split-K flash decoding. The context
-// is cut into partitions of part_len positions; attention_decode_partial_* computes, per
-// (partition, head), the partition's max score m, sum of exp(s - m) l, and unnormalized
-// output sum exp(s - m) v; attention_decode_merge rescales and combines the partitions.
+// The decode rows of an attention batch: one query per (row, head), each over its own
+// sequence's paged KV cache, by split-K flash decoding. A row's context (its position + 1) is
+// cut into partitions of part_len_for(context) positions; attention_decode_partial_* computes,
+// per (head, partition, row), the partition's max score m, sum of exp(s - m) l, and
+// unnormalized output sum exp(s - m) v; attention_decode_merge rescales and combines a row's
+// partitions. A row's partitioning and arithmetic depend on its own position only, never on
+// the other rows or the grid (batch invariance).
 //
-// q, out: [heads, hd] f32; cache_k, cache_v: [num_blocks, bs, kv_heads, hd] f32 or f16;
-// block_table: [ceil(ctx_len / bs)] u32; dyn[0] = ctx_len, read from device memory so a
-// captured decode graph replays as the context grows: the grid covers `parts` partitions
-// (the block table's capacity) and partitions past ctx_len exit at once.
-// Grid of the partial kernel: (heads, parts), heads fastest, so the query heads sharing a KV
-// head run side by side and read its K/V rows from L2 rather than from memory again.
-// Scratch: part_acc [heads, parts, hd], part_ml [heads, parts, 2].
-// Dynamic shared memory of the partial kernel: (part_len + hd) floats.
+// q, out: [rows, heads, hd] f32; cache_k, cache_v: [num_blocks, bs, kv_heads, hd] f32 or f16;
+// positions, table_starts: [rows] u32; tables: the step's block tables, row r's from
+// tables[table_starts[r]]. Positions and tables are read from device memory, so a captured
+// decode graph replays as contexts grow: the grid covers `parts` partitions (enough for the
+// largest context the launch allows) and partitions past a row's context exit at once.
+// Grid of the partial kernel: (heads, parts, rows), heads fastest, so the query heads sharing
+// a KV head run side by side and read its K/V rows from L2 rather than from memory again.
+// Scratch: part_acc [rows, heads, parts, hd], part_ml [rows, heads, parts, 2].
+// Dynamic shared memory of the partial kernel: (part_len_for(largest context) + hd) floats.
 
 #define AD_THREADS 128
 #define AD_WARPS (AD_THREADS / 32)
+// Partitions: at least AD_PART_MIN positions, about AD_PARTS_TARGET of them at most, scores of
+// one partition in shared memory (at most AD_PART_MAX of them). Mirrored in
+// crates/tandem-cuda/src/ops/attention.rs.
+#define AD_PART_MIN 32
+#define AD_PARTS_TARGET 256
+#define AD_PART_MAX 8192
 
 __device__ __forceinline__ float kv_load(const float* p, u64 i) { return p[i]; }
 __device__ __forceinline__ float kv_load(const u16* p, u64 i) { return f16_to_f32(p[i]); }
+
+// Positions per partition of a context of ctx positions: the smallest power of two from
+// AD_PART_MIN up that cuts it into at most AD_PARTS_TARGET partitions (AD_PART_MAX at most).
+__device__ __forceinline__ u32 part_len_for(u32 ctx) {
+    u32 p = AD_PART_MIN;
+    while ((ctx + p - 1) / p > AD_PARTS_TARGET && p < AD_PART_MAX) p *= 2;
+    return p;
+}
 
 __device__ __forceinline__ float block_reduce(float v, bool is_max, float* red) {
     v = is_max ? warp_max(v) : warp_sum(v);
@@ -30,22 +48,25 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float* red) 
 
 template <typename KT>
 __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict__ ck,
-                               const KT* __restrict__ cv, const u32* __restrict__ table,
-                               float* __restrict__ part_acc, float* __restrict__ part_ml,
-                               const u32* __restrict__ dyn, u32 heads, u32 kv_heads, u32 hd,
-                               u32 bs, u32 num_blocks, float scale, u32 part_len, u32 parts) {
+                               const KT* __restrict__ cv, const u32* __restrict__ positions,
+                               const u32* __restrict__ table_starts, const u32* __restrict__ tables,
+                               float* __restrict__ part_acc, float* __restrict__ part_ml, u32 heads,
+                               u32 kv_heads, u32 hd, u32 bs, u32 num_blocks, float scale, u32 parts) {
     DYNAMIC_SHARED(float, smem);
     __shared__ float red[AD_WARPS];
+    const u32 h = blockIdx.x, p = blockIdx.y, row = blockIdx.z;
+    const u32 ctx_len = positions[row] + 1;
+    const u32 part_len = part_len_for(ctx_len);
+    const u32 start = p * part_len;
+    if (start >= ctx_len) return;  // beyond the row's context: the merge never reads it
     float* s = smem;              // [part_len] scores, then weights
     float* qs = smem + part_len;  // [hd]
-    const u32 ctx_len = dyn[0];
-    const u32 h = blockIdx.x, p = blockIdx.y;
-    const u32 start = p * part_len;
-    if (start >= ctx_len) return;  // beyond the context: the merge never reads it
+    const u32* table = tables + table_starts[row];
     const u32 cnt = min(part_len, ctx_len - start);
     const u32 kvh = h / (heads / kv_heads);
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (u32 d = threadIdx.x; d < hd; d += AD_THREADS) qs[d] = q[(u64)h * hd + d];
+    const u64 qh = (u64)row * heads + h;
+    for (u32 d = threadIdx.x; d < hd; d += AD_THREADS) qs[d] = q[qh * hd + d];
     __syncthreads();
 
     // Scores: a warp per position, lanes over the head dimension (coalesced K rows); unrolled
@@ -74,7 +95,7 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
     }
     sum = block_reduce(sum, false, red);  // its barriers also publish s
     // Output: threads over the head dimension, positions in order (coalesced V rows).
-    const u64 slot = (u64)h * parts + p;
+    const u64 slot = qh * parts + p;
     for (u32 d = threadIdx.x; d < hd; d += AD_THREADS) {
         float a = 0.0f;
         // Unrolled for independent V loads in flight (the sum stays in position order).
@@ -93,25 +114,27 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
     }
 }
 
-#define PARTIAL(suffix, KT)                                                                   \
-    extern "C" __global__ void __launch_bounds__(AD_THREADS) attention_decode_partial_##suffix( \
-        const float* q, const KT* ck, const KT* cv, const u32* table, float* part_acc,        \
-        float* part_ml, const u32* dyn, u32 heads, u32 kv_heads, u32 hd, u32 bs,              \
-        u32 num_blocks, float scale, u32 part_len, u32 parts) {                               \
-        decode_partial<KT>(q, ck, cv, table, part_acc, part_ml, dyn, heads, kv_heads, hd, bs,   \
-                           num_blocks, scale, part_len, parts);                               \
+#define PARTIAL(suffix, KT)                                                                     \
+    extern "C" __global__ void __launch_bounds__(AD_THREADS) attention_decode_partial_##suffix(   \
+        const float* q, const KT* ck, const KT* cv, const u32* positions, const u32* table_starts, \
+        const u32* tables, float* part_acc, float* part_ml, u32 heads, u32 kv_heads, u32 hd,      \
+        u32 bs, u32 num_blocks, float scale, u32 parts) {                                       \
+        decode_partial<KT>(q, ck, cv, positions, table_starts, tables, part_acc, part_ml, heads,  \
+                           kv_heads, hd, bs, num_blocks, scale, parts);                         \
     }
 PARTIAL(f32, float)
 PARTIAL(f16, u16)
 
-// One block per head: out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p.
+// One block per (head, row): out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p over the
+// row's partitions.
 extern "C" __global__ void __launch_bounds__(AD_THREADS) attention_decode_merge(
-    const float* __restrict__ part_acc, const float* __restrict__ part_ml,
-    float* __restrict__ out, const u32* __restrict__ dyn, u32 hd, u32 part_len, u32 parts) {
-    const u32 h = blockIdx.x;
-    const u32 ctx_len = dyn[0];
+    const float* __restrict__ part_acc, const float* __restrict__ part_ml, float* __restrict__ out,
+    const u32* __restrict__ positions, u32 heads, u32 hd, u32 parts) {
+    const u32 h = blockIdx.x, row = blockIdx.y;
+    const u32 ctx_len = positions[row] + 1;
+    const u32 part_len = part_len_for(ctx_len);
     const u32 active = min((ctx_len + part_len - 1) / part_len, parts);
-    const u64 base = (u64)h * parts;
+    const u64 qh = (u64)row * heads + h, base = qh * parts;
     float M = neg_inf();
     for (u32 p = 0; p < active; ++p) M = fmaxf(M, part_ml[(base + p) * 2]);
     float L = 0.0f;
@@ -120,6 +143,6 @@ extern "C" __global__ void __launch_bounds__(AD_THREADS) attention_decode_merge(
     for (u32 d = threadIdx.x; d < hd; d += AD_THREADS) {
         float o = 0.0f;
         for (u32 p = 0; p < active; ++p) o += part_acc[(base + p) * hd + d] * expf(part_ml[(base + p) * 2] - M);
-        out[(u64)h * hd + d] = o * inv;
+        out[qh * hd + d] = o * inv;
     }
 }

@@ -1,13 +1,17 @@
-// Causal grouped-query attention for a chunk of n queries over the paged KV cache: tiled
-// online softmax (FlashAttention style). Query i sits at position ctx_len - n + i and attends
-// to positions 0..=that; position t lives in cache row block_table[t / bs] * bs + t % bs.
-// Only rows of the context are read, so poison elsewhere in the cache never leaks.
+// Causal grouped-query attention for the prompt rows of an attention batch: tiled online
+// softmax (FlashAttention style). Query i sits at position positions[i] and attends to
+// positions 0..=that of its own sequence, whose block table starts at tables[table_starts[i]]:
+// position t lives in cache row table[t / bs] * bs + t % bs. Only rows of the context are
+// read, so poison elsewhere in the cache never leaks.
 //
 // q, out: [n, heads, hd] f32; cache_k, cache_v: [num_blocks, bs, kv_heads, hd] f32 or f16;
-// block_table: [ceil(ctx_len / bs)] u32; dyn[0] = ctx_len (read from device memory, so a
-// captured graph replays with a new context length).
+// positions, table_starts: [n] u32.
 // Grid: (ceil(n / AP_Q), heads); block: AP_WARPS warps, each owning AP_QPW queries; K/V
-// tiles of AP_T positions are staged in shared memory (f32) once for all AP_Q queries.
+// tiles of AP_T positions are staged in shared memory (f32) once for the block's queries of
+// one sequence. A sequence's queries are consecutive, so a block's queries fall into runs
+// (segments) of one block table each, usually one; the block walks each segment's tiles in
+// turn. Every query walks the tiles 0, AP_T, 2 AP_T, ... up to its own position with the same
+// arithmetic whatever else shares its block or the batch (batch invariance).
 // Dynamic shared memory: attention_prefill_smem(hd) floats (mirrored in Rust).
 
 #define AP_WARPS 4
@@ -22,28 +26,31 @@ __device__ __forceinline__ float kv_load(const u16* p, u64 i) { return f16_to_f3
 
 template <typename KT>
 __device__ void attention_prefill(const float* __restrict__ q, const KT* __restrict__ ck,
-                                  const KT* __restrict__ cv, const u32* __restrict__ table,
-                                  float* __restrict__ out, const u32* __restrict__ dyn, u32 n,
-                                  u32 heads, u32 kv_heads, u32 hd, u32 bs, u32 num_blocks,
-                                  float scale) {
+                                  const KT* __restrict__ cv, const u32* __restrict__ positions,
+                                  const u32* __restrict__ table_starts, const u32* __restrict__ tables,
+                                  float* __restrict__ out, u32 n, u32 heads, u32 kv_heads, u32 hd,
+                                  u32 bs, u32 num_blocks, float scale) {
     DYNAMIC_SHARED(float, smem);
+    __shared__ u32 qpos[AP_Q], qstart[AP_Q];
     const u32 ks_stride = hd + 1;  // padding: lanes read different K rows at the same d
     float* Ks = smem;                    // [AP_T][hd + 1]
     float* Vs = Ks + AP_T * ks_stride;   // [AP_T][hd]
     float* Qs = Vs + AP_T * hd;          // [AP_Q][hd]
     float* Ps = Qs + AP_Q * hd;          // [AP_WARPS][AP_T]
-    const u32 ctx_len = dyn[0];
-    if (ctx_len < n || hd > AP_HDMAX) return;  // the host rejects both
+    if (hd > AP_HDMAX) return;  // the host rejects it
     const u32 h = blockIdx.y, kvh = h / (heads / kv_heads);
     const u32 i0 = blockIdx.x * AP_Q;
+    const u32 rows = min((u32)AP_Q, n - i0);
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 
+    for (u32 r = threadIdx.x; r < rows; r += blockDim.x) {
+        qpos[r] = positions[i0 + r];
+        qstart[r] = table_starts[i0 + r];
+    }
     for (u32 idx = threadIdx.x; idx < AP_Q * hd; idx += blockDim.x) {
         const u32 i = i0 + idx / hd, d = idx % hd;
         Qs[idx] = i < n ? q[((u64)i * heads + h) * hd + d] : 0.0f;
     }
-    const u32 i_last = min(i0 + AP_Q, n) - 1;
-    const u32 last = ctx_len - n + i_last;  // the furthest position any query here sees
 
     float run_max[AP_QPW], run_sum[AP_QPW], acc[AP_QPW][AP_CH];
 #pragma unroll
@@ -53,33 +60,39 @@ __device__ void attention_prefill(const float* __restrict__ q, const KT* __restr
 #pragma unroll
         for (int c = 0; c < AP_CH; ++c) acc[qq][c] = 0.0f;
     }
+    __syncthreads();  // qpos and qstart are written
 
-    for (u32 t0 = 0; t0 <= last; t0 += AP_T) {
-        const u32 tile = min((u32)AP_T, last + 1 - t0);
-        __syncthreads();  // everyone is done with the previous tile (and Qs is written)
-        for (u32 idx = threadIdx.x; idx < AP_T * hd; idx += blockDim.x) {
-            const u32 j = idx / hd, d = idx % hd;
-            float kk = 0.0f, vv = 0.0f;
-            if (j < tile) {
-                const u32 t = t0 + j;
-                const u32 blk = table[t / bs];
-                if (blk < num_blocks) {
-                    const u64 off = (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd + d;
-                    kk = kv_load(ck, off);
-                    vv = kv_load(cv, off);
+    // Segments [seg, seg_end) of queries with one block table; every thread finds the same.
+    for (u32 seg = 0, seg_end; seg < rows; seg = seg_end) {
+        u32 last = qpos[seg];  // the furthest position any query of the segment sees
+        for (seg_end = seg + 1; seg_end < rows && qstart[seg_end] == qstart[seg]; ++seg_end)
+            last = max(last, qpos[seg_end]);
+        const u32* table = tables + qstart[seg];
+        for (u32 t0 = 0; t0 <= last; t0 += AP_T) {
+            const u32 tile = min((u32)AP_T, last + 1 - t0);
+            __syncthreads();  // everyone is done with the previous tile (and Qs is written)
+            for (u32 idx = threadIdx.x; idx < AP_T * hd; idx += blockDim.x) {
+                const u32 j = idx / hd, d = idx % hd;
+                float kk = 0.0f, vv = 0.0f;
+                if (j < tile) {
+                    const u32 t = t0 + j;
+                    const u32 blk = table[t / bs];
+                    if (blk < num_blocks) {
+                        const u64 off = (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd + d;
+                        kk = kv_load(ck, off);
+                        vv = kv_load(cv, off);
+                    }
                 }
+                Ks[j * ks_stride + d] = kk;
+                Vs[j * hd + d] = vv;
             }
-            Ks[j * ks_stride + d] = kk;
-            Vs[j * hd + d] = vv;
-        }
-        __syncthreads();
+            __syncthreads();
 #pragma unroll
-        for (int qq = 0; qq < AP_QPW; ++qq) {
-            const u32 qi = warp * AP_QPW + qq, i = i0 + qi;
-            const u32 pos = ctx_len - n + i;
-            // Warp-uniform: a query past n, or one whose whole tile lies in its future.
-            if (i < n && pos >= t0) {
-                const u32 cnt = min(pos + 1 - t0, (u32)AP_T);
+            for (int qq = 0; qq < AP_QPW; ++qq) {
+                const u32 qi = warp * AP_QPW + qq;
+                // Warp-uniform: a query of another segment, or one whose tile lies in its future.
+                if (qi < seg || qi >= seg_end || qpos[qi] < t0) continue;
+                const u32 cnt = min(qpos[qi] + 1 - t0, (u32)AP_T);
                 float s = neg_inf();
                 if (lane < cnt) {
                     float dot = 0.0f;
@@ -122,11 +135,11 @@ __device__ void attention_prefill(const float* __restrict__ q, const KT* __restr
 
 #define PREFILL(suffix, KT)                                                                     \
     extern "C" __global__ void __launch_bounds__(AP_WARPS * 32) attention_prefill_##suffix(     \
-        const float* q, const KT* ck, const KT* cv, const u32* table, float* out,               \
-        const u32* dyn, u32 n, u32 heads, u32 kv_heads, u32 hd, u32 bs, u32 num_blocks,         \
-        float scale) {                                                                          \
-        attention_prefill<KT>(q, ck, cv, table, out, dyn, n, heads, kv_heads, hd, bs,           \
-                              num_blocks, scale);                                               \
+        const float* q, const KT* ck, const KT* cv, const u32* positions, const u32* table_starts, \
+        const u32* tables, float* out, u32 n, u32 heads, u32 kv_heads, u32 hd, u32 bs,          \
+        u32 num_blocks, float scale) {                                                          \
+        attention_prefill<KT>(q, ck, cv, positions, table_starts, tables, out, n, heads, kv_heads, \
+                              hd, bs, num_blocks, scale);                                       \
     }
 PREFILL(f32, float)
 PREFILL(f16, u16)

@@ -1,21 +1,25 @@
-// out = x @ w^T (+ bias) for up to MATVEC_MAXN tokens (decode): the weight is streamed once
-// and each value is dequantized in registers, with the reference's formula, then used by
-// every token. x: [n, k] f32; w: [m, k] in the entry's dtype; bias: [m] f32 or null;
-// out: [n, m] f32.
+// out = x @ w^T (+ bias) for the decode rows of a product: the weight is streamed once and
+// each value is dequantized in registers, with the reference's formula, then used by every
+// token. x: [n, k] f32; w: [m, k] in the entry's dtype; bias: [m] f32 or null; out: [n, m] f32.
 //
-// matmul_decode_<dtype>: k % 32 == 0, so every row starts on a quantization block. One warp
-// per output row; lane l takes blocks l, l + 32, ... of the row, loading each block's 32
-// values with 16-byte loads (one for Q4, two for Q8, four for f16/bf16, eight for f32: a
-// warp reads 512 contiguous bytes per Q4 load), and x with float4 loads (x is small and
-// shared by every row, so it stays in L1/L2). A warp-shuffle sum finishes each dot.
-// matmul_decode_n1_<dtype>: one token (the decode step itself), k % 32 == 0 and k at most
+// Batch invariance: a row's arithmetic never depends on n (how many decode rows share the
+// launch), so a sequence's decode gives the same bits alone or batched with others.
+//
+// matmul_decode_n1_<dtype>: the decode rows' kernel wherever k % 32 == 0 and k is at most
 // 32 * N1_MAX_THREADS: a block has one thread per 32-value block of x, which it keeps in
 // registers for the whole kernel, and walks groups of N1Rows rows strided over the grid (about
 // as many blocks as fit on the GPU at once). Each thread has every row of a group's loads in
 // flight before it uses the first, and issues the next group's before reducing this one's
-// sums (warp shuffles, then shared memory).
+// sums (warp shuffles, then shared memory). blockIdx.y is the token: each token's blocks run
+// the one-token arithmetic, and blocks of one blockIdx.x walk the same row groups side by
+// side, so the other tokens read those weights from L2 rather than from memory.
+// matmul_decode_<dtype>: decode rows whose k is too long for the n1 kernel (k % 32 == 0, so
+// every row starts on a quantization block). One warp per output row; lane l takes blocks l,
+// l + 32, ... of the row, loading each block's 32 values with 16-byte loads (one for Q4, two
+// for Q8, four for f16/bf16, eight for f32), and x with float4 loads. A warp-shuffle sum
+// finishes each dot. blockIdx.y picks MATVEC_MAXN tokens; each token has its own sums.
 // matmul_decode_any_<dtype>: any k (rows may start mid-block): a warp per row, lanes over
-// elements.
+// elements, MATVEC_MAXN tokens per blockIdx.y as above.
 
 #define MATVEC_MAXN 8
 #define MATVEC_WARPS 4
@@ -88,6 +92,9 @@ __device__ void matvec_blocks(const float* __restrict__ x, const u8* __restrict_
     const u32 lane = threadIdx.x & 31;
     const u32 row = blockIdx.x * MATVEC_WARPS + (threadIdx.x >> 5);
     if (row >= m) return;  // whole warps leave together
+    x += (u64)blockIdx.y * MATVEC_MAXN * k;
+    out += (u64)blockIdx.y * MATVEC_MAXN * m;
+    n = min(n - blockIdx.y * MATVEC_MAXN, (u32)MATVEC_MAXN);
     const u32 nb = k >> 5;
     float acc[MATVEC_MAXN];
 #pragma unroll
@@ -221,7 +228,7 @@ struct N1Rows {
 };
 
 // Threads per block of the one-token kernel at most: one per 32-value block of x, so k up to
-// 32 * N1_MAX_THREADS (crate::ops::matmul::N1_MAX_THREADS); longer rows take the n-token kernel.
+// 32 * N1_MAX_THREADS (crate::ops::matmul::N1_MAX_THREADS); longer rows take matvec_blocks.
 #define N1_MAX_THREADS 512
 
 template <int DT>
@@ -233,6 +240,8 @@ __device__ void matvec_n1(const float* __restrict__ x, const u8* __restrict__ w,
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const u32 nb = k >> 5, b = threadIdx.x;
     const bool mine = b < nb;  // the block's threads cover the row's blocks exactly once
+    x += (u64)blockIdx.y * k;  // the token
+    out += (u64)blockIdx.y * m;
     // Each thread keeps its 32 values of x for the whole kernel.
     float xv[32], sx = 0.0f;
 #pragma unroll
@@ -294,6 +303,9 @@ __device__ void matvec_any(const float* __restrict__ x, const u8* __restrict__ w
     const u32 lane = threadIdx.x & 31;
     const u32 row = blockIdx.x * MATVEC_WARPS + (threadIdx.x >> 5);
     if (row >= m) return;
+    x += (u64)blockIdx.y * MATVEC_MAXN * k;
+    out += (u64)blockIdx.y * MATVEC_MAXN * m;
+    n = min(n - blockIdx.y * MATVEC_MAXN, (u32)MATVEC_MAXN);
     float acc[MATVEC_MAXN];
 #pragma unroll
     for (int j = 0; j < MATVEC_MAXN; ++j) acc[j] = 0.0f;

@@ -1,8 +1,10 @@
-// out = x @ w^T (+ bias) for many tokens (prefill): 64 tokens x 64 weight rows per block of
-// 256 threads, each thread a 4 x 4 register tile. Tiles of 32 columns of x and of w are
+// out = x @ w^T (+ bias) for the prompt rows of a product where the tensor cores do not take
+// them (f32 and f16 weights, k % 32 != 0, or no cuBLAS): 64 tokens x 64 weight rows per block
+// of 256 threads, each thread a 4 x 4 register tile. Tiles of 32 columns of x and of w are
 // staged in shared memory as f32, w dequantized on the way in with the reference's formula
-// (load_w), so any k works, rows starting mid-block included. A plain FMA kernel: the
-// tensor-core (mma) path is still to come.
+// (load_w), so any k works, rows starting mid-block included. Every output sums its k
+// products in order 0..k whatever its place in a tile, so a row's arithmetic never depends on
+// n (batch invariance), one prompt row included.
 // x: [n, k] f32; w: [m, k] in the entry's dtype; bias: [m] f32 or null; out: [n, m] f32.
 // Grid: (ceil(m / 64), ceil(n / 64)).
 

@@ -1,7 +1,9 @@
-// Operands of the prompt's tensor-core products (crates/tandem-cuda/src/blas.rs: cuBLAS with
-// bf16 operands and f32 sums): the activations rounded to bf16, quantized weights expanded to
-// bf16 a slice of rows at a time (the slice is scratch, reused by every product; no bf16 copy
-// of a model is kept), and the bias added after the product.
+// Operands of the prompt rows' tensor-core products (crates/tandem-cuda/src/blas.rs: cuBLAS
+// with bf16 operands and f32 sums): the activations rounded to bf16 (zero rows pad them to
+// whole chunks: every product has one shape, see crates/tandem-cuda/src/ops/matmul.rs),
+// quantized weights expanded to bf16 a slice of rows at a time (the slice is scratch, reused
+// by every product; no bf16 copy of a model is kept), and each chunk's product stored into the
+// output with the bias added.
 
 // Round to nearest even, as half::bf16::from_f32 does; NaN stays a quiet NaN.
 __device__ __forceinline__ u16 f32_to_bf16(float f) {
@@ -10,10 +12,10 @@ __device__ __forceinline__ u16 f32_to_bf16(float f) {
     return (u16)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
 }
 
-// out[i] = bf16(x[i]) for i < len.
-extern "C" __global__ void matmul_tc_cast_x(const float* __restrict__ x, u16* __restrict__ out, u64 len) {
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < len; i += (u64)gridDim.x * blockDim.x)
-        out[i] = f32_to_bf16(x[i]);
+// out[i] = bf16(x[i]) for i < len, 0 for len <= i < padded.
+extern "C" __global__ void matmul_tc_cast_x(const float* __restrict__ x, u16* __restrict__ out, u64 len, u64 padded) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < padded; i += (u64)gridDim.x * blockDim.x)
+        out[i] = i < len ? f32_to_bf16(x[i]) : (u16)0;
 }
 
 // Rows [row0, row0 + rows) of a quantized weight [m, k] (k % 32 == 0) as bf16 [rows, k]: one
@@ -64,9 +66,13 @@ DEQUANT(q8_0, DT_Q8_0)
 DEQUANT(q4_0, DT_Q4_0)
 DEQUANT(q4_1, DT_Q4_1)
 
-// out[t, j] += bias[j] for t < n, j < m.
-extern "C" __global__ void matmul_tc_bias(float* __restrict__ out, const float* __restrict__ bias, u32 n, u32 m) {
-    const u64 len = (u64)n * m;
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < len; i += (u64)gridDim.x * blockDim.x)
-        out[i] += bias[i % m];
+// out[t, col0 + j] = acc[t, j] (+ bias[col0 + j]) for t < rows, j < cols: a chunk's product
+// (acc: [chunk rows, cols], computed in scratch) into its rows of the output (row stride m).
+extern "C" __global__ void matmul_tc_store(const float* __restrict__ acc, const float* __restrict__ bias,
+                                           float* __restrict__ out, u32 rows, u32 cols, u32 m, u32 col0) {
+    const u64 len = (u64)rows * cols;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < len; i += (u64)gridDim.x * blockDim.x) {
+        const u64 t = i / cols, j = i % cols;
+        out[t * m + col0 + j] = bias ? acc[i] + bias[col0 + j] : acc[i];
+    }
 }

@@ -1,11 +1,13 @@
 // Draws a token per row from softmax(x / temperature) restricted by top_k, top_p and min_p,
-// exactly as tandem_core::sampling::sample_row defines it (the same passes as
-// shaders/sample.wgsl). x: [n, width] f32; out: [n] u32; dyn[0] = the uniform draw as f32
-// bits, read from device memory so a captured decode graph replays with a fresh draw.
-// One block of SAMPLE_THREADS per row; every pass reads the row again.
+// each row with its own parameters, exactly as tandem_core::sampling::sample_with defines it
+// (the same passes as shaders/sample.wgsl). x: [n, width] f32; params: [n, 5] words, a
+// tandem_core::ops::SampleRow per row (temperature f32, top_k u32, top_p f32, min_p f32,
+// uniform f32), read from device memory so a captured decode graph replays with fresh draws;
+// out: [n] u32. One block of SAMPLE_THREADS per row; every pass reads the row again.
 //
-// 1. count the finite logits, the max of s = x / T, and the first +inf; no finite logit at
-//    all: the result is argmax's (first +inf, else 0).
+// Temperature 0 is greedy: the row's argmax (the lowest index wins ties, NaN never wins, 0
+// when every value is NaN). Otherwise:
+// 1. count the finite logits and the max of s = x / T; no finite logit at all: the argmax.
 // 2. top_k: the k-th largest s by a radix select (4 passes of 8 bits, a 256-bin histogram)
 //    on an order-preserving u32 key of s; keep key >= it (ties at the edge stay).
 // 3. total = sum over kept of w = exp(s - max).
@@ -74,34 +76,70 @@ __device__ u32 reduce_u(SampleShared& sh, u32 v, int op) {
     return sh.red_u[0];
 }
 
+// tandem_core::sampling::argmax of a row: each thread scans its indices in increasing order
+// for a value strictly above the best so far, then the pairs are combined in a tree.
+__device__ u32 argmax_row(SampleShared& sh, const float* __restrict__ row, u32 width) {
+    const u32 lid = threadIdx.x;
+    float bv = neg_inf();
+    u32 bi = NONE_U32;
+    for (u32 j = lid; j < width; j += SAMPLE_THREADS) {
+        const float v = row[j];
+        if (!is_nan_bits(v) && (bi == NONE_U32 || v > bv)) {
+            bv = v;
+            bi = j;
+        }
+    }
+    __syncthreads();
+    sh.red_f[lid] = bv;
+    sh.red_u[lid] = bi;
+    __syncthreads();
+    for (u32 s = SAMPLE_THREADS / 2; s > 0; s >>= 1) {
+        if (lid < s) {
+            const float ov = sh.red_f[lid + s];
+            const u32 oi = sh.red_u[lid + s];
+            const u32 i = sh.red_u[lid];
+            if (oi != NONE_U32 && (i == NONE_U32 || ov > sh.red_f[lid] || (ov == sh.red_f[lid] && oi < i))) {
+                sh.red_f[lid] = ov;
+                sh.red_u[lid] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    return sh.red_u[0] == NONE_U32 ? 0u : sh.red_u[0];
+}
+
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
-    sample(const float* __restrict__ x, u32* __restrict__ out, const u32* __restrict__ dyn,
-           u32 width, u32 top_k, float temperature, float top_p, float min_p) {
+    sample(const float* __restrict__ x, const u32* __restrict__ params, u32* __restrict__ out, u32 width) {
     __shared__ SampleShared sh;
     const u32 lid = threadIdx.x;
     const float* row = x + (u64)blockIdx.x * width;
-    const float t = temperature;
-    const float uniform = __uint_as_float(dyn[0]);
+    const u32* p = params + (u64)blockIdx.x * 5;
+    const float t = __uint_as_float(p[0]);
+    const u32 top_k = p[1];
+    const float top_p = __uint_as_float(p[2]), min_p = __uint_as_float(p[3]), uniform = __uint_as_float(p[4]);
+    if (t == 0.0f) {
+        const u32 best = argmax_row(sh, row, width);
+        if (lid == 0) out[blockIdx.x] = best;
+        return;
+    }
 
-    // 1. Candidates, the max scaled logit, the first +inf.
+    // 1. Candidates and the max scaled logit.
     u32 cnt = 0;
     float mx = neg_inf();
-    u32 inf_i = NONE_U32;
     for (u32 j = lid; j < width; j += SAMPLE_THREADS) {
         const float v = row[j];
         if (is_finite_bits(v)) {
             cnt += 1;
             const float s = v / t;
             if (s > mx) mx = s;
-        } else if (__float_as_uint(v) == 0x7f800000u && inf_i == NONE_U32) {
-            inf_i = j;
         }
     }
     const u32 count = reduce_u(sh, cnt, 0);
     const float max_s = max_f(sh, mx);
-    const u32 first_inf = reduce_u(sh, inf_i, 1);
     if (count == 0) {
-        if (lid == 0) out[blockIdx.x] = first_inf == NONE_U32 ? 0u : first_inf;
+        // count is the block's: every thread takes this branch, so argmax's barriers are met.
+        const u32 best = argmax_row(sh, row, width);
+        if (lid == 0) out[blockIdx.x] = best;
         return;
     }
 

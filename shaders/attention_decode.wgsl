@@ -1,34 +1,40 @@
-// Causal grouped-query attention for one new token (n = 1), split-K ("flash decoding").
-// q, out: [heads, head_dim] f32; cache_k, cache_v: [blocks, block_size, kv_heads, head_dim] as
-// u32 words (f32 bits, or two f16 per word when KV_F16); block_table: [ceil(ctx_len / bs)];
-// scratch: [heads, nparts, head_dim + 2] f32 partial results.
+// Causal grouped-query attention for decode rows (one new token of a sequence each),
+// split-K ("flash decoding").
+// q, out: [.., heads, head_dim] f32, rows 0..decode_rows; positions, table_starts: [rows] u32
+// (row i attends to positions 0..=positions[i] of the block table at tables[table_starts[i]..]);
+// cache_k, cache_v: [blocks, block_size, kv_heads, head_dim] as u32 words (f32 bits, or two f16
+// per word when KV_F16); scratch: [rows, heads, max_parts, head_dim + 2] f32 partial results.
 //
-// partial: one workgroup per (partition of PART positions, head), one invocation per position.
-//   Writes the partition's max m, sum l = sum exp(s - m) and acc = sum exp(s - m) v to scratch,
-//   or, with a single partition, the normalized output directly.
-//   Dispatch: (nparts, heads).
-// merge: one workgroup per head combines the partitions: out = sum acc_j e^(m_j - M) /
-//   sum l_j e^(m_j - M). Dispatch: (heads, 1, 1); only when nparts > 1.
-// Positions past ctx_len are never read, so NaN in unused cache rows cannot leak.
+// partial: one workgroup per (partition of PART positions, head, row), one invocation per
+//   position. Writes the partition's max m, sum l = sum exp(s - m) and acc = sum exp(s - m) v
+//   to scratch, or, when the row has a single partition, the normalized output directly.
+//   Dispatch: (max_parts, heads, rows).
+// merge: one workgroup per (head, row) combines the row's partitions: out = sum acc_j
+//   e^(m_j - M) / sum l_j e^(m_j - M). Dispatch: (heads, rows); only when max_parts > 1.
+// A row's partitions and their order follow from its own position only; partitions past its
+// context idle, so a row is computed bit for bit alike whatever else shares the dispatch.
+// Positions past a row's own are never read, so NaN in unused cache rows cannot leak.
 // head_dim <= 256.
 
 struct Params {
-    ctx_len: u32,
     heads: u32,
     kv_heads: u32,
     head_dim: u32,
     block_size: u32,
     scale: f32,
-    nparts: u32,
+    // Partitions of max_ctx: the grid's x and the scratch stride.
+    max_parts: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> cache_k: array<u32>;
 @group(0) @binding(3) var<storage, read> cache_v: array<u32>;
-@group(0) @binding(4) var<storage, read> block_table: array<u32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> scratch: array<f32>;
+@group(0) @binding(4) var<storage, read> positions: array<u32>;
+@group(0) @binding(5) var<storage, read> table_starts: array<u32>;
+@group(0) @binding(6) var<storage, read> tables: array<u32>;
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+@group(0) @binding(8) var<storage, read_write> scratch: array<f32>;
 
 override KV_F16: bool = false;
 
@@ -53,28 +59,41 @@ fn load_v(e: u32) -> f32 {
     return bitcast<f32>(cache_v[e]);
 }
 
-// Offset of position t's vector for kv head kvh.
-fn kv_base(t: u32, kvh: u32) -> u32 {
-    let row = block_table[t / p.block_size] * p.block_size + t % p.block_size;
+// Offset of position t's vector for kv head kvh in the table starting at tables[start].
+fn kv_base(start: u32, t: u32, kvh: u32) -> u32 {
+    let row = tables[start + t / p.block_size] * p.block_size + t % p.block_size;
     return (row * p.kv_heads + kvh) * p.head_dim;
+}
+
+// Partitions of row i's context (the host checked positions < max_ctx; the clamp keeps an
+// unchecked one inside the grid and the scratch).
+fn row_parts(i: u32) -> u32 {
+    return min(positions[i] / PART + 1u, p.max_parts);
 }
 
 @compute @workgroup_size(PART)
 fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let j = wid.x;
     let h = wid.y;
+    let i = wid.z;
+    let nparts = row_parts(i);
+    if j >= nparts {
+        return;
+    }
+    let start = table_starts[i];
     let kvh = h / (p.heads / p.kv_heads);
     let hd = p.head_dim;
+    let qo = (i * p.heads + h) * hd;
     for (var d = lid; d < hd; d += PART) {
-        qs[d] = q[h * hd + d];
+        qs[d] = q[qo + d];
     }
     workgroupBarrier();
     let t0 = j * PART;
-    let cnt = min(p.ctx_len - t0, PART);
+    let cnt = min(positions[i] + 1u - t0, PART);
     let t = t0 + lid;
     var s = -3.4e38;
     if lid < cnt {
-        let base = kv_base(t, kvh);
+        let base = kv_base(start, t, kvh);
         var dotv = 0.0;
         for (var d = 0u; d < hd; d++) {
             dotv += qs[d] * load_k(base + d);
@@ -105,19 +124,19 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         workgroupBarrier();
     }
     let l = red[0];
-    let slot = (h * p.nparts + j) * (hd + 2u);
+    let slot = ((i * p.heads + h) * p.max_parts + j) * (hd + 2u);
     for (var d = lid; d < hd; d += PART) {
         var a = 0.0;
         for (var tt = 0u; tt < cnt; tt++) {
-            a += probs[tt] * load_v(kv_base(t0 + tt, kvh) + d);
+            a += probs[tt] * load_v(kv_base(start, t0 + tt, kvh) + d);
         }
-        if p.nparts == 1u {
-            out[h * hd + d] = a / l;
+        if nparts == 1u {
+            out[qo + d] = a / l;
         } else {
             scratch[slot + 2u + d] = a;
         }
     }
-    if lid == 0u && p.nparts > 1u {
+    if lid == 0u && nparts > 1u {
         scratch[slot] = m;
         scratch[slot + 1u] = l;
     }
@@ -126,23 +145,28 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
 @compute @workgroup_size(PART)
 fn merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wid.x;
+    let i = wid.y;
+    let nparts = row_parts(i);
+    if nparts == 1u {
+        return; // partial wrote the output
+    }
     let hd = p.head_dim;
-    let base = h * p.nparts * (hd + 2u);
+    let base = (i * p.heads + h) * p.max_parts * (hd + 2u);
     var mx = -3.4e38;
-    for (var j = 0u; j < p.nparts; j++) {
+    for (var j = 0u; j < nparts; j++) {
         mx = max(mx, scratch[base + j * (hd + 2u)]);
     }
     var l = 0.0;
-    for (var j = 0u; j < p.nparts; j++) {
+    for (var j = 0u; j < nparts; j++) {
         let slot = base + j * (hd + 2u);
         l += scratch[slot + 1u] * exp(scratch[slot] - mx);
     }
     for (var d = lid; d < hd; d += PART) {
         var a = 0.0;
-        for (var j = 0u; j < p.nparts; j++) {
+        for (var j = 0u; j < nparts; j++) {
             let slot = base + j * (hd + 2u);
             a += scratch[slot + 2u + d] * exp(scratch[slot] - mx);
         }
-        out[h * hd + d] = a / l;
+        out[(i * p.heads + h) * hd + d] = a / l;
     }
 }

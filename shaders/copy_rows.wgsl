@@ -1,7 +1,9 @@
-// dst[i] = src[src_off + i] for i < len (whole rows: src_off = src_row * width, len = n_rows * width).
+// dst[dst_off + i] = src[src_off + i] for i < len (whole rows: src_off = src_row * width,
+// dst_off = dst_row * width, len = n_rows * width).
 
 struct Params {
     src_off: u32,
+    dst_off: u32,
     len: u32,
 }
 
@@ -16,6 +18,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
     let i = (wid.x + wid.y * nwg.x) * WG + lid;
     if i < p.len {
-        dst[i] = src[p.src_off + i];
+        dst[p.dst_off + i] = src[p.src_off + i];
     }
 }

@@ -1,22 +1,28 @@
 // out = x @ w^T (+ bias), dequantizing w inside the kernel.
-// x: [n, k] f32; w: [m, k] in DTYPE, read as u32 words (one part of a possibly split weight:
+// x: [.., k] f32; w: [m, k] in DTYPE, read as u32 words (one part of a possibly split weight:
 // its rows land at columns out_off.. of out); bias: [out_off + m] f32 (read when has_bias);
-// out: [n, out_stride] f32.
+// out: [.., out_stride] f32. A dispatch computes token rows row0..row0 + n.
 //
 // Quantized weights use tandem's layout: blocks of 32 over the FLAT element index, qs first,
 // f16 scales d from word d_off, (Q4_1) f16 minimums m from word m_off. A row starts at flat
 // element r * k, which need not be a block (or even a byte) boundary when k % 32 != 0.
 //
+// Batch invariance: a token row's arithmetic depends on k, m, the dtype and the entry point
+// only, never on n, row0 or the other rows, so the host picks the entry point from the row's
+// class (decode rows: matvec or matvec_rows; prompt rows: tiled) and a row is computed bit for
+// bit alike however many rows share the dispatch.
+//
 // Entry points:
-// - matvec: small n (decode). TPR invocations per weight row, 256 / TPR rows per workgroup,
+// - matvec: decode rows. TPR invocations per weight row, 256 / TPR rows per workgroup,
 //   one token per workgroup z; each invocation dequantizes 8 weights at a time in registers;
 //   partial sums meet in workgroup memory. Dispatch: (ceil(m / (256 / TPR)) folded, n).
-// - matvec_rows: small n when k % 32 == 0 (every row starts on a block, as in every real model):
-//   one weight row per invocation, walking its blocks of 32 with the same x indices in every
-//   invocation, so a CPU rasterizer loads x once per SIMD batch rather than once per lane, and
-//   no partial sums meet in workgroup memory. Dispatch: (ceil(m / RWG) folded, n).
-// - tiled: any n (prefill). 64 tokens x 64 rows per workgroup, k in steps of 16 through
-//   workgroup memory, 4 x 4 outputs per invocation. Dispatch: (ceil(m / 64), ceil(n / 64)).
+// - matvec_rows: decode rows when k % 32 == 0 (every row starts on a block, as in every real
+//   model): one weight row per invocation, walking its blocks of 32 with the same x indices in
+//   every invocation, so a CPU rasterizer loads x once per SIMD batch rather than once per lane,
+//   and no partial sums meet in workgroup memory. Dispatch: (ceil(m / RWG) folded, n).
+// - tiled: prompt rows. 64 tokens x 64 rows per workgroup, k in steps of 16 through workgroup
+//   memory, 4 x 4 outputs per invocation; a token's sum runs over k in the same order in
+//   every tile. Dispatch: (ceil(m / 64), ceil(n / 64)).
 
 struct Params {
     n: u32,
@@ -27,6 +33,7 @@ struct Params {
     has_bias: u32,
     d_off: u32,
     m_off: u32,
+    row0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -151,7 +158,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let rpw = WG / TPR;
     let r = (wid.x + wid.y * nwg.x) * rpw + lid / TPR;
     let lane = lid % TPR;
-    let t = wid.z; // the token
+    let t = p.row0 + wid.z; // the token
     var acc = 0.0;
     if r < p.m {
         let e0 = r * p.k;
@@ -257,7 +264,7 @@ fn block_dot(blk: u32, xi: u32) -> f32 {
 fn matvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let r = (wid.x + wid.y * nwg.x) * RWG + lid;
-    let t = wid.z; // the token
+    let t = p.row0 + wid.z; // the token
     if r >= p.m {
         return;
     }
@@ -296,7 +303,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
             let kk = k0 + idx % BK;
             var xv = 0.0;
             if t0 + row < p.n && kk < p.k {
-                xv = x[(t0 + row) * p.k + kk];
+                xv = x[(p.row0 + t0 + row) * p.k + kk];
             }
             xs[idx] = xv;
             var wv = 0.0;
@@ -322,11 +329,12 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     store(t0 + lid3.y + 48u, r0 + lid3.x, acc3);
 }
 
-// Token t, weight rows r, r + 16, r + 32, r + 48.
+// Token row0 + t, weight rows r, r + 16, r + 32, r + 48.
 fn store(t: u32, r: u32, acc: vec4<f32>) {
     if t >= p.n {
         return;
     }
+    let o = (p.row0 + t) * p.out_stride + p.out_off;
     for (var j = 0u; j < 4u; j++) {
         let row = r + 16u * j;
         if row < p.m {
@@ -334,7 +342,7 @@ fn store(t: u32, r: u32, acc: vec4<f32>) {
             if p.has_bias != 0u {
                 b = bias[p.out_off + row];
             }
-            out[t * p.out_stride + p.out_off + row] = acc[j] + b;
+            out[o + row] = acc[j] + b;
         }
     }
 }

@@ -1,8 +1,9 @@
 enable f16;
 
 // out = x @ w^T (+ bias) for f16 weights read as native f16 (adapters with shader-f16).
-// Same shapes, parameters, entry points and dispatch as matmul.wgsl (see there):
-// x: [n, k] f32; w: [m, k] f16; bias: [out_off + m] f32; out: [n, out_stride] f32.
+// Same shapes, parameters and dispatch as matmul.wgsl's matvec (decode rows) and tiled
+// (prompt rows), with the same batch invariance (see there): x: [.., k] f32; w: [m, k] f16;
+// bias: [out_off + m] f32; out: [.., out_stride] f32; token rows row0..row0 + n.
 
 struct Params {
     n: u32,
@@ -13,6 +14,7 @@ struct Params {
     has_bias: u32,
     d_off: u32,
     m_off: u32,
+    row0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -58,7 +60,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let rpw = WG / TPR;
     let r = (wid.x + wid.y * nwg.x) * rpw + lid / TPR;
     let lane = lid % TPR;
-    let t = wid.z; // the token
+    let t = p.row0 + wid.z; // the token
     var acc = 0.0;
     if r < p.m {
         let e0 = r * p.k;
@@ -123,7 +125,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
             let kk = k0 + idx % BK;
             var xv = 0.0;
             if t0 + row < p.n && kk < p.k {
-                xv = x[(t0 + row) * p.k + kk];
+                xv = x[(p.row0 + t0 + row) * p.k + kk];
             }
             xs[idx] = xv;
             var wv = 0.0;
@@ -149,11 +151,12 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     store(t0 + lid3.y + 48u, r0 + lid3.x, acc3);
 }
 
-// Token t, weight rows r, r + 16, r + 32, r + 48.
+// Token row0 + t, weight rows r, r + 16, r + 32, r + 48.
 fn store(t: u32, r: u32, acc: vec4<f32>) {
     if t >= p.n {
         return;
     }
+    let o = (p.row0 + t) * p.out_stride + p.out_off;
     for (var j = 0u; j < 4u; j++) {
         let row = r + 16u * j;
         if row < p.m {
@@ -161,7 +164,7 @@ fn store(t: u32, r: u32, acc: vec4<f32>) {
             if p.has_bias != 0u {
                 b = bias[p.out_off + row];
             }
-            out[t * p.out_stride + p.out_off + row] = acc[j] + b;
+            out[o + row] = acc[j] + b;
         }
     }
 }

@@ -1,9 +1,13 @@
 // Draws a token per row from softmax(x / temperature) restricted by top_k, top_p and min_p,
-// exactly as tandem_core::sampling::sample_row defines it. x: [n, width] f32; out: [n] u32.
+// exactly as tandem_core::sampling::sample_with defines it, each row with its own parameters.
+// x: [n, width] f32; params: [n * 5] u32, row i's SampleRow (temperature f32, top_k u32,
+// top_p f32, min_p f32, uniform f32) at words 5 i..; out: [n] u32.
 // One workgroup per row; every pass reads the row again (nothing is stored per element).
 //
-// 1. count the finite logits, the max of s = x / T, and the first +inf (for the fallback);
-//    no finite logit at all: the result is argmax's (first +inf, else 0).
+// 0. temperature 0 (greedy): the row's argmax as tandem_core::sampling::argmax (and the
+//    Argmax op) define it: the lowest index of the largest value, NaN never winning; 0 when
+//    every value is NaN.
+// 1. count the finite logits and the max of s = x / T; no finite logit at all: the argmax.
 // 2. top_k: the k-th largest s by a radix select (4 passes of 8 bits, a 256-bin histogram)
 //    on an order-preserving u32 key of s; keep key >= it (ties at the edge stay).
 // 3. total = sum over kept of w = exp(s - max).
@@ -17,8 +21,12 @@
 
 struct Params {
     width: u32,
-    top_k: u32,
+}
+
+// One row's parameters (SampleRow).
+struct Row {
     temperature: f32,
+    top_k: u32,
     top_p: f32,
     min_p: f32,
     uniform: f32,
@@ -26,7 +34,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<u32>;
+@group(0) @binding(2) var<storage, read> params: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<u32>;
 
 // Invocations per row: a power of two, at most MAXWG.
 override WG: u32 = 256u;
@@ -125,16 +134,65 @@ fn reduce_u(lid: u32, v: u32, op: u32) -> u32 {
     return workgroupUniformLoad(&out_u);
 }
 
+// The row's argmax (step 0): each invocation keeps the first maximum of its strided slice,
+// then pairs meet in a tree. Called in uniform control flow.
+fn argmax_row(lid: u32, base: u32, width: u32) -> u32 {
+    var bv = 0.0;
+    var bi = NONE;
+    for (var j = lid; j < width; j += WG) {
+        let v = x[base + j];
+        if !is_nan(v) && (bi == NONE || v > bv) {
+            bv = v;
+            bi = j;
+        }
+    }
+    red_f[lid] = bv;
+    red_u[lid] = bi;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            let ov = red_f[lid + s];
+            let oi = red_u[lid + s];
+            let cv = red_f[lid];
+            let ci = red_u[lid];
+            if oi != NONE && (ci == NONE || ov > cv || (ov == cv && oi < ci)) {
+                red_f[lid] = ov;
+                red_u[lid] = oi;
+            }
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        out_u = select(red_u[0], 0u, red_u[0] == NONE);
+    }
+    return workgroupUniformLoad(&out_u);
+}
+
+fn row_params(i: u32) -> Row {
+    let w = i * 5u;
+    return Row(bitcast<f32>(params[w]), params[w + 1u], bitcast<f32>(params[w + 2u]),
+               bitcast<f32>(params[w + 3u]), bitcast<f32>(params[w + 4u]));
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let width = p.width;
     let base = wid.x * width;
-    let t = p.temperature;
+    let row = row_params(wid.x);
+    let t = row.temperature;
 
-    // 1. Candidates (finite logits), the max scaled logit, the first +inf.
+    // 0. Greedy.
+    if t == 0.0 {
+        let best = argmax_row(lid, base, width);
+        if lid == 0u {
+            out[wid.x] = best;
+        }
+        return;
+    }
+
+    // 1. Candidates (finite logits) and the max scaled logit.
     var cnt = 0u;
     var mx = neg_inf();
-    var inf_i = NONE;
     for (var j = lid; j < width; j += WG) {
         let v = x[base + j];
         if is_finite(v) {
@@ -143,25 +201,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if s > mx {
                 mx = s;
             }
-        } else if bitcast<u32>(v) == 0x7f800000u && inf_i == NONE {
-            inf_i = j;
         }
     }
     let count = reduce_u(lid, cnt, 0u);
     let max_s = max_f(lid, mx);
-    let first_inf = reduce_u(lid, inf_i, 1u);
     if count == 0u {
+        let best = argmax_row(lid, base, width);
         if lid == 0u {
-            out[wid.x] = select(first_inf, 0u, first_inf == NONE);
+            out[wid.x] = best;
         }
         return;
     }
 
     // 2. top_k: the key of the k-th largest scaled logit.
     var lo = 0u;
-    if p.top_k > 0u && p.top_k < count {
+    if row.top_k > 0u && row.top_k < count {
         var prefix = 0u;
-        var rem = p.top_k;
+        var rem = row.top_k;
         for (var d = 0u; d < 4u; d += 1u) {
             let shift = 24u - 8u * d;
             let hmask = select(0xffffffffu << (shift + 8u), 0u, d == 0u);
@@ -213,7 +269,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let total = sum_f(lid, part);
 
     // 4. top_p (a NaN total keeps everything, as on the CPU: no comparison with NaN holds).
-    if p.top_p < 1.0 && !is_nan(total) {
+    if row.top_p < 1.0 && !is_nan(total) {
         var kf = 0u;
         for (var bit = 31i; bit >= 0i; bit -= 1i) {
             let c = kf | (1u << u32(bit));
@@ -229,7 +285,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 }
             }
             let above = sum_f(lid, a);
-            if above / total >= p.top_p {
+            if above / total >= row.top_p {
                 kf = c;
             }
         }
@@ -241,7 +297,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let chunk = (width + WG - 1u) / WG;
     let begin = min(lid * chunk, width);
     let end = min(begin + chunk, width);
-    let use_min_p = p.min_p > 0.0;
+    let use_min_p = row.min_p > 0.0;
     part = 0.0;
     var last = NONE;
     for (var j = begin; j < end; j += 1u) {
@@ -250,7 +306,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let s = v / t;
             if key(s) >= lo {
                 let w = exp(s - max_s);
-                if !use_min_p || w >= p.min_p {
+                if !use_min_p || w >= row.min_p {
                     part += w;
                     last = j;
                 }
@@ -266,7 +322,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             red_f[i] = acc;
             acc += c;
         }
-        out_f = p.uniform * acc;
+        out_f = row.uniform * acc;
     }
     let target_sum = workgroupUniformLoad(&out_f);
     var acc = red_f[lid];
@@ -277,7 +333,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let s = v / t;
             if key(s) >= lo {
                 let w = exp(s - max_s);
-                if !use_min_p || w >= p.min_p {
+                if !use_min_p || w >= row.min_p {
                     acc += w;
                     if acc > target_sum {
                         found = j;

@@ -687,6 +687,24 @@ fn sample(rng: &mut Rng) -> Vec<Case> {
         let rows = filters.iter().map(|&(temperature, top_k, top_p, min_p)| SampleRow { temperature, top_k, top_p, min_p, uniform: draw(rng) }).collect();
         push(rng, width, rows, Some(3));
     }
+    // Rows with no finite logit: greedy and sampled alike give argmax's answer (the first
+    // +inf; else the first -inf; NaN never).
+    for (f, vals) in [[f32::NAN, f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY], [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, f32::INFINITY]].iter().enumerate() {
+        for temperature in [0.0, 1.0] {
+            let mut b = Bufs::default();
+            let width = 300;
+            let mut x = vec![f32::NAN; width];
+            for (j, &v) in vals.iter().enumerate() {
+                x[50 + 60 * j] = v;
+            }
+            let x = b.f32(&x);
+            let row = SampleRow { temperature, top_k: 0, top_p: 1.0, min_p: 0.0, uniform: 0.5 };
+            let params = b.u32(&SampleRow::to_words(&[row]));
+            let o = b.poison(DType::U32, 1);
+            let op = Op::Sample(Sample { x, params, out: o, n: 1, width });
+            out.push(b.case(format!("no finite logit {f} T={temperature}"), op, &[(o, tolerance("sample", DType::F32))]));
+        }
+    }
     out
 }
 

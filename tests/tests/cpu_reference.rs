@@ -82,6 +82,7 @@ fn matmul_tiny_with_bias() {
         n: 2,
         k: 3,
         m: 4,
+        decode_rows: 0,
     };
     run(b, Op::Matmul(op)).unwrap();
     assert_close(
@@ -149,6 +150,7 @@ fn q4_1_dequant_by_hand() {
                 n: 1,
                 k: 32,
                 m: 1,
+                decode_rows: 1,
             }),
         )
         .unwrap();
@@ -164,6 +166,7 @@ fn q4_1_dequant_by_hand() {
                 n: 1,
                 k: 16,
                 m: 2,
+                decode_rows: 1,
             }),
         )
         .unwrap();
@@ -184,24 +187,26 @@ fn two_position_cache<B: Backend>(b: &mut B) -> (BufId, BufId, BufId) {
     (ck, cv, table)
 }
 
-fn attention_op(
-    q: BufId,
-    ck: BufId,
-    cv: BufId,
-    table: BufId,
-    out: BufId,
-    n: usize,
-    ctx_len: usize,
-) -> Op {
+/// Attention of queries at `positions` of one sequence (block table `table`, one block), the
+/// first `decode_rows` of them decodes.
+#[allow(clippy::too_many_arguments)]
+fn attention_op<B: Backend>(b: &mut B, q: BufId, ck: BufId, cv: BufId, table: BufId, out: BufId, positions: &[u32], decode_rows: usize, max_ctx: usize) -> Op {
+    let n = positions.len();
+    let pos = u32_buf(b, positions);
+    let starts = u32_buf(b, &vec![0; n]);
     Op::Attention(Attention {
         q,
         cache_k: ck,
         cache_v: cv,
         kv_dtype: DType::F32,
-        block_table: table,
+        positions: pos,
+        table_starts: starts,
+        tables: table,
+        tables_len: 1,
         out,
         n,
-        ctx_len,
+        decode_rows,
+        max_ctx,
         heads: 1,
         kv_heads: 1,
         head_dim: 2,
@@ -217,7 +222,8 @@ fn attention_two_positions_by_hand() {
     // Decode at position 1: scores [ln 3, 0] -> softmax [3/4, 1/4].
     let q = f32_buf(b, &[3f32.ln(), 0.0]);
     let out = b.alloc(DType::F32, 2).unwrap();
-    run(b, attention_op(q, ck, cv, table, out, 1, 2)).unwrap();
+    let op = attention_op(b, q, ck, cv, table, out, &[1], 1, 2);
+    run(b, op).unwrap();
     assert_close(
         &read(b, out, 2),
         &[0.75 * 1.0 + 0.25 * 3.0, 0.75 * 2.0 + 0.25 * 4.0],
@@ -225,7 +231,8 @@ fn attention_two_positions_by_hand() {
     // Prefill of both: query 0 sees only position 0, so its output is V0 whatever q is.
     let q = f32_buf(b, &[5.0, -7.0, 3f32.ln(), 0.0]);
     let out = b.alloc(DType::F32, 4).unwrap();
-    run(b, attention_op(q, ck, cv, table, out, 2, 2)).unwrap();
+    let op = attention_op(b, q, ck, cv, table, out, &[0, 1], 0, 2);
+    run(b, op).unwrap();
     assert_close(&read(b, out, 4), &[1.0, 2.0, 1.5, 2.5]);
 }
 
@@ -357,6 +364,7 @@ fn bad_ops_are_errors_not_panics() {
                 n,
                 k,
                 m,
+                decode_rows: 0,
             })
         };
         let bad = [
@@ -380,13 +388,14 @@ fn bad_ops_are_errors_not_panics() {
             ("unknown buffer", mm(BufId(9999), x, DType::F32, 1, 8, 8)),
             (
                 "block outside cache",
-                attention_op(q, ck, cv, bad_table, out, 1, 2),
+                attention_op(b, q, ck, cv, bad_table, out, &[1], 1, 2),
             ),
             (
                 "block table too short",
-                attention_op(q, ck, cv, table, out, 1, 3),
+                attention_op(b, q, ck, cv, table, out, &[2], 1, 3),
             ),
-            ("n > ctx_len", attention_op(q, ck, cv, table, out, 2, 1)),
+            ("position past max_ctx", attention_op(b, q, ck, cv, table, out, &[1], 1, 1)),
+            ("decode_rows > n", attention_op(b, q, ck, cv, table, out, &[1], 2, 2)),
             (
                 "slot outside cache",
                 Op::KvWrite(KvWrite {
@@ -432,6 +441,7 @@ fn bad_ops_are_errors_not_panics() {
                     src: small,
                     dst: out,
                     src_row: 1,
+                    dst_row: 0,
                     n_rows: 1,
                     width: 3,
                 }),

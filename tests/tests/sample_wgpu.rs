@@ -1,6 +1,6 @@
-//! The WebGPU Sample kernel against `sample_row` on rows built to hit its edges: ties at the
+//! The WebGPU Sample kernel against `sample_with` on rows built to hit its edges: ties at the
 //! top_k and top_p boundaries, +-0, NaN and +-inf, rows with no finite logit, one-element rows,
-//! many draws per row. No adapter: SKIP.
+//! greedy rows, many draws per row. No adapter: SKIP.
 //!
 //! Rows stay at most a few thousand wide: `sample_row` sums weights sequentially in f32 (the
 //! top_p mass in descending order, the draw in id order) while the kernel sums them in
@@ -8,8 +8,8 @@
 //! to move the draw by a few ids on a sizeable share of draws.
 
 use tandem_core::backend::{Backend, BackendExt, Step};
-use tandem_core::ops::{Op, Sample};
-use tandem_core::sampling::{sample_row, Rng};
+use tandem_core::ops::{Op, Sample, SampleRow};
+use tandem_core::sampling::{sample_with, Rng};
 use tandem_core::DType;
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
 
@@ -31,6 +31,7 @@ fn sample_matches_sample_row_on_edge_rows() {
         vec![nan, nan],
         vec![nan, -inf, inf, nan, inf],
         vec![-inf, nan],
+        vec![nan, -inf, nan],
         vec![1.0, inf, 2.0],
         vec![-0.0, 0.0, -0.0, 0.0, -1.0],
         vec![3.5],
@@ -46,7 +47,8 @@ fn sample_matches_sample_row_on_edge_rows() {
         }
         rows.extend([cont, quant, special]);
     }
-    let filters: &[(f32, usize, f32, f32)] = &[
+    let filters: &[(f32, u32, f32, f32)] = &[
+        (0.0, 0, 1.0, 0.0),
         (1.0, 0, 1.0, 0.0),
         (0.7, 1, 1.0, 0.0),
         (1.0, 2, 1.0, 0.0),
@@ -58,7 +60,7 @@ fn sample_matches_sample_row_on_edge_rows() {
         (2.0, 0, 1.0, 0.3),
         (1.0, 0, 1.0, 1.0),
         (1.0, 1000, 0.99, 0.01),
-        (1.0, usize::MAX, 1e-6, 0.0),
+        (1.0, u32::MAX, 1e-6, 0.0),
     ];
     let mut failures = vec![];
     let mut checked = 0;
@@ -67,25 +69,28 @@ fn sample_matches_sample_row_on_edge_rows() {
         let x = b.alloc(DType::F32, width).unwrap();
         b.write(x, bytemuck::cast_slice(row)).unwrap();
         let out = b.alloc(DType::U32, 1).unwrap();
+        let params = b.alloc(DType::U32, SampleRow::WORDS).unwrap();
         for &(temperature, top_k, top_p, min_p) in filters {
             for _ in 0..4 {
-                let uniform = rng.next_f32();
+                let p = SampleRow { temperature, top_k, top_p, min_p, uniform: rng.next_f32() };
                 let mut step = Step::default();
-                step.push(Op::Sample(Sample { x, out, n: 1, width, temperature, top_k, top_p, min_p, uniform }));
+                step.write_u32(params, &SampleRow::to_words(&[p]));
+                step.push(Op::Sample(Sample { x, params, out, n: 1, width }));
                 b.execute(&step).unwrap();
                 let got = pollster::block_on(b.read_u32(out, 0, 1)).unwrap()[0];
-                let want = sample_row(row, temperature, top_k, top_p, min_p, uniform);
+                let want = sample_with(row, &p);
                 checked += 1;
                 if got != want {
                     failures.push(format!(
-                        "width={width} T={temperature} top_k={top_k} top_p={top_p} min_p={min_p} u={uniform}: got {got}, want {want} (row starts {:?})",
+                        "width={width} {p:?}: got {got}, want {want} (row starts {:?})",
                         &row[..width.min(6)]
                     ));
                 }
             }
         }
-        b.free(x);
-        b.free(out);
+        for id in [x, out, params] {
+            b.free(id);
+        }
     }
     assert!(failures.is_empty(), "{} of {checked} draws differ:\n  {}", failures.len(), failures.join("\n  "));
 }
@@ -100,23 +105,36 @@ fn bad_sample_parameters_are_errors() {
         }
     };
     let x = b.alloc(DType::F32, 8).unwrap();
-    let out = b.alloc(DType::U32, 1).unwrap();
-    let ok = Sample { x, out, n: 1, width: 8, temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, uniform: 0.5 };
-    for bad in [
-        Sample { temperature: 0.0, ..ok.clone() },
-        Sample { temperature: f32::NAN, ..ok.clone() },
-        Sample { top_p: 0.0, ..ok.clone() },
-        Sample { top_p: 1.5, ..ok.clone() },
-        Sample { min_p: -0.1, ..ok.clone() },
-        Sample { uniform: 1.0, ..ok.clone() },
-        Sample { width: 9, ..ok.clone() },
-        Sample { out: x, ..ok.clone() },
-    ] {
+    let out = b.alloc(DType::U32, 2).unwrap();
+    let params = b.alloc(DType::U32, SampleRow::WORDS).unwrap();
+    let op = Sample { x, params, out, n: 1, width: 8 };
+    let ok = SampleRow { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, uniform: 0.5 };
+    let run = |b: &mut WgpuBackend, row: SampleRow, op: &Sample| {
         let mut step = Step::default();
-        step.push(Op::Sample(bad.clone()));
-        assert!(b.execute(&step).is_err(), "{bad:?}");
+        step.write_u32(params, &SampleRow::to_words(&[row]));
+        step.push(Op::Sample(op.clone()));
+        b.execute(&step)
+    };
+    for bad in [
+        SampleRow { temperature: -1.0, ..ok },
+        SampleRow { temperature: f32::NAN, ..ok },
+        SampleRow { temperature: f32::INFINITY, ..ok },
+        SampleRow { top_p: 0.0, ..ok },
+        SampleRow { top_p: 1.5, ..ok },
+        SampleRow { min_p: -0.1, ..ok },
+        SampleRow { uniform: 1.0, ..ok },
+    ] {
+        assert!(run(&mut b, bad, &op).is_err(), "{bad:?}");
     }
-    let mut step = Step::default();
-    step.push(Op::Sample(ok));
-    b.execute(&step).unwrap();
+    for bad in [
+        Sample { width: 9, ..op.clone() },
+        Sample { out: x, ..op.clone() },
+        // Two rows need ten parameter words.
+        Sample { n: 2, width: 4, ..op.clone() },
+    ] {
+        assert!(run(&mut b, ok, &bad).is_err(), "{bad:?}");
+    }
+    run(&mut b, ok, &op).unwrap();
+    // Temperature 0 is a greedy row, not an error.
+    run(&mut b, SampleRow::greedy(), &op).unwrap();
 }

@@ -34,6 +34,8 @@ fn bench(b: &mut CpuBackend, label: &str, dtype: DType, n: usize, k: usize, m: u
             n,
             k,
             m,
+            // One token is a decode; more are a prompt.
+            decode_rows: if n == 1 { 1 } else { 0 },
         })],
     };
     b.execute(&step).unwrap(); // warm up

@@ -1,7 +1,7 @@
 //! Backend buffers: one device allocation per tensor, plus a host copy of small u32 buffers
-//! (token ids, slots, block tables) as last uploaded, so ops can check the indices they will
-//! follow before launching (the CPU backend reports a bad id as an error; a kernel could only
-//! skip it silently).
+//! (token ids, slots, positions, block tables, sampling parameters) as last uploaded, so ops
+//! can check the indices and parameters they will follow before launching (the CPU backend
+//! reports a bad id as an error; a kernel could only skip it silently).
 
 use std::collections::HashMap;
 
@@ -14,8 +14,11 @@ pub(crate) struct Entry {
     pub numel: usize,
     /// Bytes in tandem's layout (`dtype.storage_bytes(numel)`): what write and read address.
     pub bytes: usize,
-    pub shadow: U32Shadow,
+    pub shadow: Shadow,
 }
+
+/// Host copies of small index uploads (see [`U32Shadow`]).
+pub(crate) type Shadow = U32Shadow;
 
 #[derive(Default)]
 pub(crate) struct Table {

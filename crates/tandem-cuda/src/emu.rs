@@ -183,9 +183,7 @@ pub struct EmuBackend {
     table: Table,
     mem: HashMap<BufId, HostMem>,
     launches: Vec<Launch>,
-    dyn_host: Vec<u32>,
     written_u32: Vec<BufId>,
-    params: HostMem,
     scratch: HostMem,
     arch: Arch,
 }
@@ -198,9 +196,7 @@ impl EmuBackend {
             table: Table::default(),
             mem: HashMap::new(),
             launches: Vec::new(),
-            dyn_host: Vec::new(),
             written_u32: Vec::new(),
-            params: HostMem::new(4096).map_err(|e| e.to_string())?,
             scratch: HostMem::new(4).map_err(|e| e.to_string())?,
             arch: Arch { name: "emu".into(), cubin: false, sms: 4 },
         })
@@ -210,23 +206,17 @@ impl EmuBackend {
         for (id, bytes) in &step.writes {
             self.write(*id, bytes)?;
         }
-        let (slots, scratch) = ops::step_memory(&self.table, &step.ops, false);
-        if slots * 4 > self.params.layout.size() {
-            self.params = HostMem::new(slots * 4)?;
-        }
+        let scratch = ops::scratch_bytes(&step.ops, false);
         if scratch > self.scratch.layout.size() {
             self.scratch = HostMem::new(scratch)?;
         }
         self.launches.clear();
-        self.dyn_host.clear();
         self.written_u32.clear();
         let mut rec = Recorder {
             table: &self.table,
             modules: None,
             arch: &self.arch,
             out: &mut self.launches,
-            dyn_host: &mut self.dyn_host,
-            dyn_base: self.params.addr(),
             scratch: self.scratch.addr(),
             blas: None,
             written_u32: &mut self.written_u32,
@@ -237,8 +227,6 @@ impl EmuBackend {
         for id in &self.written_u32 {
             self.table.shadow_forget(*id);
         }
-        let dyn_bytes: &[u8] = bytemuck::cast_slice(&self.dyn_host);
-        self.params.bytes()[..dyn_bytes.len()].copy_from_slice(dyn_bytes);
         for l in &self.launches {
             let name = CString::new(l.entry).expect("entry names have no NUL");
             let args: Vec<u64> = l.args[..l.nargs].iter().map(|a| a.bits()).collect();

@@ -1,8 +1,11 @@
-//! CUDA graphs for steps that repeat: a decode step records the same ops every token, with
-//! only a few per-step values changing (Attention's ctx_len, Sample's uniform), and those
-//! reach the kernels through device memory (dyn slots) written with the step's uploads. So a
-//! step is captured once when it repeats the previous step's ops (those fields aside) and then
-//! replayed with one launch while the shapes stay the same.
+//! CUDA graphs for steps that repeat: a decode step launches the same kernels with the same
+//! arguments every token (what changes, the positions, block tables, sampling parameters and
+//! ids, is data in buffers the step uploads, and Attention's max_ctx sizes its grid only in
+//! powers of two), so it is captured once and then replayed with one launch while its launches
+//! stay the same. Keying on the launches rather than on the ops means any op field a kernel
+//! does see forces a new graph. A decode step is captured on first sight (the next tokens
+//! repeat it, a new batch or a grid growing with the contexts included); any other step when
+//! it repeats the previous step's launches (prompt chunks rarely do).
 
 use cudarc::driver::{result, sys};
 use tandem_core::ops::Op;
@@ -16,32 +19,28 @@ const KEEP: usize = 4;
 
 pub(crate) struct Graphs {
     pub enabled: bool,
-    /// The last step's ops, reused (no allocation per step once it has grown).
-    prev: Vec<Op>,
-    cache: Vec<(Vec<Op>, sys::CUgraphExec)>,
+    /// The last step's launches, reused (no allocation per step once it has grown).
+    prev: Vec<Launch>,
+    cache: Vec<(Vec<Launch>, sys::CUgraphExec)>,
     /// Why capture was turned off, if it failed once.
     pub disabled: Option<String>,
 }
 
-/// Equal as graph keys: everything but the fields a graph reads from dyn slots.
-fn same_shape(a: &Op, b: &Op) -> bool {
-    match (a, b) {
-        (Op::Attention(x), Op::Attention(y)) => {
-            let mut y = y.clone();
-            y.ctx_len = x.ctx_len;
-            *x == y
+/// Whether `ops` are a decode step: products and attention over decode rows only.
+pub(crate) fn decode_step(ops: &[Op]) -> bool {
+    let mut any = false;
+    for op in ops {
+        let (n, decode_rows) = match op {
+            Op::Matmul(m) => (m.n, m.decode_rows),
+            Op::Attention(a) => (a.n, a.decode_rows),
+            _ => continue,
+        };
+        if decode_rows != n {
+            return false;
         }
-        (Op::Sample(x), Op::Sample(y)) => {
-            let mut y = y.clone();
-            y.uniform = x.uniform;
-            *x == y
-        }
-        _ => a == b,
+        any = true;
     }
-}
-
-fn same_ops(a: &[Op], b: &[Op]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_shape(x, y))
+    any
 }
 
 impl Graphs {
@@ -49,20 +48,20 @@ impl Graphs {
         Graphs { enabled, prev: Vec::new(), cache: Vec::new(), disabled: None }
     }
 
-    pub fn find(&self, ops: &[Op]) -> Option<sys::CUgraphExec> {
-        self.cache.iter().find(|(k, _)| same_ops(k, ops)).map(|(_, g)| *g)
+    pub fn find(&self, launches: &[Launch]) -> Option<sys::CUgraphExec> {
+        self.cache.iter().find(|(k, _)| k.as_slice() == launches).map(|(_, g)| *g)
     }
 
-    /// Whether `ops` repeat the previous step's; then remembers them as the previous step.
-    pub fn repeats(&mut self, ops: &[Op]) -> bool {
-        let same = same_ops(&self.prev, ops);
+    /// Whether `launches` repeat the previous step's; then remembers them as the previous step.
+    pub fn repeats(&mut self, launches: &[Launch]) -> bool {
+        let same = self.prev.as_slice() == launches;
         self.prev.clear();
-        self.prev.extend_from_slice(ops);
+        self.prev.extend_from_slice(launches);
         same
     }
 
-    /// Captures `launches` into a graph kept for `ops`. The stream must be idle of capture.
-    pub fn capture(&mut self, stream: sys::CUstream, ops: &[Op], launches: &[Launch]) -> Result<sys::CUgraphExec> {
+    /// Captures `launches` into a graph kept for them. The stream must be idle of capture.
+    pub fn capture(&mut self, stream: sys::CUstream, launches: &[Launch]) -> Result<sys::CUgraphExec> {
         // SAFETY: the stream is live; thread-local mode only forbids unsafe calls (allocation,
         // synchronization) from this thread until end_capture, and none happen in between.
         unsafe { result::stream::begin_capture(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) }
@@ -98,7 +97,7 @@ impl Graphs {
             // by the driver until its launches complete).
             let _ = unsafe { result::graph::exec_destroy(old) };
         }
-        self.cache.push((ops.to_vec(), exec));
+        self.cache.push((launches.to_vec(), exec));
         Ok(exec)
     }
 

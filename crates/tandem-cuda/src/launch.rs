@@ -37,6 +37,9 @@ impl Arg {
     }
 }
 
+/// Equal launches do the same work (their buffers' contents aside): a graph captured from one
+/// list replays for an equal list.
+#[derive(Clone, PartialEq)]
 pub(crate) struct Launch {
     /// Null when recorded without modules (the launch-ABI test, which has no GPU).
     pub func: sys::CUfunction,
@@ -136,11 +139,7 @@ pub(crate) struct Recorder<'a> {
     pub modules: Option<&'a mut Modules>,
     pub arch: &'a Arch,
     pub out: &'a mut Vec<Launch>,
-    /// Per-step values kernels read from device memory (dyn slots), in slot order.
-    pub dyn_host: &'a mut Vec<u32>,
-    /// Device address of dyn slot 0.
-    pub dyn_base: sys::CUdeviceptr,
-    /// Attention-decode partials, sized for the step before recording.
+    /// Attention-decode partials and tensor-core operands, sized for the step before recording.
     pub scratch: sys::CUdeviceptr,
     /// The cuBLAS handle where prompt products run on tensor cores (see ops::matmul).
     pub blas: Option<usize>,
@@ -151,12 +150,6 @@ pub(crate) struct Recorder<'a> {
 impl Recorder<'_> {
     pub fn buf(&self, op: &'static str, role: &str, id: BufId, dtype: DType, numel: usize) -> Result<&Entry> {
         self.table.check(op, role, id, dtype, numel)
-    }
-
-    /// A per-step value the kernel reads from device memory; returns its address.
-    pub fn dyn_slot(&mut self, v: u32) -> sys::CUdeviceptr {
-        self.dyn_host.push(v);
-        self.dyn_base + 4 * (self.dyn_host.len() as u64 - 1)
     }
 
     pub fn launch(

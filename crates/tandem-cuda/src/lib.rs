@@ -5,10 +5,10 @@
 //!
 //! A [`Step`] runs on one stream with no synchronization inside it: the step's uploads are
 //! copied from pinned staging memory, then its kernels are launched in order, then the
-//! ranges it names for reading back are copied to pinned memory. A step that repeats the
-//! previous step's ops (a decode step: only Attention's ctx_len and Sample's uniform change,
-//! and the kernels read those from device memory) is captured as a CUDA graph once and
-//! replayed with a single launch from then on. [`Backend::read`] waits for the stream.
+//! ranges it names for reading back are copied to pinned memory. A decode step (what changes
+//! between tokens is data in the buffers it uploads, which the kernels read from device
+//! memory) is captured as a CUDA graph once and replayed with a single launch while its kernel
+//! launches stay the same (see graph.rs). [`Backend::read`] waits for the stream.
 
 // `is_multiple_of` is newer than the workspace's rust-version.
 #![allow(clippy::manual_is_multiple_of)]
@@ -42,7 +42,7 @@ pub struct CudaOptions {
     pub device: usize,
     /// Capture repeating steps as CUDA graphs (`TANDEM_CUDA_GRAPHS=0` turns the default off).
     pub graphs: bool,
-    /// Prompt-sized products of bf16 and quantized weights on tensor cores through cuBLAS,
+    /// The prompt rows' products of bf16 and quantized weights on tensor cores through cuBLAS,
     /// where it is found (`TANDEM_CUDA_TENSOR_CORES=0` turns the default off).
     pub tensor_cores: bool,
 }
@@ -62,7 +62,7 @@ pub struct CudaStats {
     pub kernel_launches: u64,
     pub graph_captures: u64,
     pub graph_launches: u64,
-    /// Bytes uploaded by `write` and step writes (dyn slots not counted).
+    /// Bytes uploaded by `write` and step writes.
     pub upload_bytes: u64,
     pub readback_bytes: u64,
 }
@@ -89,14 +89,10 @@ unsafe impl Send for CudaBackend {}
 pub struct CudaBackend {
     table: Table,
     modules: Modules,
-    /// Reused per step: the recorded launches, dyn slot values, kernel-written u32 buffers.
+    /// Reused per step: the recorded launches, kernel-written u32 buffers.
     launches: Vec<Launch>,
-    dyn_host: Vec<u32>,
     written_u32: Vec<BufId>,
-    /// Device memory of the dyn slots, and how many it holds.
-    params: sys::CUdeviceptr,
-    params_slots: usize,
-    /// Attention-decode partials (0 until a step needs them).
+    /// Attention-decode partials and tensor-core operands (0 until a step needs them).
     scratch: sys::CUdeviceptr,
     scratch_bytes: usize,
     /// Pinned staging of step uploads, and the event after the last step's copies from it.
@@ -123,16 +119,11 @@ impl CudaBackend {
     /// error that says which.
     pub fn new(opts: CudaOptions) -> Result<Self> {
         let dev = Device::open(opts.device)?;
-        let params_slots = 1024;
-        let params = dev.alloc_zeroed(params_slots * 4)?;
         let mut backend = CudaBackend {
             table: Table::default(),
             modules: Modules::default(),
             launches: Vec::new(),
-            dyn_host: Vec::new(),
             written_u32: Vec::new(),
-            params,
-            params_slots,
             scratch: 0,
             scratch_bytes: 0,
             upload: Pinned::new(1 << 16)?,
@@ -185,15 +176,8 @@ impl CudaBackend {
         self.table.get(id).ok_or_else(|| backend_err(format!("{what} unknown buffer {}", id.0)))
     }
 
-    /// Grows the dyn slots and the decode scratch for a step; moving either invalidates graphs.
-    fn ensure_step_memory(&mut self, slots: usize, scratch_bytes: usize) -> Result<()> {
-        if slots > self.params_slots {
-            let n = slots.next_power_of_two();
-            let new = self.dev.alloc_zeroed(n * 4)?;
-            self.dev.free(self.params);
-            self.graphs.clear();
-            (self.params, self.params_slots) = (new, n);
-        }
+    /// Grows the scratch for a step; moving it invalidates graphs.
+    fn ensure_scratch(&mut self, scratch_bytes: usize) -> Result<()> {
         if scratch_bytes > self.scratch_bytes {
             let n = scratch_bytes.next_power_of_two();
             let new = self.dev.alloc_zeroed(n)?;
@@ -213,23 +197,19 @@ impl CudaBackend {
                 return Err(backend_err(format!("write of {} bytes into buffer {} of {} bytes", bytes.len(), id.0, e.bytes)));
             }
         }
-        let (slots, scratch) = ops::step_memory(&self.table, &step.ops, self.blas.is_ok());
-        self.ensure_step_memory(slots, scratch)?;
-        // Index checks see this step's ids, slots and block tables.
+        self.ensure_scratch(ops::scratch_bytes(&step.ops, self.blas.is_ok()))?;
+        // Index checks see this step's ids, slots, positions, block tables and parameters.
         for (id, bytes) in &step.writes {
             self.table.shadow_write(*id, bytes);
         }
         self.staged.clear();
         self.launches.clear();
-        self.dyn_host.clear();
         self.written_u32.clear();
         let mut rec = Recorder {
             table: &self.table,
             modules: Some(&mut self.modules),
             arch: &self.dev.arch,
             out: &mut self.launches,
-            dyn_host: &mut self.dyn_host,
-            dyn_base: self.params,
             scratch: self.scratch,
             blas: self.blas.as_ref().ok().map(|b| b.handle()),
             written_u32: &mut self.written_u32,
@@ -247,12 +227,12 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Copies the step's writes and dyn slots into pinned memory and queues their uploads.
+    /// Copies the step's writes into pinned memory and queues their uploads.
     fn stage_uploads(&mut self, step: &Step) -> Result<()> {
         let stream = self.dev.cu_stream();
         // The previous step's copies out of the staging memory must be done before reuse.
         self.upload_done.wait()?;
-        let total = step.writes.iter().map(|(_, b)| align4(b.len())).sum::<usize>() + 4 * self.dyn_host.len();
+        let total = step.writes.iter().map(|(_, b)| align4(b.len())).sum::<usize>();
         if total > self.upload.len() {
             self.upload = Pinned::new(total.next_power_of_two())?;
         }
@@ -275,22 +255,21 @@ impl CudaBackend {
             copies(dst, bytes, &mut at)?;
             self.stats.upload_bytes += bytes.len() as u64;
         }
-        copies(self.params, bytemuck::cast_slice(&self.dyn_host), &mut at)?;
         self.upload_done.record(stream)
     }
 
-    /// Launches the recorded kernels: through a kept graph if the ops match one, by capturing
-    /// one if they repeat the previous step's, else one by one.
+    /// Launches the recorded kernels of `ops`: through a kept graph if they match one, by
+    /// capturing one for a decode step or a repeat of the previous step, else one by one.
     fn launch_all(&mut self, ops: &[Op]) -> Result<()> {
         let stream = self.dev.cu_stream();
-        let repeats = self.graphs.repeats(ops);
         if self.graphs.enabled && self.graphs.disabled.is_none() {
-            if let Some(exec) = self.graphs.find(ops) {
+            let repeats = self.graphs.repeats(&self.launches);
+            if let Some(exec) = self.graphs.find(&self.launches) {
                 self.stats.graph_launches += 1;
                 return Graphs::launch(exec, stream);
             }
-            if repeats && !self.launches.is_empty() {
-                match self.graphs.capture(stream, ops, &self.launches) {
+            if (repeats || graph::decode_step(ops)) && !self.launches.is_empty() {
+                match self.graphs.capture(stream, &self.launches) {
                     Ok(exec) => {
                         self.stats.graph_captures += 1;
                         self.stats.graph_launches += 1;
@@ -362,7 +341,8 @@ pub(crate) fn supports(op: &Op) -> bool {
         Op::Rope(o) => o.head_dim % 2 == 0,
         Op::KvWrite(o) => kv(o.kv_dtype),
         Op::Attention(o) => {
-            let hd_max = if o.n == 1 { ops::DECODE_HD_MAX } else { ops::PREFILL_HD_MAX };
+            // Decode rows take longer heads than prompt rows.
+            let hd_max = if o.decode_rows == o.n { ops::DECODE_HD_MAX } else { ops::PREFILL_HD_MAX };
             kv(o.kv_dtype) && o.kv_heads > 0 && o.heads % o.kv_heads == 0 && o.block_size > 0 && o.head_dim <= hd_max
         }
         Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::Sample(_) | Op::CopyRows(_) => true,
@@ -452,6 +432,8 @@ impl Backend for CudaBackend {
 
     fn precision(&self, op: &Op) -> tandem_core::ops::Precision {
         match op {
+            // The prompt rows' class: they may run on tensor cores while the decode rows keep
+            // f32 products, and an op is compared at one tolerance, the coarser one.
             Op::Matmul(m) if self.blas.is_ok() && ops::tensor_cores(m) => tandem_core::ops::Precision::Bf16Products,
             _ => tandem_core::ops::Precision::F32,
         }
@@ -477,7 +459,7 @@ impl Drop for CudaBackend {
         }
         self.modules.unload();
         let ptrs: Vec<_> = self.table.drain().map(|e| e.ptr).collect();
-        for p in ptrs.into_iter().chain([self.params, self.scratch]).filter(|&p| p != 0) {
+        for p in ptrs.into_iter().chain([self.scratch]).filter(|&p| p != 0) {
             // SAFETY: each pointer was allocated by this backend and is freed once; the stream
             // is idle.
             let _ = unsafe { result::free_sync(p) };

@@ -1,8 +1,9 @@
 //! Without a GPU: every op records launches whose kernel names, argument counts and argument
 //! types match what NVRTC compiled from kernels/*.cu (parsed from the PTX), with blocks
 //! within each kernel's launch bounds and shared memory within 48 KiB; every kernel entry is
-//! reached by some op; and the index checks turn bad ids, slots and block tables into errors.
-//! With no libnvrtc the PTX half prints SKIP with the reason.
+//! reached by some op; the index checks turn bad ids, slots, positions, block tables and
+//! sampling parameters into errors; and the launches that batch invariance and graph replay
+//! rest on keep their shapes. With no libnvrtc the PTX half prints SKIP with the reason.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -35,14 +36,12 @@ impl Fake {
         id
     }
     fn record(&self, ops: &[Op]) -> tandem_core::Result<Vec<Launch>> {
-        let (mut out, mut dyn_host, mut written) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut out, mut written) = (Vec::new(), Vec::new());
         let mut r = Recorder {
             table: &self.table,
             modules: None,
             arch: &Arch { name: "sm_80".into(), cubin: true, sms: 4 },
             out: &mut out,
-            dyn_host: &mut dyn_host,
-            dyn_base: 0x1000,
             scratch: 0x2000,
             // A stand-in handle, so prompt-sized products record the tensor-core path.
             blas: Some(1),
@@ -51,7 +50,6 @@ impl Fake {
         for op in ops {
             ops::record(&mut r, op)?;
         }
-        assert!(dyn_host.len() <= ops.iter().map(ops::dyn_slots).sum(), "more dyn slots than counted");
         Ok(out)
     }
 }
@@ -68,12 +66,16 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
         let ids = f.u32s(&[3, 49, 0]);
         let out = f.buf(DType::F32, 3 * dim);
         ops.push(Op::Embed(Embed { table, dtype: wdtype, ids, out, n: 3, vocab, dim }));
-        for (n, k, m, bias) in [(1, 64, 33, false), (4, 96, 9, false), (3, 37, 5, true), (20, 100, 70, true), (20, 64, 70, true)] {
+        // (n, decode rows, k, m, bias): the one-token kernel, the warp-per-row kernels for
+        // decode rows too long for it or not in whole blocks, the tiled kernel and the tensor
+        // cores for prompt rows, and both classes in one op.
+        let shapes = [(1, 1, 64, 33, false), (2, 2, 32 * 513, 3, false), (3, 3, 37, 5, true), (20, 0, 100, 70, true), (20, 5, 64, 70, true)];
+        for (n, decode_rows, k, m, bias) in shapes {
             let x = f.buf(DType::F32, n * k);
             let w = f.buf(wdtype, m * k);
             let bias = bias.then(|| f.buf(DType::F32, m));
             let out = f.buf(DType::F32, n * m);
-            ops.push(Op::Matmul(Matmul { x, w, wdtype, bias, out, n, k, m }));
+            ops.push(Op::Matmul(Matmul { x, w, wdtype, bias, out, n, k, m, decode_rows }));
         }
     }
     for kv_dtype in [DType::F32, DType::F16] {
@@ -83,8 +85,11 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
         let (k, v) = (f.buf(DType::F32, 5 * kvh * hd), f.buf(DType::F32, 5 * kvh * hd));
         let slots = f.u32s(&[0, 1, 17, 40, 127]);
         ops.push(Op::KvWrite(KvWrite { k, v, cache_k, cache_v, kv_dtype, slots, n: 5, kv_heads: kvh, head_dim: hd }));
-        let block_table = f.u32s(&[3, 0, 7, 5, 1]);
-        for (n, ctx_len) in [(1, 70), (5, 37)] {
+        // Two decodes, then a prompt chunk of 4 at positions 33..37 sharing the first's table.
+        let tables = f.u32s(&[3, 0, 7, 5, 1, 6, 2]);
+        let positions = f.u32s(&[69, 20, 33, 34, 35, 36]);
+        let table_starts = f.u32s(&[0, 5, 0, 0, 0, 0]);
+        for (n, decode_rows) in [(2, 2), (6, 2)] {
             let q = f.buf(DType::F32, n * 8 * hd);
             let out = f.buf(DType::F32, n * 8 * hd);
             ops.push(Op::Attention(Attention {
@@ -92,10 +97,14 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
                 cache_k,
                 cache_v,
                 kv_dtype,
-                block_table,
+                positions,
+                table_starts,
+                tables,
+                tables_len: 7,
                 out,
                 n,
-                ctx_len,
+                decode_rows,
+                max_ctx: 70,
                 heads: 8,
                 kv_heads: kvh,
                 head_dim: hd,
@@ -111,10 +120,12 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
     ops.push(Op::Rope(Rope { x: xr, positions, inv_freq, n: 3, heads: 4, head_dim: 64 }));
     ops.push(Op::Swiglu(Swiglu { gate: x, up: w, out: o, len: 100 }));
     ops.push(Op::Add(Add { x: o, y: x, len: 300 }));
-    ops.push(Op::CopyRows(CopyRows { src: x, dst: o, src_row: 1, n_rows: 2, width: 100 }));
+    ops.push(Op::CopyRows(CopyRows { src: x, dst: o, src_row: 1, dst_row: 1, n_rows: 2, width: 100 }));
     let tok = f.buf(DType::U32, 3);
     ops.push(Op::Argmax(Argmax { x, out: tok, n: 3, width: 100 }));
-    ops.push(Op::Sample(Sample { x, out: tok, n: 3, width: 100, temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.05, uniform: 0.3 }));
+    let row = SampleRow { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.05, uniform: 0.3 };
+    let params = f.u32s(&SampleRow::to_words(&[row, SampleRow::greedy(), row]));
+    ops.push(Op::Sample(Sample { x, params, out: tok, n: 3, width: 100 }));
     ops
 }
 
@@ -222,18 +233,25 @@ fn bad_indices_and_shapes_are_errors() {
     let e = f.record(&[kv]).err().expect("slot 4 of 4 rows").to_string();
     assert!(e.contains("slots[0] = 4"), "{e}");
 
-    let bt = f.u32s(&[1, 9]);
+    // Two queries over one 2-block table of 2-row blocks.
+    let tables = f.u32s(&[1, 9]);
     let q = f.buf(DType::F32, 16);
-    let att = |n: usize, ctx_len: usize, head_dim: usize, kv_dtype: DType| {
+    let att = |positions: &[u32], max_ctx: usize, head_dim: usize, kv_dtype: DType, f: &mut Fake| {
+        let n = positions.len();
+        let (positions, table_starts) = (f.u32s(positions), f.u32s(&vec![0; n]));
         Op::Attention(Attention {
             q,
             cache_k: cache,
             cache_v: cache,
             kv_dtype,
-            block_table: bt,
+            positions,
+            table_starts,
+            tables,
+            tables_len: 2,
             out: q,
             n,
-            ctx_len,
+            decode_rows: 1,
+            max_ctx,
             heads: 1,
             kv_heads: 1,
             head_dim,
@@ -241,47 +259,151 @@ fn bad_indices_and_shapes_are_errors() {
             scale: 1.0,
         })
     };
-    let e = f.record(&[att(1, 3, 8, DType::F16)]).err().expect("block 9 of 4").to_string();
-    assert!(e.contains("block_table[1] = 9"), "{e}");
-    assert!(f.record(&[att(1, 2, 8, DType::F16)]).is_ok(), "only the table's first entry is in the context");
-    assert!(f.record(&[att(2, 1, 8, DType::F16)]).is_err(), "n > ctx_len");
-    assert!(f.record(&[att(1, 2, 8, DType::F32)]).is_err(), "an f16 cache read as f32");
+    let op = att(&[2], 3, 8, DType::F16, &mut f);
+    let e = f.record(&[op]).err().expect("block 9 of 4").to_string();
+    assert!(e.contains("tables[1] = 9"), "{e}");
+    let op = att(&[1], 3, 8, DType::F16, &mut f);
+    assert!(f.record(&[op]).is_ok(), "only the table's first entry is in the context");
+    let op = att(&[1, 0], 3, 4, DType::F16, &mut f);
+    assert!(f.record(&[op]).is_ok(), "a decode and a prompt row");
+    let op = att(&[1, 3], 3, 4, DType::F16, &mut f);
+    assert!(f.record(&[op]).is_err(), "a position at max_ctx");
+    let op = att(&[1, 4], 9, 4, DType::F16, &mut f);
+    assert!(f.record(&[op]).is_err(), "a table longer than tables_len");
+    let op = att(&[1], 3, 8, DType::F32, &mut f);
+    assert!(f.record(&[op]).is_err(), "an f16 cache read as f32");
 
-    let (x, w) = (f.buf(DType::F32, 4), f.buf(DType::Q4_0, 32));
-    let mm = Op::Matmul(Matmul { x, w, wdtype: DType::Q4_0, bias: None, out: x, n: 1, k: 4, m: 9 });
+    let (x, w, o) = (f.buf(DType::F32, 4), f.buf(DType::Q4_0, 32), f.buf(DType::F32, 8));
+    let mm = |n, decode_rows| Op::Matmul(Matmul { x, w, wdtype: DType::Q4_0, bias: None, out: o, n, k: 4, m: 8, decode_rows });
+    assert!(f.record(&[mm(1, 1)]).is_ok());
+    assert!(f.record(&[mm(1, 2)]).is_err(), "more decode rows than rows");
+    let mm = Op::Matmul(Matmul { x, w, wdtype: DType::Q4_0, bias: None, out: x, n: 1, k: 4, m: 9, decode_rows: 1 });
     assert!(f.record(&[mm]).is_err(), "a weight smaller than m * k");
-    let u = f.buf(DType::U32, 1);
-    let sample = |temperature: f32, uniform: f32| {
-        Op::Sample(Sample { x, out: u, n: 1, width: 4, temperature, top_k: 0, top_p: 1.0, min_p: 0.0, uniform })
+    let u = f.buf(DType::U32, 2);
+    let mut sample = |rows: &[SampleRow]| {
+        let params = f.u32s(&SampleRow::to_words(rows));
+        let op = Op::Sample(Sample { x, params, out: u, n: rows.len(), width: 2 });
+        f.record(&[op])
     };
-    assert!(f.record(&[sample(1.0, 0.5)]).is_ok());
-    assert!(f.record(&[sample(0.0, 0.5)]).is_err(), "temperature 0");
-    assert!(f.record(&[sample(1.0, 1.0)]).is_err(), "uniform 1");
+    let row = SampleRow { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, uniform: 0.5 };
+    assert!(sample(&[row, SampleRow::greedy()]).is_ok(), "temperature 0 is greedy");
+    assert!(sample(&[row, SampleRow { uniform: 1.0, ..row }]).is_err(), "uniform 1 in the second row");
+    assert!(sample(&[SampleRow { temperature: f32::NAN, ..row }]).is_err(), "a NaN temperature");
     let rope = Op::Rope(Rope { x, positions: u, inv_freq: x, n: 1, heads: 1, head_dim: 3 });
     assert!(f.record(&[rope]).is_err(), "odd head_dim");
 }
 
 #[test]
-fn decode_partitions_follow_the_table_capacity() {
-    let op = |ctx_len| Attention {
-        q: BufId(0),
-        cache_k: BufId(0),
-        cache_v: BufId(0),
-        kv_dtype: DType::F16,
-        block_table: BufId(0),
-        out: BufId(0),
-        n: 1,
-        ctx_len,
-        heads: 32,
-        kv_heads: 8,
-        head_dim: 128,
-        block_size: 16,
-        scale: 1.0,
+fn decode_grid_covers_every_row_of_its_bucket() {
+    use ops::{decode_grid, part_len};
+    for max_ctx in [1usize, 31, 32, 33, 100, 4096, 8191, 8192, 8193, 20000, 70000, 1 << 21, (1 << 21) + 1, 5_000_000] {
+        let (part_max, parts) = decode_grid(max_ctx);
+        let cap = max_ctx.next_power_of_two();
+        // Every context up to the bucket's top fits the grid and the shared memory.
+        let step = (cap / 4096).max(1);
+        let most = (1..=cap).step_by(step).chain([cap]).map(|c| c.div_ceil(part_len(c))).max().unwrap();
+        assert_eq!(parts, most, "max_ctx {max_ctx}");
+        assert!((1..=cap).step_by(step).all(|c| part_len(c) <= part_max), "max_ctx {max_ctx}");
+        // The launch stays the same while max_ctx grows within its power-of-two bucket.
+        assert_eq!(decode_grid(cap), (part_max, parts));
+    }
+    assert_eq!(decode_grid(2048), (32, 64), "2048 positions in 64 partitions of 32");
+    assert_eq!(decode_grid(8193), (64, 256), "long contexts: longer partitions, about 256");
+}
+
+/// The launches of a matmul of `n` rows, `decode_rows` of them decodes, with buffers of its own.
+fn matmul(f: &mut Fake, wdtype: DType, n: usize, decode_rows: usize, k: usize, m: usize) -> Vec<Launch> {
+    let (x, w, bias, out) = (f.buf(DType::F32, n * k), f.buf(wdtype, m * k), f.buf(DType::F32, m), f.buf(DType::F32, n * m));
+    f.record(&[Op::Matmul(Matmul { x, w, wdtype, bias: Some(bias), out, n, k, m, decode_rows })]).unwrap()
+}
+
+#[test]
+fn a_rows_kernel_follows_its_class_not_n() {
+    let mut f = Fake::new();
+    for wdtype in [DType::F32, DType::Q4_0, DType::BF16] {
+        for (k, m) in [(256, 96), (100, 37), (32 * 600, 5)] {
+            // Each decode row: the same kernel and block as a one-row product's, its token on y.
+            let alone = matmul(&mut f, wdtype, 1, 1, k, m);
+            for (n, dr) in [(5, 5), (30, 20), (2, 1)] {
+                let l = matmul(&mut f, wdtype, n, dr, k, m);
+                assert_eq!((l[0].entry, l[0].block), (alone[0].entry, alone[0].block), "{wdtype} k={k} n={n}");
+                let tokens = if l[0].entry.contains("_n1_") { dr } else { dr.div_ceil(8) };
+                assert_eq!(l[0].grid.1 as usize, tokens);
+            }
+            // Prompt rows: the same launches' kinds whatever their count, one row included.
+            let kinds = |l: &[Launch]| l.iter().skip_while(|l| l.entry.starts_with("matmul_decode")).map(|l| (l.entry, l.block)).collect::<BTreeSet<_>>();
+            let one = kinds(&matmul(&mut f, wdtype, 1, 0, k, m));
+            for (n, dr) in [(300, 0), (9, 1), (130, 2)] {
+                assert_eq!(kinds(&matmul(&mut f, wdtype, n, dr, k, m)), one, "{wdtype} k={k} n={n}");
+            }
+        }
+    }
+}
+
+#[test]
+fn tensor_core_products_have_one_shape_per_weight() {
+    // cuBLAS picks its kernel from the product's shape and its operands' alignment, so every
+    // product of one weight must be the same whatever the rows: n, k, m, ldc, and the operands
+    // in scratch at the same offsets (the activations by whole chunks).
+    let mut f = Fake::new();
+    for (k, m) in [(64, 70), (4096, 300)] {
+        let mut seen = None;
+        for (n, dr) in [(1, 0), (7, 3), (129, 0), (300, 44)] {
+            let l = matmul(&mut f, DType::Q8_0, n, dr, k, m);
+            let gemms: Vec<_> = l.iter().filter_map(|l| l.gemm).collect();
+            assert_eq!(gemms.len(), (n - dr).div_ceil(128), "a product per chunk of 128 rows");
+            for (c, g) in gemms.iter().enumerate() {
+                let x0 = g.x - (c * 128 * k * 2) as u64;
+                let shape = (g.n, g.k, g.m, g.ldc, g.w, g.out, x0);
+                assert_eq!(*seen.get_or_insert(shape), shape, "k={k} m={m} n={n}");
+            }
+        }
+    }
+}
+
+#[test]
+fn decode_steps_repeat_their_launches_as_contexts_grow() {
+    // A graph replays recorded launches: a decode step's must not change while the contexts
+    // grow within max_ctx's power-of-two bucket (positions and tables are uploaded data).
+    let mut f = Fake::new();
+    let (cache, q) = (f.buf(DType::F16, 64 * 16 * 2 * 64), f.buf(DType::F32, 3 * 8 * 64));
+    let (positions, table_starts, tables) = (f.u32s(&[0; 3]), f.u32s(&[0; 3]), f.u32s(&[0; 64]));
+    let step = |max_ctx| {
+        let op = Attention {
+            q,
+            cache_k: cache,
+            cache_v: cache,
+            kv_dtype: DType::F16,
+            positions,
+            table_starts,
+            tables,
+            tables_len: 64,
+            out: q,
+            n: 3,
+            decode_rows: 3,
+            max_ctx,
+            heads: 8,
+            kv_heads: 2,
+            head_dim: 64,
+            block_size: 16,
+            scale: 0.125,
+        };
+        f.record(&[Op::Attention(op)]).unwrap()
     };
-    // The scratch (and so the launch) is the same for every ctx_len the table holds.
-    let a = ops::decode_scratch_floats(&op(1), 128);
-    assert_eq!(a, ops::decode_scratch_floats(&op(2048), 128));
-    assert_eq!(a, 32 * 64 * 130, "2048 positions in 64 partitions of 32");
-    // A large context caps the partition count near 256 by lengthening partitions.
-    assert_eq!(ops::decode_scratch_floats(&op(1), 8192), 32 * 256 * 130);
+    assert!(step(300) == step(512), "one bucket");
+    assert!(step(512) != step(513), "the next bucket");
+}
+
+#[test]
+fn decode_steps_are_captured_on_first_sight() {
+    let mut f = Fake::new();
+    let ops = every_op(&mut f);
+    assert!(!crate::graph::decode_step(&ops), "prompt rows among them");
+    let decodes: Vec<Op> = ops.into_iter().filter(|op| match op {
+        Op::Matmul(m) => m.decode_rows == m.n,
+        Op::Attention(a) => a.decode_rows == a.n,
+        _ => true,
+    }).collect();
+    assert!(crate::graph::decode_step(&decodes));
+    assert!(!crate::graph::decode_step(&decodes[..1]), "an embedding alone");
 }

@@ -60,6 +60,8 @@ fn main() {
                 n,
                 k,
                 m,
+                // One token: a decode; more: a prompt.
+                decode_rows: (n == 1) as usize,
             });
             let s = time(&mut b, vec![op; 4], out, 3);
             let bytes = dtype.storage_bytes(m * k) as f64;
@@ -85,16 +87,29 @@ fn main() {
             bytemuck::cast_slice(&(0..blocks as u32).collect::<Vec<_>>()),
         )
         .unwrap();
+        // The last n positions of one sequence: a decode for n = 1, a prompt otherwise.
+        let positions = b.alloc(DType::U32, n).unwrap();
+        b.write(
+            positions,
+            bytemuck::cast_slice(&((ctx - n) as u32..ctx as u32).collect::<Vec<_>>()),
+        )
+        .unwrap();
+        let starts = b.alloc(DType::U32, n).unwrap();
+        b.write(starts, bytemuck::cast_slice(&vec![0u32; n])).unwrap();
         let out = b.alloc(DType::F32, n * heads * hd).unwrap();
         let op = Op::Attention(Attention {
             q,
             cache_k: ck,
             cache_v: cv,
             kv_dtype: DType::F32,
-            block_table: bt,
+            positions,
+            table_starts: starts,
+            tables: bt,
+            tables_len: blocks,
             out,
             n,
-            ctx_len: ctx,
+            decode_rows: (n == 1) as usize,
+            max_ctx: ctx,
             heads,
             kv_heads: kvh,
             head_dim: hd,
@@ -103,7 +118,7 @@ fn main() {
         });
         let s = time(&mut b, vec![op; 4], out, 3);
         println!("attention n={n:3} ctx={ctx:5}: {:8.3} ms", s * 1e3);
-        for id in [q, ck, cv, bt, out] {
+        for id in [q, ck, cv, bt, positions, starts, out] {
             b.free(id);
         }
     }

@@ -1,9 +1,9 @@
 //! Backend-owned buffers: one `wgpu::Buffer` per tensor, or several of whole rows for a weight
 //! larger than one storage binding may be.
 //!
-//! Small u32 buffers (token ids, slots, block tables) keep a host copy of what was last
-//! uploaded, so ops can check indices against the tensors they address before encoding (the
-//! CPU backend reports a bad id as an error; a GPU would silently read a clamped address).
+//! Small u32 buffers (token ids, slots, block tables, positions, sampling parameters) keep a
+//! host copy of what was last uploaded, so ops can check indices and parameters before encoding
+//! (the CPU backend reports a bad id as an error; a GPU would silently read a clamped address).
 
 use std::collections::HashMap;
 
@@ -32,8 +32,11 @@ pub(crate) struct Entry {
     pub parts: Vec<Part>,
     /// Bytes of the tensor in tandem's layout (what `write` and `read` address).
     pub bytes: usize,
-    pub shadow: U32Shadow,
+    pub shadow: Shadow,
 }
+
+/// Host copies of small index uploads (see [`U32Shadow`]).
+pub(crate) type Shadow = U32Shadow;
 
 impl Entry {
     /// The one buffer of an unsplit tensor.

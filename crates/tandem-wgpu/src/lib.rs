@@ -86,7 +86,7 @@ pub struct WgpuBackend {
     cache: Cache,
     /// The per-step uniform arena.
     arena: Gpu,
-    /// Attention-decode partials.
+    /// Attention-decode partials (sized per step for its largest attention op).
     scratch: Gpu,
     /// Ad-hoc reads (ranges no step staged).
     staging: Option<wgpu::Buffer>,
@@ -306,12 +306,13 @@ impl WgpuBackend {
     }
 
     fn grow_scratch(&mut self, floats: usize) -> Result<()> {
-        let bytes = (floats as u64 * 4).max(256);
+        // Saturating: an impossible size reaches create_storage, which says why it fails.
+        let bytes = (floats as u64).saturating_mul(4).max(256);
         if self.scratch.buffer.size() >= bytes {
             return Ok(());
         }
-        let new =
-            self.create_storage(bytes.next_power_of_two().min(self.max_binding.max(bytes)))?;
+        let grown = bytes.checked_next_power_of_two().unwrap_or(bytes);
+        let new = self.create_storage(grown.min(self.max_binding.max(bytes)))?;
         let old = std::mem::replace(&mut self.scratch, new);
         self.cache.forget(&[old.uid]);
         Ok(())
@@ -549,16 +550,11 @@ impl Backend for WgpuBackend {
                 kv(o.kv_dtype) && (o.kv_dtype == DType::F32 || (o.kv_heads * o.head_dim) % 2 == 0)
             }
             Op::Attention(o) => {
-                let hd_max = if o.n == 1 {
-                    ops::DECODE_HD_MAX
-                } else {
-                    ops::PREFILL_HD_MAX
-                };
                 kv(o.kv_dtype)
                     && o.kv_heads > 0
                     && o.heads % o.kv_heads == 0
                     && o.block_size > 0
-                    && o.head_dim <= hd_max
+                    && o.head_dim <= ops::attention_hd_max(o)
             }
             Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::Sample(_) | Op::CopyRows(_) => true,
         }

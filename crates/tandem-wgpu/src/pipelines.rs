@@ -54,11 +54,12 @@ impl Shader {
             Shader::Matmul | Shader::MatmulF16Native => &[true, true, true, false],
             Shader::Rope => &[false, true, true],
             Shader::KvWrite => &[true, true, false, false, true],
-            Shader::AttentionPrefill => &[true, true, true, true, false],
-            Shader::AttentionDecode => &[true, true, true, true, false, false],
+            Shader::AttentionPrefill => &[true, true, true, true, true, true, false],
+            Shader::AttentionDecode => &[true, true, true, true, true, true, false, false],
             Shader::Swiglu => &[true, true, false],
             Shader::Add => &[false, true],
-            Shader::Argmax | Shader::Sample => &[true, false],
+            Shader::Argmax => &[true, false],
+            Shader::Sample => &[true, true, false],
             Shader::CopyRows => &[true, false],
         }
     }

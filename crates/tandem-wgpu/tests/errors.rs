@@ -1,6 +1,6 @@
 //! Bad ops come back as tandem errors before anything is encoded, and the backend stays usable.
 
-use tandem_core::ops::{Add, Embed, Op};
+use tandem_core::ops::{Add, Attention, Embed, Op};
 use tandem_core::{Backend, BackendExt, DType, Error, Step};
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
 
@@ -84,4 +84,59 @@ fn bad_ops_are_errors_and_the_backend_survives() {
     assert_eq!(bytes, all[5..11]);
     let s = b.stats();
     assert!(s.submissions >= 2 && s.readback_bytes >= 30, "{s:?}");
+}
+
+#[test]
+fn bad_attention_rows_are_errors() {
+    let mut b = match pollster::block_on(WgpuBackend::new(WgpuOptions::default())) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("SKIP errors: {e}");
+            return;
+        }
+    };
+    // Two blocks of two positions, one kv head of 4 dims; two decode rows.
+    let (bs, hd) = (2, 4);
+    let cache_k = b.alloc(DType::F32, 2 * bs * hd).unwrap();
+    let cache_v = b.alloc(DType::F32, 2 * bs * hd).unwrap();
+    let q = b.alloc(DType::F32, 2 * hd).unwrap();
+    let out = b.alloc(DType::F32, 2 * hd).unwrap();
+    let [positions, table_starts, tables] = [2, 2, 3].map(|n| b.alloc(DType::U32, n).unwrap());
+    let op = Op::Attention(Attention {
+        q,
+        cache_k,
+        cache_v,
+        kv_dtype: DType::F32,
+        positions,
+        table_starts,
+        tables,
+        tables_len: 3,
+        out,
+        n: 2,
+        decode_rows: 2,
+        max_ctx: 4,
+        heads: 1,
+        kv_heads: 1,
+        head_dim: hd,
+        block_size: bs,
+        scale: 0.5,
+    });
+    let run = |b: &mut WgpuBackend, pos: [u32; 2], starts: [u32; 2], table: [u32; 3]| {
+        let mut step = Step::default();
+        step.write_u32(positions, &pos);
+        step.write_u32(table_starts, &starts);
+        step.write_u32(tables, &table);
+        step.push(op.clone());
+        b.execute(&step)
+    };
+    for (what, pos, starts, table) in [
+        ("a position past max_ctx", [3, 4], [0, 1], [0, 1, 0]),
+        ("a block past the pool", [3, 1], [0, 1], [0, 2, 0]),
+        ("a table past tables_len", [1, 3], [0, 2], [0, 1, 0]),
+    ] {
+        let r = run(&mut b, pos, starts, table);
+        assert!(matches!(r, Err(Error::ShapeMismatch { op: "attention", .. })), "{what}: {r:?}");
+    }
+    // Two sequences sharing block 1 (positions 0..4 and 0..2), then still usable.
+    run(&mut b, [3, 1], [0, 2], [1, 0, 1]).unwrap();
 }

@@ -112,6 +112,7 @@ fn split_weights_match_the_reference() {
                             n: 1,
                             k: cols,
                             m: rows,
+                            decode_rows: 1,
                         }),
                         Op::Matmul(Matmul {
                             x: b[1],
@@ -122,6 +123,8 @@ fn split_weights_match_the_reference() {
                             n: 13,
                             k: cols,
                             m: rows,
+                            // Both kernels, the tiled one from a row offset.
+                            decode_rows: 5,
                         }),
                         Op::Embed(Embed {
                             table: w,

@@ -46,11 +46,14 @@ pub(crate) fn add(r: &mut Recorder, op: &Add) -> Result<()> {
 pub(crate) fn copy_rows(r: &mut Recorder, op: &CopyRows) -> Result<()> {
     const OP: &str = "copy_rows";
     let src_len = numel(OP, &[op.src_row.saturating_add(op.n_rows), op.width])?;
-    let dst_len = numel(OP, &[op.n_rows, op.width])?;
+    let dst_len = numel(OP, &[op.dst_row.saturating_add(op.n_rows), op.width])?;
+    let len = numel(OP, &[op.n_rows, op.width])?;
     let src = r.buf(OP, "src", op.src, DType::F32, src_len)?.ptr;
     let dst = r.buf(OP, "dst", op.dst, DType::F32, dst_len)?.ptr;
-    let args = [Arg::Ptr(src), Arg::Ptr(dst), Arg::U64((op.src_row * op.width) as u64), Arg::U64(dst_len as u64)];
-    r.launch(KernelFile::CopyRows, "copy_rows", grid_1d(dst_len as u64, 256), 256, 0, &args)
+    // The first rows by pointer offsets (in bounds: the buffers hold the rows checked above).
+    let (src, dst) = (src + 4 * (op.src_row * op.width) as u64, dst + 4 * (op.dst_row * op.width) as u64);
+    let args = [Arg::Ptr(src), Arg::Ptr(dst), Arg::U64(len as u64)];
+    r.launch(KernelFile::CopyRows, "copy_rows", grid_1d(len as u64, 256), 256, 0, &args)
 }
 
 pub(crate) fn argmax(r: &mut Recorder, op: &Argmax) -> Result<()> {

@@ -1,20 +1,27 @@
-//! out = x @ w^T (+ bias) with the dequantization fused: the matrix-vector kernels for up to
-//! 8 tokens (kernels/matmul_decode.cu: 16-byte block loads when k % 32 == 0, so every row
-//! starts on a quantization block, with a one-token variant that reads x once per 4 rows; a
-//! per-element kernel otherwise), the tiled kernel above (kernels/matmul_prefill.cu).
+//! out = x @ w^T (+ bias) with the dequantization fused. The kernel of a row follows from its
+//! class (decode or prompt) and k, m, dtype, never from n, so a row is computed alike however
+//! many rows share the op (batch invariance, see [`Matmul`]):
+//! - decode rows: the persistent one-token kernel (kernels/matmul_decode.cu, a token per
+//!   blockIdx.y) where k % 32 == 0 and k fits its block, else the warp-per-row kernels there,
+//!   whose sums are per token;
+//! - prompt rows: cuBLAS on tensor cores (bf16 operands, f32 sums) for bf16 and quantized
+//!   weights with k % 32 == 0, in products of one fixed shape (see [`TC_ROWS`]); else the tiled
+//!   f32 kernel (kernels/matmul_prefill.cu).
+//!
+//! Row offsets (the prompt rows after the decode rows) are pointer offsets.
 
 use tandem_core::ops::Matmul;
-use tandem_core::{DType, Result};
+use tandem_core::{DType, Error, Result};
 
 use super::{quant_offsets, weight_entries, weight_index, WEIGHT_DTYPES};
-use crate::kernels::KernelFile;
 use crate::blas::Gemm;
-use crate::launch::{bad_dtype, fits_u32, numel, Arg, Recorder};
+use crate::kernels::KernelFile;
+use crate::launch::{bad_dtype, fits_u32, grid_1d, numel, Arg, Recorder};
 
 const OP: &str = "matmul";
-/// Most tokens the matrix-vector kernels take (MATVEC_MAXN).
-pub(crate) const MATVEC_MAX_N: usize = 8;
-/// Output rows per block of the matrix-vector kernels (MATVEC_WARPS: a warp per row).
+/// Tokens per blockIdx.y of the warp-per-row kernels (MATVEC_MAXN).
+const MATVEC_MAX_N: usize = 8;
+/// Output rows per block of the warp-per-row kernels (MATVEC_WARPS: a warp per row).
 const MATVEC_ROWS: usize = 4;
 /// Threads per block of the one-token kernel at most (N1_MAX_THREADS): k up to 32 times it.
 const N1_MAX_THREADS: usize = 512;
@@ -30,42 +37,68 @@ fn n1_rows(d: DType) -> usize {
 /// Output tile of the prefill kernel (PF_TN rows x PF_TM tokens).
 const TILE: usize = 64;
 
-/// Fewest tokens whose product goes to the tensor cores: below, the f32 kernels (which read
-/// each weight once per 8 tokens or tile it in shared memory) are as fast and exact.
-const TC_MIN_N: usize = 16;
+/// Rows of every tensor-core product: prompt rows go to cuBLAS this many at a time, the last
+/// chunk padded with zero rows, into scratch (aligned alike whatever the row offset), so every
+/// product of one k, m and dtype has one shape. cuBLAS picks its kernel (tiling, split-K) from
+/// the shape; a fixed shape keeps a row's arithmetic independent of how many rows share the op.
+const TC_ROWS: usize = 128;
 /// Scratch for quantized weights expanded to bf16, a slice of rows at a time.
 const TC_SLICE_BYTES: usize = 64 << 20;
+/// Scratch for one chunk's product over a slice of weight rows.
+const TC_ACC_BYTES: usize = 32 << 20;
 
-/// Whether `op` runs as a cuBLAS product with bf16 operands (given cuBLAS is there): a
-/// prompt-sized product of bf16 or quantized weights with whole blocks per row. f32 and f16
-/// weights keep f32 products (bf16 would round the weights themselves; f16 activations can
-/// overflow).
+/// Whether prompt rows of this k and dtype go to the tensor cores (given cuBLAS): whole
+/// quantization blocks per row, bf16 or quantized weights. f32 and f16 weights keep f32
+/// products (bf16 would round the weights themselves; f16 activations can overflow).
+fn tc_applies(k: usize, d: DType) -> bool {
+    k > 0 && k % 32 == 0 && matches!(d, DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+}
+
+/// Whether some rows of `op` run on tensor cores (given cuBLAS): its prompt rows, if any.
 pub(crate) fn tensor_cores(op: &Matmul) -> bool {
-    op.n >= TC_MIN_N && op.k > 0 && op.k % 32 == 0 && matches!(op.wdtype, DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+    op.n > op.decode_rows && tc_applies(op.k, op.wdtype)
 }
 
-/// Rows of a quantized weight expanded per slice: whole multiples of 128 within the scratch
-/// (at least 128), and never more than the weight has (k > 0, see tensor_cores).
+/// Rows of the weight per slice: whole multiples of 128 within both scratch budgets (at
+/// least 128), and never more than the weight has (k > 0, see tc_applies).
 fn tc_slice_rows(k: usize, m: usize) -> usize {
-    (TC_SLICE_BYTES / (2 * k) / 128 * 128).max(128).min(m)
+    let rows = (TC_SLICE_BYTES / (2 * k)).min(TC_ACC_BYTES / (4 * TC_ROWS));
+    (rows / 128 * 128).max(128).min(m)
 }
 
-/// Bytes of the bf16 activations at the start of the scratch, rounded up so the weight slice
-/// after them is aligned. Saturating: the op's shapes are checked only when it records.
-fn tc_x_bytes(n: usize, k: usize) -> usize {
-    n.saturating_mul(k).saturating_mul(2).saturating_add(255) / 256 * 256
+/// Scratch of a tensor-core product of `prompt` rows, in bytes, each part rounded up so the
+/// next is aligned: a chunk's product, the weight slice (quantized weights only), the bf16
+/// activations (whole chunks), in this order so that only the last part's size depends on the
+/// rows. Saturating: the op's shapes are checked only when it records.
+fn tc_layout(prompt: usize, k: usize, m: usize, d: DType) -> [usize; 3] {
+    let round = |b: usize| b.saturating_add(255) / 256 * 256;
+    let slice = tc_slice_rows(k, m);
+    let w = if d == DType::BF16 { 0 } else { slice.saturating_mul(k).saturating_mul(2) };
+    let x = prompt.div_ceil(TC_ROWS).saturating_mul(TC_ROWS).saturating_mul(k).saturating_mul(2);
+    [round(TC_ROWS * slice * 4), round(w), x]
 }
 
-/// Scratch bytes of a tensor-core product: the bf16 activations, then the weight slice.
+/// Scratch bytes of `op`'s tensor-core products.
 pub(crate) fn tc_scratch_bytes(op: &Matmul) -> usize {
-    let x = tc_x_bytes(op.n, op.k);
-    let w = if op.wdtype == DType::BF16 { 0 } else { tc_slice_rows(op.k, op.m).saturating_mul(op.k).saturating_mul(2) };
-    x.saturating_add(w)
+    tc_layout(op.n.saturating_sub(op.decode_rows), op.k, op.m, op.wdtype).iter().fold(0, |a, &b| a.saturating_add(b))
+}
+
+/// The weight as the kernels take it.
+#[derive(Clone, Copy)]
+struct Weight {
+    ptr: u64,
+    d_off: u64,
+    m_off: u64,
+    /// Index into every weight kernel's entry list.
+    wi: usize,
 }
 
 pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     let wi = weight_index(op.wdtype).ok_or_else(|| bad_dtype(OP, "w", WEIGHT_DTYPES, op.wdtype))?;
-    let (n, k, m) = (op.n, op.k, op.m);
+    let (n, k, m, dr) = (op.n, op.k, op.m, op.decode_rows);
+    if dr > n {
+        return Err(Error::ShapeMismatch { op: OP, expected: format!("decode_rows <= n = {n}"), got: format!("decode_rows = {dr}") });
+    }
     let x_len = numel(OP, &[n, k])?;
     let w_len = numel(OP, &[m, k])?;
     let out_len = numel(OP, &[n, m])?;
@@ -79,78 +112,91 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     if out_len == 0 {
         return Ok(());
     }
+    fits_u32(OP, "k", k)?;
+    fits_u32(OP, "m", m)?;
     let (d_off, m_off) = quant_offsets(op.wdtype, w.numel);
-    let args = [
-        Arg::Ptr(x),
-        Arg::Ptr(w.ptr),
-        Arg::U64(d_off),
-        Arg::U64(m_off),
-        Arg::Ptr(bias),
-        Arg::Ptr(out),
-        Arg::U32(fits_u32(OP, "n", n)?),
-        Arg::U32(fits_u32(OP, "k", k)?),
-        Arg::U32(fits_u32(OP, "m", m)?),
-    ];
-    if let (Some(handle), true) = (r.blas, tensor_cores(op)) {
-        return record_tc(r, op, handle, x, w.ptr, bias, out, (d_off, m_off));
+    let w = Weight { ptr: w.ptr, d_off, m_off, wi };
+    if dr > 0 {
+        decode_rows(r, op, x, w, bias, out)?;
     }
-    if n == 1 && k % 32 == 0 && k / 32 <= N1_MAX_THREADS {
-        // The decode step's own path: a thread per block of x, blocks walking row groups.
-        let args = [args[0], args[1], args[2], args[3], args[4], args[5], args[7], args[8]];
-        let threads = (k / 32).next_multiple_of(32).max(32);
-        let groups = m.div_ceil(n1_rows(op.wdtype));
-        // As many blocks as are resident at once: the launch bound caps registers at 128 a
-        // thread, so a multiprocessor's 64K registers hold 512 / threads blocks.
-        let resident = r.arch.sms as usize * (512 / threads).max(1);
-        let grid = (fits_u32(OP, "m / rows", groups.min(resident))?, 1, 1);
-        r.launch(KernelFile::MatmulDecode, weight_entries!("matmul_decode_n1")[wi], grid, threads as u32, 0, &args)
-    } else if n <= MATVEC_MAX_N {
-        let entry = if k % 32 == 0 {
-            weight_entries!("matmul_decode")[wi]
-        } else {
-            weight_entries!("matmul_decode_any")[wi]
-        };
-        let grid = (fits_u32(OP, "m / 4", m.div_ceil(MATVEC_ROWS))?, 1, 1);
-        r.launch(KernelFile::MatmulDecode, entry, grid, 32 * MATVEC_ROWS as u32, 0, &args)
-    } else {
-        let grid = (fits_u32(OP, "m / 64", m.div_ceil(TILE))?, fits_u32(OP, "n / 64", n.div_ceil(TILE))?, 1);
-        r.launch(KernelFile::MatmulPrefill, weight_entries!("matmul_prefill")[wi], grid, 256, 0, &args)
+    let prompt = n - dr;
+    if prompt == 0 {
+        return Ok(());
+    }
+    let (x, out) = (x + (4 * dr * k) as u64, out + (4 * dr * m) as u64);
+    match r.blas {
+        Some(handle) if tc_applies(k, op.wdtype) => record_tc(r, op, handle, x, w, bias, out),
+        _ => {
+            let args = [Arg::Ptr(x), Arg::Ptr(w.ptr), Arg::U64(w.d_off), Arg::U64(w.m_off), Arg::Ptr(bias), Arg::Ptr(out), Arg::U32(fits_u32(OP, "n", prompt)?), Arg::U32(k as u32), Arg::U32(m as u32)];
+            let grid = (fits_u32(OP, "m / 64", m.div_ceil(TILE))?, fits_u32(OP, "n / 64", prompt.div_ceil(TILE))?, 1);
+            r.launch(KernelFile::MatmulPrefill, weight_entries!("matmul_prefill")[wi], grid, 256, 0, &args)
+        }
     }
 }
 
-/// The prompt's product on tensor cores: x rounded to bf16 into the scratch, quantized weights
-/// expanded slice by slice after it, cuBLAS for each slice's columns of out, then the bias.
-#[allow(clippy::too_many_arguments)]
-fn record_tc(r: &mut Recorder, op: &Matmul, handle: usize, x: u64, w: u64, bias: u64, out: u64, q: (u64, u64)) -> Result<()> {
-    let (n, k, m) = (op.n, op.k, op.m);
-    let xh = r.scratch;
-    let cast_grid = crate::launch::grid_1d((n * k) as u64, 256);
-    r.launch(KernelFile::MatmulTc, "matmul_tc_cast_x", cast_grid, 256, 0, &[Arg::Ptr(x), Arg::Ptr(xh), Arg::U64((n * k) as u64)])?;
-    let i32_of = |what: &str, v: usize| i32::try_from(v).map_err(|_| tandem_core::Error::ShapeMismatch { op: OP, expected: format!("{what} < 2^31"), got: v.to_string() });
-    let gemm = |w: u64, out: u64, rows: usize| -> Result<Gemm> {
-        Ok(Gemm { handle, x: xh, w, out, n: i32_of("n", n)?, k: i32_of("k", k)?, m: i32_of("m", rows)?, ldc: i32_of("m", m)? })
-    };
-    if op.wdtype == DType::BF16 {
-        r.gemm(gemm(w, out, m)?);
+/// Rows 0..decode_rows, each as a one-row product computes it.
+fn decode_rows(r: &mut Recorder, op: &Matmul, x: u64, w: Weight, bias: u64, out: u64) -> Result<()> {
+    let (k, m, rows) = (op.k, op.m, op.decode_rows);
+    let head = [Arg::Ptr(x), Arg::Ptr(w.ptr), Arg::U64(w.d_off), Arg::U64(w.m_off), Arg::Ptr(bias), Arg::Ptr(out)];
+    let (k32, m32) = (Arg::U32(k as u32), Arg::U32(m as u32));
+    if k % 32 == 0 && k / 32 <= N1_MAX_THREADS {
+        // A thread per block of x, blocks walking row groups; blockIdx.y is the token.
+        let threads = (k / 32).next_multiple_of(32).max(32);
+        let groups = m.div_ceil(n1_rows(op.wdtype));
+        // As many blocks as are resident at once, shared by the tokens: the launch bound caps
+        // registers at 128 a thread, so a multiprocessor's 64K registers hold 512 / threads
+        // blocks. The grid only spreads the row groups; a row's arithmetic is the same.
+        let resident = r.arch.sms as usize * (512 / threads).max(1);
+        let grid = (fits_u32(OP, "m / rows", groups.min((resident / rows).max(1)))?, fits_u32(OP, "decode rows", rows)?, 1);
+        let args = [head[0], head[1], head[2], head[3], head[4], head[5], k32, m32];
+        r.launch(KernelFile::MatmulDecode, weight_entries!("matmul_decode_n1")[w.wi], grid, threads as u32, 0, &args)
     } else {
-        let entry = match op.wdtype {
-            DType::Q8_0 => "matmul_tc_dequant_q8_0",
-            DType::Q4_0 => "matmul_tc_dequant_q4_0",
-            _ => "matmul_tc_dequant_q4_1",
-        };
-        let wh = xh + tc_x_bytes(n, k) as u64;
-        let slice = tc_slice_rows(k, m);
-        for row0 in (0..m).step_by(slice) {
-            let rows = slice.min(m - row0);
-            let grid = crate::launch::grid_1d((rows * k / 32) as u64, 256);
-            let args = [Arg::Ptr(w), Arg::U64(q.0), Arg::U64(q.1), Arg::Ptr(wh), Arg::U32(row0 as u32), Arg::U32(rows as u32), Arg::U32(k as u32)];
-            r.launch(KernelFile::MatmulTc, entry, grid, 256, 0, &args)?;
-            r.gemm(gemm(wh, out + 4 * row0 as u64, rows)?);
-        }
+        let entry = if k % 32 == 0 { weight_entries!("matmul_decode")[w.wi] } else { weight_entries!("matmul_decode_any")[w.wi] };
+        let grid = (fits_u32(OP, "m / 4", m.div_ceil(MATVEC_ROWS))?, fits_u32(OP, "decode rows / 8", rows.div_ceil(MATVEC_MAX_N))?, 1);
+        let args = [head[0], head[1], head[2], head[3], head[4], head[5], Arg::U32(fits_u32(OP, "decode rows", rows)?), k32, m32];
+        r.launch(KernelFile::MatmulDecode, entry, grid, 32 * MATVEC_ROWS as u32, 0, &args)
     }
-    if bias != 0 {
-        let grid = crate::launch::grid_1d((n * m) as u64, 256);
-        r.launch(KernelFile::MatmulTc, "matmul_tc_bias", grid, 256, 0, &[Arg::Ptr(out), Arg::Ptr(bias), Arg::U32(n as u32), Arg::U32(m as u32)])?;
+}
+
+/// The prompt rows (`x`, `out` at their first row) on tensor cores: x rounded to bf16 into the
+/// scratch in whole chunks of TC_ROWS, quantized weights expanded slice by slice, and
+/// for each (slice, chunk) one cuBLAS product of the fixed shape into the scratch, then stored
+/// into the chunk's rows of out with the bias.
+fn record_tc(r: &mut Recorder, op: &Matmul, handle: usize, x: u64, w: Weight, bias: u64, out: u64) -> Result<()> {
+    let (k, m, prompt) = (op.k, op.m, op.n - op.decode_rows);
+    let [acc_bytes, w_bytes, _] = tc_layout(prompt, k, m, op.wdtype);
+    let chunks = prompt.div_ceil(TC_ROWS);
+    let (acc, wh) = (r.scratch, r.scratch + acc_bytes as u64);
+    let xh = wh + w_bytes as u64;
+    let padded = (chunks * TC_ROWS * k) as u64;
+    let cast = [Arg::Ptr(x), Arg::Ptr(xh), Arg::U64((prompt * k) as u64), Arg::U64(padded)];
+    r.launch(KernelFile::MatmulTc, "matmul_tc_cast_x", grid_1d(padded, 256), 256, 0, &cast)?;
+    let i32_of = |what: &str, v: usize| i32::try_from(v).map_err(|_| Error::ShapeMismatch { op: OP, expected: format!("{what} < 2^31"), got: v.to_string() });
+    let k_i32 = i32_of("k", k)?;
+    let slice = tc_slice_rows(k, m);
+    for row0 in (0..m).step_by(slice) {
+        let rows = slice.min(m - row0);
+        let ws = if op.wdtype == DType::BF16 {
+            w.ptr + (2 * row0 * k) as u64
+        } else {
+            let entry = match op.wdtype {
+                DType::Q8_0 => "matmul_tc_dequant_q8_0",
+                DType::Q4_0 => "matmul_tc_dequant_q4_0",
+                _ => "matmul_tc_dequant_q4_1",
+            };
+            let args = [Arg::Ptr(w.ptr), Arg::U64(w.d_off), Arg::U64(w.m_off), Arg::Ptr(wh), Arg::U32(row0 as u32), Arg::U32(rows as u32), Arg::U32(k as u32)];
+            r.launch(KernelFile::MatmulTc, entry, grid_1d((rows * k / 32) as u64, 256), 256, 0, &args)?;
+            wh
+        };
+        let rows_i32 = i32_of("m", rows)?;
+        for c in 0..chunks {
+            let x_chunk = xh + (2 * c * TC_ROWS * k) as u64;
+            r.gemm(Gemm { handle, x: x_chunk, w: ws, out: acc, n: TC_ROWS as i32, k: k_i32, m: rows_i32, ldc: rows_i32 });
+            let valid = TC_ROWS.min(prompt - c * TC_ROWS);
+            let dst = out + (4 * c * TC_ROWS * m) as u64;
+            let args = [Arg::Ptr(acc), Arg::Ptr(bias), Arg::Ptr(dst), Arg::U32(valid as u32), Arg::U32(rows as u32), Arg::U32(m as u32), Arg::U32(row0 as u32)];
+            r.launch(KernelFile::MatmulTc, "matmul_tc_store", grid_1d((valid * rows) as u64, 256), 256, 0, &args)?;
+        }
     }
     Ok(())
 }

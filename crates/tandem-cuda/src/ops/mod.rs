@@ -15,6 +15,8 @@ mod rms_norm;
 mod sample;
 
 pub(crate) use attention::{decode_scratch_floats, DECODE_HD_MAX, PREFILL_HD_MAX};
+#[cfg(test)]
+pub(crate) use attention::{decode_grid, part_len};
 pub(crate) use matmul::tensor_cores;
 
 pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
@@ -33,33 +35,19 @@ pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
     }
 }
 
-/// What a step needs beyond its buffers: dyn slots, and bytes of scratch (attention-decode
-/// partials, or the bf16 operands of tensor-core products when `tc`: ops use it one after
-/// the other on the one stream, so they share it).
-pub(crate) fn step_memory(table: &crate::buffers::Table, ops: &[Op], tc: bool) -> (usize, usize) {
-    let (mut slots, mut scratch) = (0, 0);
+/// Bytes of scratch a step needs beyond its buffers: attention-decode partials, and the
+/// operands of tensor-core products when `tc` (ops use it one after the other on the one
+/// stream, so they share it).
+pub(crate) fn scratch_bytes(ops: &[Op], tc: bool) -> usize {
+    let mut scratch = 0;
     for op in ops {
-        slots += dyn_slots(op);
-        if let (Op::Matmul(m), true) = (op, tc) {
-            if matmul::tensor_cores(m) {
-                scratch = scratch.max(matmul::tc_scratch_bytes(m));
-            }
-        }
-        if let Op::Attention(a) = op {
-            let table_numel = table.get(a.block_table).map_or(0, |e| e.numel);
-            scratch = scratch.max(decode_scratch_floats(a, table_numel).saturating_mul(4));
+        match op {
+            Op::Matmul(m) if tc && matmul::tensor_cores(m) => scratch = scratch.max(matmul::tc_scratch_bytes(m)),
+            Op::Attention(a) => scratch = scratch.max(decode_scratch_floats(a).saturating_mul(4)),
+            _ => {}
         }
     }
-    (slots, scratch)
-}
-
-/// Per-step values an op's kernels read from device memory rather than from their arguments
-/// (so a captured graph stays valid when they change): how many dyn slots it uses.
-pub(crate) fn dyn_slots(op: &Op) -> usize {
-    match op {
-        Op::Attention(_) | Op::Sample(_) => 1,
-        _ => 0,
-    }
+    scratch
 }
 
 /// A weight dtype's index into every weight kernel's entry list ([`weight_entries!`]):

@@ -1,5 +1,7 @@
-//! Causal grouped-query attention over the block table: the tiled online-softmax kernel for
-//! prefill, split-K flash decoding (partitions of 64 positions, then a merge) for n = 1.
+//! Causal grouped-query attention for a ragged batch over block tables: split-K flash decoding
+//! (partitions of 64 positions, then a merge) for the decode rows, the tiled online-softmax
+//! kernel for the prompt rows. A row's kernel follows from its class, and its arithmetic from
+//! its own position, so it is computed alike whatever shares the step (batch invariance).
 
 use tandem_core::ops::Attention;
 use tandem_core::{DType, Error, Result};
@@ -10,105 +12,101 @@ use crate::pipelines::{PipeKey, Shader};
 const OP: &str = "attention";
 /// Positions per decode partition (PART in attention_decode.wgsl).
 pub(crate) const PART: usize = 64;
+/// Rows per prefill workgroup (BQ in attention_prefill.wgsl).
+const BQ: usize = 16;
 /// Largest head_dim of the prefill kernel (HDMAX in attention_prefill.wgsl); decode takes 256.
-pub(crate) const PREFILL_HD_MAX: usize = 128;
-pub(crate) const DECODE_HD_MAX: usize = 256;
+const PREFILL_HD_MAX: usize = 128;
+const DECODE_HD_MAX: usize = 256;
+const MAX_GROUPS: usize = 65535;
 
-/// f32s of decode scratch `op` needs (0 for prefill or a single partition).
+/// Largest head_dim the kernels `op`'s rows need take.
+pub(crate) fn hd_max(op: &Attention) -> usize {
+    if op.decode_rows < op.n {
+        PREFILL_HD_MAX
+    } else {
+        DECODE_HD_MAX
+    }
+}
+
+/// Decode partitions of the longest context: the decode grid's x and the scratch stride.
+fn max_parts(op: &Attention) -> usize {
+    op.max_ctx.div_ceil(PART)
+}
+
+/// f32s of decode scratch `op` needs: [decode rows, heads, max_parts, head_dim + 2] (0 when
+/// every row fits one partition). Saturates: the allocation then fails with a message.
 pub(crate) fn scratch_floats(op: &Attention) -> usize {
-    let parts = op.ctx_len.div_ceil(PART);
-    if op.n != 1 || parts <= 1 {
+    let parts = max_parts(op);
+    if op.decode_rows == 0 || parts <= 1 {
         0
     } else {
-        op.heads * parts * (op.head_dim + 2)
+        [op.heads, parts, op.head_dim + 2].iter().fold(op.decode_rows, |a, &d| a.saturating_mul(d))
     }
 }
 
 pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     op.check_shape()?;
+    let bad = |expected: String, got: String| Error::ShapeMismatch { op: OP, expected, got };
     let f16 = op.kv_dtype == DType::F16;
-    let hd_max = if op.n == 1 {
-        DECODE_HD_MAX
-    } else {
-        PREFILL_HD_MAX
-    };
-    if op.head_dim > hd_max {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: format!("head_dim <= {hd_max}"),
-            got: op.head_dim.to_string(),
-        });
+    if op.head_dim > hd_max(op) {
+        return Err(bad(format!("head_dim <= {}", hd_max(op)), op.head_dim.to_string()));
+    }
+    if op.n > 0 && op.max_ctx == 0 {
+        return Err(bad("max_ctx > 0 (every position is below it)".into(), "0".into()));
     }
     let len = numel(OP, &[op.n, op.heads, op.head_dim])?;
     let block_elems = numel(OP, &[op.block_size, op.kv_heads, op.head_dim])?;
-    let table_len = op.ctx_len.div_ceil(op.block_size);
     let q = r.buf(OP, "q", op.q, DType::F32, len)?;
     let ck = r.buf(OP, "cache_k", op.cache_k, op.kv_dtype, 0)?;
     let cv = r.buf(OP, "cache_v", op.cache_v, op.kv_dtype, 0)?;
-    let bt = r.buf(OP, "block_table", op.block_table, DType::U32, table_len)?;
+    let pos = r.buf(OP, "positions", op.positions, DType::U32, op.n)?;
+    let starts = r.buf(OP, "table_starts", op.table_starts, DType::U32, op.n)?;
+    let tables = r.buf(OP, "tables", op.tables, DType::U32, op.tables_len)?;
     let out = r.buf(OP, "out", op.out, DType::F32, len)?;
+    let table = r.table;
+    let entry = move |id| &table.get(id).expect("checked").shadow;
     let num_blocks = {
-        let (a, b) = (
-            r.table.get(op.cache_k).expect("checked"),
-            r.table.get(op.cache_v).expect("checked"),
-        );
+        let (a, b) = (table.get(op.cache_k).expect("checked"), table.get(op.cache_v).expect("checked"));
         a.numel.min(b.numel) / block_elems.max(1)
     };
-    r.table.get(op.block_table).expect("checked").shadow.check_indices(OP, "block_table", table_len, num_blocks, "cache blocks")?;
+    // The indices the kernels follow, checked on the host copies of the uploads (a buffer a
+    // kernel wrote, or too large to copy, has none: WebGPU's bounds checks remain).
+    if let (Some(p), Some(s), Some(t)) =
+        (entry(op.positions).values(op.n), entry(op.table_starts).values(op.n), entry(op.tables).values(op.tables_len))
+    {
+        op.check_rows(p, s, t, num_blocks)?;
+    }
     if len == 0 {
         return Ok(());
     }
     fits_u32(OP, "cache elements", num_blocks * block_elems)?;
-    if op.heads > 65535 {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: "heads <= 65535".into(),
-            got: op.heads.to_string(),
-        });
+    fits_u32(OP, "max_ctx", op.max_ctx)?;
+    let (decodes, prompts) = (op.decode_rows, op.n - op.decode_rows);
+    if op.heads > MAX_GROUPS || decodes > MAX_GROUPS || max_parts(op) > MAX_GROUPS || prompts.div_ceil(BQ) > MAX_GROUPS {
+        return Err(bad(
+            format!("heads, decode rows, max_ctx / {PART} and prompt rows / {BQ} <= {MAX_GROUPS}"),
+            format!("heads {}, decode rows {decodes}, max_ctx {}, prompt rows {prompts}", op.heads, op.max_ctx),
+        ));
     }
     let kv = f16 as u32;
     let heads = op.heads as u32;
-    if op.n == 1 {
-        let parts = op.ctx_len.div_ceil(PART);
-        let params = vec![
-            op.ctx_len as u32,
-            heads,
-            op.kv_heads as u32,
-            op.head_dim as u32,
-            op.block_size as u32,
-            op.scale.to_bits(),
-            parts as u32,
-        ];
+    let shape = [heads, op.kv_heads as u32, op.head_dim as u32, op.block_size as u32, op.scale.to_bits()];
+    if decodes > 0 {
+        let parts = max_parts(op);
+        let params = [&shape[..], &[parts as u32]].concat();
         let scratch = (r.scratch.uid, r.scratch.buffer.clone());
-        let bufs = vec![q, ck, cv, bt, out, scratch];
+        let bufs = vec![q.clone(), ck.clone(), cv.clone(), pos.clone(), starts.clone(), tables.clone(), out.clone(), scratch];
         let partial = PipeKey::new(Shader::AttentionDecode, "partial").with("KV_F16", kv);
-        r.push(
-            partial,
-            bufs.clone(),
-            params.clone(),
-            [parts as u32, heads, 1],
-        );
+        r.push(partial, bufs.clone(), params.clone(), [parts as u32, heads, decodes as u32]);
         if parts > 1 {
             let merge = PipeKey::new(Shader::AttentionDecode, "merge").with("KV_F16", kv);
-            r.push(merge, bufs, params, [heads, 1, 1]);
+            r.push(merge, bufs, params, [heads, decodes as u32, 1]);
         }
-    } else {
-        let params = vec![
-            op.n as u32,
-            op.ctx_len as u32,
-            heads,
-            op.kv_heads as u32,
-            op.head_dim as u32,
-            op.block_size as u32,
-            op.scale.to_bits(),
-        ];
+    }
+    if prompts > 0 {
+        let params = [&[decodes as u32, prompts as u32], &shape[..], &[op.max_ctx as u32]].concat();
         let pipe = PipeKey::new(Shader::AttentionPrefill, "main").with("KV_F16", kv);
-        r.push(
-            pipe,
-            vec![q, ck, cv, bt, out],
-            params,
-            [op.n.div_ceil(16) as u32, heads, 1],
-        );
+        r.push(pipe, vec![q, ck, cv, pos, starts, tables, out], params, [prompts.div_ceil(BQ) as u32, heads, 1]);
     }
     Ok(())
 }

@@ -104,19 +104,20 @@ pub(crate) fn argmax(r: &mut Recorder, op: &Argmax) -> Result<()> {
 pub(crate) fn copy_rows(r: &mut Recorder, op: &CopyRows) -> Result<()> {
     const OP: &str = "copy_rows";
     let src_len = numel(OP, &[op.src_row.saturating_add(op.n_rows), op.width])?;
-    let dst_len = numel(OP, &[op.n_rows, op.width])?;
+    let dst_len = numel(OP, &[op.dst_row.saturating_add(op.n_rows), op.width])?;
+    let len = numel(OP, &[op.n_rows, op.width])?;
     let src = r.buf(OP, "src", op.src, DType::F32, src_len)?;
     let dst = r.buf(OP, "dst", op.dst, DType::F32, dst_len)?;
-    if dst_len == 0 {
+    if len == 0 {
         return Ok(());
     }
-    let off = fits_u32(OP, "src offset", op.src_row * op.width)?;
-    let len = fits_u32(OP, "len", dst_len)?;
+    fits_u32(OP, "src rows * width", src_len)?;
+    fits_u32(OP, "dst rows * width", dst_len)?;
     r.push(
         PipeKey::new(Shader::CopyRows, "main"),
         vec![src, dst],
-        vec![off, len],
-        groups_1d(dst_len, 256),
+        vec![(op.src_row * op.width) as u32, (op.dst_row * op.width) as u32, len as u32],
+        groups_1d(len, 256),
     );
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! out = x @ w^T (+ bias): the matrix-vector kernel for up to 8 tokens (decode), the tiled
-//! kernel above; one dispatch per part of a split weight, each writing its rows' columns.
+//! out = x @ w^T (+ bias): decode rows through the matrix-vector kernels, prompt rows through
+//! the tiled kernel, whatever n is, so each row is computed as it would be alone (batch
+//! invariance, see `Matmul`); one dispatch per part of a split weight and row class.
 
 use tandem_core::ops::Matmul;
 use tandem_core::{DType, Error, Result};
@@ -8,18 +9,27 @@ use super::{bad_dtype, dtype_code, fits_u32, groups_1d, numel, quant_offsets, Di
 use crate::pipelines::{PipeKey, Shader};
 
 const OP: &str = "matmul";
-/// Most tokens the matrix-vector kernel takes (MAXN in matmul.wgsl).
-const MATVEC_MAX_N: usize = 8;
 /// Invocations per weight row in the matrix-vector kernel (16 and 32 measured best on
 /// lavapipe for k = 576..1536; 64 left most lanes idle and cost more barriers).
 const TPR: usize = 32;
 /// Rows per workgroup of the row-per-invocation matrix-vector kernel.
 const RWG: usize = 64;
+/// Token rows per tile of the tiled kernel (TILE in matmul.wgsl).
+const TILE: usize = 64;
+/// Most workgroups in one grid dimension.
+const MAX_GROUPS: usize = 65535;
 
 pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     let code = dtype_code(op.wdtype)
         .ok_or_else(|| bad_dtype(OP, "w", "f32/f16/bf16/q8_0/q4_0/q4_1", op.wdtype))?;
     let (n, k, m) = (op.n, op.k, op.m);
+    if op.decode_rows > n {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: format!("decode_rows <= n = {n}"),
+            got: format!("decode_rows = {}", op.decode_rows),
+        });
+    }
     let x_len = numel(OP, &[n, k])?;
     let w_len = numel(OP, &[m, k])?;
     let out_len = numel(OP, &[n, m])?;
@@ -43,30 +53,34 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     fits_u32(OP, "n * k", x_len)?;
     fits_u32(OP, "m * k", w_len)?;
     fits_u32(OP, "n * m", out_len)?;
+    // The matrix-vector grids fold rows into two dimensions; the tiled one does not.
+    if op.decode_rows < n && m.div_ceil(TILE) > MAX_GROUPS {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: format!("m <= {}", TILE * MAX_GROUPS),
+            got: m.to_string(),
+        });
+    }
     let native = op.wdtype == DType::F16 && r.uses_f16;
     let shader = if native {
         Shader::MatmulF16Native
     } else {
         Shader::Matmul
     };
-    let matvec = n <= MATVEC_MAX_N;
     // Rows of whole blocks (and so every part of a split weight) take the row-per-invocation
     // kernel.
-    let rows_kernel = matvec && !native && k % 32 == 0;
-    let entry = match (matvec, rows_kernel) {
-        (_, true) => "matvec_rows",
-        (true, false) => "matvec",
-        (false, _) => "tiled",
-    };
-    let mut pipe = PipeKey::new(shader, entry);
-    if !native {
-        pipe = pipe.with("DTYPE", code);
-    }
-    if rows_kernel {
-        pipe = pipe.with("RWG", RWG as u32);
-    } else if matvec {
-        pipe = pipe.with("TPR", TPR as u32);
-    }
+    let rows_kernel = !native && k % 32 == 0;
+    let with_dtype = |pipe: PipeKey| if native { pipe } else { pipe.with("DTYPE", code) };
+    let matvec = with_dtype(match rows_kernel {
+        true => PipeKey::new(shader, "matvec_rows").with("RWG", RWG as u32),
+        false => PipeKey::new(shader, "matvec").with("TPR", TPR as u32),
+    });
+    let tiled = with_dtype(PipeKey::new(shader, "tiled"));
+    // (pipeline, first row, rows, rows per dispatch: the grid's token dimension stays in range).
+    let classes = [
+        (matvec, 0, op.decode_rows, MAX_GROUPS),
+        (tiled, op.decode_rows, n - op.decode_rows, TILE * MAX_GROUPS),
+    ];
     for part in &w.parts {
         let rows = if w.parts.len() == 1 { m } else { part.rows };
         if part.row0 >= m {
@@ -81,16 +95,6 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
                 part.rows * k
             },
         );
-        let params = vec![
-            n as u32,
-            k as u32,
-            rows as u32,
-            m as u32,
-            part.row0 as u32,
-            bias.is_some() as u32,
-            d_off,
-            m_off,
-        ];
         // Without a bias the binding still needs a buffer: x is read-only too.
         let bufs = vec![
             x.clone(),
@@ -98,33 +102,39 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
             bias.clone().unwrap_or_else(|| x.clone()),
             out.clone(),
         ];
-        let groups = if rows_kernel {
-            let [x, y, _] = groups_1d(rows, RWG);
-            [x, y, n as u32]
-        } else if matvec {
-            let [x, y, _] = groups_1d(rows, 256 / TPR);
-            [x, y, n as u32]
-        } else {
-            tiled_groups(rows, n)?
-        };
-        r.out.push(Dispatch {
-            pipe: pipe.clone(),
-            bufs,
-            params,
-            groups,
-        });
+        for &(ref pipe, first, count, chunk) in &classes {
+            for row0 in (first..first + count).step_by(chunk) {
+                let tokens = chunk.min(first + count - row0);
+                let groups = match pipe.entry {
+                    "tiled" => [rows.div_ceil(TILE) as u32, tokens.div_ceil(TILE) as u32, 1],
+                    "matvec_rows" => fold(rows, RWG, tokens),
+                    _ => fold(rows, 256 / TPR, tokens),
+                };
+                let params = vec![
+                    tokens as u32,
+                    k as u32,
+                    rows as u32,
+                    m as u32,
+                    part.row0 as u32,
+                    bias.is_some() as u32,
+                    d_off,
+                    m_off,
+                    row0 as u32,
+                ];
+                r.out.push(Dispatch {
+                    pipe: pipe.clone(),
+                    bufs: bufs.clone(),
+                    params,
+                    groups,
+                });
+            }
+        }
     }
     Ok(())
 }
 
-fn tiled_groups(rows: usize, n: usize) -> Result<[u32; 3]> {
-    let (x, y) = (rows.div_ceil(64), n.div_ceil(64));
-    if x > 65535 || y > 65535 {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: "m and n below 64 * 65535".into(),
-            got: format!("m {rows}, n {n}"),
-        });
-    }
-    Ok([x as u32, y as u32, 1])
+/// Weight rows in groups of `per` (folded into x and y), one token per z.
+fn fold(rows: usize, per: usize, tokens: usize) -> [u32; 3] {
+    let [x, y, _] = groups_1d(rows, per);
+    [x, y, tokens as u32]
 }

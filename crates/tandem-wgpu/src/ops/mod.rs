@@ -15,7 +15,7 @@ mod matmul;
 mod rms_norm;
 mod sample;
 
-pub(crate) use attention::{scratch_floats as attention_scratch, DECODE_HD_MAX, PREFILL_HD_MAX};
+pub(crate) use attention::{hd_max as attention_hd_max, scratch_floats as attention_scratch};
 
 /// One compute dispatch: its pipeline, storage buffers (bindings 1..), uniform parameters.
 pub(crate) struct Dispatch {
