@@ -29,8 +29,19 @@ export interface EngineOptions {
   onProgress?: (progress: Progress) => void;
   /** "auto" (default): WebGPU when the browser has an adapter, else the CPU. */
   backend?: 'auto' | 'webgpu' | 'cpu';
-  /** Tokens of context to allocate (default 2048, capped at the model's). */
+  /** Most tokens (prompt and generated) one request may reach (default 2048, capped at the model's). */
   context?: number;
+  /**
+   * Most requests generating together (default 4): concurrent `generate` and
+   * `chat.completions.create` calls are batched in the worker, and any beyond this wait.
+   */
+  maxSeqs?: number;
+  /**
+   * Tokens the KV cache holds across all requests in flight (default: `context`, shared). A
+   * request that finds it full waits, or is recomputed later; only a prompt that could never
+   * fit it fails.
+   */
+  kvTokens?: number;
   /** Use shader-f16 when the adapter has it (default true). */
   allowF16?: boolean;
   /**
@@ -58,16 +69,33 @@ export interface GenerateOptions {
   ignore_eos?: boolean;
 }
 
+export interface TextGenerateOptions extends GenerateOptions {
+  /** Interrupts this generation alone (finish_reason "interrupted"). */
+  signal?: AbortSignal;
+}
+
+export interface RequestOptions {
+  /** Interrupts this completion alone (finish_reason "interrupted"). */
+  signal?: AbortSignal;
+}
+
 export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
   finish_reason: 'stop' | 'length' | 'interrupted';
   finish_detail: 'eos' | 'stop_string' | 'max_tokens' | 'context' | 'interrupted';
+  /** From the call to the first generated token (waiting behind other requests included). */
   prefill_ms: number;
   decode_ms: number;
   prefill_tokens_per_second: number;
   decode_tokens_per_second: number;
+  /** From the call to the request's first step (other requests filled the batch or the KV cache). */
+  queue_ms: number;
+  /** Prompt tokens reused from the KV cache of an earlier request with the same start. */
+  cached_tokens: number;
+  /** Times the request gave up its KV cache to others and was recomputed. */
+  preemptions: number;
   /** The generated token ids. */
   token_ids: number[];
 }
@@ -109,7 +137,7 @@ export interface ChatCompletionChunk {
 
 export interface EngineInfo {
   backend: { kind: 'webgpu' | 'cpu'; name: string; adapter: string; software: boolean; shader_f16: boolean; fallback_reason: string | null };
-  model: { format: string; architecture: string; vocab_size: number; context: number; weight_bytes: number; has_chat_template: boolean };
+  model: { format: string; architecture: string; vocab_size: number; context: number; weight_bytes: number; has_chat_template: boolean; max_seqs: number; kv_tokens: number };
   /**
    * The engine's WebAssembly memory after loading (it never shrinks, so this is its peak). On
    * WebGPU the weights live in GPU buffers, so this stays well below the model's size.
@@ -125,11 +153,13 @@ export interface Engine {
   readonly info: EngineInfo;
   readonly chat: {
     completions: {
-      create(params: ChatCompletionParams & { stream: true }): Promise<AsyncIterableIterator<ChatCompletionChunk>>;
-      create(params: ChatCompletionParams & { stream?: false }): Promise<ChatCompletion>;
+      create(params: ChatCompletionParams & { stream: true }, options?: RequestOptions): Promise<AsyncIterableIterator<ChatCompletionChunk>>;
+      create(params: ChatCompletionParams & { stream?: false }, options?: RequestOptions): Promise<ChatCompletion>;
     };
   };
-  generate(prompt: string, options?: GenerateOptions): TextStream;
+  /** Runs alongside any other requests in flight on this engine. */
+  generate(prompt: string, options?: TextGenerateOptions): TextStream;
+  /** Interrupts every request in flight (each ends with finish_reason "interrupted"). */
   interrupt(): void;
   unload(): Promise<void>;
 }

@@ -46,13 +46,13 @@ class PieceQueue {
 
 /**
  * The text of one generation as an async iterator of pieces; `usage` resolves when it ends.
- * Leaving a `for await` loop early interrupts the generation.
+ * Leaving a `for await` loop early interrupts this generation (only this one).
  */
 class TextStream {
-  constructor(engine, queue, usage) {
-    this.engine = engine;
+  constructor(queue, usage, abort) {
     this.queue = queue;
     this.usage = usage;
+    this.abort = abort;
     // Awaiting `usage` is optional; an error is already reported through the iterator.
     usage.catch(() => {});
   }
@@ -63,7 +63,7 @@ class TextStream {
     return this.queue.next();
   }
   async return() {
-    if (!this.queue.ended) this.engine.interrupt();
+    if (!this.queue.ended) this.abort();
     await this.usage.catch(() => {});
     return { value: undefined, done: true };
   }
@@ -93,17 +93,16 @@ class Engine {
     this.backend = info.backend.name;
     /** Why the CPU was chosen under backend "auto"; null otherwise. */
     this.fallbackReason = info.backend.fallback_reason ?? null;
+    // Every request in flight, by id: the worker batches them all in one engine.
     this.pending = new Map();
-    // One generation at a time: each waits for the one before it.
-    this.tail = Promise.resolve();
     this.unloaded = false;
     worker.onmessage = (e) => this.pending.get(e.data.id)?.(e.data);
     worker.onerror = (e) => this.failAll(new TandemError(`the engine's worker failed: ${e.message ?? 'unknown error'}`));
     const self = this;
     this.chat = {
       completions: {
-        create(params) {
-          return self.createCompletion(params);
+        create(params, options) {
+          return self.createCompletion(params, options);
         },
       },
     };
@@ -115,42 +114,46 @@ class Engine {
 
   /** Streams the text generated after `prompt` (plain text, no chat template). */
   generate(prompt, options) {
-    return this.run(toRequest({ prompt: String(prompt) }, options));
+    return this.run(toRequest({ prompt: String(prompt) }, options), options?.signal);
   }
 
-  run(request) {
+  /**
+   * Sends `request` to the worker at once: it joins the requests already running there.
+   * `signal` (an AbortSignal) interrupts this request alone.
+   */
+  run(request, signal) {
     if (this.unloaded) throw new TandemError('the engine was unloaded');
     const queue = new PieceQueue();
     const id = nextId++;
+    const abort = () => {
+      if (this.pending.has(id)) this.worker.postMessage({ type: 'abort', id });
+    };
     const usage = new Promise((resolve, reject) => {
-      this.tail = this.tail.then(
-        () =>
-          new Promise((done) => {
-            this.pending.set(id, (msg) => {
-              if (msg.type === 'text') return queue.push(msg.text);
-              this.pending.delete(id);
-              done();
-              if (msg.type === 'done') {
-                queue.end();
-                resolve(msg.usage);
-              } else {
-                const error = new TandemError(msg.message);
-                queue.end(error);
-                reject(error);
-              }
-            });
-            if (this.unloaded) this.pending.get(id)({ type: 'error', message: 'the engine was unloaded' });
-            else this.worker.postMessage({ type: 'generate', id, request });
-          }),
-      );
+      this.pending.set(id, (msg) => {
+        if (msg.type === 'text') return queue.push(msg.text);
+        this.pending.delete(id);
+        signal?.removeEventListener('abort', abort);
+        if (msg.type === 'done') {
+          queue.end();
+          resolve(msg.usage);
+        } else {
+          const error = new TandemError(msg.message);
+          queue.end(error);
+          reject(error);
+        }
+      });
     });
-    return new TextStream(this, queue, usage);
+    this.worker.postMessage({ type: 'generate', id, request });
+    if (signal?.aborted) abort();
+    else signal?.addEventListener('abort', abort, { once: true });
+    return new TextStream(queue, usage, abort);
   }
 
-  async createCompletion(params) {
+  async createCompletion(params, options) {
     const { messages, stream } = params ?? {};
     if (!Array.isArray(messages) || messages.length === 0) throw new TandemError('messages must be a non-empty array');
-    const text = this.run(toRequest({ messages: messages.map((m) => ({ role: m.role, content: String(m.content ?? '') })) }, params));
+    const request = toRequest({ messages: messages.map((m) => ({ role: m.role, content: String(m.content ?? '') })) }, params);
+    const text = this.run(request, options?.signal);
     const id = `chatcmpl-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
     const created = Math.floor(Date.now() / 1000);
     const model = params.model ?? 'tandem';
@@ -188,7 +191,7 @@ class Engine {
     return iterator;
   }
 
-  /** Stops the running generation after its current token. */
+  /** Stops every generation in flight after its current token. */
   interrupt() {
     this.worker.postMessage({ type: 'interrupt' });
   }
@@ -223,7 +226,8 @@ function normalizeSource(source) {
  * @param source `{ url }` (a .gguf), `{ urls }` (an HF checkpoint's files), or `{ files }`
  *   (File, Blob with a name, or `{ name, data }`).
  * @param options `{ onProgress({ stage, loaded, total }), backend: 'auto' | 'webgpu' | 'cpu',
- *   context, cache (default true: downloads are kept in the Cache API), workerUrl }`.
+ *   context, maxSeqs, kvTokens, cache (default true: downloads are kept in the Cache API),
+ *   workerUrl }`.
  */
 export async function createEngine(source, options = {}) {
   const src = normalizeSource(source);
@@ -244,8 +248,8 @@ export async function createEngine(source, options = {}) {
       else reject(new TandemError(msg.message));
     };
     worker.onerror = (e) => reject(new TandemError(`the engine's worker failed to start: ${e.message ?? 'see the console'}`));
-    const { backend, context, allowF16, cache } = options;
-    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, allowF16, cache } });
+    const { backend, context, maxSeqs, kvTokens, allowF16, cache } = options;
+    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, maxSeqs, kvTokens, allowF16, cache } });
   }).catch((e) => {
     worker.terminate();
     throw e;

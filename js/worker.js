@@ -1,5 +1,7 @@
 // The worker that owns the engine: downloads, loads and generates off the page's thread.
-// The page talks to it only through index.js; each message carries the request's id.
+// The page talks to it only through index.js; each message carries the request's id. Many
+// generations may be in flight at once: the engine batches them in one drive loop and calls
+// back per request, so each text piece and result goes out under its own request's id.
 //
 // A model goes into the engine as a stream: each file's bytes are pushed chunk by chunk into a
 // wasm Loader that uploads every tensor as soon as its bytes are in. No model file is read
@@ -152,7 +154,7 @@ async function load(id, source, options) {
   ready ??= init();
   wasm = await ready;
   if (!(source.url || source.urls || source.files)) throw new Error('the source must be { url }, { urls } or { files }');
-  const opts = { backend: options.backend ?? 'auto', context: options.context, allow_f16: options.allowF16 };
+  const opts = { backend: options.backend ?? 'auto', context: options.context, max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, allow_f16: options.allowF16 };
   // The backend is chosen before the first byte, so tensors go to it as they arrive.
   const loader = await Loader.create(JSON.stringify(opts), (stage, loaded, total) => progress({ stage, loaded, total }));
   try {
@@ -179,10 +181,13 @@ self.onmessage = async (event) => {
         break;
       case 'generate': {
         if (!engine) throw new Error('no model is loaded');
-        const usage = await engine.generate(JSON.stringify(msg.request), (text) => post({ type: 'text', id: msg.id, text }));
+        const usage = await engine.generate(msg.id, JSON.stringify(msg.request), (text) => post({ type: 'text', id: msg.id, text }));
         post({ type: 'done', id: msg.id, usage: JSON.parse(usage) });
         break;
       }
+      case 'abort':
+        engine?.abort(msg.id);
+        break;
       case 'interrupt':
         engine?.interrupt();
         break;

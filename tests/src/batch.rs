@@ -146,25 +146,25 @@ pub fn check_batched<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, reqs: &[
 
 /// The standard battery on one model, whose KV pool must be tight (a few requests' worth):
 /// `n` requests at once (so preemption must happen), again with aborts on a narrow budget,
-/// then `3n/4` requests sharing a 40-token prefix (so the prefix cache must hit). Outputs are
-/// 4 to 3 + `gen_spread` tokens.
-pub fn battery<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, n: usize, gen_spread: usize) {
+/// then `3n/4` requests sharing a `prefix`-token prefix (so the prefix cache must hit).
+/// Outputs are 4 to 3 + `gen_spread` tokens.
+pub fn battery<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, n: usize, gen_spread: usize, prefix: usize) {
     let reqs = mix(tok, n, 0, gen_spread);
     let alone = solo(model, tok, &reqs);
     let wide = SchedulerConfig { max_seqs: 16, max_batched_tokens: 48 };
     check_batched(model, tok, &reqs, &alone, wide, Expect::Preemption);
     check_batched(model, tok, &reqs, &alone, SchedulerConfig { max_seqs: 5, max_batched_tokens: 7 }, Expect::Aborts);
-    let shared = mix(tok, n * 3 / 4, 40, gen_spread);
+    let shared = mix(tok, n * 3 / 4, prefix, gen_spread);
     let shared_alone = solo(model, tok, &shared);
     check_batched(model, tok, &shared, &shared_alone, wide, Expect::PrefixHits);
 }
 
 /// [`battery`] on stories260K with a pool of `kv_blocks` blocks of 4 positions.
-pub fn stories_battery<B: Backend>(backend: B, n: usize, gen_spread: usize, kv_blocks: usize) -> Result<(), Skip> {
+pub fn stories_battery<B: Backend>(backend: B, n: usize, gen_spread: usize, prefix: usize, kv_blocks: usize) -> Result<(), Skip> {
     let source = loader::open(&e2e::stories_dir()?).expect("open stories260K");
     let tok = Tokenizer::load(&source.tokenizer).expect("tokenizer");
     let opts = ModelOptions { block_size: 4, kv_blocks: Some(kv_blocks), ..Default::default() };
-    battery(&mut e2e::load(backend, &source, &opts), &tok, n, gen_spread);
+    battery(&mut e2e::load(backend, &source, &opts), &tok, n, gen_spread, prefix);
     Ok(())
 }
 
@@ -174,6 +174,6 @@ pub fn smollm_battery<B: Backend>(backend: B, n: usize) -> Result<(), Skip> {
     let source = loader::open(&e2e::smollm_gguf()?).expect("open SmolLM2");
     let tok = Tokenizer::load(&source.tokenizer).expect("tokenizer");
     let opts = ModelOptions { context: 512, block_size: 8, kv_blocks: Some((n * 3 / 2).max(12)), ..Default::default() };
-    battery(&mut e2e::load(backend, &source, &opts), &tok, n, 23);
+    battery(&mut e2e::load(backend, &source, &opts), &tok, n, 23, 40);
     Ok(())
 }

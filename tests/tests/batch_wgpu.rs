@@ -17,12 +17,12 @@ fn report(name: &str, r: Result<(), Skip>) {
 
 #[test]
 fn stories260k_batched_equals_solo_f16() {
-    report("stories260k_batched_equals_solo_f16", backend(true).and_then(|b| batch::stories_battery(b, 16, 23, 40)));
+    report("stories260k_batched_equals_solo_f16", backend(true).and_then(|b| batch::stories_battery(b, 16, 23, 40, 40)));
 }
 
 #[test]
 fn stories260k_batched_equals_solo_packed() {
-    report("stories260k_batched_equals_solo_packed", backend(false).and_then(|b| batch::stories_battery(b, 16, 23, 40)));
+    report("stories260k_batched_equals_solo_packed", backend(false).and_then(|b| batch::stories_battery(b, 16, 23, 40, 40)));
 }
 
 /// Fewer requests than on the CPU: lavapipe runs SmolLM2 slowly.

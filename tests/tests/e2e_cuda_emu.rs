@@ -52,11 +52,11 @@ fn stories260k_first_tokens_f16_kv_small_blocks_chunked() {
     report("stories260k_first_tokens_f16_kv_small_blocks_chunked", first_tokens(&opts));
 }
 
-/// Continuous batching through the CUDA backend's recording and kernels: 4 concurrent requests
-/// (a tight pool, so preemption), with aborts, and sharing a prefix, each equal to its solo
-/// run. Short outputs: the emulator is slow.
+/// Continuous batching through the CUDA backend's recording and kernels: 5 concurrent requests
+/// (a 12-block pool, so preemption), with aborts, and sharing a 16-token prefix, each equal to
+/// its solo run. Short outputs: the emulator is slow.
 #[test]
 fn stories260k_batched_equals_solo() {
-    let r = EmuBackend::new().map_err(Skip).and_then(|b| tandem_tests::batch::stories_battery(b, 4, 3, 16));
+    let r = EmuBackend::new().map_err(Skip).and_then(|b| tandem_tests::batch::stories_battery(b, 5, 3, 16, 12));
     report("stories260k_batched_equals_solo", r);
 }

@@ -3,8 +3,9 @@
 //!
 //! The JS-facing [`wasm::Loader`] and [`wasm::Engine`] exist only in the wasm32 build;
 //! everything they rely on (streaming a file set into the backend: `tandem_core::model::
-//! ModelStream`; requests, usage, the backend enum) builds and is tested natively too. The npm
-//! package's JS layer (`js/`) wraps the engine in a Web Worker and an OpenAI-shaped API.
+//! ModelStream`; the requests of one engine batched through its scheduler, usage, the backend
+//! enum) builds and is tested natively too. The npm package's JS layer (`js/`) wraps the
+//! engine in a Web Worker and an OpenAI-shaped API.
 
 pub mod backend;
 pub mod session;
@@ -14,4 +15,4 @@ pub mod wasm;
 pub mod conformance;
 
 pub use backend::WebBackend;
-pub use session::{ModelInfo, Request, Session, Usage};
+pub use session::{Added, ModelInfo, Output, Request, Session, Usage};

@@ -1,14 +1,17 @@
-//! A loaded model and its tokenizer, and one generation request in, usage out. This is the
-//! part of the browser engine that does not touch JavaScript, so it is tested natively.
+//! A loaded model behind one scheduler: requests in (JSON from the JS layer), text pieces and
+//! usage out, for every request the engine runs at once. This is the part of the browser engine
+//! that does not touch JavaScript, so it is tested natively; the worker's drive loop
+//! (`wasm.rs`) only adds, aborts, steps and routes what [`Session::step`] returns.
 
 use crate::backend::WebBackend;
 use serde::{Deserialize, Serialize};
-use tandem_core::generate::{generate_interruptible, FinishReason, GenerateParams};
-use tandem_core::loader::ModelSource;
-use tandem_core::model::{Model, ModelOptions, StreamedModel};
+use std::collections::HashMap;
+use tandem_core::generate::{FinishReason, GenerateParams};
+use tandem_core::model::{Model, StreamedModel};
 use tandem_core::sampling::SamplingParams;
+use tandem_core::scheduler::{self, Event, RequestId, Scheduler, SchedulerConfig};
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
-use tandem_core::{Backend, Error, Result};
+use tandem_core::{Error, Result};
 
 /// A generation request, as the JS layer sends it (JSON). Either `prompt` (plain text; BOS is
 /// added when the tokenizer asks for it, or when the prompt is empty) or `messages` (rendered
@@ -39,7 +42,7 @@ pub enum Stop {
 }
 
 /// What a generation cost and why it ended (JSON to the JS layer).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -49,12 +52,20 @@ pub struct Usage {
     pub finish_reason: &'static str,
     /// tandem's own: "eos", "stop_string", "max_tokens", "context", "interrupted".
     pub finish_detail: &'static str,
-    /// Prompt processing up to the first generated token.
+    /// From the request's arrival to its first generated token (its wait for a place in the
+    /// batch included).
     pub prefill_ms: f64,
     /// Every later token.
     pub decode_ms: f64,
     pub prefill_tokens_per_second: f64,
     pub decode_tokens_per_second: f64,
+    /// From the request's arrival to its first step (other requests held the batch or the KV
+    /// cache).
+    pub queue_ms: f64,
+    /// Prompt tokens whose KV came from the prefix cache (an earlier request's same start).
+    pub cached_tokens: usize,
+    /// Times the request gave its KV cache up to others and was recomputed later.
+    pub preemptions: usize,
     /// Generated ids, the end-of-sequence token included if it ended the run.
     pub token_ids: Vec<u32>,
 }
@@ -65,26 +76,50 @@ pub struct ModelInfo {
     pub format: String,
     pub architecture: String,
     pub vocab_size: usize,
+    /// Most tokens (prompt and generated) one request may reach.
     pub context: usize,
     pub weight_bytes: usize,
     pub has_chat_template: bool,
+    /// Most requests generating in one step; more wait their turn.
+    pub max_seqs: usize,
+    /// Tokens the KV cache holds across every request at once.
+    pub kv_tokens: usize,
+}
+
+/// What [`Session::add`] did with a request.
+#[derive(Debug)]
+pub enum Added {
+    /// Queued; its output comes from [`Session::step`] under this id.
+    Queued(RequestId),
+    /// Nothing to generate (`max_tokens` 0): already done.
+    Done(Usage),
+}
+
+/// What a step produced for one request: text pieces, then `Done` or `Failed`.
+#[derive(Debug)]
+pub enum Output {
+    Text(String),
+    Done(Usage),
+    Failed(Error),
+}
+
+/// What a request's usage needs beyond the scheduler's.
+struct Running {
+    token_ids: Vec<u32>,
+    /// max_tokens was cut to the room left in the context: reaching it ends as "context".
+    clamped: bool,
 }
 
 pub struct Session {
-    pub model: Model<WebBackend>,
-    pub tokenizer: Tokenizer,
+    scheduler: Scheduler<WebBackend, Model<WebBackend>, Tokenizer>,
     pub info: ModelInfo,
+    running: HashMap<RequestId, Running>,
 }
 
 impl Session {
-    /// Loads `source` onto `backend`; `progress(done, total)` counts tensors uploaded.
-    pub fn load(source: ModelSource, backend: WebBackend, opts: &ModelOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<Session> {
-        let model = Model::load(backend, &source, opts, progress)?;
-        Self::new(StreamedModel { model, tokenizer: source.tokenizer, format: source.format })
-    }
-
-    /// A model streamed in ([`tandem_core::model::ModelStream`]), with its tokenizer.
-    pub fn new(streamed: StreamedModel<WebBackend>) -> Result<Session> {
+    /// A model streamed in ([`tandem_core::model::ModelStream`]) with its tokenizer, serving up
+    /// to `max_seqs` requests per step.
+    pub fn new(streamed: StreamedModel<WebBackend>, max_seqs: usize) -> Result<Session> {
         let StreamedModel { model, tokenizer, format } = streamed;
         let tokenizer = Tokenizer::load(&tokenizer)?;
         let info = ModelInfo {
@@ -94,17 +129,17 @@ impl Session {
             context: model.context(),
             weight_bytes: model.weights.bytes,
             has_chat_template: tokenizer.chat_template().is_some(),
+            max_seqs,
+            kv_tokens: model.kv.capacity(),
         };
-        Ok(Session { model, tokenizer, info })
-    }
-
-    pub fn backend_name(&self) -> String {
-        self.model.backend.name()
+        let config = SchedulerConfig { max_seqs, max_batched_tokens: model.max_step_tokens() };
+        let scheduler = Scheduler::new(model, tokenizer, config)?;
+        Ok(Session { scheduler, info, running: HashMap::new() })
     }
 
     /// The prompt's token ids, as `tandem run` builds them.
-    pub fn prompt_ids(&self, req: &Request) -> Result<Vec<u32>> {
-        let tok = &self.tokenizer;
+    fn prompt_ids(&self, req: &Request) -> Result<Vec<u32>> {
+        let tok = self.scheduler.tokenizer();
         match (&req.prompt, &req.messages) {
             (Some(_), Some(_)) => Err(Error::InvalidParameter("give either prompt or messages, not both".into())),
             (None, None) => Err(Error::InvalidParameter("the request has neither prompt nor messages".into())),
@@ -125,48 +160,135 @@ impl Session {
         }
     }
 
-    /// Runs `req`, calling `on_text` with each piece of text; stops early when `interrupted`
-    /// says so (asked between tokens).
-    pub async fn generate(&mut self, req: &Request, on_text: &mut dyn FnMut(&str), interrupted: &dyn Fn() -> bool) -> Result<Usage> {
+    /// Queues `req` to join the next step. Bad parameters, and a prompt that could never fit
+    /// the context or the KV cache, are errors here. Like a lone generation, a request may ask
+    /// for more tokens than the context has room for: it then ends when the context is full.
+    pub fn add(&mut self, req: &Request) -> Result<Added> {
         let prompt = self.prompt_ids(req)?;
-        let d = SamplingParams::default();
-        let sampling = SamplingParams {
-            temperature: req.temperature.unwrap_or(d.temperature),
-            top_k: req.top_k.unwrap_or(d.top_k),
-            top_p: req.top_p.unwrap_or(d.top_p),
-            min_p: req.min_p.unwrap_or(d.min_p),
-            repetition_penalty: req.repetition_penalty.unwrap_or(d.repetition_penalty),
-            seed: req.seed.unwrap_or(d.seed),
-        };
-        let stop = match &req.stop {
-            None => Vec::new(),
-            Some(Stop::One(s)) => vec![s.clone()],
-            Some(Stop::Many(v)) => v.clone(),
-        };
-        if stop.iter().any(String::is_empty) {
-            return Err(Error::InvalidParameter("a stop string is empty".into()));
+        let mut params = generate_params(req)?;
+        if params.max_tokens == 0 {
+            if prompt.len() > self.info.context {
+                return Err(Error::PromptTooLong { prompt: prompt.len(), context: self.info.context });
+            }
+            let usage = Usage { prompt_tokens: prompt.len(), total_tokens: prompt.len(), finish_reason: "length", finish_detail: "max_tokens", ..Usage::default() };
+            return Ok(Added::Done(usage));
         }
-        let max_tokens = req.max_tokens.unwrap_or(GenerateParams::default().max_tokens);
-        let params = GenerateParams { max_tokens, sampling, stop, ignore_eos: req.ignore_eos };
-        let gen = generate_interruptible(&mut self.model, &self.tokenizer, &prompt, &params, on_text, interrupted).await?;
-        let (finish_reason, finish_detail) = match gen.finish {
-            FinishReason::Eos => ("stop", "eos"),
-            FinishReason::Stop => ("stop", "stop_string"),
-            FinishReason::Length => ("length", "max_tokens"),
-            FinishReason::Context => ("length", "context"),
-            FinishReason::Interrupted => ("interrupted", "interrupted"),
-        };
-        Ok(Usage {
-            prompt_tokens: gen.prompt_tokens,
-            completion_tokens: gen.tokens.len(),
-            total_tokens: gen.prompt_tokens + gen.tokens.len(),
-            finish_reason,
-            finish_detail,
-            prefill_ms: gen.prefill_secs * 1e3,
-            decode_ms: gen.decode_secs * 1e3,
-            prefill_tokens_per_second: gen.prefill_tok_per_sec(),
-            decode_tokens_per_second: gen.decode_tok_per_sec(),
-            token_ids: gen.tokens,
-        })
+        // One request may fill the context, or the whole KV cache if that is smaller (it then
+        // runs alone); a prompt that leaves no room for one token is the scheduler's error.
+        let room = self.info.context.min(self.info.kv_tokens).saturating_sub(prompt.len());
+        let clamped = params.max_tokens > room;
+        params.max_tokens = params.max_tokens.min(room).max(1);
+        let id = self.scheduler.add(prompt, params)?;
+        self.running.insert(id, Running { token_ids: Vec::new(), clamped });
+        Ok(Added::Queued(id))
+    }
+
+    /// Ends request `id` now; its `Done` (finish_reason "interrupted") comes with the next step.
+    /// False if it is not running (already finished, or never added).
+    pub fn abort(&mut self, id: RequestId) -> bool {
+        self.scheduler.abort(id)
+    }
+
+    /// Ends every request, as [`Session::abort`] does.
+    pub fn abort_all(&mut self) {
+        for id in self.running.keys().copied().collect::<Vec<_>>() {
+            self.scheduler.abort(id);
+        }
+    }
+
+    /// Whether [`Session::step`] has anything to do or report.
+    pub fn has_work(&self) -> bool {
+        self.scheduler.has_work()
+    }
+
+    /// Runs one step over every running request (requests added since the last one join it)
+    /// and returns what each produced, in order.
+    pub async fn step(&mut self) -> Vec<(RequestId, Output)> {
+        let mut out = Vec::new();
+        for (id, event) in self.scheduler.step().await {
+            match event {
+                Event::Token { id: token, text } => {
+                    if let Some(r) = self.running.get_mut(&id) {
+                        r.token_ids.push(token);
+                    }
+                    if !text.is_empty() {
+                        out.push((id, Output::Text(text)));
+                    }
+                }
+                Event::Finished { reason, text, usage } => {
+                    let r = self.running.remove(&id).unwrap_or(Running { token_ids: Vec::new(), clamped: false });
+                    if !text.is_empty() {
+                        out.push((id, Output::Text(text)));
+                    }
+                    out.push((id, Output::Done(usage_of(r, reason, &usage))));
+                }
+                Event::Failed(e) => {
+                    self.running.remove(&id);
+                    out.push((id, Output::Failed(e)));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Sampling, stop strings and max_tokens from `req`, checked.
+fn generate_params(req: &Request) -> Result<GenerateParams> {
+    let d = SamplingParams::default();
+    let sampling = SamplingParams {
+        temperature: req.temperature.unwrap_or(d.temperature),
+        top_k: req.top_k.unwrap_or(d.top_k),
+        top_p: req.top_p.unwrap_or(d.top_p),
+        min_p: req.min_p.unwrap_or(d.min_p),
+        repetition_penalty: req.repetition_penalty.unwrap_or(d.repetition_penalty),
+        seed: req.seed.unwrap_or(d.seed),
+    };
+    sampling.validate()?;
+    let stop = match &req.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    if stop.iter().any(String::is_empty) {
+        return Err(Error::InvalidParameter("a stop string is empty".into()));
+    }
+    let max_tokens = req.max_tokens.unwrap_or(GenerateParams::default().max_tokens);
+    Ok(GenerateParams { max_tokens, sampling, stop, ignore_eos: req.ignore_eos })
+}
+
+fn usage_of(r: Running, reason: FinishReason, u: &scheduler::Usage) -> Usage {
+    let (finish_reason, finish_detail) = match reason {
+        FinishReason::Eos => ("stop", "eos"),
+        FinishReason::Stop => ("stop", "stop_string"),
+        FinishReason::Length if r.clamped => ("length", "context"),
+        FinishReason::Length => ("length", "max_tokens"),
+        FinishReason::Context => ("length", "context"),
+        FinishReason::Interrupted => ("interrupted", "interrupted"),
+    };
+    let completion = r.token_ids.len();
+    Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: completion,
+        total_tokens: u.prompt_tokens + completion,
+        finish_reason,
+        finish_detail,
+        prefill_ms: u.ttft_secs * 1e3,
+        decode_ms: u.decode_secs * 1e3,
+        prefill_tokens_per_second: rate(u.prompt_tokens, u.ttft_secs),
+        // The first token's cost is the prefill's.
+        decode_tokens_per_second: rate(completion.saturating_sub(1), u.decode_secs),
+        queue_ms: u.queue_secs * 1e3,
+        cached_tokens: u.cached_tokens,
+        preemptions: u.preemptions,
+        token_ids: r.token_ids,
+    }
+}
+
+/// Per second; 0 where nothing was timed (a request aborted before its first token).
+fn rate(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
     }
 }

@@ -6,16 +6,21 @@
 //! to the backend (a GPU buffer, on WebGPU) as soon as its bytes are in. So no model file is
 //! ever one ArrayBuffer, and the weights never sit whole in wasm memory on WebGPU.
 //!
-//! `generate` returns a Promise and holds no borrow of the `Engine` while it runs, so
-//! `interrupt()` and `unload()` can be called from the worker's message handler meanwhile: the
-//! state lives in an `Rc` the running generation shares, never behind `&mut self`.
-
+//! An [`Engine`] runs every request it is given at once, batched by the one scheduler its
+//! [`Session`] holds. `generate` only queues a command and returns a Promise; one drive loop
+//! (a future on the worker's event loop, started when there is work and ending when there is
+//! none) owns the session while it runs: it applies the queued commands (adds, aborts) between
+//! steps, steps, and routes each request's text and usage to its callback and Promise. The
+//! loop never holds a borrow that the message handler needs, so requests and aborts that
+//! arrive while a step runs join the next one.
 use crate::backend::WebBackend;
-use crate::session::{Request, Session};
+use crate::session::{Added, Output, Request, Session};
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use tandem_core::model::{ModelOptions, ModelStream};
+use tandem_core::scheduler::RequestId;
 use tandem_cpu::CpuBackend;
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
 use wasm_bindgen::prelude::*;
@@ -50,11 +55,20 @@ fn js_error(msg: impl std::fmt::Display) -> JsValue {
 struct EngineOptions {
     /// "auto" (WebGPU when present, else the CPU), "webgpu" (an error without it) or "cpu".
     backend: Option<String>,
-    /// Tokens of context to allocate KV cache for (capped at the model's own).
+    /// Most tokens one request may reach (capped at the model's own).
     context: Option<usize>,
+    /// Most requests generating in one step (default [`DEFAULT_MAX_SEQS`]).
+    max_seqs: Option<usize>,
+    /// Tokens the KV cache holds across all requests. Default: as many as `context` (the
+    /// memory a lone request at that context took before batching, now shared: room for four
+    /// requests of 512 tokens at the default 2048). A request that finds it full waits, or is
+    /// preempted and recomputed later, so only speed depends on it.
+    kv_tokens: Option<usize>,
     /// Use `shader-f16` where the adapter has it (default true).
     allow_f16: Option<bool>,
 }
+
+const DEFAULT_MAX_SEQS: usize = 4;
 
 /// Which backend runs the model and why (JSON from `Engine.info`).
 #[derive(Serialize)]
@@ -76,19 +90,6 @@ struct EngineInfo<'a> {
     model: &'a crate::ModelInfo,
 }
 
-struct Shared {
-    session: RefCell<Option<Session>>,
-    interrupt: Cell<bool>,
-    busy: Cell<bool>,
-    /// `unload()` came while a generation held the session: drop it when that ends.
-    unload_pending: Cell<bool>,
-}
-
-#[wasm_bindgen]
-pub struct Engine {
-    shared: Rc<Shared>,
-    info: String,
-}
 
 fn navigator_gpu() -> Option<JsValue> {
     let navigator = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
@@ -141,6 +142,7 @@ pub struct Loader {
     reported: usize,
     /// Where a chunk is copied into wasm memory; reused, so it is allocated once.
     scratch: Vec<u8>,
+    max_seqs: usize,
 }
 
 #[wasm_bindgen]
@@ -153,9 +155,19 @@ impl Loader {
         } else {
             serde_json::from_str(&options).map_err(|e| js_error(format!("bad engine options: {e}")))?
         };
+        let defaults = ModelOptions::default();
+        let context = opts.context.unwrap_or(defaults.context);
+        let max_seqs = opts.max_seqs.unwrap_or(DEFAULT_MAX_SEQS);
+        let kv_tokens = opts.kv_tokens.unwrap_or(context);
+        if max_seqs == 0 {
+            return Err(js_error("maxSeqs must be at least 1"));
+        }
+        if kv_tokens == 0 {
+            return Err(js_error("kvTokens must be at least 1"));
+        }
         let (backend, info) = choose_backend(&opts).await?;
-        let model_opts = ModelOptions { context: opts.context.unwrap_or(ModelOptions::default().context), ..ModelOptions::default() };
-        Ok(Loader { stream: ModelStream::new(backend, &model_opts), backend: info, on_progress, reported: 0, scratch: Vec::new() })
+        let model_opts = ModelOptions { context, kv_blocks: Some(kv_tokens.div_ceil(defaults.block_size)), ..defaults };
+        Ok(Loader { stream: ModelStream::new(backend, &model_opts), backend: info, on_progress, reported: 0, scratch: Vec::new(), max_seqs })
     }
 
     /// Starts the file `name` (a File's name, a URL's last segment), of `size` bytes when
@@ -190,12 +202,138 @@ impl Loader {
 
     /// The engine, once every file is in. Errors name what is missing.
     pub fn finish(self) -> Result<Engine, JsValue> {
-        let Loader { stream, backend, .. } = self;
-        let session = Session::new(stream.finish().map_err(js_error)?).map_err(js_error)?;
+        let Loader { stream, backend, max_seqs, .. } = self;
+        let session = Session::new(stream.finish().map_err(js_error)?, max_seqs).map_err(js_error)?;
         let info = serde_json::to_string(&EngineInfo { backend: &backend, model: &session.info }).map_err(js_error)?;
-        let shared = Shared { session: RefCell::new(Some(session)), interrupt: Cell::new(false), busy: Cell::new(false), unload_pending: Cell::new(false) };
+        let shared = Shared {
+            session: RefCell::new(Some(session)),
+            inbox: RefCell::new(VecDeque::new()),
+            pending: RefCell::new(HashMap::new()),
+            driving: Cell::new(false),
+            unloaded: Cell::new(false),
+        };
         Ok(Engine { shared: Rc::new(shared), info })
     }
+}
+
+/// What the message handler asks of the drive loop, applied in order between steps.
+enum Command {
+    Add(u32, Request),
+    Abort(u32),
+    AbortAll,
+}
+
+/// One request's way back to JavaScript.
+struct Pending {
+    on_text: js_sys::Function,
+    resolve: js_sys::Function,
+    reject: js_sys::Function,
+    /// `on_text` threw: the request was aborted and rejects with this when it ends.
+    error: Option<JsValue>,
+}
+
+struct Shared {
+    /// Out (owned by the drive loop) while the loop runs; gone for good after `unload()`.
+    session: RefCell<Option<Session>>,
+    inbox: RefCell<VecDeque<Command>>,
+    /// Every request not yet resolved or rejected, by the worker's id.
+    pending: RefCell<HashMap<u32, Pending>>,
+    driving: Cell<bool>,
+    unloaded: Cell<bool>,
+}
+
+impl Shared {
+    /// Takes request `js` out and settles its Promise: resolved with `usage`, or rejected with
+    /// `error` (or with what its `on_text` threw).
+    fn settle(&self, js: u32, result: Result<String, JsValue>) {
+        let Some(p) = self.pending.borrow_mut().remove(&js) else { return };
+        let _ = match p.error.map_or(result, Err) {
+            Ok(usage) => p.resolve.call1(&JsValue::NULL, &JsValue::from_str(&usage)),
+            Err(e) => p.reject.call1(&JsValue::NULL, &e),
+        };
+    }
+
+    /// Hands `text` to request `js`'s callback; false if the callback threw (the request is to
+    /// be aborted).
+    fn emit(&self, js: u32, text: &str) -> bool {
+        let Some(on_text) = self.pending.borrow().get(&js).filter(|p| p.error.is_none()).map(|p| p.on_text.clone()) else { return true };
+        match on_text.call1(&JsValue::NULL, &JsValue::from_str(text)) {
+            Ok(_) => true,
+            Err(e) => {
+                if let Some(p) = self.pending.borrow_mut().get_mut(&js) {
+                    p.error = Some(e);
+                }
+                false
+            }
+        }
+    }
+}
+
+fn usage_json(usage: &crate::Usage) -> Result<String, JsValue> {
+    serde_json::to_string(usage).map_err(js_error)
+}
+
+/// The drive loop: owns the session while any request runs, applies the inbox before every
+/// step, and gives the session back (or drops it, after `unload()`) when nothing is left.
+async fn drive(shared: Rc<Shared>) {
+    let Some(mut session) = shared.session.borrow_mut().take() else {
+        shared.driving.set(false);
+        return;
+    };
+    // The session's id of each running request -> the worker's.
+    let mut ids: HashMap<RequestId, u32> = HashMap::new();
+    loop {
+        loop {
+            let Some(command) = shared.inbox.borrow_mut().pop_front() else { break };
+            match command {
+                Command::Add(js, req) => match session.add(&req) {
+                    Ok(Added::Queued(id)) => {
+                        ids.insert(id, js);
+                    }
+                    Ok(Added::Done(usage)) => shared.settle(js, usage_json(&usage)),
+                    Err(e) => shared.settle(js, Err(js_error(e))),
+                },
+                Command::Abort(js) => {
+                    if let Some((&id, _)) = ids.iter().find(|(_, &j)| j == js) {
+                        session.abort(id);
+                    }
+                }
+                Command::AbortAll => session.abort_all(),
+            }
+        }
+        if !session.has_work() {
+            break;
+        }
+        for (id, output) in session.step().await {
+            let Some(&js) = ids.get(&id) else { continue };
+            match output {
+                Output::Text(text) => {
+                    if !shared.emit(js, &text) {
+                        session.abort(id);
+                    }
+                }
+                Output::Done(usage) => {
+                    ids.remove(&id);
+                    shared.settle(js, usage_json(&usage));
+                }
+                Output::Failed(e) => {
+                    ids.remove(&id);
+                    shared.settle(js, Err(js_error(e)));
+                }
+            }
+        }
+    }
+    // No await since the inbox was found empty: nothing can have been queued meanwhile.
+    shared.driving.set(false);
+    if !shared.unloaded.get() {
+        *shared.session.borrow_mut() = Some(session);
+    }
+}
+
+#[wasm_bindgen]
+pub struct Engine {
+    shared: Rc<Shared>,
+    info: String,
 }
 
 #[wasm_bindgen]
@@ -206,56 +344,59 @@ impl Engine {
         self.info.clone()
     }
 
-    /// Runs one request (JSON, see `Request`), calling `on_text(piece)` for each piece of text.
-    /// Resolves to the usage as JSON; rejects with an Error. One generation at a time.
-    pub fn generate(&self, request: String, on_text: js_sys::Function) -> js_sys::Promise {
-        let shared = self.shared.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
-            let req: Request = serde_json::from_str(&request).map_err(|e| js_error(format!("bad request: {e}")))?;
-            if shared.busy.get() {
-                return Err(js_error("a generation is already running on this engine"));
-            }
-            let mut session = shared.session.borrow_mut().take().ok_or_else(|| js_error("the engine was unloaded"))?;
-            shared.busy.set(true);
-            shared.interrupt.set(false);
-            let callback_error: RefCell<Option<JsValue>> = RefCell::new(None);
-            let mut emit = |text: &str| {
-                if callback_error.borrow().is_none() {
-                    if let Err(e) = on_text.call1(&JsValue::NULL, &JsValue::from_str(text)) {
-                        *callback_error.borrow_mut() = Some(e);
-                    }
-                }
-            };
-            let stop = || shared.interrupt.get() || callback_error.borrow().is_some();
-            let result = session.generate(&req, &mut emit, &stop).await;
-            shared.busy.set(false);
-            if shared.unload_pending.replace(false) {
-                drop(session);
-            } else {
-                *shared.session.borrow_mut() = Some(session);
-            }
-            if let Some(e) = callback_error.into_inner() {
-                return Err(e);
-            }
-            let usage = result.map_err(js_error)?;
-            Ok(JsValue::from_str(&serde_json::to_string(&usage).map_err(js_error)?))
-        })
+    /// Runs request `id` (the worker's, unique among those in flight; `request` is JSON, see
+    /// `Request`) alongside any others, calling `on_text(piece)` for each piece of its text.
+    /// Resolves to its usage as JSON; rejects with an Error.
+    pub fn generate(&self, id: u32, request: String, on_text: js_sys::Function) -> js_sys::Promise {
+        let shared = &self.shared;
+        let req: Request = match serde_json::from_str(&request) {
+            Ok(req) => req,
+            Err(e) => return js_sys::Promise::reject(&js_error(format!("bad request: {e}"))),
+        };
+        if shared.unloaded.get() {
+            return js_sys::Promise::reject(&js_error("the engine was unloaded"));
+        }
+        if shared.pending.borrow().contains_key(&id) {
+            return js_sys::Promise::reject(&js_error(format!("request id {id} is already in flight")));
+        }
+        let promise = js_sys::Promise::new(&mut |resolve, reject| {
+            shared.pending.borrow_mut().insert(id, Pending { on_text: on_text.clone(), resolve, reject, error: None });
+        });
+        self.send(Command::Add(id, req));
+        promise
     }
 
-    /// Asks a running generation to stop after the current token; it then resolves with
-    /// finish_reason "interrupted". Does nothing when none runs.
+    /// Asks request `id` to stop after its current step; it then resolves with finish_reason
+    /// "interrupted". The others run on. Does nothing when it is not in flight.
+    pub fn abort(&self, id: u32) {
+        if self.shared.pending.borrow().contains_key(&id) {
+            self.send(Command::Abort(id));
+        }
+    }
+
+    /// [`Engine::abort`] for every request in flight.
     pub fn interrupt(&self) {
-        self.shared.interrupt.set(true);
+        if self.shared.driving.get() {
+            self.send(Command::AbortAll);
+        }
     }
 
-    /// Frees the model (GPU buffers included). A running generation is interrupted and the
-    /// model freed when it returns. Later calls to `generate` reject.
+    /// Frees the model (GPU buffers included). Requests in flight are interrupted and the
+    /// model freed once they have ended. Later calls to `generate` reject.
     pub fn unload(&self) {
-        if self.shared.busy.get() {
-            self.shared.interrupt.set(true);
-            self.shared.unload_pending.set(true);
+        self.shared.unloaded.set(true);
+        if self.shared.driving.get() {
+            self.send(Command::AbortAll);
         } else {
             self.shared.session.borrow_mut().take();
+        }
+    }
+
+    /// Queues `command` for the drive loop, starting the loop if it is not running.
+    fn send(&self, command: Command) {
+        self.shared.inbox.borrow_mut().push_back(command);
+        if !self.shared.driving.replace(true) {
+            wasm_bindgen_futures::spawn_local(drive(self.shared.clone()));
         }
     }
 }
