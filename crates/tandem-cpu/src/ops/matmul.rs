@@ -117,6 +117,11 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
         let r0 = ci * c;
         let rows = c.min(m - r0);
         let mut local = vec![0f32; d * rows];
+        #[cfg(target_arch = "x86_64")]
+        if let (true, Weight::Q(q)) = (ex.avx2 && k % QBLOCK == 0 && k > 0, w) {
+            quant_batch(q, x, &preps, bias, k, r0, &mut local);
+            return (r0, local);
+        }
         for (i, o) in local.chunks_exact_mut(rows).enumerate() {
             token_rows(ex.avx2, &x[i * k..(i + 1) * k], &preps[i], w, bias, k, r0, o);
         }
@@ -126,6 +131,30 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
         let rows = local.len() / d;
         for i in 0..d {
             out[i * m + r0..i * m + r0 + rows].copy_from_slice(&local[i * rows..(i + 1) * rows]);
+        }
+    }
+}
+
+/// Rows r0.. of every token's product for quantized weights: the AVX2 one-token kernel's
+/// arithmetic, with each block unpacked once for up to `decode_avx2::TOKENS` tokens.
+/// out: [tokens, rows], token-major.
+#[cfg(target_arch = "x86_64")]
+fn quant_batch(q: QuantView, x: &[f32], preps: &[XPrep], bias: Option<&[f32]>, k: usize, r0: usize, out: &mut [f32]) {
+    let d = preps.len();
+    let rows = out.len() / d;
+    for (g, o) in out.chunks_mut(decode_avx2::TOKENS * rows).enumerate() {
+        let t0 = g * decode_avx2::TOKENS;
+        let nt = o.len() / rows;
+        let xs: Vec<&[f32]> = (t0..t0 + nt).map(|t| &x[t * k..(t + 1) * k]).collect();
+        let ps: Vec<&XPrep> = preps[t0..t0 + nt].iter().collect();
+        // SAFETY: callers pass `ex.avx2`, true only when AVX2, FMA and F16C were detected.
+        unsafe { decode_avx2::rows_batch(q, &xs, &ps, k / QBLOCK, r0, o) };
+    }
+    if let Some(b) = bias {
+        for row in out.chunks_mut(rows) {
+            for (v, bv) in row.iter_mut().zip(&b[r0..]) {
+                *v += bv;
+            }
         }
     }
 }

@@ -191,3 +191,170 @@ unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
 }
+
+/// Tokens per pass of the batched rows: their accumulators sit in stack arrays.
+pub(super) const TOKENS: usize = 16;
+
+/// Several tokens' products over the same rows (decode rows batched in one step), each token's
+/// result bit for bit what [`rows`] gives it alone: every token runs the same FMAs in the same
+/// order on the same values; only work that does not depend on the token (widening the
+/// quantized block and its scales) is done once per block for all of them.
+/// xs, preps: up to [`TOKENS`] tokens; out: [tokens, out.len() / tokens], token-major.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn rows_batch(q: QuantView, xs: &[&[f32]], preps: &[&XPrep], nb: usize, r0: usize, out: &mut [f32]) {
+    let nt = xs.len();
+    assert!(nt > 0 && nt <= TOKENS && preps.len() == nt && out.len() % nt == 0);
+    let rows = out.len() / nt;
+    let end = (r0 + rows) * nb;
+    assert!(q.d.len() >= end);
+    let mut res = [0f32; TOKENS];
+    match q.dtype {
+        DType::Q8_0 => {
+            assert!(q.qs.len() >= end * QBLOCK && xs.iter().all(|x| x.len() >= nb * QBLOCK));
+            for ri in 0..rows {
+                // SAFETY: bounds asserted above; the caller guarantees the CPU features.
+                unsafe { row_q8_batch(q.qs, q.d, xs, (r0 + ri) * nb, nb, &mut res) };
+                for t in 0..nt {
+                    out[t * rows + ri] = res[t];
+                }
+            }
+        }
+        _ => {
+            let q41 = q.dtype == DType::Q4_1;
+            assert!(q.qs.len() >= end * 16 && (!q41 || q.m.len() >= end));
+            assert!(preps.iter().all(|p| p.even.len() >= nb * 16 && p.odd.len() >= nb * 16 && p.sums.len() >= nb));
+            for ri in 0..rows {
+                // SAFETY: as above.
+                unsafe { row_q4_batch(q, q41, preps, (r0 + ri) * nb, nb, &mut res) };
+                for t in 0..nt {
+                    out[t * rows + ri] = res[t];
+                }
+            }
+        }
+    }
+}
+
+/// [`row_blocks`] for `nt` tokens at once: `unpack(b)` prepares block b once, `dot(&w, t, b)`
+/// is token t's block sum from it, `group(b, g)` runs once per group of scales.
+#[inline(always)]
+unsafe fn row_blocks_batch<W>(
+    d: &[f16],
+    b0: usize,
+    nb: usize,
+    nt: usize,
+    unpack: impl Fn(usize) -> W,
+    dot: impl Fn(&W, usize, usize) -> __m256,
+    mut group: impl FnMut(usize, usize),
+    res: &mut [f32; TOKENS],
+) {
+    // SAFETY (whole body): the callers are AVX2 + F16C functions whose bounds were checked.
+    unsafe {
+        let mut a0 = [_mm256_setzero_ps(); TOKENS];
+        let mut a1 = [_mm256_setzero_ps(); TOKENS];
+        let mut ds = [0f32; G];
+        let mut b = 0;
+        while b + G <= nb {
+            scales(d, b0 + b, G, &mut ds);
+            group(b, G);
+            for j in (0..G).step_by(2) {
+                let (w0, w1) = (unpack(b + j), unpack(b + j + 1));
+                let (d0, d1) = (_mm256_set1_ps(ds[j]), _mm256_set1_ps(ds[j + 1]));
+                for t in 0..nt {
+                    a0[t] = _mm256_fmadd_ps(d0, dot(&w0, t, b + j), a0[t]);
+                    a1[t] = _mm256_fmadd_ps(d1, dot(&w1, t, b + j + 1), a1[t]);
+                }
+            }
+            b += G;
+        }
+        if b < nb {
+            let g = nb - b;
+            scales(d, b0 + b, g, &mut ds);
+            group(b, g);
+            for j in 0..g {
+                let w = unpack(b + j);
+                let dj = _mm256_set1_ps(ds[j]);
+                for t in 0..nt {
+                    a0[t] = _mm256_fmadd_ps(dj, dot(&w, t, b + j), a0[t]);
+                }
+            }
+        }
+        for t in 0..nt {
+            res[t] = hsum(_mm256_add_ps(a0[t], a1[t]));
+        }
+    }
+}
+
+/// [`row_q8`] for several tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_q8_batch(qs: &[u8], d: &[f16], xs: &[&[f32]], b0: usize, nb: usize, res: &mut [f32; TOKENS]) {
+    // SAFETY (whole body): bounds asserted by `rows_batch`.
+    unsafe {
+        let unpack = |b: usize| {
+            let qp = qs.as_ptr().add((b0 + b) * QBLOCK);
+            let mut w = [_mm256_setzero_ps(); 4];
+            for (i, v) in w.iter_mut().enumerate() {
+                *v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(qp.add(i * 8) as *const __m128i)));
+            }
+            w
+        };
+        let dot = |w: &[__m256; 4], t: usize, b: usize| {
+            let xp = xs[t].as_ptr().add(b * QBLOCK);
+            let mut s = _mm256_setzero_ps();
+            for (i, &qv) in w.iter().enumerate() {
+                s = _mm256_fmadd_ps(qv, _mm256_loadu_ps(xp.add(i * 8)), s);
+            }
+            s
+        };
+        row_blocks_batch(d, b0, nb, xs.len(), unpack, dot, |_, _| {}, res)
+    }
+}
+
+/// [`row_q4`] for several tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_q4_batch(q: QuantView, q41: bool, ps: &[&XPrep], b0: usize, nb: usize, res: &mut [f32; TOKENS]) {
+    // SAFETY (whole body): bounds asserted by `rows_batch`.
+    unsafe {
+        let nt = ps.len();
+        let mask = _mm_set1_epi8(0x0f);
+        let unpack = |b: usize| {
+            let bytes = _mm_loadu_si128(q.qs.as_ptr().add((b0 + b) * 16) as *const __m128i);
+            let lo = _mm_and_si128(bytes, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+            [widen(lo), widen(_mm_srli_si128(lo, 8)), widen(hi), widen(_mm_srli_si128(hi, 8))]
+        };
+        let dot = |w: &[__m256; 4], t: usize, b: usize| {
+            let e = ps[t].even.as_ptr().add(b * 16);
+            let o = ps[t].odd.as_ptr().add(b * 16);
+            let mut s = _mm256_mul_ps(w[0], _mm256_loadu_ps(e));
+            s = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(e.add(8)), s);
+            s = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(o), s);
+            _mm256_fmadd_ps(w[3], _mm256_loadu_ps(o.add(8)), s)
+        };
+        let mut off = [_mm256_setzero_ps(); TOKENS];
+        let mut tmp = [0f32; G];
+        let offsets = |b: usize, g: usize| {
+            let src = if q41 { q.m } else { q.d };
+            let ov = scales(src, b0 + b, g, &mut tmp);
+            for (t, p) in ps.iter().enumerate() {
+                let sums = if g == G {
+                    _mm256_loadu_ps(p.sums.as_ptr().add(b))
+                } else {
+                    let mut s = [0f32; G];
+                    s[..g].copy_from_slice(&p.sums[b..b + g]);
+                    _mm256_loadu_ps(s.as_ptr())
+                };
+                off[t] = _mm256_fmadd_ps(ov, sums, off[t]);
+            }
+        };
+        row_blocks_batch(q.d, b0, nb, nt, unpack, dot, offsets, res);
+        for t in 0..nt {
+            let o = hsum(off[t]);
+            res[t] += if q41 { o } else { -8.0 * o };
+        }
+    }
+}
