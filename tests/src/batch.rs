@@ -168,12 +168,12 @@ pub fn stories_battery<B: Backend>(backend: B, n: usize, gen_spread: usize, pref
     Ok(())
 }
 
-/// [`battery`] of `n` requests on SmolLM2-135M-Instruct with a pool of 3n/2 (at least 12:
-/// a shared-prefix request's worth) blocks of 8 positions.
-pub fn smollm_battery<B: Backend>(backend: B, n: usize) -> Result<(), Skip> {
+/// [`battery`] of `n` requests on SmolLM2-135M-Instruct with a pool of `kv_blocks` blocks of 8
+/// positions (at least a shared-prefix request's worth).
+pub fn smollm_battery<B: Backend>(backend: B, n: usize, prefix: usize, kv_blocks: usize) -> Result<(), Skip> {
     let source = loader::open(&e2e::smollm_gguf()?).expect("open SmolLM2");
     let tok = Tokenizer::load(&source.tokenizer).expect("tokenizer");
-    let opts = ModelOptions { context: 512, block_size: 8, kv_blocks: Some((n * 3 / 2).max(12)), ..Default::default() };
-    battery(&mut e2e::load(backend, &source, &opts), &tok, n, 23, 40);
+    let opts = ModelOptions { context: 512, block_size: 8, kv_blocks: Some(kv_blocks), ..Default::default() };
+    battery(&mut e2e::load(backend, &source, &opts), &tok, n, 23, prefix);
     Ok(())
 }

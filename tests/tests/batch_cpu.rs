@@ -23,5 +23,12 @@ fn stories260k_batched_equals_solo_reference() {
 
 #[test]
 fn smollm2_batched_equals_solo() {
-    report("smollm2_batched_equals_solo", batch::smollm_battery(CpuBackend::fast(2).unwrap(), 16));
+    report("smollm2_batched_equals_solo", batch::smollm_battery(CpuBackend::fast(2).unwrap(), 16, 40, 24));
+}
+
+/// The lavapipe test's smaller battery, here where it is quick: scheduling depends only on
+/// lengths, so this shows its pool really forces preemption.
+#[test]
+fn smollm2_small_battery() {
+    report("smollm2_small_battery", batch::smollm_battery(CpuBackend::fast(2).unwrap(), 5, 24, 8));
 }

@@ -28,5 +28,5 @@ fn stories260k_batched_equals_solo_packed() {
 /// Fewer requests than on the CPU: lavapipe runs SmolLM2 slowly.
 #[test]
 fn smollm2_batched_equals_solo() {
-    report("smollm2_batched_equals_solo", backend(false).and_then(|b| batch::smollm_battery(b, 5)));
+    report("smollm2_batched_equals_solo", backend(false).and_then(|b| batch::smollm_battery(b, 5, 24, 8)));
 }

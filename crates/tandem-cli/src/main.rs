@@ -5,6 +5,7 @@ mod bench;
 mod bench_batch;
 mod inspect;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,20 +25,23 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Describe a model: architecture, hyper-parameters, tensors, sizes.
     Inspect(inspect::InspectArgs),
+    /// Serve models over HTTP with OpenAI's API (chat and text completions, streaming).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run(args) => run::run(args),
-        Command::Bench(args) => bench::bench(args),
-        Command::Inspect(args) => inspect::inspect(args),
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Run(args) => run::run(args).map_err(Into::into),
+        Command::Bench(args) => bench::bench(args).map_err(Into::into),
+        Command::Inspect(args) => inspect::inspect(args).map_err(Into::into),
+        Command::Serve(args) => serve::serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            let mut source = std::error::Error::source(&e);
+            let mut source = e.source();
             while let Some(s) = source {
                 eprintln!("  caused by: {s}");
                 source = s.source();

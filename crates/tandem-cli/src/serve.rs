@@ -1,0 +1,217 @@
+//! `tandem serve`: an OpenAI-compatible HTTP server (tandem-server). Each `--model` gets a
+//! thread of its own that creates the backend, loads the model and drives its scheduler; the
+//! HTTP side starts at once and answers /health with 503 until every model is loaded.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use tandem_core::model::ModelOptions;
+use tandem_core::scheduler::SchedulerConfig;
+use tandem_core::tokenizer::Tokenizer;
+use tandem_core::{Backend, DType, Error, Result};
+use tandem_server::{EngineSeat, Server, ServerConfig};
+
+use crate::backend::{dispatch, BackendArgs, WithBackend};
+use crate::run::{load_model, KvDtype, WeightDtype};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A model to serve, as PATH or NAME=PATH (repeatable; the first is the default for
+    /// requests that name none). The name defaults to the file or directory name. With none,
+    /// SmolLM2-135M-Instruct, fetched on first use.
+    #[arg(long = "model", value_name = "[NAME=]PATH")]
+    models: Vec<String>,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Convert weight matrices at load time (as `tandem run --dtype`).
+    #[arg(long, value_enum)]
+    dtype: Option<WeightDtype>,
+    #[arg(long, value_enum, default_value = "f32")]
+    kv_dtype: KvDtype,
+    /// Address to listen on; loopback unless you mean to serve other machines.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Longest context of one request, prompt and output (capped at the model's own).
+    #[arg(long, default_value_t = 2048)]
+    ctx: usize,
+    /// Most sequences in one step.
+    #[arg(long, default_value_t = 64)]
+    max_seqs: usize,
+    /// Most tokens in one step (decodes plus prompt chunks).
+    #[arg(long, default_value_t = 512)]
+    max_batched_tokens: usize,
+    /// KV cache size per model, e.g. 512MiB, 2G; default: room for 4 requests at the full
+    /// context.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    kv_cache_memory: Option<u64>,
+    /// Require `Authorization: Bearer KEY` on the API routes.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Most requests waiting per model; more get 429.
+    #[arg(long, default_value_t = 256)]
+    max_waiting: usize,
+    /// Seconds running requests may go on after SIGINT/SIGTERM before they are aborted.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout: u64,
+}
+
+pub fn serve(args: ServeArgs) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let specs = if args.models.is_empty() { vec![model_spec(None)?] } else { args.models.iter().map(|m| model_spec(Some(m))).collect::<Result<_>>()? };
+    let config = ServerConfig {
+        host: args.host.clone(),
+        port: args.port,
+        api_key: args.api_key.clone(),
+        max_waiting: args.max_waiting,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        ..ServerConfig::default()
+    };
+    let (server, seats) = Server::new(config, specs.iter().map(|(name, _)| name.clone()).collect())?;
+    let mut engines = Vec::new();
+    for (seat, (_, path)) in seats.into_iter().zip(specs) {
+        let (backend, settings) = (args.backend.clone(), Settings::from(&args));
+        let thread = std::thread::Builder::new().name(format!("engine {}", seat.model_name())).spawn(move || {
+            if let Err(e) = dispatch(&backend, Engine { seat: &seat, path, settings }) {
+                seat.fail(e.to_string());
+            }
+        })?;
+        engines.push(thread);
+    }
+    let served = server.run();
+    for e in engines {
+        // A panicking engine thread already printed its message.
+        let _ = e.join();
+    }
+    Ok(served?)
+}
+
+/// `NAME=PATH` or `PATH` (named after its file or directory), or the default model.
+fn model_spec(arg: Option<&str>) -> Result<(String, PathBuf)> {
+    let (name, path) = match arg.map(|a| a.split_once('=').map_or((None, a), |(n, p)| (Some(n), p))) {
+        Some((name, path)) => (name.map(str::to_string), PathBuf::from(path)),
+        None => (None, crate::model_path(None)?),
+    };
+    let name = name.unwrap_or_else(|| {
+        let stem = path.file_stem().or(path.file_name()).map(|s| s.to_string_lossy().into_owned());
+        stem.unwrap_or_else(|| path.display().to_string())
+    });
+    if name.is_empty() {
+        return Err(Error::InvalidParameter(format!("--model {}: the name is empty", arg.unwrap_or(""))));
+    }
+    Ok((name, path))
+}
+
+/// The engine settings every model gets.
+#[derive(Clone, Copy)]
+struct Settings {
+    dtype: Option<DType>,
+    kv_dtype: DType,
+    ctx: usize,
+    kv_bytes: Option<u64>,
+    sched: SchedulerConfig,
+}
+
+impl From<&ServeArgs> for Settings {
+    fn from(a: &ServeArgs) -> Self {
+        Settings {
+            dtype: a.dtype.map(WeightDtype::dtype),
+            kv_dtype: a.kv_dtype.dtype(),
+            ctx: a.ctx,
+            kv_bytes: a.kv_cache_memory,
+            sched: SchedulerConfig { max_seqs: a.max_seqs, max_batched_tokens: a.max_batched_tokens },
+        }
+    }
+}
+
+struct Engine<'a> {
+    seat: &'a EngineSeat,
+    path: PathBuf,
+    settings: Settings,
+}
+
+impl WithBackend for Engine<'_> {
+    fn call<B: Backend>(self, backend: B) -> Result<()> {
+        let s = self.settings;
+        let source = tandem_core::loader::open(&self.path)?;
+        let tokenizer = Tokenizer::load(&source.tokenizer)?;
+        let c = &source.config;
+        let defaults = ModelOptions::default();
+        let context = s.ctx.min(c.max_position);
+        // Bytes of K and V for one block in every layer.
+        let block_bytes = 2 * c.n_layers * s.kv_dtype.storage_bytes(defaults.block_size * c.n_kv_heads * c.head_dim);
+        let kv_blocks = match s.kv_bytes {
+            Some(bytes) => (bytes / block_bytes as u64) as usize,
+            None => 4 * context.div_ceil(defaults.block_size),
+        };
+        if kv_blocks == 0 {
+            return Err(Error::InvalidParameter(format!("--kv-cache-memory is smaller than one KV block ({block_bytes} bytes)")));
+        }
+        let opts = ModelOptions {
+            weight_dtype: s.dtype,
+            kv_dtype: s.kv_dtype,
+            context,
+            kv_blocks: Some(kv_blocks),
+            max_step_tokens: s.sched.max_batched_tokens.max(1),
+            ..defaults
+        };
+        let model = load_model(backend, &source, &opts)?;
+        eprintln!(
+            "serving {} as '{}': context {}, KV pool {} blocks ({} tokens)",
+            self.path.display(),
+            self.seat.model_name(),
+            model.context(),
+            model.kv.total_blocks(),
+            model.kv.capacity()
+        );
+        self.seat.serve(model, tokenizer, s.sched)
+    }
+}
+
+/// "512MiB", "2G", "1.5GB", "1000000": decimal (KB, MB, GB) or binary (K, M, G, KiB, ...).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a size like 512MiB or 2G"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit '{other}' (use B, K/KiB, M/MiB, G/GiB, KB, MB, GB)")),
+    };
+    let bytes = n * scale;
+    if !bytes.is_finite() || bytes < 1.0 {
+        return Err(format!("'{s}' is not a positive size"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn model_specs_name_themselves() {
+        assert_eq!(model_spec(Some("a=/m/x.gguf")).unwrap(), ("a".to_string(), PathBuf::from("/m/x.gguf")));
+        assert_eq!(model_spec(Some("/m/stories260K")).unwrap().0, "stories260K");
+        assert_eq!(model_spec(Some("/m/SmolLM2.Q4_1.gguf")).unwrap().0, "SmolLM2.Q4_1");
+        assert!(model_spec(Some("=/m/x")).is_err());
+    }
+}

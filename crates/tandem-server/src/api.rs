@@ -1,0 +1,333 @@
+//! The OpenAI request bodies tandem reads, and turning them into the engine's requests. Fields
+//! tandem does not know are ignored (clients send many); fields it knows but does not
+//! implement are refused when they ask for anything but their default.
+
+use std::hash::{BuildHasher, Hasher};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tandem_core::generate::GenerateParams;
+use tandem_core::sampling::SamplingParams;
+use tandem_core::tokenizer::{ChatMessage, Tokenizer};
+
+use crate::engine::Ready;
+use crate::errors::ApiError;
+
+/// Most choices one request may ask for (n x prompts).
+pub const MAX_CHOICES: usize = 128;
+
+/// Parses a JSON body: malformed JSON is a 400.
+pub fn parse(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+/// Reads the fields `T` knows from a parsed body; a wrong type is a 400 naming the field.
+/// (Endpoint fields and [`Common`] are read apart, as serde's `flatten` loses field paths.)
+pub fn fields<T: DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|e| match e.path().to_string() {
+        // The body itself (a missing field): the message names the field.
+        top if top == "." => ApiError::bad_request(e.inner().to_string()),
+        path => ApiError::bad_param(path.clone(), format!("{path}: {}", e.inner())),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            StringOrList::One(s) => vec![s],
+            StringOrList::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+/// The generation fields chat and completions share.
+#[derive(Deserialize, Default)]
+pub struct Common {
+    pub model: Option<String>,
+    pub max_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// 0 or -1 (vLLM's spelling) keeps every token.
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Option<StringOrList>,
+    pub n: Option<u64>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub ignore_eos: Option<bool>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Deserialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct Message {
+    pub role: String,
+    /// Null is allowed (an assistant turn that only called tools): it reads as empty.
+    pub content: Option<Content>,
+}
+
+#[derive(Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u64>,
+    pub tools: Option<Vec<serde_json::Value>>,
+    pub response_format: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+#[derive(Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    pub logprobs: Option<u64>,
+    pub echo: Option<bool>,
+    pub best_of: Option<u64>,
+    pub suffix: Option<String>,
+}
+
+/// What a generation request becomes: one engine request per choice.
+pub struct Job {
+    pub choices: Vec<(Vec<u32>, GenerateParams)>,
+    /// Choices per prompt: choice i is prompt i / n.
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl Common {
+    /// Builds the engine requests for `prompts` after checking every field's range.
+    pub fn into_job(self, ready: &Ready, prompts: Vec<Vec<u32>>) -> Result<Job, ApiError> {
+        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if v.is_some_and(|v| v != 0.0) {
+                return Err(ApiError::unsupported(name, "a non-zero value"));
+            }
+        }
+        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Err(ApiError::unsupported("logit_bias", "a non-empty bias"));
+        }
+        let n = self.n.unwrap_or(1);
+        if n == 0 || n as usize > MAX_CHOICES || prompts.len() * n as usize > MAX_CHOICES {
+            return Err(ApiError::bad_param("n", format!("n must be in 1..={MAX_CHOICES} (and n x prompts at most {MAX_CHOICES}), got {n}")));
+        }
+        let top_k = match self.top_k.unwrap_or(0) {
+            k if k >= 0 => k as usize,
+            -1 => 0,
+            k => return Err(ApiError::bad_param("top_k", format!("top_k must be >= 0 (or -1 for all tokens), got {k}"))),
+        };
+        let temperature = self.temperature.unwrap_or(1.0);
+        let sampling = SamplingParams {
+            temperature,
+            top_k,
+            top_p: self.top_p.unwrap_or(1.0),
+            min_p: self.min_p.unwrap_or(0.0),
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            // Without a seed every request must differ, as OpenAI's do.
+            seed: self.seed.unwrap_or_else(random_seed),
+        };
+        // The engine names the field in its message; the param lets clients point at it.
+        sampling.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(m), _) | (None, Some(m)) => Some(m),
+            (None, None) => None,
+        };
+        if max_tokens == Some(0) {
+            return Err(ApiError::bad_param("max_tokens", "max_tokens must be at least 1"));
+        }
+        let stop = self.stop.map(StringOrList::into_vec).unwrap_or_default();
+        let limit = ready.context.min(ready.pool_tokens);
+        let mut choices = Vec::with_capacity(prompts.len() * n as usize);
+        for prompt in prompts {
+            if prompt.len() > ready.context {
+                // Refused before it is copied n times.
+                return Err(tandem_core::Error::PromptTooLong { prompt: prompt.len(), context: ready.context }.into());
+            }
+            let room = limit.saturating_sub(prompt.len());
+            let max_tokens = match max_tokens {
+                Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
+                // Unset: as much as the context leaves, as vLLM does.
+                None if room > 0 => room,
+                None => {
+                    return Err(ApiError::bad_request(format!(
+                        "the prompt has {} tokens, which leaves no room to generate in a context of {limit}",
+                        prompt.len()
+                    )))
+                }
+            };
+            for i in 0..n {
+                // Each choice draws its own tokens; a given seed still repeats the whole set.
+                let sampling = SamplingParams { seed: sampling.seed.wrapping_add(i), ..sampling.clone() };
+                let params = GenerateParams { max_tokens, sampling, stop: stop.clone(), ignore_eos: self.ignore_eos.unwrap_or(false) };
+                choices.push((prompt.clone(), params));
+            }
+        }
+        let include_usage = self.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+        Ok(Job { choices, n: n as usize, stream: self.stream.unwrap_or(false), include_usage })
+    }
+}
+
+impl ChatRequest {
+    /// Refuses what tandem cannot do yet, then renders the chat template.
+    pub fn prompt(&self, tok: &Tokenizer) -> Result<Vec<u32>, ApiError> {
+        if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
+            return Err(ApiError::unsupported("logprobs", "returning log probabilities"));
+        }
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(ApiError::unsupported("tools", "tool calling"));
+        }
+        if let Some(f) = &self.response_format {
+            if f.get("type").and_then(|t| t.as_str()) != Some("text") {
+                return Err(ApiError::unsupported("response_format", "a format other than text"));
+            }
+        }
+        if self.messages.is_empty() {
+            return Err(ApiError::bad_param("messages", "messages must not be empty"));
+        }
+        let messages = self.messages.iter().enumerate().map(|(i, m)| to_chat(i, m)).collect::<Result<Vec<_>, _>>()?;
+        let text = tok.apply_chat_template(&messages, true)?;
+        Ok(tok.encode(&text)?)
+    }
+}
+
+fn to_chat(i: usize, m: &Message) -> Result<ChatMessage, ApiError> {
+    let content = match &m.content {
+        None => String::new(),
+        Some(Content::Text(s)) => s.clone(),
+        Some(Content::Parts(parts)) => {
+            let mut s = String::new();
+            for (j, p) in parts.iter().enumerate() {
+                match (p.kind.as_str(), &p.text) {
+                    ("text", Some(t)) => s.push_str(t),
+                    ("text", None) => return Err(ApiError::bad_param(format!("messages[{i}].content[{j}].text"), "a text part needs `text`")),
+                    (other, _) => {
+                        return Err(ApiError::unsupported(&format!("messages[{i}].content[{j}]"), &format!("a content part of type '{other}'")))
+                    }
+                }
+            }
+            s
+        }
+    };
+    Ok(ChatMessage::new(m.role.clone(), content))
+}
+
+impl CompletionRequest {
+    /// The prompts as token ids: text gets BOS where the model wants it (as `tandem run`).
+    pub fn prompts(&self, tok: &Tokenizer) -> Result<Vec<Vec<u32>>, ApiError> {
+        if self.logprobs.is_some_and(|n| n > 0) {
+            return Err(ApiError::unsupported("logprobs", "returning log probabilities"));
+        }
+        if self.echo == Some(true) {
+            return Err(ApiError::unsupported("echo", "echoing the prompt"));
+        }
+        if self.best_of.is_some_and(|b| b > 1) {
+            return Err(ApiError::unsupported("best_of", "a value above 1"));
+        }
+        if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::unsupported("suffix", "a suffix (fill-in-the-middle)"));
+        }
+        let prompts = match &self.prompt {
+            Prompt::Text(s) => vec![encode_text(tok, s)?],
+            Prompt::Texts(v) => v.iter().map(|s| encode_text(tok, s)).collect::<Result<_, _>>()?,
+            Prompt::Ids(ids) => vec![ids.clone()],
+            Prompt::IdLists(v) => v.clone(),
+        };
+        if prompts.is_empty() {
+            return Err(ApiError::bad_param("prompt", "prompt must not be an empty list"));
+        }
+        Ok(prompts)
+    }
+}
+
+/// A text prompt's ids: BOS first when the model wants it, or when the text is empty (the
+/// model needs one token to start from).
+pub fn encode_text(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
+    let mut ids = Vec::new();
+    if text.is_empty() || tok.add_bos() {
+        match tok.bos_id() {
+            Some(b) => ids.push(b),
+            None if text.is_empty() => return Err(ApiError::bad_param("prompt", "the prompt is empty and the model has no BOS token to start from")),
+            None => {}
+        }
+    }
+    ids.extend(tok.encode(text)?);
+    Ok(ids)
+}
+
+/// A seed for requests that give none: RandomState is seeded from the OS per process and
+/// differs per instance.
+fn random_seed() -> u64 {
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+#[derive(Deserialize)]
+pub struct TokenizeRequest {
+    pub model: Option<String>,
+    pub prompt: Option<String>,
+    pub messages: Option<Vec<Message>>,
+    /// BOS for a prompt (default true); a chat template adds its own.
+    pub add_special_tokens: Option<bool>,
+    pub add_generation_prompt: Option<bool>,
+}
+
+impl TokenizeRequest {
+    pub fn tokens(&self, tok: &Tokenizer) -> Result<Vec<u32>, ApiError> {
+        match (&self.prompt, &self.messages) {
+            (Some(p), None) if self.add_special_tokens.unwrap_or(true) => encode_text(tok, p),
+            (Some(p), None) => Ok(tok.encode(p)?),
+            (None, Some(m)) => {
+                let messages = m.iter().enumerate().map(|(i, m)| to_chat(i, m)).collect::<Result<Vec<_>, _>>()?;
+                Ok(tok.encode(&tok.apply_chat_template(&messages, self.add_generation_prompt.unwrap_or(true))?)?)
+            }
+            _ => Err(ApiError::bad_request("give exactly one of `prompt` or `messages`")),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DetokenizeRequest {
+    pub model: Option<String>,
+    pub tokens: Vec<u32>,
+}

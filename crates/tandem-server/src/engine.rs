@@ -1,0 +1,277 @@
+//! One engine thread per model. The scheduler is async but owns no threads and is not `Send`,
+//! so the backend, the model and the scheduler are all created on the thread that drives them
+//! (`pollster::block_on(step())`). HTTP handlers talk to it through a command channel and get
+//! their request's events on a channel of their own: the thread blocks on commands when it has
+//! no work, and takes every queued command between steps when it has.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tandem_core::generate::GenerateParams;
+use tandem_core::model::Model;
+use tandem_core::scheduler::{Event, RequestId, Scheduler, SchedulerConfig};
+use tandem_core::tokenizer::Tokenizer;
+use tandem_core::{Backend, Result};
+use tokio::sync::{mpsc as tmpsc, watch};
+
+use crate::metrics::{finish_reason, EngineGauges, ModelMetrics};
+
+pub(crate) enum Command {
+    Submit(Submission),
+    /// Ends these requests (a client went away): the same path as any stop.
+    Abort(Vec<RequestId>),
+    /// Admit nothing new; exit once the running requests are done.
+    Drain,
+    /// Abort everything and exit.
+    Stop,
+}
+
+/// One HTTP request's choices (prompts x n), admitted all or none.
+pub(crate) struct Submission {
+    pub choices: Vec<(Vec<u32>, GenerateParams)>,
+    pub replies: tmpsc::UnboundedSender<Reply>,
+}
+
+/// What the engine sends back on a submission's channel: first `Accepted` (request ids in
+/// choice order) or `Rejected`, then each choice's events.
+pub(crate) enum Reply {
+    Accepted(Vec<RequestId>),
+    Rejected(Reject),
+    Event { choice: usize, event: Event },
+}
+
+pub(crate) enum Reject {
+    /// The scheduler refused it (too long, bad parameters): the client's fault.
+    Invalid(tandem_core::Error),
+    QueueFull { limit: usize },
+    ShuttingDown,
+}
+
+/// What the HTTP side knows of a loaded model.
+pub struct Ready {
+    pub tokenizer: Arc<Tokenizer>,
+    /// Longest context one sequence may reach.
+    pub context: usize,
+    /// Tokens the whole KV pool holds: no request may need more.
+    pub pool_tokens: usize,
+    pub vocab: usize,
+    /// Unix seconds when it finished loading (`/v1/models`' `created`).
+    pub created: u64,
+}
+
+#[derive(Clone)]
+pub enum ModelState {
+    Loading,
+    Ready(Arc<Ready>),
+    Failed(String),
+}
+
+/// A model as the HTTP side sees it: its name, state and command channel.
+pub struct ModelHandle {
+    pub name: String,
+    commands: mpsc::Sender<Command>,
+    pub(crate) state: watch::Sender<ModelState>,
+}
+
+impl ModelHandle {
+    pub(crate) fn send(&self, c: Command) -> bool {
+        self.commands.send(c).is_ok()
+    }
+
+    pub fn state(&self) -> ModelState {
+        self.state.borrow().clone()
+    }
+}
+
+/// The engine end of one model: hand it to the thread that loads the model, which then calls
+/// [`EngineSeat::serve`] (or [`EngineSeat::fail`] if loading failed).
+pub struct EngineSeat {
+    handle: Arc<ModelHandle>,
+    commands: mpsc::Receiver<Command>,
+    metrics: ModelMetrics,
+    max_waiting: usize,
+}
+
+pub(crate) fn seat(name: String, metrics: ModelMetrics, max_waiting: usize) -> (Arc<ModelHandle>, EngineSeat) {
+    let (tx, rx) = mpsc::channel();
+    let (state, _) = watch::channel(ModelState::Loading);
+    let handle = Arc::new(ModelHandle { name, commands: tx, state });
+    (handle.clone(), EngineSeat { handle, commands: rx, metrics, max_waiting })
+}
+
+impl EngineSeat {
+    pub fn model_name(&self) -> &str {
+        &self.handle.name
+    }
+
+    /// Marks the model as failed to load; the server then shuts down with this reason.
+    pub fn fail(&self, reason: String) {
+        self.handle.state.send_replace(ModelState::Failed(reason));
+    }
+
+    /// Serves requests on this thread until the server stops (or drains and is done).
+    pub fn serve<B: Backend>(&self, model: Model<B>, tokenizer: Tokenizer, config: SchedulerConfig) -> Result<()> {
+        let tokenizer = Arc::new(tokenizer);
+        let ready = Ready {
+            tokenizer: tokenizer.clone(),
+            context: model.context(),
+            pool_tokens: model.kv.capacity(),
+            vocab: model.config.vocab_size,
+            created: unix_now(),
+        };
+        let sched = match Scheduler::new(model, tokenizer, config) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail(e.to_string());
+                return Err(e);
+            }
+        };
+        let mut engine = Engine { sched, tracked: HashMap::new(), draining: false, metrics: &self.metrics, max_waiting: self.max_waiting, last: Default::default() };
+        engine.update_gauges();
+        self.handle.state.send_replace(ModelState::Ready(Arc::new(ready)));
+        loop {
+            if !engine.sched.has_work() {
+                if engine.draining {
+                    break;
+                }
+                // Idle: sleep until a command comes; every sender gone means the server is.
+                match self.commands.recv() {
+                    Ok(c) => engine.command(c),
+                    Err(_) => break,
+                }
+            }
+            while let Ok(c) = self.commands.try_recv() {
+                engine.command(c);
+            }
+            let events = pollster::block_on(engine.sched.step());
+            engine.route(events);
+            engine.update_gauges();
+        }
+        Ok(())
+    }
+}
+
+/// A request the engine is running for someone.
+struct Tracked {
+    choice: usize,
+    replies: tmpsc::UnboundedSender<Reply>,
+    submitted: Instant,
+    last_token: Option<Instant>,
+}
+
+struct Engine<'a, B: Backend> {
+    sched: Scheduler<B>,
+    tracked: HashMap<RequestId, Tracked>,
+    draining: bool,
+    metrics: &'a ModelMetrics,
+    max_waiting: usize,
+    /// Scheduler counters already reported.
+    last: tandem_core::scheduler::SchedulerStats,
+}
+
+impl<B: Backend> Engine<'_, B> {
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Submit(s) => self.submit(s),
+            Command::Abort(ids) => {
+                for id in ids {
+                    self.sched.abort(id);
+                }
+            }
+            Command::Drain => self.draining = true,
+            Command::Stop => {
+                self.draining = true;
+                let ids: Vec<RequestId> = self.tracked.keys().copied().collect();
+                for id in ids {
+                    self.sched.abort(id);
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self, s: Submission) {
+        let reject = |r| {
+            let _ = s.replies.send(Reply::Rejected(r));
+        };
+        if self.draining {
+            return reject(Reject::ShuttingDown);
+        }
+        if self.sched.waiting() + s.choices.len() > self.max_waiting {
+            return reject(Reject::QueueFull { limit: self.max_waiting });
+        }
+        let mut ids = Vec::with_capacity(s.choices.len());
+        for (prompt, params) in s.choices {
+            match self.sched.add(prompt, params) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    // All or none: the choices added so far end untracked, so unreported.
+                    for id in ids {
+                        self.sched.abort(id);
+                    }
+                    return reject(Reject::Invalid(e));
+                }
+            }
+        }
+        if s.replies.send(Reply::Accepted(ids.clone())).is_err() {
+            // The client left while the command was queued.
+            for id in ids {
+                self.sched.abort(id);
+            }
+            return;
+        }
+        let now = Instant::now();
+        for (choice, id) in ids.into_iter().enumerate() {
+            self.tracked.insert(id, Tracked { choice, replies: s.replies.clone(), submitted: now, last_token: None });
+        }
+    }
+
+    fn route(&mut self, events: Vec<(RequestId, Event)>) {
+        for (id, event) in events {
+            let (reason, usage) = match &event {
+                Event::Token { .. } => {
+                    self.metrics.generated_tokens.inc();
+                    if let Some(t) = self.tracked.get_mut(&id) {
+                        let now = Instant::now();
+                        if let Some(last) = t.last_token.replace(now) {
+                            self.metrics.itl.observe(now.duration_since(last).as_secs_f64());
+                        }
+                    }
+                    (None, None)
+                }
+                Event::Finished { reason, usage, .. } => (Some(finish_reason(*reason)), Some(usage.clone())),
+                Event::Failed(_) => (Some("error"), None),
+            };
+            let Some(t) = self.tracked.get(&id) else { continue };
+            let submitted = t.submitted;
+            let delivered = t.replies.send(Reply::Event { choice: t.choice, event }).is_ok();
+            if let Some(reason) = reason {
+                self.tracked.remove(&id);
+                self.metrics.finished(reason, usage.as_ref(), submitted.elapsed().as_secs_f64());
+            } else if !delivered {
+                // Nobody listens any more: stop spending steps on it.
+                self.sched.abort(id);
+            }
+        }
+    }
+
+    fn update_gauges(&mut self) {
+        let kv = &self.sched.model().kv;
+        self.metrics.set_gauges(&EngineGauges {
+            running: self.sched.running(),
+            waiting: self.sched.waiting(),
+            total_blocks: kv.total_blocks(),
+            free_blocks: kv.free_blocks(),
+            cached_blocks: kv.cached_blocks(),
+        });
+        let s = self.sched.stats;
+        self.metrics.preemptions.inc_by(s.preemptions - self.last.preemptions);
+        self.metrics.prefix_hits.inc_by(s.cached_prompt_tokens - self.last.cached_prompt_tokens);
+        self.last = s;
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
