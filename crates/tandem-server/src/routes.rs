@@ -7,7 +7,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
@@ -31,12 +31,18 @@ pub fn router(server: Arc<Server>) -> Router {
         .route_layer(middleware::from_fn_with_state(server.clone(), auth));
     Router::new()
         .merge(api)
+        .route("/", get(page))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(server)
+}
+
+/// The chat page: it calls the API from the browser, with the key the user types in.
+async fn page() -> Html<&'static str> {
+    Html(include_str!("chat.html"))
 }
 
 /// Checks `Authorization: Bearer KEY` when the server has a key.
