@@ -123,10 +123,15 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
 
     /// Queues a request: `prompt` (token ids, BOS included if the model wants it). Fails at
     /// once, naming the limit, if it could never run: an empty or out-of-vocabulary prompt,
-    /// bad parameters, or prompt + max_tokens beyond the context or the whole KV pool.
+    /// bad parameters (max_tokens 0 included), or prompt + max_tokens beyond the context or the
+    /// whole KV pool.
     pub fn add(&mut self, prompt: Vec<u32>, params: GenerateParams) -> Result<RequestId> {
         if prompt.is_empty() {
             return Err(Error::InvalidParameter("the prompt has no tokens".into()));
+        }
+        // A request always yields its first token in the step that ends its prompt.
+        if params.max_tokens == 0 {
+            return Err(Error::InvalidParameter("max_tokens must be at least 1".into()));
         }
         let vocab = self.model().config.vocab_size;
         if let Some(&t) = prompt.iter().find(|&&t| t as usize >= vocab) {
