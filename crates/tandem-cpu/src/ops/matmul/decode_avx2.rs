@@ -82,18 +82,7 @@ unsafe fn row_q8(qs: &[u8], d: &[f16], x: &[f32], b0: usize, nb: usize) -> f32 {
     // SAFETY (whole body): blocks b0..b0 + nb of qs and d, and x blocks 0..nb, lie inside
     // the bounds `rows` asserted.
     unsafe {
-        let block = |b: usize| {
-            let qp = qs.as_ptr().add((b0 + b) * QBLOCK);
-            let xp = x.as_ptr().add(b * QBLOCK);
-            let mut s = _mm256_setzero_ps();
-            for i in 0..4 {
-                let qv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                    qp.add(i * 8) as *const __m128i
-                )));
-                s = _mm256_fmadd_ps(qv, _mm256_loadu_ps(xp.add(i * 8)), s);
-            }
-            s
-        };
+        let block = |b: usize| dot_q8(&unpack_q8(qs, b0 + b), x.as_ptr().add(b * QBLOCK));
         row_blocks(d, b0, nb, block, |_, _| {})
     }
 }
@@ -144,36 +133,78 @@ unsafe fn row_q4(q: QuantView, q41: bool, p: &XPrep, b0: usize, nb: usize) -> f3
     // SAFETY (whole body): blocks b0..b0 + nb of q's sections, and blocks 0..nb of p's
     // arrays, lie inside the bounds `rows` asserted.
     unsafe {
-        let mask = _mm_set1_epi8(0x0f);
-        let block = |b: usize| {
-            let bytes = _mm_loadu_si128(q.qs.as_ptr().add((b0 + b) * 16) as *const __m128i);
-            let lo = _mm_and_si128(bytes, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-            let e = p.even.as_ptr().add(b * 16);
-            let o = p.odd.as_ptr().add(b * 16);
-            let mut s = _mm256_mul_ps(widen(lo), _mm256_loadu_ps(e));
-            s = _mm256_fmadd_ps(widen(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(e.add(8)), s);
-            s = _mm256_fmadd_ps(widen(hi), _mm256_loadu_ps(o), s);
-            _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(o.add(8)), s)
-        };
+        let block = |b: usize| dot_q4(&unpack_q4(q.qs, b0 + b), p, b);
         // Per-lane sum over blocks of (m or d) * sum(x), 8 blocks per FMA.
         let mut off = _mm256_setzero_ps();
         let mut tmp = [0f32; G];
         let offsets = |b: usize, g: usize| {
             let src = if q41 { q.m } else { q.d };
             let ov = scales(src, b0 + b, g, &mut tmp);
-            let sums = if g == G {
-                _mm256_loadu_ps(p.sums.as_ptr().add(b))
-            } else {
-                let mut t = [0f32; G];
-                t[..g].copy_from_slice(&p.sums[b..b + g]);
-                _mm256_loadu_ps(t.as_ptr())
-            };
-            off = _mm256_fmadd_ps(ov, sums, off);
+            off = _mm256_fmadd_ps(ov, block_sums(p, b, g), off);
         };
         let dot = row_blocks(q.d, b0, nb, block, offsets);
         let off = hsum(off);
         dot + if q41 { off } else { -8.0 * off }
+    }
+}
+
+// The block arithmetic, shared by the one-token and the batched kernels so that a token's
+// result is the same in both by construction. SAFETY (all four): the callers checked that
+// block `blk` of the weights and blocks 0..=b of the activation lie inside their slices.
+
+/// Q8_0 block `blk`'s 32 values as 4 x 8 floats.
+#[inline(always)]
+unsafe fn unpack_q8(qs: &[u8], blk: usize) -> [__m256; 4] {
+    let qp = unsafe { qs.as_ptr().add(blk * QBLOCK) };
+    std::array::from_fn(|i| unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(qp.add(i * 8) as *const __m128i))) })
+}
+
+/// Lane-wise sum of a Q8_0 block's values times the 32 activations at `xp`.
+#[inline(always)]
+unsafe fn dot_q8(w: &[__m256; 4], xp: *const f32) -> __m256 {
+    let mut s = _mm256_setzero_ps();
+    for (i, &qv) in w.iter().enumerate() {
+        s = unsafe { _mm256_fmadd_ps(qv, _mm256_loadu_ps(xp.add(i * 8)), s) };
+    }
+    s
+}
+
+/// Q4 block `blk`'s nibbles as floats: low nibbles (bytes 0..8, 8..16), then high ones.
+#[inline(always)]
+unsafe fn unpack_q4(qs: &[u8], blk: usize) -> [__m256; 4] {
+    unsafe {
+        let mask = _mm_set1_epi8(0x0f);
+        let bytes = _mm_loadu_si128(qs.as_ptr().add(blk * 16) as *const __m128i);
+        let lo = _mm_and_si128(bytes, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+        [widen(lo), widen(_mm_srli_si128(lo, 8)), widen(hi), widen(_mm_srli_si128(hi, 8))]
+    }
+}
+
+/// Lane-wise sum of a Q4 block's nibbles times activation block `b` (even/odd split).
+#[inline(always)]
+unsafe fn dot_q4(w: &[__m256; 4], p: &XPrep, b: usize) -> __m256 {
+    unsafe {
+        let e = p.even.as_ptr().add(b * 16);
+        let o = p.odd.as_ptr().add(b * 16);
+        let mut s = _mm256_mul_ps(w[0], _mm256_loadu_ps(e));
+        s = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(e.add(8)), s);
+        s = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(o), s);
+        _mm256_fmadd_ps(w[3], _mm256_loadu_ps(o.add(8)), s)
+    }
+}
+
+/// The activation sums of blocks b..b + g (g <= G), zero padded to 8 lanes.
+#[inline(always)]
+unsafe fn block_sums(p: &XPrep, b: usize, g: usize) -> __m256 {
+    unsafe {
+        if g == G {
+            _mm256_loadu_ps(p.sums.as_ptr().add(b))
+        } else {
+            let mut t = [0f32; G];
+            t[..g].copy_from_slice(&p.sums[b..b + g]);
+            _mm256_loadu_ps(t.as_ptr())
+        }
     }
 }
 
@@ -293,22 +324,8 @@ unsafe fn row_blocks_batch<W>(
 unsafe fn row_q8_batch(qs: &[u8], d: &[f16], xs: &[&[f32]], b0: usize, nb: usize, res: &mut [f32; TOKENS]) {
     // SAFETY (whole body): bounds asserted by `rows_batch`.
     unsafe {
-        let unpack = |b: usize| {
-            let qp = qs.as_ptr().add((b0 + b) * QBLOCK);
-            let mut w = [_mm256_setzero_ps(); 4];
-            for (i, v) in w.iter_mut().enumerate() {
-                *v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(qp.add(i * 8) as *const __m128i)));
-            }
-            w
-        };
-        let dot = |w: &[__m256; 4], t: usize, b: usize| {
-            let xp = xs[t].as_ptr().add(b * QBLOCK);
-            let mut s = _mm256_setzero_ps();
-            for (i, &qv) in w.iter().enumerate() {
-                s = _mm256_fmadd_ps(qv, _mm256_loadu_ps(xp.add(i * 8)), s);
-            }
-            s
-        };
+        let unpack = |b: usize| unpack_q8(qs, b0 + b);
+        let dot = |w: &[__m256; 4], t: usize, b: usize| dot_q8(w, xs[t].as_ptr().add(b * QBLOCK));
         row_blocks_batch(d, b0, nb, xs.len(), unpack, dot, |_, _| {}, res)
     }
 }
@@ -320,35 +337,15 @@ unsafe fn row_q4_batch(q: QuantView, q41: bool, ps: &[&XPrep], b0: usize, nb: us
     // SAFETY (whole body): bounds asserted by `rows_batch`.
     unsafe {
         let nt = ps.len();
-        let mask = _mm_set1_epi8(0x0f);
-        let unpack = |b: usize| {
-            let bytes = _mm_loadu_si128(q.qs.as_ptr().add((b0 + b) * 16) as *const __m128i);
-            let lo = _mm_and_si128(bytes, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-            [widen(lo), widen(_mm_srli_si128(lo, 8)), widen(hi), widen(_mm_srli_si128(hi, 8))]
-        };
-        let dot = |w: &[__m256; 4], t: usize, b: usize| {
-            let e = ps[t].even.as_ptr().add(b * 16);
-            let o = ps[t].odd.as_ptr().add(b * 16);
-            let mut s = _mm256_mul_ps(w[0], _mm256_loadu_ps(e));
-            s = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(e.add(8)), s);
-            s = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(o), s);
-            _mm256_fmadd_ps(w[3], _mm256_loadu_ps(o.add(8)), s)
-        };
+        let unpack = |b: usize| unpack_q4(q.qs, b0 + b);
+        let dot = |w: &[__m256; 4], t: usize, b: usize| dot_q4(w, ps[t], b);
         let mut off = [_mm256_setzero_ps(); TOKENS];
         let mut tmp = [0f32; G];
         let offsets = |b: usize, g: usize| {
             let src = if q41 { q.m } else { q.d };
             let ov = scales(src, b0 + b, g, &mut tmp);
             for (t, p) in ps.iter().enumerate() {
-                let sums = if g == G {
-                    _mm256_loadu_ps(p.sums.as_ptr().add(b))
-                } else {
-                    let mut s = [0f32; G];
-                    s[..g].copy_from_slice(&p.sums[b..b + g]);
-                    _mm256_loadu_ps(s.as_ptr())
-                };
-                off[t] = _mm256_fmadd_ps(ov, sums, off[t]);
+                off[t] = _mm256_fmadd_ps(ov, block_sums(p, b, g), off[t]);
             }
         };
         row_blocks_batch(q.d, b0, nb, nt, unpack, dot, offsets, res);
