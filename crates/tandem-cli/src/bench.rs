@@ -28,6 +28,12 @@ pub struct BenchArgs {
     /// Weight matrices' type; by default the file's own, and q4 with --synthetic.
     #[arg(long, value_enum)]
     dtype: Option<WeightDtype>,
+    /// Write the --synthetic model to this GGUF file and exit, without measuring: llama
+    /// metadata, weights in --dtype (q4 is ggml's Q4_1, q8 Q8_0), a placeholder SentencePiece
+    /// vocabulary. tandem (`--model PATH`) and llama.cpp both load it, so the two engines can
+    /// be measured on the same bytes (bench/vs-llamacpp.sh).
+    #[arg(long, value_name = "PATH", requires = "synthetic")]
+    write_gguf: Option<PathBuf>,
     /// Seed of the --synthetic weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -83,6 +89,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             (tandem_core::loader::open(&path)?, args.dtype.map(WeightDtype::dtype))
         }
     };
+    if let Some(path) = &args.write_gguf {
+        return write_gguf(&source, path);
+    }
     let tokenizer = match &source.tokenizer {
         tandem_core::loader::TokenizerSource::None(_) => Tokenizer::placeholder(source.config.vocab_size)?,
         t => Tokenizer::load(t)?,
@@ -123,6 +132,28 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         ..ModelOptions::default()
     };
     dispatch(&args.backend, Bench { args: &args, source: &source, tok: &tokenizer, opts: &opts, decode_at: &decode_at })
+}
+
+/// `--write-gguf`: the model through a temporary file beside `path`, renamed when complete, so
+/// an interrupted write never leaves a truncated model behind.
+fn write_gguf(source: &tandem_core::loader::ModelSource, path: &std::path::Path) -> Result<()> {
+    use tandem_core::loader::gguf_writer::{placeholder_vocab, write_llama_gguf};
+    let start = std::time::Instant::now();
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    let written = write_llama_gguf(source, placeholder_vocab(source.config.vocab_size), &tmp);
+    let bytes = written.inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    eprintln!(
+        "wrote {}: {bytes} bytes ({:.1} MiB) in {:.1} s",
+        path.display(),
+        bytes as f64 / 1048576.0,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Where each decode measurement starts: the prompt's end by default, else so that the

@@ -1,9 +1,17 @@
 //! A small GGUF v2/v3 writer, for tests (here and in the shared suite): metadata of every
 //! value type, tensors of F32 / F16 / BF16 / Q8_0 / Q4_0 / Q4_1 quantized in ggml's own block
-//! format with ggml's reference rounding. Not a general-purpose converter.
+//! format with ggml's reference rounding. Not a general-purpose converter; its one model
+//! writer, [`write_llama_gguf`], exists so that synthetic weights (`tandem bench --synthetic
+//! --write-gguf`) can be measured by llama.cpp on the same bytes.
 
 use super::gguf::{GgufValue, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0};
+use super::{HostTensor, LoadAs, ModelSource};
+use crate::config::{ModelConfig, RopeScaling};
+use crate::dtype::{DType, QBLOCK};
+use crate::{Error, Result};
 use half::{bf16, f16};
+use std::io::Write;
+use std::path::Path;
 
 struct Tensor {
     name: String,
@@ -54,10 +62,27 @@ impl GgufWriter {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
+        let entries: Vec<TensorEntry> = self
+            .tensors
+            .iter()
+            .map(|t| TensorEntry { name: t.name.clone(), dims: t.dims.clone(), ggml_type: t.ggml_type, n_bytes: t.data.len() })
+            .collect();
+        let (mut out, offsets) = self.header(&entries);
+        let data_start = out.len();
+        for (t, off) in self.tensors.iter().zip(offsets) {
+            out.resize(data_start + off, 0);
+            out.extend_from_slice(&t.data);
+        }
+        out
+    }
+
+    /// Everything before the tensor data (magic, metadata, tensor directory, padding), and each
+    /// tensor's offset from the data's start.
+    fn header(&self, tensors: &[TensorEntry]) -> (Vec<u8>, Vec<usize>) {
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
         out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
         out.extend_from_slice(&(self.kvs.len() as u64).to_le_bytes());
         for (k, v) in &self.kvs {
             write_string(&mut out, k);
@@ -67,7 +92,7 @@ impl GgufWriter {
         let align = self.alignment.max(1) as usize;
         let mut offset = 0usize;
         let mut offsets = Vec::new();
-        for t in &self.tensors {
+        for t in tensors {
             write_string(&mut out, &t.name);
             out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
             for d in &t.dims {
@@ -76,16 +101,53 @@ impl GgufWriter {
             out.extend_from_slice(&t.ggml_type.to_le_bytes());
             out.extend_from_slice(&(offset as u64).to_le_bytes());
             offsets.push(offset);
-            offset = (offset + t.data.len()).next_multiple_of(align);
+            offset = (offset + t.n_bytes).next_multiple_of(align);
         }
         out.resize(out.len().next_multiple_of(align), 0);
-        let data_start = out.len();
-        for (t, off) in self.tensors.iter().zip(offsets) {
-            out.resize(data_start + off, 0);
-            out.extend_from_slice(&t.data);
-        }
-        out
+        (out, offsets)
     }
+
+    /// Writes a file at `path` with this writer's metadata and the tensors of `entries` (not
+    /// the ones added with [`GgufWriter::tensor`]), whose data `data(i)` makes when entry `i` is
+    /// due, so a model larger than memory is written one tensor at a time. Returns its size.
+    pub fn write_streamed(
+        &self,
+        entries: &[TensorEntry],
+        path: &Path,
+        mut data: impl FnMut(usize) -> Result<Vec<u8>>,
+    ) -> Result<u64> {
+        let err = |e: std::io::Error| Error::io(path, e);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
+        let (header, offsets) = self.header(entries);
+        out.write_all(&header).map_err(err)?;
+        let mut at = 0usize;
+        for (i, (t, off)) in entries.iter().zip(offsets).enumerate() {
+            let bytes = data(i)?;
+            if bytes.len() != t.n_bytes {
+                return Err(Error::InvalidParameter(format!(
+                    "tensor '{}': {} bytes made, {} announced",
+                    t.name,
+                    bytes.len(),
+                    t.n_bytes
+                )));
+            }
+            out.write_all(&vec![0u8; off - at]).map_err(err)?;
+            out.write_all(&bytes).map_err(err)?;
+            at = off + bytes.len();
+        }
+        out.flush().map_err(err)?;
+        Ok((header.len() + at) as u64)
+    }
+}
+
+/// A tensor's directory entry, for [`GgufWriter::write_streamed`].
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    pub name: String,
+    /// ggml order: innermost first.
+    pub dims: Vec<u64>,
+    pub ggml_type: u32,
+    pub n_bytes: usize,
 }
 
 /// The GGUF value type code of `v` (an empty array is written as an array of u8).
@@ -252,18 +314,7 @@ pub fn llama_gguf(
     use super::LoadAs;
     let c = &source.config;
     let mut w = GgufWriter::new();
-    let u = |n: usize| GgufValue::U32(n as u32);
-    w.kv("general.architecture", GgufValue::String("llama".into()))
-        .kv("llama.context_length", u(c.max_position))
-        .kv("llama.embedding_length", u(c.dim))
-        .kv("llama.block_count", u(c.n_layers))
-        .kv("llama.feed_forward_length", u(c.ffn_dim))
-        .kv("llama.rope.dimension_count", u(c.head_dim))
-        .kv("llama.attention.head_count", u(c.n_heads))
-        .kv("llama.attention.head_count_kv", u(c.n_kv_heads))
-        .kv("llama.rope.freq_base", GgufValue::F32(c.rope_theta))
-        .kv("llama.attention.layer_norm_rms_epsilon", GgufValue::F32(c.rms_norm_eps))
-        .kv("llama.vocab_size", u(c.vocab_size));
+    llama_metadata(&mut w, c);
     for (k, v) in tokenizer {
         w.kv(k, v);
     }
@@ -299,4 +350,233 @@ pub fn llama_gguf(
         put(&mut w, "output.weight", "lm_head.weight", None)?;
     }
     Ok(w)
+}
+
+/// The `llama.*` hyper-parameters of `c`, as llama.cpp's converter writes them.
+fn llama_metadata(w: &mut GgufWriter, c: &ModelConfig) {
+    let u = |n: usize| GgufValue::U32(n as u32);
+    w.kv("general.architecture", GgufValue::String("llama".into()))
+        .kv("llama.context_length", u(c.max_position))
+        .kv("llama.embedding_length", u(c.dim))
+        .kv("llama.block_count", u(c.n_layers))
+        .kv("llama.feed_forward_length", u(c.ffn_dim))
+        .kv("llama.rope.dimension_count", u(c.head_dim))
+        .kv("llama.attention.head_count", u(c.n_heads))
+        .kv("llama.attention.head_count_kv", u(c.n_kv_heads))
+        .kv("llama.rope.freq_base", GgufValue::F32(c.rope_theta))
+        .kv("llama.attention.layer_norm_rms_epsilon", GgufValue::F32(c.rms_norm_eps))
+        .kv("llama.vocab_size", u(c.vocab_size));
+}
+
+/// A tensor in tandem's layout as ggml stores it: its ggml type and bytes (quantized blocks
+/// interleaved again, each with its scale(s) first; Q4 nibbles in ggml's order). The inverse of
+/// the loader's repacking, bit for bit. `None` for u32 tensors.
+pub fn ggml_bytes(t: &HostTensor) -> Option<(u32, Vec<u8>)> {
+    let numel: usize = t.shape.iter().product();
+    let plain = |ty: u32, elem: usize| Some((ty, t.bytes.get(..numel * elem)?.to_vec()));
+    let (ty, size, header) = match t.dtype {
+        DType::F32 => return plain(GGML_F32, 4),
+        DType::F16 => return plain(GGML_F16, 2),
+        DType::BF16 => return plain(GGML_BF16, 2),
+        DType::U32 => return None,
+        DType::Q8_0 => (GGML_Q8_0, 34, 2),
+        DType::Q4_0 => (GGML_Q4_0, 18, 2),
+        DType::Q4_1 => (GGML_Q4_1, 20, 4),
+    };
+    let l = t.dtype.quant_layout(numel)?;
+    if numel % QBLOCK != 0 || t.bytes.len() < l.total_bytes {
+        return None;
+    }
+    let qs = size - header;
+    let mut out = Vec::with_capacity(l.blocks * size);
+    for b in 0..l.blocks {
+        out.extend_from_slice(&t.bytes[l.d_offset + 2 * b..l.d_offset + 2 * b + 2]);
+        if t.dtype == DType::Q4_1 {
+            out.extend_from_slice(&t.bytes[l.m_offset + 2 * b..l.m_offset + 2 * b + 2]);
+        }
+        let q = &t.bytes[b * qs..(b + 1) * qs];
+        if t.dtype == DType::Q8_0 {
+            out.extend_from_slice(q);
+            continue;
+        }
+        // tandem: element e in byte e/2, low nibble for even e; ggml: element j < 16 in the
+        // low nibble of byte j, element j + 16 in its high nibble.
+        let nib = |e: usize| (q[e / 2] >> (4 * (e % 2))) & 0x0f;
+        out.extend((0..QBLOCK / 2).map(|j| nib(j) | (nib(j + QBLOCK / 2) << 4)));
+    }
+    Some((ty, out))
+}
+
+/// A SentencePiece ("llama") vocabulary of `n` made-up tokens, for weights that come with no
+/// tokenizer: `<unk>`, `<s>`, `</s>`, the 256 byte tokens (as many as fit), `▁` and `▁t<id>`
+/// for the rest, with no merges, so any text encodes (as bytes) and every id decodes. llama.cpp
+/// and tandem both load it; llama.cpp's "none" tokenizer model would leave tandem without one.
+pub fn placeholder_vocab(n: usize) -> Vec<(&'static str, GgufValue)> {
+    let (mut tokens, mut scores, mut types) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for id in 0..n {
+        let (piece, ty) = match id {
+            0 => ("<unk>".to_string(), 2),
+            1 => ("<s>".to_string(), 3),
+            2 => ("</s>".to_string(), 3),
+            3..=258 => (format!("<0x{:02X}>", id - 3), 6),
+            // SentencePiece's word boundary: without it a space would only decode as its bytes.
+            259 => ("\u{2581}".to_string(), 1),
+            _ => (format!("\u{2581}t{id}"), 1),
+        };
+        tokens.push(GgufValue::String(piece));
+        scores.push(GgufValue::F32(if ty == 1 { -(id as f32) } else { 0.0 }));
+        types.push(GgufValue::I32(ty));
+    }
+    vec![
+        ("tokenizer.ggml.model", GgufValue::String("llama".into())),
+        ("tokenizer.ggml.tokens", GgufValue::Array(tokens)),
+        ("tokenizer.ggml.scores", GgufValue::Array(scores)),
+        ("tokenizer.ggml.token_type", GgufValue::Array(types)),
+        ("tokenizer.ggml.unknown_token_id", GgufValue::U32(0)),
+        ("tokenizer.ggml.bos_token_id", GgufValue::U32(1)),
+        ("tokenizer.ggml.eos_token_id", GgufValue::U32(2)),
+        ("tokenizer.ggml.add_bos_token", GgufValue::Bool(true)),
+    ]
+}
+
+/// llama.cpp's `general.file_type` (`llama_ftype`) for weight matrices of `d`.
+fn llama_ftype(d: DType) -> u32 {
+    match d {
+        DType::F16 => 1,
+        DType::Q4_0 => 2,
+        DType::Q4_1 => 3,
+        DType::Q8_0 => 7,
+        DType::BF16 => 32,
+        DType::F32 | DType::U32 => 0,
+    }
+}
+
+/// The type a tensor listed as `file_dtype` is written in.
+fn native(file_dtype: &str) -> Option<DType> {
+    Some(match file_dtype {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "Q8_0" => DType::Q8_0,
+        "Q4_0" => DType::Q4_0,
+        "Q4_1" => DType::Q4_1,
+        _ => return None,
+    })
+}
+
+/// Writes `source` as a Llama GGUF at `path` that llama.cpp and tandem both load: `llama.*`
+/// metadata, GGUF tensor names, q/k rows permuted as llama.cpp's converter does, each tensor
+/// in the type its listing gives (F32, F16, BF16, Q8_0, Q4_0, Q4_1), Llama 3 rope scaling as `rope_freqs.weight`,
+/// and `tokenizer` (e.g. [`placeholder_vocab`]). Tensors are loaded and written one at a time,
+/// so nothing larger than one tensor is held. Returns the file's size.
+pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>, path: &Path) -> Result<u64> {
+    let c = &source.config;
+    let bad = |m: String| Error::InvalidParameter(format!("writing {} as GGUF: {m}", source.path.display()));
+    if c.qkv_bias || c.arch == crate::config::Arch::Qwen2 {
+        return Err(bad(format!("only Llama models without q/k/v biases are written (this is {:?})", c.arch)));
+    }
+    let mut w = GgufWriter::new();
+    llama_metadata(&mut w, c);
+    if c.head_dim * c.n_heads != c.dim {
+        let u = GgufValue::U32(c.head_dim as u32);
+        w.kv("llama.attention.key_length", u.clone()).kv("llama.attention.value_length", u);
+    }
+    if let RopeScaling::Linear { factor } = c.rope_scaling {
+        w.kv("llama.rope.scaling.type", GgufValue::String("linear".into())).kv("llama.rope.scaling.factor", GgufValue::F32(factor));
+    }
+    if let RopeScaling::Llama3 { original_max_position, .. } = c.rope_scaling {
+        if original_max_position != 8192 {
+            w.kv("llama.rope.scaling.original_context_length", GgufValue::U32(original_max_position as u32));
+        }
+    }
+    let infos = source.tensors.infos();
+    let matrix = infos.iter().find(|i| i.name == "model.layers.0.mlp.up_proj.weight").and_then(|i| native(&i.file_dtype));
+    w.kv("general.file_type", GgufValue::U32(llama_ftype(matrix.unwrap_or(DType::F32))));
+    if matrix.is_some_and(DType::is_quantized) {
+        w.kv("general.quantization_version", GgufValue::U32(2));
+    }
+    for (k, v) in tokenizer {
+        w.kv(k, v);
+    }
+
+    // (GGUF name, HF name or None for rope_freqs, heads the rows are permuted by)
+    let mut plan: Vec<(String, Option<String>, Option<usize>)> = vec![("token_embd.weight".into(), Some("model.embed_tokens.weight".into()), None)];
+    for l in 0..c.n_layers {
+        for (g, h, heads) in [
+            ("attn_norm", "input_layernorm", None),
+            ("attn_q", "self_attn.q_proj", Some(c.n_heads)),
+            ("attn_k", "self_attn.k_proj", Some(c.n_kv_heads)),
+            ("attn_v", "self_attn.v_proj", None),
+            ("attn_output", "self_attn.o_proj", None),
+            ("ffn_norm", "post_attention_layernorm", None),
+            ("ffn_gate", "mlp.gate_proj", None),
+            ("ffn_up", "mlp.up_proj", None),
+            ("ffn_down", "mlp.down_proj", None),
+        ] {
+            plan.push((format!("blk.{l}.{g}.weight"), Some(format!("model.layers.{l}.{h}.weight")), heads));
+        }
+    }
+    plan.push(("output_norm.weight".into(), Some("model.norm.weight".into()), None));
+    if !c.tie_embeddings {
+        plan.push(("output.weight".into(), Some("lm_head.weight".into()), None));
+    }
+    // llama.cpp's converter: per-frequency divisors, [head_dim / 2].
+    let rope_freqs: Option<Vec<f32>> = matches!(c.rope_scaling, RopeScaling::Llama3 { .. }).then(|| {
+        let base = ModelConfig { rope_scaling: RopeScaling::None, ..c.clone() }.rope_inv_freq();
+        base.iter().zip(c.rope_inv_freq()).map(|(b, s)| b / s).collect()
+    });
+    if rope_freqs.is_some() {
+        plan.push(("rope_freqs.weight".into(), None, None));
+    }
+
+    let mut entries = Vec::with_capacity(plan.len());
+    for (gguf, hf, _) in &plan {
+        let (shape, dtype) = match hf {
+            None => (vec![c.head_dim / 2], DType::F32),
+            Some(hf) => {
+                let info = infos.iter().find(|i| &i.name == hf).ok_or_else(|| Error::MissingTensor(hf.clone()))?;
+                let d = native(&info.file_dtype).ok_or_else(|| bad(format!("'{hf}' is {}", info.file_dtype)))?;
+                (info.shape.clone(), d)
+            }
+        };
+        let numel: usize = shape.iter().product();
+        let (ty, n_bytes) = match dtype {
+            DType::F32 => (GGML_F32, numel * 4),
+            DType::F16 => (GGML_F16, numel * 2),
+            DType::BF16 => (GGML_BF16, numel * 2),
+            q => {
+                let (ty, size) = match q {
+                    DType::Q8_0 => (GGML_Q8_0, 34),
+                    DType::Q4_0 => (GGML_Q4_0, 18),
+                    _ => (GGML_Q4_1, 20),
+                };
+                if numel % QBLOCK != 0 || shape.last().is_some_and(|&k| k % QBLOCK != 0) {
+                    return Err(bad(format!("'{gguf}' {shape:?}: rows are not whole blocks of {QBLOCK}")));
+                }
+                (ty, numel / QBLOCK * size)
+            }
+        };
+        entries.push(TensorEntry { name: gguf.clone(), dims: shape.iter().rev().map(|&d| d as u64).collect(), ggml_type: ty, n_bytes });
+    }
+    w.write_streamed(&entries, path, |i| {
+        let (gguf, hf, heads) = &plan[i];
+        let Some(hf) = hf else {
+            let f = rope_freqs.as_deref().unwrap_or_default();
+            return Ok(f.iter().flat_map(|x| x.to_le_bytes()).collect());
+        };
+        let want = native(&infos.iter().find(|i| &i.name == hf).expect("listed above").file_dtype).expect("checked above");
+        let t = source.tensors.load(hf, LoadAs::Exactly(want))?;
+        let (ty, mut bytes) = ggml_bytes(&t).ok_or_else(|| bad(format!("'{hf}' is {}", t.dtype)))?;
+        if ty != entries[i].ggml_type {
+            return Err(bad(format!("'{hf}' loaded as {}, not the type its listing gave", t.dtype)));
+        }
+        if let Some(n_head) = heads {
+            let rows = t.shape[0];
+            if rows % n_head != 0 || (rows / n_head) % 2 != 0 {
+                return Err(bad(format!("'{gguf}': {rows} rows do not split into {n_head} heads of even size")));
+            }
+            bytes = permute_rows(&bytes, rows, *n_head);
+        }
+        Ok(bytes)
+    })
 }

@@ -386,4 +386,40 @@ mod tests {
         let tok = crate::tokenizer::Tokenizer::load(&small.tokenizer).err().expect("no tokenizer");
         assert!(tok.to_string().contains("synthetic"), "{tok}");
     }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn written_as_gguf_loads_back_bit_for_bit() {
+        use crate::config::RopeScaling;
+        use crate::loader::gguf_writer::{placeholder_vocab, write_llama_gguf};
+        let dir = std::env::temp_dir().join(format!("tandem-synthetic-gguf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (dtype, tied) in [(DType::Q4_1, true), (DType::Q8_0, false), (DType::Q4_0, true), (DType::F16, false), (DType::BF16, true)] {
+            let mut c = config(tied, false);
+            // head_dim 32 with dim 64 and 4 heads: key_length must be written.
+            (c.head_dim, c.vocab_size, c.ffn_dim) = (32, 300, 96);
+            c.rope_scaling = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 64 };
+            let opts = SyntheticOptions { dtype, seed: 3, max_weight_bytes: 1 << 30 };
+            let src = source(PathBuf::from("tiny.json"), c.clone(), &opts).unwrap();
+            let path = dir.join(format!("{dtype}-{tied}.gguf"));
+            let size = write_llama_gguf(&src, placeholder_vocab(c.vocab_size), &path).unwrap();
+            assert_eq!(size, std::fs::metadata(&path).unwrap().len());
+            let back = crate::loader::open(&path).unwrap();
+            // Special tokens are the placeholder vocabulary's.
+            let want = ModelConfig { bos_token_id: Some(1), eos_token_ids: vec![2], ..c.clone() };
+            assert_eq!(back.config, want, "{dtype}");
+            for info in src.tensors.infos() {
+                let a = src.tensors.load(&info.name, LoadAs::Native).unwrap();
+                // (A GGUF's bf16 loads as f32 unless asked for bf16.)
+                let b = back.tensors.load(&info.name, LoadAs::Exactly(a.dtype)).unwrap();
+                assert_eq!((a.dtype, &a.shape), (b.dtype, &b.shape), "{dtype} {}", info.name);
+                assert!(a.bytes == b.bytes, "{dtype} {}: bytes differ", info.name);
+            }
+            let tok = crate::tokenizer::Tokenizer::load(&back.tokenizer).unwrap();
+            let ids = tok.encode("a b").unwrap();
+            assert!(!ids.is_empty() && ids.iter().all(|&i| (3..260).contains(&i)), "{ids:?}");
+            assert_eq!(tok.decode(&ids, true).unwrap().trim(), "a b");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
