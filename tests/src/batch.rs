@@ -71,7 +71,7 @@ pub fn run_all<B: Backend>(sched: &mut Scheduler<B, &mut Model<B>, &Tokenizer>, 
         for (id, ev) in pollster::block_on(sched.step()) {
             let i = ids[&id];
             match ev {
-                Event::Token { id: t, text: s } => {
+                Event::Token { id: t, text: s, .. } => {
                     tokens[i].push(t);
                     text[i].push_str(&s);
                     if aborts.iter().any(|&(a, k)| a == i && tokens[i].len() == k) {

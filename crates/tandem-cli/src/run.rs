@@ -76,6 +76,12 @@ pub struct RunArgs {
     min_p: f32,
     #[arg(long, default_value_t = 1.0)]
     repetition_penalty: f32,
+    /// Subtracted from the logit of each token already generated (-2 to 2).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// Subtracted from a token's logit per time it was generated (-2 to 2).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Stop when the output contains this text (repeatable).
@@ -105,6 +111,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         top_p: args.top_p,
         min_p: args.min_p,
         repetition_penalty: args.repetition_penalty,
+        presence_penalty: args.presence_penalty,
+        frequency_penalty: args.frequency_penalty,
+        logprobs: None,
         seed: args.seed,
     };
     sampling.validate()?;

@@ -124,7 +124,7 @@ pub async fn generate_interruptible<B: Backend>(
         }
         for (_, event) in sched.step().await {
             match event {
-                Event::Token { id, text } => {
+                Event::Token { id, text, .. } => {
                     gen.tokens.push(id);
                     emit(&mut gen, &text);
                 }

@@ -1,7 +1,13 @@
-//! Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p and a
-//! repetition penalty, with a seeded generator so a run can be repeated exactly.
+//! Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p, and the
+//! repetition, presence and frequency penalties, with a seeded generator so a run can be
+//! repeated exactly; and the log-probabilities a request may ask for alongside.
+
+use std::collections::HashMap;
 
 use crate::{Error, Result};
+
+/// Most alternatives a request may ask log-probabilities for (OpenAI's chat API allows 20).
+pub const MAX_LOGPROBS: usize = 20;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -13,14 +19,34 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Drop tokens less likely than min_p times the most likely one; 0 keeps all.
     pub min_p: f32,
-    /// Divides positive (multiplies negative) logits of tokens already seen; 1 is off.
+    /// Divides positive (multiplies negative) logits of tokens already seen (prompt or
+    /// generated); 1 is off.
     pub repetition_penalty: f32,
+    /// Subtracted once from the logit of every token generated so far (OpenAI's, -2..=2); 0
+    /// is off. The prompt does not count (as vLLM and OpenAI).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated so far (OpenAI's,
+    /// -2..=2); 0 is off. The prompt does not count.
+    pub frequency_penalty: f32,
+    /// Report each generated token's log-probability and those of this many most likely
+    /// tokens ([`TokenLogprobs`]); `None` reports nothing.
+    pub logprobs: Option<usize>,
     pub seed: u64,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logprobs: None,
+            seed: 0,
+        }
     }
 }
 
@@ -39,8 +65,62 @@ impl SamplingParams {
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return bad(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
         }
+        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(format!("{name} must be in [-2, 2], got {v}"));
+            }
+        }
+        if let Some(n) = self.logprobs.filter(|&n| n > MAX_LOGPROBS) {
+            return bad(format!("logprobs: at most {MAX_LOGPROBS} alternatives per token, got {n}"));
+        }
         Ok(())
     }
+
+    /// Whether any penalty is on (they need the request's history, so the host samples).
+    pub fn penalizes(&self) -> bool {
+        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+    }
+
+    /// Whether the next token must be chosen on the host from the whole row of logits: for
+    /// penalties, and for log-probabilities (they need the whole distribution).
+    pub fn needs_logits(&self) -> bool {
+        self.penalizes() || self.logprobs.is_some()
+    }
+}
+
+/// A generated token's log-probability and the most likely tokens', under the model's raw
+/// distribution: log_softmax of the logits as the model produced them, before penalties,
+/// temperature or truncation (what vLLM returns by default, and OpenAI's `logprobs`). So the
+/// numbers describe the model, not the sampler, and a greedy token is the top entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// The chosen token's; -inf if the model gave it no probability (a NaN or -inf logit).
+    pub logprob: f32,
+    /// The most likely tokens with their logprobs, most likely first (ties: lower id first),
+    /// as many as [`SamplingParams::logprobs`] asked (fewer if the vocabulary is smaller).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// [`TokenLogprobs`] of `chosen` and the `top` most likely tokens, from raw `logits` ([vocab]).
+/// Non-finite logits count as probability 0; the sum runs in f64 so large vocabularies lose
+/// nothing to rounding.
+pub fn logprobs(logits: &[f32], chosen: u32, top: usize) -> TokenLogprobs {
+    let max = logits.iter().copied().filter(|l| l.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().filter(|l| l.is_finite()).map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max as f64 + sum.ln();
+    let lp = |l: f32| if l.is_finite() { (l as f64 - lse) as f32 } else { f32::NEG_INFINITY };
+    // Non-finite logits rank last, then ties go to the lower id.
+    let key = |l: f32| if l.is_finite() { l } else { f32::NEG_INFINITY };
+    let order = |a: &(u32, f32), b: &(u32, f32)| key(b.1).total_cmp(&key(a.1)).then(a.0.cmp(&b.0));
+    let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let n = top.min(all.len());
+    if n > 0 && n < all.len() {
+        all.select_nth_unstable_by(n - 1, order);
+    }
+    all.truncate(n);
+    all.sort_unstable_by(order);
+    let chosen = logits.get(chosen as usize).map_or(f32::NEG_INFINITY, |&l| lp(l));
+    TokenLogprobs { logprob: chosen, top: all.into_iter().map(|(id, l)| (id, lp(l))).collect() }
 }
 
 /// SplitMix64: tiny, seedable and identical on every platform (wasm has no OS entropy to
@@ -81,22 +161,56 @@ impl Sampler {
         &self.params
     }
 
-    /// Picks a token from `logits` ([vocab]); `seen` are the tokens the repetition penalty
-    /// applies to. Modifies `logits`.
-    pub fn sample(&mut self, logits: &mut [f32], seen: &[u32]) -> u32 {
+    /// Picks a token from `logits` ([vocab]) for a request that has `prompt` and has generated
+    /// `generated` so far (the repetition penalty looks at both, presence and frequency at the
+    /// generated tokens). Modifies `logits`.
+    pub fn sample(&mut self, logits: &mut [f32], prompt: &[u32], generated: &[u32]) -> u32 {
+        self.penalize(logits, prompt, generated);
         let p = &self.params;
-        if p.repetition_penalty != 1.0 {
-            for &t in seen {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
-                }
-            }
-        }
         if p.temperature == 0.0 {
             return argmax(logits);
         }
         let u = self.rng.next_f32();
         sample_row(logits, p.temperature, p.top_k, p.top_p, p.min_p, u)
+    }
+
+    /// [`Sampler::sample`], and the chosen token's [`TokenLogprobs`] (of the logits before any
+    /// penalty) when the parameters ask for them.
+    pub fn sample_with_logprobs(&mut self, logits: &mut [f32], prompt: &[u32], generated: &[u32]) -> (u32, Option<TokenLogprobs>) {
+        let Some(top) = self.params.logprobs else {
+            return (self.sample(logits, prompt, generated), None);
+        };
+        // Penalties rewrite the logits in place; only then is a copy of the raw ones needed.
+        let raw = self.params.penalizes().then(|| logits.to_vec());
+        let t = self.sample(logits, prompt, generated);
+        (t, Some(logprobs(raw.as_deref().unwrap_or(logits), t, top)))
+    }
+
+    /// Applies the penalties in vLLM's order: repetition, then frequency, then presence.
+    fn penalize(&self, logits: &mut [f32], prompt: &[u32], generated: &[u32]) {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            let mut done = vec![false; logits.len()];
+            for &t in prompt.iter().chain(generated) {
+                if let (Some(l), Some(d)) = (logits.get_mut(t as usize), done.get_mut(t as usize)) {
+                    if !std::mem::replace(d, true) {
+                        *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    }
+                }
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let mut counts: HashMap<u32, u32> = HashMap::new();
+            for &t in generated {
+                *counts.entry(t).or_default() += 1;
+            }
+            for (t, count) in counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.frequency_penalty * count as f32;
+                    *l -= p.presence_penalty;
+                }
+            }
+        }
     }
 
     /// The next uniform draw, for sampling on the device with the Sample op.
@@ -209,7 +323,7 @@ mod tests {
     #[test]
     fn greedy_is_argmax_and_ignores_nan() {
         let mut s = Sampler::new(SamplingParams::default()).unwrap();
-        assert_eq!(s.sample(&mut [0.5, f32::NAN, 2.0, 2.0, -1.0], &[]), 2);
+        assert_eq!(s.sample(&mut [0.5, f32::NAN, 2.0, 2.0, -1.0], &[], &[]), 2);
     }
 
     #[test]
@@ -217,7 +331,7 @@ mod tests {
         let logits = [0.1, 3.0, 2.9, -5.0];
         for mut s in [sampler(|p| p.top_k = 1), sampler(|p| p.top_p = 1e-6), sampler(|p| p.min_p = 0.999)] {
             for _ in 0..50 {
-                assert_eq!(s.sample(&mut logits.clone(), &[]), 1);
+                assert_eq!(s.sample(&mut logits.clone(), &[], &[]), 1);
             }
         }
     }
@@ -230,7 +344,7 @@ mod tests {
                 p.top_k = 3;
                 p.seed = seed
             });
-            (0..200).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..200).map(|_| s.sample(&mut logits.clone(), &[], &[])).collect::<Vec<_>>()
         };
         let a = run(7);
         assert_eq!(a, run(7));
@@ -265,7 +379,75 @@ mod tests {
     #[test]
     fn repetition_penalty_steers_away_from_seen_tokens() {
         let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..Default::default() }).unwrap();
-        assert_eq!(s.sample(&mut [1.0, 1.5, 0.9], &[1]), 0);
+        assert_eq!(s.sample(&mut [1.0, 1.5, 0.9], &[1], &[]), 0);
+        // Once per distinct token, however often it was seen (as HF and vLLM): 1.5 / 2 beats
+        // 0.7, 1.5 / 4 would not.
+        let mut logits = [0.7, 1.5, -1.0];
+        s.penalize(&mut logits, &[1, 2], &[1, 1, 2]);
+        assert_eq!(logits, [0.7, 0.75, -2.0]);
+    }
+
+    fn penalties(presence: f32, frequency: f32) -> Sampler {
+        Sampler::new(SamplingParams { presence_penalty: presence, frequency_penalty: frequency, ..Default::default() }).unwrap()
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_generated_tokens_only() {
+        // logit[t] -= frequency * count(t) + presence * (count(t) > 0), counts over the output.
+        let mut logits = [1.0f32; 5];
+        penalties(0.25, 0.5).penalize(&mut logits, &[3, 3, 4], &[1, 1, 2, 1]);
+        assert_eq!(logits, [1.0, 1.0 - 1.5 - 0.25, 1.0 - 0.5 - 0.25, 1.0, 1.0]);
+        // Negative values favour repeats.
+        let mut logits = [0.0f32; 3];
+        penalties(-1.0, -2.0).penalize(&mut logits, &[], &[2, 2]);
+        assert_eq!(logits, [0.0, 0.0, 5.0]);
+        // They steer a greedy choice: token 1 leads by 0.4 and was generated twice.
+        let pick = |presence, frequency| penalties(presence, frequency).sample(&mut [2.0, 2.4, 0.0], &[1, 1, 1, 1], &[1, 1]);
+        assert_eq!(pick(0.0, 0.0), 1);
+        assert_eq!(pick(0.0, 0.1), 1);
+        assert_eq!(pick(0.0, 0.3), 0);
+        assert_eq!(pick(0.3, 0.0), 1);
+        assert_eq!(pick(0.5, 0.0), 0);
+        // Four prompt copies of token 1 do not count.
+        assert_eq!(penalties(2.0, 2.0).sample(&mut [2.0, 2.4, 0.0], &[1, 1, 1, 1], &[]), 1);
+    }
+
+    #[test]
+    fn logprobs_are_the_raw_log_softmax() {
+        let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1009) as f32 * 0.013 - 4.0).collect();
+        let all = logprobs(&logits, 3, logits.len());
+        assert_eq!(all.top.len(), logits.len());
+        let total: f64 = all.top.iter().map(|&(_, l)| (l as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5, "probabilities sum to {total}");
+        assert!(all.top.iter().all(|&(_, l)| l <= 0.0));
+        assert!(all.top.windows(2).all(|w| w[0].1 >= w[1].1), "most likely first");
+        assert_eq!(all.logprob, all.top.iter().find(|t| t.0 == 3).unwrap().1);
+        // The greedy token is the top entry, with the largest logprob.
+        let best = argmax(&logits);
+        let lp = logprobs(&logits, best, 5);
+        assert_eq!(lp.top[0], (best, lp.logprob));
+        assert_eq!(lp.top, all.top[..5]);
+        // Known values: probabilities 1/4 and 3/4; NaN and -inf have none and rank last.
+        let lp = logprobs(&[0.0, 3.0f32.ln(), f32::NAN, f32::NEG_INFINITY], 0, 4);
+        assert!((lp.logprob - 0.25f32.ln()).abs() < 1e-6, "{lp:?}");
+        assert_eq!(lp.top[0].0, 1);
+        assert!((lp.top[0].1 - 0.75f32.ln()).abs() < 1e-6, "{lp:?}");
+        assert_eq!(lp.top[2..], [(2, f32::NEG_INFINITY), (3, f32::NEG_INFINITY)]);
+        // Ties: lower id first; asking for more than the vocabulary gives it all.
+        assert_eq!(logprobs(&[1.0, 2.0, 2.0], 0, 9).top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2, 0]);
+        assert_eq!(logprobs(&[f32::NAN; 3], 1, 1), TokenLogprobs { logprob: f32::NEG_INFINITY, top: vec![(0, f32::NEG_INFINITY)] });
+    }
+
+    #[test]
+    fn logprobs_describe_the_model_not_the_penalties() {
+        let mut s = Sampler::new(SamplingParams { frequency_penalty: 2.0, logprobs: Some(2), ..Default::default() }).unwrap();
+        let raw = [2.0f32, 3.0, 0.0];
+        let (t, lp) = s.sample_with_logprobs(&mut raw.clone(), &[], &[1]);
+        assert_eq!(t, 0, "the penalty moved the choice");
+        assert_eq!(lp, Some(logprobs(&raw, 0, 2)));
+        assert_eq!(lp.unwrap().top[0].0, 1);
+        let mut s = Sampler::new(SamplingParams::default()).unwrap();
+        assert_eq!(s.sample_with_logprobs(&mut raw.clone(), &[], &[]), (1, None));
     }
 
     #[test]
@@ -276,8 +458,14 @@ mod tests {
             SamplingParams { top_p: 0.0, ..Default::default() },
             SamplingParams { min_p: 1.5, ..Default::default() },
             SamplingParams { repetition_penalty: 0.0, ..Default::default() },
+            SamplingParams { presence_penalty: 2.5, ..Default::default() },
+            SamplingParams { frequency_penalty: -2.01, ..Default::default() },
+            SamplingParams { frequency_penalty: f32::NAN, ..Default::default() },
+            SamplingParams { logprobs: Some(MAX_LOGPROBS + 1), ..Default::default() },
         ] {
             assert!(Sampler::new(p).is_err());
         }
+        let edge = SamplingParams { presence_penalty: -2.0, frequency_penalty: 2.0, logprobs: Some(MAX_LOGPROBS), ..Default::default() };
+        assert!(Sampler::new(edge).is_ok());
     }
 }

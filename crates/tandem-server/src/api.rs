@@ -16,6 +16,11 @@ use crate::errors::ApiError;
 /// Most choices one request may ask for (n x prompts).
 pub const MAX_CHOICES: usize = 128;
 
+/// Most alternatives per token: the completions API's `logprobs` and the chat API's
+/// `top_logprobs` (OpenAI's limits).
+pub const MAX_COMPLETION_LOGPROBS: u64 = 5;
+pub const MAX_CHAT_TOP_LOGPROBS: u64 = 20;
+
 /// Parses a JSON body: malformed JSON is a 400.
 pub fn parse(body: &[u8]) -> Result<serde_json::Value, ApiError> {
     let value: serde_json::Value =
@@ -136,16 +141,14 @@ pub struct Job {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// Whether each token's log-probabilities are reported.
+    pub logprobs: bool,
 }
 
 impl Common {
-    /// Builds the engine requests for `prompts` after checking every field's range.
-    pub fn into_job(self, ready: &Ready, prompts: Vec<Vec<u32>>) -> Result<Job, ApiError> {
-        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
-            if v.is_some_and(|v| v != 0.0) {
-                return Err(ApiError::unsupported(name, "a non-zero value"));
-            }
-        }
+    /// Builds the engine requests for `prompts` after checking every field's range;
+    /// `logprobs` is how many alternatives to report per token (the endpoint's own field).
+    pub fn into_job(self, ready: &Ready, prompts: Vec<Vec<u32>>, logprobs: Option<usize>) -> Result<Job, ApiError> {
         if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
             return Err(ApiError::unsupported("logit_bias", "a non-empty bias"));
         }
@@ -165,10 +168,13 @@ impl Common {
             top_p: self.top_p.unwrap_or(1.0),
             min_p: self.min_p.unwrap_or(0.0),
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            logprobs,
             // Without a seed every request must differ, as OpenAI's do.
             seed: self.seed.unwrap_or_else(random_seed),
         };
-        // The engine names the field in its message; the param lets clients point at it.
+        // The engine names the field in its message.
         sampling.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
         let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
             (Some(m), _) | (None, Some(m)) => Some(m),
@@ -205,16 +211,26 @@ impl Common {
             }
         }
         let include_usage = self.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-        Ok(Job { choices, n: n as usize, stream: self.stream.unwrap_or(false), include_usage })
+        Ok(Job { choices, n: n as usize, stream: self.stream.unwrap_or(false), include_usage, logprobs: logprobs.is_some() })
     }
 }
 
 impl ChatRequest {
+    /// `logprobs: true` reports the chosen token's and `top_logprobs` alternatives.
+    pub fn logprobs(&self) -> Result<Option<usize>, ApiError> {
+        let top = self.top_logprobs.unwrap_or(0);
+        if top > MAX_CHAT_TOP_LOGPROBS {
+            return Err(ApiError::bad_param("top_logprobs", format!("top_logprobs must be in 0..={MAX_CHAT_TOP_LOGPROBS}, got {top}")));
+        }
+        match self.logprobs {
+            Some(true) => Ok(Some(top as usize)),
+            _ if top > 0 => Err(ApiError::bad_param("top_logprobs", "top_logprobs needs logprobs: true")),
+            _ => Ok(None),
+        }
+    }
+
     /// Refuses what tandem cannot do yet, then renders the chat template.
     pub fn prompt(&self, tok: &Tokenizer) -> Result<Vec<u32>, ApiError> {
-        if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
-            return Err(ApiError::unsupported("logprobs", "returning log probabilities"));
-        }
         if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(ApiError::unsupported("tools", "tool calling"));
         }
@@ -254,11 +270,18 @@ fn to_chat(i: usize, m: &Message) -> Result<ChatMessage, ApiError> {
 }
 
 impl CompletionRequest {
+    /// `logprobs: n` reports the chosen token's and n alternatives (0 to 5, as OpenAI).
+    pub fn logprobs(&self) -> Result<Option<usize>, ApiError> {
+        match self.logprobs {
+            Some(n) if n > MAX_COMPLETION_LOGPROBS => {
+                Err(ApiError::bad_param("logprobs", format!("logprobs must be in 0..={MAX_COMPLETION_LOGPROBS}, got {n}")))
+            }
+            n => Ok(n.map(|n| n as usize)),
+        }
+    }
+
     /// The prompts as token ids: text gets BOS where the model wants it (as `tandem run`).
     pub fn prompts(&self, tok: &Tokenizer) -> Result<Vec<Vec<u32>>, ApiError> {
-        if self.logprobs.is_some_and(|n| n > 0) {
-            return Err(ApiError::unsupported("logprobs", "returning log probabilities"));
-        }
         if self.echo == Some(true) {
             return Err(ApiError::unsupported("echo", "echoing the prompt"));
         }

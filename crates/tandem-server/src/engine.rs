@@ -16,6 +16,7 @@ use tandem_core::tokenizer::Tokenizer;
 use tandem_core::{Backend, Result};
 use tokio::sync::{mpsc as tmpsc, watch};
 
+use crate::logprobs::TokenNames;
 use crate::metrics::{finish_reason, EngineGauges, ModelMetrics};
 
 pub(crate) enum Command {
@@ -59,6 +60,8 @@ pub struct Ready {
     pub vocab: usize,
     /// Unix seconds when it finished loading (`/v1/models`' `created`).
     pub created: u64,
+    /// Spells tokens for log-probabilities.
+    pub names: Arc<TokenNames>,
 }
 
 #[derive(Clone)]
@@ -120,6 +123,7 @@ impl EngineSeat {
             pool_tokens: model.kv.capacity(),
             vocab: model.config.vocab_size,
             created: unix_now(),
+            names: Arc::new(TokenNames::new(tokenizer.clone())),
         };
         let sched = match Scheduler::new(model, tokenizer, config) {
             Ok(s) => s,

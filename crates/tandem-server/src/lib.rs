@@ -9,6 +9,7 @@ mod api;
 mod config;
 mod engine;
 mod errors;
+mod logprobs;
 mod metrics;
 mod routes;
 mod sse;

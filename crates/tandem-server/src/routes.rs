@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::api::{self, ChatRequest, Common, CompletionRequest, DetokenizeRequest, Job, TokenizeRequest};
 use crate::engine::{ModelHandle, ModelState};
 use crate::errors::ApiError;
+use crate::logprobs::TokenNames;
 use crate::submit::{self, Kind, Meta};
 use crate::{sse, Server};
 
@@ -81,28 +82,34 @@ async fn chat(State(s): State<Arc<Server>>, body: Body) -> Result<Response, ApiE
     let body = api::parse(&read(&s, body)?)?;
     let (req, common): (ChatRequest, Common) = (api::fields(&body)?, api::fields(&body)?);
     let (model, ready) = s.ready(common.model.as_deref())?;
+    let logprobs = req.logprobs()?;
+    let names = ready.names.clone();
     let job = blocking(move || {
         let prompt = req.prompt(&ready.tokenizer)?;
-        common.into_job(&ready, vec![prompt])
+        common.into_job(&ready, vec![prompt], logprobs)
     })
     .await?;
-    generate(model, job, Kind::Chat).await
+    generate(model, job, Kind::Chat, names).await
 }
 
 async fn completions(State(s): State<Arc<Server>>, body: Body) -> Result<Response, ApiError> {
     let body = api::parse(&read(&s, body)?)?;
     let (req, common): (CompletionRequest, Common) = (api::fields(&body)?, api::fields(&body)?);
     let (model, ready) = s.ready(common.model.as_deref())?;
+    let logprobs = req.logprobs()?;
+    let names = ready.names.clone();
     let job = blocking(move || {
         let prompts = req.prompts(&ready.tokenizer)?;
-        common.into_job(&ready, prompts)
+        common.into_job(&ready, prompts, logprobs)
     })
     .await?;
-    generate(model, job, Kind::Completion).await
+    generate(model, job, Kind::Completion, names).await
 }
 
-async fn generate(model: Arc<ModelHandle>, job: Job, kind: Kind) -> Result<Response, ApiError> {
-    let meta = Meta::new(kind, &model.name, job.n);
+/// Submits the job and answers: a stream of chunks, or the whole response. `names` spells
+/// the tokens of log-probabilities, if the job asks for them.
+async fn generate(model: Arc<ModelHandle>, job: Job, kind: Kind, names: Arc<TokenNames>) -> Result<Response, ApiError> {
+    let meta = Meta::new(kind, &model.name, job.n, job.logprobs.then_some(names));
     let (stream, include_usage) = (job.stream, job.include_usage);
     let pending = submit::submit(&model, job).await?;
     if stream {

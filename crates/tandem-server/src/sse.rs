@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tandem_core::scheduler::Event;
 
 use crate::errors::ApiError;
+use crate::logprobs;
 use crate::metrics::finish_reason;
 use crate::submit::{Kind, Meta, Pending, Totals};
 
@@ -23,6 +24,9 @@ struct State {
     totals: Totals,
     /// Chunks ready to send (one engine event may make several).
     out: VecDeque<SseEvent>,
+    /// Each choice's log-probabilities not sent yet: a token whose text is held back sends
+    /// its entry with the chunk that carries the text.
+    logprobs: Vec<logprobs::Pending>,
     done: bool,
 }
 
@@ -39,16 +43,20 @@ impl State {
         SseEvent::default().data(c.to_string())
     }
 
-    fn choice(&self, index: usize, text: Option<&str>, reason: Option<&str>) -> Value {
+    fn choice(&mut self, index: usize, text: Option<&str>, reason: Option<&str>) -> Value {
+        let logprobs = match self.logprobs.get_mut(index) {
+            Some(lp) if !lp.is_empty() => self.meta.logprobs_json(lp),
+            _ => Value::Null,
+        };
         match self.meta.kind {
             Kind::Chat => {
                 let delta = match text {
                     Some(t) => json!({ "content": t }),
                     None => json!({}),
                 };
-                json!({ "index": index, "delta": delta, "logprobs": null, "finish_reason": reason })
+                json!({ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason })
             }
-            Kind::Completion => json!({ "index": index, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": reason }),
+            Kind::Completion => json!({ "index": index, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason }),
         }
     }
 
@@ -66,18 +74,26 @@ impl State {
             return false;
         };
         match event {
-            Event::Token { text, .. } if !text.is_empty() => {
-                let c = self.chunk(json!([self.choice(index, Some(&text), None)]));
-                self.out.push_back(c);
+            Event::Token { id, text, logprobs } => {
+                if let Some(pending) = self.logprobs.get_mut(index) {
+                    self.meta.keep_logprobs(pending, id, logprobs.as_ref());
+                }
+                if !text.is_empty() {
+                    let choice = self.choice(index, Some(&text), None);
+                    let c = self.chunk(json!([choice]));
+                    self.out.push_back(c);
+                }
             }
-            Event::Token { .. } => {}
             Event::Finished { reason, text, usage } => {
                 self.totals.add(index, self.meta.n, &usage);
                 if !text.is_empty() {
-                    let c = self.chunk(json!([self.choice(index, Some(&text), None)]));
+                    let choice = self.choice(index, Some(&text), None);
+                    let c = self.chunk(json!([choice]));
                     self.out.push_back(c);
                 }
-                let c = self.chunk(json!([self.choice(index, None, Some(finish_reason(reason)))]));
+                // Entries of tokens that added no text (end of sequence) come with the finish.
+                let choice = self.choice(index, None, Some(finish_reason(reason)));
+                let c = self.chunk(json!([choice]));
                 self.out.push_back(c);
             }
             Event::Failed(e) => {
@@ -94,7 +110,8 @@ impl State {
 
 /// The SSE response for an accepted request.
 pub fn respond(pending: Pending, meta: Meta, include_usage: bool) -> Response {
-    let mut state = State { pending, meta, include_usage, totals: Totals::default(), out: VecDeque::new(), done: false };
+    let logprobs = (0..pending.choices()).map(|_| Default::default()).collect();
+    let mut state = State { pending, meta, include_usage, totals: Totals::default(), out: VecDeque::new(), logprobs, done: false };
     if state.meta.kind == Kind::Chat {
         // The role comes first, in a chunk of its own, as OpenAI streams it.
         for i in 0..state.pending.choices() {
@@ -113,7 +130,8 @@ pub fn respond(pending: Pending, meta: Meta, include_usage: bool) -> Response {
             st.done = !st.advance().await;
         }
     });
-    // Comments while a request waits keep proxies from closing the connection, and let a
-    // disconnect be noticed (a write fails) before the first token.
+    // Comments while a request waits keep proxies from closing the connection. A client that
+    // disconnects is noticed at once all the same: hyper sees the socket's EOF while the
+    // response is under way and drops this stream, whose Pending aborts the request.
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(5))).into_response()
 }

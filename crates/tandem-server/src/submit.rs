@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tandem_core::scheduler::{Event, RequestId, Usage};
+use tandem_core::scheduler::{Event, RequestId, TokenLogprobs, Usage};
 use tokio::sync::mpsc;
 
 use crate::api::Job;
 use crate::engine::{Command, ModelHandle, Reject, Reply, Submission};
 use crate::errors::ApiError;
+use crate::logprobs::{self, TokenNames};
 use crate::metrics::finish_reason;
 
 /// Which OpenAI endpoint a response is for.
@@ -29,14 +30,31 @@ pub struct Meta {
     pub kind: Kind,
     /// Choices per prompt (usage counts each prompt once, as OpenAI does).
     pub n: usize,
+    /// Set when the request asked for log-probabilities.
+    pub logprobs: Option<Arc<TokenNames>>,
 }
 
 impl Meta {
-    pub fn new(kind: Kind, model: &str, n: usize) -> Self {
+    pub fn new(kind: Kind, model: &str, n: usize, logprobs: Option<Arc<TokenNames>>) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
         let id = format!("{prefix}-{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        Meta { id, created: crate::engine::unix_now(), model: model.to_string(), kind, n }
+        Meta { id, created: crate::engine::unix_now(), model: model.to_string(), kind, n, logprobs }
+    }
+
+    /// Keeps a token's log-probabilities for its choice (if the request asked for them).
+    pub fn keep_logprobs(&self, pending: &mut logprobs::Pending, id: u32, lp: Option<&TokenLogprobs>) {
+        if let (Some(names), Some(lp)) = (&self.logprobs, lp) {
+            pending.push(names, id, lp);
+        }
+    }
+
+    /// A choice's `logprobs` field: what `pending` holds, or null when not asked for.
+    pub fn logprobs_json(&self, pending: &mut logprobs::Pending) -> Value {
+        match self.logprobs {
+            Some(_) => pending.take(self.kind),
+            None => Value::Null,
+        }
     }
 
     pub fn object(&self, chunk: bool) -> &'static str {
@@ -149,10 +167,14 @@ impl Totals {
 pub async fn collect(mut pending: Pending, meta: &Meta) -> Result<Value, ApiError> {
     let mut texts = vec![String::new(); pending.choices()];
     let mut reasons = vec!["abort"; pending.choices()];
+    let mut logprobs: Vec<logprobs::Pending> = (0..pending.choices()).map(|_| Default::default()).collect();
     let mut totals = Totals::default();
     while let Some((choice, event)) = pending.next().await {
         match event {
-            Event::Token { text, .. } => texts[choice].push_str(&text),
+            Event::Token { id, text, logprobs: lp } => {
+                texts[choice].push_str(&text);
+                meta.keep_logprobs(&mut logprobs[choice], id, lp.as_ref());
+            }
             Event::Finished { reason, text, usage } => {
                 texts[choice].push_str(&text);
                 reasons[choice] = finish_reason(reason);
@@ -164,13 +186,14 @@ pub async fn collect(mut pending: Pending, meta: &Meta) -> Result<Value, ApiErro
     let choices: Vec<Value> = texts
         .into_iter()
         .zip(reasons)
+        .zip(&mut logprobs)
         .enumerate()
-        .map(|(index, (text, reason))| match meta.kind {
+        .map(|(index, ((text, reason), lp))| match meta.kind {
             Kind::Chat => json!({
                 "index": index, "message": { "role": "assistant", "content": text },
-                "logprobs": null, "finish_reason": reason,
+                "logprobs": meta.logprobs_json(lp), "finish_reason": reason,
             }),
-            Kind::Completion => json!({ "index": index, "text": text, "logprobs": null, "finish_reason": reason }),
+            Kind::Completion => json!({ "index": index, "text": text, "logprobs": meta.logprobs_json(lp), "finish_reason": reason }),
         })
         .collect();
     Ok(json!({

@@ -44,7 +44,27 @@ async fn the_openai_python_client_gets_tandems_answers() {
     assert_eq!(v["chat_finish"], if chat_n == 50 { "length" } else { "stop" });
     assert_eq!(v["chat_stream"], chat.as_str());
     assert_eq!(v["chat_stream_usage"], chat_n);
-    eprintln!("openai client: completions and chat, streamed and not, equal tandem's greedy answers");
+    // Logprobs through the client's own types: greedy picks the top entry, streamed equals not.
+    let lp = &v["completion_logprobs"];
+    assert_eq!(v["completion_logprobs_text"], r.greedy(&text, 12).0.as_str());
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 12, "{lp}");
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let (token, logprob) = (lp["tokens"][i].as_str().unwrap(), lp["token_logprobs"][i].as_f64().unwrap());
+        assert!(logprob <= 0.0);
+        assert_eq!(top[token].as_f64(), Some(logprob), "{top}");
+        assert!(top.as_object().unwrap().values().all(|l| l.as_f64().unwrap() <= logprob), "{top}");
+    }
+    assert_eq!(v["completion_logprobs_stream"], *lp);
+    let content = v["chat_logprobs"].as_array().unwrap();
+    assert_eq!(content.len() as u64, v["chat_logprobs_usage"].as_u64().unwrap());
+    for e in content {
+        assert!(e["logprob"].as_f64().unwrap() <= 0.0, "{e}");
+        assert_eq!(e["top"].as_array().unwrap().len(), 3, "{e}");
+        assert_eq!(e["top"][0], serde_json::json!([e["token"], e["logprob"]]), "{e}");
+        assert!(e["bytes"].is_array(), "{e}");
+    }
+    assert_eq!(v["chat_logprobs_stream"], v["chat_logprobs"]);
+    eprintln!("openai client: completions and chat, streamed and not, with logprobs, equal tandem's greedy answers");
     s.shutdown().await.unwrap();
 }
 

@@ -136,16 +136,16 @@ async fn malformed_requests_get_4xx_while_a_stream_goes_on() {
         ("/v1/completions", json!({ "prompt": [] }), StatusCode::BAD_REQUEST, "prompt"),
         ("/v1/completions", json!({ "prompt": long_prompt }), StatusCode::BAD_REQUEST, "600 tokens"),
         ("/v1/completions", json!({ "prompt": "x", "max_tokens": 100000 }), StatusCode::BAD_REQUEST, "max_tokens 100000"),
-        ("/v1/completions", json!({ "prompt": "x", "presence_penalty": 0.5 }), StatusCode::BAD_REQUEST, "presence_penalty"),
-        ("/v1/completions", json!({ "prompt": "x", "frequency_penalty": 1 }), StatusCode::BAD_REQUEST, "frequency_penalty"),
-        ("/v1/completions", json!({ "prompt": "x", "logprobs": 2 }), StatusCode::BAD_REQUEST, "logprobs"),
+        ("/v1/completions", json!({ "prompt": "x", "presence_penalty": 2.5 }), StatusCode::BAD_REQUEST, "presence_penalty"),
+        ("/v1/completions", json!({ "prompt": "x", "frequency_penalty": -3 }), StatusCode::BAD_REQUEST, "frequency_penalty"),
+        ("/v1/completions", json!({ "prompt": "x", "logprobs": 6 }), StatusCode::BAD_REQUEST, "logprobs"),
         ("/v1/completions", json!({ "prompt": "x", "echo": true }), StatusCode::BAD_REQUEST, "echo"),
         ("/v1/completions", json!({ "model": "nope", "prompt": "x" }), StatusCode::NOT_FOUND, "nope"),
         ("/v1/chat/completions", json!({ "messages": [] }), StatusCode::BAD_REQUEST, "messages"),
         ("/v1/chat/completions", json!({ "messages": "hi" }), StatusCode::BAD_REQUEST, "messages"),
         ("/v1/chat/completions", json!({ "messages": [{ "content": "hi" }] }), StatusCode::BAD_REQUEST, "role"),
         ("/v1/chat/completions", json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": {} }] }] }), StatusCode::BAD_REQUEST, "image_url"),
-        ("/v1/chat/completions", json!({ "messages": msgs, "logprobs": true }), StatusCode::BAD_REQUEST, "logprobs"),
+        ("/v1/chat/completions", json!({ "messages": msgs, "logprobs": true, "top_logprobs": 21 }), StatusCode::BAD_REQUEST, "top_logprobs"),
         ("/v1/chat/completions", json!({ "messages": msgs, "tools": [{ "type": "function" }] }), StatusCode::BAD_REQUEST, "tools"),
         ("/v1/chat/completions", json!({ "messages": msgs, "model": 7 }), StatusCode::BAD_REQUEST, "model"),
         ("/detokenize", json!({ "tokens": [1, 4000] }), StatusCode::BAD_REQUEST, "4000"),
@@ -282,4 +282,54 @@ async fn shutdown_deadline_aborts_long_streams() {
     }
     assert_eq!(stream_text(&chunks, false)[0].1, "abort");
     s.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_the_queue_is_dropped_at_once() {
+    let Some(dir) = stories() else { return };
+    let sched = SchedulerConfig { max_seqs: 1, max_batched_tokens: 64 };
+    let s = Arc::new(start(&dir, Options { sched, ..Options::default() }).await);
+    // One sequence at a time: 48 long choices keep everyone else waiting for seconds.
+    let blocker = {
+        let s = s.clone();
+        let body = json!({ "prompt": "Once upon a time", "n": 48, "max_tokens": 480, "temperature": 0.8, "ignore_eos": true });
+        tokio::spawn(async move { s.post("/v1/completions", &body).await })
+    };
+    while s.metric("tandem_requests_running", "stories").await < 1.0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let aborted = || s.series("tandem_requests_finished_total{model=\"stories\",reason=\"abort\"}");
+    let until_aborted = |n: f64, t0: std::time::Instant| async move {
+        loop {
+            let gone = aborted().await;
+            if gone == n {
+                return t0.elapsed();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(1), "{gone} waiting requests aborted after {:?}, expected {n}", t0.elapsed());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let body = |stream: bool| json!({ "prompt": "Lily", "max_tokens": 20, "stream": stream });
+    // A streaming client leaves while its request waits (its headers are sent already).
+    let waiting = s.metric("tandem_requests_waiting", "stories").await;
+    let stream = s.open_stream("/v1/completions", &body(true)).await;
+    // Seen in the queue (unless a blocker choice finished meanwhile).
+    for _ in 0..40 {
+        if s.metric("tandem_requests_waiting", "stories").await > waiting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let t0 = std::time::Instant::now();
+    drop(stream);
+    let streamed = until_aborted(1.0, t0).await;
+    assert!(s.metric("tandem_requests_waiting", "stories").await <= waiting);
+    // A non-streaming one gives up (its handler future is dropped with the connection).
+    let _ = tokio::time::timeout(Duration::from_millis(100), s.post("/v1/completions", &body(false))).await;
+    let plain = until_aborted(2.0, std::time::Instant::now()).await;
+    eprintln!("aborted {streamed:?} after the stream closed, {plain:?} after the plain request gave up");
+    assert!(!blocker.is_finished(), "the queue was meant to stay full");
+    blocker.abort();
+    wait_idle(&s).await;
+    Arc::into_inner(s).unwrap().shutdown().await.unwrap();
 }

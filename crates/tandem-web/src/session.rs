@@ -207,7 +207,7 @@ impl Session {
         let mut out = Vec::new();
         for (id, event) in self.scheduler.step().await {
             match event {
-                Event::Token { id: token, text } => {
+                Event::Token { id: token, text, .. } => {
                     if let Some(r) = self.running.get_mut(&id) {
                         r.token_ids.push(token);
                     }
@@ -242,6 +242,7 @@ fn generate_params(req: &Request) -> Result<GenerateParams> {
         min_p: req.min_p.unwrap_or(d.min_p),
         repetition_penalty: req.repetition_penalty.unwrap_or(d.repetition_penalty),
         seed: req.seed.unwrap_or(d.seed),
+        ..d
     };
     sampling.validate()?;
     let stop = match &req.stop {

@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 use std::marker::PhantomData;
 
 pub use request::{Event, RequestId, Usage};
+pub use crate::sampling::TokenLogprobs;
 use request::SeqState;
 
 use crate::backend::Backend;
@@ -225,12 +226,15 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             s.kv.len += p.len;
             self.model.borrow_mut().kv.cache_full_blocks(&mut s.kv, &s.tokens, s.prompt_len);
             let token = match out {
-                ChunkOut::Token(t) => Some(t),
-                ChunkOut::Logits(mut logits) => Some(s.sampler.sample(&mut logits, &s.tokens)),
+                ChunkOut::Token(t) => Some((t, None)),
+                ChunkOut::Logits(mut logits) => {
+                    let (prompt, generated) = s.tokens.split_at(s.prompt_len);
+                    Some(s.sampler.sample_with_logprobs(&mut logits, prompt, generated))
+                }
                 ChunkOut::None => None,
             };
-            if let Some(t) = token {
-                match s.push_token(self.tokenizer.borrow(), t, self.model.borrow_mut().context()) {
+            if let Some((t, logprobs)) = token {
+                match s.push_token(self.tokenizer.borrow(), t, logprobs, self.model.borrow_mut().context()) {
                     Ok((ev, finish)) => {
                         events.push((s.id, ev));
                         if let Some(reason) = finish {
@@ -267,7 +271,8 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
 
     /// What a planned chunk's rows ask for: nothing while recomputing known tokens, else the
     /// next token, drawn on the device with the request's own next draw, or logits for the
-    /// host when it needs the history (penalties) or the backend cannot sample.
+    /// host when it needs the history (penalties), the whole distribution (logprobs), or the
+    /// backend cannot sample. Only requests that ask pay for reading back a row of logits.
     fn row_want(&mut self, p: &Planned) -> RowWant {
         if !p.samples {
             return RowWant::None;
@@ -275,7 +280,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         let on_device = self.model().samples_on_device();
         let s = &mut self.running[p.seq];
         let sp = s.sampler.params().clone();
-        if sp.repetition_penalty != 1.0 || (sp.temperature > 0.0 && !on_device) {
+        if sp.needs_logits() || (sp.temperature > 0.0 && !on_device) {
             return RowWant::Logits;
         }
         if sp.temperature == 0.0 {

@@ -6,7 +6,7 @@ use web_time::Instant;
 
 use crate::generate::{FinishReason, GenerateParams};
 use crate::kv::Sequence;
-use crate::sampling::Sampler;
+use crate::sampling::{Sampler, TokenLogprobs};
 use crate::tokenizer::{Detokenizer, StopStrings, Tokenizer};
 use crate::Error;
 
@@ -17,8 +17,9 @@ pub type RequestId = u64;
 #[derive(Debug)]
 pub enum Event {
     /// A generated token and the text it completed (often empty; held back while it could be
-    /// part of a stop string or an incomplete character).
-    Token { id: u32, text: String },
+    /// part of a stop string or an incomplete character), with its log-probabilities when the
+    /// request asked for them ([`crate::sampling::SamplingParams::logprobs`]).
+    Token { id: u32, text: String, logprobs: Option<TokenLogprobs> },
     /// The end, with the text still held back (if any).
     Finished { reason: FinishReason, text: String, usage: Usage },
     /// The engine failed while running this request; its blocks are freed.
@@ -98,7 +99,7 @@ impl SeqState {
     }
 
     /// Takes a generated token: its events, and the finish reason if it ends the request.
-    pub fn push_token(&mut self, tok: &Tokenizer, id: u32, context: usize) -> crate::Result<(Event, Option<FinishReason>)> {
+    pub fn push_token(&mut self, tok: &Tokenizer, id: u32, logprobs: Option<TokenLogprobs>, context: usize) -> crate::Result<(Event, Option<FinishReason>)> {
         let now = Instant::now();
         if self.first_token.is_none() {
             self.first_token = Some(now);
@@ -107,7 +108,7 @@ impl SeqState {
         self.tokens.push(id);
         self.usage.generated_tokens = self.generated();
         if !self.params.ignore_eos && tok.eos_ids().contains(&id) {
-            return Ok((Event::Token { id, text: String::new() }, Some(FinishReason::Eos)));
+            return Ok((Event::Token { id, text: String::new(), logprobs }, Some(FinishReason::Eos)));
         }
         let piece = self.detok.push(tok, id)?;
         let (text, stopped) = self.stops.push(&piece);
@@ -121,7 +122,7 @@ impl SeqState {
         } else {
             None
         };
-        Ok((Event::Token { id, text }, finish))
+        Ok((Event::Token { id, text, logprobs }, finish))
     }
 
     /// The closing event: whatever text was held back (unless a stop string cut it), usage.

@@ -1,6 +1,7 @@
 """Drives a tandem server with the official `openai` Python client: completions and chat,
-streamed and not, greedy. Prints one JSON object with the texts, for tests/clients.rs to compare
-with tandem's own generation. Usage: openai_client.py BASE_URL MODEL"""
+streamed and not, greedy, with and without logprobs. Prints one JSON object with the texts and
+the logprobs as the client parsed them, for tests/clients.rs to compare with tandem's own
+generation. Usage: openai_client.py BASE_URL MODEL"""
 
 import json
 import sys
@@ -32,4 +33,40 @@ for chunk in stream:
         usage = chunk.usage.completion_tokens
 out["chat_stream"] = "".join(parts)
 out["chat_stream_usage"] = usage
+
+
+def completion_logprobs(lp):
+    return {"tokens": lp.tokens, "token_logprobs": lp.token_logprobs, "top_logprobs": lp.top_logprobs, "text_offset": lp.text_offset}
+
+
+def chat_logprobs(content):
+    return [
+        {"token": e.token, "logprob": e.logprob, "bytes": e.bytes, "top": [[t.token, t.logprob] for t in e.top_logprobs]}
+        for e in content
+    ]
+
+
+# Logprobs, parsed into the client's own types, streamed and not.
+c = client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0, logprobs=2)
+out["completion_logprobs"] = completion_logprobs(c.choices[0].logprobs)
+out["completion_logprobs_text"] = c.choices[0].text
+joined = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+stream = client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0, logprobs=2, stream=True)
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].logprobs:
+        for key, values in completion_logprobs(chunk.choices[0].logprobs).items():
+            joined[key] += values
+out["completion_logprobs_stream"] = joined
+
+r = client.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3)
+out["chat_logprobs"] = chat_logprobs(r.choices[0].logprobs.content)
+out["chat_logprobs_usage"] = r.usage.completion_tokens
+entries = []
+stream = client.chat.completions.create(
+    model=model, messages=messages, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3, stream=True
+)
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+        entries += chat_logprobs(chunk.choices[0].logprobs.content)
+out["chat_logprobs_stream"] = entries
 print(json.dumps(out))

@@ -13,8 +13,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tandem_core::generate::{generate, GenerateParams};
-use tandem_core::model::{Model, ModelOptions};
+use tandem_core::generate::{generate, GenerateParams, Generation};
+use tandem_core::model::{Model, ModelOptions, Output, Want};
 use tandem_core::sampling::SamplingParams;
 use tandem_core::scheduler::SchedulerConfig;
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
@@ -237,8 +237,30 @@ impl Reference {
 
     pub fn greedy_with(&mut self, prompt: &[u32], max_tokens: usize, ignore_eos: bool) -> (String, usize) {
         let params = GenerateParams { max_tokens, sampling: SamplingParams::default(), stop: vec![], ignore_eos };
-        let g = pollster::block_on(generate(&mut self.model, &self.tok, prompt, &params, &mut |_| {})).unwrap();
+        let g = self.generate(prompt, &params);
         (g.text, g.tokens.len())
+    }
+
+    pub fn generate(&mut self, prompt: &[u32], params: &GenerateParams) -> Generation {
+        pollster::block_on(generate(&mut self.model, &self.tok, prompt, params, &mut |_| {})).unwrap()
+    }
+
+    /// The raw logits ([vocab]) the model gives before each of `tokens` when they follow
+    /// `prompt`: the prompt in one step, then one decode step per token, as the scheduler runs
+    /// a request alone.
+    pub fn logits_before(&mut self, prompt: &[u32], tokens: &[u32]) -> Vec<Vec<f32>> {
+        let mut seq = self.model.new_sequence();
+        let mut out = vec![];
+        let mut feed = prompt.to_vec();
+        for &t in tokens {
+            match pollster::block_on(self.model.forward(&mut seq, &feed, Want::LastLogits)).unwrap() {
+                Output::Logits(l) => out.push(l),
+                Output::Token(_) => unreachable!("logits were asked for"),
+            }
+            feed = vec![t];
+        }
+        self.model.release(&mut seq);
+        out
     }
 
     /// A text prompt as the completions route encodes it (BOS first).
