@@ -453,6 +453,8 @@ fn attention_shapes(decode: bool) -> &'static [AttnShape] {
             ((8, 2, 64, 16), &[(300, 0)], false),
             ((8, 1, 8, 16), &[(77, 0)], false),
             ((4, 4, 64, 16), &[(129, 0)], false),
+            // GQA ratio 3 and contexts cut into several partitions by a split decode.
+            ((6, 2, 32, 16), &[(530, 0), (5, 0)], false),
             // Decodes of several sequences: ragged lengths, one shared prefix.
             ((8, 2, 8, 4), &[(50, 0), (3, 0), (17, 0), (1, 0)], false),
             ((4, 2, 64, 16), &[(40, 0), (70, 0), (33, 0)], true),

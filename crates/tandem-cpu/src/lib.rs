@@ -18,10 +18,12 @@
 
 use rayon::ThreadPool;
 use tandem_core::ops::Op;
+use team::Team;
 use tandem_core::{Backend, BufId, DType, Error, Result, Step};
 
 mod ops;
 mod table;
+mod team;
 
 use table::{Buffer, Table};
 
@@ -46,9 +48,9 @@ pub struct CpuBackend {
 pub(crate) struct Exec<'a> {
     /// Fast mode (`false` = the reference loops).
     pub fast: bool,
-    /// The threads to split parallel sections across; `None` = run them on the calling
+    /// The step's team to split parallel sections across; `None` = run them on the calling
     /// thread. Never `Some` in reference mode.
-    pub pool: Option<&'a ThreadPool>,
+    pub pool: Option<&'a Team>,
     /// AVX2, FMA and F16C were detected at run time, so the `avx2` builds of kernels may be
     /// called.
     pub avx2: bool,
@@ -57,13 +59,13 @@ pub(crate) struct Exec<'a> {
 impl Exec<'_> {
     /// Number of threads parallel sections run on (1 without a pool).
     pub fn threads(&self) -> usize {
-        self.pool.map_or(1, |p| p.current_num_threads())
+        self.pool.map_or(1, |p| p.threads())
     }
 
-    /// The pool, if an op touching about `work` elements is worth splitting. Handing an op to
-    /// the pool wakes a worker and puts the caller to sleep (microseconds each way), which is
-    /// longer than a decode step's elementwise ops take, so those run inline on the caller.
-    pub fn pool_for(&self, work: usize) -> Option<&ThreadPool> {
+    /// The team, if an op touching about `work` elements is worth splitting: even with the
+    /// helpers awake, a section costs a few cache-line round trips, longer than a decode
+    /// step's elementwise ops take, so those run inline on the caller.
+    pub fn pool_for(&self, work: usize) -> Option<&Team> {
         self.pool.filter(|_| work >= PAR_MIN_WORK)
     }
 
@@ -73,7 +75,7 @@ impl Exec<'_> {
         Exec { pool: self.pool.filter(|_| work >= PAR_MIN_WORK), ..self }
     }
 
-    /// `work(i, chunk)` over `out.chunks_mut(c)`: on the pool when there is one, else in
+    /// `work(i, chunk)` over `out.chunks_mut(c)`: across the team when there is one, else in
     /// order on the calling thread. Either way each chunk sees the same inputs, so the result
     /// does not depend on which.
     pub fn for_chunks<T, F>(&self, out: &mut [T], c: usize, work: F)
@@ -81,29 +83,24 @@ impl Exec<'_> {
         T: Send,
         F: Fn(usize, &mut [T]) + Sync + Send,
     {
-        use rayon::prelude::*;
-        let c = c.max(1);
         match self.pool {
-            // Par iterators only ever run inside our pool's install: outside it rayon would
-            // start its global pool.
-            Some(pool) => pool.install(|| {
-                out.par_chunks_mut(c)
-                    .enumerate()
-                    .for_each(|(i, o)| work(i, o))
-            }),
-            None => out.chunks_mut(c).enumerate().for_each(|(i, o)| work(i, o)),
+            Some(team) => ops::par_chunks_caller(team, team.threads(), out, c, work),
+            None => out.chunks_mut(c.max(1)).enumerate().for_each(|(i, o)| work(i, o)),
         }
     }
 
-    /// `(0..n).map(f).collect()`, on the pool when there is one (results in index order).
+    /// `(0..n).map(f).collect()`, across the team when there is one (results in index order).
     pub fn map_range<R, F>(&self, n: usize, f: F) -> Vec<R>
     where
         R: Send,
         F: Fn(usize) -> R + Sync + Send,
     {
-        use rayon::prelude::*;
         match self.pool {
-            Some(pool) => pool.install(|| (0..n).into_par_iter().map(f).collect()),
+            Some(team) => {
+                let mut slots: Vec<Option<R>> = (0..n).map(|_| None).collect();
+                ops::par_chunks_caller(team, team.threads(), &mut slots, 1, |i, s| s[0] = Some(f(i)));
+                slots.into_iter().map(|r| r.expect("every item ran")).collect()
+            }
             None => (0..n).map(f).collect(),
         }
     }
@@ -171,13 +168,8 @@ impl CpuBackend {
         self
     }
 
-    fn run_op(&mut self, op: &Op) -> Result<()> {
-        let ex = Exec {
-            fast: self.mode != CpuMode::Reference,
-            pool: self.pool.as_ref(),
-            avx2: self.avx2,
-        };
-        let t = &mut self.table;
+    fn run_op(table: &mut Table, ex: Exec, op: &Op) -> Result<()> {
+        let t = table;
         match op {
             Op::Embed(o) => ops::embed::run(t, ex, o),
             Op::RmsNorm(o) => ops::rms_norm::run(t, ex, o),
@@ -294,10 +286,17 @@ impl Backend for CpuBackend {
         for (buf, bytes) in &step.writes {
             self.write(*buf, bytes)?;
         }
-        for op in &step.ops {
-            self.run_op(op)?;
+        let (fast, avx2) = (self.mode != CpuMode::Reference, self.avx2);
+        let table = &mut self.table;
+        let mut run = |team: Option<&Team>| {
+            let ex = Exec { fast, pool: team, avx2 };
+            step.ops.iter().try_for_each(|op| Self::run_op(table, ex, op))
+        };
+        match &self.pool {
+            // One team for the whole step: its helpers stay awake from op to op.
+            Some(pool) => Team::with(pool, pool.current_num_threads(), |team| run(Some(team))),
+            None => run(None),
         }
-        Ok(())
     }
 
     async fn read(&mut self, buf: BufId, offset: usize, len: usize) -> Result<Vec<u8>> {

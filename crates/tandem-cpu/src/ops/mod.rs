@@ -52,65 +52,115 @@ pub(crate) fn hsum(acc: &[f32; LANES]) -> f32 {
     v[0]
 }
 
+/// Sum with `LANES` independent partial sums, added pairwise: a fixed order.
+#[inline(always)]
+pub(crate) fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let c = xs.chunks_exact(LANES);
+    let tail: f32 = c.remainder().iter().sum();
+    for x in c {
+        for l in 0..LANES {
+            acc[l] += x[l];
+        }
+    }
+    hsum(&acc) + tail
+}
+
+/// The largest element, NaNs ignored (as `f32::max` does); -inf for an empty slice. Lane-wise
+/// so it vectorizes: the maximum does not depend on the order anyway.
+#[inline(always)]
+pub(crate) fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let c = xs.chunks_exact(LANES);
+    let mut m = c.remainder().iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    for x in c {
+        for l in 0..LANES {
+            acc[l] = if x[l] > acc[l] { x[l] } else { acc[l] };
+        }
+    }
+    for a in acc {
+        m = m.max(a);
+    }
+    m
+}
+
+/// x = e^(x - m) for every element: softmax's numerator, vectorized (libm's `expf` is a call
+/// per element, and a long context's attention makes millions of them per token).
+#[inline(always)]
+pub(crate) fn exp_sub(xs: &mut [f32], m: f32) {
+    for x in xs {
+        *x = exp(*x - m);
+    }
+}
+
+/// e^x to within about 2 ulp, written so it vectorizes: Cody-Waite reduction x = n ln2 + r
+/// with |r| <= ln2/2, Cephes' degree-6 polynomial for e^r, and 2^n built in the exponent bits.
+/// Below -87.33 (where e^x leaves the normal range) it is 0; NaN stays NaN. Only used on
+/// arguments <= 0 (a score minus its maximum), so overflow needs no care beyond the clamp.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // Adding 1.5 * 2^23 rounds to an integer (the default rounding mode, to nearest) and
+    // leaves that integer in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.33, 88.7);
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    p = p * r * r + r + 1.0;
+    let ni = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    let scale = f32::from_bits((ni + 127).clamp(0, 255) as u32 * (1 << 23));
+    let e = p * scale;
+    if x < -87.33 {
+        0.0
+    } else if x.is_nan() {
+        x
+    } else {
+        e
+    }
+}
+
 /// Rows per parallel task: enough tasks to balance `threads` workers, not so few rows that
 /// scheduling dominates.
 pub(crate) fn chunk_rows(rows: usize, threads: usize, min: usize) -> usize {
     rows.div_ceil(threads.max(1) * 4).max(min).max(1)
 }
 
-/// Runs `work(i, chunk)` over `out.chunks_mut(c)` on the calling thread plus `threads - 1`
-/// pool workers, which claim chunks from a shared counter.
-///
-/// Why not `pool.install` + `par_chunks_mut`: install parks the caller while the workers
-/// run, so every call costs a wake-up each way; a decode step makes ~200 matvecs of tens of
-/// microseconds each, and on a busy machine those hand-offs were a good part of the step.
-/// Here the caller starts at once, a worker joins as soon as it wakes, and whoever is running
-/// takes the next chunk, so a descheduled thread cannot strand a fixed share of the rows. With
-/// one thread the pool is not touched at all.
-pub(crate) fn par_chunks_caller<F>(
-    pool: &rayon::ThreadPool,
-    threads: usize,
-    out: &mut [f32],
-    c: usize,
-    work: F,
-) where
-    F: Fn(usize, &mut [f32]) + Sync,
+/// Runs `work(i, chunk)` over `out.chunks_mut(c)` across the step's team (the calling thread
+/// included), each chunk claimed by whoever is free; see [`crate::team`].
+pub(crate) fn par_chunks_caller<T, F>(team: &crate::team::Team, threads: usize, out: &mut [T], c: usize, work: F)
+where
+    T: Send,
+    F: Fn(usize, &mut [T]) + Sync,
 {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let (len, c) = (out.len(), c.max(1));
     let chunks = len.div_ceil(c);
-    let next = AtomicUsize::new(0);
+    if threads <= 1 || chunks <= 1 {
+        return out.chunks_mut(c).enumerate().for_each(|(i, o)| work(i, o));
+    }
     let base = OutPtr(out.as_mut_ptr());
-    let run = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= chunks {
-            break;
-        }
+    team.run(chunks, &|i| {
         let (start, end) = (i * c, ((i + 1) * c).min(len));
-        // SAFETY: each index is claimed by exactly one thread, so the chunks are disjoint
-        // ranges of `out`, which stays mutably borrowed until every thread is done.
+        // SAFETY: each index is run exactly once, so the chunks are disjoint ranges of `out`,
+        // which stays mutably borrowed until every item is done.
         let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
         work(i, chunk);
-    };
-    let helpers = threads.saturating_sub(1).min(chunks.saturating_sub(1));
-    if helpers == 0 {
-        return run();
-    }
-    pool.in_place_scope(|s| {
-        for _ in 0..helpers {
-            s.spawn(|_| run());
-        }
-        run();
     });
 }
 
-/// The output's base pointer, shared by the threads of [`par_chunks_caller`]; a method, not
-/// the field, so closures capture the whole (Sync) wrapper.
-struct OutPtr(*mut f32);
-// SAFETY: only used to build disjoint chunks, see `par_chunks_caller`.
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn get(&self) -> *mut f32 {
+/// The output's base pointer, shared by the team in [`par_chunks_caller`]; a method, not the
+/// field, so closures capture the whole (Sync) wrapper.
+struct OutPtr<T>(*mut T);
+// SAFETY: only used to build disjoint chunks, see `par_chunks_caller`; T: Send is required there.
+unsafe impl<T: Send> Sync for OutPtr<T> {}
+impl<T> OutPtr<T> {
+    fn get(&self) -> *mut T {
         self.0
     }
 }

@@ -1,0 +1,134 @@
+//! Decode rows: one query per sequence, over its whole context.
+//!
+//! A work unit is (row, KV head, partition of `PART` positions). It scores its positions for
+//! every query head of the KV head's group, so each K and V vector is read once for the group,
+//! exponentiates against its own maximum and sums V weighted by those. A row's units are then
+//! merged in partition order, each rescaled to the row's maximum (flash-decoding). The
+//! partitions are fixed cuts of the positions, so a row's arithmetic depends on its context
+//! length only, never on the batch or the thread count, and one long context still spreads
+//! over every thread.
+
+use std::cell::RefCell;
+
+use super::{axpy, Geom, KvElem, Rows};
+use crate::ops::{dot, exp_sub, max, par_chunks_caller, sum};
+use crate::Exec;
+
+/// Positions per work unit.
+const PART: usize = 256;
+
+thread_local! {
+    /// A unit's scores ([group][PART]) and, for an f16 cache, one widened vector.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// q: [decode rows, heads, head_dim]; out: the same.
+pub(super) fn run<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Rows, out: &mut [f32], g: Geom) {
+    let (hd, group) = (g.hd, g.heads / g.kv_heads);
+    let parts = |i: usize| (rows.pos(i) + 1).div_ceil(PART);
+    let mut units = Vec::new();
+    for i in 0..rows.decode {
+        for kvh in 0..g.kv_heads {
+            units.extend((0..parts(i)).map(|p| (i, kvh, p * PART)));
+        }
+    }
+    // Per unit and query head of its group: [max, sum, acc[head_dim]].
+    let stride = group * (hd + 2);
+    let mut partials = vec![0f32; units.len() * stride];
+    let unit = |u: usize, part: &mut [f32]| {
+        let (i, kvh, t0) = units[u];
+        let t1 = (t0 + PART).min(rows.pos(i) + 1);
+        let qs = &q[(i * g.heads + kvh * group) * hd..(i * g.heads + (kvh + 1) * group) * hd];
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.resize(group * PART + hd, 0.0);
+            let args = (qs, ck, cv, rows.table(i), t0..t1, kvh, g);
+            #[cfg(target_arch = "x86_64")]
+            if ex.avx2 {
+                // SAFETY: `ex.avx2` is true only when AVX2 and FMA were detected at run time.
+                return unsafe { score_part_avx2(args, scratch, part) };
+            }
+            score_part(args, scratch, part)
+        });
+    };
+    let work: usize = (0..rows.decode).map(|i| rows.pos(i) + 1).sum::<usize>() * g.heads * hd;
+    match ex.pool_for(work) {
+        Some(pool) => par_chunks_caller(pool, ex.threads(), &mut partials, stride, unit),
+        // A short context's decode step is over before a worker would wake.
+        None => partials.chunks_mut(stride).enumerate().for_each(|(u, p)| unit(u, p)),
+    }
+    let mut u = 0;
+    for i in 0..rows.decode {
+        let n = parts(i);
+        for kvh in 0..g.kv_heads {
+            for gi in 0..group {
+                let o = &mut out[(i * g.heads + kvh * group + gi) * hd..][..hd];
+                let at = |k: usize| &partials[(u + k) * stride + gi * (hd + 2)..][..hd + 2];
+                merge((0..n).map(at), o);
+            }
+            u += n;
+        }
+    }
+}
+
+/// out = sum_k acc_k e^(max_k - M) / sum_k sum_k e^(max_k - M), M the largest max_k. With one
+/// partition that is acc / sum exactly (e^0 = 1).
+fn merge<'a>(parts: impl Iterator<Item = &'a [f32]> + Clone, out: &mut [f32]) {
+    let m = parts.clone().fold(f32::NEG_INFINITY, |m, p| m.max(p[0]));
+    let mut total = 0f32;
+    out.fill(0.0);
+    for p in parts {
+        let c = (p[0] - m).exp();
+        total += p[1] * c;
+        axpy(out, c, &p[2..]);
+    }
+    let inv = 1.0 / total;
+    for o in out {
+        *o *= inv;
+    }
+}
+
+/// The arguments of [`score_part`] that say what to score.
+type Part<'a, T> = (&'a [f32], &'a [T], &'a [T], &'a [u32], std::ops::Range<usize>, usize, Geom);
+
+/// [`score_part`] compiled for AVX2 + FMA: a function of its own, since a closure would be
+/// compiled for the baseline whatever calls it.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn score_part_avx2<T: KvElem>(args: Part<T>, scratch: &mut [f32], part: &mut [f32]) {
+    score_part(args, scratch, part)
+}
+
+/// Positions `ts` of KV head `kvh` for the query heads `qs` ([group][head_dim]); writes each
+/// head's [max, sum, unnormalized output] into `part`. scratch: [group * PART + head_dim].
+#[inline(always)]
+fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], part: &mut [f32]) {
+    let (qs, ck, cv, table, ts, kvh, g) = args;
+    let (hd, len) = (g.hd, ts.len());
+    let group = qs.len() / hd;
+    let (scores, buf) = scratch.split_at_mut(group * PART);
+    for (j, t) in ts.clone().enumerate() {
+        let off = g.kv_at(table, t, kvh);
+        let k = T::row(&ck[off..off + hd], buf);
+        for (gi, qv) in qs.chunks_exact(hd).enumerate() {
+            scores[gi * PART + j] = dot(qv, k) * g.scale;
+        }
+    }
+    for (gi, p) in part.chunks_exact_mut(hd + 2).enumerate() {
+        let s = &mut scores[gi * PART..gi * PART + len];
+        let m = max(s);
+        exp_sub(s, m);
+        p[0] = m;
+        p[1] = sum(s);
+        p[2..].fill(0.0);
+    }
+    for (j, t) in ts.enumerate() {
+        let off = g.kv_at(table, t, kvh);
+        let v = T::row(&cv[off..off + hd], buf);
+        for (gi, p) in part.chunks_exact_mut(hd + 2).enumerate() {
+            axpy(&mut p[2..], scores[gi * PART + j], v);
+        }
+    }
+}

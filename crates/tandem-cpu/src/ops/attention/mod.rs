@@ -1,0 +1,187 @@
+//! Causal grouped-query attention for a ragged batch of queries, each over its own
+//! sequence's paged KV cache.
+//!
+//! Query i sits at position p = positions[i] and attends to positions 0..=p; position t lives
+//! in cache row table[t / block_size] * block_size + t % block_size of the query's own table
+//! (tables[table_starts[i]..]). Only rows of the context are ever read, so poison elsewhere in
+//! the cache cannot leak.
+//!
+//! Fast mode (decode.rs, prefill.rs) works per KV head: the query heads that share a KV head
+//! (grouped-query attention) are scored together, so each K and V vector is read once per
+//! step, not once per query head. A row's arithmetic depends on its own position only, never
+//! on what else is in the batch (see each file).
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use tandem_core::ops::Attention;
+use tandem_core::{DType, Result};
+
+use crate::table::{numel, Table};
+use crate::Exec;
+
+mod decode;
+mod prefill;
+
+const OP: &str = "attention";
+
+pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
+    op.check_shape()?;
+    let len = numel(OP, &[op.n, op.heads, op.head_dim])?;
+    let block_elems = numel(OP, &[op.block_size, op.kv_heads, op.head_dim])?;
+    t.with_output(OP, "out", op.out, DType::F32, len, |t, out| {
+        let q = &t.input(OP, "q", op.q, DType::F32, len)?.f32()[..len];
+        let ck = t.input(OP, "cache_k", op.cache_k, op.kv_dtype, 0)?;
+        let cv = t.input(OP, "cache_v", op.cache_v, op.kv_dtype, 0)?;
+        let positions = &t.input(OP, "positions", op.positions, DType::U32, op.n)?.u32()[..op.n];
+        let starts = &t.input(OP, "table_starts", op.table_starts, DType::U32, op.n)?.u32()[..op.n];
+        let tables = &t.input(OP, "tables", op.tables, DType::U32, op.tables_len)?.u32()[..op.tables_len];
+        if len == 0 {
+            return Ok(());
+        }
+        let num_blocks = ck.numel.min(cv.numel) / block_elems;
+        op.check_rows(positions, starts, tables, num_blocks)?;
+        let g = Geom::new(op);
+        let rows = Rows { positions, starts, tables, decode: op.decode_rows };
+        let out = &mut out.f32_mut()[..len];
+        match (op.kv_dtype, ex.fast) {
+            (DType::F32, false) => reference(q, ck.f32(), cv.f32(), &rows, out, g),
+            (_, false) => reference(q, ck.f16(), cv.f16(), &rows, out, g),
+            (DType::F32, true) => fast(ex, q, ck.f32(), cv.f32(), &rows, out, g),
+            (_, true) => fast(ex, q, ck.f16(), cv.f16(), &rows, out, g),
+        }
+        Ok(())
+    })
+}
+
+/// The queries' positions and block tables.
+pub(crate) struct Rows<'a> {
+    positions: &'a [u32],
+    starts: &'a [u32],
+    tables: &'a [u32],
+    /// Rows 0..decode are decodes.
+    decode: usize,
+}
+
+impl Rows<'_> {
+    #[inline(always)]
+    fn pos(&self, i: usize) -> usize {
+        self.positions[i] as usize
+    }
+    /// Query i's block table (from its start; entries past its context are never read).
+    #[inline(always)]
+    fn table(&self, i: usize) -> &[u32] {
+        &self.tables[self.starts[i] as usize..]
+    }
+}
+
+/// A cache element type: f32, or f16 widened to f32 on load.
+pub(crate) trait KvElem: Copy + Sync {
+    fn to_f32(self) -> f32;
+    /// `src` as f32: itself for an f32 cache (no copy), else widened into `buf`.
+    fn row<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn row<'a>(src: &'a [f32], _: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+}
+
+impl KvElem for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn row<'a>(src: &'a [f16], buf: &'a mut [f32]) -> &'a [f32] {
+        let buf = &mut buf[..src.len()];
+        src.convert_to_f32_slice(buf);
+        buf
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Geom {
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    bs: usize,
+    scale: f32,
+}
+
+impl Geom {
+    fn new(op: &Attention) -> Self {
+        Geom { heads: op.heads, kv_heads: op.kv_heads, hd: op.head_dim, bs: op.block_size, scale: op.scale }
+    }
+    /// Offset of position t's vector for kv head `kvh` in a cache.
+    #[inline(always)]
+    fn kv_at(&self, table: &[u32], t: usize, kvh: usize) -> usize {
+        let row = table[t / self.bs] as usize * self.bs + t % self.bs;
+        (row * self.kv_heads + kvh) * self.hd
+    }
+    /// The kv head read by query head h (never a materialized copy per query head).
+    #[inline(always)]
+    fn kv_head(&self, h: usize) -> usize {
+        h / (self.heads / self.kv_heads)
+    }
+}
+
+/// q, out: [n, heads, head_dim]; ck, cv: [num_blocks, block_size, kv_heads, head_dim].
+pub(crate) fn reference<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], rows: &Rows, out: &mut [f32], g: Geom) {
+    let hd = g.hd;
+    for i in 0..rows.positions.len() {
+        let (pos, table) = (rows.pos(i), rows.table(i));
+        let mut scores = vec![0f32; pos + 1];
+        for h in 0..g.heads {
+            let kvh = g.kv_head(h);
+            let qv = &q[(i * g.heads + h) * hd..(i * g.heads + h + 1) * hd];
+            for t in 0..=pos {
+                let off = g.kv_at(table, t, kvh);
+                let mut s = 0f32;
+                for d in 0..hd {
+                    s += qv[d] * ck[off + d].to_f32();
+                }
+                scores[t] = s * g.scale;
+            }
+            let max = scores.iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
+            let mut sum = 0f32;
+            for s in &mut scores {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let o = &mut out[(i * g.heads + h) * hd..(i * g.heads + h + 1) * hd];
+            o.fill(0.0);
+            for t in 0..=pos {
+                let p = scores[t] / sum;
+                let off = g.kv_at(table, t, kvh);
+                for d in 0..hd {
+                    o[d] += p * cv[off + d].to_f32();
+                }
+            }
+        }
+    }
+}
+
+/// Decode rows, then prompt rows (each kind in its own file).
+fn fast<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Rows, out: &mut [f32], g: Geom) {
+    let (dec_out, pre_out) = out.split_at_mut(rows.decode * g.heads * g.hd);
+    if rows.decode > 0 {
+        decode::run(ex, q, ck, cv, rows, dec_out, g);
+    }
+    if rows.decode < rows.positions.len() {
+        prefill::run(ex, q, ck, cv, rows, pre_out, g);
+    }
+}
+
+/// y += a * x.
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}

@@ -1,0 +1,128 @@
+//! Prompt rows, FlashAttention-style. A work unit is (KV head, tile of up to `BQ` queries of
+//! one sequence): K and V come in tiles of `BT` positions, read once for the tile's queries
+//! and every query head of the group, and each (query, head) keeps a running max, a running
+//! sum and an accumulator rescaled whenever the max grows. The position tiles start at 0 in
+//! steps of `BT` whatever the query tile, so a row's arithmetic depends on its position only.
+
+use super::{axpy, Geom, KvElem, Rows};
+use crate::ops::{dot, exp_sub, max, sum};
+use crate::Exec;
+
+/// Queries per work unit: they share each K/V tile.
+const BQ: usize = 8;
+/// Positions per K/V tile.
+const BT: usize = 32;
+
+/// q: all rows [n, heads, head_dim]; out: the prompt rows' outputs [n - decode, heads, head_dim].
+pub(super) fn run<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Rows, out: &mut [f32], g: Geom) {
+    let (hd, d, n) = (g.hd, rows.decode, rows.positions.len());
+    let group = g.heads / g.kv_heads;
+    // Runs of one sequence's queries (same table start, increasing positions), cut into tiles.
+    let mut tiles = vec![];
+    let mut i = d;
+    while i < n {
+        let mut j = i + 1;
+        while j < n && j - i < BQ && rows.starts[j] == rows.starts[i] && rows.positions[j] > rows.positions[j - 1] {
+            j += 1;
+        }
+        tiles.push((i, j));
+        i = j;
+    }
+    let work: usize = (d..n).map(|i| rows.pos(i) + 1).sum::<usize>() * g.heads * hd;
+    let ex = ex.sized(work);
+    let parts: Vec<Vec<f32>> = ex.map_range(g.kv_heads * tiles.len(), |u| {
+        let (kvh, (i0, i1)) = (u / tiles.len(), tiles[u % tiles.len()]);
+        // [query, head of the group, head_dim]
+        let mut acc = vec![0f32; (i1 - i0) * group * hd];
+        #[cfg(target_arch = "x86_64")]
+        if ex.avx2 {
+            // SAFETY: `ex.avx2` is true only when AVX2 and FMA were detected at run time.
+            unsafe { unit_avx2(q, ck, cv, rows, g, kvh, i0, &mut acc) };
+            return acc;
+        }
+        unit(q, ck, cv, rows, g, kvh, i0, &mut acc);
+        acc
+    });
+    for (u, acc) in parts.iter().enumerate() {
+        let (kvh, (i0, _)) = (u / tiles.len(), tiles[u % tiles.len()]);
+        for (r, heads) in acc.chunks_exact(group * hd).enumerate() {
+            let at = ((i0 + r - d) * g.heads + kvh * group) * hd;
+            out[at..at + group * hd].copy_from_slice(heads);
+        }
+    }
+}
+
+/// [`unit`] compiled for AVX2 + FMA (a closure would be compiled for the baseline).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn unit_avx2<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows, g: Geom, kvh: usize, i0: usize, acc: &mut [f32]) {
+    unit(q, ck, cv, qrows, g, kvh, i0, acc)
+}
+
+/// Queries i0.. (acc.len() / (group * head_dim) of them, one sequence's, in increasing
+/// positions) for the query heads of KV head `kvh`. acc: [rows, group, head_dim].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn unit<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows, g: Geom, kvh: usize, i0: usize, acc: &mut [f32]) {
+    let (hd, group) = (g.hd, g.heads / g.kv_heads);
+    let rows = acc.len() / (group * hd);
+    let table = qrows.table(i0);
+    let last = qrows.pos(i0 + rows - 1);
+    let mut run_max = vec![f32::NEG_INFINITY; rows * group];
+    let mut run_sum = vec![0f32; rows * group];
+    let mut kbuf = vec![0f32; BT * hd];
+    let mut vbuf = vec![0f32; BT * hd];
+    let mut s = [0f32; BT];
+    acc.fill(0.0);
+    for t0 in (0..=last).step_by(BT) {
+        let t1 = (t0 + BT).min(last + 1);
+        let mut ks: [&[f32]; BT] = [&[]; BT];
+        let mut vs: [&[f32]; BT] = [&[]; BT];
+        let bufs = kbuf.chunks_exact_mut(hd).zip(vbuf.chunks_exact_mut(hd));
+        for ((j, (kb, vb)), t) in bufs.enumerate().zip(t0..t1) {
+            let off = g.kv_at(table, t, kvh);
+            ks[j] = T::row(&ck[off..off + hd], kb);
+            vs[j] = T::row(&cv[off..off + hd], vb);
+        }
+        for r in 0..rows {
+            let pos = qrows.pos(i0 + r);
+            if pos < t0 {
+                continue; // the whole tile is in this query's future
+            }
+            let cnt = (pos + 1).min(t1) - t0;
+            for gi in 0..group {
+                let h = kvh * group + gi;
+                let qv = &q[((i0 + r) * g.heads + h) * hd..][..hd];
+                for j in 0..cnt {
+                    s[j] = dot(qv, ks[j]) * g.scale;
+                }
+                let (rm, rs) = (&mut run_max[r * group + gi], &mut run_sum[r * group + gi]);
+                let new_max = rm.max(max(&s[..cnt]));
+                let a = &mut acc[(r * group + gi) * hd..][..hd];
+                if new_max > *rm && *rm != f32::NEG_INFINITY {
+                    let corr = (*rm - new_max).exp();
+                    *rs *= corr;
+                    for v in a.iter_mut() {
+                        *v *= corr;
+                    }
+                }
+                *rm = new_max;
+                exp_sub(&mut s[..cnt], new_max);
+                *rs += sum(&s[..cnt]);
+                for j in 0..cnt {
+                    axpy(a, s[j], vs[j]);
+                }
+            }
+        }
+    }
+    for (a, rs) in acc.chunks_exact_mut(hd).zip(&run_sum) {
+        let inv = 1.0 / rs;
+        for v in a {
+            *v *= inv;
+        }
+    }
+}
