@@ -59,7 +59,9 @@ async def one(client, model, prompt, max_tokens, stats):
                 tokens = chunk.usage.completion_tokens
         stats["tokens"] += tokens
     except Exception as e:  # a failed request is counted, and the run goes on
-        stats["errors"].append(repr(e)[:200])
+        # The client wraps transport failures ("Connection error."): keep what lies beneath.
+        cause = f" from {e.__cause__!r}" if e.__cause__ is not None else ""
+        stats["errors"].append((repr(e) + cause)[:300])
 
 
 async def main():
@@ -73,10 +75,21 @@ async def main():
     ap.add_argument("--min-prompt", type=int, default=8, help="words; prompts have 1x..10x")
     ap.add_argument("--min-output", type=int, default=8, help="tokens; outputs have 1x..10x")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-keepalive", action="store_true",
+                    help="a new connection per request: some servers (llama-server) close kept-alive "
+                         "connections in a way that races their reuse, failing a request now and then")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    client = AsyncOpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=600)
+    http_client = None
+    if args.no_keepalive:
+        from openai import DefaultAsyncHttpxClient
+        try:  # the openai package's own transport: httpx, renamed httpx2 in newer releases
+            import httpx2 as httpx
+        except ImportError:
+            import httpx
+        http_client = DefaultAsyncHttpxClient(limits=httpx.Limits(max_keepalive_connections=0), timeout=600)
+    client = AsyncOpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=600, http_client=http_client)
     model = args.model or (await client.models.list()).data[0].id
     reqs = workload(args.requests, args.min_prompt, args.min_output, args.seed)
     stats = {"ttft": [], "itl": [], "tokens": 0, "errors": []}
