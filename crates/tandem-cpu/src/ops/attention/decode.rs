@@ -15,7 +15,7 @@ use crate::ops::{dot, exp_sub, max, par_chunks_caller, sum};
 use crate::Exec;
 
 /// Positions per work unit.
-const PART: usize = 256;
+pub(super) const PART: usize = 256;
 
 thread_local! {
     /// A unit's scores ([group][PART]) and, for an f16 cache, one widened vector.
@@ -43,9 +43,9 @@ pub(super) fn run<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Row
             scratch.resize(group * PART + hd, 0.0);
             let args = (qs, ck, cv, rows.table(i), t0..t1, kvh, g);
             #[cfg(target_arch = "x86_64")]
-            if ex.avx2 {
-                // SAFETY: `ex.avx2` is true only when AVX2 and FMA were detected at run time.
-                return unsafe { score_part_avx2(args, scratch, part) };
+            if ex.avx2 && hd % 8 == 0 {
+                // SAFETY: `ex.avx2` is true only when AVX2, FMA and F16C were detected.
+                return unsafe { super::decode_avx2::score_part(args, scratch, part) };
             }
             score_part(args, scratch, part)
         });
@@ -88,18 +88,7 @@ fn merge<'a>(parts: impl Iterator<Item = &'a [f32]> + Clone, out: &mut [f32]) {
 }
 
 /// The arguments of [`score_part`] that say what to score.
-type Part<'a, T> = (&'a [f32], &'a [T], &'a [T], &'a [u32], std::ops::Range<usize>, usize, Geom);
-
-/// [`score_part`] compiled for AVX2 + FMA: a function of its own, since a closure would be
-/// compiled for the baseline whatever calls it.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn score_part_avx2<T: KvElem>(args: Part<T>, scratch: &mut [f32], part: &mut [f32]) {
-    score_part(args, scratch, part)
-}
+pub(super) type Part<'a, T> = (&'a [f32], &'a [T], &'a [T], &'a [u32], std::ops::Range<usize>, usize, Geom);
 
 /// Positions `ts` of KV head `kvh` for the query heads `qs` ([group][head_dim]); writes each
 /// head's [max, sum, unnormalized output] into `part`. scratch: [group * PART + head_dim].

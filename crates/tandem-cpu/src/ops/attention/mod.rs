@@ -20,6 +20,8 @@ use crate::table::{numel, Table};
 use crate::Exec;
 
 mod decode;
+#[cfg(target_arch = "x86_64")]
+mod decode_avx2;
 mod prefill;
 
 const OP: &str = "attention";
@@ -76,12 +78,15 @@ impl Rows<'_> {
 
 /// A cache element type: f32, or f16 widened to f32 on load.
 pub(crate) trait KvElem: Copy + Sync {
+    /// Stored as f16 (else f32): what the AVX2 kernels load.
+    const F16: bool;
     fn to_f32(self) -> f32;
     /// `src` as f32: itself for an f32 cache (no copy), else widened into `buf`.
     fn row<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
 }
 
 impl KvElem for f32 {
+    const F16: bool = false;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -93,6 +98,7 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
+    const F16: bool = true;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
