@@ -101,3 +101,50 @@ pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], p
         }
     }
 }
+
+/// dot(a, b) for a.len() == b.len() == head_dim, head_dim % 8 == 0: the prompt kernel's
+/// scores.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; both slices hold a multiple of 8 elements.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    // SAFETY: reads below n, 8 at a time (n % 8 == 0 by contract).
+    unsafe {
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut c = 0;
+        while c + 16 <= n {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(c)), _mm256_loadu_ps(b.as_ptr().add(c)), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(c + 8)), _mm256_loadu_ps(b.as_ptr().add(c + 8)), a1);
+            c += 16;
+        }
+        if c + 8 <= n {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(c)), _mm256_loadu_ps(b.as_ptr().add(c)), a0);
+        }
+        hsum(_mm256_add_ps(a0, a1))
+    }
+}
+
+/// acc += sum_j e[j] * vs[j], one 8-lane column of acc at a time held in a register: the
+/// prompt kernel's weighted sum of a tile of V.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; acc and every vs[j] hold acc.len() % 8 == 0 elements.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn axpy_tile(acc: &mut [f32], e: &[f32], vs: &[&[f32]]) {
+    let hd = acc.len();
+    assert!(hd % 8 == 0 && vs.len() >= e.len() && vs.iter().take(e.len()).all(|v| v.len() >= hd));
+    for c in (0..hd).step_by(8) {
+        // SAFETY: c + 8 <= hd, checked above for acc and every row read.
+        unsafe {
+            let mut a = _mm256_loadu_ps(acc.as_ptr().add(c));
+            for (v, ej) in vs.iter().zip(e) {
+                a = _mm256_fmadd_ps(_mm256_broadcast_ss(ej), _mm256_loadu_ps(v.as_ptr().add(c)), a);
+            }
+            _mm256_storeu_ps(acc.as_mut_ptr().add(c), a);
+        }
+    }
+}

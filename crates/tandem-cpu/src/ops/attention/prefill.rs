@@ -40,7 +40,7 @@ pub(super) fn run<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Row
             unsafe { unit_avx2(q, ck, cv, rows, g, kvh, i0, &mut acc) };
             return acc;
         }
-        unit(q, ck, cv, rows, g, kvh, i0, &mut acc);
+        unit::<T, false>(q, ck, cv, rows, g, kvh, i0, &mut acc);
         acc
     });
     for (u, acc) in parts.iter().enumerate() {
@@ -60,14 +60,19 @@ pub(super) fn run<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Row
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn unit_avx2<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows, g: Geom, kvh: usize, i0: usize, acc: &mut [f32]) {
-    unit(q, ck, cv, qrows, g, kvh, i0, acc)
+    if g.hd % 8 == 0 {
+        unit::<T, true>(q, ck, cv, qrows, g, kvh, i0, acc)
+    } else {
+        unit::<T, false>(q, ck, cv, qrows, g, kvh, i0, acc)
+    }
 }
 
 /// Queries i0.. (acc.len() / (group * head_dim) of them, one sequence's, in increasing
-/// positions) for the query heads of KV head `kvh`. acc: [rows, group, head_dim].
+/// positions) for the query heads of KV head `kvh`. acc: [rows, group, head_dim]. `AVX`: use
+/// the hand-written AVX2 dot and V sums (only inside [`unit_avx2`], with head_dim % 8 == 0).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn unit<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows, g: Geom, kvh: usize, i0: usize, acc: &mut [f32]) {
+fn unit<T: KvElem, const AVX: bool>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows, g: Geom, kvh: usize, i0: usize, acc: &mut [f32]) {
     let (hd, group) = (g.hd, g.heads / g.kv_heads);
     let rows = acc.len() / (group * hd);
     let table = qrows.table(i0);
@@ -98,7 +103,7 @@ fn unit<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows, g: Geom, kvh: us
                 let h = kvh * group + gi;
                 let qv = &q[((i0 + r) * g.heads + h) * hd..][..hd];
                 for j in 0..cnt {
-                    s[j] = dot(qv, ks[j]) * g.scale;
+                    s[j] = kdot::<AVX>(qv, ks[j]) * g.scale;
                 }
                 let (rm, rs) = (&mut run_max[r * group + gi], &mut run_sum[r * group + gi]);
                 let new_max = rm.max(max(&s[..cnt]));
@@ -113,6 +118,12 @@ fn unit<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows, g: Geom, kvh: us
                 *rm = new_max;
                 exp_sub(&mut s[..cnt], new_max);
                 *rs += sum(&s[..cnt]);
+                #[cfg(target_arch = "x86_64")]
+                if AVX {
+                    // SAFETY: AVX is only true inside `unit_avx2`, with head_dim % 8 == 0.
+                    unsafe { super::decode_avx2::axpy_tile(a, &s[..cnt], &vs[..cnt]) };
+                    continue;
+                }
                 for j in 0..cnt {
                     axpy(a, s[j], vs[j]);
                 }
@@ -125,4 +136,15 @@ fn unit<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows, g: Geom, kvh: us
             *v *= inv;
         }
     }
+}
+
+/// q . k: by hand with AVX2 when `AVX` (see [`unit`]), else the portable lane loop.
+#[inline(always)]
+fn kdot<const AVX: bool>(q: &[f32], k: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: AVX is only true inside `unit_avx2`, with head_dim % 8 == 0.
+        return unsafe { super::decode_avx2::dot(q, k) };
+    }
+    dot(q, k)
 }
