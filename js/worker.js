@@ -14,6 +14,19 @@ let ready = null;
 let wasm = null;
 let engine = null;
 
+/**
+ * A module of one function that uses a SIMD instruction (i8x16.popcnt): it validates only where
+ * WebAssembly SIMD is supported. The engine is built with SIMD (its CPU fallback's kernels use
+ * it), so without it the engine cannot compile at all; this says why, instead of a CompileError.
+ */
+const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11]);
+
+function checkSimd() {
+  if (!WebAssembly.validate(SIMD_PROBE)) {
+    throw new Error('this browser lacks WebAssembly SIMD (simd128), which tandem needs: use Chrome or Edge 91+, Firefox 89+ or Safari 16.4+');
+  }
+}
+
 /** The most bytes pushed into the engine at once (an ArrayBuffer input is cut into these). */
 const CHUNK = 8 << 20;
 
@@ -151,6 +164,7 @@ async function adapterName(info) {
 
 async function load(id, source, options) {
   const progress = (p) => post({ type: 'progress', id, progress: p });
+  checkSimd();
   ready ??= init();
   wasm = await ready;
   if (!(source.url || source.urls || source.files)) throw new Error('the source must be { url }, { urls } or { files }');

@@ -1,9 +1,11 @@
-//! The shared conformance cases (`tandem-tests`) in the page: the WebGPU backend against the
-//! CPU reference, compared exactly as the native harness compares them. Built only with
-//! `--features conformance` (scripts/build-conformance.sh), for tests/browser/conformance.test.mjs.
+//! The shared conformance cases (`tandem-tests`) in the page: the WebGPU backend and the CPU
+//! fallback (fast mode, simd128) against the CPU reference, compared exactly as the native
+//! harness compares them. Built only with `--features conformance` (scripts/build-conformance.sh),
+//! for tests/browser/conformance.test.mjs and tests/browser/cpu-fallback.test.mjs.
 
 use tandem_core::Backend;
-use tandem_tests::check_backend_op;
+use tandem_cpu::CpuBackend;
+use tandem_tests::{check_backend_op, check_batch_invariance};
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
 use wasm_bindgen::prelude::*;
 
@@ -16,6 +18,29 @@ pub async fn run_conformance(op: String, filter: Option<String>) -> Result<Strin
     let mut backend = WgpuBackend::new(WgpuOptions::default())
         .await
         .map_err(|e| JsError::new(&format!("WebGPU backend: {e}")))?;
+    check(&mut backend, op, filter).await
+}
+
+/// [`run_conformance`] on the browser's CPU fallback: the CPU backend's fast mode on one
+/// thread, whose simd128 kernels exist only in the wasm build, so only the page tests them.
+#[wasm_bindgen]
+pub async fn run_conformance_cpu(op: String, filter: Option<String>) -> Result<String, JsError> {
+    let mut backend = CpuBackend::fast(1).map_err(|e| JsError::new(&format!("CPU backend: {e}")))?;
+    check(&mut backend, op, filter).await
+}
+
+/// Batch invariance of `op` ("matmul" or "attention") on the browser's CPU fallback: every
+/// request's rows inside a batch equal, bit for bit, its rows alone. Resolves to
+/// `{"op","backend","batches"}`; rejects with every difference listed.
+#[wasm_bindgen]
+pub async fn run_invariance_cpu(op: String) -> Result<String, JsError> {
+    let mut backend = CpuBackend::fast(1).map_err(|e| JsError::new(&format!("CPU backend: {e}")))?;
+    let name = backend.name().to_string();
+    let batches = check_batch_invariance(&mut backend, &op).await.map_err(|e| JsError::new(&e))?;
+    Ok(format!("{{\"op\":\"{op}\",\"backend\":\"{name}\",\"batches\":{batches}}}"))
+}
+
+async fn check<B: Backend>(backend: &mut B, op: String, filter: Option<String>) -> Result<String, JsError> {
     let name = backend.name().to_string();
     let wanted: Vec<String> = filter
         .as_deref()
@@ -26,7 +51,7 @@ pub async fn run_conformance(op: String, filter: Option<String>) -> Result<Strin
         .map(str::to_string)
         .collect();
     let keep = |case: &str| wanted.is_empty() || wanted.iter().any(|w| case.contains(w.as_str()));
-    let summary = check_backend_op(&mut backend, "browser", &op, keep)
+    let summary = check_backend_op(backend, "browser", &op, keep)
         .await
         .map_err(|e| JsError::new(&e))?;
     Ok(format!(

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod session;
+pub mod warm;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 #[cfg(all(target_arch = "wasm32", feature = "conformance"))]

@@ -165,7 +165,11 @@ impl Loader {
         if kv_tokens == 0 {
             return Err(js_error("kvTokens must be at least 1"));
         }
-        let (backend, info) = choose_backend(&opts).await?;
+        let (mut backend, info) = choose_backend(&opts).await?;
+        if let WebBackend::Cpu(cpu) = &mut backend {
+            // Only speed depends on it (see `warm`): a failure here would fail the load later.
+            let _ = crate::warm::warm_up(cpu);
+        }
         let model_opts = ModelOptions { context, kv_blocks: Some(kv_tokens.div_ceil(defaults.block_size)), ..defaults };
         Ok(Loader { stream: ModelStream::new(backend, &model_opts), backend: info, on_progress, reported: 0, scratch: Vec::new(), max_seqs })
     }

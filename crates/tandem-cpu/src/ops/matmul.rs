@@ -25,7 +25,12 @@
 mod bf16;
 #[cfg(target_arch = "x86_64")]
 mod decode_avx2;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod decode_simd128;
+#[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
 mod prefill;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod prefill_simd128;
 
 use half::slice::HalfFloatSliceExt;
 use tandem_core::dtype::bf16_to_f32;
@@ -62,6 +67,9 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
                 let (od, op_) = out.split_at_mut(d * m);
                 decode(ex, xd, w, bias, od, d, k, m);
                 if n > d && m > 0 {
+                    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                    prefill_simd128::prefill(ex, xp, w, bias, op_, n - d, k, m);
+                    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
                     prefill::prefill(ex, xp, w, bias, op_, n - d, k, m);
                 }
             }
@@ -120,6 +128,11 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
         #[cfg(target_arch = "x86_64")]
         if let (true, Weight::Q(q)) = (ex.avx2 && k % QBLOCK == 0 && k > 0, w) {
             quant_batch(q, x, &preps, bias, k, r0, &mut local);
+            return (r0, local);
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if let (true, Weight::Q(q)) = (k % QBLOCK == 0 && k > 0, w) {
+            decode_simd128::quant_batch(q, x, &preps, bias, k, r0, &mut local);
             return (r0, local);
         }
         for (i, o) in local.chunks_exact_mut(rows).enumerate() {
@@ -252,6 +265,11 @@ fn quant_rows(
         return unsafe { decode_avx2::rows(q, x, prep, nb, r0, out) };
     }
     let _ = avx2;
+    // The browser's CPU fallback (nb > 0 always: callers have k % 32 == 0, k > 0).
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if nb > 0 {
+        return decode_simd128::rows(q, x, prep, nb, r0, out);
+    }
     let (b_start, b_end) = (r0 * nb, (r0 + out.len()) * nb);
     // Scales of the chunk's blocks as f32 once, rather than one f16 conversion per block.
     let mut d = vec![0f32; b_end - b_start];
