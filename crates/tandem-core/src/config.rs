@@ -87,7 +87,7 @@ const MAX_FFN: usize = 1 << 18;
 const MAX_LAYERS: usize = 1024;
 const MAX_HEADS: usize = 1024;
 const MAX_HEAD_DIM: usize = 1024;
-const MAX_VOCAB: usize = 1 << 22;
+pub(crate) const MAX_VOCAB: usize = 1 << 22;
 const MAX_POSITION: usize = 1 << 25;
 
 impl Arch {

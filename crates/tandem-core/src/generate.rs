@@ -19,6 +19,27 @@ pub struct GenerateParams {
     pub ignore_eos: bool,
 }
 
+/// Most stop strings one request may give, and the longest one in bytes. After every token the
+/// held-back text (shorter than the longest stop string) is matched against each of them, so
+/// these two bound that work; real requests use a handful of short strings (OpenAI allows 4).
+pub const MAX_STOP_STRINGS: usize = 32;
+pub const MAX_STOP_BYTES: usize = 256;
+
+impl GenerateParams {
+    /// Rejects what no run could honour: invalid sampling parameters, too many or too long
+    /// stop strings.
+    pub fn validate(&self) -> Result<()> {
+        self.sampling.validate()?;
+        if self.stop.len() > MAX_STOP_STRINGS {
+            return Err(Error::InvalidParameter(format!("stop: at most {MAX_STOP_STRINGS} stop strings, got {}", self.stop.len())));
+        }
+        if let Some(s) = self.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(Error::InvalidParameter(format!("stop: a stop string may have at most {MAX_STOP_BYTES} bytes, got one of {}", s.len())));
+        }
+        Ok(())
+    }
+}
+
 impl Default for GenerateParams {
     fn default() -> Self {
         GenerateParams { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), ignore_eos: false }
@@ -91,6 +112,7 @@ pub async fn generate_interruptible<B: Backend>(
     if prompt.is_empty() {
         return Err(Error::InvalidParameter("the prompt has no tokens".into()));
     }
+    params.validate()?;
     let context = model.context();
     if prompt.len() > context {
         return Err(Error::PromptTooLong { prompt: prompt.len(), context });

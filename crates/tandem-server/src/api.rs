@@ -184,6 +184,10 @@ impl Common {
             return Err(ApiError::bad_param("max_tokens", "max_tokens must be at least 1"));
         }
         let stop = self.stop.map(StringOrList::into_vec).unwrap_or_default();
+        // Checked once here, not once per choice.
+        let checked = GenerateParams { max_tokens: 1, sampling: sampling.clone(), stop, ignore_eos: false };
+        checked.validate().map_err(|e| ApiError::bad_param("stop", e.to_string()))?;
+        let stop = checked.stop;
         let limit = ready.context.min(ready.pool_tokens);
         let mut choices = Vec::with_capacity(prompts.len() * n as usize);
         for prompt in prompts {
@@ -227,6 +231,14 @@ impl ChatRequest {
             _ if top > 0 => Err(ApiError::bad_param("top_logprobs", "top_logprobs needs logprobs: true")),
             _ => Ok(None),
         }
+    }
+
+    /// Everything between the parsed body and the engine: log-probabilities, the chat
+    /// template, every generation field's range.
+    pub fn job(self, common: Common, ready: &Ready) -> Result<Job, ApiError> {
+        let logprobs = self.logprobs()?;
+        let prompt = self.prompt(&ready.tokenizer)?;
+        common.into_job(ready, vec![prompt], logprobs)
     }
 
     /// Refuses what tandem cannot do yet, then renders the chat template.
@@ -278,6 +290,13 @@ impl CompletionRequest {
             }
             n => Ok(n.map(|n| n as usize)),
         }
+    }
+
+    /// Everything between the parsed body and the engine (see [`ChatRequest::job`]).
+    pub fn job(self, common: Common, ready: &Ready) -> Result<Job, ApiError> {
+        let logprobs = self.logprobs()?;
+        let prompts = self.prompts(&ready.tokenizer)?;
+        common.into_job(ready, prompts, logprobs)
     }
 
     /// The prompts as token ids: text gets BOS where the model wants it (as `tandem run`).
@@ -353,4 +372,14 @@ impl TokenizeRequest {
 pub struct DetokenizeRequest {
     pub model: Option<String>,
     pub tokens: Vec<u32>,
+}
+
+impl DetokenizeRequest {
+    /// The text of `tokens`, special tokens included; an id outside the vocabulary is a 400.
+    pub fn text(&self, ready: &Ready) -> Result<String, ApiError> {
+        if let Some(&t) = self.tokens.iter().find(|&&t| t as usize >= ready.vocab) {
+            return Err(ApiError::bad_param("tokens", format!("token id {t} is outside the vocabulary of {}", ready.vocab)));
+        }
+        Ok(ready.tokenizer.decode(&self.tokens, false)?)
+    }
 }

@@ -9,6 +9,8 @@ mod api;
 mod config;
 mod engine;
 mod errors;
+#[doc(hidden)]
+pub mod fuzz;
 mod logprobs;
 mod metrics;
 mod routes;

@@ -82,13 +82,8 @@ async fn chat(State(s): State<Arc<Server>>, body: Body) -> Result<Response, ApiE
     let body = api::parse(&read(&s, body)?)?;
     let (req, common): (ChatRequest, Common) = (api::fields(&body)?, api::fields(&body)?);
     let (model, ready) = s.ready(common.model.as_deref())?;
-    let logprobs = req.logprobs()?;
     let names = ready.names.clone();
-    let job = blocking(move || {
-        let prompt = req.prompt(&ready.tokenizer)?;
-        common.into_job(&ready, vec![prompt], logprobs)
-    })
-    .await?;
+    let job = blocking(move || req.job(common, &ready)).await?;
     generate(model, job, Kind::Chat, names).await
 }
 
@@ -96,13 +91,8 @@ async fn completions(State(s): State<Arc<Server>>, body: Body) -> Result<Respons
     let body = api::parse(&read(&s, body)?)?;
     let (req, common): (CompletionRequest, Common) = (api::fields(&body)?, api::fields(&body)?);
     let (model, ready) = s.ready(common.model.as_deref())?;
-    let logprobs = req.logprobs()?;
     let names = ready.names.clone();
-    let job = blocking(move || {
-        let prompts = req.prompts(&ready.tokenizer)?;
-        common.into_job(&ready, prompts, logprobs)
-    })
-    .await?;
+    let job = blocking(move || req.job(common, &ready)).await?;
     generate(model, job, Kind::Completion, names).await
 }
 
@@ -175,9 +165,6 @@ async fn tokenize(State(s): State<Arc<Server>>, body: Body) -> Result<Json<serde
 async fn detokenize(State(s): State<Arc<Server>>, body: Body) -> Result<Json<serde_json::Value>, ApiError> {
     let req: DetokenizeRequest = api::fields(&api::parse(&read(&s, body)?)?)?;
     let (_, ready) = s.ready(req.model.as_deref())?;
-    if let Some(&t) = req.tokens.iter().find(|&&t| t as usize >= ready.vocab) {
-        return Err(ApiError::bad_param("tokens", format!("token id {t} is outside the vocabulary of {}", ready.vocab)));
-    }
-    let text = blocking(move || Ok(ready.tokenizer.decode(&req.tokens, false)?)).await?;
+    let text = blocking(move || req.text(&ready)).await?;
     Ok(Json(json!({ "prompt": text })))
 }

@@ -40,7 +40,7 @@ pub(crate) const MAX_ARRAY_DEPTH: u32 = 3;
 /// Each parsed value costs ~32 bytes of memory however small it is in the file, so a file with
 /// gigabytes of tensor data behind a huge u8 array could demand many times its size. Real
 /// models hold ~1-2M array elements (a 256k vocab's tokens, scores, types, merges).
-const MAX_ARRAY_ELEMENTS: usize = 1 << 25;
+pub(crate) const MAX_ARRAY_ELEMENTS: usize = 1 << 25;
 /// Far above any model (large MoE files have tens of thousands of tensors).
 pub(crate) const MAX_TENSORS: usize = 1 << 20;
 pub(crate) const MAX_KVS: usize = 1 << 20;

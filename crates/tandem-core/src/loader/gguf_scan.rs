@@ -6,7 +6,7 @@
 //! [`GgufFile::parse_header`](super::gguf::GgufFile::parse_header) once. Walking is linear in
 //! the header however small the chunks are; only an entry being read is ever looked at twice.
 
-use super::gguf::{check_magic_version, min_value_size, MAX_ARRAY_DEPTH, MAX_DIMS, MAX_KVS, MAX_TENSORS};
+use super::gguf::{check_magic_version, min_value_size, MAX_ARRAY_DEPTH, MAX_ARRAY_ELEMENTS, MAX_DIMS, MAX_KVS, MAX_TENSORS};
 use crate::{Error, Result};
 use std::path::Path;
 
@@ -31,7 +31,7 @@ enum Stage {
 }
 
 /// The resumable walk: `pos` is the end of the last complete item.
-pub(crate) struct HeaderScan {
+pub struct HeaderScan {
     pos: usize,
     stage: Stage,
     file_len: Option<u64>,
@@ -83,7 +83,13 @@ fn array_head(buf: &[u8], at: usize, depth: u32) -> std::result::Result<(u32, u6
     if depth >= MAX_ARRAY_DEPTH {
         return Err(Stop::Bad(format!("metadata arrays nested deeper than {MAX_ARRAY_DEPTH} at offset {at}")));
     }
-    Ok((u32_at(buf, at)?, u64_at(buf, at + 4)?, at + 12))
+    let (elem, count) = (u32_at(buf, at)?, u64_at(buf, at + 4)?);
+    // The parser refuses as many elements in all arrays together; refusing one here saves a
+    // stream of unknown length from buffering up to its header limit first.
+    if count > MAX_ARRAY_ELEMENTS as u64 {
+        return Err(Stop::Bad(format!("a metadata array of {count} elements at offset {at}, more than the {MAX_ARRAY_ELEMENTS} tandem accepts")));
+    }
+    Ok((elem, count, at + 12))
 }
 
 fn elements(buf: &[u8], mut at: usize, elem: u32, count: u64, depth: u32) -> Step {
@@ -98,13 +104,13 @@ fn elements(buf: &[u8], mut at: usize, elem: u32, count: u64, depth: u32) -> Ste
 
 impl HeaderScan {
     /// `file_len`: the whole file's size when known; `limit`: the most header bytes to accept.
-    pub(crate) fn new(file_len: Option<u64>, limit: usize) -> Self {
+    pub fn new(file_len: Option<u64>, limit: usize) -> Self {
         HeaderScan { pos: 0, stage: Stage::Preamble, file_len, limit }
     }
 
     /// Walks on through `buf` (the file's first bytes, all those received so far). `Some(len)`
     /// once the header (the end of the tensor directory) lies within `buf`.
-    pub(crate) fn advance(&mut self, buf: &[u8], path: &Path) -> Result<Option<usize>> {
+    pub fn advance(&mut self, buf: &[u8], path: &Path) -> Result<Option<usize>> {
         loop {
             if let Stage::Done = self.stage {
                 return Ok(Some(self.pos));

@@ -4,7 +4,8 @@
 
 pub mod ggml;
 pub mod gguf;
-mod gguf_scan;
+#[doc(hidden)]
+pub mod gguf_scan;
 #[doc(hidden)]
 pub mod gguf_writer;
 pub mod names;
@@ -260,7 +261,9 @@ fn merge_generation_eos(dir: &Path, config: &mut ModelConfig) -> Result<()> {
     merge_generation_eos_json(&path, &text, config)
 }
 
-pub(crate) fn merge_generation_eos_json(path: &Path, text: &str, config: &mut ModelConfig) -> Result<()> {
+/// generation_config.json's `eos_token_id`s (in `text`) added to `config`'s.
+#[doc(hidden)]
+pub fn merge_generation_eos_json(path: &Path, text: &str, config: &mut ModelConfig) -> Result<()> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| Error::BadConfig(format!("{}: {e}", path.display())))?;
     let ids: Vec<u64> = match v.get("eos_token_id") {

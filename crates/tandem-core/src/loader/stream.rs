@@ -69,11 +69,16 @@ struct Walker {
     pos: u64,
     current: Option<Current>,
     peak: usize,
+    /// Whether the caller told the file's length (every span was checked to lie inside it).
+    len_known: bool,
 }
+
+/// The first reservation for a tensor assembled from a stream of unknown length.
+const GROW_FROM: usize = 1 << 20;
 
 impl Walker {
     /// `spans` in any order; they must not overlap.
-    fn new(mut spans: Vec<Span>, pos: u64, path: &Path) -> Result<Walker> {
+    fn new(mut spans: Vec<Span>, pos: u64, path: &Path, len_known: bool) -> Result<Walker> {
         spans.sort_by_key(|s| (s.start, s.end));
         for w in spans.windows(2) {
             if w[1].start < w[0].end {
@@ -86,7 +91,7 @@ impl Walker {
         if let Some(first) = spans.first().filter(|s| s.start < pos) {
             return Err(Error::bad_file(path, format!("tensor '{}' starts inside the header", first.name)));
         }
-        Ok(Walker { path: path.to_path_buf(), spans, next: 0, pos, current: None, peak: 0 })
+        Ok(Walker { path: path.to_path_buf(), spans, next: 0, pos, current: None, peak: 0, len_known })
     }
 
     fn push(
@@ -126,15 +131,23 @@ impl Walker {
                     self.complete(sink, Some(t))?;
                     continue;
                 }
-                if buf.capacity() == 0 {
-                    // A corrupt size in a stream of unknown length can ask for terabytes:
-                    // that must be an error, not an abort.
-                    buf.try_reserve_exact(len).map_err(|_| {
+                let add = need.min(chunk.len());
+                if buf.capacity() < buf.len() + add {
+                    // With the file's length known, the header was checked against it and the
+                    // tensor's bytes are due: reserve them at once. Otherwise a corrupt size
+                    // could claim terabytes, so grow with what arrives (doubling, capped at the
+                    // size), and a lie costs only the bytes really sent.
+                    let want = if self.len_known {
+                        len
+                    } else {
+                        (buf.len() + add).max(buf.capacity().saturating_mul(2)).max(GROW_FROM).min(len)
+                    };
+                    buf.try_reserve_exact(want - buf.len()).map_err(|_| {
                         Error::bad_file(&self.path, format!("tensor '{}' needs {len} bytes: out of memory (a corrupt file?)", span.name))
                     })?;
                     self.peak = self.peak.max(buf.capacity());
                 }
-                buf.extend_from_slice(&chunk[..need.min(chunk.len())]);
+                buf.extend_from_slice(&chunk[..add]);
             }
             let n = need.min(chunk.len());
             chunk = &chunk[n..];
@@ -293,7 +306,7 @@ impl GgufStream {
                     Span { start, end: start + t.n_bytes as u64, id, name: file.infos[id].name.clone() }
                 })
                 .collect();
-            let walker = Walker::new(spans, header_len as u64, &self.common.path)?;
+            let walker = Walker::new(spans, header_len as u64, &self.common.path, self.common.len.is_some())?;
             sink.begin(&FileHeader::Gguf(file.clone()))?;
             let rest = std::mem::take(buf);
             self.state = GgufState::Data { file, walker };
@@ -342,7 +355,8 @@ impl GgufStream {
 enum StState {
     /// The 8-byte little-endian header length, then the JSON header.
     Header { buf: Vec<u8> },
-    Data { tensors: Vec<(String, StInfo)>, walker: Walker },
+    /// `end`: where the header's data ends, which must be the end of the file.
+    Data { tensors: Vec<(String, StInfo)>, walker: Walker, end: u64 },
 }
 
 /// One safetensors file (a shard), pushed in chunks. See the module docs.
@@ -400,11 +414,11 @@ impl SafetensorsStream {
                 // The length is in: read on for the JSON.
                 return self.push_inner(chunk, sink);
             }
-            let (tensors, walker) = parse_st_header(&self.common, buf)?;
+            let (tensors, walker, end) = parse_st_header(&self.common, buf)?;
             sink.begin(&FileHeader::Safetensors(infos(&tensors)))?;
-            self.state = StState::Data { tensors, walker };
+            self.state = StState::Data { tensors, walker, end };
         }
-        let StState::Data { tensors, walker } = &mut self.state else { return Ok(()) };
+        let StState::Data { tensors, walker, .. } = &mut self.state else { return Ok(()) };
         let path = &self.common.path;
         let convert = |id: usize, raw: Cow<'_, [u8]>, as_: LoadAs| {
             let (name, info) = &tensors[id];
@@ -423,7 +437,19 @@ impl SafetensorsStream {
                 &self.common.path,
                 format!("truncated: the file ended after {} bytes, inside its header", buf.len()),
             )),
-            StState::Data { walker, .. } => walker.finish(&self.common.path),
+            StState::Data { walker, end, .. } => {
+                walker.finish(&self.common.path)?;
+                // Told the length, the header was checked against it; otherwise check here,
+                // as the safetensors crate does for a whole file: bytes past the data are a
+                // file this loader would refuse whole, not padding to ignore.
+                if self.common.received != *end {
+                    return Err(Error::bad_file(
+                        &self.common.path,
+                        format!("invalid safetensors: the data ends at byte {end} but the file has {} bytes", self.common.received),
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -435,7 +461,7 @@ impl SafetensorsStream {
 
 /// The JSON header (validated by the `safetensors` crate: known dtypes, contiguous offsets
 /// that match each shape) and the walk over the data after it.
-fn parse_st_header(common: &Common, buf: &[u8]) -> Result<(Vec<(String, StInfo)>, Walker)> {
+fn parse_st_header(common: &Common, buf: &[u8]) -> Result<(Vec<(String, StInfo)>, Walker, u64)> {
     let path = &common.path;
     let bad = |reason: String| Error::bad_file(path, format!("invalid safetensors: {reason}"));
     let text = std::str::from_utf8(&buf[8..]).map_err(|e| bad(format!("the header is not UTF-8: {e}")))?;
@@ -462,7 +488,8 @@ fn parse_st_header(common: &Common, buf: &[u8]) -> Result<(Vec<(String, StInfo)>
             name: name.clone(),
         })
         .collect();
-    Ok((tensors, Walker::new(spans, data_start, path)?))
+    let end = data_start + meta.data_len() as u64;
+    Ok((tensors, Walker::new(spans, data_start, path, common.len.is_some())?, end))
 }
 
 fn infos(tensors: &[(String, StInfo)]) -> Vec<TensorInfo> {

@@ -2,7 +2,8 @@
 //! HF `apply_chat_template` renders it with Jinja2.
 
 use crate::{Error, Result};
-use minijinja::value::{Value, ValueKind};
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Kwargs, Rest, Serde, StringInput, Value, ValueKind, ValueOrKwargs};
 use minijinja::{Environment, ErrorKind, State};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -17,6 +18,24 @@ impl ChatMessage {
     }
 }
 
+/// The longest chat template tandem compiles, in bytes; real ones have a few kilobytes, the
+/// largest (tool-calling ones) tens of kilobytes.
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+
+/// Instructions one render may run. A template comes from a model file, so from anyone; fuel
+/// stops an endless or explosive loop with an error. Real templates take a few dozen
+/// instructions per message plus their preamble (SmolLM2's: about 20 per message), so this
+/// allows conversations of tens of thousands of messages, far past any context.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+
+/// The most bytes a render may produce, and that a string method or filter may build: the
+/// rendered prompt is tokenized next, which refuses more than this anyway.
+pub const MAX_RENDERED_BYTES: usize = super::MAX_TEXT_BYTES;
+
+/// Widths `indent`, `tojson` and `format` accept: these filters build their padding before
+/// anything can count it, so `indent(10**12)` would ask for a terabyte at once.
+const MAX_WIDTH: usize = 4096;
+
 pub(super) fn render(
     template: &str,
     messages: &[ChatMessage],
@@ -24,21 +43,130 @@ pub(super) fn render(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String> {
+    if template.len() > MAX_TEMPLATE_BYTES {
+        return Err(Error::ChatTemplate(format!(
+            "the template has {} bytes, more than the {MAX_TEMPLATE_BYTES} tandem compiles",
+            template.len()
+        )));
+    }
     let mut env = Environment::new();
     // HF renders with trim_blocks and lstrip_blocks on; templates are written for that.
-    env.set_trim_blocks(true);
-    env.set_lstrip_blocks(true);
+    let syntax = SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build();
+    env.set_syntax(syntax.map_err(|e| Error::ChatTemplate(describe(&e)))?);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
         Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
     });
     env.set_unknown_method_callback(python_method);
+    bounded_filters(&mut env);
     let ctx = minijinja::context! {
-        messages => Value::from_serialize(messages),
+        messages => Value::from(Serde(messages)),
         add_generation_prompt => add_generation_prompt,
         bos_token => bos_token,
         eos_token => eos_token,
     };
-    env.render_str(template, ctx).map_err(|e| Error::ChatTemplate(describe(&e)))
+    let compiled = env.template_from_str(template).map_err(|e| Error::ChatTemplate(describe(&e)))?;
+    let mut out = Capped(Vec::new());
+    // Only whether it worked: the captured state borrows the environment.
+    let rendered = compiled.render_captured_to(ctx, &mut out).map(|_| ());
+    match rendered {
+        Ok(_) => String::from_utf8(out.0).map_err(|_| Error::ChatTemplate("the template rendered invalid UTF-8".into())),
+        Err(_) if out.0.len() > MAX_RENDERED_BYTES => Err(Error::ChatTemplate(format!(
+            "the rendered prompt exceeds {MAX_RENDERED_BYTES} bytes ({} MiB)",
+            MAX_RENDERED_BYTES >> 20
+        ))),
+        Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(Error::ChatTemplate(format!(
+            "the template ran past {TEMPLATE_FUEL} instructions (an endless loop?): {}",
+            describe(&e)
+        ))),
+        Err(e) => Err(Error::ChatTemplate(describe(&e))),
+    }
+}
+
+/// Output that refuses to grow past [`MAX_RENDERED_BYTES`] (it keeps one byte more, so the
+/// caller can tell why writing failed).
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.0.resize(MAX_RENDERED_BYTES + 1, 0);
+            return Err(std::io::Error::other("the rendered prompt is too long"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn too_large(what: &str) -> minijinja::Error {
+    minijinja::Error::new(ErrorKind::InvalidOperation, format!("{what} (tandem's limits: widths up to {MAX_WIDTH}, strings up to {MAX_RENDERED_BYTES} bytes)"))
+}
+
+/// minijinja's filters that allocate a size taken from their arguments before producing
+/// anything, replaced by the same filters behind a check of that size.
+fn bounded_filters(env: &mut Environment) {
+    env.add_filter("indent", indent);
+    env.add_filter("tojson", tojson);
+    env.add_filter("format", format);
+    env.add_filter("replace", replace);
+}
+
+type Filtered = std::result::Result<Value, minijinja::Error>;
+
+fn check_width(w: Option<usize>, what: &str) -> std::result::Result<(), minijinja::Error> {
+    match w {
+        Some(w) if w > MAX_WIDTH => Err(too_large(&format!("{what} width {w}"))),
+        _ => Ok(()),
+    }
+}
+
+fn indent(value: StringInput<'_>, width: Option<usize>, first: Option<bool>, blank: Option<bool>, kwargs: Kwargs) -> Filtered {
+    let w = match width {
+        Some(w) => w,
+        None => kwargs.peek::<Option<usize>>("width")?.unwrap_or(4),
+    };
+    check_width(Some(w), "indent")?;
+    let lines = value.as_str().bytes().filter(|&b| b == b'\n').count() + 1;
+    if value.as_str().len().saturating_add(lines.saturating_mul(w)) > MAX_RENDERED_BYTES {
+        return Err(too_large("indent result"));
+    }
+    minijinja::filters::indent(value, width, first, blank, kwargs)
+}
+
+fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Filtered {
+    let n = match &indent {
+        Some(v) => v.as_usize(),
+        None => kwargs.peek::<Option<Value>>("indent")?.and_then(|v| v.as_usize()),
+    };
+    check_width(n, "tojson indent")?;
+    // minijinja's own tojson charges fuel for its output's length; this one refuses an output
+    // past the render's limit instead.
+    let json = minijinja::filters::tojson(value, indent, kwargs)?;
+    if json.as_str().is_some_and(|s| s.len() > MAX_RENDERED_BYTES) {
+        return Err(too_large("tojson result"));
+    }
+    Ok(json)
+}
+
+fn format(state: &mut State, spec: &Value, args: Rest<ValueOrKwargs>) -> Filtered {
+    // printf widths and precisions are the digit runs of the format string.
+    let text = spec.as_str().unwrap_or_default();
+    if let Some(digits) = text.split(|c: char| !c.is_ascii_digit()).find(|d| d.len() > 4) {
+        return Err(too_large(&format!("format width {digits}")));
+    }
+    minijinja::filters::format(state, spec, args)
+}
+
+fn replace(state: &mut State, value: StringInput<'_>, from: StringInput<'_>, to: StringInput<'_>) -> Filtered {
+    let (s, f) = (value.as_str(), from.as_str());
+    let n = if f.is_empty() { s.chars().count() + 1 } else { s.matches(f).count() };
+    if s.len().saturating_add(n.saturating_mul(to.as_str().len())) > MAX_RENDERED_BYTES {
+        return Err(too_large("replace result"));
+    }
+    minijinja::filters::replace(state, value, from, to)
 }
 
 /// minijinja's Display leaves out the cause chain; the line number and cause are what a user
@@ -56,7 +184,7 @@ fn describe(e: &minijinja::Error) -> String {
 /// The Python str/dict methods HF templates call (`message['content'].strip()`,
 /// `.startswith(..)`, `tools.items()`), which Jinja2 gets from Python and minijinja lacks.
 fn python_method(
-    _: &State,
+    _: &mut State,
     value: &Value,
     method: &str,
     args: &[Value],
@@ -90,7 +218,13 @@ fn python_method(
                 "startswith" => Value::from(arg_str(0)?.is_some_and(|p| s.starts_with(p))),
                 "endswith" => Value::from(arg_str(0)?.is_some_and(|p| s.ends_with(p))),
                 "replace" => match (arg_str(0)?, arg_str(1)?) {
-                    (Some(from), Some(to)) => Value::from(s.replace(from, to)),
+                    (Some(from), Some(to)) => {
+                        let n = if from.is_empty() { s.chars().count() + 1 } else { s.matches(from).count() };
+                        if s.len().saturating_add(n.saturating_mul(to.len())) > MAX_RENDERED_BYTES {
+                            return Err(too_large("replace() result"));
+                        }
+                        Value::from(s.replace(from, to))
+                    }
                     _ => return Err(minijinja::Error::new(ErrorKind::MissingArgument, "replace(old, new)")),
                 },
                 "split" => {

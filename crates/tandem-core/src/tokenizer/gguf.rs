@@ -4,17 +4,23 @@
 //! and deserialized by the `tokenizers` crate, so the GGUF path and the tokenizer.json path run
 //! the same code and give the same ids.
 
-use super::{push_unique, Extras, END_OF_TURN_TOKENS};
+use super::{push_unique, Extras, END_OF_TURN_TOKENS, MAX_VOCAB};
 use crate::loader::gguf::{GgufMetadata, GgufValue};
 use crate::{Error, Result};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
 const TYPE_UNKNOWN: i64 = 2;
 const TYPE_CONTROL: i64 = 3;
 const TYPE_USER_DEFINED: i64 = 4;
 const TYPE_BYTE: i64 = 6;
+
+/// Rebuilding SentencePiece merges looks up both halves of every split of every piece, so a
+/// piece of n bytes costs about n² bytes hashed (and as many of merges kept). This bounds the
+/// sum over the vocabulary: real ones stay under 2^25 (256k pieces of a few bytes; sentencepiece
+/// trains pieces of at most 16 characters by default), a hostile one could ask for 2^50.
+pub(crate) const MAX_SPM_SPLIT_WORK: usize = 1 << 27;
 
 /// Llama 3's split regex (from its tokenizer.json); Qwen2 differs only in splitting digits one by one.
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -28,6 +34,9 @@ pub(super) fn build(meta: &GgufMetadata) -> Result<(tokenizers::Tokenizer, Extra
     };
     if tokens.is_empty() {
         return Err(Error::Tokenizer("GGUF tokenizer.ggml.tokens is empty".into()));
+    }
+    if tokens.len() > MAX_VOCAB {
+        return Err(Error::Tokenizer(format!("GGUF has {} tokens, more than the {MAX_VOCAB} tandem accepts", tokens.len())));
     }
     let types: Vec<i64> = match meta.get("tokenizer.ggml.token_type") {
         Some(v) => int_array(v, "tokenizer.ggml.token_type")?,
@@ -107,15 +116,25 @@ fn gpt2_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Va
         None => return Err(Error::Tokenizer("GGUF gpt2 tokenizer has no tokenizer.ggml.merges".into())),
     };
     // Byte-level pieces never contain a real space, so the first space (after the first char,
-    // as llama.cpp splits) separates the pair.
+    // as llama.cpp splits) separates the pair. Both halves and what they merge into must be in
+    // the vocabulary: checked here, since the `tokenizers` crate panics on a merge longer than
+    // its longest token instead of reporting it.
+    let known: HashSet<&str> = tokens.iter().map(String::as_str).collect();
     let merges: Vec<Value> = merges
         .iter()
         .map(|m| {
             let start = m.chars().next().map_or(0, char::len_utf8);
-            match m[start..].find(' ') {
-                Some(p) => Ok(json!([&m[..start + p], &m[start + p + 1..]])),
-                None => Err(Error::Tokenizer(format!("GGUF merge '{m}' has no space"))),
+            let Some(p) = m[start..].find(' ') else {
+                return Err(Error::Tokenizer(format!("GGUF merge '{m}' has no space")));
+            };
+            let (a, b) = (&m[..start + p], &m[start + p + 1..]);
+            if let Some(missing) = [a, b].into_iter().find(|t| !known.contains(t)) {
+                return Err(Error::Tokenizer(format!("GGUF merge '{m}': '{missing}' is not in the vocabulary")));
             }
+            if !known.contains(format!("{a}{b}").as_str()) {
+                return Err(Error::Tokenizer(format!("GGUF merge '{m}': '{a}{b}' is not in the vocabulary")));
+            }
+            Ok(json!([a, b]))
         })
         .collect::<Result<_>>()?;
 
@@ -194,6 +213,18 @@ fn spm_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Val
         }
         m
     };
+    let work = tokens
+        .iter()
+        .zip(types)
+        .filter(|(_, &ty)| ty != TYPE_BYTE)
+        .fold(0usize, |w, (t, _)| w.saturating_add(t.len().saturating_mul(t.len())));
+    if work > MAX_SPM_SPLIT_WORK {
+        let longest = tokens.iter().map(String::len).max().unwrap_or(0);
+        return Err(Error::Tokenizer(format!(
+            "GGUF SentencePiece vocabulary too costly to rebuild its merges from: its pieces' squared lengths sum to {work}, \
+             over the limit of {MAX_SPM_SPLIT_WORK} (the longest piece has {longest} bytes)"
+        )));
+    }
     let mut merges: Vec<(usize, usize, f32)> = Vec::new();
     for (i, piece) in tokens.iter().enumerate() {
         if types[i] == TYPE_BYTE {

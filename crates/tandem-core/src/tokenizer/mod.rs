@@ -31,6 +31,16 @@ const END_OF_TURN_TOKENS: &[&str] = &[
     "<|end_of_text|>",
 ];
 
+/// The longest text [`Tokenizer::encode`] takes, in bytes. Far more than any context holds (a
+/// 128k-token context is about half a megabyte of text), it bounds what one prompt can cost to
+/// tokenize before its length is checked against the context; the server's body limit is the
+/// same size.
+pub const MAX_TEXT_BYTES: usize = 8 << 20;
+
+/// The most tokens a vocabulary may have (as `ModelConfig`'s `vocab_size`): the largest real
+/// ones have about 256k.
+pub const MAX_VOCAB: usize = crate::config::MAX_VOCAB;
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos_id: Option<u32>,
@@ -102,6 +112,9 @@ impl Tokenizer {
     ) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
             .map_err(|e| Error::Tokenizer(format!("{label}: {e}")))?;
+        if inner.get_vocab_size(true) > MAX_VOCAB {
+            return Err(Error::Tokenizer(format!("{label}: {} tokens, more than the {MAX_VOCAB} tandem accepts", inner.get_vocab_size(true))));
+        }
         let config = match tokenizer_config {
             Some(bytes) => {
                 let v: serde_json::Value = serde_json::from_slice(bytes)
@@ -180,6 +193,13 @@ impl Tokenizer {
     /// Text -> ids. Special tokens written in the text (e.g. "<|im_start|>") become their ids.
     /// Adds no BOS: the caller decides with [`Tokenizer::add_bos`].
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(Error::Tokenizer(format!(
+                "a text of {} bytes: tandem tokenizes at most {MAX_TEXT_BYTES} bytes ({} MiB) at once",
+                text.len(),
+                MAX_TEXT_BYTES >> 20
+            )));
+        }
         let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
@@ -234,6 +254,13 @@ impl Tokenizer {
         let eos = self.eos_ids.first().and_then(|&id| self.token_str(id)).unwrap_or_default();
         chat::render(template, messages, add_generation_prompt, &bos, &eos)
     }
+}
+
+/// Renders `template` as [`Tokenizer::apply_chat_template`] does, without a tokenizer (the fuzz
+/// targets' entry point).
+#[doc(hidden)]
+pub fn render_chat_template(template: &str, messages: &[ChatMessage], add_generation_prompt: bool, bos: &str, eos: &str) -> Result<String> {
+    chat::render(template, messages, add_generation_prompt, bos, eos)
 }
 
 fn special_ids(inner: &tokenizers::Tokenizer) -> HashSet<u32> {

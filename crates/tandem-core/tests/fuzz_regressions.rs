@@ -1,0 +1,86 @@
+//! Inputs the fuzz targets (fuzz/) found that crashed tandem or made two loaders disagree,
+//! minimized, each with the fix it needed. They run in the normal test suite, on stable.
+
+use tandem_core::loader::gguf::{GgufMetadata, GgufValue};
+use tandem_core::loader::safetensors::SafetensorsStore;
+use tandem_core::loader::stream::{SafetensorsStream, TensorSink};
+use tandem_core::loader::{HostTensor, LoadAs};
+use tandem_core::tokenizer::{render_chat_template, ChatMessage, Tokenizer};
+
+struct Keep(Vec<String>);
+impl TensorSink for Keep {
+    fn wants(&self, _: &str) -> Option<LoadAs> {
+        Some(LoadAs::Native)
+    }
+    fn put(&mut self, name: &str, _: HostTensor) -> tandem_core::Result<()> {
+        self.0.push(name.to_string());
+        Ok(())
+    }
+}
+
+/// safetensors_stream: a shard with a byte after its data, streamed without its length, was
+/// accepted while the memory-mapped loader refuses it ("file not fully covered"). The stream
+/// now checks at the end that the data ends the file.
+#[test]
+fn safetensors_stream_refuses_bytes_after_the_data() {
+    let json = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    let mut file = (json.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(json);
+    file.extend_from_slice(&[0; 8]);
+    file.push(0x2c);
+    assert!(SafetensorsStore::from_bytes("t", file.clone()).is_err());
+    for len in [None, Some(file.len() as u64)] {
+        let mut s = SafetensorsStream::new("t", len);
+        let r = s.push(&file, &mut Keep(Vec::new())).and_then(|()| s.finish());
+        let e = r.expect_err("trailing byte").to_string();
+        assert!(e.contains("invalid safetensors"), "{len:?}: {e}");
+    }
+    // Without the extra byte both read it.
+    file.pop();
+    assert!(SafetensorsStore::from_bytes("t", file.clone()).is_ok());
+    let mut s = SafetensorsStream::new("t", None);
+    let mut keep = Keep(Vec::new());
+    s.push(&file, &mut keep).and_then(|()| s.finish()).expect("valid");
+    assert_eq!(keep.0, ["w"]);
+}
+
+/// chat_template: `divisibleby 0` divided by zero inside minijinja 2 (a panic from a model
+/// file's template). Fixed by minijinja 3, which reports it; `i128::MIN % -1` likewise.
+#[test]
+fn chat_template_divisible_by_zero_is_an_error() {
+    let messages = [ChatMessage::new("user", "hi")];
+    for template in [
+        "{% for m in messages %}{% if loop.index is divisibleby 0 %}\n{% endif %}{% endfor %}",
+        "{{ 1 is divisibleby(0) }}",
+        "{{ -170141183460469231731687303715884105728 is divisibleby(-1) }}",
+        "{{ 1 % 0 }}",
+    ] {
+        let _ = render_chat_template(template, &messages, true, "<s>", "</s>");
+    }
+    let e = render_chat_template("{{ 1 is divisibleby(0) }}", &messages, true, "", "").expect_err("division by zero");
+    assert!(e.to_string().contains("chat template"), "{e}");
+}
+
+/// gguf_tokenizer: a byte-level BPE merge whose two halves are tokens but whose concatenation
+/// is longer than any token panicked inside the `tokenizers` crate (its BPE builder slices a
+/// buffer sized by the longest token). The GGUF builder now checks every merge first.
+#[test]
+fn gguf_merge_longer_than_any_token_is_an_error() {
+    let tokens = ["a", "bb", "<0a>", "\u{0}", "#$%&'()*+,-."];
+    let mut m = GgufMetadata::new();
+    m.insert("tokenizer.ggml.model".into(), GgufValue::String("gpt2".into()));
+    m.insert("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens.iter().map(|t| GgufValue::String(t.to_string())).collect()));
+    m.insert("tokenizer.ggml.merges".into(), GgufValue::Array(vec![GgufValue::String("#$%&'()*+,-. #$%&'()*+,-.".into())]));
+    let e = Tokenizer::from_gguf(&m).err().expect("refused").to_string();
+    assert!(e.contains("is not in the vocabulary"), "{e}");
+    // Halves missing from the vocabulary are named too.
+    m.insert("tokenizer.ggml.merges".into(), GgufValue::Array(vec![GgufValue::String("a zz".into())]));
+    let e = Tokenizer::from_gguf(&m).err().expect("refused").to_string();
+    assert!(e.contains("'zz' is not in the vocabulary"), "{e}");
+    // A merge whose result is a token builds.
+    let mut ok = m.clone();
+    ok.insert("tokenizer.ggml.tokens".into(), GgufValue::Array(["a", "b", "ab"].iter().map(|t| GgufValue::String(t.to_string())).collect()));
+    ok.insert("tokenizer.ggml.merges".into(), GgufValue::Array(vec![GgufValue::String("a b".into())]));
+    let tok = Tokenizer::from_gguf(&ok).expect("valid");
+    assert_eq!(tok.encode("ab").unwrap(), [2]);
+}
