@@ -3,7 +3,7 @@
 
 use tandem_core::loader::gguf::{GgufMetadata, GgufValue};
 use tandem_core::loader::safetensors::SafetensorsStore;
-use tandem_core::loader::stream::{SafetensorsStream, TensorSink};
+use tandem_core::loader::stream::{GgufStream, SafetensorsStream, TensorSink};
 use tandem_core::loader::{HostTensor, LoadAs};
 use tandem_core::tokenizer::{render_chat_template, ChatMessage, Tokenizer};
 
@@ -83,4 +83,36 @@ fn gguf_merge_longer_than_any_token_is_an_error() {
     ok.insert("tokenizer.ggml.merges".into(), GgufValue::Array(vec![GgufValue::String("a b".into())]));
     let tok = Tokenizer::from_gguf(&ok).expect("valid");
     assert_eq!(tok.encode("ab").unwrap(), [2]);
+}
+
+/// gguf_stream (found reading the stream's code, then replayed through the target): a tensor
+/// of 0 bytes at offset 2^64 - 32, streamed without the file's length, overflowed
+/// `data_offset + offset` (a panic with overflow checks, a wrapped span without). The header
+/// parser now refuses an offset whose absolute end is not a number, whatever it knows.
+#[test]
+fn gguf_offset_overflowing_the_file_offsets_is_an_error() {
+    let string = |b: &mut Vec<u8>, s: &str| {
+        b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+    };
+    let mut b = b"GGUF".to_vec();
+    for v in [3u32.to_le_bytes().to_vec(), 1u64.to_le_bytes().to_vec(), 1u64.to_le_bytes().to_vec()] {
+        b.extend_from_slice(&v);
+    }
+    string(&mut b, "general.architecture");
+    b.extend_from_slice(&8u32.to_le_bytes());
+    string(&mut b, "llama");
+    string(&mut b, "w");
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // dims [0]: no bytes
+    b.extend_from_slice(&0u32.to_le_bytes()); // F32
+    b.extend_from_slice(&0xFFFF_FFFF_FFFF_FFE0u64.to_le_bytes());
+    b.resize(b.len().next_multiple_of(32), 0);
+    for len in [None, Some(b.len() as u64)] {
+        let mut s = GgufStream::new("o.gguf", len);
+        let e = s.push(&b, &mut Keep(Vec::new())).and_then(|()| s.finish()).expect_err("refused").to_string();
+        assert!(e.contains("overflows the file offsets") || e.contains("past the end"), "{len:?}: {e}");
+    }
+    let e = tandem_core::loader::gguf::GgufFile::from_bytes("o.gguf", b).expect_err("refused").to_string();
+    assert!(e.contains("past the end") || e.contains("overflows"), "{e}");
 }

@@ -496,6 +496,11 @@ impl GgufFile {
                     let len = data_len.map_or("unknown".into(), |n| n.to_string());
                     bad(format!("data [{offset}, +{n_bytes}) lies past the end of the data section ({len} bytes); truncated file?"))
                 })?;
+            // Without the file's length (a stream) nothing above bounds the offset: the
+            // tensor's absolute end must still be a number.
+            if data_offset.checked_add(offset).and_then(|s| s.checked_add(n_bytes)).is_none() {
+                return Err(bad(format!("data [{offset}, +{n_bytes}) after the header at {data_offset} overflows the file offsets")));
+            }
             if seen.insert(name.clone(), tensors.len()).is_some() {
                 return Err(bad("appears twice in the tensor directory".into()));
             }
