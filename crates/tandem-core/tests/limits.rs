@@ -155,7 +155,7 @@ fn endless_templates_run_out_of_fuel() {
         "{% set ns = namespace(x=0) %}{% for i in range(100000) %}{% for j in range(100000) %}{% set ns.x = ns.x + 1 %}{% endfor %}{% endfor %}",
     ] {
         let e = err_text(render(template, 2));
-        assert!(e.contains("ran past 2000000 instructions"), "{template}: {e}");
+        assert!(e.contains("used up its fuel of 2000000"), "{template}: {e}");
     }
     // Recursion stops at minijinja's own depth limit.
     let e = err_text(render("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", 1));
@@ -173,22 +173,29 @@ fn template_sizes_and_amplifying_filters_are_bounded() {
     // 100 MB of output in 100,000 steps: stopped at the output limit.
     let e = err_text(render("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", 1));
     assert!(e.contains("exceeds 8388608 bytes"), "{e}");
-    // Filters that would build a huge string from one small argument, before any output.
+    // Filters and operators that would build a huge string or list from a small argument are
+    // charged fuel before they allocate (minijinja 3), or checked by tandem first (tojson,
+    // which serializes before it charges; str.replace, a method tandem adds).
+    let t = Instant::now();
     for (template, needle) in [
-        ("{{ 'a\nb'|indent(1000000000000) }}", "indent width 1000000000000"),
-        ("{{ 'a\nb'|indent(width=1000000000000) }}", "indent width 1000000000000"),
-        ("{{ {'a': 1}|tojson(indent=1000000000) }}", "tojson indent width 1000000000"),
-        ("{{ '%999999999999d'|format(1) }}", "format width 999999999999"),
-        ("{{ ('x' * 10000000)|replace('', 'yyyyyyyyyy') }}", "replace result"),
-        ("{{ ('x' * 10000000).replace('x', 'yyyyyyyyyy') }}", "replace() result"),
+        ("{{ 'a\nb'|indent(1000000000000) }}", "used up its fuel"),
+        ("{{ 'a\nb'|indent(width=1000000000000) }}", "used up its fuel"),
+        ("{{ '%999999999999d'|format(1) }}", "used up its fuel"),
+        ("{{ ('x' * 10000000)|replace('', 'yyyyyyyyyy') }}", "used up its fuel"),
+        ("{% set ns = namespace(x='ab') %}{% for i in range(60) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}", "used up its fuel"),
+        ("{{ [1]|batch(1000000000000)|list }}{{ ('x' * 100000000)|length }}", "used up its fuel"),
+        ("{{ {'a': 1}|tojson(indent=1000000000) }}", "tojson indent 1000000000 (tandem's limits"),
+        ("{{ (messages * 100000000)|tojson }}", "tojson of a value this large (tandem's limits"),
+        ("{{ ('x' * 1000000).replace('x', 'yyyyyyyyyy') }}", "replace() result (tandem's limits"),
     ] {
         let e = err_text(render(template, 1));
-        assert!(e.contains(needle) && e.contains("tandem's limits"), "{template}: {e}");
+        assert!(e.contains(needle), "{template}: {e}");
     }
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
     // The same filters still work at ordinary sizes.
-    let ok = render("{{ 'a\nb'|indent(2) }}|{{ {'a': 1}|tojson(indent=2) }}|{{ '%3d'|format(7) }}|{{ 'abc'|replace('b', 'x') }}", 1)
+    let ok = render("{{ 'a\nb'|indent(2) }}|{{ {'a': 1}|tojson(indent=2) }}|{{ '%3d'|format(7) }}|{{ 'abcb'|replace('b', 'x', 1) }}|{{ messages|tojson }}", 1)
         .expect("ordinary filters");
-    assert_eq!(ok, "a\n  b|{\n  \"a\": 1\n}|  7|axc");
+    assert_eq!(ok, "a\n  b|{\n  \"a\": 1\n}|  7|axcb|[{\"role\": \"user\", \"content\": \"message 0\"}]");
 }
 
 /// A SentencePiece vocabulary of long pieces would make rebuilding its merges quadratic in

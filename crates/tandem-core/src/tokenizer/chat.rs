@@ -3,7 +3,7 @@
 
 use crate::{Error, Result};
 use minijinja::syntax::SyntaxConfig;
-use minijinja::value::{Kwargs, Rest, Serde, StringInput, Value, ValueKind, ValueOrKwargs};
+use minijinja::value::{Kwargs, Serde, Value, ValueKind};
 use minijinja::{Environment, ErrorKind, State};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -22,19 +22,21 @@ impl ChatMessage {
 /// largest (tool-calling ones) tens of kilobytes.
 pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
 
-/// Instructions one render may run. A template comes from a model file, so from anyone; fuel
-/// stops an endless or explosive loop with an error. Real templates take a few dozen
-/// instructions per message plus their preamble (SmolLM2's: about 20 per message), so this
-/// allows conversations of tens of thousands of messages, far past any context.
+/// Fuel for one render: minijinja charges one unit per instruction and per 64 bytes of data it
+/// builds (strings, lists, output), and checks allocations of known size before making them.
+/// A template comes from a model file, so from anyone; fuel stops an endless loop, a runaway
+/// string or a huge list with an error. Real templates take a few dozen units per message
+/// (SmolLM2's ChatML about 20) plus their output's bytes / 64, so this allows conversations of
+/// tens of thousands of messages, far past any context.
 pub const TEMPLATE_FUEL: u64 = 2_000_000;
 
-/// The most bytes a render may produce, and that a string method or filter may build: the
+/// The most bytes a render may produce, and that a string method or `tojson` may build: the
 /// rendered prompt is tokenized next, which refuses more than this anyway.
 pub const MAX_RENDERED_BYTES: usize = super::MAX_TEXT_BYTES;
 
-/// Widths `indent`, `tojson` and `format` accept: these filters build their padding before
-/// anything can count it, so `indent(10**12)` would ask for a terabyte at once.
-const MAX_WIDTH: usize = 4096;
+/// The widest `tojson` indent: minijinja serializes before it charges fuel, so an indent of
+/// 10^9 would build gigabytes first.
+const MAX_INDENT: usize = 256;
 
 pub(super) fn render(
     template: &str,
@@ -58,7 +60,8 @@ pub(super) fn render(
         Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
     });
     env.set_unknown_method_callback(python_method);
-    bounded_filters(&mut env);
+    // minijinja's tojson serializes the whole value before charging fuel for it.
+    env.add_filter("tojson", tojson);
     let ctx = minijinja::context! {
         messages => Value::from(Serde(messages)),
         add_generation_prompt => add_generation_prompt,
@@ -76,7 +79,7 @@ pub(super) fn render(
             MAX_RENDERED_BYTES >> 20
         ))),
         Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(Error::ChatTemplate(format!(
-            "the template ran past {TEMPLATE_FUEL} instructions (an endless loop?): {}",
+            "the template used up its fuel of {TEMPLATE_FUEL} (a unit per instruction and per 64 bytes built: an endless loop or a huge string?): {}",
             describe(&e)
         ))),
         Err(e) => Err(Error::ChatTemplate(describe(&e))),
@@ -102,48 +105,27 @@ impl std::io::Write for Capped {
 }
 
 fn too_large(what: &str) -> minijinja::Error {
-    minijinja::Error::new(ErrorKind::InvalidOperation, format!("{what} (tandem's limits: widths up to {MAX_WIDTH}, strings up to {MAX_RENDERED_BYTES} bytes)"))
+    minijinja::Error::new(
+        ErrorKind::InvalidOperation,
+        format!("{what} (tandem's limits: tojson indent up to {MAX_INDENT}, strings up to {MAX_RENDERED_BYTES} bytes)"),
+    )
 }
 
-/// minijinja's filters that allocate a size taken from their arguments before producing
-/// anything, replaced by the same filters behind a check of that size.
-fn bounded_filters(env: &mut Environment) {
-    env.add_filter("indent", indent);
-    env.add_filter("tojson", tojson);
-    env.add_filter("format", format);
-    env.add_filter("replace", replace);
-}
-
-type Filtered = std::result::Result<Value, minijinja::Error>;
-
-fn check_width(w: Option<usize>, what: &str) -> std::result::Result<(), minijinja::Error> {
-    match w {
-        Some(w) if w > MAX_WIDTH => Err(too_large(&format!("{what} width {w}"))),
-        _ => Ok(()),
-    }
-}
-
-fn indent(value: StringInput<'_>, width: Option<usize>, first: Option<bool>, blank: Option<bool>, kwargs: Kwargs) -> Filtered {
-    let w = match width {
-        Some(w) => w,
-        None => kwargs.peek::<Option<usize>>("width")?.unwrap_or(4),
-    };
-    check_width(Some(w), "indent")?;
-    let lines = value.as_str().bytes().filter(|&b| b == b'\n').count() + 1;
-    if value.as_str().len().saturating_add(lines.saturating_mul(w)) > MAX_RENDERED_BYTES {
-        return Err(too_large("indent result"));
-    }
-    minijinja::filters::indent(value, width, first, blank, kwargs)
-}
-
-fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Filtered {
-    let n = match &indent {
+/// minijinja's `tojson`, refused up front when its result would pass the render's limit: the
+/// indent is bounded, and the value is walked (items and string bytes counted, stopping at the
+/// limit) before it is serialized. A list repeated 10^8 times is one small value until then.
+fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
+    let width = match &indent {
         Some(v) => v.as_usize(),
         None => kwargs.peek::<Option<Value>>("indent")?.and_then(|v| v.as_usize()),
     };
-    check_width(n, "tojson indent")?;
-    // minijinja's own tojson charges fuel for its output's length; this one refuses an output
-    // past the render's limit instead.
+    if let Some(w) = width.filter(|&w| w > MAX_INDENT) {
+        return Err(too_large(&format!("tojson indent {w}")));
+    }
+    let mut budget = MAX_RENDERED_BYTES;
+    if !fits(value, &mut budget, 0) {
+        return Err(too_large("tojson of a value this large"));
+    }
     let json = minijinja::filters::tojson(value, indent, kwargs)?;
     if json.as_str().is_some_and(|s| s.len() > MAX_RENDERED_BYTES) {
         return Err(too_large("tojson result"));
@@ -151,22 +133,21 @@ fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Filtered {
     Ok(json)
 }
 
-fn format(state: &mut State, spec: &Value, args: Rest<ValueOrKwargs>) -> Filtered {
-    // printf widths and precisions are the digit runs of the format string.
-    let text = spec.as_str().unwrap_or_default();
-    if let Some(digits) = text.split(|c: char| !c.is_ascii_digit()).find(|d| d.len() > 4) {
-        return Err(too_large(&format!("format width {digits}")));
+/// Whether `v` serializes in about `budget` bytes: 8 per item, a string's bytes, at most 64
+/// levels deep (serialization recurses).
+fn fits(v: &Value, budget: &mut usize, depth: usize) -> bool {
+    let cost = 8 + v.as_str().map_or(0, str::len);
+    if depth > 64 || *budget < cost {
+        return false;
     }
-    minijinja::filters::format(state, spec, args)
-}
-
-fn replace(state: &mut State, value: StringInput<'_>, from: StringInput<'_>, to: StringInput<'_>) -> Filtered {
-    let (s, f) = (value.as_str(), from.as_str());
-    let n = if f.is_empty() { s.chars().count() + 1 } else { s.matches(f).count() };
-    if s.len().saturating_add(n.saturating_mul(to.as_str().len())) > MAX_RENDERED_BYTES {
-        return Err(too_large("replace result"));
+    *budget -= cost;
+    match v.kind() {
+        ValueKind::Seq | ValueKind::Iterable => v.try_iter().is_ok_and(|mut items| items.all(|x| fits(&x, budget, depth + 1))),
+        ValueKind::Map => v
+            .try_iter()
+            .is_ok_and(|mut keys| keys.all(|k| fits(&k, budget, depth + 1) && v.get_item(&k).is_ok_and(|x| fits(&x, budget, depth + 1)))),
+        _ => true,
     }
-    minijinja::filters::replace(state, value, from, to)
 }
 
 /// minijinja's Display leaves out the cause chain; the line number and cause are what a user
