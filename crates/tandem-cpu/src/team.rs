@@ -27,8 +27,11 @@ pub(crate) struct Team {
     threads: usize,
     /// The current section: generation in the high 32 bits, next unclaimed item in the low.
     claim: AtomicU64,
-    /// The current section's item count and work (valid for the generation in `claim`).
-    job: Mutex<Option<(usize, Work<'static>)>>,
+    /// The current section: its generation, item count and work. The generation travels with
+    /// the count: a helper that read `claim` just before a newer section was published must
+    /// not bound the old generation's counter by the new count (it would claim a phantom item
+    /// of the old section, run the new work on it and count it as done for the new section).
+    job: Mutex<Option<(u64, usize, Work<'static>)>>,
     /// Items of the current section finished.
     done: AtomicUsize,
     /// A helper's work panicked (the caller re-raises it).
@@ -83,7 +86,7 @@ impl Team {
         // a helper that read it late finds the generation moved on and never calls it.
         let work: Work<'static> = unsafe { std::mem::transmute::<Work<'_>, Work<'static>>(work) };
         let gen = (self.claim.load(SeqCst) >> 32) + 1;
-        *self.job.lock().unwrap() = Some((n, work));
+        *self.job.lock().unwrap() = Some((gen, n, work));
         self.done.store(0, SeqCst);
         self.claim.store(gen << 32, SeqCst);
         if self.sleepers.load(SeqCst) > 0 {
@@ -106,7 +109,8 @@ impl Team {
         }
     }
 
-    /// Claims and runs items of generation `gen` until none are left.
+    /// Claims and runs items of generation `gen` (whose section has `n` items) until none are
+    /// left.
     fn take(&self, gen: u64, n: usize, work: Work<'_>) {
         let mut c = self.claim.load(Acquire);
         loop {
@@ -137,7 +141,7 @@ impl Team {
                 seen = gen;
                 idle = 0;
                 let job = *self.job.lock().unwrap();
-                if let Some((n, work)) = job {
+                if let Some((gen, n, work)) = job {
                     self.take(gen, n, work);
                 }
                 continue;
@@ -163,5 +167,30 @@ impl Team {
         for t in self.parked.lock().unwrap().drain(..) {
             t.unpark();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sections of alternating small and large item counts, back to back: every item of every
+    /// section runs exactly once and before its section returns. A helper that paired a stale
+    /// generation with a newer section's count would run an item twice or late.
+    #[test]
+    fn every_item_runs_once_within_its_section() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        Team::with(&pool, 4, |team| {
+            for round in 0..100_000usize {
+                let n = if round % 2 == 0 { 2 + round % 3 } else { 40 + round % 7 };
+                let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                team.run(n, &|i| {
+                    hits[i].fetch_add(1, SeqCst);
+                });
+                for (i, h) in hits.iter().enumerate() {
+                    assert_eq!(h.load(SeqCst), 1, "round {round}: item {i} of {n}");
+                }
+            }
+        });
     }
 }
