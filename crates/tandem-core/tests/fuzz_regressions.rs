@@ -116,3 +116,23 @@ fn gguf_offset_overflowing_the_file_offsets_is_an_error() {
     let e = tandem_core::loader::gguf::GgufFile::from_bytes("o.gguf", b).expect_err("refused").to_string();
     assert!(e.contains("past the end") || e.contains("overflows"), "{e}");
 }
+
+/// gguf_tokenizer: a SentencePiece vocabulary listing the same piece several times ("" five
+/// times, then "\u{1}" at position 5) encoded to id 5 while `vocab_size()` said 2 (the inner
+/// map holds each piece once). Every position of tokenizer.ggml.tokens is an id, so the size
+/// is the list's length.
+#[test]
+fn gguf_duplicate_pieces_keep_every_position_an_id() {
+    let tokens = ["", "", "", "", "", "\u{1}", ""];
+    let mut m = GgufMetadata::new();
+    m.insert("tokenizer.ggml.model".into(), GgufValue::String("llama".into()));
+    m.insert("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens.iter().map(|t| GgufValue::String(t.to_string())).collect()));
+    m.insert("tokenizer.ggml.token_type".into(), GgufValue::Array(vec![GgufValue::I32(1); tokens.len()]));
+    m.insert("tokenizer.ggml.scores".into(), GgufValue::Array(vec![GgufValue::F32(0.0); tokens.len()]));
+    m.insert("tokenizer.ggml.add_space_prefix".into(), GgufValue::Bool(false));
+    let tok = Tokenizer::from_gguf(&m).expect("builds");
+    assert_eq!(tok.vocab_size(), tokens.len());
+    let ids = tok.encode("eof \0\0\u{1}\u{1}").expect("encodes");
+    assert!(ids.iter().all(|&id| (id as usize) < tok.vocab_size()), "{ids:?}");
+    assert!(ids.contains(&5), "{ids:?}");
+}

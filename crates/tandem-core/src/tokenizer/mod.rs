@@ -11,7 +11,7 @@ mod stream;
 pub use chat::ChatMessage;
 pub use stream::{Detokenizer, StopStrings, TextStream};
 
-use crate::loader::gguf::GgufMetadata;
+use crate::loader::gguf::{GgufMetadata, GgufValue};
 use crate::loader::TokenizerSource;
 use crate::{Error, Result};
 use std::collections::HashSet;
@@ -43,6 +43,9 @@ pub const MAX_VOCAB: usize = crate::config::MAX_VOCAB;
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// One past the largest id: a file may list a piece twice (GGUF vocabularies with several
+    /// "" or "[PAD]" entries), which the inner map counts once, yet every position is an id.
+    vocab: usize,
     bos_id: Option<u32>,
     eos_ids: Vec<u32>,
     add_bos: bool,
@@ -162,7 +165,12 @@ impl Tokenizer {
     /// Built from GGUF metadata (`tokenizer.ggml.*`).
     pub fn from_gguf(meta: &GgufMetadata) -> Result<Self> {
         let (inner, extras) = gguf::build(meta)?;
-        Ok(Self::assemble(inner, extras))
+        let mut t = Self::assemble(inner, extras);
+        // Every position of tokenizer.ggml.tokens is an id, duplicates included.
+        if let Some(GgufValue::Array(tokens)) = meta.get("tokenizer.ggml.tokens") {
+            t.vocab = t.vocab.max(tokens.len());
+        }
+        Ok(t)
     }
 
     pub fn load(src: &TokenizerSource) -> Result<Self> {
@@ -180,7 +188,9 @@ impl Tokenizer {
 
     fn assemble(inner: tokenizers::Tokenizer, x: Extras) -> Self {
         let special = special_ids(&inner);
+        let max_id = inner.get_vocab(true).into_values().max().map_or(0, |i| i as usize + 1);
         Tokenizer {
+            vocab: max_id.max(inner.get_vocab_size(true)),
             inner,
             bos_id: x.bos,
             eos_ids: x.eos,
@@ -209,7 +219,7 @@ impl Tokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab
     }
 
     pub fn bos_id(&self) -> Option<u32> {
