@@ -136,3 +136,24 @@ fn gguf_duplicate_pieces_keep_every_position_an_id() {
     assert!(ids.iter().all(|&id| (id as usize) < tok.vocab_size()), "{ids:?}");
     assert!(ids.contains(&5), "{ids:?}");
 }
+
+/// safetensors_stream: a 430 KB header arriving in chunks of 1 to 16 bytes took half a minute:
+/// the header buffer grew by exactly each chunk, reallocating and copying itself on every
+/// push. It now grows geometrically; here a 512 KB header arrives a byte at a time.
+#[test]
+fn a_header_trickling_in_byte_by_byte_streams() {
+    let pad = " ".repeat(512 << 10);
+    let json = format!(r#"{{"w":{{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}{pad}}}"#);
+    let mut file = (json.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(json.as_bytes());
+    file.extend_from_slice(&1f32.to_le_bytes());
+    file.extend_from_slice(&2f32.to_le_bytes());
+    let mut s = SafetensorsStream::new("t", None);
+    let mut keep = Keep(Vec::new());
+    for b in file.chunks(1) {
+        s.push(b, &mut keep).expect("valid");
+    }
+    s.finish().expect("complete");
+    assert_eq!(keep.0, ["w"]);
+    assert!(s.peak_buffered() <= 2 * file.len(), "{} bytes held for a {}-byte file", s.peak_buffered(), file.len());
+}

@@ -290,7 +290,7 @@ impl GgufStream {
             // Pieces that grow with the buffer keep copying linear, and the buffer never holds
             // more than the header and the one chunk that completes it.
             let n = chunk.len().min(HEADER_PIECE.max(buf.len()));
-            buf.reserve_exact(n);
+            grow(buf, n, usize::MAX);
             buf.extend_from_slice(&chunk[..n]);
             chunk = &chunk[n..];
             self.common.peak = self.common.peak.max(buf.capacity());
@@ -403,7 +403,7 @@ impl SafetensorsStream {
                 8 + n as usize
             };
             let n = (want - buf.len()).min(chunk.len());
-            buf.reserve_exact(n);
+            grow(buf, n, want);
             buf.extend_from_slice(&chunk[..n]);
             chunk = &chunk[n..];
             self.common.peak = self.common.peak.max(buf.capacity());
@@ -503,4 +503,15 @@ fn infos(tensors: &[(String, StInfo)]) -> Vec<TensorInfo> {
             bytes: info.data_offsets.1 - info.data_offsets.0,
         })
         .collect()
+}
+
+/// Room for `add` more bytes in a header buffer: at least double the capacity (at most `cap`
+/// in all) whenever it runs out. Growing by exactly each chunk reallocated on every push, so
+/// a header trickling in a few bytes at a time copied itself quadratically (a 430 KB header
+/// in 1..16-byte chunks took half a minute, found by the safetensors_stream fuzz target).
+fn grow(buf: &mut Vec<u8>, add: usize, cap: usize) {
+    if buf.capacity() - buf.len() < add {
+        let target = (buf.len() + add).max(buf.capacity().saturating_mul(2).min(cap));
+        buf.reserve_exact(target - buf.len());
+    }
 }
