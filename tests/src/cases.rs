@@ -516,9 +516,11 @@ fn matmul_invariance(rng: &mut Rng) -> Vec<Invariance> {
     let mut out = vec![];
     // (decode rows, prompt chunk lengths): enough rows that a GPU would pick its batched or
     // tensor-core kernels for the batch but not for a request alone.
-    let mixes: [(usize, &[usize]); 3] = [(5, &[]), (3, &[7, 1]), (20, &[30, 2])];
+    // 5, 6 and 20 decode rows split into the CPU kernel's groups of 4 with 1, 2 and 0 left.
+    let mixes: [(usize, &[usize]); 4] = [(5, &[]), (3, &[7, 1]), (20, &[30, 2]), (6, &[])];
     for dtype in WEIGHT_DTYPES {
-        for (k, m) in [(256, 96), (100, 37)] {
+        // k = 352: 11 blocks of 32, a whole group of 8 scales and a tail of 3.
+        for (k, m) in [(256, 96), (352, 21), (100, 37)] {
             for (mi, &(decodes, prompts)) in mixes.iter().enumerate() {
                 let w = encode(&rng.vec(m * k, 0.5), dtype);
                 let bias = (mi % 2 == 1).then(|| rng.vec(m, 1.0));
