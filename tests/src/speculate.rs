@@ -253,7 +253,8 @@ pub fn smollm_greedy<B: Backend>(make: &dyn Fn() -> B) -> Result<(), Skip> {
         tok.encode(&tok.apply_chat_template(&messages, true).expect("template")).expect("encode")
     };
     let quote = "Repeat this sentence exactly: The quick brown fox jumps over the lazy dog near the old river bank.";
-    let reqs: Vec<Req> = [chat("What is the capital of France?"), chat(quote)]
+    let summary = "The library will be built on the corner of Main Street and Oak Avenue, next to the old train station. It will have three floors and a rooftop garden.\n\nSummarize the text above, quoting it.";
+    let reqs: Vec<Req> = [chat("What is the capital of France?"), chat(quote), chat(summary)]
         .into_iter()
         .map(|prompt| Req { prompt, params: GenerateParams { max_tokens: 40, ..Default::default() } })
         .collect();
@@ -267,6 +268,7 @@ pub fn smollm_greedy<B: Backend>(make: &dyn Fn() -> B) -> Result<(), Skip> {
             assert!(d.reason == FinishReason::Eos || d.reason == FinishReason::Length);
         }
         assert_same(&done, &alone, &stats, &format!("SmolLM2 f32 {what}"));
+        eprintln!("answers: {:?}", done.iter().map(|d| (&d.text, d.tokens.len())).collect::<Vec<_>>());
     }
     Ok(())
 }

@@ -132,7 +132,7 @@ struct Engine<'a> {
 }
 
 impl WithBackend for Engine<'_> {
-    fn call<B: Backend>(self, backend: B) -> Result<()> {
+    fn call<B: Backend>(self, backend: B, _another: &dyn Fn() -> Result<B>) -> Result<()> {
         let s = self.settings;
         let source = tandem_core::loader::open(&self.path)?;
         let tokenizer = Tokenizer::load(&source.tokenizer)?;
