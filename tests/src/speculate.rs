@@ -141,7 +141,16 @@ pub fn stories_battery<B: Backend>(make: &dyn Fn() -> B) -> Result<(), Skip> {
         let stop = if i == 0 { vec![] } else { vec!["park".to_string()] };
         reqs.push(Req { prompt: story_prompt(&tok), params: GenerateParams { max_tokens: 120, sampling, stop, ignore_eos: true } });
     }
-    let alone = plain(&mut model, &tok, &reqs);
+    let mut alone = plain(&mut model, &tok, &reqs);
+    // A stop string from the middle of the greedy story: speculation must stop exactly where
+    // plain decoding does, never emitting an accepted draft token past it.
+    let words: Vec<&str> = alone[0].text.split_whitespace().filter(|w| w.len() >= 4).collect();
+    let stop = words[words.len() / 2].to_string();
+    let stopping = Req { prompt: story_prompt(&tok), params: GenerateParams { max_tokens: 120, stop: vec![stop.clone()], ..Default::default() } };
+    let stopped = plain(&mut model, &tok, std::slice::from_ref(&stopping)).remove(0);
+    assert_eq!(stopped.reason, FinishReason::Stop, "plain decoding meets the stop string {stop:?}");
+    reqs.push(stopping);
+    alone.push(stopped);
     let mix = batch::mix(&tok, 8, 0, 40);
     let mix_alone = plain(&mut model, &tok, &mix);
     for (what, spec) in spec_kinds {
