@@ -11,6 +11,8 @@ pub mod cases;
 pub mod e2e;
 pub mod harness;
 pub mod rng;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod speculate;
 
 pub use cases::{cases_for, Case, Init, OPS};
 #[cfg(not(target_arch = "wasm32"))]

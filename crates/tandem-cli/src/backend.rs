@@ -32,9 +32,10 @@ pub struct BackendArgs {
     pub no_f16: bool,
 }
 
-/// A command body that runs on whichever backend was chosen.
+/// A command body that runs on whichever backend was chosen. `another` makes a second
+/// instance of the same backend (a draft model for speculative decoding has its own).
 pub trait WithBackend {
-    fn call<B: Backend>(self, backend: B) -> Result<()>;
+    fn call<B: Backend>(self, backend: B, another: &dyn Fn() -> Result<B>) -> Result<()>;
 }
 
 pub fn dispatch(args: &BackendArgs, user: impl WithBackend) -> Result<()> {
@@ -47,20 +48,20 @@ pub fn dispatch(args: &BackendArgs, user: impl WithBackend) -> Result<()> {
             let wgpu_why = match pollster::block_on(WgpuBackend::new(wgpu_options(args))) {
                 Ok(gpu) if !gpu.is_software() => {
                     eprintln!("backend: wgpu on {} ({cuda_why})", gpu.adapter_info());
-                    return user.call(gpu);
+                    return user.call(gpu, &|| pollster::block_on(WgpuBackend::new(wgpu_options(args))));
                 }
                 Ok(gpu) => format!("{} is a software adapter", gpu.adapter_info()),
                 Err(e) => e.to_string(),
             };
             eprintln!("backend: cpu, {} threads ({cuda_why}; {wgpu_why})", threads(args.threads));
-            user.call(CpuBackend::new(CpuMode::Fast { threads: args.threads })?)
+            user.call(CpuBackend::new(CpuMode::Fast { threads: args.threads })?, &|| CpuBackend::new(CpuMode::Fast { threads: args.threads }))
         }
-        BackendKind::Cpu => user.call(CpuBackend::new(CpuMode::Fast { threads: args.threads })?),
-        BackendKind::CpuReference => user.call(CpuBackend::new(CpuMode::Reference)?),
+        BackendKind::Cpu => user.call(CpuBackend::new(CpuMode::Fast { threads: args.threads })?, &|| CpuBackend::new(CpuMode::Fast { threads: args.threads })),
+        BackendKind::CpuReference => user.call(CpuBackend::new(CpuMode::Reference)?, &|| CpuBackend::new(CpuMode::Reference)),
         BackendKind::Wgpu => {
             let gpu = pollster::block_on(WgpuBackend::new(wgpu_options(args)))?;
             eprintln!("backend: wgpu on {}{}", gpu.adapter_info(), if gpu.uses_f16() { ", shader-f16" } else { "" });
-            user.call(gpu)
+            user.call(gpu, &|| pollster::block_on(WgpuBackend::new(wgpu_options(args))))
         }
         BackendKind::Cuda => with_cuda(user).unwrap_or_else(|(_, e)| Err(e)),
     }
@@ -72,7 +73,7 @@ fn with_cuda<U: WithBackend>(user: U) -> std::result::Result<Result<()>, (U, Err
     match tandem_cuda::CudaBackend::new(Default::default()) {
         Ok(gpu) => {
             eprintln!("backend: cuda on {}", gpu.device_name());
-            Ok(user.call(gpu))
+            Ok(user.call(gpu, &|| tandem_cuda::CudaBackend::new(Default::default())))
         }
         Err(e) => Err((user, e)),
     }

@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// The scheduler's token budget per step.
     #[arg(long, default_value_t = 512)]
     max_batched_tokens: usize,
+    /// With --speculate or --draft-model: decode a summary of a built-in text greedily with
+    /// and without speculation (--decode-tokens tokens at most, best of --repeat) and report
+    /// both speeds, the speed-up and the acceptance rate.
+    #[command(flatten)]
+    spec: crate::speculate::SpecArgs,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -96,6 +101,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         tandem_core::loader::TokenizerSource::None(_) => Tokenizer::placeholder(source.config.vocab_size)?,
         t => Tokenizer::load(t)?,
     };
+    if let Some(spec) = args.spec.open(&tokenizer)? {
+        if args.concurrency.is_some() || args.synthetic.is_some() {
+            return Err(Error::InvalidParameter("--speculate / --draft-model measure one real model's decoding: not with --concurrency or --synthetic".into()));
+        }
+        let opts = ModelOptions { weight_dtype, kv_dtype: args.kv_dtype.dtype(), context: 1024, ..ModelOptions::default() };
+        return dispatch(&args.backend, SpecBench { args: &args, source: &source, tok: &tokenizer, opts: &opts, spec: &spec });
+    }
     if let Some(n) = args.concurrency {
         let requests = args.requests.unwrap_or(2 * n);
         if n == 0 || requests == 0 || args.gen_tokens == 0 || args.max_batched_tokens == 0 {
@@ -184,7 +196,7 @@ struct Decode {
 }
 
 impl WithBackend for Bench<'_> {
-    fn call<B: Backend>(self, mut backend: B) -> Result<()> {
+    fn call<B: Backend>(self, mut backend: B, _another: &dyn Fn() -> Result<B>) -> Result<()> {
         // Measured before the weights are loaded, so the copy's 2 GiB are free again for them.
         let copy_bw = backend.copy_bandwidth().transpose()?;
         let mut model = load_model(backend, self.source, self.opts)?;
@@ -298,6 +310,24 @@ impl WithBackend for Bench<'_> {
     }
 }
 
+/// The speculative decoding comparison.
+struct SpecBench<'a> {
+    args: &'a BenchArgs,
+    source: &'a tandem_core::loader::ModelSource,
+    tok: &'a Tokenizer,
+    opts: &'a ModelOptions,
+    spec: &'a crate::speculate::SpecSource,
+}
+
+impl WithBackend for SpecBench<'_> {
+    fn call<B: Backend>(self, backend: B, another: &dyn Fn() -> Result<B>) -> Result<()> {
+        let mut model = load_model(backend, self.source, self.opts)?;
+        let spec = self.spec.build(another, self.opts)?;
+        let a = self.args;
+        pollster::block_on(crate::speculate::bench(&mut model, self.tok, spec, &self.spec.describe(), a.decode_tokens, a.repeat, a.json))
+    }
+}
+
 /// The --concurrency benchmark.
 struct Concurrent<'a> {
     args: &'a BenchArgs,
@@ -309,7 +339,7 @@ struct Concurrent<'a> {
 }
 
 impl WithBackend for Concurrent<'_> {
-    fn call<B: Backend>(self, backend: B) -> Result<()> {
+    fn call<B: Backend>(self, backend: B, _another: &dyn Fn() -> Result<B>) -> Result<()> {
         let mut model = load_model(backend, self.source, self.opts)?;
         let budget = self.args.max_batched_tokens;
         let runs = [

@@ -6,6 +6,7 @@ mod bench_batch;
 mod inspect;
 mod run;
 mod serve;
+mod speculate;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

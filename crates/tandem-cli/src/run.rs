@@ -4,12 +4,13 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::PathBuf;
-use tandem_core::generate::{generate, GenerateParams};
+use tandem_core::generate::{generate_speculative, GenerateParams};
 use tandem_core::model::{Model, ModelOptions};
 use tandem_core::sampling::SamplingParams;
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
 use tandem_core::{Backend, DType, Error, Result};
 use crate::backend::{dispatch, BackendArgs, WithBackend};
+use crate::speculate::{SpecArgs, SpecSource};
 use web_time::Instant;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,6 +97,8 @@ pub struct RunArgs {
     /// Wrap PROMPT as one user message through the model's chat template.
     #[arg(long)]
     chat: bool,
+    #[command(flatten)]
+    spec: SpecArgs,
     /// A system message for --chat.
     #[arg(long, requires = "chat")]
     system: Option<String>,
@@ -131,7 +134,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         return Err(Error::PromptTooLong { prompt: prompt.len(), context: opts.context.min(source.config.max_position) });
     }
     let params = GenerateParams { max_tokens: args.max_tokens, sampling, stop: args.stop.clone(), ignore_eos: args.ignore_eos };
-    let job = RunJob { source: &source, opts: &opts, tokenizer: &tokenizer, prompt: &prompt, params: &params };
+    let spec = args.spec.open(&tokenizer)?;
+    let job = RunJob { source: &source, opts: &opts, tokenizer: &tokenizer, prompt: &prompt, params: &params, spec: spec.as_ref() };
     dispatch(&args.backend, job)
 }
 
@@ -141,11 +145,14 @@ struct RunJob<'a> {
     tokenizer: &'a Tokenizer,
     prompt: &'a [u32],
     params: &'a GenerateParams,
+    spec: Option<&'a SpecSource>,
 }
 
 impl WithBackend for RunJob<'_> {
-    fn call<B: Backend>(self, backend: B) -> Result<()> {
-        pollster::block_on(run_with(backend, self.source, self.opts, self.tokenizer, self.prompt, self.params))
+    fn call<B: Backend>(self, backend: B, another: &dyn Fn() -> Result<B>) -> Result<()> {
+        let mut model = load_model(backend, self.source, self.opts)?;
+        let mut spec = self.spec.map(|s| s.build(another, self.opts)).transpose()?;
+        pollster::block_on(run_with(&mut model, self.tokenizer, self.prompt, self.params, &mut spec))
     }
 }
 
@@ -168,24 +175,24 @@ fn prompt_ids(args: &RunArgs, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
 }
 
 async fn run_with<B: Backend>(
-    backend: B,
-    source: &tandem_core::loader::ModelSource,
-    opts: &ModelOptions,
+    model: &mut Model<B>,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     params: &GenerateParams,
+    spec: &mut Option<tandem_core::scheduler::Speculation<B>>,
 ) -> Result<()> {
-    let mut model = load_model(backend, source, opts)?;
     let mut stdout = std::io::stdout().lock();
-    let gen = generate(&mut model, tokenizer, prompt, params, &mut |text| {
+    let mut write = |text: &str| {
         // A closed pipe (e.g. `| head`) is not worth an error mid-stream.
         let _ = stdout.write_all(text.as_bytes());
         let _ = stdout.flush();
-    })
-    .await?;
+    };
+    let gen = generate_speculative(model, tokenizer, prompt, params, spec, &mut write, &|| false).await?;
+    let speculated = spec.as_ref().map(|_| format!(" | speculative: {}", crate::speculate::acceptance(&gen))).unwrap_or_default();
+    let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout);
     eprintln!(
-        "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s ({:?}) | weights {:.1} GB/s | peak memory {}",
+        "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s ({:?}){speculated} | weights {:.1} GB/s | peak memory {}",
         gen.prompt_tokens,
         gen.prefill_tok_per_sec(),
         gen.tokens.len(),

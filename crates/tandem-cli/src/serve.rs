@@ -56,6 +56,9 @@ pub struct ServeArgs {
     /// Seconds running requests may go on after SIGINT/SIGTERM before they are aborted.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
+    /// Speculative decoding for every request (each --model gets its own draft model).
+    #[command(flatten)]
+    spec: crate::speculate::SpecArgs,
 }
 
 pub fn serve(args: ServeArgs) -> std::result::Result<(), Box<dyn std::error::Error>> {
@@ -104,13 +107,14 @@ fn model_spec(arg: Option<&str>) -> Result<(String, PathBuf)> {
 }
 
 /// The engine settings every model gets.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Settings {
     dtype: Option<DType>,
     kv_dtype: DType,
     ctx: usize,
     kv_bytes: Option<u64>,
     sched: SchedulerConfig,
+    spec: crate::speculate::SpecArgs,
 }
 
 impl From<&ServeArgs> for Settings {
@@ -121,6 +125,7 @@ impl From<&ServeArgs> for Settings {
             ctx: a.ctx,
             kv_bytes: a.kv_cache_memory,
             sched: SchedulerConfig { max_seqs: a.max_seqs, max_batched_tokens: a.max_batched_tokens },
+            spec: a.spec.clone(),
         }
     }
 }
@@ -132,7 +137,7 @@ struct Engine<'a> {
 }
 
 impl WithBackend for Engine<'_> {
-    fn call<B: Backend>(self, backend: B) -> Result<()> {
+    fn call<B: Backend>(self, backend: B, another: &dyn Fn() -> Result<B>) -> Result<()> {
         let s = self.settings;
         let source = tandem_core::loader::open(&self.path)?;
         let tokenizer = Tokenizer::load(&source.tokenizer)?;
@@ -156,7 +161,9 @@ impl WithBackend for Engine<'_> {
             max_step_tokens: s.sched.max_batched_tokens.max(1),
             ..defaults
         };
+        let spec = s.spec.open(&tokenizer)?;
         let model = load_model(backend, &source, &opts)?;
+        let spec = spec.map(|sp| sp.build(another, &opts)).transpose()?;
         eprintln!(
             "serving {} as '{}': context {}, KV pool {} blocks ({} tokens)",
             self.path.display(),
@@ -165,7 +172,7 @@ impl WithBackend for Engine<'_> {
             model.kv.total_blocks(),
             model.kv.capacity()
         );
-        self.seat.serve(model, tokenizer, s.sched)
+        self.seat.serve_speculative(model, tokenizer, s.sched, spec)
     }
 }
 

@@ -5,7 +5,7 @@
 use crate::backend::Backend;
 use crate::model::Model;
 use crate::sampling::SamplingParams;
-use crate::scheduler::{Event, Scheduler, SchedulerConfig};
+use crate::scheduler::{Event, Scheduler, SchedulerConfig, Speculation};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -71,6 +71,9 @@ pub struct Generation {
     pub prefill_secs: f64,
     /// Time for every later token.
     pub decode_secs: f64,
+    /// Speculative decoding: draft tokens verified and accepted (0 without it).
+    pub draft_tokens: usize,
+    pub accepted_tokens: usize,
 }
 
 impl Generation {
@@ -109,6 +112,21 @@ pub async fn generate_interruptible<B: Backend>(
     on_text: &mut dyn FnMut(&str),
     interrupted: &dyn Fn() -> bool,
 ) -> Result<Generation> {
+    generate_speculative(model, tokenizer, prompt, params, &mut None, on_text, interrupted).await
+}
+
+/// [`generate_interruptible`] with speculative decoding when `spec` holds one (it is lent to
+/// the run's scheduler and handed back, its draft model's blocks all free). The tokens are
+/// the ones generation without it gives; [`Generation`] counts drafted and accepted tokens.
+pub async fn generate_speculative<B: Backend>(
+    model: &mut Model<B>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    params: &GenerateParams,
+    spec: &mut Option<Speculation<B>>,
+    on_text: &mut dyn FnMut(&str),
+    interrupted: &dyn Fn() -> bool,
+) -> Result<Generation> {
     if prompt.is_empty() {
         return Err(Error::InvalidParameter("the prompt has no tokens".into()));
     }
@@ -117,13 +135,15 @@ pub async fn generate_interruptible<B: Backend>(
     if prompt.len() > context {
         return Err(Error::PromptTooLong { prompt: prompt.len(), context });
     }
-    let mut gen = Generation {
+    let gen = Generation {
         prompt_tokens: prompt.len(),
         tokens: Vec::new(),
         text: String::new(),
         finish: FinishReason::Length,
         prefill_secs: 0.0,
         decode_secs: 0.0,
+        draft_tokens: 0,
+        accepted_tokens: 0,
     };
     if params.max_tokens == 0 {
         return Ok(gen);
@@ -133,6 +153,21 @@ pub async fn generate_interruptible<B: Backend>(
     let params = GenerateParams { max_tokens: params.max_tokens.min(room).max(1), ..params.clone() };
     let config = SchedulerConfig { max_seqs: 1, max_batched_tokens: model.max_step_tokens() };
     let mut sched = Scheduler::<B, &mut Model<B>, &Tokenizer>::new(model, tokenizer, config)?;
+    sched.set_speculation(spec.take())?;
+    let result = run_one(&mut sched, prompt, params, clamped, gen, on_text, interrupted).await;
+    *spec = sched.set_speculation(None)?;
+    result
+}
+
+async fn run_one<B: Backend>(
+    sched: &mut Scheduler<B, &mut Model<B>, &Tokenizer>,
+    prompt: &[u32],
+    params: GenerateParams,
+    clamped: bool,
+    mut gen: Generation,
+    on_text: &mut dyn FnMut(&str),
+    interrupted: &dyn Fn() -> bool,
+) -> Result<Generation> {
     let id = sched.add(prompt.to_vec(), params)?;
     let mut emit = |gen: &mut Generation, text: &str| {
         if !text.is_empty() {
@@ -155,6 +190,8 @@ pub async fn generate_interruptible<B: Backend>(
                     gen.finish = if clamped && reason == FinishReason::Length { FinishReason::Context } else { reason };
                     gen.prefill_secs = usage.ttft_secs;
                     gen.decode_secs = usage.decode_secs;
+                    gen.draft_tokens = usage.draft_tokens;
+                    gen.accepted_tokens = usage.accepted_tokens;
                 }
                 Event::Failed(e) => return Err(e),
             }

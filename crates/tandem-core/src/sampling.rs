@@ -217,6 +217,14 @@ impl Sampler {
     pub fn next_uniform(&mut self) -> f32 {
         self.rng.next_f32()
     }
+
+    /// The next `n` draws [`Sampler::next_uniform`] would give, without taking them: a
+    /// speculative verification draws each row's token with the draw that position gets
+    /// without speculation, then takes only as many as it emitted tokens.
+    pub fn peek_uniforms(&self, n: usize) -> Vec<f32> {
+        let mut rng = self.rng.clone();
+        (0..n).map(|_| rng.next_f32()).collect()
+    }
 }
 
 /// The Sample op's reference for one row: greedy ([`argmax`]) at temperature 0, else

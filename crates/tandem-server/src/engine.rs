@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tandem_core::generate::GenerateParams;
 use tandem_core::model::Model;
-use tandem_core::scheduler::{Event, RequestId, Scheduler, SchedulerConfig};
+use tandem_core::scheduler::{Event, RequestId, Scheduler, SchedulerConfig, Speculation};
 use tandem_core::tokenizer::Tokenizer;
 use tandem_core::{Backend, Result};
 use tokio::sync::{mpsc as tmpsc, watch};
@@ -116,6 +116,12 @@ impl EngineSeat {
 
     /// Serves requests on this thread until the server stops (or drains and is done).
     pub fn serve<B: Backend>(&self, model: Model<B>, tokenizer: Tokenizer, config: SchedulerConfig) -> Result<()> {
+        self.serve_speculative(model, tokenizer, config, None)
+    }
+
+    /// [`EngineSeat::serve`] with speculative decoding for every request (see
+    /// [`Speculation`]): the same tokens, fewer target steps.
+    pub fn serve_speculative<B: Backend>(&self, model: Model<B>, tokenizer: Tokenizer, config: SchedulerConfig, spec: Option<Speculation<B>>) -> Result<()> {
         let tokenizer = Arc::new(tokenizer);
         let ready = Ready {
             tokenizer: tokenizer.clone(),
@@ -125,7 +131,7 @@ impl EngineSeat {
             created: unix_now(),
             names: Arc::new(TokenNames::new(tokenizer.clone())),
         };
-        let sched = match Scheduler::new(model, tokenizer, config) {
+        let sched = match Scheduler::new(model, tokenizer, config).and_then(|mut s| s.set_speculation(spec).map(|_| s)) {
             Ok(s) => s,
             Err(e) => {
                 self.fail(e.to_string());

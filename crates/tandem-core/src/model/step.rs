@@ -16,11 +16,15 @@ use super::{Model, Weight};
 
 /// What a sequence wants from its rows in a step.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RowWant {
+pub enum RowWant<'a> {
     /// Nothing (a prompt chunk that does not finish its prompt).
     None,
     /// The next token, chosen on the device with these parameters: 4 bytes come back.
     Token(SampleRow),
+    /// A token for each of the chunk's last `rows.len()` rows, each chosen on the device with
+    /// its own parameters (speculative verification: what the model says after each draft
+    /// token): 4 bytes a row come back.
+    Tokens(&'a [SampleRow]),
     /// The last row's logits: [vocab] (host-side sampling, e.g. with penalties).
     Logits,
     /// Every row's logits: [rows, vocab] (perplexity).
@@ -33,15 +37,19 @@ pub enum RowWant {
 pub struct Chunk<'a> {
     pub seq: &'a Sequence,
     pub tokens: &'a [u32],
-    /// A decode row (one token): computed exactly as that token alone would be.
+    /// Decode rows: each token computed exactly as that token alone after its context would
+    /// be (a plain decode has one; a speculative verification has its last accepted token
+    /// and the draft tokens after it, each row attending to the positions up to its own).
     pub decode: bool,
-    pub want: RowWant,
+    pub want: RowWant<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChunkOut {
     None,
     Token(u32),
+    /// [`RowWant::Tokens`]: one token per asked row, in row order.
+    Tokens(Vec<u32>),
     Logits(Vec<f32>),
 }
 
@@ -167,6 +175,7 @@ impl<B: Backend> Model<B> {
             for &i in &order {
                 let rows = match (chunks[i].want, pass) {
                     (RowWant::Token(_), true) => 1,
+                    (RowWant::Tokens(r), true) => r.len(),
                     (RowWant::Logits, false) => 1,
                     (RowWant::AllLogits, false) => chunks[i].tokens.len(),
                     _ => 0,
@@ -177,10 +186,12 @@ impl<B: Backend> Model<B> {
                 }
             }
         }
-        let samples: Vec<SampleRow> = head.iter().filter_map(|h| match chunks[h.chunk].want {
-            RowWant::Token(p) => Some(p),
-            _ => None,
+        let samples: Vec<SampleRow> = head.iter().flat_map(|h| match chunks[h.chunk].want {
+            RowWant::Token(p) => vec![p],
+            RowWant::Tokens(r) => r.to_vec(),
+            _ => vec![],
         }).collect();
+        let token_heads = head.iter().filter(|h| matches!(chunks[h.chunk].want, RowWant::Token(_) | RowWant::Tokens(_))).count();
         self.act.grow_head(&mut self.backend, &self.config, row.max(1))?;
         let step = self.record(chunks, &order, &head, &samples)?;
         self.backend.execute(&step)?;
@@ -190,12 +201,16 @@ impl<B: Backend> Model<B> {
         if !samples.is_empty() {
             self.stats.read_bytes += 4 * samples.len() as u64;
             let tokens = self.backend.read_u32(self.act.token, 0, samples.len()).await?;
-            for (h, t) in head.iter().zip(tokens) {
-                outs[h.chunk] = ChunkOut::Token(t);
+            for h in &head[..token_heads] {
+                let rows = &tokens[h.row..h.row + h.rows];
+                outs[h.chunk] = match chunks[h.chunk].want {
+                    RowWant::Tokens(_) => ChunkOut::Tokens(rows.to_vec()),
+                    _ => ChunkOut::Token(rows[0]),
+                };
             }
         }
         let vocab = self.config.vocab_size;
-        for h in &head[samples.len()..] {
+        for h in &head[token_heads..] {
             self.stats.read_bytes += 4 * (h.rows * vocab) as u64;
             let logits = self.backend.read_f32(self.act.logits, h.row * vocab, h.rows * vocab).await?;
             outs[h.chunk] = ChunkOut::Logits(logits);
@@ -210,8 +225,8 @@ impl<B: Backend> Model<B> {
             return bad(format!("a step takes 1 to {} tokens, got {total}", self.act.cap));
         }
         for c in chunks {
-            if c.tokens.is_empty() || (c.decode && c.tokens.len() != 1) {
-                return bad(format!("a chunk has {} tokens (a decode has exactly one)", c.tokens.len()));
+            if c.tokens.is_empty() {
+                return bad("a chunk has no tokens".into());
             }
             if let Some(&t) = c.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
                 return bad(format!("token id {t} is outside the vocabulary of {}", self.config.vocab_size));
@@ -223,8 +238,15 @@ impl<B: Backend> Model<B> {
             if c.seq.blocks.len() * self.kv.block_size < end {
                 return bad(format!("a sequence holds blocks for {} positions, not {end}", c.seq.blocks.len() * self.kv.block_size));
             }
-            if let RowWant::Token(p) = c.want {
-                p.check()?;
+            match c.want {
+                RowWant::Token(p) => p.check()?,
+                RowWant::Tokens(rows) => {
+                    if rows.is_empty() || rows.len() > c.tokens.len() {
+                        return bad(format!("a chunk of {} tokens asks for {} rows' tokens", c.tokens.len(), rows.len()));
+                    }
+                    rows.iter().try_for_each(SampleRow::check)?;
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -249,7 +271,7 @@ impl<B: Backend> Model<B> {
         }
         self.act.grow_tables(&mut self.backend, tables.len())?;
         let n = ids.len();
-        let decode_rows = chunks.iter().filter(|c| c.decode).count();
+        let decode_rows: usize = chunks.iter().filter(|c| c.decode).map(|c| c.tokens.len()).sum();
         let max_ctx = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(1);
         let c = &self.config;
         let a = &self.act;

@@ -16,12 +16,14 @@
 //! had the first time (batch invariance), and the prefix cache usually still holds most of it.
 
 mod request;
+mod speculate;
 
 use std::borrow::{Borrow, BorrowMut};
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 
 pub use request::{Event, RequestId, Usage};
+pub use speculate::{ngram_draft, Drafter, Speculation, MAX_DRAFT_TOKENS};
 pub use crate::sampling::TokenLogprobs;
 use request::SeqState;
 
@@ -56,6 +58,9 @@ pub struct SchedulerStats {
     pub peak_blocks_used: usize,
     /// Prompt tokens taken from the prefix cache instead of computed.
     pub cached_prompt_tokens: u64,
+    /// Speculative decoding: draft tokens verified, and how many of them were accepted.
+    pub draft_tokens: u64,
+    pub accepted_tokens: u64,
 }
 
 /// Generic over how it holds the model and the tokenizer: owned (a server's scheduler lives as
@@ -71,16 +76,33 @@ pub struct Scheduler<B: Backend, M: BorrowMut<Model<B>> = Model<B>, T: Borrow<To
     outbox: Vec<(RequestId, Event)>,
     next_id: RequestId,
     pub stats: SchedulerStats,
+    /// Speculative decoding, when on.
+    spec: Option<Speculation<B>>,
     backend: PhantomData<B>,
 }
 
 /// One scheduled chunk: a running sequence's index, how many tokens from its computed
-/// position, whether they are a decode row, and whether they produce its next token.
+/// position, whether they are decode rows, and whether they produce its next token. A
+/// verification's chunk is its last token and then its draft (len = 1 + draft.len()).
 struct Planned {
     seq: usize,
     len: usize,
     decode: bool,
     samples: bool,
+    /// Draft tokens wanted (a draft model fills `draft` up to this before the step).
+    k: usize,
+    draft: Vec<u32>,
+}
+
+/// What a planned chunk asks of the step, owned until the chunks borrow it.
+enum Want {
+    None,
+    Token(SampleRow),
+    /// One token per row of a verification; `peeked` when the rows used the request's next
+    /// random draws, which are taken only for the tokens it emits.
+    Tokens { rows: Vec<SampleRow>, peeked: bool },
+    Logits,
+    AllLogits,
 }
 
 impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T> {
@@ -98,8 +120,26 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             outbox: vec![],
             next_id: 0,
             stats: SchedulerStats::default(),
+            spec: None,
             backend: PhantomData,
         })
+    }
+
+    /// Turns speculative decoding on (or off with `None`) for the sequences that decode from
+    /// now on; returns the previous setting (a draft model with it). Refuses a draft model
+    /// whose vocabulary or context does not fit the target.
+    pub fn set_speculation(&mut self, spec: Option<Speculation<B>>) -> Result<Option<Speculation<B>>> {
+        if let Some(s) = &spec {
+            s.check(self.model.borrow())?;
+        }
+        for s in self.running.iter_mut().chain(self.waiting.iter_mut()) {
+            Self::release_draft(&mut self.spec, &mut s.spec);
+        }
+        Ok(std::mem::replace(&mut self.spec, spec))
+    }
+
+    pub fn speculation(&self) -> Option<&Speculation<B>> {
+        self.spec.as_ref()
     }
 
     pub fn model(&self) -> &Model<B> {
@@ -171,6 +211,12 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         true
     }
 
+    /// Returns every block of `s` (the target's and the draft model's) to their pools.
+    fn release(&mut self, s: &mut SeqState) {
+        self.model.borrow_mut().kv.release(&mut s.kv);
+        Self::release_draft(&mut self.spec, &mut s.spec);
+    }
+
     /// Whether a step has anything to do (or events to hand out).
     pub fn has_work(&self) -> bool {
         !self.waiting.is_empty() || !self.running.is_empty() || !self.outbox.is_empty()
@@ -188,18 +234,36 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
     /// (each gets `Failed`) and leaves the others queued.
     pub async fn step(&mut self) -> Vec<(RequestId, Event)> {
         let mut events = std::mem::take(&mut self.outbox);
-        let plan = self.schedule();
+        let mut plan = self.schedule();
         if plan.is_empty() {
             return events;
         }
-        let rows: Vec<RowWant> = plan.iter().map(|p| self.row_want(p)).collect();
+        self.draft_with_model(&mut plan).await;
+        let wants: Vec<Want> = plan.iter().map(|p| self.row_want(p)).collect();
+        // A verification feeds its last token and then its draft.
+        let fed: Vec<Vec<u32>> = plan
+            .iter()
+            .map(|p| {
+                let s = &self.running[p.seq];
+                let mut t = s.tokens[s.computed()..s.computed() + p.len - p.draft.len()].to_vec();
+                t.extend_from_slice(&p.draft);
+                t
+            })
+            .collect();
         let result = {
             let chunks: Vec<Chunk> = plan
                 .iter()
-                .zip(&rows)
-                .map(|(p, &want)| {
-                    let s = &self.running[p.seq];
-                    Chunk { seq: &s.kv, tokens: &s.tokens[s.computed()..s.computed() + p.len], decode: p.decode, want }
+                .zip(&wants)
+                .zip(&fed)
+                .map(|((p, want), tokens)| {
+                    let want = match want {
+                        Want::None => RowWant::None,
+                        Want::Token(r) => RowWant::Token(*r),
+                        Want::Tokens { rows, .. } => RowWant::Tokens(rows),
+                        Want::Logits => RowWant::Logits,
+                        Want::AllLogits => RowWant::AllLogits,
+                    };
+                    Chunk { seq: &self.running[p.seq].kv, tokens, decode: p.decode, want }
                 })
                 .collect();
             self.model.borrow_mut().step(&chunks).await
@@ -212,7 +276,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
                 failed.sort_unstable();
                 for &i in failed.iter().rev() {
                     let mut s = self.running.remove(i);
-                    self.model.borrow_mut().kv.release(&mut s.kv);
+                    self.release(&mut s);
                     events.push((s.id, Event::Failed(clone_error(&e))));
                 }
                 return events;
@@ -221,28 +285,10 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         let used = self.model().kv.total_blocks() - self.model().kv.free_blocks();
         self.stats.peak_blocks_used = self.stats.peak_blocks_used.max(used);
         let mut done = vec![];
-        for (p, out) in plan.iter().zip(outs) {
-            let s = &mut self.running[p.seq];
-            s.kv.len += p.len;
-            self.model.borrow_mut().kv.cache_full_blocks(&mut s.kv, &s.tokens, s.prompt_len);
-            let token = match out {
-                ChunkOut::Token(t) => Some((t, None)),
-                ChunkOut::Logits(mut logits) => {
-                    let (prompt, generated) = s.tokens.split_at(s.prompt_len);
-                    Some(s.sampler.sample_with_logprobs(&mut logits, prompt, generated))
-                }
-                ChunkOut::None => None,
-            };
-            if let Some((t, logprobs)) = token {
-                match s.push_token(self.tokenizer.borrow(), t, logprobs, self.model.borrow_mut().context()) {
-                    Ok((ev, finish)) => {
-                        events.push((s.id, ev));
-                        if let Some(reason) = finish {
-                            done.push((p.seq, Ok(reason)));
-                        }
-                    }
-                    Err(e) => done.push((p.seq, Err(e))),
-                }
+        for ((p, out), want) in plan.iter().zip(outs).zip(&wants) {
+            let peeked = matches!(want, Want::Tokens { peeked: true, .. });
+            if let Some(how) = self.take_outputs(p, out, peeked, &mut events) {
+                done.push((p.seq, how));
             }
         }
         done.sort_by_key(|d| std::cmp::Reverse(d.0));
@@ -252,7 +298,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
                 Ok(reason) => self.retire(s, reason),
                 Err(e) => {
                     let mut s = s;
-                    self.model.borrow_mut().kv.release(&mut s.kv);
+                    self.release(&mut s);
                     self.outbox.push((s.id, Event::Failed(e)));
                 }
             }
@@ -261,33 +307,105 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         events
     }
 
+    /// Takes a planned chunk's outputs into its sequence: its computed positions, then its
+    /// tokens in order (a verification's while they equal its draft, and the one after),
+    /// stopping at the first that ends the request. Rolls back the cache positions of
+    /// rejected draft tokens. Returns how the request ended, if it did.
+    fn take_outputs(&mut self, p: &Planned, out: ChunkOut, peeked: bool, events: &mut Vec<(RequestId, Event)>) -> Option<Result<FinishReason>> {
+        let vocab = self.model().config.vocab_size;
+        let context = self.model().context();
+        let s = &mut self.running[p.seq];
+        let old = s.computed();
+        let rows = if p.draft.is_empty() { 1 } else { p.draft.len() + 1 };
+        let mut accepted = 0;
+        let mut ended = None;
+        for i in 0..rows {
+            let (t, logprobs) = match &out {
+                ChunkOut::None => break,
+                ChunkOut::Token(t) => (*t, None),
+                ChunkOut::Tokens(t) => {
+                    if peeked {
+                        s.sampler.next_uniform();
+                    }
+                    (t[i], None)
+                }
+                ChunkOut::Logits(logits) => {
+                    // A verification reads every row's logits; a decode only its one row. The
+                    // host draws row i after the tokens before it, as plain decoding would.
+                    let mut row = if rows > 1 { logits[i * vocab..(i + 1) * vocab].to_vec() } else { logits.clone() };
+                    let (prompt, generated) = s.tokens.split_at(s.prompt_len);
+                    s.sampler.sample_with_logprobs(&mut row, prompt, generated)
+                }
+            };
+            match s.push_token(self.tokenizer.borrow(), t, logprobs, context) {
+                Ok((ev, finish)) => {
+                    events.push((s.id, ev));
+                    ended = finish.map(Ok);
+                }
+                Err(e) => ended = Some(Err(e)),
+            }
+            let hit = i < p.draft.len() && t == p.draft[i];
+            accepted += hit as usize;
+            if ended.is_some() || !hit {
+                break;
+            }
+        }
+        // Positions holding the last token and the accepted draft tokens stay; a prompt chunk
+        // or a decode keeps all it computed.
+        let valid = if p.draft.is_empty() { old + p.len } else { old + 1 + accepted };
+        s.kv.len = old + p.len;
+        if !p.draft.is_empty() {
+            s.usage.draft_tokens += p.draft.len();
+            s.usage.accepted_tokens += accepted;
+            s.spec.observe(p.draft.len(), accepted);
+            self.stats.draft_tokens += p.draft.len() as u64;
+            self.stats.accepted_tokens += accepted as u64;
+        }
+        let kv = &mut self.model.borrow_mut().kv;
+        // Also returns blocks reserved for a draft that came back shorter.
+        kv.truncate(&mut s.kv, valid);
+        kv.cache_full_blocks(&mut s.kv, &s.tokens, s.prompt_len);
+        if p.decode {
+            self.settle_draft(p.seq, valid);
+        }
+        ended
+    }
+
     /// Frees a finished sequence's blocks (full ones stay in the prefix cache) and queues its
     /// closing event.
     fn retire(&mut self, mut s: SeqState, reason: FinishReason) {
-        self.model.borrow_mut().kv.release(&mut s.kv);
+        self.release(&mut s);
         let ev = s.finish(self.tokenizer.borrow(), reason);
         self.outbox.push((s.id, ev));
     }
 
     /// What a planned chunk's rows ask for: nothing while recomputing known tokens, else the
-    /// next token, drawn on the device with the request's own next draw, or logits for the
-    /// host when it needs the history (penalties), the whole distribution (logprobs), or the
-    /// backend cannot sample. Only requests that ask pay for reading back a row of logits.
-    fn row_want(&mut self, p: &Planned) -> RowWant {
+    /// next token (a verification: a token per row), drawn on the device with the request's
+    /// own next draws, or logits for the host when it needs the history (penalties), the whole
+    /// distribution (logprobs), or the backend cannot sample. Only requests that ask pay for
+    /// reading back rows of logits.
+    fn row_want(&mut self, p: &Planned) -> Want {
         if !p.samples {
-            return RowWant::None;
+            return Want::None;
         }
         let on_device = self.model().samples_on_device();
         let s = &mut self.running[p.seq];
         let sp = s.sampler.params().clone();
+        let verify = !p.draft.is_empty();
         if sp.needs_logits() || (sp.temperature > 0.0 && !on_device) {
-            return RowWant::Logits;
+            return if verify { Want::AllLogits } else { Want::Logits };
         }
+        let rows = p.draft.len() + 1;
         if sp.temperature == 0.0 {
-            return RowWant::Token(SampleRow::greedy());
+            return if verify { Want::Tokens { rows: vec![SampleRow::greedy(); rows], peeked: false } } else { Want::Token(SampleRow::greedy()) };
         }
         let top_k = sp.top_k.min(u32::MAX as usize) as u32;
-        RowWant::Token(SampleRow { temperature: sp.temperature, top_k, top_p: sp.top_p, min_p: sp.min_p, uniform: s.sampler.next_uniform() })
+        let row = |uniform| SampleRow { temperature: sp.temperature, top_k, top_p: sp.top_p, min_p: sp.min_p, uniform };
+        if verify {
+            Want::Tokens { rows: s.sampler.peek_uniforms(rows).into_iter().map(row).collect(), peeked: true }
+        } else {
+            Want::Token(row(s.sampler.next_uniform()))
+        }
     }
 
     /// Picks this step's chunks: running sequences first (in admission order), then waiting
@@ -298,6 +416,8 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         let mut i = 0;
         while i < self.running.len() && budget > 0 && plan.len() < self.config.max_seqs {
             let (len, decode) = next_chunk(&self.running[i], budget);
+            let (k, draft) = self.plan_draft(i, budget);
+            let len = len + k;
             if !self.make_room(i, len, &mut plan) {
                 // Sequence i itself was the newest and went back to the queue: nothing waiting
                 // can fit either.
@@ -306,7 +426,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             let s = &mut self.running[i];
             let end = s.computed() + len;
             self.model.borrow_mut().kv.reserve(&mut s.kv, end).expect("room was made");
-            plan.push(Planned { seq: i, len, decode, samples: s.computed() + len == s.tokens.len() });
+            plan.push(Planned { seq: i, len, decode, samples: s.computed() + len - k == s.tokens.len(), k, draft });
             budget -= len;
             i += 1;
         }
@@ -325,12 +445,38 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             let (len, decode) = next_chunk(&s, budget);
             let end = s.computed() + len;
             self.model.borrow_mut().kv.reserve(&mut s.kv, end).expect("checked above");
-            plan.push(Planned { seq: self.running.len(), len, decode, samples: s.computed() + len == s.tokens.len() });
+            plan.push(Planned { seq: self.running.len(), len, decode, samples: s.computed() + len == s.tokens.len(), k: 0, draft: vec![] });
             budget -= len;
             self.running.push(s);
             i += 1;
         }
         plan
+    }
+
+    /// How many tokens to draft for running sequence `i` this step, and the draft when it is
+    /// known now (prompt lookup; a draft model's comes before the step): only in steady decode,
+    /// within the step's token budget, the request's max_tokens and context, and the blocks
+    /// free now (a draft never preempts anyone).
+    fn plan_draft(&mut self, i: usize, budget: usize) -> (usize, Vec<u32>) {
+        let Some(spec) = &self.spec else { return (0, vec![]) };
+        let s = &self.running[i];
+        if s.generated() == 0 || s.computed() + 1 != s.tokens.len() {
+            return (0, vec![]);
+        }
+        let context = self.model().context();
+        let left = s.params.max_tokens.saturating_sub(s.generated() + 1);
+        let mut k = s.spec.k(spec.max_draft).min(budget - 1).min(left).min(context.saturating_sub(s.tokens.len()));
+        let kv = &self.model().kv;
+        while k > 0 && kv.blocks_needed(&s.kv, s.tokens.len() + k) > kv.free_blocks() {
+            k -= 1;
+        }
+        match spec.drafter {
+            Drafter::Ngram => {
+                let draft = ngram_draft(&s.tokens, k);
+                (draft.len(), draft)
+            }
+            Drafter::Model(_) => (k, vec![]),
+        }
     }
 
     /// Makes room for running sequence `i` to grow by `len` positions, preempting the most
@@ -345,7 +491,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             }
             let victim = self.running.len() - 1;
             let mut v = self.running.pop().expect("i is running");
-            self.model.borrow_mut().kv.release(&mut v.kv);
+            self.release(&mut v);
             v.usage.preemptions += 1;
             self.stats.preemptions += 1;
             self.waiting.push_front(v);

@@ -6,6 +6,7 @@ use web_time::Instant;
 
 use crate::generate::{FinishReason, GenerateParams};
 use crate::kv::Sequence;
+use super::speculate::SpecState;
 use crate::sampling::{Sampler, TokenLogprobs};
 use crate::tokenizer::{Detokenizer, StopStrings, Tokenizer};
 use crate::Error;
@@ -35,6 +36,10 @@ pub struct Usage {
     pub generated_tokens: usize,
     /// Times the request was preempted (its KV freed, recomputed later).
     pub preemptions: usize,
+    /// Speculative decoding: draft tokens the target verified, and how many it accepted
+    /// (each accepted one is a generated token that cost no step of its own).
+    pub draft_tokens: usize,
+    pub accepted_tokens: usize,
     /// From submission to its first scheduled step.
     pub queue_secs: f64,
     /// From submission to its first generated token.
@@ -51,6 +56,7 @@ pub(super) struct SeqState {
     pub params: GenerateParams,
     pub sampler: Sampler,
     pub kv: Sequence,
+    pub spec: SpecState,
     detok: Detokenizer,
     stops: StopStrings,
     pub usage: Usage,
@@ -71,6 +77,7 @@ impl SeqState {
             params,
             sampler,
             kv: Sequence::default(),
+            spec: SpecState::default(),
             detok: Detokenizer::default(),
             stops,
             usage,
