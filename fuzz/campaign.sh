@@ -63,12 +63,12 @@ for t in "${targets[@]}"; do
     echo "+ ${cmd[*]}"
     status=0
     "${cmd[@]}" >"$log" 2>&1 || status=$?
-    final="$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)"
+    final="$(grep -aE '^#[0-9]+' "$log" | tail -n 1 || true)"
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
     peak="$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -n 1)"
     cov="$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$final")"
     ft="$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$final")"
-    crashes="$(grep -cE '^==[0-9]+== ERROR|^(SUMMARY|ERROR): libFuzzer|panicked at|deadly signal' "$log" || true)"
+    crashes="$(grep -acE '^==[0-9]+== ERROR|^(SUMMARY|ERROR): libFuzzer|panicked at|deadly signal' "$log" || true)"
     result=ok
     if [ "$status" != 0 ]; then
         result="FAILED (exit $status; see $log)"

@@ -157,3 +157,22 @@ fn a_header_trickling_in_byte_by_byte_streams() {
     assert_eq!(keep.0, ["w"]);
     assert!(s.peak_buffered() <= 2 * file.len(), "{} bytes held for a {}-byte file", s.peak_buffered(), file.len());
 }
+
+/// safetensors_stream: a file whose header length is 0 hung the stream: having read the
+/// 8-byte length it "wanted" 8 bytes again and went back for the JSON forever. Now it is the
+/// same invalid header the whole-file loader refuses, in chunks of any size.
+#[test]
+fn an_empty_safetensors_header_is_an_error() {
+    let mut file = 0u64.to_le_bytes().to_vec();
+    file.extend_from_slice(b"{}");
+    assert!(SafetensorsStore::from_bytes("t", file.clone()).is_err());
+    for chunk in [1, 3, 8, 64] {
+        for len in [None, Some(file.len() as u64)] {
+            let mut s = SafetensorsStream::new("t", len);
+            let mut keep = Keep(Vec::new());
+            let r = file.chunks(chunk).try_for_each(|c| s.push(c, &mut keep)).and_then(|()| s.finish());
+            let e = r.expect_err("an empty header").to_string();
+            assert!(e.contains("safetensors"), "{chunk}-byte chunks, {len:?}: {e}");
+        }
+    }
+}

@@ -387,7 +387,8 @@ impl SafetensorsStream {
     fn push_inner(&mut self, mut chunk: &[u8], sink: &mut dyn TensorSink) -> Result<()> {
         if let StState::Header { buf } = &mut self.state {
             let path = &self.common.path;
-            let want = if buf.len() < 8 {
+            let length_known = buf.len() >= 8;
+            let want = if !length_known {
                 8
             } else {
                 let n = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
@@ -410,8 +411,9 @@ impl SafetensorsStream {
             if buf.len() < want {
                 return Ok(());
             }
-            if want == 8 {
-                // The length is in: read on for the JSON.
+            if !length_known {
+                // The length is in: read on for the JSON. (Not `want == 8`: a header of length
+                // 0 wants 8 bytes too, and looped here forever instead of failing to parse.)
                 return self.push_inner(chunk, sink);
             }
             let (tensors, walker, end) = parse_st_header(&self.common, buf)?;
