@@ -50,6 +50,15 @@ pub(crate) trait Format {
     fn scales(blk: &[u8], s: usize) -> (f32, f32);
     /// The integer level of element `j` (exact in f32).
     fn level(blk: &[u8], j: usize) -> i32;
+    /// Every level of the block as f32 (exact), `out[j] = level(blk, j)`; types on hot
+    /// paths override it with loops shaped like their packing (the fixtures test both
+    /// against llama.cpp).
+    #[inline(always)]
+    fn levels(blk: &[u8], out: &mut [f32]) {
+        for (j, o) in out[..Self::ELEMS].iter_mut().enumerate() {
+            *o = Self::level(blk, j) as f32;
+        }
+    }
 }
 
 #[inline(always)]
@@ -69,10 +78,12 @@ fn value<F: Format>(blk: &[u8], j: usize) -> f32 {
 #[inline(always)]
 fn decode<F: Format>(blk: &[u8], out: &mut [f32]) {
     let out = &mut out[..F::ELEMS];
+    // Levels first, in place (integers, exact in f32), then each sub-block's affine map.
+    F::levels(blk, out);
     for (s, o) in out.chunks_exact_mut(F::SUB).enumerate() {
         let (dl, ml) = F::scales(blk, s);
-        for (i, o) in o.iter_mut().enumerate() {
-            *o = dl * F::level(blk, s * F::SUB + i) as f32 - ml;
+        for q in o {
+            *q = dl * *q - ml;
         }
     }
 }
@@ -132,7 +143,7 @@ impl<'a> BlockView<'a> {
     }
 
     /// Block `b` whole into `out[..elems]`, bit-identical to [`BlockView::get`].
-    #[inline]
+    #[inline(always)]
     pub fn decode_block(&self, b: usize, out: &mut [f32]) {
         let blk = self.block(b);
         dispatch!(self.dtype, decode(blk, out))

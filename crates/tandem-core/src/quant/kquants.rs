@@ -94,6 +94,17 @@ impl Format for Q4K {
     fn level(blk: &[u8], j: usize) -> i32 {
         nibble_k(&blk[16..144], j)
     }
+    #[inline(always)]
+    fn levels(blk: &[u8], out: &mut [f32]) {
+        // Each 32 bytes: 32 low nibbles, then the 32 high ones.
+        for (o, qs) in out[..256].chunks_exact_mut(64).zip(blk[16..144].chunks_exact(32)) {
+            let (lo, hi) = o.split_at_mut(32);
+            for ((l, h), &b) in lo.iter_mut().zip(hi).zip(qs) {
+                *l = (b & 0x0f) as f32;
+                *h = (b >> 4) as f32;
+            }
+        }
+    }
 }
 
 /// Q5_K: Q4_K with a fifth bit per level from the 32-byte qh mask.
@@ -109,6 +120,17 @@ impl Format for Q5K {
     #[inline(always)]
     fn level(blk: &[u8], j: usize) -> i32 {
         nibble_k(&blk[48..176], j) | (mask_bit(&blk[16..48], j) << 4)
+    }
+    #[inline(always)]
+    fn levels(blk: &[u8], out: &mut [f32]) {
+        let mask = &blk[16..48];
+        for (c, (o, qs)) in out[..256].chunks_exact_mut(64).zip(blk[48..176].chunks_exact(32)).enumerate() {
+            let (lo, hi) = o.split_at_mut(32);
+            for (l, ((lv, hv), &b)) in lo.iter_mut().zip(hi).zip(qs).enumerate() {
+                *lv = ((b & 0x0f) | (((mask[l] >> (2 * c)) & 1) << 4)) as f32;
+                *hv = ((b >> 4) | (((mask[l] >> (2 * c + 1)) & 1) << 4)) as f32;
+            }
+        }
     }
 }
 
@@ -129,5 +151,20 @@ impl Format for Q6K {
         let ql = &blk[0..128];
         let low = (ql[(j / 128) * 64 + j % 64] >> (4 * ((j % 128) / 64))) & 0x0f;
         (low as i32 | (crumb(&blk[128..192], j) << 4)) - 32
+    }
+    #[inline(always)]
+    fn levels(blk: &[u8], out: &mut [f32]) {
+        // Per half: byte l of ql feeds elements l and 64 + l, byte 32 + l elements 32 + l and
+        // 96 + l; byte l of qh gives all four their top 2 bits.
+        for (h, o) in out[..256].chunks_exact_mut(128).enumerate() {
+            let (ql, qh) = (&blk[h * 64..h * 64 + 64], &blk[128 + h * 32..128 + h * 32 + 32]);
+            for l in 0..32 {
+                let (a, b, hb) = (ql[l], ql[32 + l], qh[l]);
+                o[l] = (((a & 0x0f) | ((hb & 3) << 4)) as i32 - 32) as f32;
+                o[32 + l] = (((b & 0x0f) | (((hb >> 2) & 3) << 4)) as i32 - 32) as f32;
+                o[64 + l] = (((a >> 4) | (((hb >> 4) & 3) << 4)) as i32 - 32) as f32;
+                o[96 + l] = (((b >> 4) | (((hb >> 6) & 3) << 4)) as i32 - 32) as f32;
+            }
+        }
     }
 }

@@ -15,6 +15,17 @@ fn level5(blk: &[u8], j: usize) -> i32 {
     (low as i32) | ((((qh >> j) & 1) as i32) << 4)
 }
 
+/// Every level of a Q5 block, before Q5_0's offset.
+#[inline(always)]
+fn levels5(blk: &[u8], out: &mut [f32]) {
+    let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+    let (lo, hi) = out[..32].split_at_mut(16);
+    for (i, &b) in blk[8..24].iter().enumerate() {
+        lo[i] = ((b & 0x0f) as u32 | (((qh >> i) & 1) << 4)) as f32;
+        hi[i] = ((b >> 4) as u32 | (((qh >> (i + 16)) & 1) << 4)) as f32;
+    }
+}
+
 pub(crate) struct Q5_0;
 
 impl Format for Q5_0 {
@@ -27,6 +38,13 @@ impl Format for Q5_0 {
     #[inline(always)]
     fn level(blk: &[u8], j: usize) -> i32 {
         level5(blk, j) - 16
+    }
+    #[inline(always)]
+    fn levels(blk: &[u8], out: &mut [f32]) {
+        levels5(blk, out);
+        for q in &mut out[..32] {
+            *q -= 16.0; // exact: small integers
+        }
     }
 }
 
@@ -42,5 +60,9 @@ impl Format for Q5_1 {
     #[inline(always)]
     fn level(blk: &[u8], j: usize) -> i32 {
         level5(blk, j)
+    }
+    #[inline(always)]
+    fn levels(blk: &[u8], out: &mut [f32]) {
+        levels5(blk, out)
     }
 }
