@@ -32,6 +32,31 @@ pub const WEIGHT_DTYPES: [DType; 6] = [
     DType::Q4_0,
     DType::Q4_1,
 ];
+/// The GGUF block types (issue #12): their cases come after every other dtype's, so adding
+/// them left the older cases' random streams unchanged.
+pub use tandem_core::dtype::BLOCK_DTYPES;
+
+/// Every weight dtype, block types last.
+fn all_weight_dtypes() -> impl Iterator<Item = DType> {
+    WEIGHT_DTYPES.into_iter().chain(BLOCK_DTYPES)
+}
+
+/// `numel` weights of `dtype`: `v` values of scale `scale` encoded, or for a GGUF block type
+/// (which tandem does not quantize to) random blocks: random bits everywhere, padding
+/// included (kernels must ignore it), with finite f16 scales of either sign in [1e-3, 1e-2).
+fn weights(rng: &mut Rng, numel: usize, scale: f32, dtype: DType) -> Vec<u8> {
+    let Some(l) = dtype.block_layout() else {
+        return encode(&rng.vec(numel, scale), dtype);
+    };
+    let mut bytes: Vec<u8> = (0..dtype.storage_bytes(numel)).map(|_| rng.next_u64() as u8).collect();
+    for blk in bytes.chunks_exact_mut(l.stride) {
+        for &f in tandem_core::quant::blocks::f16_fields(dtype) {
+            let v = (1e-3 + 9e-3 * rng.unit()) * if rng.below(2) == 0 { 1.0 } else { -1.0 };
+            blk[f..f + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+    }
+    bytes
+}
 pub const KV_DTYPES: [DType; 2] = [DType::F32, DType::F16];
 
 pub enum Init {
@@ -121,11 +146,13 @@ pub fn cases_for(op: &str) -> Vec<Case> {
 
 fn embed(rng: &mut Rng) -> Vec<Case> {
     let mut out = vec![];
-    for dtype in WEIGHT_DTYPES {
-        // dim 13 / 100 / 172: rows start mid-block in the quantized layouts.
-        for (n, vocab, dim) in [(1, 37, 64), (5, 37, 13), (13, 50, 100), (7, 11, 172)] {
+    for dtype in all_weight_dtypes() {
+        // dim 13 / 100 / 172: rows start mid-block in the quantized layouts; 256 / 512: rows
+        // of whole K-quant blocks, as in GGUF files.
+        let extra: &[(usize, usize, usize)] = if dtype.block_layout().is_some() { &[(3, 9, 256), (4, 5, 512)] } else { &[] };
+        for &(n, vocab, dim) in [(1, 37, 64), (5, 37, 13), (13, 50, 100), (7, 11, 172)].iter().chain(extra) {
             let mut b = Bufs::default();
-            let table = b.encoded(&rng.vec(vocab * dim, 1.0), dtype);
+            let table = b.add(dtype, vocab * dim, Init::Data(weights(rng, vocab * dim, 1.0, dtype)));
             let mut ids: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
             ids[n - 1] = ids[0]; // a repeated id
             ids[0] = vocab as u32 - 1; // the last row
@@ -195,8 +222,12 @@ fn matmul(rng: &mut Rng) -> Vec<Case> {
         (40, 256, 96),
         (67, 512, 130),
     ];
-    for dtype in WEIGHT_DTYPES {
-        for (ci, (n, k, m)) in shapes.into_iter().enumerate() {
+    // Rows of whole K-quant blocks for the block types' decode kernels: one and several
+    // decode rows, and a prompt.
+    let block_shapes = [(1, 256, 33), (3, 512, 20), (1, 768, 9), (6, 256, 17)];
+    for dtype in all_weight_dtypes() {
+        let extra: &[(usize, usize, usize)] = if dtype.block_layout().is_some() { &block_shapes } else { &[] };
+        for (ci, &(n, k, m)) in shapes.iter().chain(extra).enumerate() {
             let with_bias = ci % 2 == 1;
             // One-token products are decodes; longer ones are prompts, some led by decode rows
             // (a step that batches decodes with a prompt chunk).
@@ -209,7 +240,7 @@ fn matmul(rng: &mut Rng) -> Vec<Case> {
             };
             let mut b = Bufs::default();
             let x = b.f32(&rng.vec(n * k, 1.0));
-            let w = b.encoded(&rng.vec(m * k, 0.5), dtype);
+            let w = b.add(dtype, m * k, Init::Data(weights(rng, m * k, 0.5, dtype)));
             let bias = with_bias.then(|| b.f32(&rng.vec(m, 1.0)));
             let o = b.poison(DType::F32, n * m);
             let op = Op::Matmul(Matmul {
@@ -518,11 +549,11 @@ fn matmul_invariance(rng: &mut Rng) -> Vec<Invariance> {
     // tensor-core kernels for the batch but not for a request alone.
     // 5, 6 and 20 decode rows split into the CPU kernel's groups of 4 with 1, 2 and 0 left.
     let mixes: [(usize, &[usize]); 4] = [(5, &[]), (3, &[7, 1]), (20, &[30, 2]), (6, &[])];
-    for dtype in WEIGHT_DTYPES {
+    for dtype in all_weight_dtypes() {
         // k = 352: 11 blocks of 32, a whole group of 8 scales and a tail of 3.
         for (k, m) in [(256, 96), (352, 21), (100, 37)] {
             for (mi, &(decodes, prompts)) in mixes.iter().enumerate() {
-                let w = encode(&rng.vec(m * k, 0.5), dtype);
+                let w = weights(rng, m * k, 0.5, dtype);
                 let bias = (mi % 2 == 1).then(|| rng.vec(m, 1.0));
                 let reqs: Vec<(usize, bool)> = (0..decodes).map(|_| (1, true)).chain(prompts.iter().map(|&n| (n, false))).collect();
                 let xs: Vec<Vec<f32>> = reqs.iter().map(|&(n, _)| rng.vec(n * k, 1.0)).collect();

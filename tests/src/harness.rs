@@ -25,6 +25,8 @@ pub fn tolerance(op: &str, dtype: DType) -> Tol {
     match (op, dtype) {
         // A lookup and one multiply per element: correctly rounded everywhere...
         ("embed", DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0) => Tol::Exact,
+        // GGUF block types without a minimum: dl * q with dl a correctly rounded product.
+        ("embed", DType::Q5_0 | DType::Q3_K | DType::Q6_K | DType::IQ4_NL | DType::IQ4_XS) => Tol::Exact,
         // ...except d * q + m, which a GPU may contract into an fma.
         ("embed", _) => Tol::Nmse(1e-12),
         ("rms_norm", _) => Tol::Nmse(1e-10),
@@ -52,6 +54,18 @@ pub fn precision_tolerance(op: &Op, precision: Precision) -> Option<Tol> {
         (Op::Matmul(_), Precision::Bf16Products) => Some(Tol::Nmse(3e-5)),
         (_, Precision::Bf16Products) => None,
     }
+}
+
+/// The GGUF block dtype an op's weight has, if any. Issue #12 adds those types backend by
+/// backend (the CPU first): a backend that reports such an op unsupported has its case
+/// skipped with a printed reason, where any other unsupported case fails.
+pub fn pending_block_dtype(op: &Op) -> Option<DType> {
+    let d = match op {
+        Op::Matmul(m) => m.wdtype,
+        Op::Embed(e) => e.dtype,
+        _ => return None,
+    };
+    d.block_layout().map(|_| d)
 }
 
 /// Allocates the case's buffers on `backend` (outputs poisoned), runs its op, reads every
@@ -122,6 +136,9 @@ pub struct OpSummary {
     pub cases: usize,
     /// The worst NMSE over the cases' NMSE-checked buffers (0 for exact-only ops).
     pub worst_nmse: f64,
+    /// Cases skipped because the backend does not support their GGUF block dtype yet
+    /// ([`pending_block_dtype`]); each was printed.
+    pub skipped: usize,
 }
 
 /// Runs every case of `op` on the backend `make` builds and on the reference; panics with
@@ -139,8 +156,10 @@ pub fn check_op<B: Backend, F: Fn() -> Result<B, String>>(make: F, label: &str, 
     let name = backend.name();
     match pollster::block_on(check_backend_op(&mut backend, label, op, |_| true)) {
         Ok(s) => eprintln!(
-            "{label} ({name}): {op}: {} cases pass, worst NMSE {:.3e}",
-            s.cases, s.worst_nmse
+            "{label} ({name}): {op}: {} cases pass, worst NMSE {:.3e}{}",
+            s.cases - s.skipped,
+            s.worst_nmse,
+            if s.skipped > 0 { format!(", {} skipped (GGUF block dtypes not supported here yet)", s.skipped) } else { String::new() }
         ),
         Err(msg) => panic!("{msg}"),
     }
@@ -166,8 +185,15 @@ pub async fn check_backend_op<B: Backend>(
     let base_bytes = backend.allocated_bytes();
     let mut failures = Vec::new();
     let mut worst = 0f64;
+    let mut skipped = 0;
+    let mut skipped_by_dtype = std::collections::BTreeMap::<String, usize>::new();
     for case in &cases {
         let tag = format!("{op} [{}]", case.name);
+        if let (false, Some(d)) = (backend.supports(&case.op), pending_block_dtype(&case.op)) {
+            *skipped_by_dtype.entry(d.to_string()).or_default() += 1;
+            skipped += 1;
+            continue;
+        }
         if !backend.supports(&case.op) {
             failures.push(format!("{tag}: {name} reports the op unsupported"));
             continue;
@@ -205,6 +231,9 @@ pub async fn check_backend_op<B: Backend>(
             ));
         }
     }
+    for (d, n) in &skipped_by_dtype {
+        eprintln!("SKIP {label} ({name}): {op}: {n} {d} cases: {name} does not support {d} yet (issue #12)");
+    }
     if !failures.is_empty() {
         return Err(format!(
             "{label} ({name}): {} of {} {op} cases failed:\n  {}",
@@ -216,6 +245,7 @@ pub async fn check_backend_op<B: Backend>(
     Ok(OpSummary {
         cases: cases.len(),
         worst_nmse: worst,
+        skipped,
     })
 }
 
@@ -228,7 +258,16 @@ pub async fn check_batch_invariance<B: Backend>(backend: &mut B, op: &str) -> Re
         return Err(format!("no batch-invariance cases for {op}"));
     }
     let mut failures = vec![];
+    let mut skipped = 0;
+    let mut last_skipped = None;
     for inv in &cases {
+        if let (false, Some(d)) = (backend.supports(&inv.batch.op), pending_block_dtype(&inv.batch.op)) {
+            if last_skipped.replace(d) != Some(d) {
+                eprintln!("SKIP {name}: {op} batch invariance for {d}: not supported here yet (issue #12)");
+            }
+            skipped += 1;
+            continue;
+        }
         let batch = run_case_async(backend, &inv.batch).await.map_err(|e| format!("{op} [{}]: {e}", inv.batch.name))?;
         let batch: Vec<f32> = bytemuck::pod_collect_to_vec(&batch[0]);
         for (alone, row0) in &inv.alone {
@@ -244,7 +283,7 @@ pub async fn check_batch_invariance<B: Backend>(backend: &mut B, op: &str) -> Re
         }
     }
     if failures.is_empty() {
-        Ok(cases.len())
+        Ok(cases.len() - skipped)
     } else {
         Err(format!("{name}: {} batch-invariance failures:\n  {}", failures.len(), failures.join("\n  ")))
     }

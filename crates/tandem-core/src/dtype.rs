@@ -15,6 +15,10 @@
 //!
 //! The element count is padded with zeros up to a whole block.
 //!
+//! The GGUF types llama.cpp's K-quant files mix in (Q5_0, Q5_1, Q2_K..Q6_K, IQ4_NL, IQ4_XS)
+//! are kept instead as ggml's own blocks, array of structs, each padded to a 4-byte multiple:
+//! see [`crate::quant::blocks`] for the layout and the one formula every kernel computes.
+//!
 //! `F16` and `BF16` are plain row-major 2-byte floats (BF16 is the top half of an f32, so a
 //! kernel widens it with a 16-bit shift: [`bf16_to_f32`]).
 
@@ -23,6 +27,8 @@ use half::f16;
 /// Elements per quantization block.
 pub const QBLOCK: usize = 32;
 
+// The GGUF block types keep ggml's spelling (Q4_K, IQ4_XS), as users read it in file listings.
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
@@ -33,6 +39,35 @@ pub enum DType {
     Q8_0,
     Q4_0,
     Q4_1,
+    // GGUF block types (see `crate::quant::blocks`), named as ggml names them.
+    Q5_0,
+    Q5_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    IQ4_NL,
+    IQ4_XS,
+}
+
+/// Every dtype kept as GGUF blocks (see [`crate::quant::blocks`]).
+pub const BLOCK_DTYPES: [DType; 9] =
+    [DType::Q5_0, DType::Q5_1, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_NL, DType::IQ4_XS];
+
+/// Geometry of a GGUF block type in tandem's buffers: ggml's block of `ggml_bytes` with
+/// `stride - ggml_bytes` zero bytes inserted at byte `pad_at`, so that every block, and every
+/// multi-byte field inside it, starts on a 4-byte boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockLayout {
+    /// Elements per block.
+    pub elems: usize,
+    /// Bytes of one block in a GGUF file.
+    pub ggml_bytes: usize,
+    /// Bytes of one block in tandem's buffers (a multiple of 4).
+    pub stride: usize,
+    /// Where the padding goes (meaningless when `stride == ggml_bytes`).
+    pub pad_at: usize,
 }
 
 /// Byte offsets of the sections of a quantized tensor of `numel` elements.
@@ -52,7 +87,26 @@ const fn align4(n: usize) -> usize {
 
 impl DType {
     pub fn is_quantized(self) -> bool {
-        matches!(self, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+        matches!(self, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) || self.block_layout().is_some()
+    }
+
+    /// The block geometry of a GGUF block type; `None` for every other type.
+    pub fn block_layout(self) -> Option<BlockLayout> {
+        let (elems, ggml_bytes, stride, pad_at) = match self {
+            // d (f16) is followed by 2 pad bytes, so qh (u32) and qs start word-aligned.
+            DType::Q5_0 => (32, 22, 24, 2),
+            DType::Q5_1 => (32, 24, 24, 24),
+            DType::Q2_K => (256, 84, 84, 84),
+            // d (f16) ends the block: pad after it.
+            DType::Q3_K => (256, 110, 112, 110),
+            DType::Q4_K => (256, 144, 144, 144),
+            DType::Q5_K => (256, 176, 176, 176),
+            DType::Q6_K => (256, 210, 212, 210),
+            DType::IQ4_NL => (32, 18, 20, 2),
+            DType::IQ4_XS => (256, 136, 136, 136),
+            _ => return None,
+        };
+        Some(BlockLayout { elems, ggml_bytes, stride, pad_at })
     }
 
     pub fn name(self) -> &'static str {
@@ -64,10 +118,19 @@ impl DType {
             DType::Q8_0 => "q8_0",
             DType::Q4_0 => "q4_0",
             DType::Q4_1 => "q4_1",
+            DType::Q5_0 => "q5_0",
+            DType::Q5_1 => "q5_1",
+            DType::Q2_K => "q2_k",
+            DType::Q3_K => "q3_k",
+            DType::Q4_K => "q4_k",
+            DType::Q5_K => "q5_k",
+            DType::Q6_K => "q6_k",
+            DType::IQ4_NL => "iq4_nl",
+            DType::IQ4_XS => "iq4_xs",
         }
     }
 
-    /// Section layout of a quantized tensor; `None` for plain types.
+    /// Section layout of a Q8_0 / Q4_0 / Q4_1 tensor; `None` for every other type.
     pub fn quant_layout(self, numel: usize) -> Option<QuantLayout> {
         let blocks = numel.div_ceil(QBLOCK);
         let qs_bytes = match self {
@@ -89,7 +152,10 @@ impl DType {
         match self {
             DType::F32 | DType::U32 => numel * 4,
             DType::F16 | DType::BF16 => align4(numel * 2),
-            q => q.quant_layout(numel).map(|l| l.total_bytes).unwrap_or(0),
+            q => match q.block_layout() {
+                Some(b) => numel.div_ceil(b.elems) * b.stride,
+                None => q.quant_layout(numel).map(|l| l.total_bytes).unwrap_or(0),
+            },
         }
     }
 }

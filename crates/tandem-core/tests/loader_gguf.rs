@@ -372,10 +372,26 @@ fn rejects_bad_tensor_directory() {
     expect_err(tensor(&[1, 1, 1, 1, 1], GGML_F32, 0, 4), "5 dimensions");
     expect_err(tensor(&[], GGML_F32, 0, 4), "0 dimensions");
     expect_err(tensor(&[33, 1], GGML_Q8_0, 0, 64), "not a multiple");
-    // A known type tandem cannot load: the file opens, loading names the type.
+    // K-quant rows must be whole 256-element blocks too.
+    expect_err(tensor(&[300, 1], 12, 0, 4096), "not a multiple of the Q4_K block size 256");
+    expect_err(tensor(&[32, 1], 20 + 3, 0, 4096), "not a multiple of the IQ4_XS block size 256");
+    // Known types tandem cannot load: the file opens, loading names the type and lists what
+    // tandem loads.
+    for (id, name, bytes) in [(16u32, "IQ2_XXS", 66), (19, "IQ1_S", 50), (21, "IQ3_S", 110), (34, "TQ1_0", 54), (35, "TQ2_0", 66), (15, "Q8_K", 292)] {
+        let f = parse(tensor(&[256], id, 0, bytes)).unwrap_or_else(|e| panic!("{name} opens: {e}"));
+        let e = f.load("w", LoadAs::Native).expect_err("does not load").to_string();
+        assert!(e.contains(&format!("ggml type {name} is not supported")) && e.contains("Q4_K") && e.contains("IQ4_XS"), "{e}");
+    }
+    // Q4_K loads as the blocks the file holds (144 bytes a block, no padding needed).
     let f = parse(tensor(&[256], 12, 0, 144)).expect("Q4_K opens");
-    let e = f.load("w", LoadAs::Native).expect_err("Q4_K does not load");
-    assert!(e.to_string().contains("Q4_K"), "{e}");
+    let t = f.load("w", LoadAs::Native).expect("Q4_K loads");
+    assert_eq!((t.dtype, t.bytes.len()), (DType::Q4_K, 144));
+    // Converting to another block type at load time is refused, not attempted.
+    let e = f.load("w", LoadAs::Exactly(DType::Q6_K)).expect_err("no Q4_K -> Q6_K").to_string();
+    assert!(e.contains("cannot convert Q4_K to q6_k"), "{e}");
+    // Q6_K blocks (210 bytes) gain 2 bytes of padding each.
+    let f = parse(tensor(&[512], 14, 0, 420)).expect("Q6_K opens");
+    assert_eq!(f.load("w", LoadAs::Native).expect("Q6_K loads").bytes.len(), 424);
 }
 
 #[test]

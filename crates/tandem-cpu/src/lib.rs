@@ -203,8 +203,11 @@ fn is_weight_dtype(d: DType) -> bool {
     matches!(
         d,
         DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1
-    )
+    ) || d.block_layout().is_some()
 }
+
+/// The weight dtypes, for error messages.
+const WEIGHT_DTYPES: &str = "f32/f16/bf16/q8_0/q4_0/q4_1 or a GGUF block type (q5_0, q5_1, q2_k..q6_k, iq4_nl, iq4_xs)";
 
 fn is_kv_dtype(d: DType) -> bool {
     matches!(d, DType::F32 | DType::F16)

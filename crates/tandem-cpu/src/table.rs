@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use half::f16;
 use tandem_core::dtype::bf16_to_f32;
+use tandem_core::quant::BlockView;
 use tandem_core::{BufId, DType, Error, QuantView, Result};
 
 pub(crate) struct Buffer {
@@ -51,6 +52,7 @@ impl Buffer {
             DType::F16 => Weight::F16(self.f16()),
             DType::BF16 => Weight::BF16(&bytemuck::cast_slice(&self.data)[..self.numel]),
             // The buffer holds exactly `storage_bytes(numel)` bytes, so the sections fit.
+            q if q.block_layout().is_some() => Weight::Blocks(BlockView::new(q, self.numel, self.bytes())),
             q => Weight::Q(QuantView::new(q, self.numel, self.bytes())),
         }
     }
@@ -64,6 +66,8 @@ pub(crate) enum Weight<'a> {
     /// Raw bf16 bit patterns.
     BF16(&'a [u16]),
     Q(QuantView<'a>),
+    /// A GGUF block type (Q4_K, Q6_K, ...).
+    Blocks(BlockView<'a>),
 }
 
 impl Weight<'_> {
@@ -75,6 +79,7 @@ impl Weight<'_> {
             Weight::F16(w) => w[e].to_f32(),
             Weight::BF16(w) => bf16_to_f32(w[e]),
             Weight::Q(q) => q.get(e),
+            Weight::Blocks(b) => b.get(e),
         }
     }
 }

@@ -359,6 +359,11 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&mut self, dtype: DType, numel: usize) -> Result<BufId> {
+        if dtype.block_layout().is_some() {
+            // No kernel reads them yet; refusing here (rather than at the first step) stops a
+            // model load before it uploads anything, with the reason.
+            return Err(Error::Unsupported { backend: self.name(), op: format!("{dtype} weights (GGUF K-quant types run on the CPU backend for now: issue #12)") });
+        }
         self.dev.bind()?;
         let bytes = dtype.storage_bytes(numel);
         if bytes == 0 && numel > 0 {

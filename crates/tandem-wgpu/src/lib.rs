@@ -375,6 +375,11 @@ impl WgpuBackend {
         shape: Option<(usize, usize)>,
     ) -> Result<BufId> {
         self.check_health()?;
+        if dtype.block_layout().is_some() {
+            // No kernel reads them yet; refusing here (rather than at the first step) stops a
+            // model load before it uploads anything, with the reason.
+            return Err(Error::Unsupported { backend: NAME.into(), op: format!("{dtype} weights (GGUF K-quant types run on the CPU backend for now: issue #12)") });
+        }
         let bytes = dtype.storage_bytes(numel);
         if bytes == 0 && numel > 0 {
             return Err(Error::InvalidParameter(format!(

@@ -1,14 +1,19 @@
 //! ggml's block formats: dequantization, direct repacking into tandem's layout (no float round
-//! trip, so Native loads are bit-exact), undoing llama.cpp's q/k row permutation, and the
+//! trip, so Native loads are bit-exact; the GGUF block types only gain their padding, see
+//! [`crate::quant::blocks`]), undoing llama.cpp's q/k row permutation, and the
 //! [`TensorStore`] of a [`GgufFile`].
 //!
 //! ggml blocks each row separately, tandem blocks the flat index; since a ggml row is a whole
 //! number of blocks, ggml block `b` in file order is exactly tandem block `b`.
 
-use super::gguf::{GgmlType, GgufFile, GgufMetadataExt, GgufTensor, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0};
+use super::gguf::{
+    GgmlType, GgufFile, GgufMetadataExt, GgufTensor, GGML_BF16, GGML_F16, GGML_F32, GGML_IQ4_NL, GGML_IQ4_XS, GGML_Q2_K, GGML_Q3_K, GGML_Q4_0, GGML_Q4_1,
+    GGML_Q4_K, GGML_Q5_0, GGML_Q5_1, GGML_Q5_K, GGML_Q6_K, GGML_Q8_0,
+};
 use super::{f32_tensor, HostTensor, LoadAs, TensorInfo, TensorStore};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::dtype::{DType, QBLOCK};
+use crate::quant::blocks;
 use crate::{Error, Result};
 use half::f16;
 use std::borrow::Cow;
@@ -53,7 +58,13 @@ pub fn dequantize(ty: u32, raw: &[u8]) -> Option<Vec<f32>> {
                 (0..QBLOCK).map(move |j| d * ggml_nibble(&b[4..20], j) as f32 + m)
             })
             .collect(),
-        _ => return None,
+        _ => {
+            let dtype = native_dtype(ty).filter(|d| d.block_layout().is_some())?;
+            let l = dtype.block_layout()?;
+            let padded = blocks::from_ggml(dtype, raw.to_vec())?;
+            let numel = raw.len() / l.ggml_bytes * l.elems;
+            crate::quant::decode(&padded, dtype, numel)
+        }
     })
 }
 
@@ -65,9 +76,21 @@ pub fn native_dtype(ty: u32) -> Option<DType> {
         GGML_Q8_0 => DType::Q8_0,
         GGML_Q4_0 => DType::Q4_0,
         GGML_Q4_1 => DType::Q4_1,
+        GGML_Q5_0 => DType::Q5_0,
+        GGML_Q5_1 => DType::Q5_1,
+        GGML_Q2_K => DType::Q2_K,
+        GGML_Q3_K => DType::Q3_K,
+        GGML_Q4_K => DType::Q4_K,
+        GGML_Q5_K => DType::Q5_K,
+        GGML_Q6_K => DType::Q6_K,
+        GGML_IQ4_NL => DType::IQ4_NL,
+        GGML_IQ4_XS => DType::IQ4_XS,
         _ => return None,
     })
 }
+
+/// The ggml types tandem loads, for error messages.
+pub const LOADABLE: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
 
 /// Repacks ggml Q8_0 / Q4_0 / Q4_1 blocks into tandem's sections, bit for bit, in place: only
 /// the scales (2 or 4 bytes a block) are copied aside, so a streamed tensor is never held twice.
@@ -144,12 +167,15 @@ pub(crate) fn convert(ty: GgmlType, raw: Cow<'_, [u8]>, shape: Vec<usize>, as_: 
         return Err(format!("{} bytes stored, but shape {shape:?} of {} needs {expected}", raw.len(), ty.name));
     }
     let native = native_dtype(ty.id).ok_or_else(|| {
-        format!("ggml type {} is not supported (tandem loads F32, F16, BF16, Q8_0, Q4_0, Q4_1)", ty.name)
+        format!("ggml type {} is not supported (tandem loads {LOADABLE})", ty.name)
     })?;
     let target = match as_ {
         LoadAs::F32 => DType::F32,
         LoadAs::Native => native,
         LoadAs::Exactly(DType::U32) => return Err("cannot load a float tensor as u32".into()),
+        LoadAs::Exactly(d) if d.block_layout().is_some() && d != native => {
+            return Err(format!("cannot convert {} to {d} at load time: tandem loads {d} as the file stores it", ty.name))
+        }
         LoadAs::Exactly(d) => d,
     };
     // Same type: copy or repack without touching the values.
@@ -161,6 +187,7 @@ pub(crate) fn convert(ty: GgmlType, raw: Cow<'_, [u8]>, shape: Vec<usize>, as_: 
                 b.resize(DType::F16.storage_bytes(numel), 0);
                 b
             }
+            d if d.block_layout().is_some() => blocks::from_ggml(d, raw.into_owned()).ok_or("quantized data does not fill whole blocks")?,
             _ => repack_quant(ty.id, raw.into_owned(), numel).ok_or("quantized data does not fill whole blocks")?.1,
         };
         return Ok(HostTensor { dtype: target, shape, bytes });

@@ -157,7 +157,16 @@ pub const GGML_F32: u32 = 0;
 pub const GGML_F16: u32 = 1;
 pub const GGML_Q4_0: u32 = 2;
 pub const GGML_Q4_1: u32 = 3;
+pub const GGML_Q5_0: u32 = 6;
+pub const GGML_Q5_1: u32 = 7;
 pub const GGML_Q8_0: u32 = 8;
+pub const GGML_Q2_K: u32 = 10;
+pub const GGML_Q3_K: u32 = 11;
+pub const GGML_Q4_K: u32 = 12;
+pub const GGML_Q5_K: u32 = 13;
+pub const GGML_Q6_K: u32 = 14;
+pub const GGML_IQ4_NL: u32 = 20;
+pub const GGML_IQ4_XS: u32 = 23;
 pub const GGML_BF16: u32 = 30;
 
 /// Every type ggml defines, so files with types tandem cannot load still open (for

@@ -379,9 +379,18 @@ pub fn ggml_bytes(t: &HostTensor) -> Option<(u32, Vec<u8>)> {
         DType::F16 => return plain(GGML_F16, 2),
         DType::BF16 => return plain(GGML_BF16, 2),
         DType::U32 => return None,
+        b if b.block_layout().is_some() => {
+            let l = b.block_layout()?;
+            let ty = ggml_block_type(b)?;
+            if numel % l.elems != 0 || t.bytes.len() < b.storage_bytes(numel) {
+                return None;
+            }
+            return Some((ty, crate::quant::blocks::to_ggml(b, &t.bytes, numel / l.elems)));
+        }
         DType::Q8_0 => (GGML_Q8_0, 34, 2),
         DType::Q4_0 => (GGML_Q4_0, 18, 2),
         DType::Q4_1 => (GGML_Q4_1, 20, 4),
+        _ => return None,
     };
     let l = t.dtype.quant_layout(numel)?;
     if numel % QBLOCK != 0 || t.bytes.len() < l.total_bytes {
@@ -446,9 +455,24 @@ fn llama_ftype(d: DType) -> u32 {
         DType::Q4_0 => 2,
         DType::Q4_1 => 3,
         DType::Q8_0 => 7,
+        DType::Q5_0 => 8,
+        DType::Q5_1 => 9,
+        DType::Q2_K => 10,
+        // The _M mixes, whose main type these are.
+        DType::Q3_K => 12,
+        DType::Q4_K => 15,
+        DType::Q5_K => 17,
+        DType::Q6_K => 18,
+        DType::IQ4_NL => 25,
+        DType::IQ4_XS => 30,
         DType::BF16 => 32,
         DType::F32 | DType::U32 => 0,
     }
+}
+
+/// The ggml type id of a GGUF block type.
+fn ggml_block_type(d: DType) -> Option<u32> {
+    (0..64).find(|&id| super::ggml::native_dtype(id) == Some(d) && d.block_layout().is_some())
 }
 
 /// The type a tensor listed as `file_dtype` is written in.
@@ -460,13 +484,13 @@ fn native(file_dtype: &str) -> Option<DType> {
         "Q8_0" => DType::Q8_0,
         "Q4_0" => DType::Q4_0,
         "Q4_1" => DType::Q4_1,
-        _ => return None,
+        other => return crate::dtype::BLOCK_DTYPES.into_iter().find(|d| d.name().eq_ignore_ascii_case(other)),
     })
 }
 
 /// Writes `source` as a Llama GGUF at `path` that llama.cpp and tandem both load: `llama.*`
 /// metadata, GGUF tensor names, q/k rows permuted as llama.cpp's converter does, each tensor
-/// in the type its listing gives (F32, F16, BF16, Q8_0, Q4_0, Q4_1), Llama 3 rope scaling as `rope_freqs.weight`,
+/// in the type its listing gives (F32, F16, BF16, Q8_0, Q4_0, Q4_1 or a GGUF block type), Llama 3 rope scaling as `rope_freqs.weight`,
 /// and `tokenizer` (e.g. [`placeholder_vocab`]). Tensors are loaded and written one at a time,
 /// so nothing larger than one tensor is held. Returns the file's size.
 pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>, path: &Path) -> Result<u64> {
@@ -544,6 +568,13 @@ pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>,
             DType::F32 => (GGML_F32, numel * 4),
             DType::F16 => (GGML_F16, numel * 2),
             DType::BF16 => (GGML_BF16, numel * 2),
+            b if b.block_layout().is_some() => {
+                let l = b.block_layout().expect("a block type");
+                if numel % l.elems != 0 || shape.last().is_some_and(|&k| k % l.elems != 0) {
+                    return Err(bad(format!("'{gguf}' {shape:?}: rows are not whole blocks of {}", l.elems)));
+                }
+                (ggml_block_type(b).expect("every block type has a ggml id"), numel / l.elems * l.ggml_bytes)
+            }
             q => {
                 let (ty, size) = match q {
                     DType::Q8_0 => (GGML_Q8_0, 34),

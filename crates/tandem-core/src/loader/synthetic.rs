@@ -73,6 +73,9 @@ impl SyntheticStore {
         if dtype == DType::U32 {
             return Err(Error::InvalidParameter("synthetic weights must be a float or quantized type, not u32".into()));
         }
+        if dtype.block_layout().is_some() {
+            return Err(Error::InvalidParameter(format!("synthetic weights in {dtype} are not implemented yet")));
+        }
         let mut store =
             SyntheticStore { dtype, seed, infos: Vec::new(), kinds: HashMap::new(), total_bytes: 0, normal: normal_table(seed) };
         for (name, shape, kind) in tensor_list(config) {
@@ -133,6 +136,7 @@ impl TensorStore for SyntheticStore {
             LoadAs::Native if kind == Kind::Matrix => self.dtype,
             LoadAs::Native => DType::F32,
             LoadAs::Exactly(DType::U32) => return Err(Error::InvalidParameter(format!("cannot load '{name}' as u32"))),
+            LoadAs::Exactly(d) if d.block_layout().is_some() => return Err(Error::InvalidParameter(format!("cannot quantize '{name}' to {d} at load time (tandem loads {d} only from GGUF files that store it)"))),
             LoadAs::Exactly(d) => d,
         };
         let numel: usize = info.shape.iter().product();

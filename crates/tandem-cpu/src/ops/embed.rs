@@ -11,7 +11,7 @@ const OP: &str = "embed";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Embed) -> Result<()> {
     if !is_weight_dtype(op.dtype) {
-        return Err(bad_dtype(OP, "table", "f32/f16/bf16/q8_0/q4_0/q4_1", op.dtype));
+        return Err(bad_dtype(OP, "table", crate::WEIGHT_DTYPES, op.dtype));
     }
     let table_len = numel(OP, &[op.vocab, op.dim])?;
     let out_len = numel(OP, &[op.n, op.dim])?;
@@ -52,6 +52,8 @@ pub(crate) fn fast(ex: Exec, table: Weight, ids: &[u32], out: &mut [f32], dim: u
                     *o = bf16_to_f32(b);
                 }
             }
+            // Whole blocks at a time, with `get`'s arithmetic (see `BlockView::decode_range`).
+            Weight::Blocks(b) => b.decode_range(base, row),
             _ => {
                 for (j, o) in row.iter_mut().enumerate() {
                     *o = table.get(base + j);

@@ -14,6 +14,8 @@
 //!   block, so Q4_0 is d * (sum(q * x) - 8 * sum(x)) and Q4_1 is d * sum(q * x) + m * sum(x).
 //! - prefill (n > 1, any weight dtype and k): a register-tiled f32 micro-kernel over
 //!   dequantized panels of rows, so weight work is shared by all n tokens; see [`prefill`].
+//! - GGUF block types (Q4_K, Q6_K, ...) with rows of whole blocks, decode: each block decoded
+//!   to f32 on the stack and dotted at once; see [`blocks`].
 //! - general (n = 1 with odd k or f32/f16 weights): a tile of rows is dequantized into an f32
 //!   scratch and dotted against the token.
 //!
@@ -23,6 +25,7 @@
 //! All are parallel over chunks of output rows.
 
 mod bf16;
+mod blocks;
 #[cfg(target_arch = "x86_64")]
 mod decode_avx2;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -45,7 +48,7 @@ const OP: &str = "matmul";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
     if !is_weight_dtype(op.wdtype) {
-        return Err(bad_dtype(OP, "w", "f32/f16/bf16/q8_0/q4_0/q4_1", op.wdtype));
+        return Err(bad_dtype(OP, "w", crate::WEIGHT_DTYPES, op.wdtype));
     }
     let (n, k, m) = (op.n, op.k, op.m);
     let x_len = numel(OP, &[n, k])?;
@@ -113,6 +116,7 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
         return match w {
             Weight::Q(q) if k % QBLOCK == 0 && k > 0 => decode_quant(ex, x, q, bias, out, k, m),
             Weight::BF16(v) => bf16::decode(ex, x, v, bias, out, k, m),
+            Weight::Blocks(b) if blocks::row_aligned(b, k) => blocks::decode(ex, x, b, bias, out, k, m),
             // The decode paths schedule themselves (see `par_chunks_caller`); this one runs
             // on the pool if there is one.
             _ => general(ex, x, w, bias, out, k, m),
@@ -178,6 +182,7 @@ fn token_rows(avx2: bool, x: &[f32], prep: &XPrep, w: Weight, bias: Option<&[f32
     match w {
         Weight::Q(q) if k % QBLOCK == 0 && k > 0 => quant_rows(avx2, q, x, prep, k, r0, out),
         Weight::BF16(v) => bf16::rows_dispatch(avx2, x, &v[r0 * k..(r0 + out.len()) * k], out),
+        Weight::Blocks(b) if blocks::row_aligned(b, k) => blocks::rows_dispatch(avx2, b, x, r0, out),
         _ => return general_dispatch(avx2, x, w, bias, out, 1, k, r0),
     }
     if let Some(b) = bias {
@@ -463,6 +468,7 @@ pub(crate) fn dequant_into(w: Weight, start: usize, dst: &mut [f32]) {
                 *o = bf16_to_f32(b);
             }
         }
+        Weight::Blocks(b) => b.decode_range(start, dst),
         Weight::Q(q) => {
             let end = start + dst.len();
             let mut e = start;

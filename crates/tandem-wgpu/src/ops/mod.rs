@@ -131,7 +131,8 @@ pub(crate) fn dtype_code(d: DType) -> Option<u32> {
         DType::Q4_0 => Some(3),
         DType::Q4_1 => Some(4),
         DType::BF16 => Some(5),
-        DType::U32 => None,
+        // U32, and the GGUF block types (issue #12: no WGSL kernels yet).
+        _ => None,
     }
 }
 

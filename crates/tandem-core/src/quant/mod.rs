@@ -1,4 +1,13 @@
-//! Conversions between float data and tandem's block formats (see [`crate::dtype`]).
+//! Conversions between float data and tandem's block formats (see [`crate::dtype`]), and the
+//! reference decoders of the GGUF block types tandem keeps as blocks ([`blocks`]).
+
+pub mod blocks;
+mod iq4;
+mod kquants;
+mod q5;
+
+pub use blocks::BlockView;
+pub use iq4::IQ4_LEVELS;
 
 use crate::dtype::{bf16_to_f32, DType, QuantView, QBLOCK};
 use half::{bf16, f16};
@@ -7,11 +16,15 @@ use half::{bf16, f16};
 /// bytes). F16 and BF16 round to nearest, ties to even (NaN stays NaN). Quantization is
 /// round-to-nearest: Q8_0 and Q4_0 scale by the block's absolute
 /// maximum, Q4_1 maps the block's [min, max] onto 0..=15.
+///
+/// Panics for U32 and for the GGUF block types, which tandem loads but does not quantize to
+/// (loaders refuse `LoadAs::Exactly` of those with an error before calling this).
 pub fn encode(src: &[f32], dtype: DType) -> Vec<u8> {
     let mut out = vec![0u8; dtype.storage_bytes(src.len())];
     match dtype {
         DType::F32 => out.copy_from_slice(bytemuck::cast_slice(src)),
         DType::U32 => panic!("encode: u32 is not a float type"),
+        q if q.block_layout().is_some() => panic!("encode: quantizing to {q} is not implemented"),
         DType::F16 => {
             for (o, &x) in out.chunks_exact_mut(2).zip(src) {
                 o.copy_from_slice(&f16::from_f32(x).to_le_bytes());
@@ -93,6 +106,11 @@ pub fn decode(bytes: &[u8], dtype: DType, numel: usize) -> Vec<f32> {
             .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
         DType::BF16 => bytes[..numel * 2].chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        q if q.block_layout().is_some() => {
+            let mut out = vec![0f32; numel];
+            BlockView::new(q, numel, bytes).decode_range(0, &mut out);
+            out
+        }
         q => {
             // Copy to an aligned buffer: `bytes` may come from a file at any offset.
             let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..q.storage_bytes(numel)]);

@@ -1,0 +1,75 @@
+//! Decode matvec for the GGUF block types (Q5_0, Q5_1, Q2_K..Q6_K, IQ4_NL, IQ4_XS) whose rows
+//! are whole blocks (every GGUF file's are): each block is decoded to f32 on the stack with
+//! the reference formula ([`BlockView::decode_block`]) and dotted with the activation at once,
+//! so each weight byte is read once and no row is ever held dequantized.
+//!
+//! Every row's arithmetic is fixed by k alone (`LANES` lanes over the row, then a fixed pairwise
+//! sum), so one or several decode rows, one or two threads, give the same bits.
+
+use tandem_core::quant::BlockView;
+
+use super::super::{chunk_rows, hsum, par_chunks_caller, LANES};
+use crate::Exec;
+
+/// Whether rows of length k start on block boundaries (the kernel's precondition).
+pub(super) fn row_aligned(b: BlockView, k: usize) -> bool {
+    k > 0 && k % b.layout.elems == 0
+}
+
+/// out = w @ x (+ bias); x: [k]; w: [m, k] of whole blocks; out: [m].
+pub(super) fn decode(ex: Exec, x: &[f32], w: BlockView, bias: Option<&[f32]>, out: &mut [f32], k: usize, m: usize) {
+    let _ = k;
+    let threads = ex.threads();
+    let c = chunk_rows(m, threads * 2, 16);
+    let work = |ci: usize, o: &mut [f32]| {
+        rows_dispatch(ex.avx2, w, x, ci * c, o);
+        if let Some(b) = bias {
+            for (v, bv) in o.iter_mut().zip(&b[ci * c..]) {
+                *v += bv;
+            }
+        }
+    };
+    match ex.pool {
+        Some(pool) => par_chunks_caller(pool, threads, out, c, work),
+        None => work(0, out),
+    }
+}
+
+/// out[ri] = dot(row r0 + ri of w, x), x: [k] with k = row length.
+pub(super) fn rows_dispatch(avx2: bool, w: BlockView, x: &[f32], r0: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when AVX2 and FMA were detected at run time.
+        return unsafe { rows_avx2(w, x, r0, out) };
+    }
+    let _ = avx2;
+    rows(w, x, r0, out)
+}
+
+/// The same loop compiled for AVX2 (wider lanes; the arithmetic, mul then add, is unchanged).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2(w: BlockView, x: &[f32], r0: usize, out: &mut [f32]) {
+    rows(w, x, r0, out)
+}
+
+#[inline(always)]
+fn rows(w: BlockView, x: &[f32], r0: usize, out: &mut [f32]) {
+    let n = w.layout.elems;
+    let nb = x.len() / n;
+    let mut tmp = [0f32; 256];
+    for (ri, o) in out.iter_mut().enumerate() {
+        let b0 = (r0 + ri) * nb;
+        let mut acc = [0f32; LANES];
+        for (b, xs) in x.chunks_exact(n).enumerate() {
+            let wv = &mut tmp[..n];
+            w.decode_block(b0 + b, wv);
+            for (wc, xc) in wv.chunks_exact(LANES).zip(xs.chunks_exact(LANES)) {
+                for l in 0..LANES {
+                    acc[l] += wc[l] * xc[l];
+                }
+            }
+        }
+        *o = hsum(&acc);
+    }
+}
