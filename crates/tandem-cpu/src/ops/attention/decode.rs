@@ -87,6 +87,20 @@ fn merge<'a>(parts: impl Iterator<Item = &'a [f32]> + Clone, out: &mut [f32]) {
     }
 }
 
+/// Each query head's scores (`scores`: [group][PART], the first `len` of each) become
+/// exp(score - max) in place, and its part's first two entries [max, sum of those]. Inlined,
+/// so the AVX2 kernel's call is compiled with AVX2 too.
+#[inline(always)]
+pub(super) fn softmax_parts(scores: &mut [f32], part: &mut [f32], hd: usize, len: usize) {
+    for (gi, p) in part.chunks_exact_mut(hd + 2).enumerate() {
+        let s = &mut scores[gi * PART..gi * PART + len];
+        let m = max(s);
+        exp_sub(s, m);
+        p[0] = m;
+        p[1] = sum(s);
+    }
+}
+
 /// The arguments of [`score_part`] that say what to score.
 pub(super) type Part<'a, T> = (&'a [f32], &'a [T], &'a [T], &'a [u32], std::ops::Range<usize>, usize, Geom);
 
@@ -105,12 +119,8 @@ fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], part: &mut [f32]) {
             scores[gi * PART + j] = dot(qv, k) * g.scale;
         }
     }
-    for (gi, p) in part.chunks_exact_mut(hd + 2).enumerate() {
-        let s = &mut scores[gi * PART..gi * PART + len];
-        let m = max(s);
-        exp_sub(s, m);
-        p[0] = m;
-        p[1] = sum(s);
+    softmax_parts(scores, part, hd, len);
+    for p in part.chunks_exact_mut(hd + 2) {
         p[2..].fill(0.0);
     }
     for (j, t) in ts.enumerate() {

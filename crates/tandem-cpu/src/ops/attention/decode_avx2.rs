@@ -10,7 +10,6 @@ use std::arch::x86_64::*;
 
 use super::decode::{Part, PART};
 use super::KvElem;
-use crate::ops::{exp_sub, max, sum};
 
 /// Eight cache elements at `p` as f32.
 #[inline(always)]
@@ -68,13 +67,7 @@ pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], p
             scores[gi * PART + j] = s * g.scale;
         }
     }
-    for (gi, p) in part.chunks_exact_mut(hd + 2).enumerate() {
-        let s = &mut scores[gi * PART..gi * PART + len];
-        let m = max(s);
-        exp_sub(s, m);
-        p[0] = m;
-        p[1] = sum(s);
-    }
+    super::decode::softmax_parts(scores, part, hd, len);
     // V: one 8-lane column at a time, all positions, one accumulator per head (up to 4 heads
     // per pass, in registers).
     let offs: Vec<usize> = ts.map(|t| g.kv_at(table, t, kvh)).collect();

@@ -79,6 +79,7 @@ impl Rows<'_> {
 /// A cache element type: f32, or f16 widened to f32 on load.
 pub(crate) trait KvElem: Copy + Sync {
     /// Stored as f16 (else f32): what the AVX2 kernels load.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     const F16: bool;
     fn to_f32(self) -> f32;
     /// `src` as f32: itself for an f32 cache (no copy), else widened into `buf`.

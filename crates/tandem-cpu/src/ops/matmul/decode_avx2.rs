@@ -37,7 +37,7 @@ pub(super) unsafe fn rows(
             assert!(q.qs.len() >= end * QBLOCK && x.len() >= nb * QBLOCK);
             for (ri, o) in out.iter_mut().enumerate() {
                 // SAFETY: bounds asserted above; the caller guarantees the CPU features.
-                *o = unsafe { row_q8(q.qs, q.d, x, (r0 + ri) * nb, nb) };
+                *o = unsafe { row_q8_group::<1>(q, &[x], (r0 + ri) * nb, nb)[0] };
             }
         }
         _ => {
@@ -46,7 +46,7 @@ pub(super) unsafe fn rows(
             assert!(p.even.len() >= nb * 16 && p.odd.len() >= nb * 16 && p.sums.len() >= nb);
             for (ri, o) in out.iter_mut().enumerate() {
                 // SAFETY: as above.
-                *o = unsafe { row_q4(q, q41, p, (r0 + ri) * nb, nb) };
+                *o = unsafe { row_q4_group::<1>(q, q41, &[p], (r0 + ri) * nb, nb)[0] };
             }
         }
     }
@@ -72,79 +72,6 @@ unsafe fn scales(src: &[f16], b: usize, g: usize, dst: &mut [f32; G]) -> __m256 
         }
         // SAFETY: dst holds G floats.
         unsafe { _mm256_loadu_ps(dst.as_ptr()) }
-    }
-}
-
-/// One Q8_0 row: sum_b d[b] * sum_j q[b, j] * x[b, j]; blocks b0..b0 + nb.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_q8(qs: &[u8], d: &[f16], x: &[f32], b0: usize, nb: usize) -> f32 {
-    // SAFETY (whole body): blocks b0..b0 + nb of qs and d, and x blocks 0..nb, lie inside
-    // the bounds `rows` asserted.
-    unsafe {
-        let block = |b: usize| dot_q8(&unpack_q8(qs, b0 + b), x.as_ptr().add(b * QBLOCK));
-        row_blocks(d, b0, nb, block, |_, _| {})
-    }
-}
-
-/// Sum over a row's blocks of d[b] * block(b) (lane-wise, then reduced), walking the blocks
-/// G at a time so their scales are widened together; `group(b, g)` runs once per group
-/// first (the Q4 offset terms). Two named accumulators, blocks in pairs: an array indexed by
-/// parity got spilled to the stack.
-#[inline(always)]
-unsafe fn row_blocks(
-    d: &[f16],
-    b0: usize,
-    nb: usize,
-    block: impl Fn(usize) -> __m256,
-    mut group: impl FnMut(usize, usize),
-) -> f32 {
-    // SAFETY (whole body): the callers are AVX2 + F16C functions whose bounds were checked.
-    unsafe {
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut ds = [0f32; G];
-        let mut b = 0;
-        while b + G <= nb {
-            scales(d, b0 + b, G, &mut ds);
-            group(b, G);
-            for j in (0..G).step_by(2) {
-                a0 = _mm256_fmadd_ps(_mm256_set1_ps(ds[j]), block(b + j), a0);
-                a1 = _mm256_fmadd_ps(_mm256_set1_ps(ds[j + 1]), block(b + j + 1), a1);
-            }
-            b += G;
-        }
-        if b < nb {
-            let g = nb - b;
-            scales(d, b0 + b, g, &mut ds);
-            group(b, g);
-            for j in 0..g {
-                a0 = _mm256_fmadd_ps(_mm256_set1_ps(ds[j]), block(b + j), a0);
-            }
-        }
-        hsum(_mm256_add_ps(a0, a1))
-    }
-}
-
-/// One Q4 row; blocks b0..b0 + nb. Q4_0: sum_b d * (sum q x - 8 sum x); Q4_1: sum_b d * sum
-/// q x + m * sum x, with x split into even/odd elements to match the nibble order.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_q4(q: QuantView, q41: bool, p: &XPrep, b0: usize, nb: usize) -> f32 {
-    // SAFETY (whole body): blocks b0..b0 + nb of q's sections, and blocks 0..nb of p's
-    // arrays, lie inside the bounds `rows` asserted.
-    unsafe {
-        let block = |b: usize| dot_q4(&unpack_q4(q.qs, b0 + b), p, b);
-        // Per-lane sum over blocks of (m or d) * sum(x), 8 blocks per FMA.
-        let mut off = _mm256_setzero_ps();
-        let mut tmp = [0f32; G];
-        let offsets = |b: usize, g: usize| {
-            let src = if q41 { q.m } else { q.d };
-            let ov = scales(src, b0 + b, g, &mut tmp);
-            off = _mm256_fmadd_ps(ov, block_sums(p, b, g), off);
-        };
-        let dot = row_blocks(q.d, b0, nb, block, offsets);
-        let off = hsum(off);
-        dot + if q41 { off } else { -8.0 * off }
     }
 }
 
@@ -181,13 +108,8 @@ unsafe fn unpack_q4(qs: &[u8], blk: usize) -> [__m256; 4] {
     }
 }
 
-/// Lane-wise sum of a Q4 block's nibbles times activation block `b` (even/odd split).
-#[inline(always)]
-unsafe fn dot_q4(w: &[__m256; 4], p: &XPrep, b: usize) -> __m256 {
-    unsafe { dot_q4_at(w, p.even.as_ptr().add(b * 16), p.odd.as_ptr().add(b * 16)) }
-}
-
-/// [`dot_q4`] with the block's even and odd activations at `e` and `o` (16 each).
+/// Lane-wise sum of a Q4 block's nibbles times one token's activation block, whose even and
+/// odd elements (the low and high nibbles' partners) are at `e` and `o` (16 each).
 #[inline(always)]
 unsafe fn dot_q4_at(w: &[__m256; 4], e: *const f32, o: *const f32) -> __m256 {
     unsafe {
@@ -287,9 +209,11 @@ pub(super) unsafe fn rows_batch(q: QuantView, xs: &[&[f32]], preps: &[&XPrep], n
     }
 }
 
-/// [`row_blocks`] for T tokens at once: `unpack(b)` prepares block b once, `dot(&w, t, b)`
-/// is token t's block sum from it, `group(b, g)` runs once per group of scales. Each token's
-/// accumulators see the same operations in the same order as in `row_blocks`.
+/// Sum over a row's blocks of d[b] * block sum, for T tokens at once: `unpack(b)` prepares
+/// block b once, `dot(&w, t, b)` is token t's block sum from it, `group(b, g)` runs once per
+/// group of G scales (widened together, one F16C instruction). Two accumulators per token, by
+/// block parity. The one-token kernel is this with T = 1, so a token's result is the same alone
+/// and batched by construction.
 #[inline(always)]
 unsafe fn row_blocks_group<const T: usize, W>(
     d: &[f16],
@@ -335,7 +259,7 @@ unsafe fn row_blocks_group<const T: usize, W>(
     }
 }
 
-/// [`row_q8`] for T tokens.
+/// T tokens' Q8_0 rows: sum_b d[b] * sum_j q[b, j] * x[b, j]; blocks b0..b0 + nb.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn row_q8_group<const T: usize>(q: QuantView, xs: &[&[f32]], b0: usize, nb: usize) -> [f32; T] {
@@ -348,7 +272,8 @@ unsafe fn row_q8_group<const T: usize>(q: QuantView, xs: &[&[f32]], b0: usize, n
     }
 }
 
-/// [`row_q4`] for T tokens.
+/// T tokens' Q4 rows; blocks b0..b0 + nb. Q4_0: sum_b d * (sum q x - 8 sum x); Q4_1: sum_b
+/// d * sum q x + m * sum x, with x split into even/odd elements to match the nibble order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn row_q4_group<const T: usize>(q: QuantView, q41: bool, ps: &[&XPrep], b0: usize, nb: usize) -> [f32; T] {
