@@ -27,14 +27,25 @@ for line in open(sys.argv[1]):
         gemm = j["tflop_s"]
     elif "backend" in j:
         rows.append(j)
-print(f"ceilings: copy {copy:.0f} GB/s (PyTorch), bf16 GEMM 8192^3 {gemm:.0f} TFLOP/s (cuBLAS via PyTorch)\n")
+fmt = lambda v, unit: f"{v:.0f} {unit}" if v else "not measured in this file"
+print(f"ceilings: copy {fmt(copy, 'GB/s')} (PyTorch), bf16 GEMM 8192^3 {fmt(gemm, 'TFLOP/s')} (cuBLAS via PyTorch)\n")
+batches = [j for j in rows if "concurrency" in j]
+rows = [j for j in rows if "prefill" in j]
 print("| backend | model | dtype | phase | tok/s | GB/s or TFLOP/s | share of limit |")
 print("|---|---|---|---|---|---|---|")
 for j in rows:
     model = re.search(r"configs/([\w.-]+)\.json", j["model"]).group(1)
     p = j["prefill"]
     tf = flops_per_token(model) * p["tok_s"] / 1e12
-    print(f"| {j['backend']} | {model} | {j['dtype']} | prefill {p['tokens']} | {p['tok_s']:.0f} | {tf:.0f} TFLOP/s | {100 * tf / gemm:.0f}% of bf16 GEMM |")
+    share = f"{100 * tf / gemm:.0f}% of bf16 GEMM" if gemm else "-"
+    print(f"| {j['backend']} | {model} | {j['dtype']} | prefill {p['tokens']} | {p['tok_s']:.0f} | {tf:.0f} TFLOP/s | {share} |")
     for d in j["decode"]:
-        bw = j["copy_bandwidth_gb_s"] or copy
-        print(f"| {j['backend']} | {model} | {j['dtype']} | decode @ {d['context']:.0f} | {d['tok_s']:.1f} | {d['gb_s']:.0f} GB/s | {100 * d['gb_s'] / bw:.0f}% of copy |")
+        bw = j.get("copy_bandwidth_gb_s") or copy
+        share = f"{100 * d['gb_s'] / bw:.0f}% of copy" if bw else "-"
+        print(f"| {j['backend']} | {model} | {j['dtype']} | decode @ {d['context']:.0f} | {d['tok_s']:.1f} | {d['gb_s']:.0f} GB/s | {share} |")
+for j in batches:
+    model = re.search(r"configs/([\w.-]+)\.json", j["model"]).group(1)
+    runs = {r["mode"]: r for r in j["runs"]}
+    print(f"\n{j['backend']} {model}: {j['requests']} requests, {j['concurrency']} at a time: " + ", ".join(
+        f"{m} {r['output_tok_s']:.1f} tok/s (ITL p50 {r['itl_ms']['p50']:.1f} ms)" for m, r in runs.items())
+        + f"; continuous {j['continuous_vs_sequential']:.2f}x sequential")

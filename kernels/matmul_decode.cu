@@ -5,14 +5,14 @@
 // Batch invariance: a row's arithmetic never depends on n (how many decode rows share the
 // launch), so a sequence's decode gives the same bits alone or batched with others.
 //
-// matmul_decode_n1_<dtype>: the decode rows' kernel wherever k % 32 == 0 and k is at most
-// 32 * N1_MAX_THREADS: a block has one thread per 32-value block of x, which it keeps in
-// registers for the whole kernel, and walks groups of N1Rows rows strided over the grid (about
-// as many blocks as fit on the GPU at once). Each thread has every row of a group's loads in
-// flight before it uses the first, and issues the next group's before reducing this one's
-// sums (warp shuffles, then shared memory). blockIdx.y is the token: each token's blocks run
-// the one-token arithmetic, and blocks of one blockIdx.x walk the same row groups side by
-// side, so the other tokens read those weights from L2 rather than from memory.
+// matmul_decode_n1_<dtype> / matmul_decode_nt_<dtype>: the decode rows' kernels wherever
+// k % 32 == 0 and k is at most 32 * N1_MAX_THREADS: a block has one thread per 32-value block
+// of x and walks groups of N1Rows rows strided over the grid (about as many blocks as fit on
+// the GPU at once). Each thread has every row of a group's loads in flight before it uses the
+// first, and issues the next group's before reducing this one's sums (warp shuffles, then
+// shared memory). n1 takes one token per blockIdx.y (one decode row alone); nt takes
+// N1_TOKENS tokens per blockIdx.y, each group's weights loaded once for all of them (a batch
+// of decode rows). Both run the same per-token arithmetic (matvec_nt).
 // matmul_decode_<dtype>: decode rows whose k is too long for the n1 kernel (k % 32 == 0, so
 // every row starts on a quantization block). One warp per output row; lane l takes blocks l,
 // l + 32, ... of the row, loading each block's 32 values with 16-byte loads (one for Q4, two
@@ -221,29 +221,24 @@ __device__ __forceinline__ float dot_raw(const Raw<DT>& r, const float* xv, floa
 
 // Rows per block of the one-token kernel: enough 16-byte loads in flight per thread to cover
 // the memory's latency, few enough registers to keep several blocks per multiprocessor.
-// (crate::ops::matmul::n1_rows in Rust.)
+// Measured on an H100 (bench/cuda/matvec_bench.cu, crates/tandem-cuda/NOTES.md): 4 for Q4
+// beat 8 by 0-25% at Llama-3.1-8B's shapes (8 kept fewer groups per block in flight), and
+// 16 spilled. (crate::ops::matmul::n1_rows in Rust.)
 template <int DT>
 struct N1Rows {
-    static constexpr int value = DT == DT_F32 ? 2 : (DT == DT_Q4_0 || DT == DT_Q4_1) ? 8 : 4;
+    static constexpr int value = DT == DT_F32 ? 2 : 4;
 };
 
 // Threads per block of the one-token kernel at most: one per 32-value block of x, so k up to
 // 32 * N1_MAX_THREADS (crate::ops::matmul::N1_MAX_THREADS); longer rows take matvec_blocks.
 #define N1_MAX_THREADS 512
+// Tokens per block of matmul_decode_nt (crate::ops::matmul::N1_TOKENS).
+#define N1_TOKENS 8
 
-template <int DT>
-__device__ void matvec_n1(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
-                          u64 m_off, const float* __restrict__ bias, float* __restrict__ out,
-                          u32 k, u32 m) {
-    constexpr int R = N1Rows<DT>::value;
-    __shared__ float part[2][N1_MAX_THREADS / 32][R];
-    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const u32 nb = k >> 5, b = threadIdx.x;
-    const bool mine = b < nb;  // the block's threads cover the row's blocks exactly once
-    x += (u64)blockIdx.y * k;  // the token
-    out += (u64)blockIdx.y * m;
-    // Each thread keeps its 32 values of x for the whole kernel.
-    float xv[32], sx = 0.0f;
+// Thread b's 32 values of token row x (zeros past the row's blocks) and their sum, summed the
+// same way wherever they are loaded, so every kernel below computes a token alike.
+__device__ __forceinline__ void load_xv(const float* __restrict__ x, u32 b, bool mine, float* xv, float* sx) {
+    float s = 0.0f;
 #pragma unroll
     for (int i = 0; i < 32; ++i) xv[i] = 0.0f;
     if (mine) {
@@ -255,9 +250,32 @@ __device__ void matvec_n1(const float* __restrict__ x, const u8* __restrict__ w,
             xv[4 * i + 1] = f.y;
             xv[4 * i + 2] = f.z;
             xv[4 * i + 3] = f.w;
-            sx += (f.x + f.y) + (f.z + f.w);
+            s += (f.x + f.y) + (f.z + f.w);
         }
     }
+    *sx = s;
+}
+
+// T tokens per block (blockIdx.y picks tokens T * blockIdx.y.., n in all): each group's
+// weights are loaded once and dotted with every token's x, so a batch of decode rows reads
+// the weights n / T times instead of n times. T = 1 keeps x in registers for the kernel's
+// life; T > 1 reloads each token's x (from L1/L2) per group. A token's arithmetic (dot_raw,
+// the warp sums, the sum over warps in order) is the same for every T: a row's bits do not
+// depend on how many rows share the launch. R (rows per group) is a parameter so that
+// bench/cuda/matvec_bench.cu can sweep it.
+template <int DT, int T, int R = N1Rows<DT>::value>
+__device__ void matvec_nt(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
+                          u64 m_off, const float* __restrict__ bias, float* __restrict__ out,
+                          u32 n, u32 k, u32 m) {
+    __shared__ float part[2][N1_MAX_THREADS / 32][R * T];
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const u32 nb = k >> 5, b = threadIdx.x;
+    const bool mine = b < nb;  // the block's threads cover the row's blocks exactly once
+    const u32 t0 = blockIdx.y * T, nt = min((u32)T, n - t0);
+    x += (u64)t0 * k;
+    out += (u64)t0 * m;
+    float xv[32], sx;
+    if (T == 1) load_xv(x, b, mine, xv, &sx);
     // Groups of R rows, strided over the grid; the next group's loads are issued before this
     // group's sums are reduced, so they are in flight across the reduction and the barrier.
     const u32 groups = (m + R - 1) / R;
@@ -270,9 +288,14 @@ __device__ void matvec_n1(const float* __restrict__ x, const u8* __restrict__ w,
     }
     for (u32 buf = 0; g < groups; g += gridDim.x, buf ^= 1) {
         const u32 row0 = g * R;
-        float acc[R];
+        float acc[R][T];
 #pragma unroll
-        for (int r = 0; r < R; ++r) acc[r] = mine && row0 + r < m ? dot_raw<DT>(raw[r], xv, sx) : 0.0f;
+        for (int t = 0; t < T; ++t) {
+            if (T > 1 && t < (int)nt) load_xv(x + (u64)t * k, b, mine, xv, &sx);
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+                acc[r][t] = mine && t < (int)nt && row0 + r < m ? dot_raw<DT>(raw[r], xv, sx) : 0.0f;
+        }
         const u32 next = g + gridDim.x;
         if (mine && next < groups) {
 #pragma unroll
@@ -280,18 +303,21 @@ __device__ void matvec_n1(const float* __restrict__ x, const u8* __restrict__ w,
                 if (next * R + r < m) raw[r] = load_raw<DT>(w, d_off, m_off, (u64)(next * R + r) * nb + b);
         }
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const float s = warp_sum(acc[r]);
-            if (lane == 0) part[buf][warp][r] = s;
-        }
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int t = 0; t < T; ++t) {
+                const float s = warp_sum(acc[r][t]);
+                if (lane == 0) part[buf][warp][r * T + t] = s;
+            }
         // part[buf] is rewritten two groups on, after the next group's barrier: one barrier
         // per group is enough.
         __syncthreads();
-        if (threadIdx.x < R && row0 + threadIdx.x < m) {
-            const u32 row = row0 + threadIdx.x;
+        const u32 r = threadIdx.x / T, t = threadIdx.x % T;
+        if (threadIdx.x < R * T && row0 + r < m && t < nt) {
+            const u32 row = row0 + r;
             float s = 0.0f;
             for (u32 w2 = 0; w2 < warps; ++w2) s += part[buf][w2][threadIdx.x];
-            out[row] = bias ? s + bias[row] : s;
+            out[(u64)t * m + row] = bias ? s + bias[row] : s;
         }
     }
 }
@@ -332,8 +358,13 @@ __device__ void matvec_any(const float* __restrict__ x, const u8* __restrict__ w
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(N1_MAX_THREADS)                                \
         matmul_decode_n1_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,            \
-                                  const float* bias, float* out, u32 k, u32 m) {                \
-        matvec_n1<DT>(x, w, d_off, m_off, bias, out, k, m);                                     \
+                                  const float* bias, float* out, u32 n, u32 k, u32 m) {         \
+        matvec_nt<DT, 1>(x, w, d_off, m_off, bias, out, n, k, m);                               \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(N1_MAX_THREADS)                                \
+        matmul_decode_nt_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,            \
+                                  const float* bias, float* out, u32 n, u32 k, u32 m) {         \
+        matvec_nt<DT, N1_TOKENS>(x, w, d_off, m_off, bias, out, n, k, m);                       \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
         matmul_decode_any_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,           \

@@ -4,8 +4,8 @@
 #   run(command="bash scripts/device-run.sh", carry=[".device", ".gl"], timeout_s=...)
 # Writes under $OUT: log.txt (every step's output), bench.jsonl (tandem bench --json and the
 # ceilings), summary.txt (one line per step), and prints the summary last.
-# PHASES (default "env ceil test profile bench san wgpu") picks the phases and their order;
-# BENCH_MODELS, WGPU_MODELS, BENCH_DTYPES, PROFILE_DTYPES, BENCH_LIMIT and WGPU_TEST_LIMIT (seconds per benchmark) narrow the benchmarks.
+# PHASES (default "env ceil test profile bench san wgpu"; also matvec, batch) picks the phases and their order;
+# TEST_LIMIT (seconds per test executable), NO_GRAPHS=0 (skip the graphs-off e2e run), BENCH_MODELS, WGPU_MODELS, BENCH_DTYPES, PROFILE_DTYPES, BENCH_LIMIT WGPU_TEST_LIMIT, MATVEC_LIMIT (seconds), BATCH_N, BATCH_DTYPES and WGPU_CONFORMANCE=0 (benchmarks only) narrow the benchmarks.
 set -u
 OUT="${OUT:-/tmp/tandem-device}"
 mkdir -p "$OUT"
@@ -67,9 +67,10 @@ phase_ceil() {
     step ceilings 90 bash -c "python3 bench/device_ceilings.py | tee -a $JSONL"
 }
 phase_test() {
-    step conformance_cuda 180 "$D/conformance_cuda" --nocapture
-    step e2e_cuda 240 "$D/e2e_cuda" --skip smollm2_chat --nocapture
-    TANDEM_CUDA_GRAPHS=0 step e2e_cuda_no_graphs 240 "$D/e2e_cuda" --skip smollm2_chat --nocapture
+    local limit=${TEST_LIMIT:-240}
+    step conformance_cuda "$limit" "$D/conformance_cuda" --nocapture
+    step e2e_cuda "$limit" "$D/e2e_cuda" --skip smollm2_chat --nocapture
+    [ "${NO_GRAPHS:-1}" = 1 ] && TANDEM_CUDA_GRAPHS=0 step e2e_cuda_no_graphs "$limit" "$D/e2e_cuda" --skip smollm2_chat --nocapture
 }
 phase_san() {
     step memcheck_conformance 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$D/conformance_cuda" --test-threads=1
@@ -94,6 +95,19 @@ phase_bench() {
         done
     done
 }
+phase_matvec() {
+    # The decode matvec alone, swept over rows per group and grid (bench/cuda/matvec_bench.cu).
+    step "matvec build" 120 nvcc -O3 -std=c++17 -arch=sm_90 -Xptxas -v bench/cuda/matvec_bench.cu -o /tmp/matvec_bench
+    step "matvec sweep" "${MATVEC_LIMIT:-120}" bash -c "set -o pipefail; /tmp/matvec_bench | tee $OUT/matvec.jsonl"
+}
+phase_batch() {
+    # Batched decode: BATCH_N sequences at once on the 8B shape against one at a time (the
+    # same workload; see `tandem bench --concurrency`).
+    local n=${BATCH_N:-64}
+    for dtype in ${BATCH_DTYPES:-q4}; do
+        step "batch llama-3.1-8b $dtype x$n" "${BENCH_LIMIT:-300}" bash -c "set -o pipefail; $D/tandem bench --backend cuda --synthetic bench/configs/llama-3.1-8b.json --dtype $dtype --concurrency $n --requests $n --prompt-tokens 128 --gen-tokens 32 --json | tee -a $JSONL"
+    done
+}
 phase_wgpu() {
     if ls .gl/*.deb >/dev/null 2>&1; then
         for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -101,7 +115,7 @@ phase_wgpu() {
     fi
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
     [ -f "$VK_DRIVER_FILES" ] || unset VK_DRIVER_FILES
-    step conformance_wgpu "${WGPU_TEST_LIMIT:-240}" "$D/conformance_wgpu" --nocapture --test-threads=1
+    [ "${WGPU_CONFORMANCE:-1}" = 1 ] && step conformance_wgpu "${WGPU_TEST_LIMIT:-240}" "$D/conformance_wgpu" --nocapture --test-threads=1
     for model in ${WGPU_MODELS:-$BENCH_MODELS}; do
         bench wgpu "$model" q4 --prompt-tokens 512 --decode-tokens 64 --contexts 128,4096 --repeat 2
     done

@@ -216,6 +216,17 @@ impl WgpuBackend {
         self.f16
     }
 
+    /// Whether decode rows take the row-per-invocation matrix-vector kernel: on a CPU
+    /// rasterizer, unless `TANDEM_WGPU_MATVEC` says `rows` or `lanes` (tests run the GPU's
+    /// kernel on lavapipe with `lanes`).
+    fn row_matvec(&self) -> bool {
+        match std::env::var("TANDEM_WGPU_MATVEC").as_deref() {
+            Ok("rows") => true,
+            Ok("lanes") => false,
+            _ => self.is_software(),
+        }
+    }
+
     /// Whether the adapter is a CPU rasterizer (lavapipe, SwiftShader, WARP): correct but
     /// slower than tandem's own CPU backend, so `--backend auto` passes it over.
     pub fn is_software(&self) -> bool {
@@ -442,6 +453,7 @@ impl WgpuBackend {
         let mut rec = ops::Recorder {
             table: &self.table,
             uses_f16: self.f16,
+            row_matvec: self.row_matvec(),
             scratch: &self.scratch,
             out: Vec::new(),
             written_u32: Vec::new(),

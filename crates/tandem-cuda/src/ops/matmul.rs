@@ -1,8 +1,8 @@
 //! out = x @ w^T (+ bias) with the dequantization fused. The kernel of a row follows from its
 //! class (decode or prompt) and k, m, dtype, never from n, so a row is computed alike however
 //! many rows share the op (batch invariance, see [`Matmul`]):
-//! - decode rows: the persistent one-token kernel (kernels/matmul_decode.cu, a token per
-//!   blockIdx.y) where k % 32 == 0 and k fits its block, else the warp-per-row kernels there,
+//! - decode rows: the persistent n1/nt kernels (kernels/matmul_decode.cu, a token or a tile of
+//!   N1_TOKENS tokens per blockIdx.y) where k % 32 == 0 and k fits its block, else the warp-per-row kernels there,
 //!   whose sums are per token;
 //! - prompt rows: cuBLAS on tensor cores (bf16 operands, f32 sums) for bf16 and quantized
 //!   weights with k % 32 == 0, in products of one fixed shape (see [`TC_ROWS`]); else the tiled
@@ -25,12 +25,13 @@ const MATVEC_MAX_N: usize = 8;
 const MATVEC_ROWS: usize = 4;
 /// Threads per block of the one-token kernel at most (N1_MAX_THREADS): k up to 32 times it.
 const N1_MAX_THREADS: usize = 512;
+/// Tokens per block of the batched decode kernel (N1_TOKENS).
+const N1_TOKENS: usize = 8;
 
 /// Rows per block of the one-token kernel (N1Rows in kernels/matmul_decode.cu).
 fn n1_rows(d: DType) -> usize {
     match d {
         DType::F32 => 2,
-        DType::Q4_0 | DType::Q4_1 => 8,
         _ => 4,
     }
 }
@@ -140,16 +141,24 @@ fn decode_rows(r: &mut Recorder, op: &Matmul, x: u64, w: Weight, bias: u64, out:
     let head = [Arg::Ptr(x), Arg::Ptr(w.ptr), Arg::U64(w.d_off), Arg::U64(w.m_off), Arg::Ptr(bias), Arg::Ptr(out)];
     let (k32, m32) = (Arg::U32(k as u32), Arg::U32(m as u32));
     if k % 32 == 0 && k / 32 <= N1_MAX_THREADS {
-        // A thread per block of x, blocks walking row groups; blockIdx.y is the token.
+        // A thread per block of x, blocks walking row groups; blockIdx.y is the token (one
+        // row) or the tile of N1_TOKENS tokens (a batch: each group's weights loaded once for
+        // the tile). Both kernels run the same per-token arithmetic.
         let threads = (k / 32).next_multiple_of(32).max(32);
         let groups = m.div_ceil(n1_rows(op.wdtype));
-        // As many blocks as are resident at once, shared by the tokens: the launch bound caps
+        let (entry, tiles) = match rows {
+            1 => (weight_entries!("matmul_decode_n1")[w.wi], 1),
+            _ => (weight_entries!("matmul_decode_nt")[w.wi], rows.div_ceil(N1_TOKENS)),
+        };
+        // As many blocks as are resident at once, shared by the tiles: the launch bound caps
         // registers at 128 a thread, so a multiprocessor's 64K registers hold 512 / threads
-        // blocks. The grid only spreads the row groups; a row's arithmetic is the same.
-        let resident = r.arch.sms as usize * (512 / threads).max(1);
-        let grid = (fits_u32(OP, "m / rows", groups.min((resident / rows).max(1)))?, fits_u32(OP, "decode rows", rows)?, 1);
-        let args = [head[0], head[1], head[2], head[3], head[4], head[5], k32, m32];
-        r.launch(KernelFile::MatmulDecode, weight_entries!("matmul_decode_n1")[w.wi], grid, threads as u32, 0, &args)
+        // blocks. At least two per multiprocessor even where one fits (k > 8192): a second
+        // wave took 20% off the 8B's down projection on an H100 (NOTES.md). The grid only
+        // spreads the row groups; a row's arithmetic is the same.
+        let resident = r.arch.sms as usize * (512 / threads).max(2);
+        let grid = (fits_u32(OP, "m / rows", groups.min((resident / tiles).max(1)))?, fits_u32(OP, "decode rows", tiles)?, 1);
+        let args = [head[0], head[1], head[2], head[3], head[4], head[5], Arg::U32(fits_u32(OP, "decode rows", rows)?), k32, m32];
+        r.launch(KernelFile::MatmulDecode, entry, grid, threads as u32, 0, &args)
     } else {
         let entry = if k % 32 == 0 { weight_entries!("matmul_decode")[w.wi] } else { weight_entries!("matmul_decode_any")[w.wi] };
         let grid = (fits_u32(OP, "m / 4", m.div_ceil(MATVEC_ROWS))?, fits_u32(OP, "decode rows / 8", rows.div_ceil(MATVEC_MAX_N))?, 1);

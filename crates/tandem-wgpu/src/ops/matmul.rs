@@ -67,9 +67,11 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     } else {
         Shader::Matmul
     };
-    // Rows of whole blocks (and so every part of a split weight) take the row-per-invocation
-    // kernel.
-    let rows_kernel = !native && k % 32 == 0;
+    // On a CPU rasterizer, rows of whole blocks (and so every part of a split weight) take the
+    // row-per-invocation kernel. A GPU takes the lanes-per-row kernel for every row: one row
+    // per invocation reads each row's bytes k apart across a warp, uncoalesced (on an H100 it
+    // moved 63 GB/s for Llama-3.2-1B).
+    let rows_kernel = r.row_matvec && !native && k % 32 == 0;
     let with_dtype = |pipe: PipeKey| if native { pipe } else { pipe.with("DTYPE", code) };
     let matvec = with_dtype(match rows_kernel {
         true => PipeKey::new(shader, "matvec_rows").with("RWG", RWG as u32),

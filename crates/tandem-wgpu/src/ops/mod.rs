@@ -28,6 +28,9 @@ pub(crate) struct Dispatch {
 pub(crate) struct Recorder<'a> {
     pub table: &'a Table,
     pub uses_f16: bool,
+    /// Decode rows of whole blocks take the row-per-invocation matrix-vector kernel (a CPU
+    /// rasterizer's fastest) rather than the lanes-per-row one (coalesced: a GPU's).
+    pub row_matvec: bool,
     /// Attention-decode partials, sized for the step before recording.
     pub scratch: &'a Gpu,
     pub out: Vec<Dispatch>,
