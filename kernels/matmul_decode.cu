@@ -256,51 +256,82 @@ __device__ __forceinline__ void load_xv(const float* __restrict__ x, u32 b, bool
     *sx = s;
 }
 
+// One weight of a product over the same x: up to three (q, k and v; gate and up) share a
+// launch, their row groups one after the other, so a layer's small products are not each a
+// launch's worth of ramp and tail. m = 0 marks an unused segment.
+struct Seg {
+    const u8* w;
+    u64 d_off, m_off;
+    const float* bias;
+    float* out;
+    u32 m;
+};
+
+// The segment holding group g (of R rows): its fields and the group's first row in it.
+template <int R>
+struct At {
+    const u8* w;
+    u64 d_off, m_off;
+    const float* bias;
+    float* out;
+    u32 m, row0;
+    __device__ __forceinline__ At(const Seg& s0, const Seg& s1, const Seg& s2, u32 g) {
+        const u32 g0 = (s0.m + R - 1) / R, g1 = (s1.m + R - 1) / R;
+        const int i = g < g0 ? 0 : g < g0 + g1 ? 1 : 2;
+        w = i == 0 ? s0.w : i == 1 ? s1.w : s2.w;
+        d_off = i == 0 ? s0.d_off : i == 1 ? s1.d_off : s2.d_off;
+        m_off = i == 0 ? s0.m_off : i == 1 ? s1.m_off : s2.m_off;
+        bias = i == 0 ? s0.bias : i == 1 ? s1.bias : s2.bias;
+        out = i == 0 ? s0.out : i == 1 ? s1.out : s2.out;
+        m = i == 0 ? s0.m : i == 1 ? s1.m : s2.m;
+        row0 = (g - (i == 0 ? 0 : i == 1 ? g0 : g0 + g1)) * R;
+    }
+};
+
 // T tokens per block (blockIdx.y picks tokens T * blockIdx.y.., n in all): each group's
 // weights are loaded once and dotted with every token's x, so a batch of decode rows reads
 // the weights n / T times instead of n times. T = 1 keeps x in registers for the kernel's
 // life; T > 1 reloads each token's x (from L1/L2) per group. A token's arithmetic (dot_raw,
-// the warp sums, the sum over warps in order) is the same for every T: a row's bits do not
-// depend on how many rows share the launch. R (rows per group) is a parameter so that
-// bench/cuda/matvec_bench.cu can sweep it.
+// the warp sums, the sum over warps in order) is the same for every T and every segment
+// layout: a row's bits do not depend on how many rows or products share the launch. R (rows
+// per group) is a parameter so that bench/cuda/matvec_bench.cu can sweep it.
 template <int DT, int T, int R = N1Rows<DT>::value>
-__device__ void matvec_nt(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
-                          u64 m_off, const float* __restrict__ bias, float* __restrict__ out,
-                          u32 n, u32 k, u32 m) {
+__device__ void matvec_nt(const float* __restrict__ x, Seg s0, Seg s1, Seg s2, u32 n, u32 k) {
     __shared__ float part[2][N1_MAX_THREADS / 32][R * T];
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const u32 nb = k >> 5, b = threadIdx.x;
     const bool mine = b < nb;  // the block's threads cover the row's blocks exactly once
     const u32 t0 = blockIdx.y * T, nt = min((u32)T, n - t0);
     x += (u64)t0 * k;
-    out += (u64)t0 * m;
     float xv[32], sx;
     if (T == 1) load_xv(x, b, mine, xv, &sx);
     // Groups of R rows, strided over the grid; the next group's loads are issued before this
     // group's sums are reduced, so they are in flight across the reduction and the barrier.
-    const u32 groups = (m + R - 1) / R;
+    const u32 groups = (s0.m + R - 1) / R + (s1.m + R - 1) / R + (s2.m + R - 1) / R;
     Raw<DT> raw[R];
     u32 g = blockIdx.x;
     if (mine && g < groups) {
+        const At<R> a(s0, s1, s2, g);
 #pragma unroll
         for (int r = 0; r < R; ++r)
-            if (g * R + r < m) raw[r] = load_raw<DT>(w, d_off, m_off, (u64)(g * R + r) * nb + b);
+            if (a.row0 + r < a.m) raw[r] = load_raw<DT>(a.w, a.d_off, a.m_off, (u64)(a.row0 + r) * nb + b);
     }
     for (u32 buf = 0; g < groups; g += gridDim.x, buf ^= 1) {
-        const u32 row0 = g * R;
+        const At<R> a(s0, s1, s2, g);
         float acc[R][T];
 #pragma unroll
         for (int t = 0; t < T; ++t) {
             if (T > 1 && t < (int)nt) load_xv(x + (u64)t * k, b, mine, xv, &sx);
 #pragma unroll
             for (int r = 0; r < R; ++r)
-                acc[r][t] = mine && t < (int)nt && row0 + r < m ? dot_raw<DT>(raw[r], xv, sx) : 0.0f;
+                acc[r][t] = mine && t < (int)nt && a.row0 + r < a.m ? dot_raw<DT>(raw[r], xv, sx) : 0.0f;
         }
         const u32 next = g + gridDim.x;
         if (mine && next < groups) {
+            const At<R> an(s0, s1, s2, next);
 #pragma unroll
             for (int r = 0; r < R; ++r)
-                if (next * R + r < m) raw[r] = load_raw<DT>(w, d_off, m_off, (u64)(next * R + r) * nb + b);
+                if (an.row0 + r < an.m) raw[r] = load_raw<DT>(an.w, an.d_off, an.m_off, (u64)(an.row0 + r) * nb + b);
         }
 #pragma unroll
         for (int r = 0; r < R; ++r)
@@ -313,11 +344,11 @@ __device__ void matvec_nt(const float* __restrict__ x, const u8* __restrict__ w,
         // per group is enough.
         __syncthreads();
         const u32 r = threadIdx.x / T, t = threadIdx.x % T;
-        if (threadIdx.x < R * T && row0 + r < m && t < nt) {
-            const u32 row = row0 + r;
+        if (threadIdx.x < R * T && a.row0 + r < a.m && t < nt) {
+            const u32 row = a.row0 + r;
             float s = 0.0f;
             for (u32 w2 = 0; w2 < warps; ++w2) s += part[buf][w2][threadIdx.x];
-            out[(u64)t * m + row] = bias ? s + bias[row] : s;
+            a.out[(u64)(t0 + t) * a.m + row] = a.bias ? s + a.bias[row] : s;
         }
     }
 }
@@ -356,15 +387,19 @@ __device__ void matvec_any(const float* __restrict__ x, const u8* __restrict__ w
                                const float* bias, float* out, u32 n, u32 k, u32 m) {            \
         matvec_blocks<DT>(x, w, d_off, m_off, bias, out, n, k, m);                              \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(N1_MAX_THREADS)                                \
-        matmul_decode_n1_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,            \
-                                  const float* bias, float* out, u32 n, u32 k, u32 m) {         \
-        matvec_nt<DT, 1>(x, w, d_off, m_off, bias, out, n, k, m);                               \
+    extern "C" __global__ void __launch_bounds__(N1_MAX_THREADS) matmul_decode_n1_##suffix(       \
+        const float* x, const u8* w0, u64 d0, u64 mo0, const float* b0, float* o0, u32 m0,      \
+        const u8* w1, u64 d1, u64 mo1, const float* b1, float* o1, u32 m1, const u8* w2, u64 d2, \
+        u64 mo2, const float* b2, float* o2, u32 m2, u32 n, u32 k) {                            \
+        matvec_nt<DT, 1>(x, Seg{w0, d0, mo0, b0, o0, m0}, Seg{w1, d1, mo1, b1, o1, m1},           \
+                         Seg{w2, d2, mo2, b2, o2, m2}, n, k);                                   \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(N1_MAX_THREADS)                                \
-        matmul_decode_nt_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,            \
-                                  const float* bias, float* out, u32 n, u32 k, u32 m) {         \
-        matvec_nt<DT, N1_TOKENS>(x, w, d_off, m_off, bias, out, n, k, m);                       \
+    extern "C" __global__ void __launch_bounds__(N1_MAX_THREADS) matmul_decode_nt_##suffix(       \
+        const float* x, const u8* w0, u64 d0, u64 mo0, const float* b0, float* o0, u32 m0,      \
+        const u8* w1, u64 d1, u64 mo1, const float* b1, float* o1, u32 m1, const u8* w2, u64 d2, \
+        u64 mo2, const float* b2, float* o2, u32 m2, u32 n, u32 k) {                            \
+        matvec_nt<DT, N1_TOKENS>(x, Seg{w0, d0, mo0, b0, o0, m0}, Seg{w1, d1, mo1, b1, o1, m1},   \
+                                 Seg{w2, d2, mo2, b2, o2, m2}, n, k);                           \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
         matmul_decode_any_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,           \

@@ -27,14 +27,14 @@
 template <int DT, int R>
 __global__ void __launch_bounds__(N1_MAX_THREADS)
     n1(const float* x, const u8* w, u64 d_off, u64 m_off, const float* bias, float* out, u32 k, u32 m) {
-    matvec_nt<DT, 1, R>(x, w, d_off, m_off, bias, out, 1, k, m);
+    matvec_nt<DT, 1, R>(x, Seg{w, d_off, m_off, bias, out, m}, Seg{}, Seg{}, 1, k);
 }
 
 // The batched kernel as tandem launches it: N1_TOKENS tokens per blockIdx.y.
 template <int DT>
 __global__ void __launch_bounds__(N1_MAX_THREADS)
     nt(const float* x, const u8* w, u64 d_off, u64 m_off, const float* bias, float* out, u32 n, u32 k, u32 m) {
-    matvec_nt<DT, N1_TOKENS>(x, w, d_off, m_off, bias, out, n, k, m);
+    matvec_nt<DT, N1_TOKENS>(x, Seg{w, d_off, m_off, bias, out, m}, Seg{}, Seg{}, n, k);
 }
 
 __device__ u32 hash(u64 i, u32 seed) {

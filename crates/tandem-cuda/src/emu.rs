@@ -221,9 +221,7 @@ impl EmuBackend {
             blas: None,
             written_u32: &mut self.written_u32,
         };
-        for op in &step.ops {
-            ops::record(&mut rec, op)?;
-        }
+        ops::record_all(&mut rec, &step.ops)?;
         for id in &self.written_u32 {
             self.table.shadow_forget(*id);
         }

@@ -14,7 +14,7 @@ use crate::device::{backend_err, driver_err};
 use crate::kernels::{self, KernelFile};
 
 /// Most arguments a kernel takes.
-pub(crate) const MAX_ARGS: usize = 16;
+pub(crate) const MAX_ARGS: usize = 24;
 
 /// One kernel argument, stored in 8 bytes: the driver reads as many bytes as the kernel's
 /// parameter has, and on a little-endian host a u32 or f32 sits in the low 4.

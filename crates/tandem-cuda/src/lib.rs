@@ -214,9 +214,7 @@ impl CudaBackend {
             blas: self.blas.as_ref().ok().map(|b| b.handle()),
             written_u32: &mut self.written_u32,
         };
-        for op in &step.ops {
-            ops::record(&mut rec, op)?;
-        }
+        ops::record_all(&mut rec, &step.ops)?;
         for id in &self.written_u32 {
             self.table.shadow_forget(*id);
         }

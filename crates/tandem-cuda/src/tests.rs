@@ -47,9 +47,7 @@ impl Fake {
             blas: Some(1),
             written_u32: &mut written,
         };
-        for op in ops {
-            ops::record(&mut r, op)?;
-        }
+        ops::record_all(&mut r, ops)?;
         Ok(out)
     }
 }
@@ -322,11 +320,13 @@ fn a_rows_kernel_follows_its_class_not_n() {
     let mut f = Fake::new();
     for wdtype in [DType::F32, DType::Q4_0, DType::BF16] {
         for (k, m) in [(256, 96), (100, 37), (32 * 600, 5)] {
-            // Each decode row: the same kernel and block as a one-row product's, its token on y.
+            // Each decode row: the same kernel and block as a one-row product's (n1 and nt run
+            // one per-token arithmetic, matvec_nt), its token or tile of 8 on y.
+            let family = |e: &str| e.replace("_nt_", "_n1_");
             let alone = matmul(&mut f, wdtype, 1, 1, k, m);
             for (n, dr) in [(5, 5), (30, 20), (2, 1)] {
                 let l = matmul(&mut f, wdtype, n, dr, k, m);
-                assert_eq!((l[0].entry, l[0].block), (alone[0].entry, alone[0].block), "{wdtype} k={k} n={n}");
+                assert_eq!((family(l[0].entry), l[0].block), (family(alone[0].entry), alone[0].block), "{wdtype} k={k} n={n}");
                 let tokens = if l[0].entry.contains("_n1_") { dr } else { dr.div_ceil(8) };
                 assert_eq!(l[0].grid.1 as usize, tokens);
             }
@@ -341,19 +341,51 @@ fn a_rows_kernel_follows_its_class_not_n() {
 }
 
 #[test]
+fn products_over_one_x_share_their_decode_launch() {
+    // q, k and v (gate and up) read the same x: their decode rows are one n1/nt launch whose
+    // segments are the three weights; their prompt rows stay each their own.
+    let mut f = Fake::new();
+    let (k, n) = (256, 6);
+    let x = f.buf(DType::F32, n * k);
+    let product = |f: &mut Fake, x, m, decode_rows| {
+        let (w, out) = (f.buf(DType::Q4_1, m * k), f.buf(DType::F32, n * m));
+        Op::Matmul(Matmul { x, w, wdtype: DType::Q4_1, bias: None, out, n, k, m, decode_rows })
+    };
+    let qkv = [product(&mut f, x, 64, n), product(&mut f, x, 32, n), product(&mut f, x, 32, n)];
+    let l = f.record(&qkv).unwrap();
+    assert_eq!(l.len(), 1, "one launch for three products");
+    assert_eq!(l[0].entry, "matmul_decode_nt_q4_1");
+    let m_args: Vec<u64> = [6, 12, 18].iter().map(|&i| l[0].args[i].bits()).collect();
+    assert_eq!(m_args, [64, 32, 32], "each segment's rows");
+    // Another x, or an output that is the shared x, breaks the run.
+    let y = f.buf(DType::F32, n * k);
+    let apart = [product(&mut f, x, 64, n), product(&mut f, y, 32, n)];
+    assert_eq!(f.record(&apart).unwrap().len(), 2);
+    let Op::Matmul(mut writes_x) = product(&mut f, x, 32, n) else { unreachable!() };
+    writes_x.out = x;
+    let q = product(&mut f, x, 64, n);
+    assert_eq!(f.record(&[q, Op::Matmul(writes_x)]).unwrap().len(), 2);
+    // With prompt rows: the decode rows still share a launch, the prompt rows do not.
+    let mixed = [product(&mut f, x, 64, 2), product(&mut f, x, 32, 2)];
+    let l = f.record(&mixed).unwrap();
+    assert_eq!(l.iter().filter(|l| l.entry.starts_with("matmul_decode")).count(), 1);
+}
+
+#[test]
 fn tensor_core_products_have_one_shape_per_weight() {
     // cuBLAS picks its kernel from the product's shape and its operands' alignment, so every
     // product of one weight must be the same whatever the rows: n, k, m, ldc, and the operands
     // in scratch at the same offsets (the activations by whole chunks).
     let mut f = Fake::new();
+    use ops::TC_ROWS;
     for (k, m) in [(64, 70), (4096, 300)] {
         let mut seen = None;
-        for (n, dr) in [(1, 0), (7, 3), (129, 0), (300, 44)] {
+        for (n, dr) in [(1, 0), (7, 3), (TC_ROWS + 1, 0), (2 * TC_ROWS + 44, 44)] {
             let l = matmul(&mut f, DType::Q8_0, n, dr, k, m);
             let gemms: Vec<_> = l.iter().filter_map(|l| l.gemm).collect();
-            assert_eq!(gemms.len(), (n - dr).div_ceil(128), "a product per chunk of 128 rows");
+            assert_eq!(gemms.len(), (n - dr).div_ceil(TC_ROWS), "a product per chunk of TC_ROWS rows");
             for (c, g) in gemms.iter().enumerate() {
-                let x0 = g.x - (c * 128 * k * 2) as u64;
+                let x0 = g.x - (c * TC_ROWS * k * 2) as u64;
                 let shape = (g.n, g.k, g.m, g.ldc, g.w, g.out, x0);
                 assert_eq!(*seen.get_or_insert(shape), shape, "k={k} m={m} n={n}");
             }

@@ -42,7 +42,10 @@ const TILE: usize = 64;
 /// chunk padded with zero rows, into scratch (aligned alike whatever the row offset), so every
 /// product of one k, m and dtype has one shape. cuBLAS picks its kernel (tiling, split-K) from
 /// the shape; a fixed shape keeps a row's arithmetic independent of how many rows share the op.
-const TC_ROWS: usize = 128;
+/// 512: cuBLAS ran 128-row products at ~150 TFLOP/s on an H100 and 512-row ones at 450-700
+/// (bench/device_ceilings.py), so a short prompt costs about the same either way and a long
+/// one a third.
+pub(crate) const TC_ROWS: usize = 512;
 /// Scratch for quantized weights expanded to bf16, a slice of rows at a time.
 const TC_SLICE_BYTES: usize = 64 << 20;
 /// Scratch for one chunk's product over a slice of weight rows.
@@ -94,7 +97,16 @@ struct Weight {
     wi: usize,
 }
 
-pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
+/// An op's buffers, checked, as the kernels take them.
+struct Checked<'a> {
+    op: &'a Matmul,
+    x: u64,
+    w: Weight,
+    bias: u64,
+    out: u64,
+}
+
+fn check<'a>(r: &Recorder, op: &'a Matmul) -> Result<Option<Checked<'a>>> {
     let wi = weight_index(op.wdtype).ok_or_else(|| bad_dtype(OP, "w", WEIGHT_DTYPES, op.wdtype))?;
     let (n, k, m, dr) = (op.n, op.k, op.m, op.decode_rows);
     if dr > n {
@@ -111,60 +123,118 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     };
     let out = r.buf(OP, "out", op.out, DType::F32, out_len)?.ptr;
     if out_len == 0 {
-        return Ok(());
+        return Ok(None);
     }
     fits_u32(OP, "k", k)?;
     fits_u32(OP, "m", m)?;
     let (d_off, m_off) = quant_offsets(op.wdtype, w.numel);
-    let w = Weight { ptr: w.ptr, d_off, m_off, wi };
-    if dr > 0 {
-        decode_rows(r, op, x, w, bias, out)?;
+    Ok(Some(Checked { op, x, w: Weight { ptr: w.ptr, d_off, m_off, wi }, bias, out }))
+}
+
+pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
+    record_run(r, &[op])
+}
+
+/// Whether `b` can share `a`'s decode launch (see [`record_run`]): the same x, rows and
+/// weight type, rows the n1/nt kernels take, and no output that is the shared x.
+pub(crate) fn fusable(a: &Matmul, b: &Matmul) -> bool {
+    a.x == b.x
+        && (a.n, a.k, a.decode_rows, a.wdtype) == (b.n, b.k, b.decode_rows, b.wdtype)
+        && a.decode_rows > 0
+        && n1_applies(a.k)
+        && a.out != a.x
+        && b.out != a.x
+        && a.out != b.out
+}
+
+/// Up to three products over the same x (q, k and v; gate and up; see [`fusable`]): their
+/// decode rows in one launch of the n1/nt kernel, whose row groups run through the products'
+/// weights one after the other (a row's arithmetic is the one it has alone), then each one's
+/// prompt rows.
+pub(crate) fn record_run(r: &mut Recorder, run: &[&Matmul]) -> Result<()> {
+    debug_assert!(!run.is_empty() && run.len() <= 3 && run.windows(2).all(|p| fusable(run[0], p[1])));
+    let mut checked = Vec::with_capacity(run.len());
+    for op in run {
+        checked.extend(check(r, op)?);
     }
+    let Some(first) = checked.first() else { return Ok(()) };
+    if first.op.decode_rows > 0 {
+        if n1_applies(first.op.k) {
+            decode_n1(r, &checked)?;
+        } else {
+            for c in &checked {
+                decode_warps(r, c)?;
+            }
+        }
+    }
+    for c in &checked {
+        prompt_rows(r, c)?;
+    }
+    Ok(())
+}
+
+fn prompt_rows(r: &mut Recorder, c: &Checked) -> Result<()> {
+    let (op, w, bias) = (c.op, c.w, c.bias);
+    let (n, k, m, dr) = (op.n, op.k, op.m, op.decode_rows);
     let prompt = n - dr;
     if prompt == 0 {
         return Ok(());
     }
-    let (x, out) = (x + (4 * dr * k) as u64, out + (4 * dr * m) as u64);
+    let (x, out) = (c.x + (4 * dr * k) as u64, c.out + (4 * dr * m) as u64);
     match r.blas {
         Some(handle) if tc_applies(k, op.wdtype) => record_tc(r, op, handle, x, w, bias, out),
         _ => {
             let args = [Arg::Ptr(x), Arg::Ptr(w.ptr), Arg::U64(w.d_off), Arg::U64(w.m_off), Arg::Ptr(bias), Arg::Ptr(out), Arg::U32(fits_u32(OP, "n", prompt)?), Arg::U32(k as u32), Arg::U32(m as u32)];
             let grid = (fits_u32(OP, "m / 64", m.div_ceil(TILE))?, fits_u32(OP, "n / 64", prompt.div_ceil(TILE))?, 1);
-            r.launch(KernelFile::MatmulPrefill, weight_entries!("matmul_prefill")[wi], grid, 256, 0, &args)
+            r.launch(KernelFile::MatmulPrefill, weight_entries!("matmul_prefill")[w.wi], grid, 256, 0, &args)
         }
     }
 }
 
-/// Rows 0..decode_rows, each as a one-row product computes it.
-fn decode_rows(r: &mut Recorder, op: &Matmul, x: u64, w: Weight, bias: u64, out: u64) -> Result<()> {
-    let (k, m, rows) = (op.k, op.m, op.decode_rows);
-    let head = [Arg::Ptr(x), Arg::Ptr(w.ptr), Arg::U64(w.d_off), Arg::U64(w.m_off), Arg::Ptr(bias), Arg::Ptr(out)];
-    let (k32, m32) = (Arg::U32(k as u32), Arg::U32(m as u32));
-    if k % 32 == 0 && k / 32 <= N1_MAX_THREADS {
-        // A thread per block of x, blocks walking row groups; blockIdx.y is the token (one
-        // row) or the tile of N1_TOKENS tokens (a batch: each group's weights loaded once for
-        // the tile). Both kernels run the same per-token arithmetic.
-        let threads = (k / 32).next_multiple_of(32).max(32);
-        let groups = m.div_ceil(n1_rows(op.wdtype));
-        let (entry, tiles) = match rows {
-            1 => (weight_entries!("matmul_decode_n1")[w.wi], 1),
-            _ => (weight_entries!("matmul_decode_nt")[w.wi], rows.div_ceil(N1_TOKENS)),
-        };
-        // As many blocks as are resident at once, shared by the tiles: the launch bound caps
-        // registers at 128 a thread, so a multiprocessor's 64K registers hold 512 / threads
-        // blocks. At least two per multiprocessor even where one fits (k > 8192): a second
-        // wave took 20% off the 8B's down projection on an H100 (NOTES.md). The grid only
-        // spreads the row groups; a row's arithmetic is the same.
-        let resident = r.arch.sms as usize * (512 / threads).max(2);
-        let grid = (fits_u32(OP, "m / rows", groups.min((resident / tiles).max(1)))?, fits_u32(OP, "decode rows", tiles)?, 1);
-        let args = [head[0], head[1], head[2], head[3], head[4], head[5], Arg::U32(fits_u32(OP, "decode rows", rows)?), k32, m32];
-        r.launch(KernelFile::MatmulDecode, entry, grid, threads as u32, 0, &args)
-    } else {
-        let entry = if k % 32 == 0 { weight_entries!("matmul_decode")[w.wi] } else { weight_entries!("matmul_decode_any")[w.wi] };
-        let grid = (fits_u32(OP, "m / 4", m.div_ceil(MATVEC_ROWS))?, fits_u32(OP, "decode rows / 8", rows.div_ceil(MATVEC_MAX_N))?, 1);
-        let args = [head[0], head[1], head[2], head[3], head[4], head[5], Arg::U32(fits_u32(OP, "decode rows", rows)?), k32, m32];
-        r.launch(KernelFile::MatmulDecode, entry, grid, 32 * MATVEC_ROWS as u32, 0, &args)
+/// Whether decode rows of this k take the n1/nt kernels: whole blocks of 32, a thread each.
+fn n1_applies(k: usize) -> bool {
+    k > 0 && k % 32 == 0 && k / 32 <= N1_MAX_THREADS
+}
+
+/// The decode rows of up to three products over the same x, in one launch: a thread per block
+/// of x, blocks walking the products' row groups; blockIdx.y is the token (one row) or the
+/// tile of N1_TOKENS tokens (a batch: each group's weights loaded once for the tile). Both
+/// kernels run the same per-token arithmetic.
+fn decode_n1(r: &mut Recorder, run: &[Checked]) -> Result<()> {
+    let op = run[0].op;
+    let (k, rows) = (op.k, op.decode_rows);
+    let threads = (k / 32).next_multiple_of(32).max(32);
+    let groups: usize = run.iter().map(|c| c.op.m.div_ceil(n1_rows(op.wdtype))).sum();
+    let (entry, tiles) = match rows {
+        1 => (weight_entries!("matmul_decode_n1")[run[0].w.wi], 1),
+        _ => (weight_entries!("matmul_decode_nt")[run[0].w.wi], rows.div_ceil(N1_TOKENS)),
+    };
+    // As many blocks as are resident at once, shared by the tiles: the launch bound caps
+    // registers at 128 a thread, so a multiprocessor's 64K registers hold 512 / threads
+    // blocks. At least two per multiprocessor even where one fits (k > 8192): a second wave
+    // took 20% off the 8B's down projection on an H100 (NOTES.md). The grid only spreads the
+    // row groups; a row's arithmetic is the same.
+    let resident = r.arch.sms as usize * (512 / threads).max(2);
+    let grid = (fits_u32(OP, "m / rows", groups.min((resident / tiles).max(1)))?, fits_u32(OP, "decode rows", tiles)?, 1);
+    let mut args = vec![Arg::Ptr(run[0].x)];
+    for i in 0..3 {
+        match run.get(i) {
+            Some(c) => args.extend([Arg::Ptr(c.w.ptr), Arg::U64(c.w.d_off), Arg::U64(c.w.m_off), Arg::Ptr(c.bias), Arg::Ptr(c.out), Arg::U32(c.op.m as u32)]),
+            None => args.extend([Arg::Ptr(0), Arg::U64(0), Arg::U64(0), Arg::Ptr(0), Arg::Ptr(0), Arg::U32(0)]),
+        }
     }
+    args.extend([Arg::U32(fits_u32(OP, "decode rows", rows)?), Arg::U32(k as u32)]);
+    r.launch(KernelFile::MatmulDecode, entry, grid, threads as u32, 0, &args)
+}
+
+/// Decode rows whose k the n1 kernel does not take: a warp per output row, MATVEC_MAX_N tokens
+/// per blockIdx.y, each token's sums its own.
+fn decode_warps(r: &mut Recorder, c: &Checked) -> Result<()> {
+    let (k, m, rows) = (c.op.k, c.op.m, c.op.decode_rows);
+    let entry = if k % 32 == 0 { weight_entries!("matmul_decode")[c.w.wi] } else { weight_entries!("matmul_decode_any")[c.w.wi] };
+    let grid = (fits_u32(OP, "m / 4", m.div_ceil(MATVEC_ROWS))?, fits_u32(OP, "decode rows / 8", rows.div_ceil(MATVEC_MAX_N))?, 1);
+    let args = [Arg::Ptr(c.x), Arg::Ptr(c.w.ptr), Arg::U64(c.w.d_off), Arg::U64(c.w.m_off), Arg::Ptr(c.bias), Arg::Ptr(c.out), Arg::U32(fits_u32(OP, "decode rows", rows)?), Arg::U32(k as u32), Arg::U32(m as u32)];
+    r.launch(KernelFile::MatmulDecode, entry, grid, 32 * MATVEC_ROWS as u32, 0, &args)
 }
 
 /// The prompt rows (`x`, `out` at their first row) on tensor cores: x rounded to bf16 into the

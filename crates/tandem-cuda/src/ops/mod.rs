@@ -18,6 +18,8 @@ pub(crate) use attention::{decode_scratch_floats, DECODE_HD_MAX, PREFILL_HD_MAX}
 #[cfg(test)]
 pub(crate) use attention::{decode_grid, part_len};
 pub(crate) use matmul::tensor_cores;
+#[cfg(test)]
+pub(crate) use matmul::TC_ROWS;
 
 pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
     match op {
@@ -33,6 +35,29 @@ pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
         Op::Sample(o) => sample::record(r, o),
         Op::CopyRows(o) => elementwise::copy_rows(r, o),
     }
+}
+
+/// Records a step's ops in order, the products that can share a decode launch (q, k and v;
+/// gate and up: consecutive, over the same x, see `matmul::fusable`) as one run.
+pub(crate) fn record_all(r: &mut Recorder, ops: &[Op]) -> Result<()> {
+    let mut i = 0;
+    while i < ops.len() {
+        let Op::Matmul(first) = &ops[i] else {
+            record(r, &ops[i])?;
+            i += 1;
+            continue;
+        };
+        let mut run = vec![first];
+        while run.len() < 3 {
+            match ops.get(i + run.len()) {
+                Some(Op::Matmul(m)) if run.iter().all(|p| matmul::fusable(p, m)) => run.push(m),
+                _ => break,
+            }
+        }
+        matmul::record_run(r, &run)?;
+        i += run.len();
+    }
+    Ok(())
 }
 
 /// Bytes of scratch a step needs beyond its buffers: attention-decode partials, and the
