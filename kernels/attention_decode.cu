@@ -24,9 +24,6 @@
 #define AD_PART_MIN 32
 #define AD_PARTS_TARGET 256
 #define AD_PART_MAX 8192
-// Largest head_dim (crate::ops::attention::DECODE_HD_MAX), and positions a warp scores at once.
-#define AD_HD_MAX 256
-#define AD_RUN 8
 
 __device__ __forceinline__ float kv_load(const float* p, u64 i) { return p[i]; }
 __device__ __forceinline__ float kv_load(const u16* p, u64 i) { return f16_to_f32(p[i]); }
@@ -72,39 +69,19 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
     for (u32 d = threadIdx.x; d < hd; d += AD_THREADS) qs[d] = q[qh * hd + d];
     __syncthreads();
 
-    // Scores: a warp per run of AD_RUN positions, lanes over the head dimension (coalesced K
-    // rows). Every K load of the run is issued before the first is used: the d loop is
-    // unrolled to its bound (predicated past hd), so nothing waits on a loop counter, and a
-    // partition of 32 positions costs one round trip per warp instead of one per position
-    // (31 us per layer on an H100 at context 128 before, NOTES.md). Each lane's sum runs
-    // over d in order.
-    float qr[AD_HD_MAX / 32];
-#pragma unroll
-    for (int i = 0; i < AD_HD_MAX / 32; ++i) qr[i] = lane + 32 * i < hd ? qs[lane + 32 * i] : 0.0f;
-    for (u32 j0 = warp * AD_RUN; j0 < cnt; j0 += AD_WARPS * AD_RUN) {
-        u32 blk[AD_RUN];
-        u64 off[AD_RUN];
-#pragma unroll
-        for (int u = 0; u < AD_RUN; ++u) {
-            const u32 t = start + j0 + u;
-            blk[u] = j0 + u < cnt ? table[t / bs] : NONE_U32;
-            off[u] = (((u64)blk[u] * bs + t % bs) * kv_heads + kvh) * hd;
+    // Scores: a warp per position, lanes over the head dimension (coalesced K rows); unrolled
+    // so that several positions' loads are in flight before the first shuffle.
+#pragma unroll 4
+    for (u32 j = warp; j < cnt; j += AD_WARPS) {
+        const u32 t = start + j;
+        const u32 blk = table[t / bs];
+        float dot = 0.0f;
+        if (blk < num_blocks) {
+            const u64 off = (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd;
+            for (u32 d = lane; d < hd; d += 32) dot += qs[d] * kv_load(ck, off + d);
         }
-        float kv[AD_RUN][AD_HD_MAX / 32];
-#pragma unroll
-        for (int u = 0; u < AD_RUN; ++u)
-#pragma unroll
-            for (int i = 0; i < AD_HD_MAX / 32; ++i)
-                kv[u][i] = blk[u] < num_blocks && lane + 32 * i < hd ? kv_load(ck, off[u] + lane + 32 * i) : 0.0f;
-#pragma unroll
-        for (int u = 0; u < AD_RUN; ++u) {
-            float dot = 0.0f;
-#pragma unroll
-            for (int i = 0; i < AD_HD_MAX / 32; ++i)
-                if (lane + 32 * i < hd) dot += qr[i] * kv[u][i];
-            dot = warp_sum(dot);
-            if (lane == 0 && j0 + u < cnt) s[j0 + u] = blk[u] < num_blocks ? dot * scale : neg_inf();
-        }
+        dot = warp_sum(dot);
+        if (lane == 0) s[j] = blk < num_blocks ? dot * scale : neg_inf();
     }
     __syncthreads();
     float mx = neg_inf();
@@ -122,7 +99,7 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
     for (u32 d = threadIdx.x; d < hd; d += AD_THREADS) {
         float a = 0.0f;
         // Unrolled for independent V loads in flight (the sum stays in position order).
-#pragma unroll 16
+#pragma unroll 8
         for (u32 j = 0; j < cnt; ++j) {
             const u32 t = start + j;
             const u32 blk = table[t / bs];

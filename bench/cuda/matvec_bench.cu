@@ -177,7 +177,7 @@ static void batched(const char* dname, Shape s, int sms) {
     CHECK(cudaMalloc(&one, 4ull * s.m));
     fill_x<<<64, 256>>>(x, (u64)s.k * nmax, 9);
     const u32 threads = std::max<u32>(32, (s.k / 32 + 31) / 32 * 32);
-    const u32 groups = (s.m + R - 1) / R, resident = sms * std::max<u32>(2, 512 / threads);
+    const u32 groups = (s.m + R - 1) / R, resident = sms * std::max<u32>(1, 512 / threads);
     for (u32 n : {1u, 8u, 16u, 64u}) {
         const u32 tiles = (n + N1_TOKENS - 1) / N1_TOKENS;
         const dim3 grid(std::min(groups, std::max(1u, resident / tiles)), tiles);

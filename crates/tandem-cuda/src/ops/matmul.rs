@@ -211,10 +211,9 @@ fn decode_n1(r: &mut Recorder, run: &[Checked]) -> Result<()> {
     };
     // As many blocks as are resident at once, shared by the tiles: the launch bound caps
     // registers at 128 a thread, so a multiprocessor's 64K registers hold 512 / threads
-    // blocks. At least two per multiprocessor even where one fits (k > 8192): a second wave
-    // took 20% off the 8B's down projection on an H100 (NOTES.md). The grid only spreads the
-    // row groups; a row's arithmetic is the same.
-    let resident = r.arch.sms as usize * (512 / threads).max(2);
+    // blocks (one where k > 8192: a second wave cost the 8B's down projection 12% on an H100,
+    // NOTES.md). The grid only spreads the row groups; a row's arithmetic is the same.
+    let resident = r.arch.sms as usize * (512 / threads).max(1);
     let grid = (fits_u32(OP, "m / rows", groups.min((resident / tiles).max(1)))?, fits_u32(OP, "decode rows", tiles)?, 1);
     let mut args = vec![Arg::Ptr(run[0].x)];
     for i in 0..3 {
