@@ -20,7 +20,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-// 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1, 5 bf16 (f16 and bf16: two per word, low half first)
+// 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1, 5 bf16 (f16 and bf16: two per word, low half first),
+// 6 q4_k, 7 q6_k (shaders/kquant.wgsl, appended to this file)
 override DTYPE: u32 = 0u;
 override WG: u32 = 256u;
 
@@ -28,7 +29,14 @@ fn half_at(word_off: u32, i: u32) -> f32 {
     return unpack2x16float(table[word_off + i / 2u])[i & 1u];
 }
 
+fn kword(i: u32) -> u32 {
+    return table[i];
+}
+
 fn value(e: u32) -> f32 {
+    if DTYPE >= 6u {
+        return kvalue((e / 256u) * kstride(), e % 256u);
+    }
     switch DTYPE {
         case 0u: {
             return bitcast<f32>(table[e]);

@@ -42,7 +42,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-// 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1, 5 bf16 (f16 and bf16: two per word, low half first)
+// 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1, 5 bf16 (f16 and bf16: two per word, low half first),
+// 6 q4_k, 7 q6_k (GGUF blocks of 256, array of structs; see kquant() below)
 override DTYPE: u32 = 0u;
 // Invocations per weight row in matvec: a power of two dividing 256.
 override TPR: u32 = 64u;
@@ -58,8 +59,16 @@ fn bf16x2(word: u32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(word << 16u), bitcast<f32>(word & 0xffff0000u));
 }
 
+// The weight's words for shaders/kquant.wgsl (appended to this file).
+fn kword(i: u32) -> u32 {
+    return w[i];
+}
+
 // Flat element e of the weight, exactly as the CPU reference computes it.
 fn value(e: u32) -> f32 {
+    if DTYPE >= 6u {
+        return kvalue((e / 256u) * kstride(), e % 256u);
+    }
     switch DTYPE {
         case 0u: {
             return bitcast<f32>(w[e]);
@@ -108,6 +117,17 @@ fn group(g: u32) -> Group {
     var r: Group;
     r.d = 1.0;
     r.m = 0.0;
+    if DTYPE >= 6u {
+        // 8 elements of one sub-block: levels from two words, (dl, -ml) as the scale.
+        let k = kquant((g / 256u) * kstride(), g % 256u);
+        r.d = k.dl;
+        r.m = -k.ml;
+        let lw = k.lo_byte / 4u;
+        let hw = k.hi_byte / 4u;
+        r.lo = klevels(w[lw], w[hw], k);
+        r.hi = klevels(w[lw + 1u], w[hw + 1u], k);
+        return r;
+    }
     switch DTYPE {
         case 0u: {
             r.lo = vec4<f32>(bitcast<f32>(w[g]), bitcast<f32>(w[g + 1u]), bitcast<f32>(w[g + 2u]), bitcast<f32>(w[g + 3u]));

@@ -4,7 +4,8 @@
 //! chat answers on the CPU must equal tandem's answers on the same weights dequantized to F32
 //! by llama.cpp's Python dequantizer (`gguf.quants.dequantize`, written out by
 //! tests/fixtures/kquants/dequant_gguf.py): this checks the block decoders and kernels against
-//! llama.cpp's definition of the format on a real model.
+//! llama.cpp's definition of the format on a real model. The Q6_K file also runs on WebGPU
+//! (its WGSL Q6_K and Q8_0 kernels), which must give the CPU's tokens.
 //!
 //! Needs llama.cpp's `llama-quantize` (`bench/build-llamacpp.sh` builds it into the cache;
 //! or `$TANDEM_LLAMA_QUANTIZE`) and a Python with `gguf` and `numpy` (`$TANDEM_GGUF_PYTHON`,
@@ -16,7 +17,9 @@ use std::process::Command;
 use tandem_core::loader;
 use tandem_core::model::ModelOptions;
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
+use tandem_core::Backend;
 use tandem_cpu::CpuBackend;
+use tandem_wgpu::{WgpuBackend, WgpuOptions};
 use tandem_tests::e2e::{self, Skip};
 
 const PROMPTS: [&str; 3] = [
@@ -64,11 +67,14 @@ impl Drop for TempDir {
 
 /// Greedy chat answers (TOKENS tokens each, EOS ignored) to every prompt, on the CPU.
 fn answers(path: &Path) -> (Vec<Vec<u32>>, Vec<String>) {
+    answers_on(CpuBackend::fast(2).expect("cpu"), path)
+}
+
+fn answers_on<B: Backend>(backend: B, path: &Path) -> (Vec<Vec<u32>>, Vec<String>) {
     let source = loader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let types: std::collections::BTreeSet<String> = source.tensors.infos().iter().map(|i| i.file_dtype.clone()).collect();
     eprintln!("{}: tensor types {types:?}", path.display());
     let tokenizer = Tokenizer::load(&source.tokenizer).expect("tokenizer");
-    let backend = CpuBackend::fast(2).expect("cpu");
     let mut model = e2e::load(backend, &source, &ModelOptions { context: 256, ..Default::default() });
     let mut ids = vec![];
     let mut texts = vec![];
@@ -102,6 +108,20 @@ fn kquant_files_match_their_f32_dequantization() -> Result<(), Skip> {
         for (i, p) in PROMPTS.iter().enumerate() {
             eprintln!("{ftype} [{p}]: {:?}", qt[i]);
             assert_eq!(qi[i], fi[i], "{ftype}: prompt {p:?}: tokens differ from the F32 dequantization\n  {ftype}: {:?}\n  f32: {:?}", qt[i], ft[i]);
+        }
+        // WebGPU reads Q4_K and Q6_K (and Q8_0): the Q6_K file (Q6_K where rows are whole
+        // 256-blocks, Q8_0 elsewhere) must give the CPU's tokens there too. Q4_K_M also holds
+        // Q5_0, which WebGPU refuses at load.
+        if ftype == "Q6_K" {
+            match pollster::block_on(WgpuBackend::new(WgpuOptions::default())) {
+                Ok(b) => {
+                    let (wi, wt) = answers_on(b, &q);
+                    for (i, p) in PROMPTS.iter().enumerate() {
+                        assert_eq!(wi[i], qi[i], "{ftype} on wgpu: prompt {p:?}: tokens differ from the CPU's\n  wgpu: {:?}\n  cpu: {:?}", wt[i], qt[i]);
+                    }
+                }
+                Err(e) => eprintln!("SKIP kquant e2e on wgpu: {e}"),
+            }
         }
         let _ = std::fs::remove_file(&f);
     }

@@ -163,7 +163,9 @@ pub(crate) fn rows_per_part(
     if (dtype.storage_bytes(rows * cols) as u64) <= max_bytes {
         return Some(rows.max(1));
     }
-    let step = 32 / gcd(cols, 32);
+    // Whole quantization blocks per part (32 elements, 256 for K-quants).
+    let block = dtype.block_layout().map_or(32, |l| l.elems);
+    let step = block / gcd(cols, block);
     let bytes_per_step = dtype.storage_bytes(step * cols) as u64;
     if bytes_per_step == 0 || bytes_per_step > max_bytes {
         return None;

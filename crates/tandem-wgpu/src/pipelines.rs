@@ -30,9 +30,9 @@ pub(crate) enum Shader {
 impl Shader {
     fn source(self) -> &'static str {
         match self {
-            Shader::Embed => include_str!("../../../shaders/embed.wgsl"),
+            Shader::Embed => concat!(include_str!("../../../shaders/embed.wgsl"), include_str!("../../../shaders/kquant.wgsl")),
             Shader::RmsNorm => include_str!("../../../shaders/rms_norm.wgsl"),
-            Shader::Matmul => include_str!("../../../shaders/matmul.wgsl"),
+            Shader::Matmul => concat!(include_str!("../../../shaders/matmul.wgsl"), include_str!("../../../shaders/kquant.wgsl")),
             Shader::MatmulF16Native => include_str!("../../../shaders/matmul_f16_native.wgsl"),
             Shader::Rope => include_str!("../../../shaders/rope.wgsl"),
             Shader::KvWrite => include_str!("../../../shaders/kv_write.wgsl"),

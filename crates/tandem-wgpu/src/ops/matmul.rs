@@ -21,7 +21,7 @@ const MAX_GROUPS: usize = 65535;
 
 pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     let code = dtype_code(op.wdtype)
-        .ok_or_else(|| bad_dtype(OP, "w", "f32/f16/bf16/q8_0/q4_0/q4_1", op.wdtype))?;
+        .ok_or_else(|| bad_dtype(OP, "w", "f32/f16/bf16/q8_0/q4_0/q4_1/q4_k/q6_k", op.wdtype))?;
     let (n, k, m) = (op.n, op.k, op.m);
     if op.decode_rows > n {
         return Err(Error::ShapeMismatch {
@@ -71,7 +71,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     // row-per-invocation kernel. A GPU takes the lanes-per-row kernel for every row: one row
     // per invocation reads each row's bytes k apart across a warp, uncoalesced (on an H100 it
     // moved 63 GB/s for Llama-3.2-1B).
-    let rows_kernel = r.row_matvec && !native && k % 32 == 0;
+    let rows_kernel = r.row_matvec && !native && k % 32 == 0 && op.wdtype.block_layout().is_none();
     let with_dtype = |pipe: PipeKey| if native { pipe } else { pipe.with("DTYPE", code) };
     let matvec = with_dtype(match rows_kernel {
         true => PipeKey::new(shader, "matvec_rows").with("RWG", RWG as u32),

@@ -134,7 +134,9 @@ pub(crate) fn dtype_code(d: DType) -> Option<u32> {
         DType::Q4_0 => Some(3),
         DType::Q4_1 => Some(4),
         DType::BF16 => Some(5),
-        // U32, and the GGUF block types (issue #12: no WGSL kernels yet).
+        DType::Q4_K => Some(6),
+        DType::Q6_K => Some(7),
+        // U32, and the other GGUF block types (issue #12: no WGSL kernels yet).
         _ => None,
     }
 }
