@@ -1,10 +1,13 @@
-// GGUF K-quant blocks, shared by embed.wgsl and matmul.wgsl (appended to each; they define
-// DTYPE, 6 = Q4_K and 7 = Q6_K, and kword(i), the weight's word i).
+// GGUF block types, shared by embed.wgsl and matmul.wgsl (appended to each; they define
+// DTYPE, 6 = Q4_K, 7 = Q6_K, 8 = Q5_0, 9 = Q5_1, and kword(i), the weight's word i).
 //
-// K-quant blocks (tandem_core::quant::blocks: ggml's blocks padded to whole words).
-// Q4_K, 144 bytes: d f16, dmin f16, 12 bytes of 6-bit (scale, min) pairs, 128 bytes of
-// nibbles (each 64 elements: 32 bytes, low nibbles first). Q6_K, 212 bytes: 128 bytes of low
-// nibbles, 64 of 2-bit highs, 16 i8 scales, d f16. A value is dl * q - ml per sub-block.
+// The blocks of tandem_core::quant::blocks: ggml's blocks padded to whole words, array of
+// structs over the flat element index.
+// Q4_K, 256 in 144 bytes: d f16, dmin f16, 12 bytes of 6-bit (scale, min) pairs, 128 bytes of
+// nibbles (each 64 elements: 32 bytes, low nibbles first). Q6_K, 256 in 212 bytes: 128 bytes
+// of low nibbles, 64 of 2-bit highs, 16 i8 scales, d f16. A value is dl * q - ml per
+// sub-block. Q5_0 / Q5_1, 32 in 24 bytes: d f16, (Q5_1) m f16, qh u32 (element j's fifth bit
+// is bit j), 16 bytes of nibbles (elements 0..16 low, 16..32 high); x = d (q - 16) / d q + m.
 fn wbyte(b: u32) -> u32 {
     return (kword(b / 4u) >> (8u * (b % 4u))) & 0xffu;
 }
@@ -54,7 +57,31 @@ fn kquant(base: u32, j: u32) -> KSub {
 }
 
 fn kstride() -> u32 {
-    return select(212u, 144u, DTYPE == 6u);
+    switch DTYPE {
+        case 6u: {
+            return 144u;
+        }
+        case 7u: {
+            return 212u;
+        }
+        default: {
+            return 24u;
+        }
+    }
+}
+
+fn kelems() -> u32 {
+    return select(256u, 32u, DTYPE >= 8u);
+}
+
+// Q5_0 / Q5_1: the levels of elements j..j + 4 of the block at byte `base` (j % 4 == 0, all
+// in one half), before Q5_0's offset.
+fn q5_levels(base: u32, j: u32) -> vec4<f32> {
+    let lw = kword((base + 8u + j % 16u) / 4u);
+    let qh = kword(base / 4u + 1u);
+    let lo = (vec4<u32>(lw) >> (vec4<u32>(0u, 8u, 16u, 24u) + 4u * (j / 16u))) & vec4<u32>(15u);
+    let hi = (vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + j)) & vec4<u32>(1u);
+    return vec4<f32>(lo | (hi << vec4<u32>(4u)));
 }
 
 // The levels of the 4 elements whose low fields are in word lw (and high fields in hw).
@@ -67,8 +94,17 @@ fn klevels(lw: u32, hw: u32, k: KSub) -> vec4<f32> {
     return vec4<f32>(vec4<i32>(lo | (hi << vec4<u32>(4u))) - vec4<i32>(32));
 }
 
-// Element j of the block at byte `base`, as the CPU reference computes it.
-fn kvalue(base: u32, j: u32) -> f32 {
+// Flat element e, as the CPU reference computes it.
+fn kvalue_at(e: u32) -> f32 {
+    let base = (e / kelems()) * kstride();
+    let j = e % kelems();
+    if DTYPE >= 8u {
+        let q = q5_levels(base, j & ~3u)[j % 4u];
+        if DTYPE == 8u {
+            return whalf(base) * (q - 16.0);
+        }
+        return whalf(base) * q + whalf(base + 2u);
+    }
     let k = kquant(base, j);
     var q = (wbyte(k.lo_byte) >> k.lo_shift) & 15u;
     if DTYPE == 7u {

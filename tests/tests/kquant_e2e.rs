@@ -4,8 +4,8 @@
 //! chat answers on the CPU must equal tandem's answers on the same weights dequantized to F32
 //! by llama.cpp's Python dequantizer (`gguf.quants.dequantize`, written out by
 //! tests/fixtures/kquants/dequant_gguf.py): this checks the block decoders and kernels against
-//! llama.cpp's definition of the format on a real model. The Q6_K file also runs on WebGPU
-//! (its WGSL Q6_K and Q8_0 kernels), which must give the CPU's tokens.
+//! llama.cpp's definition of the format on a real model. Both files also run on WebGPU (its
+//! WGSL Q4_K, Q5_0, Q6_K and Q8_0 kernels), which must give the CPU's tokens.
 //!
 //! Needs llama.cpp's `llama-quantize` (`bench/build-llamacpp.sh` builds it into the cache;
 //! or `$TANDEM_LLAMA_QUANTIZE`) and a Python with `gguf` and `numpy` (`$TANDEM_GGUF_PYTHON`,
@@ -109,10 +109,9 @@ fn kquant_files_match_their_f32_dequantization() -> Result<(), Skip> {
             eprintln!("{ftype} [{p}]: {:?}", qt[i]);
             assert_eq!(qi[i], fi[i], "{ftype}: prompt {p:?}: tokens differ from the F32 dequantization\n  {ftype}: {:?}\n  f32: {:?}", qt[i], ft[i]);
         }
-        // WebGPU reads Q4_K and Q6_K (and Q8_0): the Q6_K file (Q6_K where rows are whole
-        // 256-blocks, Q8_0 elsewhere) must give the CPU's tokens there too. Q4_K_M also holds
-        // Q5_0, which WebGPU refuses at load.
-        if ftype == "Q6_K" {
+        // WebGPU reads every type these files hold (Q4_K, Q5_0, Q6_K, Q8_0): the same tokens
+        // as the CPU's there too.
+        {
             match pollster::block_on(WgpuBackend::new(WgpuOptions::default())) {
                 Ok(b) => {
                     let (wi, wt) = answers_on(b, &q);

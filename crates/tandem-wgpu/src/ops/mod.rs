@@ -136,6 +136,8 @@ pub(crate) fn dtype_code(d: DType) -> Option<u32> {
         DType::BF16 => Some(5),
         DType::Q4_K => Some(6),
         DType::Q6_K => Some(7),
+        DType::Q5_0 => Some(8),
+        DType::Q5_1 => Some(9),
         // U32, and the other GGUF block types (issue #12: no WGSL kernels yet).
         _ => None,
     }
