@@ -43,7 +43,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 // 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1, 5 bf16 (f16 and bf16: two per word, low half first),
-// 6 q4_k, 7 q6_k, 8 q5_0, 9 q5_1 (GGUF blocks, shaders/kquant.wgsl, appended to this file)
+// 6 q4_k, 7 q6_k, 8 q5_0, 9 q5_1, 10 q5_k (GGUF blocks, shaders/kquant.wgsl, appended to this file)
 override DTYPE: u32 = 0u;
 // Invocations per weight row in matvec: a power of two dividing 256.
 override TPR: u32 = 64u;
@@ -117,7 +117,7 @@ fn group(g: u32) -> Group {
     var r: Group;
     r.d = 1.0;
     r.m = 0.0;
-    if DTYPE >= 8u {
+    if is_q5() {
         // Q5_0 / Q5_1: 8 elements of one block, (d, -16 d) or (d, m) as the scale.
         let base = (g / 32u) * 24u;
         r.d = whalf(base);

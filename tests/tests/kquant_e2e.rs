@@ -1,11 +1,12 @@
 //! End to end on llama.cpp's K-quant files (issue #12): SmolLM2-135M-Instruct quantized by
 //! llama.cpp's own quantizer to Q4_K_M (which mixes Q4_K, Q5_0, Q6_K and Q8_0, since its
-//! 576-wide rows are not whole 256-element blocks) and to Q6_K. For each file, tandem's greedy
-//! chat answers on the CPU must equal tandem's answers on the same weights dequantized to F32
-//! by llama.cpp's Python dequantizer (`gguf.quants.dequantize`, written out by
-//! tests/fixtures/kquants/dequant_gguf.py): this checks the block decoders and kernels against
-//! llama.cpp's definition of the format on a real model. Both files also run on WebGPU (its
-//! WGSL Q4_K, Q5_0, Q6_K and Q8_0 kernels), which must give the CPU's tokens.
+//! 576-wide rows are not whole 256-element blocks), to Q5_K_M (Q5_K, Q5_1, Q6_K, Q8_0) and
+//! to Q6_K. For each file, tandem's greedy chat answers on the CPU must equal tandem's answers
+//! on the same weights dequantized to F32 by llama.cpp's Python dequantizer
+//! (`gguf.quants.dequantize`, written out by tests/fixtures/kquants/dequant_gguf.py): this
+//! checks the block decoders and kernels against llama.cpp's definition of the format on a
+//! real model. Every file also runs on WebGPU (its
+//! WGSL block kernels), which must give the CPU's tokens.
 //!
 //! Needs llama.cpp's `llama-quantize` (`bench/build-llamacpp.sh` builds it into the cache;
 //! or `$TANDEM_LLAMA_QUANTIZE`) and a Python with `gguf` and `numpy` (`$TANDEM_GGUF_PYTHON`,
@@ -96,7 +97,7 @@ fn kquant_files_match_their_f32_dequantization() -> Result<(), Skip> {
     let dir = TempDir(std::env::temp_dir().join(format!("tandem-kquant-e2e-{}-{nanos}", std::process::id())));
     std::fs::create_dir_all(&dir.0).expect("temp dir");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kquants/dequant_gguf.py");
-    for ftype in ["Q4_K_M", "Q6_K"] {
+    for ftype in ["Q4_K_M", "Q5_K_M", "Q6_K"] {
         let q = dir.0.join(format!("smollm2-{ftype}.gguf"));
         let f = dir.0.join(format!("smollm2-{ftype}.f32.gguf"));
         // The default model is Q4_1: requantizing it is lossy, but both files hold the very
@@ -109,8 +110,8 @@ fn kquant_files_match_their_f32_dequantization() -> Result<(), Skip> {
             eprintln!("{ftype} [{p}]: {:?}", qt[i]);
             assert_eq!(qi[i], fi[i], "{ftype}: prompt {p:?}: tokens differ from the F32 dequantization\n  {ftype}: {:?}\n  f32: {:?}", qt[i], ft[i]);
         }
-        // WebGPU reads every type these files hold (Q4_K, Q5_0, Q6_K, Q8_0): the same tokens
-        // as the CPU's there too.
+        // WebGPU reads every type these files hold (Q4_K, Q5_K, Q5_0, Q5_1, Q6_K, Q8_0): the
+        // same tokens as the CPU's there too.
         {
             match pollster::block_on(WgpuBackend::new(WgpuOptions::default())) {
                 Ok(b) => {

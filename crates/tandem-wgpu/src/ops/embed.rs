@@ -11,7 +11,7 @@ const OP: &str = "embed";
 
 pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
     let code = dtype_code(op.dtype)
-        .ok_or_else(|| bad_dtype(OP, "table", "f32/f16/bf16/q8_0/q4_0/q4_1/q4_k/q6_k/q5_0/q5_1", op.dtype))?;
+        .ok_or_else(|| bad_dtype(OP, "table", "f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q4_k/q5_k/q6_k", op.dtype))?;
     let table_len = numel(OP, &[op.vocab, op.dim])?;
     let out_len = numel(OP, &[op.n, op.dim])?;
     let table = r.table.check(OP, "table", op.table, op.dtype, table_len)?;

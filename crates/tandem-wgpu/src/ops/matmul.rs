@@ -21,7 +21,7 @@ const MAX_GROUPS: usize = 65535;
 
 pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     let code = dtype_code(op.wdtype)
-        .ok_or_else(|| bad_dtype(OP, "w", "f32/f16/bf16/q8_0/q4_0/q4_1/q4_k/q6_k/q5_0/q5_1", op.wdtype))?;
+        .ok_or_else(|| bad_dtype(OP, "w", "f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q4_k/q5_k/q6_k", op.wdtype))?;
     let (n, k, m) = (op.n, op.k, op.m);
     if op.decode_rows > n {
         return Err(Error::ShapeMismatch {

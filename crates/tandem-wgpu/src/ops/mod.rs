@@ -138,6 +138,7 @@ pub(crate) fn dtype_code(d: DType) -> Option<u32> {
         DType::Q6_K => Some(7),
         DType::Q5_0 => Some(8),
         DType::Q5_1 => Some(9),
+        DType::Q5_K => Some(10),
         // U32, and the other GGUF block types (issue #12: no WGSL kernels yet).
         _ => None,
     }
