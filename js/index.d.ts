@@ -12,6 +12,8 @@ export interface Progress {
   total: number;
   url?: string;
   warning?: string;
+  /** The draft model's load (see `draftModel`). */
+  draft?: boolean;
 }
 
 export interface NamedData {
@@ -50,6 +52,18 @@ export interface EngineOptions {
    * `false` streams from the network into the engine and stores nothing.
    */
   cache?: boolean;
+  /**
+   * Speculative decoding with a draft model: a smaller model with the same tokenizer (e.g. a
+   * q4 copy of the model, or a 135M model of the same family), loaded on the same backend. It
+   * proposes up to `draftTokens` tokens and the model checks them in one step; the output is
+   * the model's own (identical text when greedy, the same distribution when sampling). Its
+   * load progress comes with `draft: true`.
+   */
+  draftModel?: ModelSource;
+  /** Speculation without a draft model: n-gram lookup in the prompt and the text so far. */
+  speculate?: 'ngram';
+  /** Most tokens drafted per step (default 4; 1 to 16). */
+  draftTokens?: number;
   /** Where the worker script is, if a bundler moved it. */
   workerUrl?: string | URL;
 }
@@ -96,6 +110,9 @@ export interface Usage {
   cached_tokens: number;
   /** Times the request gave up its KV cache to others and was recomputed. */
   preemptions: number;
+  /** Speculative decoding: draft tokens the model verified, and how many it accepted. */
+  draft_tokens: number;
+  accepted_tokens: number;
   /** The generated token ids. */
   token_ids: number[];
 }
@@ -143,6 +160,8 @@ export interface EngineInfo {
    * WebGPU the weights live in GPU buffers, so this stays well below the model's size.
    */
   wasm_memory_bytes: number;
+  /** Which speculative decoding runs: with `draftModel`, with `speculate: 'ngram'`, or none. */
+  speculation: 'draft-model' | 'ngram' | null;
 }
 
 export interface Engine {

@@ -227,7 +227,9 @@ function normalizeSource(source) {
  *   (File, Blob with a name, or `{ name, data }`).
  * @param options `{ onProgress({ stage, loaded, total }), backend: 'auto' | 'webgpu' | 'cpu',
  *   context, maxSeqs, kvTokens, cache (default true: downloads are kept in the Cache API),
- *   workerUrl }`.
+ *   draftModel (a source like `source`: speculative decoding with that smaller model of the
+ *   same tokenizer), speculate: 'ngram' (speculation without a draft model), draftTokens
+ *   (default 4), workerUrl }`.
  */
 export async function createEngine(source, options = {}) {
   const src = normalizeSource(source);
@@ -248,13 +250,20 @@ export async function createEngine(source, options = {}) {
       else reject(new TandemError(msg.message));
     };
     worker.onerror = (e) => reject(new TandemError(`the engine's worker failed to start: ${e.message ?? 'see the console'}`));
-    const { backend, context, maxSeqs, kvTokens, allowF16, cache } = options;
-    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, maxSeqs, kvTokens, allowF16, cache } });
+    const { backend, context, maxSeqs, kvTokens, allowF16, cache, draftTokens } = options;
+    const draftModel = options.draftModel === undefined ? undefined : normalizeSource(options.draftModel);
+    const speculate = options.speculate === undefined ? undefined : checkSpeculate(options.speculate);
+    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, maxSeqs, kvTokens, allowF16, cache, draftModel, draftTokens, speculate } });
   }).catch((e) => {
     worker.terminate();
     throw e;
   });
   return new Engine(worker, info);
+}
+
+function checkSpeculate(s) {
+  if (s !== 'ngram') throw new TandemError(`speculate must be 'ngram' (or leave it out), not ${JSON.stringify(s)}`);
+  return s;
 }
 
 export { TandemError };

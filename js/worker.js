@@ -162,24 +162,42 @@ async function adapterName(info) {
   }
 }
 
+// One model from `source` into a new engine.
+async function loadEngine(source, opts, cache, progress) {
+  if (!(source.url || source.urls || source.files)) throw new Error('the source must be { url }, { urls } or { files }');
+  // The backend is chosen before the first byte, so tensors go to it as they arrive.
+  const loader = await Loader.create(JSON.stringify(opts), (stage, loaded, total) => progress({ stage, loaded, total }));
+  try {
+    if (source.files) await loadFiles(loader, source.files);
+    else await loadUrls(loader, source.urls ?? [source.url], cache, progress);
+  } catch (e) {
+    loader.free(); // the backend and every tensor uploaded so far
+    throw e;
+  }
+  return loader.finish();
+}
+
 async function load(id, source, options) {
   const progress = (p) => post({ type: 'progress', id, progress: p });
   checkSimd();
   ready ??= init();
   wasm = await ready;
-  if (!(source.url || source.urls || source.files)) throw new Error('the source must be { url }, { urls } or { files }');
   const opts = { backend: options.backend ?? 'auto', context: options.context, max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, allow_f16: options.allowF16 };
-  // The backend is chosen before the first byte, so tensors go to it as they arrive.
-  const loader = await Loader.create(JSON.stringify(opts), (stage, loaded, total) => progress({ stage, loaded, total }));
-  try {
-    if (source.files) await loadFiles(loader, source.files);
-    else await loadUrls(loader, source.urls ?? [source.url], options.cache !== false, progress);
-  } catch (e) {
-    loader.free(); // the backend and every tensor uploaded so far
-    throw e;
+  const loaded = await loadEngine(source, opts, options.cache !== false, progress);
+  if (options.draftModel || options.speculate) {
+    try {
+      // The draft on the backend the model got, with its progress marked as the draft's.
+      const draftOpts = { ...opts, backend: JSON.parse(loaded.info).backend.kind === 'cpu' ? 'cpu' : 'webgpu' };
+      const draft = options.draftModel ? await loadEngine(options.draftModel, draftOpts, options.cache !== false, (p) => progress({ ...p, draft: true })) : undefined;
+      loaded.speculate(draft, options.draftTokens ?? 4);
+    } catch (e) {
+      loaded.unload();
+      throw e;
+    }
   }
-  engine = loader.finish();
+  engine = loaded;
   const info = JSON.parse(engine.info);
+  info.speculation = options.draftModel ? 'draft-model' : options.speculate ? 'ngram' : null;
   info.backend.name = info.backend.kind === 'cpu' ? 'cpu' : await adapterName(info.backend);
   // The engine's WebAssembly memory never shrinks: this is the most it took while loading.
   info.wasm_memory_bytes = wasm.memory.buffer.byteLength;

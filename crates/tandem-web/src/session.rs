@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use tandem_core::generate::{FinishReason, GenerateParams};
 use tandem_core::model::{Model, StreamedModel};
 use tandem_core::sampling::SamplingParams;
-use tandem_core::scheduler::{self, Event, RequestId, Scheduler, SchedulerConfig};
+use tandem_core::scheduler::{self, Event, RequestId, Scheduler, SchedulerConfig, Speculation};
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
 use tandem_core::{Error, Result};
 
@@ -66,6 +66,10 @@ pub struct Usage {
     pub cached_tokens: usize,
     /// Times the request gave its KV cache up to others and was recomputed later.
     pub preemptions: usize,
+    /// Speculative decoding (`draftModel` / `speculate`): draft tokens the model verified,
+    /// and how many it accepted.
+    pub draft_tokens: usize,
+    pub accepted_tokens: usize,
     /// Generated ids, the end-of-sequence token included if it ended the run.
     pub token_ids: Vec<u32>,
 }
@@ -135,6 +139,30 @@ impl Session {
         let config = SchedulerConfig { max_seqs, max_batched_tokens: model.max_step_tokens() };
         let scheduler = Scheduler::new(model, tokenizer, config)?;
         Ok(Session { scheduler, info, running: HashMap::new() })
+    }
+
+    /// Speculative decoding for the requests that decode from now on: n-gram drafting from
+    /// each request's own text, or `draft`'s model (another session's, loaded with the same
+    /// tokenizer) proposing up to `tokens` at a time. The output stays this model's own.
+    pub fn speculate(&mut self, draft: Option<Session>, tokens: usize) -> Result<()> {
+        if tokens == 0 {
+            return Err(Error::InvalidParameter("draft tokens must be at least 1".into()));
+        }
+        let spec = match draft {
+            None => Speculation::ngram(tokens),
+            Some(d) => {
+                let (ours, theirs) = (self.scheduler.tokenizer(), d.scheduler.tokenizer());
+                if ours.vocab_size() != theirs.vocab_size() || ours.eos_ids() != theirs.eos_ids() {
+                    return Err(Error::InvalidParameter(format!(
+                        "the draft model's tokenizer ({} tokens) is not the model's ({} tokens): a draft must share it",
+                        theirs.vocab_size(),
+                        ours.vocab_size()
+                    )));
+                }
+                Speculation::draft_model(d.scheduler.into_model()?, tokens)
+            }
+        };
+        self.scheduler.set_speculation(Some(spec)).map(|_| ())
     }
 
     /// The prompt's token ids, as `tandem run` builds them.
@@ -281,6 +309,8 @@ fn usage_of(r: Running, reason: FinishReason, u: &scheduler::Usage) -> Usage {
         queue_ms: u.queue_secs * 1e3,
         cached_tokens: u.cached_tokens,
         preemptions: u.preemptions,
+        draft_tokens: u.draft_tokens,
+        accepted_tokens: u.accepted_tokens,
         token_ids: r.token_ids,
     }
 }

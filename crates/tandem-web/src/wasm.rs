@@ -396,6 +396,30 @@ impl Engine {
         }
     }
 
+    /// Speculative decoding for the requests that start from now on: `draft` (another engine,
+    /// freshly loaded with the same tokenizer, which this one takes over) proposes up to
+    /// `tokens` tokens a step, or without it n-gram drafting from each request's own text.
+    /// The output stays this model's own.
+    pub fn speculate(&self, draft: Option<Engine>, tokens: u32) -> Result<(), JsValue> {
+        if self.shared.driving.get() {
+            return Err(js_error("speculation can only be set while no request is in flight"));
+        }
+        let draft = match draft {
+            Some(d) => {
+                if d.shared.driving.get() {
+                    return Err(js_error("the draft engine has requests in flight"));
+                }
+                d.shared.unloaded.set(true);
+                let taken = d.shared.session.borrow_mut().take();
+                Some(taken.ok_or_else(|| js_error("the draft engine was unloaded"))?)
+            }
+            None => None,
+        };
+        let mut session = self.shared.session.borrow_mut();
+        let session = session.as_mut().ok_or_else(|| js_error("the engine was unloaded"))?;
+        session.speculate(draft, tokens as usize).map_err(js_error)
+    }
+
     /// Queues `command` for the drive loop, starting the loop if it is not running.
     fn send(&self, command: Command) {
         self.shared.inbox.borrow_mut().push_back(command);

@@ -247,3 +247,32 @@ fn aborts_stop_strings_limits_and_bad_requests() {
     let e = run_one(&mut s, &format!(r#"{{"prompt": "{long}", "max_tokens": 5}}"#)).expect_err("too long");
     assert!(e.contains("the KV cache holds 64"), "{e}");
 }
+
+#[test]
+fn speculation_keeps_the_models_own_output() {
+    // Greedy from BOS: the 200 reference tokens with n-gram drafting and with a draft model
+    // (a second session's stories260K: the same weights, so every draft is accepted), and
+    // the usage counts drafted and accepted tokens.
+    let Some(dir) = stories_dir() else { return };
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference_greedy.json")).unwrap()).unwrap();
+    let want: Vec<u32> = reference["greedy_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let greedy = r#"{"prompt": "", "max_tokens": 200, "temperature": 0, "ignore_eos": true}"#;
+    let mut ngram = session(&dir);
+    ngram.speculate(None, 4).expect("n-gram speculation");
+    let (_, usage) = run_one(&mut ngram, greedy).expect("generate");
+    assert_eq!(usage.token_ids, want, "n-gram speculation");
+    assert!(usage.draft_tokens >= usage.accepted_tokens);
+    let mut drafted = session(&dir);
+    drafted.speculate(Some(session(&dir)), 4).expect("draft model");
+    let (text, usage) = run_one(&mut drafted, greedy).expect("generate");
+    assert_eq!(usage.token_ids, want, "draft model");
+    assert_eq!(text, reference["text"].as_str().unwrap());
+    assert!(usage.draft_tokens > 100 && usage.accepted_tokens == usage.draft_tokens, "{usage:?}");
+    // With the model as its own draft, a seeded sampled request gives the tokens it gives
+    // without speculation.
+    let sampled = r#"{"prompt": "", "max_tokens": 60, "temperature": 0.8, "seed": 7, "ignore_eos": true}"#;
+    let plain = run_one(&mut session(&dir), sampled).expect("plain").1.token_ids;
+    assert_eq!(run_one(&mut drafted, sampled).expect("drafted").1.token_ids, plain);
+    // Bad settings are clear errors.
+    assert!(session(&dir).speculate(None, 0).unwrap_err().to_string().contains("at least 1"));
+}

@@ -142,6 +142,16 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         self.spec.as_ref()
     }
 
+    /// The model back (e.g. to become another scheduler's draft), from a scheduler with no
+    /// request queued or running: their KV blocks would not be returned to the model's pool.
+    /// Prefix-cached blocks stay in the pool, as they would for its next request.
+    pub fn into_model(self) -> Result<M> {
+        if self.has_work() {
+            return Err(Error::InvalidParameter("the scheduler still has requests: finish or abort them first".into()));
+        }
+        Ok(self.model)
+    }
+
     pub fn model(&self) -> &Model<B> {
         self.model.borrow()
     }
