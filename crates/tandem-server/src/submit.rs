@@ -141,6 +141,9 @@ pub struct Totals {
     prompt: usize,
     cached: usize,
     completion: usize,
+    /// Speculative decoding: draft tokens accepted and rejected by the model.
+    accepted: usize,
+    rejected: usize,
 }
 
 impl Totals {
@@ -151,6 +154,8 @@ impl Totals {
             self.cached += u.cached_tokens;
         }
         self.completion += u.generated_tokens;
+        self.accepted += u.accepted_tokens;
+        self.rejected += u.draft_tokens - u.accepted_tokens;
     }
 
     pub fn json(&self) -> Value {
@@ -159,6 +164,12 @@ impl Totals {
             "completion_tokens": self.completion,
             "total_tokens": self.prompt + self.completion,
             "prompt_tokens_details": { "cached_tokens": self.cached },
+            // OpenAI's names for predicted tokens that were and were not used, here the
+            // speculative drafts (0 without speculation).
+            "completion_tokens_details": {
+                "accepted_prediction_tokens": self.accepted,
+                "rejected_prediction_tokens": self.rejected,
+            },
         })
     }
 }

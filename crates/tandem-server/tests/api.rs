@@ -1,5 +1,6 @@
 //! The endpoints against the engine alone: every greedy answer, streamed or not, alone or among
-//! 32 concurrent clients, equals what `tandem_core::generate::generate` gives for the prompt.
+//! 32 concurrent clients, with speculative decoding or without, equals what
+//! `tandem_core::generate::generate` gives for the prompt.
 
 mod common;
 
@@ -87,6 +88,41 @@ async fn concurrent_streams_match_single_requests() {
     }
     assert_eq!(s.metric("tandem_kv_blocks_used", "stories").await, 0.0);
     std::sync::Arc::into_inner(s).unwrap().shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speculative_serving_matches_generate() {
+    // With n-gram drafting and with a draft model (stories260K drafting for itself), 8
+    // concurrent greedy streams each equal plain greedy generation; the usage counts the
+    // drafts the model accepted and rejected; no KV block stays in use.
+    let Some(dir) = stories() else { return };
+    let mut r = Reference::new(&dir);
+    for (label, speculate) in [("n-gram", None), ("draft model", Some(4))] {
+        let s = std::sync::Arc::new(start(&dir, Options { speculate: Some(speculate), ..Options::default() }).await);
+        let mut clients = vec![];
+        for i in 0..8 {
+            let prompt = ["Once upon a time", "Lily", "The sun", "One day, a little"][i % 4].to_string() + ["", " the"][i / 4];
+            let max = 10 + 11 * i;
+            let want = r.greedy(&r.text_prompt(&prompt), max).0;
+            let s = s.clone();
+            let body = json!({ "prompt": prompt, "max_tokens": max, "temperature": 0, "stream": true, "stream_options": { "include_usage": true } });
+            clients.push(tokio::spawn(async move { (s.stream("/v1/completions", &body).await, want) }));
+        }
+        let (mut accepted, mut rejected) = (0, 0);
+        for (i, c) in clients.into_iter().enumerate() {
+            let (chunks, want) = c.await.unwrap();
+            assert_eq!(stream_text(&chunks, false)[0].0, want, "{label}: client {i}");
+            let details = &chunks.last().unwrap()["usage"]["completion_tokens_details"];
+            accepted += details["accepted_prediction_tokens"].as_u64().unwrap();
+            rejected += details["rejected_prediction_tokens"].as_u64().unwrap();
+        }
+        if speculate.is_some() {
+            // The model drafting for itself: every greedy draft is accepted.
+            assert!(accepted > 100 && rejected == 0, "{label}: {accepted} accepted, {rejected} rejected");
+        }
+        assert_eq!(s.metric("tandem_kv_blocks_used", "stories").await, 0.0);
+        std::sync::Arc::into_inner(s).unwrap().shutdown().await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tandem_core::generate::{generate, GenerateParams, Generation};
 use tandem_core::model::{Model, ModelOptions, Output, Want};
 use tandem_core::sampling::SamplingParams;
-use tandem_core::scheduler::SchedulerConfig;
+use tandem_core::scheduler::{SchedulerConfig, Speculation};
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
 use tandem_cpu::{CpuBackend, CpuMode};
 use tandem_server::{Server, ServerConfig};
@@ -58,6 +58,9 @@ pub struct Options {
     pub names: Vec<String>,
     pub kv_blocks: Option<usize>,
     pub sched: SchedulerConfig,
+    /// Speculative decoding on every engine: n-gram drafting (`Some(None)`) or stories260K
+    /// drafting for itself (`Some(Some(k))`, k tokens).
+    pub speculate: Option<Option<usize>>,
 }
 
 impl Default for Options {
@@ -67,6 +70,7 @@ impl Default for Options {
             names: vec!["stories".into()],
             kv_blocks: Some(512),
             sched: SchedulerConfig { max_seqs: 64, max_batched_tokens: 256 },
+            speculate: None,
         }
     }
 }
@@ -85,8 +89,14 @@ pub async fn start(dir: &std::path::Path, o: Options) -> TestServer {
     let engines = seats
         .into_iter()
         .map(|seat| {
-            let (dir, kv, sched) = (dir.to_path_buf(), o.kv_blocks, o.sched);
-            std::thread::spawn(move || seat.serve(load(&dir, kv), tokenizer(&dir), sched).unwrap())
+            let (dir, kv, sched, speculate) = (dir.to_path_buf(), o.kv_blocks, o.sched, o.speculate);
+            std::thread::spawn(move || {
+                let spec = speculate.map(|draft| match draft {
+                    None => Speculation::ngram(4),
+                    Some(k) => Speculation::draft_model(load(&dir, kv), k),
+                });
+                seat.serve_speculative(load(&dir, kv), tokenizer(&dir), sched, spec).unwrap()
+            })
         })
         .collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
