@@ -14,6 +14,12 @@ typedef unsigned long long u64;
 #define DT_Q4_0 3
 #define DT_Q4_1 4
 #define DT_BF16 5
+// GGUF block types (tandem_core::quant::blocks: ggml's blocks padded to whole words).
+#define DT_Q4_K 6
+#define DT_Q6_K 7
+#define DT_Q5_0 8
+#define DT_Q5_1 9
+#define DT_Q5_K 10
 
 #define NONE_U32 0xffffffffu
 #define FULL_MASK 0xffffffffu
@@ -76,11 +82,78 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// GGUF block types, array of structs over the flat element index (layouts in
+// tandem_core::quant::blocks). kq_run gives the 8 levels of elements g..g+8 (g % 8 == 0, so
+// one sub-block) and their sub-block's (dl, ml): each value is dl * q - ml.
+// Q4_K (256 in 144 bytes): d, dmin f16; 12 bytes of 6-bit (scale, min); 128 bytes of nibbles,
+// each 64 elements 32 bytes, low nibbles first. Q5_K (176): the same with 32 bytes of fifth
+// bits (element j's: bit j / 32 of byte j % 32) before the nibbles. Q6_K (212): 128 bytes of
+// low nibbles, 64 of 2-bit highs, 16 i8 scales, d f16; q - 32. Q5_0 / Q5_1 (32 in 24): d f16,
+// (Q5_1) m f16, qh u32 (bit j: element j's fifth bit), 16 bytes of nibbles (0..16 low,
+// 16..32 high); Q5_0: d (q - 16), Q5_1: d q + m.
+template <int DT>
+struct KBlock {
+    static constexpr u32 elems = DT == DT_Q5_0 || DT == DT_Q5_1 ? 32 : 256;
+    static constexpr u32 stride = DT == DT_Q4_K ? 144 : DT == DT_Q5_K ? 176 : DT == DT_Q6_K ? 212 : 24;
+};
+
+__device__ __forceinline__ float f16_at(const u8* p) { return f16_to_f32(*(const u16*)p); }
+
+template <int DT>
+__device__ __forceinline__ void kq_run(const u8* __restrict__ w, u64 g, u32* q, float* dl, float* ml) {
+    const u8* b = w + (g / KBlock<DT>::elems) * KBlock<DT>::stride;
+    const u32 j = (u32)(g % KBlock<DT>::elems);
+    if (DT == DT_Q4_K || DT == DT_Q5_K) {
+        const u32 s = j / 32;
+        const u8* sc = b + 4;
+        const u32 scale = s < 4 ? sc[s] & 63u : (sc[s + 4] & 15u) | ((sc[s - 4] >> 6) << 4);
+        const u32 mn = s < 4 ? sc[s + 4] & 63u : (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
+        *dl = __fmul_rn(f16_at(b), (float)scale);
+        *ml = __fmul_rn(f16_at(b + 2), (float)mn);
+        const u8* lo = b + (DT == DT_Q5_K ? 48 : 16) + (j / 64) * 32 + j % 32;
+        const u32 shift = 4 * ((j / 32) % 2);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            q[i] = (lo[i] >> shift) & 15u;
+            if (DT == DT_Q5_K) q[i] |= ((b[16 + j % 32 + i] >> (j / 32)) & 1u) << 4;
+        }
+    } else if (DT == DT_Q6_K) {
+        *dl = __fmul_rn(f16_at(b + 208), (float)(signed char)b[192 + j / 16]);
+        *ml = 0.0f;
+        const u8* lo = b + (j / 128) * 64 + j % 64;
+        const u8* hi = b + 128 + (j / 128) * 32 + j % 32;
+        const u32 ls = 4 * ((j % 128) / 64), hs = 2 * ((j % 128) / 32);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) q[i] = ((lo[i] >> ls) & 15u) | (((hi[i] >> hs) & 3u) << 4);
+    } else {
+        const u32 qh = *(const u32*)(b + 4);
+        const u8* lo = b + 8 + j % 16;
+        const u32 shift = 4 * (j / 16);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) q[i] = ((lo[i] >> shift) & 15u) | (((qh >> (j + i)) & 1u) << 4);
+        *dl = f16_at(b);
+        *ml = DT == DT_Q5_1 ? -f16_at(b + 2) : 0.0f;
+    }
+}
+
+// The level's offset of types that center it (Q6_K: 32, Q5_0: 16), else 0.
+template <int DT>
+__device__ __forceinline__ float kq_zero() {
+    return DT == DT_Q6_K ? 32.0f : DT == DT_Q5_0 ? 16.0f : 0.0f;
+}
+
 // Flat element e of a weight in tandem's layout (see tandem_core::dtype): f32/f16/bf16
-// row-major, or quantized structure-of-arrays over blocks of 32 (qs, then f16 d at byte
-// d_off, then f16 m at byte m_off). The same formulas as QuantView::get.
+// row-major, quantized structure-of-arrays over blocks of 32 (qs, then f16 d at byte d_off,
+// then f16 m at byte m_off), or a GGUF block type (kq_run). The same formulas as QuantView::get
+// and the block decoders (each product rounded on its own).
 template <int DT>
 __device__ __forceinline__ float load_w(const u8* __restrict__ w, u64 d_off, u64 m_off, u64 e) {
+    if (DT >= DT_Q4_K) {
+        u32 q[8];
+        float dl, ml;
+        kq_run<DT>(w, e & ~7ull, q, &dl, &ml);
+        return __fmul_rn(dl, (float)q[e & 7] - kq_zero<DT>()) - ml;
+    }
     if (DT == DT_F32) return ((const float*)w)[e];
     if (DT == DT_F16) return f16_to_f32(((const u16*)w)[e]);
     if (DT == DT_BF16) return bf16_to_f32(((const u16*)w)[e]);

@@ -85,16 +85,36 @@ __device__ __forceinline__ void load_block(const u8* __restrict__ w, u64 d_off, 
     }
 }
 
+// The warp-per-row kernels' shape: warp w of block x owns output row MATVEC_WARPS x + w, and
+// blockIdx.y picks MATVEC_MAXN tokens. Moves x and out to the block's first token and cuts n
+// to its tokens; false for a warp past the last row (whole warps leave together).
+__device__ __forceinline__ bool warp_rows(const float* __restrict__* x, float* __restrict__* out, u32* n, u32 k, u32 m, u32* lane, u32* row) {
+    *lane = threadIdx.x & 31;
+    *row = blockIdx.x * MATVEC_WARPS + (threadIdx.x >> 5);
+    if (*row >= m) return false;
+    *x += (u64)blockIdx.y * MATVEC_MAXN * k;
+    *out += (u64)blockIdx.y * MATVEC_MAXN * m;
+    *n = min(*n - blockIdx.y * MATVEC_MAXN, (u32)MATVEC_MAXN);
+    return true;
+}
+
+// Each token's sum over the warp, plus the bias, into its row of out.
+__device__ __forceinline__ void store_warp_rows(const float* acc, u32 n, u32 lane, u32 row, const float* bias, float* out, u32 m) {
+#pragma unroll
+    for (int j = 0; j < MATVEC_MAXN; ++j) {
+        if (j < (int)n) {
+            const float s = warp_sum(acc[j]);
+            if (lane == 0) out[(u64)j * m + row] = bias ? s + bias[row] : s;
+        }
+    }
+}
+
 template <int DT>
 __device__ void matvec_blocks(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
                               u64 m_off, const float* __restrict__ bias, float* __restrict__ out,
                               u32 n, u32 k, u32 m) {
-    const u32 lane = threadIdx.x & 31;
-    const u32 row = blockIdx.x * MATVEC_WARPS + (threadIdx.x >> 5);
-    if (row >= m) return;  // whole warps leave together
-    x += (u64)blockIdx.y * MATVEC_MAXN * k;
-    out += (u64)blockIdx.y * MATVEC_MAXN * m;
-    n = min(n - blockIdx.y * MATVEC_MAXN, (u32)MATVEC_MAXN);
+    u32 lane, row;
+    if (!warp_rows(&x, &out, &n, k, m, &lane, &row)) return;
     const u32 nb = k >> 5;
     float acc[MATVEC_MAXN];
 #pragma unroll
@@ -116,13 +136,7 @@ __device__ void matvec_blocks(const float* __restrict__ x, const u8* __restrict_
             }
         }
     }
-#pragma unroll
-    for (int j = 0; j < MATVEC_MAXN; ++j) {
-        if (j < (int)n) {
-            const float s = warp_sum(acc[j]);
-            if (lane == 0) out[(u64)j * m + row] = bias ? s + bias[row] : s;
-        }
-    }
+    store_warp_rows(acc, n, lane, row, bias, out, m);
 }
 
 // The raw bytes of one weight block (32 values), loaded with 16-byte loads before any of them
@@ -267,26 +281,24 @@ struct Seg {
     u32 m;
 };
 
-// The segment holding group g (of R rows): its fields and the group's first row in it.
-template <int R>
+// The segment holding a group: its fields and the group's first row in it.
 struct At {
     const u8* w;
     u64 d_off, m_off;
     const float* bias;
     float* out;
     u32 m, row0;
-    __device__ __forceinline__ At(const Seg& s0, const Seg& s1, const Seg& s2, u32 g) {
-        const u32 g0 = (s0.m + R - 1) / R, g1 = (s1.m + R - 1) / R;
-        const int i = g < g0 ? 0 : g < g0 + g1 ? 1 : 2;
-        w = i == 0 ? s0.w : i == 1 ? s1.w : s2.w;
-        d_off = i == 0 ? s0.d_off : i == 1 ? s1.d_off : s2.d_off;
-        m_off = i == 0 ? s0.m_off : i == 1 ? s1.m_off : s2.m_off;
-        bias = i == 0 ? s0.bias : i == 1 ? s1.bias : s2.bias;
-        out = i == 0 ? s0.out : i == 1 ? s1.out : s2.out;
-        m = i == 0 ? s0.m : i == 1 ? s1.m : s2.m;
-        row0 = (g - (i == 0 ? 0 : i == 1 ? g0 : g0 + g1)) * R;
-    }
 };
+
+// Where group g (of R rows) lies. (A function rather than a constructor: the emulator's
+// __device__ is `static`.)
+template <int R>
+__device__ __forceinline__ At at_group(const Seg& s0, const Seg& s1, const Seg& s2, u32 g) {
+    const u32 g0 = (s0.m + R - 1) / R, g1 = (s1.m + R - 1) / R;
+    const int i = g < g0 ? 0 : g < g0 + g1 ? 1 : 2;
+    const Seg& s = i == 0 ? s0 : i == 1 ? s1 : s2;
+    return At{s.w, s.d_off, s.m_off, s.bias, s.out, s.m, (g - (i == 0 ? 0 : i == 1 ? g0 : g0 + g1)) * R};
+}
 
 // T tokens per block (blockIdx.y picks tokens T * blockIdx.y.., n in all): each group's
 // weights are loaded once and dotted with every token's x, so a batch of decode rows reads
@@ -311,13 +323,13 @@ __device__ void matvec_nt(const float* __restrict__ x, Seg s0, Seg s1, Seg s2, u
     Raw<DT> raw[R];
     u32 g = blockIdx.x;
     if (mine && g < groups) {
-        const At<R> a(s0, s1, s2, g);
+        const At a = at_group<R>(s0, s1, s2, g);
 #pragma unroll
         for (int r = 0; r < R; ++r)
             if (a.row0 + r < a.m) raw[r] = load_raw<DT>(a.w, a.d_off, a.m_off, (u64)(a.row0 + r) * nb + b);
     }
     for (u32 buf = 0; g < groups; g += gridDim.x, buf ^= 1) {
-        const At<R> a(s0, s1, s2, g);
+        const At a = at_group<R>(s0, s1, s2, g);
         float acc[R][T];
 #pragma unroll
         for (int t = 0; t < T; ++t) {
@@ -328,7 +340,7 @@ __device__ void matvec_nt(const float* __restrict__ x, Seg s0, Seg s1, Seg s2, u
         }
         const u32 next = g + gridDim.x;
         if (mine && next < groups) {
-            const At<R> an(s0, s1, s2, next);
+            const At an = at_group<R>(s0, s1, s2, next);
 #pragma unroll
             for (int r = 0; r < R; ++r)
                 if (an.row0 + r < an.m) raw[r] = load_raw<DT>(an.w, an.d_off, an.m_off, (u64)(an.row0 + r) * nb + b);
@@ -357,12 +369,8 @@ template <int DT>
 __device__ void matvec_any(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
                            u64 m_off, const float* __restrict__ bias, float* __restrict__ out,
                            u32 n, u32 k, u32 m) {
-    const u32 lane = threadIdx.x & 31;
-    const u32 row = blockIdx.x * MATVEC_WARPS + (threadIdx.x >> 5);
-    if (row >= m) return;
-    x += (u64)blockIdx.y * MATVEC_MAXN * k;
-    out += (u64)blockIdx.y * MATVEC_MAXN * m;
-    n = min(n - blockIdx.y * MATVEC_MAXN, (u32)MATVEC_MAXN);
+    u32 lane, row;
+    if (!warp_rows(&x, &out, &n, k, m, &lane, &row)) return;
     float acc[MATVEC_MAXN];
 #pragma unroll
     for (int j = 0; j < MATVEC_MAXN; ++j) acc[j] = 0.0f;
@@ -372,14 +380,63 @@ __device__ void matvec_any(const float* __restrict__ x, const u8* __restrict__ w
         for (int j = 0; j < MATVEC_MAXN; ++j)
             if (j < (int)n) acc[j] += wv * x[(u64)j * k + e];
     }
+    store_warp_rows(acc, n, lane, row, bias, out, m);
+}
+
+// Decode rows of a GGUF block type with k % 8 == 0 (so every row starts on a run of 8 in one
+// sub-block): a warp per output row, each lane a run of 8 values at a time (kq_run: the
+// levels, then dl * sum(q x) - ml * sum(x)), MATVEC_MAXN tokens per blockIdx.y, each token's
+// sums its own. Rows with k % 8 != 0 take matvec_any.
+template <int DT>
+__device__ void matvec_kq(const float* __restrict__ x, const u8* __restrict__ w,
+                          const float* __restrict__ bias, float* __restrict__ out, u32 n, u32 k,
+                          u32 m) {
+    u32 lane, row;
+    if (!warp_rows(&x, &out, &n, k, m, &lane, &row)) return;
+    float acc[MATVEC_MAXN];
 #pragma unroll
-    for (int j = 0; j < MATVEC_MAXN; ++j) {
-        if (j < (int)n) {
-            const float s = warp_sum(acc[j]);
-            if (lane == 0) out[(u64)j * m + row] = bias ? s + bias[row] : s;
+    for (int j = 0; j < MATVEC_MAXN; ++j) acc[j] = 0.0f;
+    for (u32 g = 8 * lane; g < k; g += 256) {
+        u32 q[8];
+        float dl, ml;
+        kq_run<DT>(w, (u64)row * k + g, q, &dl, &ml);
+        float v[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = (float)q[i] - kq_zero<DT>();
+#pragma unroll
+        for (int j = 0; j < MATVEC_MAXN; ++j) {
+            if (j < (int)n) {
+                const float4* xp = (const float4*)(x + (u64)j * k + g);
+                const float4 a = xp[0], b = xp[1];
+                const float s = v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y + v[6] * b.z + v[7] * b.w;
+                const float sx = (a.x + a.y + a.z + a.w) + (b.x + b.y + b.z + b.w);
+                acc[j] += dl * s - ml * sx;
+            }
         }
     }
+    store_warp_rows(acc, n, lane, row, bias, out, m);
 }
+
+// Every weight type's element-wise kernel (rows of any k).
+#define MATVEC_ANY(suffix, DT)                                                                  \
+    extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
+        matmul_decode_any_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,           \
+                                   const float* bias, float* out, u32 n, u32 k, u32 m) {        \
+        matvec_any<DT>(x, w, d_off, m_off, bias, out, n, k, m);                                 \
+    }
+
+#define MATVEC_BLOCKS(suffix, DT)                                                               \
+    extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
+        matmul_decode_kq_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,            \
+                                  const float* bias, float* out, u32 n, u32 k, u32 m) {         \
+        matvec_kq<DT>(x, w, bias, out, n, k, m);                                                \
+    }                                                                                           \
+    MATVEC_ANY(suffix, DT)
+MATVEC_BLOCKS(q4_k, DT_Q4_K)
+MATVEC_BLOCKS(q6_k, DT_Q6_K)
+MATVEC_BLOCKS(q5_0, DT_Q5_0)
+MATVEC_BLOCKS(q5_1, DT_Q5_1)
+MATVEC_BLOCKS(q5_k, DT_Q5_K)
 
 #define MATVEC(suffix, DT)                                                                      \
     extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
@@ -401,11 +458,7 @@ __device__ void matvec_any(const float* __restrict__ x, const u8* __restrict__ w
         matvec_nt<DT, N1_TOKENS>(x, Seg{w0, d0, mo0, b0, o0, m0}, Seg{w1, d1, mo1, b1, o1, m1},   \
                                  Seg{w2, d2, mo2, b2, o2, m2}, n, k);                           \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
-        matmul_decode_any_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,           \
-                                   const float* bias, float* out, u32 n, u32 k, u32 m) {        \
-        matvec_any<DT>(x, w, d_off, m_off, bias, out, n, k, m);                                 \
-    }
+    MATVEC_ANY(suffix, DT)
 MATVEC(f32, DT_F32)
 MATVEC(f16, DT_F16)
 MATVEC(bf16, DT_BF16)

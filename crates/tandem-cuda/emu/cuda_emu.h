@@ -99,6 +99,12 @@ static inline unsigned __float_as_uint(float f) {
     return u;
 }
 
+// A product rounded on its own, never fused into a following add (as PTX's mul.rn).
+static inline float __fmul_rn(float a, float b) {
+    volatile float p = a * b;
+    return p;
+}
+
 static inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
 static inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 

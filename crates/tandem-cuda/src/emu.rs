@@ -24,6 +24,9 @@ use crate::ops;
 const HEADER: &str = include_str!("../emu/cuda_emu.h");
 const LAUNCHER: &str = include_str!("../emu/launch.cpp");
 
+/// How a failed build of the kernels (as opposed to a missing tool) is told apart.
+const BUILD_FAILED: &str = "the CUDA kernels do not build for the emulator: ";
+
 type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, u32, *const u64, c_int) -> c_int;
 
 struct Lib {
@@ -58,7 +61,7 @@ fn build_and_load() -> std::result::Result<Lib, String> {
     let dir = std::env::temp_dir().join(format!("tandem-cuda-emu-{hex}"));
     let so = dir.join("libtandem_cuda_emu.so");
     if !so.is_file() {
-        build(&cxx, &dir, &so)?;
+        build(&cxx, &dir, &so).map_err(|e| format!("{BUILD_FAILED}{e}"))?;
     }
     // SAFETY: a library built above from this crate's sources; its initializers only fill the
     // kernel registry.
@@ -190,9 +193,16 @@ pub struct EmuBackend {
 
 impl EmuBackend {
     /// Builds the emulator on first use (a C++20 compiler is needed; `CXX` picks it).
+    /// `Err` (a reason to skip) where the host has no C++ compiler or no F16C. Panics where
+    /// it has them and the kernels do not build: that is a bug in kernels/*.cu (or the
+    /// emulation), which tests must report rather than skip.
     pub fn new() -> std::result::Result<Self, String> {
+        let lib = match lib() {
+            Err(e) if e.starts_with(BUILD_FAILED) => panic!("{e}"),
+            r => r?,
+        };
         Ok(EmuBackend {
-            lib: lib()?,
+            lib,
             table: Table::default(),
             mem: HashMap::new(),
             launches: Vec::new(),

@@ -26,6 +26,13 @@ use tandem_core::{Backend, BufId, DType, Error, Result, Step};
 mod buffers;
 mod ops;
 mod pipelines;
+
+/// Every WGSL module the backend compiles, by shader name, as it compiles them (for the
+/// validation test: some modules are two files).
+#[doc(hidden)]
+pub fn shader_modules() -> Vec<(String, &'static str)> {
+    pipelines::Shader::ALL.iter().map(|s| (format!("{s:?}"), s.source())).collect()
+}
 mod readback;
 
 use buffers::{Entry, Gpu, Part, Table};

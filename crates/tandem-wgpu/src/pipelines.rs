@@ -28,7 +28,25 @@ pub(crate) enum Shader {
 }
 
 impl Shader {
-    fn source(self) -> &'static str {
+    pub(crate) const ALL: [Shader; 13] = [
+        Shader::Embed,
+        Shader::RmsNorm,
+        Shader::Matmul,
+        Shader::MatmulF16Native,
+        Shader::Rope,
+        Shader::KvWrite,
+        Shader::AttentionPrefill,
+        Shader::AttentionDecode,
+        Shader::Swiglu,
+        Shader::Add,
+        Shader::Argmax,
+        Shader::Sample,
+        Shader::CopyRows,
+    ];
+
+    /// The WGSL module: the shader's file, with shaders/kquant.wgsl appended to the two that
+    /// read GGUF block types.
+    pub(crate) fn source(self) -> &'static str {
         match self {
             Shader::Embed => concat!(include_str!("../../../shaders/embed.wgsl"), include_str!("../../../shaders/kquant.wgsl")),
             Shader::RmsNorm => include_str!("../../../shaders/rms_norm.wgsl"),

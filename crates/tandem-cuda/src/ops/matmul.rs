@@ -141,7 +141,7 @@ pub(crate) fn fusable(a: &Matmul, b: &Matmul) -> bool {
     a.x == b.x
         && (a.n, a.k, a.decode_rows, a.wdtype) == (b.n, b.k, b.decode_rows, b.wdtype)
         && a.decode_rows > 0
-        && n1_applies(a.k)
+        && n1_applies(a.k, a.wdtype)
         && a.out != a.x
         && b.out != a.x
         && a.out != b.out
@@ -159,7 +159,7 @@ pub(crate) fn record_run(r: &mut Recorder, run: &[&Matmul]) -> Result<()> {
     }
     let Some(first) = checked.first() else { return Ok(()) };
     if first.op.decode_rows > 0 {
-        if n1_applies(first.op.k) {
+        if n1_applies(first.op.k, first.op.wdtype) {
             decode_n1(r, &checked)?;
         } else {
             for c in &checked {
@@ -191,9 +191,10 @@ fn prompt_rows(r: &mut Recorder, c: &Checked) -> Result<()> {
     }
 }
 
-/// Whether decode rows of this k take the n1/nt kernels: whole blocks of 32, a thread each.
-fn n1_applies(k: usize) -> bool {
-    k > 0 && k % 32 == 0 && k / 32 <= N1_MAX_THREADS
+/// Whether decode rows of this k and weight type take the n1/nt kernels: whole blocks of 32,
+/// a thread each, of tandem's own types (GGUF block types take matmul_decode_kq).
+fn n1_applies(k: usize, d: DType) -> bool {
+    k > 0 && k % 32 == 0 && k / 32 <= N1_MAX_THREADS && d.block_layout().is_none()
 }
 
 /// The decode rows of up to three products over the same x, in one launch: a thread per block
@@ -226,11 +227,16 @@ fn decode_n1(r: &mut Recorder, run: &[Checked]) -> Result<()> {
     r.launch(KernelFile::MatmulDecode, entry, grid, threads as u32, 0, &args)
 }
 
-/// Decode rows whose k the n1 kernel does not take: a warp per output row, MATVEC_MAX_N tokens
-/// per blockIdx.y, each token's sums its own.
+/// Decode rows the n1 kernel does not take: a warp per output row, MATVEC_MAX_N tokens per
+/// blockIdx.y, each token's sums its own. GGUF block types run 8 values a lane where every row
+/// starts on a run of 8 (k % 8 == 0), else element by element.
 fn decode_warps(r: &mut Recorder, c: &Checked) -> Result<()> {
     let (k, m, rows) = (c.op.k, c.op.m, c.op.decode_rows);
-    let entry = if k % 32 == 0 { weight_entries!("matmul_decode")[c.w.wi] } else { weight_entries!("matmul_decode_any")[c.w.wi] };
+    let entry = match (c.op.wdtype.block_layout().is_some(), k % 32 == 0, k % 8 == 0) {
+        (true, _, true) => weight_entries!("matmul_decode_kq")[c.w.wi],
+        (true, _, false) | (false, false, _) => weight_entries!("matmul_decode_any")[c.w.wi],
+        (false, true, _) => weight_entries!("matmul_decode")[c.w.wi],
+    };
     let grid = (fits_u32(OP, "m / 4", m.div_ceil(MATVEC_ROWS))?, fits_u32(OP, "decode rows / 8", rows.div_ceil(MATVEC_MAX_N))?, 1);
     let args = [Arg::Ptr(c.x), Arg::Ptr(c.w.ptr), Arg::U64(c.w.d_off), Arg::U64(c.w.m_off), Arg::Ptr(c.bias), Arg::Ptr(c.out), Arg::U32(fits_u32(OP, "decode rows", rows)?), Arg::U32(k as u32), Arg::U32(m as u32)];
     r.launch(KernelFile::MatmulDecode, entry, grid, 32 * MATVEC_ROWS as u32, 0, &args)

@@ -85,11 +85,18 @@ pub(crate) fn weight_index(d: DType) -> Option<usize> {
         DType::Q8_0 => Some(3),
         DType::Q4_0 => Some(4),
         DType::Q4_1 => Some(5),
+        DType::Q4_K => Some(6),
+        DType::Q6_K => Some(7),
+        DType::Q5_0 => Some(8),
+        DType::Q5_1 => Some(9),
+        DType::Q5_K => Some(10),
         _ => None,
     }
 }
 
-/// The six entry names of a weight kernel, in [`weight_index`] order.
+/// The entry names of a weight kernel, in [`weight_index`] order: the six tandem types, then
+/// the GGUF block types, which only the element-wise kernels (embed, matmul_prefill,
+/// matmul_decode_any) and matmul_decode_kq have.
 macro_rules! weight_entries {
     ($prefix:literal) => {
         [
@@ -99,6 +106,11 @@ macro_rules! weight_entries {
             concat!($prefix, "_q8_0"),
             concat!($prefix, "_q4_0"),
             concat!($prefix, "_q4_1"),
+            concat!($prefix, "_q4_k"),
+            concat!($prefix, "_q6_k"),
+            concat!($prefix, "_q5_0"),
+            concat!($prefix, "_q5_1"),
+            concat!($prefix, "_q5_k"),
         ]
     };
 }
@@ -110,4 +122,4 @@ pub(crate) fn quant_offsets(d: DType, numel: usize) -> (u64, u64) {
 }
 
 /// The weight kernels' dtype list for messages.
-pub(crate) const WEIGHT_DTYPES: &str = "f32/f16/bf16/q8_0/q4_0/q4_1";
+pub(crate) const WEIGHT_DTYPES: &str = "f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q4_k/q5_k/q6_k";
