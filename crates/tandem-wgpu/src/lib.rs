@@ -51,6 +51,11 @@ pub struct WgpuOptions {
     /// tests can force splitting with small tensors. Other buffers keep the device's limit.
     #[doc(hidden)]
     pub max_binding_override: Option<u64>,
+    /// Which matrix-vector kernel decode rows take: `Some(true)` the row-per-invocation one (a
+    /// CPU rasterizer's fastest), `Some(false)` the lanes-per-row one (a GPU's), `None` by the
+    /// adapter's type. Tests run the GPU's kernel on lavapipe with `Some(false)`.
+    #[doc(hidden)]
+    pub row_matvec: Option<bool>,
 }
 
 impl Default for WgpuOptions {
@@ -59,6 +64,7 @@ impl Default for WgpuOptions {
             allow_f16: true,
             power_preference: wgpu::PowerPreference::HighPerformance,
             max_binding_override: None,
+            row_matvec: None,
         }
     }
 }
@@ -89,6 +95,8 @@ pub struct WgpuBackend {
     max_binding: u64,
     /// Largest part of a split weight (`max_binding` unless overridden for tests).
     max_weight_part: u64,
+    /// `WgpuOptions::row_matvec`.
+    row_matvec: Option<bool>,
     table: Table,
     cache: Cache,
     /// The per-step uniform arena.
@@ -199,6 +207,7 @@ impl WgpuBackend {
             f16,
             max_binding,
             max_weight_part,
+            row_matvec: opts.row_matvec,
             table,
             cache: Cache::default(),
             arena,
@@ -224,14 +233,9 @@ impl WgpuBackend {
     }
 
     /// Whether decode rows take the row-per-invocation matrix-vector kernel: on a CPU
-    /// rasterizer, unless `TANDEM_WGPU_MATVEC` says `rows` or `lanes` (tests run the GPU's
-    /// kernel on lavapipe with `lanes`).
+    /// rasterizer, unless the options chose (`WgpuOptions::row_matvec`).
     fn row_matvec(&self) -> bool {
-        match std::env::var("TANDEM_WGPU_MATVEC").as_deref() {
-            Ok("rows") => true,
-            Ok("lanes") => false,
-            _ => self.is_software(),
-        }
+        self.row_matvec.unwrap_or_else(|| self.is_software())
     }
 
     /// Whether the adapter is a CPU rasterizer (lavapipe, SwiftShader, WARP): correct but
