@@ -59,9 +59,7 @@ impl SpecArgs {
             Some(path) => {
                 let source = tandem_core::loader::open(path)?;
                 let tok = Tokenizer::load(&source.tokenizer)?;
-                let sample = "The quick brown fox, 42 times: \"héllo\"!\n";
-                let same = tok.vocab_size() == target.vocab_size() && tok.encode(sample)? == target.encode(sample)? && tok.eos_ids() == target.eos_ids();
-                if !same {
+                if !target.interchangeable(&tok)? {
                     let reason = "its tokenizer differs from the target model's (a draft must share the target's vocabulary)".into();
                     return Err(Error::BadModelFile { path: path.clone(), reason });
                 }

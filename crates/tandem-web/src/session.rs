@@ -151,13 +151,8 @@ impl Session {
         let spec = match draft {
             None => Speculation::ngram(tokens),
             Some(d) => {
-                let (ours, theirs) = (self.scheduler.tokenizer(), d.scheduler.tokenizer());
-                if ours.vocab_size() != theirs.vocab_size() || ours.eos_ids() != theirs.eos_ids() {
-                    return Err(Error::InvalidParameter(format!(
-                        "the draft model's tokenizer ({} tokens) is not the model's ({} tokens): a draft must share it",
-                        theirs.vocab_size(),
-                        ours.vocab_size()
-                    )));
+                if !self.scheduler.tokenizer().interchangeable(d.scheduler.tokenizer())? {
+                    return Err(Error::InvalidParameter("the draft model's tokenizer differs from the model's: a draft must share it".into()));
                 }
                 Speculation::draft_model(d.scheduler.into_model()?, tokens)
             }

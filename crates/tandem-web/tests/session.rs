@@ -273,6 +273,12 @@ fn speculation_keeps_the_models_own_output() {
     let sampled = r#"{"prompt": "", "max_tokens": 60, "temperature": 0.8, "seed": 7, "ignore_eos": true}"#;
     let plain = run_one(&mut session(&dir), sampled).expect("plain").1.token_ids;
     assert_eq!(run_one(&mut drafted, sampled).expect("drafted").1.token_ids, plain);
-    // Bad settings are clear errors.
+    // Bad settings are clear errors: no draft tokens, a draft whose tokenizer ends sequences
+    // elsewhere.
     assert!(session(&dir).speculate(None, 0).unwrap_err().to_string().contains("at least 1"));
+    let other_eos = r#"{"bos_token": "<s>", "eos_token": "<s>", "add_bos_token": true}"#;
+    let files = [("config.json", None), ("tokenizer.json", None), ("tokenizer_config.json", Some(other_eos.as_bytes())), ("model.safetensors", None)];
+    let foreign = stream_with(&dir, &files, &ModelOptions::default(), 4).expect("load");
+    let e = session(&dir).speculate(Some(foreign), 4).unwrap_err().to_string();
+    assert!(e.contains("tokenizer differs"), "{e}");
 }

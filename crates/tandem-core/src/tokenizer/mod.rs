@@ -231,6 +231,13 @@ impl Tokenizer {
         &self.eos_ids
     }
 
+    /// Whether `other` can stand in for this tokenizer in speculative decoding (a draft model's
+    /// must): the same vocabulary size, end-of-sequence ids and encoding of a sample text.
+    pub fn interchangeable(&self, other: &Tokenizer) -> Result<bool> {
+        let sample = "The quick brown fox, 42 times: \"héllo\"!\n";
+        Ok(self.vocab == other.vocab && self.eos_ids == other.eos_ids && self.encode(sample)? == other.encode(sample)?)
+    }
+
     /// Whether a plain prompt should get BOS prepended.
     pub fn add_bos(&self) -> bool {
         self.add_bos && self.bos_id.is_some()
