@@ -197,8 +197,17 @@ struct XPrep {
     /// x[2j] and x[2j + 1]: the low and high nibble partners of Q4 byte j. [k / 2] each.
     even: Vec<f32>,
     odd: Vec<f32>,
-    /// Sum of x over each block of 32. [k / 32].
+    /// Sum of x over each block of 32. [k / 32, zero padded to a multiple of 8].
     sums: Vec<f32>,
+    /// Each block of 32 as 16-bit integers, for integer dot products with the nibbles whose
+    /// products and sums are exact: x = s * (hi + lo / 2^15), s = max |x| / 32767 of the block
+    /// (`scales`), so hi + lo / 2^15 carries about 31 bits, more than f32's 24: the AVX2 Q4
+    /// kernel's sums are as close to the f32 reference as f32 arithmetic itself. Per block,
+    /// 64 values: hi of the even elements, hi of the odd ones, lo of the even, lo of the odd.
+    /// [k / 32 * 64].
+    ints: Vec<i16>,
+    /// s of each block. [k / 32, zero padded to a multiple of 8] (as `sums`).
+    scales: Vec<f32>,
 }
 
 impl XPrep {
@@ -206,15 +215,43 @@ impl XPrep {
     fn for_weight(w: Weight, x: &[f32]) -> Self {
         match w {
             Weight::Q(q) if matches!(q.dtype, DType::Q4_0 | DType::Q4_1) && x.len() % QBLOCK == 0 => XPrep::new(x),
-            _ => XPrep { even: vec![], odd: vec![], sums: vec![] },
+            _ => XPrep::empty(),
         }
+    }
+
+    fn empty() -> Self {
+        XPrep { even: vec![], odd: vec![], sums: vec![], ints: vec![], scales: vec![] }
     }
 
     fn new(x: &[f32]) -> Self {
         let even = x.iter().step_by(2).copied().collect();
         let odd = x.iter().skip(1).step_by(2).copied().collect();
-        let sums = x.chunks_exact(QBLOCK).map(|b| b.iter().sum()).collect();
-        XPrep { even, odd, sums }
+        let nb = x.len() / QBLOCK;
+        // Zero padded to whole groups of 8 blocks, which the AVX2 kernel loads at once.
+        let mut sums: Vec<f32> = x.chunks_exact(QBLOCK).map(|b| b.iter().sum()).collect();
+        sums.resize(nb.next_multiple_of(8), 0.0);
+        let (mut ints, mut scales) = (vec![0i16; nb * 64], vec![0f32; nb.next_multiple_of(8)]);
+        for ((xb, ib), s) in x.chunks_exact(QBLOCK).zip(ints.chunks_exact_mut(64)).zip(&mut scales) {
+            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            if !(amax > 0.0 && amax.is_finite()) {
+                // Zero blocks stay zero; a non-finite one gives NaN through its scale, as the
+                // f32 product would.
+                *s = if amax == 0.0 { 0.0 } else { f32::NAN };
+                continue;
+            }
+            *s = amax / 32767.0;
+            let inv = 32767.0 / amax;
+            for (j, &v) in xb.iter().enumerate() {
+                // |r| <= 32767 (up to rounding of inv, hence the clamp); r - hi is exact.
+                let r = (v * inv).clamp(-32767.0, 32767.0);
+                let hi = round_even(r);
+                let lo = round_even((r - hi) * 32768.0);
+                let at = (j % 2) * 16 + j / 2;
+                ib[at] = hi as i16;
+                ib[32 + at] = lo as i16;
+            }
+        }
+        XPrep { even, odd, sums, ints, scales }
     }
 }
 
@@ -228,11 +265,7 @@ fn decode_quant(
     m: usize,
 ) {
     let prep = if q.dtype == DType::Q8_0 {
-        XPrep {
-            even: vec![],
-            odd: vec![],
-            sums: vec![],
-        }
+        XPrep::empty()
     } else {
         XPrep::new(x)
     };
@@ -362,6 +395,15 @@ fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
         };
     }
     hsum8(acc) + offset
+}
+
+/// v rounded to the nearest integer (ties to even) for |v| < 2^22: adding 1.5 * 2^23 leaves
+/// no fraction bits, so the addition rounds. `f32::round` is a library call on baseline
+/// x86-64 (no SSE4.1), once per element of every decode matmul's input.
+#[inline(always)]
+fn round_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12582912.0;
+    (v + MAGIC) - MAGIC
 }
 
 #[inline(always)]
