@@ -273,10 +273,8 @@ unsafe fn row_q4_group<const T: usize>(q: QuantView, q41: bool, ps: &[&XPrep], b
         while b < nb {
             let g = G.min(nb - b);
             let dv = widen_scales(q.d, b0 + b, g);
-            let mv = if q41 { widen_scales(q.m, b0 + b, g) } else { dv };
             for t in 0..T {
                 _mm256_storeu_ps(ds[t].as_mut_ptr(), _mm256_mul_ps(dv, padded(sc[t], b)));
-                off[t] = _mm256_fmadd_ps(mv, padded(su[t], b), off[t]);
             }
             // A macro, not a closure: a closure would not inherit the callers' target features.
             macro_rules! block {
@@ -307,6 +305,17 @@ unsafe fn row_q4_group<const T: usize>(q: QuantView, q41: bool, ps: &[&XPrep], b
                 for j in 0..g {
                     block!(j);
                 }
+            }
+            b += g;
+        }
+        // The offset terms in a pass of their own: their accumulators would not fit in the
+        // registers beside the block loop's (they spilled to the stack).
+        let mut b = 0;
+        while b < nb {
+            let g = G.min(nb - b);
+            let mv = widen_scales(if q41 { q.m } else { q.d }, b0 + b, g);
+            for t in 0..T {
+                off[t] = _mm256_fmadd_ps(mv, padded(su[t], b), off[t]);
             }
             b += g;
         }
