@@ -2,9 +2,10 @@
 //!
 //! Why by hand: the portable lane loops came out as 64-bit loads and separate multiplies and
 //! adds inside the per-position, per-head loops, several times the work the bytes need. Here
-//! each K vector is loaded once (8 lanes at a time, f16 widened by F16C) and dotted with every
-//! query head of the group, and V is summed one 8-lane column at a time over all positions
-//! with one accumulator per head, so nothing spills.
+//! scores are taken four positions at a time per query head: four lane-wise accumulators,
+//! then one horizontal reduction for all four (a reduction per position and head was as
+//! much work as its dot product); f16 is widened by F16C on load. V is summed over the
+//! positions in order with the accumulators of up to 3 heads x 4 columns in registers.
 
 use std::arch::x86_64::*;
 
@@ -46,50 +47,80 @@ pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], p
     let group = qs.len() / hd;
     assert!(hd % 8 == 0 && len <= PART && scratch.len() >= group * PART && part.len() >= group * (hd + 2));
     let scores = &mut scratch[..group * PART];
-    for (j, t) in ts.clone().enumerate() {
-        let off = g.kv_at(table, t, kvh);
-        let k = &ck[off..off + hd];
-        for (gi, qv) in qs.chunks_exact(hd).enumerate() {
-            // SAFETY: k and qv hold hd elements, read 8 at a time below hd.
-            let s = unsafe {
-                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                let mut c = 0;
-                while c + 16 <= hd {
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qv.as_ptr().add(c)), load8(k.as_ptr().add(c)), a0);
-                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qv.as_ptr().add(c + 8)), load8(k.as_ptr().add(c + 8)), a1);
-                    c += 16;
+    let offs: Vec<usize> = ts.map(|t| g.kv_at(table, t, kvh)).collect();
+    let (quads, tail) = (len / 4 * 4, len % 4);
+    for gi in 0..group {
+        let qv = &qs[gi * hd..(gi + 1) * hd];
+        let sc = &mut scores[gi * PART..gi * PART + len];
+        for j in (0..quads).step_by(4) {
+            let o: [usize; 4] = [offs[j], offs[j + 1], offs[j + 2], offs[j + 3]];
+            // SAFETY: each offset + hd lies in ck (kv_at of a checked row), qv holds hd
+            // elements, and j + 4 <= len = sc.len().
+            unsafe {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for c in (0..hd).step_by(8) {
+                    let qc = _mm256_loadu_ps(qv.as_ptr().add(c));
+                    for p in 0..4 {
+                        acc[p] = _mm256_fmadd_ps(qc, load8(ck.as_ptr().add(o[p] + c)), acc[p]);
+                    }
                 }
-                if c < hd {
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qv.as_ptr().add(c)), load8(k.as_ptr().add(c)), a0);
+                // Four lane sums at once: lanes [p0 p1 p2 p3] after the pairwise adds.
+                let h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+                let four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+                _mm_storeu_ps(sc.as_mut_ptr().add(j), _mm_mul_ps(four, _mm_set1_ps(g.scale)));
+            }
+        }
+        for j in quads..quads + tail {
+            // The same sums as a quad's lane, one position at a time.
+            // SAFETY: as above.
+            unsafe {
+                let mut acc = _mm256_setzero_ps();
+                for c in (0..hd).step_by(8) {
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(qv.as_ptr().add(c)), load8(ck.as_ptr().add(offs[j] + c)), acc);
                 }
-                hsum(_mm256_add_ps(a0, a1))
-            };
-            scores[gi * PART + j] = s * g.scale;
+                let z = _mm256_setzero_ps();
+                let h = _mm256_hadd_ps(_mm256_hadd_ps(acc, z), _mm256_hadd_ps(z, z));
+                let four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+                sc[j] = _mm_cvtss_f32(four) * g.scale;
+            }
         }
     }
     super::decode::softmax_parts(scores, part, hd, len);
-    // V: one 8-lane column at a time, all positions, one accumulator per head (up to 4 heads
-    // per pass, in registers).
-    let offs: Vec<usize> = ts.map(|t| g.kv_at(table, t, kvh)).collect();
-    for g0 in (0..group).step_by(4) {
-        let nh = (group - g0).min(4);
-        for c in (0..hd).step_by(8) {
-            // SAFETY: every offset + c + 8 <= offset + hd lies in cv (kv_at of a checked row);
-            // scores hold len entries per head.
-            unsafe {
-                let mut acc = [_mm256_setzero_ps(); 4];
-                for (j, &off) in offs.iter().enumerate() {
-                    let v = load8(cv.as_ptr().add(off + c));
-                    for h in 0..4 {
-                        if h < nh {
-                            let e = _mm256_broadcast_ss(&scores[(g0 + h) * PART + j]);
-                            acc[h] = _mm256_fmadd_ps(e, v, acc[h]);
+    // V: positions in order, up to 4 columns of 8 at a time, one accumulator per (head,
+    // column) in registers (up to 3 heads x 4 columns + 3 scores + 1 V vector: AVX2's 16), so
+    // each V vector is loaded once for 3 heads and each score broadcast once per 4 columns
+    // (8 columns at a time broadcast every score 8 times).
+    let half = hd / 2 / 8 * 8;
+    for g0 in (0..group).step_by(3) {
+        let nh = (group - g0).min(3);
+        for (c0, cw) in [(0, half), (half, hd - half)] {
+            let mut c = c0;
+            while c < c0 + cw {
+                let nc = ((c0 + cw - c) / 8).min(4);
+                // SAFETY: every offset + c + 8 * nc <= offset + hd lies in cv (kv_at of a
+                // checked row); scores hold len entries per head.
+                unsafe {
+                    let mut acc = [[_mm256_setzero_ps(); 4]; 3];
+                    for (j, &off) in offs.iter().enumerate() {
+                        let e: [__m256; 3] = std::array::from_fn(|h| _mm256_broadcast_ss(&scores[(g0 + h.min(nh - 1)) * PART + j]));
+                        for i in 0..4 {
+                            if i < nc {
+                                let v = load8(cv.as_ptr().add(off + c + 8 * i));
+                                for h in 0..3 {
+                                    if h < nh {
+                                        acc[h][i] = _mm256_fmadd_ps(e[h], v, acc[h][i]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for h in 0..nh {
+                        for i in 0..nc {
+                            _mm256_storeu_ps(part[(g0 + h) * (hd + 2) + 2 + c + 8 * i..].as_mut_ptr(), acc[h][i]);
                         }
                     }
                 }
-                for h in 0..nh {
-                    _mm256_storeu_ps(part[(g0 + h) * (hd + 2) + 2 + c..].as_mut_ptr(), acc[h]);
-                }
+                c += 8 * nc;
             }
         }
     }
