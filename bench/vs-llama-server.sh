@@ -131,16 +131,19 @@ log "starting llama-server on 127.0.0.1:$LLAMA_PORT"
 PIDS+=($!)
 wait_ready "llama-server" "${PIDS[-1]}" "http://127.0.0.1:$LLAMA_PORT/health" "$WORK/llama.log"
 
-load() { # engine, port, requests, rep
+load() { # engine, port, requests, rep (the workload's seed)
     python3 "$REPO/bench/serve_load.py" --base-url "http://127.0.0.1:$2/v1" --requests "$3" \
-        --concurrency "$CONCURRENCY" --seed 0 --no-keepalive --json ${LOAD_ARGS:-} |
+        --concurrency "$CONCURRENCY" --seed "$4" --no-keepalive --json ${LOAD_ARGS:-} |
         python3 -c 'import json, sys; r = json.load(sys.stdin); r.update(engine=sys.argv[1], rep=int(sys.argv[2])); print(json.dumps(r))' "$1" "$4"
 }
 
-# A short warm-up each (page faults, first allocations), not counted.
+# A short warm-up each (page faults, first allocations), not counted. Every run has prompts of
+# its own (seed = run, the warm-up 1000): both servers keep finished prompts for reuse
+# (tandem's prefix cache in its KV pool, llama-server's slots and its --cache-ram store, 8 GiB
+# by default), so a replayed workload would measure cache hits instead of serving.
 for e in tandem:"$TANDEM_PORT" llama-server:"$LLAMA_PORT"; do
     log "warming up ${e%%:*}"
-    load "${e%%:*}" "${e##*:}" "$CONCURRENCY" 0 >/dev/null
+    load "${e%%:*}" "${e##*:}" "$CONCURRENCY" 1000 >/dev/null
 done
 for ((rep = 1; rep <= REPEAT; rep++)); do
     for e in tandem:"$TANDEM_PORT" llama-server:"$LLAMA_PORT"; do
@@ -151,7 +154,7 @@ done
 stop_servers
 
 echo "$NOTE"
-echo "model $MODEL; threads $THREADS; $REQUESTS requests, $CONCURRENCY at a time (serve_load.py --seed 0 --no-keepalive ${LOAD_ARGS:-}); median of $REPEAT runs"
+echo "model $MODEL; threads $THREADS; $REQUESTS requests, $CONCURRENCY at a time (serve_load.py --seed RUN --no-keepalive ${LOAD_ARGS:-}: run r has seed r, both servers); median of $REPEAT runs"
 echo "tandem: tandem serve --backend cpu --threads $THREADS --ctx $SLOT_CTX --kv-cache-memory $KV_BYTES ${TANDEM_ARGS:-}"
 echo "llama.cpp: llama-server -t $THREADS -tb $THREADS -np $CONCURRENCY -c $((CONCURRENCY * SLOT_CTX)) -cb ${LLAMA_SERVER_ARGS:-} ($("$LLAMA_BIN/llama-server" --version 2>&1 | grep -m1 version || true))"
 echo
