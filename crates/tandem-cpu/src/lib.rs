@@ -22,6 +22,7 @@ use team::Team;
 use tandem_core::{Backend, BufId, DType, Error, Result, Step};
 
 mod ops;
+mod profile;
 mod table;
 mod team;
 
@@ -41,6 +42,8 @@ pub struct CpuBackend {
     pool: Option<ThreadPool>,
     avx2: bool,
     table: Table,
+    /// `TANDEM_CPU_PROFILE`: per-op wall times, reported on drop.
+    profile: Option<profile::Profile>,
 }
 
 /// What an op needs to know about the machine.
@@ -139,6 +142,7 @@ impl CpuBackend {
             pool,
             avx2: detect_avx2(),
             table: Table::default(),
+            profile: profile::Profile::wanted().then(Default::default),
         })
     }
 
@@ -149,6 +153,7 @@ impl CpuBackend {
             pool: None,
             avx2: false,
             table: Table::default(),
+            profile: profile::Profile::wanted().then(Default::default),
         }
     }
 
@@ -290,10 +295,16 @@ impl Backend for CpuBackend {
             self.write(*buf, bytes)?;
         }
         let (fast, avx2) = (self.mode != CpuMode::Reference, self.avx2);
-        let table = &mut self.table;
+        let (table, profile) = (&mut self.table, &mut self.profile);
+        if let Some(p) = profile.as_mut() {
+            p.step();
+        }
         let mut run = |team: Option<&Team>| {
             let ex = Exec { fast, pool: team, avx2 };
-            step.ops.iter().try_for_each(|op| Self::run_op(table, ex, op))
+            step.ops.iter().try_for_each(|op| match profile.as_mut() {
+                Some(p) => p.time(op, || Self::run_op(table, ex, op)),
+                None => Self::run_op(table, ex, op),
+            })
         };
         match &self.pool {
             // One team for the whole step: its helpers stay awake from op to op.
@@ -324,5 +335,13 @@ impl Backend for CpuBackend {
 
     fn allocated_bytes(&self) -> usize {
         self.table.allocated_bytes()
+    }
+}
+
+impl Drop for CpuBackend {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            eprint!("{}", p.report());
+        }
     }
 }
