@@ -64,6 +64,7 @@ fn bench(b: &mut CpuBackend, label: &str, dtype: DType, n: usize, k: usize, m: u
 fn main() {
     let shapes = [
         (DType::Q4_1, 1, 576, 1536),
+        (DType::Q4_1, 1, 576, 576),
         // Past the last-level cache: streamed from memory.
         (DType::Q4_1, 1, 4096, 16384),
         (DType::Q8_0, 1, 576, 49152),
