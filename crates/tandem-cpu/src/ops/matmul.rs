@@ -205,8 +205,10 @@ struct XPrep {
     /// kernel's sums are as close to the f32 reference as f32 arithmetic itself. Per block,
     /// 64 values: hi of the even elements, hi of the odd ones, lo of the even, lo of the odd.
     /// [k / 32 * 64].
+    #[cfg(target_arch = "x86_64")]
     ints: Vec<i16>,
     /// s of each block. [k / 32, zero padded to a multiple of 8] (as `sums`).
+    #[cfg(target_arch = "x86_64")]
     scales: Vec<f32>,
 }
 
@@ -220,7 +222,15 @@ impl XPrep {
     }
 
     fn empty() -> Self {
-        XPrep { even: vec![], odd: vec![], sums: vec![], ints: vec![], scales: vec![] }
+        XPrep {
+            even: vec![],
+            odd: vec![],
+            sums: vec![],
+            #[cfg(target_arch = "x86_64")]
+            ints: vec![],
+            #[cfg(target_arch = "x86_64")]
+            scales: vec![],
+        }
     }
 
     fn new(x: &[f32]) -> Self {
@@ -230,29 +240,46 @@ impl XPrep {
         // Zero padded to whole groups of 8 blocks, which the AVX2 kernel loads at once.
         let mut sums: Vec<f32> = x.chunks_exact(QBLOCK).map(|b| b.iter().sum()).collect();
         sums.resize(nb.next_multiple_of(8), 0.0);
-        let (mut ints, mut scales) = (vec![0i16; nb * 64], vec![0f32; nb.next_multiple_of(8)]);
-        for ((xb, ib), s) in x.chunks_exact(QBLOCK).zip(ints.chunks_exact_mut(64)).zip(&mut scales) {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            if !(amax > 0.0 && amax.is_finite()) {
-                // Zero blocks stay zero; a non-finite one gives NaN through its scale, as the
-                // f32 product would.
-                *s = if amax == 0.0 { 0.0 } else { f32::NAN };
-                continue;
-            }
-            *s = amax / 32767.0;
-            let inv = 32767.0 / amax;
-            for (j, &v) in xb.iter().enumerate() {
-                // |r| <= 32767 (up to rounding of inv, hence the clamp); r - hi is exact.
-                let r = (v * inv).clamp(-32767.0, 32767.0);
-                let hi = round_even(r);
-                let lo = round_even((r - hi) * 32768.0);
-                let at = (j % 2) * 16 + j / 2;
-                ib[at] = hi as i16;
-                ib[32 + at] = lo as i16;
-            }
+        #[cfg(target_arch = "x86_64")]
+        let (ints, scales) = int_split(x);
+        XPrep {
+            even,
+            odd,
+            sums,
+            #[cfg(target_arch = "x86_64")]
+            ints,
+            #[cfg(target_arch = "x86_64")]
+            scales,
         }
-        XPrep { even, odd, sums, ints, scales }
     }
+}
+
+/// [`XPrep::ints`] and [`XPrep::scales`] of x (only the AVX2 kernel reads them).
+#[cfg(target_arch = "x86_64")]
+fn int_split(x: &[f32]) -> (Vec<i16>, Vec<f32>) {
+    let nb = x.len() / QBLOCK;
+    let (mut ints, mut scales) = (vec![0i16; nb * 64], vec![0f32; nb.next_multiple_of(8)]);
+    for ((xb, ib), s) in x.chunks_exact(QBLOCK).zip(ints.chunks_exact_mut(64)).zip(&mut scales) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        if !(amax > 0.0 && amax.is_finite()) {
+            // Zero blocks stay zero; a non-finite one gives NaN through its scale, as the
+            // f32 product would.
+            *s = if amax == 0.0 { 0.0 } else { f32::NAN };
+            continue;
+        }
+        *s = amax / 32767.0;
+        let inv = 32767.0 / amax;
+        for (j, &v) in xb.iter().enumerate() {
+            // |r| <= 32767 (up to rounding of inv, hence the clamp); r - hi is exact.
+            let r = (v * inv).clamp(-32767.0, 32767.0);
+            let hi = round_even(r);
+            let lo = round_even((r - hi) * 32768.0);
+            let at = (j % 2) * 16 + j / 2;
+            ib[at] = hi as i16;
+            ib[32 + at] = lo as i16;
+        }
+    }
+    (ints, scales)
 }
 
 fn decode_quant(
@@ -400,6 +427,7 @@ fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
 /// v rounded to the nearest integer (ties to even) for |v| < 2^22: adding 1.5 * 2^23 leaves
 /// no fraction bits, so the addition rounds. `f32::round` is a library call on baseline
 /// x86-64 (no SSE4.1), once per element of every decode matmul's input.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn round_even(v: f32) -> f32 {
     const MAGIC: f32 = 12582912.0;
@@ -549,7 +577,7 @@ fn nibble(qs: &[u8], e: usize) -> u8 {
     (byte >> ((e & 1) * 4)) & 0x0f
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 
