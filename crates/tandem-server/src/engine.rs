@@ -156,8 +156,11 @@ impl EngineSeat {
                 engine.command(c);
             }
             let events = pollster::block_on(engine.sched.step());
-            engine.route(events);
+            // Gauges first: a client that has read its request's end then finds the request's
+            // blocks returned in /metrics. Blocks freed by aborts in `route` show after the
+            // next step, which their `Interrupted` events bring at once.
             engine.update_gauges();
+            engine.route(events);
         }
         Ok(())
     }
