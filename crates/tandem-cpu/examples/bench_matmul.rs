@@ -21,7 +21,10 @@ fn bench(b: &mut CpuBackend, label: &str, dtype: DType, n: usize, k: usize, m: u
     let x: Vec<f32> = (0..n * k)
         .map(|i| ((i * 104729 % 997) as f32 - 498.0) / 498.0)
         .collect();
-    let wb = encode(&w, dtype);
+    let wb = match dtype.block_layout() {
+        Some(_) => random_blocks(dtype, m * k),
+        None => encode(&w, dtype),
+    };
     let wid = b.alloc(dtype, m * k).unwrap();
     b.write(wid, &wb).unwrap();
     let xid = b.alloc(DType::F32, n * k).unwrap();
@@ -44,12 +47,18 @@ fn bench(b: &mut CpuBackend, label: &str, dtype: DType, n: usize, k: usize, m: u
     };
     b.execute(&step).unwrap(); // warm up
     let start = Instant::now();
+    let cpu0 = thread_cpu_secs();
     let mut iters = 0;
     while start.elapsed().as_secs_f64() < 0.5 || iters < 3 {
         b.execute(&step).unwrap();
         iters += 1;
     }
-    let per = start.elapsed().as_secs_f64() / iters as f64;
+    // On a busy machine the calling thread's CPU time (one-thread modes run there) is a
+    // steadier clock than the wall: BENCH_CLOCK=cpu.
+    let per = match (std::env::var("BENCH_CLOCK").as_deref(), cpu0) {
+        (Ok("cpu"), Some(c0)) if !label.contains('2') => (thread_cpu_secs().unwrap() - c0) / iters as f64,
+        _ => start.elapsed().as_secs_f64() / iters as f64,
+    };
     println!(
         "{label:<16} {dtype} [{n},{k}]x[{m},{k}] decode {decode_rows}: {:9.1} us/call  {:6.2} GB/s of weights  {:6.1} GFLOP/s",
         per * 1e6,
@@ -61,10 +70,50 @@ fn bench(b: &mut CpuBackend, label: &str, dtype: DType, n: usize, k: usize, m: u
     }
 }
 
+/// This thread's CPU time so far (Linux: /proc/thread-self/schedstat), in seconds.
+fn thread_cpu_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(s.split_whitespace().next()?.parse::<f64>().ok()? / 1e9)
+}
+
+/// `numel` weights of a GGUF block type (which tandem does not quantize to): pseudo-random
+/// bits with finite f16 scales in [1e-3, 1e-2) of either sign.
+fn random_blocks(dtype: DType, numel: usize) -> Vec<u8> {
+    let l = dtype.block_layout().unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut bytes: Vec<u8> = (0..dtype.storage_bytes(numel)).map(|_| next() as u8).collect();
+    for blk in bytes.chunks_exact_mut(l.stride) {
+        for &f in tandem_core::quant::blocks::f16_fields(dtype) {
+            let v = (1e-3 + 9e-3 * (next() % 1000) as f32 / 1000.0) * if next() % 2 == 0 { 1.0 } else { -1.0 };
+            blk[f..f + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+    }
+    bytes
+}
+
 fn main() {
     let shapes = [
         (DType::Q4_1, 1, 576, 1536),
         (DType::Q4_1, 1, 576, 576),
+        // The types of llama.cpp's Q4_K_M / Q6_K files of SmolLM2 (576-wide rows fall back
+        // to Q5_0 / Q8_0; the ffn down projection, 1536 wide, is Q4_K or Q6_K).
+        (DType::Q5_0, 1, 576, 1536),
+        (DType::Q4_K, 1, 1536, 576),
+        (DType::Q6_K, 1, 1536, 576),
+        (DType::Q5_K, 1, 1536, 576),
+        (DType::Q3_K, 1, 1536, 576),
+        (DType::Q2_K, 1, 1536, 576),
+        (DType::IQ4_XS, 1, 1536, 576),
+        (DType::IQ4_NL, 1, 576, 1536),
+        (DType::Q5_1, 1, 576, 1536),
+        (DType::Q5_0, 37, 576, 1536),
+        (DType::Q6_K, 37, 1536, 576),
         // Past the last-level cache: streamed from memory.
         (DType::Q4_1, 1, 4096, 16384),
         (DType::Q8_0, 1, 576, 49152),
@@ -87,7 +136,7 @@ fn main() {
     // One token is a decode; more are a prompt, and a batch of decodes (continuous batching)
     // once more.
     let runs = shapes.iter().flat_map(|&(dtype, n, k, m)| {
-        let batch = (n > 1 && matches!(dtype, DType::Q4_1 | DType::Q8_0)).then_some((dtype, n, k, m, n));
+        let batch = (n > 1 && matches!(dtype, DType::Q4_1 | DType::Q8_0 | DType::Q5_0 | DType::Q6_K)).then_some((dtype, n, k, m, n));
         std::iter::once((dtype, n, k, m, usize::from(n == 1))).chain(batch)
     });
     for (dtype, n, k, m, decode_rows) in runs {

@@ -27,6 +27,8 @@
 mod bf16;
 mod blocks;
 #[cfg(target_arch = "x86_64")]
+mod blocks_avx2;
+#[cfg(target_arch = "x86_64")]
 mod decode_avx2;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod decode_simd128;
@@ -123,6 +125,12 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
         };
     }
     let ex = ex.sized(d * k * m);
+    #[cfg(target_arch = "x86_64")]
+    if let (true, Weight::Blocks(b)) = (ex.avx2, w) {
+        if blocks::row_aligned(b, k) && blocks_avx2::supported(b.dtype) {
+            return blocks::decode_batch(ex, x, b, bias, out, d, k, m);
+        }
+    }
     let preps: Vec<XPrep> = x.chunks_exact(k.max(1)).map(|xi| XPrep::for_weight(w, xi)).collect();
     let c = chunk_rows(m, ex.threads(), 16);
     let parts: Vec<(usize, Vec<f32>)> = ex.map_range(m.div_ceil(c), |ci| {
@@ -241,7 +249,7 @@ impl XPrep {
         let mut sums: Vec<f32> = x.chunks_exact(QBLOCK).map(|b| b.iter().sum()).collect();
         sums.resize(nb.next_multiple_of(8), 0.0);
         #[cfg(target_arch = "x86_64")]
-        let (ints, scales) = int_split(x);
+        let (ints, scales) = int_split(x, false);
         XPrep {
             even,
             odd,
@@ -255,8 +263,10 @@ impl XPrep {
 }
 
 /// [`XPrep::ints`] and [`XPrep::scales`] of x (only the AVX2 kernel reads them).
+/// Per block of 32, the 32 hi then the 32 lo: in the Q4 nibble order (even elements, then odd)
+/// or, with `natural`, in element order (the block types' kernels).
 #[cfg(target_arch = "x86_64")]
-fn int_split(x: &[f32]) -> (Vec<i16>, Vec<f32>) {
+fn int_split(x: &[f32], natural: bool) -> (Vec<i16>, Vec<f32>) {
     let nb = x.len() / QBLOCK;
     let (mut ints, mut scales) = (vec![0i16; nb * 64], vec![0f32; nb.next_multiple_of(8)]);
     for ((xb, ib), s) in x.chunks_exact(QBLOCK).zip(ints.chunks_exact_mut(64)).zip(&mut scales) {
@@ -277,7 +287,7 @@ fn int_split(x: &[f32]) -> (Vec<i16>, Vec<f32>) {
             let r = ((v as f64 * inv) as f32).clamp(-32767.0, 32767.0);
             let hi = round_even(r);
             let lo = round_even((r - hi) * 32768.0);
-            let at = (j % 2) * 16 + j / 2;
+            let at = if natural { j } else { (j % 2) * 16 + j / 2 };
             ib[at] = hi as i16;
             ib[32 + at] = lo as i16;
         }

@@ -18,10 +18,19 @@ pub(super) fn row_aligned(b: BlockView, k: usize) -> bool {
 
 /// out = w @ x (+ bias); x: [k]; w: [m, k] of whole blocks; out: [m].
 pub(super) fn decode(ex: Exec, x: &[f32], w: BlockView, bias: Option<&[f32]>, out: &mut [f32], k: usize, m: usize) {
-    let _ = k;
+    #[cfg(target_arch = "x86_64")]
+    let prep = (ex.avx2 && super::blocks_avx2::supported(w.dtype)).then(|| super::blocks_avx2::BPrep::new(x));
     let threads = ex.threads();
     let c = chunk_rows(m, threads * 2, 16);
     let work = |ci: usize, o: &mut [f32]| {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = &prep {
+            // SAFETY: `prep` exists only where AVX2, FMA and F16C were detected at run time.
+            unsafe { super::blocks_avx2::rows(w, &[p], k, ci * c, o) };
+        } else {
+            rows_dispatch(ex.avx2, w, x, ci * c, o);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
         rows_dispatch(ex.avx2, w, x, ci * c, o);
         if let Some(b) = bias {
             for (v, bv) in o.iter_mut().zip(&b[ci * c..]) {
@@ -32,6 +41,40 @@ pub(super) fn decode(ex: Exec, x: &[f32], w: BlockView, bias: Option<&[f32]>, ou
     match ex.pool {
         Some(pool) => par_chunks_caller(pool, threads, out, c, work),
         None => work(0, out),
+    }
+}
+
+/// d decode rows at once with the AVX2 block kernels: each chunk of weight rows is unpacked
+/// once for up to `blocks_avx2::TOKENS` tokens, and every token gets the bits it gets alone.
+/// x: [d, k]; out: [d, m].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn decode_batch(ex: Exec, x: &[f32], w: BlockView, bias: Option<&[f32]>, out: &mut [f32], d: usize, k: usize, m: usize) {
+    use super::blocks_avx2::{rows, BPrep, TOKENS};
+    let preps: Vec<BPrep> = x.chunks_exact(k).map(BPrep::new).collect();
+    let c = chunk_rows(m, ex.threads(), 16);
+    let parts: Vec<(usize, Vec<f32>)> = ex.map_range(m.div_ceil(c), |ci| {
+        let r0 = ci * c;
+        let n = c.min(m - r0);
+        let mut local = vec![0f32; d * n];
+        for (g, o) in local.chunks_mut(TOKENS * n).enumerate() {
+            let ps: Vec<&BPrep> = preps[g * TOKENS..g * TOKENS + o.len() / n].iter().collect();
+            // SAFETY: callers pass `ex.avx2`, true only when AVX2, FMA and F16C were detected.
+            unsafe { rows(w, &ps, k, r0, o) };
+        }
+        (r0, local)
+    });
+    for (r0, local) in parts {
+        let n = local.len() / d;
+        for i in 0..d {
+            let o = &mut out[i * m + r0..i * m + r0 + n];
+            o.copy_from_slice(&local[i * n..(i + 1) * n]);
+            if let Some(b) = bias {
+                for (v, bv) in o.iter_mut().zip(&b[r0..]) {
+                    *v += bv;
+                }
+            }
+        }
     }
 }
 

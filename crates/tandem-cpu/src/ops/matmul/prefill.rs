@@ -208,6 +208,14 @@ fn dequant_row(avx2: bool, w: Weight, start: usize, dst: &mut [f32]) {
         dequant_into(w, last, tail);
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if let (true, Weight::Blocks(b)) = (avx2, w) {
+        let n = b.layout.elems;
+        if super::blocks_avx2::supported(b.dtype) && start % n == 0 && dst.len() % n == 0 {
+            // SAFETY: `avx2` is true only when AVX2, FMA and F16C were detected at run time.
+            return unsafe { super::blocks_avx2::dequant(b, start / n, dst) };
+        }
+    }
     let _ = avx2;
     dequant_into(w, start, dst)
 }
