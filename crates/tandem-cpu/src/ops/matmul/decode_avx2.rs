@@ -56,26 +56,16 @@ pub(super) unsafe fn rows(
     }
 }
 
-/// Widens scales b..b + g (g <= G) of `src` into `dst`.
+/// Widens scales b..b + g (g <= G) of `src` into `dst` (zeros above g), through
+/// [`widen_scales`]: one wide store, whose lanes the per-block broadcasts then read.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn scales(src: &[f16], b: usize, g: usize, dst: &mut [f32; G]) -> __m256 {
-    if g == G {
-        // SAFETY: the caller checked b + G <= src.len().
-        let v = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(b) as *const __m128i)) };
-        // SAFETY: dst holds G floats.
-        unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), v) };
+    // SAFETY: the caller checked b + g <= src.len(); dst holds G floats.
+    unsafe {
+        let v = widen_scales(src, b, g);
+        _mm256_storeu_ps(dst.as_mut_ptr(), v);
         v
-    } else {
-        // The row's last few blocks: f16 -> f32 is exact either way.
-        for j in 0..g {
-            dst[j] = src[b + j].to_f32();
-        }
-        for v in &mut dst[g..] {
-            *v = 0.0;
-        }
-        // SAFETY: dst holds G floats.
-        unsafe { _mm256_loadu_ps(dst.as_ptr()) }
     }
 }
 
@@ -326,8 +316,8 @@ unsafe fn row_q4_group<const T: usize>(q: QuantView, q41: bool, ps: &[&XPrep], b
     }
 }
 
-/// f16 scales src[b..b + g] (g <= G) as 8 f32 lanes, zero padded; inlined (unlike
-/// [`scales`]) into the AVX2 + F16C caller. A row's last few blocks read on into the next
+/// f16 scales src[b..b + g] (g <= G) as 8 f32 lanes, zero padded; inlined into the AVX2 +
+/// F16C caller. A row's last few blocks read on into the next
 /// row's scales and mask them off (a copy into a padded array, whose bytes a wide load could
 /// not take from the store buffer, cost a third of a decode matvec); only the matrix's last
 /// row copies.
