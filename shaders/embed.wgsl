@@ -21,7 +21,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 // 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1, 5 bf16 (f16 and bf16: two per word, low half first),
-// 6 q4_k, 7 q6_k, 8 q5_0, 9 q5_1, 10 q5_k (GGUF blocks, shaders/kquant.wgsl, appended to this file)
+// 6 q4_k, 7 q6_k, 8 q5_0, 9 q5_1, 10 q5_k, 11 q2_k, 12 q3_k, 13 iq4_nl, 14 iq4_xs (GGUF blocks,
+// shaders/kquant.wgsl, appended to this file)
 override DTYPE: u32 = 0u;
 override WG: u32 = 256u;
 

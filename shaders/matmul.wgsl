@@ -43,7 +43,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 // 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1, 5 bf16 (f16 and bf16: two per word, low half first),
-// 6 q4_k, 7 q6_k, 8 q5_0, 9 q5_1, 10 q5_k (GGUF blocks, shaders/kquant.wgsl, appended to this file)
+// 6 q4_k, 7 q6_k, 8 q5_0, 9 q5_1, 10 q5_k, 11 q2_k, 12 q3_k, 13 iq4_nl, 14 iq4_xs (GGUF blocks,
+// shaders/kquant.wgsl, appended to this file)
 override DTYPE: u32 = 0u;
 // Invocations per weight row in matvec: a power of two dividing 256.
 override TPR: u32 = 64u;
@@ -128,7 +129,7 @@ fn group(g: u32) -> Group {
     }
     if DTYPE >= 6u {
         // 8 elements of one sub-block: levels from two words, (dl, -ml) as the scale.
-        let k = kquant((g / 256u) * kstride(), g % 256u);
+        let k = kquant((g / kelems()) * kstride(), g % kelems());
         r.d = k.dl;
         r.m = -k.ml;
         let lw = k.lo_byte / 4u;

@@ -400,7 +400,7 @@ impl WgpuBackend {
         if dtype.block_layout().is_some() && !is_weight_dtype(dtype) {
             // No kernel reads them yet; refusing here (rather than at the first step) stops a
             // model load before it uploads anything, with the reason.
-            return Err(Error::Unsupported { backend: NAME.into(), op: format!("{dtype} weights (of the GGUF block types only Q4_K, Q5_K, Q6_K, Q5_0 and Q5_1 run on WebGPU yet; the others on the CPU backend: issue #12)") });
+            return Err(Error::Unsupported { backend: NAME.into(), op: format!("{dtype} weights (WebGPU reads the GGUF block types Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS; others run on the CPU backend)") });
         }
         let bytes = dtype.storage_bytes(numel);
         if bytes == 0 && numel > 0 {
@@ -559,7 +559,21 @@ fn pad4(bytes: &[u8]) -> Cow<'_, [u8]> {
 fn is_weight_dtype(d: DType) -> bool {
     matches!(
         d,
-        DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::Q5_0 | DType::Q5_1
+        DType::F32
+            | DType::F16
+            | DType::BF16
+            | DType::Q8_0
+            | DType::Q4_0
+            | DType::Q4_1
+            | DType::Q5_0
+            | DType::Q5_1
+            | DType::Q2_K
+            | DType::Q3_K
+            | DType::Q4_K
+            | DType::Q5_K
+            | DType::Q6_K
+            | DType::IQ4_NL
+            | DType::IQ4_XS
     )
 }
 

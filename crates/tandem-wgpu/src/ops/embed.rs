@@ -4,14 +4,14 @@
 use tandem_core::ops::Embed;
 use tandem_core::{DType, Error, Result};
 
-use super::{bad_dtype, dtype_code, fits_u32, groups_1d, numel, quant_offsets, Recorder};
+use super::{bad_dtype, dtype_code, WEIGHT_DTYPES, fits_u32, groups_1d, numel, quant_offsets, Recorder};
 use crate::pipelines::{PipeKey, Shader};
 
 const OP: &str = "embed";
 
 pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
     let code = dtype_code(op.dtype)
-        .ok_or_else(|| bad_dtype(OP, "table", "f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q4_k/q5_k/q6_k", op.dtype))?;
+        .ok_or_else(|| bad_dtype(OP, "table", WEIGHT_DTYPES, op.dtype))?;
     let table_len = numel(OP, &[op.vocab, op.dim])?;
     let out_len = numel(OP, &[op.n, op.dim])?;
     let table = r.table.check(OP, "table", op.table, op.dtype, table_len)?;

@@ -5,7 +5,7 @@
 use tandem_core::ops::Matmul;
 use tandem_core::{DType, Error, Result};
 
-use super::{bad_dtype, dtype_code, fits_u32, groups_1d, numel, quant_offsets, Dispatch, Recorder};
+use super::{bad_dtype, dtype_code, WEIGHT_DTYPES, fits_u32, groups_1d, numel, quant_offsets, Dispatch, Recorder};
 use crate::pipelines::{PipeKey, Shader};
 
 const OP: &str = "matmul";
@@ -21,7 +21,7 @@ const MAX_GROUPS: usize = 65535;
 
 pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     let code = dtype_code(op.wdtype)
-        .ok_or_else(|| bad_dtype(OP, "w", "f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q4_k/q5_k/q6_k", op.wdtype))?;
+        .ok_or_else(|| bad_dtype(OP, "w", WEIGHT_DTYPES, op.wdtype))?;
     let (n, k, m) = (op.n, op.k, op.m);
     if op.decode_rows > n {
         return Err(Error::ShapeMismatch {

@@ -125,6 +125,9 @@ pub(crate) fn bad_dtype(op: &'static str, role: &str, allowed: &str, got: DType)
     }
 }
 
+/// The weight dtypes `dtype_code` maps, as the embed and matmul errors list them.
+pub(crate) const WEIGHT_DTYPES: &str = "f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q2_k/q3_k/q4_k/q5_k/q6_k/iq4_nl/iq4_xs";
+
 /// The DTYPE override constant shared by embed.wgsl and matmul.wgsl.
 pub(crate) fn dtype_code(d: DType) -> Option<u32> {
     match d {
@@ -139,7 +142,11 @@ pub(crate) fn dtype_code(d: DType) -> Option<u32> {
         DType::Q5_0 => Some(8),
         DType::Q5_1 => Some(9),
         DType::Q5_K => Some(10),
-        // U32, and the other GGUF block types (issue #12: no WGSL kernels yet).
+        DType::Q2_K => Some(11),
+        DType::Q3_K => Some(12),
+        DType::IQ4_NL => Some(13),
+        DType::IQ4_XS => Some(14),
+        // U32 and any later block type without WGSL kernels.
         _ => None,
     }
 }
