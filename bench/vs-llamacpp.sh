@@ -11,6 +11,9 @@
 #   --models L   comma-separated subset of (default: all three; or $MODELS):
 #                  smollm-q4_1  SmolLM2-135M-Instruct Q4_1, tandem's default model
 #                  smollm-q8_0  the same requantized to Q8_0 by llama-quantize
+#                  smollm-q4_k_m, smollm-q5_k_m, smollm-q6_k, smollm-q3_k_m, smollm-q2_k:
+#                               the same requantized by llama-quantize to llama.cpp's K-quant
+#                               mixes (not in the default set)
 #                  llama1b-q4_1 synthetic weights shaped like Llama-3.2-1B (bench/configs),
 #                               Q4_1, written by `tandem bench --synthetic --write-gguf`
 #   --out FILE   also append every run and the medians to FILE as JSON lines
@@ -71,10 +74,12 @@ model_path() {
             local p="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
             [[ -f "$p" ]] || TANDEM_CACHE_DIR="$CACHE" "$TANDEM" inspect >/dev/null
             echo "$p" ;;
-        smollm-q8_0)
-            local p="$MADE/SmolLM2-135M-Instruct.Q8_0.gguf"
+        smollm-q8_0 | smollm-q4_k_m | smollm-q5_k_m | smollm-q6_k | smollm-q3_k_m | smollm-q2_k)
+            local ftype="${1#smollm-}"
+            ftype="${ftype^^}"
+            local p="$MADE/SmolLM2-135M-Instruct.$ftype.gguf"
             if [[ ! -f "$p" ]]; then
-                "$LLAMA_BIN/llama-quantize" --allow-requantize "$(model_path smollm-q4_1)" "$p.partial" Q8_0 >&2
+                "$LLAMA_BIN/llama-quantize" --allow-requantize "$(model_path smollm-q4_1)" "$p.partial" "$ftype" >&2
                 mv "$p.partial" "$p"
             fi
             echo "$p" ;;
@@ -82,7 +87,7 @@ model_path() {
             local p="$MADE/llama-3.2-1b-synthetic.Q4_1.gguf"
             [[ -f "$p" ]] || "$TANDEM" bench --synthetic "$REPO/bench/configs/llama-3.2-1b.json" --dtype q4 --seed 0 --write-gguf "$p"
             echo "$p" ;;
-        *) log "unknown model $1 (smollm-q4_1, smollm-q8_0, llama1b-q4_1)"; return 1 ;;
+        *) log "unknown model $1 (smollm-q4_1, smollm-q8_0, smollm-q4_k_m, smollm-q5_k_m, smollm-q6_k, smollm-q3_k_m, smollm-q2_k, llama1b-q4_1)"; return 1 ;;
     esac
 }
 

@@ -131,7 +131,7 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
             return blocks::decode_batch(ex, x, b, bias, out, d, k, m);
         }
     }
-    let preps: Vec<XPrep> = x.chunks_exact(k.max(1)).map(|xi| XPrep::for_weight(w, xi)).collect();
+    let preps: Vec<XPrep> = x.chunks_exact(k.max(1)).map(|xi| XPrep::for_weight(w, xi, ex.avx2)).collect();
     let c = chunk_rows(m, ex.threads(), 16);
     let parts: Vec<(usize, Vec<f32>)> = ex.map_range(m.div_ceil(c), |ci| {
         let r0 = ci * c;
@@ -222,9 +222,9 @@ struct XPrep {
 
 impl XPrep {
     /// What the one-token kernel for `w` reads (only Q4 rearranges the activation).
-    fn for_weight(w: Weight, x: &[f32]) -> Self {
+    fn for_weight(w: Weight, x: &[f32], avx2: bool) -> Self {
         match w {
-            Weight::Q(q) if matches!(q.dtype, DType::Q4_0 | DType::Q4_1) && x.len() % QBLOCK == 0 => XPrep::new(x),
+            Weight::Q(q) if matches!(q.dtype, DType::Q4_0 | DType::Q4_1) && x.len() % QBLOCK == 0 => XPrep::new(x, avx2),
             _ => XPrep::empty(),
         }
     }
@@ -241,15 +241,19 @@ impl XPrep {
         }
     }
 
-    fn new(x: &[f32]) -> Self {
-        let even = x.iter().step_by(2).copied().collect();
-        let odd = x.iter().skip(1).step_by(2).copied().collect();
+    /// What the kernels of this CPU read: the AVX2 kernel the 16-bit split (`avx2`), the
+    /// others the even/odd copies.
+    fn new(x: &[f32], avx2: bool) -> Self {
+        let (even, odd) = match avx2 {
+            true => (vec![], vec![]),
+            false => (x.iter().step_by(2).copied().collect(), x.iter().skip(1).step_by(2).copied().collect()),
+        };
         let nb = x.len() / QBLOCK;
         // Zero padded to whole groups of 8 blocks, which the AVX2 kernel loads at once.
         let mut sums: Vec<f32> = x.chunks_exact(QBLOCK).map(|b| b.iter().sum()).collect();
         sums.resize(nb.next_multiple_of(8), 0.0);
         #[cfg(target_arch = "x86_64")]
-        let (ints, scales) = int_split(x, false);
+        let (ints, scales) = if avx2 { int_split(x, false) } else { (vec![], vec![]) };
         XPrep {
             even,
             odd,
@@ -307,7 +311,7 @@ fn decode_quant(
     let prep = if q.dtype == DType::Q8_0 {
         XPrep::empty()
     } else {
-        XPrep::new(x)
+        XPrep::new(x, ex.avx2)
     };
     // About 8 chunks per thread, so a thread that loses its core mid-call leaves little.
     let threads = ex.threads();
@@ -608,7 +612,7 @@ mod tests {
         for (i, v) in x[128..160].iter_mut().enumerate() {
             *v = (i as f32 - 16.0) * 1e-40;
         }
-        let p = XPrep::new(&x);
+        let p = XPrep::new(&x, true);
         for (b, xb) in x.chunks_exact(QBLOCK).enumerate() {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
             let ints = &p.ints[b * 64..(b + 1) * 64];
@@ -623,6 +627,6 @@ mod tests {
         assert_eq!(p.scales[2], 0.0);
         let mut bad = x.clone();
         bad[5] = f32::INFINITY;
-        assert!(XPrep::new(&bad).scales[0].is_nan());
+        assert!(XPrep::new(&bad, true).scales[0].is_nan());
     }
 }

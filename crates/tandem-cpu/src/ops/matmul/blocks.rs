@@ -18,6 +18,8 @@ pub(super) fn row_aligned(b: BlockView, k: usize) -> bool {
 
 /// out = w @ x (+ bias); x: [k]; w: [m, k] of whole blocks; out: [m].
 pub(super) fn decode(ex: Exec, x: &[f32], w: BlockView, bias: Option<&[f32]>, out: &mut [f32], k: usize, m: usize) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = k;
     #[cfg(target_arch = "x86_64")]
     let prep = (ex.avx2 && super::blocks_avx2::supported(w.dtype)).then(|| super::blocks_avx2::BPrep::new(x));
     let threads = ex.threads();
