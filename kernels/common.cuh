@@ -20,6 +20,10 @@ typedef unsigned long long u64;
 #define DT_Q5_0 8
 #define DT_Q5_1 9
 #define DT_Q5_K 10
+#define DT_Q2_K 11
+#define DT_Q3_K 12
+#define DT_IQ4_NL 13
+#define DT_IQ4_XS 14
 
 #define NONE_U32 0xffffffffu
 #define FULL_MASK 0xffffffffu
@@ -84,20 +88,53 @@ __device__ __forceinline__ float warp_max(float v) {
 
 // GGUF block types, array of structs over the flat element index (layouts in
 // tandem_core::quant::blocks). kq_run gives the 8 levels of elements g..g+8 (g % 8 == 0, so
-// one sub-block) and their sub-block's (dl, ml): each value is dl * q - ml.
+// one sub-block), each offset by kq_zero so that it is unsigned, and their sub-block's
+// (dl, ml): each value is dl * (q - kq_zero) - ml, the product rounded on its own.
 // Q4_K (256 in 144 bytes): d, dmin f16; 12 bytes of 6-bit (scale, min); 128 bytes of nibbles,
 // each 64 elements 32 bytes, low nibbles first. Q5_K (176): the same with 32 bytes of fifth
 // bits (element j's: bit j / 32 of byte j % 32) before the nibbles. Q6_K (212): 128 bytes of
 // low nibbles, 64 of 2-bit highs, 16 i8 scales, d f16; q - 32. Q5_0 / Q5_1 (32 in 24): d f16,
 // (Q5_1) m f16, qh u32 (bit j: element j's fifth bit), 16 bytes of nibbles (0..16 low,
 // 16..32 high); Q5_0: d (q - 16), Q5_1: d q + m.
+// Q2_K (256 in 84): 16 bytes of (scale, min) nibbles per 16 elements, 64 bytes of 2-bit
+// levels (each half of the block 32 bytes, element j's field (j % 128) / 32 of byte j % 32),
+// d, dmin f16. Q3_K (112): 32 bytes of high bits (element j's: bit j / 32 of byte j % 32; a
+// clear bit means level - 4), 64 bytes of 2-bit fields as Q2_K, 12 bytes of 6-bit scales
+// stored + 32, d f16. IQ4_NL (32 in 20): d f16, 16 bytes of 4-bit indices into IQ4_LEVELS
+// (0..16 low nibbles, 16..32 high). IQ4_XS (256 in 136): d f16, the scales' high 2 bits (u16),
+// their low nibbles (4 bytes), then per 32 elements the 16 index bytes of an IQ4_NL block.
 template <int DT>
 struct KBlock {
-    static constexpr u32 elems = DT == DT_Q5_0 || DT == DT_Q5_1 ? 32 : 256;
-    static constexpr u32 stride = DT == DT_Q4_K ? 144 : DT == DT_Q5_K ? 176 : DT == DT_Q6_K ? 212 : 24;
+    static constexpr u32 elems = DT == DT_Q5_0 || DT == DT_Q5_1 || DT == DT_IQ4_NL ? 32 : 256;
+    static constexpr u32 stride = DT == DT_Q4_K ? 144 : DT == DT_Q5_K ? 176 : DT == DT_Q6_K ? 212
+                                : DT == DT_Q2_K ? 84 : DT == DT_Q3_K ? 112 : DT == DT_IQ4_NL ? 20
+                                : DT == DT_IQ4_XS ? 136 : 24;
 };
 
 __device__ __forceinline__ float f16_at(const u8* p) { return f16_to_f32(*(const u16*)p); }
+
+// The 8 bytes at p (4-byte aligned: every field a run reads starts on a word in tandem's
+// padded blocks) as two word loads rather than eight byte loads.
+__device__ __forceinline__ void bytes8(const u8* p, u8* out) {
+    const u32 a = ((const u32*)p)[0], b = ((const u32*)p)[1];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        out[i] = (u8)(a >> (8 * i));
+        out[4 + i] = (u8)(b >> (8 * i));
+    }
+}
+
+// IQ4_LEVELS (tandem_core::quant::iq4) plus 128, a byte each, packed into two words of 64
+// bits: a lookup is a shift of a constant, with no memory access (a table in constant memory
+// would serialize a warp whose lanes read different entries).
+// Low word: levels 0..8 (-127 -104 -83 -65 -49 -35 -22 -10), high word: 8..16 (1 13 25 38
+// 53 69 89 113), entry i in byte i % 8.
+#define IQ4_LEVELS_LO 0x766a5d4f3f2d1801ull
+#define IQ4_LEVELS_HI 0xf1d9c5b5a6998d81ull
+__device__ __forceinline__ u32 iq4_level(u32 idx) {
+    const u64 t = idx < 8 ? IQ4_LEVELS_LO : IQ4_LEVELS_HI;
+    return (u32)(t >> (8 * (idx & 7))) & 0xffu;
+}
 
 template <int DT>
 __device__ __forceinline__ void kq_run(const u8* __restrict__ w, u64 g, u32* q, float* dl, float* ml) {
@@ -125,6 +162,46 @@ __device__ __forceinline__ void kq_run(const u8* __restrict__ w, u64 g, u32* q, 
         const u32 ls = 4 * ((j % 128) / 64), hs = 2 * ((j % 128) / 32);
 #pragma unroll
         for (int i = 0; i < 8; ++i) q[i] = ((lo[i] >> ls) & 15u) | (((hi[i] >> hs) & 3u) << 4);
+    } else if (DT == DT_Q2_K || DT == DT_Q3_K) {
+        const u32 s = j / 16;
+        if (DT == DT_Q2_K) {
+            *dl = __fmul_rn(f16_at(b + 80), (float)(b[s] & 15u));
+            *ml = __fmul_rn(f16_at(b + 82), (float)(b[s] >> 4));
+        } else {
+            const u8* sc = b + 96;
+            const u32 six = ((sc[s % 8] >> (4 * (s / 8))) & 15u) | (((sc[8 + s % 4] >> (2 * (s / 4))) & 3u) << 4);
+            *dl = __fmul_rn(f16_at(b + 108), (float)((int)six - 32));
+            *ml = 0.0f;
+        }
+        u8 lo[8];
+        bytes8(b + (DT == DT_Q2_K ? 16 : 32) + (j / 128) * 32 + j % 32, lo);
+        const u32 shift = 2 * ((j % 128) / 32);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) q[i] = (lo[i] >> shift) & 3u;
+        if (DT == DT_Q3_K) {
+            // Level = field - 4 + 4 * bit: stored as field + 4 * bit, kq_zero 4.
+            u8 hm[8];
+            bytes8(b + j % 32, hm);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) q[i] |= ((hm[i] >> (j / 32)) & 1u) << 2;
+        }
+    } else if (DT == DT_IQ4_NL || DT == DT_IQ4_XS) {
+        const u8* qs;
+        if (DT == DT_IQ4_NL) {
+            *dl = f16_at(b);
+            qs = b + 4;
+        } else {
+            const u32 s = j / 32;
+            const u32 six = ((b[4 + s / 2] >> (4 * (s % 2))) & 15u) | (((*(const u16*)(b + 2) >> (2 * s)) & 3u) << 4);
+            *dl = __fmul_rn(f16_at(b), (float)((int)six - 32));
+            qs = b + 8 + 16 * s;
+        }
+        *ml = 0.0f;
+        u8 idx[8];
+        bytes8(qs + j % 16, idx);
+        const u32 shift = 4 * ((j % 32) / 16);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) q[i] = iq4_level((idx[i] >> shift) & 15u);
     } else {
         const u32 qh = *(const u32*)(b + 4);
         const u8* lo = b + 8 + j % 16;
@@ -136,10 +213,12 @@ __device__ __forceinline__ void kq_run(const u8* __restrict__ w, u64 g, u32* q, 
     }
 }
 
-// The level's offset of types that center it (Q6_K: 32, Q5_0: 16), else 0.
+// The offset kq_run adds to a level to keep it unsigned (Q6_K: 32, Q5_0: 16, Q3_K: 4, the
+// IQ4 types: 128), else 0. Subtracting it is exact in f32.
 template <int DT>
 __device__ __forceinline__ float kq_zero() {
-    return DT == DT_Q6_K ? 32.0f : DT == DT_Q5_0 ? 16.0f : 0.0f;
+    return DT == DT_Q6_K ? 32.0f : DT == DT_Q5_0 ? 16.0f : DT == DT_Q3_K ? 4.0f
+         : DT == DT_IQ4_NL || DT == DT_IQ4_XS ? 128.0f : 0.0f;
 }
 
 // Flat element e of a weight in tandem's layout (see tandem_core::dtype): f32/f16/bf16

@@ -437,6 +437,10 @@ MATVEC_BLOCKS(q6_k, DT_Q6_K)
 MATVEC_BLOCKS(q5_0, DT_Q5_0)
 MATVEC_BLOCKS(q5_1, DT_Q5_1)
 MATVEC_BLOCKS(q5_k, DT_Q5_K)
+MATVEC_BLOCKS(q2_k, DT_Q2_K)
+MATVEC_BLOCKS(q3_k, DT_Q3_K)
+MATVEC_BLOCKS(iq4_nl, DT_IQ4_NL)
+MATVEC_BLOCKS(iq4_xs, DT_IQ4_XS)
 
 #define MATVEC(suffix, DT)                                                                      \
     extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \

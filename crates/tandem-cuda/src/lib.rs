@@ -358,9 +358,10 @@ impl Backend for CudaBackend {
 
     fn alloc(&mut self, dtype: DType, numel: usize) -> Result<BufId> {
         if dtype.block_layout().is_some() && !is_weight_dtype(dtype) {
-            // No kernel reads them yet; refusing here (rather than at the first step) stops a
-            // model load before it uploads anything, with the reason.
-            return Err(Error::Unsupported { backend: self.name(), op: format!("{dtype} weights (of the GGUF block types CUDA reads Q4_K, Q5_K, Q6_K, Q5_0 and Q5_1; the others run on the CPU backend: issue #12)") });
+            // A block type no kernel reads (one added to tandem-core later); refusing here
+            // (rather than at the first step) stops a model load before it uploads anything,
+            // with the reason.
+            return Err(Error::Unsupported { backend: self.name(), op: format!("{dtype} weights (of the GGUF block types CUDA reads Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS; others run on the CPU backend)") });
         }
         self.dev.bind()?;
         let bytes = dtype.storage_bytes(numel);

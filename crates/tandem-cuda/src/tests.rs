@@ -52,7 +52,22 @@ impl Fake {
     }
 }
 
-const WEIGHTS: [DType; 10] = [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q5_0, DType::Q5_1];
+const WEIGHTS: [DType; 14] = [
+    DType::F32,
+    DType::F16,
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::IQ4_NL,
+    DType::IQ4_XS,
+];
 
 /// Ops reaching every kernel entry: each weight dtype through embed and the three matmul
 /// paths, both KV dtypes through kv_write and both attention kernels, and the small ops.

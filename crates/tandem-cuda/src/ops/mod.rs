@@ -90,6 +90,10 @@ pub(crate) fn weight_index(d: DType) -> Option<usize> {
         DType::Q5_0 => Some(8),
         DType::Q5_1 => Some(9),
         DType::Q5_K => Some(10),
+        DType::Q2_K => Some(11),
+        DType::Q3_K => Some(12),
+        DType::IQ4_NL => Some(13),
+        DType::IQ4_XS => Some(14),
         _ => None,
     }
 }
@@ -111,6 +115,10 @@ macro_rules! weight_entries {
             concat!($prefix, "_q5_0"),
             concat!($prefix, "_q5_1"),
             concat!($prefix, "_q5_k"),
+            concat!($prefix, "_q2_k"),
+            concat!($prefix, "_q3_k"),
+            concat!($prefix, "_iq4_nl"),
+            concat!($prefix, "_iq4_xs"),
         ]
     };
 }
@@ -122,4 +130,4 @@ pub(crate) fn quant_offsets(d: DType, numel: usize) -> (u64, u64) {
 }
 
 /// The weight kernels' dtype list for messages.
-pub(crate) const WEIGHT_DTYPES: &str = "f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q4_k/q5_k/q6_k";
+pub(crate) const WEIGHT_DTYPES: &str = "f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q2_k/q3_k/q4_k/q5_k/q6_k/iq4_nl/iq4_xs";
