@@ -112,9 +112,10 @@ fn q4k_and_q6k_perplexity_against_f32() {
         (q4_ppl / f32_ppl - 1.0) * 100.0
     );
     eprintln!("q4k greedy text: {q4k_text}");
-    // Measured: q6k +0.04%, q4k +1.9%, q4 +6.6% (see the commit); bounds leave about 2x.
+    // Measured: f32 3.0057, q6k 2.9986 (-0.23%), q4k 3.0433 (+1.25%), q4 3.3673 (+12.0%); the
+    // bounds leave about 2x on the change.
     assert!((q6k_ppl / f32_ppl - 1.0).abs() <= 0.01, "q6k perplexity {q6k_ppl} is not within 1% of f32 {f32_ppl}");
-    assert!(q4k_ppl / f32_ppl < 1.05, "q4k perplexity {q4k_ppl} vs f32 {f32_ppl}");
+    assert!(q4k_ppl / f32_ppl < 1.03, "q4k perplexity {q4k_ppl} vs f32 {f32_ppl}");
     // The Q5_0 fallback has a bit more than q4 (Q4_1) and must do better.
     assert!(q4k_ppl < q4_ppl, "q4k {q4k_ppl} is no better than q4 {q4_ppl}");
     assert!(q4k_text.split_whitespace().count() >= 20, "q4k text too short: {q4k_text:?}");
@@ -158,8 +159,10 @@ fn kquant_matmul_error_on_whole_blocks() {
             [DType::Q8_0, DType::Q6_K, DType::Q5_0, DType::Q4_K, DType::Q4_1, DType::Q4_0].iter().map(|&d| (d, matmul_nmse(d, n, k, m))).collect();
         eprintln!("matmul NMSE against f32, n={n} k={k} m={m}: {e:?}");
         let get = |d: DType| e.iter().find(|x| x.0 == d).unwrap().1;
-        // Measured (k=256 / k=512): see the commit message; bounds are about 1.5x.
-        for (d, bound) in [(DType::Q8_0, 4e-5), (DType::Q6_K, 7e-4), (DType::Q5_0, 3e-3), (DType::Q4_K, 1.2e-2)] {
+        // Measured (k=256 / k=512): Q8_0 1.7e-5 / 2.2e-5, Q6_K 2.8e-4 / 1.7e-4, Q5_0 1.5e-3 /
+        // 1.1e-3, Q4_K 4.4e-3 / 4.2e-3, Q4_1 4.8e-3 / 5.5e-3, Q4_0 6.2e-3 / 6.9e-3; the
+        // bounds are about 1.5x the larger.
+        for (d, bound) in [(DType::Q8_0, 3.5e-5), (DType::Q6_K, 4.5e-4), (DType::Q5_0, 2.2e-3), (DType::Q4_K, 6.5e-3)] {
             assert!(get(d) < bound, "{d} k={k}: NMSE {} >= {bound}", get(d));
         }
         assert!(get(DType::Q6_K) < get(DType::Q5_0) && get(DType::Q5_0) < get(DType::Q4_K), "{e:?}");
