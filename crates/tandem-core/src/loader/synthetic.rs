@@ -383,7 +383,7 @@ mod tests {
         let b = SyntheticStore::new(&c, DType::Q8_0, 7).unwrap();
         let other = SyntheticStore::new(&c, DType::Q8_0, 8).unwrap();
         let name = "model.layers.1.mlp.gate_proj.weight";
-        for as_ in [LoadAs::Native, LoadAs::F32, LoadAs::Exactly(DType::F16), LoadAs::Exactly(DType::BF16), LoadAs::Exactly(DType::Q4_0), LoadAs::Exactly(DType::Q4_1)] {
+        for as_ in [LoadAs::Native, LoadAs::F32, LoadAs::Exactly(DType::F16), LoadAs::Exactly(DType::BF16), LoadAs::Exactly(DType::Q4_0), LoadAs::Exactly(DType::Q4_1), LoadAs::Exactly(DType::Q5_0)] {
             let t = a.load(name, as_).unwrap();
             let want = match as_ {
                 LoadAs::Native => DType::Q8_0,
@@ -411,6 +411,15 @@ mod tests {
         assert!(norm.iter().all(|x| (x - 1.0).abs() < 0.2), "{norm:?}");
         assert!(matches!(a.load("nope", LoadAs::F32), Err(Error::MissingTensor(_))));
         assert!(a.load(name, LoadAs::Exactly(DType::U32)).is_err());
+        // Rows of 64 are not K-quant blocks: asked for, refused; as the store's type, the
+        // fallback (Q5_0 for Q4_K, Q8_0 for Q6_K), as loading real weights would give.
+        let e = a.load(name, LoadAs::Exactly(DType::Q4_K)).unwrap_err().to_string();
+        assert!(e.contains("not whole q4_k blocks"), "{e}");
+        assert!(a.load(name, LoadAs::Exactly(DType::Q5_K)).is_err());
+        for (want, got) in [(DType::Q4_K, DType::Q5_0), (DType::Q6_K, DType::Q8_0)] {
+            let k = SyntheticStore::new(&c, want, 7).unwrap();
+            assert_eq!(k.load(name, LoadAs::Native).unwrap().dtype, got);
+        }
     }
 
     #[test]
