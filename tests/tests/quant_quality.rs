@@ -1,10 +1,14 @@
 //! Weight quantization quality on stories260K: perplexity over a fixed story, f32 against
-//! tandem's q8 (8.5 bits/weight) and q4 (5 bits/weight) formats and bf16, made at load time.
+//! tandem's q8 (8.5 bits/weight) and q4 (5 bits/weight) formats and bf16, made at load time,
+//! and `--dtype q4k` / `q6k` (whose rows of 64 and 172 are not whole K-quant blocks, so they
+//! load as their fallbacks Q5_0 and Q8_0). The K-quant blocks themselves are measured on
+//! matrices with rows of 256 and 512 through the CPU backend's matmul.
 
 use tandem_core::loader;
 use tandem_core::model::{ModelOptions, Output, Want};
 use tandem_core::tokenizer::Tokenizer;
-use tandem_core::DType;
+use tandem_core::ops::{Matmul, Op};
+use tandem_core::{Backend, DType, Step};
 use tandem_cpu::CpuBackend;
 use tandem_tests::e2e;
 
@@ -93,4 +97,76 @@ fn chunked_prefill_matches_one_step() {
     let Some((whole, _)) = perplexity(None, 256) else { return };
     let (chunked, _) = perplexity(None, 7).unwrap();
     assert!((whole - chunked).abs() / whole < 1e-4, "one step {whole} vs chunks of 7 {chunked}");
+}
+
+#[test]
+fn q4k_and_q6k_perplexity_against_f32() {
+    let Some((f32_ppl, _)) = perplexity(None, 256) else { return };
+    let (q4k_ppl, q4k_text) = perplexity(Some(DType::Q4_K), 256).unwrap();
+    let (q6k_ppl, _) = perplexity(Some(DType::Q6_K), 256).unwrap();
+    let (q4_ppl, _) = perplexity(Some(DType::Q4_1), 256).unwrap();
+    eprintln!(
+        "stories260K perplexity: f32 {f32_ppl:.4}, q6k (all Q8_0 here) {q6k_ppl:.4} ({:+.2}%), q4k (all Q5_0 here) {q4k_ppl:.4} ({:+.2}%), q4 {q4_ppl:.4} ({:+.2}%)",
+        (q6k_ppl / f32_ppl - 1.0) * 100.0,
+        (q4k_ppl / f32_ppl - 1.0) * 100.0,
+        (q4_ppl / f32_ppl - 1.0) * 100.0
+    );
+    eprintln!("q4k greedy text: {q4k_text}");
+    // Measured: f32 3.0057, q6k 2.9986 (-0.23%), q4k 3.0433 (+1.25%), q4 3.3673 (+12.0%); the
+    // bounds leave about 2x on the change.
+    assert!((q6k_ppl / f32_ppl - 1.0).abs() <= 0.01, "q6k perplexity {q6k_ppl} is not within 1% of f32 {f32_ppl}");
+    assert!(q4k_ppl / f32_ppl < 1.03, "q4k perplexity {q4k_ppl} vs f32 {f32_ppl}");
+    // The Q5_0 fallback has a bit more than q4 (Q4_1) and must do better.
+    assert!(q4k_ppl < q4_ppl, "q4k {q4k_ppl} is no better than q4 {q4_ppl}");
+    assert!(q4k_text.split_whitespace().count() >= 20, "q4k text too short: {q4k_text:?}");
+}
+
+/// Relative error (NMSE) of `x W^T` on the CPU backend with W quantized to `dtype` against
+/// the f32 product, for a [m, k] matrix of near-normal weights and n activation rows.
+fn matmul_nmse(dtype: DType, n: usize, k: usize, m: usize) -> f64 {
+    let mut rng = tandem_core::sampling::Rng::new(k as u64 * 31 + m as u64);
+    let mut normal = |len: usize| -> Vec<f32> {
+        (0..len).map(|_| ((0..4).map(|_| rng.next_f32()).sum::<f32>() - 2.0) * 1.7).collect()
+    };
+    let w: Vec<f32> = normal(m * k).iter().map(|v| v * 0.02).collect();
+    let x = normal(n * k);
+    let mut b = CpuBackend::fast(2).unwrap();
+    let xb = b.alloc(DType::F32, n * k).unwrap();
+    b.write(xb, bytemuck::cast_slice(&x)).unwrap();
+    let wb = b.alloc_weight(dtype, m, k).unwrap();
+    b.write(wb, &tandem_core::quant::encode(&w, dtype)).unwrap();
+    let out = b.alloc(DType::F32, n * m).unwrap();
+    let mut step = Step::default();
+    step.push(Op::Matmul(Matmul { x: xb, w: wb, wdtype: dtype, bias: None, out, n, k, m, decode_rows: n.min(1) }));
+    b.execute(&step).unwrap();
+    let y: Vec<f32> = bytemuck::pod_collect_to_vec(&pollster::block_on(b.read(out, 0, n * m * 4)).unwrap());
+    let (mut err, mut norm) = (0f64, 0f64);
+    for r in 0..n {
+        for c in 0..m {
+            let want: f64 = (0..k).map(|i| x[r * k + i] as f64 * w[c * k + i] as f64).sum();
+            err += (y[r * m + c] as f64 - want).powi(2);
+            norm += want * want;
+        }
+    }
+    err / norm
+}
+
+#[test]
+fn kquant_matmul_error_on_whole_blocks() {
+    // Rows of 256 and 512: real Q4_K / Q6_K blocks, no fallback.
+    for (n, k, m) in [(1, 256, 64), (4, 512, 48)] {
+        let e: Vec<(DType, f64)> =
+            [DType::Q8_0, DType::Q6_K, DType::Q5_0, DType::Q4_K, DType::Q4_1, DType::Q4_0].iter().map(|&d| (d, matmul_nmse(d, n, k, m))).collect();
+        eprintln!("matmul NMSE against f32, n={n} k={k} m={m}: {e:?}");
+        let get = |d: DType| e.iter().find(|x| x.0 == d).unwrap().1;
+        // Measured (k=256 / k=512): Q8_0 1.7e-5 / 2.2e-5, Q6_K 2.8e-4 / 1.7e-4, Q5_0 1.5e-3 /
+        // 1.1e-3, Q4_K 4.4e-3 / 4.2e-3, Q4_1 4.8e-3 / 5.5e-3, Q4_0 6.2e-3 / 6.9e-3; the
+        // bounds are about 1.5x the larger.
+        for (d, bound) in [(DType::Q8_0, 3.5e-5), (DType::Q6_K, 4.5e-4), (DType::Q5_0, 2.2e-3), (DType::Q4_K, 6.5e-3)] {
+            assert!(get(d) < bound, "{d} k={k}: NMSE {} >= {bound}", get(d));
+        }
+        assert!(get(DType::Q6_K) < get(DType::Q5_0) && get(DType::Q5_0) < get(DType::Q4_K), "{e:?}");
+        assert!(get(DType::Q4_K) < get(DType::Q4_1) && get(DType::Q4_K) < get(DType::Q4_0), "{e:?}");
+        assert!(get(DType::Q8_0) < get(DType::Q6_K), "{e:?}");
+    }
 }

@@ -29,8 +29,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum)]
     dtype: Option<WeightDtype>,
     /// Write the --synthetic model to this GGUF file and exit, without measuring: llama
-    /// metadata, weights in --dtype (q4 is ggml's Q4_1, q8 Q8_0), a placeholder SentencePiece
-    /// vocabulary. tandem (`--model PATH`) and llama.cpp both load it, so the two engines can
+    /// metadata, weights in --dtype (q4 is ggml's Q4_1, q8 Q8_0, q4k Q4_K, q6k Q6_K), a
+    /// placeholder SentencePiece vocabulary. tandem (`--model PATH`) and llama.cpp both load it, so the two engines can
     /// be measured on the same bytes (bench/vs-llamacpp.sh).
     #[arg(long, value_name = "PATH", requires = "synthetic")]
     write_gguf: Option<PathBuf>,

@@ -20,6 +20,10 @@ pub enum WeightDtype {
     Bf16,
     Q8,
     Q4,
+    /// GGUF Q4_K blocks (4.5 bits/weight); matrices whose rows are not multiples of 256 get Q5_0.
+    Q4k,
+    /// GGUF Q6_K blocks (6.6 bits/weight); matrices whose rows are not multiples of 256 get Q8_0.
+    Q6k,
 }
 
 impl WeightDtype {
@@ -30,6 +34,8 @@ impl WeightDtype {
             WeightDtype::Bf16 => DType::BF16,
             WeightDtype::Q8 => DType::Q8_0,
             WeightDtype::Q4 => DType::Q4_1,
+            WeightDtype::Q4k => DType::Q4_K,
+            WeightDtype::Q6k => DType::Q6_K,
         }
     }
 }
@@ -57,8 +63,11 @@ pub struct RunArgs {
     model: Option<PathBuf>,
     #[command(flatten)]
     backend: BackendArgs,
-    /// Convert weight matrices at load time (bf16 and f16: 16 bits/weight, q8: 8.5, q4: 5);
-    /// by default the file's own types are kept (bf16 files load as f32).
+    /// Convert weight matrices at load time (bf16 and f16: 16 bits/weight, q8: 8.5, q4: 5,
+    /// q6k: 6.6, q4k: 4.5); by default the file's own types are kept (bf16 files load as f32).
+    /// q4k and q6k are GGUF K-quant blocks of 256: a matrix whose rows are not a multiple of
+    /// 256 falls back to q5_0 (6 bits) for q4k and q8_0 for q6k. From a GGUF file, tensors of
+    /// another type are dequantized and quantized again.
     #[arg(long, value_enum)]
     dtype: Option<WeightDtype>,
     #[arg(long, value_enum, default_value = "f32")]

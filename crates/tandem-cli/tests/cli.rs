@@ -216,6 +216,45 @@ fn bench_synthetic_runs_on_every_backend() {
     let norm_bytes = (2.0 * 2.0 + 1.0) * 64.0 * 4.0;
     assert_eq!(bytes("bf16"), matrix_elems * 2.0 + norm_bytes);
     assert!((bytes("q4") - (matrix_elems * 5.0 / 8.0 + norm_bytes)).abs() < 64.0);
+    // Rows of 64 and 172 are not whole K-quant blocks: q4k falls back to Q5_0 (24-byte blocks
+    // of 32 in tandem's padded layout, 6 bits a weight), q6k to Q8_0 (8.5).
+    assert_eq!(bytes("q4k"), matrix_elems * 6.0 / 8.0 + norm_bytes);
+    assert_eq!(bytes("q6k"), matrix_elems * 8.5 / 8.0 + norm_bytes);
+}
+
+#[test]
+fn kquant_dtypes_make_whole_blocks_and_fall_back_per_matrix() {
+    // dim 256: every matrix but down_proj (rows of ffn 320) is whole blocks of 256.
+    let config = synthetic_config(
+        "synth-k",
+        r#"{"hidden_size": 256, "intermediate_size": 320, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64}"#,
+    );
+    let bytes = |dtype: &str| {
+        let out = tandem(&bench(&config, &["--dtype", dtype]));
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{dtype}: {}", text(&out.stderr));
+        let line = stdout.lines().find(|l| l.starts_with("weights:")).unwrap_or_else(|| panic!("{stdout}"));
+        line["weights:".len()..].split_whitespace().next().unwrap().parse::<f64>().unwrap()
+    };
+    // Per layer q and o [256, 256], k and v [128, 256], gate and up [320, 256], down [256, 320];
+    // embedding and head [300, 256]; f32 norms.
+    let whole = 2.0 * (256.0 * 256.0 * 2.0 + 128.0 * 256.0 * 2.0 + 2.0 * 320.0 * 256.0) + 2.0 * 300.0 * 256.0;
+    let down = 2.0 * 256.0 * 320.0;
+    let norm_bytes = (2.0 * 2.0 + 1.0) * 256.0 * 4.0;
+    // Q4_K: 144 bytes a block of 256 (4.5 bits); Q6_K: 212 (6.625 in tandem's padded layout).
+    assert_eq!(bytes("q4k"), whole * 144.0 / 256.0 + down * 24.0 / 32.0 + norm_bytes);
+    assert_eq!(bytes("q6k"), whole * 212.0 / 256.0 + down * 34.0 / 32.0 + norm_bytes);
+}
+
+#[test]
+fn run_with_kquant_dtypes() {
+    let Some(dir) = stories() else { return };
+    for dtype in ["q4k", "q6k"] {
+        let out = tandem(&["run", "--model", p(&dir), "--dtype", dtype, "--max-tokens", "30", "Once upon a time"]);
+        assert!(out.status.success(), "{dtype}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(stdout.split_whitespace().count() >= 10, "{dtype}: {stdout:?}");
+    }
 }
 
 /// `tandem bench --synthetic CONFIG` on the CPU with a short run, then `extra`.

@@ -386,9 +386,12 @@ fn rejects_bad_tensor_directory() {
     let f = parse(tensor(&[256], 12, 0, 144)).expect("Q4_K opens");
     let t = f.load("w", LoadAs::Native).expect("Q4_K loads");
     assert_eq!((t.dtype, t.bytes.len()), (DType::Q4_K, 144));
-    // Converting to another block type at load time is refused, not attempted.
-    let e = f.load("w", LoadAs::Exactly(DType::Q6_K)).expect_err("no Q4_K -> Q6_K").to_string();
-    assert!(e.contains("cannot convert Q4_K to q6_k"), "{e}");
+    // Another block type tandem quantizes to is made through f32; one it only loads is
+    // refused, not attempted.
+    let t = f.load("w", LoadAs::Exactly(DType::Q6_K)).expect("Q4_K -> Q6_K requantizes");
+    assert_eq!((t.dtype, t.bytes.len()), (DType::Q6_K, 212));
+    let e = f.load("w", LoadAs::Exactly(DType::Q5_K)).expect_err("no Q4_K -> Q5_K").to_string();
+    assert!(e.contains("cannot convert Q4_K to q5_k") && e.contains("does not quantize to q5_k"), "{e}");
     // Q6_K blocks (210 bytes) gain 2 bytes of padding each.
     let f = parse(tensor(&[512], 14, 0, 420)).expect("Q6_K opens");
     assert_eq!(f.load("w", LoadAs::Native).expect("Q6_K loads").bytes.len(), 424);

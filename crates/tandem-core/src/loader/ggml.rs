@@ -173,9 +173,12 @@ pub(crate) fn convert(ty: GgmlType, raw: Cow<'_, [u8]>, shape: Vec<usize>, as_: 
         LoadAs::F32 => DType::F32,
         LoadAs::Native => native,
         LoadAs::Exactly(DType::U32) => return Err("cannot load a float tensor as u32".into()),
-        LoadAs::Exactly(d) if d.block_layout().is_some() && d != native => {
-            return Err(format!("cannot convert {} to {d} at load time: tandem loads {d} as the file stores it", ty.name))
-        }
+        // Another type than the file's is made by dequantizing to f32 and quantizing again
+        // (a second rounding on top of the file's), where tandem can quantize to it.
+        LoadAs::Exactly(d) if d != native => match crate::quant::encode_refusal(d, &shape) {
+            Some(why) => return Err(format!("cannot convert {} to {d} at load time: {why}", ty.name)),
+            None => d,
+        },
         LoadAs::Exactly(d) => d,
     };
     // Same type: copy or repack without touching the values.

@@ -164,8 +164,10 @@ pub(crate) fn convert(name: &str, info: &StInfo, raw: Cow<'_, [u8]>, as_: LoadAs
         LoadAs::F32 => DType::F32,
         LoadAs::Native => native,
         LoadAs::Exactly(DType::U32) => return Err(Error::InvalidParameter(format!("cannot load '{name}' as u32"))),
-        LoadAs::Exactly(d) if d.block_layout().is_some() => return Err(Error::InvalidParameter(format!("cannot quantize '{name}' to {d} at load time (tandem loads {d} only from GGUF files that store it)"))),
-        LoadAs::Exactly(d) => d,
+        LoadAs::Exactly(d) => match crate::quant::encode_refusal(d, &shape) {
+            Some(why) => return Err(Error::InvalidParameter(format!("cannot quantize '{name}' to {d} at load time: {why}"))),
+            None => d,
+        },
     };
     // Same type on both sides: copy the bytes (little-endian in the file and on the host).
     if (info.dtype, target) == (Dtype::F32, DType::F32) {

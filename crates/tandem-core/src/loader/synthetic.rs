@@ -73,7 +73,7 @@ impl SyntheticStore {
         if dtype == DType::U32 {
             return Err(Error::InvalidParameter("synthetic weights must be a float or quantized type, not u32".into()));
         }
-        if dtype.block_layout().is_some() {
+        if !crate::quant::can_encode(dtype) {
             return Err(Error::InvalidParameter(format!("synthetic weights in {dtype} are not implemented yet")));
         }
         let mut store =
@@ -88,7 +88,7 @@ impl SyntheticStore {
         let too_big = || Error::InvalidParameter(format!("synthetic tensor '{name}' {shape:?} is too large for this platform"));
         let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(too_big)?;
         let numel = usize::try_from(numel).ok().filter(|n| n.checked_mul(4).is_some()).ok_or_else(too_big)?;
-        let dtype = if kind == Kind::Matrix { self.dtype } else { DType::F32 };
+        let dtype = if kind == Kind::Matrix { self.matrix_dtype(&shape) } else { DType::F32 };
         let bytes = dtype.storage_bytes(numel);
         self.total_bytes += bytes as u64;
         self.kinds.insert(name.clone(), (self.infos.len(), kind));
@@ -100,6 +100,13 @@ impl SyntheticStore {
             bytes,
         });
         Ok(())
+    }
+
+    /// The type a matrix of `shape` is made in under [`LoadAs::Native`]: the store's type,
+    /// with K-quants falling back where rows are not whole blocks, as loading real weights
+    /// with that type asked does ([`crate::quant::matrix_dtype`]).
+    fn matrix_dtype(&self, shape: &[usize]) -> DType {
+        crate::quant::matrix_dtype(self.dtype, shape.last().copied().unwrap_or(1))
     }
 
     /// Bytes of every tensor in its native type: what the model's weights will occupy.
@@ -133,15 +140,18 @@ impl TensorStore for SyntheticStore {
         let info = &self.infos[i];
         let dtype = match as_ {
             LoadAs::F32 => DType::F32,
-            LoadAs::Native if kind == Kind::Matrix => self.dtype,
+            LoadAs::Native if kind == Kind::Matrix => self.matrix_dtype(&info.shape),
             LoadAs::Native => DType::F32,
             LoadAs::Exactly(DType::U32) => return Err(Error::InvalidParameter(format!("cannot load '{name}' as u32"))),
-            LoadAs::Exactly(d) if d.block_layout().is_some() => return Err(Error::InvalidParameter(format!("cannot quantize '{name}' to {d} at load time (tandem loads {d} only from GGUF files that store it)"))),
-            LoadAs::Exactly(d) => d,
+            LoadAs::Exactly(d) => match crate::quant::encode_refusal(d, &info.shape) {
+                Some(why) => return Err(Error::InvalidParameter(format!("cannot make '{name}' {d}: {why}"))),
+                None => d,
+            },
         };
         let numel: usize = info.shape.iter().product();
         let mut rng = Rng::new(tensor_seed(self.seed, name));
         let bytes = match kind {
+            Kind::Matrix if dtype.block_layout().is_some() => gguf_blocks(&mut rng, dtype, numel),
             Kind::Matrix if dtype.is_quantized() => quant_blocks(&mut rng, dtype, numel),
             Kind::Matrix => from_table(&mut rng, &self.table_bits(dtype), dtype, numel),
             _ => crate::quant::encode(&self.values(&mut rng, numel, kind), dtype),
@@ -257,6 +267,33 @@ fn quant_blocks(rng: &mut Rng, dtype: DType, numel: usize) -> Vec<u8> {
     out
 }
 
+/// A tensor of a GGUF block type, written without quantizing: random bytes (levels and
+/// sub-block scales), then each block's f16 super-scales set so that the block's values have
+/// a root mean square of STD (Q4_K's random mins shift blocks off zero: the RMS bounds them). Every field is linear in the super-scales together, so the
+/// block is decoded once with them at 1 and all of them are scaled by the same factor.
+fn gguf_blocks(rng: &mut Rng, dtype: DType, numel: usize) -> Vec<u8> {
+    let l = dtype.block_layout().expect("a GGUF block type");
+    let mut out = vec![0u8; dtype.storage_bytes(numel)];
+    fill_random(rng, &mut out);
+    let fields = crate::quant::blocks::f16_fields(dtype);
+    let one = f16::from_f32(1.0).to_le_bytes();
+    let mut tmp = [0f32; 256];
+    for blk in out.chunks_exact_mut(l.stride) {
+        // Padding is zero, as a loaded file's is.
+        blk[l.pad_at..l.pad_at + l.stride - l.ggml_bytes].fill(0);
+        for &f in fields {
+            blk[f..f + 2].copy_from_slice(&one);
+        }
+        crate::quant::BlockView::new(dtype, l.elems, blk).decode_block(0, &mut tmp);
+        let rms = (tmp[..l.elems].iter().map(|v| v * v).sum::<f32>() / l.elems as f32).sqrt();
+        let scale = f16::from_f32(if rms > 0.0 { STD / rms } else { 0.0 }).to_le_bytes();
+        for &f in fields {
+            blk[f..f + 2].copy_from_slice(&scale);
+        }
+    }
+    out
+}
+
 fn fill_random(rng: &mut Rng, out: &mut [u8]) {
     let mut chunks = out.chunks_exact_mut(8);
     for c in &mut chunks {
@@ -346,7 +383,7 @@ mod tests {
         let b = SyntheticStore::new(&c, DType::Q8_0, 7).unwrap();
         let other = SyntheticStore::new(&c, DType::Q8_0, 8).unwrap();
         let name = "model.layers.1.mlp.gate_proj.weight";
-        for as_ in [LoadAs::Native, LoadAs::F32, LoadAs::Exactly(DType::F16), LoadAs::Exactly(DType::BF16), LoadAs::Exactly(DType::Q4_0), LoadAs::Exactly(DType::Q4_1)] {
+        for as_ in [LoadAs::Native, LoadAs::F32, LoadAs::Exactly(DType::F16), LoadAs::Exactly(DType::BF16), LoadAs::Exactly(DType::Q4_0), LoadAs::Exactly(DType::Q4_1), LoadAs::Exactly(DType::Q5_0)] {
             let t = a.load(name, as_).unwrap();
             let want = match as_ {
                 LoadAs::Native => DType::Q8_0,
@@ -374,6 +411,15 @@ mod tests {
         assert!(norm.iter().all(|x| (x - 1.0).abs() < 0.2), "{norm:?}");
         assert!(matches!(a.load("nope", LoadAs::F32), Err(Error::MissingTensor(_))));
         assert!(a.load(name, LoadAs::Exactly(DType::U32)).is_err());
+        // Rows of 64 are not K-quant blocks: asked for, refused; as the store's type, the
+        // fallback (Q5_0 for Q4_K, Q8_0 for Q6_K), as loading real weights would give.
+        let e = a.load(name, LoadAs::Exactly(DType::Q4_K)).unwrap_err().to_string();
+        assert!(e.contains("not whole q4_k blocks"), "{e}");
+        assert!(a.load(name, LoadAs::Exactly(DType::Q5_K)).is_err());
+        for (want, got) in [(DType::Q4_K, DType::Q5_0), (DType::Q6_K, DType::Q8_0)] {
+            let k = SyntheticStore::new(&c, want, 7).unwrap();
+            assert_eq!(k.load(name, LoadAs::Native).unwrap().dtype, got);
+        }
     }
 
     #[test]

@@ -33,14 +33,25 @@ pub struct ModelBuilder<B: Backend> {
     bytes: usize,
 }
 
+/// How a weight matrix of `shape` loads when the options ask for `want`: the file's type, or
+/// `want` resolved for the row length (K-quants fall back where rows are not whole blocks,
+/// see [`crate::quant::matrix_dtype`]).
+fn matrix_as(want: Option<DType>, shape: &[usize]) -> LoadAs {
+    want.map_or(LoadAs::Native, |d| LoadAs::Exactly(crate::quant::matrix_dtype(d, shape[shape.len() - 1])))
+}
+
 /// Per layer, the weights in upload order: (HF name suffix, shape, how to load).
-fn layer_tensors(c: &ModelConfig, matrix_as: LoadAs) -> Vec<(&'static str, Vec<usize>, LoadAs)> {
+fn layer_tensors(c: &ModelConfig, want: Option<DType>) -> Vec<(&'static str, Vec<usize>, LoadAs)> {
+    let m = |suffix, shape: Vec<usize>| {
+        let as_ = matrix_as(want, &shape);
+        (suffix, shape, as_)
+    };
     let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
     let mut v = vec![
         ("input_layernorm.weight", vec![c.dim], LoadAs::F32),
-        ("self_attn.q_proj.weight", vec![q_dim, c.dim], matrix_as),
-        ("self_attn.k_proj.weight", vec![kv_dim, c.dim], matrix_as),
-        ("self_attn.v_proj.weight", vec![kv_dim, c.dim], matrix_as),
+        m("self_attn.q_proj.weight", vec![q_dim, c.dim]),
+        m("self_attn.k_proj.weight", vec![kv_dim, c.dim]),
+        m("self_attn.v_proj.weight", vec![kv_dim, c.dim]),
     ];
     if c.qkv_bias {
         v.push(("self_attn.q_proj.bias", vec![q_dim], LoadAs::F32));
@@ -48,11 +59,11 @@ fn layer_tensors(c: &ModelConfig, matrix_as: LoadAs) -> Vec<(&'static str, Vec<u
         v.push(("self_attn.v_proj.bias", vec![kv_dim], LoadAs::F32));
     }
     v.extend([
-        ("self_attn.o_proj.weight", vec![c.dim, q_dim], matrix_as),
+        m("self_attn.o_proj.weight", vec![c.dim, q_dim]),
         ("post_attention_layernorm.weight", vec![c.dim], LoadAs::F32),
-        ("mlp.gate_proj.weight", vec![c.ffn_dim, c.dim], matrix_as),
-        ("mlp.up_proj.weight", vec![c.ffn_dim, c.dim], matrix_as),
-        ("mlp.down_proj.weight", vec![c.dim, c.ffn_dim], matrix_as),
+        m("mlp.gate_proj.weight", vec![c.ffn_dim, c.dim]),
+        m("mlp.up_proj.weight", vec![c.ffn_dim, c.dim]),
+        m("mlp.down_proj.weight", vec![c.dim, c.ffn_dim]),
     ]);
     v
 }
@@ -65,16 +76,17 @@ impl<B: Backend> ModelBuilder<B> {
         }
         let c = &config;
         // Matrices as the options say; vectors (norms, biases) always f32.
-        let matrix_as = opts.weight_dtype.map_or(LoadAs::Native, LoadAs::Exactly);
-        let mut slots = vec![Slot { name: "model.embed_tokens.weight".into(), shape: vec![c.vocab_size, c.dim], as_: matrix_as, weight: None }];
+        let want = opts.weight_dtype;
+        let embed = vec![c.vocab_size, c.dim];
+        let mut slots = vec![Slot { name: "model.embed_tokens.weight".into(), as_: matrix_as(want, &embed), shape: embed.clone(), weight: None }];
         for l in 0..c.n_layers {
-            for (suffix, shape, as_) in layer_tensors(c, matrix_as) {
+            for (suffix, shape, as_) in layer_tensors(c, want) {
                 slots.push(Slot { name: format!("model.layers.{l}.{suffix}"), shape, as_, weight: None });
             }
         }
         slots.push(Slot { name: "model.norm.weight".into(), shape: vec![c.dim], as_: LoadAs::F32, weight: None });
         if !c.tie_embeddings {
-            slots.push(Slot { name: "lm_head.weight".into(), shape: vec![c.vocab_size, c.dim], as_: matrix_as, weight: None });
+            slots.push(Slot { name: "lm_head.weight".into(), as_: matrix_as(want, &embed), shape: embed, weight: None });
         }
         let index = slots.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
         Ok(ModelBuilder { backend, config, opts: opts.clone(), slots, index, done: 0, bytes: 0 })

@@ -24,7 +24,9 @@ use crate::{Error, Result};
 /// How to load and run a model.
 #[derive(Debug, Clone)]
 pub struct ModelOptions {
-    /// Convert every weight matrix to this type at load; `None` keeps the file's types.
+    /// Convert every weight matrix to this type at load; `None` keeps the file's types. Q4_K
+    /// and Q6_K apply to matrices whose rows are whole blocks of 256; the others get Q5_0 and
+    /// Q8_0 ([`crate::quant::matrix_dtype`]).
     pub weight_dtype: Option<DType>,
     pub kv_dtype: DType,
     /// Tokens of context the KV pool holds (capped at the model's trained context).

@@ -3,6 +3,7 @@
 
 pub mod blocks;
 mod iq4;
+mod kquantize;
 mod kquants;
 mod q5;
 
@@ -15,16 +16,18 @@ use half::{bf16, f16};
 /// Encodes `src` as a buffer of `dtype` in tandem's layout (`dtype.storage_bytes(src.len())`
 /// bytes). F16 and BF16 round to nearest, ties to even (NaN stays NaN). Quantization is
 /// round-to-nearest: Q8_0 and Q4_0 scale by the block's absolute
-/// maximum, Q4_1 maps the block's [min, max] onto 0..=15.
+/// maximum, Q4_1 maps the block's [min, max] onto 0..=15. Q4_K, Q6_K and Q5_0 fit their
+/// scales by a small least-squares search (see `kquantize.rs`); a last partial block is
+/// padded with zeros.
 ///
-/// Panics for U32 and for the GGUF block types, which tandem loads but does not quantize to
-/// (loaders refuse `LoadAs::Exactly` of those with an error before calling this).
+/// Panics for U32 and for the GGUF block types other than those three, which tandem loads
+/// but does not quantize to ([`can_encode`]; loaders refuse them with an error first).
 pub fn encode(src: &[f32], dtype: DType) -> Vec<u8> {
     let mut out = vec![0u8; dtype.storage_bytes(src.len())];
     match dtype {
         DType::F32 => out.copy_from_slice(bytemuck::cast_slice(src)),
         DType::U32 => panic!("encode: u32 is not a float type"),
-        q if q.block_layout().is_some() => panic!("encode: quantizing to {q} is not implemented"),
+        q if q.block_layout().is_some() => kquantize::quantize_blocks(src, q, &mut out),
         DType::F16 => {
             for (o, &x) in out.chunks_exact_mut(2).zip(src) {
                 o.copy_from_slice(&f16::from_f32(x).to_le_bytes());
@@ -38,6 +41,40 @@ pub fn encode(src: &[f32], dtype: DType) -> Vec<u8> {
         q => quantize_into(src, q, &mut out),
     }
     out
+}
+
+/// Whether [`encode`] can make `dtype`: every float and quantized type but the GGUF block
+/// types tandem only loads (all except Q4_K, Q6_K and Q5_0).
+pub fn can_encode(dtype: DType) -> bool {
+    match dtype {
+        DType::U32 => false,
+        DType::Q4_K | DType::Q6_K | DType::Q5_0 => true,
+        d => d.block_layout().is_none(),
+    }
+}
+
+/// The type a weight matrix with rows of `cols` elements loads as when `want` is asked for.
+/// A K-quant block is 256 elements and a GGUF row is whole blocks, so matrices whose rows are
+/// not fall back to a type of comparable or more bits, as K-quant presets do: Q4_K to Q5_0
+/// (6 bits a weight in tandem's padded blocks against Q4_K's 4.5), Q6_K to Q8_0 (8.5 against
+/// 6.6). Every other type is returned as is.
+pub fn matrix_dtype(want: DType, cols: usize) -> DType {
+    match want {
+        DType::Q4_K if cols % 256 != 0 => DType::Q5_0,
+        DType::Q6_K if cols % 256 != 0 => DType::Q8_0,
+        d => d,
+    }
+}
+
+/// Why a tensor of `shape` (row-major, rows last) cannot be made `dtype` by [`encode`] at load
+/// time, if it cannot: a type tandem does not quantize to, or K-quant rows of partial blocks.
+pub fn encode_refusal(dtype: DType, shape: &[usize]) -> Option<String> {
+    if !can_encode(dtype) {
+        return Some(format!("tandem does not quantize to {dtype} (it loads {dtype} only from GGUF files that store it; q4_k, q6_k and q5_0 can be made at load time)"));
+    }
+    let cols = shape.last().copied().unwrap_or(1);
+    let elems = dtype.block_layout().map_or(1, |l| l.elems);
+    (elems == 256 && cols % 256 != 0).then(|| format!("rows of {cols} elements are not whole {dtype} blocks of 256"))
 }
 
 fn quantize_into(src: &[f32], dtype: DType, out: &mut [u8]) {
