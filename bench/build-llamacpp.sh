@@ -13,6 +13,12 @@
 #
 #     bench/build-llamacpp.sh            # prints the bin dir on its last line
 #     LLAMACPP_PY_VERSION=0.3.35 bench/build-llamacpp.sh
+#     bench/build-llamacpp.sh --tools llama-quantize,llama-perplexity   # only these (CI)
+#
+# --tools (or LLAMACPP_TOOLS, comma or space separated) builds only the tools named, which
+# saves CI the server's and the bench's own compile; the default is all five, for the
+# benchmark scripts. Each tool has its own stamp, so a later call that asks for more tools
+# builds only what is missing (the shared libraries are already built by then).
 #
 # Release, native CPU (GGML_NATIVE=ON), static, no GPU backends, no curl/OpenSSL, no web UI
 # (the server's UI would be downloaded at build time). About 10-15 min with -j2.
@@ -23,19 +29,41 @@ set -euo pipefail
 VERSION="${LLAMACPP_PY_VERSION:-0.3.36}"
 CACHE="${TANDEM_CACHE_DIR:-$HOME/.cache/tandem}/llamacpp/$VERSION"
 JOBS="${JOBS:-2}"
-TARGETS=(llama-bench llama-server llama-quantize llama-cli llama-perplexity)
+ALL_TOOLS=(llama-bench llama-server llama-quantize llama-cli llama-perplexity)
+TOOLS="${LLAMACPP_TOOLS:-}"
+while (($#)); do
+    case "$1" in
+        --tools) TOOLS="${2:?--tools needs a list}"; shift 2 ;;
+        --tools=*) TOOLS="${1#--tools=}"; shift ;;
+        *) echo "build-llamacpp: unknown argument $1 (usage: $0 [--tools a,b])" >&2; exit 2 ;;
+    esac
+done
+if [[ -n "$TOOLS" ]]; then
+    read -r -a TARGETS <<<"${TOOLS//,/ }"
+    for t in "${TARGETS[@]}"; do
+        [[ " ${ALL_TOOLS[*]} " == *" $t "* ]] || { echo "build-llamacpp: unknown tool $t (one of: ${ALL_TOOLS[*]})" >&2; exit 2; }
+    done
+else
+    TARGETS=("${ALL_TOOLS[@]}")
+fi
 BIN="$CACHE/build/bin"
-STAMP="$CACHE/build/.tandem-built"
+# A tool counts as built when its binary exists and its stamp says this script finished
+# building it (a binary alone may be left from an interrupted or differently configured
+# build). The stamp of the older, all-tools-at-once script vouches for all five.
+LEGACY_STAMP="$CACHE/build/.tandem-built"
+stamp() { echo "$CACHE/build/.tandem-built-$1"; }
 
 log() { echo "build-llamacpp: $*" >&2; }
 
 built() {
-    [[ -f "$STAMP" ]] || return 1
-    for t in "${TARGETS[@]}"; do [[ -x "$BIN/$t" ]] || return 1; done
+    for t in "${TARGETS[@]}"; do
+        [[ -x "$BIN/$t" ]] || return 1
+        [[ -f "$(stamp "$t")" || -f "$LEGACY_STAMP" ]] || return 1
+    done
 }
 
 if built; then
-    log "llama.cpp from llama-cpp-python $VERSION already built"
+    log "llama.cpp from llama-cpp-python $VERSION already built (${TARGETS[*]})"
     echo "$BIN"
     exit 0
 fi
@@ -92,6 +120,6 @@ cmake --build "$CACHE/build" --config Release -j "$JOBS" --target "${TARGETS[@]}
 built_ok=1
 for t in "${TARGETS[@]}"; do [[ -x "$BIN/$t" ]] || { log "missing $BIN/$t"; built_ok=0; }; done
 ((built_ok)) || exit 1
-touch "$STAMP"
-log "built: $("$BIN/llama-bench" --version 2>&1 | head -1 || true)"
+for t in "${TARGETS[@]}"; do touch "$(stamp "$t")"; done
+log "built ${TARGETS[*]}: $("$BIN/${TARGETS[0]}" --version 2>&1 | grep -m1 -i version || true)"
 echo "$BIN"

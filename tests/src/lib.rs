@@ -10,6 +10,8 @@ pub mod cases;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod e2e;
 pub mod harness;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod kquant;
 pub mod rng;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod speculate;

@@ -1,27 +1,30 @@
 //! End to end on llama.cpp's K-quant files (issue #12): SmolLM2-135M-Instruct quantized by
 //! llama.cpp's own quantizer to Q4_K_M (which mixes Q4_K, Q5_0, Q6_K and Q8_0, since its
-//! 576-wide rows are not whole 256-element blocks), to Q5_K_M (Q5_K, Q5_1, Q6_K, Q8_0) and
-//! to Q6_K. For each file, tandem's greedy chat answers on the CPU must equal tandem's answers
-//! on the same weights dequantized to F32 by llama.cpp's Python dequantizer
-//! (`gguf.quants.dequantize`, written out by tests/fixtures/kquants/dequant_gguf.py): this
-//! checks the block decoders and kernels against llama.cpp's definition of the format on a
-//! real model. Every file also runs on WebGPU (its
-//! WGSL block kernels), which must give the CPU's tokens.
+//! 576-wide rows are not whole 256-element blocks), Q5_K_M (Q5_K, Q5_1, Q6_K, Q8_0), Q6_K,
+//! Q3_K_M and Q2_K (Q4_0 for the 576-wide rows, Q3_K / Q2_K for ffn_down: see
+//! `tandem_tests::kquant::FTYPES`). For each file, tandem's
+//! greedy chat answers on the CPU must equal tandem's answers on the same weights dequantized
+//! to F32 by llama.cpp's Python dequantizer (`gguf.quants.dequantize`, written out by
+//! tests/fixtures/kquants/dequant_gguf.py): this checks the block decoders and kernels against
+//! llama.cpp's definition of the format on a real model. Every file also runs on WebGPU (its
+//! WGSL block kernels), which must give the CPU's tokens; a file holding a block type WebGPU
+//! does not run yet prints a SKIP line naming its types, and runs as soon as WebGPU loads it.
 //!
-//! Needs llama.cpp's `llama-quantize` (`bench/build-llamacpp.sh` builds it into the cache;
-//! or `$TANDEM_LLAMA_QUANTIZE`) and a Python with `gguf` and `numpy` (`$TANDEM_GGUF_PYTHON`,
-//! else `python3`); prints SKIP with the reason when either is missing.
+//! Needs llama.cpp's `llama-quantize` and a Python with `gguf` and `numpy` (see
+//! `tandem_tests::kquant`); prints SKIP with the reason when either is missing, except in CI
+//! (`TANDEM_REQUIRE_LLAMACPP`), where that fails. Quantized files are cached between runs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tandem_core::loader;
-use tandem_core::model::ModelOptions;
+use tandem_core::generate::{generate, GenerateParams};
+use tandem_core::model::{Model, ModelOptions};
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
-use tandem_core::Backend;
+use tandem_core::{loader, Backend, Error};
 use tandem_cpu::CpuBackend;
+use tandem_tests::e2e::Skip;
+use tandem_tests::kquant::{self, FTYPES};
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
-use tandem_tests::e2e::{self, Skip};
 
 const PROMPTS: [&str; 3] = [
     "What is the capital of France?",
@@ -29,33 +32,6 @@ const PROMPTS: [&str; 3] = [
     "List three primary colors.",
 ];
 const TOKENS: usize = 24;
-
-fn quantizer() -> Result<PathBuf, Skip> {
-    let path = match std::env::var_os("TANDEM_LLAMA_QUANTIZE") {
-        Some(p) => PathBuf::from(p),
-        None => tandem_core::default_model::cache_dir()
-            .map_err(|e| Skip(format!("no cache directory: {e}")))?
-            .join("llamacpp/0.3.36/build/bin/llama-quantize"),
-    };
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(Skip(format!("llama-quantize not found at {} (run bench/build-llamacpp.sh or set TANDEM_LLAMA_QUANTIZE)", path.display())))
-    }
-}
-
-fn python() -> Result<String, Skip> {
-    let py = std::env::var("TANDEM_GGUF_PYTHON").unwrap_or_else(|_| "python3".into());
-    match Command::new(&py).args(["-c", "import gguf, numpy"]).output() {
-        Ok(o) if o.status.success() => Ok(py),
-        _ => Err(Skip(format!("'{py}' cannot import gguf and numpy (pip install gguf==0.19.0 numpy; or set TANDEM_GGUF_PYTHON)"))),
-    }
-}
-
-fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-}
 
 /// Removes the files when dropped.
 struct TempDir(PathBuf);
@@ -66,65 +42,79 @@ impl Drop for TempDir {
     }
 }
 
+type Answers = (Vec<Vec<u32>>, Vec<String>);
+
 /// Greedy chat answers (TOKENS tokens each, EOS ignored) to every prompt, on the CPU.
-fn answers(path: &Path) -> (Vec<Vec<u32>>, Vec<String>) {
-    answers_on(CpuBackend::fast(2).expect("cpu"), path)
+fn answers(path: &Path) -> Answers {
+    answers_on(CpuBackend::fast(2).expect("cpu"), path).unwrap_or_else(|e| panic!("{} on the CPU: {e}", path.display()))
 }
 
-fn answers_on<B: Backend>(backend: B, path: &Path) -> (Vec<Vec<u32>>, Vec<String>) {
-    let source = loader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let types: std::collections::BTreeSet<String> = source.tensors.infos().iter().map(|i| i.file_dtype.clone()).collect();
-    eprintln!("{}: tensor types {types:?}", path.display());
-    let tokenizer = Tokenizer::load(&source.tokenizer).expect("tokenizer");
-    let mut model = e2e::load(backend, &source, &ModelOptions { context: 256, ..Default::default() });
+/// The same on any backend; an error (a block type the backend does not run) comes back.
+fn answers_on<B: Backend>(backend: B, path: &Path) -> Result<Answers, Error> {
+    let source = loader::open(path)?;
+    let tokenizer = Tokenizer::load(&source.tokenizer)?;
+    let mut model = Model::load(backend, &source, &ModelOptions { context: 256, ..Default::default() }, &mut |_, _| {})?;
     let mut ids = vec![];
     let mut texts = vec![];
     for p in PROMPTS {
         let messages = [ChatMessage { role: "user".into(), content: p.into() }];
-        let prompt = tokenizer.encode(&tokenizer.apply_chat_template(&messages, true).expect("template")).expect("encode");
-        let got = e2e::greedy(&mut model, &tokenizer, &prompt, TOKENS);
+        let prompt = tokenizer.encode(&tokenizer.apply_chat_template(&messages, true)?)?;
+        // As e2e::greedy, with the error returned: a backend may refuse an op at its first step.
+        let params = GenerateParams { max_tokens: TOKENS, ignore_eos: true, ..Default::default() };
+        let got = pollster::block_on(generate(&mut model, &tokenizer, &prompt, &params, &mut |_| {}))?.tokens;
         texts.push(tokenizer.decode(&got, false).unwrap_or_default());
         ids.push(got);
     }
-    (ids, texts)
+    Ok((ids, texts))
 }
 
 fn kquant_files_match_their_f32_dequantization() -> Result<(), Skip> {
-    let quantize = quantizer()?;
-    let py = python()?;
-    let src = e2e::smollm_gguf()?;
+    let py = kquant::python()?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let dir = TempDir(std::env::temp_dir().join(format!("tandem-kquant-e2e-{}-{nanos}", std::process::id())));
     std::fs::create_dir_all(&dir.0).expect("temp dir");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kquants/dequant_gguf.py");
-    for ftype in ["Q4_K_M", "Q5_K_M", "Q6_K"] {
-        let q = dir.0.join(format!("smollm2-{ftype}.gguf"));
+    let mut summary = vec![];
+    for ftype in FTYPES {
+        let started = std::time::Instant::now();
+        let q = kquant::quantized_with_own_blocks(ftype)?;
+        let types = kquant::tensor_types(&q);
+        eprintln!("{ftype}: {} holds {types:?}", q.display());
+        // The F32 copy is 4 bytes a weight (~540 MB): made for the comparison, then removed.
         let f = dir.0.join(format!("smollm2-{ftype}.f32.gguf"));
-        // The default model is Q4_1: requantizing it is lossy, but both files hold the very
-        // same values afterwards, which is all this test compares.
-        run(Command::new(&quantize).arg("--allow-requantize").arg(&src).arg(&q).arg(ftype).arg("2"), "llama-quantize");
-        run(Command::new(&py).arg(&script).arg(&q).arg(&f), "dequant_gguf.py");
+        kquant::run(Command::new(&py).arg(&script).arg(&q).arg(&f), "dequant_gguf.py");
         let (qi, qt) = answers(&q);
         let (fi, ft) = answers(&f);
+        let _ = std::fs::remove_file(&f);
         for (i, p) in PROMPTS.iter().enumerate() {
             eprintln!("{ftype} [{p}]: {:?}", qt[i]);
             assert_eq!(qi[i], fi[i], "{ftype}: prompt {p:?}: tokens differ from the F32 dequantization\n  {ftype}: {:?}\n  f32: {:?}", qt[i], ft[i]);
         }
-        // WebGPU reads every type these files hold (Q4_K, Q5_K, Q5_0, Q5_1, Q6_K, Q8_0): the
-        // same tokens as the CPU's there too.
-        {
-            match pollster::block_on(WgpuBackend::new(WgpuOptions::default())) {
-                Ok(b) => {
-                    let (wi, wt) = answers_on(b, &q);
+        let ran;
+        match pollster::block_on(WgpuBackend::new(WgpuOptions::default())) {
+            Ok(b) => match answers_on(b, &q) {
+                Ok((wi, wt)) => {
                     for (i, p) in PROMPTS.iter().enumerate() {
                         assert_eq!(wi[i], qi[i], "{ftype} on wgpu: prompt {p:?}: tokens differ from the CPU's\n  wgpu: {:?}\n  cpu: {:?}", wt[i], qt[i]);
                     }
+                    ran = "cpu, wgpu";
                 }
-                Err(e) => eprintln!("SKIP kquant e2e on wgpu: {e}"),
+                // Not every GGUF block type has a WebGPU kernel yet (issue #12): said, not
+                // hidden, and the file runs here by itself once WebGPU loads it.
+                Err(e @ Error::Unsupported { .. }) => {
+                    eprintln!("SKIP kquant e2e {ftype} on wgpu: its types {types:?} include one WebGPU does not run yet: {e}");
+                    ran = "cpu (wgpu: SKIP, unsupported type)";
+                }
+                Err(e) => panic!("{ftype} on wgpu: {e}"),
+            },
+            Err(e) => {
+                eprintln!("SKIP kquant e2e {ftype} on wgpu: {e}");
+                ran = "cpu (wgpu: SKIP, no adapter)";
             }
         }
-        let _ = std::fs::remove_file(&f);
+        summary.push(format!("{ftype}: same tokens as F32 on {ran} ({:.0}s)", started.elapsed().as_secs_f64()));
     }
+    eprintln!("kquant e2e:\n  {}", summary.join("\n  "));
     Ok(())
 }
 

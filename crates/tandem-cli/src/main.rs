@@ -4,6 +4,7 @@ mod backend;
 mod bench;
 mod bench_batch;
 mod inspect;
+mod perplexity;
 mod run;
 mod serve;
 mod speculate;
@@ -28,6 +29,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Serve models over HTTP with OpenAI's API (chat and text completions, streaming).
     Serve(serve::ServeArgs),
+    /// Perplexity of a model over a text file, as llama.cpp's llama-perplexity measures it.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(args).map_err(Into::into),
         Command::Inspect(args) => inspect::inspect(args).map_err(Into::into),
         Command::Serve(args) => serve::serve(args),
+        Command::Perplexity(args) => perplexity::perplexity(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

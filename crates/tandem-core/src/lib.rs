@@ -11,6 +11,7 @@ pub mod kv;
 pub mod model;
 pub mod loader;
 pub mod ops;
+pub mod perplexity;
 pub mod quant;
 pub mod sampling;
 pub mod scheduler;
