@@ -91,19 +91,27 @@ pub(super) unsafe fn rows(w: BlockView, ps: &[&BPrep], k: usize, r0: usize, out:
             }
         };
     }
-    match w.dtype {
-        DType::Q5_0 => run!(Q5_0),
-        DType::Q5_1 => run!(Q5_1),
-        DType::Q2_K => run!(Q2K),
-        DType::Q3_K => run!(Q3K),
-        DType::Q4_K => run!(Q4K),
-        DType::Q5_K => run!(Q5K),
-        DType::Q6_K => run!(Q6K),
-        DType::IQ4_NL => run!(IQ4NL),
-        DType::IQ4_XS => run!(IQ4XS),
-        d => unreachable!("{d} has no AVX2 block kernel"),
-    }
+    by_type!(w.dtype, run)
 }
+
+/// Expands `$run!(U)` with the [`Unpack`] of `$dtype`.
+macro_rules! by_type {
+    ($dtype:expr, $run:ident) => {
+        match $dtype {
+            DType::Q5_0 => $run!(Q5_0),
+            DType::Q5_1 => $run!(Q5_1),
+            DType::Q2_K => $run!(Q2K),
+            DType::Q3_K => $run!(Q3K),
+            DType::Q4_K => $run!(Q4K),
+            DType::Q5_K => $run!(Q5K),
+            DType::Q6_K => $run!(Q6K),
+            DType::IQ4_NL => $run!(IQ4NL),
+            DType::IQ4_XS => $run!(IQ4XS),
+            d => unreachable!("{d} has no AVX2 block kernel"),
+        }
+    };
+}
+use by_type;
 
 /// dst = whole blocks b0.. of w (dst.len() / elems of them), bit for bit the reference's
 /// values: dl * q, then minus ml, each rounded (no FMA). For the prompt kernel's panels.
@@ -120,18 +128,7 @@ pub(super) unsafe fn dequant(w: BlockView, b0: usize, dst: &mut [f32]) {
             unsafe { dequant_as::<$u>(w, b0, dst) }
         };
     }
-    match w.dtype {
-        DType::Q5_0 => run!(Q5_0),
-        DType::Q5_1 => run!(Q5_1),
-        DType::Q2_K => run!(Q2K),
-        DType::Q3_K => run!(Q3K),
-        DType::Q4_K => run!(Q4K),
-        DType::Q5_K => run!(Q5K),
-        DType::Q6_K => run!(Q6K),
-        DType::IQ4_NL => run!(IQ4NL),
-        DType::IQ4_XS => run!(IQ4XS),
-        d => unreachable!("{d} has no AVX2 block kernel"),
-    }
+    by_type!(w.dtype, run)
 }
 
 /// # Safety
