@@ -170,6 +170,20 @@ trait Unpack {
     /// # Safety
     /// `blk` points at a whole block; AVX2, FMA and F16C are enabled in every caller.
     unsafe fn unpack(blk: *const u8, q: &mut [__m256i], dl: &mut [f32], ml: &mut [f32]);
+    /// Two consecutive blocks (32-element types override it to unpack both in 256-bit
+    /// operations: one 16-byte block leaves half of every vector instruction idle).
+    ///
+    /// # Safety
+    /// As [`Unpack::unpack`], for blocks at `blk` and `blk + stride`.
+    #[inline(always)]
+    unsafe fn unpack2(blk: *const u8, stride: usize, q: &mut [__m256i], dl: &mut [f32], ml: &mut [f32]) {
+        let c = Self::ELEMS / 16;
+        // SAFETY: the caller's contract.
+        unsafe {
+            Self::unpack(blk, q, dl, ml);
+            Self::unpack(blk.add(stride), &mut q[c..], &mut dl[c..], &mut ml[c..]);
+        }
+    }
 }
 
 /// T tokens' products over rows r0..r0 + rows: out[t * rows + ri].
@@ -195,7 +209,13 @@ unsafe fn group_rows<U: Unpack, const T: usize>(w: BlockView, ps: &[&BPrep], nb:
             while b < nb {
                 let g = per.min(nb - b);
                 let nc = g * U::ELEMS / 16;
-                for i in 0..g {
+                let mut i = 0;
+                while i + 2 <= g {
+                    let c = i * U::ELEMS / 16;
+                    U::unpack2(base.add((b0 + b + i) * stride), stride, &mut q[c..], &mut dl[c..], &mut ml[c..]);
+                    i += 2;
+                }
+                if i < g {
                     let c = i * U::ELEMS / 16;
                     U::unpack(base.add((b0 + b + i) * stride), &mut q[c..], &mut dl[c..], &mut ml[c..]);
                 }
@@ -353,6 +373,65 @@ unsafe fn levels5(qs: *const u8, qh: u32) -> __m256i {
     }
 }
 
+/// Two 32-element blocks' 16 bytes of nibbles at `qs0` and `qs1`, as (low nibbles, high
+/// nibbles), each [block 0's 16 | block 1's 16]: elements 0..16 and 16..32 of each block.
+#[inline(always)]
+unsafe fn nibbles2(qs0: *const u8, qs1: *const u8) -> (__m256i, __m256i) {
+    // SAFETY: 16 bytes at each; AVX2 is enabled in every caller.
+    unsafe {
+        let v = _mm256_loadu2_m128i(qs1 as *const __m128i, qs0 as *const __m128i);
+        (_mm256_and_si256(v, _mm256_set1_epi8(0x0f)), bits(v, 4, 0x0f))
+    }
+}
+
+/// Two blocks' fifth bits (Q5_0, Q5_1): all ones in byte j of lane L where bit j (`upper`:
+/// bit 16 + j) of qh_L is set; lanes as [`nibbles2`].
+#[inline(always)]
+unsafe fn fifth2(qh: __m256i, upper: bool) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller.
+    unsafe {
+        let idx = if upper {
+            _mm256_setr_epi8(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3)
+        } else {
+            _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+        };
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(qh, idx), bit), bit)
+    }
+}
+
+/// The u32 at byte 4 of two blocks, in the low dword of each 128-bit lane.
+#[inline(always)]
+unsafe fn qh2(blk: *const u8, stride: usize) -> __m256i {
+    // SAFETY: both blocks hold 8 bytes; AVX2 is enabled in every caller.
+    unsafe {
+        let (a, b) = (blk.add(4).cast::<i32>().read_unaligned(), blk.add(stride + 4).cast::<i32>().read_unaligned());
+        _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_cvtsi32_si128(a)), _mm_cvtsi32_si128(b), 1)
+    }
+}
+
+/// Chunks 0..4 of two 32-element blocks from their levels laid out as [`nibbles2`]'s, i8
+/// (`signed`) or u8.
+#[inline(always)]
+unsafe fn widen2(lo: __m256i, hi: __m256i, signed: bool, q: &mut [__m256i]) {
+    // SAFETY: AVX2 is enabled in every caller.
+    unsafe {
+        (q[0], q[2]) = widen(lo, signed);
+        (q[1], q[3]) = widen(hi, signed);
+    }
+}
+
+/// The f16 at byte `off` of two blocks, each twice: [a, a, b, b].
+#[inline(always)]
+unsafe fn halves2(blk: *const u8, stride: usize, off: usize) -> __m128 {
+    // SAFETY: inside both blocks; F16C is enabled in every caller.
+    unsafe {
+        let (a, b) = (blk.add(off).cast::<u16>().read_unaligned() as i32, blk.add(stride + off).cast::<u16>().read_unaligned() as i32);
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(a | (b << 16)));
+        _mm_unpacklo_ps(v, v)
+    }
+}
+
 struct Q5_0;
 impl Unpack for Q5_0 {
     const ELEMS: usize = 32;
@@ -367,6 +446,20 @@ impl Unpack for Q5_0 {
             (q[0], q[1]) = widen(l, true);
             let d = f16_at(blk, 0);
             dl[..2].fill(d);
+        }
+    }
+    #[inline(always)]
+    unsafe fn unpack2(blk: *const u8, stride: usize, q: &mut [__m256i], dl: &mut [f32], _ml: &mut [f32]) {
+        // SAFETY: two whole 24-byte blocks.
+        unsafe {
+            let (lo, hi) = nibbles2(blk.add(8), blk.add(stride + 8));
+            let qh = qh2(blk, stride);
+            // level - 16 = nibble - 16 unless the fifth bit is set.
+            let sixteen = _mm256_set1_epi8(16);
+            let lo = _mm256_sub_epi8(lo, _mm256_andnot_si256(fifth2(qh, false), sixteen));
+            let hi = _mm256_sub_epi8(hi, _mm256_andnot_si256(fifth2(qh, true), sixteen));
+            widen2(lo, hi, true, q);
+            _mm_storeu_ps(dl.as_mut_ptr(), halves2(blk, stride, 0));
         }
     }
 }
@@ -384,6 +477,21 @@ impl Unpack for Q5_1 {
             (q[0], q[1]) = widen(levels5(blk.add(8), qh), false);
             dl[..2].fill(f16_at(blk, 0));
             ml[..2].fill(-f16_at(blk, 2));
+        }
+    }
+    #[inline(always)]
+    unsafe fn unpack2(blk: *const u8, stride: usize, q: &mut [__m256i], dl: &mut [f32], ml: &mut [f32]) {
+        // SAFETY: two whole 24-byte blocks.
+        unsafe {
+            let (lo, hi) = nibbles2(blk.add(8), blk.add(stride + 8));
+            let qh = qh2(blk, stride);
+            let sixteen = _mm256_set1_epi8(16);
+            let lo = _mm256_or_si256(lo, _mm256_and_si256(fifth2(qh, false), sixteen));
+            let hi = _mm256_or_si256(hi, _mm256_and_si256(fifth2(qh, true), sixteen));
+            widen2(lo, hi, false, q);
+            _mm_storeu_ps(dl.as_mut_ptr(), halves2(blk, stride, 0));
+            // -m: flip the sign bits.
+            _mm_storeu_ps(ml.as_mut_ptr(), _mm_xor_ps(halves2(blk, stride, 2), _mm_set1_ps(-0.0)));
         }
     }
 }
@@ -409,6 +517,16 @@ impl Unpack for IQ4NL {
             let idx = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
             (q[0], q[1]) = widen(_mm256_shuffle_epi8(iq4_table(), idx), true);
             dl[..2].fill(f16_at(blk, 0));
+        }
+    }
+    #[inline(always)]
+    unsafe fn unpack2(blk: *const u8, stride: usize, q: &mut [__m256i], dl: &mut [f32], _ml: &mut [f32]) {
+        // SAFETY: two whole 20-byte blocks.
+        unsafe {
+            let (lo, hi) = nibbles2(blk.add(4), blk.add(stride + 4));
+            let table = iq4_table();
+            widen2(_mm256_shuffle_epi8(table, lo), _mm256_shuffle_epi8(table, hi), true, q);
+            _mm_storeu_ps(dl.as_mut_ptr(), halves2(blk, stride, 0));
         }
     }
 }
