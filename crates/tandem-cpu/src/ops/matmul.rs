@@ -30,6 +30,8 @@ mod blocks;
 mod blocks_avx2;
 #[cfg(target_arch = "x86_64")]
 mod decode_avx2;
+#[cfg(target_arch = "x86_64")]
+mod decode_avx512;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod decode_simd128;
 #[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
@@ -253,7 +255,17 @@ impl XPrep {
         let mut sums: Vec<f32> = x.chunks_exact(QBLOCK).map(|b| b.iter().sum()).collect();
         sums.resize(nb.next_multiple_of(8), 0.0);
         #[cfg(target_arch = "x86_64")]
-        let (ints, scales) = if avx2 { int_split(x, false) } else { (vec![], vec![]) };
+        let (ints, scales) = match avx2 {
+            true => {
+                let (ints, scales) = int_split(x, false);
+                // The AVX-512 kernel reads two blocks' parts per load.
+                match decode_avx512::available() {
+                    true => (decode_avx512::pair_layout(&ints), scales),
+                    false => (ints, scales),
+                }
+            }
+            false => (vec![], vec![]),
+        };
         XPrep {
             even,
             odd,
@@ -612,21 +624,21 @@ mod tests {
         for (i, v) in x[128..160].iter_mut().enumerate() {
             *v = (i as f32 - 16.0) * 1e-40;
         }
-        let p = XPrep::new(&x, true);
+        let (ints, scales) = int_split(&x, false);
         for (b, xb) in x.chunks_exact(QBLOCK).enumerate() {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let ints = &p.ints[b * 64..(b + 1) * 64];
+            let ints = &ints[b * 64..(b + 1) * 64];
             for (j, &v) in xb.iter().enumerate() {
                 let at = (j % 2) * 16 + j / 2;
-                let back = p.scales[b] as f64 * (ints[at] as f64 + ints[32 + at] as f64 / 32768.0);
+                let back = scales[b] as f64 * (ints[at] as f64 + ints[32 + at] as f64 / 32768.0);
                 let err = (back - v as f64).abs();
                 let bound = amax as f64 * 2f64.powi(-30) + (v.abs() as f64) * 2f64.powi(-23) + 2f64.powi(-142);
                 assert!(err <= bound, "block {b} element {j}: {v} -> {back}");
             }
         }
-        assert_eq!(p.scales[2], 0.0);
+        assert_eq!(scales[2], 0.0);
         let mut bad = x.clone();
         bad[5] = f32::INFINITY;
-        assert!(XPrep::new(&bad, true).scales[0].is_nan());
+        assert!(int_split(&bad, false).1[0].is_nan());
     }
 }

@@ -18,7 +18,7 @@ use tandem_core::{DType, QuantView, QBLOCK};
 use super::XPrep;
 
 /// Blocks whose scales are widened at once (one 128-bit load of f16s).
-const G: usize = 8;
+pub(super) const G: usize = 8;
 
 /// out[ri] = dot(row r0 + ri of w, x) for k = nb * 32 (as `super::quant_rows`).
 ///
@@ -47,6 +47,10 @@ pub(super) unsafe fn rows(
         _ => {
             let q41 = q.dtype == DType::Q4_1;
             assert!(q.qs.len() >= end * 16 && (!q41 || q.m.len() >= end));
+            if super::decode_avx512::available() {
+                // SAFETY: the features were detected; `p` was laid out for this kernel.
+                return unsafe { super::decode_avx512::rows(q, p, nb, r0, out) };
+            }
             assert!(p.ints.len() >= nb * 64 && p.scales.len() >= nb && p.sums.len() >= nb);
             for (ri, o) in out.iter_mut().enumerate() {
                 // SAFETY: as above.
@@ -96,7 +100,7 @@ unsafe fn dot_q8(w: &[__m256; 4], xp: *const f32) -> __m256 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
@@ -136,12 +140,27 @@ pub(super) unsafe fn rows_batch(q: QuantView, xs: &[&[f32]], preps: &[&XPrep], n
         assert!(q.qs.len() >= end * 16 && (!q41 || q.m.len() >= end));
         assert!(preps.iter().all(|p| p.ints.len() >= nb * 64 && p.scales.len() >= nb && p.sums.len() >= nb));
     }
-    for t0 in (0..nt).step_by(GROUP) {
-        let g = GROUP.min(nt - t0);
+    // AVX-512's 32 registers hold twice the tokens' accumulators.
+    let group = if !q8 && super::decode_avx512::available() { 2 * GROUP } else { GROUP };
+    for t0 in (0..nt).step_by(group) {
+        let g = group.min(nt - t0);
         let (xg, pg) = (&xs[t0..t0 + g], &preps[t0..t0 + g]);
         let o = &mut out[t0 * rows..];
         // SAFETY: bounds asserted above; the caller guarantees the CPU features.
         unsafe {
+            if !q8 && super::decode_avx512::available() {
+                match g {
+                    8 => super::decode_avx512::group_rows::<8>(q, pg, nb, r0, rows, o),
+                    7 => super::decode_avx512::group_rows::<7>(q, pg, nb, r0, rows, o),
+                    6 => super::decode_avx512::group_rows::<6>(q, pg, nb, r0, rows, o),
+                    5 => super::decode_avx512::group_rows::<5>(q, pg, nb, r0, rows, o),
+                    4 => super::decode_avx512::group_rows::<4>(q, pg, nb, r0, rows, o),
+                    3 => super::decode_avx512::group_rows::<3>(q, pg, nb, r0, rows, o),
+                    2 => super::decode_avx512::group_rows::<2>(q, pg, nb, r0, rows, o),
+                    _ => super::decode_avx512::group_rows::<1>(q, pg, nb, r0, rows, o),
+                }
+                continue;
+            }
             match g {
                 4 => group_rows::<4>(q, xg, pg, nb, r0, rows, o),
                 3 => group_rows::<3>(q, xg, pg, nb, r0, rows, o),
@@ -159,7 +178,7 @@ pub(super) unsafe fn rows_batch(q: QuantView, xs: &[&[f32]], preps: &[&XPrep], n
 /// # Safety
 /// As [`rows_batch`], whose asserts cover every access.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn group_rows<const T: usize>(q: QuantView, xs: &[&[f32]], ps: &[&XPrep], nb: usize, r0: usize, rows: usize, out: &mut [f32]) {
+pub(super) unsafe fn group_rows<const T: usize>(q: QuantView, xs: &[&[f32]], ps: &[&XPrep], nb: usize, r0: usize, rows: usize, out: &mut [f32]) {
     assert!(xs.len() == T && ps.len() == T && out.len() >= (T - 1) * rows + rows);
     let q41 = q.dtype == DType::Q4_1;
     for ri in 0..rows {
@@ -322,7 +341,7 @@ unsafe fn row_q4_group<const T: usize>(q: QuantView, q41: bool, ps: &[&XPrep], b
 /// not take from the store buffer, cost a third of a decode matvec); only the matrix's last
 /// row copies.
 #[inline(always)]
-unsafe fn widen_scales(src: &[f16], b: usize, g: usize) -> __m256 {
+pub(super) unsafe fn widen_scales(src: &[f16], b: usize, g: usize) -> __m256 {
     // SAFETY: the callers checked b + g <= src.len() and run with F16C; full loads are taken
     // only where b + G <= src.len().
     unsafe {
@@ -351,7 +370,7 @@ unsafe fn lanes_below(g: usize) -> __m256 {
 /// v[b..b + G]: `XPrep`'s per-block arrays are zero padded to a multiple of G blocks, so a
 /// row's last group reads zeros past its blocks.
 #[inline(always)]
-unsafe fn padded(v: &[f32], b: usize) -> __m256 {
+pub(super) unsafe fn padded(v: &[f32], b: usize) -> __m256 {
     assert!(b + G <= v.len());
     // SAFETY: bounds asserted; AVX is enabled in every caller.
     unsafe { _mm256_loadu_ps(v.as_ptr().add(b)) }

@@ -1,0 +1,238 @@
+//! AVX-512 rows of the Q4_0 / Q4_1 decode matvec: the AVX2 kernel's arithmetic
+//! ([`super::decode_avx2`]), bit for bit, two blocks per instruction.
+//!
+//! Why: the AVX2 kernel is bound by instructions, not memory (a 1536 x 576 Q4_1 matvec runs
+//! at the same ~9 GB/s of weights in cache as out of it), and batching decode rows shares
+//! only the unpacking, a quarter of them. Per block and token it issues 4 `madd`, 2 adds,
+//! 2 conversions, 2 FMAs and a broadcast. Here a 512-bit register holds two blocks: the
+//! AVX2 kernel's even-block accumulator is the low half, its odd-block one the high half,
+//! the two 8-lane integer sums of each block are the same integers (VNNI `dpwssd` fuses
+//! the second `madd` with its add, exactly), and every float operation gets the same
+//! operands in the same order. So a token's result is the AVX2 kernel's to the bit, on
+//! this machine and on one without AVX-512, alone or batched.
+//!
+//! The activation's 16-bit split is laid out by pairs of blocks ([`pair_layout`]) so that
+//! each of its four parts is one 512-bit load for two blocks.
+
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use tandem_core::{DType, QuantView};
+
+use super::decode_avx2::{hsum, padded, widen_scales, G};
+use super::XPrep;
+
+/// AVX-512 F/BW/DQ/VL with VNNI (besides AVX2, FMA, F16C) were detected, and
+/// `TANDEM_CPU_AVX512=0` does not turn them off (to measure or test the AVX2 kernel here).
+pub(crate) fn available() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("TANDEM_CPU_AVX512").map_or(true, |v| v != "0")
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+/// `int_split`'s nibble-order blocks (per block: hi of the even elements, hi of the odd, lo
+/// of the even, lo of the odd; 16 each) regrouped by pairs of blocks: per pair and part,
+/// block 2p's 16 values then block 2p + 1's (zeros after a last, unpaired block).
+pub(super) fn pair_layout(ints: &[i16]) -> Vec<i16> {
+    let nb = ints.len() / 64;
+    let mut out = vec![0i16; nb.next_multiple_of(2) * 64];
+    for (b, blk) in ints.chunks_exact(64).enumerate() {
+        for (part, vals) in blk.chunks_exact(16).enumerate() {
+            let at = (b / 2) * 128 + part * 32 + (b % 2) * 16;
+            out[at..at + 16].copy_from_slice(vals);
+        }
+    }
+    out
+}
+
+/// out[ri] = dot(row r0 + ri of w, x), as `decode_avx2::rows` for Q4_0 / Q4_1; p's ints in
+/// [`pair_layout`].
+///
+/// # Safety
+/// [`available`] must be true.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &mut [f32]) {
+    let q41 = check(q, &[p], nb, r0 + out.len());
+    for (ri, o) in out.iter_mut().enumerate() {
+        // SAFETY: bounds checked above; the caller guarantees the CPU features.
+        *o = unsafe { row_group::<1>(q, q41, &[p], (r0 + ri) * nb, nb)[0] };
+    }
+}
+
+/// T tokens' products over rows r0..r0 + rows (out[t * rows + ri]), as
+/// `decode_avx2::group_rows` for Q4_0 / Q4_1.
+///
+/// # Safety
+/// [`available`] must be true.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn group_rows<const T: usize>(q: QuantView, ps: &[&XPrep], nb: usize, r0: usize, rows: usize, out: &mut [f32]) {
+    assert!(ps.len() == T && out.len() >= T * rows);
+    let q41 = check(q, ps, nb, r0 + rows);
+    for ri in 0..rows {
+        // SAFETY: as in `rows`.
+        let res = unsafe { row_group::<T>(q, q41, ps, (r0 + ri) * nb, nb) };
+        for (t, v) in res.into_iter().enumerate() {
+            out[t * rows + ri] = v;
+        }
+    }
+}
+
+/// The bounds every raw load of [`row_group`] stays inside, for rows below `end_row`;
+/// whether the weights are Q4_1.
+fn check(q: QuantView, ps: &[&XPrep], nb: usize, end_row: usize) -> bool {
+    assert!(matches!(q.dtype, DType::Q4_0 | DType::Q4_1));
+    let q41 = q.dtype == DType::Q4_1;
+    let end = end_row * nb;
+    assert!(q.d.len() >= end && q.qs.len() >= end * 16 && (!q41 || q.m.len() >= end));
+    assert!(ps.iter().all(|p| p.ints.len() >= nb.next_multiple_of(2) * 64 && p.scales.len() >= nb && p.sums.len() >= nb));
+    q41
+}
+
+/// T tokens' Q4 rows over blocks b0..b0 + nb: `decode_avx2::row_q4_group`'s operations on
+/// two blocks at once (see the module doc).
+#[inline(always)]
+unsafe fn row_group<const T: usize>(q: QuantView, q41: bool, ps: &[&XPrep], b0: usize, nb: usize) -> [f32; T] {
+    // SAFETY (whole body): bounds asserted by `check`; the callers run with the features.
+    unsafe {
+        let ip: [*const i16; T] = std::array::from_fn(|t| ps[t].ints.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); T];
+        let (nibble, lo_weight) = (_mm512_set1_epi16(0x0f), _mm512_set1_ps(1.0 / 32768.0));
+        // Lanes 0-7 take scale j, lanes 8-15 scale j + 1, for j = 0, 2, 4, 6.
+        let pick = |j: i32| _mm512_setr_epi32(j, j, j, j, j, j, j, j, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1);
+        let picks = [pick(0), pick(2), pick(4), pick(6)];
+        let mut b = 0;
+        while b < nb {
+            let g = G.min(nb - b);
+            let dv = widen_scales(q.d, b0 + b, g);
+            let ds: [__m256; T] = std::array::from_fn(|t| _mm256_mul_ps(dv, padded(&ps[t].scales, b)));
+            let mut j = 0;
+            while j + 1 < g {
+                let bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256(q.qs.as_ptr().add((b0 + b + j) * 16) as *const __m256i));
+                let (wl, wh) = (_mm512_and_si512(bytes, nibble), _mm512_srli_epi16::<4>(bytes));
+                for t in 0..T {
+                    // Blocks b + j (even) and b + j + 1: pair (b + j) / 2, 128 values.
+                    let xp = ip[t].add((b + j) * 64) as *const __m512i;
+                    let hi = _mm512_dpwssd_epi32(_mm512_madd_epi16(wl, _mm512_loadu_si512(xp)), wh, _mm512_loadu_si512(xp.add(1)));
+                    let lo = _mm512_dpwssd_epi32(_mm512_madd_epi16(wl, _mm512_loadu_si512(xp.add(2))), wh, _mm512_loadu_si512(xp.add(3)));
+                    let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), lo_weight, _mm512_cvtepi32_ps(hi));
+                    let dj = _mm512_permutexvar_ps(picks[j / 2], _mm512_castps256_ps512(ds[t]));
+                    acc[t] = _mm512_fmadd_ps(dj, v, acc[t]);
+                }
+                j += 2;
+            }
+            if j < g {
+                // The row's last block, unpaired (nb odd): even, so the low half's, with the
+                // AVX2 kernel's 256-bit operations.
+                let bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(q.qs.as_ptr().add((b0 + b + j) * 16) as *const __m128i));
+                let (wl, wh) = (_mm256_and_si256(bytes, _mm256_set1_epi16(0x0f)), _mm256_srli_epi16::<4>(bytes));
+                for t in 0..T {
+                    let xp = ip[t].add((b + j) * 64) as *const __m256i;
+                    let hi = _mm256_add_epi32(_mm256_madd_epi16(wl, _mm256_loadu_si256(xp)), _mm256_madd_epi16(wh, _mm256_loadu_si256(xp.add(2))));
+                    let lo = _mm256_add_epi32(_mm256_madd_epi16(wl, _mm256_loadu_si256(xp.add(4))), _mm256_madd_epi16(wh, _mm256_loadu_si256(xp.add(6))));
+                    let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_set1_ps(1.0 / 32768.0), _mm256_cvtepi32_ps(hi));
+                    let dj = _mm256_permutevar8x32_ps(ds[t], _mm256_set1_epi32(j as i32));
+                    let a0 = _mm256_fmadd_ps(dj, v, _mm512_castps512_ps256(acc[t]));
+                    acc[t] = _mm512_insertf32x8::<0>(acc[t], a0);
+                }
+            }
+            b += g;
+        }
+        let mut off = [_mm256_setzero_ps(); T];
+        let mut b = 0;
+        while b < nb {
+            let g = G.min(nb - b);
+            let mv = widen_scales(if q41 { q.m } else { q.d }, b0 + b, g);
+            for t in 0..T {
+                off[t] = _mm256_fmadd_ps(mv, padded(&ps[t].sums, b), off[t]);
+            }
+            b += g;
+        }
+        std::array::from_fn(|t| {
+            let o = hsum(off[t]);
+            let (a0, a1) = (_mm512_castps512_ps256(acc[t]), _mm512_extractf32x8_ps::<1>(acc[t]));
+            hsum(_mm256_add_ps(a0, a1)) + if q41 { o } else { -8.0 * o }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+    use tandem_core::{DType, QuantView};
+
+    use super::super::{decode_avx2, int_split, XPrep};
+
+    /// Q4 weights of `rows` rows of nb blocks: nibbles, scales and minimums from a hash, a
+    /// few scales negative or tiny.
+    fn weights(rows: usize, nb: usize) -> (Vec<u8>, Vec<f16>, Vec<f16>) {
+        let n = rows * nb;
+        let qs = (0..n * 16).map(|i| (i * 2654435761usize >> 7) as u8).collect();
+        let d = (0..n).map(|b| f16::from_f32(((b * 7919 % 211) as f32 - 90.0) * 1e-3)).collect();
+        let m = (0..n).map(|b| f16::from_f32(((b * 104729 % 97) as f32 - 48.0) * 1e-2)).collect();
+        (qs, d, m)
+    }
+
+    fn prep(x: &[f32], pairs: bool) -> XPrep {
+        let (ints, scales) = int_split(x, false);
+        let mut p = XPrep::empty();
+        p.ints = if pairs { super::pair_layout(&ints) } else { ints };
+        p.scales = scales;
+        p.sums = x.chunks_exact(32).map(|b| b.iter().sum()).collect();
+        p.sums.resize(p.scales.len(), 0.0);
+        p
+    }
+
+    /// The AVX-512 rows are the AVX2 rows to the bit: Q4_0 and Q4_1, one to four tokens, rows
+    /// of an odd block count (an unpaired last block, a partial scale group) and of whole
+    /// groups, activations with an outlier and a zero block.
+    #[test]
+    fn avx512_rows_are_the_avx2_rows() {
+        if !super::available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI (or TANDEM_CPU_AVX512=0), so only the AVX2 kernel runs here");
+            return;
+        }
+        let rows = 7;
+        for nb in [1, 2, 9, 16, 18, 48] {
+            let (qs, d, m) = weights(rows, nb);
+            let xs: Vec<Vec<f32>> = (0..4)
+                .map(|t| {
+                    let mut x: Vec<f32> = (0..nb * 32).map(|i| (((i + 31 * t) * 7919 % 1013) as f32 - 506.0) * 1e-3).collect();
+                    let at = (3 + t) % x.len();
+                    x[at] = 40.0;
+                    if nb > 2 {
+                        x[64..96].fill(0.0);
+                    }
+                    x
+                })
+                .collect();
+            let (std, pairs): (Vec<XPrep>, Vec<XPrep>) = xs.iter().map(|x| (prep(x, false), prep(x, true))).unzip();
+            for dtype in [DType::Q4_0, DType::Q4_1] {
+                let q = QuantView { dtype, qs: &qs, d: &d, m: &m };
+                let ps: Vec<&XPrep> = std.iter().collect();
+                let pp: Vec<&XPrep> = pairs.iter().collect();
+                let (mut want, mut got) = (vec![0f32; 4 * rows], vec![0f32; 4 * rows]);
+                // SAFETY: `available` checked the features (AVX-512 implies AVX2's here).
+                unsafe {
+                    decode_avx2::group_rows::<4>(q, &[&xs[0], &xs[1], &xs[2], &xs[3]], &ps, nb, 0, rows, &mut want);
+                    super::group_rows::<4>(q, &pp, nb, 0, rows, &mut got);
+                }
+                assert_eq!(want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{dtype} nb {nb}, 4 tokens");
+                let mut one = vec![0f32; rows - 2];
+                // SAFETY: as above.
+                unsafe { super::rows(q, &pairs[2], nb, 2, &mut one) };
+                for (ri, v) in one.iter().enumerate() {
+                    assert_eq!(v.to_bits(), want[2 * rows + 2 + ri].to_bits(), "{dtype} nb {nb}, one token, row {}", 2 + ri);
+                }
+            }
+        }
+    }
+}
