@@ -145,7 +145,7 @@ fn stories_gguf(dir: &std::path::Path, q8: bool) -> Vec<u8> {
         ("tokenizer.ggml.eos_token_id", GgufValue::U32(2)),
         ("tokenizer.ggml.add_bos_token", GgufValue::Bool(true)),
     ];
-    let ty = |shape: &[usize]| if q8 && shape.len() == 2 && shape[1] % 32 == 0 { GGML_Q8_0 } else { GGML_F32 };
+    let ty = |shape: &[usize]| if q8 && shape.len() == 2 && shape[1].is_multiple_of(32) { GGML_Q8_0 } else { GGML_F32 };
     gguf_writer::llama_gguf(&source, kvs, ty).expect("write").to_bytes()
 }
 

@@ -214,5 +214,5 @@ pub fn bf16_to_f32(bits: u16) -> f32 {
 #[inline]
 pub fn nibble(qs: &[u8], e: usize) -> u8 {
     let byte = qs[e / 2];
-    if e % 2 == 0 { byte & 0x0f } else { byte >> 4 }
+    if e.is_multiple_of(2) { byte & 0x0f } else { byte >> 4 }
 }

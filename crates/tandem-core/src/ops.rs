@@ -132,7 +132,7 @@ impl Attention {
         if !matches!(self.kv_dtype, DType::F32 | DType::F16) {
             return bad("cache dtype f32/f16".into(), self.kv_dtype.to_string());
         }
-        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return bad("heads a multiple of kv_heads > 0".into(), format!("heads {} kv_heads {}", self.heads, self.kv_heads));
         }
         if self.block_size == 0 {

@@ -165,7 +165,7 @@ fn stories_gguf(dir: &Path, q8: bool) -> Vec<u8> {
         ("tokenizer.ggml.bos_token_id", GgufValue::U32(1)),
         ("tokenizer.ggml.eos_token_id", GgufValue::U32(2)),
     ];
-    let ty = |shape: &[usize]| if q8 && shape.len() == 2 && shape[1] % 32 == 0 { GGML_Q8_0 } else { GGML_F32 };
+    let ty = |shape: &[usize]| if q8 && shape.len() == 2 && shape[1].is_multiple_of(32) { GGML_Q8_0 } else { GGML_F32 };
     gguf_writer::llama_gguf(&source, kvs, ty).expect("write GGUF").to_bytes()
 }
 

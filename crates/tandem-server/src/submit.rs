@@ -149,7 +149,7 @@ pub struct Totals {
 impl Totals {
     /// Adds a finished choice; `n` choices share each prompt, which counts once.
     pub fn add(&mut self, choice: usize, n: usize, u: &Usage) {
-        if choice % n == 0 {
+        if choice.is_multiple_of(n) {
             self.prompt += u.prompt_tokens;
             self.cached += u.cached_tokens;
         }

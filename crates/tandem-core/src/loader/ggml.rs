@@ -102,7 +102,7 @@ fn repack_quant(ty: u32, mut raw: Vec<u8>, numel: usize) -> Option<(DType, Vec<u
         _ => return None,
     };
     let l = dtype.quant_layout(numel)?;
-    if raw.len() != l.blocks * size || numel % QBLOCK != 0 {
+    if raw.len() != l.blocks * size || !numel.is_multiple_of(QBLOCK) {
         return None;
     }
     let heads: Vec<u8> = raw.chunks_exact(size).flat_map(|blk| blk[..header].iter().copied()).collect();
@@ -138,7 +138,7 @@ fn repack_quant(ty: u32, mut raw: Vec<u8>, numel: usize) -> Option<(DType, Vec<u
 /// order: `hf_row[h*hd + j*hd/2 + i] = gguf_row[h*hd + 2*i + j]`. Rows move as raw bytes, so
 /// this works for any type whose rows are whole blocks.
 pub fn unpermute_rows(raw: &[u8], rows: usize, n_head: usize) -> std::result::Result<Vec<u8>, String> {
-    if rows == 0 || n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 || raw.len() % rows != 0 {
+    if rows == 0 || n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) || !raw.len().is_multiple_of(rows) {
         return Err(format!(
             "cannot undo the q/k permutation: {rows} rows, {n_head} heads, {} bytes",
             raw.len()

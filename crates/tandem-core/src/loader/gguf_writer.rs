@@ -210,7 +210,7 @@ pub fn quantize_ggml(values: &[f32], ggml_type: u32) -> Vec<u8> {
         GGML_F16 => values.iter().for_each(|x| out.extend_from_slice(&f16::from_f32(*x).to_le_bytes())),
         GGML_BF16 => values.iter().for_each(|x| out.extend_from_slice(&bf16::from_f32(*x).to_le_bytes())),
         GGML_Q8_0 | GGML_Q4_0 | GGML_Q4_1 => {
-            assert!(values.len() % 32 == 0, "quantize_ggml: {} values is not whole blocks", values.len());
+            assert!(values.len().is_multiple_of(32), "quantize_ggml: {} values is not whole blocks", values.len());
             for x in values.chunks_exact(32) {
                 quantize_block(x, ggml_type, &mut out);
             }
@@ -290,7 +290,7 @@ pub fn llama2c_vocab(bytes: &[u8], vocab: usize) -> Result<(Vec<GgufValue>, Vec<
 /// [`super::ggml::unpermute_rows`]. Panics on shapes that do not split into heads (tests).
 pub fn permute_rows(raw: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
     let (hd, row) = (rows / n_head, raw.len() / rows);
-    assert!(rows % n_head == 0 && hd % 2 == 0 && raw.len() % rows == 0, "permute_rows: {rows} rows, {n_head} heads");
+    assert!(rows.is_multiple_of(n_head) && hd % 2 == 0 && raw.len().is_multiple_of(rows), "permute_rows: {rows} rows, {n_head} heads");
     let mut out = vec![0u8; raw.len()];
     for h in 0..n_head {
         for i in 0..hd / 2 {
@@ -382,7 +382,7 @@ pub fn ggml_bytes(t: &HostTensor) -> Option<(u32, Vec<u8>)> {
         b if b.block_layout().is_some() => {
             let l = b.block_layout()?;
             let ty = ggml_block_type(b)?;
-            if numel % l.elems != 0 || t.bytes.len() < b.storage_bytes(numel) {
+            if !numel.is_multiple_of(l.elems) || t.bytes.len() < b.storage_bytes(numel) {
                 return None;
             }
             return Some((ty, crate::quant::blocks::to_ggml(b, &t.bytes, numel / l.elems)));
@@ -393,7 +393,7 @@ pub fn ggml_bytes(t: &HostTensor) -> Option<(u32, Vec<u8>)> {
         _ => return None,
     };
     let l = t.dtype.quant_layout(numel)?;
-    if numel % QBLOCK != 0 || t.bytes.len() < l.total_bytes {
+    if !numel.is_multiple_of(QBLOCK) || t.bytes.len() < l.total_bytes {
         return None;
     }
     let qs = size - header;
@@ -570,7 +570,7 @@ pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>,
             DType::BF16 => (GGML_BF16, numel * 2),
             b if b.block_layout().is_some() => {
                 let l = b.block_layout().expect("a block type");
-                if numel % l.elems != 0 || shape.last().is_some_and(|&k| k % l.elems != 0) {
+                if !numel.is_multiple_of(l.elems) || shape.last().is_some_and(|&k| k % l.elems != 0) {
                     return Err(bad(format!("'{gguf}' {shape:?}: rows are not whole blocks of {}", l.elems)));
                 }
                 (ggml_block_type(b).expect("every block type has a ggml id"), numel / l.elems * l.ggml_bytes)
@@ -581,7 +581,7 @@ pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>,
                     DType::Q4_0 => (GGML_Q4_0, 18),
                     _ => (GGML_Q4_1, 20),
                 };
-                if numel % QBLOCK != 0 || shape.last().is_some_and(|&k| k % QBLOCK != 0) {
+                if !numel.is_multiple_of(QBLOCK) || shape.last().is_some_and(|&k| k % QBLOCK != 0) {
                     return Err(bad(format!("'{gguf}' {shape:?}: rows are not whole blocks of {QBLOCK}")));
                 }
                 (ty, numel / QBLOCK * size)

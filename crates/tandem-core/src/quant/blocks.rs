@@ -174,7 +174,7 @@ impl<'a> BlockView<'a> {
 /// data is never held twice. `None` if `raw` is not a whole number of blocks.
 pub fn from_ggml(dtype: DType, mut raw: Vec<u8>) -> Option<Vec<u8>> {
     let l = dtype.block_layout()?;
-    if raw.len() % l.ggml_bytes != 0 {
+    if !raw.len().is_multiple_of(l.ggml_bytes) {
         return None;
     }
     let blocks = raw.len() / l.ggml_bytes;

@@ -60,8 +60,8 @@ pub fn can_encode(dtype: DType) -> bool {
 /// 6.6). Every other type is returned as is.
 pub fn matrix_dtype(want: DType, cols: usize) -> DType {
     match want {
-        DType::Q4_K if cols % 256 != 0 => DType::Q5_0,
-        DType::Q6_K if cols % 256 != 0 => DType::Q8_0,
+        DType::Q4_K if !cols.is_multiple_of(256) => DType::Q5_0,
+        DType::Q6_K if !cols.is_multiple_of(256) => DType::Q8_0,
         d => d,
     }
 }
@@ -126,7 +126,7 @@ fn quantize_into(src: &[f32], dtype: DType, out: &mut [u8]) {
 
 fn set_nibble(qs: &mut [u8], e: usize, q: u8) {
     let byte = &mut qs[e / 2];
-    if e % 2 == 0 {
+    if e.is_multiple_of(2) {
         *byte = (*byte & 0xf0) | q;
     } else {
         *byte = (*byte & 0x0f) | (q << 4);
