@@ -141,7 +141,7 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
         let mut local = vec![0f32; d * rows];
         #[cfg(target_arch = "x86_64")]
         if let (true, Weight::Q(q)) = (ex.avx2 && k % QBLOCK == 0 && k > 0, w) {
-            quant_batch(q, x, &preps, bias, k, r0, &mut local);
+            quant_batch(q, &preps, bias, k, r0, &mut local);
             return (r0, local);
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -166,16 +166,15 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
 /// arithmetic, with each block unpacked once for up to `decode_avx2::TOKENS` tokens.
 /// out: [tokens, rows], token-major.
 #[cfg(target_arch = "x86_64")]
-fn quant_batch(q: QuantView, x: &[f32], preps: &[XPrep], bias: Option<&[f32]>, k: usize, r0: usize, out: &mut [f32]) {
+fn quant_batch(q: QuantView, preps: &[XPrep], bias: Option<&[f32]>, k: usize, r0: usize, out: &mut [f32]) {
     let d = preps.len();
     let rows = out.len() / d;
     for (g, o) in out.chunks_mut(decode_avx2::TOKENS * rows).enumerate() {
         let t0 = g * decode_avx2::TOKENS;
         let nt = o.len() / rows;
-        let xs: Vec<&[f32]> = (t0..t0 + nt).map(|t| &x[t * k..(t + 1) * k]).collect();
         let ps: Vec<&XPrep> = preps[t0..t0 + nt].iter().collect();
         // SAFETY: callers pass `ex.avx2`, true only when AVX2, FMA and F16C were detected.
-        unsafe { decode_avx2::rows_batch(q, &xs, &ps, k / QBLOCK, r0, o) };
+        unsafe { decode_avx2::rows_batch(q, &ps, k / QBLOCK, r0, o) };
     }
     if let Some(b) = bias {
         for row in out.chunks_mut(rows) {
@@ -226,7 +225,7 @@ impl XPrep {
     /// What the one-token kernel for `w` reads (only Q4 rearranges the activation).
     fn for_weight(w: Weight, x: &[f32], avx2: bool) -> Self {
         match w {
-            Weight::Q(q) if matches!(q.dtype, DType::Q4_0 | DType::Q4_1) && x.len() % QBLOCK == 0 => XPrep::new(x, avx2),
+            Weight::Q(q) if x.len() % QBLOCK == 0 => XPrep::new(x, q.dtype, avx2),
             _ => XPrep::empty(),
         }
     }
@@ -243,21 +242,29 @@ impl XPrep {
         }
     }
 
-    /// What the kernels of this CPU read: the AVX2 kernel the 16-bit split (`avx2`), the
-    /// others the even/odd copies.
-    fn new(x: &[f32], avx2: bool) -> Self {
+    /// What the kernels of this CPU read for `dtype` (Q8_0, Q4_0 or Q4_1): the AVX2 kernel
+    /// the 16-bit split (`avx2`), the others Q4's even/odd copies (Q8_0 reads x itself).
+    fn new(x: &[f32], dtype: DType, avx2: bool) -> Self {
+        let q8 = dtype == DType::Q8_0;
+        if q8 && !avx2 {
+            return XPrep::empty();
+        }
         let (even, odd) = match avx2 {
             true => (vec![], vec![]),
             false => (x.iter().step_by(2).copied().collect(), x.iter().skip(1).step_by(2).copied().collect()),
         };
         let nb = x.len() / QBLOCK;
         // Zero padded to whole groups of 8 blocks, which the AVX2 kernel loads at once.
-        let mut sums: Vec<f32> = x.chunks_exact(QBLOCK).map(|b| b.iter().sum()).collect();
-        sums.resize(nb.next_multiple_of(8), 0.0);
+        let mut sums: Vec<f32> = match q8 {
+            true => vec![],
+            false => x.chunks_exact(QBLOCK).map(|b| b.iter().sum()).collect(),
+        };
+        sums.resize(if q8 { 0 } else { nb.next_multiple_of(8) }, 0.0);
         #[cfg(target_arch = "x86_64")]
         let (ints, scales) = match avx2 {
             true => {
-                let (ints, scales) = int_split(x, false);
+                // Q8_0's bytes are in element order, Q4's nibbles even then odd.
+                let (ints, scales) = int_split(x, q8);
                 // The AVX-512 kernel reads two blocks' parts per load.
                 match decode_avx512::available() {
                     true => (decode_avx512::pair_layout(&ints), scales),
@@ -320,11 +327,7 @@ fn decode_quant(
     k: usize,
     m: usize,
 ) {
-    let prep = if q.dtype == DType::Q8_0 {
-        XPrep::empty()
-    } else {
-        XPrep::new(x, ex.avx2)
-    };
+    let prep = XPrep::new(x, q.dtype, ex.avx2);
     // About 8 chunks per thread, so a thread that loses its core mid-call leaves little.
     let threads = ex.threads();
     let c = chunk_rows(m, threads * 2, 16);
@@ -356,7 +359,7 @@ fn quant_rows(
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` is true only when AVX2, FMA and F16C were detected at run time.
-        return unsafe { decode_avx2::rows(q, x, prep, nb, r0, out) };
+        return unsafe { decode_avx2::rows(q, prep, nb, r0, out) };
     }
     let _ = avx2;
     // The browser's CPU fallback (nb > 0 always: callers have k % 32 == 0, k > 0).

@@ -3,12 +3,14 @@
 //! Why by hand: the auto-vectorizer keeps the block loops at 128 bits, and the portable path
 //! widens every chunk's f16 scales into a freshly allocated f32 scratch first, which showed up
 //! as ~10% of a decode step. Here the scales of 8 blocks are widened with one F16C
-//! instruction into a stack array, and the Q4 per-block offset terms (m * sum(x), or
-//! -8 * d * sum(x)) are accumulated 8 blocks per FMA instead of one scalar at a time.
+//! instruction, and the Q4 per-block offset terms (m * sum(x), or -8 * d * sum(x)) are
+//! accumulated 8 blocks per FMA instead of one scalar at a time.
 //!
-//! Q4 blocks are dotted in integers (`madd_epi16`) against a 16-bit split of the activation
-//! that carries more bits than f32 (see [`row_q4_group`]): 1.3-1.4x the f32 kernel's speed on a
-//! 1536 x 576 Q4_1 matvec (bench_matmul, one thread, weights in cache), answers unchanged.
+//! Blocks are dotted in integers (`madd_epi16`) against a 16-bit split of the activation
+//! that carries more bits than f32 (see [`row_group`]): for Q4, 1.3-1.4x the f32 kernel's
+//! speed on a 1536 x 576 Q4_1 matvec (bench_matmul, one thread, weights in cache), answers
+//! unchanged. Where the CPU has AVX-512 VNNI, [`super::decode_avx512`] gives the same bits
+//! faster.
 
 use std::arch::x86_64::*;
 
@@ -27,76 +29,32 @@ pub(super) const G: usize = 8;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn rows(
     q: QuantView,
-    x: &[f32],
     p: &XPrep,
     nb: usize,
     r0: usize,
     out: &mut [f32],
 ) {
-    let end = (r0 + out.len()) * nb;
-    // These bounds keep every raw load below inside its slice.
-    assert!(q.d.len() >= end);
-    match q.dtype {
-        DType::Q8_0 => {
-            assert!(q.qs.len() >= end * QBLOCK && x.len() >= nb * QBLOCK);
-            for (ri, o) in out.iter_mut().enumerate() {
-                // SAFETY: bounds asserted above; the caller guarantees the CPU features.
-                *o = unsafe { row_q8_group::<1>(q, &[x], (r0 + ri) * nb, nb)[0] };
-            }
-        }
-        _ => {
-            let q41 = q.dtype == DType::Q4_1;
-            assert!(q.qs.len() >= end * 16 && (!q41 || q.m.len() >= end));
-            if super::decode_avx512::available() {
-                // SAFETY: the features were detected; `p` was laid out for this kernel.
-                return unsafe { super::decode_avx512::rows(q, p, nb, r0, out) };
-            }
-            assert!(p.ints.len() >= nb * 64 && p.scales.len() >= nb && p.sums.len() >= nb);
-            for (ri, o) in out.iter_mut().enumerate() {
-                // SAFETY: as above.
-                *o = unsafe { row_q4_group::<1>(q, q41, &[p], (r0 + ri) * nb, nb)[0] };
-            }
-        }
+    check(q, &[p], nb, r0 + out.len(), 64);
+    if super::decode_avx512::available() {
+        // SAFETY: the features were detected; `p` was laid out for that kernel.
+        return unsafe { super::decode_avx512::rows(q, p, nb, r0, out) };
+    }
+    for (ri, o) in out.iter_mut().enumerate() {
+        // SAFETY: bounds checked above; the caller guarantees the CPU features.
+        *o = unsafe { row_group::<1>(q, &[p], (r0 + ri) * nb, nb)[0] };
     }
 }
 
-/// Widens scales b..b + g (g <= G) of `src` into `dst` (zeros above g), through
-/// [`widen_scales`]: one wide store, whose lanes the per-block broadcasts then read.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scales(src: &[f16], b: usize, g: usize, dst: &mut [f32; G]) -> __m256 {
-    // SAFETY: the caller checked b + g <= src.len(); dst holds G floats.
-    unsafe {
-        let v = widen_scales(src, b, g);
-        _mm256_storeu_ps(dst.as_mut_ptr(), v);
-        v
-    }
+/// The bounds every raw load of the row kernels ([`row_group`] and the AVX-512 one) stays
+/// inside, for rows below `end_row`, with `per_block` activation integers per block.
+pub(super) fn check(q: QuantView, ps: &[&XPrep], nb: usize, end_row: usize, per_block: usize) {
+    let end = end_row * nb;
+    let bytes = if q.dtype == DType::Q8_0 { QBLOCK } else { 16 };
+    assert!(matches!(q.dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1));
+    assert!(q.d.len() >= end && q.qs.len() >= end * bytes && (q.dtype != DType::Q4_1 || q.m.len() >= end));
+    let q4 = q.dtype != DType::Q8_0;
+    assert!(ps.iter().all(|p| p.ints.len() >= nb * per_block && p.scales.len() >= nb && (!q4 || p.sums.len() >= nb)));
 }
-
-// The block arithmetic, shared by the one-token and the batched kernels so that a token's
-// result is the same in both by construction. SAFETY (both): the callers checked that
-// block `blk` of the weights and blocks 0..=b of the activation lie inside their slices.
-
-/// Q8_0 block `blk`'s 32 values as 4 x 8 floats.
-#[inline(always)]
-unsafe fn unpack_q8(qs: &[u8], blk: usize) -> [__m256; 4] {
-    let qp = unsafe { qs.as_ptr().add(blk * QBLOCK) };
-    std::array::from_fn(|i| unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(qp.add(i * 8) as *const __m128i))) })
-}
-
-/// Lane-wise sum of a Q8_0 block's values times the 32 activations at `xp`.
-#[inline(always)]
-unsafe fn dot_q8(w: &[__m256; 4], xp: *const f32) -> __m256 {
-    let mut s = _mm256_setzero_ps();
-    for (i, &qv) in w.iter().enumerate() {
-        s = unsafe { _mm256_fmadd_ps(qv, _mm256_loadu_ps(xp.add(i * 8)), s) };
-    }
-    s
-}
-
-
-
-
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -117,55 +75,45 @@ pub(super) const TOKENS: usize = 16;
 const GROUP: usize = 4;
 
 /// Several tokens' products over the same rows (decode rows batched in one step), each token's
-/// result bit for bit what [`rows`] gives it alone: every token runs the same FMAs in the same
-/// order on the same values; only work that does not depend on the token (widening the
-/// quantized block and its scales) is shared, by up to [`GROUP`] tokens. A row's bytes stay
-/// in L1 between its token groups, so the weights are still read from memory once.
-/// xs, preps: up to [`TOKENS`] tokens; out: [tokens, out.len() / tokens], token-major.
+/// result bit for bit what [`rows`] gives it alone: every token runs the same operations in
+/// the same order on the same values; only work that does not depend on the token (unpacking
+/// the quantized block and widening its scales) is shared, by up to [`GROUP`] tokens (twice
+/// that in AVX-512). A row's bytes stay in L1 between its token groups, so the weights are
+/// still read from memory once.
+/// preps: up to [`TOKENS`] tokens; out: [tokens, out.len() / tokens], token-major.
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn rows_batch(q: QuantView, xs: &[&[f32]], preps: &[&XPrep], nb: usize, r0: usize, out: &mut [f32]) {
-    let nt = xs.len();
-    assert!(nt > 0 && nt <= TOKENS && preps.len() == nt && out.len() % nt == 0);
+pub(super) unsafe fn rows_batch(q: QuantView, preps: &[&XPrep], nb: usize, r0: usize, out: &mut [f32]) {
+    let nt = preps.len();
+    assert!(nt > 0 && nt <= TOKENS && out.len() % nt == 0);
     let rows = out.len() / nt;
-    let end = (r0 + rows) * nb;
-    assert!(q.d.len() >= end);
-    let q8 = q.dtype == DType::Q8_0;
-    let q41 = q.dtype == DType::Q4_1;
-    if q8 {
-        assert!(q.qs.len() >= end * QBLOCK && xs.iter().all(|x| x.len() >= nb * QBLOCK));
-    } else {
-        assert!(q.qs.len() >= end * 16 && (!q41 || q.m.len() >= end));
-        assert!(preps.iter().all(|p| p.ints.len() >= nb * 64 && p.scales.len() >= nb && p.sums.len() >= nb));
-    }
+    check(q, preps, nb, r0 + rows, 64);
+    let wide = super::decode_avx512::available();
     // AVX-512's 32 registers hold twice the tokens' accumulators.
-    let group = if !q8 && super::decode_avx512::available() { 2 * GROUP } else { GROUP };
+    let group = if wide { 2 * GROUP } else { GROUP };
     for t0 in (0..nt).step_by(group) {
         let g = group.min(nt - t0);
-        let (xg, pg) = (&xs[t0..t0 + g], &preps[t0..t0 + g]);
+        let pg = &preps[t0..t0 + g];
         let o = &mut out[t0 * rows..];
-        // SAFETY: bounds asserted above; the caller guarantees the CPU features.
+        // SAFETY: bounds checked above; the caller guarantees the CPU features, `wide` the
+        // AVX-512 ones.
         unsafe {
-            if !q8 && super::decode_avx512::available() {
-                match g {
-                    8 => super::decode_avx512::group_rows::<8>(q, pg, nb, r0, rows, o),
-                    7 => super::decode_avx512::group_rows::<7>(q, pg, nb, r0, rows, o),
-                    6 => super::decode_avx512::group_rows::<6>(q, pg, nb, r0, rows, o),
-                    5 => super::decode_avx512::group_rows::<5>(q, pg, nb, r0, rows, o),
-                    4 => super::decode_avx512::group_rows::<4>(q, pg, nb, r0, rows, o),
-                    3 => super::decode_avx512::group_rows::<3>(q, pg, nb, r0, rows, o),
-                    2 => super::decode_avx512::group_rows::<2>(q, pg, nb, r0, rows, o),
-                    _ => super::decode_avx512::group_rows::<1>(q, pg, nb, r0, rows, o),
-                }
-                continue;
-            }
-            match g {
-                4 => group_rows::<4>(q, xg, pg, nb, r0, rows, o),
-                3 => group_rows::<3>(q, xg, pg, nb, r0, rows, o),
-                2 => group_rows::<2>(q, xg, pg, nb, r0, rows, o),
-                _ => group_rows::<1>(q, xg, pg, nb, r0, rows, o),
+            use super::decode_avx512::group_rows as wide_rows;
+            match (wide, g) {
+                (true, 8) => wide_rows::<8>(q, pg, nb, r0, rows, o),
+                (true, 7) => wide_rows::<7>(q, pg, nb, r0, rows, o),
+                (true, 6) => wide_rows::<6>(q, pg, nb, r0, rows, o),
+                (true, 5) => wide_rows::<5>(q, pg, nb, r0, rows, o),
+                (true, 4) => wide_rows::<4>(q, pg, nb, r0, rows, o),
+                (true, 3) => wide_rows::<3>(q, pg, nb, r0, rows, o),
+                (true, 2) => wide_rows::<2>(q, pg, nb, r0, rows, o),
+                (true, _) => wide_rows::<1>(q, pg, nb, r0, rows, o),
+                (false, 4) => group_rows::<4>(q, pg, nb, r0, rows, o),
+                (false, 3) => group_rows::<3>(q, pg, nb, r0, rows, o),
+                (false, 2) => group_rows::<2>(q, pg, nb, r0, rows, o),
+                (false, _) => group_rows::<1>(q, pg, nb, r0, rows, o),
             }
         }
     }
@@ -176,106 +124,53 @@ pub(super) unsafe fn rows_batch(q: QuantView, xs: &[&[f32]], preps: &[&XPrep], n
 /// row and group (a call per row and group cost about a third of a batched matmul).
 ///
 /// # Safety
-/// As [`rows_batch`], whose asserts cover every access.
+/// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn group_rows<const T: usize>(q: QuantView, xs: &[&[f32]], ps: &[&XPrep], nb: usize, r0: usize, rows: usize, out: &mut [f32]) {
-    assert!(xs.len() == T && ps.len() == T && out.len() >= (T - 1) * rows + rows);
-    let q41 = q.dtype == DType::Q4_1;
+pub(super) unsafe fn group_rows<const T: usize>(q: QuantView, ps: &[&XPrep], nb: usize, r0: usize, rows: usize, out: &mut [f32]) {
+    assert!(ps.len() == T && out.len() >= T * rows);
+    check(q, ps, nb, r0 + rows, 64);
     for ri in 0..rows {
-        let b0 = (r0 + ri) * nb;
-        // SAFETY: as the caller's.
-        let res = unsafe {
-            if q.dtype == DType::Q8_0 {
-                row_q8_group::<T>(q, xs, b0, nb)
-            } else {
-                row_q4_group::<T>(q, q41, ps, b0, nb)
-            }
-        };
+        // SAFETY: bounds checked above.
+        let res = unsafe { row_group::<T>(q, ps, (r0 + ri) * nb, nb) };
         for (t, v) in res.into_iter().enumerate() {
             out[t * rows + ri] = v;
         }
     }
 }
 
-/// Sum over a row's blocks of d[b] * block sum, for T tokens at once: `unpack(b)` prepares
-/// block b once, `dot(&w, t, b)` is token t's block sum from it, `group(b, g)` runs once per
-/// group of G scales (widened together, one F16C instruction). Two accumulators per token, by
-/// block parity. The one-token kernel is this with T = 1, so a token's result is the same alone
-/// and batched by construction.
+/// Block `blk`'s weights as two vectors of 16 integers, the partners of the activation's
+/// first and second 16 split values (`XPrep::ints`): Q8_0's elements 0-15 and 16-31, a Q4
+/// block's low nibbles (even elements) and high nibbles (odd ones).
 #[inline(always)]
-unsafe fn row_blocks_group<const T: usize, W>(
-    d: &[f16],
-    b0: usize,
-    nb: usize,
-    unpack: impl Fn(usize) -> W,
-    dot: impl Fn(&W, usize, usize) -> __m256,
-    mut group: impl FnMut(usize, usize),
-) -> [f32; T] {
-    // SAFETY (whole body): the callers are AVX2 + F16C functions whose bounds were checked.
+pub(super) unsafe fn unpack(q: QuantView, blk: usize) -> (__m256i, __m256i) {
+    // SAFETY: the callers checked that block `blk` lies inside q.qs.
     unsafe {
-        let mut a0 = [_mm256_setzero_ps(); T];
-        let mut a1 = [_mm256_setzero_ps(); T];
-        let mut ds = [0f32; G];
-        let mut b = 0;
-        while b + G <= nb {
-            scales(d, b0 + b, G, &mut ds);
-            group(b, G);
-            for j in (0..G).step_by(2) {
-                let (w, dj) = (unpack(b + j), _mm256_set1_ps(ds[j]));
-                for t in 0..T {
-                    a0[t] = _mm256_fmadd_ps(dj, dot(&w, t, b + j), a0[t]);
-                }
-                let (w, dj) = (unpack(b + j + 1), _mm256_set1_ps(ds[j + 1]));
-                for t in 0..T {
-                    a1[t] = _mm256_fmadd_ps(dj, dot(&w, t, b + j + 1), a1[t]);
-                }
-            }
-            b += G;
+        if q.dtype == DType::Q8_0 {
+            let p = q.qs.as_ptr().add(blk * QBLOCK) as *const __m128i;
+            (_mm256_cvtepi8_epi16(_mm_loadu_si128(p)), _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(1))))
+        } else {
+            let bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(q.qs.as_ptr().add(blk * 16) as *const __m128i));
+            (_mm256_and_si256(bytes, _mm256_set1_epi16(0x0f)), _mm256_srli_epi16(bytes, 4))
         }
-        if b < nb {
-            let g = nb - b;
-            scales(d, b0 + b, g, &mut ds);
-            group(b, g);
-            for j in 0..g {
-                let (w, dj) = (unpack(b + j), _mm256_set1_ps(ds[j]));
-                for t in 0..T {
-                    a0[t] = _mm256_fmadd_ps(dj, dot(&w, t, b + j), a0[t]);
-                }
-            }
-        }
-        std::array::from_fn(|t| hsum(_mm256_add_ps(a0[t], a1[t])))
     }
 }
 
-/// T tokens' Q8_0 rows: sum_b d[b] * sum_j q[b, j] * x[b, j]; blocks b0..b0 + nb. Inlined
-/// into its AVX2 callers.
-#[inline(always)]
-unsafe fn row_q8_group<const T: usize>(q: QuantView, xs: &[&[f32]], b0: usize, nb: usize) -> [f32; T] {
-    // SAFETY (whole body): bounds asserted by `rows_batch`.
-    unsafe {
-        let xp: [*const f32; T] = std::array::from_fn(|t| xs[t].as_ptr());
-        let unpack = |b: usize| unpack_q8(q.qs, b0 + b);
-        let dot = |w: &[__m256; 4], t: usize, b: usize| dot_q8(w, xp[t].add(b * QBLOCK));
-        row_blocks_group::<T, _>(q.d, b0, nb, unpack, dot, |_, _| {})
-    }
-}
-
-/// T tokens' Q4 rows; blocks b0..b0 + nb. Q4_0: sum_b d * (sum q x - 8 sum x); Q4_1: sum_b
-/// d * sum q x + m * sum x. sum q x is taken in integers against the activation's 16-bit
+/// T tokens' rows over blocks b0..b0 + nb, in integers against each activation's 16-bit
 /// split (`XPrep::ints`): per block, two exact integer sums (hi, lo) of 16 products each,
-/// widened exactly and joined as hi + lo / 2^15, then scaled by d * s in f32. `madd_epi16`
-/// multiplies 16 nibbles per instruction with no conversion of the weights to floats, about
-/// half the instructions of the f32 kernel per block; the integer sums are exact, so their
-/// order (and the instruction set) does not change a bit of the result. Inlined into its AVX2
-/// callers.
+/// joined as hi + lo / 2^15 and scaled by d * s in f32. Q8_0: sum_b d * sum q x; Q4_0:
+/// sum_b d * (sum q x - 8 sum x); Q4_1: sum_b d * sum q x + m * sum x. `madd_epi16`
+/// multiplies 16 weights per instruction with no conversion of the weights to floats; the
+/// integer sums are exact (Q8_0's 4-product lanes stay below 2^24, so even their conversion
+/// is), so their order, and the instruction set, does not change a bit of the result.
+/// The dtype is tested per block, a branch the predictor always gets right. Inlined into
+/// its AVX2 callers.
 #[inline(always)]
-unsafe fn row_q4_group<const T: usize>(q: QuantView, q41: bool, ps: &[&XPrep], b0: usize, nb: usize) -> [f32; T] {
-    // SAFETY (whole body): bounds asserted by the callers (`rows`, `rows_batch`).
+unsafe fn row_group<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: usize) -> [f32; T] {
+    // SAFETY (whole body): bounds checked by the callers (`check`).
     unsafe {
         let ip: [*const i16; T] = std::array::from_fn(|t| ps[t].ints.as_ptr());
         let sc: [&[f32]; T] = std::array::from_fn(|t| &ps[t].scales[..]);
-        let su: [&[f32]; T] = std::array::from_fn(|t| &ps[t].sums[..]);
-        let (mut a0, mut a1, mut off) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
+        let (mut a0, mut a1) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
         let mut ds = [[0f32; G]; T];
         let lo_weight = _mm256_set1_ps(1.0 / 32768.0);
         let mut b = 0;
@@ -289,12 +184,11 @@ unsafe fn row_q4_group<const T: usize>(q: QuantView, q41: bool, ps: &[&XPrep], b
             macro_rules! block {
                 ($j:expr) => {{
                     let j = $j;
-                    let bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(q.qs.as_ptr().add((b0 + b + j) * 16) as *const __m128i));
-                    let (wl, wh) = (_mm256_and_si256(bytes, _mm256_set1_epi16(0x0f)), _mm256_srli_epi16(bytes, 4));
+                    let (w0, w1) = unpack(q, b0 + b + j);
                     for t in 0..T {
                         let xp = ip[t].add((b + j) * 64) as *const __m256i;
-                        let hi = _mm256_add_epi32(_mm256_madd_epi16(wl, _mm256_loadu_si256(xp)), _mm256_madd_epi16(wh, _mm256_loadu_si256(xp.add(1))));
-                        let lo = _mm256_add_epi32(_mm256_madd_epi16(wl, _mm256_loadu_si256(xp.add(2))), _mm256_madd_epi16(wh, _mm256_loadu_si256(xp.add(3))));
+                        let hi = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256(xp)), _mm256_madd_epi16(w1, _mm256_loadu_si256(xp.add(1))));
+                        let lo = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256(xp.add(2))), _mm256_madd_epi16(w1, _mm256_loadu_si256(xp.add(3))));
                         let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), lo_weight, _mm256_cvtepi32_ps(hi));
                         let dj = _mm256_broadcast_ss(&ds[t][j]);
                         if j % 2 == 0 {
@@ -317,20 +211,36 @@ unsafe fn row_q4_group<const T: usize>(q: QuantView, q41: bool, ps: &[&XPrep], b
             }
             b += g;
         }
-        // The offset terms in a pass of their own: their accumulators would not fit in the
-        // registers beside the block loop's (they spilled to the stack).
+        let sums: [f32; T] = std::array::from_fn(|t| hsum(_mm256_add_ps(a0[t], a1[t])));
+        match q.dtype {
+            DType::Q8_0 => sums,
+            _ => offsets::<T>(q, ps, b0, nb, sums),
+        }
+    }
+}
+
+/// The Q4 rows' offset terms added to their block sums: Q4_1 + sum_b m * sum x, Q4_0
+/// - 8 sum_b d * sum x. A pass of their own: their accumulators would not fit in the
+/// registers beside the block loop's (they spilled to the stack). Shared by the AVX-512
+/// kernel, so its results stay these.
+#[inline(always)]
+pub(super) unsafe fn offsets<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: usize, sums: [f32; T]) -> [f32; T] {
+    // SAFETY (whole body): bounds checked by the callers (`check`); AVX2 + F16C callers.
+    unsafe {
+        let q41 = q.dtype == DType::Q4_1;
+        let mut off = [_mm256_setzero_ps(); T];
         let mut b = 0;
         while b < nb {
             let g = G.min(nb - b);
             let mv = widen_scales(if q41 { q.m } else { q.d }, b0 + b, g);
             for t in 0..T {
-                off[t] = _mm256_fmadd_ps(mv, padded(su[t], b), off[t]);
+                off[t] = _mm256_fmadd_ps(mv, padded(&ps[t].sums, b), off[t]);
             }
             b += g;
         }
         std::array::from_fn(|t| {
             let o = hsum(off[t]);
-            hsum(_mm256_add_ps(a0[t], a1[t])) + if q41 { o } else { -8.0 * o }
+            sums[t] + if q41 { o } else { -8.0 * o }
         })
     }
 }

@@ -1,4 +1,4 @@
-//! AVX-512 rows of the Q4_0 / Q4_1 decode matvec: the AVX2 kernel's arithmetic
+//! AVX-512 rows of the Q8_0 / Q4_0 / Q4_1 decode matvec: the AVX2 kernel's arithmetic
 //! ([`super::decode_avx2`]), bit for bit, two blocks per instruction.
 //!
 //! Why: the AVX2 kernel is bound by instructions, not memory (a 1536 x 576 Q4_1 matvec runs
@@ -17,9 +17,9 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use tandem_core::{DType, QuantView};
+use tandem_core::{DType, QuantView, QBLOCK};
 
-use super::decode_avx2::{hsum, padded, widen_scales, G};
+use super::decode_avx2::{check, hsum, offsets, padded, unpack, widen_scales, G};
 use super::XPrep;
 
 /// AVX-512 F/BW/DQ/VL with VNNI (besides AVX2, FMA, F16C) were detected, and
@@ -39,9 +39,10 @@ pub(crate) fn available() -> bool {
     })
 }
 
-/// `int_split`'s nibble-order blocks (per block: hi of the even elements, hi of the odd, lo
-/// of the even, lo of the odd; 16 each) regrouped by pairs of blocks: per pair and part,
-/// block 2p's 16 values then block 2p + 1's (zeros after a last, unpaired block).
+/// `int_split`'s blocks (per block four parts of 16: the hi of the weights' first and second
+/// vector's partners, then their lo; see `decode_avx2::unpack`) regrouped by pairs of blocks:
+/// per pair and part, block 2p's 16 values then block 2p + 1's (zeros after a last, unpaired
+/// block).
 pub(super) fn pair_layout(ints: &[i16]) -> Vec<i16> {
     let nb = ints.len() / 64;
     let mut out = vec![0i16; nb.next_multiple_of(2) * 64];
@@ -54,58 +55,67 @@ pub(super) fn pair_layout(ints: &[i16]) -> Vec<i16> {
     out
 }
 
-/// out[ri] = dot(row r0 + ri of w, x), as `decode_avx2::rows` for Q4_0 / Q4_1; p's ints in
-/// [`pair_layout`].
+/// out[ri] = dot(row r0 + ri of w, x), as `decode_avx2::rows`; p's ints in [`pair_layout`].
 ///
 /// # Safety
 /// [`available`] must be true.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &mut [f32]) {
-    let q41 = check(q, &[p], nb, r0 + out.len());
+    check(q, &[p], nb, r0 + out.len(), 64);
+    assert!(p.ints.len() >= nb.next_multiple_of(2) * 64);
     for (ri, o) in out.iter_mut().enumerate() {
         // SAFETY: bounds checked above; the caller guarantees the CPU features.
-        *o = unsafe { row_group::<1>(q, q41, &[p], (r0 + ri) * nb, nb)[0] };
+        *o = unsafe { row_group::<1>(q, &[p], (r0 + ri) * nb, nb)[0] };
     }
 }
 
 /// T tokens' products over rows r0..r0 + rows (out[t * rows + ri]), as
-/// `decode_avx2::group_rows` for Q4_0 / Q4_1.
+/// `decode_avx2::group_rows`.
 ///
 /// # Safety
 /// [`available`] must be true.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn group_rows<const T: usize>(q: QuantView, ps: &[&XPrep], nb: usize, r0: usize, rows: usize, out: &mut [f32]) {
     assert!(ps.len() == T && out.len() >= T * rows);
-    let q41 = check(q, ps, nb, r0 + rows);
+    check(q, ps, nb, r0 + rows, 64);
+    assert!(ps.iter().all(|p| p.ints.len() >= nb.next_multiple_of(2) * 64));
     for ri in 0..rows {
         // SAFETY: as in `rows`.
-        let res = unsafe { row_group::<T>(q, q41, ps, (r0 + ri) * nb, nb) };
+        let res = unsafe { row_group::<T>(q, ps, (r0 + ri) * nb, nb) };
         for (t, v) in res.into_iter().enumerate() {
             out[t * rows + ri] = v;
         }
     }
 }
 
-/// The bounds every raw load of [`row_group`] stays inside, for rows below `end_row`;
-/// whether the weights are Q4_1.
-fn check(q: QuantView, ps: &[&XPrep], nb: usize, end_row: usize) -> bool {
-    assert!(matches!(q.dtype, DType::Q4_0 | DType::Q4_1));
-    let q41 = q.dtype == DType::Q4_1;
-    let end = end_row * nb;
-    assert!(q.d.len() >= end && q.qs.len() >= end * 16 && (!q41 || q.m.len() >= end));
-    assert!(ps.iter().all(|p| p.ints.len() >= nb.next_multiple_of(2) * 64 && p.scales.len() >= nb && p.sums.len() >= nb));
-    q41
+/// Blocks blk and blk + 1 as the AVX2 kernel's two vectors of each, side by side: lanes 0-15
+/// block blk's, 16-31 block blk + 1's (see `decode_avx2::unpack`).
+#[inline(always)]
+unsafe fn unpack_pair(q: QuantView, blk: usize) -> (__m512i, __m512i) {
+    // SAFETY: the callers checked that blocks blk and blk + 1 lie inside q.qs.
+    unsafe {
+        if q.dtype == DType::Q8_0 {
+            // Quadwords 0-3 are block blk's bytes, 4-7 block blk + 1's: each block's first
+            // halves go below, its second halves above.
+            let v = _mm512_loadu_si512(q.qs.as_ptr().add(blk * QBLOCK) as *const __m512i);
+            let v = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), v);
+            (_mm512_cvtepi8_epi16(_mm512_castsi512_si256(v)), _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64::<1>(v)))
+        } else {
+            let bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256(q.qs.as_ptr().add(blk * 16) as *const __m256i));
+            (_mm512_and_si512(bytes, _mm512_set1_epi16(0x0f)), _mm512_srli_epi16::<4>(bytes))
+        }
+    }
 }
 
-/// T tokens' Q4 rows over blocks b0..b0 + nb: `decode_avx2::row_q4_group`'s operations on
-/// two blocks at once (see the module doc).
+/// T tokens' rows over blocks b0..b0 + nb: `decode_avx2::row_group`'s operations on two
+/// blocks at once (see the module doc).
 #[inline(always)]
-unsafe fn row_group<const T: usize>(q: QuantView, q41: bool, ps: &[&XPrep], b0: usize, nb: usize) -> [f32; T] {
+unsafe fn row_group<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: usize) -> [f32; T] {
     // SAFETY (whole body): bounds asserted by `check`; the callers run with the features.
     unsafe {
         let ip: [*const i16; T] = std::array::from_fn(|t| ps[t].ints.as_ptr());
         let mut acc = [_mm512_setzero_ps(); T];
-        let (nibble, lo_weight) = (_mm512_set1_epi16(0x0f), _mm512_set1_ps(1.0 / 32768.0));
+        let lo_weight = _mm512_set1_ps(1.0 / 32768.0);
         // Lanes 0-7 take scale j, lanes 8-15 scale j + 1, for j = 0, 2, 4, 6.
         let pick = |j: i32| _mm512_setr_epi32(j, j, j, j, j, j, j, j, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1);
         let picks = [pick(0), pick(2), pick(4), pick(6)];
@@ -116,8 +126,7 @@ unsafe fn row_group<const T: usize>(q: QuantView, q41: bool, ps: &[&XPrep], b0: 
             let ds: [__m256; T] = std::array::from_fn(|t| _mm256_mul_ps(dv, padded(&ps[t].scales, b)));
             let mut j = 0;
             while j + 1 < g {
-                let bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256(q.qs.as_ptr().add((b0 + b + j) * 16) as *const __m256i));
-                let (wl, wh) = (_mm512_and_si512(bytes, nibble), _mm512_srli_epi16::<4>(bytes));
+                let (wl, wh) = unpack_pair(q, b0 + b + j);
                 for t in 0..T {
                     // Blocks b + j (even) and b + j + 1: pair (b + j) / 2, 128 values.
                     let xp = ip[t].add((b + j) * 64) as *const __m512i;
@@ -132,8 +141,7 @@ unsafe fn row_group<const T: usize>(q: QuantView, q41: bool, ps: &[&XPrep], b0: 
             if j < g {
                 // The row's last block, unpaired (nb odd): even, so the low half's, with the
                 // AVX2 kernel's 256-bit operations.
-                let bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(q.qs.as_ptr().add((b0 + b + j) * 16) as *const __m128i));
-                let (wl, wh) = (_mm256_and_si256(bytes, _mm256_set1_epi16(0x0f)), _mm256_srli_epi16::<4>(bytes));
+                let (wl, wh) = unpack(q, b0 + b + j);
                 for t in 0..T {
                     let xp = ip[t].add((b + j) * 64) as *const __m256i;
                     let hi = _mm256_add_epi32(_mm256_madd_epi16(wl, _mm256_loadu_si256(xp)), _mm256_madd_epi16(wh, _mm256_loadu_si256(xp.add(2))));
@@ -146,21 +154,14 @@ unsafe fn row_group<const T: usize>(q: QuantView, q41: bool, ps: &[&XPrep], b0: 
             }
             b += g;
         }
-        let mut off = [_mm256_setzero_ps(); T];
-        let mut b = 0;
-        while b < nb {
-            let g = G.min(nb - b);
-            let mv = widen_scales(if q41 { q.m } else { q.d }, b0 + b, g);
-            for t in 0..T {
-                off[t] = _mm256_fmadd_ps(mv, padded(&ps[t].sums, b), off[t]);
-            }
-            b += g;
-        }
-        std::array::from_fn(|t| {
-            let o = hsum(off[t]);
+        let sums: [f32; T] = std::array::from_fn(|t| {
             let (a0, a1) = (_mm512_castps512_ps256(acc[t]), _mm512_extractf32x8_ps::<1>(acc[t]));
-            hsum(_mm256_add_ps(a0, a1)) + if q41 { o } else { -8.0 * o }
-        })
+            hsum(_mm256_add_ps(a0, a1))
+        });
+        match q.dtype {
+            DType::Q8_0 => sums,
+            _ => offsets::<T>(q, ps, b0, nb, sums),
+        }
     }
 }
 
@@ -171,18 +172,18 @@ mod tests {
 
     use super::super::{decode_avx2, int_split, XPrep};
 
-    /// Q4 weights of `rows` rows of nb blocks: nibbles, scales and minimums from a hash, a
-    /// few scales negative or tiny.
+    /// Weights of `rows` rows of nb blocks, bytes (32 per block: Q8_0 uses them all, Q4 the
+    /// first 16 of each 32), scales and minimums from a hash, a few scales negative or tiny.
     fn weights(rows: usize, nb: usize) -> (Vec<u8>, Vec<f16>, Vec<f16>) {
         let n = rows * nb;
-        let qs = (0..n * 16).map(|i| (i * 2654435761usize >> 7) as u8).collect();
+        let qs = (0..n * 32).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
         let d = (0..n).map(|b| f16::from_f32(((b * 7919 % 211) as f32 - 90.0) * 1e-3)).collect();
         let m = (0..n).map(|b| f16::from_f32(((b * 104729 % 97) as f32 - 48.0) * 1e-2)).collect();
         (qs, d, m)
     }
 
-    fn prep(x: &[f32], pairs: bool) -> XPrep {
-        let (ints, scales) = int_split(x, false);
+    fn prep(x: &[f32], dtype: DType, pairs: bool) -> XPrep {
+        let (ints, scales) = int_split(x, dtype == DType::Q8_0);
         let mut p = XPrep::empty();
         p.ints = if pairs { super::pair_layout(&ints) } else { ints };
         p.scales = scales;
@@ -191,9 +192,13 @@ mod tests {
         p
     }
 
-    /// The AVX-512 rows are the AVX2 rows to the bit: Q4_0 and Q4_1, one to four tokens, rows
-    /// of an odd block count (an unpaired last block, a partial scale group) and of whole
-    /// groups, activations with an outlier and a zero block.
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The AVX-512 rows are the AVX2 rows to the bit: Q8_0, Q4_0 and Q4_1, one to eight
+    /// tokens, rows of an odd block count (an unpaired last block, a partial scale group) and
+    /// of whole groups, activations with an outlier and a zero block.
     #[test]
     fn avx512_rows_are_the_avx2_rows() {
         if !super::available() {
@@ -203,7 +208,7 @@ mod tests {
         let rows = 7;
         for nb in [1, 2, 9, 16, 18, 48] {
             let (qs, d, m) = weights(rows, nb);
-            let xs: Vec<Vec<f32>> = (0..4)
+            let xs: Vec<Vec<f32>> = (0..8)
                 .map(|t| {
                     let mut x: Vec<f32> = (0..nb * 32).map(|i| (((i + 31 * t) * 7919 % 1013) as f32 - 506.0) * 1e-3).collect();
                     let at = (3 + t) % x.len();
@@ -214,24 +219,22 @@ mod tests {
                     x
                 })
                 .collect();
-            let (std, pairs): (Vec<XPrep>, Vec<XPrep>) = xs.iter().map(|x| (prep(x, false), prep(x, true))).unzip();
-            for dtype in [DType::Q4_0, DType::Q4_1] {
+            for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
                 let q = QuantView { dtype, qs: &qs, d: &d, m: &m };
-                let ps: Vec<&XPrep> = std.iter().collect();
-                let pp: Vec<&XPrep> = pairs.iter().collect();
-                let (mut want, mut got) = (vec![0f32; 4 * rows], vec![0f32; 4 * rows]);
+                let (std, pairs): (Vec<XPrep>, Vec<XPrep>) = xs.iter().map(|x| (prep(x, dtype, false), prep(x, dtype, true))).unzip();
+                let (ps, pp): (Vec<&XPrep>, Vec<&XPrep>) = (std.iter().collect(), pairs.iter().collect());
+                let (mut want, mut got) = (vec![0f32; 8 * rows], vec![0f32; 8 * rows]);
                 // SAFETY: `available` checked the features (AVX-512 implies AVX2's here).
                 unsafe {
-                    decode_avx2::group_rows::<4>(q, &[&xs[0], &xs[1], &xs[2], &xs[3]], &ps, nb, 0, rows, &mut want);
-                    super::group_rows::<4>(q, &pp, nb, 0, rows, &mut got);
+                    decode_avx2::group_rows::<4>(q, &ps[..4], nb, 0, rows, &mut want[..4 * rows]);
+                    decode_avx2::group_rows::<4>(q, &ps[4..], nb, 0, rows, &mut want[4 * rows..]);
+                    super::group_rows::<8>(q, &pp, nb, 0, rows, &mut got);
                 }
-                assert_eq!(want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{dtype} nb {nb}, 4 tokens");
+                assert_eq!(bits(&want), bits(&got), "{dtype} nb {nb}, 8 tokens");
                 let mut one = vec![0f32; rows - 2];
                 // SAFETY: as above.
-                unsafe { super::rows(q, &pairs[2], nb, 2, &mut one) };
-                for (ri, v) in one.iter().enumerate() {
-                    assert_eq!(v.to_bits(), want[2 * rows + 2 + ri].to_bits(), "{dtype} nb {nb}, one token, row {}", 2 + ri);
-                }
+                unsafe { super::rows(q, &pairs[6], nb, 2, &mut one) };
+                assert_eq!(bits(&one), bits(&want[6 * rows + 2..7 * rows]), "{dtype} nb {nb}, one token");
             }
         }
     }
