@@ -265,6 +265,7 @@ pub(crate) fn q5_0_block(x: &[f32; 32], blk: &mut [u8]) {
 /// blocks are split over the machine's threads: each block is quantized on its own, so the
 /// bytes are the same whatever the split.
 pub(crate) fn quantize_blocks(src: &[f32], dtype: crate::DType, out: &mut [u8]) {
+    #[cfg_attr(target_arch = "wasm32", allow(unused_variables))]
     let l = dtype.block_layout().expect("a block type");
     #[cfg(not(target_arch = "wasm32"))]
     {

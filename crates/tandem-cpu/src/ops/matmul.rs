@@ -146,7 +146,7 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         if let (true, Weight::Q(q)) = (k % QBLOCK == 0 && k > 0, w) {
-            decode_simd128::quant_batch(q, x, &preps, bias, k, r0, &mut local);
+            decode_simd128::quant_batch(q, &preps, bias, k, r0, &mut local);
             return (r0, local);
         }
         for (i, o) in local.chunks_exact_mut(rows).enumerate() {
@@ -213,11 +213,11 @@ struct XPrep {
     /// (`scales`), so hi + lo / 2^15 carries about 31 bits, more than f32's 24: the AVX2 Q4
     /// kernel's sums are as close to the f32 reference as f32 arithmetic itself. Per block,
     /// 64 values: hi of the even elements, hi of the odd ones, lo of the even, lo of the odd.
-    /// [k / 32 * 64].
-    #[cfg(target_arch = "x86_64")]
+    /// [k / 32 * 64] (AVX-512: by pairs of blocks, see `decode_avx512::pair_layout`).
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
     ints: Vec<i16>,
     /// s of each block. [k / 32, zero padded to a multiple of 8] (as `sums`).
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
     scales: Vec<f32>,
 }
 
@@ -235,21 +235,22 @@ impl XPrep {
             even: vec![],
             odd: vec![],
             sums: vec![],
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
             ints: vec![],
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
             scales: vec![],
         }
     }
 
-    /// What the kernels of this CPU read for `dtype` (Q8_0, Q4_0 or Q4_1): the AVX2 kernel
-    /// the 16-bit split (`avx2`), the others Q4's even/odd copies (Q8_0 reads x itself).
+    /// What the kernels of this CPU read for `dtype` (Q8_0, Q4_0 or Q4_1): the integer
+    /// kernels (AVX2 where `avx2`, and wasm's simd128) the 16-bit split, the portable one
+    /// Q4's even/odd copies (its Q8_0 reads x itself).
     fn new(x: &[f32], dtype: DType, avx2: bool) -> Self {
-        let q8 = dtype == DType::Q8_0;
-        if q8 && !avx2 {
+        let (q8, int) = (dtype == DType::Q8_0, avx2 || SIMD128);
+        if q8 && !int {
             return XPrep::empty();
         }
-        let (even, odd) = match avx2 {
+        let (even, odd) = match int {
             true => (vec![], vec![]),
             false => (x.iter().step_by(2).copied().collect(), x.iter().skip(1).step_by(2).copied().collect()),
         };
@@ -260,16 +261,17 @@ impl XPrep {
             false => x.chunks_exact(QBLOCK).map(|b| b.iter().sum()).collect(),
         };
         sums.resize(if q8 { 0 } else { nb.next_multiple_of(8) }, 0.0);
-        #[cfg(target_arch = "x86_64")]
-        let (ints, scales) = match avx2 {
+        #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
+        let (ints, scales) = match int {
             true => {
                 // Q8_0's bytes are in element order, Q4's nibbles even then odd.
                 let (ints, scales) = int_split(x, q8);
                 // The AVX-512 kernel reads two blocks' parts per load.
-                match decode_avx512::available() {
-                    true => (decode_avx512::pair_layout(&ints), scales),
-                    false => (ints, scales),
+                #[cfg(target_arch = "x86_64")]
+                if decode_avx512::available() {
+                    return XPrep { even, odd, sums, ints: decode_avx512::pair_layout(&ints), scales };
                 }
+                (ints, scales)
             }
             false => (vec![], vec![]),
         };
@@ -277,18 +279,21 @@ impl XPrep {
             even,
             odd,
             sums,
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
             ints,
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
             scales,
         }
     }
 }
 
-/// [`XPrep::ints`] and [`XPrep::scales`] of x (only the AVX2 kernel reads them).
+/// The browser's CPU fallback is built with simd128 (its integer kernels read `XPrep::ints`).
+const SIMD128: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
+
+/// [`XPrep::ints`] and [`XPrep::scales`] of x (the integer kernels read them).
 /// Per block of 32, the 32 hi then the 32 lo: in the Q4 nibble order (even elements, then odd)
-/// or, with `natural`, in element order (the block types' kernels).
-#[cfg(target_arch = "x86_64")]
+/// or, with `natural`, in element order (Q8_0 and the block types' kernels).
+#[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
 fn int_split(x: &[f32], natural: bool) -> (Vec<i16>, Vec<f32>) {
     let nb = x.len() / QBLOCK;
     let (mut ints, mut scales) = (vec![0i16; nb * 64], vec![0f32; nb.next_multiple_of(8)]);
@@ -365,7 +370,7 @@ fn quant_rows(
     // The browser's CPU fallback (nb > 0 always: callers have k % 32 == 0, k > 0).
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     if nb > 0 {
-        return decode_simd128::rows(q, x, prep, nb, r0, out);
+        return decode_simd128::rows(q, prep, nb, r0, out);
     }
     let (b_start, b_end) = (r0 * nb, (r0 + out.len()) * nb);
     // Scales of the chunk's blocks as f32 once, rather than one f16 conversion per block.
@@ -459,7 +464,7 @@ fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
 /// v rounded to the nearest integer (ties to even) for |v| < 2^22: adding 1.5 * 2^23 leaves
 /// no fraction bits, so the addition rounds. `f32::round` is a library call on baseline
 /// x86-64 (no SSE4.1), once per element of every decode matmul's input.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
 #[inline(always)]
 fn round_even(v: f32) -> f32 {
     const MAGIC: f32 = 12582912.0;

@@ -1,19 +1,20 @@
 //! WebAssembly SIMD (simd128) rows of the decode matvec (n = 1, k % 32 == 0) for Q8_0, Q4_0
 //! and Q4_1: the browser's CPU fallback, where these products are most of a decode step.
 //!
-//! Why by hand: the portable lane loops compile to scalar f16 conversions (a software routine
-//! per block scale on wasm, which has no f16 instruction) and to byte unpacking that the
-//! auto-vectorizer maps onto chains of `extend` instructions. Here a block's weights are
-//! unpacked by shifting whole 32-bit lanes (four bytes each), which leaves every lane holding an
-//! element 8 (Q4) or 4 (Q8) places after the previous lane's: the activation is permuted to that
-//! order once per call ([`permute`], 4 x 4 transposes), so each product is one multiply of two
-//! vectors. Four block scales are converted from f16 at once with integer operations, and the
-//! Q4 offset terms (m * sum(x), or -8 * d * sum(x)) are accumulated four blocks per vector.
+//! The native kernels' integer method ([`super::decode_avx2`]) in 128-bit lanes: a block's
+//! weights are widened to 16-bit integers (Q4: a mask and a shift for the two nibbles of
+//! each byte, then one `extend` per 8 values; Q8_0: two `extend`s per 16 bytes) and
+//! multiplied with `i32x4.dot_i16x8_s` against the activation's 16-bit split
+//! (`XPrep::ints`: x = s * (hi + lo / 2^15) per block, about 31 bits), which is V8's one
+//! `pmaddwd` on x86: against the f32 kernel this replaced (every nibble converted to a float,
+//! a multiply and an add each: simd128 has no FMA) about 35 instructions per block instead of
+//! 50. Q4 sums are exact integers; Q8_0's (8 products per lane) round once to f32 when
+//! converted above 2^24, as an f32 sum would.
 //!
-//! simd128 has no FMA (relaxed SIMD's may or may not round once, depending on the machine), so
-//! every product is a multiply and then an add, in one fixed order: a block's eight vector
-//! products are summed as a balanced tree, each block's sum is scaled by its d and added to the
-//! row's accumulator, and the lanes are reduced in a fixed order. The batched rows
+//! Then per block, in one fixed order: v = hi + lo / 2^15 lane-wise, acc += (d * s) * v, the
+//! lanes reduced at the end. Four block scales are converted from f16 at once with integer
+//! operations (wasm has no f16 instruction), and the Q4 offset terms (m * sum(x), or
+//! -8 * d * sum(x)) are accumulated four blocks per vector. The batched rows
 //! ([`quant_batch`]) run the same functions per token, so a token's result is the same bits
 //! alone and inside a batch.
 
@@ -29,41 +30,23 @@ const G: usize = 4;
 /// Blocks whose scales are converted before their products (a multiple of G).
 const SPAN: usize = 32;
 
-/// out[ri] = dot(row r0 + ri of w, x) for k = nb * 32 (as `super::quant_rows`); `p` gives
-/// the Q4 block sums.
-pub(super) fn rows(q: QuantView, x: &[f32], p: &XPrep, nb: usize, r0: usize, out: &mut [f32]) {
-    let xp = permute(q.dtype, x, nb);
-    check(q, &[&xp], &[p], nb, r0 + out.len());
-    match q.dtype {
-        DType::Q8_0 => {
-            for (ri, o) in out.iter_mut().enumerate() {
-                let b0 = (r0 + ri) * nb;
-                // SAFETY: `check` keeps blocks b0..b0 + nb of the weights and blocks 0..nb of
-                // the activation inside their slices.
-                *o = unsafe { row_blocks(q.d, b0, nb, |b| dot(&unpack_q8(q.qs, b0 + b), &xp, b), |_, _| {}) };
-            }
-        }
-        _ => {
-            let q41 = q.dtype == DType::Q4_1;
-            for (ri, o) in out.iter_mut().enumerate() {
-                let b0 = (r0 + ri) * nb;
-                let mut off = f32x4_splat(0.0);
-                // SAFETY: as above.
-                let dot = unsafe {
-                    let offsets = |b: usize, g: usize| off = q4_offsets(q, q41, p, b0, b, g, off);
-                    row_blocks(q.d, b0, nb, |b| dot(&unpack_q4(q.qs, b0 + b), &xp, b), offsets)
-                };
-                *o = dot + q4_offset_total(q41, off);
-            }
-        }
+/// out[ri] = dot(row r0 + ri of w, x) for k = nb * 32 (as `super::quant_rows`), from the
+/// activation's split `p`.
+pub(super) fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &mut [f32]) {
+    check(q, &[p], nb, r0 + out.len());
+    for (ri, o) in out.iter_mut().enumerate() {
+        // SAFETY: `check` keeps blocks b0..b0 + nb of the weights and blocks 0..nb of the
+        // activation inside their slices.
+        *o = unsafe { row(q, p, (r0 + ri) * nb, nb) };
     }
 }
 
-/// The bounds every raw load below relies on: rows up to `rows_end` of `q` (k = nb * 32), the
-/// permuted activations' blocks 0..nb and, for Q4, their block sums.
-fn check(q: QuantView, xps: &[&[f32]], ps: &[&XPrep], nb: usize, rows_end: usize) {
+/// The bounds every raw load below relies on: rows up to `rows_end` of `q` (k = nb * 32), and
+/// the activations' split blocks 0..nb, scales and (Q4) block sums.
+fn check(q: QuantView, ps: &[&XPrep], nb: usize, rows_end: usize) {
     let end = rows_end * nb;
-    assert!(q.d.len() >= end && xps.iter().all(|x| x.len() >= nb * QBLOCK));
+    assert!(q.d.len() >= end);
+    assert!(ps.iter().all(|p| p.ints.len() >= nb * 64 && p.scales.len() >= nb.next_multiple_of(G)));
     match q.dtype {
         DType::Q8_0 => assert!(q.qs.len() >= end * QBLOCK),
         _ => {
@@ -73,81 +56,65 @@ fn check(q: QuantView, xps: &[&[f32]], ps: &[&XPrep], nb: usize, rows_end: usize
     }
 }
 
-/// The activation's blocks 0..nb in the order the unpacked weights come in: vector v of a
-/// block holds the elements that [`unpack_q8`] or [`unpack_q4`] put in their vector v.
-fn permute(dtype: DType, x: &[f32], nb: usize) -> Vec<f32> {
-    assert!(x.len() >= nb * QBLOCK);
-    let mut out = vec![0f32; nb * QBLOCK];
-    for (xb, ob) in x.chunks_exact(QBLOCK).zip(out.chunks_exact_mut(QBLOCK)) {
-        let (xb, ob) = (xb.as_ptr() as *const v128, ob.as_mut_ptr() as *mut v128);
-        // SAFETY: both blocks hold 32 floats, 8 vectors.
-        let v: [v128; 8] = std::array::from_fn(|i| unsafe { v128_load(xb.add(i)) });
-        // Q8: vector 4h + c, lane l is element 16h + 4l + c. Q4: vector s, lane l is 8l + s.
-        let t = match dtype {
-            DType::Q8_0 => [transpose(v[0], v[1], v[2], v[3]), transpose(v[4], v[5], v[6], v[7])],
-            _ => [transpose(v[0], v[2], v[4], v[6]), transpose(v[1], v[3], v[5], v[7])],
-        };
-        for (i, r) in t.iter().flatten().enumerate() {
-            // SAFETY: as above.
-            unsafe { v128_store(ob.add(i), *r) };
-        }
-    }
-    out
-}
-
-/// Row r of the result is lane r of a, b, c and d.
-#[inline(always)]
-fn transpose(a: v128, b: v128, c: v128, d: v128) -> [v128; 4] {
-    let (ab01, ab23) = (i32x4_shuffle::<0, 4, 1, 5>(a, b), i32x4_shuffle::<2, 6, 3, 7>(a, b));
-    let (cd01, cd23) = (i32x4_shuffle::<0, 4, 1, 5>(c, d), i32x4_shuffle::<2, 6, 3, 7>(c, d));
-    [
-        i64x2_shuffle::<0, 2>(ab01, cd01),
-        i64x2_shuffle::<1, 3>(ab01, cd01),
-        i64x2_shuffle::<0, 2>(ab23, cd23),
-        i64x2_shuffle::<1, 3>(ab23, cd23),
-    ]
-}
-
-/// Sum over a row's blocks of d[b] * block(b) (lane-wise, then reduced), in spans of up to
-/// [`SPAN`] blocks: a span's scales are converted first (four at a time, into a stack array),
-/// and `group(b, n)` runs once per span (the Q4 offset terms); then its blocks are summed one
-/// per loop turn into one accumulator.
-///
-/// Why one block per turn and one accumulator: V8 issues a loop body's loads before the
-/// arithmetic that uses them, so a body of several blocks (nine loads each) keeps more values
-/// alive than x86-64's 16 vector registers hold and spills them; one add per block into the
-/// accumulator is far from the critical path of a block's ~50 instructions. (Two rows per turn,
-/// sharing the activation's loads, measured slower for the same reason.)
+/// One token's row over blocks b0..b0 + nb: the block sums, then (Q4) the offsets.
 ///
 /// # Safety
-/// Blocks b0..b0 + nb of `d` must exist (checked by the callers' [`check`]).
+/// As checked by [`check`] for this row.
 #[inline(always)]
-unsafe fn row_blocks(d: &[f16], b0: usize, nb: usize, block: impl Fn(usize) -> v128, mut group: impl FnMut(usize, usize)) -> f32 {
+unsafe fn row(q: QuantView, p: &XPrep, b0: usize, nb: usize) -> f32 {
     let mut acc = f32x4_splat(0.0);
     let mut ds = [0f32; SPAN];
     let mut s = 0;
     while s < nb {
         let n = SPAN.min(nb - s);
-        // SAFETY: blocks b0 + s..b0 + s + n lie inside `d` (the caller's contract).
-        unsafe { scales_into(d, b0 + s, n, &mut ds) };
-        group(s, n);
+        // SAFETY: the caller's contract.
+        unsafe { span_scales(q.d, p, b0 + s, s, n, &mut ds) };
         for (j, dj) in ds[..n].iter().enumerate() {
-            acc = f32x4_add(acc, f32x4_mul(f32x4_splat(*dj), block(s + j)));
+            // SAFETY: as above.
+            let v = unsafe { block(&unpack(q, b0 + s + j), p, s + j) };
+            acc = f32x4_add(acc, f32x4_mul(f32x4_splat(*dj), v));
         }
         s += n;
     }
-    hsum(acc)
+    let sum = hsum(acc);
+    match q.dtype {
+        DType::Q8_0 => sum,
+        // SAFETY: as above.
+        _ => sum + unsafe { offsets(q, p, b0, nb) },
+    }
 }
 
-/// Scales b..b + n (n <= SPAN) of `src` as f32 into dst[..n].
+/// The Q4 offset terms of a row: m * sum(x) for Q4_1, -8 * d * sum(x) for Q4_0.
 ///
 /// # Safety
-/// Blocks b..b + n of `src` must exist.
+/// As [`row`].
 #[inline(always)]
-unsafe fn scales_into(src: &[f16], b: usize, n: usize, dst: &mut [f32; SPAN]) {
+unsafe fn offsets(q: QuantView, p: &XPrep, b0: usize, nb: usize) -> f32 {
+    let q41 = q.dtype == DType::Q4_1;
+    let mut off = f32x4_splat(0.0);
+    let mut s = 0;
+    while s < nb {
+        let n = SPAN.min(nb - s);
+        // SAFETY: the caller's contract.
+        off = unsafe { q4_offsets(q, q41, p, b0, s, n, off) };
+        s += n;
+    }
+    q4_offset_total(q41, off)
+}
+
+/// d * s of blocks b..b + n (n <= SPAN) of the row (weights' block wb) into dst[..n].
+///
+/// # Safety
+/// Weight blocks wb..wb + n and activation blocks b..b + n must exist.
+#[inline(always)]
+unsafe fn span_scales(d: &[f16], p: &XPrep, wb: usize, b: usize, n: usize, dst: &mut [f32; SPAN]) {
     for g in (0..n).step_by(G) {
-        // SAFETY: the caller's contract; dst holds SPAN floats, a multiple of G.
-        unsafe { v128_store(dst.as_mut_ptr().add(g) as *mut v128, scales(src, b + g, G.min(n - g))) };
+        // SAFETY: the caller's contract; `p.scales` is zero padded to a multiple of G blocks;
+        // dst holds SPAN floats, a multiple of G.
+        unsafe {
+            let sv = v128_load(p.scales.as_ptr().add(b + g) as *const v128);
+            v128_store(dst.as_mut_ptr().add(g) as *mut v128, f32x4_mul(scales(d, wb + g, G.min(n - g)), sv));
+        }
     }
 }
 
@@ -184,55 +151,36 @@ fn q4_offset_total(q41: bool, off: v128) -> f32 {
 // is the same in both by construction. SAFETY (all of them): the callers checked that block
 // `blk` of the weights and activation block `b` lie inside their slices.
 
-/// Q8_0 block `blk`'s 32 values as 8 x 4 floats: vector 4h + c holds byte c of each 32-bit
-/// lane of the block's half h (elements 16h + c, 16h + 4 + c, ...), sign-extended by shifting
-/// it to the top of the lane and back.
+/// Block `blk`'s 32 weights as four vectors of eight 16-bit integers, the partners of the
+/// activation split's four vectors per half (`int_split`): Q8_0 in element order, Q4 the low
+/// nibbles (even elements) then the high ones (odd elements).
 #[inline(always)]
-unsafe fn unpack_q8(qs: &[u8], blk: usize) -> [v128; 8] {
-    let p = unsafe { qs.as_ptr().add(blk * QBLOCK) } as *const v128;
-    // SAFETY: 32 bytes of block `blk` (unaligned loads are fine in wasm).
-    let (v0, v1) = unsafe { (v128_load(p), v128_load(p.add(1))) };
-    let bytes = |v: v128| [i32x4_shr(i32x4_shl(v, 24), 24), i32x4_shr(i32x4_shl(v, 16), 24), i32x4_shr(i32x4_shl(v, 8), 24), i32x4_shr(v, 24)];
-    let (h0, h1) = (bytes(v0), bytes(v1));
-    std::array::from_fn(|i| f32x4_convert_i32x4(if i < 4 { h0[i] } else { h1[i - 4] }))
+unsafe fn unpack(q: QuantView, blk: usize) -> [v128; 4] {
+    if q.dtype == DType::Q8_0 {
+        let p = unsafe { q.qs.as_ptr().add(blk * QBLOCK) } as *const v128;
+        // SAFETY: 32 bytes of block `blk` (unaligned loads are fine in wasm).
+        let (a, b) = unsafe { (v128_load(p), v128_load(p.add(1))) };
+        [i16x8_extend_low_i8x16(a), i16x8_extend_high_i8x16(a), i16x8_extend_low_i8x16(b), i16x8_extend_high_i8x16(b)]
+    } else {
+        // SAFETY: 16 bytes of block `blk`.
+        let v = unsafe { v128_load(q.qs.as_ptr().add(blk * 16) as *const v128) };
+        let (lo, hi) = (v128_and(v, u8x16_splat(0x0f)), u8x16_shr(v, 4));
+        [u16x8_extend_low_u8x16(lo), u16x8_extend_high_u8x16(lo), u16x8_extend_low_u8x16(hi), u16x8_extend_high_u8x16(hi)]
+    }
 }
 
-/// Q4 block `blk`'s nibbles as 8 x 4 floats: vector s holds nibble s of each 32-bit lane
-/// (elements s, 8 + s, 16 + s, 24 + s: element 2i is the low nibble of byte i).
+/// hi + lo / 2^15 of block b, lane-wise: the integer sums of its products with the weights
+/// `w` ((0 + 1) + (2 + 3), each half), converted.
 #[inline(always)]
-unsafe fn unpack_q4(qs: &[u8], blk: usize) -> [v128; 8] {
-    // SAFETY: 16 bytes of block `blk`.
-    let v = unsafe { v128_load(qs.as_ptr().add(blk * 16) as *const v128) };
-    let mask = u32x4_splat(0x0f);
-    // Values below 16: the signed conversion is exact (and one instruction, unlike the
-    // unsigned one).
-    [
-        f32x4_convert_i32x4(v128_and(v, mask)),
-        f32x4_convert_i32x4(v128_and(u32x4_shr(v, 4), mask)),
-        f32x4_convert_i32x4(v128_and(u32x4_shr(v, 8), mask)),
-        f32x4_convert_i32x4(v128_and(u32x4_shr(v, 12), mask)),
-        f32x4_convert_i32x4(v128_and(u32x4_shr(v, 16), mask)),
-        f32x4_convert_i32x4(v128_and(u32x4_shr(v, 20), mask)),
-        f32x4_convert_i32x4(v128_and(u32x4_shr(v, 24), mask)),
-        f32x4_convert_i32x4(u32x4_shr(v, 28)),
-    ]
-}
-
-/// Lane-wise sum of a block's unpacked weights times the permuted activation's block `b`.
-#[inline(always)]
-unsafe fn dot(w: &[v128; 8], xp: &[f32], b: usize) -> v128 {
-    let xp = unsafe { xp.as_ptr().add(b * QBLOCK) } as *const v128;
-    // SAFETY: 32 floats of block b.
-    let p: [v128; 8] = std::array::from_fn(|i| f32x4_mul(w[i], unsafe { v128_load(xp.add(i)) }));
-    tree8(&p)
-}
-
-/// ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)): short dependency chains, one order.
-#[inline(always)]
-fn tree8(p: &[v128; 8]) -> v128 {
-    let a = f32x4_add(f32x4_add(p[0], p[1]), f32x4_add(p[2], p[3]));
-    let b = f32x4_add(f32x4_add(p[4], p[5]), f32x4_add(p[6], p[7]));
-    f32x4_add(a, b)
+unsafe fn block(w: &[v128; 4], p: &XPrep, b: usize) -> v128 {
+    let xp = unsafe { p.ints.as_ptr().add(b * 64) } as *const v128;
+    // SAFETY: 64 integers of block b.
+    let half = |h: usize| unsafe {
+        let d: [v128; 4] = std::array::from_fn(|i| i32x4_dot_i16x8(w[i], v128_load(xp.add(4 * h + i))));
+        i32x4_add(i32x4_add(d[0], d[1]), i32x4_add(d[2], d[3]))
+    };
+    let (hi, lo) = (half(0), half(1));
+    f32x4_add(f32x4_convert_i32x4(hi), f32x4_mul(f32x4_convert_i32x4(lo), f32x4_splat(1.0 / 32768.0)))
 }
 
 /// The activation sums of blocks b..b + g (g <= G), zero padded to 4 lanes.
@@ -299,21 +247,18 @@ const TOKENS: usize = 8;
 
 /// Rows r0.. of every token's product for quantized weights (decode rows batched in one
 /// step), each token's result bit for bit what [`rows`] gives it alone (plus the bias, added
-/// the same way): every token runs the same multiplies and adds in the same order on the same
-/// values; only the work that does not depend on the token (widening a block and its scales)
-/// is done once per block for up to [`TOKENS`] tokens. x: [tokens, k]; out: [tokens, rows],
-/// token-major.
-pub(super) fn quant_batch(q: QuantView, x: &[f32], preps: &[XPrep], bias: Option<&[f32]>, k: usize, r0: usize, out: &mut [f32]) {
+/// the same way): every token runs the same operations in the same order on the same values;
+/// only the work that does not depend on the token (widening a block) is done once per block
+/// for up to [`TOKENS`] tokens. out: [tokens, rows], token-major.
+pub(super) fn quant_batch(q: QuantView, preps: &[XPrep], bias: Option<&[f32]>, k: usize, r0: usize, out: &mut [f32]) {
     let d = preps.len();
     let rows = out.len() / d;
     let nb = k / QBLOCK;
-    let xps: Vec<Vec<f32>> = x.chunks_exact(k).take(d).map(|xt| permute(q.dtype, xt, nb)).collect();
     for (g, o) in out.chunks_mut(TOKENS * rows).enumerate() {
         let t0 = g * TOKENS;
         let nt = o.len() / rows;
-        let xs: Vec<&[f32]> = xps[t0..t0 + nt].iter().map(|v| v.as_slice()).collect();
         let ps: Vec<&XPrep> = preps[t0..t0 + nt].iter().collect();
-        rows_batch(q, &xs, &ps, nb, r0, o);
+        rows_batch(q, &ps, nb, r0, o);
     }
     if let Some(b) = bias {
         for row in out.chunks_mut(rows) {
@@ -324,81 +269,42 @@ pub(super) fn quant_batch(q: QuantView, x: &[f32], preps: &[XPrep], bias: Option
     }
 }
 
-/// [`rows`] for up to [`TOKENS`] tokens (their permuted activations `xps`); out: [tokens,
-/// out.len() / tokens], token-major.
-fn rows_batch(q: QuantView, xps: &[&[f32]], ps: &[&XPrep], nb: usize, r0: usize, out: &mut [f32]) {
-    let nt = xps.len();
-    assert!(nt > 0 && nt <= TOKENS && ps.len() == nt && out.len() % nt == 0);
+/// [`rows`] for up to [`TOKENS`] tokens; out: [tokens, out.len() / tokens], token-major.
+fn rows_batch(q: QuantView, ps: &[&XPrep], nb: usize, r0: usize, out: &mut [f32]) {
+    let nt = ps.len();
+    assert!(nt > 0 && nt <= TOKENS && out.len() % nt == 0);
     let rows = out.len() / nt;
-    check(q, xps, ps, nb, r0 + rows);
-    let mut res = [0f32; TOKENS];
-    let q41 = q.dtype == DType::Q4_1;
+    check(q, ps, nb, r0 + rows);
     for ri in 0..rows {
         let b0 = (r0 + ri) * nb;
-        // SAFETY (both arms): `check` keeps blocks b0..b0 + nb of the weights and blocks 0..nb
-        // of every token's activation inside their slices.
-        match q.dtype {
-            DType::Q8_0 => unsafe {
-                let unpack = |b: usize| unpack_q8(q.qs, b0 + b);
-                let dot = |w: &[v128; 8], t: usize, b: usize| dot(w, xps[t], b);
-                row_blocks_batch(q.d, b0, nb, nt, unpack, dot, |_, _| {}, &mut res);
-            },
-            _ => unsafe {
-                let mut off = [f32x4_splat(0.0); TOKENS];
-                let offsets = |b: usize, g: usize| {
-                    for (t, p) in ps.iter().enumerate() {
-                        off[t] = q4_offsets(q, q41, p, b0, b, g, off[t]);
-                    }
-                };
-                let unpack = |b: usize| unpack_q4(q.qs, b0 + b);
-                let dot = |w: &[v128; 8], t: usize, b: usize| dot(w, xps[t], b);
-                row_blocks_batch(q.d, b0, nb, nt, unpack, dot, offsets, &mut res);
-                for t in 0..nt {
-                    res[t] += q4_offset_total(q41, off[t]);
-                }
-            },
-        }
-        for t in 0..nt {
-            out[t * rows + ri] = res[t];
-        }
-    }
-}
-
-/// [`row_blocks`] for `nt` tokens at once: `unpack(b)` prepares block b once, `dot(&w, t, b)`
-/// is token t's block sum from it, `group(b, n)` runs once per span.
-///
-/// # Safety
-/// As [`row_blocks`].
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn row_blocks_batch<W>(
-    d: &[f16],
-    b0: usize,
-    nb: usize,
-    nt: usize,
-    unpack: impl Fn(usize) -> W,
-    dot: impl Fn(&W, usize, usize) -> v128,
-    mut group: impl FnMut(usize, usize),
-    res: &mut [f32; TOKENS],
-) {
-    let mut acc = [f32x4_splat(0.0); TOKENS];
-    let mut ds = [0f32; SPAN];
-    let mut s = 0;
-    while s < nb {
-        let n = SPAN.min(nb - s);
-        // SAFETY: the caller's contract, as in `row_blocks`.
-        unsafe { scales_into(d, b0 + s, n, &mut ds) };
-        group(s, n);
-        for (j, dj) in ds[..n].iter().enumerate() {
-            let w = unpack(s + j);
-            let dj = f32x4_splat(*dj);
-            for t in 0..nt {
-                acc[t] = f32x4_add(acc[t], f32x4_mul(dj, dot(&w, t, s + j)));
+        let mut acc = [f32x4_splat(0.0); TOKENS];
+        let mut ds = [[0f32; SPAN]; TOKENS];
+        let mut s = 0;
+        while s < nb {
+            let n = SPAN.min(nb - s);
+            for (t, p) in ps.iter().enumerate() {
+                // SAFETY: `check` keeps blocks b0..b0 + nb of the weights and blocks 0..nb of
+                // every token's activation inside their slices.
+                unsafe { span_scales(q.d, p, b0 + s, s, n, &mut ds[t]) };
             }
+            for j in 0..n {
+                // SAFETY: as above.
+                let w = unsafe { unpack(q, b0 + s + j) };
+                for (t, p) in ps.iter().enumerate() {
+                    // SAFETY: as above.
+                    let v = unsafe { block(&w, p, s + j) };
+                    acc[t] = f32x4_add(acc[t], f32x4_mul(f32x4_splat(ds[t][j]), v));
+                }
+            }
+            s += n;
         }
-        s += n;
-    }
-    for t in 0..nt {
-        res[t] = hsum(acc[t]);
+        for (t, p) in ps.iter().enumerate() {
+            let sum = hsum(acc[t]);
+            out[t * rows + ri] = match q.dtype {
+                DType::Q8_0 => sum,
+                // SAFETY: as above.
+                _ => sum + unsafe { offsets(q, p, b0, nb) },
+            };
+        }
     }
 }
