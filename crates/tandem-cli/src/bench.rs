@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// both speeds, the speed-up and the acceptance rate.
     #[command(flatten)]
     spec: crate::speculate::SpecArgs,
+    /// With --speculate or --draft-model: what the workload asks of the model about its
+    /// built-in text.
+    #[arg(long, value_enum, default_value_t = crate::speculate::SpecTask::Summarize)]
+    spec_task: crate::speculate::SpecTask,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -324,7 +328,7 @@ impl WithBackend for SpecBench<'_> {
         let mut model = load_model(backend, self.source, self.opts)?;
         let spec = self.spec.build(another, self.opts)?;
         let a = self.args;
-        pollster::block_on(crate::speculate::bench(&mut model, self.tok, spec, &self.spec.describe(), a.decode_tokens, a.repeat, a.json))
+        pollster::block_on(crate::speculate::bench(&mut model, self.tok, spec, &self.spec.describe(), a.spec_task, a.decode_tokens, a.repeat, a.json))
     }
 }
 

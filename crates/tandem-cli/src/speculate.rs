@@ -38,6 +38,32 @@ pub struct SpecArgs {
     pub draft_tokens: usize,
 }
 
+/// `tandem bench`'s speculation workload: what the model is asked to do with the built-in text.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpecTask {
+    /// Summarize it, quoting key phrases (prompt lookup finds some of the output).
+    Summarize,
+    /// Repeat it word for word (prompt lookup finds most of the output: the high-acceptance
+    /// case, as in editing or quoting a document).
+    Quote,
+}
+
+impl SpecTask {
+    fn instruction(self) -> &'static str {
+        match self {
+            SpecTask::Summarize => "Summarize the text above in a few sentences, quoting its key phrases.",
+            SpecTask::Quote => "Repeat the text above word for word.",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            SpecTask::Summarize => "a text to summarize",
+            SpecTask::Quote => "a text to repeat word for word",
+        }
+    }
+}
+
 /// What the speculation flags asked for, checked before any model loads.
 pub struct SpecSource {
     draft: Option<(ModelSource, Option<WeightDtype>)>,
@@ -98,7 +124,7 @@ pub fn acceptance(gen: &Generation) -> String {
     format!("{}/{} draft tokens accepted ({:.0}%)", gen.accepted_tokens, gen.draft_tokens, 100.0 * rate)
 }
 
-/// `tandem bench` with speculation: a summarization-style prompt that quotes its text, decoded
+/// `tandem bench` with speculation: a prompt about a built-in text (`task`: summarize it, or repeat it), decoded
 /// greedily with and without speculation (best of `repeat` each), on the same model: decode
 /// tok/s, the speed-up, the acceptance rate, and whether the tokens are identical (they must be).
 #[allow(clippy::too_many_arguments)]
@@ -107,11 +133,12 @@ pub async fn bench<B: Backend>(
     tok: &Tokenizer,
     spec: Speculation<B>,
     what: &str,
+    task: SpecTask,
     max_tokens: usize,
     repeat: usize,
     json: bool,
 ) -> Result<()> {
-    let messages = [ChatMessage { role: "user".into(), content: format!("{BENCH_TEXT}\n\nSummarize the text above in a few sentences, quoting its key phrases.") }];
+    let messages = [ChatMessage { role: "user".into(), content: format!("{BENCH_TEXT}\n\n{}", task.instruction()) }];
     let prompt = tok.encode(&tok.apply_chat_template(&messages, true)?)?;
     let params = GenerateParams { max_tokens, ..Default::default() };
     let mut spec = Some(spec);
@@ -134,6 +161,7 @@ pub async fn bench<B: Backend>(
         let report = serde_json::json!({
             "backend": model.backend.name(),
             "speculation": what,
+            "task": task.describe(),
             "prompt_tokens": prompt.len(),
             "generated_tokens": fast.tokens.len(),
             "plain_decode_tok_s": plain.decode_tok_per_sec(),
@@ -148,7 +176,7 @@ pub async fn bench<B: Backend>(
     } else {
         println!("backend:      {}", model.backend.name());
         println!("speculation:  {what}");
-        println!("workload:     {} prompt tokens (a text to summarize), {} generated greedily", prompt.len(), fast.tokens.len());
+        println!("workload:     {} prompt tokens ({}), {} generated greedily", prompt.len(), task.describe(), fast.tokens.len());
         println!("plain:        {:.1} tok/s decode", plain.decode_tok_per_sec());
         println!("speculative:  {:.1} tok/s decode; {}; {:.2} tokens per target step", fast.decode_tok_per_sec(), acceptance(&fast), 1.0 + fast.accepted_tokens as f64 / fast.tokens.len().saturating_sub(fast.accepted_tokens).max(1) as f64);
         println!("speed-up:     {speedup:.2}x, output {}", if identical { "identical" } else { "DIFFERENT" });

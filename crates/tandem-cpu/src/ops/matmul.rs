@@ -44,7 +44,7 @@ use tandem_core::dtype::bf16_to_f32;
 use tandem_core::ops::Matmul;
 use tandem_core::{DType, QuantView, Result, QBLOCK};
 
-use super::{chunk_rows, dot, par_chunks_caller};
+use super::{chunk_rows, dot, dots, par_chunks_caller};
 use crate::table::{bad_dtype, numel, Table, Weight};
 use crate::{is_weight_dtype, Exec};
 
@@ -134,6 +134,14 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
         }
     }
     let preps: Vec<XPrep> = x.chunks_exact(k.max(1)).map(|xi| XPrep::for_weight(w, xi, ex.avx2)).collect();
+    // The weights a lone token takes through `general` (`token_rows`' last arm), whose rows
+    // are the same dot products for any number of tokens.
+    let general_route = match w {
+        Weight::Q(_) => k % QBLOCK != 0 || k == 0,
+        Weight::BF16(_) => false,
+        Weight::Blocks(b) => !blocks::row_aligned(b, k),
+        _ => true,
+    };
     let c = chunk_rows(m, ex.threads(), 16);
     let parts: Vec<(usize, Vec<f32>)> = ex.map_range(m.div_ceil(c), |ci| {
         let r0 = ci * c;
@@ -147,6 +155,12 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         if let (true, Weight::Q(q)) = (k % QBLOCK == 0 && k > 0, w) {
             decode_simd128::quant_batch(q, &preps, bias, k, r0, &mut local);
+            return (r0, local);
+        }
+        if general_route {
+            // Each tile of rows widened once for all the tokens (per token, it was a copy of
+            // the whole matrix: an f32 model's 5-row verify step cost 5 decode steps).
+            general_dispatch(ex.avx2, x, w, bias, &mut local, d, k, r0);
             return (r0, local);
         }
         for (i, o) in local.chunks_exact_mut(rows).enumerate() {
@@ -513,7 +527,7 @@ fn general_dispatch(
         return unsafe { general_rows_avx2(x, w, bias, out, n, k, r0) };
     }
     let _ = avx2;
-    general_rows(x, w, bias, out, n, k, r0)
+    general_rows(x, w, bias, out, n, k, r0, dots::<TILE>)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -527,11 +541,14 @@ unsafe fn general_rows_avx2(
     k: usize,
     r0: usize,
 ) {
-    general_rows(x, w, bias, out, n, k, r0)
+    // SAFETY: this function runs only where AVX2 was detected.
+    general_rows(x, w, bias, out, n, k, r0, |x, rows| unsafe { super::dots4_avx2(x, rows) })
 }
 
-/// out: [n, rows] for weight rows r0..r0 + rows (rows = out.len() / n).
+/// out: [n, rows] for weight rows r0..r0 + rows (rows = out.len() / n); `dots4` is [`dots`]
+/// for a tile (the same bits, faster where written for the CPU).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn general_rows(
     x: &[f32],
     w: Weight,
@@ -540,6 +557,7 @@ fn general_rows(
     n: usize,
     k: usize,
     r0: usize,
+    dots4: impl Fn(&[f32], [&[f32]; TILE]) -> [f32; TILE],
 ) {
     let rows = out.len() / n;
     let mut scratch = vec![0f32; TILE * k];
@@ -552,11 +570,20 @@ fn general_rows(
                 &mut scratch[(r - t0) * k..(r - t0 + 1) * k],
             );
         }
+        let row = |r: usize| &scratch[(r - t0) * k..(r - t0 + 1) * k];
         for i in 0..n {
             let xi = &x[i * k..(i + 1) * k];
-            for r in t0..t1 {
-                let b = bias.map_or(0.0, |b| b[r0 + r]);
-                out[i * rows + r] = dot(xi, &scratch[(r - t0) * k..(r - t0 + 1) * k]) + b;
+            let b = |r: usize| bias.map_or(0.0, |b| b[r0 + r]);
+            if t1 - t0 == TILE {
+                // The tile's rows at once (each the same bits as `dot` alone).
+                let v = dots4(xi, std::array::from_fn(|j| row(t0 + j)));
+                for (j, v) in v.into_iter().enumerate() {
+                    out[i * rows + t0 + j] = v + b(t0 + j);
+                }
+            } else {
+                for r in t0..t1 {
+                    out[i * rows + r] = dot(xi, row(r)) + b(r);
+                }
             }
         }
     }
