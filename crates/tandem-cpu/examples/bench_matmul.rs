@@ -128,6 +128,9 @@ fn main() {
         (DType::Q4_1, 37, 576, 1536),
         (DType::Q4_1, 37, 1536, 576),
         (DType::F32, 37, 576, 576),
+        // An f32 model's decode, and its 5-token verify step (speculative decoding).
+        (DType::F32, 1, 576, 1536),
+        (DType::F32, 5, 576, 1536),
     ];
     let mut modes: Vec<(String, CpuBackend)> = vec![("reference".into(), CpuBackend::reference())];
     for t in [1, 2] {
@@ -136,7 +139,7 @@ fn main() {
     // One token is a decode; more are a prompt, and a batch of decodes (continuous batching)
     // once more.
     let runs = shapes.iter().flat_map(|&(dtype, n, k, m)| {
-        let batch = (n > 1 && matches!(dtype, DType::Q4_1 | DType::Q8_0 | DType::Q5_0 | DType::Q6_K)).then_some((dtype, n, k, m, n));
+        let batch = (n > 1 && matches!(dtype, DType::Q4_1 | DType::Q8_0 | DType::Q5_0 | DType::Q6_K | DType::F32)).then_some((dtype, n, k, m, n));
         std::iter::once((dtype, n, k, m, usize::from(n == 1))).chain(batch)
     });
     for (dtype, n, k, m, decode_rows) in runs {

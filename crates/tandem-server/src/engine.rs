@@ -257,11 +257,14 @@ impl<B: Backend> Engine<'_, B> {
                 Event::Failed(_) => (Some("error"), None),
             };
             let Some(t) = self.tracked.get(&id) else { continue };
-            let submitted = t.submitted;
-            let delivered = t.replies.send(Reply::Event { choice: t.choice, event }).is_ok();
             if let Some(reason) = reason {
+                // Counted before the client hears of it, so a /metrics read after the
+                // response already shows the request finished.
+                self.metrics.finished(reason, usage.as_ref(), t.submitted.elapsed().as_secs_f64());
+            }
+            let delivered = t.replies.send(Reply::Event { choice: t.choice, event }).is_ok();
+            if reason.is_some() {
                 self.tracked.remove(&id);
-                self.metrics.finished(reason, usage.as_ref(), submitted.elapsed().as_secs_f64());
             } else if !delivered {
                 // Nobody listens any more: stop spending steps on it.
                 self.sched.abort(id);

@@ -527,7 +527,11 @@ fn general_dispatch(
         return unsafe { general_rows_avx2(x, w, bias, out, n, k, r0) };
     }
     let _ = avx2;
-    general_rows(x, w, bias, out, n, k, r0, dots::<TILE>)
+    general_rows(x, w, bias, out, n, k, r0, |xs, rows, res| {
+        for (x, r) in xs.iter().zip(res) {
+            *r = dots::<TILE>(x, rows);
+        }
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -541,12 +545,43 @@ unsafe fn general_rows_avx2(
     k: usize,
     r0: usize,
 ) {
+    if decode_avx512::available() {
+        // SAFETY: the AVX-512 features were detected.
+        return unsafe { general_rows_avx512(x, w, bias, out, n, k, r0) };
+    }
     // SAFETY: this function runs only where AVX2 was detected.
-    general_rows(x, w, bias, out, n, k, r0, |x, rows| unsafe { super::dots4_avx2(x, rows) })
+    general_rows(x, w, bias, out, n, k, r0, |xs, rows, res| {
+        for (x, r) in xs.iter().zip(res) {
+            *r = unsafe { super::dots4_avx2(x, rows) };
+        }
+    })
 }
 
-/// out: [n, rows] for weight rows r0..r0 + rows (rows = out.len() / n); `dots4` is [`dots`]
-/// for a tile (the same bits, faster where written for the CPU).
+/// [`general_rows`] with a tile of up to 4 tokens x 4 rows in AVX-512 registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn general_rows_avx512(x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, r0: usize) {
+    use super::dots_avx512 as dots;
+    general_rows(x, w, bias, out, n, k, r0, |xs, rows, res| {
+        // SAFETY (every arm): the caller detected AVX-512F.
+        match *xs {
+            [a, b, c, d, e] => res.copy_from_slice(&unsafe { dots::<5>([a, b, c, d, e], rows) }),
+            [a, b, c, d] => res.copy_from_slice(&unsafe { dots::<4>([a, b, c, d], rows) }),
+            [a, b, c] => res.copy_from_slice(&unsafe { dots::<3>([a, b, c], rows) }),
+            [a, b] => res.copy_from_slice(&unsafe { dots::<2>([a, b], rows) }),
+            [a] => res.copy_from_slice(&unsafe { dots::<1>([a], rows) }),
+            _ => unreachable!("token groups of 1 to TOKEN_TILE"),
+        }
+    })
+}
+
+/// Tokens whose dots with a tile of rows are taken at once: a verify step's K + 1 = 5 (the
+/// AVX-512 tile's 20 accumulators fit its 32 registers).
+const TOKEN_TILE: usize = 5;
+
+/// out: [n, rows] for weight rows r0..r0 + rows (rows = out.len() / n). `tile(xs, rows, res)`
+/// is [`dots`] for up to [`TOKEN_TILE`] tokens and a tile of rows, res[t][j] = dot(xs[t],
+/// rows[j]), the same bits however the CPU's form of it groups the work.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn general_rows(
@@ -557,32 +592,47 @@ fn general_rows(
     n: usize,
     k: usize,
     r0: usize,
-    dots4: impl Fn(&[f32], [&[f32]; TILE]) -> [f32; TILE],
+    tile: impl Fn(&[&[f32]], [&[f32]; TILE], &mut [[f32; TILE]]),
 ) {
     let rows = out.len() / n;
-    let mut scratch = vec![0f32; TILE * k];
+    // f32 rows are read where they are; the others are widened a tile at a time.
+    let dense = match w {
+        Weight::F32(v) => Some(v),
+        _ => None,
+    };
+    let mut scratch = vec![0f32; if dense.is_some() { 0 } else { TILE * k }];
     for t0 in (0..rows).step_by(TILE) {
         let t1 = (t0 + TILE).min(rows);
-        for r in t0..t1 {
-            dequant_into(
-                w,
-                (r0 + r) * k,
-                &mut scratch[(r - t0) * k..(r - t0 + 1) * k],
-            );
+        if dense.is_none() {
+            for r in t0..t1 {
+                dequant_into(w, (r0 + r) * k, &mut scratch[(r - t0) * k..(r - t0 + 1) * k]);
+            }
         }
-        let row = |r: usize| &scratch[(r - t0) * k..(r - t0 + 1) * k];
-        for i in 0..n {
-            let xi = &x[i * k..(i + 1) * k];
-            let b = |r: usize| bias.map_or(0.0, |b| b[r0 + r]);
-            if t1 - t0 == TILE {
-                // The tile's rows at once (each the same bits as `dot` alone).
-                let v = dots4(xi, std::array::from_fn(|j| row(t0 + j)));
+        let row = |r: usize| match dense {
+            Some(v) => &v[(r0 + r) * k..(r0 + r + 1) * k],
+            None => &scratch[(r - t0) * k..(r - t0 + 1) * k],
+        };
+        let b = |r: usize| bias.map_or(0.0, |b| b[r0 + r]);
+        if t1 - t0 < TILE {
+            for i in 0..n {
+                for r in t0..t1 {
+                    out[i * rows + r] = dot(&x[i * k..(i + 1) * k], row(r)) + b(r);
+                }
+            }
+            continue;
+        }
+        // The tile's rows with a group of tokens at once (each the same bits as `dot` alone).
+        for i0 in (0..n).step_by(TOKEN_TILE) {
+            let g = TOKEN_TILE.min(n - i0);
+            let xs: [&[f32]; TOKEN_TILE] = std::array::from_fn(|t| {
+                let i = (i0 + t).min(n - 1);
+                &x[i * k..(i + 1) * k]
+            });
+            let mut res = [[0f32; TILE]; TOKEN_TILE];
+            tile(&xs[..g], std::array::from_fn(|j| row(t0 + j)), &mut res[..g]);
+            for (i, v) in (i0..i0 + g).zip(res) {
                 for (j, v) in v.into_iter().enumerate() {
                     out[i * rows + t0 + j] = v + b(t0 + j);
-                }
-            } else {
-                for r in t0..t1 {
-                    out[i * rows + r] = dot(xi, row(r)) + b(r);
                 }
             }
         }
