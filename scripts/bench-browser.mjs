@@ -5,8 +5,13 @@
 // number of tokens; plus the .wasm's size raw and gzipped. Builds nothing: run `npm run build`
 // first.
 //
-//   npm run bench:browser -- [--models stories260K,smollm2] [--backends webgpu,cpu]
-//                            [--tokens 64] [--repeat 3] [--json FILE]
+//   npm run bench:browser -- [--models stories260K,smollm2,smollm2-quote] [--backends webgpu,cpu]
+//                            [--tokens 64] [--repeat 3] [--speculate] [--json FILE]
+//
+// --speculate: each model and backend runs plain and with prompt-lookup speculation
+// (`speculate: 'ngram'`), alternately, and the speed-up is printed. smollm2-quote asks the model
+// to repeat bench/spec-text.txt word for word (the high-acceptance case; `tandem bench
+// --speculate ngram --spec-task quote` is the native side).
 
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -35,6 +40,12 @@ const MODELS = {
     describe: 'chat: "What is the capital of France?"',
   },
 };
+MODELS['smollm2-quote'] = {
+  files: MODELS.smollm2.files,
+  source: MODELS.smollm2.source,
+  request: { messages: [{ role: 'user', content: `${readFileSync(join(repoRoot, 'bench/spec-text.txt'), 'utf8').trimEnd()}\n\nRepeat the text above word for word.` }] },
+  describe: 'chat: bench/spec-text.txt + "Repeat the text above word for word."',
+};
 const BACKENDS = ['webgpu', 'cpu'];
 /** One run may take this long before it counts as hung. */
 const RUN_TIMEOUT_MS = 15 * 60_000;
@@ -54,6 +65,7 @@ function options() {
         tokens: { type: 'string', default: '64' },
         repeat: { type: 'string', default: '3' },
         json: { type: 'string' },
+        speculate: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -80,6 +92,7 @@ function options() {
     tokens: count(values.tokens, 'tokens', 2),
     repeat: count(values.repeat, 'repeat', 1),
     json: values.json ?? null,
+    speculate: values.speculate,
   };
 }
 
@@ -90,10 +103,10 @@ function wasmSize() {
 }
 
 /** One page load in a fresh browser (fresh profile: empty Cache API and HTTP cache). */
-async function runOnce(origin, model, backend, tokens) {
+async function runOnce(origin, model, backend, tokens, speculate) {
   const browser = await openBrowser(origin);
   try {
-    const run = { source: model.source, backend, tokens, ...model.request };
+    const run = { source: model.source, backend, tokens, speculate, ...model.request };
     const { page } = browser;
     await page.goto(`${origin}/scripts/bench-browser.html?run=${encodeURIComponent(JSON.stringify(run))}`);
     await page.waitForFunction(() => window.benchResult, null, { timeout: RUN_TIMEOUT_MS, polling: 100 });
@@ -113,6 +126,8 @@ async function runOnce(origin, model, backend, tokens) {
       decode_tokens_per_second: u.decode_tokens_per_second,
       completion_tokens: u.completion_tokens,
       backend: result.backend,
+      draft_tokens: u.draft_tokens,
+      accepted_tokens: u.accepted_tokens,
       engine_backend: result.engine.backend,
       weight_bytes: result.engine.model.weight_bytes,
       page_adapter: result.adapter,
@@ -189,21 +204,31 @@ async function main() {
       }
       const modelBytes = model.files().reduce((n, f) => n + statSync(f).size, 0);
       for (const backend of opts.backends) {
-        const runs = [];
-        for (let i = 0; i < opts.repeat; i++) {
-          process.stdout.write(`  ${name} ${backend} run ${i + 1}/${opts.repeat} ... `);
-          try {
-            const r = await runOnce(server.origin, model, backend, opts.tokens);
-            runs.push(r);
-            console.log(`first token ${r.first_token_ms.toFixed(0)} ms, decode ${r.decode_tokens_per_second.toFixed(1)} tok/s`);
-          } catch (e) {
-            console.log('failed');
-            console.log(`FAILED ${name} ${backend}: ${e.message}`);
-            report.skipped.push({ model: name, backend, reason: `failed: ${e.message}` });
-            break;
+        // With --speculate, plain and speculative runs alternate, so a slow stretch hits both.
+        const variants = opts.speculate ? [undefined, 'ngram'] : [undefined];
+        const byVariant = variants.map(() => []);
+        let failed = false;
+        for (let i = 0; i < opts.repeat && !failed; i++) {
+          for (const [v, speculate] of variants.entries()) {
+            const label = speculate ? `${backend}+${speculate}` : backend;
+            process.stdout.write(`  ${name} ${label} run ${i + 1}/${opts.repeat} ... `);
+            try {
+              const r = await runOnce(server.origin, model, backend, opts.tokens, speculate);
+              byVariant[v].push(r);
+              const acc = speculate ? `, ${r.accepted_tokens}/${r.draft_tokens} drafts accepted` : '';
+              console.log(`first token ${r.first_token_ms.toFixed(0)} ms, decode ${r.decode_tokens_per_second.toFixed(1)} tok/s${acc}`);
+            } catch (e) {
+              console.log('failed');
+              console.log(`FAILED ${name} ${label}: ${e.message}`);
+              report.skipped.push({ model: name, backend: label, reason: `failed: ${e.message}` });
+              failed = true;
+              break;
+            }
           }
         }
-        if (runs.length < opts.repeat) continue;
+        if (failed) continue;
+        for (const [v, runs] of byVariant.entries()) {
+        const speculation = variants[v] ?? null;
         const first = runs[0];
         const of = (key) => stats(runs.map((r) => r[key]));
         report.results.push({
@@ -211,7 +236,10 @@ async function main() {
           request: model.describe,
           model_bytes: modelBytes,
           weight_bytes: first.weight_bytes,
-          backend,
+          backend: speculation ? `${backend}+${speculation}` : backend,
+          speculation,
+          draft_tokens: speculation ? runs.reduce((n, r) => n + r.draft_tokens, 0) : null,
+          accepted_tokens: speculation ? runs.reduce((n, r) => n + r.accepted_tokens, 0) : null,
           adapter: first.backend,
           engine_backend: first.engine_backend,
           page_adapter: first.page_adapter,
@@ -223,6 +251,7 @@ async function main() {
           text: first.text,
           runs: runs.map(({ text, page_adapter, engine_backend, backend, weight_bytes, ...r }) => r),
         });
+        }
       }
     }
   } finally {
@@ -241,6 +270,14 @@ async function main() {
     rows.push([r.model, r.backend, r.adapter, `${r.prompt_tokens} tok`, fmt(r.load_ms), fmt(r.first_token_ms), fmt(r.prefill_ms, 1), fmt(r.decode_tokens_per_second, 1), fmt(gbps, 3)]);
   }
   console.log(table(rows));
+  for (const r of report.results.filter((r) => r.speculation)) {
+    const base = report.results.find((p) => p.model === r.model && !p.speculation && r.backend.startsWith(`${p.backend}+`));
+    if (!base) continue;
+    r.speedup = r.decode_tokens_per_second.median / base.decode_tokens_per_second.median;
+    const same = r.text === base.text ? 'identical' : 'DIFFERENT';
+    console.log(`${r.model} ${r.backend}: ${r.speedup.toFixed(2)}x plain decode (medians), ${r.accepted_tokens}/${r.draft_tokens} drafts accepted over the runs, output ${same}`);
+    if (r.text !== base.text) process.exitCode = 1;
+  }
   console.log(
     [
       'load: navigation start to createEngine() resolved (page scripts, wasm compile, model download and upload)',

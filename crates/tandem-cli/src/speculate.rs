@@ -187,11 +187,6 @@ pub async fn bench<B: Backend>(
     Ok(())
 }
 
-/// The benchmark's text: a passage a summary quotes from, where prompt lookup finds its drafts.
-const BENCH_TEXT: &str = "The city council met on Tuesday evening to discuss the new public library. \
-The library will be built on the corner of Main Street and Oak Avenue, next to the old train station. \
-It will have three floors, a children's reading room, a community kitchen and a rooftop garden. \
-Construction is expected to begin in the spring and to take about eighteen months. \
-The council said the library will cost twelve million dollars, most of it paid by a state grant. \
-Several residents spoke in favor of the plan, saying the town has needed a larger library for years. \
-One resident asked whether the rooftop garden would be open to the public, and the council said it would.";
+/// The benchmark's text (bench/spec-text.txt, which `npm run bench:browser -- --speculate`
+/// reads too): a passage a summary quotes from, where prompt lookup finds its drafts.
+const BENCH_TEXT: &str = include_str!("../../../bench/spec-text.txt").trim_ascii_end();
