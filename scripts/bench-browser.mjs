@@ -228,29 +228,29 @@ async function main() {
         }
         if (failed) continue;
         for (const [v, runs] of byVariant.entries()) {
-        const speculation = variants[v] ?? null;
-        const first = runs[0];
-        const of = (key) => stats(runs.map((r) => r[key]));
-        report.results.push({
-          model: name,
-          request: model.describe,
-          model_bytes: modelBytes,
-          weight_bytes: first.weight_bytes,
-          backend: speculation ? `${backend}+${speculation}` : backend,
-          speculation,
-          draft_tokens: speculation ? runs.reduce((n, r) => n + r.draft_tokens, 0) : null,
-          accepted_tokens: speculation ? runs.reduce((n, r) => n + r.accepted_tokens, 0) : null,
-          adapter: first.backend,
-          engine_backend: first.engine_backend,
-          page_adapter: first.page_adapter,
-          prompt_tokens: first.prompt_tokens,
-          load_ms: of('load_ms'),
-          first_token_ms: of('first_token_ms'),
-          prefill_ms: of('prefill_ms'),
-          decode_tokens_per_second: of('decode_tokens_per_second'),
-          text: first.text,
-          runs: runs.map(({ text, page_adapter, engine_backend, backend, weight_bytes, ...r }) => r),
-        });
+          const speculation = variants[v] ?? null;
+          const first = runs[0];
+          const of = (key) => stats(runs.map((r) => r[key]));
+          report.results.push({
+            model: name,
+            request: model.describe,
+            model_bytes: modelBytes,
+            weight_bytes: first.weight_bytes,
+            backend: speculation ? `${backend}+${speculation}` : backend,
+            speculation,
+            draft_tokens: speculation ? runs.reduce((n, r) => n + r.draft_tokens, 0) : null,
+            accepted_tokens: speculation ? runs.reduce((n, r) => n + r.accepted_tokens, 0) : null,
+            adapter: first.backend,
+            engine_backend: first.engine_backend,
+            page_adapter: first.page_adapter,
+            prompt_tokens: first.prompt_tokens,
+            load_ms: of('load_ms'),
+            first_token_ms: of('first_token_ms'),
+            prefill_ms: of('prefill_ms'),
+            decode_tokens_per_second: of('decode_tokens_per_second'),
+            text: first.text,
+            runs: runs.map(({ text, page_adapter, engine_backend, backend, weight_bytes, ...r }) => r),
+          });
         }
       }
     }

@@ -42,6 +42,7 @@ mod prefill_simd128;
 use half::slice::HalfFloatSliceExt;
 use tandem_core::dtype::bf16_to_f32;
 use tandem_core::ops::Matmul;
+use tandem_core::quant::BlockView;
 use tandem_core::{DType, QuantView, Result, QBLOCK};
 
 use super::{chunk_rows, dot, dots, par_chunks_caller};
@@ -117,13 +118,13 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
         return;
     }
     if d == 1 {
-        return match w {
-            Weight::Q(q) if k % QBLOCK == 0 && k > 0 => decode_quant(ex, x, q, bias, out, k, m),
-            Weight::BF16(v) => bf16::decode(ex, x, v, bias, out, k, m),
-            Weight::Blocks(b) if blocks::row_aligned(b, k) => blocks::decode(ex, x, b, bias, out, k, m),
+        return match Route::of(w, k) {
+            Route::Quant(q) => decode_quant(ex, x, q, bias, out, k, m),
+            Route::Bf16(v) => bf16::decode(ex, x, v, bias, out, k, m),
+            Route::Blocks(b) => blocks::decode(ex, x, b, bias, out, k, m),
             // The decode paths schedule themselves (see `par_chunks_caller`); this one runs
             // on the pool if there is one.
-            _ => general(ex, x, w, bias, out, k, m),
+            Route::General => general(ex, x, w, bias, out, k, m),
         };
     }
     let ex = ex.sized(d * k * m);
@@ -134,14 +135,8 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
         }
     }
     let preps: Vec<XPrep> = x.chunks_exact(k.max(1)).map(|xi| XPrep::for_weight(w, xi, ex.avx2)).collect();
-    // The weights a lone token takes through `general` (`token_rows`' last arm), whose rows
-    // are the same dot products for any number of tokens.
-    let general_route = match w {
-        Weight::Q(_) => k % QBLOCK != 0 || k == 0,
-        Weight::BF16(_) => false,
-        Weight::Blocks(b) => !blocks::row_aligned(b, k),
-        _ => true,
-    };
+    // `general`'s rows are the same dot products for any number of tokens.
+    let general_route = matches!(Route::of(w, k), Route::General);
     let c = chunk_rows(m, ex.threads(), 16);
     let parts: Vec<(usize, Vec<f32>)> = ex.map_range(m.div_ceil(c), |ci| {
         let r0 = ci * c;
@@ -199,14 +194,37 @@ fn quant_batch(q: QuantView, preps: &[XPrep], bias: Option<&[f32]>, k: usize, r0
     }
 }
 
+/// The one-token kernels a weight's decode rows take, alone or batched (so a row's
+/// arithmetic never depends on the batch).
+enum Route<'a> {
+    /// Q8_0 / Q4_0 / Q4_1 with rows of whole blocks.
+    Quant(QuantView<'a>),
+    Bf16(&'a [u16]),
+    /// A GGUF block type with rows of whole blocks.
+    Blocks(BlockView<'a>),
+    /// Everything else: rows widened to f32 a tile at a time ([`general`]).
+    General,
+}
+
+impl<'a> Route<'a> {
+    fn of(w: Weight<'a>, k: usize) -> Self {
+        match w {
+            Weight::Q(q) if k % QBLOCK == 0 && k > 0 => Route::Quant(q),
+            Weight::BF16(v) => Route::Bf16(v),
+            Weight::Blocks(b) if blocks::row_aligned(b, k) => Route::Blocks(b),
+            _ => Route::General,
+        }
+    }
+}
+
 /// Rows r0..r0 + out.len() of one token's product, with the one-token kernels' arithmetic.
 #[allow(clippy::too_many_arguments)]
 fn token_rows(avx2: bool, x: &[f32], prep: &XPrep, w: Weight, bias: Option<&[f32]>, k: usize, r0: usize, out: &mut [f32]) {
-    match w {
-        Weight::Q(q) if k % QBLOCK == 0 && k > 0 => quant_rows(avx2, q, x, prep, k, r0, out),
-        Weight::BF16(v) => bf16::rows_dispatch(avx2, x, &v[r0 * k..(r0 + out.len()) * k], out),
-        Weight::Blocks(b) if blocks::row_aligned(b, k) => blocks::rows_dispatch(avx2, b, x, r0, out),
-        _ => return general_dispatch(avx2, x, w, bias, out, 1, k, r0),
+    match Route::of(w, k) {
+        Route::Quant(q) => quant_rows(avx2, q, x, prep, k, r0, out),
+        Route::Bf16(v) => bf16::rows_dispatch(avx2, x, &v[r0 * k..(r0 + out.len()) * k], out),
+        Route::Blocks(b) => blocks::rows_dispatch(avx2, b, x, r0, out),
+        Route::General => return general_dispatch(avx2, x, w, bias, out, 1, k, r0),
     }
     if let Some(b) = bias {
         for (v, bv) in out.iter_mut().zip(&b[r0..]) {
@@ -227,7 +245,7 @@ struct XPrep {
     /// (`scales`), so hi + lo / 2^15 carries about 31 bits, more than f32's 24: the AVX2 Q4
     /// kernel's sums are as close to the f32 reference as f32 arithmetic itself. Per block,
     /// 64 values: hi of the even elements, hi of the odd ones, lo of the even, lo of the odd.
-    /// [k / 32 * 64] (AVX-512: by pairs of blocks, see `decode_avx512::pair_layout`).
+    /// [k / 32 * 64] (AVX-512: by pairs of blocks, see `int_split`).
     #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
     ints: Vec<i16>,
     /// s of each block. [k / 32, zero padded to a multiple of 8] (as `sums`).
@@ -279,13 +297,12 @@ impl XPrep {
         let (ints, scales) = match int {
             true => {
                 // Q8_0's bytes are in element order, Q4's nibbles even then odd.
-                let (ints, scales) = int_split(x, q8);
                 // The AVX-512 kernel reads two blocks' parts per load.
                 #[cfg(target_arch = "x86_64")]
-                if decode_avx512::available() {
-                    return XPrep { even, odd, sums, ints: decode_avx512::pair_layout(&ints), scales };
-                }
-                (ints, scales)
+                let pairs = decode_avx512::available();
+                #[cfg(not(target_arch = "x86_64"))]
+                let pairs = false;
+                int_split(x, q8, pairs)
             }
             false => (vec![], vec![]),
         };
@@ -306,12 +323,21 @@ const SIMD128: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128
 
 /// [`XPrep::ints`] and [`XPrep::scales`] of x (the integer kernels read them).
 /// Per block of 32, the 32 hi then the 32 lo: in the Q4 nibble order (even elements, then odd)
-/// or, with `natural`, in element order (Q8_0 and the block types' kernels).
+/// or, with `natural`, in element order (Q8_0 and the block types' kernels). Each block's 64
+/// values are four parts of 16; with `pairs` (the AVX-512 kernel's layout) blocks 2p and
+/// 2p + 1 interleave by part (block 2p's 16 values, then block 2p + 1's), so one 512-bit load
+/// takes a part of both (zeros after a last, unpaired block).
 #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
-fn int_split(x: &[f32], natural: bool) -> (Vec<i16>, Vec<f32>) {
+fn int_split(x: &[f32], natural: bool, pairs: bool) -> (Vec<i16>, Vec<f32>) {
     let nb = x.len() / QBLOCK;
-    let (mut ints, mut scales) = (vec![0i16; nb * 64], vec![0f32; nb.next_multiple_of(8)]);
-    for ((xb, ib), s) in x.chunks_exact(QBLOCK).zip(ints.chunks_exact_mut(64)).zip(&mut scales) {
+    let len = if pairs { nb.next_multiple_of(2) * 64 } else { nb * 64 };
+    let (mut ints, mut scales) = (vec![0i16; len], vec![0f32; nb.next_multiple_of(8)]);
+    // Where value i (0..64) of block b goes.
+    let place = |b: usize, i: usize| match pairs {
+        true => (b / 2) * 128 + (i / 16) * 32 + (b % 2) * 16 + i % 16,
+        false => b * 64 + i,
+    };
+    for (b, (xb, s)) in x.chunks_exact(QBLOCK).zip(&mut scales).enumerate() {
         let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
         if !(amax > 0.0 && amax.is_finite()) {
             // Zero blocks stay zero; a non-finite one gives NaN through its scale, as the
@@ -330,8 +356,8 @@ fn int_split(x: &[f32], natural: bool) -> (Vec<i16>, Vec<f32>) {
             let hi = round_even(r);
             let lo = round_even((r - hi) * 32768.0);
             let at = if natural { j } else { (j % 2) * 16 + j / 2 };
-            ib[at] = hi as i16;
-            ib[32 + at] = lo as i16;
+            ints[place(b, at)] = hi as i16;
+            ints[place(b, 32 + at)] = lo as i16;
         }
     }
     (ints, scales)
@@ -709,7 +735,7 @@ mod tests {
         for (i, v) in x[128..160].iter_mut().enumerate() {
             *v = (i as f32 - 16.0) * 1e-40;
         }
-        let (ints, scales) = int_split(&x, false);
+        let (ints, scales) = int_split(&x, false, false);
         for (b, xb) in x.chunks_exact(QBLOCK).enumerate() {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
             let ints = &ints[b * 64..(b + 1) * 64];
@@ -724,6 +750,6 @@ mod tests {
         assert_eq!(scales[2], 0.0);
         let mut bad = x.clone();
         bad[5] = f32::INFINITY;
-        assert!(int_split(&bad, false).1[0].is_nan());
+        assert!(int_split(&bad, false, false).1[0].is_nan());
     }
 }

@@ -11,7 +11,7 @@
 //! operands in the same order. So a token's result is the AVX2 kernel's to the bit, on
 //! this machine and on one without AVX-512, alone or batched.
 //!
-//! The activation's 16-bit split is laid out by pairs of blocks ([`pair_layout`]) so that
+//! The activation's 16-bit split is laid out by pairs of blocks (`int_split`'s `pairs`) so that
 //! each of its four parts is one 512-bit load for two blocks.
 
 use std::arch::x86_64::*;
@@ -39,23 +39,8 @@ pub(crate) fn available() -> bool {
     })
 }
 
-/// `int_split`'s blocks (per block four parts of 16: the hi of the weights' first and second
-/// vector's partners, then their lo; see `decode_avx2::unpack`) regrouped by pairs of blocks:
-/// per pair and part, block 2p's 16 values then block 2p + 1's (zeros after a last, unpaired
-/// block).
-pub(super) fn pair_layout(ints: &[i16]) -> Vec<i16> {
-    let nb = ints.len() / 64;
-    let mut out = vec![0i16; nb.next_multiple_of(2) * 64];
-    for (b, blk) in ints.chunks_exact(64).enumerate() {
-        for (part, vals) in blk.chunks_exact(16).enumerate() {
-            let at = (b / 2) * 128 + part * 32 + (b % 2) * 16;
-            out[at..at + 16].copy_from_slice(vals);
-        }
-    }
-    out
-}
-
-/// out[ri] = dot(row r0 + ri of w, x), as `decode_avx2::rows`; p's ints in [`pair_layout`].
+/// out[ri] = dot(row r0 + ri of w, x), as `decode_avx2::rows`; p's ints in `int_split`'s
+/// pairs layout.
 ///
 /// # Safety
 /// [`available`] must be true.
@@ -183,9 +168,9 @@ mod tests {
     }
 
     fn prep(x: &[f32], dtype: DType, pairs: bool) -> XPrep {
-        let (ints, scales) = int_split(x, dtype == DType::Q8_0);
+        let (ints, scales) = int_split(x, dtype == DType::Q8_0, pairs);
         let mut p = XPrep::empty();
-        p.ints = if pairs { super::pair_layout(&ints) } else { ints };
+        p.ints = ints;
         p.scales = scales;
         p.sums = x.chunks_exact(32).map(|b| b.iter().sum()).collect();
         p.sums.resize(p.scales.len(), 0.0);
