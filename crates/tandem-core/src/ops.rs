@@ -327,4 +327,8 @@ pub enum Precision {
     /// Products of bf16-rounded operands summed in f32, as tensor cores compute them: the
     /// activations (and dequantized weights) are rounded to bf16 first.
     Bf16Products,
+    /// Integer products of a block's weights with the activation rounded to 16 bits per block
+    /// of 32 (x ~ s * q, q in -32767..=32767, s = max |x| / 32767): each element within 2^-16
+    /// of its block's largest. The browser's CPU fallback computes Q8_0/Q4 decode rows so.
+    I16Activations,
 }

@@ -17,7 +17,7 @@
 #![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
 
 use rayon::ThreadPool;
-use tandem_core::ops::Op;
+use tandem_core::ops::{Op, Precision};
 use team::Team;
 use tandem_core::{Backend, BufId, DType, Error, Result, Step};
 
@@ -244,6 +244,23 @@ impl Backend for CpuBackend {
             | Op::Argmax(_)
             | Op::Sample(_)
             | Op::CopyRows(_) => true,
+        }
+    }
+
+    fn precision(&self, op: &Op) -> Precision {
+        match op {
+            // The wasm build's Q8_0/Q4 decode rows (ops/matmul/decode_simd128.rs): the op's
+            // prompt rows keep f32 products, and an op is compared at the coarser tolerance.
+            Op::Matmul(m)
+                if cfg!(all(target_arch = "wasm32", target_feature = "simd128"))
+                    && self.mode != CpuMode::Reference
+                    && matches!(m.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+                    && m.decode_rows > 0
+                    && m.k % tandem_core::QBLOCK == 0 =>
+            {
+                Precision::I16Activations
+            }
+            _ => Precision::F32,
         }
     }
 

@@ -302,7 +302,8 @@ impl XPrep {
                 let pairs = decode_avx512::available();
                 #[cfg(not(target_arch = "x86_64"))]
                 let pairs = false;
-                int_split(x, q8, pairs)
+                // wasm keeps hi alone: the 16-bit class (see `decode_simd128`).
+                int_split(x, q8, pairs, !SIMD128)
             }
             false => (vec![], vec![]),
         };
@@ -322,20 +323,23 @@ impl XPrep {
 const SIMD128: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
 
 /// [`XPrep::ints`] and [`XPrep::scales`] of x (the integer kernels read them).
-/// Per block of 32, the 32 hi then the 32 lo: in the Q4 nibble order (even elements, then odd)
-/// or, with `natural`, in element order (Q8_0 and the block types' kernels). Each block's 64
-/// values are four parts of 16; with `pairs` (the AVX-512 kernel's layout) blocks 2p and
-/// 2p + 1 interleave by part (block 2p's 16 values, then block 2p + 1's), so one 512-bit load
-/// takes a part of both (zeros after a last, unpaired block).
+/// Per block of 32, the 32 hi then (with `lo`) the 32 lo: in the Q4 nibble order (even
+/// elements, then odd) or, with `natural`, in element order (Q8_0 and the block types'
+/// kernels). Each block's 64 values are four parts of 16; with `pairs` (the AVX-512 kernel's
+/// layout, always with `lo`) blocks 2p and 2p + 1 interleave by part (block 2p's 16 values,
+/// then block 2p + 1's), so one 512-bit load takes a part of both (zeros after a last,
+/// unpaired block). Without `lo` (the wasm kernels' 16-bit class) a block is its 32 hi alone.
 #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
-fn int_split(x: &[f32], natural: bool, pairs: bool) -> (Vec<i16>, Vec<f32>) {
+fn int_split(x: &[f32], natural: bool, pairs: bool, lo: bool) -> (Vec<i16>, Vec<f32>) {
+    debug_assert!(lo || !pairs);
     let nb = x.len() / QBLOCK;
-    let len = if pairs { nb.next_multiple_of(2) * 64 } else { nb * 64 };
+    let per = if lo { 64 } else { 32 };
+    let len = if pairs { nb.next_multiple_of(2) * 64 } else { nb * per };
     let (mut ints, mut scales) = (vec![0i16; len], vec![0f32; nb.next_multiple_of(8)]);
-    // Where value i (0..64) of block b goes.
+    // Where value i (0..per) of block b goes.
     let place = |b: usize, i: usize| match pairs {
         true => (b / 2) * 128 + (i / 16) * 32 + (b % 2) * 16 + i % 16,
-        false => b * 64 + i,
+        false => b * per + i,
     };
     for (b, (xb, s)) in x.chunks_exact(QBLOCK).zip(&mut scales).enumerate() {
         let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -354,10 +358,11 @@ fn int_split(x: &[f32], natural: bool, pairs: bool) -> (Vec<i16>, Vec<f32>) {
             // |r| <= 32767 (up to rounding, hence the clamp); r - hi is exact.
             let r = ((v as f64 * inv) as f32).clamp(-32767.0, 32767.0);
             let hi = round_even(r);
-            let lo = round_even((r - hi) * 32768.0);
             let at = if natural { j } else { (j % 2) * 16 + j / 2 };
             ints[place(b, at)] = hi as i16;
-            ints[place(b, 32 + at)] = lo as i16;
+            if lo {
+                ints[place(b, 32 + at)] = round_even((r - hi) * 32768.0) as i16;
+            }
         }
     }
     (ints, scales)
@@ -735,7 +740,7 @@ mod tests {
         for (i, v) in x[128..160].iter_mut().enumerate() {
             *v = (i as f32 - 16.0) * 1e-40;
         }
-        let (ints, scales) = int_split(&x, false, false);
+        let (ints, scales) = int_split(&x, false, false, true);
         for (b, xb) in x.chunks_exact(QBLOCK).enumerate() {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
             let ints = &ints[b * 64..(b + 1) * 64];
@@ -750,6 +755,6 @@ mod tests {
         assert_eq!(scales[2], 0.0);
         let mut bad = x.clone();
         bad[5] = f32::INFINITY;
-        assert!(int_split(&bad, false, false).1[0].is_nan());
+        assert!(int_split(&bad, false, false, true).1[0].is_nan());
     }
 }

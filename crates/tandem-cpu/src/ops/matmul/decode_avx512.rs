@@ -168,7 +168,7 @@ mod tests {
     }
 
     fn prep(x: &[f32], dtype: DType, pairs: bool) -> XPrep {
-        let (ints, scales) = int_split(x, dtype == DType::Q8_0, pairs);
+        let (ints, scales) = int_split(x, dtype == DType::Q8_0, pairs, true);
         let mut p = XPrep::empty();
         p.ints = ints;
         p.scales = scales;

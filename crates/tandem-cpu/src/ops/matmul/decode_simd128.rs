@@ -1,20 +1,23 @@
 //! WebAssembly SIMD (simd128) rows of the decode matvec (n = 1, k % 32 == 0) for Q8_0, Q4_0
 //! and Q4_1: the browser's CPU fallback, where these products are most of a decode step.
 //!
-//! The native kernels' integer method ([`super::decode_avx2`]) in 128-bit lanes: a block's
-//! weights are widened to 16-bit integers (Q4: a mask and a shift for the two nibbles of
-//! each byte, then one `extend` per 8 values; Q8_0: two `extend`s per 16 bytes) and
-//! multiplied with `i32x4.dot_i16x8_s` against the activation's 16-bit split
-//! (`XPrep::ints`: x = s * (hi + lo / 2^15) per block, about 31 bits), which is V8's one
-//! `pmaddwd` on x86: against the f32 kernel this replaced (every nibble converted to a float,
-//! a multiply and an add each: simd128 has no FMA) about 35 instructions per block instead of
-//! 50. Q4 sums are exact integers; Q8_0's (8 products per lane) round once to f32 when
-//! converted above 2^24, as an f32 sum would.
+//! The native kernels' integer method ([`super::decode_avx2`]) in 128-bit lanes, in the
+//! 16-bit activation class: a block's weights are widened to 16-bit integers (Q4: a mask and
+//! a shift for the two nibbles of each byte, then one `extend` per 8 values; Q8_0: two
+//! `extend`s per 16 bytes) and multiplied with `i32x4.dot_i16x8_s` (V8's one `pmaddwd` on
+//! x86) against the activation rounded to 16 bits per block (`XPrep::ints` without its lo
+//! half: x ~ s * hi, s = max |x| / 32767 of the block, so each element within 2^-16 of its
+//! block's largest). Why not the native kernels' 31-bit split (hi + lo / 2^15): one thread
+//! with 128-bit lanes is bound by instructions, and the lo half doubled the products per block
+//! (about 36 instructions per block and token; 20 without it), for digits the answers do not
+//! need: the 16-bit class keeps the reference's greedy tokens (see `precision` in lib.rs for
+//! its conformance tolerance, measured). Q4 sums are exact integers; Q8_0's (8 products per
+//! lane) round once to f32 when converted above 2^24, as an f32 sum would.
 //!
-//! Then per block, in one fixed order: v = hi + lo / 2^15 lane-wise, acc += (d * s) * v, the
-//! lanes reduced at the end. Four block scales are converted from f16 at once with integer
-//! operations (wasm has no f16 instruction), and the Q4 offset terms (m * sum(x), or
-//! -8 * d * sum(x)) are accumulated four blocks per vector. The batched rows
+//! Then per block, in one fixed order: acc += (d * s) * sum lane-wise, the lanes reduced at
+//! the end. Four block scales are converted from f16 at once with integer operations (wasm
+//! has no f16 instruction), and the Q4 offset terms (m * sum(x), or -8 * d * sum(x), from the
+//! f32 activation's block sums) are accumulated four blocks per vector. The batched rows
 //! ([`quant_batch`]) run the same functions per token, so a token's result is the same bits
 //! alone and inside a batch.
 
@@ -46,7 +49,7 @@ pub(super) fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &mut [f32
 fn check(q: QuantView, ps: &[&XPrep], nb: usize, rows_end: usize) {
     let end = rows_end * nb;
     assert!(q.d.len() >= end);
-    assert!(ps.iter().all(|p| p.ints.len() >= nb * 64 && p.scales.len() >= nb.next_multiple_of(G)));
+    assert!(ps.iter().all(|p| p.ints.len() >= nb * 32 && p.scales.len() >= nb.next_multiple_of(G)));
     match q.dtype {
         DType::Q8_0 => assert!(q.qs.len() >= end * QBLOCK),
         _ => {
@@ -152,7 +155,7 @@ fn q4_offset_total(q41: bool, off: v128) -> f32 {
 // `blk` of the weights and activation block `b` lie inside their slices.
 
 /// Block `blk`'s 32 weights as four vectors of eight 16-bit integers, the partners of the
-/// activation split's four vectors per half (`int_split`): Q8_0 in element order, Q4 the low
+/// activation's four vectors (`int_split`): Q8_0 in element order, Q4 the low
 /// nibbles (even elements) then the high ones (odd elements).
 #[inline(always)]
 unsafe fn unpack(q: QuantView, blk: usize) -> [v128; 4] {
@@ -169,18 +172,13 @@ unsafe fn unpack(q: QuantView, blk: usize) -> [v128; 4] {
     }
 }
 
-/// hi + lo / 2^15 of block b, lane-wise: the integer sums of its products with the weights
-/// `w` ((0 + 1) + (2 + 3), each half), converted.
+/// Block b's products with the weights `w`, lane-wise ((0 + 1) + (2 + 3)), converted.
 #[inline(always)]
 unsafe fn block(w: &[v128; 4], p: &XPrep, b: usize) -> v128 {
-    let xp = unsafe { p.ints.as_ptr().add(b * 64) } as *const v128;
-    // SAFETY: 64 integers of block b.
-    let half = |h: usize| unsafe {
-        let d: [v128; 4] = std::array::from_fn(|i| i32x4_dot_i16x8(w[i], v128_load(xp.add(4 * h + i))));
-        i32x4_add(i32x4_add(d[0], d[1]), i32x4_add(d[2], d[3]))
-    };
-    let (hi, lo) = (half(0), half(1));
-    f32x4_add(f32x4_convert_i32x4(hi), f32x4_mul(f32x4_convert_i32x4(lo), f32x4_splat(1.0 / 32768.0)))
+    let xp = unsafe { p.ints.as_ptr().add(b * 32) } as *const v128;
+    // SAFETY: 32 integers of block b.
+    let d: [v128; 4] = std::array::from_fn(|i| unsafe { i32x4_dot_i16x8(w[i], v128_load(xp.add(i))) });
+    f32x4_convert_i32x4(i32x4_add(i32x4_add(d[0], d[1]), i32x4_add(d[2], d[3])))
 }
 
 /// The activation sums of blocks b..b + g (g <= G), zero padded to 4 lanes.
