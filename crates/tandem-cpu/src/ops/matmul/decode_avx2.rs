@@ -40,8 +40,46 @@ pub(super) unsafe fn rows(
         return unsafe { super::decode_avx512::rows(q, p, nb, r0, out) };
     }
     for (ri, o) in out.iter_mut().enumerate() {
+        prefetch_ahead(q, (r0 + ri) * nb, nb);
         // SAFETY: bounds checked above; the caller guarantees the CPU features.
         *o = unsafe { row_group::<1>(q, &[p], (r0 + ri) * nb, nb)[0] };
+    }
+}
+
+/// Bytes ahead of the row being dotted that [`prefetch_ahead`] asks for: a few short rows
+/// (a 576-wide Q4 row is 288 bytes). Measured on a decode step (SmolLM2 Q4_1, 2 threads,
+/// AVX-512): 1 KiB, 2 KiB and 4 KiB all gained 6-8%; nothing, or 2 rows ahead, less.
+const PREFETCH: usize = 1024;
+
+/// Asks for the weight bytes (and their block scales) [`PREFETCH`] bytes past row `b0`'s
+/// blocks b0..b0 + nb. Why: a decode row is a few cache lines, too short for the hardware's
+/// stream prefetcher to run ahead of, so each row's first loads waited on memory; the profile
+/// put a fifth of the kernel's samples on the instruction after them. A hint: nothing is read
+/// past the matrix.
+#[inline(always)]
+pub(super) fn prefetch_ahead(q: QuantView, b0: usize, nb: usize) {
+    let per = if q.dtype == DType::Q8_0 { QBLOCK } else { QBLOCK / 2 };
+    let (start, end) = (b0 * per + PREFETCH, (b0 + nb) * per + PREFETCH);
+    if end > q.qs.len() {
+        return;
+    }
+    let at = |s: &[u8], i: usize| s[i..].as_ptr() as *const i8;
+    // SAFETY: `_mm_prefetch` is a hint that never faults; every address is inside q.qs.
+    unsafe {
+        for line in (start & !63..end).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(at(q.qs, line));
+        }
+    }
+    // The scales (2 bytes a block): the row's first and last, which span at most two lines.
+    let (b, e) = (b0 + PREFETCH / per, b0 + nb + PREFETCH / per);
+    for src in [q.d, if q.dtype == DType::Q4_1 { q.m } else { &[] }] {
+        if e <= src.len() {
+            // SAFETY: as above, inside `src`.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(src[b..].as_ptr() as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(src[e - 1..].as_ptr() as *const i8);
+            }
+        }
     }
 }
 
@@ -130,6 +168,7 @@ pub(super) unsafe fn group_rows<const T: usize>(q: QuantView, ps: &[&XPrep], nb:
     assert!(ps.len() == T && out.len() >= T * rows);
     check(q, ps, nb, r0 + rows, 64);
     for ri in 0..rows {
+        prefetch_ahead(q, (r0 + ri) * nb, nb);
         // SAFETY: bounds checked above.
         let res = unsafe { row_group::<T>(q, ps, (r0 + ri) * nb, nb) };
         for (t, v) in res.into_iter().enumerate() {

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 use tandem_core::{DType, QuantView, QBLOCK};
 
-use super::decode_avx2::{check, hsum, offsets, padded, unpack, widen_scales, G};
+use super::decode_avx2::{check, hsum, offsets, padded, prefetch_ahead, unpack, widen_scales, G};
 use super::XPrep;
 
 /// AVX-512 F/BW/DQ/VL with VNNI (besides AVX2, FMA, F16C) were detected, and
@@ -49,6 +49,7 @@ pub(super) unsafe fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &m
     check(q, &[p], nb, r0 + out.len(), 64);
     assert!(p.ints.len() >= nb.next_multiple_of(2) * 64);
     for (ri, o) in out.iter_mut().enumerate() {
+        prefetch_ahead(q, (r0 + ri) * nb, nb);
         // SAFETY: bounds checked above; the caller guarantees the CPU features.
         *o = unsafe { row_group::<1>(q, &[p], (r0 + ri) * nb, nb)[0] };
     }
@@ -65,6 +66,7 @@ pub(super) unsafe fn group_rows<const T: usize>(q: QuantView, ps: &[&XPrep], nb:
     check(q, ps, nb, r0 + rows, 64);
     assert!(ps.iter().all(|p| p.ints.len() >= nb.next_multiple_of(2) * 64));
     for ri in 0..rows {
+        prefetch_ahead(q, (r0 + ri) * nb, nb);
         // SAFETY: as in `rows`.
         let res = unsafe { row_group::<T>(q, ps, (r0 + ri) * nb, nb) };
         for (t, v) in res.into_iter().enumerate() {
