@@ -7,7 +7,7 @@ use tandem_core::generate::{generate, GenerateParams};
 use tandem_core::loader::{self, ModelSource};
 use tandem_core::model::{Model, ModelOptions, Output, Want};
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
-use tandem_core::Backend;
+use tandem_core::{Backend, DType};
 
 /// Why a test could not run (a missing model file); printed by the caller.
 pub struct Skip(pub String);
@@ -73,6 +73,11 @@ pub fn stories_greedy<B: Backend>(backend: B, opts: &ModelOptions) -> Result<(),
 /// (up to and including EOS). With `check_logits`, the top-5 logits at the last prompt
 /// position must match HF's within 0.05.
 pub fn smollm_chat<B: Backend>(backend: B, check_logits: bool) -> Result<(), Skip> {
+    smollm_chat_as(backend, check_logits, None)
+}
+
+/// [`smollm_chat`] with the weight matrices converted to `weight_dtype` at load time.
+pub fn smollm_chat_as<B: Backend>(backend: B, check_logits: bool, weight_dtype: Option<DType>) -> Result<(), Skip> {
     let gguf = smollm_gguf()?;
     let reference_path = shared_models().join("SmolLM2-135M-Instruct/reference.json");
     if !reference_path.is_file() {
@@ -85,7 +90,7 @@ pub fn smollm_chat<B: Backend>(backend: B, check_logits: bool) -> Result<(), Ski
     let prompt = tokenizer.encode(&tokenizer.apply_chat_template(&messages, true).expect("template")).expect("encode");
     assert_eq!(prompt, ids(&reference["input_ids"]), "chat prompt tokens");
 
-    let mut model = load(backend, &source, &ModelOptions { context: 512, ..Default::default() });
+    let mut model = load(backend, &source, &ModelOptions { context: 512, weight_dtype, ..Default::default() });
     if check_logits {
         let mut seq = model.new_sequence();
         let Output::Logits(logits) = pollster::block_on(model.forward(&mut seq, &prompt, Want::LastLogits)).expect("forward")

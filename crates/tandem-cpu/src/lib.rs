@@ -260,6 +260,8 @@ impl Backend for CpuBackend {
             {
                 Precision::I16Activations
             }
+            // Q8_0 prompt rows on AVX-512 VNNI (ops/matmul/prefill_vnni.rs).
+            Op::Matmul(m) if self.mode != CpuMode::Reference && ops::matmul::vnni_prompt_rows(m, self.avx2) => Precision::I16Activations,
             _ => Precision::F32,
         }
     }

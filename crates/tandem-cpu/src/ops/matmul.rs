@@ -38,6 +38,8 @@ mod decode_simd128;
 mod prefill;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod prefill_simd128;
+#[cfg(target_arch = "x86_64")]
+mod prefill_vnni;
 
 use half::slice::HalfFloatSliceExt;
 use tandem_core::dtype::bf16_to_f32;
@@ -75,6 +77,11 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
                 let (od, op_) = out.split_at_mut(d * m);
                 decode(ex, xd, w, bias, od, d, k, m);
                 if n > d && m > 0 {
+                    #[cfg(target_arch = "x86_64")]
+                    if let (Weight::Q(q), true) = (w, vnni_prompt_rows(op, ex.avx2)) {
+                        prefill_vnni::q8(ex, xp, q, bias, op_, n - d, k, m);
+                        return Ok(());
+                    }
                     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
                     prefill_simd128::prefill(ex, xp, w, bias, op_, n - d, k, m);
                     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
@@ -84,6 +91,16 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Whether fast mode (with its SIMD kernels, `avx2`) computes the op's prompt rows in 16-bit
+/// integers (`prefill_vnni`): the `I16Activations` precision class.
+pub(crate) fn vnni_prompt_rows(op: &Matmul, avx2: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let vnni = prefill_vnni::applies(op.wdtype, op.k);
+    #[cfg(not(target_arch = "x86_64"))]
+    let vnni = false;
+    avx2 && vnni && op.n > op.decode_rows.min(op.n)
 }
 
 /// x: [n, k]; w: [m, k]; bias: [m]; out: [n, m].

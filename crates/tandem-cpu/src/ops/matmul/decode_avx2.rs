@@ -258,8 +258,8 @@ unsafe fn row_group<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: 
     }
 }
 
-/// The Q4 rows' offset terms added to their block sums: Q4_1 + sum_b m * sum x, Q4_0
-/// - 8 sum_b d * sum x. A pass of their own: their accumulators would not fit in the
+/// The Q4 rows' offset terms added to their block sums: Q4_1 + sum_b m * sum x, Q4_0 minus
+/// 8 sum_b d * sum x. A pass of their own: their accumulators would not fit in the
 /// registers beside the block loop's (they spilled to the stack). Shared by the AVX-512
 /// kernel, so its results stay these.
 #[inline(always)]
