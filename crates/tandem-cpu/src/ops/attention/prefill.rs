@@ -102,7 +102,14 @@ fn unit<T: KvElem, const AVX: bool>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows,
             for gi in 0..group {
                 let h = kvh * group + gi;
                 let qv = &q[((i0 + r) * g.heads + h) * hd..][..hd];
-                for j in 0..cnt {
+                let mut j = 0;
+                #[cfg(target_arch = "x86_64")]
+                while AVX && j + 8 <= cnt {
+                    // SAFETY: AVX is only true inside `unit_avx2`, with head_dim % 8 == 0.
+                    unsafe { super::decode_avx2::scores8(qv, &ks[j..j + 8], g.scale, &mut s[j..j + 8]) };
+                    j += 8;
+                }
+                for j in j..cnt {
                     s[j] = kdot::<AVX>(qv, ks[j]) * g.scale;
                 }
                 let (rm, rs) = (&mut run_max[r * group + gi], &mut run_sum[r * group + gi]);
