@@ -249,19 +249,9 @@ impl Backend for CpuBackend {
 
     fn precision(&self, op: &Op) -> Precision {
         match op {
-            // The wasm build's Q8_0/Q4 decode rows (ops/matmul/decode_simd128.rs): the op's
-            // prompt rows keep f32 products, and an op is compared at the coarser tolerance.
-            Op::Matmul(m)
-                if cfg!(all(target_arch = "wasm32", target_feature = "simd128"))
-                    && self.mode != CpuMode::Reference
-                    && matches!(m.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
-                    && m.decode_rows > 0
-                    && m.k % tandem_core::QBLOCK == 0 =>
-            {
-                Precision::I16Activations
-            }
-            // Q8_0 prompt rows on AVX-512 VNNI (ops/matmul/prefill_vnni.rs).
-            Op::Matmul(m) if self.mode != CpuMode::Reference && ops::matmul::vnni_prompt_rows(m, self.avx2) => Precision::I16Activations,
+            // The op's other rows keep f32 products, and an op is compared at the coarser
+            // tolerance.
+            Op::Matmul(m) if self.mode != CpuMode::Reference && ops::matmul::i16_class(m, self.avx2) => Precision::I16Activations,
             _ => Precision::F32,
         }
     }

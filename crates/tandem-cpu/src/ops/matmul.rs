@@ -93,6 +93,20 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
     })
 }
 
+/// Whether fast mode (with its SIMD kernels where `avx2`) computes some of the op's rows with
+/// activations rounded to 16 bits: the `I16Activations` precision class. The wasm build's
+/// Q8_0/Q4 decode rows (`decode_simd128`), x86's Q8_0 decode rows (`decode_avx2`) and Q8_0
+/// prompt rows on AVX-512 VNNI ([`vnni_prompt_rows`]).
+pub(crate) fn i16_class(op: &Matmul, avx2: bool) -> bool {
+    let quant_rows = op.decode_rows > 0 && op.k % QBLOCK == 0 && op.k > 0;
+    let decode = match op.wdtype {
+        DType::Q8_0 => SIMD128 || (cfg!(target_arch = "x86_64") && avx2),
+        DType::Q4_0 | DType::Q4_1 => SIMD128,
+        _ => false,
+    };
+    (quant_rows && decode) || vnni_prompt_rows(op, avx2)
+}
+
 /// Whether fast mode (with its SIMD kernels, `avx2`) computes the op's prompt rows in 16-bit
 /// integers (`prefill_vnni`): the `I16Activations` precision class.
 pub(crate) fn vnni_prompt_rows(op: &Matmul, avx2: bool) -> bool {
@@ -262,7 +276,9 @@ struct XPrep {
     /// (`scales`), so hi + lo / 2^15 carries about 31 bits, more than f32's 24: the AVX2 Q4
     /// kernel's sums are as close to the f32 reference as f32 arithmetic itself. Per block,
     /// 64 values: hi of the even elements, hi of the odd ones, lo of the even, lo of the odd.
-    /// [k / 32 * 64] (AVX-512: by pairs of blocks, see `int_split`).
+    /// [k / 32 * 64] (AVX-512: by pairs of blocks, see `int_split`). Q8_0 on x86, and every
+    /// dtype in wasm, keep hi alone (32 values a block, element order for Q8_0): the 16-bit
+    /// activation class.
     #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
     ints: Vec<i16>,
     /// s of each block. [k / 32, zero padded to a multiple of 8] (as `sums`).
@@ -319,8 +335,9 @@ impl XPrep {
                 let pairs = decode_avx512::available();
                 #[cfg(not(target_arch = "x86_64"))]
                 let pairs = false;
-                // wasm keeps hi alone: the 16-bit class (see `decode_simd128`).
-                int_split(x, q8, pairs, !SIMD128)
+                // hi alone, the 16-bit class, for wasm (see `decode_simd128`) and Q8_0 (see
+                // `decode_avx2`).
+                int_split(x, q8, pairs, !SIMD128 && !q8)
             }
             false => (vec![], vec![]),
         };
@@ -348,14 +365,13 @@ const SIMD128: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128
 /// unpaired block). Without `lo` (the wasm kernels' 16-bit class) a block is its 32 hi alone.
 #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
 fn int_split(x: &[f32], natural: bool, pairs: bool, lo: bool) -> (Vec<i16>, Vec<f32>) {
-    debug_assert!(lo || !pairs);
     let nb = x.len() / QBLOCK;
     let per = if lo { 64 } else { 32 };
-    let len = if pairs { nb.next_multiple_of(2) * 64 } else { nb * per };
+    let len = if pairs { nb.next_multiple_of(2) * per } else { nb * per };
     let (mut ints, mut scales) = (vec![0i16; len], vec![0f32; nb.next_multiple_of(8)]);
     // Where value i (0..per) of block b goes.
     let place = |b: usize, i: usize| match pairs {
-        true => (b / 2) * 128 + (i / 16) * 32 + (b % 2) * 16 + i % 16,
+        true => (b / 2) * 2 * per + (i / 16) * 32 + (b % 2) * 16 + i % 16,
         false => b * per + i,
     };
     for (b, (xb, s)) in x.chunks_exact(QBLOCK).zip(&mut scales).enumerate() {
@@ -374,7 +390,6 @@ fn int_split(x: &[f32], natural: bool, pairs: bool, lo: bool) -> (Vec<i16>, Vec<
             // hi alone: r in f32 (1 / s <= 2^126 is finite, |r| <= 32767), lanes the compiler
             // vectorizes; the f64 below made this a tenth of a Q8_0 prefill.
             let inv = (1.0 / *s as f64) as f32;
-            let dst = &mut ints[b * 32..b * 32 + 32];
             let mut q = [0i32; QBLOCK];
             for (qi, &v) in q.iter_mut().zip(xb) {
                 let r = (v * inv).clamp(-32767.0, 32767.0);
@@ -384,9 +399,10 @@ fn int_split(x: &[f32], natural: bool, pairs: bool, lo: bool) -> (Vec<i16>, Vec<
                 // keeps the loop scalar).
                 *qi = unsafe { r.to_int_unchecked::<i32>() };
             }
-            match natural {
-                true => dst.iter_mut().zip(&q).for_each(|(d, &v)| *d = v as i16),
-                false => q.iter().enumerate().for_each(|(j, &v)| dst[(j % 2) * 16 + j / 2] = v as i16),
+            match (natural, pairs) {
+                (true, false) => ints[b * 32..b * 32 + 32].iter_mut().zip(&q).for_each(|(d, &v)| *d = v as i16),
+                (true, true) => q.iter().enumerate().for_each(|(j, &v)| ints[place(b, j)] = v as i16),
+                (false, _) => q.iter().enumerate().for_each(|(j, &v)| ints[place(b, (j % 2) * 16 + j / 2)] = v as i16),
             }
             continue;
         }
