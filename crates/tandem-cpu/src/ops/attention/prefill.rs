@@ -102,6 +102,7 @@ fn unit<T: KvElem, const AVX: bool>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows,
             for gi in 0..group {
                 let h = kvh * group + gi;
                 let qv = &q[((i0 + r) * g.heads + h) * hd..][..hd];
+                #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
                 let mut j = 0;
                 #[cfg(target_arch = "x86_64")]
                 while AVX && j + 8 <= cnt {
