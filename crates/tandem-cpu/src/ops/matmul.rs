@@ -383,37 +383,36 @@ fn int_split(x: &[f32], natural: bool, pairs: bool, lo: bool) -> (Vec<i16>, Vec<
             continue;
         }
         // A normal scale even for a block of subnormals (whose f32 products are subnormal,
-        // and as coarse, in the reference too): it then uses fewer of hi's bits. inv in f64:
-        // 32767 / amax overflows f32 for a subnormal amax.
+        // and as coarse, in the reference too): it then uses fewer of hi's bits. 1 / s, not
+        // 32767 / amax, which overflows f32 for a subnormal amax.
         *s = (amax / 32767.0).max(f32::MIN_POSITIVE);
-        if !lo {
-            // hi alone: r in f32 (1 / s <= 2^126 is finite, |r| <= 32767), lanes the compiler
-            // vectorizes; the f64 below made this a tenth of a Q8_0 prefill.
-            let inv = (1.0 / *s as f64) as f32;
-            let mut q = [0i32; QBLOCK];
-            for (qi, &v) in q.iter_mut().zip(xb) {
-                let r = (v * inv).clamp(-32767.0, 32767.0);
-                // A NaN element (amax skips it) counts 0, as the saturating cast below would.
-                let r = if r.is_nan() { 0.0 } else { round_even(r) };
-                // SAFETY: r is an integer in -32767..=32767 (a plain `as` saturates, which
-                // keeps the loop scalar).
-                *qi = unsafe { r.to_int_unchecked::<i32>() };
+        // In f32 lanes the compiler vectorizes (per element in f64, the split was a tenth of a
+        // Q8_0 prefill): 1 / s <= 2^126 is finite and |r| <= 32767, so r is within 1.5 ulps
+        // of x / s, and r - hi is exact.
+        let inv = (1.0 / *s as f64) as f32;
+        let (mut his, mut los) = ([0i32; QBLOCK], [0i32; QBLOCK]);
+        for ((h, l), &v) in his.iter_mut().zip(&mut los).zip(xb) {
+            let r = (v * inv).clamp(-32767.0, 32767.0);
+            // A NaN element (amax skips it) counts 0, as a saturating cast would.
+            let r = if r.is_nan() { 0.0 } else { r };
+            let hi = round_even(r);
+            // SAFETY: integers in -32767..=32767 and -16384..=16384 (a plain `as` saturates,
+            // which keeps the loop scalar).
+            unsafe {
+                *h = hi.to_int_unchecked::<i32>();
+                *l = round_even((r - hi) * 32768.0).to_int_unchecked::<i32>();
             }
-            match (natural, pairs) {
-                (true, false) => ints[b * 32..b * 32 + 32].iter_mut().zip(&q).for_each(|(d, &v)| *d = v as i16),
-                (true, true) => q.iter().enumerate().for_each(|(j, &v)| ints[place(b, j)] = v as i16),
-                (false, _) => q.iter().enumerate().for_each(|(j, &v)| ints[place(b, (j % 2) * 16 + j / 2)] = v as i16),
-            }
+        }
+        if natural && !pairs && !lo {
+            ints[b * 32..b * 32 + 32].iter_mut().zip(&his).for_each(|(d, &v)| *d = v as i16);
             continue;
         }
-        let inv = 1.0 / *s as f64;
-        for (j, &v) in xb.iter().enumerate() {
-            // |r| <= 32767 (up to rounding, hence the clamp); r - hi is exact.
-            let r = ((v as f64 * inv) as f32).clamp(-32767.0, 32767.0);
-            let hi = round_even(r);
+        for j in 0..QBLOCK {
             let at = if natural { j } else { (j % 2) * 16 + j / 2 };
-            ints[place(b, at)] = hi as i16;
-            ints[place(b, 32 + at)] = round_even((r - hi) * 32768.0) as i16;
+            ints[place(b, at)] = his[j] as i16;
+            if lo {
+                ints[place(b, 32 + at)] = los[j] as i16;
+            }
         }
     }
     (ints, scales)
