@@ -37,6 +37,8 @@ mod decode_simd128;
 #[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
 mod prefill;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod prefill_i16_simd128;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod prefill_simd128;
 #[cfg(target_arch = "x86_64")]
 mod prefill_vnni;
@@ -83,7 +85,10 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
                         return Ok(());
                     }
                     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-                    prefill_simd128::prefill(ex, xp, w, bias, op_, n - d, k, m);
+                    match w {
+                        Weight::Q(q) if prefill_i16_simd128::applies(q.dtype, k) => prefill_i16_simd128::prefill(ex, xp, q, bias, op_, n - d, k, m),
+                        _ => prefill_simd128::prefill(ex, xp, w, bias, op_, n - d, k, m),
+                    }
                     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
                     prefill::prefill(ex, xp, w, bias, op_, n - d, k, m);
                 }
@@ -95,8 +100,8 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
 
 /// Whether fast mode (with its SIMD kernels where `avx2`) computes some of the op's rows with
 /// activations rounded to 16 bits: the `I16Activations` precision class. The wasm build's
-/// Q8_0/Q4 decode rows (`decode_simd128`), x86's Q8_0 decode rows (`decode_avx2`) and Q8_0
-/// prompt rows on AVX-512 VNNI ([`vnni_prompt_rows`]).
+/// Q8_0/Q4 decode and prompt rows (`decode_simd128`, `prefill_i16_simd128`), x86's Q8_0
+/// decode rows (`decode_avx2`) and Q8_0 prompt rows on AVX-512 VNNI ([`vnni_prompt_rows`]).
 pub(crate) fn i16_class(op: &Matmul, avx2: bool) -> bool {
     let quant_rows = op.decode_rows > 0 && op.k % QBLOCK == 0 && op.k > 0;
     let decode = match op.wdtype {
@@ -104,7 +109,8 @@ pub(crate) fn i16_class(op: &Matmul, avx2: bool) -> bool {
         DType::Q4_0 | DType::Q4_1 => SIMD128,
         _ => false,
     };
-    (quant_rows && decode) || vnni_prompt_rows(op, avx2)
+    let wasm_prompt = SIMD128 && op.n > op.decode_rows.min(op.n) && matches!(op.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1);
+    (quant_rows && decode) || (wasm_prompt && op.k % QBLOCK == 0 && op.k > 0) || vnni_prompt_rows(op, avx2)
 }
 
 /// Whether fast mode (with its SIMD kernels, `avx2`) computes the op's prompt rows in 16-bit
