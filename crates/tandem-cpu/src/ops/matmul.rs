@@ -103,14 +103,10 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
 /// Q8_0/Q4 decode and prompt rows (`decode_simd128`, `prefill_i16_simd128`), x86's Q8_0
 /// decode rows (`decode_avx2`) and Q8_0 prompt rows on AVX-512 VNNI ([`vnni_prompt_rows`]).
 pub(crate) fn i16_class(op: &Matmul, avx2: bool) -> bool {
-    let quant_rows = op.decode_rows > 0 && op.k % QBLOCK == 0 && op.k > 0;
-    let decode = match op.wdtype {
-        DType::Q8_0 => SIMD128 || (cfg!(target_arch = "x86_64") && avx2),
-        DType::Q4_0 | DType::Q4_1 => SIMD128,
-        _ => false,
-    };
-    let wasm_prompt = SIMD128 && op.n > op.decode_rows.min(op.n) && matches!(op.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1);
-    (quant_rows && decode) || (wasm_prompt && op.k % QBLOCK == 0 && op.k > 0) || vnni_prompt_rows(op, avx2)
+    let blocks = matches!(op.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) && op.k % QBLOCK == 0 && op.k > 0;
+    let x86_q8_decode = cfg!(target_arch = "x86_64") && avx2 && op.wdtype == DType::Q8_0 && op.decode_rows > 0;
+    // wasm: all of such an op's rows, decode and prompt.
+    (blocks && (SIMD128 || x86_q8_decode)) || vnni_prompt_rows(op, avx2)
 }
 
 /// Whether fast mode (with its SIMD kernels, `avx2`) computes the op's prompt rows in 16-bit
@@ -200,10 +196,16 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
         }
         (r0, local)
     });
+    scatter_strips(parts, out, d, m);
+}
+
+/// Writes strips computed apart into out: [n, m]. Each part is (r0, [n, rows]): rows
+/// r0..r0 + rows of every token's output (a chunk of weight rows, computed on one thread).
+fn scatter_strips(parts: Vec<(usize, Vec<f32>)>, out: &mut [f32], n: usize, m: usize) {
     for (r0, local) in parts {
-        let rows = local.len() / d;
-        for i in 0..d {
-            out[i * m + r0..i * m + r0 + rows].copy_from_slice(&local[i * rows..(i + 1) * rows]);
+        let rows = local.len() / n;
+        for (i, strip) in local.chunks_exact(rows.max(1)).enumerate() {
+            out[i * m + r0..i * m + r0 + rows].copy_from_slice(strip);
         }
     }
 }
@@ -365,10 +367,11 @@ const SIMD128: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128
 /// [`XPrep::ints`] and [`XPrep::scales`] of x (the integer kernels read them).
 /// Per block of 32, the 32 hi then (with `lo`) the 32 lo: in the Q4 nibble order (even
 /// elements, then odd) or, with `natural`, in element order (Q8_0 and the block types'
-/// kernels). Each block's 64 values are four parts of 16; with `pairs` (the AVX-512 kernel's
-/// layout, always with `lo`) blocks 2p and 2p + 1 interleave by part (block 2p's 16 values,
+/// kernels). Without `lo` (the 16-bit class: Q8_0 decode and prompt rows, every wasm
+/// kernel) a block is its 32 hi alone. A block's values are parts of 16; with `pairs` (the
+/// AVX-512 kernel's layout) blocks 2p and 2p + 1 interleave by part (block 2p's 16 values,
 /// then block 2p + 1's), so one 512-bit load takes a part of both (zeros after a last,
-/// unpaired block). Without `lo` (the wasm kernels' 16-bit class) a block is its 32 hi alone.
+/// unpaired block).
 #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
 fn int_split(x: &[f32], natural: bool, pairs: bool, lo: bool) -> (Vec<i16>, Vec<f32>) {
     let nb = x.len() / QBLOCK;
@@ -809,6 +812,22 @@ mod tests {
             }
         }
         assert_eq!(scales[2], 0.0);
+        // hi alone (the 16-bit class): within half a step (s / 2, amax / 65534 for a normal
+        // block) of each element, element order, 32 a block; the pairs layout holds the same
+        // values.
+        let (hi, s16) = int_split(&x, true, false, false);
+        assert_eq!(s16, scales);
+        for (b, xb) in x.chunks_exact(QBLOCK).enumerate() {
+            for (j, &v) in xb.iter().enumerate() {
+                let back = s16[b] as f64 * hi[b * 32 + j] as f64;
+                let bound = s16[b] as f64 / 2.0 * (1.0 + 1e-6) + (v.abs() as f64) * 2f64.powi(-22);
+                assert!((back - v as f64).abs() <= bound, "hi alone, block {b} element {j}: {v} -> {back}");
+            }
+        }
+        let (paired, _) = int_split(&x, true, true, false);
+        for (b, i) in (0..x.len() / QBLOCK).flat_map(|b| (0..QBLOCK).map(move |i| (b, i))) {
+            assert_eq!(paired[(b / 2) * 64 + (i / 16) * 32 + (b % 2) * 16 + i % 16], hi[b * 32 + i]);
+        }
         let mut bad = x.clone();
         bad[5] = f32::INFINITY;
         assert!(int_split(&bad, false, false, true).1[0].is_nan());

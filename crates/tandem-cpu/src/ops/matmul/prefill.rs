@@ -18,6 +18,7 @@
 use tandem_core::QBLOCK;
 
 use super::dequant_into;
+use super::scatter_strips;
 use crate::ops::chunk_rows;
 use crate::table::Weight;
 use crate::Exec;
@@ -95,12 +96,7 @@ pub(super) fn prefill(
         chunk(ex.avx2, &packed, w, bias, &mut local, n, k, r0);
         (r0, local)
     });
-    for (r0, local) in parts {
-        let rows = local.len() / n;
-        for i in 0..n {
-            out[i * m + r0..i * m + r0 + rows].copy_from_slice(&local[i * rows..(i + 1) * rows]);
-        }
-    }
+    scatter_strips(parts, out, n, m);
 }
 
 /// out: [n, rows] for weight rows r0..r0 + rows (rows = out.len() / n).

@@ -21,13 +21,15 @@ use half::f16;
 use tandem_core::{DType, QuantView, QBLOCK};
 
 use super::int_split;
+use super::prefill_simd128::unload;
+use super::scatter_strips;
 use crate::ops::chunk_rows;
 use crate::Exec;
 
 /// Weight rows per micro-tile: 2 rows x 2 vectors of tokens is 4 integer and 4 float
 /// accumulators, within the registers V8 gives simd128 on x86-64.
 const NR: usize = 2;
-/// Tokens per group: two i32x4.
+/// Tokens per group: two i32x4 (the f32 kernel's group, whose `unload` this one shares).
 const W: usize = 8;
 /// Weight pairs per block.
 const PAIRS: usize = QBLOCK / 2;
@@ -85,12 +87,7 @@ pub(super) fn prefill(ex: Exec, x: &[f32], q: QuantView, bias: Option<&[f32]>, o
         }
         (r0, local)
     });
-    for (r0, local) in parts {
-        let rows = local.len() / n;
-        for i in 0..n {
-            out[i * m + r0..i * m + r0 + rows].copy_from_slice(&local[i * rows..(i + 1) * rows]);
-        }
-    }
+    scatter_strips(parts, out, n, m);
 }
 
 /// `NR` weight rows as 16-bit integers [NR][k] with their block scales and minimums [NR][nb].
@@ -176,13 +173,5 @@ fn tile(panel: &Panel, p: &Packed, g: usize, nb: usize, q41: bool) -> [[f32; W];
             }
         }
     }
-    let mut out = [[0f32; W]; NR];
-    for (o, a) in out.iter_mut().zip(&acc) {
-        // SAFETY: W = 8 floats, two vectors.
-        unsafe {
-            v128_store(o.as_mut_ptr() as *mut v128, a[0]);
-            v128_store(o.as_mut_ptr().add(4) as *mut v128, a[1]);
-        }
-    }
-    out
+    unload(&acc)
 }

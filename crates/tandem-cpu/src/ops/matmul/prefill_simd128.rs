@@ -22,6 +22,7 @@ use tandem_core::{DType, QuantView, QBLOCK};
 
 use super::decode_simd128::scales;
 use super::dequant_into;
+use super::scatter_strips;
 use crate::ops::chunk_rows;
 use crate::table::Weight;
 use crate::Exec;
@@ -62,12 +63,7 @@ pub(super) fn prefill(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out:
         chunk(&packed, w, bias, &mut local, n, k, r0);
         (r0, local)
     });
-    for (r0, local) in parts {
-        let rows = local.len() / n;
-        for i in 0..n {
-            out[i * m + r0..i * m + r0 + rows].copy_from_slice(&local[i * rows..(i + 1) * rows]);
-        }
-    }
+    scatter_strips(parts, out, n, m);
 }
 
 /// out: [n, rows] for weight rows r0..r0 + rows (rows = out.len() / n).
@@ -115,15 +111,20 @@ fn tile(panel: &[f32], xg: &[f32], k: usize) -> [[f32; W]; NR] {
             }
         }
     }
-    let mut out = [[0f32; W]; NR];
-    for (o, a) in out.iter_mut().zip(&acc) {
+    unload(&acc)
+}
+
+/// A tile's accumulators, two f32x4 (8 tokens) per row, as floats.
+pub(super) fn unload<const R: usize>(acc: &[[v128; 2]; R]) -> [[f32; W]; R] {
+    acc.map(|a| {
+        let mut o = [0f32; W];
         // SAFETY: W = 8 floats, two vectors.
         unsafe {
             v128_store(o.as_mut_ptr() as *mut v128, a[0]);
             v128_store(o.as_mut_ptr().add(4) as *mut v128, a[1]);
         }
-    }
-    out
+        o
+    })
 }
 
 /// dst[j] = w[start + j], as [`dequant_into`], with whole quantized blocks in simd128.

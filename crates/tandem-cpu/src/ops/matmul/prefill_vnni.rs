@@ -24,6 +24,7 @@ use half::f16;
 use tandem_core::{DType, QuantView, QBLOCK};
 
 use super::{decode_avx512, int_split};
+use super::scatter_strips;
 use crate::ops::chunk_rows;
 use crate::Exec;
 
@@ -79,12 +80,7 @@ pub(super) fn q8(ex: Exec, x: &[f32], q: QuantView, bias: Option<&[f32]>, out: &
         }
         (r0, local)
     });
-    for (r0, local) in parts {
-        let rows = local.len() / n;
-        for i in 0..n {
-            out[i * m + r0..i * m + r0 + rows].copy_from_slice(&local[i * rows..(i + 1) * rows]);
-        }
-    }
+    scatter_strips(parts, out, n, m);
 }
 
 /// Rows row0..row0 + live of q as the kernel's panel: wp[(b * PAIRS + p) * NR + r] holds row
