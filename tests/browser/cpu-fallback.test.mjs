@@ -5,6 +5,7 @@
 //   (same cases, same tolerances as the native harness).
 // - Batch invariance: matmul and attention rows inside a batch equal, bit for bit, the same
 //   rows alone.
+// - The kernels' f16 scale conversion on every bit pattern (the cases' scales are ordinary).
 // - A browser without WebAssembly SIMD (V8 without SSE4.1 turns it off) gets a clear error
 //   from createEngine, not a failed compile deep in the worker.
 //
@@ -84,6 +85,15 @@ for (const op of ['matmul', 'attention']) {
     console.log(`${op} (${res.ok.backend}, wasm): ${res.ok.batches} batches bitwise equal to their requests alone`);
   });
 }
+
+test('the WASM CPU fallback converts every f16 block scale exactly', { timeout: 120_000 }, async (t) => {
+  if (skip) return skipped(t, skip);
+  // The decode rows convert four scales at once in integer lanes, with and without the
+  // infinity and NaN cases: every bit pattern against the reference's conversion.
+  const res = await call('run_self_check_cpu');
+  assert.ok(!res.err, res.err);
+  assert.equal(res.ok.f16_patterns, 65536);
+});
 
 test('a browser without WebAssembly SIMD gets a clear error from createEngine', { timeout: 120_000 }, async (t) => {
   const model = stories260K();

@@ -174,6 +174,9 @@ pub struct QuantView<'a> {
     pub d: &'a [f16],
     /// Empty unless Q4_1.
     pub m: &'a [f16],
+    /// Whether the backend checked that every scale (d and m) is finite, so kernels may
+    /// convert them without the infinity and NaN cases. `new` says false.
+    pub finite_scales: bool,
 }
 
 impl<'a> QuantView<'a> {
@@ -187,7 +190,12 @@ impl<'a> QuantView<'a> {
         } else {
             &[]
         };
-        QuantView { dtype, qs: &bytes[..qs_len], d, m }
+        QuantView { dtype, qs: &bytes[..qs_len], d, m, finite_scales: false }
+    }
+
+    /// Whether every scale is finite (a pass over them; backends keep the answer per buffer).
+    pub fn scales_are_finite(&self) -> bool {
+        self.d.iter().chain(self.m).all(|h| h.is_finite())
     }
 
     /// The value of flat element `e`, exactly as every kernel must compute it.

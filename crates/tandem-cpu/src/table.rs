@@ -14,13 +14,28 @@ pub(crate) struct Buffer {
     pub dtype: DType,
     pub numel: usize,
     pub data: Vec<u32>,
+    /// A Q8_0 / Q4 weight whose scales were all finite when last written (see
+    /// [`Buffer::check_scales`]): the wasm kernels then convert them without the infinity and
+    /// NaN cases. False until checked, and whenever the data may have changed since.
+    finite_scales: bool,
 }
 
 impl Buffer {
+    pub fn new(dtype: DType, numel: usize, data: Vec<u32>) -> Self {
+        Buffer { dtype, numel, data, finite_scales: false }
+    }
+
+    /// Notes whether a Q8_0 / Q4 weight's scales are all finite, as the data is now.
+    pub fn check_scales(&mut self) {
+        self.finite_scales = matches!(self.dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+            && QuantView::new(self.dtype, self.numel, self.bytes()).scales_are_finite();
+    }
+
     pub fn bytes(&self) -> &[u8] {
         bytemuck::cast_slice(&self.data)
     }
     pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.finite_scales = false;
         bytemuck::cast_slice_mut(&mut self.data)
     }
     /// The first `numel` elements as f32 (the caller checked the dtype).
@@ -28,6 +43,7 @@ impl Buffer {
         &bytemuck::cast_slice(&self.data)[..self.numel]
     }
     pub fn f32_mut(&mut self) -> &mut [f32] {
+        self.finite_scales = false;
         let n = self.numel;
         &mut bytemuck::cast_slice_mut(&mut self.data)[..n]
     }
@@ -35,6 +51,7 @@ impl Buffer {
         &self.data[..self.numel]
     }
     pub fn u32_mut(&mut self) -> &mut [u32] {
+        self.finite_scales = false;
         let n = self.numel;
         &mut self.data[..n]
     }
@@ -42,6 +59,7 @@ impl Buffer {
         &bytemuck::cast_slice(&self.data)[..self.numel]
     }
     pub fn f16_mut(&mut self) -> &mut [f16] {
+        self.finite_scales = false;
         let n = self.numel;
         &mut bytemuck::cast_slice_mut(&mut self.data)[..n]
     }
@@ -53,7 +71,7 @@ impl Buffer {
             DType::BF16 => Weight::BF16(&bytemuck::cast_slice(&self.data)[..self.numel]),
             // The buffer holds exactly `storage_bytes(numel)` bytes, so the sections fit.
             q if q.block_layout().is_some() => Weight::Blocks(BlockView::new(q, self.numel, self.bytes())),
-            q => Weight::Q(QuantView::new(q, self.numel, self.bytes())),
+            q => Weight::Q(QuantView { finite_scales: self.finite_scales, ..QuantView::new(q, self.numel, self.bytes()) }),
         }
     }
 }
@@ -102,6 +120,12 @@ impl Table {
     pub fn remove(&mut self, id: BufId) {
         if let Some(b) = self.bufs.remove(&id) {
             self.bytes -= b.data.len() * 4;
+        }
+    }
+    /// Checks buffer `id`'s scales after a write (see [`Buffer::check_scales`]).
+    pub fn check_scales(&mut self, id: BufId) {
+        if let Some(b) = self.bufs.get_mut(&id) {
+            b.check_scales();
         }
     }
     pub fn get(&self, id: BufId) -> Option<&Buffer> {

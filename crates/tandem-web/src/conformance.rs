@@ -40,6 +40,15 @@ pub async fn run_invariance_cpu(op: String) -> Result<String, JsError> {
     Ok(format!("{{\"op\":\"{op}\",\"backend\":\"{name}\",\"batches\":{batches}}}"))
 }
 
+/// The CPU fallback's self-check of kernel parts the cases cannot reach
+/// (`tandem_cpu::wasm_self_check`): `{"f16_patterns":65536}`, or rejects with the first
+/// difference.
+#[wasm_bindgen]
+pub fn run_self_check_cpu() -> Result<String, JsError> {
+    tandem_cpu::wasm_self_check().map_err(|e| JsError::new(&e))?;
+    Ok("{\"f16_patterns\":65536}".into())
+}
+
 async fn check<B: Backend>(backend: &mut B, op: String, filter: Option<String>) -> Result<String, JsError> {
     let name = backend.name().to_string();
     let wanted: Vec<String> = filter

@@ -98,6 +98,13 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
     })
 }
 
+/// Checks of the wasm kernels' parts that the shared conformance cases do not reach (see
+/// `tandem_cpu::wasm_self_check`).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub(crate) fn wasm_self_check() -> std::result::Result<(), String> {
+    decode_simd128::check_scale_conversion()
+}
+
 /// Whether fast mode (with its SIMD kernels where `avx2`) computes some of the op's rows with
 /// activations rounded to 16 bits: the `I16Activations` precision class. The wasm build's
 /// Q8_0/Q4 decode and prompt rows (`decode_simd128`, `prefill_i16_simd128`), x86's Q8_0
@@ -345,7 +352,12 @@ impl XPrep {
                 let pairs = false;
                 // hi alone, the 16-bit class, for wasm (see `decode_simd128`) and Q8_0 (see
                 // `decode_avx2`).
-                int_split(x, q8, pairs, !SIMD128 && !q8)
+                let order = match (q8, SIMD128) {
+                    (true, _) => Order::Natural,
+                    (false, true) => Order::Quads,
+                    (false, false) => Order::Nibbles,
+                };
+                int_split(x, order, pairs, !SIMD128 && !q8)
             }
             false => (vec![], vec![]),
         };
@@ -364,27 +376,49 @@ impl XPrep {
 /// The browser's CPU fallback is built with simd128 (its integer kernels read `XPrep::ints`).
 const SIMD128: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
 
+/// Where a block's 32 activation values sit, to meet the weights as the kernel unpacks them.
+#[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Order {
+    /// Element order: Q8_0's bytes and the block types' kernels.
+    Natural,
+    /// Even elements, then odd: Q4's low then high nibbles of its 16 bytes (x86).
+    Nibbles,
+    /// Element i at (i % 4) * 8 + i / 4: Q4's bytes read as eight 16-bit lanes, whose four
+    /// nibbles are elements 4l..4l + 4 of lane l (wasm, where a 16-bit shift and mask take a
+    /// nibble without widening bytes).
+    Quads,
+}
+
 /// [`XPrep::ints`] and [`XPrep::scales`] of x (the integer kernels read them).
-/// Per block of 32, the 32 hi then (with `lo`) the 32 lo: in the Q4 nibble order (even
-/// elements, then odd) or, with `natural`, in element order (Q8_0 and the block types'
-/// kernels). Without `lo` (the 16-bit class: Q8_0 decode and prompt rows, every wasm
+/// Per block of 32, the 32 hi then (with `lo`) the 32 lo, in `order`. Without `lo` (the 16-bit class: Q8_0 decode and prompt rows, every wasm
 /// kernel) a block is its 32 hi alone. A block's values are parts of 16; with `pairs` (the
 /// AVX-512 kernel's layout) blocks 2p and 2p + 1 interleave by part (block 2p's 16 values,
 /// then block 2p + 1's), so one 512-bit load takes a part of both (zeros after a last,
 /// unpaired block).
 #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
-fn int_split(x: &[f32], natural: bool, pairs: bool, lo: bool) -> (Vec<i16>, Vec<f32>) {
+fn int_split(x: &[f32], order: Order, pairs: bool, lo: bool) -> (Vec<i16>, Vec<f32>) {
+    match lo {
+        true => split::<true>(x, order, pairs),
+        false => split::<false>(x, order, pairs),
+    }
+}
+
+/// [`int_split`], with or without the lo half.
+#[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
+fn split<const LO: bool>(x: &[f32], order: Order, pairs: bool) -> (Vec<i16>, Vec<f32>) {
     let nb = x.len() / QBLOCK;
-    let per = if lo { 64 } else { 32 };
+    let per = if LO { 64 } else { 32 };
     let len = if pairs { nb.next_multiple_of(2) * per } else { nb * per };
     let (mut ints, mut scales) = (vec![0i16; len], vec![0f32; nb.next_multiple_of(8)]);
-    // Where value i (0..per) of block b goes.
-    let place = |b: usize, i: usize| match pairs {
-        true => (b / 2) * 2 * per + (i / 16) * 32 + (b % 2) * 16 + i % 16,
-        false => b * per + i,
-    };
+    // Where element j's value goes within its block's 32.
+    let at: [usize; QBLOCK] = std::array::from_fn(|j| match order {
+        Order::Natural => j,
+        Order::Nibbles => (j % 2) * 16 + j / 2,
+        Order::Quads => (j % 4) * 8 + j / 4,
+    });
     for (b, (xb, s)) in x.chunks_exact(QBLOCK).zip(&mut scales).enumerate() {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let amax = block_amax(xb);
         if !(amax > 0.0 && amax.is_finite()) {
             // Zero blocks stay zero; a non-finite one gives NaN through its scale, as the
             // f32 product would.
@@ -399,6 +433,12 @@ fn int_split(x: &[f32], natural: bool, pairs: bool, lo: bool) -> (Vec<i16>, Vec<
         // Q8_0 prefill): 1 / s <= 2^126 is finite and |r| <= 32767, so r is within 1.5 ulps
         // of x / s, and r - hi is exact.
         let inv = (1.0 / *s as f64) as f32;
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if !LO && !pairs {
+            // The same values in simd128 (rustc leaves the loop below scalar in wasm).
+            ints[b * 32..b * 32 + 32].copy_from_slice(&decode_simd128::split_block(xb, inv, order));
+            continue;
+        }
         let (mut his, mut los) = ([0i32; QBLOCK], [0i32; QBLOCK]);
         for ((h, l), &v) in his.iter_mut().zip(&mut los).zip(xb) {
             let r = (v * inv).clamp(-32767.0, 32767.0);
@@ -409,19 +449,28 @@ fn int_split(x: &[f32], natural: bool, pairs: bool, lo: bool) -> (Vec<i16>, Vec<
             // which keeps the loop scalar).
             unsafe {
                 *h = hi.to_int_unchecked::<i32>();
-                *l = round_even((r - hi) * 32768.0).to_int_unchecked::<i32>();
+                if LO {
+                    *l = round_even((r - hi) * 32768.0).to_int_unchecked::<i32>();
+                }
             }
         }
-        if natural && !pairs && !lo {
-            ints[b * 32..b * 32 + 32].iter_mut().zip(&his).for_each(|(d, &v)| *d = v as i16);
-            continue;
-        }
+        // The block in its order (hi, then lo), then where the layout puts it.
+        let mut blk = [0i16; 64];
         for j in 0..QBLOCK {
-            let at = if natural { j } else { (j % 2) * 16 + j / 2 };
-            ints[place(b, at)] = his[j] as i16;
-            if lo {
-                ints[place(b, 32 + at)] = los[j] as i16;
+            blk[at[j] % 32] = his[j] as i16;
+            if LO {
+                blk[32 + at[j] % 32] = los[j] as i16;
             }
+        }
+        match pairs {
+            // Blocks 2p and 2p + 1 interleave by parts of 16.
+            true => {
+                for (part, vals) in blk[..per].chunks_exact(16).enumerate() {
+                    let at = (b / 2) * 2 * per + part * 32 + (b % 2) * 16;
+                    ints[at..at + 16].copy_from_slice(vals);
+                }
+            }
+            false => ints[b * per..(b + 1) * per].copy_from_slice(&blk[..per]),
         }
     }
     (ints, scales)
@@ -563,6 +612,21 @@ fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
         };
     }
     hsum8(acc) + offset
+}
+
+/// max |x| over a block, NaN elements skipped (as `f32::max` does): in 8 lanes of compares the
+/// compiler vectorizes (`f32::max` is a libm call in wasm, whose own max keeps NaN, and was a
+/// fifth of the split there); the maximum is the same in any order.
+#[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
+fn block_amax(xb: &[f32]) -> f32 {
+    let mut m = [0f32; 8];
+    for c in xb.chunks_exact(8) {
+        for (mi, v) in m.iter_mut().zip(c) {
+            let a = v.abs();
+            *mi = if a > *mi { a } else { *mi };
+        }
+    }
+    m.iter().fold(0f32, |a, &v| if v > a { v } else { a })
 }
 
 /// v rounded to the nearest integer (ties to even) for |v| < 2^22: adding 1.5 * 2^23 leaves
@@ -799,7 +863,7 @@ mod tests {
         for (i, v) in x[128..160].iter_mut().enumerate() {
             *v = (i as f32 - 16.0) * 1e-40;
         }
-        let (ints, scales) = int_split(&x, false, false, true);
+        let (ints, scales) = int_split(&x, Order::Nibbles, false, true);
         for (b, xb) in x.chunks_exact(QBLOCK).enumerate() {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
             let ints = &ints[b * 64..(b + 1) * 64];
@@ -815,7 +879,7 @@ mod tests {
         // hi alone (the 16-bit class): within half a step (s / 2, amax / 65534 for a normal
         // block) of each element, element order, 32 a block; the pairs layout holds the same
         // values.
-        let (hi, s16) = int_split(&x, true, false, false);
+        let (hi, s16) = int_split(&x, Order::Natural, false, false);
         assert_eq!(s16, scales);
         for (b, xb) in x.chunks_exact(QBLOCK).enumerate() {
             for (j, &v) in xb.iter().enumerate() {
@@ -824,12 +888,17 @@ mod tests {
                 assert!((back - v as f64).abs() <= bound, "hi alone, block {b} element {j}: {v} -> {back}");
             }
         }
-        let (paired, _) = int_split(&x, true, true, false);
+        let (paired, _) = int_split(&x, Order::Natural, true, false);
         for (b, i) in (0..x.len() / QBLOCK).flat_map(|b| (0..QBLOCK).map(move |i| (b, i))) {
             assert_eq!(paired[(b / 2) * 64 + (i / 16) * 32 + (b % 2) * 16 + i % 16], hi[b * 32 + i]);
         }
+        // wasm's Q4 order: the same values, element i of a block at (i % 4) * 8 + i / 4.
+        let (quads, _) = int_split(&x, Order::Quads, false, false);
+        for (b, i) in (0..x.len() / QBLOCK).flat_map(|b| (0..QBLOCK).map(move |i| (b, i))) {
+            assert_eq!(quads[b * 32 + (i % 4) * 8 + i / 4], hi[b * 32 + i]);
+        }
         let mut bad = x.clone();
         bad[5] = f32::INFINITY;
-        assert!(int_split(&bad, false, false, true).1[0].is_nan());
+        assert!(int_split(&bad, Order::Nibbles, false, true).1[0].is_nan());
     }
 }

@@ -43,7 +43,7 @@ pub(super) struct BPrep {
 impl BPrep {
     /// k = x.len() must be a multiple of 32.
     pub(super) fn new(x: &[f32]) -> Self {
-        let (ints, scales) = super::int_split(x, true, false, true);
+        let (ints, scales) = super::int_split(x, super::Order::Natural, false, true);
         let chunks = x.len() / 16;
         let padded = chunks.next_multiple_of(CHUNKS);
         let mut scale16 = vec![0f32; padded];

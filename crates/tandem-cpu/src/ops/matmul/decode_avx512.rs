@@ -166,7 +166,7 @@ mod tests {
     use half::f16;
     use tandem_core::{DType, QuantView};
 
-    use super::super::{decode_avx2, int_split, XPrep};
+    use super::super::{decode_avx2, int_split, Order, XPrep};
 
     /// Weights of `rows` rows of nb blocks, bytes (32 per block: Q8_0 uses them all, Q4 the
     /// first 16 of each 32), scales and minimums from a hash, a few scales negative or tiny.
@@ -179,7 +179,7 @@ mod tests {
     }
 
     fn prep(x: &[f32], dtype: DType, pairs: bool) -> XPrep {
-        let (ints, scales) = int_split(x, dtype == DType::Q8_0, pairs, dtype != DType::Q8_0);
+        let (ints, scales) = int_split(x, if dtype == DType::Q8_0 { Order::Natural } else { Order::Nibbles }, pairs, dtype != DType::Q8_0);
         let mut p = XPrep::empty();
         p.ints = ints;
         p.scales = scales;
@@ -216,7 +216,7 @@ mod tests {
                 })
                 .collect();
             for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
-                let q = QuantView { dtype, qs: &qs, d: &d, m: &m };
+                let q = QuantView { dtype, qs: &qs, d: &d, m: &m, finite_scales: false };
                 let (std, pairs): (Vec<XPrep>, Vec<XPrep>) = xs.iter().map(|x| (prep(x, dtype, false), prep(x, dtype, true))).unzip();
                 let (ps, pp): (Vec<&XPrep>, Vec<&XPrep>) = (std.iter().collect(), pairs.iter().collect());
                 let (mut want, mut got) = (vec![0f32; 8 * rows], vec![0f32; 8 * rows]);

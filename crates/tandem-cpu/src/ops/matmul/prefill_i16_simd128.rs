@@ -20,7 +20,7 @@ use core::arch::wasm32::*;
 use half::f16;
 use tandem_core::{DType, QuantView, QBLOCK};
 
-use super::int_split;
+use super::{int_split, Order};
 use super::prefill_simd128::unload;
 use super::scatter_strips;
 use crate::ops::chunk_rows;
@@ -55,7 +55,7 @@ pub(super) fn prefill(ex: Exec, x: &[f32], q: QuantView, bias: Option<&[f32]>, o
     let groups = n.div_ceil(W);
     let mut p = Packed { ints: vec![0; groups * nb * PAIRS * W], scales: vec![0.0; groups * nb * W], sums: vec![0.0; groups * nb * W] };
     for (t, xt) in x[..n * k].chunks_exact(k).enumerate() {
-        let (ints, scales) = int_split(xt, true, false, false);
+        let (ints, scales) = int_split(xt, Order::Natural, false, false);
         let (g, l) = (t / W, t % W);
         for (j, pair) in ints.chunks_exact(2).enumerate() {
             p.ints[(g * nb * PAIRS + j) * W + l] = (pair[0] as u16 as u32 | (pair[1] as u16 as u32) << 16) as i32;

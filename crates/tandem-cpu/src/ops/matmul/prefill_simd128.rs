@@ -155,7 +155,7 @@ fn dequant_blocks(q: QuantView, b0: usize, dst: &mut [f32]) {
     for (g, dg) in dst.chunks_mut(4 * QBLOCK).enumerate() {
         let (b, c) = (b0 + g * 4, dg.len() / QBLOCK);
         // SAFETY: blocks b..b + c lie inside `q.d` and `q.m` (asserted above).
-        let (ds, ms) = unsafe { (scales(q.d, b, c), if q41 { scales(q.m, b, c) } else { f32x4_splat(0.0) }) };
+        let (ds, ms) = unsafe { (scales::<false>(q.d, b, c), if q41 { scales::<false>(q.m, b, c) } else { f32x4_splat(0.0) }) };
         let (ds, ms) = (lanes(ds), lanes(ms));
         for (i, o) in dg.chunks_exact_mut(QBLOCK).enumerate() {
             let (d, mn) = (f32x4_splat(ds[i]), f32x4_splat(ms[i]));

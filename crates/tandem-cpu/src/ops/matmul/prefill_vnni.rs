@@ -23,7 +23,7 @@ use std::arch::x86_64::*;
 use half::f16;
 use tandem_core::{DType, QuantView, QBLOCK};
 
-use super::{decode_avx512, int_split};
+use super::{decode_avx512, int_split, Order};
 use super::scatter_strips;
 use crate::ops::chunk_rows;
 use crate::Exec;
@@ -49,7 +49,7 @@ pub(super) fn q8(ex: Exec, x: &[f32], q: QuantView, bias: Option<&[f32]>, out: &
     let ex = ex.sized(n * k * m);
     // Each token's 16-bit activation (element order) and block scales, once for every panel.
     // Across the team: serially, 512 tokens' splits took a third of a k/v projection.
-    let acts: Vec<(Vec<i16>, Vec<f32>)> = ex.map_range(n, |t| int_split(&x[t * k..(t + 1) * k], true, false, false));
+    let acts: Vec<(Vec<i16>, Vec<f32>)> = ex.map_range(n, |t| int_split(&x[t * k..(t + 1) * k], Order::Natural, false, false));
     // Stands in for the tokens past the end of a short last tile.
     let zero = (vec![0i16; nb * QBLOCK], vec![0f32; nb]);
     let c = chunk_rows(m, ex.threads(), NR).next_multiple_of(NR);
