@@ -619,6 +619,11 @@ fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
 /// fifth of the split there); the maximum is the same in any order.
 #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
 fn block_amax(xb: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if xb.len() == QBLOCK {
+        // (rustc leaves the loop below scalar in wasm)
+        return decode_simd128::block_amax(xb);
+    }
     let mut m = [0f32; 8];
     for c in xb.chunks_exact(8) {
         for (mi, v) in m.iter_mut().zip(c) {

@@ -329,6 +329,21 @@ pub(super) fn split_block(xb: &[f32], inv: f32, order: Order) -> [i16; 32] {
     out
 }
 
+/// max |x| over a block of 32, NaN elements skipped (`pmax(m, v)` is `m < v ? v : m`, which
+/// keeps m for a NaN v; the running max starts at 0 and is never NaN).
+pub(super) fn block_amax(xb: &[f32]) -> f32 {
+    let xb: &[f32; 32] = xb.try_into().expect("a block of 32");
+    let mut m = f32x4_splat(0.0);
+    for c in 0..8 {
+        // SAFETY: 4 floats of the 32.
+        let v = unsafe { v128_load(xb.as_ptr().add(4 * c) as *const v128) };
+        m = f32x4_pmax(m, f32x4_abs(v));
+    }
+    let m = f32x4_pmax(m, i32x4_shuffle::<2, 3, 0, 1>(m, m));
+    let m = f32x4_pmax(m, i32x4_shuffle::<1, 0, 3, 2>(m, m));
+    f32x4_extract_lane::<0>(m)
+}
+
 /// The 4x4 transpose of four vectors of 32-bit lanes.
 #[inline(always)]
 fn transpose(t: [v128; 4]) -> [v128; 4] {
