@@ -17,7 +17,7 @@
 #![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
 
 use rayon::ThreadPool;
-use tandem_core::ops::{Op, Precision};
+use tandem_core::ops::{Matmul, Op, Precision};
 use team::Team;
 use tandem_core::{Backend, BufId, DType, Error, Result, Step};
 
@@ -322,10 +322,27 @@ impl Backend for CpuBackend {
         }
         let mut run = |team: Option<&Team>| {
             let ex = Exec { fast, pool: team, avx2 };
-            step.ops.iter().try_for_each(|op| match profile.as_mut() {
-                Some(p) => p.time(op, || Self::run_op(table, ex, op)),
-                None => Self::run_op(table, ex, op),
-            })
+            let mut i = 0;
+            while i < step.ops.len() {
+                // One-token matmuls sharing their input run as one section in fast mode.
+                let g = if fast { ops::matmul::group_len(&step.ops[i..]) } else { 0 };
+                if g > 1 {
+                    let group: Vec<&Matmul> = step.ops[i..i + g].iter().filter_map(|op| if let Op::Matmul(m) = op { Some(m) } else { None }).collect();
+                    match profile.as_mut() {
+                        Some(p) => p.time_group(&group, || ops::matmul::run_group(table, ex, &group))?,
+                        None => ops::matmul::run_group(table, ex, &group)?,
+                    }
+                    i += g;
+                    continue;
+                }
+                let op = &step.ops[i];
+                match profile.as_mut() {
+                    Some(p) => p.time(op, || Self::run_op(table, ex, op))?,
+                    None => Self::run_op(table, ex, op)?,
+                }
+                i += 1;
+            }
+            Ok(())
         };
         match &self.pool {
             // One team for the whole step: its helpers stay awake from op to op.

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use tandem_core::ops::Op;
+use tandem_core::ops::{Matmul, Op};
 
 #[derive(Default)]
 pub(crate) struct Profile {
@@ -30,6 +30,20 @@ impl Profile {
             Op::Attention(a) => format!("{} n={}", op.name(), a.n),
             _ => op.name().to_string(),
         };
+        let t = self.totals.entry(key).or_default();
+        t.0 += 1;
+        t.1 += secs;
+        r
+    }
+
+    /// Times a group of matmuls run as one (`ops::matmul::run_group`).
+    pub fn time_group<R>(&mut self, ops: &[&Matmul], run: impl FnOnce() -> R) -> R {
+        let start = Instant::now();
+        let r = run();
+        let secs = start.elapsed().as_secs_f64();
+        let ms: Vec<String> = ops.iter().map(|m| m.m.to_string()).collect();
+        let m = ops[0];
+        let key = format!("matmul group {} n={} k={} m={} (decode rows {})", m.wdtype, m.n, m.k, ms.join("+"), m.decode_rows);
         let t = self.totals.entry(key).or_default();
         t.0 += 1;
         t.1 += secs;

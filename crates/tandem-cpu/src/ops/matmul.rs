@@ -26,6 +26,7 @@
 
 mod bf16;
 mod blocks;
+mod group;
 #[cfg(target_arch = "x86_64")]
 mod blocks_avx2;
 #[cfg(target_arch = "x86_64")]
@@ -52,6 +53,8 @@ use tandem_core::{DType, QuantView, Result, QBLOCK};
 use super::{chunk_rows, dot, dots, par_chunks_caller};
 use crate::table::{bad_dtype, numel, Table, Weight};
 use crate::{is_weight_dtype, Exec};
+
+pub(crate) use group::{group_len, run as run_group};
 
 const OP: &str = "matmul";
 
