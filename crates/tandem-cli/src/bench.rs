@@ -3,6 +3,7 @@
 //! backend calls and readback. `--synthetic CONFIG.json` measures a model's shape with random
 //! weights (see `tandem_core::loader::synthetic`), where the real weights cannot be brought.
 
+use crate::alloc_count::allocations;
 use crate::backend::{dispatch, BackendArgs, WithBackend};
 use crate::bench_batch::{self, Mode, RunStats, Workload};
 use crate::run::{load_model, peak_memory, KvDtype, WeightDtype};
@@ -197,6 +198,8 @@ struct Decode {
     bytes_per_token: f64,
     steps_per_token: f64,
     readback_per_token: f64,
+    /// Heap allocations a decoded token makes (the whole process: engine and backend).
+    allocs_per_token: f64,
 }
 
 impl WithBackend for Bench<'_> {
@@ -223,15 +226,19 @@ impl WithBackend for Bench<'_> {
             let mut per_token = Default::default();
             for _ in 0..self.args.repeat {
                 // What the prompt's own steps cost, to take out of the decode's counts.
-                let s0 = model.stats;
+                let (s0, a0) = (model.stats, allocations());
                 bench_batch::one(&mut model, self.tok, &ids(start), 1)?;
-                let s1 = model.stats;
+                let (s1, a1) = (model.stats, allocations());
                 let (_, secs, tokens) = bench_batch::one(&mut model, self.tok, &ids(start), self.args.decode_tokens + 1)?;
                 debug_assert_eq!(tokens, self.args.decode_tokens + 1);
                 best = best.min(secs);
-                let s2 = model.stats;
-                let prompt_cost = (s1.steps - s0.steps, s1.read_bytes - s0.read_bytes);
-                per_token = ((s2.steps - s1.steps) - prompt_cost.0, (s2.read_bytes - s1.read_bytes) - prompt_cost.1);
+                let (s2, a2) = (model.stats, allocations());
+                let prompt_cost = (s1.steps - s0.steps, s1.read_bytes - s0.read_bytes, a1 - a0);
+                per_token = (
+                    (s2.steps - s1.steps) - prompt_cost.0,
+                    (s2.read_bytes - s1.read_bytes) - prompt_cost.1,
+                    (a2 - a1).saturating_sub(prompt_cost.2),
+                );
             }
             decodes.push(Decode {
                 start,
@@ -239,6 +246,7 @@ impl WithBackend for Bench<'_> {
                 bytes_per_token: weights + kv_per_pos * (start as f64 + n / 2.0),
                 steps_per_token: per_token.0 as f64 / n,
                 readback_per_token: per_token.1 as f64 / n,
+                allocs_per_token: per_token.2 as f64 / n,
             });
         }
         let c = &model.config;
@@ -267,6 +275,7 @@ impl WithBackend for Bench<'_> {
                     "share_of_copy": copy_bw.map(|b| d.bytes_per_token * d.tok_s / b),
                     "steps_per_token": d.steps_per_token,
                     "readback_bytes_per_token": d.readback_per_token,
+                    "allocations_per_token": d.allocs_per_token,
                 })).collect::<Vec<_>>(),
                 "peak_memory": peak_memory(),
             });
@@ -307,7 +316,10 @@ impl WithBackend for Bench<'_> {
                 1e3 / d.tok_s,
                 gb_s
             );
-            println!("per token:      {:.2} steps, {:.1} bytes read back", d.steps_per_token, d.readback_per_token);
+            println!(
+                "per token:      {:.2} steps, {:.1} bytes read back, {:.1} heap allocations",
+                d.steps_per_token, d.readback_per_token, d.allocs_per_token
+            );
         }
         println!("peak memory:    {}", peak_memory());
         Ok(())

@@ -1,5 +1,6 @@
 //! `tandem`: run Llama-family models on the CPU (and, later, WebGPU and CUDA).
 
+mod alloc_count;
 mod backend;
 mod bench;
 mod bench_batch;
@@ -11,6 +12,9 @@ mod speculate;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+
+#[global_allocator]
+static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
 
 #[derive(Parser)]
 #[command(name = "tandem", version, about = "LLM inference for the browser and the server, from one engine")]

@@ -17,7 +17,7 @@
 #![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
 
 use rayon::ThreadPool;
-use tandem_core::ops::{Matmul, Op, Precision};
+use tandem_core::ops::{Op, Precision};
 use team::Team;
 use tandem_core::{Backend, BufId, DType, Error, Result, Step};
 
@@ -327,10 +327,10 @@ impl Backend for CpuBackend {
                 // One-token matmuls sharing their input run as one section in fast mode.
                 let g = if fast { ops::matmul::group_len(&step.ops[i..]) } else { 0 };
                 if g > 1 {
-                    let group: Vec<&Matmul> = step.ops[i..i + g].iter().filter_map(|op| if let Op::Matmul(m) = op { Some(m) } else { None }).collect();
+                    let group = &step.ops[i..i + g];
                     match profile.as_mut() {
-                        Some(p) => p.time_group(&group, || ops::matmul::run_group(table, ex, &group))?,
-                        None => ops::matmul::run_group(table, ex, &group)?,
+                        Some(p) => p.time_group(group, || ops::matmul::run_group(table, ex, group))?,
+                        None => ops::matmul::run_group(table, ex, group)?,
                     }
                     i += g;
                     continue;

@@ -37,12 +37,13 @@ impl Profile {
     }
 
     /// Times a group of matmuls run as one (`ops::matmul::run_group`).
-    pub fn time_group<R>(&mut self, ops: &[&Matmul], run: impl FnOnce() -> R) -> R {
+    pub fn time_group<R>(&mut self, ops: &[Op], run: impl FnOnce() -> R) -> R {
         let start = Instant::now();
         let r = run();
         let secs = start.elapsed().as_secs_f64();
-        let ms: Vec<String> = ops.iter().map(|m| m.m.to_string()).collect();
-        let m = ops[0];
+        let mms: Vec<&Matmul> = ops.iter().filter_map(|op| if let Op::Matmul(m) = op { Some(m) } else { None }).collect();
+        let ms: Vec<String> = mms.iter().map(|m| m.m.to_string()).collect();
+        let m = mms[0];
         let key = format!("matmul group {} n={} k={} m={} (decode rows {})", m.wdtype, m.n, m.k, ms.join("+"), m.decode_rows);
         let t = self.totals.entry(key).or_default();
         t.0 += 1;

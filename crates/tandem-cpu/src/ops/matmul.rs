@@ -329,24 +329,32 @@ impl XPrep {
     /// kernels (AVX2 where `avx2`, and wasm's simd128) the 16-bit split, the portable one
     /// Q4's even/odd copies (its Q8_0 reads x itself).
     fn new(x: &[f32], dtype: DType, avx2: bool) -> Self {
+        let mut p = XPrep::empty();
+        p.fill(x, dtype, avx2);
+        p
+    }
+
+    /// [`XPrep::new`] in this one's buffers (their capacity kept: see [`with_prep`]).
+    fn fill(&mut self, x: &[f32], dtype: DType, avx2: bool) {
         let (q8, int) = (dtype == DType::Q8_0, avx2 || SIMD128);
-        if q8 && !int {
-            return XPrep::empty();
+        self.even.clear();
+        self.odd.clear();
+        self.sums.clear();
+        if !int && !q8 {
+            self.even.extend(x.iter().step_by(2));
+            self.odd.extend(x.iter().skip(1).step_by(2));
         }
-        let (even, odd) = match int {
-            true => (vec![], vec![]),
-            false => (x.iter().step_by(2).copied().collect(), x.iter().skip(1).step_by(2).copied().collect()),
-        };
         let nb = x.len() / QBLOCK;
         // Zero padded to whole groups of 8 blocks, which the AVX2 kernel loads at once.
-        let mut sums: Vec<f32> = match q8 {
-            true => vec![],
-            false => x.chunks_exact(QBLOCK).map(|b| b.iter().sum()).collect(),
-        };
-        sums.resize(if q8 { 0 } else { nb.next_multiple_of(8) }, 0.0);
+        if !q8 {
+            self.sums.extend(x.chunks_exact(QBLOCK).map(|b| b.iter().sum::<f32>()));
+            self.sums.resize(nb.next_multiple_of(8), 0.0);
+        }
         #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
-        let (ints, scales) = match int {
-            true => {
+        {
+            self.ints.clear();
+            self.scales.clear();
+            if int {
                 // Q8_0's bytes are in element order, Q4's nibbles even then odd.
                 // The AVX-512 kernel reads two blocks' parts per load.
                 #[cfg(target_arch = "x86_64")]
@@ -360,20 +368,26 @@ impl XPrep {
                     (false, true) => Order::Quads,
                     (false, false) => Order::Nibbles,
                 };
-                int_split(x, order, pairs, !SIMD128 && !q8)
+                int_split_into(x, order, pairs, !SIMD128 && !q8, &mut self.ints, &mut self.scales);
             }
-            false => (vec![], vec![]),
-        };
-        XPrep {
-            even,
-            odd,
-            sums,
-            #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
-            ints,
-            #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
-            scales,
         }
     }
+}
+
+thread_local! {
+    /// Activation splits' buffers, kept between calls: a decode step makes one per matmul
+    /// input, and their allocations were most of a step's.
+    static PREPS: std::cell::RefCell<Vec<XPrep>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with the split of x for `dtype` ([`XPrep::new`]) made in buffers this thread
+/// reuses, so a one-token step allocates none for it.
+fn with_prep<R>(x: &[f32], dtype: DType, avx2: bool, f: impl FnOnce(&XPrep) -> R) -> R {
+    let mut p = PREPS.with_borrow_mut(|v| v.pop()).unwrap_or_else(XPrep::empty);
+    p.fill(x, dtype, avx2);
+    let r = f(&p);
+    PREPS.with_borrow_mut(|v| v.push(p));
+    r
 }
 
 /// The browser's CPU fallback is built with simd128 (its integer kernels read `XPrep::ints`).
@@ -401,26 +415,38 @@ enum Order {
 /// unpaired block).
 #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
 fn int_split(x: &[f32], order: Order, pairs: bool, lo: bool) -> (Vec<i16>, Vec<f32>) {
+    let (mut ints, mut scales) = (Vec::new(), Vec::new());
+    int_split_into(x, order, pairs, lo, &mut ints, &mut scales);
+    (ints, scales)
+}
+
+/// [`int_split`] into `ints` and `scales` (replacing their contents, keeping their capacity).
+#[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
+fn int_split_into(x: &[f32], order: Order, pairs: bool, lo: bool, ints: &mut Vec<i16>, scales: &mut Vec<f32>) {
     match lo {
-        true => split::<true>(x, order, pairs),
-        false => split::<false>(x, order, pairs),
+        true => split::<true>(x, order, pairs, ints, scales),
+        false => split::<false>(x, order, pairs, ints, scales),
     }
 }
 
 /// [`int_split`], with or without the lo half.
 #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
-fn split<const LO: bool>(x: &[f32], order: Order, pairs: bool) -> (Vec<i16>, Vec<f32>) {
+fn split<const LO: bool>(x: &[f32], order: Order, pairs: bool, ints: &mut Vec<i16>, scales: &mut Vec<f32>) {
     let nb = x.len() / QBLOCK;
     let per = if LO { 64 } else { 32 };
     let len = if pairs { nb.next_multiple_of(2) * per } else { nb * per };
-    let (mut ints, mut scales) = (vec![0i16; len], vec![0f32; nb.next_multiple_of(8)]);
+    // Zeros: a zero or non-finite block is skipped below.
+    ints.clear();
+    ints.resize(len, 0);
+    scales.clear();
+    scales.resize(nb.next_multiple_of(8), 0.0);
     // Where element j's value goes within its block's 32.
     let at: [usize; QBLOCK] = std::array::from_fn(|j| match order {
         Order::Natural => j,
         Order::Nibbles => (j % 2) * 16 + j / 2,
         Order::Quads => (j % 4) * 8 + j / 4,
     });
-    for (b, (xb, s)) in x.chunks_exact(QBLOCK).zip(&mut scales).enumerate() {
+    for (b, (xb, s)) in x.chunks_exact(QBLOCK).zip(scales.iter_mut()).enumerate() {
         let amax = block_amax(xb);
         if !(amax > 0.0 && amax.is_finite()) {
             // Zero blocks stay zero; a non-finite one gives NaN through its scale, as the
@@ -476,7 +502,6 @@ fn split<const LO: bool>(x: &[f32], order: Order, pairs: bool) -> (Vec<i16>, Vec
             false => ints[b * per..(b + 1) * per].copy_from_slice(&blk[..per]),
         }
     }
-    (ints, scales)
 }
 
 fn decode_quant(
@@ -488,22 +513,23 @@ fn decode_quant(
     k: usize,
     m: usize,
 ) {
-    let prep = XPrep::new(x, q.dtype, ex.avx2);
-    // About 8 chunks per thread, so a thread that loses its core mid-call leaves little.
-    let threads = ex.threads();
-    let c = chunk_rows(m, threads * 2, 16);
-    let work = |ci: usize, o: &mut [f32]| {
-        quant_rows(ex.avx2, q, x, &prep, k, ci * c, o);
-        if let Some(b) = bias {
-            for (v, bv) in o.iter_mut().zip(&b[ci * c..]) {
-                *v += bv;
+    with_prep(x, q.dtype, ex.avx2, |prep| {
+        // About 8 chunks per thread, so a thread that loses its core mid-call leaves little.
+        let threads = ex.threads();
+        let c = chunk_rows(m, threads * 2, 16);
+        let work = |ci: usize, o: &mut [f32]| {
+            quant_rows(ex.avx2, q, x, prep, k, ci * c, o);
+            if let Some(b) = bias {
+                for (v, bv) in o.iter_mut().zip(&b[ci * c..]) {
+                    *v += bv;
+                }
             }
+        };
+        match ex.pool {
+            Some(pool) => par_chunks_caller(pool, threads, out, c, work),
+            None => work(0, out),
         }
-    };
-    match ex.pool {
-        Some(pool) => par_chunks_caller(pool, threads, out, c, work),
-        None => work(0, out),
-    }
+    })
 }
 
 /// out[ri] = dot(row r0 + ri of w, x) for a chunk of rows; k % 32 == 0.

@@ -82,17 +82,24 @@ pub(crate) fn fast(
     });
 }
 
-/// One token's heads; sin/cos computed once and shared by all of them.
+/// One token's heads; sin/cos computed once and shared by all of them, a stack chunk of
+/// frequencies at a time (as Vecs they were four allocations a layer in decode).
 fn rope_row(xr: &mut [f32], p: u32, inv_freq: &[f32], head_dim: usize) {
+    const CHUNK: usize = 64;
     let half = head_dim / 2;
-    let (sin, cos): (Vec<f32>, Vec<f32>) =
-        inv_freq.iter().map(|&f| (p as f32 * f).sin_cos()).unzip();
-    for head in xr.chunks_exact_mut(head_dim) {
-        let (lo, hi) = head.split_at_mut(half);
-        for j in 0..half {
-            let (a, b) = (lo[j], hi[j]);
-            lo[j] = a * cos[j] - b * sin[j];
-            hi[j] = a * sin[j] + b * cos[j];
+    for j0 in (0..half).step_by(CHUNK) {
+        let n = CHUNK.min(half - j0);
+        let (mut sin, mut cos) = ([0f32; CHUNK], [0f32; CHUNK]);
+        for (j, &f) in inv_freq[j0..j0 + n].iter().enumerate() {
+            (sin[j], cos[j]) = (p as f32 * f).sin_cos();
+        }
+        for head in xr.chunks_exact_mut(head_dim) {
+            let (lo, hi) = head.split_at_mut(half);
+            for j in 0..n {
+                let (a, b) = (lo[j0 + j], hi[j0 + j]);
+                lo[j0 + j] = a * cos[j] - b * sin[j];
+                hi[j0 + j] = a * sin[j] + b * cos[j];
+            }
         }
     }
 }

@@ -20,54 +20,64 @@ pub(super) const PART: usize = 256;
 thread_local! {
     /// A unit's scores ([group][PART]) and, for an f16 cache, one widened vector.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's units and their partial results, kept between calls (a decode
+    /// step allocated them for every layer).
+    static UNITS: RefCell<(Vec<Unit>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
+
+/// A work unit: (row, KV head, first position).
+type Unit = (usize, usize, usize);
 
 /// q: [decode rows, heads, head_dim]; out: the same.
 pub(super) fn run<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Rows, out: &mut [f32], g: Geom) {
-    let (hd, group) = (g.hd, g.heads / g.kv_heads);
-    let parts = |i: usize| (rows.pos(i) + 1).div_ceil(PART);
-    let mut units = Vec::new();
-    for i in 0..rows.decode {
-        for kvh in 0..g.kv_heads {
-            units.extend((0..parts(i)).map(|p| (i, kvh, p * PART)));
-        }
-    }
-    // Per unit and query head of its group: [max, sum, acc[head_dim]].
-    let stride = group * (hd + 2);
-    let mut partials = vec![0f32; units.len() * stride];
-    let unit = |u: usize, part: &mut [f32]| {
-        let (i, kvh, t0) = units[u];
-        let t1 = (t0 + PART).min(rows.pos(i) + 1);
-        let qs = &q[(i * g.heads + kvh * group) * hd..(i * g.heads + (kvh + 1) * group) * hd];
-        SCRATCH.with_borrow_mut(|scratch| {
-            scratch.resize(group * PART + hd, 0.0);
-            let args = (qs, ck, cv, rows.table(i), t0..t1, kvh, g);
-            #[cfg(target_arch = "x86_64")]
-            if ex.avx2 && hd % 8 == 0 {
-                // SAFETY: `ex.avx2` is true only when AVX2, FMA and F16C were detected.
-                return unsafe { super::decode_avx2::score_part(args, scratch, part) };
+    UNITS.with_borrow_mut(|(units, partials)| {
+        let (hd, group) = (g.hd, g.heads / g.kv_heads);
+        let parts = |i: usize| (rows.pos(i) + 1).div_ceil(PART);
+        units.clear();
+        for i in 0..rows.decode {
+            for kvh in 0..g.kv_heads {
+                units.extend((0..parts(i)).map(|p| (i, kvh, p * PART)));
             }
-            score_part(args, scratch, part)
-        });
-    };
-    let work: usize = (0..rows.decode).map(|i| rows.pos(i) + 1).sum::<usize>() * g.heads * hd;
-    match ex.pool_for(work) {
-        Some(pool) => par_chunks_caller(pool, ex.threads(), &mut partials, stride, unit),
-        // A short context's decode step is over before a worker would wake.
-        None => partials.chunks_mut(stride).enumerate().for_each(|(u, p)| unit(u, p)),
-    }
-    let mut u = 0;
-    for i in 0..rows.decode {
-        let n = parts(i);
-        for kvh in 0..g.kv_heads {
-            for gi in 0..group {
-                let o = &mut out[(i * g.heads + kvh * group + gi) * hd..][..hd];
-                let at = |k: usize| &partials[(u + k) * stride + gi * (hd + 2)..][..hd + 2];
-                merge((0..n).map(at), o);
-            }
-            u += n;
         }
-    }
+        // Per unit and query head of its group: [max, sum, acc[head_dim]].
+        let stride = group * (hd + 2);
+        partials.clear();
+        partials.resize(units.len() * stride, 0.0);
+        let (units, partials): (&[Unit], &mut [f32]) = (units, partials);
+        let unit = |u: usize, part: &mut [f32]| {
+            let (i, kvh, t0) = units[u];
+            let t1 = (t0 + PART).min(rows.pos(i) + 1);
+            let qs = &q[(i * g.heads + kvh * group) * hd..(i * g.heads + (kvh + 1) * group) * hd];
+            SCRATCH.with_borrow_mut(|scratch| {
+                scratch.resize(group * PART + hd, 0.0);
+                let args = (qs, ck, cv, rows.table(i), t0..t1, kvh, g);
+                #[cfg(target_arch = "x86_64")]
+                if ex.avx2 && hd % 8 == 0 {
+                    // SAFETY: `ex.avx2` is true only when AVX2, FMA and F16C were detected.
+                    return unsafe { super::decode_avx2::score_part(args, scratch, part) };
+                }
+                score_part(args, scratch, part)
+            });
+        };
+        let work: usize = (0..rows.decode).map(|i| rows.pos(i) + 1).sum::<usize>() * g.heads * hd;
+        match ex.pool_for(work) {
+            Some(pool) => par_chunks_caller(pool, ex.threads(), partials, stride, unit),
+            // A short context's decode step is over before a worker would wake.
+            None => partials.chunks_mut(stride).enumerate().for_each(|(u, p)| unit(u, p)),
+        }
+        let mut u = 0;
+        for i in 0..rows.decode {
+            let n = parts(i);
+            for kvh in 0..g.kv_heads {
+                for gi in 0..group {
+                    let o = &mut out[(i * g.heads + kvh * group + gi) * hd..][..hd];
+                    let at = |k: usize| &partials[(u + k) * stride + gi * (hd + 2)..][..hd + 2];
+                    merge((0..n).map(at), o);
+                }
+                u += n;
+            }
+        }
+    })
 }
 
 /// out = sum_k acc_k e^(max_k - M) / sum_k sum_k e^(max_k - M), M the largest max_k. With one

@@ -47,7 +47,12 @@ pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], p
     let group = qs.len() / hd;
     assert!(hd % 8 == 0 && len <= PART && scratch.len() >= group * PART && part.len() >= group * (hd + 2));
     let scores = &mut scratch[..group * PART];
-    let offs: Vec<usize> = ts.map(|t| g.kv_at(table, t, kvh)).collect();
+    // On the stack (len <= PART): a Vec here was three allocations a layer.
+    let mut at = [0usize; PART];
+    for (o, t) in at.iter_mut().zip(ts) {
+        *o = g.kv_at(table, t, kvh);
+    }
+    let offs = &at[..len];
     let (quads, tail) = (len / 4 * 4, len % 4);
     for gi in 0..group {
         let qv = &qs[gi * hd..(gi + 1) * hd];

@@ -8,12 +8,22 @@
 //! by the same one-token kernel (`quant_rows`) from the same split as alone, so every output is
 //! the same bits as the ops run one by one.
 
+use std::cell::RefCell;
+
 use tandem_core::ops::{Matmul, Op};
 use tandem_core::{BufId, DType, QuantView, Result, QBLOCK};
 
-use super::{chunk_rows, par_chunks_caller, quant_rows, XPrep, OP};
+use super::{chunk_rows, par_chunks_caller, quant_rows, with_prep, XPrep, OP};
 use crate::table::{Buffer, Table, Weight};
 use crate::Exec;
+
+/// The most ops a group takes (a model's are 3 and 2); fixed, so a group needs no heap.
+const MAX: usize = 4;
+
+thread_local! {
+    /// The group's outputs, all rows one after another, kept between calls.
+    static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// How many ops from the start of `ops` run as one group: consecutive one-token matmuls with
 /// Q8_0 / Q4 weights of rows of whole blocks, the same input and k, whose outputs are
@@ -23,15 +33,18 @@ pub(crate) fn group_len(ops: &[Op]) -> usize {
     if !groupable(first, first) {
         return 0;
     }
-    let mut group: Vec<&Matmul> = vec![first];
-    for op in &ops[1..] {
-        let Op::Matmul(m) = op else { break };
-        if !groupable(m, first) || !independent(&group, m) {
+    let mut len = 1;
+    while len < MAX.min(ops.len()) {
+        let Op::Matmul(m) = &ops[len] else { break };
+        let joins = groupable(m, first)
+            && !reads(m).contains(&Some(m.out))
+            && ops[..len].iter().all(|g| matches!(g, Op::Matmul(g) if independent(g, m)));
+        if !joins {
             break;
         }
-        group.push(m);
+        len += 1;
     }
-    group.len()
+    len
 }
 
 fn groupable(m: &Matmul, first: &Matmul) -> bool {
@@ -39,31 +52,44 @@ fn groupable(m: &Matmul, first: &Matmul) -> bool {
     quant && m.n == 1 && m.decode_rows >= 1 && m.k % QBLOCK == 0 && m.k > 0 && m.m > 0 && m.x == first.x && m.k == first.k
 }
 
-/// Whether `m` can join `group`: no output of either is an input or output of the other.
-fn independent(group: &[&Matmul], m: &Matmul) -> bool {
-    let reads = |o: &Matmul| -> Vec<BufId> { [Some(o.x), Some(o.w), o.bias].into_iter().flatten().collect() };
-    group.iter().all(|g| g.out != m.out && !reads(g).contains(&m.out) && !reads(m).contains(&g.out))
-        && !reads(m).contains(&m.out)
+fn reads(m: &Matmul) -> [Option<BufId>; 3] {
+    [Some(m.x), Some(m.w), m.bias]
 }
 
-/// Runs `ops` (a group as [`group_len`] found it) with their results as if run one by one.
-pub(crate) fn run(t: &mut Table, ex: Exec, ops: &[&Matmul]) -> Result<()> {
-    let mut outs: Vec<(BufId, Buffer)> = Vec::with_capacity(ops.len());
-    for op in ops {
+/// Whether neither op writes what the other reads or writes.
+fn independent(a: &Matmul, b: &Matmul) -> bool {
+    a.out != b.out && !reads(a).contains(&Some(b.out)) && !reads(b).contains(&Some(a.out))
+}
+
+/// Runs `ops` (a group as [`group_len`] found it: matmuls only) with their results as if run
+/// one by one.
+pub(crate) fn run(t: &mut Table, ex: Exec, ops: &[Op]) -> Result<()> {
+    let mut mm: [Option<&Matmul>; MAX] = [None; MAX];
+    for (slot, op) in mm.iter_mut().zip(ops) {
+        let Op::Matmul(m) = op else { unreachable!("group_len groups matmuls only") };
+        *slot = Some(m);
+    }
+    let ops: &[Option<&Matmul>] = &mm[..ops.len().min(MAX)];
+    let mut outs: [Option<(BufId, Buffer)>; MAX] = std::array::from_fn(|_| None);
+    let mut taken = Ok(());
+    for (slot, op) in outs.iter_mut().zip(ops.iter().flatten()) {
         match t.take(OP, "out", op.out, DType::F32, op.m) {
-            Ok(b) => outs.push((op.out, b)),
+            Ok(b) => *slot = Some((op.out, b)),
             Err(e) => {
-                outs.into_iter().for_each(|(id, b)| t.put(id, b));
-                return Err(e);
+                taken = Err(e);
+                break;
             }
         }
     }
-    let r = compute(t, ex, ops, &mut outs);
-    outs.into_iter().for_each(|(id, b)| t.put(id, b));
+    let r = taken.and_then(|()| compute(t, ex, ops, &mut outs));
+    for (id, b) in outs.into_iter().flatten() {
+        t.put(id, b);
+    }
     r
 }
 
 /// One op's part of the group: its weights, bias and first row in the group's row space.
+#[derive(Clone, Copy)]
 struct Part<'a> {
     q: QuantView<'a>,
     bias: Option<&'a [f32]>,
@@ -71,12 +97,13 @@ struct Part<'a> {
     m: usize,
 }
 
-fn compute(t: &Table, ex: Exec, ops: &[&Matmul], outs: &mut [(BufId, Buffer)]) -> Result<()> {
-    let k = ops[0].k;
-    let x = &t.input(OP, "x", ops[0].x, DType::F32, k)?.f32()[..k];
-    let mut parts = Vec::with_capacity(ops.len());
+fn compute(t: &Table, ex: Exec, ops: &[Option<&Matmul>], outs: &mut [Option<(BufId, Buffer)>; MAX]) -> Result<()> {
+    let first = ops[0].expect("a group has ops");
+    let k = first.k;
+    let x = &t.input(OP, "x", first.x, DType::F32, k)?.f32()[..k];
+    let mut parts: [Option<Part>; MAX] = [None; MAX];
     let mut rows = 0;
-    for op in ops {
+    for (slot, op) in parts.iter_mut().zip(ops.iter().flatten()) {
         let Weight::Q(q) = t.input(OP, "w", op.w, op.wdtype, op.m * k)?.weight() else {
             unreachable!("group_len takes Q8_0 / Q4 weights only")
         };
@@ -84,22 +111,43 @@ fn compute(t: &Table, ex: Exec, ops: &[&Matmul], outs: &mut [(BufId, Buffer)]) -
             Some(b) => Some(&t.input(OP, "bias", b, DType::F32, op.m)?.f32()[..op.m]),
             None => None,
         };
-        parts.push(Part { q, bias, start: rows, m: op.m });
+        *slot = Some(Part { q, bias, start: rows, m: op.m });
         rows += op.m;
     }
-    // The split depends on the weight kind only through Q8_0 or not.
-    let prep_for = |q8: bool| parts.iter().find(|p| (p.q.dtype == DType::Q8_0) == q8).map(|p| XPrep::new(x, p.q.dtype, ex.avx2));
-    let preps = [prep_for(false), prep_for(true)];
-    let mut all = vec![0f32; rows];
-    let threads = ex.threads();
-    let c = chunk_rows(rows, threads * 2, 16);
+    // The split depends on the weight kind only through Q8_0 or not: one of each kind present.
+    let kind = |q8: bool| parts.iter().flatten().map(|p| p.q.dtype).find(|&d| (d == DType::Q8_0) == q8);
+    let mut run = |preps: [Option<&XPrep>; 2]| {
+        ROWS.with_borrow_mut(|all| {
+            all.clear();
+            all.resize(rows, 0.0);
+            rows_of(ex, x, &parts, preps, all);
+            for (p, (_, out)) in parts.iter().flatten().zip(outs.iter_mut().flatten()) {
+                out.f32_mut()[..p.m].copy_from_slice(&all[p.start..p.start + p.m]);
+            }
+        })
+    };
+    let avx2 = ex.avx2;
+    match (kind(false), kind(true)) {
+        (Some(a), Some(b)) => with_prep(x, a, avx2, |pa| with_prep(x, b, avx2, |pb| run([Some(pa), Some(pb)]))),
+        (Some(a), None) => with_prep(x, a, avx2, |pa| run([Some(pa), None])),
+        (None, Some(b)) => with_prep(x, b, avx2, |pb| run([None, Some(pb)])),
+        (None, None) => unreachable!("a group has parts"),
+    }
+    Ok(())
+}
+
+/// Every part's rows into `all` ([rows]), the threads taking chunks across parts.
+/// `preps`: the split for Q4 weights, then for Q8_0.
+fn rows_of(ex: Exec, x: &[f32], parts: &[Option<Part>; MAX], preps: [Option<&XPrep>; 2], all: &mut [f32]) {
+    let (k, threads) = (x.len(), ex.threads());
+    let c = chunk_rows(all.len(), threads * 2, 16);
     let work = |ci: usize, o: &mut [f32]| {
         let (lo, hi) = (ci * c, ci * c + o.len());
-        for p in parts.iter().filter(|p| p.start < hi && lo < p.start + p.m) {
+        for p in parts.iter().flatten().filter(|p| p.start < hi && lo < p.start + p.m) {
             // This chunk's rows of part p, in p's own numbering.
             let (r0, r1) = (lo.max(p.start) - p.start, hi.min(p.start + p.m) - p.start);
             let seg = &mut o[p.start + r0 - lo..p.start + r1 - lo];
-            let prep = preps[(p.q.dtype == DType::Q8_0) as usize].as_ref().expect("made for each kind present");
+            let prep = preps[(p.q.dtype == DType::Q8_0) as usize].expect("made for each kind present");
             quant_rows(ex.avx2, p.q, x, prep, k, r0, seg);
             if let Some(b) = p.bias {
                 for (v, bv) in seg.iter_mut().zip(&b[r0..]) {
@@ -109,22 +157,92 @@ fn compute(t: &Table, ex: Exec, ops: &[&Matmul], outs: &mut [(BufId, Buffer)]) -
         }
     };
     match ex.pool {
-        Some(pool) => par_chunks_caller(pool, threads, &mut all, c, work),
-        None => work(0, &mut all),
+        Some(pool) => par_chunks_caller(pool, threads, all, c, work),
+        None => work(0, all),
     }
-    for (p, (_, out)) in parts.iter().zip(outs.iter_mut()) {
-        out.f32_mut()[..p.m].copy_from_slice(&all[p.start..p.start + p.m]);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use tandem_core::ops::{Matmul, Op};
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    use tandem_core::ops::{Add, Matmul, Op, RmsNorm, Swiglu};
     use tandem_core::{quant, Backend, BufId, DType, Step};
 
     use super::group_len;
     use crate::CpuBackend;
+
+    /// This crate's unit tests count the allocations each thread makes.
+    struct Counting;
+    thread_local! {
+        static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    }
+    fn count() {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+    }
+    // SAFETY: every call is passed to `System` unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count();
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+            count();
+            unsafe { System.realloc(ptr, layout, size) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    /// A decode step's matmul side of a layer (norm, q/k/v of Q4_1, gate/up of Q8_0, SwiGLU, a
+    /// Q4_0 down projection, the residual add) on one thread: after its first run it allocates
+    /// nothing (activation splits and group rows come from buffers kept).
+    #[test]
+    fn a_layer_of_one_token_matmuls_allocates_nothing_once_warm() {
+        let (k, ffn) = (160, 96);
+        let mut cpu = CpuBackend::fast(1).unwrap();
+        let x = upload(&mut cpu, DType::F32, &values(k, 1));
+        let norm_w = upload(&mut cpu, DType::F32, &values(k, 2));
+        let xb = cpu.alloc(DType::F32, k).unwrap();
+        let mut step = Step::default();
+        step.push(Op::RmsNorm(RmsNorm { x, weight: norm_w, out: xb, n: 1, dim: k, eps: 1e-5 }));
+        let mut matmul = |cpu: &mut CpuBackend, x: BufId, wdtype: DType, m: usize, k: usize, seed: usize| {
+            let w = upload(cpu, wdtype, &values(m * k, seed));
+            let out = cpu.alloc(DType::F32, m).unwrap();
+            step.push(Op::Matmul(Matmul { x, w, wdtype, bias: None, out, n: 1, k, m, decode_rows: 1 }));
+            out
+        };
+        for (i, m) in [64, 32, 32].into_iter().enumerate() {
+            matmul(&mut cpu, xb, DType::Q4_1, m, k, 10 + i);
+        }
+        let gate = matmul(&mut cpu, xb, DType::Q8_0, ffn, k, 20);
+        let up = matmul(&mut cpu, xb, DType::Q8_0, ffn, k, 21);
+        let hidden = cpu.alloc(DType::F32, ffn).unwrap();
+        step.push(Op::Swiglu(Swiglu { gate, up, out: hidden, len: ffn }));
+        let w_down = upload(&mut cpu, DType::Q4_0, &values(k * ffn, 30));
+        let down = cpu.alloc(DType::F32, k).unwrap();
+        step.push(Op::Matmul(Matmul { x: hidden, w: w_down, wdtype: DType::Q4_0, bias: None, out: down, n: 1, k: ffn, m: k, decode_rows: 1 }));
+        step.push(Op::Add(Add { x, y: down, len: k }));
+        // q, k, v and gate share xb (a group of two weight kinds, at the most ops a group
+        // takes); up runs alone.
+        assert_eq!(group_len(&step.ops[1..]), 4);
+        assert_eq!(group_len(&step.ops[5..]), 1);
+        let cold = ALLOCS.with(Cell::get);
+        cpu.execute(&step).unwrap();
+        // The counter sees this thread's allocations: the first run makes the buffers.
+        assert!(ALLOCS.with(Cell::get) > cold);
+        let before = ALLOCS.with(Cell::get);
+        cpu.execute(&step).unwrap();
+        assert_eq!(ALLOCS.with(Cell::get) - before, 0, "allocations in a warm one-token step");
+    }
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n).map(|i| (((i + seed) * 7919 % 1013) as f32 - 506.0) * 1.3e-3).collect()
