@@ -20,7 +20,7 @@ const M: usize = 64;
 /// Tokens of the prompt-shaped product (more than one group of the prompt kernel).
 const N: usize = 9;
 /// Times the step runs: enough for V8 to decide to optimize the kernels.
-const RUNS: usize = 64;
+const RUNS: usize = 8;
 
 /// Runs a one-token and a prompt-shaped product for each quantized weight type models use.
 pub fn warm_up(cpu: &mut CpuBackend) -> Result<()> {

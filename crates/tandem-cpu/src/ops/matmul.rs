@@ -513,23 +513,10 @@ fn decode_quant(
     k: usize,
     m: usize,
 ) {
-    with_prep(x, q.dtype, ex.avx2, |prep| {
-        // About 8 chunks per thread, so a thread that loses its core mid-call leaves little.
-        let threads = ex.threads();
-        let c = chunk_rows(m, threads * 2, 16);
-        let work = |ci: usize, o: &mut [f32]| {
-            quant_rows(ex.avx2, q, x, prep, k, ci * c, o);
-            if let Some(b) = bias {
-                for (v, bv) in o.iter_mut().zip(&b[ci * c..]) {
-                    *v += bv;
-                }
-            }
-        };
-        match ex.pool {
-            Some(pool) => par_chunks_caller(pool, threads, out, c, work),
-            None => work(0, out),
-        }
-    })
+    debug_assert_eq!(x.len(), k);
+    let part = [Some(group::Part { q, bias, start: 0, m })];
+    let q8 = q.dtype == DType::Q8_0;
+    with_prep(x, q.dtype, ex.avx2, |prep| group::rows_of(ex, x, &part, [(!q8).then_some(prep), q8.then_some(prep)], out))
 }
 
 /// out[ri] = dot(row r0 + ri of w, x) for a chunk of rows; k % 32 == 0.

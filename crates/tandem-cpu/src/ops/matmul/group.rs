@@ -90,11 +90,11 @@ pub(crate) fn run(t: &mut Table, ex: Exec, ops: &[Op]) -> Result<()> {
 
 /// One op's part of the group: its weights, bias and first row in the group's row space.
 #[derive(Clone, Copy)]
-struct Part<'a> {
-    q: QuantView<'a>,
-    bias: Option<&'a [f32]>,
-    start: usize,
-    m: usize,
+pub(super) struct Part<'a> {
+    pub q: QuantView<'a>,
+    pub bias: Option<&'a [f32]>,
+    pub start: usize,
+    pub m: usize,
 }
 
 fn compute(t: &Table, ex: Exec, ops: &[Option<&Matmul>], outs: &mut [Option<(BufId, Buffer)>; MAX]) -> Result<()> {
@@ -136,9 +136,10 @@ fn compute(t: &Table, ex: Exec, ops: &[Option<&Matmul>], outs: &mut [Option<(Buf
     Ok(())
 }
 
-/// Every part's rows into `all` ([rows]), the threads taking chunks across parts.
-/// `preps`: the split for Q4 weights, then for Q8_0.
-fn rows_of(ex: Exec, x: &[f32], parts: &[Option<Part>; MAX], preps: [Option<&XPrep>; 2], all: &mut [f32]) {
+/// Every part's rows into `all` ([rows]), the threads taking chunks across parts (about 8
+/// chunks per thread, so a thread that loses its core mid-call leaves little). `preps`: the
+/// split for Q4 weights, then for Q8_0. A lone one-token matmul is a group of one part.
+pub(super) fn rows_of(ex: Exec, x: &[f32], parts: &[Option<Part>], preps: [Option<&XPrep>; 2], all: &mut [f32]) {
     let (k, threads) = (x.len(), ex.threads());
     let c = chunk_rows(all.len(), threads * 2, 16);
     let work = |ci: usize, o: &mut [f32]| {
