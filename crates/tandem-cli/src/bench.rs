@@ -6,6 +6,7 @@
 use crate::alloc_count::allocations;
 use crate::backend::{dispatch, BackendArgs, WithBackend};
 use crate::bench_batch::{self, Mode, RunStats, Workload};
+use crate::bench_verify;
 use crate::run::{load_model, peak_memory, KvDtype, WeightDtype};
 use clap::Args;
 use std::path::PathBuf;
@@ -79,6 +80,11 @@ pub struct BenchArgs {
     /// built-in text.
     #[arg(long, value_enum, default_value_t = crate::speculate::SpecTask::Summarize)]
     spec_task: crate::speculate::SpecTask,
+    /// Also time steps that score this many tokens of one sequence as a speculative
+    /// verification does (comma-separated), against a one-token step, at each decode context:
+    /// the cost speculation must beat, on any model shape (random weights included).
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    verify_tokens: Vec<usize>,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -106,6 +112,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         tandem_core::loader::TokenizerSource::None(_) => Tokenizer::placeholder(source.config.vocab_size)?,
         t => Tokenizer::load(t)?,
     };
+    if !args.verify_tokens.is_empty() && (args.concurrency.is_some() || args.spec.speculate.is_some() || args.spec.draft_model.is_some()) {
+        return Err(Error::InvalidParameter("--verify-tokens times single steps of the plain benchmark: not with --concurrency, --speculate or --draft-model".into()));
+    }
     if let Some(spec) = args.spec.open(&tokenizer)? {
         if args.concurrency.is_some() || args.synthetic.is_some() {
             return Err(Error::InvalidParameter("--speculate / --draft-model measure one real model's decoding: not with --concurrency or --synthetic".into()));
@@ -249,6 +258,12 @@ impl WithBackend for Bench<'_> {
                 allocs_per_token: per_token.2 as f64 / n,
             });
         }
+        let mut verify = Vec::new();
+        if !self.args.verify_tokens.is_empty() {
+            for &start in self.decode_at {
+                verify.push(bench_verify::measure(&mut model, start, &self.args.verify_tokens, self.args.decode_tokens, self.args.repeat)?);
+            }
+        }
         let c = &model.config;
         let model_desc = match (&self.args.synthetic, self.opts.weight_dtype) {
             (Some(_), Some(dtype)) => {
@@ -276,6 +291,12 @@ impl WithBackend for Bench<'_> {
                     "steps_per_token": d.steps_per_token,
                     "readback_bytes_per_token": d.readback_per_token,
                     "allocations_per_token": d.allocs_per_token,
+                })).collect::<Vec<_>>(),
+                "verify": verify.iter().flatten().map(|v| serde_json::json!({
+                    "context": v.context,
+                    "tokens": v.tokens,
+                    "ms": v.ms,
+                    "vs_one_token": v.ms / verify.iter().flatten().find(|o| o.context == v.context && o.tokens == 1).map_or(f64::NAN, |o| o.ms),
                 })).collect::<Vec<_>>(),
                 "peak_memory": peak_memory(),
             });
@@ -320,6 +341,9 @@ impl WithBackend for Bench<'_> {
                 "per token:      {:.2} steps, {:.1} bytes read back, {:.1} heap allocations",
                 d.steps_per_token, d.readback_per_token, d.allocs_per_token
             );
+        }
+        for costs in &verify {
+            println!("{}", bench_verify::describe(costs));
         }
         println!("peak memory:    {}", peak_memory());
         Ok(())

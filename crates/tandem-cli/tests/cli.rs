@@ -289,3 +289,31 @@ fn bench_synthetic_bad_inputs_are_clear_errors() {
     let short = synthetic_config("synth-short", r#"{"max_position_embeddings": 10}"#);
     fails(&bench(&short, &[]), "context");
 }
+
+/// `--verify-tokens`: a cost for a one-token step and each size asked, at each decode context,
+/// in the text and the JSON report; sizes that cannot be a step are clear errors.
+#[test]
+fn bench_verify_tokens_times_each_step_size() {
+    let config = synthetic_config("synth-verify", "{}");
+    let out = tandem(&bench(&config, &["--contexts", "16,40", "--verify-tokens", "2,5", "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let verify = report["verify"].as_array().expect("verify");
+    let got: Vec<(u64, u64)> = verify.iter().map(|v| (v["context"].as_u64().unwrap(), v["tokens"].as_u64().unwrap())).collect();
+    // Contexts are the decode starts: 16 and 40 less half of the 4 decode tokens.
+    assert_eq!(got, [(14, 1), (14, 2), (14, 5), (38, 1), (38, 2), (38, 5)]);
+    for v in verify {
+        assert!(v["ms"].as_f64().unwrap() > 0.0, "{v}");
+        let ratio = v["vs_one_token"].as_f64().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{v}");
+        if v["tokens"] == 1 {
+            assert_eq!(ratio, 1.0);
+        }
+    }
+    let out = tandem(&bench(&config, &["--verify-tokens", "3"]));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("verify steps:   at context 8: 1 token ") && stdout.contains("; 3 tokens "), "{stdout}");
+    fails(&bench(&config, &["--verify-tokens", "0"]), "--verify-tokens");
+    fails(&bench(&config, &["--verify-tokens", "100000"]), "--verify-tokens");
+    fails(&bench(&config, &["--verify-tokens", "2", "--concurrency", "2"]), "--verify-tokens");
+}
