@@ -110,13 +110,13 @@ pub(crate) fn wasm_self_check() -> std::result::Result<(), String> {
 
 /// Whether fast mode (with its SIMD kernels where `avx2`) computes some of the op's rows with
 /// activations rounded to 16 bits: the `I16Activations` precision class. The wasm build's
-/// Q8_0/Q4 decode and prompt rows (`decode_simd128`, `prefill_i16_simd128`), x86's Q8_0
+/// Q8_0/Q4 decode and prompt rows (`decode_simd128`, `prefill_i16_simd128`), x86's Q8_0/Q4
 /// decode rows (`decode_avx2`) and Q8_0 prompt rows on AVX-512 VNNI ([`vnni_prompt_rows`]).
 pub(crate) fn i16_class(op: &Matmul, avx2: bool) -> bool {
     let blocks = matches!(op.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) && op.k % QBLOCK == 0 && op.k > 0;
-    let x86_q8_decode = cfg!(target_arch = "x86_64") && avx2 && op.wdtype == DType::Q8_0 && op.decode_rows > 0;
+    let x86_decode = cfg!(target_arch = "x86_64") && avx2 && op.decode_rows > 0;
     // wasm: all of such an op's rows, decode and prompt.
-    (blocks && (SIMD128 || x86_q8_decode)) || vnni_prompt_rows(op, avx2)
+    (blocks && (SIMD128 || x86_decode)) || vnni_prompt_rows(op, avx2)
 }
 
 /// Whether fast mode (with its SIMD kernels, `avx2`) computes the op's prompt rows in 16-bit
@@ -289,14 +289,10 @@ struct XPrep {
     odd: Vec<f32>,
     /// Sum of x over each block of 32. [k / 32, zero padded to a multiple of 8].
     sums: Vec<f32>,
-    /// Each block of 32 as 16-bit integers, for integer dot products with the nibbles whose
-    /// products and sums are exact: x = s * (hi + lo / 2^15), s = max |x| / 32767 of the block
-    /// (`scales`), so hi + lo / 2^15 carries about 31 bits, more than f32's 24: the AVX2 Q4
-    /// kernel's sums are as close to the f32 reference as f32 arithmetic itself. Per block,
-    /// 64 values: hi of the even elements, hi of the odd ones, lo of the even, lo of the odd.
-    /// [k / 32 * 64] (AVX-512: by pairs of blocks, see `int_split`). Q8_0 on x86, and every
-    /// dtype in wasm, keep hi alone (32 values a block, element order for Q8_0): the 16-bit
-    /// activation class.
+    /// Each block of 32 as 16-bit integers, for integer dot products with the weights whose
+    /// products and sums are exact: x ~ s * hi, s = max |x| / 32767 of the block (`scales`),
+    /// each element within 2^-16 of its block's largest (the 16-bit activation class). 32
+    /// values a block, in the kernel's `Order` (AVX-512: by pairs of blocks, see `int_split`).
     #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
     ints: Vec<i16>,
     /// s of each block. [k / 32, zero padded to a multiple of 8] (as `sums`).
@@ -368,7 +364,7 @@ impl XPrep {
                     (false, true) => Order::Quads,
                     (false, false) => Order::Nibbles,
                 };
-                int_split_into(x, order, pairs, !SIMD128 && !q8, &mut self.ints, &mut self.scales);
+                int_split_into(x, order, pairs, false, &mut self.ints, &mut self.scales);
             }
         }
     }
@@ -408,8 +404,9 @@ enum Order {
 }
 
 /// [`XPrep::ints`] and [`XPrep::scales`] of x (the integer kernels read them).
-/// Per block of 32, the 32 hi then (with `lo`) the 32 lo, in `order`. Without `lo` (the 16-bit class: Q8_0 decode and prompt rows, every wasm
-/// kernel) a block is its 32 hi alone. A block's values are parts of 16; with `pairs` (the
+/// Per block of 32, the 32 hi then (with `lo`) the 32 lo, in `order`. Without `lo` (the 16-bit class: every decode
+/// and wasm kernel, Q8_0's prompt rows) a block is its 32 hi alone; the K-quants' rows take
+/// both. A block's values are parts of 16; with `pairs` (the
 /// AVX-512 kernel's layout) blocks 2p and 2p + 1 interleave by part (block 2p's 16 values,
 /// then block 2p + 1's), so one 512-bit load takes a part of both (zeros after a last,
 /// unpaired block).

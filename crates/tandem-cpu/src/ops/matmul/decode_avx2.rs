@@ -6,13 +6,14 @@
 //! instruction, and the Q4 per-block offset terms (m * sum(x), or -8 * d * sum(x)) are
 //! accumulated 8 blocks per FMA instead of one scalar at a time.
 //!
-//! Blocks are dotted in integers (`madd_epi16`) against a 16-bit split of the activation
-//! that carries more bits than f32 (see [`row_group`]): for Q4, 1.3-1.4x the f32 kernel's
-//! speed on a 1536 x 576 Q4_1 matvec (bench_matmul, one thread, weights in cache), answers
-//! unchanged. Q8_0 rows take the split's hi half alone, the activation rounded to 16 bits
-//! per block (the `I16Activations` class): their bytes are twice Q4's, and the lo half's
-//! products cost 9% of a SmolLM2 Q8_0 decode step (2 threads, measured) for digits its
-//! answers do not need. Where the CPU has AVX-512 VNNI, [`super::decode_avx512`] gives the
+//! Blocks are dotted in integers (`madd_epi16`) against the activation rounded to 16 bits per
+//! block (`XPrep::ints`, the `I16Activations` class; see [`row_group`]), for Q8_0 and Q4
+//! alike. Q4 once took a 31-bit split (hi + lo / 2^15, as close to the f32 reference as f32
+//! arithmetic): its lo half doubled a block's products for digits the answers do not need
+//! (the reference's greedy tokens hold without it, as they do in the wasm build, which never
+//! had it), and dropping it made a SmolLM2 Q4_1 decode step ~8% faster and a 5-token
+//! speculative verify step 1.55x faster (2 threads, AVX-512; `tandem bench --verify-tokens`).
+//! Where the CPU has AVX-512 VNNI, [`super::decode_avx512`] gives the
 //! same bits faster.
 
 use std::arch::x86_64::*;
@@ -37,7 +38,7 @@ pub(super) unsafe fn rows(
     r0: usize,
     out: &mut [f32],
 ) {
-    check(q, &[p], nb, r0 + out.len(), per_block(q.dtype));
+    check(q, &[p], nb, r0 + out.len(), PER_BLOCK);
     if super::decode_avx512::available() {
         // SAFETY: the features were detected; `p` was laid out for that kernel.
         return unsafe { super::decode_avx512::rows(q, p, nb, r0, out) };
@@ -86,14 +87,8 @@ pub(super) fn prefetch_ahead(q: QuantView, b0: usize, nb: usize) {
     }
 }
 
-/// Activation integers per block: Q8_0's 16-bit activations (hi), Q4's hi and lo.
-pub(super) fn per_block(dtype: DType) -> usize {
-    if dtype == DType::Q8_0 {
-        32
-    } else {
-        64
-    }
-}
+/// Activation integers per block: the 16-bit split's hi half (see the module doc).
+pub(super) const PER_BLOCK: usize = 32;
 
 /// The bounds every raw load of the row kernels ([`row_group`] and the AVX-512 one) stays
 /// inside, for rows below `end_row`, with `per_block` activation integers per block.
@@ -139,7 +134,7 @@ pub(super) unsafe fn rows_batch(q: QuantView, preps: &[&XPrep], nb: usize, r0: u
     let nt = preps.len();
     assert!(nt > 0 && nt <= TOKENS && out.len() % nt == 0);
     let rows = out.len() / nt;
-    check(q, preps, nb, r0 + rows, per_block(q.dtype));
+    check(q, preps, nb, r0 + rows, PER_BLOCK);
     let wide = super::decode_avx512::available();
     // AVX-512's 32 registers hold twice the tokens' accumulators.
     let group = if wide { 2 * GROUP } else { GROUP };
@@ -178,7 +173,7 @@ pub(super) unsafe fn rows_batch(q: QuantView, preps: &[&XPrep], nb: usize, r0: u
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn group_rows<const T: usize>(q: QuantView, ps: &[&XPrep], nb: usize, r0: usize, rows: usize, out: &mut [f32]) {
     assert!(ps.len() == T && out.len() >= T * rows);
-    check(q, ps, nb, r0 + rows, per_block(q.dtype));
+    check(q, ps, nb, r0 + rows, PER_BLOCK);
     for ri in 0..rows {
         prefetch_ahead(q, (r0 + ri) * nb, nb);
         // SAFETY: bounds checked above.
@@ -207,12 +202,12 @@ pub(super) unsafe fn unpack(q: QuantView, blk: usize) -> (__m256i, __m256i) {
 }
 
 /// T tokens' rows over blocks b0..b0 + nb, in integers against each activation's 16-bit
-/// split (`XPrep::ints`): per block, two exact integer sums (hi, lo) of 16 products each,
-/// joined as hi + lo / 2^15 (Q8_0: hi alone) and scaled by d * s in f32. Q8_0: sum_b d * sum q x; Q4_0:
-/// sum_b d * (sum q x - 8 sum x); Q4_1: sum_b d * sum q x + m * sum x. `madd_epi16`
-/// multiplies 16 weights per instruction with no conversion of the weights to floats; the
-/// integer sums are exact (Q8_0's 4-product lanes stay below 2^24, so even their conversion
-/// is), so their order, and the instruction set, does not change a bit of the result.
+/// split (`XPrep::ints`): per block, one exact integer sum of 32 products, scaled by d * s in
+/// f32. Q8_0: sum_b d * sum q x; Q4_0: sum_b d * (sum q x - 8 sum x); Q4_1: sum_b d * sum q x
+/// + m * sum x. `madd_epi16` multiplies 16 weights per instruction with no conversion of the
+/// weights to floats; the integer sums are exact (Q8_0's 4-product lanes stay below 2^24, so
+/// even their conversion is), so their order, and the instruction set, does not change a bit
+/// of the result.
 /// The dtype is tested per block, a branch the predictor always gets right. Inlined into
 /// its AVX2 callers.
 #[inline(always)]
@@ -223,8 +218,7 @@ unsafe fn row_group<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: 
         let sc: [&[f32]; T] = std::array::from_fn(|t| &ps[t].scales[..]);
         let (mut a0, mut a1) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
         let mut ds = [[0f32; G]; T];
-        let lo_weight = _mm256_set1_ps(1.0 / 32768.0);
-        let (q8, per) = (q.dtype == DType::Q8_0, per_block(q.dtype));
+        let per = PER_BLOCK;
         let mut b = 0;
         while b < nb {
             let g = G.min(nb - b);
@@ -240,12 +234,7 @@ unsafe fn row_group<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: 
                     for t in 0..T {
                         let xp = ip[t].add((b + j) * per) as *const __m256i;
                         let hi = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256(xp)), _mm256_madd_epi16(w1, _mm256_loadu_si256(xp.add(1))));
-                        let v = if q8 {
-                            _mm256_cvtepi32_ps(hi)
-                        } else {
-                            let lo = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256(xp.add(2))), _mm256_madd_epi16(w1, _mm256_loadu_si256(xp.add(3))));
-                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), lo_weight, _mm256_cvtepi32_ps(hi))
-                        };
+                        let v = _mm256_cvtepi32_ps(hi);
                         let dj = _mm256_broadcast_ss(&ds[t][j]);
                         if j % 2 == 0 {
                             a0[t] = _mm256_fmadd_ps(dj, v, a0[t]);

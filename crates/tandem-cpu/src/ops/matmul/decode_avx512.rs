@@ -12,14 +12,14 @@
 //! this machine and on one without AVX-512, alone or batched.
 //!
 //! The activation's 16-bit split is laid out by pairs of blocks (`int_split`'s `pairs`) so that
-//! each of its four parts (Q8_0: its two hi parts) is one 512-bit load for two blocks.
+//! each of its two parts is one 512-bit load for two blocks.
 
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use tandem_core::{DType, QuantView, QBLOCK};
 
-use super::decode_avx2::{check, hsum, offsets, padded, per_block, prefetch_ahead, unpack, widen_scales, G};
+use super::decode_avx2::{check, hsum, offsets, padded, PER_BLOCK, prefetch_ahead, unpack, widen_scales, G};
 use super::XPrep;
 
 /// AVX-512 F/BW/DQ/VL with VNNI (besides AVX2, FMA, F16C) were detected, and
@@ -46,8 +46,8 @@ pub(crate) fn available() -> bool {
 /// [`available`] must be true.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &mut [f32]) {
-    check(q, &[p], nb, r0 + out.len(), per_block(q.dtype));
-    assert!(p.ints.len() >= nb.next_multiple_of(2) * per_block(q.dtype));
+    check(q, &[p], nb, r0 + out.len(), PER_BLOCK);
+    assert!(p.ints.len() >= nb.next_multiple_of(2) * PER_BLOCK);
     for (ri, o) in out.iter_mut().enumerate() {
         prefetch_ahead(q, (r0 + ri) * nb, nb);
         // SAFETY: bounds checked above; the caller guarantees the CPU features.
@@ -63,8 +63,8 @@ pub(super) unsafe fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &m
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn group_rows<const T: usize>(q: QuantView, ps: &[&XPrep], nb: usize, r0: usize, rows: usize, out: &mut [f32]) {
     assert!(ps.len() == T && out.len() >= T * rows);
-    check(q, ps, nb, r0 + rows, per_block(q.dtype));
-    assert!(ps.iter().all(|p| p.ints.len() >= nb.next_multiple_of(2) * per_block(q.dtype)));
+    check(q, ps, nb, r0 + rows, PER_BLOCK);
+    assert!(ps.iter().all(|p| p.ints.len() >= nb.next_multiple_of(2) * PER_BLOCK));
     for ri in 0..rows {
         prefetch_ahead(q, (r0 + ri) * nb, nb);
         // SAFETY: as in `rows`.
@@ -102,8 +102,7 @@ unsafe fn row_group<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: 
     unsafe {
         let ip: [*const i16; T] = std::array::from_fn(|t| ps[t].ints.as_ptr());
         let mut acc = [_mm512_setzero_ps(); T];
-        let lo_weight = _mm512_set1_ps(1.0 / 32768.0);
-        let (q8, per) = (q.dtype == DType::Q8_0, per_block(q.dtype));
+        let per = PER_BLOCK;
         // Lanes 0-7 take scale j, lanes 8-15 scale j + 1, for j = 0, 2, 4, 6.
         let pick = |j: i32| _mm512_setr_epi32(j, j, j, j, j, j, j, j, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1);
         let picks = [pick(0), pick(2), pick(4), pick(6)];
@@ -119,12 +118,7 @@ unsafe fn row_group<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: 
                     // Blocks b + j (even) and b + j + 1: pair (b + j) / 2, 128 values.
                     let xp = ip[t].add((b + j) * per) as *const __m512i;
                     let hi = _mm512_dpwssd_epi32(_mm512_madd_epi16(wl, _mm512_loadu_si512(xp)), wh, _mm512_loadu_si512(xp.add(1)));
-                    let v = if q8 {
-                        _mm512_cvtepi32_ps(hi)
-                    } else {
-                        let lo = _mm512_dpwssd_epi32(_mm512_madd_epi16(wl, _mm512_loadu_si512(xp.add(2))), wh, _mm512_loadu_si512(xp.add(3)));
-                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), lo_weight, _mm512_cvtepi32_ps(hi))
-                    };
+                    let v = _mm512_cvtepi32_ps(hi);
                     let dj = _mm512_permutexvar_ps(picks[j / 2], _mm512_castps256_ps512(ds[t]));
                     acc[t] = _mm512_fmadd_ps(dj, v, acc[t]);
                 }
@@ -137,12 +131,7 @@ unsafe fn row_group<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: 
                 for t in 0..T {
                     let xp = ip[t].add((b + j) * per) as *const __m256i;
                     let hi = _mm256_add_epi32(_mm256_madd_epi16(wl, _mm256_loadu_si256(xp)), _mm256_madd_epi16(wh, _mm256_loadu_si256(xp.add(2))));
-                    let v = if q8 {
-                        _mm256_cvtepi32_ps(hi)
-                    } else {
-                        let lo = _mm256_add_epi32(_mm256_madd_epi16(wl, _mm256_loadu_si256(xp.add(4))), _mm256_madd_epi16(wh, _mm256_loadu_si256(xp.add(6))));
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_set1_ps(1.0 / 32768.0), _mm256_cvtepi32_ps(hi))
-                    };
+                    let v = _mm256_cvtepi32_ps(hi);
                     let dj = _mm256_permutevar8x32_ps(ds[t], _mm256_set1_epi32(j as i32));
                     let a0 = _mm256_fmadd_ps(dj, v, _mm512_castps512_ps256(acc[t]));
                     acc[t] = _mm512_insertf32x8::<0>(acc[t], a0);
@@ -179,7 +168,7 @@ mod tests {
     }
 
     fn prep(x: &[f32], dtype: DType, pairs: bool) -> XPrep {
-        let (ints, scales) = int_split(x, if dtype == DType::Q8_0 { Order::Natural } else { Order::Nibbles }, pairs, dtype != DType::Q8_0);
+        let (ints, scales) = int_split(x, if dtype == DType::Q8_0 { Order::Natural } else { Order::Nibbles }, pairs, false);
         let mut p = XPrep::empty();
         p.ints = ints;
         p.scales = scales;
