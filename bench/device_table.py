@@ -1,7 +1,8 @@
 """Formats scripts/device-run.sh's bench.jsonl (ceilings + `tandem bench --json` lines) as the
 markdown table of the CUDA notes: per backend, model, dtype and phase, tok/s and the share of
 the measured limit (decode: weight + KV bytes per token x tok/s over the copy bandwidth;
-prefill: matrix FLOP/s over cuBLAS's bf16 rate at 8192^3).  Usage: device_table.py bench.jsonl
+prefill: matrix FLOP/s over cuBLAS's bf16 rate at 8192^3), then the speculative verify steps'
+cost against one-token steps where the runs timed them (--verify-tokens).  Usage: device_table.py bench.jsonl
 """
 import json
 import re
@@ -43,6 +44,14 @@ for j in rows:
         bw = j.get("copy_bandwidth_gb_s") or copy
         share = f"{100 * d['gb_s'] / bw:.0f}% of copy" if bw else "-"
         print(f"| {j['backend']} | {model} | {j['dtype']} | decode @ {d['context']:.0f} | {d['tok_s']:.1f} | {d['gb_s']:.0f} GB/s | {share} |")
+verify = [(j, v) for j in rows for v in j.get("verify", []) if v["tokens"] > 1]
+if verify:
+    print("\nSpeculative verification (#15): a step scoring N tokens of one sequence against a one-token step")
+    print("\n| backend | model | dtype | context | tokens | ms | x one-token step |")
+    print("|---|---|---|---|---|---|---|")
+    for j, v in verify:
+        model = re.search(r"configs/([\w.-]+)\.json", j["model"]).group(1)
+        print(f"| {j['backend']} | {model} | {j['dtype']} | {v['context']} | {v['tokens']} | {v['ms']:.2f} | {v['vs_one_token']:.2f} |")
 for j in batches:
     model = re.search(r"configs/([\w.-]+)\.json", j["model"]).group(1)
     runs = {r["mode"]: r for r in j["runs"]}

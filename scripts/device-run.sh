@@ -5,6 +5,7 @@
 # Writes under $OUT: log.txt (every step's output), bench.jsonl (tandem bench --json and the
 # ceilings), summary.txt (one line per step), and prints the summary last.
 # PHASES (default "env ceil test profile bench san wgpu"; also matvec, batch) picks the phases and their order;
+# VERIFY_TOKENS (speculative verify step sizes timed against a one-token step, default 2,5,8; "" skips),
 # TEST_LIMIT (seconds per test executable), NO_GRAPHS=0 (skip the graphs-off e2e run), BENCH_MODELS, WGPU_MODELS, BENCH_DTYPES, PROFILE_DTYPES, BENCH_LIMIT WGPU_TEST_LIMIT, MATVEC_LIMIT (seconds), BATCH_N, BATCH_DTYPES and WGPU_CONFORMANCE=0 (benchmarks only) narrow the benchmarks.
 set -u
 OUT="${OUT:-/tmp/tandem-device}"
@@ -19,6 +20,8 @@ JSONL="$OUT/bench.jsonl"
 PHASES="${PHASES:-env ceil test profile bench san wgpu}"
 BENCH_MODELS="${BENCH_MODELS:-llama-3.2-1b llama-3.1-8b}"
 BENCH_DTYPES="${BENCH_DTYPES:-q4 q8 bf16}"
+VERIFY_TOKENS="${VERIFY_TOKENS-2,5,8}"
+VERIFY_ARGS=${VERIFY_TOKENS:+--verify-tokens $VERIFY_TOKENS}
 
 # step NAME SECONDS CMD...: runs CMD with a time limit, its output into the log, one summary line.
 step() {
@@ -91,7 +94,7 @@ bench() {
 phase_bench() {
     for model in $BENCH_MODELS; do
         for dtype in $BENCH_DTYPES; do
-            bench cuda "$model" "$dtype" --prompt-tokens 512 --decode-tokens 64 --contexts 128,4096 --repeat 2
+            bench cuda "$model" "$dtype" --prompt-tokens 512 --decode-tokens 64 --contexts 128,4096 --repeat 2 $VERIFY_ARGS
         done
     done
 }
@@ -117,7 +120,7 @@ phase_wgpu() {
     [ -f "$VK_DRIVER_FILES" ] || unset VK_DRIVER_FILES
     [ "${WGPU_CONFORMANCE:-1}" = 1 ] && step conformance_wgpu "${WGPU_TEST_LIMIT:-240}" "$D/conformance_wgpu" --nocapture --test-threads=1
     for model in ${WGPU_MODELS:-$BENCH_MODELS}; do
-        bench wgpu "$model" q4 --prompt-tokens 512 --decode-tokens 64 --contexts 128,4096 --repeat 2
+        bench wgpu "$model" q4 --prompt-tokens 512 --decode-tokens 64 --contexts 128,4096 --repeat 2 $VERIFY_ARGS
     done
 }
 for p in $PHASES; do
