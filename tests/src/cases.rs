@@ -343,6 +343,9 @@ pub struct AttnBatch {
     /// (table, ctx_len, rows, q: [rows, heads, head_dim]).
     seqs: Vec<(Vec<u32>, usize, usize, Vec<f32>)>,
     decodes: usize,
+    /// Sequences (the first after the decodes) whose rows are decode rows: a speculative
+    /// verification (its last token and the drafts after it), each row as if decoded alone.
+    verifies: usize,
 }
 
 impl AttnBatch {
@@ -391,7 +394,23 @@ impl AttnBatch {
             specs.push((table, ctx, rows, q));
         }
         let decodes = seqs.iter().filter(|s| s.1 == 0).count();
-        AttnBatch { heads, kv_heads, head_dim, bs, pool, ck, cv, seqs: specs, decodes }
+        AttnBatch { heads, kv_heads, head_dim, bs, pool, ck, cv, seqs: specs, decodes, verifies: 0 }
+    }
+
+    /// The first `n` sequences after the decodes verify drafts: their rows are decode rows.
+    pub fn verifying(mut self, n: usize) -> Self {
+        self.verifies = n;
+        self
+    }
+
+    /// Row r of verifying sequence i alone: one decode at that row's position, over the same
+    /// cache and table.
+    pub fn verify_row_alone(&self, i: usize, r: usize, kv_dtype: DType) -> Case {
+        let (table, ctx, rows, qs) = &self.seqs[i];
+        let per = self.heads * self.head_dim;
+        let one = (table.clone(), ctx - rows + r + 1, 1, qs[r * per..(r + 1) * per].to_vec());
+        let alone = AttnBatch { seqs: vec![one], decodes: 1, verifies: 0, ck: self.ck.clone(), cv: self.cv.clone(), ..*self };
+        alone.case(&[0], kv_dtype)
     }
 
     /// Query rows of sequence `i` within the whole batch.
@@ -415,8 +434,10 @@ impl AttnBatch {
         let mut decode_rows = 0;
         for &i in which {
             let (table, ctx, rows, qs) = &self.seqs[i];
-            if i < self.decodes {
-                decode_rows += 1;
+            if i < self.decodes + self.verifies {
+                // Decode rows lead the op's rows, as the engine orders them.
+                assert_eq!(decode_rows, positions.len(), "decodes and verifications come first");
+                decode_rows += rows;
             }
             for r in 0..*rows {
                 positions.push((ctx - rows + r) as u32);
@@ -459,7 +480,11 @@ impl AttnBatch {
         });
         let ctxs: Vec<String> = which.iter().map(|&i| {
             let s = &self.seqs[i];
-            if i < self.decodes { format!("d{}", s.1) } else { format!("{}@{}", s.2, s.1) }
+            match i < self.decodes + self.verifies {
+                true if i >= self.decodes => format!("v{}@{}", s.2, s.1),
+                true => format!("d{}", s.1),
+                false => format!("{}@{}", s.2, s.1),
+            }
         }).collect();
         let name = format!(
             "{kv_dtype} [{}] heads={heads}/{} hd={hd} bs={} pool={}",
@@ -594,6 +619,18 @@ fn attention_invariance(rng: &mut Rng) -> Vec<Invariance> {
                 let row_len = shape.0 * shape.2;
                 out.push(Invariance { batch: batch.case(&all, kv_dtype), alone, row_len });
             }
+        }
+        // Speculative verifications: a sequence's 5 rows as decode rows (positions 254..258 cross
+        // a CPU partition of 256 and a block), beside decodes of other sequences; each row must
+        // equal that row decoded alone.
+        let verifies: [AttnShape; 2] = [((6, 2, 32, 16), &[(40, 0), (259, 5)], false), ((8, 2, 64, 16), &[(300, 0), (17, 0), (70, 4)], true)];
+        for (shape, seqs, share) in verifies {
+            let batch = AttnBatch::new(rng, shape, seqs, share).verifying(1);
+            let all: Vec<usize> = (0..batch.len()).collect();
+            let v = batch.len() - 1;
+            let mut alone: Vec<(Case, usize)> = (0..v).map(|i| (batch.case(&[i], kv_dtype), batch.rows_of(i).start)).collect();
+            alone.extend(batch.rows_of(v).enumerate().map(|(r, row)| (batch.verify_row_alone(v, r, kv_dtype), row)));
+            out.push(Invariance { batch: batch.case(&all, kv_dtype), alone, row_len: shape.0 * shape.2 });
         }
     }
     out

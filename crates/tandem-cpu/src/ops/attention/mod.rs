@@ -69,6 +69,11 @@ impl Rows<'_> {
     fn pos(&self, i: usize) -> usize {
         self.positions[i] as usize
     }
+    /// Whether queries i and j read one block table (rows of one sequence in the step).
+    #[inline(always)]
+    fn same_table(&self, i: usize, j: usize) -> bool {
+        self.starts[i] == self.starts[j]
+    }
     /// Query i's block table (from its start; entries past its context are never read).
     #[inline(always)]
     fn table(&self, i: usize) -> &[u32] {
