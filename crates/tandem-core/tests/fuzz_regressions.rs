@@ -176,3 +176,38 @@ fn an_empty_safetensors_header_is_an_error() {
         }
     }
 }
+
+/// chat_template: `{% set ns.n = ns %}` made a namespace that holds itself, and rendering it
+/// recursed until the stack overflowed (an abort, not an error). Every attribute store is now
+/// checked (tokenizer/chat_guard.rs): a value holding its namespace, or nested too deep, is an
+/// error; ordinary stores render as before.
+#[test]
+fn chat_template_namespace_holding_itself_is_an_error() {
+    let messages = [ChatMessage::new("user", "hi"), ChatMessage::new("assistant", "yo")];
+    let render = |t: &str| render_chat_template(t, &messages, true, "<s>", "</s>");
+    // The fuzzer's input, minimized.
+    let found = "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns %}{{ '%0d'|format(ns.n) }}{% endfor %}";
+    for (template, needle) in [
+        (found, "holds the namespace itself"),
+        ("{% set ns = namespace(n=0) %}{% set ns.n = ns %}{{ ns }}", "holds the namespace itself"),
+        ("{% set ns = namespace() %}{%- set ns.l = [1, {'a': ns}] -%}{{ ns ~ '' }}", "holds the namespace itself"),
+        ("{% set ns = namespace() %}{% set ns.l = [ns]|reverse %}{{ ns }}", "holds the namespace itself"),
+        ("{% set a = namespace() %}{% set b = namespace(x=a) %}{% set a.y = b %}{{ a == b }}", "holds the namespace itself"),
+        ("{% set ns = namespace(x=0) %}{% for i in range(1000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns }}", "nested more than 128 deep"),
+        ("{% set ns = namespace(x=0) %}{% set a, ns.x = 1, 2 %}", "one attribute per set"),
+    ] {
+        let e = render(template).expect_err(template).to_string();
+        assert!(e.contains(needle), "{template}: {e}");
+    }
+    // Attribute stores that do not hold their namespace render as they did.
+    for (template, want) in [
+        ("{% set ns = namespace(x=0) %}{% for m in messages %}{% set ns.x = ns.x + 1 %}{% endfor %}{{ ns.x }}", "2"),
+        ("{% set ns = namespace(x=0) %}{%- set ns.x = 'a' if ns.x == 0 else 'b' -%}{{ ns.x }}", "a"),
+        ("{% set ns = namespace() %}{% set ns.x %}hi {{ messages[0].role }}{% endset %}{{ ns.x }}", "hi user"),
+        ("{% set a = namespace(v=1) %}{% set b = namespace(x=0) %}{% set b.x = a %}{{ b.x.v }}", "1"),
+        ("{% set ns = namespace(m=[]) %}{% for m in messages %}{% set ns.m = ns.m + [m.role] %}{% endfor %}{{ ns.m|join(',') }}", "user,assistant"),
+        ("{% set ns = namespace(t='{% set x.y = 1 %}') %}{{ ns.t }}", "{% set x.y = 1 %}"),
+    ] {
+        assert_eq!(render(template).expect(template), want, "{template}");
+    }
+}

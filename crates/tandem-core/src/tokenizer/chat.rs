@@ -53,8 +53,10 @@ pub(super) fn render(
     }
     let mut env = Environment::new();
     // HF renders with trim_blocks and lstrip_blocks on; templates are written for that.
-    let syntax = SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build();
-    env.set_syntax(syntax.map_err(|e| Error::ChatTemplate(describe(&e)))?);
+    let syntax = SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(|e| Error::ChatTemplate(describe(&e)))?;
+    let template = super::chat_guard::guard_stores(template, syntax.clone()).map_err(Error::ChatTemplate)?;
+    env.set_syntax(syntax);
+    env.add_function(super::chat_guard::STORE, super::chat_guard::store_fn());
     env.set_fuel(Some(TEMPLATE_FUEL));
     env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
         Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
@@ -68,7 +70,7 @@ pub(super) fn render(
         bos_token => bos_token,
         eos_token => eos_token,
     };
-    let compiled = env.template_from_str(template).map_err(|e| Error::ChatTemplate(describe(&e)))?;
+    let compiled = env.template_from_str(&template).map_err(|e| Error::ChatTemplate(describe(&e)))?;
     let mut out = Capped(Vec::new());
     // Only whether it worked: the captured state borrows the environment.
     let rendered = compiled.render_captured_to(ctx, &mut out).map(|_| ());

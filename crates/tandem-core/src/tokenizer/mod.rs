@@ -5,6 +5,7 @@
 //! one `tokenizers::Tokenizer`, so encoding and decoding behave the same whatever the file.
 
 mod chat;
+mod chat_guard;
 mod gguf;
 mod stream;
 
