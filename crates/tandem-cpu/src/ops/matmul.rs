@@ -513,7 +513,33 @@ fn decode_quant(
     debug_assert_eq!(x.len(), k);
     let part = [Some(group::Part { q, bias, start: 0, m })];
     let q8 = q.dtype == DType::Q8_0;
-    with_prep(x, q.dtype, ex.avx2, |prep| group::rows_of(ex, x, &part, [(!q8).then_some(prep), q8.then_some(prep)], out))
+    with_prep(x, q.dtype, ex.avx2, |prep| {
+        let prep = std::slice::from_ref(prep);
+        group::rows_of(ex, x, &part, [(!q8).then_some(prep), q8.then_some(prep)], out);
+    })
+}
+
+/// Rows r0.. of every token's product (out: [tokens, rows], token-major) for Q8_0 / Q4 weights
+/// of rows of whole blocks, from each token's split: the batched decode kernels where there
+/// are some, the one-token rows token by token otherwise; either way each token's result is
+/// what the one-token kernel gives it (as [`decode`]'s rows).
+fn quant_tokens(avx2: bool, q: QuantView, x: &[f32], preps: &[XPrep], k: usize, r0: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        return quant_batch(q, preps, None, k, r0, out);
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        let _ = (avx2, x);
+        decode_simd128::quant_batch(q, preps, None, k, r0, out)
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    {
+        let rows = out.len() / preps.len();
+        for (t, o) in out.chunks_exact_mut(rows).enumerate() {
+            quant_rows(avx2, q, &x[t * k..(t + 1) * k], &preps[t], k, r0, o);
+        }
+    }
 }
 
 /// out[ri] = dot(row r0 + ri of w, x) for a chunk of rows; k % 32 == 0.

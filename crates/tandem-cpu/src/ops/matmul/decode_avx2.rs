@@ -204,7 +204,7 @@ pub(super) unsafe fn unpack(q: QuantView, blk: usize) -> (__m256i, __m256i) {
 /// T tokens' rows over blocks b0..b0 + nb, in integers against each activation's 16-bit
 /// split (`XPrep::ints`): per block, one exact integer sum of 32 products, scaled by d * s in
 /// f32. Q8_0: sum_b d * sum q x; Q4_0: sum_b d * (sum q x - 8 sum x); Q4_1: sum_b d * sum q x
-/// + m * sum x. `madd_epi16` multiplies 16 weights per instruction with no conversion of the
+/// plus m * sum x. `madd_epi16` multiplies 16 weights per instruction with no conversion of the
 /// weights to floats; the integer sums are exact (Q8_0's 4-product lanes stay below 2^24, so
 /// even their conversion is), so their order, and the instruction set, does not change a bit
 /// of the result.

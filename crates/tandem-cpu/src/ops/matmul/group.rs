@@ -1,33 +1,41 @@
-//! One-token matmuls that read the same activation, run as one parallel section: the attention's
-//! q, k and v projections, the MLP's gate and up (consecutive ops of a step).
+//! Decode matmuls that read the same activation, run as one parallel section: the attention's
+//! q, k and v projections, the MLP's gate and up (consecutive ops of a step), for one token or
+//! for a few decode rows (a speculative verification, a small batch).
 //!
 //! Why: at batch 1 a small projection's hand-off to the threads and its activation split cost
 //! as much as its bytes: on SmolLM2 Q8_0 (2 threads) k and v, 117 KB each, took 12.6 us apiece,
 //! a third of what memory gives, and q 23.5 us for 352 KB. Here the split is made once per
 //! weight kind and the threads take chunks of all the ops' rows together. Each row is computed
-//! by the same one-token kernel (`quant_rows`) from the same split as alone, so every output is
-//! the same bits as the ops run one by one.
+//! by the same decode kernel (`quant_rows` for one token, `quant_tokens` for several) from
+//! the same split as alone, so every output is the same bits as the ops run one by one.
 
 use std::cell::RefCell;
 
 use tandem_core::ops::{Matmul, Op};
 use tandem_core::{BufId, DType, QuantView, Result, QBLOCK};
 
-use super::{chunk_rows, par_chunks_caller, quant_rows, with_prep, XPrep, OP};
+use super::{chunk_rows, par_chunks_caller, quant_rows, quant_tokens, with_prep, XPrep, OP};
 use crate::table::{Buffer, Table, Weight};
 use crate::Exec;
 
 /// The most ops a group takes (a model's are 3 and 2); fixed, so a group needs no heap.
 const MAX: usize = 4;
+/// The most decode rows (tokens) a group takes: a verification's K + 1, a small batch.
+const MAX_TOKENS: usize = 16;
 
 thread_local! {
-    /// The group's outputs, all rows one after another, kept between calls.
+    /// The group's outputs, all rows one after another, kept between calls; with several
+    /// tokens, a [tokens, rows] block per chunk of rows (see `rows_of`).
     static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One part's rows of a chunk for every token ([tokens, rows]), as the batched kernels
+    /// write them.
+    static SEG: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// How many ops from the start of `ops` run as one group: consecutive one-token matmuls with
-/// Q8_0 / Q4 weights of rows of whole blocks, the same input and k, whose outputs are
-/// distinct and none of their inputs. 0 or 1: run the first op alone.
+/// How many ops from the start of `ops` run as one group: consecutive matmuls of decode rows
+/// only (the same number, at most [`MAX_TOKENS`]) with Q8_0 / Q4 weights of rows of whole
+/// blocks, the same input and k, whose outputs are distinct and none of their inputs. 0 or 1:
+/// run the first op alone.
 pub(crate) fn group_len(ops: &[Op]) -> usize {
     let Some(Op::Matmul(first)) = ops.first() else { return 0 };
     if !groupable(first, first) {
@@ -49,7 +57,8 @@ pub(crate) fn group_len(ops: &[Op]) -> usize {
 
 fn groupable(m: &Matmul, first: &Matmul) -> bool {
     let quant = matches!(m.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1);
-    quant && m.n == 1 && m.decode_rows >= 1 && m.k % QBLOCK == 0 && m.k > 0 && m.m > 0 && m.x == first.x && m.k == first.k
+    let decode = (1..=MAX_TOKENS).contains(&m.n) && m.decode_rows >= m.n && m.n == first.n;
+    quant && decode && m.k % QBLOCK == 0 && m.k > 0 && m.m > 0 && m.x == first.x && m.k == first.k
 }
 
 fn reads(m: &Matmul) -> [Option<BufId>; 3] {
@@ -73,7 +82,7 @@ pub(crate) fn run(t: &mut Table, ex: Exec, ops: &[Op]) -> Result<()> {
     let mut outs: [Option<(BufId, Buffer)>; MAX] = std::array::from_fn(|_| None);
     let mut taken = Ok(());
     for (slot, op) in outs.iter_mut().zip(ops.iter().flatten()) {
-        match t.take(OP, "out", op.out, DType::F32, op.m) {
+        match t.take(OP, "out", op.out, DType::F32, op.n * op.m) {
             Ok(b) => *slot = Some((op.out, b)),
             Err(e) => {
                 taken = Err(e);
@@ -99,8 +108,8 @@ pub(super) struct Part<'a> {
 
 fn compute(t: &Table, ex: Exec, ops: &[Option<&Matmul>], outs: &mut [Option<(BufId, Buffer)>; MAX]) -> Result<()> {
     let first = ops[0].expect("a group has ops");
-    let k = first.k;
-    let x = &t.input(OP, "x", first.x, DType::F32, k)?.f32()[..k];
+    let (n, k) = (first.n, first.k);
+    let x = &t.input(OP, "x", first.x, DType::F32, n * k)?.f32()[..n * k];
     let mut parts: [Option<Part>; MAX] = [None; MAX];
     let mut rows = 0;
     for (slot, op) in parts.iter_mut().zip(ops.iter().flatten()) {
@@ -116,17 +125,30 @@ fn compute(t: &Table, ex: Exec, ops: &[Option<&Matmul>], outs: &mut [Option<(Buf
     }
     // The split depends on the weight kind only through Q8_0 or not: one of each kind present.
     let kind = |q8: bool| parts.iter().flatten().map(|p| p.q.dtype).find(|&d| (d == DType::Q8_0) == q8);
+    let avx2 = ex.avx2;
+    if n > 1 {
+        // A verification's or a small batch's rows: one split per token and kind (allocated:
+        // only the one-token step is kept free of allocations).
+        let preps = |d: Option<DType>| d.map(|d| x.chunks_exact(k).map(|xt| XPrep::new(xt, d, avx2)).collect::<Vec<_>>());
+        let (p4, p8) = (preps(kind(false)), preps(kind(true)));
+        return ROWS.with_borrow_mut(|all| {
+            all.clear();
+            all.resize(n * rows, 0.0);
+            let c = rows_of(ex, x, &parts, [p4.as_deref(), p8.as_deref()], all);
+            scatter(all, c, n, rows, &parts, outs);
+            Ok(())
+        });
+    }
     let mut run = |preps: [Option<&XPrep>; 2]| {
         ROWS.with_borrow_mut(|all| {
             all.clear();
             all.resize(rows, 0.0);
-            rows_of(ex, x, &parts, preps, all);
+            rows_of(ex, x, &parts, preps.map(|p| p.map(std::slice::from_ref)), all);
             for (p, (_, out)) in parts.iter().flatten().zip(outs.iter_mut().flatten()) {
                 out.f32_mut()[..p.m].copy_from_slice(&all[p.start..p.start + p.m]);
             }
         })
     };
-    let avx2 = ex.avx2;
     match (kind(false), kind(true)) {
         (Some(a), Some(b)) => with_prep(x, a, avx2, |pa| with_prep(x, b, avx2, |pb| run([Some(pa), Some(pb)]))),
         (Some(a), None) => with_prep(x, a, avx2, |pa| run([Some(pa), None])),
@@ -136,30 +158,77 @@ fn compute(t: &Table, ex: Exec, ops: &[Option<&Matmul>], outs: &mut [Option<(Buf
     Ok(())
 }
 
-/// Every part's rows into `all` ([rows]), the threads taking chunks across parts (about 8
-/// chunks per thread, so a thread that loses its core mid-call leaves little). `preps`: the
-/// split for Q4 weights, then for Q8_0. A lone one-token matmul is a group of one part.
-pub(super) fn rows_of(ex: Exec, x: &[f32], parts: &[Option<Part>], preps: [Option<&XPrep>; 2], all: &mut [f32]) {
-    let (k, threads) = (x.len(), ex.threads());
-    let c = chunk_rows(all.len(), threads * 2, 16);
+/// Every part's rows into `all` for every token, the threads taking chunks of `c` rows across
+/// parts (about 8 chunks per thread, so a thread that loses its core mid-call leaves little);
+/// returns c. With n tokens (`x`: [n, k]) chunk j holds its rows' [n, rows] block at
+/// all[n * j * c..]; with one that is all = [rows]. `preps`: each token's split for Q4
+/// weights, then for Q8_0. A lone one-token matmul is a group of one part.
+pub(super) fn rows_of(ex: Exec, x: &[f32], parts: &[Option<Part>], preps: [Option<&[XPrep]>; 2], all: &mut [f32]) -> usize {
+    let n = preps.iter().flatten().map(|p| p.len()).next().expect("a split for each kind present");
+    let (k, threads) = (x.len() / n, ex.threads());
+    let rows = all.len() / n;
+    let c = chunk_rows(rows, threads * 2, 16);
     let work = |ci: usize, o: &mut [f32]| {
-        let (lo, hi) = (ci * c, ci * c + o.len());
-        for p in parts.iter().flatten().filter(|p| p.start < hi && lo < p.start + p.m) {
-            // This chunk's rows of part p, in p's own numbering.
-            let (r0, r1) = (lo.max(p.start) - p.start, hi.min(p.start + p.m) - p.start);
-            let seg = &mut o[p.start + r0 - lo..p.start + r1 - lo];
+        let (lo, w) = (ci * c, o.len() / n);
+        for p in parts.iter().flatten().filter(|p| p.start < lo + w && lo < p.start + p.m) {
+            // This chunk's rows of part p, in p's own numbering, and where they sit in a
+            // token's row of the chunk.
+            let (r0, r1) = (lo.max(p.start) - p.start, (lo + w).min(p.start + p.m) - p.start);
+            let at = p.start + r0 - lo;
             let prep = preps[(p.q.dtype == DType::Q8_0) as usize].expect("made for each kind present");
-            quant_rows(ex.avx2, p.q, x, prep, k, r0, seg);
-            if let Some(b) = p.bias {
-                for (v, bv) in seg.iter_mut().zip(&b[r0..]) {
-                    *v += bv;
-                }
+            if n == 1 {
+                let seg = &mut o[at..at + r1 - r0];
+                quant_rows(ex.avx2, p.q, x, &prep[0], k, r0, seg);
+                add_bias(seg, p.bias, r0);
+                continue;
             }
+            SEG.with_borrow_mut(|seg| {
+                seg.clear();
+                seg.resize(n * (r1 - r0), 0.0);
+                quant_tokens(ex.avx2, p.q, x, prep, k, r0, seg);
+                for (t, st) in seg.chunks_exact_mut(r1 - r0).enumerate() {
+                    add_bias(st, p.bias, r0);
+                    o[t * w + at..t * w + at + st.len()].copy_from_slice(st);
+                }
+            });
         }
     };
     match ex.pool {
-        Some(pool) => par_chunks_caller(pool, threads, all, c, work),
-        None => work(0, all),
+        Some(pool) => {
+            par_chunks_caller(pool, threads, all, c * n, work);
+            c
+        }
+        None => {
+            work(0, all);
+            rows
+        }
+    }
+}
+
+/// v += bias[r0..], as a lone op adds it.
+fn add_bias(v: &mut [f32], bias: Option<&[f32]>, r0: usize) {
+    if let Some(b) = bias {
+        for (v, bv) in v.iter_mut().zip(&b[r0..]) {
+            *v += bv;
+        }
+    }
+}
+
+/// Each part's [n, m] output from `all` ([`rows_of`]'s chunks of c rows, [n, rows] each).
+fn scatter(all: &[f32], c: usize, n: usize, rows: usize, parts: &[Option<Part>], outs: &mut [Option<(BufId, Buffer)>; MAX]) {
+    for (ci, chunk) in all.chunks(c * n).enumerate() {
+        let (lo, w) = (ci * c, chunk.len() / n);
+        debug_assert!(lo + w <= rows);
+        for (p, (_, out)) in parts.iter().flatten().zip(outs.iter_mut().flatten()) {
+            let (r0, r1) = (lo.max(p.start), (lo + w).min(p.start + p.m));
+            if r0 >= r1 {
+                continue;
+            }
+            let out = out.f32_mut();
+            for (t, src) in chunk.chunks_exact(w).enumerate() {
+                out[t * p.m + r0 - p.start..t * p.m + r1 - p.start].copy_from_slice(&src[r0 - lo..r1 - lo]);
+            }
+        }
     }
 }
 
@@ -264,14 +333,15 @@ mod tests {
     }
 
     /// q, k, v-like projections of three weight kinds (k = 160: five blocks, a partial group
-    /// of four), one with a bias, on one and two threads: run as a group, each output is the
-    /// bits of its op run alone; and what may not join a group does not.
+    /// of four), one with a bias, on one and two threads, for one token and for five decode
+    /// rows (a verification): run as a group, each output is the bits of its op run alone;
+    /// and what may not join a group does not.
     #[test]
     fn a_group_gives_each_op_its_own_bits() {
         let k = 160;
-        for threads in [1, 2] {
+        for (threads, n) in [(1, 1), (2, 1), (1, 5), (2, 5)] {
             let mut cpu = CpuBackend::fast(threads).unwrap();
-            let x = upload(&mut cpu, DType::F32, &values(k, 1));
+            let x = upload(&mut cpu, DType::F32, &values(n * k, 1));
             let specs = [(DType::Q8_0, 70, true), (DType::Q4_1, 33, false), (DType::Q4_0, 40, false)];
             let ops: Vec<Matmul> = specs
                 .iter()
@@ -279,8 +349,8 @@ mod tests {
                 .map(|(i, &(wdtype, m, bias))| {
                     let w = upload(&mut cpu, wdtype, &values(m * k, 10 + i));
                     let bias = bias.then(|| upload(&mut cpu, DType::F32, &values(m, 99)));
-                    let out = cpu.alloc(DType::F32, m).unwrap();
-                    Matmul { x, w, wdtype, bias, out, n: 1, k, m, decode_rows: 1 }
+                    let out = cpu.alloc(DType::F32, n * m).unwrap();
+                    Matmul { x, w, wdtype, bias, out, n, k, m, decode_rows: n }
                 })
                 .collect();
             let mut step = Step::default();
@@ -292,12 +362,15 @@ mod tests {
                 let mut alone = Step::default();
                 alone.push(Op::Matmul(o.clone()));
                 cpu.execute(&alone).unwrap();
-                assert_eq!(&out(&cpu, o.out), want, "{} m={} on {threads} threads", o.wdtype, o.m);
+                assert_eq!(&out(&cpu, o.out), want, "{} m={} n={n} on {threads} threads", o.wdtype, o.m);
             }
             // An op writing the shared input, or another's output, ends the group.
             let writes_x = Matmul { out: x, ..ops[1].clone() };
             let same_out = Matmul { out: ops[0].out, ..ops[1].clone() };
-            for bad in [writes_x, same_out] {
+            // So do prompt rows, and another number of decode rows.
+            let prompt = Matmul { decode_rows: n - 1, ..ops[1].clone() };
+            let other_n = Matmul { n: n + 1, decode_rows: n + 1, ..ops[1].clone() };
+            for bad in [writes_x, same_out, prompt, other_n] {
                 let mut s = Step::default();
                 s.push(Op::Matmul(ops[0].clone()));
                 s.push(Op::Matmul(bad));
