@@ -87,6 +87,9 @@ pub struct BenchArgs {
     verify_tokens: Vec<usize>,
 }
 
+/// The largest verify step `--verify-tokens` times (a step's token budget).
+const MAX_VERIFY_TOKENS: usize = 512;
+
 pub fn bench(args: BenchArgs) -> Result<()> {
     if args.prompt_tokens == 0 || args.decode_tokens == 0 || args.repeat == 0 {
         return Err(Error::InvalidParameter("--prompt-tokens, --decode-tokens and --repeat must be at least 1".into()));
@@ -112,6 +115,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         tandem_core::loader::TokenizerSource::None(_) => Tokenizer::placeholder(source.config.vocab_size)?,
         t => Tokenizer::load(t)?,
     };
+    if args.verify_tokens.iter().any(|&n| n == 0 || n > MAX_VERIFY_TOKENS) {
+        return Err(Error::InvalidParameter(format!("--verify-tokens: each size must be 1 to {MAX_VERIFY_TOKENS}")));
+    }
     if !args.verify_tokens.is_empty() && (args.concurrency.is_some() || args.spec.speculate.is_some() || args.spec.draft_model.is_some()) {
         return Err(Error::InvalidParameter("--verify-tokens times single steps of the plain benchmark: not with --concurrency, --speculate or --draft-model".into()));
     }
@@ -146,7 +152,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         return dispatch(&args.backend, concurrent);
     }
     let decode_at = decode_starts(&args);
-    let context = decode_at.iter().map(|s| s + args.decode_tokens + 1).chain([args.prompt_tokens + 1]).max().unwrap_or(0);
+    // Verify steps (--verify-tokens) score up to their size after each decode start, in one step.
+    let verify = args.verify_tokens.iter().copied().max().unwrap_or(0);
+    let context = decode_at.iter().map(|s| s + (args.decode_tokens + 1).max(verify)).chain([args.prompt_tokens + 1]).max().unwrap_or(0);
     if context > source.config.max_position {
         return Err(Error::PromptTooLong { prompt: context, context: source.config.max_position });
     }
@@ -154,7 +162,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         weight_dtype,
         kv_dtype: args.kv_dtype.dtype(),
         context,
-        max_step_tokens: args.prompt_tokens.min(512),
+        max_step_tokens: args.prompt_tokens.min(512).max(verify),
         ..ModelOptions::default()
     };
     dispatch(&args.backend, Bench { args: &args, source: &source, tok: &tokenizer, opts: &opts, decode_at: &decode_at })
