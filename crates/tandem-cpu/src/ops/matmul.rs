@@ -185,14 +185,11 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
         let r0 = ci * c;
         let rows = c.min(m - r0);
         let mut local = vec![0f32; d * rows];
-        #[cfg(target_arch = "x86_64")]
-        if let (true, Weight::Q(q)) = (ex.avx2 && k % QBLOCK == 0 && k > 0, w) {
-            quant_batch(q, &preps, bias, k, r0, &mut local);
-            return (r0, local);
-        }
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        if let (true, Weight::Q(q)) = (k % QBLOCK == 0 && k > 0, w) {
-            decode_simd128::quant_batch(q, &preps, bias, k, r0, &mut local);
+        if let Route::Quant(q) = Route::of(w, k) {
+            quant_tokens(ex.avx2, q, x, &preps, k, r0, &mut local);
+            for o in local.chunks_exact_mut(rows) {
+                add_bias(o, bias, r0);
+            }
             return (r0, local);
         }
         if general_route {
@@ -224,9 +221,8 @@ fn scatter_strips(parts: Vec<(usize, Vec<f32>)>, out: &mut [f32], n: usize, m: u
 /// arithmetic, with each block unpacked once for up to `decode_avx2::TOKENS` tokens.
 /// out: [tokens, rows], token-major.
 #[cfg(target_arch = "x86_64")]
-fn quant_batch(q: QuantView, preps: &[XPrep], bias: Option<&[f32]>, k: usize, r0: usize, out: &mut [f32]) {
-    let d = preps.len();
-    let rows = out.len() / d;
+fn quant_batch(q: QuantView, preps: &[XPrep], k: usize, r0: usize, out: &mut [f32]) {
+    let rows = out.len() / preps.len();
     for (g, o) in out.chunks_mut(decode_avx2::TOKENS * rows).enumerate() {
         let t0 = g * decode_avx2::TOKENS;
         let nt = o.len() / rows;
@@ -234,11 +230,13 @@ fn quant_batch(q: QuantView, preps: &[XPrep], bias: Option<&[f32]>, k: usize, r0
         // SAFETY: callers pass `ex.avx2`, true only when AVX2, FMA and F16C were detected.
         unsafe { decode_avx2::rows_batch(q, &ps, k / QBLOCK, r0, o) };
     }
+}
+
+/// v += bias[r0..]: a matmul's bias on rows r0.. of one token, added after the product.
+fn add_bias(v: &mut [f32], bias: Option<&[f32]>, r0: usize) {
     if let Some(b) = bias {
-        for row in out.chunks_mut(rows) {
-            for (v, bv) in row.iter_mut().zip(&b[r0..]) {
-                *v += bv;
-            }
+        for (v, bv) in v.iter_mut().zip(&b[r0..]) {
+            *v += bv;
         }
     }
 }
@@ -275,11 +273,7 @@ fn token_rows(avx2: bool, x: &[f32], prep: &XPrep, w: Weight, bias: Option<&[f32
         Route::Blocks(b) => blocks::rows_dispatch(avx2, b, x, r0, out),
         Route::General => return general_dispatch(avx2, x, w, bias, out, 1, k, r0),
     }
-    if let Some(b) = bias {
-        for (v, bv) in out.iter_mut().zip(&b[r0..]) {
-            *v += bv;
-        }
-    }
+    add_bias(out, bias, r0);
 }
 
 /// The activation row rearranged for quantized dot products.
@@ -526,12 +520,12 @@ fn decode_quant(
 fn quant_tokens(avx2: bool, q: QuantView, x: &[f32], preps: &[XPrep], k: usize, r0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
-        return quant_batch(q, preps, None, k, r0, out);
+        return quant_batch(q, preps, k, r0, out);
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     {
         let _ = (avx2, x);
-        decode_simd128::quant_batch(q, preps, None, k, r0, out)
+        decode_simd128::quant_batch(q, preps, k, r0, out)
     }
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     {

@@ -363,7 +363,7 @@ const TOKENS: usize = 8;
 /// the same way): every token runs the same operations in the same order on the same values;
 /// only the work that does not depend on the token (widening a block, converting its scales)
 /// is done once per block for up to [`TOKENS`] tokens. out: [tokens, rows], token-major.
-pub(super) fn quant_batch(q: QuantView, preps: &[XPrep], bias: Option<&[f32]>, k: usize, r0: usize, out: &mut [f32]) {
+pub(super) fn quant_batch(q: QuantView, preps: &[XPrep], k: usize, r0: usize, out: &mut [f32]) {
     let d = preps.len();
     let rows = out.len() / d;
     let nb = k / QBLOCK;
@@ -372,13 +372,6 @@ pub(super) fn quant_batch(q: QuantView, preps: &[XPrep], bias: Option<&[f32]>, k
         let nt = o.len() / rows;
         let ps: Vec<&XPrep> = preps[t0..t0 + nt].iter().collect();
         rows_batch(q, &ps, nb, r0, o);
-    }
-    if let Some(b) = bias {
-        for row in out.chunks_mut(rows) {
-            for (v, bv) in row.iter_mut().zip(&b[r0..]) {
-                *v += bv;
-            }
-        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use tandem_core::ops::{Matmul, Op};
 use tandem_core::{BufId, DType, QuantView, Result, QBLOCK};
 
-use super::{chunk_rows, par_chunks_caller, quant_rows, quant_tokens, with_prep, XPrep, OP};
+use super::{add_bias, chunk_rows, par_chunks_caller, quant_rows, quant_tokens, with_prep, XPrep, OP};
 use crate::table::{Buffer, Table, Weight};
 use crate::Exec;
 
@@ -143,10 +143,8 @@ fn compute(t: &Table, ex: Exec, ops: &[Option<&Matmul>], outs: &mut [Option<(Buf
         ROWS.with_borrow_mut(|all| {
             all.clear();
             all.resize(rows, 0.0);
-            rows_of(ex, x, &parts, preps.map(|p| p.map(std::slice::from_ref)), all);
-            for (p, (_, out)) in parts.iter().flatten().zip(outs.iter_mut().flatten()) {
-                out.f32_mut()[..p.m].copy_from_slice(&all[p.start..p.start + p.m]);
-            }
+            let c = rows_of(ex, x, &parts, preps.map(|p| p.map(std::slice::from_ref)), all);
+            scatter(all, c, 1, rows, &parts, outs);
         })
     };
     match (kind(false), kind(true)) {
@@ -205,16 +203,8 @@ pub(super) fn rows_of(ex: Exec, x: &[f32], parts: &[Option<Part>], preps: [Optio
     }
 }
 
-/// v += bias[r0..], as a lone op adds it.
-fn add_bias(v: &mut [f32], bias: Option<&[f32]>, r0: usize) {
-    if let Some(b) = bias {
-        for (v, bv) in v.iter_mut().zip(&b[r0..]) {
-            *v += bv;
-        }
-    }
-}
-
-/// Each part's [n, m] output from `all` ([`rows_of`]'s chunks of c rows, [n, rows] each).
+/// Each part's [n, m] output from `all` ([`rows_of`]'s chunks of c rows, [n, rows] each; with
+/// one token, all = [rows]).
 fn scatter(all: &[f32], c: usize, n: usize, rows: usize, parts: &[Option<Part>], outs: &mut [Option<(BufId, Buffer)>; MAX]) {
     for (ci, chunk) in all.chunks(c * n).enumerate() {
         let (lo, w) = (ci * c, chunk.len() / n);
