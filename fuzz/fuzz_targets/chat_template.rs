@@ -12,6 +12,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else { return };
     let f = fields(rest);
     let get = |i: usize| f.get(i).map(String::as_str).unwrap_or("");
-    let messages: Vec<ChatMessage> = f.get(3..).unwrap_or_default().chunks(2).map(|p| ChatMessage::new(p[0].clone(), p.get(1).cloned().unwrap_or_default())).collect();
+    let messages: Vec<ChatMessage> = f
+        .get(3..)
+        .unwrap_or_default()
+        .chunks(2)
+        .map(|p| ChatMessage::new(p[0].clone(), p.get(1).cloned().unwrap_or_default()))
+        .collect();
     let _ = render_chat_template(get(0), &messages, flags & 1 != 0, get(1), get(2));
 });

@@ -25,7 +25,8 @@ fuzz_target!(|input: Input| {
     for &(at, id) in &input.wild {
         ids.insert((at as usize).min(ids.len()), id);
     }
-    let stops_ok = GenerateParams { stop: input.stops.clone(), ..Default::default() }.validate().is_ok();
+    let stops_ok =
+        GenerateParams { stop: input.stops.clone(), ..Default::default() }.validate().is_ok();
     let mut detok = Detokenizer::default();
     let mut stops = stops_ok.then(|| StopStrings::new(input.stops.clone()));
     let mut text = String::new();
@@ -59,10 +60,16 @@ fuzz_target!(|input: Input| {
     if stopped {
         assert!(text.starts_with(&kept), "kept text is not a prefix");
         let rest = &text[kept.len()..];
-        assert!(live.iter().any(|s| rest.starts_with(s.as_str())), "cut where no stop string starts: {rest:?}");
+        assert!(
+            live.iter().any(|s| rest.starts_with(s.as_str())),
+            "cut where no stop string starts: {rest:?}"
+        );
     } else {
         kept.push_str(&s.finish());
         assert_eq!(kept, text);
     }
-    assert!(live.iter().all(|s| !kept.contains(s.as_str())), "a stop string in the output {kept:?}");
+    assert!(
+        live.iter().all(|s| !kept.contains(s.as_str())),
+        "a stop string in the output {kept:?}"
+    );
 });

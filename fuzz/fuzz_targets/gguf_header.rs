@@ -29,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
     let file = input.file;
     let file_len = input.known_len();
     // Small limits too, so the refusal past the limit is reached.
-    let limit = if input.seed & 1 == 0 { usize::MAX } else { (input.seed >> 1) as usize % (file.len() + 64) };
+    let limit = if input.seed & 1 == 0 {
+        usize::MAX
+    } else {
+        (input.seed >> 1) as usize % (file.len() + 64)
+    };
     let whole = scan(&[file], file_len, limit);
     let chunked = scan(&input.chunks(), file_len, limit);
     assert_eq!(whole.is_ok(), chunked.is_ok(), "whole {whole:?} vs chunked {chunked:?}");
@@ -53,17 +57,26 @@ fuzz_target!(|data: &[u8]| {
                     assert!(a.data_offset >= len);
                 }
                 (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
-                _ => panic!("whole file {:?} but its scanned header ({len} bytes) {:?}", parsed.as_ref().err(), cut.as_ref().err()),
+                _ => panic!(
+                    "whole file {:?} but its scanned header ({len} bytes) {:?}",
+                    parsed.as_ref().err(),
+                    cut.as_ref().err()
+                ),
             }
         }
         // Needs more bytes than the file has: the parser must not find a header either.
-        Ok(None) => assert!(parsed.is_err(), "the scan wants more than {} bytes, the parser read a header", file.len()),
+        Ok(None) => assert!(
+            parsed.is_err(),
+            "the scan wants more than {} bytes, the parser read a header",
+            file.len()
+        ),
         Err(_) => {}
     }
     if let Ok(f) = &parsed {
         // A header the parser reads whole is one the scan finds (within the limit).
         if limit == usize::MAX {
-            let len = whole.expect("the scan accepts what the parser reads").expect("and finds its end");
+            let len =
+                whole.expect("the scan accepts what the parser reads").expect("and finds its end");
             assert!(f.data_offset >= len);
         }
     }

@@ -26,11 +26,16 @@ fuzz_target!(|data: &[u8]| {
 
     let whole = GgufFile::from_bytes("f.gguf", input.file.to_vec());
     let loaded = whole.as_ref().ok().map(|f| {
-        f.infos().iter().map(|i| (i.name.clone(), f.load(&i.name, input.load_as))).collect::<Vec<_>>()
+        f.infos()
+            .iter()
+            .map(|i| (i.name.clone(), f.load(&i.name, input.load_as)))
+            .collect::<Vec<_>>()
     });
     match &result {
         Ok(()) => {
-            let loaded = loaded.unwrap_or_else(|| panic!("the stream read a file the whole-file loader refuses: {:?}", whole.err()));
+            let loaded = loaded.unwrap_or_else(|| {
+                panic!("the stream read a file the whole-file loader refuses: {:?}", whole.err())
+            });
             assert_eq!(sink.tensors.len(), loaded.len());
             let mut by_offset: Vec<_> = sink.tensors.iter().collect();
             by_offset.sort_by(|a, b| a.0.cmp(&b.0));
@@ -39,15 +44,23 @@ fuzz_target!(|data: &[u8]| {
             for ((name, got), (want_name, want)) in by_offset.into_iter().zip(expected) {
                 assert_eq!(name, want_name);
                 check_tensor(name, got);
-                let want = want.as_ref().unwrap_or_else(|e| panic!("streamed '{name}', the whole-file loader: {e}"));
-                assert!(same_tensor(got, want), "'{name}' differs between the stream and the whole file");
+                let want = want
+                    .as_ref()
+                    .unwrap_or_else(|e| panic!("streamed '{name}', the whole-file loader: {e}"));
+                assert!(
+                    same_tensor(got, want),
+                    "'{name}' differs between the stream and the whole file"
+                );
             }
         }
         Err(e) => {
             if let Some(loaded) = &loaded {
                 if loaded.iter().all(|(_, t)| t.is_ok()) && input.known_len().is_some() {
                     let e = e.to_string();
-                    assert!(e.contains("overlap"), "the whole-file loader reads every tensor, the stream fails: {e}");
+                    assert!(
+                        e.contains("overlap"),
+                        "the whole-file loader reads every tensor, the stream fails: {e}"
+                    );
                 }
             }
         }

@@ -106,7 +106,9 @@ fuzz_target!(|input: Input| {
         m.insert("tokenizer.ggml.scores".into(), GgufValue::Array(scores));
     }
     m.insert("tokenizer.ggml.merges".into(), GgufValue::Array(merges));
-    for (key, v) in [("tokenizer.ggml.bos_token_id", input.bos), ("tokenizer.ggml.eos_token_id", input.eos)] {
+    for (key, v) in
+        [("tokenizer.ggml.bos_token_id", input.bos), ("tokenizer.ggml.eos_token_id", input.eos)]
+    {
         if let Some(v) = v {
             m.insert(key.into(), GgufValue::I64(v));
         }
@@ -131,7 +133,12 @@ fuzz_target!(|input: Input| {
         let back = tok.decode(&ids, false).expect("decoding what was encoded");
         // A plain byte-level BPE (no normalizer, every byte in the vocabulary) loses nothing.
         let plain = matches!(input.pre, Pre::None | Pre::Default | Pre::Smollm | Pre::LlamaBpe);
-        if matches!(input.model, Model::Gpt2) && input.base && plain && n_extra == 0 && !input.drop_types {
+        if matches!(input.model, Model::Gpt2)
+            && input.base
+            && plain
+            && n_extra == 0
+            && !input.drop_types
+        {
             assert_eq!(back, input.text, "ids {ids:?}");
         }
         let _ = tok.decode(&ids, true);

@@ -25,12 +25,18 @@ fuzz_target!(|data: &[u8]| {
     let store = SafetensorsStore::from_bytes("f.safetensors", input.file.to_vec());
     match &result {
         Ok(()) => {
-            let store = store.unwrap_or_else(|e| panic!("the stream read a file the store refuses: {e}"));
+            let store =
+                store.unwrap_or_else(|e| panic!("the stream read a file the store refuses: {e}"));
             assert_eq!(sink.tensors.len(), store.infos().len());
             for (name, got) in &sink.tensors {
                 check_tensor(name, got);
-                let want = store.load(name, input.load_as).unwrap_or_else(|e| panic!("streamed '{name}', the store: {e}"));
-                assert!(same_tensor(got, &want), "'{name}' differs between the stream and the store");
+                let want = store
+                    .load(name, input.load_as)
+                    .unwrap_or_else(|e| panic!("streamed '{name}', the store: {e}"));
+                assert!(
+                    same_tensor(got, &want),
+                    "'{name}' differs between the stream and the store"
+                );
             }
         }
         Err(e) => {

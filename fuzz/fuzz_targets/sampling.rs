@@ -40,7 +40,12 @@ fuzz_target!(|i: Input| {
         logprobs: i.logprobs.map(usize::from),
         seed: i.seed,
     };
-    let params = GenerateParams { max_tokens: i.max_tokens as usize, sampling: sampling.clone(), stop: i.stop, ignore_eos: i.ignore_eos };
+    let params = GenerateParams {
+        max_tokens: i.max_tokens as usize,
+        sampling: sampling.clone(),
+        stop: i.stop,
+        ignore_eos: i.ignore_eos,
+    };
     let _ = params.validate();
     let Ok(mut sampler) = Sampler::new(sampling.clone()) else {
         assert!(sampling.validate().is_err());
@@ -57,7 +62,10 @@ fuzz_target!(|i: Input| {
         if sampling.temperature == 0.0 && !sampling.penalizes() {
             assert_eq!(t, argmax(&i.logits));
         }
-        if i.logits.iter().any(|l| l.is_finite()) && sampling.temperature > 0.0 && !sampling.penalizes() {
+        if i.logits.iter().any(|l| l.is_finite())
+            && sampling.temperature > 0.0
+            && !sampling.penalizes()
+        {
             assert!(i.logits[t as usize].is_finite(), "drew a non-finite logit");
         }
         match (sampling.logprobs, lp) {
@@ -65,14 +73,24 @@ fuzz_target!(|i: Input| {
             (Some(k), Some(lp)) => {
                 assert_eq!(lp.top.len(), k.min(n));
                 assert!(!lp.logprob.is_nan() && lp.logprob <= 1e-4, "{lp:?}");
-                assert!(lp.top.iter().all(|&(id, l)| (id as usize) < n && !l.is_nan() && l <= 1e-4), "{lp:?}");
+                assert!(
+                    lp.top.iter().all(|&(id, l)| (id as usize) < n && !l.is_nan() && l <= 1e-4),
+                    "{lp:?}"
+                );
                 assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1), "{lp:?}");
             }
             other => panic!("logprobs asked {:?}, got {:?}", sampling.logprobs, other.1),
         }
         let u = (d as f32 * 0.3 + (i.seed % 1000) as f32 / 1000.0).fract();
         if sampling.temperature > 0.0 {
-            let t = sample_row(&i.logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p, u);
+            let t = sample_row(
+                &i.logits,
+                sampling.temperature,
+                sampling.top_k,
+                sampling.top_p,
+                sampling.min_p,
+                u,
+            );
             assert!((t as usize) < n);
         }
     }

@@ -17,14 +17,18 @@ fn models() -> &'static [Model; 2] {
     static MODELS: OnceLock<[Model; 2]> = OnceLock::new();
     MODELS.get_or_init(|| {
         let [a, b] = tokenizers();
-        let model = |t: &Arc<_>, ctx, pool| Model::new(Arc::clone(t), ctx, pool, tandem_core::tokenizer::Tokenizer::vocab_size(t));
+        let model = |t: &Arc<_>, ctx, pool| {
+            Model::new(Arc::clone(t), ctx, pool, tandem_core::tokenizer::Tokenizer::vocab_size(t))
+        };
         [model(a, 64, 256), model(b, 4096, 1000)]
     })
 }
 
 fuzz_target!(|data: &[u8]| {
     let [e, m, body @ ..] = data else { return };
-    let endpoint = [Endpoint::Chat, Endpoint::Completions, Endpoint::Tokenize, Endpoint::Detokenize][*e as usize % 4];
+    let endpoint =
+        [Endpoint::Chat, Endpoint::Completions, Endpoint::Tokenize, Endpoint::Detokenize]
+            [*e as usize % 4];
     let model = &models()[*m as usize % 2];
     match model.request(endpoint, body) {
         Err((status, message)) => {

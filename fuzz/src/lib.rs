@@ -79,7 +79,13 @@ pub fn load_as(b: u8) -> LoadAs {
 /// A tensor's bytes must be exactly what its type and shape take.
 pub fn check_tensor(name: &str, t: &HostTensor) {
     let numel: usize = t.shape.iter().product();
-    assert_eq!(t.bytes.len(), t.dtype.storage_bytes(numel), "tensor '{name}': {:?} {:?}", t.dtype, t.shape);
+    assert_eq!(
+        t.bytes.len(),
+        t.dtype.storage_bytes(numel),
+        "tensor '{name}': {:?} {:?}",
+        t.dtype,
+        t.shape
+    );
 }
 
 pub fn same_tensor(a: &HostTensor, b: &HostTensor) -> bool {
@@ -155,7 +161,10 @@ fn train(mut words: Vec<Vec<String>>, n: usize) -> Vec<(String, String)> {
                 *counts.entry((p[0].clone(), p[1].clone())).or_default() += 1;
             }
         }
-        let Some((pair, _)) = counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))) else { break };
+        let Some((pair, _)) = counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        else {
+            break;
+        };
         for w in &mut words {
             let mut i = 0;
             while i + 1 < w.len() {
@@ -182,7 +191,8 @@ fn ints(v: impl IntoIterator<Item = i32>) -> GgufValue {
 /// GGUF metadata of a byte-level BPE like SmolLM2's: `<|endoftext|>`, `<|im_start|>` (BOS) and
 /// `<|im_end|>` (EOS) first, then the 256 byte characters, then what 120 merges build; ChatML.
 pub fn byte_bpe_metadata() -> GgufMetadata {
-    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
+    let mut tokens: Vec<String> =
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
     let mut types = vec![TYPE_CONTROL; 3];
     tokens.extend((0..=255u8).map(|b| byte_level_char(b).to_string()));
     types.extend([TYPE_NORMAL; 256]);
@@ -200,7 +210,10 @@ pub fn byte_bpe_metadata() -> GgufMetadata {
     m.insert("tokenizer.ggml.pre".into(), GgufValue::String("smollm".into()));
     m.insert("tokenizer.ggml.tokens".into(), strings(tokens));
     m.insert("tokenizer.ggml.token_type".into(), ints(types));
-    m.insert("tokenizer.ggml.merges".into(), strings(merges.into_iter().map(|(a, b)| format!("{a} {b}"))));
+    m.insert(
+        "tokenizer.ggml.merges".into(),
+        strings(merges.into_iter().map(|(a, b)| format!("{a} {b}"))),
+    );
     m.insert("tokenizer.ggml.bos_token_id".into(), GgufValue::U32(1));
     m.insert("tokenizer.ggml.eos_token_id".into(), GgufValue::U32(2));
     m.insert("tokenizer.chat_template".into(), GgufValue::String(CHATML_TEMPLATE.into()));
@@ -220,7 +233,8 @@ pub fn spm_metadata() -> GgufMetadata {
     let mut chars: Vec<String> = text.chars().map(String::from).collect();
     chars.sort();
     chars.dedup();
-    let words: Vec<Vec<String>> = text.split_inclusive('▁').map(|w| w.chars().map(String::from).collect()).collect();
+    let words: Vec<Vec<String>> =
+        text.split_inclusive('▁').map(|w| w.chars().map(String::from).collect()).collect();
     let merges = train(words, 120);
     let mut n = 0.0;
     for piece in chars.into_iter().chain(merges.iter().map(|(a, b)| format!("{a}{b}"))) {
@@ -235,7 +249,10 @@ pub fn spm_metadata() -> GgufMetadata {
     m.insert("tokenizer.ggml.model".into(), GgufValue::String("llama".into()));
     m.insert("tokenizer.ggml.tokens".into(), strings(tokens));
     m.insert("tokenizer.ggml.token_type".into(), ints(types));
-    m.insert("tokenizer.ggml.scores".into(), GgufValue::Array(scores.into_iter().map(GgufValue::F32).collect()));
+    m.insert(
+        "tokenizer.ggml.scores".into(),
+        GgufValue::Array(scores.into_iter().map(GgufValue::F32).collect()),
+    );
     m.insert("tokenizer.ggml.bos_token_id".into(), GgufValue::U32(1));
     m.insert("tokenizer.ggml.eos_token_id".into(), GgufValue::U32(2));
     m.insert("tokenizer.ggml.unknown_token_id".into(), GgufValue::U32(0));
@@ -247,7 +264,9 @@ pub fn spm_metadata() -> GgufMetadata {
 pub fn tokenizers() -> &'static [Arc<Tokenizer>; 2] {
     static TOKENIZERS: OnceLock<[Arc<Tokenizer>; 2]> = OnceLock::new();
     TOKENIZERS.get_or_init(|| {
-        let build = |m: GgufMetadata| Arc::new(Tokenizer::from_gguf(&m).expect("the fuzz tokenizers build"));
+        let build = |m: GgufMetadata| {
+            Arc::new(Tokenizer::from_gguf(&m).expect("the fuzz tokenizers build"))
+        };
         [build(byte_bpe_metadata()), build(spm_metadata())]
     })
 }

@@ -24,14 +24,8 @@ pub const OPS: [&str; 12] = [
     "copy_rows",
 ];
 
-pub const WEIGHT_DTYPES: [DType; 6] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4_1,
-];
+pub const WEIGHT_DTYPES: [DType; 6] =
+    [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1];
 /// The GGUF block types (issue #12): their cases come after every other dtype's, so adding
 /// them left the older cases' random streams unchanged.
 pub use tandem_core::dtype::BLOCK_DTYPES;
@@ -48,7 +42,8 @@ fn weights(rng: &mut Rng, numel: usize, scale: f32, dtype: DType) -> Vec<u8> {
     let Some(l) = dtype.block_layout() else {
         return encode(&rng.vec(numel, scale), dtype);
     };
-    let mut bytes: Vec<u8> = (0..dtype.storage_bytes(numel)).map(|_| rng.next_u64() as u8).collect();
+    let mut bytes: Vec<u8> =
+        (0..dtype.storage_bytes(numel)).map(|_| rng.next_u64() as u8).collect();
     for blk in bytes.chunks_exact_mut(l.stride) {
         for &f in tandem_core::quant::blocks::f16_fields(dtype) {
             let v = (1e-3 + 9e-3 * rng.unit()) * if rng.below(2) == 0 { 1.0 } else { -1.0 };
@@ -91,18 +86,10 @@ impl Bufs {
         BufId(self.0.len() as u32 - 1)
     }
     fn f32(&mut self, v: &[f32]) -> BufId {
-        self.add(
-            DType::F32,
-            v.len(),
-            Init::Data(bytemuck::cast_slice(v).to_vec()),
-        )
+        self.add(DType::F32, v.len(), Init::Data(bytemuck::cast_slice(v).to_vec()))
     }
     fn u32(&mut self, v: &[u32]) -> BufId {
-        self.add(
-            DType::U32,
-            v.len(),
-            Init::Data(bytemuck::cast_slice(v).to_vec()),
-        )
+        self.add(DType::U32, v.len(), Init::Data(bytemuck::cast_slice(v).to_vec()))
     }
     fn encoded(&mut self, v: &[f32], dtype: DType) -> BufId {
         self.add(dtype, v.len(), Init::Data(encode(v, dtype)))
@@ -123,9 +110,7 @@ impl Bufs {
 /// The cases of one op ("attention_prefill" and "attention_decode" are separate lists).
 pub fn cases_for(op: &str) -> Vec<Case> {
     // Seeded by op so adding cases to one op leaves the others unchanged.
-    let seed = op.bytes().fold(0xC0FFEEu64, |h, b| {
-        h.wrapping_mul(31).wrapping_add(b as u64)
-    });
+    let seed = op.bytes().fold(0xC0FFEEu64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
     let rng = &mut Rng::new(seed);
     match op {
         "embed" => embed(rng),
@@ -149,24 +134,20 @@ fn embed(rng: &mut Rng) -> Vec<Case> {
     for dtype in all_weight_dtypes() {
         // dim 13 / 100 / 172: rows start mid-block in the quantized layouts; 256 / 512: rows
         // of whole K-quant blocks, as in GGUF files.
-        let extra: &[(usize, usize, usize)] = if dtype.block_layout().is_some() { &[(3, 9, 256), (4, 5, 512)] } else { &[] };
-        for &(n, vocab, dim) in [(1, 37, 64), (5, 37, 13), (13, 50, 100), (7, 11, 172)].iter().chain(extra) {
+        let extra: &[(usize, usize, usize)] =
+            if dtype.block_layout().is_some() { &[(3, 9, 256), (4, 5, 512)] } else { &[] };
+        for &(n, vocab, dim) in
+            [(1, 37, 64), (5, 37, 13), (13, 50, 100), (7, 11, 172)].iter().chain(extra)
+        {
             let mut b = Bufs::default();
-            let table = b.add(dtype, vocab * dim, Init::Data(weights(rng, vocab * dim, 1.0, dtype)));
+            let table =
+                b.add(dtype, vocab * dim, Init::Data(weights(rng, vocab * dim, 1.0, dtype)));
             let mut ids: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
             ids[n - 1] = ids[0]; // a repeated id
             ids[0] = vocab as u32 - 1; // the last row
             let ids = b.u32(&ids);
             let o = b.poison(DType::F32, n * dim);
-            let op = Op::Embed(Embed {
-                table,
-                dtype,
-                ids,
-                out: o,
-                n,
-                vocab,
-                dim,
-            });
+            let op = Op::Embed(Embed { table, dtype, ids, out: o, n, vocab, dim });
             out.push(b.case(
                 format!("{dtype} n={n} vocab={vocab} dim={dim}"),
                 op,
@@ -182,25 +163,13 @@ fn rms_norm(rng: &mut Rng) -> Vec<Case> {
     for (n, dim) in [(1, 7), (5, 64), (13, 100), (3, 576)] {
         let mut b = Bufs::default();
         // Rows at very different scales: the normalization must be per row.
-        let x: Vec<f32> = (0..n * dim)
-            .map(|i| rng.sym() * [1.0, 100.0, 0.01][(i / dim) % 3])
-            .collect();
+        let x: Vec<f32> =
+            (0..n * dim).map(|i| rng.sym() * [1.0, 100.0, 0.01][(i / dim) % 3]).collect();
         let x = b.f32(&x);
         let weight = b.f32(&rng.vec(dim, 2.0));
         let o = b.poison(DType::F32, n * dim);
-        let op = Op::RmsNorm(RmsNorm {
-            x,
-            weight,
-            out: o,
-            n,
-            dim,
-            eps: 1e-5,
-        });
-        out.push(b.case(
-            format!("n={n} dim={dim}"),
-            op,
-            &[(o, tolerance("rms_norm", DType::F32))],
-        ));
+        let op = Op::RmsNorm(RmsNorm { x, weight, out: o, n, dim, eps: 1e-5 });
+        out.push(b.case(format!("n={n} dim={dim}"), op, &[(o, tolerance("rms_norm", DType::F32))]));
     }
     out
 }
@@ -226,7 +195,8 @@ fn matmul(rng: &mut Rng) -> Vec<Case> {
     // decode rows, and a prompt.
     let block_shapes = [(1, 256, 33), (3, 512, 20), (1, 768, 9), (6, 256, 17)];
     for dtype in all_weight_dtypes() {
-        let extra: &[(usize, usize, usize)] = if dtype.block_layout().is_some() { &block_shapes } else { &[] };
+        let extra: &[(usize, usize, usize)] =
+            if dtype.block_layout().is_some() { &block_shapes } else { &[] };
         for (ci, &(n, k, m)) in shapes.iter().chain(extra).enumerate() {
             let with_bias = ci % 2 == 1;
             // One-token products are decodes; longer ones are prompts, some led by decode rows
@@ -243,17 +213,7 @@ fn matmul(rng: &mut Rng) -> Vec<Case> {
             let w = b.add(dtype, m * k, Init::Data(weights(rng, m * k, 0.5, dtype)));
             let bias = with_bias.then(|| b.f32(&rng.vec(m, 1.0)));
             let o = b.poison(DType::F32, n * m);
-            let op = Op::Matmul(Matmul {
-                x,
-                w,
-                wdtype: dtype,
-                bias,
-                out: o,
-                n,
-                k,
-                m,
-                decode_rows,
-            });
+            let op = Op::Matmul(Matmul { x, w, wdtype: dtype, bias, out: o, n, k, m, decode_rows });
             let name = format!(
                 "{dtype} n={n} (decode {decode_rows}) k={k} m={m}{}",
                 if with_bias { " +bias" } else { "" }
@@ -273,18 +233,10 @@ fn rope(rng: &mut Rng) -> Vec<Case> {
         pos[0] = 0; // identity at position 0
         let positions = b.u32(&pos);
         let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|j| 10000f32.powf(-((2 * j) as f32) / head_dim as f32))
-            .collect();
+        let inv: Vec<f32> =
+            (0..half).map(|j| 10000f32.powf(-((2 * j) as f32) / head_dim as f32)).collect();
         let inv_freq = b.f32(&inv);
-        let op = Op::Rope(Rope {
-            x,
-            positions,
-            inv_freq,
-            n,
-            heads,
-            head_dim,
-        });
+        let op = Op::Rope(Rope { x, positions, inv_freq, n, heads, head_dim });
         // In place: x is the checked output.
         out.push(b.case(
             format!("n={n} heads={heads} head_dim={head_dim}"),
@@ -351,7 +303,12 @@ pub struct AttnBatch {
 impl AttnBatch {
     /// `seqs`: (ctx_len, rows); rows == 0 marks a decode (one row). With `share`, every
     /// sequence's table starts with the first's full blocks (as far as both reach).
-    pub fn new(rng: &mut Rng, shape: (usize, usize, usize, usize), seqs: &[(usize, usize)], share: bool) -> Self {
+    pub fn new(
+        rng: &mut Rng,
+        shape: (usize, usize, usize, usize),
+        seqs: &[(usize, usize)],
+        share: bool,
+    ) -> Self {
         let (heads, kv_heads, head_dim, bs) = shape;
         let need: usize = seqs.iter().map(|s| s.0.div_ceil(bs)).sum();
         let pool = need + 3 + rng.below(need + 1);
@@ -409,7 +366,14 @@ impl AttnBatch {
         let (table, ctx, rows, qs) = &self.seqs[i];
         let per = self.heads * self.head_dim;
         let one = (table.clone(), ctx - rows + r + 1, 1, qs[r * per..(r + 1) * per].to_vec());
-        let alone = AttnBatch { seqs: vec![one], decodes: 1, verifies: 0, ck: self.ck.clone(), cv: self.cv.clone(), ..*self };
+        let alone = AttnBatch {
+            seqs: vec![one],
+            decodes: 1,
+            verifies: 0,
+            ck: self.ck.clone(),
+            cv: self.cv.clone(),
+            ..*self
+        };
         alone.case(&[0], kv_dtype)
     }
 
@@ -478,14 +442,17 @@ impl AttnBatch {
             block_size: self.bs,
             scale: 1.0 / (hd as f32).sqrt(),
         });
-        let ctxs: Vec<String> = which.iter().map(|&i| {
-            let s = &self.seqs[i];
-            match i < self.decodes + self.verifies {
-                true if i >= self.decodes => format!("v{}@{}", s.2, s.1),
-                true => format!("d{}", s.1),
-                false => format!("{}@{}", s.2, s.1),
-            }
-        }).collect();
+        let ctxs: Vec<String> = which
+            .iter()
+            .map(|&i| {
+                let s = &self.seqs[i];
+                match i < self.decodes + self.verifies {
+                    true if i >= self.decodes => format!("v{}@{}", s.2, s.1),
+                    true => format!("d{}", s.1),
+                    false => format!("{}@{}", s.2, s.1),
+                }
+            })
+            .collect();
         let name = format!(
             "{kv_dtype} [{}] heads={heads}/{} hd={hd} bs={} pool={}",
             ctxs.join(" "),
@@ -580,7 +547,10 @@ fn matmul_invariance(rng: &mut Rng) -> Vec<Invariance> {
             for (mi, &(decodes, prompts)) in mixes.iter().enumerate() {
                 let w = weights(rng, m * k, 0.5, dtype);
                 let bias = (mi % 2 == 1).then(|| rng.vec(m, 1.0));
-                let reqs: Vec<(usize, bool)> = (0..decodes).map(|_| (1, true)).chain(prompts.iter().map(|&n| (n, false))).collect();
+                let reqs: Vec<(usize, bool)> = (0..decodes)
+                    .map(|_| (1, true))
+                    .chain(prompts.iter().map(|&n| (n, false)))
+                    .collect();
                 let xs: Vec<Vec<f32>> = reqs.iter().map(|&(n, _)| rng.vec(n * k, 1.0)).collect();
                 let case = |parts: &[usize]| {
                     let mut b = Bufs::default();
@@ -591,8 +561,22 @@ fn matmul_invariance(rng: &mut Rng) -> Vec<Invariance> {
                     let wb = b.add(dtype, m * k, Init::Data(w.clone()));
                     let bias = bias.as_ref().map(|v| b.f32(v));
                     let o = b.poison(DType::F32, n * m);
-                    let op = Op::Matmul(Matmul { x, w: wb, wdtype: dtype, bias, out: o, n, k, m, decode_rows });
-                    b.case(format!("{dtype} k={k} m={m} n={n} (decode {decode_rows})"), op, &[(o, Tol::Exact)])
+                    let op = Op::Matmul(Matmul {
+                        x,
+                        w: wb,
+                        wdtype: dtype,
+                        bias,
+                        out: o,
+                        n,
+                        k,
+                        m,
+                        decode_rows,
+                    });
+                    b.case(
+                        format!("{dtype} k={k} m={m} n={n} (decode {decode_rows})"),
+                        op,
+                        &[(o, Tol::Exact)],
+                    )
                 };
                 let all: Vec<usize> = (0..reqs.len()).collect();
                 let mut alone = vec![];
@@ -615,7 +599,9 @@ fn attention_invariance(rng: &mut Rng) -> Vec<Invariance> {
             for &(shape, seqs, share) in attention_shapes(decode).iter().filter(|s| s.1.len() > 1) {
                 let batch = AttnBatch::new(rng, shape, seqs, share);
                 let all: Vec<usize> = (0..batch.len()).collect();
-                let alone = (0..batch.len()).map(|i| (batch.case(&[i], kv_dtype), batch.rows_of(i).start)).collect();
+                let alone = (0..batch.len())
+                    .map(|i| (batch.case(&[i], kv_dtype), batch.rows_of(i).start))
+                    .collect();
                 let row_len = shape.0 * shape.2;
                 out.push(Invariance { batch: batch.case(&all, kv_dtype), alone, row_len });
             }
@@ -623,14 +609,27 @@ fn attention_invariance(rng: &mut Rng) -> Vec<Invariance> {
         // Speculative verifications: a sequence's 5 rows as decode rows (positions 254..258 cross
         // a CPU partition of 256 and a block), beside decodes of other sequences; each row must
         // equal that row decoded alone.
-        let verifies: [AttnShape; 2] = [((6, 2, 32, 16), &[(40, 0), (259, 5)], false), ((8, 2, 64, 16), &[(300, 0), (17, 0), (70, 4)], true)];
+        let verifies: [AttnShape; 2] = [
+            ((6, 2, 32, 16), &[(40, 0), (259, 5)], false),
+            ((8, 2, 64, 16), &[(300, 0), (17, 0), (70, 4)], true),
+        ];
         for (shape, seqs, share) in verifies {
             let batch = AttnBatch::new(rng, shape, seqs, share).verifying(1);
             let all: Vec<usize> = (0..batch.len()).collect();
             let v = batch.len() - 1;
-            let mut alone: Vec<(Case, usize)> = (0..v).map(|i| (batch.case(&[i], kv_dtype), batch.rows_of(i).start)).collect();
-            alone.extend(batch.rows_of(v).enumerate().map(|(r, row)| (batch.verify_row_alone(v, r, kv_dtype), row)));
-            out.push(Invariance { batch: batch.case(&all, kv_dtype), alone, row_len: shape.0 * shape.2 });
+            let mut alone: Vec<(Case, usize)> =
+                (0..v).map(|i| (batch.case(&[i], kv_dtype), batch.rows_of(i).start)).collect();
+            alone.extend(
+                batch
+                    .rows_of(v)
+                    .enumerate()
+                    .map(|(r, row)| (batch.verify_row_alone(v, r, kv_dtype), row)),
+            );
+            out.push(Invariance {
+                batch: batch.case(&all, kv_dtype),
+                alone,
+                row_len: shape.0 * shape.2,
+            });
         }
     }
     out
@@ -643,17 +642,8 @@ fn swiglu(rng: &mut Rng) -> Vec<Case> {
         let gate = b.f32(&rng.vec(len, 8.0)); // into silu's saturated tails
         let up = b.f32(&rng.vec(len, 1.0));
         let o = b.poison(DType::F32, len);
-        let op = Op::Swiglu(Swiglu {
-            gate,
-            up,
-            out: o,
-            len,
-        });
-        out.push(b.case(
-            format!("len={len}"),
-            op,
-            &[(o, tolerance("swiglu", DType::F32))],
-        ));
+        let op = Op::Swiglu(Swiglu { gate, up, out: o, len });
+        out.push(b.case(format!("len={len}"), op, &[(o, tolerance("swiglu", DType::F32))]));
     }
     out
 }
@@ -665,11 +655,7 @@ fn add(rng: &mut Rng) -> Vec<Case> {
         let x = b.f32(&rng.vec(len, 10.0));
         let y = b.f32(&rng.vec(len, 1.0));
         let op = Op::Add(Add { x, y, len });
-        out.push(b.case(
-            format!("len={len}"),
-            op,
-            &[(x, tolerance("add", DType::F32))],
-        ));
+        out.push(b.case(format!("len={len}"), op, &[(x, tolerance("add", DType::F32))]));
     }
     out
 }
@@ -704,12 +690,7 @@ fn argmax(rng: &mut Rng) -> Vec<Case> {
         }
         let x = b.f32(&x);
         let o = b.poison(DType::U32, n);
-        let op = Op::Argmax(Argmax {
-            x,
-            out: o,
-            n,
-            width,
-        });
+        let op = Op::Argmax(Argmax { x, out: o, n, width });
         out.push(b.case(
             format!("n={n} width={width}"),
             op,
@@ -728,40 +709,73 @@ fn argmax(rng: &mut Rng) -> Vec<Case> {
 /// distribution, where a different summation order could legitimately round across.
 fn sample(rng: &mut Rng) -> Vec<Case> {
     let mut out = vec![];
-    let filters: [(f32, u32, f32, f32); 7] =
-        [(1.0, 0, 1.0, 0.0), (0.7, 40, 1.0, 0.0), (1.3, 0, 0.9, 0.0), (1.0, 0, 1.0, 0.05), (0.8, 50, 0.95, 0.02), (2.0, 1, 1.0, 0.0), (0.0, 0, 1.0, 0.0)];
+    let filters: [(f32, u32, f32, f32); 7] = [
+        (1.0, 0, 1.0, 0.0),
+        (0.7, 40, 1.0, 0.0),
+        (1.3, 0, 0.9, 0.0),
+        (1.0, 0, 1.0, 0.05),
+        (0.8, 50, 0.95, 0.02),
+        (2.0, 1, 1.0, 0.0),
+        (0.0, 0, 1.0, 0.0),
+    ];
     let draw = |rng: &mut Rng| 0.05 + 0.9 * (rng.below(1000) as f32 / 1000.0);
-    let mut push = |rng: &mut Rng, width: usize, rows: Vec<SampleRow>, poison_row: Option<usize>| {
-        let n = rows.len();
-        let mut b = Bufs::default();
-        let mut x = rng.vec(n * width, 8.0);
-        if let Some(r) = poison_row {
-            // A NaN and a -inf must never be drawn.
-            x[r * width + width / 2] = f32::NAN;
-            x[r * width + width / 3] = f32::NEG_INFINITY;
-        }
-        let x = b.f32(&x);
-        let params = b.u32(&SampleRow::to_words(&rows));
-        let o = b.poison(DType::U32, n);
-        let op = Op::Sample(Sample { x, params, out: o, n, width });
-        let desc: Vec<String> = rows.iter().map(|r| format!("T={} k={} p={} min_p={} u={}", r.temperature, r.top_k, r.top_p, r.min_p, r.uniform)).collect();
-        let name = format!("n={n} width={width} [{}]", desc.join("; "));
-        out.push(b.case(name, op, &[(o, tolerance("sample", DType::F32))]));
-    };
+    let mut push =
+        |rng: &mut Rng, width: usize, rows: Vec<SampleRow>, poison_row: Option<usize>| {
+            let n = rows.len();
+            let mut b = Bufs::default();
+            let mut x = rng.vec(n * width, 8.0);
+            if let Some(r) = poison_row {
+                // A NaN and a -inf must never be drawn.
+                x[r * width + width / 2] = f32::NAN;
+                x[r * width + width / 3] = f32::NEG_INFINITY;
+            }
+            let x = b.f32(&x);
+            let params = b.u32(&SampleRow::to_words(&rows));
+            let o = b.poison(DType::U32, n);
+            let op = Op::Sample(Sample { x, params, out: o, n, width });
+            let desc: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "T={} k={} p={} min_p={} u={}",
+                        r.temperature, r.top_k, r.top_p, r.min_p, r.uniform
+                    )
+                })
+                .collect();
+            let name = format!("n={n} width={width} [{}]", desc.join("; "));
+            out.push(b.case(name, op, &[(o, tolerance("sample", DType::F32))]));
+        };
     for (width, n) in [(13, 1), (1000, 2), (49152, 1)] {
         for (f, &(temperature, top_k, top_p, min_p)) in filters.iter().enumerate() {
-            let rows = (0..n).map(|_| SampleRow { temperature, top_k, top_p, min_p, uniform: draw(rng) }).collect();
+            let rows = (0..n)
+                .map(|_| SampleRow { temperature, top_k, top_p, min_p, uniform: draw(rng) })
+                .collect();
             push(rng, width, rows, (f == 3).then_some(0));
         }
     }
     // Every row its own filter and draw.
     for width in [1000, 49152] {
-        let rows = filters.iter().map(|&(temperature, top_k, top_p, min_p)| SampleRow { temperature, top_k, top_p, min_p, uniform: draw(rng) }).collect();
+        let rows = filters
+            .iter()
+            .map(|&(temperature, top_k, top_p, min_p)| SampleRow {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                uniform: draw(rng),
+            })
+            .collect();
         push(rng, width, rows, Some(3));
     }
     // Rows with no finite logit: greedy and sampled alike give argmax's answer (the first
     // +inf; else the first -inf; NaN never).
-    for (f, vals) in [[f32::NAN, f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY], [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, f32::INFINITY]].iter().enumerate() {
+    for (f, vals) in [
+        [f32::NAN, f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY],
+        [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, f32::INFINITY],
+    ]
+    .iter()
+    .enumerate()
+    {
         for temperature in [0.0, 1.0] {
             let mut b = Bufs::default();
             let width = 300;
@@ -774,7 +788,11 @@ fn sample(rng: &mut Rng) -> Vec<Case> {
             let params = b.u32(&SampleRow::to_words(&[row]));
             let o = b.poison(DType::U32, 1);
             let op = Op::Sample(Sample { x, params, out: o, n: 1, width });
-            out.push(b.case(format!("no finite logit {f} T={temperature}"), op, &[(o, tolerance("sample", DType::F32))]));
+            out.push(b.case(
+                format!("no finite logit {f} T={temperature}"),
+                op,
+                &[(o, tolerance("sample", DType::F32))],
+            ));
         }
     }
     out
@@ -782,19 +800,14 @@ fn sample(rng: &mut Rng) -> Vec<Case> {
 
 fn copy_rows(rng: &mut Rng) -> Vec<Case> {
     let mut out = vec![];
-    for (src_rows, src_row, dst_row, n_rows, width) in [(13, 12, 0, 1, 64), (5, 0, 0, 5, 7), (20, 3, 2, 9, 100), (9, 8, 4, 1, 33)] {
+    for (src_rows, src_row, dst_row, n_rows, width) in
+        [(13, 12, 0, 1, 64), (5, 0, 0, 5, 7), (20, 3, 2, 9, 100), (9, 8, 4, 1, 33)]
+    {
         let mut b = Bufs::default();
         let src = b.f32(&rng.vec(src_rows * width, 1.0));
         // Rows before dst_row keep their poison: the reference leaves them too.
         let dst = b.poison(DType::F32, (dst_row + n_rows) * width);
-        let op = Op::CopyRows(CopyRows {
-            src,
-            dst,
-            src_row,
-            dst_row,
-            n_rows,
-            width,
-        });
+        let op = Op::CopyRows(CopyRows { src, dst, src_row, dst_row, n_rows, width });
         let name = format!(
             "rows {src_row}..{} of {src_rows} to {dst_row}.. width={width}",
             src_row + n_rows

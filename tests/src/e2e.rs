@@ -47,13 +47,21 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 }
 
 pub fn load<B: Backend>(backend: B, source: &ModelSource, opts: &ModelOptions) -> Model<B> {
-    Model::load(backend, source, opts, &mut |_, _| {}).unwrap_or_else(|e| panic!("loading {}: {e}", source.path.display()))
+    Model::load(backend, source, opts, &mut |_, _| {})
+        .unwrap_or_else(|e| panic!("loading {}: {e}", source.path.display()))
 }
 
 /// Greedy decoding of `steps` tokens after `prompt`, ignoring EOS, as llama2.c's test does.
-pub fn greedy<B: Backend>(model: &mut Model<B>, tokenizer: &Tokenizer, prompt: &[u32], steps: usize) -> Vec<u32> {
+pub fn greedy<B: Backend>(
+    model: &mut Model<B>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    steps: usize,
+) -> Vec<u32> {
     let params = GenerateParams { max_tokens: steps, ignore_eos: true, ..Default::default() };
-    pollster::block_on(generate(model, tokenizer, prompt, &params, &mut |_| {})).expect("generate").tokens
+    pollster::block_on(generate(model, tokenizer, prompt, &params, &mut |_| {}))
+        .expect("generate")
+        .tokens
 }
 
 /// stories260K from BOS: all 200 greedy tokens of reference_greedy.json.
@@ -77,7 +85,11 @@ pub fn smollm_chat<B: Backend>(backend: B, check_logits: bool) -> Result<(), Ski
 }
 
 /// [`smollm_chat`] with the weight matrices converted to `weight_dtype` at load time.
-pub fn smollm_chat_as<B: Backend>(backend: B, check_logits: bool, weight_dtype: Option<DType>) -> Result<(), Skip> {
+pub fn smollm_chat_as<B: Backend>(
+    backend: B,
+    check_logits: bool,
+    weight_dtype: Option<DType>,
+) -> Result<(), Skip> {
     let gguf = smollm_gguf()?;
     let reference_path = shared_models().join("SmolLM2-135M-Instruct/reference.json");
     if !reference_path.is_file() {
@@ -86,26 +98,37 @@ pub fn smollm_chat_as<B: Backend>(backend: B, check_logits: bool, weight_dtype: 
     let reference = read_json(&reference_path);
     let source = loader::open(&gguf).expect("open SmolLM2 GGUF");
     let tokenizer = Tokenizer::load(&source.tokenizer).expect("tokenizer");
-    let messages = [ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
-    let prompt = tokenizer.encode(&tokenizer.apply_chat_template(&messages, true).expect("template")).expect("encode");
+    let messages =
+        [ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
+    let prompt = tokenizer
+        .encode(&tokenizer.apply_chat_template(&messages, true).expect("template"))
+        .expect("encode");
     assert_eq!(prompt, ids(&reference["input_ids"]), "chat prompt tokens");
 
-    let mut model = load(backend, &source, &ModelOptions { context: 512, weight_dtype, ..Default::default() });
+    let mut model =
+        load(backend, &source, &ModelOptions { context: 512, weight_dtype, ..Default::default() });
     if check_logits {
         let mut seq = model.new_sequence();
-        let Output::Logits(logits) = pollster::block_on(model.forward(&mut seq, &prompt, Want::LastLogits)).expect("forward")
+        let Output::Logits(logits) =
+            pollster::block_on(model.forward(&mut seq, &prompt, Want::LastLogits))
+                .expect("forward")
         else {
             unreachable!("asked for logits")
         };
         model.release(&mut seq);
         for pair in reference["last_prompt_position_top5_logits"].as_array().expect("top5") {
             let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
-            assert!((logits[id] - want).abs() <= 0.05, "logit of token {id}: {} vs HF {want}", logits[id]);
+            assert!(
+                (logits[id] - want).abs() <= 0.05,
+                "logit of token {id}: {} vs HF {want}",
+                logits[id]
+            );
         }
     }
     let expected = ids(&reference["greedy_ids"]);
     let params = GenerateParams { max_tokens: 64, ..Default::default() };
-    let gen = pollster::block_on(generate(&mut model, &tokenizer, &prompt, &params, &mut |_| {})).expect("generate");
+    let gen = pollster::block_on(generate(&mut model, &tokenizer, &prompt, &params, &mut |_| {}))
+        .expect("generate");
     assert_tokens_eq(&gen.tokens, &expected, model.backend.name());
     assert_eq!(gen.text, "The capital of France is Paris.");
     Ok(())

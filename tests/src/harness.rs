@@ -26,7 +26,9 @@ pub fn tolerance(op: &str, dtype: DType) -> Tol {
         // A lookup and one multiply per element: correctly rounded everywhere...
         ("embed", DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0) => Tol::Exact,
         // GGUF block types without a minimum: dl * q with dl a correctly rounded product.
-        ("embed", DType::Q5_0 | DType::Q3_K | DType::Q6_K | DType::IQ4_NL | DType::IQ4_XS) => Tol::Exact,
+        ("embed", DType::Q5_0 | DType::Q3_K | DType::Q6_K | DType::IQ4_NL | DType::IQ4_XS) => {
+            Tol::Exact
+        }
         // ...except d * q + m, which a GPU may contract into an fma.
         ("embed", _) => Tol::Nmse(1e-12),
         ("rms_norm", _) => Tol::Nmse(1e-10),
@@ -99,37 +101,24 @@ async fn run_case_inner<B: Backend>(
     ids: &mut Vec<BufId>,
 ) -> Result<Vec<Vec<u8>>, String> {
     for b in &case.bufs {
-        let id = backend
-            .alloc(b.dtype, b.numel)
-            .map_err(|e| format!("alloc: {e}"))?;
+        let id = backend.alloc(b.dtype, b.numel).map_err(|e| format!("alloc: {e}"))?;
         ids.push(id);
         let bytes = match &b.init {
             Init::Data(d) => d.clone(),
             // All-ones bits are NaN as f32 and f16 and 0xFFFFFFFF as u32.
             Init::Poison => vec![0xFF; b.dtype.storage_bytes(b.numel)],
         };
-        backend
-            .write(id, &bytes)
-            .map_err(|e| format!("write: {e}"))?;
+        backend.write(id, &bytes).map_err(|e| format!("write: {e}"))?;
     }
     let op = remap(&case.op, |BufId(i)| ids[i as usize]);
     backend
-        .execute(&Step {
-            writes: vec![],
-            read_back: vec![],
-            ops: vec![op],
-        })
+        .execute(&Step { writes: vec![], read_back: vec![], ops: vec![op] })
         .map_err(|e| format!("execute: {e}"))?;
     let mut outs = Vec::new();
     for (i, _) in &case.checks {
         let b = &case.bufs[*i];
         let len = b.dtype.storage_bytes(b.numel);
-        outs.push(
-            backend
-                .read(ids[*i], 0, len)
-                .await
-                .map_err(|e| format!("read: {e}"))?,
-        );
+        outs.push(backend.read(ids[*i], 0, len).await.map_err(|e| format!("read: {e}"))?);
     }
     Ok(outs)
 }
@@ -164,7 +153,11 @@ pub fn check_op<B: Backend, F: Fn() -> Result<B, String>>(make: F, label: &str, 
             "{label} ({name}): {op}: {} cases pass, worst NMSE {:.3e}{}",
             s.cases - s.skipped,
             s.worst_nmse,
-            if s.skipped > 0 { format!(", {} skipped (GGUF block dtypes not supported here yet)", s.skipped) } else { String::new() }
+            if s.skipped > 0 {
+                format!(", {} skipped (GGUF block dtypes not supported here yet)", s.skipped)
+            } else {
+                String::new()
+            }
         ),
         Err(msg) => panic!("{msg}"),
     }
@@ -179,10 +172,7 @@ pub async fn check_backend_op<B: Backend>(
     keep: impl Fn(&str) -> bool,
 ) -> Result<OpSummary, String> {
     let name = backend.name();
-    let cases: Vec<Case> = cases_for(op)
-        .into_iter()
-        .filter(|c| keep(&c.name))
-        .collect();
+    let cases: Vec<Case> = cases_for(op).into_iter().filter(|c| keep(&c.name)).collect();
     if cases.is_empty() {
         return Err(format!("no cases for op {op}"));
     }
@@ -247,16 +237,15 @@ pub async fn check_backend_op<B: Backend>(
             failures.join("\n  ")
         ));
     }
-    Ok(OpSummary {
-        cases: cases.len(),
-        worst_nmse: worst,
-        skipped,
-    })
+    Ok(OpSummary { cases: cases.len(), worst_nmse: worst, skipped })
 }
 
 /// Batch invariance of `op` ("matmul" or "attention") on `backend`: every request's rows
 /// inside a batch equal, bit for bit, its rows computed alone. `Err` lists every difference.
-pub async fn check_batch_invariance<B: Backend>(backend: &mut B, op: &str) -> Result<usize, String> {
+pub async fn check_batch_invariance<B: Backend>(
+    backend: &mut B,
+    op: &str,
+) -> Result<usize, String> {
     let name = backend.name();
     let cases = crate::cases::invariance_cases(op);
     if cases.is_empty() {
@@ -266,17 +255,23 @@ pub async fn check_batch_invariance<B: Backend>(backend: &mut B, op: &str) -> Re
     let mut skipped = 0;
     let mut last_skipped = None;
     for inv in &cases {
-        if let (false, Some(d)) = (backend.supports(&inv.batch.op), pending_block_dtype(&inv.batch.op)) {
+        if let (false, Some(d)) =
+            (backend.supports(&inv.batch.op), pending_block_dtype(&inv.batch.op))
+        {
             if last_skipped.replace(d) != Some(d) {
                 eprintln!("SKIP {name}: {op} batch invariance for {d}: not supported here yet (issue #12)");
             }
             skipped += 1;
             continue;
         }
-        let batch = run_case_async(backend, &inv.batch).await.map_err(|e| format!("{op} [{}]: {e}", inv.batch.name))?;
+        let batch = run_case_async(backend, &inv.batch)
+            .await
+            .map_err(|e| format!("{op} [{}]: {e}", inv.batch.name))?;
         let batch: Vec<f32> = bytemuck::pod_collect_to_vec(&batch[0]);
         for (alone, row0) in &inv.alone {
-            let got = run_case_async(backend, alone).await.map_err(|e| format!("{op} [{}]: {e}", alone.name))?;
+            let got = run_case_async(backend, alone)
+                .await
+                .map_err(|e| format!("{op} [{}]: {e}", alone.name))?;
             let got: Vec<f32> = bytemuck::pod_collect_to_vec(&got[0]);
             let inside = &batch[row0 * inv.row_len..row0 * inv.row_len + got.len()];
             if let Some(i) = got.iter().zip(inside).position(|(a, b)| a.to_bits() != b.to_bits()) {
@@ -290,7 +285,11 @@ pub async fn check_batch_invariance<B: Backend>(backend: &mut B, op: &str) -> Re
     if failures.is_empty() {
         Ok(cases.len() - skipped)
     } else {
-        Err(format!("{name}: {} batch-invariance failures:\n  {}", failures.len(), failures.join("\n  ")))
+        Err(format!(
+            "{name}: {} batch-invariance failures:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        ))
     }
 }
 
@@ -305,7 +304,10 @@ pub fn check_invariance<B: Backend, F: Fn() -> Result<B, String>>(make: F, label
         }
     };
     match pollster::block_on(check_batch_invariance(&mut backend, op)) {
-        Ok(n) => eprintln!("{label} ({}): {op}: {n} batches bitwise equal to their requests alone", backend.name()),
+        Ok(n) => eprintln!(
+            "{label} ({}): {op}: {n} batches bitwise equal to their requests alone",
+            backend.name()
+        ),
         Err(msg) => panic!("{msg}"),
     }
 }
@@ -313,11 +315,7 @@ pub fn check_invariance<B: Backend, F: Fn() -> Result<B, String>>(make: F, label
 /// Ok(nmse) when `got` matches `want` within `tol`; the NMSE is 0 for exact checks.
 fn compare(what: &str, tol: Tol, dtype: DType, want: &[u8], got: &[u8]) -> Result<f64, String> {
     if want.len() != got.len() {
-        return Err(format!(
-            "{what}: read {} bytes, reference {}",
-            got.len(),
-            want.len()
-        ));
+        return Err(format!("{what}: read {} bytes, reference {}", got.len(), want.len()));
     }
     match tol {
         Tol::Exact => match want.iter().zip(got).position(|(a, b)| a != b) {
@@ -325,10 +323,7 @@ fn compare(what: &str, tol: Tol, dtype: DType, want: &[u8], got: &[u8]) -> Resul
             Some(at) => {
                 let elem = if dtype == DType::F16 { 2 } else { 4 };
                 let i = at / elem;
-                let (w, g) = (
-                    &want[i * elem..(i + 1) * elem],
-                    &got[i * elem..(i + 1) * elem],
-                );
+                let (w, g) = (&want[i * elem..(i + 1) * elem], &got[i * elem..(i + 1) * elem]);
                 Err(format!("{what}: not exact, first difference at element {i}: want {w:02x?}, got {g:02x?}"))
             }
         },

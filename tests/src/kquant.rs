@@ -51,7 +51,10 @@ fn tool(env: &str, name: &str) -> Result<PathBuf, Skip> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(missing(format!("{name} not found at {} (run bench/build-llamacpp.sh or set {env})", path.display())))
+        Err(missing(format!(
+            "{name} not found at {} (run bench/build-llamacpp.sh or set {env})",
+            path.display()
+        )))
     }
 }
 
@@ -75,7 +78,10 @@ pub fn python() -> Result<String, Skip> {
 /// Runs `cmd`, panicking with its stderr if it fails; returns its stdout and stderr.
 pub fn run(cmd: &mut Command, what: &str) -> (String, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(out.status.success(), "{what} failed: {}\n{stderr}", out.status);
     (stdout, stderr)
 }
@@ -91,11 +97,14 @@ fn fnv(bytes: &[u8], mut h: u64) -> u64 {
 /// Where quantized files live between runs: one folder per quantizer binary and source model,
 /// so a rebuilt llama.cpp or another model never reuses stale files.
 fn cache_folder(quantize: &Path, src: &Path) -> Result<PathBuf, Skip> {
-    let tool = std::fs::read(quantize).map_err(|e| missing(format!("{}: {e}", quantize.display())))?;
+    let tool =
+        std::fs::read(quantize).map_err(|e| missing(format!("{}: {e}", quantize.display())))?;
     let meta = std::fs::metadata(src).map_err(|e| Skip(format!("{}: {e}", src.display())))?;
     let name = src.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let key = fnv(&meta.len().to_le_bytes(), fnv(name.as_bytes(), fnv(&tool, 0xcbf2_9ce4_8422_2325)));
-    let root = tandem_core::default_model::cache_dir().map_err(|e| Skip(format!("no cache directory: {e}")))?;
+    let key =
+        fnv(&meta.len().to_le_bytes(), fnv(name.as_bytes(), fnv(&tool, 0xcbf2_9ce4_8422_2325)));
+    let root = tandem_core::default_model::cache_dir()
+        .map_err(|e| Skip(format!("no cache directory: {e}")))?;
     Ok(root.join("kquant-fixtures").join(format!("{name}-{key:016x}")))
 }
 
@@ -118,7 +127,11 @@ fn quantize_to(ftype: &str, extra: &[&str]) -> Result<PathBuf, Skip> {
     let quantize = quantizer()?;
     let src = e2e::smollm_gguf()?;
     let dir = cache_folder(&quantize, &src)?;
-    let suffix: String = extra.iter().filter(|a| !a.starts_with("--")).map(|a| format!("-{}", a.replace('=', "-"))).collect();
+    let suffix: String = extra
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(|a| format!("-{}", a.replace('=', "-")))
+        .collect();
     let path = dir.join(format!("smollm2-{ftype}{suffix}.gguf"));
     if path.is_file() {
         return Ok(path);
@@ -136,7 +149,8 @@ fn quantize_to(ftype: &str, extra: &[&str]) -> Result<PathBuf, Skip> {
 
 /// The GGUF file types of a file's tensors, e.g. {"F32", "IQ4_NL", "Q2_K", ...}.
 pub fn tensor_types(path: &Path) -> std::collections::BTreeSet<String> {
-    let source = tandem_core::loader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let source =
+        tandem_core::loader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     source.tensors.infos().iter().map(|i| i.file_dtype.clone()).collect()
 }
 

@@ -17,9 +17,11 @@ pub mod rng;
 pub mod speculate;
 
 pub use cases::{cases_for, Case, Init, OPS};
+pub use harness::{
+    check_backend_op, check_batch_invariance, run_case_async, tolerance, OpSummary, Tol,
+};
 #[cfg(not(target_arch = "wasm32"))]
 pub use harness::{check_invariance, check_op, run_case};
-pub use harness::{check_backend_op, check_batch_invariance, run_case_async, tolerance, OpSummary, Tol};
 
 /// One `#[test]` per op for a backend. `$make` is an expression usable as
 /// `Fn() -> Result<B, String>`; an `Err(reason)` (no device, say) prints

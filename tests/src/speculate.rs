@@ -18,7 +18,13 @@ use crate::e2e::{self, Skip};
 
 /// Runs `reqs` concurrently under `config` with `spec` lent to the scheduler (handed back
 /// after), checking that every block of the target's and the draft's pools is back.
-pub fn run_spec<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, reqs: &[Req], config: SchedulerConfig, spec: &mut Option<Speculation<B>>) -> (Vec<Done>, SchedulerStats) {
+pub fn run_spec<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    reqs: &[Req],
+    config: SchedulerConfig,
+    spec: &mut Option<Speculation<B>>,
+) -> (Vec<Done>, SchedulerStats) {
     model.kv.evict_idle();
     let mut sched = Scheduler::new(&mut *model, tok, config).expect("scheduler");
     sched.set_speculation(spec.take()).expect("speculation");
@@ -26,9 +32,17 @@ pub fn run_spec<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, reqs: &[Req],
     let stats = sched.stats;
     *spec = sched.set_speculation(None).expect("off");
     let name = model.backend.name();
-    assert_eq!(model.kv.free_blocks(), model.kv.total_blocks(), "{name}: every target block back in the pool");
+    assert_eq!(
+        model.kv.free_blocks(),
+        model.kv.total_blocks(),
+        "{name}: every target block back in the pool"
+    );
     if let Some(d) = spec.as_ref().and_then(|s| s.draft()) {
-        assert_eq!(d.kv.free_blocks(), d.kv.total_blocks(), "{name}: every draft block back in the pool");
+        assert_eq!(
+            d.kv.free_blocks(),
+            d.kv.total_blocks(),
+            "{name}: every draft block back in the pool"
+        );
     }
     (done, stats)
 }
@@ -53,7 +67,10 @@ pub fn assert_same(got: &[Done], want: &[Done], stats: &SchedulerStats, what: &s
 pub fn assert_spec_ran(stats: &SchedulerStats, what: &str) {
     let (drafted, accepted) = (stats.draft_tokens, stats.accepted_tokens);
     assert!(accepted > 0, "{what}: no draft token was accepted: {stats:?}");
-    assert!(drafted > accepted, "{what}: no draft token was rejected, so no rollback ran: {stats:?}");
+    assert!(
+        drafted > accepted,
+        "{what}: no draft token was rejected, so no rollback ran: {stats:?}"
+    );
     eprintln!("{what}; {accepted}/{drafted} draft tokens accepted in {} steps", stats.steps);
 }
 
@@ -65,7 +82,12 @@ pub fn plain<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, reqs: &[Req]) ->
 /// One request alone with speculation, step by step: after every step the target's blocks in
 /// use are exactly those a plain run holds at that many generated tokens (its positions up to
 /// the newest token's), and the draft model's never more. Returns what it produced.
-pub fn solo_checking_blocks<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, req: &Req, spec: &mut Option<Speculation<B>>) -> (Done, SchedulerStats) {
+pub fn solo_checking_blocks<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    req: &Req,
+    spec: &mut Option<Speculation<B>>,
+) -> (Done, SchedulerStats) {
     model.kv.evict_idle();
     if let Some(d) = spec.as_mut().and_then(|s| match &mut s.drafter {
         tandem_core::scheduler::Drafter::Model(m) => Some(m),
@@ -75,7 +97,9 @@ pub fn solo_checking_blocks<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, r
     }
     let bs = model.kv.block_size;
     let name = model.backend.name();
-    let mut sched = Scheduler::new(&mut *model, tok, SchedulerConfig { max_seqs: 1, max_batched_tokens: 64 }).expect("scheduler");
+    let mut sched =
+        Scheduler::new(&mut *model, tok, SchedulerConfig { max_seqs: 1, max_batched_tokens: 64 })
+            .expect("scheduler");
     sched.set_speculation(spec.take()).expect("speculation");
     sched.add(req.prompt.clone(), req.params.clone()).expect("add");
     let (mut tokens, mut text, mut out) = (vec![], String::new(), None);
@@ -88,7 +112,12 @@ pub fn solo_checking_blocks<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, r
                 }
                 Event::Finished { reason, text: s, usage } => {
                     text.push_str(&s);
-                    out = Some(Done { tokens: std::mem::take(&mut tokens), text: std::mem::take(&mut text), reason, usage });
+                    out = Some(Done {
+                        tokens: std::mem::take(&mut tokens),
+                        text: std::mem::take(&mut text),
+                        reason,
+                        usage,
+                    });
                 }
                 Event::Failed(e) => panic!("{name}: failed: {e}"),
             }
@@ -97,12 +126,22 @@ pub fn solo_checking_blocks<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, r
             continue; // still in the prompt
         }
         // A plain run holds the positions up to the newest token's (that one is fed next).
-        let expected = if out.is_some() { 0 } else { (req.prompt.len() + tokens.len() - 1).div_ceil(bs) };
+        let expected =
+            if out.is_some() { 0 } else { (req.prompt.len() + tokens.len() - 1).div_ceil(bs) };
         let kv = &sched.model().kv;
-        assert_eq!(kv.total_blocks() - kv.free_blocks(), expected, "{name}: target blocks in use after {} tokens", tokens.len());
+        assert_eq!(
+            kv.total_blocks() - kv.free_blocks(),
+            expected,
+            "{name}: target blocks in use after {} tokens",
+            tokens.len()
+        );
         if let Some(d) = sched.speculation().and_then(|s| s.draft()) {
             let used = d.kv.total_blocks() - d.kv.free_blocks();
-            assert!(used <= expected, "{name}: draft blocks in use {used} > {expected} after {} tokens", tokens.len());
+            assert!(
+                used <= expected,
+                "{name}: draft blocks in use {used} > {expected} after {} tokens",
+                tokens.len()
+            );
         }
     }
     let stats = sched.stats;
@@ -129,7 +168,8 @@ pub fn story_prompt(tok: &Tokenizer) -> Vec<u32> {
 /// with the KV blocks a plain run holds after every step; then 8 requests at once (and again
 /// in a pool tight enough to preempt) each equal their plain solo runs.
 pub fn stories_battery<B: Backend>(make: &dyn Fn() -> B) -> Result<(), Skip> {
-    let (source, tok, opts) = stories(&ModelOptions { block_size: 4, kv_blocks: Some(400), ..Default::default() })?;
+    let (source, tok, opts) =
+        stories(&ModelOptions { block_size: 4, kv_blocks: Some(400), ..Default::default() })?;
     let mut model = e2e::load(make(), &source, &opts);
     let draft_opts = ModelOptions { weight_dtype: Some(tandem_core::DType::F16), ..opts.clone() };
     let spec_kinds: Vec<(&str, Speculation<B>)> = vec![
@@ -137,16 +177,28 @@ pub fn stories_battery<B: Backend>(make: &dyn Fn() -> B) -> Result<(), Skip> {
         ("draft model k=3", Speculation::draft_model(e2e::load(make(), &source, &draft_opts), 3)),
     ];
     let mut reqs = vec![];
-    for (i, sampling) in [SamplingParams::default(), SamplingParams { temperature: 0.8, top_p: 0.95, seed: 7, ..Default::default() }].into_iter().enumerate() {
+    for (i, sampling) in [
+        SamplingParams::default(),
+        SamplingParams { temperature: 0.8, top_p: 0.95, seed: 7, ..Default::default() },
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let stop = if i == 0 { vec![] } else { vec!["park".to_string()] };
-        reqs.push(Req { prompt: story_prompt(&tok), params: GenerateParams { max_tokens: 120, sampling, stop, ignore_eos: true } });
+        reqs.push(Req {
+            prompt: story_prompt(&tok),
+            params: GenerateParams { max_tokens: 120, sampling, stop, ignore_eos: true },
+        });
     }
     let mut alone = plain(&mut model, &tok, &reqs);
     // A stop string from the middle of the greedy story: speculation must stop exactly where
     // plain decoding does, never emitting an accepted draft token past it.
     let words: Vec<&str> = alone[0].text.split_whitespace().filter(|w| w.len() >= 4).collect();
     let stop = words[words.len() / 2].to_string();
-    let stopping = Req { prompt: story_prompt(&tok), params: GenerateParams { max_tokens: 120, stop: vec![stop.clone()], ..Default::default() } };
+    let stopping = Req {
+        prompt: story_prompt(&tok),
+        params: GenerateParams { max_tokens: 120, stop: vec![stop.clone()], ..Default::default() },
+    };
     let stopped = plain(&mut model, &tok, std::slice::from_ref(&stopping)).remove(0);
     assert_eq!(stopped.reason, FinishReason::Stop, "plain decoding meets the stop string {stop:?}");
     reqs.push(stopping);
@@ -161,7 +213,11 @@ pub fn stories_battery<B: Backend>(make: &dyn Fn() -> B) -> Result<(), Skip> {
             assert_eq!(d.tokens, a.tokens, "{what}: tokens alone ({:?})", r.params.sampling);
             assert_eq!(d.text, a.text, "{what}: text alone");
             assert_eq!(d.reason, a.reason, "{what}: finish reason alone");
-            assert_eq!((d.usage.draft_tokens as u64, d.usage.accepted_tokens as u64), (stats.draft_tokens, stats.accepted_tokens), "{what}: usage");
+            assert_eq!(
+                (d.usage.draft_tokens as u64, d.usage.accepted_tokens as u64),
+                (stats.draft_tokens, stats.accepted_tokens),
+                "{what}: usage"
+            );
             total.steps += stats.steps;
             total.draft_tokens += stats.draft_tokens;
             total.accepted_tokens += stats.accepted_tokens;
@@ -171,21 +227,42 @@ pub fn stories_battery<B: Backend>(make: &dyn Fn() -> B) -> Result<(), Skip> {
         let (done, stats) = run_spec(&mut model, &tok, &mix, wide, &mut spec);
         assert_same(&done, &mix_alone, &stats, &format!("stories260K {what}, 8 at once"));
         // A pool of 24 blocks of 4 positions: the 8 requests cannot all hold their contexts.
-        let mut tight_model = e2e::load(make(), &source, &ModelOptions { kv_blocks: Some(24), ..opts.clone() });
+        let mut tight_model =
+            e2e::load(make(), &source, &ModelOptions { kv_blocks: Some(24), ..opts.clone() });
         let (done, stats) = run_spec(&mut tight_model, &tok, &mix, wide, &mut spec);
         assert!(stats.preemptions > 0, "{what}: the tight pool was meant to preempt: {stats:?}");
-        assert_same(&done, &mix_alone, &stats, &format!("stories260K {what}, 8 at once with preemption"));
+        assert_same(
+            &done,
+            &mix_alone,
+            &stats,
+            &format!("stories260K {what}, 8 at once with preemption"),
+        );
     }
     Ok(())
 }
 
 /// The distribution of the token sampled at generated position `at`, over `n` seeded runs
 /// from `first_seed` on, with or without prompt-lookup speculation; and each run's tokens.
-fn sampled_at<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, prompt: &[u32], at: usize, seeds: std::ops::Range<u64>, spec: bool) -> (BTreeMap<u32, u64>, Vec<Vec<u32>>, SchedulerStats) {
+fn sampled_at<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    at: usize,
+    seeds: std::ops::Range<u64>,
+    spec: bool,
+) -> (BTreeMap<u32, u64>, Vec<Vec<u32>>, SchedulerStats) {
     let reqs: Vec<Req> = seeds
         .map(|seed| {
             let sampling = SamplingParams { temperature: 1.0, seed, ..Default::default() };
-            Req { prompt: prompt.to_vec(), params: GenerateParams { max_tokens: at + 1, sampling, stop: vec![], ignore_eos: true } }
+            Req {
+                prompt: prompt.to_vec(),
+                params: GenerateParams {
+                    max_tokens: at + 1,
+                    sampling,
+                    stop: vec![],
+                    ignore_eos: true,
+                },
+            }
         })
         .collect();
     let mut s = spec.then(|| Speculation::ngram(4));
@@ -230,7 +307,8 @@ pub fn chi_square_critical_001(df: usize) -> f64 {
 /// two-sample chi-square test at the 0.1% level, deterministic with its fixed seeds), and the
 /// runs with speculation token for token equal to plain runs with the same seeds.
 pub fn stories_sampling_distribution<B: Backend>(backend: B) -> Result<(), Skip> {
-    let (source, tok, opts) = stories(&ModelOptions { block_size: 4, kv_blocks: Some(2048), ..Default::default() })?;
+    let (source, tok, opts) =
+        stories(&ModelOptions { block_size: 4, kv_blocks: Some(2048), ..Default::default() })?;
     let mut model = e2e::load(backend, &source, &opts);
     let prompt = story_prompt(&tok);
     let (n, at) = (1500, 6);
@@ -240,7 +318,10 @@ pub fn stories_sampling_distribution<B: Backend>(backend: B) -> Result<(), Skip>
     let crit = chi_square_critical_001(df);
     eprintln!("chi-square {stat:.1} on {df} degrees of freedom (0.1% critical value {crit:.1}); {}/{} draft tokens accepted", stats.accepted_tokens, stats.draft_tokens);
     assert!(df >= 3, "the position should have several likely tokens: {with:?}");
-    assert!(stats.draft_tokens > stats.accepted_tokens && stats.accepted_tokens > 0, "drafts both accepted and rejected: {stats:?}");
+    assert!(
+        stats.draft_tokens > stats.accepted_tokens && stats.accepted_tokens > 0,
+        "drafts both accepted and rejected: {stats:?}"
+    );
     assert!(stat < crit, "the sampled distribution with speculation differs from plain sampling: chi-square {stat:.1} >= {crit:.1}\nwith {with:?}\nwithout {without:?}");
     let (_, same_seeds, _) = sampled_at(&mut model, &tok, &prompt, at, 0..200, false);
     for (i, (a, b)) in with_tokens.iter().zip(&same_seeds).enumerate() {
@@ -255,21 +336,31 @@ pub fn stories_sampling_distribution<B: Backend>(backend: B) -> Result<(), Skip>
 pub fn smollm_greedy<B: Backend>(make: &dyn Fn() -> B) -> Result<(), Skip> {
     let source = loader::open(&e2e::smollm_gguf()?).expect("open SmolLM2");
     let tok = Tokenizer::load(&source.tokenizer).expect("tokenizer");
-    let opts = ModelOptions { context: 512, weight_dtype: Some(tandem_core::DType::F32), ..Default::default() };
+    let opts = ModelOptions {
+        context: 512,
+        weight_dtype: Some(tandem_core::DType::F32),
+        ..Default::default()
+    };
     let mut model = e2e::load(make(), &source, &opts);
     let chat = |text: &str| {
-        let messages = [tandem_core::tokenizer::ChatMessage { role: "user".into(), content: text.into() }];
+        let messages =
+            [tandem_core::tokenizer::ChatMessage { role: "user".into(), content: text.into() }];
         tok.encode(&tok.apply_chat_template(&messages, true).expect("template")).expect("encode")
     };
     let quote = "Repeat this sentence exactly: The quick brown fox jumps over the lazy dog near the old river bank.";
     let summary = "The library will be built on the corner of Main Street and Oak Avenue, next to the old train station. It will have three floors and a rooftop garden.\n\nSummarize the text above, quoting it.";
     let reqs: Vec<Req> = [chat("What is the capital of France?"), chat(quote), chat(summary)]
         .into_iter()
-        .map(|prompt| Req { prompt, params: GenerateParams { max_tokens: 40, ..Default::default() } })
+        .map(|prompt| Req {
+            prompt,
+            params: GenerateParams { max_tokens: 40, ..Default::default() },
+        })
         .collect();
     let alone = plain(&mut model, &tok, &reqs);
     let draft = e2e::load(make(), &source, &ModelOptions { context: 512, ..Default::default() });
-    for (what, spec) in [("ngram k=4", Speculation::ngram(4)), ("q4 draft k=4", Speculation::draft_model(draft, 4))] {
+    for (what, spec) in
+        [("ngram k=4", Speculation::ngram(4)), ("q4 draft k=4", Speculation::draft_model(draft, 4))]
+    {
         let mut spec = Some(spec);
         let config = SchedulerConfig { max_seqs: 4, max_batched_tokens: 64 };
         let (done, stats) = run_spec(&mut model, &tok, &reqs, config, &mut spec);
@@ -277,7 +368,10 @@ pub fn smollm_greedy<B: Backend>(make: &dyn Fn() -> B) -> Result<(), Skip> {
             assert!(d.reason == FinishReason::Eos || d.reason == FinishReason::Length);
         }
         assert_same(&done, &alone, &stats, &format!("SmolLM2 f32 {what}"));
-        eprintln!("answers: {:?}", done.iter().map(|d| (&d.text, d.tokens.len())).collect::<Vec<_>>());
+        eprintln!(
+            "answers: {:?}",
+            done.iter().map(|d| (&d.text, d.tokens.len())).collect::<Vec<_>>()
+        );
     }
     Ok(())
 }

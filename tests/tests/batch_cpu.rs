@@ -13,17 +13,26 @@ fn report(name: &str, r: Result<(), Skip>) {
 
 #[test]
 fn stories260k_batched_equals_solo() {
-    report("stories260k_batched_equals_solo", batch::stories_battery(CpuBackend::fast(2).unwrap(), 16, 23, 40, 40));
+    report(
+        "stories260k_batched_equals_solo",
+        batch::stories_battery(CpuBackend::fast(2).unwrap(), 16, 23, 40, 40),
+    );
 }
 
 #[test]
 fn stories260k_batched_equals_solo_reference() {
-    report("stories260k_batched_equals_solo_reference", batch::stories_battery(CpuBackend::reference(), 16, 23, 40, 40));
+    report(
+        "stories260k_batched_equals_solo_reference",
+        batch::stories_battery(CpuBackend::reference(), 16, 23, 40, 40),
+    );
 }
 
 #[test]
 fn smollm2_batched_equals_solo() {
-    report("smollm2_batched_equals_solo", batch::smollm_battery(CpuBackend::fast(2).unwrap(), 16, 40, 24));
+    report(
+        "smollm2_batched_equals_solo",
+        batch::smollm_battery(CpuBackend::fast(2).unwrap(), 16, 40, 24),
+    );
 }
 
 /// The lavapipe test's smaller battery, here where it is quick: scheduling depends only on

@@ -4,10 +4,8 @@
 
 use tandem_cpu::CpuBackend;
 
-tandem_tests::conformance_suite!(cpu_fast_2, || CpuBackend::fast(2)
-    .map_err(|e| e.to_string()));
-tandem_tests::conformance_suite!(cpu_fast_1, || CpuBackend::fast(1)
-    .map_err(|e| e.to_string()));
+tandem_tests::conformance_suite!(cpu_fast_2, || CpuBackend::fast(2).map_err(|e| e.to_string()));
+tandem_tests::conformance_suite!(cpu_fast_1, || CpuBackend::fast(1).map_err(|e| e.to_string()));
 tandem_tests::conformance_suite!(cpu_fast_portable, || CpuBackend::fast(2)
     .map(|b| b.with_avx2(false))
     .map_err(|e| e.to_string()));

@@ -19,11 +19,7 @@ fn u32_buf<B: Backend>(b: &mut B, v: &[u32]) -> BufId {
 }
 
 fn run<B: Backend>(b: &mut B, op: Op) -> tandem_core::Result<()> {
-    b.execute(&Step {
-        writes: vec![],
-        read_back: vec![],
-        ops: vec![op],
-    })
+    b.execute(&Step { writes: vec![], read_back: vec![], ops: vec![op] })
 }
 
 fn read<B: Backend>(b: &mut B, id: BufId, len: usize) -> Vec<f32> {
@@ -46,18 +42,7 @@ fn rms_norm_by_hand() {
     let x = f32_buf(b, &[1.0, 2.0, 3.0, 4.0]);
     let w = f32_buf(b, &[1.0, 1.0, 2.0, 0.5]);
     let out = b.alloc(DType::F32, 4).unwrap();
-    run(
-        b,
-        Op::RmsNorm(RmsNorm {
-            x,
-            weight: w,
-            out,
-            n: 1,
-            dim: 4,
-            eps: 0.0,
-        }),
-    )
-    .unwrap();
+    run(b, Op::RmsNorm(RmsNorm { x, weight: w, out, n: 1, dim: 4, eps: 0.0 })).unwrap();
     // mean(x^2) = 30 / 4 = 7.5
     let r = 7.5f32.sqrt();
     assert_close(&read(b, out, 4), &[1.0 / r, 2.0 / r, 6.0 / r, 2.0 / r]);
@@ -67,10 +52,7 @@ fn rms_norm_by_hand() {
 fn matmul_tiny_with_bias() {
     let b = &mut CpuBackend::reference();
     let x = f32_buf(b, &[1.0, 2.0, 3.0, -1.0, 0.0, 1.0]);
-    let w = f32_buf(
-        b,
-        &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, -1.0, 2.0, 0.5],
-    );
+    let w = f32_buf(b, &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, -1.0, 2.0, 0.5]);
     let bias = f32_buf(b, &[0.0, 0.0, 0.0, 10.0]);
     let out = b.alloc(DType::F32, 8).unwrap();
     let op = Matmul {
@@ -85,10 +67,7 @@ fn matmul_tiny_with_bias() {
         decode_rows: 0,
     };
     run(b, Op::Matmul(op)).unwrap();
-    assert_close(
-        &read(b, out, 8),
-        &[1.0, 2.0, 6.0, 14.5, -1.0, 0.0, 0.0, 11.5],
-    );
+    assert_close(&read(b, out, 8), &[1.0, 2.0, 6.0, 14.5, -1.0, 0.0, 0.0, 11.5]);
 }
 
 /// One Q4_1 block built byte by byte: element e has nibble e % 16, d = 0.5, m = -1, so its
@@ -108,32 +87,15 @@ fn q4_1_block() -> Vec<u8> {
 #[test]
 fn q4_1_dequant_by_hand() {
     let want: Vec<f32> = (0..32).map(|e| 0.5 * (e % 16) as f32 - 1.0).collect();
-    assert_eq!(
-        tandem_core::quant::decode(&q4_1_block(), DType::Q4_1, 32),
-        want
-    );
-    for b in [
-        &mut CpuBackend::reference(),
-        &mut CpuBackend::fast(2).unwrap(),
-    ] {
+    assert_eq!(tandem_core::quant::decode(&q4_1_block(), DType::Q4_1, 32), want);
+    for b in [&mut CpuBackend::reference(), &mut CpuBackend::fast(2).unwrap()] {
         // Through embed: the block as one row of 32.
         let table = b.alloc(DType::Q4_1, 32).unwrap();
         b.write(table, &q4_1_block()).unwrap();
         let ids = u32_buf(b, &[0]);
         let out = b.alloc(DType::F32, 32).unwrap();
-        run(
-            b,
-            Op::Embed(Embed {
-                table,
-                dtype: DType::Q4_1,
-                ids,
-                out,
-                n: 1,
-                vocab: 1,
-                dim: 32,
-            }),
-        )
-        .unwrap();
+        run(b, Op::Embed(Embed { table, dtype: DType::Q4_1, ids, out, n: 1, vocab: 1, dim: 32 }))
+            .unwrap();
         assert_eq!(read(b, out, 32), want);
         // Through matmul (n = 1, the fast decode path): sum of the row against ones, and two
         // rows of 16 that split the block (the general path).
@@ -170,10 +132,7 @@ fn q4_1_dequant_by_hand() {
             }),
         )
         .unwrap();
-        assert_close(
-            &read(b, out, 2),
-            &[want[..16].iter().sum(), want[16..].iter().sum()],
-        );
+        assert_close(&read(b, out, 2), &[want[..16].iter().sum(), want[16..].iter().sum()]);
     }
 }
 
@@ -190,7 +149,17 @@ fn two_position_cache<B: Backend>(b: &mut B) -> (BufId, BufId, BufId) {
 /// Attention of queries at `positions` of one sequence (block table `table`, one block), the
 /// first `decode_rows` of them decodes.
 #[allow(clippy::too_many_arguments)]
-fn attention_op<B: Backend>(b: &mut B, q: BufId, ck: BufId, cv: BufId, table: BufId, out: BufId, positions: &[u32], decode_rows: usize, max_ctx: usize) -> Op {
+fn attention_op<B: Backend>(
+    b: &mut B,
+    q: BufId,
+    ck: BufId,
+    cv: BufId,
+    table: BufId,
+    out: BufId,
+    positions: &[u32],
+    decode_rows: usize,
+    max_ctx: usize,
+) -> Op {
     let n = positions.len();
     let pos = u32_buf(b, positions);
     let starts = u32_buf(b, &vec![0; n]);
@@ -224,10 +193,7 @@ fn attention_two_positions_by_hand() {
     let out = b.alloc(DType::F32, 2).unwrap();
     let op = attention_op(b, q, ck, cv, table, out, &[1], 1, 2);
     run(b, op).unwrap();
-    assert_close(
-        &read(b, out, 2),
-        &[0.75 * 1.0 + 0.25 * 3.0, 0.75 * 2.0 + 0.25 * 4.0],
-    );
+    assert_close(&read(b, out, 2), &[0.75 * 1.0 + 0.25 * 3.0, 0.75 * 2.0 + 0.25 * 4.0]);
     // Prefill of both: query 0 sees only position 0, so its output is V0 whatever q is.
     let q = f32_buf(b, &[5.0, -7.0, 3f32.ln(), 0.0]);
     let out = b.alloc(DType::F32, 4).unwrap();
@@ -243,18 +209,8 @@ fn rope_position_zero_is_identity_and_rotates_by_angle() {
     let x = f32_buf(b, &vals);
     let pos = u32_buf(b, &[0, 3]);
     let inv = f32_buf(b, &[1.0, 0.5]);
-    run(
-        b,
-        Op::Rope(Rope {
-            x,
-            positions: pos,
-            inv_freq: inv,
-            n: 2,
-            heads: 1,
-            head_dim: 4,
-        }),
-    )
-    .unwrap();
+    run(b, Op::Rope(Rope { x, positions: pos, inv_freq: inv, n: 2, heads: 1, head_dim: 4 }))
+        .unwrap();
     let got = read(b, x, 8);
     assert_eq!(&got[..4], &vals[..4]);
     // Token 1, position 3: pairs (x0, x2) by angle 3 and (x1, x3) by angle 1.5.
@@ -266,27 +222,11 @@ fn rope_position_zero_is_identity_and_rotates_by_angle() {
 fn argmax_ties_and_nan() {
     let b = &mut CpuBackend::reference();
     let nan = f32::NAN;
-    let x = f32_buf(
-        b,
-        &[
-            1.0, 3.0, nan, 3.0, 2.0, nan, nan, -1.0, nan, nan, nan, nan, nan, nan, nan,
-        ],
-    );
+    let x =
+        f32_buf(b, &[1.0, 3.0, nan, 3.0, 2.0, nan, nan, -1.0, nan, nan, nan, nan, nan, nan, nan]);
     let out = b.alloc(DType::U32, 3).unwrap();
-    run(
-        b,
-        Op::Argmax(Argmax {
-            x,
-            out,
-            n: 3,
-            width: 5,
-        }),
-    )
-    .unwrap();
-    assert_eq!(
-        pollster::block_on(b.read_u32(out, 0, 3)).unwrap(),
-        vec![1, 2, 0]
-    );
+    run(b, Op::Argmax(Argmax { x, out, n: 3, width: 5 })).unwrap();
+    assert_eq!(pollster::block_on(b.read_u32(out, 0, 3)).unwrap(), vec![1, 2, 0]);
 }
 
 #[test]
@@ -295,16 +235,7 @@ fn swiglu_by_formula() {
     let gate = f32_buf(b, &[0.0, 1.0, -2.0]);
     let up = f32_buf(b, &[5.0, 2.0, 3.0]);
     let out = b.alloc(DType::F32, 3).unwrap();
-    run(
-        b,
-        Op::Swiglu(Swiglu {
-            gate,
-            up,
-            out,
-            len: 3,
-        }),
-    )
-    .unwrap();
+    run(b, Op::Swiglu(Swiglu { gate, up, out, len: 3 })).unwrap();
     let silu = |g: f32| g / (1.0 + (-g).exp());
     assert_close(&read(b, out, 3), &[0.0, silu(1.0) * 2.0, silu(-2.0) * 3.0]);
 }
@@ -332,19 +263,13 @@ fn kv_write_f16_rounds_to_nearest() {
     let got: Vec<f16> =
         bytemuck::pod_collect_to_vec(&pollster::block_on(b.read(ck, 0, 12)).unwrap());
     let z = f16::ZERO;
-    assert_eq!(
-        got,
-        vec![z, z, z, z, f16::from_f32(1.0 / 3.0), f16::INFINITY]
-    );
+    assert_eq!(got, vec![z, z, z, z, f16::from_f32(1.0 / 3.0), f16::INFINITY]);
 }
 
 /// Each op is broken in one way; both modes must answer Err and stay usable.
 #[test]
 fn bad_ops_are_errors_not_panics() {
-    for b in [
-        &mut CpuBackend::reference(),
-        &mut CpuBackend::fast(2).unwrap(),
-    ] {
+    for b in [&mut CpuBackend::reference(), &mut CpuBackend::fast(2).unwrap()] {
         let x = f32_buf(b, &[1.0; 64]);
         let small = f32_buf(b, &[1.0; 3]);
         let out = b.alloc(DType::F32, 64).unwrap();
@@ -355,30 +280,12 @@ fn bad_ops_are_errors_not_panics() {
         let slots = u32_buf(b, &[4]);
         let q = f32_buf(b, &[1.0; 4]);
         let mm = |x, w, wdtype, n, k, m| {
-            Op::Matmul(Matmul {
-                x,
-                w,
-                wdtype,
-                bias: None,
-                out,
-                n,
-                k,
-                m,
-                decode_rows: 0,
-            })
+            Op::Matmul(Matmul { x, w, wdtype, bias: None, out, n, k, m, decode_rows: 0 })
         };
         let bad = [
             (
                 "id >= vocab",
-                Op::Embed(Embed {
-                    table: x,
-                    dtype: DType::F32,
-                    ids,
-                    out,
-                    n: 2,
-                    vocab: 5,
-                    dim: 4,
-                }),
+                Op::Embed(Embed { table: x, dtype: DType::F32, ids, out, n: 2, vocab: 5, dim: 4 }),
             ),
             ("w too small", mm(x, small, DType::F32, 1, 4, 4)),
             ("dtype mismatch", mm(x, x, DType::Q8_0, 1, 8, 8)),
@@ -386,14 +293,8 @@ fn bad_ops_are_errors_not_panics() {
             ("shape overflow", mm(x, x, DType::F32, usize::MAX, 2, 1)),
             ("output aliases input", mm(out, x, DType::F32, 1, 8, 8)),
             ("unknown buffer", mm(BufId(9999), x, DType::F32, 1, 8, 8)),
-            (
-                "block outside cache",
-                attention_op(b, q, ck, cv, bad_table, out, &[1], 1, 2),
-            ),
-            (
-                "block table too short",
-                attention_op(b, q, ck, cv, table, out, &[2], 1, 3),
-            ),
+            ("block outside cache", attention_op(b, q, ck, cv, bad_table, out, &[1], 1, 2)),
+            ("block table too short", attention_op(b, q, ck, cv, table, out, &[2], 1, 3)),
             ("position past max_ctx", attention_op(b, q, ck, cv, table, out, &[1], 1, 1)),
             ("decode_rows > n", attention_op(b, q, ck, cv, table, out, &[1], 2, 2)),
             (
@@ -426,14 +327,7 @@ fn bad_ops_are_errors_not_panics() {
             ),
             (
                 "odd head_dim",
-                Op::Rope(Rope {
-                    x,
-                    positions: ids,
-                    inv_freq: x,
-                    n: 1,
-                    heads: 1,
-                    head_dim: 3,
-                }),
+                Op::Rope(Rope { x, positions: ids, inv_freq: x, n: 1, heads: 1, head_dim: 3 }),
             ),
             (
                 "copy past the end",

@@ -13,19 +13,33 @@ fn report(name: &str, r: Result<(), Skip>) {
 
 #[test]
 fn stories260k_greedy_reference() {
-    report("stories260k_greedy_reference", e2e::stories_greedy(CpuBackend::reference(), &ModelOptions::default()));
+    report(
+        "stories260k_greedy_reference",
+        e2e::stories_greedy(CpuBackend::reference(), &ModelOptions::default()),
+    );
 }
 
 #[test]
 fn stories260k_greedy_fast() {
-    report("stories260k_greedy_fast", e2e::stories_greedy(CpuBackend::fast(2).unwrap(), &ModelOptions::default()));
+    report(
+        "stories260k_greedy_fast",
+        e2e::stories_greedy(CpuBackend::fast(2).unwrap(), &ModelOptions::default()),
+    );
 }
 
 #[test]
 fn stories260k_greedy_f16_kv_and_small_blocks() {
     // A 1-token block size and chunked prefill exercise the block tables and chunk boundaries.
-    let opts = ModelOptions { kv_dtype: DType::F16, block_size: 1, max_step_tokens: 3, ..Default::default() };
-    report("stories260k_greedy_f16_kv_and_small_blocks", e2e::stories_greedy(CpuBackend::fast(2).unwrap(), &opts));
+    let opts = ModelOptions {
+        kv_dtype: DType::F16,
+        block_size: 1,
+        max_step_tokens: 3,
+        ..Default::default()
+    };
+    report(
+        "stories260k_greedy_f16_kv_and_small_blocks",
+        e2e::stories_greedy(CpuBackend::fast(2).unwrap(), &opts),
+    );
 }
 
 #[test]
@@ -45,5 +59,8 @@ fn smollm2_chat_fast() {
 /// 25.6259 against HF's 25.3254 for the top one, measured).
 #[test]
 fn smollm2_chat_fast_q8() {
-    report("smollm2_chat_fast_q8", e2e::smollm_chat_as(CpuBackend::fast(2).unwrap(), false, Some(DType::Q8_0)));
+    report(
+        "smollm2_chat_fast_q8",
+        e2e::smollm_chat_as(CpuBackend::fast(2).unwrap(), false, Some(DType::Q8_0)),
+    );
 }

@@ -48,7 +48,12 @@ fn stories260k_first_tokens() {
 
 #[test]
 fn stories260k_first_tokens_f16_kv_small_blocks_chunked() {
-    let opts = ModelOptions { kv_dtype: DType::F16, block_size: 1, max_step_tokens: 3, ..Default::default() };
+    let opts = ModelOptions {
+        kv_dtype: DType::F16,
+        block_size: 1,
+        max_step_tokens: 3,
+        ..Default::default()
+    };
     report("stories260k_first_tokens_f16_kv_small_blocks_chunked", first_tokens(&opts));
 }
 
@@ -57,6 +62,8 @@ fn stories260k_first_tokens_f16_kv_small_blocks_chunked() {
 /// its solo run. Short outputs: the emulator is slow.
 #[test]
 fn stories260k_batched_equals_solo() {
-    let r = EmuBackend::new().map_err(Skip).and_then(|b| tandem_tests::batch::stories_battery(b, 5, 3, 16, 12));
+    let r = EmuBackend::new()
+        .map_err(Skip)
+        .and_then(|b| tandem_tests::batch::stories_battery(b, 5, 3, 16, 12));
     report("stories260k_batched_equals_solo", r);
 }

@@ -7,11 +7,8 @@ use tandem_tests::e2e::{self, Skip};
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
 
 fn backend(allow_f16: bool) -> Result<WgpuBackend, Skip> {
-    pollster::block_on(WgpuBackend::new(WgpuOptions {
-        allow_f16,
-        ..Default::default()
-    }))
-    .map_err(|e| Skip(e.to_string()))
+    pollster::block_on(WgpuBackend::new(WgpuOptions { allow_f16, ..Default::default() }))
+        .map_err(|e| Skip(e.to_string()))
 }
 
 fn report(name: &str, r: Result<(), Skip>) {
@@ -54,18 +51,12 @@ fn stories260k_greedy_f16_kv_and_small_blocks() {
 
 #[test]
 fn smollm2_chat_f16() {
-    report(
-        "smollm2_chat_f16",
-        backend(true).and_then(|b| e2e::smollm_chat(b, false)),
-    );
+    report("smollm2_chat_f16", backend(true).and_then(|b| e2e::smollm_chat(b, false)));
 }
 
 #[test]
 fn smollm2_chat_packed() {
-    report(
-        "smollm2_chat_packed",
-        backend(false).and_then(|b| e2e::smollm_chat(b, false)),
-    );
+    report("smollm2_chat_packed", backend(false).and_then(|b| e2e::smollm_chat(b, false)));
 }
 
 /// The target: after the prompt, a greedy token costs one queue submission (the step,

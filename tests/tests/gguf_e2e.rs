@@ -61,7 +61,8 @@ fn hparams(dir: &Path) -> Hparams {
 /// `tokenizer.ggml.*` arrays from llama2.c's tok512.bin.
 fn tok512_arrays(path: &Path) -> (Vec<GgufValue>, Vec<GgufValue>, Vec<GgufValue>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    tandem_core::loader::gguf_writer::llama2c_vocab(&bytes, 512).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    tandem_core::loader::gguf_writer::llama2c_vocab(&bytes, 512)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// llama.cpp convert_hf_to_gguf.py's `LlamaModel.permute`, transliterated:
@@ -101,8 +102,14 @@ impl Drop for TempFile {
 }
 
 fn temp_path(label: &str) -> TempFile {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    TempFile(std::env::temp_dir().join(format!("tandem-gguf-e2e-{}-{nanos}-{label}.gguf", std::process::id())))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    TempFile(
+        std::env::temp_dir()
+            .join(format!("tandem-gguf-e2e-{}-{nanos}-{label}.gguf", std::process::id())),
+    )
 }
 
 /// Writes stories260K as a llama GGUF. With `q8`, every matrix whose rows are whole 32-element
@@ -155,11 +162,31 @@ fn write_gguf(dir: &Path, h: &Hparams, q8: bool, path: &Path) -> Vec<String> {
     for l in 0..h.n_layers {
         let (b, p) = (format!("blk.{l}"), format!("model.layers.{l}"));
         put(&mut w, &format!("{b}.attn_norm.weight"), &format!("{p}.input_layernorm.weight"), None);
-        put(&mut w, &format!("{b}.attn_q.weight"), &format!("{p}.self_attn.q_proj.weight"), Some(h.n_heads));
-        put(&mut w, &format!("{b}.attn_k.weight"), &format!("{p}.self_attn.k_proj.weight"), Some(h.n_kv_heads));
+        put(
+            &mut w,
+            &format!("{b}.attn_q.weight"),
+            &format!("{p}.self_attn.q_proj.weight"),
+            Some(h.n_heads),
+        );
+        put(
+            &mut w,
+            &format!("{b}.attn_k.weight"),
+            &format!("{p}.self_attn.k_proj.weight"),
+            Some(h.n_kv_heads),
+        );
         put(&mut w, &format!("{b}.attn_v.weight"), &format!("{p}.self_attn.v_proj.weight"), None);
-        put(&mut w, &format!("{b}.attn_output.weight"), &format!("{p}.self_attn.o_proj.weight"), None);
-        put(&mut w, &format!("{b}.ffn_norm.weight"), &format!("{p}.post_attention_layernorm.weight"), None);
+        put(
+            &mut w,
+            &format!("{b}.attn_output.weight"),
+            &format!("{p}.self_attn.o_proj.weight"),
+            None,
+        );
+        put(
+            &mut w,
+            &format!("{b}.ffn_norm.weight"),
+            &format!("{p}.post_attention_layernorm.weight"),
+            None,
+        );
         put(&mut w, &format!("{b}.ffn_gate.weight"), &format!("{p}.mlp.gate_proj.weight"), None);
         put(&mut w, &format!("{b}.ffn_up.weight"), &format!("{p}.mlp.up_proj.weight"), None);
         put(&mut w, &format!("{b}.ffn_down.weight"), &format!("{p}.mlp.down_proj.weight"), None);
@@ -172,7 +199,8 @@ fn write_gguf(dir: &Path, h: &Hparams, q8: bool, path: &Path) -> Vec<String> {
 }
 
 fn json_tokenizer(dir: &Path) -> Tokenizer {
-    Tokenizer::from_files(&dir.join("tokenizer.json"), Some(&dir.join("tokenizer_config.json"))).expect("tokenizer.json")
+    Tokenizer::from_files(&dir.join("tokenizer.json"), Some(&dir.join("tokenizer_config.json")))
+        .expect("tokenizer.json")
 }
 
 fn reference(dir: &Path) -> (Vec<u32>, Vec<u32>) {
@@ -192,7 +220,16 @@ fn f32_gguf_run() -> Result<(), Skip> {
     // The config as llama.cpp's metadata describes it, tied embeddings from the missing output.weight.
     let c = &source.config;
     assert_eq!(
-        (c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size, c.max_position),
+        (
+            c.dim,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            c.ffn_dim,
+            c.vocab_size,
+            c.max_position
+        ),
         (h.dim, h.n_layers, h.n_heads, h.n_kv_heads, h.head_dim, h.ffn_dim, h.vocab, h.context)
     );
     assert!(c.tie_embeddings, "no output.weight must mean tied embeddings");
@@ -214,7 +251,11 @@ fn f32_gguf_run() -> Result<(), Skip> {
         );
     }
     let (_, q) = f32_values(&hf, "model.layers.0.self_attn.q_proj.weight");
-    assert_ne!(llama_cpp_permute(&q, h.n_heads * h.head_dim, h.dim, h.n_heads), q, "the permutation is not a no-op");
+    assert_ne!(
+        llama_cpp_permute(&q, h.n_heads * h.head_dim, h.dim, h.n_heads),
+        q,
+        "the permutation is not a no-op"
+    );
 
     // (a) The SentencePiece tokenizer rebuilt from GGUF metadata matches tokenizer.json.
     let tokenizer = Tokenizer::load(&source.tokenizer).expect("GGUF tokenizer");
@@ -231,7 +272,11 @@ fn f32_gguf_run() -> Result<(), Skip> {
     let (prompt, expected) = reference(&dir);
     assert_eq!(prompt, vec![tokenizer.bos_id().unwrap()]);
     assert_eq!(expected.len(), 200);
-    let mut model = e2e::load(CpuBackend::fast(2).expect("fast CPU backend"), &source, &ModelOptions::default());
+    let mut model = e2e::load(
+        CpuBackend::fast(2).expect("fast CPU backend"),
+        &source,
+        &ModelOptions::default(),
+    );
     assert_eq!(model.weights.layers[0].wq.dtype, DType::F32);
     let got = e2e::greedy(&mut model, &tokenizer, &prompt, expected.len());
     e2e::assert_tokens_eq(&got, &expected, format!("{} (F32 GGUF)", model.backend.name()));
@@ -256,7 +301,11 @@ fn q8_gguf_run() -> Result<(), Skip> {
 
     let tokenizer = Tokenizer::load(&source.tokenizer).expect("GGUF tokenizer");
     let (prompt, expected) = reference(&dir);
-    let mut model = e2e::load(CpuBackend::fast(2).expect("fast CPU backend"), &source, &ModelOptions::default());
+    let mut model = e2e::load(
+        CpuBackend::fast(2).expect("fast CPU backend"),
+        &source,
+        &ModelOptions::default(),
+    );
     // Loaded natively: the matrices stay Q8_0 on the backend, ffn_down stays F32.
     let l0 = &model.weights.layers[0];
     for (name, w) in [
@@ -280,7 +329,10 @@ fn q8_gguf_run() -> Result<(), Skip> {
         "Q8_0 GGUF: the first {prefix} of {} greedy tokens agree with the reference ({same} agree position by position)",
         expected.len()
     );
-    assert!(prefix >= 20, "Q8_0 GGUF left the reference at token {prefix}\n got: {got:?}\nwant: {expected:?}");
+    assert!(
+        prefix >= 20,
+        "Q8_0 GGUF left the reference at token {prefix}\n got: {got:?}\nwant: {expected:?}"
+    );
     Ok(())
 }
 

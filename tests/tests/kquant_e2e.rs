@@ -46,14 +46,20 @@ type Answers = (Vec<Vec<u32>>, Vec<String>);
 
 /// Greedy chat answers (TOKENS tokens each, EOS ignored) to every prompt, on the CPU.
 fn answers(path: &Path) -> Answers {
-    answers_on(CpuBackend::fast(2).expect("cpu"), path).unwrap_or_else(|e| panic!("{} on the CPU: {e}", path.display()))
+    answers_on(CpuBackend::fast(2).expect("cpu"), path)
+        .unwrap_or_else(|e| panic!("{} on the CPU: {e}", path.display()))
 }
 
 /// The same on any backend; an error (a block type the backend does not run) comes back.
 fn answers_on<B: Backend>(backend: B, path: &Path) -> Result<Answers, Error> {
     let source = loader::open(path)?;
     let tokenizer = Tokenizer::load(&source.tokenizer)?;
-    let mut model = Model::load(backend, &source, &ModelOptions { context: 256, ..Default::default() }, &mut |_, _| {})?;
+    let mut model = Model::load(
+        backend,
+        &source,
+        &ModelOptions { context: 256, ..Default::default() },
+        &mut |_, _| {},
+    )?;
     let mut ids = vec![];
     let mut texts = vec![];
     for p in PROMPTS {
@@ -61,7 +67,9 @@ fn answers_on<B: Backend>(backend: B, path: &Path) -> Result<Answers, Error> {
         let prompt = tokenizer.encode(&tokenizer.apply_chat_template(&messages, true)?)?;
         // As e2e::greedy, with the error returned: a backend may refuse an op at its first step.
         let params = GenerateParams { max_tokens: TOKENS, ignore_eos: true, ..Default::default() };
-        let got = pollster::block_on(generate(&mut model, &tokenizer, &prompt, &params, &mut |_| {}))?.tokens;
+        let got =
+            pollster::block_on(generate(&mut model, &tokenizer, &prompt, &params, &mut |_| {}))?
+                .tokens;
         texts.push(tokenizer.decode(&got, false).unwrap_or_default());
         ids.push(got);
     }
@@ -70,8 +78,13 @@ fn answers_on<B: Backend>(backend: B, path: &Path) -> Result<Answers, Error> {
 
 fn kquant_files_match_their_f32_dequantization() -> Result<(), Skip> {
     let py = kquant::python()?;
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let dir = TempDir(std::env::temp_dir().join(format!("tandem-kquant-e2e-{}-{nanos}", std::process::id())));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("tandem-kquant-e2e-{}-{nanos}", std::process::id())),
+    );
     std::fs::create_dir_all(&dir.0).expect("temp dir");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kquants/dequant_gguf.py");
     let mut summary = vec![];
@@ -112,7 +125,10 @@ fn kquant_files_match_their_f32_dequantization() -> Result<(), Skip> {
                 ran = "cpu (wgpu: SKIP, no adapter)";
             }
         }
-        summary.push(format!("{ftype}: same tokens as F32 on {ran} ({:.0}s)", started.elapsed().as_secs_f64()));
+        summary.push(format!(
+            "{ftype}: same tokens as F32 on {ran} ({:.0}s)",
+            started.elapsed().as_secs_f64()
+        ));
     }
     eprintln!("kquant e2e:\n  {}", summary.join("\n  "));
     Ok(())

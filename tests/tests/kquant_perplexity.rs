@@ -44,24 +44,45 @@ fn llama_ppl(tool: &Path, model: &Path) -> f64 {
     let (out, err) = kquant::run(
         Command::new(tool)
             .env("OMP_WAIT_POLICY", "passive")
-            .arg("-m").arg(model)
-            .arg("-f").arg(fixture())
-            .args(["-c", &CTX.to_string(), "-b", &CTX.to_string(), "--chunks", &CHUNKS.to_string(), "-t", &THREADS.to_string()]),
+            .arg("-m")
+            .arg(model)
+            .arg("-f")
+            .arg(fixture())
+            .args([
+                "-c",
+                &CTX.to_string(),
+                "-b",
+                &CTX.to_string(),
+                "--chunks",
+                &CHUNKS.to_string(),
+                "-t",
+                &THREADS.to_string(),
+            ]),
         "llama-perplexity",
     );
-    kquant::parse_final_ppl(&format!("{out}\n{err}"))
-        .unwrap_or_else(|| panic!("no 'Final estimate: PPL = ...' line in llama-perplexity's output:\n{out}\n{err}"))
+    kquant::parse_final_ppl(&format!("{out}\n{err}")).unwrap_or_else(|| {
+        panic!("no 'Final estimate: PPL = ...' line in llama-perplexity's output:\n{out}\n{err}")
+    })
 }
 
 fn tandem_ppl(model_path: &Path) -> f64 {
     let text = std::fs::read_to_string(fixture()).expect("fixture");
-    let source = tandem_core::loader::open(model_path).unwrap_or_else(|e| panic!("{}: {e}", model_path.display()));
+    let source = tandem_core::loader::open(model_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", model_path.display()));
     let tokenizer = Tokenizer::load(&source.tokenizer).expect("tokenizer");
     let opts = ModelOptions { context: CTX, max_step_tokens: CTX, ..Default::default() };
-    let mut model = Model::load(CpuBackend::fast(THREADS).expect("cpu"), &source, &opts, &mut |_, _| {})
-        .unwrap_or_else(|e| panic!("loading {}: {e}", model_path.display()));
-    let report = pollster::block_on(perplexity::run(&mut model, &tokenizer, &text, CTX, Some(CHUNKS), &mut |_| {}))
-        .unwrap_or_else(|e| panic!("perplexity of {}: {e}", model_path.display()));
+    let mut model =
+        Model::load(CpuBackend::fast(THREADS).expect("cpu"), &source, &opts, &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("loading {}: {e}", model_path.display()));
+    let report = pollster::block_on(perplexity::run(
+        &mut model,
+        &tokenizer,
+        &text,
+        CTX,
+        Some(CHUNKS),
+        &mut |_| {},
+    ))
+    .unwrap_or_else(|e| panic!("perplexity of {}: {e}", model_path.display()));
     assert_eq!(report.chunks, CHUNKS, "the fixture is long enough for {CHUNKS} chunks of {CTX}");
     report.ppl
 }
@@ -88,7 +109,10 @@ fn perplexity_matches_llamacpp() -> Result<(), Skip> {
             (t2 - t1).as_secs_f64()
         ));
         if diff.abs() >= TOLERANCE {
-            failures.push(format!("{name}: tandem {tandem:.4} vs llama.cpp {llama:.4} ({:+.3}%)", 100.0 * diff));
+            failures.push(format!(
+                "{name}: tandem {tandem:.4} vs llama.cpp {llama:.4} ({:+.3}%)",
+                100.0 * diff
+            ));
         }
     }
     eprintln!(
@@ -102,7 +126,12 @@ fn perplexity_matches_llamacpp() -> Result<(), Skip> {
         "tandem",
         rows.join("\n")
     );
-    assert!(failures.is_empty(), "perplexity not within {}% of llama.cpp's:\n{}", 100.0 * TOLERANCE, failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "perplexity not within {}% of llama.cpp's:\n{}",
+        100.0 * TOLERANCE,
+        failures.join("\n")
+    );
     Ok(())
 }
 

@@ -21,7 +21,9 @@ fn qwen2_copy(src: &Path, name: &str, bias: f32) -> PathBuf {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
     let config = std::fs::read_to_string(src.join("config.json")).unwrap();
-    let config = config.replace("LlamaForCausalLM", "Qwen2ForCausalLM").replace("\"model_type\": \"llama\"", "\"model_type\": \"qwen2\"");
+    let config = config
+        .replace("LlamaForCausalLM", "Qwen2ForCausalLM")
+        .replace("\"model_type\": \"llama\"", "\"model_type\": \"qwen2\"");
     std::fs::write(dir.join("config.json"), config).unwrap();
 
     let source = loader::open(src).unwrap();
@@ -32,15 +34,21 @@ fn qwen2_copy(src: &Path, name: &str, bias: f32) -> PathBuf {
     }
     let c = &source.config;
     for l in 0..c.n_layers {
-        for (proj, rows) in [("q_proj", c.n_heads), ("k_proj", c.n_kv_heads), ("v_proj", c.n_kv_heads)] {
+        for (proj, rows) in
+            [("q_proj", c.n_heads), ("k_proj", c.n_kv_heads), ("v_proj", c.n_kv_heads)]
+        {
             let len = rows * c.head_dim;
-            let data: Vec<u8> = bytemuck::cast_slice(&vec![if proj == "v_proj" { bias } else { 0.0f32 }; len]).to_vec();
+            let data: Vec<u8> =
+                bytemuck::cast_slice(&vec![if proj == "v_proj" { bias } else { 0.0f32 }; len])
+                    .to_vec();
             tensors.insert(format!("model.layers.{l}.self_attn.{proj}.bias"), (vec![len], data));
         }
     }
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(name, (shape, bytes))| (name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap()))
+        .map(|(name, (shape, bytes))| {
+            (name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap())
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
     dir
@@ -59,7 +67,8 @@ fn qwen2_biases_are_loaded_and_applied() {
         Ok(d) => d,
         Err(Skip(why)) => return eprintln!("SKIP qwen2_biases_are_loaded_and_applied: {why}"),
     };
-    let reference = e2e::ids(&e2e::read_json(&src.join("reference_greedy.json"))["greedy_token_ids"]);
+    let reference =
+        e2e::ids(&e2e::read_json(&src.join("reference_greedy.json"))["greedy_token_ids"]);
 
     let zero = qwen2_copy(&src, "zero", 0.0);
     let (arch, tokens) = greedy_from_bos(&zero);

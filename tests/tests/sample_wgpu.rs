@@ -92,7 +92,12 @@ fn sample_matches_sample_row_on_edge_rows() {
             b.free(id);
         }
     }
-    assert!(failures.is_empty(), "{} of {checked} draws differ:\n  {}", failures.len(), failures.join("\n  "));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} draws differ:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
 }
 
 #[test]

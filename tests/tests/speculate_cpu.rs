@@ -14,20 +14,32 @@ fn report(name: &str, r: Result<(), Skip>) {
 
 #[test]
 fn stories260k_speculation_equals_plain() {
-    report("stories260k_speculation_equals_plain", speculate::stories_battery(&|| CpuBackend::fast(2).unwrap()));
+    report(
+        "stories260k_speculation_equals_plain",
+        speculate::stories_battery(&|| CpuBackend::fast(2).unwrap()),
+    );
 }
 
 #[test]
 fn stories260k_speculation_equals_plain_reference() {
-    report("stories260k_speculation_equals_plain_reference", speculate::stories_battery(&CpuBackend::reference));
+    report(
+        "stories260k_speculation_equals_plain_reference",
+        speculate::stories_battery(&CpuBackend::reference),
+    );
 }
 
 #[test]
 fn stories260k_sampling_distribution() {
-    report("stories260k_sampling_distribution", speculate::stories_sampling_distribution(CpuBackend::fast(2).unwrap()));
+    report(
+        "stories260k_sampling_distribution",
+        speculate::stories_sampling_distribution(CpuBackend::fast(2).unwrap()),
+    );
 }
 
 #[test]
 fn smollm2_speculation_greedy_equals_plain() {
-    report("smollm2_speculation_greedy_equals_plain", speculate::smollm_greedy(&|| CpuBackend::fast(2).unwrap()));
+    report(
+        "smollm2_speculation_greedy_equals_plain",
+        speculate::smollm_greedy(&|| CpuBackend::fast(2).unwrap()),
+    );
 }

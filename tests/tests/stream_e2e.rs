@@ -26,7 +26,13 @@ impl Rng {
 }
 
 /// Feeds `files` (name, bytes) through a stream in chunks of 1..=`max` bytes.
-fn stream<B: Backend>(backend: B, opts: &ModelOptions, files: &[(&str, &[u8])], seed: u64, max: usize) -> tandem_core::Result<StreamedModel<B>> {
+fn stream<B: Backend>(
+    backend: B,
+    opts: &ModelOptions,
+    files: &[(&str, &[u8])],
+    seed: u64,
+    max: usize,
+) -> tandem_core::Result<StreamedModel<B>> {
     let mut s = ModelStream::new(backend, opts);
     let mut rng = Rng(seed);
     for (name, bytes) in files {
@@ -66,7 +72,8 @@ struct HfFiles {
 }
 
 fn stories_hf(dir: &std::path::Path) -> HfFiles {
-    let store = loader::safetensors::SafetensorsStore::open(&[dir.join("model.safetensors")]).expect("open");
+    let store = loader::safetensors::SafetensorsStore::open(&[dir.join("model.safetensors")])
+        .expect("open");
     let mut names: Vec<String> = store.infos().iter().map(|i| i.name.clone()).collect();
     names.sort();
     let half = names.len() / 2;
@@ -75,12 +82,24 @@ fn stories_hf(dir: &std::path::Path) -> HfFiles {
             names.iter().map(|n| (n.clone(), store.load(n, LoadAs::F32).expect("load"))).collect();
         let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
             .iter()
-            .map(|(n, t)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), &t.bytes).expect("view")))
+            .map(|(n, t)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(
+                        safetensors::Dtype::F32,
+                        t.shape.clone(),
+                        &t.bytes,
+                    )
+                    .expect("view"),
+                )
+            })
             .collect();
         safetensors::serialize(views, None::<HashMap<String, String>>).expect("serialize")
     };
     HfFiles {
-        small: ["config.json", "tokenizer.json", "tokenizer_config.json"].map(|n| (n, read(dir, n))).into(),
+        small: ["config.json", "tokenizer.json", "tokenizer_config.json"]
+            .map(|n| (n, read(dir, n)))
+            .into(),
         shards: [shard(&names[..half]), shard(&names[half..])],
         second: names[half..].to_vec(),
     }
@@ -90,7 +109,9 @@ fn stories_hf_run() -> Result<(), Skip> {
     let dir = e2e::stories_dir()?;
     let (prompt, want) = reference_tokens(&dir);
     let whole = read(&dir, "model.safetensors");
-    let small: Vec<(&str, Vec<u8>)> = ["config.json", "tokenizer.json", "tokenizer_config.json"].map(|n| (n, read(&dir, n))).into();
+    let small: Vec<(&str, Vec<u8>)> = ["config.json", "tokenizer.json", "tokenizer_config.json"]
+        .map(|n| (n, read(&dir, n)))
+        .into();
     let mut files: Vec<(&str, &[u8])> = small.iter().map(|(n, b)| (*n, b.as_slice())).collect();
     // A file of no interest in between is skipped, not kept.
     files.insert(1, ("README.md", b"# stories260K\n"));
@@ -101,18 +122,32 @@ fn stories_hf_run() -> Result<(), Skip> {
             let mut s = ModelStream::new(CpuBackend::reference(), &ModelOptions::default());
             for (name, bytes) in &files {
                 s.begin_file(name, None).expect("begin");
-                let header = if name.ends_with(".safetensors") { 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize } else { bytes.len() };
+                let header = if name.ends_with(".safetensors") {
+                    8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize
+                } else {
+                    bytes.len()
+                };
                 bytes[..header].chunks(1).try_for_each(|c| s.push(c)).expect("push");
                 s.push(&bytes[header..]).expect("push");
                 s.end_file().expect("end");
             }
             let mut m = s.finish().expect("finish");
-            e2e::assert_tokens_eq(&greedy(&mut m, &prompt, want.len()), &want, "stream, 1-byte header chunks".into());
+            e2e::assert_tokens_eq(
+                &greedy(&mut m, &prompt, want.len()),
+                &want,
+                "stream, 1-byte header chunks".into(),
+            );
             continue;
         }
-        let mut m = stream(CpuBackend::fast(2).expect("cpu"), &ModelOptions::default(), &files, seed, max).expect("stream");
+        let mut m =
+            stream(CpuBackend::fast(2).expect("cpu"), &ModelOptions::default(), &files, seed, max)
+                .expect("stream");
         assert_eq!(m.format, "safetensors");
-        e2e::assert_tokens_eq(&greedy(&mut m, &prompt, want.len()), &want, format!("stream, chunks up to {max}"));
+        e2e::assert_tokens_eq(
+            &greedy(&mut m, &prompt, want.len()),
+            &want,
+            format!("stream, chunks up to {max}"),
+        );
     }
 
     // Two shards, the second first: tensors arrive in any order.
@@ -120,10 +155,19 @@ fn stories_hf_run() -> Result<(), Skip> {
     let mut files: Vec<(&str, &[u8])> = hf.small.iter().map(|(n, b)| (*n, b.as_slice())).collect();
     files.push(("model-00002-of-00002.safetensors", &hf.shards[1]));
     files.push(("model-00001-of-00002.safetensors", &hf.shards[0]));
-    let mut m = stream(CpuBackend::fast(2).expect("cpu"), &ModelOptions::default(), &files, 4, 10_000).expect("two shards");
+    let mut m =
+        stream(CpuBackend::fast(2).expect("cpu"), &ModelOptions::default(), &files, 4, 10_000)
+            .expect("two shards");
     e2e::assert_tokens_eq(&greedy(&mut m, &prompt, want.len()), &want, "two shards".into());
-    let pulled = e2e::load(CpuBackend::fast(2).expect("cpu"), &loader::open(&dir).expect("open"), &ModelOptions::default());
-    assert_eq!(m.model.weights.bytes, pulled.weights.bytes, "the same bytes uploaded as Model::load");
+    let pulled = e2e::load(
+        CpuBackend::fast(2).expect("cpu"),
+        &loader::open(&dir).expect("open"),
+        &ModelOptions::default(),
+    );
+    assert_eq!(
+        m.model.weights.bytes, pulled.weights.bytes,
+        "the same bytes uploaded as Model::load"
+    );
     Ok(())
 }
 
@@ -135,7 +179,8 @@ fn stories260k_hf_streamed_matches_the_reference() {
 /// stories260K as a llama.cpp-style GGUF (q/k permuted, llama2.c vocabulary).
 fn stories_gguf(dir: &std::path::Path, q8: bool) -> Vec<u8> {
     let source = loader::open(dir).expect("open stories260K");
-    let (tokens, scores, types) = gguf_writer::llama2c_vocab(&read(dir, "tok512.bin"), 512).expect("vocab");
+    let (tokens, scores, types) =
+        gguf_writer::llama2c_vocab(&read(dir, "tok512.bin"), 512).expect("vocab");
     let kvs = vec![
         ("tokenizer.ggml.model", GgufValue::String("llama".into())),
         ("tokenizer.ggml.tokens", GgufValue::Array(tokens)),
@@ -145,7 +190,13 @@ fn stories_gguf(dir: &std::path::Path, q8: bool) -> Vec<u8> {
         ("tokenizer.ggml.eos_token_id", GgufValue::U32(2)),
         ("tokenizer.ggml.add_bos_token", GgufValue::Bool(true)),
     ];
-    let ty = |shape: &[usize]| if q8 && shape.len() == 2 && shape[1].is_multiple_of(32) { GGML_Q8_0 } else { GGML_F32 };
+    let ty = |shape: &[usize]| {
+        if q8 && shape.len() == 2 && shape[1].is_multiple_of(32) {
+            GGML_Q8_0
+        } else {
+            GGML_F32
+        }
+    };
     gguf_writer::llama_gguf(&source, kvs, ty).expect("write").to_bytes()
 }
 
@@ -156,17 +207,29 @@ fn stories_gguf_run() -> Result<(), Skip> {
         let bytes = stories_gguf(&dir, q8);
         let source = loader::open_gguf_bytes("stories.gguf", bytes.clone()).expect("open");
         let tokenizer = Tokenizer::load(&source.tokenizer).expect("tokenizer");
-        let mut pulled = e2e::load(CpuBackend::fast(2).expect("cpu"), &source, &ModelOptions::default());
+        let mut pulled =
+            e2e::load(CpuBackend::fast(2).expect("cpu"), &source, &ModelOptions::default());
         let pulled_tokens = e2e::greedy(&mut pulled, &tokenizer, &prompt, want.len());
         if !q8 {
             e2e::assert_tokens_eq(&pulled_tokens, &want, "Model::load, F32 GGUF".into());
         }
         // Named "model" (no extension): its first bytes say GGUF.
         for (name, max) in [("stories.gguf", 1usize), ("model", 64), ("stories.gguf", 200_000)] {
-            let mut m = stream(CpuBackend::fast(2).expect("cpu"), &ModelOptions::default(), &[(name, &bytes)], 9, max).expect("stream");
+            let mut m = stream(
+                CpuBackend::fast(2).expect("cpu"),
+                &ModelOptions::default(),
+                &[(name, &bytes)],
+                9,
+                max,
+            )
+            .expect("stream");
             assert_eq!(m.format, "gguf v3");
             let got = greedy(&mut m, &prompt, want.len());
-            e2e::assert_tokens_eq(&got, &pulled_tokens, format!("streamed GGUF (q8 {q8}, chunks up to {max}) vs Model::load"));
+            e2e::assert_tokens_eq(
+                &got,
+                &pulled_tokens,
+                format!("streamed GGUF (q8 {q8}, chunks up to {max}) vs Model::load"),
+            );
             assert_eq!(m.model.weights.layers[0].wq.dtype, pulled.weights.layers[0].wq.dtype);
         }
     }
@@ -208,12 +271,22 @@ fn smollm_run() -> Result<(), Skip> {
     let (first_done, total) = progress.first().copied().expect("progress");
     assert!(first_done < total && progress.last() == Some(&(total, total)), "{progress:?}");
     let tokenizer = Tokenizer::load(&m.tokenizer).expect("tokenizer");
-    let messages = [ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
-    let prompt = tokenizer.encode(&tokenizer.apply_chat_template(&messages, true).expect("template")).expect("encode");
+    let messages =
+        [ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
+    let prompt = tokenizer
+        .encode(&tokenizer.apply_chat_template(&messages, true).expect("template"))
+        .expect("encode");
     assert_eq!(prompt, e2e::ids(&reference["input_ids"]));
     let want = e2e::ids(&reference["greedy_ids"]);
     let params = tandem_core::generate::GenerateParams { max_tokens: 64, ..Default::default() };
-    let gen = pollster::block_on(tandem_core::generate::generate(&mut m.model, &tokenizer, &prompt, &params, &mut |_| {})).expect("generate");
+    let gen = pollster::block_on(tandem_core::generate::generate(
+        &mut m.model,
+        &tokenizer,
+        &prompt,
+        &params,
+        &mut |_| {},
+    ))
+    .expect("generate");
     e2e::assert_tokens_eq(&gen.tokens, &want, "streamed SmolLM2".into());
     assert_eq!(gen.text, "The capital of France is Paris.");
     Ok(())
@@ -226,10 +299,12 @@ fn smollm2_streamed_chat_matches_the_reference() {
 
 fn wgpu_run() -> Result<(), Skip> {
     let dir = e2e::stories_dir()?;
-    let backend = pollster::block_on(tandem_wgpu::WgpuBackend::new(Default::default())).map_err(|e| Skip(e.to_string()))?;
+    let backend = pollster::block_on(tandem_wgpu::WgpuBackend::new(Default::default()))
+        .map_err(|e| Skip(e.to_string()))?;
     let (prompt, want) = reference_tokens(&dir);
     let bytes = stories_gguf(&dir, false);
-    let mut m = stream(backend, &ModelOptions::default(), &[("stories.gguf", &bytes)], 13, 50_000).expect("stream");
+    let mut m = stream(backend, &ModelOptions::default(), &[("stories.gguf", &bytes)], 13, 50_000)
+        .expect("stream");
     e2e::assert_tokens_eq(&greedy(&mut m, &prompt, want.len()), &want, m.model.backend.name());
     Ok(())
 }
@@ -285,7 +360,12 @@ fn errors_run() -> Result<(), Skip> {
     // GGUF mixed with others, or two of them, or not a GGUF at all.
     let gguf = stories_gguf(&dir, true);
     assert!(stream_err(&[("a.gguf", &gguf), ("b.gguf", &gguf)]).contains("2 GGUF files"));
-    assert!(stream_err(&[("config.json", &hf.small[0].1), ("m.safetensors", &hf.shards[0]), ("a.gguf", &gguf)]).contains("both given"));
+    assert!(stream_err(&[
+        ("config.json", &hf.small[0].1),
+        ("m.safetensors", &hf.shards[0]),
+        ("a.gguf", &gguf)
+    ])
+    .contains("both given"));
     assert!(stream_err(&[("m.gguf", b"not a gguf file at all")]).contains("not a GGUF file"));
     // A truncated GGUF: the file's end says so, naming the tensor it cut.
     let e = stream_err(&[("m.gguf", &gguf[..gguf.len() - 100])]);
@@ -298,7 +378,11 @@ fn errors_run() -> Result<(), Skip> {
     assert!(s.finish().err().expect("open file").to_string().contains("not ended"));
     // A config file that claims to be huge is refused before any byte.
     let mut s = ModelStream::new(CpuBackend::reference(), &ModelOptions::default());
-    assert!(s.begin_file("tokenizer.json", Some(1 << 40)).unwrap_err().to_string().contains("too large"));
+    assert!(s
+        .begin_file("tokenizer.json", Some(1 << 40))
+        .unwrap_err()
+        .to_string()
+        .contains("too large"));
     Ok(())
 }
 
@@ -312,9 +396,17 @@ fn model_load_still_reports_a_missing_tensor_by_name() {
     // The pull path goes through the same builder: a store without a tensor fails naming it.
     let Ok(dir) = e2e::stories_dir() else { return eprintln!("SKIP: stories260K not found") };
     let hf = stories_hf(&dir);
-    let store = loader::safetensors::SafetensorsStore::from_bytes("half.safetensors", hf.shards[0].clone()).expect("shard");
+    let store =
+        loader::safetensors::SafetensorsStore::from_bytes("half.safetensors", hf.shards[0].clone())
+            .expect("shard");
     let mut source = loader::open(&dir).expect("open");
     source.tensors = Box::new(store);
-    let e = Model::load(CpuBackend::reference(), &source, &ModelOptions::default(), &mut |_, _| {}).err().expect("missing tensor");
-    assert!(e.to_string().contains(&hf.second[0]) || hf.second.iter().any(|n| e.to_string().contains(n.as_str())), "{e}");
+    let e = Model::load(CpuBackend::reference(), &source, &ModelOptions::default(), &mut |_, _| {})
+        .err()
+        .expect("missing tensor");
+    assert!(
+        e.to_string().contains(&hf.second[0])
+            || hf.second.iter().any(|n| e.to_string().contains(n.as_str())),
+        "{e}"
+    );
 }

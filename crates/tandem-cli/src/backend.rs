@@ -48,19 +48,31 @@ pub fn dispatch(args: &BackendArgs, user: impl WithBackend) -> Result<()> {
             let wgpu_why = match pollster::block_on(WgpuBackend::new(wgpu_options(args))) {
                 Ok(gpu) if !gpu.is_software() => {
                     eprintln!("backend: wgpu on {} ({cuda_why})", gpu.adapter_info());
-                    return user.call(gpu, &|| pollster::block_on(WgpuBackend::new(wgpu_options(args))));
+                    return user
+                        .call(gpu, &|| pollster::block_on(WgpuBackend::new(wgpu_options(args))));
                 }
                 Ok(gpu) => format!("{} is a software adapter", gpu.adapter_info()),
                 Err(e) => e.to_string(),
             };
             eprintln!("backend: cpu, {} threads ({cuda_why}; {wgpu_why})", threads(args.threads));
-            user.call(CpuBackend::new(CpuMode::Fast { threads: args.threads })?, &|| CpuBackend::new(CpuMode::Fast { threads: args.threads }))
+            user.call(CpuBackend::new(CpuMode::Fast { threads: args.threads })?, &|| {
+                CpuBackend::new(CpuMode::Fast { threads: args.threads })
+            })
         }
-        BackendKind::Cpu => user.call(CpuBackend::new(CpuMode::Fast { threads: args.threads })?, &|| CpuBackend::new(CpuMode::Fast { threads: args.threads })),
-        BackendKind::CpuReference => user.call(CpuBackend::new(CpuMode::Reference)?, &|| CpuBackend::new(CpuMode::Reference)),
+        BackendKind::Cpu => user
+            .call(CpuBackend::new(CpuMode::Fast { threads: args.threads })?, &|| {
+                CpuBackend::new(CpuMode::Fast { threads: args.threads })
+            }),
+        BackendKind::CpuReference => {
+            user.call(CpuBackend::new(CpuMode::Reference)?, &|| CpuBackend::new(CpuMode::Reference))
+        }
         BackendKind::Wgpu => {
             let gpu = pollster::block_on(WgpuBackend::new(wgpu_options(args)))?;
-            eprintln!("backend: wgpu on {}{}", gpu.adapter_info(), if gpu.uses_f16() { ", shader-f16" } else { "" });
+            eprintln!(
+                "backend: wgpu on {}{}",
+                gpu.adapter_info(),
+                if gpu.uses_f16() { ", shader-f16" } else { "" }
+            );
             user.call(gpu, &|| pollster::block_on(WgpuBackend::new(wgpu_options(args))))
         }
         BackendKind::Cuda => with_cuda(user).unwrap_or_else(|(_, e)| Err(e)),
@@ -81,7 +93,8 @@ fn with_cuda<U: WithBackend>(user: U) -> std::result::Result<Result<()>, (U, Err
 
 #[cfg(not(all(feature = "cuda", target_os = "linux")))]
 fn with_cuda<U: WithBackend>(user: U) -> std::result::Result<Result<()>, (U, Error)> {
-    let reason = "this tandem was built without CUDA (tandem-cli's `cuda` feature, Linux only)".into();
+    let reason =
+        "this tandem was built without CUDA (tandem-cli's `cuda` feature, Linux only)".into();
     Err((user, Error::Backend { backend: "cuda".into(), reason }))
 }
 

@@ -92,15 +92,20 @@ const MAX_VERIFY_TOKENS: usize = 512;
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     if args.prompt_tokens == 0 || args.decode_tokens == 0 || args.repeat == 0 {
-        return Err(Error::InvalidParameter("--prompt-tokens, --decode-tokens and --repeat must be at least 1".into()));
+        return Err(Error::InvalidParameter(
+            "--prompt-tokens, --decode-tokens and --repeat must be at least 1".into(),
+        ));
     }
     let (source, weight_dtype) = match (&args.synthetic, &args.model) {
         (Some(_), Some(_)) => {
-            return Err(Error::InvalidParameter("--model and --synthetic exclude each other: real weights or random ones".into()))
+            return Err(Error::InvalidParameter(
+                "--model and --synthetic exclude each other: real weights or random ones".into(),
+            ))
         }
         (Some(config), None) => {
             let dtype = args.dtype.unwrap_or(WeightDtype::Q4).dtype();
-            let opts = SyntheticOptions { dtype, seed: args.seed, max_weight_bytes: memory_bytes() };
+            let opts =
+                SyntheticOptions { dtype, seed: args.seed, max_weight_bytes: memory_bytes() };
             (synthetic::open(config, &opts)?, Some(dtype))
         }
         (None, model) => {
@@ -112,31 +117,55 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         return write_gguf(&source, path);
     }
     let tokenizer = match &source.tokenizer {
-        tandem_core::loader::TokenizerSource::None(_) => Tokenizer::placeholder(source.config.vocab_size)?,
+        tandem_core::loader::TokenizerSource::None(_) => {
+            Tokenizer::placeholder(source.config.vocab_size)?
+        }
         t => Tokenizer::load(t)?,
     };
     if args.verify_tokens.iter().any(|&n| n == 0 || n > MAX_VERIFY_TOKENS) {
-        return Err(Error::InvalidParameter(format!("--verify-tokens: each size must be 1 to {MAX_VERIFY_TOKENS}")));
+        return Err(Error::InvalidParameter(format!(
+            "--verify-tokens: each size must be 1 to {MAX_VERIFY_TOKENS}"
+        )));
     }
-    if !args.verify_tokens.is_empty() && (args.concurrency.is_some() || args.spec.speculate.is_some() || args.spec.draft_model.is_some()) {
+    if !args.verify_tokens.is_empty()
+        && (args.concurrency.is_some()
+            || args.spec.speculate.is_some()
+            || args.spec.draft_model.is_some())
+    {
         return Err(Error::InvalidParameter("--verify-tokens times single steps of the plain benchmark: not with --concurrency, --speculate or --draft-model".into()));
     }
     if let Some(spec) = args.spec.open(&tokenizer)? {
         if args.concurrency.is_some() || args.synthetic.is_some() {
             return Err(Error::InvalidParameter("--speculate / --draft-model measure one real model's decoding: not with --concurrency or --synthetic".into()));
         }
-        let opts = ModelOptions { weight_dtype, kv_dtype: args.kv_dtype.dtype(), context: 1024, ..ModelOptions::default() };
-        return dispatch(&args.backend, SpecBench { args: &args, source: &source, tok: &tokenizer, opts: &opts, spec: &spec });
+        let opts = ModelOptions {
+            weight_dtype,
+            kv_dtype: args.kv_dtype.dtype(),
+            context: 1024,
+            ..ModelOptions::default()
+        };
+        return dispatch(
+            &args.backend,
+            SpecBench { args: &args, source: &source, tok: &tokenizer, opts: &opts, spec: &spec },
+        );
     }
     if let Some(n) = args.concurrency {
         let requests = args.requests.unwrap_or(2 * n);
         if n == 0 || requests == 0 || args.gen_tokens == 0 || args.max_batched_tokens == 0 {
             return Err(Error::InvalidParameter("--concurrency, --requests, --gen-tokens and --max-batched-tokens must be at least 1".into()));
         }
-        let work = Workload::mixed(requests, args.prompt_tokens, args.gen_tokens, source.config.vocab_size);
+        let work = Workload::mixed(
+            requests,
+            args.prompt_tokens,
+            args.gen_tokens,
+            source.config.vocab_size,
+        );
         let context = work.longest();
         if context > source.config.max_position {
-            return Err(Error::PromptTooLong { prompt: context, context: source.config.max_position });
+            return Err(Error::PromptTooLong {
+                prompt: context,
+                context: source.config.max_position,
+            });
         }
         let block_size = ModelOptions::default().block_size;
         let opts = ModelOptions {
@@ -148,13 +177,25 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             kv_blocks: Some(n * context.div_ceil(block_size)),
             ..ModelOptions::default()
         };
-        let concurrent = Concurrent { args: &args, source: &source, tok: &tokenizer, opts: &opts, work: &work, n };
+        let concurrent = Concurrent {
+            args: &args,
+            source: &source,
+            tok: &tokenizer,
+            opts: &opts,
+            work: &work,
+            n,
+        };
         return dispatch(&args.backend, concurrent);
     }
     let decode_at = decode_starts(&args);
     // Verify steps (--verify-tokens) score up to their size after each decode start, in one step.
     let verify = args.verify_tokens.iter().copied().max().unwrap_or(0);
-    let context = decode_at.iter().map(|s| s + (args.decode_tokens + 1).max(verify)).chain([args.prompt_tokens + 1]).max().unwrap_or(0);
+    let context = decode_at
+        .iter()
+        .map(|s| s + (args.decode_tokens + 1).max(verify))
+        .chain([args.prompt_tokens + 1])
+        .max()
+        .unwrap_or(0);
     if context > source.config.max_position {
         return Err(Error::PromptTooLong { prompt: context, context: source.config.max_position });
     }
@@ -165,7 +206,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         max_step_tokens: args.prompt_tokens.min(512).max(verify),
         ..ModelOptions::default()
     };
-    dispatch(&args.backend, Bench { args: &args, source: &source, tok: &tokenizer, opts: &opts, decode_at: &decode_at })
+    dispatch(
+        &args.backend,
+        Bench { args: &args, source: &source, tok: &tokenizer, opts: &opts, decode_at: &decode_at },
+    )
 }
 
 /// `--write-gguf`: the model through a temporary file beside `path`, renamed when complete, so
@@ -226,7 +270,8 @@ impl WithBackend for Bench<'_> {
         let mut model = load_model(backend, self.source, self.opts)?;
         let vocab = model.config.vocab_size as u32;
         // Any valid ids do: speed does not depend on which tokens flow through.
-        let ids = |n: usize| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919 + 13) % vocab).collect() };
+        let ids =
+            |n: usize| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919 + 13) % vocab).collect() };
         let prompt = ids(self.args.prompt_tokens);
         // Every measurement is one request through the scheduler, as `tandem run` makes it.
         let mut best_prefill = f64::MAX;
@@ -246,7 +291,12 @@ impl WithBackend for Bench<'_> {
                 let (s0, a0) = (model.stats, allocations());
                 bench_batch::one(&mut model, self.tok, &ids(start), 1)?;
                 let (s1, a1) = (model.stats, allocations());
-                let (_, secs, tokens) = bench_batch::one(&mut model, self.tok, &ids(start), self.args.decode_tokens + 1)?;
+                let (_, secs, tokens) = bench_batch::one(
+                    &mut model,
+                    self.tok,
+                    &ids(start),
+                    self.args.decode_tokens + 1,
+                )?;
                 debug_assert_eq!(tokens, self.args.decode_tokens + 1);
                 best = best.min(secs);
                 let (s2, a2) = (model.stats, allocations());
@@ -269,13 +319,23 @@ impl WithBackend for Bench<'_> {
         let mut verify = Vec::new();
         if !self.args.verify_tokens.is_empty() {
             for &start in self.decode_at {
-                verify.push(bench_verify::measure(&mut model, start, &self.args.verify_tokens, self.args.decode_tokens, self.args.repeat)?);
+                verify.push(bench_verify::measure(
+                    &mut model,
+                    start,
+                    &self.args.verify_tokens,
+                    self.args.decode_tokens,
+                    self.args.repeat,
+                )?);
             }
         }
         let c = &model.config;
         let model_desc = match (&self.args.synthetic, self.opts.weight_dtype) {
             (Some(_), Some(dtype)) => {
-                format!("synthetic weights ({dtype}, seed {}) in the shape of {}", self.args.seed, self.source.path.display())
+                format!(
+                    "synthetic weights ({dtype}, seed {}) in the shape of {}",
+                    self.args.seed,
+                    self.source.path.display()
+                )
             }
             _ => self.source.path.display().to_string(),
         };
@@ -333,10 +393,17 @@ impl WithBackend for Bench<'_> {
         if let Some(b) = copy_bw {
             println!("copy bandwidth: {:.1} GB/s (device-to-device, read + write)", b / 1e9);
         }
-        println!("prefill:        {} tokens in {:.1} ms: {:.1} tok/s", self.args.prompt_tokens, best_prefill * 1e3, prefill_tok_s);
+        println!(
+            "prefill:        {} tokens in {:.1} ms: {:.1} tok/s",
+            self.args.prompt_tokens,
+            best_prefill * 1e3,
+            prefill_tok_s
+        );
         for d in &decodes {
             let gb_s = d.bytes_per_token * d.tok_s / 1e9;
-            let share = copy_bw.map(|b| format!(", {:.0}% of copy", 100.0 * d.bytes_per_token * d.tok_s / b)).unwrap_or_default();
+            let share = copy_bw
+                .map(|b| format!(", {:.0}% of copy", 100.0 * d.bytes_per_token * d.tok_s / b))
+                .unwrap_or_default();
             println!(
                 "decode:         {} tokens at context {:.0}: {:.1} tok/s, {:.2} ms/token; {:.2} GB/s of weights + KV{share}",
                 self.args.decode_tokens,
@@ -372,7 +439,16 @@ impl WithBackend for SpecBench<'_> {
         let mut model = load_model(backend, self.source, self.opts)?;
         let spec = self.spec.build(another, self.opts)?;
         let a = self.args;
-        pollster::block_on(crate::speculate::bench(&mut model, self.tok, spec, &self.spec.describe(), a.spec_task, a.decode_tokens, a.repeat, a.json))
+        pollster::block_on(crate::speculate::bench(
+            &mut model,
+            self.tok,
+            spec,
+            &self.spec.describe(),
+            a.spec_task,
+            a.decode_tokens,
+            a.repeat,
+            a.json,
+        ))
     }
 }
 
@@ -391,9 +467,25 @@ impl WithBackend for Concurrent<'_> {
         let mut model = load_model(backend, self.source, self.opts)?;
         let budget = self.args.max_batched_tokens;
         let runs = [
-            ("continuous", bench_batch::run(&mut model, self.tok, self.work, self.n, Mode::Continuous, budget)?),
-            ("static", bench_batch::run(&mut model, self.tok, self.work, self.n, Mode::Static, budget)?),
-            ("sequential", bench_batch::run(&mut model, self.tok, self.work, 1, Mode::Continuous, budget)?),
+            (
+                "continuous",
+                bench_batch::run(
+                    &mut model,
+                    self.tok,
+                    self.work,
+                    self.n,
+                    Mode::Continuous,
+                    budget,
+                )?,
+            ),
+            (
+                "static",
+                bench_batch::run(&mut model, self.tok, self.work, self.n, Mode::Static, budget)?,
+            ),
+            (
+                "sequential",
+                bench_batch::run(&mut model, self.tok, self.work, 1, Mode::Continuous, budget)?,
+            ),
         ];
         let ms = |v: &[f64], p: f64| bench_batch::percentile(v, p) * 1e3;
         let cont = runs[0].1.tok_s();
@@ -451,7 +543,11 @@ impl WithBackend for Concurrent<'_> {
                 r.preemptions
             );
         }
-        println!("continuous:   {:.2}x sequential, {:.2}x static batching", cont / runs[2].1.tok_s(), cont / runs[1].1.tok_s());
+        println!(
+            "continuous:   {:.2}x sequential, {:.2}x static batching",
+            cont / runs[2].1.tok_s(),
+            cont / runs[1].1.tok_s()
+        );
         println!("peak memory:  {}", peak_memory());
         Ok(())
     }
@@ -464,7 +560,8 @@ fn memory_bytes() -> u64 {
         .ok()
         .and_then(|s| {
             let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kb: u64 = line["MemTotal:".len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+            let kb: u64 =
+                line["MemTotal:".len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
             kb.checked_mul(1024)
         })
         .unwrap_or(64 << 30)

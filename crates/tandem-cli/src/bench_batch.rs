@@ -82,7 +82,14 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
 }
 
 /// Runs the workload with `concurrency` requests at a time in `mode`, on a cold prefix cache.
-pub fn run<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, work: &Workload, concurrency: usize, mode: Mode, max_batched_tokens: usize) -> Result<RunStats> {
+pub fn run<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    work: &Workload,
+    concurrency: usize,
+    mode: Mode,
+    max_batched_tokens: usize,
+) -> Result<RunStats> {
     model.kv.evict_idle();
     let config = SchedulerConfig { max_seqs: concurrency, max_batched_tokens };
     let mut sched = Scheduler::new(&mut *model, tok, config)?;
@@ -99,7 +106,8 @@ pub fn run<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, work: &Workload, c
         };
         for _ in 0..room.min(work.requests.len() - next) {
             let (prompt, gen) = &work.requests[next];
-            let params = GenerateParams { max_tokens: *gen, ignore_eos: true, ..Default::default() };
+            let params =
+                GenerateParams { max_tokens: *gen, ignore_eos: true, ..Default::default() };
             live.insert(sched.add(prompt.clone(), params)?, (Instant::now(), None));
             next += 1;
         }
@@ -118,7 +126,12 @@ pub fn run<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, work: &Workload, c
                 Event::Finished { .. } => {
                     live.remove(&id);
                 }
-                Event::Failed(e) => return Err(Error::Backend { backend: "bench".into(), reason: format!("a request failed: {e}") }),
+                Event::Failed(e) => {
+                    return Err(Error::Backend {
+                        backend: "bench".into(),
+                        reason: format!("a request failed: {e}"),
+                    })
+                }
             }
         }
     }
@@ -130,11 +143,19 @@ pub fn run<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, work: &Workload, c
 }
 
 /// One request alone: (seconds to its first token, seconds for the rest, tokens generated).
-pub fn one<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, prompt: &[u32], max_tokens: usize) -> Result<(f64, f64, usize)> {
+pub fn one<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    max_tokens: usize,
+) -> Result<(f64, f64, usize)> {
     model.kv.evict_idle();
     let config = SchedulerConfig { max_seqs: 1, max_batched_tokens: model.max_step_tokens() };
     let mut sched = Scheduler::new(&mut *model, tok, config)?;
-    sched.add(prompt.to_vec(), GenerateParams { max_tokens, ignore_eos: true, ..Default::default() })?;
+    sched.add(
+        prompt.to_vec(),
+        GenerateParams { max_tokens, ignore_eos: true, ..Default::default() },
+    )?;
     let start = Instant::now();
     let (mut first, mut tokens) = (None, 0);
     while sched.has_work() {

@@ -25,9 +25,18 @@ pub struct VerifyCost {
 /// prefilled first), `steps` of each a run, the runs interleaved across sizes so drift hits
 /// all alike; the best run's mean per size. The steps rewrite the same KV positions and never
 /// advance the sequence, so every step sees the same context.
-pub fn measure<B: Backend>(model: &mut Model<B>, context: usize, sizes: &[usize], steps: usize, runs: usize) -> Result<Vec<VerifyCost>> {
+pub fn measure<B: Backend>(
+    model: &mut Model<B>,
+    context: usize,
+    sizes: &[usize],
+    steps: usize,
+    runs: usize,
+) -> Result<Vec<VerifyCost>> {
     let largest = sizes.iter().copied().max().unwrap_or(1);
-    if sizes.contains(&0) || largest > model.max_step_tokens() || context + largest > model.context() {
+    if sizes.contains(&0)
+        || largest > model.max_step_tokens()
+        || context + largest > model.context()
+    {
         return Err(Error::InvalidParameter(format!(
             "--verify-tokens: each size must be 1..={} and fit after context {context} in {} positions",
             model.max_step_tokens(),
@@ -35,7 +44,9 @@ pub fn measure<B: Backend>(model: &mut Model<B>, context: usize, sizes: &[usize]
         )));
     }
     let vocab = model.config.vocab_size as u32;
-    let ids = |n: usize, salt: u32| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919 + 13 + salt) % vocab).collect() };
+    let ids = |n: usize, salt: u32| -> Vec<u32> {
+        (0..n as u32).map(|i| (i * 7919 + 13 + salt) % vocab).collect()
+    };
     let mut seq = model.new_sequence();
     let result = (|| {
         pollster::block_on(model.forward(&mut seq, &ids(context, 0), Want::Argmax))?;
@@ -47,7 +58,11 @@ pub fn measure<B: Backend>(model: &mut Model<B>, context: usize, sizes: &[usize]
             for (i, &n) in all.iter().enumerate() {
                 let tokens = ids(n, 1 + run as u32);
                 let rows = vec![SampleRow::greedy(); n];
-                let want = if n == 1 { RowWant::Token(SampleRow::greedy()) } else { RowWant::Tokens(&rows) };
+                let want = if n == 1 {
+                    RowWant::Token(SampleRow::greedy())
+                } else {
+                    RowWant::Tokens(&rows)
+                };
                 let chunk = [Chunk { seq: &seq, tokens: &tokens, decode: true, want }];
                 // One step unmeasured: a shape's first step may build or capture its work.
                 pollster::block_on(model.step(&chunk))?;
@@ -58,7 +73,11 @@ pub fn measure<B: Backend>(model: &mut Model<B>, context: usize, sizes: &[usize]
                 best[i] = best[i].min(t.elapsed().as_secs_f64() / steps as f64);
             }
         }
-        Ok(all.iter().zip(&best).map(|(&tokens, &s)| VerifyCost { context, tokens, ms: s * 1e3 }).collect())
+        Ok(all
+            .iter()
+            .zip(&best)
+            .map(|(&tokens, &s)| VerifyCost { context, tokens, ms: s * 1e3 })
+            .collect())
     })();
     model.release(&mut seq);
     result
@@ -67,6 +86,13 @@ pub fn measure<B: Backend>(model: &mut Model<B>, context: usize, sizes: &[usize]
 /// The report's lines for one context's costs (the first is the one-token step's).
 pub fn describe(costs: &[VerifyCost]) -> String {
     let one = costs[0].ms;
-    let rest: Vec<String> = costs[1..].iter().map(|c| format!("{} tokens {:.2} ms ({:.2}x)", c.tokens, c.ms, c.ms / one)).collect();
-    format!("verify steps:   at context {}: 1 token {one:.2} ms; {}", costs[0].context, rest.join("; "))
+    let rest: Vec<String> = costs[1..]
+        .iter()
+        .map(|c| format!("{} tokens {:.2} ms ({:.2}x)", c.tokens, c.ms, c.ms / one))
+        .collect();
+    format!(
+        "verify steps:   at context {}: 1 token {one:.2} ms; {}",
+        costs[0].context,
+        rest.join("; ")
+    )
 }

@@ -48,7 +48,11 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let params: usize = infos.iter().map(|t| t.shape.iter().product::<usize>()).sum();
     println!("tensors:        {}", infos.len());
     println!("parameters:     {params}");
-    println!("weight bytes:   {total} ({:.1} MiB, {:.2} bits/weight)", total as f64 / 1048576.0, total as f64 * 8.0 / params.max(1) as f64);
+    println!(
+        "weight bytes:   {total} ({:.1} MiB, {:.2} bits/weight)",
+        total as f64 / 1048576.0,
+        total as f64 * 8.0 / params.max(1) as f64
+    );
     println!(
         "KV cache/token: {} bytes f32, {} bytes f16 (2 x {} layers x {} kv heads x {} head_dim x element)",
         c.kv_bytes_per_token(4),

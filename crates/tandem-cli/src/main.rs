@@ -18,7 +18,11 @@ use std::process::ExitCode;
 static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
 
 #[derive(Parser)]
-#[command(name = "tandem", version, about = "LLM inference for the browser and the server, from one engine")]
+#[command(
+    name = "tandem",
+    version,
+    about = "LLM inference for the browser and the server, from one engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

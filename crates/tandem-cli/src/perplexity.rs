@@ -3,6 +3,8 @@
 //! on the same file and context. Progress goes to stderr, the result to stdout (one JSON
 //! object with --json).
 
+use crate::backend::{dispatch, BackendArgs, WithBackend};
+use crate::run::{load_model, KvDtype, WeightDtype};
 use clap::Args;
 use std::path::PathBuf;
 use tandem_core::model::ModelOptions;
@@ -10,8 +12,6 @@ use tandem_core::perplexity::{self, ChunkDone, Report};
 use tandem_core::tokenizer::Tokenizer;
 use tandem_core::{Backend, Error, Result};
 use web_time::Instant;
-use crate::backend::{dispatch, BackendArgs, WithBackend};
-use crate::run::{load_model, KvDtype, WeightDtype};
 
 #[derive(Args)]
 pub struct PerplexityArgs {
@@ -41,10 +41,12 @@ pub struct PerplexityArgs {
 }
 
 pub fn perplexity(args: PerplexityArgs) -> Result<()> {
-    let text = std::fs::read(&args.file)
-        .map_err(|e| Error::InvalidParameter(format!("cannot read --file {}: {e}", args.file.display())))?;
-    let text = String::from_utf8(text)
-        .map_err(|e| Error::InvalidParameter(format!("--file {} is not UTF-8 text: {e}", args.file.display())))?;
+    let text = std::fs::read(&args.file).map_err(|e| {
+        Error::InvalidParameter(format!("cannot read --file {}: {e}", args.file.display()))
+    })?;
+    let text = String::from_utf8(text).map_err(|e| {
+        Error::InvalidParameter(format!("--file {} is not UTF-8 text: {e}", args.file.display()))
+    })?;
     let path = crate::model_path(args.model.clone())?;
     let source = tandem_core::loader::open(&path)?;
     let tokenizer = Tokenizer::load(&source.tokenizer)?;
@@ -107,7 +109,16 @@ impl WithBackend for Job<'_> {
         ))?;
         let seconds = started.elapsed().as_secs_f64();
         if json {
-            println!("{}", to_json(&report, &self.source.path, &self.args.file, &model.backend.name(), seconds));
+            println!(
+                "{}",
+                to_json(
+                    &report,
+                    &self.source.path,
+                    &self.args.file,
+                    &model.backend.name(),
+                    seconds
+                )
+            );
         } else {
             let plus_minus = report.uncertainty.map(|u| format!(" +/- {u:.5}")).unwrap_or_default();
             println!("PPL = {:.4}{plus_minus}", report.ppl);
@@ -124,7 +135,13 @@ impl WithBackend for Job<'_> {
     }
 }
 
-fn to_json(r: &Report, model: &std::path::Path, file: &std::path::Path, backend: &str, seconds: f64) -> serde_json::Value {
+fn to_json(
+    r: &Report,
+    model: &std::path::Path,
+    file: &std::path::Path,
+    backend: &str,
+    seconds: f64,
+) -> serde_json::Value {
     serde_json::json!({
         "model": model.display().to_string(),
         "file": file.display().to_string(),

@@ -1,5 +1,7 @@
 //! `tandem run`: stdout carries only the generated text; stderr the progress and the summary.
 
+use crate::backend::{dispatch, BackendArgs, WithBackend};
+use crate::speculate::{SpecArgs, SpecSource};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
@@ -9,8 +11,6 @@ use tandem_core::model::{Model, ModelOptions};
 use tandem_core::sampling::SamplingParams;
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
 use tandem_core::{Backend, DType, Error, Result};
-use crate::backend::{dispatch, BackendArgs, WithBackend};
-use crate::speculate::{SpecArgs, SpecSource};
 use web_time::Instant;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -140,11 +140,26 @@ pub fn run(args: RunArgs) -> Result<()> {
         ..ModelOptions::default()
     };
     if prompt.len() > opts.context.min(source.config.max_position) {
-        return Err(Error::PromptTooLong { prompt: prompt.len(), context: opts.context.min(source.config.max_position) });
+        return Err(Error::PromptTooLong {
+            prompt: prompt.len(),
+            context: opts.context.min(source.config.max_position),
+        });
     }
-    let params = GenerateParams { max_tokens: args.max_tokens, sampling, stop: args.stop.clone(), ignore_eos: args.ignore_eos };
+    let params = GenerateParams {
+        max_tokens: args.max_tokens,
+        sampling,
+        stop: args.stop.clone(),
+        ignore_eos: args.ignore_eos,
+    };
     let spec = args.spec.open(&tokenizer)?;
-    let job = RunJob { source: &source, opts: &opts, tokenizer: &tokenizer, prompt: &prompt, params: &params, spec: spec.as_ref() };
+    let job = RunJob {
+        source: &source,
+        opts: &opts,
+        tokenizer: &tokenizer,
+        prompt: &prompt,
+        params: &params,
+        spec: spec.as_ref(),
+    };
     dispatch(&args.backend, job)
 }
 
@@ -161,7 +176,13 @@ impl WithBackend for RunJob<'_> {
     fn call<B: Backend>(self, backend: B, another: &dyn Fn() -> Result<B>) -> Result<()> {
         let mut model = load_model(backend, self.source, self.opts)?;
         let mut spec = self.spec.map(|s| s.build(another, self.opts)).transpose()?;
-        pollster::block_on(run_with(&mut model, self.tokenizer, self.prompt, self.params, &mut spec))
+        pollster::block_on(run_with(
+            &mut model,
+            self.tokenizer,
+            self.prompt,
+            self.params,
+            &mut spec,
+        ))
     }
 }
 
@@ -177,7 +198,11 @@ fn prompt_ids(args: &RunArgs, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
     }
     let mut ids = Vec::new();
     if args.prompt.is_empty() || tokenizer.add_bos() {
-        ids.push(tokenizer.bos_id().ok_or_else(|| Error::Tokenizer("the model has no BOS token to start from".into()))?);
+        ids.push(
+            tokenizer.bos_id().ok_or_else(|| {
+                Error::Tokenizer("the model has no BOS token to start from".into())
+            })?,
+        );
     }
     ids.extend(tokenizer.encode(&args.prompt)?);
     Ok(ids)
@@ -196,8 +221,12 @@ async fn run_with<B: Backend>(
         let _ = stdout.write_all(text.as_bytes());
         let _ = stdout.flush();
     };
-    let gen = generate_speculative(model, tokenizer, prompt, params, spec, &mut write, &|| false).await?;
-    let speculated = spec.as_ref().map(|_| format!(" | speculative: {}", crate::speculate::acceptance(&gen))).unwrap_or_default();
+    let gen =
+        generate_speculative(model, tokenizer, prompt, params, spec, &mut write, &|| false).await?;
+    let speculated = spec
+        .as_ref()
+        .map(|_| format!(" | speculative: {}", crate::speculate::acceptance(&gen)))
+        .unwrap_or_default();
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout);
     eprintln!(
@@ -214,11 +243,16 @@ async fn run_with<B: Backend>(
 }
 
 /// Loads a model with a progress bar on stderr, then says what was loaded where.
-pub fn load_model<B: Backend>(backend: B, source: &tandem_core::loader::ModelSource, opts: &ModelOptions) -> Result<Model<B>> {
+pub fn load_model<B: Backend>(
+    backend: B,
+    source: &tandem_core::loader::ModelSource,
+    opts: &ModelOptions,
+) -> Result<Model<B>> {
     let name = backend.name();
     let loading = Instant::now();
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("loading {msg} {bar:30} {pos}/{len} tensors").expect("static template"),
+        ProgressStyle::with_template("loading {msg} {bar:30} {pos}/{len} tensors")
+            .expect("static template"),
     );
     bar.set_message(source.path.display().to_string());
     let model = Model::load(backend, source, opts, &mut |done, total| {
@@ -239,7 +273,11 @@ pub fn load_model<B: Backend>(backend: B, source: &tandem_core::loader::ModelSou
 pub fn peak_memory() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l["VmHWM:".len()..].trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l["VmHWM:".len()..].trim().to_string())
+        })
         .map(|kb| match kb.trim_end_matches(" kB").parse::<f64>() {
             Ok(kb) => format!("{:.1} MiB", kb / 1024.0),
             Err(_) => kb,

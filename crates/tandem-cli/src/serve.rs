@@ -62,7 +62,11 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let specs = if args.models.is_empty() { vec![model_spec(None)?] } else { args.models.iter().map(|m| model_spec(Some(m))).collect::<Result<_>>()? };
+    let specs = if args.models.is_empty() {
+        vec![model_spec(None)?]
+    } else {
+        args.models.iter().map(|m| model_spec(Some(m))).collect::<Result<_>>()?
+    };
     let config = ServerConfig {
         host: args.host.clone(),
         port: args.port,
@@ -71,15 +75,18 @@ pub fn serve(args: ServeArgs) -> std::result::Result<(), Box<dyn std::error::Err
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         ..ServerConfig::default()
     };
-    let (server, seats) = Server::new(config, specs.iter().map(|(name, _)| name.clone()).collect())?;
+    let (server, seats) =
+        Server::new(config, specs.iter().map(|(name, _)| name.clone()).collect())?;
     let mut engines = Vec::new();
     for (seat, (_, path)) in seats.into_iter().zip(specs) {
         let (backend, settings) = (args.backend.clone(), Settings::from(&args));
-        let thread = std::thread::Builder::new().name(format!("engine {}", seat.model_name())).spawn(move || {
-            if let Err(e) = dispatch(&backend, Engine { seat: &seat, path, settings }) {
-                seat.fail(e.to_string());
-            }
-        })?;
+        let thread = std::thread::Builder::new()
+            .name(format!("engine {}", seat.model_name()))
+            .spawn(move || {
+                if let Err(e) = dispatch(&backend, Engine { seat: &seat, path, settings }) {
+                    seat.fail(e.to_string());
+                }
+            })?;
         engines.push(thread);
     }
     let served = server.run();
@@ -92,7 +99,8 @@ pub fn serve(args: ServeArgs) -> std::result::Result<(), Box<dyn std::error::Err
 
 /// `NAME=PATH` or `PATH` (named after its file or directory), or the default model.
 fn model_spec(arg: Option<&str>) -> Result<(String, PathBuf)> {
-    let (name, path) = match arg.map(|a| a.split_once('=').map_or((None, a), |(n, p)| (Some(n), p))) {
+    let (name, path) = match arg.map(|a| a.split_once('=').map_or((None, a), |(n, p)| (Some(n), p)))
+    {
         Some((name, path)) => (name.map(str::to_string), PathBuf::from(path)),
         None => (None, crate::model_path(None)?),
     };
@@ -101,7 +109,10 @@ fn model_spec(arg: Option<&str>) -> Result<(String, PathBuf)> {
         stem.unwrap_or_else(|| path.display().to_string())
     });
     if name.is_empty() {
-        return Err(Error::InvalidParameter(format!("--model {}: the name is empty", arg.unwrap_or(""))));
+        return Err(Error::InvalidParameter(format!(
+            "--model {}: the name is empty",
+            arg.unwrap_or("")
+        )));
     }
     Ok((name, path))
 }
@@ -124,7 +135,10 @@ impl From<&ServeArgs> for Settings {
             kv_dtype: a.kv_dtype.dtype(),
             ctx: a.ctx,
             kv_bytes: a.kv_cache_memory,
-            sched: SchedulerConfig { max_seqs: a.max_seqs, max_batched_tokens: a.max_batched_tokens },
+            sched: SchedulerConfig {
+                max_seqs: a.max_seqs,
+                max_batched_tokens: a.max_batched_tokens,
+            },
             spec: a.spec.clone(),
         }
     }
@@ -145,13 +159,17 @@ impl WithBackend for Engine<'_> {
         let defaults = ModelOptions::default();
         let context = s.ctx.min(c.max_position);
         // Bytes of K and V for one block in every layer.
-        let block_bytes = 2 * c.n_layers * s.kv_dtype.storage_bytes(defaults.block_size * c.n_kv_heads * c.head_dim);
+        let block_bytes = 2
+            * c.n_layers
+            * s.kv_dtype.storage_bytes(defaults.block_size * c.n_kv_heads * c.head_dim);
         let kv_blocks = match s.kv_bytes {
             Some(bytes) => (bytes / block_bytes as u64) as usize,
             None => 4 * context.div_ceil(defaults.block_size),
         };
         if kv_blocks == 0 {
-            return Err(Error::InvalidParameter(format!("--kv-cache-memory is smaller than one KV block ({block_bytes} bytes)")));
+            return Err(Error::InvalidParameter(format!(
+                "--kv-cache-memory is smaller than one KV block ({block_bytes} bytes)"
+            )));
         }
         let opts = ModelOptions {
             weight_dtype: s.dtype,
@@ -190,7 +208,11 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
         "k" | "kib" => 1024.0,
         "m" | "mib" => 1024.0 * 1024.0,
         "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown size unit '{other}' (use B, K/KiB, M/MiB, G/GiB, KB, MB, GB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' (use B, K/KiB, M/MiB, G/GiB, KB, MB, GB)"
+            ))
+        }
     };
     let bytes = n * scale;
     if !bytes.is_finite() || bytes < 1.0 {
@@ -216,7 +238,10 @@ mod tests {
 
     #[test]
     fn model_specs_name_themselves() {
-        assert_eq!(model_spec(Some("a=/m/x.gguf")).unwrap(), ("a".to_string(), PathBuf::from("/m/x.gguf")));
+        assert_eq!(
+            model_spec(Some("a=/m/x.gguf")).unwrap(),
+            ("a".to_string(), PathBuf::from("/m/x.gguf"))
+        );
         assert_eq!(model_spec(Some("/m/stories260K")).unwrap().0, "stories260K");
         assert_eq!(model_spec(Some("/m/SmolLM2.Q4_1.gguf")).unwrap().0, "SmolLM2.Q4_1");
         assert!(model_spec(Some("=/m/x")).is_err());

@@ -51,7 +51,9 @@ pub enum SpecTask {
 impl SpecTask {
     fn instruction(self) -> &'static str {
         match self {
-            SpecTask::Summarize => "Summarize the text above in a few sentences, quoting its key phrases.",
+            SpecTask::Summarize => {
+                "Summarize the text above in a few sentences, quoting its key phrases."
+            }
             SpecTask::Quote => "Repeat the text above word for word.",
         }
     }
@@ -78,7 +80,10 @@ impl SpecArgs {
             return Ok(None);
         }
         if !(1..=MAX_DRAFT_TOKENS).contains(&self.draft_tokens) {
-            return Err(Error::InvalidParameter(format!("--draft-tokens must be 1 to {MAX_DRAFT_TOKENS}, got {}", self.draft_tokens)));
+            return Err(Error::InvalidParameter(format!(
+                "--draft-tokens must be 1 to {MAX_DRAFT_TOKENS}, got {}",
+                self.draft_tokens
+            )));
         }
         let draft = match &self.draft_model {
             None => None,
@@ -99,11 +104,16 @@ impl SpecArgs {
 impl SpecSource {
     /// The speculation, loading the draft model (if any) on `another` instance of the
     /// target's backend with the target's cache options.
-    pub fn build<B: Backend>(&self, another: &dyn Fn() -> Result<B>, target: &ModelOptions) -> Result<Speculation<B>> {
+    pub fn build<B: Backend>(
+        &self,
+        another: &dyn Fn() -> Result<B>,
+        target: &ModelOptions,
+    ) -> Result<Speculation<B>> {
         match &self.draft {
             None => Ok(Speculation::ngram(self.k)),
             Some((source, dtype)) => {
-                let opts = ModelOptions { weight_dtype: dtype.map(WeightDtype::dtype), ..target.clone() };
+                let opts =
+                    ModelOptions { weight_dtype: dtype.map(WeightDtype::dtype), ..target.clone() };
                 let model = load_model(another()?, source, &opts)?;
                 Ok(Speculation::draft_model(model, self.k))
             }
@@ -121,7 +131,12 @@ impl SpecSource {
 /// The acceptance line of a generation with speculation.
 pub fn acceptance(gen: &Generation) -> String {
     let rate = gen.accepted_tokens as f64 / gen.draft_tokens.max(1) as f64;
-    format!("{}/{} draft tokens accepted ({:.0}%)", gen.accepted_tokens, gen.draft_tokens, 100.0 * rate)
+    format!(
+        "{}/{} draft tokens accepted ({:.0}%)",
+        gen.accepted_tokens,
+        gen.draft_tokens,
+        100.0 * rate
+    )
 }
 
 /// `tandem bench` with speculation: a prompt about a built-in text (`task`: summarize it, or repeat it), decoded
@@ -138,7 +153,10 @@ pub async fn bench<B: Backend>(
     repeat: usize,
     json: bool,
 ) -> Result<()> {
-    let messages = [ChatMessage { role: "user".into(), content: format!("{BENCH_TEXT}\n\n{}", task.instruction()) }];
+    let messages = [ChatMessage {
+        role: "user".into(),
+        content: format!("{BENCH_TEXT}\n\n{}", task.instruction()),
+    }];
     let prompt = tok.encode(&tok.apply_chat_template(&messages, true)?)?;
     let params = GenerateParams { max_tokens, ..Default::default() };
     let mut spec = Some(spec);
@@ -150,8 +168,16 @@ pub async fn bench<B: Backend>(
     };
     // Alternating, so a machine's slow stretch hits both.
     for _ in 0..repeat {
-        best(&mut plain, generate_speculative(model, tok, &prompt, &params, &mut None, &mut |_| {}, &|| false).await?);
-        best(&mut fast, generate_speculative(model, tok, &prompt, &params, &mut spec, &mut |_| {}, &|| false).await?);
+        best(
+            &mut plain,
+            generate_speculative(model, tok, &prompt, &params, &mut None, &mut |_| {}, &|| false)
+                .await?,
+        );
+        best(
+            &mut fast,
+            generate_speculative(model, tok, &prompt, &params, &mut spec, &mut |_| {}, &|| false)
+                .await?,
+        );
     }
     let (plain, fast) = (plain.expect("repeat >= 1"), fast.expect("repeat >= 1"));
     let identical = plain.tokens == fast.tokens;
@@ -176,10 +202,24 @@ pub async fn bench<B: Backend>(
     } else {
         println!("backend:      {}", model.backend.name());
         println!("speculation:  {what}");
-        println!("workload:     {} prompt tokens ({}), {} generated greedily", prompt.len(), task.describe(), fast.tokens.len());
+        println!(
+            "workload:     {} prompt tokens ({}), {} generated greedily",
+            prompt.len(),
+            task.describe(),
+            fast.tokens.len()
+        );
         println!("plain:        {:.1} tok/s decode", plain.decode_tok_per_sec());
-        println!("speculative:  {:.1} tok/s decode; {}; {:.2} tokens per target step", fast.decode_tok_per_sec(), acceptance(&fast), 1.0 + fast.accepted_tokens as f64 / fast.tokens.len().saturating_sub(fast.accepted_tokens).max(1) as f64);
-        println!("speed-up:     {speedup:.2}x, output {}", if identical { "identical" } else { "DIFFERENT" });
+        println!(
+            "speculative:  {:.1} tok/s decode; {}; {:.2} tokens per target step",
+            fast.decode_tok_per_sec(),
+            acceptance(&fast),
+            1.0 + fast.accepted_tokens as f64
+                / fast.tokens.len().saturating_sub(fast.accepted_tokens).max(1) as f64
+        );
+        println!(
+            "speed-up:     {speedup:.2}x, output {}",
+            if identical { "identical" } else { "DIFFERENT" }
+        );
     }
     if !identical {
         return Err(Error::Backend { backend: model.backend.name(), reason: format!("speculative greedy output differs from plain decoding:\n plain: {:?}\n  spec: {:?}", plain.text, fast.text) });

@@ -33,7 +33,10 @@ fn fails(args: &[&str], needle: &str) -> String {
     assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     assert!(err.contains("error:"), "{args:?}: {err}");
-    assert!(err.to_lowercase().contains(&needle.to_lowercase()), "{args:?}: expected {needle:?} in: {err}");
+    assert!(
+        err.to_lowercase().contains(&needle.to_lowercase()),
+        "{args:?}: expected {needle:?} in: {err}"
+    );
     err
 }
 
@@ -78,7 +81,16 @@ fn run_streams_text_to_stdout_and_summary_to_stderr() {
 #[test]
 fn empty_prompt_starts_from_bos_and_matches_reference() {
     let Some(dir) = stories() else { return };
-    let out = tandem(&["run", "--model", p(&dir), "--max-tokens", "200", "--ignore-eos", "--backend", "cpu-reference"]);
+    let out = tandem(&[
+        "run",
+        "--model",
+        p(&dir),
+        "--max-tokens",
+        "200",
+        "--ignore-eos",
+        "--backend",
+        "cpu-reference",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let reference = std::fs::read_to_string(dir.join("reference_greedy.json")).unwrap();
     let reference: serde_json::Value = serde_json::from_str(&reference).unwrap();
@@ -111,14 +123,30 @@ fn bad_inputs_are_clear_errors() {
     let no_tok = stories_with("notok", "tokenizer.json", None).unwrap();
     fails(&["run", "--model", p(&no_tok), "hi"], "tokenizer");
     let truncated = std::fs::read(stories().unwrap().join("model.safetensors")).unwrap();
-    let dir = stories_with("trunc", "model.safetensors", Some(&truncated[..truncated.len() / 2])).unwrap();
+    let dir = stories_with("trunc", "model.safetensors", Some(&truncated[..truncated.len() / 2]))
+        .unwrap();
     fails(&["run", "--model", p(&dir), "hi"], "model.safetensors");
-    let dir = stories_with("arch", "config.json", Some(br#"{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}"#)).unwrap();
+    let dir = stories_with(
+        "arch",
+        "config.json",
+        Some(br#"{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}"#),
+    )
+    .unwrap();
     fails(&["run", "--model", p(&dir), "hi"], "architecture");
     let config = std::fs::read_to_string(stories().unwrap().join("config.json")).unwrap();
-    let dir = stories_with("shape", "config.json", Some(config.replace("\"intermediate_size\": 172", "\"intermediate_size\": 100").as_bytes())).unwrap();
+    let dir = stories_with(
+        "shape",
+        "config.json",
+        Some(config.replace("\"intermediate_size\": 172", "\"intermediate_size\": 100").as_bytes()),
+    )
+    .unwrap();
     fails(&["run", "--model", p(&dir), "hi"], "shape");
-    let dir = stories_with("layers", "config.json", Some(config.replace("\"num_hidden_layers\": 5", "\"num_hidden_layers\": 6").as_bytes())).unwrap();
+    let dir = stories_with(
+        "layers",
+        "config.json",
+        Some(config.replace("\"num_hidden_layers\": 5", "\"num_hidden_layers\": 6").as_bytes()),
+    )
+    .unwrap();
     fails(&["run", "--model", p(&dir), "hi"], "model.layers.5");
     let long = "once upon a time ".repeat(300);
     fails(&["run", "--model", p(&stories().unwrap()), &long], "context");
@@ -129,7 +157,19 @@ fn bad_inputs_are_clear_errors() {
 fn sampling_repeats_with_a_seed() {
     let Some(dir) = stories() else { return };
     let sample = |seed: &str, extra: &[&str]| {
-        let mut args = vec!["run", "--model", p(&dir), "--max-tokens", "60", "--temperature", "0.9", "--top-p", "0.95", "--seed", seed];
+        let mut args = vec![
+            "run",
+            "--model",
+            p(&dir),
+            "--max-tokens",
+            "60",
+            "--temperature",
+            "0.9",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+        ];
         args.extend_from_slice(extra);
         args.push("Once upon a time");
         let out = tandem(&args);
@@ -147,7 +187,16 @@ fn sampling_repeats_with_a_seed() {
 #[test]
 fn stop_strings_end_the_output() {
     let Some(dir) = stories() else { return };
-    let out = tandem(&["run", "--model", p(&dir), "--max-tokens", "200", "--stop", "Lily", "Once upon a time"]);
+    let out = tandem(&[
+        "run",
+        "--model",
+        p(&dir),
+        "--max-tokens",
+        "200",
+        "--stop",
+        "Lily",
+        "Once upon a time",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert_eq!(stdout.trim_end(), ", there was a little girl named", "{stdout:?}");
@@ -178,7 +227,17 @@ fn synthetic_config(name: &str, patch: &str) -> PathBuf {
 fn bench_synthetic_runs_on_every_backend() {
     let config = synthetic_config("synth", "{}");
     let bench = |extra: &[&str]| {
-        let mut args = vec!["bench", "--synthetic", p(&config), "--prompt-tokens", "8", "--decode-tokens", "4", "--repeat", "1"];
+        let mut args = vec![
+            "bench",
+            "--synthetic",
+            p(&config),
+            "--prompt-tokens",
+            "8",
+            "--decode-tokens",
+            "4",
+            "--repeat",
+            "1",
+        ];
         args.extend_from_slice(extra);
         tandem(&args)
     };
@@ -197,8 +256,15 @@ fn bench_synthetic_runs_on_every_backend() {
             continue;
         }
         assert!(out.status.success(), "{backend} {dtype:?}: {stderr}");
-        assert!(stdout.contains(&format!("synthetic weights ({label}, seed 0)")), "{backend}: {stdout}");
-        assert!(stdout.contains("2 layers, dim 64, 8 heads (4 kv heads, head_dim 8), ffn 172, vocab 300"), "{stdout}");
+        assert!(
+            stdout.contains(&format!("synthetic weights ({label}, seed 0)")),
+            "{backend}: {stdout}"
+        );
+        assert!(
+            stdout
+                .contains("2 layers, dim 64, 8 heads (4 kv heads, head_dim 8), ffn 172, vocab 300"),
+            "{stdout}"
+        );
         for field in ["weights:", "prefill:", "decode:", "GB/s of weights", "peak memory"] {
             assert!(stdout.contains(field), "{backend}: no {field} in {stdout}");
         }
@@ -207,12 +273,16 @@ fn bench_synthetic_runs_on_every_backend() {
     let bytes = |dtype: &str| {
         let out = bench(&["--backend", "cpu", "--dtype", dtype]);
         let stdout = text(&out.stdout);
-        let line = stdout.lines().find(|l| l.starts_with("weights:")).unwrap_or_else(|| panic!("{stdout}"));
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("weights:"))
+            .unwrap_or_else(|| panic!("{stdout}"));
         line["weights:".len()..].split_whitespace().next().unwrap().parse::<f64>().unwrap()
     };
     // Per layer q and o [64, 64], k and v [32, 64], three FFN [172, 64]; embedding and head
     // [300, 64]; f32 norms: two per layer and the final one.
-    let matrix_elems = 2.0 * (64.0 * 64.0 * 2.0 + 32.0 * 64.0 * 2.0 + 3.0 * 172.0 * 64.0) + 2.0 * 300.0 * 64.0;
+    let matrix_elems =
+        2.0 * (64.0 * 64.0 * 2.0 + 32.0 * 64.0 * 2.0 + 3.0 * 172.0 * 64.0) + 2.0 * 300.0 * 64.0;
     let norm_bytes = (2.0 * 2.0 + 1.0) * 64.0 * 4.0;
     assert_eq!(bytes("bf16"), matrix_elems * 2.0 + norm_bytes);
     assert!((bytes("q4") - (matrix_elems * 5.0 / 8.0 + norm_bytes)).abs() < 64.0);
@@ -233,12 +303,16 @@ fn kquant_dtypes_make_whole_blocks_and_fall_back_per_matrix() {
         let out = tandem(&bench(&config, &["--dtype", dtype]));
         let stdout = text(&out.stdout);
         assert!(out.status.success(), "{dtype}: {}", text(&out.stderr));
-        let line = stdout.lines().find(|l| l.starts_with("weights:")).unwrap_or_else(|| panic!("{stdout}"));
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("weights:"))
+            .unwrap_or_else(|| panic!("{stdout}"));
         line["weights:".len()..].split_whitespace().next().unwrap().parse::<f64>().unwrap()
     };
     // Per layer q and o [256, 256], k and v [128, 256], gate and up [320, 256], down [256, 320];
     // embedding and head [300, 256]; f32 norms.
-    let whole = 2.0 * (256.0 * 256.0 * 2.0 + 128.0 * 256.0 * 2.0 + 2.0 * 320.0 * 256.0) + 2.0 * 300.0 * 256.0;
+    let whole = 2.0 * (256.0 * 256.0 * 2.0 + 128.0 * 256.0 * 2.0 + 2.0 * 320.0 * 256.0)
+        + 2.0 * 300.0 * 256.0;
     let down = 2.0 * 256.0 * 320.0;
     let norm_bytes = (2.0 * 2.0 + 1.0) * 256.0 * 4.0;
     // Q4_K: 144 bytes a block of 256 (4.5 bits); Q6_K: 212 (6.625 in tandem's padded layout).
@@ -250,7 +324,16 @@ fn kquant_dtypes_make_whole_blocks_and_fall_back_per_matrix() {
 fn run_with_kquant_dtypes() {
     let Some(dir) = stories() else { return };
     for dtype in ["q4k", "q6k"] {
-        let out = tandem(&["run", "--model", p(&dir), "--dtype", dtype, "--max-tokens", "30", "Once upon a time"]);
+        let out = tandem(&[
+            "run",
+            "--model",
+            p(&dir),
+            "--dtype",
+            dtype,
+            "--max-tokens",
+            "30",
+            "Once upon a time",
+        ]);
         assert!(out.status.success(), "{dtype}: {}", text(&out.stderr));
         let stdout = text(&out.stdout);
         assert!(stdout.split_whitespace().count() >= 10, "{dtype}: {stdout:?}");
@@ -259,7 +342,19 @@ fn run_with_kquant_dtypes() {
 
 /// `tandem bench --synthetic CONFIG` on the CPU with a short run, then `extra`.
 fn bench<'a>(config: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["bench", "--synthetic", p(config), "--backend", "cpu", "--prompt-tokens", "8", "--decode-tokens", "4", "--repeat", "1"];
+    let mut args = vec![
+        "bench",
+        "--synthetic",
+        p(config),
+        "--backend",
+        "cpu",
+        "--prompt-tokens",
+        "8",
+        "--decode-tokens",
+        "4",
+        "--repeat",
+        "1",
+    ];
     args.extend_from_slice(extra);
     args
 }
@@ -299,7 +394,10 @@ fn bench_verify_tokens_times_each_step_size() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let verify = report["verify"].as_array().expect("verify");
-    let got: Vec<(u64, u64)> = verify.iter().map(|v| (v["context"].as_u64().unwrap(), v["tokens"].as_u64().unwrap())).collect();
+    let got: Vec<(u64, u64)> = verify
+        .iter()
+        .map(|v| (v["context"].as_u64().unwrap(), v["tokens"].as_u64().unwrap()))
+        .collect();
     // Contexts are the decode starts: 16 and 40 less half of the 4 decode tokens.
     assert_eq!(got, [(14, 1), (14, 2), (14, 5), (38, 1), (38, 2), (38, 5)]);
     for v in verify {
@@ -312,7 +410,10 @@ fn bench_verify_tokens_times_each_step_size() {
     }
     let out = tandem(&bench(&config, &["--verify-tokens", "3"]));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("verify steps:   at context 8: 1 token ") && stdout.contains("; 3 tokens "), "{stdout}");
+    assert!(
+        stdout.contains("verify steps:   at context 8: 1 token ") && stdout.contains("; 3 tokens "),
+        "{stdout}"
+    );
     fails(&bench(&config, &["--verify-tokens", "0"]), "--verify-tokens");
     fails(&bench(&config, &["--verify-tokens", "100000"]), "--verify-tokens");
     fails(&bench(&config, &["--verify-tokens", "2", "--concurrency", "2"]), "--verify-tokens");

@@ -112,7 +112,14 @@ impl U32Shadow {
 
     /// Checks the first `n` values against `limit` when the copy is current (see
     /// [`crate::ops::check_indices`]); without one there is nothing to check on the host.
-    pub fn check_indices(&self, op: &'static str, name: &str, n: usize, limit: usize, what: &str) -> Result<()> {
+    pub fn check_indices(
+        &self,
+        op: &'static str,
+        name: &str,
+        n: usize,
+        limit: usize,
+        what: &str,
+    ) -> Result<()> {
         match self.values(n) {
             Some(v) => crate::ops::check_indices(op, name, v, limit, what),
             None => Ok(()),

@@ -15,9 +15,16 @@ pub enum Arch {
 pub enum RopeScaling {
     None,
     /// Llama 3.x frequency-dependent scaling.
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position: usize },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position: usize,
+    },
     /// Plain position interpolation: every frequency divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,12 +58,19 @@ impl ModelConfig {
         let half = self.head_dim / 2;
         (0..half)
             .map(|i| {
-                let base = 1.0 / (self.rope_theta as f64).powf(2.0 * i as f64 / self.head_dim as f64);
+                let base =
+                    1.0 / (self.rope_theta as f64).powf(2.0 * i as f64 / self.head_dim as f64);
                 let f = match &self.rope_scaling {
                     RopeScaling::None => base,
                     RopeScaling::Linear { factor } => base / *factor as f64,
-                    RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
-                        let (factor, low, high) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64);
+                    RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_position,
+                    } => {
+                        let (factor, low, high) =
+                            (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64);
                         let old = *original_max_position as f64;
                         let wavelen = 2.0 * std::f64::consts::PI / base;
                         if wavelen < old / high {
@@ -105,11 +119,9 @@ impl Arch {
 fn json_usize(v: &Value, key: &str) -> Result<Option<usize>> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(x) => x
-            .as_u64()
-            .and_then(|n| usize::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| Error::BadConfig(format!("{key} must be a non-negative integer, got {x}"))),
+        Some(x) => x.as_u64().and_then(|n| usize::try_from(n).ok()).map(Some).ok_or_else(|| {
+            Error::BadConfig(format!("{key} must be a non-negative integer, got {x}"))
+        }),
     }
 }
 
@@ -149,21 +161,27 @@ fn rope_scaling_from_json(v: Option<&Value>) -> Result<RopeScaling> {
     // transformers renamed "type" to "rope_type"; files in the wild carry either.
     let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("");
     let factor = || -> Result<f32> {
-        json_f32(rs, "factor")?.ok_or_else(|| Error::BadConfig("rope_scaling.factor missing".into()))
+        json_f32(rs, "factor")?
+            .ok_or_else(|| Error::BadConfig("rope_scaling.factor missing".into()))
     };
     match kind {
         "default" => Ok(RopeScaling::None),
         "linear" => Ok(RopeScaling::Linear { factor: factor()? }),
         "llama3" => {
             let need = |k: &str| -> Result<f32> {
-                json_f32(rs, k)?.ok_or_else(|| Error::BadConfig(format!("rope_scaling.{k} missing")))
+                json_f32(rs, k)?
+                    .ok_or_else(|| Error::BadConfig(format!("rope_scaling.{k} missing")))
             };
             Ok(RopeScaling::Llama3 {
                 factor: factor()?,
                 low_freq_factor: need("low_freq_factor")?,
                 high_freq_factor: need("high_freq_factor")?,
                 original_max_position: json_usize(rs, "original_max_position_embeddings")?
-                    .ok_or_else(|| Error::BadConfig("rope_scaling.original_max_position_embeddings missing".into()))?,
+                    .ok_or_else(|| {
+                        Error::BadConfig(
+                            "rope_scaling.original_max_position_embeddings missing".into(),
+                        )
+                    })?,
             })
         }
         other => Err(Error::BadConfig(format!(
@@ -175,7 +193,8 @@ fn rope_scaling_from_json(v: Option<&Value>) -> Result<RopeScaling> {
 impl ModelConfig {
     /// Parses an HF `config.json`. The result is validated.
     pub fn from_hf_json(text: &str) -> Result<ModelConfig> {
-        let v: Value = serde_json::from_str(text).map_err(|e| Error::BadConfig(format!("config.json: {e}")))?;
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| Error::BadConfig(format!("config.json: {e}")))?;
         if !v.is_object() {
             return Err(Error::BadConfig("config.json is not a JSON object".into()));
         }
@@ -184,7 +203,9 @@ impl ModelConfig {
             .and_then(|a| a.get(0))
             .and_then(Value::as_str)
             .or_else(|| v.get("model_type").and_then(Value::as_str))
-            .ok_or_else(|| Error::BadConfig("config.json names no architectures / model_type".into()))?;
+            .ok_or_else(|| {
+                Error::BadConfig("config.json names no architectures / model_type".into())
+            })?;
         let arch = Arch::from_name(arch_name)?;
         let dim = json_req_usize(&v, "hidden_size")?;
         let n_heads = json_req_usize(&v, "num_attention_heads")?;
@@ -195,7 +216,9 @@ impl ModelConfig {
         };
         let eos_token_ids = match v.get("eos_token_id") {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(ids)) => ids.iter().map(|x| token_id(x, "eos_token_id")).collect::<Result<_>>()?,
+            Some(Value::Array(ids)) => {
+                ids.iter().map(|x| token_id(x, "eos_token_id")).collect::<Result<_>>()?
+            }
             Some(x) => vec![token_id(x, "eos_token_id")?],
         };
         let bos_token_id = match v.get("bos_token_id") {
@@ -214,7 +237,8 @@ impl ModelConfig {
             max_position: json_req_usize(&v, "max_position_embeddings")?,
             rope_theta: json_f32(&v, "rope_theta")?.unwrap_or(10000.0),
             rope_scaling: rope_scaling_from_json(v.get("rope_scaling"))?,
-            rms_norm_eps: json_f32(&v, "rms_norm_eps")?.ok_or_else(|| Error::BadConfig("missing rms_norm_eps".into()))?,
+            rms_norm_eps: json_f32(&v, "rms_norm_eps")?
+                .ok_or_else(|| Error::BadConfig("missing rms_norm_eps".into()))?,
             tie_embeddings: json_bool(&v, "tie_word_embeddings")?.unwrap_or(false),
             qkv_bias: arch == Arch::Qwen2 || json_bool(&v, "attention_bias")?.unwrap_or(false),
             bos_token_id,
@@ -237,9 +261,9 @@ impl ModelConfig {
         let key = |k: &str| format!("{arch_name}.{k}");
         let req = |k: &str| -> Result<usize> {
             let full = key(k);
-            meta.get_u64(&full)
-                .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| Error::BadConfig(format!("GGUF key {full} missing or not an integer")))
+            meta.get_u64(&full).and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+                Error::BadConfig(format!("GGUF key {full} missing or not an integer"))
+            })
         };
         let opt = |k: &str| meta.get_u64(&key(k)).and_then(|n| usize::try_from(n).ok());
         let dim = req("embedding_length")?;
@@ -261,7 +285,12 @@ impl ModelConfig {
             Some(n) => n,
             None => match meta.get("tokenizer.ggml.tokens") {
                 Some(crate::loader::gguf::GgufValue::Array(a)) => a.len(),
-                _ => return Err(Error::BadConfig(format!("GGUF has neither {} nor tokenizer.ggml.tokens", key("vocab_size")))),
+                _ => {
+                    return Err(Error::BadConfig(format!(
+                        "GGUF has neither {} nor tokenizer.ggml.tokens",
+                        key("vocab_size")
+                    )))
+                }
             },
         };
         let rope_scaling = match meta.get_str(&key("rope.scaling.type")) {
@@ -271,9 +300,9 @@ impl ModelConfig {
                 _ => RopeScaling::None,
             },
             Some("linear") => RopeScaling::Linear {
-                factor: meta
-                    .get_f32(&key("rope.scaling.factor"))
-                    .ok_or_else(|| Error::BadConfig(format!("{} missing", key("rope.scaling.factor"))))?,
+                factor: meta.get_f32(&key("rope.scaling.factor")).ok_or_else(|| {
+                    Error::BadConfig(format!("{} missing", key("rope.scaling.factor")))
+                })?,
             },
             Some(other) => {
                 return Err(Error::BadConfig(format!(
@@ -283,7 +312,8 @@ impl ModelConfig {
             }
         };
         let token = |k: &str| meta.get_u64(k).and_then(|n| u32::try_from(n).ok());
-        let mut eos_token_ids: Vec<u32> = token("tokenizer.ggml.eos_token_id").into_iter().collect();
+        let mut eos_token_ids: Vec<u32> =
+            token("tokenizer.ggml.eos_token_id").into_iter().collect();
         // llama.cpp also stops on end-of-turn; chat models set it apart from EOS.
         if let Some(eot) = token("tokenizer.ggml.eot_token_id") {
             if !eos_token_ids.contains(&eot) {
@@ -302,9 +332,9 @@ impl ModelConfig {
             max_position: req("context_length")?,
             rope_theta: meta.get_f32(&key("rope.freq_base")).unwrap_or(10000.0),
             rope_scaling,
-            rms_norm_eps: meta.get_f32(&key("attention.layer_norm_rms_epsilon")).ok_or_else(|| {
-                Error::BadConfig(format!("{} missing", key("attention.layer_norm_rms_epsilon")))
-            })?,
+            rms_norm_eps: meta.get_f32(&key("attention.layer_norm_rms_epsilon")).ok_or_else(
+                || Error::BadConfig(format!("{} missing", key("attention.layer_norm_rms_epsilon"))),
+            )?,
             tie_embeddings: false,
             qkv_bias: arch == Arch::Qwen2,
             bos_token_id: token("tokenizer.ggml.bos_token_id"),
@@ -333,7 +363,10 @@ impl ModelConfig {
             }
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
-            return bad(format!("n_kv_heads = {} does not divide n_heads = {}", self.n_kv_heads, self.n_heads));
+            return bad(format!(
+                "n_kv_heads = {} does not divide n_heads = {}",
+                self.n_kv_heads, self.n_heads
+            ));
         }
         if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim = {} must be even (RoPE rotates pairs)", self.head_dim));
@@ -348,17 +381,33 @@ impl ModelConfig {
         match &self.rope_scaling {
             RopeScaling::None => {}
             RopeScaling::Linear { factor } if positive(*factor) => {}
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position }
-                if positive(*factor)
-                    && positive(*low_freq_factor)
-                    && high_freq_factor > low_freq_factor
-                    && high_freq_factor.is_finite()
-                    && *original_max_position > 0 => {}
-            other => return bad(format!("rope_scaling {other:?} has a non-positive or inconsistent factor")),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position,
+            } if positive(*factor)
+                && positive(*low_freq_factor)
+                && high_freq_factor > low_freq_factor
+                && high_freq_factor.is_finite()
+                && *original_max_position > 0 => {}
+            other => {
+                return bad(format!(
+                    "rope_scaling {other:?} has a non-positive or inconsistent factor"
+                ))
+            }
         }
-        for (name, id) in self.bos_token_id.iter().map(|i| ("bos_token_id", *i)).chain(self.eos_token_ids.iter().map(|i| ("eos_token_id", *i))) {
+        for (name, id) in self
+            .bos_token_id
+            .iter()
+            .map(|i| ("bos_token_id", *i))
+            .chain(self.eos_token_ids.iter().map(|i| ("eos_token_id", *i)))
+        {
             if id as usize >= self.vocab_size {
-                return bad(format!("{name} = {id} is outside the vocabulary ({})", self.vocab_size));
+                return bad(format!(
+                    "{name} = {id} is outside the vocabulary ({})",
+                    self.vocab_size
+                ));
             }
         }
         Ok(())
@@ -407,7 +456,10 @@ mod rope_tests {
             if wavelen < 2048.0 {
                 assert_eq!(s, p, "short wavelengths are untouched (i = {i})");
             } else if wavelen > 8192.0 {
-                assert!((s - p / 8.0).abs() <= p * 1e-6, "long wavelengths are divided by the factor (i = {i})");
+                assert!(
+                    (s - p / 8.0).abs() <= p * 1e-6,
+                    "long wavelengths are divided by the factor (i = {i})"
+                );
             } else {
                 assert!(s < p && s > p / 8.0, "the band between blends smoothly (i = {i})");
             }

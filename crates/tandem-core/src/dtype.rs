@@ -52,8 +52,17 @@ pub enum DType {
 }
 
 /// Every dtype kept as GGUF blocks (see [`crate::quant::blocks`]).
-pub const BLOCK_DTYPES: [DType; 9] =
-    [DType::Q5_0, DType::Q5_1, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_NL, DType::IQ4_XS];
+pub const BLOCK_DTYPES: [DType; 9] = [
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::IQ4_NL,
+    DType::IQ4_XS,
+];
 
 /// Geometry of a GGUF block type in tandem's buffers: ggml's block of `ggml_bytes` with
 /// `stride - ggml_bytes` zero bytes inserted at byte `pad_at`, so that every block, and every
@@ -183,7 +192,11 @@ impl<'a> QuantView<'a> {
     /// Splits the bytes of a quantized buffer (4-byte aligned, as backends allocate them).
     pub fn new(dtype: DType, numel: usize, bytes: &'a [u8]) -> Self {
         let l = dtype.quant_layout(numel).expect("quantized dtype");
-        let qs_len = l.d_offset.min(if dtype == DType::Q8_0 { l.blocks * QBLOCK } else { l.blocks * QBLOCK / 2 });
+        let qs_len = l.d_offset.min(if dtype == DType::Q8_0 {
+            l.blocks * QBLOCK
+        } else {
+            l.blocks * QBLOCK / 2
+        });
         let d = bytemuck::cast_slice(&bytes[l.d_offset..l.d_offset + l.blocks * 2]);
         let m = if dtype == DType::Q4_1 {
             bytemuck::cast_slice(&bytes[l.m_offset..l.m_offset + l.blocks * 2])
@@ -222,5 +235,9 @@ pub fn bf16_to_f32(bits: u16) -> f32 {
 #[inline]
 pub fn nibble(qs: &[u8], e: usize) -> u8 {
     let byte = qs[e / 2];
-    if e.is_multiple_of(2) { byte & 0x0f } else { byte >> 4 }
+    if e.is_multiple_of(2) {
+        byte & 0x0f
+    } else {
+        byte >> 4
+    }
 }

@@ -15,7 +15,9 @@ pub enum Error {
     BadModelFile { path: PathBuf, reason: String },
     #[error("bad config: {0}")]
     BadConfig(String),
-    #[error("unsupported architecture '{0}' (tandem runs the Llama family: llama, mistral, qwen2)")]
+    #[error(
+        "unsupported architecture '{0}' (tandem runs the Llama family: llama, mistral, qwen2)"
+    )]
     UnknownArchitecture(String),
     #[error("missing tensor '{0}'")]
     MissingTensor(String),
@@ -34,7 +36,13 @@ pub enum Error {
     #[error("backend {backend} does not support {op}")]
     Unsupported { backend: String, op: String },
     #[error("the request needs {tokens} tokens of context (prompt {prompt} + max_tokens {max_tokens}) but {what} holds {limit}")]
-    RequestTooLarge { tokens: usize, prompt: usize, max_tokens: usize, limit: usize, what: &'static str },
+    RequestTooLarge {
+        tokens: usize,
+        prompt: usize,
+        max_tokens: usize,
+        limit: usize,
+        what: &'static str,
+    },
     #[error("out of KV cache blocks: need {need}, {free} free")]
     OutOfKvBlocks { need: usize, free: usize },
     #[error("backend {backend}: {reason}")]

@@ -31,10 +31,16 @@ impl GenerateParams {
     pub fn validate(&self) -> Result<()> {
         self.sampling.validate()?;
         if self.stop.len() > MAX_STOP_STRINGS {
-            return Err(Error::InvalidParameter(format!("stop: at most {MAX_STOP_STRINGS} stop strings, got {}", self.stop.len())));
+            return Err(Error::InvalidParameter(format!(
+                "stop: at most {MAX_STOP_STRINGS} stop strings, got {}",
+                self.stop.len()
+            )));
         }
         if let Some(s) = self.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
-            return Err(Error::InvalidParameter(format!("stop: a stop string may have at most {MAX_STOP_BYTES} bytes, got one of {}", s.len())));
+            return Err(Error::InvalidParameter(format!(
+                "stop: a stop string may have at most {MAX_STOP_BYTES} bytes, got one of {}",
+                s.len()
+            )));
         }
         Ok(())
     }
@@ -42,7 +48,12 @@ impl GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), ignore_eos: false }
+        GenerateParams {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
     }
 }
 
@@ -150,7 +161,8 @@ pub async fn generate_speculative<B: Backend>(
     }
     let room = context - prompt.len();
     let clamped = params.max_tokens > room;
-    let params = GenerateParams { max_tokens: params.max_tokens.min(room).max(1), ..params.clone() };
+    let params =
+        GenerateParams { max_tokens: params.max_tokens.min(room).max(1), ..params.clone() };
     let config = SchedulerConfig { max_seqs: 1, max_batched_tokens: model.max_step_tokens() };
     let mut sched = Scheduler::<B, &mut Model<B>, &Tokenizer>::new(model, tokenizer, config)?;
     sched.set_speculation(spec.take())?;
@@ -187,7 +199,11 @@ async fn run_one<B: Backend>(
                 }
                 Event::Finished { reason, text, usage } => {
                     emit(&mut gen, &text);
-                    gen.finish = if clamped && reason == FinishReason::Length { FinishReason::Context } else { reason };
+                    gen.finish = if clamped && reason == FinishReason::Length {
+                        FinishReason::Context
+                    } else {
+                        reason
+                    };
                     gen.prefill_secs = usage.ttft_secs;
                     gen.decode_secs = usage.decode_secs;
                     gen.draft_tokens = usage.draft_tokens;

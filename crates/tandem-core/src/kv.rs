@@ -179,10 +179,14 @@ impl KvCache {
         num_blocks: usize,
     ) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::F16) {
-            return Err(Error::InvalidParameter(format!("KV cache dtype must be f32 or f16, got {dtype}")));
+            return Err(Error::InvalidParameter(format!(
+                "KV cache dtype must be f32 or f16, got {dtype}"
+            )));
         }
         if block_size == 0 || num_blocks == 0 {
-            return Err(Error::InvalidParameter("KV cache needs a non-zero block size and block count".into()));
+            return Err(Error::InvalidParameter(
+                "KV cache needs a non-zero block size and block count".into(),
+            ));
         }
         let numel = num_blocks * block_size * config.n_kv_heads * config.head_dim;
         let mut k = Vec::with_capacity(config.n_layers);
@@ -263,7 +267,12 @@ impl KvCache {
     /// Starts an empty `seq` with the cached blocks that hold its leading tokens (whole
     /// blocks only, never the block of its last token, whose row must be computed to give
     /// logits). Returns the positions it now holds; `seq.len` is set to them.
-    pub fn take_cached_prefix(&mut self, seq: &mut Sequence, tokens: &[u32], prompt_len: usize) -> usize {
+    pub fn take_cached_prefix(
+        &mut self,
+        seq: &mut Sequence,
+        tokens: &[u32],
+        prompt_len: usize,
+    ) -> usize {
         debug_assert!(seq.blocks.is_empty());
         let max_blocks = tokens.len().saturating_sub(1) / self.block_size;
         let mut parent = 0;
@@ -299,7 +308,10 @@ impl KvCache {
     /// Cache rows (block * block_size + offset) of positions start..start + n.
     pub fn slots(&self, seq: &Sequence, start: usize, n: usize) -> Vec<u32> {
         (start..start + n)
-            .map(|p| seq.blocks[p / self.block_size] * self.block_size as u32 + (p % self.block_size) as u32)
+            .map(|p| {
+                seq.blocks[p / self.block_size] * self.block_size as u32
+                    + (p % self.block_size) as u32
+            })
             .collect()
     }
 }

@@ -128,18 +128,26 @@ impl Attention {
     /// The checks every backend makes before touching buffers: a KV type attention reads, whole
     /// query groups per KV head, real blocks, and decode rows among the rows.
     pub fn check_shape(&self) -> crate::Result<()> {
-        let bad = |expected: String, got: String| Err(crate::Error::ShapeMismatch { op: "attention", expected, got });
+        let bad = |expected: String, got: String| {
+            Err(crate::Error::ShapeMismatch { op: "attention", expected, got })
+        };
         if !matches!(self.kv_dtype, DType::F32 | DType::F16) {
             return bad("cache dtype f32/f16".into(), self.kv_dtype.to_string());
         }
         if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
-            return bad("heads a multiple of kv_heads > 0".into(), format!("heads {} kv_heads {}", self.heads, self.kv_heads));
+            return bad(
+                "heads a multiple of kv_heads > 0".into(),
+                format!("heads {} kv_heads {}", self.heads, self.kv_heads),
+            );
         }
         if self.block_size == 0 {
             return bad("block_size > 0".into(), "0".into());
         }
         if self.decode_rows > self.n {
-            return bad(format!("decode_rows <= n = {}", self.n), format!("decode_rows = {}", self.decode_rows));
+            return bad(
+                format!("decode_rows <= n = {}", self.n),
+                format!("decode_rows = {}", self.decode_rows),
+            );
         }
         Ok(())
     }
@@ -148,7 +156,13 @@ impl Attention {
     /// table (on the data itself, or on host copies of the uploads): each position below
     /// max_ctx, each table inside `tables`, each block inside the pool. Allocates nothing
     /// unless it fails.
-    pub fn check_rows(&self, positions: &[u32], table_starts: &[u32], tables: &[u32], num_blocks: usize) -> crate::Result<()> {
+    pub fn check_rows(
+        &self,
+        positions: &[u32],
+        table_starts: &[u32],
+        tables: &[u32],
+        num_blocks: usize,
+    ) -> crate::Result<()> {
         check_indices("attention", "positions", positions, self.max_ctx, "max_ctx")?;
         for (i, (&pos, &start)) in positions.iter().zip(table_starts).enumerate() {
             let (start, len) = (start as usize, (pos as usize + 1).div_ceil(self.block_size));
@@ -159,7 +173,13 @@ impl Attention {
                     got: format!("table_starts[{i}] = {start}, {len} blocks for position {pos}"),
                 });
             }
-            check_indices("attention", "tables", &tables[start..start + len], num_blocks, "cache blocks")?;
+            check_indices(
+                "attention",
+                "tables",
+                &tables[start..start + len],
+                num_blocks,
+                "cache blocks",
+            )?;
         }
         Ok(())
     }
@@ -169,7 +189,13 @@ impl Attention {
 /// the embedding, KV slots into the cache, block-table entries into the block pool): each of
 /// `values` must be below `limit`; `what` says what the limit counts ("vocab", "cache rows").
 /// Allocates nothing unless it fails: GPU backends call it every step.
-pub fn check_indices(op: &'static str, name: &str, values: &[u32], limit: usize, what: &str) -> crate::Result<()> {
+pub fn check_indices(
+    op: &'static str,
+    name: &str,
+    values: &[u32],
+    limit: usize,
+    what: &str,
+) -> crate::Result<()> {
     match values.iter().position(|&v| v as usize >= limit) {
         None => Ok(()),
         Some(i) => Err(crate::Error::ShapeMismatch {
@@ -243,13 +269,18 @@ impl SampleRow {
         if ok {
             Ok(())
         } else {
-            Err(crate::Error::InvalidParameter(format!("sample: parameters out of range: {self:?}")))
+            Err(crate::Error::InvalidParameter(format!(
+                "sample: parameters out of range: {self:?}"
+            )))
         }
     }
 
     /// Rows from the words of a params buffer (as uploaded, little-endian u32).
     pub fn from_words(words: &[u32]) -> Vec<SampleRow> {
-        words.chunks_exact(Self::WORDS).map(|w| bytemuck::pod_read_unaligned(bytemuck::cast_slice(w))).collect()
+        words
+            .chunks_exact(Self::WORDS)
+            .map(|w| bytemuck::pod_read_unaligned(bytemuck::cast_slice(w)))
+            .collect()
     }
 
     /// The params buffer's words for `rows`.

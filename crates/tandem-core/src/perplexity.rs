@@ -32,14 +32,18 @@ pub fn tokenize(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
 }
 
 fn bos(tokenizer: &Tokenizer) -> Result<u32> {
-    tokenizer.bos_id().ok_or_else(|| Error::Tokenizer("the tokenizer adds BOS but names no BOS token".into()))
+    tokenizer
+        .bos_id()
+        .ok_or_else(|| Error::Tokenizer("the tokenizer adds BOS but names no BOS token".into()))
 }
 
 /// How many chunks of `ctx` tokens `n_tokens` gives, at most `limit`; a clear error when the
 /// text is too short or the numbers make no sense.
 pub fn chunk_count(n_tokens: usize, ctx: usize, limit: Option<usize>) -> Result<usize> {
     if ctx < MIN_CTX {
-        return Err(Error::InvalidParameter(format!("--ctx must be at least {MIN_CTX} tokens (got {ctx})")));
+        return Err(Error::InvalidParameter(format!(
+            "--ctx must be at least {MIN_CTX} tokens (got {ctx})"
+        )));
     }
     if limit == Some(0) {
         return Err(Error::InvalidParameter("--chunks must be at least 1".into()));
@@ -94,7 +98,10 @@ pub async fn measure<B: Backend>(
 ) -> Result<Report> {
     let chunks = chunk_count(tokens.len(), ctx, limit)?;
     if ctx > model.context() {
-        return Err(Error::InvalidParameter(format!("--ctx {ctx} exceeds the model's context of {} tokens", model.context())));
+        return Err(Error::InvalidParameter(format!(
+            "--ctx {ctx} exceeds the model's context of {} tokens",
+            model.context()
+        )));
     }
     let vocab = model.config.vocab_size;
     let first = ctx / 2;
@@ -109,15 +116,22 @@ pub async fn measure<B: Backend>(
         let out = model.forward(&mut seq, &chunk, Want::AllLogits).await;
         model.release(&mut seq);
         let Output::Logits(logits) = out? else {
-            return Err(Error::Backend { backend: model.backend.name(), reason: "asked for logits, got a token".into() });
+            return Err(Error::Backend {
+                backend: model.backend.name(),
+                reason: "asked for logits, got a token".into(),
+            });
         };
         if logits.len() != ctx * vocab {
-            return Err(Error::Backend { backend: model.backend.name(), reason: format!("{} logits for {ctx} positions of {vocab}", logits.len()) });
+            return Err(Error::Backend {
+                backend: model.backend.name(),
+                reason: format!("{} logits for {ctx} positions of {vocab}", logits.len()),
+            });
         }
         // Position p's logits predict the token at p + 1 of the original text (never the BOS
         // substituted at 0, which is not a prediction target).
         for p in first..ctx - 1 {
-            let nll = neg_log_likelihood(&logits[p * vocab..(p + 1) * vocab], chunk[p + 1] as usize);
+            let nll =
+                neg_log_likelihood(&logits[p * vocab..(p + 1) * vocab], chunk[p + 1] as usize);
             sum += nll;
             sum_sq += nll * nll;
             count += 1;
@@ -131,7 +145,8 @@ pub async fn measure<B: Backend>(
     // Standard error of the mean NLL (sample variance over count - 1), times PPL: the first
     // order error of exp(mean).
     let variance = sum_sq / count as f64 - mean * mean;
-    let uncertainty = (count > 1 && variance > 0.0).then(|| ppl * (variance / (count - 1) as f64).sqrt());
+    let uncertainty =
+        (count > 1 && variance > 0.0).then(|| ppl * (variance / (count - 1) as f64).sqrt());
     Ok(Report { ctx, chunks, text_tokens: tokens.len(), scored: count, ppl, uncertainty, running })
 }
 

@@ -54,7 +54,10 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::InvalidParameter(what));
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad(format!("temperature must be a finite number >= 0, got {}", self.temperature));
+            return bad(format!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -65,20 +68,27 @@ impl SamplingParams {
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return bad(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
         }
-        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
             if !(-2.0..=2.0).contains(&v) {
                 return bad(format!("{name} must be in [-2, 2], got {v}"));
             }
         }
         if let Some(n) = self.logprobs.filter(|&n| n > MAX_LOGPROBS) {
-            return bad(format!("logprobs: at most {MAX_LOGPROBS} alternatives per token, got {n}"));
+            return bad(format!(
+                "logprobs: at most {MAX_LOGPROBS} alternatives per token, got {n}"
+            ));
         }
         Ok(())
     }
 
     /// Whether any penalty is on (they need the request's history, so the host samples).
     pub fn penalizes(&self) -> bool {
-        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
     }
 
     /// Whether the next token must be chosen on the host from the whole row of logits: for
@@ -176,7 +186,12 @@ impl Sampler {
 
     /// [`Sampler::sample`], and the chosen token's [`TokenLogprobs`] (of the logits before any
     /// penalty) when the parameters ask for them.
-    pub fn sample_with_logprobs(&mut self, logits: &mut [f32], prompt: &[u32], generated: &[u32]) -> (u32, Option<TokenLogprobs>) {
+    pub fn sample_with_logprobs(
+        &mut self,
+        logits: &mut [f32],
+        prompt: &[u32],
+        generated: &[u32],
+    ) -> (u32, Option<TokenLogprobs>) {
         let Some(top) = self.params.logprobs else {
             return (self.sample(logits, prompt, generated), None);
         };
@@ -194,7 +209,11 @@ impl Sampler {
             for &t in prompt.iter().chain(generated) {
                 if let (Some(l), Some(d)) = (logits.get_mut(t as usize), done.get_mut(t as usize)) {
                     if !std::mem::replace(d, true) {
-                        *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                        *l = if *l > 0.0 {
+                            *l / p.repetition_penalty
+                        } else {
+                            *l * p.repetition_penalty
+                        };
                     }
                 }
             }
@@ -248,7 +267,14 @@ pub fn sample_with(logits: &[f32], row: &crate::ops::SampleRow) -> u32 {
 /// and above -inf the result is [`argmax`]'s. `temperature` must be > 0.
 ///
 /// This is the reference of the Sample op: every backend must return the same token.
-pub fn sample_row(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, min_p: f32, uniform: f32) -> u32 {
+pub fn sample_row(
+    logits: &[f32],
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    min_p: f32,
+    uniform: f32,
+) -> u32 {
     // Candidates with a finite scaled logit, most likely first (ties: lower id first).
     let mut cand: Vec<(u32, f32)> = logits
         .iter()
@@ -291,7 +317,8 @@ pub fn sample_row(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, mi
         // The largest weight is exp(0) = 1.
         keep = keep.min(weights.iter().take_while(|&&w| w >= min_p).count());
     }
-    let mut kept: Vec<(u32, f32)> = cand[..keep].iter().zip(&weights).map(|(c, &w)| (c.0, w)).collect();
+    let mut kept: Vec<(u32, f32)> =
+        cand[..keep].iter().zip(&weights).map(|(c, &w)| (c.0, w)).collect();
     kept.sort_by_key(|k| k.0);
     let kept_total: f32 = kept.iter().map(|k| k.1).sum();
     let target = uniform * kept_total;
@@ -337,7 +364,9 @@ mod tests {
     #[test]
     fn top_k_one_and_tiny_top_p_are_greedy() {
         let logits = [0.1, 3.0, 2.9, -5.0];
-        for mut s in [sampler(|p| p.top_k = 1), sampler(|p| p.top_p = 1e-6), sampler(|p| p.min_p = 0.999)] {
+        for mut s in
+            [sampler(|p| p.top_k = 1), sampler(|p| p.top_p = 1e-6), sampler(|p| p.min_p = 0.999)]
+        {
             for _ in 0..50 {
                 assert_eq!(s.sample(&mut logits.clone(), &[], &[]), 1);
             }
@@ -364,7 +393,8 @@ mod tests {
     #[test]
     fn ties_at_the_top_k_edge_stay_together() {
         let logits = [1.0, 3.0, 2.0, 2.0, 0.5];
-        let drawn: Vec<u32> = (0..64).map(|i| sample_row(&logits, 1.0, 2, 1.0, 0.0, i as f32 / 64.0)).collect();
+        let drawn: Vec<u32> =
+            (0..64).map(|i| sample_row(&logits, 1.0, 2, 1.0, 0.0, i as f32 / 64.0)).collect();
         assert!(drawn.iter().all(|t| [1, 2, 3].contains(t)), "{drawn:?}");
         assert!([1, 2, 3].iter().all(|t| drawn.contains(t)), "{drawn:?}");
     }
@@ -379,14 +409,21 @@ mod tests {
         assert_eq!(sample_row(&logits, 1.0, 0, 1.0, 0.5, 0.99), 5);
         // top_p keeps a group while the mass above it is below top_p.
         let logits = [2.0f32.ln(), 1.0f32.ln(), 1.0f32.ln()]; // probabilities 0.5, 0.25, 0.25
-        assert_eq!((0..10).map(|i| sample_row(&logits, 1.0, 0, 0.5, 0.0, i as f32 / 10.0)).max(), Some(0));
-        assert_eq!((0..10).map(|i| sample_row(&logits, 1.0, 0, 0.51, 0.0, i as f32 / 10.0)).max(), Some(2));
+        assert_eq!(
+            (0..10).map(|i| sample_row(&logits, 1.0, 0, 0.5, 0.0, i as f32 / 10.0)).max(),
+            Some(0)
+        );
+        assert_eq!(
+            (0..10).map(|i| sample_row(&logits, 1.0, 0, 0.51, 0.0, i as f32 / 10.0)).max(),
+            Some(2)
+        );
         assert_eq!(sample_row(&[f32::NAN, f32::NAN], 1.0, 0, 1.0, 0.0, 0.5), 0);
     }
 
     #[test]
     fn repetition_penalty_steers_away_from_seen_tokens() {
-        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..Default::default() }).unwrap();
+        let mut s =
+            Sampler::new(SamplingParams { repetition_penalty: 2.0, ..Default::default() }).unwrap();
         assert_eq!(s.sample(&mut [1.0, 1.5, 0.9], &[1], &[]), 0);
         // Once per distinct token, however often it was seen (as HF and vLLM): 1.5 / 2 beats
         // 0.7, 1.5 / 4 would not.
@@ -396,7 +433,12 @@ mod tests {
     }
 
     fn penalties(presence: f32, frequency: f32) -> Sampler {
-        Sampler::new(SamplingParams { presence_penalty: presence, frequency_penalty: frequency, ..Default::default() }).unwrap()
+        Sampler::new(SamplingParams {
+            presence_penalty: presence,
+            frequency_penalty: frequency,
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     #[test]
@@ -410,7 +452,9 @@ mod tests {
         penalties(-1.0, -2.0).penalize(&mut logits, &[], &[2, 2]);
         assert_eq!(logits, [0.0, 0.0, 5.0]);
         // They steer a greedy choice: token 1 leads by 0.4 and was generated twice.
-        let pick = |presence, frequency| penalties(presence, frequency).sample(&mut [2.0, 2.4, 0.0], &[1, 1, 1, 1], &[1, 1]);
+        let pick = |presence, frequency| {
+            penalties(presence, frequency).sample(&mut [2.0, 2.4, 0.0], &[1, 1, 1, 1], &[1, 1])
+        };
         assert_eq!(pick(0.0, 0.0), 1);
         assert_eq!(pick(0.0, 0.1), 1);
         assert_eq!(pick(0.0, 0.3), 0);
@@ -422,7 +466,8 @@ mod tests {
 
     #[test]
     fn logprobs_are_the_raw_log_softmax() {
-        let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1009) as f32 * 0.013 - 4.0).collect();
+        let logits: Vec<f32> =
+            (0..1000).map(|i| ((i * 7919) % 1009) as f32 * 0.013 - 4.0).collect();
         let all = logprobs(&logits, 3, logits.len());
         assert_eq!(all.top.len(), logits.len());
         let total: f64 = all.top.iter().map(|&(_, l)| (l as f64).exp()).sum();
@@ -442,13 +487,24 @@ mod tests {
         assert!((lp.top[0].1 - 0.75f32.ln()).abs() < 1e-6, "{lp:?}");
         assert_eq!(lp.top[2..], [(2, f32::NEG_INFINITY), (3, f32::NEG_INFINITY)]);
         // Ties: lower id first; asking for more than the vocabulary gives it all.
-        assert_eq!(logprobs(&[1.0, 2.0, 2.0], 0, 9).top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2, 0]);
-        assert_eq!(logprobs(&[f32::NAN; 3], 1, 1), TokenLogprobs { logprob: f32::NEG_INFINITY, top: vec![(0, f32::NEG_INFINITY)] });
+        assert_eq!(
+            logprobs(&[1.0, 2.0, 2.0], 0, 9).top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            [1, 2, 0]
+        );
+        assert_eq!(
+            logprobs(&[f32::NAN; 3], 1, 1),
+            TokenLogprobs { logprob: f32::NEG_INFINITY, top: vec![(0, f32::NEG_INFINITY)] }
+        );
     }
 
     #[test]
     fn logprobs_describe_the_model_not_the_penalties() {
-        let mut s = Sampler::new(SamplingParams { frequency_penalty: 2.0, logprobs: Some(2), ..Default::default() }).unwrap();
+        let mut s = Sampler::new(SamplingParams {
+            frequency_penalty: 2.0,
+            logprobs: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
         let raw = [2.0f32, 3.0, 0.0];
         let (t, lp) = s.sample_with_logprobs(&mut raw.clone(), &[], &[1]);
         assert_eq!(t, 0, "the penalty moved the choice");
@@ -473,7 +529,12 @@ mod tests {
         ] {
             assert!(Sampler::new(p).is_err());
         }
-        let edge = SamplingParams { presence_penalty: -2.0, frequency_penalty: 2.0, logprobs: Some(MAX_LOGPROBS), ..Default::default() };
+        let edge = SamplingParams {
+            presence_penalty: -2.0,
+            frequency_penalty: 2.0,
+            logprobs: Some(MAX_LOGPROBS),
+            ..Default::default()
+        };
         assert!(Sampler::new(edge).is_ok());
     }
 }

@@ -57,7 +57,8 @@ fn chat_template_divisible_by_zero_is_an_error() {
     ] {
         let _ = render_chat_template(template, &messages, true, "<s>", "</s>");
     }
-    let e = render_chat_template("{{ 1 is divisibleby(0) }}", &messages, true, "", "").expect_err("division by zero");
+    let e = render_chat_template("{{ 1 is divisibleby(0) }}", &messages, true, "", "")
+        .expect_err("division by zero");
     assert!(e.to_string().contains("chat template"), "{e}");
 }
 
@@ -69,18 +70,35 @@ fn gguf_merge_longer_than_any_token_is_an_error() {
     let tokens = ["a", "bb", "<0a>", "\u{0}", "#$%&'()*+,-."];
     let mut m = GgufMetadata::new();
     m.insert("tokenizer.ggml.model".into(), GgufValue::String("gpt2".into()));
-    m.insert("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens.iter().map(|t| GgufValue::String(t.to_string())).collect()));
-    m.insert("tokenizer.ggml.merges".into(), GgufValue::Array(vec![GgufValue::String("#$%&'()*+,-. #$%&'()*+,-.".into())]));
+    m.insert(
+        "tokenizer.ggml.tokens".into(),
+        GgufValue::Array(tokens.iter().map(|t| GgufValue::String(t.to_string())).collect()),
+    );
+    m.insert(
+        "tokenizer.ggml.merges".into(),
+        GgufValue::Array(vec![GgufValue::String("#$%&'()*+,-. #$%&'()*+,-.".into())]),
+    );
     let e = Tokenizer::from_gguf(&m).err().expect("refused").to_string();
     assert!(e.contains("is not in the vocabulary"), "{e}");
     // Halves missing from the vocabulary are named too.
-    m.insert("tokenizer.ggml.merges".into(), GgufValue::Array(vec![GgufValue::String("a zz".into())]));
+    m.insert(
+        "tokenizer.ggml.merges".into(),
+        GgufValue::Array(vec![GgufValue::String("a zz".into())]),
+    );
     let e = Tokenizer::from_gguf(&m).err().expect("refused").to_string();
     assert!(e.contains("'zz' is not in the vocabulary"), "{e}");
     // A merge whose result is a token builds.
     let mut ok = m.clone();
-    ok.insert("tokenizer.ggml.tokens".into(), GgufValue::Array(["a", "b", "ab"].iter().map(|t| GgufValue::String(t.to_string())).collect()));
-    ok.insert("tokenizer.ggml.merges".into(), GgufValue::Array(vec![GgufValue::String("a b".into())]));
+    ok.insert(
+        "tokenizer.ggml.tokens".into(),
+        GgufValue::Array(
+            ["a", "b", "ab"].iter().map(|t| GgufValue::String(t.to_string())).collect(),
+        ),
+    );
+    ok.insert(
+        "tokenizer.ggml.merges".into(),
+        GgufValue::Array(vec![GgufValue::String("a b".into())]),
+    );
     let tok = Tokenizer::from_gguf(&ok).expect("valid");
     assert_eq!(tok.encode("ab").unwrap(), [2]);
 }
@@ -96,7 +114,8 @@ fn gguf_offset_overflowing_the_file_offsets_is_an_error() {
         b.extend_from_slice(s.as_bytes());
     };
     let mut b = b"GGUF".to_vec();
-    for v in [3u32.to_le_bytes().to_vec(), 1u64.to_le_bytes().to_vec(), 1u64.to_le_bytes().to_vec()] {
+    for v in [3u32.to_le_bytes().to_vec(), 1u64.to_le_bytes().to_vec(), 1u64.to_le_bytes().to_vec()]
+    {
         b.extend_from_slice(&v);
     }
     string(&mut b, "general.architecture");
@@ -110,10 +129,19 @@ fn gguf_offset_overflowing_the_file_offsets_is_an_error() {
     b.resize(b.len().next_multiple_of(32), 0);
     for len in [None, Some(b.len() as u64)] {
         let mut s = GgufStream::new("o.gguf", len);
-        let e = s.push(&b, &mut Keep(Vec::new())).and_then(|()| s.finish()).expect_err("refused").to_string();
-        assert!(e.contains("overflows the file offsets") || e.contains("past the end"), "{len:?}: {e}");
+        let e = s
+            .push(&b, &mut Keep(Vec::new()))
+            .and_then(|()| s.finish())
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("overflows the file offsets") || e.contains("past the end"),
+            "{len:?}: {e}"
+        );
     }
-    let e = tandem_core::loader::gguf::GgufFile::from_bytes("o.gguf", b).expect_err("refused").to_string();
+    let e = tandem_core::loader::gguf::GgufFile::from_bytes("o.gguf", b)
+        .expect_err("refused")
+        .to_string();
     assert!(e.contains("past the end") || e.contains("overflows"), "{e}");
 }
 
@@ -126,9 +154,18 @@ fn gguf_duplicate_pieces_keep_every_position_an_id() {
     let tokens = ["", "", "", "", "", "\u{1}", ""];
     let mut m = GgufMetadata::new();
     m.insert("tokenizer.ggml.model".into(), GgufValue::String("llama".into()));
-    m.insert("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens.iter().map(|t| GgufValue::String(t.to_string())).collect()));
-    m.insert("tokenizer.ggml.token_type".into(), GgufValue::Array(vec![GgufValue::I32(1); tokens.len()]));
-    m.insert("tokenizer.ggml.scores".into(), GgufValue::Array(vec![GgufValue::F32(0.0); tokens.len()]));
+    m.insert(
+        "tokenizer.ggml.tokens".into(),
+        GgufValue::Array(tokens.iter().map(|t| GgufValue::String(t.to_string())).collect()),
+    );
+    m.insert(
+        "tokenizer.ggml.token_type".into(),
+        GgufValue::Array(vec![GgufValue::I32(1); tokens.len()]),
+    );
+    m.insert(
+        "tokenizer.ggml.scores".into(),
+        GgufValue::Array(vec![GgufValue::F32(0.0); tokens.len()]),
+    );
     m.insert("tokenizer.ggml.add_space_prefix".into(), GgufValue::Bool(false));
     let tok = Tokenizer::from_gguf(&m).expect("builds");
     assert_eq!(tok.vocab_size(), tokens.len());
@@ -155,7 +192,12 @@ fn a_header_trickling_in_byte_by_byte_streams() {
     }
     s.finish().expect("complete");
     assert_eq!(keep.0, ["w"]);
-    assert!(s.peak_buffered() <= 2 * file.len(), "{} bytes held for a {}-byte file", s.peak_buffered(), file.len());
+    assert!(
+        s.peak_buffered() <= 2 * file.len(),
+        "{} bytes held for a {}-byte file",
+        s.peak_buffered(),
+        file.len()
+    );
 }
 
 /// safetensors_stream: a file whose header length is 0 hung the stream: having read the
@@ -170,7 +212,8 @@ fn an_empty_safetensors_header_is_an_error() {
         for len in [None, Some(file.len() as u64)] {
             let mut s = SafetensorsStream::new("t", len);
             let mut keep = Keep(Vec::new());
-            let r = file.chunks(chunk).try_for_each(|c| s.push(c, &mut keep)).and_then(|()| s.finish());
+            let r =
+                file.chunks(chunk).try_for_each(|c| s.push(c, &mut keep)).and_then(|()| s.finish());
             let e = r.expect_err("an empty header").to_string();
             assert!(e.contains("safetensors"), "{chunk}-byte chunks, {len:?}: {e}");
         }

@@ -139,8 +139,11 @@ fn a_million_stop_strings_are_refused_naming_the_limit() {
 }
 
 fn render(template: &str, n_messages: usize) -> Result<String, Error> {
-    let messages: Vec<ChatMessage> =
-        (0..n_messages).map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, format!("message {i}"))).collect();
+    let messages: Vec<ChatMessage> = (0..n_messages)
+        .map(|i| {
+            ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, format!("message {i}"))
+        })
+        .collect();
     render_chat_template(template, &messages, true, "<s>", "</s>")
 }
 
@@ -195,14 +198,18 @@ fn template_sizes_and_amplifying_filters_are_bounded() {
     // The same filters still work at ordinary sizes.
     let ok = render("{{ 'a\nb'|indent(2) }}|{{ {'a': 1}|tojson(indent=2) }}|{{ '%3d'|format(7) }}|{{ 'abcb'|replace('b', 'x', 1) }}|{{ messages|tojson }}", 1)
         .expect("ordinary filters");
-    assert_eq!(ok, "a\n  b|{\n  \"a\": 1\n}|  7|axcb|[{\"role\": \"user\", \"content\": \"message 0\"}]");
+    assert_eq!(
+        ok,
+        "a\n  b|{\n  \"a\": 1\n}|  7|axcb|[{\"role\": \"user\", \"content\": \"message 0\"}]"
+    );
 }
 
 /// A SentencePiece vocabulary of long pieces would make rebuilding its merges quadratic in
 /// each piece: refused, naming the budget, before the work.
 #[test]
 fn sentencepiece_pieces_too_long_to_split_are_refused() {
-    let tokens: Vec<GgufValue> = (0..600).map(|i| GgufValue::String(format!("{i}{}", "a".repeat(20_000)))).collect();
+    let tokens: Vec<GgufValue> =
+        (0..600).map(|i| GgufValue::String(format!("{i}{}", "a".repeat(20_000)))).collect();
     let n = tokens.len();
     let mut m = GgufMetadata::new();
     m.insert("tokenizer.ggml.model".into(), GgufValue::String("llama".into()));

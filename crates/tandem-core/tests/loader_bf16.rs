@@ -18,7 +18,10 @@ fn st_bytes(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
     let mut data = Vec::new();
     for (name, dtype, shape, bytes) in tensors {
         let offsets = [data.len(), data.len() + bytes.len()];
-        header.insert(name.to_string(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": offsets}));
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": offsets}),
+        );
         data.extend_from_slice(bytes);
     }
     let header = serde_json::Value::Object(header).to_string();
@@ -35,7 +38,11 @@ fn safetensors_to_bf16() {
     let bf: Vec<u8> = v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect();
     let f16: Vec<u8> = v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect();
     let f32: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let img = st_bytes(&[("b", "BF16", vec![3, 5], bf.clone()), ("h", "F16", vec![3, 5], f16), ("f", "F32", vec![3, 5], f32)]);
+    let img = st_bytes(&[
+        ("b", "BF16", vec![3, 5], bf.clone()),
+        ("h", "F16", vec![3, 5], f16),
+        ("f", "F32", vec![3, 5], f32),
+    ]);
     let s = SafetensorsStore::from_bytes("mem.safetensors", img).expect("parses");
 
     let t = s.load("b", LoadAs::Exactly(DType::BF16)).expect("bf16 as bf16");
@@ -75,6 +82,10 @@ fn gguf_to_bf16() {
         let t = f.load(name, LoadAs::Exactly(DType::BF16)).expect("as bf16");
         let f32 = f.load(name, LoadAs::F32).expect("as f32");
         assert_eq!(t.dtype, DType::BF16);
-        assert_eq!(t.bytes, quant::encode(&quant::decode(&f32.bytes, DType::F32, 64), DType::BF16), "{name}");
+        assert_eq!(
+            t.bytes,
+            quant::encode(&quant::decode(&f32.bytes, DType::F32, 64), DType::BF16),
+            "{name}"
+        );
     }
 }

@@ -1,19 +1,34 @@
 //! GGUF reader: metadata and tensor round trips through the test writer, the q/k
 //! un-permutation, hostile and broken files, and the real SmolLM2 GGUF when present.
 
-use tandem_core::loader::gguf::{GgufFile, GgufMetadataExt, GgufValue, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0};
+use tandem_core::loader::gguf::{
+    GgufFile, GgufMetadataExt, GgufValue, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1,
+    GGML_Q8_0,
+};
 use tandem_core::loader::gguf_writer::{quantize_ggml, write_string, GgufWriter};
 use tandem_core::loader::{ggml, open, open_gguf_bytes, LoadAs, TensorStore};
 use tandem_core::{quant, Arch, DType, Error};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
-    (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 2001) as f32 / 1000.0 - 1.0).collect()
+    (0..n)
+        .map(|i| {
+            (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 2001) as f32 / 1000.0
+                - 1.0
+        })
+        .collect()
 }
 
 /// A minimal valid llama model header: 2 heads, 1 kv head, head_dim 16, dim 32.
 fn llama_meta(w: &mut GgufWriter, arch: &str) {
     w.kv("general.architecture", GgufValue::String(arch.into()));
-    for (k, v) in [("embedding_length", 32u32), ("block_count", 1), ("attention.head_count", 2), ("attention.head_count_kv", 1), ("feed_forward_length", 64), ("context_length", 128)] {
+    for (k, v) in [
+        ("embedding_length", 32u32),
+        ("block_count", 1),
+        ("attention.head_count", 2),
+        ("attention.head_count_kv", 1),
+        ("feed_forward_length", 64),
+        ("context_length", 128),
+    ] {
         w.kv(&format!("{arch}.{k}"), GgufValue::U32(v));
     }
     w.kv(&format!("{arch}.attention.layer_norm_rms_epsilon"), GgufValue::F32(1e-5));
@@ -58,7 +73,10 @@ fn metadata_round_trip_all_types() {
         ("a.f64", GgufValue::F64(-2.25)),
         ("a.bool", GgufValue::Bool(true)),
         ("a.str", GgufValue::String("héllo".into())),
-        ("a.strs", GgufValue::Array(vec![GgufValue::String("x".into()), GgufValue::String("".into())])),
+        (
+            "a.strs",
+            GgufValue::Array(vec![GgufValue::String("x".into()), GgufValue::String("".into())]),
+        ),
         ("a.f32s", GgufValue::Array(vec![GgufValue::F32(0.5), GgufValue::F32(-1.0)])),
         ("a.i32s", GgufValue::Array(vec![GgufValue::I32(-1), GgufValue::I32(3)])),
         ("a.nested", GgufValue::Array(vec![GgufValue::Array(vec![GgufValue::U8(1)])])),
@@ -95,7 +113,14 @@ fn metadata_round_trip_all_types() {
 fn tensors_round_trip_each_type() {
     let shape = [3usize, 64];
     let src = values(shape[0] * shape[1], 7);
-    let types = [(GGML_F32, DType::F32), (GGML_F16, DType::F16), (GGML_BF16, DType::F32), (GGML_Q8_0, DType::Q8_0), (GGML_Q4_0, DType::Q4_0), (GGML_Q4_1, DType::Q4_1)];
+    let types = [
+        (GGML_F32, DType::F32),
+        (GGML_F16, DType::F16),
+        (GGML_BF16, DType::F32),
+        (GGML_Q8_0, DType::Q8_0),
+        (GGML_Q4_0, DType::Q4_0),
+        (GGML_Q4_1, DType::Q4_1),
+    ];
     let mut w = GgufWriter::new();
     llama_meta(&mut w, "qwen2");
     w.alignment(64);
@@ -115,13 +140,24 @@ fn tensors_round_trip_each_type() {
         let t = f.load(&name, LoadAs::Native).expect("loads");
         assert_eq!((t.dtype, t.shape.clone()), (native, shape.to_vec()), "type {ty}");
         assert_eq!(t.bytes.len(), native.storage_bytes(src.len()));
-        assert_eq!(bits(&quant::decode(&t.bytes, t.dtype, src.len())), bits(&want), "native type {ty}");
+        assert_eq!(
+            bits(&quant::decode(&t.bytes, t.dtype, src.len())),
+            bits(&want),
+            "native type {ty}"
+        );
         let t = f.load(&name, LoadAs::F32).expect("loads f32");
         assert_eq!(t.dtype, DType::F32);
-        assert_eq!(bits(&quant::decode(&t.bytes, DType::F32, src.len())), bits(&want), "f32 type {ty}");
+        assert_eq!(
+            bits(&quant::decode(&t.bytes, DType::F32, src.len())),
+            bits(&want),
+            "f32 type {ty}"
+        );
         let t = f.load(&name, LoadAs::Exactly(DType::Q8_0)).expect("loads q8");
         let got = quant::decode(&t.bytes, DType::Q8_0, src.len());
-        assert_eq!(bits(&got), bits(&quant::decode(&quant::encode(&want, DType::Q8_0), DType::Q8_0, src.len())));
+        assert_eq!(
+            bits(&got),
+            bits(&quant::decode(&quant::encode(&want, DType::Q8_0), DType::Q8_0, src.len()))
+        );
     }
     assert!(matches!(f.load("nope", LoadAs::F32), Err(Error::MissingTensor(_))));
 }
@@ -147,7 +183,8 @@ fn permute_hf_to_gguf(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec
             for j in 0..2 {
                 let gguf_row = h * hd + 2 * i + j;
                 let hf_row = h * hd + j * (hd / 2) + i;
-                out[gguf_row * cols..(gguf_row + 1) * cols].copy_from_slice(&w[hf_row * cols..(hf_row + 1) * cols]);
+                out[gguf_row * cols..(gguf_row + 1) * cols]
+                    .copy_from_slice(&w[hf_row * cols..(hf_row + 1) * cols]);
             }
         }
     }
@@ -157,8 +194,10 @@ fn permute_hf_to_gguf(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec
 #[test]
 fn llama_q_k_rows_are_unpermuted() {
     let (cols, hd) = (32, 16);
-    let q_hf: Vec<f32> = (0..2 * hd * cols).map(|i| (i / cols) as f32 * 100.0 + (i % cols) as f32).collect();
-    let k_hf: Vec<f32> = (0..hd * cols).map(|i| -((i / cols) as f32 * 100.0 + (i % cols) as f32)).collect();
+    let q_hf: Vec<f32> =
+        (0..2 * hd * cols).map(|i| (i / cols) as f32 * 100.0 + (i % cols) as f32).collect();
+    let k_hf: Vec<f32> =
+        (0..hd * cols).map(|i| -((i / cols) as f32 * 100.0 + (i % cols) as f32)).collect();
     for arch in ["llama", "qwen2"] {
         let permuted = arch == "llama";
         let (q_file, k_file) = if permuted {
@@ -176,9 +215,15 @@ fn llama_q_k_rows_are_unpermuted() {
             let f = parse(w.to_bytes()).expect("parses");
             // One block per row, so quantizing the HF rows gives the same blocks, reordered.
             for (name, hf) in [("q_proj", &q_hf), ("k_proj", &k_hf)] {
-                let t = f.load(&format!("model.layers.0.self_attn.{name}.weight"), LoadAs::Native).expect("loads");
+                let t = f
+                    .load(&format!("model.layers.0.self_attn.{name}.weight"), LoadAs::Native)
+                    .expect("loads");
                 let want = ggml::dequantize(ty, &quantize_ggml(hf, ty)).expect("supported");
-                assert_eq!(bits(&quant::decode(&t.bytes, t.dtype, hf.len())), bits(&want), "{arch} {name} type {ty}");
+                assert_eq!(
+                    bits(&quant::decode(&t.bytes, t.dtype, hf.len())),
+                    bits(&want),
+                    "{arch} {name} type {ty}"
+                );
             }
             // v is never permuted.
             let v = f.load("model.layers.0.self_attn.v_proj.weight", LoadAs::F32).expect("loads");
@@ -198,12 +243,28 @@ fn open_gguf_file_and_bytes() {
     let src = open_gguf_bytes("mem.gguf", bytes.clone()).expect("opens");
     assert_eq!(src.format, "gguf v3");
     let c = &src.config;
-    assert_eq!((c.arch, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size, c.max_position), (Arch::Llama, 32, 1, 2, 1, 16, 64, 40, 128));
+    assert_eq!(
+        (
+            c.arch,
+            c.dim,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            c.ffn_dim,
+            c.vocab_size,
+            c.max_position
+        ),
+        (Arch::Llama, 32, 1, 2, 1, 16, 64, 40, 128)
+    );
     assert!(c.tie_embeddings, "no output.weight means tied");
     assert_eq!((c.bos_token_id, c.eos_token_ids.clone()), (Some(1), vec![2]));
     let names: Vec<&str> = src.tensors.infos().iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["model.embed_tokens.weight", "model.norm.weight"]);
-    assert_eq!(src.tensors.load("model.embed_tokens.weight", LoadAs::Native).expect("embed").dtype, DType::Q8_0);
+    assert_eq!(
+        src.tensors.load("model.embed_tokens.weight", LoadAs::Native).expect("embed").dtype,
+        DType::Q8_0
+    );
 
     let dir = std::env::temp_dir().join(format!("tandem-loader-gguf-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -214,7 +275,10 @@ fn open_gguf_file_and_bytes() {
     assert_eq!(src.config.dim, 32);
     assert!(matches!(src.tokenizer, tandem_core::loader::TokenizerSource::Gguf(_)));
     let missing = open(&dir.join("nope.gguf")).err().expect("missing file errs");
-    assert!(matches!(missing, Error::Io { .. }) && missing.to_string().contains("nope.gguf"), "{missing}");
+    assert!(
+        matches!(missing, Error::Io { .. }) && missing.to_string().contains("nope.gguf"),
+        "{missing}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -227,12 +291,20 @@ fn gguf_config_errors_name_the_problem() {
     let mut w = GgufWriter::new();
     w.kv("general.architecture", GgufValue::String("llama".into()));
     let e = open_gguf_bytes("m", w.to_bytes()).err().expect("missing keys");
-    assert!(matches!(e, Error::BadConfig(_)) && e.to_string().contains("llama.embedding_length"), "{e}");
+    assert!(
+        matches!(e, Error::BadConfig(_)) && e.to_string().contains("llama.embedding_length"),
+        "{e}"
+    );
 }
 
 #[test]
 fn llama3_rope_freqs_tensor_becomes_rope_scaling() {
-    let want = tandem_core::RopeScaling::Llama3 { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 8192 };
+    let want = tandem_core::RopeScaling::Llama3 {
+        factor: 32.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position: 8192,
+    };
     let build = |factors: &[f32]| {
         let mut w = GgufWriter::new();
         llama_meta(&mut w, "llama");
@@ -243,9 +315,13 @@ fn llama3_rope_freqs_tensor_becomes_rope_scaling() {
     let cfg = build(&[1.0; 8]).expect("all-ones factors").config;
     assert_eq!(cfg.rope_scaling, tandem_core::RopeScaling::None);
     // llama.cpp's converter: factor = base_freq / scaled_freq per frequency.
-    let scaled = tandem_core::ModelConfig { rope_scaling: want.clone(), ..cfg.clone() }.rope_inv_freq();
+    let scaled =
+        tandem_core::ModelConfig { rope_scaling: want.clone(), ..cfg.clone() }.rope_inv_freq();
     let factors: Vec<f32> = cfg.rope_inv_freq().iter().zip(&scaled).map(|(b, s)| b / s).collect();
-    assert!(factors.iter().any(|&f| f > 1.0 && f < 32.0), "head_dim 16 at theta 5e5 covers the smooth band");
+    assert!(
+        factors.iter().any(|&f| f > 1.0 && f < 32.0),
+        "head_dim 16 at theta 5e5 covers the smooth band"
+    );
     assert_eq!(build(&factors).expect("llama3 factors").config.rope_scaling, want);
     let mut odd = factors.clone();
     odd[3] *= 1.5;
@@ -377,10 +453,22 @@ fn rejects_bad_tensor_directory() {
     expect_err(tensor(&[32, 1], 20 + 3, 0, 4096), "not a multiple of the IQ4_XS block size 256");
     // Known types tandem cannot load: the file opens, loading names the type and lists what
     // tandem loads.
-    for (id, name, bytes) in [(16u32, "IQ2_XXS", 66), (19, "IQ1_S", 50), (21, "IQ3_S", 110), (34, "TQ1_0", 54), (35, "TQ2_0", 66), (15, "Q8_K", 292)] {
+    for (id, name, bytes) in [
+        (16u32, "IQ2_XXS", 66),
+        (19, "IQ1_S", 50),
+        (21, "IQ3_S", 110),
+        (34, "TQ1_0", 54),
+        (35, "TQ2_0", 66),
+        (15, "Q8_K", 292),
+    ] {
         let f = parse(tensor(&[256], id, 0, bytes)).unwrap_or_else(|e| panic!("{name} opens: {e}"));
         let e = f.load("w", LoadAs::Native).expect_err("does not load").to_string();
-        assert!(e.contains(&format!("ggml type {name} is not supported")) && e.contains("Q4_K") && e.contains("IQ4_XS"), "{e}");
+        assert!(
+            e.contains(&format!("ggml type {name} is not supported"))
+                && e.contains("Q4_K")
+                && e.contains("IQ4_XS"),
+            "{e}"
+        );
     }
     // Q4_K loads as the blocks the file holds (144 bytes a block, no padding needed).
     let f = parse(tensor(&[256], 12, 0, 144)).expect("Q4_K opens");
@@ -391,7 +479,10 @@ fn rejects_bad_tensor_directory() {
     let t = f.load("w", LoadAs::Exactly(DType::Q6_K)).expect("Q4_K -> Q6_K requantizes");
     assert_eq!((t.dtype, t.bytes.len()), (DType::Q6_K, 212));
     let e = f.load("w", LoadAs::Exactly(DType::Q5_K)).expect_err("no Q4_K -> Q5_K").to_string();
-    assert!(e.contains("cannot convert Q4_K to q5_k") && e.contains("does not quantize to q5_k"), "{e}");
+    assert!(
+        e.contains("cannot convert Q4_K to q5_k") && e.contains("does not quantize to q5_k"),
+        "{e}"
+    );
     // Q6_K blocks (210 bytes) gain 2 bytes of padding each.
     let f = parse(tensor(&[512], 14, 0, 420)).expect("Q6_K opens");
     assert_eq!(f.load("w", LoadAs::Native).expect("Q6_K loads").bytes.len(), 424);
@@ -430,7 +521,8 @@ fn truncated_and_corrupted_files_never_panic() {
 fn smollm_path() -> Option<std::path::PathBuf> {
     let p = match std::env::var_os("TANDEM_SMOLLM_GGUF") {
         Some(p) => p.into(),
-        None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cache/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        None => std::path::PathBuf::from(std::env::var_os("HOME")?)
+            .join(".cache/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
     };
     p.is_file().then_some(p)
 }
@@ -444,7 +536,10 @@ fn smollm2_gguf() {
     let src = open(&path).expect("opens");
     assert_eq!(src.format, "gguf v3");
     let c = &src.config;
-    assert_eq!((c.arch, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size), (Arch::Llama, 576, 30, 9, 3, 64, 1536, 49152));
+    assert_eq!(
+        (c.arch, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size),
+        (Arch::Llama, 576, 30, 9, 3, 64, 1536, 49152)
+    );
     assert_eq!(c.rope_theta, 100000.0);
     assert!(c.tie_embeddings);
     assert!(!c.qkv_bias);
@@ -459,7 +554,11 @@ fn smollm2_gguf() {
     let n = t.load("model.layers.0.input_layernorm.weight", LoadAs::Native).expect("norm");
     assert_eq!((n.dtype, n.shape.clone()), (DType::F32, vec![576]));
     // Un-permuting moves whole rows: the multiset of row sums is unchanged, the order is not.
-    let qf = quant::decode(&t.load("model.layers.0.self_attn.q_proj.weight", LoadAs::F32).expect("q f32").bytes, DType::F32, 576 * 576);
+    let qf = quant::decode(
+        &t.load("model.layers.0.self_attn.q_proj.weight", LoadAs::F32).expect("q f32").bytes,
+        DType::F32,
+        576 * 576,
+    );
     let qn = quant::decode(&q.bytes, DType::Q4_1, 576 * 576);
     assert_eq!(bits(&qf), bits(&qn), "F32 and Native agree");
     assert!(qf.iter().all(|x| x.is_finite()));
@@ -468,5 +567,7 @@ fn smollm2_gguf() {
         let h = t.load(&info.name, LoadAs::Native).unwrap_or_else(|e| panic!("{}: {e}", info.name));
         assert_eq!(h.bytes.len(), h.dtype.storage_bytes(h.shape.iter().product()), "{}", info.name);
     }
-    assert!(matches!(src.tokenizer, tandem_core::loader::TokenizerSource::Gguf(ref g) if g.metadata.get_str_array("tokenizer.ggml.tokens").map(|v| v.len()) == Some(49152)));
+    assert!(
+        matches!(src.tokenizer, tandem_core::loader::TokenizerSource::Gguf(ref g) if g.metadata.get_str_array("tokenizer.ggml.tokens").map(|v| v.len()) == Some(49152))
+    );
 }

@@ -21,36 +21,68 @@ fn with(base: &str, patch: &str) -> String {
 }
 
 fn config_err(text: &str, needle: &str) {
-    let e = ModelConfig::from_hf_json(text).err().unwrap_or_else(|| panic!("expected an error mentioning {needle}"));
+    let e = ModelConfig::from_hf_json(text)
+        .err()
+        .unwrap_or_else(|| panic!("expected an error mentioning {needle}"));
     assert!(e.to_string().contains(needle), "'{e}' does not mention '{needle}'");
 }
 
 #[test]
 fn hf_config_variants() {
     let c = ModelConfig::from_hf_json(LLAMA).expect("llama");
-    assert_eq!((c.arch, c.head_dim, c.rope_theta, c.rope_scaling.clone()), (Arch::Llama, 8, 10000.0, RopeScaling::None));
+    assert_eq!(
+        (c.arch, c.head_dim, c.rope_theta, c.rope_scaling.clone()),
+        (Arch::Llama, 8, 10000.0, RopeScaling::None)
+    );
     assert!(c.tie_embeddings && !c.qkv_bias);
     assert_eq!((c.bos_token_id, c.eos_token_ids.clone()), (Some(1), vec![2]));
 
     let m = ModelConfig::from_hf_json(&with(LLAMA, r#"{"architectures": ["MistralForCausalLM"], "head_dim": null, "sliding_window": 4096, "eos_token_id": [2, 3], "tie_word_embeddings": null}"#)).expect("mistral");
-    assert_eq!((m.arch, m.head_dim, m.eos_token_ids.clone(), m.tie_embeddings), (Arch::Mistral, 8, vec![2, 3], false));
+    assert_eq!(
+        (m.arch, m.head_dim, m.eos_token_ids.clone(), m.tie_embeddings),
+        (Arch::Mistral, 8, vec![2, 3], false)
+    );
 
-    let q = ModelConfig::from_hf_json(&with(LLAMA, r#"{"architectures": null, "model_type": "qwen2", "rope_theta": 1000000}"#)).expect("qwen2");
+    let q = ModelConfig::from_hf_json(&with(
+        LLAMA,
+        r#"{"architectures": null, "model_type": "qwen2", "rope_theta": 1000000}"#,
+    ))
+    .expect("qwen2");
     assert_eq!((q.arch, q.qkv_bias, q.rope_theta), (Arch::Qwen2, true, 1e6));
-    assert!(ModelConfig::from_hf_json(&with(LLAMA, r#"{"attention_bias": true}"#)).expect("bias").qkv_bias);
+    assert!(
+        ModelConfig::from_hf_json(&with(LLAMA, r#"{"attention_bias": true}"#))
+            .expect("bias")
+            .qkv_bias
+    );
 
     let l3 = ModelConfig::from_hf_json(&with(LLAMA, r#"{"rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}"#)).expect("llama3");
-    assert_eq!(l3.rope_scaling, RopeScaling::Llama3 { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 8192 });
-    let lin = ModelConfig::from_hf_json(&with(LLAMA, r#"{"rope_scaling": {"type": "linear", "factor": 2}}"#)).expect("linear");
+    assert_eq!(
+        l3.rope_scaling,
+        RopeScaling::Llama3 {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position: 8192
+        }
+    );
+    let lin = ModelConfig::from_hf_json(&with(
+        LLAMA,
+        r#"{"rope_scaling": {"type": "linear", "factor": 2}}"#,
+    ))
+    .expect("linear");
     assert_eq!(lin.rope_scaling, RopeScaling::Linear { factor: 2.0 });
 }
 
 #[test]
 fn hf_config_errors() {
-    let e = ModelConfig::from_hf_json(&with(LLAMA, r#"{"architectures": ["GPT2LMHeadModel"]}"#)).expect_err("unknown");
+    let e = ModelConfig::from_hf_json(&with(LLAMA, r#"{"architectures": ["GPT2LMHeadModel"]}"#))
+        .expect_err("unknown");
     assert!(matches!(e, Error::UnknownArchitecture(ref a) if a == "GPT2LMHeadModel"), "{e}");
     config_err(&with(LLAMA, r#"{"rope_scaling": {"type": "yarn", "factor": 4}}"#), "yarn");
-    config_err(&with(LLAMA, r#"{"rope_scaling": {"rope_type": "llama3", "factor": 8}}"#), "low_freq_factor");
+    config_err(
+        &with(LLAMA, r#"{"rope_scaling": {"rope_type": "llama3", "factor": 8}}"#),
+        "low_freq_factor",
+    );
     config_err(&with(LLAMA, r#"{"num_key_value_heads": 3}"#), "n_kv_heads");
     config_err(&with(LLAMA, r#"{"head_dim": 7}"#), "head_dim");
     config_err(&with(LLAMA, r#"{"num_hidden_layers": 0}"#), "n_layers");
@@ -92,10 +124,19 @@ fn safetensors_dtypes_and_conversions() {
     let v: Vec<f32> = (0..96).map(|i| (i as f32 - 40.0) / 16.0).collect();
     let f16b: Vec<u8> = v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect();
     let bf16b: Vec<u8> = v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect();
-    let img = st_bytes(&[("a", "F32", vec![3, 32], f32_bytes(&v)), ("b", "F16", vec![96], f16b), ("c", "BF16", vec![2, 48], bf16b), ("i", "I64", vec![1], vec![0; 8])]);
+    let img = st_bytes(&[
+        ("a", "F32", vec![3, 32], f32_bytes(&v)),
+        ("b", "F16", vec![96], f16b),
+        ("c", "BF16", vec![2, 48], bf16b),
+        ("i", "I64", vec![1], vec![0; 8]),
+    ]);
     let s = SafetensorsStore::from_bytes("mem.safetensors", img).expect("parses");
     assert_eq!(s.infos().len(), 4);
-    for (name, native, shape) in [("a", DType::F32, vec![3, 32]), ("b", DType::F16, vec![96]), ("c", DType::F32, vec![2, 48])] {
+    for (name, native, shape) in [
+        ("a", DType::F32, vec![3, 32]),
+        ("b", DType::F16, vec![96]),
+        ("c", DType::F32, vec![2, 48]),
+    ] {
         let t = s.load(name, LoadAs::Native).expect("native");
         assert_eq!((t.dtype, t.shape.clone()), (native, shape), "{name}");
         // These values are exact in f16 and bf16.
@@ -113,12 +154,20 @@ fn safetensors_dtypes_and_conversions() {
 
 #[test]
 fn safetensors_rejects_broken_files() {
-    let good = st_bytes(&[("a", "F32", vec![2, 4], f32_bytes(&[1.0; 8])), ("b", "F32", vec![4], f32_bytes(&[2.0; 4]))]);
+    let good = st_bytes(&[
+        ("a", "F32", vec![2, 4], f32_bytes(&[1.0; 8])),
+        ("b", "F32", vec![4], f32_bytes(&[2.0; 4])),
+    ]);
     assert!(SafetensorsStore::from_bytes("x", good.clone()).is_ok());
     let check = |bytes: Vec<u8>, what: &str| {
-        let e = SafetensorsStore::from_bytes("bad.safetensors", bytes).err().unwrap_or_else(|| panic!("{what}: expected an error"));
+        let e = SafetensorsStore::from_bytes("bad.safetensors", bytes)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: expected an error"));
         let msg = e.to_string();
-        assert!(matches!(e, Error::BadModelFile { .. }) && msg.contains("bad.safetensors"), "{what}: {msg}");
+        assert!(
+            matches!(e, Error::BadModelFile { .. }) && msg.contains("bad.safetensors"),
+            "{what}: {msg}"
+        );
     };
     for len in 0..good.len() {
         check(good[..len].to_vec(), &format!("truncated to {len}"));
@@ -130,9 +179,21 @@ fn safetensors_rejects_broken_files() {
     b[..8].copy_from_slice(&((good.len() as u64) + 1).to_le_bytes());
     check(b, "header length past the end");
     check(raw_st("{\"a\": {\"dtype\": \"F32\",", &[0; 8]), "bad JSON");
-    check(raw_st(r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8000]}}"#, &[0; 8]), "offset out of range");
-    check(raw_st(r#"{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}"#, &[0; 8]), "size disagrees with shape");
-    check(raw_st(r#"{"a": {"dtype": "F32", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 8]}}"#, &[0; 8]), "shape overflow");
+    check(
+        raw_st(r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8000]}}"#, &[0; 8]),
+        "offset out of range",
+    );
+    check(
+        raw_st(r#"{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}"#, &[0; 8]),
+        "size disagrees with shape",
+    );
+    check(
+        raw_st(
+            r#"{"a": {"dtype": "F32", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 8]}}"#,
+            &[0; 8],
+        ),
+        "shape overflow",
+    );
     // Flipping bytes never panics.
     for i in 0..good.len() {
         let mut b = good.clone();
@@ -166,12 +227,27 @@ fn open_hf_directories() {
     assert!(matches!(e, Error::Tokenizer(ref m) if m.contains("missing tokenizer.json")), "{e}");
     write(&d, "tokenizer.json", "{}");
     let e = open(&d).err().expect("no weights");
-    assert!(matches!(e, Error::BadModelFile { .. }) && e.to_string().contains("safetensors"), "{e}");
+    assert!(
+        matches!(e, Error::BadModelFile { .. }) && e.to_string().contains("safetensors"),
+        "{e}"
+    );
 
     // Two shards through an index, plus generation_config's extra stop token.
-    write(&d, "model-00001-of-00002.safetensors", st_bytes(&[("x", "F32", vec![2], f32_bytes(&[1.0, 2.0]))]));
-    write(&d, "model-00002-of-00002.safetensors", st_bytes(&[("y", "F16", vec![2], vec![0, 0x3c, 0, 0x40])]));
-    write(&d, "model.safetensors.index.json", r#"{"weight_map": {"x": "model-00001-of-00002.safetensors", "y": "model-00002-of-00002.safetensors"}}"#);
+    write(
+        &d,
+        "model-00001-of-00002.safetensors",
+        st_bytes(&[("x", "F32", vec![2], f32_bytes(&[1.0, 2.0]))]),
+    );
+    write(
+        &d,
+        "model-00002-of-00002.safetensors",
+        st_bytes(&[("y", "F16", vec![2], vec![0, 0x3c, 0, 0x40])]),
+    );
+    write(
+        &d,
+        "model.safetensors.index.json",
+        r#"{"weight_map": {"x": "model-00001-of-00002.safetensors", "y": "model-00002-of-00002.safetensors"}}"#,
+    );
     write(&d, "generation_config.json", r#"{"eos_token_id": [2, 7]}"#);
     let src = open(&d).expect("opens");
     assert_eq!(src.format, "safetensors");
@@ -184,9 +260,17 @@ fn open_hf_directories() {
 
     write(&d, "model.safetensors.index.json", r#"{"weight_map": {"x": "../../etc/passwd"}}"#);
     assert!(open(&d).is_err());
-    write(&d, "model.safetensors.index.json", r#"{"weight_map": {"x": "model-00001-of-00002.safetensors", "y": "model-00001-of-00002.safetensors", "z": "model-00002-of-00002.safetensors"}}"#);
+    write(
+        &d,
+        "model.safetensors.index.json",
+        r#"{"weight_map": {"x": "model-00001-of-00002.safetensors", "y": "model-00001-of-00002.safetensors", "z": "model-00002-of-00002.safetensors"}}"#,
+    );
     assert!(open(&d).is_ok());
-    write(&d, "model-00002-of-00002.safetensors", st_bytes(&[("x", "F32", vec![1], f32_bytes(&[1.0]))]));
+    write(
+        &d,
+        "model-00002-of-00002.safetensors",
+        st_bytes(&[("x", "F32", vec![1], f32_bytes(&[1.0]))]),
+    );
     let e = open(&d).err().expect("duplicate tensor");
     assert!(e.to_string().contains("another shard"), "{e}");
 
@@ -212,11 +296,30 @@ fn stories260k_safetensors() {
     }
     let src = open(&dir).expect("opens");
     let c = &src.config;
-    assert_eq!((c.arch, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size, c.max_position), (Arch::Llama, 64, 5, 8, 4, 8, 172, 512, 512));
+    assert_eq!(
+        (
+            c.arch,
+            c.dim,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            c.ffn_dim,
+            c.vocab_size,
+            c.max_position
+        ),
+        (Arch::Llama, 64, 5, 8, 4, 8, 172, 512, 512)
+    );
     assert!(c.tie_embeddings);
     assert_eq!((c.bos_token_id, c.eos_token_ids.clone()), (Some(1), vec![2]));
     assert!(matches!(src.tokenizer, TokenizerSource::Files { tokenizer_config: Some(_), .. }));
-    for (name, shape) in [("model.embed_tokens.weight", vec![512, 64]), ("model.layers.0.self_attn.q_proj.weight", vec![64, 64]), ("model.layers.4.self_attn.k_proj.weight", vec![32, 64]), ("model.layers.0.mlp.down_proj.weight", vec![64, 172]), ("model.norm.weight", vec![64])] {
+    for (name, shape) in [
+        ("model.embed_tokens.weight", vec![512, 64]),
+        ("model.layers.0.self_attn.q_proj.weight", vec![64, 64]),
+        ("model.layers.4.self_attn.k_proj.weight", vec![32, 64]),
+        ("model.layers.0.mlp.down_proj.weight", vec![64, 172]),
+        ("model.norm.weight", vec![64]),
+    ] {
         let t = src.tensors.load(name, LoadAs::Native).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!((t.dtype, t.shape.clone()), (DType::F32, shape), "{name}");
     }

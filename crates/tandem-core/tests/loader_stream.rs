@@ -32,9 +32,16 @@ enum Chunks {
     /// Every byte alone.
     Bytes,
     /// Seeded sizes in 1..=max.
-    Random { seed: u64, max: usize },
+    Random {
+        seed: u64,
+        max: usize,
+    },
     /// 1-byte chunks for the first `n` bytes (the header), then random sizes up to `max`.
-    BytesThen { n: usize, seed: u64, max: usize },
+    BytesThen {
+        n: usize,
+        seed: u64,
+        max: usize,
+    },
     Whole,
 }
 
@@ -103,7 +110,11 @@ fn stream_matches(
     let len = len_known.then_some(bytes.len() as u64);
     let mut check = |name: &str, got: HostTensor| {
         let want = store.load(name, as_).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!((got.dtype, &got.shape), (want.dtype, &want.shape), "{name} ({chunks:?}, {as_:?})");
+        assert_eq!(
+            (got.dtype, &got.shape),
+            (want.dtype, &want.shape),
+            "{name} ({chunks:?}, {as_:?})"
+        );
         assert!(got.bytes == want.bytes, "{name}: bytes differ ({chunks:?}, {as_:?})");
     };
     let skip = |_: &str| false;
@@ -115,7 +126,8 @@ fn stream_matches(
         Format::Gguf => {
             let mut s = GgufStream::new("test.gguf", len);
             for n in sizes {
-                s.push(&bytes[at..at + n], &mut sink).unwrap_or_else(|e| panic!("push at {at}: {e}"));
+                s.push(&bytes[at..at + n], &mut sink)
+                    .unwrap_or_else(|e| panic!("push at {at}: {e}"));
                 at += n;
             }
             s.finish().expect("finish");
@@ -124,7 +136,8 @@ fn stream_matches(
         Format::Safetensors => {
             let mut s = SafetensorsStream::new("test.safetensors", len);
             for n in sizes {
-                s.push(&bytes[at..at + n], &mut sink).unwrap_or_else(|e| panic!("push at {at}: {e}"));
+                s.push(&bytes[at..at + n], &mut sink)
+                    .unwrap_or_else(|e| panic!("push at {at}: {e}"));
                 at += n;
             }
             s.finish().expect("finish");
@@ -165,7 +178,13 @@ fn stories_gguf(dir: &Path, q8: bool) -> Vec<u8> {
         ("tokenizer.ggml.bos_token_id", GgufValue::U32(1)),
         ("tokenizer.ggml.eos_token_id", GgufValue::U32(2)),
     ];
-    let ty = |shape: &[usize]| if q8 && shape.len() == 2 && shape[1].is_multiple_of(32) { GGML_Q8_0 } else { GGML_F32 };
+    let ty = |shape: &[usize]| {
+        if q8 && shape.len() == 2 && shape[1].is_multiple_of(32) {
+            GGML_Q8_0
+        } else {
+            GGML_F32
+        }
+    };
     gguf_writer::llama_gguf(&source, kvs, ty).expect("write GGUF").to_bytes()
 }
 
@@ -182,10 +201,18 @@ fn gguf_stream_equals_the_mapped_loader_on_stories260k() {
         let header = file.data_offset;
         let largest = largest_tensor(&file);
         // The file order: by data offset.
-        let mut order: Vec<(usize, String)> = file.tensors.iter().zip(file.infos()).map(|(t, i)| (t.offset, i.name.clone())).collect();
+        let mut order: Vec<(usize, String)> = file
+            .tensors
+            .iter()
+            .zip(file.infos())
+            .map(|(t, i)| (t.offset, i.name.clone()))
+            .collect();
         order.sort();
         let order: Vec<String> = order.into_iter().map(|(_, n)| n).collect();
-        assert!(order.iter().any(|n| n == "model.layers.0.self_attn.q_proj.weight"), "q is un-permuted under its HF name");
+        assert!(
+            order.iter().any(|n| n == "model.layers.0.self_attn.q_proj.weight"),
+            "q is un-permuted under its HF name"
+        );
         let plans = [
             Chunks::Bytes,
             Chunks::BytesThen { n: header, seed: 1, max: 4096 },
@@ -195,11 +222,19 @@ fn gguf_stream_equals_the_mapped_loader_on_stories260k() {
             Chunks::Whole,
         ];
         for (i, chunks) in plans.into_iter().enumerate() {
-            let as_list: &[LoadAs] = if i == 0 { &[LoadAs::Native] } else { &[LoadAs::Native, LoadAs::F32, LoadAs::Exactly(DType::Q4_1)] };
+            let as_list: &[LoadAs] = if i == 0 {
+                &[LoadAs::Native]
+            } else {
+                &[LoadAs::Native, LoadAs::F32, LoadAs::Exactly(DType::Q4_1)]
+            };
             for &as_ in as_list {
-                let (names, peak, chunk) = stream_matches(Format::Gguf, &bytes, i % 2 == 0, chunks, &file, as_);
+                let (names, peak, chunk) =
+                    stream_matches(Format::Gguf, &bytes, i % 2 == 0, chunks, &file, as_);
                 assert_eq!(names, order, "{chunks:?}: every tensor, in file order");
-                assert!(peak < header + largest + chunk, "{chunks:?}: peak {peak} >= header {header} + tensor {largest} + chunk {chunk}");
+                assert!(
+                    peak < header + largest + chunk,
+                    "{chunks:?}: peak {peak} >= header {header} + tensor {largest} + chunk {chunk}"
+                );
                 if matches!(chunks, Chunks::Bytes | Chunks::BytesThen { .. }) {
                     // Byte by byte, nothing but the header or one tensor is ever held.
                     assert!(peak <= header.max(largest), "{chunks:?}: peak {peak}");
@@ -228,7 +263,8 @@ fn safetensors_stream_equals_the_mapped_loader_on_stories260k() {
     .enumerate()
     {
         for as_ in [LoadAs::Native, LoadAs::Exactly(DType::F16), LoadAs::Exactly(DType::Q8_0)] {
-            let (names, peak, chunk) = stream_matches(Format::Safetensors, &bytes, i % 2 == 1, chunks, &store, as_);
+            let (names, peak, chunk) =
+                stream_matches(Format::Safetensors, &bytes, i % 2 == 1, chunks, &store, as_);
             assert_eq!(names.len(), store.infos().len(), "{chunks:?}");
             assert!(peak < header + largest + chunk, "{chunks:?}: peak {peak}");
         }
@@ -238,7 +274,8 @@ fn safetensors_stream_equals_the_mapped_loader_on_stories260k() {
 fn smollm_path() -> Option<PathBuf> {
     let p = match std::env::var_os("TANDEM_SMOLLM_GGUF") {
         Some(p) => p.into(),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        None => PathBuf::from(std::env::var_os("HOME")?)
+            .join(".cache/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
     };
     p.is_file().then_some(p)
 }
@@ -260,11 +297,20 @@ fn gguf_stream_equals_the_mapped_loader_on_smollm2() {
     let mut count = 0;
     let mut check = |name: &str, got: HostTensor| {
         let want = file.load(name, LoadAs::Native).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(got.dtype == want.dtype && got.shape == want.shape && got.bytes == want.bytes, "{name} differs");
+        assert!(
+            got.dtype == want.dtype && got.shape == want.shape && got.bytes == want.bytes,
+            "{name} differs"
+        );
         count += 1;
     };
     let skip = |_: &str| false;
-    let mut sink = Recorder { as_: LoadAs::Native, skip: &skip, check: &mut check, names: Vec::new(), headers: 0 };
+    let mut sink = Recorder {
+        as_: LoadAs::Native,
+        skip: &skip,
+        check: &mut check,
+        names: Vec::new(),
+        headers: 0,
+    };
     let mut stream = GgufStream::new("SmolLM2.gguf", Some(len));
     let mut buf = vec![0u8; 4 << 20];
     let mut biggest = 0;
@@ -279,7 +325,10 @@ fn gguf_stream_equals_the_mapped_loader_on_smollm2() {
     stream.finish().expect("finish");
     let peak = stream.peak_buffered();
     assert_eq!(sink.names.len(), file.tensors.len());
-    assert!(peak < header + largest + biggest, "peak {peak} >= header {header} + tensor {largest} + chunk {biggest}");
+    assert!(
+        peak < header + largest + biggest,
+        "peak {peak} >= header {header} + tensor {largest} + chunk {biggest}"
+    );
     eprintln!(
         "SmolLM2 GGUF ({len} bytes) streamed: {} tensors equal, header {header} bytes, largest tensor {largest}, peak buffered {peak}",
         sink.names.len()
@@ -294,7 +343,13 @@ fn unwanted_tensors_are_skipped_without_being_held() {
     let mut got = Vec::new();
     let mut check = |name: &str, _: HostTensor| got.push(name.to_string());
     let skip = |name: &str| name != "model.norm.weight";
-    let mut sink = Recorder { as_: LoadAs::Native, skip: &skip, check: &mut check, names: Vec::new(), headers: 0 };
+    let mut sink = Recorder {
+        as_: LoadAs::Native,
+        skip: &skip,
+        check: &mut check,
+        names: Vec::new(),
+        headers: 0,
+    };
     let mut s = GgufStream::new("test.gguf", None);
     for c in bytes.chunks(1000) {
         s.push(c, &mut sink).expect("push");
@@ -304,7 +359,10 @@ fn unwanted_tensors_are_skipped_without_being_held() {
     // Only the header was ever held (its buffer at most doubling as pieces arrive), not any
     // skipped tensor: the embedding alone is several times the header.
     let largest = file.tensors.iter().map(|t| t.n_bytes).max().unwrap_or(0);
-    assert!(largest > 2 * file.data_offset + 1000, "the check needs a tensor bigger than the header");
+    assert!(
+        largest > 2 * file.data_offset + 1000,
+        "the check needs a tensor bigger than the header"
+    );
     assert!(s.peak_buffered() <= 2 * file.data_offset + 1000, "peak {}", s.peak_buffered());
 }
 
@@ -314,12 +372,19 @@ fn unwanted_tensors_are_skipped_without_being_held() {
 fn gguf_error(bytes: &[u8], len: Option<u64>, chunk: usize, limit: Option<usize>) -> String {
     let mut check = |_: &str, _: HostTensor| {};
     let skip = |_: &str| false;
-    let mut sink = Recorder { as_: LoadAs::Native, skip: &skip, check: &mut check, names: Vec::new(), headers: 0 };
+    let mut sink = Recorder {
+        as_: LoadAs::Native,
+        skip: &skip,
+        check: &mut check,
+        names: Vec::new(),
+        headers: 0,
+    };
     let mut s = match limit {
         Some(l) => GgufStream::with_header_limit("test.gguf", len, l),
         None => GgufStream::new("test.gguf", len),
     };
-    let r = bytes.chunks(chunk.max(1)).try_for_each(|c| s.push(c, &mut sink)).and_then(|()| s.finish());
+    let r =
+        bytes.chunks(chunk.max(1)).try_for_each(|c| s.push(c, &mut sink)).and_then(|()| s.finish());
     match r {
         Ok(()) => panic!("expected an error"),
         Err(e) => {
@@ -336,7 +401,10 @@ fn gguf_error(bytes: &[u8], len: Option<u64>, chunk: usize, limit: Option<usize>
 fn small_gguf() -> Vec<u8> {
     let mut w = GgufWriter::new();
     w.kv("general.architecture", GgufValue::String("llama".into()));
-    w.kv("tokenizer.ggml.tokens", GgufValue::Array((0..50).map(|i| GgufValue::String(format!("t{i}"))).collect()));
+    w.kv(
+        "tokenizer.ggml.tokens",
+        GgufValue::Array((0..50).map(|i| GgufValue::String(format!("t{i}"))).collect()),
+    );
     w.tensor("a.weight", &[4, 32], GGML_Q4_1, &[0.5; 128]);
     w.tensor("b.weight", &[32], GGML_F32, &[1.0; 32]);
     w.to_bytes()
@@ -346,7 +414,8 @@ fn small_gguf() -> Vec<u8> {
 fn truncated_streams_are_errors() {
     let good = small_gguf();
     let file = GgufFile::from_bytes("x", good.clone()).expect("valid");
-    let last_end = file.tensors.iter().map(|t| file.data_offset + t.offset + t.n_bytes).max().unwrap();
+    let last_end =
+        file.tensors.iter().map(|t| file.data_offset + t.offset + t.n_bytes).max().unwrap();
     for cut in (0..last_end).step_by(7) {
         for chunk in [1, 13, 4096] {
             // Length unknown: the end of the stream is where it is found out.
@@ -429,9 +498,18 @@ fn corrupted_streams_never_panic() {
             for (len, chunk) in [(None, 1), (Some(b.len() as u64), 7)] {
                 let mut check = |_: &str, _: HostTensor| {};
                 let skip = |_: &str| false;
-                let mut sink = Recorder { as_: LoadAs::Native, skip: &skip, check: &mut check, names: Vec::new(), headers: 0 };
+                let mut sink = Recorder {
+                    as_: LoadAs::Native,
+                    skip: &skip,
+                    check: &mut check,
+                    names: Vec::new(),
+                    headers: 0,
+                };
                 let mut s = GgufStream::with_header_limit("x", len, 1 << 20);
-                let _ = b.chunks(chunk).try_for_each(|c| s.push(c, &mut sink)).and_then(|()| s.finish());
+                let _ = b
+                    .chunks(chunk)
+                    .try_for_each(|c| s.push(c, &mut sink))
+                    .and_then(|()| s.finish());
             }
         }
     }
@@ -442,7 +520,13 @@ fn safetensors_errors() {
     let st_error = |bytes: &[u8], len: Option<u64>, limit: usize| -> String {
         let mut check = |_: &str, _: HostTensor| {};
         let skip = |_: &str| false;
-        let mut sink = Recorder { as_: LoadAs::Native, skip: &skip, check: &mut check, names: Vec::new(), headers: 0 };
+        let mut sink = Recorder {
+            as_: LoadAs::Native,
+            skip: &skip,
+            check: &mut check,
+            names: Vec::new(),
+            headers: 0,
+        };
         let mut s = SafetensorsStream::with_header_limit("m.safetensors", len, limit);
         match bytes.chunks(3).try_for_each(|c| s.push(c, &mut sink)).and_then(|()| s.finish()) {
             Ok(()) => panic!("expected an error"),
@@ -458,7 +542,8 @@ fn safetensors_errors() {
     };
     assert!(st_error(&file(b"{not json", 0), None, 1 << 20).contains("invalid safetensors"));
     assert!(st_error(&file(json, 4), None, 1 << 20).contains("truncated"));
-    assert!(st_error(&file(json, 4), Some(file(json, 4).len() as u64), 1 << 20).contains("bytes of data"));
+    assert!(st_error(&file(json, 4), Some(file(json, 4).len() as u64), 1 << 20)
+        .contains("bytes of data"));
     assert!(st_error(&file(json, 8), None, 16).contains("16 bytes tandem accepts"));
     let bad_offsets = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#;
     assert!(st_error(&file(bad_offsets, 4), None, 1 << 20).contains("invalid safetensors"));

@@ -102,7 +102,8 @@ fn tokenizer_smollm_chat_template_and_ids() {
     assert!(tok.eos_ids().contains(&0));
     assert!(tok.is_special(1) && !tok.is_special(504));
 
-    let messages = [ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
+    let messages =
+        [ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
     let prompt = tok.apply_chat_template(&messages, true).unwrap();
     assert_eq!(
         prompt,
@@ -113,9 +114,9 @@ fn tokenizer_smollm_chat_template_and_ids() {
     assert_eq!(
         ids,
         [
-            1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407,
-            19712, 8182, 2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531,
-            198
+            1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411,
+            407, 19712, 8182, 2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1,
+            520, 9531, 198
         ]
     );
     assert_eq!(
@@ -187,7 +188,8 @@ fn tokenizer_smollm_template_errors() {
 /// GPT-2's byte-to-char table: printable bytes stand for themselves, the rest are shifted
 /// past U+0100 so every byte-level piece is printable.
 fn byte_level_alphabet() -> Vec<String> {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut shifted = 0;
     (0u32..256)
         .map(|b| {
@@ -218,7 +220,10 @@ fn tokenizer_gguf_gpt2_pre_tokenizers() {
         meta.insert("tokenizer.ggml.pre".into(), GgufValue::String(pre.into()));
         meta.insert("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens));
         meta.insert("tokenizer.ggml.token_type".into(), GgufValue::Array(types));
-        meta.insert("tokenizer.ggml.merges".into(), GgufValue::Array(vec![GgufValue::String("Ġ w".into())]));
+        meta.insert(
+            "tokenizer.ggml.merges".into(),
+            GgufValue::Array(vec![GgufValue::String("Ġ w".into())]),
+        );
         meta.insert("tokenizer.ggml.eos_token_id".into(), GgufValue::I32(257));
         let tok = Tokenizer::from_gguf(&meta).unwrap_or_else(|e| panic!("pre {pre}: {e}"));
         assert_eq!(tok.eos_ids(), &[257]);
@@ -227,7 +232,11 @@ fn tokenizer_gguf_gpt2_pre_tokenizers() {
         let text = "Hello world 12345 it's<|eot_id|>";
         let ids = tok.encode(text).unwrap();
         assert_eq!(tok.decode(&ids, false).unwrap(), text, "pre {pre}");
-        assert_eq!(ids.iter().filter(|&&i| i == 256).count(), 1, "pre {pre}: merge 'Ġ w' applies: {ids:?}");
+        assert_eq!(
+            ids.iter().filter(|&&i| i == 256).count(),
+            1,
+            "pre {pre}: merge 'Ġ w' applies: {ids:?}"
+        );
         assert_eq!(ids.last(), Some(&257), "pre {pre}");
         assert_eq!(tok.decode(&ids, true).unwrap(), "Hello world 12345 it's");
         // Qwen2 (like its tokenizer.json) composes to NFC first; the others keep the bytes.

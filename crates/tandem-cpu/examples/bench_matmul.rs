@@ -10,17 +10,21 @@ use tandem_core::quant::encode;
 use tandem_core::{Backend, DType, Step};
 use tandem_cpu::CpuBackend;
 
-fn bench(b: &mut CpuBackend, label: &str, dtype: DType, n: usize, k: usize, m: usize, decode_rows: usize) {
+fn bench(
+    b: &mut CpuBackend,
+    label: &str,
+    dtype: DType,
+    n: usize,
+    k: usize,
+    m: usize,
+    decode_rows: usize,
+) {
     let filter = std::env::args().nth(1).unwrap_or_default();
     if !format!("{label:<16} {dtype} [{n},{k}]x[{m},{k}] decode {decode_rows}").contains(&filter) {
         return;
     }
-    let w: Vec<f32> = (0..m * k)
-        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0)
-        .collect();
-    let x: Vec<f32> = (0..n * k)
-        .map(|i| ((i * 104729 % 997) as f32 - 498.0) / 498.0)
-        .collect();
+    let w: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
+    let x: Vec<f32> = (0..n * k).map(|i| ((i * 104729 % 997) as f32 - 498.0) / 498.0).collect();
     let wb = match dtype.block_layout() {
         Some(_) => random_blocks(dtype, m * k),
         None => encode(&w, dtype),
@@ -56,7 +60,9 @@ fn bench(b: &mut CpuBackend, label: &str, dtype: DType, n: usize, k: usize, m: u
     // On a busy machine the calling thread's CPU time (one-thread modes run there) is a
     // steadier clock than the wall: BENCH_CLOCK=cpu.
     let per = match (std::env::var("BENCH_CLOCK").as_deref(), cpu0) {
-        (Ok("cpu"), Some(c0)) if !label.contains('2') => (thread_cpu_secs().unwrap() - c0) / iters as f64,
+        (Ok("cpu"), Some(c0)) if !label.contains('2') => {
+            (thread_cpu_secs().unwrap() - c0) / iters as f64
+        }
         _ => start.elapsed().as_secs_f64() / iters as f64,
     };
     println!(
@@ -90,7 +96,8 @@ fn random_blocks(dtype: DType, numel: usize) -> Vec<u8> {
     let mut bytes: Vec<u8> = (0..dtype.storage_bytes(numel)).map(|_| next() as u8).collect();
     for blk in bytes.chunks_exact_mut(l.stride) {
         for &f in tandem_core::quant::blocks::f16_fields(dtype) {
-            let v = (1e-3 + 9e-3 * (next() % 1000) as f32 / 1000.0) * if next() % 2 == 0 { 1.0 } else { -1.0 };
+            let v = (1e-3 + 9e-3 * (next() % 1000) as f32 / 1000.0)
+                * if next() % 2 == 0 { 1.0 } else { -1.0 };
             blk[f..f + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
         }
     }
@@ -139,7 +146,9 @@ fn main() {
     // One token is a decode; more are a prompt, and a batch of decodes (continuous batching)
     // once more.
     let runs = shapes.iter().flat_map(|&(dtype, n, k, m)| {
-        let batch = (n > 1 && matches!(dtype, DType::Q4_1 | DType::Q8_0 | DType::Q5_0 | DType::Q6_K | DType::F32)).then_some((dtype, n, k, m, n));
+        let batch = (n > 1
+            && matches!(dtype, DType::Q4_1 | DType::Q8_0 | DType::Q5_0 | DType::Q6_K | DType::F32))
+        .then_some((dtype, n, k, m, n));
         std::iter::once((dtype, n, k, m, usize::from(n == 1))).chain(batch)
     });
     for (dtype, n, k, m, decode_rows) in runs {

@@ -18,8 +18,8 @@
 
 use rayon::ThreadPool;
 use tandem_core::ops::{Op, Precision};
-use team::Team;
 use tandem_core::{Backend, BufId, DType, Error, Result, Step};
+use team::Team;
 
 mod ops;
 mod profile;
@@ -101,7 +101,9 @@ impl Exec<'_> {
         match self.pool {
             Some(team) => {
                 let mut slots: Vec<Option<R>> = (0..n).map(|_| None).collect();
-                ops::par_chunks_caller(team, team.threads(), &mut slots, 1, |i, s| s[0] = Some(f(i)));
+                ops::par_chunks_caller(team, team.threads(), &mut slots, 1, |i, s| {
+                    s[0] = Some(f(i))
+                });
                 slots.into_iter().map(|r| r.expect("every item ran")).collect()
             }
             None => (0..n).map(f).collect(),
@@ -213,14 +215,13 @@ fn detect_avx2() -> bool {
 }
 
 fn is_weight_dtype(d: DType) -> bool {
-    matches!(
-        d,
-        DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1
-    ) || d.block_layout().is_some()
+    matches!(d, DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+        || d.block_layout().is_some()
 }
 
 /// The weight dtypes, for error messages.
-const WEIGHT_DTYPES: &str = "f32/f16/bf16/q8_0/q4_0/q4_1 or a GGUF block type (q5_0, q5_1, q2_k..q6_k, iq4_nl, iq4_xs)";
+const WEIGHT_DTYPES: &str =
+    "f32/f16/bf16/q8_0/q4_0/q4_1 or a GGUF block type (q5_0, q5_1, q2_k..q6_k, iq4_nl, iq4_xs)";
 
 fn is_kv_dtype(d: DType) -> bool {
     matches!(d, DType::F32 | DType::F16)
@@ -259,7 +260,11 @@ impl Backend for CpuBackend {
         match op {
             // The op's other rows keep f32 products, and an op is compared at the coarser
             // tolerance.
-            Op::Matmul(m) if self.mode != CpuMode::Reference && ops::matmul::i16_class(m, self.avx2) => Precision::I16Activations,
+            Op::Matmul(m)
+                if self.mode != CpuMode::Reference && ops::matmul::i16_class(m, self.avx2) =>
+            {
+                Precision::I16Activations
+            }
             _ => Precision::F32,
         }
     }
@@ -329,7 +334,9 @@ impl Backend for CpuBackend {
                 if g > 1 {
                     let group = &step.ops[i..i + g];
                     match profile.as_mut() {
-                        Some(p) => p.time_group(group, || ops::matmul::run_group(table, ex, group))?,
+                        Some(p) => {
+                            p.time_group(group, || ops::matmul::run_group(table, ex, group))?
+                        }
                         None => ops::matmul::run_group(table, ex, group)?,
                     }
                     i += g;

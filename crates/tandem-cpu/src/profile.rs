@@ -26,7 +26,10 @@ impl Profile {
         let r = run();
         let secs = start.elapsed().as_secs_f64();
         let key = match op {
-            Op::Matmul(m) => format!("matmul {} n={} k={} m={} (decode rows {})", m.wdtype, m.n, m.k, m.m, m.decode_rows),
+            Op::Matmul(m) => format!(
+                "matmul {} n={} k={} m={} (decode rows {})",
+                m.wdtype, m.n, m.k, m.m, m.decode_rows
+            ),
             Op::Attention(a) => format!("{} n={}", op.name(), a.n),
             _ => op.name().to_string(),
         };
@@ -41,10 +44,20 @@ impl Profile {
         let start = Instant::now();
         let r = run();
         let secs = start.elapsed().as_secs_f64();
-        let mms: Vec<&Matmul> = ops.iter().filter_map(|op| if let Op::Matmul(m) = op { Some(m) } else { None }).collect();
+        let mms: Vec<&Matmul> = ops
+            .iter()
+            .filter_map(|op| if let Op::Matmul(m) = op { Some(m) } else { None })
+            .collect();
         let ms: Vec<String> = mms.iter().map(|m| m.m.to_string()).collect();
         let m = mms[0];
-        let key = format!("matmul group {} n={} k={} m={} (decode rows {})", m.wdtype, m.n, m.k, ms.join("+"), m.decode_rows);
+        let key = format!(
+            "matmul group {} n={} k={} m={} (decode rows {})",
+            m.wdtype,
+            m.n,
+            m.k,
+            ms.join("+"),
+            m.decode_rows
+        );
         let t = self.totals.entry(key).or_default();
         t.0 += 1;
         t.1 += secs;

@@ -70,8 +70,13 @@ impl Buffer {
             DType::F16 => Weight::F16(self.f16()),
             DType::BF16 => Weight::BF16(&bytemuck::cast_slice(&self.data)[..self.numel]),
             // The buffer holds exactly `storage_bytes(numel)` bytes, so the sections fit.
-            q if q.block_layout().is_some() => Weight::Blocks(BlockView::new(q, self.numel, self.bytes())),
-            q => Weight::Q(QuantView { finite_scales: self.finite_scales, ..QuantView::new(q, self.numel, self.bytes()) }),
+            q if q.block_layout().is_some() => {
+                Weight::Blocks(BlockView::new(q, self.numel, self.bytes()))
+            }
+            q => Weight::Q(QuantView {
+                finite_scales: self.finite_scales,
+                ..QuantView::new(q, self.numel, self.bytes())
+            }),
         }
     }
 }
@@ -218,13 +223,11 @@ fn check(op: &'static str, role: &str, b: &Buffer, dtype: DType, numel: usize) -
 
 /// Product of shape dimensions, as an error rather than an overflow panic.
 pub(crate) fn numel(op: &'static str, dims: &[usize]) -> Result<usize> {
-    dims.iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| Error::ShapeMismatch {
-            op,
-            expected: "a shape whose element count fits in usize".into(),
-            got: format!("{dims:?}"),
-        })
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::ShapeMismatch {
+        op,
+        expected: "a shape whose element count fits in usize".into(),
+        got: format!("{dims:?}"),
+    })
 }
 
 pub(crate) fn bad_dtype(op: &'static str, role: &str, allowed: &str, got: DType) -> Error {

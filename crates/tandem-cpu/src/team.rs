@@ -44,7 +44,11 @@ pub(crate) struct Team {
 
 impl Team {
     /// Runs `body` with a team of `threads` on `pool` (`threads - 1` helpers, started once).
-    pub(crate) fn with<R>(pool: &rayon::ThreadPool, threads: usize, body: impl FnOnce(&Team) -> R) -> R {
+    pub(crate) fn with<R>(
+        pool: &rayon::ThreadPool,
+        threads: usize,
+        body: impl FnOnce(&Team) -> R,
+    ) -> R {
         let team = Team {
             threads,
             claim: AtomicU64::new(0),

@@ -36,9 +36,12 @@ impl Blas {
     pub fn open(dev: &Device) -> Result<Result<Blas, String>, Error> {
         // SAFETY: only tries to dlopen the library.
         if !unsafe { sys::is_culib_present() } {
-            return Ok(Err("cuBLAS (libcublas.so.12) not found: prompt products use the f32 kernel".into()));
+            return Ok(Err(
+                "cuBLAS (libcublas.so.12) not found: prompt products use the f32 kernel".into(),
+            ));
         }
-        let handle = blas::create_handle().map_err(|e| backend_err(format!("creating a cuBLAS handle: {e:?}")))?;
+        let handle = blas::create_handle()
+            .map_err(|e| backend_err(format!("creating a cuBLAS handle: {e:?}")))?;
         let workspace = match dev.alloc_zeroed(WORKSPACE_BYTES) {
             Ok(w) => w,
             Err(e) => {
@@ -109,6 +112,8 @@ impl Gemm {
                 sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| backend_err(format!("cuBLAS GemmEx (m {} n {} k {}): {e:?}", self.m, self.n, self.k)))
+        .map_err(|e| {
+            backend_err(format!("cuBLAS GemmEx (m {} n {} k {}): {e:?}", self.m, self.n, self.k))
+        })
     }
 }

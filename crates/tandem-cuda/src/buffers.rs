@@ -72,9 +72,19 @@ impl Table {
 
     /// An input or output of `op`: it exists, has `dtype` and at least `numel` elements
     /// (buffers may be larger than one step needs).
-    pub fn check(&self, op: &'static str, role: &str, id: BufId, dtype: DType, numel: usize) -> Result<&Entry> {
+    pub fn check(
+        &self,
+        op: &'static str,
+        role: &str,
+        id: BufId,
+        dtype: DType,
+        numel: usize,
+    ) -> Result<&Entry> {
         let e = self.entries.get(&id).ok_or_else(|| {
-            Error::InvalidParameter(format!("{op}: {role} is buffer {}, which is not allocated", id.0))
+            Error::InvalidParameter(format!(
+                "{op}: {role} is buffer {}, which is not allocated",
+                id.0
+            ))
         })?;
         if e.dtype != dtype {
             return Err(Error::ShapeMismatch {

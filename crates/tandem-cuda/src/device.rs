@@ -26,7 +26,10 @@ pub(crate) fn backend_err(reason: impl Into<String>) -> Error {
 pub(crate) fn driver_err(what: &str, e: DriverError) -> Error {
     use sys::cudaError_enum as E;
     let detail = e.error_string().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let name = e.error_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("{:?}", e.0));
+    let name = e
+        .error_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("{:?}", e.0));
     let hint = match e.0 {
         E::CUDA_ERROR_NO_DEVICE => " (no CUDA-capable GPU is visible; check nvidia-smi and CUDA_VISIBLE_DEVICES)",
         E::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH => " (the NVIDIA kernel driver and libcuda.so versions differ)",
@@ -58,7 +61,9 @@ pub(crate) fn alloc_err(bytes: usize, e: DriverError) -> Error {
 pub(crate) fn probe() -> Result<(), Error> {
     // SAFETY: only tries to dlopen the library; nothing in it is called.
     if !unsafe { sys::is_culib_present() } {
-        return Err(backend_err("CUDA not available: the NVIDIA driver library (libcuda.so) was not found"));
+        return Err(backend_err(
+            "CUDA not available: the NVIDIA driver library (libcuda.so) was not found",
+        ));
     }
     kernels::nvrtc_present().map_err(|e| backend_err(format!("CUDA not available: {e}")))?;
     result::init().map_err(|e| driver_err("CUDA not available: cuInit", e))?;
@@ -81,15 +86,21 @@ pub(crate) struct Device {
 impl Device {
     pub fn open(ordinal: usize) -> Result<Self, Error> {
         probe()?;
-        let count = result::device::get_count().map_err(|e| driver_err("counting CUDA devices", e))?;
+        let count =
+            result::device::get_count().map_err(|e| driver_err("counting CUDA devices", e))?;
         if ordinal >= count as usize {
-            return Err(backend_err(format!("CUDA device {ordinal} does not exist ({count} present)")));
+            return Err(backend_err(format!(
+                "CUDA device {ordinal} does not exist ({count} present)"
+            )));
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the CUDA context", e))?;
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| driver_err("creating the CUDA context", e))?;
         // SAFETY: tandem never uses cudarc's CudaSlice, whose cross-stream safety needs events.
         unsafe { ctx.disable_event_tracking() };
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        let cc = ctx.compute_capability().map_err(|e| driver_err("reading the compute capability", e))?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(|e| driver_err("reading the compute capability", e))?;
         if cc < MIN_CC {
             return Err(backend_err(format!(
                 "{name} is sm_{}{}: tandem's CUDA kernels need sm_{}{} (Volta) or newer",
@@ -100,7 +111,11 @@ impl Device {
         let sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| driver_err("reading the multiprocessor count", e))?;
-        let arch = Arch { cubin: picked == cc.0 * 10 + cc.1, name: format!("sm_{picked}"), sms: sms.max(1) as u32 };
+        let arch = Arch {
+            cubin: picked == cc.0 * 10 + cc.1,
+            name: format!("sm_{picked}"),
+            sms: sms.max(1) as u32,
+        };
         let stream = ctx.new_stream().map_err(|e| driver_err("creating a CUDA stream", e))?;
         Ok(Device { ctx, stream, name, cc, arch })
     }
@@ -168,7 +183,8 @@ impl Device {
             let end = TimingEvent::new()?;
             start.record(s)?;
             // SAFETY: both buffers hold BYTES bytes and live until after the sync below.
-            unsafe { result::memcpy_dtod_async(b, a, BYTES, s) }.map_err(|e| driver_err("copying on the GPU", e))?;
+            unsafe { result::memcpy_dtod_async(b, a, BYTES, s) }
+                .map_err(|e| driver_err("copying on the GPU", e))?;
             end.record(s)?;
             self.sync()?;
             end.since(&start)
@@ -185,7 +201,8 @@ impl Device {
     pub fn download_sync(&self, out: &mut [u8], src: sys::CUdeviceptr) -> Result<(), Error> {
         self.sync()?;
         // SAFETY: the caller checked the range; the stream is idle.
-        unsafe { result::memcpy_dtoh_sync(out, src) }.map_err(|e| driver_err("copying from the GPU", e))
+        unsafe { result::memcpy_dtoh_sync(out, src) }
+            .map_err(|e| driver_err("copying from the GPU", e))
     }
 }
 
@@ -223,7 +240,8 @@ impl Pinned {
     pub fn new(len: usize) -> Result<Self, Error> {
         let len = len.max(64);
         // SAFETY: a plain page-locked allocation, freed in Drop.
-        let ptr = unsafe { result::malloc_host(len, 0) }.map_err(|e| driver_err(&format!("allocating {len} bytes of pinned host memory"), e))?;
+        let ptr = unsafe { result::malloc_host(len, 0) }
+            .map_err(|e| driver_err(&format!("allocating {len} bytes of pinned host memory"), e))?;
         Ok(Pinned { ptr: ptr as *mut u8, len })
     }
 
@@ -255,18 +273,22 @@ pub(crate) struct TimingEvent(sys::CUevent);
 
 impl TimingEvent {
     pub fn new() -> Result<Self, Error> {
-        result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map(TimingEvent).map_err(|e| driver_err("creating a CUDA event", e))
+        result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
+            .map(TimingEvent)
+            .map_err(|e| driver_err("creating a CUDA event", e))
     }
 
     pub fn record(&self, stream: sys::CUstream) -> Result<(), Error> {
         // SAFETY: both handles are live.
-        unsafe { result::event::record(self.0, stream) }.map_err(|e| driver_err("recording a CUDA event", e))
+        unsafe { result::event::record(self.0, stream) }
+            .map_err(|e| driver_err("recording a CUDA event", e))
     }
 
     /// Milliseconds from `start` to this event; both must have completed.
     pub fn since(&self, start: &TimingEvent) -> Result<f32, Error> {
         // SAFETY: both events are live and were recorded.
-        unsafe { result::event::elapsed(start.0, self.0) }.map_err(|e| driver_err("reading a CUDA event's time", e))
+        unsafe { result::event::elapsed(start.0, self.0) }
+            .map_err(|e| driver_err("reading a CUDA event's time", e))
     }
 }
 
@@ -289,13 +311,15 @@ impl Event {
 
     pub fn record(&self, stream: sys::CUstream) -> Result<(), Error> {
         // SAFETY: both handles are live.
-        unsafe { result::event::record(self.0, stream) }.map_err(|e| driver_err("recording a CUDA event", e))
+        unsafe { result::event::record(self.0, stream) }
+            .map_err(|e| driver_err("recording a CUDA event", e))
     }
 
     /// Waits until the work before the last record is done (at once if never recorded).
     pub fn wait(&self) -> Result<(), Error> {
         // SAFETY: the event is live.
-        unsafe { result::event::synchronize(self.0) }.map_err(|e| driver_err("waiting for the GPU", e))
+        unsafe { result::event::synchronize(self.0) }
+            .map_err(|e| driver_err("waiting for the GPU", e))
     }
 }
 

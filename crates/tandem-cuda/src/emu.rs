@@ -27,7 +27,8 @@ const LAUNCHER: &str = include_str!("../emu/launch.cpp");
 /// How a failed build of the kernels (as opposed to a missing tool) is told apart.
 const BUILD_FAILED: &str = "the CUDA kernels do not build for the emulator: ";
 
-type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, u32, *const u64, c_int) -> c_int;
+type LaunchFn =
+    unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, u32, *const u64, c_int) -> c_int;
 
 struct Lib {
     _lib: libloading::Library,
@@ -42,7 +43,9 @@ fn lib() -> std::result::Result<&'static Lib, String> {
 
 fn build_and_load() -> std::result::Result<Lib, String> {
     if !has_f16c() {
-        return Err("the kernel emulator needs an x86-64 CPU with F16C (its f16 conversions)".into());
+        return Err(
+            "the kernel emulator needs an x86-64 CPU with F16C (its f16 conversions)".into()
+        );
     }
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
     let version = Command::new(&cxx)
@@ -65,9 +68,11 @@ fn build_and_load() -> std::result::Result<Lib, String> {
     }
     // SAFETY: a library built above from this crate's sources; its initializers only fill the
     // kernel registry.
-    let lib = unsafe { libloading::Library::new(&so) }.map_err(|e| format!("loading {}: {e}", so.display()))?;
+    let lib = unsafe { libloading::Library::new(&so) }
+        .map_err(|e| format!("loading {}: {e}", so.display()))?;
     // SAFETY: emu_launch has exactly this signature in emu/launch.cpp.
-    let launch = unsafe { *lib.get::<LaunchFn>(b"emu_launch\0").map_err(|e| format!("emu_launch: {e}"))? };
+    let launch =
+        unsafe { *lib.get::<LaunchFn>(b"emu_launch\0").map_err(|e| format!("emu_launch: {e}"))? };
     Ok(Lib { _lib: lib, launch })
 }
 
@@ -95,7 +100,8 @@ fn build(cxx: &str, dir: &Path, so: &Path) -> std::result::Result<(), String> {
     };
     write("cuda_emu.h", HEADER)?;
     let mut sources = vec![write("launch.cpp", LAUNCHER)?];
-    let flags = ["-std=c++20", "-mf16c", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-pthread"];
+    let flags =
+        ["-std=c++20", "-mf16c", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-pthread"];
     for f in KernelFile::ALL {
         let text = format!("#include \"cuda_emu.h\"\n{}", f.source());
         let path = write(&format!("{}.cpp", f.name()), &text)?;
@@ -104,11 +110,19 @@ fn build(cxx: &str, dir: &Path, so: &Path) -> std::result::Result<(), String> {
         if names.is_empty() {
             return Err(format!("no kernel found in kernels/{}.cu", f.name()));
         }
-        let regs: String = names.iter().enumerate().map(|(i, n)| format!("static emu::Reg tandem_emu_reg_{i}(\"{n}\", &{n});\n")).collect();
+        let regs: String = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("static emu::Reg tandem_emu_reg_{i}(\"{n}\", &{n});\n"))
+            .collect();
         sources.push(write(&format!("{}.cpp", f.name()), &format!("{text}\n{regs}"))?);
     }
     let out = work.join("lib.so");
-    run(Command::new(cxx).args(flags).args(["-O1", "-fPIC", "-shared", "-o"]).arg(&out).args(&sources))?;
+    run(Command::new(cxx)
+        .args(flags)
+        .args(["-O1", "-fPIC", "-shared", "-o"])
+        .arg(&out)
+        .args(&sources))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::rename(&out, so).map_err(|e| format!("{}: {e}", so.display()))?;
     let _ = std::fs::remove_dir_all(&work);
@@ -135,7 +149,8 @@ fn kernel_names(pre: &str, file: &str) -> Vec<String> {
         let t = rest.trim_start();
         if let Some(t) = t.strip_prefix("void") {
             let t = t.trim_start();
-            let name: String = t.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let name: String =
+                t.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             if !name.is_empty() && t[name.len()..].trim_start().starts_with('(') {
                 names.push(name);
             }
@@ -152,7 +167,8 @@ struct HostMem {
 
 impl HostMem {
     fn new(bytes: usize) -> Result<Self> {
-        let layout = Layout::from_size_align(bytes.max(4), 256).map_err(|e| Error::InvalidParameter(e.to_string()))?;
+        let layout = Layout::from_size_align(bytes.max(4), 256)
+            .map_err(|e| Error::InvalidParameter(e.to_string()))?;
         // SAFETY: a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         if ptr.is_null() {
@@ -241,7 +257,18 @@ impl EmuBackend {
             // SAFETY: the arguments are this crate's launch arguments for the kernel (checked
             // against its PTX signature by the launch-ABI test), pointing into live host
             // buffers of the sizes the op checks established.
-            let rc = unsafe { (self.lib.launch)(name.as_ptr(), l.grid.0, l.grid.1, l.grid.2, l.block, l.smem, args.as_ptr(), args.len() as c_int) };
+            let rc = unsafe {
+                (self.lib.launch)(
+                    name.as_ptr(),
+                    l.grid.0,
+                    l.grid.1,
+                    l.grid.2,
+                    l.block,
+                    l.smem,
+                    args.as_ptr(),
+                    args.len() as c_int,
+                )
+            };
             if rc != 0 {
                 return Err(emu_err(format!("launching {}: emulator error {rc}", l.entry)));
             }
@@ -262,20 +289,37 @@ impl Backend for EmuBackend {
     fn alloc(&mut self, dtype: DType, numel: usize) -> Result<BufId> {
         let bytes = dtype.storage_bytes(numel);
         if bytes == 0 && numel > 0 {
-            return Err(Error::InvalidParameter(format!("cannot allocate {numel} elements of {dtype}")));
+            return Err(Error::InvalidParameter(format!(
+                "cannot allocate {numel} elements of {dtype}"
+            )));
         }
         let m = HostMem::new(bytes)?;
-        let id = self.table.insert(Entry { ptr: m.addr(), dtype, numel, bytes, shadow: Default::default() });
+        let id = self.table.insert(Entry {
+            ptr: m.addr(),
+            dtype,
+            numel,
+            bytes,
+            shadow: Default::default(),
+        });
         self.mem.insert(id, m);
         Ok(id)
     }
 
     fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()> {
-        let e = self.table.get(buf).ok_or_else(|| emu_err(format!("write to unknown buffer {}", buf.0)))?;
+        let e = self
+            .table
+            .get(buf)
+            .ok_or_else(|| emu_err(format!("write to unknown buffer {}", buf.0)))?;
         if bytes.len() > e.bytes {
-            return Err(emu_err(format!("write of {} bytes into buffer {} of {} bytes", bytes.len(), buf.0, e.bytes)));
+            return Err(emu_err(format!(
+                "write of {} bytes into buffer {} of {} bytes",
+                bytes.len(),
+                buf.0,
+                e.bytes
+            )));
         }
-        self.mem.get_mut(&buf).expect("allocated with the entry").bytes()[..bytes.len()].copy_from_slice(bytes);
+        self.mem.get_mut(&buf).expect("allocated with the entry").bytes()[..bytes.len()]
+            .copy_from_slice(bytes);
         self.table.shadow_write(buf, bytes);
         Ok(())
     }
@@ -290,10 +334,18 @@ impl Backend for EmuBackend {
     }
 
     async fn read(&mut self, buf: BufId, offset: usize, len: usize) -> Result<Vec<u8>> {
-        let e = self.table.get(buf).ok_or_else(|| emu_err(format!("read of unknown buffer {}", buf.0)))?;
+        let e = self
+            .table
+            .get(buf)
+            .ok_or_else(|| emu_err(format!("read of unknown buffer {}", buf.0)))?;
         match offset.checked_add(len) {
-            Some(end) if end <= e.bytes => Ok(self.mem.get_mut(&buf).expect("allocated").bytes()[offset..end].to_vec()),
-            _ => Err(emu_err(format!("read of {len} bytes at {offset} from buffer {} of {} bytes", buf.0, e.bytes))),
+            Some(end) if end <= e.bytes => {
+                Ok(self.mem.get_mut(&buf).expect("allocated").bytes()[offset..end].to_vec())
+            }
+            _ => Err(emu_err(format!(
+                "read of {len} bytes at {offset} from buffer {} of {} bytes",
+                buf.0, e.bytes
+            ))),
         }
     }
 

@@ -61,11 +61,20 @@ impl Graphs {
     }
 
     /// Captures `launches` into a graph kept for them. The stream must be idle of capture.
-    pub fn capture(&mut self, stream: sys::CUstream, launches: &[Launch]) -> Result<sys::CUgraphExec> {
+    pub fn capture(
+        &mut self,
+        stream: sys::CUstream,
+        launches: &[Launch],
+    ) -> Result<sys::CUgraphExec> {
         // SAFETY: the stream is live; thread-local mode only forbids unsafe calls (allocation,
         // synchronization) from this thread until end_capture, and none happen in between.
-        unsafe { result::stream::begin_capture(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) }
-            .map_err(|e| driver_err("starting graph capture", e))?;
+        unsafe {
+            result::stream::begin_capture(
+                stream,
+                sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+        }
+        .map_err(|e| driver_err("starting graph capture", e))?;
         let mut failed = None;
         for l in launches {
             if let Err(e) = l.enqueue(stream) {
@@ -103,7 +112,8 @@ impl Graphs {
 
     pub fn launch(exec: sys::CUgraphExec, stream: sys::CUstream) -> Result<()> {
         // SAFETY: a live executable graph, launched on the stream it was captured from.
-        unsafe { result::graph::launch(exec, stream) }.map_err(|e| driver_err("launching a CUDA graph", e))
+        unsafe { result::graph::launch(exec, stream) }
+            .map_err(|e| driver_err("launching a CUDA graph", e))
     }
 
     /// Drops every graph (a buffer they point into was freed or moved).

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-use std::ffi::{CStr, CString};
 use sha2::{Digest, Sha256};
+use std::ffi::{CStr, CString};
 
 /// The shared prelude: dtype conversions by inline PTX, warp reductions, weight dequantization.
 pub const PRELUDE: &str = include_str!("../../../kernels/common.cuh");
@@ -141,11 +141,16 @@ pub fn nvrtc_present() -> Result<(), String> {
 }
 
 fn nvrtc_candidates() -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::env::var_os("TANDEM_NVRTC").map(PathBuf::from).into_iter().collect();
-    if let Ok(entries) = tandem_core::default_model::cache_dir().and_then(|d| std::fs::read_dir(&d).map_err(|e| tandem_core::Error::io(d, e))) {
+    let mut out: Vec<PathBuf> =
+        std::env::var_os("TANDEM_NVRTC").map(PathBuf::from).into_iter().collect();
+    if let Ok(entries) = tandem_core::default_model::cache_dir()
+        .and_then(|d| std::fs::read_dir(&d).map_err(|e| tandem_core::Error::io(d, e)))
+    {
         let mut tools: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cuda-tools")))
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cuda-tools"))
+            })
             .collect();
         tools.sort();
         out.extend(tools.into_iter().rev().map(|t| t.join("nvidia/cuda_nvrtc/lib/libnvrtc.so.12")));
@@ -179,14 +184,20 @@ pub fn module_image(file: KernelFile, arch: &str, cubin: bool) -> Result<Vec<u8>
     let source = file.source();
     let opts = options(arch);
     let disk = disk_path(file, arch, &source, &opts, version, if cubin { "cubin" } else { "ptx" });
-    let cached = disk.as_ref().and_then(|p| std::fs::read(p).ok()).filter(|b| looks_whole(b, cubin));
+    let cached =
+        disk.as_ref().and_then(|p| std::fs::read(p).ok()).filter(|b| looks_whole(b, cubin));
     let image = match cached {
         Some(b) => b,
         None => {
             let out = nvrtc_compile(file, &source, &opts, cubin)?;
             let mut image = match (cubin, out.cubin) {
                 (true, Some(c)) => c,
-                (true, None) => return Err(format!("NVRTC produced no CUBIN for kernels/{}.cu ({arch})", file.name())),
+                (true, None) => {
+                    return Err(format!(
+                        "NVRTC produced no CUBIN for kernels/{}.cu ({arch})",
+                        file.name()
+                    ))
+                }
                 (false, _) => out.ptx.into_bytes(),
             };
             if !cubin {
@@ -223,21 +234,31 @@ struct Compiled {
     cubin: Option<Vec<u8>>,
 }
 
-fn nvrtc_compile(file: KernelFile, source: &str, opts: &[String], want_cubin: bool) -> Result<Compiled, String> {
+fn nvrtc_compile(
+    file: KernelFile,
+    source: &str,
+    opts: &[String],
+    want_cubin: bool,
+) -> Result<Compiled, String> {
     use cudarc::nvrtc::{result, sys};
     nvrtc_present()?;
     let name = format!("{}.cu", file.name());
     let src = CString::new(source).map_err(|_| format!("kernels/{name} contains a NUL byte"))?;
     let cname = CString::new(name.clone()).expect("no NUL in a file name");
-    let fail = |what: &str, e: result::NvrtcError| format!("NVRTC {what} failed on kernels/{name}: {e}");
+    let fail =
+        |what: &str, e: result::NvrtcError| format!("NVRTC {what} failed on kernels/{name}: {e}");
     let prog = result::create_program(&src, Some(&cname)).map_err(|e| fail("create", e))?;
     // SAFETY: prog is a live program until destroy_program below; every buffer passed is sized
     // by the matching *Size call.
     let out = unsafe {
         let r = match result::compile_program(prog, opts) {
             Err(e) => {
-                let log = result::get_program_log(prog).map(|l| CStr::from_ptr(l.as_ptr()).to_string_lossy().into_owned());
-                Err(format!("NVRTC could not compile kernels/{name} ({e:?}):\n{}", log.unwrap_or_default()))
+                let log = result::get_program_log(prog)
+                    .map(|l| CStr::from_ptr(l.as_ptr()).to_string_lossy().into_owned());
+                Err(format!(
+                    "NVRTC could not compile kernels/{name} ({e:?}):\n{}",
+                    log.unwrap_or_default()
+                ))
             }
             Ok(()) => result::get_ptx(prog)
                 .map(|p| CStr::from_ptr(p.as_ptr()).to_string_lossy().into_owned())
@@ -247,9 +268,13 @@ fn nvrtc_compile(file: KernelFile, source: &str, opts: &[String], want_cubin: bo
                         return Ok(Compiled { ptx, cubin: None });
                     }
                     let mut size = 0usize;
-                    sys::nvrtcGetCUBINSize(prog, &mut size).result().map_err(|e| fail("get CUBIN size", e))?;
+                    sys::nvrtcGetCUBINSize(prog, &mut size)
+                        .result()
+                        .map_err(|e| fail("get CUBIN size", e))?;
                     let mut cubin = vec![0u8; size];
-                    sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut _).result().map_err(|e| fail("get CUBIN", e))?;
+                    sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut _)
+                        .result()
+                        .map_err(|e| fail("get CUBIN", e))?;
                     Ok(Compiled { ptx, cubin: (size > 0).then_some(cubin) })
                 }),
         };
@@ -259,7 +284,14 @@ fn nvrtc_compile(file: KernelFile, source: &str, opts: &[String], want_cubin: bo
     out
 }
 
-fn disk_path(file: KernelFile, arch: &str, source: &str, opts: &[String], v: (i32, i32), ext: &str) -> Option<PathBuf> {
+fn disk_path(
+    file: KernelFile,
+    arch: &str,
+    source: &str,
+    opts: &[String],
+    v: (i32, i32),
+    ext: &str,
+) -> Option<PathBuf> {
     let dir = tandem_core::default_model::cache_dir().ok()?.join("kernels");
     let mut h = Sha256::new();
     h.update(source.as_bytes());

@@ -74,7 +74,14 @@ impl Launch {
         // the PTX) and point at `vals`, which outlives the call (the driver copies argument
         // values at launch, and at capture).
         unsafe {
-            result::launch_kernel(self.func, self.grid, (self.block, 1, 1), self.smem, stream, &mut ptrs[..self.nargs])
+            result::launch_kernel(
+                self.func,
+                self.grid,
+                (self.block, 1, 1),
+                self.smem,
+                stream,
+                &mut ptrs[..self.nargs],
+            )
         }
         .map_err(|e| driver_err(&format!("launching {}", self.entry), e))
     }
@@ -98,18 +105,29 @@ pub(crate) struct Modules {
 
 impl Modules {
     /// `entry` of `file`, compiling (NVRTC, cached) and loading the module on first use.
-    pub fn func(&mut self, arch: &Arch, file: KernelFile, entry: &'static str) -> Result<sys::CUfunction> {
+    pub fn func(
+        &mut self,
+        arch: &Arch,
+        file: KernelFile,
+        entry: &'static str,
+    ) -> Result<sys::CUfunction> {
         if let Some(&f) = self.funcs.get(entry) {
             return Ok(f);
         }
         let module = match self.modules.get(&file) {
             Some(&m) => m,
             None => {
-                let image = kernels::module_image(file, &arch.name, arch.cubin).map_err(backend_err)?;
+                let image =
+                    kernels::module_image(file, &arch.name, arch.cubin).map_err(backend_err)?;
                 // SAFETY: a whole CUBIN, or PTX text with its NUL (module_image checks both),
                 // which the driver loads or JIT-compiles for the device.
                 let m = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
-                    .map_err(|e| driver_err(&format!("loading kernels/{}.cu for {}", file.name(), arch.name), e))?;
+                    .map_err(|e| {
+                        driver_err(
+                            &format!("loading kernels/{}.cu for {}", file.name(), arch.name),
+                            e,
+                        )
+                    })?;
                 self.modules.insert(file, m);
                 m
             }
@@ -148,7 +166,14 @@ pub(crate) struct Recorder<'a> {
 }
 
 impl Recorder<'_> {
-    pub fn buf(&self, op: &'static str, role: &str, id: BufId, dtype: DType, numel: usize) -> Result<&Entry> {
+    pub fn buf(
+        &self,
+        op: &'static str,
+        role: &str,
+        id: BufId,
+        dtype: DType,
+        numel: usize,
+    ) -> Result<&Entry> {
         self.table.check(op, role, id, dtype, numel)
     }
 
@@ -178,7 +203,17 @@ impl Recorder<'_> {
         };
         let mut a = [Arg::U32(0); MAX_ARGS];
         a[..args.len()].copy_from_slice(args);
-        self.out.push(Launch { func, file, entry, grid, block, smem, args: a, nargs: args.len(), gemm: None });
+        self.out.push(Launch {
+            func,
+            file,
+            entry,
+            grid,
+            block,
+            smem,
+            args: a,
+            nargs: args.len(),
+            gemm: None,
+        });
         Ok(())
     }
 
@@ -186,7 +221,17 @@ impl Recorder<'_> {
     pub fn gemm(&mut self, g: Gemm) {
         let args = [Arg::U32(0); MAX_ARGS];
         let func = std::ptr::null_mut();
-        self.out.push(Launch { func, file: KernelFile::MatmulTc, entry: "cublas_gemm", grid: (1, 1, 1), block: 0, smem: 0, args, nargs: 0, gemm: Some(g) });
+        self.out.push(Launch {
+            func,
+            file: KernelFile::MatmulTc,
+            entry: "cublas_gemm",
+            grid: (1, 1, 1),
+            block: 0,
+            smem: 0,
+            args,
+            nargs: 0,
+            gemm: Some(g),
+        });
     }
 }
 
@@ -197,7 +242,11 @@ pub(crate) fn grid_1d(total: u64, block: u32) -> (u32, u32, u32) {
 
 /// Shapes the kernels index with 32 bits.
 pub(crate) fn fits_u32(op: &'static str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::ShapeMismatch { op, expected: format!("{what} < 2^32"), got: v.to_string() })
+    u32::try_from(v).map_err(|_| Error::ShapeMismatch {
+        op,
+        expected: format!("{what} < 2^32"),
+        got: v.to_string(),
+    })
 }
 
 /// Product of shape dimensions, as an error rather than an overflow.
@@ -210,5 +259,9 @@ pub(crate) fn numel(op: &'static str, dims: &[usize]) -> Result<usize> {
 }
 
 pub(crate) fn bad_dtype(op: &'static str, role: &str, allowed: &str, got: DType) -> Error {
-    Error::ShapeMismatch { op, expected: format!("{role} of dtype {allowed}"), got: got.to_string() }
+    Error::ShapeMismatch {
+        op,
+        expected: format!("{role} of dtype {allowed}"),
+        got: got.to_string(),
+    }
 }

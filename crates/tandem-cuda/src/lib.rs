@@ -50,7 +50,11 @@ pub struct CudaOptions {
 impl Default for CudaOptions {
     fn default() -> Self {
         let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
-        CudaOptions { device: 0, graphs: on("TANDEM_CUDA_GRAPHS"), tensor_cores: on("TANDEM_CUDA_TENSOR_CORES") }
+        CudaOptions {
+            device: 0,
+            graphs: on("TANDEM_CUDA_GRAPHS"),
+            tensor_cores: on("TANDEM_CUDA_TENSOR_CORES"),
+        }
     }
 }
 
@@ -152,7 +156,10 @@ impl CudaBackend {
             Ok(_) => "prompt products on tensor cores (cuBLAS)".to_string(),
             Err(why) => why.clone(),
         };
-        format!("{} (sm_{}{}, kernels for {}{how}; {tc})", self.dev.name, self.dev.cc.0, self.dev.cc.1, self.dev.arch.name)
+        format!(
+            "{} (sm_{}{}, kernels for {}{how}; {tc})",
+            self.dev.name, self.dev.cc.0, self.dev.cc.1, self.dev.arch.name
+        )
     }
 
     pub fn stats(&self) -> CudaStats {
@@ -166,7 +173,12 @@ impl CudaBackend {
 
     fn warm_up(&mut self) -> Result<()> {
         use kernels::KernelFile as K;
-        for (file, entry) in [(K::Embed, "embed_f32"), (K::RmsNorm, "rms_norm"), (K::MatmulDecode, "matmul_decode_f32"), (K::Add, "add")] {
+        for (file, entry) in [
+            (K::Embed, "embed_f32"),
+            (K::RmsNorm, "rms_norm"),
+            (K::MatmulDecode, "matmul_decode_f32"),
+            (K::Add, "add"),
+        ] {
             self.modules.func(&self.dev.arch, file, entry)?;
         }
         Ok(())
@@ -194,7 +206,12 @@ impl CudaBackend {
         for (id, bytes) in &step.writes {
             let e = self.entry(*id, "step write to")?;
             if bytes.len() > e.bytes {
-                return Err(backend_err(format!("write of {} bytes into buffer {} of {} bytes", bytes.len(), id.0, e.bytes)));
+                return Err(backend_err(format!(
+                    "write of {} bytes into buffer {} of {} bytes",
+                    bytes.len(),
+                    id.0,
+                    e.bytes
+                )));
             }
         }
         self.ensure_scratch(ops::scratch_bytes(&step.ops, self.blas.is_ok()))?;
@@ -296,7 +313,8 @@ impl CudaBackend {
         let valid = |t: &Table, &(b, off, len): &(BufId, usize, usize)| {
             t.get(b).is_some_and(|e| off.checked_add(len).is_some_and(|end| end <= e.bytes))
         };
-        let total: usize = ranges.iter().filter(|r| valid(&self.table, r)).map(|r| align4(r.2)).sum();
+        let total: usize =
+            ranges.iter().filter(|r| valid(&self.table, r)).map(|r| align4(r.2)).sum();
         if total == 0 {
             return Ok(());
         }
@@ -314,7 +332,8 @@ impl CudaBackend {
             let dst = &mut self.readback.as_mut_slice()[at..at + len];
             // SAFETY: the source range lies in the buffer (checked); the pinned destination is
             // read only after the stream is synchronized.
-            unsafe { result::memcpy_dtoh_async(dst, src, stream) }.map_err(|e| driver_err("staging read-back", e))?;
+            unsafe { result::memcpy_dtoh_async(dst, src, stream) }
+                .map_err(|e| driver_err("staging read-back", e))?;
             self.staged.push(Staged { buf, offset, len, at });
             at += align4(len);
         }
@@ -340,10 +359,20 @@ pub(crate) fn supports(op: &Op) -> bool {
         Op::KvWrite(o) => kv(o.kv_dtype),
         Op::Attention(o) => {
             // Decode rows take longer heads than prompt rows.
-            let hd_max = if o.decode_rows == o.n { ops::DECODE_HD_MAX } else { ops::PREFILL_HD_MAX };
-            kv(o.kv_dtype) && o.kv_heads > 0 && o.heads % o.kv_heads == 0 && o.block_size > 0 && o.head_dim <= hd_max
+            let hd_max =
+                if o.decode_rows == o.n { ops::DECODE_HD_MAX } else { ops::PREFILL_HD_MAX };
+            kv(o.kv_dtype)
+                && o.kv_heads > 0
+                && o.heads % o.kv_heads == 0
+                && o.block_size > 0
+                && o.head_dim <= hd_max
         }
-        Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::Sample(_) | Op::CopyRows(_) => true,
+        Op::RmsNorm(_)
+        | Op::Swiglu(_)
+        | Op::Add(_)
+        | Op::Argmax(_)
+        | Op::Sample(_)
+        | Op::CopyRows(_) => true,
     }
 }
 
@@ -366,7 +395,9 @@ impl Backend for CudaBackend {
         self.dev.bind()?;
         let bytes = dtype.storage_bytes(numel);
         if bytes == 0 && numel > 0 {
-            return Err(Error::InvalidParameter(format!("cannot allocate {numel} elements of {dtype}")));
+            return Err(Error::InvalidParameter(format!(
+                "cannot allocate {numel} elements of {dtype}"
+            )));
         }
         let ptr = self.dev.alloc_zeroed(bytes)?;
         Ok(self.table.insert(Entry { ptr, dtype, numel, bytes, shadow: Default::default() }))
@@ -376,7 +407,12 @@ impl Backend for CudaBackend {
         self.dev.bind()?;
         let e = self.entry(buf, "write to")?;
         if bytes.len() > e.bytes {
-            return Err(backend_err(format!("write of {} bytes into buffer {} of {} bytes", bytes.len(), buf.0, e.bytes)));
+            return Err(backend_err(format!(
+                "write of {} bytes into buffer {} of {} bytes",
+                bytes.len(),
+                buf.0,
+                e.bytes
+            )));
         }
         let ptr = e.ptr;
         self.dev.upload_sync(ptr, bytes)?;
@@ -412,12 +448,21 @@ impl Backend for CudaBackend {
         let e = self.entry(buf, "read of")?;
         match offset.checked_add(len) {
             Some(end) if end <= e.bytes => {}
-            _ => return Err(backend_err(format!("read of {len} bytes at {offset} from buffer {} of {} bytes", buf.0, e.bytes))),
+            _ => {
+                return Err(backend_err(format!(
+                    "read of {len} bytes at {offset} from buffer {} of {} bytes",
+                    buf.0, e.bytes
+                )))
+            }
         }
         let src = e.ptr + offset as u64;
         let mut out = vec![0u8; len];
         self.stats.readback_bytes += len as u64;
-        let staged = self.staged.iter().find(|s| s.buf == buf && s.offset <= offset && offset + len <= s.offset + s.len).copied();
+        let staged = self
+            .staged
+            .iter()
+            .find(|s| s.buf == buf && s.offset <= offset && offset + len <= s.offset + s.len)
+            .copied();
         match staged {
             Some(s) => {
                 self.dev.sync()?;
@@ -438,7 +483,9 @@ impl Backend for CudaBackend {
         match op {
             // The prompt rows' class: they may run on tensor cores while the decode rows keep
             // f32 products, and an op is compared at one tolerance, the coarser one.
-            Op::Matmul(m) if self.blas.is_ok() && ops::tensor_cores(m) => tandem_core::ops::Precision::Bf16Products,
+            Op::Matmul(m) if self.blas.is_ok() && ops::tensor_cores(m) => {
+                tandem_core::ops::Precision::Bf16Products
+            }
             _ => tandem_core::ops::Precision::F32,
         }
     }

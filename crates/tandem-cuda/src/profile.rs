@@ -24,7 +24,12 @@ impl Profile {
     }
 
     /// Launches `launches` on `stream` one by one, timing each, and waits for them.
-    pub fn run(&mut self, launches: &[Launch], stream: sys::CUstream, sync: impl Fn() -> Result<()>) -> Result<()> {
+    pub fn run(
+        &mut self,
+        launches: &[Launch],
+        stream: sys::CUstream,
+        sync: impl Fn() -> Result<()>,
+    ) -> Result<()> {
         let mut marks = Vec::with_capacity(launches.len());
         for l in launches {
             let (start, end) = (TimingEvent::new()?, TimingEvent::new()?);
@@ -36,7 +41,10 @@ impl Profile {
         sync()?;
         for (l, start, end) in marks {
             let ms = end.since(&start)? as f64;
-            let t = self.totals.entry(l.entry).or_insert_with(|| (0, 0.0, format!("grid {:?} block {}", l.grid, l.block)));
+            let t = self
+                .totals
+                .entry(l.entry)
+                .or_insert_with(|| (0, 0.0, format!("grid {:?} block {}", l.grid, l.block)));
             t.0 += 1;
             t.1 += ms;
         }

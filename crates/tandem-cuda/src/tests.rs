@@ -82,7 +82,13 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
         // (n, decode rows, k, m, bias): the one-token kernel, the warp-per-row kernels for
         // decode rows too long for it or not in whole blocks, the tiled kernel and the tensor
         // cores for prompt rows, and both classes in one op.
-        let shapes = [(1, 1, 64, 33, false), (2, 2, 32 * 513, 3, false), (3, 3, 37, 5, true), (20, 0, 100, 70, true), (20, 5, 64, 70, true)];
+        let shapes = [
+            (1, 1, 64, 33, false),
+            (2, 2, 32 * 513, 3, false),
+            (3, 3, 37, 5, true),
+            (20, 0, 100, 70, true),
+            (20, 5, 64, 70, true),
+        ];
         for (n, decode_rows, k, m, bias) in shapes {
             let x = f.buf(DType::F32, n * k);
             let w = f.buf(wdtype, m * k);
@@ -97,7 +103,17 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
         let cache_v = f.buf(kv_dtype, blocks * bs * kvh * hd);
         let (k, v) = (f.buf(DType::F32, 5 * kvh * hd), f.buf(DType::F32, 5 * kvh * hd));
         let slots = f.u32s(&[0, 1, 17, 40, 127]);
-        ops.push(Op::KvWrite(KvWrite { k, v, cache_k, cache_v, kv_dtype, slots, n: 5, kv_heads: kvh, head_dim: hd }));
+        ops.push(Op::KvWrite(KvWrite {
+            k,
+            v,
+            cache_k,
+            cache_v,
+            kv_dtype,
+            slots,
+            n: 5,
+            kv_heads: kvh,
+            head_dim: hd,
+        }));
         // Two decodes, then a prompt chunk of 4 at positions 33..37 sharing the first's table.
         let tables = f.u32s(&[3, 0, 7, 5, 1, 6, 2]);
         let positions = f.u32s(&[69, 20, 33, 34, 35, 36]);
@@ -126,14 +142,22 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
             }));
         }
     }
-    let (x, w, o) = (f.buf(DType::F32, 3 * 100), f.buf(DType::F32, 100), f.buf(DType::F32, 3 * 100));
+    let (x, w, o) =
+        (f.buf(DType::F32, 3 * 100), f.buf(DType::F32, 100), f.buf(DType::F32, 3 * 100));
     ops.push(Op::RmsNorm(RmsNorm { x, weight: w, out: o, n: 3, dim: 100, eps: 1e-5 }));
     let (positions, inv_freq) = (f.u32s(&[0, 5, 9]), f.buf(DType::F32, 32));
     let xr = f.buf(DType::F32, 3 * 4 * 64);
     ops.push(Op::Rope(Rope { x: xr, positions, inv_freq, n: 3, heads: 4, head_dim: 64 }));
     ops.push(Op::Swiglu(Swiglu { gate: x, up: w, out: o, len: 100 }));
     ops.push(Op::Add(Add { x: o, y: x, len: 300 }));
-    ops.push(Op::CopyRows(CopyRows { src: x, dst: o, src_row: 1, dst_row: 1, n_rows: 2, width: 100 }));
+    ops.push(Op::CopyRows(CopyRows {
+        src: x,
+        dst: o,
+        src_row: 1,
+        dst_row: 1,
+        n_rows: 2,
+        width: 100,
+    }));
     let tok = f.buf(DType::U32, 3);
     ops.push(Op::Argmax(Argmax { x, out: tok, n: 3, width: 100 }));
     let row = SampleRow { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.05, uniform: 0.3 };
@@ -155,7 +179,9 @@ fn parse_ptx(ptx: &str) -> HashMap<String, PtxEntry> {
         let close = part.find(')').expect(")");
         let params = part[part.find('(').unwrap() + 1..close]
             .split(',')
-            .filter_map(|p| p.split_whitespace().skip_while(|t| *t != ".param").nth(1).map(str::to_string))
+            .filter_map(|p| {
+                p.split_whitespace().skip_while(|t| *t != ".param").nth(1).map(str::to_string)
+            })
             .collect();
         let head = &part[close..part.find('{').unwrap_or(part.len())];
         let max_threads = head.find(".maxntid").map(|i| {
@@ -189,7 +215,12 @@ fn launches_match_the_compiled_kernels() {
     assert!(gemms >= 3, "the quantized prompt products go to cuBLAS ({gemms} products)");
     let launches: Vec<_> = launches.into_iter().filter(|l| l.gemm.is_none()).collect();
     for l in &launches {
-        assert!(l.block >= 32 && l.block <= 1024 && l.block % 32 == 0, "{}: block {}", l.entry, l.block);
+        assert!(
+            l.block >= 32 && l.block <= 1024 && l.block % 32 == 0,
+            "{}: block {}",
+            l.entry,
+            l.block
+        );
         assert!(l.smem <= 48 * 1024, "{}: {} bytes of shared memory", l.entry, l.smem);
     }
     if let Err(why) = kernels::nvrtc_present() {
@@ -198,12 +229,15 @@ fn launches_match_the_compiled_kernels() {
     }
     let mut entries = HashMap::new();
     for file in KernelFile::ALL {
-        let ptx = kernels::compile(file, &file.source(), &kernels::options("sm_80")).unwrap_or_else(|e| panic!("{e}"));
+        let ptx = kernels::compile(file, &file.source(), &kernels::options("sm_80"))
+            .unwrap_or_else(|e| panic!("{e}"));
         entries.insert(file, parse_ptx(&ptx));
     }
     let mut used = BTreeSet::new();
     for l in &launches {
-        let e = entries[&l.file].get(l.entry).unwrap_or_else(|| panic!("no kernel {} in kernels/{}.cu", l.entry, l.file.name()));
+        let e = entries[&l.file]
+            .get(l.entry)
+            .unwrap_or_else(|| panic!("no kernel {} in kernels/{}.cu", l.entry, l.file.name()));
         let got: Vec<&str> = l.args[..l.nargs].iter().map(arg_type).collect();
         assert_eq!(got, e.params, "arguments of {}", l.entry);
         if let Some(max) = e.max_threads {
@@ -212,21 +246,35 @@ fn launches_match_the_compiled_kernels() {
         used.insert((l.file.name(), l.entry.to_string()));
         // Each f16 weight kernel's bf16 twin takes the same arguments (the op code picks one
         // by dtype, so the two must stay interchangeable).
-        if let Some(stem) = l.entry.strip_suffix("_f16").filter(|_| l.file != KernelFile::AttentionPrefill && l.file != KernelFile::AttentionDecode && l.file != KernelFile::KvWrite) {
+        if let Some(stem) = l.entry.strip_suffix("_f16").filter(|_| {
+            l.file != KernelFile::AttentionPrefill
+                && l.file != KernelFile::AttentionDecode
+                && l.file != KernelFile::KvWrite
+        }) {
             let twin = format!("{stem}_bf16");
-            let t = entries[&l.file].get(&twin).unwrap_or_else(|| panic!("no {twin} beside {}", l.entry));
+            let t = entries[&l.file]
+                .get(&twin)
+                .unwrap_or_else(|| panic!("no {twin} beside {}", l.entry));
             assert_eq!(t.params, e.params, "arguments of {twin}");
             used.insert((l.file.name(), twin));
         }
     }
     for (file, es) in &entries {
         for name in es.keys() {
-            assert!(used.contains(&(file.name(), name.clone())), "no op reaches kernel {name} of kernels/{}.cu", file.name());
+            assert!(
+                used.contains(&(file.name(), name.clone())),
+                "no op reaches kernel {name} of kernels/{}.cu",
+                file.name()
+            );
         }
     }
     let bf16 = used.iter().filter(|(_, e)| e.ends_with("_bf16")).count();
     assert!(bf16 >= 5, "bf16 twins of embed and the four matmul kernels");
-    eprintln!("{} launches over {} kernel entries match their PTX signatures", launches.len(), used.len());
+    eprintln!(
+        "{} launches over {} kernel entries match their PTX signatures",
+        launches.len(),
+        used.len()
+    );
 }
 
 #[test]
@@ -242,36 +290,47 @@ fn bad_indices_and_shapes_are_errors() {
     let cache = f.buf(DType::F16, 4 * 8); // 4 rows of 8, or 2 blocks of 2 rows
     let (k, v) = (f.buf(DType::F32, 8), f.buf(DType::F32, 8));
     let slots = f.u32s(&[4]);
-    let kv = Op::KvWrite(KvWrite { k, v, cache_k: cache, cache_v: cache, kv_dtype: DType::F16, slots, n: 1, kv_heads: 1, head_dim: 8 });
+    let kv = Op::KvWrite(KvWrite {
+        k,
+        v,
+        cache_k: cache,
+        cache_v: cache,
+        kv_dtype: DType::F16,
+        slots,
+        n: 1,
+        kv_heads: 1,
+        head_dim: 8,
+    });
     let e = f.record(&[kv]).err().expect("slot 4 of 4 rows").to_string();
     assert!(e.contains("slots[0] = 4"), "{e}");
 
     // Two queries over one 2-block table of 2-row blocks.
     let tables = f.u32s(&[1, 9]);
     let q = f.buf(DType::F32, 16);
-    let att = |positions: &[u32], max_ctx: usize, head_dim: usize, kv_dtype: DType, f: &mut Fake| {
-        let n = positions.len();
-        let (positions, table_starts) = (f.u32s(positions), f.u32s(&vec![0; n]));
-        Op::Attention(Attention {
-            q,
-            cache_k: cache,
-            cache_v: cache,
-            kv_dtype,
-            positions,
-            table_starts,
-            tables,
-            tables_len: 2,
-            out: q,
-            n,
-            decode_rows: 1,
-            max_ctx,
-            heads: 1,
-            kv_heads: 1,
-            head_dim,
-            block_size: 2,
-            scale: 1.0,
-        })
-    };
+    let att =
+        |positions: &[u32], max_ctx: usize, head_dim: usize, kv_dtype: DType, f: &mut Fake| {
+            let n = positions.len();
+            let (positions, table_starts) = (f.u32s(positions), f.u32s(&vec![0; n]));
+            Op::Attention(Attention {
+                q,
+                cache_k: cache,
+                cache_v: cache,
+                kv_dtype,
+                positions,
+                table_starts,
+                tables,
+                tables_len: 2,
+                out: q,
+                n,
+                decode_rows: 1,
+                max_ctx,
+                heads: 1,
+                kv_heads: 1,
+                head_dim,
+                block_size: 2,
+                scale: 1.0,
+            })
+        };
     let op = att(&[2], 3, 8, DType::F16, &mut f);
     let e = f.record(&[op]).err().expect("block 9 of 4").to_string();
     assert!(e.contains("tables[1] = 9"), "{e}");
@@ -287,10 +346,32 @@ fn bad_indices_and_shapes_are_errors() {
     assert!(f.record(&[op]).is_err(), "an f16 cache read as f32");
 
     let (x, w, o) = (f.buf(DType::F32, 4), f.buf(DType::Q4_0, 32), f.buf(DType::F32, 8));
-    let mm = |n, decode_rows| Op::Matmul(Matmul { x, w, wdtype: DType::Q4_0, bias: None, out: o, n, k: 4, m: 8, decode_rows });
+    let mm = |n, decode_rows| {
+        Op::Matmul(Matmul {
+            x,
+            w,
+            wdtype: DType::Q4_0,
+            bias: None,
+            out: o,
+            n,
+            k: 4,
+            m: 8,
+            decode_rows,
+        })
+    };
     assert!(f.record(&[mm(1, 1)]).is_ok());
     assert!(f.record(&[mm(1, 2)]).is_err(), "more decode rows than rows");
-    let mm = Op::Matmul(Matmul { x, w, wdtype: DType::Q4_0, bias: None, out: x, n: 1, k: 4, m: 9, decode_rows: 1 });
+    let mm = Op::Matmul(Matmul {
+        x,
+        w,
+        wdtype: DType::Q4_0,
+        bias: None,
+        out: x,
+        n: 1,
+        k: 4,
+        m: 9,
+        decode_rows: 1,
+    });
     assert!(f.record(&[mm]).is_err(), "a weight smaller than m * k");
     let u = f.buf(DType::U32, 2);
     let mut sample = |rows: &[SampleRow]| {
@@ -300,7 +381,10 @@ fn bad_indices_and_shapes_are_errors() {
     };
     let row = SampleRow { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, uniform: 0.5 };
     assert!(sample(&[row, SampleRow::greedy()]).is_ok(), "temperature 0 is greedy");
-    assert!(sample(&[row, SampleRow { uniform: 1.0, ..row }]).is_err(), "uniform 1 in the second row");
+    assert!(
+        sample(&[row, SampleRow { uniform: 1.0, ..row }]).is_err(),
+        "uniform 1 in the second row"
+    );
     assert!(sample(&[SampleRow { temperature: f32::NAN, ..row }]).is_err(), "a NaN temperature");
     let rope = Op::Rope(Rope { x, positions: u, inv_freq: x, n: 1, heads: 1, head_dim: 3 });
     assert!(f.record(&[rope]).is_err(), "odd head_dim");
@@ -309,12 +393,28 @@ fn bad_indices_and_shapes_are_errors() {
 #[test]
 fn decode_grid_covers_every_row_of_its_bucket() {
     use ops::{decode_grid, part_len};
-    for max_ctx in [1usize, 31, 32, 33, 100, 4096, 8191, 8192, 8193, 20000, 70000, 1 << 21, (1 << 21) + 1, 5_000_000] {
+    for max_ctx in [
+        1usize,
+        31,
+        32,
+        33,
+        100,
+        4096,
+        8191,
+        8192,
+        8193,
+        20000,
+        70000,
+        1 << 21,
+        (1 << 21) + 1,
+        5_000_000,
+    ] {
         let (part_max, parts) = decode_grid(max_ctx);
         let cap = max_ctx.next_power_of_two();
         // Every context up to the bucket's top fits the grid and the shared memory.
         let step = (cap / 4096).max(1);
-        let most = (1..=cap).step_by(step).chain([cap]).map(|c| c.div_ceil(part_len(c))).max().unwrap();
+        let most =
+            (1..=cap).step_by(step).chain([cap]).map(|c| c.div_ceil(part_len(c))).max().unwrap();
         assert_eq!(parts, most, "max_ctx {max_ctx}");
         assert!((1..=cap).step_by(step).all(|c| part_len(c) <= part_max), "max_ctx {max_ctx}");
         // The launch stays the same while max_ctx grows within its power-of-two bucket.
@@ -325,9 +425,22 @@ fn decode_grid_covers_every_row_of_its_bucket() {
 }
 
 /// The launches of a matmul of `n` rows, `decode_rows` of them decodes, with buffers of its own.
-fn matmul(f: &mut Fake, wdtype: DType, n: usize, decode_rows: usize, k: usize, m: usize) -> Vec<Launch> {
-    let (x, w, bias, out) = (f.buf(DType::F32, n * k), f.buf(wdtype, m * k), f.buf(DType::F32, m), f.buf(DType::F32, n * m));
-    f.record(&[Op::Matmul(Matmul { x, w, wdtype, bias: Some(bias), out, n, k, m, decode_rows })]).unwrap()
+fn matmul(
+    f: &mut Fake,
+    wdtype: DType,
+    n: usize,
+    decode_rows: usize,
+    k: usize,
+    m: usize,
+) -> Vec<Launch> {
+    let (x, w, bias, out) = (
+        f.buf(DType::F32, n * k),
+        f.buf(wdtype, m * k),
+        f.buf(DType::F32, m),
+        f.buf(DType::F32, n * m),
+    );
+    f.record(&[Op::Matmul(Matmul { x, w, wdtype, bias: Some(bias), out, n, k, m, decode_rows })])
+        .unwrap()
 }
 
 #[test]
@@ -341,15 +454,28 @@ fn a_rows_kernel_follows_its_class_not_n() {
             let alone = matmul(&mut f, wdtype, 1, 1, k, m);
             for (n, dr) in [(5, 5), (30, 20), (2, 1)] {
                 let l = matmul(&mut f, wdtype, n, dr, k, m);
-                assert_eq!((family(l[0].entry), l[0].block), (family(alone[0].entry), alone[0].block), "{wdtype} k={k} n={n}");
+                assert_eq!(
+                    (family(l[0].entry), l[0].block),
+                    (family(alone[0].entry), alone[0].block),
+                    "{wdtype} k={k} n={n}"
+                );
                 let tokens = if l[0].entry.contains("_n1_") { dr } else { dr.div_ceil(8) };
                 assert_eq!(l[0].grid.1 as usize, tokens);
             }
             // Prompt rows: the same launches' kinds whatever their count, one row included.
-            let kinds = |l: &[Launch]| l.iter().skip_while(|l| l.entry.starts_with("matmul_decode")).map(|l| (l.entry, l.block)).collect::<BTreeSet<_>>();
+            let kinds = |l: &[Launch]| {
+                l.iter()
+                    .skip_while(|l| l.entry.starts_with("matmul_decode"))
+                    .map(|l| (l.entry, l.block))
+                    .collect::<BTreeSet<_>>()
+            };
             let one = kinds(&matmul(&mut f, wdtype, 1, 0, k, m));
             for (n, dr) in [(300, 0), (9, 1), (130, 2)] {
-                assert_eq!(kinds(&matmul(&mut f, wdtype, n, dr, k, m)), one, "{wdtype} k={k} n={n}");
+                assert_eq!(
+                    kinds(&matmul(&mut f, wdtype, n, dr, k, m)),
+                    one,
+                    "{wdtype} k={k} n={n}"
+                );
             }
         }
     }
@@ -398,7 +524,11 @@ fn tensor_core_products_have_one_shape_per_weight() {
         for (n, dr) in [(1, 0), (7, 3), (TC_ROWS + 1, 0), (2 * TC_ROWS + 44, 44)] {
             let l = matmul(&mut f, DType::Q8_0, n, dr, k, m);
             let gemms: Vec<_> = l.iter().filter_map(|l| l.gemm).collect();
-            assert_eq!(gemms.len(), (n - dr).div_ceil(TC_ROWS), "a product per chunk of TC_ROWS rows");
+            assert_eq!(
+                gemms.len(),
+                (n - dr).div_ceil(TC_ROWS),
+                "a product per chunk of TC_ROWS rows"
+            );
             for (c, g) in gemms.iter().enumerate() {
                 let x0 = g.x - (c * TC_ROWS * k * 2) as u64;
                 let shape = (g.n, g.k, g.m, g.ldc, g.w, g.out, x0);
@@ -446,11 +576,14 @@ fn decode_steps_are_captured_on_first_sight() {
     let mut f = Fake::new();
     let ops = every_op(&mut f);
     assert!(!crate::graph::decode_step(&ops), "prompt rows among them");
-    let decodes: Vec<Op> = ops.into_iter().filter(|op| match op {
-        Op::Matmul(m) => m.decode_rows == m.n,
-        Op::Attention(a) => a.decode_rows == a.n,
-        _ => true,
-    }).collect();
+    let decodes: Vec<Op> = ops
+        .into_iter()
+        .filter(|op| match op {
+            Op::Matmul(m) => m.decode_rows == m.n,
+            Op::Attention(a) => a.decode_rows == a.n,
+            _ => true,
+        })
+        .collect();
     assert!(crate::graph::decode_step(&decodes));
     assert!(!crate::graph::decode_step(&decodes[..1]), "an embedding alone");
 }

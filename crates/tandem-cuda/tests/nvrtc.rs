@@ -16,13 +16,20 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     for arch in ["sm_80", "sm_90"] {
         for file in KernelFile::ALL {
             match kernels::compile(file, &file.source(), &kernels::options(arch)) {
-                Ok(ptx) => assert!(ptx.contains(".entry"), "{} for {arch}: PTX without a kernel", file.name()),
+                Ok(ptx) => assert!(
+                    ptx.contains(".entry"),
+                    "{} for {arch}: PTX without a kernel",
+                    file.name()
+                ),
                 Err(e) => failures.push(format!("{arch}: {e}")),
             }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    eprintln!("NVRTC {major}.{minor}: {} kernel files compile for sm_80 and sm_90", KernelFile::ALL.len());
+    eprintln!(
+        "NVRTC {major}.{minor}: {} kernel files compile for sm_80 and sm_90",
+        KernelFile::ALL.len()
+    );
 }
 
 #[test]
@@ -31,7 +38,9 @@ fn every_kernel_file_is_listed() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
         .expect("kernels/")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok()?.strip_suffix(".cu").map(str::to_string))
+        .filter_map(|e| {
+            e.ok()?.file_name().into_string().ok()?.strip_suffix(".cu").map(str::to_string)
+        })
         .collect();
     on_disk.sort();
     let mut listed: Vec<String> = KernelFile::ALL.iter().map(|f| f.name().to_string()).collect();
@@ -49,7 +58,10 @@ fn no_gpu_is_an_error_not_a_panic() {
             eprintln!("SKIP no_gpu_is_an_error_not_a_panic (no GPU, as expected here): {msg}");
         }
     }
-    assert_eq!(tandem_cuda::available().is_ok(), tandem_cuda::CudaBackend::new(Default::default()).is_ok());
+    assert_eq!(
+        tandem_cuda::available().is_ok(),
+        tandem_cuda::CudaBackend::new(Default::default()).is_ok()
+    );
 }
 
 #[test]
@@ -64,6 +76,8 @@ fn module_images_are_cubins_or_terminated_ptx() {
     assert!(cubin.starts_with(b"\x7fELF"), "not an ELF CUBIN");
     let ptx = kernels::module_image(KernelFile::Add, "sm_80", false).expect("ptx");
     assert_eq!(ptx.last(), Some(&0));
-    assert!(std::str::from_utf8(&ptx[..ptx.len() - 1]).expect("PTX is text").contains(".entry add("));
+    assert!(std::str::from_utf8(&ptx[..ptx.len() - 1])
+        .expect("PTX is text")
+        .contains(".entry add("));
     assert_eq!(kernels::module_image(KernelFile::Add, "sm_90", true).unwrap(), cubin);
 }

@@ -23,8 +23,8 @@ pub const MAX_CHAT_TOP_LOGPROBS: u64 = 20;
 
 /// Parses a JSON body: malformed JSON is a 400.
 pub fn parse(body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     }
@@ -148,7 +148,12 @@ pub struct Job {
 impl Common {
     /// Builds the engine requests for `prompts` after checking every field's range;
     /// `logprobs` is how many alternatives to report per token (the endpoint's own field).
-    pub fn into_job(self, ready: &Ready, prompts: Vec<Vec<u32>>, logprobs: Option<usize>) -> Result<Job, ApiError> {
+    pub fn into_job(
+        self,
+        ready: &Ready,
+        prompts: Vec<Vec<u32>>,
+        logprobs: Option<usize>,
+    ) -> Result<Job, ApiError> {
         if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
             return Err(ApiError::unsupported("logit_bias", "a non-empty bias"));
         }
@@ -159,7 +164,12 @@ impl Common {
         let top_k = match self.top_k.unwrap_or(0) {
             k if k >= 0 => k as usize,
             -1 => 0,
-            k => return Err(ApiError::bad_param("top_k", format!("top_k must be >= 0 (or -1 for all tokens), got {k}"))),
+            k => {
+                return Err(ApiError::bad_param(
+                    "top_k",
+                    format!("top_k must be >= 0 (or -1 for all tokens), got {k}"),
+                ))
+            }
         };
         let temperature = self.temperature.unwrap_or(1.0);
         let sampling = SamplingParams {
@@ -185,7 +195,8 @@ impl Common {
         }
         let stop = self.stop.map(StringOrList::into_vec).unwrap_or_default();
         // Checked once here, not once per choice.
-        let checked = GenerateParams { max_tokens: 1, sampling: sampling.clone(), stop, ignore_eos: false };
+        let checked =
+            GenerateParams { max_tokens: 1, sampling: sampling.clone(), stop, ignore_eos: false };
         checked.validate().map_err(|e| ApiError::bad_param("stop", e.to_string()))?;
         let stop = checked.stop;
         let limit = ready.context.min(ready.pool_tokens);
@@ -193,7 +204,11 @@ impl Common {
         for prompt in prompts {
             if prompt.len() > ready.context {
                 // Refused before it is copied n times.
-                return Err(tandem_core::Error::PromptTooLong { prompt: prompt.len(), context: ready.context }.into());
+                return Err(tandem_core::Error::PromptTooLong {
+                    prompt: prompt.len(),
+                    context: ready.context,
+                }
+                .into());
             }
             let room = limit.saturating_sub(prompt.len());
             let max_tokens = match max_tokens {
@@ -209,13 +224,25 @@ impl Common {
             };
             for i in 0..n {
                 // Each choice draws its own tokens; a given seed still repeats the whole set.
-                let sampling = SamplingParams { seed: sampling.seed.wrapping_add(i), ..sampling.clone() };
-                let params = GenerateParams { max_tokens, sampling, stop: stop.clone(), ignore_eos: self.ignore_eos.unwrap_or(false) };
+                let sampling =
+                    SamplingParams { seed: sampling.seed.wrapping_add(i), ..sampling.clone() };
+                let params = GenerateParams {
+                    max_tokens,
+                    sampling,
+                    stop: stop.clone(),
+                    ignore_eos: self.ignore_eos.unwrap_or(false),
+                };
                 choices.push((prompt.clone(), params));
             }
         }
         let include_usage = self.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-        Ok(Job { choices, n: n as usize, stream: self.stream.unwrap_or(false), include_usage, logprobs: logprobs.is_some() })
+        Ok(Job {
+            choices,
+            n: n as usize,
+            stream: self.stream.unwrap_or(false),
+            include_usage,
+            logprobs: logprobs.is_some(),
+        })
     }
 }
 
@@ -224,11 +251,16 @@ impl ChatRequest {
     pub fn logprobs(&self) -> Result<Option<usize>, ApiError> {
         let top = self.top_logprobs.unwrap_or(0);
         if top > MAX_CHAT_TOP_LOGPROBS {
-            return Err(ApiError::bad_param("top_logprobs", format!("top_logprobs must be in 0..={MAX_CHAT_TOP_LOGPROBS}, got {top}")));
+            return Err(ApiError::bad_param(
+                "top_logprobs",
+                format!("top_logprobs must be in 0..={MAX_CHAT_TOP_LOGPROBS}, got {top}"),
+            ));
         }
         match self.logprobs {
             Some(true) => Ok(Some(top as usize)),
-            _ if top > 0 => Err(ApiError::bad_param("top_logprobs", "top_logprobs needs logprobs: true")),
+            _ if top > 0 => {
+                Err(ApiError::bad_param("top_logprobs", "top_logprobs needs logprobs: true"))
+            }
             _ => Ok(None),
         }
     }
@@ -254,7 +286,12 @@ impl ChatRequest {
         if self.messages.is_empty() {
             return Err(ApiError::bad_param("messages", "messages must not be empty"));
         }
-        let messages = self.messages.iter().enumerate().map(|(i, m)| to_chat(i, m)).collect::<Result<Vec<_>, _>>()?;
+        let messages = self
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| to_chat(i, m))
+            .collect::<Result<Vec<_>, _>>()?;
         let text = tok.apply_chat_template(&messages, true)?;
         Ok(tok.encode(&text)?)
     }
@@ -269,9 +306,17 @@ fn to_chat(i: usize, m: &Message) -> Result<ChatMessage, ApiError> {
             for (j, p) in parts.iter().enumerate() {
                 match (p.kind.as_str(), &p.text) {
                     ("text", Some(t)) => s.push_str(t),
-                    ("text", None) => return Err(ApiError::bad_param(format!("messages[{i}].content[{j}].text"), "a text part needs `text`")),
+                    ("text", None) => {
+                        return Err(ApiError::bad_param(
+                            format!("messages[{i}].content[{j}].text"),
+                            "a text part needs `text`",
+                        ))
+                    }
                     (other, _) => {
-                        return Err(ApiError::unsupported(&format!("messages[{i}].content[{j}]"), &format!("a content part of type '{other}'")))
+                        return Err(ApiError::unsupported(
+                            &format!("messages[{i}].content[{j}]"),
+                            &format!("a content part of type '{other}'"),
+                        ))
                     }
                 }
             }
@@ -285,9 +330,10 @@ impl CompletionRequest {
     /// `logprobs: n` reports the chosen token's and n alternatives (0 to 5, as OpenAI).
     pub fn logprobs(&self) -> Result<Option<usize>, ApiError> {
         match self.logprobs {
-            Some(n) if n > MAX_COMPLETION_LOGPROBS => {
-                Err(ApiError::bad_param("logprobs", format!("logprobs must be in 0..={MAX_COMPLETION_LOGPROBS}, got {n}")))
-            }
+            Some(n) if n > MAX_COMPLETION_LOGPROBS => Err(ApiError::bad_param(
+                "logprobs",
+                format!("logprobs must be in 0..={MAX_COMPLETION_LOGPROBS}, got {n}"),
+            )),
             n => Ok(n.map(|n| n as usize)),
         }
     }
@@ -330,7 +376,12 @@ pub fn encode_text(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
     if text.is_empty() || tok.add_bos() {
         match tok.bos_id() {
             Some(b) => ids.push(b),
-            None if text.is_empty() => return Err(ApiError::bad_param("prompt", "the prompt is empty and the model has no BOS token to start from")),
+            None if text.is_empty() => {
+                return Err(ApiError::bad_param(
+                    "prompt",
+                    "the prompt is empty and the model has no BOS token to start from",
+                ))
+            }
             None => {}
         }
     }
@@ -360,8 +411,15 @@ impl TokenizeRequest {
             (Some(p), None) if self.add_special_tokens.unwrap_or(true) => encode_text(tok, p),
             (Some(p), None) => Ok(tok.encode(p)?),
             (None, Some(m)) => {
-                let messages = m.iter().enumerate().map(|(i, m)| to_chat(i, m)).collect::<Result<Vec<_>, _>>()?;
-                Ok(tok.encode(&tok.apply_chat_template(&messages, self.add_generation_prompt.unwrap_or(true))?)?)
+                let messages = m
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| to_chat(i, m))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(tok.encode(&tok.apply_chat_template(
+                    &messages,
+                    self.add_generation_prompt.unwrap_or(true),
+                )?)?)
             }
             _ => Err(ApiError::bad_request("give exactly one of `prompt` or `messages`")),
         }
@@ -378,7 +436,10 @@ impl DetokenizeRequest {
     /// The text of `tokens`, special tokens included; an id outside the vocabulary is a 400.
     pub fn text(&self, ready: &Ready) -> Result<String, ApiError> {
         if let Some(&t) = self.tokens.iter().find(|&&t| t as usize >= ready.vocab) {
-            return Err(ApiError::bad_param("tokens", format!("token id {t} is outside the vocabulary of {}", ready.vocab)));
+            return Err(ApiError::bad_param(
+                "tokens",
+                format!("token id {t} is outside the vocabulary of {}", ready.vocab),
+            ));
         }
         Ok(ready.tokenizer.decode(&self.tokens, false)?)
     }

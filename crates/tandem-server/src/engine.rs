@@ -46,7 +46,9 @@ pub(crate) enum Reply {
 pub(crate) enum Reject {
     /// The scheduler refused it (too long, bad parameters): the client's fault.
     Invalid(tandem_core::Error),
-    QueueFull { limit: usize },
+    QueueFull {
+        limit: usize,
+    },
     ShuttingDown,
 }
 
@@ -97,7 +99,11 @@ pub struct EngineSeat {
     max_waiting: usize,
 }
 
-pub(crate) fn seat(name: String, metrics: ModelMetrics, max_waiting: usize) -> (Arc<ModelHandle>, EngineSeat) {
+pub(crate) fn seat(
+    name: String,
+    metrics: ModelMetrics,
+    max_waiting: usize,
+) -> (Arc<ModelHandle>, EngineSeat) {
     let (tx, rx) = mpsc::channel();
     let (state, _) = watch::channel(ModelState::Loading);
     let handle = Arc::new(ModelHandle { name, commands: tx, state });
@@ -115,13 +121,24 @@ impl EngineSeat {
     }
 
     /// Serves requests on this thread until the server stops (or drains and is done).
-    pub fn serve<B: Backend>(&self, model: Model<B>, tokenizer: Tokenizer, config: SchedulerConfig) -> Result<()> {
+    pub fn serve<B: Backend>(
+        &self,
+        model: Model<B>,
+        tokenizer: Tokenizer,
+        config: SchedulerConfig,
+    ) -> Result<()> {
         self.serve_speculative(model, tokenizer, config, None)
     }
 
     /// [`EngineSeat::serve`] with speculative decoding for every request (see
     /// [`Speculation`]): the same tokens, fewer target steps.
-    pub fn serve_speculative<B: Backend>(&self, model: Model<B>, tokenizer: Tokenizer, config: SchedulerConfig, spec: Option<Speculation<B>>) -> Result<()> {
+    pub fn serve_speculative<B: Backend>(
+        &self,
+        model: Model<B>,
+        tokenizer: Tokenizer,
+        config: SchedulerConfig,
+        spec: Option<Speculation<B>>,
+    ) -> Result<()> {
         let tokenizer = Arc::new(tokenizer);
         let ready = Ready {
             tokenizer: tokenizer.clone(),
@@ -131,14 +148,23 @@ impl EngineSeat {
             created: unix_now(),
             names: Arc::new(TokenNames::new(tokenizer.clone())),
         };
-        let sched = match Scheduler::new(model, tokenizer, config).and_then(|mut s| s.set_speculation(spec).map(|_| s)) {
+        let sched = match Scheduler::new(model, tokenizer, config)
+            .and_then(|mut s| s.set_speculation(spec).map(|_| s))
+        {
             Ok(s) => s,
             Err(e) => {
                 self.fail(e.to_string());
                 return Err(e);
             }
         };
-        let mut engine = Engine { sched, tracked: HashMap::new(), draining: false, metrics: &self.metrics, max_waiting: self.max_waiting, last: Default::default() };
+        let mut engine = Engine {
+            sched,
+            tracked: HashMap::new(),
+            draining: false,
+            metrics: &self.metrics,
+            max_waiting: self.max_waiting,
+            last: Default::default(),
+        };
         engine.update_gauges();
         self.handle.state.send_replace(ModelState::Ready(Arc::new(ready)));
         loop {
@@ -236,7 +262,10 @@ impl<B: Backend> Engine<'_, B> {
         }
         let now = Instant::now();
         for (choice, id) in ids.into_iter().enumerate() {
-            self.tracked.insert(id, Tracked { choice, replies: s.replies.clone(), submitted: now, last_token: None });
+            self.tracked.insert(
+                id,
+                Tracked { choice, replies: s.replies.clone(), submitted: now, last_token: None },
+            );
         }
     }
 
@@ -253,7 +282,9 @@ impl<B: Backend> Engine<'_, B> {
                     }
                     (None, None)
                 }
-                Event::Finished { reason, usage, .. } => (Some(finish_reason(*reason)), Some(usage.clone())),
+                Event::Finished { reason, usage, .. } => {
+                    (Some(finish_reason(*reason)), Some(usage.clone()))
+                }
                 Event::Failed(_) => (Some("error"), None),
             };
             let Some(t) = self.tracked.get(&id) else { continue };

@@ -32,12 +32,20 @@ impl ApiError {
     /// A parameter OpenAI defines that tandem does not implement yet: refused rather than
     /// ignored, so a client never gets output that silently differs from what it asked for.
     pub fn unsupported(param: &str, why: &str) -> Self {
-        ApiError { code: Some("unsupported_parameter"), ..Self::bad_param(param, format!("{param}: {why} is not supported yet")) }
+        ApiError {
+            code: Some("unsupported_parameter"),
+            ..Self::bad_param(param, format!("{param}: {why} is not supported yet"))
+        }
     }
 
     pub fn model_not_found(name: &str, known: &[String]) -> Self {
-        let message = format!("the model '{name}' does not exist; this server has: {}", known.join(", "));
-        ApiError { code: Some("model_not_found"), param: Some("model".into()), ..Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message) }
+        let message =
+            format!("the model '{name}' does not exist; this server has: {}", known.join(", "));
+        ApiError {
+            code: Some("model_not_found"),
+            param: Some("model".into()),
+            ..Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+        }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -45,24 +53,41 @@ impl ApiError {
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "this method is not allowed on this path")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "this method is not allowed on this path",
+        )
     }
 
     pub fn unauthorized() -> Self {
         ApiError {
             code: Some("invalid_api_key"),
-            ..Self::new(StatusCode::UNAUTHORIZED, "authentication_error", "missing or wrong API key (send `Authorization: Bearer KEY`)")
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "missing or wrong API key (send `Authorization: Bearer KEY`)",
+            )
         }
     }
 
     pub fn body_too_large(limit: usize) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("the request body is larger than the limit of {limit} bytes"))
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
     }
 
     /// The model's waiting queue is full: 429, which OpenAI clients retry with back-off.
     pub fn queue_full(model: &str, limit: usize) -> Self {
-        let message = format!("the model '{model}' has {limit} requests waiting already (--max-waiting); retry later");
-        ApiError { code: Some("queue_full"), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message) }
+        let message = format!(
+            "the model '{model}' has {limit} requests waiting already (--max-waiting); retry later"
+        );
+        ApiError {
+            code: Some("queue_full"),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+        }
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
@@ -86,9 +111,11 @@ impl From<tandem_core::Error> for ApiError {
     fn from(e: tandem_core::Error) -> Self {
         use tandem_core::Error as E;
         match e {
-            E::PromptTooLong { .. } | E::RequestTooLarge { .. } | E::InvalidParameter(_) | E::Tokenizer(_) | E::ChatTemplate(_) => {
-                ApiError::bad_request(e.to_string())
-            }
+            E::PromptTooLong { .. }
+            | E::RequestTooLarge { .. }
+            | E::InvalidParameter(_)
+            | E::Tokenizer(_)
+            | E::ChatTemplate(_) => ApiError::bad_request(e.to_string()),
             other => ApiError::internal(other.to_string()),
         }
     }

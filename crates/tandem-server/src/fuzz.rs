@@ -7,7 +7,9 @@ use std::sync::Arc;
 use tandem_core::generate::GenerateParams;
 use tandem_core::tokenizer::Tokenizer;
 
-use crate::api::{self, ChatRequest, Common, CompletionRequest, DetokenizeRequest, TokenizeRequest};
+use crate::api::{
+    self, ChatRequest, Common, CompletionRequest, DetokenizeRequest, TokenizeRequest,
+};
 use crate::engine::Ready;
 use crate::errors::ApiError;
 use crate::logprobs::TokenNames;
@@ -39,7 +41,12 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new(tokenizer: Arc<Tokenizer>, context: usize, pool_tokens: usize, vocab: usize) -> Self {
+    pub fn new(
+        tokenizer: Arc<Tokenizer>,
+        context: usize,
+        pool_tokens: usize,
+        vocab: usize,
+    ) -> Self {
         let names = Arc::new(TokenNames::new(tokenizer.clone()));
         let ready = Ready { tokenizer, context, pool_tokens, vocab, created: 0, names };
         Model { ready: Arc::new(ready), max_body_bytes: ServerConfig::default().max_body_bytes }
@@ -70,15 +77,21 @@ impl Model {
         let ready = &self.ready;
         Ok(match endpoint {
             Endpoint::Chat => {
-                let (req, common): (ChatRequest, Common) = (api::fields(&body)?, api::fields(&body)?);
+                let (req, common): (ChatRequest, Common) =
+                    (api::fields(&body)?, api::fields(&body)?);
                 Outcome::Job(req.job(common, ready)?.choices)
             }
             Endpoint::Completions => {
-                let (req, common): (CompletionRequest, Common) = (api::fields(&body)?, api::fields(&body)?);
+                let (req, common): (CompletionRequest, Common) =
+                    (api::fields(&body)?, api::fields(&body)?);
                 Outcome::Job(req.job(common, ready)?.choices)
             }
-            Endpoint::Tokenize => Outcome::Tokens(api::fields::<TokenizeRequest>(&body)?.tokens(&ready.tokenizer)?),
-            Endpoint::Detokenize => Outcome::Text(api::fields::<DetokenizeRequest>(&body)?.text(ready)?),
+            Endpoint::Tokenize => {
+                Outcome::Tokens(api::fields::<TokenizeRequest>(&body)?.tokens(&ready.tokenizer)?)
+            }
+            Endpoint::Detokenize => {
+                Outcome::Text(api::fields::<DetokenizeRequest>(&body)?.text(ready)?)
+            }
         })
     }
 

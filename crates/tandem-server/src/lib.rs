@@ -26,8 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::ServerConfig;
-pub use engine::{EngineSeat, ModelState, Ready};
 use engine::{Command, ModelHandle};
+pub use engine::{EngineSeat, ModelState, Ready};
 use errors::ApiError;
 use metrics::Metrics;
 
@@ -58,7 +58,10 @@ pub struct Server {
 impl Server {
     /// A server for these models (the first is the default for requests naming none), and one
     /// engine seat per model, in the same order, for the threads that will load them.
-    pub fn new(config: ServerConfig, names: Vec<String>) -> Result<(Arc<Self>, Vec<EngineSeat>), ServerError> {
+    pub fn new(
+        config: ServerConfig,
+        names: Vec<String>,
+    ) -> Result<(Arc<Self>, Vec<EngineSeat>), ServerError> {
         if names.is_empty() {
             return Err(ServerError::NoModels);
         }
@@ -69,11 +72,18 @@ impl Server {
             if models.iter().any(|m: &Arc<ModelHandle>| m.name == name) {
                 return Err(ServerError::DuplicateModel(name));
             }
-            let (handle, seat) = engine::seat(name.clone(), metrics.for_model(&name), config.max_waiting);
+            let (handle, seat) =
+                engine::seat(name.clone(), metrics.for_model(&name), config.max_waiting);
             models.push(handle);
             seats.push(seat);
         }
-        let server = Server { config, models, metrics, shutting_down: AtomicBool::new(false), failure: Mutex::new(None) };
+        let server = Server {
+            config,
+            models,
+            metrics,
+            shutting_down: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        };
         Ok((Arc::new(server), seats))
     }
 
@@ -89,7 +99,11 @@ impl Server {
     fn model(&self, name: Option<&str>) -> Result<&Arc<ModelHandle>, ApiError> {
         match name {
             None | Some("") => Ok(&self.models[0]),
-            Some(n) => self.models.iter().find(|m| m.name == n).ok_or_else(|| ApiError::model_not_found(n, &self.names())),
+            Some(n) => self
+                .models
+                .iter()
+                .find(|m| m.name == n)
+                .ok_or_else(|| ApiError::model_not_found(n, &self.names())),
         }
     }
 
@@ -101,15 +115,24 @@ impl Server {
         let model = self.model(name)?;
         match model.state() {
             ModelState::Ready(r) => Ok((model.clone(), r)),
-            ModelState::Loading => Err(ApiError::unavailable(format!("the model '{}' is still loading", model.name))),
-            ModelState::Failed(why) => Err(ApiError::unavailable(format!("the model '{}' failed to load: {why}", model.name))),
+            ModelState::Loading => {
+                Err(ApiError::unavailable(format!("the model '{}' is still loading", model.name)))
+            }
+            ModelState::Failed(why) => Err(ApiError::unavailable(format!(
+                "the model '{}' failed to load: {why}",
+                model.name
+            ))),
         }
     }
 
     /// Serves on `listener` until `shutdown` resolves or a model fails to load. Then it admits
     /// nothing new, lets running requests finish for up to the shutdown timeout, aborts the
     /// rest, and stops the engine threads (join them after this returns).
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         let (closing, closed) = watch::channel(false);
         let me = self.clone();
         tokio::spawn(async move {
@@ -145,7 +168,10 @@ impl Server {
     /// of its own: the caller needs no async code.
     pub fn run(self: Arc<Self>) -> Result<(), ServerError> {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?;
         let me = self.clone();
         let served = runtime.block_on(async move {
             let addr = format!("{}:{}", me.config.host, me.config.port);

@@ -68,7 +68,9 @@ impl TokenNames {
                     let code = c as u32;
                     match code {
                         0..=255 if printable(code as u8) => out.push(code as u8),
-                        256.. if ((code - 256) as usize) < self.moved.len() => out.push(self.moved[(code - 256) as usize]),
+                        256.. if ((code - 256) as usize) < self.moved.len() => {
+                            out.push(self.moved[(code - 256) as usize])
+                        }
                         // Not a byte-level character (an added token): its own UTF-8.
                         _ => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
                     }
@@ -97,7 +99,11 @@ fn byte_token(piece: &str) -> Option<u8> {
 /// widening's 17 digits), -9999 for -inf.
 fn number(l: f32) -> Value {
     let l = if l.is_finite() { l } else { NO_PROBABILITY };
-    l.to_string().parse::<f64>().ok().and_then(serde_json::Number::from_f64).map_or(Value::Null, Value::Number)
+    l.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
 }
 
 /// One generated token, named.
@@ -131,7 +137,13 @@ impl Pending {
             let (s, b) = name(t);
             (s, b, number(l))
         });
-        self.entries.push(Entry { token, bytes, logprob: number(lp.logprob), offset, top: top.collect() });
+        self.entries.push(Entry {
+            token,
+            bytes,
+            logprob: number(lp.logprob),
+            offset,
+            top: top.collect(),
+        });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -153,7 +165,8 @@ impl Pending {
                 json!({ "content": content })
             }
             Kind::Completion => {
-                let (mut tokens, mut logprobs, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+                let (mut tokens, mut logprobs, mut tops, mut offsets) =
+                    (vec![], vec![], vec![], vec![]);
                 for e in entries {
                     // A map by token text (OpenAI's shape): the most likely of equal spellings
                     // stays, and the chosen token is always there.

@@ -76,21 +76,69 @@ impl Default for Metrics {
             e2e: hist(latency_histogram),
         };
         let r = &mut m.registry;
-        r.register("requests_running", "Requests being computed (in the running batch)", m.running.clone());
-        r.register("requests_waiting", "Requests queued, not yet admitted or preempted", m.waiting.clone());
-        r.register("kv_blocks_used", "KV blocks held by requests (idle prefix-cache blocks not counted)", m.kv_used.clone());
+        r.register(
+            "requests_running",
+            "Requests being computed (in the running batch)",
+            m.running.clone(),
+        );
+        r.register(
+            "requests_waiting",
+            "Requests queued, not yet admitted or preempted",
+            m.waiting.clone(),
+        );
+        r.register(
+            "kv_blocks_used",
+            "KV blocks held by requests (idle prefix-cache blocks not counted)",
+            m.kv_used.clone(),
+        );
         r.register("kv_blocks_total", "KV blocks in the pool", m.kv_total.clone());
-        r.register("kv_blocks_cached", "KV blocks in the prefix cache, in use or idle (idle ones are free to reuse)", m.kv_cached.clone());
+        r.register(
+            "kv_blocks_cached",
+            "KV blocks in the prefix cache, in use or idle (idle ones are free to reuse)",
+            m.kv_cached.clone(),
+        );
         r.register("kv_usage_ratio", "Fraction of KV blocks held by requests", m.kv_usage.clone());
-        r.register("prefix_cache_hit_tokens", "Prompt tokens taken from the prefix cache instead of computed", m.prefix_hits.clone());
-        r.register("preemptions", "Requests preempted for KV room (recomputed later)", m.preemptions.clone());
+        r.register(
+            "prefix_cache_hit_tokens",
+            "Prompt tokens taken from the prefix cache instead of computed",
+            m.prefix_hits.clone(),
+        );
+        r.register(
+            "preemptions",
+            "Requests preempted for KV room (recomputed later)",
+            m.preemptions.clone(),
+        );
         r.register("prompt_tokens", "Prompt tokens of finished requests", m.prompt_tokens.clone());
         r.register("generated_tokens", "Tokens generated", m.generated_tokens.clone());
-        r.register("requests_finished", "Requests finished, by reason (stop, length, abort, error)", m.finished.clone());
-        r.register_with_unit("queue_time", "From submission to first scheduled", Unit::Seconds, m.queue.clone());
-        r.register_with_unit("time_to_first_token", "From submission to first token", Unit::Seconds, m.ttft.clone());
-        r.register_with_unit("inter_token_latency", "Between consecutive tokens of a request", Unit::Seconds, m.itl.clone());
-        r.register_with_unit("e2e_request_latency", "From submission to finish", Unit::Seconds, m.e2e.clone());
+        r.register(
+            "requests_finished",
+            "Requests finished, by reason (stop, length, abort, error)",
+            m.finished.clone(),
+        );
+        r.register_with_unit(
+            "queue_time",
+            "From submission to first scheduled",
+            Unit::Seconds,
+            m.queue.clone(),
+        );
+        r.register_with_unit(
+            "time_to_first_token",
+            "From submission to first token",
+            Unit::Seconds,
+            m.ttft.clone(),
+        );
+        r.register_with_unit(
+            "inter_token_latency",
+            "Between consecutive tokens of a request",
+            Unit::Seconds,
+            m.itl.clone(),
+        );
+        r.register_with_unit(
+            "e2e_request_latency",
+            "From submission to finish",
+            Unit::Seconds,
+            m.e2e.clone(),
+        );
         m
     }
 }
@@ -108,7 +156,9 @@ impl Metrics {
     pub fn for_model(&self, model: &str) -> ModelMetrics {
         let l = ModelLabel { model: model.to_string() };
         for reason in ["stop", "length", "abort", "error"] {
-            let _ = self.finished.get_or_create(&ReasonLabel { model: model.to_string(), reason: reason.into() });
+            let _ = self
+                .finished
+                .get_or_create(&ReasonLabel { model: model.to_string(), reason: reason.into() });
         }
         ModelMetrics {
             model: model.to_string(),
@@ -169,12 +219,18 @@ impl ModelMetrics {
         self.kv_used.set(used as i64);
         self.kv_total.set(g.total_blocks as i64);
         self.kv_cached.set(g.cached_blocks as i64);
-        self.kv_usage.set(if g.total_blocks == 0 { 0.0 } else { used as f64 / g.total_blocks as f64 });
+        self.kv_usage.set(if g.total_blocks == 0 {
+            0.0
+        } else {
+            used as f64 / g.total_blocks as f64
+        });
     }
 
     /// A request ended: `usage` is `None` when it failed.
     pub fn finished(&self, reason: &str, usage: Option<&Usage>, e2e_secs: f64) {
-        self.finished.get_or_create(&ReasonLabel { model: self.model.clone(), reason: reason.into() }).inc();
+        self.finished
+            .get_or_create(&ReasonLabel { model: self.model.clone(), reason: reason.into() })
+            .inc();
         self.e2e.observe(e2e_secs);
         if let Some(u) = usage {
             self.prompt_tokens.inc_by(u.prompt_tokens as u64);

@@ -12,7 +12,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::api::{self, ChatRequest, Common, CompletionRequest, DetokenizeRequest, Job, TokenizeRequest};
+use crate::api::{
+    self, ChatRequest, Common, CompletionRequest, DetokenizeRequest, Job, TokenizeRequest,
+};
 use crate::engine::{ModelHandle, ModelState};
 use crate::errors::ApiError;
 use crate::logprobs::TokenNames;
@@ -49,7 +51,11 @@ async fn page() -> Html<&'static str> {
 /// Checks `Authorization: Bearer KEY` when the server has a key.
 async fn auth(State(s): State<Arc<Server>>, req: Request, next: Next) -> Response {
     if let Some(key) = &s.config.api_key {
-        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
         if !given.is_some_and(|g| same_secret(g.trim().as_bytes(), key.as_bytes())) {
             return ApiError::unauthorized().into_response();
         }
@@ -74,8 +80,12 @@ fn read(s: &Server, body: Body) -> Result<Bytes, ApiError> {
 }
 
 /// Tokenizing a long prompt takes a while: off the async workers, so other requests go on.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))?
 }
 
 async fn chat(State(s): State<Arc<Server>>, body: Body) -> Result<Response, ApiError> {
@@ -98,7 +108,12 @@ async fn completions(State(s): State<Arc<Server>>, body: Body) -> Result<Respons
 
 /// Submits the job and answers: a stream of chunks, or the whole response. `names` spells
 /// the tokens of log-probabilities, if the job asks for them.
-async fn generate(model: Arc<ModelHandle>, job: Job, kind: Kind, names: Arc<TokenNames>) -> Result<Response, ApiError> {
+async fn generate(
+    model: Arc<ModelHandle>,
+    job: Job,
+    kind: Kind,
+    names: Arc<TokenNames>,
+) -> Result<Response, ApiError> {
     let meta = Meta::new(kind, &model.name, job.n, job.logprobs.then_some(names));
     let (stream, include_usage) = (job.stream, job.include_usage);
     let pending = submit::submit(&model, job).await?;
@@ -154,7 +169,10 @@ async fn metrics(State(s): State<Arc<Server>>) -> Response {
     ([(header::CONTENT_TYPE, content_type)], s.metrics.encode()).into_response()
 }
 
-async fn tokenize(State(s): State<Arc<Server>>, body: Body) -> Result<Json<serde_json::Value>, ApiError> {
+async fn tokenize(
+    State(s): State<Arc<Server>>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let req: TokenizeRequest = api::fields(&api::parse(&read(&s, body)?)?)?;
     let (_, ready) = s.ready(req.model.as_deref())?;
     let context = ready.context;
@@ -162,7 +180,10 @@ async fn tokenize(State(s): State<Arc<Server>>, body: Body) -> Result<Json<serde
     Ok(Json(json!({ "count": tokens.len(), "max_model_len": context, "tokens": tokens })))
 }
 
-async fn detokenize(State(s): State<Arc<Server>>, body: Body) -> Result<Json<serde_json::Value>, ApiError> {
+async fn detokenize(
+    State(s): State<Arc<Server>>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let req: DetokenizeRequest = api::fields(&api::parse(&read(&s, body)?)?)?;
     let (_, ready) = s.ready(req.model.as_deref())?;
     let text = blocking(move || req.text(&ready)).await?;

@@ -56,7 +56,9 @@ impl State {
                 };
                 json!({ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason })
             }
-            Kind::Completion => json!({ "index": index, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason }),
+            Kind::Completion => {
+                json!({ "index": index, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason })
+            }
         }
     }
 
@@ -111,7 +113,15 @@ impl State {
 /// The SSE response for an accepted request.
 pub fn respond(pending: Pending, meta: Meta, include_usage: bool) -> Response {
     let logprobs = (0..pending.choices()).map(|_| Default::default()).collect();
-    let mut state = State { pending, meta, include_usage, totals: Totals::default(), out: VecDeque::new(), logprobs, done: false };
+    let mut state = State {
+        pending,
+        meta,
+        include_usage,
+        totals: Totals::default(),
+        out: VecDeque::new(),
+        logprobs,
+        done: false,
+    };
     if state.meta.kind == Kind::Chat {
         // The role comes first, in a chunk of its own, as OpenAI streams it.
         for i in 0..state.pending.choices() {

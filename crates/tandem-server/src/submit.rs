@@ -38,12 +38,18 @@ impl Meta {
     pub fn new(kind: Kind, model: &str, n: usize, logprobs: Option<Arc<TokenNames>>) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
-        let id = format!("{prefix}-{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let id =
+            format!("{prefix}-{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         Meta { id, created: crate::engine::unix_now(), model: model.to_string(), kind, n, logprobs }
     }
 
     /// Keeps a token's log-probabilities for its choice (if the request asked for them).
-    pub fn keep_logprobs(&self, pending: &mut logprobs::Pending, id: u32, lp: Option<&TokenLogprobs>) {
+    pub fn keep_logprobs(
+        &self,
+        pending: &mut logprobs::Pending,
+        id: u32,
+        lp: Option<&TokenLogprobs>,
+    ) {
         if let (Some(names), Some(lp)) = (&self.logprobs, lp) {
             pending.push(names, id, lp);
         }
@@ -75,7 +81,8 @@ struct AbortGuard {
 
 impl Drop for AbortGuard {
     fn drop(&mut self) {
-        let live: Vec<RequestId> = self.ids.iter().zip(&self.live).filter(|(_, &l)| l).map(|(&id, _)| id).collect();
+        let live: Vec<RequestId> =
+            self.ids.iter().zip(&self.live).filter(|(_, &l)| l).map(|(&id, _)| id).collect();
         if !live.is_empty() {
             self.model.send(Command::Abort(live));
         }
@@ -106,7 +113,10 @@ impl Pending {
             // The engine only sends Accepted/Rejected first; a closed channel means it stopped.
             Some(_) | None => {
                 self.guard.live.iter_mut().for_each(|l| *l = false);
-                let e = tandem_core::Error::Backend { backend: "engine".into(), reason: "the model's engine stopped".into() };
+                let e = tandem_core::Error::Backend {
+                    backend: "engine".into(),
+                    reason: "the model's engine stopped".into(),
+                };
                 Some((0, Event::Failed(e)))
             }
         }
@@ -129,9 +139,15 @@ pub async fn submit(model: &Arc<ModelHandle>, job: Job) -> Result<Pending, ApiEr
             Ok(Pending { replies: rx, guard: AbortGuard { model: model.clone(), ids, live } })
         }
         Some(Reply::Rejected(Reject::Invalid(e))) => Err(e.into()),
-        Some(Reply::Rejected(Reject::QueueFull { limit })) => Err(ApiError::queue_full(&model.name, limit)),
-        Some(Reply::Rejected(Reject::ShuttingDown)) => Err(ApiError::unavailable("the server is shutting down")),
-        Some(Reply::Event { .. }) | None => Err(ApiError::unavailable(format!("the model '{}' has stopped", model.name))),
+        Some(Reply::Rejected(Reject::QueueFull { limit })) => {
+            Err(ApiError::queue_full(&model.name, limit))
+        }
+        Some(Reply::Rejected(Reject::ShuttingDown)) => {
+            Err(ApiError::unavailable("the server is shutting down"))
+        }
+        Some(Reply::Event { .. }) | None => {
+            Err(ApiError::unavailable(format!("the model '{}' has stopped", model.name)))
+        }
     }
 }
 
@@ -178,7 +194,8 @@ impl Totals {
 pub async fn collect(mut pending: Pending, meta: &Meta) -> Result<Value, ApiError> {
     let mut texts = vec![String::new(); pending.choices()];
     let mut reasons = vec!["abort"; pending.choices()];
-    let mut logprobs: Vec<logprobs::Pending> = (0..pending.choices()).map(|_| Default::default()).collect();
+    let mut logprobs: Vec<logprobs::Pending> =
+        (0..pending.choices()).map(|_| Default::default()).collect();
     let mut totals = Totals::default();
     while let Some((choice, event)) = pending.next().await {
         match event {

@@ -16,7 +16,8 @@ async fn completions_match_generate() {
     for (prompt, max) in [("Once upon a time", 40), ("The cat", 7), ("", 64)] {
         let ids = r.text_prompt(prompt);
         let (want, n) = r.greedy(&ids, max);
-        let body = json!({ "model": "stories", "prompt": prompt, "max_tokens": max, "temperature": 0 });
+        let body =
+            json!({ "model": "stories", "prompt": prompt, "max_tokens": max, "temperature": 0 });
         let (status, v) = s.post("/v1/completions", &body).await;
         assert_eq!(status, StatusCode::OK, "{v}");
         assert_eq!(v["object"], "text_completion");
@@ -46,7 +47,12 @@ async fn chat_matches_generate() {
     let ids = r.chat_prompt("Tell me a story about a dog.");
     let (want, _) = r.greedy(&ids, 50);
     let messages = json!([{ "role": "user", "content": "Tell me a story about a dog." }]);
-    let (status, v) = s.post("/v1/chat/completions", &json!({ "messages": messages, "max_completion_tokens": 50, "temperature": 0.0 })).await;
+    let (status, v) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({ "messages": messages, "max_completion_tokens": 50, "temperature": 0.0 }),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
@@ -72,7 +78,16 @@ async fn concurrent_streams_match_single_requests() {
     let Some(dir) = stories() else { return };
     let mut r = Reference::new(&dir);
     let s = std::sync::Arc::new(start(&dir, Options::default()).await);
-    let starts = ["Once upon a time", "Lily", "The sun", "One day, a little", "Tom and", "Sam was", "There was a", "A big"];
+    let starts = [
+        "Once upon a time",
+        "Lily",
+        "The sun",
+        "One day, a little",
+        "Tom and",
+        "Sam was",
+        "There was a",
+        "A big",
+    ];
     let mut expected = vec![];
     let mut clients = vec![];
     for i in 0..32 {
@@ -81,7 +96,9 @@ async fn concurrent_streams_match_single_requests() {
         expected.push(r.greedy(&r.text_prompt(&prompt), max).0);
         let s = s.clone();
         let body = json!({ "prompt": prompt, "max_tokens": max, "temperature": 0, "stream": true });
-        clients.push(tokio::spawn(async move { stream_text(&s.stream("/v1/completions", &body).await, false).remove(0).0 }));
+        clients.push(tokio::spawn(async move {
+            stream_text(&s.stream("/v1/completions", &body).await, false).remove(0).0
+        }));
     }
     for (i, (c, want)) in clients.into_iter().zip(expected).enumerate() {
         assert_eq!(c.await.unwrap(), want, "client {i}");
@@ -98,15 +115,21 @@ async fn speculative_serving_matches_generate() {
     let Some(dir) = stories() else { return };
     let mut r = Reference::new(&dir);
     for (label, speculate) in [("n-gram", None), ("draft model", Some(4))] {
-        let s = std::sync::Arc::new(start(&dir, Options { speculate: Some(speculate), ..Options::default() }).await);
+        let s = std::sync::Arc::new(
+            start(&dir, Options { speculate: Some(speculate), ..Options::default() }).await,
+        );
         let mut clients = vec![];
         for i in 0..8 {
-            let prompt = ["Once upon a time", "Lily", "The sun", "One day, a little"][i % 4].to_string() + ["", " the"][i / 4];
+            let prompt = ["Once upon a time", "Lily", "The sun", "One day, a little"][i % 4]
+                .to_string()
+                + ["", " the"][i / 4];
             let max = 10 + 11 * i;
             let want = r.greedy(&r.text_prompt(&prompt), max).0;
             let s = s.clone();
             let body = json!({ "prompt": prompt, "max_tokens": max, "temperature": 0, "stream": true, "stream_options": { "include_usage": true } });
-            clients.push(tokio::spawn(async move { (s.stream("/v1/completions", &body).await, want) }));
+            clients.push(tokio::spawn(
+                async move { (s.stream("/v1/completions", &body).await, want) },
+            ));
         }
         let (mut accepted, mut rejected) = (0, 0);
         for (i, c) in clients.into_iter().enumerate() {
@@ -118,7 +141,10 @@ async fn speculative_serving_matches_generate() {
         }
         if speculate.is_some() {
             // The model drafting for itself: every greedy draft is accepted.
-            assert!(accepted > 100 && rejected == 0, "{label}: {accepted} accepted, {rejected} rejected");
+            assert!(
+                accepted > 100 && rejected == 0,
+                "{label}: {accepted} accepted, {rejected} rejected"
+            );
         }
         assert_eq!(s.metric("tandem_kv_blocks_used", "stories").await, 0.0);
         std::sync::Arc::into_inner(s).unwrap().shutdown().await.unwrap();
@@ -129,12 +155,14 @@ async fn speculative_serving_matches_generate() {
 async fn models_health_metrics_tokenize_and_routing() {
     let Some(dir) = stories() else { return };
     let mut r = Reference::new(&dir);
-    let s = start(&dir, Options { names: vec!["a".into(), "b".into()], ..Options::default() }).await;
+    let s =
+        start(&dir, Options { names: vec!["a".into(), "b".into()], ..Options::default() }).await;
     let (status, health) = s.get("/health").await;
     assert_eq!(status, StatusCode::OK, "{health}");
     let (_, models) = s.get("/v1/models").await;
     let models: serde_json::Value = serde_json::from_str(&models).unwrap();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a", "b"]);
 
     let (want, n) = r.greedy(&r.text_prompt("Once upon a time"), 20);
@@ -149,11 +177,22 @@ async fn models_health_metrics_tokenize_and_routing() {
     assert_eq!(s.metric("tandem_generated_tokens_total", "b").await, n as f64);
     assert!(s.metric("tandem_kv_blocks_total", "a").await > 0.0);
     let (_, text) = s.get("/metrics").await;
-    for name in ["tandem_time_to_first_token_seconds_bucket", "tandem_inter_token_latency_seconds_count", "tandem_queue_time_seconds_sum", "tandem_e2e_request_latency_seconds_count", "tandem_requests_finished_total{model=\"a\",reason=\"length\"} 1", "tandem_prefix_cache_hit_tokens_total", "tandem_preemptions_total", "tandem_kv_usage_ratio", "tandem_kv_blocks_cached"] {
+    for name in [
+        "tandem_time_to_first_token_seconds_bucket",
+        "tandem_inter_token_latency_seconds_count",
+        "tandem_queue_time_seconds_sum",
+        "tandem_e2e_request_latency_seconds_count",
+        "tandem_requests_finished_total{model=\"a\",reason=\"length\"} 1",
+        "tandem_prefix_cache_hit_tokens_total",
+        "tandem_preemptions_total",
+        "tandem_kv_usage_ratio",
+        "tandem_kv_blocks_cached",
+    ] {
         assert!(text.contains(name), "no {name} in /metrics:\n{text}");
     }
 
-    let (status, v) = s.post("/tokenize", &json!({ "model": "b", "prompt": "Once upon a time" })).await;
+    let (status, v) =
+        s.post("/tokenize", &json!({ "model": "b", "prompt": "Once upon a time" })).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
     assert_eq!(tokens, r.text_prompt("Once upon a time"));
@@ -161,7 +200,11 @@ async fn models_health_metrics_tokenize_and_routing() {
     let (status, v) = s.post("/detokenize", &json!({ "tokens": tokens[1..] })).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["prompt"], "Once upon a time");
-    let (_, v) = s.post("/tokenize", &json!({ "messages": [{ "role": "user", "content": "hi" }] })).await;
-    assert_eq!(serde_json::from_value::<Vec<u32>>(v["tokens"].clone()).unwrap(), r.chat_prompt("hi"));
+    let (_, v) =
+        s.post("/tokenize", &json!({ "messages": [{ "role": "user", "content": "hi" }] })).await;
+    assert_eq!(
+        serde_json::from_value::<Vec<u32>>(v["tokens"].clone()).unwrap(),
+        r.chat_prompt("hi")
+    );
     s.shutdown().await.unwrap();
 }

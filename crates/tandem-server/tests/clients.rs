@@ -14,7 +14,14 @@ use serde_json::Value;
 fn missing(program: &str, args: &[&str]) -> Option<String> {
     match Command::new(program).args(args).output() {
         Ok(o) if o.status.success() => None,
-        Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().lines().last().unwrap_or("failed").to_string()),
+        Ok(o) => Some(
+            String::from_utf8_lossy(&o.stderr)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("failed")
+                .to_string(),
+        ),
         Err(e) => Some(format!("{program}: {e}")),
     }
 }
@@ -26,15 +33,25 @@ async fn the_openai_python_client_gets_tandems_answers() {
         return eprintln!("SKIP the_openai_python_client_gets_tandems_answers: no openai Python package ({why}); pip install openai");
     }
     let mut r = Reference::new(&dir);
-    let (text, chat_ids) = (r.text_prompt("Once upon a time"), r.chat_prompt("Tell me a story about a dog."));
+    let (text, chat_ids) =
+        (r.text_prompt("Once upon a time"), r.chat_prompt("Tell me a story about a dog."));
     let (completion, completion_n) = r.greedy(&text, 40);
     let (chat, chat_n) = r.greedy(&chat_ids, 50);
     let s = start(&dir, Options::default()).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/openai_client.py");
     let base = s.url("/v1");
     // The client blocks; the server runs on this runtime's workers meanwhile.
-    let out = tokio::task::spawn_blocking(move || Command::new("python3").args([script, &base, "stories"]).output()).await.unwrap().unwrap();
-    assert!(out.status.success(), "openai_client.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3").args([script, &base, "stories"]).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "openai_client.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("the script prints JSON");
     assert_eq!(v["models"], serde_json::json!(["stories"]));
     assert_eq!(v["completion"], completion.as_str());
@@ -49,7 +66,8 @@ async fn the_openai_python_client_gets_tandems_answers() {
     assert_eq!(v["completion_logprobs_text"], r.greedy(&text, 12).0.as_str());
     assert_eq!(lp["tokens"].as_array().unwrap().len(), 12, "{lp}");
     for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
-        let (token, logprob) = (lp["tokens"][i].as_str().unwrap(), lp["token_logprobs"][i].as_f64().unwrap());
+        let (token, logprob) =
+            (lp["tokens"][i].as_str().unwrap(), lp["token_logprobs"][i].as_f64().unwrap());
         assert!(logprob <= 0.0);
         assert_eq!(top[token].as_f64(), Some(logprob), "{top}");
         assert!(top.as_object().unwrap().values().all(|l| l.as_f64().unwrap() <= logprob), "{top}");
@@ -81,7 +99,18 @@ async fn curl_reads_the_event_stream() {
     let url = s.url("/v1/completions");
     let body = r#"{"prompt": "The cat", "max_tokens": 30, "temperature": 0, "stream": true}"#;
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("curl").args(["-sN", "--max-time", "60", "-H", "content-type: application/json", "-d", body, &url]).output()
+        Command::new("curl")
+            .args([
+                "-sN",
+                "--max-time",
+                "60",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body,
+                &url,
+            ])
+            .output()
     })
     .await
     .unwrap()
@@ -92,7 +121,8 @@ async fn curl_reads_the_event_stream() {
     assert_eq!(events.last().map(|e| e.trim()), Some("data: [DONE]"), "{text}");
     let mut got = String::new();
     for e in &events[..events.len() - 1] {
-        let data = e.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {e:?}"));
+        let data =
+            e.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {e:?}"));
         let v: Value = serde_json::from_str(data).unwrap();
         got.push_str(v["choices"][0]["text"].as_str().unwrap_or(""));
     }

@@ -43,12 +43,28 @@ fn a_million_stop_strings_are_a_400_naming_the_limit() {
 #[test]
 fn prompts_choices_and_ids_past_their_limits_are_4xx() {
     for (endpoint, body, needle) in [
-        (Endpoint::Completions, json!({ "prompt": vec![1; 129] }), "129 tokens but the context holds 128"),
+        (
+            Endpoint::Completions,
+            json!({ "prompt": vec![1; 129] }),
+            "129 tokens but the context holds 128",
+        ),
         (Endpoint::Completions, json!({ "prompt": "<1>", "n": 129 }), "n must be in 1..=128"),
-        (Endpoint::Completions, json!({ "prompt": vec![vec![1]; 65], "n": 2 }), "n x prompts at most 128"),
+        (
+            Endpoint::Completions,
+            json!({ "prompt": vec![vec![1]; 65], "n": 2 }),
+            "n x prompts at most 128",
+        ),
         (Endpoint::Completions, json!({ "prompt": "<1>", "max_tokens": 0 }), "at least 1"),
-        (Endpoint::Completions, json!({ "prompt": "<1>", "logprobs": 6 }), "logprobs must be in 0..=5"),
-        (Endpoint::Chat, json!({ "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 21, "logprobs": true }), "0..=20"),
+        (
+            Endpoint::Completions,
+            json!({ "prompt": "<1>", "logprobs": 6 }),
+            "logprobs must be in 0..=5",
+        ),
+        (
+            Endpoint::Chat,
+            json!({ "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 21, "logprobs": true }),
+            "0..=20",
+        ),
         (Endpoint::Detokenize, json!({ "tokens": [1, 64] }), "outside the vocabulary of 64"),
         (Endpoint::Tokenize, json!({ "prompt": "x", "messages": [] }), "exactly one"),
     ] {
@@ -56,10 +72,15 @@ fn prompts_choices_and_ids_past_their_limits_are_4xx() {
         assert_eq!(status, 400, "{body}: {message}");
         assert!(message.contains(needle), "{body}: {message}");
     }
-    match model().request(Endpoint::Completions, json!({ "prompt": [1, 2], "n": 3, "stop": ["a", "b"] }).to_string().as_bytes()) {
+    match model().request(
+        Endpoint::Completions,
+        json!({ "prompt": [1, 2], "n": 3, "stop": ["a", "b"] }).to_string().as_bytes(),
+    ) {
         Ok(Outcome::Job(choices)) => {
             assert_eq!(choices.len(), 3);
-            assert!(choices.iter().all(|(p, params)| p == &[1, 2] && params.stop == ["a", "b"] && params.max_tokens == 126));
+            assert!(choices.iter().all(|(p, params)| p == &[1, 2]
+                && params.stop == ["a", "b"]
+                && params.max_tokens == 126));
         }
         other => panic!("{other:?}"),
     }

@@ -16,7 +16,8 @@ use tandem_server::ServerConfig;
 async fn wait_idle(s: &TestServer) {
     for _ in 0..1500 {
         let used = s.metric("tandem_kv_blocks_used", "stories").await;
-        let busy = s.metric("tandem_requests_running", "stories").await + s.metric("tandem_requests_waiting", "stories").await;
+        let busy = s.metric("tandem_requests_running", "stories").await
+            + s.metric("tandem_requests_waiting", "stories").await;
         if used == 0.0 && busy == 0.0 {
             return;
         }
@@ -53,14 +54,21 @@ async fn disconnect_storm_frees_every_block() {
     // Non-streaming clients that give up while their requests run.
     for i in 0..8 {
         let body = json!({ "prompt": format!("Tom {i}"), "max_tokens": 400, "ignore_eos": true });
-        let _ = tokio::time::timeout(Duration::from_millis(5), s.post("/v1/completions", &body)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_millis(5), s.post("/v1/completions", &body)).await;
     }
     wait_idle(&s).await;
-    let aborted = s.series("tandem_requests_finished_total{model=\"stories\",reason=\"abort\"}").await;
+    let aborted =
+        s.series("tandem_requests_finished_total{model=\"stories\",reason=\"abort\"}").await;
     assert!(aborted >= 40.0, "{aborted} requests aborted, expected every stream's");
     // Still serving, with the same answers.
     let (want, _) = r.greedy(&r.text_prompt("Once upon a time"), 30);
-    let (status, v) = s.post("/v1/completions", &json!({ "prompt": "Once upon a time", "max_tokens": 30, "temperature": 0 })).await;
+    let (status, v) = s
+        .post(
+            "/v1/completions",
+            &json!({ "prompt": "Once upon a time", "max_tokens": 30, "temperature": 0 }),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["choices"][0]["text"], want.as_str());
     Arc::into_inner(s).unwrap().shutdown().await.unwrap();
@@ -75,7 +83,8 @@ async fn tiny_kv_pool_completes_every_request() {
     let names = ["Lily", "Tom", "Sue", "Ben", "Max", "Amy"];
     let prompts: Vec<String> = names.iter().map(|n| format!("{n} went to the")).collect();
     // Several prompts in one request are queued together, so they must share the pool.
-    let body = json!({ "prompt": prompts, "max_tokens": 150, "temperature": 0, "ignore_eos": true });
+    let body =
+        json!({ "prompt": prompts, "max_tokens": 150, "temperature": 0, "ignore_eos": true });
     let (status, v) = s.post("/v1/completions", &body).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     for (i, p) in prompts.iter().enumerate() {
@@ -83,7 +92,10 @@ async fn tiny_kv_pool_completes_every_request() {
         assert_eq!(v["choices"][i]["text"], want.as_str(), "prompt {i}");
         assert_eq!(v["choices"][i]["index"], i);
     }
-    assert!(s.metric("tandem_preemptions_total", "stories").await > 0.0, "the pool was meant to run out");
+    assert!(
+        s.metric("tandem_preemptions_total", "stories").await > 0.0,
+        "the pool was meant to run out"
+    );
     // And clients arriving on their own, streaming or not.
     let mut clients = vec![];
     let mut expected = vec![];
@@ -123,31 +135,126 @@ async fn malformed_requests_get_4xx_while_a_stream_goes_on() {
     let msgs = json!([{ "role": "user", "content": "hi" }]);
     let long_prompt: Vec<u32> = (0..600).map(|i| 3 + i % 500).collect();
     let cases: Vec<(&str, Value, StatusCode, &str)> = vec![
-        ("/v1/completions", json!({ "prompt": "x", "temperature": "hot" }), StatusCode::BAD_REQUEST, "temperature"),
-        ("/v1/completions", json!({ "prompt": "x", "top_p": 1.5 }), StatusCode::BAD_REQUEST, "top_p"),
-        ("/v1/completions", json!({ "prompt": "x", "temperature": -1 }), StatusCode::BAD_REQUEST, "temperature"),
-        ("/v1/completions", json!({ "prompt": "x", "top_k": -5 }), StatusCode::BAD_REQUEST, "top_k"),
-        ("/v1/completions", json!({ "prompt": "x", "max_tokens": -1 }), StatusCode::BAD_REQUEST, "max_tokens"),
-        ("/v1/completions", json!({ "prompt": "x", "max_tokens": 0 }), StatusCode::BAD_REQUEST, "max_tokens"),
+        (
+            "/v1/completions",
+            json!({ "prompt": "x", "temperature": "hot" }),
+            StatusCode::BAD_REQUEST,
+            "temperature",
+        ),
+        (
+            "/v1/completions",
+            json!({ "prompt": "x", "top_p": 1.5 }),
+            StatusCode::BAD_REQUEST,
+            "top_p",
+        ),
+        (
+            "/v1/completions",
+            json!({ "prompt": "x", "temperature": -1 }),
+            StatusCode::BAD_REQUEST,
+            "temperature",
+        ),
+        (
+            "/v1/completions",
+            json!({ "prompt": "x", "top_k": -5 }),
+            StatusCode::BAD_REQUEST,
+            "top_k",
+        ),
+        (
+            "/v1/completions",
+            json!({ "prompt": "x", "max_tokens": -1 }),
+            StatusCode::BAD_REQUEST,
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({ "prompt": "x", "max_tokens": 0 }),
+            StatusCode::BAD_REQUEST,
+            "max_tokens",
+        ),
         ("/v1/completions", json!({ "prompt": "x", "n": 0 }), StatusCode::BAD_REQUEST, "n must be"),
         ("/v1/completions", json!({ "prompt": "x", "stop": 5 }), StatusCode::BAD_REQUEST, "stop"),
         ("/v1/completions", json!({ "max_tokens": 3 }), StatusCode::BAD_REQUEST, "prompt"),
-        ("/v1/completions", json!({ "prompt": [1, 99999] }), StatusCode::BAD_REQUEST, "outside the vocabulary"),
+        (
+            "/v1/completions",
+            json!({ "prompt": [1, 99999] }),
+            StatusCode::BAD_REQUEST,
+            "outside the vocabulary",
+        ),
         ("/v1/completions", json!({ "prompt": [] }), StatusCode::BAD_REQUEST, "prompt"),
-        ("/v1/completions", json!({ "prompt": long_prompt }), StatusCode::BAD_REQUEST, "600 tokens"),
-        ("/v1/completions", json!({ "prompt": "x", "max_tokens": 100000 }), StatusCode::BAD_REQUEST, "max_tokens 100000"),
-        ("/v1/completions", json!({ "prompt": "x", "presence_penalty": 2.5 }), StatusCode::BAD_REQUEST, "presence_penalty"),
-        ("/v1/completions", json!({ "prompt": "x", "frequency_penalty": -3 }), StatusCode::BAD_REQUEST, "frequency_penalty"),
-        ("/v1/completions", json!({ "prompt": "x", "logprobs": 6 }), StatusCode::BAD_REQUEST, "logprobs"),
-        ("/v1/completions", json!({ "prompt": "x", "echo": true }), StatusCode::BAD_REQUEST, "echo"),
-        ("/v1/completions", json!({ "model": "nope", "prompt": "x" }), StatusCode::NOT_FOUND, "nope"),
+        (
+            "/v1/completions",
+            json!({ "prompt": long_prompt }),
+            StatusCode::BAD_REQUEST,
+            "600 tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({ "prompt": "x", "max_tokens": 100000 }),
+            StatusCode::BAD_REQUEST,
+            "max_tokens 100000",
+        ),
+        (
+            "/v1/completions",
+            json!({ "prompt": "x", "presence_penalty": 2.5 }),
+            StatusCode::BAD_REQUEST,
+            "presence_penalty",
+        ),
+        (
+            "/v1/completions",
+            json!({ "prompt": "x", "frequency_penalty": -3 }),
+            StatusCode::BAD_REQUEST,
+            "frequency_penalty",
+        ),
+        (
+            "/v1/completions",
+            json!({ "prompt": "x", "logprobs": 6 }),
+            StatusCode::BAD_REQUEST,
+            "logprobs",
+        ),
+        (
+            "/v1/completions",
+            json!({ "prompt": "x", "echo": true }),
+            StatusCode::BAD_REQUEST,
+            "echo",
+        ),
+        (
+            "/v1/completions",
+            json!({ "model": "nope", "prompt": "x" }),
+            StatusCode::NOT_FOUND,
+            "nope",
+        ),
         ("/v1/chat/completions", json!({ "messages": [] }), StatusCode::BAD_REQUEST, "messages"),
         ("/v1/chat/completions", json!({ "messages": "hi" }), StatusCode::BAD_REQUEST, "messages"),
-        ("/v1/chat/completions", json!({ "messages": [{ "content": "hi" }] }), StatusCode::BAD_REQUEST, "role"),
-        ("/v1/chat/completions", json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": {} }] }] }), StatusCode::BAD_REQUEST, "image_url"),
-        ("/v1/chat/completions", json!({ "messages": msgs, "logprobs": true, "top_logprobs": 21 }), StatusCode::BAD_REQUEST, "top_logprobs"),
-        ("/v1/chat/completions", json!({ "messages": msgs, "tools": [{ "type": "function" }] }), StatusCode::BAD_REQUEST, "tools"),
-        ("/v1/chat/completions", json!({ "messages": msgs, "model": 7 }), StatusCode::BAD_REQUEST, "model"),
+        (
+            "/v1/chat/completions",
+            json!({ "messages": [{ "content": "hi" }] }),
+            StatusCode::BAD_REQUEST,
+            "role",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": {} }] }] }),
+            StatusCode::BAD_REQUEST,
+            "image_url",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({ "messages": msgs, "logprobs": true, "top_logprobs": 21 }),
+            StatusCode::BAD_REQUEST,
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({ "messages": msgs, "tools": [{ "type": "function" }] }),
+            StatusCode::BAD_REQUEST,
+            "tools",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({ "messages": msgs, "model": 7 }),
+            StatusCode::BAD_REQUEST,
+            "model",
+        ),
         ("/detokenize", json!({ "tokens": [1, 4000] }), StatusCode::BAD_REQUEST, "4000"),
         ("/tokenize", json!({}), StatusCode::BAD_REQUEST, "prompt"),
     ];
@@ -171,7 +278,12 @@ async fn malformed_requests_get_4xx_while_a_stream_goes_on() {
     let res = s.send("GET", "/v1/completions", "", &[]).await;
     assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
     // Unknown fields are ignored.
-    let (got, v) = s.post("/v1/completions", &json!({ "prompt": "x", "max_tokens": 2, "user": "me", "frobnicate": [1] })).await;
+    let (got, v) = s
+        .post(
+            "/v1/completions",
+            &json!({ "prompt": "x", "max_tokens": 2, "user": "me", "frobnicate": [1] }),
+        )
+        .await;
     assert_eq!(got, StatusCode::OK, "{v}");
 
     // The stream went on untouched.
@@ -200,12 +312,19 @@ fn check_error(v: &Value, needle: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_is_429_and_api_key_is_checked() {
     let Some(dir) = stories() else { return };
-    let config = ServerConfig { port: 0, max_waiting: 1, api_key: Some("sekrit".into()), ..ServerConfig::default() };
+    let config = ServerConfig {
+        port: 0,
+        max_waiting: 1,
+        api_key: Some("sekrit".into()),
+        ..ServerConfig::default()
+    };
     let sched = SchedulerConfig { max_seqs: 1, max_batched_tokens: 64 };
     let s = start(&dir, Options { config, sched, ..Options::default() }).await;
     let key = [("authorization", "Bearer sekrit")];
     let body = json!({ "prompt": "x", "max_tokens": 2 }).to_string();
-    for headers in [&[][..], &[("authorization", "Bearer wrong")][..], &[("authorization", "sekrit")][..]] {
+    for headers in
+        [&[][..], &[("authorization", "Bearer wrong")][..], &[("authorization", "sekrit")][..]]
+    {
         let (status, v) = s.post_raw("/v1/completions", body.clone(), headers).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
         check_error(&v, "API key");
@@ -257,7 +376,9 @@ async fn shutdown_lets_running_streams_finish() {
     s.signal_shutdown();
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Nothing new is admitted: the listener is closed (or, on a kept-alive connection, 503).
-    let req = hyper::Request::post(s.url("/v1/completions")).body(http_body_util::Full::new(json!({ "prompt": "x" }).to_string().into())).unwrap();
+    let req = hyper::Request::post(s.url("/v1/completions"))
+        .body(http_body_util::Full::new(json!({ "prompt": "x" }).to_string().into()))
+        .unwrap();
     if let Ok(res) = s.client.request(req).await {
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
@@ -268,7 +389,8 @@ async fn shutdown_lets_running_streams_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_deadline_aborts_long_streams() {
     let Some(dir) = stories() else { return };
-    let config = ServerConfig { port: 0, shutdown_timeout: Duration::ZERO, ..ServerConfig::default() };
+    let config =
+        ServerConfig { port: 0, shutdown_timeout: Duration::ZERO, ..ServerConfig::default() };
     let mut s = start(&dir, Options { config, ..Options::default() }).await;
     let mut events = s.open_stream("/v1/completions", &long_stream(480)).await;
     let first = events.next().await.unwrap();
@@ -305,7 +427,11 @@ async fn a_client_leaving_the_queue_is_dropped_at_once() {
             if gone == n {
                 return t0.elapsed();
             }
-            assert!(t0.elapsed() < Duration::from_secs(1), "{gone} waiting requests aborted after {:?}, expected {n}", t0.elapsed());
+            assert!(
+                t0.elapsed() < Duration::from_secs(1),
+                "{gone} waiting requests aborted after {:?}, expected {n}",
+                t0.elapsed()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
@@ -325,9 +451,13 @@ async fn a_client_leaving_the_queue_is_dropped_at_once() {
     let streamed = until_aborted(1.0, t0).await;
     assert!(s.metric("tandem_requests_waiting", "stories").await <= waiting);
     // A non-streaming one gives up (its handler future is dropped with the connection).
-    let _ = tokio::time::timeout(Duration::from_millis(100), s.post("/v1/completions", &body(false))).await;
+    let _ =
+        tokio::time::timeout(Duration::from_millis(100), s.post("/v1/completions", &body(false)))
+            .await;
     let plain = until_aborted(2.0, std::time::Instant::now()).await;
-    eprintln!("aborted {streamed:?} after the stream closed, {plain:?} after the plain request gave up");
+    eprintln!(
+        "aborted {streamed:?} after the stream closed, {plain:?} after the plain request gave up"
+    );
     assert!(!blocker.is_finished(), "the queue was meant to stay full");
     blocker.abort();
     wait_idle(&s).await;

@@ -11,7 +11,11 @@ use tandem_core::generate::GenerateParams;
 use tandem_core::sampling::{argmax, logprobs, SamplingParams};
 
 fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap_or_else(|| panic!("not a list: {v}")).iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,12 +27,25 @@ async fn penalties_change_greedy_answers_as_the_engine_does() {
     let ids = r.text_prompt(prompt);
     let (plain, _) = r.greedy_with(&ids, 60, true);
     for (presence, frequency) in [(0.0, 2.0), (2.0, 0.0), (0.5, -0.5)] {
-        let sampling = SamplingParams { presence_penalty: presence, frequency_penalty: frequency, ..Default::default() };
-        let want = r.generate(&ids, &GenerateParams { max_tokens: 60, sampling, stop: vec![], ignore_eos: true }).text;
+        let sampling = SamplingParams {
+            presence_penalty: presence,
+            frequency_penalty: frequency,
+            ..Default::default()
+        };
+        let want = r
+            .generate(
+                &ids,
+                &GenerateParams { max_tokens: 60, sampling, stop: vec![], ignore_eos: true },
+            )
+            .text;
         let body = json!({ "prompt": prompt, "max_tokens": 60, "temperature": 0, "ignore_eos": true, "presence_penalty": presence, "frequency_penalty": frequency });
         let (status, v) = s.post("/v1/completions", &body).await;
         assert_eq!(status, StatusCode::OK, "{v}");
-        assert_eq!(v["choices"][0]["text"], want.as_str(), "presence {presence}, frequency {frequency}");
+        assert_eq!(
+            v["choices"][0]["text"],
+            want.as_str(),
+            "presence {presence}, frequency {frequency}"
+        );
         if frequency == 2.0 || presence == 2.0 {
             assert_ne!(want, plain, "a strong penalty should change the greedy answer");
         }
@@ -41,8 +58,16 @@ async fn penalties_change_greedy_answers_as_the_engine_does() {
     for (path, body, needle) in [
         ("/v1/completions", json!({ "prompt": "x", "presence_penalty": 2.5 }), "presence_penalty"),
         ("/v1/completions", json!({ "prompt": "x", "frequency_penalty": -3 }), "frequency_penalty"),
-        ("/v1/completions", json!({ "prompt": "x", "frequency_penalty": "high" }), "frequency_penalty"),
-        ("/v1/chat/completions", json!({ "messages": messages, "presence_penalty": -2.01 }), "presence_penalty"),
+        (
+            "/v1/completions",
+            json!({ "prompt": "x", "frequency_penalty": "high" }),
+            "frequency_penalty",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({ "messages": messages, "presence_penalty": -2.01 }),
+            "presence_penalty",
+        ),
     ] {
         let (status, v) = s.post(path, &body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
@@ -75,7 +100,8 @@ async fn completion_logprobs_are_the_models() {
     // Asking for logprobs reads the logits back and draws on the host: the same tokens.
     assert_eq!(choice["text"], want_text.as_str());
     let lp = &choice["logprobs"];
-    let names: Vec<&str> = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     let token_logprobs = f32s(&lp["token_logprobs"]);
     assert_eq!(names.len(), tokens.len());
     assert_eq!(v["usage"]["completion_tokens"], tokens.len());
@@ -100,7 +126,8 @@ async fn completion_logprobs_are_the_models() {
     let mut stream = body.clone();
     stream["stream"] = json!(true);
     let chunks = s.stream("/v1/completions", &stream).await;
-    let mut joined = json!({ "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": [] });
+    let mut joined =
+        json!({ "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": [] });
     for c in &chunks {
         let l = &c["choices"][0]["logprobs"];
         if l.is_null() {
@@ -126,7 +153,8 @@ async fn completion_logprobs_are_the_models() {
     assert!(f32s(&with["choices"][0]["logprobs"]["token_logprobs"]).iter().all(|&l| l <= 0.0));
 
     for bad in [json!(6), json!(-1), json!("many")] {
-        let (status, v) = s.post("/v1/completions", &json!({ "prompt": "x", "logprobs": bad })).await;
+        let (status, v) =
+            s.post("/v1/completions", &json!({ "prompt": "x", "logprobs": bad })).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
         assert_eq!(v["error"]["param"], "logprobs", "{v}");
     }
@@ -138,7 +166,11 @@ async fn chat_content(s: &TestServer, body: &Value) -> (String, Vec<Value>, u64)
     let (status, v) = s.post("/v1/chat/completions", body).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let c = &v["choices"][0];
-    (c["message"]["content"].as_str().unwrap().to_string(), c["logprobs"]["content"].as_array().unwrap().clone(), v["usage"]["completion_tokens"].as_u64().unwrap())
+    (
+        c["message"]["content"].as_str().unwrap().to_string(),
+        c["logprobs"]["content"].as_array().unwrap().clone(),
+        v["usage"]["completion_tokens"].as_u64().unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +196,11 @@ async fn chat_logprobs_name_tokens_and_alternatives() {
         let top = e["top_logprobs"].as_array().unwrap();
         assert_eq!(top.len(), 5);
         // Greedy: the chosen token heads the list; the list is most likely first.
-        assert_eq!((top[0]["token"].as_str().unwrap(), top[0]["logprob"].as_f64().unwrap() as f32), (token, logprob), "{e}");
+        assert_eq!(
+            (top[0]["token"].as_str().unwrap(), top[0]["logprob"].as_f64().unwrap() as f32),
+            (token, logprob),
+            "{e}"
+        );
         let values: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
         assert!(values.windows(2).all(|w| w[0] >= w[1]), "{values:?}");
     }
@@ -173,12 +209,17 @@ async fn chat_logprobs_name_tokens_and_alternatives() {
     let mut stream = body.clone();
     stream["stream"] = json!(true);
     let chunks = s.stream("/v1/chat/completions", &stream).await;
-    let joined: Vec<Value> =
-        chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array()).flatten().cloned().collect();
+    let joined: Vec<Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
     assert_eq!(joined, content);
 
     // logprobs alone: no alternatives.
-    let (_, content, _) = chat_content(&s, &json!({ "messages": messages, "max_tokens": 4, "logprobs": true })).await;
+    let (_, content, _) =
+        chat_content(&s, &json!({ "messages": messages, "max_tokens": 4, "logprobs": true })).await;
     assert!(content.iter().all(|e| e["top_logprobs"] == json!([])), "{content:?}");
     for (body, needle) in [
         (json!({ "messages": messages, "logprobs": true, "top_logprobs": 21 }), "top_logprobs"),

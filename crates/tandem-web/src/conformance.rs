@@ -25,7 +25,8 @@ pub async fn run_conformance(op: String, filter: Option<String>) -> Result<Strin
 /// thread, whose simd128 kernels exist only in the wasm build, so only the page tests them.
 #[wasm_bindgen]
 pub async fn run_conformance_cpu(op: String, filter: Option<String>) -> Result<String, JsError> {
-    let mut backend = CpuBackend::fast(1).map_err(|e| JsError::new(&format!("CPU backend: {e}")))?;
+    let mut backend =
+        CpuBackend::fast(1).map_err(|e| JsError::new(&format!("CPU backend: {e}")))?;
     check(&mut backend, op, filter).await
 }
 
@@ -34,7 +35,8 @@ pub async fn run_conformance_cpu(op: String, filter: Option<String>) -> Result<S
 /// `{"op","backend","batches"}`; rejects with every difference listed.
 #[wasm_bindgen]
 pub async fn run_invariance_cpu(op: String) -> Result<String, JsError> {
-    let mut backend = CpuBackend::fast(1).map_err(|e| JsError::new(&format!("CPU backend: {e}")))?;
+    let mut backend =
+        CpuBackend::fast(1).map_err(|e| JsError::new(&format!("CPU backend: {e}")))?;
     let name = backend.name().to_string();
     let batches = check_batch_invariance(&mut backend, &op).await.map_err(|e| JsError::new(&e))?;
     Ok(format!("{{\"op\":\"{op}\",\"backend\":\"{name}\",\"batches\":{batches}}}"))
@@ -49,7 +51,11 @@ pub fn run_self_check_cpu() -> Result<String, JsError> {
     Ok("{\"f16_patterns\":65536}".into())
 }
 
-async fn check<B: Backend>(backend: &mut B, op: String, filter: Option<String>) -> Result<String, JsError> {
+async fn check<B: Backend>(
+    backend: &mut B,
+    op: String,
+    filter: Option<String>,
+) -> Result<String, JsError> {
     let name = backend.name().to_string();
     let wanted: Vec<String> = filter
         .as_deref()
@@ -60,9 +66,8 @@ async fn check<B: Backend>(backend: &mut B, op: String, filter: Option<String>) 
         .map(str::to_string)
         .collect();
     let keep = |case: &str| wanted.is_empty() || wanted.iter().any(|w| case.contains(w.as_str()));
-    let summary = check_backend_op(backend, "browser", &op, keep)
-        .await
-        .map_err(|e| JsError::new(&e))?;
+    let summary =
+        check_backend_op(backend, "browser", &op, keep).await.map_err(|e| JsError::new(&e))?;
     Ok(format!(
         "{{\"op\":\"{op}\",\"backend\":\"{name}\",\"cases\":{},\"worst_nmse\":{:e}}}",
         summary.cases, summary.worst_nmse
@@ -72,9 +77,5 @@ async fn check<B: Backend>(backend: &mut B, op: String, filter: Option<String>) 
 /// The names of `op`'s conformance cases, one per line: what `filter` can pick from.
 #[wasm_bindgen]
 pub fn conformance_cases(op: String) -> String {
-    tandem_tests::cases_for(&op)
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect::<Vec<_>>()
-        .join("\n")
+    tandem_tests::cases_for(&op).iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join("\n")
 }

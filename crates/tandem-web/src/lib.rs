@@ -8,12 +8,12 @@
 //! engine in a Web Worker and an OpenAI-shaped API.
 
 pub mod backend;
+#[cfg(all(target_arch = "wasm32", feature = "conformance"))]
+pub mod conformance;
 pub mod session;
 pub mod warm;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
-#[cfg(all(target_arch = "wasm32", feature = "conformance"))]
-pub mod conformance;
 
 pub use backend::WebBackend;
 pub use session::{Added, ModelInfo, Output, Request, Session, Usage};

@@ -164,8 +164,12 @@ impl Session {
     fn prompt_ids(&self, req: &Request) -> Result<Vec<u32>> {
         let tok = self.scheduler.tokenizer();
         match (&req.prompt, &req.messages) {
-            (Some(_), Some(_)) => Err(Error::InvalidParameter("give either prompt or messages, not both".into())),
-            (None, None) => Err(Error::InvalidParameter("the request has neither prompt nor messages".into())),
+            (Some(_), Some(_)) => {
+                Err(Error::InvalidParameter("give either prompt or messages, not both".into()))
+            }
+            (None, None) => {
+                Err(Error::InvalidParameter("the request has neither prompt nor messages".into()))
+            }
             (None, Some(messages)) => {
                 if messages.is_empty() {
                     return Err(Error::InvalidParameter("messages is empty".into()));
@@ -175,7 +179,9 @@ impl Session {
             (Some(prompt), None) => {
                 let mut ids = Vec::new();
                 if prompt.is_empty() || tok.add_bos() {
-                    ids.push(tok.bos_id().ok_or_else(|| Error::Tokenizer("the model has no BOS token to start from".into()))?);
+                    ids.push(tok.bos_id().ok_or_else(|| {
+                        Error::Tokenizer("the model has no BOS token to start from".into())
+                    })?);
                 }
                 ids.extend(tok.encode(prompt)?);
                 Ok(ids)
@@ -191,9 +197,18 @@ impl Session {
         let mut params = generate_params(req)?;
         if params.max_tokens == 0 {
             if prompt.len() > self.info.context {
-                return Err(Error::PromptTooLong { prompt: prompt.len(), context: self.info.context });
+                return Err(Error::PromptTooLong {
+                    prompt: prompt.len(),
+                    context: self.info.context,
+                });
             }
-            let usage = Usage { prompt_tokens: prompt.len(), total_tokens: prompt.len(), finish_reason: "length", finish_detail: "max_tokens", ..Usage::default() };
+            let usage = Usage {
+                prompt_tokens: prompt.len(),
+                total_tokens: prompt.len(),
+                finish_reason: "length",
+                finish_detail: "max_tokens",
+                ..Usage::default()
+            };
             return Ok(Added::Done(usage));
         }
         // One request may fill the context, or the whole KV cache if that is smaller (it then
@@ -239,7 +254,10 @@ impl Session {
                     }
                 }
                 Event::Finished { reason, text, usage } => {
-                    let r = self.running.remove(&id).unwrap_or(Running { token_ids: Vec::new(), clamped: false });
+                    let r = self
+                        .running
+                        .remove(&id)
+                        .unwrap_or(Running { token_ids: Vec::new(), clamped: false });
                     if !text.is_empty() {
                         out.push((id, Output::Text(text)));
                     }

@@ -45,7 +45,17 @@ fn run(cpu: &mut CpuBackend, bufs: &mut Vec<BufId>) -> Result<()> {
         let w = cpu.alloc_weight(wdtype, M, K)?;
         bufs.push(w);
         for (n, decode_rows) in [(1, 1), (N, 0)] {
-            step.push(Op::Matmul(Matmul { x, w, wdtype, bias: None, out, n, k: K, m: M, decode_rows }));
+            step.push(Op::Matmul(Matmul {
+                x,
+                w,
+                wdtype,
+                bias: None,
+                out,
+                n,
+                k: K,
+                m: M,
+                decode_rows,
+            }));
         }
     }
     for _ in 0..RUNS {

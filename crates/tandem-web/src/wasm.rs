@@ -90,7 +90,6 @@ struct EngineInfo<'a> {
     model: &'a crate::ModelInfo,
 }
 
-
 fn navigator_gpu() -> Option<JsValue> {
     let navigator = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
     let gpu = js_sys::Reflect::get(&navigator, &"gpu".into()).ok()?;
@@ -103,25 +102,49 @@ async fn choose_backend(opts: &EngineOptions) -> Result<(WebBackend, BackendInfo
         // The fast mode on one thread: it runs every op on the calling thread and starts no
         // pool (wasm32-unknown-unknown cannot start threads). It cannot fail; the reference
         // mode is the fallback should that ever change.
-        (WebBackend::Cpu(CpuBackend::fast(1).unwrap_or_else(|_| CpuBackend::reference())), BackendInfo { kind: "cpu", adapter: "cpu".into(), software: true, shader_f16: false, fallback_reason: reason })
+        (
+            WebBackend::Cpu(CpuBackend::fast(1).unwrap_or_else(|_| CpuBackend::reference())),
+            BackendInfo {
+                kind: "cpu",
+                adapter: "cpu".into(),
+                software: true,
+                shader_f16: false,
+                fallback_reason: reason,
+            },
+        )
     };
     match want {
         "cpu" => return Ok(cpu(None)),
         "auto" | "webgpu" => {}
-        other => return Err(js_error(format!("unknown backend '{other}' (use 'auto', 'webgpu' or 'cpu')"))),
+        other => {
+            return Err(js_error(format!(
+                "unknown backend '{other}' (use 'auto', 'webgpu' or 'cpu')"
+            )))
+        }
     }
     let gpu = match navigator_gpu() {
-        None => Err("navigator.gpu is missing: this browser (or this context) has no WebGPU".to_string()),
+        None => {
+            Err("navigator.gpu is missing: this browser (or this context) has no WebGPU"
+                .to_string())
+        }
         Some(_) => {
-            let wopts = WgpuOptions { allow_f16: opts.allow_f16.unwrap_or(true), ..WgpuOptions::default() };
+            let wopts =
+                WgpuOptions { allow_f16: opts.allow_f16.unwrap_or(true), ..WgpuOptions::default() };
             WgpuBackend::new(wopts).await.map_err(|e| e.to_string())
         }
     };
     match gpu {
         Ok(gpu) => {
             let adapter = gpu.adapter_info();
-            let adapter = adapter.strip_suffix(" (BrowserWebGpu)").unwrap_or(&adapter).trim().to_string();
-            let info = BackendInfo { kind: "webgpu", adapter, software: gpu.is_software(), shader_f16: gpu.uses_f16(), fallback_reason: None };
+            let adapter =
+                adapter.strip_suffix(" (BrowserWebGpu)").unwrap_or(&adapter).trim().to_string();
+            let info = BackendInfo {
+                kind: "webgpu",
+                adapter,
+                software: gpu.is_software(),
+                shader_f16: gpu.uses_f16(),
+                fallback_reason: None,
+            };
             Ok((WebBackend::Gpu(gpu), info))
         }
         Err(reason) if want == "auto" => Ok(cpu(Some(reason))),
@@ -149,11 +172,15 @@ pub struct Loader {
 impl Loader {
     /// Chooses the backend. `options` is JSON (see `EngineOptions`); `on_progress` is called
     /// as `(stage, loaded, total)` with stage "upload" and tensor counts.
-    pub async fn create(options: String, on_progress: Option<js_sys::Function>) -> Result<Loader, JsValue> {
+    pub async fn create(
+        options: String,
+        on_progress: Option<js_sys::Function>,
+    ) -> Result<Loader, JsValue> {
         let opts: EngineOptions = if options.is_empty() {
             EngineOptions::default()
         } else {
-            serde_json::from_str(&options).map_err(|e| js_error(format!("bad engine options: {e}")))?
+            serde_json::from_str(&options)
+                .map_err(|e| js_error(format!("bad engine options: {e}")))?
         };
         let defaults = ModelOptions::default();
         let context = opts.context.unwrap_or(defaults.context);
@@ -170,8 +197,19 @@ impl Loader {
             // Only speed depends on it (see `warm`): a failure here would fail the load later.
             let _ = crate::warm::warm_up(cpu);
         }
-        let model_opts = ModelOptions { context, kv_blocks: Some(kv_tokens.div_ceil(defaults.block_size)), ..defaults };
-        Ok(Loader { stream: ModelStream::new(backend, &model_opts), backend: info, on_progress, reported: 0, scratch: Vec::new(), max_seqs })
+        let model_opts = ModelOptions {
+            context,
+            kv_blocks: Some(kv_tokens.div_ceil(defaults.block_size)),
+            ..defaults
+        };
+        Ok(Loader {
+            stream: ModelStream::new(backend, &model_opts),
+            backend: info,
+            on_progress,
+            reported: 0,
+            scratch: Vec::new(),
+            max_seqs,
+        })
     }
 
     /// Starts the file `name` (a File's name, a URL's last segment), of `size` bytes when
@@ -191,7 +229,12 @@ impl Loader {
             Some((done, total)) if done > self.reported => {
                 self.reported = done;
                 if let Some(f) = &self.on_progress {
-                    let _ = f.call3(&JsValue::NULL, &"upload".into(), &(done as f64).into(), &(total as f64).into());
+                    let _ = f.call3(
+                        &JsValue::NULL,
+                        &"upload".into(),
+                        &(done as f64).into(),
+                        &(total as f64).into(),
+                    );
                 }
                 Ok(tandem_yield().into())
             }
@@ -207,8 +250,10 @@ impl Loader {
     /// The engine, once every file is in. Errors name what is missing.
     pub fn finish(self) -> Result<Engine, JsValue> {
         let Loader { stream, backend, max_seqs, .. } = self;
-        let session = Session::new(stream.finish().map_err(js_error)?, max_seqs).map_err(js_error)?;
-        let info = serde_json::to_string(&EngineInfo { backend: &backend, model: &session.info }).map_err(js_error)?;
+        let session =
+            Session::new(stream.finish().map_err(js_error)?, max_seqs).map_err(js_error)?;
+        let info = serde_json::to_string(&EngineInfo { backend: &backend, model: &session.info })
+            .map_err(js_error)?;
         let shared = Shared {
             session: RefCell::new(Some(session)),
             inbox: RefCell::new(VecDeque::new()),
@@ -260,7 +305,11 @@ impl Shared {
     /// Hands `text` to request `js`'s callback; false if the callback threw (the request is to
     /// be aborted).
     fn emit(&self, js: u32, text: &str) -> bool {
-        let Some(on_text) = self.pending.borrow().get(&js).filter(|p| p.error.is_none()).map(|p| p.on_text.clone()) else { return true };
+        let Some(on_text) =
+            self.pending.borrow().get(&js).filter(|p| p.error.is_none()).map(|p| p.on_text.clone())
+        else {
+            return true;
+        };
         match on_text.call1(&JsValue::NULL, &JsValue::from_str(text)) {
             Ok(_) => true,
             Err(e) => {
@@ -361,10 +410,15 @@ impl Engine {
             return js_sys::Promise::reject(&js_error("the engine was unloaded"));
         }
         if shared.pending.borrow().contains_key(&id) {
-            return js_sys::Promise::reject(&js_error(format!("request id {id} is already in flight")));
+            return js_sys::Promise::reject(&js_error(format!(
+                "request id {id} is already in flight"
+            )));
         }
         let promise = js_sys::Promise::new(&mut |resolve, reject| {
-            shared.pending.borrow_mut().insert(id, Pending { on_text: on_text.clone(), resolve, reject, error: None });
+            shared
+                .pending
+                .borrow_mut()
+                .insert(id, Pending { on_text: on_text.clone(), resolve, reject, error: None });
         });
         self.send(Command::Add(id, req));
         promise

@@ -32,10 +32,18 @@ const CHAT_CONFIG: &str = r#"{"bos_token": "<s>", "eos_token": "</s>", "add_bos_
 
 /// Streams `files` (as the worker names them; `(name, Some(bytes))` replaces a file's bytes)
 /// in 64 KiB chunks into a CPU session serving `max_seqs` requests per step.
-fn stream_with(dir: &Path, files: &[(&str, Option<&[u8]>)], opts: &ModelOptions, max_seqs: usize) -> tandem_core::Result<Session> {
+fn stream_with(
+    dir: &Path,
+    files: &[(&str, Option<&[u8]>)],
+    opts: &ModelOptions,
+    max_seqs: usize,
+) -> tandem_core::Result<Session> {
     let mut s = ModelStream::new(WebBackend::Cpu(CpuBackend::reference()), opts);
     for (name, bytes) in files {
-        let bytes = bytes.map_or_else(|| std::fs::read(dir.join(name)).expect("read model file"), <[u8]>::to_vec);
+        let bytes = bytes.map_or_else(
+            || std::fs::read(dir.join(name)).expect("read model file"),
+            <[u8]>::to_vec,
+        );
         s.begin_file(&format!("some/dir/{name}"), Some(bytes.len() as u64))?;
         bytes.chunks(64 << 10).try_for_each(|c| s.push(c))?;
         s.end_file()?;
@@ -49,13 +57,20 @@ fn stream(dir: &Path, files: &[&str]) -> tandem_core::Result<Session> {
 }
 
 fn session(dir: &Path) -> Session {
-    stream(dir, &["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"]).expect("load")
+    stream(dir, &["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"])
+        .expect("load")
 }
 
 /// With the chat template above, `max_seqs` per step and a KV pool of `kv_blocks` blocks.
 fn chat_session(dir: &Path, max_seqs: usize, kv_blocks: Option<usize>) -> Session {
-    let files = [("config.json", None), ("tokenizer.json", None), ("tokenizer_config.json", Some(CHAT_CONFIG.as_bytes())), ("model.safetensors", None)];
-    stream_with(dir, &files, &ModelOptions { kv_blocks, ..ModelOptions::default() }, max_seqs).expect("load")
+    let files = [
+        ("config.json", None),
+        ("tokenizer.json", None),
+        ("tokenizer_config.json", Some(CHAT_CONFIG.as_bytes())),
+        ("model.safetensors", None),
+    ];
+    stream_with(dir, &files, &ModelOptions { kv_blocks, ..ModelOptions::default() }, max_seqs)
+        .expect("load")
 }
 
 #[test]
@@ -65,7 +80,10 @@ fn wrong_file_sets_are_clear_errors() {
     let e = err(&["tokenizer.json", "model.safetensors"]);
     assert!(e.contains("config.json must come before"), "{e}");
     let e = err(&["config.json", "model.safetensors"]);
-    assert!(e.contains("tokenizer.json is missing") && e.contains("config.json, model.safetensors"), "{e}");
+    assert!(
+        e.contains("tokenizer.json is missing") && e.contains("config.json, model.safetensors"),
+        "{e}"
+    );
     let e = err(&["config.json", "tokenizer.json"]);
     assert!(e.contains(".safetensors file is missing"), "{e}");
     assert!(err(&[]).contains("no files"));
@@ -82,13 +100,20 @@ type Outcome = Result<(String, Usage), String>;
 /// text pieces, so later ones join running batches) and drives `s` until all are done,
 /// aborting request a after its k-th text piece for each (a, k) in `aborts`. Returns each
 /// request's outcome by index.
-fn run(s: &mut Session, reqs: &[Request], join_after: usize, aborts: &[(usize, usize)]) -> Vec<Outcome> {
+fn run(
+    s: &mut Session,
+    reqs: &[Request],
+    join_after: usize,
+    aborts: &[(usize, usize)],
+) -> Vec<Outcome> {
     let mut outcomes: Vec<Option<Outcome>> = reqs.iter().map(|_| None).collect();
     let mut texts = vec![(String::new(), 0usize); reqs.len()];
     let mut index: HashMap<u64, usize> = HashMap::new();
     let mut added = 0;
     loop {
-        while added < reqs.len() && (added == 0 || texts[added - 1].1 >= join_after || outcomes[added - 1].is_some()) {
+        while added < reqs.len()
+            && (added == 0 || texts[added - 1].1 >= join_after || outcomes[added - 1].is_some())
+        {
             match s.add(&reqs[added]) {
                 Ok(Added::Queued(id)) => {
                     index.insert(id, added);
@@ -112,7 +137,9 @@ fn run(s: &mut Session, reqs: &[Request], join_after: usize, aborts: &[(usize, u
                         assert!(s.abort(id), "request {i} is running");
                     }
                 }
-                Output::Done(usage) => outcomes[i] = Some(Ok((std::mem::take(&mut texts[i].0), usage))),
+                Output::Done(usage) => {
+                    outcomes[i] = Some(Ok((std::mem::take(&mut texts[i].0), usage)))
+                }
                 Output::Failed(e) => outcomes[i] = Some(Err(e.to_string())),
             }
         }
@@ -127,8 +154,15 @@ fn run_one(s: &mut Session, json: &str) -> Outcome {
 #[test]
 fn stories260k_greedy_from_bos_matches_the_reference() {
     let Some(dir) = stories_dir() else { return };
-    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference_greedy.json")).unwrap()).unwrap();
-    let want: Vec<u32> = reference["greedy_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference_greedy.json")).unwrap())
+            .unwrap();
+    let want: Vec<u32> = reference["greedy_token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
     let mut s = session(&dir);
     // ModelOptions' default pool: one sequence at the (capped) context.
     assert_eq!((s.info.max_seqs, s.info.context, s.info.kv_tokens), (4, 512, 512));
@@ -142,7 +176,14 @@ fn stories260k_greedy_from_bos_matches_the_reference() {
 
 /// Chat requests of different lengths, greedy and seeded in turn.
 fn chats(n: usize) -> Vec<Request> {
-    let starts = ["Once upon a time", "Lily and Tom went to the park", "The little dog", "One day, a big bird", "Mom said", "The sun was"];
+    let starts = [
+        "Once upon a time",
+        "Lily and Tom went to the park",
+        "The little dog",
+        "One day, a big bird",
+        "Mom said",
+        "The sun was",
+    ];
     (0..n)
         .map(|i| {
             let sampling = if i % 2 == 0 { r#""temperature": 0"#.to_string() } else { format!(r#""temperature": 0.9, "top_p": 0.95, "seed": {}"#, 100 + i) };
@@ -165,7 +206,8 @@ fn tokens_and_text(o: &Outcome) -> (Vec<u32>, String, &'static str) {
 fn concurrent_chats_equal_their_solo_runs() {
     let Some(dir) = stories_dir() else { return };
     let reqs = chats(6);
-    let want: Vec<_> = solo(&mut chat_session(&dir, 1, None), &reqs).iter().map(tokens_and_text).collect();
+    let want: Vec<_> =
+        solo(&mut chat_session(&dir, 1, None), &reqs).iter().map(tokens_and_text).collect();
     assert_eq!(want[1].0.len(), 29, "max_tokens");
     // All at once (4 per step, the rest queued), and joining running batches one by one.
     let mut s = chat_session(&dir, 4, None);
@@ -195,7 +237,10 @@ fn aborting_one_request_leaves_the_others_unchanged() {
         let (tokens, text, reason) = tokens_and_text(o);
         if i == 2 {
             assert_eq!(reason, "interrupted");
-            assert!(tokens.len() >= 5 && tokens.len() < w.0.len() && w.0.starts_with(&tokens), "{tokens:?}");
+            assert!(
+                tokens.len() >= 5 && tokens.len() < w.0.len() && w.0.starts_with(&tokens),
+                "{tokens:?}"
+            );
             assert!(w.1.starts_with(&text));
         } else {
             assert_eq!((tokens, text, reason), w.clone(), "request {i}");
@@ -210,21 +255,39 @@ fn aborting_one_request_leaves_the_others_unchanged() {
 fn aborts_stop_strings_limits_and_bad_requests() {
     let Some(dir) = stories_dir() else { return };
     let mut s = session(&dir);
-    let got = run(&mut s, &[request(r#"{"prompt": "", "max_tokens": 100, "temperature": 0.8, "seed": 7}"#)], 0, &[(0, 3)]);
+    let got = run(
+        &mut s,
+        &[request(r#"{"prompt": "", "max_tokens": 100, "temperature": 0.8, "seed": 7}"#)],
+        0,
+        &[(0, 3)],
+    );
     let (text, usage) = got[0].as_ref().expect("generate");
     assert_eq!((usage.finish_reason, usage.completion_tokens), ("interrupted", 3));
     assert!(!text.is_empty());
 
-    let (text, usage) = run_one(&mut s, r#"{"prompt": "", "max_tokens": 200, "temperature": 0, "stop": "Lily"}"#).expect("generate");
+    let (text, usage) =
+        run_one(&mut s, r#"{"prompt": "", "max_tokens": 200, "temperature": 0, "stop": "Lily"}"#)
+            .expect("generate");
     assert_eq!(usage.finish_detail, "stop_string");
     assert_eq!(text, "Once upon a time, there was a little girl named ");
 
-    let (text, usage) = run_one(&mut s, r#"{"prompt": "Once", "max_tokens": 0}"#).expect("max_tokens 0");
-    assert_eq!((text.as_str(), usage.completion_tokens, usage.finish_detail, usage.prompt_tokens), ("", 0, "max_tokens", 2));
+    let (text, usage) =
+        run_one(&mut s, r#"{"prompt": "Once", "max_tokens": 0}"#).expect("max_tokens 0");
+    assert_eq!(
+        (text.as_str(), usage.completion_tokens, usage.finish_detail, usage.prompt_tokens),
+        ("", 0, "max_tokens", 2)
+    );
 
     // More than the context (512) holds: it runs until the context is full.
-    let (_, usage) = run_one(&mut s, r#"{"prompt": "", "max_tokens": 600, "temperature": 0, "ignore_eos": true}"#).expect("generate");
-    assert_eq!((usage.completion_tokens, usage.finish_reason, usage.finish_detail), (511, "length", "context"));
+    let (_, usage) = run_one(
+        &mut s,
+        r#"{"prompt": "", "max_tokens": 600, "temperature": 0, "ignore_eos": true}"#,
+    )
+    .expect("generate");
+    assert_eq!(
+        (usage.completion_tokens, usage.finish_reason, usage.finish_detail),
+        (511, "length", "context")
+    );
 
     for (json, why) in [
         (r#"{"max_tokens": 3}"#, "neither prompt nor messages"),
@@ -241,10 +304,15 @@ fn aborts_stop_strings_limits_and_bad_requests() {
     // A KV cache of 4 blocks (64 tokens), smaller than the context: a request may fill it
     // alone; a prompt that leaves no room can never run.
     let mut s = chat_session(&dir, 4, Some(4));
-    let (_, usage) = run_one(&mut s, r#"{"prompt": "", "max_tokens": 100, "temperature": 0, "ignore_eos": true}"#).expect("generate");
+    let (_, usage) = run_one(
+        &mut s,
+        r#"{"prompt": "", "max_tokens": 100, "temperature": 0, "ignore_eos": true}"#,
+    )
+    .expect("generate");
     assert_eq!((usage.completion_tokens, usage.finish_detail), (63, "context"));
     let long = "Once upon a time ".repeat(20);
-    let e = run_one(&mut s, &format!(r#"{{"prompt": "{long}", "max_tokens": 5}}"#)).expect_err("too long");
+    let e = run_one(&mut s, &format!(r#"{{"prompt": "{long}", "max_tokens": 5}}"#))
+        .expect_err("too long");
     assert!(e.contains("the KV cache holds 64"), "{e}");
 }
 
@@ -254,8 +322,15 @@ fn speculation_keeps_the_models_own_output() {
     // (a second session's stories260K: the same weights, so every draft is accepted), and
     // the usage counts drafted and accepted tokens.
     let Some(dir) = stories_dir() else { return };
-    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference_greedy.json")).unwrap()).unwrap();
-    let want: Vec<u32> = reference["greedy_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference_greedy.json")).unwrap())
+            .unwrap();
+    let want: Vec<u32> = reference["greedy_token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
     let greedy = r#"{"prompt": "", "max_tokens": 200, "temperature": 0, "ignore_eos": true}"#;
     let mut ngram = session(&dir);
     ngram.speculate(None, 4).expect("n-gram speculation");
@@ -270,14 +345,20 @@ fn speculation_keeps_the_models_own_output() {
     assert!(usage.draft_tokens > 100 && usage.accepted_tokens == usage.draft_tokens, "{usage:?}");
     // With the model as its own draft, a seeded sampled request gives the tokens it gives
     // without speculation.
-    let sampled = r#"{"prompt": "", "max_tokens": 60, "temperature": 0.8, "seed": 7, "ignore_eos": true}"#;
+    let sampled =
+        r#"{"prompt": "", "max_tokens": 60, "temperature": 0.8, "seed": 7, "ignore_eos": true}"#;
     let plain = run_one(&mut session(&dir), sampled).expect("plain").1.token_ids;
     assert_eq!(run_one(&mut drafted, sampled).expect("drafted").1.token_ids, plain);
     // Bad settings are clear errors: no draft tokens, a draft whose tokenizer ends sequences
     // elsewhere.
     assert!(session(&dir).speculate(None, 0).unwrap_err().to_string().contains("at least 1"));
     let other_eos = r#"{"bos_token": "<s>", "eos_token": "<s>", "add_bos_token": true}"#;
-    let files = [("config.json", None), ("tokenizer.json", None), ("tokenizer_config.json", Some(other_eos.as_bytes())), ("model.safetensors", None)];
+    let files = [
+        ("config.json", None),
+        ("tokenizer.json", None),
+        ("tokenizer_config.json", Some(other_eos.as_bytes())),
+        ("model.safetensors", None),
+    ];
     let foreign = stream_with(&dir, &files, &ModelOptions::default(), 4).expect("load");
     let e = session(&dir).speculate(Some(foreign), 4).unwrap_err().to_string();
     assert!(e.contains("tokenizer differs"), "{e}");

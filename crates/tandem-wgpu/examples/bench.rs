@@ -32,17 +32,11 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!(
-        "adapter: {}  native f16: {}",
-        backend.adapter_info(),
-        backend.uses_f16()
-    );
+    println!("adapter: {}  native f16: {}", backend.adapter_info(), backend.uses_f16());
     let source = loader::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let tokenizer = Tokenizer::load(&source.tokenizer).expect("tokenizer");
-    let opts = ModelOptions {
-        context: (prompt_len + new_tokens + 8).max(64),
-        ..Default::default()
-    };
+    let opts =
+        ModelOptions { context: (prompt_len + new_tokens + 8).max(64), ..Default::default() };
     let t = std::time::Instant::now();
     let mut model = Model::load(backend, &source, &opts, &mut |_, _| {}).expect("load");
     let weight_bytes = model.weights.bytes;
@@ -56,40 +50,21 @@ fn main() {
     // A deterministic prompt of ordinary token ids (BOS first where the model has one).
     let vocab = model.config.vocab_size as u32;
     let prompt: Vec<u32> = (0..prompt_len as u32)
-        .map(|i| {
-            if i == 0 {
-                1
-            } else {
-                300 + (i * 7919) % (vocab - 400)
-            }
-        })
+        .map(|i| if i == 0 { 1 } else { 300 + (i * 7919) % (vocab - 400) })
         .collect();
-    let params = GenerateParams {
-        max_tokens: new_tokens,
-        ignore_eos: true,
-        ..Default::default()
-    };
+    let params = GenerateParams { max_tokens: new_tokens, ignore_eos: true, ..Default::default() };
     // Warm-up: pipelines and bind groups get created here, not in the timed run.
     pollster::block_on(generate(
         &mut model,
         &tokenizer,
         &prompt,
-        &GenerateParams {
-            max_tokens: 4,
-            ..params.clone()
-        },
+        &GenerateParams { max_tokens: 4, ..params.clone() },
         &mut |_| {},
     ))
     .expect("warm-up");
     let before = model.backend.stats();
-    let gen = pollster::block_on(generate(
-        &mut model,
-        &tokenizer,
-        &prompt,
-        &params,
-        &mut |_| {},
-    ))
-    .expect("generate");
+    let gen = pollster::block_on(generate(&mut model, &tokenizer, &prompt, &params, &mut |_| {}))
+        .expect("generate");
     let after = model.backend.stats();
     let decoded = gen.tokens.len().saturating_sub(1).max(1) as u64;
     // Submissions and readbacks of the whole run, prefill's included, per generated token.

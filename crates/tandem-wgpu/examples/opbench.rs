@@ -10,11 +10,7 @@ use tandem_core::{Backend, BufId, DType, Step};
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
 
 fn time(b: &mut WgpuBackend, ops: Vec<Op>, sync: BufId, reps: usize) -> f64 {
-    let step = Step {
-        writes: vec![],
-        read_back: vec![],
-        ops,
-    };
+    let step = Step { writes: vec![], read_back: vec![], ops };
     b.execute(&step).unwrap();
     pollster::block_on(b.read(sync, 0, 4)).unwrap();
     let t = Instant::now();
@@ -33,20 +29,10 @@ fn main() {
     }))
     .expect("adapter");
     println!("{}", b.adapter_info());
-    for (n, k, m) in [
-        (1, 576, 49152),
-        (1, 576, 1536),
-        (1, 1536, 576),
-        (32, 576, 1536),
-        (32, 576, 49152),
-    ] {
-        for dtype in [
-            DType::F32,
-            DType::F16,
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-        ] {
+    for (n, k, m) in
+        [(1, 576, 49152), (1, 576, 1536), (1, 1536, 576), (32, 576, 1536), (32, 576, 49152)]
+    {
+        for dtype in [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1] {
             let w = b.alloc_weight(dtype, m, k).unwrap();
             b.write(w, &encode(&vec![0.01; m * k], dtype)).unwrap();
             let x = b.alloc(DType::F32, n * k).unwrap();
@@ -82,11 +68,7 @@ fn main() {
         let ck = b.alloc(DType::F32, blocks * bs * kvh * hd).unwrap();
         let cv = b.alloc(DType::F32, blocks * bs * kvh * hd).unwrap();
         let bt = b.alloc(DType::U32, blocks).unwrap();
-        b.write(
-            bt,
-            bytemuck::cast_slice(&(0..blocks as u32).collect::<Vec<_>>()),
-        )
-        .unwrap();
+        b.write(bt, bytemuck::cast_slice(&(0..blocks as u32).collect::<Vec<_>>())).unwrap();
         // The last n positions of one sequence: a decode for n = 1, a prompt otherwise.
         let positions = b.alloc(DType::U32, n).unwrap();
         b.write(

@@ -65,11 +65,7 @@ impl Table {
     pub fn insert(&mut self, e: Entry) -> BufId {
         let id = BufId(self.next);
         self.next = self.next.wrapping_add(1);
-        self.bytes += e
-            .parts
-            .iter()
-            .map(|p| p.gpu.buffer.size() as usize)
-            .sum::<usize>();
+        self.bytes += e.parts.iter().map(|p| p.gpu.buffer.size() as usize).sum::<usize>();
         self.entries.insert(id, e);
         id
     }
@@ -78,11 +74,7 @@ impl Table {
     pub fn remove(&mut self, id: BufId) -> Vec<u64> {
         match self.entries.remove(&id) {
             Some(e) => {
-                self.bytes -= e
-                    .parts
-                    .iter()
-                    .map(|p| p.gpu.buffer.size() as usize)
-                    .sum::<usize>();
+                self.bytes -= e.parts.iter().map(|p| p.gpu.buffer.size() as usize).sum::<usize>();
                 e.parts.iter().map(|p| p.gpu.uid).collect()
             }
             None => vec![],

@@ -116,10 +116,7 @@ pub struct WgpuBackend {
 }
 
 fn backend_err(reason: impl Into<String>) -> Error {
-    Error::Backend {
-        backend: NAME.into(),
-        reason: reason.into(),
-    }
+    Error::Backend { backend: NAME.into(), reason: reason.into() }
 }
 
 impl WgpuBackend {
@@ -174,19 +171,11 @@ impl WgpuBackend {
         let uncaptured = Arc::new(Mutex::new(Vec::new()));
         let u = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            u.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(e.to_string());
+            u.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
         }));
-        let max_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
-        let max_weight_part = opts
-            .max_binding_override
-            .map_or(max_binding, |o| o.min(max_binding));
-        let align = limits
-            .min_uniform_buffer_offset_alignment
-            .max(PARAM_BYTES as u32) as u64;
+        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let max_weight_part = opts.max_binding_override.map_or(max_binding, |o| o.min(max_binding));
+        let align = limits.min_uniform_buffer_offset_alignment.max(PARAM_BYTES as u32) as u64;
         let mut table = Table::default();
         let arena = Gpu {
             uid: table.uid(),
@@ -196,10 +185,8 @@ impl WgpuBackend {
                 wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             ),
         };
-        let scratch = Gpu {
-            uid: table.uid(),
-            buffer: Self::raw_buffer(&device, 256, storage_usage()),
-        };
+        let scratch =
+            Gpu { uid: table.uid(), buffer: Self::raw_buffer(&device, 256, storage_usage()) };
         Ok(WgpuBackend {
             device,
             queue,
@@ -321,10 +308,7 @@ impl WgpuBackend {
         // Bindings may not be empty.
         let size = bytes.max(4).next_multiple_of(4);
         let buffer = self.scoped(|s| Self::raw_buffer(&s.device, size, storage_usage()))?;
-        Ok(Gpu {
-            uid: self.table.uid(),
-            buffer,
-        })
+        Ok(Gpu { uid: self.table.uid(), buffer })
     }
 
     fn grow_scratch(&mut self, floats: usize) -> Result<()> {
@@ -374,7 +358,14 @@ impl WgpuBackend {
                     .map(|p| {
                         (
                             p.gpu.buffer.clone(),
-                            Cow::Owned(buffers::part_bytes(e.dtype, bytes, rows * cols, cols, p.row0, p.rows)),
+                            Cow::Owned(buffers::part_bytes(
+                                e.dtype,
+                                bytes,
+                                rows * cols,
+                                cols,
+                                p.row0,
+                                p.rows,
+                            )),
                         )
                     })
                     .collect()
@@ -428,11 +419,7 @@ impl WgpuBackend {
             }
             _ => {
                 let gpu = self.create_storage(bytes as u64)?;
-                parts.push(Part {
-                    gpu,
-                    row0: 0,
-                    rows: shape.map_or(numel, |s| s.0),
-                });
+                parts.push(Part { gpu, row0: 0, rows: shape.map_or(numel, |s| s.0) });
             }
         }
         Ok(self.table.insert(Entry {
@@ -487,13 +474,7 @@ impl WgpuBackend {
                     wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 )
             })?;
-            let old = std::mem::replace(
-                &mut self.arena,
-                Gpu {
-                    uid: self.table.uid(),
-                    buffer,
-                },
-            );
+            let old = std::mem::replace(&mut self.arena, Gpu { uid: self.table.uid(), buffer });
             self.cache.forget(&[old.uid]);
         }
         let mut params = vec![0u8; arena_bytes as usize];
@@ -504,11 +485,9 @@ impl WgpuBackend {
         let copies = self.plan_read_back(&step.read_back)?;
         let submitted = self.scoped(|s| {
             s.queue.write_buffer(&s.arena.buffer, 0, &params);
-            let mut enc = s
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("tandem step"),
-                });
+            let mut enc = s.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("tandem step"),
+            });
             {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("tandem step"),
@@ -598,7 +577,12 @@ impl Backend for WgpuBackend {
                     && o.block_size > 0
                     && o.head_dim <= ops::attention_hd_max(o)
             }
-            Op::RmsNorm(_) | Op::Swiglu(_) | Op::Add(_) | Op::Argmax(_) | Op::Sample(_) | Op::CopyRows(_) => true,
+            Op::RmsNorm(_)
+            | Op::Swiglu(_)
+            | Op::Add(_)
+            | Op::Argmax(_)
+            | Op::Sample(_)
+            | Op::CopyRows(_) => true,
         }
     }
 

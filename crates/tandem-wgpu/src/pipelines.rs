@@ -48,9 +48,15 @@ impl Shader {
     /// read GGUF block types.
     pub(crate) fn source(self) -> &'static str {
         match self {
-            Shader::Embed => concat!(include_str!("../../../shaders/embed.wgsl"), include_str!("../../../shaders/kquant.wgsl")),
+            Shader::Embed => concat!(
+                include_str!("../../../shaders/embed.wgsl"),
+                include_str!("../../../shaders/kquant.wgsl")
+            ),
             Shader::RmsNorm => include_str!("../../../shaders/rms_norm.wgsl"),
-            Shader::Matmul => concat!(include_str!("../../../shaders/matmul.wgsl"), include_str!("../../../shaders/kquant.wgsl")),
+            Shader::Matmul => concat!(
+                include_str!("../../../shaders/matmul.wgsl"),
+                include_str!("../../../shaders/kquant.wgsl")
+            ),
             Shader::MatmulF16Native => include_str!("../../../shaders/matmul_f16_native.wgsl"),
             Shader::Rope => include_str!("../../../shaders/rope.wgsl"),
             Shader::KvWrite => include_str!("../../../shaders/kv_write.wgsl"),
@@ -111,11 +117,7 @@ pub(crate) struct PipeKey {
 
 impl PipeKey {
     pub fn new(shader: Shader, entry: &'static str) -> Self {
-        PipeKey {
-            shader,
-            entry,
-            constants: vec![],
-        }
+        PipeKey { shader, entry, constants: vec![] }
     }
     pub fn with(mut self, name: &'static str, value: u32) -> Self {
         self.constants.push((name, value));
@@ -218,11 +220,7 @@ impl Cache {
         arena: (u64, &wgpu::Buffer),
         bufs: &[(u64, wgpu::Buffer)],
     ) -> wgpu::BindGroup {
-        let key = (
-            shader,
-            arena.0,
-            bufs.iter().map(|b| b.0).collect::<Vec<_>>(),
-        );
+        let key = (shader, arena.0, bufs.iter().map(|b| b.0).collect::<Vec<_>>());
         if let Some(g) = self.bind_groups.get(&key) {
             return g.clone();
         }

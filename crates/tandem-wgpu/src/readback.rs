@@ -90,23 +90,9 @@ impl WgpuBackend {
             }
             end = at + size;
             copies.push((g.buffer.clone(), start, at, size));
-            self.step_staging.ranges.push(Staged {
-                buf,
-                uid: g.uid,
-                offset,
-                len,
-                start,
-                size,
-                at,
-            });
+            self.step_staging.ranges.push(Staged { buf, uid: g.uid, offset, len, start, size, at });
         }
-        if end > 0
-            && self
-                .step_staging
-                .buffer
-                .as_ref()
-                .is_none_or(|b| b.size() < end)
-        {
+        if end > 0 && self.step_staging.buffer.as_ref().is_none_or(|b| b.size() < end) {
             let size = end.next_power_of_two().max(STAGE_ALIGN);
             match self.scoped(|s| Self::raw_buffer(&s.device, size, read_usage())) {
                 Ok(b) => self.step_staging.buffer = Some(b),
@@ -165,11 +151,7 @@ impl WgpuBackend {
             return Ok(Vec::new());
         }
         if let Some(s) = self.step_staging.find(&self.table, buf, offset, len) {
-            let staging = self
-                .step_staging
-                .buffer
-                .clone()
-                .expect("staged ranges have a buffer");
+            let staging = self.step_staging.buffer.clone().expect("staged ranges have a buffer");
             let skip = (offset as u64 - s.start) as usize;
             return self.map_read(staging, s.at, s.size, skip, len).await;
         }
@@ -181,17 +163,14 @@ impl WgpuBackend {
         }
         let staging = self.staging.clone().expect("just made");
         self.scoped(|s| {
-            let mut enc = s
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("tandem read"),
-                });
+            let mut enc = s.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("tandem read"),
+            });
             enc.copy_buffer_to_buffer(&src, start, &staging, 0, size);
             s.queue.submit([enc.finish()]);
         })?;
         self.stats.submissions += 1;
-        self.map_read(staging, 0, size, (offset as u64 - start) as usize, len)
-            .await
+        self.map_read(staging, 0, size, (offset as u64 - start) as usize, len).await
     }
 
     /// Maps staging bytes at..at + size once the queue reaches them; returns `len` bytes from
@@ -205,25 +184,18 @@ impl WgpuBackend {
         len: usize,
     ) -> Result<Vec<u8>> {
         let (tx, rx) = futures_channel::oneshot::channel();
-        staging
-            .slice(at..at + size)
-            .map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
+        staging.slice(at..at + size).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
         #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| backend_err(format!("poll: {e}")))?;
-        let mapped = rx
-            .await
-            .map_err(|_| backend_err("map_async callback dropped"));
+        let mapped = rx.await.map_err(|_| backend_err("map_async callback dropped"));
         // An error in the work this read waited for surfaces here rather than as bad data.
         for f in std::mem::take(&mut self.pending) {
             if let Some(e) = f.await {
-                self.uncaptured
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(e.to_string());
+                self.uncaptured.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
             }
         }
         self.check_health()?;

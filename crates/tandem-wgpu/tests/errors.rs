@@ -14,58 +14,29 @@ fn bad_ops_are_errors_and_the_backend_survives() {
         }
     };
     let table = b.alloc_weight(DType::F32, 4, 3).unwrap();
-    b.write(
-        table,
-        bytemuck::cast_slice(&(0..12).map(|i| i as f32).collect::<Vec<_>>()),
-    )
-    .unwrap();
+    b.write(table, bytemuck::cast_slice(&(0..12).map(|i| i as f32).collect::<Vec<_>>())).unwrap();
     let ids = b.alloc(DType::U32, 2).unwrap();
     let out = b.alloc(DType::F32, 6).unwrap();
-    let embed = |n| {
-        Op::Embed(Embed {
-            table,
-            dtype: DType::F32,
-            ids,
-            out,
-            n,
-            vocab: 4,
-            dim: 3,
-        })
-    };
+    let embed = |n| Op::Embed(Embed { table, dtype: DType::F32, ids, out, n, vocab: 4, dim: 3 });
 
     // A token id past the vocabulary, uploaded in the same step.
     let mut step = Step::default();
     step.write_u32(ids, &[1, 4]);
     step.push(embed(2));
     assert!(
-        matches!(
-            b.execute(&step),
-            Err(Error::ShapeMismatch { op: "embed", .. })
-        ),
+        matches!(b.execute(&step), Err(Error::ShapeMismatch { op: "embed", .. })),
         "id >= vocab"
     );
 
     // An output too small for the op.
     assert!(matches!(
-        b.execute(&Step {
-            writes: vec![],
-            read_back: vec![],
-            ops: vec![embed(3)]
-        }),
+        b.execute(&Step { writes: vec![], read_back: vec![], ops: vec![embed(3)] }),
         Err(Error::ShapeMismatch { .. })
     ));
     // A wrong dtype.
-    let add = Op::Add(Add {
-        x: out,
-        y: ids,
-        len: 2,
-    });
+    let add = Op::Add(Add { x: out, y: ids, len: 2 });
     assert!(matches!(
-        b.execute(&Step {
-            writes: vec![],
-            read_back: vec![],
-            ops: vec![add]
-        }),
+        b.execute(&Step { writes: vec![], read_back: vec![], ops: vec![add] }),
         Err(Error::ShapeMismatch { .. })
     ));
     // Reads outside the buffer.

@@ -17,19 +17,13 @@ fn staged_reads_cost_no_submission() {
     let x = b.alloc(DType::F32, 6).unwrap();
     let y = b.alloc(DType::F32, 6).unwrap();
     let floats = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
-    b.write(x, &floats(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]))
-        .unwrap();
+    b.write(x, &floats(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0])).unwrap();
     b.write(y, &floats(&[10.0; 6])).unwrap();
     let step = Step {
         writes: vec![],
         ops: vec![Op::Add(Add { x, y, len: 6 })],
         // An unaligned range, one of another buffer, and ones that are invalid (ignored).
-        read_back: vec![
-            (x, 5, 9),
-            (y, 0, 24),
-            (x, 20, 8),
-            (tandem_core::BufId(9999), 0, 4),
-        ],
+        read_back: vec![(x, 5, 9), (y, 0, 24), (x, 20, 8), (tandem_core::BufId(9999), 0, 4)],
     };
     b.execute(&step).unwrap();
     let s0 = b.stats();
@@ -38,11 +32,7 @@ fn staged_reads_cost_no_submission() {
     // A range inside a staged one is staged too.
     assert_eq!(pollster::block_on(b.read_f32(x, 2, 1)).unwrap(), [12.0]);
     assert_eq!(pollster::block_on(b.read_f32(y, 0, 6)).unwrap(), [10.0; 6]);
-    assert_eq!(
-        b.stats().submissions,
-        s0.submissions,
-        "staged reads submit nothing"
-    );
+    assert_eq!(b.stats().submissions, s0.submissions, "staged reads submit nothing");
 
     // Not staged: its own submission, same data.
     assert_eq!(
@@ -67,9 +57,6 @@ fn staged_reads_cost_no_submission() {
     .unwrap();
     let s1 = b.stats();
     assert_eq!(pollster::block_on(b.read_f32(y, 0, 1)).unwrap(), [10.0]);
-    assert_eq!(
-        pollster::block_on(b.read_f32(x, 0, 2)).unwrap(),
-        [17.0, 21.0]
-    );
+    assert_eq!(pollster::block_on(b.read_f32(x, 0, 2)).unwrap(), [17.0, 21.0]);
     assert_eq!(b.stats().submissions, s1.submissions + 2);
 }

@@ -72,22 +72,12 @@ fn split_weights_match_the_reference() {
         return;
     }
     let (rows, cols) = (100usize, 100usize);
-    for dtype in [
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-    ] {
+    for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1] {
         // 24 rows per part (100 * 24 is a multiple of 32): five parts, the last of 4 rows.
         let limit = dtype.storage_bytes(24 * cols) as u64;
         for allow_f16 in [true, false] {
-            let opts = WgpuOptions {
-                allow_f16,
-                max_binding_override: Some(limit),
-                ..Default::default()
-            };
+            let opts =
+                WgpuOptions { allow_f16, max_binding_override: Some(limit), ..Default::default() };
             let mut gpu = pollster::block_on(WgpuBackend::new(opts)).unwrap();
             let mut cpu = CpuBackend::reference();
             let w = encode(&values(rows * cols, 1), dtype);

@@ -17,7 +17,10 @@ fn every_wgsl_module_validates() {
                 continue;
             }
         };
-        let mut v = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+        let mut v = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        );
         if let Err(e) = v.validate(&module) {
             failures.push(format!("{name}: validate: {}", e.emit_to_string(src)));
         }
@@ -29,7 +32,11 @@ fn every_wgsl_module_validates() {
         let path = entry.expect("dir entry").path();
         if path.extension().is_some_and(|x| x == "wgsl") {
             let text = std::fs::read_to_string(&path).expect("read shader");
-            assert!(modules.iter().any(|(_, src)| src.contains(text.as_str())), "{} is in no shader module", path.display());
+            assert!(
+                modules.iter().any(|(_, src)| src.contains(text.as_str())),
+                "{} is in no shader module",
+                path.display()
+            );
         }
     }
 }

@@ -7,8 +7,9 @@
 //! number of blocks, ggml block `b` in file order is exactly tandem block `b`.
 
 use super::gguf::{
-    GgmlType, GgufFile, GgufMetadataExt, GgufTensor, GGML_BF16, GGML_F16, GGML_F32, GGML_IQ4_NL, GGML_IQ4_XS, GGML_Q2_K, GGML_Q3_K, GGML_Q4_0, GGML_Q4_1,
-    GGML_Q4_K, GGML_Q5_0, GGML_Q5_1, GGML_Q5_K, GGML_Q6_K, GGML_Q8_0,
+    GgmlType, GgufFile, GgufMetadataExt, GgufTensor, GGML_BF16, GGML_F16, GGML_F32, GGML_IQ4_NL,
+    GGML_IQ4_XS, GGML_Q2_K, GGML_Q3_K, GGML_Q4_0, GGML_Q4_1, GGML_Q4_K, GGML_Q5_0, GGML_Q5_1,
+    GGML_Q5_K, GGML_Q6_K, GGML_Q8_0,
 };
 use super::{f32_tensor, HostTensor, LoadAs, TensorInfo, TensorStore};
 use crate::config::{ModelConfig, RopeScaling};
@@ -27,16 +28,27 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// nibbles 16..32.
 #[inline]
 fn ggml_nibble(qs: &[u8], j: usize) -> u8 {
-    if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 }
+    if j < 16 {
+        qs[j] & 0x0f
+    } else {
+        qs[j - 16] >> 4
+    }
 }
 
 /// Dequantizes ggml data of type `ty` to f32, as ggml itself computes it. `None` for types
 /// tandem does not read. `raw` must hold whole blocks.
 pub fn dequantize(ty: u32, raw: &[u8]) -> Option<Vec<f32>> {
     Some(match ty {
-        GGML_F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        GGML_F16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        GGML_BF16 => raw.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
+        GGML_F32 => {
+            raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+        GGML_F16 => {
+            raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+        GGML_BF16 => raw
+            .chunks_exact(2)
+            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+            .collect(),
         GGML_Q8_0 => raw
             .chunks_exact(34)
             .flat_map(|b| {
@@ -90,7 +102,8 @@ pub fn native_dtype(ty: u32) -> Option<DType> {
 }
 
 /// The ggml types tandem loads, for error messages.
-pub const LOADABLE: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
+pub const LOADABLE: &str =
+    "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
 
 /// Repacks ggml Q8_0 / Q4_0 / Q4_1 blocks into tandem's sections, bit for bit, in place: only
 /// the scales (2 or 4 bytes a block) are copied aside, so a streamed tensor is never held twice.
@@ -105,7 +118,8 @@ fn repack_quant(ty: u32, mut raw: Vec<u8>, numel: usize) -> Option<(DType, Vec<u
     if raw.len() != l.blocks * size || !numel.is_multiple_of(QBLOCK) {
         return None;
     }
-    let heads: Vec<u8> = raw.chunks_exact(size).flat_map(|blk| blk[..header].iter().copied()).collect();
+    let heads: Vec<u8> =
+        raw.chunks_exact(size).flat_map(|blk| blk[..header].iter().copied()).collect();
     // Block b's quants move from b*size + header down to b*qs, never past a block not yet read.
     let qs = size - header;
     for b in 0..l.blocks {
@@ -137,8 +151,17 @@ fn repack_quant(ty: u32, mut raw: Vec<u8>, numel: usize) -> Option<(DType, Vec<u
 /// `w.reshape(n_head, 2, hd/2, cols).swapaxes(1, 2)`), so rows come back in HF's rotate-half
 /// order: `hf_row[h*hd + j*hd/2 + i] = gguf_row[h*hd + 2*i + j]`. Rows move as raw bytes, so
 /// this works for any type whose rows are whole blocks.
-pub fn unpermute_rows(raw: &[u8], rows: usize, n_head: usize) -> std::result::Result<Vec<u8>, String> {
-    if rows == 0 || n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) || !raw.len().is_multiple_of(rows) {
+pub fn unpermute_rows(
+    raw: &[u8],
+    rows: usize,
+    n_head: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    if rows == 0
+        || n_head == 0
+        || !rows.is_multiple_of(n_head)
+        || !(rows / n_head).is_multiple_of(2)
+        || !raw.len().is_multiple_of(rows)
+    {
         return Err(format!(
             "cannot undo the q/k permutation: {rows} rows, {n_head} heads, {} bytes",
             raw.len()
@@ -151,7 +174,8 @@ pub fn unpermute_rows(raw: &[u8], rows: usize, n_head: usize) -> std::result::Re
             for i in 0..hd / 2 {
                 let dst = h * hd + j * (hd / 2) + i;
                 let src = h * hd + 2 * i + j;
-                out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&raw[src * row_bytes..(src + 1) * row_bytes]);
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&raw[src * row_bytes..(src + 1) * row_bytes]);
             }
         }
     }
@@ -160,11 +184,20 @@ pub fn unpermute_rows(raw: &[u8], rows: usize, n_head: usize) -> std::result::Re
 
 /// Converts the raw bytes of a ggml tensor of type `ty` as asked. Errors are reasons, for the
 /// caller to attach the tensor name and path.
-pub(crate) fn convert(ty: GgmlType, raw: Cow<'_, [u8]>, shape: Vec<usize>, as_: LoadAs) -> std::result::Result<HostTensor, String> {
+pub(crate) fn convert(
+    ty: GgmlType,
+    raw: Cow<'_, [u8]>,
+    shape: Vec<usize>,
+    as_: LoadAs,
+) -> std::result::Result<HostTensor, String> {
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
     let expected = (numel / ty.block).checked_mul(ty.type_size).ok_or("byte size overflows")?;
     if numel % ty.block != 0 || raw.len() != expected {
-        return Err(format!("{} bytes stored, but shape {shape:?} of {} needs {expected}", raw.len(), ty.name));
+        return Err(format!(
+            "{} bytes stored, but shape {shape:?} of {} needs {expected}",
+            raw.len(),
+            ty.name
+        ));
     }
     let native = native_dtype(ty.id).ok_or_else(|| {
         format!("ggml type {} is not supported (tandem loads {LOADABLE})", ty.name)
@@ -176,7 +209,9 @@ pub(crate) fn convert(ty: GgmlType, raw: Cow<'_, [u8]>, shape: Vec<usize>, as_: 
         // Another type than the file's is made by dequantizing to f32 and quantizing again
         // (a second rounding on top of the file's), where tandem can quantize to it.
         LoadAs::Exactly(d) if d != native => match crate::quant::encode_refusal(d, &shape) {
-            Some(why) => return Err(format!("cannot convert {} to {d} at load time: {why}", ty.name)),
+            Some(why) => {
+                return Err(format!("cannot convert {} to {d} at load time: {why}", ty.name))
+            }
             None => d,
         },
         LoadAs::Exactly(d) => d,
@@ -190,8 +225,13 @@ pub(crate) fn convert(ty: GgmlType, raw: Cow<'_, [u8]>, shape: Vec<usize>, as_: 
                 b.resize(DType::F16.storage_bytes(numel), 0);
                 b
             }
-            d if d.block_layout().is_some() => blocks::from_ggml(d, raw.into_owned()).ok_or("quantized data does not fill whole blocks")?,
-            _ => repack_quant(ty.id, raw.into_owned(), numel).ok_or("quantized data does not fill whole blocks")?.1,
+            d if d.block_layout().is_some() => blocks::from_ggml(d, raw.into_owned())
+                .ok_or("quantized data does not fill whole blocks")?,
+            _ => {
+                repack_quant(ty.id, raw.into_owned(), numel)
+                    .ok_or("quantized data does not fill whole blocks")?
+                    .1
+            }
         };
         return Ok(HostTensor { dtype: target, shape, bytes });
     }
@@ -208,7 +248,11 @@ pub(crate) fn convert(ty: GgmlType, raw: Cow<'_, [u8]>, shape: Vec<usize>, as_: 
 /// `base_freq / scaled_freq`, [head_dim / 2]. The factor is their maximum; low/high frequency
 /// factors 1 and 4 and an 8192 original context (every Llama 3.x release; `orig` overrides the
 /// context) must then reproduce every divisor, or the file is refused rather than misread.
-pub(crate) fn rope_scaling_from_factors(cfg: &ModelConfig, factors: &[f32], orig: Option<usize>) -> Result<RopeScaling> {
+pub(crate) fn rope_scaling_from_factors(
+    cfg: &ModelConfig,
+    factors: &[f32],
+    orig: Option<usize>,
+) -> Result<RopeScaling> {
     let half = cfg.head_dim / 2;
     let err = |m: String| Err(Error::BadConfig(format!("rope_freqs.weight: {m}")));
     if factors.len() != half {
@@ -251,18 +295,27 @@ impl GgufFile {
         } else {
             self.metadata.get_u64(&q_key)
         };
-        Some(
-            heads
-                .and_then(|h| usize::try_from(h).ok())
-                .ok_or_else(|| Error::bad_file(&self.path, format!("'{hf_name}' needs {q_key} to undo the rope permutation"))),
-        )
+        Some(heads.and_then(|h| usize::try_from(h).ok()).ok_or_else(|| {
+            Error::bad_file(
+                &self.path,
+                format!("'{hf_name}' needs {q_key} to undo the rope permutation"),
+            )
+        }))
     }
 
     /// Converts `raw`, the data of directory entry `t` (HF name `name`), as `as_` asks: rows
     /// llama.cpp permuted for its RoPE come back in HF order, ggml blocks become tandem's. The
     /// one conversion both the memory-mapped loader and the stream (`loader::stream`) use.
-    pub fn convert(&self, t: &GgufTensor, name: &str, raw: Cow<'_, [u8]>, as_: LoadAs) -> Result<HostTensor> {
-        let bad = |reason: String| Error::bad_file(&self.path, format!("tensor '{name}' ('{}'): {reason}", t.name));
+    pub fn convert(
+        &self,
+        t: &GgufTensor,
+        name: &str,
+        raw: Cow<'_, [u8]>,
+        as_: LoadAs,
+    ) -> Result<HostTensor> {
+        let bad = |reason: String| {
+            Error::bad_file(&self.path, format!("tensor '{name}' ('{}'): {reason}", t.name))
+        };
         let mut raw = raw;
         if let Some(heads) = self.permute_heads(name) {
             let rows = t.dims.get(1).or(t.dims.first()).copied().unwrap_or(0) as usize;

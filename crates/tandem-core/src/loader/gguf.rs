@@ -138,7 +138,9 @@ impl GgufMetadataExt for GgufMetadata {
     }
     fn get_i32_array(&self, key: &str) -> Option<Vec<i32>> {
         match self.get(key)? {
-            GgufValue::Array(a) => a.iter().map(|v| v.as_i64().and_then(|i| i32::try_from(i).ok())).collect(),
+            GgufValue::Array(a) => {
+                a.iter().map(|v| v.as_i64().and_then(|i| i32::try_from(i).ok())).collect()
+            }
             _ => None,
         }
     }
@@ -277,13 +279,14 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: u64, what: &dyn std::fmt::Display) -> Result<&'a [u8]> {
-        let n_usize = usize::try_from(n).ok().filter(|&n| n <= self.remaining()).ok_or_else(|| {
-            self.err(format!(
-                "truncated or corrupt: {what} needs {n} bytes at offset {} but only {} remain",
-                self.pos,
-                self.remaining()
-            ))
-        })?;
+        let n_usize =
+            usize::try_from(n).ok().filter(|&n| n <= self.remaining()).ok_or_else(|| {
+                self.err(format!(
+                    "truncated or corrupt: {what} needs {n} bytes at offset {} but only {} remain",
+                    self.pos,
+                    self.remaining()
+                ))
+            })?;
         let s = &self.buf[self.pos..self.pos + n_usize];
         self.pos += n_usize;
         Ok(s)
@@ -308,12 +311,18 @@ impl<'a> Reader<'a> {
         let len = self.u64(what)?;
         let at = self.pos;
         let bytes = self.take(len, &format_args!("{what} (string of {len} bytes)"))?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.err(format!("{what}: string at offset {at} is not UTF-8")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.err(format!("{what}: string at offset {at} is not UTF-8")))
     }
 
     /// Checks that `count` items of at least `min_size` bytes each can fit in what remains,
     /// before a loop or an allocation trusts `count`.
-    fn check_count(&self, count: u64, min_size: u64, what: &dyn std::fmt::Display) -> Result<usize> {
+    fn check_count(
+        &self,
+        count: u64,
+        min_size: u64,
+        what: &dyn std::fmt::Display,
+    ) -> Result<usize> {
         count
             .checked_mul(min_size)
             .filter(|&n| n <= self.remaining() as u64)
@@ -339,17 +348,24 @@ impl<'a> Reader<'a> {
             7 => match self.array::<1>(&what)?[0] {
                 0 => GgufValue::Bool(false),
                 1 => GgufValue::Bool(true),
-                b => return Err(self.err(format!("metadata '{key}': bool byte {b} is neither 0 nor 1"))),
+                b => {
+                    return Err(
+                        self.err(format!("metadata '{key}': bool byte {b} is neither 0 nor 1"))
+                    )
+                }
             },
             8 => GgufValue::String(self.string(&what)?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.err(format!("metadata '{key}': arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+                    return Err(self.err(format!(
+                        "metadata '{key}': arrays nested deeper than {MAX_ARRAY_DEPTH}"
+                    )));
                 }
                 let elem_ty = self.u32(&what)?;
                 let count = self.u64(&what)?;
-                let min = min_value_size(elem_ty)
-                    .ok_or_else(|| self.err(format!("metadata '{key}': unknown array element type {elem_ty}")))?;
+                let min = min_value_size(elem_ty).ok_or_else(|| {
+                    self.err(format!("metadata '{key}': unknown array element type {elem_ty}"))
+                })?;
                 let n = self.check_count(count, min, &format_args!("metadata array '{key}'"))?;
                 self.array_budget = self.array_budget.checked_sub(n).ok_or_else(|| {
                     self.err(format!("metadata array '{key}' of {n} elements exceeds {MAX_ARRAY_ELEMENTS} array elements in total"))
@@ -374,8 +390,8 @@ pub(crate) fn min_value_size(ty: u32) -> Option<u64> {
         0 | 1 | 7 => 1,
         2 | 3 => 2,
         4..=6 => 4,
-        8 => 8,   // length prefix
-        9 => 12,  // element type + count
+        8 => 8,  // length prefix
+        9 => 12, // element type + count
         10..=12 => 8,
         _ => return None,
     })
@@ -388,8 +404,13 @@ pub(crate) fn check_magic_version(magic: [u8; 4], version: u32) -> std::result::
     }
     match version {
         2 | 3 => Ok(()),
-        1 => Err("GGUF v1 is not supported (32-bit counts); re-convert with a current llama.cpp".into()),
-        v if v.swap_bytes() <= 3 => Err(format!("GGUF version {v}: a big-endian file? tandem reads little-endian GGUF v2/v3")),
+        1 => {
+            Err("GGUF v1 is not supported (32-bit counts); re-convert with a current llama.cpp"
+                .into())
+        }
+        v if v.swap_bytes() <= 3 => Err(format!(
+            "GGUF version {v}: a big-endian file? tandem reads little-endian GGUF v2/v3"
+        )),
         v => Err(format!("unsupported GGUF version {v} (tandem reads v2 and v3)")),
     }
 }
@@ -432,7 +453,9 @@ impl GgufFile {
         let n_kv = r.check_count(kv_count, 13, &"metadata count")?;
         let n_tensors = r.check_count(tensor_count, 24, &"tensor count")?;
         if n_kv > MAX_KVS || n_tensors > MAX_TENSORS {
-            return Err(r.err(format!("{n_kv} metadata entries / {n_tensors} tensors: more than any model has")));
+            return Err(r.err(format!(
+                "{n_kv} metadata entries / {n_tensors} tensors: more than any model has"
+            )));
         }
 
         let mut metadata = GgufMetadata::new();
@@ -458,7 +481,9 @@ impl GgufFile {
             let name = r.string(&format_args!("name of tensor #{i}"))?;
             let n_dims = r.u32(&format_args!("tensor '{name}'"))?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(r.err(format!("tensor '{name}': {n_dims} dimensions (ggml allows 1..={MAX_DIMS})")));
+                return Err(r.err(format!(
+                    "tensor '{name}': {n_dims} dimensions (ggml allows 1..={MAX_DIMS})"
+                )));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -473,7 +498,8 @@ impl GgufFile {
             .checked_next_multiple_of(alignment)
             .and_then(|o| usize::try_from(o).ok())
             .ok_or_else(|| r.err("data section offset overflows".into()))?;
-        let data_len = file_len.map(|n| usize::try_from(n).unwrap_or(usize::MAX).saturating_sub(data_offset));
+        let data_len =
+            file_len.map(|n| usize::try_from(n).unwrap_or(usize::MAX).saturating_sub(data_offset));
 
         let mut tensors = Vec::with_capacity(raw.len());
         let mut seen = HashMap::with_capacity(raw.len());
@@ -496,7 +522,9 @@ impl GgufFile {
                 .checked_mul(ggml_type.type_size)
                 .ok_or_else(|| bad("byte size overflows".into()))?;
             if offset % alignment != 0 {
-                return Err(bad(format!("offset {offset} is not a multiple of the alignment {alignment}")));
+                return Err(bad(format!(
+                    "offset {offset} is not a multiple of the alignment {alignment}"
+                )));
             }
             let offset = usize::try_from(offset)
                 .ok()
@@ -547,12 +575,17 @@ impl GgufFile {
     /// The raw ggml bytes of `t` (offsets were checked on open).
     pub fn tensor_data(&self, t: &GgufTensor) -> Result<&[u8]> {
         let blob = self.blob.as_ref().ok_or_else(|| {
-            Error::bad_file(&self.path, format!("tensor '{}': only the header of this file was read", t.name))
+            Error::bad_file(
+                &self.path,
+                format!("tensor '{}': only the header of this file was read", t.name),
+            )
         })?;
         self.data_offset
             .checked_add(t.offset)
             .and_then(|start| blob.get(start..start.checked_add(t.n_bytes)?))
-            .ok_or_else(|| Error::bad_file(&self.path, format!("tensor '{}': data out of range", t.name)))
+            .ok_or_else(|| {
+                Error::bad_file(&self.path, format!("tensor '{}': data out of range", t.name))
+            })
     }
 
     /// Llama 3.1+ GGUFs store their rope scaling as per-frequency factors in this tensor, not
@@ -584,12 +617,19 @@ impl GgufFile {
     /// Sets `cfg`'s rope scaling from the [`GgufFile::ROPE_FREQS`] tensor (loaded as F32).
     pub fn apply_rope_freqs(&self, cfg: &mut ModelConfig, t: &super::HostTensor) -> Result<()> {
         if t.dtype != crate::DType::F32 {
-            return Err(Error::bad_file(&self.path, format!("{}: expected f32 factors, got {}", Self::ROPE_FREQS, t.dtype)));
+            return Err(Error::bad_file(
+                &self.path,
+                format!("{}: expected f32 factors, got {}", Self::ROPE_FREQS, t.dtype),
+            ));
         }
-        let factors: Vec<f32> = crate::quant::decode(&t.bytes, crate::DType::F32, t.shape.iter().product());
+        let factors: Vec<f32> =
+            crate::quant::decode(&t.bytes, crate::DType::F32, t.shape.iter().product());
         let orig = self
             .metadata
-            .get_u64(&format!("{}.rope.scaling.original_context_length", self.architecture().unwrap_or("")))
+            .get_u64(&format!(
+                "{}.rope.scaling.original_context_length",
+                self.architecture().unwrap_or("")
+            ))
             .and_then(|n| usize::try_from(n).ok());
         cfg.rope_scaling = super::ggml::rope_scaling_from_factors(cfg, &factors, orig)?;
         cfg.validate()

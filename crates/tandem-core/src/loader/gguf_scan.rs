@@ -6,7 +6,10 @@
 //! [`GgufFile::parse_header`](super::gguf::GgufFile::parse_header) once. Walking is linear in
 //! the header however small the chunks are; only an entry being read is ever looked at twice.
 
-use super::gguf::{check_magic_version, min_value_size, MAX_ARRAY_DEPTH, MAX_ARRAY_ELEMENTS, MAX_DIMS, MAX_KVS, MAX_TENSORS};
+use super::gguf::{
+    check_magic_version, min_value_size, MAX_ARRAY_DEPTH, MAX_ARRAY_ELEMENTS, MAX_DIMS, MAX_KVS,
+    MAX_TENSORS,
+};
 use crate::{Error, Result};
 use std::path::Path;
 
@@ -23,10 +26,20 @@ type Step = std::result::Result<usize, Stop>;
 enum Stage {
     Preamble,
     /// `kvs` metadata entries to go, then `tensors` directory entries.
-    Kvs { kvs: u64, tensors: u64 },
+    Kvs {
+        kvs: u64,
+        tensors: u64,
+    },
     /// Inside a metadata entry's array: `left` elements of type `elem` to go.
-    Array { elem: u32, left: u64, kvs: u64, tensors: u64 },
-    Tensors { left: u64 },
+    Array {
+        elem: u32,
+        left: u64,
+        kvs: u64,
+        tensors: u64,
+    },
+    Tensors {
+        left: u64,
+    },
     Done,
 }
 
@@ -40,7 +53,11 @@ pub struct HeaderScan {
 
 fn take(buf: &[u8], at: usize, n: u64) -> Step {
     let end = (at as u64).saturating_add(n);
-    if end <= buf.len() as u64 { Ok(end as usize) } else { Err(Stop::Need(end)) }
+    if end <= buf.len() as u64 {
+        Ok(end as usize)
+    } else {
+        Err(Stop::Need(end))
+    }
 }
 
 fn u32_at(buf: &[u8], at: usize) -> std::result::Result<u32, Stop> {
@@ -60,7 +77,11 @@ fn string(buf: &[u8], at: usize) -> Step {
 
 /// Bytes of a value of a fixed-size type.
 fn fixed_size(ty: u32) -> Option<u64> {
-    if matches!(ty, 8 | 9) { None } else { min_value_size(ty) }
+    if matches!(ty, 8 | 9) {
+        None
+    } else {
+        min_value_size(ty)
+    }
 }
 
 /// The end of a value of type `ty` at `at`.
@@ -81,7 +102,9 @@ fn value(buf: &[u8], at: usize, ty: u32, depth: u32) -> Step {
 /// An array's element type, count, and where its elements start.
 fn array_head(buf: &[u8], at: usize, depth: u32) -> std::result::Result<(u32, u64, usize), Stop> {
     if depth >= MAX_ARRAY_DEPTH {
-        return Err(Stop::Bad(format!("metadata arrays nested deeper than {MAX_ARRAY_DEPTH} at offset {at}")));
+        return Err(Stop::Bad(format!(
+            "metadata arrays nested deeper than {MAX_ARRAY_DEPTH} at offset {at}"
+        )));
     }
     let (elem, count) = (u32_at(buf, at)?, u64_at(buf, at + 4)?);
     // The parser refuses as many elements in all arrays together; refusing one here saves a
@@ -132,7 +155,10 @@ impl HeaderScan {
 
     fn check_need(&self, end: u64, path: &Path) -> Result<()> {
         if let Some(len) = self.file_len.filter(|&len| end > len) {
-            return Err(Error::bad_file(path, format!("truncated or corrupt: the header runs to byte {end} of a {len}-byte file")));
+            return Err(Error::bad_file(
+                path,
+                format!("truncated or corrupt: the header runs to byte {end} of a {len}-byte file"),
+            ));
         }
         if end > self.limit as u64 {
             return Err(Error::bad_file(
@@ -155,7 +181,9 @@ impl HeaderScan {
                 let tensors = u64_at(buf, 8)?;
                 let kvs = u64_at(buf, 16)?;
                 if kvs > MAX_KVS as u64 || tensors > MAX_TENSORS as u64 {
-                    return Err(Stop::Bad(format!("{kvs} metadata entries / {tensors} tensors: more than any model has")));
+                    return Err(Stop::Bad(format!(
+                        "{kvs} metadata entries / {tensors} tensors: more than any model has"
+                    )));
                 }
                 Ok((end, Stage::Kvs { kvs, tensors }))
             }
@@ -177,7 +205,10 @@ impl HeaderScan {
                     if have == 0 {
                         return Err(Stop::Need(at as u64 + size));
                     }
-                    return Ok((at + (have * size) as usize, Stage::Array { elem, left: left - have, kvs, tensors }));
+                    return Ok((
+                        at + (have * size) as usize,
+                        Stage::Array { elem, left: left - have, kvs, tensors },
+                    ));
                 }
                 Ok((value(buf, at, elem, 1)?, Stage::Array { elem, left: left - 1, kvs, tensors }))
             }
@@ -189,7 +220,10 @@ impl HeaderScan {
                     return Err(Stop::Bad(format!("a tensor with {n_dims} dimensions at offset {at} (ggml allows 1..={MAX_DIMS})")));
                 }
                 // dims, then the type (u32) and the data offset (u64).
-                Ok((take(buf, name_end + 4, 8 * n_dims as u64 + 12)?, Stage::Tensors { left: left - 1 }))
+                Ok((
+                    take(buf, name_end + 4, 8 * n_dims as u64 + 12)?,
+                    Stage::Tensors { left: left - 1 },
+                ))
             }
             Stage::Done => Ok((at, Stage::Done)),
         }
@@ -198,5 +232,9 @@ impl HeaderScan {
 
 /// "512 MiB", or a byte count below 1 MiB.
 pub(crate) fn size(n: usize) -> String {
-    if n >= 1 << 20 { format!("{} MiB", n >> 20) } else { format!("{n} bytes") }
+    if n >= 1 << 20 {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} bytes")
+    }
 }

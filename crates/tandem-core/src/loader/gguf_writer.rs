@@ -50,13 +50,25 @@ impl GgufWriter {
     }
 
     /// Adds a tensor of HF `shape` (outermost first), quantized from `values` as ggml would.
-    pub fn tensor(&mut self, name: &str, shape: &[usize], ggml_type: u32, values: &[f32]) -> &mut Self {
+    pub fn tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        ggml_type: u32,
+        values: &[f32],
+    ) -> &mut Self {
         let dims = shape.iter().rev().map(|&d| d as u64).collect();
         self.tensor_raw(name, dims, ggml_type, quantize_ggml(values, ggml_type))
     }
 
     /// Adds a tensor with ggml-order `dims` and raw `data`, written as given (even if wrong).
-    pub fn tensor_raw(&mut self, name: &str, dims: Vec<u64>, ggml_type: u32, data: Vec<u8>) -> &mut Self {
+    pub fn tensor_raw(
+        &mut self,
+        name: &str,
+        dims: Vec<u64>,
+        ggml_type: u32,
+        data: Vec<u8>,
+    ) -> &mut Self {
         self.tensors.push(Tensor { name: name.to_string(), dims, ggml_type, data });
         self
     }
@@ -65,7 +77,12 @@ impl GgufWriter {
         let entries: Vec<TensorEntry> = self
             .tensors
             .iter()
-            .map(|t| TensorEntry { name: t.name.clone(), dims: t.dims.clone(), ggml_type: t.ggml_type, n_bytes: t.data.len() })
+            .map(|t| TensorEntry {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ggml_type: t.ggml_type,
+                n_bytes: t.data.len(),
+            })
             .collect();
         let (mut out, offsets) = self.header(&entries);
         let data_start = out.len();
@@ -207,10 +224,18 @@ pub fn quantize_ggml(values: &[f32], ggml_type: u32) -> Vec<u8> {
     let mut out = Vec::new();
     match ggml_type {
         GGML_F32 => values.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        GGML_F16 => values.iter().for_each(|x| out.extend_from_slice(&f16::from_f32(*x).to_le_bytes())),
-        GGML_BF16 => values.iter().for_each(|x| out.extend_from_slice(&bf16::from_f32(*x).to_le_bytes())),
+        GGML_F16 => {
+            values.iter().for_each(|x| out.extend_from_slice(&f16::from_f32(*x).to_le_bytes()))
+        }
+        GGML_BF16 => {
+            values.iter().for_each(|x| out.extend_from_slice(&bf16::from_f32(*x).to_le_bytes()))
+        }
         GGML_Q8_0 | GGML_Q4_0 | GGML_Q4_1 => {
-            assert!(values.len().is_multiple_of(32), "quantize_ggml: {} values is not whole blocks", values.len());
+            assert!(
+                values.len().is_multiple_of(32),
+                "quantize_ggml: {} values is not whole blocks",
+                values.len()
+            );
             for x in values.chunks_exact(32) {
                 quantize_block(x, ggml_type, &mut out);
             }
@@ -255,10 +280,15 @@ fn quantize_block(x: &[f32], ty: u32, out: &mut Vec<u8>) {
 /// llama2.c writes "▁" as a plain space and BOS/EOS as "\n<s>\n"/"\n</s>\n"; llama.cpp's
 /// converter (working from the .model) has "▁", "<s>", "</s>", so those are restored.
 /// For tests: a malformed file is an `Err` naming the token where it broke.
-pub fn llama2c_vocab(bytes: &[u8], vocab: usize) -> Result<(Vec<GgufValue>, Vec<GgufValue>, Vec<GgufValue>), String> {
+pub fn llama2c_vocab(
+    bytes: &[u8],
+    vocab: usize,
+) -> Result<(Vec<GgufValue>, Vec<GgufValue>, Vec<GgufValue>), String> {
     let mut at = 4;
     let mut take = |n: usize, id: usize| -> Result<&[u8], String> {
-        let s = bytes.get(at..at + n).ok_or_else(|| format!("llama2c tokenizer: truncated at token {id}"))?;
+        let s = bytes
+            .get(at..at + n)
+            .ok_or_else(|| format!("llama2c tokenizer: truncated at token {id}"))?;
         at += n;
         Ok(s)
     };
@@ -266,7 +296,9 @@ pub fn llama2c_vocab(bytes: &[u8], vocab: usize) -> Result<(Vec<GgufValue>, Vec<
     for id in 0..vocab {
         let score = f32::from_le_bytes(take(4, id)?.try_into().expect("4 bytes"));
         let len = i32::from_le_bytes(take(4, id)?.try_into().expect("4 bytes")).max(0) as usize;
-        let piece = String::from_utf8(take(len, id)?.to_vec()).map_err(|e| format!("token {id}: {e}"))?.replace(' ', "▁");
+        let piece = String::from_utf8(take(len, id)?.to_vec())
+            .map_err(|e| format!("token {id}: {e}"))?
+            .replace(' ', "▁");
         let piece = match id {
             1 => "<s>".to_string(),
             2 => "</s>".to_string(),
@@ -290,7 +322,10 @@ pub fn llama2c_vocab(bytes: &[u8], vocab: usize) -> Result<(Vec<GgufValue>, Vec<
 /// [`super::ggml::unpermute_rows`]. Panics on shapes that do not split into heads (tests).
 pub fn permute_rows(raw: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
     let (hd, row) = (rows / n_head, raw.len() / rows);
-    assert!(rows.is_multiple_of(n_head) && hd % 2 == 0 && raw.len().is_multiple_of(rows), "permute_rows: {rows} rows, {n_head} heads");
+    assert!(
+        rows.is_multiple_of(n_head) && hd % 2 == 0 && raw.len().is_multiple_of(rows),
+        "permute_rows: {rows} rows, {n_head} heads"
+    );
     let mut out = vec![0u8; raw.len()];
     for h in 0..n_head {
         for i in 0..hd / 2 {
@@ -318,16 +353,17 @@ pub fn llama_gguf(
     for (k, v) in tokenizer {
         w.kv(k, v);
     }
-    let put = |w: &mut GgufWriter, gguf: &str, hf: &str, heads: Option<usize>| -> Result<(), String> {
-        let t = source.tensors.load(hf, LoadAs::F32).map_err(|e| e.to_string())?;
-        let mut bytes = t.bytes;
-        if let Some(n_head) = heads {
-            bytes = permute_rows(&bytes, t.shape[0], n_head);
-        }
-        let values: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-        w.tensor(gguf, &t.shape, ggml_type(&t.shape), &values);
-        Ok(())
-    };
+    let put =
+        |w: &mut GgufWriter, gguf: &str, hf: &str, heads: Option<usize>| -> Result<(), String> {
+            let t = source.tensors.load(hf, LoadAs::F32).map_err(|e| e.to_string())?;
+            let mut bytes = t.bytes;
+            if let Some(n_head) = heads {
+                bytes = permute_rows(&bytes, t.shape[0], n_head);
+            }
+            let values: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+            w.tensor(gguf, &t.shape, ggml_type(&t.shape), &values);
+            Ok(())
+        };
     put(&mut w, "token_embd.weight", "model.embed_tokens.weight", None)?;
     for l in 0..c.n_layers {
         let (b, p) = (format!("blk.{l}"), format!("model.layers.{l}"));
@@ -421,7 +457,8 @@ pub fn ggml_bytes(t: &HostTensor) -> Option<(u32, Vec<u8>)> {
 /// for the rest, with no merges, so any text encodes (as bytes) and every id decodes. llama.cpp
 /// and tandem both load it; llama.cpp's "none" tokenizer model would leave tandem without one.
 pub fn placeholder_vocab(n: usize) -> Vec<(&'static str, GgufValue)> {
-    let (mut tokens, mut scores, mut types) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut tokens, mut scores, mut types) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for id in 0..n {
         let (piece, ty) = match id {
             0 => ("<unk>".to_string(), 2),
@@ -484,7 +521,11 @@ fn native(file_dtype: &str) -> Option<DType> {
         "Q8_0" => DType::Q8_0,
         "Q4_0" => DType::Q4_0,
         "Q4_1" => DType::Q4_1,
-        other => return crate::dtype::BLOCK_DTYPES.into_iter().find(|d| d.name().eq_ignore_ascii_case(other)),
+        other => {
+            return crate::dtype::BLOCK_DTYPES
+                .into_iter()
+                .find(|d| d.name().eq_ignore_ascii_case(other))
+        }
     })
 }
 
@@ -493,11 +534,20 @@ fn native(file_dtype: &str) -> Option<DType> {
 /// in the type its listing gives (F32, F16, BF16, Q8_0, Q4_0, Q4_1 or a GGUF block type), Llama 3 rope scaling as `rope_freqs.weight`,
 /// and `tokenizer` (e.g. [`placeholder_vocab`]). Tensors are loaded and written one at a time,
 /// so nothing larger than one tensor is held. Returns the file's size.
-pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>, path: &Path) -> Result<u64> {
+pub fn write_llama_gguf(
+    source: &ModelSource,
+    tokenizer: Vec<(&str, GgufValue)>,
+    path: &Path,
+) -> Result<u64> {
     let c = &source.config;
-    let bad = |m: String| Error::InvalidParameter(format!("writing {} as GGUF: {m}", source.path.display()));
+    let bad = |m: String| {
+        Error::InvalidParameter(format!("writing {} as GGUF: {m}", source.path.display()))
+    };
     if c.qkv_bias || c.arch == crate::config::Arch::Qwen2 {
-        return Err(bad(format!("only Llama models without q/k/v biases are written (this is {:?})", c.arch)));
+        return Err(bad(format!(
+            "only Llama models without q/k/v biases are written (this is {:?})",
+            c.arch
+        )));
     }
     let mut w = GgufWriter::new();
     llama_metadata(&mut w, c);
@@ -506,15 +556,22 @@ pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>,
         w.kv("llama.attention.key_length", u.clone()).kv("llama.attention.value_length", u);
     }
     if let RopeScaling::Linear { factor } = c.rope_scaling {
-        w.kv("llama.rope.scaling.type", GgufValue::String("linear".into())).kv("llama.rope.scaling.factor", GgufValue::F32(factor));
+        w.kv("llama.rope.scaling.type", GgufValue::String("linear".into()))
+            .kv("llama.rope.scaling.factor", GgufValue::F32(factor));
     }
     if let RopeScaling::Llama3 { original_max_position, .. } = c.rope_scaling {
         if original_max_position != 8192 {
-            w.kv("llama.rope.scaling.original_context_length", GgufValue::U32(original_max_position as u32));
+            w.kv(
+                "llama.rope.scaling.original_context_length",
+                GgufValue::U32(original_max_position as u32),
+            );
         }
     }
     let infos = source.tensors.infos();
-    let matrix = infos.iter().find(|i| i.name == "model.layers.0.mlp.up_proj.weight").and_then(|i| native(&i.file_dtype));
+    let matrix = infos
+        .iter()
+        .find(|i| i.name == "model.layers.0.mlp.up_proj.weight")
+        .and_then(|i| native(&i.file_dtype));
     w.kv("general.file_type", GgufValue::U32(llama_ftype(matrix.unwrap_or(DType::F32))));
     if matrix.is_some_and(DType::is_quantized) {
         w.kv("general.quantization_version", GgufValue::U32(2));
@@ -524,7 +581,8 @@ pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>,
     }
 
     // (GGUF name, HF name or None for rope_freqs, heads the rows are permuted by)
-    let mut plan: Vec<(String, Option<String>, Option<usize>)> = vec![("token_embd.weight".into(), Some("model.embed_tokens.weight".into()), None)];
+    let mut plan: Vec<(String, Option<String>, Option<usize>)> =
+        vec![("token_embd.weight".into(), Some("model.embed_tokens.weight".into()), None)];
     for l in 0..c.n_layers {
         for (g, h, heads) in [
             ("attn_norm", "input_layernorm", None),
@@ -537,7 +595,11 @@ pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>,
             ("ffn_up", "mlp.up_proj", None),
             ("ffn_down", "mlp.down_proj", None),
         ] {
-            plan.push((format!("blk.{l}.{g}.weight"), Some(format!("model.layers.{l}.{h}.weight")), heads));
+            plan.push((
+                format!("blk.{l}.{g}.weight"),
+                Some(format!("model.layers.{l}.{h}.weight")),
+                heads,
+            ));
         }
     }
     plan.push(("output_norm.weight".into(), Some("model.norm.weight".into()), None));
@@ -545,10 +607,11 @@ pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>,
         plan.push(("output.weight".into(), Some("lm_head.weight".into()), None));
     }
     // llama.cpp's converter: per-frequency divisors, [head_dim / 2].
-    let rope_freqs: Option<Vec<f32>> = matches!(c.rope_scaling, RopeScaling::Llama3 { .. }).then(|| {
-        let base = ModelConfig { rope_scaling: RopeScaling::None, ..c.clone() }.rope_inv_freq();
-        base.iter().zip(c.rope_inv_freq()).map(|(b, s)| b / s).collect()
-    });
+    let rope_freqs: Option<Vec<f32>> =
+        matches!(c.rope_scaling, RopeScaling::Llama3 { .. }).then(|| {
+            let base = ModelConfig { rope_scaling: RopeScaling::None, ..c.clone() }.rope_inv_freq();
+            base.iter().zip(c.rope_inv_freq()).map(|(b, s)| b / s).collect()
+        });
     if rope_freqs.is_some() {
         plan.push(("rope_freqs.weight".into(), None, None));
     }
@@ -558,8 +621,12 @@ pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>,
         let (shape, dtype) = match hf {
             None => (vec![c.head_dim / 2], DType::F32),
             Some(hf) => {
-                let info = infos.iter().find(|i| &i.name == hf).ok_or_else(|| Error::MissingTensor(hf.clone()))?;
-                let d = native(&info.file_dtype).ok_or_else(|| bad(format!("'{hf}' is {}", info.file_dtype)))?;
+                let info = infos
+                    .iter()
+                    .find(|i| &i.name == hf)
+                    .ok_or_else(|| Error::MissingTensor(hf.clone()))?;
+                let d = native(&info.file_dtype)
+                    .ok_or_else(|| bad(format!("'{hf}' is {}", info.file_dtype)))?;
                 (info.shape.clone(), d)
             }
         };
@@ -570,10 +637,17 @@ pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>,
             DType::BF16 => (GGML_BF16, numel * 2),
             b if b.block_layout().is_some() => {
                 let l = b.block_layout().expect("a block type");
-                if !numel.is_multiple_of(l.elems) || shape.last().is_some_and(|&k| k % l.elems != 0) {
-                    return Err(bad(format!("'{gguf}' {shape:?}: rows are not whole blocks of {}", l.elems)));
+                if !numel.is_multiple_of(l.elems) || shape.last().is_some_and(|&k| k % l.elems != 0)
+                {
+                    return Err(bad(format!(
+                        "'{gguf}' {shape:?}: rows are not whole blocks of {}",
+                        l.elems
+                    )));
                 }
-                (ggml_block_type(b).expect("every block type has a ggml id"), numel / l.elems * l.ggml_bytes)
+                (
+                    ggml_block_type(b).expect("every block type has a ggml id"),
+                    numel / l.elems * l.ggml_bytes,
+                )
             }
             q => {
                 let (ty, size) = match q {
@@ -582,12 +656,19 @@ pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>,
                     _ => (GGML_Q4_1, 20),
                 };
                 if !numel.is_multiple_of(QBLOCK) || shape.last().is_some_and(|&k| k % QBLOCK != 0) {
-                    return Err(bad(format!("'{gguf}' {shape:?}: rows are not whole blocks of {QBLOCK}")));
+                    return Err(bad(format!(
+                        "'{gguf}' {shape:?}: rows are not whole blocks of {QBLOCK}"
+                    )));
                 }
                 (ty, numel / QBLOCK * size)
             }
         };
-        entries.push(TensorEntry { name: gguf.clone(), dims: shape.iter().rev().map(|&d| d as u64).collect(), ggml_type: ty, n_bytes });
+        entries.push(TensorEntry {
+            name: gguf.clone(),
+            dims: shape.iter().rev().map(|&d| d as u64).collect(),
+            ggml_type: ty,
+            n_bytes,
+        });
     }
     w.write_streamed(&entries, path, |i| {
         let (gguf, hf, heads) = &plan[i];
@@ -595,16 +676,23 @@ pub fn write_llama_gguf(source: &ModelSource, tokenizer: Vec<(&str, GgufValue)>,
             let f = rope_freqs.as_deref().unwrap_or_default();
             return Ok(f.iter().flat_map(|x| x.to_le_bytes()).collect());
         };
-        let want = native(&infos.iter().find(|i| &i.name == hf).expect("listed above").file_dtype).expect("checked above");
+        let want = native(&infos.iter().find(|i| &i.name == hf).expect("listed above").file_dtype)
+            .expect("checked above");
         let t = source.tensors.load(hf, LoadAs::Exactly(want))?;
-        let (ty, mut bytes) = ggml_bytes(&t).ok_or_else(|| bad(format!("'{hf}' is {}", t.dtype)))?;
+        let (ty, mut bytes) =
+            ggml_bytes(&t).ok_or_else(|| bad(format!("'{hf}' is {}", t.dtype)))?;
         if ty != entries[i].ggml_type {
-            return Err(bad(format!("'{hf}' loaded as {}, not the type its listing gave", t.dtype)));
+            return Err(bad(format!(
+                "'{hf}' loaded as {}, not the type its listing gave",
+                t.dtype
+            )));
         }
         if let Some(n_head) = heads {
             let rows = t.shape[0];
             if rows % n_head != 0 || (rows / n_head) % 2 != 0 {
-                return Err(bad(format!("'{gguf}': {rows} rows do not split into {n_head} heads of even size")));
+                return Err(bad(format!(
+                    "'{gguf}': {rows} rows do not split into {n_head} heads of even size"
+                )));
             }
             bytes = permute_rows(&bytes, rows, *n_head);
         }

@@ -67,7 +67,11 @@ pub enum TokenizerSource {
     /// Built from GGUF metadata.
     Gguf(std::sync::Arc<gguf::GgufFile>),
     /// The same files as `Files`, already in memory (a browser's inputs).
-    Bytes { tokenizer_json: Vec<u8>, tokenizer_config: Option<Vec<u8>>, chat_template: Option<String> },
+    Bytes {
+        tokenizer_json: Vec<u8>,
+        tokenizer_config: Option<Vec<u8>>,
+        chat_template: Option<String>,
+    },
     /// No tokenizer (synthetic weights); building one fails with this reason.
     None(String),
 }
@@ -143,7 +147,13 @@ impl Blob {
                 // SAFETY: the map is a read-only, file-backed shared mapping; dropping its pages
                 // loses nothing (the kernel re-reads them from the file on the next access), and
                 // the range lies inside the map.
-                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
             }
         }
         #[cfg(not(unix))]
@@ -173,7 +183,10 @@ pub fn open(path: &Path) -> Result<ModelSource> {
         return source_from_gguf(gguf::GgufFile::open(path)?);
     }
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if file_name.ends_with(".safetensors") || file_name.ends_with(".safetensors.index.json") || file_name == "config.json" {
+    if file_name.ends_with(".safetensors")
+        || file_name.ends_with(".safetensors.index.json")
+        || file_name == "config.json"
+    {
         // A file of an HF checkpoint: the model is its directory.
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         return open_hf_dir(dir);
@@ -264,8 +277,8 @@ fn merge_generation_eos(dir: &Path, config: &mut ModelConfig) -> Result<()> {
 /// generation_config.json's `eos_token_id`s (in `text`) added to `config`'s.
 #[doc(hidden)]
 pub fn merge_generation_eos_json(path: &Path, text: &str, config: &mut ModelConfig) -> Result<()> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| Error::BadConfig(format!("{}: {e}", path.display())))?;
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::BadConfig(format!("{}: {e}", path.display())))?;
     let ids: Vec<u64> = match v.get("eos_token_id") {
         Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).collect(),
         Some(x) => x.as_u64().into_iter().collect(),
@@ -278,7 +291,12 @@ pub fn merge_generation_eos_json(path: &Path, text: &str, config: &mut ModelConf
                     config.eos_token_ids.push(id);
                 }
             }
-            _ => return Err(Error::BadConfig(format!("{}: eos_token_id {id} is outside the vocabulary", path.display()))),
+            _ => {
+                return Err(Error::BadConfig(format!(
+                    "{}: eos_token_id {id} is outside the vocabulary",
+                    path.display()
+                )))
+            }
         }
     }
     Ok(())

@@ -49,7 +49,10 @@ mod tests {
     #[test]
     fn maps_llama_cpp_names() {
         assert_eq!(gguf_to_hf("blk.12.attn_q.bias"), "model.layers.12.self_attn.q_proj.bias");
-        assert_eq!(gguf_to_hf("blk.0.ffn_norm.weight"), "model.layers.0.post_attention_layernorm.weight");
+        assert_eq!(
+            gguf_to_hf("blk.0.ffn_norm.weight"),
+            "model.layers.0.post_attention_layernorm.weight"
+        );
         assert_eq!(gguf_to_hf("output.weight"), "lm_head.weight");
         assert_eq!(gguf_to_hf("blk.x.attn_q.weight"), "blk.x.attn_q.weight");
         assert_eq!(gguf_to_hf("rope_freqs.weight"), "rope_freqs.weight");

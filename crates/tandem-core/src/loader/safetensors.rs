@@ -33,8 +33,8 @@ pub fn find_shards(dir: &Path) -> Result<Vec<PathBuf>> {
     let index_path = dir.join("model.safetensors.index.json");
     if index_path.is_file() {
         let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::bad_file(&index_path, format!("bad JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::bad_file(&index_path, format!("bad JSON: {e}")))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -45,7 +45,12 @@ pub fn find_shards(dir: &Path) -> Result<Vec<PathBuf>> {
                 .as_str()
                 // A shard name is a plain file name; anything else could point outside the model.
                 .filter(|f| !f.is_empty() && !f.contains(['/', '\\']) && *f != "..")
-                .ok_or_else(|| Error::bad_file(&index_path, format!("weight_map['{tensor}'] is not a shard file name")))?;
+                .ok_or_else(|| {
+                    Error::bad_file(
+                        &index_path,
+                        format!("weight_map['{tensor}'] is not a shard file name"),
+                    )
+                })?;
             let p = dir.join(file);
             if !files.contains(&p) {
                 files.push(p);
@@ -67,7 +72,10 @@ pub fn find_shards(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     if files.is_empty() {
-        return Err(Error::bad_file(dir, "no *.safetensors files (and no model.safetensors.index.json)"));
+        return Err(Error::bad_file(
+            dir,
+            "no *.safetensors files (and no model.safetensors.index.json)",
+        ));
     }
     Ok(files)
 }
@@ -89,7 +97,12 @@ impl SafetensorsStore {
 
     /// Several shards already in memory, as (file name, bytes).
     pub fn from_shards(shards: Vec<(String, Vec<u8>)>) -> Result<SafetensorsStore> {
-        Self::build(shards.into_iter().map(|(name, bytes)| (PathBuf::from(name), Blob::Owned(bytes))).collect())
+        Self::build(
+            shards
+                .into_iter()
+                .map(|(name, bytes)| (PathBuf::from(name), Blob::Owned(bytes)))
+                .collect(),
+        )
     }
 
     fn build(files: Vec<(PathBuf, Blob)>) -> Result<SafetensorsStore> {
@@ -115,7 +128,10 @@ impl SafetensorsStore {
                     bytes,
                 });
                 if index.insert(name.clone(), (shards.len(), info.clone())).is_some() {
-                    return Err(Error::bad_file(&path, format!("tensor '{name}' also appears in another shard")));
+                    return Err(Error::bad_file(
+                        &path,
+                        format!("tensor '{name}' also appears in another shard"),
+                    ));
                 }
             }
             shards.push(Shard { path, blob, data_start });
@@ -130,9 +146,11 @@ impl TensorStore for SafetensorsStore {
     }
 
     fn load(&self, name: &str, as_: LoadAs) -> Result<HostTensor> {
-        let (shard_i, info) = self.index.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let (shard_i, info) =
+            self.index.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let shard = &self.shards[*shard_i];
-        let bad = |reason: String| Error::bad_file(&shard.path, format!("tensor '{name}': {reason}"));
+        let bad =
+            |reason: String| Error::bad_file(&shard.path, format!("tensor '{name}': {reason}"));
         let (s, e) = info.data_offsets;
         let raw = shard
             .data_start
@@ -148,24 +166,47 @@ impl TensorStore for SafetensorsStore {
 
 /// The tensor `name` stored as `info` in `raw`, converted as `as_` asks. The one conversion
 /// both the memory-mapped store and the stream (`loader::stream`) use.
-pub(crate) fn convert(name: &str, info: &StInfo, raw: Cow<'_, [u8]>, as_: LoadAs, bad: impl Fn(String) -> Error) -> Result<HostTensor> {
+pub(crate) fn convert(
+    name: &str,
+    info: &StInfo,
+    raw: Cow<'_, [u8]>,
+    as_: LoadAs,
+    bad: impl Fn(String) -> Error,
+) -> Result<HostTensor> {
     let shape = info.shape.clone();
-    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape overflows".into()))?;
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad("shape overflows".into()))?;
     let elem = match info.dtype {
         Dtype::F32 => 4,
         Dtype::F16 | Dtype::BF16 => 2,
-        other => return Err(bad(format!("dtype {other:?} is not supported (tandem loads F32, F16, BF16)"))),
+        other => {
+            return Err(bad(format!(
+                "dtype {other:?} is not supported (tandem loads F32, F16, BF16)"
+            )))
+        }
     };
     if numel.checked_mul(elem) != Some(raw.len()) {
-        return Err(bad(format!("{} bytes stored, but shape {shape:?} of {:?} needs {numel} x {elem}", raw.len(), info.dtype)));
+        return Err(bad(format!(
+            "{} bytes stored, but shape {shape:?} of {:?} needs {numel} x {elem}",
+            raw.len(),
+            info.dtype
+        )));
     }
     let native = if info.dtype == Dtype::F16 { DType::F16 } else { DType::F32 };
     let target = match as_ {
         LoadAs::F32 => DType::F32,
         LoadAs::Native => native,
-        LoadAs::Exactly(DType::U32) => return Err(Error::InvalidParameter(format!("cannot load '{name}' as u32"))),
+        LoadAs::Exactly(DType::U32) => {
+            return Err(Error::InvalidParameter(format!("cannot load '{name}' as u32")))
+        }
         LoadAs::Exactly(d) => match crate::quant::encode_refusal(d, &shape) {
-            Some(why) => return Err(Error::InvalidParameter(format!("cannot quantize '{name}' to {d} at load time: {why}"))),
+            Some(why) => {
+                return Err(Error::InvalidParameter(format!(
+                    "cannot quantize '{name}' to {d} at load time: {why}"
+                )))
+            }
             None => d,
         },
     };
@@ -179,8 +220,12 @@ pub(crate) fn convert(name: &str, info: &StInfo, raw: Cow<'_, [u8]>, as_: LoadAs
         return Ok(HostTensor { dtype: target, shape, bytes });
     }
     let values: Vec<f32> = match info.dtype {
-        Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F32 => {
+            raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+        Dtype::F16 => {
+            raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
         _ => raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
     };
     Ok(f32_tensor(shape, &values, target))

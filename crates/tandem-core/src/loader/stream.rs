@@ -84,14 +84,28 @@ impl Walker {
             if w[1].start < w[0].end {
                 return Err(Error::bad_file(
                     path,
-                    format!("tensors '{}' and '{}' overlap in the file ([{}, {}) and [{}, {}))", w[0].name, w[1].name, w[0].start, w[0].end, w[1].start, w[1].end),
+                    format!(
+                        "tensors '{}' and '{}' overlap in the file ([{}, {}) and [{}, {}))",
+                        w[0].name, w[1].name, w[0].start, w[0].end, w[1].start, w[1].end
+                    ),
                 ));
             }
         }
         if let Some(first) = spans.first().filter(|s| s.start < pos) {
-            return Err(Error::bad_file(path, format!("tensor '{}' starts inside the header", first.name)));
+            return Err(Error::bad_file(
+                path,
+                format!("tensor '{}' starts inside the header", first.name),
+            ));
         }
-        Ok(Walker { path: path.to_path_buf(), spans, next: 0, pos, current: None, peak: 0, len_known })
+        Ok(Walker {
+            path: path.to_path_buf(),
+            spans,
+            next: 0,
+            pos,
+            current: None,
+            peak: 0,
+            len_known,
+        })
     }
 
     fn push(
@@ -140,10 +154,19 @@ impl Walker {
                     let want = if self.len_known {
                         len
                     } else {
-                        (buf.len() + add).max(buf.capacity().saturating_mul(2)).max(GROW_FROM).min(len)
+                        (buf.len() + add)
+                            .max(buf.capacity().saturating_mul(2))
+                            .max(GROW_FROM)
+                            .min(len)
                     };
                     buf.try_reserve_exact(want - buf.len()).map_err(|_| {
-                        Error::bad_file(&self.path, format!("tensor '{}' needs {len} bytes: out of memory (a corrupt file?)", span.name))
+                        Error::bad_file(
+                            &self.path,
+                            format!(
+                                "tensor '{}' needs {len} bytes: out of memory (a corrupt file?)",
+                                span.name
+                            ),
+                        )
                     })?;
                     self.peak = self.peak.max(buf.capacity());
                 }
@@ -218,7 +241,10 @@ impl Common {
         match self.len {
             Some(len) if self.received > len => {
                 self.failed = true;
-                Err(Error::bad_file(&self.path, format!("more than the {len} bytes the file was said to have arrived")))
+                Err(Error::bad_file(
+                    &self.path,
+                    format!("more than the {len} bytes the file was said to have arrived"),
+                ))
             }
             _ => Ok(()),
         }
@@ -264,7 +290,10 @@ impl GgufStream {
 
     /// As [`GgufStream::new`], refusing headers larger than `limit` bytes.
     pub fn with_header_limit(label: &str, len: Option<u64>, limit: usize) -> GgufStream {
-        GgufStream { common: Common::new(label, len), state: GgufState::Header { buf: Vec::new(), scan: HeaderScan::new(len, limit) } }
+        GgufStream {
+            common: Common::new(label, len),
+            state: GgufState::Header { buf: Vec::new(), scan: HeaderScan::new(len, limit) },
+        }
     }
 
     /// The parsed header, once it has arrived.
@@ -295,7 +324,11 @@ impl GgufStream {
             chunk = &chunk[n..];
             self.common.peak = self.common.peak.max(buf.capacity());
             let Some(header_len) = scan.advance(buf, &self.common.path)? else { continue };
-            let file = GgufFile::parse_header(self.common.path.clone(), &buf[..header_len], self.common.len)?;
+            let file = GgufFile::parse_header(
+                self.common.path.clone(),
+                &buf[..header_len],
+                self.common.len,
+            )?;
             let file = Arc::new(file);
             let spans = file
                 .tensors
@@ -303,10 +336,20 @@ impl GgufStream {
                 .enumerate()
                 .map(|(id, t)| {
                     let start = (file.data_offset + t.offset) as u64;
-                    Span { start, end: start + t.n_bytes as u64, id, name: file.infos[id].name.clone() }
+                    Span {
+                        start,
+                        end: start + t.n_bytes as u64,
+                        id,
+                        name: file.infos[id].name.clone(),
+                    }
                 })
                 .collect();
-            let walker = Walker::new(spans, header_len as u64, &self.common.path, self.common.len.is_some())?;
+            let walker = Walker::new(
+                spans,
+                header_len as u64,
+                &self.common.path,
+                self.common.len.is_some(),
+            )?;
             sink.begin(&FileHeader::Gguf(file.clone()))?;
             let rest = std::mem::take(buf);
             self.state = GgufState::Data { file, walker };
@@ -374,7 +417,11 @@ impl SafetensorsStream {
 
     /// As [`SafetensorsStream::new`], refusing headers larger than `limit` bytes.
     pub fn with_header_limit(label: &str, len: Option<u64>, limit: usize) -> SafetensorsStream {
-        SafetensorsStream { common: Common::new(label, len), limit, state: StState::Header { buf: Vec::new() } }
+        SafetensorsStream {
+            common: Common::new(label, len),
+            limit,
+            state: StState::Header { buf: Vec::new() },
+        }
     }
 
     /// Feeds the next bytes of the file. Complete tensors go to `sink` before this returns.
@@ -399,7 +446,10 @@ impl SafetensorsStream {
                     ));
                 }
                 if let Some(len) = self.common.len.filter(|&len| n + 8 > len) {
-                    return Err(Error::bad_file(path, format!("invalid safetensors: a {n}-byte header in a {len}-byte file")));
+                    return Err(Error::bad_file(
+                        path,
+                        format!("invalid safetensors: a {n}-byte header in a {len}-byte file"),
+                    ));
                 }
                 8 + n as usize
             };
@@ -424,7 +474,9 @@ impl SafetensorsStream {
         let path = &self.common.path;
         let convert = |id: usize, raw: Cow<'_, [u8]>, as_: LoadAs| {
             let (name, info) = &tensors[id];
-            safetensors::convert(name, info, raw, as_, |reason| Error::bad_file(path, format!("tensor '{name}': {reason}")))
+            safetensors::convert(name, info, raw, as_, |reason| {
+                Error::bad_file(path, format!("tensor '{name}': {reason}"))
+            })
         };
         let r = walker.push(chunk, sink, &convert);
         self.common.peak = self.common.peak.max(walker.peak);
@@ -466,11 +518,16 @@ impl SafetensorsStream {
 fn parse_st_header(common: &Common, buf: &[u8]) -> Result<(Vec<(String, StInfo)>, Walker, u64)> {
     let path = &common.path;
     let bad = |reason: String| Error::bad_file(path, format!("invalid safetensors: {reason}"));
-    let text = std::str::from_utf8(&buf[8..]).map_err(|e| bad(format!("the header is not UTF-8: {e}")))?;
+    let text =
+        std::str::from_utf8(&buf[8..]).map_err(|e| bad(format!("the header is not UTF-8: {e}")))?;
     let meta: Metadata = serde_json::from_str(text).map_err(|e| bad(format!("bad header: {e}")))?;
     let data_start = buf.len() as u64;
     if let Some(len) = common.len.filter(|&len| data_start + meta.data_len() as u64 != len) {
-        return Err(bad(format!("the header describes {} bytes of data but the file has {}", meta.data_len(), len - data_start)));
+        return Err(bad(format!(
+            "the header describes {} bytes of data but the file has {}",
+            meta.data_len(),
+            len - data_start
+        )));
     }
     let tensors: Vec<(String, StInfo)> = meta
         .offset_keys()

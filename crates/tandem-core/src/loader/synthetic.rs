@@ -71,13 +71,23 @@ impl SyntheticStore {
     /// type or a tensor's size does not fit this platform's address space.
     pub fn new(config: &ModelConfig, dtype: DType, seed: u64) -> Result<SyntheticStore> {
         if dtype == DType::U32 {
-            return Err(Error::InvalidParameter("synthetic weights must be a float or quantized type, not u32".into()));
+            return Err(Error::InvalidParameter(
+                "synthetic weights must be a float or quantized type, not u32".into(),
+            ));
         }
         if !crate::quant::can_encode(dtype) {
-            return Err(Error::InvalidParameter(format!("synthetic weights in {dtype} are not implemented yet")));
+            return Err(Error::InvalidParameter(format!(
+                "synthetic weights in {dtype} are not implemented yet"
+            )));
         }
-        let mut store =
-            SyntheticStore { dtype, seed, infos: Vec::new(), kinds: HashMap::new(), total_bytes: 0, normal: normal_table(seed) };
+        let mut store = SyntheticStore {
+            dtype,
+            seed,
+            infos: Vec::new(),
+            kinds: HashMap::new(),
+            total_bytes: 0,
+            normal: normal_table(seed),
+        };
         for (name, shape, kind) in tensor_list(config) {
             store.add(name, shape, kind)?;
         }
@@ -85,9 +95,17 @@ impl SyntheticStore {
     }
 
     fn add(&mut self, name: String, shape: Vec<usize>, kind: Kind) -> Result<()> {
-        let too_big = || Error::InvalidParameter(format!("synthetic tensor '{name}' {shape:?} is too large for this platform"));
-        let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(too_big)?;
-        let numel = usize::try_from(numel).ok().filter(|n| n.checked_mul(4).is_some()).ok_or_else(too_big)?;
+        let too_big = || {
+            Error::InvalidParameter(format!(
+                "synthetic tensor '{name}' {shape:?} is too large for this platform"
+            ))
+        };
+        let numel =
+            shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(too_big)?;
+        let numel = usize::try_from(numel)
+            .ok()
+            .filter(|n| n.checked_mul(4).is_some())
+            .ok_or_else(too_big)?;
         let dtype = if kind == Kind::Matrix { self.matrix_dtype(&shape) } else { DType::F32 };
         let bytes = dtype.storage_bytes(numel);
         self.total_bytes += bytes as u64;
@@ -118,7 +136,9 @@ impl SyntheticStore {
     fn table_bits(&self, dtype: DType) -> Vec<u32> {
         match dtype {
             DType::F16 => self.normal.iter().map(|&x| f16::from_f32(x).to_bits() as u32).collect(),
-            DType::BF16 => self.normal.iter().map(|&x| bf16::from_f32(x).to_bits() as u32).collect(),
+            DType::BF16 => {
+                self.normal.iter().map(|&x| bf16::from_f32(x).to_bits() as u32).collect()
+            }
             _ => self.normal.iter().map(|&x| x.to_bits()).collect(),
         }
     }
@@ -136,15 +156,20 @@ impl TensorStore for SyntheticStore {
     }
 
     fn load(&self, name: &str, as_: LoadAs) -> Result<HostTensor> {
-        let &(i, kind) = self.kinds.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let &(i, kind) =
+            self.kinds.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let info = &self.infos[i];
         let dtype = match as_ {
             LoadAs::F32 => DType::F32,
             LoadAs::Native if kind == Kind::Matrix => self.matrix_dtype(&info.shape),
             LoadAs::Native => DType::F32,
-            LoadAs::Exactly(DType::U32) => return Err(Error::InvalidParameter(format!("cannot load '{name}' as u32"))),
+            LoadAs::Exactly(DType::U32) => {
+                return Err(Error::InvalidParameter(format!("cannot load '{name}' as u32")))
+            }
             LoadAs::Exactly(d) => match crate::quant::encode_refusal(d, &info.shape) {
-                Some(why) => return Err(Error::InvalidParameter(format!("cannot make '{name}' {d}: {why}"))),
+                Some(why) => {
+                    return Err(Error::InvalidParameter(format!("cannot make '{name}' {d}: {why}")))
+                }
                 None => d,
             },
         };
@@ -163,10 +188,12 @@ impl TensorStore for SyntheticStore {
 /// Every tensor a model of `config` loads, by HF name, in load order.
 fn tensor_list(c: &ModelConfig) -> Vec<(String, Vec<usize>, Kind)> {
     let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, c.dim], Kind::Matrix)];
+    let mut out =
+        vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, c.dim], Kind::Matrix)];
     for l in 0..c.n_layers {
         let p = format!("model.layers.{l}");
-        let mut t = |name: &str, shape: Vec<usize>, kind| out.push((format!("{p}.{name}"), shape, kind));
+        let mut t =
+            |name: &str, shape: Vec<usize>, kind| out.push((format!("{p}.{name}"), shape, kind));
         t("input_layernorm.weight", vec![c.dim], Kind::Norm);
         t("self_attn.q_proj.weight", vec![q_dim, c.dim], Kind::Matrix);
         t("self_attn.k_proj.weight", vec![kv_dim, c.dim], Kind::Matrix);
@@ -192,7 +219,9 @@ fn tensor_list(c: &ModelConfig) -> Vec<(String, Vec<usize>, Kind)> {
 /// A generator seed per tensor, so each tensor's bytes depend only on the seed and its name.
 fn tensor_seed(seed: u64, name: &str) -> u64 {
     // FNV-1a over the name, then one splitmix64 round to spread it.
-    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    let h = name
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
     Rng::new(seed ^ h).next_u64()
 }
 
@@ -252,7 +281,8 @@ fn quant_blocks(rng: &mut Rng, dtype: DType, numel: usize) -> Vec<u8> {
     let scales: Vec<f32> = (0..256).map(|i| d_base * (0.75 + 0.5 * i as f32 / 255.0)).collect();
     let d_bits: Vec<[u8; 2]> = scales.iter().map(|&d| f16::from_f32(d).to_le_bytes()).collect();
     // Q4_1: x = d q + m with q averaging 7.5, so m = -7.5 d centres the block on zero.
-    let m_bits: Vec<[u8; 2]> = scales.iter().map(|&d| f16::from_f32(-7.5 * d).to_le_bytes()).collect();
+    let m_bits: Vec<[u8; 2]> =
+        scales.iter().map(|&d| f16::from_f32(-7.5 * d).to_le_bytes()).collect();
     let mut r = 0u64;
     for b in 0..l.blocks {
         if b % 8 == 0 {
@@ -340,7 +370,11 @@ pub fn open(path: &Path, opts: &SyntheticOptions) -> Result<ModelSource> {
     let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
     let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
     let config = ModelConfig::from_hf_json(&text).map_err(|e| match e {
-        Error::BadConfig(m) => Error::BadConfig(format!("{}: {}", file.display(), m.strip_prefix("config.json: ").unwrap_or(&m))),
+        Error::BadConfig(m) => Error::BadConfig(format!(
+            "{}: {}",
+            file.display(),
+            m.strip_prefix("config.json: ").unwrap_or(&m)
+        )),
         other => other,
     })?;
     source(file, config, opts)
@@ -363,7 +397,8 @@ mod tests {
     #[test]
     fn lists_every_tensor_with_its_shape_and_type() {
         let s = SyntheticStore::new(&config(false, true), DType::Q4_1, 1).unwrap();
-        let find = |n: &str| s.infos().iter().find(|i| i.name == n).unwrap_or_else(|| panic!("{n}"));
+        let find =
+            |n: &str| s.infos().iter().find(|i| i.name == n).unwrap_or_else(|| panic!("{n}"));
         assert_eq!(s.infos().len(), 1 + 2 * 12 + 2);
         assert_eq!(find("model.layers.1.self_attn.k_proj.weight").shape, [32, 64]);
         assert_eq!(find("model.layers.1.mlp.down_proj.weight").shape, [64, 100]);
@@ -373,7 +408,10 @@ mod tests {
         let total: usize = s.infos().iter().map(|i| i.bytes).sum();
         assert_eq!(s.weight_bytes(), total as u64);
         let tied = SyntheticStore::new(&config(true, false), DType::F16, 1).unwrap();
-        assert!(tied.infos().iter().all(|i| i.name != "lm_head.weight" && !i.name.ends_with(".bias")));
+        assert!(tied
+            .infos()
+            .iter()
+            .all(|i| i.name != "lm_head.weight" && !i.name.ends_with(".bias")));
     }
 
     #[test]
@@ -383,7 +421,15 @@ mod tests {
         let b = SyntheticStore::new(&c, DType::Q8_0, 7).unwrap();
         let other = SyntheticStore::new(&c, DType::Q8_0, 8).unwrap();
         let name = "model.layers.1.mlp.gate_proj.weight";
-        for as_ in [LoadAs::Native, LoadAs::F32, LoadAs::Exactly(DType::F16), LoadAs::Exactly(DType::BF16), LoadAs::Exactly(DType::Q4_0), LoadAs::Exactly(DType::Q4_1), LoadAs::Exactly(DType::Q5_0)] {
+        for as_ in [
+            LoadAs::Native,
+            LoadAs::F32,
+            LoadAs::Exactly(DType::F16),
+            LoadAs::Exactly(DType::BF16),
+            LoadAs::Exactly(DType::Q4_0),
+            LoadAs::Exactly(DType::Q4_1),
+            LoadAs::Exactly(DType::Q5_0),
+        ] {
             let t = a.load(name, as_).unwrap();
             let want = match as_ {
                 LoadAs::Native => DType::Q8_0,
@@ -392,22 +438,39 @@ mod tests {
             };
             assert_eq!((t.dtype, t.shape.clone()), (want, vec![100, 64]), "{as_:?}");
             assert_eq!(t.bytes.len(), want.storage_bytes(6400), "{as_:?}");
-            assert_eq!(t.bytes, b.load(name, as_).unwrap().bytes, "same seed, same bytes ({as_:?})");
+            assert_eq!(
+                t.bytes,
+                b.load(name, as_).unwrap().bytes,
+                "same seed, same bytes ({as_:?})"
+            );
             assert_ne!(t.bytes, other.load(name, as_).unwrap().bytes, "another seed ({as_:?})");
             // Realistic scale: mean near 0, standard deviation near STD, every value finite.
             let v = crate::quant::decode(&t.bytes, t.dtype, 6400);
             let mean = v.iter().sum::<f32>() / v.len() as f32;
-            let std = (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32).sqrt();
-            assert!(v.iter().all(|x| x.is_finite()) && mean.abs() < 0.002 && (std / STD - 1.0).abs() < 0.2, "{as_:?}: mean {mean}, std {std}");
+            let std =
+                (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32).sqrt();
+            assert!(
+                v.iter().all(|x| x.is_finite())
+                    && mean.abs() < 0.002
+                    && (std / STD - 1.0).abs() < 0.2,
+                "{as_:?}: mean {mean}, std {std}"
+            );
         }
         // Load order does not matter: each tensor has its own stream.
         let up = "model.layers.0.mlp.up_proj.weight";
         let first = a.load(up, LoadAs::Native).unwrap().bytes;
         let _ = b.load(name, LoadAs::Native).unwrap();
         assert_eq!(first, b.load(up, LoadAs::Native).unwrap().bytes);
-        assert_ne!(first, a.load("model.layers.1.mlp.up_proj.weight", LoadAs::Native).unwrap().bytes);
+        assert_ne!(
+            first,
+            a.load("model.layers.1.mlp.up_proj.weight", LoadAs::Native).unwrap().bytes
+        );
 
-        let norm = crate::quant::decode(&a.load("model.norm.weight", LoadAs::F32).unwrap().bytes, DType::F32, 64);
+        let norm = crate::quant::decode(
+            &a.load("model.norm.weight", LoadAs::F32).unwrap().bytes,
+            DType::F32,
+            64,
+        );
         assert!(norm.iter().all(|x| (x - 1.0).abs() < 0.2), "{norm:?}");
         assert!(matches!(a.load("nope", LoadAs::F32), Err(Error::MissingTensor(_))));
         assert!(a.load(name, LoadAs::Exactly(DType::U32)).is_err());
@@ -426,11 +489,15 @@ mod tests {
     fn refuses_weights_beyond_the_limit_before_generating() {
         let mut c = config(false, false);
         // 1024 layers of dim 65536 and ffn 262144: about 70 TB of q4, listed but never made.
-        (c.n_layers, c.dim, c.ffn_dim, c.n_heads, c.n_kv_heads, c.head_dim) = (1024, 65536, 262144, 512, 512, 128);
+        (c.n_layers, c.dim, c.ffn_dim, c.n_heads, c.n_kv_heads, c.head_dim) =
+            (1024, 65536, 262144, 512, 512, 128);
         let opts = SyntheticOptions { dtype: DType::Q4_1, seed: 0, max_weight_bytes: 16 << 30 };
         let e = source(PathBuf::from("huge.json"), c, &opts).err().expect("refused");
         let msg = e.to_string();
-        assert!(msg.contains("huge.json") && msg.contains("1024 layers") && msg.contains("GiB"), "{msg}");
+        assert!(
+            msg.contains("huge.json") && msg.contains("1024 layers") && msg.contains("GiB"),
+            "{msg}"
+        );
         let small = source(PathBuf::from("small.json"), config(true, false), &opts).expect("fits");
         assert_eq!(small.format, FORMAT);
         let tok = crate::tokenizer::Tokenizer::load(&small.tokenizer).err().expect("no tokenizer");
@@ -442,13 +509,25 @@ mod tests {
     fn written_as_gguf_loads_back_bit_for_bit() {
         use crate::config::RopeScaling;
         use crate::loader::gguf_writer::{placeholder_vocab, write_llama_gguf};
-        let dir = std::env::temp_dir().join(format!("tandem-synthetic-gguf-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tandem-synthetic-gguf-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for (dtype, tied) in [(DType::Q4_1, true), (DType::Q8_0, false), (DType::Q4_0, true), (DType::F16, false), (DType::BF16, true)] {
+        for (dtype, tied) in [
+            (DType::Q4_1, true),
+            (DType::Q8_0, false),
+            (DType::Q4_0, true),
+            (DType::F16, false),
+            (DType::BF16, true),
+        ] {
             let mut c = config(tied, false);
             // head_dim 32 with dim 64 and 4 heads: key_length must be written.
             (c.head_dim, c.vocab_size, c.ffn_dim) = (32, 300, 96);
-            c.rope_scaling = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 64 };
+            c.rope_scaling = RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position: 64,
+            };
             let opts = SyntheticOptions { dtype, seed: 3, max_weight_bytes: 1 << 30 };
             let src = source(PathBuf::from("tiny.json"), c.clone(), &opts).unwrap();
             let path = dir.join(format!("{dtype}-{tied}.gguf"));

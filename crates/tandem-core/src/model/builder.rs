@@ -37,7 +37,9 @@ pub struct ModelBuilder<B: Backend> {
 /// `want` resolved for the row length (K-quants fall back where rows are not whole blocks,
 /// see [`crate::quant::matrix_dtype`]).
 fn matrix_as(want: Option<DType>, shape: &[usize]) -> LoadAs {
-    want.map_or(LoadAs::Native, |d| LoadAs::Exactly(crate::quant::matrix_dtype(d, shape[shape.len() - 1])))
+    want.map_or(LoadAs::Native, |d| {
+        LoadAs::Exactly(crate::quant::matrix_dtype(d, shape[shape.len() - 1]))
+    })
 }
 
 /// Per layer, the weights in upload order: (HF name suffix, shape, how to load).
@@ -78,15 +80,35 @@ impl<B: Backend> ModelBuilder<B> {
         // Matrices as the options say; vectors (norms, biases) always f32.
         let want = opts.weight_dtype;
         let embed = vec![c.vocab_size, c.dim];
-        let mut slots = vec![Slot { name: "model.embed_tokens.weight".into(), as_: matrix_as(want, &embed), shape: embed.clone(), weight: None }];
+        let mut slots = vec![Slot {
+            name: "model.embed_tokens.weight".into(),
+            as_: matrix_as(want, &embed),
+            shape: embed.clone(),
+            weight: None,
+        }];
         for l in 0..c.n_layers {
             for (suffix, shape, as_) in layer_tensors(c, want) {
-                slots.push(Slot { name: format!("model.layers.{l}.{suffix}"), shape, as_, weight: None });
+                slots.push(Slot {
+                    name: format!("model.layers.{l}.{suffix}"),
+                    shape,
+                    as_,
+                    weight: None,
+                });
             }
         }
-        slots.push(Slot { name: "model.norm.weight".into(), shape: vec![c.dim], as_: LoadAs::F32, weight: None });
+        slots.push(Slot {
+            name: "model.norm.weight".into(),
+            shape: vec![c.dim],
+            as_: LoadAs::F32,
+            weight: None,
+        });
         if !c.tie_embeddings {
-            slots.push(Slot { name: "lm_head.weight".into(), as_: matrix_as(want, &embed), shape: embed, weight: None });
+            slots.push(Slot {
+                name: "lm_head.weight".into(),
+                as_: matrix_as(want, &embed),
+                shape: embed,
+                weight: None,
+            });
         }
         let index = slots.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
         Ok(ModelBuilder { backend, config, opts: opts.clone(), slots, index, done: 0, bytes: 0 })
@@ -101,9 +123,24 @@ impl<B: Backend> ModelBuilder<B> {
     pub fn update_config(&mut self, f: impl FnOnce(&mut ModelConfig) -> Result<()>) -> Result<()> {
         let mut c = self.config.clone();
         f(&mut c)?;
-        let shape = |c: &ModelConfig| (c.arch, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size, c.tie_embeddings, c.qkv_bias);
+        let shape = |c: &ModelConfig| {
+            (
+                c.arch,
+                c.dim,
+                c.n_layers,
+                c.n_heads,
+                c.n_kv_heads,
+                c.head_dim,
+                c.ffn_dim,
+                c.vocab_size,
+                c.tie_embeddings,
+                c.qkv_bias,
+            )
+        };
         if shape(&c) != shape(&self.config) {
-            return Err(Error::BadConfig("a later file changes the model's shape after its weights began loading".into()));
+            return Err(Error::BadConfig(
+                "a later file changes the model's shape after its weights began loading".into(),
+            ));
         }
         self.config = c;
         Ok(())
@@ -129,13 +166,21 @@ impl<B: Backend> ModelBuilder<B> {
             return Err(Error::bad_file(name, "the tensor was given twice (in two files?)"));
         }
         if t.shape != slot.shape {
-            return Err(Error::TensorShape { name: name.into(), expected: slot.shape.clone(), got: t.shape });
+            return Err(Error::TensorShape {
+                name: name.into(),
+                expected: slot.shape.clone(),
+                got: t.shape,
+            });
         }
         let numel: usize = slot.shape.iter().product();
         if t.bytes.len() != t.dtype.storage_bytes(numel) {
-            return Err(Error::bad_file(name, format!("{} bytes for {numel} {} elements", t.bytes.len(), t.dtype)));
+            return Err(Error::bad_file(
+                name,
+                format!("{} bytes for {numel} {} elements", t.bytes.len(), t.dtype),
+            ));
         }
-        let (rows, cols) = if slot.shape.len() == 2 { (slot.shape[0], slot.shape[1]) } else { (1, slot.shape[0]) };
+        let (rows, cols) =
+            if slot.shape.len() == 2 { (slot.shape[0], slot.shape[1]) } else { (1, slot.shape[0]) };
         let buf = self.backend.alloc_weight(t.dtype, rows, cols)?;
         if let Err(e) = self.backend.write(buf, &t.bytes) {
             self.backend.free(buf);
@@ -148,7 +193,11 @@ impl<B: Backend> ModelBuilder<B> {
     }
 
     /// Pulls every tensor from `store`, calling `progress(done, total)` after each.
-    pub fn load_from(&mut self, store: &dyn TensorStore, progress: &mut dyn FnMut(usize, usize)) -> Result<()> {
+    pub fn load_from(
+        &mut self,
+        store: &dyn TensorStore,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
         for (name, as_) in self.wanted() {
             let t = store.load(&name, as_)?;
             self.put(&name, t)?;
@@ -179,7 +228,10 @@ impl<B: Backend> ModelBuilder<B> {
         if !missing.is_empty() {
             let list = missing.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ");
             let what = if missing.len() == 1 { "tensor is" } else { "tensors are" };
-            return Err(Error::bad_file("model", format!("{} {what} missing from the model files: {list}", missing.len())));
+            return Err(Error::bad_file(
+                "model",
+                format!("{} {what} missing from the model files: {list}", missing.len()),
+            ));
         }
         let ModelBuilder { mut backend, config, opts, slots, bytes, .. } = self;
         let mut weights = slots.into_iter().map(|s| s.weight.expect("checked above"));
@@ -188,9 +240,26 @@ impl<B: Backend> ModelBuilder<B> {
         let mut layers = Vec::with_capacity(config.n_layers);
         for _ in 0..config.n_layers {
             let (attn_norm, wq, wk, wv) = (next(), next(), next(), next());
-            let (bq, bk, bv) = if config.qkv_bias { (Some(next()), Some(next()), Some(next())) } else { (None, None, None) };
+            let (bq, bk, bv) = if config.qkv_bias {
+                (Some(next()), Some(next()), Some(next()))
+            } else {
+                (None, None, None)
+            };
             let (wo, ffn_norm, w_gate, w_up, w_down) = (next(), next(), next(), next(), next());
-            layers.push(LayerWeights { attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, w_gate, w_up, w_down });
+            layers.push(LayerWeights {
+                attn_norm,
+                wq,
+                wk,
+                wv,
+                bq,
+                bk,
+                bv,
+                wo,
+                ffn_norm,
+                w_gate,
+                w_up,
+                w_down,
+            });
         }
         let norm = next();
         let lm_head = if config.tie_embeddings { embed } else { next() };
@@ -201,8 +270,18 @@ impl<B: Backend> ModelBuilder<B> {
         let kv = KvCache::new(&mut backend, &config, opts.kv_dtype, opts.block_size, blocks)?;
         let inv_freq = backend.alloc(DType::F32, config.head_dim / 2)?;
         backend.write(inv_freq, bytemuck::cast_slice(&config.rope_inv_freq()))?;
-        let act = Activations::alloc(&mut backend, &config, opts.max_step_tokens.min(context).max(1))?;
-        Ok(Model { config, stats: ModelStats::default(), backend, weights, kv, inv_freq, act, context })
+        let act =
+            Activations::alloc(&mut backend, &config, opts.max_step_tokens.min(context).max(1))?;
+        Ok(Model {
+            config,
+            stats: ModelStats::default(),
+            backend,
+            weights,
+            kv,
+            inv_freq,
+            act,
+            context,
+        })
     }
 }
 

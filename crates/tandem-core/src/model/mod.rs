@@ -8,8 +8,8 @@ pub mod stream;
 mod weights;
 
 pub use builder::ModelBuilder;
-pub use step::{Chunk, ChunkOut, RowWant};
 use step::Activations;
+pub use step::{Chunk, ChunkOut, RowWant};
 pub use stream::{ModelStream, StreamedModel};
 pub use weights::{LayerWeights, Weight, Weights};
 
@@ -40,7 +40,14 @@ pub struct ModelOptions {
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { weight_dtype: None, kv_dtype: DType::F32, context: 2048, block_size: 16, max_step_tokens: 256, kv_blocks: None }
+        ModelOptions {
+            weight_dtype: None,
+            kv_dtype: DType::F32,
+            context: 2048,
+            block_size: 16,
+            max_step_tokens: 256,
+            kv_blocks: None,
+        }
     }
 }
 
@@ -113,7 +120,13 @@ impl<B: Backend> Model<B> {
     /// reads the logits back and draws the same token on the host.
     pub fn samples_on_device(&self) -> bool {
         let width = self.config.vocab_size;
-        let probe = Sample { x: self.act.logits, params: self.act.params, out: self.act.token, n: 1, width };
+        let probe = Sample {
+            x: self.act.logits,
+            params: self.act.params,
+            out: self.act.token,
+            n: 1,
+            width,
+        };
         self.backend.supports(&Op::Sample(probe))
     }
 
@@ -128,7 +141,12 @@ impl<B: Backend> Model<B> {
     /// Feeds `tokens` after `seq`'s context and returns what `want` asks for: one sequence,
     /// alone in its steps. Long inputs run in several steps; a single token after a context is
     /// a decode row, anything else prompt rows. On error, `seq` is left as it was.
-    pub async fn forward(&mut self, seq: &mut Sequence, tokens: &[u32], want: Want) -> Result<Output> {
+    pub async fn forward(
+        &mut self,
+        seq: &mut Sequence,
+        tokens: &[u32],
+        want: Want,
+    ) -> Result<Output> {
         if tokens.is_empty() {
             return Err(Error::InvalidParameter("forward needs at least one token".into()));
         }
@@ -145,7 +163,12 @@ impl<B: Backend> Model<B> {
         result
     }
 
-    async fn forward_chunks(&mut self, seq: &mut Sequence, tokens: &[u32], want: Want) -> Result<Output> {
+    async fn forward_chunks(
+        &mut self,
+        seq: &mut Sequence,
+        tokens: &[u32],
+        want: Want,
+    ) -> Result<Output> {
         self.kv.reserve(seq, seq.len + tokens.len())?;
         let decode = tokens.len() == 1 && seq.len > 0;
         let mut all = Vec::new();
@@ -157,7 +180,13 @@ impl<B: Backend> Model<B> {
                 _ if !last => RowWant::None,
                 Want::Argmax => RowWant::Token(SampleRow::greedy()),
                 Want::Sample { temperature, top_k, top_p, min_p, uniform } => {
-                    RowWant::Token(SampleRow { temperature, top_k: top_k.min(u32::MAX as usize) as u32, top_p, min_p, uniform })
+                    RowWant::Token(SampleRow {
+                        temperature,
+                        top_k: top_k.min(u32::MAX as usize) as u32,
+                        top_p,
+                        min_p,
+                        uniform,
+                    })
                 }
                 Want::LastLogits => RowWant::Logits,
             };

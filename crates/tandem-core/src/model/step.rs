@@ -129,7 +129,11 @@ impl Activations {
         let (token, params) = match (token, params) {
             (Ok(t), Ok(p)) => (t, p),
             (t, p) => {
-                for id in [Some(last), Some(logits), t.as_ref().ok().copied(), p.as_ref().ok().copied()].into_iter().flatten() {
+                for id in
+                    [Some(last), Some(logits), t.as_ref().ok().copied(), p.as_ref().ok().copied()]
+                        .into_iter()
+                        .flatten()
+                {
                     b.free(id);
                 }
                 return Err(t.err().or(p.err()).expect("one failed"));
@@ -138,7 +142,8 @@ impl Activations {
         for old in [self.last, self.logits, self.token, self.params] {
             b.free(old);
         }
-        (self.last, self.logits, self.token, self.params, self.head_rows) = (last, logits, token, params, rows);
+        (self.last, self.logits, self.token, self.params, self.head_rows) =
+            (last, logits, token, params, rows);
         Ok(())
     }
 
@@ -167,7 +172,10 @@ impl<B: Backend> Model<B> {
     pub async fn step(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<ChunkOut>> {
         self.check_chunks(chunks)?;
         // Decode rows first (batch invariance needs them as a leading block of rows).
-        let order: Vec<usize> = (0..chunks.len()).filter(|&i| chunks[i].decode).chain((0..chunks.len()).filter(|&i| !chunks[i].decode)).collect();
+        let order: Vec<usize> = (0..chunks.len())
+            .filter(|&i| chunks[i].decode)
+            .chain((0..chunks.len()).filter(|&i| !chunks[i].decode))
+            .collect();
         // Head rows: sampled tokens first (the Sample op covers rows 0..tokens), then logits.
         let mut head = vec![];
         let mut row = 0;
@@ -186,12 +194,18 @@ impl<B: Backend> Model<B> {
                 }
             }
         }
-        let samples: Vec<SampleRow> = head.iter().flat_map(|h| match chunks[h.chunk].want {
-            RowWant::Token(p) => vec![p],
-            RowWant::Tokens(r) => r.to_vec(),
-            _ => vec![],
-        }).collect();
-        let token_heads = head.iter().filter(|h| matches!(chunks[h.chunk].want, RowWant::Token(_) | RowWant::Tokens(_))).count();
+        let samples: Vec<SampleRow> = head
+            .iter()
+            .flat_map(|h| match chunks[h.chunk].want {
+                RowWant::Token(p) => vec![p],
+                RowWant::Tokens(r) => r.to_vec(),
+                _ => vec![],
+            })
+            .collect();
+        let token_heads = head
+            .iter()
+            .filter(|h| matches!(chunks[h.chunk].want, RowWant::Token(_) | RowWant::Tokens(_)))
+            .count();
         self.act.grow_head(&mut self.backend, &self.config, row.max(1))?;
         let step = self.record(chunks, &order, &head, &samples)?;
         self.backend.execute(&step)?;
@@ -212,7 +226,8 @@ impl<B: Backend> Model<B> {
         let vocab = self.config.vocab_size;
         for h in &head[token_heads..] {
             self.stats.read_bytes += 4 * (h.rows * vocab) as u64;
-            let logits = self.backend.read_f32(self.act.logits, h.row * vocab, h.rows * vocab).await?;
+            let logits =
+                self.backend.read_f32(self.act.logits, h.row * vocab, h.rows * vocab).await?;
             outs[h.chunk] = ChunkOut::Logits(logits);
         }
         Ok(outs)
@@ -229,20 +244,30 @@ impl<B: Backend> Model<B> {
                 return bad("a chunk has no tokens".into());
             }
             if let Some(&t) = c.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-                return bad(format!("token id {t} is outside the vocabulary of {}", self.config.vocab_size));
+                return bad(format!(
+                    "token id {t} is outside the vocabulary of {}",
+                    self.config.vocab_size
+                ));
             }
             let end = c.seq.len + c.tokens.len();
             if end > self.context {
                 return Err(Error::PromptTooLong { prompt: end, context: self.context });
             }
             if c.seq.blocks.len() * self.kv.block_size < end {
-                return bad(format!("a sequence holds blocks for {} positions, not {end}", c.seq.blocks.len() * self.kv.block_size));
+                return bad(format!(
+                    "a sequence holds blocks for {} positions, not {end}",
+                    c.seq.blocks.len() * self.kv.block_size
+                ));
             }
             match c.want {
                 RowWant::Token(p) => p.check()?,
                 RowWant::Tokens(rows) => {
                     if rows.is_empty() || rows.len() > c.tokens.len() {
-                        return bad(format!("a chunk of {} tokens asks for {} rows' tokens", c.tokens.len(), rows.len()));
+                        return bad(format!(
+                            "a chunk of {} tokens asks for {} rows' tokens",
+                            c.tokens.len(),
+                            rows.len()
+                        ));
                     }
                     rows.iter().try_for_each(SampleRow::check)?;
                 }
@@ -254,9 +279,16 @@ impl<B: Backend> Model<B> {
 
     /// Records the step: uploads, every layer over all tokens, then the head over the gathered
     /// rows.
-    fn record(&mut self, chunks: &[Chunk<'_>], order: &[usize], head: &[HeadRows], samples: &[SampleRow]) -> Result<Step> {
+    fn record(
+        &mut self,
+        chunks: &[Chunk<'_>],
+        order: &[usize],
+        head: &[HeadRows],
+        samples: &[SampleRow],
+    ) -> Result<Step> {
         let bs = self.kv.block_size;
-        let (mut ids, mut positions, mut slots, mut starts, mut tables) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut ids, mut positions, mut slots, mut starts, mut tables) =
+            (vec![], vec![], vec![], vec![], vec![]);
         // Row of each chunk's first token in the step.
         let mut first = vec![0; chunks.len()];
         for &i in order {
@@ -285,23 +317,72 @@ impl<B: Backend> Model<B> {
         step.write_u32(a.starts, &starts);
         step.write_u32(a.tables, &tables);
 
-        let matmul = |x: BufId, w: &Weight, bias: Option<Weight>, out: BufId, n: usize, decode_rows: usize| {
-            Op::Matmul(Matmul { x, w: w.buf, wdtype: w.dtype, bias: bias.map(|b| b.buf), out, n, k: w.cols, m: w.rows, decode_rows })
+        let matmul = |x: BufId,
+                      w: &Weight,
+                      bias: Option<Weight>,
+                      out: BufId,
+                      n: usize,
+                      decode_rows: usize| {
+            Op::Matmul(Matmul {
+                x,
+                w: w.buf,
+                wdtype: w.dtype,
+                bias: bias.map(|b| b.buf),
+                out,
+                n,
+                k: w.cols,
+                m: w.rows,
+                decode_rows,
+            })
         };
-        let norm = |x: BufId, w: &Weight, out: BufId, n: usize| Op::RmsNorm(RmsNorm { x, weight: w.buf, out, n, dim, eps: c.rms_norm_eps });
+        let norm = |x: BufId, w: &Weight, out: BufId, n: usize| {
+            Op::RmsNorm(RmsNorm { x, weight: w.buf, out, n, dim, eps: c.rms_norm_eps })
+        };
         let d = decode_rows;
 
-        step.push(Op::Embed(Embed { table: w.embed.buf, dtype: w.embed.dtype, ids: a.ids, out: a.x, n, vocab: c.vocab_size, dim }));
+        step.push(Op::Embed(Embed {
+            table: w.embed.buf,
+            dtype: w.embed.dtype,
+            ids: a.ids,
+            out: a.x,
+            n,
+            vocab: c.vocab_size,
+            dim,
+        }));
         for (l, lw) in w.layers.iter().enumerate() {
             // Attention block.
             step.push(norm(a.x, &lw.attn_norm, a.xb, n));
             step.push(matmul(a.xb, &lw.wq, lw.bq, a.q, n, d));
             step.push(matmul(a.xb, &lw.wk, lw.bk, a.k, n, d));
             step.push(matmul(a.xb, &lw.wv, lw.bv, a.v, n, d));
-            step.push(Op::Rope(Rope { x: a.q, positions: a.positions, inv_freq: self.inv_freq, n, heads, head_dim: hd }));
-            step.push(Op::Rope(Rope { x: a.k, positions: a.positions, inv_freq: self.inv_freq, n, heads: kvh, head_dim: hd }));
+            step.push(Op::Rope(Rope {
+                x: a.q,
+                positions: a.positions,
+                inv_freq: self.inv_freq,
+                n,
+                heads,
+                head_dim: hd,
+            }));
+            step.push(Op::Rope(Rope {
+                x: a.k,
+                positions: a.positions,
+                inv_freq: self.inv_freq,
+                n,
+                heads: kvh,
+                head_dim: hd,
+            }));
             let (cache_k, cache_v, kv_dtype) = (self.kv.k[l], self.kv.v[l], self.kv.dtype);
-            step.push(Op::KvWrite(KvWrite { k: a.k, v: a.v, cache_k, cache_v, kv_dtype, slots: a.slots, n, kv_heads: kvh, head_dim: hd }));
+            step.push(Op::KvWrite(KvWrite {
+                k: a.k,
+                v: a.v,
+                cache_k,
+                cache_v,
+                kv_dtype,
+                slots: a.slots,
+                n,
+                kv_heads: kvh,
+                head_dim: hd,
+            }));
             step.push(Op::Attention(Attention {
                 q: a.q,
                 cache_k,
@@ -327,7 +408,12 @@ impl<B: Backend> Model<B> {
             step.push(norm(a.x, &lw.ffn_norm, a.xb, n));
             step.push(matmul(a.xb, &lw.w_gate, None, a.gate, n, d));
             step.push(matmul(a.xb, &lw.w_up, None, a.up, n, d));
-            step.push(Op::Swiglu(Swiglu { gate: a.gate, up: a.up, out: a.hidden, len: n * c.ffn_dim }));
+            step.push(Op::Swiglu(Swiglu {
+                gate: a.gate,
+                up: a.up,
+                out: a.hidden,
+                len: n * c.ffn_dim,
+            }));
             step.push(matmul(a.hidden, &lw.w_down, None, a.xb2, n, d));
             step.push(Op::Add(Add { x: a.x, y: a.xb2, len: n * dim }));
         }
@@ -338,27 +424,52 @@ impl<B: Backend> Model<B> {
             for h in head {
                 let c = &chunks[h.chunk];
                 let src_row = first[h.chunk] + c.tokens.len() - h.rows;
-                step.push(Op::CopyRows(CopyRows { src: a.x, dst: a.last, src_row, dst_row: h.row, n_rows: h.rows, width: dim }));
+                step.push(Op::CopyRows(CopyRows {
+                    src: a.x,
+                    dst: a.last,
+                    src_row,
+                    dst_row: h.row,
+                    n_rows: h.rows,
+                    width: dim,
+                }));
             }
             step.push(norm(a.last, &w.norm, a.xb, rows));
             step.push(matmul(a.xb, &w.lm_head, None, a.logits, rows, rows));
             let t = samples.len();
             if samples.iter().all(|p| p.temperature == 0.0) && t > 0 {
-                step.push(Op::Argmax(Argmax { x: a.logits, out: a.token, n: t, width: c.vocab_size }));
+                step.push(Op::Argmax(Argmax {
+                    x: a.logits,
+                    out: a.token,
+                    n: t,
+                    width: c.vocab_size,
+                }));
             } else if t > 0 {
                 step.write_u32(a.params, &SampleRow::to_words(samples));
-                step.push(Op::Sample(Sample { x: a.logits, params: a.params, out: a.token, n: t, width: c.vocab_size }));
+                step.push(Op::Sample(Sample {
+                    x: a.logits,
+                    params: a.params,
+                    out: a.token,
+                    n: t,
+                    width: c.vocab_size,
+                }));
             }
             // What `step` reads next, so a GPU can stage it in the step's own submission.
             if t > 0 {
                 step.read_back.push((a.token, 0, 4 * t));
             }
             if rows > t {
-                step.read_back.push((a.logits, 4 * t * c.vocab_size, 4 * (rows - t) * c.vocab_size));
+                step.read_back.push((
+                    a.logits,
+                    4 * t * c.vocab_size,
+                    4 * (rows - t) * c.vocab_size,
+                ));
             }
         }
         if let Some(op) = step.ops.iter().find(|op| !self.backend.supports(op)) {
-            return Err(Error::Unsupported { backend: self.backend.name(), op: format!("{} ({op:?})", op.name()) });
+            return Err(Error::Unsupported {
+                backend: self.backend.name(),
+                op: format!("{} ({op:?})", op.name()),
+            });
         }
         Ok(step)
     }

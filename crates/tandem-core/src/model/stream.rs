@@ -80,7 +80,10 @@ struct Target<B: Backend> {
 
 impl<B: Backend> Target<B> {
     fn start(&mut self, config: ModelConfig) -> Result<()> {
-        let backend = self.backend.take().ok_or_else(|| Error::bad_file("model", "the model's weights already began loading"))?;
+        let backend = self
+            .backend
+            .take()
+            .ok_or_else(|| Error::bad_file("model", "the model's weights already began loading"))?;
         self.builder = Some(ModelBuilder::new(backend, config, &self.opts)?);
         Ok(())
     }
@@ -108,9 +111,14 @@ impl<B: Backend> TensorSink for Target<B> {
     }
 
     fn put(&mut self, name: &str, tensor: HostTensor) -> Result<()> {
-        let builder = self.builder.as_mut().ok_or_else(|| Error::bad_file(name, "a tensor arrived before the model's config"))?;
+        let builder = self
+            .builder
+            .as_mut()
+            .ok_or_else(|| Error::bad_file(name, "a tensor arrived before the model's config"))?;
         match &self.gguf {
-            Some(file) if name == GgufFile::ROPE_FREQS => builder.update_config(|c| file.apply_rope_freqs(c, &tensor)),
+            Some(file) if name == GgufFile::ROPE_FREQS => {
+                builder.update_config(|c| file.apply_rope_freqs(c, &tensor))
+            }
             _ => builder.put(name, tensor),
         }
     }
@@ -136,15 +144,26 @@ fn base_name(name: &str) -> &str {
 impl<B: Backend> ModelStream<B> {
     /// Tensors will be uploaded to `backend` as they arrive.
     pub fn new(backend: B, opts: &ModelOptions) -> Self {
-        let target = Target { backend: Some(backend), opts: opts.clone(), builder: None, gguf: None };
-        ModelStream { target, open: None, small: Vec::new(), given: Vec::new(), ggufs: 0, shards: 0 }
+        let target =
+            Target { backend: Some(backend), opts: opts.clone(), builder: None, gguf: None };
+        ModelStream {
+            target,
+            open: None,
+            small: Vec::new(),
+            given: Vec::new(),
+            ggufs: 0,
+            shards: 0,
+        }
     }
 
     /// Starts the file `name` (a path or URL's last segment is what counts), of `len` bytes if
     /// known. HF files must come config.json first, shards last.
     pub fn begin_file(&mut self, name: &str, len: Option<u64>) -> Result<()> {
         if let Some((open, _)) = &self.open {
-            return Err(Error::bad_file(name, format!("'{open}' is still open: end it before the next file begins")));
+            return Err(Error::bad_file(
+                name,
+                format!("'{open}' is still open: end it before the next file begins"),
+            ));
         }
         let base = base_name(name).to_string();
         self.given.push(base.clone());
@@ -154,7 +173,10 @@ impl<B: Backend> ModelStream<B> {
             self.start_shard(&base, len)?
         } else if let Some(role) = small_role(&base) {
             if let Some(len) = len.filter(|&n| n > SMALL_FILE_LIMIT as u64) {
-                return Err(Error::bad_file(&base, format!("{len} bytes is too large for a config, tokenizer or template file")));
+                return Err(Error::bad_file(
+                    &base,
+                    format!("{len} bytes is too large for a config, tokenizer or template file"),
+                ));
             }
             Open::Small(role, Vec::new())
         } else {
@@ -167,17 +189,30 @@ impl<B: Backend> ModelStream<B> {
     fn gguf_stream(&mut self, name: &str, len: Option<u64>) -> Result<Open> {
         self.ggufs += 1;
         if self.ggufs > 1 {
-            return Err(Error::bad_file("model", format!("{} GGUF files were given ({}); a model is one GGUF file", self.ggufs, self.given.join(", "))));
+            return Err(Error::bad_file(
+                "model",
+                format!(
+                    "{} GGUF files were given ({}); a model is one GGUF file",
+                    self.ggufs,
+                    self.given.join(", ")
+                ),
+            ));
         }
         if self.shards > 0 {
-            return Err(Error::bad_file(name, "a GGUF file and .safetensors files were both given; give one or the other"));
+            return Err(Error::bad_file(
+                name,
+                "a GGUF file and .safetensors files were both given; give one or the other",
+            ));
         }
         Ok(Open::Gguf(GgufStream::new(name, len)))
     }
 
     fn start_shard(&mut self, name: &str, len: Option<u64>) -> Result<Open> {
         if self.ggufs > 0 {
-            return Err(Error::bad_file(name, "a GGUF file and .safetensors files were both given; give one or the other"));
+            return Err(Error::bad_file(
+                name,
+                "a GGUF file and .safetensors files were both given; give one or the other",
+            ));
         }
         if self.target.builder.is_none() {
             let text = self.small_text(Small::Config).ok_or_else(|| {
@@ -191,7 +226,10 @@ impl<B: Backend> ModelStream<B> {
 
     fn small_text(&self, role: Small) -> Option<Result<String>> {
         let (_, bytes) = self.small.iter().find(|(r, _)| *r == role)?;
-        Some(String::from_utf8(bytes.clone()).map_err(|_| Error::bad_file(role.file_name(), "not UTF-8 text")))
+        Some(
+            String::from_utf8(bytes.clone())
+                .map_err(|_| Error::bad_file(role.file_name(), "not UTF-8 text")),
+        )
     }
 
     /// The next bytes of the open file; tensors they complete are uploaded before this returns.
@@ -204,7 +242,10 @@ impl<B: Backend> ModelStream<B> {
             Open::Shard(s) => s.push(chunk, &mut self.target),
             Open::Small(_, buf) => {
                 if buf.len() + chunk.len() > SMALL_FILE_LIMIT {
-                    return Err(Error::bad_file(name.as_str(), "too large for a config, tokenizer or template file"));
+                    return Err(Error::bad_file(
+                        name.as_str(),
+                        "too large for a config, tokenizer or template file",
+                    ));
                 }
                 buf.extend_from_slice(chunk);
                 Ok(())
@@ -264,27 +305,35 @@ impl<B: Backend> ModelStream<B> {
             return Err(Error::bad_file("model", "no files were given"));
         }
         if self.ggufs > 0 {
-            let (file, builder) = self
-                .target
-                .gguf
-                .take()
-                .zip(self.target.builder.take())
-                .ok_or_else(|| Error::bad_file("model", "the GGUF file ended before its header was complete"))?;
-            return Ok(StreamedModel { model: builder.finish()?, format: format!("gguf v{}", file.version), tokenizer: TokenizerSource::Gguf(file) });
+            let (file, builder) =
+                self.target.gguf.take().zip(self.target.builder.take()).ok_or_else(|| {
+                    Error::bad_file("model", "the GGUF file ended before its header was complete")
+                })?;
+            return Ok(StreamedModel {
+                model: builder.finish()?,
+                format: format!("gguf v{}", file.version),
+                tokenizer: TokenizerSource::Gguf(file),
+            });
         }
         let given = self.given.join(", ");
         let missing = |what: &str| {
             Error::bad_file("model", format!("{what} is missing: give one .gguf file, or config.json + tokenizer.json + *.safetensors (got {given})"))
         };
-        let take = |small: &mut Vec<(Small, Vec<u8>)>, role| small.iter().position(|(r, _)| *r == role).map(|i| small.swap_remove(i).1);
+        let take = |small: &mut Vec<(Small, Vec<u8>)>, role| {
+            small.iter().position(|(r, _)| *r == role).map(|i| small.swap_remove(i).1)
+        };
         if !self.small.iter().any(|(r, _)| *r == Small::Config) {
             return Err(missing("config.json"));
         }
-        let tokenizer_json = take(&mut self.small, Small::TokenizerJson).ok_or_else(|| missing("tokenizer.json"))?;
-        let mut builder = self.target.builder.take().ok_or_else(|| missing("a .safetensors file"))?;
+        let tokenizer_json =
+            take(&mut self.small, Small::TokenizerJson).ok_or_else(|| missing("tokenizer.json"))?;
+        let mut builder =
+            self.target.builder.take().ok_or_else(|| missing("a .safetensors file"))?;
         if let Some(text) = self.small_text(Small::GenerationConfig) {
             let text = text?;
-            builder.update_config(|c| merge_generation_eos_json(Path::new("generation_config.json"), &text, c))?;
+            builder.update_config(|c| {
+                merge_generation_eos_json(Path::new("generation_config.json"), &text, c)
+            })?;
         }
         let chat_template = self.small_text(Small::ChatTemplate).transpose()?;
         let tokenizer_config = take(&mut self.small, Small::TokenizerConfig);

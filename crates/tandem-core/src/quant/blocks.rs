@@ -236,7 +236,8 @@ mod tests {
             assert_eq!(padded.len(), d.storage_bytes(3 * l.elems), "{d}");
             assert_eq!(to_ggml(d, &padded, 3), raw, "{d}");
             for b in 0..3 {
-                let pad = &padded[b * l.stride + l.pad_at..b * l.stride + l.pad_at + l.stride - l.ggml_bytes];
+                let pad = &padded
+                    [b * l.stride + l.pad_at..b * l.stride + l.pad_at + l.stride - l.ggml_bytes];
                 assert!(pad.iter().all(|&x| x == 0), "{d}");
             }
             assert!(from_ggml(d, vec![0; l.ggml_bytes + 1]).is_none(), "{d}");
@@ -250,7 +251,8 @@ mod tests {
             let mut bytes: Vec<u8> = (0..2 * l.stride).map(|i| (i * 131 + 17) as u8).collect();
             for b in 0..2 {
                 for &f in f16_fields(d) {
-                    bytes[b * l.stride + f..b * l.stride + f + 2].copy_from_slice(&f16::from_f32(0.01 * (b + 1) as f32).to_le_bytes());
+                    bytes[b * l.stride + f..b * l.stride + f + 2]
+                        .copy_from_slice(&f16::from_f32(0.01 * (b + 1) as f32).to_le_bytes());
                 }
             }
             let v = BlockView::new(d, 2 * l.elems, &bytes);

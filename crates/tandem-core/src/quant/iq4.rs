@@ -3,7 +3,8 @@
 use super::blocks::{f16_at, Format};
 
 /// The 16 levels a 4-bit index selects (ggml's `kvalues_iq4nl`).
-pub const IQ4_LEVELS: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub const IQ4_LEVELS: [i8; 16] =
+    [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 /// Index of element j (0..32) in 16 bytes: low nibbles hold 0..16, high nibbles 16..32.
 #[inline(always)]

@@ -120,7 +120,11 @@ fn fit_affine(x: &[f32]) -> (f32, f32) {
         }
         // Least squares of x on (q, 1): x ≈ a q + c with c = -b <= 0.
         let det = n * sqq - sq * sq;
-        let (mut a, mut c) = if det > 0.0 { ((n * sxq - sq * sx) / det, (sqq * sx - sq * sxq) / det) } else { (a, lo) };
+        let (mut a, mut c) = if det > 0.0 {
+            ((n * sxq - sq * sx) / det, (sqq * sx - sq * sxq) / det)
+        } else {
+            (a, lo)
+        };
         if c > 0.0 {
             // The min cannot add: fit the scale alone through zero.
             c = 0.0;
@@ -334,7 +338,9 @@ mod tests {
         let mut rng = Rng::new(7);
         let x = normal(&mut rng, 256 * 64, 0.02);
         let errs: Vec<(DType, f32)> =
-            [DType::Q4_K, DType::Q6_K, DType::Q5_0, DType::Q4_0, DType::Q4_1, DType::Q8_0].map(|d| (d, rel_rms(&x, &round_trip(&x, d)))).into();
+            [DType::Q4_K, DType::Q6_K, DType::Q5_0, DType::Q4_0, DType::Q4_1, DType::Q8_0]
+                .map(|d| (d, rel_rms(&x, &round_trip(&x, d))))
+                .into();
         eprintln!("relative RMS round-trip error: {errs:?}");
         let err = |d: DType| errs.iter().find(|e| e.0 == d).unwrap().1;
         for (d, bound) in [(DType::Q4_K, 0.0755), (DType::Q6_K, 0.0175), (DType::Q5_0, 0.0422)] {
@@ -352,7 +358,11 @@ mod tests {
             assert!(round_trip(&[0.0; 512], d).iter().all(|&v| v == 0.0), "{d}");
             for c in [0.37f32, -0.37, 1e4] {
                 let y = round_trip(&[c; 256], d);
-                assert!(y.iter().all(|v| (v - c).abs() <= c.abs() * 2e-3), "{d} constant {c}: {:?}", &y[..4]);
+                assert!(
+                    y.iter().all(|v| (v - c).abs() <= c.abs() * 2e-3),
+                    "{d} constant {c}: {:?}",
+                    &y[..4]
+                );
             }
             // Negative only: Q4_K carries the offset in its min; the symmetric types spend
             // half their levels on the unused sign. Measured: Q4_K 0.0105, Q6_K 0.0097, Q5_0
@@ -394,7 +404,10 @@ mod tests {
                 // Tiny blocks may flush to zero (the f16 scales cannot reach them) but never
                 // blow up.
                 for (a, b) in x.iter().zip(&y) {
-                    assert!(b.is_finite() && b.abs() <= 4.0 * a.abs().max(scale) + 1e-6, "{d} scale {scale}: {a} -> {b}");
+                    assert!(
+                        b.is_finite() && b.abs() <= 4.0 * a.abs().max(scale) + 1e-6,
+                        "{d} scale {scale}: {a} -> {b}"
+                    );
                 }
             }
         }

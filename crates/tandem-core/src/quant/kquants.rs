@@ -124,7 +124,9 @@ impl Format for Q5K {
     #[inline(always)]
     fn levels(blk: &[u8], out: &mut [f32]) {
         let mask = &blk[16..48];
-        for (c, (o, qs)) in out[..256].chunks_exact_mut(64).zip(blk[48..176].chunks_exact(32)).enumerate() {
+        for (c, (o, qs)) in
+            out[..256].chunks_exact_mut(64).zip(blk[48..176].chunks_exact(32)).enumerate()
+        {
             let (lo, hi) = o.split_at_mut(32);
             for (l, ((lv, hv), &b)) in lo.iter_mut().zip(hi).zip(qs).enumerate() {
                 *lv = ((b & 0x0f) | (((mask[l] >> (2 * c)) & 1) << 4)) as f32;

@@ -74,7 +74,8 @@ pub fn encode_refusal(dtype: DType, shape: &[usize]) -> Option<String> {
     }
     let cols = shape.last().copied().unwrap_or(1);
     let elems = dtype.block_layout().map_or(1, |l| l.elems);
-    (elems == 256 && cols % 256 != 0).then(|| format!("rows of {cols} elements are not whole {dtype} blocks of 256"))
+    (elems == 256 && cols % 256 != 0)
+        .then(|| format!("rows of {cols} elements are not whole {dtype} blocks of 256"))
 }
 
 fn quantize_into(src: &[f32], dtype: DType, out: &mut [u8]) {
@@ -117,9 +118,11 @@ fn quantize_into(src: &[f32], dtype: DType, out: &mut [u8]) {
             }
             _ => unreachable!(),
         };
-        out[l.d_offset + 2 * b..l.d_offset + 2 * b + 2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        out[l.d_offset + 2 * b..l.d_offset + 2 * b + 2]
+            .copy_from_slice(&f16::from_f32(d).to_le_bytes());
         if dtype == DType::Q4_1 {
-            out[l.m_offset + 2 * b..l.m_offset + 2 * b + 2].copy_from_slice(&f16::from_f32(m).to_le_bytes());
+            out[l.m_offset + 2 * b..l.m_offset + 2 * b + 2]
+                .copy_from_slice(&f16::from_f32(m).to_le_bytes());
         }
     }
 }
@@ -142,7 +145,10 @@ pub fn decode(bytes: &[u8], dtype: DType, numel: usize) -> Vec<f32> {
             .chunks_exact(2)
             .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        DType::BF16 => bytes[..numel * 2].chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        DType::BF16 => bytes[..numel * 2]
+            .chunks_exact(2)
+            .map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
         q if q.block_layout().is_some() => {
             let mut out = vec![0f32; numel];
             BlockView::new(q, numel, bytes).decode_range(0, &mut out);
@@ -164,7 +170,13 @@ mod tests {
     #[test]
     fn round_trip_error_is_bounded_per_block() {
         let src: Vec<f32> = (0..100).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
-        for (dtype, rel) in [(DType::F16, 1e-3), (DType::BF16, 1.0 / 256.0), (DType::Q8_0, 1.0 / 127.0), (DType::Q4_0, 1.0 / 8.0), (DType::Q4_1, 1.0 / 15.0)] {
+        for (dtype, rel) in [
+            (DType::F16, 1e-3),
+            (DType::BF16, 1.0 / 256.0),
+            (DType::Q8_0, 1.0 / 127.0),
+            (DType::Q4_0, 1.0 / 8.0),
+            (DType::Q4_1, 1.0 / 15.0),
+        ] {
             let back = decode(&encode(&src, dtype), dtype, src.len());
             let amax = src.iter().fold(0f32, |a, x| a.max(x.abs()));
             for (a, b) in src.iter().zip(&back) {
@@ -184,8 +196,12 @@ mod tests {
         assert_eq!(bits(-2.5), 0xc020);
         assert!(decode(&encode(&[f32::NAN], DType::BF16), DType::BF16, 1)[0].is_nan());
         // A NaN whose payload lies only in the low 16 bits must not round to infinity.
-        assert!(decode(&encode(&[f32::from_bits(0x7f80_0001)], DType::BF16), DType::BF16, 1)[0].is_nan());
-        assert_eq!(decode(&encode(&[f32::INFINITY, -0.0], DType::BF16), DType::BF16, 2), [f32::INFINITY, -0.0]);
+        assert!(decode(&encode(&[f32::from_bits(0x7f80_0001)], DType::BF16), DType::BF16, 1)[0]
+            .is_nan());
+        assert_eq!(
+            decode(&encode(&[f32::INFINITY, -0.0], DType::BF16), DType::BF16, 2),
+            [f32::INFINITY, -0.0]
+        );
         assert_eq!(DType::BF16.storage_bytes(3), 8);
     }
 

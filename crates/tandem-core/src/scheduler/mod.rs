@@ -22,10 +22,10 @@ use std::borrow::{Borrow, BorrowMut};
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 
-pub use request::{Event, RequestId, Usage};
-pub use speculate::{ngram_draft, Drafter, Speculation, MAX_DRAFT_TOKENS};
 pub use crate::sampling::TokenLogprobs;
 use request::SeqState;
+pub use request::{Event, RequestId, Usage};
+pub use speculate::{ngram_draft, Drafter, Speculation, MAX_DRAFT_TOKENS};
 
 use crate::backend::Backend;
 use crate::generate::{FinishReason, GenerateParams};
@@ -65,7 +65,11 @@ pub struct SchedulerStats {
 
 /// Generic over how it holds the model and the tokenizer: owned (a server's scheduler lives as
 /// long as its model) or borrowed (one generation on a caller's model, [`crate::generate`]).
-pub struct Scheduler<B: Backend, M: BorrowMut<Model<B>> = Model<B>, T: Borrow<Tokenizer> = std::sync::Arc<Tokenizer>> {
+pub struct Scheduler<
+    B: Backend,
+    M: BorrowMut<Model<B>> = Model<B>,
+    T: Borrow<Tokenizer> = std::sync::Arc<Tokenizer>,
+> {
     model: M,
     tokenizer: T,
     config: SchedulerConfig,
@@ -100,7 +104,10 @@ enum Want {
     Token(SampleRow),
     /// One token per row of a verification; `peeked` when the rows used the request's next
     /// random draws, which are taken only for the tokens it emits.
-    Tokens { rows: Vec<SampleRow>, peeked: bool },
+    Tokens {
+        rows: Vec<SampleRow>,
+        peeked: bool,
+    },
     Logits,
     AllLogits,
 }
@@ -108,9 +115,14 @@ enum Want {
 impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T> {
     pub fn new(model: M, tokenizer: T, config: SchedulerConfig) -> Result<Self> {
         if config.max_seqs == 0 || config.max_batched_tokens == 0 {
-            return Err(Error::InvalidParameter("max_seqs and max_batched_tokens must be > 0".into()));
+            return Err(Error::InvalidParameter(
+                "max_seqs and max_batched_tokens must be > 0".into(),
+            ));
         }
-        let config = SchedulerConfig { max_batched_tokens: config.max_batched_tokens.min(model.borrow().max_step_tokens()), ..config };
+        let config = SchedulerConfig {
+            max_batched_tokens: config.max_batched_tokens.min(model.borrow().max_step_tokens()),
+            ..config
+        };
         Ok(Scheduler {
             model,
             tokenizer,
@@ -128,7 +140,10 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
     /// Turns speculative decoding on (or off with `None`) for the sequences that decode from
     /// now on; returns the previous setting (a draft model with it). Refuses a draft model
     /// whose vocabulary or context does not fit the target.
-    pub fn set_speculation(&mut self, spec: Option<Speculation<B>>) -> Result<Option<Speculation<B>>> {
+    pub fn set_speculation(
+        &mut self,
+        spec: Option<Speculation<B>>,
+    ) -> Result<Option<Speculation<B>>> {
         if let Some(s) = &spec {
             s.check(self.model.borrow())?;
         }
@@ -147,7 +162,9 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
     /// Prefix-cached blocks stay in the pool, as they would for its next request.
     pub fn into_model(self) -> Result<M> {
         if self.has_work() {
-            return Err(Error::InvalidParameter("the scheduler still has requests: finish or abort them first".into()));
+            return Err(Error::InvalidParameter(
+                "the scheduler still has requests: finish or abort them first".into(),
+            ));
         }
         Ok(self.model)
     }
@@ -186,14 +203,22 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         }
         let vocab = self.model().config.vocab_size;
         if let Some(&t) = prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::InvalidParameter(format!("token id {t} is outside the vocabulary of {vocab}")));
+            return Err(Error::InvalidParameter(format!(
+                "token id {t} is outside the vocabulary of {vocab}"
+            )));
         }
         let (context, pool) = (self.model().context(), self.model().kv.capacity());
         if prompt.len() > context {
             return Err(Error::PromptTooLong { prompt: prompt.len(), context });
         }
         let tokens = prompt.len().saturating_add(params.max_tokens);
-        let too_large = |limit, what| Error::RequestTooLarge { tokens, prompt: prompt.len(), max_tokens: params.max_tokens, limit, what };
+        let too_large = |limit, what| Error::RequestTooLarge {
+            tokens,
+            prompt: prompt.len(),
+            max_tokens: params.max_tokens,
+            limit,
+            what,
+        };
         if tokens > context {
             return Err(too_large(context, "the context"));
         }
@@ -321,7 +346,13 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
     /// tokens in order (a verification's while they equal its draft, and the one after),
     /// stopping at the first that ends the request. Rolls back the cache positions of
     /// rejected draft tokens. Returns how the request ended, if it did.
-    fn take_outputs(&mut self, p: &Planned, out: ChunkOut, peeked: bool, events: &mut Vec<(RequestId, Event)>) -> Option<Result<FinishReason>> {
+    fn take_outputs(
+        &mut self,
+        p: &Planned,
+        out: ChunkOut,
+        peeked: bool,
+        events: &mut Vec<(RequestId, Event)>,
+    ) -> Option<Result<FinishReason>> {
         let vocab = self.model().config.vocab_size;
         let context = self.model().context();
         let s = &mut self.running[p.seq];
@@ -342,7 +373,11 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
                 ChunkOut::Logits(logits) => {
                     // A verification reads every row's logits; a decode only its one row. The
                     // host draws row i after the tokens before it, as plain decoding would.
-                    let mut row = if rows > 1 { logits[i * vocab..(i + 1) * vocab].to_vec() } else { logits.clone() };
+                    let mut row = if rows > 1 {
+                        logits[i * vocab..(i + 1) * vocab].to_vec()
+                    } else {
+                        logits.clone()
+                    };
                     let (prompt, generated) = s.tokens.split_at(s.prompt_len);
                     s.sampler.sample_with_logprobs(&mut row, prompt, generated)
                 }
@@ -407,12 +442,25 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         }
         let rows = p.draft.len() + 1;
         if sp.temperature == 0.0 {
-            return if verify { Want::Tokens { rows: vec![SampleRow::greedy(); rows], peeked: false } } else { Want::Token(SampleRow::greedy()) };
+            return if verify {
+                Want::Tokens { rows: vec![SampleRow::greedy(); rows], peeked: false }
+            } else {
+                Want::Token(SampleRow::greedy())
+            };
         }
         let top_k = sp.top_k.min(u32::MAX as usize) as u32;
-        let row = |uniform| SampleRow { temperature: sp.temperature, top_k, top_p: sp.top_p, min_p: sp.min_p, uniform };
+        let row = |uniform| SampleRow {
+            temperature: sp.temperature,
+            top_k,
+            top_p: sp.top_p,
+            min_p: sp.min_p,
+            uniform,
+        };
         if verify {
-            Want::Tokens { rows: s.sampler.peek_uniforms(rows).into_iter().map(row).collect(), peeked: true }
+            Want::Tokens {
+                rows: s.sampler.peek_uniforms(rows).into_iter().map(row).collect(),
+                peeked: true,
+            }
         } else {
             Want::Token(row(s.sampler.next_uniform()))
         }
@@ -436,13 +484,21 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             let s = &mut self.running[i];
             let end = s.computed() + len;
             self.model.borrow_mut().kv.reserve(&mut s.kv, end).expect("room was made");
-            plan.push(Planned { seq: i, len, decode, samples: s.computed() + len - k == s.tokens.len(), k, draft });
+            plan.push(Planned {
+                seq: i,
+                len,
+                decode,
+                samples: s.computed() + len - k == s.tokens.len(),
+                k,
+                draft,
+            });
             budget -= len;
             i += 1;
         }
         while budget > 0 && plan.len() < self.config.max_seqs && self.running.len() == i {
             let Some(mut s) = self.waiting.pop_front() else { break };
-            let cached = self.model.borrow_mut().kv.take_cached_prefix(&mut s.kv, &s.tokens, s.prompt_len);
+            let cached =
+                self.model.borrow_mut().kv.take_cached_prefix(&mut s.kv, &s.tokens, s.prompt_len);
             // Admitted only if the blocks of everything still to compute can be had now.
             let kv = &mut self.model.borrow_mut().kv;
             if kv.blocks_needed(&s.kv, s.tokens.len()) > kv.free_blocks() {
@@ -455,7 +511,14 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             let (len, decode) = next_chunk(&s, budget);
             let end = s.computed() + len;
             self.model.borrow_mut().kv.reserve(&mut s.kv, end).expect("checked above");
-            plan.push(Planned { seq: self.running.len(), len, decode, samples: s.computed() + len == s.tokens.len(), k: 0, draft: vec![] });
+            plan.push(Planned {
+                seq: self.running.len(),
+                len,
+                decode,
+                samples: s.computed() + len == s.tokens.len(),
+                k: 0,
+                draft: vec![],
+            });
             budget -= len;
             self.running.push(s);
             i += 1;
@@ -475,7 +538,12 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         }
         let context = self.model().context();
         let left = s.params.max_tokens.saturating_sub(s.generated() + 1);
-        let mut k = s.spec.k(spec.max_draft).min(budget - 1).min(left).min(context.saturating_sub(s.tokens.len()));
+        let mut k = s
+            .spec
+            .k(spec.max_draft)
+            .min(budget - 1)
+            .min(left)
+            .min(context.saturating_sub(s.tokens.len()));
         let kv = &self.model().kv;
         while k > 0 && kv.blocks_needed(&s.kv, s.tokens.len() + k) > kv.free_blocks() {
             k -= 1;

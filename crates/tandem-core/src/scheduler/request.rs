@@ -4,9 +4,9 @@
 
 use web_time::Instant;
 
+use super::speculate::SpecState;
 use crate::generate::{FinishReason, GenerateParams};
 use crate::kv::Sequence;
-use super::speculate::SpecState;
 use crate::sampling::{Sampler, TokenLogprobs};
 use crate::tokenizer::{Detokenizer, StopStrings, Tokenizer};
 use crate::Error;
@@ -106,7 +106,13 @@ impl SeqState {
     }
 
     /// Takes a generated token: its events, and the finish reason if it ends the request.
-    pub fn push_token(&mut self, tok: &Tokenizer, id: u32, logprobs: Option<TokenLogprobs>, context: usize) -> crate::Result<(Event, Option<FinishReason>)> {
+    pub fn push_token(
+        &mut self,
+        tok: &Tokenizer,
+        id: u32,
+        logprobs: Option<TokenLogprobs>,
+        context: usize,
+    ) -> crate::Result<(Event, Option<FinishReason>)> {
         let now = Instant::now();
         if self.first_token.is_none() {
             self.first_token = Some(now);
@@ -115,7 +121,10 @@ impl SeqState {
         self.tokens.push(id);
         self.usage.generated_tokens = self.generated();
         if !self.params.ignore_eos && tok.eos_ids().contains(&id) {
-            return Ok((Event::Token { id, text: String::new(), logprobs }, Some(FinishReason::Eos)));
+            return Ok((
+                Event::Token { id, text: String::new(), logprobs },
+                Some(FinishReason::Eos),
+            ));
         }
         let piece = self.detok.push(tok, id)?;
         let (text, stopped) = self.stops.push(&piece);

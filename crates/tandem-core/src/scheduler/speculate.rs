@@ -74,7 +74,10 @@ impl<B: Backend> Speculation<B> {
     /// model whose vocabulary or context differs.
     pub(super) fn check(&self, target: &Model<B>) -> Result<()> {
         if !(1..=MAX_DRAFT_TOKENS).contains(&self.max_draft) {
-            return Err(Error::InvalidParameter(format!("draft tokens must be 1 to {MAX_DRAFT_TOKENS}, got {}", self.max_draft)));
+            return Err(Error::InvalidParameter(format!(
+                "draft tokens must be 1 to {MAX_DRAFT_TOKENS}, got {}",
+                self.max_draft
+            )));
         }
         if let Drafter::Model(d) = &self.drafter {
             if d.config.vocab_size != target.config.vocab_size {
@@ -83,7 +86,9 @@ impl<B: Backend> Speculation<B> {
             }
             if d.context() < target.context() {
                 let (dc, tc) = (d.context(), target.context());
-                return Err(Error::InvalidParameter(format!("the draft model's context ({dc}) is shorter than the target's ({tc})")));
+                return Err(Error::InvalidParameter(format!(
+                    "the draft model's context ({dc}) is shorter than the target's ({tc})"
+                )));
             }
         }
         Ok(())
@@ -146,7 +151,12 @@ struct DraftJob {
     proposes: bool,
 }
 
-impl<B: Backend, M: std::borrow::BorrowMut<Model<B>>, T: std::borrow::Borrow<crate::tokenizer::Tokenizer>> Scheduler<B, M, T> {
+impl<
+        B: Backend,
+        M: std::borrow::BorrowMut<Model<B>>,
+        T: std::borrow::Borrow<crate::tokenizer::Tokenizer>,
+    > Scheduler<B, M, T>
+{
     /// Runs the draft model for every planned verification that wants a model's draft (`p.k
     /// > 0` with an empty draft) until each has its `k` tokens: first catching its cache up
     /// on the sequence's tokens (prompt positions as prompt rows, generated ones as decode
@@ -176,12 +186,25 @@ impl<B: Backend, M: std::borrow::BorrowMut<Model<B>>, T: std::borrow::Borrow<cra
                 let s = &mut running[p.seq];
                 let total = s.tokens.len() + p.draft.len();
                 let at = s.spec.draft_kv.len;
-                let (end, decode) = if at < s.prompt_len { (s.prompt_len.min(at + budget), false) } else { (total.min(at + budget), true) };
+                let (end, decode) = if at < s.prompt_len {
+                    (s.prompt_len.min(at + budget), false)
+                } else {
+                    (total.min(at + budget), true)
+                };
                 if draft.kv.reserve(&mut s.spec.draft_kv, end).is_err() {
                     p.k = p.draft.len();
                     continue;
                 }
-                let tokens: Vec<u32> = (at..end).map(|i| if i < s.tokens.len() { s.tokens[i] } else { p.draft[i - s.tokens.len()] }).collect();
+                let tokens: Vec<u32> =
+                    (at..end)
+                        .map(|i| {
+                            if i < s.tokens.len() {
+                                s.tokens[i]
+                            } else {
+                                p.draft[i - s.tokens.len()]
+                            }
+                        })
+                        .collect();
                 budget -= tokens.len();
                 jobs.push(DraftJob { plan: j, tokens, decode, proposes: end == total });
             }

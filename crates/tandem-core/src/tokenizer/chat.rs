@@ -53,14 +53,22 @@ pub(super) fn render(
     }
     let mut env = Environment::new();
     // HF renders with trim_blocks and lstrip_blocks on; templates are written for that.
-    let syntax = SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(|e| Error::ChatTemplate(describe(&e)))?;
-    let template = super::chat_guard::guard_stores(template, syntax.clone()).map_err(Error::ChatTemplate)?;
+    let syntax = SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .build()
+        .map_err(|e| Error::ChatTemplate(describe(&e)))?;
+    let template =
+        super::chat_guard::guard_stores(template, syntax.clone()).map_err(Error::ChatTemplate)?;
     env.set_syntax(syntax);
     env.add_function(super::chat_guard::STORE, super::chat_guard::store_fn());
     env.set_fuel(Some(TEMPLATE_FUEL));
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
-        Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        },
+    );
     env.set_unknown_method_callback(python_method);
     // minijinja's tojson serializes the whole value before charging fuel for it.
     env.add_filter("tojson", tojson);
@@ -70,7 +78,8 @@ pub(super) fn render(
         bos_token => bos_token,
         eos_token => eos_token,
     };
-    let compiled = env.template_from_str(&template).map_err(|e| Error::ChatTemplate(describe(&e)))?;
+    let compiled =
+        env.template_from_str(&template).map_err(|e| Error::ChatTemplate(describe(&e)))?;
     let mut out = Capped(Vec::new());
     // Only whether it worked: the captured state borrows the environment.
     let rendered = compiled.render_captured_to(ctx, &mut out).map(|_| ());
@@ -116,7 +125,11 @@ fn too_large(what: &str) -> minijinja::Error {
 /// minijinja's `tojson`, refused up front when its result would pass the render's limit: the
 /// indent is bounded, and the value is walked (items and string bytes counted, stopping at the
 /// limit) before it is serialized. A list repeated 10^8 times is one small value until then.
-fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
+fn tojson(
+    value: &Value,
+    indent: Option<Value>,
+    kwargs: Kwargs,
+) -> std::result::Result<Value, minijinja::Error> {
     let width = match &indent {
         Some(v) => v.as_usize(),
         None => kwargs.peek::<Option<Value>>("indent")?.and_then(|v| v.as_usize()),
@@ -144,10 +157,15 @@ fn fits(v: &Value, budget: &mut usize, depth: usize) -> bool {
     }
     *budget -= cost;
     match v.kind() {
-        ValueKind::Seq | ValueKind::Iterable => v.try_iter().is_ok_and(|mut items| items.all(|x| fits(&x, budget, depth + 1))),
-        ValueKind::Map => v
-            .try_iter()
-            .is_ok_and(|mut keys| keys.all(|k| fits(&k, budget, depth + 1) && v.get_item(&k).is_ok_and(|x| fits(&x, budget, depth + 1)))),
+        ValueKind::Seq | ValueKind::Iterable => {
+            v.try_iter().is_ok_and(|mut items| items.all(|x| fits(&x, budget, depth + 1)))
+        }
+        ValueKind::Map => v.try_iter().is_ok_and(|mut keys| {
+            keys.all(|k| {
+                fits(&k, budget, depth + 1)
+                    && v.get_item(&k).is_ok_and(|x| fits(&x, budget, depth + 1))
+            })
+        }),
         _ => true,
     }
 }
@@ -185,13 +203,17 @@ fn python_method(
         }
     };
     let unknown = || {
-        minijinja::Error::new(ErrorKind::UnknownMethod, format!("{:?} has no method {method}", value.kind()))
+        minijinja::Error::new(
+            ErrorKind::UnknownMethod,
+            format!("{:?} has no method {method}", value.kind()),
+        )
     };
     match value.kind() {
         ValueKind::String => {
             let s = value.as_str().unwrap_or_default();
             let chars: Option<Vec<char>> = arg_str(0)?.map(|c| c.chars().collect());
-            let strip_set = |c: char| chars.as_ref().map_or(c.is_whitespace(), |set| set.contains(&c));
+            let strip_set =
+                |c: char| chars.as_ref().map_or(c.is_whitespace(), |set| set.contains(&c));
             Ok(match method {
                 "strip" => Value::from(s.trim_matches(strip_set)),
                 "lstrip" => Value::from(s.trim_start_matches(strip_set)),
@@ -202,13 +224,22 @@ fn python_method(
                 "endswith" => Value::from(arg_str(0)?.is_some_and(|p| s.ends_with(p))),
                 "replace" => match (arg_str(0)?, arg_str(1)?) {
                     (Some(from), Some(to)) => {
-                        let n = if from.is_empty() { s.chars().count() + 1 } else { s.matches(from).count() };
+                        let n = if from.is_empty() {
+                            s.chars().count() + 1
+                        } else {
+                            s.matches(from).count()
+                        };
                         if s.len().saturating_add(n.saturating_mul(to.len())) > MAX_RENDERED_BYTES {
                             return Err(too_large("replace() result"));
                         }
                         Value::from(s.replace(from, to))
                     }
-                    _ => return Err(minijinja::Error::new(ErrorKind::MissingArgument, "replace(old, new)")),
+                    _ => {
+                        return Err(minijinja::Error::new(
+                            ErrorKind::MissingArgument,
+                            "replace(old, new)",
+                        ))
+                    }
                 },
                 "split" => {
                     let parts: Vec<Value> = match arg_str(0)? {
@@ -238,7 +269,11 @@ fn python_method(
             "get" => {
                 let key = args.first().cloned().unwrap_or_default();
                 let v = value.get_item(&key)?;
-                Ok(if v.is_undefined() { args.get(1).cloned().unwrap_or(Value::from(())) } else { v })
+                Ok(if v.is_undefined() {
+                    args.get(1).cloned().unwrap_or(Value::from(()))
+                } else {
+                    v
+                })
             }
             _ => Err(unknown()),
         },

@@ -52,7 +52,8 @@ pub(super) fn guard_stores(template: &str, syntax: SyntaxConfig) -> Result<Strin
             return Err(format!("line {line}: an attribute assigned together with other targets ({{% set a, ns.b = ... %}}); tandem renders one attribute per set"));
         }
         let last_dot = target.iter().rposition(|t| matches!(t.0, Token::Dot)).expect("dotted");
-        let base = &template[target[0].1.start_offset as usize..target[last_dot].1.start_offset as usize];
+        let base =
+            &template[target[0].1.start_offset as usize..target[last_dot].1.start_offset as usize];
         let mut end = j + 1;
         while end < tokens.len() && !matches!(tokens[end].0, Token::BlockEnd) {
             end += 1;
@@ -64,7 +65,8 @@ pub(super) fn guard_stores(template: &str, syntax: SyntaxConfig) -> Result<Strin
         inserts.push((tokens[end].1.start_offset as usize, ")) ".to_string()));
         i = end;
     }
-    let mut out = String::with_capacity(template.len() + inserts.iter().map(|x| x.1.len()).sum::<usize>());
+    let mut out =
+        String::with_capacity(template.len() + inserts.iter().map(|x| x.1.len()).sum::<usize>());
     let mut at = 0;
     for (offset, text) in inserts {
         out.push_str(&template[at..offset]);
@@ -77,7 +79,8 @@ pub(super) fn guard_stores(template: &str, syntax: SyntaxConfig) -> Result<Strin
 
 /// The [`STORE`] function for one render: `value` unless it holds `target` or is nested
 /// deeper than [`MAX_DEPTH`] (or the walk runs out of the render's budget).
-pub(super) fn store_fn() -> impl Fn(Value, Value) -> Result<Value, minijinja::Error> + Send + Sync + 'static {
+pub(super) fn store_fn(
+) -> impl Fn(Value, Value) -> Result<Value, minijinja::Error> + Send + Sync + 'static {
     let budget = Arc::new(AtomicUsize::new(WALK_BUDGET));
     move |target: Value, value: Value| {
         let mut left = budget.load(Ordering::Relaxed);

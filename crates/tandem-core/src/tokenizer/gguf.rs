@@ -36,7 +36,10 @@ pub(super) fn build(meta: &GgufMetadata) -> Result<(tokenizers::Tokenizer, Extra
         return Err(Error::Tokenizer("GGUF tokenizer.ggml.tokens is empty".into()));
     }
     if tokens.len() > MAX_VOCAB {
-        return Err(Error::Tokenizer(format!("GGUF has {} tokens, more than the {MAX_VOCAB} tandem accepts", tokens.len())));
+        return Err(Error::Tokenizer(format!(
+            "GGUF has {} tokens, more than the {MAX_VOCAB} tandem accepts",
+            tokens.len()
+        )));
     }
     let types: Vec<i64> = match meta.get("tokenizer.ggml.token_type") {
         Some(v) => int_array(v, "tokenizer.ggml.token_type")?,
@@ -63,10 +66,16 @@ pub(super) fn build(meta: &GgufMetadata) -> Result<(tokenizers::Tokenizer, Extra
         .map_err(|e| Error::Tokenizer(format!("building the GGUF {model} tokenizer: {e}")))?;
 
     let n = tokens.len();
-    let id = |key: &str| -> Result<Option<u32>> { Ok(get_u32(meta, key)?.filter(|&i| (i as usize) < n)) };
+    let id = |key: &str| -> Result<Option<u32>> {
+        Ok(get_u32(meta, key)?.filter(|&i| (i as usize) < n))
+    };
     let bos = id("tokenizer.ggml.bos_token_id")?;
     let mut eos: Vec<u32> = Vec::new();
-    for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+    for key in [
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.eot_token_id",
+        "tokenizer.ggml.eom_token_id",
+    ] {
         if let Some(i) = id(key)? {
             push_unique(&mut eos, i);
         }
@@ -113,7 +122,9 @@ fn vocab_map(tokens: &[String]) -> serde_json::Map<String, Value> {
 fn gpt2_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Value> {
     let merges = match meta.get("tokenizer.ggml.merges") {
         Some(v) => str_array(v, "tokenizer.ggml.merges")?,
-        None => return Err(Error::Tokenizer("GGUF gpt2 tokenizer has no tokenizer.ggml.merges".into())),
+        None => {
+            return Err(Error::Tokenizer("GGUF gpt2 tokenizer has no tokenizer.ggml.merges".into()))
+        }
     };
     // Byte-level pieces never contain a real space, so the first space (after the first char,
     // as llama.cpp splits) separates the pair. Both halves and what they merge into must be in
@@ -129,10 +140,14 @@ fn gpt2_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Va
             };
             let (a, b) = (&m[..start + p], &m[start + p + 1..]);
             if let Some(missing) = [a, b].into_iter().find(|t| !known.contains(t)) {
-                return Err(Error::Tokenizer(format!("GGUF merge '{m}': '{missing}' is not in the vocabulary")));
+                return Err(Error::Tokenizer(format!(
+                    "GGUF merge '{m}': '{missing}' is not in the vocabulary"
+                )));
             }
             if !known.contains(format!("{a}{b}").as_str()) {
-                return Err(Error::Tokenizer(format!("GGUF merge '{m}': '{a}{b}' is not in the vocabulary")));
+                return Err(Error::Tokenizer(format!(
+                    "GGUF merge '{m}': '{a}{b}' is not in the vocabulary"
+                )));
             }
             Ok(json!([a, b]))
         })
@@ -144,12 +159,14 @@ fn gpt2_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Va
     // Llama 3's tokenizer.json sets ignore_merges: a word that is itself in the vocabulary is
     // one token even when the merges would not build it.
     let (pre_tokenizer, ignore_merges) = match pre {
-        "llama-bpe" | "llama3" | "smaug-bpe" => {
-            (json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}), true)
-        }
-        "qwen2" => {
-            (json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}), false)
-        }
+        "llama-bpe" | "llama3" | "smaug-bpe" => (
+            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}),
+            true,
+        ),
+        "qwen2" => (
+            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}),
+            false,
+        ),
         "smollm" | "starcoder" | "refact" => (
             json!({"type": "Sequence", "pretokenizers": [
                 {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
@@ -190,8 +207,14 @@ fn spm_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Val
                 _ => Err(Error::Tokenizer("GGUF tokenizer.ggml.scores holds non-floats".into())),
             })
             .collect::<Result<_>>()?,
-        Some(_) => return Err(Error::Tokenizer("GGUF tokenizer.ggml.scores is not an array".into())),
-        None => return Err(Error::Tokenizer("GGUF llama tokenizer has no tokenizer.ggml.scores".into())),
+        Some(_) => {
+            return Err(Error::Tokenizer("GGUF tokenizer.ggml.scores is not an array".into()))
+        }
+        None => {
+            return Err(Error::Tokenizer(
+                "GGUF llama tokenizer has no tokenizer.ggml.scores".into(),
+            ))
+        }
     };
     if scores.len() != tokens.len() {
         return Err(Error::Tokenizer(format!(
@@ -200,8 +223,10 @@ fn spm_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Val
             scores.len()
         )));
     }
-    let unk =
-        types.iter().position(|&t| t == TYPE_UNKNOWN).or_else(|| tokens.iter().position(|t| t == "<unk>"));
+    let unk = types
+        .iter()
+        .position(|&t| t == TYPE_UNKNOWN)
+        .or_else(|| tokens.iter().position(|t| t == "<unk>"));
 
     // HF's SentencePieceExtractor: every split of a piece into two vocabulary pieces is a merge,
     // ranked by the merged piece's score (highest first); ties keep vocabulary order, and a
@@ -233,13 +258,16 @@ fn spm_json(meta: &GgufMetadata, tokens: &[String], types: &[i64]) -> Result<Val
         let mut local: Vec<(usize, usize, f32)> = piece
             .char_indices()
             .skip(1)
-            .filter_map(|(at, _)| Some((*ids.get(&piece[..at])?, *ids.get(&piece[at..])?, scores[i])))
+            .filter_map(|(at, _)| {
+                Some((*ids.get(&piece[..at])?, *ids.get(&piece[at..])?, scores[i]))
+            })
             .collect();
         local.sort_by_key(|&(l, r, _)| (l, r));
         merges.extend(local);
     }
     merges.sort_by(|a, b| b.2.total_cmp(&a.2));
-    let merges: Vec<Value> = merges.iter().map(|&(l, r, _)| json!([tokens[l], tokens[r]])).collect();
+    let merges: Vec<Value> =
+        merges.iter().map(|&(l, r, _)| json!([tokens[l], tokens[r]])).collect();
 
     // SentencePiece adds a "▁" before the text unless the model was trained without it.
     let add_space_prefix = get_bool(meta, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
@@ -330,9 +358,10 @@ fn str_array(v: &GgufValue, key: &str) -> Result<Vec<String>> {
 
 fn int_array(v: &GgufValue, key: &str) -> Result<Vec<i64>> {
     match v {
-        GgufValue::Array(a) => {
-            a.iter().map(|x| as_int(x).ok_or_else(|| wrong_type(key, "an array of integers", x))).collect()
-        }
+        GgufValue::Array(a) => a
+            .iter()
+            .map(|x| as_int(x).ok_or_else(|| wrong_type(key, "an array of integers", x)))
+            .collect(),
         other => Err(wrong_type(key, "an array of integers", other)),
     }
 }

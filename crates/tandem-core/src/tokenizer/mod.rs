@@ -80,7 +80,8 @@ impl Tokenizer {
         };
         // Newer HF exports keep the template in its own file beside the config.
         let dir = tokenizer_config.or(Some(tokenizer_json)).and_then(Path::parent);
-        let template_file = match dir.map(|d| d.join("chat_template.jinja")).filter(|p| p.is_file()) {
+        let template_file = match dir.map(|d| d.join("chat_template.jinja")).filter(|p| p.is_file())
+        {
             Some(p) => Some(std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?),
             None => None,
         };
@@ -104,8 +105,17 @@ impl Tokenizer {
     /// The same from bytes already in memory (a browser's files): tokenizer.json, and
     /// tokenizer_config.json and chat_template.jinja when present (the latter is used only when
     /// the config carries no template).
-    pub fn from_bytes(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>, chat_template: Option<String>) -> Result<Self> {
-        Self::from_bytes_labeled(tokenizer_json, tokenizer_config, chat_template, ("tokenizer.json", "tokenizer_config.json"))
+    pub fn from_bytes(
+        tokenizer_json: &[u8],
+        tokenizer_config: Option<&[u8]>,
+        chat_template: Option<String>,
+    ) -> Result<Self> {
+        Self::from_bytes_labeled(
+            tokenizer_json,
+            tokenizer_config,
+            chat_template,
+            ("tokenizer.json", "tokenizer_config.json"),
+        )
     }
 
     fn from_bytes_labeled(
@@ -117,7 +127,10 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
             .map_err(|e| Error::Tokenizer(format!("{label}: {e}")))?;
         if inner.get_vocab_size(true) > MAX_VOCAB {
-            return Err(Error::Tokenizer(format!("{label}: {} tokens, more than the {MAX_VOCAB} tandem accepts", inner.get_vocab_size(true))));
+            return Err(Error::Tokenizer(format!(
+                "{label}: {} tokens, more than the {MAX_VOCAB} tandem accepts",
+                inner.get_vocab_size(true)
+            )));
         }
         let config = match tokenizer_config {
             Some(bytes) => {
@@ -151,15 +164,22 @@ impl Tokenizer {
                 push_unique(&mut eos, id);
             }
         }
-        let add_bos = match config.as_ref().and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool()) {
+        let add_bos = match config
+            .as_ref()
+            .and_then(|c| c.get("add_bos_token"))
+            .and_then(|v| v.as_bool())
+        {
             Some(b) => b,
             // No explicit flag (Llama 3): ask the file's own post-processor whether it adds BOS.
             None => bos.is_some_and(|b| {
                 inner.encode("a", true).map(|e| e.get_ids().first() == Some(&b)).unwrap_or(false)
             }),
         };
-        let chat_template =
-            config.as_ref().and_then(|c| c.get("chat_template")).and_then(template_from_json).or(template_file);
+        let chat_template = config
+            .as_ref()
+            .and_then(|c| c.get("chat_template"))
+            .and_then(template_from_json)
+            .or(template_file);
         Ok(Self::assemble(inner, Extras { bos, eos, add_bos, chat_template }))
     }
 
@@ -211,7 +231,8 @@ impl Tokenizer {
                 MAX_TEXT_BYTES >> 20
             )));
         }
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
+        let enc =
+            self.inner.encode(text, false).map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -236,7 +257,9 @@ impl Tokenizer {
     /// must): the same vocabulary size, end-of-sequence ids and encoding of a sample text.
     pub fn interchangeable(&self, other: &Tokenizer) -> Result<bool> {
         let sample = "The quick brown fox, 42 times: \"héllo\"!\n";
-        Ok(self.vocab == other.vocab && self.eos_ids == other.eos_ids && self.encode(sample)? == other.encode(sample)?)
+        Ok(self.vocab == other.vocab
+            && self.eos_ids == other.eos_ids
+            && self.encode(sample)? == other.encode(sample)?)
     }
 
     /// Whether a plain prompt should get BOS prepended.
@@ -277,12 +300,23 @@ impl Tokenizer {
 /// Renders `template` as [`Tokenizer::apply_chat_template`] does, without a tokenizer (the fuzz
 /// targets' entry point).
 #[doc(hidden)]
-pub fn render_chat_template(template: &str, messages: &[ChatMessage], add_generation_prompt: bool, bos: &str, eos: &str) -> Result<String> {
+pub fn render_chat_template(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos: &str,
+    eos: &str,
+) -> Result<String> {
     chat::render(template, messages, add_generation_prompt, bos, eos)
 }
 
 fn special_ids(inner: &tokenizers::Tokenizer) -> HashSet<u32> {
-    inner.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect()
+    inner
+        .get_added_tokens_decoder()
+        .into_iter()
+        .filter(|(_, t)| t.special)
+        .map(|(id, _)| id)
+        .collect()
 }
 
 fn push_unique(v: &mut Vec<u32>, id: u32) {
@@ -299,7 +333,10 @@ fn template_from_json(v: &serde_json::Value) -> Option<String> {
     }
     let list = v.as_array()?;
     let named = |n: &str| list.iter().find(|t| t.get("name").and_then(|x| x.as_str()) == Some(n));
-    named("default").or_else(|| list.first()).and_then(|t| t.get("template")?.as_str()).map(str::to_owned)
+    named("default")
+        .or_else(|| list.first())
+        .and_then(|t| t.get("template")?.as_str())
+        .map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -47,7 +47,5 @@ pub(crate) fn reference(x: &[f32], out: &mut [u32], width: usize) {
 
 /// Rows in parallel; each row is one scan (argmax runs once per step on the logits).
 pub(crate) fn fast(ex: Exec, x: &[f32], out: &mut [u32], width: usize) {
-    ex.for_chunks(out, 1, |i, o| {
-        o[0] = row_argmax(&x[i * width..(i + 1) * width])
-    });
+    ex.for_chunks(out, 1, |i, o| o[0] = row_argmax(&x[i * width..(i + 1) * width]));
 }

@@ -26,7 +26,6 @@
 
 mod bf16;
 mod blocks;
-mod group;
 #[cfg(target_arch = "x86_64")]
 mod blocks_avx2;
 #[cfg(target_arch = "x86_64")]
@@ -35,6 +34,7 @@ mod decode_avx2;
 mod decode_avx512;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod decode_simd128;
+mod group;
 #[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
 mod prefill;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -89,7 +89,9 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
                     }
                     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
                     match w {
-                        Weight::Q(q) if prefill_i16_simd128::applies(q.dtype, k) => prefill_i16_simd128::prefill(ex, xp, q, bias, op_, n - d, k, m),
+                        Weight::Q(q) if prefill_i16_simd128::applies(q.dtype, k) => {
+                            prefill_i16_simd128::prefill(ex, xp, q, bias, op_, n - d, k, m)
+                        }
                         _ => prefill_simd128::prefill(ex, xp, w, bias, op_, n - d, k, m),
                     }
                     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
@@ -113,7 +115,9 @@ pub(crate) fn wasm_self_check() -> std::result::Result<(), String> {
 /// Q8_0/Q4 decode and prompt rows (`decode_simd128`, `prefill_i16_simd128`), x86's Q8_0/Q4
 /// decode rows (`decode_avx2`) and Q8_0 prompt rows on AVX-512 VNNI ([`vnni_prompt_rows`]).
 pub(crate) fn i16_class(op: &Matmul, avx2: bool) -> bool {
-    let blocks = matches!(op.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) && op.k % QBLOCK == 0 && op.k > 0;
+    let blocks = matches!(op.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+        && op.k % QBLOCK == 0
+        && op.k > 0;
     let x86_decode = cfg!(target_arch = "x86_64") && avx2 && op.decode_rows > 0;
     // wasm: all of such an op's rows, decode and prompt.
     (blocks && (SIMD128 || x86_decode)) || vnni_prompt_rows(op, avx2)
@@ -156,7 +160,16 @@ pub(crate) fn reference(
 /// d decode rows: x: [d, k]; out: [d, m]. One row takes the one-token kernels directly;
 /// several run them chunk by chunk of weight rows (see the module doc).
 #[allow(clippy::too_many_arguments)]
-fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], d: usize, k: usize, m: usize) {
+fn decode(
+    ex: Exec,
+    x: &[f32],
+    w: Weight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    d: usize,
+    k: usize,
+    m: usize,
+) {
     if d == 0 || m == 0 {
         return;
     }
@@ -177,7 +190,8 @@ fn decode(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32],
             return blocks::decode_batch(ex, x, b, bias, out, d, k, m);
         }
     }
-    let preps: Vec<XPrep> = x.chunks_exact(k.max(1)).map(|xi| XPrep::for_weight(w, xi, ex.avx2)).collect();
+    let preps: Vec<XPrep> =
+        x.chunks_exact(k.max(1)).map(|xi| XPrep::for_weight(w, xi, ex.avx2)).collect();
     // `general`'s rows are the same dot products for any number of tokens.
     let general_route = matches!(Route::of(w, k), Route::General);
     let c = chunk_rows(m, ex.threads(), 16);
@@ -266,7 +280,16 @@ impl<'a> Route<'a> {
 
 /// Rows r0..r0 + out.len() of one token's product, with the one-token kernels' arithmetic.
 #[allow(clippy::too_many_arguments)]
-fn token_rows(avx2: bool, x: &[f32], prep: &XPrep, w: Weight, bias: Option<&[f32]>, k: usize, r0: usize, out: &mut [f32]) {
+fn token_rows(
+    avx2: bool,
+    x: &[f32],
+    prep: &XPrep,
+    w: Weight,
+    bias: Option<&[f32]>,
+    k: usize,
+    r0: usize,
+    out: &mut [f32],
+) {
     match Route::of(w, k) {
         Route::Quant(q) => quant_rows(avx2, q, x, prep, k, r0, out),
         Route::Bf16(v) => bf16::rows_dispatch(avx2, x, &v[r0 * k..(r0 + out.len()) * k], out),
@@ -308,9 +331,15 @@ impl XPrep {
             even: vec![],
             odd: vec![],
             sums: vec![],
-            #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
+            #[cfg(any(
+                target_arch = "x86_64",
+                all(target_arch = "wasm32", target_feature = "simd128")
+            ))]
             ints: vec![],
-            #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
+            #[cfg(any(
+                target_arch = "x86_64",
+                all(target_arch = "wasm32", target_feature = "simd128")
+            ))]
             scales: vec![],
         }
     }
@@ -340,7 +369,10 @@ impl XPrep {
             self.sums.extend(x.chunks_exact(QBLOCK).map(|b| b.iter().sum::<f32>()));
             self.sums.resize(nb.next_multiple_of(8), 0.0);
         }
-        #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
+        #[cfg(any(
+            target_arch = "x86_64",
+            all(target_arch = "wasm32", target_feature = "simd128")
+        ))]
         {
             self.ints.clear();
             self.scales.clear();
@@ -413,7 +445,14 @@ fn int_split(x: &[f32], order: Order, pairs: bool, lo: bool) -> (Vec<i16>, Vec<f
 
 /// [`int_split`] into `ints` and `scales` (replacing their contents, keeping their capacity).
 #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
-fn int_split_into(x: &[f32], order: Order, pairs: bool, lo: bool, ints: &mut Vec<i16>, scales: &mut Vec<f32>) {
+fn int_split_into(
+    x: &[f32],
+    order: Order,
+    pairs: bool,
+    lo: bool,
+    ints: &mut Vec<i16>,
+    scales: &mut Vec<f32>,
+) {
     match lo {
         true => split::<true>(x, order, pairs, ints, scales),
         false => split::<false>(x, order, pairs, ints, scales),
@@ -422,7 +461,13 @@ fn int_split_into(x: &[f32], order: Order, pairs: bool, lo: bool, ints: &mut Vec
 
 /// [`int_split`], with or without the lo half.
 #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
-fn split<const LO: bool>(x: &[f32], order: Order, pairs: bool, ints: &mut Vec<i16>, scales: &mut Vec<f32>) {
+fn split<const LO: bool>(
+    x: &[f32],
+    order: Order,
+    pairs: bool,
+    ints: &mut Vec<i16>,
+    scales: &mut Vec<f32>,
+) {
     let nb = x.len() / QBLOCK;
     let per = if LO { 64 } else { 32 };
     let len = if pairs { nb.next_multiple_of(2) * per } else { nb * per };
@@ -517,7 +562,15 @@ fn decode_quant(
 /// of rows of whole blocks, from each token's split: the batched decode kernels where there
 /// are some, the one-token rows token by token otherwise; either way each token's result is
 /// what the one-token kernel gives it (as [`decode`]'s rows).
-fn quant_tokens(avx2: bool, q: QuantView, x: &[f32], preps: &[XPrep], k: usize, r0: usize, out: &mut [f32]) {
+fn quant_tokens(
+    avx2: bool,
+    q: QuantView,
+    x: &[f32],
+    preps: &[XPrep],
+    k: usize,
+    r0: usize,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         return quant_batch(q, preps, k, r0, out);
@@ -562,14 +615,7 @@ fn quant_rows(
     // Scales of the chunk's blocks as f32 once, rather than one f16 conversion per block.
     let mut d = vec![0f32; b_end - b_start];
     q.d[b_start..b_end].convert_to_f32_slice(&mut d);
-    let mut mins = vec![
-        0f32;
-        if q.dtype == DType::Q4_1 {
-            b_end - b_start
-        } else {
-            0
-        }
-    ];
+    let mut mins = vec![0f32; if q.dtype == DType::Q4_1 { b_end - b_start } else { 0 }];
     if q.dtype == DType::Q4_1 {
         q.m[b_start..b_end].convert_to_f32_slice(&mut mins);
     }
@@ -617,17 +663,11 @@ fn dot_q8(qs: &[u8], d: &[f32], x: &[f32]) -> f32 {
 fn dot_q4(qs: &[u8], d: &[f32], mins: Option<&[f32]>, p: &XPrep) -> f32 {
     let mut acc = [0f32; 8];
     let mut offset = 0f32;
-    for (b, ((q, e), o)) in qs
-        .chunks_exact(16)
-        .zip(p.even.chunks_exact(16))
-        .zip(p.odd.chunks_exact(16))
-        .enumerate()
+    for (b, ((q, e), o)) in
+        qs.chunks_exact(16).zip(p.even.chunks_exact(16)).zip(p.odd.chunks_exact(16)).enumerate()
     {
-        let (q, e, o): (&[u8; 16], &[f32; 16], &[f32; 16]) = (
-            q.try_into().unwrap(),
-            e.try_into().unwrap(),
-            o.try_into().unwrap(),
-        );
+        let (q, e, o): (&[u8; 16], &[f32; 16], &[f32; 16]) =
+            (q.try_into().unwrap(), e.try_into().unwrap(), o.try_into().unwrap());
         let mut s = [0f32; 8];
         for j in 0..2 {
             for l in 0..8 {
@@ -697,9 +737,7 @@ fn general(
 ) {
     let ex = ex.sized(k * m);
     let c = chunk_rows(m, ex.threads(), TILE);
-    ex.for_chunks(out, c, |ci, o| {
-        general_dispatch(ex.avx2, x, w, bias, o, 1, k, ci * c)
-    });
+    ex.for_chunks(out, c, |ci, o| general_dispatch(ex.avx2, x, w, bias, o, 1, k, ci * c));
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -752,7 +790,15 @@ unsafe fn general_rows_avx2(
 /// [`general_rows`] with a tile of up to 4 tokens x 4 rows in AVX-512 registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn general_rows_avx512(x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, r0: usize) {
+unsafe fn general_rows_avx512(
+    x: &[f32],
+    w: Weight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    n: usize,
+    k: usize,
+    r0: usize,
+) {
     use super::dots_avx512 as dots;
     general_rows(x, w, bias, out, n, k, r0, |xs, rows, res| {
         // SAFETY (every arm): the caller detected AVX-512F.
@@ -909,7 +955,9 @@ mod tests {
                 let at = (j % 2) * 16 + j / 2;
                 let back = scales[b] as f64 * (ints[at] as f64 + ints[32 + at] as f64 / 32768.0);
                 let err = (back - v as f64).abs();
-                let bound = amax as f64 * 2f64.powi(-30) + (v.abs() as f64) * 2f64.powi(-23) + 2f64.powi(-142);
+                let bound = amax as f64 * 2f64.powi(-30)
+                    + (v.abs() as f64) * 2f64.powi(-23)
+                    + 2f64.powi(-142);
                 assert!(err <= bound, "block {b} element {j}: {v} -> {back}");
             }
         }
@@ -923,12 +971,18 @@ mod tests {
             for (j, &v) in xb.iter().enumerate() {
                 let back = s16[b] as f64 * hi[b * 32 + j] as f64;
                 let bound = s16[b] as f64 / 2.0 * (1.0 + 1e-6) + (v.abs() as f64) * 2f64.powi(-22);
-                assert!((back - v as f64).abs() <= bound, "hi alone, block {b} element {j}: {v} -> {back}");
+                assert!(
+                    (back - v as f64).abs() <= bound,
+                    "hi alone, block {b} element {j}: {v} -> {back}"
+                );
             }
         }
         let (paired, _) = int_split(&x, Order::Natural, true, false);
         for (b, i) in (0..x.len() / QBLOCK).flat_map(|b| (0..QBLOCK).map(move |i| (b, i))) {
-            assert_eq!(paired[(b / 2) * 64 + (i / 16) * 32 + (b % 2) * 16 + i % 16], hi[b * 32 + i]);
+            assert_eq!(
+                paired[(b / 2) * 64 + (i / 16) * 32 + (b % 2) * 16 + i % 16],
+                hi[b * 32 + i]
+            );
         }
         // wasm's Q4 order: the same values, element i of a block at (i % 4) * 8 + i / 4.
         let (quads, _) = int_split(&x, Order::Quads, false, false);

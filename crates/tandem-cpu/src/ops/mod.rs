@@ -86,7 +86,10 @@ pub(crate) unsafe fn dots4_avx2(x: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
             let x1 = _mm256_loadu_ps(x.as_ptr().add(c + 8));
             for (a, row) in acc.iter_mut().zip(&rows) {
                 a[0] = _mm256_add_ps(a[0], _mm256_mul_ps(x0, _mm256_loadu_ps(row.as_ptr().add(c))));
-                a[1] = _mm256_add_ps(a[1], _mm256_mul_ps(x1, _mm256_loadu_ps(row.as_ptr().add(c + 8))));
+                a[1] = _mm256_add_ps(
+                    a[1],
+                    _mm256_mul_ps(x1, _mm256_loadu_ps(row.as_ptr().add(c + 8))),
+                );
             }
         }
     }
@@ -120,7 +123,10 @@ pub(crate) unsafe fn dots4_avx2(x: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
 /// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn dots_avx512<const T: usize>(xs: [&[f32]; T], rows: [&[f32]; 4]) -> [[f32; 4]; T] {
+pub(crate) unsafe fn dots_avx512<const T: usize>(
+    xs: [&[f32]; T],
+    rows: [&[f32]; 4],
+) -> [[f32; 4]; T] {
     use std::arch::x86_64::*;
     let n = rows.iter().chain(&xs).fold(usize::MAX, |n, r| n.min(r.len()));
     let whole = n - n % LANES;
@@ -253,8 +259,13 @@ pub(crate) fn chunk_rows(rows: usize, threads: usize, min: usize) -> usize {
 
 /// Runs `work(i, chunk)` over `out.chunks_mut(c)` across the step's team (the calling thread
 /// included), each chunk claimed by whoever is free; see [`crate::team`].
-pub(crate) fn par_chunks_caller<T, F>(team: &crate::team::Team, threads: usize, out: &mut [T], c: usize, work: F)
-where
+pub(crate) fn par_chunks_caller<T, F>(
+    team: &crate::team::Team,
+    threads: usize,
+    out: &mut [T],
+    c: usize,
+    work: F,
+) where
     T: Send,
     F: Fn(usize, &mut [T]) + Sync,
 {
@@ -294,14 +305,24 @@ mod tests {
     fn dots_are_dot_bit_for_bit() {
         for n in [0, 5, 16, 576, 579] {
             let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 1.7e-3).collect();
-            let rows: Vec<Vec<f32>> = (0..4).map(|r| (0..n).map(|i| (((i + 97 * r) * 104729 % 997) as f32 - 498.0) * 3.1e-2).collect()).collect();
+            let rows: Vec<Vec<f32>> = (0..4)
+                .map(|r| {
+                    (0..n)
+                        .map(|i| (((i + 97 * r) * 104729 % 997) as f32 - 498.0) * 3.1e-2)
+                        .collect()
+                })
+                .collect();
             let want: Vec<u32> = rows.iter().map(|w| dot(&x, w).to_bits()).collect();
             let refs: [&[f32]; 4] = std::array::from_fn(|r| rows[r].as_slice());
             assert_eq!(dots::<4>(&x, refs).map(f32::to_bits).to_vec(), want, "portable, n = {n}");
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") {
                 // SAFETY: AVX2 was detected.
-                assert_eq!(unsafe { dots4_avx2(&x, refs) }.map(f32::to_bits).to_vec(), want, "AVX2, n = {n}");
+                assert_eq!(
+                    unsafe { dots4_avx2(&x, refs) }.map(f32::to_bits).to_vec(),
+                    want,
+                    "AVX2, n = {n}"
+                );
             }
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx512f") {
@@ -309,7 +330,11 @@ mod tests {
                 let want_y: Vec<u32> = rows.iter().map(|w| dot(&y, w).to_bits()).collect();
                 // SAFETY: AVX-512F was detected.
                 let [a, b] = unsafe { dots_avx512::<2>([&x, &y], refs) };
-                assert_eq!((a.map(f32::to_bits).to_vec(), b.map(f32::to_bits).to_vec()), (want.clone(), want_y), "AVX-512, n = {n}");
+                assert_eq!(
+                    (a.map(f32::to_bits).to_vec(), b.map(f32::to_bits).to_vec()),
+                    (want.clone(), want_y),
+                    "AVX-512, n = {n}"
+                );
             } else {
                 eprintln!("AVX-512 dots not checked: this CPU has no AVX-512F");
             }

@@ -51,9 +51,7 @@ pub(crate) fn fast(ex: Exec, x: &[f32], w: &[f32], out: &mut [f32], dim: usize, 
     if dim == 0 {
         return;
     }
-    ex.for_chunks(out, dim, |i, o| {
-        norm_row(&x[i * dim..(i + 1) * dim], w, o, eps)
-    });
+    ex.for_chunks(out, dim, |i, o| norm_row(&x[i * dim..(i + 1) * dim], w, o, eps));
 }
 
 fn norm_row(row: &[f32], w: &[f32], o: &mut [f32], eps: f32) {

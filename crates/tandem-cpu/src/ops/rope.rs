@@ -20,12 +20,8 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Rope) -> Result<()> {
     let len = numel(OP, &[op.n, op.heads, op.head_dim])?;
     let half = op.head_dim / 2;
     t.with_output(OP, "x", op.x, DType::F32, len, |t, x| {
-        let pos = &t
-            .input(OP, "positions", op.positions, DType::U32, op.n)?
-            .u32()[..op.n];
-        let inv_freq = &t
-            .input(OP, "inv_freq", op.inv_freq, DType::F32, half)?
-            .f32()[..half];
+        let pos = &t.input(OP, "positions", op.positions, DType::U32, op.n)?.u32()[..op.n];
+        let inv_freq = &t.input(OP, "inv_freq", op.inv_freq, DType::F32, half)?.f32()[..half];
         let x = &mut x.f32_mut()[..len];
         match (ex.fast, ex.pool_for(len)) {
             (false, _) => reference(x, pos, inv_freq, op.heads, op.head_dim),
@@ -77,9 +73,7 @@ pub(crate) fn fast(
     if row == 0 {
         return;
     }
-    ex.for_chunks(x, row, |i, xr| {
-        rope_row(xr, positions[i], inv_freq, head_dim)
-    });
+    ex.for_chunks(x, row, |i, xr| rope_row(xr, positions[i], inv_freq, head_dim));
 }
 
 /// One token's heads; sin/cos computed once and shared by all of them, a stack chunk of

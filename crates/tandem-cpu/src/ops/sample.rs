@@ -15,7 +15,9 @@ pub(crate) fn run(t: &mut Table, _ex: Exec, op: &Sample) -> Result<()> {
     let len = numel(OP, &[op.n, op.width])?;
     let words = numel(OP, &[op.n, SampleRow::WORDS])?;
     t.with_output(OP, "out", op.out, DType::U32, op.n, |t, out| {
-        let rows = SampleRow::from_words(&t.input(OP, "params", op.params, DType::U32, words)?.u32()[..words]);
+        let rows = SampleRow::from_words(
+            &t.input(OP, "params", op.params, DType::U32, words)?.u32()[..words],
+        );
         for r in &rows {
             r.check()?;
         }

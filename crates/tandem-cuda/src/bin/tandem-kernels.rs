@@ -50,7 +50,12 @@ fn main() -> ExitCode {
                     eprintln!("{}: {e}", path.display());
                     failed += 1;
                 } else {
-                    eprintln!("{:>20}.cu -> {} ({} ms)", file.name(), path.display(), started.elapsed().as_millis());
+                    eprintln!(
+                        "{:>20}.cu -> {} ({} ms)",
+                        file.name(),
+                        path.display(),
+                        started.elapsed().as_millis()
+                    );
                 }
             }
             Err(e) => {

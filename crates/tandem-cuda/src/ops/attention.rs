@@ -58,7 +58,9 @@ pub(crate) fn decode_scratch_floats(op: &Attention) -> usize {
         return 0;
     }
     let (_, parts) = decode_grid(op.max_ctx);
-    [op.heads, parts, op.head_dim.saturating_add(2)].iter().fold(op.decode_rows, |a, &d| a.saturating_mul(d))
+    [op.heads, parts, op.head_dim.saturating_add(2)]
+        .iter()
+        .fold(op.decode_rows, |a, &d| a.saturating_mul(d))
 }
 
 pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
@@ -66,7 +68,11 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let (n, dr) = (op.n, op.decode_rows);
     let hd_max = if dr == n { DECODE_HD_MAX } else { PREFILL_HD_MAX };
     if op.head_dim > hd_max {
-        return Err(Error::ShapeMismatch { op: OP, expected: format!("head_dim <= {hd_max}"), got: op.head_dim.to_string() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: format!("head_dim <= {hd_max}"),
+            got: op.head_dim.to_string(),
+        });
     }
     let len = numel(OP, &[n, op.heads, op.head_dim])?;
     let block_elems = numel(OP, &[op.block_size, op.kv_heads, op.head_dim])?;
@@ -78,7 +84,9 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let tables = r.buf(OP, "tables", op.tables, DType::U32, op.tables_len)?;
     let out = r.buf(OP, "out", op.out, DType::F32, len)?.ptr;
     let num_blocks = ck.numel.min(cv.numel) / block_elems.max(1);
-    if let (Some(p), Some(s), Some(t)) = (pos.shadow.values(n), starts.shadow.values(n), tables.shadow.values(op.tables_len)) {
+    if let (Some(p), Some(s), Some(t)) =
+        (pos.shadow.values(n), starts.shadow.values(n), tables.shadow.values(op.tables_len))
+    {
         op.check_rows(p, s, t, num_blocks)?;
     }
     let (ck, cv, pos, starts, tables) = (ck.ptr, cv.ptr, pos.ptr, starts.ptr, tables.ptr);
@@ -98,14 +106,39 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
         let (part_max, parts) = decode_grid(op.max_ctx);
         let acc = Arg::Ptr(r.scratch);
         let ml = Arg::Ptr(r.scratch + 4 * (dr * op.heads * parts * op.head_dim) as u64);
-        let (q, pos, parts_a) = (Arg::Ptr(q), Arg::Ptr(pos), Arg::U32(fits_u32(OP, "partitions", parts)?));
-        let args = [q, ck, cv, pos, Arg::Ptr(starts), tables, acc, ml, Arg::U32(heads), kv_heads, hd, bs, nb, scale, parts_a];
-        let entry = if f16 { "attention_decode_partial_f16" } else { "attention_decode_partial_f32" };
+        let (q, pos, parts_a) =
+            (Arg::Ptr(q), Arg::Ptr(pos), Arg::U32(fits_u32(OP, "partitions", parts)?));
+        let args = [
+            q,
+            ck,
+            cv,
+            pos,
+            Arg::Ptr(starts),
+            tables,
+            acc,
+            ml,
+            Arg::U32(heads),
+            kv_heads,
+            hd,
+            bs,
+            nb,
+            scale,
+            parts_a,
+        ];
+        let entry =
+            if f16 { "attention_decode_partial_f16" } else { "attention_decode_partial_f32" };
         let smem = 4 * (part_max + op.head_dim) as u32;
         let grid = (heads, parts as u32, fits_u32(OP, "decode rows", dr)?);
         r.launch(KernelFile::AttentionDecode, entry, grid, 128, smem, &args)?;
         let merge = [acc, ml, Arg::Ptr(out), pos, Arg::U32(heads), hd, parts_a];
-        r.launch(KernelFile::AttentionDecode, "attention_decode_merge", (heads, dr as u32, 1), 128, 0, &merge)?;
+        r.launch(
+            KernelFile::AttentionDecode,
+            "attention_decode_merge",
+            (heads, dr as u32, 1),
+            128,
+            0,
+            &merge,
+        )?;
     }
     if n > dr {
         // The prompt rows, from their first: pointer offsets into q, out and the row indices.
@@ -113,7 +146,22 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
         let (q, out) = (Arg::Ptr(q + row), Arg::Ptr(out + row));
         let (pos, starts) = (Arg::Ptr(pos + 4 * dr as u64), Arg::Ptr(starts + 4 * dr as u64));
         let rows = n - dr;
-        let args = [q, ck, cv, pos, starts, tables, out, Arg::U32(fits_u32(OP, "n", rows)?), Arg::U32(heads), kv_heads, hd, bs, nb, scale];
+        let args = [
+            q,
+            ck,
+            cv,
+            pos,
+            starts,
+            tables,
+            out,
+            Arg::U32(fits_u32(OP, "n", rows)?),
+            Arg::U32(heads),
+            kv_heads,
+            hd,
+            bs,
+            nb,
+            scale,
+        ];
         let entry = if f16 { "attention_prefill_f16" } else { "attention_prefill_f32" };
         let d = op.head_dim;
         let smem = 4 * (AP_T * (d + 1) + AP_T * d + AP_Q * d + AP_WARPS * AP_T) as u32;

@@ -9,7 +9,11 @@ use crate::launch::{fits_u32, grid_1d, numel, Arg, Recorder};
 pub(crate) fn rope(r: &mut Recorder, op: &Rope) -> Result<()> {
     const OP: &str = "rope";
     if op.head_dim % 2 != 0 {
-        return Err(Error::ShapeMismatch { op: OP, expected: "an even head_dim".into(), got: op.head_dim.to_string() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: "an even head_dim".into(),
+            got: op.head_dim.to_string(),
+        });
     }
     let len = numel(OP, &[op.n, op.heads, op.head_dim])?;
     let x = r.buf(OP, "x", op.x, DType::F32, len)?.ptr;
@@ -51,7 +55,8 @@ pub(crate) fn copy_rows(r: &mut Recorder, op: &CopyRows) -> Result<()> {
     let src = r.buf(OP, "src", op.src, DType::F32, src_len)?.ptr;
     let dst = r.buf(OP, "dst", op.dst, DType::F32, dst_len)?.ptr;
     // The first rows by pointer offsets (in bounds: the buffers hold the rows checked above).
-    let (src, dst) = (src + 4 * (op.src_row * op.width) as u64, dst + 4 * (op.dst_row * op.width) as u64);
+    let (src, dst) =
+        (src + 4 * (op.src_row * op.width) as u64, dst + 4 * (op.dst_row * op.width) as u64);
     let args = [Arg::Ptr(src), Arg::Ptr(dst), Arg::U64(len as u64)];
     r.launch(KernelFile::CopyRows, "copy_rows", grid_1d(len as u64, 256), 256, 0, &args)
 }

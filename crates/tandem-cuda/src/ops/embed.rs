@@ -10,7 +10,8 @@ use crate::launch::{bad_dtype, fits_u32, grid_1d, numel, Arg, Recorder};
 const OP: &str = "embed";
 
 pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
-    let wi = weight_index(op.dtype).ok_or_else(|| bad_dtype(OP, "table", WEIGHT_DTYPES, op.dtype))?;
+    let wi =
+        weight_index(op.dtype).ok_or_else(|| bad_dtype(OP, "table", WEIGHT_DTYPES, op.dtype))?;
     let table_len = numel(OP, &[op.vocab, op.dim])?;
     let out_len = numel(OP, &[op.n, op.dim])?;
     let table = r.buf(OP, "table", op.table, op.dtype, table_len)?;

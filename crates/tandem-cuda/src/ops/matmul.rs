@@ -84,7 +84,9 @@ fn tc_layout(prompt: usize, k: usize, m: usize, d: DType) -> [usize; 3] {
 
 /// Scratch bytes of `op`'s tensor-core products.
 pub(crate) fn tc_scratch_bytes(op: &Matmul) -> usize {
-    tc_layout(op.n.saturating_sub(op.decode_rows), op.k, op.m, op.wdtype).iter().fold(0, |a, &b| a.saturating_add(b))
+    tc_layout(op.n.saturating_sub(op.decode_rows), op.k, op.m, op.wdtype)
+        .iter()
+        .fold(0, |a, &b| a.saturating_add(b))
 }
 
 /// The weight as the kernels take it.
@@ -110,7 +112,11 @@ fn check<'a>(r: &Recorder, op: &'a Matmul) -> Result<Option<Checked<'a>>> {
     let wi = weight_index(op.wdtype).ok_or_else(|| bad_dtype(OP, "w", WEIGHT_DTYPES, op.wdtype))?;
     let (n, k, m, dr) = (op.n, op.k, op.m, op.decode_rows);
     if dr > n {
-        return Err(Error::ShapeMismatch { op: OP, expected: format!("decode_rows <= n = {n}"), got: format!("decode_rows = {dr}") });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: format!("decode_rows <= n = {n}"),
+            got: format!("decode_rows = {dr}"),
+        });
     }
     let x_len = numel(OP, &[n, k])?;
     let w_len = numel(OP, &[m, k])?;
@@ -152,7 +158,9 @@ pub(crate) fn fusable(a: &Matmul, b: &Matmul) -> bool {
 /// weights one after the other (a row's arithmetic is the one it has alone), then each one's
 /// prompt rows.
 pub(crate) fn record_run(r: &mut Recorder, run: &[&Matmul]) -> Result<()> {
-    debug_assert!(!run.is_empty() && run.len() <= 3 && run.windows(2).all(|p| fusable(run[0], p[1])));
+    debug_assert!(
+        !run.is_empty() && run.len() <= 3 && run.windows(2).all(|p| fusable(run[0], p[1]))
+    );
     let mut checked = Vec::with_capacity(run.len());
     for op in run {
         checked.extend(check(r, op)?);
@@ -184,9 +192,30 @@ fn prompt_rows(r: &mut Recorder, c: &Checked) -> Result<()> {
     match r.blas {
         Some(handle) if tc_applies(k, op.wdtype) => record_tc(r, op, handle, x, w, bias, out),
         _ => {
-            let args = [Arg::Ptr(x), Arg::Ptr(w.ptr), Arg::U64(w.d_off), Arg::U64(w.m_off), Arg::Ptr(bias), Arg::Ptr(out), Arg::U32(fits_u32(OP, "n", prompt)?), Arg::U32(k as u32), Arg::U32(m as u32)];
-            let grid = (fits_u32(OP, "m / 64", m.div_ceil(TILE))?, fits_u32(OP, "n / 64", prompt.div_ceil(TILE))?, 1);
-            r.launch(KernelFile::MatmulPrefill, weight_entries!("matmul_prefill")[w.wi], grid, 256, 0, &args)
+            let args = [
+                Arg::Ptr(x),
+                Arg::Ptr(w.ptr),
+                Arg::U64(w.d_off),
+                Arg::U64(w.m_off),
+                Arg::Ptr(bias),
+                Arg::Ptr(out),
+                Arg::U32(fits_u32(OP, "n", prompt)?),
+                Arg::U32(k as u32),
+                Arg::U32(m as u32),
+            ];
+            let grid = (
+                fits_u32(OP, "m / 64", m.div_ceil(TILE))?,
+                fits_u32(OP, "n / 64", prompt.div_ceil(TILE))?,
+                1,
+            );
+            r.launch(
+                KernelFile::MatmulPrefill,
+                weight_entries!("matmul_prefill")[w.wi],
+                grid,
+                256,
+                0,
+                &args,
+            )
         }
     }
 }
@@ -215,12 +244,30 @@ fn decode_n1(r: &mut Recorder, run: &[Checked]) -> Result<()> {
     // blocks (one where k > 8192: a second wave cost the 8B's down projection 12% on an H100,
     // NOTES.md). The grid only spreads the row groups; a row's arithmetic is the same.
     let resident = r.arch.sms as usize * (512 / threads).max(1);
-    let grid = (fits_u32(OP, "m / rows", groups.min((resident / tiles).max(1)))?, fits_u32(OP, "decode rows", tiles)?, 1);
+    let grid = (
+        fits_u32(OP, "m / rows", groups.min((resident / tiles).max(1)))?,
+        fits_u32(OP, "decode rows", tiles)?,
+        1,
+    );
     let mut args = vec![Arg::Ptr(run[0].x)];
     for i in 0..3 {
         match run.get(i) {
-            Some(c) => args.extend([Arg::Ptr(c.w.ptr), Arg::U64(c.w.d_off), Arg::U64(c.w.m_off), Arg::Ptr(c.bias), Arg::Ptr(c.out), Arg::U32(c.op.m as u32)]),
-            None => args.extend([Arg::Ptr(0), Arg::U64(0), Arg::U64(0), Arg::Ptr(0), Arg::Ptr(0), Arg::U32(0)]),
+            Some(c) => args.extend([
+                Arg::Ptr(c.w.ptr),
+                Arg::U64(c.w.d_off),
+                Arg::U64(c.w.m_off),
+                Arg::Ptr(c.bias),
+                Arg::Ptr(c.out),
+                Arg::U32(c.op.m as u32),
+            ]),
+            None => args.extend([
+                Arg::Ptr(0),
+                Arg::U64(0),
+                Arg::U64(0),
+                Arg::Ptr(0),
+                Arg::Ptr(0),
+                Arg::U32(0),
+            ]),
         }
     }
     args.extend([Arg::U32(fits_u32(OP, "decode rows", rows)?), Arg::U32(k as u32)]);
@@ -237,8 +284,22 @@ fn decode_warps(r: &mut Recorder, c: &Checked) -> Result<()> {
         (true, _, false) | (false, false, _) => weight_entries!("matmul_decode_any")[c.w.wi],
         (false, true, _) => weight_entries!("matmul_decode")[c.w.wi],
     };
-    let grid = (fits_u32(OP, "m / 4", m.div_ceil(MATVEC_ROWS))?, fits_u32(OP, "decode rows / 8", rows.div_ceil(MATVEC_MAX_N))?, 1);
-    let args = [Arg::Ptr(c.x), Arg::Ptr(c.w.ptr), Arg::U64(c.w.d_off), Arg::U64(c.w.m_off), Arg::Ptr(c.bias), Arg::Ptr(c.out), Arg::U32(fits_u32(OP, "decode rows", rows)?), Arg::U32(k as u32), Arg::U32(m as u32)];
+    let grid = (
+        fits_u32(OP, "m / 4", m.div_ceil(MATVEC_ROWS))?,
+        fits_u32(OP, "decode rows / 8", rows.div_ceil(MATVEC_MAX_N))?,
+        1,
+    );
+    let args = [
+        Arg::Ptr(c.x),
+        Arg::Ptr(c.w.ptr),
+        Arg::U64(c.w.d_off),
+        Arg::U64(c.w.m_off),
+        Arg::Ptr(c.bias),
+        Arg::Ptr(c.out),
+        Arg::U32(fits_u32(OP, "decode rows", rows)?),
+        Arg::U32(k as u32),
+        Arg::U32(m as u32),
+    ];
     r.launch(KernelFile::MatmulDecode, entry, grid, 32 * MATVEC_ROWS as u32, 0, &args)
 }
 
@@ -246,7 +307,15 @@ fn decode_warps(r: &mut Recorder, c: &Checked) -> Result<()> {
 /// scratch in whole chunks of TC_ROWS, quantized weights expanded slice by slice, and
 /// for each (slice, chunk) one cuBLAS product of the fixed shape into the scratch, then stored
 /// into the chunk's rows of out with the bias.
-fn record_tc(r: &mut Recorder, op: &Matmul, handle: usize, x: u64, w: Weight, bias: u64, out: u64) -> Result<()> {
+fn record_tc(
+    r: &mut Recorder,
+    op: &Matmul,
+    handle: usize,
+    x: u64,
+    w: Weight,
+    bias: u64,
+    out: u64,
+) -> Result<()> {
     let (k, m, prompt) = (op.k, op.m, op.n - op.decode_rows);
     let [acc_bytes, w_bytes, _] = tc_layout(prompt, k, m, op.wdtype);
     let chunks = prompt.div_ceil(TC_ROWS);
@@ -255,7 +324,13 @@ fn record_tc(r: &mut Recorder, op: &Matmul, handle: usize, x: u64, w: Weight, bi
     let padded = (chunks * TC_ROWS * k) as u64;
     let cast = [Arg::Ptr(x), Arg::Ptr(xh), Arg::U64((prompt * k) as u64), Arg::U64(padded)];
     r.launch(KernelFile::MatmulTc, "matmul_tc_cast_x", grid_1d(padded, 256), 256, 0, &cast)?;
-    let i32_of = |what: &str, v: usize| i32::try_from(v).map_err(|_| Error::ShapeMismatch { op: OP, expected: format!("{what} < 2^31"), got: v.to_string() });
+    let i32_of = |what: &str, v: usize| {
+        i32::try_from(v).map_err(|_| Error::ShapeMismatch {
+            op: OP,
+            expected: format!("{what} < 2^31"),
+            got: v.to_string(),
+        })
+    };
     let k_i32 = i32_of("k", k)?;
     let slice = tc_slice_rows(k, m);
     for row0 in (0..m).step_by(slice) {
@@ -268,18 +343,57 @@ fn record_tc(r: &mut Recorder, op: &Matmul, handle: usize, x: u64, w: Weight, bi
                 DType::Q4_0 => "matmul_tc_dequant_q4_0",
                 _ => "matmul_tc_dequant_q4_1",
             };
-            let args = [Arg::Ptr(w.ptr), Arg::U64(w.d_off), Arg::U64(w.m_off), Arg::Ptr(wh), Arg::U32(row0 as u32), Arg::U32(rows as u32), Arg::U32(k as u32)];
-            r.launch(KernelFile::MatmulTc, entry, grid_1d((rows * k / 32) as u64, 256), 256, 0, &args)?;
+            let args = [
+                Arg::Ptr(w.ptr),
+                Arg::U64(w.d_off),
+                Arg::U64(w.m_off),
+                Arg::Ptr(wh),
+                Arg::U32(row0 as u32),
+                Arg::U32(rows as u32),
+                Arg::U32(k as u32),
+            ];
+            r.launch(
+                KernelFile::MatmulTc,
+                entry,
+                grid_1d((rows * k / 32) as u64, 256),
+                256,
+                0,
+                &args,
+            )?;
             wh
         };
         let rows_i32 = i32_of("m", rows)?;
         for c in 0..chunks {
             let x_chunk = xh + (2 * c * TC_ROWS * k) as u64;
-            r.gemm(Gemm { handle, x: x_chunk, w: ws, out: acc, n: TC_ROWS as i32, k: k_i32, m: rows_i32, ldc: rows_i32 });
+            r.gemm(Gemm {
+                handle,
+                x: x_chunk,
+                w: ws,
+                out: acc,
+                n: TC_ROWS as i32,
+                k: k_i32,
+                m: rows_i32,
+                ldc: rows_i32,
+            });
             let valid = TC_ROWS.min(prompt - c * TC_ROWS);
             let dst = out + (4 * c * TC_ROWS * m) as u64;
-            let args = [Arg::Ptr(acc), Arg::Ptr(bias), Arg::Ptr(dst), Arg::U32(valid as u32), Arg::U32(rows as u32), Arg::U32(m as u32), Arg::U32(row0 as u32)];
-            r.launch(KernelFile::MatmulTc, "matmul_tc_store", grid_1d((valid * rows) as u64, 256), 256, 0, &args)?;
+            let args = [
+                Arg::Ptr(acc),
+                Arg::Ptr(bias),
+                Arg::Ptr(dst),
+                Arg::U32(valid as u32),
+                Arg::U32(rows as u32),
+                Arg::U32(m as u32),
+                Arg::U32(row0 as u32),
+            ];
+            r.launch(
+                KernelFile::MatmulTc,
+                "matmul_tc_store",
+                grid_1d((valid * rows) as u64, 256),
+                256,
+                0,
+                &args,
+            )?;
         }
     }
     Ok(())

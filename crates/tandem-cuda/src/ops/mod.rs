@@ -14,9 +14,9 @@ mod matmul;
 mod rms_norm;
 mod sample;
 
-pub(crate) use attention::{decode_scratch_floats, DECODE_HD_MAX, PREFILL_HD_MAX};
 #[cfg(test)]
 pub(crate) use attention::{decode_grid, part_len};
+pub(crate) use attention::{decode_scratch_floats, DECODE_HD_MAX, PREFILL_HD_MAX};
 pub(crate) use matmul::tensor_cores;
 #[cfg(test)]
 pub(crate) use matmul::TC_ROWS;
@@ -67,7 +67,9 @@ pub(crate) fn scratch_bytes(ops: &[Op], tc: bool) -> usize {
     let mut scratch = 0;
     for op in ops {
         match op {
-            Op::Matmul(m) if tc && matmul::tensor_cores(m) => scratch = scratch.max(matmul::tc_scratch_bytes(m)),
+            Op::Matmul(m) if tc && matmul::tensor_cores(m) => {
+                scratch = scratch.max(matmul::tc_scratch_bytes(m))
+            }
             Op::Attention(a) => scratch = scratch.max(decode_scratch_floats(a).saturating_mul(4)),
             _ => {}
         }
@@ -130,4 +132,5 @@ pub(crate) fn quant_offsets(d: DType, numel: usize) -> (u64, u64) {
 }
 
 /// The weight kernels' dtype list for messages.
-pub(crate) const WEIGHT_DTYPES: &str = "f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q2_k/q3_k/q4_k/q5_k/q6_k/iq4_nl/iq4_xs";
+pub(crate) const WEIGHT_DTYPES: &str =
+    "f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q2_k/q3_k/q4_k/q5_k/q6_k/iq4_nl/iq4_xs";

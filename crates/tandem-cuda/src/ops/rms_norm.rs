@@ -17,6 +17,12 @@ pub(crate) fn record(r: &mut Recorder, op: &RmsNorm) -> Result<()> {
     if op.dim == 0 {
         return Ok(());
     }
-    let args = [Arg::Ptr(x), Arg::Ptr(w), Arg::Ptr(out), Arg::U32(fits_u32(OP, "dim", op.dim)?), Arg::F32(op.eps)];
+    let args = [
+        Arg::Ptr(x),
+        Arg::Ptr(w),
+        Arg::Ptr(out),
+        Arg::U32(fits_u32(OP, "dim", op.dim)?),
+        Arg::F32(op.eps),
+    ];
     r.launch(KernelFile::RmsNorm, "rms_norm", (fits_u32(OP, "n", op.n)?, 1, 1), THREADS, 0, &args)
 }

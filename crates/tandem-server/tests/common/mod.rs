@@ -49,7 +49,13 @@ pub fn tokenizer(dir: &std::path::Path) -> Tokenizer {
 fn load(dir: &std::path::Path, kv_blocks: Option<usize>) -> Model<CpuBackend> {
     let source = tandem_core::loader::open(dir).unwrap();
     let opts = ModelOptions { context: 512, kv_blocks, ..ModelOptions::default() };
-    Model::load(CpuBackend::new(CpuMode::Fast { threads: 1 }).unwrap(), &source, &opts, &mut |_, _| {}).unwrap()
+    Model::load(
+        CpuBackend::new(CpuMode::Fast { threads: 1 }).unwrap(),
+        &source,
+        &opts,
+        &mut |_, _| {},
+    )
+    .unwrap()
 }
 
 pub struct Options {
@@ -89,7 +95,8 @@ pub async fn start(dir: &std::path::Path, o: Options) -> TestServer {
     let engines = seats
         .into_iter()
         .map(|seat| {
-            let (dir, kv, sched, speculate) = (dir.to_path_buf(), o.kv_blocks, o.sched, o.speculate);
+            let (dir, kv, sched, speculate) =
+                (dir.to_path_buf(), o.kv_blocks, o.sched, o.speculate);
             std::thread::spawn(move || {
                 let spec = speculate.map(|draft| match draft {
                     None => Speculation::ngram(4),
@@ -121,8 +128,17 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
-    pub async fn send(&self, method: &str, path: &str, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Response<Incoming> {
-        let mut req = Request::builder().method(method).uri(self.url(path)).header("content-type", "application/json");
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Response<Incoming> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(self.url(path))
+            .header("content-type", "application/json");
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -137,11 +153,18 @@ impl TestServer {
     }
 
     /// POSTs raw bytes; the answer's status and JSON body.
-    pub async fn post_raw(&self, path: &str, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
         let res = self.send("POST", path, body, headers).await;
         let status = res.status();
         let body = res.into_body().collect().await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+        let json = serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!("{status}: not JSON ({e}): {}", String::from_utf8_lossy(&body))
+        });
         (status, json)
     }
 
@@ -179,7 +202,10 @@ impl TestServer {
     pub async fn series(&self, series: &str) -> f64 {
         let (_, text) = self.get("/metrics").await;
         let prefix = format!("{series} ");
-        let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix} in:\n{text}"));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"));
         line[prefix.len()..].trim().parse().unwrap()
     }
 
@@ -215,7 +241,11 @@ impl SseReader {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let event: String = self.buf.drain(..end + 2).collect();
-                let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
                 if !data.is_empty() {
                     return Some(data.join("\n"));
                 }
@@ -245,14 +275,25 @@ impl Reference {
         self.greedy_with(prompt, max_tokens, false)
     }
 
-    pub fn greedy_with(&mut self, prompt: &[u32], max_tokens: usize, ignore_eos: bool) -> (String, usize) {
-        let params = GenerateParams { max_tokens, sampling: SamplingParams::default(), stop: vec![], ignore_eos };
+    pub fn greedy_with(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        ignore_eos: bool,
+    ) -> (String, usize) {
+        let params = GenerateParams {
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+            ignore_eos,
+        };
         let g = self.generate(prompt, &params);
         (g.text, g.tokens.len())
     }
 
     pub fn generate(&mut self, prompt: &[u32], params: &GenerateParams) -> Generation {
-        pollster::block_on(generate(&mut self.model, &self.tok, prompt, params, &mut |_| {})).unwrap()
+        pollster::block_on(generate(&mut self.model, &self.tok, prompt, params, &mut |_| {}))
+            .unwrap()
     }
 
     /// The raw logits ([vocab]) the model gives before each of `tokens` when they follow
@@ -263,7 +304,8 @@ impl Reference {
         let mut out = vec![];
         let mut feed = prompt.to_vec();
         for &t in tokens {
-            match pollster::block_on(self.model.forward(&mut seq, &feed, Want::LastLogits)).unwrap() {
+            match pollster::block_on(self.model.forward(&mut seq, &feed, Want::LastLogits)).unwrap()
+            {
                 Output::Logits(l) => out.push(l),
                 Output::Token(_) => unreachable!("logits were asked for"),
             }

@@ -66,14 +66,17 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let table = r.table;
     let entry = move |id| &table.get(id).expect("checked").shadow;
     let num_blocks = {
-        let (a, b) = (table.get(op.cache_k).expect("checked"), table.get(op.cache_v).expect("checked"));
+        let (a, b) =
+            (table.get(op.cache_k).expect("checked"), table.get(op.cache_v).expect("checked"));
         a.numel.min(b.numel) / block_elems.max(1)
     };
     // The indices the kernels follow, checked on the host copies of the uploads (a buffer a
     // kernel wrote, or too large to copy, has none: WebGPU's bounds checks remain).
-    if let (Some(p), Some(s), Some(t)) =
-        (entry(op.positions).values(op.n), entry(op.table_starts).values(op.n), entry(op.tables).values(op.tables_len))
-    {
+    if let (Some(p), Some(s), Some(t)) = (
+        entry(op.positions).values(op.n),
+        entry(op.table_starts).values(op.n),
+        entry(op.tables).values(op.tables_len),
+    ) {
         op.check_rows(p, s, t, num_blocks)?;
     }
     if len == 0 {
@@ -82,20 +85,37 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     fits_u32(OP, "cache elements", num_blocks * block_elems)?;
     fits_u32(OP, "max_ctx", op.max_ctx)?;
     let (decodes, prompts) = (op.decode_rows, op.n - op.decode_rows);
-    if op.heads > MAX_GROUPS || decodes > MAX_GROUPS || max_parts(op) > MAX_GROUPS || prompts.div_ceil(BQ) > MAX_GROUPS {
+    if op.heads > MAX_GROUPS
+        || decodes > MAX_GROUPS
+        || max_parts(op) > MAX_GROUPS
+        || prompts.div_ceil(BQ) > MAX_GROUPS
+    {
         return Err(bad(
             format!("heads, decode rows, max_ctx / {PART} and prompt rows / {BQ} <= {MAX_GROUPS}"),
-            format!("heads {}, decode rows {decodes}, max_ctx {}, prompt rows {prompts}", op.heads, op.max_ctx),
+            format!(
+                "heads {}, decode rows {decodes}, max_ctx {}, prompt rows {prompts}",
+                op.heads, op.max_ctx
+            ),
         ));
     }
     let kv = f16 as u32;
     let heads = op.heads as u32;
-    let shape = [heads, op.kv_heads as u32, op.head_dim as u32, op.block_size as u32, op.scale.to_bits()];
+    let shape =
+        [heads, op.kv_heads as u32, op.head_dim as u32, op.block_size as u32, op.scale.to_bits()];
     if decodes > 0 {
         let parts = max_parts(op);
         let params = [&shape[..], &[parts as u32]].concat();
         let scratch = (r.scratch.uid, r.scratch.buffer.clone());
-        let bufs = vec![q.clone(), ck.clone(), cv.clone(), pos.clone(), starts.clone(), tables.clone(), out.clone(), scratch];
+        let bufs = vec![
+            q.clone(),
+            ck.clone(),
+            cv.clone(),
+            pos.clone(),
+            starts.clone(),
+            tables.clone(),
+            out.clone(),
+            scratch,
+        ];
         let partial = PipeKey::new(Shader::AttentionDecode, "partial").with("KV_F16", kv);
         r.push(partial, bufs.clone(), params.clone(), [parts as u32, heads, decodes as u32]);
         if parts > 1 {
@@ -106,7 +126,12 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     if prompts > 0 {
         let params = [&[decodes as u32, prompts as u32], &shape[..], &[op.max_ctx as u32]].concat();
         let pipe = PipeKey::new(Shader::AttentionPrefill, "main").with("KV_F16", kv);
-        r.push(pipe, vec![q, ck, cv, pos, starts, tables, out], params, [prompts.div_ceil(BQ) as u32, heads, 1]);
+        r.push(
+            pipe,
+            vec![q, ck, cv, pos, starts, tables, out],
+            params,
+            [prompts.div_ceil(BQ) as u32, heads, 1],
+        );
     }
     Ok(())
 }

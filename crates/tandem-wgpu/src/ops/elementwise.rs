@@ -60,18 +60,10 @@ pub(crate) fn add(r: &mut Recorder, op: &Add) -> Result<()> {
         return Ok(());
     }
     if x.0 == y.0 {
-        return Err(Error::InvalidParameter(format!(
-            "{OP}: y is x (buffer {})",
-            op.x.0
-        )));
+        return Err(Error::InvalidParameter(format!("{OP}: y is x (buffer {})", op.x.0)));
     }
     let len = fits_u32(OP, "len", op.len)?;
-    r.push(
-        PipeKey::new(Shader::Add, "main"),
-        vec![x, y],
-        vec![len],
-        groups_1d(op.len, 256),
-    );
+    r.push(PipeKey::new(Shader::Add, "main"), vec![x, y], vec![len], groups_1d(op.len, 256));
     Ok(())
 }
 

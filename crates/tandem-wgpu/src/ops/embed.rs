@@ -4,20 +4,26 @@
 use tandem_core::ops::Embed;
 use tandem_core::{DType, Error, Result};
 
-use super::{bad_dtype, dtype_code, WEIGHT_DTYPES, fits_u32, groups_1d, numel, quant_offsets, Recorder};
+use super::{
+    bad_dtype, dtype_code, fits_u32, groups_1d, numel, quant_offsets, Recorder, WEIGHT_DTYPES,
+};
 use crate::pipelines::{PipeKey, Shader};
 
 const OP: &str = "embed";
 
 pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
-    let code = dtype_code(op.dtype)
-        .ok_or_else(|| bad_dtype(OP, "table", WEIGHT_DTYPES, op.dtype))?;
+    let code =
+        dtype_code(op.dtype).ok_or_else(|| bad_dtype(OP, "table", WEIGHT_DTYPES, op.dtype))?;
     let table_len = numel(OP, &[op.vocab, op.dim])?;
     let out_len = numel(OP, &[op.n, op.dim])?;
     let table = r.table.check(OP, "table", op.table, op.dtype, table_len)?;
     let ids = r.buf(OP, "ids", op.ids, DType::U32, op.n)?;
     let out = r.buf(OP, "out", op.out, DType::F32, out_len)?;
-    r.table.get(op.ids).expect("checked").shadow.check_indices(OP, "ids", op.n, op.vocab, "vocab")?;
+    r.table
+        .get(op.ids)
+        .expect("checked")
+        .shadow
+        .check_indices(OP, "ids", op.n, op.vocab, "vocab")?;
     if table.parts.len() > 1 && table.shape.map(|s| s.1) != Some(op.dim) {
         return Err(Error::ShapeMismatch {
             op: OP,
@@ -32,32 +38,13 @@ pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
     let pipe = PipeKey::new(Shader::Embed, "main").with("DTYPE", code);
     for part in &table.parts {
         // An unsplit table counts its rows in units of dim regardless of how it was allocated.
-        let rows = if table.parts.len() == 1 {
-            op.vocab
-        } else {
-            part.rows
-        };
+        let rows = if table.parts.len() == 1 { op.vocab } else { part.rows };
         let (d_off, m_off) = quant_offsets(
             op.dtype,
-            if table.parts.len() == 1 {
-                table.numel
-            } else {
-                rows * op.dim
-            },
+            if table.parts.len() == 1 { table.numel } else { rows * op.dim },
         );
-        let params = vec![
-            op.n as u32,
-            op.dim as u32,
-            part.row0 as u32,
-            rows as u32,
-            d_off,
-            m_off,
-        ];
-        let bufs = vec![
-            (part.gpu.uid, part.gpu.buffer.clone()),
-            ids.clone(),
-            out.clone(),
-        ];
+        let params = vec![op.n as u32, op.dim as u32, part.row0 as u32, rows as u32, d_off, m_off];
+        let bufs = vec![(part.gpu.uid, part.gpu.buffer.clone()), ids.clone(), out.clone()];
         r.out.push(super::Dispatch {
             pipe: pipe.clone(),
             bufs,

@@ -35,13 +35,17 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
         )));
     }
     let rows = {
-        let (a, b) = (
-            r.table.get(op.cache_k).expect("checked"),
-            r.table.get(op.cache_v).expect("checked"),
-        );
+        let (a, b) =
+            (r.table.get(op.cache_k).expect("checked"), r.table.get(op.cache_v).expect("checked"));
         a.numel.min(b.numel).checked_div(row).unwrap_or(0)
     };
-    r.table.get(op.slots).expect("checked").shadow.check_indices(OP, "slots", op.n, rows, "cache rows")?;
+    r.table.get(op.slots).expect("checked").shadow.check_indices(
+        OP,
+        "slots",
+        op.n,
+        rows,
+        "cache rows",
+    )?;
     if len == 0 {
         return Ok(());
     }
@@ -49,11 +53,6 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
     let per = if f16 { 2 } else { 1 };
     let total = len / per;
     let pipe = PipeKey::new(Shader::KvWrite, if f16 { "main_f16" } else { "main_f32" });
-    r.push(
-        pipe,
-        vec![k, v, ck, cv, slots],
-        vec![total as u32, row as u32],
-        groups_1d(total, 256),
-    );
+    r.push(pipe, vec![k, v, ck, cv, slots], vec![total as u32, row as u32], groups_1d(total, 256));
     Ok(())
 }

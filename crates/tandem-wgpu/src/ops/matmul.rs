@@ -5,7 +5,10 @@
 use tandem_core::ops::Matmul;
 use tandem_core::{DType, Error, Result};
 
-use super::{bad_dtype, dtype_code, WEIGHT_DTYPES, fits_u32, groups_1d, numel, quant_offsets, Dispatch, Recorder};
+use super::{
+    bad_dtype, dtype_code, fits_u32, groups_1d, numel, quant_offsets, Dispatch, Recorder,
+    WEIGHT_DTYPES,
+};
 use crate::pipelines::{PipeKey, Shader};
 
 const OP: &str = "matmul";
@@ -20,8 +23,7 @@ const TILE: usize = 64;
 const MAX_GROUPS: usize = 65535;
 
 pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
-    let code = dtype_code(op.wdtype)
-        .ok_or_else(|| bad_dtype(OP, "w", WEIGHT_DTYPES, op.wdtype))?;
+    let code = dtype_code(op.wdtype).ok_or_else(|| bad_dtype(OP, "w", WEIGHT_DTYPES, op.wdtype))?;
     let (n, k, m) = (op.n, op.k, op.m);
     if op.decode_rows > n {
         return Err(Error::ShapeMismatch {
@@ -62,11 +64,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
         });
     }
     let native = op.wdtype == DType::F16 && r.uses_f16;
-    let shader = if native {
-        Shader::MatmulF16Native
-    } else {
-        Shader::Matmul
-    };
+    let shader = if native { Shader::MatmulF16Native } else { Shader::Matmul };
     // On a CPU rasterizer, rows of whole blocks (and so every part of a split weight) take the
     // row-per-invocation kernel. A GPU takes the lanes-per-row kernel for every row: one row
     // per invocation reads each row's bytes k apart across a warp, uncoalesced (on an H100 it
@@ -89,14 +87,8 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
             continue;
         }
         let rows = rows.min(m - part.row0);
-        let (d_off, m_off) = quant_offsets(
-            op.wdtype,
-            if w.parts.len() == 1 {
-                w.numel
-            } else {
-                part.rows * k
-            },
-        );
+        let (d_off, m_off) =
+            quant_offsets(op.wdtype, if w.parts.len() == 1 { w.numel } else { part.rows * k });
         // Without a bias the binding still needs a buffer: x is read-only too.
         let bufs = vec![
             x.clone(),
@@ -123,12 +115,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
                     m_off,
                     row0 as u32,
                 ];
-                r.out.push(Dispatch {
-                    pipe: pipe.clone(),
-                    bufs: bufs.clone(),
-                    params,
-                    groups,
-                });
+                r.out.push(Dispatch { pipe: pipe.clone(), bufs: bufs.clone(), params, groups });
             }
         }
     }

@@ -76,12 +76,7 @@ impl Recorder<'_> {
         params: Vec<u32>,
         groups: [u32; 3],
     ) {
-        self.out.push(Dispatch {
-            pipe,
-            bufs,
-            params,
-            groups,
-        });
+        self.out.push(Dispatch { pipe, bufs, params, groups });
     }
 }
 
@@ -99,13 +94,11 @@ pub(crate) fn groups_1d(total: usize, wg: usize) -> [u32; 3] {
 
 /// Product of shape dimensions, as an error rather than an overflow.
 pub(crate) fn numel(op: &'static str, dims: &[usize]) -> Result<usize> {
-    dims.iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| Error::ShapeMismatch {
-            op,
-            expected: "a shape whose element count fits in usize".into(),
-            got: format!("{dims:?}"),
-        })
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::ShapeMismatch {
+        op,
+        expected: "a shape whose element count fits in usize".into(),
+        got: format!("{dims:?}"),
+    })
 }
 
 /// Shapes beyond what 32-bit shader indexing can address.
@@ -126,7 +119,8 @@ pub(crate) fn bad_dtype(op: &'static str, role: &str, allowed: &str, got: DType)
 }
 
 /// The weight dtypes `dtype_code` maps, as the embed and matmul errors list them.
-pub(crate) const WEIGHT_DTYPES: &str = "f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q2_k/q3_k/q4_k/q5_k/q6_k/iq4_nl/iq4_xs";
+pub(crate) const WEIGHT_DTYPES: &str =
+    "f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q2_k/q3_k/q4_k/q5_k/q6_k/iq4_nl/iq4_xs";
 
 /// The DTYPE override constant shared by embed.wgsl and matmul.wgsl.
 pub(crate) fn dtype_code(d: DType) -> Option<u32> {
@@ -153,7 +147,5 @@ pub(crate) fn dtype_code(d: DType) -> Option<u32> {
 
 /// Word offsets of the d and m sections of a quantized part of `numel` elements (0 otherwise).
 pub(crate) fn quant_offsets(d: DType, numel: usize) -> (u32, u32) {
-    d.quant_layout(numel).map_or((0, 0), |l| {
-        ((l.d_offset / 4) as u32, (l.m_offset / 4) as u32)
-    })
+    d.quant_layout(numel).map_or((0, 0), |l| ((l.d_offset / 4) as u32, (l.m_offset / 4) as u32))
 }

@@ -31,8 +31,17 @@ pub(crate) fn record(r: &mut Recorder, op: &Sample) -> Result<()> {
     // The kernel splits a row into 256 contiguous chunks; keep their bounds in range.
     fits_u32(OP, "width + 256", op.width.saturating_add(256))?;
     if op.n > 65535 {
-        return Err(Error::ShapeMismatch { op: OP, expected: "n <= 65535 rows".into(), got: op.n.to_string() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: "n <= 65535 rows".into(),
+            got: op.n.to_string(),
+        });
     }
-    r.push(PipeKey::new(Shader::Sample, "main"), vec![x, params, out], vec![op.width as u32], [op.n as u32, 1, 1]);
+    r.push(
+        PipeKey::new(Shader::Sample, "main"),
+        vec![x, params, out],
+        vec![op.width as u32],
+        [op.n as u32, 1, 1],
+    );
     Ok(())
 }

@@ -36,7 +36,15 @@ thread_local! {
 type Task = (usize, usize, usize, usize);
 
 /// q: [decode rows, heads, head_dim]; out: the same.
-pub(super) fn run<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Rows, out: &mut [f32], g: Geom) {
+pub(super) fn run<T: KvElem>(
+    ex: Exec,
+    q: &[f32],
+    ck: &[T],
+    cv: &[T],
+    rows: &Rows,
+    out: &mut [f32],
+    g: Geom,
+) {
     UNITS.with_borrow_mut(|(tasks, first, partials)| {
         let (hd, group) = (g.hd, g.heads / g.kv_heads);
         let parts = |i: usize| (rows.pos(i) + 1).div_ceil(PART);
@@ -72,8 +80,10 @@ pub(super) fn run<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Row
                 // SAFETY: unit u (row i, KV head kvh, partition t0 / PART) belongs to this task
                 // alone, so the slices the tasks write are disjoint, inside `partials`, which
                 // stays borrowed until every task is done.
-                let part = unsafe { std::slice::from_raw_parts_mut(base.get().add(u * stride), stride) };
-                let qs = &q[(i * g.heads + kvh * group) * hd..(i * g.heads + (kvh + 1) * group) * hd];
+                let part =
+                    unsafe { std::slice::from_raw_parts_mut(base.get().add(u * stride), stride) };
+                let qs =
+                    &q[(i * g.heads + kvh * group) * hd..(i * g.heads + (kvh + 1) * group) * hd];
                 SCRATCH.with_borrow_mut(|scratch| {
                     scratch.resize(group * PART + hd, 0.0);
                     let args = (qs, ck, cv, rows.table(i), t0..t1, kvh, g);
@@ -150,7 +160,8 @@ pub(super) fn softmax_parts(scores: &mut [f32], part: &mut [f32], hd: usize, len
 }
 
 /// The arguments of [`score_part`] that say what to score.
-pub(super) type Part<'a, T> = (&'a [f32], &'a [T], &'a [T], &'a [u32], std::ops::Range<usize>, usize, Geom);
+pub(super) type Part<'a, T> =
+    (&'a [f32], &'a [T], &'a [T], &'a [u32], std::ops::Range<usize>, usize, Geom);
 
 /// Positions `ts` of KV head `kvh` for the query heads `qs` ([group][head_dim]); writes each
 /// head's [max, sum, unnormalized output] into `part`. scratch: [group * PART + head_dim].

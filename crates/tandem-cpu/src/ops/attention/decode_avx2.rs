@@ -45,7 +45,12 @@ pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], p
     let (qs, ck, cv, table, ts, kvh, g) = args;
     let (hd, len) = (g.hd, ts.len());
     let group = qs.len() / hd;
-    assert!(hd % 8 == 0 && len <= PART && scratch.len() >= group * PART && part.len() >= group * (hd + 2));
+    assert!(
+        hd % 8 == 0
+            && len <= PART
+            && scratch.len() >= group * PART
+            && part.len() >= group * (hd + 2)
+    );
     let scores = &mut scratch[..group * PART];
     // On the stack (len <= PART): a Vec here was three allocations a layer.
     let mut at = [0usize; PART];
@@ -70,7 +75,8 @@ pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], p
                     }
                 }
                 // Four lane sums at once: lanes [p0 p1 p2 p3] after the pairwise adds.
-                let h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+                let h =
+                    _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
                 let four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
                 _mm_storeu_ps(sc.as_mut_ptr().add(j), _mm_mul_ps(four, _mm_set1_ps(g.scale)));
             }
@@ -81,7 +87,11 @@ pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], p
             unsafe {
                 let mut acc = _mm256_setzero_ps();
                 for c in (0..hd).step_by(8) {
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(qv.as_ptr().add(c)), load8(ck.as_ptr().add(offs[j] + c)), acc);
+                    acc = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(qv.as_ptr().add(c)),
+                        load8(ck.as_ptr().add(offs[j] + c)),
+                        acc,
+                    );
                 }
                 let z = _mm256_setzero_ps();
                 let h = _mm256_hadd_ps(_mm256_hadd_ps(acc, z), _mm256_hadd_ps(z, z));
@@ -107,7 +117,9 @@ pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], p
                 unsafe {
                     let mut acc = [[_mm256_setzero_ps(); 4]; 3];
                     for (j, &off) in offs.iter().enumerate() {
-                        let e: [__m256; 3] = std::array::from_fn(|h| _mm256_broadcast_ss(&scores[(g0 + h.min(nh - 1)) * PART + j]));
+                        let e: [__m256; 3] = std::array::from_fn(|h| {
+                            _mm256_broadcast_ss(&scores[(g0 + h.min(nh - 1)) * PART + j])
+                        });
                         for i in 0..4 {
                             if i < nc {
                                 let v = load8(cv.as_ptr().add(off + c + 8 * i));
@@ -121,7 +133,10 @@ pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], p
                     }
                     for h in 0..nh {
                         for i in 0..nc {
-                            _mm256_storeu_ps(part[(g0 + h) * (hd + 2) + 2 + c + 8 * i..].as_mut_ptr(), acc[h][i]);
+                            _mm256_storeu_ps(
+                                part[(g0 + h) * (hd + 2) + 2 + c + 8 * i..].as_mut_ptr(),
+                                acc[h][i],
+                            );
                         }
                     }
                 }
@@ -145,12 +160,24 @@ pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut c = 0;
         while c + 16 <= n {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(c)), _mm256_loadu_ps(b.as_ptr().add(c)), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(c + 8)), _mm256_loadu_ps(b.as_ptr().add(c + 8)), a1);
+            a0 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(c)),
+                _mm256_loadu_ps(b.as_ptr().add(c)),
+                a0,
+            );
+            a1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(c + 8)),
+                _mm256_loadu_ps(b.as_ptr().add(c + 8)),
+                a1,
+            );
             c += 16;
         }
         if c + 8 <= n {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(c)), _mm256_loadu_ps(b.as_ptr().add(c)), a0);
+            a0 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(c)),
+                _mm256_loadu_ps(b.as_ptr().add(c)),
+                a0,
+            );
         }
         hsum(_mm256_add_ps(a0, a1))
     }
@@ -179,7 +206,10 @@ pub(super) unsafe fn scores8(q: &[f32], ks: &[&[f32]], scale: f32, s: &mut [f32]
         let (t0, t1) = (_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
         let (t2, t3) = (_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
         let (u0, u1) = (_mm256_hadd_ps(t0, t1), _mm256_hadd_ps(t2, t3));
-        let sums = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(u0, u1), _mm256_permute2f128_ps::<0x31>(u0, u1));
+        let sums = _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(u0, u1),
+            _mm256_permute2f128_ps::<0x31>(u0, u1),
+        );
         _mm256_storeu_ps(s.as_mut_ptr(), _mm256_mul_ps(sums, _mm256_set1_ps(scale)));
     }
 }
@@ -218,7 +248,8 @@ pub(super) unsafe fn axpy_tile(acc: &mut [f32], e: &[f32], vs: &[&[f32]]) {
 unsafe fn columns<const W: usize>(acc: &mut [f32], e: &[f32], vs: &[&[f32]], c: usize) -> usize {
     // SAFETY: the caller's bounds.
     unsafe {
-        let mut a: [__m256; W] = std::array::from_fn(|i| _mm256_loadu_ps(acc.as_ptr().add(c + 8 * i)));
+        let mut a: [__m256; W] =
+            std::array::from_fn(|i| _mm256_loadu_ps(acc.as_ptr().add(c + 8 * i)));
         for (v, ej) in vs.iter().zip(e) {
             let b = _mm256_broadcast_ss(ej);
             for (i, ai) in a.iter_mut().enumerate() {

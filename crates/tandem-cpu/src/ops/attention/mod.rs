@@ -36,7 +36,8 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
         let cv = t.input(OP, "cache_v", op.cache_v, op.kv_dtype, 0)?;
         let positions = &t.input(OP, "positions", op.positions, DType::U32, op.n)?.u32()[..op.n];
         let starts = &t.input(OP, "table_starts", op.table_starts, DType::U32, op.n)?.u32()[..op.n];
-        let tables = &t.input(OP, "tables", op.tables, DType::U32, op.tables_len)?.u32()[..op.tables_len];
+        let tables =
+            &t.input(OP, "tables", op.tables, DType::U32, op.tables_len)?.u32()[..op.tables_len];
         if len == 0 {
             return Ok(());
         }
@@ -128,7 +129,13 @@ pub(crate) struct Geom {
 
 impl Geom {
     fn new(op: &Attention) -> Self {
-        Geom { heads: op.heads, kv_heads: op.kv_heads, hd: op.head_dim, bs: op.block_size, scale: op.scale }
+        Geom {
+            heads: op.heads,
+            kv_heads: op.kv_heads,
+            hd: op.head_dim,
+            bs: op.block_size,
+            scale: op.scale,
+        }
     }
     /// Offset of position t's vector for kv head `kvh` in a cache.
     #[inline(always)]
@@ -144,7 +151,14 @@ impl Geom {
 }
 
 /// q, out: [n, heads, head_dim]; ck, cv: [num_blocks, block_size, kv_heads, head_dim].
-pub(crate) fn reference<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], rows: &Rows, out: &mut [f32], g: Geom) {
+pub(crate) fn reference<T: KvElem>(
+    q: &[f32],
+    ck: &[T],
+    cv: &[T],
+    rows: &Rows,
+    out: &mut [f32],
+    g: Geom,
+) {
     let hd = g.hd;
     for i in 0..rows.positions.len() {
         let (pos, table) = (rows.pos(i), rows.table(i));

@@ -14,7 +14,15 @@ const BQ: usize = 8;
 const BT: usize = 32;
 
 /// q: all rows [n, heads, head_dim]; out: the prompt rows' outputs [n - decode, heads, head_dim].
-pub(super) fn run<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Rows, out: &mut [f32], g: Geom) {
+pub(super) fn run<T: KvElem>(
+    ex: Exec,
+    q: &[f32],
+    ck: &[T],
+    cv: &[T],
+    rows: &Rows,
+    out: &mut [f32],
+    g: Geom,
+) {
     let (hd, d, n) = (g.hd, rows.decode, rows.positions.len());
     let group = g.heads / g.kv_heads;
     // Runs of one sequence's queries (same table start, increasing positions), cut into tiles.
@@ -22,7 +30,11 @@ pub(super) fn run<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Row
     let mut i = d;
     while i < n {
         let mut j = i + 1;
-        while j < n && j - i < BQ && rows.starts[j] == rows.starts[i] && rows.positions[j] > rows.positions[j - 1] {
+        while j < n
+            && j - i < BQ
+            && rows.starts[j] == rows.starts[i]
+            && rows.positions[j] > rows.positions[j - 1]
+        {
             j += 1;
         }
         tiles.push((i, j));
@@ -59,7 +71,16 @@ pub(super) fn run<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Row
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn unit_avx2<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows, g: Geom, kvh: usize, i0: usize, acc: &mut [f32]) {
+unsafe fn unit_avx2<T: KvElem>(
+    q: &[f32],
+    ck: &[T],
+    cv: &[T],
+    qrows: &Rows,
+    g: Geom,
+    kvh: usize,
+    i0: usize,
+    acc: &mut [f32],
+) {
     if g.hd % 8 == 0 {
         unit::<T, true>(q, ck, cv, qrows, g, kvh, i0, acc)
     } else {
@@ -72,7 +93,16 @@ unsafe fn unit_avx2<T: KvElem>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows, g: G
 /// the hand-written AVX2 dot and V sums (only inside [`unit_avx2`], with head_dim % 8 == 0).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn unit<T: KvElem, const AVX: bool>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows, g: Geom, kvh: usize, i0: usize, acc: &mut [f32]) {
+fn unit<T: KvElem, const AVX: bool>(
+    q: &[f32],
+    ck: &[T],
+    cv: &[T],
+    qrows: &Rows,
+    g: Geom,
+    kvh: usize,
+    i0: usize,
+    acc: &mut [f32],
+) {
     let (hd, group) = (g.hd, g.heads / g.kv_heads);
     let rows = acc.len() / (group * hd);
     let table = qrows.table(i0);
@@ -107,7 +137,9 @@ fn unit<T: KvElem, const AVX: bool>(q: &[f32], ck: &[T], cv: &[T], qrows: &Rows,
                 #[cfg(target_arch = "x86_64")]
                 while AVX && j + 8 <= cnt {
                     // SAFETY: AVX is only true inside `unit_avx2`, with head_dim % 8 == 0.
-                    unsafe { super::decode_avx2::scores8(qv, &ks[j..j + 8], g.scale, &mut s[j..j + 8]) };
+                    unsafe {
+                        super::decode_avx2::scores8(qv, &ks[j..j + 8], g.scale, &mut s[j..j + 8])
+                    };
                     j += 8;
                 }
                 for j in j..cnt {

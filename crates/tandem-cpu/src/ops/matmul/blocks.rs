@@ -17,11 +17,20 @@ pub(super) fn row_aligned(b: BlockView, k: usize) -> bool {
 }
 
 /// out = w @ x (+ bias); x: [k]; w: [m, k] of whole blocks; out: [m].
-pub(super) fn decode(ex: Exec, x: &[f32], w: BlockView, bias: Option<&[f32]>, out: &mut [f32], k: usize, m: usize) {
+pub(super) fn decode(
+    ex: Exec,
+    x: &[f32],
+    w: BlockView,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    k: usize,
+    m: usize,
+) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = k;
     #[cfg(target_arch = "x86_64")]
-    let prep = (ex.avx2 && super::blocks_avx2::supported(w.dtype)).then(|| super::blocks_avx2::BPrep::new(x));
+    let prep = (ex.avx2 && super::blocks_avx2::supported(w.dtype))
+        .then(|| super::blocks_avx2::BPrep::new(x));
     let threads = ex.threads();
     let c = chunk_rows(m, threads * 2, 16);
     let work = |ci: usize, o: &mut [f32]| {
@@ -51,7 +60,16 @@ pub(super) fn decode(ex: Exec, x: &[f32], w: BlockView, bias: Option<&[f32]>, ou
 /// x: [d, k]; out: [d, m].
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn decode_batch(ex: Exec, x: &[f32], w: BlockView, bias: Option<&[f32]>, out: &mut [f32], d: usize, k: usize, m: usize) {
+pub(super) fn decode_batch(
+    ex: Exec,
+    x: &[f32],
+    w: BlockView,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    d: usize,
+    k: usize,
+    m: usize,
+) {
     use super::blocks_avx2::{rows, BPrep, TOKENS};
     let preps: Vec<BPrep> = x.chunks_exact(k).map(BPrep::new).collect();
     let c = chunk_rows(m, ex.threads(), 16);

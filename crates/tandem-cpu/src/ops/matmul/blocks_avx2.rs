@@ -22,7 +22,7 @@ use tandem_core::quant::BlockView;
 use tandem_core::DType;
 
 mod unpack;
-use unpack::{IQ4NL, IQ4XS, Q2K, Q3K, Q4K, Q5K, Q5_0, Q5_1, Q6K, Unpack};
+use unpack::{Unpack, IQ4NL, IQ4XS, Q2K, Q3K, Q4K, Q5K, Q5_0, Q5_1, Q6K};
 
 /// Elements of a group: one 256-element block, or eight 32-element ones.
 const GROUP: usize = 256;
@@ -60,7 +60,15 @@ impl BPrep {
 pub(super) fn supported(dtype: DType) -> bool {
     matches!(
         dtype,
-        DType::Q5_0 | DType::Q5_1 | DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::IQ4_NL | DType::IQ4_XS
+        DType::Q5_0
+            | DType::Q5_1
+            | DType::Q2_K
+            | DType::Q3_K
+            | DType::Q4_K
+            | DType::Q5_K
+            | DType::Q6_K
+            | DType::IQ4_NL
+            | DType::IQ4_XS
     )
 }
 
@@ -80,7 +88,9 @@ pub(super) unsafe fn rows(w: BlockView, ps: &[&BPrep], k: usize, r0: usize, out:
     let nb = k / w.layout.elems;
     // These bounds keep every raw load below inside its slice.
     assert!(w.bytes.len() >= (r0 + rows) * nb * w.layout.stride);
-    assert!(ps.iter().all(|p| p.ints.len() >= k * 2 && p.scale16.len() >= (k / 16).next_multiple_of(CHUNKS) && p.sum16.len() == p.scale16.len()));
+    assert!(ps.iter().all(|p| p.ints.len() >= k * 2
+        && p.scale16.len() >= (k / 16).next_multiple_of(CHUNKS)
+        && p.sum16.len() == p.scale16.len()));
     macro_rules! run {
         ($u:ty) => {
             // SAFETY: bounds asserted above; the caller guarantees the CPU features.
@@ -165,7 +175,14 @@ unsafe fn dequant_as<U: Unpack>(w: BlockView, b0: usize, dst: &mut [f32]) {
 /// # Safety
 /// As [`rows`], whose asserts cover every access.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn group_rows<U: Unpack, const T: usize>(w: BlockView, ps: &[&BPrep], nb: usize, r0: usize, rows: usize, out: &mut [f32]) {
+unsafe fn group_rows<U: Unpack, const T: usize>(
+    w: BlockView,
+    ps: &[&BPrep],
+    nb: usize,
+    r0: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
     let per = GROUP / U::ELEMS;
     let stride = w.layout.stride;
     let base = w.bytes.as_ptr();
@@ -178,7 +195,8 @@ unsafe fn group_rows<U: Unpack, const T: usize>(w: BlockView, ps: &[&BPrep], nb:
         let mut fac = [[0f32; CHUNKS]; T];
         for ri in 0..rows {
             let b0 = (r0 + ri) * nb;
-            let (mut a0, mut a1, mut am) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
+            let (mut a0, mut a1, mut am) =
+                ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
             let mut b = 0;
             while b < nb {
                 let g = per.min(nb - b);
@@ -186,12 +204,23 @@ unsafe fn group_rows<U: Unpack, const T: usize>(w: BlockView, ps: &[&BPrep], nb:
                 let mut i = 0;
                 while i + 2 <= g {
                     let c = i * U::ELEMS / 16;
-                    U::unpack2(base.add((b0 + b + i) * stride), stride, &mut q[c..], &mut dl[c..], &mut ml[c..]);
+                    U::unpack2(
+                        base.add((b0 + b + i) * stride),
+                        stride,
+                        &mut q[c..],
+                        &mut dl[c..],
+                        &mut ml[c..],
+                    );
                     i += 2;
                 }
                 if i < g {
                     let c = i * U::ELEMS / 16;
-                    U::unpack(base.add((b0 + b + i) * stride), &mut q[c..], &mut dl[c..], &mut ml[c..]);
+                    U::unpack(
+                        base.add((b0 + b + i) * stride),
+                        &mut q[c..],
+                        &mut dl[c..],
+                        &mut ml[c..],
+                    );
                 }
                 if nc < CHUNKS {
                     // A row's last, partial group: chunks past it weigh nothing.
@@ -203,10 +232,17 @@ unsafe fn group_rows<U: Unpack, const T: usize>(w: BlockView, ps: &[&BPrep], nb:
                 for t in 0..T {
                     let (s, m) = (ps[t].scale16.as_ptr().add(c0), ps[t].sum16.as_ptr().add(c0));
                     for h in 0..2 {
-                        let f = _mm256_mul_ps(_mm256_loadu_ps(dl.as_ptr().add(8 * h)), _mm256_loadu_ps(s.add(8 * h)));
+                        let f = _mm256_mul_ps(
+                            _mm256_loadu_ps(dl.as_ptr().add(8 * h)),
+                            _mm256_loadu_ps(s.add(8 * h)),
+                        );
                         _mm256_storeu_ps(fac[t].as_mut_ptr().add(8 * h), f);
                         if U::MIN {
-                            am[t] = _mm256_fmadd_ps(_mm256_loadu_ps(ml.as_ptr().add(8 * h)), _mm256_loadu_ps(m.add(8 * h)), am[t]);
+                            am[t] = _mm256_fmadd_ps(
+                                _mm256_loadu_ps(ml.as_ptr().add(8 * h)),
+                                _mm256_loadu_ps(m.add(8 * h)),
+                                am[t],
+                            );
                         }
                     }
                 }
@@ -218,9 +254,17 @@ unsafe fn group_rows<U: Unpack, const T: usize>(w: BlockView, ps: &[&BPrep], nb:
                         for t in 0..T {
                             // Element e's hi and lo in its block of 32 (hi[32], lo[32]).
                             let xp = ints[t].add((e / 32) * 64 + e % 32);
-                            let hi = _mm256_madd_epi16(q[c], _mm256_loadu_si256(xp as *const __m256i));
-                            let lo = _mm256_madd_epi16(q[c], _mm256_loadu_si256(xp.add(32) as *const __m256i));
-                            let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), lo_weight, _mm256_cvtepi32_ps(hi));
+                            let hi =
+                                _mm256_madd_epi16(q[c], _mm256_loadu_si256(xp as *const __m256i));
+                            let lo = _mm256_madd_epi16(
+                                q[c],
+                                _mm256_loadu_si256(xp.add(32) as *const __m256i),
+                            );
+                            let v = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(lo),
+                                lo_weight,
+                                _mm256_cvtepi32_ps(hi),
+                            );
                             let f = _mm256_broadcast_ss(&fac[t][c]);
                             if c % 2 == 0 {
                                 a0[t] = _mm256_fmadd_ps(f, v, a0[t]);
@@ -238,9 +282,19 @@ unsafe fn group_rows<U: Unpack, const T: usize>(w: BlockView, ps: &[&BPrep], nb:
                         let e = (c0 + c) * 16;
                         for t in 0..T {
                             let xp = ints[t].add((e / 32) * 64) as *const __m256i;
-                            let hi = _mm256_add_epi32(_mm256_madd_epi16(q[c], _mm256_loadu_si256(xp)), _mm256_madd_epi16(q[c + 1], _mm256_loadu_si256(xp.add(1))));
-                            let lo = _mm256_add_epi32(_mm256_madd_epi16(q[c], _mm256_loadu_si256(xp.add(2))), _mm256_madd_epi16(q[c + 1], _mm256_loadu_si256(xp.add(3))));
-                            let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), lo_weight, _mm256_cvtepi32_ps(hi));
+                            let hi = _mm256_add_epi32(
+                                _mm256_madd_epi16(q[c], _mm256_loadu_si256(xp)),
+                                _mm256_madd_epi16(q[c + 1], _mm256_loadu_si256(xp.add(1))),
+                            );
+                            let lo = _mm256_add_epi32(
+                                _mm256_madd_epi16(q[c], _mm256_loadu_si256(xp.add(2))),
+                                _mm256_madd_epi16(q[c + 1], _mm256_loadu_si256(xp.add(3))),
+                            );
+                            let v = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(lo),
+                                lo_weight,
+                                _mm256_cvtepi32_ps(hi),
+                            );
                             let f = _mm256_broadcast_ss(&fac[t][c]);
                             if $p % 2 == 0 {
                                 a0[t] = _mm256_fmadd_ps(f, v, a0[t]);
@@ -299,7 +353,10 @@ mod tests {
     /// The prompt kernel's dequantization is the reference decoder's, bit for bit.
     #[test]
     fn dequant_is_the_reference_decoder() {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
             eprintln!("SKIP dequant_is_the_reference_decoder: no AVX2/FMA/F16C on this CPU");
             return;
         }
@@ -344,7 +401,10 @@ mod tests {
     /// conformance cases check whole products.)
     #[test]
     fn rows_match_the_reference_decoder() {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
             eprintln!("SKIP rows_match_the_reference_decoder: no AVX2/FMA/F16C on this CPU");
             return;
         }
@@ -362,7 +422,11 @@ mod tests {
                 // Not bit-equal: the kernel rounds dl * s_x and the product with the integer
                 // sum, the reference dl * q and then subtracts ml.
                 let want = w.get(e);
-                assert!((out[0] - want).abs() <= 1e-5 * (1.0 + want.abs()), "{dtype} element {e}: {} against {want}", out[0]);
+                assert!(
+                    (out[0] - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{dtype} element {e}: {} against {want}",
+                    out[0]
+                );
             }
         }
     }

@@ -31,13 +31,7 @@ pub(super) const G: usize = 8;
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn rows(
-    q: QuantView,
-    p: &XPrep,
-    nb: usize,
-    r0: usize,
-    out: &mut [f32],
-) {
+pub(super) unsafe fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &mut [f32]) {
     check(q, &[p], nb, r0 + out.len(), PER_BLOCK);
     if super::decode_avx512::available() {
         // SAFETY: the features were detected; `p` was laid out for that kernel.
@@ -96,9 +90,15 @@ pub(super) fn check(q: QuantView, ps: &[&XPrep], nb: usize, end_row: usize, per_
     let end = end_row * nb;
     let bytes = if q.dtype == DType::Q8_0 { QBLOCK } else { 16 };
     assert!(matches!(q.dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1));
-    assert!(q.d.len() >= end && q.qs.len() >= end * bytes && (q.dtype != DType::Q4_1 || q.m.len() >= end));
+    assert!(
+        q.d.len() >= end
+            && q.qs.len() >= end * bytes
+            && (q.dtype != DType::Q4_1 || q.m.len() >= end)
+    );
     let q4 = q.dtype != DType::Q8_0;
-    assert!(ps.iter().all(|p| p.ints.len() >= nb * per_block && p.scales.len() >= nb && (!q4 || p.sums.len() >= nb)));
+    assert!(ps.iter().all(|p| p.ints.len() >= nb * per_block
+        && p.scales.len() >= nb
+        && (!q4 || p.sums.len() >= nb)));
 }
 
 #[inline]
@@ -130,7 +130,13 @@ const GROUP: usize = 4;
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn rows_batch(q: QuantView, preps: &[&XPrep], nb: usize, r0: usize, out: &mut [f32]) {
+pub(super) unsafe fn rows_batch(
+    q: QuantView,
+    preps: &[&XPrep],
+    nb: usize,
+    r0: usize,
+    out: &mut [f32],
+) {
     let nt = preps.len();
     assert!(nt > 0 && nt <= TOKENS && out.len() % nt == 0);
     let rows = out.len() / nt;
@@ -171,7 +177,14 @@ pub(super) unsafe fn rows_batch(q: QuantView, preps: &[&XPrep], nb: usize, r0: u
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn group_rows<const T: usize>(q: QuantView, ps: &[&XPrep], nb: usize, r0: usize, rows: usize, out: &mut [f32]) {
+pub(super) unsafe fn group_rows<const T: usize>(
+    q: QuantView,
+    ps: &[&XPrep],
+    nb: usize,
+    r0: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
     assert!(ps.len() == T && out.len() >= T * rows);
     check(q, ps, nb, r0 + rows, PER_BLOCK);
     for ri in 0..rows {
@@ -193,9 +206,14 @@ pub(super) unsafe fn unpack(q: QuantView, blk: usize) -> (__m256i, __m256i) {
     unsafe {
         if q.dtype == DType::Q8_0 {
             let p = q.qs.as_ptr().add(blk * QBLOCK) as *const __m128i;
-            (_mm256_cvtepi8_epi16(_mm_loadu_si128(p)), _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(1))))
+            (
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(p)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(1))),
+            )
         } else {
-            let bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(q.qs.as_ptr().add(blk * 16) as *const __m128i));
+            let bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                q.qs.as_ptr().add(blk * 16) as *const __m128i
+            ));
             (_mm256_and_si256(bytes, _mm256_set1_epi16(0x0f)), _mm256_srli_epi16(bytes, 4))
         }
     }
@@ -233,7 +251,10 @@ unsafe fn row_group<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: 
                     let (w0, w1) = unpack(q, b0 + b + j);
                     for t in 0..T {
                         let xp = ip[t].add((b + j) * per) as *const __m256i;
-                        let hi = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256(xp)), _mm256_madd_epi16(w1, _mm256_loadu_si256(xp.add(1))));
+                        let hi = _mm256_add_epi32(
+                            _mm256_madd_epi16(w0, _mm256_loadu_si256(xp)),
+                            _mm256_madd_epi16(w1, _mm256_loadu_si256(xp.add(1))),
+                        );
                         let v = _mm256_cvtepi32_ps(hi);
                         let dj = _mm256_broadcast_ss(&ds[t][j]);
                         if j % 2 == 0 {
@@ -269,7 +290,13 @@ unsafe fn row_group<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: 
 /// registers beside the block loop's (they spilled to the stack). Shared by the AVX-512
 /// kernel, so its results stay these.
 #[inline(always)]
-pub(super) unsafe fn offsets<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: usize, sums: [f32; T]) -> [f32; T] {
+pub(super) unsafe fn offsets<const T: usize>(
+    q: QuantView,
+    ps: &[&XPrep],
+    b0: usize,
+    nb: usize,
+    sums: [f32; T],
+) -> [f32; T] {
     // SAFETY (whole body): bounds checked by the callers (`check`); AVX2 + F16C callers.
     unsafe {
         let q41 = q.dtype == DType::Q4_1;
@@ -319,7 +346,12 @@ pub(super) unsafe fn widen_scales(src: &[f16], b: usize, g: usize) -> __m256 {
 #[inline(always)]
 unsafe fn lanes_below(g: usize) -> __m256 {
     // SAFETY: AVX is enabled in every caller.
-    unsafe { _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(g as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))) }
+    unsafe {
+        _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+            _mm256_set1_epi32(g as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        ))
+    }
 }
 
 /// v[b..b + G]: `XPrep`'s per-block arrays are zero padded to a multiple of G blocks, so a

@@ -19,7 +19,9 @@ use std::sync::OnceLock;
 
 use tandem_core::{DType, QuantView, QBLOCK};
 
-use super::decode_avx2::{check, hsum, offsets, padded, PER_BLOCK, prefetch_ahead, unpack, widen_scales, G};
+use super::decode_avx2::{
+    check, hsum, offsets, padded, prefetch_ahead, unpack, widen_scales, G, PER_BLOCK,
+};
 use super::XPrep;
 
 /// AVX-512 F/BW/DQ/VL with VNNI (besides AVX2, FMA, F16C) were detected, and
@@ -61,7 +63,14 @@ pub(super) unsafe fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &m
 /// # Safety
 /// [`available`] must be true.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn group_rows<const T: usize>(q: QuantView, ps: &[&XPrep], nb: usize, r0: usize, rows: usize, out: &mut [f32]) {
+pub(super) unsafe fn group_rows<const T: usize>(
+    q: QuantView,
+    ps: &[&XPrep],
+    nb: usize,
+    r0: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
     assert!(ps.len() == T && out.len() >= T * rows);
     check(q, ps, nb, r0 + rows, PER_BLOCK);
     assert!(ps.iter().all(|p| p.ints.len() >= nb.next_multiple_of(2) * PER_BLOCK));
@@ -86,9 +95,14 @@ unsafe fn unpack_pair(q: QuantView, blk: usize) -> (__m512i, __m512i) {
             // halves go below, its second halves above.
             let v = _mm512_loadu_si512(q.qs.as_ptr().add(blk * QBLOCK) as *const __m512i);
             let v = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), v);
-            (_mm512_cvtepi8_epi16(_mm512_castsi512_si256(v)), _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64::<1>(v)))
+            (
+                _mm512_cvtepi8_epi16(_mm512_castsi512_si256(v)),
+                _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64::<1>(v)),
+            )
         } else {
-            let bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256(q.qs.as_ptr().add(blk * 16) as *const __m256i));
+            let bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256(
+                q.qs.as_ptr().add(blk * 16) as *const __m256i
+            ));
             (_mm512_and_si512(bytes, _mm512_set1_epi16(0x0f)), _mm512_srli_epi16::<4>(bytes))
         }
     }
@@ -104,20 +118,44 @@ unsafe fn row_group<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: 
         let mut acc = [_mm512_setzero_ps(); T];
         let per = PER_BLOCK;
         // Lanes 0-7 take scale j, lanes 8-15 scale j + 1, for j = 0, 2, 4, 6.
-        let pick = |j: i32| _mm512_setr_epi32(j, j, j, j, j, j, j, j, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1);
+        let pick = |j: i32| {
+            _mm512_setr_epi32(
+                j,
+                j,
+                j,
+                j,
+                j,
+                j,
+                j,
+                j,
+                j + 1,
+                j + 1,
+                j + 1,
+                j + 1,
+                j + 1,
+                j + 1,
+                j + 1,
+                j + 1,
+            )
+        };
         let picks = [pick(0), pick(2), pick(4), pick(6)];
         let mut b = 0;
         while b < nb {
             let g = G.min(nb - b);
             let dv = widen_scales(q.d, b0 + b, g);
-            let ds: [__m256; T] = std::array::from_fn(|t| _mm256_mul_ps(dv, padded(&ps[t].scales, b)));
+            let ds: [__m256; T] =
+                std::array::from_fn(|t| _mm256_mul_ps(dv, padded(&ps[t].scales, b)));
             let mut j = 0;
             while j + 1 < g {
                 let (wl, wh) = unpack_pair(q, b0 + b + j);
                 for t in 0..T {
                     // Blocks b + j (even) and b + j + 1: pair (b + j) / 2, 128 values.
                     let xp = ip[t].add((b + j) * per) as *const __m512i;
-                    let hi = _mm512_dpwssd_epi32(_mm512_madd_epi16(wl, _mm512_loadu_si512(xp)), wh, _mm512_loadu_si512(xp.add(1)));
+                    let hi = _mm512_dpwssd_epi32(
+                        _mm512_madd_epi16(wl, _mm512_loadu_si512(xp)),
+                        wh,
+                        _mm512_loadu_si512(xp.add(1)),
+                    );
                     let v = _mm512_cvtepi32_ps(hi);
                     let dj = _mm512_permutexvar_ps(picks[j / 2], _mm512_castps256_ps512(ds[t]));
                     acc[t] = _mm512_fmadd_ps(dj, v, acc[t]);
@@ -130,7 +168,10 @@ unsafe fn row_group<const T: usize>(q: QuantView, ps: &[&XPrep], b0: usize, nb: 
                 let (wl, wh) = unpack(q, b0 + b + j);
                 for t in 0..T {
                     let xp = ip[t].add((b + j) * per) as *const __m256i;
-                    let hi = _mm256_add_epi32(_mm256_madd_epi16(wl, _mm256_loadu_si256(xp)), _mm256_madd_epi16(wh, _mm256_loadu_si256(xp.add(2))));
+                    let hi = _mm256_add_epi32(
+                        _mm256_madd_epi16(wl, _mm256_loadu_si256(xp)),
+                        _mm256_madd_epi16(wh, _mm256_loadu_si256(xp.add(2))),
+                    );
                     let v = _mm256_cvtepi32_ps(hi);
                     let dj = _mm256_permutevar8x32_ps(ds[t], _mm256_set1_epi32(j as i32));
                     let a0 = _mm256_fmadd_ps(dj, v, _mm512_castps512_ps256(acc[t]));
@@ -168,7 +209,12 @@ mod tests {
     }
 
     fn prep(x: &[f32], dtype: DType, pairs: bool) -> XPrep {
-        let (ints, scales) = int_split(x, if dtype == DType::Q8_0 { Order::Natural } else { Order::Nibbles }, pairs, false);
+        let (ints, scales) = int_split(
+            x,
+            if dtype == DType::Q8_0 { Order::Natural } else { Order::Nibbles },
+            pairs,
+            false,
+        );
         let mut p = XPrep::empty();
         p.ints = ints;
         p.scales = scales;
@@ -195,7 +241,9 @@ mod tests {
             let (qs, d, m) = weights(rows, nb);
             let xs: Vec<Vec<f32>> = (0..8)
                 .map(|t| {
-                    let mut x: Vec<f32> = (0..nb * 32).map(|i| (((i + 31 * t) * 7919 % 1013) as f32 - 506.0) * 1e-3).collect();
+                    let mut x: Vec<f32> = (0..nb * 32)
+                        .map(|i| (((i + 31 * t) * 7919 % 1013) as f32 - 506.0) * 1e-3)
+                        .collect();
                     let at = (3 + t) % x.len();
                     x[at] = 40.0;
                     if nb > 2 {
@@ -206,8 +254,10 @@ mod tests {
                 .collect();
             for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
                 let q = QuantView { dtype, qs: &qs, d: &d, m: &m, finite_scales: false };
-                let (std, pairs): (Vec<XPrep>, Vec<XPrep>) = xs.iter().map(|x| (prep(x, dtype, false), prep(x, dtype, true))).unzip();
-                let (ps, pp): (Vec<&XPrep>, Vec<&XPrep>) = (std.iter().collect(), pairs.iter().collect());
+                let (std, pairs): (Vec<XPrep>, Vec<XPrep>) =
+                    xs.iter().map(|x| (prep(x, dtype, false), prep(x, dtype, true))).unzip();
+                let (ps, pp): (Vec<&XPrep>, Vec<&XPrep>) =
+                    (std.iter().collect(), pairs.iter().collect());
                 let (mut want, mut got) = (vec![0f32; 8 * rows], vec![0f32; 8 * rows]);
                 // SAFETY: `available` checked the features (AVX-512 implies AVX2's here).
                 unsafe {
@@ -219,7 +269,11 @@ mod tests {
                 let mut one = vec![0f32; rows - 2];
                 // SAFETY: as above.
                 unsafe { super::rows(q, &pairs[6], nb, 2, &mut one) };
-                assert_eq!(bits(&one), bits(&want[6 * rows + 2..7 * rows]), "{dtype} nb {nb}, one token");
+                assert_eq!(
+                    bits(&one),
+                    bits(&want[6 * rows + 2..7 * rows]),
+                    "{dtype} nb {nb}, one token"
+                );
             }
         }
     }

@@ -89,7 +89,13 @@ unsafe fn row<const FINITE: bool>(q: QuantView, p: &XPrep, b0: usize, nb: usize)
     if b < nb {
         let g = nb - b;
         // SAFETY: as above, for the g blocks left.
-        let t = std::array::from_fn(|i| if i < g { unsafe { block(&unpack(q, b0 + b + i), p, b + i) } } else { i32x4_splat(0) });
+        let t = std::array::from_fn(|i| {
+            if i < g {
+                unsafe { block(&unpack(q, b0 + b + i), p, b + i) }
+            } else {
+                i32x4_splat(0)
+            }
+        });
         unsafe { acc.add(q.dtype, p, b, Scales::of::<FINITE>(q, b0 + b, g), t) };
     }
     acc.total(q.dtype)
@@ -178,12 +184,22 @@ unsafe fn unpack(q: QuantView, blk: usize) -> [v128; 4] {
         let p = unsafe { q.qs.as_ptr().add(blk * QBLOCK) } as *const v128;
         // SAFETY: 32 bytes of block `blk` (unaligned loads are fine in wasm).
         let (a, b) = unsafe { (v128_load(p), v128_load(p.add(1))) };
-        [i16x8_extend_low_i8x16(a), i16x8_extend_high_i8x16(a), i16x8_extend_low_i8x16(b), i16x8_extend_high_i8x16(b)]
+        [
+            i16x8_extend_low_i8x16(a),
+            i16x8_extend_high_i8x16(a),
+            i16x8_extend_low_i8x16(b),
+            i16x8_extend_high_i8x16(b),
+        ]
     } else {
         // SAFETY: 16 bytes of block `blk`.
         let v = unsafe { v128_load(q.qs.as_ptr().add(blk * 16) as *const v128) };
         let nibble = u16x8_splat(0x000f);
-        [v128_and(v, nibble), v128_and(u16x8_shr(v, 4), nibble), v128_and(u16x8_shr(v, 8), nibble), u16x8_shr(v, 12)]
+        [
+            v128_and(v, nibble),
+            v128_and(u16x8_shr(v, 4), nibble),
+            v128_and(u16x8_shr(v, 8), nibble),
+            u16x8_shr(v, 12),
+        ]
     }
 }
 
@@ -201,8 +217,10 @@ unsafe fn block(w: &[v128; 4], p: &XPrep, b: usize) -> v128 {
 #[inline(always)]
 fn totals(t: [v128; G]) -> v128 {
     // [a0 + a2, b0 + b2, a1 + a3, b1 + b3], and the same of c and d.
-    let ab = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(t[0], t[1]), i32x4_shuffle::<2, 6, 3, 7>(t[0], t[1]));
-    let cd = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(t[2], t[3]), i32x4_shuffle::<2, 6, 3, 7>(t[2], t[3]));
+    let ab =
+        i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(t[0], t[1]), i32x4_shuffle::<2, 6, 3, 7>(t[0], t[1]));
+    let cd =
+        i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(t[2], t[3]), i32x4_shuffle::<2, 6, 3, 7>(t[2], t[3]));
     i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(ab, cd), i32x4_shuffle::<2, 3, 6, 7>(ab, cd))
 }
 
@@ -263,16 +281,28 @@ pub(crate) fn check_scale_conversion() -> Result<(), String> {
         let (any, fin) = (lanes(any), lanes(fin));
         for (j, h) in hs.iter().enumerate() {
             let want = h.to_f32();
-            let same = |got: f32| got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan());
+            let same =
+                |got: f32| got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan());
             if !same(any[j]) || (h.is_finite() && !same(fin[j])) {
-                return Err(format!("f16 {:#06x} ({want}): exact {} finite {}", h.to_bits(), any[j], fin[j]));
+                return Err(format!(
+                    "f16 {:#06x} ({want}): exact {} finite {}",
+                    h.to_bits(),
+                    any[j],
+                    fin[j]
+                ));
             }
             // The tail path (fewer than G scales) builds its lanes another way.
             // SAFETY: one value of the slice.
             let one = &all[i * G + j..];
-            let (tail, tail_fin) = unsafe { (lanes(scales::<false>(one, 0, 1)), lanes(scales::<true>(one, 0, 1))) };
+            let (tail, tail_fin) =
+                unsafe { (lanes(scales::<false>(one, 0, 1)), lanes(scales::<true>(one, 0, 1))) };
             if !same(tail[0]) || (h.is_finite() && !same(tail_fin[0])) {
-                return Err(format!("f16 {:#06x} ({want}) alone: exact {} finite {}", h.to_bits(), tail[0], tail_fin[0]));
+                return Err(format!(
+                    "f16 {:#06x} ({want}) alone: exact {} finite {}",
+                    h.to_bits(),
+                    tail[0],
+                    tail_fin[0]
+                ));
             }
         }
     }
@@ -345,8 +375,10 @@ pub(super) fn block_amax(xb: &[f32]) -> f32 {
 /// The 4x4 transpose of four vectors of 32-bit lanes.
 #[inline(always)]
 fn transpose(t: [v128; 4]) -> [v128; 4] {
-    let (ab_lo, ab_hi) = (i32x4_shuffle::<0, 4, 1, 5>(t[0], t[1]), i32x4_shuffle::<2, 6, 3, 7>(t[0], t[1]));
-    let (cd_lo, cd_hi) = (i32x4_shuffle::<0, 4, 1, 5>(t[2], t[3]), i32x4_shuffle::<2, 6, 3, 7>(t[2], t[3]));
+    let (ab_lo, ab_hi) =
+        (i32x4_shuffle::<0, 4, 1, 5>(t[0], t[1]), i32x4_shuffle::<2, 6, 3, 7>(t[0], t[1]));
+    let (cd_lo, cd_hi) =
+        (i32x4_shuffle::<0, 4, 1, 5>(t[2], t[3]), i32x4_shuffle::<2, 6, 3, 7>(t[2], t[3]));
     [
         i32x4_shuffle::<0, 1, 4, 5>(ab_lo, cd_lo),
         i32x4_shuffle::<2, 3, 6, 7>(ab_lo, cd_lo),

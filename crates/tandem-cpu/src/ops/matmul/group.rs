@@ -14,7 +14,9 @@ use std::cell::RefCell;
 use tandem_core::ops::{Matmul, Op};
 use tandem_core::{BufId, DType, QuantView, Result, QBLOCK};
 
-use super::{add_bias, chunk_rows, par_chunks_caller, quant_rows, quant_tokens, with_prep, XPrep, OP};
+use super::{
+    add_bias, chunk_rows, par_chunks_caller, quant_rows, quant_tokens, with_prep, XPrep, OP,
+};
 use crate::table::{Buffer, Table, Weight};
 use crate::Exec;
 
@@ -106,7 +108,12 @@ pub(super) struct Part<'a> {
     pub m: usize,
 }
 
-fn compute(t: &Table, ex: Exec, ops: &[Option<&Matmul>], outs: &mut [Option<(BufId, Buffer)>; MAX]) -> Result<()> {
+fn compute(
+    t: &Table,
+    ex: Exec,
+    ops: &[Option<&Matmul>],
+    outs: &mut [Option<(BufId, Buffer)>; MAX],
+) -> Result<()> {
     let first = ops[0].expect("a group has ops");
     let (n, k) = (first.n, first.k);
     let x = &t.input(OP, "x", first.x, DType::F32, n * k)?.f32()[..n * k];
@@ -124,12 +131,15 @@ fn compute(t: &Table, ex: Exec, ops: &[Option<&Matmul>], outs: &mut [Option<(Buf
         rows += op.m;
     }
     // The split depends on the weight kind only through Q8_0 or not: one of each kind present.
-    let kind = |q8: bool| parts.iter().flatten().map(|p| p.q.dtype).find(|&d| (d == DType::Q8_0) == q8);
+    let kind =
+        |q8: bool| parts.iter().flatten().map(|p| p.q.dtype).find(|&d| (d == DType::Q8_0) == q8);
     let avx2 = ex.avx2;
     if n > 1 {
         // A verification's or a small batch's rows: one split per token and kind (allocated:
         // only the one-token step is kept free of allocations).
-        let preps = |d: Option<DType>| d.map(|d| x.chunks_exact(k).map(|xt| XPrep::new(xt, d, avx2)).collect::<Vec<_>>());
+        let preps = |d: Option<DType>| {
+            d.map(|d| x.chunks_exact(k).map(|xt| XPrep::new(xt, d, avx2)).collect::<Vec<_>>())
+        };
         let (p4, p8) = (preps(kind(false)), preps(kind(true)));
         return ROWS.with_borrow_mut(|all| {
             all.clear();
@@ -148,7 +158,9 @@ fn compute(t: &Table, ex: Exec, ops: &[Option<&Matmul>], outs: &mut [Option<(Buf
         })
     };
     match (kind(false), kind(true)) {
-        (Some(a), Some(b)) => with_prep(x, a, avx2, |pa| with_prep(x, b, avx2, |pb| run([Some(pa), Some(pb)]))),
+        (Some(a), Some(b)) => {
+            with_prep(x, a, avx2, |pa| with_prep(x, b, avx2, |pb| run([Some(pa), Some(pb)])))
+        }
         (Some(a), None) => with_prep(x, a, avx2, |pa| run([Some(pa), None])),
         (None, Some(b)) => with_prep(x, b, avx2, |pb| run([None, Some(pb)])),
         (None, None) => unreachable!("a group has parts"),
@@ -161,7 +173,13 @@ fn compute(t: &Table, ex: Exec, ops: &[Option<&Matmul>], outs: &mut [Option<(Buf
 /// returns c. With n tokens (`x`: [n, k]) chunk j holds its rows' [n, rows] block at
 /// all[n * j * c..]; with one that is all = [rows]. `preps`: each token's split for Q4
 /// weights, then for Q8_0. A lone one-token matmul is a group of one part.
-pub(super) fn rows_of(ex: Exec, x: &[f32], parts: &[Option<Part>], preps: [Option<&[XPrep]>; 2], all: &mut [f32]) -> usize {
+pub(super) fn rows_of(
+    ex: Exec,
+    x: &[f32],
+    parts: &[Option<Part>],
+    preps: [Option<&[XPrep]>; 2],
+    all: &mut [f32],
+) -> usize {
     let n = preps.iter().flatten().map(|p| p.len()).next().expect("a split for each kind present");
     let (k, threads) = (x.len() / n, ex.threads());
     let rows = all.len() / n;
@@ -173,7 +191,8 @@ pub(super) fn rows_of(ex: Exec, x: &[f32], parts: &[Option<Part>], preps: [Optio
             // token's row of the chunk.
             let (r0, r1) = (lo.max(p.start) - p.start, (lo + w).min(p.start + p.m) - p.start);
             let at = p.start + r0 - lo;
-            let prep = preps[(p.q.dtype == DType::Q8_0) as usize].expect("made for each kind present");
+            let prep =
+                preps[(p.q.dtype == DType::Q8_0) as usize].expect("made for each kind present");
             if n == 1 {
                 let seg = &mut o[at..at + r1 - r0];
                 quant_rows(ex.avx2, p.q, x, &prep[0], k, r0, seg);
@@ -205,7 +224,14 @@ pub(super) fn rows_of(ex: Exec, x: &[f32], parts: &[Option<Part>], preps: [Optio
 
 /// Each part's [n, m] output from `all` ([`rows_of`]'s chunks of c rows, [n, rows] each; with
 /// one token, all = [rows]).
-fn scatter(all: &[f32], c: usize, n: usize, rows: usize, parts: &[Option<Part>], outs: &mut [Option<(BufId, Buffer)>; MAX]) {
+fn scatter(
+    all: &[f32],
+    c: usize,
+    n: usize,
+    rows: usize,
+    parts: &[Option<Part>],
+    outs: &mut [Option<(BufId, Buffer)>; MAX],
+) {
     for (ci, chunk) in all.chunks(c * n).enumerate() {
         let (lo, w) = (ci * c, chunk.len() / n);
         debug_assert!(lo + w <= rows);
@@ -216,7 +242,8 @@ fn scatter(all: &[f32], c: usize, n: usize, rows: usize, parts: &[Option<Part>],
             }
             let out = out.f32_mut();
             for (t, src) in chunk.chunks_exact(w).enumerate() {
-                out[t * p.m + r0 - p.start..t * p.m + r1 - p.start].copy_from_slice(&src[r0 - lo..r1 - lo]);
+                out[t * p.m + r0 - p.start..t * p.m + r1 - p.start]
+                    .copy_from_slice(&src[r0 - lo..r1 - lo]);
             }
         }
     }
@@ -274,12 +301,23 @@ mod tests {
         let xb = cpu.alloc(DType::F32, k).unwrap();
         let mut step = Step::default();
         step.push(Op::RmsNorm(RmsNorm { x, weight: norm_w, out: xb, n: 1, dim: k, eps: 1e-5 }));
-        let mut matmul = |cpu: &mut CpuBackend, x: BufId, wdtype: DType, m: usize, k: usize, seed: usize| {
-            let w = upload(cpu, wdtype, &values(m * k, seed));
-            let out = cpu.alloc(DType::F32, m).unwrap();
-            step.push(Op::Matmul(Matmul { x, w, wdtype, bias: None, out, n: 1, k, m, decode_rows: 1 }));
-            out
-        };
+        let mut matmul =
+            |cpu: &mut CpuBackend, x: BufId, wdtype: DType, m: usize, k: usize, seed: usize| {
+                let w = upload(cpu, wdtype, &values(m * k, seed));
+                let out = cpu.alloc(DType::F32, m).unwrap();
+                step.push(Op::Matmul(Matmul {
+                    x,
+                    w,
+                    wdtype,
+                    bias: None,
+                    out,
+                    n: 1,
+                    k,
+                    m,
+                    decode_rows: 1,
+                }));
+                out
+            };
         for (i, m) in [64, 32, 32].into_iter().enumerate() {
             matmul(&mut cpu, xb, DType::Q4_1, m, k, 10 + i);
         }
@@ -289,7 +327,17 @@ mod tests {
         step.push(Op::Swiglu(Swiglu { gate, up, out: hidden, len: ffn }));
         let w_down = upload(&mut cpu, DType::Q4_0, &values(k * ffn, 30));
         let down = cpu.alloc(DType::F32, k).unwrap();
-        step.push(Op::Matmul(Matmul { x: hidden, w: w_down, wdtype: DType::Q4_0, bias: None, out: down, n: 1, k: ffn, m: k, decode_rows: 1 }));
+        step.push(Op::Matmul(Matmul {
+            x: hidden,
+            w: w_down,
+            wdtype: DType::Q4_0,
+            bias: None,
+            out: down,
+            n: 1,
+            k: ffn,
+            m: k,
+            decode_rows: 1,
+        }));
         step.push(Op::Add(Add { x, y: down, len: k }));
         // q, k, v and gate share xb (a group of two weight kinds, at the most ops a group
         // takes); up runs alone.
@@ -332,7 +380,8 @@ mod tests {
         for (threads, n) in [(1, 1), (2, 1), (1, 5), (2, 5)] {
             let mut cpu = CpuBackend::fast(threads).unwrap();
             let x = upload(&mut cpu, DType::F32, &values(n * k, 1));
-            let specs = [(DType::Q8_0, 70, true), (DType::Q4_1, 33, false), (DType::Q4_0, 40, false)];
+            let specs =
+                [(DType::Q8_0, 70, true), (DType::Q4_1, 33, false), (DType::Q4_0, 40, false)];
             let ops: Vec<Matmul> = specs
                 .iter()
                 .enumerate()
@@ -352,7 +401,13 @@ mod tests {
                 let mut alone = Step::default();
                 alone.push(Op::Matmul(o.clone()));
                 cpu.execute(&alone).unwrap();
-                assert_eq!(&out(&cpu, o.out), want, "{} m={} n={n} on {threads} threads", o.wdtype, o.m);
+                assert_eq!(
+                    &out(&cpu, o.out),
+                    want,
+                    "{} m={} n={n} on {threads} threads",
+                    o.wdtype,
+                    o.m
+                );
             }
             // An op writing the shared input, or another's output, ends the group.
             let writes_x = Matmul { out: x, ..ops[1].clone() };

@@ -61,12 +61,7 @@ fn pack(x: &[f32], n: usize, k: usize) -> Packed {
                 data[off + j * width + t] = v;
             }
         }
-        groups.push(Group {
-            t0,
-            live,
-            width,
-            off,
-        });
+        groups.push(Group { t0, live, width, off });
         t0 += live;
     }
     Packed { groups, data }

@@ -20,9 +20,9 @@ use core::arch::wasm32::*;
 use half::f16;
 use tandem_core::{DType, QuantView, QBLOCK};
 
-use super::{int_split, Order};
 use super::prefill_simd128::unload;
 use super::scatter_strips;
+use super::{int_split, Order};
 use crate::ops::chunk_rows;
 use crate::Exec;
 
@@ -51,17 +51,31 @@ struct Packed {
 
 /// x: [n, k]; q: [m, k]; bias: [m]; out: [n, m]; `applies(q.dtype, k)` must hold.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn prefill(ex: Exec, x: &[f32], q: QuantView, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, m: usize) {
+pub(super) fn prefill(
+    ex: Exec,
+    x: &[f32],
+    q: QuantView,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    n: usize,
+    k: usize,
+    m: usize,
+) {
     assert!(applies(q.dtype, k) && x.len() >= n * k && out.len() >= n * m);
     let nb = k / QBLOCK;
     let ex = ex.sized(n * k * m);
     let groups = n.div_ceil(W);
-    let mut p = Packed { ints: vec![0; groups * nb * PAIRS * W], scales: vec![0.0; groups * nb * W], sums: vec![0.0; groups * nb * W] };
+    let mut p = Packed {
+        ints: vec![0; groups * nb * PAIRS * W],
+        scales: vec![0.0; groups * nb * W],
+        sums: vec![0.0; groups * nb * W],
+    };
     for (t, xt) in x[..n * k].chunks_exact(k).enumerate() {
         let (ints, scales) = int_split(xt, Order::Natural, false, false);
         let (g, l) = (t / W, t % W);
         for (j, pair) in ints.chunks_exact(2).enumerate() {
-            p.ints[(g * nb * PAIRS + j) * W + l] = (pair[0] as u16 as u32 | (pair[1] as u16 as u32) << 16) as i32;
+            p.ints[(g * nb * PAIRS + j) * W + l] =
+                (pair[0] as u16 as u32 | (pair[1] as u16 as u32) << 16) as i32;
         }
         for (b, xb) in xt.chunks_exact(QBLOCK).enumerate() {
             p.scales[(g * nb + b) * W + l] = scales[b];
@@ -121,7 +135,10 @@ impl Panel {
                 _ => {
                     // Byte j of a block holds elements 2j (low nibble) and 2j + 1 (high).
                     let off = if q.dtype == DType::Q4_0 { 8 } else { 0 };
-                    for (d, &b) in w.chunks_exact_mut(2).zip(&q.qs[blk0 * QBLOCK / 2..(blk0 + nb) * QBLOCK / 2]) {
+                    for (d, &b) in w
+                        .chunks_exact_mut(2)
+                        .zip(&q.qs[blk0 * QBLOCK / 2..(blk0 + nb) * QBLOCK / 2])
+                    {
                         d[0] = (b & 0x0f) as i16 - off;
                         d[1] = (b >> 4) as i16 - off;
                     }
@@ -141,7 +158,11 @@ impl Panel {
 fn tile(panel: &Panel, p: &Packed, g: usize, nb: usize, q41: bool) -> [[f32; W]; NR] {
     let k = nb * QBLOCK;
     assert!(panel.w.len() >= NR * k && panel.d.len() >= NR * nb && panel.m.len() >= NR * nb);
-    assert!(p.ints.len() >= (g + 1) * nb * PAIRS * W && p.scales.len() >= (g + 1) * nb * W && p.sums.len() >= (g + 1) * nb * W);
+    assert!(
+        p.ints.len() >= (g + 1) * nb * PAIRS * W
+            && p.scales.len() >= (g + 1) * nb * W
+            && p.sums.len() >= (g + 1) * nb * W
+    );
     let (wp, xp) = (panel.w.as_ptr(), p.ints[g * nb * PAIRS * W..].as_ptr());
     let (sp, mp) = (p.scales[g * nb * W..].as_ptr(), p.sums[g * nb * W..].as_ptr());
     let mut acc = [[f32x4_splat(0.0); 2]; NR];
@@ -161,8 +182,14 @@ fn tile(panel: &Panel, p: &Packed, g: usize, nb: usize, q41: bool) -> [[f32; W];
             }
         }
         unsafe {
-            let s = [v128_load(sp.add(b * W) as *const v128), v128_load(sp.add(b * W + 4) as *const v128)];
-            let xs = [v128_load(mp.add(b * W) as *const v128), v128_load(mp.add(b * W + 4) as *const v128)];
+            let s = [
+                v128_load(sp.add(b * W) as *const v128),
+                v128_load(sp.add(b * W + 4) as *const v128),
+            ];
+            let xs = [
+                v128_load(mp.add(b * W) as *const v128),
+                v128_load(mp.add(b * W + 4) as *const v128),
+            ];
             for r in 0..NR {
                 let d = f32x4_splat(panel.d[r * nb + b]);
                 let mn = f32x4_splat(panel.m[r * nb + b]);

@@ -34,7 +34,16 @@ const W: usize = 8;
 
 /// x: [n, k]; w: [m, k]; bias: [m]; out: [n, m]; n > 0, m > 0.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn prefill(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, m: usize) {
+pub(super) fn prefill(
+    ex: Exec,
+    x: &[f32],
+    w: Weight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    n: usize,
+    k: usize,
+    m: usize,
+) {
     if k == 0 {
         for row in out.chunks_exact_mut(m) {
             for (r, o) in row.iter_mut().enumerate() {
@@ -67,7 +76,15 @@ pub(super) fn prefill(ex: Exec, x: &[f32], w: Weight, bias: Option<&[f32]>, out:
 }
 
 /// out: [n, rows] for weight rows r0..r0 + rows (rows = out.len() / n).
-fn chunk(packed: &[f32], w: Weight, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, r0: usize) {
+fn chunk(
+    packed: &[f32],
+    w: Weight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    n: usize,
+    k: usize,
+    r0: usize,
+) {
     let rows = out.len() / n;
     // The panel's rows, dequantized (or copied: f32 weights), [NR][k]; rows past the end of a
     // short last panel are zero. (Interleaving the panel as [k][NR], so that a step's weights
@@ -149,13 +166,22 @@ fn dequant_blocks(q: QuantView, b0: usize, dst: &mut [f32]) {
     let nb = dst.len() / QBLOCK;
     let q8 = q.dtype == DType::Q8_0;
     let q41 = q.dtype == DType::Q4_1;
-    assert!(q.d.len() >= b0 + nb && (!q41 || q.m.len() >= b0 + nb) && q.qs.len() >= (b0 + nb) * if q8 { QBLOCK } else { QBLOCK / 2 });
+    assert!(
+        q.d.len() >= b0 + nb
+            && (!q41 || q.m.len() >= b0 + nb)
+            && q.qs.len() >= (b0 + nb) * if q8 { QBLOCK } else { QBLOCK / 2 }
+    );
     let mask = u8x16_splat(0x0f);
     let eight = i32x4_splat(8);
     for (g, dg) in dst.chunks_mut(4 * QBLOCK).enumerate() {
         let (b, c) = (b0 + g * 4, dg.len() / QBLOCK);
         // SAFETY: blocks b..b + c lie inside `q.d` and `q.m` (asserted above).
-        let (ds, ms) = unsafe { (scales::<false>(q.d, b, c), if q41 { scales::<false>(q.m, b, c) } else { f32x4_splat(0.0) }) };
+        let (ds, ms) = unsafe {
+            (
+                scales::<false>(q.d, b, c),
+                if q41 { scales::<false>(q.m, b, c) } else { f32x4_splat(0.0) },
+            )
+        };
         let (ds, ms) = (lanes(ds), lanes(ms));
         for (i, o) in dg.chunks_exact_mut(QBLOCK).enumerate() {
             let (d, mn) = (f32x4_splat(ds[i]), f32x4_splat(ms[i]));
@@ -165,8 +191,19 @@ fn dequant_blocks(q: QuantView, b0: usize, dst: &mut [f32]) {
                 // SAFETY: the 32 bytes of block b + i lie inside `q.qs` (asserted above).
                 let p = unsafe { q.qs.as_ptr().add((b + i) * QBLOCK) } as *const v128;
                 let (v0, v1) = unsafe { (v128_load(p), v128_load(p.add(1))) };
-                let h = [i16x8_extend_low_i8x16(v0), i16x8_extend_high_i8x16(v0), i16x8_extend_low_i8x16(v1), i16x8_extend_high_i8x16(v1)];
-                std::array::from_fn(|j| if j % 2 == 0 { i32x4_extend_low_i16x8(h[j / 2]) } else { i32x4_extend_high_i16x8(h[j / 2]) })
+                let h = [
+                    i16x8_extend_low_i8x16(v0),
+                    i16x8_extend_high_i8x16(v0),
+                    i16x8_extend_low_i8x16(v1),
+                    i16x8_extend_high_i8x16(v1),
+                ];
+                std::array::from_fn(|j| {
+                    if j % 2 == 0 {
+                        i32x4_extend_low_i16x8(h[j / 2])
+                    } else {
+                        i32x4_extend_high_i16x8(h[j / 2])
+                    }
+                })
             } else {
                 // SAFETY: the 16 bytes of block b + i lie inside `q.qs` (asserted above).
                 let bytes = unsafe { v128_load(q.qs.as_ptr().add((b + i) * 16) as *const v128) };
@@ -175,10 +212,23 @@ fn dequant_blocks(q: QuantView, b0: usize, dst: &mut [f32]) {
                 // Element 2i is the low nibble of byte i, 2i + 1 the high one.
                 let (e0, e1) = (
                     i8x16_shuffle::<0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23>(lo, hi),
-                    i8x16_shuffle::<8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31>(lo, hi),
+                    i8x16_shuffle::<8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31>(
+                        lo, hi,
+                    ),
                 );
-                let h = [u16x8_extend_low_u8x16(e0), u16x8_extend_high_u8x16(e0), u16x8_extend_low_u8x16(e1), u16x8_extend_high_u8x16(e1)];
-                std::array::from_fn(|j| if j % 2 == 0 { u32x4_extend_low_u16x8(h[j / 2]) } else { u32x4_extend_high_u16x8(h[j / 2]) })
+                let h = [
+                    u16x8_extend_low_u8x16(e0),
+                    u16x8_extend_high_u8x16(e0),
+                    u16x8_extend_low_u8x16(e1),
+                    u16x8_extend_high_u8x16(e1),
+                ];
+                std::array::from_fn(|j| {
+                    if j % 2 == 0 {
+                        u32x4_extend_low_u16x8(h[j / 2])
+                    } else {
+                        u32x4_extend_high_u16x8(h[j / 2])
+                    }
+                })
             };
             for (j, v) in v.into_iter().enumerate() {
                 let f = match (q8, q41) {
@@ -195,5 +245,10 @@ fn dequant_blocks(q: QuantView, b0: usize, dst: &mut [f32]) {
 
 #[inline(always)]
 fn lanes(v: v128) -> [f32; 4] {
-    [f32x4_extract_lane::<0>(v), f32x4_extract_lane::<1>(v), f32x4_extract_lane::<2>(v), f32x4_extract_lane::<3>(v)]
+    [
+        f32x4_extract_lane::<0>(v),
+        f32x4_extract_lane::<1>(v),
+        f32x4_extract_lane::<2>(v),
+        f32x4_extract_lane::<3>(v),
+    ]
 }

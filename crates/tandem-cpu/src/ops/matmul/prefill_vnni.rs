@@ -23,8 +23,8 @@ use std::arch::x86_64::*;
 use half::f16;
 use tandem_core::{DType, QuantView, QBLOCK};
 
-use super::{decode_avx512, int_split, Order};
 use super::scatter_strips;
+use super::{decode_avx512, int_split, Order};
 use crate::ops::chunk_rows;
 use crate::Exec;
 
@@ -42,14 +42,24 @@ pub(crate) fn applies(dtype: DType, k: usize) -> bool {
 
 /// x: [n, k]; q: [m, k] Q8_0; bias: [m]; out: [n, m]; `applies(Q8_0, k)` must hold.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn q8(ex: Exec, x: &[f32], q: QuantView, bias: Option<&[f32]>, out: &mut [f32], n: usize, k: usize, m: usize) {
+pub(super) fn q8(
+    ex: Exec,
+    x: &[f32],
+    q: QuantView,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    n: usize,
+    k: usize,
+    m: usize,
+) {
     assert!(applies(q.dtype, k) && x.len() >= n * k && out.len() >= n * m);
     let nb = k / QBLOCK;
     assert!(q.qs.len() >= m * nb * QBLOCK && q.d.len() >= m * nb);
     let ex = ex.sized(n * k * m);
     // Each token's 16-bit activation (element order) and block scales, once for every panel.
     // Across the team: serially, 512 tokens' splits took a third of a k/v projection.
-    let acts: Vec<(Vec<i16>, Vec<f32>)> = ex.map_range(n, |t| int_split(&x[t * k..(t + 1) * k], Order::Natural, false, false));
+    let acts: Vec<(Vec<i16>, Vec<f32>)> =
+        ex.map_range(n, |t| int_split(&x[t * k..(t + 1) * k], Order::Natural, false, false));
     // Stands in for the tokens past the end of a short last tile.
     let zero = (vec![0i16; nb * QBLOCK], vec![0f32; nb]);
     let c = chunk_rows(m, ex.threads(), NR).next_multiple_of(NR);
@@ -63,7 +73,8 @@ pub(super) fn q8(ex: Exec, x: &[f32], q: QuantView, bias: Option<&[f32]>, out: &
             widen_panel(q, nb, r0 + p0, live, &mut wp, &mut dp);
             for t0 in (0..n).step_by(T) {
                 let tl = T.min(n - t0);
-                let a: [&(Vec<i16>, Vec<f32>); T] = std::array::from_fn(|t| if t < tl { &acts[t0 + t] } else { &zero });
+                let a: [&(Vec<i16>, Vec<f32>); T] =
+                    std::array::from_fn(|t| if t < tl { &acts[t0 + t] } else { &zero });
                 // SAFETY: `applies` checked the CPU features; `wp`/`dp` hold nb blocks of the
                 // panel, every token's ints nb * 32 and scales at least nb.
                 let sums = unsafe { tile(&wp, &dp, nb, &a) };
@@ -96,7 +107,10 @@ fn widen_panel(q: QuantView, nb: usize, row0: usize, live: usize, wp: &mut [i32]
         for b in 0..nb {
             let src = &q.qs[(blk0 + b) * QBLOCK..][..QBLOCK];
             for p in 0..PAIRS {
-                let (lo, hi) = (src[2 * p] as i8 as i16 as u16 as u32, src[2 * p + 1] as i8 as i16 as u16 as u32);
+                let (lo, hi) = (
+                    src[2 * p] as i8 as i16 as u16 as u32,
+                    src[2 * p + 1] as i8 as i16 as u16 as u32,
+                );
                 wp[(b * PAIRS + p) * NR + r] = (lo | hi << 16) as i32;
             }
             dp[b * NR + r] = f16::to_f32(q.d[blk0 + b]);
@@ -110,7 +124,12 @@ fn widen_panel(q: QuantView, nb: usize, row0: usize, live: usize, wp: &mut [i32]
 /// AVX-512 F/BW/VNNI must be available; wp and dp hold nb blocks (as [`widen_panel`]); every
 /// token's ints hold nb * 32 values and its scales nb.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-unsafe fn tile(wp: &[i32], dp: &[f32], nb: usize, a: &[&(Vec<i16>, Vec<f32>); T]) -> [[f32; NR]; T] {
+unsafe fn tile(
+    wp: &[i32],
+    dp: &[f32],
+    nb: usize,
+    a: &[&(Vec<i16>, Vec<f32>); T],
+) -> [[f32; NR]; T] {
     assert!(wp.len() >= nb * PAIRS * NR && dp.len() >= nb * NR);
     assert!(a.iter().all(|(ints, s)| ints.len() >= nb * QBLOCK && s.len() >= nb));
     let ip: [*const i32; T] = std::array::from_fn(|t| a[t].0.as_ptr() as *const i32);

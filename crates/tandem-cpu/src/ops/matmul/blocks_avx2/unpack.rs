@@ -25,7 +25,13 @@ pub(super) trait Unpack {
     /// # Safety
     /// As [`Unpack::unpack`], for blocks at `blk` and `blk + stride`.
     #[inline(always)]
-    unsafe fn unpack2(blk: *const u8, stride: usize, q: &mut [__m256i], dl: &mut [f32], ml: &mut [f32]) {
+    unsafe fn unpack2(
+        blk: *const u8,
+        stride: usize,
+        q: &mut [__m256i],
+        dl: &mut [f32],
+        ml: &mut [f32],
+    ) {
         let c = Self::ELEMS / 16;
         // SAFETY: the caller's contract.
         unsafe {
@@ -39,7 +45,11 @@ pub(super) trait Unpack {
 #[inline(always)]
 unsafe fn f16_at(blk: *const u8, off: usize) -> f32 {
     // SAFETY: inside the block; F16C is enabled in every caller.
-    unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(blk.add(off).cast::<u16>().read_unaligned() as i32))) }
+    unsafe {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+            blk.add(off).cast::<u16>().read_unaligned() as i32
+        )))
+    }
 }
 
 #[inline(always)]
@@ -67,7 +77,9 @@ unsafe fn widen(v: __m256i, signed: bool) -> (__m256i, __m256i) {
 unsafe fn bits(v: __m256i, shift: i32, mask: i8) -> __m256i {
     // SAFETY: AVX2 is enabled in every caller. The 16-bit shift moves bits across bytes;
     // the mask keeps only those that came from the same byte.
-    unsafe { _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(shift)), _mm256_set1_epi8(mask)) }
+    unsafe {
+        _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(shift)), _mm256_set1_epi8(mask))
+    }
 }
 
 /// The 32 levels of a 32-element block's 5-bit quants (Q5_0, Q5_1), unsigned (0..31):
@@ -82,7 +94,10 @@ unsafe fn levels5(qs: *const u8, qh: u32) -> __m256i {
         // Byte j takes qh's byte j / 8 and tests its bit j % 8.
         let spread = _mm256_shuffle_epi8(
             _mm256_set1_epi32(qh as i32),
-            _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+            _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                3, 3, 3, 3,
+            ),
         );
         let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
         let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
@@ -108,9 +123,15 @@ unsafe fn fifth2(qh: __m256i, upper: bool) -> __m256i {
     // SAFETY: AVX2 is enabled in every caller.
     unsafe {
         let idx = if upper {
-            _mm256_setr_epi8(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3)
+            _mm256_setr_epi8(
+                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                3, 3, 3, 3,
+            )
         } else {
-            _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+            _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1,
+                1, 1, 1, 1,
+            )
         };
         let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
         _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(qh, idx), bit), bit)
@@ -122,8 +143,15 @@ unsafe fn fifth2(qh: __m256i, upper: bool) -> __m256i {
 unsafe fn qh2(blk: *const u8, stride: usize) -> __m256i {
     // SAFETY: both blocks hold 8 bytes; AVX2 is enabled in every caller.
     unsafe {
-        let (a, b) = (blk.add(4).cast::<i32>().read_unaligned(), blk.add(stride + 4).cast::<i32>().read_unaligned());
-        _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_cvtsi32_si128(a)), _mm_cvtsi32_si128(b), 1)
+        let (a, b) = (
+            blk.add(4).cast::<i32>().read_unaligned(),
+            blk.add(stride + 4).cast::<i32>().read_unaligned(),
+        );
+        _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_cvtsi32_si128(a)),
+            _mm_cvtsi32_si128(b),
+            1,
+        )
     }
 }
 
@@ -143,7 +171,10 @@ unsafe fn widen2(lo: __m256i, hi: __m256i, signed: bool, q: &mut [__m256i]) {
 unsafe fn halves2(blk: *const u8, stride: usize, off: usize) -> __m128 {
     // SAFETY: inside both blocks; F16C is enabled in every caller.
     unsafe {
-        let (a, b) = (blk.add(off).cast::<u16>().read_unaligned() as i32, blk.add(stride + off).cast::<u16>().read_unaligned() as i32);
+        let (a, b) = (
+            blk.add(off).cast::<u16>().read_unaligned() as i32,
+            blk.add(stride + off).cast::<u16>().read_unaligned() as i32,
+        );
         let v = _mm_cvtph_ps(_mm_cvtsi32_si128(a | (b << 16)));
         _mm_unpacklo_ps(v, v)
     }
@@ -166,7 +197,13 @@ impl Unpack for Q5_0 {
         }
     }
     #[inline(always)]
-    unsafe fn unpack2(blk: *const u8, stride: usize, q: &mut [__m256i], dl: &mut [f32], _ml: &mut [f32]) {
+    unsafe fn unpack2(
+        blk: *const u8,
+        stride: usize,
+        q: &mut [__m256i],
+        dl: &mut [f32],
+        _ml: &mut [f32],
+    ) {
         // SAFETY: two whole 24-byte blocks.
         unsafe {
             let (lo, hi) = nibbles2(blk.add(8), blk.add(stride + 8));
@@ -197,7 +234,13 @@ impl Unpack for Q5_1 {
         }
     }
     #[inline(always)]
-    unsafe fn unpack2(blk: *const u8, stride: usize, q: &mut [__m256i], dl: &mut [f32], ml: &mut [f32]) {
+    unsafe fn unpack2(
+        blk: *const u8,
+        stride: usize,
+        q: &mut [__m256i],
+        dl: &mut [f32],
+        ml: &mut [f32],
+    ) {
         // SAFETY: two whole 24-byte blocks.
         unsafe {
             let (lo, hi) = nibbles2(blk.add(8), blk.add(stride + 8));
@@ -237,7 +280,13 @@ impl Unpack for IQ4NL {
         }
     }
     #[inline(always)]
-    unsafe fn unpack2(blk: *const u8, stride: usize, q: &mut [__m256i], dl: &mut [f32], _ml: &mut [f32]) {
+    unsafe fn unpack2(
+        blk: *const u8,
+        stride: usize,
+        q: &mut [__m256i],
+        dl: &mut [f32],
+        _ml: &mut [f32],
+    ) {
         // SAFETY: two whole 20-byte blocks.
         unsafe {
             let (lo, hi) = nibbles2(blk.add(4), blk.add(stride + 4));
@@ -316,7 +365,8 @@ impl Unpack for Q4K {
             for p in 0..4 {
                 // 64 elements: low nibbles of 32 bytes, then their high nibbles.
                 let v = load32(blk.add(16 + 32 * p));
-                (q[4 * p], q[4 * p + 1]) = widen(_mm256_and_si256(v, _mm256_set1_epi8(0x0f)), false);
+                (q[4 * p], q[4 * p + 1]) =
+                    widen(_mm256_and_si256(v, _mm256_set1_epi8(0x0f)), false);
                 (q[4 * p + 2], q[4 * p + 3]) = widen(bits(v, 4, 0x0f), false);
             }
             k_scales(blk, dl, ml);
@@ -338,7 +388,10 @@ impl Unpack for Q5K {
                 // As Q4_K, with element 64p + 32h + l's fifth bit in bit 2p + h of qh[l].
                 let v = load32(blk.add(48 + 32 * p));
                 let (five_lo, five_hi) = (bits(qh, 2 * p as i32, 1), bits(qh, 2 * p as i32 + 1, 1));
-                let lo = _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi8(0x0f)), _mm256_slli_epi16(five_lo, 4));
+                let lo = _mm256_or_si256(
+                    _mm256_and_si256(v, _mm256_set1_epi8(0x0f)),
+                    _mm256_slli_epi16(five_lo, 4),
+                );
                 let hi = _mm256_or_si256(bits(v, 4, 0x0f), _mm256_slli_epi16(five_hi, 4));
                 (q[4 * p], q[4 * p + 1]) = widen(lo, false);
                 (q[4 * p + 2], q[4 * p + 3]) = widen(hi, false);
@@ -360,11 +413,21 @@ impl Unpack for Q6K {
             for h in 0..2 {
                 // 128 elements: ql bytes a (64h + l) and b (64h + 32 + l), high crumbs in
                 // qh[32h + l]; element 128h + 32n + l is (a, b, a >> 4, b >> 4)[n] with crumb n.
-                let (a, b, hb) = (load32(blk.add(64 * h)), load32(blk.add(64 * h + 32)), load32(blk.add(128 + 32 * h)));
+                let (a, b, hb) = (
+                    load32(blk.add(64 * h)),
+                    load32(blk.add(64 * h + 32)),
+                    load32(blk.add(128 + 32 * h)),
+                );
                 let m4 = _mm256_set1_epi8(0x0f);
-                let lows = [_mm256_and_si256(a, m4), _mm256_and_si256(b, m4), bits(a, 4, 0x0f), bits(b, 4, 0x0f)];
+                let lows = [
+                    _mm256_and_si256(a, m4),
+                    _mm256_and_si256(b, m4),
+                    bits(a, 4, 0x0f),
+                    bits(b, 4, 0x0f),
+                ];
                 for (n, low) in lows.into_iter().enumerate() {
-                    let level = _mm256_or_si256(low, _mm256_slli_epi16(bits(hb, 2 * n as i32, 3), 4));
+                    let level =
+                        _mm256_or_si256(low, _mm256_slli_epi16(bits(hb, 2 * n as i32, 3), 4));
                     let c = 8 * h + 2 * n;
                     (q[c], q[c + 1]) = widen(_mm256_sub_epi8(level, _mm256_set1_epi8(32)), true);
                 }
@@ -420,7 +483,10 @@ impl Unpack for Q3K {
                 let v = load32(blk.add(32 + 32 * h));
                 for n in 0..4 {
                     let m = _mm256_slli_epi16(bits(mask, (4 * h + n) as i32, 1), 2);
-                    let level = _mm256_sub_epi8(_mm256_or_si256(bits(v, 2 * n as i32, 3), m), _mm256_set1_epi8(4));
+                    let level = _mm256_sub_epi8(
+                        _mm256_or_si256(bits(v, 2 * n as i32, 3), m),
+                        _mm256_set1_epi8(4),
+                    );
                     let c = 8 * h + 2 * n;
                     (q[c], q[c + 1]) = widen(level, true);
                 }
