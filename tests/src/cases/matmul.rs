@@ -133,9 +133,9 @@ pub(super) fn matmul_invariance(rng: &mut Rng) -> Vec<Invariance> {
                 let all: Vec<usize> = (0..reqs.len()).collect();
                 let mut alone = vec![];
                 let mut row = 0;
-                for i in 0..reqs.len() {
+                for (i, &(n, _)) in reqs.iter().enumerate() {
                     alone.push((case(&[i]), row));
-                    row += reqs[i].0;
+                    row += n;
                 }
                 out.push(Invariance { batch: case(&all), alone, row_len: m });
             }
