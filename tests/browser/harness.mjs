@@ -117,20 +117,38 @@ export async function webgpuSkipReason(page) {
   });
 }
 
+/**
+ * `reason` (a model a test needs is missing) as a SKIP reason; under TANDEM_REQUIRE_MODELS=1
+ * (as .ci/run sets it, and as the cargo tests read it) a thrown error instead, so that a test
+ * cannot pass by not running where the models are supposed to be.
+ */
+export function modelMissing(reason) {
+  const required = process.env.TANDEM_REQUIRE_MODELS;
+  if (required && required !== '0') throw new Error(`${reason}; TANDEM_REQUIRE_MODELS=1 requires every test model to be present`);
+  return reason;
+}
+
 /** stories260K's files as served by the test server, or a SKIP reason. */
 export function stories260K() {
   const dir = join(sharedModels, 'stories260K');
   const names = ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors'];
   const missing = [...names, 'reference_greedy.json'].filter((n) => !existsSync(join(dir, n)));
-  if (missing.length) return { skip: `stories260K files missing in ${dir}: ${missing.join(', ')} (set TANDEM_SHARED_MODELS)` };
+  if (missing.length) return { skip: modelMissing(`stories260K files missing in ${dir}: ${missing.join(', ')} (set TANDEM_SHARED_MODELS)`) };
   return { dir, urls: names.map((n) => `/models/stories260K/${n}`) };
+}
+
+/** The default model's file in tandem's cache (SmolLM2-135M-Instruct Q4_1), or a SKIP reason. */
+export function defaultModel() {
+  const file = join(modelCache, 'SmolLM2-135M-Instruct.Q4_1.gguf');
+  if (!existsSync(file)) return { skip: modelMissing(`${file} not found (\`tandem inspect\` fetches it; or set TANDEM_CACHE_DIR)`) };
+  return { file };
 }
 
 /** SmolLM2-135M-Instruct Q4_1 (the default model) as served at /cache-models/, or a SKIP reason. */
 export function smolLM2() {
-  const file = join(modelCache, 'SmolLM2-135M-Instruct.Q4_1.gguf');
+  const model = defaultModel();
+  if (model.skip) return model;
   const reference = join(sharedModels, 'SmolLM2-135M-Instruct/reference.json');
-  if (!existsSync(file)) return { skip: `${file} not found (tandem run fetches it; or set TANDEM_CACHE_DIR)` };
-  if (!existsSync(reference)) return { skip: `${reference} not found (set TANDEM_SHARED_MODELS)` };
-  return { url: '/cache-models/SmolLM2-135M-Instruct.Q4_1.gguf', bytes: statSync(file).size, reference };
+  if (!existsSync(reference)) return { skip: modelMissing(`${reference} not found (set TANDEM_SHARED_MODELS)`) };
+  return { url: '/cache-models/SmolLM2-135M-Instruct.Q4_1.gguf', bytes: statSync(model.file).size, reference };
 }

@@ -9,14 +9,16 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { browserSkipReason, modelCache, openBrowser, repoRoot } from './harness.mjs';
+import { browserSkipReason, defaultModel, openBrowser, repoRoot } from './harness.mjs';
 
 const binary = join(repoRoot, 'target/release/tandem');
-const gguf = join(modelCache, 'SmolLM2-135M-Instruct.Q4_1.gguf');
+const model = defaultModel();
+const gguf = model.file;
 const skip =
   (await browserSkipReason()) ??
   (existsSync(binary) ? null : `${binary} is not built (cargo build --release -p tandem-cli)`) ??
-  (existsSync(gguf) ? null : `${gguf} not found (tandem run fetches it)`);
+  model.skip ??
+  null;
 let server, origin, browser;
 
 /** Starts `tandem serve` on a free port; resolves with its origin once it listens. */

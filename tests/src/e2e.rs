@@ -1,6 +1,6 @@
 //! End-to-end checks on real models, generic over the backend: every backend must give the
-//! reference tokens. Each returns `Ok(Err(reason))`-style skips through [`Skip`] when a model
-//! file is absent, so the caller prints why instead of passing silently.
+//! reference tokens. A missing model file is an `Err(Skip(reason))` the caller prints instead
+//! of passing silently; under `TANDEM_REQUIRE_MODELS=1` it is a failure ([`tandem_testkit`]).
 
 use std::path::PathBuf;
 use tandem_core::generate::{generate, GenerateParams};
@@ -12,29 +12,27 @@ use tandem_core::{Backend, DType};
 /// Why a test could not run (a missing model file); printed by the caller.
 pub struct Skip(pub String);
 
-/// `shared/models` beside the repository, or `$TANDEM_SHARED_MODELS`.
-pub fn shared_models() -> PathBuf {
-    std::env::var_os("TANDEM_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"))
-}
-
+/// stories260K's folder, or why not (a panic instead under `TANDEM_REQUIRE_MODELS=1`).
 pub fn stories_dir() -> Result<PathBuf, Skip> {
-    let dir = shared_models().join("stories260K");
-    if dir.join("model.safetensors").is_file() {
-        Ok(dir)
-    } else {
-        Err(Skip(format!("stories260K not found at {} (set TANDEM_SHARED_MODELS)", dir.display())))
-    }
+    tandem_testkit::find_shared_model("stories260K", &["model.safetensors"]).map_err(Skip)
 }
 
 /// SmolLM2-135M-Instruct Q4_1: `$TANDEM_SMOLLM_GGUF`, else the default model, fetched if needed.
+/// Unavailable, it is a skip, or a failure under `TANDEM_REQUIRE_MODELS=1`.
 pub fn smollm_gguf() -> Result<PathBuf, Skip> {
     if let Some(p) = std::env::var_os("TANDEM_SMOLLM_GGUF") {
         return Ok(PathBuf::from(p));
     }
-    tandem_core::default_model::ensure(&mut |line| eprintln!("{line}"))
-        .map_err(|e| Skip(format!("SmolLM2-135M-Instruct unavailable: {e}")))
+    tandem_core::default_model::ensure(&mut |line| eprintln!("{line}")).map_err(|e| {
+        Skip(tandem_testkit::model_missing(format!("SmolLM2-135M-Instruct unavailable: {e}")))
+    })
+}
+
+/// SmolLM2-135M-Instruct's reference.json (HF's tokens and logits) in the shared models.
+pub fn smollm_reference() -> Result<PathBuf, Skip> {
+    tandem_testkit::find_shared_model("SmolLM2-135M-Instruct", &["reference.json"])
+        .map(|dir| dir.join("reference.json"))
+        .map_err(Skip)
 }
 
 pub fn read_json(path: &std::path::Path) -> serde_json::Value {
@@ -91,10 +89,7 @@ pub fn smollm_chat_as<B: Backend>(
     weight_dtype: Option<DType>,
 ) -> Result<(), Skip> {
     let gguf = smollm_gguf()?;
-    let reference_path = shared_models().join("SmolLM2-135M-Instruct/reference.json");
-    if !reference_path.is_file() {
-        return Err(Skip(format!("{} not found", reference_path.display())));
-    }
+    let reference_path = smollm_reference()?;
     let reference = read_json(&reference_path);
     let source = loader::open(&gguf).expect("open SmolLM2 GGUF");
     let tokenizer = Tokenizer::load(&source.tokenizer).expect("tokenizer");

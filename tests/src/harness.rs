@@ -63,18 +63,6 @@ pub fn precision_tolerance(op: &Op, precision: Precision) -> Option<Tol> {
     }
 }
 
-/// The GGUF block dtype an op's weight has, if any. Issue #12 adds those types backend by
-/// backend (the CPU first): a backend that reports such an op unsupported has its case
-/// skipped with a printed reason, where any other unsupported case fails.
-pub fn pending_block_dtype(op: &Op) -> Option<DType> {
-    let d = match op {
-        Op::Matmul(m) => m.wdtype,
-        Op::Embed(e) => e.dtype,
-        _ => return None,
-    };
-    d.block_layout().map(|_| d)
-}
-
 /// Allocates the case's buffers on `backend` (outputs poisoned), runs its op, reads every
 /// checked buffer back whole, and frees everything. Blocks on the reads: native only.
 #[cfg(not(target_arch = "wasm32"))]
@@ -130,9 +118,6 @@ pub struct OpSummary {
     pub cases: usize,
     /// The worst NMSE over the cases' NMSE-checked buffers (0 for exact-only ops).
     pub worst_nmse: f64,
-    /// Cases skipped because the backend does not support their GGUF block dtype yet
-    /// ([`pending_block_dtype`]); each was printed.
-    pub skipped: usize,
 }
 
 /// Runs every case of `op` on the backend `make` builds and on the reference; panics with
@@ -150,14 +135,8 @@ pub fn check_op<B: Backend, F: Fn() -> Result<B, String>>(make: F, label: &str, 
     let name = backend.name();
     match pollster::block_on(check_backend_op(&mut backend, label, op, |_| true)) {
         Ok(s) => eprintln!(
-            "{label} ({name}): {op}: {} cases pass, worst NMSE {:.3e}{}",
-            s.cases - s.skipped,
-            s.worst_nmse,
-            if s.skipped > 0 {
-                format!(", {} skipped (GGUF block dtypes not supported here yet)", s.skipped)
-            } else {
-                String::new()
-            }
+            "{label} ({name}): {op}: {} cases pass, worst NMSE {:.3e}",
+            s.cases, s.worst_nmse
         ),
         Err(msg) => panic!("{msg}"),
     }
@@ -180,15 +159,10 @@ pub async fn check_backend_op<B: Backend>(
     let base_bytes = backend.allocated_bytes();
     let mut failures = Vec::new();
     let mut worst = 0f64;
-    let mut skipped = 0;
-    let mut skipped_by_dtype = std::collections::BTreeMap::<String, usize>::new();
     for case in &cases {
         let tag = format!("{op} [{}]", case.name);
-        if let (false, Some(d)) = (backend.supports(&case.op), pending_block_dtype(&case.op)) {
-            *skipped_by_dtype.entry(d.to_string()).or_default() += 1;
-            skipped += 1;
-            continue;
-        }
+        // Every case's op is one each backend must run (every weight dtype, the GGUF block
+        // types included): an unsupported one fails, never skips.
         if !backend.supports(&case.op) {
             failures.push(format!("{tag}: {name} reports the op unsupported"));
             continue;
@@ -226,9 +200,6 @@ pub async fn check_backend_op<B: Backend>(
             ));
         }
     }
-    for (d, n) in &skipped_by_dtype {
-        eprintln!("SKIP {label} ({name}): {op}: {n} {d} cases: {name} does not support {d} yet (issue #12)");
-    }
     if !failures.is_empty() {
         return Err(format!(
             "{label} ({name}): {} of {} {op} cases failed:\n  {}",
@@ -237,7 +208,7 @@ pub async fn check_backend_op<B: Backend>(
             failures.join("\n  ")
         ));
     }
-    Ok(OpSummary { cases: cases.len(), worst_nmse: worst, skipped })
+    Ok(OpSummary { cases: cases.len(), worst_nmse: worst })
 }
 
 /// Batch invariance of `op` ("matmul" or "attention") on `backend`: every request's rows
@@ -252,16 +223,9 @@ pub async fn check_batch_invariance<B: Backend>(
         return Err(format!("no batch-invariance cases for {op}"));
     }
     let mut failures = vec![];
-    let mut skipped = 0;
-    let mut last_skipped = None;
     for inv in &cases {
-        if let (false, Some(d)) =
-            (backend.supports(&inv.batch.op), pending_block_dtype(&inv.batch.op))
-        {
-            if last_skipped.replace(d) != Some(d) {
-                eprintln!("SKIP {name}: {op} batch invariance for {d}: not supported here yet (issue #12)");
-            }
-            skipped += 1;
+        if !backend.supports(&inv.batch.op) {
+            failures.push(format!("{op} [{}]: {name} reports the op unsupported", inv.batch.name));
             continue;
         }
         let batch = run_case_async(backend, &inv.batch)
@@ -283,7 +247,7 @@ pub async fn check_batch_invariance<B: Backend>(
         }
     }
     if failures.is_empty() {
-        Ok(cases.len() - skipped)
+        Ok(cases.len())
     } else {
         Err(format!(
             "{name}: {} batch-invariance failures:\n  {}",

@@ -1,4 +1,4 @@
-//! End to end on llama.cpp's K-quant files (issue #12): SmolLM2-135M-Instruct quantized by
+//! End to end on llama.cpp's K-quant files: SmolLM2-135M-Instruct quantized by
 //! llama.cpp's own quantizer to Q4_K_M (which mixes Q4_K, Q5_0, Q6_K and Q8_0, since its
 //! 576-wide rows are not whole 256-element blocks), Q5_K_M (Q5_K, Q5_1, Q6_K, Q8_0), Q6_K,
 //! Q3_K_M and Q2_K (Q4_0 for the 576-wide rows, Q3_K / Q2_K for ffn_down: see
@@ -7,8 +7,7 @@
 //! to F32 by llama.cpp's Python dequantizer (`gguf.quants.dequantize`, written out by
 //! tests/fixtures/kquants/dequant_gguf.py): this checks the block decoders and kernels against
 //! llama.cpp's definition of the format on a real model. Every file also runs on WebGPU (its
-//! WGSL block kernels), which must give the CPU's tokens; a file holding a block type WebGPU
-//! does not run yet prints a SKIP line naming its types, and runs as soon as WebGPU loads it.
+//! WGSL block kernels), which must give the CPU's tokens; with no adapter that half prints SKIP.
 //!
 //! Needs llama.cpp's `llama-quantize` and a Python with `gguf` and `numpy` (see
 //! `tandem_tests::kquant`); prints SKIP with the reason when either is missing, except in CI
@@ -112,12 +111,7 @@ fn kquant_files_match_their_f32_dequantization() -> Result<(), Skip> {
                     }
                     ran = "cpu, wgpu";
                 }
-                // Not every GGUF block type has a WebGPU kernel yet (issue #12): said, not
-                // hidden, and the file runs here by itself once WebGPU loads it.
-                Err(e @ Error::Unsupported { .. }) => {
-                    eprintln!("SKIP kquant e2e {ftype} on wgpu: its types {types:?} include one WebGPU does not run yet: {e}");
-                    ran = "cpu (wgpu: SKIP, unsupported type)";
-                }
+                // WebGPU runs every GGUF block type: an unsupported one is a failure.
                 Err(e) => panic!("{ftype} on wgpu: {e}"),
             },
             Err(e) => {

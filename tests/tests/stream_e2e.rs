@@ -243,10 +243,7 @@ fn stories260k_gguf_streamed_matches_model_load() {
 
 fn smollm_run() -> Result<(), Skip> {
     let path = e2e::smollm_gguf()?;
-    let reference_path = e2e::shared_models().join("SmolLM2-135M-Instruct/reference.json");
-    if !reference_path.is_file() {
-        return Err(Skip(format!("{} not found", reference_path.display())));
-    }
+    let reference_path = e2e::smollm_reference()?;
     let reference = e2e::read_json(&reference_path);
     // From disk in seeded chunks, as a browser stream hands them over.
     use std::io::Read;
@@ -394,7 +391,12 @@ fn stream_errors_are_clear() {
 #[test]
 fn model_load_still_reports_a_missing_tensor_by_name() {
     // The pull path goes through the same builder: a store without a tensor fails naming it.
-    let Ok(dir) = e2e::stories_dir() else { return eprintln!("SKIP: stories260K not found") };
+    let dir = match e2e::stories_dir() {
+        Ok(dir) => dir,
+        Err(Skip(why)) => {
+            return eprintln!("SKIP model_load_still_reports_a_missing_tensor_by_name: {why}")
+        }
+    };
     let hf = stories_hf(&dir);
     let store =
         loader::safetensors::SafetensorsStore::from_bytes("half.safetensors", hf.shards[0].clone())

@@ -5,16 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn stories() -> Option<PathBuf> {
-    let dir = std::env::var_os("TANDEM_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models"))
-        .join("stories260K");
-    if dir.join("model.safetensors").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("SKIP: stories260K not found at {}", dir.display());
-        None
-    }
+    tandem_testkit::shared_model("stories260K", &["model.safetensors"])
 }
 
 fn tandem(args: &[&str]) -> Output {

@@ -518,19 +518,9 @@ fn truncated_and_corrupted_files_never_panic() {
 
 // ---- the real SmolLM2 GGUF ----------------------------------------------------------------
 
-fn smollm_path() -> Option<std::path::PathBuf> {
-    let p = match std::env::var_os("TANDEM_SMOLLM_GGUF") {
-        Some(p) => p.into(),
-        None => std::path::PathBuf::from(std::env::var_os("HOME")?)
-            .join(".cache/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    p.is_file().then_some(p)
-}
-
 #[test]
 fn smollm2_gguf() {
-    let Some(path) = smollm_path() else {
-        eprintln!("SKIP: SmolLM2 GGUF not found (set TANDEM_SMOLLM_GGUF or put it in ~/.cache/tandem/models/)");
+    let Some(path) = tandem_testkit::default_model(tandem_core::default_model::path().ok()) else {
         return;
     };
     let src = open(&path).expect("opens");

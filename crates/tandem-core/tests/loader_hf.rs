@@ -281,19 +281,11 @@ fn open_hf_directories() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-fn shared_models() -> PathBuf {
-    std::env::var_os("TANDEM_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models"))
-}
-
 #[test]
 fn stories260k_safetensors() {
-    let dir = shared_models().join("stories260K");
-    if !dir.join("model.safetensors").is_file() {
-        eprintln!("SKIP: {} not found (set TANDEM_SHARED_MODELS)", dir.display());
+    let Some(dir) = tandem_testkit::shared_model("stories260K", &["model.safetensors"]) else {
         return;
-    }
+    };
     let src = open(&dir).expect("opens");
     let c = &src.config;
     assert_eq!(

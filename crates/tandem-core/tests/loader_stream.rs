@@ -148,20 +148,8 @@ fn stream_matches(
     (sink.names, peak, largest)
 }
 
-fn shared_models() -> PathBuf {
-    std::env::var_os("TANDEM_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models"))
-}
-
 fn stories() -> Option<PathBuf> {
-    let dir = shared_models().join("stories260K");
-    if dir.join("model.safetensors").is_file() && dir.join("tok512.bin").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("SKIP: stories260K not found at {} (set TANDEM_SHARED_MODELS)", dir.display());
-        None
-    }
+    tandem_testkit::shared_model("stories260K", &["model.safetensors", "tok512.bin"])
 }
 
 /// stories260K rewritten as a llama.cpp-style GGUF; with `q8`, matrices whose rows are whole
@@ -271,19 +259,9 @@ fn safetensors_stream_equals_the_mapped_loader_on_stories260k() {
     }
 }
 
-fn smollm_path() -> Option<PathBuf> {
-    let p = match std::env::var_os("TANDEM_SMOLLM_GGUF") {
-        Some(p) => p.into(),
-        None => PathBuf::from(std::env::var_os("HOME")?)
-            .join(".cache/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    p.is_file().then_some(p)
-}
-
 #[test]
 fn gguf_stream_equals_the_mapped_loader_on_smollm2() {
-    let Some(path) = smollm_path() else {
-        eprintln!("SKIP: SmolLM2 GGUF not found (set TANDEM_SMOLLM_GGUF or put it in ~/.cache/tandem/models/)");
+    let Some(path) = tandem_testkit::default_model(tandem_core::default_model::path().ok()) else {
         return;
     };
     let file = GgufFile::open(&path).expect("open");

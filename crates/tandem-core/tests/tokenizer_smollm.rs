@@ -5,22 +5,6 @@ use std::path::PathBuf;
 use tandem_core::loader::gguf::{GgufMetadata, GgufValue};
 use tandem_core::tokenizer::{ChatMessage, TextStream, Tokenizer};
 
-fn smollm_gguf() -> Option<PathBuf> {
-    let p = match std::env::var_os("TANDEM_SMOLLM_GGUF") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-            home.join(".cache/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIP: {} not found (set TANDEM_SMOLLM_GGUF)", p.display());
-        None
-    }
-}
-
 /// Just enough of GGUF v2/v3 to get the metadata: magic, version, counts, then the key/value
 /// pairs; the tensor directory after them is not read. (The real reader lives in the loader.)
 fn read_metadata(path: &PathBuf) -> GgufMetadata {
@@ -87,7 +71,8 @@ impl Reader<'_> {
 }
 
 fn smollm() -> Option<Tokenizer> {
-    let meta = read_metadata(&smollm_gguf()?);
+    let meta =
+        read_metadata(&tandem_testkit::default_model(tandem_core::default_model::path().ok())?);
     Some(Tokenizer::from_gguf(&meta).expect("SmolLM2 tokenizer from GGUF"))
 }
 
@@ -166,7 +151,9 @@ fn tokenizer_smollm_text_stream() {
 
 #[test]
 fn tokenizer_smollm_template_errors() {
-    let Some(path) = smollm_gguf() else { return };
+    let Some(path) = tandem_testkit::default_model(tandem_core::default_model::path().ok()) else {
+        return;
+    };
     let mut meta = read_metadata(&path);
     meta.insert(
         "tokenizer.chat_template".into(),

@@ -6,21 +6,8 @@ use std::path::PathBuf;
 use tandem_core::loader::gguf::{GgufMetadata, GgufValue};
 use tandem_core::tokenizer::{StopStrings, TextStream, Tokenizer};
 
-fn models_dir() -> PathBuf {
-    match std::env::var_os("TANDEM_SHARED_MODELS") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models"),
-    }
-}
-
 fn stories_file(name: &str) -> Option<PathBuf> {
-    let p = models_dir().join("stories260K").join(name);
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIP: {} not found (set TANDEM_SHARED_MODELS)", p.display());
-        None
-    }
+    tandem_testkit::shared_model("stories260K", &[name]).map(|dir| dir.join(name))
 }
 
 fn stories_json() -> Option<Tokenizer> {

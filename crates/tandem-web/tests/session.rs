@@ -13,16 +13,7 @@ use tandem_cpu::CpuBackend;
 use tandem_web::{Added, Output, Request, Session, Usage, WebBackend};
 
 fn stories_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("TANDEM_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models"))
-        .join("stories260K");
-    if dir.join("model.safetensors").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("SKIP: stories260K not found at {} (set TANDEM_SHARED_MODELS)", dir.display());
-        None
-    }
+    tandem_testkit::shared_model("stories260K", &["model.safetensors"])
 }
 
 /// stories260K has no chat template; this one (the BOS token, then the messages' text) lets

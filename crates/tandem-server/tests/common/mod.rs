@@ -26,18 +26,10 @@ use tokio::sync::oneshot;
 pub const CHAT_TEMPLATE: &str =
     "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
 
-/// stories260K's directory, or `None` (the caller prints SKIP and returns).
+/// stories260K's directory, or `None` (SKIP printed; the caller returns). A failure instead
+/// under `TANDEM_REQUIRE_MODELS=1`.
 pub fn stories() -> Option<PathBuf> {
-    let dir = std::env::var_os("TANDEM_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models"))
-        .join("stories260K");
-    if dir.join("model.safetensors").exists() {
-        Some(dir)
-    } else {
-        eprintln!("SKIP: stories260K not found at {} (set TANDEM_SHARED_MODELS)", dir.display());
-        None
-    }
+    tandem_testkit::shared_model("stories260K", &["model.safetensors"])
 }
 
 pub fn tokenizer(dir: &std::path::Path) -> Tokenizer {

@@ -1,0 +1,321 @@
+//! Cases of the paged KV cache: kv_write, attention over prompt and decode rows (ragged
+//! batches over shuffled block tables, NaN poison outside the context) and its batch
+//! invariance.
+
+use tandem_core::ops::*;
+use tandem_core::DType;
+
+use super::*;
+use crate::harness::tolerance;
+use crate::rng::Rng;
+
+pub(super) fn kv_write(rng: &mut Rng) -> Vec<Case> {
+    let mut out = vec![];
+    for kv_dtype in KV_DTYPES {
+        for (n, kv_heads, head_dim, rows) in [(1, 2, 64, 40), (5, 1, 8, 16), (13, 4, 16, 64)] {
+            let mut b = Bufs::default();
+            let row = kv_heads * head_dim;
+            let k = b.f32(&rng.vec(n * row, 2.0));
+            let v = b.f32(&rng.vec(n * row, 2.0));
+            // Poisoned caches: rows not written must come back still poisoned.
+            let cache_k = b.poison(kv_dtype, rows * row);
+            let cache_v = b.poison(kv_dtype, rows * row);
+            let mut all: Vec<u32> = (0..rows as u32).collect();
+            rng.shuffle(&mut all);
+            let slots = b.u32(&all[..n]);
+            let op = Op::KvWrite(KvWrite {
+                k,
+                v,
+                cache_k,
+                cache_v,
+                kv_dtype,
+                slots,
+                n,
+                kv_heads,
+                head_dim,
+            });
+            let tol = tolerance("kv_write", kv_dtype);
+            let name =
+                format!("{kv_dtype} n={n} kv_heads={kv_heads} head_dim={head_dim} rows={rows}");
+            out.push(b.case(name, op, &[(cache_k, tol), (cache_v, tol)]));
+        }
+    }
+    out
+}
+
+/// A ragged attention batch: sequences with their own shuffled block tables in one pool (some
+/// sharing leading blocks, as a prefix cache makes them), each contributing its last `rows`
+/// queries; decodes (one row) first, as the engine orders them.
+pub struct AttnBatch {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    bs: usize,
+    pool: usize,
+    ck: Vec<f32>,
+    cv: Vec<f32>,
+    /// (table, ctx_len, rows, q: [rows, heads, head_dim]).
+    seqs: Vec<(Vec<u32>, usize, usize, Vec<f32>)>,
+    decodes: usize,
+    /// Sequences (the first after the decodes) whose rows are decode rows: a speculative
+    /// verification (its last token and the drafts after it), each row as if decoded alone.
+    verifies: usize,
+}
+
+impl AttnBatch {
+    /// `seqs`: (ctx_len, rows); rows == 0 marks a decode (one row). With `share`, every
+    /// sequence's table starts with the first's full blocks (as far as both reach).
+    pub fn new(
+        rng: &mut Rng,
+        shape: (usize, usize, usize, usize),
+        seqs: &[(usize, usize)],
+        share: bool,
+    ) -> Self {
+        let (heads, kv_heads, head_dim, bs) = shape;
+        let need: usize = seqs.iter().map(|s| s.0.div_ceil(bs)).sum();
+        let pool = need + 3 + rng.below(need + 1);
+        let mut blocks: Vec<u32> = (0..pool as u32).collect();
+        rng.shuffle(&mut blocks);
+        let row = kv_heads * head_dim;
+        let mut ck = vec![f32::NAN; pool * bs * row];
+        let mut cv = vec![f32::NAN; pool * bs * row];
+        let mut next = 0;
+        let mut specs = vec![];
+        let mut order: Vec<&(usize, usize)> = seqs.iter().filter(|s| s.1 == 0).collect();
+        order.extend(seqs.iter().filter(|s| s.1 > 0));
+        let mut first: Option<(Vec<u32>, usize)> = None;
+        for &&(ctx, rows) in &order {
+            let nb = ctx.div_ceil(bs);
+            let mut table = vec![];
+            if let (true, Some((t0, c0))) = (share, &first) {
+                // Share only blocks both contexts fill: a shared block is never written.
+                let full = (c0 / bs).min(ctx / bs).min(nb);
+                table.extend_from_slice(&t0[..full]);
+            }
+            let shared = table.len();
+            while table.len() < nb {
+                table.push(blocks[next]);
+                next += 1;
+            }
+            for t in shared * bs..ctx {
+                let r = table[t / bs] as usize * bs + t % bs;
+                for e in r * row..(r + 1) * row {
+                    ck[e] = rng.sym();
+                    cv[e] = rng.sym() * 2.0;
+                }
+            }
+            let rows = rows.max(1);
+            // Scaled queries give peaked softmaxes, so the running max actually moves.
+            let q = rng.vec(rows * heads * head_dim, 3.0);
+            if first.is_none() {
+                first = Some((table.clone(), ctx));
+            }
+            specs.push((table, ctx, rows, q));
+        }
+        let decodes = seqs.iter().filter(|s| s.1 == 0).count();
+        AttnBatch { heads, kv_heads, head_dim, bs, pool, ck, cv, seqs: specs, decodes, verifies: 0 }
+    }
+
+    /// The first `n` sequences after the decodes verify drafts: their rows are decode rows.
+    pub fn verifying(mut self, n: usize) -> Self {
+        self.verifies = n;
+        self
+    }
+
+    /// Row r of verifying sequence i alone: one decode at that row's position, over the same
+    /// cache and table.
+    pub fn verify_row_alone(&self, i: usize, r: usize, kv_dtype: DType) -> Case {
+        let (table, ctx, rows, qs) = &self.seqs[i];
+        let per = self.heads * self.head_dim;
+        let one = (table.clone(), ctx - rows + r + 1, 1, qs[r * per..(r + 1) * per].to_vec());
+        let alone = AttnBatch {
+            seqs: vec![one],
+            decodes: 1,
+            verifies: 0,
+            ck: self.ck.clone(),
+            cv: self.cv.clone(),
+            ..*self
+        };
+        alone.case(&[0], kv_dtype)
+    }
+
+    /// Query rows of sequence `i` within the whole batch.
+    pub fn rows_of(&self, i: usize) -> std::ops::Range<usize> {
+        let start: usize = self.seqs[..i].iter().map(|s| s.2).sum();
+        start..start + self.seqs[i].2
+    }
+
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// The case of sequences `which` (in batch order) sharing one op.
+    pub fn case(&self, which: &[usize], kv_dtype: DType) -> Case {
+        let mut b = Bufs::default();
+        let (mut q, mut positions, mut starts, mut tables) = (vec![], vec![], vec![], vec![]);
+        let mut decode_rows = 0;
+        for &i in which {
+            let (table, ctx, rows, qs) = &self.seqs[i];
+            if i < self.decodes + self.verifies {
+                // Decode rows lead the op's rows, as the engine orders them.
+                assert_eq!(decode_rows, positions.len(), "decodes and verifications come first");
+                decode_rows += rows;
+            }
+            for r in 0..*rows {
+                positions.push((ctx - rows + r) as u32);
+                starts.push(tables.len() as u32);
+            }
+            tables.extend_from_slice(table);
+            q.extend_from_slice(qs);
+        }
+        // Entries past the tables are garbage a backend must not read.
+        tables.extend([u32::MAX, 7]);
+        let n = positions.len();
+        let max_ctx = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(1);
+        let cache_k = b.encoded(&self.ck, kv_dtype);
+        let cache_v = b.encoded(&self.cv, kv_dtype);
+        let q = b.f32(&q);
+        let pos = b.u32(&positions);
+        let ts = b.u32(&starts);
+        let tables_len = tables.len();
+        let tb = b.u32(&tables);
+        let (heads, hd) = (self.heads, self.head_dim);
+        let o = b.poison(DType::F32, n * heads * hd);
+        let op = Op::Attention(Attention {
+            q,
+            cache_k,
+            cache_v,
+            kv_dtype,
+            positions: pos,
+            table_starts: ts,
+            tables: tb,
+            tables_len,
+            out: o,
+            n,
+            decode_rows,
+            max_ctx,
+            heads,
+            kv_heads: self.kv_heads,
+            head_dim: hd,
+            block_size: self.bs,
+            scale: 1.0 / (hd as f32).sqrt(),
+        });
+        let ctxs: Vec<String> = which
+            .iter()
+            .map(|&i| {
+                let s = &self.seqs[i];
+                match i < self.decodes + self.verifies {
+                    true if i >= self.decodes => format!("v{}@{}", s.2, s.1),
+                    true => format!("d{}", s.1),
+                    false => format!("{}@{}", s.2, s.1),
+                }
+            })
+            .collect();
+        let name = format!(
+            "{kv_dtype} [{}] heads={heads}/{} hd={hd} bs={} pool={}",
+            ctxs.join(" "),
+            self.kv_heads,
+            self.bs,
+            self.pool
+        );
+        b.case(name, op.clone(), &[(o, tolerance(op.name(), kv_dtype))])
+    }
+}
+
+/// (heads, kv_heads, head_dim, block_size) and the sequences ((ctx_len, rows), rows 0: a
+/// decode) of the attention batches; GQA ratios 1, 2, 4 and MQA.
+type AttnShape = ((usize, usize, usize, usize), &'static [(usize, usize)], bool);
+
+pub(super) fn attention_shapes(decode: bool) -> &'static [AttnShape] {
+    if decode {
+        &[
+            ((4, 4, 8, 4), &[(1, 0)], false),
+            ((4, 2, 64, 4), &[(17, 0)], false),
+            ((8, 2, 64, 16), &[(300, 0)], false),
+            ((8, 1, 8, 16), &[(77, 0)], false),
+            ((4, 4, 64, 16), &[(129, 0)], false),
+            // GQA ratio 3 and contexts cut into several partitions by a split decode.
+            ((6, 2, 32, 16), &[(530, 0), (5, 0)], false),
+            // Decodes of several sequences: ragged lengths, one shared prefix.
+            ((8, 2, 8, 4), &[(50, 0), (3, 0), (17, 0), (1, 0)], false),
+            ((4, 2, 64, 16), &[(40, 0), (70, 0), (33, 0)], true),
+        ]
+    } else {
+        &[
+            // Whole prompts: rows == ctx_len.
+            ((4, 4, 8, 4), &[(5, 5)], false),
+            ((4, 2, 64, 16), &[(13, 13)], false),
+            ((8, 2, 8, 4), &[(13, 13)], false),
+            ((4, 1, 64, 4), &[(20, 20)], false),
+            // Chunked prefill continuing a context: rows < ctx_len.
+            ((4, 4, 64, 4), &[(21, 5)], false),
+            ((4, 2, 8, 16), &[(40, 13)], false),
+            ((8, 1, 8, 4), &[(33, 7)], false),
+            ((8, 2, 64, 16), &[(100, 9)], false),
+            ((8, 4, 8, 16), &[(70, 40)], false),
+            // Ragged steps: decodes and prompt chunks of several sequences.
+            ((8, 2, 8, 4), &[(9, 0), (30, 0), (13, 13), (21, 5), (2, 1)], false),
+            ((4, 2, 64, 16), &[(70, 0), (40, 12), (33, 33), (17, 1)], true),
+            ((8, 1, 8, 16), &[(5, 5), (100, 20), (45, 0)], true),
+        ]
+    }
+}
+
+pub(super) fn attention(rng: &mut Rng, decode: bool) -> Vec<Case> {
+    let mut out = vec![];
+    for kv_dtype in KV_DTYPES {
+        for &(shape, seqs, share) in attention_shapes(decode) {
+            let batch = AttnBatch::new(rng, shape, seqs, share);
+            let all: Vec<usize> = (0..batch.len()).collect();
+            out.push(batch.case(&all, kv_dtype));
+        }
+    }
+    out
+}
+
+pub(super) fn attention_invariance(rng: &mut Rng) -> Vec<Invariance> {
+    let mut out = vec![];
+    for kv_dtype in KV_DTYPES {
+        for decode in [true, false] {
+            for &(shape, seqs, share) in attention_shapes(decode).iter().filter(|s| s.1.len() > 1) {
+                let batch = AttnBatch::new(rng, shape, seqs, share);
+                let all: Vec<usize> = (0..batch.len()).collect();
+                let alone = (0..batch.len())
+                    .map(|i| (batch.case(&[i], kv_dtype), batch.rows_of(i).start))
+                    .collect();
+                let row_len = shape.0 * shape.2;
+                out.push(Invariance { batch: batch.case(&all, kv_dtype), alone, row_len });
+            }
+        }
+        // Speculative verifications: a sequence's 5 rows as decode rows (positions 254..258 cross
+        // a CPU partition of 256 and a block), beside decodes of other sequences; each row must
+        // equal that row decoded alone.
+        let verifies: [AttnShape; 2] = [
+            ((6, 2, 32, 16), &[(40, 0), (259, 5)], false),
+            ((8, 2, 64, 16), &[(300, 0), (17, 0), (70, 4)], true),
+        ];
+        for (shape, seqs, share) in verifies {
+            let batch = AttnBatch::new(rng, shape, seqs, share).verifying(1);
+            let all: Vec<usize> = (0..batch.len()).collect();
+            let v = batch.len() - 1;
+            let mut alone: Vec<(Case, usize)> =
+                (0..v).map(|i| (batch.case(&[i], kv_dtype), batch.rows_of(i).start)).collect();
+            alone.extend(
+                batch
+                    .rows_of(v)
+                    .enumerate()
+                    .map(|(r, row)| (batch.verify_row_alone(v, r, kv_dtype), row)),
+            );
+            out.push(Invariance {
+                batch: batch.case(&all, kv_dtype),
+                alone,
+                row_len: shape.0 * shape.2,
+            });
+        }
+    }
+    out
+}
