@@ -33,7 +33,7 @@ pub fn smollm_gguf() -> Result<PathBuf, Skip> {
     if let Some(p) = std::env::var_os("TANDEM_SMOLLM_GGUF") {
         return Ok(PathBuf::from(p));
     }
-    tandem_core::default_model::ensure(&mut |line| eprintln!("{line}"))
+    tandem_tools::default_model::ensure(&mut |line| eprintln!("{line}"))
         .map_err(|e| Skip(format!("SmolLM2-135M-Instruct unavailable: {e}")))
 }
 

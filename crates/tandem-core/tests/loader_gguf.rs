@@ -5,9 +5,9 @@ use tandem_core::loader::gguf::{
     GgufFile, GgufMetadataExt, GgufValue, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1,
     GGML_Q8_0,
 };
-use tandem_core::loader::gguf_writer::{quantize_ggml, write_string, GgufWriter};
 use tandem_core::loader::{ggml, open, open_gguf_bytes, LoadAs, TensorStore};
 use tandem_core::{quant, Arch, DType, Error};
+use tandem_tools::gguf_writer::{quantize_ggml, write_string, GgufWriter};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     (0..n)

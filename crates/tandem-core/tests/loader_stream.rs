@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use tandem_core::loader::gguf::{GgufFile, GgufValue, GGML_F32, GGML_Q4_1, GGML_Q8_0};
-use tandem_core::loader::gguf_writer::{self, write_string, GgufWriter};
 use tandem_core::loader::safetensors::SafetensorsStore;
 use tandem_core::loader::stream::{FileHeader, GgufStream, SafetensorsStream, TensorSink};
 use tandem_core::loader::{self, HostTensor, LoadAs, TensorStore};
 use tandem_core::{DType, Error};
+use tandem_tools::gguf_writer::{self, write_string, GgufWriter};
 
 /// splitmix64: seeded chunk sizes.
 struct Rng(u64);

@@ -4,14 +4,16 @@
 //! writer, [`write_llama_gguf`], exists so that synthetic weights (`tandem bench --synthetic
 //! --write-gguf`) can be measured by llama.cpp on the same bytes.
 
-use super::gguf::{GgufValue, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0};
-use super::{HostTensor, LoadAs, ModelSource};
-use crate::config::{ModelConfig, RopeScaling};
-use crate::dtype::{DType, QBLOCK};
-use crate::{Error, Result};
 use half::{bf16, f16};
 use std::io::Write;
 use std::path::Path;
+use tandem_core::config::{ModelConfig, RopeScaling};
+use tandem_core::dtype::{DType, QBLOCK};
+use tandem_core::loader::gguf::{
+    GgufValue, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0,
+};
+use tandem_core::loader::{HostTensor, LoadAs, ModelSource};
+use tandem_core::{Error, Result};
 
 struct Tensor {
     name: String,
@@ -319,7 +321,7 @@ pub fn llama2c_vocab(
 
 /// llama.cpp's `permute` of q/k rows for its RoPE layout (HF -> GGUF), on rows of any type:
 /// `gguf_row[h*hd + 2*i + j] = hf_row[h*hd + j*hd/2 + i]`. The inverse of
-/// [`super::ggml::unpermute_rows`]. Panics on shapes that do not split into heads (tests).
+/// [`tandem_core::loader::ggml::unpermute_rows`]. Panics on shapes that do not split into heads (tests).
 pub fn permute_rows(raw: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
     let (hd, row) = (rows / n_head, raw.len() / rows);
     assert!(
@@ -342,11 +344,10 @@ pub fn permute_rows(raw: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
 /// `source.config`, the given `tokenizer.ggml.*` entries, GGUF tensor names, q/k rows permuted,
 /// each tensor in the ggml type `ggml_type(shape)` picks (vectors should stay F32). For tests.
 pub fn llama_gguf(
-    source: &super::ModelSource,
+    source: &ModelSource,
     tokenizer: Vec<(&str, GgufValue)>,
     ggml_type: impl Fn(&[usize]) -> u32,
 ) -> Result<GgufWriter, String> {
-    use super::LoadAs;
     let c = &source.config;
     let mut w = GgufWriter::new();
     llama_metadata(&mut w, c);
@@ -421,7 +422,7 @@ pub fn ggml_bytes(t: &HostTensor) -> Option<(u32, Vec<u8>)> {
             if !numel.is_multiple_of(l.elems) || t.bytes.len() < b.storage_bytes(numel) {
                 return None;
             }
-            return Some((ty, crate::quant::blocks::to_ggml(b, &t.bytes, numel / l.elems)));
+            return Some((ty, tandem_core::quant::blocks::to_ggml(b, &t.bytes, numel / l.elems)));
         }
         DType::Q8_0 => (GGML_Q8_0, 34, 2),
         DType::Q4_0 => (GGML_Q4_0, 18, 2),
@@ -509,7 +510,9 @@ fn llama_ftype(d: DType) -> u32 {
 
 /// The ggml type id of a GGUF block type.
 fn ggml_block_type(d: DType) -> Option<u32> {
-    (0..64).find(|&id| super::ggml::native_dtype(id) == Some(d) && d.block_layout().is_some())
+    (0..64).find(|&id| {
+        tandem_core::loader::ggml::native_dtype(id) == Some(d) && d.block_layout().is_some()
+    })
 }
 
 /// The type a tensor listed as `file_dtype` is written in.
@@ -522,7 +525,7 @@ fn native(file_dtype: &str) -> Option<DType> {
         "Q4_0" => DType::Q4_0,
         "Q4_1" => DType::Q4_1,
         other => {
-            return crate::dtype::BLOCK_DTYPES
+            return tandem_core::dtype::BLOCK_DTYPES
                 .into_iter()
                 .find(|d| d.name().eq_ignore_ascii_case(other))
         }
@@ -543,7 +546,7 @@ pub fn write_llama_gguf(
     let bad = |m: String| {
         Error::InvalidParameter(format!("writing {} as GGUF: {m}", source.path.display()))
     };
-    if c.qkv_bias || c.arch == crate::config::Arch::Qwen2 {
+    if c.qkv_bias || c.arch == tandem_core::config::Arch::Qwen2 {
         return Err(bad(format!(
             "only Llama models without q/k/v biases are written (this is {:?})",
             c.arch
