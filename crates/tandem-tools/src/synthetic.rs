@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tandem_core::config::ModelConfig;
 use tandem_core::dtype::{DType, QBLOCK};
+use tandem_core::loader::names::model_tensors;
 use tandem_core::loader::{
     HostTensor, LoadAs, ModelSource, TensorInfo, TensorStore, TokenizerSource,
 };
@@ -187,35 +188,20 @@ impl TensorStore for SyntheticStore {
     }
 }
 
-/// Every tensor a model of `config` loads, by HF name, in load order.
+/// Every tensor a model of `c` loads, by HF name, in load order, with its kind.
 fn tensor_list(c: &ModelConfig) -> Vec<(String, Vec<usize>, Kind)> {
-    let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-    let mut out =
-        vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, c.dim], Kind::Matrix)];
-    for l in 0..c.n_layers {
-        let p = format!("model.layers.{l}");
-        let mut t =
-            |name: &str, shape: Vec<usize>, kind| out.push((format!("{p}.{name}"), shape, kind));
-        t("input_layernorm.weight", vec![c.dim], Kind::Norm);
-        t("self_attn.q_proj.weight", vec![q_dim, c.dim], Kind::Matrix);
-        t("self_attn.k_proj.weight", vec![kv_dim, c.dim], Kind::Matrix);
-        t("self_attn.v_proj.weight", vec![kv_dim, c.dim], Kind::Matrix);
-        if c.qkv_bias {
-            t("self_attn.q_proj.bias", vec![q_dim], Kind::Bias);
-            t("self_attn.k_proj.bias", vec![kv_dim], Kind::Bias);
-            t("self_attn.v_proj.bias", vec![kv_dim], Kind::Bias);
-        }
-        t("self_attn.o_proj.weight", vec![c.dim, q_dim], Kind::Matrix);
-        t("post_attention_layernorm.weight", vec![c.dim], Kind::Norm);
-        t("mlp.gate_proj.weight", vec![c.ffn_dim, c.dim], Kind::Matrix);
-        t("mlp.up_proj.weight", vec![c.ffn_dim, c.dim], Kind::Matrix);
-        t("mlp.down_proj.weight", vec![c.dim, c.ffn_dim], Kind::Matrix);
-    }
-    out.push(("model.norm.weight".into(), vec![c.dim], Kind::Norm));
-    if !c.tie_embeddings {
-        out.push(("lm_head.weight".into(), vec![c.vocab_size, c.dim], Kind::Matrix));
-    }
-    out
+    let kind = |name: &str, shape: &[usize]| match shape.len() {
+        2 => Kind::Matrix,
+        _ if name.ends_with(".bias") => Kind::Bias,
+        _ => Kind::Norm,
+    };
+    model_tensors(c)
+        .into_iter()
+        .map(|(name, shape)| {
+            let k = kind(&name, &shape);
+            (name, shape, k)
+        })
+        .collect()
 }
 
 /// A generator seed per tensor, so each tensor's bytes depend only on the seed and its name.
