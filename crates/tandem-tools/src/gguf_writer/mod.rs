@@ -13,7 +13,7 @@ mod vocab;
 
 pub use llama::{llama_gguf, permute_rows, write_llama_gguf};
 pub use quantize::{ggml_bytes, quantize_ggml};
-pub use vocab::{llama2c_vocab, placeholder_vocab};
+pub use vocab::{llama2c_vocab, placeholder_vocab, VocabArrays};
 
 use std::io::Write;
 use std::path::Path;

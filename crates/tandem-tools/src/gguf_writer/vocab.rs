@@ -3,15 +3,15 @@
 
 use tandem_core::loader::gguf::GgufValue;
 
+/// `tokenizer.ggml.{tokens, scores, token_type}`: one value per token in each.
+pub type VocabArrays = (Vec<GgufValue>, Vec<GgufValue>, Vec<GgufValue>);
+
 /// `tokenizer.ggml.{tokens, scores, token_type}` arrays from a llama2.c tokenizer file (e.g.
 /// tok512.bin): i32 max_token_length, then per token an f32 score, an i32 length and the bytes.
 /// llama2.c writes "▁" as a plain space and BOS/EOS as "\n<s>\n"/"\n</s>\n"; llama.cpp's
 /// converter (working from the .model) has "▁", "<s>", "</s>", so those are restored.
 /// For tests: a malformed file is an `Err` naming the token where it broke.
-pub fn llama2c_vocab(
-    bytes: &[u8],
-    vocab: usize,
-) -> Result<(Vec<GgufValue>, Vec<GgufValue>, Vec<GgufValue>), String> {
+pub fn llama2c_vocab(bytes: &[u8], vocab: usize) -> Result<VocabArrays, String> {
     let mut at = 4;
     let mut take = |n: usize, id: usize| -> Result<&[u8], String> {
         let s = bytes
