@@ -23,7 +23,7 @@ pub fn smollm_gguf() -> Result<PathBuf, Skip> {
     if let Some(p) = std::env::var_os("TANDEM_SMOLLM_GGUF") {
         return Ok(PathBuf::from(p));
     }
-    tandem_core::default_model::ensure(&mut |line| eprintln!("{line}")).map_err(|e| {
+    tandem_tools::default_model::ensure(&mut |line| eprintln!("{line}")).map_err(|e| {
         Skip(tandem_testkit::model_missing(format!("SmolLM2-135M-Instruct unavailable: {e}")))
     })
 }

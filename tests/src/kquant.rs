@@ -44,7 +44,7 @@ pub fn missing(why: String) -> Skip {
 fn tool(env: &str, name: &str) -> Result<PathBuf, Skip> {
     let path = match std::env::var_os(env) {
         Some(p) => PathBuf::from(p),
-        None => tandem_core::default_model::cache_dir()
+        None => tandem_core::cache::dir()
             .map_err(|e| missing(format!("no cache directory: {e}")))?
             .join(format!("llamacpp/{LLAMACPP_PY_VERSION}/build/bin/{name}")),
     };
@@ -103,8 +103,7 @@ fn cache_folder(quantize: &Path, src: &Path) -> Result<PathBuf, Skip> {
     let name = src.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let key =
         fnv(&meta.len().to_le_bytes(), fnv(name.as_bytes(), fnv(&tool, 0xcbf2_9ce4_8422_2325)));
-    let root = tandem_core::default_model::cache_dir()
-        .map_err(|e| Skip(format!("no cache directory: {e}")))?;
+    let root = tandem_core::cache::dir().map_err(|e| Skip(format!("no cache directory: {e}")))?;
     Ok(root.join("kquant-fixtures").join(format!("{name}-{key:016x}")))
 }
 

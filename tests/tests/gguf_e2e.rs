@@ -7,13 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use tandem_core::loader::gguf::{GgufValue, GGML_F32, GGML_Q8_0};
-use tandem_core::loader::gguf_writer::GgufWriter;
 use tandem_core::loader::{self, LoadAs, ModelSource};
 use tandem_core::model::ModelOptions;
 use tandem_core::tokenizer::Tokenizer;
 use tandem_core::{Backend, DType};
 use tandem_cpu::CpuBackend;
 use tandem_tests::e2e::{self, Skip};
+use tandem_tools::gguf_writer::GgufWriter;
 
 const SENTENCE: &str = "Once upon a time, there was a little girl.";
 
@@ -61,7 +61,7 @@ fn hparams(dir: &Path) -> Hparams {
 /// `tokenizer.ggml.*` arrays from llama2.c's tok512.bin.
 fn tok512_arrays(path: &Path) -> (Vec<GgufValue>, Vec<GgufValue>, Vec<GgufValue>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    tandem_core::loader::gguf_writer::llama2c_vocab(&bytes, 512)
+    tandem_tools::gguf_writer::llama2c_vocab(&bytes, 512)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

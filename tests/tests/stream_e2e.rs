@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use tandem_core::loader::gguf::{GgufValue, GGML_F32, GGML_Q8_0};
-use tandem_core::loader::{self, gguf_writer, LoadAs, TensorStore};
+use tandem_core::loader::{self, LoadAs, TensorStore};
 use tandem_core::model::{Model, ModelOptions, ModelStream, StreamedModel};
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
 use tandem_core::Backend;
 use tandem_cpu::CpuBackend;
 use tandem_tests::e2e::{self, Skip};
+use tandem_tools::gguf_writer;
 
 /// splitmix64 chunk sizes.
 struct Rng(u64);

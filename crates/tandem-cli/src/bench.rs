@@ -1,7 +1,7 @@
 //! `tandem bench`: prefill and decode speed of a model on a backend, with the weight traffic
 //! that bounds decode (every weight byte is read once per token) and what each token costs in
 //! backend calls and readback. `--synthetic CONFIG.json` measures a model's shape with random
-//! weights (see `tandem_core::loader::synthetic`), where the real weights cannot be brought.
+//! weights (see `tandem_tools::synthetic`), where the real weights cannot be brought.
 
 use crate::alloc_count::allocations;
 use crate::backend::{dispatch, BackendArgs, WithBackend};
@@ -10,10 +10,10 @@ use crate::bench_verify;
 use crate::run::{load_model, peak_memory, KvDtype, WeightDtype};
 use clap::Args;
 use std::path::PathBuf;
-use tandem_core::loader::synthetic::{self, SyntheticOptions};
 use tandem_core::model::ModelOptions;
 use tandem_core::tokenizer::Tokenizer;
 use tandem_core::{Backend, DType, Error, Result};
+use tandem_tools::synthetic::{self, SyntheticOptions};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -215,7 +215,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 /// `--write-gguf`: the model through a temporary file beside `path`, renamed when complete, so
 /// an interrupted write never leaves a truncated model behind.
 fn write_gguf(source: &tandem_core::loader::ModelSource, path: &std::path::Path) -> Result<()> {
-    use tandem_core::loader::gguf_writer::{placeholder_vocab, write_llama_gguf};
+    use tandem_tools::gguf_writer::{placeholder_vocab, write_llama_gguf};
     let start = std::time::Instant::now();
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".partial");

@@ -69,6 +69,6 @@ fn main() -> ExitCode {
 fn model_path(given: Option<std::path::PathBuf>) -> tandem_core::Result<std::path::PathBuf> {
     match given {
         Some(p) => Ok(p),
-        None => tandem_core::default_model::ensure(&mut |line| eprintln!("{line}")),
+        None => tandem_tools::default_model::ensure(&mut |line| eprintln!("{line}")),
     }
 }

@@ -1,9 +1,9 @@
 //! tandem's engine: everything that is not a backend.
 
 pub mod backend;
-pub mod config;
 #[cfg(not(target_arch = "wasm32"))]
-pub mod default_model;
+pub mod cache;
+pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod generate;

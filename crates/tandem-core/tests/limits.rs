@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use tandem_core::generate::{GenerateParams, MAX_STOP_BYTES, MAX_STOP_STRINGS};
 use tandem_core::loader::gguf::{GgufFile, GgufMetadata, GgufValue, GGML_F32};
-use tandem_core::loader::gguf_writer::{write_string, GgufWriter};
 use tandem_core::loader::safetensors::SafetensorsStore;
 use tandem_core::loader::stream::{GgufStream, TensorSink};
 use tandem_core::loader::{HostTensor, LoadAs};
 use tandem_core::tokenizer::{render_chat_template, ChatMessage, Tokenizer, MAX_TEXT_BYTES};
 use tandem_core::{Error, ModelConfig};
+use tandem_tools::gguf_writer::{write_string, GgufWriter};
 
 fn header(n_tensors: u64, n_kv: u64) -> Vec<u8> {
     let mut b = b"GGUF".to_vec();

@@ -2,10 +2,10 @@
 //! other types are rounded to nearest even; `LoadAs::Native` still widens bf16 to f32.
 
 use tandem_core::loader::gguf::{GgufFile, GGML_BF16, GGML_F16, GGML_Q8_0};
-use tandem_core::loader::gguf_writer::{quantize_ggml, GgufWriter};
 use tandem_core::loader::safetensors::SafetensorsStore;
 use tandem_core::loader::{LoadAs, TensorStore};
 use tandem_core::{quant, DType};
+use tandem_tools::gguf_writer::{quantize_ggml, GgufWriter};
 
 /// Values that are not exact in bf16, so rounding shows.
 fn values(n: usize) -> Vec<f32> {

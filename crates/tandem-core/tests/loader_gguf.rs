@@ -5,9 +5,9 @@ use tandem_core::loader::gguf::{
     GgufFile, GgufMetadataExt, GgufValue, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1,
     GGML_Q8_0,
 };
-use tandem_core::loader::gguf_writer::{quantize_ggml, write_string, GgufWriter};
 use tandem_core::loader::{ggml, open, open_gguf_bytes, LoadAs, TensorStore};
 use tandem_core::{quant, Arch, DType, Error};
+use tandem_tools::gguf_writer::{quantize_ggml, write_string, GgufWriter};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
@@ -520,7 +520,7 @@ fn truncated_and_corrupted_files_never_panic() {
 
 #[test]
 fn smollm2_gguf() {
-    let Some(path) = tandem_testkit::default_model(tandem_core::default_model::path().ok()) else {
+    let Some(path) = tandem_testkit::default_model(tandem_tools::default_model::path().ok()) else {
         return;
     };
     let src = open(&path).expect("opens");

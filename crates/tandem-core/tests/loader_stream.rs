@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use tandem_core::loader::gguf::{GgufFile, GgufValue, GGML_F32, GGML_Q4_1, GGML_Q8_0};
-use tandem_core::loader::gguf_writer::{self, write_string, GgufWriter};
 use tandem_core::loader::safetensors::SafetensorsStore;
 use tandem_core::loader::stream::{FileHeader, GgufStream, SafetensorsStream, TensorSink};
 use tandem_core::loader::{self, HostTensor, LoadAs, TensorStore};
 use tandem_core::{DType, Error};
+use tandem_tools::gguf_writer::{self, write_string, GgufWriter};
 
 /// splitmix64: seeded chunk sizes.
 struct Rng(u64);
@@ -261,7 +261,7 @@ fn safetensors_stream_equals_the_mapped_loader_on_stories260k() {
 
 #[test]
 fn gguf_stream_equals_the_mapped_loader_on_smollm2() {
-    let Some(path) = tandem_testkit::default_model(tandem_core::default_model::path().ok()) else {
+    let Some(path) = tandem_testkit::default_model(tandem_tools::default_model::path().ok()) else {
         return;
     };
     let file = GgufFile::open(&path).expect("open");

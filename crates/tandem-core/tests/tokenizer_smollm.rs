@@ -72,7 +72,7 @@ impl Reader<'_> {
 
 fn smollm() -> Option<Tokenizer> {
     let meta =
-        read_metadata(&tandem_testkit::default_model(tandem_core::default_model::path().ok())?);
+        read_metadata(&tandem_testkit::default_model(tandem_tools::default_model::path().ok())?);
     Some(Tokenizer::from_gguf(&meta).expect("SmolLM2 tokenizer from GGUF"))
 }
 
@@ -151,7 +151,7 @@ fn tokenizer_smollm_text_stream() {
 
 #[test]
 fn tokenizer_smollm_template_errors() {
-    let Some(path) = tandem_testkit::default_model(tandem_core::default_model::path().ok()) else {
+    let Some(path) = tandem_testkit::default_model(tandem_tools::default_model::path().ok()) else {
         return;
     };
     let mut meta = read_metadata(&path);

@@ -62,8 +62,7 @@ fn tokenizer_stories_missing_file_names_path() {
 /// GGUF-style SentencePiece metadata from llama2.c's tok512.bin.
 fn tok512_metadata() -> Option<GgufMetadata> {
     let bytes = std::fs::read(stories_file("tok512.bin")?).unwrap();
-    let (tokens, scores, types) =
-        tandem_core::loader::gguf_writer::llama2c_vocab(&bytes, 512).unwrap();
+    let (tokens, scores, types) = tandem_tools::gguf_writer::llama2c_vocab(&bytes, 512).unwrap();
     let mut meta = GgufMetadata::new();
     meta.insert("tokenizer.ggml.model".into(), GgufValue::String("llama".into()));
     meta.insert("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens));

@@ -143,7 +143,7 @@ pub fn nvrtc_present() -> Result<(), String> {
 fn nvrtc_candidates() -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> =
         std::env::var_os("TANDEM_NVRTC").map(PathBuf::from).into_iter().collect();
-    if let Ok(entries) = tandem_core::default_model::cache_dir()
+    if let Ok(entries) = tandem_core::cache::dir()
         .and_then(|d| std::fs::read_dir(&d).map_err(|e| tandem_core::Error::io(d, e)))
     {
         let mut tools: Vec<PathBuf> = entries
@@ -292,7 +292,7 @@ fn disk_path(
     v: (i32, i32),
     ext: &str,
 ) -> Option<PathBuf> {
-    let dir = tandem_core::default_model::cache_dir().ok()?.join("kernels");
+    let dir = tandem_core::cache::dir().ok()?.join("kernels");
     let mut h = Sha256::new();
     h.update(source.as_bytes());
     for o in opts {

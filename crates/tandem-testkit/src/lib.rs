@@ -66,7 +66,7 @@ pub fn model_file(what: &str, path: &Path, hint: &str) -> Option<PathBuf> {
 
 /// The default model (SmolLM2-135M-Instruct Q4_1) for a test that does not fetch it:
 /// `$TANDEM_SMOLLM_GGUF`, else `cached`, where tandem's cache keeps it (the caller passes
-/// `tandem_core::default_model::path().ok()`: this crate knows no engine). Missing, it prints
+/// `tandem_tools::default_model::path().ok()`: this crate knows no engine). Missing, it prints
 /// `SKIP <test>: <reason>`, or fails under `TANDEM_REQUIRE_MODELS=1`.
 #[track_caller]
 pub fn default_model(cached: Option<PathBuf>) -> Option<PathBuf> {

@@ -6,12 +6,9 @@ pub mod ggml;
 pub mod gguf;
 #[doc(hidden)]
 pub mod gguf_scan;
-#[doc(hidden)]
-pub mod gguf_writer;
 pub mod names;
 pub mod safetensors;
 pub mod stream;
-pub mod synthetic;
 
 use crate::config::ModelConfig;
 use crate::dtype::DType;

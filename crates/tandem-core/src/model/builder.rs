@@ -26,7 +26,7 @@ pub struct ModelBuilder<B: Backend> {
     backend: B,
     config: ModelConfig,
     opts: ModelOptions,
-    /// In the order `Model::load` has always uploaded them.
+    /// In upload order ([`crate::loader::names::model_tensors`]); `finish` takes them in it.
     slots: Vec<Slot>,
     index: HashMap<String, usize>,
     done: usize,
@@ -42,74 +42,23 @@ fn matrix_as(want: Option<DType>, shape: &[usize]) -> LoadAs {
     })
 }
 
-/// Per layer, the weights in upload order: (HF name suffix, shape, how to load).
-fn layer_tensors(c: &ModelConfig, want: Option<DType>) -> Vec<(&'static str, Vec<usize>, LoadAs)> {
-    let m = |suffix, shape: Vec<usize>| {
-        let as_ = matrix_as(want, &shape);
-        (suffix, shape, as_)
-    };
-    let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-    let mut v = vec![
-        ("input_layernorm.weight", vec![c.dim], LoadAs::F32),
-        m("self_attn.q_proj.weight", vec![q_dim, c.dim]),
-        m("self_attn.k_proj.weight", vec![kv_dim, c.dim]),
-        m("self_attn.v_proj.weight", vec![kv_dim, c.dim]),
-    ];
-    if c.qkv_bias {
-        v.push(("self_attn.q_proj.bias", vec![q_dim], LoadAs::F32));
-        v.push(("self_attn.k_proj.bias", vec![kv_dim], LoadAs::F32));
-        v.push(("self_attn.v_proj.bias", vec![kv_dim], LoadAs::F32));
-    }
-    v.extend([
-        m("self_attn.o_proj.weight", vec![c.dim, q_dim]),
-        ("post_attention_layernorm.weight", vec![c.dim], LoadAs::F32),
-        m("mlp.gate_proj.weight", vec![c.ffn_dim, c.dim]),
-        m("mlp.up_proj.weight", vec![c.ffn_dim, c.dim]),
-        m("mlp.down_proj.weight", vec![c.dim, c.ffn_dim]),
-    ]);
-    v
-}
-
 impl<B: Backend> ModelBuilder<B> {
     /// A builder for `config` on `backend`; checks `opts` before any upload.
     pub fn new(backend: B, config: ModelConfig, opts: &ModelOptions) -> Result<Self> {
         if opts.max_step_tokens == 0 {
             return Err(Error::InvalidParameter("max_step_tokens must be at least 1".into()));
         }
-        let c = &config;
         // Matrices as the options say; vectors (norms, biases) always f32.
         let want = opts.weight_dtype;
-        let embed = vec![c.vocab_size, c.dim];
-        let mut slots = vec![Slot {
-            name: "model.embed_tokens.weight".into(),
-            as_: matrix_as(want, &embed),
-            shape: embed.clone(),
-            weight: None,
-        }];
-        for l in 0..c.n_layers {
-            for (suffix, shape, as_) in layer_tensors(c, want) {
-                slots.push(Slot {
-                    name: format!("model.layers.{l}.{suffix}"),
-                    shape,
-                    as_,
-                    weight: None,
-                });
-            }
-        }
-        slots.push(Slot {
-            name: "model.norm.weight".into(),
-            shape: vec![c.dim],
-            as_: LoadAs::F32,
-            weight: None,
-        });
-        if !c.tie_embeddings {
-            slots.push(Slot {
-                name: "lm_head.weight".into(),
-                as_: matrix_as(want, &embed),
-                shape: embed,
+        let slots: Vec<Slot> = crate::loader::names::model_tensors(&config)
+            .into_iter()
+            .map(|(name, shape)| Slot {
+                as_: if shape.len() == 2 { matrix_as(want, &shape) } else { LoadAs::F32 },
+                name,
+                shape,
                 weight: None,
-            });
-        }
+            })
+            .collect();
         let index = slots.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
         Ok(ModelBuilder { backend, config, opts: opts.clone(), slots, index, done: 0, bytes: 0 })
     }

@@ -1,37 +1,13 @@
-//! GGUF v2/v3 reader: metadata, tensor directory, and tensor data through a memory map.
-//!
-//! Every count, length and offset in the header is checked against the bytes that remain
-//! before anything is allocated or sliced, so a hostile header gives `BadModelFile`, not an
-//! out-of-memory abort or a panic. The header parses on its own ([`GgufFile::parse_header`]),
-//! for a stream that has not seen the tensor data yet (`loader::stream` finds where it ends).
+//! The GGUF header's parser: magic, version, metadata and the tensor directory, every count,
+//! length and offset checked against the bytes that remain, under limits that also bound the
+//! streaming scanner (`loader::gguf_scan`).
 
-use super::{Blob, TensorInfo};
-use crate::config::ModelConfig;
+use super::{ggml_type, GgufFile, GgufMetadata, GgufTensor, GgufValue, GGUF_MAGIC};
+use crate::loader::TensorInfo;
 use crate::{Error, Result};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// A metadata value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum GgufValue {
-    U8(u8),
-    I8(i8),
-    U16(u16),
-    I16(i16),
-    U32(u32),
-    I32(i32),
-    U64(u64),
-    I64(i64),
-    F32(f32),
-    F64(f64),
-    Bool(bool),
-    String(String),
-    Array(Vec<GgufValue>),
-}
-
-pub type GgufMetadata = BTreeMap<String, GgufValue>;
-
-pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml's GGML_MAX_DIMS.
 pub(crate) const MAX_DIMS: u32 = 4;
@@ -44,221 +20,6 @@ pub(crate) const MAX_ARRAY_ELEMENTS: usize = 1 << 25;
 /// Far above any model (large MoE files have tens of thousands of tensors).
 pub(crate) const MAX_TENSORS: usize = 1 << 20;
 pub(crate) const MAX_KVS: usize = 1 << 20;
-
-impl GgufValue {
-    /// Any integer variant, if it fits (converters disagree on u32 vs i32 vs u64 for counts).
-    pub fn as_u64(&self) -> Option<u64> {
-        match *self {
-            GgufValue::U8(v) => Some(v.into()),
-            GgufValue::U16(v) => Some(v.into()),
-            GgufValue::U32(v) => Some(v.into()),
-            GgufValue::U64(v) => Some(v),
-            GgufValue::I8(v) => u64::try_from(v).ok(),
-            GgufValue::I16(v) => u64::try_from(v).ok(),
-            GgufValue::I32(v) => u64::try_from(v).ok(),
-            GgufValue::I64(v) => u64::try_from(v).ok(),
-            _ => None,
-        }
-    }
-
-    pub fn as_i64(&self) -> Option<i64> {
-        match *self {
-            GgufValue::I8(v) => Some(v.into()),
-            GgufValue::I16(v) => Some(v.into()),
-            GgufValue::I32(v) => Some(v.into()),
-            GgufValue::I64(v) => Some(v),
-            _ => self.as_u64().and_then(|v| i64::try_from(v).ok()),
-        }
-    }
-
-    /// Floats, and integers too (a rope base of 10000 is sometimes stored as one).
-    pub fn as_f64(&self) -> Option<f64> {
-        match *self {
-            GgufValue::F32(v) => Some(v.into()),
-            GgufValue::F64(v) => Some(v),
-            _ => self.as_i64().map(|v| v as f64),
-        }
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            GgufValue::String(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-/// Typed getters on metadata. `None` when the key is absent or its value does not convert.
-pub trait GgufMetadataExt {
-    fn get_str(&self, key: &str) -> Option<&str>;
-    fn get_u64(&self, key: &str) -> Option<u64>;
-    fn get_u32(&self, key: &str) -> Option<u32>;
-    fn get_i64(&self, key: &str) -> Option<i64>;
-    fn get_f32(&self, key: &str) -> Option<f32>;
-    fn get_bool(&self, key: &str) -> Option<bool>;
-    /// `None` if any element is not a string.
-    fn get_str_array(&self, key: &str) -> Option<Vec<&str>>;
-    fn get_f32_array(&self, key: &str) -> Option<Vec<f32>>;
-    fn get_i32_array(&self, key: &str) -> Option<Vec<i32>>;
-}
-
-impl GgufMetadataExt for GgufMetadata {
-    fn get_str(&self, key: &str) -> Option<&str> {
-        self.get(key)?.as_str()
-    }
-    fn get_u64(&self, key: &str) -> Option<u64> {
-        self.get(key)?.as_u64()
-    }
-    fn get_u32(&self, key: &str) -> Option<u32> {
-        self.get_u64(key).and_then(|v| u32::try_from(v).ok())
-    }
-    fn get_i64(&self, key: &str) -> Option<i64> {
-        self.get(key)?.as_i64()
-    }
-    fn get_f32(&self, key: &str) -> Option<f32> {
-        self.get(key)?.as_f64().map(|v| v as f32)
-    }
-    fn get_bool(&self, key: &str) -> Option<bool> {
-        match self.get(key)? {
-            GgufValue::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-    fn get_str_array(&self, key: &str) -> Option<Vec<&str>> {
-        match self.get(key)? {
-            GgufValue::Array(a) => a.iter().map(GgufValue::as_str).collect(),
-            _ => None,
-        }
-    }
-    fn get_f32_array(&self, key: &str) -> Option<Vec<f32>> {
-        match self.get(key)? {
-            GgufValue::Array(a) => a.iter().map(|v| v.as_f64().map(|f| f as f32)).collect(),
-            _ => None,
-        }
-    }
-    fn get_i32_array(&self, key: &str) -> Option<Vec<i32>> {
-        match self.get(key)? {
-            GgufValue::Array(a) => {
-                a.iter().map(|v| v.as_i64().and_then(|i| i32::try_from(i).ok())).collect()
-            }
-            _ => None,
-        }
-    }
-}
-
-/// A ggml tensor type: `block` elements take `type_size` bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GgmlType {
-    pub id: u32,
-    pub name: &'static str,
-    pub block: usize,
-    pub type_size: usize,
-}
-
-pub const GGML_F32: u32 = 0;
-pub const GGML_F16: u32 = 1;
-pub const GGML_Q4_0: u32 = 2;
-pub const GGML_Q4_1: u32 = 3;
-pub const GGML_Q5_0: u32 = 6;
-pub const GGML_Q5_1: u32 = 7;
-pub const GGML_Q8_0: u32 = 8;
-pub const GGML_Q2_K: u32 = 10;
-pub const GGML_Q3_K: u32 = 11;
-pub const GGML_Q4_K: u32 = 12;
-pub const GGML_Q5_K: u32 = 13;
-pub const GGML_Q6_K: u32 = 14;
-pub const GGML_IQ4_NL: u32 = 20;
-pub const GGML_IQ4_XS: u32 = 23;
-pub const GGML_BF16: u32 = 30;
-
-/// Every type ggml defines, so files with types tandem cannot load still open (for
-/// `tandem inspect`) and their sizes can be bounds-checked; loading them is refused later.
-pub fn ggml_type(id: u32) -> Option<GgmlType> {
-    let (name, block, type_size) = match id {
-        0 => ("F32", 1, 4),
-        1 => ("F16", 1, 2),
-        2 => ("Q4_0", 32, 18),
-        3 => ("Q4_1", 32, 20),
-        6 => ("Q5_0", 32, 22),
-        7 => ("Q5_1", 32, 24),
-        8 => ("Q8_0", 32, 34),
-        9 => ("Q8_1", 32, 36),
-        10 => ("Q2_K", 256, 84),
-        11 => ("Q3_K", 256, 110),
-        12 => ("Q4_K", 256, 144),
-        13 => ("Q5_K", 256, 176),
-        14 => ("Q6_K", 256, 210),
-        15 => ("Q8_K", 256, 292),
-        16 => ("IQ2_XXS", 256, 66),
-        17 => ("IQ2_XS", 256, 74),
-        18 => ("IQ3_XXS", 256, 98),
-        19 => ("IQ1_S", 256, 50),
-        20 => ("IQ4_NL", 32, 18),
-        21 => ("IQ3_S", 256, 110),
-        22 => ("IQ2_S", 256, 82),
-        23 => ("IQ4_XS", 256, 136),
-        24 => ("I8", 1, 1),
-        25 => ("I16", 1, 2),
-        26 => ("I32", 1, 4),
-        27 => ("I64", 1, 8),
-        28 => ("F64", 1, 8),
-        29 => ("IQ1_M", 256, 56),
-        30 => ("BF16", 1, 2),
-        34 => ("TQ1_0", 256, 54),
-        35 => ("TQ2_0", 256, 66),
-        39 => ("MXFP4", 32, 17),
-        _ => return None,
-    };
-    Some(GgmlType { id, name, block, type_size })
-}
-
-/// One entry of the tensor directory, as the file states it.
-#[derive(Debug, Clone)]
-pub struct GgufTensor {
-    /// The name inside the file ("blk.0.attn_q.weight").
-    pub name: String,
-    /// ggml order: `dims[0]` is the innermost (contiguous) dimension.
-    pub dims: Vec<u64>,
-    pub ggml_type: GgmlType,
-    /// Byte offset from the start of the data section.
-    pub offset: usize,
-    pub n_elements: usize,
-    pub n_bytes: usize,
-}
-
-impl GgufTensor {
-    /// Row-major shape, outermost first (HF order: a weight is [out, in]).
-    pub fn shape(&self) -> Vec<usize> {
-        // dims were checked to fit usize when the directory was read.
-        self.dims.iter().rev().map(|&d| d as usize).collect()
-    }
-}
-
-pub struct GgufFile {
-    pub version: u32,
-    pub metadata: GgufMetadata,
-    pub path: PathBuf,
-    pub tensors: Vec<GgufTensor>,
-    /// Absolute byte offset of the data section.
-    pub data_offset: usize,
-    pub(crate) infos: Vec<TensorInfo>,
-    /// HF name -> index into `tensors`.
-    pub(crate) by_name: HashMap<String, usize>,
-    /// The whole file; `None` when only the header was parsed (a stream), so metadata, config
-    /// and tokenizer work but tensor data must come from elsewhere.
-    pub(crate) blob: Option<Blob>,
-}
-
-impl std::fmt::Debug for GgufFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GgufFile")
-            .field("path", &self.path)
-            .field("version", &self.version)
-            .field("metadata_keys", &self.metadata.len())
-            .field("tensors", &self.tensors.len())
-            .finish()
-    }
-}
 
 /// A bounds-checked little-endian cursor over untrusted bytes.
 struct Reader<'a> {
@@ -415,28 +176,7 @@ pub(crate) fn check_magic_version(magic: [u8; 4], version: u32) -> std::result::
     }
 }
 
-/// True if `bytes` starts with the GGUF magic.
-pub fn is_gguf(bytes: &[u8]) -> bool {
-    bytes.starts_with(GGUF_MAGIC)
-}
-
 impl GgufFile {
-    /// Opens and parses a GGUF file (memory-mapped natively). Tensor data is not touched.
-    pub fn open(path: &Path) -> Result<GgufFile> {
-        Self::parse(path.to_path_buf(), Blob::read(path)?)
-    }
-
-    /// Parses a GGUF image already in memory (a browser fetch, a test). `label` names it in errors.
-    pub fn from_bytes(label: &str, bytes: Vec<u8>) -> Result<GgufFile> {
-        Self::parse(PathBuf::from(label), Blob::Owned(bytes))
-    }
-
-    fn parse(path: PathBuf, blob: Blob) -> Result<GgufFile> {
-        let mut file = Self::parse_header(path, &blob, Some(blob.len() as u64))?;
-        file.blob = Some(blob);
-        Ok(file)
-    }
-
     /// Parses the metadata and tensor directory from `header` (the file's first bytes, at
     /// least up to the end of the directory). With `file_len`,
     /// every tensor must lie inside the file; without it (a stream of unknown length) the
@@ -547,7 +287,7 @@ impl GgufFile {
         let mut infos = Vec::with_capacity(tensors.len());
         let mut by_name = HashMap::with_capacity(tensors.len());
         for (i, t) in tensors.iter().enumerate() {
-            let hf = super::names::gguf_to_hf(&t.name);
+            let hf = crate::loader::names::gguf_to_hf(&t.name);
             if by_name.insert(hf.clone(), i).is_some() {
                 return Err(Error::bad_file(&path, format!("two tensors map to the name '{hf}'")));
             }
@@ -560,78 +300,5 @@ impl GgufFile {
             });
         }
         Ok(GgufFile { version, metadata, path, tensors, data_offset, infos, by_name, blob: None })
-    }
-
-    /// `general.architecture`, if present.
-    pub fn architecture(&self) -> Option<&str> {
-        self.metadata.get_str("general.architecture")
-    }
-
-    /// A tensor by its name inside the file.
-    pub fn tensor(&self, file_name: &str) -> Option<&GgufTensor> {
-        self.tensors.iter().find(|t| t.name == file_name)
-    }
-
-    /// The raw ggml bytes of `t` (offsets were checked on open).
-    pub fn tensor_data(&self, t: &GgufTensor) -> Result<&[u8]> {
-        let blob = self.blob.as_ref().ok_or_else(|| {
-            Error::bad_file(
-                &self.path,
-                format!("tensor '{}': only the header of this file was read", t.name),
-            )
-        })?;
-        self.data_offset
-            .checked_add(t.offset)
-            .and_then(|start| blob.get(start..start.checked_add(t.n_bytes)?))
-            .ok_or_else(|| {
-                Error::bad_file(&self.path, format!("tensor '{}': data out of range", t.name))
-            })
-    }
-
-    /// Llama 3.1+ GGUFs store their rope scaling as per-frequency factors in this tensor, not
-    /// in metadata; ignoring it would silently give wrong logits.
-    pub const ROPE_FREQS: &'static str = "rope_freqs.weight";
-
-    /// The model config: [`GgufFile::header_config`], with the rope scaling that
-    /// [`GgufFile::ROPE_FREQS`] holds when the file has that tensor.
-    pub fn model_config(&self) -> Result<ModelConfig> {
-        let mut cfg = self.header_config()?;
-        if self.tensor(Self::ROPE_FREQS).is_some() {
-            use super::TensorStore;
-            let t = self.load(Self::ROPE_FREQS, super::LoadAs::F32)?;
-            self.apply_rope_freqs(&mut cfg, &t)?;
-        }
-        Ok(cfg)
-    }
-
-    /// What metadata and the tensor directory alone tell: [`ModelConfig::from_gguf`], tied
-    /// embeddings when there is no `output.weight`, q/k/v biases when they exist. Everything
-    /// but a [`GgufFile::ROPE_FREQS`] scaling, which a stream applies when that tensor arrives.
-    pub fn header_config(&self) -> Result<ModelConfig> {
-        let mut cfg = ModelConfig::from_gguf(&self.metadata)?;
-        cfg.tie_embeddings = self.tensor("output.weight").is_none();
-        cfg.qkv_bias |= self.tensor("blk.0.attn_q.bias").is_some();
-        Ok(cfg)
-    }
-
-    /// Sets `cfg`'s rope scaling from the [`GgufFile::ROPE_FREQS`] tensor (loaded as F32).
-    pub fn apply_rope_freqs(&self, cfg: &mut ModelConfig, t: &super::HostTensor) -> Result<()> {
-        if t.dtype != crate::DType::F32 {
-            return Err(Error::bad_file(
-                &self.path,
-                format!("{}: expected f32 factors, got {}", Self::ROPE_FREQS, t.dtype),
-            ));
-        }
-        let factors: Vec<f32> =
-            crate::quant::decode(&t.bytes, crate::DType::F32, t.shape.iter().product());
-        let orig = self
-            .metadata
-            .get_u64(&format!(
-                "{}.rope.scaling.original_context_length",
-                self.architecture().unwrap_or("")
-            ))
-            .and_then(|n| usize::try_from(n).ok());
-        cfg.rope_scaling = super::ggml::rope_scaling_from_factors(cfg, &factors, orig)?;
-        cfg.validate()
     }
 }

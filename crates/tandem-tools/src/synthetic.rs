@@ -20,14 +20,17 @@
 //! same work whatever the values (no kernel branches on them), so speeds measured on
 //! synthetic weights are the speeds of the real model. Only the outputs are meaningless.
 
-use super::{HostTensor, LoadAs, ModelSource, TensorInfo, TensorStore, TokenizerSource};
-use crate::config::ModelConfig;
-use crate::dtype::{DType, QBLOCK};
-use crate::sampling::Rng;
-use crate::{Error, Result};
 use half::{bf16, f16};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use tandem_core::config::ModelConfig;
+use tandem_core::dtype::{DType, QBLOCK};
+use tandem_core::loader::names::model_tensors;
+use tandem_core::loader::{
+    HostTensor, LoadAs, ModelSource, TensorInfo, TensorStore, TokenizerSource,
+};
+use tandem_core::sampling::Rng;
+use tandem_core::{Error, Result};
 
 /// Standard deviation of generated matrix elements (a typical trained init scale).
 const STD: f32 = 0.02;
@@ -75,7 +78,7 @@ impl SyntheticStore {
                 "synthetic weights must be a float or quantized type, not u32".into(),
             ));
         }
-        if !crate::quant::can_encode(dtype) {
+        if !tandem_core::quant::can_encode(dtype) {
             return Err(Error::InvalidParameter(format!(
                 "synthetic weights in {dtype} are not implemented yet"
             )));
@@ -122,9 +125,9 @@ impl SyntheticStore {
 
     /// The type a matrix of `shape` is made in under [`LoadAs::Native`]: the store's type,
     /// with K-quants falling back where rows are not whole blocks, as loading real weights
-    /// with that type asked does ([`crate::quant::matrix_dtype`]).
+    /// with that type asked does ([`tandem_core::quant::matrix_dtype`]).
     fn matrix_dtype(&self, shape: &[usize]) -> DType {
-        crate::quant::matrix_dtype(self.dtype, shape.last().copied().unwrap_or(1))
+        tandem_core::quant::matrix_dtype(self.dtype, shape.last().copied().unwrap_or(1))
     }
 
     /// Bytes of every tensor in its native type: what the model's weights will occupy.
@@ -166,7 +169,7 @@ impl TensorStore for SyntheticStore {
             LoadAs::Exactly(DType::U32) => {
                 return Err(Error::InvalidParameter(format!("cannot load '{name}' as u32")))
             }
-            LoadAs::Exactly(d) => match crate::quant::encode_refusal(d, &info.shape) {
+            LoadAs::Exactly(d) => match tandem_core::quant::encode_refusal(d, &info.shape) {
                 Some(why) => {
                     return Err(Error::InvalidParameter(format!("cannot make '{name}' {d}: {why}")))
                 }
@@ -179,41 +182,26 @@ impl TensorStore for SyntheticStore {
             Kind::Matrix if dtype.block_layout().is_some() => gguf_blocks(&mut rng, dtype, numel),
             Kind::Matrix if dtype.is_quantized() => quant_blocks(&mut rng, dtype, numel),
             Kind::Matrix => from_table(&mut rng, &self.table_bits(dtype), dtype, numel),
-            _ => crate::quant::encode(&self.values(&mut rng, numel, kind), dtype),
+            _ => tandem_core::quant::encode(&self.values(&mut rng, numel, kind), dtype),
         };
         Ok(HostTensor { dtype, shape: info.shape.clone(), bytes })
     }
 }
 
-/// Every tensor a model of `config` loads, by HF name, in load order.
+/// Every tensor a model of `c` loads, by HF name, in load order, with its kind.
 fn tensor_list(c: &ModelConfig) -> Vec<(String, Vec<usize>, Kind)> {
-    let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-    let mut out =
-        vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, c.dim], Kind::Matrix)];
-    for l in 0..c.n_layers {
-        let p = format!("model.layers.{l}");
-        let mut t =
-            |name: &str, shape: Vec<usize>, kind| out.push((format!("{p}.{name}"), shape, kind));
-        t("input_layernorm.weight", vec![c.dim], Kind::Norm);
-        t("self_attn.q_proj.weight", vec![q_dim, c.dim], Kind::Matrix);
-        t("self_attn.k_proj.weight", vec![kv_dim, c.dim], Kind::Matrix);
-        t("self_attn.v_proj.weight", vec![kv_dim, c.dim], Kind::Matrix);
-        if c.qkv_bias {
-            t("self_attn.q_proj.bias", vec![q_dim], Kind::Bias);
-            t("self_attn.k_proj.bias", vec![kv_dim], Kind::Bias);
-            t("self_attn.v_proj.bias", vec![kv_dim], Kind::Bias);
-        }
-        t("self_attn.o_proj.weight", vec![c.dim, q_dim], Kind::Matrix);
-        t("post_attention_layernorm.weight", vec![c.dim], Kind::Norm);
-        t("mlp.gate_proj.weight", vec![c.ffn_dim, c.dim], Kind::Matrix);
-        t("mlp.up_proj.weight", vec![c.ffn_dim, c.dim], Kind::Matrix);
-        t("mlp.down_proj.weight", vec![c.dim, c.ffn_dim], Kind::Matrix);
-    }
-    out.push(("model.norm.weight".into(), vec![c.dim], Kind::Norm));
-    if !c.tie_embeddings {
-        out.push(("lm_head.weight".into(), vec![c.vocab_size, c.dim], Kind::Matrix));
-    }
-    out
+    let kind = |name: &str, shape: &[usize]| match shape.len() {
+        2 => Kind::Matrix,
+        _ if name.ends_with(".bias") => Kind::Bias,
+        _ => Kind::Norm,
+    };
+    model_tensors(c)
+        .into_iter()
+        .map(|(name, shape)| {
+            let k = kind(&name, &shape);
+            (name, shape, k)
+        })
+        .collect()
 }
 
 /// A generator seed per tensor, so each tensor's bytes depend only on the seed and its name.
@@ -305,7 +293,7 @@ fn gguf_blocks(rng: &mut Rng, dtype: DType, numel: usize) -> Vec<u8> {
     let l = dtype.block_layout().expect("a GGUF block type");
     let mut out = vec![0u8; dtype.storage_bytes(numel)];
     fill_random(rng, &mut out);
-    let fields = crate::quant::blocks::f16_fields(dtype);
+    let fields = tandem_core::quant::blocks::f16_fields(dtype);
     let one = f16::from_f32(1.0).to_le_bytes();
     let mut tmp = [0f32; 256];
     for blk in out.chunks_exact_mut(l.stride) {
@@ -314,7 +302,7 @@ fn gguf_blocks(rng: &mut Rng, dtype: DType, numel: usize) -> Vec<u8> {
         for &f in fields {
             blk[f..f + 2].copy_from_slice(&one);
         }
-        crate::quant::BlockView::new(dtype, l.elems, blk).decode_block(0, &mut tmp);
+        tandem_core::quant::BlockView::new(dtype, l.elems, blk).decode_block(0, &mut tmp);
         let rms = (tmp[..l.elems].iter().map(|v| v * v).sum::<f32>() / l.elems as f32).sqrt();
         let scale = f16::from_f32(if rms > 0.0 { STD / rms } else { 0.0 }).to_le_bytes();
         for &f in fields {
@@ -445,7 +433,7 @@ mod tests {
             );
             assert_ne!(t.bytes, other.load(name, as_).unwrap().bytes, "another seed ({as_:?})");
             // Realistic scale: mean near 0, standard deviation near STD, every value finite.
-            let v = crate::quant::decode(&t.bytes, t.dtype, 6400);
+            let v = tandem_core::quant::decode(&t.bytes, t.dtype, 6400);
             let mean = v.iter().sum::<f32>() / v.len() as f32;
             let std =
                 (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32).sqrt();
@@ -466,7 +454,7 @@ mod tests {
             a.load("model.layers.1.mlp.up_proj.weight", LoadAs::Native).unwrap().bytes
         );
 
-        let norm = crate::quant::decode(
+        let norm = tandem_core::quant::decode(
             &a.load("model.norm.weight", LoadAs::F32).unwrap().bytes,
             DType::F32,
             64,
@@ -500,15 +488,16 @@ mod tests {
         );
         let small = source(PathBuf::from("small.json"), config(true, false), &opts).expect("fits");
         assert_eq!(small.format, FORMAT);
-        let tok = crate::tokenizer::Tokenizer::load(&small.tokenizer).err().expect("no tokenizer");
+        let tok =
+            tandem_core::tokenizer::Tokenizer::load(&small.tokenizer).err().expect("no tokenizer");
         assert!(tok.to_string().contains("synthetic"), "{tok}");
     }
 
     #[cfg(not(target_arch = "wasm32"))]
     #[test]
     fn written_as_gguf_loads_back_bit_for_bit() {
-        use crate::config::RopeScaling;
-        use crate::loader::gguf_writer::{placeholder_vocab, write_llama_gguf};
+        use crate::gguf_writer::{placeholder_vocab, write_llama_gguf};
+        use tandem_core::config::RopeScaling;
         let dir =
             std::env::temp_dir().join(format!("tandem-synthetic-gguf-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -533,7 +522,7 @@ mod tests {
             let path = dir.join(format!("{dtype}-{tied}.gguf"));
             let size = write_llama_gguf(&src, placeholder_vocab(c.vocab_size), &path).unwrap();
             assert_eq!(size, std::fs::metadata(&path).unwrap().len());
-            let back = crate::loader::open(&path).unwrap();
+            let back = tandem_core::loader::open(&path).unwrap();
             // Special tokens are the placeholder vocabulary's.
             let want = ModelConfig { bos_token_id: Some(1), eos_token_ids: vec![2], ..c.clone() };
             assert_eq!(back.config, want, "{dtype}");
@@ -544,7 +533,7 @@ mod tests {
                 assert_eq!((a.dtype, &a.shape), (b.dtype, &b.shape), "{dtype} {}", info.name);
                 assert!(a.bytes == b.bytes, "{dtype} {}: bytes differ", info.name);
             }
-            let tok = crate::tokenizer::Tokenizer::load(&back.tokenizer).unwrap();
+            let tok = tandem_core::tokenizer::Tokenizer::load(&back.tokenizer).unwrap();
             let ids = tok.encode("a b").unwrap();
             assert!(!ids.is_empty() && ids.iter().all(|&i| (3..260).contains(&i)), "{ids:?}");
             assert_eq!(tok.decode(&ids, true).unwrap().trim(), "a b");

