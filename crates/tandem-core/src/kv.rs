@@ -161,9 +161,9 @@ fn block_hash(parent: u64, prompt: u32, tokens: &[u32]) -> u64 {
     h
 }
 
-/// The block side of a KV pool, with no buffers: which blocks are free, cached or in use, and
-/// every sequence's block table. Plain data, so the scheduler's planning is testable without a
-/// backend ([`crate::scheduler`] does every block operation through it).
+/// The block side of a KV pool, with no buffers: which blocks are free, cached (the prefix
+/// cache) or in use, and the operations on sequences' block tables. Plain data, so the
+/// scheduler's planning runs and is tested without a backend.
 #[derive(Debug)]
 pub struct KvBlocks {
     pub block_size: usize,
@@ -302,6 +302,7 @@ impl KvBlocks {
 /// their block accounting.
 pub struct KvCache {
     pub dtype: DType,
+    /// The same as `blocks.block_size`.
     pub block_size: usize,
     pub k: Vec<BufId>,
     pub v: Vec<BufId>,

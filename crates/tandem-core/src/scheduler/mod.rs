@@ -15,15 +15,16 @@
 //! rows and generated ones as decode rows, one per step, so every row gets the arithmetic it
 //! had the first time (batch invariance), and the prefix cache usually still holds most of it.
 //!
-//! A step's path (vLLM v1's `schedule()` then `update_from_output()`):
-//! - [`plan`](plan::plan): from the queues and the block pools alone, no backend: which
-//!   sequences, which chunks, which drafts, which blocks (admission, prefix-cache hits,
-//!   preemption), a plain value;
-//! - [`run`](run::run): a draft model's rounds, then the target's one step on the backend;
-//! - [`commit`](commit::commit): tokens, stops and finish reasons into the requests, and the
-//!   block tables (rejected drafts rolled back) and the prefix cache.
+//! A step's path, plan -> run -> commit (vLLM v1's `schedule()` then `update_from_output()`):
+//! - `plan::plan`: from the queues and the block pools alone, no backend: which sequences,
+//!   which chunks, which drafts, which blocks (admission, prefix-cache hits, preemption); a
+//!   plain value, unit-tested in plan.rs;
+//! - `run::run`: a draft model's rounds, then the target's one step on the backend;
+//! - `commit::commit`: tokens, stops and finish reasons into the requests, then the block
+//!   tables (rejected drafts rolled back) and the prefix cache.
 //!
-//! Every block operation goes through the [`KvManager`](kv_manager::KvManager).
+//! Every block operation, in planning and committing, goes through `kv_manager::KvManager`,
+//! on the target's pool and the draft model's; the run allocates and frees none.
 
 mod commit;
 mod kv_manager;

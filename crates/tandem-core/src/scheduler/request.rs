@@ -109,6 +109,8 @@ pub struct Usage {
     pub decode_secs: f64,
 }
 
+/// A request inside the scheduler: its tokens so far, its sampler and random draws, its block
+/// tables (the target's and the draft model's), and what turns its tokens into events.
 pub(super) struct Request {
     pub id: RequestId,
     /// The prompt, then every generated token.
