@@ -105,8 +105,7 @@ pub fn smollm_chat_as<B: Backend>(
     if check_logits {
         let mut seq = model.new_sequence();
         let Output::Logits(logits) =
-            pollster::block_on(model.forward(&mut seq, &prompt, Want::LastLogits))
-                .expect("forward")
+            pollster::block_on(model.forward(&mut seq, &prompt, Want::Logits)).expect("forward")
         else {
             unreachable!("asked for logits")
         };

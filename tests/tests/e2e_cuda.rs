@@ -162,7 +162,7 @@ fn stories260k_decode_replays_one_graph_per_token() {
         let mut seq = model.new_sequence();
         let next =
             |model: &mut Model<CudaBackend>, seq: &mut _, t: &[u32]| match pollster::block_on(
-                model.forward(seq, t, Want::Argmax),
+                model.forward(seq, t, Want::argmax()),
             )
             .expect("forward")
             {

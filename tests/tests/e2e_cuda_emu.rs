@@ -23,7 +23,8 @@ fn first_tokens(opts: &ModelOptions) -> Result<(), Skip> {
     let mut input = e2e::ids(&reference["input_ids"]);
     let mut got = vec![];
     for _ in 0..TOKENS {
-        match pollster::block_on(model.forward(&mut seq, &input, Want::Argmax)).expect("forward") {
+        match pollster::block_on(model.forward(&mut seq, &input, Want::argmax())).expect("forward")
+        {
             Output::Token(t) => {
                 got.push(t);
                 input = vec![t];

@@ -74,7 +74,7 @@ fn stories260k_decode_is_one_submission_and_4_bytes_per_token() {
         let mut seq = model.new_sequence();
         let prompt = e2e::ids(&reference["input_ids"]);
         let next = |model: &mut tandem_core::model::Model<WgpuBackend>, seq: &mut _, t: &[u32]| {
-            match pollster::block_on(model.forward(seq, t, Want::Argmax)).expect("forward") {
+            match pollster::block_on(model.forward(seq, t, Want::argmax())).expect("forward") {
                 Output::Token(t) => t,
                 Output::Logits(_) => unreachable!("asked for a token"),
             }

@@ -8,7 +8,7 @@
 //! speed-up is that over the verify step's cost in one-token steps (plus the draft's time).
 
 use std::time::Instant;
-use tandem_core::model::{Chunk, Model, RowWant, Want};
+use tandem_core::model::{Chunk, Model, Want};
 use tandem_core::ops::SampleRow;
 use tandem_core::{Backend, Error, Result};
 
@@ -49,7 +49,7 @@ pub fn measure<B: Backend>(
     };
     let mut seq = model.new_sequence();
     let result = (|| {
-        pollster::block_on(model.forward(&mut seq, &ids(context, 0), Want::Argmax))?;
+        pollster::block_on(model.forward(&mut seq, &ids(context, 0), Want::argmax()))?;
         model.kv.reserve(&mut seq, context + largest)?;
         let mut all = vec![1];
         all.extend(sizes.iter().copied().filter(|&n| n != 1));
@@ -57,13 +57,12 @@ pub fn measure<B: Backend>(
         for run in 0..runs {
             for (i, &n) in all.iter().enumerate() {
                 let tokens = ids(n, 1 + run as u32);
-                let rows = vec![SampleRow::greedy(); n];
                 let want = if n == 1 {
-                    RowWant::Token(SampleRow::greedy())
+                    Want::argmax()
                 } else {
-                    RowWant::Tokens(&rows)
+                    Want::Tokens(vec![SampleRow::greedy(); n])
                 };
-                let chunk = [Chunk { seq: &seq, tokens: &tokens, decode: true, want }];
+                let chunk = [Chunk { seq: &seq, tokens: &tokens, decode: true, want: &want }];
                 // One step unmeasured: a shape's first step may build or capture its work.
                 pollster::block_on(model.step(&chunk))?;
                 let t = Instant::now();

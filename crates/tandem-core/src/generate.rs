@@ -4,72 +4,11 @@
 
 use crate::backend::Backend;
 use crate::model::Model;
-use crate::sampling::SamplingParams;
 use crate::scheduler::{Event, Scheduler, SchedulerConfig, Speculation};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
-#[derive(Debug, Clone)]
-pub struct GenerateParams {
-    pub max_tokens: usize,
-    pub sampling: SamplingParams,
-    /// Generation ends when the text contains one of these; it is not part of the output.
-    pub stop: Vec<String>,
-    /// Keep going past end-of-sequence tokens (benchmarks).
-    pub ignore_eos: bool,
-}
-
-/// Most stop strings one request may give, and the longest one in bytes. After every token the
-/// held-back text (shorter than the longest stop string) is matched against each of them, so
-/// these two bound that work; real requests use a handful of short strings (OpenAI allows 4).
-pub const MAX_STOP_STRINGS: usize = 32;
-pub const MAX_STOP_BYTES: usize = 256;
-
-impl GenerateParams {
-    /// Rejects what no run could honour: invalid sampling parameters, too many or too long
-    /// stop strings.
-    pub fn validate(&self) -> Result<()> {
-        self.sampling.validate()?;
-        if self.stop.len() > MAX_STOP_STRINGS {
-            return Err(Error::InvalidParameter(format!(
-                "stop: at most {MAX_STOP_STRINGS} stop strings, got {}",
-                self.stop.len()
-            )));
-        }
-        if let Some(s) = self.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
-            return Err(Error::InvalidParameter(format!(
-                "stop: a stop string may have at most {MAX_STOP_BYTES} bytes, got one of {}",
-                s.len()
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl Default for GenerateParams {
-    fn default() -> Self {
-        GenerateParams {
-            max_tokens: 256,
-            sampling: SamplingParams::default(),
-            stop: Vec::new(),
-            ignore_eos: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// The model produced an end-of-sequence token.
-    Eos,
-    /// A stop string appeared.
-    Stop,
-    /// max_tokens reached.
-    Length,
-    /// The context is full.
-    Context,
-    /// The caller asked to stop ([`generate_interruptible`]).
-    Interrupted,
-}
+pub use crate::scheduler::{FinishReason, GenerateParams, MAX_STOP_BYTES, MAX_STOP_STRINGS};
 
 #[derive(Debug, Clone)]
 pub struct Generation {

@@ -161,41 +161,23 @@ fn block_hash(parent: u64, prompt: u32, tokens: &[u32]) -> u64 {
     h
 }
 
-/// K and V block pools of every layer, each [num_blocks, block_size, kv_heads, head_dim].
-pub struct KvCache {
-    pub dtype: DType,
+/// The block side of a KV pool, with no buffers: which blocks are free, cached (the prefix
+/// cache) or in use, and the operations on sequences' block tables. Plain data, so the
+/// scheduler's planning runs and is tested without a backend.
+#[derive(Debug)]
+pub struct KvBlocks {
     pub block_size: usize,
-    pub k: Vec<BufId>,
-    pub v: Vec<BufId>,
     pool: BlockPool,
 }
 
-impl KvCache {
-    pub fn new<B: Backend>(
-        backend: &mut B,
-        config: &ModelConfig,
-        dtype: DType,
-        block_size: usize,
-        num_blocks: usize,
-    ) -> Result<Self> {
-        if !matches!(dtype, DType::F32 | DType::F16) {
-            return Err(Error::InvalidParameter(format!(
-                "KV cache dtype must be f32 or f16, got {dtype}"
-            )));
-        }
+impl KvBlocks {
+    pub fn new(block_size: usize, num_blocks: usize) -> Result<Self> {
         if block_size == 0 || num_blocks == 0 {
             return Err(Error::InvalidParameter(
                 "KV cache needs a non-zero block size and block count".into(),
             ));
         }
-        let numel = num_blocks * block_size * config.n_kv_heads * config.head_dim;
-        let mut k = Vec::with_capacity(config.n_layers);
-        let mut v = Vec::with_capacity(config.n_layers);
-        for _ in 0..config.n_layers {
-            k.push(backend.alloc(dtype, numel)?);
-            v.push(backend.alloc(dtype, numel)?);
-        }
-        Ok(KvCache { dtype, block_size, k, v, pool: BlockPool::new(num_blocks) })
+        Ok(KvBlocks { block_size, pool: BlockPool::new(num_blocks) })
     }
 
     /// Token capacity of the whole pool.
@@ -313,6 +295,85 @@ impl KvCache {
                     + (p % self.block_size) as u32
             })
             .collect()
+    }
+}
+
+/// K and V block pools of every layer, each [num_blocks, block_size, kv_heads, head_dim], and
+/// their block accounting.
+pub struct KvCache {
+    pub dtype: DType,
+    /// The same as `blocks.block_size`.
+    pub block_size: usize,
+    pub k: Vec<BufId>,
+    pub v: Vec<BufId>,
+    pub blocks: KvBlocks,
+}
+
+impl KvCache {
+    pub fn new<B: Backend>(
+        backend: &mut B,
+        config: &ModelConfig,
+        dtype: DType,
+        block_size: usize,
+        num_blocks: usize,
+    ) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::F16) {
+            return Err(Error::InvalidParameter(format!(
+                "KV cache dtype must be f32 or f16, got {dtype}"
+            )));
+        }
+        let blocks = KvBlocks::new(block_size, num_blocks)?;
+        let numel = num_blocks * block_size * config.n_kv_heads * config.head_dim;
+        let mut k = Vec::with_capacity(config.n_layers);
+        let mut v = Vec::with_capacity(config.n_layers);
+        for _ in 0..config.n_layers {
+            k.push(backend.alloc(dtype, numel)?);
+            v.push(backend.alloc(dtype, numel)?);
+        }
+        Ok(KvCache { dtype, block_size, k, v, blocks })
+    }
+
+    /// Token capacity of the whole pool.
+    pub fn capacity(&self) -> usize {
+        self.blocks.capacity()
+    }
+
+    pub fn total_blocks(&self) -> usize {
+        self.blocks.total_blocks()
+    }
+
+    /// Blocks a sequence could get now (free plus idle cached ones).
+    pub fn free_blocks(&self) -> usize {
+        self.blocks.free_blocks()
+    }
+
+    pub fn cached_blocks(&self) -> usize {
+        self.blocks.cached_blocks()
+    }
+
+    /// Empties the prefix cache of blocks no sequence uses.
+    pub fn evict_idle(&mut self) {
+        self.blocks.evict_idle();
+    }
+
+    /// See [`KvBlocks::reserve`].
+    pub fn reserve(&mut self, seq: &mut Sequence, new_len: usize) -> Result<()> {
+        self.blocks.reserve(seq, new_len)
+    }
+
+    /// See [`KvBlocks::truncate`].
+    pub fn truncate(&mut self, seq: &mut Sequence, new_len: usize) {
+        self.blocks.truncate(seq, new_len);
+    }
+
+    /// Returns every block of `seq` to the pool.
+    pub fn release(&mut self, seq: &mut Sequence) {
+        self.blocks.release(seq);
+    }
+
+    /// Cache rows (block * block_size + offset) of positions start..start + n.
+    pub fn slots(&self, seq: &Sequence, start: usize, n: usize) -> Vec<u32> {
+        self.blocks.slots(seq, start, n)
     }
 }
 

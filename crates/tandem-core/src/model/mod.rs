@@ -9,7 +9,7 @@ mod weights;
 
 pub use builder::ModelBuilder;
 use step::Activations;
-pub use step::{Chunk, ChunkOut, RowWant};
+pub use step::{Chunk, ChunkOut, Want};
 pub use stream::{ModelStream, StreamedModel};
 pub use weights::{LayerWeights, Weight, Weights};
 
@@ -49,19 +49,6 @@ impl Default for ModelOptions {
             kv_blocks: None,
         }
     }
-}
-
-/// What a forward pass returns (the one-sequence API, [`Model::forward`]).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Want {
-    /// The greedy next token, chosen on the device: 4 bytes come back.
-    Argmax,
-    /// A sampled next token, drawn on the device (see [`crate::ops::Sample`]): 4 bytes come back.
-    Sample { temperature: f32, top_k: usize, top_p: f32, min_p: f32, uniform: f32 },
-    /// Logits of the last position: [vocab].
-    LastLogits,
-    /// Logits of every position fed in: [n, vocab] (perplexity).
-    AllLogits,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +137,13 @@ impl<B: Backend> Model<B> {
         if tokens.is_empty() {
             return Err(Error::InvalidParameter("forward needs at least one token".into()));
         }
+        if matches!(want, Want::Tokens(_)) {
+            // A verification's rows of tokens are a scheduler step's; forward gives one
+            // token or logits.
+            return Err(Error::InvalidParameter(
+                "forward takes Want::None, Token, Logits or AllLogits".into(),
+            ));
+        }
         let new_len = seq.len + tokens.len();
         if new_len > self.context {
             return Err(Error::PromptTooLong { prompt: new_len, context: self.context });
@@ -176,21 +170,11 @@ impl<B: Backend> Model<B> {
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
             let row_want = match want {
-                Want::AllLogits => RowWant::AllLogits,
-                _ if !last => RowWant::None,
-                Want::Argmax => RowWant::Token(SampleRow::greedy()),
-                Want::Sample { temperature, top_k, top_p, min_p, uniform } => {
-                    RowWant::Token(SampleRow {
-                        temperature,
-                        top_k: top_k.min(u32::MAX as usize) as u32,
-                        top_p,
-                        min_p,
-                        uniform,
-                    })
-                }
-                Want::LastLogits => RowWant::Logits,
+                Want::AllLogits => Want::AllLogits,
+                _ if !last => Want::None,
+                _ => want.clone(),
             };
-            let out = self.step(&[Chunk { seq, tokens: chunk, decode, want: row_want }]).await?;
+            let out = self.step(&[Chunk { seq, tokens: chunk, decode, want: &row_want }]).await?;
             seq.len += chunk.len();
             match out.into_iter().next() {
                 Some(ChunkOut::Token(t)) => return Ok(Output::Token(t)),

@@ -14,9 +14,10 @@ use crate::{Error, Result};
 
 use super::{Model, Weight};
 
-/// What a sequence wants from its rows in a step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RowWant<'a> {
+/// What a sequence wants from its rows in a step: the one request type of a row, from the
+/// scheduler's chunks to [`Model::forward`] for one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Want {
     /// Nothing (a prompt chunk that does not finish its prompt).
     None,
     /// The next token, chosen on the device with these parameters: 4 bytes come back.
@@ -24,11 +25,18 @@ pub enum RowWant<'a> {
     /// A token for each of the chunk's last `rows.len()` rows, each chosen on the device with
     /// its own parameters (speculative verification: what the model says after each draft
     /// token): 4 bytes a row come back.
-    Tokens(&'a [SampleRow]),
+    Tokens(Vec<SampleRow>),
     /// The last row's logits: [vocab] (host-side sampling, e.g. with penalties).
     Logits,
     /// Every row's logits: [rows, vocab] (perplexity).
     AllLogits,
+}
+
+impl Want {
+    /// The greedy next token, chosen on the device.
+    pub fn argmax() -> Self {
+        Want::Token(SampleRow::greedy())
+    }
 }
 
 /// One sequence's part of a step: `tokens` at positions seq.len.. . The caller has reserved
@@ -41,14 +49,14 @@ pub struct Chunk<'a> {
     /// be (a plain decode has one; a speculative verification has its last accepted token
     /// and the draft tokens after it, each row attending to the positions up to its own).
     pub decode: bool,
-    pub want: RowWant<'a>,
+    pub want: &'a Want,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChunkOut {
     None,
     Token(u32),
-    /// [`RowWant::Tokens`]: one token per asked row, in row order.
+    /// [`Want::Tokens`]: one token per asked row, in row order.
     Tokens(Vec<u32>),
     Logits(Vec<f32>),
 }
@@ -182,10 +190,10 @@ impl<B: Backend> Model<B> {
         for pass in [true, false] {
             for &i in &order {
                 let rows = match (chunks[i].want, pass) {
-                    (RowWant::Token(_), true) => 1,
-                    (RowWant::Tokens(r), true) => r.len(),
-                    (RowWant::Logits, false) => 1,
-                    (RowWant::AllLogits, false) => chunks[i].tokens.len(),
+                    (Want::Token(_), true) => 1,
+                    (Want::Tokens(r), true) => r.len(),
+                    (Want::Logits, false) => 1,
+                    (Want::AllLogits, false) => chunks[i].tokens.len(),
                     _ => 0,
                 };
                 if rows > 0 {
@@ -197,14 +205,14 @@ impl<B: Backend> Model<B> {
         let samples: Vec<SampleRow> = head
             .iter()
             .flat_map(|h| match chunks[h.chunk].want {
-                RowWant::Token(p) => vec![p],
-                RowWant::Tokens(r) => r.to_vec(),
+                Want::Token(p) => vec![*p],
+                Want::Tokens(r) => r.clone(),
                 _ => vec![],
             })
             .collect();
         let token_heads = head
             .iter()
-            .filter(|h| matches!(chunks[h.chunk].want, RowWant::Token(_) | RowWant::Tokens(_)))
+            .filter(|h| matches!(chunks[h.chunk].want, Want::Token(_) | Want::Tokens(_)))
             .count();
         self.act.grow_head(&mut self.backend, &self.config, row.max(1))?;
         let step = self.record(chunks, &order, &head, &samples)?;
@@ -218,7 +226,7 @@ impl<B: Backend> Model<B> {
             for h in &head[..token_heads] {
                 let rows = &tokens[h.row..h.row + h.rows];
                 outs[h.chunk] = match chunks[h.chunk].want {
-                    RowWant::Tokens(_) => ChunkOut::Tokens(rows.to_vec()),
+                    Want::Tokens(_) => ChunkOut::Tokens(rows.to_vec()),
                     _ => ChunkOut::Token(rows[0]),
                 };
             }
@@ -260,8 +268,8 @@ impl<B: Backend> Model<B> {
                 ));
             }
             match c.want {
-                RowWant::Token(p) => p.check()?,
-                RowWant::Tokens(rows) => {
+                Want::Token(p) => p.check()?,
+                Want::Tokens(rows) => {
                     if rows.is_empty() || rows.len() > c.tokens.len() {
                         return bad(format!(
                             "a chunk of {} tokens asks for {} rows' tokens",

@@ -1,15 +1,76 @@
-//! A request's life inside the scheduler: its tokens, where its KV cache stands, and turning
-//! each new token into events (text through the same UTF-8 and stop-string handling as
-//! [`crate::generate`], the finish reason and usage).
+//! A request: what the caller asks for ([`GenerateParams`]), its life inside the scheduler
+//! (its tokens, where its KV cache stands) and how it ends: each new token becomes events (text
+//! through UTF-8 and stop-string handling, the finish reason and usage).
 
 use web_time::Instant;
 
 use super::speculate::SpecState;
-use crate::generate::{FinishReason, GenerateParams};
 use crate::kv::Sequence;
-use crate::sampling::{Sampler, TokenLogprobs};
+use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
 use crate::tokenizer::{Detokenizer, StopStrings, Tokenizer};
-use crate::Error;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends when the text contains one of these; it is not part of the output.
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks).
+    pub ignore_eos: bool,
+}
+
+/// Most stop strings one request may give, and the longest one in bytes. After every token the
+/// held-back text (shorter than the longest stop string) is matched against each of them, so
+/// these two bound that work; real requests use a handful of short strings (OpenAI allows 4).
+pub const MAX_STOP_STRINGS: usize = 32;
+pub const MAX_STOP_BYTES: usize = 256;
+
+impl GenerateParams {
+    /// Rejects what no run could honour: invalid sampling parameters, too many or too long
+    /// stop strings.
+    pub fn validate(&self) -> Result<()> {
+        self.sampling.validate()?;
+        if self.stop.len() > MAX_STOP_STRINGS {
+            return Err(Error::InvalidParameter(format!(
+                "stop: at most {MAX_STOP_STRINGS} stop strings, got {}",
+                self.stop.len()
+            )));
+        }
+        if let Some(s) = self.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(Error::InvalidParameter(format!(
+                "stop: a stop string may have at most {MAX_STOP_BYTES} bytes, got one of {}",
+                s.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// A stop string appeared.
+    Stop,
+    /// max_tokens reached.
+    Length,
+    /// The context is full.
+    Context,
+    /// The caller asked to stop (an abort).
+    Interrupted,
+}
 
 pub type RequestId = u64;
 
@@ -48,7 +109,9 @@ pub struct Usage {
     pub decode_secs: f64,
 }
 
-pub(super) struct SeqState {
+/// A request inside the scheduler: its tokens so far, its sampler and random draws, its block
+/// tables (the target's and the draft model's), and what turns its tokens into events.
+pub(super) struct Request {
     pub id: RequestId,
     /// The prompt, then every generated token.
     pub tokens: Vec<u32>,
@@ -66,11 +129,11 @@ pub(super) struct SeqState {
     first_token: Option<Instant>,
 }
 
-impl SeqState {
+impl Request {
     pub fn new(id: RequestId, prompt: Vec<u32>, params: GenerateParams, sampler: Sampler) -> Self {
         let stops = StopStrings::new(params.stop.clone());
         let usage = Usage { prompt_tokens: prompt.len(), ..Usage::default() };
-        SeqState {
+        Request {
             id,
             prompt_len: prompt.len(),
             tokens: prompt,
@@ -112,7 +175,7 @@ impl SeqState {
         id: u32,
         logprobs: Option<TokenLogprobs>,
         context: usize,
-    ) -> crate::Result<(Event, Option<FinishReason>)> {
+    ) -> Result<(Event, Option<FinishReason>)> {
         let now = Instant::now();
         if self.first_token.is_none() {
             self.first_token = Some(now);

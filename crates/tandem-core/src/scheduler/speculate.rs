@@ -18,19 +18,20 @@
 //! distribution is the target's, and more: with a seed, the tokens are the very tokens plain
 //! decoding draws (greedy ones included), whatever the draft, the draft length or the batch.
 //!
-//! Rejected rows cost nothing to undo: the sequence's block table is truncated to its
-//! accepted positions (blocks past them go back to the pool; the rows written past the end
-//! of a kept block are overwritten later and never read meanwhile), and a full block is
-//! offered to the prefix cache only once every position in it is accepted. The draft model's
-//! cache is truncated the same way.
+//! Planning gives a draft only blocks free at the time (in the target's pool and the draft
+//! model's), so a draft never preempts anyone. Rejected rows cost nothing to undo: the
+//! sequence's block table is truncated to its accepted positions (blocks past them go back to
+//! the pool; the rows written past the end of a kept block are overwritten later and never
+//! read meanwhile), and a full block is offered to the prefix cache only once every position
+//! in it is accepted. The draft model's cache is truncated the same way.
 
+use super::plan::Planned;
+use super::request::Request;
 use crate::backend::Backend;
 use crate::kv::Sequence;
-use crate::model::{Chunk, Model, RowWant};
+use crate::model::{Chunk, ChunkOut, Model, Want};
 use crate::ops::SampleRow;
 use crate::{Error, Result};
-
-use super::{Planned, Scheduler};
 
 /// Most draft tokens a sequence may be given per step.
 pub const MAX_DRAFT_TOKENS: usize = 16;
@@ -151,118 +152,72 @@ struct DraftJob {
     proposes: bool,
 }
 
-impl<
-        B: Backend,
-        M: std::borrow::BorrowMut<Model<B>>,
-        T: std::borrow::Borrow<crate::tokenizer::Tokenizer>,
-    > Scheduler<B, M, T>
-{
-    /// Runs the draft model for every planned verification that wants a model's draft (`p.k
-    /// > 0` with an empty draft) until each has its `k` tokens: first catching its cache up
-    /// on the sequence's tokens (prompt positions as prompt rows, generated ones as decode
-    /// rows, as the target computes them, so a draft never depends on the batch), then one
-    /// greedy decode row per round. A sequence whose draft blocks run out keeps the draft it
-    /// has; a failed draft step leaves every draft as it stands. Then each planned chunk's
-    /// length is set to its last token plus its draft.
-    pub(super) async fn draft_with_model(&mut self, plan: &mut [Planned]) {
-        let Scheduler { spec, running, .. } = self;
-        let Some(Speculation { drafter: Drafter::Model(draft), .. }) = spec.as_mut() else {
-            return;
+/// Runs the draft model for every planned verification that wants a model's draft (`p.k > 0`
+/// with an empty draft; planning reserved its draft blocks) until each has its `k` tokens:
+/// first catching its cache up on the sequence's tokens (prompt positions as prompt rows,
+/// generated ones as decode rows, as the target computes them, so a draft never depends on
+/// the batch), then one greedy decode row per round. A failed draft step leaves every draft as
+/// it stands. Then each planned chunk's length is set to its last token plus its draft.
+pub(super) async fn draft_with_model<B: Backend>(
+    draft: &mut Model<B>,
+    running: &mut [Request],
+    plan: &mut [Planned],
+) {
+    let greedy = Want::Tokens(vec![SampleRow::greedy()]);
+    loop {
+        let mut budget = draft.max_step_tokens();
+        let mut jobs: Vec<DraftJob> = vec![];
+        for (j, p) in plan.iter_mut().enumerate() {
+            if p.draft.len() >= p.k || budget == 0 {
+                continue;
+            }
+            let r = &running[p.seq];
+            let total = r.tokens.len() + p.draft.len();
+            let at = r.spec.draft_kv.len;
+            let (end, decode) = if at < r.prompt_len {
+                (r.prompt_len.min(at + budget), false)
+            } else {
+                (total.min(at + budget), true)
+            };
+            let tokens: Vec<u32> = (at..end)
+                .map(|i| if i < r.tokens.len() { r.tokens[i] } else { p.draft[i - r.tokens.len()] })
+                .collect();
+            budget -= tokens.len();
+            jobs.push(DraftJob { plan: j, tokens, decode, proposes: end == total });
+        }
+        if jobs.is_empty() {
+            break;
+        }
+        let result = {
+            let chunks: Vec<Chunk> = jobs
+                .iter()
+                .map(|job| Chunk {
+                    seq: &running[plan[job.plan].seq].spec.draft_kv,
+                    tokens: &job.tokens,
+                    decode: job.decode,
+                    want: if job.proposes { &greedy } else { &Want::None },
+                })
+                .collect();
+            draft.step(&chunks).await
         };
-        let draft: &mut Model<B> = draft;
-        for p in plan.iter_mut().filter(|p| p.k > 0) {
-            let s = &mut running[p.seq];
-            if s.spec.draft_kv.blocks.is_empty() {
-                draft.kv.take_cached_prefix(&mut s.spec.draft_kv, &s.tokens, s.prompt_len);
+        let Ok(outs) = result else {
+            for p in plan.iter_mut() {
+                p.k = p.draft.len();
             }
-        }
-        loop {
-            let mut budget = draft.max_step_tokens();
-            let mut jobs: Vec<DraftJob> = vec![];
-            for (j, p) in plan.iter_mut().enumerate() {
-                if p.draft.len() >= p.k || budget == 0 {
-                    continue;
-                }
-                let s = &mut running[p.seq];
-                let total = s.tokens.len() + p.draft.len();
-                let at = s.spec.draft_kv.len;
-                let (end, decode) = if at < s.prompt_len {
-                    (s.prompt_len.min(at + budget), false)
-                } else {
-                    (total.min(at + budget), true)
-                };
-                if draft.kv.reserve(&mut s.spec.draft_kv, end).is_err() {
-                    p.k = p.draft.len();
-                    continue;
-                }
-                let tokens: Vec<u32> =
-                    (at..end)
-                        .map(|i| {
-                            if i < s.tokens.len() {
-                                s.tokens[i]
-                            } else {
-                                p.draft[i - s.tokens.len()]
-                            }
-                        })
-                        .collect();
-                budget -= tokens.len();
-                jobs.push(DraftJob { plan: j, tokens, decode, proposes: end == total });
+            break;
+        };
+        for (job, out) in jobs.iter().zip(outs) {
+            let p = &mut plan[job.plan];
+            running[p.seq].spec.draft_kv.len += job.tokens.len();
+            if let ChunkOut::Tokens(t) = out {
+                p.draft.push(t[0]);
             }
-            if jobs.is_empty() {
-                break;
-            }
-            let greedy = [SampleRow::greedy()];
-            let result = {
-                let chunks: Vec<Chunk> = jobs
-                    .iter()
-                    .map(|job| Chunk {
-                        seq: &running[plan[job.plan].seq].spec.draft_kv,
-                        tokens: &job.tokens,
-                        decode: job.decode,
-                        want: if job.proposes { RowWant::Tokens(&greedy) } else { RowWant::None },
-                    })
-                    .collect();
-                draft.step(&chunks).await
-            };
-            let Ok(outs) = result else {
-                for p in plan.iter_mut() {
-                    p.k = p.draft.len();
-                }
-                break;
-            };
-            for (job, out) in jobs.iter().zip(outs) {
-                let p = &mut plan[job.plan];
-                running[p.seq].spec.draft_kv.len += job.tokens.len();
-                if let crate::model::ChunkOut::Tokens(t) = out {
-                    p.draft.push(t[0]);
-                }
-            }
-        }
-        for p in plan.iter_mut().filter(|p| p.k > 0) {
-            p.k = p.draft.len();
-            p.len = 1 + p.k;
         }
     }
-
-    /// After a verification (or any step) of running sequence `i`: the draft model's cache
-    /// keeps only positions the target accepted (`valid`), and offers its full blocks to the
-    /// draft's prefix cache.
-    pub(super) fn settle_draft(&mut self, i: usize, valid: usize) {
-        let Some(Speculation { drafter: Drafter::Model(draft), .. }) = self.spec.as_mut() else {
-            return;
-        };
-        let s = &mut self.running[i];
-        let keep = s.spec.draft_kv.len.min(valid);
-        draft.kv.truncate(&mut s.spec.draft_kv, keep);
-        draft.kv.cache_full_blocks(&mut s.spec.draft_kv, &s.tokens, s.prompt_len);
-    }
-
-    /// Returns a sequence's draft-model blocks to the draft's pool (it finished, failed or was
-    /// preempted: a resumed sequence catches its draft cache up again).
-    pub(super) fn release_draft(spec: &mut Option<Speculation<B>>, state: &mut SpecState) {
-        if let Some(Speculation { drafter: Drafter::Model(draft), .. }) = spec.as_mut() {
-            draft.kv.release(&mut state.draft_kv);
-        }
+    // Every decode chunk, so one whose draft came back empty feeds its last token alone.
+    for p in plan.iter_mut().filter(|p| p.decode) {
+        p.k = p.draft.len();
+        p.len = 1 + p.k;
     }
 }
 

@@ -296,8 +296,7 @@ impl Reference {
         let mut out = vec![];
         let mut feed = prompt.to_vec();
         for &t in tokens {
-            match pollster::block_on(self.model.forward(&mut seq, &feed, Want::LastLogits)).unwrap()
-            {
+            match pollster::block_on(self.model.forward(&mut seq, &feed, Want::Logits)).unwrap() {
                 Output::Logits(l) => out.push(l),
                 Output::Token(_) => unreachable!("logits were asked for"),
             }

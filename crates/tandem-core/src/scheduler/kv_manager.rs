@@ -1,0 +1,117 @@
+//! The scheduler's KV manager: every block operation of a step goes through it (admission with
+//! a prefix-cache lookup, growth, preemption and release, the rollback of rejected drafts and
+//! the prefix-cache insert at commit), on the target's pool and, with a draft model, on the
+//! draft's. The pools are plain block accounting ([`KvBlocks`]), so planning runs and is
+//! tested without a backend.
+
+use super::request::Request;
+use crate::kv::KvBlocks;
+use crate::Error;
+
+pub(super) struct KvManager<'a> {
+    target: &'a mut KvBlocks,
+    /// The draft model's pool, when a draft model drafts.
+    draft: Option<&'a mut KvBlocks>,
+}
+
+impl<'a> KvManager<'a> {
+    pub fn new(target: &'a mut KvBlocks, draft: Option<&'a mut KvBlocks>) -> Self {
+        KvManager { target, draft }
+    }
+
+    /// Target blocks in use (not free, not idle-cached).
+    pub fn used_blocks(&self) -> usize {
+        self.target.total_blocks() - self.target.free_blocks()
+    }
+
+    /// Whether `r` can hold `len` positions with the target blocks free now.
+    pub fn fits(&self, r: &Request, len: usize) -> bool {
+        self.target.blocks_needed(&r.kv, len) <= self.target.free_blocks()
+    }
+
+    /// Whether `len` positions of one request fit the whole target pool (the error when not).
+    pub fn ever_fits(&self, r: &Request, len: usize) -> Result<(), Error> {
+        let limit = self.target.capacity();
+        if len <= limit {
+            return Ok(());
+        }
+        Err(Error::RequestTooLarge {
+            tokens: len,
+            prompt: r.prompt_len,
+            max_tokens: r.params.max_tokens,
+            limit,
+            what: "the KV cache",
+        })
+    }
+
+    /// Admits a waiting request: takes the cached blocks of its leading tokens, then keeps them
+    /// only if the blocks of everything still to compute can be had now. Returns the cached
+    /// positions, or `None` (nothing held) when it does not fit yet.
+    pub fn admit(&mut self, r: &mut Request) -> Option<usize> {
+        let cached = self.target.take_cached_prefix(&mut r.kv, &r.tokens, r.prompt_len);
+        if !self.fits(r, r.tokens.len()) {
+            self.target.release(&mut r.kv);
+            return None;
+        }
+        Some(cached)
+    }
+
+    /// Gives `r` the blocks to hold `len` positions; the caller has checked they fit.
+    pub fn grow(&mut self, r: &mut Request, len: usize) {
+        self.target.reserve(&mut r.kv, len).expect("room was checked");
+    }
+
+    /// Returns every block of `r` (the target's and the draft model's) to their pools (it
+    /// finished, failed or was preempted: a resumed request recomputes, mostly from the prefix
+    /// cache).
+    pub fn free(&mut self, r: &mut Request) {
+        self.target.release(&mut r.kv);
+        self.free_draft(r);
+    }
+
+    /// Returns `r`'s draft-model blocks (speculation changed, or `r` ended).
+    pub fn free_draft(&mut self, r: &mut Request) {
+        if let Some(draft) = self.draft.as_deref_mut() {
+            draft.release(&mut r.spec.draft_kv);
+        }
+    }
+
+    /// The longest draft up to `k` tokens after `r`'s tokens whose target blocks are free now
+    /// (a draft never preempts anyone).
+    pub fn draft_room(&self, r: &Request, mut k: usize) -> usize {
+        while k > 0 && !self.fits(r, r.tokens.len() + k) {
+            k -= 1;
+        }
+        k
+    }
+
+    /// Readies the draft model's cache of `r` for a draft of up to `k` tokens: its cached
+    /// prefix when it holds nothing, then blocks for `r`'s tokens and all but the last draft
+    /// token (the last is proposed, never fed). Returns the draft length its free blocks allow.
+    pub fn reserve_draft(&mut self, r: &mut Request, mut k: usize) -> usize {
+        let Some(draft) = self.draft.as_deref_mut() else { return k };
+        if r.spec.draft_kv.blocks.is_empty() {
+            draft.take_cached_prefix(&mut r.spec.draft_kv, &r.tokens, r.prompt_len);
+        }
+        while k > 0 && draft.reserve(&mut r.spec.draft_kv, r.tokens.len() + k - 1).is_err() {
+            k -= 1;
+        }
+        k
+    }
+
+    /// After a step fed `r` up to `fed` positions of which the first `valid` hold accepted
+    /// tokens: rejected draft positions are rolled back (blocks holding none of the rest go
+    /// back to the pool) and newly full blocks are offered to the prefix cache, in the target's
+    /// pool and, after a decode row, the draft model's.
+    pub fn commit(&mut self, r: &mut Request, fed: usize, valid: usize, decode: bool) {
+        r.kv.len = fed;
+        self.target.truncate(&mut r.kv, valid);
+        self.target.cache_full_blocks(&mut r.kv, &r.tokens, r.prompt_len);
+        if let (true, Some(draft)) = (decode, self.draft.as_deref_mut()) {
+            let d = &mut r.spec.draft_kv;
+            let keep = d.len.min(valid);
+            draft.truncate(d, keep);
+            draft.cache_full_blocks(d, &r.tokens, r.prompt_len);
+        }
+    }
+}
