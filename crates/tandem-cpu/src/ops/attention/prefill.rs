@@ -47,8 +47,9 @@ pub(super) fn run<T: KvElem>(
         // [query, head of the group, head_dim]
         let mut acc = vec![0f32; (i1 - i0) * group * hd];
         #[cfg(target_arch = "x86_64")]
-        if ex.avx2 {
-            // SAFETY: `ex.avx2` is true only when AVX2 and FMA were detected at run time.
+        if ex.avx2() {
+            // SAFETY: `ex.avx2()` is true only for the AVX2 and AVX-512 ISAs, whose features
+            // (AVX2 and FMA among them) were detected when the backend was made.
             unsafe { unit_avx2(q, ck, cv, rows, g, kvh, i0, &mut acc) };
             return acc;
         }
