@@ -14,9 +14,8 @@
 //!
 //! Every op lives in its own file under `ops/`, its reference and fast function side by side.
 
-// Reference loops index like the math they transcribe (llama2.c style), and `is_multiple_of`
-// is newer than the workspace's rust-version.
-#![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
+// Reference loops index like the math they transcribe (llama2.c style).
+#![allow(clippy::needless_range_loop)]
 
 pub use isa::{Isa, ISA_ENV};
 use ops::matmul::Kernels;
@@ -68,6 +67,7 @@ pub(crate) struct Exec<'a> {
 
 impl Exec<'_> {
     /// Whether the AVX2 builds of the kernels outside the matmul tables (attention's) may run.
+    #[cfg(target_arch = "x86_64")]
     pub fn avx2(&self) -> bool {
         matches!(self.kernels.isa, Isa::Avx2 | Isa::Avx512)
     }
@@ -251,12 +251,12 @@ impl Backend for CpuBackend {
         match op {
             Op::Embed(o) => is_weight_dtype(o.dtype),
             Op::Matmul(o) => is_weight_dtype(o.wdtype),
-            Op::Rope(o) => o.head_dim % 2 == 0,
+            Op::Rope(o) => o.head_dim.is_multiple_of(2),
             Op::KvWrite(o) => is_kv_dtype(o.kv_dtype),
             Op::Attention(o) => {
                 is_kv_dtype(o.kv_dtype)
                     && o.kv_heads > 0
-                    && o.heads % o.kv_heads == 0
+                    && o.heads.is_multiple_of(o.kv_heads)
                     && o.block_size > 0
             }
             Op::RmsNorm(_)

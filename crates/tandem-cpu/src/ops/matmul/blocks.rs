@@ -14,7 +14,7 @@ use crate::Exec;
 
 /// Whether rows of length k start on block boundaries (the kernel's precondition).
 pub(super) fn row_aligned(b: BlockView, k: usize) -> bool {
-    k > 0 && k % b.layout.elems == 0
+    k > 0 && k.is_multiple_of(b.layout.elems)
 }
 
 /// All decode rows with the portable loop (a.x: [n, k]; w: [m, k] of whole blocks; out:

@@ -123,7 +123,7 @@ const GROUP: usize = 4;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn tokens(q: QuantView, preps: &[&XPrep], nb: usize, r0: usize, out: &mut [f32]) {
     let nt = preps.len();
-    assert!(nt > 0 && out.len() % nt == 0);
+    assert!(nt > 0 && out.len().is_multiple_of(nt));
     let rows = out.len() / nt;
     check(q, preps, nb, r0 + rows, PER_BLOCK);
     for t0 in (0..nt).step_by(GROUP) {

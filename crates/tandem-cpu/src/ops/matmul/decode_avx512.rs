@@ -50,7 +50,7 @@ const GROUP: usize = 8;
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn tokens(q: QuantView, preps: &[&XPrep], nb: usize, r0: usize, out: &mut [f32]) {
     let nt = preps.len();
-    assert!(nt > 0 && out.len() % nt == 0);
+    assert!(nt > 0 && out.len().is_multiple_of(nt));
     let rows = out.len() / nt;
     for t0 in (0..nt).step_by(GROUP) {
         let g = GROUP.min(nt - t0);

@@ -410,7 +410,7 @@ pub(super) fn quant_batch(q: QuantView, preps: &[XPrep], k: usize, r0: usize, ou
 /// [`rows`] for up to [`TOKENS`] tokens; out: [tokens, out.len() / tokens], token-major.
 fn rows_batch(q: QuantView, ps: &[&XPrep], nb: usize, r0: usize, out: &mut [f32]) {
     let nt = ps.len();
-    assert!(nt > 0 && nt <= TOKENS && out.len() % nt == 0);
+    assert!(nt > 0 && nt <= TOKENS && out.len().is_multiple_of(nt));
     let rows = out.len() / nt;
     check(q, ps, nb, r0 + rows);
     for ri in 0..rows {

@@ -59,7 +59,13 @@ pub(crate) fn group_len(ops: &[Op]) -> usize {
 fn groupable(m: &Matmul, first: &Matmul) -> bool {
     let quant = matches!(m.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1);
     let decode = (1..=MAX_TOKENS).contains(&m.n) && m.decode_rows >= m.n && m.n == first.n;
-    quant && decode && m.k % QBLOCK == 0 && m.k > 0 && m.m > 0 && m.x == first.x && m.k == first.k
+    quant
+        && decode
+        && m.k.is_multiple_of(QBLOCK)
+        && m.k > 0
+        && m.m > 0
+        && m.x == first.x
+        && m.k == first.k
 }
 
 fn reads(m: &Matmul) -> [Option<BufId>; 3] {

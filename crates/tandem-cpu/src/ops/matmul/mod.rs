@@ -137,7 +137,7 @@ pub(crate) fn wasm_self_check() -> std::result::Result<(), String> {
 /// takes in integers (Q8_0 on AVX-512 VNNI, Q8_0/Q4 on simd128).
 pub(crate) fn i16_class(op: &Matmul, kernels: &Kernels) -> bool {
     let blocks = matches!(op.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
-        && op.k % QBLOCK == 0
+        && op.k.is_multiple_of(QBLOCK)
         && op.k > 0;
     let decode = blocks && kernels.split != Split::Floats && op.decode_rows > 0;
     let prompt = op.n > op.decode_rows.min(op.n) && (kernels.prompt_i16)(op.wdtype, op.k);
@@ -176,7 +176,7 @@ enum Route<'a> {
 impl<'a> Route<'a> {
     fn of(w: Weight<'a>, k: usize) -> Self {
         match w {
-            Weight::Q(q) if k % QBLOCK == 0 && k > 0 => Route::Quant(q),
+            Weight::Q(q) if k.is_multiple_of(QBLOCK) && k > 0 => Route::Quant(q),
             Weight::BF16(v) => Route::Bf16(v),
             Weight::Blocks(b) if blocks::row_aligned(b, k) => Route::Blocks(b),
             _ => Route::General,

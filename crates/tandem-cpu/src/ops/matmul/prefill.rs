@@ -129,7 +129,10 @@ impl Micro for Avx2 {
         }
         if let Weight::Blocks(b) = w {
             let n = b.layout.elems;
-            if super::blocks_avx2::supported(b.dtype) && start % n == 0 && dst.len() % n == 0 {
+            if super::blocks_avx2::supported(b.dtype)
+                && start.is_multiple_of(n)
+                && dst.len().is_multiple_of(n)
+            {
                 // SAFETY: see [`Avx2`].
                 return unsafe { super::blocks_avx2::dequant(b, start / n, dst) };
             }

@@ -39,7 +39,7 @@ const PAIRS: usize = QBLOCK / 2;
 
 /// Whether prompt rows of a matmul with this weight dtype and k take this kernel.
 pub(crate) fn applies(dtype: DType, k: usize) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) && k % QBLOCK == 0 && k > 0
+    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) && k.is_multiple_of(QBLOCK) && k > 0
 }
 
 /// Token groups' activations: ints [group][block][pair][W], scales and sums [group][block][W].

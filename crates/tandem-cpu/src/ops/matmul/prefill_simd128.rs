@@ -189,7 +189,7 @@ fn dequant_blocks(q: QuantView, b0: usize, dst: &mut [f32]) {
                     i16x8_extend_high_i8x16(v1),
                 ];
                 std::array::from_fn(|j| {
-                    if j % 2 == 0 {
+                    if j.is_multiple_of(2) {
                         i32x4_extend_low_i16x8(h[j / 2])
                     } else {
                         i32x4_extend_high_i16x8(h[j / 2])
@@ -214,7 +214,7 @@ fn dequant_blocks(q: QuantView, b0: usize, dst: &mut [f32]) {
                     u16x8_extend_high_u8x16(e1),
                 ];
                 std::array::from_fn(|j| {
-                    if j % 2 == 0 {
+                    if j.is_multiple_of(2) {
                         u32x4_extend_low_u16x8(h[j / 2])
                     } else {
                         u32x4_extend_high_u16x8(h[j / 2])

@@ -38,7 +38,7 @@ const PAIRS: usize = QBLOCK / 2;
 /// Whether prompt rows of a matmul with this weight dtype and k take this kernel (where the
 /// CPU has it: the AVX-512 kernel table's `prompt`).
 pub(crate) fn applies(dtype: DType, k: usize) -> bool {
-    dtype == DType::Q8_0 && k % QBLOCK == 0 && k > 0
+    dtype == DType::Q8_0 && k.is_multiple_of(QBLOCK) && k > 0
 }
 
 /// a.x: [n, k]; q (a.w): [m, k] Q8_0; a.bias: [m]; out: [n, m]; `applies(Q8_0, k)` must

@@ -37,7 +37,7 @@ impl XPrep {
     /// What the one-token kernel for `w` reads (only Q8_0 / Q4 weights read a split).
     pub fn for_weight(w: Weight, x: &[f32], split: Split) -> Self {
         match w {
-            Weight::Q(q) if x.len() % QBLOCK == 0 => XPrep::new(x, q.dtype, split),
+            Weight::Q(q) if x.len().is_multiple_of(QBLOCK) => XPrep::new(x, q.dtype, split),
             _ => XPrep::empty(),
         }
     }
@@ -106,6 +106,7 @@ pub(crate) enum Order {
     /// Element order: Q8_0's bytes and the block types' kernels.
     Natural,
     /// Even elements, then odd: Q4's low then high nibbles of its 16 bytes (x86).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Nibbles,
     /// Element i at (i % 4) * 8 + i / 4: Q4's bytes read as eight 16-bit lanes, whose four
     /// nibbles are elements 4l..4l + 4 of lane l (wasm, where a 16-bit shift and mask take a
