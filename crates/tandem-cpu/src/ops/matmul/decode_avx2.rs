@@ -8,13 +8,9 @@
 //!
 //! Blocks are dotted in integers (`madd_epi16`) against the activation rounded to 16 bits per
 //! block (`XPrep::ints`, the `I16Activations` class; see [`row_group`]), for Q8_0 and Q4
-//! alike. Q4 once took a 31-bit split (hi + lo / 2^15, as close to the f32 reference as f32
-//! arithmetic): its lo half doubled a block's products for digits the answers do not need
-//! (the reference's greedy tokens hold without it, as they do in the wasm build, which never
-//! had it), and dropping it made a SmolLM2 Q4_1 decode step ~8% faster and a 5-token
-//! speculative verify step 1.55x faster (2 threads, AVX-512; `tandem bench --verify-tokens`).
-//! Where the CPU has AVX-512 VNNI, [`super::decode_avx512`] gives the
-//! same bits faster.
+//! alike: the 16-bit activation holds the reference's greedy answers (see NOTES.md for the
+//! 31-bit split this replaced). [`super::decode_avx512`] gives the same bits faster (the
+//! AVX-512 kernel table's entry).
 
 use std::arch::x86_64::*;
 
