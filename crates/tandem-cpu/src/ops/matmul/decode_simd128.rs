@@ -32,7 +32,7 @@ use super::{Order, XPrep};
 /// Blocks taken at once: their totals fill one i32x4, their scales one f32x4.
 const G: usize = 4;
 
-/// out[ri] = dot(row r0 + ri of w, x) for k = nb * 32 (as `super::quant_rows`), from the
+/// out[ri] = dot(row r0 + ri of w, x) for k = nb * 32 (the table's `quant_rows`), from the
 /// activation's split `p`.
 pub(super) fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &mut [f32]) {
     check(q, &[p], nb, r0 + out.len());

@@ -6,8 +6,9 @@
 //! as much as its bytes: on SmolLM2 Q8_0 (2 threads) k and v, 117 KB each, took 12.6 us apiece,
 //! a third of what memory gives, and q 23.5 us for 352 KB. Here the split is made once per
 //! weight kind and the threads take chunks of all the ops' rows together. Each row is computed
-//! by the same decode kernel (the table's `quant_rows` for one token, `quant_tokens` for several) from
-//! the same split as alone, so every output is the same bits as the ops run one by one.
+//! by the same decode kernel (the table's `quant_rows` for one token, `quant_tokens` for
+//! several) from the same split as alone, so every output is the same bits as the ops run one
+//! by one.
 
 use std::cell::RefCell;
 
