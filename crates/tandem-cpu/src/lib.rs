@@ -5,22 +5,27 @@
 //!   order. It is the oracle every other backend (and the fast mode) is tested against, so it
 //!   favours being obviously right over being quick.
 //! - [`CpuMode::Fast`]: the same ops with lane-parallel inner loops the compiler vectorizes
-//!   (and an AVX2 build of the hot kernels chosen at run time), split across a private rayon
-//!   pool when it has more than one thread. With one thread there is no pool at all: every op
+//!   and hand-written kernels for one instruction set ([`Isa`]: AVX2 or AVX-512 VNNI on
+//!   x86-64, simd128 in wasm, or the portable loops), chosen once when the backend is made
+//!   (`TANDEM_CPU_ISA` overrides it), split across a private rayon pool when it has more than
+//!   one thread. With one thread there is no pool at all: every op
 //!   runs on the calling thread, so nothing is handed off and no thread is ever spawned (which
 //!   is what lets fast mode run in wasm32).
 //!
 //! Every op lives in its own file under `ops/`, its reference and fast function side by side.
 
-// Reference loops index like the math they transcribe (llama2.c style), and `is_multiple_of`
-// is newer than the workspace's rust-version.
-#![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
+// Reference loops index like the math they transcribe (llama2.c style).
+#![allow(clippy::needless_range_loop)]
+
+pub use isa::{Isa, ISA_ENV};
+use ops::matmul::Kernels;
 
 use rayon::ThreadPool;
 use tandem_core::ops::{Op, Precision};
 use tandem_core::{Backend, BufId, DType, Error, Result, Step};
 use team::Team;
 
+mod isa;
 mod ops;
 mod profile;
 mod table;
@@ -40,7 +45,8 @@ pub struct CpuBackend {
     mode: CpuMode,
     /// Only built for more than one thread.
     pool: Option<ThreadPool>,
-    avx2: bool,
+    /// The kernels of the instruction set chosen when the backend was made, checked then.
+    kernels: &'static Kernels,
     table: Table,
     /// `TANDEM_CPU_PROFILE`: per-op wall times, reported on drop.
     profile: Option<profile::Profile>,
@@ -54,12 +60,18 @@ pub(crate) struct Exec<'a> {
     /// The step's team to split parallel sections across; `None` = run them on the calling
     /// thread. Never `Some` in reference mode.
     pub pool: Option<&'a Team>,
-    /// AVX2, FMA and F16C were detected at run time, so the `avx2` builds of kernels may be
-    /// called.
-    pub avx2: bool,
+    /// The kernel table of the backend's instruction set, whose features were detected when
+    /// the backend was made (so its kernels may be called).
+    pub kernels: &'static Kernels,
 }
 
 impl Exec<'_> {
+    /// Whether the AVX2 builds of the kernels outside the matmul tables (attention's) may run.
+    #[cfg(target_arch = "x86_64")]
+    pub fn avx2(&self) -> bool {
+        matches!(self.kernels.isa, Isa::Avx2 | Isa::Avx512)
+    }
+
     /// Number of threads parallel sections run on (1 without a pool).
     pub fn threads(&self) -> usize {
         self.pool.map_or(1, |p| p.threads())
@@ -147,10 +159,18 @@ impl CpuBackend {
                 }
             }
         };
+        let isa = match Isa::from_env() {
+            Ok(isa) => isa.unwrap_or_else(Isa::detect),
+            Err(reason) => return Err(Error::Backend { backend: "cpu".into(), reason }),
+        };
+        let kernels = Kernels::of(isa).map_err(|reason| Error::Backend {
+            backend: "cpu".into(),
+            reason: format!("{ISA_ENV}={isa}: {reason}"),
+        })?;
         Ok(CpuBackend {
             mode,
             pool,
-            avx2: detect_avx2(),
+            kernels,
             table: Table::default(),
             profile: profile::Profile::wanted().then(Default::default),
         })
@@ -161,7 +181,7 @@ impl CpuBackend {
         CpuBackend {
             mode: CpuMode::Reference,
             pool: None,
-            avx2: false,
+            kernels: Kernels::of(Isa::Portable).expect("the portable loops run anywhere"),
             table: Table::default(),
             profile: profile::Profile::wanted().then(Default::default),
         }
@@ -175,12 +195,17 @@ impl CpuBackend {
         self.mode
     }
 
-    /// Turns the hand-written AVX2 kernels off (`false`), so tests cover the portable loops
-    /// that run on every other CPU. Turning them on again needs AVX2 and FMA to be present.
-    #[doc(hidden)]
-    pub fn with_avx2(mut self, on: bool) -> Self {
-        self.avx2 = on && detect_avx2();
-        self
+    /// The instruction set fast mode's kernels use.
+    pub fn isa(&self) -> Isa {
+        self.kernels.isa
+    }
+
+    /// This backend on the kernels of `isa` instead (tests run every ISA the machine has this
+    /// way); an ISA this machine cannot run is refused.
+    pub fn with_isa(mut self, isa: Isa) -> Result<Self> {
+        self.kernels =
+            Kernels::of(isa).map_err(|reason| Error::Backend { backend: self.name(), reason })?;
+        Ok(self)
     }
 
     fn run_op(table: &mut Table, ex: Exec, op: &Op) -> Result<()> {
@@ -198,19 +223,6 @@ impl CpuBackend {
             Op::Sample(o) => ops::sample::run(t, ex, o),
             Op::CopyRows(o) => ops::copy_rows::run(t, ex, o),
         }
-    }
-}
-
-fn detect_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -239,12 +251,12 @@ impl Backend for CpuBackend {
         match op {
             Op::Embed(o) => is_weight_dtype(o.dtype),
             Op::Matmul(o) => is_weight_dtype(o.wdtype),
-            Op::Rope(o) => o.head_dim % 2 == 0,
+            Op::Rope(o) => o.head_dim.is_multiple_of(2),
             Op::KvWrite(o) => is_kv_dtype(o.kv_dtype),
             Op::Attention(o) => {
                 is_kv_dtype(o.kv_dtype)
                     && o.kv_heads > 0
-                    && o.heads % o.kv_heads == 0
+                    && o.heads.is_multiple_of(o.kv_heads)
                     && o.block_size > 0
             }
             Op::RmsNorm(_)
@@ -261,7 +273,7 @@ impl Backend for CpuBackend {
             // The op's other rows keep f32 products, and an op is compared at the coarser
             // tolerance.
             Op::Matmul(m)
-                if self.mode != CpuMode::Reference && ops::matmul::i16_class(m, self.avx2) =>
+                if self.mode != CpuMode::Reference && ops::matmul::i16_class(m, self.kernels) =>
             {
                 Precision::I16Activations
             }
@@ -320,13 +332,13 @@ impl Backend for CpuBackend {
         for (buf, bytes) in &step.writes {
             self.write(*buf, bytes)?;
         }
-        let (fast, avx2) = (self.mode != CpuMode::Reference, self.avx2);
+        let (fast, kernels) = (self.mode != CpuMode::Reference, self.kernels);
         let (table, profile) = (&mut self.table, &mut self.profile);
         if let Some(p) = profile.as_mut() {
             p.step();
         }
         let mut run = |team: Option<&Team>| {
-            let ex = Exec { fast, pool: team, avx2 };
+            let ex = Exec { fast, pool: team, kernels };
             let mut i = 0;
             while i < step.ops.len() {
                 // One-token matmuls sharing their input run as one section in fast mode.

@@ -10,7 +10,7 @@ use crate::Exec;
 const OP: &str = "rope";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Rope) -> Result<()> {
-    if op.head_dim % 2 != 0 {
+    if !op.head_dim.is_multiple_of(2) {
         return Err(Error::ShapeMismatch {
             op: OP,
             expected: "an even head_dim".into(),

@@ -88,8 +88,10 @@ pub(super) fn run<T: KvElem>(
                     scratch.resize(group * PART + hd, 0.0);
                     let args = (qs, ck, cv, rows.table(i), t0..t1, kvh, g);
                     #[cfg(target_arch = "x86_64")]
-                    if ex.avx2 && hd % 8 == 0 {
-                        // SAFETY: `ex.avx2` is true only when AVX2, FMA and F16C were detected.
+                    if ex.avx2() && hd % 8 == 0 {
+                        // SAFETY: `ex.avx2()` is true only for the AVX2 and AVX-512 ISAs, whose
+                        // features (AVX2, FMA and F16C among them) were detected when the
+                        // backend was made.
                         return unsafe { super::decode_avx2::score_part(args, scratch, part) };
                     }
                     score_part(args, scratch, part)

@@ -193,7 +193,9 @@ pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn scores8(q: &[f32], ks: &[&[f32]], scale: f32, s: &mut [f32]) {
     let hd = q.len();
-    assert!(hd % 8 == 0 && ks.len() == 8 && s.len() == 8 && ks.iter().all(|k| k.len() >= hd));
+    assert!(
+        hd.is_multiple_of(8) && ks.len() == 8 && s.len() == 8 && ks.iter().all(|k| k.len() >= hd)
+    );
     // SAFETY: reads below hd of q and of every key, checked above.
     unsafe {
         let mut a = [_mm256_setzero_ps(); 8];
@@ -225,7 +227,11 @@ pub(super) unsafe fn scores8(q: &[f32], ks: &[&[f32]], scale: f32, s: &mut [f32]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn axpy_tile(acc: &mut [f32], e: &[f32], vs: &[&[f32]]) {
     let hd = acc.len();
-    assert!(hd % 8 == 0 && vs.len() >= e.len() && vs.iter().take(e.len()).all(|v| v.len() >= hd));
+    assert!(
+        hd.is_multiple_of(8)
+            && vs.len() >= e.len()
+            && vs.iter().take(e.len()).all(|v| v.len() >= hd)
+    );
     let mut c = 0;
     while c < hd {
         // SAFETY: c + 8 * width <= hd, checked above for acc and every row read.

@@ -42,17 +42,19 @@ pub(super) fn run<T: KvElem>(
     }
     let work: usize = (d..n).map(|i| rows.pos(i) + 1).sum::<usize>() * g.heads * hd;
     let ex = ex.sized(work);
+    let inputs = Inputs { q, ck, cv, qrows: rows, g };
     let parts: Vec<Vec<f32>> = ex.map_range(g.kv_heads * tiles.len(), |u| {
         let (kvh, (i0, i1)) = (u / tiles.len(), tiles[u % tiles.len()]);
         // [query, head of the group, head_dim]
         let mut acc = vec![0f32; (i1 - i0) * group * hd];
         #[cfg(target_arch = "x86_64")]
-        if ex.avx2 {
-            // SAFETY: `ex.avx2` is true only when AVX2 and FMA were detected at run time.
-            unsafe { unit_avx2(q, ck, cv, rows, g, kvh, i0, &mut acc) };
+        if ex.avx2() {
+            // SAFETY: `ex.avx2()` is true only for the AVX2 and AVX-512 ISAs, whose features
+            // (AVX2 and FMA among them) were detected when the backend was made.
+            unsafe { unit_avx2(&inputs, kvh, i0, &mut acc) };
             return acc;
         }
-        unit::<T, false>(q, ck, cv, rows, g, kvh, i0, &mut acc);
+        unit::<T, false>(&inputs, kvh, i0, &mut acc);
         acc
     });
     for (u, acc) in parts.iter().enumerate() {
@@ -70,39 +72,29 @@ pub(super) fn run<T: KvElem>(
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn unit_avx2<T: KvElem>(
-    q: &[f32],
-    ck: &[T],
-    cv: &[T],
-    qrows: &Rows,
-    g: Geom,
-    kvh: usize,
-    i0: usize,
-    acc: &mut [f32],
-) {
-    if g.hd % 8 == 0 {
-        unit::<T, true>(q, ck, cv, qrows, g, kvh, i0, acc)
+unsafe fn unit_avx2<T: KvElem>(u: &Inputs<T>, kvh: usize, i0: usize, acc: &mut [f32]) {
+    if u.g.hd.is_multiple_of(8) {
+        unit::<T, true>(u, kvh, i0, acc)
     } else {
-        unit::<T, false>(q, ck, cv, qrows, g, kvh, i0, acc)
+        unit::<T, false>(u, kvh, i0, acc)
     }
+}
+
+/// What every work unit reads (see [`run`]).
+struct Inputs<'a, T> {
+    q: &'a [f32],
+    ck: &'a [T],
+    cv: &'a [T],
+    qrows: &'a Rows<'a>,
+    g: Geom,
 }
 
 /// Queries i0.. (acc.len() / (group * head_dim) of them, one sequence's, in increasing
 /// positions) for the query heads of KV head `kvh`. acc: [rows, group, head_dim]. `AVX`: use
 /// the hand-written AVX2 dot and V sums (only inside [`unit_avx2`], with head_dim % 8 == 0).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn unit<T: KvElem, const AVX: bool>(
-    q: &[f32],
-    ck: &[T],
-    cv: &[T],
-    qrows: &Rows,
-    g: Geom,
-    kvh: usize,
-    i0: usize,
-    acc: &mut [f32],
-) {
+fn unit<T: KvElem, const AVX: bool>(u: &Inputs<T>, kvh: usize, i0: usize, acc: &mut [f32]) {
+    let Inputs { q, ck, cv, qrows, g } = *u;
     let (hd, group) = (g.hd, g.heads / g.kv_heads);
     let rows = acc.len() / (group * hd);
     let table = qrows.table(i0);

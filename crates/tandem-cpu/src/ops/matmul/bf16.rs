@@ -4,37 +4,27 @@
 //! each row is widened and dotted in one pass, 16 lanes at a time, with no scratch copy
 //! (decode is bound by weight bytes, and bf16 streams half of f32's). The portable loop
 //! vectorizes as it is; on x86-64 the same loop is compiled a second time with AVX2 enabled
-//! (zero-extends, shifts and 256-bit multiply-adds) and chosen at run time.
+//! (zero-extends, shifts and 256-bit multiply-adds), the AVX2 and AVX-512 tables' entry.
 //!
 //! Lanes are summed like [`crate::ops::dot`], so the result equals the general path's.
 
 use tandem_core::dtype::bf16_to_f32;
 
+use super::{add_bias, Operands};
 use crate::ops::{chunk_rows, hsum, par_chunks_caller, LANES};
 use crate::Exec;
 
-/// x: [k]; w: [m, k] bf16 bits; bias: [m]; out: [m].
-pub(super) fn decode(
-    ex: Exec,
-    x: &[f32],
-    w: &[u16],
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    k: usize,
-    m: usize,
-) {
+/// One token's rows: a.x: [k]; w: [m, k] bf16 bits; a.bias: [m]; out: [m].
+pub(super) fn decode(ex: Exec, a: &Operands, w: &[u16], out: &mut [f32]) {
+    let (k, m) = (a.k, a.m);
     let ex = ex.sized(k * m);
     let threads = ex.threads();
     // About 8 chunks per thread, as the quantized decode path.
     let c = chunk_rows(m, threads * 2, 16);
     let work = |ci: usize, o: &mut [f32]| {
         let r0 = ci * c;
-        rows_dispatch(ex.avx2, x, &w[r0 * k..(r0 + o.len()) * k], o);
-        if let Some(b) = bias {
-            for (v, bv) in o.iter_mut().zip(&b[r0..]) {
-                *v += bv;
-            }
-        }
+        (ex.kernels.bf16_rows)(a.x, &w[r0 * k..(r0 + o.len()) * k], o);
+        add_bias(o, a.bias, r0);
     };
     match ex.pool {
         Some(pool) => par_chunks_caller(pool, threads, out, c, work),
@@ -42,25 +32,23 @@ pub(super) fn decode(
     }
 }
 
-/// out[r] = dot(x, row r of w) for w: [out.len(), x.len()].
-pub(super) fn rows_dispatch(avx2: bool, x: &[f32], w: &[u16], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is true only when AVX2 and FMA were detected at run time.
-        return unsafe { rows_avx2(x, w, out) };
-    }
-    let _ = avx2;
-    rows(x, w, out)
+/// [`rows`] compiled for AVX2 (the kernel tables' AVX2 and AVX-512 entry).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn rows_avx2(x: &[f32], w: &[u16], out: &mut [f32]) {
+    // SAFETY: reached only through the AVX2 and AVX-512 kernel tables, which `Kernels::of`
+    // hands out only where AVX2 and FMA were detected.
+    unsafe { rows_avx2_tf(x, w, out) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(x: &[f32], w: &[u16], out: &mut [f32]) {
+unsafe fn rows_avx2_tf(x: &[f32], w: &[u16], out: &mut [f32]) {
     rows(x, w, out)
 }
 
+/// out[r] = dot(x, row r of w) for w: [out.len(), x.len()].
 #[inline(always)]
-fn rows(x: &[f32], w: &[u16], out: &mut [f32]) {
+pub(super) fn rows(x: &[f32], w: &[u16], out: &mut [f32]) {
     let k = x.len();
     if k == 0 {
         return out.fill(0.0);
@@ -109,9 +97,9 @@ mod tests {
         let reference: f32 = (0..21).map(|j| x[j] * Weight::BF16(&w).get(j)).sum();
         assert_eq!(reference, want);
         #[cfg(target_arch = "x86_64")]
-        if crate::detect_avx2() {
+        if crate::Isa::Avx2.supported() {
             let mut out = [0f32; 1];
-            rows_dispatch(true, &x, &w, &mut out);
+            rows_avx2(&x, &w, &mut out);
             assert_eq!(out[0], want);
         }
     }

@@ -83,7 +83,9 @@ pub(super) const TOKENS: usize = 4;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn rows(w: BlockView, ps: &[&BPrep], k: usize, r0: usize, out: &mut [f32]) {
     let nt = ps.len();
-    assert!(nt > 0 && nt <= TOKENS && out.len() % nt == 0 && k % w.layout.elems == 0);
+    assert!(
+        nt > 0 && nt <= TOKENS && out.len().is_multiple_of(nt) && k.is_multiple_of(w.layout.elems)
+    );
     let rows = out.len() / nt;
     let nb = k / w.layout.elems;
     // These bounds keep every raw load below inside its slice.
@@ -134,7 +136,7 @@ use by_type;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dequant(w: BlockView, b0: usize, dst: &mut [f32]) {
     let n = w.layout.elems;
-    assert!(dst.len() % n == 0 && w.bytes.len() >= (b0 + dst.len() / n) * w.layout.stride);
+    assert!(dst.len().is_multiple_of(n) && w.bytes.len() >= (b0 + dst.len() / n) * w.layout.stride);
     macro_rules! run {
         ($u:ty) => {
             // SAFETY: bounds asserted above; the caller guarantees the CPU features.

@@ -8,13 +8,9 @@
 //!
 //! Blocks are dotted in integers (`madd_epi16`) against the activation rounded to 16 bits per
 //! block (`XPrep::ints`, the `I16Activations` class; see [`row_group`]), for Q8_0 and Q4
-//! alike. Q4 once took a 31-bit split (hi + lo / 2^15, as close to the f32 reference as f32
-//! arithmetic): its lo half doubled a block's products for digits the answers do not need
-//! (the reference's greedy tokens hold without it, as they do in the wasm build, which never
-//! had it), and dropping it made a SmolLM2 Q4_1 decode step ~8% faster and a 5-token
-//! speculative verify step 1.55x faster (2 threads, AVX-512; `tandem bench --verify-tokens`).
-//! Where the CPU has AVX-512 VNNI, [`super::decode_avx512`] gives the
-//! same bits faster.
+//! alike: the 16-bit activation holds the reference's greedy answers (see NOTES.md for the
+//! 31-bit split this replaced). [`super::decode_avx512`] gives the same bits faster (the
+//! AVX-512 kernel table's entry).
 
 use std::arch::x86_64::*;
 
@@ -26,17 +22,13 @@ use super::XPrep;
 /// Blocks whose scales are widened at once (one 128-bit load of f16s).
 pub(super) const G: usize = 8;
 
-/// out[ri] = dot(row r0 + ri of w, x) for k = nb * 32 (as `super::quant_rows`).
+/// out[ri] = dot(row r0 + ri of w, x) for k = nb * 32 (the table's `quant_rows`).
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &mut [f32]) {
     check(q, &[p], nb, r0 + out.len(), PER_BLOCK);
-    if super::decode_avx512::available() {
-        // SAFETY: the features were detected; `p` was laid out for that kernel.
-        return unsafe { super::decode_avx512::rows(q, p, nb, r0, out) };
-    }
     for (ri, o) in out.iter_mut().enumerate() {
         prefetch_ahead(q, (r0 + ri) * nb, nb);
         // SAFETY: bounds checked above; the caller guarantees the CPU features.
@@ -109,62 +101,38 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
 }
 
-/// Tokens per call of the batched rows (the caller's grouping).
-pub(super) const TOKENS: usize = 16;
-
 /// Tokens whose accumulators stay (mostly) in registers at once: two per token for the block
 /// parity and one for the Q4 offsets, plus the unpacked block and a scale, about fill AVX2's
-/// 16 vector registers for 4 tokens. With 16 at once every accumulator lived on the stack, a
-/// load and a store around each FMA: 37-44 us per token for a 1536 x 576 Q4_1 matmul against
-/// 30 us in groups of 4 (2 threads, weights in cache; a one-token call takes 57 us).
+/// 16 vector registers for 4 tokens (with 16 at once every accumulator lived on the stack, a
+/// load and a store around each FMA).
 const GROUP: usize = 4;
 
 /// Several tokens' products over the same rows (decode rows batched in one step), each token's
 /// result bit for bit what [`rows`] gives it alone: every token runs the same operations in
 /// the same order on the same values; only work that does not depend on the token (unpacking
-/// the quantized block and widening its scales) is shared, by up to [`GROUP`] tokens (twice
-/// that in AVX-512). A row's bytes stay in L1 between its token groups, so the weights are
-/// still read from memory once.
-/// preps: up to [`TOKENS`] tokens; out: [tokens, out.len() / tokens], token-major.
+/// the quantized block and widening its scales) is shared, by up to [`GROUP`] tokens. A row's
+/// bytes stay in L1 between its token groups, so the weights are still read from memory once.
+/// preps: the tokens' splits; out: [tokens, out.len() / tokens], token-major.
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn rows_batch(
-    q: QuantView,
-    preps: &[&XPrep],
-    nb: usize,
-    r0: usize,
-    out: &mut [f32],
-) {
+pub(super) unsafe fn tokens(q: QuantView, preps: &[&XPrep], nb: usize, r0: usize, out: &mut [f32]) {
     let nt = preps.len();
-    assert!(nt > 0 && nt <= TOKENS && out.len() % nt == 0);
+    assert!(nt > 0 && out.len().is_multiple_of(nt));
     let rows = out.len() / nt;
     check(q, preps, nb, r0 + rows, PER_BLOCK);
-    let wide = super::decode_avx512::available();
-    // AVX-512's 32 registers hold twice the tokens' accumulators.
-    let group = if wide { 2 * GROUP } else { GROUP };
-    for t0 in (0..nt).step_by(group) {
-        let g = group.min(nt - t0);
+    for t0 in (0..nt).step_by(GROUP) {
+        let g = GROUP.min(nt - t0);
         let pg = &preps[t0..t0 + g];
         let o = &mut out[t0 * rows..];
-        // SAFETY: bounds checked above; the caller guarantees the CPU features, `wide` the
-        // AVX-512 ones.
+        // SAFETY: bounds checked above; the caller guarantees the CPU features.
         unsafe {
-            use super::decode_avx512::group_rows as wide_rows;
-            match (wide, g) {
-                (true, 8) => wide_rows::<8>(q, pg, nb, r0, rows, o),
-                (true, 7) => wide_rows::<7>(q, pg, nb, r0, rows, o),
-                (true, 6) => wide_rows::<6>(q, pg, nb, r0, rows, o),
-                (true, 5) => wide_rows::<5>(q, pg, nb, r0, rows, o),
-                (true, 4) => wide_rows::<4>(q, pg, nb, r0, rows, o),
-                (true, 3) => wide_rows::<3>(q, pg, nb, r0, rows, o),
-                (true, 2) => wide_rows::<2>(q, pg, nb, r0, rows, o),
-                (true, _) => wide_rows::<1>(q, pg, nb, r0, rows, o),
-                (false, 4) => group_rows::<4>(q, pg, nb, r0, rows, o),
-                (false, 3) => group_rows::<3>(q, pg, nb, r0, rows, o),
-                (false, 2) => group_rows::<2>(q, pg, nb, r0, rows, o),
-                (false, _) => group_rows::<1>(q, pg, nb, r0, rows, o),
+            match g {
+                4 => group_rows::<4>(q, pg, nb, r0, rows, o),
+                3 => group_rows::<3>(q, pg, nb, r0, rows, o),
+                2 => group_rows::<2>(q, pg, nb, r0, rows, o),
+                _ => group_rows::<1>(q, pg, nb, r0, rows, o),
             }
         }
     }

@@ -15,7 +15,6 @@
 //! each of its two parts is one 512-bit load for two blocks.
 
 use std::arch::x86_64::*;
-use std::sync::OnceLock;
 
 use tandem_core::{DType, QuantView, QBLOCK};
 
@@ -24,28 +23,11 @@ use super::decode_avx2::{
 };
 use super::XPrep;
 
-/// AVX-512 F/BW/DQ/VL with VNNI (besides AVX2, FMA, F16C) were detected, and
-/// `TANDEM_CPU_AVX512=0` does not turn them off (to measure or test the AVX2 kernel here).
-pub(crate) fn available() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("TANDEM_CPU_AVX512").map_or(true, |v| v != "0")
-            && is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512dq")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni")
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    })
-}
-
 /// out[ri] = dot(row r0 + ri of w, x), as `decode_avx2::rows`; p's ints in `int_split`'s
 /// pairs layout.
 ///
 /// # Safety
-/// [`available`] must be true.
+/// The CPU must have AVX-512 F/BW/DQ/VL and VNNI, AVX2, FMA and F16C ([`crate::Isa::Avx512`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &mut [f32]) {
     check(q, &[p], nb, r0 + out.len(), PER_BLOCK);
@@ -57,11 +39,44 @@ pub(super) unsafe fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &m
     }
 }
 
+/// Tokens whose accumulators AVX-512's 32 registers hold at once: twice AVX2's group.
+const GROUP: usize = 8;
+
+/// Several tokens' rows, as `decode_avx2::tokens` (each token's bits what [`rows`] gives it),
+/// in groups of [`GROUP`]; p's ints in `int_split`'s pairs layout.
+///
+/// # Safety
+/// As [`rows`].
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn tokens(q: QuantView, preps: &[&XPrep], nb: usize, r0: usize, out: &mut [f32]) {
+    let nt = preps.len();
+    assert!(nt > 0 && out.len().is_multiple_of(nt));
+    let rows = out.len() / nt;
+    for t0 in (0..nt).step_by(GROUP) {
+        let g = GROUP.min(nt - t0);
+        let pg = &preps[t0..t0 + g];
+        let o = &mut out[t0 * rows..];
+        // SAFETY: the caller guarantees the CPU features; `group_rows` checks the bounds.
+        unsafe {
+            match g {
+                8 => group_rows::<8>(q, pg, nb, r0, rows, o),
+                7 => group_rows::<7>(q, pg, nb, r0, rows, o),
+                6 => group_rows::<6>(q, pg, nb, r0, rows, o),
+                5 => group_rows::<5>(q, pg, nb, r0, rows, o),
+                4 => group_rows::<4>(q, pg, nb, r0, rows, o),
+                3 => group_rows::<3>(q, pg, nb, r0, rows, o),
+                2 => group_rows::<2>(q, pg, nb, r0, rows, o),
+                _ => group_rows::<1>(q, pg, nb, r0, rows, o),
+            }
+        }
+    }
+}
+
 /// T tokens' products over rows r0..r0 + rows (out[t * rows + ri]), as
 /// `decode_avx2::group_rows`.
 ///
 /// # Safety
-/// [`available`] must be true.
+/// The CPU must have AVX-512 F/BW/DQ/VL and VNNI, AVX2, FMA and F16C ([`crate::Isa::Avx512`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn group_rows<const T: usize>(
     q: QuantView,
@@ -232,8 +247,8 @@ mod tests {
     /// of whole groups, activations with an outlier and a zero block.
     #[test]
     fn avx512_rows_are_the_avx2_rows() {
-        if !super::available() {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI (or TANDEM_CPU_AVX512=0), so only the AVX2 kernel runs here");
+        if !crate::Isa::Avx512.supported() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI, so only the AVX2 kernel runs here");
             return;
         }
         let rows = 7;
@@ -259,7 +274,7 @@ mod tests {
                 let (ps, pp): (Vec<&XPrep>, Vec<&XPrep>) =
                     (std.iter().collect(), pairs.iter().collect());
                 let (mut want, mut got) = (vec![0f32; 8 * rows], vec![0f32; 8 * rows]);
-                // SAFETY: `available` checked the features (AVX-512 implies AVX2's here).
+                // SAFETY: `Isa::Avx512.supported()` checked the features (AVX2's among them).
                 unsafe {
                     decode_avx2::group_rows::<4>(q, &ps[..4], nb, 0, rows, &mut want[..4 * rows]);
                     decode_avx2::group_rows::<4>(q, &ps[4..], nb, 0, rows, &mut want[4 * rows..]);

@@ -32,7 +32,7 @@ use super::{Order, XPrep};
 /// Blocks taken at once: their totals fill one i32x4, their scales one f32x4.
 const G: usize = 4;
 
-/// out[ri] = dot(row r0 + ri of w, x) for k = nb * 32 (as `super::quant_rows`), from the
+/// out[ri] = dot(row r0 + ri of w, x) for k = nb * 32 (the table's `quant_rows`), from the
 /// activation's split `p`.
 pub(super) fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &mut [f32]) {
     check(q, &[p], nb, r0 + out.len());
@@ -410,7 +410,7 @@ pub(super) fn quant_batch(q: QuantView, preps: &[XPrep], k: usize, r0: usize, ou
 /// [`rows`] for up to [`TOKENS`] tokens; out: [tokens, out.len() / tokens], token-major.
 fn rows_batch(q: QuantView, ps: &[&XPrep], nb: usize, r0: usize, out: &mut [f32]) {
     let nt = ps.len();
-    assert!(nt > 0 && nt <= TOKENS && out.len() % nt == 0);
+    assert!(nt > 0 && nt <= TOKENS && out.len().is_multiple_of(nt));
     let rows = out.len() / nt;
     check(q, ps, nb, r0 + rows);
     for ri in 0..rows {

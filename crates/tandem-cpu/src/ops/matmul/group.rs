@@ -6,17 +6,17 @@
 //! as much as its bytes: on SmolLM2 Q8_0 (2 threads) k and v, 117 KB each, took 12.6 us apiece,
 //! a third of what memory gives, and q 23.5 us for 352 KB. Here the split is made once per
 //! weight kind and the threads take chunks of all the ops' rows together. Each row is computed
-//! by the same decode kernel (`quant_rows` for one token, `quant_tokens` for several) from
-//! the same split as alone, so every output is the same bits as the ops run one by one.
+//! by the same decode kernel (the table's `quant_rows` for one token, `quant_tokens` for
+//! several) from the same split as alone, so every output is the same bits as the ops run one
+//! by one.
 
 use std::cell::RefCell;
 
 use tandem_core::ops::{Matmul, Op};
 use tandem_core::{BufId, DType, QuantView, Result, QBLOCK};
 
-use super::{
-    add_bias, chunk_rows, par_chunks_caller, quant_rows, quant_tokens, with_prep, XPrep, OP,
-};
+use super::{add_bias, chunk_rows, with_prep, XPrep, OP};
+use crate::ops::par_chunks_caller;
 use crate::table::{Buffer, Table, Weight};
 use crate::Exec;
 
@@ -27,7 +27,7 @@ const MAX_TOKENS: usize = 16;
 
 thread_local! {
     /// The group's outputs, all rows one after another, kept between calls; with several
-    /// tokens, a [tokens, rows] block per chunk of rows (see `rows_of`).
+    /// tokens, a [tokens, rows] block per chunk of rows (see `decode_parts`).
     static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// One part's rows of a chunk for every token ([tokens, rows]), as the batched kernels
     /// write them.
@@ -60,7 +60,13 @@ pub(crate) fn group_len(ops: &[Op]) -> usize {
 fn groupable(m: &Matmul, first: &Matmul) -> bool {
     let quant = matches!(m.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1);
     let decode = (1..=MAX_TOKENS).contains(&m.n) && m.decode_rows >= m.n && m.n == first.n;
-    quant && decode && m.k % QBLOCK == 0 && m.k > 0 && m.m > 0 && m.x == first.x && m.k == first.k
+    quant
+        && decode
+        && m.k.is_multiple_of(QBLOCK)
+        && m.k > 0
+        && m.m > 0
+        && m.x == first.x
+        && m.k == first.k
 }
 
 fn reads(m: &Matmul) -> [Option<BufId>; 3] {
@@ -133,18 +139,18 @@ fn compute(
     // The split depends on the weight kind only through Q8_0 or not: one of each kind present.
     let kind =
         |q8: bool| parts.iter().flatten().map(|p| p.q.dtype).find(|&d| (d == DType::Q8_0) == q8);
-    let avx2 = ex.avx2;
+    let split = ex.kernels.split;
     if n > 1 {
         // A verification's or a small batch's rows: one split per token and kind (allocated:
         // only the one-token step is kept free of allocations).
         let preps = |d: Option<DType>| {
-            d.map(|d| x.chunks_exact(k).map(|xt| XPrep::new(xt, d, avx2)).collect::<Vec<_>>())
+            d.map(|d| x.chunks_exact(k).map(|xt| XPrep::new(xt, d, split)).collect::<Vec<_>>())
         };
         let (p4, p8) = (preps(kind(false)), preps(kind(true)));
         return ROWS.with_borrow_mut(|all| {
             all.clear();
             all.resize(n * rows, 0.0);
-            let c = rows_of(ex, x, &parts, [p4.as_deref(), p8.as_deref()], all);
+            let c = decode_parts(ex, x, &parts, [p4.as_deref(), p8.as_deref()], all);
             scatter(all, c, n, rows, &parts, outs);
             Ok(())
         });
@@ -153,16 +159,16 @@ fn compute(
         ROWS.with_borrow_mut(|all| {
             all.clear();
             all.resize(rows, 0.0);
-            let c = rows_of(ex, x, &parts, preps.map(|p| p.map(std::slice::from_ref)), all);
+            let c = decode_parts(ex, x, &parts, preps.map(|p| p.map(std::slice::from_ref)), all);
             scatter(all, c, 1, rows, &parts, outs);
         })
     };
     match (kind(false), kind(true)) {
         (Some(a), Some(b)) => {
-            with_prep(x, a, avx2, |pa| with_prep(x, b, avx2, |pb| run([Some(pa), Some(pb)])))
+            with_prep(x, a, split, |pa| with_prep(x, b, split, |pb| run([Some(pa), Some(pb)])))
         }
-        (Some(a), None) => with_prep(x, a, avx2, |pa| run([Some(pa), None])),
-        (None, Some(b)) => with_prep(x, b, avx2, |pb| run([None, Some(pb)])),
+        (Some(a), None) => with_prep(x, a, split, |pa| run([Some(pa), None])),
+        (None, Some(b)) => with_prep(x, b, split, |pb| run([None, Some(pb)])),
         (None, None) => unreachable!("a group has parts"),
     }
     Ok(())
@@ -173,7 +179,7 @@ fn compute(
 /// returns c. With n tokens (`x`: [n, k]) chunk j holds its rows' [n, rows] block at
 /// all[n * j * c..]; with one that is all = [rows]. `preps`: each token's split for Q4
 /// weights, then for Q8_0. A lone one-token matmul is a group of one part.
-pub(super) fn rows_of(
+pub(super) fn decode_parts(
     ex: Exec,
     x: &[f32],
     parts: &[Option<Part>],
@@ -181,7 +187,7 @@ pub(super) fn rows_of(
     all: &mut [f32],
 ) -> usize {
     let n = preps.iter().flatten().map(|p| p.len()).next().expect("a split for each kind present");
-    let (k, threads) = (x.len() / n, ex.threads());
+    let threads = ex.threads();
     let rows = all.len() / n;
     let c = chunk_rows(rows, threads * 2, 16);
     let work = |ci: usize, o: &mut [f32]| {
@@ -195,14 +201,14 @@ pub(super) fn rows_of(
                 preps[(p.q.dtype == DType::Q8_0) as usize].expect("made for each kind present");
             if n == 1 {
                 let seg = &mut o[at..at + r1 - r0];
-                quant_rows(ex.avx2, p.q, x, &prep[0], k, r0, seg);
+                (ex.kernels.quant_rows)(p.q, x, &prep[0], r0, seg);
                 add_bias(seg, p.bias, r0);
                 continue;
             }
             SEG.with_borrow_mut(|seg| {
                 seg.clear();
                 seg.resize(n * (r1 - r0), 0.0);
-                quant_tokens(ex.avx2, p.q, x, prep, k, r0, seg);
+                (ex.kernels.quant_tokens)(p.q, x, prep, r0, seg);
                 for (t, st) in seg.chunks_exact_mut(r1 - r0).enumerate() {
                     add_bias(st, p.bias, r0);
                     o[t * w + at..t * w + at + st.len()].copy_from_slice(st);
@@ -222,7 +228,7 @@ pub(super) fn rows_of(
     }
 }
 
-/// Each part's [n, m] output from `all` ([`rows_of`]'s chunks of c rows, [n, rows] each; with
+/// Each part's [n, m] output from `all` ([`decode_parts`]'s chunks of c rows, [n, rows] each; with
 /// one token, all = [rows]).
 fn scatter(
     all: &[f32],
@@ -258,7 +264,7 @@ mod tests {
     use tandem_core::{quant, Backend, BufId, DType, Step};
 
     use super::group_len;
-    use crate::CpuBackend;
+    use crate::{CpuBackend, Isa};
 
     /// This crate's unit tests count the allocations each thread makes.
     struct Counting;
@@ -290,12 +296,20 @@ mod tests {
     static ALLOCATOR: Counting = Counting;
 
     /// A decode step's matmul side of a layer (norm, q/k/v of Q4_1, gate/up of Q8_0, SwiGLU, a
-    /// Q4_0 down projection, the residual add) on one thread: after its first run it allocates
-    /// nothing (activation splits and group rows come from buffers kept).
+    /// Q4_0 down projection, the residual add) on one thread, on every SIMD ISA this machine
+    /// has: after its first run it allocates nothing (activation splits and group rows come
+    /// from buffers kept). The portable Q8_0 / Q4 kernel widens each chunk's scales into a
+    /// scratch of its own (`dot::quant_rows`), so it is left out.
     #[test]
     fn a_layer_of_one_token_matmuls_allocates_nothing_once_warm() {
+        for isa in Isa::supported_all().into_iter().filter(|&i| i != Isa::Portable) {
+            one_token_layer_allocations(isa);
+        }
+    }
+
+    fn one_token_layer_allocations(isa: Isa) {
         let (k, ffn) = (160, 96);
-        let mut cpu = CpuBackend::fast(1).unwrap();
+        let mut cpu = CpuBackend::fast(1).unwrap().with_isa(isa).unwrap();
         let x = upload(&mut cpu, DType::F32, &values(k, 1));
         let norm_w = upload(&mut cpu, DType::F32, &values(k, 2));
         let xb = cpu.alloc(DType::F32, k).unwrap();
@@ -349,7 +363,11 @@ mod tests {
         assert!(ALLOCS.with(Cell::get) > cold);
         let before = ALLOCS.with(Cell::get);
         cpu.execute(&step).unwrap();
-        assert_eq!(ALLOCS.with(Cell::get) - before, 0, "allocations in a warm one-token step");
+        assert_eq!(
+            ALLOCS.with(Cell::get) - before,
+            0,
+            "allocations in a warm one-token step, {isa}"
+        );
     }
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
@@ -372,13 +390,19 @@ mod tests {
 
     /// q, k, v-like projections of three weight kinds (k = 160: five blocks, a partial group
     /// of four), one with a bias, on one and two threads, for one token and for five decode
-    /// rows (a verification): run as a group, each output is the bits of its op run alone;
-    /// and what may not join a group does not.
+    /// rows (a verification), on every ISA this machine has: run as a group, each output is
+    /// the bits of its op run alone; and what may not join a group does not.
     #[test]
     fn a_group_gives_each_op_its_own_bits() {
+        for isa in Isa::supported_all() {
+            group_bits(isa);
+        }
+    }
+
+    fn group_bits(isa: Isa) {
         let k = 160;
         for (threads, n) in [(1, 1), (2, 1), (1, 5), (2, 5)] {
-            let mut cpu = CpuBackend::fast(threads).unwrap();
+            let mut cpu = CpuBackend::fast(threads).unwrap().with_isa(isa).unwrap();
             let x = upload(&mut cpu, DType::F32, &values(n * k, 1));
             let specs =
                 [(DType::Q8_0, 70, true), (DType::Q4_1, 33, false), (DType::Q4_0, 40, false)];
@@ -404,7 +428,7 @@ mod tests {
                 assert_eq!(
                     &out(&cpu, o.out),
                     want,
-                    "{} m={} n={n} on {threads} threads",
+                    "{} m={} n={n} on {threads} threads, {isa}",
                     o.wdtype,
                     o.m
                 );

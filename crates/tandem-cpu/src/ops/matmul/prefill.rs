@@ -17,8 +17,7 @@
 #[cfg(target_arch = "x86_64")]
 use tandem_core::QBLOCK;
 
-use super::dequant_into;
-use super::scatter_strips;
+use super::{dequant_into, scatter_strips, Operands};
 use crate::ops::chunk_rows;
 use crate::table::Weight;
 use crate::Exec;
@@ -67,18 +66,84 @@ fn pack(x: &[f32], n: usize, k: usize) -> Packed {
     Packed { groups, data }
 }
 
-/// x: [n, k]; w: [m, k]; bias: [m]; out: [n, m]; n > 0, m > 0.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn prefill(
-    ex: Exec,
-    x: &[f32],
-    w: Weight,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    n: usize,
-    k: usize,
-    m: usize,
-) {
+/// The micro-kernel and row dequantization of one instruction set.
+pub(super) trait Micro {
+    /// tile[r][t] = sum_j panel[r][j] * xg[j * width + t], j in order; width is WIDE or
+    /// NARROW.
+    fn tile(panel: &[&[f32]; NR], xg: &[f32], k: usize, width: usize) -> [[f32; WIDE]; NR];
+    /// dst[j] = w[start + j], as [`dequant_into`].
+    fn dequant_row(w: Weight, start: usize, dst: &mut [f32]);
+}
+
+/// The loops the compiler vectorizes for the target's baseline.
+pub(super) struct Portable;
+
+impl Micro for Portable {
+    fn tile(panel: &[&[f32]; NR], xg: &[f32], k: usize, width: usize) -> [[f32; WIDE]; NR] {
+        if width == WIDE {
+            tile_portable::<WIDE>(panel, xg, k)
+        } else {
+            tile_portable::<NARROW>(panel, xg, k)
+        }
+    }
+
+    fn dequant_row(w: Weight, start: usize, dst: &mut [f32]) {
+        dequant_into(w, start, dst)
+    }
+}
+
+/// AVX2 and FMA: reached only through the AVX2 and AVX-512 kernel tables, which
+/// `Kernels::of` hands out only where AVX2, FMA and F16C were detected (the SAFETY of every
+/// call below).
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Micro for Avx2 {
+    fn tile(panel: &[&[f32]; NR], xg: &[f32], k: usize, width: usize) -> [[f32; WIDE]; NR] {
+        // SAFETY: see [`Avx2`].
+        unsafe {
+            if width == WIDE {
+                avx2::tile::<2>(panel, xg, k)
+            } else {
+                avx2::tile::<1>(panel, xg, k)
+            }
+        }
+    }
+
+    /// Whole quantized blocks (and whole blocks of the block types AVX2 unpacks) in AVX2.
+    fn dequant_row(w: Weight, start: usize, dst: &mut [f32]) {
+        if let Weight::Q(q) = w {
+            // Scalar up to the first block boundary and after the last one; whole blocks
+            // between.
+            let end = start + dst.len();
+            let first = start.next_multiple_of(QBLOCK).min(end);
+            let last = (end / QBLOCK * QBLOCK).max(first);
+            let (head, rest) = dst.split_at_mut(first - start);
+            let (mid, tail) = rest.split_at_mut(last - first);
+            dequant_into(w, start, head);
+            // SAFETY: see [`Avx2`].
+            unsafe { avx2::dequant_blocks(q, first / QBLOCK, mid) };
+            dequant_into(w, last, tail);
+            return;
+        }
+        if let Weight::Blocks(b) = w {
+            let n = b.layout.elems;
+            if super::blocks_avx2::supported(b.dtype)
+                && start.is_multiple_of(n)
+                && dst.len().is_multiple_of(n)
+            {
+                // SAFETY: see [`Avx2`].
+                return unsafe { super::blocks_avx2::dequant(b, start / n, dst) };
+            }
+        }
+        dequant_into(w, start, dst)
+    }
+}
+
+/// a.x: [n, k]; a.w: [m, k]; a.bias: [m]; out: [n, m]; n > 0, m > 0.
+pub(super) fn prompt<M: Micro>(ex: Exec, a: &Operands, out: &mut [f32]) {
+    let Operands { x, n, k, m, .. } = *a;
     let ex = ex.sized(n * k * m);
     let packed = pack(x, n, k);
     let c = chunk_rows(m, ex.threads(), NR).next_multiple_of(NR);
@@ -88,24 +153,15 @@ pub(super) fn prefill(
         let r0 = ci * c;
         let rows = c.min(m - r0);
         let mut local = vec![0f32; n * rows];
-        chunk(ex.avx2, &packed, w, bias, &mut local, n, k, r0);
+        chunk::<M>(&packed, a, r0, &mut local);
         (r0, local)
     });
     scatter_strips(parts, out, n, m);
 }
 
 /// out: [n, rows] for weight rows r0..r0 + rows (rows = out.len() / n).
-#[allow(clippy::too_many_arguments)]
-fn chunk(
-    avx2: bool,
-    packed: &Packed,
-    w: Weight,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    n: usize,
-    k: usize,
-    r0: usize,
-) {
+fn chunk<M: Micro>(packed: &Packed, a: &Operands, r0: usize, out: &mut [f32]) {
+    let Operands { w, bias, n, k, .. } = *a;
     let rows = out.len() / n;
     // f32 weights are used in place; the others are dequantized into `scratch`.
     let mut scratch = match w {
@@ -118,7 +174,7 @@ fn chunk(
         let live = NR.min(rows - p0);
         if !matches!(w, Weight::F32(_)) {
             for (r, dst) in scratch.chunks_exact_mut(k).take(live).enumerate() {
-                dequant_row(avx2, w, (r0 + p0 + r) * k, dst);
+                M::dequant_row(w, (r0 + p0 + r) * k, dst);
             }
         }
         let panel: [&[f32]; NR] = std::array::from_fn(|r| {
@@ -132,7 +188,7 @@ fn chunk(
         });
         for g in &packed.groups {
             let xg = &packed.data[g.off..g.off + k * g.width];
-            let tile = tile(avx2, &panel, xg, k, g.width);
+            let tile = M::tile(&panel, xg, k, g.width);
             for (r, tr) in tile.iter().enumerate().take(live) {
                 let b = bias.map_or(0.0, |b| b[r0 + p0 + r]);
                 for t in 0..g.live {
@@ -140,27 +196,6 @@ fn chunk(
                 }
             }
         }
-    }
-}
-
-/// tile[r][t] = sum_j panel[r][j] * xg[j * width + t], j in order; width is WIDE or NARROW.
-fn tile(avx2: bool, panel: &[&[f32]; NR], xg: &[f32], k: usize, width: usize) -> [[f32; WIDE]; NR] {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is true only when AVX2 and FMA were detected at run time.
-        return unsafe {
-            if width == WIDE {
-                avx2::tile::<2>(panel, xg, k)
-            } else {
-                avx2::tile::<1>(panel, xg, k)
-            }
-        };
-    }
-    let _ = avx2;
-    if width == WIDE {
-        tile_portable::<WIDE>(panel, xg, k)
-    } else {
-        tile_portable::<NARROW>(panel, xg, k)
     }
 }
 
@@ -181,34 +216,6 @@ fn tile_portable<const W: usize>(panel: &[&[f32]; NR], xg: &[f32], k: usize) -> 
         out[r][..W].copy_from_slice(&acc[r]);
     }
     out
-}
-
-/// dst[j] = w[start + j], as [`dequant_into`], with whole quantized blocks done in AVX2.
-fn dequant_row(avx2: bool, w: Weight, start: usize, dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if let (true, Weight::Q(q)) = (avx2, w) {
-        // Scalar up to the first block boundary and after the last one; whole blocks between.
-        let end = start + dst.len();
-        let first = start.next_multiple_of(QBLOCK).min(end);
-        let last = (end / QBLOCK * QBLOCK).max(first);
-        let (head, rest) = dst.split_at_mut(first - start);
-        let (mid, tail) = rest.split_at_mut(last - first);
-        dequant_into(w, start, head);
-        // SAFETY: `avx2` is true only when AVX2 and FMA were detected at run time.
-        unsafe { avx2::dequant_blocks(q, first / QBLOCK, mid) };
-        dequant_into(w, last, tail);
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if let (true, Weight::Blocks(b)) = (avx2, w) {
-        let n = b.layout.elems;
-        if super::blocks_avx2::supported(b.dtype) && start % n == 0 && dst.len() % n == 0 {
-            // SAFETY: `avx2` is true only when AVX2, FMA and F16C were detected at run time.
-            return unsafe { super::blocks_avx2::dequant(b, start / n, dst) };
-        }
-    }
-    let _ = avx2;
-    dequant_into(w, start, dst)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -22,7 +22,7 @@ use tandem_core::{DType, QuantView, QBLOCK};
 
 use super::prefill_simd128::unload;
 use super::scatter_strips;
-use super::{int_split, Order};
+use super::{int_split, Operands, Order};
 use crate::ops::chunk_rows;
 use crate::Exec;
 
@@ -39,7 +39,7 @@ const PAIRS: usize = QBLOCK / 2;
 
 /// Whether prompt rows of a matmul with this weight dtype and k take this kernel.
 pub(crate) fn applies(dtype: DType, k: usize) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) && k % QBLOCK == 0 && k > 0
+    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) && k.is_multiple_of(QBLOCK) && k > 0
 }
 
 /// Token groups' activations: ints [group][block][pair][W], scales and sums [group][block][W].
@@ -49,18 +49,9 @@ struct Packed {
     sums: Vec<f32>,
 }
 
-/// x: [n, k]; q: [m, k]; bias: [m]; out: [n, m]; `applies(q.dtype, k)` must hold.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn prefill(
-    ex: Exec,
-    x: &[f32],
-    q: QuantView,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    n: usize,
-    k: usize,
-    m: usize,
-) {
+/// a.x: [n, k]; q (a.w): [m, k]; a.bias: [m]; out: [n, m]; `applies(q.dtype, k)` must hold.
+pub(super) fn prefill(ex: Exec, a: &Operands, q: QuantView, out: &mut [f32]) {
+    let Operands { x, bias, n, k, m, .. } = *a;
     assert!(applies(q.dtype, k) && x.len() >= n * k && out.len() >= n * m);
     let nb = k / QBLOCK;
     let ex = ex.sized(n * k * m);

@@ -22,7 +22,7 @@ use tandem_core::{DType, QuantView, QBLOCK};
 
 use super::decode_simd128::scales;
 use super::dequant_into;
-use super::scatter_strips;
+use super::{scatter_strips, Operands};
 use crate::ops::chunk_rows;
 use crate::table::Weight;
 use crate::Exec;
@@ -32,18 +32,9 @@ const NR: usize = 4;
 /// Tokens per micro-tile: two f32x4.
 const W: usize = 8;
 
-/// x: [n, k]; w: [m, k]; bias: [m]; out: [n, m]; n > 0, m > 0.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn prefill(
-    ex: Exec,
-    x: &[f32],
-    w: Weight,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    n: usize,
-    k: usize,
-    m: usize,
-) {
+/// a.x: [n, k]; a.w: [m, k]; a.bias: [m]; out: [n, m]; n > 0, m > 0.
+pub(super) fn prefill(ex: Exec, a: &Operands, out: &mut [f32]) {
+    let Operands { x, w, bias, n, k, m } = *a;
     if k == 0 {
         for row in out.chunks_exact_mut(m) {
             for (r, o) in row.iter_mut().enumerate() {
@@ -198,7 +189,7 @@ fn dequant_blocks(q: QuantView, b0: usize, dst: &mut [f32]) {
                     i16x8_extend_high_i8x16(v1),
                 ];
                 std::array::from_fn(|j| {
-                    if j % 2 == 0 {
+                    if j.is_multiple_of(2) {
                         i32x4_extend_low_i16x8(h[j / 2])
                     } else {
                         i32x4_extend_high_i16x8(h[j / 2])
@@ -223,7 +214,7 @@ fn dequant_blocks(q: QuantView, b0: usize, dst: &mut [f32]) {
                     u16x8_extend_high_u8x16(e1),
                 ];
                 std::array::from_fn(|j| {
-                    if j % 2 == 0 {
+                    if j.is_multiple_of(2) {
                         u32x4_extend_low_u16x8(h[j / 2])
                     } else {
                         u32x4_extend_high_u16x8(h[j / 2])

@@ -24,7 +24,7 @@ use half::f16;
 use tandem_core::{DType, QuantView, QBLOCK};
 
 use super::scatter_strips;
-use super::{decode_avx512, int_split, Order};
+use super::{int_split, Operands, Order};
 use crate::ops::chunk_rows;
 use crate::Exec;
 
@@ -35,23 +35,17 @@ const T: usize = 8;
 /// Pairs of weights per block.
 const PAIRS: usize = QBLOCK / 2;
 
-/// Whether prompt rows of a matmul with this weight dtype and k take this kernel on this CPU.
+/// Whether prompt rows of a matmul with this weight dtype and k take this kernel (where the
+/// CPU has it: the AVX-512 kernel table's `prompt`).
 pub(crate) fn applies(dtype: DType, k: usize) -> bool {
-    dtype == DType::Q8_0 && k % QBLOCK == 0 && k > 0 && decode_avx512::available()
+    dtype == DType::Q8_0 && k.is_multiple_of(QBLOCK) && k > 0
 }
 
-/// x: [n, k]; q: [m, k] Q8_0; bias: [m]; out: [n, m]; `applies(Q8_0, k)` must hold.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn q8(
-    ex: Exec,
-    x: &[f32],
-    q: QuantView,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    n: usize,
-    k: usize,
-    m: usize,
-) {
+/// a.x: [n, k]; q (a.w): [m, k] Q8_0; a.bias: [m]; out: [n, m]; `applies(Q8_0, k)` must
+/// hold, and the CPU must have AVX-512 F/BW/DQ/VL and VNNI (only the AVX-512 kernel table,
+/// checked when it is taken, calls this).
+pub(super) fn q8(ex: Exec, a: &Operands, q: QuantView, out: &mut [f32]) {
+    let Operands { x, bias, n, k, m, .. } = *a;
     assert!(applies(q.dtype, k) && x.len() >= n * k && out.len() >= n * m);
     let nb = k / QBLOCK;
     assert!(q.qs.len() >= m * nb * QBLOCK && q.d.len() >= m * nb);
@@ -75,7 +69,7 @@ pub(super) fn q8(
                 let tl = T.min(n - t0);
                 let a: [&(Vec<i16>, Vec<f32>); T] =
                     std::array::from_fn(|t| if t < tl { &acts[t0 + t] } else { &zero });
-                // SAFETY: `applies` checked the CPU features; `wp`/`dp` hold nb blocks of the
+                // SAFETY: the caller guarantees the CPU features; `wp`/`dp` hold nb blocks of the
                 // panel, every token's ints nb * 32 and scales at least nb.
                 let sums = unsafe { tile(&wp, &dp, nb, &a) };
                 for (t, s) in sums.iter().enumerate().take(tl) {
