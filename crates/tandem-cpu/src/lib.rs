@@ -18,7 +18,7 @@
 
 use rayon::ThreadPool;
 use tandem_core::ops::{Op, Precision};
-use tandem_core::{Backend, BufId, DType, Error, Result, Step};
+use tandem_core::{Backend, BufId, BufInfo, DType, Error, Result, Step};
 use team::Team;
 
 mod ops;
@@ -241,12 +241,7 @@ impl Backend for CpuBackend {
             Op::Matmul(o) => is_weight_dtype(o.wdtype),
             Op::Rope(o) => o.head_dim % 2 == 0,
             Op::KvWrite(o) => is_kv_dtype(o.kv_dtype),
-            Op::Attention(o) => {
-                is_kv_dtype(o.kv_dtype)
-                    && o.kv_heads > 0
-                    && o.heads % o.kv_heads == 0
-                    && o.block_size > 0
-            }
+            Op::Attention(o) => is_kv_dtype(o.kv_dtype),
             Op::RmsNorm(_)
             | Op::Swiglu(_)
             | Op::Add(_)
@@ -316,7 +311,11 @@ impl Backend for CpuBackend {
         self.table.remove(buf);
     }
 
-    fn execute(&mut self, step: &Step) -> Result<()> {
+    fn buffer(&self, buf: BufId) -> Option<BufInfo> {
+        self.table.get(buf).map(|b| BufInfo { dtype: b.dtype, numel: b.numel })
+    }
+
+    fn run(&mut self, step: &Step) -> Result<()> {
         for (buf, bytes) in &step.writes {
             self.write(*buf, bytes)?;
         }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use tandem_core::ops::Op;
-use tandem_core::{Backend, BufId, DType, Error, Result, Step};
+use tandem_core::{Backend, BufId, BufInfo, DType, Error, Result, Step};
 
 mod buffers;
 mod ops;
@@ -562,21 +562,13 @@ impl Backend for WgpuBackend {
     }
 
     fn supports(&self, op: &Op) -> bool {
-        let kv = |d: DType| matches!(d, DType::F32 | DType::F16);
         match op {
             Op::Embed(o) => is_weight_dtype(o.dtype),
             Op::Matmul(o) => is_weight_dtype(o.wdtype),
             Op::Rope(o) => o.head_dim % 2 == 0,
-            Op::KvWrite(o) => {
-                kv(o.kv_dtype) && (o.kv_dtype == DType::F32 || (o.kv_heads * o.head_dim) % 2 == 0)
-            }
-            Op::Attention(o) => {
-                kv(o.kv_dtype)
-                    && o.kv_heads > 0
-                    && o.heads % o.kv_heads == 0
-                    && o.block_size > 0
-                    && o.head_dim <= ops::attention_hd_max(o)
-            }
+            // Two f16 share a word: an odd row would need two invocations writing one word.
+            Op::KvWrite(o) => o.kv_dtype == DType::F32 || (o.kv_heads * o.head_dim) % 2 == 0,
+            Op::Attention(o) => o.head_dim <= ops::attention_hd_max(o),
             Op::RmsNorm(_)
             | Op::Swiglu(_)
             | Op::Add(_)
@@ -608,7 +600,11 @@ impl Backend for WgpuBackend {
         self.cache.forget(&uids);
     }
 
-    fn execute(&mut self, step: &Step) -> Result<()> {
+    fn buffer(&self, buf: BufId) -> Option<BufInfo> {
+        self.table.get(buf).map(|e| BufInfo { dtype: e.dtype, numel: e.numel })
+    }
+
+    fn run(&mut self, step: &Step) -> Result<()> {
         self.check_health()?;
         self.run_step(step)
     }
