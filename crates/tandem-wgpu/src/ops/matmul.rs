@@ -16,7 +16,7 @@ const OP: &str = "matmul";
 const TPR: usize = 32;
 /// Rows per workgroup of the row-per-invocation matrix-vector kernel.
 const RWG: usize = 64;
-/// Token rows per tile of the tiled kernel (TILE in matmul.wgsl).
+/// Token rows per tile of the tiled kernel (TILE in matmul_tiled.wgsl).
 const TILE: usize = 64;
 /// Most workgroups in one grid dimension.
 const MAX_GROUPS: usize = 65535;
