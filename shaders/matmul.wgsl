@@ -40,9 +40,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-// 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1, 5 bf16 (f16 and bf16: two per word, low half first),
-// 6 q4_k, 7 q6_k, 8 q5_0, 9 q5_1, 10 q5_k, 11 q2_k, 12 q3_k, 13 iq4_nl, 14 iq4_xs (GGUF blocks,
-// shaders/kquant.wgsl, appended to this file)
+// The weight's dtype, a DT_* number (shaders/kquant.wgsl, appended to this file, defines them
+// and reads the GGUF block types). f16 and bf16: two per word, low half first.
 override DTYPE: u32 = 0u;
 // Invocations per weight row in matvec: a power of two dividing 256.
 override TPR: u32 = 64u;
@@ -65,24 +64,24 @@ fn kword(i: u32) -> u32 {
 
 // Flat element e of the weight, exactly as the CPU reference computes it.
 fn value(e: u32) -> f32 {
-    if DTYPE >= 6u {
+    if DTYPE >= DT_Q4_K {
         return kvalue_at(e);
     }
     switch DTYPE {
-        case 0u: {
+        case DT_F32: {
             return bitcast<f32>(w[e]);
         }
-        case 1u: {
+        case DT_F16: {
             return half_at(0u, e);
         }
-        case 5u: {
+        case DT_BF16: {
             return bf16x2(w[e / 2u])[e & 1u];
         }
-        case 2u: {
+        case DT_Q8_0: {
             let q = bitcast<i32>(w[e / 4u] << (24u - 8u * (e % 4u))) >> 24u;
             return half_at(p.d_off, e / 32u) * f32(q);
         }
-        case 3u: {
+        case DT_Q4_0: {
             let q = (w[e / 8u] >> (4u * (e % 8u))) & 15u;
             return half_at(p.d_off, e / 32u) * (f32(q) - 8.0);
         }
@@ -120,12 +119,12 @@ fn group(g: u32) -> Group {
         // Q5_0 / Q5_1: 8 elements of one block, (d, -16 d) or (d, m) as the scale.
         let base = (g / 32u) * 24u;
         r.d = whalf(base);
-        r.m = select(-16.0 * r.d, whalf(base + 2u), DTYPE == 9u);
+        r.m = select(-16.0 * r.d, whalf(base + 2u), DTYPE == DT_Q5_1);
         r.lo = q5_levels(base, g % 32u);
         r.hi = q5_levels(base, g % 32u + 4u);
         return r;
     }
-    if DTYPE >= 6u {
+    if DTYPE >= DT_Q4_K {
         // 8 elements of one sub-block: levels from two words, (dl, -ml) as the scale.
         let k = kquant((g / kelems()) * kstride(), g % kelems());
         r.d = k.dl;
@@ -137,26 +136,26 @@ fn group(g: u32) -> Group {
         return r;
     }
     switch DTYPE {
-        case 0u: {
+        case DT_F32: {
             r.lo = vec4<f32>(bitcast<f32>(w[g]), bitcast<f32>(w[g + 1u]), bitcast<f32>(w[g + 2u]), bitcast<f32>(w[g + 3u]));
             r.hi = vec4<f32>(bitcast<f32>(w[g + 4u]), bitcast<f32>(w[g + 5u]), bitcast<f32>(w[g + 6u]), bitcast<f32>(w[g + 7u]));
         }
-        case 1u: {
+        case DT_F16: {
             let i = g / 2u;
             r.lo = vec4<f32>(unpack2x16float(w[i]), unpack2x16float(w[i + 1u]));
             r.hi = vec4<f32>(unpack2x16float(w[i + 2u]), unpack2x16float(w[i + 3u]));
         }
-        case 5u: {
+        case DT_BF16: {
             let i = g / 2u;
             r.lo = vec4<f32>(bf16x2(w[i]), bf16x2(w[i + 1u]));
             r.hi = vec4<f32>(bf16x2(w[i + 2u]), bf16x2(w[i + 3u]));
         }
-        case 2u: {
+        case DT_Q8_0: {
             r.d = half_at(p.d_off, g / 32u);
             r.lo = bytes_i8(w[g / 4u]);
             r.hi = bytes_i8(w[g / 4u + 1u]);
         }
-        case 3u: {
+        case DT_Q4_0: {
             let word = w[g / 8u];
             r.d = half_at(p.d_off, g / 32u);
             r.m = -8.0 * r.d;
@@ -242,7 +241,7 @@ fn dot_nibbles(word: u32, xi: u32) -> vec2<f32> {
 // Block `blk` (32 weights, flat elements 32 blk..) dotted with x[xi..xi + 32].
 fn block_dot(blk: u32, xi: u32) -> f32 {
     switch DTYPE {
-        case 0u: {
+        case DT_F32: {
             var acc = 0.0;
             for (var j = 0u; j < 32u; j += 4u) {
                 let i = blk * 32u + j;
@@ -250,7 +249,7 @@ fn block_dot(blk: u32, xi: u32) -> f32 {
             }
             return acc;
         }
-        case 1u: {
+        case DT_F16: {
             var acc = 0.0;
             for (var j = 0u; j < 32u; j += 4u) {
                 let i = blk * 16u + j / 2u;
@@ -258,7 +257,7 @@ fn block_dot(blk: u32, xi: u32) -> f32 {
             }
             return acc;
         }
-        case 5u: {
+        case DT_BF16: {
             var acc = 0.0;
             for (var j = 0u; j < 32u; j += 4u) {
                 let i = blk * 16u + j / 2u;
@@ -266,7 +265,7 @@ fn block_dot(blk: u32, xi: u32) -> f32 {
             }
             return acc;
         }
-        case 2u: {
+        case DT_Q8_0: {
             let i = blk * 8u;
             var qx = 0.0;
             for (var j = 0u; j < 8u; j++) {
@@ -280,7 +279,7 @@ fn block_dot(blk: u32, xi: u32) -> f32 {
                   + dot_nibbles(w[i + 2u], xi + 16u) + dot_nibbles(w[i + 3u], xi + 24u);
             let d = half_at(p.d_off, blk);
             var m = -8.0 * d;
-            if DTYPE == 4u {
+            if DTYPE == DT_Q4_1 {
                 m = half_at(p.m_off, blk);
             }
             return d * s.x + m * s.y;
