@@ -115,10 +115,7 @@ pub struct BufInfo {
 /// the op writes it, no other operand of the op. Allocates nothing unless it fails.
 pub fn check_op(op: &Op, info: impl Fn(BufId) -> Option<BufInfo>) -> Result<()> {
     op.check_shape()?;
-    let name = match op {
-        Op::Attention(_) => "attention",
-        op => op.name(),
-    };
+    let name = op.family();
     let operands = op.operands()?;
     for (i, o) in operands.iter().enumerate() {
         let b = info(o.buf).ok_or_else(|| {

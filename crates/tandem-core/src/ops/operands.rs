@@ -92,7 +92,7 @@ fn check_kv(op: &'static str, d: DType) -> Result<()> {
 
 impl Op {
     /// The name errors give: attention's rows of either class are one op.
-    fn family(&self) -> &'static str {
+    pub(crate) fn family(&self) -> &'static str {
         match self {
             Op::Attention(_) => "attention",
             op => op.name(),
