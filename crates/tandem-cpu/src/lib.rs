@@ -239,10 +239,10 @@ impl Backend for CpuBackend {
         match op {
             Op::Embed(o) => is_weight_dtype(o.dtype),
             Op::Matmul(o) => is_weight_dtype(o.wdtype),
-            Op::Rope(o) => o.head_dim % 2 == 0,
             Op::KvWrite(o) => is_kv_dtype(o.kv_dtype),
             Op::Attention(o) => is_kv_dtype(o.kv_dtype),
             Op::RmsNorm(_)
+            | Op::Rope(_)
             | Op::Swiglu(_)
             | Op::Add(_)
             | Op::Argmax(_)

@@ -354,7 +354,6 @@ pub(crate) fn supports(op: &Op) -> bool {
     match op {
         Op::Embed(o) => is_weight_dtype(o.dtype),
         Op::Matmul(o) => is_weight_dtype(o.wdtype),
-        Op::Rope(o) => o.head_dim % 2 == 0,
         Op::KvWrite(_) => true,
         Op::Attention(o) => {
             // Decode rows take longer heads than prompt rows.
@@ -363,6 +362,7 @@ pub(crate) fn supports(op: &Op) -> bool {
             o.head_dim <= hd_max
         }
         Op::RmsNorm(_)
+        | Op::Rope(_)
         | Op::Swiglu(_)
         | Op::Add(_)
         | Op::Argmax(_)

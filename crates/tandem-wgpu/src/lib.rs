@@ -462,11 +462,11 @@ impl Backend for WgpuBackend {
         match op {
             Op::Embed(o) => is_weight_dtype(o.dtype),
             Op::Matmul(o) => is_weight_dtype(o.wdtype),
-            Op::Rope(o) => o.head_dim % 2 == 0,
             // Two f16 share a word: an odd row would need two invocations writing one word.
             Op::KvWrite(o) => o.kv_dtype == DType::F32 || (o.kv_heads * o.head_dim) % 2 == 0,
             Op::Attention(o) => o.head_dim <= ops::attention_hd_max(o),
             Op::RmsNorm(_)
+            | Op::Rope(_)
             | Op::Swiglu(_)
             | Op::Add(_)
             | Op::Argmax(_)
