@@ -20,9 +20,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-// 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1, 5 bf16 (f16 and bf16: two per word, low half first),
-// 6 q4_k, 7 q6_k, 8 q5_0, 9 q5_1, 10 q5_k, 11 q2_k, 12 q3_k, 13 iq4_nl, 14 iq4_xs (GGUF blocks,
-// shaders/kquant.wgsl, appended to this file)
+// The weight's dtype, a DT_* number (shaders/kquant.wgsl, appended to this file, defines them
+// and reads the GGUF block types). f16 and bf16: two per word, low half first.
 override DTYPE: u32 = 0u;
 override WG: u32 = 256u;
 
@@ -35,27 +34,27 @@ fn kword(i: u32) -> u32 {
 }
 
 fn value(e: u32) -> f32 {
-    if DTYPE >= 6u {
+    if DTYPE >= DT_Q4_K {
         return kvalue_at(e);
     }
     switch DTYPE {
-        case 0u: {
+        case DT_F32: {
             return bitcast<f32>(table[e]);
         }
-        case 1u: {
+        case DT_F16: {
             return half_at(0u, e);
         }
-        case 5u: {
+        case DT_BF16: {
             // A bf16 is the high half of an f32.
             let word = table[e / 2u];
             return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (e & 1u) == 1u));
         }
-        case 2u: {
+        case DT_Q8_0: {
             let w = table[e / 4u];
             let q = bitcast<i32>(w << (24u - 8u * (e % 4u))) >> 24u;
             return half_at(p.d_off, e / 32u) * f32(q);
         }
-        case 3u: {
+        case DT_Q4_0: {
             let q = (table[e / 8u] >> (4u * (e % 8u))) & 15u;
             return half_at(p.d_off, e / 32u) * (f32(q) - 8.0);
         }

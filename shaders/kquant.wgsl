@@ -1,6 +1,23 @@
 // GGUF block types, shared by embed.wgsl and matmul.wgsl (appended to each; they define
-// DTYPE and kword(i), the weight's word i). DTYPE: 6 = Q4_K, 7 = Q6_K, 8 = Q5_0, 9 = Q5_1,
-// 10 = Q5_K, 11 = Q2_K, 12 = Q3_K, 13 = IQ4_NL, 14 = IQ4_XS.
+// DTYPE and kword(i), the weight's word i), and the weight dtype numbers DTYPE takes, which
+// are tandem_core's DType::kernel_code (a test checks them) and CUDA's DT_*.
+
+const DT_F32: u32 = 0u;
+const DT_F16: u32 = 1u;
+const DT_Q8_0: u32 = 2u;
+const DT_Q4_0: u32 = 3u;
+const DT_Q4_1: u32 = 4u;
+const DT_BF16: u32 = 5u;
+// The GGUF block types, from DT_Q4_K on.
+const DT_Q4_K: u32 = 6u;
+const DT_Q6_K: u32 = 7u;
+const DT_Q5_0: u32 = 8u;
+const DT_Q5_1: u32 = 9u;
+const DT_Q5_K: u32 = 10u;
+const DT_Q2_K: u32 = 11u;
+const DT_Q3_K: u32 = 12u;
+const DT_IQ4_NL: u32 = 13u;
+const DT_IQ4_XS: u32 = 14u;
 //
 // The blocks of tandem_core::quant::blocks: ggml's blocks padded to whole words, array of
 // structs over the flat element index. A value is dl * q - ml per sub-block (ml = 0 for the
@@ -63,7 +80,7 @@ fn kquant(base: u32, j: u32) -> KSub {
     var r: KSub;
     r.ml = 0.0;
     switch DTYPE {
-        case 6u, 10u: {
+        case DT_Q4_K, DT_Q5_K: {
             let s = j / 32u;
             var sc: u32;
             var mn: u32;
@@ -76,13 +93,13 @@ fn kquant(base: u32, j: u32) -> KSub {
             }
             r.dl = whalf(base) * f32(sc);
             r.ml = whalf(base + 2u) * f32(mn);
-            let qs = select(16u, 48u, DTYPE == 10u);
+            let qs = select(16u, 48u, DTYPE == DT_Q5_K);
             r.lo_byte = base + qs + (j / 64u) * 32u + j % 32u;
             r.lo_shift = 4u * ((j / 32u) % 2u);
             r.hi_byte = base + 16u + j % 32u;
             r.hi_shift = j / 32u;
         }
-        case 11u: {
+        case DT_Q2_K: {
             // Q2_K: scale in the low nibble, min in the high one.
             let sc = wbyte(base + j / 16u);
             r.dl = whalf(base + 80u) * f32(sc & 15u);
@@ -92,7 +109,7 @@ fn kquant(base: u32, j: u32) -> KSub {
             r.hi_byte = r.lo_byte;
             r.hi_shift = 0u;
         }
-        case 12u: {
+        case DT_Q3_K: {
             // Q3_K: sub-block s's low nibble is nibble s / 8 of byte s % 8, its top 2 bits
             // field s / 4 of byte 8 + s % 4.
             let s = j / 16u;
@@ -104,14 +121,14 @@ fn kquant(base: u32, j: u32) -> KSub {
             r.hi_byte = base + j % 32u;
             r.hi_shift = j / 32u;
         }
-        case 13u: {
+        case DT_IQ4_NL: {
             r.dl = whalf(base);
             r.lo_byte = base + 4u + j % 16u;
             r.lo_shift = 4u * (j / 16u);
             r.hi_byte = r.lo_byte;
             r.hi_shift = 0u;
         }
-        case 14u: {
+        case DT_IQ4_XS: {
             // IQ4_XS: sub-block s's low nibble is nibble s % 2 of byte 4 + s / 2, its top 2
             // bits field s of the u16 at byte 2 (the high half of word 0).
             let s = j / 32u;
@@ -138,25 +155,25 @@ fn kquant(base: u32, j: u32) -> KSub {
 
 fn kstride() -> u32 {
     switch DTYPE {
-        case 6u: {
+        case DT_Q4_K: {
             return 144u;
         }
-        case 7u: {
+        case DT_Q6_K: {
             return 212u;
         }
-        case 10u: {
+        case DT_Q5_K: {
             return 176u;
         }
-        case 11u: {
+        case DT_Q2_K: {
             return 84u;
         }
-        case 12u: {
+        case DT_Q3_K: {
             return 112u;
         }
-        case 13u: {
+        case DT_IQ4_NL: {
             return 20u;
         }
-        case 14u: {
+        case DT_IQ4_XS: {
             return 136u;
         }
         default: {
@@ -166,11 +183,11 @@ fn kstride() -> u32 {
 }
 
 fn is_q5() -> bool {
-    return DTYPE == 8u || DTYPE == 9u;
+    return DTYPE == DT_Q5_0 || DTYPE == DT_Q5_1;
 }
 
 fn kelems() -> u32 {
-    return select(256u, 32u, is_q5() || DTYPE == 13u);
+    return select(256u, 32u, is_q5() || DTYPE == DT_IQ4_NL);
 }
 
 // Q5_0 / Q5_1: the levels of elements j..j + 4 of the block at byte `base` (j % 4 == 0, all
@@ -188,22 +205,22 @@ fn klevels(lw: u32, hw: u32, k: KSub) -> vec4<f32> {
     let bytes = vec4<u32>(0u, 8u, 16u, 24u);
     let lo4 = (vec4<u32>(lw) >> (bytes + k.lo_shift)) & vec4<u32>(15u);
     switch DTYPE {
-        case 6u: {
+        case DT_Q4_K: {
             return vec4<f32>(lo4);
         }
-        case 10u: {
+        case DT_Q5_K: {
             let hi = (vec4<u32>(hw) >> (bytes + k.hi_shift)) & vec4<u32>(1u);
             return vec4<f32>(lo4 | (hi << vec4<u32>(4u)));
         }
-        case 11u: {
+        case DT_Q2_K: {
             return vec4<f32>(lo4 & vec4<u32>(3u));
         }
-        case 12u: {
+        case DT_Q3_K: {
             // A clear mask bit lowers the 2-bit level by 4.
             let hi = (vec4<u32>(hw) >> (bytes + k.hi_shift)) & vec4<u32>(1u);
             return vec4<f32>(vec4<i32>((lo4 & vec4<u32>(3u)) | (hi << vec4<u32>(2u))) - vec4<i32>(4));
         }
-        case 13u, 14u: {
+        case DT_IQ4_NL, DT_IQ4_XS: {
             return iq4_levels(lo4);
         }
         default: {
@@ -219,7 +236,7 @@ fn kvalue_at(e: u32) -> f32 {
     let j = e % kelems();
     if is_q5() {
         let q = q5_levels(base, j & ~3u)[j % 4u];
-        if DTYPE == 8u {
+        if DTYPE == DT_Q5_0 {
             return whalf(base) * (q - 16.0);
         }
         return whalf(base) * q + whalf(base + 2u);

@@ -20,9 +20,7 @@
 //   model): one weight row per invocation, walking its blocks of 32 with the same x indices in
 //   every invocation, so a CPU rasterizer loads x once per SIMD batch rather than once per lane,
 //   and no partial sums meet in workgroup memory. Dispatch: (ceil(m / RWG) folded, n).
-// - tiled: prompt rows. 64 tokens x 64 rows per workgroup, k in steps of 16 through workgroup
-//   memory, 4 x 4 outputs per invocation; a token's sum runs over k in the same order in
-//   every tile. Dispatch: (ceil(m / 64), ceil(n / 64)).
+// - tiled: prompt rows (shaders/matmul_tiled.wgsl, appended to this file, as kquant.wgsl is).
 
 struct Params {
     n: u32,
@@ -42,9 +40,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-// 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1, 5 bf16 (f16 and bf16: two per word, low half first),
-// 6 q4_k, 7 q6_k, 8 q5_0, 9 q5_1, 10 q5_k, 11 q2_k, 12 q3_k, 13 iq4_nl, 14 iq4_xs (GGUF blocks,
-// shaders/kquant.wgsl, appended to this file)
+// The weight's dtype, a DT_* number (shaders/kquant.wgsl, appended to this file, defines them
+// and reads the GGUF block types). f16 and bf16: two per word, low half first.
 override DTYPE: u32 = 0u;
 // Invocations per weight row in matvec: a power of two dividing 256.
 override TPR: u32 = 64u;
@@ -67,24 +64,24 @@ fn kword(i: u32) -> u32 {
 
 // Flat element e of the weight, exactly as the CPU reference computes it.
 fn value(e: u32) -> f32 {
-    if DTYPE >= 6u {
+    if DTYPE >= DT_Q4_K {
         return kvalue_at(e);
     }
     switch DTYPE {
-        case 0u: {
+        case DT_F32: {
             return bitcast<f32>(w[e]);
         }
-        case 1u: {
+        case DT_F16: {
             return half_at(0u, e);
         }
-        case 5u: {
+        case DT_BF16: {
             return bf16x2(w[e / 2u])[e & 1u];
         }
-        case 2u: {
+        case DT_Q8_0: {
             let q = bitcast<i32>(w[e / 4u] << (24u - 8u * (e % 4u))) >> 24u;
             return half_at(p.d_off, e / 32u) * f32(q);
         }
-        case 3u: {
+        case DT_Q4_0: {
             let q = (w[e / 8u] >> (4u * (e % 8u))) & 15u;
             return half_at(p.d_off, e / 32u) * (f32(q) - 8.0);
         }
@@ -122,12 +119,12 @@ fn group(g: u32) -> Group {
         // Q5_0 / Q5_1: 8 elements of one block, (d, -16 d) or (d, m) as the scale.
         let base = (g / 32u) * 24u;
         r.d = whalf(base);
-        r.m = select(-16.0 * r.d, whalf(base + 2u), DTYPE == 9u);
+        r.m = select(-16.0 * r.d, whalf(base + 2u), DTYPE == DT_Q5_1);
         r.lo = q5_levels(base, g % 32u);
         r.hi = q5_levels(base, g % 32u + 4u);
         return r;
     }
-    if DTYPE >= 6u {
+    if DTYPE >= DT_Q4_K {
         // 8 elements of one sub-block: levels from two words, (dl, -ml) as the scale.
         let k = kquant((g / kelems()) * kstride(), g % kelems());
         r.d = k.dl;
@@ -139,26 +136,26 @@ fn group(g: u32) -> Group {
         return r;
     }
     switch DTYPE {
-        case 0u: {
+        case DT_F32: {
             r.lo = vec4<f32>(bitcast<f32>(w[g]), bitcast<f32>(w[g + 1u]), bitcast<f32>(w[g + 2u]), bitcast<f32>(w[g + 3u]));
             r.hi = vec4<f32>(bitcast<f32>(w[g + 4u]), bitcast<f32>(w[g + 5u]), bitcast<f32>(w[g + 6u]), bitcast<f32>(w[g + 7u]));
         }
-        case 1u: {
+        case DT_F16: {
             let i = g / 2u;
             r.lo = vec4<f32>(unpack2x16float(w[i]), unpack2x16float(w[i + 1u]));
             r.hi = vec4<f32>(unpack2x16float(w[i + 2u]), unpack2x16float(w[i + 3u]));
         }
-        case 5u: {
+        case DT_BF16: {
             let i = g / 2u;
             r.lo = vec4<f32>(bf16x2(w[i]), bf16x2(w[i + 1u]));
             r.hi = vec4<f32>(bf16x2(w[i + 2u]), bf16x2(w[i + 3u]));
         }
-        case 2u: {
+        case DT_Q8_0: {
             r.d = half_at(p.d_off, g / 32u);
             r.lo = bytes_i8(w[g / 4u]);
             r.hi = bytes_i8(w[g / 4u + 1u]);
         }
-        case 3u: {
+        case DT_Q4_0: {
             let word = w[g / 8u];
             r.d = half_at(p.d_off, g / 32u);
             r.m = -8.0 * r.d;
@@ -244,7 +241,7 @@ fn dot_nibbles(word: u32, xi: u32) -> vec2<f32> {
 // Block `blk` (32 weights, flat elements 32 blk..) dotted with x[xi..xi + 32].
 fn block_dot(blk: u32, xi: u32) -> f32 {
     switch DTYPE {
-        case 0u: {
+        case DT_F32: {
             var acc = 0.0;
             for (var j = 0u; j < 32u; j += 4u) {
                 let i = blk * 32u + j;
@@ -252,7 +249,7 @@ fn block_dot(blk: u32, xi: u32) -> f32 {
             }
             return acc;
         }
-        case 1u: {
+        case DT_F16: {
             var acc = 0.0;
             for (var j = 0u; j < 32u; j += 4u) {
                 let i = blk * 16u + j / 2u;
@@ -260,7 +257,7 @@ fn block_dot(blk: u32, xi: u32) -> f32 {
             }
             return acc;
         }
-        case 5u: {
+        case DT_BF16: {
             var acc = 0.0;
             for (var j = 0u; j < 32u; j += 4u) {
                 let i = blk * 16u + j / 2u;
@@ -268,7 +265,7 @@ fn block_dot(blk: u32, xi: u32) -> f32 {
             }
             return acc;
         }
-        case 2u: {
+        case DT_Q8_0: {
             let i = blk * 8u;
             var qx = 0.0;
             for (var j = 0u; j < 8u; j++) {
@@ -282,7 +279,7 @@ fn block_dot(blk: u32, xi: u32) -> f32 {
                   + dot_nibbles(w[i + 2u], xi + 16u) + dot_nibbles(w[i + 3u], xi + 24u);
             let d = half_at(p.d_off, blk);
             var m = -8.0 * d;
-            if DTYPE == 4u {
+            if DTYPE == DT_Q4_1 {
                 m = half_at(p.m_off, blk);
             }
             return d * s.x + m * s.y;
@@ -309,70 +306,4 @@ fn matvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         bv = bias[p.out_off + r];
     }
     out[t * p.out_stride + p.out_off + r] = acc + bv;
-}
-
-const TILE: u32 = 64u;
-const BK: u32 = 16u;
-var<workgroup> xs: array<f32, 1024>; // [TILE tokens][BK]
-var<workgroup> ws: array<f32, 1024>; // [TILE rows][BK]
-
-@compute @workgroup_size(16, 16)
-fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
-         @builtin(local_invocation_index) lid: u32) {
-    let r0 = wid.x * TILE;
-    let t0 = wid.y * TILE;
-    // acc_i[j]: token lid3.y + 16 i, weight row lid3.x + 16 j.
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        for (var c = 0u; c < 4u; c++) {
-            let idx = lid + WG * c;
-            let row = idx / BK;
-            let kk = k0 + idx % BK;
-            var xv = 0.0;
-            if t0 + row < p.n && kk < p.k {
-                xv = x[(p.row0 + t0 + row) * p.k + kk];
-            }
-            xs[idx] = xv;
-            var wv = 0.0;
-            if r0 + row < p.m && kk < p.k {
-                wv = value((r0 + row) * p.k + kk);
-            }
-            ws[idx] = wv;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let b = vec4<f32>(ws[lid3.x * BK + kk], ws[(lid3.x + 16u) * BK + kk],
-                              ws[(lid3.x + 32u) * BK + kk], ws[(lid3.x + 48u) * BK + kk]);
-            acc0 += xs[lid3.y * BK + kk] * b;
-            acc1 += xs[(lid3.y + 16u) * BK + kk] * b;
-            acc2 += xs[(lid3.y + 32u) * BK + kk] * b;
-            acc3 += xs[(lid3.y + 48u) * BK + kk] * b;
-        }
-        workgroupBarrier();
-    }
-    store(t0 + lid3.y, r0 + lid3.x, acc0);
-    store(t0 + lid3.y + 16u, r0 + lid3.x, acc1);
-    store(t0 + lid3.y + 32u, r0 + lid3.x, acc2);
-    store(t0 + lid3.y + 48u, r0 + lid3.x, acc3);
-}
-
-// Token row0 + t, weight rows r, r + 16, r + 32, r + 48.
-fn store(t: u32, r: u32, acc: vec4<f32>) {
-    if t >= p.n {
-        return;
-    }
-    let o = (p.row0 + t) * p.out_stride + p.out_off;
-    for (var j = 0u; j < 4u; j++) {
-        let row = r + 16u * j;
-        if row < p.m {
-            var b = 0.0;
-            if p.has_bias != 0u {
-                b = bias[p.out_off + row];
-            }
-            out[o + row] = acc[j] + b;
-        }
-    }
 }

@@ -4,7 +4,7 @@
 
 use crate::dtype::DType;
 use crate::ops::{Op, Precision};
-use crate::Result;
+use crate::{Error, Result};
 
 /// A backend-owned buffer. Ids are only meaningful to the backend that issued them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,8 +36,11 @@ pub trait Backend {
     /// A short name for messages ("cpu-reference", "cpu-fast", "wgpu", ...).
     fn name(&self) -> String;
 
-    /// Whether this backend can run `op` with its dtypes and shapes. The engine checks every op
-    /// of a model once before it runs; an unsupported op is an error, never a silent fallback.
+    /// Whether this backend can run `op` with its dtypes and shapes: only what is this
+    /// backend's own (a dtype it has kernels for, a head size its kernels hold). Asked only of
+    /// ops whose shape the engine has checked ([`Op::check_shape`]); [`Backend::execute`] asks
+    /// it for every op of every step, and an unsupported op is an error, never a silent
+    /// fallback.
     fn supports(&self, op: &Op) -> bool;
 
     /// The precision class in which this backend computes `op` (see [`Precision`]).
@@ -60,9 +63,30 @@ pub trait Backend {
 
     fn free(&mut self, buf: BufId);
 
-    /// Runs a whole step. Errors (bad shapes, unsupported ops) leave buffers unspecified but the
-    /// backend usable.
-    fn execute(&mut self, step: &Step) -> Result<()>;
+    /// The dtype and element count of `buf`, or `None` when it is not allocated: what the
+    /// engine checks each op's operands against.
+    fn buffer(&self, buf: BufId) -> Option<BufInfo>;
+
+    /// Runs a whole step after checking every op ([`check_op`], then `supports`): on error
+    /// nothing ran. Errors found while running (a bad index in the data) leave buffers
+    /// unspecified but the backend usable.
+    fn execute(&mut self, step: &Step) -> Result<()> {
+        for op in &step.ops {
+            check_op(op, |b| self.buffer(b))?;
+            if !self.supports(op) {
+                return Err(Error::Unsupported {
+                    backend: self.name(),
+                    op: format!("{} ({op:?})", op.name()),
+                });
+            }
+        }
+        self.run(step)
+    }
+
+    /// Runs a step whose ops [`Backend::execute`] has checked: every operand is allocated, of
+    /// its dtype and large enough, no written buffer is also another operand, and the backend
+    /// supports the op. Callers go through `execute`.
+    fn run(&mut self, step: &Step) -> Result<()>;
 
     /// Reads `len` bytes of `buf` from byte `offset`, after all submitted work is done.
     async fn read(&mut self, buf: BufId, offset: usize, len: usize) -> Result<Vec<u8>>;
@@ -76,6 +100,54 @@ pub trait Backend {
     fn copy_bandwidth(&mut self) -> Option<Result<f64>> {
         None
     }
+}
+
+/// What the engine knows of a backend's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufInfo {
+    pub dtype: DType,
+    pub numel: usize,
+}
+
+/// The checks every op passes before any backend sees it, in one place: its shape rules
+/// ([`Op::check_shape`]), then each of its operands ([`Op::operands`]) against the buffer
+/// `info` describes: allocated, of the operand's dtype, with at least its elements, and, when
+/// the op writes it, no other operand of the op. Allocates nothing unless it fails.
+pub fn check_op(op: &Op, info: impl Fn(BufId) -> Option<BufInfo>) -> Result<()> {
+    op.check_shape()?;
+    let name = op.family();
+    let operands = op.operands()?;
+    for (i, o) in operands.iter().enumerate() {
+        let b = info(o.buf).ok_or_else(|| {
+            Error::InvalidParameter(format!(
+                "{name}: {} is buffer {}, which is not allocated",
+                o.role, o.buf.0
+            ))
+        })?;
+        if b.dtype != o.dtype {
+            return Err(Error::ShapeMismatch {
+                op: name,
+                expected: format!("{} of dtype {}", o.role, o.dtype),
+                got: format!("{} of dtype {}", o.role, b.dtype),
+            });
+        }
+        if b.numel < o.numel {
+            return Err(Error::ShapeMismatch {
+                op: name,
+                expected: format!("{} of at least {} elements", o.role, o.numel),
+                got: format!("{} elements", b.numel),
+            });
+        }
+        if let Some(other) =
+            operands[..i].iter().find(|p| p.buf == o.buf && (p.written() || o.written()))
+        {
+            return Err(Error::InvalidParameter(format!(
+                "{name}: {} is buffer {}, which is also its {}, and one of them is written",
+                o.role, o.buf.0, other.role
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A host copy of a small u32 buffer (token ids, KV slots, a block table) as last uploaded, for

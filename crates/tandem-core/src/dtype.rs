@@ -139,6 +139,51 @@ impl DType {
         }
     }
 
+    /// The weight type's number in every GPU kernel: WGSL's `DTYPE` override constant
+    /// (shaders/embed.wgsl, matmul.wgsl, kquant.wgsl) and CUDA's `DT_*` template argument
+    /// (kernels/common.cuh), in one table. The GGUF block types come last, from 6: kernels
+    /// test `>= 6` for them. `None` for u32, which no kernel reads as a weight.
+    pub fn kernel_code(self) -> Option<u32> {
+        Some(match self {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            DType::Q8_0 => 2,
+            DType::Q4_0 => 3,
+            DType::Q4_1 => 4,
+            DType::BF16 => 5,
+            DType::Q4_K => 6,
+            DType::Q6_K => 7,
+            DType::Q5_0 => 8,
+            DType::Q5_1 => 9,
+            DType::Q5_K => 10,
+            DType::Q2_K => 11,
+            DType::Q3_K => 12,
+            DType::IQ4_NL => 13,
+            DType::IQ4_XS => 14,
+            DType::U32 => return None,
+        })
+    }
+
+    /// Every dtype, in [`DType::kernel_code`] order, then u32.
+    pub const ALL: [DType; 16] = [
+        DType::F32,
+        DType::F16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::BF16,
+        DType::Q4_K,
+        DType::Q6_K,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q5_K,
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::IQ4_NL,
+        DType::IQ4_XS,
+        DType::U32,
+    ];
+
     /// Section layout of a Q8_0 / Q4_0 / Q4_1 tensor; `None` for every other type.
     pub fn quant_layout(self, numel: usize) -> Option<QuantLayout> {
         let blocks = numel.div_ceil(QBLOCK);

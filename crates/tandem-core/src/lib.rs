@@ -17,7 +17,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod tokenizer;
 
-pub use backend::{Backend, BackendExt, BufId, Step, U32Shadow};
+pub use backend::{check_op, Backend, BackendExt, BufId, BufInfo, Step, U32Shadow};
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use dtype::{DType, QuantLayout, QuantView, QBLOCK};
 pub use error::{Error, Result};

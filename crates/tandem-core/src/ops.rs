@@ -7,6 +7,9 @@
 use crate::backend::BufId;
 use crate::dtype::DType;
 
+mod operands;
+pub use operands::{Access, Operand, Operands};
+
 /// Token embedding lookup.
 /// table: [vocab, dim] in `dtype`; ids: [n] u32; out: [n, dim] f32.
 /// An id >= vocab is a caller bug; backends report it as an error.
@@ -125,33 +128,6 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// The checks every backend makes before touching buffers: a KV type attention reads, whole
-    /// query groups per KV head, real blocks, and decode rows among the rows.
-    pub fn check_shape(&self) -> crate::Result<()> {
-        let bad = |expected: String, got: String| {
-            Err(crate::Error::ShapeMismatch { op: "attention", expected, got })
-        };
-        if !matches!(self.kv_dtype, DType::F32 | DType::F16) {
-            return bad("cache dtype f32/f16".into(), self.kv_dtype.to_string());
-        }
-        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
-            return bad(
-                "heads a multiple of kv_heads > 0".into(),
-                format!("heads {} kv_heads {}", self.heads, self.kv_heads),
-            );
-        }
-        if self.block_size == 0 {
-            return bad("block_size > 0".into(), "0".into());
-        }
-        if self.decode_rows > self.n {
-            return bad(
-                format!("decode_rows <= n = {}", self.n),
-                format!("decode_rows = {}", self.decode_rows),
-            );
-        }
-        Ok(())
-    }
-
     /// The index checks every backend makes before following a query's position and block
     /// table (on the data itself, or on host copies of the uploads): each position below
     /// max_ctx, each table inside `tables`, each block inside the pool. Allocates nothing

@@ -22,7 +22,7 @@ use ops::matmul::Kernels;
 
 use rayon::ThreadPool;
 use tandem_core::ops::{Op, Precision};
-use tandem_core::{Backend, BufId, DType, Error, Result, Step};
+use tandem_core::{Backend, BufId, BufInfo, DType, Error, Result, Step};
 use team::Team;
 
 mod isa;
@@ -251,15 +251,10 @@ impl Backend for CpuBackend {
         match op {
             Op::Embed(o) => is_weight_dtype(o.dtype),
             Op::Matmul(o) => is_weight_dtype(o.wdtype),
-            Op::Rope(o) => o.head_dim.is_multiple_of(2),
             Op::KvWrite(o) => is_kv_dtype(o.kv_dtype),
-            Op::Attention(o) => {
-                is_kv_dtype(o.kv_dtype)
-                    && o.kv_heads > 0
-                    && o.heads.is_multiple_of(o.kv_heads)
-                    && o.block_size > 0
-            }
+            Op::Attention(o) => is_kv_dtype(o.kv_dtype),
             Op::RmsNorm(_)
+            | Op::Rope(_)
             | Op::Swiglu(_)
             | Op::Add(_)
             | Op::Argmax(_)
@@ -328,7 +323,11 @@ impl Backend for CpuBackend {
         self.table.remove(buf);
     }
 
-    fn execute(&mut self, step: &Step) -> Result<()> {
+    fn buffer(&self, buf: BufId) -> Option<BufInfo> {
+        self.table.get(buf).map(|b| BufInfo { dtype: b.dtype, numel: b.numel })
+    }
+
+    fn run(&mut self, step: &Step) -> Result<()> {
         for (buf, bytes) in &step.writes {
             self.write(*buf, bytes)?;
         }

@@ -143,10 +143,39 @@ impl Table {
         self.bytes
     }
 
-    /// Looks up an input of `op`, checking its dtype and that it holds at least `numel`
-    /// elements (buffers may be larger than one step needs: the engine sizes them for the
-    /// largest batch). An op's output is out of the table while the op runs, so an input that
-    /// aliases it shows up here as missing.
+    /// Input `id` of an op that `Backend::execute` checked (allocated, of its dtype, large
+    /// enough, not the op's output). An op's output is out of the table while the op runs, so
+    /// an input aliasing it would show up here as missing.
+    pub fn arg(&self, op: &'static str, role: &str, id: BufId) -> Result<&Buffer> {
+        self.bufs.get(&id).ok_or_else(|| missing(op, role, id))
+    }
+
+    /// Takes output `id` of a checked op out of the table so it can be written while inputs
+    /// are borrowed. The caller must [`Table::put`] it back, error or not.
+    pub fn take_out(&mut self, op: &'static str, role: &str, id: BufId) -> Result<Buffer> {
+        self.bufs.remove(&id).ok_or_else(|| missing(op, role, id))
+    }
+
+    pub fn put(&mut self, id: BufId, b: Buffer) {
+        self.bufs.insert(id, b);
+    }
+
+    /// Runs `f` with output `id` of a checked op taken out of the table, putting it back
+    /// whatever happens.
+    pub fn with_out<R>(
+        &mut self,
+        op: &'static str,
+        role: &str,
+        id: BufId,
+        f: impl FnOnce(&Table, &mut Buffer) -> Result<R>,
+    ) -> Result<R> {
+        let mut out = self.take_out(op, role, id)?;
+        let r = f(self, &mut out);
+        self.put(id, out);
+        r
+    }
+
+    /// [`Table::arg`], checking dtype and size again (the matmul kernels' lookups).
     pub fn input(
         &self,
         op: &'static str,
@@ -155,13 +184,12 @@ impl Table {
         dtype: DType,
         numel: usize,
     ) -> Result<&Buffer> {
-        let b = self.bufs.get(&id).ok_or_else(|| missing(op, role, id))?;
+        let b = self.arg(op, role, id)?;
         check(op, role, b, dtype, numel)?;
         Ok(b)
     }
 
-    /// Takes an op's output out of the table so it can be written while inputs are borrowed.
-    /// The caller must [`Table::put`] it back, error or not.
+    /// [`Table::take_out`], checking dtype and size again (the matmul kernels' lookups).
     pub fn take(
         &mut self,
         op: &'static str,
@@ -170,16 +198,11 @@ impl Table {
         dtype: DType,
         numel: usize,
     ) -> Result<Buffer> {
-        let b = self.bufs.get(&id).ok_or_else(|| missing(op, role, id))?;
-        check(op, role, b, dtype, numel)?;
-        Ok(self.bufs.remove(&id).expect("present: looked up above"))
+        check(op, role, self.arg(op, role, id)?, dtype, numel)?;
+        self.take_out(op, role, id)
     }
 
-    pub fn put(&mut self, id: BufId, b: Buffer) {
-        self.bufs.insert(id, b);
-    }
-
-    /// Runs `f` with output `id` taken out of the table, putting it back whatever happens.
+    /// [`Table::with_out`], checking dtype and size again (the matmul kernels' lookups).
     pub fn with_output<R>(
         &mut self,
         op: &'static str,
@@ -189,10 +212,8 @@ impl Table {
         numel: usize,
         f: impl FnOnce(&Table, &mut Buffer) -> Result<R>,
     ) -> Result<R> {
-        let mut out = self.take(op, role, id, dtype, numel)?;
-        let r = f(self, &mut out);
-        self.put(id, out);
-        r
+        check(op, role, self.arg(op, role, id)?, dtype, numel)?;
+        self.with_out(op, role, id, f)
     }
 }
 

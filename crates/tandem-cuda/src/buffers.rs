@@ -70,36 +70,13 @@ impl Table {
         }
     }
 
-    /// An input or output of `op`: it exists, has `dtype` and at least `numel` elements
-    /// (buffers may be larger than one step needs).
-    pub fn check(
-        &self,
-        op: &'static str,
-        role: &str,
-        id: BufId,
-        dtype: DType,
-        numel: usize,
-    ) -> Result<&Entry> {
-        let e = self.entries.get(&id).ok_or_else(|| {
+    /// A buffer of an op that `Backend::execute` checked (allocated, of its dtype, large enough).
+    pub fn entry(&self, op: &'static str, role: &str, id: BufId) -> Result<&Entry> {
+        self.entries.get(&id).ok_or_else(|| {
             Error::InvalidParameter(format!(
                 "{op}: {role} is buffer {}, which is not allocated",
                 id.0
             ))
-        })?;
-        if e.dtype != dtype {
-            return Err(Error::ShapeMismatch {
-                op,
-                expected: format!("{role} of dtype {dtype}"),
-                got: format!("{role} of dtype {}", e.dtype),
-            });
-        }
-        if e.numel < numel {
-            return Err(Error::ShapeMismatch {
-                op,
-                expected: format!("{role} of at least {numel} elements"),
-                got: format!("{} elements", e.numel),
-            });
-        }
-        Ok(e)
+        })
     }
 }

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
-use tandem_core::{Backend, BufId, DType, Error, Result, Step};
+use tandem_core::{Backend, BufId, BufInfo, DType, Error, Result, Step};
 
 use crate::buffers::{Entry, Table};
 use crate::kernels::{KernelFile, PRELUDE};
@@ -228,7 +228,7 @@ impl EmuBackend {
         })
     }
 
-    fn run(&mut self, step: &Step) -> Result<()> {
+    fn run_step(&mut self, step: &Step) -> Result<()> {
         for (id, bytes) in &step.writes {
             self.write(*id, bytes)?;
         }
@@ -329,8 +329,12 @@ impl Backend for EmuBackend {
         self.mem.remove(&buf);
     }
 
-    fn execute(&mut self, step: &Step) -> Result<()> {
-        self.run(step)
+    fn buffer(&self, buf: BufId) -> Option<BufInfo> {
+        self.table.get(buf).map(|e| BufInfo { dtype: e.dtype, numel: e.numel })
+    }
+
+    fn run(&mut self, step: &Step) -> Result<()> {
+        self.run_step(step)
     }
 
     async fn read(&mut self, buf: BufId, offset: usize, len: usize) -> Result<Vec<u8>> {

@@ -313,3 +313,25 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use tandem_core::DType;
+
+    /// common.cuh's `DT_*` numbers are `DType::kernel_code`'s: the host picks a kernel by it.
+    #[test]
+    fn dtype_numbers_are_the_cores() {
+        let defines: Vec<(String, u32)> = super::PRELUDE
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.strip_prefix("#define DT_")?.split_whitespace();
+                Some((w.next()?.to_lowercase(), w.next()?.parse().ok()?))
+            })
+            .collect();
+        let want: Vec<(String, u32)> = DType::ALL
+            .iter()
+            .filter_map(|d| Some((d.name().to_string(), d.kernel_code()?)))
+            .collect();
+        assert_eq!(defines, want);
+    }
+}

@@ -166,15 +166,8 @@ pub(crate) struct Recorder<'a> {
 }
 
 impl Recorder<'_> {
-    pub fn buf(
-        &self,
-        op: &'static str,
-        role: &str,
-        id: BufId,
-        dtype: DType,
-        numel: usize,
-    ) -> Result<&Entry> {
-        self.table.check(op, role, id, dtype, numel)
+    pub fn buf(&self, op: &'static str, role: &str, id: BufId) -> Result<&Entry> {
+        self.table.entry(op, role, id)
     }
 
     pub fn launch(
@@ -246,15 +239,6 @@ pub(crate) fn fits_u32(op: &'static str, what: &str, v: usize) -> Result<u32> {
         op,
         expected: format!("{what} < 2^32"),
         got: v.to_string(),
-    })
-}
-
-/// Product of shape dimensions, as an error rather than an overflow.
-pub(crate) fn numel(op: &'static str, dims: &[usize]) -> Result<usize> {
-    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::ShapeMismatch {
-        op,
-        expected: "a shape whose element count fits in usize".into(),
-        got: format!("{dims:?}"),
     })
 }
 

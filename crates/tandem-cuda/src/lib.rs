@@ -15,7 +15,7 @@
 
 use cudarc::driver::{result, sys};
 use tandem_core::ops::Op;
-use tandem_core::{Backend, BufId, DType, Error, Result, Step};
+use tandem_core::{Backend, BufId, BufInfo, DType, Error, Result, Step};
 
 mod blas;
 mod buffers;
@@ -351,23 +351,18 @@ fn is_weight_dtype(d: DType) -> bool {
 
 /// What the kernels handle: every op, with the dtypes they read and head sizes they hold.
 pub(crate) fn supports(op: &Op) -> bool {
-    let kv = |d: DType| matches!(d, DType::F32 | DType::F16);
     match op {
         Op::Embed(o) => is_weight_dtype(o.dtype),
         Op::Matmul(o) => is_weight_dtype(o.wdtype),
-        Op::Rope(o) => o.head_dim % 2 == 0,
-        Op::KvWrite(o) => kv(o.kv_dtype),
+        Op::KvWrite(_) => true,
         Op::Attention(o) => {
             // Decode rows take longer heads than prompt rows.
             let hd_max =
                 if o.decode_rows == o.n { ops::DECODE_HD_MAX } else { ops::PREFILL_HD_MAX };
-            kv(o.kv_dtype)
-                && o.kv_heads > 0
-                && o.heads % o.kv_heads == 0
-                && o.block_size > 0
-                && o.head_dim <= hd_max
+            o.head_dim <= hd_max
         }
         Op::RmsNorm(_)
+        | Op::Rope(_)
         | Op::Swiglu(_)
         | Op::Add(_)
         | Op::Argmax(_)
@@ -434,7 +429,11 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn execute(&mut self, step: &Step) -> Result<()> {
+    fn buffer(&self, buf: BufId) -> Option<BufInfo> {
+        self.table.get(buf).map(|e| BufInfo { dtype: e.dtype, numel: e.numel })
+    }
+
+    fn run(&mut self, step: &Step) -> Result<()> {
         self.dev.bind()?;
         let r = self.run_step(step);
         if r.is_err() {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use tandem_core::ops::*;
-use tandem_core::{BufId, DType};
+use tandem_core::{BufId, BufInfo, DType, Error};
 
 use crate::buffers::{Entry, Table};
 use crate::kernels::{self, KernelFile};
@@ -35,7 +35,15 @@ impl Fake {
         self.table.shadow_write(id, bytemuck::cast_slice(v));
         id
     }
+    /// Checks `ops` as `Backend::execute` does, then records them.
     fn record(&self, ops: &[Op]) -> tandem_core::Result<Vec<Launch>> {
+        for op in ops {
+            let info = |b| self.table.get(b).map(|e| BufInfo { dtype: e.dtype, numel: e.numel });
+            tandem_core::check_op(op, info)?;
+            if !crate::supports(op) {
+                return Err(Error::Unsupported { backend: "cuda".into(), op: op.name().into() });
+            }
+        }
         let (mut out, mut written) = (Vec::new(), Vec::new());
         let mut r = Recorder {
             table: &self.table,
@@ -288,13 +296,14 @@ fn bad_indices_and_shapes_are_errors() {
     assert!(e.contains("ids[1] = 10"), "{e}");
 
     let cache = f.buf(DType::F16, 4 * 8); // 4 rows of 8, or 2 blocks of 2 rows
+    let cache_v = f.buf(DType::F16, 4 * 8);
     let (k, v) = (f.buf(DType::F32, 8), f.buf(DType::F32, 8));
     let slots = f.u32s(&[4]);
     let kv = Op::KvWrite(KvWrite {
         k,
         v,
         cache_k: cache,
-        cache_v: cache,
+        cache_v,
         kv_dtype: DType::F16,
         slots,
         n: 1,
@@ -306,7 +315,7 @@ fn bad_indices_and_shapes_are_errors() {
 
     // Two queries over one 2-block table of 2-row blocks.
     let tables = f.u32s(&[1, 9]);
-    let q = f.buf(DType::F32, 16);
+    let (q, att_out) = (f.buf(DType::F32, 16), f.buf(DType::F32, 16));
     let att =
         |positions: &[u32], max_ctx: usize, head_dim: usize, kv_dtype: DType, f: &mut Fake| {
             let n = positions.len();
@@ -314,13 +323,13 @@ fn bad_indices_and_shapes_are_errors() {
             Op::Attention(Attention {
                 q,
                 cache_k: cache,
-                cache_v: cache,
+                cache_v,
                 kv_dtype,
                 positions,
                 table_starts,
                 tables,
                 tables_len: 2,
-                out: q,
+                out: att_out,
                 n,
                 decode_rows: 1,
                 max_ctx,
@@ -498,14 +507,15 @@ fn products_over_one_x_share_their_decode_launch() {
     assert_eq!(l[0].entry, "matmul_decode_nt_q4_1");
     let m_args: Vec<u64> = [6, 12, 18].iter().map(|&i| l[0].args[i].bits()).collect();
     assert_eq!(m_args, [64, 32, 32], "each segment's rows");
-    // Another x, or an output that is the shared x, breaks the run.
+    // Another x breaks the run; an output that is the shared x never gets there (the engine
+    // refuses an op writing a buffer it reads).
     let y = f.buf(DType::F32, n * k);
     let apart = [product(&mut f, x, 64, n), product(&mut f, y, 32, n)];
     assert_eq!(f.record(&apart).unwrap().len(), 2);
     let Op::Matmul(mut writes_x) = product(&mut f, x, 32, n) else { unreachable!() };
     writes_x.out = x;
     let q = product(&mut f, x, 64, n);
-    assert_eq!(f.record(&[q, Op::Matmul(writes_x)]).unwrap().len(), 2);
+    assert!(f.record(&[q, Op::Matmul(writes_x)]).is_err());
     // With prompt rows: the decode rows still share a launch, the prompt rows do not.
     let mixed = [product(&mut f, x, 64, 2), product(&mut f, x, 32, 2)];
     let l = f.record(&mixed).unwrap();
@@ -544,6 +554,7 @@ fn decode_steps_repeat_their_launches_as_contexts_grow() {
     // grow within max_ctx's power-of-two bucket (positions and tables are uploaded data).
     let mut f = Fake::new();
     let (cache, q) = (f.buf(DType::F16, 64 * 16 * 2 * 64), f.buf(DType::F32, 3 * 8 * 64));
+    let out = f.buf(DType::F32, 3 * 8 * 64);
     let (positions, table_starts, tables) = (f.u32s(&[0; 3]), f.u32s(&[0; 3]), f.u32s(&[0; 64]));
     let step = |max_ctx| {
         let op = Attention {
@@ -555,7 +566,7 @@ fn decode_steps_repeat_their_launches_as_contexts_grow() {
             table_starts,
             tables,
             tables_len: 64,
-            out: q,
+            out,
             n: 3,
             decode_rows: 3,
             max_ctx,

@@ -2,7 +2,7 @@
 //! to WebAssembly when there is no WebGPU. One enum, so the engine holds one `Model` type.
 
 use tandem_core::ops::Op;
-use tandem_core::{Backend, BufId, DType, Result, Step};
+use tandem_core::{Backend, BufId, BufInfo, DType, Result, Step};
 use tandem_cpu::CpuBackend;
 use tandem_wgpu::WgpuBackend;
 
@@ -54,10 +54,17 @@ impl Backend for WebBackend {
         }
     }
 
-    fn execute(&mut self, step: &Step) -> Result<()> {
+    fn buffer(&self, buf: BufId) -> Option<BufInfo> {
         match self {
-            WebBackend::Gpu(b) => b.execute(step),
-            WebBackend::Cpu(b) => b.execute(step),
+            WebBackend::Gpu(b) => b.buffer(buf),
+            WebBackend::Cpu(b) => b.buffer(buf),
+        }
+    }
+
+    fn run(&mut self, step: &Step) -> Result<()> {
+        match self {
+            WebBackend::Gpu(b) => b.run(step),
+            WebBackend::Cpu(b) => b.run(step),
         }
     }
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use tandem_core::ops::Op;
-use tandem_core::{Backend, BufId, DType, Error, Result, Step};
+use tandem_core::{Backend, BufId, BufInfo, DType, Error, Result, Step};
 
 mod buffers;
 mod ops;
@@ -34,6 +34,7 @@ pub fn shader_modules() -> Vec<(String, &'static str)> {
     pipelines::Shader::ALL.iter().map(|s| (format!("{s:?}"), s.source())).collect()
 }
 mod readback;
+mod step;
 
 use buffers::{Entry, Gpu, Part, Table};
 use pipelines::{Cache, PARAM_BYTES};
@@ -431,94 +432,6 @@ impl WgpuBackend {
             shadow: Default::default(),
         }))
     }
-
-    /// Records `step.ops`, then encodes and submits everything.
-    fn run_step(&mut self, step: &Step) -> Result<()> {
-        self.step_staging.forget(None);
-        let scratch = step
-            .ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Attention(a) => Some(ops::attention_scratch(a)),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
-        self.grow_scratch(scratch)?;
-        for (id, bytes) in &step.writes {
-            self.upload(*id, bytes)?;
-        }
-        let mut rec = ops::Recorder {
-            table: &self.table,
-            uses_f16: self.f16,
-            row_matvec: self.row_matvec(),
-            scratch: &self.scratch,
-            out: Vec::new(),
-            written_u32: Vec::new(),
-        };
-        for op in &step.ops {
-            rec.record(op)?;
-        }
-        let (dispatches, written) = (rec.out, rec.written_u32);
-        for id in written {
-            self.table.shadow_forget(id);
-        }
-        // The uniform arena: one slot per dispatch, one upload.
-        let arena_bytes = (dispatches.len() as u64 * self.align).max(self.align);
-        if self.arena.buffer.size() < arena_bytes {
-            let size = arena_bytes.next_power_of_two();
-            let buffer = self.scoped(|s| {
-                Self::raw_buffer(
-                    &s.device,
-                    size,
-                    wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                )
-            })?;
-            let old = std::mem::replace(&mut self.arena, Gpu { uid: self.table.uid(), buffer });
-            self.cache.forget(&[old.uid]);
-        }
-        let mut params = vec![0u8; arena_bytes as usize];
-        for (i, d) in dispatches.iter().enumerate() {
-            let at = i * self.align as usize;
-            params[at..at + d.params.len() * 4].copy_from_slice(bytemuck::cast_slice(&d.params));
-        }
-        let copies = self.plan_read_back(&step.read_back)?;
-        let submitted = self.scoped(|s| {
-            s.queue.write_buffer(&s.arena.buffer, 0, &params);
-            let mut enc = s.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("tandem step"),
-            });
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("tandem step"),
-                    timestamp_writes: None,
-                });
-                for (i, d) in dispatches.iter().enumerate() {
-                    let pipeline = s.cache.pipeline(&s.device, &d.pipe);
-                    let group = s.cache.bind_group(
-                        &s.device,
-                        d.pipe.shader,
-                        (s.arena.uid, &s.arena.buffer),
-                        &d.bufs,
-                    );
-                    pass.set_pipeline(&pipeline);
-                    pass.set_bind_group(0, &group, &[(i as u64 * s.align) as u32]);
-                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
-                }
-            }
-            // The step's results go to mappable memory in the same submission.
-            s.encode_read_back(&mut enc, &copies);
-            s.queue.submit([enc.finish()]);
-        });
-        if submitted.is_err() {
-            self.step_staging.forget(None);
-        }
-        submitted?;
-        self.stats.submissions += 1;
-        self.stats.steps += 1;
-        self.stats.dispatches += dispatches.len() as u64;
-        Ok(())
-    }
 }
 
 fn storage_usage() -> wgpu::BufferUsages {
@@ -535,25 +448,9 @@ fn pad4(bytes: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(v)
 }
 
+/// The weight types the kernels read: those with a [`DType::kernel_code`].
 fn is_weight_dtype(d: DType) -> bool {
-    matches!(
-        d,
-        DType::F32
-            | DType::F16
-            | DType::BF16
-            | DType::Q8_0
-            | DType::Q4_0
-            | DType::Q4_1
-            | DType::Q5_0
-            | DType::Q5_1
-            | DType::Q2_K
-            | DType::Q3_K
-            | DType::Q4_K
-            | DType::Q5_K
-            | DType::Q6_K
-            | DType::IQ4_NL
-            | DType::IQ4_XS
-    )
+    d.kernel_code().is_some()
 }
 
 impl Backend for WgpuBackend {
@@ -562,22 +459,14 @@ impl Backend for WgpuBackend {
     }
 
     fn supports(&self, op: &Op) -> bool {
-        let kv = |d: DType| matches!(d, DType::F32 | DType::F16);
         match op {
             Op::Embed(o) => is_weight_dtype(o.dtype),
             Op::Matmul(o) => is_weight_dtype(o.wdtype),
-            Op::Rope(o) => o.head_dim % 2 == 0,
-            Op::KvWrite(o) => {
-                kv(o.kv_dtype) && (o.kv_dtype == DType::F32 || (o.kv_heads * o.head_dim) % 2 == 0)
-            }
-            Op::Attention(o) => {
-                kv(o.kv_dtype)
-                    && o.kv_heads > 0
-                    && o.heads % o.kv_heads == 0
-                    && o.block_size > 0
-                    && o.head_dim <= ops::attention_hd_max(o)
-            }
+            // Two f16 share a word: an odd row would need two invocations writing one word.
+            Op::KvWrite(o) => o.kv_dtype == DType::F32 || (o.kv_heads * o.head_dim) % 2 == 0,
+            Op::Attention(o) => o.head_dim <= ops::attention_hd_max(o),
             Op::RmsNorm(_)
+            | Op::Rope(_)
             | Op::Swiglu(_)
             | Op::Add(_)
             | Op::Argmax(_)
@@ -608,7 +497,11 @@ impl Backend for WgpuBackend {
         self.cache.forget(&uids);
     }
 
-    fn execute(&mut self, step: &Step) -> Result<()> {
+    fn buffer(&self, buf: BufId) -> Option<BufInfo> {
+        self.table.get(buf).map(|e| BufInfo { dtype: e.dtype, numel: e.numel })
+    }
+
+    fn run(&mut self, step: &Step) -> Result<()> {
         self.check_health()?;
         self.run_step(step)
     }

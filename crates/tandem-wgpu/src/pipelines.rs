@@ -45,7 +45,8 @@ impl Shader {
     ];
 
     /// The WGSL module: the shader's file, with shaders/kquant.wgsl appended to the two that
-    /// read GGUF block types.
+    /// read GGUF block types, and shaders/matmul_tiled.wgsl (the prompt rows' kernel) to both
+    /// matmul modules.
     pub(crate) fn source(self) -> &'static str {
         match self {
             Shader::Embed => concat!(
@@ -55,9 +56,13 @@ impl Shader {
             Shader::RmsNorm => include_str!("../../../shaders/rms_norm.wgsl"),
             Shader::Matmul => concat!(
                 include_str!("../../../shaders/matmul.wgsl"),
+                include_str!("../../../shaders/matmul_tiled.wgsl"),
                 include_str!("../../../shaders/kquant.wgsl")
             ),
-            Shader::MatmulF16Native => include_str!("../../../shaders/matmul_f16_native.wgsl"),
+            Shader::MatmulF16Native => concat!(
+                include_str!("../../../shaders/matmul_f16_native.wgsl"),
+                include_str!("../../../shaders/matmul_tiled.wgsl")
+            ),
             Shader::Rope => include_str!("../../../shaders/rope.wgsl"),
             Shader::KvWrite => include_str!("../../../shaders/kv_write.wgsl"),
             Shader::AttentionPrefill => include_str!("../../../shaders/attention_prefill.wgsl"),

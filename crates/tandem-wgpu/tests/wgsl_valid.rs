@@ -40,3 +40,20 @@ fn every_wgsl_module_validates() {
         }
     }
 }
+
+/// The DT_* numbers the shaders switch on are `DType::kernel_code`'s: the host sets DTYPE by it.
+#[test]
+fn dtype_numbers_are_the_cores() {
+    let consts: Vec<(String, u32)> = include_str!("../../../shaders/kquant.wgsl")
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.strip_prefix("const DT_")?.split_once(": u32 = ")?;
+            Some((name.to_lowercase(), value.strip_suffix("u;")?.parse().ok()?))
+        })
+        .collect();
+    let want: Vec<(String, u32)> = tandem_core::DType::ALL
+        .iter()
+        .filter_map(|d| Some((d.name().to_string(), d.kernel_code()?)))
+        .collect();
+    assert_eq!(consts, want);
+}

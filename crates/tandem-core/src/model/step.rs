@@ -473,12 +473,7 @@ impl<B: Backend> Model<B> {
                 ));
             }
         }
-        if let Some(op) = step.ops.iter().find(|op| !self.backend.supports(op)) {
-            return Err(Error::Unsupported {
-                backend: self.backend.name(),
-                op: format!("{} ({op:?})", op.name()),
-            });
-        }
+        // `Backend::execute` checks every op (operands, shape, `supports`) before running any.
         Ok(step)
     }
 }

@@ -1,7 +1,7 @@
 //! Residual add, in place: x += y.
 
 use tandem_core::ops::Add;
-use tandem_core::{DType, Result};
+use tandem_core::Result;
 
 use super::chunk_rows;
 use crate::table::Table;
@@ -10,8 +10,8 @@ use crate::Exec;
 const OP: &str = "add";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Add) -> Result<()> {
-    t.with_output(OP, "x", op.x, DType::F32, op.len, |t, x| {
-        let y = t.input(OP, "y", op.y, DType::F32, op.len)?;
+    t.with_out(OP, "x", op.x, |t, x| {
+        let y = t.arg(OP, "y", op.y)?;
         let (x, y) = (&mut x.f32_mut()[..op.len], &y.f32()[..op.len]);
         match (ex.fast, ex.pool_for(op.len)) {
             (false, _) => reference(x, y),

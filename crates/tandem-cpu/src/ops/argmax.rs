@@ -1,17 +1,17 @@
 //! Index of each row's largest value: lowest index on ties, NaN never wins.
 
 use tandem_core::ops::Argmax;
-use tandem_core::{DType, Result};
+use tandem_core::Result;
 
-use crate::table::{numel, Table};
+use crate::table::Table;
 use crate::Exec;
 
 const OP: &str = "argmax";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Argmax) -> Result<()> {
-    let len = numel(OP, &[op.n, op.width])?;
-    t.with_output(OP, "out", op.out, DType::U32, op.n, |t, out| {
-        let x = &t.input(OP, "x", op.x, DType::F32, len)?.f32()[..len];
+    let len = op.n * op.width;
+    t.with_out(OP, "out", op.out, |t, out| {
+        let x = &t.arg(OP, "x", op.x)?.f32()[..len];
         let out = &mut out.u32_mut()[..op.n];
         match ex.pool {
             // One row (a decode step's logits) is a single scan: no pool. Without a pool the

@@ -1,19 +1,19 @@
 //! dst[dst_row + i] = src[src_row + i]: gathers rows of a batch (the rows that need logits).
 
 use tandem_core::ops::CopyRows;
-use tandem_core::{DType, Result};
+use tandem_core::Result;
 
-use crate::table::{numel, Table};
+use crate::table::Table;
 use crate::Exec;
 
 const OP: &str = "copy_rows";
 
 pub(crate) fn run(t: &mut Table, _ex: Exec, op: &CopyRows) -> Result<()> {
-    let src_len = numel(OP, &[op.src_row.saturating_add(op.n_rows), op.width])?;
-    let dst_len = numel(OP, &[op.dst_row.saturating_add(op.n_rows), op.width])?;
+    let src_len = op.src_row.saturating_add(op.n_rows) * op.width;
+    let dst_len = op.dst_row.saturating_add(op.n_rows) * op.width;
     let (s0, d0) = (op.src_row * op.width, op.dst_row * op.width);
-    t.with_output(OP, "dst", op.dst, DType::F32, dst_len, |t, dst| {
-        let src = t.input(OP, "src", op.src, DType::F32, src_len)?.f32();
+    t.with_out(OP, "dst", op.dst, |t, dst| {
+        let src = t.arg(OP, "src", op.src)?.f32();
         // A plain copy is already memory-bound; both modes share it.
         reference(&src[s0..src_len], &mut dst.f32_mut()[d0..dst_len]);
         Ok(())

@@ -2,22 +2,18 @@
 
 use tandem_core::dtype::bf16_to_f32;
 use tandem_core::ops::{check_indices, Embed};
-use tandem_core::{DType, Result};
+use tandem_core::Result;
 
-use crate::table::{bad_dtype, numel, Table, Weight};
-use crate::{is_weight_dtype, Exec};
+use crate::table::{Table, Weight};
+use crate::Exec;
 
 const OP: &str = "embed";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Embed) -> Result<()> {
-    if !is_weight_dtype(op.dtype) {
-        return Err(bad_dtype(OP, "table", crate::WEIGHT_DTYPES, op.dtype));
-    }
-    let table_len = numel(OP, &[op.vocab, op.dim])?;
-    let out_len = numel(OP, &[op.n, op.dim])?;
-    t.with_output(OP, "out", op.out, DType::F32, out_len, |t, out| {
-        let table = t.input(OP, "table", op.table, op.dtype, table_len)?;
-        let ids = &t.input(OP, "ids", op.ids, DType::U32, op.n)?.u32()[..op.n];
+    let out_len = op.n * op.dim;
+    t.with_out(OP, "out", op.out, |t, out| {
+        let table = t.arg(OP, "table", op.table)?;
+        let ids = &t.arg(OP, "ids", op.ids)?.u32()[..op.n];
         check_indices(OP, "ids", ids, op.vocab, "vocab")?;
         let out = &mut out.f32_mut()[..out_len];
         match ex.fast {

@@ -5,20 +5,17 @@ use half::slice::HalfFloatSliceExt;
 use tandem_core::ops::{check_indices, KvWrite};
 use tandem_core::{DType, Result};
 
-use crate::table::{bad_dtype, numel, Buffer, Table};
-use crate::{is_kv_dtype, Exec};
+use crate::table::{Buffer, Table};
+use crate::Exec;
 
 const OP: &str = "kv_write";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &KvWrite) -> Result<()> {
-    if !is_kv_dtype(op.kv_dtype) {
-        return Err(bad_dtype(OP, "cache", "f32/f16", op.kv_dtype));
-    }
-    let row = numel(OP, &[op.kv_heads, op.head_dim])?;
-    let len = numel(OP, &[op.n, row])?;
+    let row = op.kv_heads * op.head_dim;
+    let len = op.n * row;
     // Both caches go out of the table at once; put them back whatever happens.
-    let mut ck = t.take(OP, "cache_k", op.cache_k, op.kv_dtype, 0)?;
-    let r = match t.take(OP, "cache_v", op.cache_v, op.kv_dtype, 0) {
+    let mut ck = t.take_out(OP, "cache_k", op.cache_k)?;
+    let r = match t.take_out(OP, "cache_v", op.cache_v) {
         Ok(mut cv) => {
             let r = write_both(t, ex, op, row, len, &mut ck, &mut cv);
             t.put(op.cache_v, cv);
@@ -39,9 +36,9 @@ fn write_both(
     ck: &mut Buffer,
     cv: &mut Buffer,
 ) -> Result<()> {
-    let k = &t.input(OP, "k", op.k, DType::F32, len)?.f32()[..len];
-    let v = &t.input(OP, "v", op.v, DType::F32, len)?.f32()[..len];
-    let slots = &t.input(OP, "slots", op.slots, DType::U32, op.n)?.u32()[..op.n];
+    let k = &t.arg(OP, "k", op.k)?.f32()[..len];
+    let v = &t.arg(OP, "v", op.v)?.f32()[..len];
+    let slots = &t.arg(OP, "slots", op.slots)?.u32()[..op.n];
     let rows = ck.numel.min(cv.numel).checked_div(row).unwrap_or(0);
     check_indices(OP, "slots", slots, rows, "cache rows")?;
     // Scattering n rows is memory traffic only; both modes share the one loop.

@@ -1,19 +1,19 @@
 //! out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight.
 
 use tandem_core::ops::RmsNorm;
-use tandem_core::{DType, Result};
+use tandem_core::Result;
 
 use super::dot;
-use crate::table::{numel, Table};
+use crate::table::Table;
 use crate::Exec;
 
 const OP: &str = "rms_norm";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &RmsNorm) -> Result<()> {
-    let len = numel(OP, &[op.n, op.dim])?;
-    t.with_output(OP, "out", op.out, DType::F32, len, |t, out| {
-        let x = &t.input(OP, "x", op.x, DType::F32, len)?.f32()[..len];
-        let w = &t.input(OP, "weight", op.weight, DType::F32, op.dim)?.f32()[..op.dim];
+    let len = op.n * op.dim;
+    t.with_out(OP, "out", op.out, |t, out| {
+        let x = &t.arg(OP, "x", op.x)?.f32()[..len];
+        let w = &t.arg(OP, "weight", op.weight)?.f32()[..op.dim];
         let out = &mut out.f32_mut()[..len];
         match (ex.fast, ex.pool_for(len)) {
             (false, _) => reference(x, w, out, op.dim, op.eps),

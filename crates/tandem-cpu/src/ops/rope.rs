@@ -2,26 +2,19 @@
 //! element i + head_dim/2, rotated by position * inv_freq[i].
 
 use tandem_core::ops::Rope;
-use tandem_core::{DType, Error, Result};
+use tandem_core::Result;
 
-use crate::table::{numel, Table};
+use crate::table::Table;
 use crate::Exec;
 
 const OP: &str = "rope";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Rope) -> Result<()> {
-    if !op.head_dim.is_multiple_of(2) {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: "an even head_dim".into(),
-            got: op.head_dim.to_string(),
-        });
-    }
-    let len = numel(OP, &[op.n, op.heads, op.head_dim])?;
+    let len = op.n * op.heads * op.head_dim;
     let half = op.head_dim / 2;
-    t.with_output(OP, "x", op.x, DType::F32, len, |t, x| {
-        let pos = &t.input(OP, "positions", op.positions, DType::U32, op.n)?.u32()[..op.n];
-        let inv_freq = &t.input(OP, "inv_freq", op.inv_freq, DType::F32, half)?.f32()[..half];
+    t.with_out(OP, "x", op.x, |t, x| {
+        let pos = &t.arg(OP, "positions", op.positions)?.u32()[..op.n];
+        let inv_freq = &t.arg(OP, "inv_freq", op.inv_freq)?.f32()[..half];
         let x = &mut x.f32_mut()[..len];
         match (ex.fast, ex.pool_for(len)) {
             (false, _) => reference(x, pos, inv_freq, op.heads, op.head_dim),

@@ -4,24 +4,22 @@
 
 use tandem_core::ops::{Sample, SampleRow};
 use tandem_core::sampling::sample_with;
-use tandem_core::{DType, Result};
+use tandem_core::Result;
 
-use crate::table::{numel, Table};
+use crate::table::Table;
 use crate::Exec;
 
 const OP: &str = "sample";
 
 pub(crate) fn run(t: &mut Table, _ex: Exec, op: &Sample) -> Result<()> {
-    let len = numel(OP, &[op.n, op.width])?;
-    let words = numel(OP, &[op.n, SampleRow::WORDS])?;
-    t.with_output(OP, "out", op.out, DType::U32, op.n, |t, out| {
-        let rows = SampleRow::from_words(
-            &t.input(OP, "params", op.params, DType::U32, words)?.u32()[..words],
-        );
+    let len = op.n * op.width;
+    let words = op.n * SampleRow::WORDS;
+    t.with_out(OP, "out", op.out, |t, out| {
+        let rows = SampleRow::from_words(&t.arg(OP, "params", op.params)?.u32()[..words]);
         for r in &rows {
             r.check()?;
         }
-        let x = &t.input(OP, "x", op.x, DType::F32, len)?.f32()[..len];
+        let x = &t.arg(OP, "x", op.x)?.f32()[..len];
         for (i, o) in out.u32_mut()[..op.n].iter_mut().enumerate() {
             *o = sample_with(&x[i * op.width..(i + 1) * op.width], &rows[i]);
         }

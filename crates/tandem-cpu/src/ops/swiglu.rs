@@ -1,7 +1,7 @@
 //! out = silu(gate) * up, elementwise.
 
 use tandem_core::ops::Swiglu;
-use tandem_core::{DType, Result};
+use tandem_core::Result;
 
 use super::chunk_rows;
 use crate::table::Table;
@@ -10,9 +10,9 @@ use crate::Exec;
 const OP: &str = "swiglu";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Swiglu) -> Result<()> {
-    t.with_output(OP, "out", op.out, DType::F32, op.len, |t, out| {
-        let gate = &t.input(OP, "gate", op.gate, DType::F32, op.len)?.f32()[..op.len];
-        let up = &t.input(OP, "up", op.up, DType::F32, op.len)?.f32()[..op.len];
+    t.with_out(OP, "out", op.out, |t, out| {
+        let gate = &t.arg(OP, "gate", op.gate)?.f32()[..op.len];
+        let up = &t.arg(OP, "up", op.up)?.f32()[..op.len];
         let out = &mut out.f32_mut()[..op.len];
         match ex.pool_for(op.len) {
             Some(_) if ex.fast => fast(ex, gate, up, out),

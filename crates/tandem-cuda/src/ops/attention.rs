@@ -10,10 +10,10 @@
 //! partitions past a row's context exit at once.
 
 use tandem_core::ops::Attention;
-use tandem_core::{DType, Error, Result};
+use tandem_core::{DType, Result};
 
 use crate::kernels::KernelFile;
-use crate::launch::{fits_u32, numel, Arg, Recorder};
+use crate::launch::{fits_u32, Arg, Recorder};
 
 const OP: &str = "attention";
 /// Largest head_dim of the prefill kernel (AP_HDMAX); decode takes up to 256.
@@ -64,25 +64,16 @@ pub(crate) fn decode_scratch_floats(op: &Attention) -> usize {
 }
 
 pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
-    op.check_shape()?;
     let (n, dr) = (op.n, op.decode_rows);
-    let hd_max = if dr == n { DECODE_HD_MAX } else { PREFILL_HD_MAX };
-    if op.head_dim > hd_max {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: format!("head_dim <= {hd_max}"),
-            got: op.head_dim.to_string(),
-        });
-    }
-    let len = numel(OP, &[n, op.heads, op.head_dim])?;
-    let block_elems = numel(OP, &[op.block_size, op.kv_heads, op.head_dim])?;
-    let q = r.buf(OP, "q", op.q, DType::F32, len)?.ptr;
-    let ck = r.buf(OP, "cache_k", op.cache_k, op.kv_dtype, 0)?;
-    let cv = r.buf(OP, "cache_v", op.cache_v, op.kv_dtype, 0)?;
-    let pos = r.buf(OP, "positions", op.positions, DType::U32, n)?;
-    let starts = r.buf(OP, "table_starts", op.table_starts, DType::U32, n)?;
-    let tables = r.buf(OP, "tables", op.tables, DType::U32, op.tables_len)?;
-    let out = r.buf(OP, "out", op.out, DType::F32, len)?.ptr;
+    let len = n * op.heads * op.head_dim;
+    let block_elems = op.block_size * op.kv_heads * op.head_dim;
+    let q = r.buf(OP, "q", op.q)?.ptr;
+    let ck = r.buf(OP, "cache_k", op.cache_k)?;
+    let cv = r.buf(OP, "cache_v", op.cache_v)?;
+    let pos = r.buf(OP, "positions", op.positions)?;
+    let starts = r.buf(OP, "table_starts", op.table_starts)?;
+    let tables = r.buf(OP, "tables", op.tables)?;
+    let out = r.buf(OP, "out", op.out)?.ptr;
     let num_blocks = ck.numel.min(cv.numel) / block_elems.max(1);
     if let (Some(p), Some(s), Some(t)) =
         (pos.shadow.values(n), starts.shadow.values(n), tables.shadow.values(op.tables_len))

@@ -1,22 +1,21 @@
 //! Token embedding lookup (kernels/embed.cu).
 
 use tandem_core::ops::Embed;
-use tandem_core::{DType, Result};
+use tandem_core::Result;
 
 use super::{quant_offsets, weight_entries, weight_index, WEIGHT_DTYPES};
 use crate::kernels::KernelFile;
-use crate::launch::{bad_dtype, fits_u32, grid_1d, numel, Arg, Recorder};
+use crate::launch::{bad_dtype, fits_u32, grid_1d, Arg, Recorder};
 
 const OP: &str = "embed";
 
 pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
     let wi =
         weight_index(op.dtype).ok_or_else(|| bad_dtype(OP, "table", WEIGHT_DTYPES, op.dtype))?;
-    let table_len = numel(OP, &[op.vocab, op.dim])?;
-    let out_len = numel(OP, &[op.n, op.dim])?;
-    let table = r.buf(OP, "table", op.table, op.dtype, table_len)?;
-    let ids = r.buf(OP, "ids", op.ids, DType::U32, op.n)?;
-    let out = r.buf(OP, "out", op.out, DType::F32, out_len)?;
+    let out_len = op.n * op.dim;
+    let table = r.buf(OP, "table", op.table)?;
+    let ids = r.buf(OP, "ids", op.ids)?;
+    let out = r.buf(OP, "out", op.out)?;
     ids.shadow.check_indices(OP, "ids", op.n, op.vocab, "vocab")?;
     let (d_off, m_off) = quant_offsets(op.dtype, table.numel);
     let args = [

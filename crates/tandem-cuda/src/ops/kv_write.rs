@@ -4,7 +4,7 @@ use tandem_core::ops::KvWrite;
 use tandem_core::{DType, Result};
 
 use crate::kernels::KernelFile;
-use crate::launch::{bad_dtype, fits_u32, grid_1d, numel, Arg, Recorder};
+use crate::launch::{bad_dtype, fits_u32, grid_1d, Arg, Recorder};
 
 const OP: &str = "kv_write";
 
@@ -14,13 +14,13 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
         DType::F16 => "kv_write_f16",
         d => return Err(bad_dtype(OP, "cache", "f32/f16", d)),
     };
-    let row = numel(OP, &[op.kv_heads, op.head_dim])?;
-    let len = numel(OP, &[op.n, row])?;
-    let k = r.buf(OP, "k", op.k, DType::F32, len)?.ptr;
-    let v = r.buf(OP, "v", op.v, DType::F32, len)?.ptr;
-    let ck = r.buf(OP, "cache_k", op.cache_k, op.kv_dtype, 0)?;
-    let cv = r.buf(OP, "cache_v", op.cache_v, op.kv_dtype, 0)?;
-    let slots = r.buf(OP, "slots", op.slots, DType::U32, op.n)?;
+    let row = op.kv_heads * op.head_dim;
+    let len = op.n * row;
+    let k = r.buf(OP, "k", op.k)?.ptr;
+    let v = r.buf(OP, "v", op.v)?.ptr;
+    let ck = r.buf(OP, "cache_k", op.cache_k)?;
+    let cv = r.buf(OP, "cache_v", op.cache_v)?;
+    let slots = r.buf(OP, "slots", op.slots)?;
     let rows = ck.numel.min(cv.numel).checked_div(row).unwrap_or(0);
     slots.shadow.check_indices(OP, "slots", op.n, rows, "cache rows")?;
     let args = [

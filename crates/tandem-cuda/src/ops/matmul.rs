@@ -16,7 +16,7 @@ use tandem_core::{DType, Error, Result};
 use super::{quant_offsets, weight_entries, weight_index, WEIGHT_DTYPES};
 use crate::blas::Gemm;
 use crate::kernels::KernelFile;
-use crate::launch::{bad_dtype, fits_u32, grid_1d, numel, Arg, Recorder};
+use crate::launch::{bad_dtype, fits_u32, grid_1d, Arg, Recorder};
 
 const OP: &str = "matmul";
 /// Tokens per blockIdx.y of the warp-per-row kernels (MATVEC_MAXN).
@@ -110,24 +110,15 @@ struct Checked<'a> {
 
 fn check<'a>(r: &Recorder, op: &'a Matmul) -> Result<Option<Checked<'a>>> {
     let wi = weight_index(op.wdtype).ok_or_else(|| bad_dtype(OP, "w", WEIGHT_DTYPES, op.wdtype))?;
-    let (n, k, m, dr) = (op.n, op.k, op.m, op.decode_rows);
-    if dr > n {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: format!("decode_rows <= n = {n}"),
-            got: format!("decode_rows = {dr}"),
-        });
-    }
-    let x_len = numel(OP, &[n, k])?;
-    let w_len = numel(OP, &[m, k])?;
-    let out_len = numel(OP, &[n, m])?;
-    let x = r.buf(OP, "x", op.x, DType::F32, x_len)?.ptr;
-    let w = r.buf(OP, "w", op.w, op.wdtype, w_len)?;
+    let (n, k, m) = (op.n, op.k, op.m);
+    let out_len = n * m;
+    let x = r.buf(OP, "x", op.x)?.ptr;
+    let w = r.buf(OP, "w", op.w)?;
     let bias = match op.bias {
-        Some(b) => r.buf(OP, "bias", b, DType::F32, m)?.ptr,
+        Some(b) => r.buf(OP, "bias", b)?.ptr,
         None => 0, // a null pointer: the kernels test it
     };
-    let out = r.buf(OP, "out", op.out, DType::F32, out_len)?.ptr;
+    let out = r.buf(OP, "out", op.out)?.ptr;
     if out_len == 0 {
         return Ok(None);
     }

@@ -77,41 +77,25 @@ pub(crate) fn scratch_bytes(ops: &[Op], tc: bool) -> usize {
     scratch
 }
 
-/// A weight dtype's index into every weight kernel's entry list ([`weight_entries!`]):
-/// f32, f16, bf16, q8_0, q4_0, q4_1. `None` for types no weight kernel reads.
+/// A weight dtype's index into every weight kernel's entry list ([`weight_entries!`]): its
+/// [`DType::kernel_code`], the number kernels/common.cuh gives it as `DT_*`. `None` for types
+/// no weight kernel reads.
 pub(crate) fn weight_index(d: DType) -> Option<usize> {
-    match d {
-        DType::F32 => Some(0),
-        DType::F16 => Some(1),
-        DType::BF16 => Some(2),
-        DType::Q8_0 => Some(3),
-        DType::Q4_0 => Some(4),
-        DType::Q4_1 => Some(5),
-        DType::Q4_K => Some(6),
-        DType::Q6_K => Some(7),
-        DType::Q5_0 => Some(8),
-        DType::Q5_1 => Some(9),
-        DType::Q5_K => Some(10),
-        DType::Q2_K => Some(11),
-        DType::Q3_K => Some(12),
-        DType::IQ4_NL => Some(13),
-        DType::IQ4_XS => Some(14),
-        _ => None,
-    }
+    d.kernel_code().map(|c| c as usize)
 }
 
-/// The entry names of a weight kernel, in [`weight_index`] order: the six tandem types, then
-/// the GGUF block types, which only the element-wise kernels (embed, matmul_prefill,
-/// matmul_decode_any) and matmul_decode_kq have.
+/// The entry names of a weight kernel, in [`DType::kernel_code`] order: the six tandem types
+/// (bf16 last of them), then the GGUF block types, which only the element-wise kernels (embed,
+/// matmul_prefill, matmul_decode_any) and matmul_decode_kq have.
 macro_rules! weight_entries {
     ($prefix:literal) => {
         [
             concat!($prefix, "_f32"),
             concat!($prefix, "_f16"),
-            concat!($prefix, "_bf16"),
             concat!($prefix, "_q8_0"),
             concat!($prefix, "_q4_0"),
             concat!($prefix, "_q4_1"),
+            concat!($prefix, "_bf16"),
             concat!($prefix, "_q4_k"),
             concat!($prefix, "_q6_k"),
             concat!($prefix, "_q5_0"),

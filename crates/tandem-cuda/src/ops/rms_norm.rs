@@ -1,19 +1,18 @@
 //! out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight (kernels/rms_norm.cu): a block per row.
 
 use tandem_core::ops::RmsNorm;
-use tandem_core::{DType, Result};
+use tandem_core::Result;
 
 use crate::kernels::KernelFile;
-use crate::launch::{fits_u32, numel, Arg, Recorder};
+use crate::launch::{fits_u32, Arg, Recorder};
 
 const OP: &str = "rms_norm";
 const THREADS: u32 = 256; // RMS_THREADS
 
 pub(crate) fn record(r: &mut Recorder, op: &RmsNorm) -> Result<()> {
-    let len = numel(OP, &[op.n, op.dim])?;
-    let x = r.buf(OP, "x", op.x, DType::F32, len)?.ptr;
-    let w = r.buf(OP, "weight", op.weight, DType::F32, op.dim)?.ptr;
-    let out = r.buf(OP, "out", op.out, DType::F32, len)?.ptr;
+    let x = r.buf(OP, "x", op.x)?.ptr;
+    let w = r.buf(OP, "weight", op.weight)?.ptr;
+    let out = r.buf(OP, "out", op.out)?.ptr;
     if op.dim == 0 {
         return Ok(());
     }

@@ -3,26 +3,25 @@
 //! captured decode graph replays with fresh draws.
 
 use tandem_core::ops::{Sample, SampleRow};
-use tandem_core::{DType, Result};
+use tandem_core::Result;
 
 use crate::kernels::KernelFile;
-use crate::launch::{fits_u32, numel, Arg, Recorder};
+use crate::launch::{fits_u32, Arg, Recorder};
 
 const OP: &str = "sample";
 const THREADS: u32 = 256; // SAMPLE_THREADS
 
 pub(crate) fn record(r: &mut Recorder, op: &Sample) -> Result<()> {
-    let len = numel(OP, &[op.n, op.width])?;
-    let words = numel(OP, &[op.n, SampleRow::WORDS])?;
-    let x = r.buf(OP, "x", op.x, DType::F32, len)?.ptr;
-    let params = r.buf(OP, "params", op.params, DType::U32, words)?;
+    let words = op.n * SampleRow::WORDS;
+    let x = r.buf(OP, "x", op.x)?.ptr;
+    let params = r.buf(OP, "params", op.params)?;
     if let Some(v) = params.shadow.values(words) {
         for w in v.chunks_exact(SampleRow::WORDS) {
             bytemuck::pod_read_unaligned::<SampleRow>(bytemuck::cast_slice(w)).check()?;
         }
     }
     let params = params.ptr;
-    let out = r.buf(OP, "out", op.out, DType::U32, op.n)?.ptr;
+    let out = r.buf(OP, "out", op.out)?.ptr;
     r.written_u32.push(op.out);
     // The kernel splits a row into SAMPLE_THREADS contiguous chunks; keep their bounds in range.
     fits_u32(OP, "width + 256", op.width.saturating_add(THREADS as usize))?;

@@ -2,25 +2,18 @@
 //! element or one workgroup per row).
 
 use tandem_core::ops::{Add, Argmax, CopyRows, Rope, Swiglu};
-use tandem_core::{DType, Error, Result};
+use tandem_core::{Error, Result};
 
-use super::{fits_u32, groups_1d, numel, Recorder};
+use super::{fits_u32, groups_1d, Recorder};
 use crate::pipelines::{PipeKey, Shader};
 
 pub(crate) fn rope(r: &mut Recorder, op: &Rope) -> Result<()> {
     const OP: &str = "rope";
-    if op.head_dim % 2 != 0 {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: "an even head_dim".into(),
-            got: op.head_dim.to_string(),
-        });
-    }
-    let len = numel(OP, &[op.n, op.heads, op.head_dim])?;
+    let len = op.n * op.heads * op.head_dim;
     let half = op.head_dim / 2;
-    let x = r.buf(OP, "x", op.x, DType::F32, len)?;
-    let pos = r.buf(OP, "positions", op.positions, DType::U32, op.n)?;
-    let inv = r.buf(OP, "inv_freq", op.inv_freq, DType::F32, half)?;
+    let x = r.buf(OP, "x", op.x)?;
+    let pos = r.buf(OP, "positions", op.positions)?;
+    let inv = r.buf(OP, "inv_freq", op.inv_freq)?;
     if len == 0 {
         return Ok(());
     }
@@ -36,9 +29,9 @@ pub(crate) fn rope(r: &mut Recorder, op: &Rope) -> Result<()> {
 
 pub(crate) fn swiglu(r: &mut Recorder, op: &Swiglu) -> Result<()> {
     const OP: &str = "swiglu";
-    let gate = r.buf(OP, "gate", op.gate, DType::F32, op.len)?;
-    let up = r.buf(OP, "up", op.up, DType::F32, op.len)?;
-    let out = r.buf(OP, "out", op.out, DType::F32, op.len)?;
+    let gate = r.buf(OP, "gate", op.gate)?;
+    let up = r.buf(OP, "up", op.up)?;
+    let out = r.buf(OP, "out", op.out)?;
     if op.len == 0 {
         return Ok(());
     }
@@ -54,13 +47,10 @@ pub(crate) fn swiglu(r: &mut Recorder, op: &Swiglu) -> Result<()> {
 
 pub(crate) fn add(r: &mut Recorder, op: &Add) -> Result<()> {
     const OP: &str = "add";
-    let x = r.buf(OP, "x", op.x, DType::F32, op.len)?;
-    let y = r.buf(OP, "y", op.y, DType::F32, op.len)?;
+    let x = r.buf(OP, "x", op.x)?;
+    let y = r.buf(OP, "y", op.y)?;
     if op.len == 0 {
         return Ok(());
-    }
-    if x.0 == y.0 {
-        return Err(Error::InvalidParameter(format!("{OP}: y is x (buffer {})", op.x.0)));
     }
     let len = fits_u32(OP, "len", op.len)?;
     r.push(PipeKey::new(Shader::Add, "main"), vec![x, y], vec![len], groups_1d(op.len, 256));
@@ -69,9 +59,9 @@ pub(crate) fn add(r: &mut Recorder, op: &Add) -> Result<()> {
 
 pub(crate) fn argmax(r: &mut Recorder, op: &Argmax) -> Result<()> {
     const OP: &str = "argmax";
-    let len = numel(OP, &[op.n, op.width])?;
-    let x = r.buf(OP, "x", op.x, DType::F32, len)?;
-    let out = r.buf(OP, "out", op.out, DType::U32, op.n)?;
+    let len = op.n * op.width;
+    let x = r.buf(OP, "x", op.x)?;
+    let out = r.buf(OP, "out", op.out)?;
     r.written_u32.push(op.out);
     if op.n == 0 {
         return Ok(());
@@ -95,11 +85,11 @@ pub(crate) fn argmax(r: &mut Recorder, op: &Argmax) -> Result<()> {
 
 pub(crate) fn copy_rows(r: &mut Recorder, op: &CopyRows) -> Result<()> {
     const OP: &str = "copy_rows";
-    let src_len = numel(OP, &[op.src_row.saturating_add(op.n_rows), op.width])?;
-    let dst_len = numel(OP, &[op.dst_row.saturating_add(op.n_rows), op.width])?;
-    let len = numel(OP, &[op.n_rows, op.width])?;
-    let src = r.buf(OP, "src", op.src, DType::F32, src_len)?;
-    let dst = r.buf(OP, "dst", op.dst, DType::F32, dst_len)?;
+    let src_len = op.src_row.saturating_add(op.n_rows) * op.width;
+    let dst_len = op.dst_row.saturating_add(op.n_rows) * op.width;
+    let len = op.n_rows * op.width;
+    let src = r.buf(OP, "src", op.src)?;
+    let dst = r.buf(OP, "dst", op.dst)?;
     if len == 0 {
         return Ok(());
     }

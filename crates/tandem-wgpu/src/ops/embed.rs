@@ -2,11 +2,9 @@
 //! each part writes the output rows of the ids it holds).
 
 use tandem_core::ops::Embed;
-use tandem_core::{DType, Error, Result};
+use tandem_core::{Error, Result};
 
-use super::{
-    bad_dtype, dtype_code, fits_u32, groups_1d, numel, quant_offsets, Recorder, WEIGHT_DTYPES,
-};
+use super::{bad_dtype, dtype_code, fits_u32, groups_1d, quant_offsets, Recorder, WEIGHT_DTYPES};
 use crate::pipelines::{PipeKey, Shader};
 
 const OP: &str = "embed";
@@ -14,11 +12,10 @@ const OP: &str = "embed";
 pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
     let code =
         dtype_code(op.dtype).ok_or_else(|| bad_dtype(OP, "table", WEIGHT_DTYPES, op.dtype))?;
-    let table_len = numel(OP, &[op.vocab, op.dim])?;
-    let out_len = numel(OP, &[op.n, op.dim])?;
-    let table = r.table.check(OP, "table", op.table, op.dtype, table_len)?;
-    let ids = r.buf(OP, "ids", op.ids, DType::U32, op.n)?;
-    let out = r.buf(OP, "out", op.out, DType::F32, out_len)?;
+    let out_len = op.n * op.dim;
+    let table = r.table.entry(OP, "table", op.table)?;
+    let ids = r.buf(OP, "ids", op.ids)?;
+    let out = r.buf(OP, "out", op.out)?;
     r.table
         .get(op.ids)
         .expect("checked")

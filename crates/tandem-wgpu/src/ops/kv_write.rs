@@ -1,9 +1,9 @@
 //! Scatters the step's keys and values into their paged cache rows (both caches, one dispatch).
 
 use tandem_core::ops::KvWrite;
-use tandem_core::{DType, Error, Result};
+use tandem_core::{DType, Result};
 
-use super::{bad_dtype, fits_u32, groups_1d, numel, Recorder};
+use super::{bad_dtype, fits_u32, groups_1d, Recorder};
 use crate::pipelines::{PipeKey, Shader};
 
 const OP: &str = "kv_write";
@@ -14,26 +14,13 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
         DType::F16 => true,
         d => return Err(bad_dtype(OP, "cache", "f32/f16", d)),
     };
-    let row = numel(OP, &[op.kv_heads, op.head_dim])?;
-    let len = numel(OP, &[op.n, row])?;
-    if f16 && row % 2 != 0 {
-        // Two f16 share a word; an odd row would need two invocations writing one word.
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: "an even kv_heads * head_dim for an f16 cache".into(),
-            got: row.to_string(),
-        });
-    }
-    let k = r.buf(OP, "k", op.k, DType::F32, len)?;
-    let v = r.buf(OP, "v", op.v, DType::F32, len)?;
-    let ck = r.buf(OP, "cache_k", op.cache_k, op.kv_dtype, 0)?;
-    let cv = r.buf(OP, "cache_v", op.cache_v, op.kv_dtype, 0)?;
-    let slots = r.buf(OP, "slots", op.slots, DType::U32, op.n)?;
-    if ck.0 == cv.0 {
-        return Err(Error::InvalidParameter(format!(
-            "{OP}: cache_k and cache_v are the same buffer"
-        )));
-    }
+    let row = op.kv_heads * op.head_dim;
+    let len = op.n * row;
+    let k = r.buf(OP, "k", op.k)?;
+    let v = r.buf(OP, "v", op.v)?;
+    let ck = r.buf(OP, "cache_k", op.cache_k)?;
+    let cv = r.buf(OP, "cache_v", op.cache_v)?;
+    let slots = r.buf(OP, "slots", op.slots)?;
     let rows = {
         let (a, b) =
             (r.table.get(op.cache_k).expect("checked"), r.table.get(op.cache_v).expect("checked"));

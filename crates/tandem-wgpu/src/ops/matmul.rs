@@ -6,8 +6,7 @@ use tandem_core::ops::Matmul;
 use tandem_core::{DType, Error, Result};
 
 use super::{
-    bad_dtype, dtype_code, fits_u32, groups_1d, numel, quant_offsets, Dispatch, Recorder,
-    WEIGHT_DTYPES,
+    bad_dtype, dtype_code, fits_u32, groups_1d, quant_offsets, Dispatch, Recorder, WEIGHT_DTYPES,
 };
 use crate::pipelines::{PipeKey, Shader};
 
@@ -17,7 +16,7 @@ const OP: &str = "matmul";
 const TPR: usize = 32;
 /// Rows per workgroup of the row-per-invocation matrix-vector kernel.
 const RWG: usize = 64;
-/// Token rows per tile of the tiled kernel (TILE in matmul.wgsl).
+/// Token rows per tile of the tiled kernel (TILE in matmul_tiled.wgsl).
 const TILE: usize = 64;
 /// Most workgroups in one grid dimension.
 const MAX_GROUPS: usize = 65535;
@@ -25,23 +24,16 @@ const MAX_GROUPS: usize = 65535;
 pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     let code = dtype_code(op.wdtype).ok_or_else(|| bad_dtype(OP, "w", WEIGHT_DTYPES, op.wdtype))?;
     let (n, k, m) = (op.n, op.k, op.m);
-    if op.decode_rows > n {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            expected: format!("decode_rows <= n = {n}"),
-            got: format!("decode_rows = {}", op.decode_rows),
-        });
-    }
-    let x_len = numel(OP, &[n, k])?;
-    let w_len = numel(OP, &[m, k])?;
-    let out_len = numel(OP, &[n, m])?;
-    let x = r.buf(OP, "x", op.x, DType::F32, x_len)?;
-    let w = r.table.check(OP, "w", op.w, op.wdtype, w_len)?;
+    let x_len = n * k;
+    let w_len = m * k;
+    let out_len = n * m;
+    let x = r.buf(OP, "x", op.x)?;
+    let w = r.table.entry(OP, "w", op.w)?;
     let bias = match op.bias {
-        Some(b) => Some(r.buf(OP, "bias", b, DType::F32, m)?),
+        Some(b) => Some(r.buf(OP, "bias", b)?),
         None => None,
     };
-    let out = r.buf(OP, "out", op.out, DType::F32, out_len)?;
+    let out = r.buf(OP, "out", op.out)?;
     if w.parts.len() > 1 && w.shape.map(|s| s.1) != Some(k) {
         return Err(Error::ShapeMismatch {
             op: OP,

@@ -1,5 +1,5 @@
-//! Recording: each op is checked against its buffers (as the CPU backend checks them) and
-//! turned into dispatches; nothing touches the GPU until the whole step is recorded.
+//! Recording: each op, its operands checked by the engine, turned into dispatches; nothing
+//! touches the GPU until the whole step is recorded.
 
 use tandem_core::ops::Op;
 use tandem_core::{BufId, DType, Error, Result};
@@ -55,16 +55,9 @@ impl Recorder<'_> {
         }
     }
 
-    /// The single buffer of `id` after checking dtype and size.
-    pub fn buf(
-        &self,
-        op: &'static str,
-        role: &str,
-        id: BufId,
-        dtype: DType,
-        numel: usize,
-    ) -> Result<(u64, wgpu::Buffer)> {
-        let e = self.table.check(op, role, id, dtype, numel)?;
+    /// The single buffer of `id`, an operand the engine checked.
+    pub fn buf(&self, op: &'static str, role: &str, id: BufId) -> Result<(u64, wgpu::Buffer)> {
+        let e = self.table.entry(op, role, id)?;
         let g = e.whole().expect("checked: unsplit");
         Ok((g.uid, g.buffer.clone()))
     }
@@ -92,15 +85,6 @@ pub(crate) fn groups_1d(total: usize, wg: usize) -> [u32; 3] {
     }
 }
 
-/// Product of shape dimensions, as an error rather than an overflow.
-pub(crate) fn numel(op: &'static str, dims: &[usize]) -> Result<usize> {
-    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::ShapeMismatch {
-        op,
-        expected: "a shape whose element count fits in usize".into(),
-        got: format!("{dims:?}"),
-    })
-}
-
 /// Shapes beyond what 32-bit shader indexing can address.
 pub(crate) fn fits_u32(op: &'static str, what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::ShapeMismatch {
@@ -118,31 +102,13 @@ pub(crate) fn bad_dtype(op: &'static str, role: &str, allowed: &str, got: DType)
     }
 }
 
-/// The weight dtypes `dtype_code` maps, as the embed and matmul errors list them.
+/// The weight dtypes [`dtype_code`] maps, as the embed and matmul errors list them.
 pub(crate) const WEIGHT_DTYPES: &str =
     "f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1/q2_k/q3_k/q4_k/q5_k/q6_k/iq4_nl/iq4_xs";
 
-/// The DTYPE override constant shared by embed.wgsl and matmul.wgsl.
+/// The DTYPE override constant of embed.wgsl and matmul.wgsl: [`DType::kernel_code`].
 pub(crate) fn dtype_code(d: DType) -> Option<u32> {
-    match d {
-        DType::F32 => Some(0),
-        DType::F16 => Some(1),
-        DType::Q8_0 => Some(2),
-        DType::Q4_0 => Some(3),
-        DType::Q4_1 => Some(4),
-        DType::BF16 => Some(5),
-        DType::Q4_K => Some(6),
-        DType::Q6_K => Some(7),
-        DType::Q5_0 => Some(8),
-        DType::Q5_1 => Some(9),
-        DType::Q5_K => Some(10),
-        DType::Q2_K => Some(11),
-        DType::Q3_K => Some(12),
-        DType::IQ4_NL => Some(13),
-        DType::IQ4_XS => Some(14),
-        // U32 and any later block type without WGSL kernels.
-        _ => None,
-    }
+    d.kernel_code()
 }
 
 /// Word offsets of the d and m sections of a quantized part of `numel` elements (0 otherwise).

@@ -1,18 +1,18 @@
 //! out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight: one workgroup per row.
 
 use tandem_core::ops::RmsNorm;
-use tandem_core::{DType, Error, Result};
+use tandem_core::{Error, Result};
 
-use super::{fits_u32, numel, Recorder};
+use super::{fits_u32, Recorder};
 use crate::pipelines::{PipeKey, Shader};
 
 const OP: &str = "rms_norm";
 
 pub(crate) fn record(r: &mut Recorder, op: &RmsNorm) -> Result<()> {
-    let len = numel(OP, &[op.n, op.dim])?;
-    let x = r.buf(OP, "x", op.x, DType::F32, len)?;
-    let w = r.buf(OP, "weight", op.weight, DType::F32, op.dim)?;
-    let out = r.buf(OP, "out", op.out, DType::F32, len)?;
+    let len = op.n * op.dim;
+    let x = r.buf(OP, "x", op.x)?;
+    let w = r.buf(OP, "weight", op.weight)?;
+    let out = r.buf(OP, "out", op.out)?;
     if len == 0 {
         return Ok(());
     }

@@ -2,19 +2,19 @@
 //! so only its id comes back. It reproduces `tandem_core::sampling::sample_with` token for token.
 
 use tandem_core::ops::{Sample, SampleRow};
-use tandem_core::{DType, Error, Result};
+use tandem_core::{Error, Result};
 
-use super::{fits_u32, numel, Recorder};
+use super::{fits_u32, Recorder};
 use crate::pipelines::{PipeKey, Shader};
 
 const OP: &str = "sample";
 
 pub(crate) fn record(r: &mut Recorder, op: &Sample) -> Result<()> {
-    let len = numel(OP, &[op.n, op.width])?;
-    let words = numel(OP, &[op.n, SampleRow::WORDS])?;
-    let x = r.buf(OP, "x", op.x, DType::F32, len)?;
-    let params = r.buf(OP, "params", op.params, DType::U32, words)?;
-    let out = r.buf(OP, "out", op.out, DType::U32, op.n)?;
+    let len = op.n * op.width;
+    let words = op.n * SampleRow::WORDS;
+    let x = r.buf(OP, "x", op.x)?;
+    let params = r.buf(OP, "params", op.params)?;
+    let out = r.buf(OP, "out", op.out)?;
     // The rows' parameters, checked on the host copy of their upload (parameters a kernel
     // wrote have none; the kernel's loops are bounded whatever they hold).
     if let Some(v) = r.table.get(op.params).expect("checked").shadow.values(words) {

@@ -16,7 +16,7 @@ use half::slice::HalfFloatSliceExt;
 use tandem_core::ops::Attention;
 use tandem_core::{DType, Result};
 
-use crate::table::{numel, Table};
+use crate::table::Table;
 use crate::Exec;
 
 mod decode;
@@ -27,17 +27,15 @@ mod prefill;
 const OP: &str = "attention";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
-    op.check_shape()?;
-    let len = numel(OP, &[op.n, op.heads, op.head_dim])?;
-    let block_elems = numel(OP, &[op.block_size, op.kv_heads, op.head_dim])?;
-    t.with_output(OP, "out", op.out, DType::F32, len, |t, out| {
-        let q = &t.input(OP, "q", op.q, DType::F32, len)?.f32()[..len];
-        let ck = t.input(OP, "cache_k", op.cache_k, op.kv_dtype, 0)?;
-        let cv = t.input(OP, "cache_v", op.cache_v, op.kv_dtype, 0)?;
-        let positions = &t.input(OP, "positions", op.positions, DType::U32, op.n)?.u32()[..op.n];
-        let starts = &t.input(OP, "table_starts", op.table_starts, DType::U32, op.n)?.u32()[..op.n];
-        let tables =
-            &t.input(OP, "tables", op.tables, DType::U32, op.tables_len)?.u32()[..op.tables_len];
+    let len = op.n * op.heads * op.head_dim;
+    let block_elems = op.block_size * op.kv_heads * op.head_dim;
+    t.with_out(OP, "out", op.out, |t, out| {
+        let q = &t.arg(OP, "q", op.q)?.f32()[..len];
+        let ck = t.arg(OP, "cache_k", op.cache_k)?;
+        let cv = t.arg(OP, "cache_v", op.cache_v)?;
+        let positions = &t.arg(OP, "positions", op.positions)?.u32()[..op.n];
+        let starts = &t.arg(OP, "table_starts", op.table_starts)?.u32()[..op.n];
+        let tables = &t.arg(OP, "tables", op.tables)?.u32()[..op.tables_len];
         if len == 0 {
             return Ok(());
         }

@@ -1,0 +1,231 @@
+//! What each op's operands are, said once for every backend: which buffer, of which dtype, of
+//! how many elements at least, read or written; and the shape rules an op must follow whatever
+//! runs it. [`crate::backend::check_op`] checks an op against them before a backend sees it,
+//! so a backend only decides how to run an op (and whether it can: `supports`).
+
+use super::*;
+use crate::{Error, Result};
+
+/// How an op uses one of its buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    /// Read and written in place (Add's x, Rope's x, KvWrite's caches).
+    ReadWrite,
+}
+
+/// One buffer an op reads or writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operand {
+    /// The op field's name ("x", "cache_k"), as errors name it.
+    pub role: &'static str,
+    pub buf: BufId,
+    pub dtype: DType,
+    /// Elements the op touches, at least (the engine sizes buffers for its largest step).
+    pub numel: usize,
+    pub access: Access,
+}
+
+impl Operand {
+    /// Whether the op writes this buffer: then no other operand of the op may be it.
+    pub fn written(&self) -> bool {
+        self.access != Access::Read
+    }
+}
+
+/// An op's operands, held inline: the engine lists them for every op of every step, so
+/// listing allocates nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Operands {
+    list: [Operand; Operands::MAX],
+    len: usize,
+}
+
+impl Operands {
+    /// The most operands of any op (Attention's).
+    pub const MAX: usize = 7;
+
+    fn new() -> Self {
+        let none =
+            Operand { role: "", buf: BufId(0), dtype: DType::F32, numel: 0, access: Access::Read };
+        Operands { list: [none; Self::MAX], len: 0 }
+    }
+
+    fn push(&mut self, role: &'static str, buf: BufId, dtype: DType, numel: usize, a: Access) {
+        self.list[self.len] = Operand { role, buf, dtype, numel, access: a };
+        self.len += 1;
+    }
+}
+
+impl std::ops::Deref for Operands {
+    type Target = [Operand];
+    fn deref(&self) -> &[Operand] {
+        &self.list[..self.len]
+    }
+}
+
+/// Product of shape dimensions, as an error rather than an overflow.
+fn numel(op: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::ShapeMismatch {
+        op,
+        expected: "a shape whose element count fits in usize".into(),
+        got: format!("{dims:?}"),
+    })
+}
+
+fn bad(op: &'static str, expected: impl Into<String>, got: impl Into<String>) -> Error {
+    Error::ShapeMismatch { op, expected: expected.into(), got: got.into() }
+}
+
+/// The weight dtypes (every float and quantized type: not u32).
+fn is_weight(d: DType) -> bool {
+    d != DType::U32
+}
+
+fn check_kv(op: &'static str, d: DType) -> Result<()> {
+    match d {
+        DType::F32 | DType::F16 => Ok(()),
+        d => Err(bad(op, "cache dtype f32/f16", d.to_string())),
+    }
+}
+
+impl Op {
+    /// The name errors give: attention's rows of either class are one op.
+    pub(crate) fn family(&self) -> &'static str {
+        match self {
+            Op::Attention(_) => "attention",
+            op => op.name(),
+        }
+    }
+
+    /// The rules of the op's own fields, whatever its buffers and backend: dtypes an op may
+    /// name (a weight of a float or quantized type, a KV cache of f32 or f16), whole query
+    /// groups per KV head, real blocks, decode rows among the rows, an even rotary head.
+    pub fn check_shape(&self) -> Result<()> {
+        let op = self.family();
+        match self {
+            Op::Embed(o) if !is_weight(o.dtype) => {
+                Err(bad(op, "table of a float or quantized dtype", o.dtype.to_string()))
+            }
+            Op::Matmul(o) if !is_weight(o.wdtype) => {
+                Err(bad(op, "w of a float or quantized dtype", o.wdtype.to_string()))
+            }
+            Op::Matmul(o) if o.decode_rows > o.n => Err(bad(
+                op,
+                format!("decode_rows <= n = {}", o.n),
+                format!("decode_rows = {}", o.decode_rows),
+            )),
+            Op::Rope(o) if !o.head_dim.is_multiple_of(2) => {
+                Err(bad(op, "an even head_dim", o.head_dim.to_string()))
+            }
+            Op::KvWrite(o) => check_kv(op, o.kv_dtype),
+            Op::Attention(o) => {
+                check_kv(op, o.kv_dtype)?;
+                if o.kv_heads == 0 || !o.heads.is_multiple_of(o.kv_heads) {
+                    return Err(bad(
+                        op,
+                        "heads a multiple of kv_heads > 0",
+                        format!("heads {} kv_heads {}", o.heads, o.kv_heads),
+                    ));
+                }
+                if o.block_size == 0 {
+                    return Err(bad(op, "block_size > 0", "0"));
+                }
+                if o.decode_rows > o.n {
+                    return Err(bad(
+                        op,
+                        format!("decode_rows <= n = {}", o.n),
+                        format!("decode_rows = {}", o.decode_rows),
+                    ));
+                }
+                if o.n > 0 && o.max_ctx == 0 {
+                    return Err(bad(op, "max_ctx > 0 (every position is below it)", "0"));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The op's buffers with the dtype and least element count each must have. KV caches
+    /// count 0: any number of blocks will do (the indices into them are checked on the data).
+    /// Fails only when a shape's element count overflows.
+    pub fn operands(&self) -> Result<Operands> {
+        use Access::{Read, ReadWrite, Write};
+        let op = self.family();
+        let mut v = Operands::new();
+        match self {
+            Op::Embed(o) => {
+                v.push("table", o.table, o.dtype, numel(op, &[o.vocab, o.dim])?, Read);
+                v.push("ids", o.ids, DType::U32, o.n, Read);
+                v.push("out", o.out, DType::F32, numel(op, &[o.n, o.dim])?, Write);
+            }
+            Op::RmsNorm(o) => {
+                let len = numel(op, &[o.n, o.dim])?;
+                v.push("x", o.x, DType::F32, len, Read);
+                v.push("weight", o.weight, DType::F32, o.dim, Read);
+                v.push("out", o.out, DType::F32, len, Write);
+            }
+            Op::Matmul(o) => {
+                v.push("x", o.x, DType::F32, numel(op, &[o.n, o.k])?, Read);
+                v.push("w", o.w, o.wdtype, numel(op, &[o.m, o.k])?, Read);
+                if let Some(b) = o.bias {
+                    v.push("bias", b, DType::F32, o.m, Read);
+                }
+                v.push("out", o.out, DType::F32, numel(op, &[o.n, o.m])?, Write);
+            }
+            Op::Rope(o) => {
+                v.push("x", o.x, DType::F32, numel(op, &[o.n, o.heads, o.head_dim])?, ReadWrite);
+                v.push("positions", o.positions, DType::U32, o.n, Read);
+                v.push("inv_freq", o.inv_freq, DType::F32, o.head_dim / 2, Read);
+            }
+            Op::KvWrite(o) => {
+                let len = numel(op, &[o.n, o.kv_heads, o.head_dim])?;
+                v.push("k", o.k, DType::F32, len, Read);
+                v.push("v", o.v, DType::F32, len, Read);
+                v.push("cache_k", o.cache_k, o.kv_dtype, 0, ReadWrite);
+                v.push("cache_v", o.cache_v, o.kv_dtype, 0, ReadWrite);
+                v.push("slots", o.slots, DType::U32, o.n, Read);
+            }
+            Op::Attention(o) => {
+                let len = numel(op, &[o.n, o.heads, o.head_dim])?;
+                // The cache's rows must be addressable too (checked against the block count
+                // by backends, which know it).
+                numel(op, &[o.block_size, o.kv_heads, o.head_dim])?;
+                v.push("q", o.q, DType::F32, len, Read);
+                v.push("cache_k", o.cache_k, o.kv_dtype, 0, Read);
+                v.push("cache_v", o.cache_v, o.kv_dtype, 0, Read);
+                v.push("positions", o.positions, DType::U32, o.n, Read);
+                v.push("table_starts", o.table_starts, DType::U32, o.n, Read);
+                v.push("tables", o.tables, DType::U32, o.tables_len, Read);
+                v.push("out", o.out, DType::F32, len, Write);
+            }
+            Op::Swiglu(o) => {
+                v.push("gate", o.gate, DType::F32, o.len, Read);
+                v.push("up", o.up, DType::F32, o.len, Read);
+                v.push("out", o.out, DType::F32, o.len, Write);
+            }
+            Op::Add(o) => {
+                v.push("x", o.x, DType::F32, o.len, ReadWrite);
+                v.push("y", o.y, DType::F32, o.len, Read);
+            }
+            Op::Argmax(o) => {
+                v.push("x", o.x, DType::F32, numel(op, &[o.n, o.width])?, Read);
+                v.push("out", o.out, DType::U32, o.n, Write);
+            }
+            Op::Sample(o) => {
+                v.push("x", o.x, DType::F32, numel(op, &[o.n, o.width])?, Read);
+                v.push("params", o.params, DType::U32, numel(op, &[o.n, SampleRow::WORDS])?, Read);
+                v.push("out", o.out, DType::U32, o.n, Write);
+            }
+            Op::CopyRows(o) => {
+                let end = |row: usize| numel(op, &[row.saturating_add(o.n_rows), o.width]);
+                numel(op, &[o.n_rows, o.width])?;
+                v.push("src", o.src, DType::F32, end(o.src_row)?, Read);
+                v.push("dst", o.dst, DType::F32, end(o.dst_row)?, Write);
+            }
+        }
+        Ok(v)
+    }
+}
