@@ -231,10 +231,6 @@ fn is_weight_dtype(d: DType) -> bool {
         || d.block_layout().is_some()
 }
 
-/// The weight dtypes, for error messages.
-const WEIGHT_DTYPES: &str =
-    "f32/f16/bf16/q8_0/q4_0/q4_1 or a GGUF block type (q5_0, q5_1, q2_k..q6_k, iq4_nl, iq4_xs)";
-
 fn is_kv_dtype(d: DType) -> bool {
     matches!(d, DType::F32 | DType::F16)
 }

@@ -174,47 +174,6 @@ impl Table {
         self.put(id, out);
         r
     }
-
-    /// [`Table::arg`], checking dtype and size again (the matmul kernels' lookups).
-    pub fn input(
-        &self,
-        op: &'static str,
-        role: &str,
-        id: BufId,
-        dtype: DType,
-        numel: usize,
-    ) -> Result<&Buffer> {
-        let b = self.arg(op, role, id)?;
-        check(op, role, b, dtype, numel)?;
-        Ok(b)
-    }
-
-    /// [`Table::take_out`], checking dtype and size again (the matmul kernels' lookups).
-    pub fn take(
-        &mut self,
-        op: &'static str,
-        role: &str,
-        id: BufId,
-        dtype: DType,
-        numel: usize,
-    ) -> Result<Buffer> {
-        check(op, role, self.arg(op, role, id)?, dtype, numel)?;
-        self.take_out(op, role, id)
-    }
-
-    /// [`Table::with_out`], checking dtype and size again (the matmul kernels' lookups).
-    pub fn with_output<R>(
-        &mut self,
-        op: &'static str,
-        role: &str,
-        id: BufId,
-        dtype: DType,
-        numel: usize,
-        f: impl FnOnce(&Table, &mut Buffer) -> Result<R>,
-    ) -> Result<R> {
-        check(op, role, self.arg(op, role, id)?, dtype, numel)?;
-        self.with_out(op, role, id, f)
-    }
 }
 
 fn missing(op: &'static str, role: &str, id: BufId) -> Error {
@@ -222,39 +181,4 @@ fn missing(op: &'static str, role: &str, id: BufId) -> Error {
         "{op}: {role} is buffer {}, which is not allocated or is also this op's output",
         id.0
     ))
-}
-
-fn check(op: &'static str, role: &str, b: &Buffer, dtype: DType, numel: usize) -> Result<()> {
-    if b.dtype != dtype {
-        return Err(Error::ShapeMismatch {
-            op,
-            expected: format!("{role} of dtype {dtype}"),
-            got: format!("{role} of dtype {}", b.dtype),
-        });
-    }
-    if b.numel < numel {
-        return Err(Error::ShapeMismatch {
-            op,
-            expected: format!("{role} of at least {numel} elements"),
-            got: format!("{} elements", b.numel),
-        });
-    }
-    Ok(())
-}
-
-/// Product of shape dimensions, as an error rather than an overflow panic.
-pub(crate) fn numel(op: &'static str, dims: &[usize]) -> Result<usize> {
-    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::ShapeMismatch {
-        op,
-        expected: "a shape whose element count fits in usize".into(),
-        got: format!("{dims:?}"),
-    })
-}
-
-pub(crate) fn bad_dtype(op: &'static str, role: &str, allowed: &str, got: DType) -> Error {
-    Error::ShapeMismatch {
-        op,
-        expected: format!("{role} of dtype {allowed}"),
-        got: format!("{got}"),
-    }
 }

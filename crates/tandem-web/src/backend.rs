@@ -6,6 +6,8 @@ use tandem_core::{Backend, BufId, BufInfo, DType, Result, Step};
 use tandem_cpu::CpuBackend;
 use tandem_wgpu::WgpuBackend;
 
+// One per engine, made once: boxing the larger variant would buy nothing but an indirection.
+#[allow(clippy::large_enum_variant)]
 pub enum WebBackend {
     Gpu(WgpuBackend),
     Cpu(CpuBackend),

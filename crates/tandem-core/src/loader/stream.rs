@@ -513,9 +513,12 @@ impl SafetensorsStream {
     }
 }
 
+/// The tensors a safetensors header names, the walk over its data, and where the data starts.
+type StHeader = (Vec<(String, StInfo)>, Walker, u64);
+
 /// The JSON header (validated by the `safetensors` crate: known dtypes, contiguous offsets
 /// that match each shape) and the walk over the data after it.
-fn parse_st_header(common: &Common, buf: &[u8]) -> Result<(Vec<(String, StInfo)>, Walker, u64)> {
+fn parse_st_header(common: &Common, buf: &[u8]) -> Result<StHeader> {
     let path = &common.path;
     let bad = |reason: String| Error::bad_file(path, format!("invalid safetensors: {reason}"));
     let text =

@@ -107,7 +107,7 @@ fn fit_affine(x: &[f32]) -> (f32, f32) {
     for &off in &SEARCH {
         let div = 15.0 + off;
         let a = (hi - lo) / div;
-        if !(a > 0.0) {
+        if a.is_nan() || a <= 0.0 {
             continue;
         }
         let inv = recip(a);

@@ -90,7 +90,7 @@ pub(crate) fn run(t: &mut Table, ex: Exec, ops: &[Op]) -> Result<()> {
     let mut outs: [Option<(BufId, Buffer)>; MAX] = std::array::from_fn(|_| None);
     let mut taken = Ok(());
     for (slot, op) in outs.iter_mut().zip(ops.iter().flatten()) {
-        match t.take(OP, "out", op.out, DType::F32, op.n * op.m) {
+        match t.take_out(OP, "out", op.out) {
             Ok(b) => *slot = Some((op.out, b)),
             Err(e) => {
                 taken = Err(e);
@@ -122,15 +122,15 @@ fn compute(
 ) -> Result<()> {
     let first = ops[0].expect("a group has ops");
     let (n, k) = (first.n, first.k);
-    let x = &t.input(OP, "x", first.x, DType::F32, n * k)?.f32()[..n * k];
+    let x = &t.arg(OP, "x", first.x)?.f32()[..n * k];
     let mut parts: [Option<Part>; MAX] = [None; MAX];
     let mut rows = 0;
     for (slot, op) in parts.iter_mut().zip(ops.iter().flatten()) {
-        let Weight::Q(q) = t.input(OP, "w", op.w, op.wdtype, op.m * k)?.weight() else {
+        let Weight::Q(q) = t.arg(OP, "w", op.w)?.weight() else {
             unreachable!("group_len takes Q8_0 / Q4 weights only")
         };
         let bias = match op.bias {
-            Some(b) => Some(&t.input(OP, "bias", b, DType::F32, op.m)?.f32()[..op.m]),
+            Some(b) => Some(&t.arg(OP, "bias", b)?.f32()[..op.m]),
             None => None,
         };
         *slot = Some(Part { q, bias, start: rows, m: op.m });

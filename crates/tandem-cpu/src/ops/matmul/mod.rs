@@ -61,8 +61,8 @@ use tandem_core::quant::BlockView;
 use tandem_core::{DType, QuantView, Result, QBLOCK};
 
 use super::chunk_rows;
-use crate::table::{bad_dtype, numel, Table, Weight};
-use crate::{is_weight_dtype, Exec};
+use crate::table::{Table, Weight};
+use crate::Exec;
 use dequant::dequant_into;
 #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
 use prep::{int_split, Order};
@@ -93,18 +93,15 @@ impl<'a> Operands<'a> {
 }
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Matmul) -> Result<()> {
-    if !is_weight_dtype(op.wdtype) {
-        return Err(bad_dtype(OP, "w", crate::WEIGHT_DTYPES, op.wdtype));
-    }
+    // `Backend::execute` checked the operands (dtypes, sizes without overflow) and `supports`
+    // the weight dtype.
     let (n, k, m) = (op.n, op.k, op.m);
-    let x_len = numel(OP, &[n, k])?;
-    let w_len = numel(OP, &[m, k])?;
-    let out_len = numel(OP, &[n, m])?;
-    t.with_output(OP, "out", op.out, DType::F32, out_len, |t, out| {
-        let x = &t.input(OP, "x", op.x, DType::F32, x_len)?.f32()[..x_len];
-        let w = t.input(OP, "w", op.w, op.wdtype, w_len)?.weight();
+    let (x_len, out_len) = (n * k, n * m);
+    t.with_out(OP, "out", op.out, |t, out| {
+        let x = &t.arg(OP, "x", op.x)?.f32()[..x_len];
+        let w = t.arg(OP, "w", op.w)?.weight();
         let bias = match op.bias {
-            Some(b) => Some(&t.input(OP, "bias", b, DType::F32, m)?.f32()[..m]),
+            Some(b) => Some(&t.arg(OP, "bias", b)?.f32()[..m]),
             None => None,
         };
         let a = Operands { x, w, bias, n, k, m };
