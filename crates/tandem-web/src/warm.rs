@@ -4,11 +4,10 @@
 //! Why: V8 runs WebAssembly first as its baseline compiler's code (Liftoff) and compiles a
 //! function with its optimizing compiler (TurboFan), in the background, only once that function
 //! has run for a while. Left alone, the kernels first run on the first request, so part of its
-//! prompt runs as baseline code. Run here, they are compiled while the model downloads. On
-//! SmolLM2 in Chromium 156 (a 23-token chat, the worker thread's CPU time) the first prompt took
-//! 250-260 ms without this and 230-240 ms with it, the next ones 180-200 ms either way: the rest
-//! of the first request's extra is its other first-time work (tokenizer, chat template, the
-//! other ops). This costs a few milliseconds; every buffer is freed again.
+//! prompt runs as baseline code. Run here, they are compiled while the model downloads. The
+//! first request still does other first-time work (tokenizer, chat template, the other ops);
+//! bench/BROWSER.md has the measurements. This costs a few milliseconds; every buffer is freed
+//! again.
 
 use tandem_core::ops::{Matmul, Op};
 use tandem_core::{Backend, BufId, DType, Result, Step};

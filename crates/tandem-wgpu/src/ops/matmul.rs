@@ -11,8 +11,9 @@ use super::{
 use crate::pipelines::{PipeKey, Shader};
 
 const OP: &str = "matmul";
-/// Invocations per weight row in the matrix-vector kernel (16 and 32 measured best on
-/// lavapipe for k = 576..1536; 64 left most lanes idle and cost more barriers).
+/// Invocations per weight row in the matrix-vector kernel: enough to split a row of the usual
+/// k (576..1536) into short runs, few enough that every lane has work (64 leaves most idle and
+/// costs more barriers; see NOTES.md).
 const TPR: usize = 32;
 /// Rows per workgroup of the row-per-invocation matrix-vector kernel.
 const RWG: usize = 64;
@@ -59,8 +60,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     let shader = if native { Shader::MatmulF16Native } else { Shader::Matmul };
     // On a CPU rasterizer, rows of whole blocks (and so every part of a split weight) take the
     // row-per-invocation kernel. A GPU takes the lanes-per-row kernel for every row: one row
-    // per invocation reads each row's bytes k apart across a warp, uncoalesced (on an H100 it
-    // moved 63 GB/s for Llama-3.2-1B).
+    // per invocation reads each row's bytes k apart across a warp, uncoalesced.
     let rows_kernel = r.row_matvec && !native && k % 32 == 0 && op.wdtype.block_layout().is_none();
     let with_dtype = |pipe: PipeKey| if native { pipe } else { pipe.with("DTYPE", code) };
     let matvec = with_dtype(match rows_kernel {

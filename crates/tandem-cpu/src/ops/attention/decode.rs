@@ -11,8 +11,8 @@
 //! The rows of one sequence in a step (a speculative verification: its last token and the
 //! drafts after it) share their context: one task takes a partition for all of them, row
 //! after row, so the rows after the first read its K and V from the core's cache, not from
-//! memory (a 5-row verify step's attention at context 1024 had cost 2.9x one row's). Each
-//! row's unit is still the same call with the same arguments.
+//! memory (rows taken apart would each read the whole context from memory). Each row's unit
+//! is still the same call with the same arguments.
 
 use std::cell::RefCell;
 

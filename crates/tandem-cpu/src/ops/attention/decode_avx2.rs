@@ -218,8 +218,8 @@ pub(super) unsafe fn scores8(q: &[f32], ks: &[&[f32]], scale: f32, s: &mut [f32]
 
 /// acc += sum_j e[j] * vs[j]: the prompt kernel's weighted sum of a tile of V. Each element
 /// takes its fmas in j order, so the result is that of one column at a time; but 64 lanes (8
-/// registers) go at once, j outermost: one column at a time was a chain of dependent fmas, each
-/// waiting out the last one's latency (40% of a 512-token prefill's attention, measured).
+/// registers) go at once, j outermost: one column at a time would be a chain of dependent fmas,
+/// each waiting out the last one's latency.
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA; acc and every vs[j] hold acc.len() % 8 == 0 elements.

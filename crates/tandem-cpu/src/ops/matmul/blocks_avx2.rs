@@ -6,12 +6,12 @@
 //! are joined and scaled in f32 by the chunk's sub-block scale times the activation's scale;
 //! minimums (Q2_K, Q4_K, Q5_K, Q5_1) are subtracted once per row as sum(ml * sum x).
 //!
-//! Why: decoding each block to f32 with the reference formula and dotting that ran at
-//! 0.1-1 GB/s (a Q5_0 576 x 1536 matvec took 17x the Q4_1 one), while these kernels do about the
-//! work of the Q4 kernel per element. The integer sums are exact, so the result differs from
-//! the reference only by f32 rounding of the per-chunk products (the conformance cases bound
-//! it), and one or several tokens, one or two threads, give the same bits: a token's
-//! arithmetic is fixed by its row alone.
+//! Why: decoding each block to f32 with the reference formula and dotting that spends many
+//! scalar operations per element (an order of magnitude behind the Q4 kernel; see NOTES.md),
+//! while these kernels do about the work of the Q4 kernel per element. The integer sums are
+//! exact, so the result differs from the reference only by f32 rounding of the per-chunk
+//! products (the conformance cases bound it), and one or several tokens, one or two threads,
+//! give the same bits: a token's arithmetic is fixed by its row alone.
 //!
 //! The unpacked levels follow the element order of each format (tandem_core::quant::blocks
 //! documents the layouts; its scalar decoders are the reference these are tested against).

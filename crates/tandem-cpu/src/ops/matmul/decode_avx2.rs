@@ -1,10 +1,10 @@
 //! AVX2 rows of the decode matvec (n = 1, k % 32 == 0) for Q8_0, Q4_0 and Q4_1.
 //!
 //! Why by hand: the auto-vectorizer keeps the block loops at 128 bits, and the portable path
-//! widens every chunk's f16 scales into a freshly allocated f32 scratch first, which showed up
-//! as ~10% of a decode step. Here the scales of 8 blocks are widened with one F16C
-//! instruction, and the Q4 per-block offset terms (m * sum(x), or -8 * d * sum(x)) are
-//! accumulated 8 blocks per FMA instead of one scalar at a time.
+//! widens every chunk's f16 scales into a freshly allocated f32 scratch first, an allocation
+//! and a pass in the hottest loop of a decode step. Here the scales of 8 blocks are widened
+//! with one F16C instruction, and the Q4 per-block offset terms (m * sum(x), or
+//! -8 * d * sum(x)) are accumulated 8 blocks per FMA instead of one scalar at a time.
 //!
 //! Blocks are dotted in integers (`madd_epi16`) against the activation rounded to 16 bits per
 //! block (`XPrep::ints`, the `I16Activations` class; see [`row_group`]), for Q8_0 and Q4
@@ -37,15 +37,14 @@ pub(super) unsafe fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &m
 }
 
 /// Bytes ahead of the row being dotted that [`prefetch_ahead`] asks for: a few short rows
-/// (a 576-wide Q4 row is 288 bytes). Measured on a decode step (SmolLM2 Q4_1, 2 threads,
-/// AVX-512): 1 KiB, 2 KiB and 4 KiB all gained 6-8%; nothing, or 2 rows ahead, less.
+/// (a 576-wide Q4 row is 288 bytes), far enough ahead for the bytes to arrive before their row
+/// is dotted. The distance is not critical within a few KiB (see NOTES.md).
 const PREFETCH: usize = 1024;
 
 /// Asks for the weight bytes (and their block scales) [`PREFETCH`] bytes past row `b0`'s
 /// blocks b0..b0 + nb. Why: a decode row is a few cache lines, too short for the hardware's
-/// stream prefetcher to run ahead of, so each row's first loads waited on memory; the profile
-/// put a fifth of the kernel's samples on the instruction after them. A hint: nothing is read
-/// past the matrix.
+/// stream prefetcher to run ahead of, so each row's first loads would wait on memory. A hint:
+/// nothing is read past the matrix.
 #[inline(always)]
 pub(super) fn prefetch_ahead(q: QuantView, b0: usize, nb: usize) {
     let per = if q.dtype == DType::Q8_0 { QBLOCK } else { QBLOCK / 2 };

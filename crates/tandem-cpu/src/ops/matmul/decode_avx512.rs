@@ -1,8 +1,8 @@
 //! AVX-512 rows of the Q8_0 / Q4_0 / Q4_1 decode matvec: the AVX2 kernel's arithmetic
 //! ([`super::decode_avx2`]), bit for bit, two blocks per instruction.
 //!
-//! Why: the AVX2 kernel is bound by instructions, not memory (a 1536 x 576 Q4_1 matvec runs
-//! at the same ~9 GB/s of weights in cache as out of it), and batching decode rows shares
+//! Why: the AVX2 kernel is bound by instructions, not memory (a Q4_1 matvec runs as fast on
+//! weights in cache as out of it; see NOTES.md), and batching decode rows shares
 //! only the unpacking, a quarter of them. Per block and token it issues 4 `madd`, 2 adds,
 //! 2 conversions, 2 FMAs and a broadcast. Here a 512-bit register holds two blocks: the
 //! AVX2 kernel's even-block accumulator is the low half, its odd-block one the high half,

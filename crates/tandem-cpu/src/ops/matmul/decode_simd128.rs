@@ -6,8 +6,7 @@
 //! `i32x4.dot_i16x8_s` (V8's one `pmaddwd` on x86) against the activation rounded to 16 bits
 //! per block (`XPrep::ints` without its lo half: x ~ s * hi, s = max |x| / 32767 of the block,
 //! so each element within 2^-16 of its block's largest): the 16-bit class keeps the
-//! reference's greedy tokens (see `precision` in lib.rs for its conformance tolerance,
-//! measured).
+//! reference's greedy tokens (see `precision` in lib.rs for its conformance tolerance).
 //!
 //! Counted per block, since instructions are the limit: Q4's 16 bytes are read as eight 16-bit
 //! lanes, each holding four nibbles (elements 4l..4l + 4), so a shift and a mask give a vector

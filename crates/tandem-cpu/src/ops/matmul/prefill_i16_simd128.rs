@@ -28,9 +28,8 @@ use crate::Exec;
 
 /// Weight rows per micro-tile: 4 rows x 2 vectors of tokens is 8 integer accumulators, with
 /// the two activation vectors and a weight splat 11 registers, within the 16 V8 gives simd128
-/// on x86-64 (the float accumulators wait in memory between blocks). Measured on SmolLM2 in
-/// V8: 2 rows took 20% longer (a splat and two products a pair per row, the activation loads
-/// shared by fewer rows); 6 rows spilled and took 30% longer.
+/// on x86-64 (the float accumulators wait in memory between blocks). Fewer rows share each
+/// activation load among fewer products; 6 rows spill (see bench/BROWSER.md).
 const NR: usize = 4;
 /// Tokens per group: two i32x4 (the f32 kernel's group, whose `unload` this one shares).
 const W: usize = 8;

@@ -8,7 +8,7 @@
 //! innermost: per k it loads the group's two x vectors, splats each row's weight and does one
 //! multiply and one add per (row, vector). 4 x 8 is 8 accumulators + 2 x + 1 splat + 1
 //! product: V8 keeps them in x86-64's vector registers (it reserves one of the 16), where
-//! 5 x 8 spilled two accumulators and ran 60% slower; that loop is about as fast as simd128's
+//! 5 x 8 spills two accumulators to memory; that loop is about as fast as simd128's
 //! separate multiply and add allow (8 products per cycle on two multiply pipes).
 //!
 //! Each output is accumulated over k in index order with one accumulator, a multiply then an
@@ -78,8 +78,8 @@ fn chunk(
 ) {
     let rows = out.len() / n;
     // The panel's rows, dequantized (or copied: f32 weights), [NR][k]; rows past the end of a
-    // short last panel are zero. (Interleaving the panel as [k][NR], so that a step's weights
-    // sit together, measured slower: the interleaving pass costs more than it saves.)
+    // short last panel are zero. (Not interleaved as [k][NR], which would put a step's
+    // weights together: the interleaving pass costs more than it saves.)
     let mut panel = vec![0f32; NR * k];
     for p0 in (0..rows).step_by(NR) {
         let live = NR.min(rows - p0);
