@@ -60,8 +60,8 @@ struct EngineOptions {
     /// Most requests generating in one step (default [`DEFAULT_MAX_SEQS`]).
     max_seqs: Option<usize>,
     /// Tokens the KV cache holds across all requests. Default: as many as `context` (the
-    /// memory a lone request at that context took before batching, now shared: room for four
-    /// requests of 512 tokens at the default 2048). A request that finds it full waits, or is
+    /// memory one request at that context needs alone, shared: room for four requests of 512
+    /// tokens at the default 2048). A request that finds it full waits, or is
     /// preempted and recomputed later, so only speed depends on it.
     kv_tokens: Option<usize>,
     /// Use `shader-f16` where the adapter has it (default true).

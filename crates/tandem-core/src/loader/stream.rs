@@ -569,8 +569,8 @@ fn infos(tensors: &[(String, StInfo)]) -> Vec<TensorInfo> {
 
 /// Room for `add` more bytes in a header buffer: at least double the capacity (at most `cap`
 /// in all) whenever it runs out. Growing by exactly each chunk reallocated on every push, so
-/// a header trickling in a few bytes at a time copied itself quadratically (a 430 KB header
-/// in 1..16-byte chunks took half a minute, found by the safetensors_stream fuzz target).
+/// a header trickling in a few bytes at a time copied itself quadratically (found by the
+/// safetensors_stream fuzz target; tests/fuzz_regressions.rs keeps the case).
 fn grow(buf: &mut Vec<u8>, add: usize, cap: usize) {
     if buf.capacity() - buf.len() < add {
         let target = (buf.len() + add).max(buf.capacity().saturating_mul(2).min(cap));

@@ -138,8 +138,8 @@ pub(super) unsafe fn tokens(q: QuantView, preps: &[&XPrep], nb: usize, r0: usize
 }
 
 /// T tokens' products over rows r0..r0 + rows: out[t * rows + ri]. One call per token group
-/// with the row loop inside, so the per-row kernels inline and their setup is not paid per
-/// row and group (a call per row and group cost about a third of a batched matmul).
+/// with the row loop inside, so the per-row kernels inline and their setup is paid once per
+/// group, not per row and group (see NOTES.md).
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C.
@@ -285,10 +285,9 @@ pub(super) unsafe fn offsets<const T: usize>(
 }
 
 /// f16 scales src[b..b + g] (g <= G) as 8 f32 lanes, zero padded; inlined into the AVX2 +
-/// F16C caller. A row's last few blocks read on into the next
-/// row's scales and mask them off (a copy into a padded array, whose bytes a wide load could
-/// not take from the store buffer, cost a third of a decode matvec); only the matrix's last
-/// row copies.
+/// F16C caller. A row's last few blocks read on into the next row's scales and mask them off
+/// rather than copy them into a padded array, whose bytes a wide load cannot take from the
+/// store buffer (it waits for the stores to retire); only the matrix's last row copies.
 #[inline(always)]
 pub(super) unsafe fn widen_scales(src: &[f16], b: usize, g: usize) -> __m256 {
     // SAFETY: the callers checked b + g <= src.len() and run with F16C; full loads are taken

@@ -51,7 +51,8 @@ pub(super) fn q8(ex: Exec, a: &Operands, q: QuantView, out: &mut [f32]) {
     assert!(q.qs.len() >= m * nb * QBLOCK && q.d.len() >= m * nb);
     let ex = ex.sized(n * k * m);
     // Each token's 16-bit activation (element order) and block scales, once for every panel.
-    // Across the team: serially, 512 tokens' splits took a third of a k/v projection.
+    // Across the team: done serially, a long prompt's splits are a large share of a small
+    // projection's time.
     let acts: Vec<(Vec<i16>, Vec<f32>)> =
         ex.map_range(n, |t| int_split(&x[t * k..(t + 1) * k], Order::Natural, false, false));
     // Stands in for the tokens past the end of a short last tile.
