@@ -62,15 +62,19 @@ pub fn check_group(ops: &[Op]) -> Result<()> {
     if ops.len() < 2 {
         return bad(format!("a group has at least two matmuls, got {}", ops.len()));
     }
-    let mut members = Vec::with_capacity(ops.len());
-    for op in ops {
+    // No allocation unless it fails: `execute` checks every step's groups.
+    fn matmul(op: &Op) -> Result<&Matmul> {
         match op {
-            Op::Matmul(m) => members.push(m),
-            other => return bad(format!("a group holds matmuls only, got {}", other.name())),
+            Op::Matmul(m) => Ok(m),
+            other => Err(Error::InvalidParameter(format!(
+                "matmul group: a group holds matmuls only, got {}",
+                other.name()
+            ))),
         }
     }
-    let first = members[0];
-    for (i, m) in members.iter().enumerate() {
+    let first = matmul(&ops[0])?;
+    for (i, m) in ops.iter().enumerate() {
+        let m = matmul(m)?;
         if m.x != first.x {
             return bad(format!(
                 "member {i} reads buffer {}, not the shared x {}",
@@ -86,7 +90,8 @@ pub fn check_group(ops: &[Op]) -> Result<()> {
         if m.out == first.x {
             return bad(format!("member {i} writes the shared x (buffer {})", m.x.0));
         }
-        for (j, o) in members.iter().enumerate().filter(|&(j, _)| j != i) {
+        for (j, o) in ops.iter().enumerate().filter(|&(j, _)| j != i) {
+            let o = matmul(o)?;
             if m.out == o.out || m.out == o.w || Some(m.out) == o.bias {
                 return bad(format!(
                     "member {i} writes buffer {}, which member {j} also uses",
