@@ -100,7 +100,7 @@ async fn run_case_inner<B: Backend>(
     }
     let op = remap(&case.op, |BufId(i)| ids[i as usize]);
     backend
-        .execute(&Step { writes: vec![], read_back: vec![], ops: vec![op] })
+        .execute(&Step { writes: vec![], read_back: vec![], groups: vec![], ops: vec![op] })
         .map_err(|e| format!("execute: {e}"))?;
     let mut outs = Vec::new();
     for (i, _) in &case.checks {

@@ -19,7 +19,7 @@ fn u32_buf<B: Backend>(b: &mut B, v: &[u32]) -> BufId {
 }
 
 fn run<B: Backend>(b: &mut B, op: Op) -> tandem_core::Result<()> {
-    b.execute(&Step { writes: vec![], read_back: vec![], ops: vec![op] })
+    b.execute(&Step { writes: vec![], read_back: vec![], groups: vec![], ops: vec![op] })
 }
 
 fn read<B: Backend>(b: &mut B, id: BufId, len: usize) -> Vec<f32> {

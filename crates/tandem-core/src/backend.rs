@@ -2,8 +2,10 @@
 //! backend for buffers, uploads weights once, then per step hands over one [`Step`] (small
 //! uploads + all ops of all layers) and reads back small results asynchronously.
 
+use std::ops::Range;
+
 use crate::dtype::DType;
-use crate::ops::{Op, Precision};
+use crate::ops::{Matmul, Op, Precision};
 use crate::{Error, Result};
 
 /// A backend-owned buffer. Ids are only meaningful to the backend that issued them.
@@ -20,6 +22,12 @@ pub struct Step {
     /// backend may stage them in the same submission (a GPU copies them into mappable memory
     /// so the read costs no second submit). Only a hint: any range may still be read.
     pub read_back: Vec<(BufId, usize, usize)>,
+    /// Consecutive matmuls of `ops` that read the same input (q, k and v; gate and up),
+    /// recorded by the model where it knows them ([`Step::group`]), in order and disjoint. A
+    /// backend may run a group's members together (one pass over x, one launch) or one by
+    /// one; either way each output is the one its op gives alone. [`Backend::execute`] checks
+    /// them ([`check_groups`]), so a backend can trust what it is given.
+    pub groups: Vec<Range<usize>>,
 }
 
 impl Step {
@@ -29,6 +37,86 @@ impl Step {
     pub fn push(&mut self, op: Op) {
         self.ops.push(op);
     }
+
+    /// Pushes `ops` as one group: matmuls over the same x (the same n, k and decode rows),
+    /// none of whose outputs is x or another member's operand (see [`check_group`]). A group
+    /// that breaks these rules is refused and nothing is pushed.
+    pub fn group(&mut self, ops: impl IntoIterator<Item = Matmul>) -> Result<()> {
+        let start = self.ops.len();
+        self.ops.extend(ops.into_iter().map(Op::Matmul));
+        let range = start..self.ops.len();
+        if let Err(e) = check_group(&self.ops[range.clone()]) {
+            self.ops.truncate(start);
+            return Err(e);
+        }
+        self.groups.push(range);
+        Ok(())
+    }
+}
+
+/// Checks `ops` as a group ([`Step::groups`]): two or more matmuls reading the same x, with the
+/// same n, k and decode rows, whose outputs are distinct, none of them x, and none another
+/// member's weight or bias (so running the members together or one by one is the same).
+pub fn check_group(ops: &[Op]) -> Result<()> {
+    let bad = |msg: String| Err(Error::InvalidParameter(format!("matmul group: {msg}")));
+    if ops.len() < 2 {
+        return bad(format!("a group has at least two matmuls, got {}", ops.len()));
+    }
+    // No allocation unless it fails: `execute` checks every step's groups.
+    fn matmul(op: &Op) -> Result<&Matmul> {
+        match op {
+            Op::Matmul(m) => Ok(m),
+            other => Err(Error::InvalidParameter(format!(
+                "matmul group: a group holds matmuls only, got {}",
+                other.name()
+            ))),
+        }
+    }
+    let first = matmul(&ops[0])?;
+    for (i, m) in ops.iter().enumerate() {
+        let m = matmul(m)?;
+        if m.x != first.x {
+            return bad(format!(
+                "member {i} reads buffer {}, not the shared x {}",
+                m.x.0, first.x.0
+            ));
+        }
+        if (m.n, m.k, m.decode_rows) != (first.n, first.k, first.decode_rows) {
+            return bad(format!(
+                "member {i} has n={} k={} decode rows {}, the group n={} k={} decode rows {}",
+                m.n, m.k, m.decode_rows, first.n, first.k, first.decode_rows
+            ));
+        }
+        if m.out == first.x {
+            return bad(format!("member {i} writes the shared x (buffer {})", m.x.0));
+        }
+        for (j, o) in ops.iter().enumerate().filter(|&(j, _)| j != i) {
+            let o = matmul(o)?;
+            if m.out == o.out || m.out == o.w || Some(m.out) == o.bias {
+                return bad(format!(
+                    "member {i} writes buffer {}, which member {j} also uses",
+                    m.out.0
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a step's groups: in bounds, in order, disjoint, each one a group ([`check_group`]).
+pub fn check_groups(step: &Step) -> Result<()> {
+    let mut end = 0;
+    for g in &step.groups {
+        if g.start < end || g.end > step.ops.len() {
+            return Err(Error::InvalidParameter(format!(
+                "matmul group {g:?}: groups lie in order within the step's {} ops, after {end}",
+                step.ops.len()
+            )));
+        }
+        check_group(&step.ops[g.clone()])?;
+        end = g.end;
+    }
+    Ok(())
 }
 
 #[allow(async_fn_in_trait)] // single-threaded executors (the browser) need no Send bound
@@ -67,8 +155,8 @@ pub trait Backend {
     /// engine checks each op's operands against.
     fn buffer(&self, buf: BufId) -> Option<BufInfo>;
 
-    /// Runs a whole step after checking every op ([`check_op`], then `supports`): on error
-    /// nothing ran. Errors found while running (a bad index in the data) leave buffers
+    /// Runs a whole step after checking every op ([`check_op`], then `supports`) and its
+    /// groups ([`check_groups`]): on error nothing ran. Errors found while running (a bad index in the data) leave buffers
     /// unspecified but the backend usable.
     fn execute(&mut self, step: &Step) -> Result<()> {
         for op in &step.ops {
@@ -80,12 +168,13 @@ pub trait Backend {
                 });
             }
         }
+        check_groups(step)?;
         self.run(step)
     }
 
     /// Runs a step whose ops [`Backend::execute`] has checked: every operand is allocated, of
-    /// its dtype and large enough, no written buffer is also another operand, and the backend
-    /// supports the op. Callers go through `execute`.
+    /// its dtype and large enough, no written buffer is also another operand, the backend
+    /// supports the op, and every group is one ([`check_group`]). Callers go through `execute`.
     fn run(&mut self, step: &Step) -> Result<()>;
 
     /// Reads `len` bytes of `buf` from byte `offset`, after all submitted work is done.

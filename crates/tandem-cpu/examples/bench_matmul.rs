@@ -36,6 +36,7 @@ fn bench(
     let out = b.alloc(DType::F32, n * m).unwrap();
     let step = Step {
         writes: vec![],
+        groups: vec![],
         read_back: vec![],
         ops: vec![Op::Matmul(Matmul {
             x: xid,

@@ -334,20 +334,22 @@ impl Backend for CpuBackend {
         }
         let mut run = |team: Option<&Team>| {
             let ex = Exec { fast, pool: team, kernels };
-            let mut i = 0;
+            let (mut i, mut groups) = (0, step.groups.iter().peekable());
             while i < step.ops.len() {
-                // One-token matmuls sharing their input run as one section in fast mode.
-                let g = if fast { ops::matmul::group_len(&step.ops[i..]) } else { 0 };
-                if g > 1 {
-                    let group = &step.ops[i..i + g];
-                    match profile.as_mut() {
-                        Some(p) => {
-                            p.time_group(group, || ops::matmul::run_group(table, ex, group))?
+                // A recorded group (checked by `execute`) runs as one section in fast mode
+                // where the joint kernel takes it; else its members run one by one.
+                if let Some(g) = groups.next_if(|g| g.start == i) {
+                    let group = &step.ops[g.clone()];
+                    if fast && ops::matmul::joins(group) {
+                        match profile.as_mut() {
+                            Some(p) => {
+                                p.time_group(group, || ops::matmul::run_group(table, ex, group))?
+                            }
+                            None => ops::matmul::run_group(table, ex, group)?,
                         }
-                        None => ops::matmul::run_group(table, ex, group)?,
+                        i = g.end;
+                        continue;
                     }
-                    i += g;
-                    continue;
                 }
                 let op = &step.ops[i];
                 match profile.as_mut() {

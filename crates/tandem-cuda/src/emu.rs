@@ -247,7 +247,7 @@ impl EmuBackend {
             blas: None,
             written_u32: &mut self.written_u32,
         };
-        ops::record_all(&mut rec, &step.ops)?;
+        ops::record_all(&mut rec, &step.ops, &step.groups)?;
         for id in &self.written_u32 {
             self.table.shadow_forget(*id);
         }

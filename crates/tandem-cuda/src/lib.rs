@@ -231,7 +231,7 @@ impl CudaBackend {
             blas: self.blas.as_ref().ok().map(|b| b.handle()),
             written_u32: &mut self.written_u32,
         };
-        ops::record_all(&mut rec, &step.ops)?;
+        ops::record_all(&mut rec, &step.ops, &step.groups)?;
         for id in &self.written_u32 {
             self.table.shadow_forget(*id);
         }

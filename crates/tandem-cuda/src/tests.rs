@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use tandem_core::ops::*;
-use tandem_core::{BufId, BufInfo, DType, Error};
+use tandem_core::{BufId, BufInfo, DType, Error, Step};
 
 use crate::buffers::{Entry, Table};
 use crate::kernels::{self, KernelFile};
@@ -35,9 +35,13 @@ impl Fake {
         self.table.shadow_write(id, bytemuck::cast_slice(v));
         id
     }
-    /// Checks `ops` as `Backend::execute` does, then records them.
+    /// Checks `ops` as `Backend::execute` does, then records them (no groups).
     fn record(&self, ops: &[Op]) -> tandem_core::Result<Vec<Launch>> {
-        for op in ops {
+        self.record_step(&Step { ops: ops.to_vec(), ..Default::default() })
+    }
+    /// Checks a step's ops and groups as `Backend::execute` does, then records them.
+    fn record_step(&self, step: &Step) -> tandem_core::Result<Vec<Launch>> {
+        for op in &step.ops {
             let info = |b| self.table.get(b).map(|e| BufInfo { dtype: e.dtype, numel: e.numel });
             tandem_core::check_op(op, info)?;
             if !crate::supports(op) {
@@ -55,7 +59,8 @@ impl Fake {
             blas: Some(1),
             written_u32: &mut written,
         };
-        ops::record_all(&mut r, ops)?;
+        tandem_core::backend::check_groups(step)?;
+        ops::record_all(&mut r, &step.ops, &step.groups)?;
         Ok(out)
     }
 }
@@ -492,33 +497,53 @@ fn a_rows_kernel_follows_its_class_not_n() {
 
 #[test]
 fn products_over_one_x_share_their_decode_launch() {
-    // q, k and v (gate and up) read the same x: their decode rows are one n1/nt launch whose
-    // segments are the three weights; their prompt rows stay each their own.
+    // q, k and v (gate and up) read the same x, a group the model records: their decode rows
+    // are one n1/nt launch whose segments are the three weights; their prompt rows stay each
+    // their own.
     let mut f = Fake::new();
     let (k, n) = (256, 6);
     let x = f.buf(DType::F32, n * k);
-    let product = |f: &mut Fake, x, m, decode_rows| {
-        let (w, out) = (f.buf(DType::Q4_1, m * k), f.buf(DType::F32, n * m));
-        Op::Matmul(Matmul { x, w, wdtype: DType::Q4_1, bias: None, out, n, k, m, decode_rows })
+    let product = |f: &mut Fake, x, m, decode_rows, wdtype| {
+        let (w, out) = (f.buf(wdtype, m * k), f.buf(DType::F32, n * m));
+        Matmul { x, w, wdtype, bias: None, out, n, k, m, decode_rows }
     };
-    let qkv = [product(&mut f, x, 64, n), product(&mut f, x, 32, n), product(&mut f, x, 32, n)];
-    let l = f.record(&qkv).unwrap();
+    let q4 = DType::Q4_1;
+    let grouped = |ops: Vec<Matmul>| {
+        let mut s = Step::default();
+        s.group(ops).unwrap();
+        s
+    };
+    let qkv = [
+        product(&mut f, x, 64, n, q4),
+        product(&mut f, x, 32, n, q4),
+        product(&mut f, x, 32, n, q4),
+    ];
+    let l = f.record_step(&grouped(qkv.to_vec())).unwrap();
     assert_eq!(l.len(), 1, "one launch for three products");
     assert_eq!(l[0].entry, "matmul_decode_nt_q4_1");
     let m_args: Vec<u64> = [6, 12, 18].iter().map(|&i| l[0].args[i].bits()).collect();
     assert_eq!(m_args, [64, 32, 32], "each segment's rows");
-    // Another x breaks the run; an output that is the shared x never gets there (the engine
-    // refuses an op writing a buffer it reads).
+    // The same products not recorded as a group: each its own launch.
+    assert_eq!(f.record(&qkv.map(Op::Matmul)).unwrap().len(), 3);
+    // A group of four: three in one launch (the kernel's most), the fourth alone.
+    let four: Vec<Matmul> = (0..4).map(|_| product(&mut f, x, 32, n, q4)).collect();
+    assert_eq!(f.record_step(&grouped(four)).unwrap().len(), 2);
+    // Another weight type starts another launch.
+    let mixed = vec![product(&mut f, x, 64, n, q4), product(&mut f, x, 32, n, DType::Q8_0)];
+    assert_eq!(f.record_step(&grouped(mixed)).unwrap().len(), 2);
+    // A group with another x, or an output that is the shared x, is refused by the engine,
+    // and so is a step carrying one anyway.
     let y = f.buf(DType::F32, n * k);
-    let apart = [product(&mut f, x, 64, n), product(&mut f, y, 32, n)];
-    assert_eq!(f.record(&apart).unwrap().len(), 2);
-    let Op::Matmul(mut writes_x) = product(&mut f, x, 32, n) else { unreachable!() };
-    writes_x.out = x;
-    let q = product(&mut f, x, 64, n);
-    assert!(f.record(&[q, Op::Matmul(writes_x)]).is_err());
+    let apart = [product(&mut f, x, 64, n, q4), product(&mut f, y, 32, n, q4)];
+    assert!(Step::default().group(apart.clone()).is_err());
+    let mut forged = Step { ops: apart.map(Op::Matmul).to_vec(), ..Default::default() };
+    forged.groups.push(0..2);
+    assert!(f.record_step(&forged).is_err());
+    let writes_x = Matmul { out: x, ..product(&mut f, x, 32, n, q4) };
+    assert!(Step::default().group([product(&mut f, x, 64, n, q4), writes_x]).is_err());
     // With prompt rows: the decode rows still share a launch, the prompt rows do not.
-    let mixed = [product(&mut f, x, 64, 2), product(&mut f, x, 32, 2)];
-    let l = f.record(&mixed).unwrap();
+    let mixed = vec![product(&mut f, x, 64, 2, q4), product(&mut f, x, 32, 2, q4)];
+    let l = f.record_step(&grouped(mixed)).unwrap();
     assert_eq!(l.iter().filter(|l| l.entry.starts_with("matmul_decode")).count(), 1);
 }
 

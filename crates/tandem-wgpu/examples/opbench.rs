@@ -10,7 +10,7 @@ use tandem_core::{Backend, BufId, DType, Step};
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
 
 fn time(b: &mut WgpuBackend, ops: Vec<Op>, sync: BufId, reps: usize) -> f64 {
-    let step = Step { writes: vec![], read_back: vec![], ops };
+    let step = Step { writes: vec![], read_back: vec![], groups: vec![], ops };
     b.execute(&step).unwrap();
     pollster::block_on(b.read(sync, 0, 4)).unwrap();
     let t = Instant::now();

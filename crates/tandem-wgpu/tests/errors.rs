@@ -30,13 +30,13 @@ fn bad_ops_are_errors_and_the_backend_survives() {
 
     // An output too small for the op.
     assert!(matches!(
-        b.execute(&Step { writes: vec![], read_back: vec![], ops: vec![embed(3)] }),
+        b.execute(&Step { writes: vec![], read_back: vec![], groups: vec![], ops: vec![embed(3)] }),
         Err(Error::ShapeMismatch { .. })
     ));
     // A wrong dtype.
     let add = Op::Add(Add { x: out, y: ids, len: 2 });
     assert!(matches!(
-        b.execute(&Step { writes: vec![], read_back: vec![], ops: vec![add] }),
+        b.execute(&Step { writes: vec![], read_back: vec![], groups: vec![], ops: vec![add] }),
         Err(Error::ShapeMismatch { .. })
     ));
     // Reads outside the buffer.

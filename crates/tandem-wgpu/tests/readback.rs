@@ -21,6 +21,7 @@ fn staged_reads_cost_no_submission() {
     b.write(y, &floats(&[10.0; 6])).unwrap();
     let step = Step {
         writes: vec![],
+        groups: vec![],
         ops: vec![Op::Add(Add { x, y, len: 6 })],
         // An unaligned range, one of another buffer, and ones that are invalid (ignored).
         read_back: vec![(x, 5, 9), (y, 0, 24), (x, 20, 8), (tandem_core::BufId(9999), 0, 4)],
@@ -51,6 +52,7 @@ fn staged_reads_cost_no_submission() {
     // The next step replaces what was staged.
     b.execute(&Step {
         writes: vec![],
+        groups: vec![],
         ops: vec![Op::Add(Add { x, y, len: 6 })],
         read_back: vec![],
     })

@@ -91,6 +91,7 @@ fn split_weights_match_the_reference() {
             for backend in 0..2 {
                 let step = |w: BufId, b: &[BufId], idb: BufId, o: &[BufId]| Step {
                     writes: vec![],
+                    groups: vec![],
                     read_back: vec![],
                     ops: vec![
                         Op::Matmul(Matmul {

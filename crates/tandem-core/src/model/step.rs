@@ -331,7 +331,7 @@ impl<B: Backend> Model<B> {
                       out: BufId,
                       n: usize,
                       decode_rows: usize| {
-            Op::Matmul(Matmul {
+            Matmul {
                 x,
                 w: w.buf,
                 wdtype: w.dtype,
@@ -341,7 +341,7 @@ impl<B: Backend> Model<B> {
                 k: w.cols,
                 m: w.rows,
                 decode_rows,
-            })
+            }
         };
         let norm = |x: BufId, w: &Weight, out: BufId, n: usize| {
             Op::RmsNorm(RmsNorm { x, weight: w.buf, out, n, dim, eps: c.rms_norm_eps })
@@ -360,9 +360,12 @@ impl<B: Backend> Model<B> {
         for (l, lw) in w.layers.iter().enumerate() {
             // Attention block.
             step.push(norm(a.x, &lw.attn_norm, a.xb, n));
-            step.push(matmul(a.xb, &lw.wq, lw.bq, a.q, n, d));
-            step.push(matmul(a.xb, &lw.wk, lw.bk, a.k, n, d));
-            step.push(matmul(a.xb, &lw.wv, lw.bv, a.v, n, d));
+            // q, k and v read the same x: a group a backend may run as one.
+            step.group([
+                matmul(a.xb, &lw.wq, lw.bq, a.q, n, d),
+                matmul(a.xb, &lw.wk, lw.bk, a.k, n, d),
+                matmul(a.xb, &lw.wv, lw.bv, a.v, n, d),
+            ])?;
             step.push(Op::Rope(Rope {
                 x: a.q,
                 positions: a.positions,
@@ -410,19 +413,21 @@ impl<B: Backend> Model<B> {
                 block_size: bs,
                 scale: 1.0 / (hd as f32).sqrt(),
             }));
-            step.push(matmul(a.att, &lw.wo, None, a.xb2, n, d));
+            step.push(Op::Matmul(matmul(a.att, &lw.wo, None, a.xb2, n, d)));
             step.push(Op::Add(Add { x: a.x, y: a.xb2, len: n * dim }));
             // Feed-forward block (SwiGLU).
             step.push(norm(a.x, &lw.ffn_norm, a.xb, n));
-            step.push(matmul(a.xb, &lw.w_gate, None, a.gate, n, d));
-            step.push(matmul(a.xb, &lw.w_up, None, a.up, n, d));
+            step.group([
+                matmul(a.xb, &lw.w_gate, None, a.gate, n, d),
+                matmul(a.xb, &lw.w_up, None, a.up, n, d),
+            ])?;
             step.push(Op::Swiglu(Swiglu {
                 gate: a.gate,
                 up: a.up,
                 out: a.hidden,
                 len: n * c.ffn_dim,
             }));
-            step.push(matmul(a.hidden, &lw.w_down, None, a.xb2, n, d));
+            step.push(Op::Matmul(matmul(a.hidden, &lw.w_down, None, a.xb2, n, d)));
             step.push(Op::Add(Add { x: a.x, y: a.xb2, len: n * dim }));
         }
         // The head, over the gathered rows only; every head row is computed as alone (a
@@ -442,7 +447,7 @@ impl<B: Backend> Model<B> {
                 }));
             }
             step.push(norm(a.last, &w.norm, a.xb, rows));
-            step.push(matmul(a.xb, &w.lm_head, None, a.logits, rows, rows));
+            step.push(Op::Matmul(matmul(a.xb, &w.lm_head, None, a.logits, rows, rows)));
             let t = samples.len();
             if samples.iter().all(|p| p.temperature == 0.0) && t > 0 {
                 step.push(Op::Argmax(Argmax {

@@ -132,25 +132,24 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     record_run(r, &[op])
 }
 
-/// Whether `b` can share `a`'s decode launch (see [`record_run`]): the same x, rows and
-/// weight type, rows the n1/nt kernels take, and no output that is the shared x.
+/// Whether `b`, a member of `a`'s group (the same x, n, k and decode rows, distinct outputs
+/// none of which is x or another member's operand: the engine checked that), can share `a`'s
+/// decode launch (see [`record_run`]): the same weight type, and decode rows the n1/nt kernels
+/// take.
 pub(crate) fn fusable(a: &Matmul, b: &Matmul) -> bool {
-    a.x == b.x
-        && (a.n, a.k, a.decode_rows, a.wdtype) == (b.n, b.k, b.decode_rows, b.wdtype)
-        && a.decode_rows > 0
-        && n1_applies(a.k, a.wdtype)
-        && a.out != a.x
-        && b.out != a.x
-        && a.out != b.out
+    a.wdtype == b.wdtype && a.decode_rows > 0 && n1_applies(a.k, a.wdtype)
 }
 
-/// Up to three products over the same x (q, k and v; gate and up; see [`fusable`]): their
+/// Up to three products of one group (q, k and v; gate and up; see [`fusable`]): their
 /// decode rows in one launch of the n1/nt kernel, whose row groups run through the products'
 /// weights one after the other (a row's arithmetic is the one it has alone), then each one's
 /// prompt rows.
 pub(crate) fn record_run(r: &mut Recorder, run: &[&Matmul]) -> Result<()> {
     debug_assert!(
-        !run.is_empty() && run.len() <= 3 && run.windows(2).all(|p| fusable(run[0], p[1]))
+        !run.is_empty()
+            && run.len() <= 3
+            && run.iter().all(|m| (m.x, m.n, m.k) == (run[0].x, run[0].n, run[0].k))
+            && run.windows(2).all(|p| fusable(run[0], p[1]))
     );
     let mut checked = Vec::with_capacity(run.len());
     for op in run {

@@ -1,7 +1,9 @@
 //! One file per op: each checks its op against its buffers (as the CPU backend checks them)
 //! and records its kernel launches.
 
-use tandem_core::ops::Op;
+use std::ops::Range;
+
+use tandem_core::ops::{Matmul, Op};
 use tandem_core::{DType, Result};
 
 use crate::launch::Recorder;
@@ -37,25 +39,28 @@ pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
     }
 }
 
-/// Records a step's ops in order, the products that can share a decode launch (q, k and v;
-/// gate and up: consecutive, over the same x, see `matmul::fusable`) as one run.
-pub(crate) fn record_all(r: &mut Recorder, ops: &[Op]) -> Result<()> {
-    let mut i = 0;
+/// Records a step's ops in order, each group the model recorded ([`tandem_core::Step::groups`]:
+/// q, k and v; gate and up; checked by the engine) as runs of products sharing a decode launch
+/// where the kernel takes them (see `matmul::fusable`), the other ops one by one.
+pub(crate) fn record_all(r: &mut Recorder, ops: &[Op], groups: &[Range<usize>]) -> Result<()> {
+    let (mut i, mut groups) = (0, groups.iter().peekable());
     while i < ops.len() {
-        let Op::Matmul(first) = &ops[i] else {
+        let Some(g) = groups.next_if(|g| g.start == i) else {
             record(r, &ops[i])?;
             i += 1;
             continue;
         };
-        let mut run = vec![first];
-        while run.len() < 3 {
-            match ops.get(i + run.len()) {
-                Some(Op::Matmul(m)) if run.iter().all(|p| matmul::fusable(p, m)) => run.push(m),
-                _ => break,
+        let mut run: Vec<&Matmul> = Vec::with_capacity(3);
+        for op in &ops[g.clone()] {
+            let Op::Matmul(m) = op else { unreachable!("a group holds matmuls only") };
+            if run.len() == 3 || run.first().is_some_and(|first| !matmul::fusable(first, m)) {
+                matmul::record_run(r, &run)?;
+                run.clear();
             }
+            run.push(m);
         }
         matmul::record_run(r, &run)?;
-        i += run.len();
+        i = g.end;
     }
     Ok(())
 }

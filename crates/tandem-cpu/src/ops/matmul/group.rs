@@ -1,6 +1,6 @@
 //! Decode matmuls that read the same activation, run as one parallel section: the attention's
-//! q, k and v projections, the MLP's gate and up (consecutive ops of a step), for one token or
-//! for a few decode rows (a speculative verification, a small batch).
+//! q, k and v projections, the MLP's gate and up (groups the model records in its step), for
+//! one token or for a few decode rows (a speculative verification, a small batch).
 //!
 //! Why: at batch 1 a small projection's hand-off to the threads and its activation split cost
 //! as much as its bytes: on SmolLM2 Q8_0 (2 threads) k and v, 117 KB each, took 12.6 us apiece,
@@ -34,56 +34,30 @@ thread_local! {
     static SEG: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// How many ops from the start of `ops` run as one group: consecutive matmuls of decode rows
-/// only (the same number, at most [`MAX_TOKENS`]) with Q8_0 / Q4 weights of rows of whole
-/// blocks, the same input and k, whose outputs are distinct and none of their inputs. 0 or 1:
-/// run the first op alone.
-pub(crate) fn group_len(ops: &[Op]) -> usize {
-    let Some(Op::Matmul(first)) = ops.first() else { return 0 };
-    if !groupable(first, first) {
-        return 0;
-    }
-    let mut len = 1;
-    while len < MAX.min(ops.len()) {
-        let Op::Matmul(m) = &ops[len] else { break };
-        let joins = groupable(m, first)
-            && !reads(m).contains(&Some(m.out))
-            && ops[..len].iter().all(|g| matches!(g, Op::Matmul(g) if independent(g, m)));
-        if !joins {
-            break;
-        }
-        len += 1;
-    }
-    len
+/// Whether the joint kernel takes `ops`, a group the engine has checked ([`Step::groups`]:
+/// matmuls over one x with the same n, k and decode rows, whose outputs are distinct and none
+/// of their operands): at most [`MAX`] of them, of decode rows only (at most [`MAX_TOKENS`]),
+/// with Q8_0 / Q4 weights of rows of whole blocks. Else its members run one by one.
+///
+/// [`Step::groups`]: tandem_core::Step::groups
+pub(crate) fn joins(ops: &[Op]) -> bool {
+    (2..=MAX).contains(&ops.len())
+        && ops.iter().all(|op| {
+            let Op::Matmul(m) = op else { return false };
+            matches!(m.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+                && (1..=MAX_TOKENS).contains(&m.n)
+                && m.decode_rows >= m.n
+                && m.k.is_multiple_of(QBLOCK)
+                && m.k > 0
+                && m.m > 0
+        })
 }
 
-fn groupable(m: &Matmul, first: &Matmul) -> bool {
-    let quant = matches!(m.wdtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1);
-    let decode = (1..=MAX_TOKENS).contains(&m.n) && m.decode_rows >= m.n && m.n == first.n;
-    quant
-        && decode
-        && m.k.is_multiple_of(QBLOCK)
-        && m.k > 0
-        && m.m > 0
-        && m.x == first.x
-        && m.k == first.k
-}
-
-fn reads(m: &Matmul) -> [Option<BufId>; 3] {
-    [Some(m.x), Some(m.w), m.bias]
-}
-
-/// Whether neither op writes what the other reads or writes.
-fn independent(a: &Matmul, b: &Matmul) -> bool {
-    a.out != b.out && !reads(a).contains(&Some(b.out)) && !reads(b).contains(&Some(a.out))
-}
-
-/// Runs `ops` (a group as [`group_len`] found it: matmuls only) with their results as if run
-/// one by one.
+/// Runs `ops` (a group [`joins`] takes) with their results as if run one by one.
 pub(crate) fn run(t: &mut Table, ex: Exec, ops: &[Op]) -> Result<()> {
     let mut mm: [Option<&Matmul>; MAX] = [None; MAX];
     for (slot, op) in mm.iter_mut().zip(ops) {
-        let Op::Matmul(m) = op else { unreachable!("group_len groups matmuls only") };
+        let Op::Matmul(m) = op else { unreachable!("a group holds matmuls only") };
         *slot = Some(m);
     }
     let ops: &[Option<&Matmul>] = &mm[..ops.len().min(MAX)];
@@ -127,7 +101,7 @@ fn compute(
     let mut rows = 0;
     for (slot, op) in parts.iter_mut().zip(ops.iter().flatten()) {
         let Weight::Q(q) = t.arg(OP, "w", op.w)?.weight() else {
-            unreachable!("group_len takes Q8_0 / Q4 weights only")
+            unreachable!("joins takes Q8_0 / Q4 weights only")
         };
         let bias = match op.bias {
             Some(b) => Some(&t.arg(OP, "bias", b)?.f32()[..op.m]),
@@ -263,7 +237,7 @@ mod tests {
     use tandem_core::ops::{Add, Matmul, Op, RmsNorm, Swiglu};
     use tandem_core::{quant, Backend, BufId, DType, Step};
 
-    use super::group_len;
+    use super::joins;
     use crate::{CpuBackend, Isa};
 
     /// This crate's unit tests count the allocations each thread makes.
@@ -315,30 +289,25 @@ mod tests {
         let xb = cpu.alloc(DType::F32, k).unwrap();
         let mut step = Step::default();
         step.push(Op::RmsNorm(RmsNorm { x, weight: norm_w, out: xb, n: 1, dim: k, eps: 1e-5 }));
-        let mut matmul =
+        let matmul =
             |cpu: &mut CpuBackend, x: BufId, wdtype: DType, m: usize, k: usize, seed: usize| {
                 let w = upload(cpu, wdtype, &values(m * k, seed));
                 let out = cpu.alloc(DType::F32, m).unwrap();
-                step.push(Op::Matmul(Matmul {
-                    x,
-                    w,
-                    wdtype,
-                    bias: None,
-                    out,
-                    n: 1,
-                    k,
-                    m,
-                    decode_rows: 1,
-                }));
-                out
+                Matmul { x, w, wdtype, bias: None, out, n: 1, k, m, decode_rows: 1 }
             };
-        for (i, m) in [64, 32, 32].into_iter().enumerate() {
-            matmul(&mut cpu, xb, DType::Q4_1, m, k, 10 + i);
-        }
+        // q, k and v of Q4_1 share xb; so do gate and up of Q8_0.
+        let qkv: Vec<Matmul> = [64, 32, 32]
+            .into_iter()
+            .zip(10..)
+            .map(|(m, seed)| matmul(&mut cpu, xb, DType::Q4_1, m, k, seed))
+            .collect();
+        step.group(qkv).unwrap();
         let gate = matmul(&mut cpu, xb, DType::Q8_0, ffn, k, 20);
         let up = matmul(&mut cpu, xb, DType::Q8_0, ffn, k, 21);
+        let (gate_out, up_out) = (gate.out, up.out);
+        step.group([gate, up]).unwrap();
         let hidden = cpu.alloc(DType::F32, ffn).unwrap();
-        step.push(Op::Swiglu(Swiglu { gate, up, out: hidden, len: ffn }));
+        step.push(Op::Swiglu(Swiglu { gate: gate_out, up: up_out, out: hidden, len: ffn }));
         let w_down = upload(&mut cpu, DType::Q4_0, &values(k * ffn, 30));
         let down = cpu.alloc(DType::F32, k).unwrap();
         step.push(Op::Matmul(Matmul {
@@ -353,10 +322,8 @@ mod tests {
             decode_rows: 1,
         }));
         step.push(Op::Add(Add { x, y: down, len: k }));
-        // q, k, v and gate share xb (a group of two weight kinds, at the most ops a group
-        // takes); up runs alone.
-        assert_eq!(group_len(&step.ops[1..]), 4);
-        assert_eq!(group_len(&step.ops[5..]), 1);
+        // Both groups run through the joint kernel.
+        assert!(step.groups.iter().all(|g| joins(&step.ops[g.clone()])));
         let cold = ALLOCS.with(Cell::get);
         cpu.execute(&step).unwrap();
         // The counter sees this thread's allocations: the first run makes the buffers.
@@ -417,8 +384,8 @@ mod tests {
                 })
                 .collect();
             let mut step = Step::default();
-            ops.iter().for_each(|o| step.push(Op::Matmul(o.clone())));
-            assert_eq!(group_len(&step.ops), 3);
+            step.group(ops.iter().cloned()).unwrap();
+            assert!(joins(&step.ops));
             cpu.execute(&step).unwrap();
             let grouped: Vec<Vec<u32>> = ops.iter().map(|o| out(&cpu, o.out)).collect();
             for (o, want) in ops.iter().zip(&grouped) {
@@ -433,17 +400,31 @@ mod tests {
                     o.m
                 );
             }
-            // An op writing the shared input, or another's output, ends the group.
+            // The engine refuses a group with an op writing the shared input or another's
+            // output, or of another number of rows or decode rows.
             let writes_x = Matmul { out: x, ..ops[1].clone() };
             let same_out = Matmul { out: ops[0].out, ..ops[1].clone() };
-            // So do prompt rows, and another number of decode rows.
             let prompt = Matmul { decode_rows: n - 1, ..ops[1].clone() };
             let other_n = Matmul { n: n + 1, decode_rows: n + 1, ..ops[1].clone() };
             for bad in [writes_x, same_out, prompt, other_n] {
                 let mut s = Step::default();
-                s.push(Op::Matmul(ops[0].clone()));
-                s.push(Op::Matmul(bad));
-                assert_eq!(group_len(&s.ops), 1);
+                assert!(s.group([ops[0].clone(), bad]).is_err());
+                assert!(s.ops.is_empty() && s.groups.is_empty());
+            }
+            // A group of prompt rows is one the joint kernel does not take: its members run
+            // one by one, each with its own bits.
+            let prompt: Vec<Matmul> =
+                ops.iter().map(|o| Matmul { decode_rows: n - 1, ..o.clone() }).collect();
+            let mut s = Step::default();
+            s.group(prompt.iter().cloned()).unwrap();
+            assert!(!joins(&s.ops));
+            cpu.execute(&s).unwrap();
+            let grouped: Vec<Vec<u32>> = prompt.iter().map(|o| out(&cpu, o.out)).collect();
+            for (o, want) in prompt.iter().zip(&grouped) {
+                let mut alone = Step::default();
+                alone.push(Op::Matmul(o.clone()));
+                cpu.execute(&alone).unwrap();
+                assert_eq!(&out(&cpu, o.out), want, "prompt rows, n={n}, {isa}");
             }
         }
     }

@@ -12,8 +12,8 @@
 //!   each token's bits what *rows* gives it alone.
 //! - *decode* / *prompt*: all of an op's decode rows / prompt rows, parallel over chunks of
 //!   weight rows.
-//! - *group*: one-token matmuls sharing their input, run as one parallel section
-//!   ([`group`]).
+//! - *group*: decode matmuls the model recorded as sharing their input, run as one parallel
+//!   section ([`group`]).
 //! - *split*: the activation rearranged for the quantized kernels ([`prep`]).
 //!
 //! Which kernels run is the backend's [`Kernels`] table, one per instruction set, taken when
@@ -68,7 +68,7 @@ use dequant::dequant_into;
 use prep::{int_split, Order};
 use prep::{with_prep, Split, XPrep};
 
-pub(crate) use group::{group_len, run as run_group};
+pub(crate) use group::{joins, run as run_group};
 pub(crate) use kernels::Kernels;
 
 const OP: &str = "matmul";
