@@ -181,7 +181,7 @@ impl CpuBackend {
         CpuBackend {
             mode: CpuMode::Reference,
             pool: None,
-            kernels: Kernels::of(Isa::Portable).expect("the portable loops run anywhere"),
+            kernels: Kernels::portable(),
             table: Table::default(),
             profile: profile::Profile::wanted().then(Default::default),
         }

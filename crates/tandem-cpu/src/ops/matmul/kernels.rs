@@ -36,6 +36,13 @@ pub(crate) struct Kernels {
 }
 
 impl Kernels {
+    /// The portable table without asking the machine: for the reference mode, which runs its
+    /// own scalar loops and none of these kernels (a simd128 build has no portable fast mode,
+    /// yet its oracle must still be made).
+    pub fn portable() -> &'static Kernels {
+        &PORTABLE
+    }
+
     /// The table for `isa`, or why this machine cannot run it.
     pub fn of(isa: Isa) -> Result<&'static Kernels, String> {
         if !isa.supported() {
