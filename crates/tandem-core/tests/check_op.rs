@@ -2,51 +2,14 @@
 //! dtype, too small, not allocated, a written buffer that is also an input) and a bad shape
 //! come back as tandem errors from `execute`, and the backend's `run` never sees the step.
 
-use std::collections::HashMap;
+mod common {
+    pub mod fake;
+}
+
+use common::fake::Fake;
 
 use tandem_core::ops::{Add, Attention, Embed, KvWrite, Matmul, Op, RmsNorm, Rope};
-use tandem_core::{Backend, BufId, BufInfo, DType, Error, Result, Step};
-
-/// Buffers as (dtype, numel) only; `run` records that it ran.
-#[derive(Default)]
-struct Fake {
-    bufs: HashMap<BufId, BufInfo>,
-    runs: usize,
-}
-
-impl Backend for Fake {
-    fn name(&self) -> String {
-        "fake".into()
-    }
-    /// No kernels for bf16 weights: the backend's own decision.
-    fn supports(&self, op: &Op) -> bool {
-        !matches!(op, Op::Matmul(m) if m.wdtype == DType::BF16)
-    }
-    fn alloc(&mut self, dtype: DType, numel: usize) -> Result<BufId> {
-        let id = BufId(self.bufs.len() as u32);
-        self.bufs.insert(id, BufInfo { dtype, numel });
-        Ok(id)
-    }
-    fn write(&mut self, _: BufId, _: &[u8]) -> Result<()> {
-        Ok(())
-    }
-    fn free(&mut self, buf: BufId) {
-        self.bufs.remove(&buf);
-    }
-    fn buffer(&self, buf: BufId) -> Option<BufInfo> {
-        self.bufs.get(&buf).copied()
-    }
-    fn run(&mut self, _: &Step) -> Result<()> {
-        self.runs += 1;
-        Ok(())
-    }
-    async fn read(&mut self, _: BufId, _: usize, len: usize) -> Result<Vec<u8>> {
-        Ok(vec![0; len])
-    }
-    fn allocated_bytes(&self) -> usize {
-        0
-    }
-}
+use tandem_core::{Backend, BufId, DType, Error, Result, Step};
 
 fn execute(b: &mut Fake, op: Op) -> Result<()> {
     b.execute(&Step { ops: vec![op], ..Default::default() })
@@ -54,15 +17,15 @@ fn execute(b: &mut Fake, op: Op) -> Result<()> {
 
 /// The error's text, for checking that it names what is wrong.
 fn refused(b: &mut Fake, op: Op) -> String {
-    let runs = b.runs;
+    let runs = b.steps.len();
     let e = execute(b, op.clone()).expect_err(&format!("{op:?} should be refused"));
-    assert_eq!(b.runs, runs, "the backend ran a refused op: {op:?}");
+    assert_eq!(b.steps.len(), runs, "the backend ran a refused op: {op:?}");
     e.to_string()
 }
 
 #[test]
 fn bad_operands_are_refused_before_the_backend_runs() {
-    let mut b = Fake::default();
+    let mut b = Fake::without_matmul(DType::BF16);
     let x = b.alloc(DType::F32, 2 * 8).unwrap();
     let small = b.alloc(DType::F32, 8).unwrap();
     let ids = b.alloc(DType::U32, 2).unwrap();
@@ -76,7 +39,7 @@ fn bad_operands_are_refused_before_the_backend_runs() {
     // Good ops reach the backend.
     execute(&mut b, mm(x, w, DType::Q8_0, 2)).unwrap();
     execute(&mut b, mm(x, wf, DType::F32, 2)).unwrap();
-    assert_eq!(b.runs, 2);
+    assert_eq!(b.steps.len(), 2);
 
     // A weight of another dtype than the op says.
     let e = refused(&mut b, mm(x, wf, DType::Q8_0, 2));
@@ -125,12 +88,12 @@ fn bad_operands_are_refused_before_the_backend_runs() {
         ),
         Err(Error::ShapeMismatch { op: "rms_norm", .. })
     ));
-    assert_eq!(b.runs, 2);
+    assert_eq!(b.steps.len(), 2);
 }
 
 #[test]
 fn bad_shapes_are_refused_and_support_is_the_backends() {
-    let mut b = Fake::default();
+    let mut b = Fake::without_matmul(DType::BF16);
     let q = b.alloc(DType::F32, 64).unwrap();
     let out = b.alloc(DType::F32, 64).unwrap();
     let cache = b.alloc(DType::F32, 64).unwrap();
@@ -170,7 +133,7 @@ fn bad_shapes_are_refused_and_support_is_the_backends() {
     }
     let rope = Op::Rope(Rope { x: q, positions: u, inv_freq: inv, n: 2, heads: 2, head_dim: 3 });
     assert!(matches!(execute(&mut b, rope), Err(Error::ShapeMismatch { op: "rope", .. })));
-    assert_eq!(b.runs, 1);
+    assert_eq!(b.steps.len(), 1);
 
     // Well-formed, but this backend has no kernel for it.
     let w = b.alloc(DType::BF16, 64).unwrap();
@@ -178,5 +141,5 @@ fn bad_shapes_are_refused_and_support_is_the_backends() {
         Matmul { x: q, w, wdtype: DType::BF16, bias: None, out, n: 1, k: 8, m: 8, decode_rows: 1 };
     let r = execute(&mut b, Op::Matmul(mm));
     assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
-    assert_eq!(b.runs, 1);
+    assert_eq!(b.steps.len(), 1);
 }

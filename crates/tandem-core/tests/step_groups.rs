@@ -2,55 +2,17 @@
 //! groups, and the engine refuses a group whose members are not matmuls over one x (at
 //! `Step::group` and again in `execute`, before the backend runs anything).
 
-use std::collections::HashMap;
+mod common {
+    pub mod fake;
+}
+
+use common::fake::Fake;
 use std::ops::Range;
 
 use tandem_core::model::{Model, ModelOptions, Want};
 use tandem_core::ops::{Add, Matmul, Op};
-use tandem_core::{Backend, BufId, BufInfo, DType, ModelConfig, Result, Step};
+use tandem_core::{Backend, BufId, DType, ModelConfig, Step};
 use tandem_tools::synthetic::{self, SyntheticOptions};
-
-/// Buffers as (dtype, numel) only; `run` keeps the steps it is given.
-#[derive(Default)]
-struct Fake {
-    bufs: HashMap<BufId, BufInfo>,
-    next: u32,
-    steps: Vec<Step>,
-}
-
-impl Backend for Fake {
-    fn name(&self) -> String {
-        "fake".into()
-    }
-    fn supports(&self, _: &Op) -> bool {
-        true
-    }
-    fn alloc(&mut self, dtype: DType, numel: usize) -> Result<BufId> {
-        let id = BufId(self.next);
-        self.next += 1;
-        self.bufs.insert(id, BufInfo { dtype, numel });
-        Ok(id)
-    }
-    fn write(&mut self, _: BufId, _: &[u8]) -> Result<()> {
-        Ok(())
-    }
-    fn free(&mut self, buf: BufId) {
-        self.bufs.remove(&buf);
-    }
-    fn buffer(&self, buf: BufId) -> Option<BufInfo> {
-        self.bufs.get(&buf).copied()
-    }
-    fn run(&mut self, step: &Step) -> Result<()> {
-        self.steps.push(step.clone());
-        Ok(())
-    }
-    async fn read(&mut self, _: BufId, _: usize, len: usize) -> Result<Vec<u8>> {
-        Ok(vec![0; len])
-    }
-    fn allocated_bytes(&self) -> usize {
-        0
-    }
-}
 
 const CONFIG: &str = r#"{
     "architectures": ["Qwen2ForCausalLM"],
