@@ -10,13 +10,14 @@ use crate::rng::Rng;
 
 mod attention;
 mod matmul;
+mod moe;
 mod rows;
 mod sample;
 
 pub use attention::AttnBatch;
 
 /// Every op the suite covers, by the name shared with kernels and tests.
-pub const OPS: [&str; 12] = [
+pub const OPS: [&str; 17] = [
     "embed",
     "rms_norm",
     "matmul",
@@ -25,6 +26,11 @@ pub const OPS: [&str; 12] = [
     "attention_prefill",
     "attention_decode",
     "swiglu",
+    "geglu",
+    "softcap",
+    "moe_route",
+    "moe_matmul",
+    "moe_sum",
     "add",
     "argmax",
     "sample",
@@ -128,6 +134,11 @@ pub fn cases_for(op: &str) -> Vec<Case> {
         "attention_prefill" => attention::attention(rng, false),
         "attention_decode" => attention::attention(rng, true),
         "swiglu" => rows::swiglu(rng),
+        "geglu" => rows::geglu(rng),
+        "softcap" => rows::softcap(rng),
+        "moe_route" => moe::route(rng),
+        "moe_matmul" => moe::matmul(rng),
+        "moe_sum" => moe::sum(rng),
         "add" => rows::add(rng),
         "argmax" => sample::argmax(rng),
         "sample" => sample::sample(rng),
@@ -146,11 +157,12 @@ pub struct Invariance {
     pub row_len: usize,
 }
 
-/// The batch-invariance cases of "matmul" and "attention".
+/// The batch-invariance cases of "matmul", "attention" and "moe_matmul".
 pub fn invariance_cases(op: &str) -> Vec<Invariance> {
     let rng = &mut Rng::new(0x1A7A);
     match op {
         "matmul" => matmul::matmul_invariance(rng),
+        "moe_matmul" => moe::matmul_invariance(rng),
         "attention" => attention::attention_invariance(rng),
         _ => vec![],
     }

@@ -39,7 +39,15 @@ pub fn tolerance(op: &str, dtype: DType) -> Tol {
         ("rope", _) => Tol::Nmse(1e-8),
         // exp() implementations differ by a few ulps, on top of the online-softmax order.
         ("attention_prefill" | "attention_decode", _) => Tol::Nmse(1e-8),
-        ("swiglu", _) => Tol::Nmse(1e-10),
+        ("swiglu" | "geglu", _) => Tol::Nmse(1e-10),
+        // tanh implementations differ by a few ulps.
+        ("softcap", _) => Tol::Nmse(1e-10),
+        // Each row a one-row matmul of its expert.
+        ("moe_matmul", d) => tolerance("matmul", d),
+        // The experts are chosen on the logits (exact); the weights go through exp().
+        ("moe_route", DType::U32) => Tol::Exact,
+        ("moe_route", _) => Tol::Nmse(1e-10),
+        ("moe_sum", _) => Tol::Nmse(1e-12),
         ("add" | "argmax" | "sample" | "copy_rows" | "kv_write", _) => Tol::Exact,
         _ => Tol::Nmse(0.0),
     }
@@ -53,12 +61,12 @@ pub fn tolerance(op: &str, dtype: DType) -> Tol {
 pub fn precision_tolerance(op: &Op, precision: Precision) -> Option<Tol> {
     match (op, precision) {
         (_, Precision::F32) => None,
-        (Op::Matmul(_), Precision::Bf16Products) => Some(Tol::Nmse(3e-5)),
+        (Op::Matmul(_) | Op::MoeMatmul(_), Precision::Bf16Products) => Some(Tol::Nmse(3e-5)),
         (_, Precision::Bf16Products) => None,
         // Activations rounded to 16 bits per block of 32: the worst of the shared matmul cases
         // measured 1.3e-9 on the wasm CPU fallback (Chromium, tests/browser/cpu-fallback),
         // above f32's 1e-9 for the outlier cases; a decade of margin, as above.
-        (Op::Matmul(_), Precision::I16Activations) => Some(Tol::Nmse(1e-8)),
+        (Op::Matmul(_) | Op::MoeMatmul(_), Precision::I16Activations) => Some(Tol::Nmse(1e-8)),
         (_, Precision::I16Activations) => None,
     }
 }
@@ -343,6 +351,11 @@ pub fn remap(op: &Op, f: impl Fn(BufId) -> BufId) -> Op {
             )
         }
         Op::Swiglu(o) => (o.gate, o.up, o.out) = (f(o.gate), f(o.up), f(o.out)),
+        Op::Geglu(o) => (o.gate, o.up, o.out) = (f(o.gate), f(o.up), f(o.out)),
+        Op::Softcap(o) => o.x = f(o.x),
+        Op::MoeRoute(o) => (o.logits, o.ids, o.weights) = (f(o.logits), f(o.ids), f(o.weights)),
+        Op::MoeMatmul(o) => (o.x, o.w, o.ids, o.out) = (f(o.x), f(o.w), f(o.ids), f(o.out)),
+        Op::MoeSum(o) => (o.y, o.weights, o.out) = (f(o.y), f(o.weights), f(o.out)),
         Op::Add(o) => (o.x, o.y) = (f(o.x), f(o.y)),
         Op::Argmax(o) => (o.x, o.out) = (f(o.x), f(o.out)),
         Op::Sample(o) => (o.x, o.params, o.out) = (f(o.x), f(o.params), f(o.out)),

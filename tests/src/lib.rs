@@ -74,6 +74,26 @@ macro_rules! conformance_suite {
                 check("swiglu");
             }
             #[test]
+            fn geglu() {
+                check("geglu");
+            }
+            #[test]
+            fn softcap() {
+                check("softcap");
+            }
+            #[test]
+            fn moe_route() {
+                check("moe_route");
+            }
+            #[test]
+            fn moe_matmul() {
+                check("moe_matmul");
+            }
+            #[test]
+            fn moe_sum() {
+                check("moe_sum");
+            }
+            #[test]
             fn add() {
                 check("add");
             }
@@ -96,6 +116,10 @@ macro_rules! conformance_suite {
             #[test]
             fn batch_invariance_attention() {
                 $crate::check_invariance($make, stringify!($name), "attention");
+            }
+            #[test]
+            fn batch_invariance_moe_matmul() {
+                $crate::check_invariance($make, stringify!($name), "moe_matmul");
             }
         }
     };

@@ -94,8 +94,20 @@ fn q4_1_dequant_by_hand() {
         b.write(table, &q4_1_block()).unwrap();
         let ids = u32_buf(b, &[0]);
         let out = b.alloc(DType::F32, 32).unwrap();
-        run(b, Op::Embed(Embed { table, dtype: DType::Q4_1, ids, out, n: 1, vocab: 1, dim: 32 }))
-            .unwrap();
+        run(
+            b,
+            Op::Embed(Embed {
+                table,
+                dtype: DType::Q4_1,
+                ids,
+                out,
+                n: 1,
+                vocab: 1,
+                dim: 32,
+                scale: 1.0,
+            }),
+        )
+        .unwrap();
         assert_eq!(read(b, out, 32), want);
         // Through matmul (n = 1, the fast decode path): sum of the row against ones, and two
         // rows of 16 that split the block (the general path).
@@ -181,6 +193,8 @@ fn attention_op<B: Backend>(
         head_dim: 2,
         block_size: 2,
         scale: 1.0,
+        window: 0,
+        softcap: 0.0,
     })
 }
 
@@ -209,8 +223,20 @@ fn rope_position_zero_is_identity_and_rotates_by_angle() {
     let x = f32_buf(b, &vals);
     let pos = u32_buf(b, &[0, 3]);
     let inv = f32_buf(b, &[1.0, 0.5]);
-    run(b, Op::Rope(Rope { x, positions: pos, inv_freq: inv, n: 2, heads: 1, head_dim: 4 }))
-        .unwrap();
+    run(
+        b,
+        Op::Rope(Rope {
+            x,
+            positions: pos,
+            inv_freq: inv,
+            n: 2,
+            heads: 1,
+            head_dim: 4,
+            rot_dim: 4,
+            scale: 1.0,
+        }),
+    )
+    .unwrap();
     let got = read(b, x, 8);
     assert_eq!(&got[..4], &vals[..4]);
     // Token 1, position 3: pairs (x0, x2) by angle 3 and (x1, x3) by angle 1.5.
@@ -285,7 +311,16 @@ fn bad_ops_are_errors_not_panics() {
         let bad = [
             (
                 "id >= vocab",
-                Op::Embed(Embed { table: x, dtype: DType::F32, ids, out, n: 2, vocab: 5, dim: 4 }),
+                Op::Embed(Embed {
+                    table: x,
+                    dtype: DType::F32,
+                    ids,
+                    out,
+                    n: 2,
+                    vocab: 5,
+                    dim: 4,
+                    scale: 1.0,
+                }),
             ),
             ("w too small", mm(x, small, DType::F32, 1, 4, 4)),
             ("dtype mismatch", mm(x, x, DType::Q8_0, 1, 8, 8)),
@@ -327,7 +362,16 @@ fn bad_ops_are_errors_not_panics() {
             ),
             (
                 "odd head_dim",
-                Op::Rope(Rope { x, positions: ids, inv_freq: x, n: 1, heads: 1, head_dim: 3 }),
+                Op::Rope(Rope {
+                    x,
+                    positions: ids,
+                    inv_freq: x,
+                    n: 1,
+                    heads: 1,
+                    head_dim: 3,
+                    rot_dim: 3,
+                    scale: 1.0,
+                }),
             ),
             (
                 "copy past the end",

@@ -99,6 +99,15 @@ impl DType {
         matches!(self, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) || self.block_layout().is_some()
     }
 
+    /// Elements of one block: 1 for the float types, 32 for Q8_0/Q4_0/Q4_1, the block of a
+    /// GGUF block type. A tensor whose rows hold whole blocks can be cut between any rows.
+    pub fn block_elems(self) -> usize {
+        match self {
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => QBLOCK,
+            d => d.block_layout().map_or(1, |l| l.elems),
+        }
+    }
+
     /// The block geometry of a GGUF block type; `None` for every other type.
     pub fn block_layout(self) -> Option<BlockLayout> {
         let (elems, ggml_bytes, stride, pad_at) = match self {

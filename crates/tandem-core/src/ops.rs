@@ -7,10 +7,13 @@
 use crate::backend::BufId;
 use crate::dtype::DType;
 
+mod moe;
 mod operands;
+pub use moe::{MoeMatmul, MoeRoute, MoeSum};
 pub use operands::{Access, Operand, Operands};
 
-/// Token embedding lookup.
+/// Token embedding lookup: out[i] = table[ids[i]] * scale (each element's f32 product; with
+/// scale 1 the row itself).
 /// table: [vocab, dim] in `dtype`; ids: [n] u32; out: [n, dim] f32.
 /// An id >= vocab is a caller bug; backends report it as an error.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +25,8 @@ pub struct Embed {
     pub n: usize,
     pub vocab: usize,
     pub dim: usize,
+    /// 1, or Gemma's sqrt(hidden size) (the table stays unscaled: a tied head reads it too).
+    pub scale: f32,
 }
 
 /// out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight.
@@ -59,8 +64,12 @@ pub struct Matmul {
 }
 
 /// Rotary position embedding, in place, in the rotate-half (GPT-NeoX / HF) layout: within each
-/// head, element i pairs with element i + head_dim/2, rotated by angle position * inv_freq[i].
-/// x: [n, heads, head_dim] f32; positions: [n] u32; inv_freq: [head_dim/2] f32 (rope_theta and
+/// head, the first `rot_dim` elements rotate, element i pairing with element i + rot_dim/2, by
+/// angle a = position * inv_freq[i] (an f32 product):
+///   x[i] = x[i] * (cos a * scale) - x[i + rot_dim/2] * (sin a * scale), and
+///   x[i + rot_dim/2] = x[i] * (sin a * scale) + x[i + rot_dim/2] * (cos a * scale).
+/// Elements rot_dim..head_dim pass through (partial rotary, as Phi-3 and Phi-4-mini use).
+/// x: [n, heads, head_dim] f32; positions: [n] u32; inv_freq: [rot_dim/2] f32 (rope_theta and
 /// any rope_scaling are folded into it by the engine).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rope {
@@ -70,6 +79,10 @@ pub struct Rope {
     pub n: usize,
     pub heads: usize,
     pub head_dim: usize,
+    /// Even, 2..=head_dim; head_dim for full rotary.
+    pub rot_dim: usize,
+    /// 1, or LongRoPE's attention factor (cos and sin are multiplied by it).
+    pub scale: f32,
 }
 
 /// Writes new keys and values into paged cache blocks.
@@ -106,6 +119,13 @@ pub struct KvWrite {
 /// arithmetic depends on its own position only (batch invariance, see [`Matmul`]).
 /// Every positions[i] < max_ctx (sizes grids and scratch). Rows of the cache outside a query's
 /// context may hold anything, NaN included, and must not leak.
+///
+/// A sliding window (`window` > 0) narrows query i's context to the positions p with
+/// positions[i] - p < window: p in positions[i] + 1 - window ..= positions[i] (from 0). Blocks
+/// wholly before a query's window are never read: their table entries may name any block
+/// (the engine may have given them back), but they are inside the pool. With `softcap` > 0
+/// each score s = (q . k) * scale becomes softcap * tanh(s / softcap) before the softmax
+/// (Gemma 2).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attention {
     pub q: BufId,
@@ -125,9 +145,22 @@ pub struct Attention {
     pub head_dim: usize,
     pub block_size: usize,
     pub scale: f32,
+    /// 0: every position up to the query's; else the last `window` positions.
+    pub window: usize,
+    /// 0: none; else the cap of the scores (finite, > 0).
+    pub softcap: f32,
 }
 
 impl Attention {
+    /// The first position query at `pos` attends to.
+    pub fn first_position(&self, pos: usize) -> usize {
+        if self.window == 0 {
+            0
+        } else {
+            (pos + 1).saturating_sub(self.window)
+        }
+    }
+
     /// The index checks every backend makes before following a query's position and block
     /// table (on the data itself, or on host copies of the uploads): each position below
     /// max_ctx, each table inside `tables`, each block inside the pool. Allocates nothing
@@ -189,6 +222,25 @@ pub struct Swiglu {
     pub up: BufId,
     pub out: BufId,
     pub len: usize,
+}
+
+/// out = gelu_tanh(gate) * up, elementwise, where gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi)
+/// (g + 0.044715 g^3))): the gated MLP of Gemma (`gelu_pytorch_tanh`). gate, up, out: [len] f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Geglu {
+    pub gate: BufId,
+    pub up: BufId,
+    pub out: BufId,
+    pub len: usize,
+}
+
+/// Soft-capping in place: x = cap * tanh(x / cap) (Gemma 2's final logits). x: [len] f32;
+/// cap finite and > 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Softcap {
+    pub x: BufId,
+    pub len: usize,
+    pub cap: f32,
 }
 
 /// Residual add, in place: x += y. x, y: [len] f32.
@@ -299,6 +351,11 @@ pub enum Op {
     KvWrite(KvWrite),
     Attention(Attention),
     Swiglu(Swiglu),
+    Geglu(Geglu),
+    Softcap(Softcap),
+    MoeRoute(MoeRoute),
+    MoeMatmul(MoeMatmul),
+    MoeSum(MoeSum),
     Add(Add),
     Argmax(Argmax),
     Sample(Sample),
@@ -317,6 +374,11 @@ impl Op {
             Op::Attention(a) if a.n > 0 && a.decode_rows == a.n => "attention_decode",
             Op::Attention(_) => "attention_prefill",
             Op::Swiglu(_) => "swiglu",
+            Op::Geglu(_) => "geglu",
+            Op::Softcap(_) => "softcap",
+            Op::MoeRoute(_) => "moe_route",
+            Op::MoeMatmul(_) => "moe_matmul",
+            Op::MoeSum(_) => "moe_sum",
             Op::Add(_) => "add",
             Op::Argmax(_) => "argmax",
             Op::Sample(_) => "sample",

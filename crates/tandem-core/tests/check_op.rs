@@ -54,8 +54,16 @@ fn bad_operands_are_refused_before_the_backend_runs() {
     );
     assert!(e.contains("rms_norm") && e.contains("out of at least 16"), "{e}");
     // ids of f32.
-    let embed =
-        Op::Embed(Embed { table: wf, dtype: DType::F32, ids: x, out, n: 2, vocab: 4, dim: 4 });
+    let embed = Op::Embed(Embed {
+        table: wf,
+        dtype: DType::F32,
+        ids: x,
+        out,
+        n: 2,
+        vocab: 4,
+        dim: 4,
+        scale: 1.0,
+    });
     let e = refused(&mut b, embed);
     assert!(e.contains("embed") && e.contains("ids of dtype u32"), "{e}");
     // A buffer that is not allocated.
@@ -118,6 +126,8 @@ fn bad_shapes_are_refused_and_support_is_the_backends() {
         head_dim: 4,
         block_size: 4,
         scale: 0.5,
+        window: 0,
+        softcap: 0.0,
     };
     execute(&mut b, Op::Attention(att.clone())).unwrap();
     for (what, bad) in [
@@ -131,7 +141,16 @@ fn bad_shapes_are_refused_and_support_is_the_backends() {
         let r = execute(&mut b, Op::Attention(bad));
         assert!(matches!(r, Err(Error::ShapeMismatch { op: "attention", .. })), "{what}: {r:?}");
     }
-    let rope = Op::Rope(Rope { x: q, positions: u, inv_freq: inv, n: 2, heads: 2, head_dim: 3 });
+    let rope = Op::Rope(Rope {
+        x: q,
+        positions: u,
+        inv_freq: inv,
+        n: 2,
+        heads: 2,
+        head_dim: 3,
+        rot_dim: 3,
+        scale: 1.0,
+    });
     assert!(matches!(execute(&mut b, rope), Err(Error::ShapeMismatch { op: "rope", .. })));
     assert_eq!(b.steps.len(), 1);
 

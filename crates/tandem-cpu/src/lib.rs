@@ -218,6 +218,11 @@ impl CpuBackend {
             Op::KvWrite(o) => ops::kv_write::run(t, ex, o),
             Op::Attention(o) => ops::attention::run(t, ex, o),
             Op::Swiglu(o) => ops::swiglu::run(t, ex, o),
+            Op::Geglu(o) => ops::geglu::run(t, ex, o),
+            Op::Softcap(o) => ops::softcap::run(t, ex, o),
+            Op::MoeRoute(o) => ops::moe::route(t, o),
+            Op::MoeMatmul(o) => ops::moe::matmul(t, ex, o),
+            Op::MoeSum(o) => ops::moe::sum(t, o),
             Op::Add(o) => ops::add::run(t, ex, o),
             Op::Argmax(o) => ops::argmax::run(t, ex, o),
             Op::Sample(o) => ops::sample::run(t, ex, o),
@@ -255,7 +260,12 @@ impl Backend for CpuBackend {
             | Op::Add(_)
             | Op::Argmax(_)
             | Op::Sample(_)
-            | Op::CopyRows(_) => true,
+            | Op::CopyRows(_)
+            | Op::Geglu(_)
+            | Op::Softcap(_)
+            | Op::MoeRoute(_)
+            | Op::MoeSum(_) => true,
+            Op::MoeMatmul(o) => is_weight_dtype(o.wdtype),
         }
     }
 
@@ -265,6 +275,12 @@ impl Backend for CpuBackend {
             // tolerance.
             Op::Matmul(m)
                 if self.mode != CpuMode::Reference && ops::matmul::i16_class(m, self.kernels) =>
+            {
+                Precision::I16Activations
+            }
+            Op::MoeMatmul(m)
+                if self.mode != CpuMode::Reference
+                    && ops::matmul::i16_class(&m.row_matmul(), self.kernels) =>
             {
                 Precision::I16Activations
             }

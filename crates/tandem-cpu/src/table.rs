@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use half::f16;
 use tandem_core::dtype::bf16_to_f32;
 use tandem_core::quant::BlockView;
-use tandem_core::{BufId, DType, Error, QuantView, Result};
+use tandem_core::{BufId, DType, Error, QuantView, Result, QBLOCK};
 
 pub(crate) struct Buffer {
     pub dtype: DType,
@@ -93,7 +93,31 @@ pub(crate) enum Weight<'a> {
     Blocks(BlockView<'a>),
 }
 
-impl Weight<'_> {
+impl<'a> Weight<'a> {
+    /// Rows r0..r0 + rows of a [.., k] weight whose rows hold whole blocks (k a multiple of
+    /// the dtype's `block_elems`): a weight of its own, as if stored alone.
+    pub fn rows(self, r0: usize, rows: usize, k: usize) -> Weight<'a> {
+        let (e0, e1) = (r0 * k, (r0 + rows) * k);
+        match self {
+            Weight::F32(w) => Weight::F32(&w[e0..e1]),
+            Weight::F16(w) => Weight::F16(&w[e0..e1]),
+            Weight::BF16(w) => Weight::BF16(&w[e0..e1]),
+            Weight::Blocks(b) => {
+                let (per, s) = (b.layout.elems, b.layout.stride);
+                Weight::Blocks(BlockView { bytes: &b.bytes[e0 / per * s..e1 / per * s], ..b })
+            }
+            Weight::Q(q) => {
+                let (b0, b1) = (e0 / QBLOCK, e1 / QBLOCK);
+                let qs = match q.dtype {
+                    DType::Q8_0 => &q.qs[e0..e1],
+                    _ => &q.qs[e0 / 2..e1 / 2],
+                };
+                let m = if q.m.is_empty() { q.m } else { &q.m[b0..b1] };
+                Weight::Q(QuantView { qs, d: &q.d[b0..b1], m, ..q })
+            }
+        }
+    }
+
     /// The value of flat element `e`, as the reference computes it.
     #[inline]
     pub fn get(&self, e: usize) -> f32 {

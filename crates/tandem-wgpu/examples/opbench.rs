@@ -97,6 +97,8 @@ fn main() {
             head_dim: hd,
             block_size: bs,
             scale: 0.125,
+            window: 0,
+            softcap: 0.0,
         });
         let s = time(&mut b, vec![op; 4], out, 3);
         println!("attention n={n:3} ctx={ctx:5}: {:8.3} ms", s * 1e3);

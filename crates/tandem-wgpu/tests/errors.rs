@@ -17,7 +17,9 @@ fn bad_ops_are_errors_and_the_backend_survives() {
     b.write(table, bytemuck::cast_slice(&(0..12).map(|i| i as f32).collect::<Vec<_>>())).unwrap();
     let ids = b.alloc(DType::U32, 2).unwrap();
     let out = b.alloc(DType::F32, 6).unwrap();
-    let embed = |n| Op::Embed(Embed { table, dtype: DType::F32, ids, out, n, vocab: 4, dim: 3 });
+    let embed = |n| {
+        Op::Embed(Embed { table, dtype: DType::F32, ids, out, n, vocab: 4, dim: 3, scale: 1.0 })
+    };
 
     // A token id past the vocabulary, uploaded in the same step.
     let mut step = Step::default();

@@ -125,6 +125,7 @@ fn split_weights_match_the_reference() {
                             n: ids.len(),
                             vocab: rows,
                             dim: cols,
+                            scale: 1.0,
                         }),
                     ],
                 };

@@ -60,6 +60,9 @@ pub struct AttnBatch {
     /// Sequences (the first after the decodes) whose rows are decode rows: a speculative
     /// verification (its last token and the drafts after it), each row as if decoded alone.
     verifies: usize,
+    /// The op's sliding window and soft-cap (0: none).
+    window: usize,
+    softcap: f32,
 }
 
 impl AttnBatch {
@@ -113,7 +116,27 @@ impl AttnBatch {
             specs.push((table, ctx, rows, q));
         }
         let decodes = seqs.iter().filter(|s| s.1 == 0).count();
-        AttnBatch { heads, kv_heads, head_dim, bs, pool, ck, cv, seqs: specs, decodes, verifies: 0 }
+        AttnBatch {
+            heads,
+            kv_heads,
+            head_dim,
+            bs,
+            pool,
+            ck,
+            cv,
+            seqs: specs,
+            decodes,
+            verifies: 0,
+            window: 0,
+            softcap: 0.0,
+        }
+    }
+
+    /// Every query attends to its last `window` positions only, scores capped at `softcap`
+    /// (0: none).
+    pub fn windowed(mut self, window: usize, softcap: f32) -> Self {
+        (self.window, self.softcap) = (window, softcap);
+        self
     }
 
     /// The first `n` sequences after the decodes verify drafts: their rows are decode rows.
@@ -203,6 +226,8 @@ impl AttnBatch {
             head_dim: hd,
             block_size: self.bs,
             scale: 1.0 / (hd as f32).sqrt(),
+            window: self.window,
+            softcap: self.softcap,
         });
         let ctxs: Vec<String> = which
             .iter()
@@ -215,13 +240,19 @@ impl AttnBatch {
                 }
             })
             .collect();
-        let name = format!(
+        let mut name = format!(
             "{kv_dtype} [{}] heads={heads}/{} hd={hd} bs={} pool={}",
             ctxs.join(" "),
             self.kv_heads,
             self.bs,
             self.pool
         );
+        if self.window > 0 {
+            name += &format!(" window={}", self.window);
+        }
+        if self.softcap > 0.0 {
+            name += &format!(" softcap={}", self.softcap);
+        }
         b.case(name, op.clone(), &[(o, tolerance(op.name(), kv_dtype))])
     }
 }
@@ -265,11 +296,43 @@ pub(super) fn attention_shapes(decode: bool) -> &'static [AttnShape] {
     }
 }
 
+/// Batches with a sliding window (crossed by most contexts: inside one block, across blocks,
+/// wider than a context) and soft-capped scores: (shape, sequences, share, window, softcap).
+type WindowShape = ((usize, usize, usize, usize), &'static [(usize, usize)], bool, usize, f32);
+
+pub(super) fn window_shapes(decode: bool) -> &'static [WindowShape] {
+    if decode {
+        &[
+            ((4, 2, 64, 16), &[(17, 0)], false, 16, 0.0),
+            ((8, 2, 64, 16), &[(300, 0), (9, 0)], false, 32, 0.0),
+            ((4, 4, 8, 4), &[(50, 0), (3, 0)], false, 5, 2.0),
+            // A window wider than a decode partition, contexts of several.
+            ((6, 2, 32, 16), &[(530, 0), (40, 0)], true, 300, 0.0),
+            ((4, 1, 64, 16), &[(129, 0)], false, 0, 1.5),
+        ]
+    } else {
+        &[
+            ((4, 2, 64, 16), &[(40, 40)], false, 16, 0.0),
+            ((8, 2, 8, 4), &[(33, 7), (13, 13)], false, 5, 0.0),
+            ((4, 4, 64, 16), &[(100, 20), (9, 0), (30, 30)], true, 32, 3.0),
+            ((8, 1, 8, 16), &[(70, 40)], false, 64, 0.0),
+            ((4, 2, 64, 4), &[(21, 21)], false, 0, 1.0),
+        ]
+    }
+}
+
 pub(super) fn attention(rng: &mut Rng, decode: bool) -> Vec<Case> {
     let mut out = vec![];
     for kv_dtype in KV_DTYPES {
         for &(shape, seqs, share) in attention_shapes(decode) {
             let batch = AttnBatch::new(rng, shape, seqs, share);
+            let all: Vec<usize> = (0..batch.len()).collect();
+            out.push(batch.case(&all, kv_dtype));
+        }
+    }
+    for kv_dtype in KV_DTYPES {
+        for &(shape, seqs, share, window, softcap) in window_shapes(decode) {
+            let batch = AttnBatch::new(rng, shape, seqs, share).windowed(window, softcap);
             let all: Vec<usize> = (0..batch.len()).collect();
             out.push(batch.case(&all, kv_dtype));
         }
@@ -298,6 +361,18 @@ pub(super) fn attention_invariance(rng: &mut Rng) -> Vec<Invariance> {
             ((6, 2, 32, 16), &[(40, 0), (259, 5)], false),
             ((8, 2, 64, 16), &[(300, 0), (17, 0), (70, 4)], true),
         ];
+        for decode in [true, false] {
+            let windowed = window_shapes(decode).iter().filter(|s| s.1.len() > 1);
+            for &(shape, seqs, share, window, softcap) in windowed {
+                let batch = AttnBatch::new(rng, shape, seqs, share).windowed(window, softcap);
+                let all: Vec<usize> = (0..batch.len()).collect();
+                let alone = (0..batch.len())
+                    .map(|i| (batch.case(&[i], kv_dtype), batch.rows_of(i).start))
+                    .collect();
+                let row_len = shape.0 * shape.2;
+                out.push(Invariance { batch: batch.case(&all, kv_dtype), alone, row_len });
+            }
+        }
         for (shape, seqs, share) in verifies {
             let batch = AttnBatch::new(rng, shape, seqs, share).verifying(1);
             let all: Vec<usize> = (0..batch.len()).collect();

@@ -26,13 +26,28 @@ pub(super) fn embed(rng: &mut Rng) -> Vec<Case> {
             ids[0] = vocab as u32 - 1; // the last row
             let ids = b.u32(&ids);
             let o = b.poison(DType::F32, n * dim);
-            let op = Op::Embed(Embed { table, dtype, ids, out: o, n, vocab, dim });
+            let op = Op::Embed(Embed { table, dtype, ids, out: o, n, vocab, dim, scale: 1.0 });
             out.push(b.case(
                 format!("{dtype} n={n} vocab={vocab} dim={dim}"),
                 op,
                 &[(o, tolerance("embed", dtype))],
             ));
         }
+    }
+    // Gemma's scaled lookup: the row times sqrt(dim), one more correctly rounded product.
+    for dtype in all_weight_dtypes() {
+        let (n, vocab, dim) = (4, 21, if dtype.block_layout().is_some() { 256 } else { 100 });
+        let mut b = Bufs::default();
+        let table = b.add(dtype, vocab * dim, Init::Data(weights(rng, vocab * dim, 1.0, dtype)));
+        let ids = b.u32(&(0..n).map(|_| rng.below(vocab) as u32).collect::<Vec<_>>());
+        let o = b.poison(DType::F32, n * dim);
+        let scale = (dim as f32).sqrt() * 1.01;
+        let op = Op::Embed(Embed { table, dtype, ids, out: o, n, vocab, dim, scale });
+        out.push(b.case(
+            format!("{dtype} n={n} vocab={vocab} dim={dim} scale={scale}"),
+            op,
+            &[(o, tolerance("embed", dtype))],
+        ));
     }
     out
 }

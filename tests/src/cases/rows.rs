@@ -35,10 +35,39 @@ pub(super) fn rope(rng: &mut Rng) -> Vec<Case> {
         let inv: Vec<f32> =
             (0..half).map(|j| 10000f32.powf(-((2 * j) as f32) / head_dim as f32)).collect();
         let inv_freq = b.f32(&inv);
-        let op = Op::Rope(Rope { x, positions, inv_freq, n, heads, head_dim });
+        let op = Op::Rope(Rope {
+            x,
+            positions,
+            inv_freq,
+            n,
+            heads,
+            head_dim,
+            rot_dim: head_dim,
+            scale: 1.0,
+        });
         // In place: x is the checked output.
         out.push(b.case(
             format!("n={n} heads={heads} head_dim={head_dim}"),
+            op,
+            &[(x, tolerance("rope", DType::F32))],
+        ));
+    }
+    // Partial rotary (Phi-3, Phi-4-mini: 3/4 of the head) with LongRoPE's attention factor:
+    // the elements past rot_dim must pass through untouched.
+    for (n, heads, head_dim, rot_dim, scale) in
+        [(3, 4, 64, 48, 1.19), (5, 2, 96, 64, 1.0), (1, 3, 128, 32, 0.93), (7, 2, 8, 2, 1.0)]
+    {
+        let mut b = Bufs::default();
+        let x = b.f32(&rng.vec(n * heads * head_dim, 1.0));
+        let positions = b.u32(&(0..n).map(|_| rng.below(4096) as u32).collect::<Vec<_>>());
+        let half = rot_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|j| 10000f32.powf(-((2 * j) as f32) / rot_dim as f32) / (1.0 + j as f32 * 0.1))
+            .collect();
+        let inv_freq = b.f32(&inv);
+        let op = Op::Rope(Rope { x, positions, inv_freq, n, heads, head_dim, rot_dim, scale });
+        out.push(b.case(
+            format!("n={n} heads={heads} head_dim={head_dim} rot_dim={rot_dim} scale={scale}"),
             op,
             &[(x, tolerance("rope", DType::F32))],
         ));
@@ -55,6 +84,36 @@ pub(super) fn swiglu(rng: &mut Rng) -> Vec<Case> {
         let o = b.poison(DType::F32, len);
         let op = Op::Swiglu(Swiglu { gate, up, out: o, len });
         out.push(b.case(format!("len={len}"), op, &[(o, tolerance("swiglu", DType::F32))]));
+    }
+    out
+}
+
+pub(super) fn geglu(rng: &mut Rng) -> Vec<Case> {
+    let mut out = vec![];
+    for len in [1, 7, 100, 1000, 4099] {
+        let mut b = Bufs::default();
+        // Into the tanh's saturated tails and through its cubic term.
+        let gate = b.f32(&rng.vec(len, 8.0));
+        let up = b.f32(&rng.vec(len, 1.0));
+        let o = b.poison(DType::F32, len);
+        let op = Op::Geglu(Geglu { gate, up, out: o, len });
+        out.push(b.case(format!("len={len}"), op, &[(o, tolerance("geglu", DType::F32))]));
+    }
+    out
+}
+
+pub(super) fn softcap(rng: &mut Rng) -> Vec<Case> {
+    let mut out = vec![];
+    for (len, cap) in [(1, 30.0), (100, 5.0), (4099, 30.0), (1000, 0.5)] {
+        let mut b = Bufs::default();
+        // Logits well inside the cap, near it and far past it.
+        let x = b.f32(&rng.vec(len, 4.0 * cap));
+        let op = Op::Softcap(Softcap { x, len, cap });
+        out.push(b.case(
+            format!("len={len} cap={cap}"),
+            op,
+            &[(x, tolerance("softcap", DType::F32))],
+        ));
     }
     out
 }

@@ -356,6 +356,7 @@ impl<B: Backend> Model<B> {
             n,
             vocab: c.vocab_size,
             dim,
+            scale: 1.0,
         }));
         for (l, lw) in w.layers.iter().enumerate() {
             // Attention block.
@@ -373,6 +374,8 @@ impl<B: Backend> Model<B> {
                 n,
                 heads,
                 head_dim: hd,
+                rot_dim: hd,
+                scale: 1.0,
             }));
             step.push(Op::Rope(Rope {
                 x: a.k,
@@ -381,6 +384,8 @@ impl<B: Backend> Model<B> {
                 n,
                 heads: kvh,
                 head_dim: hd,
+                rot_dim: hd,
+                scale: 1.0,
             }));
             let (cache_k, cache_v, kv_dtype) = (self.kv.k[l], self.kv.v[l], self.kv.dtype);
             step.push(Op::KvWrite(KvWrite {
@@ -412,6 +417,8 @@ impl<B: Backend> Model<B> {
                 head_dim: hd,
                 block_size: bs,
                 scale: 1.0 / (hd as f32).sqrt(),
+                window: 0,
+                softcap: 0.0,
             }));
             step.push(Op::Matmul(matmul(a.att, &lw.wo, None, a.xb2, n, d)));
             step.push(Op::Add(Add { x: a.x, y: a.xb2, len: n * dim }));

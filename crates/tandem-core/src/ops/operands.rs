@@ -116,9 +116,41 @@ impl Op {
                 format!("decode_rows <= n = {}", o.n),
                 format!("decode_rows = {}", o.decode_rows),
             )),
-            Op::Rope(o) if !o.head_dim.is_multiple_of(2) => {
-                Err(bad(op, "an even head_dim", o.head_dim.to_string()))
+            Op::Rope(o)
+                if !o.rot_dim.is_multiple_of(2) || o.rot_dim == 0 || o.rot_dim > o.head_dim =>
+            {
+                Err(bad(
+                    op,
+                    format!("an even rot_dim in 2..={}", o.head_dim),
+                    o.rot_dim.to_string(),
+                ))
             }
+            Op::Rope(o) if !o.scale.is_finite() => {
+                Err(bad(op, "a finite scale", o.scale.to_string()))
+            }
+            Op::Embed(o) if !o.scale.is_finite() => {
+                Err(bad(op, "a finite scale", o.scale.to_string()))
+            }
+            Op::Softcap(o) if !(o.cap > 0.0 && o.cap.is_finite()) => {
+                Err(bad(op, "a finite cap > 0", o.cap.to_string()))
+            }
+            Op::MoeRoute(o) if o.k == 0 || o.k > o.experts => Err(bad(
+                op,
+                format!("k in 1..={} (the expert count)", o.experts),
+                format!("k = {}", o.k),
+            )),
+            Op::MoeMatmul(o) if !is_weight(o.wdtype) => {
+                Err(bad(op, "w of a float or quantized dtype", o.wdtype.to_string()))
+            }
+            Op::MoeMatmul(o) if !o.k.is_multiple_of(o.wdtype.block_elems()) => Err(bad(
+                op,
+                format!(
+                    "k a multiple of {}'s {} elements a block",
+                    o.wdtype,
+                    o.wdtype.block_elems()
+                ),
+                format!("k = {}", o.k),
+            )),
             Op::KvWrite(o) => check_kv(op, o.kv_dtype),
             Op::Attention(o) => {
                 check_kv(op, o.kv_dtype)?;
@@ -141,6 +173,9 @@ impl Op {
                 }
                 if o.n > 0 && o.max_ctx == 0 {
                     return Err(bad(op, "max_ctx > 0 (every position is below it)", "0"));
+                }
+                if !(o.softcap >= 0.0 && o.softcap.is_finite()) {
+                    return Err(bad(op, "softcap 0 (none) or finite > 0", o.softcap.to_string()));
                 }
                 Ok(())
             }
@@ -178,7 +213,7 @@ impl Op {
             Op::Rope(o) => {
                 v.push("x", o.x, DType::F32, numel(op, &[o.n, o.heads, o.head_dim])?, ReadWrite);
                 v.push("positions", o.positions, DType::U32, o.n, Read);
-                v.push("inv_freq", o.inv_freq, DType::F32, o.head_dim / 2, Read);
+                v.push("inv_freq", o.inv_freq, DType::F32, o.rot_dim / 2, Read);
             }
             Op::KvWrite(o) => {
                 let len = numel(op, &[o.n, o.kv_heads, o.head_dim])?;
@@ -205,6 +240,29 @@ impl Op {
                 v.push("gate", o.gate, DType::F32, o.len, Read);
                 v.push("up", o.up, DType::F32, o.len, Read);
                 v.push("out", o.out, DType::F32, o.len, Write);
+            }
+            Op::Geglu(o) => {
+                v.push("gate", o.gate, DType::F32, o.len, Read);
+                v.push("up", o.up, DType::F32, o.len, Read);
+                v.push("out", o.out, DType::F32, o.len, Write);
+            }
+            Op::Softcap(o) => v.push("x", o.x, DType::F32, o.len, ReadWrite),
+            Op::MoeRoute(o) => {
+                v.push("logits", o.logits, DType::F32, numel(op, &[o.n, o.experts])?, Read);
+                v.push("ids", o.ids, DType::U32, numel(op, &[o.n, o.k])?, Write);
+                v.push("weights", o.weights, DType::F32, numel(op, &[o.n, o.k])?, Write);
+            }
+            Op::MoeMatmul(o) => {
+                let rows = if o.x_per_slot { numel(op, &[o.n, o.slots])? } else { o.n };
+                v.push("x", o.x, DType::F32, numel(op, &[rows, o.k])?, Read);
+                v.push("w", o.w, o.wdtype, numel(op, &[o.experts, o.m, o.k])?, Read);
+                v.push("ids", o.ids, DType::U32, numel(op, &[o.n, o.slots])?, Read);
+                v.push("out", o.out, DType::F32, numel(op, &[o.n, o.slots, o.m])?, Write);
+            }
+            Op::MoeSum(o) => {
+                v.push("y", o.y, DType::F32, numel(op, &[o.n, o.slots, o.dim])?, Read);
+                v.push("weights", o.weights, DType::F32, numel(op, &[o.n, o.slots])?, Read);
+                v.push("out", o.out, DType::F32, numel(op, &[o.n, o.dim])?, Write);
             }
             Op::Add(o) => {
                 v.push("x", o.x, DType::F32, o.len, ReadWrite);

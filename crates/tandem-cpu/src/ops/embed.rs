@@ -17,25 +17,25 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Embed) -> Result<()> {
         check_indices(OP, "ids", ids, op.vocab, "vocab")?;
         let out = &mut out.f32_mut()[..out_len];
         match ex.fast {
-            false => reference(table.weight(), ids, out, op.dim),
-            true => fast(ex, table.weight(), ids, out, op.dim),
+            false => reference(table.weight(), ids, out, op.dim, op.scale),
+            true => fast(ex, table.weight(), ids, out, op.dim, op.scale),
         }
         Ok(())
     })
 }
 
 /// table: [vocab, dim]; ids: [n]; out: [n, dim].
-pub(crate) fn reference(table: Weight, ids: &[u32], out: &mut [f32], dim: usize) {
+pub(crate) fn reference(table: Weight, ids: &[u32], out: &mut [f32], dim: usize, scale: f32) {
     for (i, &id) in ids.iter().enumerate() {
         for j in 0..dim {
-            out[i * dim + j] = table.get(id as usize * dim + j);
+            out[i * dim + j] = table.get(id as usize * dim + j) * scale;
         }
     }
 }
 
 /// Rows in parallel. Each element is computed with the reference's formula, so the result is
 /// bit-identical; a lookup moves n * dim values and needs nothing cleverer.
-pub(crate) fn fast(ex: Exec, table: Weight, ids: &[u32], out: &mut [f32], dim: usize) {
+pub(crate) fn fast(ex: Exec, table: Weight, ids: &[u32], out: &mut [f32], dim: usize, scale: f32) {
     if dim == 0 {
         return;
     }
@@ -55,6 +55,10 @@ pub(crate) fn fast(ex: Exec, table: Weight, ids: &[u32], out: &mut [f32], dim: u
                     *o = table.get(base + j);
                 }
             }
+        }
+        // x * 1 is x: only a real scale costs a pass.
+        if scale != 1.0 {
+            row.iter_mut().for_each(|o| *o *= scale);
         }
     });
 }

@@ -6,11 +6,14 @@ pub(crate) mod argmax;
 pub(crate) mod attention;
 pub(crate) mod copy_rows;
 pub(crate) mod embed;
+pub(crate) mod geglu;
 pub(crate) mod kv_write;
 pub(crate) mod matmul;
+pub(crate) mod moe;
 pub(crate) mod rms_norm;
 pub(crate) mod rope;
 pub(crate) mod sample;
+pub(crate) mod softcap;
 pub(crate) mod swiglu;
 
 /// Lanes of the vectorizable loops: independent accumulators the compiler maps onto SIMD

@@ -36,6 +36,13 @@ pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
         Op::Argmax(o) => elementwise::argmax(r, o),
         Op::Sample(o) => sample::record(r, o),
         Op::CopyRows(o) => elementwise::copy_rows(r, o),
+        // `supports` refuses these, so `execute` never hands them over.
+        Op::Geglu(_) | Op::Softcap(_) | Op::MoeRoute(_) | Op::MoeMatmul(_) | Op::MoeSum(_) => {
+            Err(tandem_core::Error::Unsupported {
+                backend: crate::NAME.into(),
+                op: op.name().into(),
+            })
+        }
     }
 }
 

@@ -199,6 +199,8 @@ fn decode_steps_repeat_their_launches_as_contexts_grow() {
             head_dim: 64,
             block_size: 16,
             scale: 0.125,
+            window: 0,
+            softcap: 0.0,
         };
         f.record(&[Op::Attention(op)]).unwrap()
     };

@@ -91,7 +91,7 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
         let table = f.buf(wdtype, vocab * dim);
         let ids = f.u32s(&[3, 49, 0]);
         let out = f.buf(DType::F32, 3 * dim);
-        ops.push(Op::Embed(Embed { table, dtype: wdtype, ids, out, n: 3, vocab, dim }));
+        ops.push(Op::Embed(Embed { table, dtype: wdtype, ids, out, n: 3, vocab, dim, scale: 1.0 }));
         // (n, decode rows, k, m, bias): the one-token kernel, the warp-per-row kernels for
         // decode rows too long for it or not in whole blocks, the tiled kernel and the tensor
         // cores for prompt rows, and both classes in one op.
@@ -160,7 +160,16 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
     ops.push(Op::RmsNorm(RmsNorm { x, weight: w, out: o, n: 3, dim: 100, eps: 1e-5 }));
     let (positions, inv_freq) = (f.u32s(&[0, 5, 9]), f.buf(DType::F32, 32));
     let xr = f.buf(DType::F32, 3 * 4 * 64);
-    ops.push(Op::Rope(Rope { x: xr, positions, inv_freq, n: 3, heads: 4, head_dim: 64 }));
+    ops.push(Op::Rope(Rope {
+        x: xr,
+        positions,
+        inv_freq,
+        n: 3,
+        heads: 4,
+        head_dim: 64,
+        rot_dim: 64,
+        scale: 1.0,
+    }));
     ops.push(Op::Swiglu(Swiglu { gate: x, up: w, out: o, len: 100 }));
     ops.push(Op::Add(Add { x: o, y: x, len: 300 }));
     ops.push(Op::CopyRows(CopyRows {
@@ -296,7 +305,16 @@ fn bad_indices_and_shapes_are_errors() {
     let table = f.buf(DType::F32, 10 * 4);
     let ids = f.u32s(&[2, 10]);
     let out = f.buf(DType::F32, 8);
-    let embed = Op::Embed(Embed { table, dtype: DType::F32, ids, out, n: 2, vocab: 10, dim: 4 });
+    let embed = Op::Embed(Embed {
+        table,
+        dtype: DType::F32,
+        ids,
+        out,
+        n: 2,
+        vocab: 10,
+        dim: 4,
+        scale: 1.0,
+    });
     let e = f.record(&[embed]).err().expect("id 10 of a 10-row table").to_string();
     assert!(e.contains("ids[1] = 10"), "{e}");
 
@@ -400,7 +418,16 @@ fn bad_indices_and_shapes_are_errors() {
         "uniform 1 in the second row"
     );
     assert!(sample(&[SampleRow { temperature: f32::NAN, ..row }]).is_err(), "a NaN temperature");
-    let rope = Op::Rope(Rope { x, positions: u, inv_freq: x, n: 1, heads: 1, head_dim: 3 });
+    let rope = Op::Rope(Rope {
+        x,
+        positions: u,
+        inv_freq: x,
+        n: 1,
+        heads: 1,
+        head_dim: 3,
+        rot_dim: 3,
+        scale: 1.0,
+    });
     assert!(f.record(&[rope]).is_err(), "odd head_dim");
 }
 

@@ -52,6 +52,13 @@ impl Recorder<'_> {
             Op::Argmax(o) => elementwise::argmax(self, o),
             Op::CopyRows(o) => elementwise::copy_rows(self, o),
             Op::Sample(o) => sample::record(self, o),
+            // `supports` refuses these, so `execute` never hands them over.
+            Op::Geglu(_) | Op::Softcap(_) | Op::MoeRoute(_) | Op::MoeMatmul(_) | Op::MoeSum(_) => {
+                Err(tandem_core::Error::Unsupported {
+                    backend: "wgpu".into(),
+                    op: op.name().into(),
+                })
+            }
         }
     }
 

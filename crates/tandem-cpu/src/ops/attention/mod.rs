@@ -1,7 +1,8 @@
 //! Causal grouped-query attention for a ragged batch of queries, each over its own
 //! sequence's paged KV cache.
 //!
-//! Query i sits at position p = positions[i] and attends to positions 0..=p; position t lives
+//! Query i sits at position p = positions[i] and attends to positions 0..=p (or, with a sliding
+//! window w, to p + 1 - w..=p); position t lives
 //! in cache row table[t / block_size] * block_size + t % block_size of the query's own table
 //! (tables[table_starts[i]..]). Only rows of the context are ever read, so poison elsewhere in
 //! the cache cannot leak.
@@ -44,7 +45,9 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
         let g = Geom::new(op);
         let rows = Rows { positions, starts, tables, decode: op.decode_rows };
         let out = &mut out.f32_mut()[..len];
-        match (op.kv_dtype, ex.fast) {
+        // The fast kernels take neither windows nor soft-caps yet: those ops run the reference.
+        let fast_mode = ex.fast && op.window == 0 && op.softcap == 0.0;
+        match (op.kv_dtype, fast_mode) {
             (DType::F32, false) => reference(q, ck.f32(), cv.f32(), &rows, out, g),
             (_, false) => reference(q, ck.f16(), cv.f16(), &rows, out, g),
             (DType::F32, true) => fast(ex, q, ck.f32(), cv.f32(), &rows, out, g),
@@ -123,6 +126,8 @@ pub(crate) struct Geom {
     hd: usize,
     bs: usize,
     scale: f32,
+    window: usize,
+    softcap: f32,
 }
 
 impl Geom {
@@ -133,6 +138,26 @@ impl Geom {
             hd: op.head_dim,
             bs: op.block_size,
             scale: op.scale,
+            window: op.window,
+            softcap: op.softcap,
+        }
+    }
+    /// The first position a query at `pos` attends to (its window's start).
+    #[inline(always)]
+    fn first(&self, pos: usize) -> usize {
+        if self.window == 0 {
+            0
+        } else {
+            (pos + 1).saturating_sub(self.window)
+        }
+    }
+    /// A score after soft-capping (none when softcap is 0).
+    #[inline(always)]
+    fn cap(&self, s: f32) -> f32 {
+        if self.softcap == 0.0 {
+            s
+        } else {
+            self.softcap * (s / self.softcap).tanh()
         }
     }
     /// Offset of position t's vector for kv head `kvh` in a cache.
@@ -160,17 +185,19 @@ pub(crate) fn reference<T: KvElem>(
     let hd = g.hd;
     for i in 0..rows.positions.len() {
         let (pos, table) = (rows.pos(i), rows.table(i));
-        let mut scores = vec![0f32; pos + 1];
+        let first = g.first(pos);
+        // scores[t - first] for the positions of the window.
+        let mut scores = vec![0f32; pos + 1 - first];
         for h in 0..g.heads {
             let kvh = g.kv_head(h);
             let qv = &q[(i * g.heads + h) * hd..(i * g.heads + h + 1) * hd];
-            for t in 0..=pos {
+            for t in first..=pos {
                 let off = g.kv_at(table, t, kvh);
                 let mut s = 0f32;
                 for d in 0..hd {
                     s += qv[d] * ck[off + d].to_f32();
                 }
-                scores[t] = s * g.scale;
+                scores[t - first] = g.cap(s * g.scale);
             }
             let max = scores.iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
             let mut sum = 0f32;
@@ -180,8 +207,8 @@ pub(crate) fn reference<T: KvElem>(
             }
             let o = &mut out[(i * g.heads + h) * hd..(i * g.heads + h + 1) * hd];
             o.fill(0.0);
-            for t in 0..=pos {
-                let p = scores[t] / sum;
+            for t in first..=pos {
+                let p = scores[t - first] / sum;
                 let off = g.kv_at(table, t, kvh);
                 for d in 0..hd {
                     o[d] += p * cv[off + d].to_f32();

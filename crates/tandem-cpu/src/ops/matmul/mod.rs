@@ -183,7 +183,7 @@ impl<'a> Route<'a> {
 
 /// The op's decode rows (a.n of them; out: [n, m]). One row takes the one-token kernels
 /// directly; several run them chunk by chunk of weight rows (see the module doc).
-fn decode(ex: Exec, a: &Operands, out: &mut [f32]) {
+pub(crate) fn decode(ex: Exec, a: &Operands, out: &mut [f32]) {
     let Operands { x, w, bias, n: d, k, m } = *a;
     if d == 0 || m == 0 {
         return;
