@@ -210,7 +210,8 @@ async fn models_health_metrics_tokenize_and_routing() {
     // chat_template_kwargs reach the template (here overriding a special token's text, as
     // HF's keyword arguments may); the names tandem passes itself are refused.
     let kwargs = json!({ "bos_token": "[B]" });
-    let body = json!({ "messages": [{ "role": "user", "content": "hi" }], "chat_template_kwargs": kwargs });
+    let hi = json!([{ "role": "user", "content": "hi" }]);
+    let body = json!({ "messages": hi, "chat_template_kwargs": kwargs });
     let (status, v) = s.post("/tokenize", &body).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let user = [ChatMessage::new("user", "hi")];
@@ -220,7 +221,7 @@ async fn models_health_metrics_tokenize_and_routing() {
         serde_json::from_value::<Vec<u32>>(v["tokens"].clone()).unwrap(),
         r.tok.encode(&text).unwrap()
     );
-    let body = json!({ "messages": [{ "role": "user", "content": "hi" }], "chat_template_kwargs": { "messages": [] } });
+    let body = json!({ "messages": hi, "chat_template_kwargs": { "messages": [] } });
     let (status, v) = s.post("/v1/chat/completions", &body).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     s.shutdown().await.unwrap();
