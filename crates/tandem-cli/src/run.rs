@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use tandem_core::generate::{generate_speculative, GenerateParams};
 use tandem_core::model::{Model, ModelOptions};
 use tandem_core::sampling::SamplingParams;
-use tandem_core::tokenizer::{ChatMessage, Tokenizer};
+use tandem_core::tokenizer::{ChatMessage, ChatTemplateKwargs, Tokenizer};
 use tandem_core::{Backend, DType, Error, Result};
 use web_time::Instant;
 
@@ -111,6 +111,10 @@ pub struct RunArgs {
     /// A system message for --chat.
     #[arg(long, requires = "chat")]
     system: Option<String>,
+    /// Extra chat template variables for --chat, a JSON object (Qwen3's thinking off:
+    /// '{"enable_thinking": false}').
+    #[arg(long, requires = "chat", value_name = "JSON", value_parser = parse_template_kwargs)]
+    chat_template_kwargs: Option<ChatTemplateKwargs>,
     /// The prompt; empty starts from BOS alone.
     #[arg(default_value = "")]
     prompt: String,
@@ -186,6 +190,14 @@ impl WithBackend for RunJob<'_> {
     }
 }
 
+fn parse_template_kwargs(json: &str) -> std::result::Result<ChatTemplateKwargs, String> {
+    match serde_json::from_str(json) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err("a JSON object is needed, such as '{\"enable_thinking\": false}'".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
+}
+
 fn prompt_ids(args: &RunArgs, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
     if args.chat {
         let mut messages = Vec::new();
@@ -193,7 +205,8 @@ fn prompt_ids(args: &RunArgs, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
             messages.push(ChatMessage { role: "system".into(), content: system.clone() });
         }
         messages.push(ChatMessage { role: "user".into(), content: args.prompt.clone() });
-        let text = tokenizer.apply_chat_template(&messages, true)?;
+        let kwargs = args.chat_template_kwargs.clone().unwrap_or_default();
+        let text = tokenizer.apply_chat_template_with(&messages, true, &kwargs)?;
         return tokenizer.encode(&text);
     }
     let mut ids = Vec::new();

@@ -144,6 +144,43 @@ fn bad_inputs_are_clear_errors() {
     fails(&["run", "--model", p(&stories().unwrap()), "--temperature=-1", "hi"], "temperature");
 }
 
+/// `--chat-template-kwargs` reaches the template as variables; what is not a JSON object, or
+/// names what tandem passes itself, is refused.
+#[test]
+fn chat_template_kwargs_reach_the_template() {
+    let out = tandem(&["run", "--chat", "--chat-template-kwargs", "[1]", "hi"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("a JSON object is needed"), "{}", text(&out.stderr));
+
+    let Some(src) = stories() else { return };
+    let config = std::fs::read_to_string(src.join("tokenizer_config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["chat_template"] = "{% if shout is defined %}{{ raise_exception('shout=' ~ shout) }}{% endif %}{{ messages[0].content }}".into();
+    let dir = stories_with("kwargs", "tokenizer_config.json", Some(config.to_string().as_bytes()))
+        .unwrap();
+    let run = |kwargs: &str| {
+        let args = ["run", "--model", p(&dir), "--max-tokens", "2", "--chat"];
+        tandem(&[&args[..], &["--chat-template-kwargs", kwargs, "hi"]].concat())
+    };
+    assert!(run("{}").status.success(), "{}", text(&run("{}").stderr));
+    fails(
+        &["run", "--model", p(&dir), "--chat", "--chat-template-kwargs", r#"{"shout": 7}"#, "hi"],
+        "shout=7",
+    );
+    fails(
+        &[
+            "run",
+            "--model",
+            p(&dir),
+            "--chat",
+            "--chat-template-kwargs",
+            r#"{"messages": []}"#,
+            "hi",
+        ],
+        "`messages` cannot be a template keyword argument",
+    );
+}
+
 #[test]
 fn sampling_repeats_with_a_seed() {
     let Some(dir) = stories() else { return };

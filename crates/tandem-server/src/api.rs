@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tandem_core::generate::GenerateParams;
 use tandem_core::sampling::SamplingParams;
-use tandem_core::tokenizer::{ChatMessage, Tokenizer};
+use tandem_core::tokenizer::{ChatMessage, ChatTemplateKwargs, Tokenizer};
 
 use crate::engine::Ready;
 use crate::errors::ApiError;
@@ -114,6 +114,8 @@ pub struct ChatRequest {
     pub top_logprobs: Option<u64>,
     pub tools: Option<Vec<serde_json::Value>>,
     pub response_format: Option<serde_json::Value>,
+    /// Extra chat template variables, as vLLM takes them (`{"enable_thinking": false}`).
+    pub chat_template_kwargs: Option<ChatTemplateKwargs>,
 }
 
 #[derive(Deserialize)]
@@ -292,7 +294,8 @@ impl ChatRequest {
             .enumerate()
             .map(|(i, m)| to_chat(i, m))
             .collect::<Result<Vec<_>, _>>()?;
-        let text = tok.apply_chat_template(&messages, true)?;
+        let kwargs = self.chat_template_kwargs.clone().unwrap_or_default();
+        let text = tok.apply_chat_template_with(&messages, true, &kwargs)?;
         Ok(tok.encode(&text)?)
     }
 }
@@ -403,6 +406,7 @@ pub struct TokenizeRequest {
     /// BOS for a prompt (default true); a chat template adds its own.
     pub add_special_tokens: Option<bool>,
     pub add_generation_prompt: Option<bool>,
+    pub chat_template_kwargs: Option<ChatTemplateKwargs>,
 }
 
 impl TokenizeRequest {
@@ -416,9 +420,10 @@ impl TokenizeRequest {
                     .enumerate()
                     .map(|(i, m)| to_chat(i, m))
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok(tok.encode(&tok.apply_chat_template(
+                Ok(tok.encode(&tok.apply_chat_template_with(
                     &messages,
                     self.add_generation_prompt.unwrap_or(true),
+                    &self.chat_template_kwargs.clone().unwrap_or_default(),
                 )?)?)
             }
             _ => Err(ApiError::bad_request("give exactly one of `prompt` or `messages`")),

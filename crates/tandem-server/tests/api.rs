@@ -7,6 +7,7 @@ mod common;
 use common::{start, stories, stream_text, Options, Reference};
 use hyper::StatusCode;
 use serde_json::json;
+use tandem_core::tokenizer::ChatMessage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_match_generate() {
@@ -206,5 +207,22 @@ async fn models_health_metrics_tokenize_and_routing() {
         serde_json::from_value::<Vec<u32>>(v["tokens"].clone()).unwrap(),
         r.chat_prompt("hi")
     );
+    // chat_template_kwargs reach the template (here overriding a special token's text, as
+    // HF's keyword arguments may); the names tandem passes itself are refused.
+    let kwargs = json!({ "bos_token": "[B]" });
+    let hi = json!([{ "role": "user", "content": "hi" }]);
+    let body = json!({ "messages": hi, "chat_template_kwargs": kwargs });
+    let (status, v) = s.post("/tokenize", &body).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let user = [ChatMessage::new("user", "hi")];
+    let text = r.tok.apply_chat_template_with(&user, true, kwargs.as_object().unwrap()).unwrap();
+    assert!(text.starts_with("[B]user: hi"), "{text}");
+    assert_eq!(
+        serde_json::from_value::<Vec<u32>>(v["tokens"].clone()).unwrap(),
+        r.tok.encode(&text).unwrap()
+    );
+    let body = json!({ "messages": hi, "chat_template_kwargs": { "messages": [] } });
+    let (status, v) = s.post("/v1/chat/completions", &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     s.shutdown().await.unwrap();
 }

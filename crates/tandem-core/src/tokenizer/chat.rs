@@ -18,6 +18,15 @@ impl ChatMessage {
     }
 }
 
+/// Variables a chat template gets beyond `messages`, `add_generation_prompt` and the special
+/// tokens: the keyword arguments HF's `apply_chat_template` passes through to the template
+/// (Qwen3's `enable_thinking`), which vLLM's server takes as `chat_template_kwargs`.
+pub type ChatTemplateKwargs = serde_json::Map<String, serde_json::Value>;
+
+/// Names a [`ChatTemplateKwargs`] may not set: HF passes the first two itself (Python refuses
+/// a keyword given twice); the last is the guard every namespace store calls (chat_guard.rs).
+const RESERVED_KWARGS: &[&str] = &["messages", "add_generation_prompt", super::chat_guard::STORE];
+
 /// The longest chat template tandem compiles, in bytes; real ones have a few kilobytes, the
 /// largest (tool-calling ones) tens of kilobytes.
 pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
@@ -44,7 +53,13 @@ pub(super) fn render(
     add_generation_prompt: bool,
     bos_token: &str,
     eos_token: &str,
+    kwargs: &ChatTemplateKwargs,
 ) -> Result<String> {
+    if let Some(name) = RESERVED_KWARGS.iter().find(|k| kwargs.contains_key(**k)) {
+        return Err(Error::ChatTemplate(format!(
+            "`{name}` cannot be a template keyword argument: tandem sets it itself"
+        )));
+    }
     if template.len() > MAX_TEMPLATE_BYTES {
         return Err(Error::ChatTemplate(format!(
             "the template has {} bytes, more than the {MAX_TEMPLATE_BYTES} tandem compiles",
@@ -72,12 +87,16 @@ pub(super) fn render(
     env.set_unknown_method_callback(python_method);
     // minijinja's tojson serializes the whole value before charging fuel for it.
     env.add_filter("tojson", tojson);
-    let ctx = minijinja::context! {
-        messages => Value::from(Serde(messages)),
-        add_generation_prompt => add_generation_prompt,
-        bos_token => bos_token,
-        eos_token => eos_token,
-    };
+    // As in HF, a keyword argument may override a special token's text.
+    let mut ctx = std::collections::BTreeMap::from([
+        ("bos_token".to_string(), Value::from(bos_token)),
+        ("eos_token".to_string(), Value::from(eos_token)),
+    ]);
+    for (name, value) in kwargs {
+        ctx.insert(name.clone(), Value::from(Serde(value)));
+    }
+    ctx.insert("messages".into(), Value::from(Serde(messages)));
+    ctx.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
     let compiled =
         env.template_from_str(&template).map_err(|e| Error::ChatTemplate(describe(&e)))?;
     let mut out = Capped(Vec::new());
@@ -278,5 +297,38 @@ fn python_method(
             _ => Err(unknown()),
         },
         _ => Err(unknown()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render_with(template: &str, kwargs: &[(&str, serde_json::Value)]) -> Result<String> {
+        let kwargs: ChatTemplateKwargs =
+            kwargs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        render(template, &[ChatMessage::new("user", "hi")], true, "<s>", "</s>", &kwargs)
+    }
+
+    #[test]
+    fn kwargs_reach_the_template_and_may_override_special_tokens() {
+        let t = "{{ bos_token }}{% if enable_thinking is defined and enable_thinking is false %}off{% endif %}{{ depth.n + 1 }}";
+        let out = render_with(
+            t,
+            &[
+                ("enable_thinking", serde_json::json!(false)),
+                ("depth", serde_json::json!({"n": 2})),
+                ("bos_token", serde_json::json!("[B]")),
+            ],
+        );
+        assert_eq!(out.unwrap(), "[B]off3");
+    }
+
+    #[test]
+    fn kwargs_may_not_replace_what_tandem_passes() {
+        for name in RESERVED_KWARGS {
+            let err = render_with("{{ messages }}", &[(name, serde_json::json!(true))]);
+            assert!(matches!(err, Err(Error::ChatTemplate(ref m)) if m.contains(name)), "{err:?}");
+        }
     }
 }

@@ -9,7 +9,7 @@ mod chat_guard;
 mod gguf;
 mod stream;
 
-pub use chat::ChatMessage;
+pub use chat::{ChatMessage, ChatTemplateKwargs};
 pub use stream::{Detokenizer, StopStrings, TextStream};
 
 use crate::loader::gguf::{GgufMetadata, GgufValue};
@@ -287,13 +287,24 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String> {
+        self.apply_chat_template_with(messages, add_generation_prompt, &ChatTemplateKwargs::new())
+    }
+
+    /// [`Tokenizer::apply_chat_template`] with extra template variables, as HF's keyword
+    /// arguments (`{"enable_thinking": false}` turns Qwen3's thinking off).
+    pub fn apply_chat_template_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        kwargs: &ChatTemplateKwargs,
+    ) -> Result<String> {
         let template = self
             .chat_template
             .as_deref()
             .ok_or_else(|| Error::ChatTemplate("the model files carry no chat template".into()))?;
         let bos = self.bos_id.and_then(|id| self.token_str(id)).unwrap_or_default();
         let eos = self.eos_ids.first().and_then(|&id| self.token_str(id)).unwrap_or_default();
-        chat::render(template, messages, add_generation_prompt, &bos, &eos)
+        chat::render(template, messages, add_generation_prompt, &bos, &eos, kwargs)
     }
 }
 
@@ -307,7 +318,7 @@ pub fn render_chat_template(
     bos: &str,
     eos: &str,
 ) -> Result<String> {
-    chat::render(template, messages, add_generation_prompt, bos, eos)
+    chat::render(template, messages, add_generation_prompt, bos, eos, &ChatTemplateKwargs::new())
 }
 
 fn special_ids(inner: &tokenizers::Tokenizer) -> HashSet<u32> {
