@@ -197,9 +197,9 @@ fn tensor_list(c: &ModelConfig) -> Vec<(String, Vec<usize>, Kind)> {
     };
     model_tensors(c)
         .into_iter()
-        .map(|(name, shape)| {
-            let k = kind(&name, &shape);
-            (name, shape, k)
+        .map(|t| {
+            let k = kind(&t.name, &t.shape);
+            (t.name, t.shape, k)
         })
         .collect()
 }

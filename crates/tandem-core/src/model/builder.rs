@@ -5,11 +5,12 @@
 //! arrives (`loader::stream`); each is checked and uploaded at once and its host copy dropped,
 //! so loading holds one tensor on the host, not the model.
 
-use super::{Activations, LayerWeights, Model, ModelOptions, ModelStats, Weight, Weights};
-use crate::backend::Backend;
+use super::{Activations, LayerWeights, Mlp, Model, ModelOptions, ModelStats, Weight, Weights};
+use crate::backend::{Backend, BufId};
 use crate::config::ModelConfig;
 use crate::dtype::DType;
 use crate::kv::KvCache;
+use crate::loader::names::Part;
 use crate::loader::stream::TensorSink;
 use crate::loader::{HostTensor, LoadAs, TensorStore};
 use crate::{Error, Result};
@@ -20,15 +21,21 @@ struct Slot {
     shape: Vec<usize>,
     as_: LoadAs,
     weight: Option<Weight>,
+    /// A stack of experts from one tensor per expert: the experts that arrived, kept on the
+    /// host until all have (empty otherwise).
+    experts: Vec<Option<HostTensor>>,
 }
 
 pub struct ModelBuilder<B: Backend> {
     backend: B,
     config: ModelConfig,
     opts: ModelOptions,
-    /// In upload order ([`crate::loader::names::model_tensors`]); `finish` takes them in it.
+    /// In upload order ([`crate::loader::names::model_tensors`]); `finish` takes them by name.
     slots: Vec<Slot>,
-    index: HashMap<String, usize>,
+    /// File tensor name -> the slots it fills, and how.
+    uses: HashMap<String, Vec<(usize, Part)>>,
+    /// The file tensor names in the order `load_from` pulls them.
+    order: Vec<String>,
     done: usize,
     bytes: usize,
 }
@@ -42,6 +49,12 @@ fn matrix_as(want: Option<DType>, shape: &[usize]) -> LoadAs {
     })
 }
 
+/// Whether a tensor of `got` shape holds a slot of `want` shape: the same, or a stack
+/// [experts, rows, cols] for [experts * rows, cols].
+fn shape_fits(want: &[usize], got: &[usize]) -> bool {
+    want == got || (got.len() == 3 && want == [got[0] * got[1], got[2]])
+}
+
 impl<B: Backend> ModelBuilder<B> {
     /// A builder for `config` on `backend`; checks `opts` before any upload.
     pub fn new(backend: B, config: ModelConfig, opts: &ModelOptions) -> Result<Self> {
@@ -50,17 +63,45 @@ impl<B: Backend> ModelBuilder<B> {
         }
         // Matrices as the options say; vectors (norms, biases) always f32.
         let want = opts.weight_dtype;
-        let slots: Vec<Slot> = crate::loader::names::model_tensors(&config)
-            .into_iter()
-            .map(|(name, shape)| Slot {
-                as_: if shape.len() == 2 { matrix_as(want, &shape) } else { LoadAs::F32 },
-                name,
-                shape,
+        let specs = crate::loader::names::model_tensors(&config);
+        let mut uses: HashMap<String, Vec<(usize, Part)>> = HashMap::new();
+        let mut order = vec![];
+        let mut slots = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            let experts = spec
+                .sources
+                .iter()
+                .filter_map(|(_, p)| match p {
+                    Part::Expert(e) => Some(e + 1),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            for (name, part) in spec.sources {
+                let entry = uses.entry(name.clone()).or_default();
+                if entry.is_empty() {
+                    order.push(name);
+                }
+                entry.push((i, part));
+            }
+            slots.push(Slot {
+                as_: if spec.shape.len() == 2 { matrix_as(want, &spec.shape) } else { LoadAs::F32 },
+                name: spec.name,
+                shape: spec.shape,
                 weight: None,
-            })
-            .collect();
-        let index = slots.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
-        Ok(ModelBuilder { backend, config, opts: opts.clone(), slots, index, done: 0, bytes: 0 })
+                experts: (0..experts).map(|_| None).collect(),
+            });
+        }
+        Ok(ModelBuilder {
+            backend,
+            config,
+            opts: opts.clone(),
+            slots,
+            uses,
+            order,
+            done: 0,
+            bytes: 0,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -74,16 +115,9 @@ impl<B: Backend> ModelBuilder<B> {
         f(&mut c)?;
         let shape = |c: &ModelConfig| {
             (
-                c.arch,
-                c.dim,
-                c.n_layers,
-                c.n_heads,
-                c.n_kv_heads,
-                c.head_dim,
-                c.ffn_dim,
-                c.vocab_size,
-                c.tie_embeddings,
-                c.qkv_bias,
+                (c.arch, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim),
+                (c.vocab_size, c.tie_embeddings, c.qkv_bias, c.features.moe.clone()),
+                (c.features.qk_norm, c.features.post_norms, c.features.fused_projections),
             )
         };
         if shape(&c) != shape(&self.config) {
@@ -95,59 +129,145 @@ impl<B: Backend> ModelBuilder<B> {
         Ok(())
     }
 
-    /// Every tensor the model needs, in upload order, with how to load it.
+    /// Every file tensor the model may use, in upload order, with how to load it (a model
+    /// tensor may have several possible sources: a file holds one of them).
     pub fn wanted(&self) -> Vec<(String, LoadAs)> {
-        self.slots.iter().map(|s| (s.name.clone(), s.as_)).collect()
+        self.order.iter().map(|n| (n.clone(), self.slots[self.uses[n][0].0].as_)).collect()
     }
 
-    /// How to load `name`, if the model needs it (also once it has arrived, so that a second
-    /// copy reaches [`ModelBuilder::put`] and is refused there).
+    /// How to load file tensor `name`, if the model uses it (also once it has arrived, so
+    /// that a second copy reaches [`ModelBuilder::put`] and is refused there).
     pub fn wants(&self, name: &str) -> Option<LoadAs> {
-        self.index.get(name).map(|&i| self.slots[i].as_)
+        self.uses.get(name).map(|u| self.slots[u[0].0].as_)
     }
 
-    /// Checks `t` against what the model expects and uploads it; the host copy is dropped.
-    /// Tensors the model does not use are ignored.
+    /// Checks file tensor `t` against what the model expects and uploads what it holds; the
+    /// host copy is dropped (an expert is kept until its stack is whole). Tensors the model
+    /// does not use are ignored.
     pub fn put(&mut self, name: &str, t: HostTensor) -> Result<()> {
-        let Some(&i) = self.index.get(name) else { return Ok(()) };
-        let slot = &self.slots[i];
-        if slot.weight.is_some() {
-            return Err(Error::bad_file(name, "the tensor was given twice (in two files?)"));
-        }
-        if t.shape != slot.shape {
-            return Err(Error::TensorShape {
+        let Some(uses) = self.uses.get(name).cloned() else { return Ok(()) };
+        let t = self.fold_norm(name, t);
+        for (i, part) in uses {
+            let slot = &self.slots[i];
+            if slot.weight.is_some() {
+                return Err(Error::bad_file(name, "the tensor was given twice (in two files?)"));
+            }
+            let want = slot.shape.clone();
+            let cols = want[want.len() - 1];
+            let wrong = |expected: Vec<usize>| Error::TensorShape {
                 name: name.into(),
-                expected: slot.shape.clone(),
-                got: t.shape,
-            });
+                expected,
+                got: t.shape.clone(),
+            };
+            let numel: usize = t.shape.iter().product();
+            if t.bytes.len() != t.dtype.storage_bytes(numel) {
+                return Err(Error::bad_file(
+                    name,
+                    format!("{} bytes for {numel} {} elements", t.bytes.len(), t.dtype),
+                ));
+            }
+            match part {
+                Part::Whole => {
+                    if !shape_fits(&want, &t.shape) {
+                        return Err(wrong(want));
+                    }
+                    self.upload(i, t.dtype, &t.bytes)?;
+                }
+                Part::Rows { start, rows, of } => {
+                    if t.shape != [of, cols] {
+                        return Err(wrong(vec![of, cols]));
+                    }
+                    let bytes =
+                        crate::quant::slice_rows(t.dtype, &t.bytes, numel, cols, start, rows)
+                            .ok_or_else(|| {
+                                Error::bad_file(
+                                    name,
+                                    format!("rows of {} cannot be cut out of {}", cols, t.dtype),
+                                )
+                            })?;
+                    self.upload(i, t.dtype, &bytes)?;
+                }
+                Part::Expert(e) => {
+                    let n = self.slots[i].experts.len();
+                    let per = [want[0] / n.max(1), cols];
+                    if t.shape != per {
+                        return Err(wrong(per.to_vec()));
+                    }
+                    if self.slots[i].experts[e].replace(t.clone()).is_some() {
+                        return Err(Error::bad_file(name, "the tensor was given twice"));
+                    }
+                    self.stack_if_whole(i, name)?;
+                }
+            }
         }
-        let numel: usize = slot.shape.iter().product();
-        if t.bytes.len() != t.dtype.storage_bytes(numel) {
-            return Err(Error::bad_file(
-                name,
-                format!("{} bytes for {numel} {} elements", t.bytes.len(), t.dtype),
-            ));
-        }
-        let (rows, cols) =
-            if slot.shape.len() == 2 { (slot.shape[0], slot.shape[1]) } else { (1, slot.shape[0]) };
-        let buf = self.backend.alloc_weight(t.dtype, rows, cols)?;
-        if let Err(e) = self.backend.write(buf, &t.bytes) {
-            self.backend.free(buf);
-            return Err(e);
-        }
-        self.bytes += t.bytes.len();
-        self.done += 1;
-        self.slots[i].weight = Some(Weight { buf, dtype: t.dtype, rows, cols });
         Ok(())
     }
 
-    /// Pulls every tensor from `store`, calling `progress(done, total)` after each.
+    /// Gemma's norms scale by (1 + weight): the 1 is added as the weight loads (HF files;
+    /// llama.cpp's converter has added it already).
+    fn fold_norm(&self, name: &str, mut t: HostTensor) -> HostTensor {
+        let norm = name.ends_with("norm.weight");
+        if self.config.features.norm_plus_one && norm && t.dtype == DType::F32 {
+            let mut v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.bytes);
+            v.iter_mut().for_each(|w| *w += 1.0);
+            t.bytes = bytemuck::cast_slice(&v).to_vec();
+        }
+        t
+    }
+
+    /// Uploads slot `i`'s stack of experts once every expert has arrived.
+    fn stack_if_whole(&mut self, i: usize, name: &str) -> Result<()> {
+        let slot = &self.slots[i];
+        if slot.experts.iter().any(Option::is_none) {
+            return Ok(());
+        }
+        let parts: Vec<&HostTensor> = slot.experts.iter().flatten().collect();
+        let dtype = parts[0].dtype;
+        if parts.iter().any(|p| p.dtype != dtype) {
+            return Err(Error::bad_file(name, "the experts of one matrix have different types"));
+        }
+        let cols = slot.shape[1];
+        let pieces: Vec<(&[u8], usize, usize, usize)> = parts
+            .iter()
+            .map(|p| {
+                let n: usize = p.shape.iter().product();
+                (p.bytes.as_slice(), n, 0, n)
+            })
+            .collect();
+        let bytes = crate::quant::stack_rows(dtype, &pieces, cols).ok_or_else(|| {
+            Error::bad_file(name, format!("experts of {dtype} rows of {cols} cannot be stacked"))
+        })?;
+        self.slots[i].experts.clear();
+        self.upload(i, dtype, &bytes)
+    }
+
+    fn upload(&mut self, i: usize, dtype: DType, bytes: &[u8]) -> Result<()> {
+        let shape = &self.slots[i].shape;
+        let (rows, cols) = if shape.len() == 2 { (shape[0], shape[1]) } else { (1, shape[0]) };
+        let buf = self.backend.alloc_weight(dtype, rows, cols)?;
+        if let Err(e) = self.backend.write(buf, bytes) {
+            self.backend.free(buf);
+            return Err(e);
+        }
+        self.bytes += bytes.len();
+        self.done += 1;
+        self.slots[i].weight = Some(Weight { buf, dtype, rows, cols });
+        Ok(())
+    }
+
+    /// Pulls every tensor the model uses from `store`, calling `progress(done, total)` after
+    /// each upload.
     pub fn load_from(
         &mut self,
         store: &dyn TensorStore,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<()> {
+        let have: std::collections::HashSet<&str> =
+            store.infos().iter().map(|t| t.name.as_str()).collect();
         for (name, as_) in self.wanted() {
+            if !have.contains(name.as_str()) {
+                continue;
+            }
             let t = store.load(&name, as_)?;
             self.put(&name, t)?;
             progress(self.done, self.slots.len());
@@ -183,42 +303,67 @@ impl<B: Backend> ModelBuilder<B> {
             ));
         }
         let ModelBuilder { mut backend, config, opts, slots, bytes, .. } = self;
-        let mut weights = slots.into_iter().map(|s| s.weight.expect("checked above"));
-        let mut next = || weights.next().expect("one slot per weight, in this order");
-        let embed = next();
+        let mut by_name: HashMap<String, Weight> =
+            slots.into_iter().map(|s| (s.name, s.weight.expect("checked above"))).collect();
+        let mut take = |name: &str| by_name.remove(name);
+        let need = |w: Option<Weight>| w.expect("model_tensors lists every weight the layer reads");
+        let embed = need(take("model.embed_tokens.weight"));
         let mut layers = Vec::with_capacity(config.n_layers);
-        for _ in 0..config.n_layers {
-            let (attn_norm, wq, wk, wv) = (next(), next(), next(), next());
-            let (bq, bk, bv) = if config.qkv_bias {
-                (Some(next()), Some(next()), Some(next()))
-            } else {
-                (None, None, None)
+        for l in 0..config.n_layers {
+            let mut t = |n: &str| take(&format!("model.layers.{l}.{n}"));
+            let post_attn = t("post_attention_layernorm.weight");
+            let pre_ffn = t("pre_feedforward_layernorm.weight");
+            // Llama's post_attention_layernorm is its pre-MLP norm; Gemma has both.
+            let (attn_post_norm, ffn_norm) = match pre_ffn {
+                Some(pre) => (post_attn, pre),
+                None => (None, need(post_attn)),
             };
-            let (wo, ffn_norm, w_gate, w_up, w_down) = (next(), next(), next(), next(), next());
+            let mlp = match t("mlp.gate.weight") {
+                Some(router) => Mlp::Experts {
+                    router,
+                    gate: need(t("mlp.experts.gate_proj.weight")),
+                    up: need(t("mlp.experts.up_proj.weight")),
+                    down: need(t("mlp.experts.down_proj.weight")),
+                },
+                None => Mlp::Dense {
+                    gate: need(t("mlp.gate_proj.weight")),
+                    up: need(t("mlp.up_proj.weight")),
+                    down: need(t("mlp.down_proj.weight")),
+                },
+            };
             layers.push(LayerWeights {
-                attn_norm,
-                wq,
-                wk,
-                wv,
-                bq,
-                bk,
-                bv,
-                wo,
+                attn_norm: need(t("input_layernorm.weight")),
+                wq: need(t("self_attn.q_proj.weight")),
+                wk: need(t("self_attn.k_proj.weight")),
+                wv: need(t("self_attn.v_proj.weight")),
+                bq: t("self_attn.q_proj.bias"),
+                bk: t("self_attn.k_proj.bias"),
+                bv: t("self_attn.v_proj.bias"),
+                q_norm: t("self_attn.q_norm.weight"),
+                k_norm: t("self_attn.k_norm.weight"),
+                wo: need(t("self_attn.o_proj.weight")),
+                attn_post_norm,
                 ffn_norm,
-                w_gate,
-                w_up,
-                w_down,
+                ffn_post_norm: t("post_feedforward_layernorm.weight"),
+                mlp,
             });
         }
-        let norm = next();
-        let lm_head = if config.tie_embeddings { embed } else { next() };
+        let norm = need(take("model.norm.weight"));
+        let lm_head = if config.tie_embeddings { embed } else { need(take("lm_head.weight")) };
         let weights = Weights { embed, layers, norm, lm_head, bytes };
 
         let context = opts.context.min(config.max_position).max(1);
         let blocks = opts.kv_blocks.unwrap_or(context.div_ceil(opts.block_size.max(1)));
         let kv = KvCache::new(&mut backend, &config, opts.kv_dtype, opts.block_size, blocks)?;
-        let inv_freq = backend.alloc(DType::F32, config.head_dim / 2)?;
-        backend.write(inv_freq, bytemuck::cast_slice(&config.rope_inv_freq()))?;
+        let half = config.rot_dim() / 2;
+        let mut rope = |local: bool| -> Result<BufId> {
+            let buf = backend.alloc(DType::F32, half)?;
+            backend.write(buf, bytemuck::cast_slice(&config.rope_inv_freq_for(local, context)))?;
+            Ok(buf)
+        };
+        let inv_freq = rope(false)?;
+        let inv_freq_local =
+            if config.features.local_rope_theta.is_some() { Some(rope(true)?) } else { None };
         let act =
             Activations::alloc(&mut backend, &config, opts.max_step_tokens.min(context).max(1))?;
         Ok(Model {
@@ -228,6 +373,7 @@ impl<B: Backend> ModelBuilder<B> {
             weights,
             kv,
             inv_freq,
+            inv_freq_local,
             act,
             context,
         })

@@ -1,5 +1,6 @@
-//! The Llama-family decoder (Llama 2/3, SmolLM, TinyLlama, Mistral, Qwen2), written once
-//! against the backend interface. A forward pass is recorded as one [`Step`] holding every
+//! The decoder of every family tandem runs (Llama 2/3, SmolLM, Mistral, Mixtral, Qwen2/3,
+//! Qwen3-MoE, Gemma 2/3, Phi-3), written once against the backend interface: the families
+//! differ only by the [`crate::config::Features`] the forward pass reads. A forward pass is recorded as one [`Step`] holding every
 //! layer's ops and handed to the backend at once; only token ids or logits come back.
 
 mod builder;
@@ -11,7 +12,7 @@ pub use builder::ModelBuilder;
 use step::Activations;
 pub use step::{Chunk, ChunkOut, Want};
 pub use stream::{ModelStream, StreamedModel};
-pub use weights::{LayerWeights, Weight, Weights};
+pub use weights::{LayerWeights, Mlp, Weight, Weights};
 
 use crate::backend::{Backend, BufId};
 use crate::config::ModelConfig;
@@ -73,7 +74,10 @@ pub struct Model<B: Backend> {
     pub backend: B,
     pub weights: Weights,
     pub kv: KvCache,
+    /// RoPE inverse frequencies of the global layers, and of the sliding ones when they
+    /// have their own (Gemma 3).
     inv_freq: BufId,
+    inv_freq_local: Option<BufId>,
     act: Activations,
     /// Max positions the pool can give one sequence.
     context: usize,

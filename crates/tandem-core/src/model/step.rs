@@ -6,13 +6,13 @@
 //! invariance, see [`crate::ops::Matmul`]).
 
 use crate::backend::{Backend, BackendExt, BufId, Step};
-use crate::config::ModelConfig;
+use crate::config::{Activation, ModelConfig};
 use crate::dtype::DType;
 use crate::kv::Sequence;
 use crate::ops::*;
 use crate::{Error, Result};
 
-use super::{Model, Weight};
+use super::{Mlp, Model, Weight};
 
 /// What a sequence wants from its rows in a step: the one request type of a row, from the
 /// scheduler's chunks to [`Model::forward`] for one sequence.
@@ -79,6 +79,11 @@ pub(super) struct Activations {
     gate: BufId,
     up: BufId,
     hidden: BufId,
+    /// q and k after their per-head norms (families with q/k norms).
+    qk_normed: Option<(BufId, BufId)>,
+    /// Mixture of experts: router logits [cap, experts], the chosen experts and their weights
+    /// [cap, top_k], and the experts' outputs [cap, top_k, dim].
+    moe: Option<MoeActs>,
     /// [rows, dim]: the rows the head runs on, gathered.
     last: BufId,
     /// [rows, vocab]
@@ -92,12 +97,40 @@ pub(super) struct Activations {
     tables_cap: usize,
 }
 
+#[derive(Clone, Copy)]
+struct MoeActs {
+    logits: BufId,
+    ids: BufId,
+    weights: BufId,
+    y: BufId,
+}
+
 impl Activations {
     pub(super) fn alloc<B: Backend>(b: &mut B, c: &ModelConfig, cap: usize) -> Result<Self> {
         let f = |b: &mut B, numel: usize| b.alloc(DType::F32, numel);
         let u = |b: &mut B, numel: usize| b.alloc(DType::U32, numel);
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        // The MLP's buffers hold the dense layers' width or every chosen expert's.
+        let ffn = match &c.features.moe {
+            Some(m) => c.ffn_dim.max(m.top_k * m.ffn_dim),
+            None => c.ffn_dim,
+        };
+        let qk_normed = match c.features.qk_norm {
+            true => Some((f(b, cap * q_dim)?, f(b, cap * kv_dim)?)),
+            false => None,
+        };
+        let moe = match &c.features.moe {
+            Some(m) => Some(MoeActs {
+                logits: f(b, cap * m.experts)?,
+                ids: u(b, cap * m.top_k)?,
+                weights: f(b, cap * m.top_k)?,
+                y: f(b, cap * m.top_k * c.dim)?,
+            }),
+            None => None,
+        };
         Ok(Activations {
+            qk_normed,
+            moe,
             cap,
             ids: u(b, cap)?,
             positions: u(b, cap)?,
@@ -110,9 +143,9 @@ impl Activations {
             k: f(b, cap * kv_dim)?,
             v: f(b, cap * kv_dim)?,
             att: f(b, cap * q_dim)?,
-            gate: f(b, cap * c.ffn_dim)?,
-            up: f(b, cap * c.ffn_dim)?,
-            hidden: f(b, cap * c.ffn_dim)?,
+            gate: f(b, cap * ffn)?,
+            up: f(b, cap * ffn)?,
+            hidden: f(b, cap * ffn)?,
             last: f(b, c.dim)?,
             logits: f(b, c.vocab_size)?,
             token: u(b, 1)?,
@@ -356,9 +389,22 @@ impl<B: Backend> Model<B> {
             n,
             vocab: c.vocab_size,
             dim,
-            scale: 1.0,
+            scale: c.features.embed_scale,
         }));
+        let head_norm = |x: BufId, w: &Weight, out: BufId, rows: usize| {
+            Op::RmsNorm(RmsNorm { x, weight: w.buf, out, n: rows, dim: hd, eps: c.rms_norm_eps })
+        };
+        // Adds a block's output to the residual stream, through the block's output norm when
+        // the family has one (Gemma).
+        let residual = |step: &mut Step, out: BufId, post_norm: Option<&Weight>| match post_norm {
+            Some(pn) => {
+                step.push(norm(out, pn, a.xb, n));
+                step.push(Op::Add(Add { x: a.x, y: a.xb, len: n * dim }));
+            }
+            None => step.push(Op::Add(Add { x: a.x, y: out, len: n * dim })),
+        };
         for (l, lw) in w.layers.iter().enumerate() {
+            let layer = c.layer_attention(l);
             // Attention block.
             step.push(norm(a.x, &lw.attn_norm, a.xb, n));
             // q, k and v read the same x: a group a backend may run as one.
@@ -367,29 +413,35 @@ impl<B: Backend> Model<B> {
                 matmul(a.xb, &lw.wk, lw.bk, a.k, n, d),
                 matmul(a.xb, &lw.wv, lw.bv, a.v, n, d),
             ])?;
-            step.push(Op::Rope(Rope {
-                x: a.q,
-                positions: a.positions,
-                inv_freq: self.inv_freq,
-                n,
-                heads,
-                head_dim: hd,
-                rot_dim: hd,
-                scale: 1.0,
-            }));
-            step.push(Op::Rope(Rope {
-                x: a.k,
-                positions: a.positions,
-                inv_freq: self.inv_freq,
-                n,
-                heads: kvh,
-                head_dim: hd,
-                rot_dim: hd,
-                scale: 1.0,
-            }));
+            let (q, k) = match (a.qk_normed, &lw.q_norm, &lw.k_norm) {
+                (Some((qn, kn)), Some(wq), Some(wk)) => {
+                    step.push(head_norm(a.q, wq, qn, n * heads));
+                    step.push(head_norm(a.k, wk, kn, n * kvh));
+                    (qn, kn)
+                }
+                _ => (a.q, a.k),
+            };
+            let inv_freq = match (layer.local_rope, self.inv_freq_local) {
+                (true, Some(local)) => local,
+                _ => self.inv_freq,
+            };
+            let rope = |x: BufId, heads: usize| {
+                Op::Rope(Rope {
+                    x,
+                    positions: a.positions,
+                    inv_freq,
+                    n,
+                    heads,
+                    head_dim: hd,
+                    rot_dim: c.rot_dim(),
+                    scale: c.rope_scale(),
+                })
+            };
+            step.push(rope(q, heads));
+            step.push(rope(k, kvh));
             let (cache_k, cache_v, kv_dtype) = (self.kv.k[l], self.kv.v[l], self.kv.dtype);
             step.push(Op::KvWrite(KvWrite {
-                k: a.k,
+                k,
                 v: a.v,
                 cache_k,
                 cache_v,
@@ -400,7 +452,7 @@ impl<B: Backend> Model<B> {
                 head_dim: hd,
             }));
             step.push(Op::Attention(Attention {
-                q: a.q,
+                q,
                 cache_k,
                 cache_v,
                 kv_dtype,
@@ -416,26 +468,74 @@ impl<B: Backend> Model<B> {
                 kv_heads: kvh,
                 head_dim: hd,
                 block_size: bs,
-                scale: 1.0 / (hd as f32).sqrt(),
-                window: 0,
-                softcap: 0.0,
+                scale: c.attn_scale(),
+                window: layer.window,
+                softcap: c.features.attn_softcap,
             }));
             step.push(Op::Matmul(matmul(a.att, &lw.wo, None, a.xb2, n, d)));
-            step.push(Op::Add(Add { x: a.x, y: a.xb2, len: n * dim }));
-            // Feed-forward block (SwiGLU).
+            residual(&mut step, a.xb2, lw.attn_post_norm.as_ref());
+            // Feed-forward block: a gated MLP, or the token's experts'.
             step.push(norm(a.x, &lw.ffn_norm, a.xb, n));
-            step.group([
-                matmul(a.xb, &lw.w_gate, None, a.gate, n, d),
-                matmul(a.xb, &lw.w_up, None, a.up, n, d),
-            ])?;
-            step.push(Op::Swiglu(Swiglu {
-                gate: a.gate,
-                up: a.up,
-                out: a.hidden,
-                len: n * c.ffn_dim,
-            }));
-            step.push(Op::Matmul(matmul(a.hidden, &lw.w_down, None, a.xb2, n, d)));
-            step.push(Op::Add(Add { x: a.x, y: a.xb2, len: n * dim }));
+            let glu = |gate: BufId, up: BufId, out: BufId, len: usize| match c.features.act {
+                Activation::Silu => Op::Swiglu(Swiglu { gate, up, out, len }),
+                Activation::GeluTanh => Op::Geglu(Geglu { gate, up, out, len }),
+            };
+            match (&lw.mlp, a.moe, &c.features.moe) {
+                (Mlp::Experts { router, gate, up, down }, Some(m), Some(spec)) => {
+                    let k = spec.top_k;
+                    step.push(Op::Matmul(matmul(a.xb, router, None, m.logits, n, d)));
+                    step.push(Op::MoeRoute(MoeRoute {
+                        logits: m.logits,
+                        ids: m.ids,
+                        weights: m.weights,
+                        n,
+                        experts: spec.experts,
+                        k,
+                        norm: spec.norm_topk,
+                    }));
+                    let experts = |x: BufId, w: &Weight, out: BufId, per_slot: bool| {
+                        Op::MoeMatmul(MoeMatmul {
+                            x,
+                            w: w.buf,
+                            wdtype: w.dtype,
+                            ids: m.ids,
+                            out,
+                            n,
+                            slots: k,
+                            k: w.cols,
+                            m: w.rows / spec.experts,
+                            experts: spec.experts,
+                            x_per_slot: per_slot,
+                        })
+                    };
+                    step.push(experts(a.xb, gate, a.gate, false));
+                    step.push(experts(a.xb, up, a.up, false));
+                    step.push(glu(a.gate, a.up, a.hidden, n * k * spec.ffn_dim));
+                    step.push(experts(a.hidden, down, m.y, true));
+                    step.push(Op::MoeSum(MoeSum {
+                        y: m.y,
+                        weights: m.weights,
+                        out: a.xb2,
+                        n,
+                        slots: k,
+                        dim,
+                    }));
+                }
+                (Mlp::Dense { gate, up, down }, ..) => {
+                    step.group([
+                        matmul(a.xb, gate, None, a.gate, n, d),
+                        matmul(a.xb, up, None, a.up, n, d),
+                    ])?;
+                    step.push(glu(a.gate, a.up, a.hidden, n * gate.rows));
+                    step.push(Op::Matmul(matmul(a.hidden, down, None, a.xb2, n, d)));
+                }
+                _ => {
+                    return Err(Error::BadConfig(format!(
+                        "layer {l} has experts but the model was built without them"
+                    )))
+                }
+            }
+            residual(&mut step, a.xb2, lw.ffn_post_norm.as_ref());
         }
         // The head, over the gathered rows only; every head row is computed as alone (a
         // request's first token comes from a prompt chunk, the rest from decodes).
@@ -455,6 +555,10 @@ impl<B: Backend> Model<B> {
             }
             step.push(norm(a.last, &w.norm, a.xb, rows));
             step.push(Op::Matmul(matmul(a.xb, &w.lm_head, None, a.logits, rows, rows)));
+            let cap = c.features.final_softcap;
+            if cap > 0.0 {
+                step.push(Op::Softcap(Softcap { x: a.logits, len: rows * c.vocab_size, cap }));
+            }
             let t = samples.len();
             if samples.iter().all(|p| p.temperature == 0.0) && t > 0 {
                 step.push(Op::Argmax(Argmax {

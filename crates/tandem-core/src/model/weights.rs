@@ -1,4 +1,4 @@
-//! A Llama-family checkpoint's weights on the backend ([`super::ModelBuilder`] uploads them).
+//! A checkpoint's weights on the backend ([`super::ModelBuilder`] uploads them).
 
 use crate::backend::BufId;
 use crate::dtype::DType;
@@ -13,6 +13,13 @@ pub struct Weight {
     pub cols: usize,
 }
 
+/// A layer's MLP: one gated MLP, or a router and its experts' stacked matrices ([experts *
+/// rows, cols], expert e's rows e * rows..).
+pub enum Mlp {
+    Dense { gate: Weight, up: Weight, down: Weight },
+    Experts { router: Weight, gate: Weight, up: Weight, down: Weight },
+}
+
 pub struct LayerWeights {
     pub attn_norm: Weight,
     pub wq: Weight,
@@ -21,11 +28,16 @@ pub struct LayerWeights {
     pub bq: Option<Weight>,
     pub bk: Option<Weight>,
     pub bv: Option<Weight>,
+    /// Per-head norms of q and k ([head_dim]), when the family has them.
+    pub q_norm: Option<Weight>,
+    pub k_norm: Option<Weight>,
     pub wo: Weight,
+    /// The norm of the attention's output before the residual add (Gemma).
+    pub attn_post_norm: Option<Weight>,
     pub ffn_norm: Weight,
-    pub w_gate: Weight,
-    pub w_up: Weight,
-    pub w_down: Weight,
+    /// The norm of the MLP's output before the residual add (Gemma).
+    pub ffn_post_norm: Option<Weight>,
+    pub mlp: Mlp,
 }
 
 pub struct Weights {

@@ -71,10 +71,10 @@ pub fn llama_gguf(
 fn llama_plan(c: &ModelConfig) -> Vec<(String, String, Option<usize>)> {
     model_tensors(c)
         .into_iter()
-        .filter(|(hf, _)| !hf.ends_with(".bias"))
-        .map(|(hf, _)| {
-            let heads = rope_permuted(&hf).map(|kv| if kv { c.n_kv_heads } else { c.n_heads });
-            (hf_to_gguf(&hf), hf, heads)
+        .filter(|t| !t.name.ends_with(".bias"))
+        .map(|t| {
+            let heads = rope_permuted(&t.name).map(|kv| if kv { c.n_kv_heads } else { c.n_heads });
+            (hf_to_gguf(&t.name, Some("llama")), t.name, heads)
         })
         .collect()
 }

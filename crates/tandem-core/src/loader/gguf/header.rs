@@ -2,7 +2,9 @@
 //! length and offset checked against the bytes that remain, under limits that also bound the
 //! streaming scanner (`loader::gguf_scan`).
 
-use super::{ggml_type, GgufFile, GgufMetadata, GgufTensor, GgufValue, GGUF_MAGIC};
+use super::{
+    ggml_type, GgufFile, GgufMetadata, GgufMetadataExt, GgufTensor, GgufValue, GGUF_MAGIC,
+};
 use crate::loader::TensorInfo;
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -286,8 +288,9 @@ impl GgufFile {
 
         let mut infos = Vec::with_capacity(tensors.len());
         let mut by_name = HashMap::with_capacity(tensors.len());
+        let arch = metadata.get_str("general.architecture");
         for (i, t) in tensors.iter().enumerate() {
-            let hf = crate::loader::names::gguf_to_hf(&t.name);
+            let hf = crate::loader::names::gguf_to_hf(&t.name, arch);
             if by_name.insert(hf.clone(), i).is_some() {
                 return Err(Error::bad_file(&path, format!("two tensors map to the name '{hf}'")));
             }
