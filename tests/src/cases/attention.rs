@@ -356,10 +356,13 @@ pub(super) fn attention_invariance(rng: &mut Rng) -> Vec<Invariance> {
         }
         // Speculative verifications: a sequence's 5 rows as decode rows (positions 254..258 cross
         // a CPU partition of 256 and a block), beside decodes of other sequences; each row must
-        // equal that row decoded alone.
-        let verifies: [AttnShape; 2] = [
-            ((6, 2, 32, 16), &[(40, 0), (259, 5)], false),
-            ((8, 2, 64, 16), &[(300, 0), (17, 0), (70, 4)], true),
+        // equal that row decoded alone. With a window and soft-cap: (window, softcap).
+        let verifies: [(AttnShape, usize, f32); 3] = [
+            (((6, 2, 32, 16), &[(40, 0), (259, 5)], false), 0, 0.0),
+            (((8, 2, 64, 16), &[(300, 0), (17, 0), (70, 4)], true), 0, 0.0),
+            // Positions 300..304: the first row's window starts before the partition cut at
+            // 256, the others' after it.
+            (((4, 2, 32, 16), &[(90, 0), (305, 5)], false), 46, 2.0),
         ];
         for decode in [true, false] {
             let windowed = window_shapes(decode).iter().filter(|s| s.1.len() > 1);
@@ -373,8 +376,9 @@ pub(super) fn attention_invariance(rng: &mut Rng) -> Vec<Invariance> {
                 out.push(Invariance { batch: batch.case(&all, kv_dtype), alone, row_len });
             }
         }
-        for (shape, seqs, share) in verifies {
-            let batch = AttnBatch::new(rng, shape, seqs, share).verifying(1);
+        for ((shape, seqs, share), window, softcap) in verifies {
+            let batch =
+                AttnBatch::new(rng, shape, seqs, share).verifying(1).windowed(window, softcap);
             let all: Vec<usize> = (0..batch.len()).collect();
             let v = batch.len() - 1;
             let mut alone: Vec<(Case, usize)> =

@@ -4,6 +4,8 @@
 //! decode rows of one product with that expert's matrix: the decode kernels give every row the
 //! bits it gets alone (see `matmul`), and an expert's weights are read once for all its rows.
 
+use std::cell::RefCell;
+
 use tandem_core::ops::{check_indices, MoeMatmul, MoeRoute, MoeSum};
 use tandem_core::Result;
 
@@ -79,6 +81,13 @@ pub(crate) fn route_reference(
     }
 }
 
+thread_local! {
+    /// The fast expert matmul's gathered rows, their outputs and their indices, kept between
+    /// calls (three allocations per matmul, three matmuls per layer otherwise).
+    static GATHER: RefCell<(Vec<f32>, Vec<f32>, Vec<usize>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
 pub(crate) fn matmul(t: &mut Table, ex: Exec, op: &MoeMatmul) -> Result<()> {
     const OP: &str = "moe_matmul";
     let (n, slots, k, m) = (op.n, op.slots, op.k, op.m);
@@ -101,27 +110,26 @@ pub(crate) fn matmul(t: &mut Table, ex: Exec, op: &MoeMatmul) -> Result<()> {
             return Ok(());
         }
         // Each expert's rows gathered, run as decode rows, scattered back.
-        let mut xs = Vec::new();
-        let mut ys = Vec::new();
-        let mut rows = Vec::new();
-        for e in 0..op.experts as u32 {
-            rows.clear();
-            rows.extend((0..n * slots).filter(|&r| ids[r] == e));
-            if rows.is_empty() {
-                continue;
+        GATHER.with_borrow_mut(|(xs, ys, rows)| {
+            for e in 0..op.experts as u32 {
+                rows.clear();
+                rows.extend((0..n * slots).filter(|&r| ids[r] == e));
+                if rows.is_empty() {
+                    continue;
+                }
+                xs.clear();
+                for &r in rows.iter() {
+                    xs.extend_from_slice(x_of(r));
+                }
+                ys.clear();
+                ys.resize(rows.len() * m, 0.0);
+                let w = w.rows(e as usize * m, m, k);
+                matmul::decode(ex, &Operands { x: xs, w, bias: None, n: rows.len(), k, m }, ys);
+                for (&r, y) in rows.iter().zip(ys.chunks_exact(m.max(1))) {
+                    out[r * m..(r + 1) * m].copy_from_slice(y);
+                }
             }
-            xs.clear();
-            for &r in &rows {
-                xs.extend_from_slice(x_of(r));
-            }
-            ys.clear();
-            ys.resize(rows.len() * m, 0.0);
-            let w = w.rows(e as usize * m, m, k);
-            matmul::decode(ex, &Operands { x: &xs, w, bias: None, n: rows.len(), k, m }, &mut ys);
-            for (&r, y) in rows.iter().zip(ys.chunks_exact(m.max(1))) {
-                out[r * m..(r + 1) * m].copy_from_slice(y);
-            }
-        }
+        });
         Ok(())
     })
 }

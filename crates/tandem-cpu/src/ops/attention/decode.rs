@@ -1,12 +1,14 @@
-//! Decode rows: one query per sequence, over its whole context.
+//! Decode rows: one query per sequence, over its whole context (or its window).
 //!
 //! A work unit is (row, KV head, partition of `PART` positions). It scores its positions for
 //! every query head of the KV head's group, so each K and V vector is read once for the group,
 //! exponentiates against its own maximum and sums V weighted by those. A row's units are then
 //! merged in partition order, each rescaled to the row's maximum (flash-decoding). The
-//! partitions are fixed cuts of the positions, so a row's arithmetic depends on its context
-//! length only, never on the batch or the thread count, and one long context still spreads
-//! over every thread.
+//! partitions are fixed cuts of the positions (k * PART..(k + 1) * PART), cut once more where
+//! a window starts: a row has units only for the partitions its window reaches, the first of
+//! them from the window's start. So a row's arithmetic depends on its position and the window
+//! only, never on the batch or the thread count, and one long context still spreads over
+//! every thread.
 //!
 //! The rows of one sequence in a step (a speculative verification: its last token and the
 //! drafts after it) share their context: one task takes a partition for all of them, row
@@ -47,7 +49,9 @@ pub(super) fn run<T: KvElem>(
 ) {
     UNITS.with_borrow_mut(|(tasks, first, partials)| {
         let (hd, group) = (g.hd, g.heads / g.kv_heads);
-        let parts = |i: usize| (rows.pos(i) + 1).div_ceil(PART);
+        // Row i's partitions: the first its window reaches, and how many.
+        let first_part = |i: usize| g.first(rows.pos(i)) / PART;
+        let parts = |i: usize| rows.pos(i) / PART + 1 - first_part(i);
         // Units in (row, KV head, partition) order: row i's start at first[i].
         first.clear();
         let mut n_units = 0;
@@ -59,9 +63,10 @@ pub(super) fn run<T: KvElem>(
         let mut i = 0;
         while i < rows.decode {
             let run = (i..rows.decode).take_while(|&j| rows.same_table(i, j)).count();
-            let n = (i..i + run).map(parts).max().unwrap_or(0);
+            let lo = (i..i + run).map(first_part).min().unwrap_or(0);
+            let hi = (i..i + run).map(|j| rows.pos(j) / PART + 1).max().unwrap_or(0);
             for kvh in 0..g.kv_heads {
-                tasks.extend((0..n).map(|p| (i, run, kvh, p * PART)));
+                tasks.extend((lo..hi).map(|p| (i, run, kvh, p * PART)));
             }
             i += run;
         }
@@ -73,10 +78,15 @@ pub(super) fn run<T: KvElem>(
         let base = PartialsPtr(partials.as_mut_ptr());
         let task = |ti: usize| {
             let (i0, run, kvh, t0) = tasks[ti];
-            // Rows whose context reaches this partition.
-            for i in (i0..i0 + run).filter(|&i| t0 <= rows.pos(i)) {
-                let t1 = (t0 + PART).min(rows.pos(i) + 1);
-                let u = first[i] + kvh * parts(i) + t0 / PART;
+            // Rows whose context (window) reaches this partition, and the positions of it they
+            // read.
+            for i in i0..i0 + run {
+                let (pos, from) = (rows.pos(i), g.first(rows.pos(i)));
+                if t0 > pos || t0 + PART <= from {
+                    continue;
+                }
+                let ts = t0.max(from)..(t0 + PART).min(pos + 1);
+                let u = first[i] + kvh * parts(i) + t0 / PART - first_part(i);
                 // SAFETY: unit u (row i, KV head kvh, partition t0 / PART) belongs to this task
                 // alone, so the slices the tasks write are disjoint, inside `partials`, which
                 // stays borrowed until every task is done.
@@ -86,7 +96,7 @@ pub(super) fn run<T: KvElem>(
                     &q[(i * g.heads + kvh * group) * hd..(i * g.heads + (kvh + 1) * group) * hd];
                 SCRATCH.with_borrow_mut(|scratch| {
                     scratch.resize(group * PART + hd, 0.0);
-                    let args = (qs, ck, cv, rows.table(i), t0..t1, kvh, g);
+                    let args = (qs, ck, cv, rows.table(i), ts, kvh, g);
                     #[cfg(target_arch = "x86_64")]
                     if ex.avx2() && hd % 8 == 0 {
                         // SAFETY: `ex.avx2()` is true only for the AVX2 and AVX-512 ISAs, whose
@@ -98,7 +108,8 @@ pub(super) fn run<T: KvElem>(
                 });
             }
         };
-        let work: usize = (0..rows.decode).map(|i| rows.pos(i) + 1).sum::<usize>() * g.heads * hd;
+        let work = (0..rows.decode).map(|i| rows.pos(i) + 1 - g.first(rows.pos(i)));
+        let work = work.sum::<usize>() * g.heads * hd;
         match ex.pool_for(work) {
             Some(pool) => pool.run(tasks.len(), &task),
             // A short context's decode step is over before a worker would wake.
@@ -147,13 +158,14 @@ fn merge<'a>(parts: impl Iterator<Item = &'a [f32]> + Clone, out: &mut [f32]) {
     }
 }
 
-/// Each query head's scores (`scores`: [group][PART], the first `len` of each) become
-/// exp(score - max) in place, and its part's first two entries [max, sum of those]. Inlined,
-/// so the AVX2 kernel's call is compiled with AVX2 too.
+/// Each query head's scores (`scores`: [group][PART], the first `len` of each, scaled) are
+/// soft-capped, then become exp(score - max) in place, and its part's first two entries [max,
+/// sum of those]. Inlined, so the AVX2 kernel's call is compiled with AVX2 too.
 #[inline(always)]
-pub(super) fn softmax_parts(scores: &mut [f32], part: &mut [f32], hd: usize, len: usize) {
-    for (gi, p) in part.chunks_exact_mut(hd + 2).enumerate() {
+pub(super) fn softmax_parts(scores: &mut [f32], part: &mut [f32], g: Geom, len: usize) {
+    for (gi, p) in part.chunks_exact_mut(g.hd + 2).enumerate() {
         let s = &mut scores[gi * PART..gi * PART + len];
+        g.cap_all(s);
         let m = max(s);
         exp_sub(s, m);
         p[0] = m;
@@ -180,7 +192,7 @@ fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], part: &mut [f32]) {
             scores[gi * PART + j] = dot(qv, k) * g.scale;
         }
     }
-    softmax_parts(scores, part, hd, len);
+    softmax_parts(scores, part, g, len);
     for p in part.chunks_exact_mut(hd + 2) {
         p[2..].fill(0.0);
     }

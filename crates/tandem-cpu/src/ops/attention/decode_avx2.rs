@@ -100,7 +100,7 @@ pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], p
             }
         }
     }
-    super::decode::softmax_parts(scores, part, hd, len);
+    super::decode::softmax_parts(scores, part, g, len);
     // V: positions in order, up to 4 columns of 8 at a time, one accumulator per (head,
     // column) in registers (up to 3 heads x 4 columns + 3 scores + 1 V vector: AVX2's 16), so
     // each V vector is loaded once for 3 heads and each score broadcast once per 4 columns

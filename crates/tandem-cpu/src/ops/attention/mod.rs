@@ -9,14 +9,17 @@
 //!
 //! Fast mode (decode.rs, prefill.rs) works per KV head: the query heads that share a KV head
 //! (grouped-query attention) are scored together, so each K and V vector is read once per
-//! step, not once per query head. A row's arithmetic depends on its own position only, never
-//! on what else is in the batch (see each file).
+//! step, not once per query head. A windowed query costs its window, not its context: blocks
+//! and tiles before the window are skipped, never read. A row's arithmetic depends on its own
+//! position (and the op's window and soft-cap) only, never on what else is in the batch (see
+//! each file).
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use tandem_core::ops::Attention;
 use tandem_core::{DType, Result};
 
+use crate::ops::tanh;
 use crate::table::Table;
 use crate::Exec;
 
@@ -45,9 +48,7 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
         let g = Geom::new(op);
         let rows = Rows { positions, starts, tables, decode: op.decode_rows };
         let out = &mut out.f32_mut()[..len];
-        // The fast kernels take neither windows nor soft-caps yet: those ops run the reference.
-        let fast_mode = ex.fast && op.window == 0 && op.softcap == 0.0;
-        match (op.kv_dtype, fast_mode) {
+        match (op.kv_dtype, ex.fast) {
             (DType::F32, false) => reference(q, ck.f32(), cv.f32(), &rows, out, g),
             (_, false) => reference(q, ck.f16(), cv.f16(), &rows, out, g),
             (DType::F32, true) => fast(ex, q, ck.f32(), cv.f32(), &rows, out, g),
@@ -158,6 +159,16 @@ impl Geom {
             s
         } else {
             self.softcap * (s / self.softcap).tanh()
+        }
+    }
+    /// [`Geom::cap`] of every score in place, vectorized: the fast kernels' (a few ulp from
+    /// the reference's libm tanh, and the same bits for a score wherever it sits).
+    #[inline(always)]
+    fn cap_all(&self, s: &mut [f32]) {
+        if self.softcap != 0.0 {
+            for v in s {
+                *v = self.softcap * tanh(*v / self.softcap);
+            }
         }
     }
     /// Offset of position t's vector for kv head `kvh` in a cache.

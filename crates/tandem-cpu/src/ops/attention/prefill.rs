@@ -1,8 +1,10 @@
 //! Prompt rows, FlashAttention-style. A work unit is (KV head, tile of up to `BQ` queries of
 //! one sequence): K and V come in tiles of `BT` positions, read once for the tile's queries
 //! and every query head of the group, and each (query, head) keeps a running max, a running
-//! sum and an accumulator rescaled whenever the max grows. The position tiles start at 0 in
-//! steps of `BT` whatever the query tile, so a row's arithmetic depends on its position only.
+//! sum and an accumulator rescaled whenever the max grows. The position tiles are fixed cuts
+//! (multiples of `BT`) whatever the query tile, and a query reads of each only the positions
+//! of its window (tiles wholly before every window of the query tile are never loaded), so a
+//! row's arithmetic depends on its position and the window only.
 
 use super::{axpy, Geom, KvElem, Rows};
 use crate::ops::{dot, exp_sub, max, sum};
@@ -40,7 +42,8 @@ pub(super) fn run<T: KvElem>(
         tiles.push((i, j));
         i = j;
     }
-    let work: usize = (d..n).map(|i| rows.pos(i) + 1).sum::<usize>() * g.heads * hd;
+    let work: usize = (d..n).map(|i| rows.pos(i) + 1 - g.first(rows.pos(i))).sum::<usize>();
+    let work = work * g.heads * hd;
     let ex = ex.sized(work);
     let inputs = Inputs { q, ck, cv, qrows: rows, g };
     let parts: Vec<Vec<f32>> = ex.map_range(g.kv_heads * tiles.len(), |u| {
@@ -99,33 +102,38 @@ fn unit<T: KvElem, const AVX: bool>(u: &Inputs<T>, kvh: usize, i0: usize, acc: &
     let rows = acc.len() / (group * hd);
     let table = qrows.table(i0);
     let last = qrows.pos(i0 + rows - 1);
+    // The first query's window starts first (positions increase down the tile).
+    let lo = g.first(qrows.pos(i0));
     let mut run_max = vec![f32::NEG_INFINITY; rows * group];
     let mut run_sum = vec![0f32; rows * group];
     let mut kbuf = vec![0f32; BT * hd];
     let mut vbuf = vec![0f32; BT * hd];
     let mut s = [0f32; BT];
     acc.fill(0.0);
-    for t0 in (0..=last).step_by(BT) {
+    for t0 in (lo / BT * BT..=last).step_by(BT) {
         let t1 = (t0 + BT).min(last + 1);
         let mut ks: [&[f32]; BT] = [&[]; BT];
         let mut vs: [&[f32]; BT] = [&[]; BT];
         let bufs = kbuf.chunks_exact_mut(hd).zip(vbuf.chunks_exact_mut(hd));
-        for ((j, (kb, vb)), t) in bufs.enumerate().zip(t0..t1) {
+        // Entries before `lo` stay empty: no query of the tile reads them.
+        for ((j, (kb, vb)), t) in bufs.enumerate().zip(t0..t1).skip(lo.saturating_sub(t0)) {
             let off = g.kv_at(table, t, kvh);
             ks[j] = T::row(&ck[off..off + hd], kb);
             vs[j] = T::row(&cv[off..off + hd], vb);
         }
         for r in 0..rows {
             let pos = qrows.pos(i0 + r);
-            if pos < t0 {
-                continue; // the whole tile is in this query's future
+            let from = g.first(pos);
+            if pos < t0 || from >= t1 {
+                continue; // the whole tile is in this query's future, or before its window
             }
-            let cnt = (pos + 1).min(t1) - t0;
+            // This query's positions of the tile: s[j0..cnt], t0 + j for j in j0..cnt.
+            let (j0, cnt) = (from.saturating_sub(t0), (pos + 1).min(t1) - t0);
             for gi in 0..group {
                 let h = kvh * group + gi;
                 let qv = &q[((i0 + r) * g.heads + h) * hd..][..hd];
                 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-                let mut j = 0;
+                let mut j = j0;
                 #[cfg(target_arch = "x86_64")]
                 while AVX && j + 8 <= cnt {
                     // SAFETY: AVX is only true inside `unit_avx2`, with head_dim % 8 == 0.
@@ -137,8 +145,10 @@ fn unit<T: KvElem, const AVX: bool>(u: &Inputs<T>, kvh: usize, i0: usize, acc: &
                 for j in j..cnt {
                     s[j] = kdot::<AVX>(qv, ks[j]) * g.scale;
                 }
+                let s = &mut s[j0..cnt];
+                g.cap_all(s);
                 let (rm, rs) = (&mut run_max[r * group + gi], &mut run_sum[r * group + gi]);
-                let new_max = rm.max(max(&s[..cnt]));
+                let new_max = rm.max(max(s));
                 let a = &mut acc[(r * group + gi) * hd..][..hd];
                 if new_max > *rm && *rm != f32::NEG_INFINITY {
                     let corr = (*rm - new_max).exp();
@@ -148,16 +158,17 @@ fn unit<T: KvElem, const AVX: bool>(u: &Inputs<T>, kvh: usize, i0: usize, acc: &
                     }
                 }
                 *rm = new_max;
-                exp_sub(&mut s[..cnt], new_max);
-                *rs += sum(&s[..cnt]);
+                exp_sub(s, new_max);
+                *rs += sum(s);
+                let vs = &vs[j0..cnt];
                 #[cfg(target_arch = "x86_64")]
                 if AVX {
                     // SAFETY: AVX is only true inside `unit_avx2`, with head_dim % 8 == 0.
-                    unsafe { super::decode_avx2::axpy_tile(a, &s[..cnt], &vs[..cnt]) };
+                    unsafe { super::decode_avx2::axpy_tile(a, s, vs) };
                     continue;
                 }
-                for j in 0..cnt {
-                    axpy(a, s[j], vs[j]);
+                for (&e, v) in s.iter().zip(vs) {
+                    axpy(a, e, v);
                 }
             }
         }
