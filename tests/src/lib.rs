@@ -9,6 +9,8 @@ pub mod batch;
 pub mod cases;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod e2e;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod families;
 pub mod harness;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod kquant;
@@ -120,6 +122,65 @@ macro_rules! conformance_suite {
             #[test]
             fn batch_invariance_moe_matmul() {
                 $crate::check_invariance($make, stringify!($name), "moe_matmul");
+            }
+        }
+    };
+}
+
+/// One `#[test]` per model family (safetensors and GGUF) for a backend, against transformers'
+/// references ([`families`]). `$make` is as in [`conformance_suite!`].
+#[macro_export]
+macro_rules! families_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::families::{check, Format};
+
+            fn run(family: &str) {
+                let make = $make;
+                for format in [Format::Safetensors, Format::Gguf] {
+                    let backend = match make() {
+                        Ok(b) => b,
+                        Err(reason) => {
+                            eprintln!("SKIP {}: {reason}", stringify!($name));
+                            return;
+                        }
+                    };
+                    match check(backend, family, format) {
+                        Ok(line) => eprintln!("{line}"),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+
+            #[test]
+            fn qwen3() {
+                run("qwen3");
+            }
+            #[test]
+            fn qwen3_moe() {
+                run("qwen3_moe");
+            }
+            #[test]
+            fn gemma2() {
+                run("gemma2");
+            }
+            #[test]
+            fn gemma3() {
+                run("gemma3");
+            }
+            #[test]
+            fn phi3() {
+                run("phi3");
+            }
+            #[test]
+            fn mistral() {
+                run("mistral");
+            }
+            #[test]
+            fn mixtral() {
+                run("mixtral");
             }
         }
     };

@@ -58,9 +58,11 @@ fn features(
         final_softcap: meta.get_f32(&key("final_logit_softcapping")).unwrap_or(0.0),
         sliding_window: window,
         sliding_layers,
-        local_rope_theta: (arch == Arch::Gemma3).then_some(10000.0),
+        local_rope_theta: (arch == Arch::Gemma3)
+            .then(|| meta.get_f32(&key("rope.freq_base_swa")).unwrap_or(10000.0)),
         partial_rotary: rot_dim as f32 / head_dim.max(1) as f32,
-        fused_projections: false,
+        // llama.cpp keeps Phi-3's qkv and gate+up fused (`attn_qkv`, `ffn_up`).
+        fused_projections: arch == Arch::Phi3,
         moe,
     })
 }
@@ -115,7 +117,16 @@ impl ModelConfig {
                 }
             },
         };
+        // Phi-3's LongRoPE: an original context (and factor lists, which are tensors: the
+        // loader fills them in, see `GgufFile::model_config`) and no scaling type.
+        let longrope = arch == Arch::Phi3 && opt("rope.scaling.original_context_length").is_some();
         let rope_scaling = match meta.get_str(&key("rope.scaling.type")) {
+            _ if longrope => RopeScaling::LongRope {
+                short: vec![],
+                long: vec![],
+                original_max_position: req("rope.scaling.original_context_length")?,
+                attention_factor: meta.get_f32(&key("rope.scaling.attn_factor")).unwrap_or(1.0),
+            },
             None | Some("none") => match meta.get_f32(&key("rope.scale_linear")) {
                 // Older converters wrote linear scaling under this key.
                 Some(f) if f != 1.0 => RopeScaling::Linear { factor: f },
@@ -125,14 +136,6 @@ impl ModelConfig {
                 factor: meta.get_f32(&key("rope.scaling.factor")).ok_or_else(|| {
                     Error::BadConfig(format!("{} missing", key("rope.scaling.factor")))
                 })?,
-            },
-            // Phi-3's factor lists are tensors (`rope_factors_short/long.weight`): the loader
-            // fills them in (see `GgufFile::model_config`).
-            Some("longrope") if arch == Arch::Phi3 => RopeScaling::LongRope {
-                short: vec![],
-                long: vec![],
-                original_max_position: req("rope.scaling.original_context_length")?,
-                attention_factor: meta.get_f32(&key("rope.scaling.attn_factor")).unwrap_or(1.0),
             },
             Some(other) => {
                 return Err(Error::BadConfig(format!(

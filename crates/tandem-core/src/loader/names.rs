@@ -37,9 +37,9 @@ const LAYER_NAMES: [(&str, &str); 17] = [
 /// Gemma's norms around attention and the MLP: Llama's `ffn_norm` is Gemma's pre-MLP norm,
 /// and HF's `post_attention_layernorm` is Gemma's attention output norm.
 const GEMMA_LAYER_NAMES: [(&str, &str); 3] = [
-    ("attn_post_norm", "post_attention_layernorm"),
+    ("post_attention_norm", "post_attention_layernorm"),
     ("ffn_norm", "pre_feedforward_layernorm"),
-    ("ffn_post_norm", "post_feedforward_layernorm"),
+    ("post_ffw_norm", "post_feedforward_layernorm"),
 ];
 
 /// Phi-3's fused gate and up projection is llama.cpp's `ffn_up`.
@@ -261,7 +261,7 @@ mod tests {
             "model.layers.0.pre_feedforward_layernorm.weight"
         );
         assert_eq!(
-            gemma("blk.0.attn_post_norm.weight"),
+            gemma("blk.0.post_attention_norm.weight"),
             "model.layers.0.post_attention_layernorm.weight"
         );
         assert_eq!(

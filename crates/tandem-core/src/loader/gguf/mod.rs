@@ -130,11 +130,21 @@ impl GgufFile {
     /// The model config: [`GgufFile::header_config`], with the rope scaling that
     /// [`GgufFile::ROPE_FREQS`] holds when the file has that tensor.
     pub fn model_config(&self) -> Result<ModelConfig> {
+        use super::TensorStore;
         let mut cfg = self.header_config()?;
         if self.tensor(Self::ROPE_FREQS).is_some() {
-            use super::TensorStore;
             let t = self.load(Self::ROPE_FREQS, super::LoadAs::F32)?;
             self.apply_rope_freqs(&mut cfg, &t)?;
+        }
+        // Phi-3's LongRoPE factor lists are tensors.
+        if let crate::RopeScaling::LongRope { short, long, .. } = &mut cfg.rope_scaling {
+            for (list, name) in
+                [(short, "rope_factors_short.weight"), (long, "rope_factors_long.weight")]
+            {
+                let t = self.load(name, super::LoadAs::F32)?;
+                *list = crate::quant::decode(&t.bytes, crate::DType::F32, t.shape.iter().product());
+            }
+            cfg.validate()?;
         }
         Ok(cfg)
     }
