@@ -9,7 +9,7 @@ use super::{Activations, LayerWeights, Model, ModelOptions, ModelStats, Weight, 
 use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::dtype::DType;
-use crate::kv::KvCache;
+use crate::kv::{KvBlocks, KvCache};
 use crate::loader::stream::TensorSink;
 use crate::loader::{HostTensor, LoadAs, TensorStore};
 use crate::{Error, Result};
@@ -226,6 +226,7 @@ impl<B: Backend> ModelBuilder<B> {
             stats: ModelStats::default(),
             backend,
             weights,
+            blocks: Some(KvBlocks::new(kv.block_size, kv.num_blocks)),
             kv,
             inv_freq,
             act,
