@@ -170,7 +170,7 @@ fn block_hash(parent: u64, prompt: u32, tokens: &[u32]) -> u64 {
 /// for as long as it lives.
 #[derive(Debug)]
 pub struct KvBlocks {
-    pub block_size: usize,
+    block_size: usize,
     pool: BlockPool,
 }
 
@@ -185,6 +185,11 @@ impl KvBlocks {
     /// Token capacity of the whole pool.
     pub fn capacity(&self) -> usize {
         self.pool.total() * self.block_size
+    }
+
+    /// Positions a block holds.
+    pub fn block_size(&self) -> usize {
+        self.block_size
     }
 
     pub fn total_blocks(&self) -> usize {

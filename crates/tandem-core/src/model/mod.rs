@@ -187,7 +187,7 @@ impl<B: Backend> Model<B> {
         if result.is_err() {
             // Back to the blocks it held before (it may have held more than its positions).
             let blocks = self.kv_blocks_mut()?;
-            blocks.truncate(seq, saved.blocks.len() * blocks.block_size);
+            blocks.truncate(seq, saved.blocks.len() * blocks.block_size());
             *seq = saved;
         }
         result

@@ -1,6 +1,6 @@
 //! The scheduler's KV manager: every block operation of a step goes through it (admission with
 //! a prefix-cache lookup, growth, preemption and release, the rollback of rejected drafts and
-//! the prefix cache insert at commit), on the target's pool and, with a draft model, on the
+//! the prefix-cache insert at commit), on the target's pool and, with a draft model, on the
 //! draft's.
 //!
 //! It owns those pools' block accounting ([`KvBlocks`], plain data, so planning runs and is
