@@ -121,7 +121,7 @@ pub fn run_all<B: Backend>(
 pub fn solo<B: Backend>(model: &mut Model<B>, tok: &Tokenizer, reqs: &[Req]) -> Vec<Done> {
     reqs.iter()
         .map(|r| {
-            model.kv.evict_idle();
+            model.kv_blocks_mut().expect("blocks").evict_idle();
             let mut s = Scheduler::new(
                 &mut *model,
                 tok,
@@ -154,7 +154,7 @@ pub fn check_batched<B: Backend>(
     expect: Expect,
 ) {
     let name = model.backend.name();
-    model.kv.evict_idle();
+    model.kv_blocks_mut().expect("blocks").evict_idle();
     let aborts: Vec<(usize, usize)> =
         if expect == Expect::Aborts { vec![(1, 2), (4, 1), (6, 3)] } else { vec![] };
     let (done, stats) = {
@@ -196,11 +196,8 @@ pub fn check_batched<B: Backend>(
         }
         Expect::Plain | Expect::Aborts => {}
     }
-    assert_eq!(
-        model.kv.free_blocks(),
-        model.kv.total_blocks(),
-        "{name}: every block back in the pool"
-    );
+    let kv = model.kv_blocks().expect("blocks back in the model");
+    assert_eq!(kv.free_blocks(), kv.total_blocks(), "{name}: every block back in the pool");
     eprintln!(
         "{name}: {} requests batched ({expect:?}) equal their solo runs; {stats:?}",
         reqs.len()

@@ -25,22 +25,21 @@ pub fn run_spec<B: Backend>(
     config: SchedulerConfig,
     spec: &mut Option<Speculation<B>>,
 ) -> (Vec<Done>, SchedulerStats) {
-    model.kv.evict_idle();
+    model.kv_blocks_mut().expect("blocks").evict_idle();
     let mut sched = Scheduler::new(&mut *model, tok, config).expect("scheduler");
     sched.set_speculation(spec.take()).expect("speculation");
     let done = batch::run_all(&mut sched, reqs, &[]);
     let stats = sched.stats;
     *spec = sched.set_speculation(None).expect("off");
+    drop(sched);
     let name = model.backend.name();
-    assert_eq!(
-        model.kv.free_blocks(),
-        model.kv.total_blocks(),
-        "{name}: every target block back in the pool"
-    );
+    let kv = model.kv_blocks().expect("blocks back in the model");
+    assert_eq!(kv.free_blocks(), kv.total_blocks(), "{name}: every target block back in the pool");
     if let Some(d) = spec.as_ref().and_then(|s| s.draft()) {
+        let kv = d.kv_blocks().expect("blocks back in the draft model");
         assert_eq!(
-            d.kv.free_blocks(),
-            d.kv.total_blocks(),
+            kv.free_blocks(),
+            kv.total_blocks(),
             "{name}: every draft block back in the pool"
         );
     }
@@ -88,12 +87,12 @@ pub fn solo_checking_blocks<B: Backend>(
     req: &Req,
     spec: &mut Option<Speculation<B>>,
 ) -> (Done, SchedulerStats) {
-    model.kv.evict_idle();
+    model.kv_blocks_mut().expect("blocks").evict_idle();
     if let Some(d) = spec.as_mut().and_then(|s| match &mut s.drafter {
         tandem_core::scheduler::Drafter::Model(m) => Some(m),
         _ => None,
     }) {
-        d.kv.evict_idle();
+        d.kv_blocks_mut().expect("blocks").evict_idle();
     }
     let bs = model.kv.block_size;
     let name = model.backend.name();
@@ -128,15 +127,15 @@ pub fn solo_checking_blocks<B: Backend>(
         // A plain run holds the positions up to the newest token's (that one is fed next).
         let expected =
             if out.is_some() { 0 } else { (req.prompt.len() + tokens.len() - 1).div_ceil(bs) };
-        let kv = &sched.model().kv;
+        let kv = sched.kv_blocks();
         assert_eq!(
             kv.total_blocks() - kv.free_blocks(),
             expected,
             "{name}: target blocks in use after {} tokens",
             tokens.len()
         );
-        if let Some(d) = sched.speculation().and_then(|s| s.draft()) {
-            let used = d.kv.total_blocks() - d.kv.free_blocks();
+        if let Some(d) = sched.draft_kv_blocks() {
+            let used = d.total_blocks() - d.free_blocks();
             assert!(
                 used <= expected,
                 "{name}: draft blocks in use {used} > {expected} after {} tokens",
@@ -146,7 +145,9 @@ pub fn solo_checking_blocks<B: Backend>(
     }
     let stats = sched.stats;
     *spec = sched.set_speculation(None).expect("off");
-    assert_eq!(model.kv.free_blocks(), model.kv.total_blocks(), "{name}: every block back");
+    drop(sched);
+    let kv = model.kv_blocks().expect("blocks back in the model");
+    assert_eq!(kv.free_blocks(), kv.total_blocks(), "{name}: every block back");
     (out.expect("finished"), stats)
 }
 

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use tandem_core::loader::gguf::{GgufValue, GGML_F32, GGML_Q8_0};
 use tandem_core::loader::{self, LoadAs, ModelSource};
-use tandem_core::model::ModelOptions;
+use tandem_core::model::{Mlp, ModelOptions};
 use tandem_core::tokenizer::Tokenizer;
 use tandem_core::{Backend, DType};
 use tandem_cpu::CpuBackend;
@@ -308,18 +308,19 @@ fn q8_gguf_run() -> Result<(), Skip> {
     );
     // Loaded natively: the matrices stay Q8_0 on the backend, ffn_down stays F32.
     let l0 = &model.weights.layers[0];
+    let Mlp::Dense { gate, up, down } = &l0.mlp else { panic!("a Llama layer is dense") };
     for (name, w) in [
         ("wq", l0.wq.dtype),
         ("wk", l0.wk.dtype),
         ("wv", l0.wv.dtype),
         ("wo", l0.wo.dtype),
-        ("w_gate", l0.w_gate.dtype),
-        ("w_up", l0.w_up.dtype),
+        ("gate", gate.dtype),
+        ("up", up.dtype),
         ("embed", model.weights.embed.dtype),
     ] {
         assert_eq!(w, DType::Q8_0, "{name}");
     }
-    assert_eq!(l0.w_down.dtype, DType::F32);
+    assert_eq!(down.dtype, DType::F32);
 
     let got = e2e::greedy(&mut model, &tokenizer, &prompt, expected.len());
     assert_eq!(got.len(), expected.len(), "token count");

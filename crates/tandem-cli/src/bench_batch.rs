@@ -90,7 +90,7 @@ pub fn run<B: Backend>(
     mode: Mode,
     max_batched_tokens: usize,
 ) -> Result<RunStats> {
-    model.kv.evict_idle();
+    model.kv_blocks_mut()?.evict_idle();
     let config = SchedulerConfig { max_seqs: concurrency, max_batched_tokens };
     let mut sched = Scheduler::new(&mut *model, tok, config)?;
     let mut next = 0;
@@ -149,7 +149,7 @@ pub fn one<B: Backend>(
     prompt: &[u32],
     max_tokens: usize,
 ) -> Result<(f64, f64, usize)> {
-    model.kv.evict_idle();
+    model.kv_blocks_mut()?.evict_idle();
     let config = SchedulerConfig { max_seqs: 1, max_batched_tokens: model.max_step_tokens() };
     let mut sched = Scheduler::new(&mut *model, tok, config)?;
     sched.add(

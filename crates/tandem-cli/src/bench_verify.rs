@@ -50,7 +50,7 @@ pub fn measure<B: Backend>(
     let mut seq = model.new_sequence();
     let result = (|| {
         pollster::block_on(model.forward(&mut seq, &ids(context, 0), Want::argmax()))?;
-        model.kv.reserve(&mut seq, context + largest)?;
+        model.kv_blocks_mut()?.reserve(&mut seq, context + largest)?;
         let mut all = vec![1];
         all.extend(sizes.iter().copied().filter(|&n| n != 1));
         let mut best = vec![f64::MAX; all.len()];

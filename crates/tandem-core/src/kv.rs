@@ -164,25 +164,32 @@ fn block_hash(parent: u64, prompt: u32, tokens: &[u32]) -> u64 {
 /// The block side of a KV pool, with no buffers: which blocks are free, cached (the prefix
 /// cache) or in use, and the operations on sequences' block tables. Plain data, so the
 /// scheduler's planning runs and is tested without a backend.
+///
+/// Each pool has exactly one, a value that moves and is never copied: its model holds it
+/// ([`crate::model::Model::kv_blocks`]), and a scheduler running on the model holds it instead
+/// for as long as it lives.
 #[derive(Debug)]
 pub struct KvBlocks {
-    pub block_size: usize,
+    block_size: usize,
     pool: BlockPool,
 }
 
 impl KvBlocks {
-    pub fn new(block_size: usize, num_blocks: usize) -> Result<Self> {
-        if block_size == 0 || num_blocks == 0 {
-            return Err(Error::InvalidParameter(
-                "KV cache needs a non-zero block size and block count".into(),
-            ));
-        }
-        Ok(KvBlocks { block_size, pool: BlockPool::new(num_blocks) })
+    /// All blocks free. One per pool, made with the pool's cache (see [`KvCache`]): two would
+    /// hand out the same rows twice, so nothing outside the engine can make one.
+    pub(crate) fn new(block_size: usize, num_blocks: usize) -> Self {
+        debug_assert!(block_size > 0 && num_blocks > 0, "checked by KvCache::new");
+        KvBlocks { block_size, pool: BlockPool::new(num_blocks) }
     }
 
     /// Token capacity of the whole pool.
     pub fn capacity(&self) -> usize {
         self.pool.total() * self.block_size
+    }
+
+    /// Positions a block holds.
+    pub fn block_size(&self) -> usize {
+        self.block_size
     }
 
     pub fn total_blocks(&self) -> usize {
@@ -286,27 +293,17 @@ impl KvBlocks {
             self.pool.register(seq.blocks[b], key);
         }
     }
-
-    /// Cache rows (block * block_size + offset) of positions start..start + n.
-    pub fn slots(&self, seq: &Sequence, start: usize, n: usize) -> Vec<u32> {
-        (start..start + n)
-            .map(|p| {
-                seq.blocks[p / self.block_size] * self.block_size as u32
-                    + (p % self.block_size) as u32
-            })
-            .collect()
-    }
 }
 
-/// K and V block pools of every layer, each [num_blocks, block_size, kv_heads, head_dim], and
-/// their block accounting.
+/// The physical side of a KV pool: K and V blocks of every layer, each [num_blocks,
+/// block_size, kv_heads, head_dim]. Which blocks are free, cached or in use is the
+/// [`KvBlocks`] of the same pool, held by the model or, while one runs, by its scheduler.
 pub struct KvCache {
     pub dtype: DType,
-    /// The same as `blocks.block_size`.
     pub block_size: usize,
+    pub num_blocks: usize,
     pub k: Vec<BufId>,
     pub v: Vec<BufId>,
-    pub blocks: KvBlocks,
 }
 
 impl KvCache {
@@ -322,7 +319,11 @@ impl KvCache {
                 "KV cache dtype must be f32 or f16, got {dtype}"
             )));
         }
-        let blocks = KvBlocks::new(block_size, num_blocks)?;
+        if block_size == 0 || num_blocks == 0 {
+            return Err(Error::InvalidParameter(
+                "KV cache needs a non-zero block size and block count".into(),
+            ));
+        }
         let numel = num_blocks * block_size * config.n_kv_heads * config.head_dim;
         let mut k = Vec::with_capacity(config.n_layers);
         let mut v = Vec::with_capacity(config.n_layers);
@@ -330,50 +331,26 @@ impl KvCache {
             k.push(backend.alloc(dtype, numel)?);
             v.push(backend.alloc(dtype, numel)?);
         }
-        Ok(KvCache { dtype, block_size, k, v, blocks })
+        Ok(KvCache { dtype, block_size, num_blocks, k, v })
     }
 
     /// Token capacity of the whole pool.
     pub fn capacity(&self) -> usize {
-        self.blocks.capacity()
+        self.num_blocks * self.block_size
     }
 
     pub fn total_blocks(&self) -> usize {
-        self.blocks.total_blocks()
-    }
-
-    /// Blocks a sequence could get now (free plus idle cached ones).
-    pub fn free_blocks(&self) -> usize {
-        self.blocks.free_blocks()
-    }
-
-    pub fn cached_blocks(&self) -> usize {
-        self.blocks.cached_blocks()
-    }
-
-    /// Empties the prefix cache of blocks no sequence uses.
-    pub fn evict_idle(&mut self) {
-        self.blocks.evict_idle();
-    }
-
-    /// See [`KvBlocks::reserve`].
-    pub fn reserve(&mut self, seq: &mut Sequence, new_len: usize) -> Result<()> {
-        self.blocks.reserve(seq, new_len)
-    }
-
-    /// See [`KvBlocks::truncate`].
-    pub fn truncate(&mut self, seq: &mut Sequence, new_len: usize) {
-        self.blocks.truncate(seq, new_len);
-    }
-
-    /// Returns every block of `seq` to the pool.
-    pub fn release(&mut self, seq: &mut Sequence) {
-        self.blocks.release(seq);
+        self.num_blocks
     }
 
     /// Cache rows (block * block_size + offset) of positions start..start + n.
     pub fn slots(&self, seq: &Sequence, start: usize, n: usize) -> Vec<u32> {
-        self.blocks.slots(seq, start, n)
+        (start..start + n)
+            .map(|p| {
+                seq.blocks[p / self.block_size] * self.block_size as u32
+                    + (p % self.block_size) as u32
+            })
+            .collect()
     }
 }
 

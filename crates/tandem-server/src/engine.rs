@@ -304,7 +304,7 @@ impl<B: Backend> Engine<'_, B> {
     }
 
     fn update_gauges(&mut self) {
-        let kv = &self.sched.model().kv;
+        let kv = self.sched.kv_blocks();
         self.metrics.set_gauges(&EngineGauges {
             running: self.sched.running(),
             waiting: self.sched.waiting(),

@@ -9,7 +9,7 @@ use super::{Activations, LayerWeights, Mlp, Model, ModelOptions, ModelStats, Wei
 use crate::backend::{Backend, BufId};
 use crate::config::ModelConfig;
 use crate::dtype::DType;
-use crate::kv::KvCache;
+use crate::kv::{KvBlocks, KvCache};
 use crate::loader::names::Part;
 use crate::loader::stream::TensorSink;
 use crate::loader::{HostTensor, LoadAs, TensorStore};
@@ -371,6 +371,7 @@ impl<B: Backend> ModelBuilder<B> {
             stats: ModelStats::default(),
             backend,
             weights,
+            blocks: Some(KvBlocks::new(kv.block_size, kv.num_blocks)),
             kv,
             inv_freq,
             inv_freq_local,

@@ -17,7 +17,7 @@ pub use weights::{LayerWeights, Mlp, Weight, Weights};
 use crate::backend::{Backend, BufId};
 use crate::config::ModelConfig;
 use crate::dtype::DType;
-use crate::kv::{KvCache, Sequence};
+use crate::kv::{KvBlocks, KvCache, Sequence};
 use crate::loader::ModelSource;
 use crate::ops::*;
 use crate::{Error, Result};
@@ -73,7 +73,12 @@ pub struct Model<B: Backend> {
     pub stats: ModelStats,
     pub backend: B,
     pub weights: Weights,
+    /// The K/V buffers.
     pub kv: KvCache,
+    /// Their block accounting; `None` while a scheduler holds it (from its `new` until it is
+    /// dropped or gives the model back), so that only the scheduler allocates and frees blocks
+    /// then.
+    blocks: Option<KvBlocks>,
     /// RoPE inverse frequencies of the global layers, and of the sliding ones when they
     /// have their own (Gemma 3).
     inv_freq: BufId,
@@ -125,8 +130,36 @@ impl<B: Backend> Model<B> {
         Sequence::default()
     }
 
+    /// The KV pool's block accounting (free, cached and used blocks); an error while a
+    /// scheduler runs on the model (ask it: [`crate::scheduler::Scheduler::kv_blocks`]).
+    pub fn kv_blocks(&self) -> Result<&KvBlocks> {
+        self.blocks.as_ref().ok_or_else(lent)
+    }
+
+    /// The KV pool's block accounting, to change (e.g. `evict_idle` for a cold prefix cache);
+    /// an error while a scheduler runs on the model.
+    pub fn kv_blocks_mut(&mut self) -> Result<&mut KvBlocks> {
+        self.blocks.as_mut().ok_or_else(lent)
+    }
+
+    /// Hands the block accounting to a scheduler, which owns it until [`Self::return_blocks`].
+    pub(crate) fn lend_blocks(&mut self) -> Result<KvBlocks> {
+        self.blocks.take().ok_or_else(lent)
+    }
+
+    /// Takes back what [`Self::lend_blocks`] handed out.
+    pub(crate) fn return_blocks(&mut self, blocks: KvBlocks) {
+        debug_assert!(self.blocks.is_none(), "a pool has one block accounting");
+        self.blocks = Some(blocks);
+    }
+
+    /// Returns every block of `seq` to the pool.
     pub fn release(&mut self, seq: &mut Sequence) {
-        self.kv.release(seq);
+        // Only a scheduler holds a model without its blocks, and it never releases through
+        // the model.
+        if let Some(blocks) = &mut self.blocks {
+            blocks.release(seq);
+        }
     }
 
     /// Feeds `tokens` after `seq`'s context and returns what `want` asks for: one sequence,
@@ -153,9 +186,12 @@ impl<B: Backend> Model<B> {
             return Err(Error::PromptTooLong { prompt: new_len, context: self.context });
         }
         let saved = seq.clone();
+        self.kv_blocks_mut()?.reserve(seq, new_len)?;
         let result = self.forward_chunks(seq, tokens, want).await;
         if result.is_err() {
-            self.kv.truncate(seq, saved.len);
+            // Back to the blocks it held before (it may have held more than its positions).
+            let blocks = self.kv_blocks_mut()?;
+            blocks.truncate(seq, saved.blocks.len() * blocks.block_size());
             *seq = saved;
         }
         result
@@ -167,7 +203,6 @@ impl<B: Backend> Model<B> {
         tokens: &[u32],
         want: Want,
     ) -> Result<Output> {
-        self.kv.reserve(seq, seq.len + tokens.len())?;
         let decode = tokens.len() == 1 && seq.len > 0;
         let mut all = Vec::new();
         let chunks: Vec<&[u32]> = tokens.chunks(self.act.cap).collect();
@@ -189,4 +224,8 @@ impl<B: Backend> Model<B> {
         }
         Ok(Output::Logits(all))
     }
+}
+
+fn lent() -> Error {
+    Error::InvalidParameter("a scheduler holds the model's KV blocks".into())
 }

@@ -1,22 +1,45 @@
 //! The scheduler's KV manager: every block operation of a step goes through it (admission with
 //! a prefix-cache lookup, growth, preemption and release, the rollback of rejected drafts and
 //! the prefix-cache insert at commit), on the target's pool and, with a draft model, on the
-//! draft's. The pools are plain block accounting ([`KvBlocks`]), so planning runs and is
-//! tested without a backend.
+//! draft's.
+//!
+//! It owns those pools' block accounting ([`KvBlocks`], plain data, so planning runs and is
+//! tested without a backend), taken from the models for the scheduler's life (see
+//! `super::lease`): while it holds them, the models have none, so nothing else can allocate or
+//! free a block of theirs.
 
 use super::request::Request;
 use crate::kv::KvBlocks;
 use crate::Error;
 
-pub(super) struct KvManager<'a> {
-    target: &'a mut KvBlocks,
+pub(super) struct KvManager {
+    target: KvBlocks,
     /// The draft model's pool, when a draft model drafts.
-    draft: Option<&'a mut KvBlocks>,
+    draft: Option<KvBlocks>,
 }
 
-impl<'a> KvManager<'a> {
-    pub fn new(target: &'a mut KvBlocks, draft: Option<&'a mut KvBlocks>) -> Self {
-        KvManager { target, draft }
+impl KvManager {
+    pub fn new(target: KvBlocks) -> Self {
+        KvManager { target, draft: None }
+    }
+
+    /// The target's pool, given back when the scheduler ends.
+    pub fn into_target(self) -> KvBlocks {
+        self.target
+    }
+
+    pub fn target(&self) -> &KvBlocks {
+        &self.target
+    }
+
+    pub fn draft(&self) -> Option<&KvBlocks> {
+        self.draft.as_ref()
+    }
+
+    /// Takes a new draft model's pool (or none) and gives back the previous one. Requests'
+    /// draft blocks must have been freed first ([`Self::free_draft`]).
+    pub fn replace_draft(&mut self, draft: Option<KvBlocks>) -> Option<KvBlocks> {
+        std::mem::replace(&mut self.draft, draft)
     }
 
     /// Target blocks in use (not free, not idle-cached).
@@ -71,7 +94,7 @@ impl<'a> KvManager<'a> {
 
     /// Returns `r`'s draft-model blocks (speculation changed, or `r` ended).
     pub fn free_draft(&mut self, r: &mut Request) {
-        if let Some(draft) = self.draft.as_deref_mut() {
+        if let Some(draft) = self.draft.as_mut() {
             draft.release(&mut r.spec.draft_kv);
         }
     }
@@ -89,7 +112,7 @@ impl<'a> KvManager<'a> {
     /// prefix when it holds nothing, then blocks for `r`'s tokens and all but the last draft
     /// token (the last is proposed, never fed). Returns the draft length its free blocks allow.
     pub fn reserve_draft(&mut self, r: &mut Request, mut k: usize) -> usize {
-        let Some(draft) = self.draft.as_deref_mut() else { return k };
+        let Some(draft) = self.draft.as_mut() else { return k };
         if r.spec.draft_kv.blocks.is_empty() {
             draft.take_cached_prefix(&mut r.spec.draft_kv, &r.tokens, r.prompt_len);
         }
@@ -107,7 +130,7 @@ impl<'a> KvManager<'a> {
         r.kv.len = fed;
         self.target.truncate(&mut r.kv, valid);
         self.target.cache_full_blocks(&mut r.kv, &r.tokens, r.prompt_len);
-        if let (true, Some(draft)) = (decode, self.draft.as_deref_mut()) {
+        if let (true, Some(draft)) = (decode, self.draft.as_mut()) {
             let d = &mut r.spec.draft_kv;
             let keep = d.len.min(valid);
             draft.truncate(d, keep);

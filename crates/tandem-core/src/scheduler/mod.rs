@@ -24,20 +24,24 @@
 //!   tables (rejected drafts rolled back) and the prefix cache.
 //!
 //! Every block operation, in planning and committing, goes through `kv_manager::KvManager`,
-//! on the target's pool and the draft model's; the run allocates and frees none.
+//! on the target's pool and the draft model's; the run allocates and frees none. The
+//! scheduler owns the KV manager, and the KV manager owns those pools' block accounting
+//! ([`KvBlocks`]), taken from the models when the scheduler is made or a draft model is set,
+//! and given back when the scheduler ends or the draft model leaves (`lease`): meanwhile the
+//! models hold only their K/V buffers, so nothing else can allocate or free their blocks.
 
 mod commit;
 mod kv_manager;
+mod lease;
 mod plan;
 mod request;
 mod run;
 mod speculate;
 
 use std::borrow::{Borrow, BorrowMut};
-use std::marker::PhantomData;
 
 use commit::Ctx;
-use kv_manager::KvManager;
+use lease::Lease;
 use plan::{DraftPolicy, Limits, Queue};
 use request::Request;
 pub use request::{
@@ -46,6 +50,7 @@ pub use request::{
 pub use speculate::{ngram_draft, Drafter, Speculation, MAX_DRAFT_TOKENS};
 
 use crate::backend::Backend;
+use crate::kv::KvBlocks;
 use crate::model::Model;
 use crate::sampling::Sampler;
 pub use crate::sampling::TokenLogprobs;
@@ -87,7 +92,8 @@ pub struct Scheduler<
     M: BorrowMut<Model<B>> = Model<B>,
     T: Borrow<Tokenizer> = std::sync::Arc<Tokenizer>,
 > {
-    model: M,
+    /// The model, and the KV manager with the model's block accounting.
+    lease: Lease<B, M>,
     tokenizer: T,
     config: SchedulerConfig,
     queue: Queue,
@@ -97,19 +103,6 @@ pub struct Scheduler<
     pub stats: SchedulerStats,
     /// Speculative decoding, when on.
     spec: Option<Speculation<B>>,
-    backend: PhantomData<B>,
-}
-
-/// The KV manager over `model`'s pool and the draft model's, if `spec` has one.
-fn kv_manager<'a, B: Backend>(
-    model: &'a mut Model<B>,
-    spec: &'a mut Option<Speculation<B>>,
-) -> KvManager<'a> {
-    let draft = match spec {
-        Some(Speculation { drafter: Drafter::Model(d), .. }) => Some(&mut d.kv.blocks),
-        _ => None,
-    };
-    KvManager::new(&mut model.kv.blocks, draft)
 }
 
 impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T> {
@@ -124,7 +117,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             ..config
         };
         Ok(Scheduler {
-            model,
+            lease: Lease::new(model)?,
             tokenizer,
             config,
             queue: Queue::default(),
@@ -132,49 +125,68 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             next_id: 0,
             stats: SchedulerStats::default(),
             spec: None,
-            backend: PhantomData,
         })
     }
 
     /// Turns speculative decoding on (or off with `None`) for the sequences that decode from
-    /// now on; returns the previous setting (a draft model with it). Refuses a draft model
-    /// whose vocabulary or context does not fit the target.
+    /// now on; returns the previous setting (a draft model with it, its block accounting back
+    /// in it and all its blocks free but the prefix cache's). Refuses a draft model whose
+    /// vocabulary or context does not fit the target.
     pub fn set_speculation(
         &mut self,
-        spec: Option<Speculation<B>>,
+        mut spec: Option<Speculation<B>>,
     ) -> Result<Option<Speculation<B>>> {
         if let Some(s) = &spec {
-            s.check(self.model.borrow())?;
+            s.check(self.model())?;
         }
-        let mut kv = kv_manager(self.model.borrow_mut(), &mut self.spec);
+        let draft = match spec.as_mut().and_then(Speculation::draft_mut) {
+            Some(d) => Some(d.lend_blocks()?),
+            None => None,
+        };
+        let (_, kv) = self.lease.parts();
         for r in self.queue.running.iter_mut().chain(self.queue.waiting.iter_mut()) {
             kv.free_draft(r);
         }
-        Ok(std::mem::replace(&mut self.spec, spec))
+        let previous = kv.replace_draft(draft);
+        let mut old = std::mem::replace(&mut self.spec, spec);
+        if let (Some(d), Some(blocks)) = (old.as_mut().and_then(Speculation::draft_mut), previous) {
+            d.return_blocks(blocks);
+        }
+        Ok(old)
     }
 
     pub fn speculation(&self) -> Option<&Speculation<B>> {
         self.spec.as_ref()
     }
 
-    /// The model back (e.g. to become another scheduler's draft), from a scheduler with no
-    /// request queued or running: their KV blocks would not be returned to the model's pool.
-    /// Prefix-cached blocks stay in the pool, as they would for its next request.
+    /// The model's KV pool's block accounting (free, cached and used blocks), which the
+    /// scheduler holds while it lives.
+    pub fn kv_blocks(&self) -> &KvBlocks {
+        self.lease.kv().target()
+    }
+
+    /// The draft model's, when one drafts.
+    pub fn draft_kv_blocks(&self) -> Option<&KvBlocks> {
+        self.lease.kv().draft()
+    }
+
+    /// The model back, its block accounting in it (e.g. to become another scheduler's draft),
+    /// from a scheduler with no request queued or running: their KV blocks would not be
+    /// returned to the model's pool. Prefix-cached blocks stay in the pool, as they would for
+    /// its next request.
     pub fn into_model(self) -> Result<M> {
         if self.has_work() {
             return Err(Error::InvalidParameter(
                 "the scheduler still has requests: finish or abort them first".into(),
             ));
         }
-        Ok(self.model)
+        Ok(self.lease.end())
     }
 
+    /// The model, for reading: its block accounting is the scheduler's meanwhile
+    /// ([`Self::kv_blocks`]).
     pub fn model(&self) -> &Model<B> {
-        self.model.borrow()
-    }
-
-    pub fn model_mut(&mut self) -> &mut Model<B> {
-        self.model.borrow_mut()
+        self.lease.model()
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -185,8 +197,9 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         self.config
     }
 
+    /// The model (its block accounting back in it) and the tokenizer.
     pub fn into_parts(self) -> (M, T) {
-        (self.model, self.tokenizer)
+        (self.lease.end(), self.tokenizer)
     }
 
     /// Queues a request: `prompt` (token ids, BOS included if the model wants it). Fails at
@@ -243,9 +256,9 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         } else {
             return false;
         };
-        let mut kv = kv_manager(self.model.borrow_mut(), &mut self.spec);
+        let (_, kv) = self.lease.parts();
         let tokenizer = self.tokenizer.borrow();
-        self.outbox.push(commit::retire(&mut kv, r, FinishReason::Interrupted, tokenizer));
+        self.outbox.push(commit::retire(kv, r, FinishReason::Interrupted, tokenizer));
         true
     }
 
@@ -266,8 +279,8 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
     /// requests of that step (each gets `Failed`) and leaves the others queued.
     pub async fn step(&mut self) -> Vec<(RequestId, Event)> {
         let mut events = std::mem::take(&mut self.outbox);
-        let Scheduler { model, tokenizer, config, queue, spec, stats, .. } = self;
-        let model: &mut Model<B> = <M as BorrowMut<Model<B>>>::borrow_mut(model);
+        let Scheduler { lease, tokenizer, config, queue, spec, stats, .. } = self;
+        let (model, kv) = lease.parts();
         let limits = Limits {
             max_seqs: config.max_seqs,
             max_tokens: config.max_batched_tokens,
@@ -277,7 +290,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             max_draft: s.max_draft,
             model: matches!(s.drafter, Drafter::Model(_)),
         });
-        let mut plan = plan::plan(queue, &mut kv_manager(model, spec), limits, policy);
+        let mut plan = plan::plan(queue, kv, limits, policy);
         stats.preemptions += plan.preempted.len() as u64;
         stats.cached_prompt_tokens += plan.cached_tokens;
         for (r, e) in plan.refused.drain(..) {
@@ -286,10 +299,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         if plan.chunks.is_empty() {
             return events;
         }
-        let draft = match spec {
-            Some(Speculation { drafter: Drafter::Model(d), .. }) => Some(&mut **d),
-            _ => None,
-        };
+        let draft = spec.as_mut().and_then(Speculation::draft_mut);
         let result = run::run(model, draft, &mut queue.running, &mut plan).await;
         stats.steps += 1;
         let ctx = Ctx {
@@ -297,15 +307,14 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             vocab: model.config.vocab_size,
             context: model.context(),
         };
-        let mut kv = kv_manager(model, spec);
         match result {
             Ok(outs) => {
                 stats.peak_blocks_used = stats.peak_blocks_used.max(kv.used_blocks());
                 let closing =
-                    commit::commit(queue, &mut kv, &plan.chunks, outs, &ctx, stats, &mut events);
+                    commit::commit(queue, kv, &plan.chunks, outs, &ctx, stats, &mut events);
                 events.extend(closing);
             }
-            Err(e) => commit::fail(queue, &mut kv, &plan.chunks, &e, &mut events),
+            Err(e) => commit::fail(queue, kv, &plan.chunks, &e, &mut events),
         }
         events
     }

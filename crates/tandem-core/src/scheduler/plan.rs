@@ -249,6 +249,11 @@ mod tests {
         Queue { waiting: reqs.into(), running: vec![] }
     }
 
+    /// A KV manager over a pool of `blocks` blocks of `BS` positions, with no draft model.
+    fn pool(blocks: usize) -> KvManager {
+        KvManager::new(KvBlocks::new(BS, blocks))
+    }
+
     fn limits(max_seqs: usize, max_tokens: usize) -> Limits {
         Limits { max_seqs, max_tokens, context: 1 << 20 }
     }
@@ -272,8 +277,7 @@ mod tests {
 
     #[test]
     fn admission_fills_the_token_budget_first_come_first_served() {
-        let mut blocks = KvBlocks::new(BS, 100).unwrap();
-        let mut kv = KvManager::new(&mut blocks, None);
+        let mut kv = pool(100);
         let mut q = queue((0..3).map(|id| req(id, tokens(id, 10))).collect());
         let p = plan(&mut q, &mut kv, limits(8, 16), None);
         // The second prompt gets what is left of the budget; the third waits.
@@ -294,8 +298,7 @@ mod tests {
 
     #[test]
     fn admission_waits_for_the_blocks_of_the_whole_prompt() {
-        let mut blocks = KvBlocks::new(BS, 4).unwrap();
-        let mut kv = KvManager::new(&mut blocks, None);
+        let mut kv = pool(4);
         let mut q = queue(vec![req(0, tokens(0, 9)), req(1, tokens(1, 9))]);
         // The first takes 3 of 4 blocks; the second's 3 cannot be had, though its first chunk
         // would fit the budget and one block.
@@ -308,8 +311,7 @@ mod tests {
     #[test]
     fn preemption_takes_the_most_recently_admitted_first() {
         // Three prompts of two blocks each fill the six blocks.
-        let mut blocks = KvBlocks::new(BS, 6).unwrap();
-        let mut kv = KvManager::new(&mut blocks, None);
+        let mut kv = pool(6);
         let mut q = queue((0..3).map(|id| req(id, tokens(id, 8))).collect());
         let p = plan(&mut q, &mut kv, limits(8, 64), None);
         assert_eq!(p.chunks.len(), 3);
@@ -338,8 +340,7 @@ mod tests {
 
     #[test]
     fn a_prompt_starting_with_cached_blocks_computes_only_the_rest() {
-        let mut blocks = KvBlocks::new(BS, 20).unwrap();
-        let mut kv = KvManager::new(&mut blocks, None);
+        let mut kv = pool(20);
         let mut q = queue(vec![req(0, tokens(0, 9))]);
         let p = plan(&mut q, &mut kv, limits(8, 64), None);
         fake_step(&mut q, &mut kv, &p);
@@ -359,11 +360,10 @@ mod tests {
     }
 
     /// A request past its prompt with one generated token: positions 0..8 computed, 9 tokens.
-    fn decoding(blocks: &mut KvBlocks, prompt: Vec<u32>) -> Queue {
-        let mut kv = KvManager::new(blocks, None);
+    fn decoding(kv: &mut KvManager, prompt: Vec<u32>) -> Queue {
         let mut q = queue(vec![req(0, prompt)]);
-        let p = plan(&mut q, &mut kv, limits(8, 64), None);
-        fake_step(&mut q, &mut kv, &p);
+        let p = plan(&mut q, kv, limits(8, 64), None);
+        fake_step(&mut q, kv, &p);
         q
     }
 
@@ -371,27 +371,24 @@ mod tests {
     fn drafts_go_only_into_free_blocks() {
         let model = Some(DraftPolicy { max_draft: 8, model: true });
         // Three blocks: the sequence's two and one free, so 12 positions: 9 tokens and 3 more.
-        let mut blocks = KvBlocks::new(BS, 3).unwrap();
-        let mut q = decoding(&mut blocks, tokens(0, 8));
-        let mut kv = KvManager::new(&mut blocks, None);
+        let mut kv = pool(3);
+        let mut q = decoding(&mut kv, tokens(0, 8));
         let p = plan(&mut q, &mut kv, limits(8, 64), model);
         assert_eq!((p.chunks[0].k, p.chunks[0].len), (3, 4));
         assert!(p.preempted.is_empty());
 
         // The draft model's pool bounds it too: 3 blocks of it hold the 9 tokens and 3 draft
         // tokens fed (the last draft token is only proposed), so 4 draft tokens.
-        let mut blocks = KvBlocks::new(BS, 8).unwrap();
-        let mut draft = KvBlocks::new(BS, 3).unwrap();
-        let mut q = decoding(&mut blocks, tokens(0, 8));
-        let mut kv = KvManager::new(&mut blocks, Some(&mut draft));
+        let mut kv = pool(8);
+        let mut q = decoding(&mut kv, tokens(0, 8));
+        kv.replace_draft(Some(KvBlocks::new(BS, 3)));
         let p = plan(&mut q, &mut kv, limits(8, 64), model);
         assert_eq!((p.chunks[0].k, p.chunks[0].len), (4, 5));
         assert_eq!(q.running[0].spec.draft_kv.blocks.len(), 3);
         // Two draft blocks cannot hold the tokens at all: a plain decode.
-        let mut blocks = KvBlocks::new(BS, 8).unwrap();
-        let mut draft = KvBlocks::new(BS, 2).unwrap();
-        let mut q = decoding(&mut blocks, tokens(0, 8));
-        let mut kv = KvManager::new(&mut blocks, Some(&mut draft));
+        let mut kv = pool(8);
+        let mut q = decoding(&mut kv, tokens(0, 8));
+        kv.replace_draft(Some(KvBlocks::new(BS, 2)));
         let p = plan(&mut q, &mut kv, limits(8, 64), model);
         assert_eq!((p.chunks[0].k, p.chunks[0].len), (0, 1));
         // The target blocks reserved for the draft go back at commit.
@@ -399,9 +396,8 @@ mod tests {
         assert_eq!(q.running[0].kv.blocks.len(), 3);
 
         // Prompt lookup: the draft is known at once, within the free blocks.
-        let mut blocks = KvBlocks::new(BS, 3).unwrap();
-        let mut q = decoding(&mut blocks, vec![1, 2, 7, 1, 2, 7, 1, 2]);
-        let mut kv = KvManager::new(&mut blocks, None);
+        let mut kv = pool(3);
+        let mut q = decoding(&mut kv, vec![1, 2, 7, 1, 2, 7, 1, 2]);
         let ngram = Some(DraftPolicy { max_draft: 8, model: false });
         let p = plan(&mut q, &mut kv, limits(8, 64), ngram);
         assert_eq!(p.chunks[0].draft, [1, 2, 7]);
@@ -411,8 +407,7 @@ mod tests {
     #[test]
     fn a_request_that_can_never_fit_is_refused_not_stuck() {
         // Two blocks hold 8 positions; a 10-token prompt can never fit, even alone.
-        let mut blocks = KvBlocks::new(BS, 2).unwrap();
-        let mut kv = KvManager::new(&mut blocks, None);
+        let mut kv = pool(2);
         let mut q = queue(vec![req(0, tokens(0, 10)), req(1, tokens(1, 5))]);
         let p = plan(&mut q, &mut kv, limits(8, 64), None);
         assert_eq!(p.refused.len(), 1);

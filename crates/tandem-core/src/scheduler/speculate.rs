@@ -63,9 +63,16 @@ impl<B: Backend> Speculation<B> {
         Speculation { drafter: Drafter::Model(Box::new(model)), max_draft }
     }
 
-    /// The draft model, if any (for its KV pool's counters).
+    /// The draft model, if any.
     pub fn draft(&self) -> Option<&Model<B>> {
         match &self.drafter {
+            Drafter::Model(m) => Some(m),
+            Drafter::Ngram => None,
+        }
+    }
+
+    pub(super) fn draft_mut(&mut self) -> Option<&mut Model<B>> {
+        match &mut self.drafter {
             Drafter::Model(m) => Some(m),
             Drafter::Ngram => None,
         }
