@@ -152,6 +152,8 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
                 head_dim: hd,
                 block_size: bs,
                 scale: 0.125,
+                window: 0,
+                softcap: 0.0,
             }));
         }
     }
@@ -171,6 +173,19 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
         scale: 1.0,
     }));
     ops.push(Op::Swiglu(Swiglu { gate: x, up: w, out: o, len: 100 }));
+    ops.push(Op::Geglu(Geglu { gate: x, up: w, out: o, len: 100 }));
+    ops.push(Op::Softcap(Softcap { x: o, len: 300, cap: 30.0 }));
+    let (ids, weights) = (f.buf(DType::U32, 3 * 2), f.buf(DType::F32, 3 * 2));
+    ops.push(Op::MoeRoute(MoeRoute {
+        logits: x,
+        ids,
+        weights,
+        n: 3,
+        experts: 100,
+        k: 2,
+        norm: true,
+    }));
+    ops.push(Op::MoeSum(MoeSum { y: x, weights, out: o, n: 3, slots: 2, dim: 50 }));
     ops.push(Op::Add(Add { x: o, y: x, len: 300 }));
     ops.push(Op::CopyRows(CopyRows {
         src: x,
@@ -361,6 +376,8 @@ fn bad_indices_and_shapes_are_errors() {
                 head_dim,
                 block_size: 2,
                 scale: 1.0,
+                window: 0,
+                softcap: 0.0,
             })
         };
     let op = att(&[2], 3, 8, DType::F16, &mut f);
