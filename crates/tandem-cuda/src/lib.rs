@@ -359,7 +359,7 @@ pub(crate) fn supports(op: &Op) -> bool {
             // Decode rows take longer heads than prompt rows.
             let hd_max =
                 if o.decode_rows == o.n { ops::DECODE_HD_MAX } else { ops::PREFILL_HD_MAX };
-            o.head_dim <= hd_max && o.window == 0 && o.softcap == 0.0
+            o.head_dim <= hd_max
         }
         Op::MoeRoute(o) => o.experts <= ops::MOE_MAX_EXPERTS,
         Op::MoeMatmul(_) => false,
