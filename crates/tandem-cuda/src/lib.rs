@@ -362,7 +362,7 @@ pub(crate) fn supports(op: &Op) -> bool {
             o.head_dim <= hd_max
         }
         Op::MoeRoute(o) => o.experts <= ops::MOE_MAX_EXPERTS,
-        Op::MoeMatmul(_) => false,
+        Op::MoeMatmul(o) => is_weight_dtype(o.wdtype),
         Op::RmsNorm(_)
         | Op::Rope(_)
         | Op::Swiglu(_)

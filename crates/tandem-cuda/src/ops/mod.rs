@@ -38,15 +38,11 @@ pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
         Op::Softcap(o) => elementwise::softcap(r, o),
         Op::MoeRoute(o) => moe::route(r, o),
         Op::MoeSum(o) => moe::sum(r, o),
+        Op::MoeMatmul(o) => moe::matmul(r, o),
         Op::Add(o) => elementwise::add(r, o),
         Op::Argmax(o) => elementwise::argmax(r, o),
         Op::Sample(o) => sample::record(r, o),
         Op::CopyRows(o) => elementwise::copy_rows(r, o),
-        // `supports` refuses these, so `execute` never hands them over.
-        Op::MoeMatmul(_) => Err(tandem_core::Error::Unsupported {
-            backend: crate::NAME.into(),
-            op: op.name().into(),
-        }),
     }
 }
 

@@ -109,6 +109,23 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
             let out = f.buf(DType::F32, n * m);
             ops.push(Op::Matmul(Matmul { x, w, wdtype, bias, out, n, k, m, decode_rows }));
         }
+        // The experts' products: two tokens of two slots over three experts.
+        let (k, m, experts) = (wdtype.block_elems().max(64), 5, 3);
+        let (x, w) = (f.buf(DType::F32, 2 * k), f.buf(wdtype, experts * m * k));
+        let (ids, out) = (f.u32s(&[2, 0, 1, 2]), f.buf(DType::F32, 4 * m));
+        ops.push(Op::MoeMatmul(MoeMatmul {
+            x,
+            w,
+            wdtype,
+            ids,
+            out,
+            n: 2,
+            slots: 2,
+            k,
+            m,
+            experts,
+            x_per_slot: false,
+        }));
     }
     for kv_dtype in [DType::F32, DType::F16] {
         let (kvh, hd, bs, blocks) = (2, 64, 16, 8);
