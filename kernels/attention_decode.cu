@@ -1,10 +1,13 @@
 // The decode rows of an attention batch: one query per (row, head), each over its own
-// sequence's paged KV cache, by split-K flash decoding. A row's context (its position + 1) is
-// cut into partitions of part_len_for(context) positions; attention_decode_partial_* computes,
+// sequence's paged KV cache, by split-K flash decoding. A row's span (the positions it attends
+// to: its last `window` positions, or all of them up to its own when window is 0; see
+// row_span) is cut into partitions of part_len_for(span length) positions, so no block wholly
+// before the window is read; attention_decode_partial_* computes,
 // per (head, partition, row), the partition's max score m, sum of exp(s - m) l, and
 // unnormalized output sum exp(s - m) v; attention_decode_merge rescales and combines a row's
 // partitions. A row's partitioning and arithmetic depend on its own position only, never on
-// the other rows or the grid (batch invariance).
+// the other rows or the grid (batch invariance). With softcap > 0 each score s = q.k * scale
+// becomes softcap * tanh(s / softcap) before the softmax.
 //
 // q, out: [rows, heads, hd] f32; cache_k, cache_v: [num_blocks, bs, kv_heads, hd] f32 or f16;
 // positions, table_starts: [rows] u32; tables: the step's block tables, row r's from
@@ -36,6 +39,12 @@ __device__ __forceinline__ u32 part_len_for(u32 ctx) {
     return p;
 }
 
+// The first position a row at `pos` attends to, and how many it attends to.
+__device__ __forceinline__ void row_span(u32 pos, u32 window, u32* first, u32* len) {
+    *first = window != 0 && pos + 1 > window ? pos + 1 - window : 0;
+    *len = pos + 1 - *first;
+}
+
 __device__ __forceinline__ float block_reduce(float v, bool is_max, float* red) {
     v = is_max ? warp_max(v) : warp_sum(v);
     __syncthreads();  // red may still be read by a previous reduction
@@ -51,18 +60,20 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
                                const KT* __restrict__ cv, const u32* __restrict__ positions,
                                const u32* __restrict__ table_starts, const u32* __restrict__ tables,
                                float* __restrict__ part_acc, float* __restrict__ part_ml, u32 heads,
-                               u32 kv_heads, u32 hd, u32 bs, u32 num_blocks, float scale, u32 parts) {
+                               u32 kv_heads, u32 hd, u32 bs, u32 num_blocks, float scale, u32 parts,
+                               u32 window, float softcap) {
     DYNAMIC_SHARED(float, smem);
     __shared__ float red[AD_WARPS];
     const u32 h = blockIdx.x, p = blockIdx.y, row = blockIdx.z;
-    const u32 ctx_len = positions[row] + 1;
-    const u32 part_len = part_len_for(ctx_len);
-    const u32 start = p * part_len;
-    if (start >= ctx_len) return;  // beyond the row's context: the merge never reads it
+    u32 first, span;
+    row_span(positions[row], window, &first, &span);
+    const u32 part_len = part_len_for(span);
+    if (p * part_len >= span) return;  // beyond the row's span: the merge never reads it
+    const u32 start = first + p * part_len;
     float* s = smem;              // [part_len] scores, then weights
     float* qs = smem + part_len;  // [hd]
     const u32* table = tables + table_starts[row];
-    const u32 cnt = min(part_len, ctx_len - start);
+    const u32 cnt = min(part_len, span - p * part_len);
     const u32 kvh = h / (heads / kv_heads);
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const u64 qh = (u64)row * heads + h;
@@ -81,7 +92,9 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
             for (u32 d = lane; d < hd; d += 32) dot += qs[d] * kv_load(ck, off + d);
         }
         dot = warp_sum(dot);
-        if (lane == 0) s[j] = blk < num_blocks ? dot * scale : neg_inf();
+        float sc = dot * scale;
+        if (softcap > 0.0f) sc = softcap * tanhf(sc / softcap);
+        if (lane == 0) s[j] = blk < num_blocks ? sc : neg_inf();
     }
     __syncthreads();
     float mx = neg_inf();
@@ -118,9 +131,9 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
     extern "C" __global__ void __launch_bounds__(AD_THREADS) attention_decode_partial_##suffix(   \
         const float* q, const KT* ck, const KT* cv, const u32* positions, const u32* table_starts, \
         const u32* tables, float* part_acc, float* part_ml, u32 heads, u32 kv_heads, u32 hd,      \
-        u32 bs, u32 num_blocks, float scale, u32 parts) {                                       \
+        u32 bs, u32 num_blocks, float scale, u32 parts, u32 window, float softcap) {             \
         decode_partial<KT>(q, ck, cv, positions, table_starts, tables, part_acc, part_ml, heads,  \
-                           kv_heads, hd, bs, num_blocks, scale, parts);                         \
+                           kv_heads, hd, bs, num_blocks, scale, parts, window, softcap);        \
     }
 PARTIAL(f32, float)
 PARTIAL(f16, u16)
@@ -129,11 +142,12 @@ PARTIAL(f16, u16)
 // row's partitions.
 extern "C" __global__ void __launch_bounds__(AD_THREADS) attention_decode_merge(
     const float* __restrict__ part_acc, const float* __restrict__ part_ml, float* __restrict__ out,
-    const u32* __restrict__ positions, u32 heads, u32 hd, u32 parts) {
+    const u32* __restrict__ positions, u32 heads, u32 hd, u32 parts, u32 window) {
     const u32 h = blockIdx.x, row = blockIdx.y;
-    const u32 ctx_len = positions[row] + 1;
-    const u32 part_len = part_len_for(ctx_len);
-    const u32 active = min((ctx_len + part_len - 1) / part_len, parts);
+    u32 first, span;
+    row_span(positions[row], window, &first, &span);
+    const u32 part_len = part_len_for(span);
+    const u32 active = min((span + part_len - 1) / part_len, parts);
     const u64 qh = (u64)row * heads + h, base = qh * parts;
     float M = neg_inf();
     for (u32 p = 0; p < active; ++p) M = fmaxf(M, part_ml[(base + p) * 2]);

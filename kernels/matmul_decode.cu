@@ -20,6 +20,10 @@
 // finishes each dot. blockIdx.y picks MATVEC_MAXN tokens; each token has its own sums.
 // matmul_decode_any_<dtype>: any k (rows may start mid-block): a warp per row, lanes over
 // elements, MATVEC_MAXN tokens per blockIdx.y as above.
+// matmul_decode_moe_<dtype>: the experts' products of a mixture-of-experts layer, each row
+// (token and slot) through the very function a one-row decode product of its expert's matrix
+// takes (`path`, chosen by the host as for such a product), with the weight, d and m
+// sections moved to the expert's first row; see moe_rows.
 
 #define MATVEC_MAXN 8
 #define MATVEC_WARPS 4
@@ -86,15 +90,15 @@ __device__ __forceinline__ void load_block(const u8* __restrict__ w, u64 d_off, 
 }
 
 // The warp-per-row kernels' shape: warp w of block x owns output row MATVEC_WARPS x + w, and
-// blockIdx.y picks MATVEC_MAXN tokens. Moves x and out to the block's first token and cuts n
+// `tile` (blockIdx.y) picks MATVEC_MAXN tokens. Moves x and out to the block's first token and cuts n
 // to its tokens; false for a warp past the last row (whole warps leave together).
-__device__ __forceinline__ bool warp_rows(const float* __restrict__* x, float* __restrict__* out, u32* n, u32 k, u32 m, u32* lane, u32* row) {
+__device__ __forceinline__ bool warp_rows(const float* __restrict__* x, float* __restrict__* out, u32* n, u32 k, u32 m, u32 tile, u32* lane, u32* row) {
     *lane = threadIdx.x & 31;
     *row = blockIdx.x * MATVEC_WARPS + (threadIdx.x >> 5);
     if (*row >= m) return false;
-    *x += (u64)blockIdx.y * MATVEC_MAXN * k;
-    *out += (u64)blockIdx.y * MATVEC_MAXN * m;
-    *n = min(*n - blockIdx.y * MATVEC_MAXN, (u32)MATVEC_MAXN);
+    *x += (u64)tile * MATVEC_MAXN * k;
+    *out += (u64)tile * MATVEC_MAXN * m;
+    *n = min(*n - tile * MATVEC_MAXN, (u32)MATVEC_MAXN);
     return true;
 }
 
@@ -112,9 +116,9 @@ __device__ __forceinline__ void store_warp_rows(const float* acc, u32 n, u32 lan
 template <int DT>
 __device__ void matvec_blocks(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
                               u64 m_off, const float* __restrict__ bias, float* __restrict__ out,
-                              u32 n, u32 k, u32 m) {
+                              u32 n, u32 k, u32 m, u32 tile) {
     u32 lane, row;
-    if (!warp_rows(&x, &out, &n, k, m, &lane, &row)) return;
+    if (!warp_rows(&x, &out, &n, k, m, tile, &lane, &row)) return;
     const u32 nb = k >> 5;
     float acc[MATVEC_MAXN];
 #pragma unroll
@@ -308,12 +312,12 @@ __device__ __forceinline__ At at_group(const Seg& s0, const Seg& s1, const Seg& 
 // layout: a row's bits do not depend on how many rows or products share the launch. R (rows
 // per group) is a parameter so that bench/cuda/matvec_bench.cu can sweep it.
 template <int DT, int T, int R = N1Rows<DT>::value>
-__device__ void matvec_nt(const float* __restrict__ x, Seg s0, Seg s1, Seg s2, u32 n, u32 k) {
+__device__ void matvec_nt_at(const float* __restrict__ x, Seg s0, Seg s1, Seg s2, u32 n, u32 k, u32 tile) {
     __shared__ float part[2][N1_MAX_THREADS / 32][R * T];
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const u32 nb = k >> 5, b = threadIdx.x;
     const bool mine = b < nb;  // the block's threads cover the row's blocks exactly once
-    const u32 t0 = blockIdx.y * T, nt = min((u32)T, n - t0);
+    const u32 t0 = tile * T, nt = min((u32)T, n - t0);
     x += (u64)t0 * k;
     float xv[32], sx;
     if (T == 1) load_xv(x, b, mine, xv, &sx);
@@ -365,12 +369,18 @@ __device__ void matvec_nt(const float* __restrict__ x, Seg s0, Seg s1, Seg s2, u
     }
 }
 
+// The tile of tokens is blockIdx.y.
+template <int DT, int T, int R = N1Rows<DT>::value>
+__device__ void matvec_nt(const float* __restrict__ x, Seg s0, Seg s1, Seg s2, u32 n, u32 k) {
+    matvec_nt_at<DT, T, R>(x, s0, s1, s2, n, k, blockIdx.y);
+}
+
 template <int DT>
 __device__ void matvec_any(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
                            u64 m_off, const float* __restrict__ bias, float* __restrict__ out,
-                           u32 n, u32 k, u32 m) {
+                           u32 n, u32 k, u32 m, u32 tile) {
     u32 lane, row;
-    if (!warp_rows(&x, &out, &n, k, m, &lane, &row)) return;
+    if (!warp_rows(&x, &out, &n, k, m, tile, &lane, &row)) return;
     float acc[MATVEC_MAXN];
 #pragma unroll
     for (int j = 0; j < MATVEC_MAXN; ++j) acc[j] = 0.0f;
@@ -390,9 +400,9 @@ __device__ void matvec_any(const float* __restrict__ x, const u8* __restrict__ w
 template <int DT>
 __device__ void matvec_kq(const float* __restrict__ x, const u8* __restrict__ w,
                           const float* __restrict__ bias, float* __restrict__ out, u32 n, u32 k,
-                          u32 m) {
+                          u32 m, u32 tile) {
     u32 lane, row;
-    if (!warp_rows(&x, &out, &n, k, m, &lane, &row)) return;
+    if (!warp_rows(&x, &out, &n, k, m, tile, &lane, &row)) return;
     float acc[MATVEC_MAXN];
 #pragma unroll
     for (int j = 0; j < MATVEC_MAXN; ++j) acc[j] = 0.0f;
@@ -417,19 +427,103 @@ __device__ void matvec_kq(const float* __restrict__ x, const u8* __restrict__ w,
     store_warp_rows(acc, n, lane, row, bias, out, m);
 }
 
+// Moves a weight's pointer and section offsets to the element `first` (a whole number of its
+// blocks: an expert's first row), so that the kernels index the expert from row 0 with the
+// whole weight's addresses: tandem's quantized types keep their qs, d and m sections apart.
+template <int DT>
+__device__ __forceinline__ void expert_at(const u8** w, u64* d_off, u64* m_off, u64 first) {
+    if (DT >= DT_Q4_K) {
+        *w += first / KBlock<DT>::elems * KBlock<DT>::stride;
+    } else if (DT == DT_F32) {
+        *w += first * 4;
+    } else if (DT == DT_F16 || DT == DT_BF16) {
+        *w += first * 2;
+    } else {
+        const u64 qs = DT == DT_Q8_0 ? first : first / 2, scales = first / 32 * 2;
+        *w += qs;
+        *d_off = *d_off - qs + scales;
+        if (DT == DT_Q4_1) *m_off = *m_off - qs + scales;
+    }
+}
+
+// The decode kernel a one-row product takes (crate::ops::matmul::MoePath in Rust).
+#define MOE_N1 0
+#define MOE_BLOCKS 1
+#define MOE_KQ 2
+#define MOE_ANY 3
+
+// The rows of an expert product, blockIdx.y striding over them: row r (token r / slots, slot
+// r % slots) dots x[r] (per_slot) or x[r / slots] with the expert ids[r]'s matrix, through the
+// function (`path`) and grid shape a one-row decode product of that matrix has, so that its
+// bits are that product's whatever the other rows are. An id past the experts (the host
+// checks the ids it uploaded; routing on the device writes valid ones) gives a NaN row.
+template <int DT>
+__device__ void moe_rows(const float* __restrict__ x, const u8* __restrict__ w, u64 d_off,
+                         u64 m_off, const u32* __restrict__ ids, float* __restrict__ out,
+                         u32 rows, u32 slots, u32 per_slot, u32 k, u32 m, u32 experts, u32 path) {
+    for (u32 r = blockIdx.y; r < rows; r += gridDim.y) {
+        const u32 e = ids[r];
+        const float* xr = x + (u64)(per_slot ? r : r / slots) * k;
+        float* o = out + (u64)r * m;
+        if (e >= experts) {
+            if (blockIdx.x == 0)
+                for (u32 i = threadIdx.x; i < m; i += blockDim.x) o[i] = quiet_nan();
+            continue;
+        }
+        const u8* we = w;
+        u64 de = d_off, me = m_off;
+        expert_at<DT>(&we, &de, &me, (u64)e * m * k);
+        if constexpr (DT >= DT_Q4_K) {
+            if (path == MOE_KQ) matvec_kq<DT>(xr, we, nullptr, o, 1, k, m, 0);
+            else matvec_any<DT>(xr, we, de, me, nullptr, o, 1, k, m, 0);
+        } else {
+            if (path == MOE_N1) {
+                matvec_nt_at<DT, 1>(xr, Seg{we, de, me, nullptr, o, m}, Seg{}, Seg{}, 1, k, 0);
+                __syncthreads();  // the next row reuses the reduction's shared memory
+            } else if (path == MOE_BLOCKS) {
+                matvec_blocks<DT>(xr, we, de, me, nullptr, o, 1, k, m, 0);
+            } else {
+                matvec_any<DT>(xr, we, de, me, nullptr, o, 1, k, m, 0);
+            }
+        }
+    }
+}
+
+#define MOE(suffix, DT)                                                                         \
+    extern "C" __global__ void __launch_bounds__(N1_MAX_THREADS) matmul_decode_moe_##suffix(      \
+        const float* x, const u8* w, u64 d_off, u64 m_off, const u32* ids, float* out, u32 rows, \
+        u32 slots, u32 per_slot, u32 k, u32 m, u32 experts, u32 path) {                          \
+        moe_rows<DT>(x, w, d_off, m_off, ids, out, rows, slots, per_slot, k, m, experts, path);  \
+    }
+MOE(f32, DT_F32)
+MOE(f16, DT_F16)
+MOE(bf16, DT_BF16)
+MOE(q8_0, DT_Q8_0)
+MOE(q4_0, DT_Q4_0)
+MOE(q4_1, DT_Q4_1)
+MOE(q4_k, DT_Q4_K)
+MOE(q6_k, DT_Q6_K)
+MOE(q5_0, DT_Q5_0)
+MOE(q5_1, DT_Q5_1)
+MOE(q5_k, DT_Q5_K)
+MOE(q2_k, DT_Q2_K)
+MOE(q3_k, DT_Q3_K)
+MOE(iq4_nl, DT_IQ4_NL)
+MOE(iq4_xs, DT_IQ4_XS)
+
 // Every weight type's element-wise kernel (rows of any k).
 #define MATVEC_ANY(suffix, DT)                                                                  \
     extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
         matmul_decode_any_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,           \
                                    const float* bias, float* out, u32 n, u32 k, u32 m) {        \
-        matvec_any<DT>(x, w, d_off, m_off, bias, out, n, k, m);                                 \
+        matvec_any<DT>(x, w, d_off, m_off, bias, out, n, k, m, blockIdx.y);                     \
     }
 
 #define MATVEC_BLOCKS(suffix, DT)                                                               \
     extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
         matmul_decode_kq_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,            \
                                   const float* bias, float* out, u32 n, u32 k, u32 m) {         \
-        matvec_kq<DT>(x, w, bias, out, n, k, m);                                                \
+        matvec_kq<DT>(x, w, bias, out, n, k, m, blockIdx.y);                                    \
     }                                                                                           \
     MATVEC_ANY(suffix, DT)
 MATVEC_BLOCKS(q4_k, DT_Q4_K)
@@ -446,7 +540,7 @@ MATVEC_BLOCKS(iq4_xs, DT_IQ4_XS)
     extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                             \
         matmul_decode_##suffix(const float* x, const u8* w, u64 d_off, u64 m_off,               \
                                const float* bias, float* out, u32 n, u32 k, u32 m) {            \
-        matvec_blocks<DT>(x, w, d_off, m_off, bias, out, n, k, m);                              \
+        matvec_blocks<DT>(x, w, d_off, m_off, bias, out, n, k, m, blockIdx.y);                  \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(N1_MAX_THREADS) matmul_decode_n1_##suffix(       \
         const float* x, const u8* w0, u64 d0, u64 mo0, const float* b0, float* o0, u32 m0,      \

@@ -27,6 +27,10 @@ pub enum KernelFile {
     AttentionPrefill,
     AttentionDecode,
     Swiglu,
+    Geglu,
+    Softcap,
+    MoeRoute,
+    MoeSum,
     Add,
     Argmax,
     Sample,
@@ -34,7 +38,7 @@ pub enum KernelFile {
 }
 
 impl KernelFile {
-    pub const ALL: [KernelFile; 14] = [
+    pub const ALL: [KernelFile; 18] = [
         KernelFile::Embed,
         KernelFile::RmsNorm,
         KernelFile::Rope,
@@ -45,6 +49,10 @@ impl KernelFile {
         KernelFile::AttentionPrefill,
         KernelFile::AttentionDecode,
         KernelFile::Swiglu,
+        KernelFile::Geglu,
+        KernelFile::Softcap,
+        KernelFile::MoeRoute,
+        KernelFile::MoeSum,
         KernelFile::Add,
         KernelFile::Argmax,
         KernelFile::Sample,
@@ -64,6 +72,10 @@ impl KernelFile {
             KernelFile::AttentionPrefill => "attention_prefill",
             KernelFile::AttentionDecode => "attention_decode",
             KernelFile::Swiglu => "swiglu",
+            KernelFile::Geglu => "geglu",
+            KernelFile::Softcap => "softcap",
+            KernelFile::MoeRoute => "moe_route",
+            KernelFile::MoeSum => "moe_sum",
             KernelFile::Add => "add",
             KernelFile::Argmax => "argmax",
             KernelFile::Sample => "sample",
@@ -83,6 +95,10 @@ impl KernelFile {
             KernelFile::AttentionPrefill => include_str!("../../../kernels/attention_prefill.cu"),
             KernelFile::AttentionDecode => include_str!("../../../kernels/attention_decode.cu"),
             KernelFile::Swiglu => include_str!("../../../kernels/swiglu.cu"),
+            KernelFile::Geglu => include_str!("../../../kernels/geglu.cu"),
+            KernelFile::Softcap => include_str!("../../../kernels/softcap.cu"),
+            KernelFile::MoeRoute => include_str!("../../../kernels/moe_route.cu"),
+            KernelFile::MoeSum => include_str!("../../../kernels/moe_sum.cu"),
             KernelFile::Add => include_str!("../../../kernels/add.cu"),
             KernelFile::Argmax => include_str!("../../../kernels/argmax.cu"),
             KernelFile::Sample => include_str!("../../../kernels/sample.cu"),

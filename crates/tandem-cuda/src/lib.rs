@@ -352,23 +352,27 @@ fn is_weight_dtype(d: DType) -> bool {
 /// What the kernels handle: every op, with the dtypes they read and head sizes they hold.
 pub(crate) fn supports(op: &Op) -> bool {
     match op {
-        Op::Embed(o) => is_weight_dtype(o.dtype) && o.scale == 1.0,
+        Op::Embed(o) => is_weight_dtype(o.dtype),
         Op::Matmul(o) => is_weight_dtype(o.wdtype),
         Op::KvWrite(_) => true,
         Op::Attention(o) => {
             // Decode rows take longer heads than prompt rows.
             let hd_max =
                 if o.decode_rows == o.n { ops::DECODE_HD_MAX } else { ops::PREFILL_HD_MAX };
-            o.head_dim <= hd_max && o.window == 0 && o.softcap == 0.0
+            o.head_dim <= hd_max
         }
-        Op::Rope(o) => o.rot_dim == o.head_dim && o.scale == 1.0,
+        Op::MoeRoute(o) => o.experts <= ops::MOE_MAX_EXPERTS,
+        Op::MoeMatmul(o) => is_weight_dtype(o.wdtype),
         Op::RmsNorm(_)
+        | Op::Rope(_)
         | Op::Swiglu(_)
+        | Op::Geglu(_)
+        | Op::Softcap(_)
+        | Op::MoeSum(_)
         | Op::Add(_)
         | Op::Argmax(_)
         | Op::Sample(_)
         | Op::CopyRows(_) => true,
-        Op::Geglu(_) | Op::Softcap(_) | Op::MoeRoute(_) | Op::MoeMatmul(_) | Op::MoeSum(_) => false,
     }
 }
 

@@ -6,8 +6,13 @@
 //!
 //! Positions and block tables grow every decode step, so the kernels read them from device
 //! memory, and the launch shapes depend only on what a captured graph can keep: the decode grid
-//! covers every partition of the longest context in max_ctx's power-of-two bucket, and
-//! partitions past a row's context exit at once.
+//! covers every partition of the longest span (a row's context, or its last `window`
+//! positions) in the power-of-two bucket of max_ctx (or of the window, if smaller), and
+//! partitions past a row's span exit at once.
+//!
+//! Sliding windows and soft-capped scores are op fields the kernels take as arguments: a row's
+//! span starts at its window's first position (partitions and tiles never read a block wholly
+//! before it), and a capped score is softcap * tanh(s / softcap).
 
 use tandem_core::ops::Attention;
 use tandem_core::{DType, Result};
@@ -51,13 +56,21 @@ pub(crate) fn decode_grid(max_ctx: usize) -> (usize, usize) {
     (part_len(cap), parts)
 }
 
+/// The longest span a decode row of `op` can have: max_ctx, or the window if smaller.
+fn longest_span(op: &Attention) -> usize {
+    match op.window {
+        0 => op.max_ctx,
+        w => w.min(op.max_ctx),
+    }
+}
+
 /// f32s of decode scratch `op` needs: [decode rows, heads, partitions, head_dim + 2].
 /// Saturating: the op's shapes are checked only when it records.
 pub(crate) fn decode_scratch_floats(op: &Attention) -> usize {
     if op.decode_rows == 0 {
         return 0;
     }
-    let (_, parts) = decode_grid(op.max_ctx);
+    let (_, parts) = decode_grid(longest_span(op));
     [op.heads, parts, op.head_dim.saturating_add(2)]
         .iter()
         .fold(op.decode_rows, |a, &d| a.saturating_mul(d))
@@ -91,10 +104,12 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let bs = Arg::U32(fits_u32(OP, "block_size", op.block_size)?);
     let nb = Arg::U32(u32::try_from(num_blocks).unwrap_or(u32::MAX));
     let scale = Arg::F32(op.scale);
+    let window = Arg::U32(u32::try_from(op.window).unwrap_or(u32::MAX));
+    let softcap = Arg::F32(op.softcap);
     let (ck, cv, tables) = (Arg::Ptr(ck), Arg::Ptr(cv), Arg::Ptr(tables));
     let f16 = op.kv_dtype == DType::F16;
     if dr > 0 {
-        let (part_max, parts) = decode_grid(op.max_ctx);
+        let (part_max, parts) = decode_grid(longest_span(op));
         let acc = Arg::Ptr(r.scratch);
         let ml = Arg::Ptr(r.scratch + 4 * (dr * op.heads * parts * op.head_dim) as u64);
         let (q, pos, parts_a) =
@@ -115,13 +130,15 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
             nb,
             scale,
             parts_a,
+            window,
+            softcap,
         ];
         let entry =
             if f16 { "attention_decode_partial_f16" } else { "attention_decode_partial_f32" };
         let smem = 4 * (part_max + op.head_dim) as u32;
         let grid = (heads, parts as u32, fits_u32(OP, "decode rows", dr)?);
         r.launch(KernelFile::AttentionDecode, entry, grid, 128, smem, &args)?;
-        let merge = [acc, ml, Arg::Ptr(out), pos, Arg::U32(heads), hd, parts_a];
+        let merge = [acc, ml, Arg::Ptr(out), pos, Arg::U32(heads), hd, parts_a, window];
         r.launch(
             KernelFile::AttentionDecode,
             "attention_decode_merge",
@@ -152,6 +169,8 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
             bs,
             nb,
             scale,
+            window,
+            softcap,
         ];
         let entry = if f16 { "attention_prefill_f16" } else { "attention_prefill_f32" };
         let d = op.head_dim;

@@ -1,6 +1,6 @@
-//! The small ops: rope, swiglu, add, copy_rows and argmax, a kernel file each.
+//! The small ops: rope, swiglu, geglu, softcap, add, copy_rows and argmax, a kernel file each.
 
-use tandem_core::ops::{Add, Argmax, CopyRows, Rope, Swiglu};
+use tandem_core::ops::{Add, Argmax, CopyRows, Geglu, Rope, Softcap, Swiglu};
 use tandem_core::Result;
 
 use crate::kernels::KernelFile;
@@ -8,7 +8,7 @@ use crate::launch::{fits_u32, grid_1d, Arg, Recorder};
 
 pub(crate) fn rope(r: &mut Recorder, op: &Rope) -> Result<()> {
     const OP: &str = "rope";
-    let len = op.n * op.heads * op.head_dim;
+    let pairs = op.n * op.heads * (op.rot_dim / 2);
     let x = r.buf(OP, "x", op.x)?.ptr;
     let pos = r.buf(OP, "positions", op.positions)?.ptr;
     let inv = r.buf(OP, "inv_freq", op.inv_freq)?.ptr;
@@ -19,8 +19,10 @@ pub(crate) fn rope(r: &mut Recorder, op: &Rope) -> Result<()> {
         Arg::U32(fits_u32(OP, "n", op.n)?),
         Arg::U32(fits_u32(OP, "heads", op.heads)?),
         Arg::U32(fits_u32(OP, "head_dim", op.head_dim)?),
+        Arg::U32(op.rot_dim as u32), // <= head_dim (checked by the engine)
+        Arg::F32(op.scale),
     ];
-    r.launch(KernelFile::Rope, "rope", grid_1d((len / 2) as u64, 256), 256, 0, &args)
+    r.launch(KernelFile::Rope, "rope", grid_1d(pairs as u64, 256), 256, 0, &args)
 }
 
 pub(crate) fn swiglu(r: &mut Recorder, op: &Swiglu) -> Result<()> {
@@ -30,6 +32,22 @@ pub(crate) fn swiglu(r: &mut Recorder, op: &Swiglu) -> Result<()> {
     let out = r.buf(OP, "out", op.out)?.ptr;
     let args = [Arg::Ptr(gate), Arg::Ptr(up), Arg::Ptr(out), Arg::U64(op.len as u64)];
     r.launch(KernelFile::Swiglu, "swiglu", grid_1d(op.len as u64, 256), 256, 0, &args)
+}
+
+pub(crate) fn geglu(r: &mut Recorder, op: &Geglu) -> Result<()> {
+    const OP: &str = "geglu";
+    let gate = r.buf(OP, "gate", op.gate)?.ptr;
+    let up = r.buf(OP, "up", op.up)?.ptr;
+    let out = r.buf(OP, "out", op.out)?.ptr;
+    let args = [Arg::Ptr(gate), Arg::Ptr(up), Arg::Ptr(out), Arg::U64(op.len as u64)];
+    r.launch(KernelFile::Geglu, "geglu", grid_1d(op.len as u64, 256), 256, 0, &args)
+}
+
+pub(crate) fn softcap(r: &mut Recorder, op: &Softcap) -> Result<()> {
+    const OP: &str = "softcap";
+    let x = r.buf(OP, "x", op.x)?.ptr;
+    let args = [Arg::Ptr(x), Arg::U64(op.len as u64), Arg::F32(op.cap)];
+    r.launch(KernelFile::Softcap, "softcap", grid_1d(op.len as u64, 256), 256, 0, &args)
 }
 
 pub(crate) fn add(r: &mut Recorder, op: &Add) -> Result<()> {

@@ -27,6 +27,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
         Arg::U32(fits_u32(OP, "n", op.n)?),
         Arg::U32(fits_u32(OP, "dim", op.dim)?),
         Arg::U32(fits_u32(OP, "vocab", op.vocab)?),
+        Arg::F32(op.scale),
     ];
     let entry = weight_entries!("embed")[wi];
     r.launch(KernelFile::Embed, entry, grid_1d(out_len as u64, 256), 256, 0, &args)

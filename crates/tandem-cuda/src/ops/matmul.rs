@@ -264,6 +264,35 @@ fn decode_n1(r: &mut Recorder, run: &[Checked]) -> Result<()> {
     r.launch(KernelFile::MatmulDecode, entry, grid, threads as u32, 0, &args)
 }
 
+/// How the expert products of a mixture-of-experts layer run a row (kernels/matmul_decode.cu's
+/// moe_rows): with the kernel function a one-row decode product of the same k, m and dtype
+/// takes here, so that each row has that product's bits.
+pub(crate) struct MoePath {
+    /// MOE_N1, MOE_BLOCKS, MOE_KQ or MOE_ANY.
+    pub path: u32,
+    pub threads: u32,
+    /// Blocks over each row's output (a row's arithmetic does not depend on it).
+    pub grid_x: usize,
+}
+
+/// The [`MoePath`] of rows of this k, m and dtype, `rows` of them sharing the launch.
+pub(crate) fn moe_path(r: &Recorder, k: usize, m: usize, d: DType, rows: usize) -> MoePath {
+    if n1_applies(k, d) {
+        // As decode_n1 sizes one token's grid, shared by the rows.
+        let threads = (k / 32).next_multiple_of(32).max(32);
+        let resident = r.arch.sms as usize * (512 / threads).max(1);
+        let grid_x = m.div_ceil(n1_rows(d)).min((resident / rows.max(1)).max(1));
+        return MoePath { path: 0, threads: threads as u32, grid_x };
+    }
+    // As decode_warps picks its kernel.
+    let path = match (d.block_layout().is_some(), k % 32 == 0, k % 8 == 0) {
+        (true, _, true) => 2,
+        (true, _, false) | (false, false, _) => 3,
+        (false, true, _) => 1,
+    };
+    MoePath { path, threads: 32 * MATVEC_ROWS as u32, grid_x: m.div_ceil(MATVEC_ROWS) }
+}
+
 /// Decode rows the n1 kernel does not take: a warp per output row, MATVEC_MAX_N tokens per
 /// blockIdx.y, each token's sums its own. GGUF block types run 8 values a lane where every row
 /// starts on a run of 8 (k % 8 == 0), else element by element.

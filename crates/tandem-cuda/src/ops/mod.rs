@@ -13,6 +13,7 @@ mod elementwise;
 mod embed;
 mod kv_write;
 mod matmul;
+mod moe;
 mod rms_norm;
 mod sample;
 
@@ -22,6 +23,7 @@ pub(crate) use attention::{decode_scratch_floats, DECODE_HD_MAX, PREFILL_HD_MAX}
 pub(crate) use matmul::tensor_cores;
 #[cfg(test)]
 pub(crate) use matmul::TC_ROWS;
+pub(crate) use moe::MAX_EXPERTS as MOE_MAX_EXPERTS;
 
 pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
     match op {
@@ -32,17 +34,15 @@ pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
         Op::KvWrite(o) => kv_write::record(r, o),
         Op::Attention(o) => attention::record(r, o),
         Op::Swiglu(o) => elementwise::swiglu(r, o),
+        Op::Geglu(o) => elementwise::geglu(r, o),
+        Op::Softcap(o) => elementwise::softcap(r, o),
+        Op::MoeRoute(o) => moe::route(r, o),
+        Op::MoeSum(o) => moe::sum(r, o),
+        Op::MoeMatmul(o) => moe::matmul(r, o),
         Op::Add(o) => elementwise::add(r, o),
         Op::Argmax(o) => elementwise::argmax(r, o),
         Op::Sample(o) => sample::record(r, o),
         Op::CopyRows(o) => elementwise::copy_rows(r, o),
-        // `supports` refuses these, so `execute` never hands them over.
-        Op::Geglu(_) | Op::Softcap(_) | Op::MoeRoute(_) | Op::MoeMatmul(_) | Op::MoeSum(_) => {
-            Err(tandem_core::Error::Unsupported {
-                backend: crate::NAME.into(),
-                op: op.name().into(),
-            })
-        }
     }
 }
 

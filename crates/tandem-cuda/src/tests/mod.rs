@@ -109,6 +109,23 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
             let out = f.buf(DType::F32, n * m);
             ops.push(Op::Matmul(Matmul { x, w, wdtype, bias, out, n, k, m, decode_rows }));
         }
+        // The experts' products: two tokens of two slots over three experts.
+        let (k, m, experts) = (wdtype.block_elems().max(64), 5, 3);
+        let (x, w) = (f.buf(DType::F32, 2 * k), f.buf(wdtype, experts * m * k));
+        let (ids, out) = (f.u32s(&[2, 0, 1, 2]), f.buf(DType::F32, 4 * m));
+        ops.push(Op::MoeMatmul(MoeMatmul {
+            x,
+            w,
+            wdtype,
+            ids,
+            out,
+            n: 2,
+            slots: 2,
+            k,
+            m,
+            experts,
+            x_per_slot: false,
+        }));
     }
     for kv_dtype in [DType::F32, DType::F16] {
         let (kvh, hd, bs, blocks) = (2, 64, 16, 8);
@@ -152,6 +169,8 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
                 head_dim: hd,
                 block_size: bs,
                 scale: 0.125,
+                window: 0,
+                softcap: 0.0,
             }));
         }
     }
@@ -171,6 +190,19 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
         scale: 1.0,
     }));
     ops.push(Op::Swiglu(Swiglu { gate: x, up: w, out: o, len: 100 }));
+    ops.push(Op::Geglu(Geglu { gate: x, up: w, out: o, len: 100 }));
+    ops.push(Op::Softcap(Softcap { x: o, len: 300, cap: 30.0 }));
+    let (ids, weights) = (f.buf(DType::U32, 3 * 2), f.buf(DType::F32, 3 * 2));
+    ops.push(Op::MoeRoute(MoeRoute {
+        logits: x,
+        ids,
+        weights,
+        n: 3,
+        experts: 100,
+        k: 2,
+        norm: true,
+    }));
+    ops.push(Op::MoeSum(MoeSum { y: x, weights, out: o, n: 3, slots: 2, dim: 50 }));
     ops.push(Op::Add(Add { x: o, y: x, len: 300 }));
     ops.push(Op::CopyRows(CopyRows {
         src: x,
@@ -361,6 +393,8 @@ fn bad_indices_and_shapes_are_errors() {
                 head_dim,
                 block_size: 2,
                 scale: 1.0,
+                window: 0,
+                softcap: 0.0,
             })
         };
     let op = att(&[2], 3, 8, DType::F16, &mut f);
