@@ -11,9 +11,13 @@
 //   Dispatch: (max_parts, heads, rows).
 // merge: one workgroup per (head, row) combines the row's partitions: out = sum acc_j
 //   e^(m_j - M) / sum l_j e^(m_j - M). Dispatch: (heads, rows); only when max_parts > 1.
-// A row's partitions and their order follow from its own position only; partitions past its
+// A sliding window (window > 0) narrows row i's context to positions[i] + 1 - window..=
+// positions[i]: partitions wholly before it idle and their blocks are never read. With
+// softcap > 0 each score s becomes softcap * tanh(s / softcap) before the softmax (tanh_f32:
+// shaders/tanh.wgsl, appended to this file).
+// A row's partitions and their order follow from its own position only; partitions outside its
 // context idle, so a row is computed bit for bit alike whatever else shares the dispatch.
-// Positions past a row's own are never read, so NaN in unused cache rows cannot leak.
+// Positions outside a row's context are never read, so NaN in unused cache rows cannot leak.
 // head_dim <= 256.
 
 struct Params {
@@ -24,6 +28,8 @@ struct Params {
     scale: f32,
     // Partitions of max_ctx: the grid's x and the scratch stride.
     max_parts: u32,
+    window: u32,
+    softcap: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -65,6 +71,12 @@ fn kv_base(start: u32, t: u32, kvh: u32) -> u32 {
     return (row * p.kv_heads + kvh) * p.head_dim;
 }
 
+// The first position of row i's context (its window's start).
+fn first_pos(i: u32) -> u32 {
+    let pos = positions[i];
+    return select(0u, pos + 1u - p.window, p.window > 0u && pos + 1u > p.window);
+}
+
 // Partitions of row i's context (the host checked positions < max_ctx; the clamp keeps an
 // unchecked one inside the grid and the scratch).
 fn row_parts(i: u32) -> u32 {
@@ -77,9 +89,12 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let h = wid.y;
     let i = wid.z;
     let nparts = row_parts(i);
-    if j >= nparts {
+    let first = first_pos(i);
+    let part0 = min(first / PART, nparts - 1u);
+    if j < part0 || j >= nparts {
         return;
     }
+    let single = nparts - part0 == 1u;
     let start = table_starts[i];
     let kvh = h / (p.heads / p.kv_heads);
     let hd = p.head_dim;
@@ -90,15 +105,19 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     workgroupBarrier();
     let t0 = j * PART;
     let cnt = min(positions[i] + 1u - t0, PART);
+    let lo = select(0u, first - t0, first > t0); // positions before the window
     let t = t0 + lid;
     var s = -3.4e38;
-    if lid < cnt {
+    if lid >= lo && lid < cnt {
         let base = kv_base(start, t, kvh);
         var dotv = 0.0;
         for (var d = 0u; d < hd; d++) {
             dotv += qs[d] * load_k(base + d);
         }
         s = dotv * p.scale;
+        if p.softcap > 0.0 {
+            s = p.softcap * tanh_f32(s / p.softcap);
+        }
     }
     red[lid] = s;
     workgroupBarrier();
@@ -111,7 +130,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let m = red[0];
     workgroupBarrier();
     var e = 0.0;
-    if lid < cnt {
+    if lid >= lo && lid < cnt {
         e = exp(s - m);
     }
     probs[lid] = e;
@@ -127,16 +146,16 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let slot = ((i * p.heads + h) * p.max_parts + j) * (hd + 2u);
     for (var d = lid; d < hd; d += PART) {
         var a = 0.0;
-        for (var tt = 0u; tt < cnt; tt++) {
+        for (var tt = lo; tt < cnt; tt++) {
             a += probs[tt] * load_v(kv_base(start, t0 + tt, kvh) + d);
         }
-        if nparts == 1u {
+        if single {
             out[qo + d] = a / l;
         } else {
             scratch[slot + 2u + d] = a;
         }
     }
-    if lid == 0u && nparts > 1u {
+    if lid == 0u && !single {
         scratch[slot] = m;
         scratch[slot + 1u] = l;
     }
@@ -147,23 +166,24 @@ fn merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     let h = wid.x;
     let i = wid.y;
     let nparts = row_parts(i);
-    if nparts == 1u {
+    let part0 = min(first_pos(i) / PART, nparts - 1u);
+    if nparts - part0 == 1u {
         return; // partial wrote the output
     }
     let hd = p.head_dim;
     let base = (i * p.heads + h) * p.max_parts * (hd + 2u);
     var mx = -3.4e38;
-    for (var j = 0u; j < nparts; j++) {
+    for (var j = part0; j < nparts; j++) {
         mx = max(mx, scratch[base + j * (hd + 2u)]);
     }
     var l = 0.0;
-    for (var j = 0u; j < nparts; j++) {
+    for (var j = part0; j < nparts; j++) {
         let slot = base + j * (hd + 2u);
         l += scratch[slot + 1u] * exp(scratch[slot] - mx);
     }
     for (var d = lid; d < hd; d += PART) {
         var a = 0.0;
-        for (var j = 0u; j < nparts; j++) {
+        for (var j = part0; j < nparts; j++) {
             let slot = base + j * (hd + 2u);
             a += scratch[slot + 2u + d] * exp(scratch[slot] - mx);
         }

@@ -12,6 +12,13 @@
 // 0, 8, 16, ... up to its own position, so its arithmetic depends on that position only, never
 // on the other rows of its tile or batch. Positions after a row's own are skipped, never
 // multiplied by zero, so NaN in unused cache rows cannot leak. head_dim <= 128.
+// A sliding window (window > 0) narrows row i's context to positions[i] + 1 - window..=
+// positions[i]: a run's K/V tiles start at the tile of its earliest window start (positions
+// before it are never loaded, so blocks wholly before every window are never read), and a row
+// skips the tiles wholly before its own window and the positions before it in its first tile:
+// its tiles are still those of multiples of 8 through its context, fixed by its position.
+// With softcap > 0 each score s becomes softcap * tanh(s / softcap) before the softmax
+// (tanh_f32: shaders/tanh.wgsl, appended to this file).
 // Dispatch: (ceil(n / 16), heads).
 
 struct Params {
@@ -24,6 +31,8 @@ struct Params {
     scale: f32,
     // Positions are < max_ctx (checked on the host; the clamp bounds the loops regardless).
     max_ctx: u32,
+    window: u32,
+    softcap: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -64,6 +73,11 @@ fn position(i: u32) -> u32 {
     return min(positions[i], p.max_ctx - 1u);
 }
 
+// The first position of a context ending at `pos` (its window's start).
+fn first_of(pos: u32) -> u32 {
+    return select(0u, pos + 1u - p.window, p.window > 0u && pos + 1u > p.window);
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wid.y;
@@ -78,6 +92,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if valid {
         pos = position(i);
     }
+    let first_t = first_of(pos);
     let hd = p.head_dim;
 
     var qr: array<f32, 8>;
@@ -101,17 +116,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let start = table_starts[run];
         var run_end = run + 1u;
         var last = position(run); // the run's last position
+        var lo_t = first_of(last); // and its first
         while run_end < end && table_starts[run_end] == start {
             last = max(last, position(run_end));
+            lo_t = min(lo_t, first_of(position(run_end)));
             run_end++;
         }
         let mine = valid && i >= run && i < run_end;
-        for (var t0 = 0u; t0 <= last; t0 += BT) {
+        for (var t0 = lo_t / BT * BT; t0 <= last; t0 += BT) {
             for (var idx = lid; idx < BT * hd; idx += 256u) {
                 let tt = idx / hd;
                 let d = idx % hd;
                 let t = t0 + tt;
-                if t <= last {
+                if t >= lo_t && t <= last {
                     let row = tables[start + t / p.block_size] * p.block_size + t % p.block_size;
                     let e = (row * p.kv_heads + kvh) * hd + d;
                     kt[tt * HDMAX + d] = load(true, e);
@@ -130,16 +147,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 red[(tt * BQ + qi) * TQ + lane] = part;
             }
             workgroupBarrier();
-            if mine && t0 <= pos {
+            if mine && t0 <= pos && t0 + BT > first_t {
                 let cnt = min(pos + 1u - t0, BT);
+                let lo = select(0u, first_t - t0, first_t > t0); // before the window
                 var s: array<f32, 8>;
                 var tile_max = -3.4e38;
-                for (var tt = 0u; tt < cnt; tt++) {
+                for (var tt = lo; tt < cnt; tt++) {
                     var dotv = 0.0;
                     for (var l = 0u; l < TQ; l++) {
                         dotv += red[(tt * BQ + qi) * TQ + l];
                     }
                     s[tt] = dotv * p.scale;
+                    if p.softcap > 0.0 {
+                        s[tt] = p.softcap * tanh_f32(s[tt] / p.softcap);
+                    }
                     tile_max = max(tile_max, s[tt]);
                 }
                 let new_max = max(run_max, tile_max);
@@ -152,7 +173,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 }
                 run_max = new_max;
                 started = true;
-                for (var tt = 0u; tt < cnt; tt++) {
+                for (var tt = lo; tt < cnt; tt++) {
                     let e = exp(s[tt] - new_max);
                     run_sum += e;
                     for (var c = 0u; c < CMAX; c++) {

@@ -1,6 +1,7 @@
 // Token embedding lookup, dequantizing the rows it touches.
 // table: [rows, dim] (one part of a possibly split [vocab, dim] table, covering vocab rows
 // row0..row0+rows) in DTYPE, read as u32 words; ids: [n]; out: [n, dim] f32.
+// out = row * scale (1, or Gemma's sqrt(hidden): a correctly rounded product; x * 1 is x).
 // One invocation per output element; ids outside this part are left to the part that has them.
 //
 // Quantized tables use tandem's layout: blocks of 32 over the flat element index, qs first,
@@ -13,6 +14,7 @@ struct Params {
     rows: u32,
     d_off: u32,
     m_off: u32,
+    scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -78,5 +80,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if id < p.row0 || id - p.row0 >= p.rows {
         return;
     }
-    out[i] = value((id - p.row0) * p.dim + j);
+    out[i] = value((id - p.row0) * p.dim + j) * p.scale;
 }

@@ -21,6 +21,8 @@
 //   every invocation, so a CPU rasterizer loads x once per SIMD batch rather than once per lane,
 //   and no partial sums meet in workgroup memory. Dispatch: (ceil(m / RWG) folded, n).
 // - tiled: prompt rows (shaders/matmul_tiled.wgsl, appended to this file, as kquant.wgsl is).
+// - moe_matvec, moe_matvec_rows: the expert matmul's rows (shaders/moe_matmul.wgsl, appended
+//   to this file in its own module), through the same lane_dot and row_dot.
 
 struct Params {
     n: u32,
@@ -32,6 +34,14 @@ struct Params {
     d_off: u32,
     m_off: u32,
     row0: u32,
+    // shaders/moe_matmul.wgsl's (0 for a plain product): slots per token, whether x has a row
+    // per slot, the experts, and the rows of the stacked [experts * m, k] weight this part
+    // holds (w_row0..w_row0 + w_rows).
+    slots: u32,
+    x_per_slot: u32,
+    experts: u32,
+    w_row0: u32,
+    w_rows: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -179,6 +189,49 @@ fn xvec4(i: u32) -> vec4<f32> {
 
 var<workgroup> red: array<f32, WG>;
 
+// Lane `lane` (of TPR) of weight row r's dot product with x[x0..x0 + k]: its share of the
+// whole groups of 8, dequantized in registers, and of a head or tail cut mid-group.
+fn lane_dot(r: u32, x0: u32, lane: u32) -> f32 {
+    var acc = 0.0;
+    let e0 = r * p.k;
+    let e1 = e0 + p.k;
+    let g0 = min((e0 + 7u) & ~7u, e1); // first whole group of 8
+    let g1 = max(e1 & ~7u, g0);         // end of the whole groups
+    let xr = x0 - e0;                   // x index of weight element e is xr + e (mod 2^32)
+    for (var g = g0 + 8u * lane; g < g1; g += 8u * TPR) {
+        let q = group(g);
+        let xl = xvec4(xr + g);
+        let xh = xvec4(xr + g + 4u);
+        // d * sum(q x) + m * sum(x): one multiply by the scale per group.
+        let qx = dot(q.lo, xl) + dot(q.hi, xh);
+        let sx = dot(xl + xh, vec4<f32>(1.0));
+        acc += q.d * qx + q.m * sx;
+    }
+    // A row starting or ending mid-group: element by element.
+    let head = g0 - e0;
+    let tail = e1 - g1;
+    if lane < head + tail {
+        let e = select(g1 + (lane - head), e0 + lane, lane < head);
+        acc += value(e) * x[xr + e];
+    }
+    return acc;
+}
+
+// The sum of the TPR lanes' partials of each row of the workgroup (a tree in workgroup
+// memory): valid in the row's lane 0. Every invocation of the workgroup must call it.
+fn lanes_sum(lid: u32, acc: f32) -> f32 {
+    let lane = lid % TPR;
+    red[lid] = acc;
+    workgroupBarrier();
+    for (var s = TPR / 2u; s > 0u; s >>= 1u) {
+        if lane < s {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    return red[lid];
+}
+
 @compute @workgroup_size(WG)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
@@ -188,43 +241,15 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let t = p.row0 + wid.z; // the token
     var acc = 0.0;
     if r < p.m {
-        let e0 = r * p.k;
-        let e1 = e0 + p.k;
-        let g0 = min((e0 + 7u) & ~7u, e1); // first whole group of 8
-        let g1 = max(e1 & ~7u, g0);         // end of the whole groups
-        let xr = t * p.k - e0;              // x index of weight element e is xr + e
-        // Whole groups: 8 weights dequantized in registers.
-        for (var g = g0 + 8u * lane; g < g1; g += 8u * TPR) {
-            let q = group(g);
-            let xl = xvec4(xr + g);
-            let xh = xvec4(xr + g + 4u);
-            // d * sum(q x) + m * sum(x): one multiply by the scale per group.
-            let qx = dot(q.lo, xl) + dot(q.hi, xh);
-            let sx = dot(xl + xh, vec4<f32>(1.0));
-            acc += q.d * qx + q.m * sx;
-        }
-        // A row starting or ending mid-group: element by element.
-        let head = g0 - e0;
-        let tail = e1 - g1;
-        if lane < head + tail {
-            let e = select(g1 + (lane - head), e0 + lane, lane < head);
-            acc += value(e) * x[xr + e];
-        }
+        acc = lane_dot(r, t * p.k, lane);
     }
-    red[lid] = acc;
-    workgroupBarrier();
-    for (var s = TPR / 2u; s > 0u; s >>= 1u) {
-        if lane < s {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
+    let sum = lanes_sum(lid, acc);
     if lane == 0u && r < p.m {
         var b = 0.0;
         if p.has_bias != 0u {
             b = bias[p.out_off + r];
         }
-        out[t * p.out_stride + p.out_off + r] = red[lid] + b;
+        out[t * p.out_stride + p.out_off + r] = sum + b;
     }
 }
 
@@ -287,6 +312,17 @@ fn block_dot(blk: u32, xi: u32) -> f32 {
     }
 }
 
+// Weight row r's dot product with x[x0..x0 + k], block by block (k % 32 == 0).
+fn row_dot(r: u32, x0: u32) -> f32 {
+    let nb = p.k / 32u;
+    let b0 = r * nb;
+    var acc = 0.0;
+    for (var b = 0u; b < nb; b++) {
+        acc += block_dot(b0 + b, x0 + 32u * b);
+    }
+    return acc;
+}
+
 @compute @workgroup_size(RWG)
 fn matvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
@@ -295,12 +331,7 @@ fn matvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if r >= p.m {
         return;
     }
-    let nb = p.k / 32u;
-    let b0 = r * nb;
-    var acc = 0.0;
-    for (var b = 0u; b < nb; b++) {
-        acc += block_dot(b0 + b, t * p.k + 32u * b);
-    }
+    let acc = row_dot(r, t * p.k);
     var bv = 0.0;
     if p.has_bias != 0u {
         bv = bias[p.out_off + r];

@@ -1,12 +1,16 @@
-// Rotary position embedding in place, rotate-half layout: in each head, element j pairs with
-// j + head_dim/2, rotated by angle positions[token] * inv_freq[j].
-// x: [n, heads, head_dim]; positions: [n]; inv_freq: [head_dim / 2].
-// One invocation per (token, head, j < head_dim/2); total = n * heads * half.
+// Rotary position embedding in place, rotate-half layout: in each head, element j < half
+// pairs with j + half (half = rot_dim / 2), rotated by angle positions[token] * inv_freq[j],
+// cos and sin multiplied by `scale` (LongRoPE's attention factor; 1 otherwise). Elements
+// rot_dim..head_dim pass through (partial rotary).
+// x: [n, heads, head_dim]; positions: [n]; inv_freq: [half].
+// One invocation per (token, head, j < half); total = n * heads * half.
 
 struct Params {
     total: u32,
     heads: u32,
     half: u32,
+    head_dim: u32,
+    scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,9 +50,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let token = head / p.heads;
     let angle = f32(positions[token]) * inv_freq[j];
     let sc = sin_cos(angle);
-    let s = sc.x;
-    let c = sc.y;
-    let base = head * 2u * p.half;
+    let s = sc.x * p.scale;
+    let c = sc.y * p.scale;
+    let base = head * p.head_dim;
     let a = x[base + j];
     let b = x[base + j + p.half];
     x[base + j] = a * c - b * s;

@@ -43,6 +43,11 @@ const OPS = {
   embed: '',
   kv_write: '',
   swiglu: '',
+  geglu: '',
+  softcap: '',
+  moe_route: '',
+  moe_matmul: '',
+  moe_sum: '',
   add: '',
   copy_rows: '',
 };

@@ -104,7 +104,7 @@ impl Table {
     }
 
     /// A buffer of an op that `Backend::execute` checked (allocated, of its dtype, large
-    /// enough), in one wgpu buffer unless `op` reads split weights (matmul, embed).
+    /// enough), in one wgpu buffer unless `op` reads split weights (matmul, moe_matmul, embed).
     pub fn entry(&self, op: &'static str, role: &str, id: BufId) -> Result<&Entry> {
         let e = self.entries.get(&id).ok_or_else(|| {
             Error::InvalidParameter(format!(
@@ -112,7 +112,7 @@ impl Table {
                 id.0
             ))
         })?;
-        if e.parts.len() != 1 && !matches!(op, "matmul" | "embed") {
+        if e.parts.len() != 1 && !matches!(op, "matmul" | "moe_matmul" | "embed") {
             return Err(Error::ShapeMismatch {
                 op,
                 expected: format!("{role} in one buffer"),

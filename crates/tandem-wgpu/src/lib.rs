@@ -460,23 +460,23 @@ impl Backend for WgpuBackend {
 
     fn supports(&self, op: &Op) -> bool {
         match op {
-            Op::Embed(o) => is_weight_dtype(o.dtype) && o.scale == 1.0,
+            Op::Embed(o) => is_weight_dtype(o.dtype),
             Op::Matmul(o) => is_weight_dtype(o.wdtype),
+            Op::MoeMatmul(o) => is_weight_dtype(o.wdtype),
             // Two f16 share a word: an odd row would need two invocations writing one word.
             Op::KvWrite(o) => o.kv_dtype == DType::F32 || (o.kv_heads * o.head_dim) % 2 == 0,
-            Op::Attention(o) => {
-                o.head_dim <= ops::attention_hd_max(o) && o.window == 0 && o.softcap == 0.0
-            }
-            Op::Rope(o) => o.rot_dim == o.head_dim && o.scale == 1.0,
+            Op::Attention(o) => o.head_dim <= ops::attention_hd_max(o),
             Op::RmsNorm(_)
+            | Op::Rope(_)
             | Op::Swiglu(_)
+            | Op::Geglu(_)
+            | Op::Softcap(_)
+            | Op::MoeRoute(_)
+            | Op::MoeSum(_)
             | Op::Add(_)
             | Op::Argmax(_)
             | Op::Sample(_)
             | Op::CopyRows(_) => true,
-            Op::Geglu(_) | Op::Softcap(_) | Op::MoeRoute(_) | Op::MoeMatmul(_) | Op::MoeSum(_) => {
-                false
-            }
         }
     }
 

@@ -21,6 +21,11 @@ pub(crate) enum Shader {
     AttentionPrefill,
     AttentionDecode,
     Swiglu,
+    Geglu,
+    Softcap,
+    MoeRoute,
+    MoeMatmul,
+    MoeSum,
     Add,
     Argmax,
     Sample,
@@ -28,7 +33,7 @@ pub(crate) enum Shader {
 }
 
 impl Shader {
-    pub(crate) const ALL: [Shader; 13] = [
+    pub(crate) const ALL: [Shader; 18] = [
         Shader::Embed,
         Shader::RmsNorm,
         Shader::Matmul,
@@ -38,15 +43,21 @@ impl Shader {
         Shader::AttentionPrefill,
         Shader::AttentionDecode,
         Shader::Swiglu,
+        Shader::Geglu,
+        Shader::Softcap,
+        Shader::MoeRoute,
+        Shader::MoeMatmul,
+        Shader::MoeSum,
         Shader::Add,
         Shader::Argmax,
         Shader::Sample,
         Shader::CopyRows,
     ];
 
-    /// The WGSL module: the shader's file, with shaders/kquant.wgsl appended to the two that
-    /// read GGUF block types, and shaders/matmul_tiled.wgsl (the prompt rows' kernel) to both
-    /// matmul modules.
+    /// The WGSL module: the shader's file, with shaders/kquant.wgsl appended to those that
+    /// read GGUF block types, shaders/tanh.wgsl to those that soft-cap or gate with tanh, and shaders/matmul_tiled.wgsl (the prompt rows' kernel) to both
+    /// matmul modules. The expert matmul is matmul.wgsl's decode arithmetic, called from
+    /// shaders/moe_matmul.wgsl's entry points (so each of its rows is a decode row's bits).
     pub(crate) fn source(self) -> &'static str {
         match self {
             Shader::Embed => concat!(
@@ -65,9 +76,30 @@ impl Shader {
             ),
             Shader::Rope => include_str!("../../../shaders/rope.wgsl"),
             Shader::KvWrite => include_str!("../../../shaders/kv_write.wgsl"),
-            Shader::AttentionPrefill => include_str!("../../../shaders/attention_prefill.wgsl"),
-            Shader::AttentionDecode => include_str!("../../../shaders/attention_decode.wgsl"),
+            Shader::AttentionPrefill => concat!(
+                include_str!("../../../shaders/attention_prefill.wgsl"),
+                include_str!("../../../shaders/tanh.wgsl")
+            ),
+            Shader::AttentionDecode => concat!(
+                include_str!("../../../shaders/attention_decode.wgsl"),
+                include_str!("../../../shaders/tanh.wgsl")
+            ),
             Shader::Swiglu => include_str!("../../../shaders/swiglu.wgsl"),
+            Shader::Geglu => concat!(
+                include_str!("../../../shaders/geglu.wgsl"),
+                include_str!("../../../shaders/tanh.wgsl")
+            ),
+            Shader::Softcap => concat!(
+                include_str!("../../../shaders/softcap.wgsl"),
+                include_str!("../../../shaders/tanh.wgsl")
+            ),
+            Shader::MoeRoute => include_str!("../../../shaders/moe_route.wgsl"),
+            Shader::MoeMatmul => concat!(
+                include_str!("../../../shaders/matmul.wgsl"),
+                include_str!("../../../shaders/moe_matmul.wgsl"),
+                include_str!("../../../shaders/kquant.wgsl")
+            ),
+            Shader::MoeSum => include_str!("../../../shaders/moe_sum.wgsl"),
             Shader::Add => include_str!("../../../shaders/add.wgsl"),
             Shader::Argmax => include_str!("../../../shaders/argmax.wgsl"),
             Shader::Sample => include_str!("../../../shaders/sample.wgsl"),
@@ -85,7 +117,12 @@ impl Shader {
             Shader::KvWrite => &[true, true, false, false, true],
             Shader::AttentionPrefill => &[true, true, true, true, true, true, false],
             Shader::AttentionDecode => &[true, true, true, true, true, true, false, false],
-            Shader::Swiglu => &[true, true, false],
+            Shader::Swiglu | Shader::Geglu => &[true, true, false],
+            Shader::Softcap => &[false],
+            Shader::MoeRoute => &[true, false, false],
+            // matmul.wgsl's x, w, bias (unused: x bound again), out; then the ids.
+            Shader::MoeMatmul => &[true, true, true, false, true],
+            Shader::MoeSum => &[true, true, false],
             Shader::Add => &[false, true],
             Shader::Argmax => &[true, false],
             Shader::Sample => &[true, true, false],
@@ -104,6 +141,11 @@ impl Shader {
             Shader::AttentionPrefill => "attention_prefill",
             Shader::AttentionDecode => "attention_decode",
             Shader::Swiglu => "swiglu",
+            Shader::Geglu => "geglu",
+            Shader::Softcap => "softcap",
+            Shader::MoeRoute => "moe_route",
+            Shader::MoeMatmul => "moe_matmul",
+            Shader::MoeSum => "moe_sum",
             Shader::Add => "add",
             Shader::Argmax => "argmax",
             Shader::Sample => "sample",

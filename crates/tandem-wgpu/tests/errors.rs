@@ -93,6 +93,8 @@ fn bad_attention_rows_are_errors() {
         head_dim: hd,
         block_size: bs,
         scale: 0.5,
+        window: 0,
+        softcap: 0.0,
     });
     let run = |b: &mut WgpuBackend, pos: [u32; 2], starts: [u32; 2], table: [u32; 3]| {
         let mut step = Step::default();

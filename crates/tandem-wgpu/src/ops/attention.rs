@@ -2,6 +2,7 @@
 //! (partitions of 64 positions, then a merge) for the decode rows, the tiled online-softmax
 //! kernel for the prompt rows. A row's kernel follows from its class, and its arithmetic from
 //! its own position, so it is computed alike whatever shares the step (batch invariance).
+//! Sliding windows and soft-capped scores are parameters of both kernels.
 
 use tandem_core::ops::Attention;
 use tandem_core::{DType, Error, Result};
@@ -77,6 +78,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     }
     fits_u32(OP, "cache elements", num_blocks * block_elems)?;
     fits_u32(OP, "max_ctx", op.max_ctx)?;
+    fits_u32(OP, "window", op.window)?;
     let (decodes, prompts) = (op.decode_rows, op.n - op.decode_rows);
     if op.heads > MAX_GROUPS
         || decodes > MAX_GROUPS
@@ -97,7 +99,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
         [heads, op.kv_heads as u32, op.head_dim as u32, op.block_size as u32, op.scale.to_bits()];
     if decodes > 0 {
         let parts = max_parts(op);
-        let params = [&shape[..], &[parts as u32]].concat();
+        let params = [&shape[..], &[parts as u32, op.window as u32, op.softcap.to_bits()]].concat();
         let scratch = (r.scratch.uid, r.scratch.buffer.clone());
         let bufs = vec![
             q.clone(),
@@ -117,7 +119,8 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
         }
     }
     if prompts > 0 {
-        let params = [&[decodes as u32, prompts as u32], &shape[..], &[op.max_ctx as u32]].concat();
+        let tail = [op.max_ctx as u32, op.window as u32, op.softcap.to_bits()];
+        let params = [&[decodes as u32, prompts as u32], &shape[..], &tail[..]].concat();
         let pipe = PipeKey::new(Shader::AttentionPrefill, "main").with("KV_F16", kv);
         r.push(
             pipe,

@@ -1,7 +1,7 @@
-//! The small ops: rope, swiglu, add, argmax, copy_rows (one dispatch each, one invocation per
-//! element or one workgroup per row).
+//! The small ops: rope, swiglu, geglu, softcap, add, argmax, copy_rows (one dispatch each, one
+//! invocation per element or one workgroup per row).
 
-use tandem_core::ops::{Add, Argmax, CopyRows, Rope, Swiglu};
+use tandem_core::ops::{Add, Argmax, CopyRows, Geglu, Rope, Softcap, Swiglu};
 use tandem_core::{Error, Result};
 
 use super::{fits_u32, groups_1d, Recorder};
@@ -10,19 +10,20 @@ use crate::pipelines::{PipeKey, Shader};
 pub(crate) fn rope(r: &mut Recorder, op: &Rope) -> Result<()> {
     const OP: &str = "rope";
     let len = op.n * op.heads * op.head_dim;
-    let half = op.head_dim / 2;
+    let half = op.rot_dim / 2;
     let x = r.buf(OP, "x", op.x)?;
     let pos = r.buf(OP, "positions", op.positions)?;
     let inv = r.buf(OP, "inv_freq", op.inv_freq)?;
-    if len == 0 {
+    let pairs = op.n * op.heads * half;
+    if pairs == 0 {
         return Ok(());
     }
-    let total = fits_u32(OP, "n * heads * head_dim", len / 2)?;
+    fits_u32(OP, "n * heads * head_dim", len)?;
     r.push(
         PipeKey::new(Shader::Rope, "main"),
         vec![x, pos, inv],
-        vec![total, op.heads as u32, half as u32],
-        groups_1d(len / 2, 256),
+        vec![pairs as u32, op.heads as u32, half as u32, op.head_dim as u32, op.scale.to_bits()],
+        groups_1d(pairs, 256),
     );
     Ok(())
 }
@@ -40,6 +41,40 @@ pub(crate) fn swiglu(r: &mut Recorder, op: &Swiglu) -> Result<()> {
         PipeKey::new(Shader::Swiglu, "main"),
         vec![gate, up, out],
         vec![len],
+        groups_1d(op.len, 256),
+    );
+    Ok(())
+}
+
+pub(crate) fn geglu(r: &mut Recorder, op: &Geglu) -> Result<()> {
+    const OP: &str = "geglu";
+    let gate = r.buf(OP, "gate", op.gate)?;
+    let up = r.buf(OP, "up", op.up)?;
+    let out = r.buf(OP, "out", op.out)?;
+    if op.len == 0 {
+        return Ok(());
+    }
+    let len = fits_u32(OP, "len", op.len)?;
+    r.push(
+        PipeKey::new(Shader::Geglu, "main"),
+        vec![gate, up, out],
+        vec![len],
+        groups_1d(op.len, 256),
+    );
+    Ok(())
+}
+
+pub(crate) fn softcap(r: &mut Recorder, op: &Softcap) -> Result<()> {
+    const OP: &str = "softcap";
+    let x = r.buf(OP, "x", op.x)?;
+    if op.len == 0 {
+        return Ok(());
+    }
+    let len = fits_u32(OP, "len", op.len)?;
+    r.push(
+        PipeKey::new(Shader::Softcap, "main"),
+        vec![x],
+        vec![len, op.cap.to_bits()],
         groups_1d(op.len, 256),
     );
     Ok(())

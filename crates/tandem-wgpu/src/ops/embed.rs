@@ -40,7 +40,15 @@ pub(crate) fn record(r: &mut Recorder, op: &Embed) -> Result<()> {
             op.dtype,
             if table.parts.len() == 1 { table.numel } else { rows * op.dim },
         );
-        let params = vec![op.n as u32, op.dim as u32, part.row0 as u32, rows as u32, d_off, m_off];
+        let params = vec![
+            op.n as u32,
+            op.dim as u32,
+            part.row0 as u32,
+            rows as u32,
+            d_off,
+            m_off,
+            op.scale.to_bits(),
+        ];
         let bufs = vec![(part.gpu.uid, part.gpu.buffer.clone()), ids.clone(), out.clone()];
         r.out.push(super::Dispatch {
             pipe: pipe.clone(),

@@ -14,9 +14,9 @@ const OP: &str = "matmul";
 /// Invocations per weight row in the matrix-vector kernel: enough to split a row of the usual
 /// k (576..1536) into short runs, few enough that every lane has work (64 leaves most idle and
 /// costs more barriers; see NOTES.md).
-const TPR: usize = 32;
+pub(crate) const TPR: usize = 32;
 /// Rows per workgroup of the row-per-invocation matrix-vector kernel.
-const RWG: usize = 64;
+pub(crate) const RWG: usize = 64;
 /// Token rows per tile of the tiled kernel (TILE in matmul_tiled.wgsl).
 const TILE: usize = 64;
 /// Most workgroups in one grid dimension.
@@ -58,10 +58,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     }
     let native = op.wdtype == DType::F16 && r.uses_f16;
     let shader = if native { Shader::MatmulF16Native } else { Shader::Matmul };
-    // On a CPU rasterizer, rows of whole blocks (and so every part of a split weight) take the
-    // row-per-invocation kernel. A GPU takes the lanes-per-row kernel for every row: one row
-    // per invocation reads each row's bytes k apart across a warp, uncoalesced.
-    let rows_kernel = r.row_matvec && !native && k % 32 == 0 && op.wdtype.block_layout().is_none();
+    let rows_kernel = decode_kernel(r, op.wdtype, k);
     let with_dtype = |pipe: PipeKey| if native { pipe } else { pipe.with("DTYPE", code) };
     let matvec = with_dtype(match rows_kernel {
         true => PipeKey::new(shader, "matvec_rows").with("RWG", RWG as u32),
@@ -114,8 +111,18 @@ pub(crate) fn record(r: &mut Recorder, op: &Matmul) -> Result<()> {
     Ok(())
 }
 
+/// Whether decode rows of a `wdtype` weight with rows of k take the row-per-invocation kernel
+/// (matvec_rows) rather than the lanes-per-row one (matvec). On a CPU rasterizer, rows of whole
+/// blocks (and so every part of a split weight) take the row-per-invocation kernel. A GPU takes
+/// the lanes-per-row kernel for every row: one row per invocation reads each row's bytes k
+/// apart across a warp, uncoalesced. Native f16 weights have only the lanes-per-row kernel.
+pub(crate) fn decode_kernel(r: &Recorder, wdtype: DType, k: usize) -> bool {
+    let native = wdtype == DType::F16 && r.uses_f16;
+    r.row_matvec && !native && k % 32 == 0 && wdtype.block_layout().is_none()
+}
+
 /// Weight rows in groups of `per` (folded into x and y), one token per z.
-fn fold(rows: usize, per: usize, tokens: usize) -> [u32; 3] {
+pub(crate) fn fold(rows: usize, per: usize, tokens: usize) -> [u32; 3] {
     let [x, y, _] = groups_1d(rows, per);
     [x, y, tokens as u32]
 }

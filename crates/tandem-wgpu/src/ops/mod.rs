@@ -12,6 +12,7 @@ mod elementwise;
 mod embed;
 mod kv_write;
 mod matmul;
+mod moe;
 mod rms_norm;
 mod sample;
 
@@ -48,17 +49,15 @@ impl Recorder<'_> {
             Op::KvWrite(o) => kv_write::record(self, o),
             Op::Attention(o) => attention::record(self, o),
             Op::Swiglu(o) => elementwise::swiglu(self, o),
+            Op::Geglu(o) => elementwise::geglu(self, o),
+            Op::Softcap(o) => elementwise::softcap(self, o),
+            Op::MoeRoute(o) => moe::route(self, o),
+            Op::MoeMatmul(o) => moe::matmul(self, o),
+            Op::MoeSum(o) => moe::sum(self, o),
             Op::Add(o) => elementwise::add(self, o),
             Op::Argmax(o) => elementwise::argmax(self, o),
             Op::CopyRows(o) => elementwise::copy_rows(self, o),
             Op::Sample(o) => sample::record(self, o),
-            // `supports` refuses these, so `execute` never hands them over.
-            Op::Geglu(_) | Op::Softcap(_) | Op::MoeRoute(_) | Op::MoeMatmul(_) | Op::MoeSum(_) => {
-                Err(tandem_core::Error::Unsupported {
-                    backend: "wgpu".into(),
-                    op: op.name().into(),
-                })
-            }
         }
     }
 
