@@ -14,6 +14,14 @@ pub(crate) const MAX_EXPERTS: usize = 1024;
 
 pub(crate) fn route(r: &mut Recorder, op: &MoeRoute) -> Result<()> {
     const OP: &str = "moe_route";
+    if op.experts > MAX_EXPERTS {
+        // `supports` refuses it first; the kernel keeps a lane's chosen experts in one word.
+        return Err(tandem_core::Error::ShapeMismatch {
+            op: OP,
+            expected: format!("experts <= {MAX_EXPERTS}"),
+            got: op.experts.to_string(),
+        });
+    }
     let logits = r.buf(OP, "logits", op.logits)?.ptr;
     let ids = r.buf(OP, "ids", op.ids)?.ptr;
     let weights = r.buf(OP, "weights", op.weights)?.ptr;
