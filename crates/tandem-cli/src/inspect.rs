@@ -18,7 +18,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let c = &src.config;
     println!("model:          {}", src.path.display());
     println!("format:         {}", src.format);
-    println!("architecture:   {:?}", c.arch);
+    println!("family:         {}", c.describe());
     println!("dim:            {}", c.dim);
     println!("layers:         {}", c.n_layers);
     println!("heads:          {} (kv heads {}, head_dim {})", c.n_heads, c.n_kv_heads, c.head_dim);
@@ -30,6 +30,15 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         s => format!(", scaling {s:?}"),
     };
     println!("rope:           theta {}{scaling}", c.rope_theta);
+    if let Some(m) = &c.features.moe {
+        println!(
+            "experts:        {} of {} per token, width {}{}",
+            m.top_k,
+            m.experts,
+            m.ffn_dim,
+            if m.norm_topk { ", weights renormalized" } else { "" }
+        );
+    }
     println!("rms_norm_eps:   {}", c.rms_norm_eps);
     println!("tied embedding: {}", c.tie_embeddings);
     println!("qkv bias:       {}", c.qkv_bias);

@@ -17,6 +17,14 @@ fn features(
 ) -> Result<Features> {
     let opt = |k: &str| meta.get_u64(&key(k)).and_then(|n| usize::try_from(n).ok());
     let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
+    // Written only when set, so a present key must be a positive cap.
+    let softcap = |k: &str| -> Result<f32> {
+        match meta.get_f32(&key(k)) {
+            None => Ok(0.0),
+            Some(c) if c.is_finite() && c > 0.0 => Ok(c),
+            Some(c) => Err(Error::BadConfig(format!("{} = {c} must be positive", key(k)))),
+        }
+    };
     let window = opt("attention.sliding_window").unwrap_or(0);
     let sliding_layers = match arch {
         // llama.cpp's patterns: every other layer (Gemma 2), five of six (Gemma 3).
@@ -54,8 +62,8 @@ fn features(
         // llama.cpp scales by 1/sqrt(head_dim), except Gemma's 27B sizes (46 and 62 layers)
         // by 1/sqrt(dim / heads): the files carry no query_pre_attn_scalar.
         query_pre_attn_scalar: None,
-        attn_softcap: meta.get_f32(&key("attn_logit_softcapping")).unwrap_or(0.0),
-        final_softcap: meta.get_f32(&key("final_logit_softcapping")).unwrap_or(0.0),
+        attn_softcap: softcap("attn_logit_softcapping")?,
+        final_softcap: softcap("final_logit_softcapping")?,
         sliding_window: window,
         sliding_layers,
         local_rope_theta: (arch == Arch::Gemma3)

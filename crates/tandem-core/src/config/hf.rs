@@ -201,6 +201,15 @@ fn sliding_layers(v: &Value, arch: Arch, n_layers: usize) -> Result<Vec<bool>> {
     })
 }
 
+/// A soft-cap: null or absent is none (0); a number must be positive (0 would divide by 0).
+fn softcap(v: &Value, key: &str) -> Result<f32> {
+    match json_f32(v, key)? {
+        None => Ok(0.0),
+        Some(c) if c.is_finite() && c > 0.0 => Ok(c),
+        Some(c) => Err(Error::BadConfig(format!("{key} = {c} must be a positive number or null"))),
+    }
+}
+
 fn activation(v: &Value) -> Result<Activation> {
     let name = v
         .get("hidden_activation")
@@ -285,6 +294,11 @@ impl ModelConfig {
         let n_heads = json_req_usize(&v, "num_attention_heads")?;
         let head_dim = match json_usize(&v, "head_dim")? {
             Some(h) => h,
+            None if n_heads > 0 && !dim.is_multiple_of(n_heads) => {
+                return Err(Error::BadConfig(format!(
+                    "num_attention_heads = {n_heads} does not divide hidden_size = {dim} (and no head_dim is given)"
+                )))
+            }
             None if n_heads > 0 => dim / n_heads,
             None => 0, // validate() reports the zero head count
         };
@@ -315,8 +329,8 @@ impl ModelConfig {
             } else {
                 None
             },
-            attn_softcap: json_f32(&v, "attn_logit_softcapping")?.unwrap_or(0.0),
-            final_softcap: json_f32(&v, "final_logit_softcapping")?.unwrap_or(0.0),
+            attn_softcap: softcap(&v, "attn_logit_softcapping")?,
+            final_softcap: softcap(&v, "final_logit_softcapping")?,
             sliding_window: json_usize(&v, "sliding_window")?.unwrap_or(0),
             sliding_layers: sliding_layers(&v, arch, n_layers)?,
             local_rope_theta: match &local {
