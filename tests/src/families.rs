@@ -4,11 +4,11 @@
 //! give the same logits within the f32 tolerance and the same tokens, from the safetensors
 //! and from the GGUF llama.cpp's converter made of them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tandem_core::loader;
-use tandem_core::model::{Model, ModelOptions, Output, Want};
+use tandem_core::model::{Model, ModelOptions, ModelStream, Output, Want};
 use tandem_core::Backend;
 
 use crate::e2e::{ids, read_json};
@@ -26,11 +26,46 @@ pub fn dir(family: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/families").join(family)
 }
 
-/// Which file of a fixture to load.
+/// Which files of a fixture to load, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// The HF directory, memory-mapped.
     Safetensors,
+    /// llama.cpp's GGUF, memory-mapped.
     Gguf,
+    /// The HF files pushed in small chunks, as a browser download feeds them.
+    SafetensorsStream,
+    /// The GGUF pushed in small chunks.
+    GgufStream,
+}
+
+impl Format {
+    pub const ALL: [Format; 4] =
+        [Format::Safetensors, Format::Gguf, Format::SafetensorsStream, Format::GgufStream];
+
+    fn gguf(self) -> bool {
+        matches!(self, Format::Gguf | Format::GgufStream)
+    }
+}
+
+/// `files` of `dir` pushed through a [`ModelStream`] in chunks of 1000 bytes.
+fn stream<B: Backend>(
+    backend: B,
+    dir: &Path,
+    files: &[&str],
+    opts: &ModelOptions,
+) -> tandem_core::Result<Model<B>> {
+    let mut s = ModelStream::new(backend, opts);
+    for f in files {
+        let bytes =
+            std::fs::read(dir.join(f)).map_err(|e| tandem_core::Error::io(dir.join(f), e))?;
+        s.begin_file(f, Some(bytes.len() as u64))?;
+        for chunk in bytes.chunks(1000) {
+            s.push(chunk)?;
+        }
+        s.end_file()?;
+    }
+    Ok(s.finish()?.model)
 }
 
 /// Loads `family`'s fixture on `backend`, checks its prompt logits and greedy tokens against
@@ -40,19 +75,23 @@ pub fn check<B: Backend>(backend: B, family: &str, format: Format) -> Result<Str
     let mut reference = read_json(&dir.join("reference.json"));
     // Where the GGUF cannot say what config.json does (Mistral's window under arch `llama`,
     // Gemma 2's query_pre_attn_scalar), the fixture has the reference of what it says.
-    if format == Format::Gguf {
+    if format.gguf() {
         if let Some(g) = reference.get("gguf_reference").cloned() {
             reference = g;
         }
     }
-    let path = match format {
-        Format::Safetensors => dir.clone(),
-        Format::Gguf => dir.join("model.gguf"),
-    };
-    let source = loader::open(&path).map_err(|e| format!("{family}: opening {path:?}: {e}"))?;
     let opts = ModelOptions { context: 512, ..ModelOptions::default() };
-    let mut model = Model::load(backend, &source, &opts, &mut |_, _| {})
-        .map_err(|e| format!("{family}: loading: {e}"))?;
+    let hf_files = ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"];
+    let loaded = match format {
+        Format::Safetensors | Format::Gguf => {
+            let path = if format.gguf() { dir.join("model.gguf") } else { dir.clone() };
+            loader::open(&path)
+                .and_then(|source| Model::load(backend, &source, &opts, &mut |_, _| {}))
+        }
+        Format::SafetensorsStream => stream(backend, &dir, &hf_files, &opts),
+        Format::GgufStream => stream(backend, &dir, &["model.gguf"], &opts),
+    };
+    let mut model = loaded.map_err(|e| format!("{family} ({format:?}): loading: {e}"))?;
     let prompt = ids(&read_json(&dir.join("reference.json"))["prompt"]);
     let worst = check_logits(&mut model, &prompt, &reference)
         .map_err(|e| format!("{family} ({format:?}): {e}"))?;

@@ -127,7 +127,7 @@ macro_rules! conformance_suite {
     };
 }
 
-/// One `#[test]` per model family (safetensors and GGUF) for a backend, against transformers'
+/// One `#[test]` per model family (safetensors and GGUF, opened and streamed) for a backend, against transformers'
 /// references ([`families`]). `$make` is as in [`conformance_suite!`].
 #[macro_export]
 macro_rules! families_suite {
@@ -139,7 +139,7 @@ macro_rules! families_suite {
 
             fn run(family: &str) {
                 let make = $make;
-                for format in [Format::Safetensors, Format::Gguf] {
+                for format in Format::ALL {
                     let backend = match make() {
                         Ok(b) => b,
                         Err(reason) => {

@@ -285,8 +285,8 @@ impl ModelConfig {
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
             return bad(format!("rms_norm_eps = {} must be in (0, 1)", self.rms_norm_eps));
         }
-        self.rope_scaling.validate(self.rot_dim())?;
         self.validate_features()?;
+        self.rope_scaling.validate(self.rot_dim())?;
         for (name, id) in self
             .bos_token_id
             .iter()
@@ -330,7 +330,7 @@ impl ModelConfig {
                 f.partial_rotary, self.head_dim
             ));
         }
-        if f.sliding_window > 0 && f.sliding_layers.len() != self.n_layers {
+        if !f.sliding_layers.is_empty() && f.sliding_layers.len() != self.n_layers {
             return bad(format!(
                 "layer_types lists {} layers, the model has {}",
                 f.sliding_layers.len(),

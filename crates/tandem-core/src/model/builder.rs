@@ -302,6 +302,8 @@ impl<B: Backend> ModelBuilder<B> {
                 format!("{} {what} missing from the model files: {list}", missing.len()),
             ));
         }
+        // What arrived with the tensors (a GGUF's rope factors) is checked with the rest.
+        self.config.validate()?;
         let ModelBuilder { mut backend, config, opts, slots, bytes, .. } = self;
         let mut by_name: HashMap<String, Weight> =
             slots.into_iter().map(|s| (s.name, s.weight.expect("checked above"))).collect();

@@ -88,9 +88,11 @@ impl<B: Backend> Target<B> {
         Ok(())
     }
 
-    /// The GGUF's rope_freqs tensor is read into the config, not uploaded.
+    /// The GGUF's rope_freqs tensor and Phi-3's LongRoPE factors are read into the config,
+    /// not uploaded.
     fn is_rope_freqs(&self, name: &str) -> bool {
-        name == GgufFile::ROPE_FREQS && self.gguf.is_some()
+        (name == GgufFile::ROPE_FREQS || GgufFile::ROPE_FACTORS.contains(&name))
+            && self.gguf.is_some()
     }
 }
 
@@ -118,6 +120,9 @@ impl<B: Backend> TensorSink for Target<B> {
         match &self.gguf {
             Some(file) if name == GgufFile::ROPE_FREQS => {
                 builder.update_config(|c| file.apply_rope_freqs(c, &tensor))
+            }
+            Some(_) if GgufFile::ROPE_FACTORS.contains(&name) => {
+                builder.update_config(|c| GgufFile::apply_rope_factors(c, name, &tensor))
             }
             _ => builder.put(name, tensor),
         }

@@ -159,6 +159,28 @@ impl GgufFile {
         Ok(cfg)
     }
 
+    /// Phi-3's LongRoPE factor lists, short and long: tensors, not metadata.
+    pub const ROPE_FACTORS: [&'static str; 2] =
+        ["rope_factors_short.weight", "rope_factors_long.weight"];
+
+    /// Sets one of `cfg`'s LongRoPE factor lists from its [`GgufFile::ROPE_FACTORS`] tensor
+    /// (loaded as F32); the config is validated once both are in.
+    pub fn apply_rope_factors(
+        cfg: &mut ModelConfig,
+        name: &str,
+        t: &super::HostTensor,
+    ) -> Result<()> {
+        let crate::RopeScaling::LongRope { short, long, .. } = &mut cfg.rope_scaling else {
+            return Err(Error::bad_file(name, "LongRoPE factors in a model without LongRoPE"));
+        };
+        if t.dtype != crate::DType::F32 {
+            return Err(Error::bad_file(name, format!("expected f32 factors, got {}", t.dtype)));
+        }
+        let list = if name == Self::ROPE_FACTORS[0] { short } else { long };
+        *list = crate::quant::decode(&t.bytes, crate::DType::F32, t.shape.iter().product());
+        Ok(())
+    }
+
     /// Sets `cfg`'s rope scaling from the [`GgufFile::ROPE_FREQS`] tensor (loaded as F32).
     pub fn apply_rope_freqs(&self, cfg: &mut ModelConfig, t: &super::HostTensor) -> Result<()> {
         if t.dtype != crate::DType::F32 {
