@@ -136,7 +136,8 @@ fn check_logits<B: Backend>(
             norm += w * w;
         }
         let nmse = err / norm.max(f64::MIN_POSITIVE);
-        if !(nmse <= LOGITS_NMSE) {
+        // NaN fails too.
+        if nmse.is_nan() || nmse > LOGITS_NMSE {
             return Err(format!("row {r}: logits NMSE {nmse:.3e} > {LOGITS_NMSE:.0e}"));
         }
         worst = worst.max(nmse);
