@@ -340,18 +340,21 @@ pub(super) fn attention(rng: &mut Rng, decode: bool) -> Vec<Case> {
     out
 }
 
+/// The whole batch, and each of its sequences alone.
+fn each_alone(batch: &AttnBatch, kv_dtype: DType) -> Invariance {
+    let all: Vec<usize> = (0..batch.len()).collect();
+    let alone =
+        (0..batch.len()).map(|i| (batch.case(&[i], kv_dtype), batch.rows_of(i).start)).collect();
+    let row_len = batch.heads * batch.head_dim;
+    Invariance { batch: batch.case(&all, kv_dtype), alone, row_len }
+}
+
 pub(super) fn attention_invariance(rng: &mut Rng) -> Vec<Invariance> {
     let mut out = vec![];
     for kv_dtype in KV_DTYPES {
         for decode in [true, false] {
             for &(shape, seqs, share) in attention_shapes(decode).iter().filter(|s| s.1.len() > 1) {
-                let batch = AttnBatch::new(rng, shape, seqs, share);
-                let all: Vec<usize> = (0..batch.len()).collect();
-                let alone = (0..batch.len())
-                    .map(|i| (batch.case(&[i], kv_dtype), batch.rows_of(i).start))
-                    .collect();
-                let row_len = shape.0 * shape.2;
-                out.push(Invariance { batch: batch.case(&all, kv_dtype), alone, row_len });
+                out.push(each_alone(&AttnBatch::new(rng, shape, seqs, share), kv_dtype));
             }
         }
         // Speculative verifications: a sequence's 5 rows as decode rows (positions 254..258 cross
@@ -368,12 +371,7 @@ pub(super) fn attention_invariance(rng: &mut Rng) -> Vec<Invariance> {
             let windowed = window_shapes(decode).iter().filter(|s| s.1.len() > 1);
             for &(shape, seqs, share, window, softcap) in windowed {
                 let batch = AttnBatch::new(rng, shape, seqs, share).windowed(window, softcap);
-                let all: Vec<usize> = (0..batch.len()).collect();
-                let alone = (0..batch.len())
-                    .map(|i| (batch.case(&[i], kv_dtype), batch.rows_of(i).start))
-                    .collect();
-                let row_len = shape.0 * shape.2;
-                out.push(Invariance { batch: batch.case(&all, kv_dtype), alone, row_len });
+                out.push(each_alone(&batch, kv_dtype));
             }
         }
         for ((shape, seqs, share), window, softcap) in verifies {

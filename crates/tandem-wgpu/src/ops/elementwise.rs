@@ -2,7 +2,7 @@
 //! invocation per element or one workgroup per row).
 
 use tandem_core::ops::{Add, Argmax, CopyRows, Geglu, Rope, Softcap, Swiglu};
-use tandem_core::{Error, Result};
+use tandem_core::{BufId, Error, Result};
 
 use super::{fits_u32, groups_1d, Recorder};
 use crate::pipelines::{PipeKey, Shader};
@@ -29,38 +29,28 @@ pub(crate) fn rope(r: &mut Recorder, op: &Rope) -> Result<()> {
 }
 
 pub(crate) fn swiglu(r: &mut Recorder, op: &Swiglu) -> Result<()> {
-    const OP: &str = "swiglu";
-    let gate = r.buf(OP, "gate", op.gate)?;
-    let up = r.buf(OP, "up", op.up)?;
-    let out = r.buf(OP, "out", op.out)?;
-    if op.len == 0 {
-        return Ok(());
-    }
-    let len = fits_u32(OP, "len", op.len)?;
-    r.push(
-        PipeKey::new(Shader::Swiglu, "main"),
-        vec![gate, up, out],
-        vec![len],
-        groups_1d(op.len, 256),
-    );
-    Ok(())
+    glu(r, ("swiglu", Shader::Swiglu), [op.gate, op.up, op.out], op.len)
 }
 
 pub(crate) fn geglu(r: &mut Recorder, op: &Geglu) -> Result<()> {
-    const OP: &str = "geglu";
-    let gate = r.buf(OP, "gate", op.gate)?;
-    let up = r.buf(OP, "up", op.up)?;
-    let out = r.buf(OP, "out", op.out)?;
-    if op.len == 0 {
+    glu(r, ("geglu", Shader::Geglu), [op.gate, op.up, op.out], op.len)
+}
+
+/// A gated activation: out = act(gate) * up over `len` elements, the act the shader's.
+fn glu(
+    r: &mut Recorder,
+    (name, shader): (&'static str, Shader),
+    bufs: [BufId; 3],
+    len: usize,
+) -> Result<()> {
+    let gate = r.buf(name, "gate", bufs[0])?;
+    let up = r.buf(name, "up", bufs[1])?;
+    let out = r.buf(name, "out", bufs[2])?;
+    if len == 0 {
         return Ok(());
     }
-    let len = fits_u32(OP, "len", op.len)?;
-    r.push(
-        PipeKey::new(Shader::Geglu, "main"),
-        vec![gate, up, out],
-        vec![len],
-        groups_1d(op.len, 256),
-    );
+    let n = fits_u32(name, "len", len)?;
+    r.push(PipeKey::new(shader, "main"), vec![gate, up, out], vec![n], groups_1d(len, 256));
     Ok(())
 }
 
