@@ -279,7 +279,8 @@ impl WithBackend for Bench<'_> {
             best_prefill = best_prefill.min(bench_batch::one(&mut model, self.tok, &prompt, 1)?.0);
         }
         let n = self.args.decode_tokens as f64;
-        let weights = model.weights.bytes_per_token() as f64;
+        let top_k = model.config.features.moe.as_ref().map_or(0, |m| m.top_k);
+        let weights = model.weights.bytes_per_token(top_k) as f64;
         let kv_elem = if model.kv.dtype == DType::F16 { 2 } else { 4 };
         let kv_per_pos = model.config.kv_bytes_per_token(kv_elem) as f64;
         let mut decodes = Vec::new();

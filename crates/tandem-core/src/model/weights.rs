@@ -52,13 +52,23 @@ pub struct Weights {
 
 impl Weights {
     /// Weight bytes one decoded token reads: everything but the embedding table, of which it
-    /// reads one row, unless the table is also the output head (tied), which reads it whole.
-    pub fn bytes_per_token(&self) -> usize {
+    /// reads one row, unless the table is also the output head (tied), which reads it whole;
+    /// and of each stack of experts, the `top_k` of `experts` the token is routed to.
+    pub fn bytes_per_token(&self, top_k: usize) -> usize {
+        let size = |w: &Weight| w.dtype.storage_bytes(w.rows * w.cols);
         let e = &self.embed;
-        if e.buf == self.lm_head.buf {
-            self.bytes
-        } else {
-            self.bytes - e.dtype.storage_bytes(e.rows * e.cols) + e.dtype.storage_bytes(e.cols)
+        let mut bytes = self.bytes;
+        if e.buf != self.lm_head.buf {
+            bytes = bytes - size(e) + e.dtype.storage_bytes(e.cols);
         }
+        for l in &self.layers {
+            if let Mlp::Experts { router, gate, up, down } = &l.mlp {
+                let experts = router.rows.max(1);
+                for w in [gate, up, down] {
+                    bytes = bytes - size(w) + size(w) / experts * top_k.min(experts);
+                }
+            }
+        }
+        bytes
     }
 }
