@@ -220,7 +220,9 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
                 "token id {t} is outside the vocabulary of {vocab}"
             )));
         }
-        let (context, pool) = (self.model().context(), self.model().kv.capacity());
+        let context = self.model().context();
+        let kv = self.lease.kv();
+        let (pool, chunk) = (kv.target().capacity(), kv.max_chunk(self.config.max_batched_tokens));
         if prompt.len() > context {
             return Err(Error::PromptTooLong { prompt: prompt.len(), context });
         }
@@ -235,7 +237,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         if tokens > context {
             return Err(too_large(context, "the context"));
         }
-        if tokens > pool {
+        if !kv.target().ever_fits(tokens, chunk) {
             return Err(too_large(pool, "the KV cache"));
         }
         let sampler = Sampler::new(params.sampling.clone())?;
