@@ -14,6 +14,9 @@
 //! recomputed later, continuing where it stopped. Prompt positions are recomputed as prompt
 //! rows and generated ones as decode rows, one per step, so every row gets the arithmetic it
 //! had the first time (batch invariance), and the prefix cache usually still holds most of it.
+//! In a model whose every layer slides, a sequence holds only the blocks its window reaches
+//! (`KvBlocks::slide`): admission, growth and prompt chunks are sized by that bound, so a
+//! generation longer than the whole pool runs in it.
 //!
 //! A step's path, plan -> run -> commit (vLLM v1's `schedule()` then `update_from_output()`):
 //! - `plan::plan`: from the queues and the block pools alone, no backend: which sequences,
