@@ -6,6 +6,11 @@
 //! its parent's key and its tokens, reference-counted while sequences use it, and kept after
 //! the last one lets go, until the pool needs the room (least recently used first). A prompt
 //! that starts with cached blocks takes them instead of computing them again.
+//!
+//! In a model whose every layer slides over the last `window` positions (Mistral), no query
+//! reads a block wholly before its window again: such blocks go back to the pool as the
+//! sequence moves on (its table keeps their stale ids, never read), so a sequence's KV memory
+//! stops growing at the window.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -139,6 +144,9 @@ impl BlockPool {
 pub struct Sequence {
     pub blocks: Vec<u32>,
     pub len: usize,
+    /// Entries of `blocks` before this one were given back (they are behind every query's
+    /// window): their ids are stale and are never released again.
+    first_live: usize,
     /// Keys of the leading full blocks that are in the prefix cache (or were offered to it).
     hashes: Vec<u64>,
 }
@@ -172,14 +180,76 @@ fn block_hash(parent: u64, prompt: u32, tokens: &[u32]) -> u64 {
 pub struct KvBlocks {
     block_size: usize,
     pool: BlockPool,
+    /// The window every layer of the model slides over; 0 when a layer reads the whole
+    /// context (then every block is kept).
+    window: usize,
 }
 
 impl KvBlocks {
     /// All blocks free. One per pool, made with the pool's cache (see [`KvCache`]): two would
     /// hand out the same rows twice, so nothing outside the engine can make one.
-    pub(crate) fn new(block_size: usize, num_blocks: usize) -> Self {
+    /// `window`: the one window of a model whose every layer slides (see
+    /// [`ModelConfig::kv_window`]), else 0.
+    pub(crate) fn new(block_size: usize, num_blocks: usize, window: usize) -> Self {
         debug_assert!(block_size > 0 && num_blocks > 0, "checked by KvCache::new");
-        KvBlocks { block_size, pool: BlockPool::new(num_blocks) }
+        KvBlocks { block_size, pool: BlockPool::new(num_blocks), window }
+    }
+
+    /// The window every layer slides over (blocks behind it are given back), or 0.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// Blocks `seq` holds now (its table less the entries given back).
+    pub fn live_blocks(&self, seq: &Sequence) -> usize {
+        seq.blocks.len() - seq.first_live
+    }
+
+    /// The first table entry a query at position `pos` (or later) may read.
+    fn live_from(&self, pos: usize) -> usize {
+        if self.window == 0 {
+            return 0;
+        }
+        (pos + 1).saturating_sub(self.window) / self.block_size
+    }
+
+    /// Gives back the blocks of `seq` that no query from its next position on reads (with a
+    /// window; without one this does nothing). Their table entries stay, stale.
+    pub fn slide(&mut self, seq: &mut Sequence) {
+        let dead = self.live_from(seq.len).min(seq.blocks.len());
+        while seq.first_live < dead {
+            self.pool.release(seq.blocks[seq.first_live]);
+            seq.first_live += 1;
+        }
+    }
+
+    /// Most blocks one sequence holds at once while it computes positions 0..`len` in chunks
+    /// of at most `chunk` positions: all of them without a window; with one, a chunk's own
+    /// blocks and those of the `window - 1` positions before it.
+    pub fn peak_blocks(&self, len: usize, chunk: usize) -> usize {
+        let all = len.div_ceil(self.block_size);
+        if self.window == 0 {
+            return all;
+        }
+        let span = (self.window - 1).saturating_add(chunk.max(1));
+        all.min(span.div_ceil(self.block_size) + 1)
+    }
+
+    /// The longest chunk whose peak (see [`Self::peak_blocks`]) fits the whole pool, so that a
+    /// sequence of any length can be computed; unbounded without a window, or when even one
+    /// decode row's would not fit.
+    pub fn max_chunk(&self) -> usize {
+        let room = (self.pool.total() - 1) * self.block_size;
+        if self.window == 0 || room < self.window {
+            return usize::MAX;
+        }
+        room - (self.window - 1)
+    }
+
+    /// Whether one sequence can ever compute `len` positions in this pool, in chunks of at
+    /// most `chunk`.
+    pub fn ever_fits(&self, len: usize, chunk: usize) -> bool {
+        self.peak_blocks(len, chunk) <= self.pool.total()
     }
 
     /// Token capacity of the whole pool.
@@ -229,12 +299,18 @@ impl KvBlocks {
         Ok(())
     }
 
-    /// Drops positions from `new_len` on, returning blocks that no longer hold any.
+    /// Drops positions from `new_len` on, returning blocks that no longer hold any (never
+    /// one already given back behind the window). Positions behind the window cannot be
+    /// recomputed in place: only a release (to 0) truncates into them.
     pub fn truncate(&mut self, seq: &mut Sequence, new_len: usize) {
         let keep = new_len.div_ceil(self.block_size);
         while seq.blocks.len() > keep {
-            self.pool.release(seq.blocks.pop().expect("len checked"));
+            let b = seq.blocks.pop().expect("len checked");
+            if seq.blocks.len() >= seq.first_live {
+                self.pool.release(b);
+            }
         }
+        seq.first_live = seq.first_live.min(seq.blocks.len());
         seq.len = seq.len.min(new_len);
         seq.hashes.truncate(seq.len / self.block_size);
     }
@@ -290,7 +366,10 @@ impl KvBlocks {
             let parent = seq.hashes.last().copied().unwrap_or(0);
             let key = self.key(parent, tokens, prompt_len, b);
             seq.hashes.push(key.hash);
-            self.pool.register(seq.blocks[b], key);
+            // A block given back may already hold another sequence's rows.
+            if b >= seq.first_live {
+                self.pool.register(seq.blocks[b], key);
+            }
         }
     }
 }

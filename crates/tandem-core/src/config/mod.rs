@@ -201,6 +201,20 @@ impl ModelConfig {
         }
     }
 
+    /// The window every layer slides over, when all do (Mistral): then no query reads a KV
+    /// block behind it, and the pool takes such blocks back. 0 when any layer reads the whole
+    /// context (Gemma 2/3's global layers) or none slides.
+    pub fn kv_window(&self) -> usize {
+        let w = self.features.sliding_window;
+        let all =
+            self.n_layers > 0 && (0..self.n_layers).all(|l| self.layer_attention(l).window > 0);
+        if all {
+            w
+        } else {
+            0
+        }
+    }
+
     /// Whether layer `l` has experts (else a dense MLP).
     pub fn is_moe_layer(&self, l: usize) -> bool {
         self.features.moe.as_ref().is_some_and(|m| !m.dense_layers.contains(&l))

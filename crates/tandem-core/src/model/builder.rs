@@ -368,12 +368,13 @@ impl<B: Backend> ModelBuilder<B> {
             if config.features.local_rope_theta.is_some() { Some(rope(true)?) } else { None };
         let act =
             Activations::alloc(&mut backend, &config, opts.max_step_tokens.min(context).max(1))?;
+        let window = config.kv_window();
         Ok(Model {
             config,
             stats: ModelStats::default(),
             backend,
             weights,
-            blocks: Some(KvBlocks::new(kv.block_size, kv.num_blocks)),
+            blocks: Some(KvBlocks::new(kv.block_size, kv.num_blocks, window)),
             kv,
             inv_freq,
             inv_freq_local,

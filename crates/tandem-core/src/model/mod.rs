@@ -188,7 +188,10 @@ impl<B: Backend> Model<B> {
         let saved = seq.clone();
         self.kv_blocks_mut()?.reserve(seq, new_len)?;
         let result = self.forward_chunks(seq, tokens, want).await;
-        if result.is_err() {
+        if result.is_ok() {
+            // Blocks behind a sliding window go back (a no-op without one).
+            self.kv_blocks_mut()?.slide(seq);
+        } else {
             // Back to the blocks it held before (it may have held more than its positions).
             let blocks = self.kv_blocks_mut()?;
             blocks.truncate(seq, saved.blocks.len() * blocks.block_size());

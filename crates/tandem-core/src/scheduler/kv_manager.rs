@@ -52,10 +52,17 @@ impl KvManager {
         self.target.blocks_needed(&r.kv, len) <= self.target.free_blocks()
     }
 
-    /// Whether `len` positions of one request fit the whole target pool (the error when not).
-    pub fn ever_fits(&self, r: &Request, len: usize) -> Result<(), Error> {
+    /// The longest chunk to plan within a step's `budget`: in a pool that gives back the
+    /// blocks behind a sliding window, one whose blocks fit the whole pool.
+    pub fn max_chunk(&self, budget: usize) -> usize {
+        budget.min(self.target.max_chunk())
+    }
+
+    /// Whether `len` positions of one request, computed in chunks of at most `chunk`, fit the
+    /// whole target pool (the error when not).
+    pub fn ever_fits(&self, r: &Request, len: usize, chunk: usize) -> Result<(), Error> {
         let limit = self.target.capacity();
-        if len <= limit {
+        if self.target.ever_fits(len, chunk) {
             return Ok(());
         }
         Err(Error::RequestTooLarge {
@@ -68,11 +75,16 @@ impl KvManager {
     }
 
     /// Admits a waiting request: takes the cached blocks of its leading tokens, then keeps them
-    /// only if the blocks of everything still to compute can be had now. Returns the cached
-    /// positions, or `None` (nothing held) when it does not fit yet.
-    pub fn admit(&mut self, r: &mut Request) -> Option<usize> {
-        let cached = self.target.take_cached_prefix(&mut r.kv, &r.tokens, r.prompt_len);
-        if !self.fits(r, r.tokens.len()) {
+    /// only if the blocks of everything still to compute can be had now (in a sliding pool,
+    /// the most it holds at once computing it in chunks of at most `chunk`). Returns the
+    /// cached positions, or `None` (nothing held) when it does not fit yet.
+    pub fn admit(&mut self, r: &mut Request, chunk: usize) -> Option<usize> {
+        let t = &mut self.target;
+        let cached = t.take_cached_prefix(&mut r.kv, &r.tokens, r.prompt_len);
+        t.slide(&mut r.kv);
+        let len = r.tokens.len();
+        let peak = t.peak_blocks(len, chunk).saturating_sub(t.live_blocks(&r.kv));
+        if t.blocks_needed(&r.kv, len).min(peak) > t.free_blocks() {
             self.target.release(&mut r.kv);
             return None;
         }
@@ -115,6 +127,7 @@ impl KvManager {
         let Some(draft) = self.draft.as_mut() else { return k };
         if r.spec.draft_kv.blocks.is_empty() {
             draft.take_cached_prefix(&mut r.spec.draft_kv, &r.tokens, r.prompt_len);
+            draft.slide(&mut r.spec.draft_kv);
         }
         while k > 0 && draft.reserve(&mut r.spec.draft_kv, r.tokens.len() + k - 1).is_err() {
             k -= 1;
@@ -125,16 +138,19 @@ impl KvManager {
     /// After a step fed `r` up to `fed` positions of which the first `valid` hold accepted
     /// tokens: rejected draft positions are rolled back (blocks holding none of the rest go
     /// back to the pool) and newly full blocks are offered to the prefix cache, in the target's
-    /// pool and, after a decode row, the draft model's.
+    /// pool and, after a decode row, the draft model's; then blocks behind a sliding window go
+    /// back (cached first, so they stay findable until the pool needs them).
     pub fn commit(&mut self, r: &mut Request, fed: usize, valid: usize, decode: bool) {
         r.kv.len = fed;
         self.target.truncate(&mut r.kv, valid);
         self.target.cache_full_blocks(&mut r.kv, &r.tokens, r.prompt_len);
+        self.target.slide(&mut r.kv);
         if let (true, Some(draft)) = (decode, self.draft.as_mut()) {
             let d = &mut r.spec.draft_kv;
             let keep = d.len.min(valid);
             draft.truncate(d, keep);
             draft.cache_full_blocks(d, &r.tokens, r.prompt_len);
+            draft.slide(d);
         }
     }
 }

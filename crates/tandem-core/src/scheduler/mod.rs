@@ -14,6 +14,9 @@
 //! recomputed later, continuing where it stopped. Prompt positions are recomputed as prompt
 //! rows and generated ones as decode rows, one per step, so every row gets the arithmetic it
 //! had the first time (batch invariance), and the prefix cache usually still holds most of it.
+//! In a model whose every layer slides, a sequence holds only the blocks its window reaches
+//! (`KvBlocks::slide`): admission, growth and prompt chunks are sized by that bound, so a
+//! generation longer than the whole pool runs in it.
 //!
 //! A step's path, plan -> run -> commit (vLLM v1's `schedule()` then `update_from_output()`):
 //! - `plan::plan`: from the queues and the block pools alone, no backend: which sequences,
@@ -220,7 +223,9 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
                 "token id {t} is outside the vocabulary of {vocab}"
             )));
         }
-        let (context, pool) = (self.model().context(), self.model().kv.capacity());
+        let context = self.model().context();
+        let kv = self.lease.kv();
+        let (pool, chunk) = (kv.target().capacity(), kv.max_chunk(self.config.max_batched_tokens));
         if prompt.len() > context {
             return Err(Error::PromptTooLong { prompt: prompt.len(), context });
         }
@@ -235,7 +240,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         if tokens > context {
             return Err(too_large(context, "the context"));
         }
-        if tokens > pool {
+        if !kv.target().ever_fits(tokens, chunk) {
             return Err(too_large(pool, "the KV cache"));
         }
         let sampler = Sampler::new(params.sampling.clone())?;

@@ -99,12 +99,13 @@ fn schedule(
     plan: &mut Plan,
 ) {
     let mut budget = limits.max_tokens;
+    let chunk = kv.max_chunk(limits.max_tokens);
     let mut i = 0;
     while i < q.running.len() && budget > 0 && plan.chunks.len() < limits.max_seqs {
-        let (len, decode) = next_chunk(&q.running[i], budget);
+        let (len, decode) = next_chunk(&q.running[i], budget.min(chunk));
         let (k, draft) = plan_draft(&q.running[i], kv, limits, spec, budget);
         let len = len + k;
-        if !make_room(q, kv, i, len, plan) {
+        if !make_room(q, kv, i, len, chunk, plan) {
             // Sequence i itself was the newest and went back to the queue: nothing waiting
             // can fit either.
             return;
@@ -127,17 +128,17 @@ fn schedule(
     }
     while budget > 0 && plan.chunks.len() < limits.max_seqs && q.running.len() == i {
         let Some(mut r) = q.waiting.pop_front() else { break };
-        if let Err(e) = kv.ever_fits(&r, r.tokens.len()) {
+        if let Err(e) = kv.ever_fits(&r, r.tokens.len(), chunk) {
             plan.refused.push((r, e));
             continue;
         }
-        let Some(cached) = kv.admit(&mut r) else {
+        let Some(cached) = kv.admit(&mut r, chunk) else {
             q.waiting.push_front(r);
             break;
         };
         plan.cached_tokens += cached.min(r.prompt_len) as u64;
         r.admit(cached);
-        let (len, decode) = next_chunk(&r, budget);
+        let (len, decode) = next_chunk(&r, budget.min(chunk));
         let end = r.computed() + len;
         kv.grow(&mut r, end);
         plan.chunks.push(Planned {
@@ -189,7 +190,14 @@ fn plan_draft(
 /// Makes room for running sequence `i` to grow by `len` positions, preempting the most
 /// recently admitted sequences (never one already planned). False when `i` itself had to go
 /// (refused instead when it could never fit the whole pool).
-fn make_room(q: &mut Queue, kv: &mut KvManager, i: usize, len: usize, plan: &mut Plan) -> bool {
+fn make_room(
+    q: &mut Queue,
+    kv: &mut KvManager,
+    i: usize,
+    len: usize,
+    chunk: usize,
+    plan: &mut Plan,
+) -> bool {
     let end = q.running[i].computed() + len;
     loop {
         if kv.fits(&q.running[i], end) {
@@ -200,7 +208,7 @@ fn make_room(q: &mut Queue, kv: &mut KvManager, i: usize, len: usize, plan: &mut
         kv.free(&mut v);
         debug_assert!(plan.chunks.iter().all(|p| p.seq != victim));
         if victim == i {
-            if let Err(e) = kv.ever_fits(&v, end) {
+            if let Err(e) = kv.ever_fits(&v, end, chunk) {
                 plan.refused.push((v, e));
                 return false;
             }
@@ -251,7 +259,12 @@ mod tests {
 
     /// A KV manager over a pool of `blocks` blocks of `BS` positions, with no draft model.
     fn pool(blocks: usize) -> KvManager {
-        KvManager::new(KvBlocks::new(BS, blocks))
+        KvManager::new(KvBlocks::new(BS, blocks, 0))
+    }
+
+    /// The same over a model whose every layer slides over `window` positions.
+    fn sliding_pool(blocks: usize, window: usize) -> KvManager {
+        KvManager::new(KvBlocks::new(BS, blocks, window))
     }
 
     fn limits(max_seqs: usize, max_tokens: usize) -> Limits {
@@ -381,14 +394,14 @@ mod tests {
         // tokens fed (the last draft token is only proposed), so 4 draft tokens.
         let mut kv = pool(8);
         let mut q = decoding(&mut kv, tokens(0, 8));
-        kv.replace_draft(Some(KvBlocks::new(BS, 3)));
+        kv.replace_draft(Some(KvBlocks::new(BS, 3, 0)));
         let p = plan(&mut q, &mut kv, limits(8, 64), model);
         assert_eq!((p.chunks[0].k, p.chunks[0].len), (4, 5));
         assert_eq!(q.running[0].spec.draft_kv.blocks.len(), 3);
         // Two draft blocks cannot hold the tokens at all: a plain decode.
         let mut kv = pool(8);
         let mut q = decoding(&mut kv, tokens(0, 8));
-        kv.replace_draft(Some(KvBlocks::new(BS, 2)));
+        kv.replace_draft(Some(KvBlocks::new(BS, 2, 0)));
         let p = plan(&mut q, &mut kv, limits(8, 64), model);
         assert_eq!((p.chunks[0].k, p.chunks[0].len), (0, 1));
         // The target blocks reserved for the draft go back at commit.
@@ -421,5 +434,75 @@ mod tests {
         assert_eq!(lens(&p), [(0, 5, false)]);
         assert_eq!(q.running[0].id, 1);
         assert!(q.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_sliding_model_admits_by_its_window_not_its_length() {
+        // A 40-token prompt needs 10 blocks of a 6-block pool: refused when every block is kept.
+        let mut kv = pool(6);
+        let mut q = queue(vec![req(0, tokens(0, 40))]);
+        let p = plan(&mut q, &mut kv, limits(8, 64), None);
+        assert_eq!(p.refused.len(), 1);
+
+        // With a window of 8 a chunk's queries read at most 7 positions before it: chunks of
+        // 13 (5 blocks of room less 7) never hold more than the 6 blocks.
+        let mut kv = sliding_pool(6, 8);
+        let mut q = queue(vec![req(0, tokens(0, 40))]);
+        let mut chunks = vec![];
+        while q.running.first().is_none_or(|r| r.computed() < 40) {
+            let p = plan(&mut q, &mut kv, limits(8, 64), None);
+            assert!(p.refused.is_empty() && p.preempted.is_empty());
+            assert!(kv.used_blocks() <= 6, "{} blocks", kv.used_blocks());
+            chunks.push(p.chunks[0].len);
+            fake_step(&mut q, &mut kv, &p);
+        }
+        assert_eq!(chunks, [13, 13, 13, 1]);
+        // Positions 0..40 computed; the next query (40) reads from 33 on: blocks 8 and 9.
+        let r = &q.running[0];
+        assert_eq!((r.kv.blocks.len(), kv.target().live_blocks(&r.kv)), (10, 2));
+    }
+
+    #[test]
+    fn a_sliding_decode_keeps_its_blocks_bounded_by_the_window() {
+        let mut kv = sliding_pool(6, 8);
+        let mut q = queue(vec![req(0, tokens(0, 5))]);
+        // 100 tokens after a 5-token prompt: 105 positions, 27 blocks of table, in 6 blocks.
+        for _ in 0..100 {
+            let p = plan(&mut q, &mut kv, limits(8, 64), None);
+            assert!(p.refused.is_empty() && p.preempted.is_empty());
+            // A query reads its own position and the 7 before: at most 3 blocks of 4.
+            assert!(kv.used_blocks() <= 3, "{} blocks", kv.used_blocks());
+            fake_step(&mut q, &mut kv, &p);
+        }
+        let mut r = q.running.pop().unwrap();
+        assert_eq!((r.computed(), r.kv.blocks.len()), (104, 26));
+        // Every block back once, none twice (a double release would count more than 6).
+        kv.free(&mut r);
+        assert_eq!(kv.target().free_blocks(), 6);
+    }
+
+    #[test]
+    fn a_sliding_sequence_rolls_back_and_hits_the_prefix_cache() {
+        let mut kv = sliding_pool(20, 8);
+        let mut q = queue(vec![req(0, tokens(0, 30))]);
+        let p = plan(&mut q, &mut kv, limits(8, 64), None);
+        // A draft of 3 rejected: positions 30..34 fed, only 30 valid. Blocks 0..5 are behind
+        // the window of position 30 (from 23 on) and were given back at the prompt's commit.
+        fake_step(&mut q, &mut kv, &p);
+        let r = &mut q.running[0];
+        assert_eq!(kv.target().live_blocks(&r.kv), 3);
+        kv.grow(r, 34);
+        kv.commit(r, 34, 30, true);
+        assert_eq!((r.kv.blocks.len(), kv.target().live_blocks(&r.kv)), (8, 3));
+        let mut done = q.running.pop().unwrap();
+        kv.free(&mut done);
+        assert_eq!(kv.target().free_blocks(), 20);
+        // Every full prompt block was cached while live: the same prompt takes the whole chain
+        // (28 positions) and keeps only the blocks its window reaches.
+        q.waiting.push_back(req(1, tokens(0, 30)));
+        let p = plan(&mut q, &mut kv, limits(8, 64), None);
+        assert_eq!((p.cached_tokens, lens(&p)), (28, vec![(0, 2, false)]));
+        let r = &q.running[0];
+        assert_eq!((r.kv.blocks.len(), kv.target().live_blocks(&r.kv)), (8, 3));
     }
 }
