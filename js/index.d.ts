@@ -176,8 +176,11 @@ export interface Engine {
       create(params: ChatCompletionParams & { stream?: false }, options?: RequestOptions): Promise<ChatCompletion>;
     };
   };
-  /** Runs alongside any other requests in flight on this engine. */
-  generate(prompt: string, options?: TextGenerateOptions): TextStream;
+  /**
+   * Runs alongside any other requests in flight on this engine. `prompt` is plain text (BOS
+   * added when the tokenizer asks for it), or token ids fed exactly as given (no BOS).
+   */
+  generate(prompt: string | number[] | Uint32Array, options?: TextGenerateOptions): TextStream;
   /** Interrupts every request in flight (each ends with finish_reason "interrupted"). */
   interrupt(): void;
   unload(): Promise<void>;

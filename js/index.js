@@ -73,6 +73,18 @@ function randomSeed() {
   return Math.floor(Math.random() * 2 ** 32);
 }
 
+/** A prompt for the worker: text as a string, token ids as a plain array (checked here). */
+function toPrompt(prompt) {
+  if (typeof prompt === 'string') return prompt;
+  if (Array.isArray(prompt) || ArrayBuffer.isView(prompt)) {
+    const ids = Array.from(prompt);
+    const bad = ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id > 0xffffffff);
+    if (bad >= 0) throw new TandemError(`prompt token ids must be non-negative integers; item ${bad} is ${ids[bad]}`);
+    return ids;
+  }
+  return String(prompt);
+}
+
 function toRequest(base, options) {
   const o = options ?? {};
   const request = { ...base };
@@ -112,9 +124,12 @@ class Engine {
     for (const handler of this.pending.values()) handler({ type: 'error', message: error.message });
   }
 
-  /** Streams the text generated after `prompt` (plain text, no chat template). */
+  /**
+   * Streams the text generated after `prompt`: plain text (no chat template), or token ids
+   * (an array of integers), fed exactly as given with no BOS added.
+   */
   generate(prompt, options) {
-    return this.run(toRequest({ prompt: String(prompt) }, options), options?.signal);
+    return this.run(toRequest({ prompt: toPrompt(prompt) }, options), options?.signal);
   }
 
   /**

@@ -13,13 +13,13 @@ use tandem_core::scheduler::{self, Event, RequestId, Scheduler, SchedulerConfig,
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
 use tandem_core::{Error, Result};
 
-/// A generation request, as the JS layer sends it (JSON). Either `prompt` (plain text; BOS is
-/// added when the tokenizer asks for it, or when the prompt is empty) or `messages` (rendered
-/// with the model's chat template). Unknown fields are ignored, so OpenAI-shaped requests pass.
+/// A generation request, as the JS layer sends it (JSON). Either `prompt` (see [`Prompt`]) or
+/// `messages` (rendered with the model's chat template). Unknown fields are ignored, so
+/// OpenAI-shaped requests pass.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Request {
-    pub prompt: Option<String>,
+    pub prompt: Option<Prompt>,
     pub messages: Option<Vec<ChatMessage>>,
     pub max_tokens: Option<usize>,
     pub temperature: Option<f32>,
@@ -31,6 +31,15 @@ pub struct Request {
     pub stop: Option<Stop>,
     /// Keep generating past end-of-sequence tokens (tests, benchmarks).
     pub ignore_eos: bool,
+}
+
+/// OpenAI's `prompt`: plain text (BOS is added when the tokenizer asks for it, or when the
+/// prompt is empty), or token ids, fed exactly as given (no BOS).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
 }
 
 /// OpenAI's `stop`: one string or a list.
@@ -176,7 +185,19 @@ impl Session {
                 }
                 tok.encode(&tok.apply_chat_template(messages, true)?)
             }
-            (Some(prompt), None) => {
+            (Some(Prompt::Ids(ids)), None) => {
+                if ids.is_empty() {
+                    return Err(Error::InvalidParameter("the prompt's token ids are empty".into()));
+                }
+                let vocab = self.info.vocab_size;
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(Error::InvalidParameter(format!(
+                        "prompt token id {bad} is outside the vocabulary (size {vocab})"
+                    )));
+                }
+                Ok(ids.clone())
+            }
+            (Some(Prompt::Text(prompt)), None) => {
                 let mut ids = Vec::new();
                 if prompt.is_empty() || tok.add_bos() {
                     ids.push(tok.bos_id().ok_or_else(|| {

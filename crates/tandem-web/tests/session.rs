@@ -163,6 +163,15 @@ fn stories260k_greedy_from_bos_matches_the_reference() {
     assert_eq!(usage.prompt_tokens, 1);
     assert_eq!((usage.finish_reason, usage.finish_detail), ("length", "max_tokens"));
     assert_eq!(text, reference["text"].as_str().unwrap());
+
+    // Token ids are fed as given: BOS's id alone is the empty text prompt.
+    let (ids_text, ids_usage) = run_one(
+        &mut s,
+        r#"{"prompt": [1], "max_tokens": 200, "temperature": 0, "ignore_eos": true}"#,
+    )
+    .expect("generate from ids");
+    assert_eq!((ids_usage.token_ids, ids_usage.prompt_tokens), (want, 1));
+    assert_eq!(ids_text, text);
 }
 
 /// Chat requests of different lengths, greedy and seeded in turn.
@@ -287,6 +296,8 @@ fn aborts_stop_strings_limits_and_bad_requests() {
         (r#"{"prompt": "a", "top_p": 0}"#, "top_p"),
         (r#"{"prompt": "a", "max_tokens": 0, "temperature": -1}"#, "temperature"),
         (r#"{"prompt": "a", "stop": ["", "x"]}"#, "stop string is empty"),
+        (r#"{"prompt": []}"#, "token ids are empty"),
+        (r#"{"prompt": [5, 512]}"#, "outside the vocabulary (size 512)"),
     ] {
         let e = run_one(&mut s, json).expect_err(json);
         assert!(e.contains(why), "{json}: {e}");

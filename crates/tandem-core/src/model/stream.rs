@@ -88,11 +88,11 @@ impl<B: Backend> Target<B> {
         Ok(())
     }
 
-    /// The GGUF's rope_freqs tensor and Phi-3's LongRoPE factors are read into the config,
-    /// not uploaded.
-    fn is_rope_freqs(&self, name: &str) -> bool {
-        (name == GgufFile::ROPE_FREQS || GgufFile::ROPE_FACTORS.contains(&name))
-            && self.gguf.is_some()
+    /// The GGUF's rope_freqs and LongRoPE factor tensors are read into the config, not
+    /// uploaded.
+    fn is_rope_config(&self, name: &str) -> bool {
+        self.gguf.is_some()
+            && (name == GgufFile::ROPE_FREQS || GgufFile::ROPE_FACTORS.contains(&name))
     }
 }
 
@@ -106,7 +106,7 @@ impl<B: Backend> TensorSink for Target<B> {
     }
 
     fn wants(&self, name: &str) -> Option<LoadAs> {
-        if self.is_rope_freqs(name) {
+        if self.is_rope_config(name) {
             return Some(LoadAs::F32);
         }
         self.builder.as_ref()?.wants(name)
@@ -121,8 +121,8 @@ impl<B: Backend> TensorSink for Target<B> {
             Some(file) if name == GgufFile::ROPE_FREQS => {
                 builder.update_config(|c| file.apply_rope_freqs(c, &tensor))
             }
-            Some(_) if GgufFile::ROPE_FACTORS.contains(&name) => {
-                builder.update_config(|c| GgufFile::apply_rope_factors(c, name, &tensor))
+            Some(file) if GgufFile::ROPE_FACTORS.contains(&name) => {
+                builder.update_config(|c| file.apply_rope_factors(c, name, &tensor))
             }
             _ => builder.put(name, tensor),
         }
@@ -314,6 +314,12 @@ impl<B: Backend> ModelStream<B> {
                 self.target.gguf.take().zip(self.target.builder.take()).ok_or_else(|| {
                     Error::bad_file("model", "the GGUF file ended before its header was complete")
                 })?;
+            let mut builder = builder;
+            // The LongRoPE lists came with the tensors: both must have arrived, and be right.
+            builder.update_config(|c| match c.rope_scaling {
+                crate::RopeScaling::LongRope { .. } => c.validate(),
+                _ => Ok(()),
+            })?;
             return Ok(StreamedModel {
                 model: builder.finish()?,
                 format: format!("gguf v{}", file.version),

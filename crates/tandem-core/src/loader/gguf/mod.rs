@@ -137,16 +137,41 @@ impl GgufFile {
             self.apply_rope_freqs(&mut cfg, &t)?;
         }
         // Phi-3's LongRoPE factor lists are tensors.
-        if let crate::RopeScaling::LongRope { short, long, .. } = &mut cfg.rope_scaling {
-            for (list, name) in
-                [(short, "rope_factors_short.weight"), (long, "rope_factors_long.weight")]
-            {
+        if let crate::RopeScaling::LongRope { .. } = cfg.rope_scaling {
+            for name in Self::ROPE_FACTORS {
                 let t = self.load(name, super::LoadAs::F32)?;
-                *list = crate::quant::decode(&t.bytes, crate::DType::F32, t.shape.iter().product());
+                self.apply_rope_factors(&mut cfg, name, &t)?;
             }
             cfg.validate()?;
         }
         Ok(cfg)
+    }
+
+    /// Phi-3's LongRoPE factor lists (short, long), which GGUF stores as tensors, not metadata.
+    pub const ROPE_FACTORS: [&'static str; 2] =
+        ["rope_factors_short.weight", "rope_factors_long.weight"];
+
+    /// Puts the [`GgufFile::ROPE_FACTORS`] tensor `name` (loaded as F32) into `cfg`'s LongRoPE
+    /// list; a config without LongRoPE has no use for it. `cfg` is validated by the caller once
+    /// both lists are in.
+    pub fn apply_rope_factors(
+        &self,
+        cfg: &mut ModelConfig,
+        name: &str,
+        t: &super::HostTensor,
+    ) -> Result<()> {
+        let crate::RopeScaling::LongRope { short, long, .. } = &mut cfg.rope_scaling else {
+            return Ok(());
+        };
+        if t.dtype != crate::DType::F32 {
+            return Err(Error::bad_file(
+                &self.path,
+                format!("{name}: expected f32 factors, got {}", t.dtype),
+            ));
+        }
+        let list = if name == Self::ROPE_FACTORS[0] { short } else { long };
+        *list = crate::quant::decode(&t.bytes, crate::DType::F32, t.shape.iter().product());
+        Ok(())
     }
 
     /// What metadata and the tensor directory alone tell: [`ModelConfig::from_gguf`], tied
@@ -157,28 +182,6 @@ impl GgufFile {
         cfg.tie_embeddings = self.tensor("output.weight").is_none();
         cfg.qkv_bias |= self.tensor("blk.0.attn_q.bias").is_some();
         Ok(cfg)
-    }
-
-    /// Phi-3's LongRoPE factor lists, short and long: tensors, not metadata.
-    pub const ROPE_FACTORS: [&'static str; 2] =
-        ["rope_factors_short.weight", "rope_factors_long.weight"];
-
-    /// Sets one of `cfg`'s LongRoPE factor lists from its [`GgufFile::ROPE_FACTORS`] tensor
-    /// (loaded as F32); the config is validated once both are in.
-    pub fn apply_rope_factors(
-        cfg: &mut ModelConfig,
-        name: &str,
-        t: &super::HostTensor,
-    ) -> Result<()> {
-        let crate::RopeScaling::LongRope { short, long, .. } = &mut cfg.rope_scaling else {
-            return Err(Error::bad_file(name, "LongRoPE factors in a model without LongRoPE"));
-        };
-        if t.dtype != crate::DType::F32 {
-            return Err(Error::bad_file(name, format!("expected f32 factors, got {}", t.dtype)));
-        }
-        let list = if name == Self::ROPE_FACTORS[0] { short } else { long };
-        *list = crate::quant::decode(&t.bytes, crate::DType::F32, t.shape.iter().product());
-        Ok(())
     }
 
     /// Sets `cfg`'s rope scaling from the [`GgufFile::ROPE_FREQS`] tensor (loaded as F32).
