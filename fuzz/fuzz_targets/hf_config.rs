@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let freqs = cfg.rope_inv_freq();
-    assert_eq!(freqs.len(), cfg.head_dim / 2);
+    assert_eq!(freqs.len(), cfg.rot_dim() / 2);
     assert!(freqs.iter().all(|f| f.is_finite() && *f > 0.0), "{cfg:?}: {freqs:?}");
     for elem in [2, 4] {
         cfg.n_layers

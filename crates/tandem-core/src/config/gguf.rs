@@ -161,7 +161,7 @@ impl ModelConfig {
                 eos_token_ids.push(eot);
             }
         }
-        let n_layers = req("block_count")?;
+        let n_layers = super::check_layers(req("block_count")?)?;
         let mut features = features(meta, arch, &key, n_layers, head_dim, dim)?;
         if matches!(arch, Arch::Gemma2 | Arch::Gemma3) && matches!(n_layers, 46 | 62) && n_heads > 0
         {

@@ -313,7 +313,7 @@ impl ModelConfig {
             None | Some(Value::Null) => None,
             Some(x) => Some(token_id(x, "bos_token_id")?),
         };
-        let n_layers = json_req_usize(&v, "num_hidden_layers")?;
+        let n_layers = super::check_layers(json_req_usize(&v, "num_hidden_layers")?)?;
         let ffn_dim = json_req_usize(&v, "intermediate_size")?;
         let max_position = json_req_usize(&v, "max_position_embeddings")?;
         let (global, local) = rope_params(&v)?;

@@ -264,6 +264,17 @@ const MAX_EXPERTS: usize = 1 << 12;
 pub(crate) const MAX_VOCAB: usize = 1 << 22;
 const MAX_POSITION: usize = 1 << 25;
 
+/// The layer count, refused before anything is sized by it (per-layer lists are built while
+/// parsing, ahead of [`ModelConfig::validate`]).
+fn check_layers(n: usize) -> Result<usize> {
+    if n == 0 || n > MAX_LAYERS {
+        return Err(Error::BadConfig(format!(
+            "n_layers (num_hidden_layers) = {n} is out of range (1..={MAX_LAYERS})"
+        )));
+    }
+    Ok(n)
+}
+
 impl ModelConfig {
     /// Rejects configs no real model has, naming the field: zero or absurd sizes, heads that
     /// do not divide, odd head_dim (RoPE rotates pairs), bad floats, token ids outside the
