@@ -1,5 +1,6 @@
-//! Whole Llama models as llama.cpp's converter writes them: `llama.*` metadata, GGUF tensor
-//! names, q/k rows permuted for llama.cpp's RoPE layout.
+//! Whole models as llama.cpp's converter writes them: Llama (`llama.*` metadata, q/k rows
+//! permuted for llama.cpp's RoPE layout), Qwen3 (`qwen3.*`, q/k norms) and Gemma 3 (`gemma3.*`,
+//! its window and local RoPE base, norms stored as 1 + w); GGUF tensor names.
 
 use super::quantize::{ggml_block_type, ggml_bytes};
 use super::{GgufWriter, TensorEntry};
@@ -69,30 +70,64 @@ pub fn llama_gguf(
 /// head count llama.cpp's converter permuted its rows by). Biases are left out: a Llama GGUF
 /// has none.
 fn llama_plan(c: &ModelConfig) -> Vec<(String, String, Option<usize>)> {
+    let arch = gguf_arch(c).unwrap_or("llama");
     model_tensors(c)
         .into_iter()
         .filter(|t| !t.name.ends_with(".bias"))
         .map(|t| {
-            let heads = rope_permuted(&t.name).map(|kv| if kv { c.n_kv_heads } else { c.n_heads });
-            (hf_to_gguf(&t.name, Some("llama")), t.name, heads)
+            // Only llama.cpp's Llama converter permutes q/k rows.
+            let heads = rope_permuted(&t.name).filter(|_| arch == "llama").map(|kv| {
+                if kv {
+                    c.n_kv_heads
+                } else {
+                    c.n_heads
+                }
+            });
+            (hf_to_gguf(&t.name, Some(arch)), t.name, heads)
         })
         .collect()
 }
 
-/// The `llama.*` hyper-parameters of `c`, as llama.cpp's converter writes them.
+/// The GGUF architecture `c` is written as, or why it cannot be written (yet): a file
+/// llama.cpp reads differently from tandem would make a side-by-side comparison wrong.
+fn gguf_arch(c: &ModelConfig) -> std::result::Result<&'static str, String> {
+    use tandem_core::config::Arch;
+    match c.arch {
+        Arch::Llama | Arch::Mistral if c.features.sliding_window == 0 && !c.qkv_bias => {
+            Ok("llama")
+        }
+        Arch::Qwen3 if !c.qkv_bias && c.features.sliding_window == 0 => Ok("qwen3"),
+        Arch::Gemma3 => Ok("gemma3"),
+        _ => Err(format!(
+            "{} models are not written as GGUF yet (Llama without a window or biases, Qwen3 and Gemma 3 are)",
+            c.describe()
+        )),
+    }
+}
+
+/// The `{arch}.*` hyper-parameters of `c`, as llama.cpp's converter writes them.
 fn llama_metadata(w: &mut GgufWriter, c: &ModelConfig) {
+    let arch = gguf_arch(c).unwrap_or("llama");
     let u = |n: usize| GgufValue::U32(n as u32);
-    w.kv("general.architecture", GgufValue::String("llama".into()))
-        .kv("llama.context_length", u(c.max_position))
-        .kv("llama.embedding_length", u(c.dim))
-        .kv("llama.block_count", u(c.n_layers))
-        .kv("llama.feed_forward_length", u(c.ffn_dim))
-        .kv("llama.rope.dimension_count", u(c.head_dim))
-        .kv("llama.attention.head_count", u(c.n_heads))
-        .kv("llama.attention.head_count_kv", u(c.n_kv_heads))
-        .kv("llama.rope.freq_base", GgufValue::F32(c.rope_theta))
-        .kv("llama.attention.layer_norm_rms_epsilon", GgufValue::F32(c.rms_norm_eps))
-        .kv("llama.vocab_size", u(c.vocab_size));
+    let k = |name: &str| format!("{arch}.{name}");
+    w.kv("general.architecture", GgufValue::String(arch.into()))
+        .kv(&k("context_length"), u(c.max_position))
+        .kv(&k("embedding_length"), u(c.dim))
+        .kv(&k("block_count"), u(c.n_layers))
+        .kv(&k("feed_forward_length"), u(c.ffn_dim))
+        .kv(&k("rope.dimension_count"), u(c.rot_dim()))
+        .kv(&k("attention.head_count"), u(c.n_heads))
+        .kv(&k("attention.head_count_kv"), u(c.n_kv_heads))
+        .kv(&k("rope.freq_base"), GgufValue::F32(c.rope_theta))
+        .kv(&k("attention.layer_norm_rms_epsilon"), GgufValue::F32(c.rms_norm_eps))
+        .kv(&k("vocab_size"), u(c.vocab_size));
+    if arch == "gemma3" {
+        let f = &c.features;
+        w.kv(&k("attention.sliding_window"), u(f.sliding_window));
+        if let Some(t) = f.local_rope_theta {
+            w.kv(&k("rope.freq_base_swa"), GgufValue::F32(t));
+        }
+    }
 }
 
 /// llama.cpp's `general.file_type` (`llama_ftype`) for weight matrices of `d`.
@@ -148,21 +183,17 @@ pub fn write_llama_gguf(
     let bad = |m: String| {
         Error::InvalidParameter(format!("writing {} as GGUF: {m}", source.path.display()))
     };
-    if c.qkv_bias || c.arch == tandem_core::config::Arch::Qwen2 {
-        return Err(bad(format!(
-            "only Llama models without q/k/v biases are written (this is {:?})",
-            c.arch
-        )));
-    }
+    let arch = gguf_arch(c).map_err(bad)?;
     let mut w = GgufWriter::new();
     llama_metadata(&mut w, c);
-    if c.head_dim * c.n_heads != c.dim {
+    if c.head_dim * c.n_heads != c.dim || arch != "llama" {
         let u = GgufValue::U32(c.head_dim as u32);
-        w.kv("llama.attention.key_length", u.clone()).kv("llama.attention.value_length", u);
+        w.kv(&format!("{arch}.attention.key_length"), u.clone())
+            .kv(&format!("{arch}.attention.value_length"), u);
     }
     if let RopeScaling::Linear { factor } = c.rope_scaling {
-        w.kv("llama.rope.scaling.type", GgufValue::String("linear".into()))
-            .kv("llama.rope.scaling.factor", GgufValue::F32(factor));
+        w.kv(&format!("{arch}.rope.scaling.type"), GgufValue::String("linear".into()))
+            .kv(&format!("{arch}.rope.scaling.factor"), GgufValue::F32(factor));
     }
     if let RopeScaling::Llama3 { original_max_position, .. } = c.rope_scaling {
         if original_max_position != 8192 {
@@ -260,7 +291,13 @@ pub fn write_llama_gguf(
         };
         let want = native(&infos.iter().find(|i| &i.name == hf).expect("listed above").file_dtype)
             .expect("checked above");
-        let t = source.tensors.load(hf, LoadAs::Exactly(want))?;
+        let mut t = source.tensors.load(hf, LoadAs::Exactly(want))?;
+        // Gemma's norms scale by 1 + w: llama.cpp's converter stores the sum.
+        if c.features.norm_plus_one && hf.ends_with("norm.weight") && t.dtype == DType::F32 {
+            let mut v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.bytes);
+            v.iter_mut().for_each(|x| *x += 1.0);
+            t.bytes = bytemuck::cast_slice(&v).to_vec();
+        }
         let (ty, mut bytes) =
             ggml_bytes(&t).ok_or_else(|| bad(format!("'{hf}' is {}", t.dtype)))?;
         if ty != entries[i].ggml_type {
