@@ -1,4 +1,4 @@
-//! Qwen3 and Gemma 3 written as GGUF (as llama.cpp's converter lays them out) load back as the
+//! Qwen3, Gemma 3 and Qwen3-MoE written as GGUF (as llama.cpp's converter lays them out) load back as the
 //! same model: the same logits, bit for bit, from the GGUF as from the synthetic checkpoint.
 
 use std::path::PathBuf;
@@ -21,6 +21,12 @@ const GEMMA3: &str = r#"{"architectures": ["Gemma3ForCausalLM"], "hidden_size": 
     "sliding_window": 4, "sliding_window_pattern": 6, "query_pre_attn_scalar": 32,
     "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": true}"#;
 
+const QWEN3_MOE: &str = r#"{"architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 64,
+    "intermediate_size": 96, "moe_intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2,
+    "norm_topk_prob": true, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "head_dim": 32, "vocab_size": 300, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000, "tie_word_embeddings": true}"#;
+
 fn logits(source: &tandem_core::loader::ModelSource) -> Vec<f32> {
     let opts = ModelOptions { context: 128, ..ModelOptions::default() };
     let mut model = Model::load(CpuBackend::reference(), source, &opts, &mut |_, _| {}).unwrap();
@@ -33,10 +39,10 @@ fn logits(source: &tandem_core::loader::ModelSource) -> Vec<f32> {
 }
 
 #[test]
-fn qwen3_and_gemma3_gguf_give_the_synthetic_models_logits() {
+fn qwen3_gemma3_and_qwen3_moe_gguf_give_the_synthetic_models_logits() {
     let dir = std::env::temp_dir().join(format!("tandem-gguf-families-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, json) in [("qwen3", QWEN3), ("gemma3", GEMMA3)] {
+    for (name, json) in [("qwen3", QWEN3), ("gemma3", GEMMA3), ("qwen3_moe", QWEN3_MOE)] {
         let c = ModelConfig::from_hf_json(json).unwrap();
         for dtype in [DType::F32, DType::Q8_0] {
             let opts = SyntheticOptions { dtype, seed: 5, max_weight_bytes: 1 << 30 };

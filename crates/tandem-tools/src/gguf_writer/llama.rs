@@ -98,8 +98,17 @@ fn gguf_arch(c: &ModelConfig) -> std::result::Result<&'static str, String> {
         }
         Arch::Qwen3 if !c.qkv_bias && c.features.sliding_window == 0 => Ok("qwen3"),
         Arch::Gemma3 => Ok("gemma3"),
+        // llama.cpp always renormalizes Qwen3-MoE's chosen weights: a config that does not
+        // would read differently there.
+        Arch::Qwen3Moe
+            if !c.qkv_bias
+                && c.features.sliding_window == 0
+                && c.features.moe.as_ref().is_some_and(|m| m.norm_topk && m.dense_layers.is_empty()) =>
+        {
+            Ok("qwen3moe")
+        }
         _ => Err(format!(
-            "{} models are not written as GGUF yet (Llama without a window or biases, Qwen3 and Gemma 3 are)",
+            "{} models are not written as GGUF yet (Llama without a window or biases, Qwen3, Qwen3-MoE with norm_topk_prob and Gemma 3 are)",
             c.describe()
         )),
     }
@@ -121,6 +130,11 @@ fn llama_metadata(w: &mut GgufWriter, c: &ModelConfig) {
         .kv(&k("rope.freq_base"), GgufValue::F32(c.rope_theta))
         .kv(&k("attention.layer_norm_rms_epsilon"), GgufValue::F32(c.rms_norm_eps))
         .kv(&k("vocab_size"), u(c.vocab_size));
+    if let Some(m) = &c.features.moe {
+        w.kv(&k("expert_count"), u(m.experts))
+            .kv(&k("expert_used_count"), u(m.top_k))
+            .kv(&k("expert_feed_forward_length"), u(m.ffn_dim));
+    }
     if arch == "gemma3" {
         let f = &c.features;
         w.kv(&k("attention.sliding_window"), u(f.sliding_window));
@@ -128,6 +142,15 @@ fn llama_metadata(w: &mut GgufWriter, c: &ModelConfig) {
             w.kv(&k("rope.freq_base_swa"), GgufValue::F32(t));
         }
     }
+}
+
+/// A tensor's GGUF dims (innermost first): a stack of experts [experts * rows, cols] is
+/// llama.cpp's [experts, rows, cols].
+fn gguf_dims(c: &ModelConfig, hf: Option<&str>, shape: &[usize]) -> Vec<u64> {
+    let experts = c.features.moe.as_ref().map_or(1, |m| m.experts);
+    let stacked = hf.is_some_and(|n| n.contains(".mlp.experts.")) && shape.len() == 2;
+    let full = if stacked { vec![experts, shape[0] / experts, shape[1]] } else { shape.to_vec() };
+    full.iter().rev().map(|&d| d as u64).collect()
 }
 
 /// llama.cpp's `general.file_type` (`llama_ftype`) for weight matrices of `d`.
@@ -278,7 +301,7 @@ pub fn write_llama_gguf(
         };
         entries.push(TensorEntry {
             name: gguf.clone(),
-            dims: shape.iter().rev().map(|&d| d as u64).collect(),
+            dims: gguf_dims(c, hf.as_deref(), &shape),
             ggml_type: ty,
             n_bytes,
         });
