@@ -5,9 +5,12 @@
 
 use tandem_core::ops::{Matmul, MoeMatmul, Op};
 use tandem_core::quant::encode;
-use tandem_core::{Backend, BackendExt, BufId, DType, Step};
+use tandem_core::{Backend, BackendExt, DType, Step};
 use tandem_cpu::CpuBackend;
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
+
+mod common;
+use common::{upload, values};
 
 const DTYPES: [DType; 6] =
     [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1];
@@ -19,24 +22,6 @@ const M: usize = 20;
 const EXPERTS: usize = 5;
 /// Each token's experts: some shared, expert 1 (rows 20..40) straddles two parts of 24 rows.
 const IDS: [u32; N * SLOTS] = [1, 4, 0, 1, 3, 2];
-
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn upload<B: Backend>(b: &mut B, dtype: DType, numel: usize, bytes: &[u8]) -> BufId {
-    let id = b.alloc(dtype, numel).unwrap();
-    b.write(id, bytes).unwrap();
-    id
-}
 
 /// The expert matmul of x ([N, K]) with the stacked weight `w` ([EXPERTS * M, K] encoded), on
 /// `b`, allocated with alloc_weight (so split where the backend's binding limit says).

@@ -3,9 +3,12 @@
 //! never weight them by zero, and match the CPU reference.
 
 use tandem_core::ops::{Attention, Op};
-use tandem_core::{Backend, BackendExt, BufId, DType, Step};
+use tandem_core::{Backend, BackendExt, DType, Step};
 use tandem_cpu::CpuBackend;
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
+
+mod common;
+use common::{upload, values};
 
 const HEADS: usize = 4;
 const KV_HEADS: usize = 2;
@@ -17,24 +20,6 @@ const ROWS: usize = 20;
 /// Wider than a decode partition (64 positions), so a decode row's window starts mid-partition
 /// after whole partitions of NaN.
 const WINDOW: usize = 70;
-
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn upload<B: Backend>(b: &mut B, dtype: DType, numel: usize, bytes: &[u8]) -> BufId {
-    let id = b.alloc(dtype, numel).unwrap();
-    b.write(id, bytes).unwrap();
-    id
-}
 
 /// The last ROWS queries attending over the cache, as decode rows or as prompt rows.
 fn attend<B: Backend>(b: &mut B, decode: bool, softcap: f32) -> Vec<f32> {
