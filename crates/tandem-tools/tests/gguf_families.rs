@@ -1,5 +1,5 @@
-//! Qwen3, Gemma 3 and Qwen3-MoE written as GGUF (as llama.cpp's converter lays them out) load back as the
-//! same model: the same logits, bit for bit, from the GGUF as from the synthetic checkpoint.
+//! Qwen3, Gemma 3, Qwen3-MoE and Phi-3 written as GGUF (as llama.cpp's converter lays them out)
+//! load back as the same model: the same logits, bit for bit, from the GGUF as from the synthetic checkpoint.
 
 use std::path::PathBuf;
 
@@ -27,6 +27,13 @@ const QWEN3_MOE: &str = r#"{"architectures": ["Qwen3MoeForCausalLM"], "hidden_si
     "head_dim": 32, "vocab_size": 300, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
     "rope_theta": 1000000, "tie_word_embeddings": true}"#;
 
+const PHI3: &str = r#"{"architectures": ["Phi3ForCausalLM"], "hidden_size": 64,
+    "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+    "vocab_size": 300, "max_position_embeddings": 128, "original_max_position_embeddings": 32,
+    "partial_rotary_factor": 0.5, "rope_theta": 10000, "rms_norm_eps": 1e-5, "sliding_window": 256,
+    "rope_scaling": {"type": "longrope", "short_factor": [1, 1.1, 1.2, 1.3, 1.5, 1.8, 2, 3],
+    "long_factor": [1, 1.5, 2, 3, 4, 6, 8, 12]}, "tie_word_embeddings": true}"#;
+
 fn logits(source: &tandem_core::loader::ModelSource) -> Vec<f32> {
     let opts = ModelOptions { context: 128, ..ModelOptions::default() };
     let mut model = Model::load(CpuBackend::reference(), source, &opts, &mut |_, _| {}).unwrap();
@@ -39,10 +46,12 @@ fn logits(source: &tandem_core::loader::ModelSource) -> Vec<f32> {
 }
 
 #[test]
-fn qwen3_gemma3_and_qwen3_moe_gguf_give_the_synthetic_models_logits() {
+fn qwen3_gemma3_qwen3_moe_and_phi3_gguf_give_the_synthetic_models_logits() {
     let dir = std::env::temp_dir().join(format!("tandem-gguf-families-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, json) in [("qwen3", QWEN3), ("gemma3", GEMMA3), ("qwen3_moe", QWEN3_MOE)] {
+    for (name, json) in
+        [("qwen3", QWEN3), ("gemma3", GEMMA3), ("qwen3_moe", QWEN3_MOE), ("phi3", PHI3)]
+    {
         let c = ModelConfig::from_hf_json(json).unwrap();
         for dtype in [DType::F32, DType::Q8_0] {
             let opts = SyntheticOptions { dtype, seed: 5, max_weight_bytes: 1 << 30 };

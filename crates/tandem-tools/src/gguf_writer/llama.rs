@@ -1,6 +1,7 @@
 //! Whole models as llama.cpp's converter writes them: Llama (`llama.*` metadata, q/k rows
-//! permuted for llama.cpp's RoPE layout), Qwen3 (`qwen3.*`, q/k norms) and Gemma 3 (`gemma3.*`,
-//! its window and local RoPE base, norms stored as 1 + w); GGUF tensor names.
+//! permuted for llama.cpp's RoPE layout), Qwen3 (`qwen3.*`, q/k norms), Qwen3-MoE (stacked
+//! experts), Gemma 3 (`gemma3.*`, its window and local RoPE base, norms stored as 1 + w) and
+//! Phi-3 (`phi3.*`, fused qkv and gate+up, LongRoPE factor tensors); GGUF tensor names.
 
 use super::quantize::{ggml_block_type, ggml_bytes};
 use super::{GgufWriter, TensorEntry};
@@ -49,43 +50,62 @@ pub fn llama_gguf(
     for (k, v) in tokenizer {
         w.kv(k, v);
     }
-    let put =
-        |w: &mut GgufWriter, gguf: &str, hf: &str, heads: Option<usize>| -> Result<(), String> {
+    for (gguf, parts, heads) in llama_plan(c) {
+        let (mut values, mut shape) = (Vec::<f32>::new(), Vec::new());
+        for hf in &parts {
             let t = source.tensors.load(hf, LoadAs::F32).map_err(|e| e.to_string())?;
             let mut bytes = t.bytes;
             if let Some(n_head) = heads {
                 bytes = permute_rows(&bytes, t.shape[0], n_head);
             }
-            let values: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-            w.tensor(gguf, &t.shape, ggml_type(&t.shape), &values);
-            Ok(())
-        };
-    for (gguf, hf, heads) in llama_plan(c) {
-        put(&mut w, &gguf, &hf, heads)?;
+            values.extend_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));
+            shape = fused_shape(&shape, &t.shape);
+        }
+        w.tensor(&gguf, &shape, ggml_type(&shape), &values);
     }
     Ok(w)
 }
 
-/// The weights of a Llama model of `c`, in the engine's load order: (GGUF name, HF name, the
-/// head count llama.cpp's converter permuted its rows by). Biases are left out: a Llama GGUF
-/// has none.
-fn llama_plan(c: &ModelConfig) -> Vec<(String, String, Option<usize>)> {
+/// The weights of a model of `c`, in the engine's load order: (GGUF name, the HF tensors whose
+/// rows it stacks, the head count llama.cpp's converter permuted their rows by). Biases are left
+/// out: these GGUFs have none. Phi-3's file keeps q, k, v as one `attn_qkv` and gate, up as one
+/// `ffn_up` (gate rows first), as HF's `qkv_proj` and `gate_up_proj` do.
+fn llama_plan(c: &ModelConfig) -> Vec<(String, Vec<String>, Option<usize>)> {
     let arch = gguf_arch(c).unwrap_or("llama");
-    model_tensors(c)
-        .into_iter()
-        .filter(|t| !t.name.ends_with(".bias"))
-        .map(|t| {
-            // Only llama.cpp's Llama converter permutes q/k rows.
-            let heads = rope_permuted(&t.name).filter(|_| arch == "llama").map(|kv| {
-                if kv {
-                    c.n_kv_heads
-                } else {
-                    c.n_heads
-                }
-            });
-            (hf_to_gguf(&t.name, Some(arch)), t.name, heads)
-        })
-        .collect()
+    let mut plan: Vec<(String, Vec<String>, Option<usize>)> = Vec::new();
+    for t in model_tensors(c).into_iter().filter(|t| !t.name.ends_with(".bias")) {
+        // Only llama.cpp's Llama converter permutes q/k rows.
+        let heads = rope_permuted(&t.name).filter(|_| arch == "llama").map(|kv| {
+            if kv {
+                c.n_kv_heads
+            } else {
+                c.n_heads
+            }
+        });
+        let fused = |from: &str, to: &str| t.name.strip_suffix(from).map(|p| format!("{p}{to}"));
+        let into = match arch {
+            "phi3" => fused("self_attn.q_proj.weight", "self_attn.qkv_proj.weight")
+                .or_else(|| fused("self_attn.k_proj.weight", "self_attn.qkv_proj.weight"))
+                .or_else(|| fused("self_attn.v_proj.weight", "self_attn.qkv_proj.weight"))
+                .or_else(|| fused("mlp.gate_proj.weight", "mlp.gate_up_proj.weight"))
+                .or_else(|| fused("mlp.up_proj.weight", "mlp.gate_up_proj.weight")),
+            _ => None,
+        };
+        let gguf = hf_to_gguf(into.as_deref().unwrap_or(&t.name), Some(arch));
+        match plan.last_mut() {
+            Some((last, parts, _)) if into.is_some() && *last == gguf => parts.push(t.name),
+            _ => plan.push((gguf, vec![t.name], heads)),
+        }
+    }
+    plan
+}
+
+/// The shape of `so_far`'s rows with `next`'s stacked below them.
+fn fused_shape(so_far: &[usize], next: &[usize]) -> Vec<usize> {
+    match so_far.first() {
+        Some(&rows) => [&[rows + next[0]], &next[1..]].concat(),
+        None => next.to_vec(),
+    }
 }
 
 /// The GGUF architecture `c` is written as, or why it cannot be written (yet): a file
@@ -98,6 +118,7 @@ fn gguf_arch(c: &ModelConfig) -> std::result::Result<&'static str, String> {
         }
         Arch::Qwen3 if !c.qkv_bias && c.features.sliding_window == 0 => Ok("qwen3"),
         Arch::Gemma3 => Ok("gemma3"),
+        Arch::Phi3 if !c.qkv_bias => Ok("phi3"),
         // llama.cpp always renormalizes Qwen3-MoE's chosen weights: a config that does not
         // would read differently there.
         Arch::Qwen3Moe
@@ -108,7 +129,7 @@ fn gguf_arch(c: &ModelConfig) -> std::result::Result<&'static str, String> {
             Ok("qwen3moe")
         }
         _ => Err(format!(
-            "{} models are not written as GGUF yet (Llama without a window or biases, Qwen3, Qwen3-MoE with norm_topk_prob and Gemma 3 are)",
+            "{} models are not written as GGUF yet (Llama without a window or biases, Qwen3, Qwen3-MoE with norm_topk_prob, Gemma 3 and Phi-3 are)",
             c.describe()
         )),
     }
@@ -134,6 +155,13 @@ fn llama_metadata(w: &mut GgufWriter, c: &ModelConfig) {
         w.kv(&k("expert_count"), u(m.experts))
             .kv(&k("expert_used_count"), u(m.top_k))
             .kv(&k("expert_feed_forward_length"), u(m.ffn_dim));
+    }
+    if let RopeScaling::LongRope { original_max_position, attention_factor, .. } = c.rope_scaling {
+        w.kv(&k("rope.scaling.original_context_length"), u(original_max_position))
+            .kv(&k("rope.scaling.attn_factor"), GgufValue::F32(attention_factor));
+    }
+    if arch == "phi3" && c.features.sliding_window > 0 {
+        w.kv(&k("attention.sliding_window"), u(c.features.sliding_window));
     }
     if arch == "gemma3" {
         let f = &c.features;
@@ -239,33 +267,41 @@ pub fn write_llama_gguf(
         w.kv(k, v);
     }
 
-    // (GGUF name, HF name or None for rope_freqs, heads the rows are permuted by)
-    let mut plan: Vec<(String, Option<String>, Option<usize>)> =
-        llama_plan(c).into_iter().map(|(gguf, hf, heads)| (gguf, Some(hf), heads)).collect();
+    // (GGUF name, the HF tensors it stacks, heads their rows are permuted by), then the
+    // tensors that carry numbers of the config rather than weights.
+    let plan = llama_plan(c);
+    let mut values: Vec<(String, Vec<f32>)> = Vec::new();
     // llama.cpp's converter: per-frequency divisors, [head_dim / 2].
-    let rope_freqs: Option<Vec<f32>> =
-        matches!(c.rope_scaling, RopeScaling::Llama3 { .. }).then(|| {
-            let base = ModelConfig { rope_scaling: RopeScaling::None, ..c.clone() }.rope_inv_freq();
-            base.iter().zip(c.rope_inv_freq()).map(|(b, s)| b / s).collect()
-        });
-    if rope_freqs.is_some() {
-        plan.push(("rope_freqs.weight".into(), None, None));
+    if matches!(c.rope_scaling, RopeScaling::Llama3 { .. }) {
+        let base = ModelConfig { rope_scaling: RopeScaling::None, ..c.clone() }.rope_inv_freq();
+        let f = base.iter().zip(c.rope_inv_freq()).map(|(b, s)| b / s).collect();
+        values.push(("rope_freqs.weight".into(), f));
+    }
+    // Phi-3's LongRoPE factor lists, [rot_dim / 2] each.
+    if let RopeScaling::LongRope { short, long, .. } = &c.rope_scaling {
+        values.push(("rope_factors_long.weight".into(), long.clone()));
+        values.push(("rope_factors_short.weight".into(), short.clone()));
     }
 
-    let mut entries = Vec::with_capacity(plan.len());
-    for (gguf, hf, _) in &plan {
-        let (shape, dtype) = match hf {
-            None => (vec![c.head_dim / 2], DType::F32),
-            Some(hf) => {
-                let info = infos
-                    .iter()
-                    .find(|i| &i.name == hf)
-                    .ok_or_else(|| Error::MissingTensor(hf.clone()))?;
-                let d = native(&info.file_dtype)
-                    .ok_or_else(|| bad(format!("'{hf}' is {}", info.file_dtype)))?;
-                (info.shape.clone(), d)
+    let file_dtype = |hf: &str| -> Result<(Vec<usize>, DType)> {
+        let info =
+            infos.iter().find(|i| i.name == hf).ok_or_else(|| Error::MissingTensor(hf.into()))?;
+        let d = native(&info.file_dtype)
+            .ok_or_else(|| bad(format!("'{hf}' is {}", info.file_dtype)))?;
+        Ok((info.shape.clone(), d))
+    };
+    let mut entries = Vec::with_capacity(plan.len() + values.len());
+    for (gguf, parts, _) in &plan {
+        let (mut shape, mut dtype) = (Vec::new(), None);
+        for hf in parts {
+            let (s, d) = file_dtype(hf)?;
+            if dtype.is_some_and(|t| t != d) {
+                return Err(bad(format!("'{gguf}' stacks tensors of different types")));
             }
-        };
+            shape = fused_shape(&shape, &s);
+            dtype = Some(d);
+        }
+        let dtype = dtype.expect("every plan entry has a source");
         let numel: usize = shape.iter().product();
         let (ty, n_bytes) = match dtype {
             DType::F32 => (GGML_F32, numel * 4),
@@ -301,43 +337,53 @@ pub fn write_llama_gguf(
         };
         entries.push(TensorEntry {
             name: gguf.clone(),
-            dims: gguf_dims(c, hf.as_deref(), &shape),
+            dims: gguf_dims(c, parts.first().map(String::as_str), &shape),
             ggml_type: ty,
             n_bytes,
         });
     }
+    for (name, v) in &values {
+        entries.push(TensorEntry {
+            name: name.clone(),
+            dims: vec![v.len() as u64],
+            ggml_type: GGML_F32,
+            n_bytes: 4 * v.len(),
+        });
+    }
     w.write_streamed(&entries, path, |i| {
-        let (gguf, hf, heads) = &plan[i];
-        let Some(hf) = hf else {
-            let f = rope_freqs.as_deref().unwrap_or_default();
-            return Ok(f.iter().flat_map(|x| x.to_le_bytes()).collect());
+        let Some((gguf, parts, heads)) = plan.get(i) else {
+            let v = &values[i - plan.len()].1;
+            return Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect());
         };
-        let want = native(&infos.iter().find(|i| &i.name == hf).expect("listed above").file_dtype)
-            .expect("checked above");
-        let mut t = source.tensors.load(hf, LoadAs::Exactly(want))?;
-        // Gemma's norms scale by 1 + w: llama.cpp's converter stores the sum.
-        if c.features.norm_plus_one && hf.ends_with("norm.weight") && t.dtype == DType::F32 {
-            let mut v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.bytes);
-            v.iter_mut().for_each(|x| *x += 1.0);
-            t.bytes = bytemuck::cast_slice(&v).to_vec();
-        }
-        let (ty, mut bytes) =
-            ggml_bytes(&t).ok_or_else(|| bad(format!("'{hf}' is {}", t.dtype)))?;
-        if ty != entries[i].ggml_type {
-            return Err(bad(format!(
-                "'{hf}' loaded as {}, not the type its listing gave",
-                t.dtype
-            )));
-        }
-        if let Some(n_head) = heads {
-            let rows = t.shape[0];
-            if rows % n_head != 0 || (rows / n_head) % 2 != 0 {
+        let mut out = Vec::with_capacity(entries[i].n_bytes);
+        for hf in parts {
+            let want = file_dtype(hf)?.1;
+            let mut t = source.tensors.load(hf, LoadAs::Exactly(want))?;
+            // Gemma's norms scale by 1 + w: llama.cpp's converter stores the sum.
+            if c.features.norm_plus_one && hf.ends_with("norm.weight") && t.dtype == DType::F32 {
+                let mut v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.bytes);
+                v.iter_mut().for_each(|x| *x += 1.0);
+                t.bytes = bytemuck::cast_slice(&v).to_vec();
+            }
+            let (ty, mut bytes) =
+                ggml_bytes(&t).ok_or_else(|| bad(format!("'{hf}' is {}", t.dtype)))?;
+            if ty != entries[i].ggml_type {
                 return Err(bad(format!(
-                    "'{gguf}': {rows} rows do not split into {n_head} heads of even size"
+                    "'{hf}' loaded as {}, not the type its listing gave",
+                    t.dtype
                 )));
             }
-            bytes = permute_rows(&bytes, rows, *n_head);
+            if let Some(n_head) = heads {
+                let rows = t.shape[0];
+                if rows % n_head != 0 || (rows / n_head) % 2 != 0 {
+                    return Err(bad(format!(
+                        "'{gguf}': {rows} rows do not split into {n_head} heads of even size"
+                    )));
+                }
+                bytes = permute_rows(&bytes, rows, *n_head);
+            }
+            out.extend_from_slice(&bytes);
         }
-        Ok(bytes)
+        Ok(out)
     })
 }
