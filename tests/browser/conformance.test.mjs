@@ -39,6 +39,7 @@ const OPS = {
   rms_norm: '',
   rope: '',
   sample: '',
+  mask_logits: '',
   argmax: '',
   embed: '',
   kv_write: '',

@@ -64,6 +64,7 @@ pub fn mix(tok: &Tokenizer, n: usize, shared_prefix: usize, gen_spread: usize) -
                 sampling,
                 stop: vec![],
                 ignore_eos: true,
+                constraint: None,
             };
             Req { prompt, params }
         })

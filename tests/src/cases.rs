@@ -17,7 +17,7 @@ mod sample;
 pub use attention::AttnBatch;
 
 /// Every op the suite covers, by the name shared with kernels and tests.
-pub const OPS: [&str; 17] = [
+pub const OPS: [&str; 18] = [
     "embed",
     "rms_norm",
     "matmul",
@@ -34,6 +34,7 @@ pub const OPS: [&str; 17] = [
     "add",
     "argmax",
     "sample",
+    "mask_logits",
     "copy_rows",
 ];
 
@@ -142,6 +143,7 @@ pub fn cases_for(op: &str) -> Vec<Case> {
         "add" => rows::add(rng),
         "argmax" => sample::argmax(rng),
         "sample" => sample::sample(rng),
+        "mask_logits" => sample::mask_logits(rng),
         "copy_rows" => rows::copy_rows(rng),
         _ => vec![],
     }

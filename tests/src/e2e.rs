@@ -93,8 +93,7 @@ pub fn smollm_chat_as<B: Backend>(
     let reference = read_json(&reference_path);
     let source = loader::open(&gguf).expect("open SmolLM2 GGUF");
     let tokenizer = Tokenizer::load(&source.tokenizer).expect("tokenizer");
-    let messages =
-        [ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
+    let messages = [ChatMessage::new("user", "What is the capital of France?")];
     let prompt = tokenizer
         .encode(&tokenizer.apply_chat_template(&messages, true).expect("template"))
         .expect("encode");

@@ -48,7 +48,7 @@ pub fn tolerance(op: &str, dtype: DType) -> Tol {
         ("moe_route", DType::U32) => Tol::Exact,
         ("moe_route", _) => Tol::Nmse(1e-10),
         ("moe_sum", _) => Tol::Nmse(1e-12),
-        ("add" | "argmax" | "sample" | "copy_rows" | "kv_write", _) => Tol::Exact,
+        ("add" | "argmax" | "sample" | "mask_logits" | "copy_rows" | "kv_write", _) => Tol::Exact,
         _ => Tol::Nmse(0.0),
     }
 }
@@ -359,6 +359,7 @@ pub fn remap(op: &Op, f: impl Fn(BufId) -> BufId) -> Op {
         Op::Add(o) => (o.x, o.y) = (f(o.x), f(o.y)),
         Op::Argmax(o) => (o.x, o.out) = (f(o.x), f(o.out)),
         Op::Sample(o) => (o.x, o.params, o.out) = (f(o.x), f(o.params), f(o.out)),
+        Op::MaskLogits(o) => (o.x, o.rows, o.mask) = (f(o.x), f(o.rows), f(o.mask)),
         Op::CopyRows(o) => (o.src, o.dst) = (f(o.src), f(o.dst)),
     }
     op

@@ -8,6 +8,8 @@
 pub mod batch;
 pub mod cases;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod constrained;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod e2e;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod families;
@@ -106,6 +108,10 @@ macro_rules! conformance_suite {
             #[test]
             fn sample() {
                 check("sample");
+            }
+            #[test]
+            fn mask_logits() {
+                check("mask_logits");
             }
             #[test]
             fn copy_rows() {

@@ -188,7 +188,13 @@ pub fn stories_battery<B: Backend>(make: &dyn Fn() -> B) -> Result<(), Skip> {
         let stop = if i == 0 { vec![] } else { vec!["park".to_string()] };
         reqs.push(Req {
             prompt: story_prompt(&tok),
-            params: GenerateParams { max_tokens: 120, sampling, stop, ignore_eos: true },
+            params: GenerateParams {
+                max_tokens: 120,
+                sampling,
+                stop,
+                ignore_eos: true,
+                constraint: None,
+            },
         });
     }
     let mut alone = plain(&mut model, &tok, &reqs);
@@ -262,6 +268,7 @@ fn sampled_at<B: Backend>(
                     sampling,
                     stop: vec![],
                     ignore_eos: true,
+                    constraint: None,
                 },
             }
         })
@@ -344,8 +351,7 @@ pub fn smollm_greedy<B: Backend>(make: &dyn Fn() -> B) -> Result<(), Skip> {
     };
     let mut model = e2e::load(make(), &source, &opts);
     let chat = |text: &str| {
-        let messages =
-            [tandem_core::tokenizer::ChatMessage { role: "user".into(), content: text.into() }];
+        let messages = [tandem_core::tokenizer::ChatMessage::new("user", text)];
         tok.encode(&tok.apply_chat_template(&messages, true).expect("template")).expect("encode")
     };
     let quote = "Repeat this sentence exactly: The quick brown fox jumps over the lazy dog near the old river bank.";

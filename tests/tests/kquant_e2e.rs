@@ -62,7 +62,7 @@ fn answers_on<B: Backend>(backend: B, path: &Path) -> Result<Answers, Error> {
     let mut ids = vec![];
     let mut texts = vec![];
     for p in PROMPTS {
-        let messages = [ChatMessage { role: "user".into(), content: p.into() }];
+        let messages = [ChatMessage::new("user", p.to_string())];
         let prompt = tokenizer.encode(&tokenizer.apply_chat_template(&messages, true)?)?;
         // As e2e::greedy, with the error returned: a backend may refuse an op at its first step.
         let params = GenerateParams { max_tokens: TOKENS, ignore_eos: true, ..Default::default() };

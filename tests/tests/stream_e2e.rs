@@ -269,8 +269,7 @@ fn smollm_run() -> Result<(), Skip> {
     let (first_done, total) = progress.first().copied().expect("progress");
     assert!(first_done < total && progress.last() == Some(&(total, total)), "{progress:?}");
     let tokenizer = Tokenizer::load(&m.tokenizer).expect("tokenizer");
-    let messages =
-        [ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
+    let messages = [ChatMessage::new("user", "What is the capital of France?")];
     let prompt = tokenizer
         .encode(&tokenizer.apply_chat_template(&messages, true).expect("template"))
         .expect("encode");

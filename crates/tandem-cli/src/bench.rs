@@ -80,6 +80,23 @@ pub struct BenchArgs {
     /// built-in text.
     #[arg(long, value_enum, default_value_t = crate::speculate::SpecTask::Summarize)]
     spec_task: crate::speculate::SpecTask,
+    /// Structured output: decode speed with and without the JSON schema in FILE (at batch 1,
+    /// and with --concurrency N half the requests constrained) and the masks' cost per token.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["json_object", "regex", "grammar"])]
+    json_schema: Option<std::path::PathBuf>,
+    /// As --json-schema, with any JSON object.
+    #[arg(long, conflicts_with_all = ["regex", "grammar"])]
+    json_object: bool,
+    /// As --json-schema, with this regular expression.
+    #[arg(long, value_name = "RE", conflicts_with = "grammar")]
+    regex: Option<String>,
+    /// As --json-schema, with the grammar in FILE (Lark if it ends in .lark, else GBNF).
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<std::path::PathBuf>,
+    /// As --json-schema, with a forced call of a built-in weather/time tool in the model's own
+    /// tool syntax.
+    #[arg(long)]
+    tool_call: bool,
     /// Also time steps that score this many tokens of one sequence as a speculative
     /// verification does (comma-separated), against a one-token step, at each decode context:
     /// the cost speculation must beat, on any model shape (random weights included).
@@ -133,6 +150,45 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             || args.spec.draft_model.is_some())
     {
         return Err(Error::InvalidParameter("--verify-tokens times single steps of the plain benchmark: not with --concurrency, --speculate or --draft-model".into()));
+    }
+    let constraint = crate::run::ConstraintArgs {
+        json_schema: args.json_schema.clone(),
+        json: args.json_object,
+        regex: args.regex.clone(),
+        grammar: args.grammar.clone(),
+    };
+    let grammar = match (constraint.grammar()?, args.tool_call) {
+        (Some(_), true) => {
+            return Err(Error::InvalidParameter(
+                "--tool-call is a constraint of its own: not with --json-schema, --json-object, --regex or --grammar".into(),
+            ))
+        }
+        (g, true) => g.or(Some(crate::bench_structured::tool_call_grammar(&tokenizer))),
+        (g, false) => g,
+    };
+    if let Some(grammar) = grammar {
+        if args.synthetic.is_some() || args.spec.speculate.is_some() {
+            return Err(Error::InvalidParameter("a constraint is measured on a real model's tokenizer, without speculation: not with --synthetic, --speculate or --draft-model".into()));
+        }
+        let n = args.concurrency.unwrap_or(1);
+        let block_size = ModelOptions::default().block_size;
+        let context = 1024.min(source.config.max_position);
+        let opts = ModelOptions {
+            weight_dtype,
+            kv_dtype: args.kv_dtype.dtype(),
+            context,
+            kv_blocks: Some(n * context.div_ceil(block_size)),
+            ..ModelOptions::default()
+        };
+        let bench = crate::bench_structured::StructuredBench {
+            tok: &tokenizer,
+            grammar,
+            tokens: args.decode_tokens,
+            repeat: args.repeat,
+            concurrency: args.concurrency,
+            json: args.json,
+        };
+        return dispatch(&args.backend, Structured { source: &source, opts: &opts, bench });
     }
     if let Some(spec) = args.spec.open(&tokenizer)? {
         if args.concurrency.is_some() || args.synthetic.is_some() {
@@ -423,6 +479,20 @@ impl WithBackend for Bench<'_> {
         }
         println!("peak memory:    {}", peak_memory());
         Ok(())
+    }
+}
+
+/// The structured-output comparison.
+struct Structured<'a> {
+    source: &'a tandem_core::loader::ModelSource,
+    opts: &'a ModelOptions,
+    bench: crate::bench_structured::StructuredBench<'a>,
+}
+
+impl WithBackend for Structured<'_> {
+    fn call<B: Backend>(self, backend: B, _another: &dyn Fn() -> Result<B>) -> Result<()> {
+        let mut model = load_model(backend, self.source, self.opts)?;
+        self.bench.measure(&mut model)
     }
 }
 

@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::PathBuf;
+use tandem_core::constraint::Grammar;
 use tandem_core::generate::{generate_speculative, GenerateParams};
 use tandem_core::model::{Model, ModelOptions};
 use tandem_core::sampling::SamplingParams;
@@ -97,6 +98,8 @@ pub struct RunArgs {
     /// Stop when the output contains this text (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    #[command(flatten)]
+    constraint: ConstraintArgs,
     /// Keep generating past end-of-sequence tokens (for benchmarks).
     #[arg(long)]
     ignore_eos: bool,
@@ -149,12 +152,18 @@ pub fn run(args: RunArgs) -> Result<()> {
             context: opts.context.min(source.config.max_position),
         });
     }
+    let constraint = match args.constraint.grammar()? {
+        Some(g) => Some(tokenizer.constrainer(source.config.vocab_size)?.compile(&g)?),
+        None => None,
+    };
     let params = GenerateParams {
         max_tokens: args.max_tokens,
         sampling,
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
+        constraint,
     };
+    params.validate()?;
     let spec = args.spec.open(&tokenizer)?;
     let job = RunJob {
         source: &source,
@@ -190,6 +199,50 @@ impl WithBackend for RunJob<'_> {
     }
 }
 
+/// Structured output: at most one of these holds the output to a shape.
+#[derive(Args, Default)]
+pub struct ConstraintArgs {
+    /// Hold the output to the JSON schema in FILE.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["json", "regex", "grammar"])]
+    pub json_schema: Option<PathBuf>,
+    /// Hold the output to a JSON object.
+    #[arg(long, conflicts_with_all = ["regex", "grammar"])]
+    pub json: bool,
+    /// Hold the output to this regular expression (the whole output matches it).
+    #[arg(long, value_name = "RE", conflicts_with = "grammar")]
+    pub regex: Option<String>,
+    /// Hold the output to the grammar in FILE: Lark if FILE ends in .lark, else GBNF.
+    #[arg(long, value_name = "FILE")]
+    pub grammar: Option<PathBuf>,
+}
+
+impl ConstraintArgs {
+    /// The grammar asked for, read from its file.
+    pub fn grammar(&self) -> Result<Option<Grammar>> {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p)
+                .map_err(|e| Error::InvalidParameter(format!("reading {}: {e}", p.display())))
+        };
+        Ok(if let Some(p) = &self.json_schema {
+            let schema = serde_json::from_str(&read(p)?)
+                .map_err(|e| Error::InvalidParameter(format!("{}: not JSON: {e}", p.display())))?;
+            Some(Grammar::JsonSchema(schema))
+        } else if self.json {
+            Some(Grammar::JsonObject)
+        } else if let Some(rx) = &self.regex {
+            Some(Grammar::Regex(rx.clone()))
+        } else if let Some(p) = &self.grammar {
+            let text = read(p)?;
+            Some(match p.extension().and_then(|e| e.to_str()) {
+                Some("lark") => Grammar::Lark(text),
+                _ => Grammar::Gbnf(text),
+            })
+        } else {
+            None
+        })
+    }
+}
+
 fn parse_template_kwargs(json: &str) -> std::result::Result<ChatTemplateKwargs, String> {
     match serde_json::from_str(json) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
@@ -202,9 +255,9 @@ fn prompt_ids(args: &RunArgs, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
     if args.chat {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
-            messages.push(ChatMessage { role: "system".into(), content: system.clone() });
+            messages.push(ChatMessage::new("system", system.clone()));
         }
-        messages.push(ChatMessage { role: "user".into(), content: args.prompt.clone() });
+        messages.push(ChatMessage::new("user", args.prompt.clone()));
         let kwargs = args.chat_template_kwargs.clone().unwrap_or_default();
         let text = tokenizer.apply_chat_template_with(&messages, true, &kwargs)?;
         return tokenizer.encode(&text);

@@ -153,10 +153,7 @@ pub async fn bench<B: Backend>(
     repeat: usize,
     json: bool,
 ) -> Result<()> {
-    let messages = [ChatMessage {
-        role: "user".into(),
-        content: format!("{BENCH_TEXT}\n\n{}", task.instruction()),
-    }];
+    let messages = [ChatMessage::new("user", format!("{BENCH_TEXT}\n\n{}", task.instruction()))];
     let prompt = tok.encode(&tok.apply_chat_template(&messages, true)?)?;
     let params = GenerateParams { max_tokens, ..Default::default() };
     let mut spec = Some(spec);

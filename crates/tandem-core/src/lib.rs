@@ -4,6 +4,7 @@ pub mod backend;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cache;
 pub mod config;
+pub mod constraint;
 pub mod dtype;
 pub mod error;
 pub mod generate;
@@ -16,6 +17,7 @@ pub mod quant;
 pub mod sampling;
 pub mod scheduler;
 pub mod tokenizer;
+pub mod tools;
 
 pub use backend::{check_op, Backend, BackendExt, BufId, BufInfo, Step, U32Shadow};
 pub use config::{Arch, ModelConfig, RopeScaling};

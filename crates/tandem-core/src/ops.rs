@@ -331,6 +331,28 @@ pub struct Sample {
     pub width: usize,
 }
 
+/// Forbids the tokens a row's constraint rejects (structured output) before sampling: for each
+/// listed row, x[rows[i], j] = -inf where bit j % 32 of mask[i * words + j / 32] is clear
+/// (words = width.div_ceil(32)); set bits and unlisted rows are left exactly as they were, so a
+/// row without a constraint keeps its bits whatever else is masked.
+/// x: [x_rows, width] f32; rows: [n] u32, each < x_rows; mask: [n * words] u32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskLogits {
+    pub x: BufId,
+    pub rows: BufId,
+    pub mask: BufId,
+    pub n: usize,
+    pub x_rows: usize,
+    pub width: usize,
+}
+
+impl MaskLogits {
+    /// u32 words of one row's mask.
+    pub fn words(&self) -> usize {
+        self.width.div_ceil(32)
+    }
+}
+
 /// dst[dst_row + i] = src[src_row + i] for i in 0..n_rows. src, dst: [.., width] f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyRows {
@@ -359,6 +381,7 @@ pub enum Op {
     Add(Add),
     Argmax(Argmax),
     Sample(Sample),
+    MaskLogits(MaskLogits),
     CopyRows(CopyRows),
 }
 
@@ -382,6 +405,7 @@ impl Op {
             Op::Add(_) => "add",
             Op::Argmax(_) => "argmax",
             Op::Sample(_) => "sample",
+            Op::MaskLogits(_) => "mask_logits",
             Op::CopyRows(_) => "copy_rows",
         }
     }

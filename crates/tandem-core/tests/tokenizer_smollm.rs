@@ -87,8 +87,7 @@ fn tokenizer_smollm_chat_template_and_ids() {
     assert!(tok.eos_ids().contains(&0));
     assert!(tok.is_special(1) && !tok.is_special(504));
 
-    let messages =
-        [ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
+    let messages = [ChatMessage::new("user", "What is the capital of France?")];
     let prompt = tok.apply_chat_template(&messages, true).unwrap();
     assert_eq!(
         prompt,
@@ -164,11 +163,11 @@ fn tokenizer_smollm_template_errors() {
         ),
     );
     let tok = Tokenizer::from_gguf(&meta).unwrap();
-    let user = ChatMessage { role: "user".into(), content: " hi ".into() };
+    let user = ChatMessage::new("user", " hi ");
     let err = tok.apply_chat_template(std::slice::from_ref(&user), false).unwrap_err();
     assert!(matches!(err, tandem_core::Error::ChatTemplate(_)));
     assert!(err.to_string().contains("need a system message"), "{err}");
-    let system = ChatMessage { role: "system".into(), content: "  sys\n".into() };
+    let system = ChatMessage::new("system", "  sys\n");
     assert_eq!(tok.apply_chat_template(&[system, user], false).unwrap(), "[sys][hi]");
 }
 

@@ -226,6 +226,7 @@ impl CpuBackend {
             Op::Add(o) => ops::add::run(t, ex, o),
             Op::Argmax(o) => ops::argmax::run(t, ex, o),
             Op::Sample(o) => ops::sample::run(t, ex, o),
+            Op::MaskLogits(o) => ops::mask_logits::run(t, ex, o),
             Op::CopyRows(o) => ops::copy_rows::run(t, ex, o),
         }
     }
@@ -260,6 +261,7 @@ impl Backend for CpuBackend {
             | Op::Add(_)
             | Op::Argmax(_)
             | Op::Sample(_)
+            | Op::MaskLogits(_)
             | Op::CopyRows(_)
             | Op::Geglu(_)
             | Op::Softcap(_)

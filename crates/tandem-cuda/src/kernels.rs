@@ -34,11 +34,12 @@ pub enum KernelFile {
     Add,
     Argmax,
     Sample,
+    MaskLogits,
     CopyRows,
 }
 
 impl KernelFile {
-    pub const ALL: [KernelFile; 18] = [
+    pub const ALL: [KernelFile; 19] = [
         KernelFile::Embed,
         KernelFile::RmsNorm,
         KernelFile::Rope,
@@ -56,6 +57,7 @@ impl KernelFile {
         KernelFile::Add,
         KernelFile::Argmax,
         KernelFile::Sample,
+        KernelFile::MaskLogits,
         KernelFile::CopyRows,
     ];
 
@@ -79,6 +81,7 @@ impl KernelFile {
             KernelFile::Add => "add",
             KernelFile::Argmax => "argmax",
             KernelFile::Sample => "sample",
+            KernelFile::MaskLogits => "mask_logits",
             KernelFile::CopyRows => "copy_rows",
         }
     }
@@ -102,6 +105,7 @@ impl KernelFile {
             KernelFile::Add => include_str!("../../../kernels/add.cu"),
             KernelFile::Argmax => include_str!("../../../kernels/argmax.cu"),
             KernelFile::Sample => include_str!("../../../kernels/sample.cu"),
+            KernelFile::MaskLogits => include_str!("../../../kernels/mask_logits.cu"),
             KernelFile::CopyRows => include_str!("../../../kernels/copy_rows.cu"),
         }
     }

@@ -372,6 +372,7 @@ pub(crate) fn supports(op: &Op) -> bool {
         | Op::Add(_)
         | Op::Argmax(_)
         | Op::Sample(_)
+        | Op::MaskLogits(_)
         | Op::CopyRows(_) => true,
     }
 }

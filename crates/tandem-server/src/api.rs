@@ -6,12 +6,15 @@ use std::hash::{BuildHasher, Hasher};
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use tandem_core::constraint::Grammar;
 use tandem_core::generate::GenerateParams;
 use tandem_core::sampling::SamplingParams;
 use tandem_core::tokenizer::{ChatMessage, ChatTemplateKwargs, Tokenizer};
 
 use crate::engine::Ready;
 use crate::errors::ApiError;
+use crate::structured::{self, Fields};
+use tandem_core::tools::{ToolChoice, ToolSyntax};
 
 /// Most choices one request may ask for (n x prompts).
 pub const MAX_CHOICES: usize = 128;
@@ -105,6 +108,10 @@ pub struct Message {
     pub role: String,
     /// Null is allowed (an assistant turn that only called tools): it reads as empty.
     pub content: Option<Content>,
+    /// An assistant turn's calls (OpenAI's shape), a tool turn's answer to one.
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -112,8 +119,6 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u64>,
-    pub tools: Option<Vec<serde_json::Value>>,
-    pub response_format: Option<serde_json::Value>,
     /// Extra chat template variables, as vLLM takes them (`{"enable_thinking": false}`).
     pub chat_template_kwargs: Option<ChatTemplateKwargs>,
 }
@@ -145,6 +150,8 @@ pub struct Job {
     pub include_usage: bool,
     /// Whether each token's log-probabilities are reported.
     pub logprobs: bool,
+    /// Tools were offered: the syntax their calls are read back in.
+    pub tools: Option<ToolSyntax>,
 }
 
 impl Common {
@@ -155,6 +162,7 @@ impl Common {
         ready: &Ready,
         prompts: Vec<Vec<u32>>,
         logprobs: Option<usize>,
+        grammar: Option<Grammar>,
     ) -> Result<Job, ApiError> {
         if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
             return Err(ApiError::unsupported("logit_bias", "a non-empty bias"));
@@ -196,11 +204,28 @@ impl Common {
             return Err(ApiError::bad_param("max_tokens", "max_tokens must be at least 1"));
         }
         let stop = self.stop.map(StringOrList::into_vec).unwrap_or_default();
+        // Compiled once (it has a budget, so a hostile schema is refused, not run), then each
+        // choice starts from its own copy.
+        let constraint = match &grammar {
+            Some(g) => Some(
+                ready
+                    .tokenizer
+                    .constrainer(ready.vocab)?
+                    .compile(g)
+                    .map_err(|e| ApiError::bad_param(g.kind(), format!("{}: {e}", g.kind())))?,
+            ),
+            None => None,
+        };
         // Checked once here, not once per choice.
-        let checked =
-            GenerateParams { max_tokens: 1, sampling: sampling.clone(), stop, ignore_eos: false };
+        let checked = GenerateParams {
+            max_tokens: 1,
+            sampling: sampling.clone(),
+            stop,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            constraint,
+        };
         checked.validate().map_err(|e| ApiError::bad_param("stop", e.to_string()))?;
-        let stop = checked.stop;
+        let (stop, constraint) = (checked.stop, checked.constraint);
         let limit = ready.context.min(ready.pool_tokens);
         let mut choices = Vec::with_capacity(prompts.len() * n as usize);
         for prompt in prompts {
@@ -233,6 +258,7 @@ impl Common {
                     sampling,
                     stop: stop.clone(),
                     ignore_eos: self.ignore_eos.unwrap_or(false),
+                    constraint: constraint.clone(),
                 };
                 choices.push((prompt.clone(), params));
             }
@@ -244,6 +270,7 @@ impl Common {
             stream: self.stream.unwrap_or(false),
             include_usage,
             logprobs: logprobs.is_some(),
+            tools: None,
         })
     }
 }
@@ -269,32 +296,43 @@ impl ChatRequest {
 
     /// Everything between the parsed body and the engine: log-probabilities, the chat
     /// template, every generation field's range.
-    pub fn job(self, common: Common, ready: &Ready) -> Result<Job, ApiError> {
+    pub fn job(self, common: Common, fields: Fields, ready: &Ready) -> Result<Job, ApiError> {
         let logprobs = self.logprobs()?;
-        let prompt = self.prompt(&ready.tokenizer)?;
-        common.into_job(ready, vec![prompt], logprobs)
+        let template = ready.tokenizer.chat_template().unwrap_or_default();
+        let (structured, choice) = fields.resolve(Some(template))?;
+        let prompt = self.prompt(&ready.tokenizer, &structured, &choice)?;
+        let tools = structured.syntax();
+        let mut job = common.into_job(ready, vec![prompt], logprobs, structured.grammar)?;
+        job.tools = tools;
+        Ok(job)
     }
 
-    /// Refuses what tandem cannot do yet, then renders the chat template.
-    pub fn prompt(&self, tok: &Tokenizer) -> Result<Vec<u32>, ApiError> {
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::unsupported("tools", "tool calling"));
-        }
-        if let Some(f) = &self.response_format {
-            if f.get("type").and_then(|t| t.as_str()) != Some("text") {
-                return Err(ApiError::unsupported("response_format", "a format other than text"));
-            }
-        }
+    /// Renders the chat template, with the tools where they are offered.
+    pub fn prompt(
+        &self,
+        tok: &Tokenizer,
+        structured: &structured::Structured,
+        choice: &ToolChoice,
+    ) -> Result<Vec<u32>, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::bad_param("messages", "messages must not be empty"));
         }
-        let messages = self
+        let mut messages = self
             .messages
             .iter()
             .enumerate()
             .map(|(i, m)| to_chat(i, m))
             .collect::<Result<Vec<_>, _>>()?;
-        let kwargs = self.chat_template_kwargs.clone().unwrap_or_default();
+        if let Some(prompt) = structured.generic_prompt(choice) {
+            match messages.first_mut().filter(|m| m.role == "system") {
+                Some(system) => system.content = format!("{}\n\n{prompt}", system.content),
+                None => messages.insert(0, ChatMessage::new("system", prompt)),
+            }
+        }
+        let mut kwargs = self.chat_template_kwargs.clone().unwrap_or_default();
+        if let Some(tools) = structured.template_tools() {
+            kwargs.insert("tools".into(), tools);
+        }
         let text = tok.apply_chat_template_with(&messages, true, &kwargs)?;
         Ok(tok.encode(&text)?)
     }
@@ -326,7 +364,13 @@ fn to_chat(i: usize, m: &Message) -> Result<ChatMessage, ApiError> {
             s
         }
     };
-    Ok(ChatMessage::new(m.role.clone(), content))
+    let mut out = ChatMessage::new(m.role.clone(), content);
+    if let Some(calls) = &m.tool_calls {
+        out.tool_calls = Some(structured::template_tool_calls(i, calls)?);
+    }
+    out.tool_call_id = m.tool_call_id.clone();
+    out.name = m.name.clone();
+    Ok(out)
 }
 
 impl CompletionRequest {
@@ -342,10 +386,11 @@ impl CompletionRequest {
     }
 
     /// Everything between the parsed body and the engine (see [`ChatRequest::job`]).
-    pub fn job(self, common: Common, ready: &Ready) -> Result<Job, ApiError> {
+    pub fn job(self, common: Common, fields: Fields, ready: &Ready) -> Result<Job, ApiError> {
         let logprobs = self.logprobs()?;
+        let (structured, _) = fields.resolve(None)?;
         let prompts = self.prompts(&ready.tokenizer)?;
-        common.into_job(ready, prompts, logprobs)
+        common.into_job(ready, prompts, logprobs, structured.grammar)
     }
 
     /// The prompts as token ids: text gets BOS where the model wants it (as `tandem run`).

@@ -79,12 +79,12 @@ impl Model {
             Endpoint::Chat => {
                 let (req, common): (ChatRequest, Common) =
                     (api::fields(&body)?, api::fields(&body)?);
-                Outcome::Job(req.job(common, ready)?.choices)
+                Outcome::Job(req.job(common, api::fields(&body)?, ready)?.choices)
             }
             Endpoint::Completions => {
                 let (req, common): (CompletionRequest, Common) =
                     (api::fields(&body)?, api::fields(&body)?);
-                Outcome::Job(req.job(common, ready)?.choices)
+                Outcome::Job(req.job(common, api::fields(&body)?, ready)?.choices)
             }
             Endpoint::Tokenize => {
                 Outcome::Tokens(api::fields::<TokenizeRequest>(&body)?.tokens(&ready.tokenizer)?)

@@ -15,6 +15,7 @@ mod logprobs;
 mod metrics;
 mod routes;
 mod sse;
+pub(crate) mod structured;
 mod submit;
 
 use std::future::Future;

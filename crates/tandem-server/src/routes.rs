@@ -19,7 +19,7 @@ use crate::engine::{ModelHandle, ModelState};
 use crate::errors::ApiError;
 use crate::logprobs::TokenNames;
 use crate::submit::{self, Kind, Meta};
-use crate::{sse, Server};
+use crate::{sse, structured, Server};
 
 type Body = Result<Bytes, BytesRejection>;
 
@@ -91,18 +91,20 @@ async fn blocking<T: Send + 'static>(
 async fn chat(State(s): State<Arc<Server>>, body: Body) -> Result<Response, ApiError> {
     let body = api::parse(&read(&s, body)?)?;
     let (req, common): (ChatRequest, Common) = (api::fields(&body)?, api::fields(&body)?);
+    let fields: structured::Fields = api::fields(&body)?;
     let (model, ready) = s.ready(common.model.as_deref())?;
     let names = ready.names.clone();
-    let job = blocking(move || req.job(common, &ready)).await?;
+    let job = blocking(move || req.job(common, fields, &ready)).await?;
     generate(model, job, Kind::Chat, names).await
 }
 
 async fn completions(State(s): State<Arc<Server>>, body: Body) -> Result<Response, ApiError> {
     let body = api::parse(&read(&s, body)?)?;
     let (req, common): (CompletionRequest, Common) = (api::fields(&body)?, api::fields(&body)?);
+    let fields: structured::Fields = api::fields(&body)?;
     let (model, ready) = s.ready(common.model.as_deref())?;
     let names = ready.names.clone();
-    let job = blocking(move || req.job(common, &ready)).await?;
+    let job = blocking(move || req.job(common, fields, &ready)).await?;
     generate(model, job, Kind::Completion, names).await
 }
 
@@ -114,7 +116,8 @@ async fn generate(
     kind: Kind,
     names: Arc<TokenNames>,
 ) -> Result<Response, ApiError> {
-    let meta = Meta::new(kind, &model.name, job.n, job.logprobs.then_some(names));
+    let mut meta = Meta::new(kind, &model.name, job.n, job.logprobs.then_some(names));
+    meta.tools = job.tools;
     let (stream, include_usage) = (job.stream, job.include_usage);
     let pending = submit::submit(&model, job).await?;
     if stream {

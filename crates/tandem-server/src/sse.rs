@@ -15,7 +15,9 @@ use tandem_core::scheduler::Event;
 use crate::errors::ApiError;
 use crate::logprobs;
 use crate::metrics::finish_reason;
+use crate::structured::openai_tool_calls;
 use crate::submit::{Kind, Meta, Pending, Totals};
+use tandem_core::tools::{ToolEvent, ToolStream};
 
 struct State {
     pending: Pending,
@@ -27,6 +29,8 @@ struct State {
     /// Each choice's log-probabilities not sent yet: a token whose text is held back sends
     /// its entry with the chunk that carries the text.
     logprobs: Vec<logprobs::Pending>,
+    /// With tools: each choice's text through the call recognizer, and the calls it sent.
+    calls: Vec<(ToolStream, usize)>,
     done: bool,
 }
 
@@ -62,6 +66,42 @@ impl State {
         }
     }
 
+    /// A choice's new text as chunks: content deltas, and with tools each completed call as a
+    /// `delta.tool_calls` entry (its whole arguments at once, as OpenAI's clients accept).
+    fn text(&mut self, index: usize, text: &str, finish: bool) {
+        let Some((stream, _)) = self.calls.get_mut(index) else {
+            if !text.is_empty() {
+                let choice = self.choice(index, Some(text), None);
+                let c = self.chunk(json!([choice]));
+                self.out.push_back(c);
+            }
+            return;
+        };
+        let mut events = stream.push(text);
+        if finish {
+            events.extend(stream.finish());
+        }
+        for e in events {
+            match e {
+                ToolEvent::Content(t) if t.is_empty() => {}
+                ToolEvent::Content(t) => {
+                    let choice = self.choice(index, Some(&t), None);
+                    let c = self.chunk(json!([choice]));
+                    self.out.push_back(c);
+                }
+                ToolEvent::Call(call) => {
+                    let k = self.calls[index].1;
+                    self.calls[index].1 += 1;
+                    let mut entry = openai_tool_calls(&self.meta.id, index, &[call])[0].clone();
+                    entry["index"] = json!(k);
+                    let delta = json!({ "tool_calls": [entry] });
+                    let c = self.chunk(json!([{ "index": index, "delta": delta, "logprobs": null, "finish_reason": null }]));
+                    self.out.push_back(c);
+                }
+            }
+        }
+    }
+
     /// Turns the next engine event into chunks; false once the stream is over.
     async fn advance(&mut self) -> bool {
         let Some((index, event)) = self.pending.next().await else {
@@ -80,21 +120,18 @@ impl State {
                 if let Some(pending) = self.logprobs.get_mut(index) {
                     self.meta.keep_logprobs(pending, id, logprobs.as_ref());
                 }
-                if !text.is_empty() {
-                    let choice = self.choice(index, Some(&text), None);
-                    let c = self.chunk(json!([choice]));
-                    self.out.push_back(c);
-                }
+                self.text(index, &text, false);
             }
             Event::Finished { reason, text, usage } => {
                 self.totals.add(index, self.meta.n, &usage);
-                if !text.is_empty() {
-                    let choice = self.choice(index, Some(&text), None);
-                    let c = self.chunk(json!([choice]));
-                    self.out.push_back(c);
-                }
+                self.text(index, &text, true);
+                let called = self.calls.get(index).is_some_and(|c| c.1 > 0);
+                let reason = match finish_reason(reason) {
+                    "stop" if called => "tool_calls",
+                    r => r,
+                };
                 // Entries of tokens that added no text (end of sequence) come with the finish.
-                let choice = self.choice(index, None, Some(finish_reason(reason)));
+                let choice = self.choice(index, None, Some(reason));
                 let c = self.chunk(json!([choice]));
                 self.out.push_back(c);
             }
@@ -113,6 +150,12 @@ impl State {
 /// The SSE response for an accepted request.
 pub fn respond(pending: Pending, meta: Meta, include_usage: bool) -> Response {
     let logprobs = (0..pending.choices()).map(|_| Default::default()).collect();
+    let calls = match meta.tools {
+        Some(syntax) if meta.kind == Kind::Chat => {
+            (0..pending.choices()).map(|_| (ToolStream::new(syntax), 0)).collect()
+        }
+        _ => vec![],
+    };
     let mut state = State {
         pending,
         meta,
@@ -120,6 +163,7 @@ pub fn respond(pending: Pending, meta: Meta, include_usage: bool) -> Response {
         totals: Totals::default(),
         out: VecDeque::new(),
         logprobs,
+        calls,
         done: false,
     };
     if state.meta.kind == Kind::Chat {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tandem_core::scheduler::{Event, RequestId, TokenLogprobs, Usage};
+use tandem_core::tools::{self, ToolSyntax};
 use tokio::sync::mpsc;
 
 use crate::api::Job;
@@ -14,6 +15,7 @@ use crate::engine::{Command, ModelHandle, Reject, Reply, Submission};
 use crate::errors::ApiError;
 use crate::logprobs::{self, TokenNames};
 use crate::metrics::finish_reason;
+use crate::structured::openai_tool_calls;
 
 /// Which OpenAI endpoint a response is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub struct Meta {
     pub n: usize,
     /// Set when the request asked for log-probabilities.
     pub logprobs: Option<Arc<TokenNames>>,
+    /// Set when tools were offered: the syntax the model's calls are read in.
+    pub tools: Option<ToolSyntax>,
 }
 
 impl Meta {
@@ -40,7 +44,8 @@ impl Meta {
         let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
         let id =
             format!("{prefix}-{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        Meta { id, created: crate::engine::unix_now(), model: model.to_string(), kind, n, logprobs }
+        let created = crate::engine::unix_now();
+        Meta { id, created, model: model.to_string(), kind, n, logprobs, tools: None }
     }
 
     /// Keeps a token's log-probabilities for its choice (if the request asked for them).
@@ -217,10 +222,25 @@ pub async fn collect(mut pending: Pending, meta: &Meta) -> Result<Value, ApiErro
         .zip(&mut logprobs)
         .enumerate()
         .map(|(index, ((text, reason), lp))| match meta.kind {
-            Kind::Chat => json!({
-                "index": index, "message": { "role": "assistant", "content": text },
-                "logprobs": meta.logprobs_json(lp), "finish_reason": reason,
-            }),
+            Kind::Chat => {
+                let mut message = json!({ "role": "assistant", "content": text });
+                let mut reason = reason;
+                if let Some(syntax) = meta.tools {
+                    let parsed = tools::parse(syntax, &text);
+                    if !parsed.calls.is_empty() {
+                        message["tool_calls"] = openai_tool_calls(&meta.id, index, &parsed.calls);
+                        message["content"] =
+                            if parsed.content.is_empty() { Value::Null } else { json!(parsed.content) };
+                        reason = if reason == "stop" { "tool_calls" } else { reason };
+                    } else {
+                        message["content"] = json!(parsed.content);
+                    }
+                }
+                json!({
+                    "index": index, "message": message,
+                    "logprobs": meta.logprobs_json(lp), "finish_reason": reason,
+                })
+            }
             Kind::Completion => json!({ "index": index, "text": text, "logprobs": meta.logprobs_json(lp), "finish_reason": reason }),
         })
         .collect();

@@ -38,21 +38,7 @@ async fn the_openai_python_client_gets_tandems_answers() {
     let (completion, completion_n) = r.greedy(&text, 40);
     let (chat, chat_n) = r.greedy(&chat_ids, 50);
     let s = start(&dir, Options::default()).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/openai_client.py");
-    let base = s.url("/v1");
-    // The client blocks; the server runs on this runtime's workers meanwhile.
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3").args([script, &base, "stories"]).output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "openai_client.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("the script prints JSON");
+    let v = common::python_client("openai_client.py", s.url("/v1"), "stories").await;
     assert_eq!(v["models"], serde_json::json!(["stories"]));
     assert_eq!(v["completion"], completion.as_str());
     assert_eq!(v["completion_usage"], completion_n);

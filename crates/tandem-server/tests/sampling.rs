@@ -35,7 +35,13 @@ async fn penalties_change_greedy_answers_as_the_engine_does() {
         let want = r
             .generate(
                 &ids,
-                &GenerateParams { max_tokens: 60, sampling, stop: vec![], ignore_eos: true },
+                &GenerateParams {
+                    max_tokens: 60,
+                    sampling,
+                    stop: vec![],
+                    ignore_eos: true,
+                    constraint: None,
+                },
             )
             .text;
         let body = json!({ "prompt": prompt, "max_tokens": 60, "temperature": 0, "ignore_eos": true, "presence_penalty": presence, "frequency_penalty": frequency });

@@ -316,7 +316,7 @@ fn generate_params(req: &Request) -> Result<GenerateParams> {
         return Err(Error::InvalidParameter("a stop string is empty".into()));
     }
     let max_tokens = req.max_tokens.unwrap_or(GenerateParams::default().max_tokens);
-    Ok(GenerateParams { max_tokens, sampling, stop, ignore_eos: req.ignore_eos })
+    Ok(GenerateParams { max_tokens, sampling, stop, ignore_eos: req.ignore_eos, constraint: None })
 }
 
 fn usage_of(r: Running, reason: FinishReason, u: &scheduler::Usage) -> Usage {

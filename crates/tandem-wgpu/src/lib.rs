@@ -476,6 +476,7 @@ impl Backend for WgpuBackend {
             | Op::Add(_)
             | Op::Argmax(_)
             | Op::Sample(_)
+            | Op::MaskLogits(_)
             | Op::CopyRows(_) => true,
         }
     }

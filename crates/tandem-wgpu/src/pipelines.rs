@@ -29,11 +29,12 @@ pub(crate) enum Shader {
     Add,
     Argmax,
     Sample,
+    MaskLogits,
     CopyRows,
 }
 
 impl Shader {
-    pub(crate) const ALL: [Shader; 18] = [
+    pub(crate) const ALL: [Shader; 19] = [
         Shader::Embed,
         Shader::RmsNorm,
         Shader::Matmul,
@@ -51,6 +52,7 @@ impl Shader {
         Shader::Add,
         Shader::Argmax,
         Shader::Sample,
+        Shader::MaskLogits,
         Shader::CopyRows,
     ];
 
@@ -103,6 +105,7 @@ impl Shader {
             Shader::Add => include_str!("../../../shaders/add.wgsl"),
             Shader::Argmax => include_str!("../../../shaders/argmax.wgsl"),
             Shader::Sample => include_str!("../../../shaders/sample.wgsl"),
+            Shader::MaskLogits => include_str!("../../../shaders/mask_logits.wgsl"),
             Shader::CopyRows => include_str!("../../../shaders/copy_rows.wgsl"),
         }
     }
@@ -126,6 +129,7 @@ impl Shader {
             Shader::Add => &[false, true],
             Shader::Argmax => &[true, false],
             Shader::Sample => &[true, true, false],
+            Shader::MaskLogits => &[false, true, true],
             Shader::CopyRows => &[true, false],
         }
     }
@@ -149,6 +153,7 @@ impl Shader {
             Shader::Add => "add",
             Shader::Argmax => "argmax",
             Shader::Sample => "sample",
+            Shader::MaskLogits => "mask_logits",
             Shader::CopyRows => "copy_rows",
         }
     }

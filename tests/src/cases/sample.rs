@@ -1,4 +1,4 @@
-//! Cases of the ops that pick tokens: argmax and sample.
+//! Cases of the ops that pick tokens: argmax, sample, and mask_logits before them.
 
 use tandem_core::ops::*;
 use tandem_core::DType;
@@ -138,6 +138,40 @@ pub(super) fn sample(rng: &mut Rng) -> Vec<Case> {
                 &[(o, tolerance("sample", DType::F32))],
             ));
         }
+    }
+    out
+}
+
+pub(super) fn mask_logits(rng: &mut Rng) -> Vec<Case> {
+    let mut out = vec![];
+    // (rows in x, which rows are masked): odd widths leave a partial last mask word; a listed
+    // subset in any order leaves the other rows' bits alone; a 49152-token vocabulary.
+    let shapes: [(usize, &[u32], usize); 4] =
+        [(1, &[0], 7), (5, &[3, 0], 100), (3, &[2, 1, 0], 49152), (13, &[12, 5, 6, 1], 33)];
+    for (x_rows, rows, width) in shapes {
+        let mut b = Bufs::default();
+        let mut x = rng.vec(x_rows * width, 5.0);
+        // NaN and -inf pass through where allowed and become -inf where not.
+        x[0] = f32::NAN;
+        x[width / 2] = f32::NEG_INFINITY;
+        let words = width.div_ceil(32);
+        let n = rows.len();
+        let mut mask: Vec<u32> = (0..n * words).map(|_| rng.next_u64() as u32).collect();
+        // A row allowing one token only (a grammar's forced EOS) and one allowing all.
+        mask[..words].fill(0);
+        mask[words / 2] = 1 << 3;
+        if n > 1 {
+            mask[words..2 * words].fill(u32::MAX);
+        }
+        let x = b.f32(&x);
+        let rows_buf = b.u32(rows);
+        let mask = b.u32(&mask);
+        let op = Op::MaskLogits(MaskLogits { x, rows: rows_buf, mask, n, x_rows, width });
+        out.push(b.case(
+            format!("x_rows={x_rows} n={n} width={width}"),
+            op,
+            &[(x, tolerance("mask_logits", DType::F32))],
+        ));
     }
     out
 }

@@ -93,6 +93,9 @@ pub(super) struct Activations {
     /// [rows * SampleRow::WORDS] u32
     pub(super) params: BufId,
     head_rows: usize,
+    /// Constrained rows: their indices [rows] u32 and masks [rows * words] u32, allocated on the
+    /// first constrained step (see [`Model::step_masked`]); the rows they hold.
+    mask: Option<(BufId, BufId, usize)>,
     tables: BufId,
     tables_cap: usize,
 }
@@ -151,6 +154,7 @@ impl Activations {
             token: u(b, 1)?,
             params: u(b, SampleRow::WORDS)?,
             head_rows: 1,
+            mask: None,
             tables: u(b, 64)?,
             tables_cap: 64,
         })
@@ -188,6 +192,22 @@ impl Activations {
         Ok(())
     }
 
+    /// Mask buffers for `rows` constrained rows (grown like the head's).
+    fn grow_mask<B: Backend>(&mut self, b: &mut B, c: &ModelConfig, rows: usize) -> Result<()> {
+        if self.mask.is_some_and(|(_, _, cap)| rows <= cap) {
+            return Ok(());
+        }
+        let rows = rows.next_power_of_two().min(self.cap).max(rows);
+        let idx = b.alloc(DType::U32, rows)?;
+        let bits =
+            b.alloc(DType::U32, rows * c.vocab_size.div_ceil(32)).inspect_err(|_| b.free(idx))?;
+        if let Some((old_idx, old_bits, _)) = self.mask.replace((idx, bits, rows)) {
+            b.free(old_idx);
+            b.free(old_bits);
+        }
+        Ok(())
+    }
+
     fn grow_tables<B: Backend>(&mut self, b: &mut B, len: usize) -> Result<()> {
         if len <= self.tables_cap {
             return Ok(());
@@ -211,7 +231,30 @@ impl<B: Backend> Model<B> {
     /// Runs one step over `chunks` and returns what each asked for, in their order. Checks
     /// everything first: on error nothing ran and no sequence changed.
     pub async fn step(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<ChunkOut>> {
+        self.step_masked(chunks, &[], || Ok(vec![])).await
+    }
+
+    /// [`Model::step`] where the chunks listed in `masked` (indices into `chunks`, ascending)
+    /// choose their tokens under a constraint: `masks` returns, for each of them in that order,
+    /// a mask per row it asks for ([rows * vocab.div_ceil(32)] u32, bit j of word j / 32 set
+    /// where token j is allowed; see [`crate::ops::MaskLogits`]). It is called once the step's
+    /// layers are on the backend, so the caller can compute the masks meanwhile; the masks
+    /// are applied on the backend before sampling and the other rows are untouched.
+    pub async fn step_masked(
+        &mut self,
+        chunks: &[Chunk<'_>],
+        masked: &[usize],
+        masks: impl FnOnce() -> Result<Vec<Vec<u32>>>,
+    ) -> Result<Vec<ChunkOut>> {
         self.check_chunks(chunks)?;
+        if masked.windows(2).any(|w| w[0] >= w[1])
+            || masked.last().is_some_and(|&i| i >= chunks.len())
+        {
+            return Err(Error::InvalidParameter(format!(
+                "masked chunks {masked:?}: ascending indices below {}",
+                chunks.len()
+            )));
+        }
         // Decode rows first (batch invariance needs them as a leading block of rows).
         let order: Vec<usize> = (0..chunks.len())
             .filter(|&i| chunks[i].decode)
@@ -248,8 +291,24 @@ impl<B: Backend> Model<B> {
             .filter(|h| matches!(chunks[h.chunk].want, Want::Token(_) | Want::Tokens(_)))
             .count();
         self.act.grow_head(&mut self.backend, &self.config, row.max(1))?;
-        let step = self.record(chunks, &order, &head, &samples)?;
-        self.backend.execute(&step)?;
+        let split = !masked.is_empty() && row > 0;
+        if split {
+            self.act.grow_mask(&mut self.backend, &self.config, row)?;
+        }
+        let mut step = self.record(chunks, &order, &head)?;
+        if !split {
+            self.record_choice(&mut step, row, &samples);
+            self.backend.execute(&step)?;
+        } else {
+            // The layers run while the caller computes the masks; then the masks, the choice
+            // and the read-back as a second, small step.
+            self.backend.execute(&step)?;
+            let masks = masks()?;
+            let mut tail = Step::default();
+            self.record_masks(&mut tail, masked, &head, masks)?;
+            self.record_choice(&mut tail, row, &samples);
+            self.backend.execute(&tail)?;
+        }
         self.stats.steps += 1;
 
         let mut outs = vec![ChunkOut::None; chunks.len()];
@@ -320,13 +379,7 @@ impl<B: Backend> Model<B> {
 
     /// Records the step: uploads, every layer over all tokens, then the head over the gathered
     /// rows.
-    fn record(
-        &mut self,
-        chunks: &[Chunk<'_>],
-        order: &[usize],
-        head: &[HeadRows],
-        samples: &[SampleRow],
-    ) -> Result<Step> {
+    fn record(&mut self, chunks: &[Chunk<'_>], order: &[usize], head: &[HeadRows]) -> Result<Step> {
         let bs = self.kv.block_size;
         let (mut ids, mut positions, mut slots, mut starts, mut tables) =
             (vec![], vec![], vec![], vec![], vec![]);
@@ -559,37 +612,82 @@ impl<B: Backend> Model<B> {
             if cap > 0.0 {
                 step.push(Op::Softcap(Softcap { x: a.logits, len: rows * c.vocab_size, cap }));
             }
-            let t = samples.len();
-            if samples.iter().all(|p| p.temperature == 0.0) && t > 0 {
-                step.push(Op::Argmax(Argmax {
-                    x: a.logits,
-                    out: a.token,
-                    n: t,
-                    width: c.vocab_size,
-                }));
-            } else if t > 0 {
-                step.write_u32(a.params, &SampleRow::to_words(samples));
-                step.push(Op::Sample(Sample {
-                    x: a.logits,
-                    params: a.params,
-                    out: a.token,
-                    n: t,
-                    width: c.vocab_size,
-                }));
-            }
-            // What `step` reads next, so a GPU can stage it in the step's own submission.
-            if t > 0 {
-                step.read_back.push((a.token, 0, 4 * t));
-            }
-            if rows > t {
-                step.read_back.push((
-                    a.logits,
-                    4 * t * c.vocab_size,
-                    4 * (rows - t) * c.vocab_size,
-                ));
-            }
         }
         // `Backend::execute` checks every op (operands, shape, `supports`) before running any.
         Ok(step)
+    }
+
+    /// The head's `rows` rows of logits into tokens: the first `samples.len()` rows drawn on the
+    /// backend (argmax when all are greedy), and what the engine reads back next.
+    fn record_choice(&self, step: &mut Step, rows: usize, samples: &[SampleRow]) {
+        let (a, vocab) = (&self.act, self.config.vocab_size);
+        let t = samples.len();
+        if samples.iter().all(|p| p.temperature == 0.0) && t > 0 {
+            step.push(Op::Argmax(Argmax { x: a.logits, out: a.token, n: t, width: vocab }));
+        } else if t > 0 {
+            step.write_u32(a.params, &SampleRow::to_words(samples));
+            step.push(Op::Sample(Sample {
+                x: a.logits,
+                params: a.params,
+                out: a.token,
+                n: t,
+                width: vocab,
+            }));
+        }
+        // What `step` reads next, so a GPU can stage it in the step's own submission.
+        if t > 0 {
+            step.read_back.push((a.token, 0, 4 * t));
+        }
+        if rows > t {
+            step.read_back.push((a.logits, 4 * t * vocab, 4 * (rows - t) * vocab));
+        }
+    }
+
+    /// Uploads the masked chunks' masks and masks their head rows (see [`Model::step_masked`]).
+    fn record_masks(
+        &self,
+        step: &mut Step,
+        masked: &[usize],
+        head: &[HeadRows],
+        masks: Vec<Vec<u32>>,
+    ) -> Result<()> {
+        let words = self.config.vocab_size.div_ceil(32);
+        if masks.len() != masked.len() {
+            return Err(Error::InvalidParameter(format!(
+                "{} masks for {} masked chunks",
+                masks.len(),
+                masked.len()
+            )));
+        }
+        let (mut rows, mut bits) = (vec![], vec![]);
+        for (&i, m) in masked.iter().zip(masks) {
+            // A chunk that asks for nothing this step (a prompt chunk) has no rows to mask.
+            let Some(h) = head.iter().find(|h| h.chunk == i) else { continue };
+            if m.len() != h.rows * words {
+                return Err(Error::InvalidParameter(format!(
+                    "chunk {i}: a mask of {} words for {} rows of {} tokens",
+                    m.len(),
+                    h.rows,
+                    self.config.vocab_size
+                )));
+            }
+            rows.extend(h.row as u32..(h.row + h.rows) as u32);
+            bits.extend_from_slice(&m);
+        }
+        let (idx, mask, _) = self.act.mask.expect("grown before recording");
+        let head_rows: usize = head.iter().map(|h| h.rows).sum();
+        if !rows.is_empty() {
+            step.write_u32(idx, &rows);
+            step.write_u32(mask, &bits);
+            step.push(Op::MaskLogits(MaskLogits {
+                x: self.act.logits,
+                rows: idx,
+                mask,
+                n: rows.len(),
+                x_rows: head_rows,
+                width: self.config.vocab_size,
+            }));
+        }
+        Ok(())
     }
 }

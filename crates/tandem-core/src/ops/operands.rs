@@ -131,6 +131,9 @@ impl Op {
             Op::Embed(o) if !o.scale.is_finite() => {
                 Err(bad(op, "a finite scale", o.scale.to_string()))
             }
+            Op::MaskLogits(o) if o.n > o.x_rows => {
+                Err(bad(op, format!("n <= x_rows = {}", o.x_rows), format!("n = {}", o.n)))
+            }
             Op::Softcap(o) if !(o.cap > 0.0 && o.cap.is_finite()) => {
                 Err(bad(op, "a finite cap > 0", o.cap.to_string()))
             }
@@ -247,6 +250,11 @@ impl Op {
                 v.push("out", o.out, DType::F32, o.len, Write);
             }
             Op::Softcap(o) => v.push("x", o.x, DType::F32, o.len, ReadWrite),
+            Op::MaskLogits(o) => {
+                v.push("x", o.x, DType::F32, numel(op, &[o.x_rows, o.width])?, ReadWrite);
+                v.push("rows", o.rows, DType::U32, o.n, Read);
+                v.push("mask", o.mask, DType::U32, numel(op, &[o.n, o.words()])?, Read);
+            }
             Op::MoeRoute(o) => {
                 v.push("logits", o.logits, DType::F32, numel(op, &[o.n, o.experts])?, Read);
                 v.push("ids", o.ids, DType::U32, numel(op, &[o.n, o.k])?, Write);

@@ -102,6 +102,11 @@ fn take_outputs(
     let mut accepted = 0;
     let mut ended = None;
     for i in 0..rows {
+        // Its constraint gave no mask: whatever the row chose was not held to the grammar.
+        if let Some(e) = r.constraint_error.take() {
+            ended = Some(Err(e));
+            break;
+        }
         let (t, logprobs) = match &out {
             ChunkOut::None => break,
             ChunkOut::Token(t) => (*t, None),

@@ -4,7 +4,8 @@
 //! waiting requests under a token budget and a sequence cap, first come first served.
 //! Sequences join and leave between steps.
 //!
-//! It is async and owns no threads, so the same code runs natively and in a browser worker:
+//! It is async and owns no threads (but, natively, the one that computes structured output's
+//! masks during a step: `masks`), so the same code runs natively and in a browser worker:
 //! the caller drives it (`while scheduler.has_work() { scheduler.step().await }`) and routes
 //! the returned events.
 //!
@@ -36,6 +37,7 @@
 mod commit;
 mod kv_manager;
 mod lease;
+mod masks;
 mod plan;
 mod request;
 mod run;
@@ -45,6 +47,7 @@ use std::borrow::{Borrow, BorrowMut};
 
 use commit::Ctx;
 use lease::Lease;
+use masks::MaskWorker;
 use plan::{DraftPolicy, Limits, Queue};
 use request::Request;
 pub use request::{
@@ -106,6 +109,8 @@ pub struct Scheduler<
     pub stats: SchedulerStats,
     /// Speculative decoding, when on.
     spec: Option<Speculation<B>>,
+    /// Computes structured output's masks while the backend runs a step.
+    masks: MaskWorker,
 }
 
 impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T> {
@@ -128,6 +133,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             next_id: 0,
             stats: SchedulerStats::default(),
             spec: None,
+            masks: MaskWorker::default(),
         })
     }
 
@@ -218,6 +224,12 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             return Err(Error::InvalidParameter("max_tokens must be at least 1".into()));
         }
         let vocab = self.model().config.vocab_size;
+        if let Some(c) = params.constraint.as_ref().filter(|c| c.vocab() != vocab) {
+            return Err(Error::InvalidParameter(format!(
+                "the constraint was compiled for {} logits, the model has {vocab}",
+                c.vocab()
+            )));
+        }
         if let Some(&t) = prompt.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::InvalidParameter(format!(
                 "token id {t} is outside the vocabulary of {vocab}"
@@ -284,7 +296,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
     /// requests of that step (each gets `Failed`) and leaves the others queued.
     pub async fn step(&mut self) -> Vec<(RequestId, Event)> {
         let mut events = std::mem::take(&mut self.outbox);
-        let Scheduler { lease, tokenizer, config, queue, spec, stats, .. } = self;
+        let Scheduler { lease, tokenizer, config, queue, spec, stats, masks, .. } = self;
         let (model, kv) = lease.parts();
         let limits = Limits {
             max_seqs: config.max_seqs,
@@ -305,7 +317,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             return events;
         }
         let draft = spec.as_mut().and_then(Speculation::draft_mut);
-        let result = run::run(model, draft, &mut queue.running, &mut plan).await;
+        let result = run::run(model, draft, &mut queue.running, &mut plan, masks).await;
         stats.steps += 1;
         let ctx = Ctx {
             tokenizer: <T as Borrow<Tokenizer>>::borrow(tokenizer),

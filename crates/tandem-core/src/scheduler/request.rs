@@ -5,6 +5,7 @@
 use web_time::Instant;
 
 use super::speculate::SpecState;
+use crate::constraint::Constraint;
 use crate::kv::Sequence;
 use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
 use crate::tokenizer::{Detokenizer, StopStrings, Tokenizer};
@@ -18,6 +19,10 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Keep going past end-of-sequence tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Structured output: what the output must be, compiled for this request
+    /// ([`crate::constraint::Constrainer::compile`]). It ends when the grammar is complete
+    /// (its end-of-sequence token forced then).
+    pub constraint: Option<Constraint>,
 }
 
 /// Most stop strings one request may give, and the longest one in bytes. After every token the
@@ -31,6 +36,18 @@ impl GenerateParams {
     /// stop strings.
     pub fn validate(&self) -> Result<()> {
         self.sampling.validate()?;
+        if self.constraint.is_some() && !self.stop.is_empty() {
+            return Err(Error::InvalidParameter(
+                "stop strings cannot be combined with a constraint (response_format, a regex or \
+                 a grammar): they would cut the output short of its structure"
+                    .into(),
+            ));
+        }
+        if self.constraint.is_some() && self.ignore_eos {
+            return Err(Error::InvalidParameter(
+                "ignore_eos cannot be combined with a constraint: a complete output ends it".into(),
+            ));
+        }
         if self.stop.len() > MAX_STOP_STRINGS {
             return Err(Error::InvalidParameter(format!(
                 "stop: at most {MAX_STOP_STRINGS} stop strings, got {}",
@@ -54,6 +71,7 @@ impl Default for GenerateParams {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            constraint: None,
         }
     }
 }
@@ -62,7 +80,7 @@ impl Default for GenerateParams {
 pub enum FinishReason {
     /// The model produced an end-of-sequence token.
     Eos,
-    /// A stop string appeared.
+    /// A stop string appeared, or a constrained output is complete.
     Stop,
     /// max_tokens reached.
     Length,
@@ -118,6 +136,11 @@ pub(super) struct Request {
     pub prompt_len: usize,
     pub params: GenerateParams,
     pub sampler: Sampler,
+    /// Where the output stands in its grammar (taken out of `params`); `None` while its next
+    /// masks are being computed, and for unconstrained requests.
+    pub constraint: Option<Constraint>,
+    /// Why its constraint could not give the last step's masks: the request fails at commit.
+    pub constraint_error: Option<Error>,
     pub kv: Sequence,
     pub spec: SpecState,
     detok: Detokenizer,
@@ -130,8 +153,14 @@ pub(super) struct Request {
 }
 
 impl Request {
-    pub fn new(id: RequestId, prompt: Vec<u32>, params: GenerateParams, sampler: Sampler) -> Self {
+    pub fn new(
+        id: RequestId,
+        prompt: Vec<u32>,
+        mut params: GenerateParams,
+        sampler: Sampler,
+    ) -> Self {
         let stops = StopStrings::new(params.stop.clone());
+        let constraint = params.constraint.take();
         let usage = Usage { prompt_tokens: prompt.len(), ..Usage::default() };
         Request {
             id,
@@ -139,6 +168,8 @@ impl Request {
             tokens: prompt,
             params,
             sampler,
+            constraint,
+            constraint_error: None,
             kv: Sequence::default(),
             spec: SpecState::default(),
             detok: Detokenizer::default(),
@@ -183,6 +214,9 @@ impl Request {
         }
         self.tokens.push(id);
         self.usage.generated_tokens = self.generated();
+        if let Some(c) = &mut self.constraint {
+            c.commit(id)?;
+        }
         if !self.params.ignore_eos && tok.eos_ids().contains(&id) {
             return Ok((
                 Event::Token { id, text: String::new(), logprobs },
@@ -191,7 +225,8 @@ impl Request {
         }
         let piece = self.detok.push(tok, id)?;
         let (text, stopped) = self.stops.push(&piece);
-        let finish = if stopped {
+        let complete = self.constraint.as_ref().is_some_and(Constraint::is_finished);
+        let finish = if stopped || complete {
             Some(FinishReason::Stop)
         } else if self.generated() >= self.params.max_tokens {
             Some(FinishReason::Length)

@@ -12,11 +12,13 @@ mod stream;
 pub use chat::{ChatMessage, ChatTemplateKwargs};
 pub use stream::{Detokenizer, StopStrings, TextStream};
 
+use crate::constraint::Constrainer;
 use crate::loader::gguf::{GgufMetadata, GgufValue};
 use crate::loader::TokenizerSource;
 use crate::{Error, Result};
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::OnceLock;
 
 /// Tokens that end a turn in the common chat formats. llama.cpp treats these as end-of-generation
 /// when the vocabulary marks them special, because model files often name only one EOS while
@@ -53,6 +55,9 @@ pub struct Tokenizer {
     chat_template: Option<String>,
     /// Ids of special (control) tokens: skipped by `decode(.., true)` and by streaming.
     special: HashSet<u32>,
+    /// Structured output's grammar compiler over this vocabulary, built on first use (it walks
+    /// the whole vocabulary) for the model vocabulary it was asked for.
+    constrainer: OnceLock<std::result::Result<Constrainer, String>>,
 }
 
 // Generation shares one tokenizer across threads (a server's requests).
@@ -218,6 +223,25 @@ impl Tokenizer {
             add_bos: x.add_bos,
             chat_template: x.chat_template,
             special,
+            constrainer: OnceLock::new(),
+        }
+    }
+
+    /// The grammar compiler of structured output for a model of `vocab` logits over this
+    /// vocabulary (built once; a second model width is an error, as a tokenizer serves one
+    /// model).
+    pub fn constrainer(&self, vocab: usize) -> Result<Constrainer> {
+        let c = self.constrainer.get_or_init(|| {
+            Constrainer::new(&self.inner, vocab, |id| self.special.contains(&id), &self.eos_ids)
+                .map_err(|e| e.to_string())
+        });
+        match c {
+            Ok(c) if c.vocab() == vocab => Ok(c.clone()),
+            Ok(c) => Err(Error::InvalidParameter(format!(
+                "structured output was set up for {} logits, not {vocab}",
+                c.vocab()
+            ))),
+            Err(e) => Err(Error::Tokenizer(e.clone())),
         }
     }
 

@@ -1,6 +1,7 @@
-//! The small ops: rope, swiglu, geglu, softcap, add, copy_rows and argmax, a kernel file each.
+//! The small ops: rope, swiglu, geglu, softcap, add, copy_rows, argmax and mask_logits, a kernel
+//! file each.
 
-use tandem_core::ops::{Add, Argmax, CopyRows, Geglu, Rope, Softcap, Swiglu};
+use tandem_core::ops::{Add, Argmax, CopyRows, Geglu, MaskLogits, Rope, Softcap, Swiglu};
 use tandem_core::Result;
 
 use crate::kernels::KernelFile;
@@ -48,6 +49,28 @@ pub(crate) fn softcap(r: &mut Recorder, op: &Softcap) -> Result<()> {
     let x = r.buf(OP, "x", op.x)?.ptr;
     let args = [Arg::Ptr(x), Arg::U64(op.len as u64), Arg::F32(op.cap)];
     r.launch(KernelFile::Softcap, "softcap", grid_1d(op.len as u64, 256), 256, 0, &args)
+}
+
+pub(crate) fn mask_logits(r: &mut Recorder, op: &MaskLogits) -> Result<()> {
+    const OP: &str = "mask_logits";
+    let x = r.buf(OP, "x", op.x)?.ptr;
+    let rows = r.buf(OP, "rows", op.rows)?;
+    rows.shadow.check_indices(OP, "rows", op.n, op.x_rows, "x_rows")?;
+    let rows = rows.ptr;
+    let mask = r.buf(OP, "mask", op.mask)?.ptr;
+    if op.n == 0 || op.width == 0 {
+        return Ok(());
+    }
+    let args = [
+        Arg::Ptr(x),
+        Arg::Ptr(rows),
+        Arg::Ptr(mask),
+        Arg::U32(fits_u32(OP, "n", op.n)?),
+        Arg::U32(fits_u32(OP, "width", op.width)?),
+        Arg::U32(fits_u32(OP, "words", op.words())?),
+    ];
+    let grid = (fits_u32(OP, "width / 256", op.width.div_ceil(256))?, fits_u32(OP, "n", op.n)?, 1);
+    r.launch(KernelFile::MaskLogits, "mask_logits", grid, 256, 0, &args)
 }
 
 pub(crate) fn add(r: &mut Recorder, op: &Add) -> Result<()> {

@@ -36,6 +36,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
         Op::Swiglu(o) => elementwise::swiglu(r, o),
         Op::Geglu(o) => elementwise::geglu(r, o),
         Op::Softcap(o) => elementwise::softcap(r, o),
+        Op::MaskLogits(o) => elementwise::mask_logits(r, o),
         Op::MoeRoute(o) => moe::route(r, o),
         Op::MoeSum(o) => moe::sum(r, o),
         Op::MoeMatmul(o) => moe::matmul(r, o),

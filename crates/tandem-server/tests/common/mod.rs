@@ -278,6 +278,7 @@ impl Reference {
             sampling: SamplingParams::default(),
             stop: vec![],
             ignore_eos,
+            constraint: None,
         };
         let g = self.generate(prompt, &params);
         (g.text, g.tokens.len())
@@ -336,4 +337,20 @@ pub fn stream_text(chunks: &[Value], chat: bool) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// Runs tests/clients/`script` (a Python client of the server at `base`, model `model`) off the
+/// runtime's workers (the server runs on them meanwhile) and returns the JSON it prints.
+#[allow(dead_code)]
+pub async fn python_client(script: &str, base: String, model: &str) -> Value {
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let model = model.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3").args([&path, &base, &model]).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
 }

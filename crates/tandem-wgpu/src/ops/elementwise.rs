@@ -1,7 +1,7 @@
-//! The small ops: rope, swiglu, geglu, softcap, add, argmax, copy_rows (one dispatch each, one
+//! The small ops: rope, swiglu, geglu, softcap, add, argmax, mask_logits, copy_rows (one dispatch each, one
 //! invocation per element or one workgroup per row).
 
-use tandem_core::ops::{Add, Argmax, CopyRows, Geglu, Rope, Softcap, Swiglu};
+use tandem_core::ops::{Add, Argmax, CopyRows, Geglu, MaskLogits, Rope, Softcap, Swiglu};
 use tandem_core::{BufId, Error, Result};
 
 use super::{fits_u32, groups_1d, Recorder};
@@ -104,6 +104,36 @@ pub(crate) fn argmax(r: &mut Recorder, op: &Argmax) -> Result<()> {
         vec![x, out],
         vec![op.width as u32],
         [op.n as u32, 1, 1],
+    );
+    Ok(())
+}
+
+pub(crate) fn mask_logits(r: &mut Recorder, op: &MaskLogits) -> Result<()> {
+    const OP: &str = "mask_logits";
+    let x = r.buf(OP, "x", op.x)?;
+    let rows = r.buf(OP, "rows", op.rows)?;
+    let mask = r.buf(OP, "mask", op.mask)?;
+    r.table
+        .get(op.rows)
+        .expect("checked")
+        .shadow
+        .check_indices(OP, "rows", op.n, op.x_rows, "x_rows")?;
+    if op.n == 0 || op.width == 0 {
+        return Ok(());
+    }
+    fits_u32(OP, "x_rows * width", op.x_rows * op.width)?;
+    if op.n > 65535 || op.width.div_ceil(256) > 65535 {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: "n <= 65535 rows of at most 65535 * 256 logits".into(),
+            got: format!("n = {}, width = {}", op.n, op.width),
+        });
+    }
+    r.push(
+        PipeKey::new(Shader::MaskLogits, "main"),
+        vec![x, rows, mask],
+        vec![op.n as u32, op.width as u32, op.words() as u32],
+        [op.width.div_ceil(256) as u32, op.n as u32, 1],
     );
     Ok(())
 }

@@ -58,6 +58,7 @@ impl Recorder<'_> {
             Op::Argmax(o) => elementwise::argmax(self, o),
             Op::CopyRows(o) => elementwise::copy_rows(self, o),
             Op::Sample(o) => sample::record(self, o),
+            Op::MaskLogits(o) => elementwise::mask_logits(self, o),
         }
     }
 

@@ -1,0 +1,263 @@
+//! Structured output end to end, generic over the backend: JSON schemas, any JSON object, a
+//! regex, a Lark and a GBNF grammar, each alone and in a batch with unconstrained requests.
+//! Every output that finishes with `stop` is checked by oracles tandem did not write
+//! (tests/oracle/structured.py: Python's jsonschema, `re`, the lark package); a constrained
+//! request's tokens equal its solo run, and an unconstrained one's equal its run without the
+//! constrained ones beside it.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+use tandem_core::constraint::Grammar;
+use tandem_core::generate::{FinishReason, GenerateParams};
+use tandem_core::loader;
+use tandem_core::model::{Model, ModelOptions};
+use tandem_core::sampling::SamplingParams;
+use tandem_core::scheduler::{Scheduler, SchedulerConfig};
+use tandem_core::tokenizer::{ChatMessage, Tokenizer};
+use tandem_core::Backend;
+
+use crate::batch::{run_all, solo, Done, Req};
+use crate::e2e::{self, Skip};
+
+/// One constrained case: what the engine gets, and what the oracle checks it with.
+pub struct Case {
+    pub name: &'static str,
+    pub prompt: &'static str,
+    pub grammar: Grammar,
+    /// (oracle kind, spec) for tests/oracle/structured.py.
+    pub oracle: (&'static str, Value),
+}
+
+fn schema_case(name: &'static str, prompt: &'static str, schema: Value) -> Case {
+    Case {
+        name,
+        prompt,
+        grammar: Grammar::JsonSchema(schema.clone()),
+        oracle: ("json_schema", schema),
+    }
+}
+
+/// The cases: schemas with nested objects, bounded arrays, enum, const, pattern, anyOf,
+/// $ref/$defs, bounded numbers, required and optional properties, no additional properties;
+/// any JSON object; a regex; a Lark and a GBNF grammar.
+pub fn cases() -> Vec<Case> {
+    let person = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+            "email": {"type": "string", "pattern": "^[a-z]{1,8}@[a-z]{1,8}\\.(com|org)$"},
+            "address": {"type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 10},
+                    "zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+                "required": ["city", "zip"], "additionalProperties": false}
+        },
+        "required": ["name", "age", "address"],
+        "additionalProperties": false
+    });
+    let order = json!({
+        "$defs": {"item": {"type": "object",
+            "properties": {"sku": {"enum": ["A1", "B2", "C3"]}, "qty": {"type": "integer",
+                "minimum": 1, "maximum": 9}},
+            "required": ["sku", "qty"], "additionalProperties": false}},
+        "type": "object",
+        "properties": {
+            "kind": {"const": "order"},
+            "items": {"type": "array", "items": {"$ref": "#/$defs/item"}, "minItems": 1,
+                "maxItems": 3},
+            "total": {"type": "number", "minimum": 0, "maximum": 1000},
+            "note": {"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 16}]}
+        },
+        "required": ["kind", "items", "total"],
+        "additionalProperties": false
+    });
+    let flags =
+        json!({"type": "array", "items": {"type": "boolean"}, "minItems": 2, "maxItems": 4});
+    let lark = "start: \"(\" word (\",\" word)* \")\"\nword: /[a-z]{1,6}/\n";
+    let gbnf = "root ::= \"[\" num (\";\" num){0,3} \"]\"\nnum ::= [1-9] [0-9]?\n";
+    let gbnf_as_lark = "start: \"[\" NUM (\";\" NUM)~0..3 \"]\"\nNUM: /[1-9][0-9]?/\n";
+    vec![
+        schema_case("person", "Describe a person as JSON.", person),
+        schema_case("order", "Write an order as JSON.", order),
+        schema_case("flags", "Give some true/false flags as a JSON list.", flags),
+        Case {
+            name: "json_object",
+            prompt: "Answer with a JSON object about the moon.",
+            grammar: Grammar::JsonObject,
+            oracle: ("json_object", Value::Null),
+        },
+        Case {
+            name: "regex",
+            prompt: "What is the date today?",
+            grammar: Grammar::Regex("(19|20)[0-9]{2}-(0[1-9]|1[0-2])-[0-2][0-9]".into()),
+            oracle: ("regex", json!("(19|20)[0-9]{2}-(0[1-9]|1[0-2])-[0-2][0-9]")),
+        },
+        Case {
+            name: "lark",
+            prompt: "List a few words in parentheses.",
+            grammar: Grammar::Lark(lark.into()),
+            oracle: ("lark", json!(lark)),
+        },
+        Case {
+            name: "gbnf",
+            prompt: "List a few numbers in brackets.",
+            grammar: Grammar::Gbnf(gbnf.into()),
+            oracle: ("lark", json!(gbnf_as_lark)),
+        },
+    ]
+}
+
+/// Runs the cases' outputs through tests/oracle/structured.py: `Err(Skip)` when python3 or an
+/// oracle package is missing (a failure under `TANDEM_REQUIRE_MODELS=1`, as CI installs them).
+pub fn oracle(checks: &[(&str, &Value, &str)]) -> Result<Vec<Option<String>>, Skip> {
+    let items: Vec<Value> = checks
+        .iter()
+        .map(|(kind, spec, text)| json!({"kind": kind, "spec": spec, "text": text}))
+        .collect();
+    let path = std::env::temp_dir().join(format!("tandem-structured-{}.json", std::process::id()));
+    std::fs::write(&path, Value::Array(items).to_string()).expect("write the oracle's input");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("oracle/structured.py");
+    let out = std::process::Command::new("python3").arg(&script).arg(&path).output();
+    std::fs::remove_file(&path).ok();
+    let missing = |why: String| Skip(tandem_testkit::model_missing(why));
+    let out = out.map_err(|e| missing(format!("python3: {e}")))?;
+    if out.status.code() == Some(3) {
+        return Err(missing(format!(
+            "the structured-output oracles (pip install jsonschema lark): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    assert!(out.status.success(), "the oracle failed: {}", String::from_utf8_lossy(&out.stderr));
+    let verdicts: Vec<Option<String>> =
+        serde_json::from_slice(&out.stdout).expect("the oracle's verdicts");
+    Ok(verdicts)
+}
+
+/// A chat prompt for `text` (with BOS where the model wants one and there is no template).
+fn chat_prompt(tok: &Tokenizer, text: &str) -> Vec<u32> {
+    let rendered = tok.apply_chat_template(&[ChatMessage::new("user", text)], true);
+    match rendered {
+        Ok(t) => tok.encode(&t).expect("encode"),
+        Err(_) => {
+            let mut ids: Vec<u32> = tok.bos_id().into_iter().collect();
+            ids.extend(tok.encode(text).expect("encode"));
+            ids
+        }
+    }
+}
+
+/// The battery on the model in `path` (SmolLM2's GGUF, or stories260K's folder): each case
+/// greedy and sampled, alone; then all of them together with as many unconstrained requests,
+/// whose tokens must not change; every `stop` output validated by the oracles, and at least
+/// half of the constrained ones must finish so.
+pub fn battery<B: Backend>(backend: B, path: &Path, max_tokens: usize) -> Result<(), Skip> {
+    let source = loader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let tok = Tokenizer::load(&source.tokenizer).expect("tokenizer");
+    let opts = ModelOptions { context: 1024, ..ModelOptions::default() };
+    let mut model: Model<B> = e2e::load(backend, &source, &opts);
+    let name = model.backend.name();
+    let constrainer = tok.constrainer(model.config.vocab_size).expect("constrainer");
+    let cases = cases();
+    let mut constrained = vec![];
+    for (i, c) in cases.iter().enumerate() {
+        for sampled in [false, true] {
+            let sampling = if sampled {
+                SamplingParams {
+                    temperature: 0.8,
+                    top_p: 0.95,
+                    seed: 7 + i as u64,
+                    ..Default::default()
+                }
+            } else {
+                SamplingParams::default()
+            };
+            let constraint = constrainer
+                .compile(&c.grammar)
+                .unwrap_or_else(|e| panic!("{}: compiling: {e}", c.name));
+            let params = GenerateParams {
+                max_tokens,
+                sampling,
+                constraint: Some(constraint),
+                ..Default::default()
+            };
+            constrained.push((i, Req { prompt: chat_prompt(&tok, c.prompt), params }));
+        }
+    }
+    let free: Vec<Req> = constrained
+        .iter()
+        .map(|(_, r)| Req {
+            prompt: r.prompt.clone(),
+            params: GenerateParams { constraint: None, ..r.params.clone() },
+        })
+        .collect();
+    let reqs: Vec<Req> = constrained.iter().map(|(_, r)| r.clone()).collect();
+    let alone = solo(&mut model, &tok, &reqs);
+    let free_alone = {
+        model.kv_blocks_mut().expect("blocks").evict_idle();
+        let mut s = Scheduler::new(&mut model, &tok, SchedulerConfig::default()).expect("sched");
+        run_all(&mut s, &free, &[])
+    };
+    // Everything at once: constrained and free requests interleaved in every step.
+    let mixed: Vec<Req> =
+        reqs.iter().zip(&free).flat_map(|(a, b)| [a.clone(), b.clone()]).collect();
+    let together = {
+        model.kv_blocks_mut().expect("blocks").evict_idle();
+        let config = SchedulerConfig { max_seqs: 64, max_batched_tokens: 256 };
+        let mut s = Scheduler::new(&mut model, &tok, config).expect("sched");
+        run_all(&mut s, &mixed, &[])
+    };
+    for (k, (i, _)) in constrained.iter().enumerate() {
+        let c = &cases[*i];
+        assert_eq!(
+            together[2 * k].tokens,
+            alone[k].tokens,
+            "{name}: {} #{k} batched vs alone",
+            c.name
+        );
+        assert_eq!(
+            together[2 * k + 1].tokens,
+            free_alone[k].tokens,
+            "{name}: an unconstrained request beside {} changed",
+            c.name
+        );
+    }
+    let stopped: Vec<(&Done, &Case)> = alone
+        .iter()
+        .zip(&constrained)
+        .filter(|(d, _)| d.reason == FinishReason::Stop)
+        .map(|(d, (i, _))| (d, &cases[*i]))
+        .collect();
+    let checks: Vec<(&str, &Value, &str)> =
+        stopped.iter().map(|(d, c)| (c.oracle.0, &c.oracle.1, d.text.as_str())).collect();
+    let verdicts = oracle(&checks)?;
+    for ((d, c), v) in stopped.iter().zip(&verdicts) {
+        assert!(
+            v.is_none(),
+            "{name}: {} gave {:?}: {}",
+            c.name,
+            d.text,
+            v.as_deref().unwrap_or("")
+        );
+    }
+    let finished = stopped.len();
+    for (d, (i, _)) in alone.iter().zip(&constrained) {
+        eprintln!("{name}: {} {:?} {:?}", cases[*i].name, d.reason, d.text);
+    }
+    assert!(
+        2 * finished >= constrained.len(),
+        "{name}: only {finished} of {} constrained outputs completed within {max_tokens} tokens",
+        constrained.len()
+    );
+    Ok(())
+}
+
+/// [`battery`] on SmolLM2-135M-Instruct (the default model).
+pub fn smollm<B: Backend>(backend: B) -> Result<(), Skip> {
+    battery(backend, &e2e::smollm_gguf()?, 96)
+}
+
+/// [`battery`] on stories260K (a 512-token vocabulary: quick on slow backends).
+pub fn stories<B: Backend>(backend: B) -> Result<(), Skip> {
+    battery(backend, &e2e::stories_dir()?, 128)
+}
