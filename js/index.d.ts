@@ -83,7 +83,7 @@ export interface GenerateOptions {
   ignore_eos?: boolean;
 }
 
-export interface TextGenerateOptions extends GenerateOptions {
+export interface TextGenerateOptions extends GenerateOptions, Pick<StructuredOptions, 'response_format' | 'regex' | 'grammar' | 'grammar_syntax'> {
   /** Interrupts this generation alone (finish_reason "interrupted"). */
   signal?: AbortSignal;
 }
@@ -97,7 +97,7 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
-  finish_reason: 'stop' | 'length' | 'interrupted';
+  finish_reason: 'stop' | 'length' | 'tool_calls' | 'interrupted';
   finish_detail: 'eos' | 'stop_string' | 'max_tokens' | 'context' | 'interrupted';
   /** From the call to the first generated token (waiting behind other requests included). */
   prefill_ms: number;
@@ -115,6 +115,42 @@ export interface Usage {
   accepted_tokens: number;
   /** The generated token ids. */
   token_ids: number[];
+  /** The calls recognized in the output when tools were offered (their text is not in the content). */
+  tool_calls: ToolCall[];
+}
+
+/** A call the model made, as OpenAI returns it: `arguments` is a JSON string. */
+export interface ToolCall {
+  id: string;
+  type: 'function';
+  function: { name: string; arguments: string };
+}
+
+/** A function the model may call: `parameters` is a JSON Schema of an object. */
+export interface Tool {
+  type: 'function';
+  function: { name: string; description?: string; parameters?: object };
+}
+
+/** Output held to a shape (OpenAI's `response_format`). */
+export type ResponseFormat =
+  | { type: 'text' }
+  | { type: 'json_object' }
+  | { type: 'json_schema'; json_schema: { name: string; schema: object; strict?: boolean; description?: string } };
+
+/** Structured output and tool calling, on WebGPU and the CPU fallback. */
+export interface StructuredOptions {
+  response_format?: ResponseFormat;
+  /** tandem's own: the whole output matches this regular expression (Rust regex syntax). */
+  regex?: string;
+  /** tandem's own: the output is in this grammar's language (GBNF by default, or Lark). */
+  grammar?: string;
+  grammar_syntax?: 'gbnf' | 'lark';
+  tools?: Tool[];
+  /** `auto` (the default with tools): the model decides; `required` or a named function: decoding is held to a valid call. */
+  tool_choice?: 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } };
+  /** false: at most one call (with `required` or a named function). */
+  parallel_tool_calls?: boolean;
 }
 
 export interface TextStream extends AsyncIterableIterator<string> {
@@ -123,11 +159,16 @@ export interface TextStream extends AsyncIterableIterator<string> {
 }
 
 export interface ChatMessage {
-  role: 'system' | 'user' | 'assistant' | string;
-  content: string;
+  role: 'system' | 'user' | 'assistant' | 'tool' | string;
+  content: string | null;
+  /** An assistant turn's calls (as a completion returned them). */
+  tool_calls?: ToolCall[];
+  /** A tool turn: the call it answers. */
+  tool_call_id?: string;
+  name?: string;
 }
 
-export interface ChatCompletionParams extends GenerateOptions {
+export interface ChatCompletionParams extends GenerateOptions, StructuredOptions {
   messages: ChatMessage[];
   stream?: boolean;
   model?: string;
@@ -138,7 +179,7 @@ export interface ChatCompletion {
   object: 'chat.completion';
   created: number;
   model: string;
-  choices: Array<{ index: number; message: { role: 'assistant'; content: string }; finish_reason: Usage['finish_reason'] }>;
+  choices: Array<{ index: number; message: { role: 'assistant'; content: string | null; tool_calls?: ToolCall[] }; finish_reason: Usage['finish_reason'] }>;
   usage: Usage;
 }
 
@@ -147,7 +188,7 @@ export interface ChatCompletionChunk {
   object: 'chat.completion.chunk';
   created: number;
   model: string;
-  choices: Array<{ index: number; delta: { role?: 'assistant'; content?: string }; finish_reason: Usage['finish_reason'] | null }>;
+  choices: Array<{ index: number; delta: { role?: 'assistant'; content?: string; tool_calls?: Array<ToolCall & { index: number }> }; finish_reason: Usage['finish_reason'] | null }>;
   /** On the last chunk only. */
   usage?: Usage;
 }

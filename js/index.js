@@ -85,10 +85,22 @@ function toPrompt(prompt) {
   return String(prompt);
 }
 
+/** A chat message as the engine reads it: text content, and a turn's tool calls or answer. */
+function toMessage(m) {
+  const out = { role: m.role, content: String(m.content ?? '') };
+  if (m.tool_calls) out.tool_calls = m.tool_calls;
+  if (m.tool_call_id) out.tool_call_id = m.tool_call_id;
+  if (m.name) out.name = m.name;
+  return out;
+}
+
 function toRequest(base, options) {
   const o = options ?? {};
   const request = { ...base };
-  for (const key of ['max_tokens', 'temperature', 'top_p', 'top_k', 'min_p', 'repetition_penalty', 'seed', 'stop', 'ignore_eos']) {
+  const keys = ['max_tokens', 'temperature', 'top_p', 'top_k', 'min_p', 'repetition_penalty', 'seed', 'stop', 'ignore_eos',
+    // Structured output and tools (OpenAI's fields, and tandem's regex and grammar).
+    'response_format', 'regex', 'grammar', 'grammar_syntax', 'tools', 'tool_choice', 'parallel_tool_calls'];
+  for (const key of keys) {
     if (o[key] !== undefined && o[key] !== null) request[key] = o[key];
   }
   // OpenAI samples at temperature 1 unless told otherwise; a fresh seed per call unless given.
@@ -167,7 +179,7 @@ class Engine {
   async createCompletion(params, options) {
     const { messages, stream } = params ?? {};
     if (!Array.isArray(messages) || messages.length === 0) throw new TandemError('messages must be a non-empty array');
-    const request = toRequest({ messages: messages.map((m) => ({ role: m.role, content: String(m.content ?? '') })) }, params);
+    const request = toRequest({ messages: messages.map(toMessage) }, params);
     const text = this.run(request, options?.signal);
     const id = `chatcmpl-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
     const created = Math.floor(Date.now() / 1000);
@@ -177,12 +189,17 @@ class Engine {
       let content = '';
       for await (const piece of text) content += piece;
       const usage = await text.usage;
+      const message = { role: 'assistant', content };
+      if (usage.tool_calls?.length) {
+        message.tool_calls = usage.tool_calls;
+        if (!content) message.content = null;
+      }
       return {
         id,
         object: 'chat.completion',
         created,
         model,
-        choices: [{ index: 0, message: { role: 'assistant', content }, finish_reason: usage.finish_reason }],
+        choices: [{ index: 0, message, finish_reason: usage.finish_reason }],
         usage: usageOf(usage),
       };
     }
@@ -194,6 +211,11 @@ class Engine {
         first = false;
       }
       const usage = await text.usage;
+      // Calls are recognized once complete: they come whole, before the finish.
+      if (usage.tool_calls?.length) {
+        const tool_calls = usage.tool_calls.map((c, index) => ({ index, ...c }));
+        yield chunk(first ? { role: 'assistant', tool_calls } : { tool_calls });
+      }
       yield { ...chunk({}, usage.finish_reason), usage: usageOf(usage) };
     }
     const iterator = chunks();

@@ -26,3 +26,11 @@ fn stories260k_constrained_outputs_are_valid_on_the_reference() {
         constrained::stories(CpuBackend::reference()),
     );
 }
+
+#[test]
+fn a_dormant_constraint_wakes_at_its_trigger() {
+    report(
+        "a_dormant_constraint_wakes_at_its_trigger",
+        constrained::lazy_wakes_at_its_trigger(CpuBackend::fast(2).unwrap()),
+    );
+}

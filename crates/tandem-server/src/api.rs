@@ -6,7 +6,6 @@ use std::hash::{BuildHasher, Hasher};
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tandem_core::constraint::Grammar;
 use tandem_core::generate::GenerateParams;
 use tandem_core::sampling::SamplingParams;
 use tandem_core::tokenizer::{ChatMessage, ChatTemplateKwargs, Tokenizer};
@@ -162,7 +161,7 @@ impl Common {
         ready: &Ready,
         prompts: Vec<Vec<u32>>,
         logprobs: Option<usize>,
-        grammar: Option<Grammar>,
+        structured: &structured::Structured,
     ) -> Result<Job, ApiError> {
         if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
             return Err(ApiError::unsupported("logit_bias", "a non-empty bias"));
@@ -206,16 +205,9 @@ impl Common {
         let stop = self.stop.map(StringOrList::into_vec).unwrap_or_default();
         // Compiled once (it has a budget, so a hostile schema is refused, not run), then each
         // choice starts from its own copy.
-        let constraint = match &grammar {
-            Some(g) => Some(
-                ready
-                    .tokenizer
-                    .constrainer(ready.vocab)?
-                    .compile(g)
-                    .map_err(|e| ApiError::bad_param(g.kind(), format!("{}: {e}", g.kind())))?,
-            ),
-            None => None,
-        };
+        let constraint = structured
+            .constraint(&ready.tokenizer, ready.vocab)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         // Checked once here, not once per choice.
         let checked = GenerateParams {
             max_tokens: 1,
@@ -299,10 +291,10 @@ impl ChatRequest {
     pub fn job(self, common: Common, fields: Fields, ready: &Ready) -> Result<Job, ApiError> {
         let logprobs = self.logprobs()?;
         let template = ready.tokenizer.chat_template().unwrap_or_default();
-        let (structured, choice) = fields.resolve(Some(template))?;
+        let (structured, choice) = structured::resolve(&fields, Some(template))?;
         let prompt = self.prompt(&ready.tokenizer, &structured, &choice)?;
         let tools = structured.syntax();
-        let mut job = common.into_job(ready, vec![prompt], logprobs, structured.grammar)?;
+        let mut job = common.into_job(ready, vec![prompt], logprobs, &structured)?;
         job.tools = tools;
         Ok(job)
     }
@@ -388,9 +380,9 @@ impl CompletionRequest {
     /// Everything between the parsed body and the engine (see [`ChatRequest::job`]).
     pub fn job(self, common: Common, fields: Fields, ready: &Ready) -> Result<Job, ApiError> {
         let logprobs = self.logprobs()?;
-        let (structured, _) = fields.resolve(None)?;
+        let (structured, _) = structured::resolve(&fields, None)?;
         let prompts = self.prompts(&ready.tokenizer)?;
-        common.into_job(ready, prompts, logprobs, structured.grammar)
+        common.into_job(ready, prompts, logprobs, &structured)
     }
 
     /// The prompts as token ids: text gets BOS where the model wants it (as `tandem run`).

@@ -10,7 +10,9 @@ use tandem_core::generate::{FinishReason, GenerateParams};
 use tandem_core::model::{Model, StreamedModel};
 use tandem_core::sampling::SamplingParams;
 use tandem_core::scheduler::{self, Event, RequestId, Scheduler, SchedulerConfig, Speculation};
-use tandem_core::tokenizer::{ChatMessage, Tokenizer};
+use tandem_core::tokenizer::{ChatMessage, ChatTemplateKwargs, Tokenizer};
+use tandem_core::tools::request::{openai_tool_calls, template_tool_calls, Fields, Structured};
+use tandem_core::tools::{ToolCall, ToolChoice, ToolEvent, ToolStream};
 use tandem_core::{Error, Result};
 
 /// A generation request, as the JS layer sends it (JSON). Either `prompt` (see [`Prompt`]) or
@@ -31,6 +33,11 @@ pub struct Request {
     pub stop: Option<Stop>,
     /// Keep generating past end-of-sequence tokens (tests, benchmarks).
     pub ignore_eos: bool,
+    /// Structured output and tools, as OpenAI's chat API takes them: `response_format`,
+    /// tandem's `regex` and `grammar` (+ `grammar_syntax`), `tools`, `tool_choice`,
+    /// `parallel_tool_calls`.
+    #[serde(flatten)]
+    pub structured: Fields,
 }
 
 /// OpenAI's `prompt`: plain text (BOS is added when the tokenizer asks for it, or when the
@@ -81,6 +88,10 @@ pub struct Usage {
     pub accepted_tokens: usize,
     /// Generated ids, the end-of-sequence token included if it ended the run.
     pub token_ids: Vec<u32>,
+    /// The calls recognized in the output when tools were offered (OpenAI's `tool_calls`:
+    /// `{id, type, function: {name, arguments}}`, arguments a JSON string); their text is not
+    /// in the streamed content. finish_reason is then "tool_calls".
+    pub tool_calls: Vec<serde_json::Value>,
 }
 
 /// Facts about the loaded model (JSON to the JS layer).
@@ -121,6 +132,9 @@ struct Running {
     token_ids: Vec<u32>,
     /// max_tokens was cut to the room left in the context: reaching it ends as "context".
     clamped: bool,
+    /// Tools were offered: the output's calls are recognized, and those found so far.
+    tools: Option<ToolStream>,
+    calls: Vec<ToolCall>,
 }
 
 pub struct Session {
@@ -169,8 +183,13 @@ impl Session {
         self.scheduler.set_speculation(Some(spec)).map(|_| ())
     }
 
-    /// The prompt's token ids, as `tandem run` builds them.
-    fn prompt_ids(&self, req: &Request) -> Result<Vec<u32>> {
+    /// The prompt's token ids, as `tandem run` builds them; a chat with the tools offered.
+    fn prompt_ids(
+        &self,
+        req: &Request,
+        structured: &Structured,
+        choice: &ToolChoice,
+    ) -> Result<Vec<u32>> {
         let tok = self.scheduler.tokenizer();
         match (&req.prompt, &req.messages) {
             (Some(_), Some(_)) => {
@@ -183,7 +202,23 @@ impl Session {
                 if messages.is_empty() {
                     return Err(Error::InvalidParameter("messages is empty".into()));
                 }
-                tok.encode(&tok.apply_chat_template(messages, true)?)
+                let mut messages = messages.clone();
+                for (i, m) in messages.iter_mut().enumerate() {
+                    if let Some(serde_json::Value::Array(calls)) = &m.tool_calls {
+                        m.tool_calls = Some(template_tool_calls(i, calls)?);
+                    }
+                }
+                if let Some(prompt) = structured.generic_prompt(choice) {
+                    match messages.first_mut().filter(|m| m.role == "system") {
+                        Some(system) => system.content = format!("{}\n\n{prompt}", system.content),
+                        None => messages.insert(0, ChatMessage::new("system", prompt)),
+                    }
+                }
+                let mut kwargs = ChatTemplateKwargs::new();
+                if let Some(tools) = structured.template_tools() {
+                    kwargs.insert("tools".into(), tools);
+                }
+                tok.encode(&tok.apply_chat_template_with(&messages, true, &kwargs)?)
             }
             (Some(Prompt::Ids(ids)), None) => {
                 if ids.is_empty() {
@@ -214,8 +249,14 @@ impl Session {
     /// the context or the KV cache, are errors here. Like a lone generation, a request may ask
     /// for more tokens than the context has room for: it then ends when the context is full.
     pub fn add(&mut self, req: &Request) -> Result<Added> {
-        let prompt = self.prompt_ids(req)?;
+        let tok = self.scheduler.tokenizer();
+        let template = req.messages.as_ref().map(|_| tok.chat_template().unwrap_or_default());
+        let (structured, choice) = req.structured.resolve(template)?;
+        let prompt = self.prompt_ids(req, &structured, &choice)?;
         let mut params = generate_params(req)?;
+        params.constraint =
+            structured.constraint(self.scheduler.tokenizer(), self.info.vocab_size)?;
+        params.validate()?;
         if params.max_tokens == 0 {
             if prompt.len() > self.info.context {
                 return Err(Error::PromptTooLong {
@@ -238,7 +279,8 @@ impl Session {
         let clamped = params.max_tokens > room;
         params.max_tokens = params.max_tokens.min(room).max(1);
         let id = self.scheduler.add(prompt, params)?;
-        self.running.insert(id, Running { token_ids: Vec::new(), clamped });
+        let tools = structured.syntax().map(ToolStream::new);
+        self.running.insert(id, Running { token_ids: Vec::new(), clamped, tools, calls: vec![] });
         Ok(Added::Queued(id))
     }
 
@@ -267,22 +309,23 @@ impl Session {
         for (id, event) in self.scheduler.step().await {
             match event {
                 Event::Token { id: token, text, .. } => {
-                    if let Some(r) = self.running.get_mut(&id) {
+                    let r = self.running.get_mut(&id);
+                    if let Some(r) = r {
                         r.token_ids.push(token);
-                    }
-                    if !text.is_empty() {
+                        content(&mut out, id, r, &text, false);
+                    } else if !text.is_empty() {
                         out.push((id, Output::Text(text)));
                     }
                 }
                 Event::Finished { reason, text, usage } => {
-                    let r = self
-                        .running
-                        .remove(&id)
-                        .unwrap_or(Running { token_ids: Vec::new(), clamped: false });
-                    if !text.is_empty() {
-                        out.push((id, Output::Text(text)));
-                    }
-                    out.push((id, Output::Done(usage_of(r, reason, &usage))));
+                    let mut r = self.running.remove(&id).unwrap_or(Running {
+                        token_ids: Vec::new(),
+                        clamped: false,
+                        tools: None,
+                        calls: vec![],
+                    });
+                    content(&mut out, id, &mut r, &text, true);
+                    out.push((id, Output::Done(usage_of(id, r, reason, &usage))));
                 }
                 Event::Failed(e) => {
                     self.running.remove(&id);
@@ -319,8 +362,39 @@ fn generate_params(req: &Request) -> Result<GenerateParams> {
     Ok(GenerateParams { max_tokens, sampling, stop, ignore_eos: req.ignore_eos, constraint: None })
 }
 
-fn usage_of(r: Running, reason: FinishReason, u: &scheduler::Usage) -> Usage {
+/// A request's new text as outputs: as it is, or through its tool-call recognizer (calls are
+/// kept for its usage, the rest is content).
+fn content(
+    out: &mut Vec<(RequestId, Output)>,
+    id: RequestId,
+    r: &mut Running,
+    text: &str,
+    end: bool,
+) {
+    let Some(stream) = &mut r.tools else {
+        if !text.is_empty() {
+            out.push((id, Output::Text(text.to_string())));
+        }
+        return;
+    };
+    let mut events = stream.push(text);
+    if end {
+        events.extend(stream.finish());
+    }
+    for e in events {
+        match e {
+            ToolEvent::Content(t) if !t.is_empty() => out.push((id, Output::Text(t))),
+            ToolEvent::Content(_) => {}
+            ToolEvent::Call(c) => r.calls.push(c),
+        }
+    }
+}
+
+fn usage_of(id: RequestId, r: Running, reason: FinishReason, u: &scheduler::Usage) -> Usage {
+    let called = !r.calls.is_empty();
     let (finish_reason, finish_detail) = match reason {
+        FinishReason::Eos if called => ("tool_calls", "eos"),
+        FinishReason::Stop if called => ("tool_calls", "stop_string"),
         FinishReason::Eos => ("stop", "eos"),
         FinishReason::Stop => ("stop", "stop_string"),
         FinishReason::Length if r.clamped => ("length", "context"),
@@ -346,6 +420,10 @@ fn usage_of(r: Running, reason: FinishReason, u: &scheduler::Usage) -> Usage {
         draft_tokens: u.draft_tokens,
         accepted_tokens: u.accepted_tokens,
         token_ids: r.token_ids,
+        tool_calls: match openai_tool_calls(&format!("web-{id}"), 0, &r.calls) {
+            serde_json::Value::Array(v) => v,
+            _ => vec![],
+        },
     }
 }
 

@@ -365,3 +365,61 @@ fn speculation_keeps_the_models_own_output() {
     let e = session(&dir).speculate(Some(foreign), 4).unwrap_err().to_string();
     assert!(e.contains("tokenizer differs"), "{e}");
 }
+
+#[test]
+fn structured_output_and_tool_calls_in_the_browser_engine() {
+    let Some(dir) = stories_dir() else { return };
+    let mut s = chat_session(&dir, 4, None);
+    let schema = r#"{"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
+        "legs": {"type": "integer", "minimum": 0, "maximum": 8}}, "required": ["name", "legs"],
+        "additionalProperties": false}"#;
+    let json = format!(
+        r#"{{"messages": [{{"role": "user", "content": "A dog."}}], "max_tokens": 120,
+        "temperature": 0, "response_format": {{"type": "json_schema",
+        "json_schema": {{"name": "dog", "schema": {schema}}}}}}}"#
+    );
+    let (text, usage) = run_one(&mut s, &json).expect("runs");
+    assert_eq!(usage.finish_reason, "stop", "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(v["name"].as_str().unwrap().chars().count() <= 6, "{v}");
+    assert!((0..=8).contains(&v["legs"].as_i64().unwrap()), "{v}");
+
+    // A prompt (no chat) under a regex.
+    let (text, _) = run_one(
+        &mut s,
+        r#"{"prompt": "Once", "max_tokens": 30, "temperature": 0, "regex": "[0-9]{3}"}"#,
+    )
+    .expect("runs");
+    assert!(text.len() == 3 && text.bytes().all(|b| b.is_ascii_digit()), "{text}");
+
+    // A forced call: no call text in the content, the call in usage.tool_calls.
+    let tools = r#"[{"type": "function", "function": {"name": "get_time", "parameters":
+        {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"],
+        "additionalProperties": false}}}]"#;
+    let json = format!(
+        r#"{{"messages": [{{"role": "user", "content": "Time?"}}], "temperature": 0,
+        "max_tokens": 60, "tools": {tools}, "tool_choice": "required", "parallel_tool_calls": false}}"#
+    );
+    let (text, usage) = run_one(&mut s, &json).expect("runs");
+    assert_eq!(usage.finish_reason, "tool_calls", "{text} {:?}", usage.tool_calls);
+    assert_eq!(text, "", "the call's text is not content");
+    let call = &usage.tool_calls[0];
+    assert_eq!(call["function"]["name"], "get_time");
+    let args: serde_json::Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(["UTC", "CET"].contains(&args["zone"].as_str().unwrap()), "{args}");
+
+    // Bad constraints are errors before anything runs.
+    for (json, needle) in [
+        (r#"{"prompt": "a", "regex": "(x"}"#, "regex"),
+        (r#"{"prompt": "a", "tools": [], "tool_choice": "required"}"#, "chat API"),
+        (
+            r#"{"messages": [{"role": "user", "content": "a"}], "tool_choice": "required"}"#,
+            "no tools",
+        ),
+    ] {
+        let e = run_one(&mut s, json).expect_err("refused");
+        assert!(e.contains(needle), "{json}: {e}");
+    }
+}

@@ -177,6 +177,7 @@ impl Constrainer {
             eos: self.eos.clone(),
             vocab: self.vocab,
             grammar: grammar.kind(),
+            waiting: None,
         })
     }
 }
@@ -198,6 +199,9 @@ pub struct Constraint {
     eos: Arc<[u32]>,
     vocab: usize,
     grammar: &'static str,
+    /// A dormant constraint ([`Constraint::after`]): its trigger's tokens, and how many of
+    /// them the output ends with so far.
+    waiting: Option<(Vec<u32>, usize)>,
 }
 
 impl std::fmt::Debug for Constraint {
@@ -213,11 +217,35 @@ impl Clone for Constraint {
             eos: self.eos.clone(),
             vocab: self.vocab,
             grammar: self.grammar,
+            waiting: self.waiting.clone(),
         }
     }
 }
 
 impl Constraint {
+    /// This constraint, dormant until the output has produced `trigger`'s tokens in a row: the
+    /// output is free until then, and held to the grammar from the next token on (a tool call
+    /// the model starts in its own syntax, held to a valid call). An empty trigger is none.
+    pub fn after(mut self, trigger: Vec<u32>) -> Self {
+        self.waiting = (!trigger.is_empty()).then_some((trigger, 0));
+        self
+    }
+
+    /// Whether it waits for its trigger (its output is free meanwhile: no masks).
+    pub fn is_dormant(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// How far `token` takes a trigger of which `matched` tokens are seen.
+    fn advance(trigger: &[u32], matched: usize, token: u32) -> usize {
+        if trigger.get(matched) == Some(&token) {
+            matched + 1
+        } else {
+            // Triggers are a token or a few: restarting at their first token is enough.
+            usize::from(trigger.first() == Some(&token))
+        }
+    }
+
     /// The model vocabulary (logits per row) its masks cover.
     pub fn vocab(&self) -> usize {
         self.vocab
@@ -257,18 +285,36 @@ impl Constraint {
 
     /// Takes a generated token. An end-of-sequence token the grammar allowed finishes it.
     pub fn commit(&mut self, token: u32) -> Result<()> {
+        if let Some((trigger, matched)) = &mut self.waiting {
+            *matched = Self::advance(trigger, *matched, token);
+            if *matched == trigger.len() {
+                self.waiting = None;
+            }
+            return Ok(());
+        }
         let t = if self.eos.contains(&token) { self.eos[0] } else { token };
         self.matcher.consume_token(t).map_err(|e| self.failed(e))
     }
 
     /// Whether the output is complete: the grammar allows nothing more.
     pub fn is_finished(&self) -> bool {
-        self.matcher.is_stopped()
+        self.waiting.is_none() && self.matcher.is_stopped()
     }
 
     /// How many of `draft`'s tokens the grammar accepts in a row from here (a speculative draft
     /// is cut at the first it rejects). Leaves the constraint where it was.
     pub fn accepted_prefix(&mut self, draft: &[u32]) -> usize {
+        // Dormant: the draft stops before the token that completes the trigger, so that no
+        // row after it is chosen unmasked.
+        if let Some((trigger, mut matched)) = self.waiting.clone() {
+            for (i, &t) in draft.iter().enumerate() {
+                matched = Self::advance(&trigger, matched, t);
+                if matched == trigger.len() {
+                    return i;
+                }
+            }
+            return draft.len();
+        }
         let mapped: Vec<u32> =
             draft.iter().map(|t| if self.eos.contains(t) { self.eos[0] } else { *t }).collect();
         self.matcher.validate_tokens(&mapped).unwrap_or(0)

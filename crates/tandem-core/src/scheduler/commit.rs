@@ -128,6 +128,7 @@ fn take_outputs(
                 r.sampler.sample_with_logprobs(&mut row, prompt, generated)
             }
         };
+        let dormant = r.constraint.as_ref().is_some_and(|c| c.is_dormant());
         match r.push_token(ctx.tokenizer, t, logprobs, ctx.context) {
             Ok((ev, finish)) => {
                 events.push((r.id, ev));
@@ -135,7 +136,9 @@ fn take_outputs(
             }
             Err(e) => ended = Some(Err(e)),
         }
-        let hit = i < p.draft.len() && t == p.draft[i];
+        // A constraint this token woke holds the next ones: none chosen without it is kept.
+        let woke = dormant && r.constraint.as_ref().is_some_and(|c| !c.is_dormant());
+        let hit = !woke && i < p.draft.len() && t == p.draft[i];
         accepted += hit as usize;
         if ended.is_some() || !hit {
             break;

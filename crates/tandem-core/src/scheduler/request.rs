@@ -36,7 +36,10 @@ impl GenerateParams {
     /// stop strings.
     pub fn validate(&self) -> Result<()> {
         self.sampling.validate()?;
-        if self.constraint.is_some() && !self.stop.is_empty() {
+        // A dormant constraint (a tool call `auto` may start) allows them: the text before it
+        // is free.
+        let holds = self.constraint.as_ref().is_some_and(|c| !c.is_dormant());
+        if holds && !self.stop.is_empty() {
             return Err(Error::InvalidParameter(
                 "stop strings cannot be combined with a constraint (response_format, a regex or \
                  a grammar): they would cut the output short of its structure"

@@ -42,7 +42,8 @@ pub(super) async fn run<B: Backend>(
     // Constrained chunks that choose tokens this step lend their constraints to the worker.
     let (mut masked, mut jobs) = (vec![], vec![]);
     for (i, p) in plan.chunks.iter().enumerate() {
-        if p.samples {
+        let active = running[p.seq].constraint.as_ref().is_some_and(|c| !c.is_dormant());
+        if p.samples && active {
             if let Some(constraint) = running[p.seq].constraint.take() {
                 masked.push(i);
                 let draft = p.draft.clone();

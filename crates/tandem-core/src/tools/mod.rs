@@ -3,6 +3,7 @@
 //! recognition of the calls a model writes in its own syntax ([`parse`], [`ToolStream`]).
 
 mod parse;
+pub mod request;
 
 pub use parse::{parse, Parsed, ToolCall, ToolEvent, ToolStream, ToolSyntax};
 
@@ -107,7 +108,7 @@ pub fn call_grammar(
         ToolChoice::Required => tools.iter().collect(),
         ToolChoice::Named(n) => tools.iter().filter(|t| &t.name == n).collect(),
     };
-    let call = call_schema(syntax, &chosen);
+    let call = with_json_options(call_schema(syntax, &chosen));
     let max = if parallel { json!(null) } else { json!(1) };
     Some(match syntax {
         ToolSyntax::Generic => {
@@ -134,6 +135,53 @@ pub fn call_grammar(
             Grammar::Lark(format!("start: {block}{repeat}\ncall: %json {call}\n"))
         }
     })
+}
+
+/// What `auto` holds a call to once the model starts one in its own syntax: the text that
+/// starts a call, and the grammar of what follows it (the rest of that call, and more calls
+/// with `parallel`). `None` for tandem's generic syntax, which is held whole instead.
+pub fn lazy_call_grammar(
+    syntax: ToolSyntax,
+    tools: &[Tool],
+    parallel: bool,
+) -> Option<(&'static str, Grammar)> {
+    let all: Vec<&Tool> = tools.iter().collect();
+    let call = with_json_options(call_schema(syntax, &all));
+    let lit = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    match syntax {
+        ToolSyntax::Generic => None,
+        ToolSyntax::Hermes => {
+            let (open, close) = syntax.call_frame();
+            let more = if parallel {
+                format!(" ({} {} call {})*", lit("\n"), lit(open), lit(close))
+            } else {
+                String::new()
+            };
+            let rest =
+                format!("start: {} call {}{more}\ncall: %json {call}\n", lit("\n"), lit(close));
+            Some((syntax.trigger(), Grammar::Lark(rest)))
+        }
+        ToolSyntax::Mistral => {
+            let mut calls = json!({"type": "array", "items": call, "minItems": 1});
+            if !parallel {
+                calls["maxItems"] = json!(1);
+            }
+            Some((syntax.trigger(), Grammar::JsonSchema(calls)))
+        }
+        ToolSyntax::Llama3 => Some(("<|python_tag|>", Grammar::JsonSchema(call))),
+    }
+}
+
+/// A schema with the options tandem compiles every JSON schema with (see
+/// [`crate::constraint`]), for schemas embedded in a Lark grammar.
+fn with_json_options(mut schema: Value) -> Value {
+    if let Value::Object(m) = &mut schema {
+        m.entry("x-guidance").or_insert_with(|| {
+            json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": ",
+                "lenient": false})
+        });
+    }
+    schema
 }
 
 /// The tools as a chat template receives them (transformers' `tools`: OpenAI's
