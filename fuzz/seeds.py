@@ -211,6 +211,34 @@ REQUESTS = [
     (2, 1, {"messages": [{"role": "user", "content": "Hi"}], "add_generation_prompt": False}),
     (3, 0, {"tokens": [1, 2, 3, 40, 100]}),
     (3, 1, {"model": "x", "tokens": []}),
+    # Structured output and tools.
+    (0, 1, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "response_format": {"type": "json_schema",
+            "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0},
+                "b": {"type": "array", "items": {"enum": ["x", "y"]}, "maxItems": 3}, "c": {"$ref": "#/$defs/c"}},
+                "$defs": {"c": {"anyOf": [{"type": "null"}, {"type": "string", "pattern": "^[a-z]+$"}]}},
+                "required": ["a"], "additionalProperties": False}}}}),
+    (1, 0, {"prompt": "x", "max_tokens": 4, "regex": "[0-9]{2,4}(-[a-z]+)?"}),
+    (1, 1, {"prompt": "x", "max_tokens": 4, "grammar": "root ::= \"(\" [a-z]+ (\",\" [a-z]+)* \")\"\n"}),
+    (1, 0, {"prompt": "x", "grammar": "start: \"a\" b*\nb: /[0-9]/\n", "grammar_syntax": "lark"}),
+    (0, 0, {"messages": [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{\"city\": \"P\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"}],
+            "tools": [{"type": "function", "function": {"name": "w", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+            "tool_choice": "required", "parallel_tool_calls": False}),
+    (0, 1, {"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_object"},
+            "tools": [{"type": "function", "function": {"name": "w"}}], "tool_choice": {"type": "function", "function": {"name": "w"}}}),
+]
+
+
+# The constraint target: [kind (0 schema, 1 regex, 2 lark, 3 gbnf), tokenizer, choices...] then text.
+CONSTRAINTS = [
+    (0, json.dumps({"type": "object", "properties": {"n": {"type": "number", "minimum": -1, "maximum": 1},
+                    "s": {"type": "string", "minLength": 2, "maxLength": 4}, "l": {"type": "array", "minItems": 1,
+                    "items": {"const": True}}}, "required": ["n", "l"]})),
+    (0, json.dumps({"anyOf": [{"type": "integer"}, {"type": "object", "additionalProperties": {"$ref": "#"}}]})),
+    (1, "(a|b)*c{2,5}[^x-z]?"),
+    (2, "start: expr\nexpr: term ((\"+\" | \"-\") term)*\nterm: NUMBER | \"(\" expr \")\"\nNUMBER: /[0-9]+/\n"),
+    (3, "root ::= obj\nobj ::= \"{\" ( pair ( \",\" pair )* )? \"}\"\npair ::= [a-z]+ \":\" ( [0-9]+ | obj )\n"),
 ]
 
 
@@ -253,6 +281,8 @@ def small():
         write(f"{root}/chat_template/{name}", b"\x01" + "\0".join(fields).encode())
     for i, (endpoint, model, body) in enumerate(REQUESTS):
         write(f"{root}/server_request/{i:02}.json", bytes([endpoint, model]) + json.dumps(body).encode())
+    for i, (kind, text) in enumerate(CONSTRAINTS):
+        write(f"{root}/constraint/{i:02}", bytes([kind, 0, 7]) + text.encode())
     # Structured (arbitrary) targets: a few byte patterns to start from.
     for t in ["gguf_tokenizer", "detokenize", "sampling"]:
         for i, pattern in enumerate([b"\0" * 64, bytes(range(256)), b"\x01\xff" * 40 + b"The capital of France\0\0\0"]):

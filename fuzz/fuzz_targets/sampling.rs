@@ -45,6 +45,7 @@ fuzz_target!(|i: Input| {
         sampling: sampling.clone(),
         stop: i.stop,
         ignore_eos: i.ignore_eos,
+        constraint: None,
     };
     let _ = params.validate();
     let Ok(mut sampler) = Sampler::new(sampling.clone()) else {
