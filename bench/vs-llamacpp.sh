@@ -16,8 +16,8 @@
 #                               mixes (not in the default set)
 #                  llama1b-q4_1 synthetic weights shaped like Llama-3.2-1B (bench/configs),
 #                               Q4_1, written by `tandem bench --synthetic --write-gguf`
-#                  qwen3-0.6b-q4_1, qwen3-1.7b-q4_1, gemma3-1b-q4_1, olmoe-q4_1: the same
-#                               for those shapes (not in the default set)
+#                  qwen3-0.6b-q4_1, qwen3-1.7b-q4_1, gemma3-1b-q4_1, phi4mini-q4_1,
+#                               olmoe-q4_1: the same for those shapes (not in the default set)
 #   --out FILE   also append every run and the medians to FILE as JSON lines
 #
 # llama.cpp comes from bench/build-llamacpp.sh (built on first use, ~15 min); made models go to
@@ -85,17 +85,18 @@ model_path() {
                 mv "$p.partial" "$p"
             fi
             echo "$p" ;;
-        llama1b-q4_1 | qwen3-0.6b-q4_1 | qwen3-1.7b-q4_1 | gemma3-1b-q4_1 | olmoe-q4_1)
+        llama1b-q4_1 | qwen3-0.6b-q4_1 | qwen3-1.7b-q4_1 | gemma3-1b-q4_1 | phi4mini-q4_1 | olmoe-q4_1)
             local shape="${1%-q4_1}"
             case "$shape" in
                 llama1b) shape=llama-3.2-1b ;;
                 gemma3-1b) shape=gemma-3-1b ;;
+                phi4mini) shape=phi-4-mini ;;
                 olmoe) shape=olmoe-1b-7b ;;
             esac
             local p="$MADE/$shape-synthetic.Q4_1.gguf"
             [[ -f "$p" ]] || "$TANDEM" bench --synthetic "$REPO/bench/configs/$shape.json" --dtype q4 --seed 0 --write-gguf "$p"
             echo "$p" ;;
-        *) log "unknown model $1 (smollm-q4_1, smollm-q8_0, smollm-q4_k_m, smollm-q5_k_m, smollm-q6_k, smollm-q3_k_m, smollm-q2_k, llama1b-q4_1, qwen3-0.6b-q4_1, qwen3-1.7b-q4_1, gemma3-1b-q4_1, olmoe-q4_1)"; return 1 ;;
+        *) log "unknown model $1 (smollm-q4_1, smollm-q8_0, smollm-q4_k_m, smollm-q5_k_m, smollm-q6_k, smollm-q3_k_m, smollm-q2_k, llama1b-q4_1, qwen3-0.6b-q4_1, qwen3-1.7b-q4_1, gemma3-1b-q4_1, phi4mini-q4_1, olmoe-q4_1)"; return 1 ;;
     esac
 }
 

@@ -6,6 +6,9 @@ struct Params {
     n: u32,
     width: u32,
     words: u32,
+    // -inf's bits (0xff800000), from the host: WGSL has no infinity literal, and a constant
+    // expression that evaluates to one is a shader-creation error in browsers.
+    neg_inf: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,7 +26,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     if ((mask[i * p.words + j / 32u] >> (j % 32u)) & 1u) == 0u {
-        // -inf: WGSL has no infinity literal; the bit pattern is exact.
-        x[rows[i] * p.width + j] = bitcast<f32>(0xff800000u);
+        x[rows[i] * p.width + j] = bitcast<f32>(p.neg_inf);
     }
 }

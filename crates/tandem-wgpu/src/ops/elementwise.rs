@@ -132,7 +132,7 @@ pub(crate) fn mask_logits(r: &mut Recorder, op: &MaskLogits) -> Result<()> {
     r.push(
         PipeKey::new(Shader::MaskLogits, "main"),
         vec![x, rows, mask],
-        vec![op.n as u32, op.width as u32, op.words() as u32],
+        vec![op.n as u32, op.width as u32, op.words() as u32, f32::NEG_INFINITY.to_bits()],
         [op.width.div_ceil(256) as u32, op.n as u32, 1],
     );
     Ok(())
