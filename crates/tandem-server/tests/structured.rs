@@ -133,6 +133,24 @@ async fn constrained_chat_answers_hold_their_constraints() {
             chunks.iter().rev().find(|c| !c["choices"][0]["finish_reason"].is_null()).unwrap();
         assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
     }
+    // `auto` with a question no tool answers: a template without tool syntax answers in
+    // tandem's JSON, held to it, so the reply is either text content or valid calls.
+    let mut body = chat(json!({"tools": tools(), "tool_choice": "auto", "parallel_tool_calls": false}));
+    body["messages"][0]["content"] = json!("Tell me a story about a cat.");
+    body.as_object_mut().unwrap().remove("max_tokens");
+    let (st, r) = s.post("/v1/chat/completions", &body).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let c = &r["choices"][0];
+    match c["finish_reason"].as_str().unwrap() {
+        "tool_calls" => {
+            let call = &c["message"]["tool_calls"][0]["function"];
+            assert!(["get_weather", "get_time"].contains(&call["name"].as_str().unwrap()), "{r}");
+            serde_json::from_str::<Value>(call["arguments"].as_str().unwrap()).unwrap();
+        }
+        "stop" => assert!(c["message"]["content"].is_string(), "{r}"),
+        "length" => {}
+        other => panic!("finish_reason {other}: {r}"),
+    }
     s.shutdown().await.unwrap();
 }
 
@@ -202,7 +220,8 @@ async fn the_openai_python_client_parses_and_calls() {
     assert!(pet["name"].as_str().unwrap().chars().count() <= 8, "{pet}");
     assert!(["cat", "dog", "bird"].contains(&pet["kind"].as_str().unwrap()), "{pet}");
     assert_eq!(v["call_finish"], "tool_calls", "{v}");
-    assert_eq!(v["call_class"], "ChatCompletionMessageFunctionToolCall", "{v}");
+    // ChatCompletionMessageToolCall, or ChatCompletionMessageFunctionToolCall in newer clients.
+    assert!(v["call_class"].as_str().unwrap().contains("ToolCall"), "{v}");
     assert_eq!(v["stream_finish"], "tool_calls", "{v}");
     let calls = v["calls"].as_array().unwrap();
     assert!(!calls.is_empty(), "{v}");
