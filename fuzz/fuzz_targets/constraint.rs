@@ -50,9 +50,8 @@ fuzz_target!(|data: &[u8]| {
         }
         let Ok(mask) = k.mask() else { break };
         assert_eq!(mask.len(), k.words());
-        let allowed: Vec<u32> = (0..c.vocab() as u32)
-            .filter(|&t| mask[t as usize / 32] >> (t % 32) & 1 == 1)
-            .collect();
+        let allowed: Vec<u32> =
+            (0..c.vocab() as u32).filter(|&t| mask[t as usize / 32] >> (t % 32) & 1 == 1).collect();
         assert!(!allowed.is_empty(), "a mask must allow a token");
         let t = allowed[choice as usize % allowed.len()];
         k.commit(t).expect("an allowed token is accepted");

@@ -135,7 +135,8 @@ async fn constrained_chat_answers_hold_their_constraints() {
     }
     // `auto` with a question no tool answers: a template without tool syntax answers in
     // tandem's JSON, held to it, so the reply is either text content or valid calls.
-    let mut body = chat(json!({"tools": tools(), "tool_choice": "auto", "parallel_tool_calls": false}));
+    let mut body =
+        chat(json!({"tools": tools(), "tool_choice": "auto", "parallel_tool_calls": false}));
     body["messages"][0]["content"] = json!("Tell me a story about a cat.");
     body.as_object_mut().unwrap().remove("max_tokens");
     let (st, r) = s.post("/v1/chat/completions", &body).await;
