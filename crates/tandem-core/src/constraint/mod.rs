@@ -93,7 +93,7 @@ impl Grammar {
 /// A schema with llguidance's options: compact separators (a model cannot pad the output with
 /// whitespace forever) and no silently ignored keywords (a keyword it cannot enforce is an
 /// error). A schema's own `x-guidance` options win.
-fn with_options(mut schema: Value) -> Value {
+pub(crate) fn with_options(mut schema: Value) -> Value {
     if let Value::Object(map) = &mut schema {
         map.entry("x-guidance").or_insert_with(|| {
             serde_json::json!({"whitespace_flexible": false, "item_separator": ", ",

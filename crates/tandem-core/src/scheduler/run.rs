@@ -82,7 +82,7 @@ pub(super) async fn run<B: Backend>(
     let mut back = None;
     let out = model
         .step_masked(&chunks, &masked, || {
-            let jobs = worker.wait(pending.take().expect("waited once"));
+            let mut jobs = worker.wait(pending.take().expect("waited once"));
             // A constraint that failed (or never came back) leaves its rows unmasked; its
             // request fails at commit instead of choosing a token.
             let masks = masked
@@ -90,8 +90,8 @@ pub(super) async fn run<B: Backend>(
                 .map(|&i| {
                     let p = &plan.chunks[i];
                     let rows = p.draft.len() + 1;
-                    match jobs.iter().find(|j| j.seq == p.seq).map(|j| &j.masks) {
-                        Some(Ok(m)) => m.clone(),
+                    match jobs.iter_mut().find(|j| j.seq == p.seq).map(|j| &mut j.masks) {
+                        Some(Ok(m)) => std::mem::take(m),
                         _ => vec![u32::MAX; rows * words],
                     }
                 })

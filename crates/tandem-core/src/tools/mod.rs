@@ -108,7 +108,7 @@ pub fn call_grammar(
         ToolChoice::Required => tools.iter().collect(),
         ToolChoice::Named(n) => tools.iter().filter(|t| &t.name == n).collect(),
     };
-    let call = with_json_options(call_schema(syntax, &chosen));
+    let call = crate::constraint::with_options(call_schema(syntax, &chosen));
     let max = if parallel { json!(null) } else { json!(1) };
     Some(match syntax {
         ToolSyntax::Generic => {
@@ -146,7 +146,7 @@ pub fn lazy_call_grammar(
     parallel: bool,
 ) -> Option<(&'static str, Grammar)> {
     let all: Vec<&Tool> = tools.iter().collect();
-    let call = with_json_options(call_schema(syntax, &all));
+    let call = crate::constraint::with_options(call_schema(syntax, &all));
     let lit = |s: &str| serde_json::to_string(s).expect("a string serializes");
     match syntax {
         ToolSyntax::Generic => None,
@@ -170,18 +170,6 @@ pub fn lazy_call_grammar(
         }
         ToolSyntax::Llama3 => Some(("<|python_tag|>", Grammar::JsonSchema(call))),
     }
-}
-
-/// A schema with the options tandem compiles every JSON schema with (see
-/// [`crate::constraint`]), for schemas embedded in a Lark grammar.
-fn with_json_options(mut schema: Value) -> Value {
-    if let Value::Object(m) = &mut schema {
-        m.entry("x-guidance").or_insert_with(|| {
-            json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": ",
-                "lenient": false})
-        });
-    }
-    schema
 }
 
 /// The tools as a chat template receives them (transformers' `tools`: OpenAI's
