@@ -217,6 +217,9 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
     let row = SampleRow { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.05, uniform: 0.3 };
     let params = f.u32s(&SampleRow::to_words(&[row, SampleRow::greedy(), row]));
     ops.push(Op::Sample(Sample { x, params, out: tok, n: 3, width: 100 }));
+    // Rows 0 and 2 of x masked, 100 columns in 4 words each.
+    let (rows, mask) = (f.u32s(&[0, 2]), f.u32s(&[u32::MAX; 8]));
+    ops.push(Op::MaskLogits(MaskLogits { x, rows, mask, n: 2, x_rows: 3, width: 100 }));
     ops
 }
 
