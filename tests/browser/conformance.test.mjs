@@ -51,6 +51,8 @@ const OPS = {
   moe_sum: '',
   add: '',
   copy_rows: '',
+  lora_shrink: '',
+  lora_expand: '',
 };
 
 for (const [op, filter] of Object.entries(OPS)) {

@@ -9,6 +9,7 @@ use crate::harness::Tol;
 use crate::rng::Rng;
 
 mod attention;
+mod lora;
 mod matmul;
 mod moe;
 mod rows;
@@ -17,7 +18,7 @@ mod sample;
 pub use attention::AttnBatch;
 
 /// Every op the suite covers, by the name shared with kernels and tests.
-pub const OPS: [&str; 18] = [
+pub const OPS: [&str; 20] = [
     "embed",
     "rms_norm",
     "matmul",
@@ -36,6 +37,8 @@ pub const OPS: [&str; 18] = [
     "sample",
     "mask_logits",
     "copy_rows",
+    "lora_shrink",
+    "lora_expand",
 ];
 
 pub const WEIGHT_DTYPES: [DType; 6] =
@@ -145,6 +148,8 @@ pub fn cases_for(op: &str) -> Vec<Case> {
         "sample" => sample::sample(rng),
         "mask_logits" => sample::mask_logits(rng),
         "copy_rows" => rows::copy_rows(rng),
+        "lora_shrink" => lora::shrink(rng),
+        "lora_expand" => lora::expand(rng),
         _ => vec![],
     }
 }
@@ -159,13 +164,14 @@ pub struct Invariance {
     pub row_len: usize,
 }
 
-/// The batch-invariance cases of "matmul", "attention" and "moe_matmul".
+/// The batch-invariance cases of "matmul", "attention", "moe_matmul" and "lora".
 pub fn invariance_cases(op: &str) -> Vec<Invariance> {
     let rng = &mut Rng::new(0x1A7A);
     match op {
         "matmul" => matmul::matmul_invariance(rng),
         "moe_matmul" => moe::matmul_invariance(rng),
         "attention" => attention::attention_invariance(rng),
+        "lora" => lora::invariance(rng),
         _ => vec![],
     }
 }

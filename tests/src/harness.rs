@@ -48,6 +48,8 @@ pub fn tolerance(op: &str, dtype: DType) -> Tol {
         ("moe_route", DType::U32) => Tol::Exact,
         ("moe_route", _) => Tol::Nmse(1e-10),
         ("moe_sum", _) => Tol::Nmse(1e-12),
+        // Dot products over k (the shrink) and over the rank (the expand), as matmul's.
+        ("lora_shrink" | "lora_expand", _) => Tol::Nmse(1e-10),
         ("add" | "argmax" | "sample" | "mask_logits" | "copy_rows" | "kv_write", _) => Tol::Exact,
         _ => Tol::Nmse(0.0),
     }
@@ -361,6 +363,12 @@ pub fn remap(op: &Op, f: impl Fn(BufId) -> BufId) -> Op {
         Op::Sample(o) => (o.x, o.params, o.out) = (f(o.x), f(o.params), f(o.out)),
         Op::MaskLogits(o) => (o.x, o.rows, o.mask) = (f(o.x), f(o.rows), f(o.mask)),
         Op::CopyRows(o) => (o.src, o.dst) = (f(o.src), f(o.dst)),
+        Op::LoraShrink(o) => {
+            (o.x, o.a, o.rows, o.slots, o.t) = (f(o.x), f(o.a), f(o.rows), f(o.slots), f(o.t))
+        }
+        Op::LoraExpand(o) => {
+            (o.t, o.b, o.rows, o.slots, o.out) = (f(o.t), f(o.b), f(o.rows), f(o.slots), f(o.out))
+        }
     }
     op
 }

@@ -118,6 +118,18 @@ macro_rules! conformance_suite {
                 check("copy_rows");
             }
             #[test]
+            fn lora_shrink() {
+                check("lora_shrink");
+            }
+            #[test]
+            fn lora_expand() {
+                check("lora_expand");
+            }
+            #[test]
+            fn batch_invariance_lora() {
+                $crate::check_invariance($make, stringify!($name), "lora");
+            }
+            #[test]
             fn batch_invariance_matmul() {
                 $crate::check_invariance($make, stringify!($name), "matmul");
             }

@@ -7,8 +7,10 @@
 use crate::backend::BufId;
 use crate::dtype::DType;
 
+mod lora;
 mod moe;
 mod operands;
+pub use lora::{lora_dtype, LoraExpand, LoraShrink};
 pub use moe::{MoeMatmul, MoeRoute, MoeSum};
 pub use operands::{Access, Operand, Operands};
 
@@ -383,6 +385,8 @@ pub enum Op {
     Sample(Sample),
     MaskLogits(MaskLogits),
     CopyRows(CopyRows),
+    LoraShrink(LoraShrink),
+    LoraExpand(LoraExpand),
 }
 
 impl Op {
@@ -407,6 +411,8 @@ impl Op {
             Op::Sample(_) => "sample",
             Op::MaskLogits(_) => "mask_logits",
             Op::CopyRows(_) => "copy_rows",
+            Op::LoraShrink(_) => "lora_shrink",
+            Op::LoraExpand(_) => "lora_expand",
         }
     }
 }

@@ -228,6 +228,8 @@ impl CpuBackend {
             Op::Sample(o) => ops::sample::run(t, ex, o),
             Op::MaskLogits(o) => ops::mask_logits::run(t, ex, o),
             Op::CopyRows(o) => ops::copy_rows::run(t, ex, o),
+            Op::LoraShrink(o) => ops::lora::shrink(t, ex, o),
+            Op::LoraExpand(o) => ops::lora::expand(t, ex, o),
         }
     }
 }
@@ -268,6 +270,7 @@ impl Backend for CpuBackend {
             | Op::MoeRoute(_)
             | Op::MoeSum(_) => true,
             Op::MoeMatmul(o) => is_weight_dtype(o.wdtype),
+            Op::LoraShrink(_) | Op::LoraExpand(_) => true,
         }
     }
 

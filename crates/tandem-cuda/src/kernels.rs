@@ -36,10 +36,11 @@ pub enum KernelFile {
     Sample,
     MaskLogits,
     CopyRows,
+    Lora,
 }
 
 impl KernelFile {
-    pub const ALL: [KernelFile; 19] = [
+    pub const ALL: [KernelFile; 20] = [
         KernelFile::Embed,
         KernelFile::RmsNorm,
         KernelFile::Rope,
@@ -59,6 +60,7 @@ impl KernelFile {
         KernelFile::Sample,
         KernelFile::MaskLogits,
         KernelFile::CopyRows,
+        KernelFile::Lora,
     ];
 
     /// The file's stem in `kernels/`.
@@ -83,6 +85,7 @@ impl KernelFile {
             KernelFile::Sample => "sample",
             KernelFile::MaskLogits => "mask_logits",
             KernelFile::CopyRows => "copy_rows",
+            KernelFile::Lora => "lora",
         }
     }
 
@@ -107,6 +110,7 @@ impl KernelFile {
             KernelFile::Sample => include_str!("../../../kernels/sample.cu"),
             KernelFile::MaskLogits => include_str!("../../../kernels/mask_logits.cu"),
             KernelFile::CopyRows => include_str!("../../../kernels/copy_rows.cu"),
+            KernelFile::Lora => include_str!("../../../kernels/lora.cu"),
         }
     }
 

@@ -373,7 +373,9 @@ pub(crate) fn supports(op: &Op) -> bool {
         | Op::Argmax(_)
         | Op::Sample(_)
         | Op::MaskLogits(_)
-        | Op::CopyRows(_) => true,
+        | Op::CopyRows(_)
+        | Op::LoraShrink(_)
+        | Op::LoraExpand(_) => true,
     }
 }
 

@@ -477,7 +477,9 @@ impl Backend for WgpuBackend {
             | Op::Argmax(_)
             | Op::Sample(_)
             | Op::MaskLogits(_)
-            | Op::CopyRows(_) => true,
+            | Op::CopyRows(_)
+            | Op::LoraShrink(_)
+            | Op::LoraExpand(_) => true,
         }
     }
 

@@ -31,10 +31,11 @@ pub(crate) enum Shader {
     Sample,
     MaskLogits,
     CopyRows,
+    Lora,
 }
 
 impl Shader {
-    pub(crate) const ALL: [Shader; 19] = [
+    pub(crate) const ALL: [Shader; 20] = [
         Shader::Embed,
         Shader::RmsNorm,
         Shader::Matmul,
@@ -54,6 +55,7 @@ impl Shader {
         Shader::Sample,
         Shader::MaskLogits,
         Shader::CopyRows,
+        Shader::Lora,
     ];
 
     /// The WGSL module: the shader's file, with shaders/kquant.wgsl appended to those that
@@ -107,6 +109,7 @@ impl Shader {
             Shader::Sample => include_str!("../../../shaders/sample.wgsl"),
             Shader::MaskLogits => include_str!("../../../shaders/mask_logits.wgsl"),
             Shader::CopyRows => include_str!("../../../shaders/copy_rows.wgsl"),
+            Shader::Lora => include_str!("../../../shaders/lora.wgsl"),
         }
     }
 
@@ -131,6 +134,7 @@ impl Shader {
             Shader::Sample => &[true, true, false],
             Shader::MaskLogits => &[false, true, true],
             Shader::CopyRows => &[true, false],
+            Shader::Lora => &[true, true, true, true, false],
         }
     }
 
@@ -155,6 +159,7 @@ impl Shader {
             Shader::Sample => "sample",
             Shader::MaskLogits => "mask_logits",
             Shader::CopyRows => "copy_rows",
+            Shader::Lora => "lora",
         }
     }
 }

@@ -131,6 +131,14 @@ impl Op {
             Op::Embed(o) if !o.scale.is_finite() => {
                 Err(bad(op, "a finite scale", o.scale.to_string()))
             }
+            Op::LoraShrink(LoraShrink { dtype, .. }) | Op::LoraExpand(LoraExpand { dtype, .. })
+                if !lora_dtype(*dtype) =>
+            {
+                Err(bad(op, "an adapter pool of f32 or f16", dtype.to_string()))
+            }
+            Op::LoraExpand(o) if o.n > o.out_rows => {
+                Err(bad(op, format!("n <= out_rows = {}", o.out_rows), format!("n = {}", o.n)))
+            }
             Op::MaskLogits(o) if o.n > o.x_rows => {
                 Err(bad(op, format!("n <= x_rows = {}", o.x_rows), format!("n = {}", o.n)))
             }
@@ -254,6 +262,20 @@ impl Op {
                 v.push("x", o.x, DType::F32, numel(op, &[o.x_rows, o.width])?, ReadWrite);
                 v.push("rows", o.rows, DType::U32, o.n, Read);
                 v.push("mask", o.mask, DType::U32, numel(op, &[o.n, o.words()])?, Read);
+            }
+            Op::LoraShrink(o) => {
+                v.push("x", o.x, DType::F32, numel(op, &[o.x_rows, o.k])?, Read);
+                v.push("a", o.a, o.dtype, numel(op, &[o.n_slots, o.rank, o.k])?, Read);
+                v.push("rows", o.rows, DType::U32, o.n, Read);
+                v.push("slots", o.slots, DType::U32, o.n, Read);
+                v.push("t", o.t, DType::F32, numel(op, &[o.n, o.rank])?, Write);
+            }
+            Op::LoraExpand(o) => {
+                v.push("t", o.t, DType::F32, numel(op, &[o.n, o.rank])?, Read);
+                v.push("b", o.b, o.dtype, numel(op, &[o.n_slots, o.m, o.rank])?, Read);
+                v.push("rows", o.rows, DType::U32, o.n, Read);
+                v.push("slots", o.slots, DType::U32, o.n, Read);
+                v.push("out", o.out, DType::F32, numel(op, &[o.out_rows, o.m])?, ReadWrite);
             }
             Op::MoeRoute(o) => {
                 v.push("logits", o.logits, DType::F32, numel(op, &[o.n, o.experts])?, Read);

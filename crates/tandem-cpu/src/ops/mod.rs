@@ -8,6 +8,7 @@ pub(crate) mod copy_rows;
 pub(crate) mod embed;
 pub(crate) mod geglu;
 pub(crate) mod kv_write;
+pub(crate) mod lora;
 pub(crate) mod mask_logits;
 pub(crate) mod matmul;
 pub(crate) mod moe;

@@ -12,6 +12,7 @@ mod attention;
 mod elementwise;
 mod embed;
 mod kv_write;
+mod lora;
 mod matmul;
 mod moe;
 mod rms_norm;
@@ -44,6 +45,8 @@ pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
         Op::Argmax(o) => elementwise::argmax(r, o),
         Op::Sample(o) => sample::record(r, o),
         Op::CopyRows(o) => elementwise::copy_rows(r, o),
+        Op::LoraShrink(o) => lora::shrink(r, o),
+        Op::LoraExpand(o) => lora::expand(r, o),
     }
 }
 

@@ -220,6 +220,39 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
     // Rows 0 and 2 of x masked, 100 columns in 4 words each.
     let (rows, mask) = (f.u32s(&[0, 2]), f.u32s(&[u32::MAX; 8]));
     ops.push(Op::MaskLogits(MaskLogits { x, rows, mask, n: 2, x_rows: 3, width: 100 }));
+    // Rows 0 and 2 of x with adapters in slots 1 and 0 of two, rank 8, in both pool dtypes.
+    let slots = f.u32s(&[1, 0]);
+    for dtype in [DType::F32, DType::F16] {
+        let (a, b, t) =
+            (f.buf(dtype, 2 * 8 * 100), f.buf(dtype, 2 * 100 * 8), f.buf(DType::F32, 16));
+        let (n, n_slots, rank) = (2, 2, 8);
+        ops.push(Op::LoraShrink(LoraShrink {
+            x,
+            a,
+            dtype,
+            rows,
+            slots,
+            t,
+            n,
+            x_rows: 3,
+            n_slots,
+            rank,
+            k: 100,
+        }));
+        ops.push(Op::LoraExpand(LoraExpand {
+            t,
+            b,
+            dtype,
+            rows,
+            slots,
+            out: o,
+            n,
+            out_rows: 3,
+            n_slots,
+            rank,
+            m: 100,
+        }));
+    }
     ops
 }
 

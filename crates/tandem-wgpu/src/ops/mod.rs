@@ -11,6 +11,7 @@ mod attention;
 mod elementwise;
 mod embed;
 mod kv_write;
+mod lora;
 mod matmul;
 mod moe;
 mod rms_norm;
@@ -59,6 +60,8 @@ impl Recorder<'_> {
             Op::CopyRows(o) => elementwise::copy_rows(self, o),
             Op::Sample(o) => sample::record(self, o),
             Op::MaskLogits(o) => elementwise::mask_logits(self, o),
+            Op::LoraShrink(o) => lora::shrink(self, o),
+            Op::LoraExpand(o) => lora::expand(self, o),
         }
     }
 
