@@ -16,6 +16,8 @@ pub mod families;
 pub mod harness;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod kquant;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod lora;
 pub mod rng;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod speculate;

@@ -62,7 +62,13 @@ pub fn measure<B: Backend>(
                 } else {
                     Want::Tokens(vec![SampleRow::greedy(); n])
                 };
-                let chunk = [Chunk { seq: &seq, tokens: &tokens, decode: true, want: &want }];
+                let chunk = [Chunk {
+                    seq: &seq,
+                    tokens: &tokens,
+                    decode: true,
+                    want: &want,
+                    adapter: None,
+                }];
                 // One step unmeasured: a shape's first step may build or capture its work.
                 pollster::block_on(model.step(&chunk))?;
                 let t = Instant::now();

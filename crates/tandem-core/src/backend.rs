@@ -147,7 +147,14 @@ pub trait Backend {
     }
 
     /// Overwrites the start of `buf` with `bytes` (weights at load time; poison in tests).
-    fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()>;
+    fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()> {
+        self.write_at(buf, 0, bytes)
+    }
+
+    /// Overwrites `bytes.len()` bytes of `buf` from byte `offset` (an adapter's slot of its
+    /// pool). Offset and length are multiples of 4; a weight split across bindings (WebGPU)
+    /// takes whole writes only.
+    fn write_at(&mut self, buf: BufId, offset: usize, bytes: &[u8]) -> Result<()>;
 
     fn free(&mut self, buf: BufId);
 

@@ -10,6 +10,7 @@ pub mod error;
 pub mod generate;
 pub mod kv;
 pub mod loader;
+pub mod lora;
 pub mod model;
 pub mod ops;
 pub mod perplexity;

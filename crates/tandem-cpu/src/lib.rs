@@ -313,25 +313,26 @@ impl Backend for CpuBackend {
         Ok(self.table.insert(b))
     }
 
-    fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()> {
+    fn write_at(&mut self, buf: BufId, offset: usize, bytes: &[u8]) -> Result<()> {
         let name = self.name();
         let b = self.table.get_mut(buf).ok_or_else(|| Error::Backend {
             backend: name.clone(),
             reason: format!("write to unknown buffer {}", buf.0),
         })?;
         let dst = b.bytes_mut();
-        if bytes.len() > dst.len() {
+        let end = offset.checked_add(bytes.len()).filter(|&e| e <= dst.len());
+        let Some(end) = end else {
             return Err(Error::Backend {
                 backend: name,
                 reason: format!(
-                    "write of {} bytes into buffer {} of {} bytes",
+                    "write of {} bytes at {offset} into buffer {} of {} bytes",
                     bytes.len(),
                     buf.0,
                     dst.len()
                 ),
             });
-        }
-        dst[..bytes.len()].copy_from_slice(bytes);
+        };
+        dst[offset..end].copy_from_slice(bytes);
         self.table.check_scales(buf);
         Ok(())
     }

@@ -305,22 +305,25 @@ impl Backend for EmuBackend {
         Ok(id)
     }
 
-    fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()> {
+    fn write_at(&mut self, buf: BufId, offset: usize, bytes: &[u8]) -> Result<()> {
         let e = self
             .table
             .get(buf)
             .ok_or_else(|| emu_err(format!("write to unknown buffer {}", buf.0)))?;
-        if bytes.len() > e.bytes {
+        let Some(end) = offset.checked_add(bytes.len()).filter(|&end| end <= e.bytes) else {
             return Err(emu_err(format!(
-                "write of {} bytes into buffer {} of {} bytes",
+                "write of {} bytes at {offset} into buffer {} of {} bytes",
                 bytes.len(),
                 buf.0,
                 e.bytes
             )));
-        }
-        self.mem.get_mut(&buf).expect("allocated with the entry").bytes()[..bytes.len()]
+        };
+        self.mem.get_mut(&buf).expect("allocated with the entry").bytes()[offset..end]
             .copy_from_slice(bytes);
-        self.table.shadow_write(buf, bytes);
+        match offset {
+            0 => self.table.shadow_write(buf, bytes),
+            _ => self.table.shadow_forget(buf),
+        }
         Ok(())
     }
 

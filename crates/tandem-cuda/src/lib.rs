@@ -406,20 +406,23 @@ impl Backend for CudaBackend {
         Ok(self.table.insert(Entry { ptr, dtype, numel, bytes, shadow: Default::default() }))
     }
 
-    fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()> {
+    fn write_at(&mut self, buf: BufId, offset: usize, bytes: &[u8]) -> Result<()> {
         self.dev.bind()?;
         let e = self.entry(buf, "write to")?;
-        if bytes.len() > e.bytes {
+        if offset.checked_add(bytes.len()).is_none_or(|end| end > e.bytes) {
             return Err(backend_err(format!(
-                "write of {} bytes into buffer {} of {} bytes",
+                "write of {} bytes at {offset} into buffer {} of {} bytes",
                 bytes.len(),
                 buf.0,
                 e.bytes
             )));
         }
-        let ptr = e.ptr;
+        let ptr = e.ptr + offset as u64;
         self.dev.upload_sync(ptr, bytes)?;
-        self.table.shadow_write(buf, bytes);
+        match offset {
+            0 => self.table.shadow_write(buf, bytes),
+            _ => self.table.shadow_forget(buf),
+        }
         self.forget_staged(buf);
         self.stats.upload_bytes += bytes.len() as u64;
         Ok(())

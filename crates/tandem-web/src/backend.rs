@@ -42,10 +42,10 @@ impl Backend for WebBackend {
         }
     }
 
-    fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()> {
+    fn write_at(&mut self, buf: BufId, offset: usize, bytes: &[u8]) -> Result<()> {
         match self {
-            WebBackend::Gpu(b) => b.write(buf, bytes),
-            WebBackend::Cpu(b) => b.write(buf, bytes),
+            WebBackend::Gpu(b) => b.write_at(buf, offset, bytes),
+            WebBackend::Cpu(b) => b.write_at(buf, offset, bytes),
         }
     }
 

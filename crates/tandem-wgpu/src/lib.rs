@@ -325,17 +325,24 @@ impl WgpuBackend {
         Ok(())
     }
 
-    fn upload(&mut self, id: BufId, bytes: &[u8]) -> Result<()> {
+    fn upload(&mut self, id: BufId, offset: usize, bytes: &[u8]) -> Result<()> {
         let e = self
             .table
             .get(id)
             .ok_or_else(|| backend_err(format!("write to unknown buffer {}", id.0)))?;
-        if bytes.len() > e.bytes {
+        if offset.checked_add(bytes.len()).is_none_or(|end| end > e.bytes) {
             return Err(backend_err(format!(
-                "write of {} bytes into buffer {} of {} bytes",
+                "write of {} bytes at {offset} into buffer {} of {} bytes",
                 bytes.len(),
                 id.0,
                 e.bytes
+            )));
+        }
+        if !offset.is_multiple_of(4) || (offset > 0 && !bytes.len().is_multiple_of(4)) {
+            return Err(backend_err(format!(
+                "a write into buffer {} at {offset} of {} bytes: offset and length are multiples of 4",
+                id.0,
+                bytes.len()
             )));
         }
         if bytes.is_empty() {
@@ -346,7 +353,7 @@ impl WgpuBackend {
         let writes: Vec<(wgpu::Buffer, Cow<[u8]>)> = match (e.parts.len(), e.shape) {
             (1, _) => vec![(e.parts[0].gpu.buffer.clone(), pad4(bytes))],
             (_, Some((rows, cols))) => {
-                if bytes.len() != e.bytes {
+                if bytes.len() != e.bytes || offset != 0 {
                     return Err(backend_err(format!(
                         "buffer {} is a weight split across bindings: write it whole ({} bytes), not {} bytes",
                         id.0,
@@ -373,11 +380,14 @@ impl WgpuBackend {
             }
             _ => unreachable!("only weights are split"),
         };
-        self.table.shadow_write(id, bytes);
+        match offset {
+            0 => self.table.shadow_write(id, bytes),
+            _ => self.table.shadow_forget(id),
+        }
         self.step_staging.forget(Some(id));
         self.stats.upload_bytes += bytes.len() as u64;
         for (buf, data) in writes {
-            self.queue.write_buffer(&buf, 0, &data);
+            self.queue.write_buffer(&buf, offset as u64, &data);
         }
         Ok(())
     }
@@ -494,9 +504,9 @@ impl Backend for WgpuBackend {
         self.alloc_entry(dtype, numel, Some((rows, cols)))
     }
 
-    fn write(&mut self, buf: BufId, bytes: &[u8]) -> Result<()> {
+    fn write_at(&mut self, buf: BufId, offset: usize, bytes: &[u8]) -> Result<()> {
         self.check_health()?;
-        self.upload(buf, bytes)
+        self.upload(buf, offset, bytes)
     }
 
     fn free(&mut self, buf: BufId) {

@@ -23,7 +23,7 @@ impl WgpuBackend {
             .unwrap_or(0);
         self.grow_scratch(scratch)?;
         for (id, bytes) in &step.writes {
-            self.upload(*id, bytes)?;
+            self.upload(*id, 0, bytes)?;
         }
         let mut rec = ops::Recorder {
             table: &self.table,

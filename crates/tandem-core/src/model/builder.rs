@@ -380,6 +380,7 @@ impl<B: Backend> ModelBuilder<B> {
             inv_freq_local,
             act,
             context,
+            lora: None,
         })
     }
 }

@@ -4,11 +4,14 @@
 //! layer's ops and handed to the backend at once; only token ids or logits come back.
 
 mod builder;
+mod lora;
 mod step;
 pub mod stream;
 mod weights;
 
 pub use builder::ModelBuilder;
+pub use lora::LoraOptions;
+use lora::LoraPool;
 use step::Activations;
 pub use step::{Chunk, ChunkOut, Want};
 pub use stream::{ModelStream, StreamedModel};
@@ -86,6 +89,8 @@ pub struct Model<B: Backend> {
     act: Activations,
     /// Max positions the pool can give one sequence.
     context: usize,
+    /// The LoRA adapters' pools, once enabled ([`Model::enable_lora`]).
+    lora: Option<LoraPool>,
 }
 
 impl<B: Backend> Model<B> {
@@ -171,6 +176,18 @@ impl<B: Backend> Model<B> {
         tokens: &[u32],
         want: Want,
     ) -> Result<Output> {
+        self.forward_adapter(seq, tokens, want, None).await
+    }
+
+    /// [`Model::forward`] through the LoRA adapter in `adapter`'s slot (see
+    /// [`Model::load_lora`]), or the base model for `None`.
+    pub async fn forward_adapter(
+        &mut self,
+        seq: &mut Sequence,
+        tokens: &[u32],
+        want: Want,
+        adapter: Option<usize>,
+    ) -> Result<Output> {
         if tokens.is_empty() {
             return Err(Error::InvalidParameter("forward needs at least one token".into()));
         }
@@ -187,7 +204,7 @@ impl<B: Backend> Model<B> {
         }
         let saved = seq.clone();
         self.kv_blocks_mut()?.reserve(seq, new_len)?;
-        let result = self.forward_chunks(seq, tokens, want).await;
+        let result = self.forward_chunks(seq, tokens, want, adapter).await;
         if result.is_ok() {
             // Blocks behind a sliding window go back (a no-op without one).
             self.kv_blocks_mut()?.slide(seq);
@@ -205,19 +222,21 @@ impl<B: Backend> Model<B> {
         seq: &mut Sequence,
         tokens: &[u32],
         want: Want,
+        adapter: Option<usize>,
     ) -> Result<Output> {
         let decode = tokens.len() == 1 && seq.len > 0;
         let mut all = Vec::new();
         let chunks: Vec<&[u32]> = tokens.chunks(self.act.cap).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
+        for (i, tokens) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
             let row_want = match want {
                 Want::AllLogits => Want::AllLogits,
                 _ if !last => Want::None,
                 _ => want.clone(),
             };
-            let out = self.step(&[Chunk { seq, tokens: chunk, decode, want: &row_want }]).await?;
-            seq.len += chunk.len();
+            let chunk = Chunk { seq, tokens, decode, want: &row_want, adapter };
+            let out = self.step(&[chunk]).await?;
+            seq.len += tokens.len();
             match out.into_iter().next() {
                 Some(ChunkOut::Token(t)) => return Ok(Output::Token(t)),
                 Some(ChunkOut::Logits(l)) if want == Want::AllLogits => all.extend(l),

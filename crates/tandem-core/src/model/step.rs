@@ -12,7 +12,9 @@ use crate::kv::Sequence;
 use crate::ops::*;
 use crate::{Error, Result};
 
+use super::lora::LoraRows;
 use super::{Mlp, Model, Weight};
+use crate::lora::Target;
 
 /// What a sequence wants from its rows in a step: the one request type of a row, from the
 /// scheduler's chunks to [`Model::forward`] for one sequence.
@@ -50,6 +52,9 @@ pub struct Chunk<'a> {
     /// and the draft tokens after it, each row attending to the positions up to its own).
     pub decode: bool,
     pub want: &'a Want,
+    /// The slot of the LoRA adapter its rows run through ([`Model::load_lora`]), or `None`
+    /// for the base model.
+    pub adapter: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -343,6 +348,7 @@ impl<B: Backend> Model<B> {
             if c.tokens.is_empty() {
                 return bad("a chunk has no tokens".into());
             }
+            self.check_lora_slot(c.adapter)?;
             if let Some(&t) = c.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
                 return bad(format!(
                     "token id {t} is outside the vocabulary of {}",
@@ -385,9 +391,14 @@ impl<B: Backend> Model<B> {
             (vec![], vec![], vec![], vec![], vec![]);
         // Row of each chunk's first token in the step.
         let mut first = vec![0; chunks.len()];
+        let mut lora = LoraRows::default();
         for &i in order {
             let c = &chunks[i];
             first[i] = ids.len();
+            if let Some(slot) = c.adapter {
+                lora.rows.extend(ids.len() as u32..(ids.len() + c.tokens.len()) as u32);
+                lora.slots.extend(std::iter::repeat_n(slot as u32, c.tokens.len()));
+            }
             let start = c.seq.len;
             ids.extend_from_slice(c.tokens);
             positions.extend(start as u32..(start + c.tokens.len()) as u32);
@@ -410,6 +421,10 @@ impl<B: Backend> Model<B> {
         step.write_u32(a.slots, &slots);
         step.write_u32(a.starts, &starts);
         step.write_u32(a.tables, &tables);
+        self.record_lora_rows(&mut step, &lora);
+        let adapt = |step: &mut Step, l: usize, t: Target, x: BufId, out: BufId| {
+            self.record_lora(step, &lora, l, t, x, out, n)
+        };
 
         let matmul = |x: BufId,
                       w: &Weight,
@@ -466,6 +481,9 @@ impl<B: Backend> Model<B> {
                 matmul(a.xb, &lw.wk, lw.bk, a.k, n, d),
                 matmul(a.xb, &lw.wv, lw.bv, a.v, n, d),
             ])?;
+            for (t, out) in [(Target::Q, a.q), (Target::K, a.k), (Target::V, a.v)] {
+                adapt(&mut step, l, t, a.xb, out);
+            }
             let (q, k) = match (a.qk_normed, &lw.q_norm, &lw.k_norm) {
                 (Some((qn, kn)), Some(wq), Some(wk)) => {
                     step.push(head_norm(a.q, wq, qn, n * heads));
@@ -526,6 +544,7 @@ impl<B: Backend> Model<B> {
                 softcap: c.features.attn_softcap,
             }));
             step.push(Op::Matmul(matmul(a.att, &lw.wo, None, a.xb2, n, d)));
+            adapt(&mut step, l, Target::O, a.att, a.xb2);
             residual(&mut step, a.xb2, lw.attn_post_norm.as_ref());
             // Feed-forward block: a gated MLP, or the token's experts'.
             step.push(norm(a.x, &lw.ffn_norm, a.xb, n));
@@ -579,8 +598,11 @@ impl<B: Backend> Model<B> {
                         matmul(a.xb, gate, None, a.gate, n, d),
                         matmul(a.xb, up, None, a.up, n, d),
                     ])?;
+                    adapt(&mut step, l, Target::Gate, a.xb, a.gate);
+                    adapt(&mut step, l, Target::Up, a.xb, a.up);
                     step.push(glu(a.gate, a.up, a.hidden, n * gate.rows));
                     step.push(Op::Matmul(matmul(a.hidden, down, None, a.xb2, n, d)));
+                    adapt(&mut step, l, Target::Down, a.hidden, a.xb2);
                 }
                 _ => {
                     return Err(Error::BadConfig(format!(

@@ -71,6 +71,7 @@ pub(super) async fn run<B: Backend>(
             tokens,
             decode: p.decode,
             want: &p.want,
+            adapter: None,
         })
         .collect();
     if masked.is_empty() {

@@ -203,6 +203,9 @@ pub(super) async fn draft_with_model<B: Backend>(
                     tokens: &job.tokens,
                     decode: job.decode,
                     want: if job.proposes { &greedy } else { &Want::None },
+                    // The draft model runs without the request's adapter: its proposals are
+                    // only guesses, and verification runs through the adapter.
+                    adapter: None,
                 })
                 .collect();
             draft.step(&chunks).await

@@ -39,7 +39,7 @@ impl Backend for Fake {
         self.bufs.insert(id, BufInfo { dtype, numel });
         Ok(id)
     }
-    fn write(&mut self, _: BufId, _: &[u8]) -> Result<()> {
+    fn write_at(&mut self, _: BufId, _: usize, _: &[u8]) -> Result<()> {
         Ok(())
     }
     fn free(&mut self, buf: BufId) {

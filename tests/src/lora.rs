@@ -1,0 +1,283 @@
+//! LoRA adapters against PEFT: the tiny family models of `tests/fixtures/families` with PEFT
+//! adapters (`tests/fixtures/lora`, made by `scripts/fixtures/lora.py`) on every projection,
+//! Phi-3's fused ones included, at ranks 8 (with per-module ranks and alphas) and 64
+//! (rsLoRA). tandem, unmerged, must give PEFT's f32 logits within the families' tolerance and
+//! its greedy tokens, which PEFT's merged model gives too; and in one step, rows of both
+//! adapters and of the base model must each give the tokens they give alone.
+
+use std::path::PathBuf;
+
+use tandem_core::loader;
+use tandem_core::lora::Adapter;
+use tandem_core::model::{Chunk, ChunkOut, LoraOptions, Model, ModelOptions, Output, Want};
+use tandem_core::{Backend, DType};
+
+use crate::e2e::{ids, read_json};
+use crate::families::LOGITS_NMSE;
+
+/// The logits' NMSE against PEFT with the adapter stored in f16 pools: its A and B rounded to
+/// f16 (a relative 2^-11 each) move the logits by 1.4e-6 at worst on these fixtures, where
+/// the f32 pools' NMSE is f32 arithmetic order (below [`LOGITS_NMSE`]). The fixtures'
+/// adapters themselves move the logits by an NMSE of 0.5 to 2 from the base model's, so a
+/// module left out or a wrong scale lands far above this.
+pub const F16_POOL_NMSE: f64 = 1e-5;
+
+fn logits_tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => F16_POOL_NMSE,
+        _ => LOGITS_NMSE,
+    }
+}
+
+/// (family, adapters): each family's fixture adapters.
+pub const FIXTURES: [(&str, [&str; 2]); 2] =
+    [("qwen3", ["r8", "r64-rslora"]), ("phi3", ["r8", "r64-rslora"])];
+
+pub fn dir(family: &str, adapter: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/lora/{family}-{adapter}"))
+}
+
+fn load<B: Backend>(backend: B, family: &str, dtype: DType) -> Result<Model<B>, String> {
+    let base = crate::families::dir(family);
+    // Room for the batch: three sequences of 232 positions.
+    let opts = ModelOptions { context: 512, kv_blocks: Some(64), ..ModelOptions::default() };
+    let mut model = loader::open(&base)
+        .and_then(|source| Model::load(backend, &source, &opts, &mut |_, _| {}))
+        .map_err(|e| format!("{family}: loading: {e}"))?;
+    model
+        .enable_lora(LoraOptions { slots: 3, rank: 64, dtype })
+        .map_err(|e| format!("{family}: enable_lora: {e}"))?;
+    for (slot, name) in
+        FIXTURES.iter().find(|f| f.0 == family).expect("a fixture").1.iter().enumerate()
+    {
+        let adapter = Adapter::from_peft_dir(&dir(family, name), &model.config)
+            .map_err(|e| format!("{family}-{name}: {e}"))?;
+        model.load_lora(slot, &adapter).map_err(|e| format!("{family}-{name}: load_lora: {e}"))?;
+    }
+    Ok(model)
+}
+
+/// Each adapter of `family` alone against PEFT (logits and greedy tokens), the base model
+/// through no slot, then all three in one batch; returns a summary line.
+pub fn check<B: Backend>(backend: B, family: &str, dtype: DType) -> Result<String, String> {
+    let mut model = load(backend, family, dtype)?;
+    let names = FIXTURES.iter().find(|f| f.0 == family).expect("a fixture").1;
+    let mut worst = 0f64;
+    let mut wants = vec![];
+    for (slot, name) in names.iter().enumerate() {
+        let reference = read_json(&dir(family, name).join("reference.json"));
+        let prompt = ids(&reference["prompt"]);
+        worst = worst.max(
+            check_logits(&mut model, &prompt, &reference, slot, logits_tolerance(dtype))
+                .map_err(|e| format!("{family}-{name}: {e}"))?,
+        );
+        let want = ids(&reference["greedy"]);
+        if ids(&reference["merged_greedy"]) != want {
+            return Err(format!("{family}-{name}: the fixture's merged model disagrees with PEFT"));
+        }
+        let got = greedy(&mut model, &prompt, want.len(), Some(slot))?;
+        same(&format!("{family}-{name}"), &got, &want)?;
+        wants.push((Some(slot), prompt.clone(), want));
+        if slot == 0 {
+            let base = ids(&reference["base_greedy"]);
+            same(
+                &format!("{family} base"),
+                &greedy(&mut model, &prompt, base.len(), None)?,
+                &base,
+            )?;
+            wants.push((None, prompt, base));
+        }
+    }
+    batched(&mut model, &wants).map_err(|e| format!("{family} batched: {e}"))?;
+    Ok(format!(
+        "{family} LoRA ({dtype} pools) on {}: logits NMSE <= {worst:.1e}, greedy tokens equal alone and batched with the base",
+        model.backend.name()
+    ))
+}
+
+/// What a model refuses: an adapter above its pools' rank, a slot it does not have, adapters
+/// before they are enabled. Nothing changes: the base model still gives its tokens.
+pub fn refusals<B: Backend>(backend: B) -> Result<(), String> {
+    let base = crate::families::dir("qwen3");
+    let opts = ModelOptions { context: 512, ..ModelOptions::default() };
+    let mut model = loader::open(&base)
+        .and_then(|source| Model::load(backend, &source, &opts, &mut |_, _| {}))
+        .map_err(|e| format!("loading: {e}"))?;
+    let big = Adapter::from_peft_dir(&dir("qwen3", "r64-rslora"), &model.config)
+        .map_err(|e| e.to_string())?;
+    let e = model.load_lora(0, &big).expect_err("no pools yet").to_string();
+    assert!(e.contains("not enabled"), "{e}");
+    model
+        .enable_lora(LoraOptions { slots: 2, rank: 16, dtype: DType::F32 })
+        .map_err(|e| e.to_string())?;
+    let e = model.load_lora(0, &big).expect_err("rank 64 > 16").to_string();
+    assert!(e.contains("rank 64") && e.contains("--max-lora-rank"), "{e}");
+    let small =
+        Adapter::from_peft_dir(&dir("qwen3", "r8"), &model.config).map_err(|e| e.to_string())?;
+    let e = model.load_lora(2, &small).expect_err("slot 2 of 2").to_string();
+    assert!(e.contains("slot 2"), "{e}");
+    let reference = read_json(&dir("qwen3", "r8").join("reference.json"));
+    let prompt = ids(&reference["prompt"]);
+    let mut seq = model.new_sequence();
+    let e = pollster::block_on(model.forward_adapter(&mut seq, &prompt, Want::argmax(), Some(5)))
+        .expect_err("slot 5 of 2")
+        .to_string();
+    assert!(e.contains("slot 5"), "{e}");
+    let base_tokens = ids(&reference["base_greedy"]);
+    same(
+        "the base after refusals",
+        &greedy(&mut model, &prompt, base_tokens.len(), None)?,
+        &base_tokens,
+    )
+}
+
+fn same(what: &str, got: &[u32], want: &[u32]) -> Result<(), String> {
+    match got.iter().zip(want).position(|(a, b)| a != b) {
+        None if got.len() == want.len() => Ok(()),
+        i => Err(format!(
+            "{what}: greedy token {i:?} differs from PEFT's\n  got  {got:?}\n  want {want:?}"
+        )),
+    }
+}
+
+fn check_logits<B: Backend>(
+    model: &mut Model<B>,
+    prompt: &[u32],
+    reference: &serde_json::Value,
+    slot: usize,
+    tolerance: f64,
+) -> Result<f64, String> {
+    let mut seq = model.new_sequence();
+    let out =
+        pollster::block_on(model.forward_adapter(&mut seq, prompt, Want::AllLogits, Some(slot)))
+            .map_err(|e| format!("forward: {e}"))?;
+    model.release(&mut seq);
+    let Output::Logits(all) = out else { return Err("forward gave no logits".into()) };
+    let vocab = model.config.vocab_size;
+    let mut worst = 0f64;
+    let rows = reference["logit_rows"].as_array().expect("logit_rows");
+    for (r, want) in rows.iter().zip(reference["logits"].as_array().expect("logits")) {
+        let r = r.as_u64().expect("row") as usize;
+        let (mut err, mut norm) = (0f64, 0f64);
+        for (g, w) in all[r * vocab..(r + 1) * vocab].iter().zip(want.as_array().expect("row")) {
+            let w = w.as_f64().expect("logit");
+            err += (*g as f64 - w).powi(2);
+            norm += w * w;
+        }
+        let nmse = err / norm.max(f64::MIN_POSITIVE);
+        if nmse.is_nan() || nmse > tolerance {
+            return Err(format!("row {r}: logits NMSE {nmse:.3e} > {tolerance:.0e}"));
+        }
+        worst = worst.max(nmse);
+    }
+    Ok(worst)
+}
+
+fn greedy<B: Backend>(
+    model: &mut Model<B>,
+    prompt: &[u32],
+    steps: usize,
+    adapter: Option<usize>,
+) -> Result<Vec<u32>, String> {
+    let mut seq = model.new_sequence();
+    let (mut feed, mut out) = (prompt.to_vec(), vec![]);
+    for _ in 0..steps {
+        match pollster::block_on(model.forward_adapter(&mut seq, &feed, Want::argmax(), adapter)) {
+            Ok(Output::Token(t)) => {
+                out.push(t);
+                feed = vec![t];
+            }
+            other => return Err(format!("forward gave {other:?}")),
+        }
+    }
+    model.release(&mut seq);
+    Ok(out)
+}
+
+/// Every (adapter slot, prompt, tokens) decoded together: the prompts in chunks of 64 tokens
+/// a step (each sequence's rows beside the others', adapters mixed), then one decode row each
+/// a step.
+fn batched<B: Backend>(
+    model: &mut Model<B>,
+    wants: &[(Option<usize>, Vec<u32>, Vec<u32>)],
+) -> Result<(), String> {
+    const CHUNK: usize = 64;
+    let mut seqs: Vec<_> = wants.iter().map(|_| model.new_sequence()).collect();
+    let mut feeds: Vec<Vec<u32>> = wants.iter().map(|w| w.1.clone()).collect();
+    let mut got = vec![vec![]; wants.len()];
+    let (token, none) = (Want::argmax(), Want::None);
+    while got.iter().zip(wants).any(|(g, w)| g.len() < w.2.len()) {
+        let take: Vec<usize> = feeds.iter().map(|f| f.len().min(CHUNK)).collect();
+        for (seq, &n) in seqs.iter_mut().zip(&take) {
+            let blocks = model.kv_blocks_mut().map_err(|e| e.to_string())?;
+            blocks.reserve(seq, seq.len + n).map_err(|e| e.to_string())?;
+        }
+        let chunks: Vec<Chunk> = seqs
+            .iter()
+            .zip(&feeds)
+            .zip(wants.iter().zip(&take))
+            .map(|((seq, feed), (w, &n))| Chunk {
+                seq,
+                tokens: &feed[..n],
+                decode: seq.len > 0 && feed.len() == 1,
+                want: if n == feed.len() { &token } else { &none },
+                adapter: w.0,
+            })
+            .collect();
+        let outs = pollster::block_on(model.step(&chunks)).map_err(|e| e.to_string())?;
+        for (i, out) in outs.into_iter().enumerate() {
+            seqs[i].len += take[i];
+            feeds[i].drain(..take[i]);
+            match out {
+                ChunkOut::Token(t) => {
+                    got[i].push(t);
+                    feeds[i] = vec![t];
+                }
+                ChunkOut::None => {}
+                other => return Err(format!("row {i} gave {other:?}")),
+            }
+        }
+    }
+    for (seq, (w, g)) in seqs.iter_mut().zip(wants.iter().zip(&got)) {
+        model.release(seq);
+        same(&format!("slot {:?} in a batch", w.0), g, &w.2)?;
+    }
+    Ok(())
+}
+
+/// The LoRA suite on one backend: each family's adapters in f32 and f16 pools.
+#[macro_export]
+macro_rules! lora_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run(family: &str) {
+                let make = $make;
+                for dtype in [tandem_core::DType::F32, tandem_core::DType::F16] {
+                    let backend = match make() {
+                        Ok(b) => b,
+                        Err(reason) => {
+                            eprintln!("SKIP {}: {reason}", stringify!($name));
+                            return;
+                        }
+                    };
+                    match $crate::lora::check(backend, family, dtype) {
+                        Ok(line) => eprintln!("{line}"),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+
+            #[test]
+            fn qwen3() {
+                run("qwen3");
+            }
+            #[test]
+            fn phi3() {
+                run("phi3");
+            }
+        }
+    };
+}

@@ -1,0 +1,11 @@
+//! LoRA adapters on the CPU, reference and fast, against PEFT (see `tandem_tests::lora`).
+
+use tandem_cpu::CpuBackend;
+
+tandem_tests::lora_suite!(cpu_reference, || Ok::<_, String>(CpuBackend::reference()));
+tandem_tests::lora_suite!(cpu_fast, || CpuBackend::fast(2).map_err(|e| e.to_string()));
+
+#[test]
+fn refusals_leave_the_model_as_it_was() {
+    tandem_tests::lora::refusals(CpuBackend::reference()).unwrap();
+}
