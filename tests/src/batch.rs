@@ -65,6 +65,7 @@ pub fn mix(tok: &Tokenizer, n: usize, shared_prefix: usize, gen_spread: usize) -
                 stop: vec![],
                 ignore_eos: true,
                 constraint: None,
+                adapter: None,
             };
             Req { prompt, params }
         })

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use tandem_core::loader;
 use tandem_core::lora::Adapter;
 use tandem_core::model::{Chunk, ChunkOut, LoraOptions, Model, ModelOptions, Output, Want};
+use tandem_core::scheduler::{Event, GenerateParams, Scheduler, SchedulerConfig};
 use tandem_core::{Backend, DType};
 
 use crate::e2e::{ids, read_json};
@@ -93,6 +94,88 @@ pub fn check<B: Backend>(backend: B, family: &str, dtype: DType) -> Result<Strin
         "{family} LoRA ({dtype} pools) on {}: logits NMSE <= {worst:.1e}, greedy tokens equal alone and batched with the base",
         model.backend.name()
     ))
+}
+
+/// Requests of two adapters and of the base model through one scheduler whose model has a
+/// single adapter slot: the adapters take turns in it (requests of the other one wait, never
+/// fail), rows of an adapter and of the base share steps, and every request gives PEFT's
+/// tokens (the base's: transformers').
+pub fn scheduled<B: Backend>(backend: B, family: &str) -> Result<String, String> {
+    let base = crate::families::dir(family);
+    let source = loader::open(&base).map_err(|e| e.to_string())?;
+    let opts = ModelOptions { context: 512, kv_blocks: Some(96), ..ModelOptions::default() };
+    let mut model =
+        Model::load(backend, &source, &opts, &mut |_, _| {}).map_err(|e| e.to_string())?;
+    model
+        .enable_lora(LoraOptions { slots: 1, rank: 64, dtype: DType::F32 })
+        .map_err(|e| e.to_string())?;
+    let tokenizer =
+        tandem_core::tokenizer::Tokenizer::load(&source.tokenizer).map_err(|e| e.to_string())?;
+    let mut sched =
+        Scheduler::new(model, std::sync::Arc::new(tokenizer), SchedulerConfig::default())
+            .map_err(|e| e.to_string())?;
+    let names = FIXTURES.iter().find(|f| f.0 == family).expect("a fixture").1;
+    let mut wants = vec![];
+    for name in names {
+        let adapter = Adapter::from_peft_dir(&dir(family, name), &sched.model().config)
+            .map_err(|e| e.to_string())?;
+        sched.add_adapter(name, std::sync::Arc::new(adapter)).map_err(|e| e.to_string())?;
+        let reference = read_json(&dir(family, name).join("reference.json"));
+        wants.push((Some(name.to_string()), ids(&reference["prompt"]), ids(&reference["greedy"])));
+        if wants.len() == 1 {
+            wants.push((None, ids(&reference["prompt"]), ids(&reference["base_greedy"])));
+        }
+    }
+    // Interleaved and repeated: base and adapters alternate in the queue.
+    let order = [1, 0, 2, 0, 1, 2];
+    let mut ids_of = vec![];
+    for &i in &order {
+        let (adapter, prompt, want) = &wants[i];
+        let params = GenerateParams {
+            max_tokens: want.len(),
+            ignore_eos: true,
+            adapter: adapter.clone(),
+            ..GenerateParams::default()
+        };
+        ids_of.push(sched.add(prompt.clone(), params).map_err(|e| e.to_string())?);
+    }
+    // Unloading the second adapter now: its queued requests still run, new ones are refused,
+    // and it goes when they end.
+    sched.remove_adapter(names[1]).map_err(|e| e.to_string())?;
+    let refused = sched.add(
+        wants[2].1.clone(),
+        GenerateParams {
+            max_tokens: 8,
+            adapter: Some(names[1].into()),
+            ..GenerateParams::default()
+        },
+    );
+    match refused {
+        Err(e) if e.to_string().contains("being unloaded") => {}
+        other => return Err(format!("a request for an adapter being unloaded: {other:?}")),
+    }
+    let mut got: Vec<Vec<u32>> = vec![vec![]; order.len()];
+    let mut steps = 0;
+    while sched.has_work() {
+        steps += 1;
+        for (id, event) in pollster::block_on(sched.step()) {
+            let i = ids_of.iter().position(|&x| x == id).expect("ours");
+            match event {
+                Event::Token { id, .. } => got[i].push(id),
+                Event::Finished { .. } => {}
+                Event::Failed(e) => return Err(format!("request {i} failed: {e}")),
+            }
+        }
+    }
+    for (k, &i) in order.iter().enumerate() {
+        let (adapter, _, want) = &wants[i];
+        same(&format!("{family} request {k} ({adapter:?}) scheduled"), &got[k], want)?;
+    }
+    let left: Vec<String> = sched.adapters().into_iter().map(|a| a.name).collect();
+    if left != [names[0]] {
+        return Err(format!("adapters left after all ended: {left:?}"));
+    }
+    Ok(format!("{family}: 6 requests of 2 adapters and the base in {steps} steps on one slot, each with PEFT's tokens"))
 }
 
 /// What a model refuses: an adapter above its pools' rank, a slot it does not have, adapters

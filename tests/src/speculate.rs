@@ -194,6 +194,7 @@ pub fn stories_battery<B: Backend>(make: &dyn Fn() -> B) -> Result<(), Skip> {
                 stop,
                 ignore_eos: true,
                 constraint: None,
+                adapter: None,
             },
         });
     }
@@ -269,6 +270,7 @@ fn sampled_at<B: Backend>(
                     stop: vec![],
                     ignore_eos: true,
                     constraint: None,
+                    adapter: None,
                 },
             }
         })

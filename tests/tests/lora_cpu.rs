@@ -9,3 +9,11 @@ tandem_tests::lora_suite!(cpu_fast, || CpuBackend::fast(2).map_err(|e| e.to_stri
 fn refusals_leave_the_model_as_it_was() {
     tandem_tests::lora::refusals(CpuBackend::reference()).unwrap();
 }
+
+#[test]
+fn adapters_take_turns_in_one_slot_through_the_scheduler() {
+    for family in ["qwen3", "phi3"] {
+        let line = tandem_tests::lora::scheduled(CpuBackend::fast(2).unwrap(), family).unwrap();
+        eprintln!("{line}");
+    }
+}

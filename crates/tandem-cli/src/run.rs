@@ -6,9 +6,11 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tandem_core::constraint::Grammar;
 use tandem_core::generate::{generate_speculative, GenerateParams};
-use tandem_core::model::{Model, ModelOptions};
+use tandem_core::lora::Adapter;
+use tandem_core::model::{LoraOptions, Model, ModelOptions};
 use tandem_core::sampling::SamplingParams;
 use tandem_core::tokenizer::{ChatMessage, ChatTemplateKwargs, Tokenizer};
 use tandem_core::{Backend, DType, Error, Result};
@@ -114,6 +116,13 @@ pub struct RunArgs {
     /// A system message for --chat.
     #[arg(long, requires = "chat")]
     system: Option<String>,
+    /// Run through the LoRA adapter in DIR (a PEFT adapter: adapter_config.json and
+    /// adapter_model.safetensors), applied unmerged.
+    #[arg(long, value_name = "DIR")]
+    lora: Option<PathBuf>,
+    /// Multiply the adapter's effect by S (1: as trained).
+    #[arg(long, value_name = "S", default_value_t = 1.0, requires = "lora")]
+    lora_scale: f32,
     /// Extra chat template variables for --chat, a JSON object (Qwen3's thinking off:
     /// '{"enable_thinking": false}').
     #[arg(long, requires = "chat", value_name = "JSON", value_parser = parse_template_kwargs)]
@@ -162,8 +171,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
         constraint,
+        adapter: None,
     };
     params.validate()?;
+    let adapter = match &args.lora {
+        Some(dir) => {
+            Some(Arc::new(Adapter::from_peft_dir(dir, &source.config)?.scaled(args.lora_scale)?))
+        }
+        None => None,
+    };
     let spec = args.spec.open(&tokenizer)?;
     let job = RunJob {
         source: &source,
@@ -172,6 +188,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         prompt: &prompt,
         params: &params,
         spec: spec.as_ref(),
+        adapter,
     };
     dispatch(&args.backend, job)
 }
@@ -183,11 +200,22 @@ struct RunJob<'a> {
     prompt: &'a [u32],
     params: &'a GenerateParams,
     spec: Option<&'a SpecSource>,
+    adapter: Option<Arc<Adapter>>,
 }
 
 impl WithBackend for RunJob<'_> {
     fn call<B: Backend>(self, backend: B, another: &dyn Fn() -> Result<B>) -> Result<()> {
         let mut model = load_model(backend, self.source, self.opts)?;
+        if let Some(a) = &self.adapter {
+            // One slot, as large as the adapter.
+            model.enable_lora(LoraOptions { slots: 1, rank: a.rank(), dtype: DType::F32 })?;
+            eprintln!(
+                "LoRA adapter: rank {}, {} projections, {:.1} MiB on the backend",
+                a.rank(),
+                a.modules.len(),
+                model.lora_slot_bytes() as f64 / (1 << 20) as f64
+            );
+        }
         let mut spec = self.spec.map(|s| s.build(another, self.opts)).transpose()?;
         pollster::block_on(run_with(
             &mut model,
@@ -195,6 +223,7 @@ impl WithBackend for RunJob<'_> {
             self.prompt,
             self.params,
             &mut spec,
+            self.adapter,
         ))
     }
 }
@@ -280,6 +309,7 @@ async fn run_with<B: Backend>(
     prompt: &[u32],
     params: &GenerateParams,
     spec: &mut Option<tandem_core::scheduler::Speculation<B>>,
+    adapter: Option<Arc<Adapter>>,
 ) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let mut write = |text: &str| {
@@ -288,7 +318,10 @@ async fn run_with<B: Backend>(
         let _ = stdout.flush();
     };
     let gen =
-        generate_speculative(model, tokenizer, prompt, params, spec, &mut write, &|| false).await?;
+        generate_speculative(model, tokenizer, prompt, params, spec, adapter, &mut write, &|| {
+            false
+        })
+        .await?;
     let speculated = spec
         .as_ref()
         .map(|_| format!(" | speculative: {}", crate::speculate::acceptance(&gen)))

@@ -167,13 +167,31 @@ pub async fn bench<B: Backend>(
     for _ in 0..repeat {
         best(
             &mut plain,
-            generate_speculative(model, tok, &prompt, &params, &mut None, &mut |_| {}, &|| false)
-                .await?,
+            generate_speculative(
+                model,
+                tok,
+                &prompt,
+                &params,
+                &mut None,
+                None,
+                &mut |_| {},
+                &|| false,
+            )
+            .await?,
         );
         best(
             &mut fast,
-            generate_speculative(model, tok, &prompt, &params, &mut spec, &mut |_| {}, &|| false)
-                .await?,
+            generate_speculative(
+                model,
+                tok,
+                &prompt,
+                &params,
+                &mut spec,
+                None,
+                &mut |_| {},
+                &|| false,
+            )
+            .await?,
         );
     }
     let (plain, fast) = (plain.expect("repeat >= 1"), fast.expect("repeat >= 1"));

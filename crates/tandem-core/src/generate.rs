@@ -2,7 +2,10 @@
 //! completes. Generic over the backend and async end to end, so the same code drives a native
 //! binary and a browser page.
 
+use std::sync::Arc;
+
 use crate::backend::Backend;
+use crate::lora::Adapter;
 use crate::model::Model;
 use crate::scheduler::{Event, Scheduler, SchedulerConfig, Speculation};
 use crate::tokenizer::Tokenizer;
@@ -62,18 +65,23 @@ pub async fn generate_interruptible<B: Backend>(
     on_text: &mut dyn FnMut(&str),
     interrupted: &dyn Fn() -> bool,
 ) -> Result<Generation> {
-    generate_speculative(model, tokenizer, prompt, params, &mut None, on_text, interrupted).await
+    generate_speculative(model, tokenizer, prompt, params, &mut None, None, on_text, interrupted)
+        .await
 }
 
 /// [`generate_interruptible`] with speculative decoding when `spec` holds one (it is lent to
 /// the run's scheduler and handed back, its draft model's blocks all free). The tokens are
 /// the ones generation without it gives; [`Generation`] counts drafted and accepted tokens.
+/// With `adapter`, the generation runs through that LoRA adapter (the model's adapter pools
+/// enabled, [`Model::enable_lora`], of at least its rank).
+#[allow(clippy::too_many_arguments)]
 pub async fn generate_speculative<B: Backend>(
     model: &mut Model<B>,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     params: &GenerateParams,
     spec: &mut Option<Speculation<B>>,
+    adapter: Option<Arc<Adapter>>,
     on_text: &mut dyn FnMut(&str),
     interrupted: &dyn Fn() -> bool,
 ) -> Result<Generation> {
@@ -100,10 +108,14 @@ pub async fn generate_speculative<B: Backend>(
     }
     let room = context - prompt.len();
     let clamped = params.max_tokens > room;
-    let params =
+    let mut params =
         GenerateParams { max_tokens: params.max_tokens.min(room).max(1), ..params.clone() };
     let config = SchedulerConfig { max_seqs: 1, max_batched_tokens: model.max_step_tokens() };
     let mut sched = Scheduler::<B, &mut Model<B>, &Tokenizer>::new(model, tokenizer, config)?;
+    if let Some(adapter) = adapter {
+        sched.add_adapter("adapter", adapter)?;
+        params.adapter = Some("adapter".into());
+    }
     sched.set_speculation(spec.take())?;
     let result = run_one(&mut sched, prompt, params, clamped, gen, on_text, interrupted).await;
     *spec = sched.set_speculation(None)?;

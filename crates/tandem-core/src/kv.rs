@@ -149,6 +149,21 @@ pub struct Sequence {
     first_live: usize,
     /// Keys of the leading full blocks that are in the prefix cache (or were offered to it).
     hashes: Vec<u64>,
+    /// The parent key of its first block: 0, or the fingerprint of the LoRA adapter its rows
+    /// run through, so that sequences of different adapters never share cached blocks.
+    root: u64,
+}
+
+impl Sequence {
+    /// An empty sequence whose cached blocks are keyed under `root` (see [`Sequence::root`]).
+    pub fn with_root(root: u64) -> Self {
+        Sequence { root, ..Sequence::default() }
+    }
+
+    /// The key its prefix-cache chain starts from.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
 }
 
 /// FNV-1a over the parent key, the prompt count and the tokens: stable across platforms and
@@ -340,7 +355,7 @@ impl KvBlocks {
     ) -> usize {
         debug_assert!(seq.blocks.is_empty());
         let max_blocks = tokens.len().saturating_sub(1) / self.block_size;
-        let mut parent = 0;
+        let mut parent = seq.root;
         for b in 0..max_blocks {
             let key = self.key(parent, tokens, prompt_len, b);
             let hash = key.hash;
@@ -363,7 +378,7 @@ impl KvBlocks {
         let full = seq.len.min(tokens.len()) / self.block_size;
         while seq.hashes.len() < full {
             let b = seq.hashes.len();
-            let parent = seq.hashes.last().copied().unwrap_or(0);
+            let parent = seq.hashes.last().copied().unwrap_or(seq.root);
             let key = self.key(parent, tokens, prompt_len, b);
             seq.hashes.push(key.hash);
             // A block given back may already hold another sequence's rows.

@@ -215,6 +215,7 @@ impl Common {
             stop,
             ignore_eos: self.ignore_eos.unwrap_or(false),
             constraint,
+            adapter: None,
         };
         checked.validate().map_err(|e| ApiError::bad_param("stop", e.to_string()))?;
         let (stop, constraint) = (checked.stop, checked.constraint);
@@ -251,6 +252,7 @@ impl Common {
                     stop: stop.clone(),
                     ignore_eos: self.ignore_eos.unwrap_or(false),
                     constraint: constraint.clone(),
+                    adapter: None,
                 };
                 choices.push((prompt.clone(), params));
             }

@@ -41,6 +41,7 @@ async fn penalties_change_greedy_answers_as_the_engine_does() {
                     stop: vec![],
                     ignore_eos: true,
                     constraint: None,
+                    adapter: None,
                 },
             )
             .text;

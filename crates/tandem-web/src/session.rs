@@ -359,7 +359,14 @@ fn generate_params(req: &Request) -> Result<GenerateParams> {
         return Err(Error::InvalidParameter("a stop string is empty".into()));
     }
     let max_tokens = req.max_tokens.unwrap_or(GenerateParams::default().max_tokens);
-    Ok(GenerateParams { max_tokens, sampling, stop, ignore_eos: req.ignore_eos, constraint: None })
+    Ok(GenerateParams {
+        max_tokens,
+        sampling,
+        stop,
+        ignore_eos: req.ignore_eos,
+        constraint: None,
+        adapter: None,
+    })
 }
 
 /// A request's new text as outputs: as it is, or through its tool-call recognizer (calls are

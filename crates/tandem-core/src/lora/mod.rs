@@ -78,9 +78,16 @@ pub struct ModuleLora {
 pub struct Adapter {
     /// Sorted by (layer, target), one entry each.
     pub modules: Vec<ModuleLora>,
+    fingerprint: u64,
 }
 
 impl Adapter {
+    /// A hash of every module and value (never 0): what keys its sequences' cached KV blocks,
+    /// so two adapters never share them and the same adapter loaded again finds its own.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
     /// The largest rank of its modules.
     pub fn rank(&self) -> usize {
         self.modules.iter().map(|m| m.rank).max().unwrap_or(0)
@@ -97,6 +104,20 @@ impl Adapter {
             .binary_search_by_key(&(layer, target), |m| (m.layer, m.target))
             .ok()
             .map(|i| &self.modules[i])
+    }
+
+    /// The same adapter with its effect multiplied by `scale` (llama.cpp's `--lora-scaled`):
+    /// B times `scale`.
+    pub fn scaled(mut self, scale: f32) -> Result<Adapter> {
+        if !scale.is_finite() {
+            return Err(Error::InvalidParameter(format!("a LoRA scale of {scale}")));
+        }
+        for m in &mut self.modules {
+            m.b.iter_mut().for_each(|v| *v *= scale);
+        }
+        let modules = std::mem::take(&mut self.modules);
+        // Refinger-printed: a scaled adapter is another adapter to the prefix cache.
+        Adapter::checked(modules, None).map_err(Error::BadConfig)
     }
 
     /// A PEFT adapter directory (`adapter_config.json` and `adapter_model.safetensors`) for a
@@ -116,8 +137,12 @@ impl Adapter {
             .map_err(|e| Error::BadConfig(format!("LoRA adapter: {e}")))
     }
 
-    /// Checks the modules against `c` and sorts them (what every reader ends with).
-    fn checked(mut modules: Vec<ModuleLora>, c: &ModelConfig) -> std::result::Result<Self, String> {
+    /// Checks the modules against `c` (when given; a scaled adapter was checked before) and
+    /// sorts them (what every reader ends with).
+    fn checked(
+        mut modules: Vec<ModuleLora>,
+        c: Option<&ModelConfig>,
+    ) -> std::result::Result<Self, String> {
         modules.sort_by_key(|m| (m.layer, m.target));
         for w in modules.windows(2) {
             if (w[0].layer, w[0].target) == (w[1].layer, w[1].target) {
@@ -130,6 +155,10 @@ impl Adapter {
         }
         for m in &modules {
             let name = format!("model.layers.{}.{}", m.layer, m.target.hf_name());
+            if let Some(i) = m.a.iter().chain(&m.b).position(|v| !v.is_finite()) {
+                return Err(format!("{name}: a value that is not finite (at {i})"));
+            }
+            let Some(c) = c else { continue };
             if m.layer >= c.n_layers {
                 return Err(format!("{name}: the base model has {} layers", c.n_layers));
             }
@@ -154,13 +183,22 @@ impl Adapter {
                     mm * m.rank
                 ));
             }
-            if let Some(i) = m.a.iter().chain(&m.b).position(|v| !v.is_finite()) {
-                return Err(format!("{name}: a value that is not finite (at {i})"));
-            }
         }
         if modules.is_empty() {
             return Err("no LoRA weights (lora_A / lora_B tensors) in the file".into());
         }
-        Ok(Adapter { modules })
+        // FNV-1a, as the prefix cache's own block keys.
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let mut eat = |v: u64| {
+            for byte in v.to_le_bytes() {
+                h ^= byte as u64;
+                h = h.wrapping_mul(0x100_0000_01b3);
+            }
+        };
+        for m in &modules {
+            eat(((m.layer as u64) << 32) | ((m.target.index() as u64) << 16) | m.rank as u64);
+            m.a.iter().chain(&m.b).for_each(|v| eat(v.to_bits() as u64));
+        }
+        Ok(Adapter { modules, fingerprint: h.max(1) })
     }
 }

@@ -135,7 +135,7 @@ pub(super) fn parse(config: &str, st: &[u8], c: &ModelConfig) -> Result<Adapter,
             modules.push(ModuleLora { layer, target, rank, a: a.clone(), b });
         }
     }
-    Adapter::checked(modules, c)
+    Adapter::checked(modules, Some(c))
 }
 
 fn check_config(cfg: &Config) -> Result<(), String> {

@@ -34,6 +34,7 @@
 //! and given back when the scheduler ends or the draft model leaves (`lease`): meanwhile the
 //! models hold only their K/V buffers, so nothing else can allocate or free their blocks.
 
+mod adapters;
 mod commit;
 mod kv_manager;
 mod lease;
@@ -45,6 +46,8 @@ mod speculate;
 
 use std::borrow::{Borrow, BorrowMut};
 
+use adapters::Adapters;
+pub use adapters::{AdapterId, AdapterInfo};
 use commit::Ctx;
 use lease::Lease;
 use masks::MaskWorker;
@@ -56,7 +59,8 @@ pub use request::{
 pub use speculate::{ngram_draft, Drafter, Speculation, MAX_DRAFT_TOKENS};
 
 use crate::backend::Backend;
-use crate::kv::KvBlocks;
+use crate::kv::{KvBlocks, Sequence};
+use crate::lora::Adapter;
 use crate::model::Model;
 use crate::sampling::Sampler;
 pub use crate::sampling::TokenLogprobs;
@@ -111,6 +115,8 @@ pub struct Scheduler<
     spec: Option<Speculation<B>>,
     /// Computes structured output's masks while the backend runs a step.
     masks: MaskWorker,
+    /// The LoRA adapters requests may name, and which model slot each is in.
+    adapters: Adapters,
 }
 
 impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T> {
@@ -134,6 +140,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             stats: SchedulerStats::default(),
             spec: None,
             masks: MaskWorker::default(),
+            adapters: Adapters::default(),
         })
     }
 
@@ -211,6 +218,30 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         (self.lease.end(), self.tokenizer)
     }
 
+    /// Registers a LoRA adapter under `name`, for requests that name it
+    /// ([`GenerateParams::adapter`]); the model must have adapter pools
+    /// ([`Model::enable_lora`]) of at least its rank. It goes into a slot when a request needs
+    /// it.
+    pub fn add_adapter(&mut self, name: &str, adapter: std::sync::Arc<Adapter>) -> Result<()> {
+        self.adapters.add(self.lease.model(), name, adapter)
+    }
+
+    /// Unregisters `name`: new requests for it are refused from now on, and it goes once its
+    /// queued and running requests have ended ([`Self::adapters`] shows it `removing` until
+    /// then).
+    pub fn remove_adapter(&mut self, name: &str) -> Result<()> {
+        let q = &self.queue;
+        let requests: Vec<&request::Request> = q.running.iter().chain(&q.waiting).collect();
+        self.adapters.remove(name, &requests)
+    }
+
+    /// The registered adapters, in registration order.
+    pub fn adapters(&self) -> Vec<AdapterInfo> {
+        let q = &self.queue;
+        let requests: Vec<&request::Request> = q.running.iter().chain(&q.waiting).collect();
+        self.adapters.info(&requests)
+    }
+
     /// Queues a request: `prompt` (token ids, BOS included if the model wants it). Fails at
     /// once, naming the limit, if it could never run: an empty or out-of-vocabulary prompt,
     /// bad parameters (max_tokens 0 included), or prompt + max_tokens beyond the context or the
@@ -255,10 +286,19 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         if !kv.target().ever_fits(tokens, chunk) {
             return Err(too_large(pool, "the KV cache"));
         }
+        let adapter = match &params.adapter {
+            Some(name) => Some(self.adapters.resolve(name)?),
+            None => None,
+        };
         let sampler = Sampler::new(params.sampling.clone())?;
         let id = self.next_id;
         self.next_id += 1;
-        self.queue.waiting.push_back(Request::new(id, prompt, params, sampler));
+        let mut r = Request::new(id, prompt, params, sampler);
+        if let Some((adapter, root)) = adapter {
+            r.adapter = Some(adapter);
+            r.kv = Sequence::with_root(root);
+        }
+        self.queue.waiting.push_back(r);
         Ok(id)
     }
 
@@ -296,8 +336,25 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
     /// requests of that step (each gets `Failed`) and leaves the others queued.
     pub async fn step(&mut self) -> Vec<(RequestId, Event)> {
         let mut events = std::mem::take(&mut self.outbox);
-        let Scheduler { lease, tokenizer, config, queue, spec, stats, masks, .. } = self;
+        let Scheduler { lease, tokenizer, config, queue, spec, stats, masks, adapters, .. } = self;
         let (model, kv) = lease.parts();
+        for (adapter, e) in adapters.place(model, &mut queue.running, &mut queue.waiting) {
+            // Only waiting requests can be of an adapter that is not in a slot.
+            let (failed, keep) = std::mem::take(&mut queue.waiting)
+                .into_iter()
+                .partition(|r| r.adapter == Some(adapter));
+            queue.waiting = keep;
+            for mut r in Vec::from_iter(failed) {
+                kv.free(&mut r);
+                events.push((
+                    r.id,
+                    Event::Failed(Error::Backend {
+                        backend: model.backend.name(),
+                        reason: format!("loading the request's LoRA adapter: {e}"),
+                    }),
+                ));
+            }
+        }
         let limits = Limits {
             max_seqs: config.max_seqs,
             max_tokens: config.max_batched_tokens,
@@ -333,6 +390,8 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
             }
             Err(e) => commit::fail(queue, kv, &plan.chunks, &e, &mut events),
         }
+        let requests: Vec<&Request> = queue.running.iter().chain(&queue.waiting).collect();
+        adapters.sweep(&requests);
         events
     }
 }

@@ -126,14 +126,21 @@ fn schedule(
         budget -= len;
         i += 1;
     }
+    // Waiting requests in order, but for those whose LoRA adapter has no slot yet: they wait
+    // without holding up the others.
+    let mut w = 0;
     while budget > 0 && plan.chunks.len() < limits.max_seqs && q.running.len() == i {
-        let Some(mut r) = q.waiting.pop_front() else { break };
+        if q.waiting.get(w).is_some_and(|r| r.adapter.is_some() && r.lora_slot.is_none()) {
+            w += 1;
+            continue;
+        }
+        let Some(mut r) = q.waiting.remove(w) else { break };
         if let Err(e) = kv.ever_fits(&r, r.tokens.len(), chunk) {
             plan.refused.push((r, e));
             continue;
         }
         let Some(cached) = kv.admit(&mut r, chunk) else {
-            q.waiting.push_front(r);
+            q.waiting.insert(w, r);
             break;
         };
         plan.cached_tokens += cached.min(r.prompt_len) as u64;

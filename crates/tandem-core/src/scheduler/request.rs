@@ -23,6 +23,9 @@ pub struct GenerateParams {
     /// ([`crate::constraint::Constrainer::compile`]). It ends when the grammar is complete
     /// (its end-of-sequence token forced then).
     pub constraint: Option<Constraint>,
+    /// The LoRA adapter it runs through, by the name it was registered under
+    /// ([`super::Scheduler::add_adapter`]); `None` for the base model.
+    pub adapter: Option<String>,
 }
 
 /// Most stop strings one request may give, and the longest one in bytes. After every token the
@@ -75,6 +78,7 @@ impl Default for GenerateParams {
             stop: Vec::new(),
             ignore_eos: false,
             constraint: None,
+            adapter: None,
         }
     }
 }
@@ -145,6 +149,10 @@ pub(super) struct Request {
     /// Why its constraint could not give the last step's masks: the request fails at commit.
     pub constraint_error: Option<Error>,
     pub kv: Sequence,
+    /// Its LoRA adapter (see `adapters`), and the model slot that adapter is in while it has
+    /// one (always, once the request runs).
+    pub adapter: Option<super::adapters::AdapterId>,
+    pub lora_slot: Option<usize>,
     pub spec: SpecState,
     detok: Detokenizer,
     stops: StopStrings,
@@ -174,6 +182,8 @@ impl Request {
             constraint,
             constraint_error: None,
             kv: Sequence::default(),
+            adapter: None,
+            lora_slot: None,
             spec: SpecState::default(),
             detok: Detokenizer::default(),
             stops,

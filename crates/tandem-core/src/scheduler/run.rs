@@ -71,7 +71,7 @@ pub(super) async fn run<B: Backend>(
             tokens,
             decode: p.decode,
             want: &p.want,
-            adapter: None,
+            adapter: running[p.seq].lora_slot,
         })
         .collect();
     if masked.is_empty() {

@@ -279,6 +279,7 @@ impl Reference {
             stop: vec![],
             ignore_eos,
             constraint: None,
+            adapter: None,
         };
         let g = self.generate(prompt, &params);
         (g.text, g.tokens.len())
