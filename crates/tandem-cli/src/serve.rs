@@ -3,10 +3,12 @@
 //! HTTP side starts at once and answers /health with 503 until every model is loaded.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use tandem_core::model::ModelOptions;
+use tandem_core::lora::Adapter;
+use tandem_core::model::{LoraOptions, ModelOptions};
 use tandem_core::scheduler::SchedulerConfig;
 use tandem_core::tokenizer::Tokenizer;
 use tandem_core::{Backend, DType, Error, Result};
@@ -59,6 +61,55 @@ pub struct ServeArgs {
     /// Speculative decoding for every request (each --model gets its own draft model).
     #[command(flatten)]
     spec: crate::speculate::SpecArgs,
+    #[command(flatten)]
+    lora: LoraArgs,
+}
+
+/// LoRA adapters of the first --model, served unmerged: a request names one as its model.
+#[derive(Args, Clone)]
+struct LoraArgs {
+    /// A PEFT adapter directory to serve as model NAME (repeatable).
+    #[arg(long = "lora", value_name = "NAME=DIR")]
+    loras: Vec<String>,
+    /// Adapters held on the backend at once; the others wait in host memory and are swapped
+    /// in as requests need them (least recently used out).
+    #[arg(long, default_value_t = 4)]
+    max_loras: usize,
+    /// The largest adapter rank (default: the largest of --lora's, at least 16).
+    #[arg(long)]
+    max_lora_rank: Option<usize>,
+    /// How the adapters are stored on the backend.
+    #[arg(long, value_enum, default_value = "f32")]
+    lora_dtype: KvDtype,
+    /// Let clients load and unload adapters (POST /v1/load_lora_adapter with a path on this
+    /// machine, /v1/unload_lora_adapter).
+    #[arg(long)]
+    allow_runtime_lora: bool,
+}
+
+impl LoraArgs {
+    fn wanted(&self) -> bool {
+        !self.loras.is_empty() || self.allow_runtime_lora
+    }
+
+    /// The adapters, read for a base model of config `c`, and the pools they need.
+    fn open(
+        &self,
+        c: &tandem_core::ModelConfig,
+    ) -> Result<(Vec<(String, Arc<Adapter>)>, LoraOptions)> {
+        let mut adapters = vec![];
+        for spec in &self.loras {
+            let (name, dir) = spec.split_once('=').ok_or_else(|| {
+                Error::InvalidParameter(format!("--lora {spec}: NAME=DIR expected"))
+            })?;
+            let a = Adapter::from_peft_dir(std::path::Path::new(dir), c)?;
+            adapters.push((name.to_string(), Arc::new(a)));
+        }
+        let largest = adapters.iter().map(|(_, a)| a.rank()).max().unwrap_or(0);
+        let rank = self.max_lora_rank.unwrap_or(largest.max(16));
+        let opts = LoraOptions { slots: self.max_loras, rank, dtype: self.lora_dtype.dtype() };
+        Ok((adapters, opts))
+    }
 }
 
 pub fn serve(args: ServeArgs) -> std::result::Result<(), Box<dyn std::error::Error>> {
@@ -72,14 +123,17 @@ pub fn serve(args: ServeArgs) -> std::result::Result<(), Box<dyn std::error::Err
         port: args.port,
         api_key: args.api_key.clone(),
         max_waiting: args.max_waiting,
+        allow_runtime_lora: args.lora.allow_runtime_lora,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         ..ServerConfig::default()
     };
     let (server, seats) =
         Server::new(config, specs.iter().map(|(name, _)| name.clone()).collect())?;
     let mut engines = Vec::new();
-    for (seat, (_, path)) in seats.into_iter().zip(specs) {
-        let (backend, settings) = (args.backend.clone(), Settings::from(&args));
+    for (i, (seat, (_, path))) in seats.into_iter().zip(specs).enumerate() {
+        let (backend, mut settings) = (args.backend.clone(), Settings::from(&args));
+        // Adapters are the first model's.
+        settings.lora = (i == 0 && args.lora.wanted()).then(|| args.lora.clone());
         let thread = std::thread::Builder::new()
             .name(format!("engine {}", seat.model_name()))
             .spawn(move || {
@@ -126,6 +180,7 @@ struct Settings {
     kv_bytes: Option<u64>,
     sched: SchedulerConfig,
     spec: crate::speculate::SpecArgs,
+    lora: Option<LoraArgs>,
 }
 
 impl From<&ServeArgs> for Settings {
@@ -140,6 +195,7 @@ impl From<&ServeArgs> for Settings {
                 max_batched_tokens: a.max_batched_tokens,
             },
             spec: a.spec.clone(),
+            lora: None,
         }
     }
 }
@@ -180,7 +236,22 @@ impl WithBackend for Engine<'_> {
             ..defaults
         };
         let spec = s.spec.open(&tokenizer)?;
-        let model = load_model(backend, &source, &opts)?;
+        let adapters = s.lora.as_ref().map(|l| l.open(&source.config)).transpose()?;
+        let mut model = load_model(backend, &source, &opts)?;
+        let adapters = match adapters {
+            Some((adapters, lora)) => {
+                model.enable_lora(lora)?;
+                eprintln!(
+                    "LoRA: {} adapters, {} slots of rank {} ({:.1} MiB each)",
+                    adapters.len(),
+                    lora.slots,
+                    model.lora_options().map_or(0, |o| o.rank),
+                    model.lora_slot_bytes() as f64 / (1 << 20) as f64
+                );
+                adapters
+            }
+            None => vec![],
+        };
         let spec = spec.map(|sp| sp.build(another, &opts)).transpose()?;
         eprintln!(
             "serving {} as '{}': context {}, KV pool {} blocks ({} tokens)",
@@ -190,7 +261,7 @@ impl WithBackend for Engine<'_> {
             model.kv.total_blocks(),
             model.kv.capacity()
         );
-        self.seat.serve_speculative(model, tokenizer, s.sched, spec)
+        self.seat.serve_adapters(model, tokenizer, s.sched, spec, adapters)
     }
 }
 

@@ -16,6 +16,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long running requests may go on after SIGINT/SIGTERM before they are aborted.
     pub shutdown_timeout: Duration,
+    /// Whether clients may load and unload LoRA adapters (`/v1/load_lora_adapter`): a load
+    /// names a path on this machine, so it is off unless the operator says so.
+    pub allow_runtime_lora: bool,
 }
 
 impl Default for ServerConfig {
@@ -27,6 +30,7 @@ impl Default for ServerConfig {
             max_waiting: 256,
             max_body_bytes: 8 << 20,
             shutdown_timeout: Duration::from_secs(30),
+            allow_runtime_lora: false,
         }
     }
 }

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tandem_core::generate::GenerateParams;
+use tandem_core::lora::Adapter;
 use tandem_core::model::Model;
 use tandem_core::scheduler::{Event, RequestId, Scheduler, SchedulerConfig, Speculation};
 use tandem_core::tokenizer::Tokenizer;
-use tandem_core::{Backend, Result};
-use tokio::sync::{mpsc as tmpsc, watch};
+use tandem_core::{Backend, ModelConfig, Result};
+use tokio::sync::{mpsc as tmpsc, oneshot, watch};
 
 use crate::logprobs::TokenNames;
 use crate::metrics::{finish_reason, EngineGauges, ModelMetrics};
@@ -27,6 +28,17 @@ pub(crate) enum Command {
     Drain,
     /// Abort everything and exit.
     Stop,
+    /// Registers a LoRA adapter under a name; the reply says whether it was taken.
+    LoadAdapter {
+        name: String,
+        adapter: Arc<Adapter>,
+        reply: oneshot::Sender<std::result::Result<(), String>>,
+    },
+    /// Unregisters one; the reply comes once its queued and running requests have ended.
+    UnloadAdapter {
+        name: String,
+        reply: oneshot::Sender<std::result::Result<(), String>>,
+    },
 }
 
 /// One HTTP request's choices (prompts x n), admitted all or none.
@@ -64,6 +76,9 @@ pub struct Ready {
     pub created: u64,
     /// Spells tokens for log-probabilities.
     pub names: Arc<TokenNames>,
+    /// What adapters loaded at run time are checked against (`None` in the request fuzzer,
+    /// which has no model).
+    pub config: Option<ModelConfig>,
 }
 
 #[derive(Clone)]
@@ -78,6 +93,9 @@ pub struct ModelHandle {
     pub name: String,
     commands: mpsc::Sender<Command>,
     pub(crate) state: watch::Sender<ModelState>,
+    /// The LoRA adapters requests may name, as the engine last reported them (those being
+    /// unloaded are gone from here at once).
+    adapters: std::sync::RwLock<Vec<String>>,
 }
 
 impl ModelHandle {
@@ -87,6 +105,17 @@ impl ModelHandle {
 
     pub fn state(&self) -> ModelState {
         self.state.borrow().clone()
+    }
+
+    /// The names of the LoRA adapters it serves.
+    pub fn adapters(&self) -> Vec<String> {
+        self.adapters.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    fn set_adapters(&self, names: Vec<String>) {
+        if let Ok(mut a) = self.adapters.write() {
+            *a = names;
+        }
     }
 }
 
@@ -106,7 +135,7 @@ pub(crate) fn seat(
 ) -> (Arc<ModelHandle>, EngineSeat) {
     let (tx, rx) = mpsc::channel();
     let (state, _) = watch::channel(ModelState::Loading);
-    let handle = Arc::new(ModelHandle { name, commands: tx, state });
+    let handle = Arc::new(ModelHandle { name, commands: tx, state, adapters: Default::default() });
     (handle.clone(), EngineSeat { handle, commands: rx, metrics, max_waiting })
 }
 
@@ -130,6 +159,19 @@ impl EngineSeat {
         self.serve_speculative(model, tokenizer, config, None)
     }
 
+    /// [`EngineSeat::serve_speculative`] with LoRA adapters requests may name as their model
+    /// (the model's adapter pools enabled, [`Model::enable_lora`]).
+    pub fn serve_adapters<B: Backend>(
+        &self,
+        model: Model<B>,
+        tokenizer: Tokenizer,
+        config: SchedulerConfig,
+        spec: Option<Speculation<B>>,
+        adapters: Vec<(String, Arc<Adapter>)>,
+    ) -> Result<()> {
+        self.serve_all(model, tokenizer, config, spec, adapters)
+    }
+
     /// [`EngineSeat::serve`] with speculative decoding for every request (see
     /// [`Speculation`]): the same tokens, fewer target steps.
     pub fn serve_speculative<B: Backend>(
@@ -139,6 +181,17 @@ impl EngineSeat {
         config: SchedulerConfig,
         spec: Option<Speculation<B>>,
     ) -> Result<()> {
+        self.serve_all(model, tokenizer, config, spec, vec![])
+    }
+
+    fn serve_all<B: Backend>(
+        &self,
+        model: Model<B>,
+        tokenizer: Tokenizer,
+        config: SchedulerConfig,
+        spec: Option<Speculation<B>>,
+        adapters: Vec<(String, Arc<Adapter>)>,
+    ) -> Result<()> {
         let tokenizer = Arc::new(tokenizer);
         let ready = Ready {
             tokenizer: tokenizer.clone(),
@@ -147,10 +200,16 @@ impl EngineSeat {
             vocab: model.config.vocab_size,
             created: unix_now(),
             names: Arc::new(TokenNames::new(tokenizer.clone())),
+            config: Some(model.config.clone()),
         };
         let sched = match Scheduler::new(model, tokenizer, config)
             .and_then(|mut s| s.set_speculation(spec).map(|_| s))
-        {
+            .and_then(|mut s| {
+                for (name, a) in adapters {
+                    s.add_adapter(&name, a)?;
+                }
+                Ok(s)
+            }) {
             Ok(s) => s,
             Err(e) => {
                 self.fail(e.to_string());
@@ -164,7 +223,10 @@ impl EngineSeat {
             metrics: &self.metrics,
             max_waiting: self.max_waiting,
             last: Default::default(),
+            handle: &self.handle,
+            unloads: vec![],
         };
+        engine.publish_adapters();
         engine.update_gauges();
         self.handle.state.send_replace(ModelState::Ready(Arc::new(ready)));
         loop {
@@ -187,6 +249,7 @@ impl EngineSeat {
             // next step, which their `Interrupted` events bring at once.
             engine.update_gauges();
             engine.route(events);
+            engine.settle_unloads();
         }
         Ok(())
     }
@@ -195,6 +258,9 @@ impl EngineSeat {
 /// A request the engine is running for someone.
 struct Tracked {
     choice: usize,
+    /// Its LoRA adapter, and the tokens generated so far (per-adapter metrics).
+    adapter: Option<String>,
+    tokens: usize,
     replies: tmpsc::UnboundedSender<Reply>,
     submitted: Instant,
     last_token: Option<Instant>,
@@ -208,6 +274,9 @@ struct Engine<'a, B: Backend> {
     max_waiting: usize,
     /// Scheduler counters already reported.
     last: tandem_core::scheduler::SchedulerStats,
+    handle: &'a ModelHandle,
+    /// Unloads waiting for their adapter's requests to end.
+    unloads: Vec<(String, oneshot::Sender<std::result::Result<(), String>>)>,
 }
 
 impl<B: Backend> Engine<'_, B> {
@@ -220,6 +289,21 @@ impl<B: Backend> Engine<'_, B> {
                 }
             }
             Command::Drain => self.draining = true,
+            Command::LoadAdapter { name, adapter, reply } => {
+                let r = self.sched.add_adapter(&name, adapter).map_err(|e| e.to_string());
+                self.publish_adapters();
+                let _ = reply.send(r);
+            }
+            Command::UnloadAdapter { name, reply } => {
+                match self.sched.remove_adapter(&name) {
+                    Ok(()) => self.unloads.push((name, reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+                self.publish_adapters();
+                self.settle_unloads();
+            }
             Command::Stop => {
                 self.draining = true;
                 let ids: Vec<RequestId> = self.tracked.keys().copied().collect();
@@ -241,6 +325,8 @@ impl<B: Backend> Engine<'_, B> {
             return reject(Reject::QueueFull { limit: self.max_waiting });
         }
         let mut ids = Vec::with_capacity(s.choices.len());
+        let adapters: Vec<Option<String>> =
+            s.choices.iter().map(|(_, p)| p.adapter.clone()).collect();
         for (prompt, params) in s.choices {
             match self.sched.add(prompt, params) {
                 Ok(id) => ids.push(id),
@@ -261,11 +347,11 @@ impl<B: Backend> Engine<'_, B> {
             return;
         }
         let now = Instant::now();
-        for (choice, id) in ids.into_iter().enumerate() {
-            self.tracked.insert(
-                id,
-                Tracked { choice, replies: s.replies.clone(), submitted: now, last_token: None },
-            );
+        for ((choice, id), adapter) in ids.into_iter().enumerate().zip(adapters) {
+            let replies = s.replies.clone();
+            let t =
+                Tracked { choice, adapter, tokens: 0, replies, submitted: now, last_token: None };
+            self.tracked.insert(id, t);
         }
     }
 
@@ -275,6 +361,7 @@ impl<B: Backend> Engine<'_, B> {
                 Event::Token { .. } => {
                     self.metrics.generated_tokens.inc();
                     if let Some(t) = self.tracked.get_mut(&id) {
+                        t.tokens += 1;
                         let now = Instant::now();
                         if let Some(last) = t.last_token.replace(now) {
                             self.metrics.itl.observe(now.duration_since(last).as_secs_f64());
@@ -292,6 +379,9 @@ impl<B: Backend> Engine<'_, B> {
                 // Counted before the client hears of it, so a /metrics read after the
                 // response already shows the request finished.
                 self.metrics.finished(reason, usage.as_ref(), t.submitted.elapsed().as_secs_f64());
+                if let Some(a) = &t.adapter {
+                    self.metrics.adapter_finished(a, t.tokens);
+                }
             }
             let delivered = t.replies.send(Reply::Event { choice: t.choice, event }).is_ok();
             if reason.is_some() {
@@ -299,6 +389,27 @@ impl<B: Backend> Engine<'_, B> {
             } else if !delivered {
                 // Nobody listens any more: stop spending steps on it.
                 self.sched.abort(id);
+            }
+        }
+    }
+
+    /// Tells the HTTP side which adapters requests may name now.
+    fn publish_adapters(&self) {
+        let names = self.sched.adapters().into_iter().filter(|a| !a.removing).map(|a| a.name);
+        self.handle.set_adapters(names.collect());
+    }
+
+    /// Answers the unloads whose adapter is gone.
+    fn settle_unloads(&mut self) {
+        if self.unloads.is_empty() {
+            return;
+        }
+        let present: Vec<String> = self.sched.adapters().into_iter().map(|a| a.name).collect();
+        for (name, reply) in std::mem::take(&mut self.unloads) {
+            if present.contains(&name) {
+                self.unloads.push((name, reply));
+            } else {
+                let _ = reply.send(Ok(()));
             }
         }
     }

@@ -48,7 +48,8 @@ impl Model {
         vocab: usize,
     ) -> Self {
         let names = Arc::new(TokenNames::new(tokenizer.clone()));
-        let ready = Ready { tokenizer, context, pool_tokens, vocab, created: 0, names };
+        let ready =
+            Ready { tokenizer, context, pool_tokens, vocab, created: 0, names, config: None };
         Model { ready: Arc::new(ready), max_body_bytes: ServerConfig::default().max_body_bytes }
     }
 

@@ -12,6 +12,7 @@ mod errors;
 #[doc(hidden)]
 pub mod fuzz;
 mod logprobs;
+mod lora;
 mod metrics;
 mod routes;
 mod sse;
@@ -96,26 +97,40 @@ impl Server {
         self.models.iter().map(|m| m.name.clone()).collect()
     }
 
-    /// The model a request names (the first one when it names none).
-    fn model(&self, name: Option<&str>) -> Result<&Arc<ModelHandle>, ApiError> {
+    /// The model a request names (the first one when it names none), or the model serving the
+    /// LoRA adapter it names, with the adapter's name.
+    fn model(&self, name: Option<&str>) -> Result<(&Arc<ModelHandle>, Option<String>), ApiError> {
         match name {
-            None | Some("") => Ok(&self.models[0]),
-            Some(n) => self
-                .models
-                .iter()
-                .find(|m| m.name == n)
-                .ok_or_else(|| ApiError::model_not_found(n, &self.names())),
+            None | Some("") => Ok((&self.models[0], None)),
+            Some(n) => {
+                if let Some(m) = self.models.iter().find(|m| m.name == n) {
+                    return Ok((m, None));
+                }
+                self.models
+                    .iter()
+                    .find(|m| m.adapters().iter().any(|a| a == n))
+                    .map(|m| (m, Some(n.to_string())))
+                    .ok_or_else(|| {
+                        let mut known = self.names();
+                        known.extend(self.models.iter().flat_map(|m| m.adapters()));
+                        ApiError::model_not_found(n, &known)
+                    })
+            }
         }
     }
 
-    /// The named model, if it can take requests now.
-    fn ready(&self, name: Option<&str>) -> Result<(Arc<ModelHandle>, Arc<Ready>), ApiError> {
+    /// The named model (or the model of the named adapter, with its name), if it can take
+    /// requests now.
+    fn ready(
+        &self,
+        name: Option<&str>,
+    ) -> Result<(Arc<ModelHandle>, Arc<Ready>, Option<String>), ApiError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::unavailable("the server is shutting down"));
         }
-        let model = self.model(name)?;
+        let (model, adapter) = self.model(name)?;
         match model.state() {
-            ModelState::Ready(r) => Ok((model.clone(), r)),
+            ModelState::Ready(r) => Ok((model.clone(), r, adapter)),
             ModelState::Loading => {
                 Err(ApiError::unavailable(format!("the model '{}' is still loading", model.name)))
             }

@@ -18,6 +18,12 @@ struct ModelLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdapterLabel {
+    model: String,
+    adapter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     model: String,
     reason: String,
@@ -48,6 +54,8 @@ pub struct Metrics {
     prompt_tokens: Family<ModelLabel, Counter>,
     generated_tokens: Family<ModelLabel, Counter>,
     finished: Family<ReasonLabel, Counter>,
+    lora_requests: Family<AdapterLabel, Counter>,
+    lora_tokens: Family<AdapterLabel, Counter>,
     queue: Hist,
     ttft: Hist,
     itl: Hist,
@@ -70,6 +78,8 @@ impl Default for Metrics {
             prompt_tokens: Family::default(),
             generated_tokens: Family::default(),
             finished: Family::default(),
+            lora_requests: Family::default(),
+            lora_tokens: Family::default(),
             queue: hist(latency_histogram),
             ttft: hist(latency_histogram),
             itl: hist(token_gap_histogram),
@@ -114,6 +124,16 @@ impl Default for Metrics {
             "requests_finished",
             "Requests finished, by reason (stop, length, abort, error)",
             m.finished.clone(),
+        );
+        r.register(
+            "lora_requests_finished",
+            "Requests finished through each LoRA adapter",
+            m.lora_requests.clone(),
+        );
+        r.register(
+            "lora_generated_tokens",
+            "Tokens generated through each LoRA adapter",
+            m.lora_tokens.clone(),
         );
         r.register_with_unit(
             "queue_time",
@@ -173,6 +193,8 @@ impl Metrics {
             prompt_tokens: self.prompt_tokens.get_or_create(&l).clone(),
             generated_tokens: self.generated_tokens.get_or_create(&l).clone(),
             finished: self.finished.clone(),
+            lora_requests: self.lora_requests.clone(),
+            lora_tokens: self.lora_tokens.clone(),
             queue: self.queue.get_or_create(&l).clone(),
             ttft: self.ttft.get_or_create(&l).clone(),
             itl: self.itl.get_or_create(&l).clone(),
@@ -195,6 +217,8 @@ pub struct ModelMetrics {
     prompt_tokens: Counter,
     pub generated_tokens: Counter,
     finished: Family<ReasonLabel, Counter>,
+    lora_requests: Family<AdapterLabel, Counter>,
+    lora_tokens: Family<AdapterLabel, Counter>,
     queue: Histogram,
     ttft: Histogram,
     pub itl: Histogram,
@@ -224,6 +248,13 @@ impl ModelMetrics {
         } else {
             used as f64 / g.total_blocks as f64
         });
+    }
+
+    /// A request through LoRA adapter `adapter` ended, having generated `tokens`.
+    pub fn adapter_finished(&self, adapter: &str, tokens: usize) {
+        let l = AdapterLabel { model: self.model.clone(), adapter: adapter.into() };
+        self.lora_requests.get_or_create(&l).inc();
+        self.lora_tokens.get_or_create(&l).inc_by(tokens as u64);
     }
 
     /// A request ended: `usage` is `None` when it failed.

@@ -21,7 +21,7 @@ use crate::logprobs::TokenNames;
 use crate::submit::{self, Kind, Meta};
 use crate::{sse, structured, Server};
 
-type Body = Result<Bytes, BytesRejection>;
+pub(crate) type Body = Result<Bytes, BytesRejection>;
 
 pub fn router(server: Arc<Server>) -> Router {
     let limit = server.config.max_body_bytes;
@@ -29,6 +29,8 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/load_lora_adapter", post(crate::lora::load))
+        .route("/v1/unload_lora_adapter", post(crate::lora::unload))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route_layer(middleware::from_fn_with_state(server.clone(), auth));
@@ -69,7 +71,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The body, or 413 past the limit.
-fn read(s: &Server, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) fn read(s: &Server, body: Body) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::body_too_large(s.config.max_body_bytes)
@@ -80,43 +82,49 @@ fn read(s: &Server, body: Body) -> Result<Bytes, ApiError> {
 }
 
 /// Tokenizing a long prompt takes a while: off the async workers, so other requests go on.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))?
 }
 
 async fn chat(State(s): State<Arc<Server>>, body: Body) -> Result<Response, ApiError> {
     let body = api::parse(&read(&s, body)?)?;
     let (req, common): (ChatRequest, Common) = (api::fields(&body)?, api::fields(&body)?);
     let fields: structured::Fields = api::fields(&body)?;
-    let (model, ready) = s.ready(common.model.as_deref())?;
+    let (model, ready, adapter) = s.ready(common.model.as_deref())?;
     let names = ready.names.clone();
     let job = blocking(move || req.job(common, fields, &ready)).await?;
-    generate(model, job, Kind::Chat, names).await
+    generate(model, adapter, job, Kind::Chat, names).await
 }
 
 async fn completions(State(s): State<Arc<Server>>, body: Body) -> Result<Response, ApiError> {
     let body = api::parse(&read(&s, body)?)?;
     let (req, common): (CompletionRequest, Common) = (api::fields(&body)?, api::fields(&body)?);
     let fields: structured::Fields = api::fields(&body)?;
-    let (model, ready) = s.ready(common.model.as_deref())?;
+    let (model, ready, adapter) = s.ready(common.model.as_deref())?;
     let names = ready.names.clone();
     let job = blocking(move || req.job(common, fields, &ready)).await?;
-    generate(model, job, Kind::Completion, names).await
+    generate(model, adapter, job, Kind::Completion, names).await
 }
 
-/// Submits the job and answers: a stream of chunks, or the whole response. `names` spells
-/// the tokens of log-probabilities, if the job asks for them.
+/// Submits the job (through LoRA adapter `adapter`, if named) and answers: a stream of
+/// chunks, or the whole response. `names` spells the tokens of log-probabilities, if the job
+/// asks for them.
 async fn generate(
     model: Arc<ModelHandle>,
-    job: Job,
+    adapter: Option<String>,
+    mut job: Job,
     kind: Kind,
     names: Arc<TokenNames>,
 ) -> Result<Response, ApiError> {
-    let mut meta = Meta::new(kind, &model.name, job.n, job.logprobs.then_some(names));
+    for (_, params) in &mut job.choices {
+        params.adapter = adapter.clone();
+    }
+    let shown = adapter.as_deref().unwrap_or(&model.name);
+    let mut meta = Meta::new(kind, shown, job.n, job.logprobs.then_some(names));
     meta.tools = job.tools;
     let (stream, include_usage) = (job.stream, job.include_usage);
     let pending = submit::submit(&model, job).await?;
@@ -131,12 +139,18 @@ async fn models(State(s): State<Arc<Server>>) -> Json<serde_json::Value> {
     let data: Vec<_> = s
         .models
         .iter()
-        .map(|m| {
+        .flat_map(|m| {
             let (created, context) = match m.state() {
                 ModelState::Ready(r) => (r.created, Some(r.context)),
                 _ => (0, None),
             };
-            json!({ "id": m.name, "object": "model", "created": created, "owned_by": "tandem", "max_model_len": context })
+            let base = json!({ "id": m.name, "object": "model", "created": created, "owned_by": "tandem", "max_model_len": context });
+            // Each LoRA adapter is a model of its own, with its base as parent (as vLLM lists
+            // them).
+            let adapters = m.adapters().into_iter().map(move |a| {
+                json!({ "id": a, "object": "model", "created": created, "owned_by": "tandem", "parent": m.name, "root": m.name, "max_model_len": context })
+            });
+            std::iter::once(base).chain(adapters)
         })
         .collect();
     Json(json!({ "object": "list", "data": data }))
@@ -177,7 +191,7 @@ async fn tokenize(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let req: TokenizeRequest = api::fields(&api::parse(&read(&s, body)?)?)?;
-    let (_, ready) = s.ready(req.model.as_deref())?;
+    let (_, ready, _) = s.ready(req.model.as_deref())?;
     let context = ready.context;
     let tokens = blocking(move || req.tokens(&ready.tokenizer)).await?;
     Ok(Json(json!({ "count": tokens.len(), "max_model_len": context, "tokens": tokens })))
@@ -188,7 +202,7 @@ async fn detokenize(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let req: DetokenizeRequest = api::fields(&api::parse(&read(&s, body)?)?)?;
-    let (_, ready) = s.ready(req.model.as_deref())?;
+    let (_, ready, _) = s.ready(req.model.as_deref())?;
     let text = blocking(move || req.text(&ready)).await?;
     Ok(Json(json!({ "prompt": text })))
 }

@@ -14,7 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tandem_core::generate::{generate, GenerateParams, Generation};
-use tandem_core::model::{Model, ModelOptions, Output, Want};
+use tandem_core::lora::Adapter;
+use tandem_core::model::{LoraOptions, Model, ModelOptions, Output, Want};
 use tandem_core::sampling::SamplingParams;
 use tandem_core::scheduler::{SchedulerConfig, Speculation};
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
@@ -59,6 +60,8 @@ pub struct Options {
     /// Speculative decoding on every engine: n-gram drafting (`Some(None)`) or stories260K
     /// drafting for itself (`Some(Some(k))`, k tokens).
     pub speculate: Option<Option<usize>>,
+    /// LoRA pools on every engine, and the PEFT adapter directories each serves by name.
+    pub lora: Option<(LoraOptions, Vec<(String, PathBuf)>)>,
 }
 
 impl Default for Options {
@@ -69,6 +72,7 @@ impl Default for Options {
             kv_blocks: Some(512),
             sched: SchedulerConfig { max_seqs: 64, max_batched_tokens: 256 },
             speculate: None,
+            lora: None,
         }
     }
 }
@@ -89,12 +93,22 @@ pub async fn start(dir: &std::path::Path, o: Options) -> TestServer {
         .map(|seat| {
             let (dir, kv, sched, speculate) =
                 (dir.to_path_buf(), o.kv_blocks, o.sched, o.speculate);
+            let lora = o.lora.clone();
             std::thread::spawn(move || {
                 let spec = speculate.map(|draft| match draft {
                     None => Speculation::ngram(4),
                     Some(k) => Speculation::draft_model(load(&dir, kv), k),
                 });
-                seat.serve_speculative(load(&dir, kv), tokenizer(&dir), sched, spec).unwrap()
+                let mut model = load(&dir, kv);
+                let mut adapters = vec![];
+                if let Some((opts, dirs)) = lora {
+                    model.enable_lora(opts).unwrap();
+                    for (name, d) in dirs {
+                        let a = Adapter::from_peft_dir(&d, &model.config).unwrap();
+                        adapters.push((name, Arc::new(a)));
+                    }
+                }
+                seat.serve_adapters(model, tokenizer(&dir), sched, spec, adapters).unwrap()
             })
         })
         .collect();
