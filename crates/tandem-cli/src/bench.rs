@@ -53,10 +53,10 @@ pub struct BenchArgs {
     contexts: Vec<usize>,
     /// Runs; the best is reported.
     #[arg(long, default_value_t = 3)]
-    repeat: usize,
+    pub repeat: usize,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     /// Serve --requests requests this many at a time through the continuous-batching
     /// scheduler, and the same requests sequentially and in static batches, for comparison.
     #[arg(long, value_name = "N")]
@@ -70,7 +70,7 @@ pub struct BenchArgs {
     gen_tokens: usize,
     /// The scheduler's token budget per step.
     #[arg(long, default_value_t = 512)]
-    max_batched_tokens: usize,
+    pub max_batched_tokens: usize,
     /// With --speculate or --draft-model: decode a summary of a built-in text greedily with
     /// and without speculation (--decode-tokens tokens at most, best of --repeat) and report
     /// both speeds, the speed-up and the acceptance rate.
@@ -102,6 +102,17 @@ pub struct BenchArgs {
     /// the cost speculation must beat, on any model shape (random weights included).
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     verify_tokens: Vec<usize>,
+    /// LoRA: with --concurrency N, the continuous workload with its requests spread over this
+    /// many random adapters (comma-separated, e.g. 1,4,16), against the same workload with
+    /// none; also each adapter's memory and the time to load one into a slot.
+    #[arg(long, value_delimiter = ',', value_name = "K,...", requires = "concurrency")]
+    pub lora_adapters: Vec<usize>,
+    /// Rank of those adapters (every projection of every layer).
+    #[arg(long, default_value_t = 16)]
+    pub lora_rank: usize,
+    /// How the adapters are stored on the backend.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub lora_dtype: KvDtype,
 }
 
 /// The largest verify step `--verify-tokens` times (a step's token budget).
@@ -233,6 +244,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             kv_blocks: Some(n * context.div_ceil(block_size)),
             ..ModelOptions::default()
         };
+        if !args.lora_adapters.is_empty() {
+            let job = crate::bench_lora::LoraBench {
+                args: &args,
+                source: &source,
+                tok: &tokenizer,
+                opts: &opts,
+                work: &work,
+                n,
+            };
+            return dispatch(&args.backend, job);
+        }
         let concurrent = Concurrent {
             args: &args,
             source: &source,
@@ -547,15 +569,32 @@ impl WithBackend for Concurrent<'_> {
                     self.n,
                     Mode::Continuous,
                     budget,
+                    &[],
                 )?,
             ),
             (
                 "static",
-                bench_batch::run(&mut model, self.tok, self.work, self.n, Mode::Static, budget)?,
+                bench_batch::run(
+                    &mut model,
+                    self.tok,
+                    self.work,
+                    self.n,
+                    Mode::Static,
+                    budget,
+                    &[],
+                )?,
             ),
             (
                 "sequential",
-                bench_batch::run(&mut model, self.tok, self.work, 1, Mode::Continuous, budget)?,
+                bench_batch::run(
+                    &mut model,
+                    self.tok,
+                    self.work,
+                    1,
+                    Mode::Continuous,
+                    budget,
+                    &[],
+                )?,
             ),
         ];
         let ms = |v: &[f64], p: f64| bench_batch::percentile(v, p) * 1e3;

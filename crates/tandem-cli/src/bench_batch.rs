@@ -5,8 +5,10 @@
 //! batching), so the three compare in one run on one model.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tandem_core::generate::GenerateParams;
+use tandem_core::lora::Adapter;
 use tandem_core::model::Model;
 use tandem_core::scheduler::{Event, RequestId, Scheduler, SchedulerConfig};
 use tandem_core::tokenizer::Tokenizer;
@@ -82,6 +84,8 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
 }
 
 /// Runs the workload with `concurrency` requests at a time in `mode`, on a cold prefix cache.
+/// With `adapters`, request i runs through adapter i % their count (the model's LoRA pools
+/// enabled).
 pub fn run<B: Backend>(
     model: &mut Model<B>,
     tok: &Tokenizer,
@@ -89,10 +93,14 @@ pub fn run<B: Backend>(
     concurrency: usize,
     mode: Mode,
     max_batched_tokens: usize,
+    adapters: &[(String, Arc<Adapter>)],
 ) -> Result<RunStats> {
     model.kv_blocks_mut()?.evict_idle();
     let config = SchedulerConfig { max_seqs: concurrency, max_batched_tokens };
     let mut sched = Scheduler::new(&mut *model, tok, config)?;
+    for (name, a) in adapters {
+        sched.add_adapter(name, a.clone())?;
+    }
     let mut next = 0;
     // Request id -> (submitted, last token).
     let mut live: HashMap<RequestId, (Instant, Option<Instant>)> = HashMap::new();
@@ -106,8 +114,13 @@ pub fn run<B: Backend>(
         };
         for _ in 0..room.min(work.requests.len() - next) {
             let (prompt, gen) = &work.requests[next];
-            let params =
-                GenerateParams { max_tokens: *gen, ignore_eos: true, ..Default::default() };
+            let adapter = (!adapters.is_empty()).then(|| adapters[next % adapters.len()].0.clone());
+            let params = GenerateParams {
+                max_tokens: *gen,
+                ignore_eos: true,
+                adapter,
+                ..Default::default()
+            };
             live.insert(sched.add(prompt.clone(), params)?, (Instant::now(), None));
             next += 1;
         }

@@ -4,6 +4,7 @@ mod alloc_count;
 mod backend;
 mod bench;
 mod bench_batch;
+mod bench_lora;
 mod bench_structured;
 mod bench_verify;
 mod inspect;

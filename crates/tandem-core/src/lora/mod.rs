@@ -131,6 +131,12 @@ impl Adapter {
             .map_err(|e| Error::bad_file(dir, format!("LoRA adapter: {e}")))
     }
 
+    /// An adapter of these modules (in any order) for a base model of config `c`; what the
+    /// file readers make, for callers that make adapters themselves (benchmarks).
+    pub fn from_modules(modules: Vec<ModuleLora>, c: &ModelConfig) -> Result<Adapter> {
+        Adapter::checked(modules, Some(c)).map_err(Error::BadConfig)
+    }
+
     /// A PEFT adapter from its two files' contents.
     pub fn from_peft(config_json: &str, safetensors: &[u8], c: &ModelConfig) -> Result<Adapter> {
         peft::parse(config_json, safetensors, c)
