@@ -33,8 +33,8 @@ extern "C" __global__ void lora_shrink(const float* __restrict__ x, const void* 
     }
 }
 
-// out[rows[i], o] += sum over j ascending of b[slots[i], o, j] * t[i, j]. Grid: (ceil(m /
-// blockDim.x), n).
+// out[rows[i], o] += sum over j ascending of t[i, j] * b[slots[i], j, o] (b is B transposed,
+// [slots, rank, m]: a warp reads consecutive outputs). Grid: (ceil(m / blockDim.x), n).
 extern "C" __global__ void lora_expand(const float* __restrict__ t, const void* __restrict__ b,
                                        const u32* __restrict__ rows, const u32* __restrict__ slots,
                                        float* __restrict__ out, u32 n, u32 m, u32 rank,
@@ -43,8 +43,8 @@ extern "C" __global__ void lora_expand(const float* __restrict__ t, const void* 
     const u32 o = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n || o >= m) return;
     const float* ti = t + (u64)i * rank;
-    const u64 w0 = ((u64)slots[i] * m + o) * rank;
+    const u64 w0 = (u64)slots[i] * rank * m + o;
     float acc = 0.0f;
-    for (u32 j = 0; j < rank; j++) acc += lora_w(b, w0 + j, half_pool) * ti[j];
+    for (u32 j = 0; j < rank; j++) acc += ti[j] * lora_w(b, w0 + (u64)j * m, half_pool);
     out[(u64)rows[i] * m + o] += acc;
 }

@@ -5,8 +5,8 @@
 // (F16 = 1). rows and slots are checked on the host.
 //
 // shrink: src = x [x_rows, k], out = t [n, rank]; dispatch (rank, n) workgroups.
-// expand: src = t [n, rank], out = the projection's output [out_rows, m], added to in place;
-// dispatch (ceil(m / WG), n) workgroups.
+// expand: src = t [n, rank], w = B transposed [slots, rank, m], out = the projection's output
+// [out_rows, m], added to in place; dispatch (ceil(m / WG), n) workgroups.
 
 struct Params {
     n: u32,
@@ -67,10 +67,10 @@ fn expand(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if o >= p.m || i >= p.n {
         return;
     }
-    let w0 = (slots[i] * p.m + o) * p.rank;
+    let w0 = slots[i] * p.rank * p.m + o;
     var acc = 0.0;
     for (var j = 0u; j < p.rank; j++) {
-        acc += pool(w0 + j) * src[i * p.rank + j];
+        acc += src[i * p.rank + j] * pool(w0 + j * p.m);
     }
     let d = rows[i] * p.m + o;
     out[d] = out[d] + acc;

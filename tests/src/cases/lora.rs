@@ -93,7 +93,7 @@ struct Expand {
 fn expand_data(rng: &mut Rng, dtype: DType, shape: (usize, usize, usize, usize, usize)) -> Expand {
     let (n, out_rows, n_slots, rank, m) = shape;
     let t = rng.vec(n * rank, 1.0);
-    let b = encode(&rng.vec(n_slots * m * rank, 0.1), dtype);
+    let b = encode(&rng.vec(n_slots * rank * m, 0.1), dtype);
     let (rows, slots) = listing(rng, n, out_rows, n_slots);
     // The projection's own output, which the adapter's rows add to.
     let out = rng.vec(out_rows * m, 1.0);
@@ -104,7 +104,7 @@ fn expand_case(e: &Expand, dtype: DType, shape: (usize, usize, usize, usize, usi
     let (n, out_rows, n_slots, rank, m) = shape;
     let mut bufs = Bufs::default();
     let t = bufs.f32(&e.t);
-    let b = bufs.add(dtype, n_slots * m * rank, Init::Data(e.b.clone()));
+    let b = bufs.add(dtype, n_slots * rank * m, Init::Data(e.b.clone()));
     let (rows, slots) = (bufs.u32(&e.rows), bufs.u32(&e.slots));
     let out = bufs.f32(&e.out);
     let op = LoraExpand { t, b, dtype, rows, slots, out, n, out_rows, n_slots, rank, m };

@@ -1,5 +1,6 @@
 //! LoRA adapters on the backend: for each projection of each layer, a pool of `slots` slots
-//! of A ([slots, rank, k]) and B ([slots, m, rank], the scale folded in), where an adapter is
+//! of A ([slots, rank, k]) and B transposed ([slots, rank, m], the scale folded in; see
+//! [`crate::ops::LoraExpand`]), where an adapter is
 //! loaded into a slot and chunks of a step name the slot their rows use. The pools take the
 //! adapter's values padded with zeros to the pool's rank, and zeros for a projection the
 //! adapter leaves alone, so every slot is whole whatever was in it before.
@@ -179,15 +180,18 @@ impl<B: Backend> Model<B> {
             for t in Target::ALL {
                 let Some((a_buf, b_buf)) = layer[t.index()] else { continue };
                 let (k, m) = t.shape(c);
-                let (mut a, mut b) = (vec![0f32; rank * k], vec![0f32; m * rank]);
+                let (mut a, mut b) = (vec![0f32; rank * k], vec![0f32; rank * m]);
                 if let Some(ml) = adapter.module(l, t) {
                     a[..ml.rank * k].copy_from_slice(&ml.a);
-                    for (row, src) in b.chunks_exact_mut(rank).zip(ml.b.chunks_exact(ml.rank)) {
-                        row[..ml.rank].copy_from_slice(src);
+                    // B is [m, r] in the adapter: its column j becomes the pool's row j.
+                    for (o, src) in ml.b.chunks_exact(ml.rank).enumerate() {
+                        for (j, &v) in src.iter().enumerate() {
+                            b[j * m + o] = v;
+                        }
                     }
                 }
                 writes.push((a_buf, dtype.storage_bytes(slot * rank * k), encode(&a, dtype)));
-                writes.push((b_buf, dtype.storage_bytes(slot * m * rank), encode(&b, dtype)));
+                writes.push((b_buf, dtype.storage_bytes(slot * rank * m), encode(&b, dtype)));
             }
         }
         for (buf, offset, bytes) in writes {

@@ -1,9 +1,10 @@
 //! LoRA adapters applied unmerged, per row: for the rows of a step that carry an adapter, out
 //! += B·(A·x), with each row's own adapter, as two ops over all such rows at once (the shrink
 //! to the adapter's rank, then the expand back, added in place). The adapters live in pools
-//! of `n_slots` slots ([slots, rank, k] for A, [slots, m, rank] for B, the scale folded into
-//! B); an adapter of a smaller rank fills its slot's first rows of A and columns of B and
-//! leaves zeros after them, which add nothing.
+//! of `n_slots` slots ([slots, rank, k] for A, and B transposed, [slots, rank, m], the scale
+//! folded into it, so the expand reads whole rows: an output is a sum down a column); an
+//! adapter of a smaller rank fills its slot's first rows of both and leaves zeros after them,
+//! which add nothing.
 //!
 //! Batch invariance: every row is computed exactly (bit for bit) as that row alone would be,
 //! whatever the other rows and their adapters are: a backend may share an adapter's weight
@@ -31,10 +32,10 @@ pub struct LoraShrink {
     pub k: usize,
 }
 
-/// In place: out[rows[i]] += y with y[o] = dot(b[slots[i], o], t[i]) over the rank (the sum
-/// formed in f32 first, then added to out once).
-/// t: [n, rank] f32; b: [n_slots, m, rank] f32 or f16; rows, slots: as [`LoraShrink`], rows
-/// distinct; out: [out_rows, m] f32.
+/// In place: out[rows[i]] += y with y[o] = sum over j ascending of t[i, j] * b[slots[i], j, o]
+/// (the sum formed in f32 first, in that order, then added to out once).
+/// t: [n, rank] f32; b: [n_slots, rank, m] (B transposed) f32 or f16; rows, slots: as
+/// [`LoraShrink`], rows distinct; out: [out_rows, m] f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraExpand {
     pub t: BufId,

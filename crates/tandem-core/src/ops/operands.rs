@@ -272,7 +272,7 @@ impl Op {
             }
             Op::LoraExpand(o) => {
                 v.push("t", o.t, DType::F32, numel(op, &[o.n, o.rank])?, Read);
-                v.push("b", o.b, o.dtype, numel(op, &[o.n_slots, o.m, o.rank])?, Read);
+                v.push("b", o.b, o.dtype, numel(op, &[o.n_slots, o.rank, o.m])?, Read);
                 v.push("rows", o.rows, DType::U32, o.n, Read);
                 v.push("slots", o.slots, DType::U32, o.n, Read);
                 v.push("out", o.out, DType::F32, numel(op, &[o.out_rows, o.m])?, ReadWrite);

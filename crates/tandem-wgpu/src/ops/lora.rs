@@ -51,7 +51,7 @@ pub(crate) fn expand(r: &mut Recorder, op: &LoraExpand) -> Result<()> {
         return Ok(());
     }
     fits_u32(OP, "out_rows * m", op.out_rows * op.m)?;
-    fits_u32(OP, "n_slots * m * rank", op.n_slots * op.m * op.rank)?;
+    fits_u32(OP, "n_slots * rank * m", op.n_slots * op.rank * op.m)?;
     grid_limit(OP, op.m.div_ceil(WG), op.n)?;
     r.push(
         PipeKey::new(Shader::Lora, "expand").with("F16", f16),
