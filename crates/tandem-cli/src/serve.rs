@@ -87,16 +87,16 @@ struct LoraArgs {
     allow_runtime_lora: bool,
 }
 
+/// An adapter with the model name requests give it.
+type Named = (String, Arc<Adapter>);
+
 impl LoraArgs {
     fn wanted(&self) -> bool {
         !self.loras.is_empty() || self.allow_runtime_lora
     }
 
     /// The adapters, read for a base model of config `c`, and the pools they need.
-    fn open(
-        &self,
-        c: &tandem_core::ModelConfig,
-    ) -> Result<(Vec<(String, Arc<Adapter>)>, LoraOptions)> {
+    fn open(&self, c: &tandem_core::ModelConfig) -> Result<(Vec<Named>, LoraOptions)> {
         let mut adapters = vec![];
         for spec in &self.loras {
             let (name, dir) = spec.split_once('=').ok_or_else(|| {

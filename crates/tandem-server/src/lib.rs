@@ -57,6 +57,10 @@ pub struct Server {
     failure: Mutex<Option<ServerError>>,
 }
 
+/// What a request's `model` names: the model that runs it, its state, and the LoRA adapter
+/// it goes through (if it names one).
+type Target = (Arc<ModelHandle>, Arc<Ready>, Option<String>);
+
 impl Server {
     /// A server for these models (the first is the default for requests naming none), and one
     /// engine seat per model, in the same order, for the threads that will load them.
@@ -121,10 +125,7 @@ impl Server {
 
     /// The named model (or the model of the named adapter, with its name), if it can take
     /// requests now.
-    fn ready(
-        &self,
-        name: Option<&str>,
-    ) -> Result<(Arc<ModelHandle>, Arc<Ready>, Option<String>), ApiError> {
+    fn ready(&self, name: Option<&str>) -> Result<Target, ApiError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::unavailable("the server is shutting down"));
         }

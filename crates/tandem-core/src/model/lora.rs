@@ -48,11 +48,12 @@ pub(super) struct LoraPool {
     slots: BufId,
 }
 
-/// The rows of a step with an adapter, and the slot of each.
+/// The rows of a step with an adapter, and the slot of each, among the step's `of` rows.
 #[derive(Default)]
 pub(super) struct LoraRows {
     pub(super) rows: Vec<u32>,
     pub(super) slots: Vec<u32>,
+    pub(super) of: usize,
 }
 
 impl<B: Backend> Model<B> {
@@ -226,12 +227,11 @@ impl<B: Backend> Model<B> {
         &self,
         step: &mut Step,
         rows: &LoraRows,
-        l: usize,
-        target: Target,
+        (l, target): (usize, Target),
         x: BufId,
         out: BufId,
-        n: usize,
     ) {
+        let n = rows.of;
         let Some(p) = &self.lora else { return };
         let Some((a, b)) = p.modules[l][target.index()] else { return };
         if rows.rows.is_empty() {

@@ -421,9 +421,10 @@ impl<B: Backend> Model<B> {
         step.write_u32(a.slots, &slots);
         step.write_u32(a.starts, &starts);
         step.write_u32(a.tables, &tables);
+        lora.of = n;
         self.record_lora_rows(&mut step, &lora);
         let adapt = |step: &mut Step, l: usize, t: Target, x: BufId, out: BufId| {
-            self.record_lora(step, &lora, l, t, x, out, n)
+            self.record_lora(step, &lora, (l, t), x, out)
         };
 
         let matmul = |x: BufId,
