@@ -242,6 +242,24 @@ CONSTRAINTS = [
 ]
 
 
+# PEFT LoRA adapters for the lora_peft target's tiny Llama (16 wide, 2 heads of 8, 1 KV
+# head, MLP 32, 2 layers): module names as PEFT saves them, ranks 4 and 2, f32/f16/bf16.
+LORA_PREFIX = "base_model.model.model.layers"
+LORA_ADAPTERS = [
+    ({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_rslora": False,
+      "alpha_pattern": {"layers.1.self_attn.v_proj": 2}, "rank_pattern": {"v_proj": 2}},
+     [(f"{LORA_PREFIX}.0.self_attn.q_proj.lora_A.weight", "F32", [4, 16], f32s(64)),
+      (f"{LORA_PREFIX}.0.self_attn.q_proj.lora_B.weight", "F32", [16, 4], f32s(64, 2)),
+      (f"{LORA_PREFIX}.1.self_attn.v_proj.lora_A.weight", "F16", [2, 16], f16s(32)),
+      (f"{LORA_PREFIX}.1.self_attn.v_proj.lora_B.weight", "F16", [8, 2], f16s(16, 3)),
+      (f"{LORA_PREFIX}.1.mlp.down_proj.lora_A.weight", "BF16", [4, 32], bf16s(128)),
+      (f"{LORA_PREFIX}.1.mlp.down_proj.lora_B.weight", "BF16", [16, 4], bf16s(64, 4))]),
+    ({"r": 4, "lora_alpha": 16, "use_rslora": True, "bias": "none", "modules_to_save": None},
+     [(f"{LORA_PREFIX}.0.mlp.gate_proj.lora_A.weight", "F32", [4, 16], f32s(64, 5)),
+      (f"{LORA_PREFIX}.0.mlp.gate_proj.lora_B.weight", "F32", [32, 4], f32s(128, 6))]),
+]
+
+
 def write(path, data):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
@@ -283,6 +301,8 @@ def small():
         write(f"{root}/server_request/{i:02}.json", bytes([endpoint, model]) + json.dumps(body).encode())
     for i, (kind, text) in enumerate(CONSTRAINTS):
         write(f"{root}/constraint/{i:02}", bytes([kind, 0, 7]) + text.encode())
+    for i, (config, tensors) in enumerate(LORA_ADAPTERS):
+        write(f"{root}/lora_peft/{i:02}", json.dumps(config).encode() + b"\0" + safetensors(tensors))
     # Structured (arbitrary) targets: a few byte patterns to start from.
     for t in ["gguf_tokenizer", "detokenize", "sampling"]:
         for i, pattern in enumerate([b"\0" * 64, bytes(range(256)), b"\x01\xff" * 40 + b"The capital of France\0\0\0"]):

@@ -46,6 +46,7 @@ fuzz_target!(|i: Input| {
         stop: i.stop,
         ignore_eos: i.ignore_eos,
         constraint: None,
+        adapter: None,
     };
     let _ = params.validate();
     let Ok(mut sampler) = Sampler::new(sampling.clone()) else {
