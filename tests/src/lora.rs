@@ -30,9 +30,10 @@ fn logits_tolerance(dtype: DType) -> f64 {
     }
 }
 
-/// (family, adapters): each family's fixture adapters.
-pub const FIXTURES: [(&str, [&str; 2]); 2] =
-    [("qwen3", ["r8", "r64-rslora"]), ("phi3", ["r8", "r64-rslora"])];
+/// (family, adapters): each family's fixture adapters. The last is also read from the LoRA
+/// GGUF llama.cpp's converter made of it (`adapter.gguf`), into one slot more.
+pub const FIXTURES: [(&str, [&str; 3]); 2] =
+    [("qwen3", ["r8", "r64-rslora", "r16"]), ("phi3", ["r8", "r64-rslora", "r16"])];
 
 pub fn dir(family: &str, adapter: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/lora/{family}-{adapter}"))
@@ -40,32 +41,43 @@ pub fn dir(family: &str, adapter: &str) -> PathBuf {
 
 fn load<B: Backend>(backend: B, family: &str, dtype: DType) -> Result<Model<B>, String> {
     let base = crate::families::dir(family);
-    // Room for the batch: three sequences of 232 positions.
-    let opts = ModelOptions { context: 512, kv_blocks: Some(64), ..ModelOptions::default() };
+    // Room for the batch: five sequences of 232 positions.
+    let opts = ModelOptions { context: 512, kv_blocks: Some(96), ..ModelOptions::default() };
     let mut model = loader::open(&base)
         .and_then(|source| Model::load(backend, &source, &opts, &mut |_, _| {}))
         .map_err(|e| format!("{family}: loading: {e}"))?;
     model
-        .enable_lora(LoraOptions { slots: 3, rank: 64, dtype })
+        .enable_lora(LoraOptions { slots: 4, rank: 64, dtype })
         .map_err(|e| format!("{family}: enable_lora: {e}"))?;
-    for (slot, name) in
-        FIXTURES.iter().find(|f| f.0 == family).expect("a fixture").1.iter().enumerate()
-    {
+    let names = FIXTURES.iter().find(|f| f.0 == family).expect("a fixture").1;
+    for (slot, name) in names.iter().enumerate() {
         let adapter = Adapter::from_peft_dir(&dir(family, name), &model.config)
             .map_err(|e| format!("{family}-{name}: {e}"))?;
         model.load_lora(slot, &adapter).map_err(|e| format!("{family}-{name}: load_lora: {e}"))?;
     }
+    let last = names[names.len() - 1];
+    let gguf = Adapter::from_gguf(&dir(family, last).join("adapter.gguf"), &model.config)
+        .map_err(|e| format!("{family}-{last} GGUF: {e}"))?;
+    let peft =
+        Adapter::from_peft_dir(&dir(family, last), &model.config).map_err(|e| e.to_string())?;
+    if gguf.modules != peft.modules {
+        return Err(format!("{family}-{last}: the GGUF's adapter differs from the PEFT files'"));
+    }
+    model.load_lora(names.len(), &gguf).map_err(|e| format!("{family}-{last} GGUF: {e}"))?;
     Ok(model)
 }
 
-/// Each adapter of `family` alone against PEFT (logits and greedy tokens), the base model
-/// through no slot, then all three in one batch; returns a summary line.
+/// Each adapter of `family` alone against PEFT (logits and greedy tokens; the last also from
+/// its GGUF), the base model through no slot, then all of them in one batch; returns a
+/// summary line.
 pub fn check<B: Backend>(backend: B, family: &str, dtype: DType) -> Result<String, String> {
     let mut model = load(backend, family, dtype)?;
     let names = FIXTURES.iter().find(|f| f.0 == family).expect("a fixture").1;
     let mut worst = 0f64;
     let mut wants = vec![];
-    for (slot, name) in names.iter().enumerate() {
+    // The last adapter a second time, from its GGUF, in the slot after the others.
+    let slots = names.iter().copied().chain([names[names.len() - 1]]).enumerate();
+    for (slot, name) in slots {
         let reference = read_json(&dir(family, name).join("reference.json"));
         let prompt = ids(&reference["prompt"]);
         worst = worst.max(
@@ -91,7 +103,7 @@ pub fn check<B: Backend>(backend: B, family: &str, dtype: DType) -> Result<Strin
     }
     batched(&mut model, &wants).map_err(|e| format!("{family} batched: {e}"))?;
     Ok(format!(
-        "{family} LoRA ({dtype} pools) on {}: logits NMSE <= {worst:.1e}, greedy tokens equal alone and batched with the base",
+        "{family} LoRA ({dtype} pools, PEFT files and llama.cpp's GGUF) on {}: logits NMSE <= {worst:.1e}, greedy tokens equal alone and batched with the base",
         model.backend.name()
     ))
 }
@@ -114,7 +126,7 @@ pub fn scheduled<B: Backend>(backend: B, family: &str) -> Result<String, String>
     let mut sched =
         Scheduler::new(model, std::sync::Arc::new(tokenizer), SchedulerConfig::default())
             .map_err(|e| e.to_string())?;
-    let names = FIXTURES.iter().find(|f| f.0 == family).expect("a fixture").1;
+    let names = &FIXTURES.iter().find(|f| f.0 == family).expect("a fixture").1[..2];
     let mut wants = vec![];
     for name in names {
         let adapter = Adapter::from_peft_dir(&dir(family, name), &sched.model().config)
@@ -277,20 +289,20 @@ fn greedy<B: Backend>(
     Ok(out)
 }
 
-/// Every (adapter slot, prompt, tokens) decoded together: the prompts in chunks of 64 tokens
-/// a step (each sequence's rows beside the others', adapters mixed), then one decode row each
-/// a step.
+/// Every (adapter slot, prompt, tokens) decoded together: the prompts in chunks that share
+/// each step's tokens among the sequences (each sequence's rows beside the others', adapters
+/// mixed), then one decode row each a step.
 fn batched<B: Backend>(
     model: &mut Model<B>,
     wants: &[(Option<usize>, Vec<u32>, Vec<u32>)],
 ) -> Result<(), String> {
-    const CHUNK: usize = 64;
+    let chunk = model.max_step_tokens() / wants.len().max(1);
     let mut seqs: Vec<_> = wants.iter().map(|_| model.new_sequence()).collect();
     let mut feeds: Vec<Vec<u32>> = wants.iter().map(|w| w.1.clone()).collect();
     let mut got = vec![vec![]; wants.len()];
     let (token, none) = (Want::argmax(), Want::None);
     while got.iter().zip(wants).any(|(g, w)| g.len() < w.2.len()) {
-        let take: Vec<usize> = feeds.iter().map(|f| f.len().min(CHUNK)).collect();
+        let take: Vec<usize> = feeds.iter().map(|f| f.len().min(chunk)).collect();
         for (seq, &n) in seqs.iter_mut().zip(&take) {
             let blocks = model.kv_blocks_mut().map_err(|e| e.to_string())?;
             blocks.reserve(seq, seq.len + n).map_err(|e| e.to_string())?;

@@ -116,9 +116,9 @@ pub struct RunArgs {
     /// A system message for --chat.
     #[arg(long, requires = "chat")]
     system: Option<String>,
-    /// Run through the LoRA adapter in DIR (a PEFT adapter: adapter_config.json and
-    /// adapter_model.safetensors), applied unmerged.
-    #[arg(long, value_name = "DIR")]
+    /// Run through this LoRA adapter, applied unmerged: a PEFT directory
+    /// (adapter_config.json and adapter_model.safetensors) or llama.cpp's LoRA GGUF.
+    #[arg(long, value_name = "PATH")]
     lora: Option<PathBuf>,
     /// Multiply the adapter's effect by S (1: as trained).
     #[arg(long, value_name = "S", default_value_t = 1.0, requires = "lora")]
@@ -175,9 +175,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     params.validate()?;
     let adapter = match &args.lora {
-        Some(dir) => {
-            Some(Arc::new(Adapter::from_peft_dir(dir, &source.config)?.scaled(args.lora_scale)?))
-        }
+        Some(dir) => Some(Arc::new(Adapter::open(dir, &source.config)?.scaled(args.lora_scale)?)),
         None => None,
     };
     let spec = args.spec.open(&tokenizer)?;

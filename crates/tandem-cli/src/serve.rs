@@ -68,8 +68,9 @@ pub struct ServeArgs {
 /// LoRA adapters of the first --model, served unmerged: a request names one as its model.
 #[derive(Args, Clone)]
 struct LoraArgs {
-    /// A PEFT adapter directory to serve as model NAME (repeatable).
-    #[arg(long = "lora", value_name = "NAME=DIR")]
+    /// A LoRA adapter to serve as model NAME (repeatable): a PEFT directory or llama.cpp's
+    /// LoRA GGUF.
+    #[arg(long = "lora", value_name = "NAME=PATH")]
     loras: Vec<String>,
     /// Adapters held on the backend at once; the others wait in host memory and are swapped
     /// in as requests need them (least recently used out).
@@ -100,9 +101,9 @@ impl LoraArgs {
         let mut adapters = vec![];
         for spec in &self.loras {
             let (name, dir) = spec.split_once('=').ok_or_else(|| {
-                Error::InvalidParameter(format!("--lora {spec}: NAME=DIR expected"))
+                Error::InvalidParameter(format!("--lora {spec}: NAME=PATH expected"))
             })?;
-            let a = Adapter::from_peft_dir(std::path::Path::new(dir), c)?;
+            let a = Adapter::open(std::path::Path::new(dir), c)?;
             adapters.push((name.to_string(), Arc::new(a)));
         }
         let largest = adapters.iter().map(|(_, a)| a.rank()).max().unwrap_or(0);

@@ -1,5 +1,6 @@
 //! Loading and unloading LoRA adapters at run time, with vLLM's endpoints and fields
-//! (`lora_name`, `lora_path`). A load reads a PEFT adapter directory on this machine, so it
+//! (`lora_name`, `lora_path`). A load reads a PEFT adapter directory (or llama.cpp's LoRA
+//! GGUF) on this machine, so it
 //! is refused unless the operator started the server with `--allow-runtime-lora`; an unload
 //! answers once the adapter's queued and running requests have ended (they are not cut short).
 
@@ -54,8 +55,7 @@ pub(crate) async fn load(State(s): State<Arc<Server>>, body: Body) -> Result<Str
         .ok_or_else(|| ApiError::internal("the model's configuration is not known"))?;
     let path = PathBuf::from(req.lora_path);
     let adapter = blocking(move || {
-        Adapter::from_peft_dir(&path, &config)
-            .map_err(|e| ApiError::bad_param("lora_path", e.to_string()))
+        Adapter::open(&path, &config).map_err(|e| ApiError::bad_param("lora_path", e.to_string()))
     })
     .await?;
     let (reply, answer) = oneshot::channel();

@@ -6,6 +6,7 @@
 //! the projections tandem runs: Phi-3's fused `qkv_proj` and `gate_up_proj` become q, k, v and
 //! gate, up (the fused B's rows, the same A). The scale is folded into B.
 
+mod gguf;
 mod peft;
 
 use crate::config::ModelConfig;
@@ -135,6 +136,28 @@ impl Adapter {
     /// file readers make, for callers that make adapters themselves (benchmarks).
     pub fn from_modules(modules: Vec<ModuleLora>, c: &ModelConfig) -> Result<Adapter> {
         Adapter::checked(modules, Some(c)).map_err(Error::BadConfig)
+    }
+
+    /// llama.cpp's LoRA GGUF (`convert_lora_to_gguf.py`) for a base model of config `c`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_gguf(path: &std::path::Path, c: &ModelConfig) -> Result<Adapter> {
+        let file = crate::loader::gguf::GgufFile::open(path)?;
+        gguf::parse(&file, c).map_err(|e| Error::bad_file(path, format!("LoRA adapter: {e}")))
+    }
+
+    /// A LoRA GGUF from its bytes.
+    pub fn from_gguf_bytes(bytes: Vec<u8>, c: &ModelConfig) -> Result<Adapter> {
+        let file = crate::loader::gguf::GgufFile::from_bytes("LoRA adapter", bytes)?;
+        gguf::parse(&file, c).map_err(|e| Error::BadConfig(format!("LoRA adapter: {e}")))
+    }
+
+    /// A PEFT directory or a LoRA GGUF file, by what `path` is.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: &std::path::Path, c: &ModelConfig) -> Result<Adapter> {
+        match path.is_dir() {
+            true => Adapter::from_peft_dir(path, c),
+            false => Adapter::from_gguf(path, c),
+        }
     }
 
     /// A PEFT adapter from its two files' contents.

@@ -71,7 +71,7 @@ fn ordered<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, f64)>, D::Err
     d.deserialize_option(Entries)
 }
 
-/// The modules a PEFT file may name, as tandem runs them: fused ones split by rows.
+/// The modules an adapter may name, as tandem runs them: fused ones split by rows.
 fn targets(module: &str, c: &ModelConfig) -> Option<Vec<(Target, usize)>> {
     // (target, first row of the file's B)
     let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
@@ -96,22 +96,42 @@ pub(super) fn parse(config: &str, st: &[u8], c: &ModelConfig) -> Result<Adapter,
         })
         .collect::<Result<Vec<_>, _>>()?;
     let st = SafeTensors::deserialize(st).map_err(|e| format!("adapter_model.safetensors: {e}"))?;
-    // (layer, module) -> (A, B) tensor names.
-    let mut pairs: BTreeMap<(usize, String), [Option<String>; 2]> = BTreeMap::new();
+    let mut pairs = Pairs::new();
     for name in st.names() {
         let (layer, module, which) = split_name(name)?;
-        pairs.entry((layer, module)).or_default()[which] = Some(name.to_string());
+        pairs.entry((layer, module)).or_default()[which] = Some(tensor(&st, name)?);
     }
+    assemble(pairs, c, |key, rank| {
+        let alpha =
+            patterns.iter().find(|(re, _)| re.is_match(key)).map_or(cfg.lora_alpha, |p| p.1);
+        match cfg.use_rslora {
+            true => alpha / (rank as f64).sqrt(),
+            false => alpha / rank as f64,
+        }
+    })
+}
+
+/// A 2-d tensor as f32: its shape (rows, columns) and values.
+pub(super) type Tensor2 = ([usize; 2], Vec<f32>);
+
+/// (layer, module as HF names it in a layer) -> its A and B, as a file gave them.
+pub(super) type Pairs = BTreeMap<(usize, String), [Option<Tensor2>; 2]>;
+
+/// Every module's A [r, in] and B [out, r] checked against the base's projection, scaled by
+/// `scale(module key, r)` and split to the projections tandem runs.
+pub(super) fn assemble(
+    pairs: Pairs,
+    c: &ModelConfig,
+    scale: impl Fn(&str, usize) -> f64,
+) -> Result<Adapter, String> {
     let mut modules = vec![];
     for ((layer, module), [a, b]) in pairs {
         let key = format!("model.layers.{layer}.{module}");
-        let (Some(a), Some(b)) = (a, b) else {
+        let (Some((a_shape, a)), Some((b_shape, b))) = (a, b) else {
             return Err(format!("{key}: lora_A and lora_B must come together"));
         };
         let parts = targets(&module, c)
             .ok_or_else(|| format!("{key}: tandem applies adapters to q/k/v/o, gate/up/down and Phi-3's qkv_proj/gate_up_proj, not {module}"))?;
-        let (a_shape, a) = tensor(&st, &a)?;
-        let (b_shape, b) = tensor(&st, &b)?;
         let ([rank, k], [m, rank_b]) = (a_shape, b_shape);
         let fused_m: usize = parts.iter().map(|(t, _)| t.shape(c).1).sum();
         if rank_b != rank || k != parts[0].0.shape(c).0 || m != fused_m {
@@ -120,14 +140,9 @@ pub(super) fn parse(config: &str, st: &[u8], c: &ModelConfig) -> Result<Adapter,
                 parts[0].0.shape(c).0
             ));
         }
-        let alpha =
-            patterns.iter().find(|(re, _)| re.is_match(&key)).map_or(cfg.lora_alpha, |p| p.1);
-        let scale = match cfg.use_rslora {
-            true => alpha / (rank as f64).sqrt(),
-            false => alpha / rank as f64,
-        } as f32;
+        let scale = scale(&key, rank) as f32;
         if !scale.is_finite() {
-            return Err(format!("{key}: scale {scale} (lora_alpha {alpha}, rank {rank})"));
+            return Err(format!("{key}: scale {scale} at rank {rank}"));
         }
         for (target, row0) in parts {
             let rows = target.shape(c).1;
@@ -189,7 +204,7 @@ fn split_name(name: &str) -> Result<(usize, String, usize), String> {
 }
 
 /// A 2-d float tensor as f32.
-fn tensor(st: &SafeTensors, name: &str) -> Result<([usize; 2], Vec<f32>), String> {
+fn tensor(st: &SafeTensors, name: &str) -> Result<Tensor2, String> {
     let t = st.tensor(name).map_err(|e| format!("tensor '{name}': {e}"))?;
     let [r, c] = t.shape()[..] else {
         return Err(format!("tensor '{name}': shape {:?}, not 2-d", t.shape()));
