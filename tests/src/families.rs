@@ -117,8 +117,19 @@ fn check_logits<B: Backend>(
     prompt: &[u32],
     reference: &Value,
 ) -> Result<f64, String> {
+    prompt_logits(model, prompt, reference, None, LOGITS_NMSE)
+}
+
+/// [`check_logits`] through the LoRA adapter in slot `adapter`, with `tolerance`.
+pub fn prompt_logits<B: Backend>(
+    model: &mut Model<B>,
+    prompt: &[u32],
+    reference: &Value,
+    adapter: Option<usize>,
+    tolerance: f64,
+) -> Result<f64, String> {
     let mut seq = model.new_sequence();
-    let out = pollster::block_on(model.forward(&mut seq, prompt, Want::AllLogits))
+    let out = pollster::block_on(model.forward_adapter(&mut seq, prompt, Want::AllLogits, adapter))
         .map_err(|e| format!("forward: {e}"))?;
     model.release(&mut seq);
     let Output::Logits(all) = out else { return Err("forward gave no logits".into()) };
@@ -137,8 +148,8 @@ fn check_logits<B: Backend>(
         }
         let nmse = err / norm.max(f64::MIN_POSITIVE);
         // NaN fails too.
-        if nmse.is_nan() || nmse > LOGITS_NMSE {
-            return Err(format!("row {r}: logits NMSE {nmse:.3e} > {LOGITS_NMSE:.0e}"));
+        if nmse.is_nan() || nmse > tolerance {
+            return Err(format!("row {r}: logits NMSE {nmse:.3e} > {tolerance:.0e}"));
         }
         worst = worst.max(nmse);
     }
@@ -151,11 +162,21 @@ fn greedy<B: Backend>(
     prompt: &[u32],
     steps: usize,
 ) -> Result<Vec<u32>, String> {
+    greedy_through(model, prompt, steps, None)
+}
+
+/// [`greedy`] through the LoRA adapter in slot `adapter`.
+pub fn greedy_through<B: Backend>(
+    model: &mut Model<B>,
+    prompt: &[u32],
+    steps: usize,
+    adapter: Option<usize>,
+) -> Result<Vec<u32>, String> {
     let mut seq = model.new_sequence();
     let mut feed = prompt.to_vec();
     let mut out = vec![];
     for _ in 0..steps {
-        match pollster::block_on(model.forward(&mut seq, &feed, Want::argmax())) {
+        match pollster::block_on(model.forward_adapter(&mut seq, &feed, Want::argmax(), adapter)) {
             Ok(Output::Token(t)) => {
                 out.push(t);
                 feed = vec![t];

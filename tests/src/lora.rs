@@ -9,12 +9,12 @@ use std::path::PathBuf;
 
 use tandem_core::loader;
 use tandem_core::lora::Adapter;
-use tandem_core::model::{Chunk, ChunkOut, LoraOptions, Model, ModelOptions, Output, Want};
+use tandem_core::model::{Chunk, ChunkOut, LoraOptions, Model, ModelOptions, Want};
 use tandem_core::scheduler::{Event, GenerateParams, Scheduler, SchedulerConfig};
 use tandem_core::{Backend, DType};
 
 use crate::e2e::{ids, read_json};
-use crate::families::LOGITS_NMSE;
+use crate::families::{greedy_through, prompt_logits, LOGITS_NMSE};
 
 /// The logits' NMSE against PEFT with the adapter stored in f16 pools: its A and B rounded to
 /// f16 (a relative 2^-11 each) move the logits by 1.4e-6 at worst on these fixtures, where
@@ -81,21 +81,21 @@ pub fn check<B: Backend>(backend: B, family: &str, dtype: DType) -> Result<Strin
         let reference = read_json(&dir(family, name).join("reference.json"));
         let prompt = ids(&reference["prompt"]);
         worst = worst.max(
-            check_logits(&mut model, &prompt, &reference, slot, logits_tolerance(dtype))
+            prompt_logits(&mut model, &prompt, &reference, Some(slot), logits_tolerance(dtype))
                 .map_err(|e| format!("{family}-{name}: {e}"))?,
         );
         let want = ids(&reference["greedy"]);
         if ids(&reference["merged_greedy"]) != want {
             return Err(format!("{family}-{name}: the fixture's merged model disagrees with PEFT"));
         }
-        let got = greedy(&mut model, &prompt, want.len(), Some(slot))?;
+        let got = greedy_through(&mut model, &prompt, want.len(), Some(slot))?;
         same(&format!("{family}-{name}"), &got, &want)?;
         wants.push((Some(slot), prompt.clone(), want));
         if slot == 0 {
             let base = ids(&reference["base_greedy"]);
             same(
                 &format!("{family} base"),
-                &greedy(&mut model, &prompt, base.len(), None)?,
+                &greedy_through(&mut model, &prompt, base.len(), None)?,
                 &base,
             )?;
             wants.push((None, prompt, base));
@@ -221,7 +221,7 @@ pub fn refusals<B: Backend>(backend: B) -> Result<(), String> {
     let base_tokens = ids(&reference["base_greedy"]);
     same(
         "the base after refusals",
-        &greedy(&mut model, &prompt, base_tokens.len(), None)?,
+        &greedy_through(&mut model, &prompt, base_tokens.len(), None)?,
         &base_tokens,
     )
 }
@@ -233,60 +233,6 @@ fn same(what: &str, got: &[u32], want: &[u32]) -> Result<(), String> {
             "{what}: greedy token {i:?} differs from PEFT's\n  got  {got:?}\n  want {want:?}"
         )),
     }
-}
-
-fn check_logits<B: Backend>(
-    model: &mut Model<B>,
-    prompt: &[u32],
-    reference: &serde_json::Value,
-    slot: usize,
-    tolerance: f64,
-) -> Result<f64, String> {
-    let mut seq = model.new_sequence();
-    let out =
-        pollster::block_on(model.forward_adapter(&mut seq, prompt, Want::AllLogits, Some(slot)))
-            .map_err(|e| format!("forward: {e}"))?;
-    model.release(&mut seq);
-    let Output::Logits(all) = out else { return Err("forward gave no logits".into()) };
-    let vocab = model.config.vocab_size;
-    let mut worst = 0f64;
-    let rows = reference["logit_rows"].as_array().expect("logit_rows");
-    for (r, want) in rows.iter().zip(reference["logits"].as_array().expect("logits")) {
-        let r = r.as_u64().expect("row") as usize;
-        let (mut err, mut norm) = (0f64, 0f64);
-        for (g, w) in all[r * vocab..(r + 1) * vocab].iter().zip(want.as_array().expect("row")) {
-            let w = w.as_f64().expect("logit");
-            err += (*g as f64 - w).powi(2);
-            norm += w * w;
-        }
-        let nmse = err / norm.max(f64::MIN_POSITIVE);
-        if nmse.is_nan() || nmse > tolerance {
-            return Err(format!("row {r}: logits NMSE {nmse:.3e} > {tolerance:.0e}"));
-        }
-        worst = worst.max(nmse);
-    }
-    Ok(worst)
-}
-
-fn greedy<B: Backend>(
-    model: &mut Model<B>,
-    prompt: &[u32],
-    steps: usize,
-    adapter: Option<usize>,
-) -> Result<Vec<u32>, String> {
-    let mut seq = model.new_sequence();
-    let (mut feed, mut out) = (prompt.to_vec(), vec![]);
-    for _ in 0..steps {
-        match pollster::block_on(model.forward_adapter(&mut seq, &feed, Want::argmax(), adapter)) {
-            Ok(Output::Token(t)) => {
-                out.push(t);
-                feed = vec![t];
-            }
-            other => return Err(format!("forward gave {other:?}")),
-        }
-    }
-    model.release(&mut seq);
-    Ok(out)
 }
 
 /// Every (adapter slot, prompt, tokens) decoded together: the prompts in chunks that share

@@ -169,17 +169,18 @@ impl Sequence {
 /// FNV-1a over the parent key, the prompt count and the tokens: stable across platforms and
 /// runs (the browser and the server hash alike), and cheap next to a step.
 fn block_hash(parent: u64, prompt: u32, tokens: &[u32]) -> u64 {
+    fnv1a([parent, prompt as u64].into_iter().chain(tokens.iter().map(|&t| t as u64)))
+}
+
+/// FNV-1a over the little-endian bytes of `values`: the prefix cache's keys and a LoRA
+/// adapter's fingerprint, which starts a chain of them.
+pub(crate) fn fnv1a(values: impl IntoIterator<Item = u64>) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
-    let mut eat = |v: u64| {
+    for v in values {
         for byte in v.to_le_bytes() {
             h ^= byte as u64;
             h = h.wrapping_mul(0x100_0000_01b3);
         }
-    };
-    eat(parent);
-    eat(prompt as u64);
-    for &t in tokens {
-        eat(t as u64);
     }
     h
 }

@@ -216,18 +216,10 @@ impl Adapter {
         if modules.is_empty() {
             return Err("no LoRA weights (lora_A / lora_B tensors) in the file".into());
         }
-        // FNV-1a, as the prefix cache's own block keys.
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        let mut eat = |v: u64| {
-            for byte in v.to_le_bytes() {
-                h ^= byte as u64;
-                h = h.wrapping_mul(0x100_0000_01b3);
-            }
-        };
-        for m in &modules {
-            eat(((m.layer as u64) << 32) | ((m.target.index() as u64) << 16) | m.rank as u64);
-            m.a.iter().chain(&m.b).for_each(|v| eat(v.to_bits() as u64));
-        }
+        let h = crate::kv::fnv1a(modules.iter().flat_map(|m| {
+            let head = ((m.layer as u64) << 32) | ((m.target.index() as u64) << 16) | m.rank as u64;
+            std::iter::once(head).chain(m.a.iter().chain(&m.b).map(|v| v.to_bits() as u64))
+        }));
         Ok(Adapter { modules, fingerprint: h.max(1) })
     }
 }
