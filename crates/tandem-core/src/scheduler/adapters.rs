@@ -16,6 +16,10 @@ use crate::{Error, Result};
 /// A registered adapter's id, stable for the scheduler's life.
 pub type AdapterId = u64;
 
+/// Most adapters one scheduler holds in host memory (resident or waiting for a slot): each
+/// is a full set of low-rank matrices, so loads at run time cannot grow memory without bound.
+pub const MAX_ADAPTERS: usize = 64;
+
 struct Entry {
     id: AdapterId,
     name: String,
@@ -59,6 +63,11 @@ impl Adapters {
             return Err(Error::InvalidParameter(format!(
                 "an adapter needs a name of its own: '{name}' is {}",
                 if name.is_empty() { "empty" } else { "taken" }
+            )));
+        }
+        if self.entries.len() >= MAX_ADAPTERS {
+            return Err(Error::InvalidParameter(format!(
+                "adapter '{name}': {MAX_ADAPTERS} adapters are loaded already (unload one first)"
             )));
         }
         if adapter.rank() > opts.rank {

@@ -47,7 +47,7 @@ mod speculate;
 use std::borrow::{Borrow, BorrowMut};
 
 use adapters::Adapters;
-pub use adapters::{AdapterId, AdapterInfo};
+pub use adapters::{AdapterId, AdapterInfo, MAX_ADAPTERS};
 use commit::Ctx;
 use lease::Lease;
 use masks::MaskWorker;
