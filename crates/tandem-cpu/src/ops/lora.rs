@@ -46,7 +46,7 @@ pub(crate) fn expand(t: &mut Table, ex: Exec, op: &LoraExpand) -> Result<()> {
         let ex = ex.sized(n * m * rank);
         ex.for_chunks(&mut y, m.max(1), |i, y| {
             let bt = b.rows(slots[i] as usize * rank, rank, m);
-            let mut buf = vec![0f32; if ex.fast { m } else { 0 }];
+            let mut buf = widen_buffer(bt, ex.fast, m);
             for (j, &tj) in tv[i * rank..(i + 1) * rank].iter().enumerate() {
                 if ex.fast {
                     let row = widen(bt, j * m, m, &mut buf);
@@ -111,11 +111,17 @@ fn per_slot<'a>(
     ex.for_chunks(&mut out[..rows.len() * m], m.max(1), |i, o| {
         let (w, k, m) = w(slots[i] as usize);
         let x = x_of(rows[i] as usize);
-        let mut buf = vec![0f32; k];
+        let mut buf = widen_buffer(w, true, k);
         for (r, y) in o.iter_mut().enumerate().take(m) {
             *y = dot(widen(w, r * k, k, &mut buf), x);
         }
     });
+}
+
+/// Room for [`widen`] to widen `len` f16 values into: none for an f32 pool (or the reference
+/// loops), which never allocates.
+fn widen_buffer(w: Weight, fast: bool, len: usize) -> Vec<f32> {
+    vec![0f32; if fast && matches!(w, Weight::F16(_)) { len } else { 0 }]
 }
 
 /// Elements e0..e0 + k of a pool as f32: the f32 pool's own slice, an f16 one widened into
