@@ -124,6 +124,9 @@ fn main() {
         (DType::Q6_K, 37, 1536, 576),
         // Past the last-level cache: streamed from memory.
         (DType::Q4_1, 1, 4096, 16384),
+        // Phi-4-mini's ffn up (gate and up split) and down projections.
+        (DType::Q4_1, 1, 3072, 8192),
+        (DType::Q4_1, 1, 8192, 3072),
         (DType::Q8_0, 1, 576, 49152),
         // bf16 and f16 decode: the same bytes, the fused widening path against the general one.
         (DType::BF16, 1, 2048, 8192),

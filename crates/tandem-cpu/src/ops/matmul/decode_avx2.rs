@@ -29,10 +29,100 @@ pub(super) const G: usize = 8;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &mut [f32]) {
     check(q, &[p], nb, r0 + out.len(), PER_BLOCK);
+    // SAFETY: bounds checked above; the caller guarantees the CPU features.
+    unsafe {
+        match q.dtype {
+            DType::Q8_0 => rows_by::<true>(q, p, nb, r0, out),
+            _ => rows_by::<false>(q, p, nb, r0, out),
+        }
+    }
+}
+
+/// [`rows`] with the weight's kind known at compile time (no test of it per block).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_by<const Q8: bool>(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &mut [f32]) {
     for (ri, o) in out.iter_mut().enumerate() {
-        prefetch_ahead(q, (r0 + ri) * nb, nb);
-        // SAFETY: bounds checked above; the caller guarantees the CPU features.
-        *o = unsafe { row_group::<1>(q, &[p], (r0 + ri) * nb, nb)[0] };
+        let b0 = (r0 + ri) * nb;
+        prefetch_ahead(q, b0, nb);
+        // SAFETY: the caller checked the bounds of rows r0..r0 + out.len().
+        *o = unsafe { row_one::<Q8>(q, p, b0, nb) };
+    }
+}
+
+/// One row from block b0, `row_group::<1>`'s bits: the scales of up to [`SPAN`] blocks are
+/// multiplied out into a buffer first, so each block broadcasts its scale from memory (a load)
+/// instead of shuffling it out of a register (the shuffle units also unpack the weights).
+#[inline(always)]
+unsafe fn row_one<const Q8: bool>(q: QuantView, p: &XPrep, b0: usize, nb: usize) -> f32 {
+    // SAFETY (whole body): bounds checked by the callers (`check`).
+    unsafe {
+        let ip = p.ints.as_ptr();
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut ds = [0f32; SPAN];
+        let mut b = 0;
+        while b < nb {
+            let span = SPAN.min(nb - b);
+            let mut c = 0;
+            while c < span {
+                let g = G.min(nb - b - c);
+                let dv = widen_scales(q.d, b0 + b + c, g);
+                _mm256_storeu_ps(ds[c..].as_mut_ptr(), _mm256_mul_ps(dv, padded(&p.scales, b + c)));
+                c += G;
+            }
+            macro_rules! block {
+                ($j:expr, $acc:ident) => {{
+                    let j = $j;
+                    let xp = ip.add((b + j) * PER_BLOCK) as *const __m256i;
+                    let (w0, w1) = unpack_as::<Q8>(q, b0 + b + j);
+                    let hi = _mm256_add_epi32(
+                        _mm256_madd_epi16(w0, _mm256_loadu_si256(xp)),
+                        _mm256_madd_epi16(w1, _mm256_loadu_si256(xp.add(1))),
+                    );
+                    let dj = _mm256_broadcast_ss(&ds[j]);
+                    $acc = _mm256_fmadd_ps(dj, _mm256_cvtepi32_ps(hi), $acc);
+                }};
+            }
+            let mut j = 0;
+            while j + 1 < span {
+                block!(j, a0);
+                block!(j + 1, a1);
+                j += 2;
+            }
+            if j < span {
+                block!(j, a0);
+            }
+            b += span;
+        }
+        let sum = hsum(_mm256_add_ps(a0, a1));
+        if Q8 {
+            sum
+        } else {
+            offsets::<1>(q, &[p], b0, nb, [sum])[0]
+        }
+    }
+}
+
+/// Blocks whose scales [`row_one`] multiplies out at once: a multiple of [`G`] (so its groups
+/// of scales are `row_group`'s) and of 2 (so a block's accumulator goes by its parity).
+const SPAN: usize = 64;
+
+/// [`unpack`] with the weight's kind known at compile time (Q8_0, or else Q4_0 / Q4_1).
+#[inline(always)]
+unsafe fn unpack_as<const Q8: bool>(q: QuantView, blk: usize) -> (__m256i, __m256i) {
+    // SAFETY: the callers checked that block `blk` lies inside q.qs.
+    unsafe {
+        if Q8 {
+            let p = q.qs.as_ptr().add(blk * QBLOCK) as *const __m128i;
+            (
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(p)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(1))),
+            )
+        } else {
+            let bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                q.qs.as_ptr().add(blk * 16) as *const __m128i
+            ));
+            (_mm256_and_si256(bytes, _mm256_set1_epi16(0x0f)), _mm256_srli_epi16(bytes, 4))
+        }
     }
 }
 
@@ -42,14 +132,16 @@ pub(super) unsafe fn rows(q: QuantView, p: &XPrep, nb: usize, r0: usize, out: &m
 const PREFETCH: usize = 1024;
 
 /// Asks for the weight bytes (and their block scales) [`PREFETCH`] bytes past row `b0`'s
-/// blocks b0..b0 + nb. Why: a decode row is a few cache lines, too short for the hardware's
-/// stream prefetcher to run ahead of, so each row's first loads would wait on memory. A hint:
-/// nothing is read past the matrix.
+/// blocks b0..b0 + nb, for rows shorter than that. Why: such a decode row is a few cache
+/// lines, too short for the hardware's stream prefetcher to run ahead of, so each row's first
+/// loads would wait on memory. A hint: nothing is read past the matrix.
 #[inline(always)]
 pub(super) fn prefetch_ahead(q: QuantView, b0: usize, nb: usize) {
     let per = if q.dtype == DType::Q8_0 { QBLOCK } else { QBLOCK / 2 };
     let (start, end) = (b0 * per + PREFETCH, (b0 + nb) * per + PREFETCH);
-    if end > q.qs.len() {
+    // A row this long is a stream the hardware runs ahead of by itself; the hints only cost
+    // issue slots (Phi-4-mini's 3072- and 8192-wide rows: 5-15% faster without them).
+    if nb * per >= PREFETCH || end > q.qs.len() {
         return;
     }
     let at = |s: &[u8], i: usize| s[i..].as_ptr() as *const i8;
@@ -172,16 +264,9 @@ pub(super) unsafe fn unpack(q: QuantView, blk: usize) -> (__m256i, __m256i) {
     // SAFETY: the callers checked that block `blk` lies inside q.qs.
     unsafe {
         if q.dtype == DType::Q8_0 {
-            let p = q.qs.as_ptr().add(blk * QBLOCK) as *const __m128i;
-            (
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(p)),
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(1))),
-            )
+            unpack_as::<true>(q, blk)
         } else {
-            let bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                q.qs.as_ptr().add(blk * 16) as *const __m128i
-            ));
-            (_mm256_and_si256(bytes, _mm256_set1_epi16(0x0f)), _mm256_srli_epi16(bytes, 4))
+            unpack_as::<false>(q, blk)
         }
     }
 }
