@@ -32,8 +32,13 @@ fn logits_tolerance(dtype: DType) -> f64 {
 
 /// (family, adapters): each family's fixture adapters. The last is also read from the LoRA
 /// GGUF llama.cpp's converter made of it (`adapter.gguf`), into one slot more.
-pub const FIXTURES: [(&str, [&str; 3]); 2] =
-    [("qwen3", ["r8", "r64-rslora", "r16"]), ("phi3", ["r8", "r64-rslora", "r16"])];
+/// Mistral is Llama-shaped: llama.cpp's converter permutes its q/k rows, the LoRA GGUF's B rows
+/// with them.
+pub const FIXTURES: [(&str, [&str; 3]); 3] = [
+    ("qwen3", ["r8", "r64-rslora", "r16"]),
+    ("phi3", ["r8", "r64-rslora", "r16"]),
+    ("mistral", ["r8", "r64-rslora", "r16"]),
+];
 
 pub fn dir(family: &str, adapter: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/lora/{family}-{adapter}"))
@@ -318,6 +323,10 @@ macro_rules! lora_suite {
             #[test]
             fn phi3() {
                 run("phi3");
+            }
+            #[test]
+            fn mistral() {
+                run("mistral");
             }
         }
     };
