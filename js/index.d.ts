@@ -64,9 +64,24 @@ export interface EngineOptions {
   speculate?: 'ngram';
   /** Most tokens drafted per step (default 4; 1 to 16). */
   draftTokens?: number;
+  /**
+   * LoRA adapters held on the backend at once (default 0: adapters off). More may be loaded
+   * (`Engine.loadAdapter`); a request for one not on the backend waits for a slot.
+   */
+  maxLoras?: number;
+  /** The largest adapter rank (default 16). */
+  maxLoraRank?: number;
+  /** How adapters are stored on the backend: 'f32' (default) or 'f16' (half the memory). */
+  loraDtype?: 'f32' | 'f16';
   /** Where the worker script is, if a bundler moved it. */
   workerUrl?: string | URL;
 }
+
+/**
+ * A LoRA adapter: the URL of a PEFT directory (its adapter_config.json and
+ * adapter_model.safetensors) or of a LoRA GGUF, or the files themselves.
+ */
+export type AdapterSource = string | { url: string } | { files: Array<File | Blob | { name: string; data: ArrayBuffer | ArrayBufferView }> };
 
 export interface GenerateOptions {
   max_tokens?: number;
@@ -78,6 +93,8 @@ export interface GenerateOptions {
   repetition_penalty?: number;
   /** Default: a random seed per call (when temperature > 0). */
   seed?: number;
+  /** The LoRA adapter to run through, by its name (`Engine.loadAdapter`). */
+  adapter?: string;
   stop?: string | string[];
   /** Keep generating past end-of-sequence tokens (tests, benchmarks). */
   ignore_eos?: boolean;
@@ -171,6 +188,7 @@ export interface ChatMessage {
 export interface ChatCompletionParams extends GenerateOptions, StructuredOptions {
   messages: ChatMessage[];
   stream?: boolean;
+  /** A loaded LoRA adapter's name runs through that adapter; any other name, the base model. */
   model?: string;
 }
 
@@ -195,7 +213,7 @@ export interface ChatCompletionChunk {
 
 export interface EngineInfo {
   backend: { kind: 'webgpu' | 'cpu'; name: string; adapter: string; software: boolean; shader_f16: boolean; fallback_reason: string | null };
-  model: { format: string; architecture: string; vocab_size: number; context: number; weight_bytes: number; has_chat_template: boolean; max_seqs: number; kv_tokens: number };
+  model: { format: string; architecture: string; vocab_size: number; context: number; weight_bytes: number; has_chat_template: boolean; max_seqs: number; kv_tokens: number; max_loras: number; max_lora_rank: number };
   /**
    * The engine's WebAssembly memory after loading (it never shrinks, so this is its peak). On
    * WebGPU the weights live in GPU buffers, so this stays well below the model's size.
@@ -222,6 +240,13 @@ export interface Engine {
    * added when the tokenizer asks for it), or token ids fed exactly as given (no BOS).
    */
   generate(prompt: string | number[] | Uint32Array, options?: TextGenerateOptions): TextStream;
+  /**
+   * Loads a LoRA adapter under `name` (needs `maxLoras`); requests in flight go on. Requests
+   * then name it in `adapter` (or chat.completions' `model`).
+   */
+  loadAdapter(name: string, source: AdapterSource): Promise<void>;
+  /** New requests for `name` fail from now on; those running finish first. */
+  unloadAdapter(name: string): Promise<void>;
   /** Interrupts every request in flight (each ends with finish_reason "interrupted"). */
   interrupt(): void;
   unload(): Promise<void>;

@@ -97,7 +97,7 @@ function toMessage(m) {
 function toRequest(base, options) {
   const o = options ?? {};
   const request = { ...base };
-  const keys = ['max_tokens', 'temperature', 'top_p', 'top_k', 'min_p', 'repetition_penalty', 'seed', 'stop', 'ignore_eos',
+  const keys = ['max_tokens', 'temperature', 'top_p', 'adapter', 'model', 'top_k', 'min_p', 'repetition_penalty', 'seed', 'stop', 'ignore_eos',
     // Structured output and tools (OpenAI's fields, and tandem's regex and grammar).
     'response_format', 'regex', 'grammar', 'grammar_syntax', 'tools', 'tool_choice', 'parallel_tool_calls'];
   for (const key of keys) {
@@ -179,6 +179,7 @@ class Engine {
   async createCompletion(params, options) {
     const { messages, stream } = params ?? {};
     if (!Array.isArray(messages) || messages.length === 0) throw new TandemError('messages must be a non-empty array');
+    // `model` naming a loaded adapter runs through it (as servers serve adapters).
     const request = toRequest({ messages: messages.map(toMessage) }, params);
     const text = this.run(request, options?.signal);
     const id = `chatcmpl-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
@@ -228,6 +229,43 @@ class Engine {
     return iterator;
   }
 
+  /**
+   * Loads a LoRA adapter under `name` (the engine needs `maxLoras`): `source` is a PEFT
+   * directory's URL (its adapter_config.json and adapter_model.safetensors), a LoRA GGUF's URL
+   * (llama.cpp's convert_lora_to_gguf.py), or `{ files }` (those files as File, Blob with a
+   * name, or `{ name, data }`). Requests then run through it with `adapter: name` (or
+   * chat.completions' `model: name`); requests in flight go on meanwhile. Up to `maxLoras`
+   * adapters sit on the backend at once; a request for another waits for a slot.
+   */
+  loadAdapter(name, source) {
+    if (typeof name !== 'string' || !name) throw new TandemError('an adapter needs a name (a non-empty string)');
+    const src = typeof source === 'string' ? { url: new URL(source, location.href).href }
+      : source?.url ? { url: new URL(source.url, location.href).href }
+      : source?.files ? { files: Array.from(source.files) }
+      : null;
+    if (!src) throw new TandemError('an adapter source is a URL, { url } or { files }');
+    return this.call({ type: 'loadAdapter', name, source: src });
+  }
+
+  /** Unloads adapter `name`: new requests for it fail; those running finish first. */
+  unloadAdapter(name) {
+    return this.call({ type: 'unloadAdapter', name });
+  }
+
+  /** Sends `msg` to the worker and resolves when it answers done (rejects on its error). */
+  call(msg) {
+    if (this.unloaded) return Promise.reject(new TandemError('the engine was unloaded'));
+    const id = nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, (reply) => {
+        this.pending.delete(id);
+        if (reply.type === 'done') resolve();
+        else reject(new TandemError(reply.message));
+      });
+      this.worker.postMessage({ ...msg, id });
+    });
+  }
+
   /** Stops every generation in flight after its current token. */
   interrupt() {
     this.worker.postMessage({ type: 'interrupt' });
@@ -266,7 +304,8 @@ function normalizeSource(source) {
  *   context, maxSeqs, kvTokens, cache (default true: downloads are kept in the Cache API),
  *   draftModel (a source like `source`: speculative decoding with that smaller model of the
  *   same tokenizer), speculate: 'ngram' (speculation without a draft model), draftTokens
- *   (default 4), workerUrl }`.
+ *   (default 4), maxLoras (LoRA adapters held at once; see `loadAdapter`), maxLoraRank
+ *   (default 16), loraDtype ('f32' or 'f16'), workerUrl }`.
  */
 export async function createEngine(source, options = {}) {
   const src = normalizeSource(source);
@@ -287,10 +326,10 @@ export async function createEngine(source, options = {}) {
       else reject(new TandemError(msg.message));
     };
     worker.onerror = (e) => reject(new TandemError(`the engine's worker failed to start: ${e.message ?? 'see the console'}`));
-    const { backend, context, maxSeqs, kvTokens, allowF16, cache, draftTokens } = options;
+    const { backend, context, maxSeqs, kvTokens, allowF16, cache, draftTokens, maxLoras, maxLoraRank, loraDtype } = options;
     const draftModel = options.draftModel === undefined ? undefined : normalizeSource(options.draftModel);
     const speculate = options.speculate === undefined ? undefined : checkSpeculate(options.speculate);
-    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, maxSeqs, kvTokens, allowF16, cache, draftModel, draftTokens, speculate } });
+    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, maxSeqs, kvTokens, allowF16, cache, draftModel, draftTokens, speculate, maxLoras, maxLoraRank, loraDtype } });
   }).catch((e) => {
     worker.terminate();
     throw e;

@@ -177,17 +177,49 @@ async function loadEngine(source, opts, cache, progress) {
   return loader.finish();
 }
 
+/** An input's bytes (File, Blob, `{ name, data }`, ArrayBuffer or typed array). */
+async function bytesOf(input, i, count) {
+  const f = describeInput(input, i, count);
+  return { name: f.name, bytes: f.bytes ?? new Uint8Array(await new Response(f.body()).arrayBuffer()) };
+}
+
+/**
+ * A LoRA adapter's files as `{ config, weights }`: PEFT's `adapter_config.json` text and
+ * `adapter_model.safetensors` bytes, or a LoRA GGUF's bytes with no config. `source` is a
+ * directory URL (PEFT's two files under it), a .gguf URL, or `{ files }`.
+ */
+async function adapterFiles(source) {
+  if (source.files) {
+    const files = await Promise.all(source.files.map((f, i) => bytesOf(f, i, source.files.length)));
+    const gguf = files.find((f) => /\.gguf$/i.test(f.name));
+    if (gguf) return { weights: gguf.bytes };
+    const config = files.find((f) => f.name.endsWith('adapter_config.json'));
+    const weights = files.find((f) => /\.safetensors$/i.test(f.name));
+    if (!config || !weights) throw new Error('an adapter is PEFT\'s adapter_config.json with its .safetensors, or one .gguf file');
+    return { config: new TextDecoder().decode(config.bytes), weights: weights.bytes };
+  }
+  const url = source.url;
+  if (/\.gguf(\?|#|$)/i.test(url)) return { weights: new Uint8Array(await (await download(url)).arrayBuffer()) };
+  const dir = url.endsWith('/') ? url : `${url}/`;
+  const [config, weights] = await Promise.all([
+    download(`${dir}adapter_config.json`).then((r) => r.text()),
+    download(`${dir}adapter_model.safetensors`).then((r) => r.arrayBuffer()),
+  ]);
+  return { config, weights: new Uint8Array(weights) };
+}
+
 async function load(id, source, options) {
   const progress = (p) => post({ type: 'progress', id, progress: p });
   checkSimd();
   ready ??= init();
   wasm = await ready;
-  const opts = { backend: options.backend ?? 'auto', context: options.context, max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, allow_f16: options.allowF16 };
+  const opts = { backend: options.backend ?? 'auto', context: options.context, max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, allow_f16: options.allowF16,
+    max_loras: options.maxLoras, max_lora_rank: options.maxLoraRank, lora_dtype: options.loraDtype };
   const loaded = await loadEngine(source, opts, options.cache !== false, progress);
   if (options.draftModel || options.speculate) {
     try {
       // The draft on the backend the model got, with its progress marked as the draft's.
-      const draftOpts = { ...opts, backend: JSON.parse(loaded.info).backend.kind === 'cpu' ? 'cpu' : 'webgpu' };
+      const draftOpts = { ...opts, max_loras: undefined, max_lora_rank: undefined, lora_dtype: undefined, backend: JSON.parse(loaded.info).backend.kind === 'cpu' ? 'cpu' : 'webgpu' };
       const draft = options.draftModel ? await loadEngine(options.draftModel, draftOpts, options.cache !== false, (p) => progress({ ...p, draft: true })) : undefined;
       loaded.speculate(draft, options.draftTokens ?? 4);
     } catch (e) {
@@ -217,6 +249,18 @@ self.onmessage = async (event) => {
         post({ type: 'done', id: msg.id, usage: JSON.parse(usage) });
         break;
       }
+      case 'loadAdapter': {
+        if (!engine) throw new Error('no model is loaded');
+        const { config, weights } = await adapterFiles(msg.source);
+        await engine.load_adapter(msg.name, config, weights);
+        post({ type: 'done', id: msg.id });
+        break;
+      }
+      case 'unloadAdapter':
+        if (!engine) throw new Error('no model is loaded');
+        await engine.unload_adapter(msg.name);
+        post({ type: 'done', id: msg.id });
+        break;
       case 'abort':
         engine?.abort(msg.id);
         break;

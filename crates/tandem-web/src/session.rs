@@ -6,10 +6,14 @@
 use crate::backend::WebBackend;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 use tandem_core::generate::{FinishReason, GenerateParams};
-use tandem_core::model::{Model, StreamedModel};
+use tandem_core::lora::Adapter;
+use tandem_core::model::{LoraOptions, Model, StreamedModel};
 use tandem_core::sampling::SamplingParams;
-use tandem_core::scheduler::{self, Event, RequestId, Scheduler, SchedulerConfig, Speculation};
+use tandem_core::scheduler::{
+    self, AdapterInfo, Event, RequestId, Scheduler, SchedulerConfig, Speculation,
+};
 use tandem_core::tokenizer::{ChatMessage, ChatTemplateKwargs, Tokenizer};
 use tandem_core::tools::request::{openai_tool_calls, template_tool_calls, Fields, Structured};
 use tandem_core::tools::{ToolCall, ToolChoice, ToolEvent, ToolStream};
@@ -33,6 +37,12 @@ pub struct Request {
     pub stop: Option<Stop>,
     /// Keep generating past end-of-sequence tokens (tests, benchmarks).
     pub ignore_eos: bool,
+    /// The LoRA adapter to run through, by the name it was loaded under
+    /// ([`Session::add_adapter`]); a name no adapter has is an error.
+    pub adapter: Option<String>,
+    /// OpenAI's `model`: a loaded adapter's name runs through that adapter, as servers serve
+    /// adapters under their names; any other name runs the base model.
+    pub model: Option<String>,
     /// Structured output and tools, as OpenAI's chat API takes them: `response_format`,
     /// tandem's `regex` and `grammar` (+ `grammar_syntax`), `tools`, `tool_choice`,
     /// `parallel_tool_calls`.
@@ -108,6 +118,9 @@ pub struct ModelInfo {
     pub max_seqs: usize,
     /// Tokens the KV cache holds across every request at once.
     pub kv_tokens: usize,
+    /// LoRA adapters the backend holds at once (0: adapters are off), and the largest rank.
+    pub max_loras: usize,
+    pub max_lora_rank: usize,
 }
 
 /// What [`Session::add`] did with a request.
@@ -146,9 +159,19 @@ pub struct Session {
 impl Session {
     /// A model streamed in ([`tandem_core::model::ModelStream`]) with its tokenizer, serving up
     /// to `max_seqs` requests per step.
-    pub fn new(streamed: StreamedModel<WebBackend>, max_seqs: usize) -> Result<Session> {
-        let StreamedModel { model, tokenizer, format } = streamed;
+    /// With `lora`, the model holds that many LoRA adapters at once (see
+    /// [`Session::add_adapter`]).
+    pub fn new(
+        streamed: StreamedModel<WebBackend>,
+        max_seqs: usize,
+        lora: Option<LoraOptions>,
+    ) -> Result<Session> {
+        let StreamedModel { mut model, tokenizer, format } = streamed;
         let tokenizer = Tokenizer::load(&tokenizer)?;
+        if let Some(opts) = lora {
+            model.enable_lora(opts)?;
+        }
+        let lora = model.lora_options();
         let info = ModelInfo {
             format,
             architecture: format!("{:?}", model.config.arch).to_lowercase(),
@@ -158,6 +181,8 @@ impl Session {
             has_chat_template: tokenizer.chat_template().is_some(),
             max_seqs,
             kv_tokens: model.kv.capacity(),
+            max_loras: lora.map_or(0, |o| o.slots),
+            max_lora_rank: lora.map_or(0, |o| o.rank),
         };
         let config = SchedulerConfig { max_seqs, max_batched_tokens: model.max_step_tokens() };
         let scheduler = Scheduler::new(model, tokenizer, config)?;
@@ -181,6 +206,60 @@ impl Session {
             }
         };
         self.scheduler.set_speculation(Some(spec)).map(|_| ())
+    }
+
+    /// Reads a LoRA adapter for this model: PEFT's files (`adapter_config.json`'s text and
+    /// `adapter_model.safetensors`' bytes), or with no config a LoRA GGUF's bytes (llama.cpp's
+    /// `convert_lora_to_gguf.py`). Needs no access to the running requests, so the adapter
+    /// can be read while they generate and added between two steps.
+    pub fn read_adapter(&self, peft_config: Option<&str>, weights: Vec<u8>) -> Result<Adapter> {
+        if self.info.max_loras == 0 {
+            return Err(Error::InvalidParameter(
+                "LoRA adapters are off: create the engine with maxLoras (adapters held at once)"
+                    .into(),
+            ));
+        }
+        let config = &self.scheduler.model().config;
+        let adapter = match peft_config {
+            Some(json) => Adapter::from_peft(json, &weights, config)?,
+            None => Adapter::from_gguf_bytes(weights, config)?,
+        };
+        let max = self.info.max_lora_rank;
+        if adapter.rank() > max {
+            return Err(Error::InvalidParameter(format!(
+                "the adapter has rank {}, above the engine's largest ({max}): create the engine with maxLoraRank of at least {}",
+                adapter.rank(),
+                adapter.rank()
+            )));
+        }
+        Ok(adapter)
+    }
+
+    /// Registers `adapter` under `name`: requests name it in `adapter` (or `model`) from now
+    /// on. Up to `max_loras` adapters are on the backend at once; more wait their turn for a
+    /// slot, least recently used first.
+    pub fn add_adapter(&mut self, name: &str, adapter: Adapter) -> Result<()> {
+        self.scheduler.add_adapter(name, Arc::new(adapter))
+    }
+
+    /// Unregisters `name`: new requests for it are refused; its running ones finish first.
+    pub fn remove_adapter(&mut self, name: &str) -> Result<()> {
+        self.scheduler.remove_adapter(name)
+    }
+
+    /// The adapters registered, in order.
+    pub fn adapters(&self) -> Vec<AdapterInfo> {
+        self.scheduler.adapters()
+    }
+
+    /// The adapter a request runs through: `adapter` (which must exist), or `model` when it
+    /// names one.
+    fn adapter_of(&self, req: &Request) -> Option<String> {
+        if req.adapter.is_some() {
+            return req.adapter.clone();
+        }
+        let model = req.model.as_deref()?;
+        self.adapters().iter().any(|a| a.name == model && !a.removing).then(|| model.to_string())
     }
 
     /// The prompt's token ids, as `tandem run` builds them; a chat with the tools offered.
@@ -254,6 +333,7 @@ impl Session {
         let (structured, choice) = req.structured.resolve(template)?;
         let prompt = self.prompt_ids(req, &structured, &choice)?;
         let mut params = generate_params(req)?;
+        params.adapter = self.adapter_of(req);
         params.constraint =
             structured.constraint(self.scheduler.tokenizer(), self.info.vocab_size)?;
         params.validate()?;

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use tandem_core::model::{ModelOptions, ModelStream};
+use tandem_core::model::{LoraOptions, ModelOptions, ModelStream};
 use tandem_core::scheduler::RequestId;
+use tandem_core::DType;
 use tandem_cpu::CpuBackend;
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
 use wasm_bindgen::prelude::*;
@@ -66,6 +67,41 @@ struct EngineOptions {
     kv_tokens: Option<usize>,
     /// Use `shader-f16` where the adapter has it (default true).
     allow_f16: Option<bool>,
+    /// LoRA adapters held on the backend at once (default 0: adapters off), their largest
+    /// rank (default 16) and their dtype ("f32", the default, or "f16": half the memory).
+    max_loras: Option<usize>,
+    max_lora_rank: Option<usize>,
+    lora_dtype: Option<String>,
+}
+
+impl EngineOptions {
+    fn lora(&self) -> Result<Option<LoraOptions>, JsValue> {
+        let slots = self.max_loras.unwrap_or(0);
+        let dtype = match self.lora_dtype.as_deref() {
+            None | Some("f32") => DType::F32,
+            Some("f16") => DType::F16,
+            Some(other) => {
+                return Err(js_error(format!("loraDtype must be 'f32' or 'f16', not '{other}'")))
+            }
+        };
+        if slots == 0 {
+            return match self.max_lora_rank.is_some() || self.lora_dtype.is_some() {
+                true => {
+                    Err(js_error("maxLoraRank and loraDtype need maxLoras (adapters held at once)"))
+                }
+                false => Ok(None),
+            };
+        }
+        let rank = self.max_lora_rank.unwrap_or(16);
+        if slots > LoraOptions::MAX_SLOTS || rank == 0 || rank > LoraOptions::MAX_RANK {
+            return Err(js_error(format!(
+                "maxLoras must be 1 to {} and maxLoraRank 1 to {} (got {slots} and {rank})",
+                LoraOptions::MAX_SLOTS,
+                LoraOptions::MAX_RANK
+            )));
+        }
+        Ok(Some(LoraOptions { slots, rank, dtype }))
+    }
 }
 
 const DEFAULT_MAX_SEQS: usize = 4;
@@ -166,6 +202,7 @@ pub struct Loader {
     /// Where a chunk is copied into wasm memory; reused, so it is allocated once.
     scratch: Vec<u8>,
     max_seqs: usize,
+    lora: Option<LoraOptions>,
 }
 
 #[wasm_bindgen]
@@ -192,6 +229,7 @@ impl Loader {
         if kv_tokens == 0 {
             return Err(js_error("kvTokens must be at least 1"));
         }
+        let lora = opts.lora()?;
         let (mut backend, info) = choose_backend(&opts).await?;
         if let WebBackend::Cpu(cpu) = &mut backend {
             // Only speed depends on it (see `warm`): a failure here would fail the load later.
@@ -209,6 +247,7 @@ impl Loader {
             reported: 0,
             scratch: Vec::new(),
             max_seqs,
+            lora,
         })
     }
 
@@ -249,9 +288,9 @@ impl Loader {
 
     /// The engine, once every file is in. Errors name what is missing.
     pub fn finish(self) -> Result<Engine, JsValue> {
-        let Loader { stream, backend, max_seqs, .. } = self;
+        let Loader { stream, backend, max_seqs, lora, .. } = self;
         let session =
-            Session::new(stream.finish().map_err(js_error)?, max_seqs).map_err(js_error)?;
+            Session::new(stream.finish().map_err(js_error)?, max_seqs, lora).map_err(js_error)?;
         let info = serde_json::to_string(&EngineInfo { backend: &backend, model: &session.info })
             .map_err(js_error)?;
         let shared = Shared {
@@ -270,6 +309,33 @@ enum Command {
     Add(u32, Request),
     Abort(u32),
     AbortAll,
+    /// An adapter's files (PEFT's config text with its safetensors bytes, or a LoRA GGUF's
+    /// bytes) to read and register under a name; then the Promise settles.
+    LoadAdapter {
+        name: String,
+        config: Option<String>,
+        weights: Vec<u8>,
+        settle: Settle,
+    },
+    UnloadAdapter {
+        name: String,
+        settle: Settle,
+    },
+}
+
+/// A Promise's resolve and reject, for a command that answers.
+struct Settle {
+    resolve: js_sys::Function,
+    reject: js_sys::Function,
+}
+
+impl Settle {
+    fn with(self, result: tandem_core::Result<()>) {
+        let _ = match result {
+            Ok(()) => self.resolve.call0(&JsValue::NULL),
+            Err(e) => self.reject.call1(&JsValue::NULL, &js_error(e)),
+        };
+    }
 }
 
 /// One request's way back to JavaScript.
@@ -352,6 +418,14 @@ async fn drive(shared: Rc<Shared>) {
                     }
                 }
                 Command::AbortAll => session.abort_all(),
+                Command::LoadAdapter { name, config, weights, settle } => settle.with(
+                    session
+                        .read_adapter(config.as_deref(), weights)
+                        .and_then(|a| session.add_adapter(&name, a)),
+                ),
+                Command::UnloadAdapter { name, settle } => {
+                    settle.with(session.remove_adapter(&name))
+                }
             }
         }
         if !session.has_work() {
@@ -472,6 +546,44 @@ impl Engine {
         let mut session = self.shared.session.borrow_mut();
         let session = session.as_mut().ok_or_else(|| js_error("the engine was unloaded"))?;
         session.speculate(draft, tokens as usize).map_err(js_error)
+    }
+
+    /// Reads a LoRA adapter and registers it under `name`, between two steps (requests in
+    /// flight go on): `config` is PEFT's `adapter_config.json` text with `weights` its
+    /// `adapter_model.safetensors`, or without `config` `weights` is a LoRA GGUF. Requests
+    /// then name it in `adapter` or `model`. Resolves once it is registered.
+    pub fn load_adapter(
+        &self,
+        name: String,
+        config: Option<String>,
+        weights: &js_sys::Uint8Array,
+    ) -> js_sys::Promise {
+        self.answer(|settle| Command::LoadAdapter {
+            name,
+            config,
+            weights: weights.to_vec(),
+            settle,
+        })
+    }
+
+    /// Unregisters adapter `name`: new requests naming it are refused; those running finish.
+    pub fn unload_adapter(&self, name: String) -> js_sys::Promise {
+        self.answer(|settle| Command::UnloadAdapter { name, settle })
+    }
+
+    /// A Promise settled by the drive loop when it applies the command `make` builds.
+    fn answer(&self, make: impl FnOnce(Settle) -> Command) -> js_sys::Promise {
+        if self.shared.unloaded.get() {
+            return js_sys::Promise::reject(&js_error("the engine was unloaded"));
+        }
+        let mut settle = None;
+        let promise = js_sys::Promise::new(&mut |resolve, reject| {
+            settle = Some(Settle { resolve, reject });
+        });
+        if let Some(settle) = settle {
+            self.send(make(settle));
+        }
+        promise
     }
 
     /// Queues `command` for the drive loop, starting the loop if it is not running.

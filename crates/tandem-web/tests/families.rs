@@ -30,7 +30,7 @@ fn load(family: &str) -> Session {
     s.begin_file("model.gguf", Some(bytes.len() as u64)).expect("begin");
     bytes.chunks(64 << 10).try_for_each(|c| s.push(c)).expect("push");
     s.end_file().expect("end");
-    Session::new(s.finish().unwrap_or_else(|e| panic!("{family}: {e}")), 4)
+    Session::new(s.finish().unwrap_or_else(|e| panic!("{family}: {e}")), 4, None)
         .unwrap_or_else(|e| panic!("{family}: {e}"))
 }
 

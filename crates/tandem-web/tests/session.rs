@@ -39,7 +39,7 @@ fn stream_with(
         bytes.chunks(64 << 10).try_for_each(|c| s.push(c))?;
         s.end_file()?;
     }
-    Session::new(s.finish()?, max_seqs)
+    Session::new(s.finish()?, max_seqs, None)
 }
 
 fn stream(dir: &Path, files: &[&str]) -> tandem_core::Result<Session> {
