@@ -231,7 +231,7 @@ pub fn refusals<B: Backend>(backend: B) -> Result<(), String> {
     )
 }
 
-fn same(what: &str, got: &[u32], want: &[u32]) -> Result<(), String> {
+pub(crate) fn same(what: &str, got: &[u32], want: &[u32]) -> Result<(), String> {
     match got.iter().zip(want).position(|(a, b)| a != b) {
         None if got.len() == want.len() => Ok(()),
         i => Err(format!(
@@ -243,7 +243,7 @@ fn same(what: &str, got: &[u32], want: &[u32]) -> Result<(), String> {
 /// Every (adapter slot, prompt, tokens) decoded together: the prompts in chunks that share
 /// each step's tokens among the sequences (each sequence's rows beside the others', adapters
 /// mixed), then one decode row each a step.
-fn batched<B: Backend>(
+pub(crate) fn batched<B: Backend>(
     model: &mut Model<B>,
     wants: &[(Option<usize>, Vec<u32>, Vec<u32>)],
 ) -> Result<(), String> {
