@@ -113,6 +113,48 @@ pub fn check<B: Backend>(backend: B, family: &str, dtype: DType) -> Result<Strin
     ))
 }
 
+/// A cheap end-to-end check for slow backends (the CUDA emulator): `family`'s adapter `name`
+/// in slot 0, the first `rows + 1` prompt tokens fed, the logits at the reference rows among
+/// them against PEFT's (causal attention: the same as over the whole prompt).
+pub fn first_rows<B: Backend>(
+    backend: B,
+    family: &str,
+    name: &str,
+    rows: usize,
+) -> Result<String, String> {
+    let base = crate::families::dir(family);
+    let source = loader::open(&base).map_err(|e| e.to_string())?;
+    let opts = ModelOptions { context: 512, ..ModelOptions::default() };
+    let mut model =
+        Model::load(backend, &source, &opts, &mut |_, _| {}).map_err(|e| e.to_string())?;
+    model
+        .enable_lora(LoraOptions { slots: 1, rank: 64, dtype: DType::F32 })
+        .map_err(|e| e.to_string())?;
+    let adapter =
+        Adapter::from_peft_dir(&dir(family, name), &model.config).map_err(|e| e.to_string())?;
+    model.load_lora(0, &adapter).map_err(|e| e.to_string())?;
+    let mut reference = read_json(&dir(family, name).join("reference.json"));
+    // Only the rows among the first `rows + 1` tokens.
+    let keep: Vec<bool> = reference["logit_rows"]
+        .as_array()
+        .expect("logit_rows")
+        .iter()
+        .map(|r| r.as_u64().expect("row") as usize <= rows)
+        .collect();
+    for key in ["logit_rows", "logits"] {
+        let kept = reference[key].as_array().expect("a list").iter().zip(&keep);
+        reference[key] = kept.filter(|(_, &k)| k).map(|(v, _)| v.clone()).collect();
+    }
+    let prompt = ids(&reference["prompt"]);
+    let nmse = prompt_logits(&mut model, &prompt[..=rows], &reference, Some(0), LOGITS_NMSE)
+        .map_err(|e| format!("{family}-{name}: {e}"))?;
+    Ok(format!(
+        "{family}-{name} on {}: logits at the reference rows among the first {} NMSE {nmse:.1e}",
+        model.backend.name(),
+        rows + 1
+    ))
+}
+
 /// Requests of two adapters and of the base model through one scheduler whose model has a
 /// single adapter slot: the adapters take turns in it (requests of the other one wait, never
 /// fail), rows of an adapter and of the base share steps, and every request gives PEFT's
