@@ -1,12 +1,12 @@
 //! LoRA's shrink and expand (see [`tandem_core::ops::LoraShrink`]): each listed row against
 //! its adapter's slot of the pool (a dot product per output for the shrink, an axpy per rank
-//! for the expand), so a row's bits are what it gets alone. Rows run across the team; a slot
-//! stays in cache for the few rows of a step that share it.
+//! for the expand; see [`kernels`]), so a row's bits are what it gets alone. Rows run across
+//! the team; a slot stays in cache for the few rows of a step that share it.
+
+mod kernels;
 
 use tandem_core::ops::{check_indices, LoraExpand, LoraShrink};
 use tandem_core::Result;
-
-use half::slice::HalfFloatSliceExt;
 
 use super::matmul::{self, Operands};
 use crate::table::{Table, Weight};
@@ -46,12 +46,16 @@ pub(crate) fn expand(t: &mut Table, ex: Exec, op: &LoraExpand) -> Result<()> {
         let ex = ex.sized(n * m * rank);
         ex.for_chunks(&mut y, m.max(1), |i, y| {
             let bt = b.rows(slots[i] as usize * rank, rank, m);
-            let mut buf = widen_buffer(bt, ex.fast, m);
-            for (j, &tj) in tv[i * rank..(i + 1) * rank].iter().enumerate() {
-                if ex.fast {
-                    let row = widen(bt, j * m, m, &mut buf);
-                    y.iter_mut().zip(row).for_each(|(y, &w)| *y += tj * w);
-                } else {
+            let t = &tv[i * rank..(i + 1) * rank];
+            if ex.fast {
+                #[cfg(target_arch = "x86_64")]
+                if ex.avx2() {
+                    // SAFETY: `ex.avx2()` is true only where AVX2 was detected.
+                    return unsafe { kernels::axpys_avx2(bt, m, t, y) };
+                }
+                kernels::axpys(bt, m, t, y);
+            } else {
+                for (j, &tj) in t.iter().enumerate() {
                     for (o, y) in y.iter_mut().enumerate() {
                         *y += tj * bt.get(j * m + o);
                     }
@@ -111,47 +115,11 @@ fn per_slot<'a>(
     ex.for_chunks(&mut out[..rows.len() * m], m.max(1), |i, o| {
         let (w, k, m) = w(slots[i] as usize);
         let x = x_of(rows[i] as usize);
-        let mut buf = widen_buffer(w, true, k);
-        for (r, y) in o.iter_mut().enumerate().take(m) {
-            *y = dot(widen(w, r * k, k, &mut buf), x);
+        #[cfg(target_arch = "x86_64")]
+        if ex.avx2() {
+            // SAFETY: `ex.avx2()` is true only where AVX2 was detected.
+            return unsafe { kernels::dots_avx2(w, k, x, &mut o[..m]) };
         }
+        kernels::dots(w, k, x, &mut o[..m]);
     });
-}
-
-/// Room for [`widen`] to widen `len` f16 values into: none for an f32 pool (or the reference
-/// loops), which never allocates.
-fn widen_buffer(w: Weight, fast: bool, len: usize) -> Vec<f32> {
-    vec![0f32; if fast && matches!(w, Weight::F16(_)) { len } else { 0 }]
-}
-
-/// Elements e0..e0 + k of a pool as f32: the f32 pool's own slice, an f16 one widened into
-/// `buf`.
-fn widen<'b>(w: Weight<'b>, e0: usize, k: usize, buf: &'b mut [f32]) -> &'b [f32] {
-    match w {
-        Weight::F32(v) => &v[e0..e0 + k],
-        Weight::F16(v) => {
-            v[e0..e0 + k].convert_to_f32_slice(buf);
-            buf
-        }
-        // `supports` takes f32 and f16 pools only (the op's shape check).
-        _ => unreachable!("LoRA pools are f32 or f16"),
-    }
-}
-
-/// sum a[j] * b[j] in 8 lanes (then the lanes in order, then the tail): the same for a row
-/// whatever the rest of the step is.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, y) in ta.iter().zip(tb) {
-        s += x * y;
-    }
-    s
 }
