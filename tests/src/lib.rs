@@ -18,6 +18,7 @@ pub mod harness;
 pub mod kquant;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod lora;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod lora_smollm;
 pub mod rng;
 #[cfg(not(target_arch = "wasm32"))]
