@@ -78,10 +78,10 @@ export interface EngineOptions {
 }
 
 /**
- * A LoRA adapter: the URL of a PEFT directory (its adapter_config.json and
- * adapter_model.safetensors) or of a LoRA GGUF, or the files themselves.
+ * A LoRA adapter, given as a model is: the URL of a PEFT directory (its adapter_config.json
+ * and adapter_model.safetensors) or of a LoRA GGUF, those files' URLs, or the files themselves.
  */
-export type AdapterSource = string | { url: string } | { files: Array<File | Blob | { name: string; data: ArrayBuffer | ArrayBufferView }> };
+export type AdapterSource = ModelSource;
 
 export interface GenerateOptions {
   max_tokens?: number;

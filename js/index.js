@@ -233,18 +233,13 @@ class Engine {
    * Loads a LoRA adapter under `name` (the engine needs `maxLoras`): `source` is a PEFT
    * directory's URL (its adapter_config.json and adapter_model.safetensors), a LoRA GGUF's URL
    * (llama.cpp's convert_lora_to_gguf.py), or `{ files }` (those files as File, Blob with a
-   * name, or `{ name, data }`). Requests then run through it with `adapter: name` (or
-   * chat.completions' `model: name`); requests in flight go on meanwhile. Up to `maxLoras`
+   * name, or `{ name, data }`) or `{ urls }`. Requests then run through it with `adapter: name`
+   * (or chat.completions' `model: name`); requests in flight go on meanwhile. Up to `maxLoras`
    * adapters sit on the backend at once; a request for another waits for a slot.
    */
-  loadAdapter(name, source) {
+  async loadAdapter(name, source) {
     if (typeof name !== 'string' || !name) throw new TandemError('an adapter needs a name (a non-empty string)');
-    const src = typeof source === 'string' ? { url: new URL(source, location.href).href }
-      : source?.url ? { url: new URL(source.url, location.href).href }
-      : source?.files ? { files: Array.from(source.files) }
-      : null;
-    if (!src) throw new TandemError('an adapter source is a URL, { url } or { files }');
-    return this.call({ type: 'loadAdapter', name, source: src });
+    return this.call({ type: 'loadAdapter', name, source: normalizeSource(source) });
   }
 
   /** Unloads adapter `name`: new requests for it fail; those running finish first. */
@@ -287,7 +282,7 @@ class Engine {
 }
 
 function normalizeSource(source) {
-  if (typeof source === 'string') return { url: source };
+  if (typeof source === 'string') return { url: new URL(source, location.href).href };
   if (!source || typeof source !== 'object') throw new TandemError('source must be { url }, { urls } or { files }');
   if (source.url) return { url: new URL(source.url, location.href).href };
   if (source.urls) return { urls: source.urls.map((u) => new URL(u, location.href).href) };

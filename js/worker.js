@@ -183,29 +183,31 @@ async function bytesOf(input, i, count) {
   return { name: f.name, bytes: f.bytes ?? new Uint8Array(await new Response(f.body()).arrayBuffer()) };
 }
 
+/** The bytes at `url` as `{ name, bytes }` (adapters are small: read whole). */
+async function fetched(url) {
+  return { name: fileNameOf(url), bytes: new Uint8Array(await (await download(url)).arrayBuffer()) };
+}
+
 /**
  * A LoRA adapter's files as `{ config, weights }`: PEFT's `adapter_config.json` text and
  * `adapter_model.safetensors` bytes, or a LoRA GGUF's bytes with no config. `source` is a
- * directory URL (PEFT's two files under it), a .gguf URL, or `{ files }`.
+ * directory URL (PEFT's two files under it), a .gguf URL, `{ urls }` or `{ files }`.
  */
 async function adapterFiles(source) {
-  if (source.files) {
-    const files = await Promise.all(source.files.map((f, i) => bytesOf(f, i, source.files.length)));
-    const gguf = files.find((f) => /\.gguf$/i.test(f.name));
-    if (gguf) return { weights: gguf.bytes };
-    const config = files.find((f) => f.name.endsWith('adapter_config.json'));
-    const weights = files.find((f) => /\.safetensors$/i.test(f.name));
-    if (!config || !weights) throw new Error('an adapter is PEFT\'s adapter_config.json with its .safetensors, or one .gguf file');
-    return { config: new TextDecoder().decode(config.bytes), weights: weights.bytes };
+  let urls = source.urls;
+  if (source.url) {
+    const dir = source.url.endsWith('/') ? source.url : `${source.url}/`;
+    urls = /\.gguf(\?|#|$)/i.test(source.url) ? [source.url] : [`${dir}adapter_config.json`, `${dir}adapter_model.safetensors`];
   }
-  const url = source.url;
-  if (/\.gguf(\?|#|$)/i.test(url)) return { weights: new Uint8Array(await (await download(url)).arrayBuffer()) };
-  const dir = url.endsWith('/') ? url : `${url}/`;
-  const [config, weights] = await Promise.all([
-    download(`${dir}adapter_config.json`).then((r) => r.text()),
-    download(`${dir}adapter_model.safetensors`).then((r) => r.arrayBuffer()),
-  ]);
-  return { config, weights: new Uint8Array(weights) };
+  const files = source.files
+    ? await Promise.all(source.files.map((f, i) => bytesOf(f, i, source.files.length)))
+    : await Promise.all(urls.map(fetched));
+  const gguf = files.find((f) => /\.gguf$/i.test(f.name));
+  if (gguf) return { weights: gguf.bytes };
+  const config = files.find((f) => f.name.endsWith('adapter_config.json'));
+  const weights = files.find((f) => /\.safetensors$/i.test(f.name));
+  if (!config || !weights) throw new Error('an adapter is PEFT\'s adapter_config.json with its .safetensors, or one .gguf file');
+  return { config: new TextDecoder().decode(config.bytes), weights: weights.bytes };
 }
 
 async function load(id, source, options) {

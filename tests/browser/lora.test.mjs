@@ -1,5 +1,5 @@
 // LoRA adapters through the public JS API in the page: the Qwen3 family fixture's GGUF with
-// PEFT adapters loaded from their directory URLs and a LoRA GGUF from its URL
+// PEFT adapters loaded from a directory URL and from their files' URLs, a LoRA GGUF from its URL
 // (tests/fixtures/lora), three adapters on two slots and the base model generating at once.
 // Each request must give PEFT's greedy tokens (the base model's for the base), on WebGPU
 // (SwiftShader here) and on the WASM CPU fallback; an unloaded adapter is refused by name.
@@ -46,7 +46,8 @@ for (const backend of ['webgpu', 'cpu']) {
         const engine = await createEngine({ url: '/tests/fixtures/families/qwen3/model.gguf' }, { backend, cache: false, maxLoras: 2, maxLoraRank: 64 });
         try {
           await engine.loadAdapter('r8', '/tests/fixtures/lora/qwen3-r8/');
-          await engine.loadAdapter('r64', '/tests/fixtures/lora/qwen3-r64-rslora');
+          const dir64 = '/tests/fixtures/lora/qwen3-r64-rslora';
+          await engine.loadAdapter('r64', { urls: [`${dir64}/adapter_config.json`, `${dir64}/adapter_model.safetensors`] });
           await engine.loadAdapter('r16', { url: '/tests/fixtures/lora/qwen3-r16/adapter.gguf' });
           const errors = {};
           await engine.loadAdapter('r8', '/tests/fixtures/lora/qwen3-r8/').catch((e) => (errors.taken = e.message));

@@ -183,8 +183,7 @@ mod avx2 {
     }
 }
 
-/// N consecutive rows of k from element e0 as f32: the f32 pool's slices, an f16 one's
-/// widened into `buf`.
+/// N consecutive rows of k from element e0 as f32 (see [`widen`]).
 #[inline(always)]
 fn rows_of<'b, const N: usize>(
     w: Weight<'b>,
@@ -192,16 +191,8 @@ fn rows_of<'b, const N: usize>(
     k: usize,
     buf: &'b mut [f32],
 ) -> [&'b [f32]; N] {
-    match w {
-        Weight::F32(v) => std::array::from_fn(|q| &v[e0 + q * k..e0 + (q + 1) * k]),
-        Weight::F16(v) => {
-            v[e0..e0 + N * k].convert_to_f32_slice(&mut buf[..N * k]);
-            let buf: &'b [f32] = buf;
-            std::array::from_fn(|q| &buf[q * k..(q + 1) * k])
-        }
-        // `supports` takes f32 and f16 pools only (the op's shape check).
-        _ => unreachable!("LoRA pools are f32 or f16"),
-    }
+    let all = widen(w, e0, N * k, buf);
+    std::array::from_fn(|q| &all[q * k..(q + 1) * k])
 }
 
 /// Each a[q] · b: sum a[q][j] * b[j] in [`LANES`] lanes, then the lanes in order, then the tail.
@@ -242,7 +233,7 @@ fn axpys_body(bt: Weight, m: usize, t: &[f32], y: &mut [f32]) {
             let mut acc: [f32; STRIP] = y[c0..c0 + STRIP].try_into().expect("a strip");
             for (j, &tj) in t.iter().enumerate() {
                 let row: &[f32; STRIP] =
-                    part(bt, j * m + c0, STRIP, &mut buf).try_into().expect("a strip");
+                    widen(bt, j * m + c0, STRIP, &mut buf).try_into().expect("a strip");
                 for l in 0..STRIP {
                     acc[l] += tj * row[l];
                 }
@@ -250,7 +241,7 @@ fn axpys_body(bt: Weight, m: usize, t: &[f32], y: &mut [f32]) {
             y[c0..c0 + STRIP].copy_from_slice(&acc);
         } else {
             for (j, &tj) in t.iter().enumerate() {
-                let row = part(bt, j * m + c0, len, &mut buf);
+                let row = widen(bt, j * m + c0, len, &mut buf);
                 for (y, &w) in y[c0..c0 + len].iter_mut().zip(row) {
                     *y += tj * w;
                 }
@@ -259,15 +250,17 @@ fn axpys_body(bt: Weight, m: usize, t: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Elements e0..e0 + len of a pool as f32 (an f16 pool's widened into `buf`).
+/// Elements e0..e0 + len of a pool as f32: the f32 pool's own slice, an f16 one's widened
+/// into `buf`.
 #[inline(always)]
-fn part<'b>(w: Weight<'b>, e0: usize, len: usize, buf: &'b mut [f32; STRIP]) -> &'b [f32] {
+fn widen<'b>(w: Weight<'b>, e0: usize, len: usize, buf: &'b mut [f32]) -> &'b [f32] {
     match w {
         Weight::F32(v) => &v[e0..e0 + len],
         Weight::F16(v) => {
             v[e0..e0 + len].convert_to_f32_slice(&mut buf[..len]);
             &buf[..len]
         }
+        // `supports` takes f32 and f16 pools only (the op's shape check).
         _ => unreachable!("LoRA pools are f32 or f16"),
     }
 }
