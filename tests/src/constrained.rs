@@ -15,6 +15,7 @@ use tandem_core::model::{Model, ModelOptions};
 use tandem_core::sampling::SamplingParams;
 use tandem_core::scheduler::{Scheduler, SchedulerConfig};
 use tandem_core::tokenizer::{ChatMessage, Tokenizer};
+use tandem_core::tools::{self, Tool, ToolSyntax};
 use tandem_core::Backend;
 
 use crate::batch::{run_all, solo, Done, Req};
@@ -274,9 +275,10 @@ pub fn stories<B: Backend>(backend: B) -> Result<(), Skip> {
 }
 
 /// A dormant constraint ([`tandem_core::constraint::Constraint::after`]) leaves the output free
-/// until its trigger, then holds the rest: on stories260K the trigger is the third token the
-/// model picks greedily, and after it three digits follow. With n-gram speculation the tokens
-/// are the same (drafts stop before the trigger).
+/// until its trigger's text, then holds the rest: on stories260K the trigger is the text that
+/// spans the end of the second token the model picks greedily and the start of the third, and
+/// the rest must be what remains of that third token and then three digits. With n-gram
+/// speculation the tokens are the same (drafts stop before the trigger).
 pub fn lazy_wakes_at_its_trigger<B: Backend>(backend: B) -> Result<(), Skip> {
     let dir = e2e::stories_dir()?;
     let source = loader::open(&dir).expect("stories260K");
@@ -284,9 +286,19 @@ pub fn lazy_wakes_at_its_trigger<B: Backend>(backend: B) -> Result<(), Skip> {
     let mut model: Model<B> = e2e::load(backend, &source, &ModelOptions::default());
     let prompt = chat_prompt(&tok, "Once upon a time");
     let free = e2e::greedy(&mut model, &tok, &prompt, 5);
-    let rest = Grammar::Regex("[0-9]{3}".into());
+    let text = |n: usize| tok.decode(&free[..n], false).expect("decode");
+    let (two, three) = (text(2), text(3));
+    assert!(three.starts_with(&two) && two.len() > text(1).len(), "{two:?} / {three:?}");
+    // Up to two bytes of the second token's text, and all but the last byte of the third's.
+    let second = two.len() - text(1).len();
+    let from = two.len() - second.min(2);
+    let to = three.len() - usize::from(three.len() - two.len() > 1);
+    let (trigger, leftover) = (&three[from..to], &three[to..]);
+    assert!(!two.contains(trigger), "the trigger {trigger:?} is in {two:?}");
+    let lit = serde_json::to_string(leftover).expect("a string");
+    let rest = Grammar::Lark(format!("start: {lit} /[0-9]{{3}}/\n"));
     let c = tok.constrainer(model.config.vocab_size).expect("constrainer");
-    let lazy = c.compile(&rest).expect("compile").after(vec![free[2]]);
+    let lazy = c.compile(&rest).expect("compile").after(trigger);
     let params = GenerateParams { max_tokens: 40, constraint: Some(lazy), ..Default::default() };
     let req = Req { prompt: prompt.clone(), params };
     let mut outs = vec![];
@@ -304,5 +316,60 @@ pub fn lazy_wakes_at_its_trigger<B: Backend>(backend: B) -> Result<(), Skip> {
     assert!(held.len() == 3 && held.bytes().all(|b| b.is_ascii_digit()), "{held:?}");
     assert_eq!(d.reason, FinishReason::Stop);
     assert_eq!(outs[1].tokens, d.tokens, "speculation changed the output");
+    Ok(())
+}
+
+/// `auto` tool calls in Hermes syntax on a tokenizer that spells `<tool_call>` in several
+/// tokens (SmolLM2's): the hold wakes on the opening's text however the output splits it, the
+/// newline that shares a token with its `>` included, and from there only a valid call of the
+/// offered tool follows; text that merely looks like the start of the opening stays free.
+pub fn lazy_call_wakes_on_a_split_opening() -> Result<(), Skip> {
+    let source = loader::open(&e2e::smollm_gguf()?).expect("SmolLM2");
+    let tok = Tokenizer::load(&source.tokenizer).expect("tokenizer");
+    let weather = Tool {
+        name: "get_weather".into(),
+        description: None,
+        parameters: json!({"type": "object", "properties": {"city": {"type": "string"}},
+            "required": ["city"]}),
+    };
+    let (trigger, rest) =
+        tools::lazy_call_grammar(ToolSyntax::Hermes, &[weather], false).expect("Hermes holds");
+    assert_eq!(trigger, "<tool_call>");
+    assert!(tok.encode(trigger).expect("encode").len() > 1, "one token: nothing to show");
+    let constrainer = tok.constrainer(source.config.vocab_size).expect("constrainer");
+    let enc = |parts: &[&str]| -> Vec<u32> {
+        parts.iter().flat_map(|p| tok.encode(p).expect("encode")).collect()
+    };
+    let call = "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let splits = [
+        enc(&["Let me check. <tool_call>\n"]),
+        enc(&["Let me check. <", "tool", "_call", ">", "\n"]),
+        enc(&["Let me check. <tool_", "call>\n"]),
+    ];
+    for opening in &splits {
+        let mut c = constrainer.compile(&rest).expect("compile").after(trigger);
+        let (&last, before) = opening.split_last().expect("tokens");
+        for &t in before {
+            c.commit(t).expect("free text");
+        }
+        assert!(c.is_dormant() || tok.decode(&[last], false).unwrap() == "\n", "{opening:?}");
+        c.commit(last).expect("the opening's end");
+        assert!(!c.is_dormant(), "{opening:?}: the opening did not wake the hold");
+        let mask = c.mask().expect("mask");
+        let allowed = |t: u32| mask[t as usize / 32] >> (t % 32) & 1 == 1;
+        let call = tok.encode(call).expect("encode");
+        let word = tok.encode("Sure").expect("encode")[0];
+        assert!(allowed(call[0]) && !allowed(word), "{opening:?}: the call is not held");
+        for &t in &call {
+            c.commit(t).expect("a valid call");
+        }
+        assert!(c.is_finished(), "{opening:?}: one call ends the output");
+    }
+    // "<tool" and a different word: free throughout, whatever follows.
+    let mut c = constrainer.compile(&rest).expect("compile").after(trigger);
+    for t in enc(&["Use <tool", "box> and <tool_calls later."]) {
+        c.commit(t).expect("free text");
+    }
+    assert!(c.is_dormant());
     Ok(())
 }

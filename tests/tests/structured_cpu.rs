@@ -34,3 +34,11 @@ fn a_dormant_constraint_wakes_at_its_trigger() {
         constrained::lazy_wakes_at_its_trigger(CpuBackend::fast(2).unwrap()),
     );
 }
+
+#[test]
+fn an_auto_tool_call_is_held_from_a_split_opening() {
+    report(
+        "an_auto_tool_call_is_held_from_a_split_opening",
+        constrained::lazy_call_wakes_on_a_split_opening(),
+    );
+}

@@ -174,6 +174,7 @@ impl Constrainer {
         }
         Ok(Constraint {
             matcher,
+            env: self.factory.tok_env().clone(),
             eos: self.eos.clone(),
             vocab: self.vocab,
             grammar: grammar.kind(),
@@ -196,12 +197,37 @@ fn limits() -> ParserLimits {
 /// One request's constraint: where its output stands in the grammar.
 pub struct Constraint {
     matcher: Matcher,
+    /// The vocabulary's bytes: what a dormant constraint reads its trigger in.
+    env: TokEnv,
     eos: Arc<[u32]>,
     vocab: usize,
     grammar: &'static str,
-    /// A dormant constraint ([`Constraint::after`]): its trigger's tokens, and how many of
-    /// them the output ends with so far.
-    waiting: Option<(Vec<u32>, usize)>,
+    /// A dormant constraint ([`Constraint::after`]): what wakes it.
+    waiting: Option<Trigger>,
+}
+
+/// The text that wakes a dormant constraint, and the end of the output that may be its start.
+#[derive(Clone)]
+struct Trigger {
+    text: Box<[u8]>,
+    /// The output's last bytes, fewer than the trigger's (a miss keeps only those).
+    tail: Vec<u8>,
+}
+
+impl Trigger {
+    /// Takes a token's bytes; when they complete the trigger, the bytes that follow it in them.
+    fn take(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        self.tail.extend_from_slice(bytes);
+        let n = self.text.len();
+        if let Some(at) = self.tail.windows(n).position(|w| *w == *self.text) {
+            let rest = self.tail[at + n..].to_vec();
+            self.tail.clear();
+            return Some(rest);
+        }
+        let keep = self.tail.len().min(n - 1);
+        self.tail.drain(..self.tail.len() - keep);
+        None
+    }
 }
 
 impl std::fmt::Debug for Constraint {
@@ -214,6 +240,7 @@ impl Clone for Constraint {
     fn clone(&self) -> Self {
         Constraint {
             matcher: self.matcher.deep_clone(),
+            env: self.env.clone(),
             eos: self.eos.clone(),
             vocab: self.vocab,
             grammar: self.grammar,
@@ -223,11 +250,14 @@ impl Clone for Constraint {
 }
 
 impl Constraint {
-    /// This constraint, dormant until the output has produced `trigger`'s tokens in a row: the
-    /// output is free until then, and held to the grammar from the next token on (a tool call
-    /// the model starts in its own syntax, held to a valid call). An empty trigger is none.
-    pub fn after(mut self, trigger: Vec<u32>) -> Self {
-        self.waiting = (!trigger.is_empty()).then_some((trigger, 0));
+    /// This constraint, dormant until the output's text contains `trigger`: the output is free
+    /// until then, and held to the grammar from there on (a tool call the model starts in its
+    /// own syntax, held to a valid call). The text is read across tokens, so any split of the
+    /// trigger wakes it; the bytes after it in the waking token are the grammar's first. An
+    /// empty trigger is none.
+    pub fn after(mut self, trigger: &str) -> Self {
+        self.waiting = (!trigger.is_empty())
+            .then(|| Trigger { text: trigger.as_bytes().into(), tail: vec![] });
         self
     }
 
@@ -236,14 +266,9 @@ impl Constraint {
         self.waiting.is_some()
     }
 
-    /// How far `token` takes a trigger of which `matched` tokens are seen.
-    fn advance(trigger: &[u32], matched: usize, token: u32) -> usize {
-        if trigger.get(matched) == Some(&token) {
-            matched + 1
-        } else {
-            // Triggers are a token or a few: restarting at their first token is enough.
-            usize::from(trigger.first() == Some(&token))
-        }
+    /// A token's text as the output reads it (a special token by its name).
+    fn text(&self, token: u32) -> Vec<u8> {
+        self.env.tok_trie().decode_ext(&[token], true)
     }
 
     /// The model vocabulary (logits per row) its masks cover.
@@ -285,9 +310,16 @@ impl Constraint {
 
     /// Takes a generated token. An end-of-sequence token the grammar allowed finishes it.
     pub fn commit(&mut self, token: u32) -> Result<()> {
-        if let Some((trigger, matched)) = &mut self.waiting {
-            *matched = Self::advance(trigger, *matched, token);
-            if *matched == trigger.len() {
+        if self.waiting.is_some() {
+            let text = self.text(token);
+            let Some(rest) = self.waiting.as_mut().and_then(|w| w.take(&text)) else {
+                return Ok(());
+            };
+            // The grammar starts with what followed the trigger in this token. Text it cannot
+            // take is not the syntax's call after all: the output stays free, waiting again.
+            let tokens = self.env.tokenize_bytes(&rest);
+            if self.matcher.validate_tokens(&tokens).ok() == Some(tokens.len()) {
+                self.matcher.consume_tokens(&tokens).map_err(|e| self.failed(e))?;
                 self.waiting = None;
             }
             return Ok(());
@@ -306,10 +338,9 @@ impl Constraint {
     pub fn accepted_prefix(&mut self, draft: &[u32]) -> usize {
         // Dormant: the draft stops before the token that completes the trigger, so that no
         // row after it is chosen unmasked.
-        if let Some((trigger, mut matched)) = self.waiting.clone() {
+        if let Some(mut trigger) = self.waiting.clone() {
             for (i, &t) in draft.iter().enumerate() {
-                matched = Self::advance(&trigger, matched, t);
-                if matched == trigger.len() {
+                if trigger.take(&self.text(t)).is_some() {
                     return i;
                 }
             }

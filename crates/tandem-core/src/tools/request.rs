@@ -66,8 +66,7 @@ impl Structured {
         }
         match &self.lazy {
             Some((trigger, rest)) => {
-                let c = tok.constrainer(vocab)?.compile(rest)?;
-                Ok(Some(c.after(tok.encode(trigger)?)))
+                Ok(Some(tok.constrainer(vocab)?.compile(rest)?.after(trigger)))
             }
             None => Ok(None),
         }
