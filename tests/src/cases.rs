@@ -70,6 +70,8 @@ fn weights(rng: &mut Rng, numel: usize, scale: f32, dtype: DType) -> Vec<u8> {
     bytes
 }
 pub const KV_DTYPES: [DType; 2] = [DType::F32, DType::F16];
+/// The quantized KV dtypes: their cases come after the float ones'.
+pub use tandem_core::quant::kv::KV_QUANT;
 
 pub enum Init {
     /// Bytes written at the start of the buffer.

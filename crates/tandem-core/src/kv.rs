@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::backend::{Backend, BufId};
 use crate::config::ModelConfig;
 use crate::dtype::DType;
+use crate::ops::{KvWrite, Op};
+use crate::quant::kv::KV_DTYPES;
 use crate::{Error, Result};
 
 /// A cached block's identity: its key, and what the key was made of (checked on every hit, so
@@ -409,9 +411,33 @@ impl KvCache {
         block_size: usize,
         num_blocks: usize,
     ) -> Result<Self> {
-        if !matches!(dtype, DType::F32 | DType::F16) {
+        // The op every layer writes with: its rules, then whether this backend runs it.
+        let write = |kv_dtype| {
+            Op::KvWrite(KvWrite {
+                k: BufId(0),
+                v: BufId(0),
+                cache_k: BufId(0),
+                cache_v: BufId(0),
+                kv_dtype,
+                slots: BufId(0),
+                n: 1,
+                kv_heads: config.n_kv_heads,
+                head_dim: config.head_dim,
+            })
+        };
+        write(dtype)
+            .check_shape()
+            .map_err(|e| Error::InvalidParameter(format!("KV dtype: {e}")))?;
+        if !backend.supports(&write(dtype)) {
+            let can: Vec<&str> = KV_DTYPES
+                .iter()
+                .filter(|&&d| write(d).check_shape().is_ok() && backend.supports(&write(d)))
+                .map(|d| d.name())
+                .collect();
             return Err(Error::InvalidParameter(format!(
-                "KV cache dtype must be f32 or f16, got {dtype}"
+                "the {} backend has no {dtype} KV cache; it runs {}",
+                backend.name(),
+                can.join(", ")
             )));
         }
         if block_size == 0 || num_blocks == 0 {

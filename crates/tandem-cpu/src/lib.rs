@@ -240,7 +240,7 @@ fn is_weight_dtype(d: DType) -> bool {
 }
 
 fn is_kv_dtype(d: DType) -> bool {
-    matches!(d, DType::F32 | DType::F16)
+    tandem_core::quant::kv::KV_DTYPES.contains(&d)
 }
 
 impl Backend for CpuBackend {

@@ -40,7 +40,52 @@ pub(super) fn kv_write(rng: &mut Rng) -> Vec<Case> {
             out.push(b.case(name, op, &[(cache_k, tol), (cache_v, tol)]));
         }
     }
+    // Quantized caches last (the float dtypes' cases draw the same streams without them), in
+    // rows of whole blocks; one value in four is 20x the others (outliers set a block's
+    // scale), and one row holds an infinity and a NaN (their blocks turn NaN, no other).
+    for kv_dtype in KV_QUANT {
+        for (n, kv_heads, head_dim, rows) in [(1, 2, 64, 40), (13, 4, 16, 64), (3, 3, 64, 20)] {
+            let mut b = Bufs::default();
+            let row = kv_heads * head_dim;
+            let vals = |rng: &mut Rng| {
+                let mut x = rng.vec(n * row, 2.0);
+                x.iter_mut().step_by(4).for_each(|v| *v *= 20.0);
+                x
+            };
+            let mut kx = vals(rng);
+            if n > 1 {
+                (kx[row + 5], kx[row + row - 1]) = (f32::INFINITY, f32::NAN);
+            }
+            let (k, v) = (b.f32(&kx), b.f32(&vals(rng)));
+            let cache_k = b.poison(kv_dtype, rows * row);
+            let cache_v = b.poison(kv_dtype, rows * row);
+            let mut all: Vec<u32> = (0..rows as u32).collect();
+            rng.shuffle(&mut all);
+            let slots = b.u32(&all[..n]);
+            let op = Op::KvWrite(KvWrite {
+                k,
+                v,
+                cache_k,
+                cache_v,
+                kv_dtype,
+                slots,
+                n,
+                kv_heads,
+                head_dim,
+            });
+            let tol = tolerance("kv_write", kv_dtype);
+            let name =
+                format!("{kv_dtype} n={n} kv_heads={kv_heads} head_dim={head_dim} rows={rows}");
+            out.push(b.case(name, op, &[(cache_k, tol), (cache_v, tol)]));
+        }
+    }
     out
+}
+
+/// Whether a shape's cache rows (kv_heads * head_dim) are whole blocks of `kv_dtype`.
+fn fits(kv_dtype: DType, shape: &AttnShape) -> bool {
+    let (_, kv_heads, head_dim, _) = shape.0;
+    tandem_core::quant::kv::row_fits(kv_dtype, kv_heads * head_dim)
 }
 
 /// A ragged attention batch: sequences with their own shuffled block tables in one pool (some
@@ -337,6 +382,21 @@ pub(super) fn attention(rng: &mut Rng, decode: bool) -> Vec<Case> {
             out.push(batch.case(&all, kv_dtype));
         }
     }
+    // Quantized caches last, on the shapes whose rows are whole blocks.
+    for kv_dtype in KV_QUANT {
+        for s in attention_shapes(decode).iter().filter(|s| fits(kv_dtype, s)) {
+            let batch = AttnBatch::new(rng, s.0, s.1, s.2);
+            let all: Vec<usize> = (0..batch.len()).collect();
+            out.push(batch.case(&all, kv_dtype));
+        }
+        for &(shape, seqs, share, window, softcap) in window_shapes(decode) {
+            if fits(kv_dtype, &(shape, seqs, share)) {
+                let batch = AttnBatch::new(rng, shape, seqs, share).windowed(window, softcap);
+                let all: Vec<usize> = (0..batch.len()).collect();
+                out.push(batch.case(&all, kv_dtype));
+            }
+        }
+    }
     out
 }
 
@@ -351,9 +411,11 @@ fn each_alone(batch: &AttnBatch, kv_dtype: DType) -> Invariance {
 
 pub(super) fn attention_invariance(rng: &mut Rng) -> Vec<Invariance> {
     let mut out = vec![];
-    for kv_dtype in KV_DTYPES {
+    // Quantized caches last (the float dtypes' cases draw the same streams without them).
+    for kv_dtype in KV_DTYPES.into_iter().chain(KV_QUANT) {
         for decode in [true, false] {
-            for &(shape, seqs, share) in attention_shapes(decode).iter().filter(|s| s.1.len() > 1) {
+            let shapes = attention_shapes(decode).iter().filter(|s| fits(kv_dtype, s));
+            for &(shape, seqs, share) in shapes.filter(|s| s.1.len() > 1) {
                 out.push(each_alone(&AttnBatch::new(rng, shape, seqs, share), kv_dtype));
             }
         }
@@ -369,12 +431,16 @@ pub(super) fn attention_invariance(rng: &mut Rng) -> Vec<Invariance> {
         ];
         for decode in [true, false] {
             let windowed = window_shapes(decode).iter().filter(|s| s.1.len() > 1);
+            let windowed = windowed.filter(|s| fits(kv_dtype, &(s.0, s.1, s.2)));
             for &(shape, seqs, share, window, softcap) in windowed {
                 let batch = AttnBatch::new(rng, shape, seqs, share).windowed(window, softcap);
                 out.push(each_alone(&batch, kv_dtype));
             }
         }
         for ((shape, seqs, share), window, softcap) in verifies {
+            if !fits(kv_dtype, &(shape, seqs, share)) {
+                continue;
+            }
             let batch =
                 AttnBatch::new(rng, shape, seqs, share).verifying(1).windowed(window, softcap);
             let all: Vec<usize> = (0..batch.len()).collect();

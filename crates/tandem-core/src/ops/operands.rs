@@ -83,11 +83,19 @@ fn is_weight(d: DType) -> bool {
     d != DType::U32
 }
 
-fn check_kv(op: &'static str, d: DType) -> Result<()> {
-    match d {
-        DType::F32 | DType::F16 => Ok(()),
-        d => Err(bad(op, "cache dtype f32/f16", d.to_string())),
+fn check_kv(op: &'static str, d: DType, kv_heads: usize, head_dim: usize) -> Result<()> {
+    use crate::quant::kv;
+    if !kv::KV_DTYPES.contains(&d) {
+        return Err(bad(op, "cache dtype f32, f16, q8_0 or q4_0", d.to_string()));
     }
+    if !kv::row_fits(d, kv_heads * head_dim) {
+        return Err(bad(
+            op,
+            format!("{d} cache rows of whole 32-value blocks (kv_heads * head_dim)"),
+            format!("{kv_heads} * {head_dim}"),
+        ));
+    }
+    Ok(())
 }
 
 impl Op {
@@ -100,7 +108,7 @@ impl Op {
     }
 
     /// The rules of the op's own fields, whatever its buffers and backend: dtypes an op may
-    /// name (a weight of a float or quantized type, a KV cache of f32 or f16), whole query
+    /// name (a weight of a float or quantized type, a KV cache of f32, f16, q8_0 or q4_0), whole query
     /// groups per KV head, real blocks, decode rows among the rows, an even rotary head.
     pub fn check_shape(&self) -> Result<()> {
         let op = self.family();
@@ -162,9 +170,9 @@ impl Op {
                 ),
                 format!("k = {}", o.k),
             )),
-            Op::KvWrite(o) => check_kv(op, o.kv_dtype),
+            Op::KvWrite(o) => check_kv(op, o.kv_dtype, o.kv_heads, o.head_dim),
             Op::Attention(o) => {
-                check_kv(op, o.kv_dtype)?;
+                check_kv(op, o.kv_dtype, o.kv_heads, o.head_dim)?;
                 if o.kv_heads == 0 || !o.heads.is_multiple_of(o.kv_heads) {
                     return Err(bad(
                         op,

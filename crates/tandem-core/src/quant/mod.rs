@@ -5,6 +5,7 @@ pub mod blocks;
 mod iq4;
 mod kquantize;
 mod kquants;
+pub mod kv;
 mod q5;
 mod rows;
 pub use rows::{slice_rows, stack_rows};
@@ -86,27 +87,16 @@ fn quantize_into(src: &[f32], dtype: DType, out: &mut [u8]) {
         let start = b * QBLOCK;
         let block = &src[start..(start + QBLOCK).min(src.len())];
         let (d, m) = match dtype {
-            DType::Q8_0 => {
-                let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
-                let d = amax / 127.0;
-                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-                for (i, &x) in block.iter().enumerate() {
-                    out[start + i] = ((x * id).round().clamp(-127.0, 127.0) as i8) as u8;
+            DType::Q8_0 | DType::Q4_0 => {
+                let mut codes = [0u8; QBLOCK];
+                let d = kv::quantize_block(dtype, block, &mut codes);
+                for (i, &c) in codes.iter().enumerate() {
+                    match dtype {
+                        DType::Q8_0 => out[start + i] = c,
+                        _ => set_nibble(out, start + i, c),
+                    }
                 }
-                (d, 0.0)
-            }
-            DType::Q4_0 => {
-                // Signed absmax mapped to -8 keeps the full 16 levels in use (as ggml does).
-                let max = block.iter().fold(0f32, |a, &x| if x.abs() > a.abs() { x } else { a });
-                let d = max / -8.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                for (i, &x) in block.iter().enumerate() {
-                    set_nibble(out, start + i, ((x * id + 8.5) as i32).clamp(0, 15) as u8);
-                }
-                for i in block.len()..QBLOCK {
-                    set_nibble(out, start + i, 8); // zero padding
-                }
-                (d, 0.0)
+                (d.to_f32(), 0.0)
             }
             DType::Q4_1 => {
                 let min = block.iter().fold(f32::INFINITY, |a, &x| a.min(x));

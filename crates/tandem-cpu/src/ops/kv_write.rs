@@ -3,6 +3,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use tandem_core::ops::{check_indices, KvWrite};
+use tandem_core::quant::kv;
 use tandem_core::{DType, Result};
 
 use crate::table::{Buffer, Table};
@@ -45,7 +46,11 @@ fn write_both(
     for (cache, src) in [(ck, k), (cv, v)] {
         match op.kv_dtype {
             DType::F32 => reference_f32(cache.f32_mut(), src, slots, row),
-            _ => reference_f16(cache.f16_mut(), src, slots, row),
+            DType::F16 => reference_f16(cache.f16_mut(), src, slots, row),
+            q => {
+                let numel = cache.numel;
+                kv::write_rows(cache.bytes_mut(), q, numel, src, slots, row);
+            }
         }
     }
     Ok(())

@@ -18,7 +18,7 @@
 
 use std::cell::RefCell;
 
-use super::{axpy, Geom, KvElem, Rows};
+use super::{axpy, Geom, KvSrc, Rows};
 use crate::ops::{dot, exp_sub, max, sum};
 use crate::Exec;
 
@@ -38,11 +38,11 @@ thread_local! {
 type Task = (usize, usize, usize, usize);
 
 /// q: [decode rows, heads, head_dim]; out: the same.
-pub(super) fn run<T: KvElem>(
+pub(super) fn run<C: KvSrc>(
     ex: Exec,
     q: &[f32],
-    ck: &[T],
-    cv: &[T],
+    ck: C,
+    cv: C,
     rows: &Rows,
     out: &mut [f32],
     g: Geom,
@@ -174,20 +174,19 @@ pub(super) fn softmax_parts(scores: &mut [f32], part: &mut [f32], g: Geom, len: 
 }
 
 /// The arguments of [`score_part`] that say what to score.
-pub(super) type Part<'a, T> =
-    (&'a [f32], &'a [T], &'a [T], &'a [u32], std::ops::Range<usize>, usize, Geom);
+pub(super) type Part<'a, C> = (&'a [f32], C, C, &'a [u32], std::ops::Range<usize>, usize, Geom);
 
 /// Positions `ts` of KV head `kvh` for the query heads `qs` ([group][head_dim]); writes each
 /// head's [max, sum, unnormalized output] into `part`. scratch: [group * PART + head_dim].
 #[inline(always)]
-fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], part: &mut [f32]) {
+fn score_part<C: KvSrc>(args: Part<C>, scratch: &mut [f32], part: &mut [f32]) {
     let (qs, ck, cv, table, ts, kvh, g) = args;
     let (hd, len) = (g.hd, ts.len());
     let group = qs.len() / hd;
     let (scores, buf) = scratch.split_at_mut(group * PART);
     for (j, t) in ts.clone().enumerate() {
         let off = g.kv_at(table, t, kvh);
-        let k = T::row(&ck[off..off + hd], buf);
+        let k = ck.row(off, hd, buf);
         for (gi, qv) in qs.chunks_exact(hd).enumerate() {
             scores[gi * PART + j] = dot(qv, k) * g.scale;
         }
@@ -198,7 +197,7 @@ fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], part: &mut [f32]) {
     }
     for (j, t) in ts.enumerate() {
         let off = g.kv_at(table, t, kvh);
-        let v = T::row(&cv[off..off + hd], buf);
+        let v = cv.row(off, hd, buf);
         for (gi, p) in part.chunks_exact_mut(hd + 2).enumerate() {
             axpy(&mut p[2..], scores[gi * PART + j], v);
         }

@@ -10,20 +10,7 @@
 use std::arch::x86_64::*;
 
 use super::decode::{Part, PART};
-use super::KvElem;
-
-/// Eight cache elements at `p` as f32.
-#[inline(always)]
-unsafe fn load8<T: KvElem>(p: *const T) -> __m256 {
-    // SAFETY: callers pass 8 readable elements and run with AVX2 + F16C.
-    unsafe {
-        if T::F16 {
-            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-        } else {
-            _mm256_loadu_ps(p as *const f32)
-        }
-    }
-}
+use super::KvSrc;
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -41,7 +28,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; head_dim % 8 == 0.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], part: &mut [f32]) {
+pub(super) unsafe fn score_part<C: KvSrc>(args: Part<C>, scratch: &mut [f32], part: &mut [f32]) {
     let (qs, ck, cv, table, ts, kvh, g) = args;
     let (hd, len) = (g.hd, ts.len());
     let group = qs.len() / hd;
@@ -71,7 +58,7 @@ pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], p
                 for c in (0..hd).step_by(8) {
                     let qc = _mm256_loadu_ps(qv.as_ptr().add(c));
                     for p in 0..4 {
-                        acc[p] = _mm256_fmadd_ps(qc, load8(ck.as_ptr().add(o[p] + c)), acc[p]);
+                        acc[p] = _mm256_fmadd_ps(qc, ck.load8(o[p] + c), acc[p]);
                     }
                 }
                 // Four lane sums at once: lanes [p0 p1 p2 p3] after the pairwise adds.
@@ -89,7 +76,7 @@ pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], p
                 for c in (0..hd).step_by(8) {
                     acc = _mm256_fmadd_ps(
                         _mm256_loadu_ps(qv.as_ptr().add(c)),
-                        load8(ck.as_ptr().add(offs[j] + c)),
+                        ck.load8(offs[j] + c),
                         acc,
                     );
                 }
@@ -122,7 +109,7 @@ pub(super) unsafe fn score_part<T: KvElem>(args: Part<T>, scratch: &mut [f32], p
                         });
                         for i in 0..4 {
                             if i < nc {
-                                let v = load8(cv.as_ptr().add(off + c + 8 * i));
+                                let v = cv.load8(off + c + 8 * i);
                                 for h in 0..3 {
                                     if h < nh {
                                         acc[h][i] = _mm256_fmadd_ps(e[h], v, acc[h][i]);

@@ -14,10 +14,8 @@
 //! position (and the op's window and soft-cap) only, never on what else is in the batch (see
 //! each file).
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
 use tandem_core::ops::Attention;
-use tandem_core::{DType, Result};
+use tandem_core::{DType, QuantView, Result};
 
 use crate::ops::tanh;
 use crate::table::Table;
@@ -26,7 +24,11 @@ use crate::Exec;
 mod decode;
 #[cfg(target_arch = "x86_64")]
 mod decode_avx2;
+mod kv;
 mod prefill;
+
+pub(crate) use kv::KvSrc;
+use kv::{Q4, Q8};
 
 const OP: &str = "attention";
 
@@ -48,14 +50,25 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
         let g = Geom::new(op);
         let rows = Rows { positions, starts, tables, decode: op.decode_rows };
         let out = &mut out.f32_mut()[..len];
-        match (op.kv_dtype, ex.fast) {
-            (DType::F32, false) => reference(q, ck.f32(), cv.f32(), &rows, out, g),
-            (_, false) => reference(q, ck.f16(), cv.f16(), &rows, out, g),
-            (DType::F32, true) => fast(ex, q, ck.f32(), cv.f32(), &rows, out, g),
-            (_, true) => fast(ex, q, ck.f16(), cv.f16(), &rows, out, g),
+        match op.kv_dtype {
+            DType::F32 => attend(ex, q, ck.f32(), cv.f32(), &rows, out, g),
+            DType::F16 => attend(ex, q, ck.f16(), cv.f16(), &rows, out, g),
+            DType::Q8_0 => {
+                let (k, v) = (quant(op.kv_dtype, ck), quant(op.kv_dtype, cv));
+                attend(ex, q, Q8 { qs: k.qs, d: k.d }, Q8 { qs: v.qs, d: v.d }, &rows, out, g)
+            }
+            _ => {
+                let (k, v) = (quant(op.kv_dtype, ck), quant(op.kv_dtype, cv));
+                attend(ex, q, Q4 { qs: k.qs, d: k.d }, Q4 { qs: v.qs, d: v.d }, &rows, out, g)
+            }
         }
         Ok(())
     })
+}
+
+/// A quantized cache's codes and scales.
+fn quant(dtype: DType, b: &crate::table::Buffer) -> QuantView<'_> {
+    QuantView::new(dtype, b.numel, b.bytes())
 }
 
 /// The queries' positions and block tables.
@@ -81,42 +94,6 @@ impl Rows<'_> {
     #[inline(always)]
     fn table(&self, i: usize) -> &[u32] {
         &self.tables[self.starts[i] as usize..]
-    }
-}
-
-/// A cache element type: f32, or f16 widened to f32 on load.
-pub(crate) trait KvElem: Copy + Sync {
-    /// Stored as f16 (else f32): what the AVX2 kernels load.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    const F16: bool;
-    fn to_f32(self) -> f32;
-    /// `src` as f32: itself for an f32 cache (no copy), else widened into `buf`.
-    fn row<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
-}
-
-impl KvElem for f32 {
-    const F16: bool = false;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self
-    }
-    #[inline(always)]
-    fn row<'a>(src: &'a [f32], _: &'a mut [f32]) -> &'a [f32] {
-        src
-    }
-}
-
-impl KvElem for f16 {
-    const F16: bool = true;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-    #[inline(always)]
-    fn row<'a>(src: &'a [f16], buf: &'a mut [f32]) -> &'a [f32] {
-        let buf = &mut buf[..src.len()];
-        src.convert_to_f32_slice(buf);
-        buf
     }
 }
 
@@ -185,14 +162,7 @@ impl Geom {
 }
 
 /// q, out: [n, heads, head_dim]; ck, cv: [num_blocks, block_size, kv_heads, head_dim].
-pub(crate) fn reference<T: KvElem>(
-    q: &[f32],
-    ck: &[T],
-    cv: &[T],
-    rows: &Rows,
-    out: &mut [f32],
-    g: Geom,
-) {
+pub(crate) fn reference<C: KvSrc>(q: &[f32], ck: C, cv: C, rows: &Rows, out: &mut [f32], g: Geom) {
     let hd = g.hd;
     for i in 0..rows.positions.len() {
         let (pos, table) = (rows.pos(i), rows.table(i));
@@ -206,7 +176,7 @@ pub(crate) fn reference<T: KvElem>(
                 let off = g.kv_at(table, t, kvh);
                 let mut s = 0f32;
                 for d in 0..hd {
-                    s += qv[d] * ck[off + d].to_f32();
+                    s += qv[d] * ck.get(off + d);
                 }
                 scores[t - first] = g.cap(s * g.scale);
             }
@@ -222,15 +192,24 @@ pub(crate) fn reference<T: KvElem>(
                 let p = scores[t - first] / sum;
                 let off = g.kv_at(table, t, kvh);
                 for d in 0..hd {
-                    o[d] += p * cv[off + d].to_f32();
+                    o[d] += p * cv.get(off + d);
                 }
             }
         }
     }
 }
 
+/// The reference's loops, or the fast kernels.
+fn attend<C: KvSrc>(ex: Exec, q: &[f32], ck: C, cv: C, rows: &Rows, out: &mut [f32], g: Geom) {
+    if ex.fast {
+        fast(ex, q, ck, cv, rows, out, g)
+    } else {
+        reference(q, ck, cv, rows, out, g)
+    }
+}
+
 /// Decode rows, then prompt rows (each kind in its own file).
-fn fast<T: KvElem>(ex: Exec, q: &[f32], ck: &[T], cv: &[T], rows: &Rows, out: &mut [f32], g: Geom) {
+fn fast<C: KvSrc>(ex: Exec, q: &[f32], ck: C, cv: C, rows: &Rows, out: &mut [f32], g: Geom) {
     let (dec_out, pre_out) = out.split_at_mut(rows.decode * g.heads * g.hd);
     if rows.decode > 0 {
         decode::run(ex, q, ck, cv, rows, dec_out, g);

@@ -6,7 +6,7 @@
 //! of its window (tiles wholly before every window of the query tile are never loaded), so a
 //! row's arithmetic depends on its position and the window only.
 
-use super::{axpy, Geom, KvElem, Rows};
+use super::{axpy, Geom, KvSrc, Rows};
 use crate::ops::{dot, exp_sub, max, sum};
 use crate::Exec;
 
@@ -16,11 +16,11 @@ const BQ: usize = 8;
 const BT: usize = 32;
 
 /// q: all rows [n, heads, head_dim]; out: the prompt rows' outputs [n - decode, heads, head_dim].
-pub(super) fn run<T: KvElem>(
+pub(super) fn run<C: KvSrc>(
     ex: Exec,
     q: &[f32],
-    ck: &[T],
-    cv: &[T],
+    ck: C,
+    cv: C,
     rows: &Rows,
     out: &mut [f32],
     g: Geom,
@@ -57,7 +57,7 @@ pub(super) fn run<T: KvElem>(
             unsafe { unit_avx2(&inputs, kvh, i0, &mut acc) };
             return acc;
         }
-        unit::<T, false>(&inputs, kvh, i0, &mut acc);
+        unit::<C, false>(&inputs, kvh, i0, &mut acc);
         acc
     });
     for (u, acc) in parts.iter().enumerate() {
@@ -75,19 +75,19 @@ pub(super) fn run<T: KvElem>(
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn unit_avx2<T: KvElem>(u: &Inputs<T>, kvh: usize, i0: usize, acc: &mut [f32]) {
+unsafe fn unit_avx2<C: KvSrc>(u: &Inputs<C>, kvh: usize, i0: usize, acc: &mut [f32]) {
     if u.g.hd.is_multiple_of(8) {
-        unit::<T, true>(u, kvh, i0, acc)
+        unit::<C, true>(u, kvh, i0, acc)
     } else {
-        unit::<T, false>(u, kvh, i0, acc)
+        unit::<C, false>(u, kvh, i0, acc)
     }
 }
 
 /// What every work unit reads (see [`run`]).
-struct Inputs<'a, T> {
+struct Inputs<'a, C> {
     q: &'a [f32],
-    ck: &'a [T],
-    cv: &'a [T],
+    ck: C,
+    cv: C,
     qrows: &'a Rows<'a>,
     g: Geom,
 }
@@ -96,7 +96,7 @@ struct Inputs<'a, T> {
 /// positions) for the query heads of KV head `kvh`. acc: [rows, group, head_dim]. `AVX`: use
 /// the hand-written AVX2 dot and V sums (only inside [`unit_avx2`], with head_dim % 8 == 0).
 #[inline(always)]
-fn unit<T: KvElem, const AVX: bool>(u: &Inputs<T>, kvh: usize, i0: usize, acc: &mut [f32]) {
+fn unit<C: KvSrc, const AVX: bool>(u: &Inputs<C>, kvh: usize, i0: usize, acc: &mut [f32]) {
     let Inputs { q, ck, cv, qrows, g } = *u;
     let (hd, group) = (g.hd, g.heads / g.kv_heads);
     let rows = acc.len() / (group * hd);
@@ -118,8 +118,8 @@ fn unit<T: KvElem, const AVX: bool>(u: &Inputs<T>, kvh: usize, i0: usize, acc: &
         // Entries before `lo` stay empty: no query of the tile reads them.
         for ((j, (kb, vb)), t) in bufs.enumerate().zip(t0..t1).skip(lo.saturating_sub(t0)) {
             let off = g.kv_at(table, t, kvh);
-            ks[j] = T::row(&ck[off..off + hd], kb);
-            vs[j] = T::row(&cv[off..off + hd], vb);
+            ks[j] = ck.row(off, hd, kb);
+            vs[j] = cv.row(off, hd, vb);
         }
         for r in 0..rows {
             let pos = qrows.pos(i0 + r);
