@@ -75,6 +75,36 @@ pub fn stories_greedy<B: Backend>(backend: B, opts: &ModelOptions) -> Result<(),
     Ok(())
 }
 
+/// stories260K's reference sequence read teacher-forced (the prompt and all 200 greedy tokens in
+/// one pass): how far below each row's top logit the reference's next token lies (0 where it is
+/// the top), as (largest gap, rows where it is not the top).
+pub fn stories_forced_gaps<B: Backend>(
+    backend: B,
+    opts: &ModelOptions,
+) -> Result<(f32, usize), Skip> {
+    let dir = stories_dir()?;
+    let reference = read_json(&dir.join("reference_greedy.json"));
+    let source = loader::open(&dir).expect("open stories260K");
+    let mut model = load(backend, &source, opts);
+    let (prompt, expected) = (ids(&reference["input_ids"]), ids(&reference["greedy_token_ids"]));
+    let tokens = [&prompt[..], &expected[..expected.len() - 1]].concat();
+    let mut seq = model.new_sequence();
+    let Output::Logits(logits) =
+        pollster::block_on(model.forward(&mut seq, &tokens, Want::AllLogits)).expect("forward")
+    else {
+        unreachable!("asked for every row's logits")
+    };
+    model.release(&mut seq);
+    let vocab = model.config.vocab_size;
+    let rows = logits.chunks_exact(vocab).skip(prompt.len() - 1);
+    let gaps: Vec<f32> = rows
+        .zip(&expected)
+        .map(|(row, &t)| row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) - row[t as usize])
+        .collect();
+    assert_eq!(gaps.len(), expected.len());
+    Ok((gaps.iter().fold(0f32, |m, &g| m.max(g)), gaps.iter().filter(|&&g| g > 0.0).count()))
+}
+
 /// SmolLM2's chat prompt through the chat template: exact input ids, then exact greedy ids
 /// (up to and including EOS). With `check_logits`, the top-5 logits at the last prompt
 /// position must match HF's within 0.05.
@@ -88,6 +118,15 @@ pub fn smollm_chat_as<B: Backend>(
     check_logits: bool,
     weight_dtype: Option<DType>,
 ) -> Result<(), Skip> {
+    smollm_chat_opts(backend, check_logits, ModelOptions { weight_dtype, ..Default::default() })
+}
+
+/// [`smollm_chat`] with these model options (a context of 512 whatever they say).
+pub fn smollm_chat_opts<B: Backend>(
+    backend: B,
+    check_logits: bool,
+    opts: ModelOptions,
+) -> Result<(), Skip> {
     let gguf = smollm_gguf()?;
     let reference_path = smollm_reference()?;
     let reference = read_json(&reference_path);
@@ -99,8 +138,7 @@ pub fn smollm_chat_as<B: Backend>(
         .expect("encode");
     assert_eq!(prompt, ids(&reference["input_ids"]), "chat prompt tokens");
 
-    let mut model =
-        load(backend, &source, &ModelOptions { context: 512, weight_dtype, ..Default::default() });
+    let mut model = load(backend, &source, &ModelOptions { context: 512, ..opts });
     if check_logits {
         let mut seq = model.new_sequence();
         let Output::Logits(logits) =

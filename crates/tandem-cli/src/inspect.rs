@@ -62,10 +62,14 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         total as f64 / 1048576.0,
         total as f64 * 8.0 / params.max(1) as f64
     );
+    let per_dtype: Vec<String> = tandem_core::quant::kv::KV_DTYPES
+        .iter()
+        .filter(|&&d| tandem_core::quant::kv::row_fits(d, c.n_kv_heads * c.head_dim))
+        .map(|&d| format!("{} {d}", c.kv_bytes_per_token(d)))
+        .collect();
     println!(
-        "KV cache/token: {} bytes f32, {} bytes f16 (2 x {} layers x {} kv heads x {} head_dim x element)",
-        c.kv_bytes_per_token(4),
-        c.kv_bytes_per_token(2),
+        "KV cache/token: {} bytes (2 x {} layers x {} kv heads x {} head_dim)",
+        per_dtype.join(", "),
         c.n_layers,
         c.n_kv_heads,
         c.head_dim

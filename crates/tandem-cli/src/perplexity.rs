@@ -36,6 +36,8 @@ pub struct PerplexityArgs {
     /// Convert weight matrices at load time (as `tandem run --dtype`).
     #[arg(long, value_enum)]
     dtype: Option<WeightDtype>,
+    /// KV cache storage: f32, f16, or q8_0 / q4_0 blocks (about 2x / 4x the tokens of f16 in
+    /// the same memory, attention reading them as they are).
     #[arg(long, value_enum, default_value = "f32")]
     kv_dtype: KvDtype,
 }

@@ -15,7 +15,7 @@ use tandem_core::{Backend, DType, Error, Result};
 use tandem_server::{EngineSeat, Server, ServerConfig};
 
 use crate::backend::{dispatch, BackendArgs, WithBackend};
-use crate::run::{load_model, KvDtype, WeightDtype};
+use crate::run::{load_model, FloatDtype, KvDtype, WeightDtype};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -29,6 +29,8 @@ pub struct ServeArgs {
     /// Convert weight matrices at load time (as `tandem run --dtype`).
     #[arg(long, value_enum)]
     dtype: Option<WeightDtype>,
+    /// KV cache storage: f32, f16, or q8_0 / q4_0 blocks (about 2x / 4x the tokens of f16 in
+    /// the same memory, attention reading them as they are).
     #[arg(long, value_enum, default_value = "f32")]
     kv_dtype: KvDtype,
     /// Address to listen on; loopback unless you mean to serve other machines.
@@ -81,7 +83,7 @@ struct LoraArgs {
     max_lora_rank: Option<usize>,
     /// How the adapters are stored on the backend.
     #[arg(long, value_enum, default_value = "f32")]
-    lora_dtype: KvDtype,
+    lora_dtype: FloatDtype,
     /// Let clients load and unload adapters (POST /v1/load_lora_adapter with a path on this
     /// machine, /v1/unload_lora_adapter).
     #[arg(long)]
@@ -255,12 +257,14 @@ impl WithBackend for Engine<'_> {
         };
         let spec = spec.map(|sp| sp.build(another, &opts)).transpose()?;
         eprintln!(
-            "serving {} as '{}': context {}, KV pool {} blocks ({} tokens)",
+            "serving {} as '{}': context {}, KV pool {} blocks ({} tokens, {} at {} bytes a token)",
             self.path.display(),
             self.seat.model_name(),
             model.context(),
             model.kv.total_blocks(),
-            model.kv.capacity()
+            model.kv.capacity(),
+            model.kv.dtype,
+            model.config.kv_bytes_per_token(model.kv.dtype)
         );
         self.seat.serve_adapters(model, tokenizer, s.sched, spec, adapters)
     }

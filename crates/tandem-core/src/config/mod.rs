@@ -174,9 +174,10 @@ pub struct LayerAttention {
 }
 
 impl ModelConfig {
-    /// Bytes of KV cache per token: 2 (K and V) x layers x kv_heads x head_dim x element size.
-    pub fn kv_bytes_per_token(&self, elem_bytes: usize) -> usize {
-        2 * self.n_layers * self.n_kv_heads * self.head_dim * elem_bytes
+    /// Bytes of KV cache per token in `dtype`: 2 (K and V) x layers x one cache row of
+    /// kv_heads x head_dim values (with their block scales for q8_0 and q4_0).
+    pub fn kv_bytes_per_token(&self, dtype: crate::DType) -> usize {
+        2 * self.n_layers * crate::quant::kv::row_bytes(dtype, self.n_kv_heads * self.head_dim)
     }
 
     /// Rotated elements of each head (even; head_dim unless rotary is partial).

@@ -22,6 +22,17 @@ pub fn row_fits(dtype: DType, row: usize) -> bool {
     !KV_QUANT.contains(&dtype) || row.is_multiple_of(QBLOCK)
 }
 
+/// Bytes of one cache row of `row` values in `dtype` (the quantized types' 32-value blocks
+/// with their f16 scales: 34 bytes for q8_0, 18 for q4_0).
+pub fn row_bytes(dtype: DType, row: usize) -> usize {
+    match dtype {
+        DType::Q8_0 => row / QBLOCK * 34,
+        DType::Q4_0 => row / QBLOCK * 18,
+        DType::F16 => row * 2,
+        _ => row * 4,
+    }
+}
+
 /// One block of `x` (at most 32 values, missing ones zero) as `dtype`'s codes (q8_0: the i8's
 /// bytes; q4_0: the nibble values 0..=15, one per byte) and its scale d, rounded as ggml does:
 /// q8_0 d = absmax / 127, codes round(x / d) (half away from zero); q4_0 d = -m / 8 for m
