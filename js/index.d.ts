@@ -44,6 +44,12 @@ export interface EngineOptions {
    * fit it fails.
    */
   kvTokens?: number;
+  /**
+   * How the KV cache stores keys and values: 'f32' (default), 'f16', or 'q8_0' / 'q4_0' blocks
+   * of 32 values with a scale (about half / a quarter of f16's memory a token: longer
+   * conversations in a small GPU; attention reads them as they are).
+   */
+  kvDtype?: 'f32' | 'f16' | 'q8_0' | 'q4_0';
   /** Use shader-f16 when the adapter has it (default true). */
   allowF16?: boolean;
   /**

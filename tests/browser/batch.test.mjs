@@ -68,9 +68,9 @@ function skipped(t, reason) {
 }
 
 /** The four requests alone, then all at once (streamed), on one engine on `backend`. */
-function concurrentVsSolo(backend) {
-  return browser.page.evaluate(async (backend) => {
-    const engine = await window.loadChatEngine({ backend });
+function concurrentVsSolo(backend, options = {}) {
+  return browser.page.evaluate(async ([backend, options]) => {
+    const engine = await window.loadChatEngine({ backend, ...options });
     const solo = await window.solo(engine);
     // Every chunk of every request, in the order they arrive.
     const arrivals = [];
@@ -95,7 +95,7 @@ function concurrentVsSolo(backend) {
     const result = { info: engine.info, backend: engine.backend, solo, together, arrivals, ms };
     await engine.unload();
     return result;
-  }, backend);
+  }, [backend, options]);
 }
 
 function checkConcurrent(r, label) {
@@ -219,4 +219,27 @@ test('batching options: maxSeqs and kvTokens in engine.info; bad values and requ
   assert.ok(r.queued > 0, `the third waited for a slot (${r.queued} ms)`);
   assert.match(r.tooLong ?? '', /^true .*the KV cache holds 64/);
   assert.match(r.badSeqs ?? '', /^true maxSeqs must be at least 1/);
+});
+
+test('a q8_0 KV cache: its size in engine.info, batched requests equal to each alone; a bad kvDtype is a clear error', { timeout: 300_000 }, async (t) => {
+  if (skip) return skipped(t, skip);
+  const gpuSkip = await webgpuSkipReason(browser.page);
+  if (gpuSkip) console.log(`SKIP q8_0 KV cache on webgpu: ${gpuSkip}`);
+  for (const backend of gpuSkip ? ['cpu'] : ['webgpu', 'cpu']) {
+    const r = await concurrentVsSolo(backend, { kvDtype: 'q8_0' });
+    const m = r.info.model;
+    assert.equal(m.kv_dtype, 'q8_0', backend);
+    // stories260K: 5 layers, K and V, rows of 4 KV heads x 8 = one block of 32 (34 bytes).
+    assert.equal(m.kv_bytes_per_token, 2 * 5 * 34, backend);
+    r.together.forEach((got, i) => assert.deepEqual(got.tokens, r.solo[i].tokens, `${backend}: request ${i} batched vs alone`));
+    console.log(`${backend}: q8_0 KV, ${m.kv_bytes_per_token} bytes a token; four requests batched equal each alone`);
+  }
+  const bad = await browser.page.evaluate(async () => {
+    try {
+      await window.loadChatEngine({ backend: 'cpu', kvDtype: 'q3' });
+    } catch (e) {
+      return `${e instanceof Error} ${e.message}`;
+    }
+  });
+  assert.match(bad ?? '', /^true kvDtype must be one of f32, f16, q8_0, q4_0, not 'q3'/);
 });

@@ -96,8 +96,55 @@ fn inspect_reports_shapes_and_kv_bytes() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.contains("model.layers.0.mlp.down_proj.weight"), "{stdout}");
-    // 2 x 5 layers x 4 kv heads x 8 head_dim x 4 bytes
-    assert!(stdout.contains("KV cache/token: 1280 bytes f32, 640 bytes f16"), "{stdout}");
+    // 2 x 5 layers x 4 kv heads x 8 head_dim x 4 bytes; q8_0 and q4_0: one block of 32 a row
+    // (34 and 18 bytes).
+    assert!(
+        stdout.contains("KV cache/token: 1280 f32, 640 f16, 340 q8_0, 180 q4_0 bytes"),
+        "{stdout}"
+    );
+}
+
+/// `tandem serve --kv-cache-memory`: the same bytes hold about twice the tokens at q8_0 as at
+/// f16 and four times at q4_0 (less the scales: 640 / 340 and 640 / 180 bytes a token), as its
+/// startup line says.
+#[test]
+fn serve_fits_more_tokens_in_the_same_kv_memory_when_quantized() {
+    use std::io::{BufRead, BufReader};
+    let Some(dir) = stories() else { return };
+    let mut tokens = vec![];
+    for kv in ["f16", "q8_0", "q4_0"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["serve", "--model", p(&dir), "--backend", "cpu", "--port", "0"])
+            .args(["--kv-cache-memory", "1MiB", "--kv-dtype", kv])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start tandem serve");
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let line = lines.map_while(|l| l.ok()).find(|l| l.contains("KV pool"));
+        let _ = child.kill();
+        let _ = child.wait();
+        let line = line.unwrap_or_else(|| panic!("{kv}: no startup line"));
+        assert!(line.contains(&format!("{kv} at ")), "{line}");
+        // "KV pool N blocks (T tokens, ..."
+        let t = line.split(" blocks (").nth(1).and_then(|r| r.split(' ').next());
+        tokens.push(t.and_then(|t| t.parse::<f64>().ok()).unwrap_or_else(|| panic!("{line}")));
+    }
+    let (q8, q4) = (tokens[1] / tokens[0], tokens[2] / tokens[0]);
+    assert!((q8 - 640.0 / 340.0).abs() < 0.02 && (q4 - 640.0 / 180.0).abs() < 0.04, "{tokens:?}");
+}
+
+#[test]
+fn kv_dtypes_a_model_or_backend_cannot_store_are_refused_with_the_choices() {
+    // An unknown name is clap's usage error (exit 2), listing the choices.
+    let out = tandem(&["run", "--kv-dtype", "q3", "hi"]);
+    let err = text(&out.stderr);
+    assert!(out.status.code() == Some(2) && err.contains("f32, f16, q8_0, q4_0"), "{err}");
+    // Rows of 2 KV heads x 8 values are not whole blocks of 32.
+    let config = synthetic_config("kv16", r#"{"num_key_value_heads": 2}"#);
+    let err = fails(&bench(&config, &["--kv-dtype", "q8_0"]), "q8_0");
+    assert!(err.contains("32"), "{err}");
+    let out = tandem(&bench(&config, &["--kv-dtype", "f16"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
 #[test]

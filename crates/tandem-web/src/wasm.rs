@@ -65,6 +65,9 @@ struct EngineOptions {
     /// tokens at the default 2048). A request that finds it full waits, or is
     /// preempted and recomputed later, so only speed depends on it.
     kv_tokens: Option<usize>,
+    /// How the KV cache stores keys and values: "f32" (the default), "f16", or "q8_0" /
+    /// "q4_0" blocks (about a half / a quarter of f16's memory a token).
+    kv_dtype: Option<String>,
     /// Use `shader-f16` where the adapter has it (default true).
     allow_f16: Option<bool>,
     /// LoRA adapters held on the backend at once (default 0: adapters off), their largest
@@ -75,6 +78,18 @@ struct EngineOptions {
 }
 
 impl EngineOptions {
+    fn kv_dtype(&self) -> Result<Option<DType>, JsValue> {
+        let Some(name) = self.kv_dtype.as_deref() else { return Ok(None) };
+        let kinds = tandem_core::quant::kv::KV_DTYPES;
+        match kinds.iter().find(|d| d.name() == name) {
+            Some(&d) => Ok(Some(d)),
+            None => {
+                let names: Vec<&str> = kinds.iter().map(|d| d.name()).collect();
+                Err(js_error(format!("kvDtype must be one of {}, not '{name}'", names.join(", "))))
+            }
+        }
+    }
+
     fn lora(&self) -> Result<Option<LoraOptions>, JsValue> {
         let slots = self.max_loras.unwrap_or(0);
         let dtype = match self.lora_dtype.as_deref() {
@@ -230,6 +245,7 @@ impl Loader {
             return Err(js_error("kvTokens must be at least 1"));
         }
         let lora = opts.lora()?;
+        let kv_dtype = opts.kv_dtype()?.unwrap_or(defaults.kv_dtype);
         let (mut backend, info) = choose_backend(&opts).await?;
         if let WebBackend::Cpu(cpu) = &mut backend {
             // Only speed depends on it (see `warm`): a failure here would fail the load later.
@@ -237,6 +253,7 @@ impl Loader {
         }
         let model_opts = ModelOptions {
             context,
+            kv_dtype,
             kv_blocks: Some(kv_tokens.div_ceil(defaults.block_size)),
             ..defaults
         };
