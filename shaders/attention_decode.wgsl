@@ -2,8 +2,8 @@
 // split-K ("flash decoding").
 // q, out: [.., heads, head_dim] f32, rows 0..decode_rows; positions, table_starts: [rows] u32
 // (row i attends to positions 0..=positions[i] of the block table at tables[table_starts[i]..]);
-// cache_k, cache_v: [blocks, block_size, kv_heads, head_dim] as u32 words (f32 bits, or two f16
-// per word when KV_F16); scratch: [rows, heads, max_parts, head_dim + 2] f32 partial results.
+// cache_k, cache_v: [blocks, block_size, kv_heads, head_dim] as u32 words of KV_DTYPE (kv_load:
+// shaders/attention_kv.wgsl, appended to this file); scratch: [rows, heads, max_parts, head_dim + 2] f32 partial results.
 //
 // partial: one workgroup per (partition of PART positions, head, row), one invocation per
 //   position. Writes the partition's max m, sum l = sum exp(s - m) and acc = sum exp(s - m) v
@@ -30,6 +30,9 @@ struct Params {
     max_parts: u32,
     window: u32,
     softcap: f32,
+    // Word offsets of the scales in cache_k and cache_v (quantized caches only).
+    k_scales: u32,
+    v_scales: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -42,28 +45,12 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 @group(0) @binding(8) var<storage, read_write> scratch: array<f32>;
 
-override KV_F16: bool = false;
-
 const PART: u32 = 64u; // positions per partition = invocations per workgroup
 const HDMAX: u32 = 256u;
 
 var<workgroup> qs: array<f32, HDMAX>;
 var<workgroup> red: array<f32, PART>;
 var<workgroup> probs: array<f32, PART>;
-
-fn load_k(e: u32) -> f32 {
-    if KV_F16 {
-        return unpack2x16float(cache_k[e / 2u])[e & 1u];
-    }
-    return bitcast<f32>(cache_k[e]);
-}
-
-fn load_v(e: u32) -> f32 {
-    if KV_F16 {
-        return unpack2x16float(cache_v[e / 2u])[e & 1u];
-    }
-    return bitcast<f32>(cache_v[e]);
-}
 
 // Offset of position t's vector for kv head kvh in the table starting at tables[start].
 fn kv_base(start: u32, t: u32, kvh: u32) -> u32 {
@@ -112,7 +99,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         let base = kv_base(start, t, kvh);
         var dotv = 0.0;
         for (var d = 0u; d < hd; d++) {
-            dotv += qs[d] * load_k(base + d);
+            dotv += qs[d] * kv_load(true, base + d);
         }
         s = dotv * p.scale;
         if p.softcap > 0.0 {
@@ -147,7 +134,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     for (var d = lid; d < hd; d += PART) {
         var a = 0.0;
         for (var tt = lo; tt < cnt; tt++) {
-            a += probs[tt] * load_v(kv_base(start, t0 + tt, kvh) + d);
+            a += probs[tt] * kv_load(false, kv_base(start, t0 + tt, kvh) + d);
         }
         if single {
             out[qo + d] = a / l;

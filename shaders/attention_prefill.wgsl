@@ -2,7 +2,7 @@
 // rows of a ragged batch. q, out: [.., heads, head_dim] f32, rows row0..row0 + n; positions,
 // table_starts: [..] u32 (row i attends to positions 0..=positions[i] of the block table at
 // tables[table_starts[i]..]); cache_k, cache_v: [blocks, block_size, kv_heads, head_dim] as u32
-// words (f32 bits, or two f16 per word when KV_F16).
+// words of KV_DTYPE (kv_load: shaders/attention_kv.wgsl, appended to this file).
 //
 // One workgroup per (tile of 16 rows, head): 16 invocations per row, each owning the head dims
 // lane, lane + 16, ... of the running accumulator. A tile may straddle sequences: it walks its
@@ -33,6 +33,9 @@ struct Params {
     max_ctx: u32,
     window: u32,
     softcap: f32,
+    // Word offsets of the scales in cache_k and cache_v (quantized caches only).
+    k_scales: u32,
+    v_scales: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -44,8 +47,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read> tables: array<u32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 
-override KV_F16: bool = false;
-
 const BQ: u32 = 16u;  // rows per workgroup
 const TQ: u32 = 16u;  // invocations per row
 const BT: u32 = 8u;   // positions per K/V tile
@@ -55,19 +56,6 @@ const CMAX: u32 = 8u; // HDMAX / TQ
 var<workgroup> kt: array<f32, 1024>;   // [BT][HDMAX]
 var<workgroup> vt: array<f32, 1024>;   // [BT][HDMAX]
 var<workgroup> red: array<f32, 2048>;  // [BT][BQ][TQ] partial dot products
-
-fn load(buf_is_k: bool, e: u32) -> f32 {
-    var word: u32;
-    if buf_is_k {
-        word = cache_k[select(e, e / 2u, KV_F16)];
-    } else {
-        word = cache_v[select(e, e / 2u, KV_F16)];
-    }
-    if KV_F16 {
-        return unpack2x16float(word)[e & 1u];
-    }
-    return bitcast<f32>(word);
-}
 
 fn position(i: u32) -> u32 {
     return min(positions[i], p.max_ctx - 1u);
@@ -131,8 +119,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 if t >= lo_t && t <= last {
                     let row = tables[start + t / p.block_size] * p.block_size + t % p.block_size;
                     let e = (row * p.kv_heads + kvh) * hd + d;
-                    kt[tt * HDMAX + d] = load(true, e);
-                    vt[tt * HDMAX + d] = load(false, e);
+                    kt[tt * HDMAX + d] = kv_load(true, e);
+                    vt[tt * HDMAX + d] = kv_load(false, e);
                 }
             }
             workgroupBarrier();

@@ -3,10 +3,17 @@
 // (f32 bits, or two f16 per word); slots: [n], token i goes to cache row slots[i].
 // main_f32: one invocation per element (total = n * row).
 // main_f16: one invocation per pair of elements (total = n * row / 2; row is even).
+// main_q8_0, main_q4_0: one invocation per block of 32 elements (total = n * row / 32; row is
+// whole blocks), quantized as tandem_core::quant::kv::quantize_block into its split layout:
+// the codes (q8_0: an i8 per element, 4 a word; q4_0: a nibble, even elements low, 8 a word),
+// then from word k_scales / v_scales one f16 scale per block, two a word.
 
 struct Params {
     total: u32,
     row: u32,
+    // Word offsets of the scales in cache_k and cache_v (quantized caches only).
+    k_scales: u32,
+    v_scales: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -15,6 +22,11 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> cache_k: array<u32>;
 @group(0) @binding(4) var<storage, read_write> cache_v: array<u32>;
 @group(0) @binding(5) var<storage, read> slots: array<u32>;
+// The caches as the quantized entry points see them (bindings may alias across entry points):
+// the two blocks of a scale word may belong to rows written by different invocations, or one
+// to a row not written at all, so each block sets its half of the word with atomics.
+@group(0) @binding(3) var<storage, read_write> qcache_k: array<atomic<u32>>;
+@group(0) @binding(4) var<storage, read_write> qcache_v: array<atomic<u32>>;
 
 override WG: u32 = 256u;
 
@@ -86,4 +98,116 @@ fn main_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let dst = (slots[token] * p.row + e % p.row) / 2u;
     cache_k[dst] = f16_bits(k[e]) | (f16_bits(k[e + 1u]) << 16u);
     cache_v[dst] = f16_bits(v[e]) | (f16_bits(v[e + 1u]) << 16u);
+}
+
+const QBLOCK: u32 = 32u;
+const F16_NAN: u32 = 0x7e00u;
+
+@compute @workgroup_size(WG)
+fn main_q8_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    write_block(invocation(wid, nwg, lid), false);
+}
+
+@compute @workgroup_size(WG)
+fn main_q4_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    write_block(invocation(wid, nwg, lid), true);
+}
+
+// Block i of the step's keys and values into its cache row's block, in both caches.
+fn write_block(i: u32, q4: bool) {
+    if i >= p.total {
+        return;
+    }
+    let e = i * QBLOCK;
+    let dst = (slots[e / p.row] * p.row + e % p.row) / QBLOCK;
+    quantize(true, e, dst, q4);
+    quantize(false, e, dst, q4);
+}
+
+fn input(is_k: bool, e: u32) -> f32 {
+    if is_k {
+        return k[e];
+    }
+    return v[e];
+}
+
+fn store(is_k: bool, w: u32, x: u32) {
+    if is_k {
+        atomicStore(&qcache_k[w], x);
+    } else {
+        atomicStore(&qcache_v[w], x);
+    }
+}
+
+// Block b's half of its scale word; the other half stays as it is.
+fn store_scale(is_k: bool, b: u32, bits: u32) {
+    let w = select(p.v_scales, p.k_scales, is_k) + b / 2u;
+    let shift = 16u * (b & 1u);
+    let keep = ~(0xffffu << shift);
+    if is_k {
+        atomicAnd(&qcache_k[w], keep);
+        atomicOr(&qcache_k[w], bits << shift);
+    } else {
+        atomicAnd(&qcache_v[w], keep);
+        atomicOr(&qcache_v[w], bits << shift);
+    }
+}
+
+// Rust's f32::round (half away from zero; WGSL's round() is half to even). y - trunc(y) is
+// exact, where floor(|y| + 0.5) would round 0.49999997 up.
+fn round_away(y: f32) -> f32 {
+    let t = trunc(y);
+    return t + select(0.0, sign(y), abs(y - t) >= 0.5);
+}
+
+// Input elements e..e + 32 of k or v as cache block b: quantize_block's arithmetic, in its
+// order (f32 throughout; the codes multiply by the reciprocal of d).
+fn quantize(is_k: bool, e: u32, b: u32, q4: bool) {
+    var amax = 0.0;
+    var m = 0.0; // the value of largest magnitude, the first of equals
+    var finite = true;
+    for (var j = 0u; j < QBLOCK; j++) {
+        let x = input(is_k, e + j);
+        // An infinity or a NaN: every exponent bit set (WGSL has no isNan).
+        finite = finite && (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+        amax = max(amax, abs(x));
+        if abs(x) > abs(m) {
+            m = x;
+        }
+    }
+    // A non-finite value makes the whole block NaN (a NaN scale; codes 0, or 8 for q4_0).
+    if q4 {
+        let d = m / -8.0;
+        let id = select(0.0, 1.0 / d, d != 0.0);
+        for (var w = 0u; w < QBLOCK / 8u; w++) {
+            var word = 0x88888888u;
+            if finite {
+                word = 0u;
+                for (var c = 0u; c < 8u; c++) {
+                    let x = input(is_k, e + 8u * w + c);
+                    let q = clamp(i32(trunc(x * id + 8.5)), 0, 15);
+                    word |= u32(q) << (4u * c);
+                }
+            }
+            store(is_k, b * (QBLOCK / 8u) + w, word);
+        }
+        store_scale(is_k, b, select(F16_NAN, f16_bits(d), finite));
+    } else {
+        let d = amax / 127.0;
+        let id = select(0.0, 1.0 / d, d > 0.0);
+        for (var w = 0u; w < QBLOCK / 4u; w++) {
+            var word = 0u;
+            if finite {
+                for (var c = 0u; c < 4u; c++) {
+                    let x = input(is_k, e + 4u * w + c);
+                    let q = i32(clamp(round_away(x * id), -127.0, 127.0));
+                    word |= (bitcast<u32>(q) & 0xffu) << (8u * c);
+                }
+            }
+            store(is_k, b * (QBLOCK / 4u) + w, word);
+        }
+        store_scale(is_k, b, select(F16_NAN, f16_bits(d), finite));
+    }
 }

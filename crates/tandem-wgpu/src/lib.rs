@@ -463,6 +463,11 @@ fn is_weight_dtype(d: DType) -> bool {
     d.kernel_code().is_some()
 }
 
+/// The KV cache types kv_write stores and attention reads: f32, f16, q8_0 and q4_0.
+fn is_kv_dtype(d: DType) -> bool {
+    tandem_core::quant::kv::KV_DTYPES.contains(&d)
+}
+
 impl Backend for WgpuBackend {
     fn name(&self) -> String {
         NAME.into()
@@ -474,8 +479,12 @@ impl Backend for WgpuBackend {
             Op::Matmul(o) => is_weight_dtype(o.wdtype),
             Op::MoeMatmul(o) => is_weight_dtype(o.wdtype),
             // Two f16 share a word: an odd row would need two invocations writing one word.
-            Op::KvWrite(o) => o.kv_dtype == DType::F32 || (o.kv_heads * o.head_dim) % 2 == 0,
-            Op::Attention(o) => o.head_dim <= ops::attention_hd_max(o),
+            // (A quantized row is whole blocks, checked by the engine.)
+            Op::KvWrite(o) => {
+                is_kv_dtype(o.kv_dtype)
+                    && (o.kv_dtype != DType::F16 || (o.kv_heads * o.head_dim) % 2 == 0)
+            }
+            Op::Attention(o) => is_kv_dtype(o.kv_dtype) && o.head_dim <= ops::attention_hd_max(o),
             Op::RmsNorm(_)
             | Op::Rope(_)
             | Op::Swiglu(_)

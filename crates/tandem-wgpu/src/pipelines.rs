@@ -59,7 +59,8 @@ impl Shader {
     ];
 
     /// The WGSL module: the shader's file, with shaders/kquant.wgsl appended to those that
-    /// read GGUF block types, shaders/tanh.wgsl to those that soft-cap or gate with tanh, and shaders/matmul_tiled.wgsl (the prompt rows' kernel) to both
+    /// read GGUF block types, shaders/attention_kv.wgsl (the cache loads) to both attention
+    /// modules, shaders/tanh.wgsl to those that soft-cap or gate with tanh, and shaders/matmul_tiled.wgsl (the prompt rows' kernel) to both
     /// matmul modules. The expert matmul is matmul.wgsl's decode arithmetic, called from
     /// shaders/moe_matmul.wgsl's entry points (so each of its rows is a decode row's bits).
     pub(crate) fn source(self) -> &'static str {
@@ -82,10 +83,12 @@ impl Shader {
             Shader::KvWrite => include_str!("../../../shaders/kv_write.wgsl"),
             Shader::AttentionPrefill => concat!(
                 include_str!("../../../shaders/attention_prefill.wgsl"),
+                include_str!("../../../shaders/attention_kv.wgsl"),
                 include_str!("../../../shaders/tanh.wgsl")
             ),
             Shader::AttentionDecode => concat!(
                 include_str!("../../../shaders/attention_decode.wgsl"),
+                include_str!("../../../shaders/attention_kv.wgsl"),
                 include_str!("../../../shaders/tanh.wgsl")
             ),
             Shader::Swiglu => include_str!("../../../shaders/swiglu.wgsl"),

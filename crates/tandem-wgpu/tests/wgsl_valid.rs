@@ -57,3 +57,20 @@ fn dtype_numbers_are_the_cores() {
         .collect();
     assert_eq!(consts, want);
 }
+
+/// The KV_* numbers attention_kv.wgsl switches on are the cache dtypes' `DType::kernel_code`.
+#[test]
+fn kv_dtype_numbers_are_the_cores() {
+    let consts: Vec<(String, u32)> = include_str!("../../../shaders/attention_kv.wgsl")
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.strip_prefix("const KV_")?.split_once(": u32 = ")?;
+            Some((name.to_lowercase(), value.strip_suffix("u;")?.parse().ok()?))
+        })
+        .collect();
+    let want: Vec<(String, u32)> = tandem_core::quant::kv::KV_DTYPES
+        .iter()
+        .filter_map(|d| Some((d.name().to_string(), d.kernel_code()?)))
+        .collect();
+    assert_eq!(consts, want);
+}

@@ -7,7 +7,7 @@
 use tandem_core::ops::Attention;
 use tandem_core::{DType, Error, Result};
 
-use super::{fits_u32, Recorder};
+use super::{bad_dtype, fits_u32, quant_offsets, Recorder};
 use crate::pipelines::{PipeKey, Shader};
 
 const OP: &str = "attention";
@@ -47,7 +47,13 @@ pub(crate) fn scratch_floats(op: &Attention) -> usize {
 
 pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let bad = |expected: String, got: String| Error::ShapeMismatch { op: OP, expected, got };
-    let f16 = op.kv_dtype == DType::F16;
+    // KV_DTYPE in shaders/attention_kv.wgsl: the cache dtype's kernel code.
+    let kv = match op.kv_dtype {
+        DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0 => {
+            op.kv_dtype.kernel_code().expect("a kernel dtype")
+        }
+        d => return Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0", d)),
+    };
     let len = op.n * op.heads * op.head_dim;
     let block_elems = op.block_size * op.kv_heads * op.head_dim;
     let q = r.buf(OP, "q", op.q)?;
@@ -59,11 +65,10 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let out = r.buf(OP, "out", op.out)?;
     let table = r.table;
     let entry = move |id| &table.get(id).expect("checked").shadow;
-    let num_blocks = {
-        let (a, b) =
-            (table.get(op.cache_k).expect("checked"), table.get(op.cache_v).expect("checked"));
-        a.numel.min(b.numel) / block_elems.max(1)
-    };
+    let (a, b) = (table.get(op.cache_k).expect("checked"), table.get(op.cache_v).expect("checked"));
+    let num_blocks = a.numel.min(b.numel) / block_elems.max(1);
+    // Where each cache's scales start (a quantized cache's layout follows from its own size).
+    let scales = [a, b].map(|c| quant_offsets(op.kv_dtype, c.numel).0);
     // The indices the kernels follow, checked on the host copies of the uploads (a buffer a
     // kernel wrote, or too large to copy, has none: WebGPU's bounds checks remain).
     if let (Some(p), Some(s), Some(t)) = (
@@ -93,13 +98,13 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
             ),
         ));
     }
-    let kv = f16 as u32;
     let heads = op.heads as u32;
     let shape =
         [heads, op.kv_heads as u32, op.head_dim as u32, op.block_size as u32, op.scale.to_bits()];
     if decodes > 0 {
         let parts = max_parts(op);
-        let params = [&shape[..], &[parts as u32, op.window as u32, op.softcap.to_bits()]].concat();
+        let tail = [parts as u32, op.window as u32, op.softcap.to_bits()];
+        let params = [&shape[..], &tail[..], &scales[..]].concat();
         let scratch = (r.scratch.uid, r.scratch.buffer.clone());
         let bufs = vec![
             q.clone(),
@@ -111,17 +116,17 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
             out.clone(),
             scratch,
         ];
-        let partial = PipeKey::new(Shader::AttentionDecode, "partial").with("KV_F16", kv);
+        let partial = PipeKey::new(Shader::AttentionDecode, "partial").with("KV_DTYPE", kv);
         r.push(partial, bufs.clone(), params.clone(), [parts as u32, heads, decodes as u32]);
         if parts > 1 {
-            let merge = PipeKey::new(Shader::AttentionDecode, "merge").with("KV_F16", kv);
+            let merge = PipeKey::new(Shader::AttentionDecode, "merge").with("KV_DTYPE", kv);
             r.push(merge, bufs, params, [heads, decodes as u32, 1]);
         }
     }
     if prompts > 0 {
         let tail = [op.max_ctx as u32, op.window as u32, op.softcap.to_bits()];
-        let params = [&[decodes as u32, prompts as u32], &shape[..], &tail[..]].concat();
-        let pipe = PipeKey::new(Shader::AttentionPrefill, "main").with("KV_F16", kv);
+        let params = [&[decodes as u32, prompts as u32], &shape[..], &tail[..], &scales].concat();
+        let pipe = PipeKey::new(Shader::AttentionPrefill, "main").with("KV_DTYPE", kv);
         r.push(
             pipe,
             vec![q, ck, cv, pos, starts, tables, out],
