@@ -60,9 +60,10 @@ impl Shader {
 
     /// The WGSL module: the shader's file, with shaders/kquant.wgsl appended to those that
     /// read GGUF block types, shaders/attention_kv.wgsl (the cache loads) to both attention
-    /// modules, shaders/tanh.wgsl to those that soft-cap or gate with tanh, and shaders/matmul_tiled.wgsl (the prompt rows' kernel) to both
-    /// matmul modules. The expert matmul is matmul.wgsl's decode arithmetic, called from
-    /// shaders/moe_matmul.wgsl's entry points (so each of its rows is a decode row's bits).
+    /// modules, shaders/tanh.wgsl to those that soft-cap or gate with tanh, and
+    /// shaders/matmul_tiled.wgsl (the prompt rows' kernel) to both matmul modules. The expert
+    /// matmul is matmul.wgsl's decode arithmetic, called from shaders/moe_matmul.wgsl's entry
+    /// points (so each of its rows is a decode row's bits).
     pub(crate) fn source(self) -> &'static str {
         match self {
             Shader::Embed => concat!(
