@@ -46,6 +46,7 @@ const OPS = {
   swiglu: '',
   geglu: '',
   softcap: '',
+  hadamard: '',
   moe_route: '',
   moe_matmul: '',
   moe_sum: '',

@@ -61,7 +61,7 @@ async function call(fn, ...args) {
 }
 
 // Every op of the shared suite (tandem-tests' OPS), all cases.
-const OPS = ['embed', 'rms_norm', 'matmul', 'rope', 'kv_write', 'attention_prefill', 'attention_decode', 'swiglu', 'add', 'argmax', 'sample', 'mask_logits', 'copy_rows', 'lora_shrink', 'lora_expand'];
+const OPS = ['embed', 'rms_norm', 'matmul', 'rope', 'kv_write', 'attention_prefill', 'attention_decode', 'swiglu', 'hadamard', 'add', 'argmax', 'sample', 'mask_logits', 'copy_rows', 'lora_shrink', 'lora_expand'];
 
 for (const op of OPS) {
   test(`conformance in the page on the WASM CPU fallback: ${op}`, { timeout: 300_000 }, async (t) => {

@@ -18,7 +18,7 @@ mod sample;
 pub use attention::AttnBatch;
 
 /// Every op the suite covers, by the name shared with kernels and tests.
-pub const OPS: [&str; 20] = [
+pub const OPS: [&str; 21] = [
     "embed",
     "rms_norm",
     "matmul",
@@ -29,6 +29,7 @@ pub const OPS: [&str; 20] = [
     "swiglu",
     "geglu",
     "softcap",
+    "hadamard",
     "moe_route",
     "moe_matmul",
     "moe_sum",
@@ -142,6 +143,7 @@ pub fn cases_for(op: &str) -> Vec<Case> {
         "swiglu" => rows::swiglu(rng),
         "geglu" => rows::geglu(rng),
         "softcap" => rows::softcap(rng),
+        "hadamard" => rows::hadamard(rng),
         "moe_route" => moe::route(rng),
         "moe_matmul" => moe::matmul(rng),
         "moe_sum" => moe::sum(rng),

@@ -42,6 +42,8 @@ pub fn tolerance(op: &str, dtype: DType) -> Tol {
         ("swiglu" | "geglu", _) => Tol::Nmse(1e-10),
         // tanh implementations differ by a few ulps.
         ("softcap", _) => Tol::Nmse(1e-10),
+        // Sums of up to 256 terms of one magnitude class, in any order.
+        ("hadamard", _) => Tol::Nmse(1e-12),
         // Each row a one-row matmul of its expert.
         ("moe_matmul", d) => tolerance("matmul", d),
         // The experts are chosen on the logits (exact); the weights go through exp().
@@ -374,6 +376,7 @@ pub fn remap(op: &Op, f: impl Fn(BufId) -> BufId) -> Op {
         Op::Swiglu(o) => (o.gate, o.up, o.out) = (f(o.gate), f(o.up), f(o.out)),
         Op::Geglu(o) => (o.gate, o.up, o.out) = (f(o.gate), f(o.up), f(o.out)),
         Op::Softcap(o) => o.x = f(o.x),
+        Op::Hadamard(o) => o.x = f(o.x),
         Op::MoeRoute(o) => (o.logits, o.ids, o.weights) = (f(o.logits), f(o.ids), f(o.weights)),
         Op::MoeMatmul(o) => (o.x, o.w, o.ids, o.out) = (f(o.x), f(o.w), f(o.ids), f(o.out)),
         Op::MoeSum(o) => (o.y, o.weights, o.out) = (f(o.y), f(o.weights), f(o.out)),

@@ -90,6 +90,10 @@ macro_rules! conformance_suite {
                 check("softcap");
             }
             #[test]
+            fn hadamard() {
+                check("hadamard");
+            }
+            #[test]
             fn moe_route() {
                 check("moe_route");
             }

@@ -245,6 +245,22 @@ pub struct Softcap {
     pub cap: f32,
 }
 
+/// An orthonormal Walsh-Hadamard rotation, in place, of every run of `size` values of x: [len]
+/// f32 (len a multiple of size, size a power of two): y = H x / sqrt(size), H[i][j] =
+/// (-1)^popcount(i & j). H / sqrt(size) is symmetric and its own inverse, and leaves dot
+/// products as they are; a quantized KV cache stores K and V rotated so (a head's outlier
+/// channels spread over all of its values before they share a block's scale), the queries are
+/// rotated the same way and the attention output back (see `quant::kv`).
+///
+/// The reference computes the butterflies of the fast transform, stage by stage (pairs i and
+/// i + h for h = 1, 2, 4, ...: a + b, a - b), then scales by 1 / sqrt(size) in f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hadamard {
+    pub x: BufId,
+    pub len: usize,
+    pub size: usize,
+}
+
 /// Residual add, in place: x += y. x, y: [len] f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Add {
@@ -377,6 +393,7 @@ pub enum Op {
     Swiglu(Swiglu),
     Geglu(Geglu),
     Softcap(Softcap),
+    Hadamard(Hadamard),
     MoeRoute(MoeRoute),
     MoeMatmul(MoeMatmul),
     MoeSum(MoeSum),
@@ -403,6 +420,7 @@ impl Op {
             Op::Swiglu(_) => "swiglu",
             Op::Geglu(_) => "geglu",
             Op::Softcap(_) => "softcap",
+            Op::Hadamard(_) => "hadamard",
             Op::MoeRoute(_) => "moe_route",
             Op::MoeMatmul(_) => "moe_matmul",
             Op::MoeSum(_) => "moe_sum",

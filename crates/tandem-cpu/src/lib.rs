@@ -220,6 +220,7 @@ impl CpuBackend {
             Op::Swiglu(o) => ops::swiglu::run(t, ex, o),
             Op::Geglu(o) => ops::geglu::run(t, ex, o),
             Op::Softcap(o) => ops::softcap::run(t, ex, o),
+            Op::Hadamard(o) => ops::hadamard::run(t, ex, o),
             Op::MoeRoute(o) => ops::moe::route(t, o),
             Op::MoeMatmul(o) => ops::moe::matmul(t, ex, o),
             Op::MoeSum(o) => ops::moe::sum(t, o),
@@ -267,6 +268,7 @@ impl Backend for CpuBackend {
             | Op::CopyRows(_)
             | Op::Geglu(_)
             | Op::Softcap(_)
+            | Op::Hadamard(_)
             | Op::MoeRoute(_)
             | Op::MoeSum(_) => true,
             Op::MoeMatmul(o) => is_weight_dtype(o.wdtype),

@@ -376,6 +376,8 @@ pub(crate) fn supports(op: &Op) -> bool {
         | Op::CopyRows(_)
         | Op::LoraShrink(_)
         | Op::LoraExpand(_) => true,
+        // Not yet on this backend: a quantized KV cache's rotation.
+        Op::Hadamard(_) => false,
     }
 }
 

@@ -499,6 +499,8 @@ impl Backend for WgpuBackend {
             | Op::CopyRows(_)
             | Op::LoraShrink(_)
             | Op::LoraExpand(_) => true,
+            // Not yet on this backend: a quantized KV cache's rotation.
+            Op::Hadamard(_) => false,
         }
     }
 

@@ -102,6 +102,26 @@ pub(super) fn geglu(rng: &mut Rng) -> Vec<Case> {
     out
 }
 
+/// Rotations of every size the engine uses (head_dim's largest power-of-two factor: 8 for
+/// stories260K, 64, 128, 256 for Gemma), one run and many, with an outlier channel per run.
+pub(super) fn hadamard(rng: &mut Rng) -> Vec<Case> {
+    let mut out = vec![];
+    for (runs, size) in [(1, 2), (3, 8), (40, 64), (7, 128), (2, 256), (33, 32)] {
+        let mut b = Bufs::default();
+        let len = runs * size;
+        let mut v = rng.vec(len, 1.0);
+        v.iter_mut().step_by(size).for_each(|x| *x *= 50.0);
+        let x = b.f32(&v);
+        let op = Op::Hadamard(Hadamard { x, len, size });
+        out.push(b.case(
+            format!("runs={runs} size={size}"),
+            op,
+            &[(x, tolerance("hadamard", DType::F32))],
+        ));
+    }
+    out
+}
+
 pub(super) fn softcap(rng: &mut Rng) -> Vec<Case> {
     let mut out = vec![];
     for (len, cap) in [(1, 30.0), (100, 5.0), (4099, 30.0), (1000, 0.5)] {

@@ -512,6 +512,14 @@ impl<B: Backend> Model<B> {
             step.push(rope(q, heads));
             step.push(rope(k, kvh));
             let (cache_k, cache_v, kv_dtype) = (self.kv.k[l], self.kv.v[l], self.kv.dtype);
+            // A quantized cache holds K and V rotated (quant::kv): queries alike, output back.
+            let rotation = crate::quant::kv::rotation(kv_dtype, hd);
+            let rotate = |x: BufId, heads: usize| {
+                rotation.map(|size| Op::Hadamard(Hadamard { x, len: n * heads * hd, size }))
+            };
+            for op in [rotate(q, heads), rotate(k, kvh), rotate(a.v, kvh)].into_iter().flatten() {
+                step.push(op);
+            }
             step.push(Op::KvWrite(KvWrite {
                 k,
                 v: a.v,
@@ -544,6 +552,9 @@ impl<B: Backend> Model<B> {
                 window: layer.window,
                 softcap: c.features.attn_softcap,
             }));
+            if let Some(op) = rotate(a.att, heads) {
+                step.push(op);
+            }
             step.push(Op::Matmul(matmul(a.att, &lw.wo, None, a.xb2, n, d)));
             adapt(&mut step, l, Target::O, a.att, a.xb2);
             residual(&mut step, a.xb2, lw.attn_post_norm.as_ref());

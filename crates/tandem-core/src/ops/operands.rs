@@ -150,6 +150,13 @@ impl Op {
             Op::MaskLogits(o) if o.n > o.x_rows => {
                 Err(bad(op, format!("n <= x_rows = {}", o.x_rows), format!("n = {}", o.n)))
             }
+            Op::Hadamard(o) if !o.size.is_power_of_two() || !o.len.is_multiple_of(o.size) => {
+                Err(bad(
+                    op,
+                    "size a power of two dividing len",
+                    format!("size {} len {}", o.size, o.len),
+                ))
+            }
             Op::Softcap(o) if !(o.cap > 0.0 && o.cap.is_finite()) => {
                 Err(bad(op, "a finite cap > 0", o.cap.to_string()))
             }
@@ -266,6 +273,7 @@ impl Op {
                 v.push("out", o.out, DType::F32, o.len, Write);
             }
             Op::Softcap(o) => v.push("x", o.x, DType::F32, o.len, ReadWrite),
+            Op::Hadamard(o) => v.push("x", o.x, DType::F32, o.len, ReadWrite),
             Op::MaskLogits(o) => {
                 v.push("x", o.x, DType::F32, numel(op, &[o.x_rows, o.width])?, ReadWrite);
                 v.push("rows", o.rows, DType::U32, o.n, Read);

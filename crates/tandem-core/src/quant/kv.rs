@@ -5,6 +5,11 @@
 //! A cache row (one position, every KV head) is whole blocks, so writing a row touches no
 //! other row's bytes. Every backend's kv_write stores what [`quantize_block`] computes, and
 //! its attention reads `d * code` as [`QuantView::get`] does.
+//!
+//! The model stores K and V rotated ([`rotation`]): a head's few large channels would set
+//! its blocks' scales and leave the others a handful of levels; an orthonormal Hadamard
+//! rotation spreads them over the head first. Queries are rotated alike (dot products keep
+//! their values) and the attention output back, as llama.cpp does for its quantized caches.
 
 use half::f16;
 
@@ -20,6 +25,12 @@ pub const KV_DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::Q8_0, DType::Q
 /// types, whole blocks of 32 for the quantized ones.
 pub fn row_fits(dtype: DType, row: usize) -> bool {
     !KV_QUANT.contains(&dtype) || row.is_multiple_of(QBLOCK)
+}
+
+/// The size of the Hadamard rotation a `dtype` cache stores K and V under (see the module), for
+/// heads of `head_dim` values: the largest power of two dividing it; none for f32 and f16.
+pub fn rotation(dtype: DType, head_dim: usize) -> Option<usize> {
+    KV_QUANT.contains(&dtype).then(|| 1 << head_dim.trailing_zeros()).filter(|&s| s > 1)
 }
 
 /// Bytes of one cache row of `row` values in `dtype` (the quantized types' 32-value blocks

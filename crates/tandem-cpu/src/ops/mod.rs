@@ -7,6 +7,7 @@ pub(crate) mod attention;
 pub(crate) mod copy_rows;
 pub(crate) mod embed;
 pub(crate) mod geglu;
+pub(crate) mod hadamard;
 pub(crate) mod kv_write;
 pub(crate) mod lora;
 pub(crate) mod mask_logits;

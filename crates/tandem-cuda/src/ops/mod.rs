@@ -37,6 +37,10 @@ pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
         Op::Swiglu(o) => elementwise::swiglu(r, o),
         Op::Geglu(o) => elementwise::geglu(r, o),
         Op::Softcap(o) => elementwise::softcap(r, o),
+        Op::Hadamard(_) => Err(tandem_core::Error::Unsupported {
+            backend: crate::NAME.into(),
+            op: "hadamard".into(),
+        }),
         Op::MaskLogits(o) => elementwise::mask_logits(r, o),
         Op::MoeRoute(o) => moe::route(r, o),
         Op::MoeSum(o) => moe::sum(r, o),

@@ -52,6 +52,10 @@ impl Recorder<'_> {
             Op::Swiglu(o) => elementwise::swiglu(self, o),
             Op::Geglu(o) => elementwise::geglu(self, o),
             Op::Softcap(o) => elementwise::softcap(self, o),
+            Op::Hadamard(_) => Err(tandem_core::Error::Unsupported {
+                backend: crate::NAME.into(),
+                op: "hadamard".into(),
+            }),
             Op::MoeRoute(o) => moe::route(self, o),
             Op::MoeMatmul(o) => moe::matmul(self, o),
             Op::MoeSum(o) => moe::sum(self, o),
