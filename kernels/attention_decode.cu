@@ -9,7 +9,9 @@
 // the other rows or the grid (batch invariance). With softcap > 0 each score s = q.k * scale
 // becomes softcap * tanh(s / softcap) before the softmax.
 //
-// q, out: [rows, heads, hd] f32; cache_k, cache_v: [num_blocks, bs, kv_heads, hd] f32 or f16;
+// q, out: [rows, heads, hd] f32; cache_k, cache_v: [num_blocks, bs, kv_heads, hd] f32, f16,
+// q8_0 or q4_0 (a quantized cache's f16 scales at byte k_doff / v_doff, 0 for f32/f16; each
+// element dequantized where it is loaded, d * code as load_w and QuantView::get compute it);
 // positions, table_starts: [rows] u32; tables: the step's block tables, row r's from
 // tables[table_starts[r]]. Positions and tables are read from device memory, so a captured
 // decode graph replays as contexts grow: the grid covers `parts` partitions (enough for the
@@ -27,9 +29,6 @@
 #define AD_PART_MIN 32
 #define AD_PARTS_TARGET 256
 #define AD_PART_MAX 8192
-
-__device__ __forceinline__ float kv_load(const float* p, u64 i) { return p[i]; }
-__device__ __forceinline__ float kv_load(const u16* p, u64 i) { return f16_to_f32(p[i]); }
 
 // Positions per partition of a context of ctx positions: the smallest power of two from
 // AD_PART_MIN up that cuts it into at most AD_PARTS_TARGET partitions (AD_PART_MAX at most).
@@ -55,9 +54,10 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float* red) 
     return r;
 }
 
-template <typename KT>
-__device__ void decode_partial(const float* __restrict__ q, const KT* __restrict__ ck,
-                               const KT* __restrict__ cv, const u32* __restrict__ positions,
+template <int DT>
+__device__ void decode_partial(const float* __restrict__ q, const u8* __restrict__ ck,
+                               const u8* __restrict__ cv, u64 k_doff, u64 v_doff,
+                               const u32* __restrict__ positions,
                                const u32* __restrict__ table_starts, const u32* __restrict__ tables,
                                float* __restrict__ part_acc, float* __restrict__ part_ml, u32 heads,
                                u32 kv_heads, u32 hd, u32 bs, u32 num_blocks, float scale, u32 parts,
@@ -89,7 +89,7 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
         float dot = 0.0f;
         if (blk < num_blocks) {
             const u64 off = (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd;
-            for (u32 d = lane; d < hd; d += 32) dot += qs[d] * kv_load(ck, off + d);
+            for (u32 d = lane; d < hd; d += 32) dot += qs[d] * load_w<DT>(ck, k_doff, 0, off + d);
         }
         dot = warp_sum(dot);
         float sc = dot * scale;
@@ -117,7 +117,7 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
             const u32 t = start + j;
             const u32 blk = table[t / bs];
             if (blk < num_blocks)
-                a += s[j] * kv_load(cv, (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd + d);
+                a += s[j] * load_w<DT>(cv, v_doff, 0, (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd + d);
         }
         part_acc[slot * hd + d] = a;
     }
@@ -127,16 +127,20 @@ __device__ void decode_partial(const float* __restrict__ q, const KT* __restrict
     }
 }
 
-#define PARTIAL(suffix, KT)                                                                     \
+#define PARTIAL(suffix, DT)                                                                     \
     extern "C" __global__ void __launch_bounds__(AD_THREADS) attention_decode_partial_##suffix(   \
-        const float* q, const KT* ck, const KT* cv, const u32* positions, const u32* table_starts, \
-        const u32* tables, float* part_acc, float* part_ml, u32 heads, u32 kv_heads, u32 hd,      \
-        u32 bs, u32 num_blocks, float scale, u32 parts, u32 window, float softcap) {             \
-        decode_partial<KT>(q, ck, cv, positions, table_starts, tables, part_acc, part_ml, heads,  \
-                           kv_heads, hd, bs, num_blocks, scale, parts, window, softcap);        \
+        const float* q, const u8* ck, const u8* cv, u64 k_doff, u64 v_doff, const u32* positions, \
+        const u32* table_starts, const u32* tables, float* part_acc, float* part_ml, u32 heads,   \
+        u32 kv_heads, u32 hd, u32 bs, u32 num_blocks, float scale, u32 parts, u32 window,         \
+        float softcap) {                                                                          \
+        decode_partial<DT>(q, ck, cv, k_doff, v_doff, positions, table_starts, tables, part_acc,  \
+                           part_ml, heads, kv_heads, hd, bs, num_blocks, scale, parts, window,    \
+                           softcap);                                                              \
     }
-PARTIAL(f32, float)
-PARTIAL(f16, u16)
+PARTIAL(f32, DT_F32)
+PARTIAL(f16, DT_F16)
+PARTIAL(q8_0, DT_Q8_0)
+PARTIAL(q4_0, DT_Q4_0)
 
 // One block per (head, row): out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p over the
 // row's partitions.

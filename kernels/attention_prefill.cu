@@ -6,7 +6,9 @@
 // elsewhere in the cache never leaks, and blocks wholly before a window are never touched.
 // With softcap > 0 each score s = q.k * scale becomes softcap * tanh(s / softcap).
 //
-// q, out: [n, heads, hd] f32; cache_k, cache_v: [num_blocks, bs, kv_heads, hd] f32 or f16;
+// q, out: [n, heads, hd] f32; cache_k, cache_v: [num_blocks, bs, kv_heads, hd] f32, f16,
+// q8_0 or q4_0 (a quantized cache's f16 scales at byte k_doff / v_doff, 0 for f32/f16; each
+// element dequantized as its tile is staged, d * code as load_w and QuantView::get compute it);
 // positions, table_starts: [n] u32.
 // Grid: (ceil(n / AP_Q), heads); block: AP_WARPS warps, each owning AP_QPW queries; K/V
 // tiles of AP_T positions are staged in shared memory (f32) once for the block's queries of
@@ -24,12 +26,10 @@
 #define AP_HDMAX 128
 #define AP_CH (AP_HDMAX / 32)
 
-__device__ __forceinline__ float kv_load(const float* p, u64 i) { return p[i]; }
-__device__ __forceinline__ float kv_load(const u16* p, u64 i) { return f16_to_f32(p[i]); }
-
-template <typename KT>
-__device__ void attention_prefill(const float* __restrict__ q, const KT* __restrict__ ck,
-                                  const KT* __restrict__ cv, const u32* __restrict__ positions,
+template <int DT>
+__device__ void attention_prefill(const float* __restrict__ q, const u8* __restrict__ ck,
+                                  const u8* __restrict__ cv, u64 k_doff, u64 v_doff,
+                                  const u32* __restrict__ positions,
                                   const u32* __restrict__ table_starts, const u32* __restrict__ tables,
                                   float* __restrict__ out, u32 n, u32 heads, u32 kv_heads, u32 hd,
                                   u32 bs, u32 num_blocks, float scale, u32 window, float softcap) {
@@ -86,8 +86,8 @@ __device__ void attention_prefill(const float* __restrict__ q, const KT* __restr
                     const u32 blk = table[t / bs];
                     if (blk < num_blocks) {
                         const u64 off = (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd + d;
-                        kk = kv_load(ck, off);
-                        vv = kv_load(cv, off);
+                        kk = load_w<DT>(ck, k_doff, 0, off);
+                        vv = load_w<DT>(cv, v_doff, 0, off);
                     }
                 }
                 Ks[j * ks_stride + d] = kk;
@@ -145,13 +145,15 @@ __device__ void attention_prefill(const float* __restrict__ q, const KT* __restr
     }
 }
 
-#define PREFILL(suffix, KT)                                                                     \
+#define PREFILL(suffix, DT)                                                                     \
     extern "C" __global__ void __launch_bounds__(AP_WARPS * 32) attention_prefill_##suffix(     \
-        const float* q, const KT* ck, const KT* cv, const u32* positions, const u32* table_starts, \
-        const u32* tables, float* out, u32 n, u32 heads, u32 kv_heads, u32 hd, u32 bs,          \
-        u32 num_blocks, float scale, u32 window, float softcap) {                               \
-        attention_prefill<KT>(q, ck, cv, positions, table_starts, tables, out, n, heads, kv_heads, \
-                              hd, bs, num_blocks, scale, window, softcap);                      \
+        const float* q, const u8* ck, const u8* cv, u64 k_doff, u64 v_doff, const u32* positions, \
+        const u32* table_starts, const u32* tables, float* out, u32 n, u32 heads, u32 kv_heads,  \
+        u32 hd, u32 bs, u32 num_blocks, float scale, u32 window, float softcap) {                 \
+        attention_prefill<DT>(q, ck, cv, k_doff, v_doff, positions, table_starts, tables, out, n, \
+                              heads, kv_heads, hd, bs, num_blocks, scale, window, softcap);       \
     }
-PREFILL(f32, float)
-PREFILL(f16, u16)
+PREFILL(f32, DT_F32)
+PREFILL(f16, DT_F16)
+PREFILL(q8_0, DT_Q8_0)
+PREFILL(q4_0, DT_Q4_0)

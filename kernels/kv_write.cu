@@ -1,6 +1,14 @@
 // Writes new keys and values into their paged cache rows.
-// k, v: [n, row] f32 (row = kv_heads * head_dim); cache_k, cache_v: [rows, row] in f32 or
-// f16; slots: [n] u32, cache row of token i. A slot >= rows (the host reports it) is skipped.
+// k, v: [n, row] f32 (row = kv_heads * head_dim); cache_k, cache_v: [rows, row] in f32, f16,
+// q8_0 or q4_0; slots: [n] u32, cache row of token i. A slot >= rows (the host reports it) is
+// skipped. k_doff, v_doff: the byte offset of a quantized cache's scales (0 for f32/f16).
+//
+// Quantized caches (tandem_core::quant::kv): element e's code at byte e (q8_0, an i8) or in
+// byte e / 2 (q4_0: low nibble for even e, high for odd, stored + 8), the f16 scale of its
+// block of 32 at scales[e / 32]. A row is whole blocks (the engine checks it), so a block
+// never straddles rows and a write touches no other row's bytes. Each block is quantized
+// exactly as tandem_core::quant::kv::quantize_block: the same IEEE divisions and f32
+// reciprocal, each product rounded on its own (__fmul_rn: never fused into the add after it).
 
 __device__ __forceinline__ void kv_put(float* p, float v) { *p = v; }
 __device__ __forceinline__ void kv_put(u16* p, float v) { *p = f32_to_f16(v); }
@@ -23,11 +31,85 @@ __device__ void kv_write(const float* __restrict__ k, const float* __restrict__ 
 }
 
 extern "C" __global__ void kv_write_f32(const float* k, const float* v, float* ck, float* cv,
-                                        const u32* slots, u32 n, u32 row, u32 rows) {
+                                        const u32* slots, u32 n, u32 row, u32 rows, u64 k_doff,
+                                        u64 v_doff) {
     kv_write<float>(k, v, ck, cv, slots, n, row, rows);
 }
 
 extern "C" __global__ void kv_write_f16(const float* k, const float* v, u16* ck, u16* cv,
-                                        const u32* slots, u32 n, u32 row, u32 rows) {
+                                        const u32* slots, u32 n, u32 row, u32 rows, u64 k_doff,
+                                        u64 v_doff) {
     kv_write<u16>(k, v, ck, cv, slots, n, row, rows);
 }
+
+// One block of 32 values, lane l holding value x (its element l), stored at block b of the
+// cache `c` (scales at c + doff). Every lane of the warp takes part (shuffles).
+template <int DT>
+__device__ void kv_quant_block(float x, u8* __restrict__ c, u64 doff, u64 b, u32 lane) {
+    // A NaN or an infinity anywhere makes the whole block NaN (codes 0, or 8 for q4_0).
+    u32 bad = is_finite_bits(x) ? 0u : 1u;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) bad |= __shfl_xor_sync(FULL_MASK, bad, o);
+    float d;
+    u32 code;
+    if (DT == DT_Q8_0) {
+        const float amax = warp_max(fabsf(x));
+        d = amax / 127.0f;
+        const float id = d > 0.0f ? 1.0f / d : 0.0f;
+        code = (u32)(int)roundf(fminf(fmaxf(__fmul_rn(x, id), -127.0f), 127.0f)) & 0xffu;
+    } else {
+        // m: the value of largest magnitude, the lowest lane's on ties (the reference's left
+        // fold). Lanes l and l ^ o hold the best of their aligned groups of o lanes; the
+        // partner's group comes first when bit o of l is set.
+        float m = x;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const float p = __shfl_xor_sync(FULL_MASK, m, o);
+            const bool first = (lane & (u32)o) != 0;
+            if (fabsf(p) > fabsf(m) || (fabsf(p) == fabsf(m) && first)) m = p;
+        }
+        if (fabsf(m) == 0.0f) m = 0.0f;  // the fold starts from +0: an all-zero block's m
+        d = m / -8.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        code = (u32)(int)fminf(fmaxf(__fmul_rn(x, id) + 8.5f, 0.0f), 15.0f);
+    }
+    if (bad) code = DT == DT_Q8_0 ? 0u : 8u;
+    const u64 e = b * 32 + lane;
+    if (DT == DT_Q8_0) {
+        c[e] = (u8)code;
+    } else {
+        const u32 hi = __shfl_xor_sync(FULL_MASK, code, 1);  // the odd neighbour's nibble
+        if ((lane & 1) == 0) c[e >> 1] = (u8)(code | (hi << 4));
+    }
+    // Neighbouring blocks' scales share a word; each is its own 2-byte store.
+    if (lane == 0) ((u16*)(c + doff))[b] = bad ? (u16)0x7e00 : f32_to_f16(d);
+}
+
+// One warp per block of 32 source values (row / 32 of them per token), k and v in turn.
+template <int DT>
+__device__ void kv_write_quant(const float* __restrict__ k, const float* __restrict__ v,
+                               u8* __restrict__ ck, u8* __restrict__ cv,
+                               const u32* __restrict__ slots, u32 n, u32 row, u32 rows,
+                               u64 k_doff, u64 v_doff) {
+    const u32 per_row = row / 32, lane = threadIdx.x & 31;
+    const u64 total = (u64)n * per_row;
+    const u64 stride = ((u64)gridDim.x * blockDim.x) >> 5;
+    // Warp-uniform: every lane of a warp has the same block index and slot.
+    for (u64 g = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; g < total; g += stride) {
+        const u32 t = (u32)(g / per_row);
+        const u32 s = slots[t];
+        if (s >= rows) continue;
+        const u64 b = (u64)s * per_row + (g - (u64)t * per_row);
+        kv_quant_block<DT>(k[g * 32 + lane], ck, k_doff, b, lane);
+        kv_quant_block<DT>(v[g * 32 + lane], cv, v_doff, b, lane);
+    }
+}
+
+#define KV_WRITE_QUANT(suffix, DT)                                                            \
+    extern "C" __global__ void kv_write_##suffix(const float* k, const float* v, u8* ck,      \
+                                                 u8* cv, const u32* slots, u32 n, u32 row,    \
+                                                 u32 rows, u64 k_doff, u64 v_doff) {          \
+        kv_write_quant<DT>(k, v, ck, cv, slots, n, row, rows, k_doff, v_doff);                \
+    }
+KV_WRITE_QUANT(q8_0, DT_Q8_0)
+KV_WRITE_QUANT(q4_0, DT_Q4_0)

@@ -18,7 +18,8 @@ use tandem_core::ops::Attention;
 use tandem_core::{DType, Result};
 
 use crate::kernels::KernelFile;
-use crate::launch::{fits_u32, Arg, Recorder};
+use crate::launch::{bad_dtype, fits_u32, Arg, Recorder};
+use crate::ops::kv_scales;
 
 const OP: &str = "attention";
 /// Largest head_dim of the prefill kernel (AP_HDMAX); decode takes up to 256.
@@ -88,6 +89,9 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let tables = r.buf(OP, "tables", op.tables)?;
     let out = r.buf(OP, "out", op.out)?.ptr;
     let num_blocks = ck.numel.min(cv.numel) / block_elems.max(1);
+    // Where a quantized cache's scales start (0 for f32/f16).
+    let doffs =
+        (Arg::U64(kv_scales(op.kv_dtype, ck.numel)), Arg::U64(kv_scales(op.kv_dtype, cv.numel)));
     if let (Some(p), Some(s), Some(t)) =
         (pos.shadow.values(n), starts.shadow.values(n), tables.shadow.values(op.tables_len))
     {
@@ -107,7 +111,14 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let window = Arg::U32(u32::try_from(op.window).unwrap_or(u32::MAX));
     let softcap = Arg::F32(op.softcap);
     let (ck, cv, tables) = (Arg::Ptr(ck), Arg::Ptr(cv), Arg::Ptr(tables));
-    let f16 = op.kv_dtype == DType::F16;
+    // One instantiation of each kernel per cache dtype, all with the same arguments.
+    let (decode_entry, prefill_entry) = match op.kv_dtype {
+        DType::F32 => ("attention_decode_partial_f32", "attention_prefill_f32"),
+        DType::F16 => ("attention_decode_partial_f16", "attention_prefill_f16"),
+        DType::Q8_0 => ("attention_decode_partial_q8_0", "attention_prefill_q8_0"),
+        DType::Q4_0 => ("attention_decode_partial_q4_0", "attention_prefill_q4_0"),
+        d => return Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0", d)),
+    };
     if dr > 0 {
         let (part_max, parts) = decode_grid(longest_span(op));
         let acc = Arg::Ptr(r.scratch);
@@ -118,6 +129,8 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
             q,
             ck,
             cv,
+            doffs.0,
+            doffs.1,
             pos,
             Arg::Ptr(starts),
             tables,
@@ -133,11 +146,9 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
             window,
             softcap,
         ];
-        let entry =
-            if f16 { "attention_decode_partial_f16" } else { "attention_decode_partial_f32" };
         let smem = 4 * (part_max + op.head_dim) as u32;
         let grid = (heads, parts as u32, fits_u32(OP, "decode rows", dr)?);
-        r.launch(KernelFile::AttentionDecode, entry, grid, 128, smem, &args)?;
+        r.launch(KernelFile::AttentionDecode, decode_entry, grid, 128, smem, &args)?;
         let merge = [acc, ml, Arg::Ptr(out), pos, Arg::U32(heads), hd, parts_a, window];
         r.launch(
             KernelFile::AttentionDecode,
@@ -158,6 +169,8 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
             q,
             ck,
             cv,
+            doffs.0,
+            doffs.1,
             pos,
             starts,
             tables,
@@ -172,11 +185,11 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
             window,
             softcap,
         ];
-        let entry = if f16 { "attention_prefill_f16" } else { "attention_prefill_f32" };
         let d = op.head_dim;
         let smem = 4 * (AP_T * (d + 1) + AP_T * d + AP_Q * d + AP_WARPS * AP_T) as u32;
         let grid = (fits_u32(OP, "n / 16", rows.div_ceil(AP_Q))?, heads, 1);
-        r.launch(KernelFile::AttentionPrefill, entry, grid, 32 * AP_WARPS as u32, smem, &args)?;
+        let block = 32 * AP_WARPS as u32;
+        r.launch(KernelFile::AttentionPrefill, prefill_entry, grid, block, smem, &args)?;
     }
     Ok(())
 }

@@ -1,10 +1,13 @@
-//! Writes the step's new keys and values into their paged cache rows (kernels/kv_write.cu).
+//! Writes the step's new keys and values into their paged cache rows (kernels/kv_write.cu):
+//! an element per thread for the float caches, a warp per block of 32 for the quantized ones
+//! (codes and f16 scales in the split layout of `DType::quant_layout`).
 
 use tandem_core::ops::KvWrite;
 use tandem_core::{DType, Result};
 
 use crate::kernels::KernelFile;
 use crate::launch::{bad_dtype, fits_u32, grid_1d, Arg, Recorder};
+use crate::ops::kv_scales;
 
 const OP: &str = "kv_write";
 
@@ -12,7 +15,9 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
     let entry = match op.kv_dtype {
         DType::F32 => "kv_write_f32",
         DType::F16 => "kv_write_f16",
-        d => return Err(bad_dtype(OP, "cache", "f32/f16", d)),
+        DType::Q8_0 => "kv_write_q8_0",
+        DType::Q4_0 => "kv_write_q4_0",
+        d => return Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0", d)),
     };
     let row = op.kv_heads * op.head_dim;
     let len = op.n * row;
@@ -32,6 +37,9 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
         Arg::U32(fits_u32(OP, "n", op.n)?),
         Arg::U32(fits_u32(OP, "kv_heads * head_dim", row)?),
         Arg::U32(u32::try_from(rows).unwrap_or(u32::MAX)),
+        Arg::U64(kv_scales(op.kv_dtype, ck.numel)),
+        Arg::U64(kv_scales(op.kv_dtype, cv.numel)),
     ];
+    // A thread per element either way: the quantized kernels' warps take a block of 32 each.
     r.launch(KernelFile::KvWrite, entry, grid_1d(len as u64, 256), 256, 0, &args)
 }

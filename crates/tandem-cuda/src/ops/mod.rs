@@ -26,6 +26,12 @@ pub(crate) use matmul::tensor_cores;
 pub(crate) use matmul::TC_ROWS;
 pub(crate) use moe::MAX_EXPERTS as MOE_MAX_EXPERTS;
 
+/// Byte offset of the f16 scales in a quantized KV cache of `numel` elements (the split layout
+/// of [`DType::quant_layout`]); 0 for the float caches, whose kernels ignore it.
+pub(crate) fn kv_scales(dtype: DType, numel: usize) -> u64 {
+    dtype.quant_layout(numel).map_or(0, |l| l.d_offset as u64)
+}
+
 pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
     match op {
         Op::Embed(o) => embed::record(r, o),

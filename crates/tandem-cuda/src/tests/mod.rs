@@ -83,7 +83,7 @@ const WEIGHTS: [DType; 14] = [
 ];
 
 /// Ops reaching every kernel entry: each weight dtype through embed and the three matmul
-/// paths, both KV dtypes through kv_write and both attention kernels, and the small ops.
+/// paths, every KV dtype through kv_write and both attention kernels, and the small ops.
 fn every_op(f: &mut Fake) -> Vec<Op> {
     let mut ops = vec![];
     for wdtype in WEIGHTS {
@@ -127,7 +127,7 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
             x_per_slot: false,
         }));
     }
-    for kv_dtype in [DType::F32, DType::F16] {
+    for kv_dtype in tandem_core::quant::kv::KV_DTYPES {
         let (kvh, hd, bs, blocks) = (2, 64, 16, 8);
         let cache_k = f.buf(kv_dtype, blocks * bs * kvh * hd);
         let cache_v = f.buf(kv_dtype, blocks * bs * kvh * hd);
