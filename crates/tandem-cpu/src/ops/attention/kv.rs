@@ -60,6 +60,31 @@ impl KvSrc for &[f16] {
     }
 }
 
+/// Element e's block scale in all eight lanes, widened by F16C (exact, as `f16::to_f32`).
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C; e / 32 indexes `d`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn scale8(d: &[f16], e: usize) -> __m256 {
+    // SAFETY: the caller's contract.
+    unsafe { _mm256_cvtph_ps(_mm_set1_epi16(d.get_unchecked(e / QBLOCK).to_bits() as i16)) }
+}
+
+/// Calls `f(block, range)` for the runs of elements off..off + hd (as offsets from off) that
+/// share a block scale: the whole row's blocks when heads are whole blocks, one block shared
+/// with the neighbouring heads when they are shorter.
+#[inline(always)]
+fn for_blocks(off: usize, hd: usize, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
+    let mut i = 0;
+    while i < hd {
+        let b = (off + i) / QBLOCK;
+        let end = ((b + 1) * QBLOCK - off).min(hd);
+        f(b, i..end);
+        i = end;
+    }
+}
+
 /// A q8_0 cache: an i8 code per element, an f16 scale per 32.
 #[derive(Clone, Copy)]
 pub(crate) struct Q8<'a> {
@@ -82,11 +107,12 @@ impl KvSrc for Q8<'_> {
     #[inline(always)]
     fn row<'a>(&'a self, off: usize, hd: usize, buf: &'a mut [f32]) -> &'a [f32] {
         let buf = &mut buf[..hd];
-        // Blocks of 32 never straddle a row's start when hd >= 32 (rows are whole blocks);
-        // shorter heads share their block with the next head, so go element by element.
-        for (i, o) in buf.iter_mut().enumerate() {
-            *o = self.get(off + i);
-        }
+        for_blocks(off, hd, |b, r| {
+            let d = self.d[b].to_f32();
+            for (o, &q) in buf[r.clone()].iter_mut().zip(&self.qs[off + r.start..off + r.end]) {
+                *o = d * (q as i8) as f32;
+            }
+        });
         buf
     }
     #[cfg(target_arch = "x86_64")]
@@ -95,8 +121,7 @@ impl KvSrc for Q8<'_> {
         // SAFETY: the caller's contract: e..e + 8 is one block's (e % 8 == 0).
         unsafe {
             let q = _mm_loadl_epi64(self.qs.as_ptr().add(e) as *const __m128i);
-            let d = self.d.get_unchecked(e / QBLOCK).to_f32();
-            _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)))
+            _mm256_mul_ps(scale8(self.d, e), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)))
         }
     }
 }
@@ -111,9 +136,14 @@ impl KvSrc for Q4<'_> {
     #[inline(always)]
     fn row<'a>(&'a self, off: usize, hd: usize, buf: &'a mut [f32]) -> &'a [f32] {
         let buf = &mut buf[..hd];
-        for (i, o) in buf.iter_mut().enumerate() {
-            *o = self.get(off + i);
-        }
+        for_blocks(off, hd, |b, r| {
+            let d = self.d[b].to_f32();
+            for i in r {
+                let e = off + i;
+                let n = self.qs[e / 2] >> (4 * (e % 2)) & 15;
+                buf[i] = d * (n as f32 - 8.0);
+            }
+        });
         buf
     }
     #[cfg(target_arch = "x86_64")]
@@ -133,8 +163,7 @@ impl KvSrc for Q4<'_> {
                 _mm256_and_si256(shifted, _mm256_set1_epi32(15)),
                 _mm256_set1_epi32(8),
             );
-            let d = self.d.get_unchecked(e / QBLOCK).to_f32();
-            _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(n))
+            _mm256_mul_ps(scale8(self.d, e), _mm256_cvtepi32_ps(n))
         }
     }
 }
