@@ -49,6 +49,24 @@ fn stories260k_greedy_f16_kv_and_small_blocks() {
     );
 }
 
+/// The reference's 200 greedy tokens read back teacher-forced through a q8_0 KV cache (K, V and
+/// the queries rotated by the hadamard kernel): the CPU test's bounds, each row within half a
+/// logit of its top and the top itself on all but a few; an f16 cache keeps every one on top.
+#[test]
+fn stories260k_reference_tokens_through_a_q8_0_kv_cache() {
+    let opts = ModelOptions { kv_dtype: DType::Q8_0, ..Default::default() };
+    match backend(false).and_then(|b| e2e::stories_forced_gaps(b, &opts)) {
+        Ok((gap, missed)) => assert!(gap <= 0.5 && missed <= 5, "largest gap {gap}, {missed} rows"),
+        Err(Skip(why)) => {
+            eprintln!("SKIP stories260k_reference_tokens_through_a_q8_0_kv_cache: {why}")
+        }
+    }
+    let f16 = ModelOptions { kv_dtype: DType::F16, ..Default::default() };
+    if let Ok(r) = backend(false).and_then(|b| e2e::stories_forced_gaps(b, &f16)) {
+        assert_eq!(r, (0.0, 0), "an f16 cache keeps every reference token on top");
+    }
+}
+
 #[test]
 fn smollm2_chat_f16() {
     report("smollm2_chat_f16", backend(true).and_then(|b| e2e::smollm_chat(b, false)));

@@ -499,8 +499,8 @@ impl Backend for WgpuBackend {
             | Op::CopyRows(_)
             | Op::LoraShrink(_)
             | Op::LoraExpand(_) => true,
-            // Not yet on this backend: a quantized KV cache's rotation.
-            Op::Hadamard(_) => false,
+            // A run is rotated within one workgroup's tile.
+            Op::Hadamard(o) => o.size <= ops::HADAMARD_TILE,
         }
     }
 

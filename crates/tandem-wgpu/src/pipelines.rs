@@ -23,6 +23,7 @@ pub(crate) enum Shader {
     Swiglu,
     Geglu,
     Softcap,
+    Hadamard,
     MoeRoute,
     MoeMatmul,
     MoeSum,
@@ -35,7 +36,7 @@ pub(crate) enum Shader {
 }
 
 impl Shader {
-    pub(crate) const ALL: [Shader; 20] = [
+    pub(crate) const ALL: [Shader; 21] = [
         Shader::Embed,
         Shader::RmsNorm,
         Shader::Matmul,
@@ -47,6 +48,7 @@ impl Shader {
         Shader::Swiglu,
         Shader::Geglu,
         Shader::Softcap,
+        Shader::Hadamard,
         Shader::MoeRoute,
         Shader::MoeMatmul,
         Shader::MoeSum,
@@ -101,6 +103,7 @@ impl Shader {
                 include_str!("../../../shaders/softcap.wgsl"),
                 include_str!("../../../shaders/tanh.wgsl")
             ),
+            Shader::Hadamard => include_str!("../../../shaders/hadamard.wgsl"),
             Shader::MoeRoute => include_str!("../../../shaders/moe_route.wgsl"),
             Shader::MoeMatmul => concat!(
                 include_str!("../../../shaders/matmul.wgsl"),
@@ -128,7 +131,7 @@ impl Shader {
             Shader::AttentionPrefill => &[true, true, true, true, true, true, false],
             Shader::AttentionDecode => &[true, true, true, true, true, true, false, false],
             Shader::Swiglu | Shader::Geglu => &[true, true, false],
-            Shader::Softcap => &[false],
+            Shader::Softcap | Shader::Hadamard => &[false],
             Shader::MoeRoute => &[true, false, false],
             // matmul.wgsl's x, w, bias (unused: x bound again), out; then the ids.
             Shader::MoeMatmul => &[true, true, true, false, true],
@@ -155,6 +158,7 @@ impl Shader {
             Shader::Swiglu => "swiglu",
             Shader::Geglu => "geglu",
             Shader::Softcap => "softcap",
+            Shader::Hadamard => "hadamard",
             Shader::MoeRoute => "moe_route",
             Shader::MoeMatmul => "moe_matmul",
             Shader::MoeSum => "moe_sum",

@@ -10,6 +10,7 @@ use crate::pipelines::PipeKey;
 mod attention;
 mod elementwise;
 mod embed;
+mod hadamard;
 mod kv_write;
 mod lora;
 mod matmul;
@@ -18,6 +19,7 @@ mod rms_norm;
 mod sample;
 
 pub(crate) use attention::{hd_max as attention_hd_max, scratch_floats as attention_scratch};
+pub(crate) use hadamard::TILE as HADAMARD_TILE;
 
 /// One compute dispatch: its pipeline, storage buffers (bindings 1..), uniform parameters.
 pub(crate) struct Dispatch {
@@ -52,10 +54,7 @@ impl Recorder<'_> {
             Op::Swiglu(o) => elementwise::swiglu(self, o),
             Op::Geglu(o) => elementwise::geglu(self, o),
             Op::Softcap(o) => elementwise::softcap(self, o),
-            Op::Hadamard(_) => Err(tandem_core::Error::Unsupported {
-                backend: crate::NAME.into(),
-                op: "hadamard".into(),
-            }),
+            Op::Hadamard(o) => hadamard::record(self, o),
             Op::MoeRoute(o) => moe::route(self, o),
             Op::MoeMatmul(o) => moe::matmul(self, o),
             Op::MoeSum(o) => moe::sum(self, o),
