@@ -18,6 +18,10 @@
 #                               Q4_1, written by `tandem bench --synthetic --write-gguf`
 #                  qwen3-0.6b-q4_1, qwen3-1.7b-q4_1, gemma3-1b-q4_1, phi4mini-q4_1,
 #                               olmoe-q4_1: the same for those shapes (not in the default set)
+#   --kv TYPE    both engines' KV cache in TYPE (f16, q8_0, q4_0): tandem --kv-dtype TYPE,
+#                llama.cpp -ctk TYPE -ctv TYPE -fa 1 (its quantized V cache needs flash
+#                attention; it then also rotates K and V, as tandem does)
+#   --contexts L decode contexts, comma-separated (default 64,1024)
 #   --out FILE   also append every run and the medians to FILE as JSON lines
 #
 # llama.cpp comes from bench/build-llamacpp.sh (built on first use, ~15 min); made models go to
@@ -35,7 +39,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${TANDEM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tandem}"
-REPEAT=3 THREADS=2 PROMPT=512 DECODE=128 CONTEXTS=(64 1024) OUT=""
+REPEAT=3 THREADS=2 PROMPT=512 DECODE=128 CONTEXTS=(64 1024) OUT="" KV=""
 MODELS="${MODELS:-smollm-q4_1,smollm-q8_0,llama1b-q4_1}"
 while (($#)); do
     case "$1" in
@@ -43,6 +47,8 @@ while (($#)); do
         --repeat) REPEAT="$2"; shift ;;
         --threads) THREADS="$2"; shift ;;
         --models) MODELS="$2"; shift ;;
+        --kv) KV="$2"; shift ;;
+        --contexts) IFS=, read -ra CONTEXTS <<<"$2"; shift ;;
         --out) OUT="$2"; shift ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "vs-llamacpp: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -51,6 +57,10 @@ while (($#)); do
 done
 
 log() { echo "vs-llamacpp: $*" >&2; }
+if [[ -n "$KV" ]]; then
+    TANDEM_ARGS="${TANDEM_ARGS:-} --kv-dtype $KV"
+    LLAMA_BENCH_ARGS="${LLAMA_BENCH_ARGS:-} -ctk $KV -ctv $KV -fa 1"
+fi
 load_note() {
     local load cores
     load="$(cut -d' ' -f1 /proc/loadavg)" cores="$(nproc)"

@@ -115,6 +115,10 @@ pub struct BenchArgs {
     /// How the adapters are stored on the backend.
     #[arg(long, value_enum, default_value = "f32")]
     pub lora_dtype: FloatDtype,
+    /// With --concurrency: the KV cache in this many bytes (e.g. 64MiB), as `serve` sizes it,
+    /// instead of room for N requests; shows how many sequences run at once in it.
+    #[arg(long, value_name = "SIZE", value_parser = crate::run::parse_size, requires = "concurrency")]
+    kv_cache_memory: Option<u64>,
 }
 
 /// The largest verify step `--verify-tokens` times (a step's token budget).
@@ -242,8 +246,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             kv_dtype: args.kv_dtype.dtype(),
             context,
             max_step_tokens: args.max_batched_tokens,
-            // Room for N requests of the longest kind: preemption stays the exception.
-            kv_blocks: Some(n * context.div_ceil(block_size)),
+            // Room for N requests of the longest kind (preemption stays the exception), or what
+            // --kv-cache-memory holds.
+            kv_blocks: Some(match args.kv_cache_memory {
+                Some(bytes) => {
+                    crate::run::kv_blocks_in(bytes, &source.config, args.kv_dtype.dtype())?
+                }
+                None => n * context.div_ceil(block_size),
+            }),
             ..ModelOptions::default()
         };
         if !args.lora_adapters.is_empty() {
@@ -611,6 +621,7 @@ impl WithBackend for Concurrent<'_> {
                     "ttft_ms": { "p50": ms(&r.ttft, 50.0), "p99": ms(&r.ttft, 99.0) },
                     "itl_ms": { "p50": ms(&r.itl, 50.0), "p99": ms(&r.itl, 99.0) },
                     "peak_kv_blocks": r.peak_blocks,
+                    "peak_running": r.peak_running,
                     "preemptions": r.preemptions,
                     "cached_prompt_tokens": r.cached_prompt_tokens,
                 })
@@ -623,6 +634,8 @@ impl WithBackend for Concurrent<'_> {
                 "prompt_tokens": prompt_tokens,
                 "max_batched_tokens": budget,
                 "kv_blocks": model.kv.total_blocks(),
+                "kv_dtype": model.kv.dtype.to_string(),
+                "kv_bytes_per_token": model.config.kv_bytes_per_token(model.kv.dtype),
                 "runs": runs.iter().map(json).collect::<Vec<_>>(),
                 "continuous_vs_sequential": cont / runs[2].1.tok_s(),
                 "continuous_vs_static": cont / runs[1].1.tok_s(),
@@ -634,15 +647,17 @@ impl WithBackend for Concurrent<'_> {
         println!("backend:      {}", model.backend.name());
         println!("model:        {}", self.source.path.display());
         println!(
-            "workload:     {} requests, {} at a time; {prompt_tokens} prompt tokens in all; budget {budget} tokens/step; {} KV blocks of {}",
+            "workload:     {} requests, {} at a time; {prompt_tokens} prompt tokens in all; budget {budget} tokens/step; {} KV blocks of {} ({}, {} bytes a token)",
             self.work.requests.len(),
             self.n,
             model.kv.total_blocks(),
-            model.kv.block_size
+            model.kv.block_size,
+            model.kv.dtype,
+            model.config.kv_bytes_per_token(model.kv.dtype)
         );
         for (name, r) in &runs {
             println!(
-                "{name:<12}  {:>5} tokens in {:>7.2} s: {:>8.1} tok/s | TTFT p50 {:>7.1} ms p99 {:>7.1} ms | ITL p50 {:>6.1} ms p99 {:>6.1} ms | peak {} blocks, {} preemptions",
+                "{name:<12}  {:>5} tokens in {:>7.2} s: {:>8.1} tok/s | TTFT p50 {:>7.1} ms p99 {:>7.1} ms | ITL p50 {:>6.1} ms p99 {:>6.1} ms | peak {} blocks, {} seqs, {} preemptions",
                 r.output_tokens,
                 r.secs,
                 r.tok_s(),
@@ -651,6 +666,7 @@ impl WithBackend for Concurrent<'_> {
                 ms(&r.itl, 50.0),
                 ms(&r.itl, 99.0),
                 r.peak_blocks,
+                r.peak_running,
                 r.preemptions
             );
         }

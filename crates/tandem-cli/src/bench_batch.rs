@@ -62,6 +62,7 @@ pub struct RunStats {
     /// Gaps between consecutive tokens of a request.
     pub itl: Vec<f64>,
     pub peak_blocks: usize,
+    pub peak_running: usize,
     pub preemptions: u64,
     pub cached_prompt_tokens: u64,
 }
@@ -150,6 +151,7 @@ pub fn run<B: Backend>(
     }
     stats.secs = start.elapsed().as_secs_f64();
     stats.peak_blocks = sched.stats.peak_blocks_used;
+    stats.peak_running = sched.stats.peak_running;
     stats.preemptions = sched.stats.preemptions;
     stats.cached_prompt_tokens = sched.stats.cached_prompt_tokens;
     Ok(stats)

@@ -407,3 +407,42 @@ pub fn peak_memory() -> String {
         })
         .unwrap_or_else(|| "unknown".into())
 }
+
+/// KV blocks (of the default block size, every layer's K and V) that `bytes` hold in `dtype`.
+pub fn kv_blocks_in(bytes: u64, c: &tandem_core::ModelConfig, dtype: DType) -> Result<usize> {
+    let block_size = ModelOptions::default().block_size;
+    let block_bytes = 2 * c.n_layers * dtype.storage_bytes(block_size * c.n_kv_heads * c.head_dim);
+    match (bytes / block_bytes.max(1) as u64) as usize {
+        0 => Err(Error::InvalidParameter(format!(
+            "--kv-cache-memory is smaller than one KV block ({block_bytes} bytes at {dtype})"
+        ))),
+        n => Ok(n),
+    }
+}
+
+/// "512MiB", "2G", "1.5GB", "1000000": decimal (KB, MB, GB) or binary (K, M, G, KiB, ...).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a size like 512MiB or 2G"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' (use B, K/KiB, M/MiB, G/GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    let bytes = n * scale;
+    if !bytes.is_finite() || bytes < 1.0 {
+        return Err(format!("'{s}' is not a positive size"));
+    }
+    Ok(bytes as u64)
+}

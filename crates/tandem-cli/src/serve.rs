@@ -49,7 +49,7 @@ pub struct ServeArgs {
     max_batched_tokens: usize,
     /// KV cache size per model, e.g. 512MiB, 2G; default: room for 4 requests at the full
     /// context.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::run::parse_size)]
     kv_cache_memory: Option<u64>,
     /// Require `Authorization: Bearer KEY` on the API routes.
     #[arg(long)]
@@ -217,19 +217,10 @@ impl WithBackend for Engine<'_> {
         let c = &source.config;
         let defaults = ModelOptions::default();
         let context = s.ctx.min(c.max_position);
-        // Bytes of K and V for one block in every layer.
-        let block_bytes = 2
-            * c.n_layers
-            * s.kv_dtype.storage_bytes(defaults.block_size * c.n_kv_heads * c.head_dim);
         let kv_blocks = match s.kv_bytes {
-            Some(bytes) => (bytes / block_bytes as u64) as usize,
+            Some(bytes) => crate::run::kv_blocks_in(bytes, c, s.kv_dtype)?,
             None => 4 * context.div_ceil(defaults.block_size),
         };
-        if kv_blocks == 0 {
-            return Err(Error::InvalidParameter(format!(
-                "--kv-cache-memory is smaller than one KV block ({block_bytes} bytes)"
-            )));
-        }
         let opts = ModelOptions {
             weight_dtype: s.dtype,
             kv_dtype: s.kv_dtype,
@@ -270,36 +261,10 @@ impl WithBackend for Engine<'_> {
     }
 }
 
-/// "512MiB", "2G", "1.5GB", "1000000": decimal (KB, MB, GB) or binary (K, M, G, KiB, ...).
-fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a size like 512MiB or 2G"))?;
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "k" | "kib" => 1024.0,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => {
-            return Err(format!(
-                "unknown size unit '{other}' (use B, K/KiB, M/MiB, G/GiB, KB, MB, GB)"
-            ))
-        }
-    };
-    let bytes = n * scale;
-    if !bytes.is_finite() || bytes < 1.0 {
-        return Err(format!("'{s}' is not a positive size"));
-    }
-    Ok(bytes as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::parse_size;
 
     #[test]
     fn sizes_parse() {

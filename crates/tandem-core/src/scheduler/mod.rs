@@ -88,6 +88,8 @@ pub struct SchedulerStats {
     pub preemptions: u64,
     /// Most KV blocks in use (not free, not idle-cached) after any step.
     pub peak_blocks_used: usize,
+    /// Most sequences in one step (decoding or prefilling).
+    pub peak_running: usize,
     /// Prompt tokens taken from the prefix cache instead of computed.
     pub cached_prompt_tokens: u64,
     /// Speculative decoding: draft tokens verified, and how many of them were accepted.
@@ -384,6 +386,7 @@ impl<B: Backend, M: BorrowMut<Model<B>>, T: Borrow<Tokenizer>> Scheduler<B, M, T
         match result {
             Ok(outs) => {
                 stats.peak_blocks_used = stats.peak_blocks_used.max(kv.used_blocks());
+                stats.peak_running = stats.peak_running.max(queue.running.len());
                 let closing =
                     commit::commit(queue, kv, &plan.chunks, outs, &ctx, stats, &mut events);
                 events.extend(closing);
