@@ -29,6 +29,7 @@ pub enum KernelFile {
     Swiglu,
     Geglu,
     Softcap,
+    Hadamard,
     MoeRoute,
     MoeSum,
     Add,
@@ -40,7 +41,7 @@ pub enum KernelFile {
 }
 
 impl KernelFile {
-    pub const ALL: [KernelFile; 20] = [
+    pub const ALL: [KernelFile; 21] = [
         KernelFile::Embed,
         KernelFile::RmsNorm,
         KernelFile::Rope,
@@ -53,6 +54,7 @@ impl KernelFile {
         KernelFile::Swiglu,
         KernelFile::Geglu,
         KernelFile::Softcap,
+        KernelFile::Hadamard,
         KernelFile::MoeRoute,
         KernelFile::MoeSum,
         KernelFile::Add,
@@ -78,6 +80,7 @@ impl KernelFile {
             KernelFile::Swiglu => "swiglu",
             KernelFile::Geglu => "geglu",
             KernelFile::Softcap => "softcap",
+            KernelFile::Hadamard => "hadamard",
             KernelFile::MoeRoute => "moe_route",
             KernelFile::MoeSum => "moe_sum",
             KernelFile::Add => "add",
@@ -103,6 +106,7 @@ impl KernelFile {
             KernelFile::Swiglu => include_str!("../../../kernels/swiglu.cu"),
             KernelFile::Geglu => include_str!("../../../kernels/geglu.cu"),
             KernelFile::Softcap => include_str!("../../../kernels/softcap.cu"),
+            KernelFile::Hadamard => include_str!("../../../kernels/hadamard.cu"),
             KernelFile::MoeRoute => include_str!("../../../kernels/moe_route.cu"),
             KernelFile::MoeSum => include_str!("../../../kernels/moe_sum.cu"),
             KernelFile::Add => include_str!("../../../kernels/add.cu"),

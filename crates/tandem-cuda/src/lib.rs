@@ -380,8 +380,8 @@ pub(crate) fn supports(op: &Op) -> bool {
         | Op::CopyRows(_)
         | Op::LoraShrink(_)
         | Op::LoraExpand(_) => true,
-        // Not yet on this backend: a quantized KV cache's rotation.
-        Op::Hadamard(_) => false,
+        // A block holds whole runs in shared memory.
+        Op::Hadamard(o) => o.size <= ops::HADAMARD_MAX_SIZE,
     }
 }
 

@@ -11,6 +11,7 @@ use crate::launch::Recorder;
 mod attention;
 mod elementwise;
 mod embed;
+mod hadamard;
 mod kv_write;
 mod lora;
 mod matmul;
@@ -21,6 +22,7 @@ mod sample;
 #[cfg(test)]
 pub(crate) use attention::{decode_grid, part_len};
 pub(crate) use attention::{decode_scratch_floats, DECODE_HD_MAX, PREFILL_HD_MAX};
+pub(crate) use hadamard::MAX_SIZE as HADAMARD_MAX_SIZE;
 pub(crate) use matmul::tensor_cores;
 #[cfg(test)]
 pub(crate) use matmul::TC_ROWS;
@@ -43,10 +45,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Op) -> Result<()> {
         Op::Swiglu(o) => elementwise::swiglu(r, o),
         Op::Geglu(o) => elementwise::geglu(r, o),
         Op::Softcap(o) => elementwise::softcap(r, o),
-        Op::Hadamard(_) => Err(tandem_core::Error::Unsupported {
-            backend: crate::NAME.into(),
-            op: "hadamard".into(),
-        }),
+        Op::Hadamard(o) => hadamard::record(r, o),
         Op::MaskLogits(o) => elementwise::mask_logits(r, o),
         Op::MoeRoute(o) => moe::route(r, o),
         Op::MoeSum(o) => moe::sum(r, o),

@@ -192,6 +192,10 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
     ops.push(Op::Swiglu(Swiglu { gate: x, up: w, out: o, len: 100 }));
     ops.push(Op::Geglu(Geglu { gate: x, up: w, out: o, len: 100 }));
     ops.push(Op::Softcap(Softcap { x: o, len: 300, cap: 30.0 }));
+    // A head's rotation over the rope's rows, and runs longer than a block's threads.
+    ops.push(Op::Hadamard(Hadamard { x: xr, len: 3 * 4 * 64, size: 64 }));
+    let xh = f.buf(DType::F32, 3 * 2048);
+    ops.push(Op::Hadamard(Hadamard { x: xh, len: 3 * 2048, size: 2048 }));
     let (ids, weights) = (f.buf(DType::U32, 3 * 2), f.buf(DType::F32, 3 * 2));
     ops.push(Op::MoeRoute(MoeRoute {
         logits: x,
@@ -499,6 +503,13 @@ fn bad_indices_and_shapes_are_errors() {
         scale: 1.0,
     });
     assert!(f.record(&[rope]).is_err(), "odd head_dim");
+    let size = ops::HADAMARD_MAX_SIZE;
+    let xh_len = 2 * size;
+    let xh = f.buf(DType::F32, xh_len);
+    let had = |size| Op::Hadamard(Hadamard { x: xh, len: xh_len, size });
+    assert!(f.record(&[had(size)]).is_ok(), "two of the longest runs");
+    let e = f.record(&[had(2 * size)]).err().expect("a run past shared memory").to_string();
+    assert!(e.contains("hadamard"), "{e}");
 }
 
 mod matmul;
