@@ -1,7 +1,7 @@
 //! stories260K end to end on the CUDA kernels without a GPU (tandem-cuda's emulator, see
 //! conformance_cuda_emu.rs): whole steps recorded by the CUDA backend's code, prompt and
-//! decode, reproduce the reference's first greedy tokens, with f32 and with f16 KV in
-//! 1-token blocks and chunked prefill. The emulator runs each CUDA thread as an OS thread, so
+//! decode, reproduce the reference's first greedy tokens, with f32, with f16 KV in 1-token
+//! blocks and chunked prefill, and with a q8_0 KV cache (its rotation included). The emulator runs each CUDA thread as an OS thread, so
 //! only a few tokens. No C++ compiler or no model: SKIP.
 
 use tandem_core::loader;
@@ -67,4 +67,12 @@ fn stories260k_batched_equals_solo() {
         .map_err(Skip)
         .and_then(|b| tandem_tests::batch::stories_battery(b, 5, 3, 16, 12));
     report("stories260k_batched_equals_solo", r);
+}
+
+/// A q8_0 KV cache through the CUDA kernels: kv_write's blocks, attention reading them, and the
+/// Hadamard rotations around them (the CPU's teacher-forced gaps keep these tokens on top).
+#[test]
+fn stories260k_first_tokens_q8_0_kv() {
+    let opts = ModelOptions { kv_dtype: DType::Q8_0, ..Default::default() };
+    report("stories260k_first_tokens_q8_0_kv", first_tokens(&opts));
 }
