@@ -20,12 +20,13 @@ fuzz_target!(|data: &[u8]| {
     let freqs = cfg.rope_inv_freq();
     assert_eq!(freqs.len(), cfg.rot_dim() / 2);
     assert!(freqs.iter().all(|f| f.is_finite() && *f > 0.0), "{cfg:?}: {freqs:?}");
-    for elem in [2, 4] {
-        cfg.n_layers
-            .checked_mul(cfg.n_kv_heads)
-            .and_then(|n| n.checked_mul(cfg.head_dim))
-            .and_then(|n| n.checked_mul(2 * elem))
-            .expect("KV bytes per token fit usize");
-        let _ = cfg.kv_bytes_per_token(elem);
+    // f32's bytes a token are the most of any KV type's: if they fit, every type's do.
+    cfg.n_layers
+        .checked_mul(cfg.n_kv_heads)
+        .and_then(|n| n.checked_mul(cfg.head_dim))
+        .and_then(|n| n.checked_mul(2 * 4))
+        .expect("KV bytes per token fit usize");
+    for dtype in tandem_core::quant::kv::KV_DTYPES {
+        let _ = cfg.kv_bytes_per_token(dtype);
     }
 });

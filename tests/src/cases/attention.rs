@@ -13,31 +13,9 @@ pub(super) fn kv_write(rng: &mut Rng) -> Vec<Case> {
     let mut out = vec![];
     for kv_dtype in KV_DTYPES {
         for (n, kv_heads, head_dim, rows) in [(1, 2, 64, 40), (5, 1, 8, 16), (13, 4, 16, 64)] {
-            let mut b = Bufs::default();
-            let row = kv_heads * head_dim;
-            let k = b.f32(&rng.vec(n * row, 2.0));
-            let v = b.f32(&rng.vec(n * row, 2.0));
-            // Poisoned caches: rows not written must come back still poisoned.
-            let cache_k = b.poison(kv_dtype, rows * row);
-            let cache_v = b.poison(kv_dtype, rows * row);
-            let mut all: Vec<u32> = (0..rows as u32).collect();
-            rng.shuffle(&mut all);
-            let slots = b.u32(&all[..n]);
-            let op = Op::KvWrite(KvWrite {
-                k,
-                v,
-                cache_k,
-                cache_v,
-                kv_dtype,
-                slots,
-                n,
-                kv_heads,
-                head_dim,
-            });
-            let tol = tolerance("kv_write", kv_dtype);
-            let name =
-                format!("{kv_dtype} n={n} kv_heads={kv_heads} head_dim={head_dim} rows={rows}");
-            out.push(b.case(name, op, &[(cache_k, tol), (cache_v, tol)]));
+            let len = n * kv_heads * head_dim;
+            let (k, v) = (rng.vec(len, 2.0), rng.vec(len, 2.0));
+            out.push(kv_write_case(rng, kv_dtype, (n, kv_heads, head_dim, rows), &k, &v));
         }
     }
     // Quantized caches last (the float dtypes' cases draw the same streams without them), in
@@ -48,41 +26,45 @@ pub(super) fn kv_write(rng: &mut Rng) -> Vec<Case> {
         // writing one must leave its neighbours' halves alone.
         let shapes = [(1, 2, 64, 40), (13, 4, 16, 64), (3, 3, 64, 20), (5, 1, 32, 9)];
         for (n, kv_heads, head_dim, rows) in shapes {
-            let mut b = Bufs::default();
             let row = kv_heads * head_dim;
             let vals = |rng: &mut Rng| {
                 let mut x = rng.vec(n * row, 2.0);
                 x.iter_mut().step_by(4).for_each(|v| *v *= 20.0);
                 x
             };
-            let mut kx = vals(rng);
+            let mut k = vals(rng);
             if n > 1 {
-                (kx[row + 5], kx[row + row - 1]) = (f32::INFINITY, f32::NAN);
+                (k[row + 5], k[row + row - 1]) = (f32::INFINITY, f32::NAN);
             }
-            let (k, v) = (b.f32(&kx), b.f32(&vals(rng)));
-            let cache_k = b.poison(kv_dtype, rows * row);
-            let cache_v = b.poison(kv_dtype, rows * row);
-            let mut all: Vec<u32> = (0..rows as u32).collect();
-            rng.shuffle(&mut all);
-            let slots = b.u32(&all[..n]);
-            let op = Op::KvWrite(KvWrite {
-                k,
-                v,
-                cache_k,
-                cache_v,
-                kv_dtype,
-                slots,
-                n,
-                kv_heads,
-                head_dim,
-            });
-            let tol = tolerance("kv_write", kv_dtype);
-            let name =
-                format!("{kv_dtype} n={n} kv_heads={kv_heads} head_dim={head_dim} rows={rows}");
-            out.push(b.case(name, op, &[(cache_k, tol), (cache_v, tol)]));
+            let v = vals(rng);
+            out.push(kv_write_case(rng, kv_dtype, (n, kv_heads, head_dim, rows), &k, &v));
         }
     }
     out
+}
+
+/// `n` rows of `k` and `v` written into `rows` poisoned cache rows (shuffled slots): rows not
+/// written must come back still poisoned.
+fn kv_write_case(
+    rng: &mut Rng,
+    kv_dtype: DType,
+    (n, kv_heads, head_dim, rows): (usize, usize, usize, usize),
+    k: &[f32],
+    v: &[f32],
+) -> Case {
+    let mut b = Bufs::default();
+    let row = kv_heads * head_dim;
+    let (k, v) = (b.f32(k), b.f32(v));
+    let cache_k = b.poison(kv_dtype, rows * row);
+    let cache_v = b.poison(kv_dtype, rows * row);
+    let mut all: Vec<u32> = (0..rows as u32).collect();
+    rng.shuffle(&mut all);
+    let slots = b.u32(&all[..n]);
+    let op =
+        Op::KvWrite(KvWrite { k, v, cache_k, cache_v, kv_dtype, slots, n, kv_heads, head_dim });
+    let tol = tolerance("kv_write", kv_dtype);
+    let name = format!("{kv_dtype} n={n} kv_heads={kv_heads} head_dim={head_dim} rows={rows}");
+    b.case(name, op, &[(cache_k, tol), (cache_v, tol)])
 }
 
 /// Whether a shape's cache rows (kv_heads * head_dim) are whole blocks of `kv_dtype`.
