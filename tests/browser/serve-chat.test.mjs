@@ -1,6 +1,7 @@
 // `tandem serve`'s chat page (GET /), driven like a user would in headless Chromium: the model
-// picker lists the served model, a question streams its greedy answer (SmolLM2's, the same as
-// `tandem run`), Stop aborts a long answer and the server frees its KV blocks; SIGINT then
+// picker lists the served model, Shift+Enter starts a new line and Enter sends, a question
+// streams its greedy answer (SmolLM2's, the same as `tandem run`) with its time to first
+// token and tok/s, Stop aborts a long answer and the server frees its KV blocks; SIGINT then
 // ends the server with exit code 0. Needs the release binary (cargo build --release -p
 // tandem-cli) and the default model in tandem's cache (the cargo tests fetch it): SKIP otherwise.
 
@@ -73,12 +74,20 @@ test('the chat page streams the greedy answer of the served model', { timeout: 1
   const { page } = browser;
   await page.waitForFunction(() => document.querySelector('#model')?.options.length > 0);
   assert.equal(await page.inputValue('#model'), 'smollm');
+  // Shift+Enter starts a new line; Enter sends.
+  await page.fill('#prompt', 'What is the capital');
+  await page.press('#prompt', 'Shift+Enter');
+  assert.equal(await page.inputValue('#prompt'), 'What is the capital\n', 'Shift+Enter adds a line');
+  assert.equal(await page.locator('.msg.user').count(), 0, 'Shift+Enter sent the message');
   await page.fill('#prompt', 'What is the capital of France?');
-  await page.click('#send');
+  await page.press('#prompt', 'Enter');
   await page.waitForFunction(() => /tokens in/.test(document.querySelector('#status').textContent), null, { timeout: 100_000 });
   const answer = await page.textContent('.msg.assistant');
   assert.equal(answer, 'The capital of France is Paris.', browser.logs.join('\n'));
-  console.log(`chat page: "${answer}" (${await page.textContent('#status')})`);
+  assert.equal(await page.inputValue('#prompt'), '', 'Enter sent and cleared the prompt');
+  const status = await page.textContent('#status');
+  assert.match(status, /first token after \d+ ms, [\d.]+ tok\/s/, status);
+  console.log(`chat page: "${answer}" (${status})`);
 });
 
 test('Stop aborts a long answer and the server frees its blocks', { timeout: 120_000 }, async (t) => {
