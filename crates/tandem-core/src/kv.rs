@@ -425,14 +425,6 @@ impl KvCache {
                 head_dim: config.head_dim,
             })
         };
-        let row = config.n_kv_heads * config.head_dim;
-        if !crate::quant::kv::row_fits(dtype, row) {
-            return Err(Error::InvalidParameter(format!(
-                "a {dtype} KV cache stores blocks of 32 values, and this model's cache rows \
-                 ({} KV heads x {} head_dim = {row} values) are not whole blocks: use f32 or f16",
-                config.n_kv_heads, config.head_dim
-            )));
-        }
         write(dtype)
             .check_shape()
             .map_err(|e| Error::InvalidParameter(format!("KV dtype: {e}")))?;

@@ -13,7 +13,7 @@ mod vocab;
 use std::sync::Arc;
 
 use llguidance::api::{ParserLimits, TopLevelGrammar};
-use llguidance::toktrie::TokEnv;
+use llguidance::toktrie::{TokEnv, TokTrie};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::Value;
 
@@ -266,9 +266,12 @@ impl Constraint {
         self.waiting.is_some()
     }
 
-    /// A token's text as the output reads it (a special token by its name).
-    fn text(&self, token: u32) -> Vec<u8> {
-        self.env.tok_trie().decode_ext(&[token], true)
+    /// A token's text as the output reads it (a special token by its name, past its marker).
+    fn text(env: &TokEnv, token: u32) -> &[u8] {
+        match env.tok_trie().token(token) {
+            [TokTrie::SPECIAL_TOKEN_MARKER, name @ ..] => name,
+            bytes => bytes,
+        }
     }
 
     /// The model vocabulary (logits per row) its masks cover.
@@ -310,9 +313,8 @@ impl Constraint {
 
     /// Takes a generated token. An end-of-sequence token the grammar allowed finishes it.
     pub fn commit(&mut self, token: u32) -> Result<()> {
-        if self.waiting.is_some() {
-            let text = self.text(token);
-            let Some(rest) = self.waiting.as_mut().and_then(|w| w.take(&text)) else {
+        if let Some(w) = &mut self.waiting {
+            let Some(rest) = w.take(Self::text(&self.env, token)) else {
                 return Ok(());
             };
             // The grammar starts with what followed the trigger in this token. Text it cannot
@@ -340,7 +342,7 @@ impl Constraint {
         // row after it is chosen unmasked.
         if let Some(mut trigger) = self.waiting.clone() {
             for (i, &t) in draft.iter().enumerate() {
-                if trigger.take(&self.text(t)).is_some() {
+                if trigger.take(Self::text(&self.env, t)).is_some() {
                     return i;
                 }
             }

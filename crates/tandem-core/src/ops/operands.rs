@@ -89,11 +89,9 @@ fn check_kv(op: &'static str, d: DType, kv_heads: usize, head_dim: usize) -> Res
         return Err(bad(op, "cache dtype f32, f16, q8_0 or q4_0", d.to_string()));
     }
     if !kv::row_fits(d, kv_heads * head_dim) {
-        return Err(bad(
-            op,
-            format!("{d} cache rows of whole 32-value blocks (kv_heads * head_dim)"),
-            format!("{kv_heads} * {head_dim}"),
-        ));
+        let want = format!("{d} cache rows (kv_heads x head_dim) of whole 32-value blocks");
+        let got = format!("{kv_heads} x {head_dim} = {} values", kv_heads * head_dim);
+        return Err(bad(op, format!("{want}; f32 and f16 take any"), got));
     }
     Ok(())
 }
@@ -108,8 +106,9 @@ impl Op {
     }
 
     /// The rules of the op's own fields, whatever its buffers and backend: dtypes an op may
-    /// name (a weight of a float or quantized type, a KV cache of f32, f16, q8_0 or q4_0), whole query
-    /// groups per KV head, real blocks, decode rows among the rows, an even rotary head.
+    /// name (a weight of a float or quantized type, a KV cache of f32, f16, q8_0 or q4_0, in
+    /// rows of whole blocks for the latter), whole query groups per KV head, real blocks,
+    /// decode rows among the rows, an even rotary head.
     pub fn check_shape(&self) -> Result<()> {
         let op = self.family();
         match self {

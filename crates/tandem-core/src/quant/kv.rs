@@ -13,7 +13,7 @@
 
 use half::f16;
 
-use crate::dtype::{DType, QuantView, QBLOCK};
+use crate::dtype::{DType, QBLOCK};
 
 /// The quantized KV dtypes (f32 and f16 are the float ones).
 pub const KV_QUANT: [DType; 2] = [DType::Q8_0, DType::Q4_0];
@@ -115,15 +115,10 @@ pub fn write_rows(
     }
 }
 
-/// A quantized cache's elements, as attention reads them (`d * code`, exactly
-/// [`QuantView::get`]).
-pub fn view(dtype: DType, numel: usize, bytes: &[u8]) -> QuantView<'_> {
-    QuantView::new(dtype, numel, bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::QuantView;
 
     #[test]
     fn rows_round_trip_within_a_step_and_touch_only_their_blocks() {
@@ -134,7 +129,7 @@ mod tests {
             let src: Vec<f32> =
                 (0..2 * row).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
             write_rows(&mut bytes, dtype, numel, &src, &[3, 1], row);
-            let v = view(dtype, numel, &bytes);
+            let v = QuantView::new(dtype, numel, &bytes);
             for (r, slot) in [(0, 3), (1, 1)] {
                 for b in 0..row / QBLOCK {
                     let x = &src[r * row + b * QBLOCK..][..QBLOCK];
@@ -162,7 +157,7 @@ mod tests {
                 src[40] = bad;
                 let mut bytes = vec![0u8; dtype.storage_bytes(64)];
                 write_rows(&mut bytes, dtype, 64, &src, &[0], 64);
-                let v = view(dtype, 64, &bytes);
+                let v = QuantView::new(dtype, 64, &bytes);
                 assert!((0..32).all(|e| (v.get(e) - 0.5).abs() < 0.05), "{dtype} {bad}");
                 assert!((32..64).all(|e| v.get(e).is_nan()), "{dtype} {bad}");
             }
