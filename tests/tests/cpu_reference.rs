@@ -396,18 +396,21 @@ fn bad_ops_are_errors_not_panics() {
             }
         }
         assert!(!b.supports(&mm(x, u32w, DType::U32, 1, 8, 8)));
-        let kvq = KvWrite {
+        let kvq = |kv_dtype| KvWrite {
             k: q,
             v: q,
             cache_k: ck,
             cache_v: cv,
-            kv_dtype: DType::Q4_0,
+            kv_dtype,
             slots,
             n: 1,
             kv_heads: 1,
             head_dim: 2,
         };
-        assert!(!b.supports(&Op::KvWrite(kvq)));
+        // q4_1 is a weight type, never a cache type; q4_0 is, but only in whole 32-value rows.
+        assert!(!b.supports(&Op::KvWrite(kvq(DType::Q4_1))));
+        let e = run(b, Op::KvWrite(kvq(DType::Q4_0))).unwrap_err().to_string();
+        assert!(e.contains("whole 32-value blocks"), "{e}");
         assert!(pollster::block_on(b.read(x, 250, 10)).is_err());
         assert!(b.write(small, &[0u8; 16]).is_err());
         // Still usable, with every buffer still there (outputs go back even on error).
