@@ -5,11 +5,13 @@
 //! everything they rely on (streaming a file set into the backend: `tandem_core::model::
 //! ModelStream`; the requests of one engine batched through its scheduler, usage, the backend
 //! enum) builds and is tested natively too. The npm package's JS layer (`js/`) wraps the
-//! engine in a Web Worker and an OpenAI-shaped API.
+//! engine in a Web Worker and an OpenAI-shaped API; [`digest::Sha256`] is exported for its
+//! checks of downloaded files.
 
 pub mod backend;
 #[cfg(all(target_arch = "wasm32", feature = "conformance"))]
 pub mod conformance;
+pub mod digest;
 pub mod session;
 pub mod warm;
 #[cfg(target_arch = "wasm32")]
