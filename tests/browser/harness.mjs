@@ -29,11 +29,23 @@ const types = {
 /**
  * Serves the repository at /, the shared models at /models/ and tandem's model cache at
  * /cache-models/ on 127.0.0.1 (a free port). `requests` counts GETs per path, so tests can
- * tell a download from a cache hit. A `?nolength` query leaves out `content-length` (the
- * body's size unknown to the page, as with a chunked or compressed response).
+ * tell a download from a cache hit, and `log` has one `{ path, range, status, bytes }` per GET
+ * (the Range header asked, the status answered, the body bytes sent). A `?nolength` query
+ * leaves out `content-length` (the body's size unknown to the page, as with a chunked or
+ * compressed response). Range requests (`bytes=N-` and `bytes=N-M`) are answered 206 with a
+ * Content-Range, and every file has an ETag (its size and time).
+ *
+ * Controls, per path: `dropAfter(path, bytes)` cuts the next GET of `path` off after that many
+ * body bytes (a pause, then the connection closes: the page sees a network error); `throttle(path,
+ * bytesPerSecond)` paces its bodies (null: full speed); `ignoreRange(path)` answers Range
+ * requests with the whole file (200), as servers without range support do.
  */
 export async function startServer() {
   const requests = new Map();
+  const log = [];
+  const drops = new Map();
+  const throttles = new Map();
+  const rangeIgnored = new Set();
   const server = createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
     const path = decodeURIComponent(url.pathname);
@@ -46,10 +58,28 @@ export async function startServer() {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
       return;
     }
-    const headers = { 'content-type': types[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-store' };
-    if (!url.searchParams.has('nolength')) headers['content-length'] = statSync(file).size;
-    res.writeHead(200, headers);
-    createReadStream(file).pipe(res);
+    const stat = statSync(file);
+    const headers = { 'content-type': types[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-store', etag: `"${stat.size}-${Math.floor(stat.mtimeMs)}"` };
+    const entry = { path, range: req.headers.range ?? null, status: 200, bytes: 0 };
+    log.push(entry);
+    let [start, end] = [0, stat.size - 1];
+    const range = rangeIgnored.has(path) ? null : /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+    if (range) {
+      start = Number(range[1]);
+      end = Math.min(range[2] ? Number(range[2]) : end, end);
+      if (start > end) {
+        entry.status = 416;
+        res.writeHead(416, { 'content-range': `bytes */${stat.size}` }).end();
+        return;
+      }
+      entry.status = 206;
+      headers['content-range'] = `bytes ${start}-${end}/${stat.size}`;
+    }
+    if (!url.searchParams.has('nolength')) headers['content-length'] = end - start + 1;
+    res.writeHead(entry.status, headers);
+    const drop = drops.get(path);
+    drops.delete(path);
+    sendFile(res, file, start, end, { drop, bytesPerSecond: throttles.get(path) }, (n) => (entry.bytes += n));
   });
   // Bounded: no keep-alive sockets outlive the test, and a stuck request ends.
   server.keepAliveTimeout = 1000;
@@ -59,8 +89,51 @@ export async function startServer() {
   return {
     origin,
     requests,
+    log,
+    /** Body bytes sent for `path` over all its GETs. */
+    served: (path) => log.filter((e) => e.path === path).reduce((n, e) => n + e.bytes, 0),
+    dropAfter: (path, bytes) => drops.set(path, bytes),
+    throttle: (path, bytesPerSecond) => (bytesPerSecond ? throttles.set(path, bytesPerSecond) : throttles.delete(path)),
+    ignoreRange: (path, ignore = true) => (ignore ? rangeIgnored.add(path) : rangeIgnored.delete(path)),
     close: () => new Promise((ok) => { server.closeAllConnections?.(); server.close(ok); }),
   };
+}
+
+/** Writes `chunk`; resolves when it was handed to the socket (false if the client left). */
+function write(res, chunk) {
+  return new Promise((ok) => {
+    if (res.destroyed) return ok(false);
+    res.write(chunk, (e) => ok(!e));
+  });
+}
+
+/**
+ * Sends bytes `start..=end` of `file`, calling `count(n)` per piece sent. `drop`: cut the
+ * connection after that many bytes; `bytesPerSecond`: pace the body.
+ */
+async function sendFile(res, file, start, end, { drop, bytesPerSecond }, count) {
+  const stream = createReadStream(file, { start, end, highWaterMark: bytesPerSecond ? 16 << 10 : 64 << 10 });
+  let sent = 0;
+  try {
+    for await (const chunk of stream) {
+      const piece = drop === undefined ? chunk : chunk.subarray(0, Math.max(0, drop - sent));
+      if (piece.length && !(await write(res, piece))) return;
+      count(piece.length);
+      sent += piece.length;
+      if (drop !== undefined && sent >= drop) {
+        // Mid-body: the page gets fewer bytes than content-length said, then a network error.
+        // The pause lets the page read what was sent first (Chromium drops body bytes it has
+        // not handed to the page yet when the connection fails).
+        await new Promise((ok) => setTimeout(ok, 1000));
+        res.socket?.destroy();
+        return;
+      }
+      if (bytesPerSecond) await new Promise((ok) => setTimeout(ok, (piece.length / bytesPerSecond) * 1000));
+    }
+    res.end();
+  } finally {
+    stream.destroy();
+  }
 }
 
 /** Why the browser tests cannot run here, or null. */
