@@ -9,8 +9,18 @@ export interface Progress {
    */
   stage: 'download' | 'cache' | 'cache-skipped' | 'upload';
   loaded: number;
+  /** The sizes of the files begun so far (a later file's size is known when it starts). */
   total: number;
   url?: string;
+  /** The file the bytes are of: the URL's last segment ("model.safetensors"). */
+  file?: string;
+  /**
+   * "download": bytes per second over the last few seconds (null until measured), counting
+   * only bytes fetched now (a resumed download's cached part is in `loaded` from the start).
+   */
+  bytesPerSecond?: number | null;
+  /** "download": `(total - loaded) / bytesPerSecond`; 0 when done, null until measured. */
+  secondsLeft?: number | null;
   warning?: string;
   /** The draft model's load (see `draftModel`). */
   draft?: boolean;
@@ -21,10 +31,18 @@ export interface NamedData {
   data: Blob | ArrayBuffer | ArrayBufferView;
 }
 
+/**
+ * A model's file(s). URL sources may carry the files' SHA-256 (64 hex digits, as `sha256sum`
+ * prints them): one digest with `url`, digests by file name with `urls`
+ * (`{ urls, sha256: { 'model.safetensors': '…' } }`). A file is checked when it is downloaded
+ * (and the first time a digest is given for a file cached without one); one that does not
+ * match is refused with an error naming it, the expected and the actual digest, and removed
+ * from the cache. The size announced by the server is checked always.
+ */
 export type ModelSource =
   | string
-  | { url: string }
-  | { urls: string[] }
+  | { url: string; sha256?: string }
+  | { urls: string[]; sha256?: Record<string, string> }
   | { files: Array<File | NamedData | ArrayBuffer> };
 
 export interface EngineOptions {
@@ -53,11 +71,18 @@ export interface EngineOptions {
   /** Use shader-f16 when the adapter has it (default true). */
   allowF16?: boolean;
   /**
-   * Keep downloads in the Cache API (default true), so a second load reads no network. A
-   * download that does not fit the browser's storage quota fails with a message saying so;
-   * `false` streams from the network into the engine and stores nothing.
+   * Keep downloads in the Cache API (default true), so a second load reads no network. A file
+   * is stored in parts as it arrives: a download cut off (an error, a closed tab) keeps the
+   * parts it finished, and the next load, after a reload too, fetches only the rest (a Range
+   * request; a server that ignores Range sends it all again and the held bytes are skipped).
+   * Tabs and workers of one origin share a download: one fetches, the others wait for it. A
+   * download that does not fit the browser's storage quota fails with a message saying how
+   * much it needs and how much is free; `false` streams from the network into the engine and
+   * stores nothing.
    */
   cache?: boolean;
+  /** Bytes per cached part of a download (default 32 MiB): for tests and tuning. */
+  downloadPartBytes?: number;
   /**
    * Speculative decoding with a draft model: a smaller model with the same tokenizer (e.g. a
    * q4 copy of the model, or a 135M model of the same family), loaded on the same backend. It
@@ -261,5 +286,10 @@ export interface Engine {
 export class TandemError extends Error {}
 
 export function createEngine(source: ModelSource, options?: EngineOptions): Promise<Engine>;
-export function listCachedModels(): Promise<Array<{ url: string; bytes: number }>>;
+/**
+ * The model files in the cache. A download cut off before its end is listed with
+ * `partial: true`, `bytes` held so far and the file's `total` size (null when unknown).
+ */
+export function listCachedModels(): Promise<Array<{ url: string; bytes: number; partial?: true; total?: number | null }>>;
+/** Removes a file (every part of it) from the cache; resolves to whether it was there. */
 export function deleteCachedModel(url: string): Promise<boolean>;

@@ -284,19 +284,52 @@ class Engine {
 function normalizeSource(source) {
   if (typeof source === 'string') return { url: new URL(source, location.href).href };
   if (!source || typeof source !== 'object') throw new TandemError('source must be { url }, { urls } or { files }');
-  if (source.url) return { url: new URL(source.url, location.href).href };
-  if (source.urls) return { urls: source.urls.map((u) => new URL(u, location.href).href) };
+  if (source.url) return { url: new URL(source.url, location.href).href, ...digests(source, [source.url]) };
+  if (source.urls) return { urls: source.urls.map((u) => new URL(u, location.href).href), ...digests(source, source.urls) };
   if (source.files) return { files: Array.from(source.files) };
   throw new TandemError('source must be { url }, { urls } or { files }');
+}
+
+const SHA256 = /^[0-9a-f]{64}$/;
+
+/**
+ * A URL source's `sha256` checked and lower-cased: one hex digest (with `url`), or digests by
+ * file name (a URL's last segment: `{ 'model.safetensors': '…' }`).
+ */
+function digests(source, urls) {
+  const given = source.sha256;
+  if (given === undefined || given === null) return {};
+  const bad = (what, value) => new TandemError(`sha256 ${what} must be 64 hex digits, not ${JSON.stringify(value)}`);
+  if (typeof given === 'string') {
+    if (!source.url) throw new TandemError('sha256 as one digest goes with { url }; with { urls } give { [file name]: digest }');
+    if (!SHA256.test(given.toLowerCase())) throw bad('', given);
+    return { sha256: given.toLowerCase() };
+  }
+  if (typeof given !== 'object') throw new TandemError('sha256 must be a hex digest or { [file name]: digest }');
+  const names = urls.map((u) => {
+    const path = new URL(u, location.href).pathname;
+    return decodeURIComponent(path.slice(path.lastIndexOf('/') + 1));
+  });
+  const out = {};
+  for (const [name, digest] of Object.entries(given)) {
+    if (!names.includes(name)) throw new TandemError(`sha256 names '${name}', which is none of the source's files (${names.join(', ')})`);
+    if (typeof digest !== 'string' || !SHA256.test(digest.toLowerCase())) throw bad(`of '${name}'`, digest);
+    out[name] = digest.toLowerCase();
+  }
+  return { sha256: out };
 }
 
 /**
  * Loads a model in a new Web Worker. Every file is streamed into the engine (never read into
  * one ArrayBuffer), and each tensor goes to the backend as soon as its bytes have arrived.
  * @param source `{ url }` (a .gguf), `{ urls }` (an HF checkpoint's files), or `{ files }`
- *   (File, Blob with a name, or `{ name, data }`).
- * @param options `{ onProgress({ stage, loaded, total }), backend: 'auto' | 'webgpu' | 'cpu',
- *   context, maxSeqs, kvTokens, kvDtype ('f32', 'f16', 'q8_0' or 'q4_0'), cache (default true: downloads are kept in the Cache API),
+ *   (File, Blob with a name, or `{ name, data }`). A URL source may carry `sha256`: the
+ *   file's hex digest with `{ url }`, digests by file name with `{ urls }`; a file that does
+ *   not match is refused (and removed from the cache).
+ * @param options `{ onProgress({ stage, file, loaded, total, bytesPerSecond, secondsLeft }),
+ *   backend: 'auto' | 'webgpu' | 'cpu', context, maxSeqs, kvTokens, kvDtype ('f32', 'f16',
+ *   'q8_0' or 'q4_0'), cache (default true: downloads are kept in the Cache API, and resume
+ *   where a cut-off one stopped), downloadPartBytes (the cache's part size; tests, tuning),
  *   draftModel (a source like `source`: speculative decoding with that smaller model of the
  *   same tokenizer), speculate: 'ngram' (speculation without a draft model), draftTokens
  *   (default 4), maxLoras (LoRA adapters held at once; see `loadAdapter`), maxLoraRank
@@ -321,10 +354,13 @@ export async function createEngine(source, options = {}) {
       else reject(new TandemError(msg.message));
     };
     worker.onerror = (e) => reject(new TandemError(`the engine's worker failed to start: ${e.message ?? 'see the console'}`));
-    const { backend, context, maxSeqs, kvTokens, kvDtype, allowF16, cache, draftTokens, maxLoras, maxLoraRank, loraDtype } = options;
+    const { backend, context, maxSeqs, kvTokens, kvDtype, allowF16, cache, downloadPartBytes, draftTokens, maxLoras, maxLoraRank, loraDtype } = options;
+    if (downloadPartBytes !== undefined && !(Number.isSafeInteger(downloadPartBytes) && downloadPartBytes > 0)) {
+      throw new TandemError(`downloadPartBytes must be a positive whole number, not ${downloadPartBytes}`);
+    }
     const draftModel = options.draftModel === undefined ? undefined : normalizeSource(options.draftModel);
     const speculate = options.speculate === undefined ? undefined : checkSpeculate(options.speculate);
-    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, maxSeqs, kvTokens, kvDtype, allowF16, cache, draftModel, draftTokens, speculate, maxLoras, maxLoraRank, loraDtype } });
+    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, maxSeqs, kvTokens, kvDtype, allowF16, cache, downloadPartBytes, draftModel, draftTokens, speculate, maxLoras, maxLoraRank, loraDtype } });
   }).catch((e) => {
     worker.terminate();
     throw e;

@@ -7,7 +7,7 @@
 // wasm Loader that uploads every tensor as soon as its bytes are in. No model file is read
 // into one ArrayBuffer (browsers cap those at 2 GiB) or held whole in wasm memory.
 
-import init, { Loader } from '../pkg/tandem_web.js';
+import init, { Loader, Sha256 } from '../pkg/tandem_web.js';
 import { bodySize, download, ensureCached, fileNameOf, openCached, openModelCache } from './cache.js';
 
 let ready = null;
@@ -79,7 +79,8 @@ async function pushStream(loader, name, size, body, label, onBytes = () => {}) {
         try {
           step = await reader.read();
         } catch (e) {
-          throw new Error(`reading ${label} failed: ${e.message}`);
+          // A check of the cache's copy already names the file.
+          throw new Error(e.message?.startsWith(label) ? e.message : `reading ${label} failed: ${e.message}`);
         }
         if (step.done) break;
         await pushBytes(loader, step.value);
@@ -101,25 +102,94 @@ async function pushBytes(loader, bytes) {
   }
 }
 
-/** Sums per-file byte counts into one `(loaded, total)` per stage across the model's files. */
+/** A download's rate: bytes per second over its last few seconds. */
+class Rate {
+  constructor() {
+    this.samples = []; // [ms, bytes], oldest first, one per 100 ms at most
+  }
+  add(bytes, now = performance.now()) {
+    const last = this.samples.at(-1);
+    if (last && now - last[0] < 100 && this.samples.length > 1) last[1] = bytes;
+    else this.samples.push([now, bytes]);
+    while (this.samples.length > 2 && now - this.samples[1][0] > 3000) this.samples.shift();
+  }
+  get bytesPerSecond() {
+    const [t0, b0] = this.samples[0] ?? [0, 0];
+    const [t1, b1] = this.samples.at(-1) ?? [0, 0];
+    return t1 > t0 ? ((b1 - b0) * 1000) / (t1 - t0) : null;
+  }
+}
+
+/**
+ * Sums per-file byte counts into one `(loaded, total)` per stage across the model's files;
+ * downloads also get a rate and the time left (over the bytes fetched now, not those found
+ * cached: `fresh`).
+ */
 function byteProgress(progress) {
   const files = new Map();
-  return (stage, url, loaded, total) => {
-    files.set(`${stage} ${url}`, { stage, loaded, total });
-    let l = 0, t = 0;
-    for (const f of files.values()) if (f.stage === stage) { l += f.loaded; t += f.total; }
-    progress({ stage, loaded: l, total: t, url });
+  const rate = new Rate();
+  return (stage, url, loaded, total, fresh = loaded) => {
+    files.set(`${stage} ${url}`, { stage, loaded, total, fresh });
+    let l = 0, t = 0, f = 0;
+    for (const x of files.values()) if (x.stage === stage) { l += x.loaded; t += x.total; f += x.fresh; }
+    const p = { stage, loaded: l, total: t, url, file: fileNameOf(url) };
+    if (stage === 'download') {
+      rate.add(f);
+      const perSecond = rate.bytesPerSecond;
+      p.bytesPerSecond = perSecond === null ? null : Math.round(perSecond);
+      p.secondsLeft = l >= t ? 0 : perSecond ? (t - l) / perSecond : null;
+    }
+    progress(p);
   };
 }
 
-/** The files at `urls`, through the Cache API unless `useCache` is false or there is none. */
-async function loadUrls(loader, urls, useCache, progress) {
-  urls = weightsLast(urls, fileNameOf);
+/** The sha256 (hex) the source gives for `url`, or null. */
+function expectedDigest(source, url) {
+  if (!source.sha256) return null;
+  if (typeof source.sha256 === 'string') return source.sha256;
+  return source.sha256[fileNameOf(url)] ?? null;
+}
+
+/**
+ * The bytes of `body` passed through unchanged, with their count checked against `size` (when
+ * known) and their sha256 against `sha256` (when given) at the end: a check that fails errors
+ * the stream, so the file never completes.
+ */
+function checked(body, url, size, sha256) {
+  const hash = sha256 ? new Sha256() : null;
+  let n = 0;
+  return body.pipeThrough(new TransformStream({
+    transform(chunk, controller) {
+      n += chunk.byteLength;
+      hash?.update(chunk);
+      controller.enqueue(chunk);
+    },
+    flush() {
+      if (size !== null && n !== size) throw new Error(`${url} is ${n} bytes, not the ${size} its server announced`);
+      const actual = hash?.finish();
+      if (hash && actual !== sha256) throw new Error(`${url} failed its check: sha256 ${actual}, expected ${sha256}`);
+    },
+  }));
+}
+
+/**
+ * The files of `source` (`{ url }` or `{ urls }`, with their digests), through the Cache API
+ * unless `useCache` is false or there is none. `partBytes`: the cache's part size (tests).
+ */
+async function loadUrls(loader, source, useCache, partBytes, progress) {
+  const urls = weightsLast(source.urls ?? [source.url], fileNameOf);
   const report = byteProgress(progress);
   const cache = useCache ? await openModelCache() : null;
   if (cache) {
     // Everything into the cache first (misses only), so the download is one stage.
-    for (const url of urls) await ensureCached(cache, url, (loaded, total) => report('download', url, loaded, total));
+    for (const url of urls) {
+      await ensureCached(cache, url, {
+        sha256: expectedDigest(source, url),
+        partBytes,
+        createHash: () => new Sha256(),
+        onBytes: (loaded, total, fresh) => report('download', url, loaded, total, fresh),
+      });
+    }
   }
   for (const url of urls) {
     const cached = cache ? await openCached(cache, url) : null;
@@ -133,7 +203,9 @@ async function loadUrls(loader, urls, useCache, progress) {
     }
     const response = await download(url);
     const size = bodySize(response);
-    await pushStream(loader, fileNameOf(url), size, response.body, url, (n) => report('download', url, n, size ?? n));
+    const body = response.body && checked(response.body, url, size, expectedDigest(source, url));
+    report('download', url, 0, size ?? 0);
+    await pushStream(loader, fileNameOf(url), size, body, url, (n) => report('download', url, n, size ?? n));
   }
 }
 
@@ -163,13 +235,13 @@ async function adapterName(info) {
 }
 
 // One model from `source` into a new engine.
-async function loadEngine(source, opts, cache, progress) {
+async function loadEngine(source, opts, cache, partBytes, progress) {
   if (!(source.url || source.urls || source.files)) throw new Error('the source must be { url }, { urls } or { files }');
   // The backend is chosen before the first byte, so tensors go to it as they arrive.
   const loader = await Loader.create(JSON.stringify(opts), (stage, loaded, total) => progress({ stage, loaded, total }));
   try {
     if (source.files) await loadFiles(loader, source.files);
-    else await loadUrls(loader, source.urls ?? [source.url], cache, progress);
+    else await loadUrls(loader, source, cache, partBytes, progress);
   } catch (e) {
     loader.free(); // the backend and every tensor uploaded so far
     throw e;
@@ -217,12 +289,13 @@ async function load(id, source, options) {
   wasm = await ready;
   const opts = { backend: options.backend ?? 'auto', context: options.context, max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, kv_dtype: options.kvDtype, allow_f16: options.allowF16,
     max_loras: options.maxLoras, max_lora_rank: options.maxLoraRank, lora_dtype: options.loraDtype };
-  const loaded = await loadEngine(source, opts, options.cache !== false, progress);
+  const useCache = options.cache !== false;
+  const loaded = await loadEngine(source, opts, useCache, options.downloadPartBytes, progress);
   if (options.draftModel || options.speculate) {
     try {
       // The draft on the backend the model got, with its progress marked as the draft's.
       const draftOpts = { ...opts, max_loras: undefined, max_lora_rank: undefined, lora_dtype: undefined, backend: JSON.parse(loaded.info).backend.kind === 'cpu' ? 'cpu' : 'webgpu' };
-      const draft = options.draftModel ? await loadEngine(options.draftModel, draftOpts, options.cache !== false, (p) => progress({ ...p, draft: true })) : undefined;
+      const draft = options.draftModel ? await loadEngine(options.draftModel, draftOpts, useCache, options.downloadPartBytes, (p) => progress({ ...p, draft: true })) : undefined;
       loaded.speculate(draft, options.draftTokens ?? 4);
     } catch (e) {
       loaded.unload();
