@@ -10,6 +10,8 @@
 pub mod backend;
 #[cfg(all(target_arch = "wasm32", feature = "conformance"))]
 pub mod conformance;
+#[cfg(target_arch = "wasm32")]
+mod lost;
 pub mod session;
 pub mod warm;
 #[cfg(target_arch = "wasm32")]
