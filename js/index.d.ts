@@ -238,7 +238,8 @@ export interface EngineInfo {
  *   a TandemError of `code` 'device-lost', whose message says so and gives the reason.
  * - 'reloading': the model is being loaded again on a new device, with the same options:
  *   URLs from the Cache API (no network when they are cached; `cache: false` downloads them
- *   again), Files and Blobs read again; adapters loaded with `loadAdapter` too. Progress goes to
+ *   again), Files, Blobs and ArrayBuffers (kept as Blobs) read again; adapters loaded with
+ *   `loadAdapter` too (by URL: downloaded again). Progress goes to
  *   `onProgress` with `reload: true`. Requests made from now on wait for the reload and then run.
  * - 'ready': they run on the new engine. Should no WebGPU device be had, it runs on the CPU and
  *   `fallbackReason` says why (`engine.backend` and `engine.info` follow).

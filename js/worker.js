@@ -230,7 +230,23 @@ async function load(id, source, options) {
   ready ??= init();
   wasm = await ready;
   recipe = { source, options, adapters: new Map() };
-  return build(source, options, options.backend ?? 'auto', (p) => post({ type: 'progress', id, progress: p }));
+  const info = await build(source, options, options.backend ?? 'auto', (p) => post({ type: 'progress', id, progress: p }));
+  // Only a GPU device can be lost; bytes given as ArrayBuffers are kept for that as Blobs,
+  // which the browser may hold on disk, rather than in this worker's memory.
+  recipe = info.backend.kind === 'cpu' ? null : { ...recipe, source: keepable(source), options: { ...options, draftModel: options.draftModel && keepable(options.draftModel) } };
+  return info;
+}
+
+/** `source` with any ArrayBuffer or typed array among its files as a Blob. */
+function keepable(source) {
+  if (!source.files) return source;
+  const blob = (data) => (data instanceof Blob ? data : new Blob([data]));
+  const files = source.files.map((f, i) => {
+    if (f instanceof Blob) return f;
+    if (f instanceof ArrayBuffer || ArrayBuffer.isView(f)) return { name: describeInput(f, i, source.files.length).name, data: blob(f) };
+    return { ...f, data: blob(f.data) };
+  });
+  return { files };
 }
 
 /** A new engine from `source` on `backend`, made the current one; returns its info. */
@@ -359,7 +375,7 @@ self.onmessage = async (event) => {
         const { config, weights } = await adapterFiles(msg.source);
         await e.load_adapter(msg.name, config, weights);
         // Loaded again should the model be.
-        recipe?.adapters.set(msg.name, msg.source);
+        recipe?.adapters.set(msg.name, keepable(msg.source));
         post({ type: 'done', id: msg.id });
         break;
       }

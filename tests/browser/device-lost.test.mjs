@@ -3,7 +3,8 @@
 // and the queued generation end with the device-lost error, the engine dispatches
 // 'device-lost', 'reloading' and 'ready' in that order, the model is loaded again from the
 // Cache API (the server sees no further request for its files), and greedy decoding gives the
-// same tokens as before the loss. Should no new device be had, the engine goes on on the CPU.
+// same tokens as before the loss. A model given as ArrayBuffers reloads too (the worker keeps
+// them as Blobs); should no new device be had, the engine goes on on the CPU.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -34,14 +35,15 @@ function skipped(t, reason) {
 const modelRequests = () => model.urls.map((u) => server.requests.get(u) ?? 0);
 
 /**
- * In the page: loads stories260K by URL on WebGPU (through `workerUrl` when given), decodes
+ * In the page: loads stories260K on WebGPU by URL, or as ArrayBuffers when `buffers` (through
+ * `workerUrl` when given), decodes
  * `n` greedy tokens, then starts a long generation and a second one queued behind it
  * (maxSeqs 1), destroys the device after the first piece, and once the engine is 'ready'
  * decodes the `n` tokens again. Also a request made right at the loss, which waits.
  */
-async function loseMidGeneration(workerUrl) {
+async function loseMidGeneration({ workerUrl, buffers = false } = {}) {
   return browser.page.evaluate(
-    async ({ urls, workerUrl }) => {
+    async ({ urls, workerUrl, buffers }) => {
       const { createEngine } = await import('/js/index.js');
       const greedy = async (engine, n) => {
         const stream = engine.generate('', { max_tokens: n, temperature: 0, ignore_eos: true });
@@ -60,7 +62,13 @@ async function loseMidGeneration(workerUrl) {
       const withTimeout = (promise, ms, what) =>
         Promise.race([promise, new Promise((_, reject) => setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms))]);
 
-      const engine = await createEngine({ urls }, { backend: 'webgpu', maxSeqs: 1, workerUrl });
+      let source = { urls };
+      if (buffers) {
+        const files = [];
+        for (const url of urls) files.push({ name: url.split('/').pop(), data: await (await fetch(url)).arrayBuffer() });
+        source = { files };
+      }
+      const engine = await createEngine(source, { backend: 'webgpu', maxSeqs: 1, workerUrl });
       const backendBefore = engine.backend;
       const events = [];
       let duringReload = null;
@@ -111,7 +119,7 @@ async function loseMidGeneration(workerUrl) {
       await engine.unload();
       return result;
     },
-    { urls: model.urls, workerUrl },
+    { urls: model.urls, workerUrl, buffers },
   );
 }
 
@@ -147,7 +155,7 @@ test('a lost GPU device ends its requests and the engine reloads from the cache'
   if (skip) return skipped(t, skip);
   const noGpu = await webgpuSkipReason(browser.page);
   if (noGpu) return skipped(t, noGpu);
-  const r = await loseMidGeneration(undefined);
+  const r = await loseMidGeneration();
   const requests = modelRequests();
   assert.deepEqual(requests, model.urls.map(() => 1), 'each model file was fetched once, for the first load');
   const reason = checkLoss(r);
@@ -168,7 +176,7 @@ test('with no GPU device to be had after the loss the engine goes on on the CPU'
   if (noGpu) return skipped(t, noGpu);
   const before = modelRequests();
   // Its navigator.gpu has no adapter once a device has been destroyed.
-  const r = await loseMidGeneration('/tests/browser/no-gpu-after-loss-worker.js');
+  const r = await loseMidGeneration({ workerUrl: '/tests/browser/no-gpu-after-loss-worker.js' });
   assert.deepEqual(modelRequests(), before, 'the model files came from the cache');
   checkLoss(r);
   assert.notEqual(r.backendBefore, 'cpu');
@@ -177,6 +185,19 @@ test('with no GPU device to be had after the loss the engine goes on on the CPU'
   assert.equal(r.events[2].backend, 'cpu');
   assert.match(r.fallbackReason ?? '', /^WebGPU could not be set up again after the GPU device was lost \(.+\); running on the CPU$/);
   console.log(`device-lost without a new device: reloaded on the CPU ("${r.fallbackReason}"); same 40 greedy tokens`);
+});
+
+test('a model given as ArrayBuffers is loaded again after the loss, with no fetch', { timeout: 300_000 }, async (t) => {
+  if (skip) return skipped(t, skip);
+  const noGpu = await webgpuSkipReason(browser.page);
+  if (noGpu) return skipped(t, noGpu);
+  const before = modelRequests();
+  const r = await loseMidGeneration({ buffers: true });
+  // The page fetched each file once to make its ArrayBuffer; the reload fetched none.
+  assert.deepEqual(modelRequests(), before.map((n) => n + 1));
+  checkLoss(r);
+  assert.notEqual(r.backendAfter, 'cpu');
+  console.log(`device-lost with ArrayBuffer files: reloaded on ${r.backendAfter}; same 40 greedy tokens`);
 });
 
 test('losing the device is refused on the CPU backend', { timeout: 120_000 }, async (t) => {
