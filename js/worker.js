@@ -10,8 +10,9 @@
 // A lost GPU device (a driver reset, or `engine.debug.loseDevice()` in tests) ends every
 // request the engine holds with a 'device-lost' error; the worker then loads the model again,
 // on a new device, from what it was given: URLs through the Cache API (no download when they
-// are cached), Files and Blobs read again. Requests that arrive meanwhile wait for it. The page
-// hears of each stage as an event: 'device-lost', 'reloading', then 'ready' or 'reload-failed'.
+// are cached), Files, Blobs and ArrayBuffers (kept as Blobs) read again. Requests that arrive
+// meanwhile wait for it. The page hears of each stage as an event: 'device-lost', 'reloading',
+// then 'ready' or 'reload-failed'.
 
 import init, { Loader } from '../pkg/tandem_web.js';
 import { bodySize, download, ensureCached, fileNameOf, openCached, openModelCache } from './cache.js';
