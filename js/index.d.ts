@@ -24,6 +24,8 @@ export interface Progress {
   warning?: string;
   /** The draft model's load (see `draftModel`). */
   draft?: boolean;
+  /** A load again after the GPU device was lost (see `EngineEvents`). */
+  reload?: boolean;
 }
 
 export interface NamedData {
@@ -254,7 +256,30 @@ export interface EngineInfo {
   speculation: 'draft-model' | 'ngram' | null;
 }
 
-export interface Engine {
+/**
+ * What an engine dispatches (as CustomEvents, with these as `detail`) when its GPU device is
+ * lost (a driver reset, the GPU process restarting; `engine.debug.loseDevice()` in tests):
+ * - 'device-lost': every request the engine held then (running or queued in it) has ended with
+ *   a TandemError of `code` 'device-lost', whose message says so and gives the reason.
+ * - 'reloading': the model is being loaded again on a new device, with the same options:
+ *   URLs from the Cache API (no network when they are cached; `cache: false` downloads them
+ *   again), Files, Blobs and ArrayBuffers (kept as Blobs) read again; adapters loaded with
+ *   `loadAdapter` too (by URL: downloaded again). Progress goes to
+ *   `onProgress` with `reload: true`. Requests made from now on wait for the reload and then run.
+ * - 'ready': they run on the new engine. Should no WebGPU device be had, it runs on the CPU and
+ *   `fallbackReason` says why (`engine.backend` and `engine.info` follow).
+ * - 'reload-failed': the model could not be loaded again; every request fails with `message`.
+ */
+export interface EngineEvents {
+  'device-lost': { type: 'device-lost'; reason: string };
+  reloading: { type: 'reloading'; reason: string };
+  ready: { type: 'ready'; info: EngineInfo; backend: string; fallbackReason: string | null; adapterErrors: string[] };
+  'reload-failed': { type: 'reload-failed'; reason: string; message: string };
+}
+
+export interface Engine extends EventTarget {
+  addEventListener<K extends keyof EngineEvents>(type: K, listener: (event: CustomEvent<EngineEvents[K]>) => void, options?: boolean | AddEventListenerOptions): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
   /** The adapter's name, or "cpu". */
   readonly backend: string;
   /** Why the CPU was chosen under backend "auto"; null otherwise. */
@@ -281,9 +306,21 @@ export interface Engine {
   /** Interrupts every request in flight (each ends with finish_reason "interrupted"). */
   interrupt(): void;
   unload(): Promise<void>;
+  /** Hooks for tests, not for applications. */
+  readonly debug: {
+    /**
+     * TESTING ONLY: destroys the engine's GPU device (`GPUDevice.destroy()`), as a driver reset
+     * would take it away; the engine then reloads as after a real loss (`EngineEvents`).
+     * Rejects on the CPU backend.
+     */
+    loseDevice(): Promise<void>;
+  };
 }
 
-export class TandemError extends Error {}
+export class TandemError extends Error {
+  /** 'device-lost' when the request ended because the GPU device was lost. */
+  readonly code?: 'device-lost';
+}
 
 export function createEngine(source: ModelSource, options?: EngineOptions): Promise<Engine>;
 /**

@@ -6,9 +6,11 @@ export { listCachedModels, deleteCachedModel } from './cache.js';
 let nextId = 1;
 
 class TandemError extends Error {
-  constructor(message) {
+  /** `code`: 'device-lost' when the GPU device was lost under the request; else undefined. */
+  constructor(message, code) {
     super(message);
     this.name = 'TandemError';
+    if (code) this.code = code;
   }
 }
 
@@ -109,8 +111,14 @@ function toRequest(base, options) {
   return request;
 }
 
-class Engine {
-  constructor(worker, info) {
+/**
+ * A loaded model. Also an EventTarget: when its GPU device is lost it dispatches
+ * 'device-lost', 'reloading', then 'ready' (or 'reload-failed'), each a CustomEvent whose
+ * `detail` says more (see index.d.ts).
+ */
+class Engine extends EventTarget {
+  constructor(worker, info, onProgress) {
+    super();
     this.worker = worker;
     this.info = info;
     /** The adapter's name, or "cpu". */
@@ -120,9 +128,17 @@ class Engine {
     // Every request in flight, by id: the worker batches them all in one engine.
     this.pending = new Map();
     this.unloaded = false;
-    worker.onmessage = (e) => this.pending.get(e.data.id)?.(e.data);
+    this.onProgress = onProgress;
+    // Messages without an id are about the engine itself (a lost device and its reload).
+    worker.onmessage = (e) => (e.data.id === undefined ? this.fromWorker(e.data) : this.pending.get(e.data.id)?.(e.data));
     worker.onerror = (e) => this.failAll(new TandemError(`the engine's worker failed: ${e.message ?? 'unknown error'}`));
     const self = this;
+    /** Hooks for tests; not for applications. */
+    this.debug = {
+      /** TESTING ONLY: destroys the engine's GPU device (`device.destroy()`), as a driver reset
+       * would take it away; the engine then reloads as it would after a real loss. */
+      loseDevice: () => self.call({ type: 'debugLoseDevice' }),
+    };
     this.chat = {
       completions: {
         create(params, options) {
@@ -130,6 +146,23 @@ class Engine {
         },
       },
     };
+  }
+
+  fromWorker(msg) {
+    if (msg.type === 'progress') {
+      if (msg.progress.warning) console.warn(`tandem: ${msg.progress.warning}`);
+      this.onProgress?.(msg.progress);
+      return;
+    }
+    if (msg.type !== 'event') return;
+    const detail = msg.event;
+    if (detail.type === 'ready') {
+      this.info = detail.info;
+      this.backend = detail.backend;
+      this.fallbackReason = detail.fallbackReason;
+      if (this.fallbackReason) console.warn(`tandem: ${this.fallbackReason}`);
+    }
+    this.dispatchEvent(new CustomEvent(detail.type, { detail }));
   }
 
   failAll(error) {
@@ -164,7 +197,7 @@ class Engine {
           queue.end();
           resolve(msg.usage);
         } else {
-          const error = new TandemError(msg.message);
+          const error = new TandemError(msg.message, msg.code);
           queue.end(error);
           reject(error);
         }
@@ -255,7 +288,7 @@ class Engine {
       this.pending.set(id, (reply) => {
         this.pending.delete(id);
         if (reply.type === 'done') resolve();
-        else reject(new TandemError(reply.message));
+        else reject(new TandemError(reply.message, reply.code));
       });
       this.worker.postMessage({ ...msg, id });
     });
@@ -326,7 +359,9 @@ function digests(source, urls) {
  *   (File, Blob with a name, or `{ name, data }`). A URL source may carry `sha256`: the
  *   file's hex digest with `{ url }`, digests by file name with `{ urls }`; a file that does
  *   not match is refused (and removed from the cache).
- * @param options `{ onProgress({ stage, file, loaded, total, bytesPerSecond, secondsLeft }),
+ * A lost GPU device is survived: see the Engine's events ('device-lost', 'reloading', 'ready').
+ * @param options `{ onProgress({ stage, file, loaded, total, bytesPerSecond, secondsLeft })
+ *   (also for a reload after a lost GPU device, with `reload: true`),
  *   backend: 'auto' | 'webgpu' | 'cpu', context, maxSeqs, kvTokens, kvDtype ('f32', 'f16',
  *   'q8_0' or 'q4_0'), cache (default true: downloads are kept in the Cache API, and resume
  *   where a cut-off one stopped), downloadPartBytes (the cache's part size; tests, tuning),
@@ -365,7 +400,7 @@ export async function createEngine(source, options = {}) {
     worker.terminate();
     throw e;
   });
-  return new Engine(worker, info);
+  return new Engine(worker, info, options.onProgress);
 }
 
 function checkSpeculate(s) {

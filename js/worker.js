@@ -6,6 +6,13 @@
 // A model goes into the engine as a stream: each file's bytes are pushed chunk by chunk into a
 // wasm Loader that uploads every tensor as soon as its bytes are in. No model file is read
 // into one ArrayBuffer (browsers cap those at 2 GiB) or held whole in wasm memory.
+//
+// A lost GPU device (a driver reset, or `engine.debug.loseDevice()` in tests) ends every
+// request the engine holds with a 'device-lost' error; the worker then loads the model again,
+// on a new device, from what it was given: URLs through the Cache API (no download when they
+// are cached), Files, Blobs and ArrayBuffers (kept as Blobs) read again. Requests that arrive
+// meanwhile wait for it. The page hears of each stage as an event: 'device-lost', 'reloading',
+// then 'ready' or 'reload-failed'.
 
 import init, { Loader, Sha256 } from '../pkg/tandem_web.js';
 import { bodySize, download, ensureCached, fileNameOf, openCached, openModelCache } from './cache.js';
@@ -13,6 +20,15 @@ import { bodySize, download, ensureCached, fileNameOf, openCached, openModelCach
 let ready = null;
 let wasm = null;
 let engine = null;
+/** What the engine was made from, to make it again: `{ source, options, adapters }`. */
+let recipe = null;
+/** While the engine is made again after a lost device: settles when that has ended. */
+let reloading = null;
+/** Why the engine could not be made again; every later request fails with it. */
+let reloadError = null;
+/** Requests waiting for the reload, by id: true once aborted meanwhile. */
+const waiting = new Map();
+let unloaded = false;
 
 /**
  * A module of one function that uses a SIMD instruction (i8x16.popcnt): it validates only where
@@ -283,11 +299,32 @@ async function adapterFiles(source) {
 }
 
 async function load(id, source, options) {
-  const progress = (p) => post({ type: 'progress', id, progress: p });
   checkSimd();
   ready ??= init();
   wasm = await ready;
-  const opts = { backend: options.backend ?? 'auto', context: options.context, max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, kv_dtype: options.kvDtype, allow_f16: options.allowF16,
+  recipe = { source, options, adapters: new Map() };
+  const info = await build(source, options, options.backend ?? 'auto', (p) => post({ type: 'progress', id, progress: p }));
+  // Only a GPU device can be lost; bytes given as ArrayBuffers are kept for that as Blobs,
+  // which the browser may hold on disk, rather than in this worker's memory.
+  recipe = info.backend.kind === 'cpu' ? null : { ...recipe, source: keepable(source), options: { ...options, draftModel: options.draftModel && keepable(options.draftModel) } };
+  return info;
+}
+
+/** `source` with any ArrayBuffer or typed array among its files as a Blob. */
+function keepable(source) {
+  if (!source.files) return source;
+  const blob = (data) => (data instanceof Blob ? data : new Blob([data]));
+  const files = source.files.map((f, i) => {
+    if (f instanceof Blob) return f;
+    if (f instanceof ArrayBuffer || ArrayBuffer.isView(f)) return { name: describeInput(f, i, source.files.length).name, data: blob(f) };
+    return { ...f, data: blob(f.data) };
+  });
+  return { files };
+}
+
+/** A new engine from `source` on `backend`, made the current one; returns its info. */
+async function build(source, options, backend, progress) {
+  const opts = { backend, context: options.context, max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, kv_dtype: options.kvDtype, allow_f16: options.allowF16,
     max_loras: options.maxLoras, max_lora_rank: options.maxLoraRank, lora_dtype: options.loraDtype };
   const useCache = options.cache !== false;
   const loaded = await loadEngine(source, opts, useCache, options.downloadPartBytes, progress);
@@ -302,13 +339,95 @@ async function load(id, source, options) {
       throw e;
     }
   }
-  engine = loaded;
+  watch(loaded);
   const info = JSON.parse(engine.info);
   info.speculation = options.draftModel ? 'draft-model' : options.speculate ? 'ngram' : null;
   info.backend.name = info.backend.kind === 'cpu' ? 'cpu' : await adapterName(info.backend);
   // The engine's WebAssembly memory never shrinks: this is the most it took while loading.
   info.wasm_memory_bytes = wasm.memory.buffer.byteLength;
   return info;
+}
+
+/** Makes `e` the engine, and has its device's loss reload the model. */
+function watch(e) {
+  engine = e;
+  e.device_lost().then((reason) => {
+    if (engine === e) deviceLost(reason);
+  });
+}
+
+function emit(type, detail = {}) {
+  post({ type: 'event', event: { type, ...detail } });
+}
+
+/** The engine's device is gone: its requests end with the loss (the engine does that), and the
+ * model is loaded again. */
+function deviceLost(reason) {
+  const lost = engine;
+  engine = null;
+  emit('device-lost', { reason });
+  reloading = reload(reason).finally(() => {
+    reloading = null;
+    // Its drive loop has ended every request; nothing more runs on it.
+    lost.free();
+  });
+}
+
+async function reload(reason) {
+  emit('reloading', { reason });
+  const { source, options, adapters } = recipe;
+  try {
+    // 'auto': WebGPU on a new device, or the CPU when there is none to be had.
+    const info = await build(source, options, 'auto', (p) => post({ type: 'progress', progress: { ...p, reload: true } }));
+    if (info.backend.kind === 'cpu') {
+      info.backend.fallback_reason = `WebGPU could not be set up again after the GPU device was lost (${info.backend.fallback_reason ?? 'unknown reason'}); running on the CPU`;
+    }
+    const adapterErrors = [];
+    for (const [name, adapterSource] of adapters) {
+      try {
+        const { config, weights } = await adapterFiles(adapterSource);
+        if (!engine) break;
+        await engine.load_adapter(name, config, weights);
+      } catch (e) {
+        adapters.delete(name);
+        adapterErrors.push(`adapter '${name}': ${describe(e)}`);
+      }
+    }
+    if (unloaded) {
+      engine?.unload();
+      engine = null;
+      return;
+    }
+    emit('ready', { info, backend: info.backend.name, fallbackReason: info.backend.fallback_reason ?? null, adapterErrors });
+  } catch (e) {
+    engine?.unload();
+    engine = null;
+    reloadError = `the GPU device was lost (reason: ${reason}) and the model could not be loaded again: ${describe(e)}`;
+    emit('reload-failed', { reason, message: reloadError });
+  }
+}
+
+/** The engine for request `id`, once any reload has ended; `aborted` when it was aborted while
+ * it waited. */
+async function engineFor(id) {
+  let aborted = false;
+  if (reloading) {
+    waiting.set(id, false);
+    try {
+      await reloading;
+    } finally {
+      aborted = waiting.get(id);
+      waiting.delete(id);
+    }
+  }
+  if (!engine) throw new Error(reloadError ?? (unloaded ? 'the engine was unloaded' : 'no model is loaded'));
+  return { engine, aborted };
+}
+
+/** An error for the page: a lost device's says that the engine is reloading. */
+function errorMessage(id, e) {
+  if (e?.name === 'DeviceLostError') return { type: 'error', id, code: 'device-lost', message: `${e.message}; the engine is reloading` };
+  return { type: 'error', id, message: describe(e) };
 }
 
 self.onmessage = async (event) => {
@@ -319,38 +438,52 @@ self.onmessage = async (event) => {
         post({ type: 'loaded', id: msg.id, info: await load(msg.id, msg.source, msg.options ?? {}) });
         break;
       case 'generate': {
-        if (!engine) throw new Error('no model is loaded');
-        const usage = await engine.generate(msg.id, JSON.stringify(msg.request), (text) => post({ type: 'text', id: msg.id, text }));
-        post({ type: 'done', id: msg.id, usage: JSON.parse(usage) });
+        const { engine: e, aborted } = await engineFor(msg.id);
+        const usage = e.generate(msg.id, JSON.stringify(msg.request), (text) => post({ type: 'text', id: msg.id, text }));
+        if (aborted) e.abort(msg.id);
+        post({ type: 'done', id: msg.id, usage: JSON.parse(await usage) });
         break;
       }
       case 'loadAdapter': {
-        if (!engine) throw new Error('no model is loaded');
+        const { engine: e } = await engineFor(msg.id);
         const { config, weights } = await adapterFiles(msg.source);
-        await engine.load_adapter(msg.name, config, weights);
+        await e.load_adapter(msg.name, config, weights);
+        // Loaded again should the model be.
+        recipe?.adapters.set(msg.name, keepable(msg.source));
         post({ type: 'done', id: msg.id });
         break;
       }
-      case 'unloadAdapter':
-        if (!engine) throw new Error('no model is loaded');
-        await engine.unload_adapter(msg.name);
+      case 'unloadAdapter': {
+        const { engine: e } = await engineFor(msg.id);
+        await e.unload_adapter(msg.name);
+        recipe?.adapters.delete(msg.name);
         post({ type: 'done', id: msg.id });
         break;
+      }
       case 'abort':
-        engine?.abort(msg.id);
+        if (waiting.has(msg.id)) waiting.set(msg.id, true);
+        else engine?.abort(msg.id);
         break;
       case 'interrupt':
+        for (const id of waiting.keys()) waiting.set(id, true);
         engine?.interrupt();
         break;
       case 'unload':
+        unloaded = true;
         engine?.unload();
         engine = null;
         post({ type: 'unloaded', id: msg.id });
+        break;
+      case 'debugLoseDevice':
+        // TESTING ONLY (engine.debug.loseDevice()): destroys the GPU device under the engine.
+        if (!engine) throw new Error('no engine is running (it may be reloading)');
+        engine.debug_lose_device();
+        post({ type: 'done', id: msg.id });
         break;
       default:
         throw new Error(`unknown message type ${msg.type}`);
     }
   } catch (e) {
-    post({ type: 'error', id: msg.id, message: describe(e) });
+    post(errorMessage(msg.id, e));
   }
 };

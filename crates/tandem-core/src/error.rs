@@ -47,6 +47,10 @@ pub enum Error {
     OutOfKvBlocks { need: usize, free: usize },
     #[error("backend {backend}: {reason}")]
     Backend { backend: String, reason: String },
+    /// The GPU device is gone for good (a driver reset, `device.destroy()`): everything on it
+    /// is lost, and only a new device with the model loaded again can run anything.
+    #[error("backend {backend}: the GPU device was lost ({reason})")]
+    DeviceLost { backend: String, reason: String },
     #[error("default model: {0}")]
     DefaultModel(String),
 }

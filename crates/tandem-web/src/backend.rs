@@ -4,13 +4,23 @@
 use tandem_core::ops::Op;
 use tandem_core::{Backend, BufId, BufInfo, DType, Result, Step};
 use tandem_cpu::CpuBackend;
-use tandem_wgpu::WgpuBackend;
+use tandem_wgpu::{DeviceWatch, WgpuBackend};
 
 // One per engine, made once: boxing the larger variant would buy nothing but an indirection.
 #[allow(clippy::large_enum_variant)]
 pub enum WebBackend {
     Gpu(WgpuBackend),
     Cpu(CpuBackend),
+}
+
+impl WebBackend {
+    /// What reports the GPU device's loss; none on the CPU, which has nothing to lose.
+    pub fn watch(&self) -> Option<DeviceWatch> {
+        match self {
+            WebBackend::Gpu(b) => Some(b.watch()),
+            WebBackend::Cpu(_) => None,
+        }
+    }
 }
 
 impl Backend for WebBackend {

@@ -12,6 +12,8 @@ pub mod backend;
 #[cfg(all(target_arch = "wasm32", feature = "conformance"))]
 pub mod conformance;
 pub mod digest;
+#[cfg(target_arch = "wasm32")]
+mod lost;
 pub mod session;
 pub mod warm;
 #[cfg(target_arch = "wasm32")]

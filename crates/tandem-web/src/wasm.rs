@@ -13,7 +13,10 @@
 //! steps, steps, and routes each request's text and usage to its callback and Promise. The
 //! loop never holds a borrow that the message handler needs, so requests and aborts that
 //! arrive while a step runs join the next one.
+//!
+//! A lost GPU device ends the engine: see [`crate::lost`].
 use crate::backend::WebBackend;
+use crate::lost::{device_lost_error, first, Devices, Either};
 use crate::session::{Added, Output, Request, Session};
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
@@ -21,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use tandem_core::model::{LoraOptions, ModelOptions, ModelStream};
 use tandem_core::scheduler::RequestId;
-use tandem_core::DType;
+use tandem_core::{DType, Error};
 use tandem_cpu::CpuBackend;
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
 use wasm_bindgen::prelude::*;
@@ -218,6 +221,7 @@ pub struct Loader {
     scratch: Vec<u8>,
     max_seqs: usize,
     lora: Option<LoraOptions>,
+    devices: Devices,
 }
 
 #[wasm_bindgen]
@@ -251,6 +255,7 @@ impl Loader {
             // Only speed depends on it (see `warm`): a failure here would fail the load later.
             let _ = crate::warm::warm_up(cpu);
         }
+        let devices = Devices::new(backend.watch());
         let model_opts = ModelOptions {
             context,
             kv_dtype,
@@ -265,6 +270,7 @@ impl Loader {
             scratch: Vec::new(),
             max_seqs,
             lora,
+            devices,
         })
     }
 
@@ -305,7 +311,7 @@ impl Loader {
 
     /// The engine, once every file is in. Errors name what is missing.
     pub fn finish(self) -> Result<Engine, JsValue> {
-        let Loader { stream, backend, max_seqs, lora, .. } = self;
+        let Loader { stream, backend, max_seqs, lora, devices, .. } = self;
         let session =
             Session::new(stream.finish().map_err(js_error)?, max_seqs, lora).map_err(js_error)?;
         let info = serde_json::to_string(&EngineInfo { backend: &backend, model: &session.info })
@@ -316,6 +322,8 @@ impl Loader {
             pending: RefCell::new(HashMap::new()),
             driving: Cell::new(false),
             unloaded: Cell::new(false),
+            devices: RefCell::new(devices),
+            lost: RefCell::new(None),
         };
         Ok(Engine { shared: Rc::new(shared), info })
     }
@@ -348,10 +356,14 @@ struct Settle {
 
 impl Settle {
     fn with(self, result: tandem_core::Result<()>) {
-        let _ = match result {
-            Ok(()) => self.resolve.call0(&JsValue::NULL),
-            Err(e) => self.reject.call1(&JsValue::NULL, &js_error(e)),
-        };
+        match result {
+            Ok(()) => drop(self.resolve.call0(&JsValue::NULL)),
+            Err(e) => self.reject(js_error(e)),
+        }
+    }
+
+    fn reject(self, error: JsValue) {
+        let _ = self.reject.call1(&JsValue::NULL, &error);
     }
 }
 
@@ -372,9 +384,39 @@ struct Shared {
     pending: RefCell<HashMap<u32, Pending>>,
     driving: Cell<bool>,
     unloaded: Cell<bool>,
+    /// The GPU devices the session runs on (none on the CPU).
+    devices: RefCell<Devices>,
+    /// Set when the drive loop found a device lost and dropped the session.
+    lost: RefCell<Option<String>>,
 }
 
 impl Shared {
+    /// Why the engine's GPU device was lost, once it has been: nothing runs any more.
+    fn lost_reason(&self) -> Option<String> {
+        self.lost.borrow().clone().or_else(|| self.devices.borrow().reason())
+    }
+
+    /// The device is gone, and the session's buffers with it: every request and command the
+    /// engine holds ends with the loss, and the session is dropped.
+    fn lose(&self, session: Session, reason: &str) {
+        *self.lost.borrow_mut() = Some(reason.to_string());
+        drop(session);
+        let commands: Vec<Command> = self.inbox.borrow_mut().drain(..).collect();
+        for command in commands {
+            match command {
+                Command::LoadAdapter { settle, .. } | Command::UnloadAdapter { settle, .. } => {
+                    settle.reject(device_lost_error(reason))
+                }
+                Command::Add(..) | Command::Abort(_) | Command::AbortAll => {}
+            }
+        }
+        let ids: Vec<u32> = self.pending.borrow().keys().copied().collect();
+        for js in ids {
+            self.settle(js, Err(device_lost_error(reason)));
+        }
+        self.driving.set(false);
+    }
+
     /// Takes request `js` out and settles its Promise: resolved with `usage`, or rejected with
     /// `error` (or with what its `on_text` threw).
     fn settle(&self, js: u32, result: Result<String, JsValue>) {
@@ -416,6 +458,7 @@ async fn drive(shared: Rc<Shared>) {
         shared.driving.set(false);
         return;
     };
+    let devices = shared.devices.borrow().clone();
     // The session's id of each running request -> the worker's.
     let mut ids: HashMap<RequestId, u32> = HashMap::new();
     loop {
@@ -448,7 +491,27 @@ async fn drive(shared: Rc<Shared>) {
         if !session.has_work() {
             break;
         }
-        for (id, output) in session.step().await {
+        if let Some(reason) = devices.reason() {
+            return shared.lose(session, &reason);
+        }
+        // A read on a lost device may never settle: the loss ends the step unfinished.
+        let outputs = match first(session.step(), devices.lost()).await {
+            Either::Left(outputs) => outputs,
+            Either::Right(reason) => return shared.lose(session, &reason),
+        };
+        // A step that failed as a whole (its read was refused) may be the loss, not yet
+        // reported.
+        let step_failed = outputs.iter().any(|(_, o)| match o {
+            Output::Failed(Error::Backend { backend, .. }) => backend == "step",
+            Output::Failed(Error::DeviceLost { .. }) => true,
+            _ => false,
+        });
+        if step_failed {
+            if let Some(reason) = devices.loss_behind_failure().await {
+                return shared.lose(session, &reason);
+            }
+        }
+        for (id, output) in outputs {
             let Some(&js) = ids.get(&id) else { continue };
             match output {
                 Output::Text(text) => {
@@ -500,6 +563,9 @@ impl Engine {
         if shared.unloaded.get() {
             return js_sys::Promise::reject(&js_error("the engine was unloaded"));
         }
+        if let Some(reason) = shared.lost_reason() {
+            return js_sys::Promise::reject(&device_lost_error(&reason));
+        }
         if shared.pending.borrow().contains_key(&id) {
             return js_sys::Promise::reject(&js_error(format!(
                 "request id {id} is already in flight"
@@ -513,6 +579,24 @@ impl Engine {
         });
         self.send(Command::Add(id, req));
         promise
+    }
+
+    /// Resolves with the reason (a string) when the GPU device the engine runs on is lost;
+    /// never on the CPU. The engine then runs nothing more: load the model again.
+    pub fn device_lost(&self) -> js_sys::Promise {
+        let devices = self.shared.devices.borrow().clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            Ok(JsValue::from_str(&devices.lost().await))
+        })
+    }
+
+    /// TESTING ONLY: destroys the engine's GPU device, as a driver reset would take it away
+    /// (`device.destroy()`). An error on the CPU backend, which has no device.
+    pub fn debug_lose_device(&self) -> Result<(), JsValue> {
+        match self.shared.devices.borrow().destroy_for_testing() {
+            true => Ok(()),
+            false => Err(js_error("the engine runs on the CPU: it has no GPU device to lose")),
+        }
     }
 
     /// Asks request `id` to stop after its current step; it then resolves with finish_reason
@@ -555,6 +639,7 @@ impl Engine {
                     return Err(js_error("the draft engine has requests in flight"));
                 }
                 d.shared.unloaded.set(true);
+                self.shared.devices.borrow_mut().join(&d.shared.devices.borrow());
                 let taken = d.shared.session.borrow_mut().take();
                 Some(taken.ok_or_else(|| js_error("the draft engine was unloaded"))?)
             }
@@ -592,6 +677,9 @@ impl Engine {
     fn answer(&self, make: impl FnOnce(Settle) -> Command) -> js_sys::Promise {
         if self.shared.unloaded.get() {
             return js_sys::Promise::reject(&js_error("the engine was unloaded"));
+        }
+        if let Some(reason) = self.shared.lost_reason() {
+            return js_sys::Promise::reject(&device_lost_error(&reason));
         }
         let mut settle = None;
         let promise = js_sys::Promise::new(&mut |resolve, reject| {

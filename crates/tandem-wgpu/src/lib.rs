@@ -33,8 +33,11 @@ mod pipelines;
 pub fn shader_modules() -> Vec<(String, &'static str)> {
     pipelines::Shader::ALL.iter().map(|s| (format!("{s:?}"), s.source())).collect()
 }
+mod lost;
 mod readback;
 mod step;
+
+pub use lost::{DeviceWatch, Lost};
 
 use buffers::{Entry, Gpu, Part, Table};
 use pipelines::{Cache, PARAM_BYTES};
@@ -109,7 +112,7 @@ pub struct WgpuBackend {
     /// What the last step staged for reading (`Step::read_back`).
     step_staging: readback::StepStaging,
     align: u64,
-    lost: Arc<Mutex<Option<String>>>,
+    lost: lost::SharedLost,
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// Error scopes that did not resolve at once (the browser resolves them later).
     pending: Vec<ScopeFuture>,
@@ -163,12 +166,7 @@ impl WgpuBackend {
             })
             .await
             .map_err(|e| backend_err(format!("request_device on {}: {e}", info.name)))?;
-        let lost = Arc::new(Mutex::new(None));
-        let l = lost.clone();
-        device.set_device_lost_callback(move |reason, msg| {
-            *l.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(format!("device lost ({reason:?}): {msg}"));
-        });
+        let lost = lost::watch_device(&device);
         let uncaptured = Arc::new(Mutex::new(Vec::new()));
         let u = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -215,6 +213,11 @@ impl WgpuBackend {
         format!("{} ({:?})", self.info.name, self.info.backend)
     }
 
+    /// A handle that reports this backend's device loss (see [`DeviceWatch`]).
+    pub fn watch(&self) -> DeviceWatch {
+        DeviceWatch { device: self.device.clone(), state: self.lost.clone() }
+    }
+
     /// Whether f16 weights run through the native shader-f16 kernel.
     pub fn uses_f16(&self) -> bool {
         self.f16
@@ -257,8 +260,8 @@ impl WgpuBackend {
 
     /// Device loss, errors outside any scope, and scopes that resolved since the last call.
     fn check_health(&mut self) -> Result<()> {
-        if let Some(msg) = self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            return Err(backend_err(msg));
+        if let Some(reason) = lost::reason(&self.lost) {
+            return Err(Error::DeviceLost { backend: NAME.into(), reason });
         }
         let mut errors: Vec<String> =
             std::mem::take(&mut *self.uncaptured.lock().unwrap_or_else(|p| p.into_inner()));

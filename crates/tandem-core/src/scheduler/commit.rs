@@ -160,7 +160,12 @@ fn take_outputs(
 }
 
 /// Errors are not Clone (some wrap io::Error); a failed step reports its message to each of
-/// its requests.
+/// its requests. A lost device stays one, so front ends can tell it from other failures.
 fn clone_error(e: &Error) -> Error {
-    Error::Backend { backend: "step".into(), reason: e.to_string() }
+    match e {
+        Error::DeviceLost { backend, reason } => {
+            Error::DeviceLost { backend: backend.clone(), reason: reason.clone() }
+        }
+        _ => Error::Backend { backend: "step".into(), reason: e.to_string() },
+    }
 }
