@@ -296,7 +296,7 @@ function normalizeSource(source) {
  * @param source `{ url }` (a .gguf), `{ urls }` (an HF checkpoint's files), or `{ files }`
  *   (File, Blob with a name, or `{ name, data }`).
  * @param options `{ onProgress({ stage, loaded, total }), backend: 'auto' | 'webgpu' | 'cpu',
- *   context, maxSeqs, kvTokens, kvDtype ('f32', 'f16', 'q8_0' or 'q4_0'), cache (default true: downloads are kept in the Cache API),
+ *   context, maxSeqs, kvTokens, kvDtype ('f32', 'f16', 'q8_0' or 'q4_0'; kDtype / vDtype for keys and values each), cache (default true: downloads are kept in the Cache API),
  *   draftModel (a source like `source`: speculative decoding with that smaller model of the
  *   same tokenizer), speculate: 'ngram' (speculation without a draft model), draftTokens
  *   (default 4), maxLoras (LoRA adapters held at once; see `loadAdapter`), maxLoraRank
@@ -321,10 +321,10 @@ export async function createEngine(source, options = {}) {
       else reject(new TandemError(msg.message));
     };
     worker.onerror = (e) => reject(new TandemError(`the engine's worker failed to start: ${e.message ?? 'see the console'}`));
-    const { backend, context, maxSeqs, kvTokens, kvDtype, allowF16, cache, draftTokens, maxLoras, maxLoraRank, loraDtype } = options;
+    const { backend, context, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, draftTokens, maxLoras, maxLoraRank, loraDtype } = options;
     const draftModel = options.draftModel === undefined ? undefined : normalizeSource(options.draftModel);
     const speculate = options.speculate === undefined ? undefined : checkSpeculate(options.speculate);
-    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, maxSeqs, kvTokens, kvDtype, allowF16, cache, draftModel, draftTokens, speculate, maxLoras, maxLoraRank, loraDtype } });
+    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, draftModel, draftTokens, speculate, maxLoras, maxLoraRank, loraDtype } });
   }).catch((e) => {
     worker.terminate();
     throw e;

@@ -215,7 +215,7 @@ async function load(id, source, options) {
   checkSimd();
   ready ??= init();
   wasm = await ready;
-  const opts = { backend: options.backend ?? 'auto', context: options.context, max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, kv_dtype: options.kvDtype, allow_f16: options.allowF16,
+  const opts = { backend: options.backend ?? 'auto', context: options.context, max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, kv_dtype: options.kvDtype, k_dtype: options.kDtype, v_dtype: options.vDtype, allow_f16: options.allowF16,
     max_loras: options.maxLoras, max_lora_rank: options.maxLoraRank, lora_dtype: options.loraDtype };
   const loaded = await loadEngine(source, opts, options.cache !== false, progress);
   if (options.draftModel || options.speculate) {
