@@ -47,6 +47,9 @@ export type ModelSource =
   | { urls: string[]; sha256?: Record<string, string> }
   | { files: Array<File | NamedData | ArrayBuffer> };
 
+/** A KV cache storage type. */
+export type KvDtype = 'f32' | 'f16' | 'q8_0' | 'q4_0';
+
 export interface EngineOptions {
   onProgress?: (progress: Progress) => void;
   /** "auto" (default): WebGPU when the browser has an adapter, else the CPU. */
@@ -69,7 +72,14 @@ export interface EngineOptions {
    * of 32 values with a scale (about half / a quarter of f16's memory a token: longer
    * conversations in a small GPU; attention reads them as they are).
    */
-  kvDtype?: 'f32' | 'f16' | 'q8_0' | 'q4_0';
+  kvDtype?: KvDtype;
+  /**
+   * The keys' and the values' storage each, overriding `kvDtype`. Keys set every attention
+   * score, values only average into the output: `{ kDtype: 'f16', vDtype: 'q4_0' }` keeps
+   * keys fine. Pairs: equal types, or values coarser (f16/q8_0, f16/q4_0, q8_0/q4_0).
+   */
+  kDtype?: KvDtype;
+  vDtype?: KvDtype;
   /** Use shader-f16 when the adapter has it (default true). */
   allowF16?: boolean;
   /**

@@ -363,8 +363,8 @@ function digests(source, urls) {
  * @param options `{ onProgress({ stage, file, loaded, total, bytesPerSecond, secondsLeft })
  *   (also for a reload after a lost GPU device, with `reload: true`),
  *   backend: 'auto' | 'webgpu' | 'cpu', context, maxSeqs, kvTokens, kvDtype ('f32', 'f16',
- *   'q8_0' or 'q4_0'), cache (default true: downloads are kept in the Cache API, and resume
- *   where a cut-off one stopped), downloadPartBytes (the cache's part size; tests, tuning),
+ *   'q8_0' or 'q4_0'; kDtype / vDtype for keys and values each), cache (default true:
+ *   downloads are kept in the Cache API, and resume where a cut-off one stopped), downloadPartBytes (the cache's part size; tests, tuning),
  *   draftModel (a source like `source`: speculative decoding with that smaller model of the
  *   same tokenizer), speculate: 'ngram' (speculation without a draft model), draftTokens
  *   (default 4), maxLoras (LoRA adapters held at once; see `loadAdapter`), maxLoraRank
@@ -389,13 +389,13 @@ export async function createEngine(source, options = {}) {
       else reject(new TandemError(msg.message));
     };
     worker.onerror = (e) => reject(new TandemError(`the engine's worker failed to start: ${e.message ?? 'see the console'}`));
-    const { backend, context, maxSeqs, kvTokens, kvDtype, allowF16, cache, downloadPartBytes, draftTokens, maxLoras, maxLoraRank, loraDtype } = options;
+    const { backend, context, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, draftTokens, maxLoras, maxLoraRank, loraDtype } = options;
     if (downloadPartBytes !== undefined && !(Number.isSafeInteger(downloadPartBytes) && downloadPartBytes > 0)) {
       throw new TandemError(`downloadPartBytes must be a positive whole number, not ${downloadPartBytes}`);
     }
     const draftModel = options.draftModel === undefined ? undefined : normalizeSource(options.draftModel);
     const speculate = options.speculate === undefined ? undefined : checkSpeculate(options.speculate);
-    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, maxSeqs, kvTokens, kvDtype, allowF16, cache, downloadPartBytes, draftModel, draftTokens, speculate, maxLoras, maxLoraRank, loraDtype } });
+    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, draftModel, draftTokens, speculate, maxLoras, maxLoraRank, loraDtype } });
   }).catch((e) => {
     worker.terminate();
     throw e;

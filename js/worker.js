@@ -324,7 +324,7 @@ function keepable(source) {
 
 /** A new engine from `source` on `backend`, made the current one; returns its info. */
 async function build(source, options, backend, progress) {
-  const opts = { backend, context: options.context, max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, kv_dtype: options.kvDtype, allow_f16: options.allowF16,
+  const opts = { backend, context: options.context, max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, kv_dtype: options.kvDtype, k_dtype: options.kDtype, v_dtype: options.vDtype, allow_f16: options.allowF16,
     max_loras: options.maxLoras, max_lora_rank: options.maxLoraRank, lora_dtype: options.loraDtype };
   const useCache = options.cache !== false;
   const loaded = await loadEngine(source, opts, useCache, options.downloadPartBytes, progress);

@@ -54,7 +54,7 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float* red) 
     return r;
 }
 
-template <int DT>
+template <int KDT, int VDT>
 __device__ void decode_partial(const float* __restrict__ q, const u8* __restrict__ ck,
                                const u8* __restrict__ cv, u64 k_doff, u64 v_doff,
                                const u32* __restrict__ positions,
@@ -89,7 +89,7 @@ __device__ void decode_partial(const float* __restrict__ q, const u8* __restrict
         float dot = 0.0f;
         if (blk < num_blocks) {
             const u64 off = (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd;
-            for (u32 d = lane; d < hd; d += 32) dot += qs[d] * load_w<DT>(ck, k_doff, 0, off + d);
+            for (u32 d = lane; d < hd; d += 32) dot += qs[d] * load_w<KDT>(ck, k_doff, 0, off + d);
         }
         dot = warp_sum(dot);
         float sc = dot * scale;
@@ -117,7 +117,7 @@ __device__ void decode_partial(const float* __restrict__ q, const u8* __restrict
             const u32 t = start + j;
             const u32 blk = table[t / bs];
             if (blk < num_blocks)
-                a += s[j] * load_w<DT>(cv, v_doff, 0, (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd + d);
+                a += s[j] * load_w<VDT>(cv, v_doff, 0, (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd + d);
         }
         part_acc[slot * hd + d] = a;
     }
@@ -127,20 +127,24 @@ __device__ void decode_partial(const float* __restrict__ q, const u8* __restrict
     }
 }
 
-#define PARTIAL(suffix, DT)                                                                     \
+#define PARTIAL(suffix, KDT, VDT)                                                               \
     extern "C" __global__ void __launch_bounds__(AD_THREADS) attention_decode_partial_##suffix(   \
         const float* q, const u8* ck, const u8* cv, u64 k_doff, u64 v_doff, const u32* positions, \
         const u32* table_starts, const u32* tables, float* part_acc, float* part_ml, u32 heads,   \
         u32 kv_heads, u32 hd, u32 bs, u32 num_blocks, float scale, u32 parts, u32 window,         \
         float softcap) {                                                                          \
-        decode_partial<DT>(q, ck, cv, k_doff, v_doff, positions, table_starts, tables, part_acc,  \
-                           part_ml, heads, kv_heads, hd, bs, num_blocks, scale, parts, window,    \
-                           softcap);                                                              \
+        decode_partial<KDT, VDT>(q, ck, cv, k_doff, v_doff, positions, table_starts, tables,      \
+                                 part_acc, part_ml, heads, kv_heads, hd, bs, num_blocks, scale,   \
+                                 parts, window, softcap);                                         \
     }
-PARTIAL(f32, DT_F32)
-PARTIAL(f16, DT_F16)
-PARTIAL(q8_0, DT_Q8_0)
-PARTIAL(q4_0, DT_Q4_0)
+// The K/V dtype pairs of tandem_core::quant::kv::KV_PAIRS: k's dtype, then v's where it differs.
+PARTIAL(f32, DT_F32, DT_F32)
+PARTIAL(f16, DT_F16, DT_F16)
+PARTIAL(q8_0, DT_Q8_0, DT_Q8_0)
+PARTIAL(q4_0, DT_Q4_0, DT_Q4_0)
+PARTIAL(f16_q8_0, DT_F16, DT_Q8_0)
+PARTIAL(f16_q4_0, DT_F16, DT_Q4_0)
+PARTIAL(q8_0_q4_0, DT_Q8_0, DT_Q4_0)
 
 // One block per (head, row): out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p over the
 // row's partitions.

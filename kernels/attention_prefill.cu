@@ -26,7 +26,7 @@
 #define AP_HDMAX 128
 #define AP_CH (AP_HDMAX / 32)
 
-template <int DT>
+template <int KDT, int VDT>
 __device__ void attention_prefill(const float* __restrict__ q, const u8* __restrict__ ck,
                                   const u8* __restrict__ cv, u64 k_doff, u64 v_doff,
                                   const u32* __restrict__ positions,
@@ -86,8 +86,8 @@ __device__ void attention_prefill(const float* __restrict__ q, const u8* __restr
                     const u32 blk = table[t / bs];
                     if (blk < num_blocks) {
                         const u64 off = (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd + d;
-                        kk = load_w<DT>(ck, k_doff, 0, off);
-                        vv = load_w<DT>(cv, v_doff, 0, off);
+                        kk = load_w<KDT>(ck, k_doff, 0, off);
+                        vv = load_w<VDT>(cv, v_doff, 0, off);
                     }
                 }
                 Ks[j * ks_stride + d] = kk;
@@ -145,15 +145,20 @@ __device__ void attention_prefill(const float* __restrict__ q, const u8* __restr
     }
 }
 
-#define PREFILL(suffix, DT)                                                                     \
+#define PREFILL(suffix, KDT, VDT)                                                               \
     extern "C" __global__ void __launch_bounds__(AP_WARPS * 32) attention_prefill_##suffix(     \
         const float* q, const u8* ck, const u8* cv, u64 k_doff, u64 v_doff, const u32* positions, \
         const u32* table_starts, const u32* tables, float* out, u32 n, u32 heads, u32 kv_heads,  \
         u32 hd, u32 bs, u32 num_blocks, float scale, u32 window, float softcap) {                 \
-        attention_prefill<DT>(q, ck, cv, k_doff, v_doff, positions, table_starts, tables, out, n, \
-                              heads, kv_heads, hd, bs, num_blocks, scale, window, softcap);       \
+        attention_prefill<KDT, VDT>(q, ck, cv, k_doff, v_doff, positions, table_starts, tables,   \
+                                    out, n, heads, kv_heads, hd, bs, num_blocks, scale, window,   \
+                                    softcap);                                                     \
     }
-PREFILL(f32, DT_F32)
-PREFILL(f16, DT_F16)
-PREFILL(q8_0, DT_Q8_0)
-PREFILL(q4_0, DT_Q4_0)
+// The K/V dtype pairs of tandem_core::quant::kv::KV_PAIRS: k's dtype, then v's where it differs.
+PREFILL(f32, DT_F32, DT_F32)
+PREFILL(f16, DT_F16, DT_F16)
+PREFILL(q8_0, DT_Q8_0, DT_Q8_0)
+PREFILL(q4_0, DT_Q4_0, DT_Q4_0)
+PREFILL(f16_q8_0, DT_F16, DT_Q8_0)
+PREFILL(f16_q4_0, DT_F16, DT_Q4_0)
+PREFILL(q8_0_q4_0, DT_Q8_0, DT_Q4_0)

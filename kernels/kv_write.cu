@@ -2,6 +2,8 @@
 // k, v: [n, row] f32 (row = kv_heads * head_dim); cache_k, cache_v: [rows, row] in f32, f16,
 // q8_0 or q4_0; slots: [n] u32, cache row of token i. A slot >= rows (the host reports it) is
 // skipped. k_doff, v_doff: the byte offset of a quantized cache's scales (0 for f32/f16).
+// sides: which caches a launch writes (1 keys, 2 values, 3 both): caches of two dtypes are
+// written by two launches, each with its own dtype's kernel.
 //
 // Quantized caches (tandem_core::quant::kv): element e's code at byte e (q8_0, an i8) or in
 // byte e / 2 (q4_0: low nibble for even e, high for odd, stored + 8), the f16 scale of its
@@ -16,7 +18,7 @@ __device__ __forceinline__ void kv_put(u16* p, float v) { *p = f32_to_f16(v); }
 template <typename T>
 __device__ void kv_write(const float* __restrict__ k, const float* __restrict__ v,
                          T* __restrict__ ck, T* __restrict__ cv, const u32* __restrict__ slots,
-                         u32 n, u32 row, u32 rows) {
+                         u32 n, u32 row, u32 rows, u32 sides) {
     const u64 total = (u64)n * row;
     const u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
@@ -25,21 +27,21 @@ __device__ void kv_write(const float* __restrict__ k, const float* __restrict__ 
         const u32 s = slots[t];
         if (s >= rows) continue;
         const u64 dst = (u64)s * row + e;
-        kv_put(ck + dst, k[i]);
-        kv_put(cv + dst, v[i]);
+        if (sides & 1u) kv_put(ck + dst, k[i]);
+        if (sides & 2u) kv_put(cv + dst, v[i]);
     }
 }
 
 extern "C" __global__ void kv_write_f32(const float* k, const float* v, float* ck, float* cv,
                                         const u32* slots, u32 n, u32 row, u32 rows, u64 k_doff,
-                                        u64 v_doff) {
-    kv_write<float>(k, v, ck, cv, slots, n, row, rows);
+                                        u64 v_doff, u32 sides) {
+    kv_write<float>(k, v, ck, cv, slots, n, row, rows, sides);
 }
 
 extern "C" __global__ void kv_write_f16(const float* k, const float* v, u16* ck, u16* cv,
                                         const u32* slots, u32 n, u32 row, u32 rows, u64 k_doff,
-                                        u64 v_doff) {
-    kv_write<u16>(k, v, ck, cv, slots, n, row, rows);
+                                        u64 v_doff, u32 sides) {
+    kv_write<u16>(k, v, ck, cv, slots, n, row, rows, sides);
 }
 
 // One block of 32 values, lane l holding value x (its element l), stored at block b of the
@@ -90,7 +92,7 @@ template <int DT>
 __device__ void kv_write_quant(const float* __restrict__ k, const float* __restrict__ v,
                                u8* __restrict__ ck, u8* __restrict__ cv,
                                const u32* __restrict__ slots, u32 n, u32 row, u32 rows,
-                               u64 k_doff, u64 v_doff) {
+                               u64 k_doff, u64 v_doff, u32 sides) {
     const u32 per_row = row / 32, lane = threadIdx.x & 31;
     const u64 total = (u64)n * per_row;
     const u64 stride = ((u64)gridDim.x * blockDim.x) >> 5;
@@ -100,16 +102,17 @@ __device__ void kv_write_quant(const float* __restrict__ k, const float* __restr
         const u32 s = slots[t];
         if (s >= rows) continue;
         const u64 b = (u64)s * per_row + (g - (u64)t * per_row);
-        kv_quant_block<DT>(k[g * 32 + lane], ck, k_doff, b, lane);
-        kv_quant_block<DT>(v[g * 32 + lane], cv, v_doff, b, lane);
+        if (sides & 1u) kv_quant_block<DT>(k[g * 32 + lane], ck, k_doff, b, lane);
+        if (sides & 2u) kv_quant_block<DT>(v[g * 32 + lane], cv, v_doff, b, lane);
     }
 }
 
 #define KV_WRITE_QUANT(suffix, DT)                                                            \
     extern "C" __global__ void kv_write_##suffix(const float* k, const float* v, u8* ck,      \
                                                  u8* cv, const u32* slots, u32 n, u32 row,    \
-                                                 u32 rows, u64 k_doff, u64 v_doff) {          \
-        kv_write_quant<DT>(k, v, ck, cv, slots, n, row, rows, k_doff, v_doff);                \
+                                                 u32 rows, u64 k_doff, u64 v_doff,            \
+                                                 u32 sides) {                                 \
+        kv_write_quant<DT>(k, v, ck, cv, slots, n, row, rows, k_doff, v_doff, sides);         \
     }
 KV_WRITE_QUANT(q8_0, DT_Q8_0)
 KV_WRITE_QUANT(q4_0, DT_Q4_0)

@@ -2,8 +2,8 @@
 // split-K ("flash decoding").
 // q, out: [.., heads, head_dim] f32, rows 0..decode_rows; positions, table_starts: [rows] u32
 // (row i attends to positions 0..=positions[i] of the block table at tables[table_starts[i]..]);
-// cache_k, cache_v: [blocks, block_size, kv_heads, head_dim] as u32 words of KV_DTYPE (kv_load:
-// shaders/attention_kv.wgsl, appended to this file); scratch: [rows, heads, max_parts,
+// cache_k, cache_v: [blocks, block_size, kv_heads, head_dim] as u32 words of K_DTYPE and
+// V_DTYPE (kv_load: shaders/attention_kv.wgsl, appended to this file); scratch: [rows, heads, max_parts,
 // head_dim + 2] f32 partial results.
 //
 // partial: one workgroup per (partition of PART positions, head, row), one invocation per

@@ -1,6 +1,7 @@
 // Cache element loads, appended to attention_decode.wgsl and attention_prefill.wgsl (which
 // bind cache_k and cache_v as u32 words and give, in p.k_scales and p.v_scales, the word
-// offsets of a quantized cache's scales). KV_DTYPE is the cache's DType::kernel_code: f32
+// offsets of a quantized cache's scales). K_DTYPE and V_DTYPE are the caches'
+// DType::kernel_code: f32
 // bits, two f16 a word, or tandem_core::quant::kv's split layout (the codes, q8_0 an i8 and
 // q4_0 a nibble per element, then one f16 scale d per 32 elements). A quantized element is
 // read as d * code where it is loaded, exactly as QuantView::get computes it.
@@ -10,7 +11,8 @@ const KV_F16: u32 = 1u;
 const KV_Q8_0: u32 = 2u;
 const KV_Q4_0: u32 = 3u;
 
-override KV_DTYPE: u32 = KV_F32;
+override K_DTYPE: u32 = KV_F32;
+override V_DTYPE: u32 = KV_F32;
 
 fn kv_word(is_k: bool, w: u32) -> u32 {
     if is_k {
@@ -21,7 +23,8 @@ fn kv_word(is_k: bool, w: u32) -> u32 {
 
 // Element e of cache_k (is_k) or cache_v.
 fn kv_load(is_k: bool, e: u32) -> f32 {
-    switch KV_DTYPE {
+    let dtype = select(V_DTYPE, K_DTYPE, is_k);
+    switch dtype {
         case KV_F16: {
             return unpack2x16float(kv_word(is_k, e / 2u))[e & 1u];
         }
@@ -30,7 +33,7 @@ fn kv_load(is_k: bool, e: u32) -> f32 {
             let scales = kv_word(is_k, select(p.v_scales, p.k_scales, is_k) + b / 2u);
             let d = f16_to_f32(extractBits(scales, 16u * (b & 1u), 16u));
             var code: i32;
-            if KV_DTYPE == KV_Q8_0 {
+            if dtype == KV_Q8_0 {
                 code = extractBits(bitcast<i32>(kv_word(is_k, e / 4u)), 8u * (e & 3u), 8u);
             } else {
                 code = i32(extractBits(kv_word(is_k, e / 8u), 4u * (e & 7u), 4u)) - 8;

@@ -2,7 +2,7 @@
 // rows of a ragged batch. q, out: [.., heads, head_dim] f32, rows row0..row0 + n; positions,
 // table_starts: [..] u32 (row i attends to positions 0..=positions[i] of the block table at
 // tables[table_starts[i]..]); cache_k, cache_v: [blocks, block_size, kv_heads, head_dim] as u32
-// words of KV_DTYPE (kv_load: shaders/attention_kv.wgsl, appended to this file).
+// words of K_DTYPE / V_DTYPE (kv_load: shaders/attention_kv.wgsl, appended to this file).
 //
 // One workgroup per (tile of 16 rows, head): 16 invocations per row, each owning the head dims
 // lane, lane + 16, ... of the running accumulator. A tile may straddle sequences: it walks its

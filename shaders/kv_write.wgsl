@@ -7,6 +7,8 @@
 // whole blocks), quantized as tandem_core::quant::kv::quantize_block into its split layout:
 // the codes (q8_0: an i8 per element, 4 a word; q4_0: a nibble, even elements low, 8 a word),
 // then from word k_scales / v_scales one f16 scale per block, two a word.
+// SIDES: which caches a dispatch writes (1 keys, 2 values, 3 both): caches of two dtypes are
+// written by two dispatches, each with its own dtype's entry point.
 
 struct Params {
     total: u32,
@@ -29,6 +31,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> qcache_v: array<atomic<u32>>;
 
 override WG: u32 = 256u;
+override SIDES: u32 = 3u;
+
+fn writes(is_k: bool) -> bool {
+    return (SIDES & select(2u, 1u, is_k)) != 0u;
+}
 
 // f32 -> f16 bits, round to nearest even, exactly as the `half` crate converts (WGSL leaves the
 // rounding of pack2x16float to the implementation, and the suite checks cache bytes exactly).
@@ -82,8 +89,12 @@ fn main_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     let token = i / p.row;
     let dst = slots[token] * p.row + i % p.row;
-    cache_k[dst] = bitcast<u32>(k[i]);
-    cache_v[dst] = bitcast<u32>(v[i]);
+    if writes(true) {
+        cache_k[dst] = bitcast<u32>(k[i]);
+    }
+    if writes(false) {
+        cache_v[dst] = bitcast<u32>(v[i]);
+    }
 }
 
 @compute @workgroup_size(WG)
@@ -96,8 +107,12 @@ fn main_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let e = 2u * i;
     let token = e / p.row;
     let dst = (slots[token] * p.row + e % p.row) / 2u;
-    cache_k[dst] = f16_bits(k[e]) | (f16_bits(k[e + 1u]) << 16u);
-    cache_v[dst] = f16_bits(v[e]) | (f16_bits(v[e + 1u]) << 16u);
+    if writes(true) {
+        cache_k[dst] = f16_bits(k[e]) | (f16_bits(k[e + 1u]) << 16u);
+    }
+    if writes(false) {
+        cache_v[dst] = f16_bits(v[e]) | (f16_bits(v[e + 1u]) << 16u);
+    }
 }
 
 const QBLOCK: u32 = 32u;
@@ -115,15 +130,19 @@ fn main_q4_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     write_block(invocation(wid, nwg, lid), true);
 }
 
-// Block i of the step's keys and values into its cache row's block, in both caches.
+// Block i of the step's keys and values into its cache row's block, in the SIDES caches.
 fn write_block(i: u32, q4: bool) {
     if i >= p.total {
         return;
     }
     let e = i * QBLOCK;
     let dst = (slots[e / p.row] * p.row + e % p.row) / QBLOCK;
-    quantize(true, e, dst, q4);
-    quantize(false, e, dst, q4);
+    if writes(true) {
+        quantize(true, e, dst, q4);
+    }
+    if writes(false) {
+        quantize(false, e, dst, q4);
+    }
 }
 
 fn input(is_k: bool, e: u32) -> f32 {

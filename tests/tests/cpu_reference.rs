@@ -179,7 +179,7 @@ fn attention_op<B: Backend>(
         q,
         cache_k: ck,
         cache_v: cv,
-        kv_dtype: DType::F32,
+        kv_dtypes: DType::F32.into(),
         positions: pos,
         table_starts: starts,
         tables: table,
@@ -279,7 +279,7 @@ fn kv_write_f16_rounds_to_nearest() {
         v,
         cache_k: ck,
         cache_v: cv,
-        kv_dtype: DType::F16,
+        kv_dtypes: DType::F16.into(),
         slots,
         n: 1,
         kv_heads: 1,
@@ -339,7 +339,7 @@ fn bad_ops_are_errors_not_panics() {
                     v: q,
                     cache_k: ck,
                     cache_v: cv,
-                    kv_dtype: DType::F32,
+                    kv_dtypes: DType::F32.into(),
                     slots,
                     n: 1,
                     kv_heads: 1,
@@ -353,7 +353,7 @@ fn bad_ops_are_errors_not_panics() {
                     v: q,
                     cache_k: ck,
                     cache_v: cv,
-                    kv_dtype: DType::Q8_0,
+                    kv_dtypes: DType::Q8_0.into(),
                     slots,
                     n: 1,
                     kv_heads: 1,
@@ -396,12 +396,12 @@ fn bad_ops_are_errors_not_panics() {
             }
         }
         assert!(!b.supports(&mm(x, u32w, DType::U32, 1, 8, 8)));
-        let kvq = |kv_dtype| KvWrite {
+        let kvq = |kv_dtype: DType| KvWrite {
             k: q,
             v: q,
             cache_k: ck,
             cache_v: cv,
-            kv_dtype,
+            kv_dtypes: kv_dtype.into(),
             slots,
             n: 1,
             kv_heads: 1,

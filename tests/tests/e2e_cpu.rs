@@ -1,7 +1,7 @@
 //! Real models end to end on both CPU modes.
 
 use tandem_core::model::ModelOptions;
-use tandem_core::DType;
+use tandem_core::{DType, KvDtypes};
 use tandem_cpu::CpuBackend;
 use tandem_tests::e2e::{self, Skip};
 
@@ -31,7 +31,7 @@ fn stories260k_greedy_fast() {
 fn stories260k_greedy_f16_kv_and_small_blocks() {
     // A 1-token block size and chunked prefill exercise the block tables and chunk boundaries.
     let opts = ModelOptions {
-        kv_dtype: DType::F16,
+        kv_dtypes: DType::F16.into(),
         block_size: 1,
         max_step_tokens: 3,
         ..Default::default()
@@ -49,23 +49,41 @@ fn stories260k_greedy_f16_kv_and_small_blocks() {
 /// decode elsewhere for good; quantization noise moves logits by tenths, not whole answers.
 #[test]
 fn stories260k_reference_tokens_through_a_q8_0_kv_cache() {
-    let opts = ModelOptions { kv_dtype: DType::Q8_0, ..Default::default() };
+    let opts = ModelOptions { kv_dtypes: DType::Q8_0.into(), ..Default::default() };
     match e2e::stories_forced_gaps(CpuBackend::fast(2).unwrap(), &opts) {
         Ok((gap, missed)) => assert!(gap <= 0.5 && missed <= 5, "largest gap {gap}, {missed} rows"),
         Err(Skip(why)) => {
             eprintln!("SKIP stories260k_reference_tokens_through_a_q8_0_kv_cache: {why}")
         }
     }
-    let f16 = ModelOptions { kv_dtype: DType::F16, ..Default::default() };
+    let f16 = ModelOptions { kv_dtypes: DType::F16.into(), ..Default::default() };
     if let Ok(r) = e2e::stories_forced_gaps(CpuBackend::fast(2).unwrap(), &f16) {
         assert_eq!(r, (0.0, 0), "an f16 cache keeps every reference token on top");
     }
+    // f16 keys, q8_0 values: the same bounds (measured: 0 and 0).
+    let kv_dtypes = KvDtypes { k: DType::F16, v: DType::Q8_0 };
+    let mixed = ModelOptions { kv_dtypes, ..Default::default() };
+    if let Ok((gap, missed)) = e2e::stories_forced_gaps(CpuBackend::fast(2).unwrap(), &mixed) {
+        eprintln!("f16/q8_0: largest gap {gap}, {missed} rows");
+        assert!(gap <= 0.5 && missed <= 5, "f16/q8_0: largest gap {gap}, {missed} rows");
+    }
+}
+
+/// SmolLM2's chat answer, token for token, with f16 keys and q4_0 values.
+#[test]
+fn smollm2_chat_f16_keys_q4_0_values() {
+    let kv_dtypes = KvDtypes { k: DType::F16, v: DType::Q4_0 };
+    let opts = ModelOptions { kv_dtypes, ..Default::default() };
+    report(
+        "smollm2_chat_f16_keys_q4_0_values",
+        e2e::smollm_chat_opts(CpuBackend::fast(2).unwrap(), false, opts),
+    );
 }
 
 /// SmolLM2's chat answer, token for token, with a q8_0 KV cache (HF computes in f32).
 #[test]
 fn smollm2_chat_q8_0_kv() {
-    let opts = ModelOptions { kv_dtype: DType::Q8_0, ..Default::default() };
+    let opts = ModelOptions { kv_dtypes: DType::Q8_0.into(), ..Default::default() };
     report(
         "smollm2_chat_q8_0_kv",
         e2e::smollm_chat_opts(CpuBackend::fast(2).unwrap(), false, opts),

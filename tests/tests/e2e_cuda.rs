@@ -45,7 +45,7 @@ fn stories260k_greedy_f16_kv_and_small_blocks() {
     // (equal chunks repeat, so prefill steps are captured and replayed too); a 300-token
     // context has decode steps with several flash-decoding partitions.
     let opts = ModelOptions {
-        kv_dtype: DType::F16,
+        kv_dtypes: DType::F16.into(),
         block_size: 1,
         max_step_tokens: 3,
         ..Default::default()

@@ -50,7 +50,7 @@ fn stories260k_first_tokens() {
 #[test]
 fn stories260k_first_tokens_f16_kv_small_blocks_chunked() {
     let opts = ModelOptions {
-        kv_dtype: DType::F16,
+        kv_dtypes: DType::F16.into(),
         block_size: 1,
         max_step_tokens: 3,
         ..Default::default()
@@ -73,6 +73,6 @@ fn stories260k_batched_equals_solo() {
 /// Hadamard rotations around them (the CPU's teacher-forced gaps keep these tokens on top).
 #[test]
 fn stories260k_first_tokens_q8_0_kv() {
-    let opts = ModelOptions { kv_dtype: DType::Q8_0, ..Default::default() };
+    let opts = ModelOptions { kv_dtypes: DType::Q8_0.into(), ..Default::default() };
     report("stories260k_first_tokens_q8_0_kv", first_tokens(&opts));
 }

@@ -38,7 +38,7 @@ fn stories260k_greedy_f16_kv_and_small_blocks() {
     // A 1-token block size and chunked prefill exercise the block tables and chunk boundaries;
     // a 300-token context has decode steps with several flash-decoding partitions.
     let opts = ModelOptions {
-        kv_dtype: DType::F16,
+        kv_dtypes: DType::F16.into(),
         block_size: 1,
         max_step_tokens: 3,
         ..Default::default()
@@ -54,14 +54,14 @@ fn stories260k_greedy_f16_kv_and_small_blocks() {
 /// logit of its top and the top itself on all but a few; an f16 cache keeps every one on top.
 #[test]
 fn stories260k_reference_tokens_through_a_q8_0_kv_cache() {
-    let opts = ModelOptions { kv_dtype: DType::Q8_0, ..Default::default() };
+    let opts = ModelOptions { kv_dtypes: DType::Q8_0.into(), ..Default::default() };
     match backend(false).and_then(|b| e2e::stories_forced_gaps(b, &opts)) {
         Ok((gap, missed)) => assert!(gap <= 0.5 && missed <= 5, "largest gap {gap}, {missed} rows"),
         Err(Skip(why)) => {
             eprintln!("SKIP stories260k_reference_tokens_through_a_q8_0_kv_cache: {why}")
         }
     }
-    let f16 = ModelOptions { kv_dtype: DType::F16, ..Default::default() };
+    let f16 = ModelOptions { kv_dtypes: DType::F16.into(), ..Default::default() };
     if let Ok(r) = backend(false).and_then(|b| e2e::stories_forced_gaps(b, &f16)) {
         assert_eq!(r, (0.0, 0), "an f16 cache keeps every reference token on top");
     }

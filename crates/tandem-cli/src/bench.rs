@@ -7,7 +7,7 @@ use crate::alloc_count::allocations;
 use crate::backend::{dispatch, BackendArgs, WithBackend};
 use crate::bench_batch::{self, Mode, RunStats, Workload};
 use crate::bench_verify;
-use crate::run::{load_model, peak_memory, FloatDtype, KvDtype, WeightDtype};
+use crate::run::{load_model, peak_memory, FloatDtype, KvArgs, WeightDtype};
 use clap::Args;
 use std::path::PathBuf;
 use tandem_core::model::ModelOptions;
@@ -39,10 +39,8 @@ pub struct BenchArgs {
     /// Seed of the --synthetic weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// KV cache storage: f32, f16, or q8_0 / q4_0 blocks (about 2x / 4x the tokens of f16 in
-    /// the same memory, attention reading them as they are).
-    #[arg(long, value_enum, default_value = "f32")]
-    kv_dtype: KvDtype,
+    #[command(flatten)]
+    kv: KvArgs,
     /// Prompt length for the prefill measurement.
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
@@ -192,7 +190,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let context = 1024.min(source.config.max_position);
         let opts = ModelOptions {
             weight_dtype,
-            kv_dtype: args.kv_dtype.dtype(),
+            kv_dtypes: args.kv.dtypes(),
             context,
             kv_blocks: Some(n * context.div_ceil(block_size)),
             ..ModelOptions::default()
@@ -213,7 +211,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
         let opts = ModelOptions {
             weight_dtype,
-            kv_dtype: args.kv_dtype.dtype(),
+            kv_dtypes: args.kv.dtypes(),
             context: 1024,
             ..ModelOptions::default()
         };
@@ -243,15 +241,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let block_size = ModelOptions::default().block_size;
         let opts = ModelOptions {
             weight_dtype,
-            kv_dtype: args.kv_dtype.dtype(),
+            kv_dtypes: args.kv.dtypes(),
             context,
             max_step_tokens: args.max_batched_tokens,
             // Room for N requests of the longest kind (preemption stays the exception), or what
             // --kv-cache-memory holds.
             kv_blocks: Some(match args.kv_cache_memory {
-                Some(bytes) => {
-                    crate::run::kv_blocks_in(bytes, &source.config, args.kv_dtype.dtype())?
-                }
+                Some(bytes) => crate::run::kv_blocks_in(bytes, &source.config, args.kv.dtypes())?,
                 None => n * context.div_ceil(block_size),
             }),
             ..ModelOptions::default()
@@ -291,7 +287,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let opts = ModelOptions {
         weight_dtype,
-        kv_dtype: args.kv_dtype.dtype(),
+        kv_dtypes: args.kv.dtypes(),
         context,
         max_step_tokens: args.prompt_tokens.min(512).max(verify),
         ..ModelOptions::default()
@@ -371,7 +367,7 @@ impl WithBackend for Bench<'_> {
         let n = self.args.decode_tokens as f64;
         let top_k = model.config.features.moe.as_ref().map_or(0, |m| m.top_k);
         let weights = model.weights.bytes_per_token(top_k) as f64;
-        let kv_per_pos = model.config.kv_bytes_per_token(model.kv.dtype) as f64;
+        let kv_per_pos = model.config.kv_bytes_per_token(model.kv.dtypes) as f64;
         let mut decodes = Vec::new();
         for &start in self.decode_at {
             let mut best = f64::MAX;
@@ -435,7 +431,7 @@ impl WithBackend for Bench<'_> {
                 "backend": model.backend.name(),
                 "model": model_desc,
                 "dtype": self.opts.weight_dtype.map(|d| d.to_string()),
-                "kv_dtype": model.kv.dtype.to_string(),
+                "kv_dtype": model.kv.dtypes.to_string(),
                 "weight_bytes": model.weights.bytes,
                 "copy_bandwidth_gb_s": copy_bw.map(|b| b / 1e9),
                 "prefill": { "tokens": self.args.prompt_tokens, "ms": best_prefill * 1e3, "tok_s": prefill_tok_s },
@@ -480,6 +476,8 @@ impl WithBackend for Bench<'_> {
             model.weights.bytes as f64 / 1048576.0,
             weights / 1048576.0
         );
+        let kv = model.kv.dtypes;
+        println!("kv cache:       {kv}, {} bytes a token", c.kv_bytes_per_token(kv));
         if let Some(b) = copy_bw {
             println!("copy bandwidth: {:.1} GB/s (device-to-device, read + write)", b / 1e9);
         }
@@ -634,8 +632,8 @@ impl WithBackend for Concurrent<'_> {
                 "prompt_tokens": prompt_tokens,
                 "max_batched_tokens": budget,
                 "kv_blocks": model.kv.total_blocks(),
-                "kv_dtype": model.kv.dtype.to_string(),
-                "kv_bytes_per_token": model.config.kv_bytes_per_token(model.kv.dtype),
+                "kv_dtype": model.kv.dtypes.to_string(),
+                "kv_bytes_per_token": model.config.kv_bytes_per_token(model.kv.dtypes),
                 "runs": runs.iter().map(json).collect::<Vec<_>>(),
                 "continuous_vs_sequential": cont / runs[2].1.tok_s(),
                 "continuous_vs_static": cont / runs[1].1.tok_s(),
@@ -652,8 +650,8 @@ impl WithBackend for Concurrent<'_> {
             self.n,
             model.kv.total_blocks(),
             model.kv.block_size,
-            model.kv.dtype,
-            model.config.kv_bytes_per_token(model.kv.dtype)
+            model.kv.dtypes,
+            model.config.kv_bytes_per_token(model.kv.dtypes)
         );
         for (name, r) in &runs {
             println!(

@@ -4,7 +4,7 @@
 //! object with --json).
 
 use crate::backend::{dispatch, BackendArgs, WithBackend};
-use crate::run::{load_model, KvDtype, WeightDtype};
+use crate::run::{load_model, KvArgs, WeightDtype};
 use clap::Args;
 use std::path::PathBuf;
 use tandem_core::model::ModelOptions;
@@ -36,10 +36,8 @@ pub struct PerplexityArgs {
     /// Convert weight matrices at load time (as `tandem run --dtype`).
     #[arg(long, value_enum)]
     dtype: Option<WeightDtype>,
-    /// KV cache storage: f32, f16, or q8_0 / q4_0 blocks (about 2x / 4x the tokens of f16 in
-    /// the same memory, attention reading them as they are).
-    #[arg(long, value_enum, default_value = "f32")]
-    kv_dtype: KvDtype,
+    #[command(flatten)]
+    kv: KvArgs,
 }
 
 pub fn perplexity(args: PerplexityArgs) -> Result<()> {
@@ -73,7 +71,7 @@ pub fn perplexity(args: PerplexityArgs) -> Result<()> {
     }
     let opts = ModelOptions {
         weight_dtype: args.dtype.map(WeightDtype::dtype),
-        kv_dtype: args.kv_dtype.dtype(),
+        kv_dtypes: args.kv.dtypes(),
         context: args.ctx,
         // A chunk in as few steps as the activations allow (all its logits come back).
         max_step_tokens: args.ctx.min(512),

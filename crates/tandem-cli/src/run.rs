@@ -13,7 +13,7 @@ use tandem_core::lora::Adapter;
 use tandem_core::model::{LoraOptions, Model, ModelOptions};
 use tandem_core::sampling::SamplingParams;
 use tandem_core::tokenizer::{ChatMessage, ChatTemplateKwargs, Tokenizer};
-use tandem_core::{Backend, DType, Error, Result};
+use tandem_core::{Backend, DType, Error, KvDtypes, Result};
 use web_time::Instant;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -66,6 +66,28 @@ impl KvDtype {
     }
 }
 
+/// The KV cache's storage, for keys and values alike or each its own.
+#[derive(Args, Clone, Copy)]
+pub struct KvArgs {
+    /// KV cache storage: f32, f16, or q8_0 / q4_0 blocks (about 2x / 4x the tokens of f16 in
+    /// the same memory, attention reading them as they are).
+    #[arg(long, value_enum, default_value = "f32")]
+    kv_dtype: KvDtype,
+    /// Keys' storage, overriding --kv-dtype (keys set every score: they want the finer type).
+    #[arg(long, value_enum)]
+    k_dtype: Option<KvDtype>,
+    /// Values' storage, overriding --kv-dtype (e.g. --k-dtype f16 --v-dtype q4_0).
+    #[arg(long, value_enum)]
+    v_dtype: Option<KvDtype>,
+}
+
+impl KvArgs {
+    pub fn dtypes(self) -> KvDtypes {
+        let k = self.k_dtype.unwrap_or(self.kv_dtype).dtype();
+        KvDtypes { k, v: self.v_dtype.unwrap_or(self.kv_dtype).dtype() }
+    }
+}
+
 /// A float storage type (LoRA adapters).
 #[derive(Clone, Copy, ValueEnum)]
 pub enum FloatDtype {
@@ -97,10 +119,8 @@ pub struct RunArgs {
     /// another type are dequantized and quantized again.
     #[arg(long, value_enum)]
     dtype: Option<WeightDtype>,
-    /// KV cache storage: f32, f16, or q8_0 / q4_0 blocks (about 2x / 4x the tokens of f16 in
-    /// the same memory, attention reading them as they are).
-    #[arg(long, value_enum, default_value = "f32")]
-    kv_dtype: KvDtype,
+    #[command(flatten)]
+    kv: KvArgs,
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// 0 is greedy.
@@ -177,7 +197,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let prompt = prompt_ids(&args, &tokenizer)?;
     let opts = ModelOptions {
         weight_dtype: args.dtype.map(WeightDtype::dtype),
-        kv_dtype: args.kv_dtype.dtype(),
+        kv_dtypes: args.kv.dtypes(),
         context: args.ctx,
         ..ModelOptions::default()
     };
@@ -409,9 +429,10 @@ pub fn peak_memory() -> String {
 }
 
 /// KV blocks (of the default block size, every layer's K and V) that `bytes` hold in `dtype`.
-pub fn kv_blocks_in(bytes: u64, c: &tandem_core::ModelConfig, dtype: DType) -> Result<usize> {
+pub fn kv_blocks_in(bytes: u64, c: &tandem_core::ModelConfig, dtype: KvDtypes) -> Result<usize> {
     let block_size = ModelOptions::default().block_size;
-    let block_bytes = 2 * c.n_layers * dtype.storage_bytes(block_size * c.n_kv_heads * c.head_dim);
+    let elems = block_size * c.n_kv_heads * c.head_dim;
+    let block_bytes = c.n_layers * (dtype.k.storage_bytes(elems) + dtype.v.storage_bytes(elems));
     match (bytes / block_bytes.max(1) as u64) as usize {
         0 => Err(Error::InvalidParameter(format!(
             "--kv-cache-memory is smaller than one KV block ({block_bytes} bytes at {dtype})"

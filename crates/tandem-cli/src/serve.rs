@@ -15,7 +15,7 @@ use tandem_core::{Backend, DType, Error, Result};
 use tandem_server::{EngineSeat, Server, ServerConfig};
 
 use crate::backend::{dispatch, BackendArgs, WithBackend};
-use crate::run::{load_model, FloatDtype, KvDtype, WeightDtype};
+use crate::run::{load_model, FloatDtype, KvArgs, WeightDtype};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -29,10 +29,8 @@ pub struct ServeArgs {
     /// Convert weight matrices at load time (as `tandem run --dtype`).
     #[arg(long, value_enum)]
     dtype: Option<WeightDtype>,
-    /// KV cache storage: f32, f16, or q8_0 / q4_0 blocks (about 2x / 4x the tokens of f16 in
-    /// the same memory, attention reading them as they are).
-    #[arg(long, value_enum, default_value = "f32")]
-    kv_dtype: KvDtype,
+    #[command(flatten)]
+    kv: KvArgs,
     /// Address to listen on; loopback unless you mean to serve other machines.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -178,7 +176,7 @@ fn model_spec(arg: Option<&str>) -> Result<(String, PathBuf)> {
 #[derive(Clone)]
 struct Settings {
     dtype: Option<DType>,
-    kv_dtype: DType,
+    kv_dtypes: tandem_core::KvDtypes,
     ctx: usize,
     kv_bytes: Option<u64>,
     sched: SchedulerConfig,
@@ -190,7 +188,7 @@ impl From<&ServeArgs> for Settings {
     fn from(a: &ServeArgs) -> Self {
         Settings {
             dtype: a.dtype.map(WeightDtype::dtype),
-            kv_dtype: a.kv_dtype.dtype(),
+            kv_dtypes: a.kv.dtypes(),
             ctx: a.ctx,
             kv_bytes: a.kv_cache_memory,
             sched: SchedulerConfig {
@@ -218,12 +216,12 @@ impl WithBackend for Engine<'_> {
         let defaults = ModelOptions::default();
         let context = s.ctx.min(c.max_position);
         let kv_blocks = match s.kv_bytes {
-            Some(bytes) => crate::run::kv_blocks_in(bytes, c, s.kv_dtype)?,
+            Some(bytes) => crate::run::kv_blocks_in(bytes, c, s.kv_dtypes)?,
             None => 4 * context.div_ceil(defaults.block_size),
         };
         let opts = ModelOptions {
             weight_dtype: s.dtype,
-            kv_dtype: s.kv_dtype,
+            kv_dtypes: s.kv_dtypes,
             context,
             kv_blocks: Some(kv_blocks),
             max_step_tokens: s.sched.max_batched_tokens.max(1),
@@ -254,8 +252,8 @@ impl WithBackend for Engine<'_> {
             model.context(),
             model.kv.total_blocks(),
             model.kv.capacity(),
-            model.kv.dtype,
-            model.config.kv_bytes_per_token(model.kv.dtype)
+            model.kv.dtypes,
+            model.config.kv_bytes_per_token(model.kv.dtypes)
         );
         self.seat.serve_adapters(model, tokenizer, s.sched, spec, adapters)
     }

@@ -145,6 +145,13 @@ fn kv_dtypes_a_model_or_backend_cannot_store_are_refused_with_the_choices() {
     assert!(err.contains("32"), "{err}");
     let out = tandem(&bench(&config, &["--kv-dtype", "f16"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Values finer than keys are no pair a backend runs: the refusal lists the pairs.
+    let config = synthetic_config("kv64", r#"{"num_key_value_heads": 4}"#);
+    let err = fails(&bench(&config, &["--k-dtype", "q4_0", "--v-dtype", "f16"]), "q4_0/f16");
+    assert!(err.contains("f16/q8_0, f16/q4_0, q8_0/q4_0"), "{err}");
+    let out = tandem(&bench(&config, &["--kv-dtype", "q8_0", "--v-dtype", "q4_0"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("q8_0/q4_0"), "{}", text(&out.stdout));
 }
 
 #[test]

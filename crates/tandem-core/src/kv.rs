@@ -16,9 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::backend::{Backend, BufId};
 use crate::config::ModelConfig;
-use crate::dtype::DType;
 use crate::ops::{KvWrite, Op};
-use crate::quant::kv::KV_DTYPES;
+use crate::quant::kv::{KvDtypes, KV_PAIRS};
 use crate::{Error, Result};
 
 /// A cached block's identity: its key, and what the key was made of (checked on every hit, so
@@ -396,7 +395,7 @@ impl KvBlocks {
 /// block_size, kv_heads, head_dim]. Which blocks are free, cached or in use is the
 /// [`KvBlocks`] of the same pool, held by the model or, while one runs, by its scheduler.
 pub struct KvCache {
-    pub dtype: DType,
+    pub dtypes: KvDtypes,
     pub block_size: usize,
     pub num_blocks: usize,
     pub k: Vec<BufId>,
@@ -407,35 +406,35 @@ impl KvCache {
     pub fn new<B: Backend>(
         backend: &mut B,
         config: &ModelConfig,
-        dtype: DType,
+        dtypes: KvDtypes,
         block_size: usize,
         num_blocks: usize,
     ) -> Result<Self> {
         // The op every layer writes with: its rules, then whether this backend runs it.
-        let write = |kv_dtype| {
+        let write = |kv_dtypes| {
             Op::KvWrite(KvWrite {
                 k: BufId(0),
                 v: BufId(0),
                 cache_k: BufId(0),
                 cache_v: BufId(0),
-                kv_dtype,
+                kv_dtypes,
                 slots: BufId(0),
                 n: 1,
                 kv_heads: config.n_kv_heads,
                 head_dim: config.head_dim,
             })
         };
-        write(dtype)
+        write(dtypes)
             .check_shape()
             .map_err(|e| Error::InvalidParameter(format!("KV dtype: {e}")))?;
-        if !backend.supports(&write(dtype)) {
-            let can: Vec<&str> = KV_DTYPES
+        if !backend.supports(&write(dtypes)) {
+            let can: Vec<String> = KV_PAIRS
                 .iter()
                 .filter(|&&d| write(d).check_shape().is_ok() && backend.supports(&write(d)))
-                .map(|d| d.name())
+                .map(|d| d.to_string())
                 .collect();
             return Err(Error::InvalidParameter(format!(
-                "the {} backend has no {dtype} KV cache; it runs {}",
+                "the {} backend has no {dtypes} KV cache; it runs {} (K/V)",
                 backend.name(),
                 can.join(", ")
             )));
@@ -449,10 +448,10 @@ impl KvCache {
         let mut k = Vec::with_capacity(config.n_layers);
         let mut v = Vec::with_capacity(config.n_layers);
         for _ in 0..config.n_layers {
-            k.push(backend.alloc(dtype, numel)?);
-            v.push(backend.alloc(dtype, numel)?);
+            k.push(backend.alloc(dtypes.k, numel)?);
+            v.push(backend.alloc(dtypes.v, numel)?);
         }
-        Ok(KvCache { dtype, block_size, num_blocks, k, v })
+        Ok(KvCache { dtypes, block_size, num_blocks, k, v })
     }
 
     /// Token capacity of the whole pool.

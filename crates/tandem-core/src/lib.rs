@@ -24,3 +24,4 @@ pub use backend::{check_op, Backend, BackendExt, BufId, BufInfo, Step, U32Shadow
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use dtype::{DType, QuantLayout, QuantView, QBLOCK};
 pub use error::{Error, Result};
+pub use quant::kv::KvDtypes;

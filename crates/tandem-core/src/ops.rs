@@ -6,6 +6,7 @@
 
 use crate::backend::BufId;
 use crate::dtype::DType;
+use crate::quant::kv::KvDtypes;
 
 mod lora;
 mod moe;
@@ -89,7 +90,7 @@ pub struct Rope {
 
 /// Writes new keys and values into paged cache blocks.
 /// k, v: [n, kv_heads, head_dim] f32; cache_k, cache_v: [num_blocks, block_size, kv_heads,
-/// head_dim] in `kv_dtype`; slots: [n] u32, token i goes to row slots[i] = block * block_size +
+/// head_dim] in `kv_dtypes` (k's, v's); slots: [n] u32, token i goes to row slots[i] = block * block_size +
 /// offset of the flattened [num_blocks * block_size] rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvWrite {
@@ -97,7 +98,7 @@ pub struct KvWrite {
     pub v: BufId,
     pub cache_k: BufId,
     pub cache_v: BufId,
-    pub kv_dtype: DType,
+    pub kv_dtypes: KvDtypes,
     pub slots: BufId,
     pub n: usize,
     pub kv_heads: usize,
@@ -112,7 +113,7 @@ pub struct KvWrite {
 /// 0..=positions[i]. table_starts: [n] u32, where query i's block table starts in `tables`:
 /// position t lives in cache row tables[table_starts[i] + t / block_size] * block_size +
 /// t % block_size. tables: [tables_len] u32, the step's block tables one after another.
-/// cache_k, cache_v: [num_blocks, block_size, kv_heads, head_dim] in `kv_dtype`; query head h
+/// cache_k, cache_v: [num_blocks, block_size, kv_heads, head_dim] in `kv_dtypes`; query head h
 /// reads kv head h / (heads / kv_heads), never a materialized copy.
 ///
 /// Rows 0..decode_rows are decodes: each computed exactly as the same query alone (n = 1)
@@ -133,7 +134,7 @@ pub struct Attention {
     pub q: BufId,
     pub cache_k: BufId,
     pub cache_v: BufId,
-    pub kv_dtype: DType,
+    pub kv_dtypes: KvDtypes,
     pub positions: BufId,
     pub table_starts: BufId,
     pub tables: BufId,

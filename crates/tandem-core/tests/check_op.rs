@@ -9,7 +9,7 @@ mod common {
 use common::fake::Fake;
 
 use tandem_core::ops::{Add, Attention, Embed, KvWrite, Matmul, Op, RmsNorm, Rope};
-use tandem_core::{Backend, BufId, DType, Error, Result, Step};
+use tandem_core::{Backend, BufId, DType, Error, KvDtypes, Result, Step};
 
 fn execute(b: &mut Fake, op: Op) -> Result<()> {
     b.execute(&Step { ops: vec![op], ..Default::default() })
@@ -80,7 +80,7 @@ fn bad_operands_are_refused_before_the_backend_runs() {
         v: x,
         cache_k: small,
         cache_v: small,
-        kv_dtype: DType::F32,
+        kv_dtypes: DType::F32.into(),
         slots: ids,
         n: 2,
         kv_heads: 1,
@@ -112,7 +112,7 @@ fn bad_shapes_are_refused_and_support_is_the_backends() {
         q,
         cache_k: cache,
         cache_v,
-        kv_dtype: DType::F32,
+        kv_dtypes: DType::F32.into(),
         positions: u,
         table_starts: u,
         tables: u,
@@ -131,7 +131,11 @@ fn bad_shapes_are_refused_and_support_is_the_backends() {
     };
     execute(&mut b, Op::Attention(att.clone())).unwrap();
     for (what, bad) in [
-        ("a q8_0 cache", Attention { kv_dtype: DType::Q8_0, ..att.clone() }),
+        ("a q8_0 cache", Attention { kv_dtypes: DType::Q8_0.into(), ..att.clone() }),
+        (
+            "values finer than keys",
+            Attention { kv_dtypes: KvDtypes { k: DType::F16, v: DType::F32 }, ..att.clone() },
+        ),
         ("3 heads over 2 kv heads", Attention { heads: 3, kv_heads: 2, ..att.clone() }),
         ("no kv heads", Attention { kv_heads: 0, ..att.clone() }),
         ("empty blocks", Attention { block_size: 0, ..att.clone() }),

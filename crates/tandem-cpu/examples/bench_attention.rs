@@ -48,7 +48,7 @@ fn bench(b: &mut CpuBackend, label: &str, ctx: usize, window: usize, softcap: f3
             q: qid,
             cache_k: ck,
             cache_v: cv,
-            kv_dtype: DType::F16,
+            kv_dtypes: DType::F16.into(),
             positions: pos,
             table_starts: starts,
             tables,

@@ -240,8 +240,8 @@ fn is_weight_dtype(d: DType) -> bool {
         || d.block_layout().is_some()
 }
 
-fn is_kv_dtype(d: DType) -> bool {
-    tandem_core::quant::kv::KV_DTYPES.contains(&d)
+fn is_kv_pair(d: tandem_core::KvDtypes) -> bool {
+    tandem_core::quant::kv::KV_PAIRS.contains(&d)
 }
 
 impl Backend for CpuBackend {
@@ -256,8 +256,8 @@ impl Backend for CpuBackend {
         match op {
             Op::Embed(o) => is_weight_dtype(o.dtype),
             Op::Matmul(o) => is_weight_dtype(o.wdtype),
-            Op::KvWrite(o) => is_kv_dtype(o.kv_dtype),
-            Op::Attention(o) => is_kv_dtype(o.kv_dtype),
+            Op::KvWrite(o) => is_kv_pair(o.kv_dtypes),
+            Op::Attention(o) => is_kv_pair(o.kv_dtypes),
             Op::RmsNorm(_)
             | Op::Rope(_)
             | Op::Swiglu(_)

@@ -349,8 +349,9 @@ fn is_weight_dtype(d: DType) -> bool {
     ops::weight_index(d).is_some()
 }
 
-fn is_kv_dtype(d: DType) -> bool {
-    tandem_core::quant::kv::KV_DTYPES.contains(&d)
+/// The K/V dtype pairs the kernels are instantiated for (kernels/attention_*.cu).
+fn is_kv_pair(d: tandem_core::KvDtypes) -> bool {
+    ops::attention::entries(d).is_some()
 }
 
 /// What the kernels handle: every op, with the dtypes they read and head sizes they hold.
@@ -358,12 +359,12 @@ pub(crate) fn supports(op: &Op) -> bool {
     match op {
         Op::Embed(o) => is_weight_dtype(o.dtype),
         Op::Matmul(o) => is_weight_dtype(o.wdtype),
-        Op::KvWrite(o) => is_kv_dtype(o.kv_dtype),
+        Op::KvWrite(o) => is_kv_pair(o.kv_dtypes),
         Op::Attention(o) => {
             // Decode rows take longer heads than prompt rows.
             let hd_max =
                 if o.decode_rows == o.n { ops::DECODE_HD_MAX } else { ops::PREFILL_HD_MAX };
-            is_kv_dtype(o.kv_dtype) && o.head_dim <= hd_max
+            is_kv_pair(o.kv_dtypes) && o.head_dim <= hd_max
         }
         Op::MoeRoute(o) => o.experts <= ops::MOE_MAX_EXPERTS,
         Op::MoeMatmul(o) => is_weight_dtype(o.wdtype),

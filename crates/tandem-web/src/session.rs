@@ -118,8 +118,8 @@ pub struct ModelInfo {
     pub max_seqs: usize,
     /// Tokens the KV cache holds across every request at once.
     pub kv_tokens: usize,
-    /// How the KV cache stores keys and values ("f32", "f16", "q8_0", "q4_0"), and its bytes
-    /// a token (every layer's K and V).
+    /// How the KV cache stores keys and values ("f32", "f16", "q8_0", "q4_0"; "f16/q4_0" for
+    /// keys and values of two types), and its bytes a token (every layer's K and V).
     pub kv_dtype: String,
     pub kv_bytes_per_token: usize,
     /// LoRA adapters the backend holds at once (0: adapters are off), and the largest rank.
@@ -185,8 +185,8 @@ impl Session {
             has_chat_template: tokenizer.chat_template().is_some(),
             max_seqs,
             kv_tokens: model.kv.capacity(),
-            kv_dtype: model.kv.dtype.to_string(),
-            kv_bytes_per_token: model.config.kv_bytes_per_token(model.kv.dtype),
+            kv_dtype: model.kv.dtypes.to_string(),
+            kv_bytes_per_token: model.config.kv_bytes_per_token(model.kv.dtypes),
             max_loras: lora.map_or(0, |o| o.slots),
             max_lora_rank: lora.map_or(0, |o| o.rank),
         };

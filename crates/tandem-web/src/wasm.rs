@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use tandem_core::model::{LoraOptions, ModelOptions, ModelStream};
 use tandem_core::scheduler::RequestId;
-use tandem_core::{DType, Error};
+use tandem_core::{DType, Error, KvDtypes};
 use tandem_cpu::CpuBackend;
 use tandem_wgpu::{WgpuBackend, WgpuOptions};
 use wasm_bindgen::prelude::*;
@@ -71,6 +71,10 @@ struct EngineOptions {
     /// How the KV cache stores keys and values: "f32" (the default), "f16", or "q8_0" /
     /// "q4_0" blocks (about a half / a quarter of f16's memory a token).
     kv_dtype: Option<String>,
+    /// The keys' and the values' storage each, overriding `kv_dtype` (e.g. keys "f16",
+    /// values "q4_0"; the pairs are [`tandem_core::quant::kv::KV_PAIRS`]).
+    k_dtype: Option<String>,
+    v_dtype: Option<String>,
     /// Use `shader-f16` where the adapter has it (default true).
     allow_f16: Option<bool>,
     /// LoRA adapters held on the backend at once (default 0: adapters off), their largest
@@ -81,16 +85,24 @@ struct EngineOptions {
 }
 
 impl EngineOptions {
-    fn kv_dtype(&self) -> Result<Option<DType>, JsValue> {
-        let Some(name) = self.kv_dtype.as_deref() else { return Ok(None) };
-        let kinds = tandem_core::quant::kv::KV_DTYPES;
-        match kinds.iter().find(|d| d.name() == name) {
-            Some(&d) => Ok(Some(d)),
-            None => {
-                let names: Vec<&str> = kinds.iter().map(|d| d.name()).collect();
-                Err(js_error(format!("kvDtype must be one of {}, not '{name}'", names.join(", "))))
+    /// The cache's K/V dtypes, `default`'s where the options name none.
+    fn kv_dtypes(&self, default: KvDtypes) -> Result<KvDtypes, JsValue> {
+        let parse = |option: &str, name: Option<&str>| {
+            let Some(name) = name else { return Ok(None) };
+            let kinds = tandem_core::quant::kv::KV_DTYPES;
+            match kinds.iter().find(|d| d.name() == name) {
+                Some(&d) => Ok(Some(d)),
+                None => {
+                    let names: Vec<&str> = kinds.iter().map(|d| d.name()).collect();
+                    let names = names.join(", ");
+                    Err(js_error(format!("{option} must be one of {names}, not '{name}'")))
+                }
             }
-        }
+        };
+        let both = parse("kvDtype", self.kv_dtype.as_deref())?;
+        let k = parse("kDtype", self.k_dtype.as_deref())?.or(both).unwrap_or(default.k);
+        let v = parse("vDtype", self.v_dtype.as_deref())?.or(both).unwrap_or(default.v);
+        Ok(KvDtypes { k, v })
     }
 
     fn lora(&self) -> Result<Option<LoraOptions>, JsValue> {
@@ -249,7 +261,7 @@ impl Loader {
             return Err(js_error("kvTokens must be at least 1"));
         }
         let lora = opts.lora()?;
-        let kv_dtype = opts.kv_dtype()?.unwrap_or(defaults.kv_dtype);
+        let kv_dtypes = opts.kv_dtypes(defaults.kv_dtypes)?;
         let (mut backend, info) = choose_backend(&opts).await?;
         if let WebBackend::Cpu(cpu) = &mut backend {
             // Only speed depends on it (see `warm`): a failure here would fail the load later.
@@ -258,7 +270,7 @@ impl Loader {
         let devices = Devices::new(backend.watch());
         let model_opts = ModelOptions {
             context,
-            kv_dtype,
+            kv_dtypes,
             kv_blocks: Some(kv_tokens.div_ceil(defaults.block_size)),
             ..defaults
         };

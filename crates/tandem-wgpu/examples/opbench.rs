@@ -83,7 +83,7 @@ fn main() {
             q,
             cache_k: ck,
             cache_v: cv,
-            kv_dtype: DType::F32,
+            kv_dtypes: DType::F32.into(),
             positions,
             table_starts: starts,
             tables: bt,

@@ -466,9 +466,10 @@ fn is_weight_dtype(d: DType) -> bool {
     d.kernel_code().is_some()
 }
 
-/// The KV cache types kv_write stores and attention reads: f32, f16, q8_0 and q4_0.
-fn is_kv_dtype(d: DType) -> bool {
-    tandem_core::quant::kv::KV_DTYPES.contains(&d)
+/// The KV cache types kv_write stores and attention reads: f32, f16, q8_0 and q4_0, in the
+/// K/V pairs of `KV_PAIRS`.
+fn is_kv_pair(d: tandem_core::KvDtypes) -> bool {
+    tandem_core::quant::kv::KV_PAIRS.contains(&d)
 }
 
 impl Backend for WgpuBackend {
@@ -484,10 +485,10 @@ impl Backend for WgpuBackend {
             // Two f16 share a word: an odd row would need two invocations writing one word.
             // (A quantized row is whole blocks, checked by the engine.)
             Op::KvWrite(o) => {
-                is_kv_dtype(o.kv_dtype)
-                    && (o.kv_dtype != DType::F16 || (o.kv_heads * o.head_dim) % 2 == 0)
+                let f16 = o.kv_dtypes.k == DType::F16 || o.kv_dtypes.v == DType::F16;
+                is_kv_pair(o.kv_dtypes) && (!f16 || (o.kv_heads * o.head_dim) % 2 == 0)
             }
-            Op::Attention(o) => is_kv_dtype(o.kv_dtype) && o.head_dim <= ops::attention_hd_max(o),
+            Op::Attention(o) => is_kv_pair(o.kv_dtypes) && o.head_dim <= ops::attention_hd_max(o),
             Op::RmsNorm(_)
             | Op::Rope(_)
             | Op::Swiglu(_)

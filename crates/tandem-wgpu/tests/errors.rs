@@ -79,7 +79,7 @@ fn bad_attention_rows_are_errors() {
         q,
         cache_k,
         cache_v,
-        kv_dtype: DType::F32,
+        kv_dtypes: DType::F32.into(),
         positions,
         table_starts,
         tables,

@@ -41,7 +41,7 @@ fn attend<B: Backend>(b: &mut B, decode: bool, softcap: f32) -> Vec<f32> {
         q: upload(b, DType::F32, q.len(), bytemuck::cast_slice(&q)),
         cache_k: upload(b, DType::F32, ck.len(), bytemuck::cast_slice(&ck)),
         cache_v: upload(b, DType::F32, cv.len(), bytemuck::cast_slice(&cv)),
-        kv_dtype: DType::F32,
+        kv_dtypes: DType::F32.into(),
         positions: upload(b, DType::U32, ROWS, bytemuck::cast_slice(&positions)),
         table_starts: upload(b, DType::U32, ROWS, &[0; ROWS * 4]),
         tables: upload(b, DType::U32, blocks, bytemuck::cast_slice(&table)),

@@ -3,7 +3,8 @@
 //! invariance.
 
 use tandem_core::ops::*;
-use tandem_core::DType;
+use tandem_core::quant::kv::KV_PAIRS;
+use tandem_core::{DType, KvDtypes};
 
 use super::*;
 use crate::harness::tolerance;
@@ -15,7 +16,7 @@ pub(super) fn kv_write(rng: &mut Rng) -> Vec<Case> {
         for (n, kv_heads, head_dim, rows) in [(1, 2, 64, 40), (5, 1, 8, 16), (13, 4, 16, 64)] {
             let len = n * kv_heads * head_dim;
             let (k, v) = (rng.vec(len, 2.0), rng.vec(len, 2.0));
-            out.push(kv_write_case(rng, kv_dtype, (n, kv_heads, head_dim, rows), &k, &v));
+            out.push(kv_write_case(rng, kv_dtype.into(), (n, kv_heads, head_dim, rows), &k, &v));
         }
     }
     // Quantized caches last (the float dtypes' cases draw the same streams without them), in
@@ -37,17 +38,30 @@ pub(super) fn kv_write(rng: &mut Rng) -> Vec<Case> {
                 (k[row + 5], k[row + row - 1]) = (f32::INFINITY, f32::NAN);
             }
             let v = vals(rng);
-            out.push(kv_write_case(rng, kv_dtype, (n, kv_heads, head_dim, rows), &k, &v));
+            out.push(kv_write_case(rng, kv_dtype.into(), (n, kv_heads, head_dim, rows), &k, &v));
+        }
+    }
+    // Keys and values of two dtypes, last of all: each cache written as its own dtype.
+    for kv in mixed_pairs() {
+        for (n, kv_heads, head_dim, rows) in [(3, 3, 64, 20), (5, 1, 32, 9)] {
+            let len = n * kv_heads * head_dim;
+            let (k, v) = (rng.vec(len, 2.0), rng.vec(len, 2.0));
+            out.push(kv_write_case(rng, kv, (n, kv_heads, head_dim, rows), &k, &v));
         }
     }
     out
+}
+
+/// The K/V pairs whose keys and values differ.
+fn mixed_pairs() -> impl Iterator<Item = KvDtypes> {
+    KV_PAIRS.into_iter().filter(|p| p.k != p.v)
 }
 
 /// `n` rows of `k` and `v` written into `rows` poisoned cache rows (shuffled slots): rows not
 /// written must come back still poisoned.
 fn kv_write_case(
     rng: &mut Rng,
-    kv_dtype: DType,
+    kv: KvDtypes,
     (n, kv_heads, head_dim, rows): (usize, usize, usize, usize),
     k: &[f32],
     v: &[f32],
@@ -55,22 +69,24 @@ fn kv_write_case(
     let mut b = Bufs::default();
     let row = kv_heads * head_dim;
     let (k, v) = (b.f32(k), b.f32(v));
-    let cache_k = b.poison(kv_dtype, rows * row);
-    let cache_v = b.poison(kv_dtype, rows * row);
+    let cache_k = b.poison(kv.k, rows * row);
+    let cache_v = b.poison(kv.v, rows * row);
     let mut all: Vec<u32> = (0..rows as u32).collect();
     rng.shuffle(&mut all);
     let slots = b.u32(&all[..n]);
+    let kv_dtypes = kv;
     let op =
-        Op::KvWrite(KvWrite { k, v, cache_k, cache_v, kv_dtype, slots, n, kv_heads, head_dim });
-    let tol = tolerance("kv_write", kv_dtype);
-    let name = format!("{kv_dtype} n={n} kv_heads={kv_heads} head_dim={head_dim} rows={rows}");
-    b.case(name, op, &[(cache_k, tol), (cache_v, tol)])
+        Op::KvWrite(KvWrite { k, v, cache_k, cache_v, kv_dtypes, slots, n, kv_heads, head_dim });
+    let tols = (tolerance("kv_write", kv.k), tolerance("kv_write", kv.v));
+    let name = format!("{kv} n={n} kv_heads={kv_heads} head_dim={head_dim} rows={rows}");
+    b.case(name, op, &[(cache_k, tols.0), (cache_v, tols.1)])
 }
 
-/// Whether a shape's cache rows (kv_heads * head_dim) are whole blocks of `kv_dtype`.
-fn fits(kv_dtype: DType, shape: &AttnShape) -> bool {
-    let (_, kv_heads, head_dim, _) = shape.0;
-    tandem_core::quant::kv::row_fits(kv_dtype, kv_heads * head_dim)
+/// Whether a shape's cache rows (kv_heads * head_dim) are whole blocks of both dtypes.
+fn fits(kv: impl Into<KvDtypes>, shape: &AttnShape) -> bool {
+    let (kv, (_, kv_heads, head_dim, _)) = (kv.into(), shape.0);
+    let fits = |d| tandem_core::quant::kv::row_fits(d, kv_heads * head_dim);
+    fits(kv.k) && fits(kv.v)
 }
 
 /// A ragged attention batch: sequences with their own shuffled block tables in one pool (some
@@ -207,7 +223,7 @@ impl AttnBatch {
     }
 
     /// The case of sequences `which` (in batch order) sharing one op.
-    pub fn case(&self, which: &[usize], kv_dtype: DType) -> Case {
+    pub fn case(&self, which: &[usize], kv: impl Into<KvDtypes>) -> Case {
         let mut b = Bufs::default();
         let (mut q, mut positions, mut starts, mut tables) = (vec![], vec![], vec![], vec![]);
         let mut decode_rows = 0;
@@ -229,8 +245,9 @@ impl AttnBatch {
         tables.extend([u32::MAX, 7]);
         let n = positions.len();
         let max_ctx = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(1);
-        let cache_k = b.encoded(&self.ck, kv_dtype);
-        let cache_v = b.encoded(&self.cv, kv_dtype);
+        let kv_dtypes: KvDtypes = kv.into();
+        let cache_k = b.encoded(&self.ck, kv_dtypes.k);
+        let cache_v = b.encoded(&self.cv, kv_dtypes.v);
         let q = b.f32(&q);
         let pos = b.u32(&positions);
         let ts = b.u32(&starts);
@@ -242,7 +259,7 @@ impl AttnBatch {
             q,
             cache_k,
             cache_v,
-            kv_dtype,
+            kv_dtypes,
             positions: pos,
             table_starts: ts,
             tables: tb,
@@ -271,7 +288,7 @@ impl AttnBatch {
             })
             .collect();
         let mut name = format!(
-            "{kv_dtype} [{}] heads={heads}/{} hd={hd} bs={} pool={}",
+            "{kv_dtypes} [{}] heads={heads}/{} hd={hd} bs={} pool={}",
             ctxs.join(" "),
             self.kv_heads,
             self.bs,
@@ -283,7 +300,8 @@ impl AttnBatch {
         if self.softcap > 0.0 {
             name += &format!(" softcap={}", self.softcap);
         }
-        b.case(name, op.clone(), &[(o, tolerance(op.name(), kv_dtype))])
+        // The same tolerance for every cache dtype: a quantized cache's values are read exactly.
+        b.case(name, op.clone(), &[(o, tolerance(op.name(), kv_dtypes.v))])
     }
 }
 
@@ -380,6 +398,14 @@ pub(super) fn attention(rng: &mut Rng, decode: bool) -> Vec<Case> {
                 let all: Vec<usize> = (0..batch.len()).collect();
                 out.push(batch.case(&all, kv_dtype));
             }
+        }
+    }
+    // Keys and values of two dtypes, last of all, on a few of the shapes.
+    for kv in mixed_pairs() {
+        for s in attention_shapes(decode).iter().filter(|s| fits(kv, s)).step_by(2) {
+            let batch = AttnBatch::new(rng, s.0, s.1, s.2);
+            let all: Vec<usize> = (0..batch.len()).collect();
+            out.push(batch.case(&all, kv));
         }
     }
     out

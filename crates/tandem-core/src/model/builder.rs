@@ -356,7 +356,7 @@ impl<B: Backend> ModelBuilder<B> {
 
         let context = opts.context.min(config.max_position).max(1);
         let blocks = opts.kv_blocks.unwrap_or(context.div_ceil(opts.block_size.max(1)));
-        let kv = KvCache::new(&mut backend, &config, opts.kv_dtype, opts.block_size, blocks)?;
+        let kv = KvCache::new(&mut backend, &config, opts.kv_dtypes, opts.block_size, blocks)?;
         let half = config.rot_dim() / 2;
         let mut rope = |local: bool| -> Result<BufId> {
             let buf = backend.alloc(DType::F32, half)?;

@@ -23,6 +23,7 @@ use crate::dtype::DType;
 use crate::kv::{KvBlocks, KvCache, Sequence};
 use crate::loader::ModelSource;
 use crate::ops::*;
+use crate::quant::kv::KvDtypes;
 use crate::{Error, Result};
 
 /// How to load and run a model.
@@ -32,7 +33,8 @@ pub struct ModelOptions {
     /// and Q6_K apply to matrices whose rows are whole blocks of 256; the others get Q5_0 and
     /// Q8_0 ([`crate::quant::matrix_dtype`]).
     pub weight_dtype: Option<DType>,
-    pub kv_dtype: DType,
+    /// The KV cache's key and value dtypes.
+    pub kv_dtypes: KvDtypes,
     /// Tokens of context the KV pool holds (capped at the model's trained context).
     pub context: usize,
     pub block_size: usize,
@@ -46,7 +48,7 @@ impl Default for ModelOptions {
     fn default() -> Self {
         ModelOptions {
             weight_dtype: None,
-            kv_dtype: DType::F32,
+            kv_dtypes: KvDtypes::same(DType::F32),
             context: 2048,
             block_size: 16,
             max_step_tokens: 256,

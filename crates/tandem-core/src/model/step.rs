@@ -511,13 +511,17 @@ impl<B: Backend> Model<B> {
             };
             step.push(rope(q, heads));
             step.push(rope(k, kvh));
-            let (cache_k, cache_v, kv_dtype) = (self.kv.k[l], self.kv.v[l], self.kv.dtype);
-            // A quantized cache holds K and V rotated (quant::kv): queries alike, output back.
-            let rotation = crate::quant::kv::rotation(kv_dtype, hd);
-            let rotate = |x: BufId, heads: usize| {
-                rotation.map(|size| Op::Hadamard(Hadamard { x, len: n * heads * hd, size }))
+            let (cache_k, cache_v, kv_dtypes) = (self.kv.k[l], self.kv.v[l], self.kv.dtypes);
+            // A quantized cache holds its side rotated (quant::kv): quantized keys with the
+            // queries alike, quantized values with the output rotated back.
+            let rotation = |d| crate::quant::kv::rotation(d, hd);
+            let (rot_k, rot_v) = (rotation(kv_dtypes.k), rotation(kv_dtypes.v));
+            let rotate = |x: BufId, heads: usize, rot: Option<usize>| {
+                rot.map(|size| Op::Hadamard(Hadamard { x, len: n * heads * hd, size }))
             };
-            for op in [rotate(q, heads), rotate(k, kvh), rotate(a.v, kvh)].into_iter().flatten() {
+            let rotations =
+                [rotate(q, heads, rot_k), rotate(k, kvh, rot_k), rotate(a.v, kvh, rot_v)];
+            for op in rotations.into_iter().flatten() {
                 step.push(op);
             }
             step.push(Op::KvWrite(KvWrite {
@@ -525,7 +529,7 @@ impl<B: Backend> Model<B> {
                 v: a.v,
                 cache_k,
                 cache_v,
-                kv_dtype,
+                kv_dtypes,
                 slots: a.slots,
                 n,
                 kv_heads: kvh,
@@ -535,7 +539,7 @@ impl<B: Backend> Model<B> {
                 q,
                 cache_k,
                 cache_v,
-                kv_dtype,
+                kv_dtypes,
                 positions: a.positions,
                 table_starts: a.starts,
                 tables: a.tables,
@@ -552,7 +556,7 @@ impl<B: Backend> Model<B> {
                 window: layer.window,
                 softcap: c.features.attn_softcap,
             }));
-            if let Some(op) = rotate(a.att, heads) {
+            if let Some(op) = rotate(a.att, heads, rot_v) {
                 step.push(op);
             }
             step.push(Op::Matmul(matmul(a.att, &lw.wo, None, a.xb2, n, d)));

@@ -83,11 +83,16 @@ fn is_weight(d: DType) -> bool {
     d != DType::U32
 }
 
-fn check_kv(op: &'static str, d: DType, kv_heads: usize, head_dim: usize) -> Result<()> {
+fn check_kv(op: &'static str, ds: KvDtypes, kv_heads: usize, head_dim: usize) -> Result<()> {
     use crate::quant::kv;
-    if !kv::KV_DTYPES.contains(&d) {
-        return Err(bad(op, "cache dtype f32, f16, q8_0 or q4_0", d.to_string()));
+    if !kv::KV_DTYPES.contains(&ds.k) || !kv::KV_DTYPES.contains(&ds.v) {
+        return Err(bad(op, "cache dtypes f32, f16, q8_0 or q4_0", ds.to_string()));
     }
+    if !kv::KV_PAIRS.contains(&ds) {
+        let pairs: Vec<String> = kv::KV_PAIRS.iter().map(|p| p.to_string()).collect();
+        return Err(bad(op, format!("K/V dtypes one of {}", pairs.join(", ")), ds.to_string()));
+    }
+    let d = if kv::row_fits(ds.k, kv_heads * head_dim) { ds.v } else { ds.k };
     if !kv::row_fits(d, kv_heads * head_dim) {
         let want = format!("{d} cache rows (kv_heads x head_dim) of whole 32-value blocks");
         let got = format!("{kv_heads} x {head_dim} = {} values", kv_heads * head_dim);
@@ -176,9 +181,9 @@ impl Op {
                 ),
                 format!("k = {}", o.k),
             )),
-            Op::KvWrite(o) => check_kv(op, o.kv_dtype, o.kv_heads, o.head_dim),
+            Op::KvWrite(o) => check_kv(op, o.kv_dtypes, o.kv_heads, o.head_dim),
             Op::Attention(o) => {
-                check_kv(op, o.kv_dtype, o.kv_heads, o.head_dim)?;
+                check_kv(op, o.kv_dtypes, o.kv_heads, o.head_dim)?;
                 if o.kv_heads == 0 || !o.heads.is_multiple_of(o.kv_heads) {
                     return Err(bad(
                         op,
@@ -244,8 +249,8 @@ impl Op {
                 let len = numel(op, &[o.n, o.kv_heads, o.head_dim])?;
                 v.push("k", o.k, DType::F32, len, Read);
                 v.push("v", o.v, DType::F32, len, Read);
-                v.push("cache_k", o.cache_k, o.kv_dtype, 0, ReadWrite);
-                v.push("cache_v", o.cache_v, o.kv_dtype, 0, ReadWrite);
+                v.push("cache_k", o.cache_k, o.kv_dtypes.k, 0, ReadWrite);
+                v.push("cache_v", o.cache_v, o.kv_dtypes.v, 0, ReadWrite);
                 v.push("slots", o.slots, DType::U32, o.n, Read);
             }
             Op::Attention(o) => {
@@ -254,8 +259,8 @@ impl Op {
                 // by backends, which know it).
                 numel(op, &[o.block_size, o.kv_heads, o.head_dim])?;
                 v.push("q", o.q, DType::F32, len, Read);
-                v.push("cache_k", o.cache_k, o.kv_dtype, 0, Read);
-                v.push("cache_v", o.cache_v, o.kv_dtype, 0, Read);
+                v.push("cache_k", o.cache_k, o.kv_dtypes.k, 0, Read);
+                v.push("cache_v", o.cache_v, o.kv_dtypes.v, 0, Read);
                 v.push("positions", o.positions, DType::U32, o.n, Read);
                 v.push("table_starts", o.table_starts, DType::U32, o.n, Read);
                 v.push("tables", o.tables, DType::U32, o.tables_len, Read);

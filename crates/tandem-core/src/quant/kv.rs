@@ -21,6 +21,59 @@ pub const KV_QUANT: [DType; 2] = [DType::Q8_0, DType::Q4_0];
 /// Every KV dtype, in the order lists of them are given.
 pub const KV_DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0];
 
+/// The dtypes of a cache's keys and values. Keys feed every score and so the softmax's
+/// choice; values only average into the output, so they may be coarser (`--k-dtype f16
+/// --v-dtype q4_0`). The pairs every backend runs are [`KV_PAIRS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KvDtypes {
+    pub k: DType,
+    pub v: DType,
+}
+
+/// The K/V dtype pairs: each KV dtype for both, and values coarser than keys.
+pub const KV_PAIRS: [KvDtypes; 7] = [
+    KvDtypes::same(DType::F32),
+    KvDtypes::same(DType::F16),
+    KvDtypes::same(DType::Q8_0),
+    KvDtypes::same(DType::Q4_0),
+    KvDtypes { k: DType::F16, v: DType::Q8_0 },
+    KvDtypes { k: DType::F16, v: DType::Q4_0 },
+    KvDtypes { k: DType::Q8_0, v: DType::Q4_0 },
+];
+
+impl KvDtypes {
+    pub const fn same(d: DType) -> Self {
+        KvDtypes { k: d, v: d }
+    }
+
+    /// Bytes of one position's K and V rows of `row` values each.
+    pub fn row_bytes(self, row: usize) -> usize {
+        row_bytes(self.k, row) + row_bytes(self.v, row)
+    }
+
+    /// Whether either side is quantized.
+    pub fn any_quant(self) -> bool {
+        KV_QUANT.contains(&self.k) || KV_QUANT.contains(&self.v)
+    }
+}
+
+impl From<DType> for KvDtypes {
+    fn from(d: DType) -> Self {
+        KvDtypes::same(d)
+    }
+}
+
+/// One name for a single dtype ("q8_0"), "K/V" for a pair ("f16/q4_0").
+impl std::fmt::Display for KvDtypes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.k == self.v {
+            write!(f, "{}", self.k)
+        } else {
+            write!(f, "{}/{}", self.k, self.v)
+        }
+    }
+}
+
 /// Whether a cache row of `row` elements can be stored in `dtype`: any row for the float
 /// types, whole blocks of 32 for the quantized ones.
 pub fn row_fits(dtype: DType, row: usize) -> bool {

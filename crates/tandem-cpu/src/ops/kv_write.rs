@@ -43,8 +43,8 @@ fn write_both(
     let rows = ck.numel.min(cv.numel).checked_div(row).unwrap_or(0);
     check_indices(OP, "slots", slots, rows, "cache rows")?;
     // Scattering n rows is memory traffic only; both modes share the one loop.
-    for (cache, src) in [(ck, k), (cv, v)] {
-        match op.kv_dtype {
+    for (cache, src, dtype) in [(ck, k, op.kv_dtypes.k), (cv, v, op.kv_dtypes.v)] {
+        match dtype {
             DType::F32 => reference_f32(cache.f32_mut(), src, slots, row),
             DType::F16 => reference_f16(cache.f16_mut(), src, slots, row),
             q => {

@@ -15,7 +15,7 @@
 //! before it), and a capped score is softcap * tanh(s / softcap).
 
 use tandem_core::ops::Attention;
-use tandem_core::{DType, Result};
+use tandem_core::{DType, KvDtypes, Result};
 
 use crate::kernels::KernelFile;
 use crate::launch::{bad_dtype, fits_u32, Arg, Recorder};
@@ -90,8 +90,8 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let out = r.buf(OP, "out", op.out)?.ptr;
     let num_blocks = ck.numel.min(cv.numel) / block_elems.max(1);
     // Where a quantized cache's scales start (0 for f32/f16).
-    let doffs =
-        (Arg::U64(kv_scales(op.kv_dtype, ck.numel)), Arg::U64(kv_scales(op.kv_dtype, cv.numel)));
+    let ds = op.kv_dtypes;
+    let doffs = (Arg::U64(kv_scales(ds.k, ck.numel)), Arg::U64(kv_scales(ds.v, cv.numel)));
     if let (Some(p), Some(s), Some(t)) =
         (pos.shadow.values(n), starts.shadow.values(n), tables.shadow.values(op.tables_len))
     {
@@ -111,13 +111,9 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let window = Arg::U32(u32::try_from(op.window).unwrap_or(u32::MAX));
     let softcap = Arg::F32(op.softcap);
     let (ck, cv, tables) = (Arg::Ptr(ck), Arg::Ptr(cv), Arg::Ptr(tables));
-    // One instantiation of each kernel per cache dtype, all with the same arguments.
-    let (decode_entry, prefill_entry) = match op.kv_dtype {
-        DType::F32 => ("attention_decode_partial_f32", "attention_prefill_f32"),
-        DType::F16 => ("attention_decode_partial_f16", "attention_prefill_f16"),
-        DType::Q8_0 => ("attention_decode_partial_q8_0", "attention_prefill_q8_0"),
-        DType::Q4_0 => ("attention_decode_partial_q4_0", "attention_prefill_q4_0"),
-        d => return Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0", d)),
+    // One instantiation of each kernel per K/V pair (KV_PAIRS), all with the same arguments.
+    let Some((decode_entry, prefill_entry)) = entries(ds) else {
+        return Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0 (K/V pairs of KV_PAIRS)", ds.v));
     };
     if dr > 0 {
         let (part_max, parts) = decode_grid(longest_span(op));
@@ -192,4 +188,20 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
         r.launch(KernelFile::AttentionPrefill, prefill_entry, grid, block, smem, &args)?;
     }
     Ok(())
+}
+
+/// The decode and prefill kernels of a K/V pair: named by k's dtype, then v's where it
+/// differs (kernels/attention_decode.cu, attention_prefill.cu); `None` outside KV_PAIRS.
+pub(crate) fn entries(ds: KvDtypes) -> Option<(&'static str, &'static str)> {
+    use DType::*;
+    Some(match (ds.k, ds.v) {
+        (F32, F32) => ("attention_decode_partial_f32", "attention_prefill_f32"),
+        (F16, F16) => ("attention_decode_partial_f16", "attention_prefill_f16"),
+        (Q8_0, Q8_0) => ("attention_decode_partial_q8_0", "attention_prefill_q8_0"),
+        (Q4_0, Q4_0) => ("attention_decode_partial_q4_0", "attention_prefill_q4_0"),
+        (F16, Q8_0) => ("attention_decode_partial_f16_q8_0", "attention_prefill_f16_q8_0"),
+        (F16, Q4_0) => ("attention_decode_partial_f16_q4_0", "attention_prefill_f16_q4_0"),
+        (Q8_0, Q4_0) => ("attention_decode_partial_q8_0_q4_0", "attention_prefill_q8_0_q4_0"),
+        _ => return None,
+    })
 }

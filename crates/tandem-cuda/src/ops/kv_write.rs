@@ -12,12 +12,19 @@ use crate::ops::kv_scales;
 const OP: &str = "kv_write";
 
 pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
-    let entry = match op.kv_dtype {
-        DType::F32 => "kv_write_f32",
-        DType::F16 => "kv_write_f16",
-        DType::Q8_0 => "kv_write_q8_0",
-        DType::Q4_0 => "kv_write_q4_0",
-        d => return Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0", d)),
+    let entry = |d| match d {
+        DType::F32 => Ok("kv_write_f32"),
+        DType::F16 => Ok("kv_write_f16"),
+        DType::Q8_0 => Ok("kv_write_q8_0"),
+        DType::Q4_0 => Ok("kv_write_q4_0"),
+        d => Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0", d)),
+    };
+    let ds = op.kv_dtypes;
+    // One launch for both caches (sides 3 in kv_write.cu), or one per cache and dtype.
+    let launches = if ds.k == ds.v {
+        vec![(entry(ds.k)?, 3)]
+    } else {
+        vec![(entry(ds.k)?, 1), (entry(ds.v)?, 2)]
     };
     let row = op.kv_heads * op.head_dim;
     let len = op.n * row;
@@ -28,18 +35,28 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
     let slots = r.buf(OP, "slots", op.slots)?;
     let rows = ck.numel.min(cv.numel).checked_div(row).unwrap_or(0);
     slots.shadow.check_indices(OP, "slots", op.n, rows, "cache rows")?;
-    let args = [
-        Arg::Ptr(k),
-        Arg::Ptr(v),
-        Arg::Ptr(ck.ptr),
-        Arg::Ptr(cv.ptr),
-        Arg::Ptr(slots.ptr),
-        Arg::U32(fits_u32(OP, "n", op.n)?),
-        Arg::U32(fits_u32(OP, "kv_heads * head_dim", row)?),
-        Arg::U32(u32::try_from(rows).unwrap_or(u32::MAX)),
-        Arg::U64(kv_scales(op.kv_dtype, ck.numel)),
-        Arg::U64(kv_scales(op.kv_dtype, cv.numel)),
-    ];
+    let doffs = [kv_scales(ds.k, ck.numel), kv_scales(ds.v, cv.numel)];
+    let (ck, cv, slots) = (ck.ptr, cv.ptr, slots.ptr);
+    let args = |sides: u32| {
+        [
+            Arg::Ptr(k),
+            Arg::Ptr(v),
+            Arg::Ptr(ck),
+            Arg::Ptr(cv),
+            Arg::Ptr(slots),
+            Arg::U32(op.n as u32),
+            Arg::U32(row as u32),
+            Arg::U32(u32::try_from(rows).unwrap_or(u32::MAX)),
+            Arg::U64(doffs[0]),
+            Arg::U64(doffs[1]),
+            Arg::U32(sides),
+        ]
+    };
+    fits_u32(OP, "n", op.n)?;
+    fits_u32(OP, "kv_heads * head_dim", row)?;
     // A thread per element either way: the quantized kernels' warps take a block of 32 each.
-    r.launch(KernelFile::KvWrite, entry, grid_1d(len as u64, 256), 256, 0, &args)
+    for (entry, sides) in launches {
+        r.launch(KernelFile::KvWrite, entry, grid_1d(len as u64, 256), 256, 0, &args(sides))?;
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@ use tandem_core::{DType, Result};
 
 use crate::launch::Recorder;
 
-mod attention;
+pub(crate) mod attention;
 mod elementwise;
 mod embed;
 mod hadamard;

@@ -185,7 +185,7 @@ fn decode_steps_repeat_their_launches_as_contexts_grow() {
             q,
             cache_k: cache,
             cache_v: cache,
-            kv_dtype: DType::F16,
+            kv_dtypes: DType::F16.into(),
             positions,
             table_starts,
             tables,

@@ -127,10 +127,10 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
             x_per_slot: false,
         }));
     }
-    for kv_dtype in tandem_core::quant::kv::KV_DTYPES {
+    for kv_dtypes in tandem_core::quant::kv::KV_PAIRS {
         let (kvh, hd, bs, blocks) = (2, 64, 16, 8);
-        let cache_k = f.buf(kv_dtype, blocks * bs * kvh * hd);
-        let cache_v = f.buf(kv_dtype, blocks * bs * kvh * hd);
+        let cache_k = f.buf(kv_dtypes.k, blocks * bs * kvh * hd);
+        let cache_v = f.buf(kv_dtypes.v, blocks * bs * kvh * hd);
         let (k, v) = (f.buf(DType::F32, 5 * kvh * hd), f.buf(DType::F32, 5 * kvh * hd));
         let slots = f.u32s(&[0, 1, 17, 40, 127]);
         ops.push(Op::KvWrite(KvWrite {
@@ -138,7 +138,7 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
             v,
             cache_k,
             cache_v,
-            kv_dtype,
+            kv_dtypes,
             slots,
             n: 5,
             kv_heads: kvh,
@@ -155,7 +155,7 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
                 q,
                 cache_k,
                 cache_v,
-                kv_dtype,
+                kv_dtypes,
                 positions,
                 table_starts,
                 tables,
@@ -399,7 +399,7 @@ fn bad_indices_and_shapes_are_errors() {
         v,
         cache_k: cache,
         cache_v,
-        kv_dtype: DType::F16,
+        kv_dtypes: DType::F16.into(),
         slots,
         n: 1,
         kv_heads: 1,
@@ -419,7 +419,7 @@ fn bad_indices_and_shapes_are_errors() {
                 q,
                 cache_k: cache,
                 cache_v,
-                kv_dtype,
+                kv_dtypes: kv_dtype.into(),
                 positions,
                 table_starts,
                 tables,

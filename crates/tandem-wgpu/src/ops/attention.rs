@@ -47,13 +47,15 @@ pub(crate) fn scratch_floats(op: &Attention) -> usize {
 
 pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let bad = |expected: String, got: String| Error::ShapeMismatch { op: OP, expected, got };
-    // KV_DTYPE in shaders/attention_kv.wgsl: the cache dtype's kernel code.
-    let kv = match op.kv_dtype {
+    // K_DTYPE and V_DTYPE in shaders/attention_kv.wgsl: the caches' dtypes' kernel codes.
+    let code = |d: DType| match d {
         DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0 => {
-            op.kv_dtype.kernel_code().expect("a kernel dtype")
+            Ok(d.kernel_code().expect("a kernel dtype"))
         }
-        d => return Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0", d)),
+        d => Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0", d)),
     };
+    let (kd, vd) = (code(op.kv_dtypes.k)?, code(op.kv_dtypes.v)?);
+    let dtypes = move |key: PipeKey| key.with("K_DTYPE", kd).with("V_DTYPE", vd);
     let len = op.n * op.heads * op.head_dim;
     let block_elems = op.block_size * op.kv_heads * op.head_dim;
     let q = r.buf(OP, "q", op.q)?;
@@ -68,7 +70,8 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let (a, b) = (table.get(op.cache_k).expect("checked"), table.get(op.cache_v).expect("checked"));
     let num_blocks = a.numel.min(b.numel) / block_elems.max(1);
     // Where each cache's scales start (a quantized cache's layout follows from its own size).
-    let scales = [a, b].map(|c| quant_offsets(op.kv_dtype, c.numel).0);
+    let scales =
+        [quant_offsets(op.kv_dtypes.k, a.numel).0, quant_offsets(op.kv_dtypes.v, b.numel).0];
     // The indices the kernels follow, checked on the host copies of the uploads (a buffer a
     // kernel wrote, or too large to copy, has none: WebGPU's bounds checks remain).
     if let (Some(p), Some(s), Some(t)) = (
@@ -116,17 +119,17 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
             out.clone(),
             scratch,
         ];
-        let partial = PipeKey::new(Shader::AttentionDecode, "partial").with("KV_DTYPE", kv);
+        let partial = dtypes(PipeKey::new(Shader::AttentionDecode, "partial"));
         r.push(partial, bufs.clone(), params.clone(), [parts as u32, heads, decodes as u32]);
         if parts > 1 {
-            let merge = PipeKey::new(Shader::AttentionDecode, "merge").with("KV_DTYPE", kv);
+            let merge = dtypes(PipeKey::new(Shader::AttentionDecode, "merge"));
             r.push(merge, bufs, params, [heads, decodes as u32, 1]);
         }
     }
     if prompts > 0 {
         let tail = [op.max_ctx as u32, op.window as u32, op.softcap.to_bits()];
         let params = [&[decodes as u32, prompts as u32], &shape[..], &tail[..], &scales].concat();
-        let pipe = PipeKey::new(Shader::AttentionPrefill, "main").with("KV_DTYPE", kv);
+        let pipe = dtypes(PipeKey::new(Shader::AttentionPrefill, "main"));
         r.push(
             pipe,
             vec![q, ck, cv, pos, starts, tables, out],

@@ -11,12 +11,19 @@ const OP: &str = "kv_write";
 
 pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
     // The entry point and the elements each invocation writes.
-    let (entry, per) = match op.kv_dtype {
-        DType::F32 => ("main_f32", 1),
-        DType::F16 => ("main_f16", 2),
-        DType::Q8_0 => ("main_q8_0", QBLOCK),
-        DType::Q4_0 => ("main_q4_0", QBLOCK),
-        d => return Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0", d)),
+    let entry = |d| match d {
+        DType::F32 => Ok(("main_f32", 1)),
+        DType::F16 => Ok(("main_f16", 2)),
+        DType::Q8_0 => Ok(("main_q8_0", QBLOCK)),
+        DType::Q4_0 => Ok(("main_q4_0", QBLOCK)),
+        d => Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0", d)),
+    };
+    let ds = op.kv_dtypes;
+    // One dispatch for both caches (SIDES 3 in kv_write.wgsl), or one per cache and dtype.
+    let dispatches = if ds.k == ds.v {
+        vec![(entry(ds.k)?, 3)]
+    } else {
+        vec![(entry(ds.k)?, 1), (entry(ds.v)?, 2)]
     };
     let row = op.kv_heads * op.head_dim;
     let len = op.n * row;
@@ -29,7 +36,7 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
         (r.table.get(op.cache_k).expect("checked"), r.table.get(op.cache_v).expect("checked"));
     let rows = a.numel.min(b.numel).checked_div(row).unwrap_or(0);
     // Where each cache's scales start (a quantized cache's layout follows from its own size).
-    let scales = [a, b].map(|c| quant_offsets(op.kv_dtype, c.numel).0);
+    let scales = [quant_offsets(ds.k, a.numel).0, quant_offsets(ds.v, b.numel).0];
     r.table.get(op.slots).expect("checked").shadow.check_indices(
         OP,
         "slots",
@@ -41,9 +48,12 @@ pub(crate) fn record(r: &mut Recorder, op: &KvWrite) -> Result<()> {
         return Ok(());
     }
     fits_u32(OP, "cache elements", rows * row)?;
-    let total = len / per;
-    let params = vec![total as u32, row as u32, scales[0], scales[1]];
-    let pipe = PipeKey::new(Shader::KvWrite, entry);
-    r.push(pipe, vec![k, v, ck, cv, slots], params, groups_1d(total, 256));
+    for ((entry, per), sides) in dispatches {
+        let total = len / per;
+        let params = vec![total as u32, row as u32, scales[0], scales[1]];
+        let pipe = PipeKey::new(Shader::KvWrite, entry).with("SIDES", sides);
+        let bufs = vec![k.clone(), v.clone(), ck.clone(), cv.clone(), slots.clone()];
+        r.push(pipe, bufs, params, groups_1d(total, 256));
+    }
     Ok(())
 }

@@ -38,11 +38,11 @@ thread_local! {
 type Task = (usize, usize, usize, usize);
 
 /// q: [decode rows, heads, head_dim]; out: the same.
-pub(super) fn run<C: KvSrc>(
+pub(super) fn run<K: KvSrc, V: KvSrc>(
     ex: Exec,
     q: &[f32],
-    ck: C,
-    cv: C,
+    ck: K,
+    cv: V,
     rows: &Rows,
     out: &mut [f32],
     g: Geom,
@@ -174,12 +174,12 @@ pub(super) fn softmax_parts(scores: &mut [f32], part: &mut [f32], g: Geom, len: 
 }
 
 /// The arguments of [`score_part`] that say what to score.
-pub(super) type Part<'a, C> = (&'a [f32], C, C, &'a [u32], std::ops::Range<usize>, usize, Geom);
+pub(super) type Part<'a, K, V> = (&'a [f32], K, V, &'a [u32], std::ops::Range<usize>, usize, Geom);
 
 /// Positions `ts` of KV head `kvh` for the query heads `qs` ([group][head_dim]); writes each
 /// head's [max, sum, unnormalized output] into `part`. scratch: [group * PART + head_dim].
 #[inline(always)]
-fn score_part<C: KvSrc>(args: Part<C>, scratch: &mut [f32], part: &mut [f32]) {
+fn score_part<K: KvSrc, V: KvSrc>(args: Part<K, V>, scratch: &mut [f32], part: &mut [f32]) {
     let (qs, ck, cv, table, ts, kvh, g) = args;
     let (hd, len) = (g.hd, ts.len());
     let group = qs.len() / hd;

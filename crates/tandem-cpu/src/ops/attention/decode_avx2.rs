@@ -28,7 +28,11 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; head_dim % 8 == 0.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn score_part<C: KvSrc>(args: Part<C>, scratch: &mut [f32], part: &mut [f32]) {
+pub(super) unsafe fn score_part<K: KvSrc, V: KvSrc>(
+    args: Part<K, V>,
+    scratch: &mut [f32],
+    part: &mut [f32],
+) {
     let (qs, ck, cv, table, ts, kvh, g) = args;
     let (hd, len) = (g.hd, ts.len());
     let group = qs.len() / hd;

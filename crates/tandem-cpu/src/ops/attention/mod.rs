@@ -50,18 +50,33 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
         let g = Geom::new(op);
         let rows = Rows { positions, starts, tables, decode: op.decode_rows };
         let out = &mut out.f32_mut()[..len];
-        match op.kv_dtype {
-            DType::F32 => attend(ex, q, ck.f32(), cv.f32(), &rows, out, g),
-            DType::F16 => attend(ex, q, ck.f16(), cv.f16(), &rows, out, g),
-            DType::Q8_0 => {
-                let (k, v) = (quant(op.kv_dtype, ck), quant(op.kv_dtype, cv));
-                attend(ex, q, Q8 { qs: k.qs, d: k.d }, Q8 { qs: v.qs, d: v.d }, &rows, out, g)
-            }
-            _ => {
-                let (k, v) = (quant(op.kv_dtype, ck), quant(op.kv_dtype, cv));
-                attend(ex, q, Q4 { qs: k.qs, d: k.d }, Q4 { qs: v.qs, d: v.d }, &rows, out, g)
-            }
+        let (k, v) = (op.kv_dtypes.k, op.kv_dtypes.v);
+        // Each supported pair (KV_PAIRS) as its own monomorphized kernels.
+        macro_rules! pairs {
+            ($(($kd:ident, $ks:expr, $vd:ident, $vs:expr)),*) => {
+                match (k, v) {
+                    $((DType::$kd, DType::$vd) => attend(ex, q, $ks, $vs, &rows, out, g),)*
+                    _ => unreachable!("checked: {}", op.kv_dtypes),
+                }
+            };
         }
+        let q8 = |b| {
+            let v = quant(DType::Q8_0, b);
+            Q8 { qs: v.qs, d: v.d }
+        };
+        let q4 = |b| {
+            let v = quant(DType::Q4_0, b);
+            Q4 { qs: v.qs, d: v.d }
+        };
+        pairs!(
+            (F32, ck.f32(), F32, cv.f32()),
+            (F16, ck.f16(), F16, cv.f16()),
+            (Q8_0, q8(ck), Q8_0, q8(cv)),
+            (Q4_0, q4(ck), Q4_0, q4(cv)),
+            (F16, ck.f16(), Q8_0, q8(cv)),
+            (F16, ck.f16(), Q4_0, q4(cv)),
+            (Q8_0, q8(ck), Q4_0, q4(cv))
+        );
         Ok(())
     })
 }
@@ -162,7 +177,14 @@ impl Geom {
 }
 
 /// q, out: [n, heads, head_dim]; ck, cv: [num_blocks, block_size, kv_heads, head_dim].
-pub(crate) fn reference<C: KvSrc>(q: &[f32], ck: C, cv: C, rows: &Rows, out: &mut [f32], g: Geom) {
+pub(crate) fn reference<K: KvSrc, V: KvSrc>(
+    q: &[f32],
+    ck: K,
+    cv: V,
+    rows: &Rows,
+    out: &mut [f32],
+    g: Geom,
+) {
     let hd = g.hd;
     for i in 0..rows.positions.len() {
         let (pos, table) = (rows.pos(i), rows.table(i));
@@ -200,7 +222,15 @@ pub(crate) fn reference<C: KvSrc>(q: &[f32], ck: C, cv: C, rows: &Rows, out: &mu
 }
 
 /// The reference's loops, or the fast kernels.
-fn attend<C: KvSrc>(ex: Exec, q: &[f32], ck: C, cv: C, rows: &Rows, out: &mut [f32], g: Geom) {
+fn attend<K: KvSrc, V: KvSrc>(
+    ex: Exec,
+    q: &[f32],
+    ck: K,
+    cv: V,
+    rows: &Rows,
+    out: &mut [f32],
+    g: Geom,
+) {
     if ex.fast {
         fast(ex, q, ck, cv, rows, out, g)
     } else {
@@ -209,7 +239,15 @@ fn attend<C: KvSrc>(ex: Exec, q: &[f32], ck: C, cv: C, rows: &Rows, out: &mut [f
 }
 
 /// Decode rows, then prompt rows (each kind in its own file).
-fn fast<C: KvSrc>(ex: Exec, q: &[f32], ck: C, cv: C, rows: &Rows, out: &mut [f32], g: Geom) {
+fn fast<K: KvSrc, V: KvSrc>(
+    ex: Exec,
+    q: &[f32],
+    ck: K,
+    cv: V,
+    rows: &Rows,
+    out: &mut [f32],
+    g: Geom,
+) {
     let (dec_out, pre_out) = out.split_at_mut(rows.decode * g.heads * g.hd);
     if rows.decode > 0 {
         decode::run(ex, q, ck, cv, rows, dec_out, g);

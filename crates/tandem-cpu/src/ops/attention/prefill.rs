@@ -16,11 +16,11 @@ const BQ: usize = 8;
 const BT: usize = 32;
 
 /// q: all rows [n, heads, head_dim]; out: the prompt rows' outputs [n - decode, heads, head_dim].
-pub(super) fn run<C: KvSrc>(
+pub(super) fn run<K: KvSrc, V: KvSrc>(
     ex: Exec,
     q: &[f32],
-    ck: C,
-    cv: C,
+    ck: K,
+    cv: V,
     rows: &Rows,
     out: &mut [f32],
     g: Geom,
@@ -57,7 +57,7 @@ pub(super) fn run<C: KvSrc>(
             unsafe { unit_avx2(&inputs, kvh, i0, &mut acc) };
             return acc;
         }
-        unit::<C, false>(&inputs, kvh, i0, &mut acc);
+        unit::<K, V, false>(&inputs, kvh, i0, &mut acc);
         acc
     });
     for (u, acc) in parts.iter().enumerate() {
@@ -75,19 +75,19 @@ pub(super) fn run<C: KvSrc>(
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn unit_avx2<C: KvSrc>(u: &Inputs<C>, kvh: usize, i0: usize, acc: &mut [f32]) {
+unsafe fn unit_avx2<K: KvSrc, V: KvSrc>(u: &Inputs<K, V>, kvh: usize, i0: usize, acc: &mut [f32]) {
     if u.g.hd.is_multiple_of(8) {
-        unit::<C, true>(u, kvh, i0, acc)
+        unit::<K, V, true>(u, kvh, i0, acc)
     } else {
-        unit::<C, false>(u, kvh, i0, acc)
+        unit::<K, V, false>(u, kvh, i0, acc)
     }
 }
 
 /// What every work unit reads (see [`run`]).
-struct Inputs<'a, C> {
+struct Inputs<'a, K, V> {
     q: &'a [f32],
-    ck: C,
-    cv: C,
+    ck: K,
+    cv: V,
     qrows: &'a Rows<'a>,
     g: Geom,
 }
@@ -96,7 +96,12 @@ struct Inputs<'a, C> {
 /// positions) for the query heads of KV head `kvh`. acc: [rows, group, head_dim]. `AVX`: use
 /// the hand-written AVX2 dot and V sums (only inside [`unit_avx2`], with head_dim % 8 == 0).
 #[inline(always)]
-fn unit<C: KvSrc, const AVX: bool>(u: &Inputs<C>, kvh: usize, i0: usize, acc: &mut [f32]) {
+fn unit<K: KvSrc, V: KvSrc, const AVX: bool>(
+    u: &Inputs<K, V>,
+    kvh: usize,
+    i0: usize,
+    acc: &mut [f32],
+) {
     let Inputs { q, ck, cv, qrows, g } = *u;
     let (hd, group) = (g.hd, g.heads / g.kv_heads);
     let rows = acc.len() / (group * hd);
