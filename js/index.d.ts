@@ -118,6 +118,49 @@ export interface EngineOptions {
   loraDtype?: 'f32' | 'f16';
   /** Where the worker script is, if a bundler moved it. */
   workerUrl?: string | URL;
+  /**
+   * One engine for every tab of the origin: it runs in a SharedWorker named by the source and
+   * these options. A tab asking for a model already loaded there (same source, same options)
+   * attaches to it with no download and no load; any option that differs gives that tab an
+   * engine (a SharedWorker) of its own. Requests from all tabs go through the one scheduler,
+   * batched together, and are let into the engine round robin across tabs (at most `maxSeqs`
+   * at once), so one tab's long queue does not hold back another tab's first token. A tab that
+   * closes or navigates away has its requests aborted and their KV blocks freed (each tab holds
+   * a Web Lock for its lifetime, which the worker waits for). `unload()` detaches this tab;
+   * `interrupt()` stops this tab's requests; `loadAdapter` loads for every tab.
+   * Where SharedWorker or Web Locks are missing, the source is `{ files }`, or the shared worker
+   * has no WebGPU while the page has it, the engine runs in a dedicated worker as without
+   * `shared` and `fallbackReason` says why.
+   */
+  shared?: boolean;
+  /**
+   * How long a shared engine stays loaded after its last tab called `unload()` (default 5000
+   * ms), for a tab that comes back. Browsers end a SharedWorker once no page of it is left.
+   */
+  sharedGraceMs?: number;
+}
+
+/** The worker's counters (`Engine.workerStats()`), for tests and dashboards. */
+export interface WorkerStats {
+  /** Whether the worker is a SharedWorker. */
+  shared: boolean;
+  /** This tab's number among the worker's clients, and how many are connected. */
+  client: number;
+  clients: number;
+  /** Models loaded by this worker (a tab that attached to a loaded one adds none). */
+  loads: number;
+  loaded: boolean;
+  /** Generations in the engine now, all tabs together (the rest wait for admission). */
+  inEngine: number;
+  admissionLimit: number;
+  /** Per connected tab: its generations in the engine, and those waiting to go in. */
+  perClient: { client: number; running: number; queued: number }[];
+  /** Engine steps that produced text, and of those the steps with text for more than one tab. */
+  steps: number;
+  sharedSteps: number;
+  /** The most tabs, and the most requests, with text in one step. */
+  mostClientsInStep: number;
+  mostRequestsInStep: number;
 }
 
 /**
@@ -292,8 +335,13 @@ export interface Engine extends EventTarget {
   addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
   /** The adapter's name, or "cpu". */
   readonly backend: string;
-  /** Why the CPU was chosen under backend "auto"; null otherwise. */
+  /**
+   * Why the CPU was chosen under backend "auto", or why `shared: true` got a dedicated worker
+   * (both, joined with '; '); null otherwise.
+   */
   readonly fallbackReason: string | null;
+  /** Whether this engine is a SharedWorker's, shared with the origin's other tabs. */
+  readonly shared: boolean;
   readonly info: EngineInfo;
   readonly chat: {
     completions: {
@@ -313,9 +361,15 @@ export interface Engine extends EventTarget {
   loadAdapter(name: string, source: AdapterSource): Promise<void>;
   /** New requests for `name` fail from now on; those running finish first. */
   unloadAdapter(name: string): Promise<void>;
-  /** Interrupts every request in flight (each ends with finish_reason "interrupted"). */
+  /**
+   * Interrupts every request in flight (each ends with finish_reason "interrupted"); a shared
+   * engine: this tab's requests only.
+   */
   interrupt(): void;
+  /** Frees the model and ends the worker; a shared engine: this tab leaves it. */
   unload(): Promise<void>;
+  /** The worker's counters: loads, tabs, admission and batching across tabs. */
+  workerStats(): Promise<WorkerStats>;
   /** Hooks for tests, not for applications. */
   readonly debug: {
     /**

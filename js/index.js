@@ -117,9 +117,13 @@ function toRequest(base, options) {
  * `detail` says more (see index.d.ts).
  */
 class Engine extends EventTarget {
-  constructor(worker, info, onProgress) {
+  constructor(worker, info, onProgress, close) {
     super();
+    /** The worker, or the shared worker's port. */
     this.worker = worker;
+    this.close = close;
+    /** Whether this engine is shared with the origin's other tabs (a SharedWorker's). */
+    this.shared = false;
     this.info = info;
     /** The adapter's name, or "cpu". */
     this.backend = info.backend.name;
@@ -287,19 +291,29 @@ class Engine extends EventTarget {
     return new Promise((resolve, reject) => {
       this.pending.set(id, (reply) => {
         this.pending.delete(id);
-        if (reply.type === 'done') resolve();
+        if (reply.type === 'done') resolve(reply.value);
         else reject(new TandemError(reply.message, reply.code));
       });
       this.worker.postMessage({ ...msg, id });
     });
   }
 
-  /** Stops every generation in flight after its current token. */
+  /**
+   * The worker's counters: `{ shared, client, clients, loads, loaded, inEngine, perClient:
+   * [{ client, running, queued }], steps, sharedSteps, mostClientsInStep, mostRequestsInStep }`
+   * (see index.d.ts).
+   */
+  workerStats() {
+    return this.call({ type: 'stats' });
+  }
+
+  /** Stops every generation in flight after its current token (a shared engine: this tab's). */
   interrupt() {
     this.worker.postMessage({ type: 'interrupt' });
   }
 
-  /** Frees the model and ends the worker. */
+  /** Frees the model and ends the worker; a shared engine's tab leaves it (the last one out
+   * frees it after `sharedGraceMs`). */
   async unload() {
     if (this.unloaded) return;
     this.unloaded = true;
@@ -310,7 +324,7 @@ class Engine extends EventTarget {
       this.worker.postMessage({ type: 'unload', id });
     });
     this.failAll(new TandemError('the engine was unloaded'));
-    this.worker.terminate();
+    this.close();
   }
 }
 
@@ -368,39 +382,108 @@ function digests(source, urls) {
  *   draftModel (a source like `source`: speculative decoding with that smaller model of the
  *   same tokenizer), speculate: 'ngram' (speculation without a draft model), draftTokens
  *   (default 4), maxLoras (LoRA adapters held at once; see `loadAdapter`), maxLoraRank
- *   (default 16), loraDtype ('f32' or 'f16'), workerUrl }`.
+ *   (default 16), loraDtype ('f32' or 'f16'), workerUrl, shared (true: one engine in a
+ *   SharedWorker for every tab of the origin that asks for this source with these options),
+ *   sharedGraceMs (default 5000: how long a shared engine outlives its last tab's unload) }`.
  */
 export async function createEngine(source, options = {}) {
   const src = normalizeSource(source);
+  const { backend, context, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, draftTokens, maxLoras, maxLoraRank, loraDtype } = options;
+  if (downloadPartBytes !== undefined && !(Number.isSafeInteger(downloadPartBytes) && downloadPartBytes > 0)) {
+    throw new TandemError(`downloadPartBytes must be a positive whole number, not ${downloadPartBytes}`);
+  }
+  const draftModel = options.draftModel === undefined ? undefined : normalizeSource(options.draftModel);
+  const speculate = options.speculate === undefined ? undefined : checkSpeculate(options.speculate);
+  const loadOptions = { backend, context, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, draftModel, draftTokens, speculate, maxLoras, maxLoraRank, loraDtype };
+  let sharedFallback = null;
+  if (options.shared) {
+    sharedFallback = sharedUnavailable(src, draftModel);
+    if (!sharedFallback) {
+      try {
+        return await createShared(src, loadOptions, options);
+      } catch (e) {
+        if (e.code !== 'no-webgpu') throw e;
+        sharedFallback = `${e.message}; the engine runs in a dedicated worker of this tab instead`;
+      }
+    }
+  }
   // Spelled out in one expression so that bundlers (Vite, webpack 5, Parcel) recognize the
   // worker and bundle it with its imports; a URL held in a variable is copied as a lone file.
   const worker = options.workerUrl
     ? new Worker(options.workerUrl, { type: 'module' })
     : new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-  const id = nextId++;
-  const info = await new Promise((resolve, reject) => {
-    worker.onmessage = (e) => {
-      const msg = e.data;
-      if (msg.id !== id) return;
-      if (msg.type === 'progress') {
-        if (msg.progress.warning) console.warn(`tandem: ${msg.progress.warning}`);
-        options.onProgress?.(msg.progress);
-      } else if (msg.type === 'loaded') resolve(msg.info);
-      else reject(new TandemError(msg.message));
-    };
-    worker.onerror = (e) => reject(new TandemError(`the engine's worker failed to start: ${e.message ?? 'see the console'}`));
-    const { backend, context, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, draftTokens, maxLoras, maxLoraRank, loraDtype } = options;
-    if (downloadPartBytes !== undefined && !(Number.isSafeInteger(downloadPartBytes) && downloadPartBytes > 0)) {
-      throw new TandemError(`downloadPartBytes must be a positive whole number, not ${downloadPartBytes}`);
-    }
-    const draftModel = options.draftModel === undefined ? undefined : normalizeSource(options.draftModel);
-    const speculate = options.speculate === undefined ? undefined : checkSpeculate(options.speculate);
-    worker.postMessage({ type: 'load', id, source: src, options: { backend, context, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, draftModel, draftTokens, speculate, maxLoras, maxLoraRank, loraDtype } });
-  }).catch((e) => {
+  worker.onerror = (e) => worker.onmessage?.({ data: { type: 'error', id: worker.loadId, message: `the engine's worker failed to start: ${e.message ?? 'see the console'}` } });
+  const info = await loadIn(worker, { source: src, options: loadOptions }, options.onProgress).catch((e) => {
     worker.terminate();
     throw e;
   });
-  return new Engine(worker, info, options.onProgress);
+  const engine = new Engine(worker, info, options.onProgress, () => worker.terminate());
+  if (sharedFallback) {
+    engine.fallbackReason = [sharedFallback, engine.fallbackReason].filter(Boolean).join('; ');
+    console.warn(`tandem: ${sharedFallback}`);
+  }
+  return engine;
+}
+
+/** Sends the 'load' message to `port` (a Worker or a MessagePort); resolves with the info. */
+function loadIn(port, msg, onProgress) {
+  const id = nextId++;
+  port.loadId = id;
+  return new Promise((resolve, reject) => {
+    port.onmessage = (e) => {
+      const reply = e.data;
+      if (reply.id !== id) return;
+      if (reply.type === 'progress') {
+        if (reply.progress.warning) console.warn(`tandem: ${reply.progress.warning}`);
+        onProgress?.(reply.progress);
+      } else if (reply.type === 'loaded') resolve(reply.info);
+      else reject(new TandemError(reply.message, reply.code));
+    };
+    port.postMessage({ type: 'load', id, ...msg });
+  });
+}
+
+/** Why `shared: true` cannot be had here (the engine then runs in a dedicated worker), or null. */
+function sharedUnavailable(src, draftModel) {
+  if (typeof SharedWorker === 'undefined') return 'this browser has no SharedWorker; the engine runs in a dedicated worker of this tab';
+  if (!globalThis.navigator?.locks) return 'this browser has no Web Locks (navigator.locks), which a shared engine needs to notice closed tabs; the engine runs in a dedicated worker of this tab';
+  if (src.files || draftModel?.files) return 'a shared engine loads from URLs only (other tabs cannot name these files); the engine runs in a dedicated worker of this tab';
+  return null;
+}
+
+/**
+ * The engine of the SharedWorker named by `src` and the options: loaded by the first tab that
+ * asks, attached to by the others. The tab holds a Web Lock for its lifetime; the worker asks
+ * for it, and is granted it once the tab has closed or navigated away.
+ */
+async function createShared(src, loadOptions, options) {
+  // One worker per model and engine options: tabs asking for another get an engine of their own.
+  const name = `tandem ${JSON.stringify({ src, loadOptions })}`;
+  const worker = options.workerUrl
+    ? new SharedWorker(options.workerUrl, { type: 'module', name })
+    : new SharedWorker(new URL('./worker.js', import.meta.url), { type: 'module', name });
+  const port = worker.port;
+  const tabLock = `tandem-tab-${globalThis.crypto?.randomUUID?.() ?? `${Date.now()}-${Math.random()}`}`;
+  let release;
+  await new Promise((held) => navigator.locks.request(tabLock, () => {
+    held();
+    return new Promise((r) => (release = r));
+  }));
+  const close = () => {
+    port.close();
+    release();
+  };
+  worker.onerror = (e) => port.onmessage?.({ data: { type: 'error', id: port.loadId, message: `the engine's shared worker failed to start: ${e.message ?? 'see the console'}` } });
+  const graceMs = options.sharedGraceMs ?? 5000;
+  if (!(Number.isFinite(graceMs) && graceMs >= 0)) throw new TandemError(`sharedGraceMs must be a number of milliseconds >= 0, not ${graceMs}`);
+  const pageHasGpu = !!globalThis.navigator?.gpu;
+  const info = await loadIn(port, { source: src, options: loadOptions, key: name, tabLock, graceMs, pageHasGpu }, options.onProgress).catch((e) => {
+    close();
+    throw e;
+  });
+  const engine = new Engine(port, info, options.onProgress, close);
+  engine.shared = true;
+  return engine;
 }
 
 function checkSpeculate(s) {

@@ -16,6 +16,7 @@
 
 import init, { Loader, Sha256 } from '../pkg/tandem_web.js';
 import { bodySize, download, ensureCached, fileNameOf, openCached, openModelCache } from './cache.js';
+import { Admission, Client, Steps } from './clients.js';
 
 let ready = null;
 let wasm = null;
@@ -26,9 +27,25 @@ let recipe = null;
 let reloading = null;
 /** Why the engine could not be made again; every later request fails with it. */
 let reloadError = null;
-/** Requests waiting for the reload, by id: true once aborted meanwhile. */
+/** Requests waiting for the reload, by engine id: true once aborted meanwhile. */
 const waiting = new Map();
 let unloaded = false;
+
+/** A SharedWorker (one engine for every tab of an origin), or a dedicated worker. */
+const isShared = typeof SharedWorkerGlobalScope !== 'undefined' && self instanceof SharedWorkerGlobalScope;
+/** Every page connected: the one page of a dedicated worker, each tab's port of a shared one. */
+const clients = new Set();
+let clientCount = 0;
+/** The engine's ids, unique over every client's requests. */
+let nextEngineId = 1;
+const admission = new Admission();
+const steps = new Steps();
+/** A shared worker's load: `{ key, promise }`, the same for every tab that asks for that key. */
+let loading = null;
+/** How many times this worker loaded a model (reloads after a lost device not counted). */
+let loads = 0;
+/** The shared engine's unload, due once the last tab has left. */
+let graceTimer = null;
 
 /**
  * A module of one function that uses a SIMD instruction (i8x16.popcnt): it validates only where
@@ -46,8 +63,9 @@ function checkSimd() {
 /** The most bytes pushed into the engine at once (an ArrayBuffer input is cut into these). */
 const CHUNK = 8 << 20;
 
-function post(msg) {
-  self.postMessage(msg);
+/** `msg` to every page (about the engine itself: events, a reload's progress). */
+function broadcast(msg) {
+  for (const client of clients) client.post(msg);
 }
 
 function describe(e) {
@@ -298,12 +316,14 @@ async function adapterFiles(source) {
   return { config: new TextDecoder().decode(config.bytes), weights: weights.bytes };
 }
 
-async function load(id, source, options) {
+async function load(source, options, progress) {
   checkSimd();
   ready ??= init();
   wasm = await ready;
+  unloaded = false;
   recipe = { source, options, adapters: new Map() };
-  const info = await build(source, options, options.backend ?? 'auto', (p) => post({ type: 'progress', id, progress: p }));
+  loads++;
+  const info = await build(source, options, options.backend ?? 'auto', progress);
   // Only a GPU device can be lost; bytes given as ArrayBuffers are kept for that as Blobs,
   // which the browser may hold on disk, rather than in this worker's memory.
   recipe = info.backend.kind === 'cpu' ? null : { ...recipe, source: keepable(source), options: { ...options, draftModel: options.draftModel && keepable(options.draftModel) } };
@@ -357,7 +377,7 @@ function watch(e) {
 }
 
 function emit(type, detail = {}) {
-  post({ type: 'event', event: { type, ...detail } });
+  broadcast({ type: 'event', event: { type, ...detail } });
 }
 
 /** The engine's device is gone: its requests end with the loss (the engine does that), and the
@@ -378,7 +398,7 @@ async function reload(reason) {
   const { source, options, adapters } = recipe;
   try {
     // 'auto': WebGPU on a new device, or the CPU when there is none to be had.
-    const info = await build(source, options, 'auto', (p) => post({ type: 'progress', progress: { ...p, reload: true } }));
+    const info = await build(source, options, 'auto', (p) => broadcast({ type: 'progress', progress: { ...p, reload: true } }));
     if (info.backend.kind === 'cpu') {
       info.backend.fallback_reason = `WebGPU could not be set up again after the GPU device was lost (${info.backend.fallback_reason ?? 'unknown reason'}); running on the CPU`;
     }
@@ -430,60 +450,211 @@ function errorMessage(id, e) {
   return { type: 'error', id, message: describe(e) };
 }
 
-self.onmessage = async (event) => {
-  const msg = event.data;
+/**
+ * A shared worker's model for `client`: the one loaded (or loading) for the same `key` (source
+ * and options) is attached to, with no download and no load of its own.
+ */
+async function attach(client, msg) {
+  const options = msg.options ?? {};
+  if (options.backend !== 'cpu' && msg.pageHasGpu && !navigator.gpu) {
+    throw Object.assign(new Error('WebGPU is not available inside a SharedWorker in this browser'), { code: 'no-webgpu' });
+  }
+  if (loading && loading.key !== msg.key) {
+    throw new Error('this shared worker holds another model (a SharedWorker is named by its source and options; name it differently)');
+  }
+  if (!loading) {
+    const waiters = new Set();
+    const promise = load(msg.source, options, (p) => {
+      for (const w of waiters) w.post({ type: 'progress', id: w.loadId, progress: p });
+    });
+    loading = { key: msg.key, promise, waiters };
+    promise.catch(() => {
+      if (loading?.promise === promise) loading = null;
+    });
+  }
+  clearTimeout(graceTimer);
+  graceTimer = null;
+  client.loadId = msg.id;
+  loading.waiters.add(client);
+  try {
+    const info = await loading.promise;
+    admission.limit = info.model?.max_seqs ?? options.maxSeqs ?? 4;
+    return info;
+  } finally {
+    loading?.waiters.delete(client);
+  }
+}
+
+/** `client` has gone (its tab closed or navigated away, or it unloaded): its requests end and
+ * their KV blocks are freed; the last one out unloads a shared engine after a grace period. */
+function leave(client) {
+  if (client.gone) return;
+  client.gone = true;
+  clients.delete(client);
+  for (const r of client.requests.values()) {
+    if (!admission.remove(r)) abort(r);
+  }
+  if (!isShared || [...clients].some((c) => c.attached) || !client.attached) return;
+  clearTimeout(graceTimer);
+  graceTimer = setTimeout(() => {
+    graceTimer = null;
+    if ([...clients].some((c) => c.attached)) return;
+    engine?.unload();
+    engine = null;
+    loading = null;
+    recipe = null;
+    unloaded = true;
+  }, client.graceMs ?? 5000);
+}
+
+/** Asks generation `r` to stop: it then ends through the engine with finish_reason
+ * "interrupted" (one still waiting for admission goes in just for that). */
+function abort(r) {
+  r.aborted = true;
+  if (admission.remove(r)) return admission.force(r);
+  if (waiting.has(r.engineId)) waiting.set(r.engineId, true);
+  else engine?.abort(r.engineId);
+}
+
+/** Runs generation `r` in the engine, its text and end to its client. */
+async function run(r, request) {
+  const { client, id, engineId } = r;
+  try {
+    const { engine: e, aborted } = await engineFor(engineId);
+    const usage = e.generate(engineId, JSON.stringify(request), (text) => {
+      steps.saw(client);
+      client.post({ type: 'text', id, text });
+    });
+    r.inEngine = true;
+    if (aborted || r.aborted) e.abort(engineId);
+    client.post({ type: 'done', id, usage: JSON.parse(await usage) });
+  } catch (e) {
+    client.post(errorMessage(id, e));
+  } finally {
+    r.inEngine = false;
+    client.requests.delete(id);
+    admission.finished();
+  }
+}
+
+/** What tests and dashboards read: loads, clients and how their requests were batched. */
+function stats(client) {
+  const perClient = [...clients].map((c) => ({
+    client: c.number,
+    running: [...c.requests.values()].filter((r) => r.inEngine).length,
+    queued: admission.waiting(c),
+  }));
+  return {
+    shared: isShared,
+    client: client.number,
+    clients: clients.size,
+    loads,
+    loaded: !!engine,
+    inEngine: admission.running,
+    admissionLimit: admission.limit,
+    perClient,
+    steps: steps.steps,
+    sharedSteps: steps.sharedSteps,
+    mostClientsInStep: steps.mostClients,
+    mostRequestsInStep: steps.mostRequests,
+  };
+}
+
+async function handle(client, msg) {
   try {
     switch (msg.type) {
-      case 'load':
-        post({ type: 'loaded', id: msg.id, info: await load(msg.id, msg.source, msg.options ?? {}) });
+      case 'load': {
+        if (!isShared) {
+          client.post({ type: 'loaded', id: msg.id, info: await load(msg.source, msg.options ?? {}, (p) => client.post({ type: 'progress', id: msg.id, progress: p })) });
+          client.attached = true;
+          break;
+        }
+        // The tab holds this lock for its lifetime: it is granted here once the tab is gone.
+        if (msg.tabLock) navigator.locks.request(msg.tabLock, () => leave(client));
+        client.graceMs = msg.graceMs;
+        const info = await attach(client, msg);
+        if (client.gone) break;
+        client.attached = true;
+        client.post({ type: 'loaded', id: msg.id, info });
         break;
+      }
       case 'generate': {
-        const { engine: e, aborted } = await engineFor(msg.id);
-        const usage = e.generate(msg.id, JSON.stringify(msg.request), (text) => post({ type: 'text', id: msg.id, text }));
-        if (aborted) e.abort(msg.id);
-        post({ type: 'done', id: msg.id, usage: JSON.parse(await usage) });
+        if (client.requests.has(msg.id)) throw new Error(`request id ${msg.id} is already in flight`);
+        const r = { client, id: msg.id, engineId: nextEngineId++, aborted: false, inEngine: false };
+        r.start = () => run(r, msg.request);
+        client.requests.set(msg.id, r);
+        admission.submit(r);
         break;
       }
       case 'loadAdapter': {
-        const { engine: e } = await engineFor(msg.id);
+        const { engine: e } = await engineFor(nextEngineId++);
         const { config, weights } = await adapterFiles(msg.source);
         await e.load_adapter(msg.name, config, weights);
         // Loaded again should the model be.
         recipe?.adapters.set(msg.name, keepable(msg.source));
-        post({ type: 'done', id: msg.id });
+        client.post({ type: 'done', id: msg.id });
         break;
       }
       case 'unloadAdapter': {
-        const { engine: e } = await engineFor(msg.id);
+        const { engine: e } = await engineFor(nextEngineId++);
         await e.unload_adapter(msg.name);
         recipe?.adapters.delete(msg.name);
-        post({ type: 'done', id: msg.id });
+        client.post({ type: 'done', id: msg.id });
         break;
       }
-      case 'abort':
-        if (waiting.has(msg.id)) waiting.set(msg.id, true);
-        else engine?.abort(msg.id);
+      case 'abort': {
+        const r = client.requests.get(msg.id);
+        if (r) abort(r);
         break;
+      }
       case 'interrupt':
+        if (isShared) {
+          for (const r of client.requests.values()) abort(r);
+          break;
+        }
         for (const id of waiting.keys()) waiting.set(id, true);
         engine?.interrupt();
         break;
       case 'unload':
+        if (isShared) {
+          // Only this tab leaves; the engine stays for the others.
+          client.post({ type: 'unloaded', id: msg.id });
+          leave(client);
+          break;
+        }
         unloaded = true;
         engine?.unload();
         engine = null;
-        post({ type: 'unloaded', id: msg.id });
+        client.post({ type: 'unloaded', id: msg.id });
+        break;
+      case 'stats':
+        client.post({ type: 'done', id: msg.id, value: stats(client) });
         break;
       case 'debugLoseDevice':
         // TESTING ONLY (engine.debug.loseDevice()): destroys the GPU device under the engine.
         if (!engine) throw new Error('no engine is running (it may be reloading)');
         engine.debug_lose_device();
-        post({ type: 'done', id: msg.id });
+        client.post({ type: 'done', id: msg.id });
         break;
       default:
         throw new Error(`unknown message type ${msg.type}`);
     }
   } catch (e) {
-    post(errorMessage(msg.id, e));
+    const reply = errorMessage(msg.id, e);
+    if (e?.code === 'no-webgpu') reply.code = e.code;
+    client.post(reply);
   }
-};
+}
+
+if (isShared) {
+  self.onconnect = (event) => {
+    const port = event.ports[0];
+    const client = new Client(port, ++clientCount);
+    clients.add(client);
+    port.onmessage = (e) => handle(client, e.data);
+  };
+} else {
+  const client = new Client(self, ++clientCount);
+  clients.add(client);
+  self.onmessage = (e) => handle(client, e.data);
+}
