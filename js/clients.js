@@ -16,8 +16,6 @@ export class Client {
     this.number = number;
     /** Its generations not yet ended, by the page's id. */
     this.requests = new Map();
-    /** Holds the loaded engine (its 'load' succeeded). */
-    this.attached = false;
     this.gone = false;
   }
 

@@ -494,11 +494,11 @@ function leave(client) {
   for (const r of client.requests.values()) {
     if (!admission.remove(r)) abort(r);
   }
-  if (!isShared || [...clients].some((c) => c.attached) || !client.attached) return;
+  if (!isShared || clients.size) return;
   clearTimeout(graceTimer);
   graceTimer = setTimeout(() => {
     graceTimer = null;
-    if ([...clients].some((c) => c.attached)) return;
+    if (clients.size) return;
     engine?.unload();
     engine = null;
     loading = null;
@@ -566,15 +566,12 @@ async function handle(client, msg) {
       case 'load': {
         if (!isShared) {
           client.post({ type: 'loaded', id: msg.id, info: await load(msg.source, msg.options ?? {}, (p) => client.post({ type: 'progress', id: msg.id, progress: p })) });
-          client.attached = true;
           break;
         }
         // The tab holds this lock for its lifetime: it is granted here once the tab is gone.
         if (msg.tabLock) navigator.locks.request(msg.tabLock, () => leave(client));
         client.graceMs = msg.graceMs;
         const info = await attach(client, msg);
-        if (client.gone) break;
-        client.attached = true;
         client.post({ type: 'loaded', id: msg.id, info });
         break;
       }

@@ -6,7 +6,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { browserSkipReason, openBrowser, startServer, stories260K } from './harness.mjs';
+import { browserSkipReason, openBrowser, startServer, stories260K, webgpuSkipReason } from './harness.mjs';
 
 const model = stories260K();
 const skip = (await browserSkipReason()) ?? model.skip ?? null;
@@ -74,7 +74,8 @@ test('tabs share one engine: one download, one load, batched steps, tab-local ab
     console.log(`SKIP ${t.name}: ${skip}`);
     return t.skip(skip);
   }
-  const options = { backend: 'cpu' };
+  // Room in the KV cache for four whole contexts: the engine's four places never wait for blocks.
+  const options = { backend: 'cpu', kvTokens: 4 * 512 };
   const a = browser.page;
   const first = await attach(a, options);
   assert.equal(first.shared, true, first.fallbackReason);
@@ -168,4 +169,45 @@ test('tabs share one engine: one download, one load, batched steps, tab-local ab
   await a.evaluate(() => engine.unload());
   await b.close();
   console.log('shared: attached again within the grace period with no load; loaded again after it');
+});
+
+test('a shared engine on WebGPU where the SharedWorker has it, else a dedicated worker saying why', { timeout: 300_000 }, async (t) => {
+  const why = skip ?? (await webgpuSkipReason(browser.page));
+  if (why) {
+    console.log(`SKIP ${t.name}: ${why}`);
+    return t.skip(why);
+  }
+  const a = browser.page;
+  const probe = await a.evaluate(async () => {
+    const code = `onconnect = async (e) => {
+      const adapter = self.navigator.gpu ? await navigator.gpu.requestAdapter() : null;
+      e.ports[0].postMessage({ gpu: !!self.navigator.gpu, adapter: !!adapter });
+    };`;
+    const worker = new SharedWorker(URL.createObjectURL(new Blob([code], { type: 'text/javascript' })));
+    return new Promise((ok) => (worker.port.onmessage = (e) => ok(e.data)));
+  });
+  const options = { backend: 'auto', kvTokens: 4 * 512 };
+  const first = await attach(a, options);
+  if (!probe.gpu) {
+    assert.equal(first.shared, false);
+    assert.match(first.fallbackReason, /SharedWorker/);
+    console.log(`shared: no WebGPU inside a SharedWorker here; dedicated worker (${first.fallbackReason})`);
+    await a.evaluate(() => engine.unload());
+    return;
+  }
+  assert.equal(first.shared, true);
+  const b = await newPage();
+  const second = await attach(b, options);
+  assert.equal(second.stats.loads, 1);
+  assert.equal(second.backend, first.backend);
+  const alone = [await greedy(a, 'Once upon a time', 60), await greedy(a, 'The little dog', 60)];
+  const before = await stats(a);
+  const together = await Promise.all([greedy(a, 'Once upon a time', 60), greedy(b, 'The little dog', 60)]);
+  const after = await stats(a);
+  assert.deepEqual(together, alone);
+  assert.ok(after.sharedSteps > before.sharedSteps, JSON.stringify(after));
+  console.log(`shared: SharedWorker has WebGPU (adapter: ${probe.adapter}); two tabs on backend ${first.backend}, one load, ${after.sharedSteps - before.sharedSteps} shared steps${first.fallbackReason ? `; ${first.fallbackReason}` : ''}`);
+  await b.evaluate(() => engine.unload());
+  await a.evaluate(() => engine.unload());
+  await b.close();
 });
