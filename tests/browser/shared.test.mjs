@@ -151,8 +151,10 @@ test('tabs share one engine: one download, one load, batched steps, tab-local ab
     return window.completions;
   });
   const doneBefore = completions.filter((at) => at <= firstToken).length;
+  // Round robin lets B in at the first or second place freed: at most the four A requests in
+  // the engine (maxSeqs 4) end first. First come, first served measured 8 here.
   assert.ok(doneBefore < 12, `tab B's first token came after tab A's whole queue (${JSON.stringify(queued)})`);
-  assert.ok(doneBefore <= 8, `tab B waited for ${doneBefore} of tab A's 12 requests`);
+  assert.ok(doneBefore <= 4, `tab B waited for ${doneBefore} of tab A's 12 requests`);
   console.log(`shared: with 12 of tab A's requests queued (${queued.perClient.map((p) => `tab ${p.client}: ${p.running} in the engine, ${p.queued} waiting`).join('; ')}), tab B's first token came after ${doneBefore} of them ended`);
 
   // Every tab leaves: within the grace period a tab attaches again with no load; after it, the
