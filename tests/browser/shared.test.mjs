@@ -213,3 +213,27 @@ test('a shared engine on WebGPU where the SharedWorker has it, else a dedicated 
   await a.evaluate(() => engine.unload());
   await b.close();
 });
+
+test('shared: true without SharedWorker runs in a dedicated worker and says why', { timeout: 120_000 }, async (t) => {
+  if (skip) {
+    console.log(`SKIP ${t.name}: ${skip}`);
+    return t.skip(skip);
+  }
+  const page = await newPage();
+  const r = await page.evaluate(async (urls) => {
+    delete window.SharedWorker;
+    const { createEngine } = await import('/js/index.js');
+    const engine = await createEngine({ urls }, { backend: 'cpu', shared: true });
+    const stream = engine.generate('Once upon a time', { max_tokens: 5, temperature: 0 });
+    for await (const _ of stream);
+    const result = { shared: engine.shared, fallbackReason: engine.fallbackReason, tokens: (await stream.usage).token_ids.length, stats: await engine.workerStats() };
+    await engine.unload();
+    return result;
+  }, model.urls);
+  await page.close();
+  assert.equal(r.shared, false);
+  assert.match(r.fallbackReason, /no SharedWorker.*dedicated worker/);
+  assert.equal(r.stats.shared, false);
+  assert.equal(r.tokens, 5);
+  console.log(`shared: without SharedWorker: ${r.fallbackReason}`);
+});
