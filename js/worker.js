@@ -40,8 +40,11 @@ let clientCount = 0;
 let nextEngineId = 1;
 const admission = new Admission();
 const steps = new Steps();
-/** A shared worker's load: `{ key, promise }`, the same for every tab that asks for that key. */
+/** A shared worker's load: `{ key, promise, waiters }` (the tabs waiting for it, who get its
+ * progress), the same for every tab that asks for that key. */
 let loading = null;
+/** The current engine's info (a reload after a lost device makes it anew). */
+let engineInfo = null;
 /** How many times this worker loaded a model (reloads after a lost device not counted). */
 let loads = 0;
 /** The shared engine's unload, due once the last tab has left. */
@@ -365,6 +368,7 @@ async function build(source, options, backend, progress) {
   info.backend.name = info.backend.kind === 'cpu' ? 'cpu' : await adapterName(info.backend);
   // The engine's WebAssembly memory never shrinks: this is the most it took while loading.
   info.wasm_memory_bytes = wasm.memory.buffer.byteLength;
+  engineInfo = info;
   return info;
 }
 
@@ -477,9 +481,9 @@ async function attach(client, msg) {
   client.loadId = msg.id;
   loading.waiters.add(client);
   try {
-    const info = await loading.promise;
-    admission.limit = info.model?.max_seqs ?? options.maxSeqs ?? 4;
-    return info;
+    await loading.promise;
+    admission.limit = engineInfo.model?.max_seqs ?? options.maxSeqs ?? 4;
+    return engineInfo;
   } finally {
     loading?.waiters.delete(client);
   }
