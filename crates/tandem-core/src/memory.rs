@@ -188,6 +188,7 @@ pub fn plan(r: &PlanRequest) -> Result<MemoryPlan, PlanError> {
         },
     }
     .max(1);
+    let asked = blocks;
     if let Some(max) = r.max_binding {
         let fit = (max / layer_block_bytes.max(1)) as usize;
         if fit == 0 {
@@ -233,7 +234,9 @@ pub fn plan(r: &PlanRequest) -> Result<MemoryPlan, PlanError> {
         }
     }
     let kv_tokens = blocks * bs;
-    let context = if kv_tokens < context {
+    // A pool cut here holds no more than the context it leaves; a small pool asked for keeps
+    // the context (a request then waits for room, and only one that could never fit fails).
+    let context = if blocks < asked && kv_tokens < context {
         notes.push(format!("context cut to {kv_tokens} tokens (from {context}): the KV pool holds no more"));
         kv_tokens
     } else {
@@ -340,7 +343,10 @@ mod tests {
         assert_eq!(p.context, Some(320));
         assert!(p.total_bytes <= budget);
         assert!(p.notes[0].contains("KV pool cut to 320 tokens") && p.notes[0].contains("memoryBudget"));
-        // An explicit pool that does not fit is refused rather than shrunk.
+        // An explicit pool that does not fit is refused rather than shrunk; one that fits
+        // keeps the context.
+        let small = plan(&PlanRequest { kv: KvSize::Tokens(64), ..request(&c) }).unwrap();
+        assert_eq!((small.kv_tokens, small.context), (Some(64), Some(512)));
         let explicit = PlanRequest { budget: Some(budget), kv: KvSize::Tokens(2048), ..request(&c) };
         assert!(matches!(plan(&explicit), Err(PlanError::DoesNotFit { .. })));
     }

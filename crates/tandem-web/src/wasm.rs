@@ -342,11 +342,14 @@ impl Loader {
     pub fn plan(&mut self, metadata: String) -> Result<(), JsValue> {
         let meta: Metadata = serde_json::from_str(&metadata)
             .map_err(|e| js_error(format!("bad model metadata: {e}")))?;
+        // With no weights there is nothing to plan: the load fails naming what is missing.
         let config = match &meta.config {
-            Some(text) => Some(tandem_core::ModelConfig::from_hf_json(text).map_err(js_error)?),
-            None => None,
+            Some(text) if !meta.files.is_empty() => {
+                Some(tandem_core::ModelConfig::from_hf_json(text).map_err(js_error)?)
+            }
+            _ => None,
         };
-        if config.is_none() && matches!(self.kv, KvSize::Bytes(_)) {
+        if config.is_none() && !meta.files.is_empty() && matches!(self.kv, KvSize::Bytes(_)) {
             return Err(js_error("kvCacheMemory needs the model's config.json before its weights; a GGUF file's config comes with its weights: use kvTokens"));
         }
         // Without a budget the sizes are not asked for (no request just for them): the
