@@ -162,7 +162,10 @@ pub fn plan(r: &PlanRequest) -> Result<MemoryPlan, PlanError> {
     let (block_bytes, layer_block_bytes) = kv_block_bytes(c, r.kv_dtypes, bs);
     let fixed = r.weights_bytes + scratch;
     if let Some(b) = r.budget.filter(|&b| fixed > b) {
-        let what = format!("the weights ({} bytes) with the activations ({scratch} bytes)", r.weights_bytes);
+        let what = format!(
+            "the weights ({} bytes) with the activations ({scratch} bytes)",
+            r.weights_bytes
+        );
         return Err(budget_err(what, fixed, b));
     }
     if let Some(max) = r.max_binding.filter(|&m| largest > m) {
@@ -237,7 +240,9 @@ pub fn plan(r: &PlanRequest) -> Result<MemoryPlan, PlanError> {
     // A pool cut here holds no more than the context it leaves; a small pool asked for keeps
     // the context (a request then waits for room, and only one that could never fit fails).
     let context = if blocks < asked && kv_tokens < context {
-        notes.push(format!("context cut to {kv_tokens} tokens (from {context}): the KV pool holds no more"));
+        notes.push(format!(
+            "context cut to {kv_tokens} tokens (from {context}): the KV pool holds no more"
+        ));
         kv_tokens
     } else {
         context
@@ -318,7 +323,9 @@ mod tests {
         let p = plan(&PlanRequest { kv: KvSize::Bytes(1 << 20), ..request(&c) }).unwrap();
         assert_eq!(p.kv_blocks, Some(((1u64 << 20) / block) as usize));
         let tiny = plan(&PlanRequest { kv: KvSize::Bytes(block - 1), ..request(&c) });
-        assert!(matches!(tiny, Err(PlanError::Invalid(m)) if m.contains("smaller than one KV block")));
+        assert!(
+            matches!(tiny, Err(PlanError::Invalid(m)) if m.contains("smaller than one KV block"))
+        );
     }
 
     #[test]
@@ -342,12 +349,15 @@ mod tests {
         assert_eq!(p.kv_blocks, Some(20));
         assert_eq!(p.context, Some(320));
         assert!(p.total_bytes <= budget);
-        assert!(p.notes[0].contains("KV pool cut to 320 tokens") && p.notes[0].contains("memoryBudget"));
+        assert!(
+            p.notes[0].contains("KV pool cut to 320 tokens") && p.notes[0].contains("memoryBudget")
+        );
         // An explicit pool that does not fit is refused rather than shrunk; one that fits
         // keeps the context.
         let small = plan(&PlanRequest { kv: KvSize::Tokens(64), ..request(&c) }).unwrap();
         assert_eq!((small.kv_tokens, small.context), (Some(64), Some(512)));
-        let explicit = PlanRequest { budget: Some(budget), kv: KvSize::Tokens(2048), ..request(&c) };
+        let explicit =
+            PlanRequest { budget: Some(budget), kv: KvSize::Tokens(2048), ..request(&c) };
         assert!(matches!(plan(&explicit), Err(PlanError::DoesNotFit { .. })));
     }
 
@@ -355,7 +365,8 @@ mod tests {
     fn binding_limits_cut_the_pool_or_refuse_an_activation_buffer() {
         let c = config();
         let (_, layer_block) = kv_block_bytes(&c, KvDtypes::same(DType::F32), 16);
-        let req = PlanRequest { kv: KvSize::Tokens(4096), max_binding: Some(256 << 10), ..request(&c) };
+        let req =
+            PlanRequest { kv: KvSize::Tokens(4096), max_binding: Some(256 << 10), ..request(&c) };
         let p = plan(&req).unwrap();
         assert_eq!(p.kv_blocks, Some(((256u64 << 10) / layer_block) as usize));
         assert!(p.notes[0].contains("maxStorageBufferBindingSize"), "{:?}", p.notes);

@@ -87,7 +87,10 @@ pub fn kv_size(kv_tokens: Option<usize>, kv_cache_memory: Option<&Size>) -> Resu
 }
 
 /// `contextLength`, or its older name `context`; both must agree when both are given.
-pub fn context(context: Option<usize>, context_length: Option<usize>) -> Result<Option<usize>, String> {
+pub fn context(
+    context: Option<usize>,
+    context_length: Option<usize>,
+) -> Result<Option<usize>, String> {
     match (context, context_length) {
         (Some(a), Some(b)) if a != b => {
             Err(format!("context ({a}) and contextLength ({b}) are one option: give one"))
@@ -129,12 +132,18 @@ mod tests {
 
     #[test]
     fn weights_bytes_need_every_size() {
-        let m: Metadata =
-            serde_json::from_str(r#"{"files":[{"name":"a.safetensors","size":10},{"name":"b.safetensors","size":5}]}"#)
-                .unwrap();
+        let m: Metadata = serde_json::from_str(
+            r#"{"files":[{"name":"a.safetensors","size":10},{"name":"b.safetensors","size":5}]}"#,
+        )
+        .unwrap();
         assert_eq!(m.weights_bytes(), Ok(15));
-        let m: Metadata = serde_json::from_str(r#"{"files":[{"name":"a.gguf","size":null}]}"#).unwrap();
+        let m: Metadata =
+            serde_json::from_str(r#"{"files":[{"name":"a.gguf","size":null}]}"#).unwrap();
         assert!(m.weights_bytes().unwrap_err().contains("a.gguf"));
-        assert_eq!(DebugLimits { max_storage_buffer_binding_size: Some(100), max_buffer_size: None }.cap(1000), 100);
+        assert_eq!(
+            DebugLimits { max_storage_buffer_binding_size: Some(100), max_buffer_size: None }
+                .cap(1000),
+            100
+        );
     }
 }

@@ -410,7 +410,8 @@ impl Session {
         let (block_bytes, _) =
             tandem_core::memory::kv_block_bytes(config, model.kv.dtypes, kv.block_size());
         let cap = model.max_step_tokens().min(self.info.context).max(1);
-        let (scratch, _, _) = tandem_core::memory::activation_bytes(config, cap, self.info.max_seqs);
+        let (scratch, _, _) =
+            tandem_core::memory::activation_bytes(config, cap, self.info.max_seqs);
         let used = kv.total_blocks() - kv.free_blocks();
         MemoryStats {
             weights_bytes: self.info.weight_bytes as u64,

@@ -205,22 +205,21 @@ async fn choose_backend(opts: &EngineOptions) -> Result<(WebBackend, BackendInfo
             )))
         }
     }
-    let gpu = match navigator_gpu() {
-        None => {
-            Err("navigator.gpu is missing: this browser (or this context) has no WebGPU"
-                .to_string())
-        }
-        Some(_) => {
-            let debug = opts.debug_limits.unwrap_or_default();
-            let wopts = WgpuOptions {
-                allow_f16: opts.allow_f16.unwrap_or(true),
-                // Weights split under the simulated limit, as under a real one.
-                max_binding_override: debug.is_set().then(|| debug.cap(u64::MAX)),
-                ..WgpuOptions::default()
-            };
-            WgpuBackend::new(wopts).await.map_err(|e| e.to_string())
-        }
-    };
+    let gpu =
+        match navigator_gpu() {
+            None => Err("navigator.gpu is missing: this browser (or this context) has no WebGPU"
+                .to_string()),
+            Some(_) => {
+                let debug = opts.debug_limits.unwrap_or_default();
+                let wopts = WgpuOptions {
+                    allow_f16: opts.allow_f16.unwrap_or(true),
+                    // Weights split under the simulated limit, as under a real one.
+                    max_binding_override: debug.is_set().then(|| debug.cap(u64::MAX)),
+                    ..WgpuOptions::default()
+                };
+                WgpuBackend::new(wopts).await.map_err(|e| e.to_string())
+            }
+        };
     match gpu {
         Ok(gpu) => {
             let adapter = gpu.adapter_info();
@@ -282,8 +281,7 @@ impl Loader {
                 .map_err(|e| js_error(format!("bad engine options: {e}")))?
         };
         let defaults = ModelOptions::default();
-        let context =
-            crate::plan::context(opts.context, opts.context_length).map_err(js_error)?;
+        let context = crate::plan::context(opts.context, opts.context_length).map_err(js_error)?;
         let context = context.unwrap_or(defaults.context);
         let max_seqs = opts.max_seqs.unwrap_or(DEFAULT_MAX_SEQS);
         if max_seqs == 0 {
@@ -376,8 +374,9 @@ impl Loader {
         let plan = match tandem_core::memory::plan(&request) {
             Ok(plan) => plan,
             Err(e @ PlanError::BufferTooLarge { .. }) if self.auto => {
-                let mut plan = tandem_core::memory::plan(&PlanRequest { max_binding: None, ..request })
-                    .map_err(fits)?;
+                let mut plan =
+                    tandem_core::memory::plan(&PlanRequest { max_binding: None, ..request })
+                        .map_err(fits)?;
                 let reason = format!("{e}; running on the CPU");
                 plan.notes.push(reason.clone());
                 let (backend, info) = cpu(Some(reason));
@@ -438,7 +437,9 @@ impl Loader {
     pub fn finish(self) -> Result<Engine, JsValue> {
         let Loader { stream, backend, max_seqs, lora, devices, plan, kv, budget, .. } = self;
         if plan.is_none() && (budget.is_some() || matches!(kv, KvSize::Bytes(_))) {
-            return Err(js_error("memoryBudget and kvCacheMemory need Loader.plan before the weights"));
+            return Err(js_error(
+                "memoryBudget and kvCacheMemory need Loader.plan before the weights",
+            ));
         }
         let session =
             Session::new(stream.finish().map_err(js_error)?, max_seqs, lora).map_err(js_error)?;
