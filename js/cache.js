@@ -116,6 +116,28 @@ async function request(url, from = 0) {
   return response;
 }
 
+/**
+ * The size of `url` before it downloads: the cache's when it holds the whole file, else (with
+ * `ask`) from a one-byte Range request (a 206's Content-Range; a 200's Content-Length, its body
+ * left unread); null when unknown.
+ */
+export async function sizeOf(cache, url, ask) {
+  url = absolute(url);
+  const held = cache ? await completeFile(cache, url).catch(() => null) : null;
+  if (Number.isSafeInteger(held?.bytes)) return held.bytes;
+  if (!ask) return null;
+  let response;
+  try {
+    response = await fetch(url, { headers: { range: 'bytes=0-0' } });
+  } catch (e) {
+    throw new Error(`download of ${url} failed: ${e.message}`);
+  }
+  if (!response.ok) throw new Error(`download of ${url} failed: HTTP ${response.status} ${response.statusText}`);
+  const size = response.status === 206 ? contentRange(response)?.total ?? null : bodySize(response);
+  response.body?.cancel().catch(() => {});
+  return size;
+}
+
 /** Fetches `url`, failing with a message that names it. */
 export function download(url) {
   return request(url);

@@ -55,6 +55,8 @@ export interface EngineOptions {
   /** "auto" (default): WebGPU when the browser has an adapter, else the CPU. */
   backend?: 'auto' | 'webgpu' | 'cpu';
   /** Most tokens (prompt and generated) one request may reach (default 2048, capped at the model's). */
+  contextLength?: number;
+  /** The older name of `contextLength` (both may be given only when they agree). */
   context?: number;
   /**
    * Most requests generating together (default 4): concurrent `generate` and
@@ -67,6 +69,27 @@ export interface EngineOptions {
    * fit it fails.
    */
   kvTokens?: number;
+  /**
+   * The KV pool in bytes instead of `kvTokens`: a number, or a size like '64MiB', '1.5GB'
+   * (as many whole blocks of 16 tokens as fit; `info.model.kv_bytes_per_token` a token).
+   * Needs the model's config.json before its weights (not a lone GGUF).
+   */
+  kvCacheMemory?: number | string;
+  /**
+   * Most bytes the weights, KV pool and activations may take together (a number or a size
+   * string). Before any weights download the engine plans from config.json and the weight
+   * files' sizes (a one-byte Range request each, or the cache's copy): a default KV pool that
+   * does not fit is shrunk (and the context with it), and a model whose weights and
+   * activations alone exceed it is refused with the numbers. `info.memory` says what was
+   * chosen and why.
+   */
+  memoryBudget?: number | string;
+  /**
+   * TESTING ONLY: GPU limits below the adapter's, to exercise the plan around them. A KV pool
+   * whose one layer's buffer would exceed the binding size is cut; an activation buffer over
+   * it moves 'auto' to the CPU and refuses 'webgpu'. Real limits come from the adapter.
+   */
+  debugLimits?: { maxStorageBufferBindingSize?: number; maxBufferSize?: number };
   /**
    * How the KV cache stores keys and values: 'f32' (default), 'f16', or 'q8_0' / 'q4_0' blocks
    * of 32 values with a scale (about half / a quarter of f16's memory a token: longer
@@ -307,6 +330,43 @@ export interface EngineInfo {
   wasm_memory_bytes: number;
   /** Which speculative decoding runs: with `draftModel`, with `speculate: 'ngram'`, or none. */
   speculation: 'draft-model' | 'ngram' | null;
+  /** The memory plan made before the weights loaded (bytes; estimates for scratch). */
+  memory: MemoryPlan | null;
+}
+
+export interface MemoryPlan {
+  weights_bytes: number;
+  /** Chosen context and KV pool (null for a GGUF, whose config comes with its weights). */
+  context: number | null;
+  kv_blocks: number | null;
+  kv_tokens: number | null;
+  kv_block_bytes: number;
+  kv_bytes: number;
+  /** Activation buffers of one step, estimated. */
+  scratch_bytes: number;
+  total_bytes: number;
+  budget: number | null;
+  /** The GPU's largest storage buffer binding; null on the CPU. */
+  max_binding: number | null;
+  /** What was changed from what was asked, and why (e.g. "KV pool cut to 320 tokens ..."). */
+  notes: string[];
+}
+
+/** `engine.stats()`: the model's memory now, in bytes. */
+export interface MemoryStats {
+  weights_bytes: number;
+  /** One block (16 tokens) of every layer's K and V. */
+  kv_block_bytes: number;
+  kv_blocks_total: number;
+  /** Blocks held by requests running or queued; back to 0 when none is. */
+  kv_blocks_used: number;
+  /** Idle blocks kept for prefix reuse (counted as free). */
+  kv_blocks_cached: number;
+  kv_bytes_total: number;
+  kv_bytes_used: number;
+  kv_bytes_free: number;
+  /** Activation buffers of one step, estimated (not measured). */
+  scratch_bytes: number;
 }
 
 /**
@@ -361,6 +421,8 @@ export interface Engine extends EventTarget {
   loadAdapter(name: string, source: AdapterSource): Promise<void>;
   /** New requests for `name` fail from now on; those running finish first. */
   unloadAdapter(name: string): Promise<void>;
+  /** The model's memory now: weights, KV pool (total, used, free) and activations. */
+  stats(): Promise<MemoryStats>;
   /**
    * Interrupts every request in flight (each ends with finish_reason "interrupted"); a shared
    * engine: this tab's requests only.

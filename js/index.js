@@ -279,6 +279,15 @@ class Engine extends EventTarget {
     return this.call({ type: 'loadAdapter', name, source: normalizeSource(source) });
   }
 
+  /**
+   * The model's memory now, in bytes: `{ weights_bytes, kv_bytes_total, kv_bytes_used,
+   * kv_bytes_free, kv_block_bytes, kv_blocks_total, kv_blocks_used, kv_blocks_cached,
+   * scratch_bytes }`. KV used counts the blocks requests hold (idle cached prefixes are free).
+   */
+  stats() {
+    return this.call({ type: 'stats' });
+  }
+
   /** Unloads adapter `name`: new requests for it fail; those running finish first. */
   unloadAdapter(name) {
     return this.call({ type: 'unloadAdapter', name });
@@ -304,7 +313,7 @@ class Engine extends EventTarget {
    * (see index.d.ts).
    */
   workerStats() {
-    return this.call({ type: 'stats' });
+    return this.call({ type: 'workerStats' });
   }
 
   /** Stops every generation in flight after its current token (a shared engine: this tab's). */
@@ -376,7 +385,10 @@ function digests(source, urls) {
  * A lost GPU device is survived: see the Engine's events ('device-lost', 'reloading', 'ready').
  * @param options `{ onProgress({ stage, file, loaded, total, bytesPerSecond, secondsLeft })
  *   (also for a reload after a lost GPU device, with `reload: true`),
- *   backend: 'auto' | 'webgpu' | 'cpu', context, maxSeqs, kvTokens, kvDtype ('f32', 'f16',
+ *   backend: 'auto' | 'webgpu' | 'cpu', contextLength (or context), maxSeqs, kvTokens or
+ *   kvCacheMemory (bytes, or '64MiB'), memoryBudget (bytes or a size string: the KV pool is
+ *   shrunk to fit, or the model refused before its weights download; `info.memory` says
+ *   what was planned), kvDtype ('f32', 'f16',
  *   'q8_0' or 'q4_0'; kDtype / vDtype for keys and values each), cache (default true:
  *   downloads are kept in the Cache API, and resume where a cut-off one stopped), downloadPartBytes (the cache's part size; tests, tuning),
  *   draftModel (a source like `source`: speculative decoding with that smaller model of the
@@ -388,13 +400,13 @@ function digests(source, urls) {
  */
 export async function createEngine(source, options = {}) {
   const src = normalizeSource(source);
-  const { backend, context, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, draftTokens, maxLoras, maxLoraRank, loraDtype } = options;
+  const { backend, context, contextLength, kvCacheMemory, memoryBudget, debugLimits, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, draftTokens, maxLoras, maxLoraRank, loraDtype } = options;
   if (downloadPartBytes !== undefined && !(Number.isSafeInteger(downloadPartBytes) && downloadPartBytes > 0)) {
     throw new TandemError(`downloadPartBytes must be a positive whole number, not ${downloadPartBytes}`);
   }
   const draftModel = options.draftModel === undefined ? undefined : normalizeSource(options.draftModel);
   const speculate = options.speculate === undefined ? undefined : checkSpeculate(options.speculate);
-  const loadOptions = { backend, context, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, draftModel, draftTokens, speculate, maxLoras, maxLoraRank, loraDtype };
+  const loadOptions = { backend, context, contextLength, kvCacheMemory, memoryBudget, debugLimits, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, draftModel, draftTokens, speculate, maxLoras, maxLoraRank, loraDtype };
   let sharedFallback = null;
   if (options.shared) {
     sharedFallback = sharedUnavailable(src, draftModel);

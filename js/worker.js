@@ -15,7 +15,7 @@
 // then 'ready' or 'reload-failed'.
 
 import init, { Loader, Sha256 } from '../pkg/tandem_web.js';
-import { bodySize, download, ensureCached, fileNameOf, openCached, openModelCache } from './cache.js';
+import { bodySize, download, ensureCached, fileNameOf, openCached, openModelCache, sizeOf } from './cache.js';
 import { Admission, Client, Steps } from './clients.js';
 
 let ready = null;
@@ -98,10 +98,19 @@ function describeInput(input, i, count) {
   return { name, size: data.byteLength, bytes: data };
 }
 
+const isWeights = (name) => /\.(safetensors|gguf)$/i.test(name);
+
 /** Small files (config, tokenizer) before weights: the config says what the weights must be. */
 function weightsLast(items, nameOf) {
-  const isWeights = (x) => /\.(safetensors|gguf)$/i.test(nameOf(x));
-  return [...items.filter((x) => !isWeights(x)), ...items.filter(isWeights)];
+  return [...items.filter((x) => !isWeights(nameOf(x))), ...items.filter((x) => isWeights(nameOf(x)))];
+}
+
+/**
+ * The engine plans its memory (KV pool, context, backend) from config.json's text and the
+ * weight files' sizes before any weights are read; a model that cannot fit is refused here.
+ */
+function planMemory(loader, config, weights) {
+  loader.plan(JSON.stringify({ config, files: weights }));
 }
 
 /** Pushes a ReadableStream's bytes into the loader as one file. */
@@ -211,24 +220,48 @@ function checked(body, url, size, sha256) {
 
 /**
  * The files of `source` (`{ url }` or `{ urls }`, with their digests), through the Cache API
- * unless `useCache` is false or there is none. `partBytes`: the cache's part size (tests).
+ * unless `useCache` is false or there is none. `partBytes`: the cache's part size (tests);
+ * `budgeted`: a memoryBudget is set, so the weights' sizes are asked before they download.
  */
-async function loadUrls(loader, source, useCache, partBytes, progress) {
+async function loadUrls(loader, source, useCache, partBytes, progress, budgeted) {
   const urls = weightsLast(source.urls ?? [source.url], fileNameOf);
   const report = byteProgress(progress);
   const cache = useCache ? await openModelCache() : null;
-  if (cache) {
-    // Everything into the cache first (misses only), so the download is one stage.
-    for (const url of urls) {
-      await ensureCached(cache, url, {
-        sha256: expectedDigest(source, url),
-        partBytes,
-        createHash: () => new Sha256(),
-        onBytes: (loaded, total, fresh) => report('download', url, loaded, total, fresh),
-      });
+  const toCache = (url) => ensureCached(cache, url, {
+    sha256: expectedDigest(source, url),
+    partBytes,
+    createHash: () => new Sha256(),
+    onBytes: (loaded, total, fresh) => report('download', url, loaded, total, fresh),
+  });
+  // The small files first (into the cache, or read here without one), then the memory plan,
+  // then the weights: a model that cannot fit is refused before its weights download.
+  const small = new Map();
+  for (const url of urls.filter((u) => !isWeights(fileNameOf(u)))) {
+    if (cache) await toCache(url);
+    else {
+      small.set(url, new Uint8Array(await (await download(url)).arrayBuffer()));
+      report('download', url, small.get(url).byteLength, small.get(url).byteLength);
     }
   }
+  const configUrl = urls.find((u) => fileNameOf(u) === 'config.json');
+  let config = null;
+  if (configUrl) {
+    const cached = cache ? await openCached(cache, configUrl) : null;
+    config = cached ? await new Response(cached.body).text() : small.has(configUrl) ? new TextDecoder().decode(small.get(configUrl)) : null;
+  }
+  const weights = urls.filter((u) => isWeights(fileNameOf(u)));
+  // Sizes from the network only for a budget: otherwise the plan needs none before loading.
+  const sizes = await Promise.all(weights.map(async (u) => ({ name: fileNameOf(u), size: await sizeOf(cache, u, budgeted) })));
+  planMemory(loader, config, sizes);
+  // Into the cache first (misses only), so the download is one stage.
+  if (cache) for (const url of weights) await toCache(url);
   for (const url of urls) {
+    if (small.has(url)) {
+      loader.begin_file(fileNameOf(url), small.get(url).byteLength);
+      await pushBytes(loader, small.get(url));
+      loader.end_file();
+      continue;
+    }
     const cached = cache ? await openCached(cache, url) : null;
     if (cached) {
       report('cache', url, 0, cached.size ?? 0);
@@ -248,6 +281,9 @@ async function loadUrls(loader, source, useCache, partBytes, progress) {
 
 async function loadFiles(loader, inputs) {
   const files = weightsLast(inputs.map((f, i) => describeInput(f, i, inputs.length)), (f) => f.name);
+  const configFile = files.find((f) => f.name.replace(/^.*[\\/]/, '') === 'config.json');
+  const config = !configFile ? null : configFile.bytes ? new TextDecoder().decode(configFile.bytes) : await new Response(configFile.body()).text();
+  planMemory(loader, config, files.filter((f) => isWeights(f.name)).map((f) => ({ name: f.name, size: f.size })));
   for (const f of files) {
     if (f.body) {
       await pushStream(loader, f.name, f.size, f.body(), `'${f.name}'`);
@@ -278,7 +314,7 @@ async function loadEngine(source, opts, cache, partBytes, progress) {
   const loader = await Loader.create(JSON.stringify(opts), (stage, loaded, total) => progress({ stage, loaded, total }));
   try {
     if (source.files) await loadFiles(loader, source.files);
-    else await loadUrls(loader, source, cache, partBytes, progress);
+    else await loadUrls(loader, source, cache, partBytes, progress, opts.memory_budget !== undefined);
   } catch (e) {
     loader.free(); // the backend and every tensor uploaded so far
     throw e;
@@ -347,7 +383,8 @@ function keepable(source) {
 
 /** A new engine from `source` on `backend`, made the current one; returns its info. */
 async function build(source, options, backend, progress) {
-  const opts = { backend, context: options.context, max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, kv_dtype: options.kvDtype, k_dtype: options.kDtype, v_dtype: options.vDtype, allow_f16: options.allowF16,
+  const opts = { backend, context: options.context, context_length: options.contextLength, kv_cache_memory: options.kvCacheMemory, memory_budget: options.memoryBudget, debug_limits: options.debugLimits && { max_storage_buffer_binding_size: options.debugLimits.maxStorageBufferBindingSize, max_buffer_size: options.debugLimits.maxBufferSize },
+    max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, kv_dtype: options.kvDtype, k_dtype: options.kDtype, v_dtype: options.vDtype, allow_f16: options.allowF16,
     max_loras: options.maxLoras, max_lora_rank: options.maxLoraRank, lora_dtype: options.loraDtype };
   const useCache = options.cache !== false;
   const loaded = await loadEngine(source, opts, useCache, options.downloadPartBytes, progress);
@@ -628,9 +665,14 @@ async function handle(client, msg) {
         engine = null;
         client.post({ type: 'unloaded', id: msg.id });
         break;
-      case 'stats':
+      case 'workerStats':
         client.post({ type: 'done', id: msg.id, value: stats(client) });
         break;
+      case 'stats': {
+        const { engine: e } = await engineFor(nextEngineId++);
+        client.post({ type: 'done', id: msg.id, value: JSON.parse(e.stats()) });
+        break;
+      }
       case 'debugLoseDevice':
         // TESTING ONLY (engine.debug.loseDevice()): destroys the GPU device under the engine.
         if (!engine) throw new Error('no engine is running (it may be reloading)');

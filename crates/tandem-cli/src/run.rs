@@ -443,27 +443,5 @@ pub fn kv_blocks_in(bytes: u64, c: &tandem_core::ModelConfig, dtype: KvDtypes) -
 
 /// "512MiB", "2G", "1.5GB", "1000000": decimal (KB, MB, GB) or binary (K, M, G, KiB, ...).
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a size like 512MiB or 2G"))?;
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "k" | "kib" => 1024.0,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => {
-            return Err(format!(
-                "unknown size unit '{other}' (use B, K/KiB, M/MiB, G/GiB, KB, MB, GB)"
-            ))
-        }
-    };
-    let bytes = n * scale;
-    if !bytes.is_finite() || bytes < 1.0 {
-        return Err(format!("'{s}' is not a positive size"));
-    }
-    Ok(bytes as u64)
+    tandem_core::memory::parse_size(s)
 }

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod kv;
 pub mod loader;
 pub mod lora;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod perplexity;

@@ -14,10 +14,11 @@ pub mod conformance;
 pub mod digest;
 #[cfg(target_arch = "wasm32")]
 mod lost;
+pub mod plan;
 pub mod session;
 pub mod warm;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 
 pub use backend::WebBackend;
-pub use session::{Added, ModelInfo, Output, Request, Session, Usage};
+pub use session::{Added, MemoryStats, ModelInfo, Output, Request, Session, Usage};

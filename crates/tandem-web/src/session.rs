@@ -127,6 +127,24 @@ pub struct ModelInfo {
     pub max_lora_rank: usize,
 }
 
+/// A loaded model's memory (JSON from the browser engine's `stats()`), in bytes.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MemoryStats {
+    pub weights_bytes: u64,
+    /// One block of every layer's K and V (block size x `kv_bytes_per_token`).
+    pub kv_block_bytes: u64,
+    pub kv_blocks_total: usize,
+    /// Blocks held by requests running or waiting.
+    pub kv_blocks_used: usize,
+    /// Idle blocks kept for their prefix (counted as free: a request may take them).
+    pub kv_blocks_cached: usize,
+    pub kv_bytes_total: u64,
+    pub kv_bytes_used: u64,
+    pub kv_bytes_free: u64,
+    /// The activation buffers' bytes as planned (an estimate, not measured).
+    pub scratch_bytes: u64,
+}
+
 /// What [`Session::add`] did with a request.
 #[derive(Debug)]
 pub enum Added {
@@ -380,6 +398,31 @@ impl Session {
     pub fn abort_all(&mut self) {
         for id in self.running.keys().copied().collect::<Vec<_>>() {
             self.scheduler.abort(id);
+        }
+    }
+
+    /// What the model holds now: weights, the KV pool (blocks in use: a request's own, not
+    /// the idle cached prefixes another request may reuse) and the activation estimate.
+    pub fn memory(&self) -> MemoryStats {
+        let model = self.scheduler.model();
+        let kv = self.scheduler.kv_blocks();
+        let config = &model.config;
+        let (block_bytes, _) =
+            tandem_core::memory::kv_block_bytes(config, model.kv.dtypes, kv.block_size());
+        let cap = model.max_step_tokens().min(self.info.context).max(1);
+        let (scratch, _, _) =
+            tandem_core::memory::activation_bytes(config, cap, self.info.max_seqs);
+        let used = kv.total_blocks() - kv.free_blocks();
+        MemoryStats {
+            weights_bytes: self.info.weight_bytes as u64,
+            kv_block_bytes: block_bytes,
+            kv_blocks_total: kv.total_blocks(),
+            kv_blocks_used: used,
+            kv_blocks_cached: kv.cached_blocks(),
+            kv_bytes_total: kv.total_blocks() as u64 * block_bytes,
+            kv_bytes_used: used as u64 * block_bytes,
+            kv_bytes_free: kv.free_blocks() as u64 * block_bytes,
+            scratch_bytes: scratch,
         }
     }
 

@@ -17,11 +17,13 @@
 //! A lost GPU device ends the engine: see [`crate::lost`].
 use crate::backend::WebBackend;
 use crate::lost::{device_lost_error, first, Devices, Either};
-use crate::session::{Added, Output, Request, Session};
+use crate::plan::{DebugLimits, Metadata, Size};
+use crate::session::{Added, MemoryStats, Output, Request, Session};
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use tandem_core::memory::{KvSize, MemoryPlan, PlanError, PlanRequest};
 use tandem_core::model::{LoraOptions, ModelOptions, ModelStream};
 use tandem_core::scheduler::RequestId;
 use tandem_core::{DType, Error, KvDtypes};
@@ -59,8 +61,10 @@ fn js_error(msg: impl std::fmt::Display) -> JsValue {
 struct EngineOptions {
     /// "auto" (WebGPU when present, else the CPU), "webgpu" (an error without it) or "cpu".
     backend: Option<String>,
-    /// Most tokens one request may reach (capped at the model's own).
+    /// Most tokens one request may reach (capped at the model's own); `context_length` is
+    /// its newer name.
     context: Option<usize>,
+    context_length: Option<usize>,
     /// Most requests generating in one step (default [`DEFAULT_MAX_SEQS`]).
     max_seqs: Option<usize>,
     /// Tokens the KV cache holds across all requests. Default: as many as `context` (the
@@ -68,6 +72,14 @@ struct EngineOptions {
     /// tokens at the default 2048). A request that finds it full waits, or is
     /// preempted and recomputed later, so only speed depends on it.
     kv_tokens: Option<usize>,
+    /// The KV pool in bytes instead (as many whole blocks as fit), like the CLI's
+    /// `--kv-cache-memory`.
+    kv_cache_memory: Option<Size>,
+    /// Most bytes the weights, KV pool and activations may take: the KV pool is shrunk to
+    /// fit, or the model refused before its weights download (see [`Loader::plan`]).
+    memory_budget: Option<Size>,
+    /// TESTING ONLY: GPU limits smaller than the adapter's.
+    debug_limits: Option<DebugLimits>,
     /// How the KV cache stores keys and values: "f32" (the default), "f16", or "q8_0" /
     /// "q4_0" blocks (about a half / a quarter of f16's memory a token).
     kv_dtype: Option<String>,
@@ -154,6 +166,8 @@ struct BackendInfo {
 struct EngineInfo<'a> {
     backend: &'a BackendInfo,
     model: &'a crate::ModelInfo,
+    /// What the memory plan chose and why (none when no plan was made).
+    memory: Option<&'a MemoryPlan>,
 }
 
 fn navigator_gpu() -> Option<JsValue> {
@@ -162,23 +176,26 @@ fn navigator_gpu() -> Option<JsValue> {
     (!gpu.is_undefined() && !gpu.is_null()).then_some(gpu)
 }
 
+/// The CPU backend, warmed up; `reason`: why it stands in for WebGPU.
+fn cpu(reason: Option<String>) -> (WebBackend, BackendInfo) {
+    // The fast mode on one thread: it runs every op on the calling thread and starts no
+    // pool (wasm32-unknown-unknown cannot start threads). It cannot fail; the reference
+    // mode is the fallback should that ever change.
+    let mut cpu = CpuBackend::fast(1).unwrap_or_else(|_| CpuBackend::reference());
+    // Only speed depends on it (see `warm`): a failure here would fail the load later.
+    let _ = crate::warm::warm_up(&mut cpu);
+    let info = BackendInfo {
+        kind: "cpu",
+        adapter: "cpu".into(),
+        software: true,
+        shader_f16: false,
+        fallback_reason: reason,
+    };
+    (WebBackend::Cpu(cpu), info)
+}
+
 async fn choose_backend(opts: &EngineOptions) -> Result<(WebBackend, BackendInfo), JsValue> {
     let want = opts.backend.as_deref().unwrap_or("auto");
-    let cpu = |reason: Option<String>| {
-        // The fast mode on one thread: it runs every op on the calling thread and starts no
-        // pool (wasm32-unknown-unknown cannot start threads). It cannot fail; the reference
-        // mode is the fallback should that ever change.
-        (
-            WebBackend::Cpu(CpuBackend::fast(1).unwrap_or_else(|_| CpuBackend::reference())),
-            BackendInfo {
-                kind: "cpu",
-                adapter: "cpu".into(),
-                software: true,
-                shader_f16: false,
-                fallback_reason: reason,
-            },
-        )
-    };
     match want {
         "cpu" => return Ok(cpu(None)),
         "auto" | "webgpu" => {}
@@ -188,17 +205,21 @@ async fn choose_backend(opts: &EngineOptions) -> Result<(WebBackend, BackendInfo
             )))
         }
     }
-    let gpu = match navigator_gpu() {
-        None => {
-            Err("navigator.gpu is missing: this browser (or this context) has no WebGPU"
-                .to_string())
-        }
-        Some(_) => {
-            let wopts =
-                WgpuOptions { allow_f16: opts.allow_f16.unwrap_or(true), ..WgpuOptions::default() };
-            WgpuBackend::new(wopts).await.map_err(|e| e.to_string())
-        }
-    };
+    let gpu =
+        match navigator_gpu() {
+            None => Err("navigator.gpu is missing: this browser (or this context) has no WebGPU"
+                .to_string()),
+            Some(_) => {
+                let debug = opts.debug_limits.unwrap_or_default();
+                let wopts = WgpuOptions {
+                    allow_f16: opts.allow_f16.unwrap_or(true),
+                    // Weights split under the simulated limit, as under a real one.
+                    max_binding_override: debug.is_set().then(|| debug.cap(u64::MAX)),
+                    ..WgpuOptions::default()
+                };
+                WgpuBackend::new(wopts).await.map_err(|e| e.to_string())
+            }
+        };
     match gpu {
         Ok(gpu) => {
             let adapter = gpu.adapter_info();
@@ -234,6 +255,15 @@ pub struct Loader {
     max_seqs: usize,
     lora: Option<LoraOptions>,
     devices: Devices,
+    /// What the memory plan starts from: the options as given.
+    model_opts: ModelOptions,
+    kv: KvSize,
+    budget: Option<u64>,
+    /// The GPU's largest binding (under any `debug_limits`); none on the CPU.
+    max_binding: Option<u64>,
+    /// "auto": a GPU buffer too large falls back to the CPU rather than failing.
+    auto: bool,
+    plan: Option<MemoryPlan>,
 }
 
 #[wasm_bindgen]
@@ -251,23 +281,33 @@ impl Loader {
                 .map_err(|e| js_error(format!("bad engine options: {e}")))?
         };
         let defaults = ModelOptions::default();
-        let context = opts.context.unwrap_or(defaults.context);
+        let context = crate::plan::context(opts.context, opts.context_length).map_err(js_error)?;
+        let context = context.unwrap_or(defaults.context);
         let max_seqs = opts.max_seqs.unwrap_or(DEFAULT_MAX_SEQS);
-        let kv_tokens = opts.kv_tokens.unwrap_or(context);
         if max_seqs == 0 {
             return Err(js_error("maxSeqs must be at least 1"));
         }
-        if kv_tokens == 0 {
-            return Err(js_error("kvTokens must be at least 1"));
-        }
+        let kv = crate::plan::kv_size(opts.kv_tokens, opts.kv_cache_memory.as_ref())
+            .map_err(js_error)?;
+        let budget = match &opts.memory_budget {
+            Some(b) => Some(b.bytes("memoryBudget").map_err(js_error)?),
+            None => None,
+        };
         let lora = opts.lora()?;
         let kv_dtypes = opts.kv_dtypes(defaults.kv_dtypes)?;
-        let (mut backend, info) = choose_backend(&opts).await?;
-        if let WebBackend::Cpu(cpu) = &mut backend {
-            // Only speed depends on it (see `warm`): a failure here would fail the load later.
-            let _ = crate::warm::warm_up(cpu);
-        }
+        let (backend, info) = choose_backend(&opts).await?;
+        let max_binding = match &backend {
+            WebBackend::Gpu(gpu) => {
+                Some(opts.debug_limits.unwrap_or_default().cap(gpu.max_binding()))
+            }
+            _ => None,
+        };
         let devices = Devices::new(backend.watch());
+        // Without a plan (`Loader::plan`), the pool the options ask for.
+        let kv_tokens = match kv {
+            KvSize::Tokens(n) => n,
+            _ => context,
+        };
         let model_opts = ModelOptions {
             context,
             kv_dtypes,
@@ -283,7 +323,79 @@ impl Loader {
             max_seqs,
             lora,
             devices,
+            model_opts,
+            kv,
+            budget,
+            max_binding,
+            auto: opts.backend.as_deref().unwrap_or("auto") == "auto",
+            plan: None,
         })
+    }
+
+    /// Plans the model's memory before its weights arrive, from `metadata` (JSON: `{ config,
+    /// files: [{ name, size }] }`, see [`Metadata`]): the KV pool and context are shrunk to
+    /// fit `memoryBudget` and the GPU's binding limit, a GPU buffer that cannot fit moves an
+    /// "auto" engine to the CPU, and what cannot fit at all is refused with the numbers.
+    /// Call it before the first weight file begins; `info.memory` tells what was chosen.
+    pub fn plan(&mut self, metadata: String) -> Result<(), JsValue> {
+        let meta: Metadata = serde_json::from_str(&metadata)
+            .map_err(|e| js_error(format!("bad model metadata: {e}")))?;
+        // With no weights there is nothing to plan: the load fails naming what is missing.
+        let config = match &meta.config {
+            Some(text) if !meta.files.is_empty() => {
+                Some(tandem_core::ModelConfig::from_hf_json(text).map_err(js_error)?)
+            }
+            _ => None,
+        };
+        if config.is_none() && !meta.files.is_empty() && matches!(self.kv, KvSize::Bytes(_)) {
+            return Err(js_error("kvCacheMemory needs the model's config.json before its weights; a GGUF file's config comes with its weights: use kvTokens"));
+        }
+        // Without a budget the sizes are not asked for (no request just for them): the
+        // weights are counted as they load (see `finish`).
+        let weights_bytes = match meta.weights_bytes() {
+            Ok(n) => n,
+            Err(_) if self.budget.is_none() => 0,
+            Err(e) => return Err(js_error(e)),
+        };
+        let o = &self.model_opts;
+        let request = PlanRequest {
+            config: config.as_ref(),
+            weights_bytes,
+            context: o.context,
+            kv: self.kv,
+            kv_dtypes: o.kv_dtypes,
+            block_size: o.block_size,
+            max_step_tokens: o.max_step_tokens,
+            max_seqs: self.max_seqs,
+            budget: self.budget,
+            max_binding: self.max_binding,
+        };
+        let fits = |e: PlanError| js_error(format!("the model does not fit: {e}"));
+        let plan = match tandem_core::memory::plan(&request) {
+            Ok(plan) => plan,
+            Err(e @ PlanError::BufferTooLarge { .. }) if self.auto => {
+                let mut plan =
+                    tandem_core::memory::plan(&PlanRequest { max_binding: None, ..request })
+                        .map_err(fits)?;
+                let reason = format!("{e}; running on the CPU");
+                plan.notes.push(reason.clone());
+                let (backend, info) = cpu(Some(reason));
+                self.devices = Devices::new(backend.watch());
+                // The GPU backend goes with the old stream: nothing was uploaded to it yet.
+                self.stream = ModelStream::new(backend, &self.model_opts);
+                self.backend = info;
+                self.max_binding = None;
+                plan
+            }
+            Err(e) => return Err(fits(e)),
+        };
+        if let (Some(context), Some(blocks)) = (plan.context, plan.kv_blocks) {
+            self.model_opts.context = context;
+            self.model_opts.kv_blocks = Some(blocks);
+        }
+        self.stream.set_options(&self.model_opts).map_err(js_error)?;
+        self.plan = Some(plan);
+        Ok(())
     }
 
     /// Starts the file `name` (a File's name, a URL's last segment), of `size` bytes when
@@ -323,11 +435,24 @@ impl Loader {
 
     /// The engine, once every file is in. Errors name what is missing.
     pub fn finish(self) -> Result<Engine, JsValue> {
-        let Loader { stream, backend, max_seqs, lora, devices, .. } = self;
+        let Loader { stream, backend, max_seqs, lora, devices, plan, kv, budget, .. } = self;
+        if plan.is_none() && (budget.is_some() || matches!(kv, KvSize::Bytes(_))) {
+            return Err(js_error(
+                "memoryBudget and kvCacheMemory need Loader.plan before the weights",
+            ));
+        }
         let session =
             Session::new(stream.finish().map_err(js_error)?, max_seqs, lora).map_err(js_error)?;
-        let info = serde_json::to_string(&EngineInfo { backend: &backend, model: &session.info })
+        let model = &session.info;
+        let mut plan = plan;
+        if let Some(p) = plan.as_mut().filter(|p| p.weights_bytes == 0) {
+            p.weights_bytes = model.weight_bytes as u64;
+            p.total_bytes += p.weights_bytes;
+        }
+        let memory = plan.as_ref();
+        let info = serde_json::to_string(&EngineInfo { backend: &backend, model, memory })
             .map_err(js_error)?;
+        let memory = Cell::new(session.memory());
         let shared = Shared {
             session: RefCell::new(Some(session)),
             inbox: RefCell::new(VecDeque::new()),
@@ -336,6 +461,7 @@ impl Loader {
             unloaded: Cell::new(false),
             devices: RefCell::new(devices),
             lost: RefCell::new(None),
+            memory,
         };
         Ok(Engine { shared: Rc::new(shared), info })
     }
@@ -400,6 +526,8 @@ struct Shared {
     devices: RefCell<Devices>,
     /// Set when the drive loop found a device lost and dropped the session.
     lost: RefCell<Option<String>>,
+    /// The session's memory after the last step (the drive loop owns the session meanwhile).
+    memory: Cell<MemoryStats>,
 }
 
 impl Shared {
@@ -523,6 +651,7 @@ async fn drive(shared: Rc<Shared>) {
                 return shared.lose(session, &reason);
             }
         }
+        shared.memory.set(session.memory());
         for (id, output) in outputs {
             let Some(&js) = ids.get(&id) else { continue };
             match output {
@@ -542,6 +671,7 @@ async fn drive(shared: Rc<Shared>) {
             }
         }
     }
+    shared.memory.set(session.memory());
     // No await since the inbox was found empty: nothing can have been queued meanwhile.
     shared.driving.set(false);
     if !shared.unloaded.get() {
@@ -591,6 +721,18 @@ impl Engine {
         });
         self.send(Command::Add(id, req));
         promise
+    }
+
+    /// JSON: the model's memory now (see [`MemoryStats`]): weights, the KV pool's bytes in
+    /// total, in use (blocks held by requests x bytes a block) and free, and activations.
+    pub fn stats(&self) -> Result<String, JsValue> {
+        if self.shared.unloaded.get() {
+            return Err(js_error("the engine was unloaded"));
+        }
+        if let Some(session) = self.shared.session.borrow().as_ref() {
+            self.shared.memory.set(session.memory());
+        }
+        serde_json::to_string(&self.shared.memory.get()).map_err(js_error)
     }
 
     /// Resolves with the reason (a string) when the GPU device the engine runs on is lost;

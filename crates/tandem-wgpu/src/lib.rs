@@ -208,6 +208,12 @@ impl WgpuBackend {
         })
     }
 
+    /// The largest storage buffer one binding takes (the least of the device's
+    /// maxStorageBufferBindingSize and maxBufferSize), in bytes.
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding
+    }
+
     /// Adapter name and graphics backend, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)".
     pub fn adapter_info(&self) -> String {
         format!("{} ({:?})", self.info.name, self.info.backend)

@@ -161,6 +161,18 @@ impl<B: Backend> ModelStream<B> {
         }
     }
 
+    /// Replaces the options given to [`ModelStream::new`] (a memory plan made once the config
+    /// is known); only before the weights begin.
+    pub fn set_options(&mut self, opts: &ModelOptions) -> Result<()> {
+        if self.target.builder.is_some() {
+            return Err(Error::InvalidParameter(
+                "the model's options cannot change once its weights began loading".into(),
+            ));
+        }
+        self.target.opts = opts.clone();
+        Ok(())
+    }
+
     /// Starts the file `name` (a path or URL's last segment is what counts), of `len` bytes if
     /// known. HF files must come config.json first, shards last.
     pub fn begin_file(&mut self, name: &str, len: Option<u64>) -> Result<()> {
