@@ -50,44 +50,61 @@ pub(super) unsafe fn score_part<K: KvSrc, V: KvSrc>(
     }
     let offs = &at[..len];
     let (quads, tail) = (len / 4 * 4, len % 4);
-    for gi in 0..group {
-        let qv = &qs[gi * hd..(gi + 1) * hd];
-        let sc = &mut scores[gi * PART..gi * PART + len];
+    // Up to 3 query heads per pass over K, so each K vector is loaded (and widened or
+    // dequantized) once for them all: 3 heads x 4 positions of accumulators fill 12 of AVX2's
+    // 16 registers. Each (head, position) sums over the columns in order as it would alone.
+    for g0 in (0..group).step_by(3) {
+        let nh = (group - g0).min(3);
+        let q = |h: usize| &qs[(g0 + h.min(nh - 1)) * hd..][..hd];
         for j in (0..quads).step_by(4) {
             let o: [usize; 4] = [offs[j], offs[j + 1], offs[j + 2], offs[j + 3]];
-            // SAFETY: each offset + hd lies in ck (kv_at of a checked row), qv holds hd
-            // elements, and j + 4 <= len = sc.len().
+            // SAFETY: each offset + hd lies in ck (kv_at of a checked row), each query head
+            // holds hd elements, and j + 4 <= len.
             unsafe {
-                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut acc = [[_mm256_setzero_ps(); 4]; 3];
                 for c in (0..hd).step_by(8) {
-                    let qc = _mm256_loadu_ps(qv.as_ptr().add(c));
                     for p in 0..4 {
-                        acc[p] = _mm256_fmadd_ps(qc, ck.load8(o[p] + c), acc[p]);
+                        let k = ck.load8(o[p] + c);
+                        for h in 0..3 {
+                            if h < nh {
+                                let qc = _mm256_loadu_ps(q(h).as_ptr().add(c));
+                                acc[h][p] = _mm256_fmadd_ps(qc, k, acc[h][p]);
+                            }
+                        }
                     }
                 }
-                // Four lane sums at once: lanes [p0 p1 p2 p3] after the pairwise adds.
-                let h =
-                    _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-                let four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-                _mm_storeu_ps(sc.as_mut_ptr().add(j), _mm_mul_ps(four, _mm_set1_ps(g.scale)));
+                for (h, acc) in acc.iter().enumerate().take(nh) {
+                    // Four lane sums at once: lanes [p0 p1 p2 p3] after the pairwise adds.
+                    let h4 = _mm256_hadd_ps(
+                        _mm256_hadd_ps(acc[0], acc[1]),
+                        _mm256_hadd_ps(acc[2], acc[3]),
+                    );
+                    let four = _mm_add_ps(_mm256_castps256_ps128(h4), _mm256_extractf128_ps(h4, 1));
+                    let sc = scores[(g0 + h) * PART + j..].as_mut_ptr();
+                    _mm_storeu_ps(sc, _mm_mul_ps(four, _mm_set1_ps(g.scale)));
+                }
             }
         }
         for j in quads..quads + tail {
             // The same sums as a quad's lane, one position at a time.
             // SAFETY: as above.
             unsafe {
-                let mut acc = _mm256_setzero_ps();
+                let mut acc = [_mm256_setzero_ps(); 3];
                 for c in (0..hd).step_by(8) {
-                    acc = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(qv.as_ptr().add(c)),
-                        ck.load8(offs[j] + c),
-                        acc,
-                    );
+                    let k = ck.load8(offs[j] + c);
+                    for h in 0..3 {
+                        if h < nh {
+                            let qc = _mm256_loadu_ps(q(h).as_ptr().add(c));
+                            acc[h] = _mm256_fmadd_ps(qc, k, acc[h]);
+                        }
+                    }
                 }
                 let z = _mm256_setzero_ps();
-                let h = _mm256_hadd_ps(_mm256_hadd_ps(acc, z), _mm256_hadd_ps(z, z));
-                let four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-                sc[j] = _mm_cvtss_f32(four) * g.scale;
+                for (h, &acc) in acc.iter().enumerate().take(nh) {
+                    let h4 = _mm256_hadd_ps(_mm256_hadd_ps(acc, z), _mm256_hadd_ps(z, z));
+                    let four = _mm_add_ps(_mm256_castps256_ps128(h4), _mm256_extractf128_ps(h4, 1));
+                    scores[(g0 + h) * PART + j] = _mm_cvtss_f32(four) * g.scale;
+                }
             }
         }
     }
