@@ -119,15 +119,21 @@ test('tabs share one engine: one download, one load, batched steps, tab-local ab
   await c.waitForFunction(() => window.texts > 10);
   const busy = await stats(a);
   assert.ok(busy.inEngine > 0, JSON.stringify(busy));
+  const memory = () => a.evaluate(() => engine.stats());
+  const held = await memory();
+  assert.ok(held.kv_blocks_used > 0, `tab C's requests hold no KV blocks: ${JSON.stringify(held)}`);
   const stepsAtClose = busy.steps;
   await c.close();
   const closed = await statsUntil(a, (s) => s.clients === 2 && s.inEngine === 0);
   assert.equal(closed.clients, 2, `the closed tab is still a client: ${JSON.stringify(closed)}`);
   assert.equal(closed.inEngine, 0, `the closed tab's requests still run: ${JSON.stringify(closed)}`);
+  // Their blocks are back in the pool (the engine refreshes its stats after each step).
+  const freed = await memory();
+  assert.equal(freed.kv_blocks_used, 0, `the closed tab's blocks are still held: ${JSON.stringify(freed)}`);
   const stepsAfter = closed.steps - stepsAtClose;
   // Its queue needed about 24 * 400 / 4 = 2400 steps more; the abort ends it within a few.
   assert.ok(stepsAfter < 400, `${stepsAfter} steps ran after the tab closed`);
-  console.log(`shared: a tab closed mid-stream; its requests ended ${stepsAfter} steps later (of ~2400 queued)`);
+  console.log(`shared: a tab closed mid-stream; its requests ended ${stepsAfter} steps later (of ~2400 queued); KV blocks used ${held.kv_blocks_used} -> ${freed.kv_blocks_used}`);
 
   // Tab A queues 12 long requests; tab B's one request gets its first token before A's queue
   // drains (first come, first served would put it behind all twelve).
