@@ -431,9 +431,8 @@ pub fn peak_memory() -> String {
 /// KV blocks (of the default block size, every layer's K and V) that `bytes` hold in `dtype`.
 pub fn kv_blocks_in(bytes: u64, c: &tandem_core::ModelConfig, dtype: KvDtypes) -> Result<usize> {
     let block_size = ModelOptions::default().block_size;
-    let elems = block_size * c.n_kv_heads * c.head_dim;
-    let block_bytes = c.n_layers * (dtype.k.storage_bytes(elems) + dtype.v.storage_bytes(elems));
-    match (bytes / block_bytes.max(1) as u64) as usize {
+    let (block_bytes, _) = tandem_core::memory::kv_block_bytes(c, dtype, block_size);
+    match (bytes / block_bytes.max(1)) as usize {
         0 => Err(Error::InvalidParameter(format!(
             "--kv-cache-memory is smaller than one KV block ({block_bytes} bytes at {dtype})"
         ))),
