@@ -48,7 +48,7 @@ export type ModelSource =
   | { files: Array<File | NamedData | ArrayBuffer> };
 
 /** A KV cache storage type. */
-export type KvDtype = 'f32' | 'f16' | 'q8_0' | 'q4_0';
+export type KvDtype = 'f32' | 'f16' | 'q8_0' | 'q4_0' | 'fp8';
 
 export interface EngineOptions {
   onProgress?: (progress: Progress) => void;

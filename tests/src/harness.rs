@@ -58,6 +58,9 @@ pub fn tolerance(op: &str, dtype: DType) -> Tol {
         // misplaced block is 1e-2 and more.
         ("kv_write", DType::Q8_0) => Tol::Nmse(1e-5),
         ("kv_write", DType::Q4_0) => Tol::Nmse(1e-3),
+        // fp8 kernels round with integer arithmetic on the scaled value (no conversion
+        // instruction to differ), after the same correctly rounded reciprocal: exact.
+        ("kv_write", DType::F8E4M3) => Tol::Exact,
         ("add" | "argmax" | "sample" | "mask_logits" | "copy_rows" | "kv_write", _) => Tol::Exact,
         _ => Tol::Nmse(0.0),
     }
@@ -310,7 +313,11 @@ fn compare(
         Tol::Exact => match want.iter().zip(got).position(|(a, b)| a != b) {
             None => Ok(0.0),
             Some(at) => {
-                let elem = if dtype == DType::F16 { 2 } else { 4 };
+                let elem = match dtype {
+                    DType::F16 => 2,
+                    DType::F8E4M3 => 1,
+                    _ => 4,
+                };
                 let i = at / elem;
                 let (w, g) = (&want[i * elem..(i + 1) * elem], &got[i * elem..(i + 1) * elem]);
                 Err(format!("{what}: not exact, first difference at element {i}: want {w:02x?}, got {g:02x?}"))

@@ -43,8 +43,9 @@ impl WeightDtype {
     }
 }
 
-/// How the KV cache stores keys and values: floats, or blocks of 32 with an f16 scale (q8_0:
-/// 8.5 bits a value, q4_0: 4.5), quantized as they are written and read as they are.
+/// How the KV cache stores keys and values: floats, blocks of 32 with an f16 scale (q8_0:
+/// 8.5 bits a value, q4_0: 4.5), or fp8 e4m3 with an f32 scale a head (8.5 bits a value at
+/// 64-value heads), quantized as they are written and read as they are.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum KvDtype {
     F32,
@@ -53,6 +54,7 @@ pub enum KvDtype {
     Q8_0,
     #[value(name = "q4_0")]
     Q4_0,
+    Fp8,
 }
 
 impl KvDtype {
@@ -62,6 +64,7 @@ impl KvDtype {
             KvDtype::F16 => DType::F16,
             KvDtype::Q8_0 => DType::Q8_0,
             KvDtype::Q4_0 => DType::Q4_0,
+            KvDtype::Fp8 => DType::F8E4M3,
         }
     }
 }
@@ -69,8 +72,8 @@ impl KvDtype {
 /// The KV cache's storage, for keys and values alike or each its own.
 #[derive(Args, Clone, Copy)]
 pub struct KvArgs {
-    /// KV cache storage: f32, f16, or q8_0 / q4_0 blocks (about 2x / 4x the tokens of f16 in
-    /// the same memory, attention reading them as they are).
+    /// KV cache storage: f32, f16, q8_0 / q4_0 blocks or fp8 heads (about 2x / 4x / 2x the
+    /// tokens of f16 in the same memory, attention reading them as they are).
     #[arg(long, value_enum, default_value = "f32")]
     kv_dtype: KvDtype,
     /// Keys' storage, overriding --kv-dtype (keys set every score: they want the finer type).

@@ -49,6 +49,10 @@ pub enum DType {
     Q6_K,
     IQ4_NL,
     IQ4_XS,
+    /// fp8 e4m3 (OCP's e4m3fn: 4 exponent bits, 3 mantissa bits, largest 448, no infinities):
+    /// a KV cache type only, each head's vector of codes with an f32 scale beside them
+    /// ([`crate::quant::kv`]). A buffer of it counts bytes, codes and scales alike.
+    F8E4M3,
 }
 
 /// Every dtype kept as GGUF blocks (see [`crate::quant::blocks`]).
@@ -95,6 +99,12 @@ const fn align4(n: usize) -> usize {
 }
 
 impl DType {
+    /// Whether a tensor of weights may be of this type: every float and quantized type, not
+    /// u32 (indices) and not fp8 (a KV cache type only).
+    pub fn is_weight(self) -> bool {
+        !matches!(self, DType::U32 | DType::F8E4M3)
+    }
+
     pub fn is_quantized(self) -> bool {
         matches!(self, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) || self.block_layout().is_some()
     }
@@ -145,13 +155,15 @@ impl DType {
             DType::Q6_K => "q6_k",
             DType::IQ4_NL => "iq4_nl",
             DType::IQ4_XS => "iq4_xs",
+            DType::F8E4M3 => "fp8",
         }
     }
 
-    /// The weight type's number in every GPU kernel: WGSL's `DTYPE` override constant
-    /// (shaders/embed.wgsl, matmul.wgsl, kquant.wgsl) and CUDA's `DT_*` template argument
-    /// (kernels/common.cuh), in one table. The GGUF block types come last, from 6: kernels
-    /// test `>= 6` for them. `None` for u32, which no kernel reads as a weight.
+    /// The type's number in every GPU kernel: WGSL's `DTYPE` (weights) and `K_DTYPE` /
+    /// `V_DTYPE` (KV caches) override constants and CUDA's `DT_*` template argument
+    /// (kernels/common.cuh), in one table. The GGUF block types follow the others, 6 to 14:
+    /// weight kernels test `>= 6` for them; fp8 (15) is a KV cache type that no weight kernel
+    /// sees. `None` for u32, which no kernel reads as a weight or a cache.
     pub fn kernel_code(self) -> Option<u32> {
         Some(match self {
             DType::F32 => 0,
@@ -169,12 +181,13 @@ impl DType {
             DType::Q3_K => 12,
             DType::IQ4_NL => 13,
             DType::IQ4_XS => 14,
+            DType::F8E4M3 => 15,
             DType::U32 => return None,
         })
     }
 
     /// Every dtype, in [`DType::kernel_code`] order, then u32.
-    pub const ALL: [DType; 16] = [
+    pub const ALL: [DType; 17] = [
         DType::F32,
         DType::F16,
         DType::Q8_0,
@@ -190,6 +203,7 @@ impl DType {
         DType::Q3_K,
         DType::IQ4_NL,
         DType::IQ4_XS,
+        DType::F8E4M3,
         DType::U32,
     ];
 
@@ -215,6 +229,7 @@ impl DType {
         match self {
             DType::F32 | DType::U32 => numel * 4,
             DType::F16 | DType::BF16 => align4(numel * 2),
+            DType::F8E4M3 => align4(numel),
             q => match q.block_layout() {
                 Some(b) => numel.div_ceil(b.elems) * b.stride,
                 None => q.quant_layout(numel).map(|l| l.total_bytes).unwrap_or(0),

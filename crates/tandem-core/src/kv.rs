@@ -444,12 +444,13 @@ impl KvCache {
                 "KV cache needs a non-zero block size and block count".into(),
             ));
         }
-        let numel = num_blocks * block_size * config.n_kv_heads * config.head_dim;
+        let rows = num_blocks * block_size;
+        let numel = |d| crate::quant::kv::cache_numel(d, rows, config.n_kv_heads, config.head_dim);
         let mut k = Vec::with_capacity(config.n_layers);
         let mut v = Vec::with_capacity(config.n_layers);
         for _ in 0..config.n_layers {
-            k.push(backend.alloc(dtypes.k, numel)?);
-            v.push(backend.alloc(dtypes.v, numel)?);
+            k.push(backend.alloc(dtypes.k, numel(dtypes.k))?);
+            v.push(backend.alloc(dtypes.v, numel(dtypes.v))?);
         }
         Ok(KvCache { dtypes, block_size, num_blocks, k, v })
     }

@@ -103,8 +103,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Bytes of one KV block: (every layer's K and V, one layer's larger of K and V).
 pub fn kv_block_bytes(c: &ModelConfig, dtypes: KvDtypes, block_size: usize) -> (u64, u64) {
-    let elems = block_size * c.n_kv_heads * c.head_dim;
-    let (k, v) = (dtypes.k.storage_bytes(elems) as u64, dtypes.v.storage_bytes(elems) as u64);
+    let bytes = |d| {
+        let numel = crate::quant::kv::cache_numel(d, block_size, c.n_kv_heads, c.head_dim);
+        d.storage_bytes(numel) as u64
+    };
+    let (k, v) = (bytes(dtypes.k), bytes(dtypes.v));
     (c.n_layers as u64 * (k + v), k.max(v))
 }
 

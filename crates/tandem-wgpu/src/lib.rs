@@ -467,15 +467,15 @@ fn pad4(bytes: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(v)
 }
 
-/// The weight types the kernels read: those with a [`DType::kernel_code`].
+/// The weight types the kernels read: every weight type (each has a [`DType::kernel_code`]).
 fn is_weight_dtype(d: DType) -> bool {
-    d.kernel_code().is_some()
+    d.is_weight()
 }
 
 /// The KV cache types kv_write stores and attention reads: f32, f16, q8_0 and q4_0, in the
-/// K/V pairs of `KV_PAIRS`.
+/// K/V pairs of `KV_PAIRS` (not fp8 yet).
 fn is_kv_pair(d: tandem_core::KvDtypes) -> bool {
-    tandem_core::quant::kv::KV_PAIRS.contains(&d)
+    tandem_core::quant::kv::KV_PAIRS.contains(&d) && d.k != DType::F8E4M3
 }
 
 impl Backend for WgpuBackend {

@@ -3,7 +3,7 @@
 //! invariance.
 
 use tandem_core::ops::*;
-use tandem_core::quant::kv::KV_PAIRS;
+use tandem_core::quant::kv::{cache_numel, KV_PAIRS};
 use tandem_core::{DType, KvDtypes};
 
 use super::*;
@@ -67,10 +67,9 @@ fn kv_write_case(
     v: &[f32],
 ) -> Case {
     let mut b = Bufs::default();
-    let row = kv_heads * head_dim;
     let (k, v) = (b.f32(k), b.f32(v));
-    let cache_k = b.poison(kv.k, rows * row);
-    let cache_v = b.poison(kv.v, rows * row);
+    let cache_k = b.poison(kv.k, cache_numel(kv.k, rows, kv_heads, head_dim));
+    let cache_v = b.poison(kv.v, cache_numel(kv.v, rows, kv_heads, head_dim));
     let mut all: Vec<u32> = (0..rows as u32).collect();
     rng.shuffle(&mut all);
     let slots = b.u32(&all[..n]);
@@ -223,6 +222,21 @@ impl AttnBatch {
     }
 
     /// The case of sequences `which` (in batch order) sharing one op.
+    /// The cache `v` ([rows, kv_heads, head_dim]) as a `dtype` buffer: fp8 heads through
+    /// the engine's own writer (its scales are per head), the others encoded as weights are.
+    fn cache(&self, b: &mut Bufs, v: &[f32], dtype: DType) -> BufId {
+        if dtype != DType::F8E4M3 {
+            return b.encoded(v, dtype);
+        }
+        let (kvh, hd) = (self.kv_heads, self.head_dim);
+        let rows = v.len() / (kvh * hd);
+        let numel = cache_numel(dtype, rows, kvh, hd);
+        let mut bytes = vec![0u8; dtype.storage_bytes(numel)];
+        let slots: Vec<u32> = (0..rows as u32).collect();
+        tandem_core::quant::kv::write_rows(&mut bytes, dtype, numel, v, &slots, kvh, hd);
+        b.add(dtype, numel, Init::Data(bytes))
+    }
+
     pub fn case(&self, which: &[usize], kv: impl Into<KvDtypes>) -> Case {
         let mut b = Bufs::default();
         let (mut q, mut positions, mut starts, mut tables) = (vec![], vec![], vec![], vec![]);
@@ -246,8 +260,8 @@ impl AttnBatch {
         let n = positions.len();
         let max_ctx = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(1);
         let kv_dtypes: KvDtypes = kv.into();
-        let cache_k = b.encoded(&self.ck, kv_dtypes.k);
-        let cache_v = b.encoded(&self.cv, kv_dtypes.v);
+        let cache_k = self.cache(&mut b, &self.ck, kv_dtypes.k);
+        let cache_v = self.cache(&mut b, &self.cv, kv_dtypes.v);
         let q = b.f32(&q);
         let pos = b.u32(&positions);
         let ts = b.u32(&starts);

@@ -175,9 +175,10 @@ pub struct LayerAttention {
 
 impl ModelConfig {
     /// Bytes of KV cache per token in `dtype`: 2 (K and V) x layers x one cache row of
-    /// kv_heads x head_dim values (with their block scales for q8_0 and q4_0).
+    /// kv_heads x head_dim values (with their block scales for q8_0 and q4_0, head scales for
+    /// fp8).
     pub fn kv_bytes_per_token(&self, dtypes: impl Into<crate::KvDtypes>) -> usize {
-        self.n_layers * dtypes.into().row_bytes(self.n_kv_heads * self.head_dim)
+        self.n_layers * dtypes.into().row_bytes(self.n_kv_heads, self.head_dim)
     }
 
     /// Rotated elements of each head (even; head_dim unless rotary is partial).

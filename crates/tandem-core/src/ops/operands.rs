@@ -78,25 +78,30 @@ fn bad(op: &'static str, expected: impl Into<String>, got: impl Into<String>) ->
     Error::ShapeMismatch { op, expected: expected.into(), got: got.into() }
 }
 
-/// The weight dtypes (every float and quantized type: not u32).
 fn is_weight(d: DType) -> bool {
-    d != DType::U32
+    d.is_weight()
 }
 
 fn check_kv(op: &'static str, ds: KvDtypes, kv_heads: usize, head_dim: usize) -> Result<()> {
     use crate::quant::kv;
     if !kv::KV_DTYPES.contains(&ds.k) || !kv::KV_DTYPES.contains(&ds.v) {
-        return Err(bad(op, "cache dtypes f32, f16, q8_0 or q4_0", ds.to_string()));
+        return Err(bad(op, "cache dtypes f32, f16, q8_0, q4_0 or fp8", ds.to_string()));
     }
     if !kv::KV_PAIRS.contains(&ds) {
         let pairs: Vec<String> = kv::KV_PAIRS.iter().map(|p| p.to_string()).collect();
         return Err(bad(op, format!("K/V dtypes one of {}", pairs.join(", ")), ds.to_string()));
     }
+    for d in [ds.k, ds.v] {
+        if d == DType::F8E4M3 && !head_dim.is_multiple_of(4) {
+            // Each head's f32 scale follows its codes' region on a 4-byte boundary.
+            return Err(bad(op, "fp8 cache heads of a multiple of 4 values", head_dim.to_string()));
+        }
+    }
     let d = if kv::row_fits(ds.k, kv_heads * head_dim) { ds.v } else { ds.k };
     if !kv::row_fits(d, kv_heads * head_dim) {
         let want = format!("{d} cache rows (kv_heads x head_dim) of whole 32-value blocks");
         let got = format!("{kv_heads} x {head_dim} = {} values", kv_heads * head_dim);
-        return Err(bad(op, format!("{want}; f32 and f16 take any"), got));
+        return Err(bad(op, format!("{want}; f32, f16 and fp8 take any"), got));
     }
     Ok(())
 }
@@ -111,8 +116,8 @@ impl Op {
     }
 
     /// The rules of the op's own fields, whatever its buffers and backend: dtypes an op may
-    /// name (a weight of a float or quantized type, a KV cache of f32, f16, q8_0 or q4_0, in
-    /// rows of whole blocks for the latter), whole query groups per KV head, real blocks,
+    /// name (a weight of a float or quantized type, a KV cache of f32, f16, q8_0, q4_0 or fp8,
+    /// in rows of whole blocks for q8_0 and q4_0, heads of a multiple of 4 values for fp8), whole query groups per KV head, real blocks,
     /// decode rows among the rows, an even rotary head.
     pub fn check_shape(&self) -> Result<()> {
         let op = self.family();

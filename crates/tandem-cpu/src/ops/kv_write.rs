@@ -40,7 +40,13 @@ fn write_both(
     let k = &t.arg(OP, "k", op.k)?.f32()[..len];
     let v = &t.arg(OP, "v", op.v)?.f32()[..len];
     let slots = &t.arg(OP, "slots", op.slots)?.u32()[..op.n];
-    let rows = ck.numel.min(cv.numel).checked_div(row).unwrap_or(0);
+    let (kvh, hd) = (op.kv_heads, op.head_dim);
+    let rows = kv::cache_rows(op.kv_dtypes.k, ck.numel, kvh, hd).min(kv::cache_rows(
+        op.kv_dtypes.v,
+        cv.numel,
+        kvh,
+        hd,
+    ));
     check_indices(OP, "slots", slots, rows, "cache rows")?;
     // Scattering n rows is memory traffic only; both modes share the one loop.
     for (cache, src, dtype) in [(ck, k, op.kv_dtypes.k), (cv, v, op.kv_dtypes.v)] {
@@ -49,7 +55,7 @@ fn write_both(
             DType::F16 => reference_f16(cache.f16_mut(), src, slots, row),
             q => {
                 let numel = cache.numel;
-                kv::write_rows(cache.bytes_mut(), q, numel, src, slots, row);
+                kv::write_rows(cache.bytes_mut(), q, numel, src, slots, kvh, hd);
             }
         }
     }

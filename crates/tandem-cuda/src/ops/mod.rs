@@ -106,7 +106,7 @@ pub(crate) fn scratch_bytes(ops: &[Op], tc: bool) -> usize {
 /// [`DType::kernel_code`], the number kernels/common.cuh gives it as `DT_*`. `None` for types
 /// no weight kernel reads.
 pub(crate) fn weight_index(d: DType) -> Option<usize> {
-    d.kernel_code().map(|c| c as usize)
+    d.kernel_code().filter(|_| d.is_weight()).map(|c| c as usize)
 }
 
 /// The entry names of a weight kernel, in [`DType::kernel_code`] order: the six tandem types

@@ -199,7 +199,8 @@ fn llama_ftype(d: DType) -> u32 {
         DType::IQ4_NL => 25,
         DType::IQ4_XS => 30,
         DType::BF16 => 32,
-        DType::F32 | DType::U32 => 0,
+        // fp8 is a KV cache type, never a weight.
+        DType::F32 | DType::U32 | DType::F8E4M3 => 0,
     }
 }
 

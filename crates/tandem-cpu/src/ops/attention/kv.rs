@@ -1,11 +1,13 @@
-//! A KV cache as attention reads it: f32, f16 widened on load, or q8_0 / q4_0 blocks
-//! dequantized on load. Every reader takes an element as `d * code` in f32, exactly
-//! [`tandem_core::QuantView::get`], so the fast kernels sum the very values the reference
-//! sums; no block table is ever expanded to floats, only the vectors a kernel is about to use.
+//! A KV cache as attention reads it: f32, f16 widened on load, or q8_0 / q4_0 blocks and fp8
+//! heads dequantized on load. Every reader takes an element as `d * code` in f32, exactly
+//! [`tandem_core::QuantView::get`] and [`tandem_core::quant::kv::Fp8View::get`], so the fast
+//! kernels sum the very values the reference sums; no block table is ever expanded to floats,
+//! only the vectors a kernel is about to use.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use tandem_core::dtype::QBLOCK;
+use tandem_core::quant::kv::{e4m3_value, Fp8View};
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -164,6 +166,72 @@ impl KvSrc for Q4<'_> {
                 _mm256_set1_epi32(8),
             );
             _mm256_mul_ps(scale8(self.d, e), _mm256_cvtepi32_ps(n))
+        }
+    }
+}
+
+/// An fp8 cache: an e4m3 code per element, an f32 scale per head vector.
+#[derive(Clone, Copy)]
+pub(crate) struct Fp8<'a> {
+    codes: &'a [u8],
+    scales: &'a [f32],
+    hd: usize,
+    /// log2(hd) where hd is a power of two: a shift finds a head, not a division.
+    shift: Option<u32>,
+}
+
+impl<'a> From<Fp8View<'a>> for Fp8<'a> {
+    fn from(v: Fp8View<'a>) -> Self {
+        let hd = v.head_dim;
+        let shift = hd.is_power_of_two().then(|| hd.trailing_zeros());
+        Fp8 { codes: v.codes, scales: v.scales, hd, shift }
+    }
+}
+
+impl Fp8<'_> {
+    /// The scale of element e's head.
+    #[inline(always)]
+    fn scale(&self, e: usize) -> f32 {
+        self.scales[self.shift.map_or_else(|| e / self.hd, |s| e >> s)]
+    }
+}
+
+impl KvSrc for Fp8<'_> {
+    #[inline(always)]
+    fn get(&self, e: usize) -> f32 {
+        self.scale(e) * e4m3_value(self.codes[e])
+    }
+    #[inline(always)]
+    fn row<'a>(&'a self, off: usize, hd: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        let buf = &mut buf[..hd];
+        for (i, o) in buf.iter_mut().enumerate() {
+            *o = self.get(off + i);
+        }
+        buf
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(&self, e: usize) -> __m256 {
+        // SAFETY: the caller's contract: e..e + 8 are codes of one head (heads are multiples
+        // of 8 values on this path).
+        unsafe {
+            let q = _mm_loadl_epi64(self.codes.as_ptr().add(e) as *const __m128i);
+            let c = _mm256_cvtepu8_epi32(q);
+            let em = _mm256_and_si256(c, _mm256_set1_epi32(0x7F));
+            // Normal codes: the exponent rebiased (7 -> 127) and the mantissa moved up, an
+            // exact f32; subnormal ones (em < 8): em * 2^-9.
+            let normal = _mm256_castsi256_ps(_mm256_add_epi32(
+                _mm256_slli_epi32(em, 20),
+                _mm256_set1_epi32(120 << 23),
+            ));
+            let sub = _mm256_mul_ps(_mm256_cvtepi32_ps(em), _mm256_set1_ps(1.0 / 512.0));
+            let is_sub = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), em));
+            let mag = _mm256_blendv_ps(normal, sub, is_sub);
+            let sign = _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_and_si256(c, _mm256_set1_epi32(0x80)),
+                24,
+            ));
+            _mm256_mul_ps(_mm256_set1_ps(self.scale(e)), _mm256_or_ps(mag, sign))
         }
     }
 }

@@ -28,13 +28,12 @@ mod kv;
 mod prefill;
 
 pub(crate) use kv::KvSrc;
-use kv::{Q4, Q8};
+use kv::{Fp8, Q4, Q8};
 
 const OP: &str = "attention";
 
 pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
     let len = op.n * op.heads * op.head_dim;
-    let block_elems = op.block_size * op.kv_heads * op.head_dim;
     t.with_out(OP, "out", op.out, |t, out| {
         let q = &t.arg(OP, "q", op.q)?.f32()[..len];
         let ck = t.arg(OP, "cache_k", op.cache_k)?;
@@ -45,7 +44,10 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
-        let num_blocks = ck.numel.min(cv.numel) / block_elems;
+        let (kvh, hd) = (op.kv_heads, op.head_dim);
+        let rows = |d, numel| tandem_core::quant::kv::cache_rows(d, numel, kvh, hd);
+        let num_blocks =
+            rows(op.kv_dtypes.k, ck.numel).min(rows(op.kv_dtypes.v, cv.numel)) / op.block_size;
         op.check_rows(positions, starts, tables, num_blocks)?;
         let g = Geom::new(op);
         let rows = Rows { positions, starts, tables, decode: op.decode_rows };
@@ -68,17 +70,24 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
             let v = quant(DType::Q4_0, b);
             Q4 { qs: v.qs, d: v.d }
         };
+        let fp8 = |b| fp8(b, kvh, hd);
         pairs!(
             (F32, ck.f32(), F32, cv.f32()),
             (F16, ck.f16(), F16, cv.f16()),
             (Q8_0, q8(ck), Q8_0, q8(cv)),
             (Q4_0, q4(ck), Q4_0, q4(cv)),
+            (F8E4M3, fp8(ck), F8E4M3, fp8(cv)),
             (F16, ck.f16(), Q8_0, q8(cv)),
             (F16, ck.f16(), Q4_0, q4(cv)),
             (Q8_0, q8(ck), Q4_0, q4(cv))
         );
         Ok(())
     })
+}
+
+/// An fp8 cache's codes and head scales.
+fn fp8(b: &crate::table::Buffer, kv_heads: usize, head_dim: usize) -> Fp8<'_> {
+    Fp8::from(tandem_core::quant::kv::Fp8View::new(b.bytes(), b.numel, kv_heads, head_dim))
 }
 
 /// A quantized cache's codes and scales.
