@@ -356,6 +356,7 @@ mod tests {
                 Some((w.next()?.to_lowercase(), w.next()?.parse().ok()?))
             })
             .collect();
+        // Every weight type, then fp8 (a KV cache type): its number is DT_FP8 too.
         let want: Vec<(String, u32)> = DType::ALL
             .iter()
             .filter_map(|d| Some((d.name().to_string(), d.kernel_code()?)))
