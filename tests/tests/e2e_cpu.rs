@@ -69,6 +69,30 @@ fn stories260k_reference_tokens_through_a_q8_0_kv_cache() {
     }
 }
 
+/// The reference's 200 greedy tokens read back through an fp8 cache (e4m3, an f32 scale a
+/// head), teacher-forced as above, with the q8_0 cache's bounds. Measured: largest gap GAP,
+/// MISSED rows of 200 not the top.
+#[test]
+fn stories260k_reference_tokens_through_an_fp8_kv_cache() {
+    let opts = ModelOptions { kv_dtypes: DType::F8E4M3.into(), ..Default::default() };
+    match e2e::stories_forced_gaps(CpuBackend::fast(2).unwrap(), &opts) {
+        Ok((gap, missed)) => {
+            eprintln!("fp8: largest gap {gap}, {missed} rows");
+            assert!(gap <= 0.5 && missed <= 5, "largest gap {gap}, {missed} rows")
+        }
+        Err(Skip(why)) => {
+            eprintln!("SKIP stories260k_reference_tokens_through_an_fp8_kv_cache: {why}")
+        }
+    }
+}
+
+/// SmolLM2's chat answer, token for token, with an fp8 KV cache.
+#[test]
+fn smollm2_chat_fp8_kv() {
+    let opts = ModelOptions { kv_dtypes: DType::F8E4M3.into(), ..Default::default() };
+    report("smollm2_chat_fp8_kv", e2e::smollm_chat_opts(CpuBackend::fast(2).unwrap(), false, opts));
+}
+
 /// SmolLM2's chat answer, token for token, with f16 keys and q4_0 values.
 #[test]
 fn smollm2_chat_f16_keys_q4_0_values() {

@@ -114,7 +114,7 @@ pub fn row_fits(dtype: DType, row: usize) -> bool {
 /// The size of the Hadamard rotation a `dtype` cache stores K and V under (see the module), for
 /// heads of `head_dim` values: the largest power of two dividing it; none for f32 and f16.
 pub fn rotation(dtype: DType, head_dim: usize) -> Option<usize> {
-    KV_QUANT.contains(&dtype).then(|| 1 << head_dim.trailing_zeros()).filter(|&s| s > 1)
+    KV_BLOCKS.contains(&dtype).then(|| 1 << head_dim.trailing_zeros()).filter(|&s| s > 1)
 }
 
 /// Bytes of one cache row (a position's `kv_heads` heads of `head_dim` values) in `dtype`:
