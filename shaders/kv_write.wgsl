@@ -7,6 +7,10 @@
 // whole blocks), quantized as tandem_core::quant::kv::quantize_block into its split layout:
 // the codes (q8_0: an i8 per element, 4 a word; q4_0: a nibble, even elements low, 8 a word),
 // then from word k_scales / v_scales one f16 scale per block, two a word.
+// main_fp8: one invocation per head vector (total = n * row / head_dim), quantized as
+// tandem_core::quant::kv::quantize_head: an e4m3 code per element, 4 a word (a head is a
+// multiple of 4 values, so no two invocations share a word), then from word k_scales /
+// v_scales one f32 scale per head vector.
 // SIDES: which caches a dispatch writes (1 keys, 2 values, 3 both): caches of two dtypes are
 // written by two dispatches, each with its own dtype's entry point.
 
@@ -16,6 +20,7 @@ struct Params {
     // Word offsets of the scales in cache_k and cache_v (quantized caches only).
     k_scales: u32,
     v_scales: u32,
+    head_dim: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -229,4 +234,118 @@ fn quantize(is_k: bool, e: u32, b: u32, q4: bool) {
         }
         store_scale(is_k, b, select(F16_NAN, f16_bits(d), finite));
     }
+}
+
+const E4M3_MAX: f32 = 448.0;
+const F32_NAN: u32 = 0x7fc00000u;
+
+@compute @workgroup_size(WG)
+fn main_fp8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = invocation(wid, nwg, lid);
+    if i >= p.total {
+        return;
+    }
+    let e = i * p.head_dim;
+    let dst = slots[e / p.row] * p.row + e % p.row;
+    if writes(true) {
+        quantize_head(true, e, dst);
+    }
+    if writes(false) {
+        quantize_head(false, e, dst);
+    }
+}
+
+// Input elements e..e + head_dim of k or v as the cache head starting at element dst:
+// quantize_head's arithmetic, in its order. The head is whole words of codes and its scale a
+// word of its own, so plain stores suffice.
+fn quantize_head(is_k: bool, e: u32, dst: u32) {
+    var amax = 0.0;
+    var finite = true;
+    for (var j = 0u; j < p.head_dim; j++) {
+        let x = input(is_k, e + j);
+        finite = finite && (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+        amax = max(amax, abs(x));
+    }
+    // A non-finite value makes the whole head NaN: a NaN scale (f32::NAN's bits), codes 0.
+    let s = div_rn(amax, E4M3_MAX);
+    var inv = 0.0;
+    if s > 0.0 {
+        inv = div_rn(1.0, s);
+    }
+    for (var w = 0u; w < p.head_dim / 4u; w++) {
+        var word = 0u;
+        if finite {
+            for (var c = 0u; c < 4u; c++) {
+                word |= e4m3(input(is_k, e + 4u * w + c) * inv) << (8u * c);
+            }
+        }
+        if is_k {
+            cache_k[dst / 4u + w] = word;
+        } else {
+            cache_v[dst / 4u + w] = word;
+        }
+    }
+    let scale = select(F32_NAN, bitcast<u32>(s), finite);
+    let at = select(p.v_scales, p.k_scales, is_k) + dst / p.head_dim;
+    if is_k {
+        cache_k[at] = scale;
+    } else {
+        cache_v[at] = scale;
+    }
+}
+
+// a / b correctly rounded (to nearest, ties to even) for positive normal a and b with a
+// normal quotient: WGSL allows division 2.5 ulps of error, and the scale and its reciprocal
+// must be the CPU's bit for bit (the codes are compared exactly). The significands are divided
+// bit by bit in integers; zeros, subnormals and non-finite operands or quotients, which no
+// head of ordinary magnitudes meets, fall back to `/`.
+fn div_rn(a: f32, b: f32) -> f32 {
+    let ea = bitcast<u32>(a) >> 23u;
+    let eb = bitcast<u32>(b) >> 23u;
+    var ma = (bitcast<u32>(a) & 0x7fffffu) | 0x800000u;
+    let mb = (bitcast<u32>(b) & 0x7fffffu) | 0x800000u;
+    var e = i32(ea) - i32(eb) + 127;
+    if ma < mb {
+        // The quotient's leading bit comes one place lower: ma / mb now lies in [1, 2).
+        ma <<= 1u;
+        e -= 1;
+    }
+    if ea == 0u || eb == 0u || ea >= 255u || eb >= 255u || e < 1 || e > 254 {
+        return a / b;
+    }
+    // 24 quotient bits (the first is 1); r stays below 2 * mb < 2^25.
+    var q = 0u;
+    var r = ma;
+    for (var i = 0u; i < 24u; i++) {
+        q <<= 1u;
+        if r >= mb {
+            r -= mb;
+            q |= 1u;
+        }
+        r <<= 1u;
+    }
+    // r is twice the remainder: above mb, more than half an ulp remains.
+    if r > mb || (r == mb && (q & 1u) == 1u) {
+        q += 1u;
+    }
+    // q = 2^24 after rounding carries into the exponent, as it must.
+    return bitcast<f32>((u32(e) << 23u) + q - 0x800000u);
+}
+
+// y as an e4m3 code, round to nearest even, saturating at 0x7e (448) for the |y| a little
+// over 448 that rounding the scale can leave: tandem_core's kernel_e4m3, bit for bit.
+fn e4m3(y: f32) -> u32 {
+    let b = bitcast<u32>(y);
+    let sign = (b >> 24u) & 0x80u;
+    let a = abs(y);
+    if a < 1.0 / 64.0 {
+        // Subnormal codes (and zero): steps of 2^-9 (a * 512 is exact; round() ties to even);
+        // 8 steps is the least normal code, 0x08.
+        return sign | u32(round(a * 512.0));
+    }
+    // Rebias the exponent (127 -> 7) and round the mantissa to 3 bits in one integer add.
+    let m = b & 0x7fffffffu;
+    let r = m + 0x7ffffu + ((m >> 20u) & 1u);
+    return sign | min((r >> 20u) - (120u << 3u), 0x7eu);
 }

@@ -472,10 +472,10 @@ fn is_weight_dtype(d: DType) -> bool {
     d.is_weight()
 }
 
-/// The KV cache types kv_write stores and attention reads: f32, f16, q8_0 and q4_0, in the
-/// K/V pairs of `KV_PAIRS` (not fp8 yet).
+/// The KV cache types kv_write stores and attention reads: f32, f16, q8_0, q4_0 and fp8, in
+/// the K/V pairs of `KV_PAIRS`.
 fn is_kv_pair(d: tandem_core::KvDtypes) -> bool {
-    tandem_core::quant::kv::KV_PAIRS.contains(&d) && d.k != DType::F8E4M3
+    tandem_core::quant::kv::KV_PAIRS.contains(&d)
 }
 
 impl Backend for WgpuBackend {

@@ -5,9 +5,10 @@
 //! Sliding windows and soft-capped scores are parameters of both kernels.
 
 use tandem_core::ops::Attention;
+use tandem_core::quant::kv::cache_rows;
 use tandem_core::{DType, Error, Result};
 
-use super::{bad_dtype, fits_u32, quant_offsets, Recorder};
+use super::{bad_dtype, fits_u32, kv_scales, Recorder};
 use crate::pipelines::{PipeKey, Shader};
 
 const OP: &str = "attention";
@@ -49,10 +50,10 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let bad = |expected: String, got: String| Error::ShapeMismatch { op: OP, expected, got };
     // K_DTYPE and V_DTYPE in shaders/attention_kv.wgsl: the caches' dtypes' kernel codes.
     let code = |d: DType| match d {
-        DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0 => {
+        DType::F32 | DType::F16 | DType::Q8_0 | DType::Q4_0 | DType::F8E4M3 => {
             Ok(d.kernel_code().expect("a kernel dtype"))
         }
-        d => Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0", d)),
+        d => Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0/fp8", d)),
     };
     let (kd, vd) = (code(op.kv_dtypes.k)?, code(op.kv_dtypes.v)?);
     let dtypes = move |key: PipeKey| key.with("K_DTYPE", kd).with("V_DTYPE", vd);
@@ -68,10 +69,12 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let table = r.table;
     let entry = move |id| &table.get(id).expect("checked").shadow;
     let (a, b) = (table.get(op.cache_k).expect("checked"), table.get(op.cache_v).expect("checked"));
-    let num_blocks = a.numel.min(b.numel) / block_elems.max(1);
+    let (ds, kvh, hd) = (op.kv_dtypes, op.kv_heads, op.head_dim);
+    // Cache rows, not elements: an fp8 cache's numel counts its scales' bytes too.
+    let rows = cache_rows(ds.k, a.numel, kvh, hd).min(cache_rows(ds.v, b.numel, kvh, hd));
+    let num_blocks = rows.checked_div(op.block_size).unwrap_or(0);
     // Where each cache's scales start (a quantized cache's layout follows from its own size).
-    let scales =
-        [quant_offsets(op.kv_dtypes.k, a.numel).0, quant_offsets(op.kv_dtypes.v, b.numel).0];
+    let scales = [kv_scales(ds.k, a.numel, kvh, hd), kv_scales(ds.v, b.numel, kvh, hd)];
     // The indices the kernels follow, checked on the host copies of the uploads (a buffer a
     // kernel wrote, or too large to copy, has none: WebGPU's bounds checks remain).
     if let (Some(p), Some(s), Some(t)) = (

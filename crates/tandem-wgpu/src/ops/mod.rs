@@ -124,6 +124,17 @@ pub(crate) fn dtype_code(d: DType) -> Option<u32> {
     d.kernel_code()
 }
 
+/// The word offset of a `d` KV cache's scales (`numel` elements of `kv_heads` heads of
+/// `head_dim` values): after the codes, as [`quant_offsets`] for q8_0 and q4_0 and
+/// [`fp8_scales`](tandem_core::quant::kv::fp8_scales) for fp8; 0 for f32 and f16.
+pub(crate) fn kv_scales(d: DType, numel: usize, kv_heads: usize, head_dim: usize) -> u32 {
+    if d == DType::F8E4M3 {
+        (tandem_core::quant::kv::fp8_scales(numel, kv_heads, head_dim) / 4) as u32
+    } else {
+        quant_offsets(d, numel).0
+    }
+}
+
 /// Word offsets of the d and m sections of a quantized part of `numel` elements (0 otherwise).
 pub(crate) fn quant_offsets(d: DType, numel: usize) -> (u32, u32) {
     d.quant_layout(numel).map_or((0, 0), |l| ((l.d_offset / 4) as u32, (l.m_offset / 4) as u32))
