@@ -19,6 +19,8 @@
 //! its blocks' scales and leave the others a handful of levels; an orthonormal Hadamard
 //! rotation spreads them over the head first. Queries are rotated alike (dot products keep
 //! their values) and the attention output back, as llama.cpp does for its quantized caches.
+//! fp8 too: its three mantissa bits make a large value's error large, and the rotation makes
+//! the largest smaller (SmolLM2, ctx 512: +0.07 perplexity over f16 rotated, +0.22 not).
 
 use float8::F8E4M3;
 use half::f16;
@@ -114,7 +116,7 @@ pub fn row_fits(dtype: DType, row: usize) -> bool {
 /// The size of the Hadamard rotation a `dtype` cache stores K and V under (see the module), for
 /// heads of `head_dim` values: the largest power of two dividing it; none for f32 and f16.
 pub fn rotation(dtype: DType, head_dim: usize) -> Option<usize> {
-    KV_BLOCKS.contains(&dtype).then(|| 1 << head_dim.trailing_zeros()).filter(|&s| s > 1)
+    KV_QUANT.contains(&dtype).then(|| 1 << head_dim.trailing_zeros()).filter(|&s| s > 1)
 }
 
 /// Bytes of one cache row (a position's `kv_heads` heads of `head_dim` values) in `dtype`:
