@@ -10,8 +10,9 @@
 // becomes softcap * tanh(s / softcap) before the softmax.
 //
 // q, out: [rows, heads, hd] f32; cache_k, cache_v: [num_blocks, bs, kv_heads, hd] f32, f16,
-// q8_0 or q4_0 (a quantized cache's f16 scales at byte k_doff / v_doff, 0 for f32/f16; each
-// element dequantized where it is loaded, d * code as load_w and QuantView::get compute it);
+// q8_0, q4_0 or fp8 (a quantized cache's scales at byte k_doff / v_doff, 0 for f32/f16; each
+// element dequantized where it is loaded, d * code as load_kv, QuantView::get and
+// Fp8View::get compute it);
 // positions, table_starts: [rows] u32; tables: the step's block tables, row r's from
 // tables[table_starts[r]]. Positions and tables are read from device memory, so a captured
 // decode graph replays as contexts grow: the grid covers `parts` partitions (enough for the
@@ -88,8 +89,8 @@ __device__ void decode_partial(const float* __restrict__ q, const u8* __restrict
         const u32 blk = table[t / bs];
         float dot = 0.0f;
         if (blk < num_blocks) {
-            const u64 off = (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd;
-            for (u32 d = lane; d < hd; d += 32) dot += qs[d] * load_w<KDT>(ck, k_doff, 0, off + d);
+            const u64 head = ((u64)blk * bs + t % bs) * kv_heads + kvh;
+            for (u32 d = lane; d < hd; d += 32) dot += qs[d] * load_kv<KDT>(ck, k_doff, head, hd, d);
         }
         dot = warp_sum(dot);
         float sc = dot * scale;
@@ -117,7 +118,7 @@ __device__ void decode_partial(const float* __restrict__ q, const u8* __restrict
             const u32 t = start + j;
             const u32 blk = table[t / bs];
             if (blk < num_blocks)
-                a += s[j] * load_w<VDT>(cv, v_doff, 0, (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd + d);
+                a += s[j] * load_kv<VDT>(cv, v_doff, ((u64)blk * bs + t % bs) * kv_heads + kvh, hd, d);
         }
         part_acc[slot * hd + d] = a;
     }
@@ -142,6 +143,7 @@ PARTIAL(f32, DT_F32, DT_F32)
 PARTIAL(f16, DT_F16, DT_F16)
 PARTIAL(q8_0, DT_Q8_0, DT_Q8_0)
 PARTIAL(q4_0, DT_Q4_0, DT_Q4_0)
+PARTIAL(fp8, DT_FP8, DT_FP8)
 PARTIAL(f16_q8_0, DT_F16, DT_Q8_0)
 PARTIAL(f16_q4_0, DT_F16, DT_Q4_0)
 PARTIAL(q8_0_q4_0, DT_Q8_0, DT_Q4_0)

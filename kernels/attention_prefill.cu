@@ -7,8 +7,9 @@
 // With softcap > 0 each score s = q.k * scale becomes softcap * tanh(s / softcap).
 //
 // q, out: [n, heads, hd] f32; cache_k, cache_v: [num_blocks, bs, kv_heads, hd] f32, f16,
-// q8_0 or q4_0 (a quantized cache's f16 scales at byte k_doff / v_doff, 0 for f32/f16; each
-// element dequantized as its tile is staged, d * code as load_w and QuantView::get compute it);
+// q8_0, q4_0 or fp8 (a quantized cache's scales at byte k_doff / v_doff, 0 for f32/f16; each
+// element dequantized as its tile is staged, d * code as load_kv, QuantView::get and
+// Fp8View::get compute it);
 // positions, table_starts: [n] u32.
 // Grid: (ceil(n / AP_Q), heads); block: AP_WARPS warps, each owning AP_QPW queries; K/V
 // tiles of AP_T positions are staged in shared memory (f32) once for the block's queries of
@@ -85,9 +86,9 @@ __device__ void attention_prefill(const float* __restrict__ q, const u8* __restr
                     const u32 t = t0 + j;
                     const u32 blk = table[t / bs];
                     if (blk < num_blocks) {
-                        const u64 off = (((u64)blk * bs + t % bs) * kv_heads + kvh) * hd + d;
-                        kk = load_w<KDT>(ck, k_doff, 0, off);
-                        vv = load_w<VDT>(cv, v_doff, 0, off);
+                        const u64 head = ((u64)blk * bs + t % bs) * kv_heads + kvh;
+                        kk = load_kv<KDT>(ck, k_doff, head, hd, d);
+                        vv = load_kv<VDT>(cv, v_doff, head, hd, d);
                     }
                 }
                 Ks[j * ks_stride + d] = kk;
@@ -159,6 +160,7 @@ PREFILL(f32, DT_F32, DT_F32)
 PREFILL(f16, DT_F16, DT_F16)
 PREFILL(q8_0, DT_Q8_0, DT_Q8_0)
 PREFILL(q4_0, DT_Q4_0, DT_Q4_0)
+PREFILL(fp8, DT_FP8, DT_FP8)
 PREFILL(f16_q8_0, DT_F16, DT_Q8_0)
 PREFILL(f16_q4_0, DT_F16, DT_Q4_0)
 PREFILL(q8_0_q4_0, DT_Q8_0, DT_Q4_0)

@@ -24,6 +24,8 @@ typedef unsigned long long u64;
 #define DT_Q3_K 12
 #define DT_IQ4_NL 13
 #define DT_IQ4_XS 14
+// A KV cache type only (tandem_core::quant::kv): e4m3 codes, an f32 scale per head vector.
+#define DT_FP8 15
 
 #define NONE_U32 0xffffffffu
 #define FULL_MASK 0xffffffffu
@@ -84,6 +86,32 @@ __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
+}
+
+// e4m3 (OCP e4m3fn) code c's value, exactly tandem_core::quant::kv::e4m3_value: a normal
+// code's exponent is rebiased (7 -> 127) and its 3 mantissa bits moved up, a subnormal one
+// (exponent 0) is m * 2^-9, and 0x7f / 0xff are NaN (no writer stores them; poison may).
+__device__ __forceinline__ float e4m3_to_f32(u32 c) {
+    const u32 em = c & 0x7fu, sign = (c & 0x80u) << 24;
+    const u32 mag = em < 8u ? __float_as_uint((float)em * (1.0f / 512.0f))
+                  : em == 0x7fu ? 0x7fc00000u : (em << 20) + (120u << 23);
+    return __uint_as_float(sign | mag);
+}
+
+// y as an e4m3 code, exactly tandem_core::quant::kv::e4m3: round to nearest, ties to even,
+// saturating at +-448 (0x7e / 0xfe), NaN as 0x7f with y's sign. Integer arithmetic on y's
+// bits rather than cvt.e4m3x2 (sm_89+ only) or cuda_fp8.h, so every sm and the emulator
+// produce the CPU's very codes.
+__device__ __forceinline__ u32 f32_to_e4m3(float y) {
+    const u32 sign = (__float_as_uint(y) >> 24) & 0x80u, b = __float_as_uint(y) & 0x7fffffffu;
+    if (b > 0x7f800000u) return sign | 0x7fu;
+    // Below 2^-6, e4m3's least normal: subnormal steps of 2^-9 (the product is exact, rintf
+    // rounds ties to even; 8 steps round up to the least normal code, 0x08).
+    if (b < 0x3c800000u) return sign | (u32)rintf(__uint_as_float(b) * 512.0f);
+    // Keep 3 of the 23 mantissa bits, rounding the 20 dropped to nearest even (a carry into
+    // the exponent is the next binade's code), then rebias the exponent (127 -> 7).
+    const u32 r = b + 0x7ffffu + ((b >> 20) & 1u);
+    return sign | min((r >> 20) - (120u << 3), 0x7eu);
 }
 
 // GGUF block types, array of structs over the flat element index (layouts in
@@ -244,4 +272,16 @@ __device__ __forceinline__ float load_w(const u8* __restrict__ w, u64 d_off, u64
     if (DT == DT_Q4_0) return d * ((float)q - 8.0f);
     const float mn = f16_to_f32(((const u16*)(w + m_off))[b]);
     return d * (float)q + mn;
+}
+
+// Element d of head vector `head` ((cache row * kv_heads + kv head), of hd values) of a KV
+// cache of dtype DT, whose scales start at byte doff: f32, f16, q8_0 and q4_0 as load_w reads
+// them, fp8 as its head's f32 scale times the code's value (Fp8View::get's product).
+template <int DT>
+__device__ __forceinline__ float load_kv(const u8* __restrict__ c, u64 doff, u64 head, u32 hd, u32 d) {
+    if constexpr (DT == DT_FP8) {
+        return ((const float*)(c + doff))[head] * e4m3_to_f32(c[head * hd + d]);
+    } else {
+        return load_w<DT>(c, doff, 0, head * hd + d);
+    }
 }

@@ -1,6 +1,6 @@
 // Writes new keys and values into their paged cache rows.
-// k, v: [n, row] f32 (row = kv_heads * head_dim); cache_k, cache_v: [rows, row] in f32, f16,
-// q8_0 or q4_0; slots: [n] u32, cache row of token i. A slot >= rows (the host reports it) is
+// k, v: [n, row] f32 (row = kv_heads * hd); cache_k, cache_v: [rows, row] in f32, f16, q8_0,
+// q4_0 or fp8; slots: [n] u32, cache row of token i. A slot >= rows (the host reports it) is
 // skipped. k_doff, v_doff: the byte offset of a quantized cache's scales (0 for f32/f16).
 // sides: which caches a launch writes (1 keys, 2 values, 3 both): caches of two dtypes are
 // written by two launches, each with its own dtype's kernel.
@@ -11,6 +11,9 @@
 // never straddles rows and a write touches no other row's bytes. Each block is quantized
 // exactly as tandem_core::quant::kv::quantize_block: the same IEEE divisions and f32
 // reciprocal, each product rounded on its own (__fmul_rn: never fused into the add after it).
+// fp8: element e's e4m3 code at byte e, the f32 scale of its head vector (hd values, hd % 4
+// == 0, checked by the engine) at scales[e / hd], each head quantized exactly as
+// quantize_head (compared byte for byte with the CPU's).
 
 __device__ __forceinline__ void kv_put(float* p, float v) { *p = v; }
 __device__ __forceinline__ void kv_put(u16* p, float v) { *p = f32_to_f16(v); }
@@ -33,14 +36,14 @@ __device__ void kv_write(const float* __restrict__ k, const float* __restrict__ 
 }
 
 extern "C" __global__ void kv_write_f32(const float* k, const float* v, float* ck, float* cv,
-                                        const u32* slots, u32 n, u32 row, u32 rows, u64 k_doff,
-                                        u64 v_doff, u32 sides) {
+                                        const u32* slots, u32 n, u32 row, u32 hd, u32 rows,
+                                        u64 k_doff, u64 v_doff, u32 sides) {
     kv_write<float>(k, v, ck, cv, slots, n, row, rows, sides);
 }
 
 extern "C" __global__ void kv_write_f16(const float* k, const float* v, u16* ck, u16* cv,
-                                        const u32* slots, u32 n, u32 row, u32 rows, u64 k_doff,
-                                        u64 v_doff, u32 sides) {
+                                        const u32* slots, u32 n, u32 row, u32 hd, u32 rows,
+                                        u64 k_doff, u64 v_doff, u32 sides) {
     kv_write<u16>(k, v, ck, cv, slots, n, row, rows, sides);
 }
 
@@ -107,12 +110,67 @@ __device__ void kv_write_quant(const float* __restrict__ k, const float* __restr
     }
 }
 
+// One head vector of hd values of source `x` (a warp; lanes over groups of 4 values, one u32
+// of codes each) stored as cache head vector `head` of `c`: codes from element head * hd, the
+// scale the head-th f32 at c + doff. Every lane takes part (shuffles).
+__device__ void kv_fp8_head(const float* __restrict__ x, u8* __restrict__ c, u64 doff, u64 head,
+                           u32 hd, u32 lane) {
+    // A NaN or an infinity anywhere makes the whole head NaN: codes 0, a NaN scale.
+    u32 bad = 0u;
+    float amax = 0.0f;
+    for (u32 i = 4 * lane; i < hd; i += 128) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            bad |= is_finite_bits(x[i + j]) ? 0u : 1u;
+            amax = fmaxf(amax, fabsf(x[i + j]));
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) bad |= __shfl_xor_sync(FULL_MASK, bad, o);
+    amax = warp_max(amax);  // exact in any order (the NaN case is already set apart)
+    const float s = amax / 448.0f;  // E4M3_MAX: the largest magnitude maps to 448
+    const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+    for (u32 i = 4 * lane; i < hd; i += 128) {
+        u32 word = 0u;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) word |= (bad ? 0u : f32_to_e4m3(__fmul_rn(x[i + j], inv))) << (8 * j);
+        // head * hd and i are multiples of 4 (hd is): an aligned word of 4 codes.
+        *(u32*)(c + head * hd + i) = word;
+    }
+    if (lane == 0) ((float*)(c + doff))[head] = bad ? quiet_nan() : s;
+}
+
+// One warp per head vector (kv_heads = row / hd of them per token), k and v in turn.
+__device__ void kv_write_fp8_all(const float* __restrict__ k, const float* __restrict__ v,
+                                 u8* __restrict__ ck, u8* __restrict__ cv,
+                                 const u32* __restrict__ slots, u32 n, u32 row, u32 hd, u32 rows,
+                                 u64 k_doff, u64 v_doff, u32 sides) {
+    const u32 per_row = row / hd, lane = threadIdx.x & 31;
+    const u64 total = (u64)n * per_row;
+    const u64 stride = ((u64)gridDim.x * blockDim.x) >> 5;
+    // Warp-uniform: every lane of a warp has the same head and slot.
+    for (u64 g = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; g < total; g += stride) {
+        const u32 t = (u32)(g / per_row);
+        const u32 s = slots[t];
+        if (s >= rows) continue;
+        const u64 head = (u64)s * per_row + (g - (u64)t * per_row);
+        if (sides & 1u) kv_fp8_head(k + g * hd, ck, k_doff, head, hd, lane);
+        if (sides & 2u) kv_fp8_head(v + g * hd, cv, v_doff, head, hd, lane);
+    }
+}
+
 #define KV_WRITE_QUANT(suffix, DT)                                                            \
     extern "C" __global__ void kv_write_##suffix(const float* k, const float* v, u8* ck,      \
                                                  u8* cv, const u32* slots, u32 n, u32 row,    \
-                                                 u32 rows, u64 k_doff, u64 v_doff,            \
+                                                 u32 hd, u32 rows, u64 k_doff, u64 v_doff,    \
                                                  u32 sides) {                                 \
         kv_write_quant<DT>(k, v, ck, cv, slots, n, row, rows, k_doff, v_doff, sides);         \
     }
 KV_WRITE_QUANT(q8_0, DT_Q8_0)
 KV_WRITE_QUANT(q4_0, DT_Q4_0)
+
+extern "C" __global__ void kv_write_fp8(const float* k, const float* v, u8* ck, u8* cv,
+                                        const u32* slots, u32 n, u32 row, u32 hd, u32 rows,
+                                        u64 k_doff, u64 v_doff, u32 sides) {
+    kv_write_fp8_all(k, v, ck, cv, slots, n, row, hd, rows, k_doff, v_doff, sides);
+}

@@ -1,8 +1,9 @@
 //! stories260K end to end on the CUDA kernels without a GPU (tandem-cuda's emulator, see
 //! conformance_cuda_emu.rs): whole steps recorded by the CUDA backend's code, prompt and
 //! decode, reproduce the reference's first greedy tokens, with f32, with f16 KV in 1-token
-//! blocks and chunked prefill, and with a q8_0 KV cache (its rotation included). The emulator runs each CUDA thread as an OS thread, so
-//! only a few tokens. No C++ compiler or no model: SKIP.
+//! blocks and chunked prefill, and with q8_0 and fp8 KV caches (their rotation included). The
+//! emulator runs each CUDA thread as an OS thread, so only a few tokens. No C++ compiler or no
+//! model: SKIP.
 
 use tandem_core::loader;
 use tandem_core::model::{ModelOptions, Output, Want};
@@ -75,4 +76,12 @@ fn stories260k_batched_equals_solo() {
 fn stories260k_first_tokens_q8_0_kv() {
     let opts = ModelOptions { kv_dtypes: DType::Q8_0.into(), ..Default::default() };
     report("stories260k_first_tokens_q8_0_kv", first_tokens(&opts));
+}
+
+/// An fp8 KV cache through the CUDA kernels: e4m3 codes and head scales written by kv_write,
+/// read by attention's prompt and decode kernels.
+#[test]
+fn stories260k_first_tokens_fp8_kv() {
+    let opts = ModelOptions { kv_dtypes: DType::F8E4M3.into(), ..Default::default() };
+    report("stories260k_first_tokens_fp8_kv", first_tokens(&opts));
 }

@@ -15,6 +15,7 @@
 //! before it), and a capped score is softcap * tanh(s / softcap).
 
 use tandem_core::ops::Attention;
+use tandem_core::quant::kv::cache_rows;
 use tandem_core::{DType, KvDtypes, Result};
 
 use crate::kernels::KernelFile;
@@ -80,7 +81,7 @@ pub(crate) fn decode_scratch_floats(op: &Attention) -> usize {
 pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let (n, dr) = (op.n, op.decode_rows);
     let len = n * op.heads * op.head_dim;
-    let block_elems = op.block_size * op.kv_heads * op.head_dim;
+    let (kvh, hd) = (op.kv_heads, op.head_dim);
     let q = r.buf(OP, "q", op.q)?.ptr;
     let ck = r.buf(OP, "cache_k", op.cache_k)?;
     let cv = r.buf(OP, "cache_v", op.cache_v)?;
@@ -88,10 +89,15 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let starts = r.buf(OP, "table_starts", op.table_starts)?;
     let tables = r.buf(OP, "tables", op.tables)?;
     let out = r.buf(OP, "out", op.out)?.ptr;
-    let num_blocks = ck.numel.min(cv.numel) / block_elems.max(1);
-    // Where a quantized cache's scales start (0 for f32/f16).
     let ds = op.kv_dtypes;
-    let doffs = (Arg::U64(kv_scales(ds.k, ck.numel)), Arg::U64(kv_scales(ds.v, cv.numel)));
+    // Rows, not numel / row: an fp8 buffer's elements are its bytes, scales included.
+    let rows = cache_rows(ds.k, ck.numel, kvh, hd).min(cache_rows(ds.v, cv.numel, kvh, hd));
+    let num_blocks = rows / op.block_size.max(1);
+    // Where a quantized cache's scales start (0 for f32/f16).
+    let doffs = (
+        Arg::U64(kv_scales(ds.k, ck.numel, kvh, hd)),
+        Arg::U64(kv_scales(ds.v, cv.numel, kvh, hd)),
+    );
     if let (Some(p), Some(s), Some(t)) =
         (pos.shadow.values(n), starts.shadow.values(n), tables.shadow.values(op.tables_len))
     {
@@ -113,7 +119,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     let (ck, cv, tables) = (Arg::Ptr(ck), Arg::Ptr(cv), Arg::Ptr(tables));
     // One instantiation of each kernel per K/V pair (KV_PAIRS), all with the same arguments.
     let Some((decode_entry, prefill_entry)) = entries(ds) else {
-        return Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0 (K/V pairs of KV_PAIRS)", ds.v));
+        return Err(bad_dtype(OP, "cache", "f32/f16/q8_0/q4_0/fp8 (K/V pairs of KV_PAIRS)", ds.v));
     };
     if dr > 0 {
         let (part_max, parts) = decode_grid(longest_span(op));
@@ -199,6 +205,7 @@ pub(crate) fn entries(ds: KvDtypes) -> Option<(&'static str, &'static str)> {
         (F16, F16) => ("attention_decode_partial_f16", "attention_prefill_f16"),
         (Q8_0, Q8_0) => ("attention_decode_partial_q8_0", "attention_prefill_q8_0"),
         (Q4_0, Q4_0) => ("attention_decode_partial_q4_0", "attention_prefill_q4_0"),
+        (F8E4M3, F8E4M3) => ("attention_decode_partial_fp8", "attention_prefill_fp8"),
         (F16, Q8_0) => ("attention_decode_partial_f16_q8_0", "attention_prefill_f16_q8_0"),
         (F16, Q4_0) => ("attention_decode_partial_f16_q4_0", "attention_prefill_f16_q4_0"),
         (Q8_0, Q4_0) => ("attention_decode_partial_q8_0_q4_0", "attention_prefill_q8_0_q4_0"),

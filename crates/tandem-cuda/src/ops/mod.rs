@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use tandem_core::ops::{Matmul, Op};
+use tandem_core::quant::kv::fp8_scales;
 use tandem_core::{DType, Result};
 
 use crate::launch::Recorder;
@@ -28,9 +29,13 @@ pub(crate) use matmul::tensor_cores;
 pub(crate) use matmul::TC_ROWS;
 pub(crate) use moe::MAX_EXPERTS as MOE_MAX_EXPERTS;
 
-/// Byte offset of the f16 scales in a quantized KV cache of `numel` elements (the split layout
-/// of [`DType::quant_layout`]); 0 for the float caches, whose kernels ignore it.
-pub(crate) fn kv_scales(dtype: DType, numel: usize) -> u64 {
+/// Byte offset of the scales in a quantized KV cache of `numel` elements in heads of
+/// `head_dim` values: q8_0's and q4_0's f16s (the split layout of [`DType::quant_layout`]),
+/// fp8's f32s ([`fp8_scales`]); 0 for the float caches, whose kernels ignore it.
+pub(crate) fn kv_scales(dtype: DType, numel: usize, kv_heads: usize, head_dim: usize) -> u64 {
+    if dtype == DType::F8E4M3 {
+        return fp8_scales(numel, kv_heads, head_dim) as u64;
+    }
     dtype.quant_layout(numel).map_or(0, |l| l.d_offset as u64)
 }
 

@@ -129,8 +129,9 @@ fn every_op(f: &mut Fake) -> Vec<Op> {
     }
     for kv_dtypes in tandem_core::quant::kv::KV_PAIRS {
         let (kvh, hd, bs, blocks) = (2, 64, 16, 8);
-        let cache_k = f.buf(kv_dtypes.k, blocks * bs * kvh * hd);
-        let cache_v = f.buf(kv_dtypes.v, blocks * bs * kvh * hd);
+        let numel = |d| tandem_core::quant::kv::cache_numel(d, blocks * bs, kvh, hd);
+        let (cache_k, cache_v) =
+            (f.buf(kv_dtypes.k, numel(kv_dtypes.k)), f.buf(kv_dtypes.v, numel(kv_dtypes.v)));
         let (k, v) = (f.buf(DType::F32, 5 * kvh * hd), f.buf(DType::F32, 5 * kvh * hd));
         let slots = f.u32s(&[0, 1, 17, 40, 127]);
         ops.push(Op::KvWrite(KvWrite {
