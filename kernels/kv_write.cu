@@ -129,7 +129,9 @@ __device__ void kv_fp8_head(const float* __restrict__ x, u8* __restrict__ c, u64
     for (int o = 16; o > 0; o >>= 1) bad |= __shfl_xor_sync(FULL_MASK, bad, o);
     amax = warp_max(amax);  // exact in any order (the NaN case is already set apart)
     const float s = amax / 448.0f;  // E4M3_MAX: the largest magnitude maps to 448
-    const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+    // A head so small that 1 / s overflows (or all zeros) gets zero codes: 0 * inf is NaN.
+    const float r = 1.0f / s;
+    const float inv = is_finite_bits(r) ? r : 0.0f;
     for (u32 i = 4 * lane; i < hd; i += 128) {
         u32 word = 0u;
 #pragma unroll

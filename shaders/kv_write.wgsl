@@ -269,9 +269,13 @@ fn quantize_head(is_k: bool, e: u32, dst: u32) {
     }
     // A non-finite value makes the whole head NaN: a NaN scale (f32::NAN's bits), codes 0.
     let s = div_rn(amax, E4M3_MAX);
+    // A head so small that 1 / s overflows (or all zeros) gets zero codes: 0 * inf is NaN.
     var inv = 0.0;
     if s > 0.0 {
         inv = div_rn(1.0, s);
+        if (bitcast<u32>(inv) & 0x7f800000u) == 0x7f800000u {
+            inv = 0.0;
+        }
     }
     for (var w = 0u; w < p.head_dim / 4u; w++) {
         var word = 0u;

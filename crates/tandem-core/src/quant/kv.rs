@@ -199,7 +199,8 @@ pub fn e4m3_value(code: u8) -> f32 {
 
 /// One head's values `x` as e4m3 codes into `codes` and their scale s = absmax / 448, codes
 /// e4m3(x * (1 / s)) (a multiply by the f32 reciprocal, as the kernels do). A head holding a
-/// NaN or an infinity gets a NaN scale and zero codes: it reads back as NaN throughout.
+/// NaN or an infinity gets a NaN scale and zero codes: it reads back as NaN throughout. A head
+/// so small (below ~1e-36) that 1 / s overflows gets zero codes instead: 0 * inf would be NaN.
 pub fn quantize_head(x: &[f32], codes: &mut [u8]) -> f32 {
     if x.iter().any(|v| !v.is_finite()) {
         codes.fill(0);
@@ -207,7 +208,7 @@ pub fn quantize_head(x: &[f32], codes: &mut [u8]) -> f32 {
     }
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     let s = amax / E4M3_MAX;
-    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+    let inv = Some(1.0 / s).filter(|i| i.is_finite()).unwrap_or(0.0);
     for (c, &v) in codes.iter_mut().zip(x) {
         *c = e4m3(v * inv);
     }
@@ -408,6 +409,15 @@ mod tests {
         for slot in [1, 3] {
             assert!(v.scales[slot * kv_heads].is_nan(), "row {slot} was written");
         }
+    }
+
+    #[test]
+    fn an_fp8_head_too_small_for_its_reciprocal_reads_back_as_zeros() {
+        let mut x = [0f32; 8];
+        x[2] = 1e-38;
+        let mut codes = [0xAAu8; 8];
+        let s = quantize_head(&x, &mut codes);
+        assert!(codes.iter().all(|&c| c == 0) && s.is_finite(), "{codes:?} {s}");
     }
 
     #[test]
