@@ -162,16 +162,17 @@ function checked(body, url, size, sha256) {
 
 /**
  * The files of `source` (`{ url }` or `{ urls }`, with their digests), through the Cache API
- * unless `useCache` is false or there is none. `partBytes`: the cache's part size (tests);
+ * unless `useCache` is false or there is none. `storage`: `{ partBytes, opfsMinBytes }` for the
+ * cache (tests, tuning);
  * `budgeted`: a memoryBudget is set, so the weights' sizes are asked before they download.
  */
-async function loadUrls(loader, source, useCache, partBytes, progress, budgeted) {
+async function loadUrls(loader, source, useCache, storage, progress, budgeted) {
   const urls = weightsLast(source.urls ?? [source.url], fileNameOf);
   const report = byteProgress(progress);
   const cache = useCache ? await openModelCache() : null;
   const toCache = (url) => ensureCached(cache, url, {
     sha256: expectedDigest(source, url),
-    partBytes,
+    ...storage,
     createHash: () => new Sha256(),
     onBytes: (loaded, total, fresh) => report('download', url, loaded, total, fresh),
   });
@@ -250,13 +251,13 @@ export async function adapterName(info) {
 }
 
 // One model from `source` into a new engine.
-export async function loadEngine(source, opts, cache, partBytes, progress) {
+export async function loadEngine(source, opts, cache, storage, progress) {
   if (!(source.url || source.urls || source.files)) throw new Error('the source must be { url }, { urls } or { files }');
   // The backend is chosen before the first byte, so tensors go to it as they arrive.
   const loader = await Loader.create(JSON.stringify(opts), (stage, loaded, total) => progress({ stage, loaded, total }));
   try {
     if (source.files) await loadFiles(loader, source.files);
-    else await loadUrls(loader, source, cache, partBytes, progress, opts.memory_budget !== undefined);
+    else await loadUrls(loader, source, cache, storage, progress, opts.memory_budget !== undefined);
   } catch (e) {
     loader.free(); // the backend and every tensor uploaded so far
     throw e;

@@ -83,12 +83,13 @@ async function build(source, options, backend, progress) {
     max_seqs: options.maxSeqs, kv_tokens: options.kvTokens, kv_dtype: options.kvDtype, k_dtype: options.kDtype, v_dtype: options.vDtype, allow_f16: options.allowF16,
     max_loras: options.maxLoras, max_lora_rank: options.maxLoraRank, lora_dtype: options.loraDtype };
   const useCache = options.cache !== false;
-  const loaded = await loadEngine(source, opts, useCache, options.downloadPartBytes, progress);
+  const storage = { partBytes: options.downloadPartBytes, opfsMinBytes: options.opfsMinBytes };
+  const loaded = await loadEngine(source, opts, useCache, storage, progress);
   if (options.draftModel || options.speculate) {
     try {
       // The draft on the backend the model got, with its progress marked as the draft's.
       const draftOpts = { ...opts, max_loras: undefined, max_lora_rank: undefined, lora_dtype: undefined, backend: JSON.parse(loaded.info).backend.kind === 'cpu' ? 'cpu' : 'webgpu' };
-      const draft = options.draftModel ? await loadEngine(options.draftModel, draftOpts, useCache, options.downloadPartBytes, (p) => progress({ ...p, draft: true })) : undefined;
+      const draft = options.draftModel ? await loadEngine(options.draftModel, draftOpts, useCache, storage, (p) => progress({ ...p, draft: true })) : undefined;
       loaded.speculate(draft, options.draftTokens ?? 4);
     } catch (e) {
       loaded.unload();
