@@ -10,8 +10,9 @@
 // with its manifest. Older versions stored a file whole under its plain URL; such an entry
 // still counts as cached.
 //
-// A file of OPFS_MIN_BYTES or more downloaded in a dedicated worker goes to the Origin Private
-// File System instead (js/opfs.js: faster to write and to read back), with the same semantics:
+// Asked to (`opfsMinBytes`), a file that large or larger downloaded in a dedicated worker goes
+// to the Origin Private File System instead (js/opfs.js says why that is not the default), with
+// the same semantics:
 // its bytes are flushed part by part and counted in a small entry (`<url>?tandem-opfs`) that a
 // cut-off download resumes from, and the manifest, written once the file is complete and
 // checked, names the file.
@@ -354,8 +355,8 @@ function exclusively(url, work) {
  * time downloads a URL: another waits, then finds it cached. The file's size must be the one
  * the server announced; a file that fails a check is removed, with an error.
  * @param options `{ sha256, partBytes, opfsMinBytes, createHash, onBytes(loaded, total, fresh) }`:
- *   `opfsMinBytes`: from this size on a file goes to OPFS where it can (default
- *   OPFS_MIN_BYTES; Infinity: never); `fresh`
+ *   `opfsMinBytes`: from this size on a file goes to OPFS where it can (default never);
+ *   `fresh`
  *   counts the bytes of this download only (not those found cached); `createHash()` gives an
  *   incremental SHA-256 (`update(bytes)`, `finish()` to hex), needed with `sha256`.
  */

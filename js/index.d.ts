@@ -113,15 +113,18 @@ export interface EngineOptions {
    * Tabs and workers of one origin share a download: one fetches, the others wait for it. A
    * download that does not fit the browser's storage quota fails with a message saying how
    * much it needs and how much is free; `false` streams from the network into the engine and
-   * stores nothing. A file of `opfsMinBytes` or more is stored in the Origin Private File
-   * System instead, where the engine's worker can write it (a dedicated worker, not a shared
-   * engine's): it reads back 2-3x as fast, with the same resuming and checks.
+   * stores nothing.
    */
   cache?: boolean;
   /** Bytes per cached part of a download (default 32 MiB): for tests and tuning. */
   downloadPartBytes?: number;
-  /** Files of this many bytes or more are stored in OPFS where it can be written (default
-   * 64 MiB; `Infinity`: never): for tests and tuning. */
+  /**
+   * Files of this many bytes or more are stored in the Origin Private File System instead,
+   * where the engine's worker can write them (a dedicated worker, not a shared engine's), with
+   * the same resuming and checks. Default: never (`Infinity`): measured alone, OPFS read large
+   * files 2-3x as fast, but a model's load took no less time (bench/BROWSER.md). For tests
+   * and tuning.
+   */
   opfsMinBytes?: number;
   /**
    * Speculative decoding with a draft model: a smaller model with the same tokenizer (e.g. a

@@ -390,8 +390,10 @@ function digests(source, urls) {
  *   shrunk to fit, or the model refused before its weights download; `info.memory` says
  *   what was planned), kvDtype ('f32', 'f16',
  *   'q8_0' or 'q4_0'; kDtype / vDtype for keys and values each), cache (default true:
- *   downloads are kept in the Cache API, or in OPFS from opfsMinBytes on, and resume where a
- *   cut-off one stopped), downloadPartBytes (the cache's part size; tests, tuning),
+ *   downloads are kept in the Cache API, and resume where a cut-off one stopped),
+ *   downloadPartBytes (the cache's part size; tests, tuning), opfsMinBytes (files this large
+ *   or larger go to the Origin Private File System instead, from a dedicated worker; default
+ *   never),
  *   draftModel (a source like `source`: speculative decoding with that smaller model of the
  *   same tokenizer), speculate: 'ngram' (speculation without a draft model), draftTokens
  *   (default 4), maxLoras (LoRA adapters held at once; see `loadAdapter`), maxLoraRank

@@ -1,16 +1,20 @@
-// Large model files in the Origin Private File System, for js/cache.js. In a dedicated worker a
-// FileSystemSyncAccessHandle writes a download at its offsets and reads it back straight into
-// fresh buffers: in Chromium it read large files 2-3x and wrote them 1.3-2.5x as fast as the
-// Cache API's entries (bench/BROWSER.md, `npm run bench:storage`). Sync access handles exist
-// only in dedicated workers: a SharedWorker or a page keeps downloading into the Cache API,
-// and reads an OPFS file through `getFile().stream()`, which works anywhere.
+// Large model files in the Origin Private File System, for js/cache.js, where `opfsMinBytes`
+// asks for it. In a dedicated worker a FileSystemSyncAccessHandle writes a download at its
+// offsets and reads it back straight into fresh buffers: in Chromium, alone, it read large
+// files 2-3x and wrote them 1.3-2.5x as fast as the Cache API's entries; but a model's load
+// from either took the same time, since the Cache API's reads (from another process) overlap
+// the engine's work on each chunk and a sync handle's do not (bench/BROWSER.md,
+// `npm run bench:storage`). So the Cache API stays the default. Sync access handles exist only
+// in dedicated workers: a SharedWorker or a page keeps downloading into the Cache API, and
+// reads an OPFS file through `getFile().stream()`, which works anywhere.
 //
 // One file per URL, `tandem-models-v1/<sha256 of the URL>` (a URL may be longer than a file
 // name may be); what the file is (its URL, size, validators, the bytes flushed so far) stays in
 // the Cache API beside the other downloads' entries, so listing and removing see both.
 
-/** Files of at least this many bytes go to OPFS where it can write them (dedicated workers). */
-export const OPFS_MIN_BYTES = 64 << 20;
+/** Files of at least this many bytes go to OPFS where it can write them (dedicated workers):
+ * by default none (see above). */
+export const OPFS_MIN_BYTES = Infinity;
 
 const DIR = 'tandem-models-v1';
 /** Bytes per read of a sync access handle (the engine takes 8 MiB at most at once). */

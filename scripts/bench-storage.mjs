@@ -8,19 +8,27 @@
 // (sampled every 100 ms), and the profile's size on disk after the write.
 //
 //   npm run bench:storage -- [--sizes 64,256,512] [--methods cache,opfs-sync,opfs-writable]
-//                            [--part-mib 32] [--repeat 3] [--json FILE]
+//                            [--part-mib 32] [--repeat 3] [--engine [--backend cpu|webgpu]]
+//                            [--json FILE]
 //
 // Methods: cache (one Cache API entry per part, each put as its bytes arrive), opfs-sync (a
 // FileSystemSyncAccessHandle writing each chunk at its offset; reads into the buffer directly),
 // opfs-writable (createWritable(), the stream piped in; read back through getFile().stream()).
 // Each run is a fresh profile; the OS page cache is not dropped, so reads come from memory on
 // both sides, as a model read back soon after its download does.
+//
+// --engine: instead, tandem itself: SmolLM2-135M Q4_1 (from tandem's model cache) loaded on
+// `--backend` (default cpu) twice in one profile, stored by js/cache.js in the Cache API (the
+// default) or in OPFS (`opfsMinBytes: 64 MiB`); the second load (a returning
+// visitor: a new page, the model cached) is timed from createEngine() to the engine loaded, and
+// its 'cache' stage (the model's bytes read from the store and pushed into the engine).
 
 import { execFileSync } from 'node:child_process';
 import { cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { writeFileSync } from 'node:fs';
-import { startDemoServer } from './serve-demo.mjs';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { modelRoots, startDemoServer } from './serve-demo.mjs';
 import { chromiumPath, openBrowser } from '../tests/browser/harness.mjs';
 import { browserMemory } from './browser-memory.mjs';
 
@@ -39,6 +47,8 @@ function options() {
       'part-mib': { type: 'string', default: '32' },
       repeat: { type: 'string', default: '3' },
       json: { type: 'string' },
+      engine: { type: 'boolean', default: false },
+      backend: { type: 'string', default: 'cpu' },
     },
   });
   const ints = (s, what) => s.split(',').map((x) => {
@@ -48,7 +58,8 @@ function options() {
   });
   const methods = values.methods.split(',');
   for (const m of methods) if (!METHODS.includes(m)) fail(`unknown method '${m}' (known: ${METHODS.join(', ')})`);
-  return { sizes: ints(values.sizes, 'sizes'), methods, partMiB: ints(values['part-mib'], 'part-mib')[0], repeat: ints(values.repeat, 'repeat')[0], json: values.json ?? null };
+  if (!['cpu', 'webgpu'].includes(values.backend)) fail(`--backend must be cpu or webgpu, not '${values.backend}'`);
+  return { sizes: ints(values.sizes, 'sizes'), methods, partMiB: ints(values['part-mib'], 'part-mib')[0], repeat: ints(values.repeat, 'repeat')[0], json: values.json ?? null, engine: values.engine, backend: values.backend };
 }
 
 const MiB = 2 ** 20;
@@ -108,6 +119,64 @@ function table(rows) {
   return rows.map((r) => r.map((c, i) => String(c).padEnd(widths[i])).join('  ').trimEnd()).join('\n');
 }
 
+const MODEL = 'SmolLM2-135M-Instruct.Q4_1.gguf';
+
+/** One createEngine() in `page`: its time and its 'cache' stage's (first to last event). */
+function timedLoad(page, opfsMinBytes, backend) {
+  return page.evaluate(async ({ url, opfsMinBytes, backend }) => {
+    const { createEngine } = await import('/js/index.js');
+    const cacheEvents = [];
+    const t0 = performance.now();
+    const engine = await createEngine({ url }, { backend, opfsMinBytes, onProgress: (p) => p.stage === 'cache' && cacheEvents.push(performance.now()) });
+    const ms = performance.now() - t0;
+    await engine.unload();
+    const root = await navigator.storage.getDirectory();
+    let opfsFiles = 0;
+    try {
+      for await (const _ of (await root.getDirectoryHandle('tandem-models-v1')).keys()) opfsFiles++;
+    } catch {
+      // No folder: nothing in OPFS.
+    }
+    return { ms, cache_stage_ms: cacheEvents.length ? cacheEvents.at(-1) - cacheEvents[0] : null, opfs_files: opfsFiles };
+  }, { url: `/models/${MODEL}`, opfsMinBytes, backend });
+}
+
+async function benchEngine(opts, report) {
+  if (!existsSync(join(modelRoots()[0], MODEL))) fail(`${MODEL} is not in ${modelRoots()[0]} (\`tandem inspect\` fetches it)`);
+  const stores = { cache: undefined, opfs: 64 << 20 };
+  const byStore = new Map(Object.keys(stores).map((k) => [k, []]));
+  const server = await startDemoServer({ port: 0 });
+  try {
+    for (let i = 0; i < opts.repeat; i++) {
+      for (const [store, opfsMinBytes] of Object.entries(stores)) {
+        process.stdout.write(`  ${MODEL} in ${store} run ${i + 1}/${opts.repeat} ... `);
+        const browser = await openBrowser(server.origin);
+        try {
+          const first = await timedLoad(browser.page, opfsMinBytes, opts.backend);
+          await browser.page.goto(`${server.origin}/tests/browser/page.html`);
+          const second = await timedLoad(browser.page, opfsMinBytes, opts.backend);
+          if ((second.opfs_files > 0) !== (store === 'opfs')) throw new Error(`stored in the wrong place: ${JSON.stringify(second)}`);
+          byStore.get(store).push({ first, second });
+          console.log(`first load ${first.ms.toFixed(0)} ms, cached load ${second.ms.toFixed(0)} ms (cache stage ${second.cache_stage_ms.toFixed(0)} ms)`);
+        } finally {
+          await browser.close();
+        }
+      }
+    }
+  } finally {
+    await server.close();
+  }
+  console.log('');
+  const rows = [['store', 'first load ms (download)', 'cached load ms', "cached load's cache stage ms"]];
+  for (const [store, runs] of byStore) {
+    report.results.push({ model: MODEL, store, runs });
+    rows.push([store, fmt(runs.map((r) => r.first.ms)), fmt(runs.map((r) => r.second.ms)), fmt(runs.map((r) => r.second.cache_stage_ms))]);
+  }
+  console.log(table(rows));
+  const ratio = (f) => (median(byStore.get('cache').map(f)) / median(byStore.get('opfs').map(f))).toFixed(2);
+  console.log(`cache / opfs (medians): cached load ${ratio((r) => r.second.ms)}x, its cache stage ${ratio((r) => r.second.cache_stage_ms)}x`);
+}
+
 async function main() {
   const opts = options();
   const report = {
@@ -119,6 +188,15 @@ async function main() {
   };
   console.log(`tandem storage benchmark: ${report.command}`);
   console.log(`Chromium ${chromiumPath} (headless); host: ${report.host.cpus} x ${report.host.cpu}, load average ${report.host.loadavg.join(' ')}`);
+  if (opts.engine) {
+    console.log(`each run: a fresh profile; ${MODEL} loaded on ${opts.backend}, then loaded again from a new page; ${opts.repeat} run(s): median [min-max]`);
+    await benchEngine(opts, report);
+    if (opts.json) {
+      writeFileSync(opts.json, JSON.stringify(report, null, 2) + '\n');
+      console.log(`json: ${opts.json}`);
+    }
+    return;
+  }
   console.log(`each run: a fresh profile; a stream of random bytes in 1 MiB chunks written, then read back into one ArrayBuffer; ${opts.repeat} run(s): median [min-max]`);
   const server = await startDemoServer({ port: 0 });
   try {
