@@ -4,7 +4,7 @@
 // tok/s over the tabs (every tab's tokens over the time from the first request sent to the last
 // one done), each tab's decode rate and first token, and memory two ways:
 //  - the engines' own account (`engine.stats()`: weights, KV pool, scratch; and the wasm memory
-//    each engine's worker grew to), summed over the distinct engines;
+//    each engine's worker grew to while loading), summed over the distinct engines;
 //  - the proportional set size (PSS) of the browser's whole process tree (browser-memory.mjs)
 //    after the loads and at its peak while the tabs generate (sampled every 250 ms).
 //    CDP's Performance.getMetrics reports one page's JS heap, not its workers';
@@ -161,7 +161,8 @@ const median = (xs) => {
   const mid = s.length >> 1;
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 };
-const range = (xs, digits = 1) => {
+/** Median [min-max]; two decimals for rates under 10 (SwiftShader's), one otherwise. */
+const range = (xs, digits = Math.max(...xs) < 10 ? 2 : 1) => {
   const m = median(xs).toFixed(digits);
   const lo = Math.min(...xs).toFixed(digits);
   const hi = Math.max(...xs).toFixed(digits);
