@@ -122,8 +122,8 @@ export interface EngineOptions {
    * Files of this many bytes or more are stored in the Origin Private File System instead,
    * where the engine's worker can write them (a dedicated worker, not a shared engine's), with
    * the same resuming and checks. Default: never (`Infinity`): measured alone, OPFS read large
-   * files 2-3x as fast, but a model's load took no less time (bench/BROWSER.md). For tests
-   * and tuning.
+   * files 2-3x as fast, but a cached model's load gained little or nothing from it
+   * (bench/BROWSER.md). For tests and tuning.
    */
   opfsMinBytes?: number;
   /**

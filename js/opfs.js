@@ -1,10 +1,11 @@
 // Large model files in the Origin Private File System, for js/cache.js, where `opfsMinBytes`
 // asks for it. In a dedicated worker a FileSystemSyncAccessHandle writes a download at its
 // offsets and reads it back straight into fresh buffers: in Chromium, alone, it read large
-// files 2-3x and wrote them 1.3-2.5x as fast as the Cache API's entries; but a model's load
-// from either took the same time, since the Cache API's reads (from another process) overlap
-// the engine's work on each chunk and a sync handle's do not (bench/BROWSER.md,
-// `npm run bench:storage`). So the Cache API stays the default. Sync access handles exist only
+// files 2-3x and wrote them 1.3-2.5x as fast as the Cache API's entries; but a cached model's
+// load gained little or nothing (0.94-1.62x on the CPU backend, 0.71-0.97x on WebGPU), most
+// likely since the Cache API's reads (from another process) overlap the engine's work on each
+// chunk and a sync handle's do not (bench/BROWSER.md, `npm run bench:storage`). So the Cache
+// API stays the default. Sync access handles exist only
 // in dedicated workers: a SharedWorker or a page keeps downloading into the Cache API, and
 // reads an OPFS file through `getFile().stream()`, which works anywhere.
 //
