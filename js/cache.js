@@ -9,6 +9,16 @@
 // or after a reload) asks for the rest with `Range: bytes=<held>-`. A file is complete only
 // with its manifest. Older versions stored a file whole under its plain URL; such an entry
 // still counts as cached.
+//
+// Asked to (`opfsMinBytes`), a file that large or larger downloaded in a dedicated worker goes
+// to the Origin Private File System instead (js/opfs.js says why that is not the default), with
+// the same semantics:
+// its bytes are flushed part by part and counted in a small entry (`<url>?tandem-opfs`) that a
+// cut-off download resumes from, and the manifest, written once the file is complete and
+// checked, names the file.
+
+import { readAhead } from './read-ahead.js';
+import { OPFS_MIN_BYTES, canWriteOpfs, openOpfsReader, openOpfsWriter, opfsName, opfsSize, removeOpfsFile } from './opfs.js';
 
 export const CACHE_NAME = 'tandem-models-v1';
 
@@ -37,11 +47,12 @@ function derived(url, param) {
 }
 const partKey = (url, offset) => derived(url, `tandem-part=${offset}`);
 const fileKey = (url) => derived(url, 'tandem-file');
-/** A cache key of ours: `[url, 'file' | 'part' | null]` (null: an old whole-file entry). */
+const opfsKey = (url) => derived(url, 'tandem-opfs');
+/** A cache key of ours: `[url, 'file' | 'opfs' | 'part' | null]` (null: an old whole-file entry). */
 function parseKey(key) {
-  const m = /[?&]tandem-(file|part=\d+)$/.exec(key);
+  const m = /[?&]tandem-(file|opfs|part=\d+)$/.exec(key);
   if (!m) return [key, null];
-  return [key.slice(0, m.index), m[1] === 'file' ? 'file' : 'part'];
+  return [key.slice(0, m.index), m[1].startsWith('part') ? 'part' : m[1]];
 }
 
 /** The model cache, or null where the browser has no Cache API (an insecure context). */
@@ -170,13 +181,26 @@ async function heldParts(cache, url) {
   return held;
 }
 
-/** Removes every entry of `url` (manifest, parts, an old whole entry); whether there was one. */
+/**
+ * A download of `url` into OPFS not yet complete, as `heldParts` says it (no parts; `opfs`: the
+ * file's name), or null. Only the bytes flushed and counted hold: a crash may leave more.
+ */
+async function heldInOpfs(cache, url) {
+  const state = await (await cache.match(opfsKey(url)))?.json().catch(() => null);
+  if (!state || typeof state.name !== 'string') return null;
+  const size = await opfsSize(state.name);
+  const bytes = Math.min(wholeNumber(String(state.bytes)) ?? 0, size ?? 0);
+  return { parts: [], bytes, total: state.total ?? null, etag: state.etag ?? null, lastModified: state.lastModified ?? null, opfs: state.name };
+}
+
+/** Removes every entry of `url` (manifest, parts, an OPFS file); whether there was one. */
 async function removeFile(cache, url) {
   let removed = false;
   for (const key of await cache.keys()) {
     if (parseKey(key.url)[0] === url) removed = (await cache.delete(key)) || removed;
   }
-  return removed;
+  const name = await opfsName(url);
+  return (await removeOpfsFile(name)) || removed;
 }
 
 function damaged(url, why) {
@@ -195,7 +219,12 @@ async function completeFile(cache, url) {
     return whole ? { bytes: bodySize(whole), sha256: null, parts: null } : null;
   }
   const file = await manifest.json().catch(() => null);
-  let why = file && Array.isArray(file.parts) && Number.isSafeInteger(file.bytes) ? null : 'its manifest is unreadable';
+  let why = file && (Array.isArray(file.parts) || typeof file.opfs === 'string') && Number.isSafeInteger(file.bytes) ? null : 'its manifest is unreadable';
+  if (!why && file.opfs) {
+    const size = await opfsSize(file.opfs);
+    if (size !== file.bytes) why = size === null ? 'its file is missing' : `its file holds ${size} bytes, not ${file.bytes}`;
+    if (!why) return file;
+  }
   let offset = 0;
   for (const part of why ? [] : file.parts) {
     if (part.offset !== offset || !(part.length > 0)) why = `its part list has a gap at byte ${offset}`;
@@ -217,6 +246,7 @@ async function completeFile(cache, url) {
  * and the stream fails with why.
  */
 function readFile(cache, url, file, whole) {
+  if (file.opfs) return readOpfsFile(cache, url, file);
   if (!file.parts) {
     let n = 0;
     const check = new TransformStream({
@@ -270,6 +300,32 @@ function readFile(cache, url, file, whole) {
   });
 }
 
+/** An OPFS file's bytes as a stream, with their count checked as `readFile` checks parts. */
+function readOpfsFile(cache, url, file) {
+  let reader = null;
+  let got = 0;
+  const fail = async (controller, why) => {
+    await removeFile(cache, url);
+    controller.error(damaged(url, why));
+  };
+  return new ReadableStream({
+    async pull(controller) {
+      reader ??= (await openOpfsReader(file.opfs))?.getReader();
+      if (!reader) return fail(controller, 'its file is missing');
+      const step = await reader.read();
+      if (step.done) {
+        if (got !== file.bytes) return fail(controller, `it holds ${got} bytes, not the ${file.bytes} it was stored with`);
+        return controller.close();
+      }
+      got += step.value.byteLength;
+      controller.enqueue(step.value);
+    },
+    cancel(reason) {
+      return reader?.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+}
+
 /** The sha256 of a stream's bytes (hex), with `createHash()` giving an incremental hasher. */
 async function digestOf(body, createHash) {
   const hash = createHash();
@@ -298,7 +354,9 @@ function exclusively(url, work) {
  * by part, resuming after the parts an earlier, cut-off download left. One tab or worker at a
  * time downloads a URL: another waits, then finds it cached. The file's size must be the one
  * the server announced; a file that fails a check is removed, with an error.
- * @param options `{ sha256, partBytes, createHash, onBytes(loaded, total, fresh) }`: `fresh`
+ * @param options `{ sha256, partBytes, opfsMinBytes, createHash, onBytes(loaded, total, fresh) }`:
+ *   `opfsMinBytes`: from this size on a file goes to OPFS where it can (default never);
+ *   `fresh`
  *   counts the bytes of this download only (not those found cached); `createHash()` gives an
  *   incremental SHA-256 (`update(bytes)`, `finish()` to hex), needed with `sha256`.
  */
@@ -315,7 +373,7 @@ export async function ensureCached(cache, url, options = {}) {
       await removeFile(cache, url);
       throw digestError(url, sha256, actual);
     }
-    if (file.parts) await cache.put(fileKey(url), manifest({ ...file, sha256: actual }));
+    if (file.parts || file.opfs) await cache.put(fileKey(url), manifest({ ...file, sha256: actual }));
   });
 }
 
@@ -351,50 +409,18 @@ async function resume(cache, url, held) {
 }
 
 /**
- * Reads `reader` ahead of its consumer, up to `ahead` bytes: an errored stream drops the
- * chunks queued in it, so this keeps what arrived before a network error (and the parts it
- * completes). Returns `next()`: the next non-empty chunk, null at the end, or the error once
- * every chunk before it was taken.
+ * Downloads what `cache` lacks of `url` as parts, or into an OPFS file (a large file, where
+ * this context can write one; a download begun there goes on there); then writes its manifest
+ * and returns it.
  */
-function readAhead(reader, ahead) {
-  const chunks = [];
-  let queued = 0;
-  let end = null; // { error } once the stream ended
-  let wake = () => {};
-  let room = () => {};
-  (async () => {
-    try {
-      for (;;) {
-        while (queued >= ahead) await new Promise((ok) => (room = ok));
-        const step = await reader.read();
-        if (step.done) break;
-        if (!step.value.byteLength) continue;
-        chunks.push(step.value);
-        queued += step.value.byteLength;
-        wake();
-      }
-      end = { error: null };
-    } catch (error) {
-      end = { error };
-    }
-    wake();
-  })();
-  return async () => {
-    while (!chunks.length && !end) await new Promise((ok) => (wake = ok));
-    if (chunks.length) {
-      const chunk = chunks.shift();
-      queued -= chunk.byteLength;
-      room();
-      return chunk;
-    }
-    if (end.error) throw end.error;
-    return null;
-  };
-}
-
-/** Downloads what `cache` lacks of `url` as parts; then writes its manifest and returns it. */
-async function downloadParts(cache, url, { sha256 = null, partBytes = PART_BYTES, createHash, onBytes = () => {} }) {
-  const { held, response, start, total } = await resume(cache, url, await heldParts(cache, url));
+async function downloadParts(cache, url, { sha256 = null, partBytes = PART_BYTES, opfsMinBytes = OPFS_MIN_BYTES, createHash, onBytes = () => {} }) {
+  let begun = await heldInOpfs(cache, url);
+  if (begun && !canWriteOpfs()) {
+    // Begun in a dedicated worker, and this context cannot write the file: start over here.
+    await removeFile(cache, url);
+    begun = null;
+  }
+  const { held, response, start, total } = await resume(cache, url, begun ?? (await heldParts(cache, url)));
   const reader = response?.body?.getReader();
   const read = reader ? readAhead(reader, Math.max(partBytes, 8 << 20)) : async () => null;
   const missing = total === null ? null : total - held.bytes;
@@ -434,7 +460,16 @@ async function downloadParts(cache, url, { sha256 = null, partBytes = PART_BYTES
   let offset = held.bytes;
   let written = 0;
   let file = null;
+  const opfs = held.opfs ?? (held.bytes === 0 && total !== null && total >= opfsMinBytes && canWriteOpfs() ? await opfsName(url) : null);
+  let writer = null;
+  const etag = response?.headers.get('etag') ?? held.etag ?? null;
+  const lastModified = response?.headers.get('last-modified') ?? held.lastModified ?? null;
+  const counted = (bytes) => manifest({ name: opfs, total, etag, lastModified, bytes });
   try {
+    if (opfs) {
+      writer = await openOpfsWriter(opfs, held.bytes);
+      await cache.put(opfsKey(url), counted(held.bytes));
+    }
     for (let skip = held.bytes - start; skip > 0; ) {
       const chunk = await next();
       if (!chunk) throw new Error(`the server sent ${held.bytes - start - skip} bytes, fewer than the ${held.bytes} already cached`);
@@ -448,6 +483,24 @@ async function downloadParts(cache, url, { sha256 = null, partBytes = PART_BYTES
       leftover = first;
       const length = total === null ? partBytes : Math.min(partBytes, total - offset);
       written = 0;
+      if (writer) {
+        // The same part as a cache entry would be; counted once it is flushed.
+        while (written < length) {
+          const chunk = await next();
+          if (!chunk) break;
+          const piece = chunk.byteLength > length - written ? chunk.subarray(0, length - written) : chunk;
+          if (piece !== chunk) leftover = chunk.subarray(piece.byteLength);
+          writer.write(piece);
+          written += piece.byteLength;
+          onBytes(offset + written, total, offset + written - held.bytes);
+        }
+        writer.flush();
+        if (written < length) throw new Error(`the server sent ${offset + written} of the ${total} bytes it announced`);
+        offset += written;
+        written = 0;
+        await cache.put(opfsKey(url), counted(offset));
+        continue;
+      }
       const body = new ReadableStream({
         async pull(controller) {
           const chunk = await next();
@@ -468,15 +521,19 @@ async function downloadParts(cache, url, { sha256 = null, partBytes = PART_BYTES
       parts.push({ offset, length: written });
       offset += written;
     }
+    writer?.close();
+    writer = null;
     if (total !== null && (await next())) {
       await removeFile(cache, url);
       throw new Error(`the server sent more than the ${total} bytes it announced; removed it from the browser cache`);
     }
     const digest = hash?.finish() ?? null;
     hash = null; // finish() freed it
-    file = { url, bytes: offset, sha256: digest, parts };
+    file = opfs ? { url, bytes: offset, sha256: digest, opfs } : { url, bytes: offset, sha256: digest, parts };
     await cache.put(fileKey(url), manifest(file));
+    if (opfs) await cache.delete(opfsKey(url));
   } catch (e) {
+    writer?.close();
     reader?.cancel().catch(() => {});
     hash?.free?.();
     if (e?.name === 'QuotaExceededError') {
@@ -513,6 +570,8 @@ export async function listCachedModels() {
     if (kind === 'file') {
       const file = await (await cache.match(request))?.json().catch(() => null);
       files.set(url, { url, bytes: file?.bytes ?? 0 });
+    } else if (kind === 'opfs') {
+      partial.add(url);
     } else if (kind === null) {
       const response = await cache.match(request);
       if (!files.has(url)) files.set(url, { url, bytes: wholeNumber(response?.headers.get('content-length') ?? null) ?? 0 });
@@ -522,7 +581,7 @@ export async function listCachedModels() {
   }
   for (const url of partial) {
     if (files.has(url)) continue;
-    const held = await heldParts(cache, url);
+    const held = (await heldInOpfs(cache, url)) ?? (await heldParts(cache, url));
     files.set(url, { url, bytes: held.bytes, total: held.total, partial: true });
   }
   return [...files.values()];

@@ -119,6 +119,14 @@ export interface EngineOptions {
   /** Bytes per cached part of a download (default 32 MiB): for tests and tuning. */
   downloadPartBytes?: number;
   /**
+   * Files of this many bytes or more are stored in the Origin Private File System instead,
+   * where the engine's worker can write them (a dedicated worker, not a shared engine's), with
+   * the same resuming and checks. Default: never (`Infinity`): measured alone, OPFS read large
+   * files 2-3x as fast, but a cached model's load gained little or nothing from it
+   * (bench/BROWSER.md). For tests and tuning.
+   */
+  opfsMinBytes?: number;
+  /**
    * Speculative decoding with a draft model: a smaller model with the same tokenizer (e.g. a
    * q4 copy of the model, or a 135M model of the same family), loaded on the same backend. It
    * proposes up to `draftTokens` tokens and the model checks them in one step; the output is

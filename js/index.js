@@ -390,7 +390,10 @@ function digests(source, urls) {
  *   shrunk to fit, or the model refused before its weights download; `info.memory` says
  *   what was planned), kvDtype ('f32', 'f16',
  *   'q8_0' or 'q4_0'; kDtype / vDtype for keys and values each), cache (default true:
- *   downloads are kept in the Cache API, and resume where a cut-off one stopped), downloadPartBytes (the cache's part size; tests, tuning),
+ *   downloads are kept in the Cache API, and resume where a cut-off one stopped),
+ *   downloadPartBytes (the cache's part size; tests, tuning), opfsMinBytes (files this large
+ *   or larger go to the Origin Private File System instead, from a dedicated worker; default
+ *   never),
  *   draftModel (a source like `source`: speculative decoding with that smaller model of the
  *   same tokenizer), speculate: 'ngram' (speculation without a draft model), draftTokens
  *   (default 4), maxLoras (LoRA adapters held at once; see `loadAdapter`), maxLoraRank
@@ -400,13 +403,16 @@ function digests(source, urls) {
  */
 export async function createEngine(source, options = {}) {
   const src = normalizeSource(source);
-  const { backend, context, contextLength, kvCacheMemory, memoryBudget, debugLimits, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, draftTokens, maxLoras, maxLoraRank, loraDtype } = options;
+  const { backend, context, contextLength, kvCacheMemory, memoryBudget, debugLimits, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, opfsMinBytes, draftTokens, maxLoras, maxLoraRank, loraDtype } = options;
   if (downloadPartBytes !== undefined && !(Number.isSafeInteger(downloadPartBytes) && downloadPartBytes > 0)) {
     throw new TandemError(`downloadPartBytes must be a positive whole number, not ${downloadPartBytes}`);
   }
+  if (opfsMinBytes !== undefined && !(typeof opfsMinBytes === 'number' && opfsMinBytes >= 0)) {
+    throw new TandemError(`opfsMinBytes must be a number of bytes >= 0 (Infinity: never), not ${opfsMinBytes}`);
+  }
   const draftModel = options.draftModel === undefined ? undefined : normalizeSource(options.draftModel);
   const speculate = options.speculate === undefined ? undefined : checkSpeculate(options.speculate);
-  const loadOptions = { backend, context, contextLength, kvCacheMemory, memoryBudget, debugLimits, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, draftModel, draftTokens, speculate, maxLoras, maxLoraRank, loraDtype };
+  const loadOptions = { backend, context, contextLength, kvCacheMemory, memoryBudget, debugLimits, maxSeqs, kvTokens, kvDtype, kDtype, vDtype, allowF16, cache, downloadPartBytes, opfsMinBytes, draftModel, draftTokens, speculate, maxLoras, maxLoraRank, loraDtype };
   let sharedFallback = null;
   if (options.shared) {
     sharedFallback = sharedUnavailable(src, draftModel);

@@ -6,12 +6,16 @@
 // first.
 //
 //   npm run bench:browser -- [--models stories260K,smollm2,smollm2-quote] [--backends webgpu,cpu]
-//                            [--tokens 64] [--repeat 3] [--speculate] [--json FILE]
+//                            [--tokens 64] [--repeat 3] [--speculate] [--tabs N] [--json FILE]
 //
 // --speculate: each model and backend runs plain and with prompt-lookup speculation
 // (`speculate: 'ngram'`), alternately, and the speed-up is printed. smollm2-quote asks the model
 // to repeat bench/spec-text.txt word for word (the high-acceptance case; `tandem bench
 // --speculate ngram --spec-task quote` is the native side).
+//
+// --tabs N: instead of one page per run, N tabs of one origin each send a request at once,
+// with one engine shared by the tabs (`shared: true`) and with an engine per tab, alternately:
+// aggregate tok/s and memory of each (scripts/bench-tabs.mjs says how memory is measured).
 
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -20,6 +24,7 @@ import { parseArgs } from 'node:util';
 import { gzipSync, constants as zlib } from 'node:zlib';
 import { modelRoots, repoRoot, startDemoServer } from './serve-demo.mjs';
 import { chromiumPath, openBrowser, sharedModels } from '../tests/browser/harness.mjs';
+import { benchTabs } from './bench-tabs.mjs';
 
 const STORIES = ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors'];
 const SMOLLM2 = 'SmolLM2-135M-Instruct.Q4_1.gguf';
@@ -66,6 +71,7 @@ function options() {
         repeat: { type: 'string', default: '3' },
         json: { type: 'string' },
         speculate: { type: 'boolean', default: false },
+        tabs: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -93,6 +99,7 @@ function options() {
     repeat: count(values.repeat, 'repeat', 1),
     json: values.json ?? null,
     speculate: values.speculate,
+    tabs: values.tabs === undefined ? null : count(values.tabs, 'tabs', 2),
   };
 }
 
@@ -192,6 +199,21 @@ async function main() {
   console.log(`each run: a fresh browser profile (nothing cached), times from navigation start; greedy, ${opts.tokens} tokens with ignore_eos; ${opts.repeat} run(s): median [min-max]`);
 
   const server = await startDemoServer({ port: 0 });
+  if (opts.tabs) {
+    try {
+      await benchTabs(server.origin, MODELS, opts, report, table);
+    } finally {
+      await server.close();
+    }
+    for (const s of report.skipped) console.log(`not measured: ${s.model}${s.backend ? ` ${s.backend}` : ''}: ${s.reason}`);
+    if (opts.json) {
+      writeFileSync(opts.json, JSON.stringify(report, null, 2) + '\n');
+      console.log(`json: ${opts.json}`);
+    }
+    if (!report.tabs.length) fail('nothing was measured');
+    if (report.skipped.some((s) => s.backend)) process.exitCode = 1;
+    return;
+  }
   try {
     for (const name of opts.models) {
       const model = MODELS[name];

@@ -269,3 +269,96 @@ test('a cut-off download that does not fit the quota says how much it still need
   assert.equal(weightsEntry(await listed()).bytes, held, 'the held parts are kept');
   console.log(`quota: "${r.error.slice(5)}"`);
 });
+
+/** The files in tandem's OPFS folder, as `[name, bytes]` (none when it does not exist yet). */
+const opfsFiles = () => browser.page.evaluate(async () => {
+  const root = await navigator.storage.getDirectory();
+  let dir;
+  try {
+    dir = await root.getDirectoryHandle('tandem-models-v1');
+  } catch {
+    return [];
+  }
+  const out = [];
+  for await (const [name, handle] of dir.entries()) out.push([name, (await handle.getFile()).size]);
+  return out;
+});
+const clearOpfs = () => browser.page.evaluate(async () => {
+  const root = await navigator.storage.getDirectory();
+  await root.removeEntry('tandem-models-v1', { recursive: true }).catch(() => {});
+});
+
+test('a large file goes to OPFS: cut off, it resumes from its flushed parts, is checked, listed and deleted', { timeout: 240_000 }, async (t) => {
+  if (skip) return skipped(t);
+  await clearCache();
+  await clearOpfs();
+  // The 1 MB weights count as large here; the config and tokenizer stay in the Cache API.
+  const options = { opfsMinBytes: 500_000 };
+  server.dropAfter(weights, 600_000);
+  const cut = await load(browser.page, { urls: model.urls }, options);
+  assert.match(cut.error ?? '', /^true download of http\S+\/model\.safetensors was cut off after \d+\.\d MB of 1\.0 MB: .+; the 0\.\d MB in the browser cache are kept and the next load resumes from there$/);
+  const partial = weightsEntry(await listed());
+  const held = Math.floor(600_000 / PART) * PART;
+  assert.deepEqual(partial, { url: `${server.origin}${weights}`, bytes: held, total: size, partial: true });
+  const keys = await browser.page.evaluate(async () => (await (await caches.open('tandem-models-v1')).keys()).map((r) => r.url));
+  assert.ok(!keys.some((k) => k.includes('model.safetensors?tandem-part')), `weights parts in the Cache API: ${keys.join(', ')}`);
+  const files = await opfsFiles();
+  assert.equal(files.length, 1, JSON.stringify(files));
+  // The name is the URL's SHA-256; the file may hold bytes past the last flushed part.
+  assert.equal(files[0][0], createHash('sha256').update(`${server.origin}${weights}`).digest('hex'));
+  assert.ok(files[0][1] >= held, JSON.stringify(files));
+
+  await browser.page.reload();
+  const logged = server.log.length;
+  const resumed = await load(browser.page, { urls: model.urls, sha256: { 'model.safetensors': sha256 } }, options);
+  assert.equal(resumed.error, undefined);
+  assert.deepEqual(resumed.tokens, reference);
+  const rest = server.log.slice(logged).filter((e) => e.path === weights);
+  assert.deepEqual(rest, [{ path: weights, range: `bytes=${held}-`, status: 206, bytes: size - held }]);
+  assert.deepEqual(weightsEntry(await listed()), { url: `${server.origin}${weights}`, bytes: size });
+  assert.deepEqual((await opfsFiles()).map(([, bytes]) => bytes), [size]);
+
+  // Cached: no request for the weights, read back from OPFS, and a wrong digest is refused.
+  const again = await load(browser.page, { urls: model.urls }, options);
+  assert.deepEqual(again.tokens, reference);
+  assert.equal(server.log.slice(logged).filter((e) => e.path === weights).length, 1, 'the cached weights were downloaded again');
+  const wrong = await load(browser.page, { urls: model.urls, sha256: { 'model.safetensors': '0'.repeat(64) } }, options);
+  assert.match(wrong.error ?? '', /failed its check: sha256 [0-9a-f]{64}, expected 0{64}; removed it from the browser cache/);
+  assert.deepEqual(await opfsFiles(), [], 'the file that failed its check is still there');
+
+  // Downloaded whole again, then deleted through the page's API.
+  const whole = await load(browser.page, { urls: model.urls }, options);
+  assert.deepEqual(whole.tokens, reference);
+  assert.equal((await opfsFiles()).length, 1);
+  const deleted = await browser.page.evaluate(async (url) => (await import('/js/index.js')).deleteCachedModel(url), weights);
+  assert.equal(deleted, true);
+  assert.deepEqual(await opfsFiles(), []);
+  assert.equal(weightsEntry(await listed()), undefined);
+  console.log(`opfs: cut at ${held} flushed bytes of ${size}; resumed with "${rest[0].range}"; read back from OPFS with tokens matching the reference; a wrong sha256 removed it; deleteCachedModel removed the file`);
+});
+
+test('a shared engine reads a file stored in OPFS, and downloads large files into the Cache API (no sync handles there)', { timeout: 240_000 }, async (t) => {
+  if (skip) return skipped(t);
+  await clearCache();
+  await clearOpfs();
+  const options = { opfsMinBytes: 500_000 };
+  const stored = await load(browser.page, { urls: model.urls }, options);
+  assert.deepEqual(stored.tokens, reference);
+  assert.equal((await opfsFiles()).length, 1);
+  const before = server.requests.get(weights);
+  const shared = { ...options, shared: true, sharedGraceMs: 0 };
+  const read = await load(browser.page, { urls: model.urls }, shared);
+  assert.equal(read.error, undefined);
+  assert.deepEqual(read.tokens, reference);
+  assert.equal(server.requests.get(weights), before, 'the shared engine downloaded the weights again');
+
+  await clearCache();
+  await clearOpfs();
+  const fetched = await load(browser.page, { urls: model.urls }, shared);
+  assert.deepEqual(fetched.tokens, reference);
+  assert.equal(server.requests.get(weights), before + 1);
+  assert.deepEqual(await opfsFiles(), []);
+  const keys = await browser.page.evaluate(async () => (await (await caches.open('tandem-models-v1')).keys()).map((r) => r.url));
+  assert.equal(keys.filter((k) => k.includes('model.safetensors?tandem-part')).length, Math.ceil(size / PART));
+  console.log(`opfs: a shared engine read the OPFS copy (no request), and downloaded into ${Math.ceil(size / PART)} Cache API parts`);
+});

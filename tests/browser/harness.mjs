@@ -174,6 +174,8 @@ export async function openBrowser(origin) {
   return {
     page,
     logs,
+    /** The profile directory (on the browser process's command line: benchmarks find it by it). */
+    dir,
     close: async () => {
       await context.close();
       rmSync(dir, { recursive: true, force: true });

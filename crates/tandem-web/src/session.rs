@@ -1,7 +1,7 @@
 //! A loaded model behind one scheduler: requests in (JSON from the JS layer), text pieces and
 //! usage out, for every request the engine runs at once. This is the part of the browser engine
 //! that does not touch JavaScript, so it is tested natively; the worker's drive loop
-//! (`wasm.rs`) only adds, aborts, steps and routes what [`Session::step`] returns.
+//! (`wasm/drive.rs`) only adds, aborts, steps and routes what [`Session::step`] returns.
 
 use crate::backend::WebBackend;
 use serde::{Deserialize, Serialize};
