@@ -20,10 +20,11 @@ fuzz_target!(|data: &[u8]| {
     let freqs = cfg.rope_inv_freq();
     assert_eq!(freqs.len(), cfg.rot_dim() / 2);
     assert!(freqs.iter().all(|f| f.is_finite() && *f > 0.0), "{cfg:?}: {freqs:?}");
-    // f32's bytes a token are the most of any KV type's: if they fit, every type's do.
+    // (head_dim + 4) x 8 bytes a head and layer bound every KV type's (f32: 4 a value; fp8: 1
+    // a value and 4 a head): if they fit, every type's do.
     cfg.n_layers
         .checked_mul(cfg.n_kv_heads)
-        .and_then(|n| n.checked_mul(cfg.head_dim))
+        .and_then(|n| n.checked_mul(cfg.head_dim.checked_add(4)?))
         .and_then(|n| n.checked_mul(2 * 4))
         .expect("KV bytes per token fit usize");
     for dtype in tandem_core::quant::kv::KV_DTYPES {
