@@ -241,5 +241,5 @@ test('a q8_0 KV cache: its size in engine.info, batched requests equal to each a
       return `${e instanceof Error} ${e.message}`;
     }
   });
-  assert.match(bad ?? '', /^true kvDtype must be one of f32, f16, q8_0, q4_0, not 'q3'/);
+  assert.match(bad ?? '', /^true kvDtype must be one of f32, f16, q8_0, q4_0, fp8, not 'q3'/);
 });
