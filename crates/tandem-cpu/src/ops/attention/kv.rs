@@ -170,6 +170,10 @@ impl KvSrc for Q4<'_> {
     }
 }
 
+/// 2^120: e4m3's exponent bias (7) to f32's (127).
+#[cfg(target_arch = "x86_64")]
+const TWO_POW_120: f32 = f32::from_bits((127 + 120) << 23);
+
 /// An fp8 cache: an e4m3 code per element, an f32 scale per head vector.
 #[derive(Clone, Copy)]
 pub(crate) struct Fp8<'a> {
@@ -217,16 +221,11 @@ impl KvSrc for Fp8<'_> {
         unsafe {
             let q = _mm_loadl_epi64(self.codes.as_ptr().add(e) as *const __m128i);
             let c = _mm256_cvtepu8_epi32(q);
-            let em = _mm256_and_si256(c, _mm256_set1_epi32(0x7F));
-            // Normal codes: the exponent rebiased (7 -> 127) and the mantissa moved up, an
-            // exact f32; subnormal ones (em < 8): em * 2^-9.
-            let normal = _mm256_castsi256_ps(_mm256_add_epi32(
-                _mm256_slli_epi32(em, 20),
-                _mm256_set1_epi32(120 << 23),
-            ));
-            let sub = _mm256_mul_ps(_mm256_cvtepi32_ps(em), _mm256_set1_ps(1.0 / 512.0));
-            let is_sub = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), em));
-            let mag = _mm256_blendv_ps(normal, sub, is_sub);
+            // The code's exponent and mantissa moved up to an f32's (sign apart): as an f32
+            // that is the value times 2^-120, exactly, subnormal codes included (they become
+            // f32 subnormals); one exact multiply rebiases them all.
+            let em = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x7F)), 20);
+            let mag = _mm256_mul_ps(_mm256_castsi256_ps(em), _mm256_set1_ps(TWO_POW_120));
             let sign = _mm256_castsi256_ps(_mm256_slli_epi32(
                 _mm256_and_si256(c, _mm256_set1_epi32(0x80)),
                 24,
