@@ -90,26 +90,27 @@ __device__ void kv_quant_block(float x, u8* __restrict__ c, u64 doff, u64 b, u32
     if (lane == 0) ((u16*)(c + doff))[b] = bad ? (u16)0x7e00 : f32_to_f16(d);
 }
 
-// One warp per block of 32 source values (row / 32 of them per token), k and v in turn.
-template <int DT>
-__device__ void kv_write_quant(const float* __restrict__ k, const float* __restrict__ v,
-                               u8* __restrict__ ck, u8* __restrict__ cv,
-                               const u32* __restrict__ slots, u32 n, u32 row, u32 rows,
-                               u64 k_doff, u64 v_doff, u32 sides) {
-    const u32 per_row = row / 32, lane = threadIdx.x & 31;
+// One warp per group of `group` source values (a block of 32, or a head vector: row / group
+// of them per token), k and v in turn: write(source group, cache, scales offset, the group's
+// index in the cache, lane).
+template <typename Write>
+__device__ void kv_write_groups(const float* __restrict__ k, const float* __restrict__ v,
+                                u8* __restrict__ ck, u8* __restrict__ cv,
+                                const u32* __restrict__ slots, u32 n, u32 row, u32 group, u32 rows,
+                                u64 k_doff, u64 v_doff, u32 sides, Write write) {
+    const u32 per_row = row / group, lane = threadIdx.x & 31;
     const u64 total = (u64)n * per_row;
     const u64 stride = ((u64)gridDim.x * blockDim.x) >> 5;
-    // Warp-uniform: every lane of a warp has the same block index and slot.
+    // Warp-uniform: every lane of a warp has the same group and slot.
     for (u64 g = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; g < total; g += stride) {
         const u32 t = (u32)(g / per_row);
         const u32 s = slots[t];
         if (s >= rows) continue;
-        const u64 b = (u64)s * per_row + (g - (u64)t * per_row);
-        if (sides & 1u) kv_quant_block<DT>(k[g * 32 + lane], ck, k_doff, b, lane);
-        if (sides & 2u) kv_quant_block<DT>(v[g * 32 + lane], cv, v_doff, b, lane);
+        const u64 dst = (u64)s * per_row + (g - (u64)t * per_row);
+        if (sides & 1u) write(k + g * group, ck, k_doff, dst, lane);
+        if (sides & 2u) write(v + g * group, cv, v_doff, dst, lane);
     }
 }
-
 // One head vector of hd values of source `x` (a warp; lanes over groups of 4 values, one u32
 // of codes each) stored as cache head vector `head` of `c`: codes from element head * hd, the
 // scale the head-th f32 at c + doff. Every lane takes part (shuffles).
@@ -142,31 +143,15 @@ __device__ void kv_fp8_head(const float* __restrict__ x, u8* __restrict__ c, u64
     if (lane == 0) ((float*)(c + doff))[head] = bad ? quiet_nan() : s;
 }
 
-// One warp per head vector (kv_heads = row / hd of them per token), k and v in turn.
-__device__ void kv_write_fp8_all(const float* __restrict__ k, const float* __restrict__ v,
-                                 u8* __restrict__ ck, u8* __restrict__ cv,
-                                 const u32* __restrict__ slots, u32 n, u32 row, u32 hd, u32 rows,
-                                 u64 k_doff, u64 v_doff, u32 sides) {
-    const u32 per_row = row / hd, lane = threadIdx.x & 31;
-    const u64 total = (u64)n * per_row;
-    const u64 stride = ((u64)gridDim.x * blockDim.x) >> 5;
-    // Warp-uniform: every lane of a warp has the same head and slot.
-    for (u64 g = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; g < total; g += stride) {
-        const u32 t = (u32)(g / per_row);
-        const u32 s = slots[t];
-        if (s >= rows) continue;
-        const u64 head = (u64)s * per_row + (g - (u64)t * per_row);
-        if (sides & 1u) kv_fp8_head(k + g * hd, ck, k_doff, head, hd, lane);
-        if (sides & 2u) kv_fp8_head(v + g * hd, cv, v_doff, head, hd, lane);
-    }
-}
-
 #define KV_WRITE_QUANT(suffix, DT)                                                            \
     extern "C" __global__ void kv_write_##suffix(const float* k, const float* v, u8* ck,      \
                                                  u8* cv, const u32* slots, u32 n, u32 row,    \
                                                  u32 hd, u32 rows, u64 k_doff, u64 v_doff,    \
                                                  u32 sides) {                                 \
-        kv_write_quant<DT>(k, v, ck, cv, slots, n, row, rows, k_doff, v_doff, sides);         \
+        kv_write_groups(k, v, ck, cv, slots, n, row, 32, rows, k_doff, v_doff, sides,         \
+                        [](const float* x, u8* c, u64 doff, u64 b, u32 lane) {                \
+                            kv_quant_block<DT>(x[lane], c, doff, b, lane);                    \
+                        });                                                                   \
     }
 KV_WRITE_QUANT(q8_0, DT_Q8_0)
 KV_WRITE_QUANT(q4_0, DT_Q4_0)
@@ -174,5 +159,8 @@ KV_WRITE_QUANT(q4_0, DT_Q4_0)
 extern "C" __global__ void kv_write_fp8(const float* k, const float* v, u8* ck, u8* cv,
                                         const u32* slots, u32 n, u32 row, u32 hd, u32 rows,
                                         u64 k_doff, u64 v_doff, u32 sides) {
-    kv_write_fp8_all(k, v, ck, cv, slots, n, row, hd, rows, k_doff, v_doff, sides);
+    kv_write_groups(k, v, ck, cv, slots, n, row, hd, rows, k_doff, v_doff, sides,
+                    [hd](const float* x, u8* c, u64 doff, u64 head, u32 lane) {
+                        kv_fp8_head(x, c, doff, head, hd, lane);
+                    });
 }

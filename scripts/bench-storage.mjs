@@ -31,6 +31,7 @@ import { join } from 'node:path';
 import { modelRoots, startDemoServer } from './serve-demo.mjs';
 import { chromiumPath, openBrowser } from '../tests/browser/harness.mjs';
 import { browserMemory } from './browser-memory.mjs';
+import { median } from './stats.mjs';
 
 const METHODS = ['cache', 'opfs-sync', 'opfs-writable'];
 
@@ -104,11 +105,6 @@ async function runOnce(origin, method, bytes, partBytes) {
   }
 }
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-};
 const fmt = (xs, digits = 0) => {
   const [m, lo, hi] = [median(xs), Math.min(...xs), Math.max(...xs)].map((x) => x.toFixed(digits));
   return lo === hi ? m : `${m} [${lo}-${hi}]`;

@@ -13,6 +13,7 @@
 
 import { existsSync } from 'node:fs';
 import { openBrowser } from '../tests/browser/harness.mjs';
+import { median } from './stats.mjs';
 import { browserMemory } from './browser-memory.mjs';
 
 /** One request per tab: different prompts, so that no tab reuses another's prompt in the KV cache. */
@@ -156,11 +157,6 @@ async function runTabs(origin, model, requests, backend, mode, tokens) {
   }
 }
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-};
 /** Median [min-max]; two decimals for rates under 10 (SwiftShader's), one otherwise. */
 const range = (xs, digits = Math.max(...xs) < 10 ? 2 : 1) => {
   const m = median(xs).toFixed(digits);
