@@ -166,7 +166,7 @@ pub fn plan(r: &PlanRequest) -> Result<MemoryPlan, PlanError> {
     let fixed = r.weights_bytes + scratch;
     if let Some(b) = r.budget.filter(|&b| fixed > b) {
         let what = format!(
-            "the weights ({} bytes) with the activations ({scratch} bytes)",
+            "the weights ({} bytes) with the activations ({scratch} bytes), before any KV pool ({block_bytes} bytes a block of {bs} tokens)",
             r.weights_bytes
         );
         return Err(budget_err(what, fixed, b));

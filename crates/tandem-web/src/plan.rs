@@ -53,6 +53,9 @@ pub struct Metadata {
     pub config: Option<String>,
     /// Every weight file (`*.safetensors`, `*.gguf`) with its size in bytes.
     pub files: Vec<FileSize>,
+    /// What the worker could not learn and why (a GGUF header it could not read ahead), kept
+    /// in the plan's notes.
+    pub notes: Vec<String>,
 }
 
 #[derive(Deserialize, Debug)]
