@@ -221,5 +221,14 @@ test('a GGUF source is planned from its header before its weights download', { t
   assert.ok(!again.error, again.error);
   assert.equal(again.stats.kv_bytes_total, blocks * block);
   assert.equal(served(), cachedBefore, 'the cached file planned without the network');
+
+  // A File input is planned from its first bytes the same way.
+  const fromFile = await browser.page.evaluate(async (url) => {
+    const data = await (await fetch(url)).blob();
+    return window.load({ files: [{ name: 'smollm2.gguf', data }] }, { backend: 'cpu', kvCacheMemory: '1MiB' });
+  }, path);
+  assert.ok(!fromFile.error, fromFile.error);
+  assert.equal(fromFile.stats.kv_bytes_total, blocks * block);
+  assert.equal(fromFile.info.memory.kv_bytes, blocks * block);
   console.log(`memory: GGUF refused after ${read} of ${gguf.bytes} bytes (${refused.error}); kvCacheMemory 1MiB -> ${blocks} blocks of ${block} bytes`);
 });
