@@ -55,6 +55,81 @@ function planMemory(loader, config, weights) {
   loader.plan(JSON.stringify({ config, files: weights }));
 }
 
+/** The first bytes read of a GGUF file to plan from; grown while its header runs on. */
+const GGUF_HEAD = 4 << 20;
+/** The most read ahead (the engine refuses a longer header as corrupt). */
+const GGUF_HEAD_MAX = 64 << 20;
+
+const isGguf = (name) => /\.gguf$/i.test(name);
+
+/**
+ * Plans one GGUF file like a checkpoint, from the config in its header: `head(n)` reads the
+ * file's first n bytes as `{ bytes, size }` (size: the whole file's, when it tells), or gives
+ * `{ note }` when it cannot (a server that ignores Range), and the plan falls back to the
+ * file's size with that note. `file`: `{ name, size }` (size null when unknown).
+ */
+async function planGguf(loader, file, head) {
+  let want = GGUF_HEAD;
+  for (;;) {
+    const n = file.size === null ? want : Math.min(want, file.size);
+    const got = await head(n);
+    if (got.note) {
+      loader.plan(JSON.stringify({ config: null, files: [{ ...file, size: file.size ?? got.size ?? null }], notes: [got.note] }));
+      return;
+    }
+    file = { ...file, size: file.size ?? got.size ?? null };
+    const need = loader.plan_gguf(JSON.stringify({ files: [file] }), got.bytes);
+    if (need === undefined) return;
+    // A read shorter than asked, or the whole file, is the file's end: its header cannot end past it.
+    if (got.bytes.byteLength < n || n === file.size || n >= GGUF_HEAD_MAX) throw new Error(`'${file.name}' ends inside its GGUF header (${got.bytes.byteLength} bytes read, the header needs ${need}): truncated or not a GGUF file`);
+    want = Math.min(Math.max(need, want * 2), GGUF_HEAD_MAX);
+  }
+}
+
+/** The first `n` bytes of `body` (fewer at its end); the rest is left unread. */
+async function firstBytes(body, n) {
+  const reader = body.getReader();
+  const out = new Uint8Array(n);
+  let at = 0;
+  try {
+    while (at < n) {
+      const step = await reader.read();
+      if (step.done) break;
+      const take = Math.min(step.value.byteLength, n - at);
+      out.set(step.value.subarray(0, take), at);
+      at += take;
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  return out.subarray(0, at);
+}
+
+/**
+ * `head(n)` for `planGguf` on `url`: the cache's copy when it holds the file, else a Range
+ * request. A server that answers the whole file (200) is not read: the file downloads once,
+ * after the plan.
+ */
+function urlHead(cache, url) {
+  return async (n) => {
+    const cached = cache ? await openCached(cache, url) : null;
+    if (cached) return { bytes: await firstBytes(cached.body, n), size: cached.size };
+    let response;
+    try {
+      response = await fetch(url, { headers: { range: `bytes=0-${n - 1}` } });
+    } catch (e) {
+      throw new Error(`download of ${url} failed: ${e.message}`);
+    }
+    if (response.status !== 206) {
+      response.body?.cancel().catch(() => {});
+      if (!response.ok) throw new Error(`download of ${url} failed: HTTP ${response.status} ${response.statusText}`);
+      return { size: bodySize(response), note: `the server of ${fileNameOf(url)} ignored a Range request for its GGUF header, so only the weights' bytes were planned before loading` };
+    }
+    const total = Number(/\/(\d+)$/.exec(response.headers.get('content-range') ?? '')?.[1]);
+    return { bytes: new Uint8Array(await response.arrayBuffer()), size: Number.isSafeInteger(total) ? total : null };
+  };
+}
+
 /** Pushes a ReadableStream's bytes into the loader as one file. */
 async function pushStream(loader, name, size, body, label, onBytes = () => {}) {
   loader.begin_file(name, size ?? undefined);
@@ -164,9 +239,11 @@ function checked(body, url, size, sha256) {
  * The files of `source` (`{ url }` or `{ urls }`, with their digests), through the Cache API
  * unless `useCache` is false or there is none. `storage`: `{ partBytes, opfsMinBytes }` for the
  * cache (tests, tuning);
- * `budgeted`: a memoryBudget is set, so the weights' sizes are asked before they download.
+ * `budgeted`: a memoryBudget is set, so the weights' sizes are asked before they download;
+ * `planAhead`: the plan needs the model's config (memoryBudget or kvCacheMemory), so a GGUF
+ * file's header is read first.
  */
-async function loadUrls(loader, source, useCache, storage, progress, budgeted) {
+async function loadUrls(loader, source, useCache, storage, progress, budgeted, planAhead) {
   const urls = weightsLast(source.urls ?? [source.url], fileNameOf);
   const report = byteProgress(progress);
   const cache = useCache ? await openModelCache() : null;
@@ -194,8 +271,14 @@ async function loadUrls(loader, source, useCache, storage, progress, budgeted) {
   }
   const weights = urls.filter((u) => isWeights(fileNameOf(u)));
   // Sizes from the network only for a budget: otherwise the plan needs none before loading.
-  const sizes = await Promise.all(weights.map(async (u) => ({ name: fileNameOf(u), size: await sizeOf(cache, u, budgeted) })));
-  planMemory(loader, config, sizes);
+  // A GGUF file's config is in its header: read ahead when the plan needs the config.
+  if (planAhead && !config && weights.length === 1 && isGguf(fileNameOf(weights[0]))) {
+    const url = weights[0];
+    await planGguf(loader, { name: fileNameOf(url), size: await sizeOf(cache, url, false) }, urlHead(cache, url));
+  } else {
+    const sizes = await Promise.all(weights.map(async (u) => ({ name: fileNameOf(u), size: await sizeOf(cache, u, budgeted) })));
+    planMemory(loader, config, sizes);
+  }
   // Into the cache first (misses only), so the download is one stage.
   if (cache) for (const url of weights) await toCache(url);
   for (const url of urls) {
@@ -222,11 +305,18 @@ async function loadUrls(loader, source, useCache, storage, progress, budgeted) {
   }
 }
 
-async function loadFiles(loader, inputs) {
+async function loadFiles(loader, inputs, planAhead) {
   const files = weightsLast(inputs.map((f, i) => describeInput(f, i, inputs.length)), (f) => f.name);
   const configFile = files.find((f) => f.name.replace(/^.*[\\/]/, '') === 'config.json');
   const config = !configFile ? null : configFile.bytes ? new TextDecoder().decode(configFile.bytes) : await new Response(configFile.body()).text();
-  planMemory(loader, config, files.filter((f) => isWeights(f.name)).map((f) => ({ name: f.name, size: f.size })));
+  const weights = files.filter((f) => isWeights(f.name));
+  if (planAhead && !config && weights.length === 1 && isGguf(weights[0].name)) {
+    const f = weights[0];
+    const head = async (n) => ({ bytes: f.bytes ? f.bytes.subarray(0, n) : await firstBytes(f.body(), n) });
+    await planGguf(loader, { name: f.name, size: f.size }, head);
+  } else {
+    planMemory(loader, config, weights.map((f) => ({ name: f.name, size: f.size })));
+  }
   for (const f of files) {
     if (f.body) {
       await pushStream(loader, f.name, f.size, f.body(), `'${f.name}'`);
@@ -256,8 +346,10 @@ export async function loadEngine(source, opts, cache, storage, progress) {
   // The backend is chosen before the first byte, so tensors go to it as they arrive.
   const loader = await Loader.create(JSON.stringify(opts), (stage, loaded, total) => progress({ stage, loaded, total }));
   try {
-    if (source.files) await loadFiles(loader, source.files);
-    else await loadUrls(loader, source, cache, storage, progress, opts.memory_budget !== undefined);
+    const budgeted = opts.memory_budget != null;
+    const planAhead = budgeted || opts.kv_cache_memory != null;
+    if (source.files) await loadFiles(loader, source.files, planAhead);
+    else await loadUrls(loader, source, cache, storage, progress, budgeted, planAhead);
   } catch (e) {
     loader.free(); // the backend and every tensor uploaded so far
     throw e;

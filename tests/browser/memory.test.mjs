@@ -4,15 +4,17 @@
 // through `engine.stats()`. On WebGPU (SwiftShader here) and the CPU fallback.
 //
 // The weights' size comes from a one-byte Range request (or the cache's copy): a refused model
-// costs that request and one byte of its weights, never their download.
+// costs that request and one byte of its weights, never their download. A GGUF file's config
+// is in its header: a Range request for its first MiBs (or the cache's copy) plans it.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { browserSkipReason, openBrowser, startServer, stories260K, webgpuSkipReason } from './harness.mjs';
+import { browserSkipReason, openBrowser, smolLM2, startServer, stories260K, webgpuSkipReason } from './harness.mjs';
 
 const model = stories260K();
 const skip = (await browserSkipReason()) ?? model.skip ?? null;
 const weights = '/models/stories260K/model.safetensors';
+const gguf = smolLM2();
 let server, browser, gpuSkip;
 
 before(async () => {
@@ -39,6 +41,18 @@ before(async () => {
       }
       await engine.unload();
       return out;
+    };
+    // Loads `source` with `options` and unloads it: its info and stats, or the error.
+    window.load = async (source, options) => {
+      const { createEngine } = await import('/js/index.js');
+      try {
+        const engine = await createEngine(source, options);
+        const out = { info: engine.info, stats: await engine.stats() };
+        await engine.unload();
+        return out;
+      } catch (e) {
+        return { error: e.message };
+      }
     };
   }, model.urls);
 });
@@ -166,4 +180,55 @@ test('a small binding limit cuts the KV pool, or moves an activation buffer to t
   assert.match(refused.error ?? '', /needs one buffer of \d+ bytes, over the GPU's maxStorageBufferBindingSize \(65536 bytes\)/);
   assert.equal(server.log.filter((e) => e.path === weights && e.range !== 'bytes=0-0').length, before, 'no weights were downloaded');
   console.log(`memory: binding 256KiB -> ${cut.info.memory.notes[0]}; 64KiB -> auto on the CPU, webgpu refused: ${refused.error}`);
+});
+
+test('a GGUF source is planned from its header before its weights download', { timeout: 300_000 }, async (t) => {
+  if (skip) return skipped(t, skip);
+  if (gguf.skip) return skipped(t, gguf.skip);
+  const path = gguf.url;
+  const served = () => server.served(path);
+
+  // A server that ignores Range: no header, so no config to size kvCacheMemory with, said so.
+  server.ignoreRange(path);
+  const noRange = await browser.page.evaluate((url) => window.load({ url }, { backend: 'cpu', kvCacheMemory: '1MiB' }), path);
+  server.ignoreRange(path, false);
+  assert.match(noRange.error ?? '', /kvCacheMemory needs the model's config.*ignored a Range request for its GGUF header/, JSON.stringify(noRange));
+
+  // A budget over the weights but under weights, activations and one KV block: refused with
+  // every number, having read the header only.
+  const before = served();
+  const budget = gguf.bytes + 1000;
+  const refused = await browser.page.evaluate(([url, budget]) => window.load({ url }, { backend: 'cpu', memoryBudget: budget }), [path, budget]);
+  const read = served() - before;
+  assert.match(refused.error ?? '', new RegExp(`the weights \\(${gguf.bytes} bytes\\) with the activations \\(\\d+ bytes\\), before any KV pool \\(\\d+ bytes a block of 16 tokens\\) needs \\d+ bytes, over memoryBudget \\(${budget} bytes\\)`), JSON.stringify(refused));
+  assert.ok(read > 0 && read <= 64 << 20 && read < gguf.bytes / 4, `${read} of ${gguf.bytes} bytes were sent`);
+
+  // kvCacheMemory sizes the pool from the header's config (downloading the file into the cache).
+  const r = await browser.page.evaluate((url) => window.load({ url }, { backend: 'cpu', kvCacheMemory: '1MiB' }), path);
+  assert.ok(!r.error, r.error);
+  const block = r.info.model.kv_bytes_per_token * 16;
+  const blocks = Math.floor((1 << 20) / block);
+  assert.ok(blocks > 0, `a block of ${block} bytes`);
+  assert.equal(r.stats.kv_block_bytes, block);
+  assert.equal(r.stats.kv_bytes_total, blocks * block);
+  assert.equal(r.info.memory.kv_bytes, blocks * block);
+  assert.equal(r.info.memory.weights_bytes, gguf.bytes);
+  assert.ok(r.info.memory.scratch_bytes > 0, JSON.stringify(r.info.memory));
+
+  // Cached, the header comes from the cache: no byte more from the server.
+  const cachedBefore = served();
+  const again = await browser.page.evaluate((url) => window.load({ url }, { backend: 'cpu', kvCacheMemory: '1MiB' }), path);
+  assert.ok(!again.error, again.error);
+  assert.equal(again.stats.kv_bytes_total, blocks * block);
+  assert.equal(served(), cachedBefore, 'the cached file planned without the network');
+
+  // A File input is planned from its first bytes the same way.
+  const fromFile = await browser.page.evaluate(async (url) => {
+    const data = await (await fetch(url)).blob();
+    return window.load({ files: [{ name: 'smollm2.gguf', data }] }, { backend: 'cpu', kvCacheMemory: '1MiB' });
+  }, path);
+  assert.ok(!fromFile.error, fromFile.error);
+  assert.equal(fromFile.stats.kv_bytes_total, blocks * block);
+  assert.equal(fromFile.info.memory.kv_bytes, blocks * block);
+  console.log(`memory: GGUF refused after ${read} of ${gguf.bytes} bytes (${refused.error}); kvCacheMemory 1MiB -> ${blocks} blocks of ${block} bytes`);
 });

@@ -166,7 +166,7 @@ pub fn plan(r: &PlanRequest) -> Result<MemoryPlan, PlanError> {
     let fixed = r.weights_bytes + scratch;
     if let Some(b) = r.budget.filter(|&b| fixed > b) {
         let what = format!(
-            "the weights ({} bytes) with the activations ({scratch} bytes)",
+            "the weights ({} bytes) with the activations ({scratch} bytes), before any KV pool ({block_bytes} bytes a block of {bs} tokens)",
             r.weights_bytes
         );
         return Err(budget_err(what, fixed, b));
@@ -338,6 +338,9 @@ mod tests {
         let PlanError::DoesNotFit { needs, limit, max, .. } = &e else { panic!("{e}") };
         assert!(*needs > 1_000_000 && *limit == "memoryBudget" && *max == 500_000);
         assert!(e.to_string().contains("500000 bytes"), "{e}");
+        // The refusal also says what the KV pool would add on top.
+        let (block, _) = kv_block_bytes(&c, request(&c).kv_dtypes, request(&c).block_size);
+        assert!(e.to_string().contains(&format!("KV pool ({block} bytes a block")), "{e}");
         // Without a config only the weights are checked.
         let gguf = PlanRequest { config: None, budget: Some(999_999), ..request(&c) };
         assert!(matches!(plan(&gguf), Err(PlanError::DoesNotFit { needs: 1_000_000, .. })));

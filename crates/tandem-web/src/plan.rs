@@ -53,6 +53,9 @@ pub struct Metadata {
     pub config: Option<String>,
     /// Every weight file (`*.safetensors`, `*.gguf`) with its size in bytes.
     pub files: Vec<FileSize>,
+    /// What the worker could not learn and why (a GGUF header it could not read ahead), kept
+    /// in the plan's notes.
+    pub notes: Vec<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -137,6 +140,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.weights_bytes(), Ok(15));
+        assert!(m.notes.is_empty());
+        let m: Metadata = serde_json::from_str(
+            r#"{"files":[{"name":"a.gguf","size":7}],"notes":["no Range: size only"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (m.weights_bytes(), m.notes.as_slice()),
+            (Ok(7), &["no Range: size only".to_string()][..])
+        );
         let m: Metadata =
             serde_json::from_str(r#"{"files":[{"name":"a.gguf","size":null}]}"#).unwrap();
         assert!(m.weights_bytes().unwrap_err().contains("a.gguf"));

@@ -10,7 +10,7 @@ use super::gguf::{
     check_magic_version, min_value_size, MAX_ARRAY_DEPTH, MAX_ARRAY_ELEMENTS, MAX_DIMS, MAX_KVS,
     MAX_TENSORS,
 };
-use crate::{Error, Result};
+use crate::{Error, ModelConfig, Result};
 use std::path::Path;
 
 /// Why a walk stopped short of the next item boundary.
@@ -228,6 +228,42 @@ impl HeaderScan {
             Stage::Done => Ok((at, Stage::Done)),
         }
     }
+}
+
+/// What a GGUF file's first bytes tell of its config ([`config_from_prefix`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PrefixConfig {
+    /// The header lies within the prefix: its config (see [`GgufFile::header_config`]).
+    ///
+    /// [`GgufFile::header_config`]: super::gguf::GgufFile::header_config
+    Config(Box<ModelConfig>),
+    /// The header runs on past the prefix: read at least this many bytes from the file's start.
+    Need(u64),
+}
+
+/// The config of a GGUF file from its first bytes, `prefix`, before its weights (a browser
+/// plans memory with it): everything the metadata and tensor directory tell, not a
+/// `rope_freqs.weight` scaling, which is tensor data and does not change the memory a model
+/// takes. `file_len`: the whole file's size, when known; a header longer than `limit` bytes
+/// (or than the file) is an error, as is anything that is not a GGUF header.
+pub fn config_from_prefix(
+    label: &str,
+    prefix: &[u8],
+    file_len: Option<u64>,
+    limit: usize,
+) -> Result<PrefixConfig> {
+    let path = Path::new(label);
+    let mut scan = HeaderScan::new(file_len, limit);
+    let Some(len) = scan.advance(prefix, path)? else {
+        // The scan stopped at an item it could not finish: the prefix must reach its end.
+        let need = match scan.item(prefix) {
+            Err(Stop::Need(end)) => end,
+            _ => prefix.len() as u64 + 1,
+        };
+        return Ok(PrefixConfig::Need(need.max(prefix.len() as u64 + 1)));
+    };
+    let file = super::gguf::GgufFile::parse_header(path.to_path_buf(), &prefix[..len], file_len)?;
+    Ok(PrefixConfig::Config(Box::new(file.header_config()?)))
 }
 
 /// "512 MiB", or a byte count below 1 MiB.

@@ -114,8 +114,7 @@ impl Loader {
     /// "auto" engine to the CPU, and what cannot fit at all is refused with the numbers.
     /// Call it before the first weight file begins; `info.memory` tells what was chosen.
     pub fn plan(&mut self, metadata: String) -> Result<(), JsValue> {
-        let meta: Metadata = serde_json::from_str(&metadata)
-            .map_err(|e| js_error(format!("bad model metadata: {e}")))?;
+        let meta = parse_metadata(&metadata)?;
         // With no weights there is nothing to plan: the load fails naming what is missing.
         let config = match &meta.config {
             Some(text) if !meta.files.is_empty() => {
@@ -123,8 +122,47 @@ impl Loader {
             }
             _ => None,
         };
+        self.plan_with(meta, config)
+    }
+
+    /// As [`Loader::plan`] for one GGUF file (`metadata.files` names it), with its config read
+    /// from `header`, the file's first bytes: returns how many bytes the header needs when
+    /// `header` is too short (nothing is planned then: call again with at least that many), or
+    /// undefined once planned. Headers over 64 MiB (a corrupt file) are refused.
+    pub fn plan_gguf(&mut self, metadata: String, header: &[u8]) -> Result<Option<f64>, JsValue> {
+        use tandem_core::loader::gguf_scan::{config_from_prefix, PrefixConfig};
+        let meta = parse_metadata(&metadata)?;
+        let [file] = meta.files.as_slice() else {
+            return Err(js_error("plan_gguf plans one GGUF file"));
+        };
+        let len = file.size.filter(|s| s.is_finite() && *s >= 0.0).map(|s| s as u64);
+        let config = match config_from_prefix(&file.name, header, len, GGUF_HEADER_LIMIT)
+            .map_err(js_error)?
+        {
+            PrefixConfig::Need(n) => return Ok(Some(n as f64)),
+            PrefixConfig::Config(c) => *c,
+        };
+        self.plan_with(meta, Some(config)).map(|()| None)
+    }
+}
+
+/// The largest GGUF header [`Loader::plan_gguf`] reads: a vocabulary of a few hundred thousand
+/// tokens takes a few MiB; tens of MiB is a corrupt file.
+const GGUF_HEADER_LIMIT: usize = 64 << 20;
+
+fn parse_metadata(text: &str) -> Result<Metadata, JsValue> {
+    serde_json::from_str(text).map_err(|e| js_error(format!("bad model metadata: {e}")))
+}
+
+impl Loader {
+    fn plan_with(
+        &mut self,
+        meta: Metadata,
+        config: Option<tandem_core::ModelConfig>,
+    ) -> Result<(), JsValue> {
         if config.is_none() && !meta.files.is_empty() && matches!(self.kv, KvSize::Bytes(_)) {
-            return Err(js_error("kvCacheMemory needs the model's config.json before its weights; a GGUF file's config comes with its weights: use kvTokens"));
+            let why = meta.notes.iter().map(|n| format!(" ({n})")).collect::<String>();
+            return Err(js_error(format!("kvCacheMemory needs the model's config before its weights: config.json, or a GGUF file's header{why}; else use kvTokens")));
         }
         // Without a budget the sizes are not asked for (no request just for them): the
         // weights are counted as they load (see `finish`).
@@ -147,7 +185,7 @@ impl Loader {
             max_binding: self.max_binding,
         };
         let fits = |e: PlanError| js_error(format!("the model does not fit: {e}"));
-        let plan = match tandem_core::memory::plan(&request) {
+        let mut plan = match tandem_core::memory::plan(&request) {
             Ok(plan) => plan,
             Err(e @ PlanError::BufferTooLarge { .. }) if self.auto => {
                 let mut plan =
@@ -165,6 +203,7 @@ impl Loader {
             }
             Err(e) => return Err(fits(e)),
         };
+        plan.notes.extend(meta.notes);
         if let (Some(context), Some(blocks)) = (plan.context, plan.kv_blocks) {
             self.model_opts.context = context;
             self.model_opts.kv_blocks = Some(blocks);
@@ -173,7 +212,10 @@ impl Loader {
         self.plan = Some(plan);
         Ok(())
     }
+}
 
+#[wasm_bindgen]
+impl Loader {
     /// Starts the file `name` (a File's name, a URL's last segment), of `size` bytes when
     /// known (pass `undefined` otherwise).
     pub fn begin_file(&mut self, name: String, size: Option<f64>) -> Result<(), JsValue> {
