@@ -240,8 +240,8 @@ function checked(body, url, size, sha256) {
  * unless `useCache` is false or there is none. `storage`: `{ partBytes, opfsMinBytes }` for the
  * cache (tests, tuning);
  * `budgeted`: a memoryBudget is set, so the weights' sizes are asked before they download;
- * `planAhead`: the plan needs the model's config (memoryBudget or kvCacheMemory), so a GGUF
- * file's header is read first.
+ * `planAhead`: the plan needs the model's config (memoryBudget, kvCacheMemory, or a GPU's
+ * binding limit to fit), so a GGUF file's header is read first.
  */
 async function loadUrls(loader, source, useCache, storage, progress, budgeted, planAhead) {
   const urls = weightsLast(source.urls ?? [source.url], fileNameOf);
@@ -347,7 +347,7 @@ export async function loadEngine(source, opts, cache, storage, progress) {
   const loader = await Loader.create(JSON.stringify(opts), (stage, loaded, total) => progress({ stage, loaded, total }));
   try {
     const budgeted = opts.memory_budget != null;
-    const planAhead = budgeted || opts.kv_cache_memory != null;
+    const planAhead = loader.plans_ahead;
     if (source.files) await loadFiles(loader, source.files, planAhead);
     else await loadUrls(loader, source, cache, storage, progress, budgeted, planAhead);
   } catch (e) {

@@ -125,6 +125,14 @@ impl Loader {
         self.plan_with(meta, config)
     }
 
+    /// Whether the plan needs the model's config before its weights: a `memoryBudget`, a KV
+    /// pool given in bytes, or a GPU whose binding limit the KV pool and scratch must fit (a
+    /// GGUF file's header is then read ahead of its download).
+    #[wasm_bindgen(getter)]
+    pub fn plans_ahead(&self) -> bool {
+        self.budget.is_some() || matches!(self.kv, KvSize::Bytes(_)) || self.max_binding.is_some()
+    }
+
     /// As [`Loader::plan`] for one GGUF file (`metadata.files` names it), with its config read
     /// from `header`, the file's first bytes: returns how many bytes the header needs when
     /// `header` is too short (nothing is planned then: call again with at least that many), or
