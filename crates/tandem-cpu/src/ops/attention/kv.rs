@@ -207,9 +207,10 @@ impl KvSrc for Fp8<'_> {
     }
     #[inline(always)]
     fn row<'a>(&'a self, off: usize, hd: usize, buf: &'a mut [f32]) -> &'a [f32] {
-        let buf = &mut buf[..hd];
-        for (i, o) in buf.iter_mut().enumerate() {
-            *o = self.get(off + i);
+        // off..off + hd is one head vector (readers pass head starts): one scale for it.
+        let (buf, s) = (&mut buf[..hd], self.scale(off));
+        for (o, &c) in buf.iter_mut().zip(&self.codes[off..off + hd]) {
+            *o = s * e4m3_value(c);
         }
         buf
     }
