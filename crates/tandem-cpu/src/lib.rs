@@ -291,6 +291,12 @@ impl Backend for CpuBackend {
             {
                 Precision::I16Activations
             }
+            Op::Attention(a)
+                if self.mode != CpuMode::Reference
+                    && ops::attention::i16_class(a, self.kernels) =>
+            {
+                Precision::I16Activations
+            }
             _ => Precision::F32,
         }
     }

@@ -9,8 +9,23 @@
 
 use std::arch::x86_64::*;
 
+use std::cell::RefCell;
+
+use tandem_core::dtype::QBLOCK;
+
 use super::decode::{Part, PART};
-use super::KvSrc;
+use super::decode_q8::{self, Queries};
+use super::{Geom, KvSrc};
+
+thread_local! {
+    /// A unit's query heads rounded for a q8_0 cache's integer products.
+    static QUERIES: RefCell<Queries> = const { RefCell::new(Queries::new()) };
+}
+
+/// How many positions ahead of the one being scored its K vector is prefetched: a position's
+/// vectors sit in blocks scattered over the cache, where the hardware's stride prefetchers
+/// lose track, and the loop is otherwise waiting on each vector's memory latency.
+const AHEAD: usize = 16;
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -49,7 +64,34 @@ pub(super) unsafe fn score_part<K: KvSrc, V: KvSrc>(
         *o = g.kv_at(table, t, kvh);
     }
     let offs = &at[..len];
+    for &off in offs.iter().take(AHEAD) {
+        ck.prefetch(off, hd);
+    }
     let (quads, tail) = (len / 4 * 4, len % 4);
+    // A q8_0 K cache: integer products with the queries rounded to 16 bits (decode_q8.rs).
+    if let Some(k8) = ck.q8().filter(|_| hd % QBLOCK == 0) {
+        let done = QUERIES.with_borrow_mut(|rounded| {
+            if !rounded.round(qs, hd) {
+                return false;
+            }
+            let ahead = |j: usize| {
+                for &off in offs.iter().skip(j + AHEAD).take(4) {
+                    ck.prefetch(off, hd);
+                }
+                for &off in offs.iter().skip(j).take(4) {
+                    cv.prefetch(off, hd);
+                }
+            };
+            // SAFETY: AVX2 and F16C (this function's features); every offset + hd lies in
+            // the cache (kv_at of a checked row); the queries were rounded from qs.
+            unsafe { decode_q8::scores(rounded, k8, offs, hd, g.scale, scores, ahead) };
+            true
+        });
+        if done {
+            // SAFETY: as this function's.
+            return unsafe { values(scores, cv, offs, part, g, group) };
+        }
+    }
     // Up to 3 query heads per pass over K, so each K vector is loaded (and widened or
     // dequantized) once for them all: 3 heads x 4 positions of accumulators fill 12 of AVX2's
     // 16 registers. Each (head, position) sums over the columns in order as it would alone.
@@ -57,6 +99,15 @@ pub(super) unsafe fn score_part<K: KvSrc, V: KvSrc>(
         let nh = (group - g0).min(3);
         let q = |h: usize| &qs[(g0 + h.min(nh - 1)) * hd..][..hd];
         for j in (0..quads).step_by(4) {
+            if g0 == 0 {
+                // The positions AHEAD on: their K now, their V for the pass below.
+                for &off in offs.iter().skip(j + AHEAD).take(4) {
+                    ck.prefetch(off, hd);
+                }
+                for &off in &offs[j..j + 4] {
+                    cv.prefetch(off, hd);
+                }
+            }
             let o: [usize; 4] = [offs[j], offs[j + 1], offs[j + 2], offs[j + 3]];
             // SAFETY: each offset + hd lies in ck (kv_at of a checked row), each query head
             // holds hd elements, and j + 4 <= len.
@@ -108,6 +159,24 @@ pub(super) unsafe fn score_part<K: KvSrc, V: KvSrc>(
             }
         }
     }
+    // SAFETY: as this function's.
+    unsafe { values(scores, cv, offs, part, g, group) }
+}
+
+/// The softmax of the scores, then V weighted by them into `part` (as [`score_part`]).
+///
+/// # Safety
+/// As [`score_part`]; `offs` are checked rows' vectors of V.
+#[inline(always)]
+unsafe fn values<V: KvSrc>(
+    scores: &mut [f32],
+    cv: V,
+    offs: &[usize],
+    part: &mut [f32],
+    g: Geom,
+    group: usize,
+) {
+    let (hd, len) = (g.hd, offs.len());
     super::decode::softmax_parts(scores, part, g, len);
     // V: positions in order, up to 4 columns of 8 at a time, one accumulator per (head,
     // column) in registers (up to 3 heads x 4 columns + 3 scores + 1 V vector: AVX2's 16), so
@@ -120,27 +189,24 @@ pub(super) unsafe fn score_part<K: KvSrc, V: KvSrc>(
             let mut c = c0;
             while c < c0 + cw {
                 let nc = ((c0 + cw - c) / 8).min(4);
+                // A blocked cache's columns inside one block (each head's blocks start at
+                // its first value when hd % 32 == 0): the block's scale goes into the three
+                // weights, not into every value.
+                let fold = V::BLOCKS && hd % QBLOCK == 0 && c % QBLOCK + 8 * nc <= QBLOCK;
+                let at = (g0, nh, c, nc);
                 // SAFETY: every offset + c + 8 * nc <= offset + hd lies in cv (kv_at of a
                 // checked row); scores hold len entries per head.
-                unsafe {
-                    let mut acc = [[_mm256_setzero_ps(); 4]; 3];
-                    for (j, &off) in offs.iter().enumerate() {
-                        let e: [__m256; 3] = std::array::from_fn(|h| {
-                            _mm256_broadcast_ss(&scores[(g0 + h.min(nh - 1)) * PART + j])
-                        });
-                        for i in 0..4 {
-                            if i < nc {
-                                let v = cv.load8(off + c + 8 * i);
-                                for h in 0..3 {
-                                    if h < nh {
-                                        acc[h][i] = _mm256_fmadd_ps(e[h], v, acc[h][i]);
-                                    }
-                                }
-                            }
-                        }
+                let acc = unsafe {
+                    if fold {
+                        columns_v::<V, true>(&*scores, cv, offs, at)
+                    } else {
+                        columns_v::<V, false>(&*scores, cv, offs, at)
                     }
-                    for h in 0..nh {
-                        for i in 0..nc {
+                };
+                for h in 0..nh {
+                    for i in 0..nc {
+                        // SAFETY: part holds group * (hd + 2) values, c + 8 * nc <= hd.
+                        unsafe {
                             _mm256_storeu_ps(
                                 part[(g0 + h) * (hd + 2) + 2 + c + 8 * i..].as_mut_ptr(),
                                 acc[h][i],
@@ -151,6 +217,46 @@ pub(super) unsafe fn score_part<K: KvSrc, V: KvSrc>(
                 c += 8 * nc;
             }
         }
+    }
+}
+
+/// Columns c..c + 8 * nc of V summed over the positions in order, weighted by the scores of
+/// up to 3 query heads from g0: (g0, nh, c, nc) = `at`. FOLD: the columns share one block, whose
+/// scale multiplies each weight instead of each value.
+///
+/// # Safety
+/// AVX2 and FMA; every offset + c + 8 * nc lies in cv; scores hold offs.len() per head.
+#[inline(always)]
+unsafe fn columns_v<V: KvSrc, const FOLD: bool>(
+    scores: &[f32],
+    cv: V,
+    offs: &[usize],
+    (g0, nh, c, nc): (usize, usize, usize, usize),
+) -> [[__m256; 4]; 3] {
+    // SAFETY: the caller's bounds.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 4]; 3];
+        for (j, &off) in offs.iter().enumerate() {
+            let w = |h: usize| scores[(g0 + h.min(nh - 1)) * PART + j];
+            let e: [__m256; 3] = if FOLD {
+                let d = cv.block_scale(off + c);
+                std::array::from_fn(|h| _mm256_set1_ps(w(h) * d))
+            } else {
+                std::array::from_fn(|h| _mm256_set1_ps(w(h)))
+            };
+            for i in 0..4 {
+                if i < nc {
+                    let e_i = off + c + 8 * i;
+                    let v = if FOLD { cv.codes8(e_i) } else { cv.load8(e_i) };
+                    for h in 0..3 {
+                        if h < nh {
+                            acc[h][i] = _mm256_fmadd_ps(e[h], v, acc[h][i]);
+                        }
+                    }
+                }
+            }
+        }
+        acc
     }
 }
 

@@ -24,6 +24,55 @@ pub(crate) trait KvSrc: Copy + Sync {
     /// The CPU must have AVX2 and F16C, and the eight elements must be in the cache.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(&self, e: usize) -> __m256;
+    /// Whether the cache is blocks of 32 values with a scale each, read by [`KvSrc::codes8`]
+    /// and [`KvSrc::block_scale`].
+    const BLOCKS: bool = false;
+    /// Elements e..e + 8 (e a multiple of 8, inside one block) before their block's scale:
+    /// `load8(e)` is `block_scale(e) * codes8(e)`, exactly, for a blocked cache.
+    ///
+    /// # Safety
+    /// As [`KvSrc::load8`].
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn codes8(&self, e: usize) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe { self.load8(e) }
+    }
+    /// The scale of element e's block (1 where the cache has none).
+    #[inline(always)]
+    fn block_scale(&self, e: usize) -> f32 {
+        let _ = e;
+        1.0
+    }
+    /// The cache as q8_0 blocks, where it is one.
+    #[inline(always)]
+    fn q8(&self) -> Option<Q8<'_>> {
+        None
+    }
+    /// Asks for the cache lines of elements e..e + n (codes and scales) to be brought in:
+    /// a hint, never a fault, whatever the addresses.
+    #[inline(always)]
+    fn prefetch(&self, e: usize, n: usize) {
+        let _ = (e, n);
+    }
+}
+
+/// Prefetches the lines of `bytes` bytes from `start` (a hint: any address is harmless).
+#[inline(always)]
+fn prefetch_bytes(start: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if bytes > 0 {
+        let mut o = 0;
+        while o < bytes {
+            // SAFETY: prefetching is a hint that never faults, for any address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(o) as *const i8) };
+            o += 64;
+        }
+        // SAFETY: as above; the last byte's line when the span straddles one more.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(bytes - 1) as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (start, bytes);
 }
 
 impl KvSrc for &[f32] {
@@ -40,6 +89,10 @@ impl KvSrc for &[f32] {
     unsafe fn load8(&self, e: usize) -> __m256 {
         // SAFETY: the caller's contract.
         unsafe { _mm256_loadu_ps(self.as_ptr().add(e)) }
+    }
+    #[inline(always)]
+    fn prefetch(&self, e: usize, n: usize) {
+        prefetch_bytes(self.as_ptr().wrapping_add(e) as *const u8, n * 4);
     }
 }
 
@@ -59,6 +112,10 @@ impl KvSrc for &[f16] {
     unsafe fn load8(&self, e: usize) -> __m256 {
         // SAFETY: the caller's contract.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(self.as_ptr().add(e) as *const __m128i)) }
+    }
+    #[inline(always)]
+    fn prefetch(&self, e: usize, n: usize) {
+        prefetch_bytes(self.as_ptr().wrapping_add(e) as *const u8, n * 2);
     }
 }
 
@@ -102,6 +159,24 @@ pub(crate) struct Q4<'a> {
 }
 
 impl KvSrc for Q8<'_> {
+    const BLOCKS: bool = true;
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn codes8(&self, e: usize) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let q = _mm_loadl_epi64(self.qs.as_ptr().add(e) as *const __m128i);
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))
+        }
+    }
+    #[inline(always)]
+    fn block_scale(&self, e: usize) -> f32 {
+        self.d[e / QBLOCK].to_f32()
+    }
+    #[inline(always)]
+    fn q8(&self) -> Option<Q8<'_>> {
+        Some(*self)
+    }
     #[inline(always)]
     fn get(&self, e: usize) -> f32 {
         self.d[e / QBLOCK].to_f32() * (self.qs[e] as i8) as f32
@@ -121,10 +196,12 @@ impl KvSrc for Q8<'_> {
     #[inline(always)]
     unsafe fn load8(&self, e: usize) -> __m256 {
         // SAFETY: the caller's contract: e..e + 8 is one block's (e % 8 == 0).
-        unsafe {
-            let q = _mm_loadl_epi64(self.qs.as_ptr().add(e) as *const __m128i);
-            _mm256_mul_ps(scale8(self.d, e), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)))
-        }
+        unsafe { _mm256_mul_ps(scale8(self.d, e), self.codes8(e)) }
+    }
+    #[inline(always)]
+    fn prefetch(&self, e: usize, n: usize) {
+        prefetch_bytes(self.qs.as_ptr().wrapping_add(e), n);
+        prefetch_bytes(self.d.as_ptr().wrapping_add(e / QBLOCK) as *const u8, 2);
     }
 }
 
@@ -151,6 +228,13 @@ impl KvSrc for Q4<'_> {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load8(&self, e: usize) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_mul_ps(scale8(self.d, e), self.codes8(e)) }
+    }
+    const BLOCKS: bool = true;
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn codes8(&self, e: usize) -> __m256 {
         // SAFETY: the caller's contract: e..e + 8 is one block's four bytes (e % 8 == 0).
         unsafe {
             let four = (self.qs.as_ptr().add(e / 2) as *const u32).read_unaligned();
@@ -165,8 +249,17 @@ impl KvSrc for Q4<'_> {
                 _mm256_and_si256(shifted, _mm256_set1_epi32(15)),
                 _mm256_set1_epi32(8),
             );
-            _mm256_mul_ps(scale8(self.d, e), _mm256_cvtepi32_ps(n))
+            _mm256_cvtepi32_ps(n)
         }
+    }
+    #[inline(always)]
+    fn block_scale(&self, e: usize) -> f32 {
+        self.d[e / QBLOCK].to_f32()
+    }
+    #[inline(always)]
+    fn prefetch(&self, e: usize, n: usize) {
+        prefetch_bytes(self.qs.as_ptr().wrapping_add(e / 2), n.div_ceil(2));
+        prefetch_bytes(self.d.as_ptr().wrapping_add(e / QBLOCK) as *const u8, 2);
     }
 }
 
@@ -233,5 +326,11 @@ impl KvSrc for Fp8<'_> {
             ));
             _mm256_mul_ps(_mm256_set1_ps(self.scale(e)), _mm256_or_ps(mag, sign))
         }
+    }
+    #[inline(always)]
+    fn prefetch(&self, e: usize, n: usize) {
+        prefetch_bytes(self.codes.as_ptr().wrapping_add(e), n);
+        let head = self.shift.map_or_else(|| e / self.hd, |s| e >> s);
+        prefetch_bytes(self.scales.as_ptr().wrapping_add(head) as *const u8, 4);
     }
 }

@@ -24,6 +24,8 @@ use crate::Exec;
 mod decode;
 #[cfg(target_arch = "x86_64")]
 mod decode_avx2;
+#[cfg(target_arch = "x86_64")]
+mod decode_q8;
 mod kv;
 mod prefill;
 
@@ -83,6 +85,16 @@ pub(crate) fn run(t: &mut Table, ex: Exec, op: &Attention) -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// Whether fast mode scores some rows of `op` in the 16-bit activation class: decode rows over
+/// a q8_0 K cache with whole blocks per head, on the AVX2 kernels (decode_q8.rs).
+pub(crate) fn i16_class(op: &Attention, kernels: &crate::ops::matmul::Kernels) -> bool {
+    let avx2 = cfg!(target_arch = "x86_64")
+        && matches!(kernels.isa, crate::Isa::Avx2 | crate::Isa::Avx512);
+    avx2 && op.decode_rows > 0
+        && op.kv_dtypes.k == DType::Q8_0
+        && op.head_dim.is_multiple_of(tandem_core::dtype::QBLOCK)
 }
 
 /// An fp8 cache's codes and head scales.

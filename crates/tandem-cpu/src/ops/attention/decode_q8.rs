@@ -1,0 +1,145 @@
+//! Decode scores over a q8_0 K cache as integer dot products (AVX2), in the 16-bit
+//! activation class ([`tandem_core::ops::Precision::I16Activations`]): each query head is
+//! rounded to 16 bits per block of 32 (x ~ s * q, q in -32767..=32767, s = max |x| / 32767),
+//! multiplied with the block's codes exactly in integers (`vpmaddwd`), and each block's
+//! integer sum is scaled by s and the block's scale in f32.
+//!
+//! Why: dequantizing every K code to f32 (widen, convert, broadcast the block's scale,
+//! multiply) took more instructions per value than an f16 cache's widening, so a q8_0 cache
+//! read half the bytes and was no faster. Here 16 products are one instruction, and the
+//! scales are applied once per block and position.
+//!
+//! A score depends on its query and its position's K alone (four positions go through the
+//! lanes of one reduction, each in its own lane), so it is the same whatever else is in the
+//! partition, the step or the batch.
+
+use std::arch::x86_64::*;
+
+use tandem_core::dtype::QBLOCK;
+
+use super::decode::PART;
+use super::kv::Q8;
+
+/// The query heads of a group rounded to 16 bits per block of 32.
+pub(super) struct Queries {
+    /// [heads][head_dim] codes.
+    ints: Vec<i16>,
+    /// [heads][head_dim / 32] block scales s.
+    scales: Vec<f32>,
+}
+
+impl Queries {
+    pub const fn new() -> Self {
+        Queries { ints: Vec::new(), scales: Vec::new() }
+    }
+
+    /// Rounds `qs` ([heads][hd], hd % 32 == 0). False (and nothing to use) when a query holds
+    /// a NaN or an infinity: the f32 kernel then keeps the float path's NaN and infinities.
+    pub fn round(&mut self, qs: &[f32], hd: usize) -> bool {
+        debug_assert!(hd.is_multiple_of(QBLOCK));
+        self.ints.clear();
+        self.scales.clear();
+        for blk in qs.chunks_exact(QBLOCK) {
+            let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if !amax.is_finite() || blk.iter().any(|v| v.is_nan()) {
+                return false;
+            }
+            // A normal scale even for subnormal blocks, so 1 / s is finite (as the matmul's
+            // rounding of activations).
+            let s = (amax / 32767.0).max(f32::MIN_POSITIVE);
+            let inv = (1.0 / s as f64) as f32;
+            self.scales.push(s);
+            self.ints.extend(
+                blk.iter().map(|&v| (v * inv).clamp(-32767.0, 32767.0).round_ties_even() as i16),
+            );
+        }
+        true
+    }
+}
+
+/// Scores ([group][PART], scaled by `scale`) of the query heads in `q` at the cache offsets
+/// `offs` (each a head vector's first element, hd % 32 == 0).
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C; every offset + hd lies in `k`; `q` was rounded from
+/// `scores.len() / PART` heads of `hd` values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn scores(
+    q: &Queries,
+    k: Q8,
+    offs: &[usize],
+    hd: usize,
+    scale: f32,
+    scores: &mut [f32],
+    ahead: impl Fn(usize),
+) {
+    let group = q.scales.len() / (hd / QBLOCK);
+    let nb = hd / QBLOCK;
+    assert!(q.ints.len() == group * hd && scores.len() >= group * PART && offs.len() <= PART);
+    assert!(offs.iter().all(|&o| o + hd <= k.qs.len() && (o + hd) / QBLOCK <= k.d.len()));
+    let len = offs.len();
+    for g0 in (0..group).step_by(3) {
+        let nh = (group - g0).min(3);
+        for j in (0..len).step_by(4) {
+            if g0 == 0 {
+                ahead(j);
+            }
+            // A partial quad repeats its last position in the spare lanes, never stored.
+            let o: [usize; 4] = std::array::from_fn(|p| offs[(j + p).min(len - 1)]);
+            // SAFETY: offsets checked above, queries of nh <= 3 heads from g0.
+            let acc = unsafe { quad(q, k, &o, g0, nh, nb) };
+            for (h, acc) in acc.iter().enumerate().take(nh) {
+                let mut four = [0f32; 4];
+                // SAFETY: four holds 4 lanes.
+                unsafe { _mm_storeu_ps(four.as_mut_ptr(), _mm_mul_ps(*acc, _mm_set1_ps(scale))) };
+                let n = (len - j).min(4);
+                scores[(g0 + h) * PART + j..][..n].copy_from_slice(&four[..n]);
+            }
+        }
+    }
+}
+
+/// The unscaled scores of up to 3 query heads (from g0) at 4 positions, one per lane.
+///
+/// # Safety
+/// As [`scores`].
+#[inline(always)]
+unsafe fn quad(q: &Queries, k: Q8, o: &[usize; 4], g0: usize, nh: usize, nb: usize) -> [__m128; 3] {
+    let hd = nb * QBLOCK;
+    // SAFETY: the caller's bounds.
+    unsafe {
+        let mut acc = [_mm_setzero_ps(); 3];
+        for b in 0..nb {
+            let mut t = [[_mm256_setzero_si256(); 4]; 3];
+            for p in 0..4 {
+                let kp = k.qs.as_ptr().add(o[p] + b * QBLOCK) as *const __m128i;
+                let k0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(kp));
+                let k1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(kp.add(1)));
+                for h in 0..3 {
+                    if h < nh {
+                        let qp = q.ints.as_ptr().add((g0 + h) * hd + b * QBLOCK) as *const __m256i;
+                        t[h][p] = _mm256_add_epi32(
+                            _mm256_madd_epi16(k0, _mm256_loadu_si256(qp)),
+                            _mm256_madd_epi16(k1, _mm256_loadu_si256(qp.add(1))),
+                        );
+                    }
+                }
+            }
+            // The four positions' block scales, widened exactly.
+            let d = |p: usize| k.d.get_unchecked((o[p] + b * QBLOCK) / QBLOCK).to_bits() as i16;
+            let dk = _mm_cvtph_ps(_mm_setr_epi16(d(0), d(1), d(2), d(3), 0, 0, 0, 0));
+            for h in 0..nh {
+                // Lane sums of the four positions at once: [p0 p1 p2 p3] (exact in i32: at most
+                // 32 * 127 * 32767 in magnitude).
+                let s = _mm256_hadd_epi32(
+                    _mm256_hadd_epi32(t[h][0], t[h][1]),
+                    _mm256_hadd_epi32(t[h][2], t[h][3]),
+                );
+                let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+                let qs = _mm_set1_ps(*q.scales.get_unchecked((g0 + h) * nb + b));
+                acc[h] = _mm_fmadd_ps(_mm_cvtepi32_ps(s), _mm_mul_ps(qs, dk), acc[h]);
+            }
+        }
+        acc
+    }
+}
