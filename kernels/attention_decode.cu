@@ -17,10 +17,12 @@
 // tables[table_starts[r]]. Positions and tables are read from device memory, so a captured
 // decode graph replays as contexts grow: the grid covers `parts` partitions (enough for the
 // largest context the launch allows) and partitions past a row's context exit at once.
-// Grid of the partial kernel: (heads, parts, rows), heads fastest, so the query heads sharing
-// a KV head run side by side and read its K/V rows from L2 rather than from memory again.
+// Grid of the partial kernel: (heads / g, parts, rows), where a block takes g query heads that
+// share a KV head (the argument g: 1, or the whole group), so each K/V value is loaded once for
+// the g of them; with g = 1 the heads sharing a KV head run side by side and read its rows from
+// L2. A head's arithmetic is the same whatever g is.
 // Scratch: part_acc [rows, heads, parts, hd], part_ml [rows, heads, parts, 2].
-// Dynamic shared memory of the partial kernel: (part_len_for(largest context) + hd) floats.
+// Dynamic shared memory of the partial kernel: g * (part_len_for(largest context) + hd) floats.
 
 #define AD_THREADS 128
 #define AD_WARPS (AD_THREADS / 32)
@@ -30,6 +32,10 @@
 #define AD_PART_MIN 32
 #define AD_PARTS_TARGET 256
 #define AD_PART_MAX 8192
+// Query heads per block of the partial kernel at most: a block takes g heads sharing one KV
+// head (g = 1, or the whole group when it is at most this and its scores fit in shared memory),
+// so each K/V value is loaded once for them. Mirrored in crates/tandem-cuda/src/ops/attention.rs.
+#define AD_GMAX 8
 
 // Positions per partition of a context of ctx positions: the smallest power of two from
 // AD_PART_MIN up that cuts it into at most AD_PARTS_TARGET partitions (AD_PART_MAX at most).
@@ -62,69 +68,93 @@ __device__ void decode_partial(const float* __restrict__ q, const u8* __restrict
                                const u32* __restrict__ table_starts, const u32* __restrict__ tables,
                                float* __restrict__ part_acc, float* __restrict__ part_ml, u32 heads,
                                u32 kv_heads, u32 hd, u32 bs, u32 num_blocks, float scale, u32 parts,
-                               u32 window, float softcap) {
+                               u32 window, float softcap, u32 g) {
     DYNAMIC_SHARED(float, smem);
     __shared__ float red[AD_WARPS];
-    const u32 h = blockIdx.x, p = blockIdx.y, row = blockIdx.z;
+    const u32 h0 = blockIdx.x * g, p = blockIdx.y, row = blockIdx.z;
     u32 first, span;
     row_span(positions[row], window, &first, &span);
     const u32 part_len = part_len_for(span);
     if (p * part_len >= span) return;  // beyond the row's span: the merge never reads it
     const u32 start = first + p * part_len;
-    float* s = smem;              // [part_len] scores, then weights
-    float* qs = smem + part_len;  // [hd]
+    float* s = smem;                  // [g][part_len] scores, then weights
+    float* qs = smem + g * part_len;  // [g][hd]
     const u32* table = tables + table_starts[row];
     const u32 cnt = min(part_len, span - p * part_len);
-    const u32 kvh = h / (heads / kv_heads);
+    const u32 kvh = h0 / (heads / kv_heads);
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const u64 qh = (u64)row * heads + h;
-    for (u32 d = threadIdx.x; d < hd; d += AD_THREADS) qs[d] = q[qh * hd + d];
+    const u64 qh0 = (u64)row * heads + h0;
+    for (u32 d = threadIdx.x; d < g * hd; d += AD_THREADS) qs[d] = q[qh0 * hd + d];
     __syncthreads();
 
-    // Scores: a warp per position, lanes over the head dimension (coalesced K rows); unrolled
-    // so that several positions' loads are in flight before the first shuffle.
+    // Scores: a warp per position, lanes over the head dimension (coalesced K rows), each K
+    // value loaded once for the block's g query heads; unrolled so that several positions'
+    // loads are in flight before the first shuffle.
 #pragma unroll 4
     for (u32 j = warp; j < cnt; j += AD_WARPS) {
         const u32 t = start + j;
         const u32 blk = table[t / bs];
-        float dot = 0.0f;
+        float dot[AD_GMAX];
+#pragma unroll
+        for (u32 i = 0; i < AD_GMAX; ++i) dot[i] = 0.0f;
         if (blk < num_blocks) {
             const u64 head = ((u64)blk * bs + t % bs) * kv_heads + kvh;
-            for (u32 d = lane; d < hd; d += 32) dot += qs[d] * load_kv<KDT>(ck, k_doff, head, hd, d);
+            for (u32 d = lane; d < hd; d += 32) {
+                const float k = load_kv<KDT>(ck, k_doff, head, hd, d);
+#pragma unroll
+                for (u32 i = 0; i < AD_GMAX; ++i)
+                    if (i < g) dot[i] += qs[i * hd + d] * k;
+            }
         }
-        dot = warp_sum(dot);
-        float sc = dot * scale;
-        if (softcap > 0.0f) sc = softcap * tanhf(sc / softcap);
-        if (lane == 0) s[j] = blk < num_blocks ? sc : neg_inf();
+#pragma unroll
+        for (u32 i = 0; i < AD_GMAX; ++i) {
+            if (i >= g) break;
+            const float sum = warp_sum(dot[i]);
+            float sc = sum * scale;
+            if (softcap > 0.0f) sc = softcap * tanhf(sc / softcap);
+            if (lane == 0) s[i * part_len + j] = blk < num_blocks ? sc : neg_inf();
+        }
     }
     __syncthreads();
-    float mx = neg_inf();
-    for (u32 j = threadIdx.x; j < cnt; j += AD_THREADS) mx = fmaxf(mx, s[j]);
-    mx = block_reduce(mx, true, red);
-    float sum = 0.0f;
-    for (u32 j = threadIdx.x; j < cnt; j += AD_THREADS) {
-        const float e = expf(s[j] - mx);
-        s[j] = e;
-        sum += e;
+    for (u32 i = 0; i < g; ++i) {
+        float* si = s + i * part_len;
+        float mx = neg_inf();
+        for (u32 j = threadIdx.x; j < cnt; j += AD_THREADS) mx = fmaxf(mx, si[j]);
+        mx = block_reduce(mx, true, red);
+        float sum = 0.0f;
+        for (u32 j = threadIdx.x; j < cnt; j += AD_THREADS) {
+            const float e = expf(si[j] - mx);
+            si[j] = e;
+            sum += e;
+        }
+        sum = block_reduce(sum, false, red);  // its barriers also publish si
+        if (threadIdx.x == 0) {
+            const u64 slot = (qh0 + i) * parts + p;
+            part_ml[slot * 2] = mx;
+            part_ml[slot * 2 + 1] = sum;
+        }
     }
-    sum = block_reduce(sum, false, red);  // its barriers also publish s
-    // Output: threads over the head dimension, positions in order (coalesced V rows).
-    const u64 slot = qh * parts + p;
+    // Output: threads over the head dimension, positions in order (coalesced V rows), each V
+    // value loaded once for the g heads.
     for (u32 d = threadIdx.x; d < hd; d += AD_THREADS) {
-        float a = 0.0f;
-        // Unrolled for independent V loads in flight (the sum stays in position order).
+        float a[AD_GMAX];
+#pragma unroll
+        for (u32 i = 0; i < AD_GMAX; ++i) a[i] = 0.0f;
+        // Unrolled for independent V loads in flight (each sum stays in position order).
 #pragma unroll 8
         for (u32 j = 0; j < cnt; ++j) {
             const u32 t = start + j;
             const u32 blk = table[t / bs];
-            if (blk < num_blocks)
-                a += s[j] * load_kv<VDT>(cv, v_doff, ((u64)blk * bs + t % bs) * kv_heads + kvh, hd, d);
+            if (blk < num_blocks) {
+                const float v = load_kv<VDT>(cv, v_doff, ((u64)blk * bs + t % bs) * kv_heads + kvh, hd, d);
+#pragma unroll
+                for (u32 i = 0; i < AD_GMAX; ++i)
+                    if (i < g) a[i] += s[i * part_len + j] * v;
+            }
         }
-        part_acc[slot * hd + d] = a;
-    }
-    if (threadIdx.x == 0) {
-        part_ml[slot * 2] = mx;
-        part_ml[slot * 2 + 1] = sum;
+#pragma unroll
+        for (u32 i = 0; i < AD_GMAX; ++i)
+            if (i < g) part_acc[((qh0 + i) * parts + p) * hd + d] = a[i];
     }
 }
 
@@ -133,10 +163,10 @@ __device__ void decode_partial(const float* __restrict__ q, const u8* __restrict
         const float* q, const u8* ck, const u8* cv, u64 k_doff, u64 v_doff, const u32* positions, \
         const u32* table_starts, const u32* tables, float* part_acc, float* part_ml, u32 heads,   \
         u32 kv_heads, u32 hd, u32 bs, u32 num_blocks, float scale, u32 parts, u32 window,         \
-        float softcap) {                                                                          \
+        float softcap, u32 g) {                                                                   \
         decode_partial<KDT, VDT>(q, ck, cv, k_doff, v_doff, positions, table_starts, tables,      \
                                  part_acc, part_ml, heads, kv_heads, hd, bs, num_blocks, scale,   \
-                                 parts, window, softcap);                                         \
+                                 parts, window, softcap, g);                                      \
     }
 // The K/V dtype pairs of tandem_core::quant::kv::KV_PAIRS: k's dtype, then v's where it differs.
 PARTIAL(f32, DT_F32, DT_F32)

@@ -4,7 +4,7 @@
 #   run(command="bash scripts/device-run.sh", carry=[".device", ".gl"], timeout_s=...)
 # Writes under $OUT: log.txt (every step's output), bench.jsonl (tandem bench --json and the
 # ceilings), summary.txt (one line per step), and prints the summary last.
-# PHASES (default "env ceil test profile bench san wgpu"; also matvec, batch) picks the phases and their order;
+# PHASES (default "env ceil test profile bench san wgpu"; also matvec, batch, attn) picks the phases and their order;
 # VERIFY_TOKENS (speculative verify step sizes timed against a one-token step, default 2,5,8; "" skips),
 # TEST_LIMIT (seconds per test executable), NO_GRAPHS=0 (skip the graphs-off e2e run), BENCH_MODELS, WGPU_MODELS, BENCH_DTYPES, PROFILE_DTYPES, BENCH_LIMIT WGPU_TEST_LIMIT, MATVEC_LIMIT (seconds), BATCH_N, BATCH_DTYPES and WGPU_CONFORMANCE=0 (benchmarks only) narrow the benchmarks.
 set -u
@@ -109,6 +109,15 @@ phase_batch() {
     local n=${BATCH_N:-64}
     for dtype in ${BATCH_DTYPES:-q4}; do
         step "batch llama-3.1-8b $dtype x$n" "${BENCH_LIMIT:-300}" bash -c "set -o pipefail; $D/tandem bench --backend cuda --synthetic bench/configs/llama-3.1-8b.json --dtype $dtype --concurrency $n --requests $n --prompt-tokens 128 --gen-tokens 32 --json | tee -a $JSONL"
+    done
+}
+phase_attn() {
+    # Decode attention at long contexts with each KV head loaded once per query group (the
+    # default) against a block per query head (TANDEM_CUDA_DECODE_GROUP=0), alternating.
+    for r in 1 2; do
+        for g in 0 1; do
+            step "attn group=$g round $r" "${BENCH_LIMIT:-300}" env TANDEM_CUDA_DECODE_GROUP=$g bash -c "set -o pipefail; $D/tandem bench --backend cuda --synthetic bench/configs/llama-3.1-8b.json --dtype q4 --prompt-tokens 16 --decode-tokens 64 --contexts 4096,16384 --repeat 2 --json | sed 's/^{/{\"decode_group\":$g,/' | tee -a $JSONL"
+        done
     done
 }
 phase_wgpu() {

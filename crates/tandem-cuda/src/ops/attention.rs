@@ -58,6 +58,28 @@ pub(crate) fn decode_grid(max_ctx: usize) -> (usize, usize) {
     (part_len(cap), parts)
 }
 
+/// Query heads per block of the decode partial kernel at most (AD_GMAX).
+const GROUP_MAX: usize = 8;
+/// Dynamic shared memory a launch may take without opting in.
+const SMEM_DEFAULT: usize = 48 * 1024;
+
+/// Query heads per block of the decode partial kernel: the whole group sharing a KV head, so
+/// each K/V value is loaded once for all of them, where it is at most GROUP_MAX and their
+/// scores fit in shared memory; else 1. `TANDEM_CUDA_DECODE_GROUP=0` keeps 1 (a head per
+/// block, the layout before grouping), for measuring one against the other.
+fn heads_per_block(op: &Attention, part_max: usize) -> usize {
+    static PER_HEAD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let per_head =
+        *PER_HEAD.get_or_init(|| std::env::var("TANDEM_CUDA_DECODE_GROUP").is_ok_and(|v| v == "0"));
+    let group = op.heads / op.kv_heads.max(1);
+    let fits = 4 * group * (part_max + op.head_dim) <= SMEM_DEFAULT;
+    if per_head || group > GROUP_MAX || !fits || op.heads % op.kv_heads.max(1) != 0 {
+        1
+    } else {
+        group
+    }
+}
+
 /// The longest span a decode row of `op` can have: max_ctx, or the window if smaller.
 fn longest_span(op: &Attention) -> usize {
     match op.window {
@@ -148,8 +170,10 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
             window,
             softcap,
         ];
-        let smem = 4 * (part_max + op.head_dim) as u32;
-        let grid = (heads, parts as u32, fits_u32(OP, "decode rows", dr)?);
+        let g = heads_per_block(op, part_max);
+        let args: Vec<Arg> = args.into_iter().chain([Arg::U32(g as u32)]).collect();
+        let smem = 4 * (g * (part_max + op.head_dim)) as u32;
+        let grid = (heads / g as u32, parts as u32, fits_u32(OP, "decode rows", dr)?);
         r.launch(KernelFile::AttentionDecode, decode_entry, grid, 128, smem, &args)?;
         let merge = [acc, ml, Arg::Ptr(out), pos, Arg::U32(heads), hd, parts_a, window];
         r.launch(

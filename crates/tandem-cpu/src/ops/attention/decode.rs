@@ -100,9 +100,12 @@ pub(super) fn run<K: KvSrc, V: KvSrc>(
                     #[cfg(target_arch = "x86_64")]
                     if ex.avx2() && hd % 8 == 0 {
                         // SAFETY: `ex.avx2()` is true only for the AVX2 and AVX-512 ISAs, whose
-                        // features (AVX2, FMA and F16C among them) were detected when the
-                        // backend was made.
-                        return unsafe { super::decode_avx2::score_part(args, scratch, part) };
+                        // features (AVX2, FMA and F16C among them; AVX-512 VNNI for the
+                        // latter) were detected when the backend was made.
+                        return unsafe {
+                            let vnni = ex.kernels.isa == crate::Isa::Avx512;
+                            super::decode_avx2::score_part(args, scratch, part, vnni)
+                        };
                     }
                     score_part(args, scratch, part)
                 });

@@ -40,13 +40,17 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// As the portable `score_part`: each query head's [max, sum, unnormalized output] into
 /// `part`; scratch holds the scores ([group][PART]).
 ///
+/// `vnni`: a q8_0 K cache's integer products may use AVX-512 VNNI.
+///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C; head_dim % 8 == 0.
+/// The CPU must have AVX2, FMA and F16C (and AVX-512 F, BW, VL and VNNI if `vnni`);
+/// head_dim % 8 == 0.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn score_part<K: KvSrc, V: KvSrc>(
     args: Part<K, V>,
     scratch: &mut [f32],
     part: &mut [f32],
+    vnni: bool,
 ) {
     let (qs, ck, cv, table, ts, kvh, g) = args;
     let (hd, len) = (g.hd, ts.len());
@@ -82,9 +86,15 @@ pub(super) unsafe fn score_part<K: KvSrc, V: KvSrc>(
                     cv.prefetch(off, hd);
                 }
             };
-            // SAFETY: AVX2 and F16C (this function's features); every offset + hd lies in
-            // the cache (kv_at of a checked row); the queries were rounded from qs.
-            unsafe { decode_q8::scores(rounded, k8, offs, hd, g.scale, scores, ahead) };
+            // SAFETY: AVX2 and F16C (this function's features), AVX-512 VNNI where `vnni`
+            // says so; every offset + hd lies in the cache (kv_at of a checked row); the queries were rounded from qs.
+            unsafe {
+                if vnni {
+                    decode_q8::scores_vnni(rounded, k8, offs, hd, g.scale, scores, ahead)
+                } else {
+                    decode_q8::scores(rounded, k8, offs, hd, g.scale, scores, ahead)
+                }
+            };
             true
         });
         if done {

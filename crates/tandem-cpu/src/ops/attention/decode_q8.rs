@@ -58,13 +58,51 @@ impl Queries {
 }
 
 /// Scores ([group][PART], scaled by `scale`) of the query heads in `q` at the cache offsets
-/// `offs` (each a head vector's first element, hd % 32 == 0).
+/// `offs` (each a head vector's first element, hd % 32 == 0); `ahead(j)` is called before
+/// positions j..j + 4 (to prefetch).
 ///
 /// # Safety
 /// The CPU must have AVX2 and F16C; every offset + hd lies in `k`; `q` was rounded from
 /// `scores.len() / PART` heads of `hd` values.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn scores(
+    q: &Queries,
+    k: Q8,
+    offs: &[usize],
+    hd: usize,
+    scale: f32,
+    scores: &mut [f32],
+    ahead: impl Fn(usize),
+) {
+    // SAFETY: the caller's contract.
+    unsafe { scores_with::<false>(q, k, offs, hd, scale, scores, ahead) }
+}
+
+/// [`scores`] with AVX-512 VNNI's fused multiply-adds of 16-bit pairs (`vpdpwssd`): the same
+/// integers, so the same scores.
+///
+/// # Safety
+/// As [`scores`], and the CPU must have AVX-512 F, BW, VL and VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn scores_vnni(
+    q: &Queries,
+    k: Q8,
+    offs: &[usize],
+    hd: usize,
+    scale: f32,
+    scores: &mut [f32],
+    ahead: impl Fn(usize),
+) {
+    // SAFETY: the caller's contract.
+    unsafe { scores_with::<true>(q, k, offs, hd, scale, scores, ahead) }
+}
+
+/// The body of [`scores`] and [`scores_vnni`].
+///
+/// # Safety
+/// As [`scores`]; VNNI: as [`scores_vnni`].
+#[inline(always)]
+unsafe fn scores_with<const VNNI: bool>(
     q: &Queries,
     k: Q8,
     offs: &[usize],
@@ -87,7 +125,7 @@ pub(super) unsafe fn scores(
             // A partial quad repeats its last position in the spare lanes, never stored.
             let o: [usize; 4] = std::array::from_fn(|p| offs[(j + p).min(len - 1)]);
             // SAFETY: offsets checked above, queries of nh <= 3 heads from g0.
-            let acc = unsafe { quad(q, k, &o, g0, nh, nb) };
+            let acc = unsafe { quad::<VNNI>(q, k, &o, g0, nh, nb) };
             for (h, acc) in acc.iter().enumerate().take(nh) {
                 let mut four = [0f32; 4];
                 // SAFETY: four holds 4 lanes.
@@ -104,7 +142,14 @@ pub(super) unsafe fn scores(
 /// # Safety
 /// As [`scores`].
 #[inline(always)]
-unsafe fn quad(q: &Queries, k: Q8, o: &[usize; 4], g0: usize, nh: usize, nb: usize) -> [__m128; 3] {
+unsafe fn quad<const VNNI: bool>(
+    q: &Queries,
+    k: Q8,
+    o: &[usize; 4],
+    g0: usize,
+    nh: usize,
+    nb: usize,
+) -> [__m128; 3] {
     let hd = nb * QBLOCK;
     // SAFETY: the caller's bounds.
     unsafe {
@@ -118,10 +163,12 @@ unsafe fn quad(q: &Queries, k: Q8, o: &[usize; 4], g0: usize, nh: usize, nb: usi
                 for h in 0..3 {
                     if h < nh {
                         let qp = q.ints.as_ptr().add((g0 + h) * hd + b * QBLOCK) as *const __m256i;
-                        t[h][p] = _mm256_add_epi32(
-                            _mm256_madd_epi16(k0, _mm256_loadu_si256(qp)),
-                            _mm256_madd_epi16(k1, _mm256_loadu_si256(qp.add(1))),
-                        );
+                        let (q0, q1) = (_mm256_loadu_si256(qp), _mm256_loadu_si256(qp.add(1)));
+                        t[h][p] = if VNNI {
+                            _mm256_dpwssd_epi32(_mm256_madd_epi16(k0, q0), k1, q1)
+                        } else {
+                            _mm256_add_epi32(_mm256_madd_epi16(k0, q0), _mm256_madd_epi16(k1, q1))
+                        };
                     }
                 }
             }
