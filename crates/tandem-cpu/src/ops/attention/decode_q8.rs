@@ -190,3 +190,101 @@ unsafe fn quad<const VNNI: bool>(
         acc
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::*;
+
+    /// A deterministic spread of values with an outlier every 7th.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).max(1);
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                let v = (s % 20001) as f32 / 10000.0 - 1.0;
+                if i % 7 == 3 {
+                    v * 30.0
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn queries_round_to_16_bits_of_their_block() {
+        let x = values(3 * 64, 1);
+        let mut q = Queries::new();
+        assert!(q.round(&x, 64));
+        for (b, blk) in x.chunks_exact(QBLOCK).enumerate() {
+            let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = q.scales[b];
+            assert_eq!(s, amax / 32767.0);
+            for (i, &v) in blk.iter().enumerate() {
+                let code = q.ints[b * QBLOCK + i];
+                assert!((s * code as f32 - v).abs() <= s * 0.5 + amax * 1e-6, "{v} as {code}");
+            }
+        }
+        // A zero block: zero codes under a normal scale.
+        assert!(q.round(&[0.0; 32], 32));
+        assert!(q.ints.iter().all(|&c| c == 0) && q.scales[0] == f32::MIN_POSITIVE);
+        // Non-finite queries are left to the float path.
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut y = x.clone();
+            y[70] = bad;
+            assert!(!q.round(&y, 64), "{bad}");
+        }
+    }
+
+    #[test]
+    fn integer_scores_are_the_rounded_dot_products_position_by_position() {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("SKIP integer_scores: this CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        let (hd, group, positions) = (64, 5, 11);
+        let qf = values(group * hd, 2);
+        let mut q = Queries::new();
+        assert!(q.round(&qf, hd));
+        let codes: Vec<u8> = values(positions * hd, 3)
+            .iter()
+            .map(|v| (v * 4.0).clamp(-127.0, 127.0) as i8 as u8)
+            .collect();
+        let d: Vec<f16> =
+            (0..positions * hd / QBLOCK).map(|b| f16::from_f32(0.01 + b as f32 * 1e-3)).collect();
+        let k = Q8 { qs: &codes, d: &d };
+        // Positions out of order, as a block table gives them.
+        let offs: Vec<usize> = [7, 0, 3, 10, 1, 9, 2].iter().map(|p| p * hd).collect();
+        let run = |offs: &[usize]| {
+            let mut s = vec![f32::NAN; group * PART];
+            // SAFETY: AVX2/FMA/F16C detected above; offsets + hd inside the cache.
+            unsafe { scores(&q, k, offs, hd, 0.125, &mut s, |_| {}) };
+            s
+        };
+        let all = run(&offs);
+        for (j, &off) in offs.iter().enumerate() {
+            let alone = run(&[off]);
+            for h in 0..group {
+                let want: f64 = (0..hd)
+                    .map(|i| {
+                        let qv = q.scales[h * 2 + i / QBLOCK] as f64 * q.ints[h * hd + i] as f64;
+                        let kv = d[(off + i) / QBLOCK].to_f64() * (codes[off + i] as i8) as f64;
+                        qv * kv
+                    })
+                    .sum::<f64>()
+                    * 0.125;
+                let got = all[h * PART + j];
+                assert!((got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "{got} {want}");
+                // A position's score is the same in a quad or alone in the lanes.
+                assert_eq!(got.to_bits(), alone[h * PART].to_bits(), "head {h} position {j}");
+            }
+        }
+    }
+}
