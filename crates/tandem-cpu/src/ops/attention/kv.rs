@@ -26,6 +26,7 @@ pub(crate) trait KvSrc: Copy + Sync {
     unsafe fn load8(&self, e: usize) -> __m256;
     /// Whether the cache is blocks of 32 values with a scale each, read by [`KvSrc::codes8`]
     /// and [`KvSrc::block_scale`].
+    #[cfg(target_arch = "x86_64")]
     const BLOCKS: bool = false;
     /// Elements e..e + 8 (e a multiple of 8, inside one block) before their block's scale:
     /// `load8(e)` is `block_scale(e) * codes8(e)`, exactly, for a blocked cache.
@@ -39,18 +40,21 @@ pub(crate) trait KvSrc: Copy + Sync {
         unsafe { self.load8(e) }
     }
     /// The scale of element e's block (1 where the cache has none).
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn block_scale(&self, e: usize) -> f32 {
         let _ = e;
         1.0
     }
     /// The cache as q8_0 blocks, where it is one.
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn q8(&self) -> Option<Q8<'_>> {
         None
     }
     /// Asks for the cache lines of elements e..e + n (codes and scales) to be brought in:
     /// a hint, never a fault, whatever the addresses.
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn prefetch(&self, e: usize, n: usize) {
         let _ = (e, n);
@@ -58,9 +62,9 @@ pub(crate) trait KvSrc: Copy + Sync {
 }
 
 /// Prefetches the lines of `bytes` bytes from `start` (a hint: any address is harmless).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch_bytes(start: *const u8, bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
     if bytes > 0 {
         let mut o = 0;
         while o < bytes {
@@ -71,8 +75,6 @@ fn prefetch_bytes(start: *const u8, bytes: usize) {
         // SAFETY: as above; the last byte's line when the span straddles one more.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(bytes - 1) as *const i8) };
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (start, bytes);
 }
 
 impl KvSrc for &[f32] {
@@ -90,6 +92,7 @@ impl KvSrc for &[f32] {
         // SAFETY: the caller's contract.
         unsafe { _mm256_loadu_ps(self.as_ptr().add(e)) }
     }
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn prefetch(&self, e: usize, n: usize) {
         prefetch_bytes(self.as_ptr().wrapping_add(e) as *const u8, n * 4);
@@ -113,6 +116,7 @@ impl KvSrc for &[f16] {
         // SAFETY: the caller's contract.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(self.as_ptr().add(e) as *const __m128i)) }
     }
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn prefetch(&self, e: usize, n: usize) {
         prefetch_bytes(self.as_ptr().wrapping_add(e) as *const u8, n * 2);
@@ -159,6 +163,7 @@ pub(crate) struct Q4<'a> {
 }
 
 impl KvSrc for Q8<'_> {
+    #[cfg(target_arch = "x86_64")]
     const BLOCKS: bool = true;
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -169,10 +174,12 @@ impl KvSrc for Q8<'_> {
             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))
         }
     }
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn block_scale(&self, e: usize) -> f32 {
         self.d[e / QBLOCK].to_f32()
     }
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn q8(&self) -> Option<Q8<'_>> {
         Some(*self)
@@ -198,6 +205,7 @@ impl KvSrc for Q8<'_> {
         // SAFETY: the caller's contract: e..e + 8 is one block's (e % 8 == 0).
         unsafe { _mm256_mul_ps(scale8(self.d, e), self.codes8(e)) }
     }
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn prefetch(&self, e: usize, n: usize) {
         prefetch_bytes(self.qs.as_ptr().wrapping_add(e), n);
@@ -231,6 +239,7 @@ impl KvSrc for Q4<'_> {
         // SAFETY: the caller's contract.
         unsafe { _mm256_mul_ps(scale8(self.d, e), self.codes8(e)) }
     }
+    #[cfg(target_arch = "x86_64")]
     const BLOCKS: bool = true;
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -252,10 +261,12 @@ impl KvSrc for Q4<'_> {
             _mm256_cvtepi32_ps(n)
         }
     }
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn block_scale(&self, e: usize) -> f32 {
         self.d[e / QBLOCK].to_f32()
     }
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn prefetch(&self, e: usize, n: usize) {
         prefetch_bytes(self.qs.as_ptr().wrapping_add(e / 2), n.div_ceil(2));
@@ -327,6 +338,7 @@ impl KvSrc for Fp8<'_> {
             _mm256_mul_ps(_mm256_set1_ps(self.scale(e)), _mm256_or_ps(mag, sign))
         }
     }
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn prefetch(&self, e: usize, n: usize) {
         prefetch_bytes(self.codes.as_ptr().wrapping_add(e), n);
