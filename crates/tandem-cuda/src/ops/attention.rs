@@ -145,6 +145,7 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
     };
     if dr > 0 {
         let (part_max, parts) = decode_grid(longest_span(op));
+        let g = heads_per_block(op, part_max);
         let acc = Arg::Ptr(r.scratch);
         let ml = Arg::Ptr(r.scratch + 4 * (dr * op.heads * parts * op.head_dim) as u64);
         let (q, pos, parts_a) =
@@ -169,9 +170,8 @@ pub(crate) fn record(r: &mut Recorder, op: &Attention) -> Result<()> {
             parts_a,
             window,
             softcap,
+            Arg::U32(g as u32),
         ];
-        let g = heads_per_block(op, part_max);
-        let args: Vec<Arg> = args.into_iter().chain([Arg::U32(g as u32)]).collect();
         let smem = 4 * (g * (part_max + op.head_dim)) as u32;
         let grid = (heads / g as u32, parts as u32, fits_u32(OP, "decode rows", dr)?);
         r.launch(KernelFile::AttentionDecode, decode_entry, grid, 128, smem, &args)?;

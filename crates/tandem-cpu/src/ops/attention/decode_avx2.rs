@@ -8,7 +8,6 @@
 //! positions in order with the accumulators of up to 3 heads x 4 columns in registers.
 
 use std::arch::x86_64::*;
-
 use std::cell::RefCell;
 
 use tandem_core::dtype::QBLOCK;
@@ -68,9 +67,19 @@ pub(super) unsafe fn score_part<K: KvSrc, V: KvSrc>(
         *o = g.kv_at(table, t, kvh);
     }
     let offs = &at[..len];
+    // K for the first positions now; before positions j..j + 4 are scored, the K vectors AHEAD
+    // positions on and their own V vectors (for the pass over V).
     for &off in offs.iter().take(AHEAD) {
         ck.prefetch(off, hd);
     }
+    let ahead = |j: usize| {
+        for &off in offs.iter().skip(j + AHEAD).take(4) {
+            ck.prefetch(off, hd);
+        }
+        for &off in offs.iter().skip(j).take(4) {
+            cv.prefetch(off, hd);
+        }
+    };
     let (quads, tail) = (len / 4 * 4, len % 4);
     // A q8_0 K cache: integer products with the queries rounded to 16 bits (decode_q8.rs).
     if let Some(k8) = ck.q8().filter(|_| hd % QBLOCK == 0) {
@@ -78,16 +87,9 @@ pub(super) unsafe fn score_part<K: KvSrc, V: KvSrc>(
             if !rounded.round(qs, hd) {
                 return false;
             }
-            let ahead = |j: usize| {
-                for &off in offs.iter().skip(j + AHEAD).take(4) {
-                    ck.prefetch(off, hd);
-                }
-                for &off in offs.iter().skip(j).take(4) {
-                    cv.prefetch(off, hd);
-                }
-            };
             // SAFETY: AVX2 and F16C (this function's features), AVX-512 VNNI where `vnni`
-            // says so; every offset + hd lies in the cache (kv_at of a checked row); the queries were rounded from qs.
+            // says so; every offset + hd lies in the cache (kv_at of a checked row); the
+            // queries were rounded from qs.
             unsafe {
                 if vnni {
                     decode_q8::scores_vnni(rounded, k8, offs, hd, g.scale, scores, ahead)
@@ -110,13 +112,7 @@ pub(super) unsafe fn score_part<K: KvSrc, V: KvSrc>(
         let q = |h: usize| &qs[(g0 + h.min(nh - 1)) * hd..][..hd];
         for j in (0..quads).step_by(4) {
             if g0 == 0 {
-                // The positions AHEAD on: their K now, their V for the pass below.
-                for &off in offs.iter().skip(j + AHEAD).take(4) {
-                    ck.prefetch(off, hd);
-                }
-                for &off in &offs[j..j + 4] {
-                    cv.prefetch(off, hd);
-                }
+                ahead(j);
             }
             let o: [usize; 4] = [offs[j], offs[j + 1], offs[j + 2], offs[j + 3]];
             // SAFETY: each offset + hd lies in ck (kv_at of a checked row), each query head

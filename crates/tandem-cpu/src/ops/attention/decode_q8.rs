@@ -19,12 +19,13 @@ use tandem_core::dtype::QBLOCK;
 
 use super::decode::PART;
 use super::kv::Q8;
+use crate::ops::matmul::prep::{int_split_into, Order};
 
 /// The query heads of a group rounded to 16 bits per block of 32.
 pub(super) struct Queries {
     /// [heads][head_dim] codes.
     ints: Vec<i16>,
-    /// [heads][head_dim / 32] block scales s.
+    /// [heads][head_dim / 32] block scales s (zeros after them, to a multiple of 8).
     scales: Vec<f32>,
 }
 
@@ -33,26 +34,15 @@ impl Queries {
         Queries { ints: Vec::new(), scales: Vec::new() }
     }
 
-    /// Rounds `qs` ([heads][hd], hd % 32 == 0). False (and nothing to use) when a query holds
+    /// Rounds `qs` ([heads][hd], hd % 32 == 0) as the matmul rounds its activations (its
+    /// `int_split`, element order, no low half). False (and nothing to use) when a query holds
     /// a NaN or an infinity: the f32 kernel then keeps the float path's NaN and infinities.
     pub fn round(&mut self, qs: &[f32], hd: usize) -> bool {
         debug_assert!(hd.is_multiple_of(QBLOCK));
-        self.ints.clear();
-        self.scales.clear();
-        for blk in qs.chunks_exact(QBLOCK) {
-            let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
-            if !amax.is_finite() || blk.iter().any(|v| v.is_nan()) {
-                return false;
-            }
-            // A normal scale even for subnormal blocks, so 1 / s is finite (as the matmul's
-            // rounding of activations).
-            let s = (amax / 32767.0).max(f32::MIN_POSITIVE);
-            let inv = (1.0 / s as f64) as f32;
-            self.scales.push(s);
-            self.ints.extend(
-                blk.iter().map(|&v| (v * inv).clamp(-32767.0, 32767.0).round_ties_even() as i16),
-            );
+        if !qs.iter().all(|v| v.is_finite()) {
+            return false;
         }
+        int_split_into(qs, Order::Natural, false, false, &mut self.ints, &mut self.scales);
         true
     }
 }
@@ -111,9 +101,8 @@ unsafe fn scores_with<const VNNI: bool>(
     scores: &mut [f32],
     ahead: impl Fn(usize),
 ) {
-    let group = q.scales.len() / (hd / QBLOCK);
-    let nb = hd / QBLOCK;
-    assert!(q.ints.len() == group * hd && scores.len() >= group * PART && offs.len() <= PART);
+    let (group, nb) = (q.ints.len() / hd, hd / QBLOCK);
+    assert!(q.scales.len() >= group * nb && scores.len() >= group * PART && offs.len() <= PART);
     assert!(offs.iter().all(|&o| o + hd <= k.qs.len() && (o + hd) / QBLOCK <= k.d.len()));
     let len = offs.len();
     for g0 in (0..group).step_by(3) {
@@ -229,9 +218,9 @@ mod tests {
                 assert!((s * code as f32 - v).abs() <= s * 0.5 + amax * 1e-6, "{v} as {code}");
             }
         }
-        // A zero block: zero codes under a normal scale.
+        // A zero block: zero codes and a zero scale.
         assert!(q.round(&[0.0; 32], 32));
-        assert!(q.ints.iter().all(|&c| c == 0) && q.scales[0] == f32::MIN_POSITIVE);
+        assert!(q.ints.iter().all(|&c| c == 0) && q.scales[0] == 0.0);
         // Non-finite queries are left to the float path.
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let mut y = x.clone();

@@ -2,7 +2,9 @@
 //! heads dequantized on load. Every reader takes an element as `d * code` in f32, exactly
 //! [`tandem_core::QuantView::get`] and [`tandem_core::quant::kv::Fp8View::get`], so the fast
 //! kernels sum the very values the reference sums; no block table is ever expanded to floats,
-//! only the vectors a kernel is about to use.
+//! only the vectors a kernel is about to use. Two AVX2 decode paths take a block's codes and
+//! scale apart instead: V's weights times a block's scale, then its codes (one rounding more
+//! per weight), and a q8_0 K cache's integer products (decode_q8.rs, its own precision class).
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;

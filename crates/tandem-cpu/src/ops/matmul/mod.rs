@@ -54,7 +54,7 @@ mod prefill_i16_simd128;
 mod prefill_simd128;
 #[cfg(target_arch = "x86_64")]
 mod prefill_vnni;
-mod prep;
+pub(crate) mod prep;
 
 use tandem_core::ops::Matmul;
 use tandem_core::quant::BlockView;

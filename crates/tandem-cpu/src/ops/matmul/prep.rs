@@ -130,7 +130,7 @@ pub(crate) fn int_split(x: &[f32], order: Order, pairs: bool, lo: bool) -> (Vec<
 }
 
 /// [`int_split`] into `ints` and `scales` (replacing their contents, keeping their capacity).
-fn int_split_into(
+pub(crate) fn int_split_into(
     x: &[f32],
     order: Order,
     pairs: bool,
